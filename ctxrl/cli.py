@@ -1,0 +1,300 @@
+"""The ``ctxrl`` command line.
+
+    ctxrl plugins [--json]          what is installed, what each plugin provides
+    ctxrl envs [--json]             every environment and its context features
+    ctxrl sweep [CONFIG] [--set k=v]  run (or resume) a sweep; no CONFIG = the quickstart
+    ctxrl select --matrix FILE ...  replay a strategy offline on a stored matrix
+    ctxrl report RUN_DIR            rewrite a run's exports and summary from its store
+
+Plugins add commands through the ``ctxrl_register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ctxrl import __version__
+from ctxrl.config import load_config, resolve_plan, validate_config
+from ctxrl.errors import CtxrlError
+from ctxrl.matrix import TransferMatrix
+from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, get_host, load_host, set_host
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _host(ctx: click.Context) -> Host:
+    host: Host = ctx.obj["host"]
+    return host
+
+
+def _warn_failed(host: Host) -> None:
+    for info in host.failed():
+        err.print(f"[yellow]warning:[/] plugin {info.name!r} "
+                  f"({info.distribution or 'inline'}) failed to load: {info.error}")
+
+
+class _Root(click.Group):
+    """Loads the plugins before resolving sub-commands, so plugin commands show in --help."""
+
+    def _ensure_host(self, ctx: click.Context) -> Host:
+        ctx.ensure_object(dict)
+        if "host" not in ctx.obj:
+            block = ctx.params.get("block") or ()
+            if block:  # workers inherit the block list through the environment
+                current = os.environ.get(BLOCK_ENV, "")
+                os.environ[BLOCK_ENV] = ",".join(p for p in [current, *block] if p)
+            if ctx.params.get("no_autoload"):
+                os.environ[DISABLE_AUTOLOAD_ENV] = "1"
+            host = load_host()
+            set_host(host)
+            ctx.obj["host"] = host
+            host.pm.hook.ctxrl_register_commands(cli=self)
+        return ctx.obj["host"]  # type: ignore[no-any-return]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._ensure_host(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._ensure_host(ctx)
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CtxrlError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ctxrl")
+@click.option("--block", multiple=True, metavar="NAME",
+              help="Do not load this plugin (entry-point or distribution name); repeatable. "
+                   f"Also read from {BLOCK_ENV}.")
+@click.option("--no-autoload", is_flag=True,
+              help=f"Load only plugins allow-listed in CTXRL_PLUGINS (as {DISABLE_AUTOLOAD_ENV}=1).")
+@click.pass_context
+def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
+    """ctxrl: train on a few source contexts, measure transfer to all of them, and choose
+    which contexts are worth training on.
+
+    Start with `ctxrl envs` to see the context families and `ctxrl sweep` to run the
+    quickstart sweep (a small CartPole transfer matrix on CPU).
+    """
+    cli._ensure_host(ctx)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------- plugins
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List plugins: version, status, hooks implemented and what each provides."""
+    host = _host(ctx)
+    infos = list(host.plugins.values())
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in infos], indent=2))
+        return
+    table = Table(title="ctxrl plugins")
+    for column in ("name", "distribution", "version", "status", "provides", "hooks"):
+        table.add_column(column)
+    for p in infos:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.provides.items())
+        status = p.status if p.error is None else f"{p.status}: {p.error}"
+        table.add_row(p.name, p.distribution or "-", p.version or "-", status, provides,
+                      ", ".join(h.removeprefix("ctxrl_") for h in p.hooks))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------- envs
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def envs(ctx: click.Context, as_json: bool) -> None:
+    """List environments with their context features (default, bounds, scale)."""
+    host = _host(ctx)
+    _warn_failed(host)
+    specs = host.registry.envs()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": e.name, "provider": host.registry.provider("env", e.name),
+             "gym_id": e.gym_id, "action_space": e.action_space,
+             "return_bounds": list(e.return_bounds), "max_episode_steps": e.max_episode_steps,
+             "batched": e.make_batched is not None, "description": e.description,
+             "features": e.context_space.to_json()}
+            for e in specs], indent=2))
+        return
+    for e in specs:
+        table = Table(title=f"{e.name}  ({e.gym_id or 'no gym id'}; {e.action_space} actions; "
+                      f"returns {list(e.return_bounds)}; batched twin: "
+                      f"{'yes' if e.make_batched else 'no'})", title_justify="left")
+        for column in ("feature", "default", "lower", "upper", "scale", "unit", "description"):
+            table.add_column(column)
+        for f in e.context_space.features:
+            table.add_row(f.name, f"{f.default:g}", f"{f.lower:g}", f"{f.upper:g}", f.scale,
+                          f.unit, f.description)
+        out.print(table)
+
+
+# --------------------------------------------------------------------------------- sweep
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set features.masscart.num=20 "
+                   "--set algorithm.params.learning_rate=1e-3; repeatable.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
+@click.pass_context
+def sweep(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Run or resume the sweep in CONFIG (YAML). Without CONFIG: the embedded quickstart,
+    a small CartPole sweep on CPU.
+
+    Rerunning the same config continues where a killed run stopped (same plan hash) and
+    skips every finished run.
+    """
+    from ctxrl.sweep import run_sweep
+
+    host = _host(ctx)
+    _warn_failed(host)
+    cfg = load_config(config, overrides)
+    plan = resolve_plan(cfg, host.registry)
+    err.print(f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
+              f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
+              f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}")
+    if dry_run:
+        click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return
+    outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err)
+    err.print(f"trained {outcome.trained}, resumed past {outcome.skipped}, "
+              f"failed {len(outcome.failed)}")
+    click.echo((outcome.run_dir / "summary.md").read_text())
+    click.echo(f"results: {outcome.run_dir}")
+    if outcome.failed:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------- select
+def _matrix_from(path: Path, env_name: str | None, bounds: tuple[float, float] | None,
+                 negate: bool, host: Host) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
+    """A matrix, its normalisation bounds and unit coordinates from a CSV file or a run dir."""
+    if path.is_dir():
+        contexts_file = path / "exports" / "contexts.json"
+        plan_file = path / "plan.yaml"
+        if not plan_file.is_file():
+            raise CtxrlError(f"{path} is not a run directory (no plan.yaml)")
+        from ctxrl.store import Store
+        from ctxrl.sweep import STORE_FILE, sweep_matrix
+
+        cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
+        plan = resolve_plan(cfg, host.registry)
+        with Store(path / STORE_FILE) as store:
+            matrix = sweep_matrix(plan, store)
+        del contexts_file
+        coords = plan.grid.grid_coords()
+        return matrix, bounds or plan.env.return_bounds, coords
+    matrix = TransferMatrix.from_reference_csv(path, negate=negate)
+    if bounds is None:
+        if env_name is None:
+            raise CtxrlError(
+                f"{path}: give --env NAME or --bounds LOWER UPPER to normalise raw returns"
+            )
+        bounds = host.registry.env(env_name).return_bounds
+    n = matrix.shape[0]
+    coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
+    return matrix, bounds, coords
+
+
+@cli.command()
+@click.option("--matrix", "matrix_path", required=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="A reference CSV (N x N raw returns, row = source) or a run directory.")
+@click.option("--strategy", "strategy_names", required=True, multiple=True,
+              help="Strategy name (see `ctxrl plugins`); repeatable.")
+@click.option("--budget", "-k", type=int, required=True, help="K, the number of sources.")
+@click.option("--env", "env_name", help="Take the normalisation bounds from this env.")
+@click.option("--bounds", type=(float, float), default=None, help="Normalisation bounds.")
+@click.option("--negate", is_flag=True, help="The file holds costs: negate before normalising.")
+@click.option("--repeats", type=int, default=100, show_default=True,
+              help="Replays of stochastic strategies (seeds 0..repeats-1).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def select(ctx: click.Context, matrix_path: Path, strategy_names: tuple[str, ...], budget: int,
+           env_name: str | None, bounds: tuple[float, float] | None, negate: bool,
+           repeats: int, as_json: bool) -> None:
+    """Replay strategies offline on a stored matrix and print G_k for k = 1..K."""
+    from ctxrl.sweep import selection_curves
+
+    host = _host(ctx)
+    matrix, (lower, upper), coords = _matrix_from(matrix_path, env_name, bounds, negate, host)
+    normalised = matrix.normalised(lower, upper).mean()
+    n = normalised.shape[0]
+    if not 1 <= budget <= n:
+        raise CtxrlError(f"--budget K = {budget} must be between 1 and N = {n}")
+    if np.isnan(normalised).any():
+        raise CtxrlError(f"{matrix_path}: the matrix has unobserved entries; replay needs all")
+    specs = {name: host.registry.strategy(name) for name in strategy_names}
+    curves = selection_curves(normalised, coords, specs, budget, stochastic_repeats=repeats)
+    result = {
+        "matrix": str(matrix_path), "n": n, "budget": budget, "bounds": [lower, upper],
+        "independent": float(np.mean(np.diag(normalised))),
+        "oracle_transfer": float(np.mean(normalised.max(axis=0))),
+        "strategies": curves,
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"G_k on {matrix_path} (N = {n}; independent "
+                  f"{result['independent']:.4f}, oracle {result['oracle_transfer']:.4f})")
+    table.add_column("k")
+    for name in curves:
+        table.add_column(name)
+    for k in range(budget):
+        cells = []
+        for c in curves.values():
+            std = f" ± {c['std'][k]:.4f}" if c["std"][k] > 0 else ""
+            cells.append(f"{c['mean'][k]:.4f}{std}")
+        table.add_row(str(k + 1), *cells)
+    table.add_row("mean", *[f"{np.mean(c['mean']):.4f}" for c in curves.values()])
+    out.print(table)
+
+
+# -------------------------------------------------------------------------------- report
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def report(ctx: click.Context, run_dir: Path) -> None:
+    """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md."""
+    from ctxrl.store import Store
+    from ctxrl.sweep import STORE_FILE, sweep_matrix, write_exports
+
+    host = _host(ctx)
+    plan_file = run_dir / "plan.yaml"
+    if not plan_file.is_file():
+        raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
+    cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
+    plan = resolve_plan(cfg, host.registry)
+    with Store(run_dir / STORE_FILE) as store:
+        matrix = sweep_matrix(plan, store)
+        order = list(range(len(plan.grid)))
+        exports = write_exports(plan, store, matrix, run_dir, order=order)
+    click.echo((run_dir / "summary.md").read_text())
+    click.echo(f"exports: {exports}")
+
+
+def main() -> None:
+    cli(prog_name="ctxrl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

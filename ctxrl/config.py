@@ -1,0 +1,247 @@
+"""Sweep configuration: a YAML file validated by a pydantic schema, ``--set`` overrides, and the
+checks against the loaded plugins that turn a config into a :class:`SweepPlan`.
+
+Errors name the field path (``features.masscart.num``), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxrl.context import ContextGrid, GridAxis
+from ctxrl.errors import ConfigError, ContextError, UnknownNameError
+from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AxisConfig(_Strict):
+    """How one varied feature is gridded."""
+
+    num: int | None = Field(default=None, ge=1, description="number of grid points")
+    low: float | None = Field(default=None, description="first value (feature's lower bound)")
+    high: float | None = Field(default=None, description="last value (feature's upper bound)")
+    scale: Literal["linear", "log"] | None = Field(default=None, description="grid spacing")
+    values: list[float] | None = Field(default=None, description="explicit values instead")
+
+
+class AlgorithmConfig(_Strict):
+    name: str = Field(description="algorithm registry name, see `ctxrl plugins`")
+    preset: str | None = Field(default=None, description="named hyperparameter preset")
+    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameter overrides")
+
+
+class StrategyConfig(_Strict):
+    name: str = Field(default="equidistant", description="strategy registry name")
+    budget: int | None = Field(default=None, ge=1, description="K, sources to train (mode select)")
+    options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(default=1, ge=1, description="q, sources proposed per step")
+
+
+class ExecutorConfig(_Strict):
+    name: str = Field(default="local", description="executor registry name")
+    workers: int = Field(default=2, ge=1, description="parallel jobs")
+    timeout_s: float | None = Field(default=None, gt=0, description="per-job wall-clock limit")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepConfig(_Strict):
+    """A contextual sweep, as written in YAML."""
+
+    env: str = Field(description="environment registry name, see `ctxrl envs`")
+    features: dict[str, AxisConfig] = Field(description="varied features -> grid")
+    context: dict[str, float] = Field(
+        default_factory=dict, description="fixed values of non-varied features"
+    )
+    algorithm: AlgorithmConfig
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train_steps: int = Field(gt=0, description="environment steps per trained model")
+    eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
+    mode: Literal["full", "select"] = Field(
+        default="full", description="full: every context is a source; select: the strategy picks"
+    )
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    compare: list[str] = Field(
+        default_factory=lambda: ["random", "equidistant", "greedy", "sequential-oracle"],
+        description="strategies replayed offline on a full matrix for the report",
+    )
+    device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    output_dir: Path = Field(default=Path("runs"), description="parent of the run directory")
+
+    @field_validator("features")
+    @classmethod
+    def _some_features(cls, value: dict[str, AxisConfig]) -> dict[str, AxisConfig]:
+        if not value:
+            raise ValueError("name at least one varied feature")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("cpu", "cuda", "auto") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"device {value!r} is not cpu, cuda, cuda:N or auto")
+
+    def plan_data(self) -> dict[str, Any]:
+        """What determines results: everything except where and how the jobs run."""
+        data = self.model_dump(mode="json", exclude={"output_dir", "executor", "compare"})
+        return data
+
+    def plan_hash(self) -> str:
+        text = json.dumps(self.plan_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_config_path() -> Path:
+    """The embedded quickstart config (a small CartPole sweep on CPU)."""
+    return Path(str(resources.files("ctxrl").joinpath("defaults/quickstart.yaml")))
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. features.masscart.num=20")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a YAML config (the embedded default when ``path`` is None) and validate it."""
+    source = Path(path) if path is not None else default_config_path()
+    if not source.is_file():
+        raise ConfigError(f"config file {source} does not exist")
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    return validate_config(apply_overrides(data, overrides), source=str(source))
+
+
+def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
+    try:
+        return SweepConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+            lines.append(f"  {where}: {error['msg']}{got}")
+        raise ConfigError(f"{source} is not a valid sweep config:\n" + "\n".join(lines)) from None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A config checked against the loaded plugins: every name resolved, the grid built."""
+
+    config: SweepConfig
+    env: EnvSpec
+    algorithm: AlgorithmSpec
+    strategy: StrategySpec | None
+    grid: ContextGrid
+    plan_hash: str
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.env.name}-{'-'.join(self.grid.features)}-{self.plan_hash[:10]}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.output_dir / self.run_name
+
+
+def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
+    """Check every name in ``config`` against ``registry`` and build the context grid."""
+    try:
+        env = registry.env(config.env)
+    except UnknownNameError as exc:
+        raise ConfigError(f"env: {exc}") from None
+    try:
+        algorithm = registry.algorithm(config.algorithm.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"algorithm.name: {exc}") from None
+    if env.action_space not in algorithm.action_spaces:
+        raise ConfigError(
+            f"algorithm.name: {algorithm.name!r} supports {sorted(algorithm.action_spaces)} "
+            f"actions but env {env.name!r} has {env.action_space} actions"
+        )
+    if config.algorithm.preset is not None and config.algorithm.preset not in algorithm.presets:
+        raise ConfigError(
+            f"algorithm.preset: {algorithm.name!r} has no preset {config.algorithm.preset!r}; "
+            f"available: {', '.join(sorted(algorithm.presets)) or 'none'}"
+        )
+    axes = []
+    for name, axis in config.features.items():
+        values = tuple(axis.values) if axis.values is not None else None
+        axes.append(GridAxis(name, axis.num, axis.low, axis.high, axis.scale, values))
+    try:
+        fixed = env.context_space.validate(config.context)
+        grid = env.context_space.grid(axes)
+    except ContextError as exc:
+        raise ConfigError(f"features: {exc}") from None
+    if config.context:
+        varied = set(grid.features) & set(config.context)
+        if varied:
+            raise ConfigError(f"context: {sorted(varied)} are varied in features and fixed here")
+        grid = _with_fixed(grid, fixed.as_dict(), config.context)
+    strategy = None
+    if config.mode == "select":
+        try:
+            strategy = registry.strategy(config.strategy.name)
+        except UnknownNameError as exc:
+            raise ConfigError(f"strategy.name: {exc}") from None
+        if strategy.requires_full_matrix:
+            raise ConfigError(
+                f"strategy.name: {strategy.name!r} needs the full matrix; use it with "
+                "`ctxrl select` on a finished full sweep"
+            )
+        budget = config.strategy.budget
+        if budget is None or budget > len(grid):
+            raise ConfigError(
+                f"strategy.budget: K = {budget} must be set and at most N = {len(grid)} contexts"
+            )
+    for name in config.compare:
+        try:
+            registry.strategy(name)
+        except UnknownNameError as exc:
+            raise ConfigError(f"compare: {exc}") from None
+    try:
+        registry.executor(config.executor.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"executor.name: {exc}") from None
+    return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
+
+
+def _with_fixed(grid: ContextGrid, full: dict[str, float], fixed: Mapping[str, float]) -> ContextGrid:
+    from ctxrl.context import Context
+
+    contexts = tuple(Context({**c.as_dict(), **{k: full[k] for k in fixed}}) for c in grid.contexts)
+    return ContextGrid(grid.features, grid.axis_values, contexts)

@@ -1,0 +1,34 @@
+"""Exceptions raised by the host; each message names the thing that is wrong."""
+
+from __future__ import annotations
+
+
+class CtxrlError(Exception):
+    """Base class of every error ctxrl raises on purpose."""
+
+
+class ContextError(CtxrlError, ValueError):
+    """An unknown context feature, a value of the wrong type or outside its bounds."""
+
+
+class ConfigError(CtxrlError, ValueError):
+    """A configuration file or override that does not validate."""
+
+
+class UnknownNameError(CtxrlError, KeyError):
+    """A name (env, algorithm, strategy, ...) that no loaded plugin provides."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class DuplicateNameError(CtxrlError):
+    """Two plugins register the same name for the same kind of thing."""
+
+
+class PluginError(CtxrlError):
+    """A plugin that cannot be loaded or breaks the host's contracts."""
+
+
+class MatrixError(CtxrlError, ValueError):
+    """A transfer matrix file or operation with inconsistent shapes or contents."""

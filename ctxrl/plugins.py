@@ -1,0 +1,259 @@
+"""Plugin discovery and loading.
+
+Plugins come from the ``ctxrl`` entry-point group (built-ins included) and, in tests or
+scripts, from :meth:`Host.add_plugin`. Loading is isolated: a plugin whose import or
+registration raises is recorded as failed (distribution, entry point, exception), everything it
+registered is rolled back, and every other plugin still loads.
+
+Controls (environment variables, mirrored by CLI flags):
+
+``CTXRL_DISABLE_PLUGIN_AUTOLOAD=1``
+    load no entry point unless it is named in ``CTXRL_PLUGINS``.
+``CTXRL_PLUGINS=a,b``
+    allow-list: only these entry points (by entry-point or distribution name) load.
+``CTXRL_BLOCK_PLUGINS=a,b`` / ``ctxrl --block a``
+    never load these.
+``CTXRL_TRACE_PLUGINS=1``
+    print every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from ctxrl import hookspecs
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import Kind, Registry
+
+ENTRY_POINT_GROUP = "ctxrl"
+DISABLE_AUTOLOAD_ENV = "CTXRL_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_ENV = "CTXRL_PLUGINS"
+BLOCK_ENV = "CTXRL_BLOCK_PLUGINS"
+TRACE_ENV = "CTXRL_TRACE_PLUGINS"
+
+Status = Literal["loaded", "failed", "blocked", "not-allowed"]
+
+
+@dataclass
+class PluginInfo:
+    """What ``ctxrl plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    entry_point: str | None = None
+    status: Status = "loaded"
+    hooks: list[str] = field(default_factory=list)
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "entry_point": self.entry_point,
+            "status": self.status,
+            "hooks": self.hooks,
+            "provides": self.provides,
+            "error": self.error,
+        }
+
+
+def _split_names(value: str | None) -> set[str]:
+    return {part.strip() for part in (value or "").split(",") if part.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+class Host:
+    """The plugin manager and the registry it fills.
+
+    Args:
+        autoload: load entry points; ``None`` reads ``CTXRL_DISABLE_PLUGIN_AUTOLOAD``.
+        allow: names allowed to load; ``None`` reads ``CTXRL_PLUGINS`` (unset = all).
+        block: names never loaded, added to ``CTXRL_BLOCK_PLUGINS``.
+    """
+
+    def __init__(
+        self,
+        *,
+        autoload: bool | None = None,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] = (),
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        if _env_flag(TRACE_ENV):
+            self.pm.trace.root.setwriter(sys.stderr.write)
+            self.pm.enable_tracing()
+        self.registry = Registry()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.autoload = not _env_flag(DISABLE_AUTOLOAD_ENV) if autoload is None else autoload
+        env_allow = os.environ.get(ALLOW_ENV)
+        self.allow: set[str] | None = (
+            set(allow) if allow is not None else (_split_names(env_allow) if env_allow else None)
+        )
+        self.block = _split_names(os.environ.get(BLOCK_ENV)) | set(block)
+        self._registered = False
+
+    # --------------------------------------------------------------------- loading
+    def discover(self) -> None:
+        """Import every entry point of the ``ctxrl`` group that the controls let through."""
+        entry_points = sorted(
+            metadata.entry_points(group=ENTRY_POINT_GROUP),
+            key=lambda ep: (ep.dist is None or ep.dist.name != "ctxrl", ep.name),
+        )
+        for ep in entry_points:
+            dist_name = ep.dist.name if ep.dist is not None else None
+            info = PluginInfo(
+                name=ep.name,
+                distribution=dist_name,
+                version=ep.dist.version if ep.dist is not None else None,
+                entry_point=ep.value,
+            )
+            aliases = {ep.name} | ({dist_name} if dist_name else set())
+            if info.name in self.plugins:
+                info.status, info.error = "failed", (
+                    f"entry point name {ep.name!r} is also used by distribution "
+                    f"{self.plugins[ep.name].distribution!r}"
+                )
+                self.plugins[f"{ep.name} ({dist_name})"] = info
+                continue
+            self.plugins[ep.name] = info
+            if aliases & self.block:
+                info.status = "blocked"
+                continue
+            allowed = self.allow is None or bool(aliases & self.allow)
+            if (not self.autoload and not (self.allow and aliases & self.allow)) or not allowed:
+                info.status = "not-allowed"
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except Exception as exc:  # a broken plugin must not break the host
+                info.status, info.error = "failed", _describe(exc)
+
+    def add_plugin(self, plugin: object, name: str, *, version: str | None = None) -> PluginInfo:
+        """Register a plugin object directly (tests, scripts, notebooks)."""
+        info = PluginInfo(name=name, version=version, entry_point=None)
+        self.plugins[name] = info
+        if name in self.block:
+            info.status = "blocked"
+            return info
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:
+            info.status, info.error = "failed", _describe(exc)
+        if self._registered and info.status == "loaded":
+            self._run_registration(only=name)
+        return info
+
+    def register_all(self) -> None:
+        """Call every registration hook, one plugin at a time, isolating failures."""
+        self._run_registration(only=None)
+        self._registered = True
+        for name, info in self.plugins.items():
+            plugin = self.pm.get_plugin(name)
+            if info.status == "loaded" and plugin is not None:
+                info.hooks = sorted(
+                    caller.name for caller in (self.pm.get_hookcallers(plugin) or [])
+                )
+                info.provides = self.registry.provided_by(name)
+
+    def _run_registration(self, only: str | None) -> None:
+        for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if only is not None and impl.plugin_name != only:
+                    continue
+                info = self.plugins.get(impl.plugin_name)
+                if info is not None and info.status != "loaded":
+                    continue
+                register = self._make_register(kind, impl.plugin_name)
+                try:
+                    impl.function(**({"register": register} if impl.argnames else {}))
+                except Exception as exc:
+                    self._fail(impl.plugin_name, f"{hook_name}: {_describe(exc)}")
+
+    def _make_register(self, kind: Kind, provider: str) -> Callable[[Any], None]:
+        def register(spec: Any) -> None:
+            self.registry.add(kind, spec, provider)
+
+        return register
+
+    def _fail(self, name: str, error: str) -> None:
+        self.registry.remove_provider(name)
+        info = self.plugins.setdefault(name, PluginInfo(name=name))
+        info.status, info.error = "failed", error
+        info.hooks, info.provides = [], {}
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin, name=name)
+
+    # ------------------------------------------------------------------- lifecycle
+    def notify(self, hook_name: str, **kwargs: Any) -> list[str]:
+        """Call a lifecycle hook on every plugin; a raising plugin is reported, not fatal.
+
+        Returns the error messages (also printed to stderr)."""
+        if hook_name not in hookspecs.LIFECYCLE_HOOKS:
+            raise CtxrlError(f"{hook_name!r} is not a lifecycle hook")
+        errors = []
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                message = f"plugin {impl.plugin_name!r} failed in {hook_name}: {_describe(exc)}"
+                print(f"warning: {message}", file=sys.stderr)
+                errors.append(message)
+        return errors
+
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.status == "failed"]
+
+
+_HOST: Host | None = None
+
+
+def load_host(
+    *,
+    autoload: bool | None = None,
+    allow: Iterable[str] | None = None,
+    block: Iterable[str] = (),
+    extra: Iterable[tuple[str, object]] = (),
+) -> Host:
+    """A fully loaded :class:`Host` (entry points, then ``extra`` plugins, then registration)."""
+    host = Host(autoload=autoload, allow=allow, block=block)
+    host.discover()
+    for name, plugin in extra:
+        host.add_plugin(plugin, name)
+    host.register_all()
+    return host
+
+
+def get_host() -> Host:
+    """The process-wide host, loaded on first use with the environment's controls."""
+    global _HOST
+    if _HOST is None:
+        _HOST = load_host()
+    return _HOST
+
+
+def set_host(host: Host | None) -> None:
+    """Replace the process-wide host (the CLI does this to apply ``--block``)."""
+    global _HOST
+    _HOST = host

@@ -1,0 +1,286 @@
+"""What plugins register, and the registry the host keeps of it.
+
+Each spec is a frozen dataclass with a ``name``. The :class:`Registry` keeps, per kind, the spec
+and the plugin that provided it; registering a name twice raises a
+:class:`~ctxrl.errors.DuplicateNameError` that names both providers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ctxrl.context import Context, ContextSpace, Task
+from ctxrl.errors import DuplicateNameError, PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    from ctxrl.selection import Strategy
+
+ActionSpaceKind = Literal["discrete", "continuous"]
+Kind = Literal["env", "algorithm", "strategy", "transfer_method", "intervention", "executor"]
+KINDS: tuple[Kind, ...] = (
+    "env",
+    "algorithm",
+    "strategy",
+    "transfer_method",
+    "intervention",
+    "executor",
+)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A contextual environment family.
+
+    Attributes:
+        name: registry name, e.g. ``CartPole``; the gymnasium id is ``ctxrl/{name}-v{n}``.
+        context_space: the features a context may set, with defaults and bounds.
+        make: ``make(context=None, *, visible=(), render_mode=None, **kwargs) -> gymnasium.Env``.
+            ``context`` is a partial mapping validated by ``context_space``; ``visible`` names the
+            features appended (normalised to [0, 1]) to the observation.
+        return_bounds: ``(lower, upper)`` episode returns used to normalise performance.
+        action_space: ``discrete`` or ``continuous``.
+        make_batched: optional torch twin, ``make_batched(num_envs, *, contexts=None,
+            device="cpu", seed=None)`` where ``contexts`` maps features to tensors of shape
+            ``(num_envs,)`` or to single values.
+        max_episode_steps: the time limit applied by ``make``.
+        gym_id: the id registered with gymnasium, if any.
+        description: one line for ``ctxrl envs``.
+    """
+
+    name: str
+    context_space: ContextSpace
+    make: Callable[..., Any]
+    return_bounds: tuple[float, float]
+    action_space: ActionSpaceKind
+    make_batched: Callable[..., Any] | None = None
+    max_episode_steps: int | None = None
+    gym_id: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        lower, upper = self.return_bounds
+        if not lower < upper:
+            raise PluginError(f"env {self.name!r}: return_bounds {self.return_bounds} need lower < upper")
+
+    def task(self, context: Mapping[str, object] | None = None) -> Task:
+        """A validated :class:`Task` of this env (missing features at their defaults)."""
+        return Task(self.name, self.context_space.validate(context))
+
+    def normalise(self, returns: np.ndarray | float) -> np.ndarray:
+        """``(returns - lower) / (upper - lower)`` clipped to [0, 1]; NaN stays NaN."""
+        lower, upper = self.return_bounds
+        return np.clip((np.asarray(returns, dtype=np.float64) - lower) / (upper - lower), 0.0, 1.0)
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """What an algorithm plugin's factory returns.
+
+    ``train`` returns a policy object that only the same algorithm needs to understand;
+    ``evaluate`` returns episode returns of shape ``(len(tasks), episodes)``.
+    """
+
+    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any: ...
+
+    def evaluate(
+        self,
+        policy: Any,
+        env: EnvSpec,
+        tasks: Sequence[Task],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray: ...
+
+    def save(self, policy: Any, path: Path) -> None: ...
+
+    def load(self, path: Path, env: EnvSpec) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A training algorithm.
+
+    Attributes:
+        name: registry name used in configs (``ppo``, ``sb3-dqn``).
+        factory: ``factory(params: Mapping[str, Any], *, device: str, env: EnvSpec) ->
+            Algorithm``; unknown keys in ``params`` must raise an error naming them.
+        action_spaces: the action-space kinds it supports.
+        batched: True when it trains many (task, seed) pairs in one program.
+        presets: named hyperparameter sets, e.g. per env family.
+        description: one line for ``ctxrl plugins``.
+    """
+
+    name: str
+    factory: Callable[..., Algorithm]
+    action_spaces: frozenset[ActionSpaceKind] = frozenset({"discrete", "continuous"})
+    batched: bool = False
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A source-task selection strategy.
+
+    Attributes:
+        name: registry name (``mbtl-gp``, ``random``).
+        factory: ``factory(**options) -> Strategy``; unknown options raise an error naming them.
+        requires_full_matrix: True for oracles that read the whole transfer matrix (offline only).
+        stochastic: True when the order depends on the seed (replayed over several seeds).
+        description: one line for ``ctxrl plugins``.
+    """
+
+    name: str
+    factory: Callable[..., Strategy]
+    requires_full_matrix: bool = False
+    stochastic: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TransferMethodSpec:
+    """How source policies become a target policy (``zero-shot``, fine-tuning, distillation)."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """A training-time modifier (architecture, loss term, post-step operator)."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """A way to run the training/evaluation jobs of a sweep.
+
+    ``factory(workers: int, **options)`` returns an object with
+    ``map(fn, jobs) -> Iterator[(job, result | BaseException)]`` yielding as jobs finish.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+Spec = EnvSpec | AlgorithmSpec | StrategySpec | TransferMethodSpec | InterventionSpec | ExecutorSpec
+
+SPEC_TYPES: dict[Kind, type] = {
+    "env": EnvSpec,
+    "algorithm": AlgorithmSpec,
+    "strategy": StrategySpec,
+    "transfer_method": TransferMethodSpec,
+    "intervention": InterventionSpec,
+    "executor": ExecutorSpec,
+}
+
+
+@dataclass(frozen=True)
+class Registered:
+    spec: Any
+    provider: str
+
+
+class Registry:
+    """Specs by kind and name, each with the plugin that provided it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Kind, dict[str, Registered]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: Kind, spec: Any, provider: str) -> None:
+        expected = SPEC_TYPES[kind]
+        if not isinstance(spec, expected):
+            raise PluginError(
+                f"plugin {provider!r} registered a {type(spec).__name__} as a {kind}; "
+                f"expected {expected.__name__}"
+            )
+        name = spec.name
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {provider!r} registered a {kind} without a name")
+        existing = self._entries[kind].get(name)
+        if existing is not None:
+            raise DuplicateNameError(
+                f"{kind} {name!r} is registered by both plugin {existing.provider!r} "
+                f"and plugin {provider!r}; block one of them (--block NAME)"
+            )
+        self._entries[kind][name] = Registered(spec, provider)
+
+    def remove_provider(self, provider: str) -> None:
+        """Forget everything ``provider`` registered (used when a plugin fails half-way)."""
+        for entries in self._entries.values():
+            for name in [n for n, r in entries.items() if r.provider == provider]:
+                del entries[name]
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def get(self, kind: Kind, name: str) -> Any:
+        try:
+            return self._entries[kind][name].spec
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise UnknownNameError(
+                f"no plugin provides the {kind.replace('_', ' ')} {name!r}; available: {known}"
+            ) from None
+
+    def provider(self, kind: Kind, name: str) -> str:
+        self.get(kind, name)
+        return self._entries[kind][name].provider
+
+    def provided_by(self, provider: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for kind, entries in self._entries.items():
+            names = sorted(n for n, r in entries.items() if r.provider == provider)
+            if names:
+                out[kind] = names
+        return out
+
+    # Typed accessors --------------------------------------------------------------------
+    def env(self, name: str) -> EnvSpec:
+        spec: EnvSpec = self.get("env", name)
+        return spec
+
+    def algorithm(self, name: str) -> AlgorithmSpec:
+        spec: AlgorithmSpec = self.get("algorithm", name)
+        return spec
+
+    def strategy(self, name: str) -> StrategySpec:
+        spec: StrategySpec = self.get("strategy", name)
+        return spec
+
+    def executor(self, name: str) -> ExecutorSpec:
+        spec: ExecutorSpec = self.get("executor", name)
+        return spec
+
+    def envs(self) -> list[EnvSpec]:
+        return [self.env(n) for n in self.names("env")]
+
+
+def default_task(env: EnvSpec) -> Task:
+    return Task(env.name, env.context_space.default())
+
+
+__all__ = [
+    "KINDS",
+    "Algorithm",
+    "AlgorithmSpec",
+    "Context",
+    "EnvSpec",
+    "ExecutorSpec",
+    "InterventionSpec",
+    "Registry",
+    "StrategySpec",
+    "TransferMethodSpec",
+]

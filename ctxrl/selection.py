@@ -1,0 +1,154 @@
+"""Source-task selection: the state a strategy sees, the protocol it follows, and offline replay.
+
+Performance here is always *normalised* to [0, 1]. With a transfer matrix ``M`` (``N x N``,
+row = source, column = target), the generalized performance after choosing sources
+``s_1..s_k`` is ``G_k = mean_j max_{l<=k} M[s_l, j]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ctxrl.errors import CtxrlError
+
+
+@dataclass
+class SelectionState:
+    """What a strategy knows when it proposes the next source(s).
+
+    Attributes:
+        coords: unit-cube coordinates of the ``N`` candidate contexts, shape ``(N, d)``; the
+            targets are the same contexts.
+        budget: ``K``, the number of sources that will be trained in total.
+        rng: the only source of randomness a strategy may use.
+        selected: indices chosen so far, in order (may repeat for strategies that allow it).
+        rows: normalised performance of each trained source on all ``N`` targets, ``(N,)``.
+        full_matrix: the whole normalised matrix ``(N, N)``; only given to oracles.
+        batch_size: how many sources to propose at once (``q``).
+    """
+
+    coords: np.ndarray
+    budget: int
+    rng: np.random.Generator
+    selected: list[int] = field(default_factory=list)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)
+    full_matrix: np.ndarray | None = None
+    batch_size: int = 1
+
+    @property
+    def n(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Number of sources chosen so far."""
+        return len(self.selected)
+
+    def best_so_far(self) -> np.ndarray:
+        """``U_j``: best normalised performance reached on each target, floored at 0, ``(N,)``."""
+        best = np.zeros(self.n)
+        for row in self.rows.values():
+            best = np.maximum(best, np.nan_to_num(row, nan=0.0))
+        return best
+
+    def untried(self) -> list[int]:
+        chosen = set(self.selected)
+        return [i for i in range(self.n) if i not in chosen]
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A source-selection strategy: given the state, return the next source index (or ``q``)."""
+
+    def propose(self, state: SelectionState) -> list[int]: ...
+
+
+def generalized_performance(matrix: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """``G_k`` for ``k = 1..len(order)``: ``mean_j max_{l<=k} M[order[l], j]``.
+
+    Args:
+        matrix: normalised ``(N, N)`` matrix; NaN counts as 0 (an unobserved transfer).
+        order: source indices in the order they were chosen.
+
+    Returns:
+        float array of shape ``(len(order),)``.
+    """
+    m = np.nan_to_num(np.asarray(matrix, dtype=np.float64), nan=0.0)
+    best = np.zeros(m.shape[1])
+    out = np.empty(len(order))
+    for k, source in enumerate(order):
+        best = np.maximum(best, m[source])
+        out[k] = best.mean()
+    return out
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """One replay of a strategy: the chosen order and ``G_k`` for ``k = 1..K``."""
+
+    strategy: str
+    order: tuple[int, ...]
+    curve: np.ndarray
+    seed: int
+
+
+def replay(
+    strategy: Strategy,
+    matrix: np.ndarray,
+    coords: np.ndarray,
+    budget: int,
+    *,
+    seed: int = 0,
+    name: str = "",
+    full_knowledge: bool = False,
+    batch_size: int = 1,
+) -> SelectionResult:
+    """Run ``strategy`` offline on a normalised matrix, revealing a row when it is chosen.
+
+    Args:
+        matrix: normalised ``(N, N)`` matrix.
+        coords: unit-cube coordinates of the contexts, ``(N, d)``.
+        budget: ``K``, number of sources to choose; ``1 <= K <= N``.
+        full_knowledge: give the strategy the whole matrix (oracles only).
+    """
+    n = matrix.shape[0]
+    if matrix.shape != (n, n):
+        raise CtxrlError(f"selection needs a square matrix, got shape {matrix.shape}")
+    if not 1 <= budget <= n:
+        raise CtxrlError(f"budget K = {budget} must be between 1 and N = {n}")
+    coords = np.asarray(coords, dtype=np.float64).reshape(n, -1)
+    state = SelectionState(
+        coords=coords,
+        budget=budget,
+        rng=np.random.default_rng(seed),
+        full_matrix=matrix if full_knowledge else None,
+        batch_size=batch_size,
+    )
+    while state.k < budget:
+        proposal = list(strategy.propose(state))[: budget - state.k]
+        if not proposal:
+            raise CtxrlError(f"strategy {name!r} proposed nothing at step {state.k + 1}")
+        for index in proposal:
+            if not 0 <= int(index) < n:
+                raise CtxrlError(f"strategy {name!r} proposed index {index} outside 0..{n - 1}")
+            state.selected.append(int(index))
+            state.rows[int(index)] = matrix[int(index)]
+    order = tuple(state.selected)
+    return SelectionResult(name, order, generalized_performance(matrix, order), seed)
+
+
+def nearest_index(values: np.ndarray, aim: float) -> int:
+    """Index of the value nearest ``aim`` in a sorted 1-D array; the lower one on ties."""
+    distances = np.round(np.abs(np.asarray(values, dtype=np.float64) - aim), 12)
+    return int(np.argmin(distances))
+
+
+def first_crossing(curve: np.ndarray, *levels: float) -> int | None:
+    """Smallest ``k`` (1-based) with ``curve[k-1]`` above every level, or None."""
+    threshold = max(levels)
+    above = np.nonzero(np.asarray(curve) > threshold)[0]
+    return int(above[0]) + 1 if above.size else None

@@ -1,0 +1,259 @@
+"""The results store: one SQLite file per run directory (stdlib sqlite3, WAL journal).
+
+A training run and all of its evaluations are written in one transaction as soon as the run
+finishes, so a process killed at any moment loses at most the run it was writing; the file opens
+again and lists every finished run. Several worker processes may write to the same store.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ctxrl.context import Context, context_from_json
+from ctxrl.matrix import TransferMatrix
+
+SCHEMA_VERSION = 1
+RunStatus = Literal["finished", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id         TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    env            TEXT NOT NULL,
+    source_task    TEXT NOT NULL,
+    source_context TEXT NOT NULL,
+    seed           INTEGER NOT NULL,
+    algorithm      TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('finished', 'failed')),
+    started_at     REAL NOT NULL,
+    finished_at    REAL NOT NULL,
+    duration_s     REAL NOT NULL,
+    artifact       TEXT,
+    error          TEXT
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id         TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    target_task    TEXT NOT NULL,
+    target_context TEXT NOT NULL,
+    deterministic  INTEGER NOT NULL,
+    episode        INTEGER NOT NULL,
+    episode_return REAL NOT NULL,
+    PRIMARY KEY (run_id, target_task, deterministic, episode)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run (a source context and a seed) as stored.
+
+    ``duration_s`` is wall-clock seconds for training and evaluation; ``artifact`` is the path of
+    the saved policy relative to the run directory.
+    """
+
+    run_id: str
+    kind: str
+    env: str
+    source_task: str
+    source_context: str
+    seed: int
+    algorithm: str
+    status: RunStatus
+    started_at: float
+    finished_at: float
+    duration_s: float
+    artifact: str | None = None
+    error: str | None = None
+
+    @property
+    def context(self) -> Context:
+        return context_from_json(self.source_context)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Episode returns of one run on one target context."""
+
+    target_task: str
+    target_context: Context
+    returns: Sequence[float]
+    deterministic: bool = True
+
+
+class Store:
+    """A results store at ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------------ meta
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (key, json.dumps(value, sort_keys=True)),
+            )
+
+    def get_meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    # ------------------------------------------------------------------------ runs
+    def record_run(self, run: RunRecord, evaluations: Sequence[Evaluation] = ()) -> None:
+        """Write a run and its evaluations atomically (replacing an earlier failed attempt)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run.run_id,))
+            db.execute(
+                "INSERT INTO runs VALUES (:run_id, :kind, :env, :source_task, :source_context, "
+                ":seed, :algorithm, :status, :started_at, :finished_at, :duration_s, "
+                ":artifact, :error)",
+                asdict(run),
+            )
+            db.executemany(
+                "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run.run_id,
+                        ev.target_task,
+                        ev.target_context.canonical(),
+                        int(ev.deterministic),
+                        episode,
+                        float(value),
+                    )
+                    for ev in evaluations
+                    for episode, value in enumerate(ev.returns)
+                ],
+            )
+
+    def runs(self, status: RunStatus | None = None) -> list[RunRecord]:
+        query = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            args = (status,)
+        cursor = self._db.execute(query + " ORDER BY finished_at, run_id", args)
+        names = [c[0] for c in cursor.description]
+        return [RunRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+    def finished_run_ids(self) -> set[str]:
+        return {r.run_id for r in self.runs("finished")}
+
+    def returns(self, run_id: str, *, deterministic: bool = True) -> dict[str, list[float]]:
+        """Episode returns of one run per target task id."""
+        out: dict[str, list[float]] = {}
+        for task, value in self._db.execute(
+            "SELECT target_task, episode_return FROM evaluations WHERE run_id = ? AND "
+            "deterministic = ? ORDER BY target_task, episode",
+            (run_id, int(deterministic)),
+        ):
+            out.setdefault(task, []).append(value)
+        return out
+
+    # --------------------------------------------------------------------- matrices
+    def matrix(
+        self,
+        *,
+        env: str,
+        sources: Sequence[Context],
+        targets: Sequence[Context],
+        seeds: Sequence[int],
+        features: Sequence[str] = (),
+        kind: str = "source",
+        deterministic: bool = True,
+    ) -> TransferMatrix:
+        """The transfer matrix of finished runs: mean episode return per (source, target, seed)."""
+        source_index = {c.canonical(): i for i, c in enumerate(sources)}
+        target_index = {c.canonical(): j for j, c in enumerate(targets)}
+        seed_index = {s: k for k, s in enumerate(seeds)}
+        values = np.full((len(sources), len(targets), len(seeds)), np.nan)
+        rows = self._db.execute(
+            "SELECT r.source_context, r.seed, e.target_context, AVG(e.episode_return) "
+            "FROM runs r JOIN evaluations e ON e.run_id = r.run_id "
+            "WHERE r.status = 'finished' AND r.env = ? AND r.kind = ? AND e.deterministic = ? "
+            "GROUP BY r.run_id, e.target_task",
+            (env, kind, int(deterministic)),
+        )
+        for source_text, seed, target_text, mean_return in rows:
+            i = source_index.get(context_from_json(source_text).canonical())
+            j = target_index.get(context_from_json(target_text).canonical())
+            k = seed_index.get(seed)
+            if i is not None and j is not None and k is not None:
+                values[i, j, k] = mean_return
+        return TransferMatrix(tuple(sources), tuple(targets), values, env, tuple(features))
+
+    # ---------------------------------------------------------------------- exports
+    def export(self, directory: str | Path) -> list[Path]:
+        """Write ``runs.csv`` and ``evaluations.csv`` (and ``.parquet`` twins when pyarrow is
+        installed) into ``directory``; return the files written."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table in ("runs", "evaluations"):
+            cursor = self._db.execute(f"SELECT * FROM {table}")  # noqa: S608 (fixed names)
+            header = [c[0] for c in cursor.description]
+            rows = cursor.fetchall()
+            path = directory / f"{table}.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(header)
+                writer.writerows(rows)
+            written.append(path)
+            written.extend(_maybe_parquet(directory / f"{table}.parquet", header, rows))
+        return written
+
+
+def _maybe_parquet(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> list[Path]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return []
+    columns: Mapping[str, list[Any]] = {name: [r[i] for r in rows] for i, name in enumerate(header)}
+    pq.write_table(pa.table(dict(columns)), path)
+    return [path]
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch (the store's timestamps)."""
+    return time.time()

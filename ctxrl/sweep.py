@@ -1,0 +1,414 @@
+"""Running a sweep: plan -> jobs -> executor -> store -> transfer matrix -> selection curves.
+
+Each job trains one policy (a source context and a seed), saves it, evaluates it zero-shot on
+every target context and writes the run and its evaluations to the store in one transaction.
+Jobs are plain JSON data and run in worker processes; a rerun of the same plan (same hash) skips
+every finished run, so a killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ctxrl.config import SweepConfig, SweepPlan, resolve_plan, validate_config
+from ctxrl.context import Task
+from ctxrl.errors import CtxrlError
+from ctxrl.matrix import TransferMatrix
+from ctxrl.plugins import Host, get_host
+from ctxrl.selection import SelectionState, generalized_performance, replay
+from ctxrl.store import Evaluation, RunRecord, Store, now
+
+STORE_FILE = "store.sqlite"
+
+
+def run_id(task: Task, seed: int) -> str:
+    return f"{task.id}-s{seed}"
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep produced."""
+
+    run_dir: Path
+    matrix: TransferMatrix
+    trained: int
+    skipped: int
+    failed: list[str] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- the job
+def execute_job(job: dict[str, Any]) -> None:
+    """Train, save, evaluate and store one (source, seed) run. Runs in a worker process.
+
+    ``job`` holds ``run_dir``, ``config`` (the sweep config as JSON data), ``source`` (grid
+    index) and ``seed``. Failures are written to the store as failed runs and re-raised.
+    """
+    run_dir = Path(job["run_dir"])
+    config = validate_config(job["config"])
+    plan = resolve_plan(config, get_host().registry)
+    seed = int(job["seed"])
+    source = plan.grid.contexts[int(job["source"])]
+    task = Task(plan.env.name, source)
+    rid = run_id(task, seed)
+    started = now()
+    store = Store(run_dir / STORE_FILE)
+    try:
+        algorithm = plan.algorithm.factory(
+            _algorithm_params(config, plan), device=config.device, env=plan.env
+        )
+        policy = algorithm.train(plan.env, task, seed=seed, total_steps=config.train_steps)
+        artifact = Path("artifacts") / rid
+        algorithm.save(policy, run_dir / artifact)
+        targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
+        returns = algorithm.evaluate(
+            policy,
+            plan.env,
+            targets,
+            episodes=config.eval_episodes,
+            seed=10_000 + seed,
+            deterministic=True,
+        )
+        returns = np.asarray(returns, dtype=np.float64)
+        if returns.shape != (len(targets), config.eval_episodes):
+            raise CtxrlError(
+                f"algorithm {plan.algorithm.name!r} returned evaluation shape {returns.shape}, "
+                f"expected {(len(targets), config.eval_episodes)}"
+            )
+        evaluations = [
+            Evaluation(t.id, t.context, returns[j].tolist()) for j, t in enumerate(targets)
+        ]
+        finished = now()
+        store.record_run(
+            _record(task, seed, plan, started, finished, "finished", str(artifact), None),
+            evaluations,
+        )
+    except BaseException as exc:
+        error = "".join(traceback.format_exception(exc))[-4000:]
+        store.record_run(_record(task, seed, plan, started, now(), "failed", None, error))
+        raise
+    finally:
+        store.close()
+
+
+def _algorithm_params(config: SweepConfig, plan: SweepPlan) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if config.algorithm.preset is not None:
+        params.update(plan.algorithm.presets[config.algorithm.preset])
+    params.update(config.algorithm.params)
+    return params
+
+
+def _record(
+    task: Task,
+    seed: int,
+    plan: SweepPlan,
+    started: float,
+    finished: float,
+    status: str,
+    artifact: str | None,
+    error: str | None,
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id(task, seed),
+        kind="source",
+        env=task.env,
+        source_task=task.id,
+        source_context=task.context.canonical(),
+        seed=seed,
+        algorithm=plan.algorithm.name,
+        status=status,  # type: ignore[arg-type]
+        started_at=started,
+        finished_at=finished,
+        duration_s=finished - started,
+        artifact=artifact,
+        error=error,
+    )
+
+
+# ------------------------------------------------------------------------- run directory
+def environment_record(host: Host, device: str) -> dict[str, Any]:
+    """Versions and machine facts that a result depends on."""
+    versions = {}
+    for dist in ("ctxrl", "torch", "numpy", "gymnasium", "stable-baselines3", "gpytorch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "versions": versions,
+        "plugins": {
+            name: {"version": p.version, "status": p.status, "distribution": p.distribution}
+            for name, p in host.plugins.items()
+        },
+    }
+
+
+def prepare_run_dir(plan: SweepPlan, host: Host, argv: Iterable[str]) -> Path:
+    """Create (or reopen) the run directory and record plan, command and environment."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = run_dir / "plan.yaml"
+    plan_data = plan.config.plan_data()
+    if plan_file.exists():
+        stored = yaml.safe_load(plan_file.read_text())
+        if stored.get("plan") != plan_data:
+            raise CtxrlError(f"{plan_file} holds a different plan; refusing to mix results")
+    plan_file.write_text(
+        yaml.safe_dump(
+            {"plan_hash": plan.plan_hash, "plan": plan_data,
+             "config": plan.config.model_dump(mode="json")},
+            sort_keys=False,
+        )
+    )
+    with (run_dir / "command.txt").open("a") as handle:
+        handle.write(" ".join(shlex.quote(a) for a in argv) + "\n")
+    (run_dir / "environment.json").write_text(
+        json.dumps(environment_record(host, plan.config.device), indent=2)
+    )
+    return run_dir
+
+
+# -------------------------------------------------------------------------------- sweep
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    host: Host | None = None,
+    argv: Iterable[str] = (),
+    console: Console | None = None,
+) -> SweepOutcome:
+    """Run (or resume) ``plan`` and return its transfer matrix and what was done."""
+    host = host or get_host()
+    console = console or Console(stderr=True)
+    config = plan.config
+    run_dir = prepare_run_dir(plan, host, argv)
+    plan_json = config.model_dump(mode="json")
+    store = Store(run_dir / STORE_FILE)
+    store.set_meta("plan_hash", plan.plan_hash)
+    host.notify("ctxrl_sweep_start", plan=plan_json, run_dir=run_dir)
+
+    executor = host.registry.executor(config.executor.name).factory(
+        workers=config.executor.workers, timeout_s=config.executor.timeout_s,
+        log_dir=run_dir / "logs", **config.executor.options,
+    )
+    finished = store.finished_run_ids()
+    outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
+
+    def job_for(source: int, seed: int) -> dict[str, Any]:
+        return {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
+
+    def run_jobs(sources: list[int]) -> None:
+        jobs = []
+        for source in sources:
+            task = Task(plan.env.name, plan.grid.contexts[source])
+            for seed in config.seeds:
+                if run_id(task, seed) in finished:
+                    outcome.skipped += 1
+                else:
+                    jobs.append(job_for(source, seed))
+        if not jobs:
+            return
+        with _progress(console) as progress:
+            bar = progress.add_task(f"training {plan.env.name}", total=len(jobs))
+            for job, error in executor.map(execute_job, jobs):
+                task = Task(plan.env.name, plan.grid.contexts[job["source"]])
+                rid = run_id(task, job["seed"])
+                if error is not None:
+                    _ensure_failed(store, task, job["seed"], plan, error)
+                    outcome.failed.append(rid)
+                    console.print(f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
+                                  f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+                else:
+                    outcome.trained += 1
+                    finished.add(rid)
+                run = {"run_id": rid, "source_task": task.id, "seed": job["seed"],
+                       "status": "failed" if error else "finished",
+                       "returns": store.returns(rid)}
+                host.notify("ctxrl_run_finished", plan=plan_json, run=run)
+                progress.advance(bar)
+
+    n = len(plan.grid)
+    if config.mode == "full":
+        outcome.order = list(range(n))
+        run_jobs(outcome.order)
+    else:
+        outcome.order = _select_and_train(plan, store, run_jobs)
+
+    matrix = sweep_matrix(plan, store)
+    outcome.matrix = matrix
+    write_exports(plan, store, matrix, run_dir, order=outcome.order)
+    store.close()
+    host.notify("ctxrl_sweep_finished", plan=plan_json, run_dir=run_dir, matrix=matrix)
+    return outcome
+
+
+def _select_and_train(plan: SweepPlan, store: Store, run_jobs: Callable[[list[int]], None]) -> list[int]:
+    """Strategy-driven mode: train only the sources the strategy proposes, step by step."""
+    assert plan.strategy is not None and plan.config.strategy.budget is not None
+    config = plan.config
+    strategy = plan.strategy.factory(**config.strategy.options)
+    state = SelectionState(
+        coords=plan.grid.grid_coords(),
+        budget=config.strategy.budget,
+        rng=np.random.default_rng(config.seeds[0]),
+        batch_size=config.strategy.batch_size,
+    )
+    while state.k < state.budget:
+        proposal = [int(i) for i in strategy.propose(state)][: state.budget - state.k]
+        if not proposal:
+            raise CtxrlError(f"strategy {plan.strategy.name!r} proposed nothing at step {state.k + 1}")
+        run_jobs(sorted(set(proposal)))
+        normalised = plan.env.normalise(sweep_matrix(plan, store).mean())
+        for index in proposal:
+            state.selected.append(index)
+            state.rows[index] = normalised[index]
+    return list(state.selected)
+
+
+def _ensure_failed(store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str) -> None:
+    """Record a failure the worker could not write itself (crash, timeout)."""
+    rid = run_id(task, seed)
+    if any(r.run_id == rid for r in store.runs("failed")):
+        return
+    t = now()
+    store.record_run(_record(task, seed, plan, t, t, "failed", None, str(error)[-4000:]))
+
+
+def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
+    contexts = plan.grid.contexts
+    return store.matrix(
+        env=plan.env.name, sources=contexts, targets=contexts, seeds=plan.config.seeds,
+        features=plan.grid.features,
+    )
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+# ------------------------------------------------------------------------------ exports
+def selection_curves(
+    normalised: np.ndarray,
+    coords: np.ndarray,
+    strategies: dict[str, Any],
+    budget: int,
+    *,
+    stochastic_repeats: int = 100,
+) -> dict[str, dict[str, Any]]:
+    """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
+
+    ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
+    replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in strategies.items():
+        repeats = stochastic_repeats if spec.stochastic else 1
+        results = [
+            replay(spec.factory(), normalised, coords, budget, seed=s, name=name,
+                   full_knowledge=spec.requires_full_matrix)
+            for s in range(repeats)
+        ]
+        curves = np.stack([r.curve for r in results])
+        out[name] = {
+            "mean": curves.mean(axis=0).tolist(),
+            "std": curves.std(axis=0).tolist(),
+            "order": list(results[0].order),
+        }
+    return out
+
+
+def write_exports(
+    plan: SweepPlan, store: Store, matrix: TransferMatrix, run_dir: Path, *, order: list[int]
+) -> Path:
+    """Matrices (reference CSV per seed), runs/evaluations tables, selection curves, summary."""
+    exports = run_dir / "exports"
+    exports.mkdir(exist_ok=True)
+    for k, seed in enumerate(plan.config.seeds):
+        matrix.to_reference_csv(exports / f"matrix_seed{seed}.csv", seed=k)
+    (exports / "contexts.json").write_text(json.dumps(
+        {"features": list(plan.grid.features),
+         "contexts": [c.as_dict() for c in plan.grid.contexts],
+         "return_bounds": list(plan.env.return_bounds)}, indent=2))
+    store.export(exports)
+    normalised = plan.env.normalise(matrix.mean())
+    summary: dict[str, Any] = {
+        "env": plan.env.name,
+        "features": list(plan.grid.features),
+        "n_contexts": len(plan.grid),
+        "seeds": plan.config.seeds,
+        "order": order,
+        "observed_rows": int(np.sum(~np.all(np.isnan(normalised), axis=1))),
+    }
+    complete = not np.isnan(normalised).any()
+    if complete:
+        summary["independent"] = float(np.mean(np.diag(normalised)))
+        summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
+        registry = get_host().registry
+        names = [plan.config.strategy.name] if plan.config.mode == "full" else []
+        names += [n for n in plan.config.compare if n not in names]
+        coords = plan.grid.grid_coords()
+        budget = min(len(plan.grid), plan.config.strategy.budget or 15)
+        summary["budget"] = budget
+        summary["curves"] = selection_curves(
+            normalised, coords, {n: registry.strategy(n) for n in names}, budget
+        )
+    elif order:
+        summary["curve"] = generalized_performance(normalised, order).tolist()
+    (exports / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.md").write_text(summary_markdown(summary))
+    return exports
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# {summary['env']}: {', '.join(summary['features'])}",
+        "",
+        f"{summary['n_contexts']} contexts, seeds {summary['seeds']}, "
+        f"{summary['observed_rows']} source rows observed.",
+        "",
+    ]
+    if "independent" in summary:
+        lines += [
+            f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
+            f"- Oracle transfer (all models, best source per target): "
+            f"{summary['oracle_transfer']:.4f}",
+            "",
+            f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
+            "(mean over replays):",
+            "",
+            "| strategy | mean G_k | G_1 | G_K | order (first 5) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, curve in summary["curves"].items():
+            mean = np.mean(curve["mean"])
+            lines.append(
+                f"| {name} | {mean:.4f} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
+                f"{curve['order'][:5]} |"
+            )
+    elif "curve" in summary:
+        lines.append(f"G_k along the trained order {summary['order']}: "
+                     + ", ".join(f"{v:.3f}" for v in summary["curve"]))
+    return "\n".join(lines) + "\n"

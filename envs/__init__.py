@@ -1,0 +1,10 @@
+"""ctxrl's built-in environment plugins (import name ``ctxrl_envs``).
+
+Importing this package registers the ``ctxrl/...`` ids with gymnasium, so
+``gymnasium.make("ctxrl/CartPole-v1", context={"masscart": 2.0})`` works after
+``import ctxrl_envs`` (or ``gymnasium.make("ctxrl_envs:ctxrl/CartPole-v1", ...)``).
+"""
+
+from ctxrl_envs.classic_control import register_gymnasium_ids
+
+register_gymnasium_ids()

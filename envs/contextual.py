@@ -1,0 +1,162 @@
+"""A gymnasium wrapper that gives any env a context.
+
+A :class:`ContextFamily` says how a context acts on one gymnasium environment: which features
+exist, how to set them on the instance (derived quantities recomputed, spaces updated, nothing
+written to module or class state), which reset options they imply and which cross-feature
+constraints hold. :class:`ContextualEnv` applies a family's context at construction and at
+``reset(options={"context": {...}})``, and optionally appends chosen context features, normalised
+to [0, 1], to a flat Box observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ctxrl.context import Context, ContextSpace
+from ctxrl.errors import ContextError
+
+
+@dataclass(frozen=True)
+class ContextFamily:
+    """How contexts act on one gymnasium environment.
+
+    Attributes:
+        name: the ctxrl env name (``CartPole``).
+        space: the context features.
+        build: ``build(render_mode) -> gymnasium.Env``, a fresh unwrapped base env.
+        apply: ``apply(base_env, context)`` sets the context on the instance.
+        reset_options: ``reset_options(context) -> dict`` passed to the base env's reset.
+        check: ``check(context)`` raises ContextError when features contradict each other.
+    """
+
+    name: str
+    space: ContextSpace
+    build: Callable[[str | None], gym.Env]
+    apply: Callable[[Any, Context], None]
+    reset_options: Callable[[Context], dict[str, Any]] = lambda context: {}
+    check: Callable[[Context], None] = lambda context: None
+
+    def validate(self, values: Mapping[str, object] | None) -> Context:
+        context = self.space.validate(values)
+        self.check(context)
+        return context
+
+
+def require_order(context: Context, owner: str, *names: str, strict: bool = False) -> None:
+    """Raise unless ``context[names[0]] <= context[names[1]] <= ...`` (``<`` when strict)."""
+    for low, high in zip(names, names[1:], strict=False):
+        a, b = context[low], context[high]
+        if a > b or (strict and a == b):
+            relation = "<" if strict else "<="
+            raise ContextError(
+                f"{owner}: context features need {low} {relation} {high}, got {low} = {a}, "
+                f"{high} = {b}"
+            )
+
+
+class ContextualEnv(gym.Wrapper):  # type: ignore[type-arg]
+    """A gymnasium env whose dynamics follow a context.
+
+    Args:
+        family: how the context acts on the base env.
+        context: a partial mapping of feature -> value (missing features at their defaults).
+        visible: features appended to the observation, each normalised to [0, 1] over its
+            bounds. Empty (default) keeps the context hidden.
+        render_mode: passed to the base env.
+    """
+
+    def __init__(
+        self,
+        family: ContextFamily,
+        context: Mapping[str, object] | None = None,
+        visible: Sequence[str] = (),
+        render_mode: str | None = None,
+    ) -> None:
+        self.family = family
+        initial = family.validate(context)
+        for name in visible:
+            family.space.feature(name)
+        base = family.build(render_mode)
+        super().__init__(base)
+        self.visible = tuple(visible)
+        if self.visible and not (
+            isinstance(base.observation_space, spaces.Box) and len(base.observation_space.shape) == 1
+        ):
+            raise ContextError(f"{family.name}: visible contexts need a flat Box observation")
+        self._context = initial
+        self._apply(initial)
+
+    @property
+    def context(self) -> Context:
+        """The context in force."""
+        return self._context
+
+    def set_context(self, values: Mapping[str, object] | None) -> Context:
+        """Validate a (partial) context and apply it; nothing changes if validation fails.
+
+        Takes effect immediately for the dynamics; reset options (initial-state ranges) apply
+        from the next reset."""
+        context = self.family.validate(values)
+        self._apply(context)
+        self._context = context
+        return context
+
+    def _apply(self, context: Context) -> None:
+        self.family.apply(self.env.unwrapped, context)
+        base = self.env.observation_space
+        if self.visible:
+            assert isinstance(base, spaces.Box)
+            low = np.concatenate([base.low, np.zeros(len(self.visible))]).astype(np.float32)
+            high = np.concatenate([base.high, np.ones(len(self.visible))]).astype(np.float32)
+            self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        else:
+            self.observation_space = base
+
+    def _context_features(self) -> np.ndarray:
+        if not self.visible:
+            return np.zeros(0, dtype=np.float32)
+        return self.family.space.to_unit([self._context], self.visible)[0].astype(np.float32)
+
+    def observation(self, obs: Any) -> Any:
+        if not self.visible:
+            return obs
+        return np.concatenate([np.asarray(obs, dtype=np.float32), self._context_features()])
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        options = dict(options or {})
+        if "context" in options:
+            self.set_context(options.pop("context"))
+        merged = {**self.family.reset_options(self._context), **options}
+        obs, info = self.env.reset(seed=seed, options=merged or None)
+        info = dict(info)
+        info["context"] = self._context.as_dict()
+        return self.observation(obs), info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        info["context"] = self._context.as_dict()
+        return self.observation(obs), reward, terminated, truncated, info
+
+
+def make_contextual(
+    family: ContextFamily,
+    max_episode_steps: int | None,
+    context: Mapping[str, object] | None = None,
+    *,
+    visible: Sequence[str] = (),
+    render_mode: str | None = None,
+) -> gym.Env:  # type: ignore[type-arg]
+    """A :class:`ContextualEnv` with gymnasium's time limit, as ``EnvSpec.make`` returns it."""
+    env: gym.Env = ContextualEnv(family, context, visible, render_mode)  # type: ignore[type-arg]
+    if max_episode_steps is not None:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps)
+    return env

@@ -1,0 +1,142 @@
+"""Baseline source-selection strategies, with the exact logic of the MBTL reference.
+
+Coordinates are the unit-cube coordinates of the candidate contexts (``state.coords``); the 1-D
+baselines (equidistant, greedy) need a single varied feature. "Nearest" always breaks ties
+towards the lower context.
+
+- ``random``: a uniformly random untried context each step (seeded by the state's rng).
+- ``equidistant``: centres of K equal bins, from high to low (coarse-to-fine).
+- ``greedy``: middle first, then the largest gap between chosen contexts and the range ends.
+- ``sequential-oracle``: greedy on the true matrix (offline only); each source at most once.
+- ``exhaustive``: every context in increasing order (trains all N).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ctxrl import hookimpl
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import StrategySpec
+from ctxrl.selection import SelectionState, nearest_index
+
+
+def _one_dimensional(state: SelectionState, name: str) -> np.ndarray:
+    if state.coords.shape[1] != 1:
+        raise CtxrlError(
+            f"strategy {name!r} works on one varied feature; this grid has "
+            f"{state.coords.shape[1]}"
+        )
+    values: np.ndarray = state.coords[:, 0]
+    if np.any(np.diff(values) < 0):
+        raise CtxrlError(f"strategy {name!r} needs contexts in increasing order")
+    return values
+
+
+class RandomStrategy:
+    """A random untried context per step (Random baseline)."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        untried = state.untried()
+        count = min(state.batch_size, len(untried))
+        return [int(i) for i in state.rng.choice(untried, size=count, replace=False)]
+
+
+class EquidistantStrategy:
+    """Aim at ``x_k = max - (max - min) / (2K) - (max - min) k / K``, ``k = 0..K-1``."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        values = _one_dimensional(state, "equidistant")
+        low, high, budget = values.min(), values.max(), state.budget
+        proposal = []
+        for k in range(state.k, min(state.k + state.batch_size, budget)):
+            aim = high - (high - low) / (2 * budget) - (high - low) * k / budget
+            proposal.append(nearest_index(values, aim))
+        return proposal
+
+
+class GreedyStrategy:
+    """Geometry-only greedy: fill the largest gap (Temporal Transfer Learning)."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        values = _one_dimensional(state, "greedy")
+        chosen = list(state.selected)
+        proposal = []
+        for _ in range(state.batch_size):
+            index = self._next(values, chosen)
+            chosen.append(index)
+            proposal.append(index)
+        return proposal
+
+    @staticmethod
+    def _next(values: np.ndarray, chosen: list[int]) -> int:
+        low, high = float(values.min()), float(values.max())
+        if not chosen:
+            return nearest_index(values, (low + high) / 2)
+        points = sorted([low, high, *(float(values[i]) for i in chosen)])
+        gaps = np.diff(points)
+        g = int(np.argmax(np.round(gaps, 12)))  # first gap on ties
+        a, b = points[g], points[g + 1]
+        if g == 0:
+            aim = (2 * a + b) / 3
+        elif g == len(gaps) - 1:
+            aim = (a + 2 * b) / 3
+        else:
+            aim = (a + b) / 2
+        return nearest_index(values, aim)
+
+
+class SequentialOracleStrategy:
+    """Greedy with the true matrix: the row maximising ``mean_j max`` over chosen rows."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        if state.full_matrix is None:
+            raise CtxrlError("strategy 'sequential-oracle' needs the full matrix (offline only)")
+        matrix = np.nan_to_num(state.full_matrix, nan=0.0)
+        best = np.zeros(matrix.shape[1])
+        for i in state.selected:
+            best = np.maximum(best, matrix[i])
+        chosen = set(state.selected)
+        proposal = []
+        for _ in range(min(state.batch_size, state.n - len(chosen))):
+            scores = np.round(np.maximum(matrix, best[None, :]).mean(axis=1), 12)
+            scores[list(chosen)] = -np.inf  # each source once
+            index = int(np.argmax(scores))  # first index on ties
+            proposal.append(index)
+            chosen.add(index)
+            best = np.maximum(best, matrix[index])
+        return proposal
+
+
+class ExhaustiveStrategy:
+    """Every context, in increasing index order."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        untried = state.untried()
+        return untried[: state.batch_size]
+
+
+def _no_options(cls: type) -> Callable[..., object]:
+    def factory(**options: object) -> object:
+        if options:
+            raise CtxrlError(f"strategy {cls.__name__} takes no options, got {sorted(options)}")
+        return cls()
+
+    return factory
+
+
+@hookimpl
+def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
+    register(StrategySpec("random", _no_options(RandomStrategy), stochastic=True,
+                          description="uniformly random untried context each step"))
+    register(StrategySpec("equidistant", _no_options(EquidistantStrategy),
+                          description="centres of K equal bins, coarse to fine (1-D)"))
+    register(StrategySpec("greedy", _no_options(GreedyStrategy),
+                          description="middle first, then the largest gap (1-D)"))
+    register(StrategySpec("sequential-oracle", _no_options(SequentialOracleStrategy),
+                          requires_full_matrix=True,
+                          description="greedy on the true matrix (offline upper reference)"))
+    register(StrategySpec("exhaustive", _no_options(ExhaustiveStrategy),
+                          description="every context in order (trains all N)"))

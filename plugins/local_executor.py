@@ -1,0 +1,148 @@
+"""Executors that run sweep jobs on this machine.
+
+``local``: every job in a fresh worker process (spawned, so torch, libsumo and CUDA state never
+leak between jobs), at most ``workers`` at a time, each with an optional wall-clock limit. A job
+that raises, crashes the interpreter or runs past its limit is reported with the tail of its log;
+the other jobs go on.
+
+``inline``: jobs one after another in this process (debugging, inline test plugins).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ctxrl import hookimpl
+from ctxrl.registry import ExecutorSpec
+
+Job = dict[str, Any]
+JobFn = Callable[[Job], None]
+
+
+class JobFailed(RuntimeError):
+    """A job that raised, crashed or timed out; the message ends with its log's last lines."""
+
+
+def _log_name(job: Job, index: int) -> str:
+    return f"job-{index:05d}-src{job.get('source', 'x')}-seed{job.get('seed', 'x')}.log"
+
+
+def _child(fn: JobFn, job: Job, log_path: str | None) -> None:
+    if log_path is not None:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    try:
+        fn(job)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").strip().splitlines()
+    return "\n".join(text[-lines:])
+
+
+class LocalProcessExecutor:
+    """Runs each job in its own spawned process.
+
+    Args:
+        workers: jobs running at once.
+        timeout_s: wall-clock limit per job in seconds (None: no limit).
+        log_dir: where each job's stdout/stderr go (None: inherit the parent's).
+        start_method: multiprocessing start method; ``spawn`` is the safe default.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float | None = None,
+        log_dir: Path | None = None,
+        start_method: str = "spawn",
+        poll_s: float = 0.05,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"executor.workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.context = mp.get_context(start_method)
+        self.poll_s = poll_s
+
+    def map(self, fn: JobFn, jobs: Iterable[Job]) -> Iterator[tuple[Job, BaseException | None]]:
+        """Run ``fn(job)`` for every job; yield ``(job, None)`` or ``(job, error)`` as each ends."""
+        pending = list(enumerate(jobs))
+        running: dict[Any, tuple[Job, float, Path | None]] = {}
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            while pending or running:
+                while pending and len(running) < self.workers:
+                    index, job = pending.pop(0)
+                    log = self.log_dir / _log_name(job, index) if self.log_dir else None
+                    process = self.context.Process(
+                        target=_child, args=(fn, job, str(log) if log else None), daemon=True
+                    )
+                    process.start()
+                    running[process] = (job, time.monotonic(), log)
+                for process in list(running):
+                    job, started, log = running[process]
+                    if process.exitcode is not None:
+                        process.join()
+                        del running[process]
+                        if process.exitcode == 0:
+                            yield job, None
+                        else:
+                            yield job, JobFailed(
+                                f"worker exited with code {process.exitcode}\n{_tail(log)}"
+                            )
+                    elif self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
+                        process.kill()
+                        process.join()
+                        del running[process]
+                        yield job, JobFailed(
+                            f"job exceeded its {self.timeout_s:g} s limit and was killed\n"
+                            f"{_tail(log)}"
+                        )
+                time.sleep(self.poll_s)
+        finally:
+            for process in running:
+                process.kill()
+                process.join()
+
+
+class InlineExecutor:
+    """Runs jobs one after another in this process; exceptions are reported per job."""
+
+    def __init__(self, workers: int = 1, timeout_s: float | None = None, log_dir: Path | None = None) -> None:
+        del workers, timeout_s, log_dir  # accepted for a uniform factory signature
+
+    def map(self, fn: JobFn, jobs: Iterable[Job]) -> Iterator[tuple[Job, BaseException | None]]:
+        for job in jobs:
+            try:
+                fn(job)
+            except Exception as exc:
+                yield job, exc
+            else:
+                yield job, None
+
+
+@hookimpl
+def ctxrl_register_executors(register: Callable[[ExecutorSpec], None]) -> None:
+    register(ExecutorSpec("local", LocalProcessExecutor, "one spawned process per job, in parallel"))
+    register(ExecutorSpec("inline", InlineExecutor, "jobs in sequence in this process"))
