@@ -229,6 +229,10 @@ class BatchedPendulum(BatchedEnv):
     discrete_actions = None
     max_episode_steps = 200
 
+    def _check(self, context: Mapping[str, Tensor]) -> None:
+        if bool((context["initial_velocity_max"] > context["max_speed"]).any()):
+            raise ContextError(f"{self.name}: context features need initial_velocity_max <= max_speed")
+
     def _initial_state(self) -> Tensor:
         high = torch.stack([self.context["initial_angle_max"], self.context["initial_velocity_max"]], 1)
         return self._uniform(-high, high, (self.num_envs, 2))

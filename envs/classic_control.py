@@ -25,11 +25,13 @@ from ctxrl_envs.contextual import ContextFamily, require_order
 F = ContextFeature
 
 
-def _gym_env(env_id: str) -> Callable[[str | None], Any]:
-    def build(render_mode: str | None) -> Any:
-        import gymnasium as gym
+def _gym_env(class_name: str) -> Callable[[str | None], Any]:
+    """A builder of gymnasium's own env class (unwrapped, no registry spec)."""
 
-        return gym.make(env_id, render_mode=render_mode).unwrapped
+    def build(render_mode: str | None) -> Any:
+        from gymnasium.envs import classic_control
+
+        return getattr(classic_control, class_name)(render_mode=render_mode)
 
     return build
 
@@ -73,7 +75,7 @@ def _bounds_options(feature: str, c: Context) -> dict[str, Any]:
 
 
 CARTPOLE_FAMILY = ContextFamily(
-    "CartPole", CARTPOLE, _gym_env("CartPole-v1"), _apply_cartpole,
+    "CartPole", CARTPOLE, _gym_env("CartPoleEnv"), _apply_cartpole,
     reset_options=partial(_bounds_options, "initial_state_bound"),
 )
 
@@ -103,8 +105,10 @@ def _apply_pendulum(env: Any, c: Context) -> None:
 
 
 PENDULUM_FAMILY = ContextFamily(
-    "Pendulum", PENDULUM, _gym_env("Pendulum-v1"), _apply_pendulum,
+    "Pendulum", PENDULUM, _gym_env("PendulumEnv"), _apply_pendulum,
     reset_options=lambda c: {"x_init": c["initial_angle_max"], "y_init": c["initial_velocity_max"]},
+    # an initial speed above the speed limit would start outside the observation space
+    check=lambda c: require_order(c, "Pendulum", "initial_velocity_max", "max_speed"),
 )
 
 # ------------------------------------------------------------------------------- MountainCar
@@ -160,11 +164,11 @@ def _start_options(c: Context) -> dict[str, Any]:
 
 
 MOUNTAIN_CAR_FAMILY = ContextFamily(
-    "MountainCar", MOUNTAIN_CAR, _gym_env("MountainCar-v0"), _apply_mountain_car,
+    "MountainCar", MOUNTAIN_CAR, _gym_env("MountainCarEnv"), _apply_mountain_car,
     reset_options=_start_options, check=partial(_check_mountain_car, "MountainCar"),
 )
 MOUNTAIN_CAR_CONTINUOUS_FAMILY = ContextFamily(
-    "MountainCarContinuous", MOUNTAIN_CAR_CONTINUOUS, _gym_env("MountainCarContinuous-v0"),
+    "MountainCarContinuous", MOUNTAIN_CAR_CONTINUOUS, _gym_env("Continuous_MountainCarEnv"),
     _apply_mountain_car, reset_options=_start_options,
     check=partial(_check_mountain_car, "MountainCarContinuous"),
 )
@@ -204,7 +208,7 @@ def _apply_acrobot(env: Any, c: Context) -> None:
 
 
 ACROBOT_FAMILY = ContextFamily(
-    "Acrobot", ACROBOT, _gym_env("Acrobot-v1"), _apply_acrobot,
+    "Acrobot", ACROBOT, _gym_env("AcrobotEnv"), _apply_acrobot,
     reset_options=partial(_bounds_options, "initial_state_bound"),
 )
 
