@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -20,6 +21,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, UnknownNameError
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats, so ``1e-3`` is a number, not a string."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely (no object construction), with YAML 1.2 number rules."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class _Strict(BaseModel):
@@ -128,7 +152,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. features.masscart.num=20")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set_dotted(data, key.strip(), parse_yaml(raw) if raw.strip() else "")
     return data
 
 
@@ -138,7 +162,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Sweep
     if not source.is_file():
         raise ConfigError(f"config file {source} does not exist")
     try:
-        data = yaml.safe_load(source.read_text()) or {}
+        data = parse_yaml(source.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -172,7 +172,7 @@ class Store:
         if status is not None:
             query += " WHERE status = ?"
             args = (status,)
-        cursor = self._db.execute(query + " ORDER BY finished_at, run_id", args)
+        cursor = self._db.execute(query + " ORDER BY finished_at, rowid", args)
         names = [c[0] for c in cursor.description]
         return [RunRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: plugins installed as real distributions on a private path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_distribution(site: Path, dist: str, version: str, module: str, source: str,
+                       entry_points: dict[str, str]) -> None:
+    """Write ``module.py`` and a ``{dist}-{version}.dist-info`` with ``ctxrl`` entry points
+    into ``site``: exactly what pip leaves behind, so importlib.metadata discovers it."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "\n".join(f"{name} = {target}" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[ctxrl]\n{lines}\n")
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path) -> Path:
+    return tmp_path / "site"
+
+
+@pytest.fixture
+def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the ``ctxrl`` CLI in a subprocess that sees ``plugin_site`` on its path."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(plugin_site), environ.get("PYTHONPATH", "")) if p
+        )
+        environ.setdefault("OMP_NUM_THREADS", "1")
+        environ["COLUMNS"] = "200"
+        environ.update(env or {})
+        result = subprocess.run(
+            [sys.executable, "-m", "ctxrl.cli", *args], capture_output=True, text=True,
+            env=environ, cwd=cwd, timeout=600,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"ctxrl {args} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run

@@ -1,0 +1,127 @@
+"""Config validation, overrides and the select / envs commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctxrl import ConfigError, Context, TransferMatrix
+from ctxrl.config import apply_overrides, load_config, resolve_plan
+from ctxrl.plugins import get_host
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _plan(*overrides: str):  # noqa: ANN202
+    return resolve_plan(load_config(None, overrides), get_host().registry)
+
+
+def test_embedded_default_is_a_small_cartpole_sweep() -> None:
+    plan = _plan()
+    assert plan.env.name == "CartPole" and plan.grid.features == ("masscart",)
+    assert len(plan.grid) == 5 and plan.algorithm.name == "sb3-ppo"
+    assert plan.run_dir.name.startswith("CartPole-masscart-")
+
+
+def test_overrides_are_parsed_as_yaml() -> None:
+    data = apply_overrides({"a": {"b": 1}}, ["a.b=2e-3", "a.c=[1, 2]", "d.e=text"])
+    assert data == {"a": {"b": 2e-3, "c": [1, 2]}, "d": {"e": "text"}}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
+    base = _plan()
+    assert _plan("executor.workers=1", "output_dir=/tmp/elsewhere").plan_hash == base.plan_hash
+    assert _plan("train_steps=1000").plan_hash != base.plan_hash
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["features={masscartt: {num: 3}}"], "no context feature 'masscartt'"),
+        (["features.masscart.num=0"], "features.masscart.num: Input should be greater than or equal to 1"),
+        (["features.masscart={values: []}"], "grid for 'masscart' has no values"),
+        (["features={}"], "features: Value error, name at least one varied feature"),
+        (["features.masscart.high=50"], "'masscart' = 50.0 is outside the allowed range [0.1, 10.0]"),
+        (["mode=select", "strategy.name=nope", "strategy.budget=2"],
+         "strategy.name: no plugin provides the strategy 'nope'"),
+        (["mode=select", "strategy.budget=6"], "K = 6 must be set and at most N = 5"),
+        (["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"], "needs the full matrix"),
+        (["algorithm.name=sb3-sac"], "supports ['continuous'] actions but env 'CartPole' has discrete"),
+        (["algorithm.preset=Walker"], "has no preset 'Walker'"),
+        (["env=Nope"], "env: no plugin provides the env 'Nope'"),
+        (["compare=[random, nope]"], "compare: no plugin provides the strategy 'nope'"),
+        (["train_steps=-5"], "train_steps: Input should be greater than 0"),
+        (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),
+        (["seedz=[1]"], "seedz: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_is_named(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        _plan(*overrides)
+    assert message in str(excinfo.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run) -> None:
+    result = run_ctxrl("sweep", "--dry-run", "--set", "features.masscart.high=50")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "'masscart' = 50.0" in result.stderr
+    assert "Traceback" not in result.stderr
+    ok = run_ctxrl("sweep", "--dry-run", check=True)
+    assert "env: CartPole" in ok.stdout
+
+
+def test_envs_json_lists_features_with_bounds(run_ctxrl: Run) -> None:
+    envs = {e["name"]: e for e in json.loads(run_ctxrl("envs", "--json", check=True).stdout)}
+    assert {"CartPole", "Pendulum", "MountainCar", "MountainCarContinuous", "Acrobot"} <= set(envs)
+    masscart = next(f for f in envs["CartPole"]["features"] if f["name"] == "masscart")
+    assert masscart == {"name": "masscart", "default": 1.0, "lower": 0.1, "upper": 10.0,
+                        "scale": "linear", "unit": "kg", "description": "mass of the cart"}
+    assert envs["CartPole"]["return_bounds"] == [0.0, 500.0]
+    assert envs["Pendulum"]["return_bounds"] == [-2200.0, -500.0]
+    assert envs["CartPole"]["batched"] is True
+
+
+def test_select_replays_strategies_on_a_reference_csv(run_ctxrl: Run, tmp_path: Path) -> None:
+    n = 12
+    x = np.arange(n)
+    raw = np.clip(450 - 60 * np.abs(x[:, None] - x[None, :]), 0, 500).astype(float)
+    contexts = tuple(Context({"index": float(i)}) for i in range(n))
+    path = tmp_path / "cartpole_masscart_0_transfer_result.csv"
+    TransferMatrix(contexts, contexts, raw).to_reference_csv(path)
+    result = run_ctxrl("select", "--matrix", str(path), "--strategy", "sequential-oracle",
+                       "--strategy", "random", "--strategy", "greedy", "--budget", "4",
+                       "--env", "CartPole", "--json", check=True)
+    data = json.loads(result.stdout)
+    assert data["independent"] == pytest.approx(0.9)
+    oracle = data["strategies"]["sequential-oracle"]
+    assert len(oracle["mean"]) == 4 and oracle["std"] == [0.0] * 4
+    assert np.all(np.diff(oracle["mean"]) >= 0)
+    assert np.all(np.array(oracle["mean"]) >= np.array(data["strategies"]["random"]["mean"]) - 1e-12)
+    assert data["strategies"]["random"]["std"][0] > 0  # 100 random orders
+    table = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "3",
+                      "--bounds", "0", "500", check=True)
+    assert "greedy" in table.stdout and "mean" in table.stdout
+    too_many = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "13",
+                         "--env", "CartPole")
+    assert too_many.returncode == 2 and "K = 13 must be between 1 and N = 12" in too_many.stderr
+    no_bounds = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "2")
+    assert no_bounds.returncode == 2 and "--env NAME or --bounds" in no_bounds.stderr
+    unknown = run_ctxrl("select", "--matrix", str(path), "--strategy", "nope", "-k", "2",
+                        "--env", "CartPole")
+    assert unknown.returncode == 2 and "strategy 'nope'" in unknown.stderr

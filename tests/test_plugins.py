@@ -1,0 +1,198 @@
+"""Plugin discovery, isolation, controls and the registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_distribution
+from ctxrl import (
+    ContextFeature,
+    ContextSpace,
+    DuplicateNameError,
+    EnvSpec,
+    StrategySpec,
+    UnknownNameError,
+    hookimpl,
+)
+from ctxrl.plugins import load_host
+from ctxrl.registry import Registry
+
+BUILTINS = {"classic_control", "baseline_strategies", "local_executor", "sb3"}
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+TOY_PLUGIN = '''
+from ctxrl import hookimpl, EnvSpec, ContextSpace, ContextFeature, StrategySpec
+
+class First:
+    def propose(self, state):
+        return [state.untried()[0]]
+
+@hookimpl
+def ctxrl_register_envs(register):
+    space = ContextSpace([ContextFeature("speed", 1.0, 0.5, 2.0)], owner="ToyEnv")
+    register(EnvSpec("ToyEnv", space, make=lambda context=None, **kw: None,
+                     return_bounds=(0.0, 1.0), action_space="discrete"))
+
+@hookimpl
+def ctxrl_register_strategies(register):
+    register(StrategySpec("first", lambda **options: First()))
+'''
+
+
+def _plugins_json(run: Run, *args: str, env: dict[str, str] | None = None) -> dict[str, dict]:
+    result = run(*args, "plugins", "--json", env=env, check=True)
+    return {p["name"]: p for p in json.loads(result.stdout)}
+
+
+def test_builtins_are_listed_with_versions_hooks_and_provides(run_ctxrl: Run) -> None:
+    plugins = _plugins_json(run_ctxrl)
+    assert set(plugins) >= BUILTINS
+    for name in BUILTINS:
+        info = plugins[name]
+        assert info["status"] == "loaded", info
+        assert info["distribution"] == "ctxrl" and info["version"] == "0.1.0"
+        assert info["hooks"], info
+    assert "CartPole" in plugins["classic_control"]["provides"]["env"]
+    assert plugins["classic_control"]["hooks"] == ["ctxrl_register_envs"]
+    assert "sb3-ppo" in plugins["sb3"]["provides"]["algorithm"]
+    assert "sequential-oracle" in plugins["baseline_strategies"]["provides"]["strategy"]
+
+
+def test_installed_plugin_appears_and_disappears(run_ctxrl: Run, plugin_site: Path) -> None:
+    write_distribution(plugin_site, "ctxrl-toy", "1.2.3", "ctxrl_toy", TOY_PLUGIN,
+                       {"toy": "ctxrl_toy"})
+    plugins = _plugins_json(run_ctxrl)
+    assert plugins["toy"]["distribution"] == "ctxrl-toy"
+    assert plugins["toy"]["version"] == "1.2.3"
+    assert plugins["toy"]["provides"] == {"env": ["ToyEnv"], "strategy": ["first"]}
+    envs = json.loads(run_ctxrl("envs", "--json", check=True).stdout)
+    toy = next(e for e in envs if e["name"] == "ToyEnv")
+    assert toy["features"][0]["name"] == "speed" and toy["provider"] == "toy"
+    for path in plugin_site.iterdir():  # uninstall
+        if path.is_dir():
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+    assert "toy" not in _plugins_json(run_ctxrl)
+
+
+def test_broken_plugin_is_reported_and_the_rest_loads(run_ctxrl: Run, plugin_site: Path) -> None:
+    write_distribution(plugin_site, "ctxrl-broken", "0.1", "ctxrl_broken",
+                       "raise RuntimeError('boom at import')\n", {"broken": "ctxrl_broken"})
+    plugins = _plugins_json(run_ctxrl)
+    assert plugins["broken"]["status"] == "failed"
+    assert "RuntimeError: boom at import" in plugins["broken"]["error"]
+    assert plugins["broken"]["distribution"] == "ctxrl-broken"
+    assert plugins["broken"]["entry_point"] == "ctxrl_broken"
+    assert all(plugins[name]["status"] == "loaded" for name in BUILTINS)
+    table = run_ctxrl("envs", check=True)
+    assert "CartPole" in table.stdout and "boom at import" in table.stderr
+
+
+def test_autoload_off_loads_only_the_allow_list(run_ctxrl: Run) -> None:
+    plugins = _plugins_json(run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                            "CTXRL_PLUGINS": "classic_control"})
+    assert plugins["classic_control"]["status"] == "loaded"
+    assert plugins["sb3"]["status"] == "not-allowed"
+    nothing = _plugins_json(run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert {p["status"] for p in nothing.values()} == {"not-allowed"}
+    allow_only = _plugins_json(run_ctxrl, env={"CTXRL_PLUGINS": "sb3,local_executor"})
+    assert {n for n, p in allow_only.items() if p["status"] == "loaded"} == {"sb3", "local_executor"}
+
+
+def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
+    plugins = _plugins_json(run_ctxrl, "--block", "sb3")
+    assert plugins["sb3"]["status"] == "blocked"
+    plugins = _plugins_json(run_ctxrl, env={"CTXRL_BLOCK_PLUGINS": "classic_control"})
+    assert plugins["classic_control"]["status"] == "blocked"
+    result = run_ctxrl("--block", "classic_control", "sweep", "--dry-run")
+    assert result.returncode == 2 and "no plugin provides the env 'CartPole'" in result.stderr
+
+
+class _DuplicateCartPole:
+    @hookimpl
+    def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+        space = ContextSpace([ContextFeature("x", 0.0, -1.0, 1.0)])
+        register(EnvSpec("CartPole", space, make=print, return_bounds=(0, 1),
+                         action_space="discrete"))
+
+
+def test_duplicate_names_are_an_error_naming_both_providers() -> None:
+    host = load_host(extra=[("my-cartpole", _DuplicateCartPole())])
+    info = host.plugins["my-cartpole"]
+    assert info.status == "failed"
+    assert "'CartPole'" in info.error and "'classic_control'" in info.error
+    assert "'my-cartpole'" in info.error
+    assert host.registry.provider("env", "CartPole") == "classic_control"
+    registry = Registry()
+    registry.add("strategy", StrategySpec("s", dict), "a")
+    with pytest.raises(DuplicateNameError, match="both plugin 'a' and plugin 'b'"):
+        registry.add("strategy", StrategySpec("s", dict), "b")
+
+
+class _HalfBroken:
+    """Registers a strategy, then fails in another hook: everything it registered is undone."""
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register):  # noqa: ANN001, ANN201
+        register(StrategySpec("half", dict))
+
+    @hookimpl
+    def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+        raise ValueError("cannot build my env")
+
+
+def test_a_plugin_failing_in_registration_is_rolled_back() -> None:
+    host = load_host(extra=[("half-broken", _HalfBroken())])
+    info = host.plugins["half-broken"]
+    assert info.status == "failed" and "ValueError: cannot build my env" in info.error
+    assert "half" not in host.registry.names("strategy")
+    assert host.registry.names("env")  # the rest still loaded
+
+
+def test_register_checks_the_type_and_unknown_names_list_alternatives() -> None:
+    class WrongType:
+        @hookimpl
+        def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+            register(StrategySpec("oops", dict))
+
+    host = load_host(extra=[("wrong", WrongType())])
+    assert "registered a StrategySpec as a env" in host.plugins["wrong"].error
+    with pytest.raises(UnknownNameError, match="no plugin provides the strategy 'nope'.*random"):
+        host.registry.strategy("nope")
+
+
+def test_hookimpl_with_unknown_argument_is_rejected() -> None:
+    class BadSignature:
+        @hookimpl
+        def ctxrl_register_envs(self, register, extra):  # noqa: ANN001, ANN201
+            pass
+
+    host = load_host(extra=[("bad-signature", BadSignature())])
+    assert host.plugins["bad-signature"].status == "failed"
+    assert "extra" in host.plugins["bad-signature"].error
+
+
+def test_every_hook_is_documented() -> None:
+    from ctxrl import hookspecs
+
+    names = [n for n in dir(hookspecs) if n.startswith("ctxrl_")]
+    assert len(names) == 10
+    for name in names:
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), name
+
+
+def test_plugin_listing_does_not_import_heavy_libraries() -> None:
+    code = ("import sys; from ctxrl.plugins import load_host; load_host();"
+            "print(sorted(m for m in ('torch', 'stable_baselines3', 'gpytorch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"

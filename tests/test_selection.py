@@ -1,0 +1,103 @@
+"""The baseline strategies reproduce hand-computed selections and G_k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctxrl import CtxrlError, generalized_performance
+from ctxrl.plugins import get_host
+from ctxrl.selection import replay
+from ctxrl.testing import StrategyContract
+
+
+def _strategy(name: str):  # noqa: ANN202
+    return get_host().registry.strategy(name).factory()
+
+
+# Rows are sources, columns targets; normalised performance.
+M = np.array(
+    [
+        [0.9, 0.6, 0.2, 0.1, 0.0],
+        [0.7, 0.9, 0.6, 0.2, 0.1],
+        [0.3, 0.7, 1.0, 0.7, 0.3],
+        [0.1, 0.3, 0.6, 0.8, 0.6],
+        [0.0, 0.1, 0.3, 0.7, 0.9],
+    ]
+)
+COORDS5 = np.linspace(0, 1, 5)[:, None]
+
+
+def test_generalized_performance_by_hand() -> None:
+    curve = generalized_performance(M, [2, 0, 4])
+    assert curve[0] == pytest.approx((0.3 + 0.7 + 1.0 + 0.7 + 0.3) / 5)
+    assert curve[1] == pytest.approx((0.9 + 0.7 + 1.0 + 0.7 + 0.3) / 5)
+    assert curve[2] == pytest.approx((0.9 + 0.7 + 1.0 + 0.7 + 0.9) / 5)
+
+
+def test_sequential_oracle_by_hand() -> None:
+    # Row means: 0.36, 0.5, 0.6, 0.48, 0.4 -> row 2 first.
+    # Then with U = row 2: adding row 0 -> (0.9,.7,1,.7,.3)=0.72; row 1 -> (0.7,.9,1,.7,.3)=0.72;
+    # row 3 -> (.3,.7,1,.8,.6)=0.68; row 4 -> (.3,.7,1,.7,.9)=0.72: tie 0/1/4 -> first index 0.
+    # Then with rows 2, 0: row 4 gives (.9,.7,1,.7,.9)=0.84, row 1 gives 0.76 -> 4.
+    result = replay(_strategy("sequential-oracle"), M, COORDS5, 3, full_knowledge=True)
+    assert result.order == (2, 0, 4)
+    np.testing.assert_allclose(result.curve, [0.6, 0.72, 0.84])
+
+
+def test_sequential_oracle_needs_the_matrix() -> None:
+    with pytest.raises(CtxrlError, match="full matrix"):
+        replay(_strategy("sequential-oracle"), M, COORDS5, 2)
+
+
+def test_equidistant_by_hand() -> None:
+    # N = 10 contexts at 0, 1/9, ..., 1; K = 3: aims 1 - 1/6 - k/3 = 5/6, 1/2, 1/6.
+    # 5/6 = 0.833 -> index 7 (0.778, distance .056) vs 8 (0.889, .056): tie -> lower, 7.
+    # 1/2 -> 4 (0.444) vs 5 (0.556): tie -> lower, 4. 1/6 -> 1 (0.111) vs 2 (0.222): tie -> 1.
+    coords = np.linspace(0, 1, 10)[:, None]
+    result = replay(_strategy("equidistant"), np.eye(10), coords, 3)
+    assert result.order == (7, 4, 1)
+    # Odd N = 7 at 0, 1/6, ..., 1, K = 2: aims 0.75 -> index 4 (0.667) vs 5 (0.833): tie -> 4;
+    # 0.25 -> 1 (0.167) vs 2 (0.333): tie -> 1.
+    assert replay(_strategy("equidistant"), np.eye(7), np.linspace(0, 1, 7)[:, None], 2).order == (4, 1)
+
+
+def test_greedy_by_hand() -> None:
+    # N = 11 contexts at 0, 0.1, ..., 1.
+    # k=1: middle 0.5 -> index 5.
+    # k=2: points [0, 0.5, 1], gaps equal -> first gap [0, 0.5] is the first gap -> aim
+    #      (2*0 + 0.5)/3 = 0.1667 -> index 2 (0.2, distance .033) vs 1 (.067) -> 2.
+    # k=3: points [0, 0.2, 0.5, 1]: largest gap [0.5, 1] is the last -> aim (0.5 + 2)/3 = 0.8333
+    #      -> index 8.
+    # k=4: points [0, .2, .5, .8, 1]: largest gaps .3 ([.2,.5] and [.5,.8]) -> first, middle
+    #      -> midpoint 0.35 -> index 3 (0.3) vs 4 (0.4): tie -> lower, 3.
+    coords = np.linspace(0, 1, 11)[:, None]
+    result = replay(_strategy("greedy"), np.eye(11), coords, 4)
+    assert result.order == (5, 2, 8, 3)
+
+
+def test_random_is_seeded_and_without_replacement() -> None:
+    a = replay(_strategy("random"), M, COORDS5, 5, seed=42)
+    b = replay(_strategy("random"), M, COORDS5, 5, seed=42)
+    assert a.order == b.order and sorted(a.order) == [0, 1, 2, 3, 4]
+    assert a.curve[-1] == pytest.approx(M.max(axis=0).mean())
+    orders = {replay(_strategy("random"), M, COORDS5, 5, seed=s).order for s in range(20)}
+    assert len(orders) > 5
+
+
+def test_budget_outside_range_is_named() -> None:
+    with pytest.raises(CtxrlError, match="budget K = 6 must be between 1 and N = 5"):
+        replay(_strategy("random"), M, COORDS5, 6)
+
+
+def test_one_dimensional_strategies_reject_grids_of_two_features() -> None:
+    coords = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+    with pytest.raises(CtxrlError, match="'greedy' works on one varied feature"):
+        replay(_strategy("greedy"), np.eye(4), coords, 2)
+
+
+@pytest.mark.parametrize("name", get_host().registry.names("strategy"))
+class TestEveryRegisteredStrategy(StrategyContract):
+    @pytest.fixture
+    def strategy_spec(self, name: str):  # noqa: ANN201
+        return get_host().registry.strategy(name)

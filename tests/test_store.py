@@ -1,0 +1,107 @@
+"""The SQLite results store and safetensors artifacts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctxrl import Context, CtxrlError, Task
+from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.store import Evaluation, RunRecord, Store
+
+TARGETS = [Context({"masscart": float(m)}) for m in (0.5, 1.0, 2.0)]
+
+
+def _run(i: int, status: str = "finished") -> RunRecord:
+    task = Task("CartPole", Context({"masscart": float(i)}))
+    return RunRecord(f"{task.id}-s0", "source", "CartPole", task.id, task.context.canonical(), 0,
+                     "sb3-ppo", status, 1.0, 2.0, 1.0, f"artifacts/{i}", None)  # type: ignore[arg-type]
+
+
+def _evaluations(offset: float) -> list[Evaluation]:
+    return [Evaluation(Task("CartPole", c).id, c, [offset + j, offset + j + 1.0])
+            for j, c in enumerate(TARGETS)]
+
+
+def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
+    with Store(tmp_path / "store.sqlite") as store:
+        store.record_run(_run(1), _evaluations(100.0))
+        store.record_run(_run(2, "failed"))
+        assert [r.status for r in store.runs()] == ["finished", "failed"]
+        assert store.finished_run_ids() == {_run(1).run_id}
+        returns = store.returns(_run(1).run_id)
+        assert returns[Task("CartPole", TARGETS[2]).id] == [102.0, 103.0]
+        sources = [Context({"masscart": 1.0}), Context({"masscart": 2.0})]
+        matrix = store.matrix(env="CartPole", sources=sources, targets=TARGETS, seeds=[0])
+        np.testing.assert_allclose(matrix.values[0, :, 0], [100.5, 101.5, 102.5])
+        assert np.isnan(matrix.values[1]).all()  # the failed run has no row
+        # a retried run replaces the failed attempt instead of duplicating it
+        store.record_run(_run(2), _evaluations(0.0))
+        assert len(store.runs()) == 2 and len(store.finished_run_ids()) == 2
+        store.set_meta("plan_hash", "abc")
+        assert store.get_meta("plan_hash") == "abc"
+        files = store.export(tmp_path / "exports")
+        assert (tmp_path / "exports" / "runs.csv") in files
+        assert len((tmp_path / "exports" / "evaluations.csv").read_text().splitlines()) == 1 + 12
+
+
+WRITER = """
+import sys
+from ctxrl import Context, Task
+from ctxrl.store import Evaluation, RunRecord, Store
+
+store = Store(sys.argv[1])
+targets = [Context({"masscart": 0.1 * k}) for k in range(1, 41)]
+for i in range(100000):
+    task = Task("CartPole", Context({"masscart": 1.0 + i}))
+    run = RunRecord(f"run-{i}", "source", "CartPole", task.id, task.context.canonical(), 0,
+                    "algo", "finished", 0.0, 0.0, 0.0, None, None)
+    evaluations = [Evaluation(Task("CartPole", c).id, c, [float(i)] * 25) for c in targets]
+    store.record_run(run, evaluations)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_mid_write_loses_only_the_unfinished_run(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None
+    confirmed = -1
+    deadline = time.monotonic() + 120
+    while confirmed < 30 and time.monotonic() < deadline:
+        confirmed = int(process.stdout.readline())
+    time.sleep(0.013)  # land somewhere inside a later transaction
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert confirmed >= 30
+    with Store(path) as store:
+        runs = store.runs()
+        assert len(runs) >= confirmed + 1  # every confirmed run survived
+        for run in runs:  # and each one is whole: all 40 targets x 25 episodes
+            returns = store.returns(run.run_id)
+            assert len(returns) == 40 and all(len(v) == 25 for v in returns.values())
+    check = sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()
+    assert check == ("ok",)
+
+
+def test_artifacts_are_safetensors_and_json(tmp_path: Path) -> None:
+    tensors = {"layer.weight": torch.randn(3, 4), "layer.bias": torch.zeros(3)}
+    weights = save_artifact(tmp_path / "policy", tensors, {"algorithm": "x", "params": {"lr": 1}})
+    assert weights.suffix == ".safetensors"
+    loaded, meta = load_artifact(tmp_path / "policy")
+    assert torch.equal(loaded["layer.weight"], tensors["layer.weight"])
+    assert meta["params"] == {"lr": 1} and meta["format_version"] == 1
+    assert json.loads((tmp_path / "policy.json").read_text())["algorithm"] == "x"
+    (tmp_path / "policy.json").unlink()
+    with pytest.raises(CtxrlError, match=r"policy\.json is missing"):
+        load_artifact(tmp_path / "policy")

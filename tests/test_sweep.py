@@ -1,0 +1,218 @@
+"""End-to-end sweeps through the CLI: matrix, exports, failures, timeouts and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_distribution
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+# A small real algorithm: a linear controller u = 1[k . obs > 0] whose gains are trained by
+# random search on the source context. It learns CartPole in seconds, and its failure modes
+# (raise, hang) can be switched on per context to exercise the sweep machinery.
+SCRIPTED = '''
+import time
+import numpy as np
+from ctxrl import hookimpl, AlgorithmSpec, CtxrlError
+from ctxrl.artifacts import save_artifact, load_artifact
+
+KNOWN = {"candidates", "fail_above", "hang_above", "delay_s"}
+
+def rollout(env_spec, context, gains, seed, episodes=1):
+    total = 0.0
+    for e in range(episodes):
+        env = env_spec.make(context)
+        obs, _ = env.reset(seed=seed + e)
+        done = False
+        while not done:
+            obs, r, term, trunc, _ = env.step(int(np.dot(gains, obs) > 0))
+            total += r
+            done = term or trunc
+    return total / episodes
+
+class Scripted:
+    def __init__(self, params):
+        unknown = set(params) - KNOWN
+        if unknown:
+            raise CtxrlError(f"algorithm.params: scripted has no hyperparameter {sorted(unknown)}")
+        self.p = params
+
+    def train(self, env, task, *, seed, total_steps):
+        x = task.context["masscart"]
+        if x > self.p.get("fail_above", 1e9):
+            raise RuntimeError(f"diverged at masscart={x}")
+        if x > self.p.get("hang_above", 1e9):
+            time.sleep(3600)
+        time.sleep(self.p.get("delay_s", 0.0))
+        rng = np.random.default_rng(seed)
+        best, best_return = None, -1.0
+        for _ in range(self.p.get("candidates", 8)):
+            gains = rng.normal(size=4)
+            value = rollout(env, task.context.as_dict(), gains, seed)
+            if value > best_return:
+                best, best_return = gains, value
+        return {"gains": best, "context": task.context.as_dict()}
+
+    def evaluate(self, policy, env, tasks, *, episodes, seed, deterministic=True):
+        return np.array([[rollout(env, t.context.as_dict(), policy["gains"], seed + 7 * e)
+                          for e in range(episodes)] for t in tasks])
+
+    def save(self, policy, path):
+        import torch
+        save_artifact(path, {"gains": torch.tensor(policy["gains"])}, {"context": policy["context"]})
+
+    def load(self, path, env):
+        tensors, meta = load_artifact(path)
+        return {"gains": tensors["gains"].numpy(), "context": meta["context"]}
+
+@hookimpl
+def ctxrl_register_algorithms(register):
+    register(AlgorithmSpec("scripted", lambda params, device="cpu", env=None: Scripted(params),
+                           action_spaces=frozenset({"discrete"})))
+'''
+
+
+@pytest.fixture
+def scripted(plugin_site: Path) -> Path:
+    write_distribution(plugin_site, "ctxrl-scripted", "0.1", "ctxrl_scripted", SCRIPTED,
+                       {"scripted": "ctxrl_scripted"})
+    return plugin_site
+
+
+def _config(tmp_path: Path, **changes: object) -> Path:
+    config = {
+        "env": "CartPole",
+        "features": {"masscart": {"num": 4, "low": 0.5, "high": 8.0, "scale": "log"}},
+        "algorithm": {"name": "scripted", "params": {"candidates": 6}},
+        "seeds": [0],
+        "train_steps": 1000,
+        "eval_episodes": 2,
+        "executor": {"name": "local", "workers": 2},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    for key, value in changes.items():
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]  # type: ignore[assignment]
+        node[parts[-1]] = value  # type: ignore[index]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    return run_dir
+
+
+def _count(run_dir: Path, table: str) -> int:
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_full_sweep_writes_matrix_exports_and_summary(run_ctxrl: Run, scripted: Path,
+                                                      tmp_path: Path) -> None:
+    result = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
+    run_dir = _run_dir(tmp_path)
+    assert "trained 4, resumed past 0, failed 0" in result.stderr
+    for name in ("plan.yaml", "command.txt", "environment.json", "summary.md", "store.sqlite"):
+        assert (run_dir / name).is_file(), name
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["versions"]["ctxrl"] == "0.1.0" and environment["device"] == "cpu"
+    assert environment["plugins"]["scripted"]["version"] == "0.1"
+    matrix = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
+    assert matrix.shape == (4, 4) and np.all((matrix >= 8) & (matrix <= 500))
+    assert len(list((run_dir / "artifacts").glob("*.safetensors"))) == 4
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    curves = summary["curves"]
+    assert set(curves) >= {"random", "equidistant", "greedy", "sequential-oracle"}
+    assert curves["sequential-oracle"]["mean"][-1] == pytest.approx(summary["oracle_transfer"])
+    assert _count(run_dir, "evaluations") == 4 * 4 * 2
+    again = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
+    assert "trained 0, resumed past 4, failed 0" in again.stderr
+    assert _count(run_dir, "runs") == 4 and _count(run_dir, "evaluations") == 32
+    report = run_ctxrl("report", str(run_dir), check=True)
+    assert "sequential-oracle" in report.stdout
+    replayed = json.loads(run_ctxrl("select", "--matrix", str(run_dir), "--strategy", "greedy",
+                                    "-k", "2", "--json", check=True).stdout)
+    assert replayed["n"] == 4
+
+
+def test_a_failing_run_is_reported_and_the_sweep_goes_on(run_ctxrl: Run, scripted: Path,
+                                                         tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"algorithm.params": {"candidates": 4, "fail_above": 5.0}})
+    result = run_ctxrl("sweep", str(config))
+    assert result.returncode == 1
+    assert "failed 1" in result.stderr and "diverged at masscart=8" in result.stderr
+    run_dir = _run_dir(tmp_path)
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        rows = db.execute("SELECT status, error FROM runs ORDER BY status").fetchall()
+    assert [r[0] for r in rows] == ["failed", "finished", "finished", "finished"]
+    assert "RuntimeError: diverged at masscart=8.0" in rows[0][1]
+    matrix = np.genfromtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
+    assert np.isnan(matrix[3]).all() and not np.isnan(matrix[:3]).any()
+
+
+def test_a_hanging_run_times_out(run_ctxrl: Run, scripted: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"algorithm.params": {"candidates": 2, "hang_above": 5.0},
+                                  "executor.timeout_s": 8})
+    started = time.monotonic()
+    result = run_ctxrl("sweep", str(config))
+    assert time.monotonic() - started < 120
+    assert result.returncode == 1 and "exceeded its 8 s limit" in result.stderr
+    assert _count(_run_dir(tmp_path), "runs") == 4
+
+
+def test_killed_sweep_resumes_without_retraining_or_duplicates(scripted: Path,
+                                                               tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"algorithm.params": {"candidates": 2, "delay_s": 1.5},
+                                  "features.masscart.num": 6, "executor.workers": 1})
+    environ = dict(os.environ, PYTHONPATH=str(scripted), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)]
+    process = subprocess.Popen(command, env=environ, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    finished_before = 0
+    while time.monotonic() < deadline and finished_before < 2:
+        time.sleep(0.2)
+        store = tmp_path / "runs"
+        if store.exists() and any(store.iterdir()):
+            try:
+                finished_before = _count(_run_dir(tmp_path), "runs")
+            except sqlite3.OperationalError:
+                pass
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= finished_before < 6
+    resumed = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    finished_after_kill = 6 - int(resumed.stderr.split("trained ")[1].split(",")[0])
+    assert finished_after_kill >= finished_before
+    assert f"resumed past {finished_after_kill}" in resumed.stderr
+    run_dir = _run_dir(tmp_path)
+    assert _count(run_dir, "runs") == 6 and _count(run_dir, "evaluations") == 6 * 6 * 2
+
+
+def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"algorithm": {"name": "sb3-ppo", "preset": "CartPole"},
+                                  "features.masscart.num": 3, "train_steps": 1024,
+                                  "eval_episodes": 1})
+    result = run_ctxrl("sweep", str(config), check=True)
+    assert "trained 3, resumed past 0, failed 0" in result.stderr
+    matrix = np.loadtxt(_run_dir(tmp_path) / "exports" / "matrix_seed0.csv", delimiter=",")
+    assert matrix.shape == (3, 3) and np.all(matrix >= 1)
+
