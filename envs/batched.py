@@ -240,10 +240,15 @@ class BatchedPendulum(BatchedEnv):
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.context
         th, thdot = state.unbind(1)
-        u = torch.clamp(action.reshape(-1).to(self.dtype), -c["max_torque"], c["max_torque"])
-        costs = _angle_normalize(th).square() + 0.1 * thdot.square() + 0.001 * u.square()
+        # Actions are float32 (as in gymnasium's Box), and so are the terms numpy computes
+        # from them; rounding them the same way keeps float64 twins on gymnasium's trajectory.
+        max_torque = c["max_torque"].float()
+        u = torch.clamp(action.reshape(-1).float(), -max_torque, max_torque)
         g, m, length, dt = c["g"], c["m"], c["l"], c["dt"]
-        new_thdot = thdot + (3 * g / (2 * length) * torch.sin(th) + 3.0 / (m * length**2) * u) * dt
+        costs = (_angle_normalize(th).square() + 0.1 * thdot.square()
+                 + (0.001 * u.square()).to(self.dtype))
+        torque = ((3.0 / (m * length**2)).float() * u).to(self.dtype)
+        new_thdot = thdot + (3 * g / (2 * length) * torch.sin(th) + torque) * dt
         new_thdot = torch.clamp(new_thdot, -c["max_speed"], c["max_speed"])
         new_th = th + new_thdot * dt
         terminated = torch.zeros_like(th, dtype=torch.bool)
