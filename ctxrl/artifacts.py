@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 
-def save_artifact(stem: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+def save_artifact(
+    stem: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+) -> Path:
     """Write ``stem.safetensors`` and ``stem.json``; return the ``.safetensors`` path."""
     from safetensors.torch import save_file
 
@@ -28,13 +30,17 @@ def save_artifact(stem: str | Path, tensors: Mapping[str, torch.Tensor], metadat
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = stem.with_suffix(".safetensors")
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    save_file(contiguous, str(weights), metadata={"format": "ctxrl", "version": str(FORMAT_VERSION)})
+    save_file(
+        contiguous, str(weights), metadata={"format": "ctxrl", "version": str(FORMAT_VERSION)}
+    )
     meta = {"format_version": FORMAT_VERSION, **metadata}
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return weights
 
 
-def load_artifact(stem: str | Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_artifact(
+    stem: str | Path, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an artifact written by :func:`save_artifact`: ``(tensors, metadata)``."""
     from safetensors.torch import load_file
 
@@ -46,6 +52,7 @@ def load_artifact(stem: str | Path, device: str = "cpu") -> tuple[dict[str, torc
     metadata: dict[str, Any] = json.loads(meta_path.read_text())
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CtxrlError(
-            f"{meta_path}: format_version {metadata.get('format_version')!r} is not {FORMAT_VERSION}"
+            f"{meta_path}: format_version {metadata.get('format_version')!r} "
+            f"is not {FORMAT_VERSION}"
         )
     return load_file(str(weights), device=device), metadata

@@ -27,7 +27,7 @@ from ctxrl import __version__
 from ctxrl.config import load_config, resolve_plan, validate_config
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
-from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, get_host, load_host, set_host
+from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
 
 out = Console()
 err = Console(stderr=True)
@@ -40,8 +40,10 @@ def _host(ctx: click.Context) -> Host:
 
 def _warn_failed(host: Host) -> None:
     for info in host.failed():
-        err.print(f"[yellow]warning:[/] plugin {info.name!r} "
-                  f"({info.distribution or 'inline'}) failed to load: {info.error}")
+        err.print(
+            f"[yellow]warning:[/] plugin {info.name!r} "
+            f"({info.distribution or 'inline'}) failed to load: {info.error}"
+        )
 
 
 class _Root(click.Group):
@@ -80,11 +82,18 @@ class _Root(click.Group):
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ctxrl")
-@click.option("--block", multiple=True, metavar="NAME",
-              help="Do not load this plugin (entry-point or distribution name); repeatable. "
-                   f"Also read from {BLOCK_ENV}.")
-@click.option("--no-autoload", is_flag=True,
-              help=f"Load only plugins allow-listed in CTXRL_PLUGINS (as {DISABLE_AUTOLOAD_ENV}=1).")
+@click.option(
+    "--block",
+    multiple=True,
+    metavar="NAME",
+    help="Do not load this plugin (entry-point or distribution name); repeatable. "
+    f"Also read from {BLOCK_ENV}.",
+)
+@click.option(
+    "--no-autoload",
+    is_flag=True,
+    help=f"Load only plugins allow-listed in CTXRL_PLUGINS (as {DISABLE_AUTOLOAD_ENV}=1).",
+)
 @click.pass_context
 def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
     """ctxrl: train on a few source contexts, measure transfer to all of them, and choose
@@ -93,7 +102,7 @@ def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
     Start with `ctxrl envs` to see the context families and `ctxrl sweep` to run the
     quickstart sweep (a small CartPole transfer matrix on CPU).
     """
-    cli._ensure_host(ctx)  # type: ignore[attr-defined]
+    cli._ensure_host(ctx)
 
 
 # ------------------------------------------------------------------------------- plugins
@@ -113,8 +122,14 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     for p in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.provides.items())
         status = p.status if p.error is None else f"{p.status}: {p.error}"
-        table.add_row(p.name, p.distribution or "-", p.version or "-", status, provides,
-                      ", ".join(h.removeprefix("ctxrl_") for h in p.hooks))
+        table.add_row(
+            p.name,
+            p.distribution or "-",
+            p.version or "-",
+            status,
+            provides,
+            ", ".join(h.removeprefix("ctxrl_") for h in p.hooks),
+        )
     out.print(table)
 
 
@@ -128,35 +143,64 @@ def envs(ctx: click.Context, as_json: bool) -> None:
     _warn_failed(host)
     specs = host.registry.envs()
     if as_json:
-        click.echo(json.dumps([
-            {"name": e.name, "provider": host.registry.provider("env", e.name),
-             "gym_id": e.gym_id, "action_space": e.action_space,
-             "return_bounds": list(e.return_bounds), "max_episode_steps": e.max_episode_steps,
-             "batched": e.make_batched is not None, "description": e.description,
-             "features": e.context_space.to_json()}
-            for e in specs], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "provider": host.registry.provider("env", e.name),
+                        "gym_id": e.gym_id,
+                        "action_space": e.action_space,
+                        "return_bounds": list(e.return_bounds),
+                        "max_episode_steps": e.max_episode_steps,
+                        "batched": e.make_batched is not None,
+                        "description": e.description,
+                        "features": e.context_space.to_json(),
+                    }
+                    for e in specs
+                ],
+                indent=2,
+            )
+        )
         return
     for e in specs:
-        table = Table(title=f"{e.name}  ({e.gym_id or 'no gym id'}; {e.action_space} actions; "
-                      f"returns {list(e.return_bounds)}; batched twin: "
-                      f"{'yes' if e.make_batched else 'no'})", title_justify="left")
+        table = Table(
+            title=f"{e.name}  ({e.gym_id or 'no gym id'}; {e.action_space} actions; "
+            f"returns {list(e.return_bounds)}; batched twin: "
+            f"{'yes' if e.make_batched else 'no'})",
+            title_justify="left",
+        )
         for column in ("feature", "default", "lower", "upper", "scale", "unit", "description"):
             table.add_column(column)
         for f in e.context_space.features:
-            table.add_row(f.name, f"{f.default:g}", f"{f.lower:g}", f"{f.upper:g}", f.scale,
-                          f.unit, f.description)
+            table.add_row(
+                f.name,
+                f"{f.default:g}",
+                f"{f.lower:g}",
+                f"{f.upper:g}",
+                f.scale,
+                f.unit,
+                f.description,
+            )
         out.print(table)
 
 
 # --------------------------------------------------------------------------------- sweep
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config field, e.g. --set features.masscart.num=20 "
-                   "--set algorithm.params.learning_rate=1e-3; repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set features.masscart.num=20 "
+    "--set algorithm.params.learning_rate=1e-3; repeatable.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
 @click.pass_context
-def sweep(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+def sweep(
+    ctx: click.Context, config: Path | None, overrides: tuple[str, ...], dry_run: bool
+) -> None:
     """Run or resume the sweep in CONFIG (YAML). Without CONFIG: the embedded quickstart,
     a small CartPole sweep on CPU.
 
@@ -169,15 +213,18 @@ def sweep(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], d
     _warn_failed(host)
     cfg = load_config(config, overrides)
     plan = resolve_plan(cfg, host.registry)
-    err.print(f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
-              f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
-              f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}")
+    err.print(
+        f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
+        f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
+        f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}"
+    )
     if dry_run:
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err)
-    err.print(f"trained {outcome.trained}, resumed past {outcome.skipped}, "
-              f"failed {len(outcome.failed)}")
+    err.print(
+        f"trained {outcome.trained}, resumed past {outcome.skipped}, failed {len(outcome.failed)}"
+    )
     click.echo((outcome.run_dir / "summary.md").read_text())
     click.echo(f"results: {outcome.run_dir}")
     if outcome.failed:
@@ -185,8 +232,9 @@ def sweep(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], d
 
 
 # -------------------------------------------------------------------------------- select
-def _matrix_from(path: Path, env_name: str | None, bounds: tuple[float, float] | None,
-                 negate: bool, host: Host) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
+def _matrix_from(
+    path: Path, env_name: str | None, bounds: tuple[float, float] | None, negate: bool, host: Host
+) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
     """A matrix, its normalisation bounds and unit coordinates from a CSV file or a run dir."""
     if path.is_dir():
         contexts_file = path / "exports" / "contexts.json"
@@ -216,22 +264,44 @@ def _matrix_from(path: Path, env_name: str | None, bounds: tuple[float, float] |
 
 
 @cli.command()
-@click.option("--matrix", "matrix_path", required=True,
-              type=click.Path(exists=True, path_type=Path),
-              help="A reference CSV (N x N raw returns, row = source) or a run directory.")
-@click.option("--strategy", "strategy_names", required=True, multiple=True,
-              help="Strategy name (see `ctxrl plugins`); repeatable.")
+@click.option(
+    "--matrix",
+    "matrix_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A reference CSV (N x N raw returns, row = source) or a run directory.",
+)
+@click.option(
+    "--strategy",
+    "strategy_names",
+    required=True,
+    multiple=True,
+    help="Strategy name (see `ctxrl plugins`); repeatable.",
+)
 @click.option("--budget", "-k", type=int, required=True, help="K, the number of sources.")
 @click.option("--env", "env_name", help="Take the normalisation bounds from this env.")
 @click.option("--bounds", type=(float, float), default=None, help="Normalisation bounds.")
 @click.option("--negate", is_flag=True, help="The file holds costs: negate before normalising.")
-@click.option("--repeats", type=int, default=100, show_default=True,
-              help="Replays of stochastic strategies (seeds 0..repeats-1).")
+@click.option(
+    "--repeats",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Replays of stochastic strategies (seeds 0..repeats-1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def select(ctx: click.Context, matrix_path: Path, strategy_names: tuple[str, ...], budget: int,
-           env_name: str | None, bounds: tuple[float, float] | None, negate: bool,
-           repeats: int, as_json: bool) -> None:
+def select(
+    ctx: click.Context,
+    matrix_path: Path,
+    strategy_names: tuple[str, ...],
+    budget: int,
+    env_name: str | None,
+    bounds: tuple[float, float] | None,
+    negate: bool,
+    repeats: int,
+    as_json: bool,
+) -> None:
     """Replay strategies offline on a stored matrix and print G_k for k = 1..K."""
     from ctxrl.sweep import selection_curves
 
@@ -246,7 +316,10 @@ def select(ctx: click.Context, matrix_path: Path, strategy_names: tuple[str, ...
     specs = {name: host.registry.strategy(name) for name in strategy_names}
     curves = selection_curves(normalised, coords, specs, budget, stochastic_repeats=repeats)
     result = {
-        "matrix": str(matrix_path), "n": n, "budget": budget, "bounds": [lower, upper],
+        "matrix": str(matrix_path),
+        "n": n,
+        "budget": budget,
+        "bounds": [lower, upper],
         "independent": float(np.mean(np.diag(normalised))),
         "oracle_transfer": float(np.mean(normalised.max(axis=0))),
         "strategies": curves,
@@ -254,8 +327,10 @@ def select(ctx: click.Context, matrix_path: Path, strategy_names: tuple[str, ...
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    table = Table(title=f"G_k on {matrix_path} (N = {n}; independent "
-                  f"{result['independent']:.4f}, oracle {result['oracle_transfer']:.4f})")
+    table = Table(
+        title=f"G_k on {matrix_path} (N = {n}; independent "
+        f"{result['independent']:.4f}, oracle {result['oracle_transfer']:.4f})"
+    )
     table.add_column("k")
     for name in curves:
         table.add_column(name)

@@ -43,7 +43,7 @@ _Yaml12Loader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """Parse YAML safely (no object construction), with YAML 1.2 number rules."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 class _Strict(BaseModel):
@@ -114,9 +114,7 @@ class SweepConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("cpu", "cuda", "auto") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        ):
+        if value in ("cpu", "cuda", "auto") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device {value!r} is not cpu, cuda, cuda:N or auto")
 
@@ -264,7 +262,9 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
 
 
-def _with_fixed(grid: ContextGrid, full: dict[str, float], fixed: Mapping[str, float]) -> ContextGrid:
+def _with_fixed(
+    grid: ContextGrid, full: dict[str, float], fixed: Mapping[str, float]
+) -> ContextGrid:
     from ctxrl.context import Context
 
     contexts = tuple(Context({**c.as_dict(), **{k: full[k] for k in fixed}}) for c in grid.contexts)

@@ -124,6 +124,7 @@ class Context(Mapping[str, float]):
     """An immutable, hashable mapping from feature name to value."""
 
     __slots__ = ("_items",)
+    _items: tuple[tuple[str, float], ...]
 
     def __init__(self, values: Mapping[str, float] | None = None) -> None:
         items = tuple(sorted((str(k), float(v)) for k, v in (values or {}).items()))
@@ -292,7 +293,9 @@ class ContextSpace:
         return Context(merged)
 
     # ------------------------------------------------------------- unit cube
-    def to_unit(self, contexts: Sequence[Mapping[str, float]], features: Sequence[str]) -> np.ndarray:
+    def to_unit(
+        self, contexts: Sequence[Mapping[str, float]], features: Sequence[str]
+    ) -> np.ndarray:
         """Unit-cube coordinates of ``features`` for each context, shape ``(len(contexts), d)``."""
         specs = [self.feature(f) for f in features]
         out = np.empty((len(contexts), len(specs)), dtype=np.float64)

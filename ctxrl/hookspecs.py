@@ -59,8 +59,9 @@ def ctxrl_register_algorithms(register: Callable[[AlgorithmSpec], None]) -> None
     """Register training algorithms.
 
     Call ``register(AlgorithmSpec(...))`` once per algorithm: name, supported action spaces,
-    whether it trains many (task, seed) pairs in one batched program, and a factory returning an
-    object with ``train`` / ``evaluate`` / ``save`` / ``load`` (see :class:`ctxrl.registry.Algorithm`).
+    whether it trains many (task, seed) pairs in one batched program, and a factory returning
+    an object with ``train`` / ``evaluate`` / ``save`` / ``load``
+    (see :class:`ctxrl.registry.Algorithm`).
     Implement in: algorithm plugins.
     """
 

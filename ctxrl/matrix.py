@@ -70,7 +70,7 @@ class TransferMatrix:
 
     @property
     def n_seeds(self) -> int:
-        return self.values.shape[2]
+        return int(self.values.shape[2])
 
     def is_square(self) -> bool:
         return self.sources == self.targets
@@ -148,7 +148,7 @@ class TransferMatrix:
         files = [paths] if isinstance(paths, str | Path) else list(paths)
         if not files:
             raise MatrixError("no matrix files given")
-        layers = []
+        layers: list[np.ndarray] = []
         for file in files:
             layer = _read_numeric_csv(Path(file))
             if layers and layer.shape != layers[0].shape:

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pluggy
 
@@ -128,9 +128,12 @@ class Host:
             )
             aliases = {ep.name} | ({dist_name} if dist_name else set())
             if info.name in self.plugins:
-                info.status, info.error = "failed", (
-                    f"entry point name {ep.name!r} is also used by distribution "
-                    f"{self.plugins[ep.name].distribution!r}"
+                info.status, info.error = (
+                    "failed",
+                    (
+                        f"entry point name {ep.name!r} is also used by distribution "
+                        f"{self.plugins[ep.name].distribution!r}"
+                    ),
                 )
                 self.plugins[f"{ep.name} ({dist_name})"] = info
                 continue
@@ -184,7 +187,7 @@ class Host:
                 info = self.plugins.get(impl.plugin_name)
                 if info is not None and info.status != "loaded":
                     continue
-                register = self._make_register(kind, impl.plugin_name)
+                register = self._make_register(cast(Kind, kind), impl.plugin_name)
                 try:
                     impl.function(**({"register": register} if impl.argnames else {}))
                 except Exception as exc:

@@ -65,7 +65,9 @@ class EnvSpec:
     def __post_init__(self) -> None:
         lower, upper = self.return_bounds
         if not lower < upper:
-            raise PluginError(f"env {self.name!r}: return_bounds {self.return_bounds} need lower < upper")
+            raise PluginError(
+                f"env {self.name!r}: return_bounds {self.return_bounds} need lower < upper"
+            )
 
     def task(self, context: Mapping[str, object] | None = None) -> Task:
         """A validated :class:`Task` of this env (missing features at their defaults)."""
@@ -206,7 +208,7 @@ class Registry:
                 f"plugin {provider!r} registered a {type(spec).__name__} as a {kind}; "
                 f"expected {expected.__name__}"
             )
-        name = spec.name
+        name = getattr(spec, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {provider!r} registered a {kind} without a name")
         existing = self._entries[kind].get(name)

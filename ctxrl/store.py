@@ -230,7 +230,7 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for table in ("runs", "evaluations"):
-            cursor = self._db.execute(f"SELECT * FROM {table}")  # noqa: S608 (fixed names)
+            cursor = self._db.execute(f"SELECT * FROM {table}")
             header = [c[0] for c in cursor.description]
             rows = cursor.fetchall()
             path = directory / f"{table}.csv"

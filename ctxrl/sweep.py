@@ -144,7 +144,7 @@ def _record(
 # ------------------------------------------------------------------------- run directory
 def environment_record(host: Host, device: str) -> dict[str, Any]:
     """Versions and machine facts that a result depends on."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("ctxrl", "torch", "numpy", "gymnasium", "stable-baselines3", "gpytorch"):
         try:
             versions[dist] = metadata.version(dist)
@@ -176,8 +176,11 @@ def prepare_run_dir(plan: SweepPlan, host: Host, argv: Iterable[str]) -> Path:
             raise CtxrlError(f"{plan_file} holds a different plan; refusing to mix results")
     plan_file.write_text(
         yaml.safe_dump(
-            {"plan_hash": plan.plan_hash, "plan": plan_data,
-             "config": plan.config.model_dump(mode="json")},
+            {
+                "plan_hash": plan.plan_hash,
+                "plan": plan_data,
+                "config": plan.config.model_dump(mode="json"),
+            },
             sort_keys=False,
         )
     )
@@ -208,8 +211,10 @@ def run_sweep(
     host.notify("ctxrl_sweep_start", plan=plan_json, run_dir=run_dir)
 
     executor = host.registry.executor(config.executor.name).factory(
-        workers=config.executor.workers, timeout_s=config.executor.timeout_s,
-        log_dir=run_dir / "logs", **config.executor.options,
+        workers=config.executor.workers,
+        timeout_s=config.executor.timeout_s,
+        log_dir=run_dir / "logs",
+        **config.executor.options,
     )
     finished = store.finished_run_ids()
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
@@ -236,14 +241,20 @@ def run_sweep(
                 if error is not None:
                     _ensure_failed(store, task, job["seed"], plan, error)
                     outcome.failed.append(rid)
-                    console.print(f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
-                                  f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+                    console.print(
+                        f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
+                        f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
+                    )
                 else:
                     outcome.trained += 1
                     finished.add(rid)
-                run = {"run_id": rid, "source_task": task.id, "seed": job["seed"],
-                       "status": "failed" if error else "finished",
-                       "returns": store.returns(rid)}
+                run = {
+                    "run_id": rid,
+                    "source_task": task.id,
+                    "seed": job["seed"],
+                    "status": "failed" if error else "finished",
+                    "returns": store.returns(rid),
+                }
                 host.notify("ctxrl_run_finished", plan=plan_json, run=run)
                 progress.advance(bar)
 
@@ -262,21 +273,26 @@ def run_sweep(
     return outcome
 
 
-def _select_and_train(plan: SweepPlan, store: Store, run_jobs: Callable[[list[int]], None]) -> list[int]:
+def _select_and_train(
+    plan: SweepPlan, store: Store, run_jobs: Callable[[list[int]], None]
+) -> list[int]:
     """Strategy-driven mode: train only the sources the strategy proposes, step by step."""
-    assert plan.strategy is not None and plan.config.strategy.budget is not None
     config = plan.config
+    budget = config.strategy.budget
+    assert plan.strategy is not None and budget is not None  # checked by resolve_plan
     strategy = plan.strategy.factory(**config.strategy.options)
     state = SelectionState(
         coords=plan.grid.grid_coords(),
-        budget=config.strategy.budget,
+        budget=budget,
         rng=np.random.default_rng(config.seeds[0]),
         batch_size=config.strategy.batch_size,
     )
     while state.k < state.budget:
         proposal = [int(i) for i in strategy.propose(state)][: state.budget - state.k]
         if not proposal:
-            raise CtxrlError(f"strategy {plan.strategy.name!r} proposed nothing at step {state.k + 1}")
+            raise CtxrlError(
+                f"strategy {plan.strategy.name!r} proposed nothing at step {state.k + 1}"
+            )
         run_jobs(sorted(set(proposal)))
         normalised = plan.env.normalise(sweep_matrix(plan, store).mean())
         for index in proposal:
@@ -285,7 +301,9 @@ def _select_and_train(plan: SweepPlan, store: Store, run_jobs: Callable[[list[in
     return list(state.selected)
 
 
-def _ensure_failed(store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str) -> None:
+def _ensure_failed(
+    store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str
+) -> None:
     """Record a failure the worker could not write itself (crash, timeout)."""
     rid = run_id(task, seed)
     if any(r.run_id == rid for r in store.runs("failed")):
@@ -297,15 +315,22 @@ def _ensure_failed(store: Store, task: Task, seed: int, plan: SweepPlan, error: 
 def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
     contexts = plan.grid.contexts
     return store.matrix(
-        env=plan.env.name, sources=contexts, targets=contexts, seeds=plan.config.seeds,
+        env=plan.env.name,
+        sources=contexts,
+        targets=contexts,
+        seeds=plan.config.seeds,
         features=plan.grid.features,
     )
 
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -327,8 +352,15 @@ def selection_curves(
     for name, spec in strategies.items():
         repeats = stochastic_repeats if spec.stochastic else 1
         results = [
-            replay(spec.factory(), normalised, coords, budget, seed=s, name=name,
-                   full_knowledge=spec.requires_full_matrix)
+            replay(
+                spec.factory(),
+                normalised,
+                coords,
+                budget,
+                seed=s,
+                name=name,
+                full_knowledge=spec.requires_full_matrix,
+            )
             for s in range(repeats)
         ]
         curves = np.stack([r.curve for r in results])
@@ -348,10 +380,16 @@ def write_exports(
     exports.mkdir(exist_ok=True)
     for k, seed in enumerate(plan.config.seeds):
         matrix.to_reference_csv(exports / f"matrix_seed{seed}.csv", seed=k)
-    (exports / "contexts.json").write_text(json.dumps(
-        {"features": list(plan.grid.features),
-         "contexts": [c.as_dict() for c in plan.grid.contexts],
-         "return_bounds": list(plan.env.return_bounds)}, indent=2))
+    (exports / "contexts.json").write_text(
+        json.dumps(
+            {
+                "features": list(plan.grid.features),
+                "contexts": [c.as_dict() for c in plan.grid.contexts],
+                "return_bounds": list(plan.env.return_bounds),
+            },
+            indent=2,
+        )
+    )
     store.export(exports)
     normalised = plan.env.normalise(matrix.mean())
     summary: dict[str, Any] = {
@@ -409,6 +447,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"{curve['order'][:5]} |"
             )
     elif "curve" in summary:
-        lines.append(f"G_k along the trained order {summary['order']}: "
-                     + ", ".join(f"{v:.3f}" for v in summary["curve"]))
+        lines.append(
+            f"G_k along the trained order {summary['order']}: "
+            + ", ".join(f"{v:.3f}" for v in summary["curve"])
+        )
     return "\n".join(lines) + "\n"

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from ctxrl_envs import classic_control as cc
 
 from ctxrl.context import ContextSpace
 from ctxrl.errors import ContextError
-from ctxrl_envs import classic_control as cc
 
 Tensor = torch.Tensor
 
@@ -231,10 +231,14 @@ class BatchedPendulum(BatchedEnv):
 
     def _check(self, context: Mapping[str, Tensor]) -> None:
         if bool((context["initial_velocity_max"] > context["max_speed"]).any()):
-            raise ContextError(f"{self.name}: context features need initial_velocity_max <= max_speed")
+            raise ContextError(
+                f"{self.name}: context features need initial_velocity_max <= max_speed"
+            )
 
     def _initial_state(self) -> Tensor:
-        high = torch.stack([self.context["initial_angle_max"], self.context["initial_velocity_max"]], 1)
+        high = torch.stack(
+            [self.context["initial_angle_max"], self.context["initial_velocity_max"]], 1
+        )
         return self._uniform(-high, high, (self.num_envs, 2))
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -245,8 +249,11 @@ class BatchedPendulum(BatchedEnv):
         max_torque = c["max_torque"].float()
         u = torch.clamp(action.reshape(-1).float(), -max_torque, max_torque)
         g, m, length, dt = c["g"], c["m"], c["l"], c["dt"]
-        costs = (_angle_normalize(th).square() + 0.1 * thdot.square()
-                 + (0.001 * u.square()).to(self.dtype))
+        costs = (
+            _angle_normalize(th).square()
+            + 0.1 * thdot.square()
+            + (0.001 * u.square()).to(self.dtype)
+        )
         torque = ((3.0 / (m * length**2)).float() * u).to(self.dtype)
         new_thdot = thdot + (3 * g / (2 * length) * torch.sin(th) + torque) * dt
         new_thdot = torch.clamp(new_thdot, -c["max_speed"], c["max_speed"])
@@ -264,8 +271,12 @@ class _MountainCarBase(BatchedEnv):
     space: ClassVar[ContextSpace]
 
     def _check(self, context: Mapping[str, Tensor]) -> None:
-        pairs = [("min_position", "start_position_low"), ("start_position_low", "start_position_high"),
-                 ("start_position_high", "max_position"), ("goal_position", "max_position")]
+        pairs = [
+            ("min_position", "start_position_low"),
+            ("start_position_low", "start_position_high"),
+            ("start_position_high", "max_position"),
+            ("goal_position", "max_position"),
+        ]
         for low, high in pairs:
             if bool((context[low] > context[high]).any()):
                 raise ContextError(f"{self.name}: context features need {low} <= {high}")
@@ -274,7 +285,9 @@ class _MountainCarBase(BatchedEnv):
 
     def _initial_state(self) -> Tensor:
         c = self.context
-        position = self._uniform(c["start_position_low"], c["start_position_high"], (self.num_envs,))
+        position = self._uniform(
+            c["start_position_low"], c["start_position_high"], (self.num_envs,)
+        )
         return torch.stack([position, torch.zeros_like(position)], 1)
 
     def _move(self, state: Tensor, acceleration: Tensor) -> tuple[Tensor, Tensor]:
@@ -282,8 +295,9 @@ class _MountainCarBase(BatchedEnv):
         position, velocity = state.unbind(1)
         velocity = torch.clamp(velocity + acceleration, -c["max_speed"], c["max_speed"])
         position = torch.clamp(position + velocity, c["min_position"], c["max_position"])
-        velocity = torch.where((position == c["min_position"]) & (velocity < 0),
-                               torch.zeros_like(velocity), velocity)
+        velocity = torch.where(
+            (position == c["min_position"]) & (velocity < 0), torch.zeros_like(velocity), velocity
+        )
         terminated = (position >= c["goal_position"]) & (velocity >= c["goal_velocity"])
         return torch.stack([position, velocity], 1), terminated
 
@@ -362,7 +376,9 @@ class BatchedAcrobot(BatchedEnv):
         c = self.context
         torque = action.reshape(-1).to(self.dtype) - 1.0
         noise = c["torque_noise_max"]
-        torque = torque + torch.where(noise > 0, self._uniform(-noise, noise, (self.num_envs,)), 0.0)
+        torque = torque + torch.where(
+            noise > 0, self._uniform(-noise, noise, (self.num_envs,)), 0.0
+        )
         dt = c["dt"][:, None]
         k1 = self._derivatives(state, torque)
         k2 = self._derivatives(state + dt / 2 * k1, torque)
@@ -384,8 +400,13 @@ class BatchedAcrobot(BatchedEnv):
 
 TWINS: dict[str, type[BatchedEnv]] = {
     cls.name: cls
-    for cls in (BatchedCartPole, BatchedPendulum, BatchedMountainCar,
-                BatchedMountainCarContinuous, BatchedAcrobot)
+    for cls in (
+        BatchedCartPole,
+        BatchedPendulum,
+        BatchedMountainCar,
+        BatchedMountainCarContinuous,
+        BatchedAcrobot,
+    )
 }
 
 

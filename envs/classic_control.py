@@ -16,11 +16,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from ctxrl_envs.contextual import ContextFamily, require_order
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
 from ctxrl.registry import EnvSpec
-from ctxrl_envs.contextual import ContextFamily, require_order
 
 F = ContextFeature
 
@@ -39,8 +39,9 @@ def _gym_env(class_name: str) -> Callable[[str | None], Any]:
 def _box(low: list[float], high: list[float]) -> Any:
     from gymnasium import spaces
 
-    return spaces.Box(np.array(low, dtype=np.float32), np.array(high, dtype=np.float32),
-                      dtype=np.float32)
+    return spaces.Box(
+        np.array(low, dtype=np.float32), np.array(high, dtype=np.float32), dtype=np.float32
+    )
 
 
 # ---------------------------------------------------------------------------------- CartPole
@@ -52,8 +53,13 @@ CARTPOLE = ContextSpace(
         F("length", 0.5, 0.05, 5.0, unit="m", description="half the pole's length"),
         F("force_mag", 10.0, 1.0, 100.0, unit="N", description="force of one push"),
         F("tau", 0.02, 0.002, 0.2, unit="s", description="integration time step"),
-        F("initial_state_bound", 0.05, 0.0, 0.2,
-          description="initial state ~ U(-b, b) in every coordinate"),
+        F(
+            "initial_state_bound",
+            0.05,
+            0.0,
+            0.2,
+            description="initial state ~ U(-b, b) in every coordinate",
+        ),
     ],
     owner="CartPole",
 )
@@ -75,7 +81,10 @@ def _bounds_options(feature: str, c: Context) -> dict[str, Any]:
 
 
 CARTPOLE_FAMILY = ContextFamily(
-    "CartPole", CARTPOLE, _gym_env("CartPoleEnv"), _apply_cartpole,
+    "CartPole",
+    CARTPOLE,
+    _gym_env("CartPoleEnv"),
+    _apply_cartpole,
     reset_options=partial(_bounds_options, "initial_state_bound"),
 )
 
@@ -88,10 +97,22 @@ PENDULUM = ContextSpace(
         F("dt", 0.05, 0.001, 1.0, unit="s", description="integration time step"),
         F("max_speed", 8.0, 0.1, 100.0, unit="rad/s", description="angular speed limit"),
         F("max_torque", 2.0, 0.01, 100.0, unit="N m", description="torque limit (action bound)"),
-        F("initial_angle_max", math.pi, 0.0, math.pi, unit="rad",
-          description="initial angle ~ U(-a, a)"),
-        F("initial_velocity_max", 1.0, 0.0, 10.0, unit="rad/s",
-          description="initial angular velocity ~ U(-v, v)"),
+        F(
+            "initial_angle_max",
+            math.pi,
+            0.0,
+            math.pi,
+            unit="rad",
+            description="initial angle ~ U(-a, a)",
+        ),
+        F(
+            "initial_velocity_max",
+            1.0,
+            0.0,
+            10.0,
+            unit="rad/s",
+            description="initial angular velocity ~ U(-v, v)",
+        ),
     ],
     owner="Pendulum",
 )
@@ -105,11 +126,15 @@ def _apply_pendulum(env: Any, c: Context) -> None:
 
 
 PENDULUM_FAMILY = ContextFamily(
-    "Pendulum", PENDULUM, _gym_env("PendulumEnv"), _apply_pendulum,
+    "Pendulum",
+    PENDULUM,
+    _gym_env("PendulumEnv"),
+    _apply_pendulum,
     reset_options=lambda c: {"x_init": c["initial_angle_max"], "y_init": c["initial_velocity_max"]},
     # an initial speed above the speed limit would start outside the observation space
     check=lambda c: require_order(c, "Pendulum", "initial_velocity_max", "max_speed"),
 )
+
 
 # ------------------------------------------------------------------------------- MountainCar
 def _mountain_car_features(goal: float, discrete: bool) -> list[ContextFeature]:
@@ -139,15 +164,24 @@ MOUNTAIN_CAR_CONTINUOUS = ContextSpace(
 
 
 def _check_mountain_car(owner: str, c: Context) -> None:
-    require_order(c, owner, "min_position", "start_position_low", "start_position_high",
-                  "max_position")
+    require_order(
+        c, owner, "min_position", "start_position_low", "start_position_high", "max_position"
+    )
     require_order(c, owner, "min_position", "goal_position", strict=True)
     require_order(c, owner, "goal_position", "max_position")
 
 
 def _apply_mountain_car(env: Any, c: Context) -> None:
-    for name in ("min_position", "max_position", "max_speed", "goal_position", "goal_velocity",
-                 "force", "gravity", "power"):
+    for name in (
+        "min_position",
+        "max_position",
+        "max_speed",
+        "goal_position",
+        "goal_velocity",
+        "force",
+        "gravity",
+        "power",
+    ):
         if name in c:
             setattr(env, name, c[name])
     low, high = [env.min_position, -env.max_speed], [env.max_position, env.max_speed]
@@ -164,12 +198,19 @@ def _start_options(c: Context) -> dict[str, Any]:
 
 
 MOUNTAIN_CAR_FAMILY = ContextFamily(
-    "MountainCar", MOUNTAIN_CAR, _gym_env("MountainCarEnv"), _apply_mountain_car,
-    reset_options=_start_options, check=partial(_check_mountain_car, "MountainCar"),
+    "MountainCar",
+    MOUNTAIN_CAR,
+    _gym_env("MountainCarEnv"),
+    _apply_mountain_car,
+    reset_options=_start_options,
+    check=partial(_check_mountain_car, "MountainCar"),
 )
 MOUNTAIN_CAR_CONTINUOUS_FAMILY = ContextFamily(
-    "MountainCarContinuous", MOUNTAIN_CAR_CONTINUOUS, _gym_env("Continuous_MountainCarEnv"),
-    _apply_mountain_car, reset_options=_start_options,
+    "MountainCarContinuous",
+    MOUNTAIN_CAR_CONTINUOUS,
+    _gym_env("Continuous_MountainCarEnv"),
+    _apply_mountain_car,
+    reset_options=_start_options,
     check=partial(_check_mountain_car, "MountainCarContinuous"),
 )
 
@@ -182,14 +223,31 @@ ACROBOT = ContextSpace(
         F("link_com_pos_1", 0.5, 0.0, 1.0, unit="m", description="centre of mass of link 1"),
         F("link_com_pos_2", 0.5, 0.0, 1.0, unit="m", description="centre of mass of link 2"),
         F("link_moi", 1.0, 0.1, 10.0, unit="kg m^2", description="moment of inertia of both links"),
-        F("max_vel_1", 4 * math.pi, 0.4 * math.pi, 40 * math.pi, unit="rad/s",
-          description="angular speed limit of joint 1"),
-        F("max_vel_2", 9 * math.pi, 0.9 * math.pi, 90 * math.pi, unit="rad/s",
-          description="angular speed limit of joint 2"),
+        F(
+            "max_vel_1",
+            4 * math.pi,
+            0.4 * math.pi,
+            40 * math.pi,
+            unit="rad/s",
+            description="angular speed limit of joint 1",
+        ),
+        F(
+            "max_vel_2",
+            9 * math.pi,
+            0.9 * math.pi,
+            90 * math.pi,
+            unit="rad/s",
+            description="angular speed limit of joint 2",
+        ),
         F("torque_noise_max", 0.0, 0.0, 1.0, unit="N m", description="uniform torque noise"),
         F("dt", 0.2, 0.01, 1.0, unit="s", description="integration time step"),
-        F("initial_state_bound", 0.1, 0.0, 0.5,
-          description="initial state ~ U(-b, b) in every coordinate"),
+        F(
+            "initial_state_bound",
+            0.1,
+            0.0,
+            0.5,
+            description="initial state ~ U(-b, b) in every coordinate",
+        ),
     ],
     owner="Acrobot",
 )
@@ -208,23 +266,56 @@ def _apply_acrobot(env: Any, c: Context) -> None:
 
 
 ACROBOT_FAMILY = ContextFamily(
-    "Acrobot", ACROBOT, _gym_env("AcrobotEnv"), _apply_acrobot,
+    "Acrobot",
+    ACROBOT,
+    _gym_env("AcrobotEnv"),
+    _apply_acrobot,
     reset_options=partial(_bounds_options, "initial_state_bound"),
 )
 
 # ----------------------------------------------------------------------------- registration
 FAMILIES: dict[str, tuple[ContextFamily, int, tuple[float, float], str, str, str]] = {
     # name: (family, max_episode_steps, return_bounds, action space, version, description)
-    "CartPole": (CARTPOLE_FAMILY, 500, (0.0, 500.0), "discrete", "v1",
-                 "balance a pole on a cart (return bounds as in the MBTL reference)"),
-    "Pendulum": (PENDULUM_FAMILY, 200, (-2200.0, -500.0), "continuous", "v1",
-                 "swing up a pendulum (return bounds as in the MBTL reference)"),
-    "MountainCar": (MOUNTAIN_CAR_FAMILY, 200, (-200.0, -90.0), "discrete", "v0",
-                    "drive an underpowered car up a hill"),
-    "MountainCarContinuous": (MOUNTAIN_CAR_CONTINUOUS_FAMILY, 999, (-50.0, 100.0), "continuous",
-                              "v0", "drive an underpowered car up a hill, continuous force"),
-    "Acrobot": (ACROBOT_FAMILY, 500, (-500.0, -60.0), "discrete", "v1",
-                "swing a two-link arm above a line"),
+    "CartPole": (
+        CARTPOLE_FAMILY,
+        500,
+        (0.0, 500.0),
+        "discrete",
+        "v1",
+        "balance a pole on a cart (return bounds as in the MBTL reference)",
+    ),
+    "Pendulum": (
+        PENDULUM_FAMILY,
+        200,
+        (-2200.0, -500.0),
+        "continuous",
+        "v1",
+        "swing up a pendulum (return bounds as in the MBTL reference)",
+    ),
+    "MountainCar": (
+        MOUNTAIN_CAR_FAMILY,
+        200,
+        (-200.0, -90.0),
+        "discrete",
+        "v0",
+        "drive an underpowered car up a hill",
+    ),
+    "MountainCarContinuous": (
+        MOUNTAIN_CAR_CONTINUOUS_FAMILY,
+        999,
+        (-50.0, 100.0),
+        "continuous",
+        "v0",
+        "drive an underpowered car up a hill, continuous force",
+    ),
+    "Acrobot": (
+        ACROBOT_FAMILY,
+        500,
+        (-500.0, -60.0),
+        "discrete",
+        "v1",
+        "swing a two-link arm above a line",
+    ),
 }
 
 
@@ -232,7 +323,9 @@ def gym_id(name: str) -> str:
     return f"ctxrl/{name}-{FAMILIES[name][4]}"
 
 
-def make(name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None) -> Any:
+def make(
+    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
+) -> Any:
     """A contextual gymnasium env by ctxrl name (with gymnasium's time limit)."""
     from ctxrl_envs.contextual import make_contextual
 
@@ -240,8 +333,9 @@ def make(name: str, context: Any = None, *, visible: Any = (), render_mode: str 
     return make_contextual(family, steps, context, visible=visible, render_mode=render_mode)
 
 
-def make_unlimited(name: str, context: Any = None, *, visible: Any = (),
-                   render_mode: str | None = None) -> Any:
+def make_unlimited(
+    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
+) -> Any:
     """Entry point for ``gymnasium.make``, which adds the time limit itself."""
     from ctxrl_envs.contextual import ContextualEnv
 
@@ -261,21 +355,22 @@ def register_gymnasium_ids() -> None:
     for name, (_, steps, _, _, _, _) in FAMILIES.items():
         env_id = gym_id(name)
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=partial(make_unlimited, name),
-                         max_episode_steps=steps)
+            gym.register(env_id, entry_point=partial(make_unlimited, name), max_episode_steps=steps)
 
 
 @hookimpl
 def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
     for name, (family, steps, bounds, action, _, description) in FAMILIES.items():
-        register(EnvSpec(
-            name=name,
-            context_space=family.space,
-            make=partial(make, name),
-            return_bounds=bounds,
-            action_space=action,  # type: ignore[arg-type]
-            make_batched=partial(make_batched, name),
-            max_episode_steps=steps,
-            gym_id=gym_id(name),
-            description=description,
-        ))
+        register(
+            EnvSpec(
+                name=name,
+                context_space=family.space,
+                make=partial(make, name),
+                return_bounds=bounds,
+                action_space=action,  # type: ignore[arg-type]
+                make_batched=partial(make_batched, name),
+                max_episode_steps=steps,
+                gym_id=gym_id(name),
+                description=description,
+            )
+        )

@@ -10,6 +10,7 @@ to [0, 1], to a flat Box observation.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ class ContextFamily:
 
 def require_order(context: Context, owner: str, *names: str, strict: bool = False) -> None:
     """Raise unless ``context[names[0]] <= context[names[1]] <= ...`` (``<`` when strict)."""
-    for low, high in zip(names, names[1:], strict=False):
+    for low, high in itertools.pairwise(names):
         a, b = context[low], context[high]
         if a > b or (strict and a == b):
             relation = "<" if strict else "<="
@@ -86,7 +87,8 @@ class ContextualEnv(gym.Wrapper):  # type: ignore[type-arg]
         super().__init__(base)
         self.visible = tuple(visible)
         if self.visible and not (
-            isinstance(base.observation_space, spaces.Box) and len(base.observation_space.shape) == 1
+            isinstance(base.observation_space, spaces.Box)
+            and len(base.observation_space.shape) == 1
         ):
             raise ContextError(f"{family.name}: visible contexts need a flat Box observation")
         self._context = initial

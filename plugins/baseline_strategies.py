@@ -26,8 +26,7 @@ from ctxrl.selection import SelectionState, nearest_index
 def _one_dimensional(state: SelectionState, name: str) -> np.ndarray:
     if state.coords.shape[1] != 1:
         raise CtxrlError(
-            f"strategy {name!r} works on one varied feature; this grid has "
-            f"{state.coords.shape[1]}"
+            f"strategy {name!r} works on one varied feature; this grid has {state.coords.shape[1]}"
         )
     values: np.ndarray = state.coords[:, 0]
     if np.any(np.diff(values) < 0):
@@ -129,14 +128,40 @@ def _no_options(cls: type) -> Callable[..., object]:
 
 @hookimpl
 def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
-    register(StrategySpec("random", _no_options(RandomStrategy), stochastic=True,
-                          description="uniformly random untried context each step"))
-    register(StrategySpec("equidistant", _no_options(EquidistantStrategy),
-                          description="centres of K equal bins, coarse to fine (1-D)"))
-    register(StrategySpec("greedy", _no_options(GreedyStrategy),
-                          description="middle first, then the largest gap (1-D)"))
-    register(StrategySpec("sequential-oracle", _no_options(SequentialOracleStrategy),
-                          requires_full_matrix=True,
-                          description="greedy on the true matrix (offline upper reference)"))
-    register(StrategySpec("exhaustive", _no_options(ExhaustiveStrategy),
-                          description="every context in order (trains all N)"))
+    register(
+        StrategySpec(
+            "random",
+            _no_options(RandomStrategy),
+            stochastic=True,
+            description="uniformly random untried context each step",
+        )
+    )
+    register(
+        StrategySpec(
+            "equidistant",
+            _no_options(EquidistantStrategy),
+            description="centres of K equal bins, coarse to fine (1-D)",
+        )
+    )
+    register(
+        StrategySpec(
+            "greedy",
+            _no_options(GreedyStrategy),
+            description="middle first, then the largest gap (1-D)",
+        )
+    )
+    register(
+        StrategySpec(
+            "sequential-oracle",
+            _no_options(SequentialOracleStrategy),
+            requires_full_matrix=True,
+            description="greedy on the true matrix (offline upper reference)",
+        )
+    )
+    register(
+        StrategySpec(
+            "exhaustive",
+            _no_options(ExhaustiveStrategy),
+            description="every context in order (trains all N)",
+        )
+    )

@@ -108,16 +108,22 @@ class LocalProcessExecutor:
                         if process.exitcode == 0:
                             yield job, None
                         else:
-                            yield job, JobFailed(
-                                f"worker exited with code {process.exitcode}\n{_tail(log)}"
+                            yield (
+                                job,
+                                JobFailed(
+                                    f"worker exited with code {process.exitcode}\n{_tail(log)}"
+                                ),
                             )
                     elif self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                         process.kill()
                         process.join()
                         del running[process]
-                        yield job, JobFailed(
-                            f"job exceeded its {self.timeout_s:g} s limit and was killed\n"
-                            f"{_tail(log)}"
+                        yield (
+                            job,
+                            JobFailed(
+                                f"job exceeded its {self.timeout_s:g} s limit and was killed\n"
+                                f"{_tail(log)}"
+                            ),
                         )
                 time.sleep(self.poll_s)
         finally:
@@ -129,7 +135,9 @@ class LocalProcessExecutor:
 class InlineExecutor:
     """Runs jobs one after another in this process; exceptions are reported per job."""
 
-    def __init__(self, workers: int = 1, timeout_s: float | None = None, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, timeout_s: float | None = None, log_dir: Path | None = None
+    ) -> None:
         del workers, timeout_s, log_dir  # accepted for a uniform factory signature
 
     def map(self, fn: JobFn, jobs: Iterable[Job]) -> Iterator[tuple[Job, BaseException | None]]:
@@ -144,5 +152,7 @@ class InlineExecutor:
 
 @hookimpl
 def ctxrl_register_executors(register: Callable[[ExecutorSpec], None]) -> None:
-    register(ExecutorSpec("local", LocalProcessExecutor, "one spawned process per job, in parallel"))
+    register(
+        ExecutorSpec("local", LocalProcessExecutor, "one spawned process per job, in parallel")
+    )
     register(ExecutorSpec("inline", InlineExecutor, "jobs in sequence in this process"))

@@ -29,49 +29,120 @@ EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
-        "CartPole": {"n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8,
-                     "gamma": 0.98, "n_epochs": 20, "ent_coef": 0.0,
-                     "learning_rate": "lin_0.001", "clip_range": "lin_0.2"},
-        "Pendulum": {"n_envs": 4, "n_steps": 1024, "gae_lambda": 0.95, "gamma": 0.9,
-                     "n_epochs": 10, "ent_coef": 0.0, "learning_rate": 1e-3, "clip_range": 0.2,
-                     "use_sde": True, "sde_sample_freq": 4},
-        "Acrobot": {"n_envs": 16, "n_steps": 256, "gae_lambda": 0.94, "gamma": 0.99,
-                    "n_epochs": 4, "ent_coef": 0.0},
+        "CartPole": {
+            "n_envs": 8,
+            "n_steps": 32,
+            "batch_size": 256,
+            "gae_lambda": 0.8,
+            "gamma": 0.98,
+            "n_epochs": 20,
+            "ent_coef": 0.0,
+            "learning_rate": "lin_0.001",
+            "clip_range": "lin_0.2",
+        },
+        "Pendulum": {
+            "n_envs": 4,
+            "n_steps": 1024,
+            "gae_lambda": 0.95,
+            "gamma": 0.9,
+            "n_epochs": 10,
+            "ent_coef": 0.0,
+            "learning_rate": 1e-3,
+            "clip_range": 0.2,
+            "use_sde": True,
+            "sde_sample_freq": 4,
+        },
+        "Acrobot": {
+            "n_envs": 16,
+            "n_steps": 256,
+            "gae_lambda": 0.94,
+            "gamma": 0.99,
+            "n_epochs": 4,
+            "ent_coef": 0.0,
+        },
     },
     "a2c": {
         "CartPole": {"n_envs": 8, "ent_coef": 0.0},
         "Acrobot": {"n_envs": 16, "ent_coef": 0.0},
     },
     "dqn": {
-        "CartPole": {"learning_rate": 2.3e-3, "batch_size": 64, "buffer_size": 100_000,
-                     "learning_starts": 1000, "gamma": 0.99, "target_update_interval": 10,
-                     "train_freq": 256, "gradient_steps": 128, "exploration_fraction": 0.16,
-                     "exploration_final_eps": 0.04, "policy_kwargs": {"net_arch": [256, 256]}},
-        "MountainCar": {"learning_rate": 4e-3, "batch_size": 128, "buffer_size": 10_000,
-                        "learning_starts": 1000, "gamma": 0.98, "target_update_interval": 600,
-                        "train_freq": 16, "gradient_steps": 8, "exploration_fraction": 0.2,
-                        "exploration_final_eps": 0.07, "policy_kwargs": {"net_arch": [256, 256]}},
-        "Acrobot": {"learning_rate": 6.3e-4, "batch_size": 128, "buffer_size": 50_000,
-                    "learning_starts": 0, "gamma": 0.99, "target_update_interval": 250,
-                    "train_freq": 4, "gradient_steps": -1, "exploration_fraction": 0.12,
-                    "exploration_final_eps": 0.1, "policy_kwargs": {"net_arch": [256, 256]}},
+        "CartPole": {
+            "learning_rate": 2.3e-3,
+            "batch_size": 64,
+            "buffer_size": 100_000,
+            "learning_starts": 1000,
+            "gamma": 0.99,
+            "target_update_interval": 10,
+            "train_freq": 256,
+            "gradient_steps": 128,
+            "exploration_fraction": 0.16,
+            "exploration_final_eps": 0.04,
+            "policy_kwargs": {"net_arch": [256, 256]},
+        },
+        "MountainCar": {
+            "learning_rate": 4e-3,
+            "batch_size": 128,
+            "buffer_size": 10_000,
+            "learning_starts": 1000,
+            "gamma": 0.98,
+            "target_update_interval": 600,
+            "train_freq": 16,
+            "gradient_steps": 8,
+            "exploration_fraction": 0.2,
+            "exploration_final_eps": 0.07,
+            "policy_kwargs": {"net_arch": [256, 256]},
+        },
+        "Acrobot": {
+            "learning_rate": 6.3e-4,
+            "batch_size": 128,
+            "buffer_size": 50_000,
+            "learning_starts": 0,
+            "gamma": 0.99,
+            "target_update_interval": 250,
+            "train_freq": 4,
+            "gradient_steps": -1,
+            "exploration_fraction": 0.12,
+            "exploration_final_eps": 0.1,
+            "policy_kwargs": {"net_arch": [256, 256]},
+        },
     },
     "sac": {
         "Pendulum": {"learning_rate": 1e-3},
-        "MountainCarContinuous": {"learning_rate": 3e-4, "buffer_size": 50_000,
-                                  "batch_size": 512, "ent_coef": 0.1, "train_freq": 32,
-                                  "gradient_steps": 32, "gamma": 0.9999, "tau": 0.01,
-                                  "learning_starts": 0, "use_sde": True,
-                                  "policy_kwargs": {"log_std_init": -3.67, "net_arch": [64, 64]}},
+        "MountainCarContinuous": {
+            "learning_rate": 3e-4,
+            "buffer_size": 50_000,
+            "batch_size": 512,
+            "ent_coef": 0.1,
+            "train_freq": 32,
+            "gradient_steps": 32,
+            "gamma": 0.9999,
+            "tau": 0.01,
+            "learning_starts": 0,
+            "use_sde": True,
+            "policy_kwargs": {"log_std_init": -3.67, "net_arch": [64, 64]},
+        },
     },
     "td3": {
-        "Pendulum": {"gamma": 0.98, "buffer_size": 200_000, "learning_starts": 10_000,
-                     "noise_type": "normal", "noise_std": 0.1, "gradient_steps": 1,
-                     "train_freq": 1, "learning_rate": 1e-3,
-                     "policy_kwargs": {"net_arch": [400, 300]}},
-        "MountainCarContinuous": {"noise_type": "ornstein-uhlenbeck", "noise_std": 0.5,
-                                  "gradient_steps": 1, "train_freq": 1, "learning_rate": 1e-3,
-                                  "batch_size": 256, "policy_kwargs": {"net_arch": [400, 300]}},
+        "Pendulum": {
+            "gamma": 0.98,
+            "buffer_size": 200_000,
+            "learning_starts": 10_000,
+            "noise_type": "normal",
+            "noise_std": 0.1,
+            "gradient_steps": 1,
+            "train_freq": 1,
+            "learning_rate": 1e-3,
+            "policy_kwargs": {"net_arch": [400, 300]},
+        },
+        "MountainCarContinuous": {
+            "noise_type": "ornstein-uhlenbeck",
+            "noise_std": 0.5,
+            "gradient_steps": 1,
+            "train_freq": 1,
+            "learning_rate": 1e-3,
+            "batch_size": 256,
+            "policy_kwargs": {"net_arch": [400, 300]},
+        },
     },
 }
 
@@ -114,7 +185,8 @@ class SB3Algorithm:
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise ConfigError(
-                f"algorithm.params: sb3-{algo} has no hyperparameter {', '.join(map(repr, unknown))}; "
+                f"algorithm.params: sb3-{algo} has no hyperparameter "
+                f"{', '.join(map(repr, unknown))}; "
                 f"known: {', '.join(sorted(allowed - {'policy_base', '_init_setup_model'}))}"
             )
         reserved = sorted(set(params) & {"seed", "device", "verbose", "_init_setup_model"})
@@ -134,8 +206,10 @@ class SB3Algorithm:
             )
 
             std = float(self.params.get("noise_std", 0.1)) * np.ones(action_dim)
-            noise_cls = {"normal": NormalActionNoise,
-                         "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise}.get(noise_type)
+            noise_cls = {
+                "normal": NormalActionNoise,
+                "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise,
+            }.get(noise_type)
             if noise_cls is None:
                 raise ConfigError(f"algorithm.params.noise_type: unknown noise {noise_type!r}")
             kwargs["action_noise"] = noise_cls(mean=np.zeros(action_dim), sigma=std)
@@ -145,12 +219,19 @@ class SB3Algorithm:
         from stable_baselines3.common.env_util import make_vec_env
 
         context = task.context.as_dict()
-        vec = make_vec_env(lambda: env.make(context), n_envs=int(self.params.get("n_envs", 1)),
-                           seed=seed)
+        vec = make_vec_env(
+            lambda: env.make(context), n_envs=int(self.params.get("n_envs", 1)), seed=seed
+        )
         shape = vec.action_space.shape
         action_dim = int(shape[0]) if shape else 1
-        return self.cls(self.params.get("policy", "MlpPolicy"), vec, seed=seed,
-                        device=self.device, verbose=0, **self._model_kwargs(action_dim))
+        return self.cls(
+            self.params.get("policy", "MlpPolicy"),
+            vec,
+            seed=seed,
+            device=self.device,
+            verbose=0,
+            **self._model_kwargs(action_dim),
+        )
 
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         model = self._build(env, task, seed)
@@ -173,8 +254,9 @@ class SB3Algorithm:
         out = np.zeros((len(tasks), episodes))
         for j, task in enumerate(tasks):
             envs = [env.make(task.context.as_dict()) for _ in range(episodes)]
-            obs = np.stack([e.reset(seed=seed * 100_003 + 1009 * j + k)[0]
-                            for k, e in enumerate(envs)])
+            obs = np.stack(
+                [e.reset(seed=seed * 100_003 + 1009 * j + k)[0] for k, e in enumerate(envs)]
+            )
             done = np.zeros(episodes, dtype=bool)
             while not done.all():
                 actions, _ = policy.predict(obs, deterministic=deterministic)
@@ -192,13 +274,17 @@ class SB3Algorithm:
     # ---------------------------------------------------------------------- artifacts
     def save(self, policy: Any, path: Path) -> None:
         task: Task = policy._ctxrl_task
-        save_artifact(path, policy.policy.state_dict(), {
-            "algorithm": f"sb3-{self.algo}",
-            "params": self.params,
-            "env": task.env,
-            "context": task.context.as_dict(),
-            "seed": int(policy.seed) if policy.seed is not None else None,
-        })
+        save_artifact(
+            path,
+            policy.policy.state_dict(),
+            {
+                "algorithm": f"sb3-{self.algo}",
+                "params": self.params,
+                "env": task.env,
+                "context": task.context.as_dict(),
+                "seed": int(policy.seed) if policy.seed is not None else None,
+            },
+        )
 
     def load(self, path: Path, env: EnvSpec) -> Any:
         tensors, meta = load_artifact(path, device="cpu")
@@ -210,7 +296,9 @@ class SB3Algorithm:
 
 
 def _factory(algo: str) -> Callable[..., SB3Algorithm]:
-    def factory(params: Mapping[str, Any], *, device: str = "cpu", env: EnvSpec | None = None) -> SB3Algorithm:
+    def factory(
+        params: Mapping[str, Any], *, device: str = "cpu", env: EnvSpec | None = None
+    ) -> SB3Algorithm:
         del env
         return SB3Algorithm(algo, params, device="auto" if device == "auto" else device)
 
@@ -224,10 +312,12 @@ def ctxrl_register_algorithms(register: Callable[[AlgorithmSpec], None]) -> None
     if importlib.util.find_spec("stable_baselines3") is None:
         raise ImportError("stable-baselines3 is not installed: pip install 'ctxrl[sb3]'")
     for algo in ("ppo", "a2c", "dqn", "sac", "td3"):
-        register(AlgorithmSpec(
-            name=f"sb3-{algo}",
-            factory=_factory(algo),
-            action_spaces=ACTION_SPACES[algo],
-            presets=PRESETS.get(algo, {}),
-            description=f"Stable-Baselines3 {algo.upper()}, one policy per process",
-        ))
+        register(
+            AlgorithmSpec(
+                name=f"sb3-{algo}",
+                factory=_factory(algo),
+                action_spaces=ACTION_SPACES[algo],
+                presets=PRESETS.get(algo, {}),
+                description=f"Stable-Baselines3 {algo.upper()}, one policy per process",
+            )
+        )

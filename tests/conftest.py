@@ -14,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_distribution(site: Path, dist: str, version: str, module: str, source: str,
-                       entry_points: dict[str, str]) -> None:
+def write_distribution(
+    site: Path, dist: str, version: str, module: str, source: str, entry_points: dict[str, str]
+) -> None:
     """Write ``module.py`` and a ``{dist}-{version}.dist-info`` with ``ctxrl`` entry points
     into ``site``: exactly what pip leaves behind, so importlib.metadata discovers it."""
     site.mkdir(parents=True, exist_ok=True)
@@ -36,8 +37,9 @@ def plugin_site(tmp_path: Path) -> Path:
 def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the ``ctxrl`` CLI in a subprocess that sees ``plugin_site`` on its path."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(plugin_site), environ.get("PYTHONPATH", "")) if p
@@ -46,8 +48,12 @@ def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[st
         environ["COLUMNS"] = "200"
         environ.update(env or {})
         result = subprocess.run(
-            [sys.executable, "-m", "ctxrl.cli", *args], capture_output=True, text=True,
-            env=environ, cwd=cwd, timeout=600,
+            [sys.executable, "-m", "ctxrl.cli", *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=cwd,
+            timeout=600,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"ctxrl {args} failed:\n{result.stdout}\n{result.stderr}")

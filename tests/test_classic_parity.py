@@ -7,7 +7,6 @@ torch twin must produce the same trajectory under the same seeds and actions for
 
 from __future__ import annotations
 
-
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +41,16 @@ def _pendulum(c: dict[str, float]) -> tuple[Any, dict[str, Any]]:
 
 def _mountain_car(c: dict[str, float], continuous: bool = False) -> tuple[Any, dict[str, Any]]:
     env = gcc.Continuous_MountainCarEnv() if continuous else gcc.MountainCarEnv()
-    for name in ("min_position", "max_position", "max_speed", "goal_position", "goal_velocity",
-                 "force", "gravity", "power"):
+    for name in (
+        "min_position",
+        "max_position",
+        "max_speed",
+        "goal_position",
+        "goal_velocity",
+        "force",
+        "gravity",
+        "power",
+    ):
         if name in c:
             setattr(env, name, c[name])
     return env, {"low": c["start_position_low"], "high": c["start_position_high"]}
@@ -90,7 +97,9 @@ def _contexts(env_name: str, feature: str) -> list[dict[str, float]]:
 
 def _cases() -> list[tuple[str, str]]:
     registry = get_host().registry
-    return [(name, f.name) for name in REFERENCES for f in registry.env(name).context_space.features]
+    return [
+        (name, f.name) for name in REFERENCES for f in registry.env(name).context_space.features
+    ]
 
 
 def _actions(env: Any, rng: np.random.Generator) -> Any:
@@ -113,9 +122,11 @@ def test_gymnasium_env_and_twin_match_reference(env_name: str, feature: str) -> 
     ours = [spec.make(c) for c in contexts]
     twin = spec.make_batched(
         len(contexts),
-        contexts={k: torch.tensor([c[k] for c in contexts], dtype=torch.float64)
-                  for k in contexts[0]},
-        dtype=torch.float64, seed=0,
+        contexts={
+            k: torch.tensor([c[k] for c in contexts], dtype=torch.float64) for k in contexts[0]
+        },
+        dtype=torch.float64,
+        seed=0,
     )
     twin.reset(seed=0)
     rng = np.random.default_rng(1)
@@ -179,6 +190,3 @@ def test_gymnasium_make_with_context() -> None:
     assert obs.shape == (5,)
     assert env.unwrapped.total_mass == pytest.approx(2.1)
     assert env.spec is not None and env.spec.max_episode_steps == 500
-
-
-

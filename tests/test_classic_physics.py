@@ -113,8 +113,9 @@ def test_pendulum_time_step_torque_and_speed_limits() -> None:
     weak = _step_from("Pendulum", [0.0, 0.0], np.array([5.0], np.float32), max_torque=1.0)
     strong = _step_from("Pendulum", [0.0, 0.0], np.array([5.0], np.float32), max_torque=5.0)
     assert strong[1] == pytest.approx(5 * weak[1], rel=1e-6)
-    capped = _step_from("Pendulum", [0.0, 0.9], np.array([2.0], np.float32), max_speed=1.0,
-                        initial_velocity_max=1.0)
+    capped = _step_from(
+        "Pendulum", [0.0, 0.9], np.array([2.0], np.float32), max_speed=1.0, initial_velocity_max=1.0
+    )
     assert capped[1] == pytest.approx(1.0)
 
 
@@ -144,9 +145,11 @@ def _pump(obs: np.ndarray) -> int:
 
 def test_mountain_car_goal_and_walls() -> None:
     assert _steps_to_end("MountainCar", _pump, goal_position=0.2) < _steps_to_end(
-        "MountainCar", _pump, goal_position=0.5)
+        "MountainCar", _pump, goal_position=0.5
+    )
     assert _steps_to_end("MountainCar", _pump, goal_velocity=0.0) < _steps_to_end(
-        "MountainCar", _pump, goal_velocity=0.1)
+        "MountainCar", _pump, goal_velocity=0.1
+    )
     wall = _step_from("MountainCar", [-0.95, -0.06], 0, min_position=-1.0)
     assert wall[0] == -1.0 and wall[1] == 0.0
     env = _env("MountainCar", max_position=1.0, goal_position=1.0)
@@ -154,16 +157,23 @@ def test_mountain_car_goal_and_walls() -> None:
 
 
 def test_mountain_car_start_range() -> None:
-    env = get_host().registry.env("MountainCar").make({"start_position_low": 0.1,
-                                                       "start_position_high": 0.2})
+    env = (
+        get_host()
+        .registry.env("MountainCar")
+        .make({"start_position_low": 0.1, "start_position_high": 0.2})
+    )
     starts = [float(env.reset(seed=s)[0][0]) for s in range(50)]
-    assert 0.1 <= min(starts) and max(starts) <= 0.2
+    assert min(starts) >= 0.1 and max(starts) <= 0.2
 
 
 def test_mountain_car_continuous_power() -> None:
     flat = -math.pi / 6
-    weak = _step_from("MountainCarContinuous", [flat, 0.0], np.array([1.0], np.float32), power=0.001)
-    strong = _step_from("MountainCarContinuous", [flat, 0.0], np.array([1.0], np.float32), power=0.004)
+    weak = _step_from(
+        "MountainCarContinuous", [flat, 0.0], np.array([1.0], np.float32), power=0.001
+    )
+    strong = _step_from(
+        "MountainCarContinuous", [flat, 0.0], np.array([1.0], np.float32), power=0.004
+    )
     assert strong[1] == pytest.approx(4 * weak[1], rel=1e-5)
 
 
@@ -177,8 +187,9 @@ def test_acrobot_inertia_slows_the_response_to_torque() -> None:
     assert abs(high[3]) < abs(low[3])
 
 
-@pytest.mark.parametrize("feature", ["link_length_1", "link_mass_1", "link_mass_2",
-                                     "link_com_pos_1", "link_com_pos_2"])
+@pytest.mark.parametrize(
+    "feature", ["link_length_1", "link_mass_1", "link_mass_2", "link_com_pos_1", "link_com_pos_2"]
+)
 def test_acrobot_link_geometry_changes_the_motion(feature: str) -> None:
     state = [0.4, 0.3, 0.5, -0.5]
     a = _step_from("Acrobot", state, 2, **{feature: 0.3})
@@ -241,7 +252,7 @@ def test_twin_auto_resets_and_truncates_like_gymnasium() -> None:
     twin = get_host().registry.env("Pendulum").make_batched(4, seed=1)
     twin.reset()
     for t in range(1, 201):
-        _, _, terminated, truncated, info = twin.step(torch.zeros(4))
+        _, _, terminated, truncated, _info = twin.step(torch.zeros(4))
         assert not terminated.any()
         assert bool(truncated.all()) == (t == 200)
     assert (twin.elapsed == 0).all()

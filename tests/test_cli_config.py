@@ -17,7 +17,7 @@ from ctxrl.plugins import get_host
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _plan(*overrides: str):  # noqa: ANN202
+def _plan(*overrides: str):
     return resolve_plan(load_config(None, overrides), get_host().registry)
 
 
@@ -45,15 +45,29 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     ("overrides", "message"),
     [
         (["features={masscartt: {num: 3}}"], "no context feature 'masscartt'"),
-        (["features.masscart.num=0"], "features.masscart.num: Input should be greater than or equal to 1"),
+        (
+            ["features.masscart.num=0"],
+            "features.masscart.num: Input should be greater than or equal to 1",
+        ),
         (["features.masscart={values: []}"], "grid for 'masscart' has no values"),
         (["features={}"], "features: Value error, name at least one varied feature"),
-        (["features.masscart.high=50"], "'masscart' = 50.0 is outside the allowed range [0.1, 10.0]"),
-        (["mode=select", "strategy.name=nope", "strategy.budget=2"],
-         "strategy.name: no plugin provides the strategy 'nope'"),
+        (
+            ["features.masscart.high=50"],
+            "'masscart' = 50.0 is outside the allowed range [0.1, 10.0]",
+        ),
+        (
+            ["mode=select", "strategy.name=nope", "strategy.budget=2"],
+            "strategy.name: no plugin provides the strategy 'nope'",
+        ),
         (["mode=select", "strategy.budget=6"], "K = 6 must be set and at most N = 5"),
-        (["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"], "needs the full matrix"),
-        (["algorithm.name=sb3-sac"], "supports ['continuous'] actions but env 'CartPole' has discrete"),
+        (
+            ["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"],
+            "needs the full matrix",
+        ),
+        (
+            ["algorithm.name=sb3-sac"],
+            "supports ['continuous'] actions but env 'CartPole' has discrete",
+        ),
         (["algorithm.preset=Walker"], "has no preset 'Walker'"),
         (["env=Nope"], "env: no plugin provides the env 'Nope'"),
         (["compare=[random, nope]"], "compare: no plugin provides the strategy 'nope'"),
@@ -90,8 +104,15 @@ def test_envs_json_lists_features_with_bounds(run_ctxrl: Run) -> None:
     envs = {e["name"]: e for e in json.loads(run_ctxrl("envs", "--json", check=True).stdout)}
     assert {"CartPole", "Pendulum", "MountainCar", "MountainCarContinuous", "Acrobot"} <= set(envs)
     masscart = next(f for f in envs["CartPole"]["features"] if f["name"] == "masscart")
-    assert masscart == {"name": "masscart", "default": 1.0, "lower": 0.1, "upper": 10.0,
-                        "scale": "linear", "unit": "kg", "description": "mass of the cart"}
+    assert masscart == {
+        "name": "masscart",
+        "default": 1.0,
+        "lower": 0.1,
+        "upper": 10.0,
+        "scale": "linear",
+        "unit": "kg",
+        "description": "mass of the cart",
+    }
     assert envs["CartPole"]["return_bounds"] == [0.0, 500.0]
     assert envs["Pendulum"]["return_bounds"] == [-2200.0, -500.0]
     assert envs["CartPole"]["batched"] is True
@@ -104,24 +125,53 @@ def test_select_replays_strategies_on_a_reference_csv(run_ctxrl: Run, tmp_path: 
     contexts = tuple(Context({"index": float(i)}) for i in range(n))
     path = tmp_path / "cartpole_masscart_0_transfer_result.csv"
     TransferMatrix(contexts, contexts, raw).to_reference_csv(path)
-    result = run_ctxrl("select", "--matrix", str(path), "--strategy", "sequential-oracle",
-                       "--strategy", "random", "--strategy", "greedy", "--budget", "4",
-                       "--env", "CartPole", "--json", check=True)
+    result = run_ctxrl(
+        "select",
+        "--matrix",
+        str(path),
+        "--strategy",
+        "sequential-oracle",
+        "--strategy",
+        "random",
+        "--strategy",
+        "greedy",
+        "--budget",
+        "4",
+        "--env",
+        "CartPole",
+        "--json",
+        check=True,
+    )
     data = json.loads(result.stdout)
     assert data["independent"] == pytest.approx(0.9)
     oracle = data["strategies"]["sequential-oracle"]
     assert len(oracle["mean"]) == 4 and oracle["std"] == [0.0] * 4
     assert np.all(np.diff(oracle["mean"]) >= 0)
-    assert np.all(np.array(oracle["mean"]) >= np.array(data["strategies"]["random"]["mean"]) - 1e-12)
+    assert np.all(
+        np.array(oracle["mean"]) >= np.array(data["strategies"]["random"]["mean"]) - 1e-12
+    )
     assert data["strategies"]["random"]["std"][0] > 0  # 100 random orders
-    table = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "3",
-                      "--bounds", "0", "500", check=True)
+    table = run_ctxrl(
+        "select",
+        "--matrix",
+        str(path),
+        "--strategy",
+        "greedy",
+        "-k",
+        "3",
+        "--bounds",
+        "0",
+        "500",
+        check=True,
+    )
     assert "greedy" in table.stdout and "mean" in table.stdout
-    too_many = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "13",
-                         "--env", "CartPole")
+    too_many = run_ctxrl(
+        "select", "--matrix", str(path), "--strategy", "greedy", "-k", "13", "--env", "CartPole"
+    )
     assert too_many.returncode == 2 and "K = 13 must be between 1 and N = 12" in too_many.stderr
     no_bounds = run_ctxrl("select", "--matrix", str(path), "--strategy", "greedy", "-k", "2")
     assert no_bounds.returncode == 2 and "--env NAME or --bounds" in no_bounds.stderr
-    unknown = run_ctxrl("select", "--matrix", str(path), "--strategy", "nope", "-k", "2",
-                        "--env", "CartPole")
+    unknown = run_ctxrl(
+        "select", "--matrix", str(path), "--strategy", "nope", "-k", "2", "--env", "CartPole"
+    )
     assert unknown.returncode == 2 and "strategy 'nope'" in unknown.stderr

@@ -26,8 +26,9 @@ def test_reference_csv_round_trip_is_identical(tmp_path: Path) -> None:
         path = tmp_path / f"cartpole_masscart_{seed}_transfer_result.csv"
         matrix.to_reference_csv(path, seed=seed)
         paths.append(path)
-    back = TransferMatrix.from_reference_csv(paths, contexts=matrix.sources, env="CartPole",
-                                             features=("masscart",))
+    back = TransferMatrix.from_reference_csv(
+        paths, contexts=matrix.sources, env="CartPole", features=("masscart",)
+    )
     np.testing.assert_array_equal(back.values, matrix.values)  # NaN == NaN here, bit-exact
     assert back.sources == matrix.sources
     text = paths[0].read_text().splitlines()
@@ -44,8 +45,12 @@ def test_csv_without_contexts_uses_indices(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("1,2\n3\n", "different lengths"), ("1,x\n3,4\n", "not a number"), ("", "empty"),
-     ("1,2,3\n4,5,6\n", "square")],
+    [
+        ("1,2\n3\n", "different lengths"),
+        ("1,x\n3,4\n", "not a number"),
+        ("", "empty"),
+        ("1,2,3\n4,5,6\n", "square"),
+    ],
 )
 def test_bad_csv_is_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.csv"

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, write_distribution
+
 from ctxrl import (
     ContextFeature,
     ContextSpace,
@@ -26,7 +26,7 @@ from ctxrl.registry import Registry
 BUILTINS = {"classic_control", "baseline_strategies", "local_executor", "sb3"}
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
-TOY_PLUGIN = '''
+TOY_PLUGIN = """
 from ctxrl import hookimpl, EnvSpec, ContextSpace, ContextFeature, StrategySpec
 
 class First:
@@ -42,7 +42,7 @@ def ctxrl_register_envs(register):
 @hookimpl
 def ctxrl_register_strategies(register):
     register(StrategySpec("first", lambda **options: First()))
-'''
+"""
 
 
 def _plugins_json(run: Run, *args: str, env: dict[str, str] | None = None) -> dict[str, dict]:
@@ -65,8 +65,9 @@ def test_builtins_are_listed_with_versions_hooks_and_provides(run_ctxrl: Run) ->
 
 
 def test_installed_plugin_appears_and_disappears(run_ctxrl: Run, plugin_site: Path) -> None:
-    write_distribution(plugin_site, "ctxrl-toy", "1.2.3", "ctxrl_toy", TOY_PLUGIN,
-                       {"toy": "ctxrl_toy"})
+    write_distribution(
+        plugin_site, "ctxrl-toy", "1.2.3", "ctxrl_toy", TOY_PLUGIN, {"toy": "ctxrl_toy"}
+    )
     plugins = _plugins_json(run_ctxrl)
     assert plugins["toy"]["distribution"] == "ctxrl-toy"
     assert plugins["toy"]["version"] == "1.2.3"
@@ -85,8 +86,14 @@ def test_installed_plugin_appears_and_disappears(run_ctxrl: Run, plugin_site: Pa
 
 
 def test_broken_plugin_is_reported_and_the_rest_loads(run_ctxrl: Run, plugin_site: Path) -> None:
-    write_distribution(plugin_site, "ctxrl-broken", "0.1", "ctxrl_broken",
-                       "raise RuntimeError('boom at import')\n", {"broken": "ctxrl_broken"})
+    write_distribution(
+        plugin_site,
+        "ctxrl-broken",
+        "0.1",
+        "ctxrl_broken",
+        "raise RuntimeError('boom at import')\n",
+        {"broken": "ctxrl_broken"},
+    )
     plugins = _plugins_json(run_ctxrl)
     assert plugins["broken"]["status"] == "failed"
     assert "RuntimeError: boom at import" in plugins["broken"]["error"]
@@ -98,14 +105,18 @@ def test_broken_plugin_is_reported_and_the_rest_loads(run_ctxrl: Run, plugin_sit
 
 
 def test_autoload_off_loads_only_the_allow_list(run_ctxrl: Run) -> None:
-    plugins = _plugins_json(run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1",
-                                            "CTXRL_PLUGINS": "classic_control"})
+    plugins = _plugins_json(
+        run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1", "CTXRL_PLUGINS": "classic_control"}
+    )
     assert plugins["classic_control"]["status"] == "loaded"
     assert plugins["sb3"]["status"] == "not-allowed"
     nothing = _plugins_json(run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert {p["status"] for p in nothing.values()} == {"not-allowed"}
     allow_only = _plugins_json(run_ctxrl, env={"CTXRL_PLUGINS": "sb3,local_executor"})
-    assert {n for n, p in allow_only.items() if p["status"] == "loaded"} == {"sb3", "local_executor"}
+    assert {n for n, p in allow_only.items() if p["status"] == "loaded"} == {
+        "sb3",
+        "local_executor",
+    }
 
 
 def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
@@ -119,10 +130,11 @@ def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
 
 class _DuplicateCartPole:
     @hookimpl
-    def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+    def ctxrl_register_envs(self, register):
         space = ContextSpace([ContextFeature("x", 0.0, -1.0, 1.0)])
-        register(EnvSpec("CartPole", space, make=print, return_bounds=(0, 1),
-                         action_space="discrete"))
+        register(
+            EnvSpec("CartPole", space, make=print, return_bounds=(0, 1), action_space="discrete")
+        )
 
 
 def test_duplicate_names_are_an_error_naming_both_providers() -> None:
@@ -142,11 +154,11 @@ class _HalfBroken:
     """Registers a strategy, then fails in another hook: everything it registered is undone."""
 
     @hookimpl
-    def ctxrl_register_strategies(self, register):  # noqa: ANN001, ANN201
+    def ctxrl_register_strategies(self, register):
         register(StrategySpec("half", dict))
 
     @hookimpl
-    def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+    def ctxrl_register_envs(self, register):
         raise ValueError("cannot build my env")
 
 
@@ -161,19 +173,19 @@ def test_a_plugin_failing_in_registration_is_rolled_back() -> None:
 def test_register_checks_the_type_and_unknown_names_list_alternatives() -> None:
     class WrongType:
         @hookimpl
-        def ctxrl_register_envs(self, register):  # noqa: ANN001, ANN201
+        def ctxrl_register_envs(self, register):
             register(StrategySpec("oops", dict))
 
     host = load_host(extra=[("wrong", WrongType())])
     assert "registered a StrategySpec as a env" in host.plugins["wrong"].error
-    with pytest.raises(UnknownNameError, match="no plugin provides the strategy 'nope'.*random"):
+    with pytest.raises(UnknownNameError, match=r"no plugin provides the strategy 'nope'.*random"):
         host.registry.strategy("nope")
 
 
 def test_hookimpl_with_unknown_argument_is_rejected() -> None:
     class BadSignature:
         @hookimpl
-        def ctxrl_register_envs(self, register, extra):  # noqa: ANN001, ANN201
+        def ctxrl_register_envs(self, register, extra):
             pass
 
     host = load_host(extra=[("bad-signature", BadSignature())])
@@ -191,8 +203,11 @@ def test_every_hook_is_documented() -> None:
 
 
 def test_plugin_listing_does_not_import_heavy_libraries() -> None:
-    code = ("import sys; from ctxrl.plugins import load_host; load_host();"
-            "print(sorted(m for m in ('torch', 'stable_baselines3', 'gpytorch') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=REPO)
+    code = (
+        "import sys; from ctxrl.plugins import load_host; load_host();"
+        "print(sorted(m for m in ('torch', 'stable_baselines3', 'gpytorch') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert result.stdout.strip() == "[]"

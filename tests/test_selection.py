@@ -11,7 +11,7 @@ from ctxrl.selection import replay
 from ctxrl.testing import StrategyContract
 
 
-def _strategy(name: str):  # noqa: ANN202
+def _strategy(name: str):
     return get_host().registry.strategy(name).factory()
 
 
@@ -59,7 +59,10 @@ def test_equidistant_by_hand() -> None:
     assert result.order == (7, 4, 1)
     # Odd N = 7 at 0, 1/6, ..., 1, K = 2: aims 0.75 -> index 4 (0.667) vs 5 (0.833): tie -> 4;
     # 0.25 -> 1 (0.167) vs 2 (0.333): tie -> 1.
-    assert replay(_strategy("equidistant"), np.eye(7), np.linspace(0, 1, 7)[:, None], 2).order == (4, 1)
+    assert replay(_strategy("equidistant"), np.eye(7), np.linspace(0, 1, 7)[:, None], 2).order == (
+        4,
+        1,
+    )
 
 
 def test_greedy_by_hand() -> None:
@@ -99,5 +102,5 @@ def test_one_dimensional_strategies_reject_grids_of_two_features() -> None:
 @pytest.mark.parametrize("name", get_host().registry.names("strategy"))
 class TestEveryRegisteredStrategy(StrategyContract):
     @pytest.fixture
-    def strategy_spec(self, name: str):  # noqa: ANN201
+    def strategy_spec(self, name: str):
         return get_host().registry.strategy(name)

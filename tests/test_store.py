@@ -23,13 +23,28 @@ TARGETS = [Context({"masscart": float(m)}) for m in (0.5, 1.0, 2.0)]
 
 def _run(i: int, status: str = "finished") -> RunRecord:
     task = Task("CartPole", Context({"masscart": float(i)}))
-    return RunRecord(f"{task.id}-s0", "source", "CartPole", task.id, task.context.canonical(), 0,
-                     "sb3-ppo", status, 1.0, 2.0, 1.0, f"artifacts/{i}", None)  # type: ignore[arg-type]
+    return RunRecord(
+        f"{task.id}-s0",
+        "source",
+        "CartPole",
+        task.id,
+        task.context.canonical(),
+        0,
+        "sb3-ppo",
+        status,
+        1.0,
+        2.0,
+        1.0,
+        f"artifacts/{i}",
+        None,
+    )  # type: ignore[arg-type]
 
 
 def _evaluations(offset: float) -> list[Evaluation]:
-    return [Evaluation(Task("CartPole", c).id, c, [offset + j, offset + j + 1.0])
-            for j, c in enumerate(TARGETS)]
+    return [
+        Evaluation(Task("CartPole", c).id, c, [offset + j, offset + j + 1.0])
+        for j, c in enumerate(TARGETS)
+    ]
 
 
 def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
@@ -73,8 +88,9 @@ for i in range(100000):
 
 def test_sigkill_mid_write_loses_only_the_unfinished_run(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     confirmed = -1
     deadline = time.monotonic() + 120

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import write_distribution
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -23,7 +23,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 # A small real algorithm: a linear controller u = 1[k . obs > 0] whose gains are trained by
 # random search on the source context. It learns CartPole in seconds, and its failure modes
 # (raise, hang) can be switched on per context to exercise the sweep machinery.
-SCRIPTED = '''
+SCRIPTED = """
 import time
 import numpy as np
 from ctxrl import hookimpl, AlgorithmSpec, CtxrlError
@@ -72,7 +72,8 @@ class Scripted:
 
     def save(self, policy, path):
         import torch
-        save_artifact(path, {"gains": torch.tensor(policy["gains"])}, {"context": policy["context"]})
+        tensors = {"gains": torch.tensor(policy["gains"])}
+        save_artifact(path, tensors, {"context": policy["context"]})
 
     def load(self, path, env):
         tensors, meta = load_artifact(path)
@@ -82,13 +83,19 @@ class Scripted:
 def ctxrl_register_algorithms(register):
     register(AlgorithmSpec("scripted", lambda params, device="cpu", env=None: Scripted(params),
                            action_spaces=frozenset({"discrete"})))
-'''
+"""
 
 
 @pytest.fixture
 def scripted(plugin_site: Path) -> Path:
-    write_distribution(plugin_site, "ctxrl-scripted", "0.1", "ctxrl_scripted", SCRIPTED,
-                       {"scripted": "ctxrl_scripted"})
+    write_distribution(
+        plugin_site,
+        "ctxrl-scripted",
+        "0.1",
+        "ctxrl_scripted",
+        SCRIPTED,
+        {"scripted": "ctxrl_scripted"},
+    )
     return plugin_site
 
 
@@ -124,8 +131,9 @@ def _count(run_dir: Path, table: str) -> int:
         return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def test_full_sweep_writes_matrix_exports_and_summary(run_ctxrl: Run, scripted: Path,
-                                                      tmp_path: Path) -> None:
+def test_full_sweep_writes_matrix_exports_and_summary(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
     result = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
     run_dir = _run_dir(tmp_path)
     assert "trained 4, resumed past 0, failed 0" in result.stderr
@@ -147,13 +155,25 @@ def test_full_sweep_writes_matrix_exports_and_summary(run_ctxrl: Run, scripted: 
     assert _count(run_dir, "runs") == 4 and _count(run_dir, "evaluations") == 32
     report = run_ctxrl("report", str(run_dir), check=True)
     assert "sequential-oracle" in report.stdout
-    replayed = json.loads(run_ctxrl("select", "--matrix", str(run_dir), "--strategy", "greedy",
-                                    "-k", "2", "--json", check=True).stdout)
+    replayed = json.loads(
+        run_ctxrl(
+            "select",
+            "--matrix",
+            str(run_dir),
+            "--strategy",
+            "greedy",
+            "-k",
+            "2",
+            "--json",
+            check=True,
+        ).stdout
+    )
     assert replayed["n"] == 4
 
 
-def test_a_failing_run_is_reported_and_the_sweep_goes_on(run_ctxrl: Run, scripted: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_failing_run_is_reported_and_the_sweep_goes_on(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
     config = _config(tmp_path, **{"algorithm.params": {"candidates": 4, "fail_above": 5.0}})
     result = run_ctxrl("sweep", str(config))
     assert result.returncode == 1
@@ -168,8 +188,10 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(run_ctxrl: Run, scripte
 
 
 def test_a_hanging_run_times_out(run_ctxrl: Run, scripted: Path, tmp_path: Path) -> None:
-    config = _config(tmp_path, **{"algorithm.params": {"candidates": 2, "hang_above": 5.0},
-                                  "executor.timeout_s": 8})
+    config = _config(
+        tmp_path,
+        **{"algorithm.params": {"candidates": 2, "hang_above": 5.0}, "executor.timeout_s": 8},
+    )
     started = time.monotonic()
     result = run_ctxrl("sweep", str(config))
     assert time.monotonic() - started < 120
@@ -177,24 +199,34 @@ def test_a_hanging_run_times_out(run_ctxrl: Run, scripted: Path, tmp_path: Path)
     assert _count(_run_dir(tmp_path), "runs") == 4
 
 
-def test_killed_sweep_resumes_without_retraining_or_duplicates(scripted: Path,
-                                                               tmp_path: Path) -> None:
-    config = _config(tmp_path, **{"algorithm.params": {"candidates": 2, "delay_s": 1.5},
-                                  "features.masscart.num": 6, "executor.workers": 1})
+def test_killed_sweep_resumes_without_retraining_or_duplicates(
+    scripted: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm.params": {"candidates": 2, "delay_s": 1.5},
+            "features.masscart.num": 6,
+            "executor.workers": 1,
+        },
+    )
     environ = dict(os.environ, PYTHONPATH=str(scripted), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)]
-    process = subprocess.Popen(command, env=environ, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        env=environ,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     finished_before = 0
     while time.monotonic() < deadline and finished_before < 2:
         time.sleep(0.2)
         store = tmp_path / "runs"
         if store.exists() and any(store.iterdir()):
-            try:
+            with contextlib.suppress(sqlite3.OperationalError):
                 finished_before = _count(_run_dir(tmp_path), "runs")
-            except sqlite3.OperationalError:
-                pass
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert 2 <= finished_before < 6
@@ -208,11 +240,16 @@ def test_killed_sweep_resumes_without_retraining_or_duplicates(scripted: Path,
 
 
 def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
-    config = _config(tmp_path, **{"algorithm": {"name": "sb3-ppo", "preset": "CartPole"},
-                                  "features.masscart.num": 3, "train_steps": 1024,
-                                  "eval_episodes": 1})
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm": {"name": "sb3-ppo", "preset": "CartPole"},
+            "features.masscart.num": 3,
+            "train_steps": 1024,
+            "eval_episodes": 1,
+        },
+    )
     result = run_ctxrl("sweep", str(config), check=True)
     assert "trained 3, resumed past 0, failed 0" in result.stderr
     matrix = np.loadtxt(_run_dir(tmp_path) / "exports" / "matrix_seed0.csv", delimiter=",")
     assert matrix.shape == (3, 3) and np.all(matrix >= 1)
-

@@ -148,12 +148,14 @@ class EnvContract:
                 action = torch.randint(0, twin.discrete_actions, (3,))
             else:
                 action = torch.rand(3) * 2 - 1
-            obs, reward, terminated, truncated, info = twin.step(action)
+            obs, reward, terminated, truncated, _info = twin.step(action)
             assert obs.shape == (3, twin.observation_size)
             assert reward.shape == terminated.shape == truncated.shape == (3,)
             assert torch.isfinite(obs).all() and torch.isfinite(reward).all()
         with pytest.raises(ContextError, match=feature.name):
-            env_spec.make_batched(2, contexts={feature.name: feature.upper + abs(feature.upper) + 1})
+            env_spec.make_batched(
+                2, contexts={feature.name: feature.upper + abs(feature.upper) + 1}
+            )
 
 
 class StrategyContract:
@@ -177,8 +179,13 @@ class StrategyContract:
 
     def test_proposes_valid_indices_up_to_budget(self, strategy_spec: StrategySpec) -> None:
         matrix, coords = self._matrix()
-        result = replay(strategy_spec.factory(**self.options), matrix, coords, budget=5,
-                        full_knowledge=strategy_spec.requires_full_matrix)
+        result = replay(
+            strategy_spec.factory(**self.options),
+            matrix,
+            coords,
+            budget=5,
+            full_knowledge=strategy_spec.requires_full_matrix,
+        )
         assert len(result.order) == 5
         assert all(0 <= i < self.n_contexts for i in result.order)
         assert np.all(np.diff(result.curve) >= -1e-12), "G_k never decreases"
@@ -186,8 +193,14 @@ class StrategyContract:
     def test_same_seed_same_order(self, strategy_spec: StrategySpec) -> None:
         matrix, coords = self._matrix()
         orders = [
-            replay(strategy_spec.factory(**self.options), matrix, coords, 4, seed=3,
-                   full_knowledge=strategy_spec.requires_full_matrix).order
+            replay(
+                strategy_spec.factory(**self.options),
+                matrix,
+                coords,
+                4,
+                seed=3,
+                full_knowledge=strategy_spec.requires_full_matrix,
+            ).order
             for _ in range(2)
         ]
         assert orders[0] == orders[1]
@@ -213,13 +226,15 @@ class AlgorithmContract:
     def env_spec(self) -> EnvSpec:
         return get_host().registry.env(self.env_name)
 
-    def test_train_evaluate_save_load(self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec,
-                                      tmp_path: Any) -> None:
+    def test_train_evaluate_save_load(
+        self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec, tmp_path: Any
+    ) -> None:
         algorithm = algorithm_spec.factory(dict(self.params), device="cpu", env=env_spec)
         feature = env_spec.context_space.features[0]
         task = env_spec.task({feature.name: feature.default})
-        other = Task(env_spec.name, Context({**task.context.as_dict(),
-                                             feature.name: feature.upper}))
+        other = Task(
+            env_spec.name, Context({**task.context.as_dict(), feature.name: feature.upper})
+        )
         policy = algorithm.train(env_spec, task, seed=0, total_steps=self.total_steps)
         returns = algorithm.evaluate(policy, env_spec, [task, other], episodes=2, seed=0)
         assert np.asarray(returns).shape == (2, 2)
@@ -231,8 +246,9 @@ class AlgorithmContract:
         again = algorithm.evaluate(loaded, env_spec, [task, other], episodes=2, seed=0)
         np.testing.assert_allclose(again, returns)
 
-    def test_unknown_hyperparameter_is_an_error(self, algorithm_spec: AlgorithmSpec,
-                                                env_spec: EnvSpec) -> None:
+    def test_unknown_hyperparameter_is_an_error(
+        self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec
+    ) -> None:
         with pytest.raises(CtxrlError, match="no_such_hyperparameter"):
             algorithm_spec.factory({"no_such_hyperparameter": 1}, device="cpu", env=env_spec)
 
