@@ -12,6 +12,7 @@ from ctxrl.errors import (
     DuplicateNameError,
     MatrixError,
     PluginError,
+    PluginUnavailable,
     UnknownNameError,
 )
 from ctxrl.hookspecs import hookimpl, hookspec
@@ -46,6 +47,7 @@ __all__ = [
     "InterventionSpec",
     "MatrixError",
     "PluginError",
+    "PluginUnavailable",
     "SelectionState",
     "Strategy",
     "StrategySpec",

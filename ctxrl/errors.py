@@ -30,5 +30,10 @@ class PluginError(CtxrlError):
     """A plugin that cannot be loaded or breaks the host's contracts."""
 
 
+class PluginUnavailable(CtxrlError):
+    """Raised by a plugin's hook when an optional dependency is missing; the plugin is listed
+    as ``unavailable`` with the message (say what to install), not as failed."""
+
+
 class MatrixError(CtxrlError, ValueError):
     """A transfer matrix file or operation with inconsistent shapes or contents."""

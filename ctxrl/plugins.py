@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 import pluggy
 
 from ctxrl import hookspecs
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CtxrlError, PluginUnavailable
 from ctxrl.registry import Kind, Registry
 
 ENTRY_POINT_GROUP = "ctxrl"
@@ -39,7 +39,7 @@ ALLOW_ENV = "CTXRL_PLUGINS"
 BLOCK_ENV = "CTXRL_BLOCK_PLUGINS"
 TRACE_ENV = "CTXRL_TRACE_PLUGINS"
 
-Status = Literal["loaded", "failed", "blocked", "not-allowed"]
+Status = Literal["loaded", "failed", "unavailable", "blocked", "not-allowed"]
 
 
 @dataclass
@@ -190,6 +190,9 @@ class Host:
                 register = self._make_register(cast(Kind, kind), impl.plugin_name)
                 try:
                     impl.function(**({"register": register} if impl.argnames else {}))
+                except PluginUnavailable as exc:
+                    self._fail(impl.plugin_name, str(exc), status="unavailable")
+                    self.registry.unavailable.append((impl.plugin_name, str(exc)))
                 except Exception as exc:
                     self._fail(impl.plugin_name, f"{hook_name}: {_describe(exc)}")
 
@@ -199,10 +202,10 @@ class Host:
 
         return register
 
-    def _fail(self, name: str, error: str) -> None:
+    def _fail(self, name: str, error: str, status: Status = "failed") -> None:
         self.registry.remove_provider(name)
         info = self.plugins.setdefault(name, PluginInfo(name=name))
-        info.status, info.error = "failed", error
+        info.status, info.error = status, error
         info.hooks, info.provides = [], {}
         plugin = self.pm.get_plugin(name)
         if plugin is not None:

@@ -200,6 +200,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[Kind, dict[str, Registered]] = {kind: {} for kind in KINDS}
+        self.unavailable: list[tuple[str, str]] = []
+        """(plugin, reason) of plugins that are missing an optional dependency."""
 
     def add(self, kind: Kind, spec: Any, provider: str) -> None:
         expected = SPEC_TYPES[kind]
@@ -233,8 +235,10 @@ class Registry:
             return self._entries[kind][name].spec
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
+            hint = "".join(f"; plugin {p!r} is unavailable: {why}" for p, why in self.unavailable)
             raise UnknownNameError(
                 f"no plugin provides the {kind.replace('_', ' ')} {name!r}; available: {known}"
+                f"{hint}"
             ) from None
 
     def provider(self, kind: Kind, name: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
-from ctxrl.errors import ConfigError
+from ctxrl.errors import ConfigError, PluginUnavailable
 from ctxrl.registry import AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
@@ -310,7 +310,7 @@ def ctxrl_register_algorithms(register: Callable[[AlgorithmSpec], None]) -> None
     import importlib.util
 
     if importlib.util.find_spec("stable_baselines3") is None:
-        raise ImportError("stable-baselines3 is not installed: pip install 'ctxrl[sb3]'")
+        raise PluginUnavailable("stable-baselines3 is not installed: pip install 'ctxrl[sb3]'")
     for algo in ("ppo", "a2c", "dqn", "sac", "td3"):
         register(
             AlgorithmSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+HAS_SB3 = importlib.util.find_spec("stable_baselines3") is not None
+requires_sb3 = pytest.mark.skipif(not HAS_SB3, reason="needs the sb3 extra: pip install ctxrl[sb3]")
 
 
 def write_distribution(

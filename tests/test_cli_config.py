@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
@@ -21,6 +22,7 @@ def _plan(*overrides: str):
     return resolve_plan(load_config(None, overrides), get_host().registry)
 
 
+@requires_sb3
 def test_embedded_default_is_a_small_cartpole_sweep() -> None:
     plan = _plan()
     assert plan.env.name == "CartPole" and plan.grid.features == ("masscart",)
@@ -35,12 +37,14 @@ def test_overrides_are_parsed_as_yaml() -> None:
         apply_overrides({}, ["novalue"])
 
 
+@requires_sb3
 def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     base = _plan()
     assert _plan("executor.workers=1", "output_dir=/tmp/elsewhere").plan_hash == base.plan_hash
     assert _plan("train_steps=1000").plan_hash != base.plan_hash
 
 
+@requires_sb3
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -91,6 +95,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+@requires_sb3
 def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run) -> None:
     result = run_ctxrl("sweep", "--dry-run", "--set", "features.masscart.high=50")
     assert result.returncode == 2

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_distribution
+from conftest import HAS_SB3, REPO, write_distribution
 
 from ctxrl import (
     ContextFeature,
@@ -23,7 +23,9 @@ from ctxrl import (
 from ctxrl.plugins import load_host
 from ctxrl.registry import Registry
 
-BUILTINS = {"classic_control", "baseline_strategies", "local_executor", "sb3"}
+BUILTINS = {"classic_control", "baseline_strategies", "local_executor"} | (
+    {"sb3"} if HAS_SB3 else set()
+)
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 TOY_PLUGIN = """
@@ -60,7 +62,11 @@ def test_builtins_are_listed_with_versions_hooks_and_provides(run_ctxrl: Run) ->
         assert info["hooks"], info
     assert "CartPole" in plugins["classic_control"]["provides"]["env"]
     assert plugins["classic_control"]["hooks"] == ["ctxrl_register_envs"]
-    assert "sb3-ppo" in plugins["sb3"]["provides"]["algorithm"]
+    if HAS_SB3:
+        assert "sb3-ppo" in plugins["sb3"]["provides"]["algorithm"]
+    else:  # an optional extra that is not installed says what to install, and is no failure
+        assert plugins["sb3"]["status"] == "unavailable"
+        assert "pip install 'ctxrl[sb3]'" in plugins["sb3"]["error"]
     assert "sequential-oracle" in plugins["baseline_strategies"]["provides"]["strategy"]
 
 
@@ -109,19 +115,19 @@ def test_autoload_off_loads_only_the_allow_list(run_ctxrl: Run) -> None:
         run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1", "CTXRL_PLUGINS": "classic_control"}
     )
     assert plugins["classic_control"]["status"] == "loaded"
-    assert plugins["sb3"]["status"] == "not-allowed"
+    assert plugins["baseline_strategies"]["status"] == "not-allowed"
     nothing = _plugins_json(run_ctxrl, env={"CTXRL_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert {p["status"] for p in nothing.values()} == {"not-allowed"}
-    allow_only = _plugins_json(run_ctxrl, env={"CTXRL_PLUGINS": "sb3,local_executor"})
-    assert {n for n, p in allow_only.items() if p["status"] == "loaded"} == {
-        "sb3",
-        "local_executor",
-    }
+    allow_only = _plugins_json(
+        run_ctxrl, env={"CTXRL_PLUGINS": "baseline_strategies,local_executor"}
+    )
+    loaded = {n for n, p in allow_only.items() if p["status"] == "loaded"}
+    assert loaded == {"baseline_strategies", "local_executor"}
 
 
 def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
-    plugins = _plugins_json(run_ctxrl, "--block", "sb3")
-    assert plugins["sb3"]["status"] == "blocked"
+    plugins = _plugins_json(run_ctxrl, "--block", "baseline_strategies")
+    assert plugins["baseline_strategies"]["status"] == "blocked"
     plugins = _plugins_json(run_ctxrl, env={"CTXRL_BLOCK_PLUGINS": "classic_control"})
     assert plugins["classic_control"]["status"] == "blocked"
     result = run_ctxrl("--block", "classic_control", "sweep", "--dry-run")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import write_distribution
+from conftest import requires_sb3, write_distribution
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -239,6 +239,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicates(
     assert _count(run_dir, "runs") == 6 and _count(run_dir, "evaluations") == 6 * 6 * 2
 
 
+@requires_sb3
 def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
     config = _config(
         tmp_path,

@@ -1,0 +1,1 @@
+"""A template ctxrl plugin (see plugin.py)."""

@@ -1,0 +1,97 @@
+"""The plugin module: hook implementations only, found through the ``ctxrl`` entry point.
+
+Heavy imports (gymnasium, the env module) happen inside the factories, so that listing plugins
+stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ctxrl import (
+    ContextFeature,
+    ContextSpace,
+    CtxrlError,
+    EnvSpec,
+    SelectionState,
+    StrategySpec,
+    hookimpl,
+)
+
+SPRING = ContextSpace(
+    [
+        ContextFeature("stiffness", 1.0, 0.1, 10.0, unit="N/m", description="spring constant"),
+        ContextFeature("mass", 1.0, 0.1, 10.0, unit="kg", description="moving mass"),
+        ContextFeature("damping", 0.1, 0.0, 2.0, unit="N s/m", description="viscous damping"),
+    ],
+    owner="Spring",
+)
+
+
+def make_spring(
+    context: Mapping[str, object] | None = None,
+    *,
+    visible: Sequence[str] = (),
+    render_mode: str | None = None,
+) -> Any:
+    """The Spring env with a context, using ctxrl's contextual wrapper."""
+    from ctxrl_envs.contextual import ContextFamily, make_contextual
+
+    from ctxrl_template.spring import SpringEnv
+
+    def apply(env: Any, context: Mapping[str, float]) -> None:
+        env.stiffness, env.mass, env.damping = (
+            context["stiffness"],
+            context["mass"],
+            context["damping"],
+        )
+
+    family = ContextFamily("Spring", SPRING, lambda mode: SpringEnv(), apply)
+    return make_contextual(family, 200, context, visible=visible, render_mode=render_mode)
+
+
+class FarthestFirst:
+    """Start in the middle; then always the context farthest from every chosen one."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        if not state.selected:
+            middle = (state.coords.min(axis=0) + state.coords.max(axis=0)) / 2
+            return [int(np.argmin(np.abs(state.coords - middle).sum(axis=1)))]
+        chosen = state.coords[state.selected]
+        distance = np.abs(state.coords[:, None, :] - chosen[None, :, :]).sum(axis=2).min(axis=1)
+        return [int(np.argmax(distance))]
+
+
+def _farthest_first(**options: object) -> FarthestFirst:
+    if options:
+        raise CtxrlError(f"strategy 'farthest-first' takes no options, got {sorted(options)}")
+    return FarthestFirst()
+
+
+@hookimpl
+def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
+    register(
+        EnvSpec(
+            name="Spring",
+            context_space=SPRING,
+            make=make_spring,
+            return_bounds=(-200.0, 0.0),
+            action_space="discrete",
+            max_episode_steps=200,
+            description="hold a mass on a spring at zero (template plugin)",
+        )
+    )
+
+
+@hookimpl
+def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
+    register(
+        StrategySpec(
+            "farthest-first",
+            _farthest_first,
+            description="the context farthest from all chosen ones (template)",
+        )
+    )

@@ -1,0 +1,85 @@
+"""The SB3 adapter: every algorithm trains and evaluates on a contextual env through the plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HAS_SB3, requires_sb3
+
+from ctxrl import ConfigError
+from ctxrl.plugins import get_host
+from ctxrl.registry import AlgorithmSpec, EnvSpec
+from ctxrl.testing import AlgorithmContract
+
+pytestmark = requires_sb3
+
+CASES = [
+    ("sb3-ppo", "CartPole"),
+    ("sb3-a2c", "CartPole"),
+    ("sb3-dqn", "CartPole"),
+    ("sb3-sac", "Pendulum"),
+    ("sb3-td3", "Pendulum"),
+    ("sb3-ppo", "Pendulum"),
+]
+SMALL = {
+    "sb3-ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    "sb3-a2c": {"n_steps": 8},
+    "sb3-dqn": {"learning_starts": 64, "buffer_size": 1000},
+    "sb3-sac": {"learning_starts": 64, "buffer_size": 1000, "batch_size": 32},
+    "sb3-td3": {
+        "learning_starts": 64,
+        "buffer_size": 1000,
+        "batch_size": 32,
+        "noise_type": "normal",
+        "noise_std": 0.1,
+    },
+}
+
+
+@pytest.mark.parametrize(("algo", "env"), CASES if HAS_SB3 else [])
+class TestEverySB3Algorithm(AlgorithmContract):
+    total_steps = 192
+
+    @pytest.fixture
+    def algorithm_spec(self, algo: str) -> AlgorithmSpec:
+        type(self).params = SMALL[algo]
+        return get_host().registry.algorithm(algo)
+
+    @pytest.fixture
+    def env_spec(self, env: str) -> EnvSpec:
+        return get_host().registry.env(env)
+
+
+def test_presets_load_by_name() -> None:
+    registry = get_host().registry
+    for algo in ("sb3-ppo", "sb3-dqn", "sb3-sac", "sb3-td3", "sb3-a2c"):
+        spec = registry.algorithm(algo)
+        assert spec.presets, algo
+        for preset in spec.presets.values():  # every preset is accepted by its SB3 class
+            spec.factory(dict(preset), device="cpu", env=registry.env("CartPole"))
+    assert registry.algorithm("sb3-ppo").presets["CartPole"]["n_steps"] == 32
+
+
+def test_reserved_and_unknown_hyperparameters_are_named() -> None:
+    spec = get_host().registry.algorithm("sb3-ppo")
+    env = get_host().registry.env("CartPole")
+    with pytest.raises(ConfigError, match="sb3-ppo has no hyperparameter 'learning_rat'"):
+        spec.factory({"learning_rat": 1e-3}, device="cpu", env=env)
+    with pytest.raises(ConfigError, match="set by ctxrl"):
+        spec.factory({"seed": 3}, device="cpu", env=env)
+
+
+def test_policy_artifact_is_not_a_pickle(tmp_path: Path) -> None:
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    algorithm = registry.algorithm("sb3-ppo").factory(SMALL["sb3-ppo"], device="cpu", env=env)
+    policy = algorithm.train(env, env.task({"masscart": 2.0}), seed=1, total_steps=64)
+    algorithm.save(policy, tmp_path / "p")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.safetensors"]
+    loaded = algorithm.load(tmp_path / "p", env)
+    obs = np.zeros((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(
+        loaded.predict(obs, deterministic=True)[0], policy.predict(obs, deterministic=True)[0]
+    )
