@@ -146,7 +146,8 @@ class ContextualEnv(gym.Wrapper):  # type: ignore[type-arg]
         obs, reward, terminated, truncated, info = self.env.step(action)
         info = dict(info)
         info["context"] = self._context.as_dict()
-        return self.observation(obs), reward, terminated, truncated, info
+        # numpy scalars (float32 from box2d) become Python floats, as SB3 and gymnasium expect
+        return self.observation(obs), float(reward), bool(terminated), bool(truncated), info
 
 
 def make_contextual(

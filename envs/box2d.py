@@ -1,0 +1,227 @@
+"""Contextual box2d envs: LunarLander and BipedalWalker (``pip install ctxrl[box2d]``).
+
+gymnasium's box2d envs read most physical constants (engine power, motor torque, initial
+randomness, frame rate) from module globals. Writing those globals would change every env in the
+process, which is the defect ctxrl avoids: instead each env instance runs gymnasium's own methods
+against a private copy of the module's globals that holds its context. The physics code is
+gymnasium's, unchanged; only the constants it reads differ per instance.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from ctxrl_envs.contextual import ContextFamily
+
+from ctxrl import hookimpl
+from ctxrl.context import Context, ContextFeature, ContextSpace
+from ctxrl.errors import PluginUnavailable
+from ctxrl.registry import EnvSpec
+
+F = ContextFeature
+
+LUNAR_LANDER = ContextSpace(
+    [
+        F("gravity_x", 0.0, -20.0, 20.0, unit="m/s^2", description="horizontal gravity"),
+        F("gravity_y", -10.0, -20.0, -0.01, unit="m/s^2", description="vertical gravity"),
+        F("main_engine_power", 13.0, 0.0, 50.0, description="main engine impulse scale"),
+        F("side_engine_power", 0.6, 0.0, 50.0, description="side engine impulse scale"),
+        F("initial_random", 1000.0, 0.0, 2000.0, description="random initial force on the lander"),
+        F("leg_spring_torque", 40.0, 1.0, 200.0, description="torque of the leg springs"),
+        F("fps", 50.0, 10.0, 200.0, unit="1/s", description="physics steps per second"),
+    ],
+    owner="LunarLander",
+)
+
+BIPEDAL_WALKER = ContextSpace(
+    [
+        F("gravity_y", -10.0, -20.0, -0.01, unit="m/s^2", description="vertical gravity"),
+        F("friction", 2.5, 0.0, 10.0, description="friction of the terrain"),
+        F("motors_torque", 80.0, 0.01, 200.0, unit="N m", description="maximum motor torque"),
+        F("speed_hip", 4.0, 0.1, 20.0, unit="rad/s", description="hip motor speed"),
+        F("speed_knee", 6.0, 0.1, 20.0, unit="rad/s", description="knee motor speed"),
+        F("initial_random", 5.0, 0.0, 20.0, description="random initial push of the hull"),
+        F("lidar_range", 160 / 30.0, 0.5, 20.0, unit="m", description="range of the lidar"),
+    ],
+    owner="BipedalWalker",
+)
+
+
+def _private_globals(env: Any, module: types.ModuleType) -> dict[str, Any]:
+    """Rebind the env's own methods to a private copy of ``module``'s globals; return it.
+
+    Each method defined in ``module`` becomes an instance attribute whose function object reads
+    the private dict, so changing a constant there affects this instance only."""
+    private = dict(vars(module))
+    for cls in type(env).__mro__:
+        if cls.__module__ != module.__name__:
+            continue
+        for name, member in vars(cls).items():
+            if isinstance(member, types.FunctionType) and not name.startswith("__"):
+                rebound = types.FunctionType(
+                    member.__code__,
+                    private,
+                    member.__name__,
+                    member.__defaults__,
+                    member.__closure__,
+                )
+                rebound.__kwdefaults__ = member.__kwdefaults__
+                setattr(env, name, types.MethodType(rebound, env))
+    return private
+
+
+def _build_lunar_lander(render_mode: str | None) -> Any:
+    import Box2D
+    from gymnasium.envs.box2d import lunar_lander
+
+    env = lunar_lander.LunarLander(render_mode=render_mode)
+    private = _private_globals(env, lunar_lander)
+    # The world is created in reset() with gravity (0, self.gravity); this shim adds x.
+    box2d = types.ModuleType("Box2D")
+    box2d.__dict__.update(vars(Box2D))
+
+    def world(gravity: tuple[float, float] = (0.0, -10.0), **kwargs: Any) -> Any:
+        return Box2D.b2World(gravity=(private["GRAVITY_X"], gravity[1]), **kwargs)
+
+    box2d.b2World = world  # type: ignore[attr-defined]
+    private["Box2D"] = box2d
+    private["GRAVITY_X"] = 0.0
+    env._ctxrl_globals = private
+    env._ctxrl_obs_bounds = (env.observation_space.low.copy(), env.observation_space.high.copy())
+    return env
+
+
+def _apply_lunar_lander(env: Any, c: Context) -> None:
+    private = env._ctxrl_globals
+    env.gravity = c["gravity_y"]
+    private["GRAVITY_X"] = c["gravity_x"]
+    private["MAIN_ENGINE_POWER"] = c["main_engine_power"]
+    private["SIDE_ENGINE_POWER"] = c["side_engine_power"]
+    private["INITIAL_RANDOM"] = c["initial_random"]
+    private["LEG_SPRING_TORQUE"] = c["leg_spring_torque"]
+    private["FPS"] = c["fps"]
+    # Velocities are observed per frame (divided by FPS): at a lower frame rate they grow, so
+    # their observation bounds (indices 2, 3, 5) grow with it.
+    from gymnasium import spaces
+
+    low, high = env._ctxrl_obs_bounds
+    scale = max(1.0, 50.0 / c["fps"])
+    low, high = low.copy(), high.copy()
+    low[[2, 3, 5]] *= scale
+    high[[2, 3, 5]] *= scale
+    env.observation_space = spaces.Box(low, high, dtype=low.dtype)
+    if getattr(env, "world", None) is not None:  # takes effect before the next reset too
+        env.world.gravity = (c["gravity_x"], c["gravity_y"])
+
+
+def _build_bipedal_walker(render_mode: str | None) -> Any:
+    from gymnasium.envs.box2d import bipedal_walker
+
+    env = bipedal_walker.BipedalWalker(render_mode=render_mode)
+    env._ctxrl_globals = _private_globals(env, bipedal_walker)
+    env._ctxrl_obs_bounds = (env.observation_space.low.copy(), env.observation_space.high.copy())
+    return env
+
+
+def _apply_bipedal_walker(env: Any, c: Context) -> None:
+    private = env._ctxrl_globals
+    env.world.gravity = (0.0, c["gravity_y"])
+    env.fd_polygon.friction = c["friction"]  # terrain fixtures are built from these at reset
+    env.fd_edge.friction = c["friction"]
+    private["FRICTION"] = c["friction"]
+    private["MOTORS_TORQUE"] = c["motors_torque"]
+    private["SPEED_HIP"] = c["speed_hip"]
+    private["SPEED_KNEE"] = c["speed_knee"]
+    private["INITIAL_RANDOM"] = c["initial_random"]
+    private["LIDAR_RANGE"] = c["lidar_range"]
+    # Joint speeds are observed relative to the motor speeds (hip: 5, 10; knee: 7, 12): slower
+    # motors make the observed ratios, and so their bounds, larger.
+    from gymnasium import spaces
+
+    low, high = (b.copy() for b in env._ctxrl_obs_bounds)
+    for indices, speed, default in (
+        ([5, 10], c["speed_hip"], 4.0),
+        ([7, 12], c["speed_knee"], 6.0),
+    ):
+        low[indices] *= max(1.0, default / speed)
+        high[indices] *= max(1.0, default / speed)
+    env.observation_space = spaces.Box(low, high, dtype=low.dtype)
+
+
+LUNAR_LANDER_FAMILY = ContextFamily(
+    "LunarLander", LUNAR_LANDER, _build_lunar_lander, _apply_lunar_lander
+)
+BIPEDAL_WALKER_FAMILY = ContextFamily(
+    "BipedalWalker", BIPEDAL_WALKER, _build_bipedal_walker, _apply_bipedal_walker
+)
+
+FAMILIES: dict[str, tuple[ContextFamily, int, tuple[float, float], str, str, str]] = {
+    "LunarLander": (
+        LUNAR_LANDER_FAMILY,
+        1000,
+        (-400.0, 300.0),
+        "discrete",
+        "v3",
+        "land a lander on a pad (box2d)",
+    ),
+    "BipedalWalker": (
+        BIPEDAL_WALKER_FAMILY,
+        1600,
+        (-200.0, 10.0),
+        "continuous",
+        "v3",
+        "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
+    ),
+}
+
+
+def make(
+    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
+) -> Any:
+    from ctxrl_envs.contextual import make_contextual
+
+    family, steps = FAMILIES[name][0], FAMILIES[name][1]
+    return make_contextual(family, steps, context, visible=visible, render_mode=render_mode)
+
+
+def make_unlimited(
+    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
+) -> Any:
+    """Entry point for ``gymnasium.make``, which adds the time limit itself."""
+    from ctxrl_envs.contextual import ContextualEnv
+
+    return ContextualEnv(FAMILIES[name][0], context, visible, render_mode)
+
+
+def register_gymnasium_ids() -> None:
+    """Register ``ctxrl/LunarLander-v3`` and ``ctxrl/BipedalWalker-v3`` (idempotent)."""
+    import gymnasium as gym
+
+    for name, (_, steps, _, _, version, _) in FAMILIES.items():
+        env_id = f"ctxrl/{name}-{version}"
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=partial(make_unlimited, name), max_episode_steps=steps)
+
+
+@hookimpl
+def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("Box2D") is None:
+        raise PluginUnavailable("box2d is not installed: pip install 'ctxrl[box2d]'")
+    for name, (family, steps, bounds, action, version, description) in FAMILIES.items():
+        register(
+            EnvSpec(
+                name=name,
+                context_space=family.space,
+                make=partial(make, name),
+                return_bounds=bounds,
+                action_space=action,  # type: ignore[arg-type]
+                max_episode_steps=steps,
+                gym_id=f"ctxrl/{name}-{version}",
+                description=description,
+            )
+        )
