@@ -39,8 +39,9 @@ def _rate(step: Callable[[int], None], batch: int, budget_s: float) -> float:
             return calls * batch / elapsed
 
 
-def twin_rate(name: str, feature: str, batch: int, device: str, budget_s: float,
-              compiled: bool = False) -> float:
+def twin_rate(
+    name: str, feature: str, batch: int, device: str, budget_s: float, compiled: bool = False
+) -> float:
     spec = get_host().registry.env(name)
     f = spec.context_space.feature(feature)
     values = torch.linspace(f.lower, f.upper, batch)
@@ -80,9 +81,7 @@ def sync_vector_rate(name: str, feature: str, batch: int, budget_s: float) -> fl
     spec = get_host().registry.env(name)
     f = spec.context_space.feature(feature)
     values = np.linspace(f.lower, f.upper, batch)
-    envs = gym.vector.SyncVectorEnv(
-        [lambda v=v: spec.make({feature: float(v)}) for v in values]
-    )
+    envs = gym.vector.SyncVectorEnv([lambda v=v: spec.make({feature: float(v)}) for v in values])
     envs.reset(seed=0)
     actions = np.stack([envs.action_space.sample() for _ in range(64)])
     return _rate(lambda t: envs.step(actions[t % 64]), batch, budget_s)
@@ -96,31 +95,48 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd twins")
     args = parser.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    device_name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-                   else platform.processor() or platform.machine())
-    print(f"device {args.device} ({device_name}), torch {torch.__version__}, "
-          f"OMP_NUM_THREADS={threads}, torch threads {torch.get_num_threads()}\n")
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"device {args.device} ({device_name}), torch {torch.__version__}, "
+        f"OMP_NUM_THREADS={threads}, torch threads {torch.get_num_threads()}\n"
+    )
     print("| env | B | ctxrl twin (steps/s) | baseline | baseline (steps/s) | ratio |")
     print("|---|---|---|---|---|---|")
     for batch in BATCHES:
         ours = twin_rate("CartPole", "masscart", batch, args.device, args.budget_s)
         base = gymnasium_vector_cartpole_rate(batch, args.budget_s)
-        print(f"| CartPole | {batch} | {ours:,.0f} | gymnasium CartPoleVectorEnv | {base:,.0f} "
-              f"| {ours / base:.2f}x |", flush=True)
+        print(
+            f"| CartPole | {batch} | {ours:,.0f} | gymnasium CartPoleVectorEnv | {base:,.0f} "
+            f"| {ours / base:.2f}x |",
+            flush=True,
+        )
         if batch <= args.max_sync:
             sync = sync_vector_rate("CartPole", "masscart", batch, args.budget_s)
-            print(f"| CartPole | {batch} | {ours:,.0f} | SyncVectorEnv (ctxrl envs) | {sync:,.0f} "
-                  f"| {ours / sync:.2f}x |", flush=True)
+            print(
+                f"| CartPole | {batch} | {ours:,.0f} | SyncVectorEnv (ctxrl envs) | {sync:,.0f} "
+                f"| {ours / sync:.2f}x |",
+                flush=True,
+            )
         if args.compile:
             compiled = twin_rate("CartPole", "masscart", batch, args.device, args.budget_s, True)
-            print(f"| CartPole (compiled) | {batch} | {compiled:,.0f} | gymnasium "
-                  f"CartPoleVectorEnv | {base:,.0f} | {compiled / base:.2f}x |", flush=True)
+            print(
+                f"| CartPole (compiled) | {batch} | {compiled:,.0f} | gymnasium "
+                f"CartPoleVectorEnv | {base:,.0f} | {compiled / base:.2f}x |",
+                flush=True,
+            )
     for batch in BATCHES:
         ours = twin_rate("Pendulum", "m", batch, args.device, args.budget_s)
         if batch <= args.max_sync:
             sync = sync_vector_rate("Pendulum", "m", batch, args.budget_s)
-            print(f"| Pendulum | {batch} | {ours:,.0f} | SyncVectorEnv (ctxrl envs) | {sync:,.0f} "
-                  f"| {ours / sync:.2f}x |", flush=True)
+            print(
+                f"| Pendulum | {batch} | {ours:,.0f} | SyncVectorEnv (ctxrl envs) | {sync:,.0f} "
+                f"| {ours / sync:.2f}x |",
+                flush=True,
+            )
         else:
             print(f"| Pendulum | {batch} | {ours:,.0f} | - | - | - |", flush=True)
 

@@ -70,9 +70,17 @@ class BatchedEnv:
             f.name: torch.full((num_envs,), f.default, device=self.device, dtype=dtype)
             for f in self.space.features
         }
+        self.derived: dict[str, Tensor] = {}
         self.set_context(contexts or {})
-        self.state = torch.zeros(num_envs, self.state_dim, device=self.device, dtype=dtype)
+        self._state = torch.zeros(self.state_dim, num_envs, device=self.device, dtype=dtype)
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+
+    @property
+    def state(self) -> Tensor:
+        """The physical state, shape ``(B, state_dim)`` (a view: writes go to the envs).
+
+        Stored as ``(state_dim, B)`` so that each state variable is contiguous in memory."""
+        return self._state.T
 
     # --------------------------------------------------------------------------- contexts
     @property
@@ -119,11 +127,16 @@ class BatchedEnv:
                 self.context[name] = tensor
             else:
                 self.context[name][env_ids] = tensor
+        self.derived = self._derive(self.context)
         if self.visible:
             self._visible_cache = self._context_obs()
 
     def _check(self, context: Mapping[str, Tensor]) -> None:
         """Cross-feature constraints (override where features must be ordered)."""
+
+    def _derive(self, context: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Quantities derived from the context, recomputed whenever it changes."""
+        return {}
 
     def _context_obs(self) -> Tensor:
         columns = [
@@ -145,37 +158,56 @@ class BatchedEnv:
         u = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
         return low + (high - low) * u  # type: ignore[operator, return-value]
 
+    def _ctx(self, name: str, env_ids: Tensor | None) -> Tensor:
+        value = self.context[name]
+        return value if env_ids is None else value[env_ids]
+
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a new episode in every env; return observations ``(B, obs)``."""
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.state = self._initial_state()
+        self._state = self._initial_state(None)
         self.elapsed.zero_()
-        return self._with_context(self._observe(self.state))
+        return self._with_context(self._observe(self._state))
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every env one step; done envs restart at once (see the module docstring)."""
-        next_state, reward, terminated = self._dynamics(self.state, action)
+        next_state, reward, terminated = self._dynamics(self._state, action)
         self.elapsed += 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
         final_obs = self._observe(next_state)
-        fresh = self._initial_state()
-        self.state = torch.where(done[:, None], fresh, next_state)
-        self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
-        obs = torch.where(done[:, None], self._observe(self.state), final_obs)
+        if self.device.type == "cpu":
+            # On the CPU, sample fresh states only for the envs that finished.
+            ids = done.nonzero().squeeze(1)
+            if ids.numel():
+                final_obs = final_obs.clone()  # it may view next_state, which changes now
+                next_state[:, ids] = self._initial_state(ids)
+                self.elapsed[ids] = 0
+                obs = self._observe(next_state)
+            else:
+                obs = final_obs
+            self._state = next_state
+        else:
+            # On accelerators, stay branch-free: no host synchronisation per step.
+            self._state = torch.where(done, self._initial_state(None), next_state)
+            self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
+            obs = self._observe(self._state)
         info = {"final_obs": self._with_context(final_obs), "done": done}
         return self._with_context(obs), reward, terminated, truncated, info
 
-    # Subclasses implement the physics ---------------------------------------------------
-    def _initial_state(self) -> Tensor:
+    # Subclasses implement the physics on states of shape (state_dim, n) --------------------
+    def _initial_state(self, env_ids: Tensor | None) -> Tensor:
+        """Fresh states for ``env_ids`` (all envs when None), shape ``(state_dim, n)``."""
         raise NotImplementedError
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(next_state (state_dim, B), reward (B,), terminated (B,))``."""
         raise NotImplementedError
 
     def _observe(self, state: Tensor) -> Tensor:
-        return state
+        """Observations ``(B, obs_dim)`` of states ``(state_dim, B)``."""
+        return state.T
 
 
 class BatchedCartPole(BatchedEnv):
@@ -189,15 +221,21 @@ class BatchedCartPole(BatchedEnv):
     x_threshold = 2.4
     theta_threshold = 12 * 2 * math.pi / 360
 
-    def _initial_state(self) -> Tensor:
-        b = self.context["initial_state_bound"][:, None]
-        return self._uniform(-b, b, (self.num_envs, 4))
+    def _derive(self, c: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        # the same derived quantities gymnasium keeps in sync with its attributes
+        return {
+            "total_mass": c["masspole"] + c["masscart"],
+            "polemass_length": c["masspole"] * c["length"],
+        }
+
+    def _initial_state(self, env_ids: Tensor | None) -> Tensor:
+        b = self._ctx("initial_state_bound", env_ids)
+        return self._uniform(-b, b, (4, b.shape[0]))
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        c = self.context
-        x, x_dot, theta, theta_dot = state.unbind(1)
-        total_mass = c["masspole"] + c["masscart"]
-        polemass_length = c["masspole"] * c["length"]
+        c, d = self.context, self.derived
+        x, x_dot, theta, theta_dot = state
+        total_mass, polemass_length = d["total_mass"], d["polemass_length"]
         force = torch.where(action.reshape(-1) == 1, c["force_mag"], -c["force_mag"])
         cos, sin = torch.cos(theta), torch.sin(theta)
         temp = (force + polemass_length * theta_dot.square() * sin) / total_mass
@@ -206,11 +244,15 @@ class BatchedCartPole(BatchedEnv):
         )
         x_acc = temp - polemass_length * theta_acc * cos / total_mass
         tau = c["tau"]
-        x = x + tau * x_dot
-        x_dot = x_dot + tau * x_acc
-        theta = theta + tau * theta_dot
-        theta_dot = theta_dot + tau * theta_acc
-        next_state = torch.stack([x, x_dot, theta, theta_dot], dim=1)
+        next_state = torch.stack(
+            [
+                x + tau * x_dot,
+                x_dot + tau * x_acc,
+                theta + tau * theta_dot,
+                theta_dot + tau * theta_acc,
+            ]
+        )
+        x, theta = next_state[0], next_state[2]
         terminated = (x.abs() > self.x_threshold) | (theta.abs() > self.theta_threshold)
         return next_state, torch.ones_like(x), terminated
 
@@ -235,34 +277,40 @@ class BatchedPendulum(BatchedEnv):
                 f"{self.name}: context features need initial_velocity_max <= max_speed"
             )
 
-    def _initial_state(self) -> Tensor:
+    def _derive(self, c: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            "gravity_term": 3 * c["g"] / (2 * c["l"]),
+            # float32, as numpy computes the action terms (see _dynamics)
+            "torque_gain": (3.0 / (c["m"] * c["l"] ** 2)).float(),
+            "max_torque": c["max_torque"].float(),
+        }
+
+    def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         high = torch.stack(
-            [self.context["initial_angle_max"], self.context["initial_velocity_max"]], 1
+            [self._ctx("initial_angle_max", env_ids), self._ctx("initial_velocity_max", env_ids)]
         )
-        return self._uniform(-high, high, (self.num_envs, 2))
+        return self._uniform(-high, high, tuple(high.shape))
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        c = self.context
-        th, thdot = state.unbind(1)
+        c, d = self.context, self.derived
+        th, thdot = state
         # Actions are float32 (as in gymnasium's Box), and so are the terms numpy computes
         # from them; rounding them the same way keeps float64 twins on gymnasium's trajectory.
-        max_torque = c["max_torque"].float()
-        u = torch.clamp(action.reshape(-1).float(), -max_torque, max_torque)
-        g, m, length, dt = c["g"], c["m"], c["l"], c["dt"]
+        u = torch.clamp(action.reshape(-1).float(), -d["max_torque"], d["max_torque"])
         costs = (
             _angle_normalize(th).square()
             + 0.1 * thdot.square()
             + (0.001 * u.square()).to(self.dtype)
         )
-        torque = ((3.0 / (m * length**2)).float() * u).to(self.dtype)
-        new_thdot = thdot + (3 * g / (2 * length) * torch.sin(th) + torque) * dt
+        torque = (d["torque_gain"] * u).to(self.dtype)
+        new_thdot = thdot + (d["gravity_term"] * torch.sin(th) + torque) * c["dt"]
         new_thdot = torch.clamp(new_thdot, -c["max_speed"], c["max_speed"])
-        new_th = th + new_thdot * dt
+        new_th = th + new_thdot * c["dt"]
         terminated = torch.zeros_like(th, dtype=torch.bool)
-        return torch.stack([new_th, new_thdot], 1), -costs, terminated
+        return torch.stack([new_th, new_thdot]), -costs, terminated
 
     def _observe(self, state: Tensor) -> Tensor:
-        th, thdot = state.unbind(1)
+        th, thdot = state
         return torch.stack([torch.cos(th), torch.sin(th), thdot], 1)
 
 
@@ -283,23 +331,21 @@ class _MountainCarBase(BatchedEnv):
         if bool((context["min_position"] >= context["goal_position"]).any()):
             raise ContextError(f"{self.name}: context features need min_position < goal_position")
 
-    def _initial_state(self) -> Tensor:
-        c = self.context
-        position = self._uniform(
-            c["start_position_low"], c["start_position_high"], (self.num_envs,)
-        )
-        return torch.stack([position, torch.zeros_like(position)], 1)
+    def _initial_state(self, env_ids: Tensor | None) -> Tensor:
+        low = self._ctx("start_position_low", env_ids)
+        position = self._uniform(low, self._ctx("start_position_high", env_ids), tuple(low.shape))
+        return torch.stack([position, torch.zeros_like(position)])
 
     def _move(self, state: Tensor, acceleration: Tensor) -> tuple[Tensor, Tensor]:
         c = self.context
-        position, velocity = state.unbind(1)
+        position, velocity = state
         velocity = torch.clamp(velocity + acceleration, -c["max_speed"], c["max_speed"])
         position = torch.clamp(position + velocity, c["min_position"], c["max_position"])
         velocity = torch.where(
             (position == c["min_position"]) & (velocity < 0), torch.zeros_like(velocity), velocity
         )
         terminated = (position >= c["goal_position"]) & (velocity >= c["goal_velocity"])
-        return torch.stack([position, velocity], 1), terminated
+        return torch.stack([position, velocity]), terminated
 
 
 class BatchedMountainCar(_MountainCarBase):
@@ -313,7 +359,7 @@ class BatchedMountainCar(_MountainCarBase):
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.context
         push = (action.reshape(-1).to(self.dtype) - 1) * c["force"]
-        acceleration = push + torch.cos(3 * state[:, 0]) * (-c["gravity"])
+        acceleration = push + torch.cos(3 * state[0]) * (-c["gravity"])
         next_state, terminated = self._move(state, acceleration)
         return next_state, -torch.ones_like(push), terminated
 
@@ -330,7 +376,7 @@ class BatchedMountainCarContinuous(_MountainCarBase):
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a = action.reshape(-1).to(self.dtype)
         force = torch.clamp(a, -1.0, 1.0)
-        acceleration = force * self.context["power"] - self.slope * torch.cos(3 * state[:, 0])
+        acceleration = force * self.context["power"] - self.slope * torch.cos(3 * state[0])
         next_state, terminated = self._move(state, acceleration)
         reward = 100.0 * terminated.to(self.dtype) - 0.1 * a.square()
         return next_state, reward, terminated
@@ -347,16 +393,16 @@ class BatchedAcrobot(BatchedEnv):
     max_episode_steps = 500
     gravity = 9.8
 
-    def _initial_state(self) -> Tensor:
-        b = self.context["initial_state_bound"][:, None]
-        return self._uniform(-b, b, (self.num_envs, 4))
+    def _initial_state(self, env_ids: Tensor | None) -> Tensor:
+        b = self._ctx("initial_state_bound", env_ids)
+        return self._uniform(-b, b, (4, b.shape[0]))
 
     def _derivatives(self, s: Tensor, torque: Tensor) -> Tensor:
         c = self.context
         m1, m2, l1 = c["link_mass_1"], c["link_mass_2"], c["link_length_1"]
         lc1, lc2, inertia = c["link_com_pos_1"], c["link_com_pos_2"], c["link_moi"]
         g = self.gravity
-        theta1, theta2, dtheta1, dtheta2 = s.unbind(1)
+        theta1, theta2, dtheta1, dtheta2 = s
         d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * torch.cos(theta2)) + 2 * inertia
         d2 = m2 * (lc2**2 + l1 * lc2 * torch.cos(theta2)) + inertia
         phi2 = m2 * lc2 * g * torch.cos(theta1 + theta2 - math.pi / 2.0)
@@ -370,7 +416,7 @@ class BatchedAcrobot(BatchedEnv):
             torque + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * torch.sin(theta2) - phi2
         ) / (m2 * lc2**2 + inertia - d2**2 / d1)
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
-        return torch.stack([dtheta1, dtheta2, ddtheta1, ddtheta2], 1)
+        return torch.stack([dtheta1, dtheta2, ddtheta1, ddtheta2])
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.context
@@ -379,22 +425,22 @@ class BatchedAcrobot(BatchedEnv):
         torque = torque + torch.where(
             noise > 0, self._uniform(-noise, noise, (self.num_envs,)), 0.0
         )
-        dt = c["dt"][:, None]
+        dt = c["dt"]
         k1 = self._derivatives(state, torque)
         k2 = self._derivatives(state + dt / 2 * k1, torque)
         k3 = self._derivatives(state + dt / 2 * k2, torque)
         k4 = self._derivatives(state + dt * k3, torque)
         ns = state + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-        theta1 = torch.remainder(ns[:, 0] + math.pi, 2 * math.pi) - math.pi
-        theta2 = torch.remainder(ns[:, 1] + math.pi, 2 * math.pi) - math.pi
-        dtheta1 = torch.clamp(ns[:, 2], -c["max_vel_1"], c["max_vel_1"])
-        dtheta2 = torch.clamp(ns[:, 3], -c["max_vel_2"], c["max_vel_2"])
-        next_state = torch.stack([theta1, theta2, dtheta1, dtheta2], 1)
+        theta1 = torch.remainder(ns[0] + math.pi, 2 * math.pi) - math.pi
+        theta2 = torch.remainder(ns[1] + math.pi, 2 * math.pi) - math.pi
+        dtheta1 = torch.clamp(ns[2], -c["max_vel_1"], c["max_vel_1"])
+        dtheta2 = torch.clamp(ns[3], -c["max_vel_2"], c["max_vel_2"])
+        next_state = torch.stack([theta1, theta2, dtheta1, dtheta2])
         terminated = -torch.cos(theta1) - torch.cos(theta2 + theta1) > 1.0
         return next_state, torch.where(terminated, 0.0, -1.0).to(self.dtype), terminated
 
     def _observe(self, state: Tensor) -> Tensor:
-        t1, t2, d1, d2 = state.unbind(1)
+        t1, t2, d1, d2 = state
         return torch.stack([torch.cos(t1), torch.sin(t1), torch.cos(t2), torch.sin(t2), d1, d2], 1)
 
 

@@ -1,0 +1,213 @@
+"""Generalization models: how well a policy trained on context ``x`` does on context ``x'``.
+
+MBTL's model is ``J(pi_x, x') ~= J(pi_x, x) - gap(x, x')``: a Gaussian process over the
+*training performance* ``J(pi_x, x)`` (the diagonal of the transfer matrix) and a generalization
+gap that grows linearly with the distance between contexts. Here the gap has a slope per
+dimension and per side (``x' < x`` and ``x' > x``), estimated from observed rows by non-negative
+least squares, so it also covers asymmetric and multi-dimensional context spaces.
+
+Shapes: ``train_X`` is ``(n, d)`` unit-cube coordinates, ``train_Y`` is ``(n,)`` normalised
+performance in [0, 1]; a matrix is ``(N, N)`` with row = source, column = target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """GP predictions at ``m`` points: ``mean`` and ``std``, both ``(m,)``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+class PerformanceGP:
+    """An exact GP (gpytorch) over training performance, fitted by maximising the marginal
+    likelihood.
+
+    Kernel: a scaled RBF with one lengthscale per context dimension. The observation noise is
+    fixed (``noise_std``, the reference uses 0.1 on normalised performance); the outputscale
+    and lengthscales are fitted with Adam from several starting lengthscales (``restarts``),
+    keeping the best marginal likelihood.
+
+    Args:
+        train_X: ``(n, d)`` unit-cube coordinates of the trained sources.
+        train_Y: ``(n,)`` their normalised training performance.
+    """
+
+    def __init__(
+        self,
+        train_X: np.ndarray,
+        train_Y: np.ndarray,
+        *,
+        noise_std: float = 0.1,
+        restarts: int = 2,
+        iterations: int = 40,
+        seed: int = 0,
+    ) -> None:
+        import gpytorch
+        import torch
+
+        x = torch.as_tensor(np.atleast_2d(train_X), dtype=torch.float64)
+        y = torch.as_tensor(np.asarray(train_Y, dtype=np.float64).reshape(-1))
+        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(f"train_X {tuple(x.shape)} and train_Y {tuple(y.shape)} disagree")
+        self.mean_offset = float(y.mean())
+        generator = torch.Generator().manual_seed(seed)
+        best_state, best_loss = None, float("inf")
+        for restart in range(max(1, restarts)):
+            model, likelihood = self._build(x, y - self.mean_offset, noise_std)
+            init = 0.3 if restart == 0 else float(torch.rand(1, generator=generator)) * 2 + 0.05
+            model.covar_module.base_kernel.lengthscale = torch.full((1, x.shape[1]), init)
+            mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+            model.train()
+            likelihood.train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+            loss = torch.tensor(float("inf"))
+            for _ in range(iterations):
+                optimizer.zero_grad()
+                loss = -mll(model(x), y - self.mean_offset)
+                loss.backward()
+                optimizer.step()
+            if float(loss.detach()) < best_loss:
+                best_loss, best_state = float(loss.detach()), (model, likelihood)
+        assert best_state is not None
+        self.model, self.likelihood = best_state
+        self.model.eval()
+        self.likelihood.eval()
+
+    @staticmethod
+    def _build(x: object, y: object, noise_std: float) -> tuple[object, object]:
+        import gpytorch
+        import torch
+
+        class _ExactGP(gpytorch.models.ExactGP):  # type: ignore[misc]
+            def __init__(self, train_x: object, train_y: object, likelihood: object) -> None:
+                super().__init__(train_x, train_y, likelihood)
+                self.mean_module = gpytorch.means.ZeroMean()
+                dims = train_x.shape[-1]  # type: ignore[attr-defined]
+                self.covar_module = gpytorch.kernels.ScaleKernel(
+                    gpytorch.kernels.RBFKernel(ard_num_dims=dims)
+                )
+
+            def forward(self, inputs: object) -> object:
+                return gpytorch.distributions.MultivariateNormal(
+                    self.mean_module(inputs), self.covar_module(inputs)
+                )
+
+        noise = torch.full((y.shape[0],), noise_std**2, dtype=torch.float64)  # type: ignore[attr-defined]
+        likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
+        model = _ExactGP(x, y, likelihood).double()
+        return model, likelihood
+
+    def posterior(self, X: np.ndarray) -> Posterior:
+        """Mean and standard deviation of the latent training performance at ``X`` ``(m, d)``."""
+        import gpytorch
+        import torch
+
+        x = torch.as_tensor(np.atleast_2d(X), dtype=torch.float64)
+        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+            latent = self.model(x)  # type: ignore[operator]
+            mean = latent.mean.numpy() + self.mean_offset
+            std = latent.variance.clamp_min(0).sqrt().numpy()
+        return Posterior(mean, std)
+
+
+@dataclass(frozen=True)
+class GapModel:
+    """Linear generalization gap: ``gap(x, x') = sum_d left_d (x_d - x'_d)^+ + right_d
+    (x'_d - x_d)^+`` in normalised performance per unit-cube distance.
+
+    Attributes:
+        left, right: ``(d,)`` non-negative slopes towards smaller / larger context values.
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def constant(cls, theta: float, dims: int) -> GapModel:
+        return cls(np.full(dims, theta), np.full(dims, theta))
+
+    @classmethod
+    def estimate(
+        cls, coords: np.ndarray, rows: Mapping[int, np.ndarray], *, prior: float = 0.5
+    ) -> GapModel:
+        """Fit the slopes to observed rows by non-negative least squares.
+
+        Each observed row ``i`` gives targets ``j`` with ``J(pi_i, i) - J(pi_i, j) ~=
+        gap(x_i, x_j)``. With no usable distance in a direction, that slope takes ``prior``.
+        ``coords`` is ``(N, d)``; ``rows`` maps a source index to its ``(N,)`` row.
+        """
+        from scipy.optimize import nnls
+
+        coords = np.atleast_2d(coords)
+        dims = coords.shape[1]
+        features, targets = [], []
+        for i, row in rows.items():
+            row = np.asarray(row, dtype=np.float64)
+            if np.isnan(row[i]):
+                continue
+            diff = coords[i][None, :] - coords  # (N, d)
+            for j in np.nonzero(~np.isnan(row))[0]:
+                if j == i:
+                    continue
+                features.append(np.concatenate([np.maximum(diff[j], 0), np.maximum(-diff[j], 0)]))
+                targets.append(row[i] - row[j])
+        if not features:
+            return cls.constant(prior, dims)
+        design = np.array(features)
+        slopes, _ = nnls(design, np.array(targets))
+        used = design.sum(axis=0) > 0
+        slopes = np.where(used, slopes, prior)
+        return cls(slopes[:dims], slopes[dims:])
+
+    def gap(self, coords: np.ndarray) -> np.ndarray:
+        """``(N, N)`` gaps between every source (row) and target (column)."""
+        coords = np.atleast_2d(coords)
+        diff = coords[:, None, :] - coords[None, :, :]  # source - target
+        return np.maximum(diff, 0) @ self.left + np.maximum(-diff, 0) @ self.right
+
+
+@dataclass(frozen=True)
+class MatrixPrediction:
+    """A predicted transfer matrix ``(N, N)`` with the standard deviation of each row's set point.
+
+    Observed rows are kept as observed (``std`` 0)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def predict_matrix(
+    coords: np.ndarray,
+    rows: Mapping[int, np.ndarray],
+    *,
+    gap: GapModel | None = None,
+    noise_std: float = 0.1,
+    seed: int = 0,
+) -> MatrixPrediction:
+    """Predict the whole normalised transfer matrix from a few observed rows.
+
+    The GP gives each source's training performance; the gap model (estimated from ``rows``
+    when not given) turns it into a row: ``M[i, j] = mu_i - gap(x_i, x_j)``, clipped to [0, 1].
+    """
+    coords = np.atleast_2d(coords)
+    n = coords.shape[0]
+    observed = sorted(rows)
+    gap = gap or GapModel.estimate(coords, rows)
+    gp = PerformanceGP(
+        coords[observed], np.array([rows[i][i] for i in observed]), noise_std=noise_std, seed=seed
+    )
+    post = gp.posterior(coords)
+    mean = np.clip(post.mean[:, None] - gap.gap(coords), 0.0, 1.0)
+    std = np.repeat(post.std[:, None], n, axis=1)
+    for i in observed:
+        mean[i] = rows[i]
+        std[i] = 0.0
+    return MatrixPrediction(mean, std)
