@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class PerformanceGP:
         self.likelihood.eval()
 
     @staticmethod
-    def _build(x: object, y: object, noise_std: float) -> tuple[object, object]:
+    def _build(x: Any, y: Any, noise_std: float) -> tuple[Any, Any]:
         import gpytorch
         import torch
 
@@ -100,7 +101,7 @@ class PerformanceGP:
                     self.mean_module(inputs), self.covar_module(inputs)
                 )
 
-        noise = torch.full((y.shape[0],), noise_std**2, dtype=torch.float64)  # type: ignore[attr-defined]
+        noise = torch.full((y.shape[0],), noise_std**2, dtype=torch.float64)
         likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
         model = _ExactGP(x, y, likelihood).double()
         return model, likelihood
@@ -112,7 +113,7 @@ class PerformanceGP:
 
         x = torch.as_tensor(np.atleast_2d(X), dtype=torch.float64)
         with torch.no_grad(), gpytorch.settings.fast_pred_var():
-            latent = self.model(x)  # type: ignore[operator]
+            latent = self.model(x)
             mean = latent.mean.numpy() + self.mean_offset
             std = latent.variance.clamp_min(0).sqrt().numpy()
         return Posterior(mean, std)
@@ -171,7 +172,8 @@ class GapModel:
         """``(N, N)`` gaps between every source (row) and target (column)."""
         coords = np.atleast_2d(coords)
         diff = coords[:, None, :] - coords[None, :, :]  # source - target
-        return np.maximum(diff, 0) @ self.left + np.maximum(-diff, 0) @ self.right
+        gaps: np.ndarray = np.maximum(diff, 0) @ self.left + np.maximum(-diff, 0) @ self.right
+        return gaps
 
 
 @dataclass(frozen=True)

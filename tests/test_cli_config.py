@@ -25,9 +25,10 @@ def _plan(*overrides: str):
 @requires_sb3
 def test_embedded_default_is_a_small_cartpole_sweep() -> None:
     plan = _plan()
-    assert plan.env.name == "CartPole" and plan.grid.features == ("masscart",)
-    assert len(plan.grid) == 5 and plan.algorithm.name == "sb3-ppo"
-    assert plan.run_dir.name.startswith("CartPole-masscart-")
+    assert plan.env.name == "CartPole" and plan.grid.features == ("length",)
+    assert len(plan.grid) == 10 and plan.algorithm.name == "sb3-ppo"
+    assert plan.config.strategy.name == "mbtl-gp"
+    assert plan.run_dir.name.startswith("CartPole-length-")
 
 
 def test_overrides_are_parsed_as_yaml() -> None:
@@ -50,20 +51,20 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     [
         (["features={masscartt: {num: 3}}"], "no context feature 'masscartt'"),
         (
-            ["features.masscart.num=0"],
-            "features.masscart.num: Input should be greater than or equal to 1",
+            ["features.length.num=0"],
+            "features.length.num: Input should be greater than or equal to 1",
         ),
-        (["features.masscart={values: []}"], "grid for 'masscart' has no values"),
+        (["features.length={values: []}"], "grid for 'length' has no values"),
         (["features={}"], "features: Value error, name at least one varied feature"),
         (
-            ["features.masscart.high=50"],
-            "'masscart' = 50.0 is outside the allowed range [0.1, 10.0]",
+            ["features.length.high=50"],
+            "'length' = 50.0 is outside the allowed range [0.05, 5.0]",
         ),
         (
             ["mode=select", "strategy.name=nope", "strategy.budget=2"],
             "strategy.name: no plugin provides the strategy 'nope'",
         ),
-        (["mode=select", "strategy.budget=6"], "K = 6 must be set and at most N = 5"),
+        (["mode=select", "strategy.budget=11"], "K = 11 must be set and at most N = 10"),
         (
             ["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"],
             "needs the full matrix",
@@ -97,9 +98,9 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 @requires_sb3
 def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run) -> None:
-    result = run_ctxrl("sweep", "--dry-run", "--set", "features.masscart.high=50")
+    result = run_ctxrl("sweep", "--dry-run", "--set", "features.length.high=50")
     assert result.returncode == 2
-    assert "error:" in result.stderr and "'masscart' = 50.0" in result.stderr
+    assert "error:" in result.stderr and "'length' = 50.0" in result.stderr
     assert "Traceback" not in result.stderr
     ok = run_ctxrl("sweep", "--dry-run", check=True)
     assert "env: CartPole" in ok.stdout

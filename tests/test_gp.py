@@ -1,0 +1,106 @@
+"""Generalization models (GP + gap) and the MBTL-GP strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctxrl import CtxrlError
+from ctxrl.gp import GapModel, PerformanceGP, predict_matrix
+from ctxrl.plugins import get_host
+from ctxrl.selection import replay
+
+N = 25
+X = np.linspace(0.0, 1.0, N)
+
+
+def mountain(diag: np.ndarray, left: float, right: float) -> np.ndarray:
+    """A transfer matrix whose rows fall off linearly from the diagonal (the MBTL model)."""
+    below = np.maximum(X[:, None] - X[None, :], 0)  # target left of the source
+    above = np.maximum(X[None, :] - X[:, None], 0)
+    return np.clip(diag[:, None] - left * below - right * above, 0.0, 1.0)
+
+
+def test_gp_interpolates_and_is_uncertain_away_from_data() -> None:
+    train_x = np.array([[0.0], [0.25], [0.5], [0.75], [1.0]])
+    train_y = 0.8 - 0.3 * (train_x[:, 0] - 0.4) ** 2
+    posterior = PerformanceGP(train_x, train_y, noise_std=0.01).posterior(X[:, None])
+    truth = 0.8 - 0.3 * (X - 0.4) ** 2
+    assert np.max(np.abs(posterior.mean - truth)) < 0.02
+    sparse = PerformanceGP(train_x[:2], train_y[:2], noise_std=0.01).posterior(X[:, None])
+    assert sparse.std[-1] > 3 * sparse.std[0]  # far from the data it knows less
+
+
+def test_gap_model_recovers_asymmetric_slopes() -> None:
+    matrix = mountain(np.full(N, 0.9), left=0.4, right=1.2)
+    rows = {i: matrix[i] for i in (12, 20)}
+    gap = GapModel.estimate(X[:, None], rows)
+    assert gap.left[0] == pytest.approx(0.4, abs=0.02)
+    assert gap.right[0] == pytest.approx(1.2, abs=0.05)
+    assert GapModel.estimate(X[:, None], {}).left[0] == 0.5  # the prior without data
+
+
+def test_predicted_matrix_beats_a_constant_gap_on_held_out_rows() -> None:
+    rng = np.random.default_rng(0)
+    diag = 0.85 - 0.5 * (X - 0.6) ** 2
+    matrix = np.clip(mountain(diag, 0.3, 1.0) + rng.normal(0, 0.01, (N, N)), 0, 1)
+    observed = {i: matrix[i] for i in (2, 12, 22)}
+    held_out = [i for i in range(N) if i not in observed]
+    model = predict_matrix(X[:, None], observed)
+    constant = predict_matrix(X[:, None], observed, gap=GapModel.constant(0.5, 1))
+    rmse = np.sqrt(np.mean((model.mean[held_out] - matrix[held_out]) ** 2))
+    rmse_constant = np.sqrt(np.mean((constant.mean[held_out] - matrix[held_out]) ** 2))
+    assert rmse < 0.6 * rmse_constant
+    np.testing.assert_array_equal(model.mean[12], matrix[12])  # observed rows kept
+
+
+def _mean_gk(name: str, matrix: np.ndarray, budget: int = 10, repeats: int = 20) -> float:
+    spec = get_host().registry.strategy(name)
+    runs = repeats if spec.stochastic else 1
+    return float(
+        np.mean(
+            [
+                replay(
+                    spec.factory(),
+                    matrix,
+                    X[:, None],
+                    budget,
+                    seed=s,
+                    full_knowledge=spec.requires_full_matrix,
+                ).curve.mean()
+                for s in range(runs)
+            ]
+        )
+    )
+
+
+def test_mbtl_beats_random_on_mountain_matrices() -> None:
+    """The paper's measure: mean G_k over k = 1..15, averaged over three matrices."""
+    rng = np.random.default_rng(3)
+    mbtl, random = [], []
+    for _ in range(3):
+        diag = np.clip(0.8 + 0.15 * np.sin(rng.uniform(0, 6) + 4 * X), 0, 1)
+        matrix = mountain(diag, rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0))
+        mbtl.append(_mean_gk("mbtl-gp", matrix, budget=15))
+        random.append(_mean_gk("random", matrix, budget=15))
+        assert mbtl[-1] <= _mean_gk("sequential-oracle", matrix, budget=15) + 1e-9
+    assert np.mean(mbtl) > np.mean(random)
+
+
+def test_mbtl_first_pick_is_the_middle_and_batches_are_distinct() -> None:
+    spec = get_host().registry.strategy("mbtl-gp")
+    matrix = mountain(np.full(N, 0.9), 1.0, 1.0)
+    result = replay(spec.factory(), matrix, X[:, None], 6, batch_size=3)
+    assert result.order[0] == 12
+    assert len(set(result.order)) == 6
+    assert replay(spec.factory(theta_per_index=0.005), matrix, X[:, None], 2).order[0] == 12
+
+
+def test_mbtl_options_are_checked() -> None:
+    spec = get_host().registry.strategy("mbtl-gp")
+    with pytest.raises(CtxrlError, match="beta 'wild'"):
+        spec.factory(beta="wild")
+    with pytest.raises(CtxrlError, match="theta must be"):
+        spec.factory(theta=-1.0)
+    with pytest.raises(TypeError, match="no_such_option"):
+        spec.factory(no_such_option=1)
