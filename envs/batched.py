@@ -22,6 +22,7 @@ from ctxrl_envs import classic_control as cc
 
 from ctxrl.context import ContextSpace
 from ctxrl.errors import ContextError
+from ctxrl.rng import StreamRNG
 
 Tensor = torch.Tensor
 
@@ -55,6 +56,7 @@ class BatchedEnv:
         seed: int | None = None,
         dtype: torch.dtype = torch.float32,
         visible: Sequence[str] = (),
+        env_seeds: Tensor | Sequence[int] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"{self.name}: num_envs must be >= 1, got {num_envs}")
@@ -66,6 +68,12 @@ class BatchedEnv:
         self.visible = tuple(visible)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
+        self.streams: StreamRNG | None = None
+        if env_seeds is not None:
+            seeds = torch.as_tensor(env_seeds, dtype=torch.int64, device=self.device)
+            if seeds.shape != (num_envs,):
+                raise ValueError(f"{self.name}: env_seeds needs shape ({num_envs},)")
+            self.streams = StreamRNG(seeds)
         self.context: dict[str, Tensor] = {
             f.name: torch.full((num_envs,), f.default, device=self.device, dtype=dtype)
             for f in self.space.features
@@ -154,8 +162,22 @@ class BatchedEnv:
         return torch.cat([obs, self._visible_cache], dim=1)
 
     # ------------------------------------------------------------------------- stepping
-    def _uniform(self, low: Tensor | float, high: Tensor | float, shape: tuple[int, ...]) -> Tensor:
-        u = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+    def _uniform(
+        self,
+        low: Tensor | float,
+        high: Tensor | float,
+        shape: tuple[int, ...],
+        env_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Uniform samples of ``shape`` = ``(rows, n)`` or ``(n,)``, column ``k`` for env
+        ``env_ids[k]`` (all envs when None). With ``env_seeds`` each env draws from its own
+        stream, so its numbers do not depend on the other envs in the batch."""
+        if self.streams is None:
+            u = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        elif len(shape) == 2:
+            u = self.streams.uniform(shape[0], env_ids, self.dtype).T
+        else:
+            u = self.streams.uniform(1, env_ids, self.dtype)[:, 0]
         return low + (high - low) * u  # type: ignore[operator, return-value]
 
     def _ctx(self, name: str, env_ids: Tensor | None) -> Tensor:
@@ -166,6 +188,8 @@ class BatchedEnv:
         """Start a new episode in every env; return observations ``(B, obs)``."""
         if seed is not None:
             self.generator.manual_seed(seed)
+            if self.streams is not None:
+                self.streams.counters.zero_()
         self._state = self._initial_state(None)
         self.elapsed.zero_()
         return self._with_context(self._observe(self._state))
@@ -230,7 +254,7 @@ class BatchedCartPole(BatchedEnv):
 
     def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         b = self._ctx("initial_state_bound", env_ids)
-        return self._uniform(-b, b, (4, b.shape[0]))
+        return self._uniform(-b, b, (4, b.shape[0]), env_ids)
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c, d = self.context, self.derived
@@ -289,7 +313,7 @@ class BatchedPendulum(BatchedEnv):
         high = torch.stack(
             [self._ctx("initial_angle_max", env_ids), self._ctx("initial_velocity_max", env_ids)]
         )
-        return self._uniform(-high, high, tuple(high.shape))
+        return self._uniform(-high, high, tuple(high.shape), env_ids)
 
     def _dynamics(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c, d = self.context, self.derived
@@ -333,7 +357,8 @@ class _MountainCarBase(BatchedEnv):
 
     def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         low = self._ctx("start_position_low", env_ids)
-        position = self._uniform(low, self._ctx("start_position_high", env_ids), tuple(low.shape))
+        high = self._ctx("start_position_high", env_ids)
+        position = self._uniform(low, high, tuple(low.shape), env_ids)
         return torch.stack([position, torch.zeros_like(position)])
 
     def _move(self, state: Tensor, acceleration: Tensor) -> tuple[Tensor, Tensor]:
@@ -395,7 +420,7 @@ class BatchedAcrobot(BatchedEnv):
 
     def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         b = self._ctx("initial_state_bound", env_ids)
-        return self._uniform(-b, b, (4, b.shape[0]))
+        return self._uniform(-b, b, (4, b.shape[0]), env_ids)
 
     def _derivatives(self, s: Tensor, torque: Tensor) -> Tensor:
         c = self.context

@@ -1,0 +1,74 @@
+"""Counter-based random numbers for batched programs.
+
+A batched trainer runs many independent agents in one program. If they shared one random
+generator, agent ``i``'s random numbers would depend on how many agents share the batch and where
+``i`` sits in it. Here every stream (an agent, an environment) has its own seed and counter, and
+each number is a hash of ``(seed, counter, index)`` (splitmix64), so a stream's numbers depend on
+nothing else. All operations are tensor operations: no Python loop over streams.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 tensors (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (wrapping arithmetic)."""
+    z = x + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+class StreamRNG:
+    """Independent uniform streams, one per row of ``seeds``.
+
+    Args:
+        seeds: int64 tensor ``(S,)``, one seed per stream; its device is used throughout.
+    """
+
+    def __init__(self, seeds: torch.Tensor) -> None:
+        self.seeds = splitmix64(seeds.to(torch.int64))
+        self.counters = torch.zeros_like(self.seeds)
+
+    def uniform(
+        self, columns: int, streams: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Uniform numbers in [0, 1), shape ``(n, columns)`` for ``n`` streams (all when
+        ``streams`` is None); each drawn stream's counter advances by one."""
+        seeds = self.seeds if streams is None else self.seeds[streams]
+        counters = self.counters if streams is None else self.counters[streams]
+        index = torch.arange(columns, device=seeds.device, dtype=torch.int64)
+        keys = splitmix64(seeds[:, None] ^ splitmix64(counters[:, None] * 1_000_003 + index))
+        if streams is None:
+            self.counters += 1
+        else:
+            self.counters[streams] += 1
+        bits = 53 if dtype == torch.float64 else 24
+        mantissa = _shift_right(keys, 64 - bits).to(dtype)
+        return mantissa / float(1 << bits)
+
+    def normal(
+        self, columns: int, streams: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Standard normal numbers (Box-Muller), shape ``(n, columns)``."""
+        u = self.uniform(2 * columns, streams, torch.float64)
+        u1, u2 = u[:, :columns], u[:, columns:]
+        radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 - u1 in (0, 1]
+        return (radius * torch.cos(2 * torch.pi * u2)).to(dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"seeds": self.seeds, "counters": self.counters}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.seeds = state["seeds"].clone()
+        self.counters = state["counters"].clone()

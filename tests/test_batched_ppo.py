@@ -1,0 +1,129 @@
+"""Batched PPO: independence of agents, learning, cross-evaluation, artifacts, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctxrl import ConfigError
+from ctxrl.plugins import get_host
+from ctxrl.registry import AlgorithmSpec, EnvSpec
+from ctxrl.testing import AlgorithmContract
+
+
+def _algo(**params: object):
+    return get_host().registry.algorithm("batched-ppo").factory(params, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("env_name", "params"), [("CartPole", {}), ("Pendulum", {"num_steps": 64}), ("Acrobot", {})]
+)
+def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(env_name: str, params: dict) -> None:
+    spec = get_host().registry.env(env_name)
+    feature = spec.context_space.features[0]
+    alone = _algo(**params).train_many(
+        spec, [{feature.name: feature.default}], [3], total_steps=2048
+    )
+    contexts = [{feature.name: float(feature.from_unit(i / 15))} for i in range(16)]
+    seeds = list(range(100, 116))
+    contexts[5], seeds[5] = {feature.name: feature.default}, 3
+    batch = _algo(**params).train_many(spec, contexts, seeds, total_steps=2048)
+    for name, value in alone.params.items():
+        assert torch.equal(value[0], batch.params[name][5]), name
+    assert not torch.equal(batch.params["actor.w1"][4], batch.params["actor.w1"][5])
+
+
+def test_batched_ppo_learns_cartpole() -> None:
+    """CI-sized: 4 agents x 60k steps; random play scores about 22."""
+    spec = get_host().registry.env("CartPole")
+    algo = _algo()
+    policies = algo.train_many(spec, [{}] * 4, [0, 1, 2, 3], total_steps=60_000)
+    returns = algo.evaluate_many(policies, spec, [{}], episodes=8, seed=0)
+    assert returns.shape == (4, 1, 8)
+    assert np.median(returns.mean(axis=(1, 2))) > 150
+
+
+@pytest.mark.slow
+def test_batched_ppo_reaches_475_on_cartpole_for_most_of_8_seeds() -> None:
+    spec = get_host().registry.env("CartPole")
+    algo = _algo()
+    policies = algo.train_many(spec, [{}] * 8, list(range(8)), total_steps=500_000)
+    returns = algo.evaluate_many(policies, spec, [{}], episodes=20, seed=0).mean(axis=(1, 2))
+    assert np.mean(returns >= 475) >= 0.9, returns
+
+
+@pytest.mark.slow
+def test_batched_ppo_learns_pendulum() -> None:
+    registry = get_host().registry
+    spec = registry.env("Pendulum")
+    algo = registry.algorithm("batched-ppo").factory(
+        registry.algorithm("batched-ppo").presets["Pendulum"], device="cpu"
+    )
+    policies = algo.train_many(spec, [{}] * 4, list(range(4)), total_steps=1_000_000)
+    returns = algo.evaluate_many(policies, spec, [{}], episodes=20, seed=0).mean(axis=(1, 2))
+    assert np.mean(returns >= -250) > 0.5, returns
+
+
+def test_cross_evaluation_matches_evaluation_on_own_context() -> None:
+    spec = get_host().registry.env("CartPole")
+    algo = _algo()
+    contexts = [{"masscart": 0.5}, {"masscart": 2.0}, {"masscart": 5.0}]
+    policies = algo.train_many(spec, contexts, [0, 1, 2], total_steps=4096)
+    matrix = algo.evaluate_many(policies, spec, contexts, episodes=3, seed=7)
+    assert matrix.shape == (3, 3, 3)
+    for i, context in enumerate(contexts):
+        own = algo.evaluate(policies.select([i]), spec, [spec.task(context)], episodes=3, seed=7)
+        np.testing.assert_array_equal(own[0], matrix[i, i])
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
+    spec = get_host().registry.env("CartPole")
+    contexts, seeds = [{"masscart": 1.0}, {"masscart": 3.0}], [0, 1]
+    reference = _algo().train_many(spec, contexts, seeds, total_steps=4 * 512)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_third(done: int, total: int) -> None:
+        if done == 3:
+            raise Killed
+
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        _algo().train_many(
+            spec,
+            contexts,
+            seeds,
+            total_steps=4 * 512,
+            checkpoint=checkpoint,
+            checkpoint_every=2,
+            progress=kill_after_third,
+        )
+    assert checkpoint.with_suffix(".safetensors").is_file()
+    resumed = _algo().train_many(
+        spec, contexts, seeds, total_steps=4 * 512, checkpoint=checkpoint, checkpoint_every=2
+    )
+    for name, value in reference.params.items():
+        assert torch.equal(value, resumed.params[name]), name
+
+
+def test_unknown_hyperparameter_is_named() -> None:
+    with pytest.raises(ConfigError, match="batched-ppo has no hyperparameter 'lr'"):
+        _algo(lr=1e-3)
+
+
+@pytest.mark.parametrize("env_name", ["CartPole", "Pendulum"])
+class TestBatchedPPOContract(AlgorithmContract):
+    algorithm_name = "batched-ppo"
+    total_steps = 1024
+
+    @pytest.fixture
+    def env_spec(self, env_name: str) -> EnvSpec:
+        return get_host().registry.env(env_name)
+
+    @pytest.fixture
+    def algorithm_spec(self) -> AlgorithmSpec:
+        return get_host().registry.algorithm("batched-ppo")
