@@ -105,6 +105,37 @@ class Algorithm(Protocol):
     def load(self, path: Path, env: EnvSpec) -> Any: ...
 
 
+@runtime_checkable
+class BatchedAlgorithm(Algorithm, Protocol):
+    """An algorithm that trains many (context, seed) agents in one program.
+
+    ``train_many`` returns a policies object with ``select(indices)`` (a subset, itself
+    usable by ``save`` / ``evaluate``); ``evaluate_many`` returns episode returns of shape
+    ``(len(policies), len(contexts), episodes)``."""
+
+    def train_many(
+        self,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        *,
+        total_steps: int,
+        checkpoint: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Any: ...
+
+    def evaluate_many(
+        self,
+        policies: Any,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """A training algorithm.
@@ -114,7 +145,8 @@ class AlgorithmSpec:
         factory: ``factory(params: Mapping[str, Any], *, device: str, env: EnvSpec) ->
             Algorithm``; unknown keys in ``params`` must raise an error naming them.
         action_spaces: the action-space kinds it supports.
-        batched: True when it trains many (task, seed) pairs in one program.
+        batched: True when the factory returns a :class:`BatchedAlgorithm`: a sweep then trains
+            all sources of a step in one program (when the env has a batched twin).
         presets: named hyperparameter sets, e.g. per env family.
         description: one line for ``ctxrl plugins``.
     """

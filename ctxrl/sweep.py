@@ -8,6 +8,7 @@ every finished run, so a killed sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
@@ -30,6 +31,7 @@ from ctxrl.context import Task
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
+from ctxrl.registry import BatchedAlgorithm
 from ctxrl.selection import SelectionState, generalized_performance, replay
 from ctxrl.store import Evaluation, RunRecord, Store, now
 
@@ -223,6 +225,9 @@ def run_sweep(
         return {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
 
     def run_jobs(sources: list[int]) -> None:
+        if plan.algorithm.batched and plan.env.make_batched is not None:
+            _run_batched(plan, store, sources, finished, outcome, host, console, plan_json)
+            return
         jobs = []
         for source in sources:
             task = Task(plan.env.name, plan.grid.contexts[source])
@@ -271,6 +276,100 @@ def run_sweep(
     store.close()
     host.notify("ctxrl_sweep_finished", plan=plan_json, run_dir=run_dir, matrix=matrix)
     return outcome
+
+
+def _run_batched(
+    plan: SweepPlan,
+    store: Store,
+    sources: list[int],
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+) -> None:
+    """Train every pending (source, seed) of ``sources`` in one batched program, evaluate all
+    of them on every target in one batched rollout, and store each run.
+
+    The program checkpoints itself in the run directory, so a killed sweep resumes the batch
+    where it stopped."""
+    config = plan.config
+    pending = [
+        (source, seed)
+        for source in sources
+        for seed in config.seeds
+        if run_id(Task(plan.env.name, plan.grid.contexts[source]), seed) not in finished
+    ]
+    outcome.skipped += len(sources) * len(config.seeds) - len(pending)
+    if not pending:
+        return
+    tasks = [Task(plan.env.name, plan.grid.contexts[source]) for source, _ in pending]
+    ids = [run_id(task, seed) for task, (_, seed) in zip(tasks, pending, strict=True)]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    started = now()
+    try:
+        algorithm = cast(
+            BatchedAlgorithm,
+            plan.algorithm.factory(
+                _algorithm_params(config, plan), device=config.device, env=plan.env
+            ),
+        )
+        with _progress(console) as progress:
+            bar = progress.add_task(
+                f"training {len(pending)} {plan.env.name} agents in one program", total=1
+            )
+
+            def advance(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            policies = algorithm.train_many(
+                plan.env,
+                [t.context.as_dict() for t in tasks],
+                [seed for _, seed in pending],
+                total_steps=config.train_steps,
+                checkpoint=checkpoint,
+                progress=advance,
+            )
+        targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
+        returns = algorithm.evaluate_many(
+            policies,
+            plan.env,
+            [t.context.as_dict() for t in targets],
+            episodes=config.eval_episodes,
+            seed=10_000,
+        )
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))[-4000:]
+        for task, (_, seed) in zip(tasks, pending, strict=True):
+            store.record_run(_record(task, seed, plan, started, now(), "failed", None, error))
+            outcome.failed.append(run_id(task, seed))
+        console.print(f"[red]batched training failed:[/] {exc}")
+        return
+    share = (now() - started) / len(pending)  # the batch's wall-clock time, split evenly
+    for i, (task, (_, seed)) in enumerate(zip(tasks, pending, strict=True)):
+        rid = ids[i]
+        artifact = Path("artifacts") / rid
+        algorithm.save(policies.select([i]), plan.run_dir / artifact)
+        evaluations = [
+            Evaluation(t.id, t.context, returns[i, j].tolist()) for j, t in enumerate(targets)
+        ]
+        record = _record(
+            task, seed, plan, started, started + share, "finished", str(artifact), None
+        )
+        store.record_run(record, evaluations)
+        finished.add(rid)
+        outcome.trained += 1
+        run = {
+            "run_id": rid,
+            "source_task": task.id,
+            "seed": seed,
+            "status": "finished",
+            "returns": store.returns(rid),
+        }
+        host.notify("ctxrl_run_finished", plan=plan_json, run=run)
+    for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+        file.unlink()
 
 
 def _select_and_train(

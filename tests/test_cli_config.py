@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
@@ -22,11 +21,10 @@ def _plan(*overrides: str):
     return resolve_plan(load_config(None, overrides), get_host().registry)
 
 
-@requires_sb3
 def test_embedded_default_is_a_small_cartpole_sweep() -> None:
     plan = _plan()
     assert plan.env.name == "CartPole" and plan.grid.features == ("length",)
-    assert len(plan.grid) == 10 and plan.algorithm.name == "sb3-ppo"
+    assert len(plan.grid) == 20 and plan.algorithm.name == "batched-ppo"
     assert plan.config.strategy.name == "mbtl-gp"
     assert plan.run_dir.name.startswith("CartPole-length-")
 
@@ -38,14 +36,12 @@ def test_overrides_are_parsed_as_yaml() -> None:
         apply_overrides({}, ["novalue"])
 
 
-@requires_sb3
 def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     base = _plan()
     assert _plan("executor.workers=1", "output_dir=/tmp/elsewhere").plan_hash == base.plan_hash
     assert _plan("train_steps=1000").plan_hash != base.plan_hash
 
 
-@requires_sb3
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -64,7 +60,7 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["mode=select", "strategy.name=nope", "strategy.budget=2"],
             "strategy.name: no plugin provides the strategy 'nope'",
         ),
-        (["mode=select", "strategy.budget=11"], "K = 11 must be set and at most N = 10"),
+        (["mode=select", "strategy.budget=21"], "K = 21 must be set and at most N = 20"),
         (
             ["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"],
             "needs the full matrix",
@@ -96,7 +92,6 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-@requires_sb3
 def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run) -> None:
     result = run_ctxrl("sweep", "--dry-run", "--set", "features.length.high=50")
     assert result.returncode == 2

@@ -1,0 +1,544 @@
+"""Batched PPO: N independent agents, one per (context, seed), trained in one torch program.
+
+PPO with clipped objective and GAE (Schulman et al. 2017, arXiv 1707.06347), following the
+CleanRL / PureJaxRL recipe (separate 64-64 tanh actor and critic, orthogonal init, advantage
+normalisation per minibatch, clipped value loss, gradient-norm clipping, linear learning-rate
+annealing), with truncated episodes bootstrapped from the value of their last observation.
+
+Batching: every weight carries a leading agent dimension ``N`` and layers are batched matrix
+products; each agent steps ``num_envs`` environments of a torch-batched twin, all with its own
+context. The loss is the sum of per-agent losses, gradient norms are clipped per agent, Adam is
+elementwise, and every random number (initial weights, environment resets, actions, minibatch
+order) comes from a stream seeded by the agent's own seed: agent ``i`` trains exactly as it
+would alone, whatever else shares the batch.
+
+Shapes: observations ``(N, M, obs)``; discrete logits ``(N, M, actions)``; continuous means
+``(N, M, action_dim)``; values ``(N, M)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.context import Task
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import EnvSpec
+from ctxrl.rng import StreamRNG
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Hyperparameters (per agent)."""
+
+    num_envs: int = 4
+    """environments per agent"""
+    num_steps: int = 128
+    """steps per environment between updates"""
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+    init_log_std: float = 0.0
+    """initial log standard deviation of continuous actions"""
+    reward_scale: float = 1.0
+    """rewards are multiplied by this before learning (evaluation reports raw returns)"""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PPOConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(
+                f"algorithm.params: batched-ppo has no hyperparameter "
+                f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**params)
+
+
+# ---------------------------------------------------------------------------------- networks
+def _orthogonal(rows: int, cols: int, gain: float, generator: torch.Generator) -> Tensor:
+    weight = torch.empty(cols, rows)
+    torch.nn.init.orthogonal_(weight, gain=gain, generator=generator)
+    return weight.T.contiguous()  # (in, out) for x @ W
+
+
+def init_params(
+    seeds: Sequence[int],
+    obs_dim: int,
+    out_dim: int,
+    hidden: int,
+    discrete: bool,
+    init_log_std: float,
+    device: torch.device,
+) -> Params:
+    """Stacked actor and critic weights, each agent initialised from its own seed."""
+    per_agent: list[Params] = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        p: Params = {}
+        for net, out, gain in (("actor", out_dim, 0.01), ("critic", 1, 1.0)):
+            p[f"{net}.w1"] = _orthogonal(obs_dim, hidden, math.sqrt(2), g)
+            p[f"{net}.w2"] = _orthogonal(hidden, hidden, math.sqrt(2), g)
+            p[f"{net}.w3"] = _orthogonal(hidden, out, gain, g)
+            p[f"{net}.b1"] = torch.zeros(hidden)
+            p[f"{net}.b2"] = torch.zeros(hidden)
+            p[f"{net}.b3"] = torch.zeros(out)
+        if not discrete:
+            p["actor.log_std"] = torch.full((out_dim,), init_log_std)
+        per_agent.append(p)
+    return {k: torch.stack([p[k] for p in per_agent]).to(device) for k in per_agent[0]}
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight + bias`` per agent: ``(N, M, in) x (N, in, out) -> (N, M, out)``.
+
+    A single output column is computed as a product and a sum: as a batched matrix product
+    its kernel (matrix-vector for one agent, matrix-matrix for several) would change the
+    summation order with the number of agents, and agents would no longer be independent."""
+    if weight.shape[-1] == 1:
+        return (x * weight[:, None, :, 0]).sum(-1, keepdim=True) + bias[:, None]
+    return torch.baddbmm(bias[:, None], x, weight)
+
+
+def mlp(params: Params, net: str, x: Tensor) -> Tensor:
+    """Two tanh layers and a linear head, batched over agents: ``(N, M, in) -> (N, M, out)``."""
+    h = torch.tanh(_linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
+    h = torch.tanh(_linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
+    return _linear(h, params[f"{net}.w3"], params[f"{net}.b3"])
+
+
+@dataclass
+class BatchedPolicies:
+    """Trained agents: stacked parameters ``(N, ...)`` and what is needed to act."""
+
+    params: Params
+    discrete: bool
+    config: PPOConfig
+    env: str
+    contexts: list[dict[str, float]]
+    seeds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def select(self, indices: Sequence[int]) -> BatchedPolicies:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return BatchedPolicies(
+            {k: v[index.to(v.device)] for k, v in self.params.items()},
+            self.discrete,
+            self.config,
+            self.env,
+            [self.contexts[i] for i in indices],
+            [self.seeds[i] for i in indices],
+        )
+
+    def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor:
+        """Actions for observations ``(N, M, obs)``: ``(N, M)`` ints or ``(N, M, dim)``."""
+        return self.act_from(mlp(self.params, "actor", obs), deterministic, rng)
+
+    def act_from(self, out: Tensor, deterministic: bool, rng: StreamRNG | None) -> Tensor:
+        """Actions from the actor's output (logits or means)."""
+        if self.discrete:
+            if deterministic or rng is None:
+                return out.argmax(dim=-1)
+            return _gumbel_argmax(out, rng)
+        if deterministic or rng is None:
+            return out
+        noise = rng.normal(out.shape[1] * out.shape[2]).view(out.shape).to(out.dtype)
+        return out + self.params["actor.log_std"].exp()[:, None, :] * noise
+
+
+def _gumbel_argmax(logits: Tensor, rng: StreamRNG) -> Tensor:
+    n, m, a = logits.shape
+    u = rng.uniform(m * a).view(n, m, a).clamp(1e-10, 1 - 1e-7).to(logits.dtype)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
+def _log_prob_entropy(
+    params: Params, obs: Tensor, actions: Tensor, discrete: bool, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Log-probability of ``actions`` and the policy's entropy, both ``(N, M)``; ``out`` is the
+    actor's output for ``obs`` when already computed."""
+    out = mlp(params, "actor", obs) if out is None else out
+    if discrete:
+        log_probs = torch.log_softmax(out, dim=-1)
+        chosen = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return chosen, entropy
+    log_std = params["actor.log_std"][:, None, :]
+    var = torch.exp(2 * log_std)
+    log_prob = -((actions - out) ** 2) / (2 * var) - log_std - 0.5 * math.log(2 * math.pi)
+    entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).expand_as(out)
+    return log_prob.sum(-1), entropy.sum(-1)
+
+
+# ---------------------------------------------------------------------------------- training
+def _contexts_tensor(
+    spec: EnvSpec, contexts: Sequence[Mapping[str, float]], repeat: int, device: torch.device
+) -> dict[str, Tensor]:
+    full = [spec.context_space.validate(c) for c in contexts]
+    return {
+        name: torch.tensor(
+            [c[name] for c in full], dtype=torch.float32, device=device
+        ).repeat_interleave(repeat)
+        for name in spec.context_space.names
+    }
+
+
+def _context_seed(spec: EnvSpec, context: Mapping[str, float]) -> int:
+    """A seed that depends on the context's values only (stable across processes)."""
+    digest = Task(spec.name, spec.context_space.validate(context)).id.rsplit("-", 1)[1]
+    return int(digest[:12], 16) % (1 << 40)
+
+
+def _env_seeds(seeds: Sequence[int], per_agent: int, salt: int) -> Tensor:
+    base = torch.tensor([int(s) for s in seeds], dtype=torch.int64)
+    return (base[:, None] * 1_000_003 + salt * 7919 + torch.arange(per_agent)).reshape(-1)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class BatchedPPO:
+    """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
+
+    def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
+        self.config = PPOConfig.from_params(params)
+        self.device = resolve_device(device)
+
+    # ------------------------------------------------------------------------ training
+    def train_many(
+        self,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        *,
+        total_steps: int,
+        checkpoint: Path | None = None,
+        checkpoint_every: int = 50,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BatchedPolicies:
+        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
+
+        With ``checkpoint``, the whole state (weights, Adam moments, environments, random
+        streams, iteration) is saved every ``checkpoint_every`` updates and a later call with the
+        same arguments continues from it."""
+        if env.make_batched is None:
+            raise CtxrlError(f"batched-ppo needs a torch-batched twin; env {env.name!r} has none")
+        if len(contexts) != len(seeds) or not seeds:
+            raise CtxrlError("batched-ppo: give one seed per context (and at least one)")
+        cfg, device = self.config, self.device
+        n, e, t_steps = len(seeds), cfg.num_envs, cfg.num_steps
+        twin = env.make_batched(
+            n * e,
+            contexts=_contexts_tensor(env, contexts, e, device),
+            device=device,
+            env_seeds=_env_seeds(seeds, e, 0),
+        )
+        discrete = twin.discrete_actions is not None
+        obs_dim = twin.observation_size
+        out_dim = twin.discrete_actions if discrete else 1
+        params = init_params(
+            seeds, obs_dim, out_dim, cfg.hidden, discrete, cfg.init_log_std, device
+        )
+        for p in params.values():
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
+        rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
+        iterations = max(1, total_steps // (e * t_steps))
+        obs = twin.reset().view(n, e, obs_dim)
+        start = 0
+        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
+            start, obs = _restore(checkpoint, params, optimizer, twin, rng, device)
+            obs = obs.view(n, e, obs_dim)
+        policies = BatchedPolicies(
+            params, discrete, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
+        )
+        batch = e * t_steps
+        minibatch = batch // cfg.num_minibatches
+        agents = torch.arange(n, device=device)[:, None]
+        for iteration in range(start, iterations):
+            if cfg.anneal_lr:
+                for group in optimizer.param_groups:
+                    group["lr"] = (1.0 - iteration / iterations) * cfg.learning_rate
+            # ------------------------------------------------------------------ rollout
+            buf_obs = torch.zeros(t_steps, n, e, obs_dim, device=device)
+            buf_act = torch.zeros(
+                (t_steps, n, e) if discrete else (t_steps, n, e, out_dim), device=device
+            )
+            buf_logp = torch.zeros(t_steps, n, e, device=device)
+            buf_val = torch.zeros(t_steps, n, e, device=device)
+            buf_rew = torch.zeros(t_steps, n, e, device=device)
+            buf_done = torch.zeros(t_steps, n, e, device=device)
+            with torch.no_grad():
+                for t in range(t_steps):
+                    buf_obs[t] = obs
+                    out = mlp(params, "actor", obs)
+                    action = policies.act_from(out, deterministic=False, rng=rng)
+                    buf_logp[t], _ = _log_prob_entropy(params, obs, action, discrete, out)
+                    buf_act[t] = action
+                    step_action = action.reshape(n * e) if discrete else action.reshape(n * e, -1)
+                    next_obs, reward, _, truncated, info = twin.step(step_action)
+                    # values of this step's and of the finished episodes' last observations
+                    both = torch.cat([obs, info["final_obs"].view(n, e, obs_dim)], dim=1)
+                    values = mlp(params, "critic", both).squeeze(-1)
+                    buf_val[t], final_value = values[:, :e], values[:, e:]
+                    reward = reward.view(n, e) * cfg.reward_scale
+                    # a time limit is not a terminal state: bootstrap from the last observation
+                    reward = reward + cfg.gamma * final_value * truncated.view(n, e)
+                    buf_rew[t] = reward
+                    buf_done[t] = info["done"].view(n, e).float()
+                    obs = next_obs.view(n, e, obs_dim)
+                # ------------------------------------------------------------------ GAE
+                next_value = mlp(params, "critic", obs).squeeze(-1)
+                advantages = torch.zeros_like(buf_rew)
+                last = torch.zeros(n, e, device=device)
+                for t in reversed(range(t_steps)):
+                    next_values = next_value if t == t_steps - 1 else buf_val[t + 1]
+                    not_done = 1.0 - buf_done[t]
+                    delta = buf_rew[t] + cfg.gamma * next_values * not_done - buf_val[t]
+                    last = delta + cfg.gamma * cfg.gae_lambda * not_done * last
+                    advantages[t] = last
+                returns = advantages + buf_val
+            # ---------------------------------------------------------------- update
+            flat = lambda x: x.transpose(0, 1).reshape(n, batch, *x.shape[3:])  # noqa: E731
+            b_obs, b_act, b_logp = flat(buf_obs), flat(buf_act), flat(buf_logp)
+            b_adv, b_ret, b_val = flat(advantages), flat(returns), flat(buf_val)
+            for _ in range(cfg.update_epochs):
+                order = rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
+                for begin in range(0, batch, minibatch):
+                    idx = order[:, begin : begin + minibatch]
+                    mb_obs = b_obs[agents, idx]
+                    new_logp, entropy = _log_prob_entropy(
+                        params, mb_obs, b_act[agents, idx], discrete
+                    )
+                    new_value = mlp(params, "critic", mb_obs).squeeze(-1)
+                    ratio = (new_logp - b_logp[agents, idx]).exp()
+                    adv = b_adv[agents, idx]
+                    adv = (adv - adv.mean(dim=1, keepdim=True)) / (
+                        adv.std(dim=1, keepdim=True) + 1e-8
+                    )
+                    pg_loss = torch.max(
+                        -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                    ).mean(dim=1)
+                    ret = b_ret[agents, idx]
+                    if cfg.clip_vloss:
+                        old = b_val[agents, idx]
+                        clipped = old + (new_value - old).clamp(-cfg.clip_coef, cfg.clip_coef)
+                        v_loss = 0.5 * torch.max((new_value - ret) ** 2, (clipped - ret) ** 2).mean(
+                            dim=1
+                        )
+                    else:
+                        v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
+                    loss = pg_loss - cfg.ent_coef * entropy.mean(dim=1) + cfg.vf_coef * v_loss
+                    optimizer.zero_grad(set_to_none=False)
+                    loss.sum().backward()  # per-agent losses: gradients never mix
+                    _clip_per_agent(params, cfg.max_grad_norm)
+                    optimizer.step()
+            if progress is not None:
+                progress(iteration + 1, iterations)
+            if checkpoint is not None and (iteration + 1) % checkpoint_every == 0:
+                _save_checkpoint(
+                    checkpoint,
+                    iteration + 1,
+                    params,
+                    optimizer,
+                    twin,
+                    rng,
+                    obs.reshape(n * e, obs_dim),
+                )
+        for p in params.values():
+            p.requires_grad_(False)
+        return policies
+
+    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> BatchedPolicies:
+        return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
+
+    # ----------------------------------------------------------------------- evaluation
+    def evaluate_many(
+        self,
+        policies: BatchedPolicies,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        """Returns of P policies on Q contexts, E episodes each, in one batched rollout:
+        ``(P, Q, E)``. Episode ``k`` on context ``q`` starts from the same state for every
+        policy."""
+        assert env.make_batched is not None
+        p, q = len(policies), len(contexts)
+        per_policy = q * episodes
+        ctx = _contexts_tensor(env, contexts, episodes, self.device)
+        ctx = {k: v.repeat(p) for k, v in ctx.items()}
+        # episode k on a context starts from a state seeded by (context, k, seed) alone
+        starts = torch.tensor(
+            [
+                _context_seed(env, c) + 1009 * k + 1_000_003 * int(seed)
+                for c in contexts
+                for k in range(episodes)
+            ],
+            dtype=torch.int64,
+        )
+        twin = env.make_batched(
+            p * per_policy, contexts=ctx, device=self.device, env_seeds=starts.repeat(p)
+        )
+        rng = StreamRNG(
+            torch.tensor(policies.seeds, dtype=torch.int64, device=self.device)
+            + 7_777_777 * (int(seed) + 1)
+        )
+        obs = twin.reset()
+        returns = torch.zeros(p * per_policy, dtype=torch.float64, device=self.device)
+        finished = torch.zeros(p * per_policy, dtype=torch.bool, device=self.device)
+        limit = twin.max_episode_steps
+        with torch.no_grad():
+            for _ in range(limit):
+                action = policies.act(obs.view(p, per_policy, -1), deterministic, rng)
+                action = (
+                    action.reshape(p * per_policy)
+                    if policies.discrete
+                    else action.reshape(p * per_policy, -1)
+                )
+                obs, reward, _, _, info = twin.step(action)
+                returns += torch.where(finished, 0.0, reward.double())
+                finished |= info["done"]
+                if bool(finished.all()):
+                    break
+        return returns.view(p, q, episodes).cpu().numpy()
+
+    def evaluate(
+        self,
+        policy: BatchedPolicies,
+        env: EnvSpec,
+        tasks: Sequence[Task],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        contexts = [t.context.as_dict() for t in tasks]
+        out = self.evaluate_many(
+            policy, env, contexts, episodes=episodes, seed=seed, deterministic=deterministic
+        )
+        return out[0] if len(policy) == 1 else out
+
+    # ------------------------------------------------------------------------ artifacts
+    def save(self, policy: BatchedPolicies, path: Path) -> None:
+        save_artifact(
+            path,
+            policy.params,
+            {
+                "algorithm": "batched-ppo",
+                "params": asdict(policy.config),
+                "env": policy.env,
+                "discrete": policy.discrete,
+                "contexts": policy.contexts,
+                "seeds": policy.seeds,
+            },
+        )
+
+    def load(self, path: Path, env: EnvSpec) -> BatchedPolicies:
+        tensors, meta = load_artifact(path, device=str(self.device))
+        if meta.get("algorithm") != "batched-ppo":
+            raise CtxrlError(f"{path} holds a {meta.get('algorithm')!r} policy, not batched-ppo")
+        return BatchedPolicies(
+            tensors,
+            bool(meta["discrete"]),
+            PPOConfig(**meta["params"]),
+            meta["env"],
+            meta["contexts"],
+            meta["seeds"],
+        )
+
+
+def _clip_per_agent(params: Params, max_norm: float) -> None:
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    n = grads[0].shape[0]
+    squared = sum(g.reshape(n, -1).pow(2).sum(dim=1) for g in grads)
+    scale = (max_norm / (torch.sqrt(squared) + 1e-6)).clamp(max=1.0)  # type: ignore[arg-type]
+    for g in grads:
+        g.mul_(scale.view(n, *([1] * (g.ndim - 1))))
+
+
+def _save_checkpoint(
+    path: Path,
+    iteration: int,
+    params: Params,
+    optimizer: torch.optim.Adam,
+    twin: Any,
+    rng: StreamRNG,
+    obs: Tensor,
+) -> None:
+    tensors = {f"param.{k}": v.detach() for k, v in params.items()}
+    for k, p in params.items():
+        state = optimizer.state.get(p, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                tensors[f"adam.{k}.{name}"] = state[name]
+        if "step" in state:
+            tensors[f"adam.{k}.step"] = torch.as_tensor(state["step"]).reshape(1)
+    tensors.update(
+        {
+            "env.state": twin._state,
+            "env.elapsed": twin.elapsed,
+            "obs": obs,
+            "rng.seeds": rng.seeds,
+            "rng.counters": rng.counters,
+        }
+    )
+    if twin.streams is not None:
+        tensors["env.rng.seeds"] = twin.streams.seeds
+        tensors["env.rng.counters"] = twin.streams.counters
+    save_artifact(path, tensors, {"iteration": iteration})
+
+
+def _restore(
+    path: Path,
+    params: Params,
+    optimizer: torch.optim.Adam,
+    twin: Any,
+    rng: StreamRNG,
+    device: torch.device,
+) -> tuple[int, Tensor]:
+    tensors, meta = load_artifact(path, device=str(device))
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[f"param.{k}"])
+            if f"adam.{k}.exp_avg" in tensors:
+                optimizer.state[p] = {
+                    "step": tensors[f"adam.{k}.step"].reshape(()).cpu().float(),
+                    "exp_avg": tensors[f"adam.{k}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].clone(),
+                }
+    twin._state = tensors["env.state"].clone()
+    twin.elapsed = tensors["env.elapsed"].clone()
+    rng.load_state_dict({"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]})
+    if twin.streams is not None:
+        twin.streams.load_state_dict(
+            {"seeds": tensors["env.rng.seeds"], "counters": tensors["env.rng.counters"]}
+        )
+    return int(meta["iteration"]), tensors["obs"]
