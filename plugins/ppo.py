@@ -26,6 +26,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from ctxrl_plugins.batched import (
+    Params,
+    clip_grad_norm_per_agent,
+    contexts_tensor,
+    env_seeds,
+    evaluate_policies,
+    linear,
+    orthogonal,
+    resolve_device,
+)
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
@@ -34,7 +44,6 @@ from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 
 Tensor = torch.Tensor
-Params = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -75,12 +84,6 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------- networks
-def _orthogonal(rows: int, cols: int, gain: float, generator: torch.Generator) -> Tensor:
-    weight = torch.empty(cols, rows)
-    torch.nn.init.orthogonal_(weight, gain=gain, generator=generator)
-    return weight.T.contiguous()  # (in, out) for x @ W
-
-
 def init_params(
     seeds: Sequence[int],
     obs_dim: int,
@@ -96,9 +99,9 @@ def init_params(
         g = torch.Generator().manual_seed(int(seed))
         p: Params = {}
         for net, out, gain in (("actor", out_dim, 0.01), ("critic", 1, 1.0)):
-            p[f"{net}.w1"] = _orthogonal(obs_dim, hidden, math.sqrt(2), g)
-            p[f"{net}.w2"] = _orthogonal(hidden, hidden, math.sqrt(2), g)
-            p[f"{net}.w3"] = _orthogonal(hidden, out, gain, g)
+            p[f"{net}.w1"] = orthogonal(obs_dim, hidden, math.sqrt(2), g)
+            p[f"{net}.w2"] = orthogonal(hidden, hidden, math.sqrt(2), g)
+            p[f"{net}.w3"] = orthogonal(hidden, out, gain, g)
             p[f"{net}.b1"] = torch.zeros(hidden)
             p[f"{net}.b2"] = torch.zeros(hidden)
             p[f"{net}.b3"] = torch.zeros(out)
@@ -108,22 +111,11 @@ def init_params(
     return {k: torch.stack([p[k] for p in per_agent]).to(device) for k in per_agent[0]}
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``x @ weight + bias`` per agent: ``(N, M, in) x (N, in, out) -> (N, M, out)``.
-
-    A single output column is computed as a product and a sum: as a batched matrix product
-    its kernel (matrix-vector for one agent, matrix-matrix for several) would change the
-    summation order with the number of agents, and agents would no longer be independent."""
-    if weight.shape[-1] == 1:
-        return (x * weight[:, None, :, 0]).sum(-1, keepdim=True) + bias[:, None]
-    return torch.baddbmm(bias[:, None], x, weight)
-
-
 def mlp(params: Params, net: str, x: Tensor) -> Tensor:
     """Two tanh layers and a linear head, batched over agents: ``(N, M, in) -> (N, M, out)``."""
-    h = torch.tanh(_linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
-    h = torch.tanh(_linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
-    return _linear(h, params[f"{net}.w3"], params[f"{net}.b3"])
+    h = torch.tanh(linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
+    h = torch.tanh(linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
+    return linear(h, params[f"{net}.w3"], params[f"{net}.b3"])
 
 
 @dataclass
@@ -192,35 +184,6 @@ def _log_prob_entropy(
 
 
 # ---------------------------------------------------------------------------------- training
-def _contexts_tensor(
-    spec: EnvSpec, contexts: Sequence[Mapping[str, float]], repeat: int, device: torch.device
-) -> dict[str, Tensor]:
-    full = [spec.context_space.validate(c) for c in contexts]
-    return {
-        name: torch.tensor(
-            [c[name] for c in full], dtype=torch.float32, device=device
-        ).repeat_interleave(repeat)
-        for name in spec.context_space.names
-    }
-
-
-def _context_seed(spec: EnvSpec, context: Mapping[str, float]) -> int:
-    """A seed that depends on the context's values only (stable across processes)."""
-    digest = Task(spec.name, spec.context_space.validate(context)).id.rsplit("-", 1)[1]
-    return int(digest[:12], 16) % (1 << 40)
-
-
-def _env_seeds(seeds: Sequence[int], per_agent: int, salt: int) -> Tensor:
-    base = torch.tensor([int(s) for s in seeds], dtype=torch.int64)
-    return (base[:, None] * 1_000_003 + salt * 7919 + torch.arange(per_agent)).reshape(-1)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class BatchedPPO:
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
@@ -253,9 +216,9 @@ class BatchedPPO:
         n, e, t_steps = len(seeds), cfg.num_envs, cfg.num_steps
         twin = env.make_batched(
             n * e,
-            contexts=_contexts_tensor(env, contexts, e, device),
+            contexts=contexts_tensor(env, contexts, e, device),
             device=device,
-            env_seeds=_env_seeds(seeds, e, 0),
+            env_seeds=env_seeds(seeds, e, 0),
         )
         discrete = twin.discrete_actions is not None
         obs_dim = twin.observation_size
@@ -355,7 +318,7 @@ class BatchedPPO:
                     loss = pg_loss - cfg.ent_coef * entropy.mean(dim=1) + cfg.vf_coef * v_loss
                     optimizer.zero_grad(set_to_none=False)
                     loss.sum().backward()  # per-agent losses: gradients never mix
-                    _clip_per_agent(params, cfg.max_grad_norm)
+                    clip_grad_norm_per_agent(params, cfg.max_grad_norm)
                     optimizer.step()
             if progress is not None:
                 progress(iteration + 1, iterations)
@@ -387,48 +350,16 @@ class BatchedPPO:
         seed: int,
         deterministic: bool = True,
     ) -> np.ndarray:
-        """Returns of P policies on Q contexts, E episodes each, in one batched rollout:
-        ``(P, Q, E)``. Episode ``k`` on context ``q`` starts from the same state for every
-        policy."""
-        assert env.make_batched is not None
-        p, q = len(policies), len(contexts)
-        per_policy = q * episodes
-        ctx = _contexts_tensor(env, contexts, episodes, self.device)
-        ctx = {k: v.repeat(p) for k, v in ctx.items()}
-        # episode k on a context starts from a state seeded by (context, k, seed) alone
-        starts = torch.tensor(
-            [
-                _context_seed(env, c) + 1009 * k + 1_000_003 * int(seed)
-                for c in contexts
-                for k in range(episodes)
-            ],
-            dtype=torch.int64,
+        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`)."""
+        return evaluate_policies(
+            policies,
+            env,
+            contexts,
+            episodes=episodes,
+            seed=seed,
+            deterministic=deterministic,
+            device=self.device,
         )
-        twin = env.make_batched(
-            p * per_policy, contexts=ctx, device=self.device, env_seeds=starts.repeat(p)
-        )
-        rng = StreamRNG(
-            torch.tensor(policies.seeds, dtype=torch.int64, device=self.device)
-            + 7_777_777 * (int(seed) + 1)
-        )
-        obs = twin.reset()
-        returns = torch.zeros(p * per_policy, dtype=torch.float64, device=self.device)
-        finished = torch.zeros(p * per_policy, dtype=torch.bool, device=self.device)
-        limit = twin.max_episode_steps
-        with torch.no_grad():
-            for _ in range(limit):
-                action = policies.act(obs.view(p, per_policy, -1), deterministic, rng)
-                action = (
-                    action.reshape(p * per_policy)
-                    if policies.discrete
-                    else action.reshape(p * per_policy, -1)
-                )
-                obs, reward, _, _, info = twin.step(action)
-                returns += torch.where(finished, 0.0, reward.double())
-                finished |= info["done"]
-                if bool(finished.all()):
-                    break
-        return returns.view(p, q, episodes).cpu().numpy()
 
     def evaluate(
         self,
@@ -473,15 +404,6 @@ class BatchedPPO:
             meta["contexts"],
             meta["seeds"],
         )
-
-
-def _clip_per_agent(params: Params, max_norm: float) -> None:
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    n = grads[0].shape[0]
-    squared = sum(g.reshape(n, -1).pow(2).sum(dim=1) for g in grads)
-    scale = (max_norm / (torch.sqrt(squared) + 1e-6)).clamp(max=1.0)  # type: ignore[arg-type]
-    for g in grads:
-        g.mul_(scale.view(n, *([1] * (g.ndim - 1))))
 
 
 def _save_checkpoint(

@@ -1,0 +1,344 @@
+"""Batched DQN: N independent Q-learning agents, one per (context, seed), in one torch program.
+
+DQN (Mnih et al. 2015) with a replay buffer and a target network, following CleanRL's
+``dqn.py``; options for Double DQN (van Hasselt et al. 2016, arXiv 1509.06461: the online
+network picks the next action, the target network values it) and a dueling head (Wang et al.
+2016, arXiv 1511.06581: ``Q = V + A - mean(A)``). Needed by the DQN-transferability studies.
+
+Batching follows :mod:`ctxrl_plugins.ppo`: weights ``(N, ...)``, one replay buffer per agent
+(stored as ``(N, capacity, ...)``, all agents writing in lockstep), per-agent random streams for
+exploration and replay sampling, per-agent losses summed, per-agent gradient clipping. Agent
+``i``'s result does not depend on the other agents in the batch.
+
+Shapes: observations ``(N, M, obs)``; Q-values ``(N, M, actions)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ctxrl_plugins.batched import (
+    Params,
+    clip_grad_norm_per_agent,
+    contexts_tensor,
+    env_seeds,
+    evaluate_policies,
+    linear,
+    orthogonal,
+    resolve_device,
+)
+
+from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.context import Task
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import EnvSpec
+from ctxrl.rng import StreamRNG
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Hyperparameters (per agent). Defaults: the RL Zoo's CartPole DQN, vectorised."""
+
+    num_envs: int = 1
+    """environments per agent"""
+    buffer_size: int = 100_000
+    batch_size: int = 64
+    learning_rate: float = 2.3e-3
+    gamma: float = 0.99
+    learning_starts: int = 1000
+    """env steps per agent before learning starts"""
+    train_frequency: int = 256
+    """env steps per agent between training phases"""
+    gradient_steps: int = 128
+    """gradient steps per training phase"""
+    target_network_frequency: int = 10
+    """env steps per agent between target-network updates (as in SB3 and CleanRL)"""
+    tau: float = 1.0
+    """target update rate (1: hard copy)"""
+    exploration_fraction: float = 0.16
+    start_e: float = 1.0
+    end_e: float = 0.04
+    hidden: tuple[int, ...] = (256, 256)
+    double: bool = False
+    dueling: bool = False
+    max_grad_norm: float = 10.0
+    huber: bool = True
+    """Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> DQNConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(
+                f"algorithm.params: batched-dqn has no hyperparameter "
+                f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
+        values = dict(params)
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        return cls(**values)
+
+
+def init_q_params(
+    seeds: Sequence[int], obs_dim: int, actions: int, cfg: DQNConfig, device: torch.device
+) -> Params:
+    """Stacked Q-network weights (ReLU MLP, orthogonal init), each agent from its own seed."""
+    per_agent: list[Params] = []
+    sizes = [obs_dim, *cfg.hidden]
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        p: Params = {}
+        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+            p[f"q.w{layer}"] = orthogonal(fan_in, fan_out, math.sqrt(2), g)
+            p[f"q.b{layer}"] = torch.zeros(fan_out)
+        p["q.advantage.w"] = orthogonal(sizes[-1], actions, 1.0, g)
+        p["q.advantage.b"] = torch.zeros(actions)
+        if cfg.dueling:
+            p["q.value.w"] = orthogonal(sizes[-1], 1, 1.0, g)
+            p["q.value.b"] = torch.zeros(1)
+        per_agent.append(p)
+    return {k: torch.stack([p[k] for p in per_agent]).to(device) for k in per_agent[0]}
+
+
+def q_values(params: Params, x: Tensor, layers: int, dueling: bool) -> Tensor:
+    """``(N, M, obs) -> (N, M, actions)``."""
+    h = x
+    for layer in range(layers):
+        h = torch.relu(linear(h, params[f"q.w{layer}"], params[f"q.b{layer}"]))
+    advantage = linear(h, params["q.advantage.w"], params["q.advantage.b"])
+    if not dueling:
+        return advantage
+    value = linear(h, params["q.value.w"], params["q.value.b"])
+    return value + advantage - advantage.mean(dim=-1, keepdim=True)
+
+
+@dataclass
+class QPolicies:
+    """Trained Q-networks ``(N, ...)``; greedy actions."""
+
+    params: Params
+    config: DQNConfig
+    env: str
+    contexts: list[dict[str, float]]
+    seeds: list[int]
+    discrete: bool = True
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def q(self, obs: Tensor) -> Tensor:
+        return q_values(self.params, obs, len(self.config.hidden), self.config.dueling)
+
+    def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor:
+        """Greedy actions ``(N, M)`` (evaluation is greedy: a Q-policy has no other)."""
+        del deterministic, rng
+        return self.q(obs).argmax(dim=-1)
+
+    def select(self, indices: Sequence[int]) -> QPolicies:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return QPolicies(
+            {k: v[index.to(v.device)] for k, v in self.params.items()},
+            self.config,
+            self.env,
+            [self.contexts[i] for i in indices],
+            [self.seeds[i] for i in indices],
+        )
+
+
+class BatchedDQN:
+    """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
+
+    def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
+        self.config = DQNConfig.from_params(params)
+        self.device = resolve_device(device)
+
+    def train_many(
+        self,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        *,
+        total_steps: int,
+        checkpoint: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> QPolicies:
+        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
+
+        ``checkpoint`` is accepted for the sweep's interface; DQN runs are short and restart
+        from scratch (its replay buffers are not checkpointed)."""
+        del checkpoint
+        if env.make_batched is None:
+            raise CtxrlError(f"batched-dqn needs a torch-batched twin; env {env.name!r} has none")
+        if env.action_space != "discrete":
+            raise CtxrlError(f"batched-dqn needs discrete actions; env {env.name!r} is continuous")
+        if len(contexts) != len(seeds) or not seeds:
+            raise CtxrlError("batched-dqn: give one seed per context (and at least one)")
+        cfg, device = self.config, self.device
+        n, e = len(seeds), cfg.num_envs
+        twin = env.make_batched(
+            n * e,
+            contexts=contexts_tensor(env, contexts, e, device),
+            device=device,
+            env_seeds=env_seeds(seeds, e, 1),
+        )
+        actions, obs_dim = int(twin.discrete_actions), twin.observation_size
+        layers = len(cfg.hidden)
+        online = init_q_params(seeds, obs_dim, actions, cfg, device)
+        target = {k: v.clone() for k, v in online.items()}
+        for p in online.values():
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(online.values(), lr=cfg.learning_rate, foreach=True)
+        rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
+        capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
+        buf_obs = torch.zeros(n, capacity, e, obs_dim, device=device)
+        buf_next = torch.zeros(n, capacity, e, obs_dim, device=device)
+        buf_act = torch.zeros(n, capacity, e, dtype=torch.long, device=device)
+        buf_rew = torch.zeros(n, capacity, e, device=device)
+        buf_term = torch.zeros(n, capacity, e, device=device)
+        agents = torch.arange(n, device=device)[:, None]
+        obs = twin.reset().view(n, e, obs_dim)
+        iterations = max(1, total_steps // e)
+        explore_steps = cfg.exploration_fraction * iterations * e
+        for step in range(iterations):
+            env_steps = step * e
+            epsilon = max(
+                cfg.end_e,
+                cfg.start_e - (cfg.start_e - cfg.end_e) * env_steps / max(explore_steps, 1),
+            )
+            with torch.no_grad():
+                greedy = q_values(online, obs, layers, cfg.dueling).argmax(dim=-1)
+                u = rng.uniform(2 * e)
+                explore = u[:, :e] < epsilon
+                random_action = (u[:, e:] * actions).long().clamp(max=actions - 1)
+                action = torch.where(explore, random_action, greedy)
+                next_obs, reward, terminated, _, info = twin.step(action.reshape(n * e))
+                slot = step % capacity
+                buf_obs[:, slot] = obs
+                buf_next[:, slot] = info["final_obs"].view(n, e, obs_dim)
+                buf_act[:, slot] = action
+                buf_rew[:, slot] = reward.view(n, e)
+                buf_term[:, slot] = terminated.view(n, e).float()
+                obs = next_obs.view(n, e, obs_dim)
+            if env_steps + e <= cfg.learning_starts:
+                continue
+            if (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
+                with torch.no_grad():
+                    for k, v in online.items():
+                        target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
+            if (step + 1) % max(1, cfg.train_frequency // e):
+                continue
+            filled = min(step + 1, capacity) * e
+            for _ in range(cfg.gradient_steps):
+                flat = (rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
+                slots, envs = flat // e, flat % e
+                o = buf_obs[agents, slots, envs]
+                o2 = buf_next[agents, slots, envs]
+                with torch.no_grad():
+                    next_target = q_values(target, o2, layers, cfg.dueling)
+                    if cfg.double:
+                        chosen = q_values(online, o2, layers, cfg.dueling).argmax(-1, keepdim=True)
+                        next_value = next_target.gather(-1, chosen).squeeze(-1)
+                    else:
+                        next_value = next_target.max(dim=-1).values
+                    td_target = buf_rew[agents, slots, envs] + cfg.gamma * next_value * (
+                        1.0 - buf_term[agents, slots, envs]
+                    )
+                q = (
+                    q_values(online, o, layers, cfg.dueling)
+                    .gather(-1, buf_act[agents, slots, envs].unsqueeze(-1))
+                    .squeeze(-1)
+                )
+                if cfg.huber:
+                    loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
+                else:
+                    loss = (q - td_target) ** 2
+                optimizer.zero_grad(set_to_none=False)
+                loss.mean(dim=1).sum().backward()  # per-agent losses: gradients never mix
+                clip_grad_norm_per_agent(online, cfg.max_grad_norm)
+                optimizer.step()
+            if progress is not None:
+                progress(step + 1, iterations)
+        for p in online.values():
+            p.requires_grad_(False)
+        return QPolicies(
+            online, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
+        )
+
+    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> QPolicies:
+        return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
+
+    def evaluate_many(
+        self,
+        policies: QPolicies,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        """Returns ``(P, Q, E)`` of P greedy policies on Q contexts."""
+        return evaluate_policies(
+            policies,
+            env,
+            contexts,
+            episodes=episodes,
+            seed=seed,
+            deterministic=deterministic,
+            device=self.device,
+        )
+
+    def evaluate(
+        self,
+        policy: QPolicies,
+        env: EnvSpec,
+        tasks: Sequence[Task],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        out = self.evaluate_many(
+            policy,
+            env,
+            [t.context.as_dict() for t in tasks],
+            episodes=episodes,
+            seed=seed,
+            deterministic=deterministic,
+        )
+        return out[0] if len(policy) == 1 else out
+
+    def save(self, policy: QPolicies, path: Path) -> None:
+        save_artifact(
+            path,
+            policy.params,
+            {
+                "algorithm": "batched-dqn",
+                "params": asdict(policy.config),
+                "env": policy.env,
+                "contexts": policy.contexts,
+                "seeds": policy.seeds,
+            },
+        )
+
+    def load(self, path: Path, env: EnvSpec) -> QPolicies:
+        tensors, meta = load_artifact(path, device=str(self.device))
+        if meta.get("algorithm") != "batched-dqn":
+            raise CtxrlError(f"{path} holds a {meta.get('algorithm')!r} policy, not batched-dqn")
+        return QPolicies(
+            tensors,
+            DQNConfig.from_params(meta["params"]),
+            meta["env"],
+            meta["contexts"],
+            meta["seeds"],
+        )
