@@ -20,7 +20,7 @@ FAST = {
 }
 
 
-def _algo(**params: object):  # noqa: ANN202
+def _algo(**params: object):
     return get_host().registry.algorithm("batched-dqn").factory(params, device="cpu")
 
 
