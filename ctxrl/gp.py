@@ -213,3 +213,20 @@ def predict_matrix(
         mean[i] = rows[i]
         std[i] = 0.0
     return MatrixPrediction(mean, std)
+
+
+def held_out_error(
+    matrix: np.ndarray, observed: list[int], *, gap: GapModel | None = None
+) -> tuple[float, float]:
+    """Predict the rows of ``matrix`` not in ``observed`` from those that are.
+
+    Returns ``(rmse, coverage)``: the root-mean-square error on the held-out rows and the share
+    of held-out entries inside the 95% band (mean +- 1.96 std). ``matrix`` is a normalised
+    ``(N, N)`` matrix on a 1-D grid (coordinates ``linspace(0, 1, N)``)."""
+    n = matrix.shape[0]
+    coords = np.linspace(0.0, 1.0, n)[:, None]
+    prediction = predict_matrix(coords, {i: matrix[i] for i in observed}, gap=gap)
+    held = [i for i in range(n) if i not in observed]
+    error = prediction.mean[held] - matrix[held]
+    inside = np.abs(error) <= 1.96 * np.maximum(prediction.std[held], 1e-9)
+    return float(np.sqrt(np.mean(error**2))), float(inside.mean())

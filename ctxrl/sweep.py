@@ -32,6 +32,7 @@ from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import BatchedAlgorithm
+from ctxrl.report import plot_generalization, plot_matrix, plot_selection, sample_efficiency
 from ctxrl.selection import SelectionState, generalized_performance, replay
 from ctxrl.store import Evaluation, RunRecord, Store, now
 
@@ -512,11 +513,49 @@ def write_exports(
         summary["curves"] = selection_curves(
             normalised, coords, {n: registry.strategy(n) for n in names}, budget
         )
+        lead = names[0]
+        summary["sample_efficiency"] = {
+            "strategy": lead,
+            **sample_efficiency(
+                summary["curves"][lead]["mean"],
+                summary["independent"],
+                summary.get("multitask"),
+                len(plan.grid),
+            ),
+        }
     elif order:
         summary["curve"] = generalized_performance(normalised, order).tolist()
+    summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
     (exports / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "summary.md").write_text(summary_markdown(summary))
     return exports
+
+
+def write_figures(
+    plan: SweepPlan, normalised: np.ndarray, summary: dict[str, Any], directory: Path
+) -> list[str]:
+    """Heatmap, selection curves and (1-D grids) the generalization model: PNG and SVG."""
+    directory.mkdir(exist_ok=True)
+    labels = [f"{v:.3g}" for v in plan.grid.values()[:, 0]]
+    title = f"{plan.env.name}: {', '.join(plan.grid.features)}"
+    written = plot_matrix(
+        np.nan_to_num(normalised, nan=np.nan), labels, title, directory / "matrix"
+    )
+    if "curves" in summary:
+        references = {
+            "independent": summary["independent"],
+            "oracle transfer": summary["oracle_transfer"],
+        }
+        if summary.get("multitask") is not None:
+            references["multitask"] = summary["multitask"]
+        written += plot_selection(summary["curves"], references, title, directory / "selection")
+        if len(plan.grid.features) == 1:
+            lead = next(iter(summary["curves"].values()))
+            sources = list(dict.fromkeys(lead["order"]))
+            written += plot_generalization(
+                plan.grid.grid_coords(), normalised, sources, title, directory / "generalization"
+            )
+    return [str(p.relative_to(directory.parent)) for p in written]
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -545,9 +584,30 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"| {name} | {mean:.4f} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
                 f"{curve['order'][:5]} |"
             )
+        efficiency = summary.get("sample_efficiency", {})
+        if efficiency:
+            if efficiency.get("factor"):
+                lines += [
+                    "",
+                    f"Sample efficiency of {efficiency['strategy']}: it beats "
+                    f"{' and '.join(efficiency['against'])} at k* = {efficiency['k_star']}, "
+                    f"a factor N / k* = {efficiency['factor']:.1f}.",
+                ]
+            else:
+                lines += [
+                    "",
+                    f"{efficiency['strategy']} does not beat "
+                    f"{' and '.join(efficiency['against'])} within K = {summary['budget']}.",
+                ]
     elif "curve" in summary:
         lines.append(
             f"G_k along the trained order {summary['order']}: "
             + ", ".join(f"{v:.3f}" for v in summary["curve"])
         )
+    if summary.get("figures"):
+        lines += [
+            "",
+            "Figures: "
+            + ", ".join(f"[{f}]({f})" for f in summary["figures"] if f.endswith(".png")),
+        ]
     return "\n".join(lines) + "\n"

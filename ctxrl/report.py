@@ -1,0 +1,136 @@
+"""Metrics and figures of a sweep: pure functions over a normalised matrix and selection curves.
+
+Figures (matplotlib, Agg backend) are written as PNG and SVG:
+
+- ``matrix``: the normalised transfer matrix as a heatmap (row = source, column = target);
+- ``selection``: G_k against k for every strategy (mean with a band of one standard deviation
+  over replays), with Independent, Oracle transfer and Multi-task as reference lines, styled
+  like the MBTL reference figures;
+- ``generalization``: for the strategy's chosen sources, the GP posterior of training
+  performance with its 95% band, and the observed rows against the linear-gap model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def sample_efficiency(
+    curve: Sequence[float], independent: float, multitask: float | None, n_contexts: int
+) -> dict[str, Any]:
+    """MBTL's sample-efficiency factor: ``N / k*`` where ``k*`` is the first step at which
+    ``curve`` (G_k, k = 1..K) exceeds Independent (and Multi-task, when given); ``None`` when
+    it never does within K."""
+    levels = [independent] + ([multitask] if multitask is not None else [])
+    above = [k + 1 for k, value in enumerate(curve) if all(value > level for level in levels)]
+    k_star = above[0] if above else None
+    return {
+        "k_star": k_star,
+        "factor": (n_contexts / k_star) if k_star else None,
+        "against": ["independent"] + (["multitask"] if multitask is not None else []),
+    }
+
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(6.0, 4.2))
+
+
+def _save(fig: Any, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def plot_matrix(matrix: np.ndarray, labels: Sequence[str], title: str, stem: Path) -> list[Path]:
+    """Heatmap of a normalised ``(N, N)`` matrix; NaN cells stay blank."""
+    plt, (fig, ax) = _figure()
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
+    fig.colorbar(image, ax=ax, label="normalised return")
+    ticks = np.linspace(0, len(labels) - 1, min(len(labels), 6)).round().astype(int)
+    ax.set_xticks(ticks, [labels[i] for i in ticks])
+    ax.set_yticks(ticks, [labels[i] for i in ticks])
+    ax.set_xlabel("target context")
+    ax.set_ylabel("source context (trained on)")
+    ax.set_title(title)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def plot_selection(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    references: Mapping[str, float],
+    title: str,
+    stem: Path,
+) -> list[Path]:
+    """G_k against k per strategy (mean, +- std band) with horizontal reference lines."""
+    plt, (fig, ax) = _figure()
+    for name, curve in curves.items():
+        mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
+        k = np.arange(1, len(mean) + 1)
+        (line,) = ax.plot(k, mean, marker="o", markersize=3, label=name)
+        if np.any(std > 0):
+            ax.fill_between(k, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    styles = {"independent": ":", "oracle transfer": "--", "multitask": "-."}
+    for name, value in references.items():
+        ax.axhline(value, color="gray", linestyle=styles.get(name, ":"), label=name)
+    ax.set_xlabel("number of trained models k")
+    ax.set_ylabel("generalized performance G_k")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def plot_generalization(
+    coords: np.ndarray, matrix: np.ndarray, sources: Sequence[int], title: str, stem: Path
+) -> list[Path]:
+    """GP posterior of training performance from ``sources`` and the gap model's rows."""
+    from ctxrl.gp import GapModel, PerformanceGP
+
+    plt, (fig, ax) = _figure()
+    x = coords[:, 0]
+    rows = {i: matrix[i] for i in sources}
+    posterior = PerformanceGP(coords[list(sources)], np.diag(matrix)[list(sources)]).posterior(
+        coords
+    )
+    ax.plot(x, np.diag(matrix), "k.", label="training performance (all)")
+    ax.plot(x, posterior.mean, color="C0", label="GP mean")
+    ax.fill_between(
+        x,
+        posterior.mean - 1.96 * posterior.std,
+        posterior.mean + 1.96 * posterior.std,
+        color="C0",
+        alpha=0.2,
+        label="GP 95%",
+    )
+    gap = GapModel.estimate(coords, rows).gap(coords)
+    for n, i in enumerate(sources[:5]):  # the first five keep the figure readable
+        ax.plot(x, matrix[i], color=f"C{n % 8 + 1}", alpha=0.6, linewidth=1)
+        ax.plot(
+            x,
+            np.clip(matrix[i, i] - gap[i], 0, 1),
+            color=f"C{n % 8 + 1}",
+            linestyle="--",
+            linewidth=1,
+        )
+    ax.set_xlabel("context (grid position in [0, 1])")
+    ax.set_ylabel("normalised return")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title + "\nrows of chosen sources (solid) and linear-gap model (dashed)")
+    ax.legend(fontsize=8, loc="lower left")
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
