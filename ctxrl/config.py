@@ -92,8 +92,15 @@ class SweepConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train_steps: int = Field(gt=0, description="environment steps per trained model")
     eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
-    mode: Literal["full", "select"] = Field(
-        default="full", description="full: every context is a source; select: the strategy picks"
+    mode: Literal["full", "select", "multitask"] = Field(
+        default="full",
+        description="full: every context is a source; select: the strategy picks; "
+        "multitask: only the multi-task baseline",
+    )
+    multitask: bool = Field(
+        default=False,
+        description="also train the multi-task baseline: one policy per seed on the uniform "
+        "mixture of all contexts (batched algorithms)",
     )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     compare: list[str] = Field(
@@ -234,6 +241,13 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
         if varied:
             raise ConfigError(f"context: {sorted(varied)} are varied in features and fixed here")
         grid = _with_fixed(grid, fixed.as_dict(), config.context)
+    if (config.multitask or config.mode == "multitask") and not (
+        algorithm.batched and env.make_batched is not None
+    ):
+        raise ConfigError(
+            f"multitask: the multi-task baseline needs a batched algorithm and an env with a "
+            f"batched twin; {algorithm.name!r} on {env.name!r} is not"
+        )
     strategy = None
     if config.mode == "select":
         try:

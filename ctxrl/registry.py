@@ -109,7 +109,9 @@ class Algorithm(Protocol):
 class BatchedAlgorithm(Algorithm, Protocol):
     """An algorithm that trains many (context, seed) agents in one program.
 
-    ``train_many`` returns a policies object with ``select(indices)`` (a subset, itself
+    ``train_many`` trains one agent per ``(contexts[i], seeds[i])``, or with ``mixture`` agents
+    whose environments draw a context from ``mixture`` at every episode start (multi-task); it
+    returns a policies object with ``select(indices)`` (a subset, itself
     usable by ``save`` / ``evaluate``); ``evaluate_many`` returns episode returns of shape
     ``(len(policies), len(contexts), episodes)``."""
 
@@ -122,6 +124,7 @@ class BatchedAlgorithm(Algorithm, Protocol):
         total_steps: int,
         checkpoint: Path | None = None,
         progress: Callable[[int, int], None] | None = None,
+        mixture: Sequence[Mapping[str, float]] | None = None,
     ) -> Any: ...
 
     def evaluate_many(

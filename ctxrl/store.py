@@ -222,6 +222,28 @@ class Store:
                 values[i, j, k] = mean_return
         return TransferMatrix(tuple(sources), tuple(targets), values, env, tuple(features))
 
+    def multitask_returns(
+        self, *, env: str, targets: Sequence[Context], seeds: Sequence[int]
+    ) -> np.ndarray:
+        """Mean return of each multi-task run on each target, ``(len(seeds), len(targets))``;
+        NaN where missing."""
+        target_index = {c.canonical(): j for j, c in enumerate(targets)}
+        seed_index = {s: k for k, s in enumerate(seeds)}
+        values = np.full((len(seeds), len(targets)), np.nan)
+        rows = self._db.execute(
+            "SELECT r.seed, e.target_context, AVG(e.episode_return) "
+            "FROM runs r JOIN evaluations e ON e.run_id = r.run_id "
+            "WHERE r.status = 'finished' AND r.env = ? AND r.kind = 'multitask' "
+            "AND e.deterministic = 1 GROUP BY r.run_id, e.target_task",
+            (env,),
+        )
+        for seed, target_text, mean_return in rows:
+            j = target_index.get(context_from_json(target_text).canonical())
+            k = seed_index.get(seed)
+            if j is not None and k is not None:
+                values[k, j] = mean_return
+        return values
+
     # ---------------------------------------------------------------------- exports
     def export(self, directory: str | Path) -> list[Path]:
         """Write ``runs.csv`` and ``evaluations.csv`` (and ``.parquet`` twins when pyarrow is

@@ -16,7 +16,7 @@ import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxrl.config import SweepConfig, SweepPlan, resolve_plan, validate_config
-from ctxrl.context import Task
+from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
@@ -265,10 +265,12 @@ def run_sweep(
                 progress.advance(bar)
 
     n = len(plan.grid)
+    if config.multitask or config.mode == "multitask":
+        _run_multitask(plan, store, finished, outcome, host, console, plan_json)
     if config.mode == "full":
         outcome.order = list(range(n))
         run_jobs(outcome.order)
-    else:
+    elif config.mode == "select":
         outcome.order = _select_and_train(plan, store, run_jobs)
 
     matrix = sweep_matrix(plan, store)
@@ -371,6 +373,84 @@ def _run_batched(
         host.notify("ctxrl_run_finished", plan=plan_json, run=run)
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
+
+
+MULTITASK = "multitask"
+
+
+def _run_multitask(
+    plan: SweepPlan,
+    store: Store,
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+) -> None:
+    """The multi-task baseline: one policy per seed trained on the uniform mixture of all grid
+    contexts (a real training run, in one batched program), evaluated on every context."""
+    config = plan.config
+    seeds = [s for s in config.seeds if f"{MULTITASK}-s{s}" not in finished]
+    outcome.skipped += len(config.seeds) - len(seeds)
+    if not seeds:
+        return
+    mixture = [c.as_dict() for c in plan.grid.contexts]
+    started = now()
+    task = Task(plan.env.name, Context())
+    try:
+        algorithm = cast(
+            BatchedAlgorithm,
+            plan.algorithm.factory(
+                _algorithm_params(config, plan), device=config.device, env=plan.env
+            ),
+        )
+        with _progress(console) as progress:
+            bar = progress.add_task(f"training {len(seeds)} multi-task agents", total=1)
+            policies = algorithm.train_many(
+                plan.env,
+                [mixture[0]] * len(seeds),
+                seeds,
+                total_steps=config.train_steps,
+                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                mixture=mixture,
+            )
+        returns = algorithm.evaluate_many(
+            policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000
+        )
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))[-4000:]
+        for seed in seeds:
+            record = _record(task, seed, plan, started, now(), "failed", None, error)
+            store.record_run(replace(record, run_id=f"{MULTITASK}-s{seed}", kind=MULTITASK))
+            outcome.failed.append(f"{MULTITASK}-s{seed}")
+        console.print(f"[red]multi-task training failed:[/] {exc}")
+        return
+    share = (now() - started) / len(seeds)
+    for i, seed in enumerate(seeds):
+        rid = f"{MULTITASK}-s{seed}"
+        artifact = Path("artifacts") / rid
+        algorithm.save(policies.select([i]), plan.run_dir / artifact)
+        evaluations = [
+            Evaluation(Task(plan.env.name, c).id, c, returns[i, j].tolist())
+            for j, c in enumerate(plan.grid.contexts)
+        ]
+        record = _record(
+            task, seed, plan, started, started + share, "finished", str(artifact), None
+        )
+        store.record_run(replace(record, run_id=rid, kind=MULTITASK), evaluations)
+        finished.add(rid)
+        outcome.trained += 1
+        host.notify(
+            "ctxrl_run_finished",
+            plan=plan_json,
+            run={
+                "run_id": rid,
+                "source_task": MULTITASK,
+                "seed": seed,
+                "status": "finished",
+                "returns": store.returns(rid),
+            },
+        )
 
 
 def _select_and_train(
@@ -492,6 +572,11 @@ def write_exports(
     )
     store.export(exports)
     normalised = plan.env.normalise(matrix.mean())
+    multitask = plan.env.normalise(
+        store.multitask_returns(
+            env=plan.env.name, targets=plan.grid.contexts, seeds=plan.config.seeds
+        )
+    )
     summary: dict[str, Any] = {
         "env": plan.env.name,
         "features": list(plan.grid.features),
@@ -500,6 +585,10 @@ def write_exports(
         "order": order,
         "observed_rows": int(np.sum(~np.all(np.isnan(normalised), axis=1))),
     }
+    if not np.isnan(multitask).all():
+        per_seed = np.nanmean(multitask, axis=1)
+        summary["multitask"] = float(np.nanmean(per_seed))
+        summary["multitask_std"] = float(np.nanstd(per_seed))
     complete = not np.isnan(normalised).any()
     if complete:
         summary["independent"] = float(np.mean(np.diag(normalised)))
@@ -566,6 +655,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observed_rows']} source rows observed.",
         "",
     ]
+    if "multitask" in summary:
+        lines += [
+            f"- Multi-task (one policy on the mixture of all contexts): "
+            f"{summary['multitask']:.4f} +- {summary['multitask_std']:.4f} over seeds",
+            "",
+        ]
     if "independent" in summary:
         lines += [
             f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",

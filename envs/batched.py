@@ -79,6 +79,7 @@ class BatchedEnv:
             for f in self.space.features
         }
         self.derived: dict[str, Tensor] = {}
+        self._pool: dict[str, Tensor] | None = None
         self.set_context(contexts or {})
         self._state = torch.zeros(self.state_dim, num_envs, device=self.device, dtype=dtype)
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
@@ -139,6 +140,45 @@ class BatchedEnv:
         if self.visible:
             self._visible_cache = self._context_obs()
 
+    def set_context_pool(self, contexts: Sequence[Mapping[str, float]] | None) -> None:
+        """Draw each env's context afresh at every episode start, uniformly from ``contexts``
+        (multi-task training on a mixture); ``None`` keeps contexts fixed. The pool is
+        validated whole before it is used."""
+        if contexts is None:
+            self._pool = None
+            return
+        full = [self.space.validate(c) for c in contexts]
+        if not full:
+            raise ContextError(f"{self.name}: a context pool needs at least one context")
+        pool = {
+            n: torch.tensor([c[n] for c in full], dtype=self.dtype, device=self.device)
+            for n in self.space.names
+        }
+        self._check(pool)
+        self._pool = pool
+
+    def _draw_contexts(self, env_ids: Tensor | None, where: Tensor | None = None) -> None:
+        """New contexts from the pool for ``env_ids`` (all when None; only ``where`` True)."""
+        pool = self._pool
+        if pool is None:
+            return
+        size = next(iter(pool.values())).shape[0]
+        u = self._uniform(
+            0.0, 1.0, (self.num_envs,) if env_ids is None else (int(env_ids.numel()),), env_ids
+        )
+        index = (u * size).long().clamp(max=size - 1)
+        for name, values in pool.items():
+            if env_ids is None:
+                chosen = values[index]
+                self.context[name] = (
+                    chosen if where is None else torch.where(where, chosen, self.context[name])
+                )
+            else:
+                self.context[name][env_ids] = values[index]
+        self.derived = self._derive(self.context)
+        if self.visible:
+            self._visible_cache = self._context_obs()
+
     def _check(self, context: Mapping[str, Tensor]) -> None:
         """Cross-feature constraints (override where features must be ordered)."""
 
@@ -190,6 +230,7 @@ class BatchedEnv:
             self.generator.manual_seed(seed)
             if self.streams is not None:
                 self.streams.counters.zero_()
+        self._draw_contexts(None)
         self._state = self._initial_state(None)
         self.elapsed.zero_()
         return self._with_context(self._observe(self._state))
@@ -206,6 +247,7 @@ class BatchedEnv:
             ids = done.nonzero().squeeze(1)
             if ids.numel():
                 final_obs = final_obs.clone()  # it may view next_state, which changes now
+                self._draw_contexts(ids)
                 next_state[:, ids] = self._initial_state(ids)
                 self.elapsed[ids] = 0
                 obs = self._observe(next_state)
@@ -214,6 +256,7 @@ class BatchedEnv:
             self._state = next_state
         else:
             # On accelerators, stay branch-free: no host synchronisation per step.
+            self._draw_contexts(None, where=done)
             self._state = torch.where(done, self._initial_state(None), next_state)
             self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
             obs = self._observe(self._state)

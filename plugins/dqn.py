@@ -171,6 +171,7 @@ class BatchedDQN:
         total_steps: int,
         checkpoint: Path | None = None,
         progress: Callable[[int, int], None] | None = None,
+        mixture: Sequence[Mapping[str, float]] | None = None,
     ) -> QPolicies:
         """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
 
@@ -191,6 +192,7 @@ class BatchedDQN:
             device=device,
             env_seeds=env_seeds(seeds, e, 1),
         )
+        twin.set_context_pool(mixture)  # multi-task: a context per episode from the mixture
         actions, obs_dim = int(twin.discrete_actions), twin.observation_size
         layers = len(cfg.hidden)
         online = init_q_params(seeds, obs_dim, actions, cfg, device)

@@ -202,12 +202,15 @@ class BatchedPPO:
         checkpoint: Path | None = None,
         checkpoint_every: int = 50,
         progress: Callable[[int, int], None] | None = None,
+        mixture: Sequence[Mapping[str, float]] | None = None,
     ) -> BatchedPolicies:
         """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
 
         With ``checkpoint``, the whole state (weights, Adam moments, environments, random
         streams, iteration) is saved every ``checkpoint_every`` updates and a later call with the
-        same arguments continues from it."""
+        same arguments continues from it. With ``mixture``, every environment draws its context
+        uniformly from ``mixture`` at each episode start (multi-task training); ``contexts``
+        then only names the agents."""
         if env.make_batched is None:
             raise CtxrlError(f"batched-ppo needs a torch-batched twin; env {env.name!r} has none")
         if len(contexts) != len(seeds) or not seeds:
@@ -220,6 +223,7 @@ class BatchedPPO:
             device=device,
             env_seeds=env_seeds(seeds, e, 0),
         )
+        twin.set_context_pool(mixture)
         discrete = twin.discrete_actions is not None
         obs_dim = twin.observation_size
         out_dim = twin.discrete_actions if discrete else 1

@@ -258,3 +258,18 @@ def test_twin_auto_resets_and_truncates_like_gymnasium() -> None:
     assert (twin.elapsed == 0).all()
     same = get_host().registry.env("Pendulum").make_batched(4, seed=1)
     np.testing.assert_array_equal(same.reset().numpy(), twin.reset(seed=1).numpy())
+
+
+def test_twin_context_pool_draws_a_context_per_episode() -> None:
+    twin = get_host().registry.env("CartPole").make_batched(8, seed=0, env_seeds=list(range(8)))
+    pool = [{"masscart": 0.5}, {"masscart": 2.0}, {"masscart": 8.0}]
+    twin.set_context_pool(pool)
+    twin.reset()
+    seen: set[float] = set()
+    for _ in range(300):
+        twin.step(torch.ones(8, dtype=torch.long))
+        seen.update(round(float(v), 4) for v in twin.context["masscart"])
+        assert torch.allclose(twin.derived["total_mass"], twin.context["masscart"] + 0.1)
+    assert seen == {0.5, 2.0, 8.0}
+    with pytest.raises(ContextError, match="masscart"):
+        twin.set_context_pool([{"masscart": 50.0}])

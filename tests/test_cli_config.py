@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
@@ -65,12 +66,18 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"],
             "needs the full matrix",
         ),
-        (
+        pytest.param(
             ["algorithm.name=sb3-sac"],
             "supports ['continuous'] actions but env 'CartPole' has discrete",
+            marks=requires_sb3,
         ),
         (["algorithm.preset=Walker"], "has no preset 'Walker'"),
         (["env=Nope"], "env: no plugin provides the env 'Nope'"),
+        pytest.param(
+            ["algorithm.name=sb3-ppo", "multitask=true"],
+            "the multi-task baseline needs a batched algorithm",
+            marks=requires_sb3,
+        ),
         (["compare=[random, nope]"], "compare: no plugin provides the strategy 'nope'"),
         (["train_steps=-5"], "train_steps: Input should be greater than 0"),
         (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),

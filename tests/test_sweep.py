@@ -254,3 +254,31 @@ def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
     assert "trained 3, resumed past 0, failed 0" in result.stderr
     matrix = np.loadtxt(_run_dir(tmp_path) / "exports" / "matrix_seed0.csv", delimiter=",")
     assert matrix.shape == (3, 3) and np.all(matrix >= 1)
+
+
+def test_batched_sweep_select_mode_with_multitask(run_ctxrl: Run, tmp_path: Path) -> None:
+    """One batched program per step: MBTL picks 2 of 5 sources, plus the multi-task baseline."""
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+            "features.masscart.num": 5,
+            "train_steps": 2048,
+            "mode": "select",
+            "multitask": True,
+            "strategy": {"name": "mbtl-gp", "budget": 2},
+        },
+    )
+    result = run_ctxrl("sweep", str(config), check=True)
+    assert "trained 3, resumed past 0, failed 0" in result.stderr  # 2 sources + 1 multi-task
+    run_dir = _run_dir(tmp_path)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert summary["order"][0] == 2 and len(summary["order"]) == 2  # the middle first
+    assert 0.0 <= summary["multitask"] <= 1.0
+    assert len(summary["curve"]) == 2
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        kinds = sorted(k for (k,) in db.execute("SELECT kind FROM runs"))
+    assert kinds == ["multitask", "source", "source"]
+    assert (run_dir / "figures" / "matrix.png").is_file()
+    again = run_ctxrl("sweep", str(config), check=True)
+    assert "trained 0, resumed past 3, failed 0" in again.stderr
