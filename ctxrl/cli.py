@@ -237,7 +237,6 @@ def _matrix_from(
 ) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
     """A matrix, its normalisation bounds and unit coordinates from a CSV file or a run dir."""
     if path.is_dir():
-        contexts_file = path / "exports" / "contexts.json"
         plan_file = path / "plan.yaml"
         if not plan_file.is_file():
             raise CtxrlError(f"{path} is not a run directory (no plan.yaml)")
@@ -248,7 +247,6 @@ def _matrix_from(
         plan = resolve_plan(cfg, host.registry)
         with Store(path / STORE_FILE) as store:
             matrix = sweep_matrix(plan, store)
-        del contexts_file
         coords = plan.grid.grid_coords()
         return matrix, bounds or plan.env.return_bounds, coords
     matrix = TransferMatrix.from_reference_csv(path, negate=negate)

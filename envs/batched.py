@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from ctxrl_envs import classic_control as cc
 
 from ctxrl.context import ContextSpace
 from ctxrl.errors import ContextError
 from ctxrl.rng import StreamRNG
+from ctxrl_envs import classic_control as cc
 
 Tensor = torch.Tensor
 

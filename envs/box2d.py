@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from functools import partial
 from typing import Any
-
-from ctxrl_envs.contextual import ContextFamily
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
 from ctxrl.errors import PluginUnavailable
 from ctxrl.registry import EnvSpec
+from ctxrl_envs.contextual import ContextFamily, ContextualEnvEntry
 
 F = ContextFeature
 
@@ -158,52 +156,33 @@ BIPEDAL_WALKER_FAMILY = ContextFamily(
     "BipedalWalker", BIPEDAL_WALKER, _build_bipedal_walker, _apply_bipedal_walker
 )
 
-FAMILIES: dict[str, tuple[ContextFamily, int, tuple[float, float], str, str, str]] = {
-    "LunarLander": (
-        LUNAR_LANDER_FAMILY,
-        1000,
-        (-400.0, 300.0),
-        "discrete",
-        "v3",
-        "land a lander on a pad (box2d)",
-    ),
-    "BipedalWalker": (
-        BIPEDAL_WALKER_FAMILY,
-        1600,
-        (-200.0, 10.0),
-        "continuous",
-        "v3",
-        "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
-    ),
+ENTRIES = {
+    entry.family.name: entry
+    for entry in (
+        ContextualEnvEntry(
+            LUNAR_LANDER_FAMILY,
+            1000,
+            (-400.0, 300.0),
+            "discrete",
+            "v3",
+            "land a lander on a pad (box2d)",
+        ),
+        ContextualEnvEntry(
+            BIPEDAL_WALKER_FAMILY,
+            1600,
+            (-200.0, 10.0),
+            "continuous",
+            "v3",
+            "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
+        ),
+    )
 }
 
 
-def make(
-    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
-) -> Any:
-    from ctxrl_envs.contextual import make_contextual
-
-    family, steps = FAMILIES[name][0], FAMILIES[name][1]
-    return make_contextual(family, steps, context, visible=visible, render_mode=render_mode)
-
-
-def make_unlimited(
-    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
-) -> Any:
-    """Entry point for ``gymnasium.make``, which adds the time limit itself."""
-    from ctxrl_envs.contextual import ContextualEnv
-
-    return ContextualEnv(FAMILIES[name][0], context, visible, render_mode)
-
-
 def register_gymnasium_ids() -> None:
-    """Register ``ctxrl/LunarLander-v3`` and ``ctxrl/BipedalWalker-v3`` (idempotent)."""
-    import gymnasium as gym
-
-    for name, (_, steps, _, _, version, _) in FAMILIES.items():
-        env_id = f"ctxrl/{name}-{version}"
-        if env_id not in gym.registry:
-            gym.register(env_id, entry_point=partial(make_unlimited, name), max_episode_steps=steps)
+    """Register ``ctxrl/LunarLander-v3`` and ``ctxrl/BipedalWalker-v3`` with gymnasium."""
+    for entry in ENTRIES.values():
+        entry.register_with_gymnasium()
 
 
 @hookimpl
@@ -212,16 +191,5 @@ def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
 
     if importlib.util.find_spec("Box2D") is None:
         raise PluginUnavailable("box2d is not installed: pip install 'ctxrl[box2d]'")
-    for name, (family, steps, bounds, action, version, description) in FAMILIES.items():
-        register(
-            EnvSpec(
-                name=name,
-                context_space=family.space,
-                make=partial(make, name),
-                return_bounds=bounds,
-                action_space=action,  # type: ignore[arg-type]
-                max_episode_steps=steps,
-                gym_id=f"ctxrl/{name}-{version}",
-                description=description,
-            )
-        )
+    for entry in ENTRIES.values():
+        register(entry.spec())

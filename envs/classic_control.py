@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from ctxrl_envs.contextual import ContextFamily, require_order
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
 from ctxrl.registry import EnvSpec
+from ctxrl_envs.contextual import ContextFamily, ContextualEnvEntry, require_order
 
 F = ContextFeature
 
@@ -273,104 +273,82 @@ ACROBOT_FAMILY = ContextFamily(
     reset_options=partial(_bounds_options, "initial_state_bound"),
 )
 
+
 # ----------------------------------------------------------------------------- registration
-FAMILIES: dict[str, tuple[ContextFamily, int, tuple[float, float], str, str, str]] = {
-    # name: (family, max_episode_steps, return_bounds, action space, version, description)
-    "CartPole": (
-        CARTPOLE_FAMILY,
-        500,
-        (0.0, 500.0),
-        "discrete",
-        "v1",
-        "balance a pole on a cart (return bounds as in the MBTL reference)",
-    ),
-    "Pendulum": (
-        PENDULUM_FAMILY,
-        200,
-        (-2200.0, -500.0),
-        "continuous",
-        "v1",
-        "swing up a pendulum (return bounds as in the MBTL reference)",
-    ),
-    "MountainCar": (
-        MOUNTAIN_CAR_FAMILY,
-        200,
-        (-200.0, -90.0),
-        "discrete",
-        "v0",
-        "drive an underpowered car up a hill",
-    ),
-    "MountainCarContinuous": (
-        MOUNTAIN_CAR_CONTINUOUS_FAMILY,
-        999,
-        (-50.0, 100.0),
-        "continuous",
-        "v0",
-        "drive an underpowered car up a hill, continuous force",
-    ),
-    "Acrobot": (
-        ACROBOT_FAMILY,
-        500,
-        (-500.0, -60.0),
-        "discrete",
-        "v1",
-        "swing a two-link arm above a line",
-    ),
-}
-
-
-def gym_id(name: str) -> str:
-    return f"ctxrl/{name}-{FAMILIES[name][4]}"
-
-
-def make(
-    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
-) -> Any:
-    """A contextual gymnasium env by ctxrl name (with gymnasium's time limit)."""
-    from ctxrl_envs.contextual import make_contextual
-
-    family, steps = FAMILIES[name][0], FAMILIES[name][1]
-    return make_contextual(family, steps, context, visible=visible, render_mode=render_mode)
-
-
-def make_unlimited(
-    name: str, context: Any = None, *, visible: Any = (), render_mode: str | None = None
-) -> Any:
-    """Entry point for ``gymnasium.make``, which adds the time limit itself."""
-    from ctxrl_envs.contextual import ContextualEnv
-
-    return ContextualEnv(FAMILIES[name][0], context, visible, render_mode)
-
-
 def make_batched(name: str, num_envs: int, **kwargs: Any) -> Any:
+    """The torch twin of a classic-control env (imports torch on first use)."""
     from ctxrl_envs import batched
 
     return batched.TWINS[name](num_envs, **kwargs)
 
 
-def register_gymnasium_ids() -> None:
-    """Register ``ctxrl/{Name}-vN`` with gymnasium (idempotent)."""
-    import gymnasium as gym
+def _entry(
+    family: ContextFamily,
+    steps: int,
+    bounds: tuple[float, float],
+    action: Literal["discrete", "continuous"],
+    version: str,
+    description: str,
+) -> ContextualEnvEntry:
+    return ContextualEnvEntry(
+        family, steps, bounds, action, version, description, partial(make_batched, family.name)
+    )
 
-    for name, (_, steps, _, _, _, _) in FAMILIES.items():
-        env_id = gym_id(name)
-        if env_id not in gym.registry:
-            gym.register(env_id, entry_point=partial(make_unlimited, name), max_episode_steps=steps)
+
+ENTRIES = {
+    entry.family.name: entry
+    for entry in (
+        _entry(
+            CARTPOLE_FAMILY,
+            500,
+            (0.0, 500.0),
+            "discrete",
+            "v1",
+            "balance a pole on a cart (return bounds as in the MBTL reference)",
+        ),
+        _entry(
+            PENDULUM_FAMILY,
+            200,
+            (-2200.0, -500.0),
+            "continuous",
+            "v1",
+            "swing up a pendulum (return bounds as in the MBTL reference)",
+        ),
+        _entry(
+            MOUNTAIN_CAR_FAMILY,
+            200,
+            (-200.0, -90.0),
+            "discrete",
+            "v0",
+            "drive an underpowered car up a hill",
+        ),
+        _entry(
+            MOUNTAIN_CAR_CONTINUOUS_FAMILY,
+            999,
+            (-50.0, 100.0),
+            "continuous",
+            "v0",
+            "drive an underpowered car up a hill, continuous force",
+        ),
+        _entry(
+            ACROBOT_FAMILY,
+            500,
+            (-500.0, -60.0),
+            "discrete",
+            "v1",
+            "swing a two-link arm above a line",
+        ),
+    )
+}
+
+
+def register_gymnasium_ids() -> None:
+    """Register ``ctxrl/{Name}-vN`` for every classic-control env with gymnasium."""
+    for entry in ENTRIES.values():
+        entry.register_with_gymnasium()
 
 
 @hookimpl
 def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
-    for name, (family, steps, bounds, action, _, description) in FAMILIES.items():
-        register(
-            EnvSpec(
-                name=name,
-                context_space=family.space,
-                make=partial(make, name),
-                return_bounds=bounds,
-                action_space=action,  # type: ignore[arg-type]
-                make_batched=partial(make_batched, name),
-                max_episode_steps=steps,
-                gym_id=gym_id(name),
-                description=description,
-            )
-        )
+    for entry in ENTRIES.values():
+        register(entry.spec())

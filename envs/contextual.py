@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,7 @@ from gymnasium import spaces
 
 from ctxrl.context import Context, ContextSpace
 from ctxrl.errors import ContextError
+from ctxrl.registry import EnvSpec
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,74 @@ def make_contextual(
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
     return env
+
+
+@dataclass(frozen=True)
+class ContextualEnvEntry:
+    """Everything ctxrl and gymnasium need to offer one contextual env.
+
+    Attributes:
+        family: how the context acts on the env.
+        max_episode_steps: gymnasium's time limit.
+        return_bounds: episode returns mapped to 0 and 1 when normalising performance.
+        action_space: ``discrete`` or ``continuous``.
+        version: the gymnasium id's version (``ctxrl/{name}-{version}``).
+        description: one line for ``ctxrl envs``.
+        make_batched: the torch twin's factory, if the env has one.
+    """
+
+    family: ContextFamily
+    max_episode_steps: int
+    return_bounds: tuple[float, float]
+    action_space: Literal["discrete", "continuous"]
+    version: str
+    description: str
+    make_batched: Callable[..., Any] | None = None
+
+    @property
+    def gym_id(self) -> str:
+        return f"ctxrl/{self.family.name}-{self.version}"
+
+    def make(
+        self,
+        context: Mapping[str, object] | None = None,
+        *,
+        visible: Sequence[str] = (),
+        render_mode: str | None = None,
+    ) -> gym.Env:  # type: ignore[type-arg]
+        """The contextual env with gymnasium's time limit."""
+        return make_contextual(
+            self.family, self.max_episode_steps, context, visible=visible, render_mode=render_mode
+        )
+
+    def make_unlimited(
+        self,
+        context: Mapping[str, object] | None = None,
+        *,
+        visible: Sequence[str] = (),
+        render_mode: str | None = None,
+    ) -> gym.Env:  # type: ignore[type-arg]
+        """Entry point for ``gymnasium.make``, which adds the time limit itself."""
+        return ContextualEnv(self.family, context, visible, render_mode)
+
+    def spec(self) -> EnvSpec:
+        return EnvSpec(
+            name=self.family.name,
+            context_space=self.family.space,
+            make=self.make,
+            return_bounds=self.return_bounds,
+            action_space=self.action_space,
+            make_batched=self.make_batched,
+            max_episode_steps=self.max_episode_steps,
+            gym_id=self.gym_id,
+            description=self.description,
+        )
+
+    def register_with_gymnasium(self) -> None:
+        """Register ``ctxrl/{name}-{version}`` with gymnasium (idempotent)."""
+        if self.gym_id not in gym.registry:
+            gym.register(
+                self.gym_id,
+                entry_point=self.make_unlimited,
+                max_episode_steps=self.max_episode_steps,
+            )

@@ -8,12 +8,16 @@ the batch (see :mod:`ctxrl.rng` and :func:`linear`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 
@@ -22,14 +26,118 @@ Params = dict[str, Tensor]
 
 
 class Policies(Protocol):
-    """What batched evaluation needs from trained agents."""
+    """What batched evaluation and saving need from trained agents."""
 
+    params: Params
     seeds: list[int]
     discrete: bool
 
     def __len__(self) -> int: ...
 
     def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def hyperparameters(
+    config_class: type[ConfigT], params: Mapping[str, Any], algorithm: str
+) -> ConfigT:
+    """A frozen hyperparameter dataclass from config ``params``; unknown keys are an error that
+    names them and lists the known ones. Lists become tuples (the dataclasses are hashable)."""
+    known = {f.name for f in fields(config_class)}  # type: ignore[arg-type]
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(
+            f"algorithm.params: {algorithm} has no hyperparameter "
+            f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return config_class(**values)
+
+
+class BatchedTrainer:
+    """What the batched algorithms share: single-task ``train`` / ``evaluate`` on top of
+    ``train_many`` / batched evaluation, and safetensors artifacts.
+
+    Subclasses set ``name`` and implement ``train_many`` and ``policies_from``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, device: str) -> None:
+        self.device = resolve_device(device)
+
+    def train_many(
+        self,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        *,
+        total_steps: int,
+        **kwargs: Any,
+    ) -> Any:
+        raise NotImplementedError
+
+    def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> Any:
+        """Rebuild trained agents from a saved artifact."""
+        raise NotImplementedError
+
+    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
+        return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
+
+    def evaluate_many(
+        self,
+        policies: Policies,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`)."""
+        return evaluate_policies(
+            policies,
+            env,
+            contexts,
+            episodes=episodes,
+            seed=seed,
+            deterministic=deterministic,
+            device=self.device,
+        )
+
+    def evaluate(
+        self,
+        policy: Policies,
+        env: EnvSpec,
+        tasks: Sequence[Task],
+        *,
+        episodes: int,
+        seed: int,
+        deterministic: bool = True,
+    ) -> np.ndarray:
+        out = self.evaluate_many(
+            policy,
+            env,
+            [t.context.as_dict() for t in tasks],
+            episodes=episodes,
+            seed=seed,
+            deterministic=deterministic,
+        )
+        return out[0] if len(policy) == 1 else out
+
+    def save(self, policy: Policies, path: Path) -> None:
+        save_artifact(path, policy.params, {"algorithm": self.name, **policy.metadata()})
+
+    def load(self, path: Path, env: EnvSpec) -> Any:
+        tensors, metadata = load_artifact(path, device=str(self.device))
+        if metadata.get("algorithm") != self.name:
+            raise CtxrlError(
+                f"{path} holds a {metadata.get('algorithm')!r} policy, not {self.name}"
+            )
+        return self.policies_from(tensors, metadata)
 
 
 def orthogonal(rows: int, cols: int, gain: float, generator: torch.Generator) -> Tensor:

@@ -18,28 +18,25 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import EnvSpec
+from ctxrl.rng import StreamRNG
 from ctxrl_plugins.batched import (
+    BatchedTrainer,
     Params,
     clip_grad_norm_per_agent,
     contexts_tensor,
     env_seeds,
-    evaluate_policies,
+    hyperparameters,
     linear,
     orthogonal,
-    resolve_device,
 )
-
-from ctxrl.artifacts import load_artifact, save_artifact
-from ctxrl.context import Task
-from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.registry import EnvSpec
-from ctxrl.rng import StreamRNG
 
 Tensor = torch.Tensor
 
@@ -73,20 +70,6 @@ class DQNConfig:
     max_grad_norm: float = 10.0
     huber: bool = True
     """Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DQNConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(
-                f"algorithm.params: batched-dqn has no hyperparameter "
-                f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
-            )
-        values = dict(params)
-        if "hidden" in values:
-            values["hidden"] = tuple(values["hidden"])
-        return cls(**values)
 
 
 def init_q_params(
@@ -136,6 +119,14 @@ class QPolicies:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "params": asdict(self.config),
+            "env": self.env,
+            "contexts": self.contexts,
+            "seeds": self.seeds,
+        }
+
     def q(self, obs: Tensor) -> Tensor:
         return q_values(self.params, obs, len(self.config.hidden), self.config.dueling)
 
@@ -155,12 +146,14 @@ class QPolicies:
         )
 
 
-class BatchedDQN:
+class BatchedDQN(BatchedTrainer):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
+    name = "batched-dqn"
+
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
-        self.config = DQNConfig.from_params(params)
-        self.device = resolve_device(device)
+        super().__init__(device)
+        self.config = hyperparameters(DQNConfig, params, self.name)
 
     def train_many(
         self,
@@ -276,71 +269,11 @@ class BatchedDQN:
             online, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
         )
 
-    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> QPolicies:
-        return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
-
-    def evaluate_many(
-        self,
-        policies: QPolicies,
-        env: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
-        *,
-        episodes: int,
-        seed: int,
-        deterministic: bool = True,
-    ) -> np.ndarray:
-        """Returns ``(P, Q, E)`` of P greedy policies on Q contexts."""
-        return evaluate_policies(
-            policies,
-            env,
-            contexts,
-            episodes=episodes,
-            seed=seed,
-            deterministic=deterministic,
-            device=self.device,
-        )
-
-    def evaluate(
-        self,
-        policy: QPolicies,
-        env: EnvSpec,
-        tasks: Sequence[Task],
-        *,
-        episodes: int,
-        seed: int,
-        deterministic: bool = True,
-    ) -> np.ndarray:
-        out = self.evaluate_many(
-            policy,
-            env,
-            [t.context.as_dict() for t in tasks],
-            episodes=episodes,
-            seed=seed,
-            deterministic=deterministic,
-        )
-        return out[0] if len(policy) == 1 else out
-
-    def save(self, policy: QPolicies, path: Path) -> None:
-        save_artifact(
-            path,
-            policy.params,
-            {
-                "algorithm": "batched-dqn",
-                "params": asdict(policy.config),
-                "env": policy.env,
-                "contexts": policy.contexts,
-                "seeds": policy.seeds,
-            },
-        )
-
-    def load(self, path: Path, env: EnvSpec) -> QPolicies:
-        tensors, meta = load_artifact(path, device=str(self.device))
-        if meta.get("algorithm") != "batched-dqn":
-            raise CtxrlError(f"{path} holds a {meta.get('algorithm')!r} policy, not batched-dqn")
+    def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> QPolicies:
         return QPolicies(
             tensors,
-            DQNConfig.from_params(meta["params"]),
-            meta["env"],
-            meta["contexts"],
-            meta["seeds"],
+            hyperparameters(DQNConfig, metadata["params"], self.name),
+            metadata["env"],
+            metadata["contexts"],
+            metadata["seeds"],
         )

@@ -20,28 +20,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import EnvSpec
+from ctxrl.rng import StreamRNG
 from ctxrl_plugins.batched import (
+    BatchedTrainer,
     Params,
     clip_grad_norm_per_agent,
     contexts_tensor,
     env_seeds,
-    evaluate_policies,
+    hyperparameters,
     linear,
     orthogonal,
-    resolve_device,
 )
-
-from ctxrl.artifacts import load_artifact, save_artifact
-from ctxrl.context import Task
-from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.registry import EnvSpec
-from ctxrl.rng import StreamRNG
 
 Tensor = torch.Tensor
 
@@ -70,17 +68,6 @@ class PPOConfig:
     """initial log standard deviation of continuous actions"""
     reward_scale: float = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> PPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(
-                f"algorithm.params: batched-ppo has no hyperparameter "
-                f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**params)
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -131,6 +118,15 @@ class BatchedPolicies:
 
     def __len__(self) -> int:
         return len(self.seeds)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "params": asdict(self.config),
+            "env": self.env,
+            "discrete": self.discrete,
+            "contexts": self.contexts,
+            "seeds": self.seeds,
+        }
 
     def select(self, indices: Sequence[int]) -> BatchedPolicies:
         index = torch.as_tensor(list(indices), dtype=torch.long)
@@ -184,12 +180,14 @@ def _log_prob_entropy(
 
 
 # ---------------------------------------------------------------------------------- training
-class BatchedPPO:
+class BatchedPPO(BatchedTrainer):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
+    name = "batched-ppo"
+
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
-        self.config = PPOConfig.from_params(params)
-        self.device = resolve_device(device)
+        super().__init__(device)
+        self.config = hyperparameters(PPOConfig, params, self.name)
 
     # ------------------------------------------------------------------------ training
     def train_many(
@@ -340,73 +338,14 @@ class BatchedPPO:
             p.requires_grad_(False)
         return policies
 
-    def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> BatchedPolicies:
-        return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
-
-    # ----------------------------------------------------------------------- evaluation
-    def evaluate_many(
-        self,
-        policies: BatchedPolicies,
-        env: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
-        *,
-        episodes: int,
-        seed: int,
-        deterministic: bool = True,
-    ) -> np.ndarray:
-        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`)."""
-        return evaluate_policies(
-            policies,
-            env,
-            contexts,
-            episodes=episodes,
-            seed=seed,
-            deterministic=deterministic,
-            device=self.device,
-        )
-
-    def evaluate(
-        self,
-        policy: BatchedPolicies,
-        env: EnvSpec,
-        tasks: Sequence[Task],
-        *,
-        episodes: int,
-        seed: int,
-        deterministic: bool = True,
-    ) -> np.ndarray:
-        contexts = [t.context.as_dict() for t in tasks]
-        out = self.evaluate_many(
-            policy, env, contexts, episodes=episodes, seed=seed, deterministic=deterministic
-        )
-        return out[0] if len(policy) == 1 else out
-
-    # ------------------------------------------------------------------------ artifacts
-    def save(self, policy: BatchedPolicies, path: Path) -> None:
-        save_artifact(
-            path,
-            policy.params,
-            {
-                "algorithm": "batched-ppo",
-                "params": asdict(policy.config),
-                "env": policy.env,
-                "discrete": policy.discrete,
-                "contexts": policy.contexts,
-                "seeds": policy.seeds,
-            },
-        )
-
-    def load(self, path: Path, env: EnvSpec) -> BatchedPolicies:
-        tensors, meta = load_artifact(path, device=str(self.device))
-        if meta.get("algorithm") != "batched-ppo":
-            raise CtxrlError(f"{path} holds a {meta.get('algorithm')!r} policy, not batched-ppo")
+    def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> BatchedPolicies:
         return BatchedPolicies(
             tensors,
-            bool(meta["discrete"]),
-            PPOConfig(**meta["params"]),
-            meta["env"],
-            meta["contexts"],
-            meta["seeds"],
+            bool(metadata["discrete"]),
+            hyperparameters(PPOConfig, metadata["params"], self.name),
+            metadata["env"],
+            metadata["contexts"],
+            metadata["seeds"],
         )
 
 

@@ -114,8 +114,9 @@ def test_box2d_envs_keep_module_constants() -> None:
 
 @pytest.mark.parametrize("name", ["LunarLander", "BipedalWalker"])
 def test_gymnasium_ids(name: str) -> None:
-    import ctxrl_envs  # noqa: F401
     import gymnasium as gym
+
+    import ctxrl_envs  # noqa: F401
 
     env = gym.make(f"ctxrl/{name}-v3", context={"gravity_y": -5.0})
     _, info = env.reset(seed=0)

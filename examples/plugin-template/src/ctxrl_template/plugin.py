@@ -39,7 +39,6 @@ def make_spring(
 ) -> Any:
     """The Spring env with a context, using ctxrl's contextual wrapper."""
     from ctxrl_envs.contextual import ContextFamily, make_contextual
-
     from ctxrl_template.spring import SpringEnv
 
     def apply(env: Any, context: Mapping[str, float]) -> None:
