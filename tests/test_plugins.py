@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -217,3 +218,35 @@ def test_plugin_listing_does_not_import_heavy_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_plugin_template_installed_with_pip_is_discovered(
+    run_ctxrl: Run, plugin_site: Path
+) -> None:
+    """The template distribution, built and installed by pip, appears; removed, it is gone."""
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(plugin_site),
+            str(REPO / "examples" / "plugin-template"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    plugins = _plugins_json(run_ctxrl)
+    assert plugins["template"]["distribution"] == "ctxrl-template"
+    assert plugins["template"]["provides"] == {"env": ["Spring"], "strategy": ["farthest-first"]}
+    envs = json.loads(run_ctxrl("envs", "--json", check=True).stdout)
+    assert any(e["name"] == "Spring" for e in envs)
+    shutil.rmtree(plugin_site)  # uninstall: the distribution is gone from the path
+    assert "template" not in _plugins_json(run_ctxrl)
+    envs = json.loads(run_ctxrl("envs", "--json", check=True).stdout)
+    assert not any(e["name"] == "Spring" for e in envs)
