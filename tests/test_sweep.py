@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import requires_sb3, write_distribution
+from conftest import requires_ray, requires_sb3, write_distribution
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -282,3 +282,21 @@ def test_batched_sweep_select_mode_with_multitask(run_ctxrl: Run, tmp_path: Path
     assert (run_dir / "figures" / "matrix.png").is_file()
     again = run_ctxrl("sweep", str(config), check=True)
     assert "trained 0, resumed past 3, failed 0" in again.stderr
+
+
+@requires_ray
+def test_ray_executor_gives_the_same_matrix_as_local(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    matrices, hashes = {}, []
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        out.mkdir()
+        config = _config(out, **{"executor.name": executor, "output_dir": str(out / "runs")})
+        result = run_ctxrl("sweep", str(config), check=True)
+        assert "trained 4, resumed past 0, failed 0" in result.stderr
+        (run_dir,) = (out / "runs").iterdir()
+        matrices[executor] = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
+        hashes.append(run_dir.name)
+    assert hashes[0] == hashes[1]  # the executor is not part of the plan
+    np.testing.assert_array_equal(matrices["local"], matrices["ray"])
