@@ -6,6 +6,8 @@ Errors name the field path (``features.masscart.num``), the bad value and what i
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -87,6 +89,10 @@ class SweepConfig(_Strict):
     features: dict[str, AxisConfig] = Field(description="varied features -> grid")
     context: dict[str, float] = Field(
         default_factory=dict, description="fixed values of non-varied features"
+    )
+    env_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword options of the env's factory (e.g. num_seconds for traffic)",
     )
     algorithm: AlgorithmConfig
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -273,6 +279,12 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
         registry.executor(config.executor.name)
     except UnknownNameError as exc:
         raise ConfigError(f"executor.name: {exc}") from None
+    if config.env_options:
+        env = dataclasses.replace(env, make=functools.partial(env.make, **config.env_options))
+        try:
+            env.make(grid.contexts[0].as_dict()).close()
+        except TypeError as exc:
+            raise ConfigError(f"env_options: {exc}") from None
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
 
 

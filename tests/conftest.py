@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 HAS_SB3 = importlib.util.find_spec("stable_baselines3") is not None
 HAS_BOX2D = importlib.util.find_spec("Box2D") is not None
 requires_box2d = pytest.mark.skipif(not HAS_BOX2D, reason="needs the box2d extra")
+HAS_SUMO = importlib.util.find_spec("sumo_rl") is not None
+requires_sumo = pytest.mark.skipif(not HAS_SUMO, reason="needs the sumo extra")
 HAS_RAY = importlib.util.find_spec("ray") is not None
 requires_ray = pytest.mark.skipif(not HAS_RAY, reason="needs the ray extra")
 requires_sb3 = pytest.mark.skipif(not HAS_SB3, reason="needs the sb3 extra: pip install ctxrl[sb3]")

@@ -1,0 +1,302 @@
+"""Traffic signal control on real SUMO through sumo-rl (``pip install ctxrl[sumo]``).
+
+One signalised four-way intersection, as in the MBTL paper's headline domain. The context sets
+the traffic inflow per approach (veh/h), the speed limit (m/s), the approach road length (m)
+and the share of left-turning vehicles; base scenario 1000 veh/h, 14 m/s, 750 m, 0.25 (two
+lanes each way on every road, 10 % right turns). For every context the network is built with
+SUMO's own ``netconvert`` and the demand written as SUMO flows, cached per context (a directory
+named by the task id under ``CTXRL_CACHE_DIR``, default ``~/.cache/ctxrl/traffic``), and the
+same context always gives the same files.
+
+The agent is the traffic light (sumo-rl, single agent): observation = phase one-hot, min-green
+flag, lane densities and queues; action = next green phase; reward ``diff-waiting-time`` by
+default (any sumo-rl reward by name). Steps of ``delta_time`` = 10 simulated seconds with a
+4 s yellow and 10 s minimum green, as in the reference.
+
+Return bounds for normalisation: [-2000, 0] on the default 1800 s episode. The reward telescopes
+to minus the waiting time accumulated in the network, divided by 100 (sumo-rl's units). Measured
+on the default 1800 s episode: random phases score about -1400 at 1000 veh/h and -1800 at
+2500 veh/h, any policy about 0 at 50 veh/h. Shorter episodes (``num_seconds``) score
+proportionally less; rescale the bounds with them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from ctxrl import hookimpl
+from ctxrl.context import Context, ContextFeature, ContextSpace, Task
+from ctxrl.errors import CtxrlError, PluginUnavailable
+from ctxrl.registry import EnvSpec
+
+NAME = "TrafficSignal"
+TRAFFIC = ContextSpace(
+    [
+        ContextFeature(
+            "inflow",
+            1000.0,
+            50.0,
+            2500.0,
+            unit="veh/h",
+            description="vehicles entering per hour on each approach",
+        ),
+        ContextFeature(
+            "speed_limit", 14.0, 0.5, 25.0, unit="m/s", description="speed limit on every road"
+        ),
+        ContextFeature(
+            "road_length", 750.0, 50.0, 2500.0, unit="m", description="length of each approach road"
+        ),
+        ContextFeature(
+            "left_turn_ratio", 0.25, 0.0, 0.6, description="share of vehicles turning left"
+        ),
+    ],
+    owner=NAME,
+)
+RIGHT_TURN_RATIO = 0.1
+LANES = 2  # per direction: four lanes per road
+APPROACHES = {  # approach: (straight, left, right) exits
+    "N": ("S", "E", "W"),
+    "S": ("N", "W", "E"),
+    "E": ("W", "S", "N"),
+    "W": ("E", "N", "S"),
+}
+
+
+def _sumo_home() -> Path:
+    try:
+        import sumo
+    except ImportError:
+        raise PluginUnavailable(
+            "SUMO is not installed: pip install 'ctxrl[sumo]' (eclipse-sumo, libsumo, sumo-rl)"
+        ) from None
+    os.environ.setdefault("SUMO_HOME", sumo.SUMO_HOME)
+    return Path(sumo.SUMO_HOME)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CTXRL_CACHE_DIR", Path.home() / ".cache" / "ctxrl")) / "traffic"
+
+
+def scenario(context: Context, horizon_s: int, directory: Path | None = None) -> tuple[Path, Path]:
+    """The network and route files of ``context`` (built once, then reused).
+
+    Files are written to a temporary directory and moved into place, so concurrent workers
+    asking for the same context never read half-written files."""
+    task = Task(NAME, context)
+    target = (directory or cache_dir()) / f"{task.id}-{horizon_s}s"
+    net, routes = target / "net.xml", target / "routes.xml"
+    if net.is_file() and routes.is_file():
+        return net, routes
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        build = Path(tmp)
+        length, speed = context["road_length"], context["speed_limit"]
+        positions = {"N": (0, length), "S": (0, -length), "E": (length, 0), "W": (-length, 0)}
+        nodes = "\n".join(
+            f'  <node id="{k}" x="{x:.2f}" y="{y:.2f}" type="priority"/>'
+            for k, (x, y) in positions.items()
+        )
+        (build / "nodes.nod.xml").write_text(
+            f'<nodes>\n  <node id="C" x="0" y="0" type="traffic_light"/>\n{nodes}\n</nodes>\n'
+        )
+        edges = "\n".join(
+            f'  <edge id="{a}2{b}" from="{a}" to="{b}" numLanes="{LANES}" speed="{speed:.3f}"/>'
+            for k in positions
+            for a, b in ((k, "C"), ("C", k))
+        )
+        (build / "edges.edg.xml").write_text(f"<edges>\n{edges}\n</edges>\n")
+        netconvert = _sumo_home() / "bin" / "netconvert"
+        result = subprocess.run(
+            [
+                str(netconvert),
+                "--node-files",
+                "nodes.nod.xml",
+                "--edge-files",
+                "edges.edg.xml",
+                "--output-file",
+                "net.xml",
+                "--no-turnarounds",
+                "true",
+                "--tls.default-type",
+                "static",
+                "--no-warnings",
+                "true",
+            ],
+            cwd=build,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise CtxrlError(f"netconvert failed for {context!r}: {result.stderr.strip()}")
+        left = context["left_turn_ratio"]
+        shares = {
+            "straight": 1.0 - left - RIGHT_TURN_RATIO,
+            "left": left,
+            "right": RIGHT_TURN_RATIO,
+        }
+        flows = []
+        for origin, exits in APPROACHES.items():
+            for turn, exit_ in zip(("straight", "left", "right"), exits, strict=True):
+                rate = context["inflow"] * shares[turn]
+                if rate > 0:
+                    flows.append(
+                        f'  <flow id="{origin}_{turn}" type="car" begin="0" end="{horizon_s}" '
+                        f'vehsPerHour="{rate:.4f}" from="{origin}2C" to="C2{exit_}" '
+                        f'departLane="best" departSpeed="max"/>'
+                    )
+        (build / "routes.xml").write_text(
+            textwrap.dedent("""\
+            <routes>
+              <vType id="car" accel="2.6" decel="4.5" sigma="0.5" length="5" minGap="2.5"/>
+            """)
+            + "\n".join(flows)
+            + "\n</routes>\n"
+        )
+        staged = target.parent / f".{target.name}.{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir()
+        for name in ("net.xml", "routes.xml"):
+            shutil.copy2(build / name, staged / name)
+        try:
+            staged.rename(target)
+        except OSError:  # another worker built the same context first
+            shutil.rmtree(staged, ignore_errors=True)
+    return net, routes
+
+
+class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
+    """A gymnasium env (single traffic light) whose scenario follows a context.
+
+    Args:
+        num_seconds: simulated seconds per episode.
+        delta_time, yellow_time, min_green, max_green: sumo-rl's timing, in simulated seconds.
+        reward_fn: a sumo-rl reward name (``diff-waiting-time``, ``average-speed``, ``queue``,
+            ``pressure``).
+        sumo_args: extra SUMO command-line arguments (e.g. ``["--tripinfo-output", path]``).
+    """
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        num_seconds: int = 1800,
+        delta_time: int = 10,
+        yellow_time: int = 4,
+        min_green: int = 10,
+        max_green: int = 60,
+        reward_fn: str = "diff-waiting-time",
+        sumo_args: Sequence[str] = (),
+    ) -> None:
+        if render_mode is not None:
+            raise CtxrlError(f"{NAME}: rendering is not supported (render_mode={render_mode!r})")
+        _sumo_home()
+        self.options = {
+            "num_seconds": num_seconds,
+            "delta_time": delta_time,
+            "yellow_time": yellow_time,
+            "min_green": min_green,
+            "max_green": max_green,
+            "reward_fn": reward_fn,
+        }
+        self.sumo_args = list(sumo_args)
+        self.context = TRAFFIC.default()
+        self._sim: Any = None
+        probe = self._simulation()  # sumo-rl reads the light's phases and lanes here
+        self.observation_space = probe.observation_space
+        self.action_space = probe.action_space
+
+    def _simulation(self) -> Any:
+        if self._sim is None:
+            from sumo_rl import SumoEnvironment
+
+            net, routes = scenario(self.context, int(self.options["num_seconds"]))
+            self._sim = SumoEnvironment(
+                net_file=str(net),
+                route_file=str(routes),
+                single_agent=True,
+                sumo_warnings=False,
+                additional_sumo_cmd=" ".join(["--no-step-log", *self.sumo_args]),
+                sumo_seed=0,
+                **self.options,
+            )
+        return self._sim
+
+    def set_context(self, context: Context) -> None:
+        """Use ``context`` from the next reset (its scenario is built or taken from the cache)."""
+        if context != self.context:
+            self.close()
+            self.context = context
+
+    def reset(
+        self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        sumo_seed = int(self.np_random.integers(2**31 - 1))  # SUMO's own seed, from ours
+        obs, info = self._simulation().reset(seed=sumo_seed)
+        return np.asarray(obs, dtype=np.float32), dict(info)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._simulation().step(int(action))
+        return (
+            np.asarray(obs, dtype=np.float32),
+            float(reward),
+            bool(terminated),
+            bool(truncated),
+            dict(info),
+        )
+
+    def close(self) -> None:
+        if self._sim is not None:
+            self._sim.close()
+            self._sim = None
+
+
+def make(
+    context: Mapping[str, object] | None = None,
+    *,
+    visible: Sequence[str] = (),
+    render_mode: str | None = None,
+    **options: Any,
+) -> Any:
+    """The contextual traffic env (``options``: see :class:`TrafficSignalEnv`)."""
+    from ctxrl_envs.contextual import ContextFamily, ContextualEnv
+
+    family = ContextFamily(
+        NAME,
+        TRAFFIC,
+        lambda mode: TrafficSignalEnv(mode, **options),
+        apply=lambda env, context: env.set_context(context),
+    )
+    return ContextualEnv(family, context, visible, render_mode)
+
+
+@hookimpl
+def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
+    import importlib.util
+
+    _sumo_home()
+    if importlib.util.find_spec("sumo_rl") is None:
+        raise PluginUnavailable("sumo-rl is not installed: pip install 'ctxrl[sumo]'")
+    register(
+        EnvSpec(
+            name=NAME,
+            context_space=TRAFFIC,
+            make=make,
+            return_bounds=(-2000.0, 0.0),
+            action_space="discrete",
+            max_episode_steps=None,
+            gym_id=None,
+            description="signalised intersection on SUMO (sumo-rl); episodes end after num_seconds",
+        )
+    )

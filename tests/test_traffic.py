@@ -1,0 +1,168 @@
+"""Traffic signal control on real SUMO: scenarios, context effects, bad input, process hygiene.
+
+Every test runs SUMO itself (short episodes of a few hundred simulated seconds) and measures
+the context's effect from SUMO's own outputs (sumo-rl's system metrics, SUMO's tripinfo file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import requires_sb3, requires_sumo
+
+from ctxrl import ContextError
+from ctxrl.plugins import get_host
+
+pytestmark = requires_sumo
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CTXRL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _sumo_processes() -> int:
+    out = subprocess.run(["pgrep", "-c", "-x", "sumo"], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def _episode(tmp_path: Path, seconds: int = 300, **context: float) -> tuple[dict, float, list]:
+    """A fixed-cycle episode; returns SUMO's final system metrics, the return and the trips."""
+    index = len(list(tmp_path.glob("trips-*")))
+    trips, summary = tmp_path / f"trips-{index}.xml", tmp_path / f"summary-{index}.xml"
+    spec = get_host().registry.env("TrafficSignal")
+    outputs = ["--tripinfo-output", str(trips), "--summary-output", str(summary)]
+    env = spec.make(context, num_seconds=seconds, sumo_args=outputs)
+    env.reset(seed=0)
+    total, step, done = 0.0, 0, False
+    info: dict = {}
+    while not done:
+        _, reward, terminated, truncated, info = env.step((step // 3) % env.action_space.n)
+        total += reward
+        step += 1
+        done = terminated or truncated
+    env.close()
+    durations = [float(t.get("duration")) for t in ET.parse(trips).getroot().iter("tripinfo")]
+    last = list(ET.parse(summary).getroot().iter("step"))[-1]  # SUMO's own counts
+    info["inserted"], info["arrived"] = int(last.get("inserted")), int(last.get("ended"))
+    return info, total, durations
+
+
+def test_generated_network_is_valid_and_vehicles_flow(tmp_path: Path, private_cache: Path) -> None:
+    info, _, durations = _episode(tmp_path, seconds=400)
+    assert info["inserted"] > 100 and info["arrived"] > 50
+    assert len(durations) == info["arrived"]
+    nets = list(private_cache.glob("traffic/*/net.xml"))
+    assert len(nets) == 1 and "tlLogic" in nets[0].read_text()
+
+
+def test_scenarios_are_cached_and_deterministic(private_cache: Path) -> None:
+    from ctxrl_envs.traffic import TRAFFIC, scenario
+
+    def content(path: Path) -> str:  # netconvert stamps the time in a leading comment
+        return re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)
+
+    context = TRAFFIC.validate({"inflow": 700.0})
+    net, routes = scenario(context, 300)
+    first = (content(net), content(routes))
+    for path in (net, routes):
+        path.unlink()
+    net, routes = scenario(context, 300)
+    assert (content(net), content(routes)) == first
+    assert 'vehsPerHour="455.0000"' in routes.read_text()  # 700 x (1 - 0.25 - 0.1)
+
+
+def test_higher_inflow_inserts_more_vehicles_and_more_waiting(tmp_path: Path) -> None:
+    light, light_return, _ = _episode(tmp_path, inflow=300.0)
+    heavy, heavy_return, _ = _episode(tmp_path, inflow=1500.0)
+    assert heavy["inserted"] > 3 * light["inserted"]
+    assert heavy_return < light_return  # more waiting time accumulated
+
+
+def test_lower_speed_limit_lowers_mean_speed(tmp_path: Path) -> None:
+    short_roads = {"seconds": 400, "inflow": 300.0, "road_length": 200.0}
+    slow, _, slow_trips = _episode(tmp_path, speed_limit=4.0, **short_roads)
+    fast, _, fast_trips = _episode(tmp_path, speed_limit=20.0, **short_roads)
+    assert slow["system_mean_speed"] < fast["system_mean_speed"]
+    assert np.mean(slow_trips) > np.mean(fast_trips)
+
+
+def test_longer_road_means_longer_travel_times(tmp_path: Path) -> None:
+    _, _, short = _episode(tmp_path, seconds=600, inflow=300.0, road_length=200.0)
+    _, _, long = _episode(tmp_path, seconds=600, inflow=300.0, road_length=1200.0)
+    assert short and long and np.mean(long) > 2 * np.mean(short)
+
+
+def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
+    before = _sumo_processes()
+    spec = get_host().registry.env("TrafficSignal")
+    with pytest.raises(ContextError, match=r"'inflow' = 0.0 is outside the allowed range"):
+        spec.make({"inflow": 0.0})
+    with pytest.raises(ContextError, match=r"'inflow' = -5.0 is outside"):
+        spec.make({"inflow": -5.0})
+    with pytest.raises(ContextError, match=r"'speed_limit' = 40.0 is outside .*\[0.5, 25.0\]"):
+        spec.make({"speed_limit": 40.0})
+    env = spec.make(num_seconds=60)
+    env.reset(seed=1)
+    env.step(0)
+    env.close()
+    assert _sumo_processes() == before
+    leftovers = [p for p in Path(os.environ["CTXRL_CACHE_DIR"]).rglob(".*") if p.name != ".."]
+    assert leftovers == []  # no half-built scenario directories
+
+
+def test_missing_sumo_is_reported_with_what_to_install(run_ctxrl: Run, plugin_site: Path) -> None:
+    blocked = plugin_site / "sumo"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('no SUMO here')\n")
+    plugins = {p["name"]: p for p in json.loads(run_ctxrl("plugins", "--json", check=True).stdout)}
+    assert plugins["traffic"]["status"] == "unavailable"
+    assert "pip install 'ctxrl[sumo]'" in plugins["traffic"]["error"]
+
+
+@requires_sb3
+def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: Path) -> None:
+    """3 inflow contexts, SB3 DQN with a tiny budget, two parallel SUMO workers."""
+    config = tmp_path / "traffic.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "env": "TrafficSignal",
+                "env_options": {"num_seconds": 300},
+                "features": {"inflow": {"values": [300.0, 900.0, 1500.0]}},
+                "algorithm": {
+                    "name": "sb3-dqn",
+                    "params": {
+                        "learning_starts": 30,
+                        "buffer_size": 1000,
+                        "train_freq": 4,
+                        "batch_size": 16,
+                    },
+                },
+                "train_steps": 120,
+                "eval_episodes": 1,
+                "executor": {"name": "local", "workers": 2, "timeout_s": 300},
+                "compare": ["random", "greedy"],
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert "trained 3, resumed past 0, failed 0" in result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    matrix = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
+    assert matrix.shape == (3, 3) and np.all(matrix <= 0)
+    assert matrix[:, 2].mean() < matrix[:, 0].mean()  # heavier traffic, more waiting
+    again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
+    assert "trained 0, resumed past 3, failed 0" in again.stderr
