@@ -8,7 +8,6 @@ from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec
 from ctxrl.testing import EnvContract
 
-
 # SUMO starts a simulation (and TraCI waits a second to connect) for every env the checks
 # build: the traffic env's contract takes minutes, so it runs with the slow tests.
 SLOW_ENVS = {"TrafficSignal"}
