@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ctxrl.context import ContextGrid, GridAxis
-from ctxrl.errors import ConfigError, ContextError, UnknownNameError
+from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 
 
@@ -283,7 +283,7 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
         env = dataclasses.replace(env, make=functools.partial(env.make, **config.env_options))
         try:
             env.make(grid.contexts[0].as_dict()).close()
-        except TypeError as exc:
+        except (TypeError, CtxrlError) as exc:
             raise ConfigError(f"env_options: {exc}") from None
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
 

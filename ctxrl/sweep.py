@@ -484,12 +484,17 @@ def _select_and_train(
 def _ensure_failed(
     store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str
 ) -> None:
-    """Record a failure the worker could not write itself (crash, timeout)."""
+    """Record a failed run with the executor's report, which ends with the worker's log (the
+    traceback and what a simulator printed, e.g. SUMO's own error message). A row the worker
+    wrote itself keeps its times; a crash or a timeout leaves none, so one is made."""
     rid = run_id(task, seed)
-    if any(r.run_id == rid for r in store.runs("failed")):
-        return
-    t = now()
-    store.record_run(_record(task, seed, plan, t, t, "failed", None, str(error)[-4000:]))
+    message = str(error)[-4000:]
+    written = [r for r in store.runs("failed") if r.run_id == rid]
+    if written:
+        store.record_run(replace(written[0], error=message))
+    else:
+        t = now()
+        store.record_run(_record(task, seed, plan, t, t, "failed", None, message))
 
 
 def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:

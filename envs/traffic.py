@@ -212,6 +212,8 @@ class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
         self.sumo_args = list(sumo_args)
         self.context = TRAFFIC.default()
         self._sim: Any = None
+        if self.sumo_args:
+            self._check_sumo_args()
         probe = self._simulation()  # sumo-rl reads the light's phases and lanes here
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
@@ -231,6 +233,35 @@ class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
                 **self.options,
             )
         return self._sim
+
+    def _check_sumo_args(self) -> None:
+        """Run SUMO once on the default scenario with the extra arguments: a bad argument is
+        reported at once with SUMO's own message (TraCI would retry for a minute)."""
+        net, routes = scenario(self.context, int(self.options["num_seconds"]))
+        sumo_binary = _sumo_home() / "bin" / "sumo"
+        with tempfile.TemporaryDirectory() as scratch:  # output files of the trial run
+            result = subprocess.run(
+                [
+                    str(sumo_binary),
+                    "-n",
+                    str(net),
+                    "-r",
+                    str(routes),
+                    "--end",
+                    "1",
+                    "--no-step-log",
+                    *self.sumo_args,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=scratch,
+            )
+        if result.returncode != 0:
+            raise CtxrlError(
+                f"{NAME}: SUMO rejected sumo_args {self.sumo_args}: "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
 
     def set_context(self, context: Context) -> None:
         """Use ``context`` from the next reset (its scenario is built or taken from the cache)."""

@@ -1,9 +1,10 @@
 """Executors that run sweep jobs on this machine.
 
 ``local``: every job in a fresh worker process (spawned, so torch, libsumo and CUDA state never
-leak between jobs), at most ``workers`` at a time, each with an optional wall-clock limit. A job
-that raises, crashes the interpreter or runs past its limit is reported with the tail of its log;
-the other jobs go on.
+leak between jobs) in its own process group, at most ``workers`` at a time, each with an optional
+wall-clock limit. A job that raises, crashes the interpreter or runs past its limit is reported
+with the tail of its log; a job past its limit is killed with everything it started (a stuck
+SUMO included); the other jobs go on.
 
 ``inline``: jobs one after another in this process (debugging, inline test plugins).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import traceback
@@ -35,6 +37,7 @@ def _log_name(job: Job, index: int) -> str:
 
 
 def _child(fn: JobFn, job: Job, log_path: str | None) -> None:
+    os.setsid()  # its own process group: a timeout kills the job's simulators with it
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
@@ -56,6 +59,14 @@ def _tail(path: Path | None, lines: int = 15) -> str:
         return ""
     text = path.read_text(errors="replace").strip().splitlines()
     return "\n".join(text[-lines:])
+
+
+def _kill_group(process: Any) -> None:
+    """SIGKILL a worker and every process it started (SUMO, for instance)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
 
 
 class LocalProcessExecutor:
@@ -115,7 +126,7 @@ class LocalProcessExecutor:
                                 ),
                             )
                     elif self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
-                        process.kill()
+                        _kill_group(process)
                         process.join()
                         del running[process]
                         yield (
@@ -128,7 +139,7 @@ class LocalProcessExecutor:
                 time.sleep(self.poll_s)
         finally:
             for process in running:
-                process.kill()
+                _kill_group(process)
                 process.join()
 
 

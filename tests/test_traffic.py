@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import requires_sb3, requires_sumo
 
-from ctxrl import ContextError
+from ctxrl import ContextError, CtxrlError
 from ctxrl.plugins import get_host
 
 pytestmark = requires_sumo
@@ -166,3 +166,27 @@ def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: P
     assert matrix[:, 2].mean() < matrix[:, 0].mean()  # heavier traffic, more waiting
     again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert "trained 0, resumed past 3, failed 0" in again.stderr
+
+
+def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:
+    before = _sumo_processes()
+    spec = get_host().registry.env("TrafficSignal")
+    with pytest.raises(CtxrlError, match="No option with the name 'no-such-sumo-option'"):
+        spec.make(num_seconds=60, sumo_args=["--no-such-sumo-option"])
+    config = tmp_path / "broken.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "env": "TrafficSignal",
+                "env_options": {"num_seconds": 60, "sumo_args": ["--no-such-sumo-option"]},
+                "features": {"inflow": {"values": [300.0, 600.0]}},
+                "algorithm": {"name": "batched-ppo"},
+                "train_steps": 10,
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 2
+    assert "env_options" in result.stderr and "no-such-sumo-option" in result.stderr
+    assert _sumo_processes() == before
