@@ -15,7 +15,7 @@ import platform
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -527,18 +527,20 @@ def selection_curves(
     budget: int,
     *,
     stochastic_repeats: int = 100,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
 
     ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
     replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
+    ``options`` gives a strategy's factory options by name (the sweep's own strategy).
     """
     out: dict[str, dict[str, Any]] = {}
     for name, spec in strategies.items():
         repeats = stochastic_repeats if spec.stochastic else 1
         results = [
             replay(
-                spec.factory(),
+                spec.factory(**(options or {}).get(name, {})),
                 normalised,
                 coords,
                 budget,
@@ -605,7 +607,11 @@ def write_exports(
         budget = min(len(plan.grid), plan.config.strategy.budget or 15)
         summary["budget"] = budget
         summary["curves"] = selection_curves(
-            normalised, coords, {n: registry.strategy(n) for n in names}, budget
+            normalised,
+            coords,
+            {n: registry.strategy(n) for n in names},
+            budget,
+            options={plan.config.strategy.name: plan.config.strategy.options},
         )
         lead = names[0]
         summary["sample_efficiency"] = {

@@ -10,9 +10,10 @@ where ``U_j`` is the best normalised performance reached on target ``j`` so far.
 source is the context nearest the middle of the space.
 
 Beyond the reference: the gap slopes are estimated from the observed rows (per dimension, left
-and right) instead of hand-set; contexts may have several dimensions; and ``q`` sources can be
-proposed at once (each proposal is assumed to perform as the model expects before choosing the
-next), so a batched trainer can train them together.
+and right; never below the reference's hand-set slope) instead of hand-set; contexts may have
+several dimensions; and ``q`` sources can be proposed at once (each proposal is assumed to
+perform as the model expects before choosing the next), so a batched trainer can train them
+together.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class MBTLStrategy:
             (default) to fit left/right slopes per dimension from the observed rows.
         theta_per_index: the reference's slope per grid index (e.g. 0.005 for CartPole); for a
             1-D grid of N contexts it equals ``theta / (N - 1)``. Overrides ``theta``.
+        min_theta_per_index: floor of estimated slopes, per grid index (default: the
+            reference's 0.005). Rows whose own context is not their best point make the estimate
+            say "no decline"; without a floor MBTL would then chase GP uncertainty alone.
         noise_std: GP observation noise on normalised performance (reference: 0.1).
         restarts: GP fits from different starting lengthscales.
     """
@@ -57,6 +61,7 @@ class MBTLStrategy:
         c: float = 1.0,
         theta: float | str = "estimate",
         theta_per_index: float | None = None,
+        min_theta_per_index: float = 0.005,
         noise_std: float = 0.1,
         restarts: int = 2,
     ) -> None:
@@ -68,15 +73,19 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
         self.beta, self.c = beta, float(c)
         self.theta, self.theta_per_index = theta, theta_per_index
+        self.min_theta_per_index = min_theta_per_index
         self.noise_std, self.restarts = noise_std, restarts
 
     def _gap(self, state: SelectionState) -> GapModel:
         dims = state.coords.shape[1]
+        # grid steps per unit of each coordinate (grid coordinates are index / (n - 1))
+        steps = np.array([max(len(np.unique(state.coords[:, d])) - 1, 1) for d in range(dims)])
         if self.theta_per_index is not None:
-            steps = max(len(np.unique(state.coords[:, 0])) - 1, 1)
-            return GapModel.constant(self.theta_per_index * steps, dims)
+            return GapModel(self.theta_per_index * steps, self.theta_per_index * steps)
         if self.theta == "estimate":
-            return GapModel.estimate(state.coords, state.rows)
+            estimate = GapModel.estimate(state.coords, state.rows)
+            floor = self.min_theta_per_index * steps
+            return GapModel(np.maximum(estimate.left, floor), np.maximum(estimate.right, floor))
         return GapModel.constant(float(self.theta), dims)
 
     def propose(self, state: SelectionState) -> list[int]:

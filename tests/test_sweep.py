@@ -300,3 +300,27 @@ def test_ray_executor_gives_the_same_matrix_as_local(
         hashes.append(run_dir.name)
     assert hashes[0] == hashes[1]  # the executor is not part of the plan
     np.testing.assert_array_equal(matrices["local"], matrices["ray"])
+
+
+def test_cartpole_masscart_sweep_mbtl_at_least_random(run_ctxrl: Run, tmp_path: Path) -> None:
+    """CI-sized end to end: 20 cart masses, batched PPO, K = 15: the matrix, every strategy's
+    curve, the figures, and MBTL's mean G_k over k = 1..15 at least Random's."""
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+            "features.masscart": {"num": 20, "low": 0.1, "high": 10.0, "scale": "linear"},
+            "train_steps": 30_000,
+            "eval_episodes": 5,
+            "strategy": {"name": "mbtl-gp", "budget": 15},
+        },
+    )
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    curves = summary["curves"]
+    assert len(curves["mbtl-gp"]["mean"]) == 15
+    assert np.mean(curves["mbtl-gp"]["mean"]) >= np.mean(curves["random"]["mean"])
+    assert np.mean(curves["sequential-oracle"]["mean"]) >= np.mean(curves["mbtl-gp"]["mean"])
+    for figure in ("matrix", "selection", "generalization"):
+        assert (run_dir / "figures" / f"{figure}.png").is_file()
