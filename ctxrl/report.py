@@ -3,9 +3,10 @@
 Figures (matplotlib, Agg backend) are written as PNG and SVG:
 
 - ``matrix``: the normalised transfer matrix as a heatmap (row = source, column = target);
-- ``selection``: G_k against k for every strategy (mean with a band of one standard deviation
-  over replays), with Independent, Oracle transfer and Multi-task as reference lines, styled
-  like the MBTL reference figures;
+- ``selection``: G_k against k for every strategy (with several seeds: the mean over seeds'
+  matrices and its 95% confidence band; with one: one standard deviation over replays), with
+  Independent, Oracle transfer and Multi-task as reference lines, styled like the MBTL
+  reference figures;
 - ``generalization``: for the strategy's chosen sources, the GP posterior of training
   performance with its 95% band, and the observed rows against the linear-gap model.
 """
@@ -76,7 +77,10 @@ def plot_selection(
     """G_k against k per strategy (mean, +- std band) with horizontal reference lines."""
     plt, (fig, ax) = _figure()
     for name, curve in curves.items():
-        mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
+        # a band of +- the 95% interval over seeds when several were trained, else +- one std
+        # over replays of a stochastic strategy
+        mean = np.asarray(curve.get("seed_mean", curve["mean"]))
+        std = np.asarray(curve.get("seed_ci95", curve["std"]))
         k = np.arange(1, len(mean) + 1)
         (line,) = ax.plot(k, mean, marker="o", markersize=3, label=name)
         if np.any(std > 0):

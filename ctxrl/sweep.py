@@ -606,13 +606,24 @@ def write_exports(
         coords = plan.grid.grid_coords()
         budget = min(len(plan.grid), plan.config.strategy.budget or 15)
         summary["budget"] = budget
-        summary["curves"] = selection_curves(
-            normalised,
-            coords,
-            {n: registry.strategy(n) for n in names},
-            budget,
-            options={plan.config.strategy.name: plan.config.strategy.options},
-        )
+        specs = {n: registry.strategy(n) for n in names}
+        options = {plan.config.strategy.name: plan.config.strategy.options}
+        summary["curves"] = selection_curves(normalised, coords, specs, budget, options=options)
+        per_seed = plan.env.normalise(matrix.values)  # (S, T, seeds)
+        if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
+            # G_k on each seed's own matrix: the spread between independently trained matrices
+            seed_curves = [
+                selection_curves(
+                    per_seed[:, :, k], coords, specs, budget, options=options, stochastic_repeats=20
+                )
+                for k in range(matrix.n_seeds)
+            ]
+            for name in names:
+                curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
+                summary["curves"][name]["seed_mean"] = curves.mean(axis=0).tolist()
+                summary["curves"][name]["seed_ci95"] = (
+                    1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
+                ).tolist()
         lead = names[0]
         summary["sample_efficiency"] = {
             "strategy": lead,
@@ -681,13 +692,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
             "(mean over replays):",
             "",
-            "| strategy | mean G_k | G_1 | G_K | order (first 5) |",
+            "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K | order (first 5) |",
             "|---|---|---|---|---|",
         ]
         for name, curve in summary["curves"].items():
             mean = np.mean(curve["mean"])
+            ci = ""
+            if "seed_ci95" in curve:
+                ci = f" +- {np.mean(curve['seed_ci95']):.4f}"
             lines.append(
-                f"| {name} | {mean:.4f} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
+                f"| {name} | {mean:.4f}{ci} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
                 f"{curve['order'][:5]} |"
             )
         efficiency = summary.get("sample_efficiency", {})

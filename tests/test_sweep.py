@@ -324,3 +324,21 @@ def test_cartpole_masscart_sweep_mbtl_at_least_random(run_ctxrl: Run, tmp_path: 
     assert np.mean(curves["sequential-oracle"]["mean"]) >= np.mean(curves["mbtl-gp"]["mean"])
     for figure in ("matrix", "selection", "generalization"):
         assert (run_dir / "figures" / f"{figure}.png").is_file()
+
+
+def test_several_seeds_give_confidence_intervals(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, seeds=[0, 1, 2], **{"algorithm.params": {"candidates": 3}})
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    for name in ("equidistant", "random", "greedy", "sequential-oracle"):
+        curve = summary["curves"][name]
+        assert len(curve["seed_ci95"]) == len(curve["seed_mean"]) == summary["budget"]
+        assert all(ci >= 0 for ci in curve["seed_ci95"])
+    spread = [sum(summary["curves"][n]["seed_ci95"]) for n in summary["curves"]]
+    assert max(spread) > 0  # three differently seeded matrices do differ
+    assert "95% CI over seeds" in (run_dir / "summary.md").read_text()
+    for seed in (0, 1, 2):
+        assert (run_dir / "exports" / f"matrix_seed{seed}.csv").is_file()
