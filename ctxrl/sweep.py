@@ -312,12 +312,7 @@ def _run_batched(
     checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
     started = now()
     try:
-        algorithm = cast(
-            BatchedAlgorithm,
-            plan.algorithm.factory(
-                _algorithm_params(config, plan), device=config.device, env=plan.env
-            ),
-        )
+        algorithm = _batched_algorithm(plan)
         with _progress(console) as progress:
             bar = progress.add_task(
                 f"training {len(pending)} {plan.env.name} agents in one program", total=1
@@ -351,28 +346,48 @@ def _run_batched(
         return
     share = (now() - started) / len(pending)  # the batch's wall-clock time, split evenly
     for i, (task, (_, seed)) in enumerate(zip(tasks, pending, strict=True)):
-        rid = ids[i]
-        artifact = Path("artifacts") / rid
-        algorithm.save(policies.select([i]), plan.run_dir / artifact)
-        evaluations = [
-            Evaluation(t.id, t.context, returns[i, j].tolist()) for j, t in enumerate(targets)
-        ]
-        record = _record(
-            task, seed, plan, started, started + share, "finished", str(artifact), None
-        )
-        store.record_run(record, evaluations)
-        finished.add(rid)
+        record = _record(task, seed, plan, started, started + share, "finished", None, None)
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
+        finished.add(record.run_id)
         outcome.trained += 1
-        run = {
-            "run_id": rid,
-            "source_task": task.id,
-            "seed": seed,
-            "status": "finished",
-            "returns": store.returns(rid),
-        }
-        host.notify("ctxrl_run_finished", plan=plan_json, run=run)
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
+
+
+def _batched_algorithm(plan: SweepPlan) -> BatchedAlgorithm:
+    params = _algorithm_params(plan.config, plan)
+    algorithm = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
+    return cast(BatchedAlgorithm, algorithm)
+
+
+def _store_trained(
+    plan: SweepPlan,
+    store: Store,
+    algorithm: BatchedAlgorithm,
+    policies: Any,
+    index: int,
+    record: RunRecord,
+    returns: np.ndarray,
+    host: Host,
+    plan_json: dict[str, Any],
+) -> None:
+    """Save agent ``index`` of a batched program and store its run with its evaluations
+    (``returns``: ``(targets, episodes)`` over the grid's contexts)."""
+    artifact = Path("artifacts") / record.run_id
+    algorithm.save(policies.select([index]), plan.run_dir / artifact)
+    evaluations = [
+        Evaluation(Task(plan.env.name, c).id, c, returns[j].tolist())
+        for j, c in enumerate(plan.grid.contexts)
+    ]
+    store.record_run(replace(record, artifact=str(artifact)), evaluations)
+    run = {
+        "run_id": record.run_id,
+        "source_task": record.source_task,
+        "seed": record.seed,
+        "status": "finished",
+        "returns": store.returns(record.run_id),
+    }
+    host.notify("ctxrl_run_finished", plan=plan_json, run=run)
 
 
 MULTITASK = "multitask"
@@ -398,12 +413,7 @@ def _run_multitask(
     started = now()
     task = Task(plan.env.name, Context())
     try:
-        algorithm = cast(
-            BatchedAlgorithm,
-            plan.algorithm.factory(
-                _algorithm_params(config, plan), device=config.device, env=plan.env
-            ),
-        )
+        algorithm = _batched_algorithm(plan)
         with _progress(console) as progress:
             bar = progress.add_task(f"training {len(seeds)} multi-task agents", total=1)
             policies = algorithm.train_many(
@@ -427,30 +437,11 @@ def _run_multitask(
         return
     share = (now() - started) / len(seeds)
     for i, seed in enumerate(seeds):
-        rid = f"{MULTITASK}-s{seed}"
-        artifact = Path("artifacts") / rid
-        algorithm.save(policies.select([i]), plan.run_dir / artifact)
-        evaluations = [
-            Evaluation(Task(plan.env.name, c).id, c, returns[i, j].tolist())
-            for j, c in enumerate(plan.grid.contexts)
-        ]
-        record = _record(
-            task, seed, plan, started, started + share, "finished", str(artifact), None
-        )
-        store.record_run(replace(record, run_id=rid, kind=MULTITASK), evaluations)
-        finished.add(rid)
+        record = _record(task, seed, plan, started, started + share, "finished", None, None)
+        record = replace(record, run_id=f"{MULTITASK}-s{seed}", kind=MULTITASK)
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
+        finished.add(record.run_id)
         outcome.trained += 1
-        host.notify(
-            "ctxrl_run_finished",
-            plan=plan_json,
-            run={
-                "run_id": rid,
-                "source_task": MULTITASK,
-                "seed": seed,
-                "status": "finished",
-                "returns": store.returns(rid),
-            },
-        )
 
 
 def _select_and_train(
