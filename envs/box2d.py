@@ -13,6 +13,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
 from ctxrl.errors import PluginUnavailable
@@ -30,6 +32,43 @@ LUNAR_LANDER = ContextSpace(
         F("initial_random", 1000.0, 0.0, 2000.0, description="random initial force on the lander"),
         F("leg_spring_torque", 40.0, 1.0, 200.0, description="torque of the leg springs"),
         F("fps", 50.0, 10.0, 200.0, unit="1/s", description="physics steps per second"),
+        F(
+            "scale",
+            30.0,
+            15.0,
+            60.0,
+            unit="px/m",
+            description="pixels per metre: larger is a "
+            "smaller world and lander in metres, observed positions normalised by the screen",
+        ),
+        F("leg_away", 20.0, 5.0, 40.0, unit="px", description="horizontal offset of each leg"),
+        F("leg_down", 18.0, 5.0, 40.0, unit="px", description="how far the legs hang down"),
+        F("leg_w", 2.0, 1.0, 10.0, unit="px", description="half-width of a leg"),
+        F("leg_h", 8.0, 2.0, 20.0, unit="px", description="half-height of a leg"),
+        F(
+            "side_engine_height",
+            14.0,
+            1.0,
+            30.0,
+            unit="px",
+            description="height of the side engines above the centre",
+        ),
+        F(
+            "side_engine_away",
+            12.0,
+            1.0,
+            30.0,
+            unit="px",
+            description="lever of the side engines: scales their impulse",
+        ),
+        F(
+            "main_engine_y_location",
+            4.0,
+            1.0,
+            10.0,
+            unit="px",
+            description="offset of the main engine below the centre: scales its impulse",
+        ),
     ],
     owner="LunarLander",
 )
@@ -43,6 +82,51 @@ BIPEDAL_WALKER = ContextSpace(
         F("speed_knee", 6.0, 0.1, 20.0, unit="rad/s", description="knee motor speed"),
         F("initial_random", 5.0, 0.0, 20.0, description="random initial push of the hull"),
         F("lidar_range", 160 / 30.0, 0.5, 20.0, unit="m", description="range of the lidar"),
+        F("gravity_x", 0.0, -10.0, 10.0, unit="m/s^2", description="horizontal gravity"),
+        F("fps", 50.0, 20.0, 200.0, unit="1/s", description="physics steps per second"),
+        F(
+            "leg_down",
+            -8 / 30.0,
+            -1.0,
+            0.0,
+            unit="m",
+            description="vertical offset of the hip joints from the hull centre",
+        ),
+        F("leg_w", 8 / 30.0, 0.05, 0.6, unit="m", description="width of the upper legs"),
+        F("leg_h", 34 / 30.0, 0.4, 2.0, unit="m", description="length of each leg segment"),
+        F("terrain_step", 14 / 30.0, 0.2, 1.0, unit="m", description="terrain segment width"),
+        F(
+            "terrain_length",
+            200.0,
+            100.0,
+            400.0,
+            unit="segments",
+            description="terrain length, rounded to whole segments; the finish is near its end",
+        ),
+        F(
+            "terrain_height",
+            400 / 30.0 / 4,
+            1.0,
+            6.0,
+            unit="m",
+            description="mean ground height, the height of the start pad",
+        ),
+        F(
+            "terrain_grass",
+            10.0,
+            2.0,
+            30.0,
+            unit="segments",
+            description="rounded; the finish line lies this many segments before the end",
+        ),
+        F(
+            "terrain_startpad",
+            20.0,
+            2.0,
+            50.0,
+            unit="segments",
+            description="rounded; length of the flat start pad",
+        ),
     ],
     owner="BipedalWalker",
 )
@@ -101,22 +185,45 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
     private["INITIAL_RANDOM"] = c["initial_random"]
     private["LEG_SPRING_TORQUE"] = c["leg_spring_torque"]
     private["FPS"] = c["fps"]
-    # Velocities are observed per frame (divided by FPS): at a lower frame rate they grow, so
-    # their observation bounds (indices 2, 3, 5) grow with it.
+    private["SCALE"] = c["scale"]
+    for name in (
+        "leg_away",
+        "leg_down",
+        "leg_w",
+        "leg_h",
+        "side_engine_height",
+        "side_engine_away",
+        "main_engine_y_location",
+    ):
+        private[name.upper()] = c[name]
+    # Velocities are observed per frame (divided by FPS) in screen units (times the world's
+    # size in metres, VIEWPORT / SCALE): at a lower frame rate or a smaller scale they grow, so
+    # their observation bounds (indices 2, 3, 5) grow with them.
     from gymnasium import spaces
 
     low, high = env._ctxrl_obs_bounds
-    scale = max(1.0, 50.0 / c["fps"])
+    scale = max(1.0, 50.0 / c["fps"]) * max(1.0, 30.0 / c["scale"])
     low, high = low.copy(), high.copy()
     low[[2, 3, 5]] *= scale
     high[[2, 3, 5]] *= scale
+    # gymnasium's bounds assume its default physics; with weak gravity or strong engines the
+    # lander legitimately climbs above the screen and spins, so height (1, upwards), angle (4)
+    # and angular velocity (5) are unbounded rather than violated.
+    high[[1, 4, 5]] = np.inf
+    low[[4, 5]] = -np.inf
     env.observation_space = spaces.Box(low, high, dtype=low.dtype)
     if getattr(env, "world", None) is not None:  # takes effect before the next reset too
         env.world.gravity = (c["gravity_x"], c["gravity_y"])
 
 
-def _build_bipedal_walker(render_mode: str | None) -> Any:
+def _bipedal_module() -> types.ModuleType:
     from gymnasium.envs.box2d import bipedal_walker
+
+    return bipedal_walker
+
+
+def _build_bipedal_walker(render_mode: str | None) -> Any:
+    bipedal_walker = _bipedal_module()
 
     env = bipedal_walker.BipedalWalker(render_mode=render_mode)
     env._ctxrl_globals = _private_globals(env, bipedal_walker)
@@ -125,8 +232,10 @@ def _build_bipedal_walker(render_mode: str | None) -> Any:
 
 
 def _apply_bipedal_walker(env: Any, c: Context) -> None:
+    from Box2D.b2 import fixtureDef, polygonShape
+
     private = env._ctxrl_globals
-    env.world.gravity = (0.0, c["gravity_y"])
+    env.world.gravity = (c["gravity_x"], c["gravity_y"])
     env.fd_polygon.friction = c["friction"]  # terrain fixtures are built from these at reset
     env.fd_edge.friction = c["friction"]
     private["FRICTION"] = c["friction"]
@@ -135,6 +244,21 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
     private["SPEED_KNEE"] = c["speed_knee"]
     private["INITIAL_RANDOM"] = c["initial_random"]
     private["LIDAR_RANGE"] = c["lidar_range"]
+    private["FPS"] = c["fps"]
+    for name in ("leg_down", "leg_w", "leg_h", "terrain_step", "terrain_height"):
+        private[name.upper()] = c[name]
+    for name in ("terrain_length", "terrain_grass", "terrain_startpad"):
+        private[name.upper()] = round(c[name])
+    # The leg fixtures are built from LEG_W / LEG_H when the module is imported: rebuild them.
+    for fixture_name, width in (("LEG_FD", c["leg_w"]), ("LOWER_FD", 0.8 * c["leg_w"])):
+        template = vars(_bipedal_module())[fixture_name]
+        private[fixture_name] = fixtureDef(
+            shape=polygonShape(box=(width / 2, c["leg_h"] / 2)),
+            density=template.density,
+            restitution=template.restitution,
+            categoryBits=template.filter.categoryBits,
+            maskBits=template.filter.maskBits,
+        )
     # Joint speeds are observed relative to the motor speeds (hip: 5, 10; knee: 7, 12): slower
     # motors make the observed ratios, and so their bounds, larger.
     from gymnasium import spaces
@@ -146,6 +270,9 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
     ):
         low[indices] *= max(1.0, default / speed)
         high[indices] *= max(1.0, default / speed)
+    # Hull velocities are observed per frame: a lower frame rate makes them larger.
+    low[1:4] *= max(1.0, 50.0 / c["fps"])
+    high[1:4] *= max(1.0, 50.0 / c["fps"])
     env.observation_space = spaces.Box(low, high, dtype=low.dtype)
 
 

@@ -121,3 +121,97 @@ def test_gymnasium_ids(name: str) -> None:
     env = gym.make(f"ctxrl/{name}-v3", context={"gravity_y": -5.0})
     _, info = env.reset(seed=0)
     assert info["context"]["gravity_y"] == -5.0
+
+
+def _lander(seed: int = 0, **context: float) -> Any:
+    env = get_host().registry.env("LunarLander").make({**QUIET, **context})
+    env.reset(seed=seed)
+    return env.unwrapped
+
+
+def test_lunar_lander_scale_and_engine_geometry() -> None:
+    # A larger scale is a smaller world in metres: the same fall is a larger share of the screen.
+    small = _run("LunarLander", [0] * 20, scale=15.0, **QUIET)
+    large = _run("LunarLander", [0] * 20, scale=60.0, **QUIET)
+    assert large[0][1] - large[-1][1] > small[0][1] - small[-1][1] > 0
+    # The main engine's impulse scales with its offset below the centre.
+    near = _run("LunarLander", [2] * 20, main_engine_y_location=1.0, **QUIET)
+    far = _run("LunarLander", [2] * 20, main_engine_y_location=10.0, **QUIET)
+    assert far[-1][3] > near[-1][3]
+    # The side engines' lever scales their sideways impulse; their height changes the torque.
+    short = _run("LunarLander", [1] * 20, side_engine_away=2.0, **QUIET)
+    long = _run("LunarLander", [1] * 20, side_engine_away=30.0, **QUIET)
+    assert abs(long[-1][2]) > abs(short[-1][2])
+    low = _run("LunarLander", [1] * 20, side_engine_height=1.0, **QUIET)
+    high = _run("LunarLander", [1] * 20, side_engine_height=30.0, **QUIET)
+    assert not np.isclose(low[-1][5], high[-1][5])
+
+
+def test_lunar_lander_leg_geometry() -> None:
+    narrow, wide = _lander(leg_away=5.0), _lander(leg_away=40.0)
+    spread = [abs(e.legs[0].position.x - e.legs[1].position.x) for e in (narrow, wide)]
+    assert spread[1] > spread[0]
+    thin, thick = _lander(leg_w=1.0, leg_h=4.0), _lander(leg_w=8.0, leg_h=16.0)
+    assert thick.legs[0].mass > thin.legs[0].mass
+    hang = []
+    for leg_down in (5.0, 40.0):
+        env = _lander(leg_down=leg_down)
+        for _ in range(10):
+            env.step(0)
+        hang.append(env.lander.position.y - env.legs[0].position.y)
+    assert hang[1] > hang[0]
+
+
+def _walker(**context: float) -> Any:
+    env = get_host().registry.env("BipedalWalker").make({"initial_random": 0.0, **context})
+    env.reset(seed=0)
+    return env.unwrapped
+
+
+def test_bipedal_walker_gravity_x_and_fps() -> None:
+    still = [np.zeros(4, np.float32)] * 10
+    left = _run("BipedalWalker", still, gravity_x=-5.0, initial_random=0)
+    right = _run("BipedalWalker", still, gravity_x=5.0, initial_random=0)
+    assert left[-1][2] < 0 < right[-1][2]  # horizontal velocity of the hull
+    fell = []
+    for fps in (25.0, 100.0):
+        env = _walker(fps=fps)
+        env.step(np.zeros(4, np.float32))  # the first step settles the legs' springs
+        start = env.hull.position.y
+        for _ in range(5):
+            env.step(np.zeros(4, np.float32))
+        fell.append(start - env.hull.position.y)
+    assert fell[0] > fell[1] > 0  # more simulated time per step -> the limp walker sinks faster
+
+
+def test_bipedal_walker_terrain() -> None:
+    coarse, fine = _walker(terrain_step=0.8), _walker(terrain_step=0.3)
+    assert np.diff(coarse.terrain_x).mean() == pytest.approx(0.8)
+    assert np.diff(fine.terrain_x).mean() == pytest.approx(0.3)
+    assert len(_walker(terrain_length=120.0).terrain_x) == 120
+    assert len(_walker(terrain_length=300.0).terrain_x) == 300
+    low, high = _walker(terrain_height=2.0), _walker(terrain_height=5.0)
+    assert low.terrain_y[0] == pytest.approx(2.0) and high.terrain_y[0] == pytest.approx(5.0)
+    for pad in (5, 40):
+        flat = np.flatnonzero(np.abs(np.diff(_walker(terrain_startpad=pad).terrain_y)) > 1e-9)
+        assert flat[0] >= pad  # the ground stays flat over the start pad
+    # The finish line lies terrain_grass segments before the end: the longer grass, the sooner.
+    finish = {}
+    for grass in (2.0, 30.0):
+        env = _walker(terrain_grass=grass, terrain_length=100.0)
+        shift = env._ctxrl_globals["TERRAIN_STEP"] * 80 - env.hull.position.x
+        for body in [env.hull, *env.legs]:  # carry the whole walker 80 segments along
+            body.position = (body.position.x + shift, body.position.y)
+        finish[grass] = env.step(np.zeros(4, np.float32))[2]
+    assert finish == {2.0: False, 30.0: True}
+
+
+def test_bipedal_walker_leg_geometry() -> None:
+    thin, thick = _walker(leg_w=0.1), _walker(leg_w=0.5)
+    assert thick.legs[0].mass > thin.legs[0].mass and thick.legs[1].mass > thin.legs[1].mass
+    short, long = _walker(leg_h=0.6), _walker(leg_h=1.8)
+    assert long.legs[0].mass > short.legs[0].mass
+    assert long.hull.position.y > short.hull.position.y  # starts higher above its longer legs
+    high, low = _walker(leg_down=0.0), _walker(leg_down=-0.8)
+    drop = [w.hull.position.y - w.legs[0].position.y for w in (high, low)]
+    assert drop[1] > drop[0]
