@@ -3,7 +3,11 @@ numpy-vectorised CartPole and a SyncVectorEnv, in the same process.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_envs.py            # CPU, one thread
     python benchmarks/bench_envs.py                              # CPU, default threads
-    python benchmarks/bench_envs.py --device cuda [--gymnax]     # on a GPU machine
+    python benchmarks/bench_envs.py --device cuda --gymnax       # on a GPU machine
+
+``--gymnax`` adds gymnax's CartPole (JAX, ``jax.vmap`` over per-env parameters, ``lax.scan``
+over steps, jitted) on the default JAX device in the same run: the GPU comparison. gymnax pins
+gymnasium < 1.4, so it is never a ctxrl dependency; install ``jax gymnax`` beside ctxrl for this.
 
 Every env gets a different context (masscart / m spread over its range). Random actions are
 drawn before timing. Prints a markdown table; ratios are against gymnasium's vector CartPole
@@ -75,6 +79,47 @@ def gymnasium_vector_cartpole_rate(batch: int, budget_s: float) -> float:
     return _rate(lambda t: env.step(actions[t % 64]), batch, budget_s)
 
 
+def gymnax_cartpole_rate(batch: int, budget_s: float) -> float:
+    """gymnax CartPole-v1 with a per-env ``masscart`` (derived ``total_mass`` recomputed), random
+    actions, 100 steps per jitted ``lax.scan`` call (auto-reset as gymnax does it)."""
+    import jax
+    import jax.numpy as jnp
+    from gymnax import make
+
+    env, defaults = make("CartPole-v1")
+    masscart = jnp.linspace(0.1, 10.0, batch)
+    per_env = {
+        name: jnp.full((batch,), getattr(defaults, name))
+        for name in vars(defaults)
+        if jnp.ndim(getattr(defaults, name)) == 0
+    }
+    per_env.update(masscart=masscart, total_mass=masscart + defaults.masspole)
+    params = defaults.replace(**per_env)
+    keys = jax.random.split(jax.random.PRNGKey(0), batch)
+    _, state = jax.vmap(env.reset)(keys, params)
+    inner = 100
+
+    @jax.jit
+    def roll(state: object, key: jax.Array) -> tuple[object, jax.Array]:
+        def body(state: object, key: jax.Array) -> tuple[object, jax.Array]:
+            step_key, action_key = jax.random.split(key)
+            actions = jax.random.randint(action_key, (batch,), 0, 2)
+            # (obs, state, reward, done, info) in gymnax 0.0.x; 1.x splits done in two
+            out = jax.vmap(env.step)(jax.random.split(step_key, batch), state, actions, params)
+            return out[1], out[2].sum()
+
+        state, rewards = jax.lax.scan(body, state, jax.random.split(key, inner))
+        return state, rewards.sum()
+
+    holder = {"state": state}
+
+    def run(t: int) -> None:
+        holder["state"], total = roll(holder["state"], jax.random.PRNGKey(t))
+        total.block_until_ready()
+
+    return _rate(run, batch * inner, budget_s)
+
+
 def sync_vector_rate(name: str, feature: str, batch: int, budget_s: float) -> float:
     import gymnasium as gym
 
@@ -93,6 +138,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--max-sync", type=int, default=4096, help="largest SyncVectorEnv batch")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd twins")
+    parser.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
+    parser.add_argument("--gymnax", action="store_true", help="also time gymnax's CartPole (JAX)")
     args = parser.parse_args()
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     device_name = (
@@ -106,7 +153,7 @@ def main() -> None:
     )
     print("| env | B | ctxrl twin (steps/s) | baseline | baseline (steps/s) | ratio |")
     print("|---|---|---|---|---|---|")
-    for batch in BATCHES:
+    for batch in args.batches:
         ours = twin_rate("CartPole", "masscart", batch, args.device, args.budget_s)
         base = gymnasium_vector_cartpole_rate(batch, args.budget_s)
         print(
@@ -121,6 +168,15 @@ def main() -> None:
                 f"| {ours / sync:.2f}x |",
                 flush=True,
             )
+        if args.gymnax:
+            import jax
+
+            peer = gymnax_cartpole_rate(batch, args.budget_s)
+            print(
+                f"| CartPole | {batch} | {ours:,.0f} | gymnax ({jax.devices()[0]}) | {peer:,.0f} "
+                f"| {ours / peer:.2f}x |",
+                flush=True,
+            )
         if args.compile:
             compiled = twin_rate("CartPole", "masscart", batch, args.device, args.budget_s, True)
             print(
@@ -128,7 +184,7 @@ def main() -> None:
                 f"CartPoleVectorEnv | {base:,.0f} | {compiled / base:.2f}x |",
                 flush=True,
             )
-    for batch in BATCHES:
+    for batch in args.batches:
         ours = twin_rate("Pendulum", "m", batch, args.device, args.budget_s)
         if batch <= args.max_sync:
             sync = sync_vector_rate("Pendulum", "m", batch, args.budget_s)

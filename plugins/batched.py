@@ -244,3 +244,80 @@ def evaluate_policies(
             if bool(finished.all()):
                 break
     return returns.view(p, q, episodes).cpu().numpy()
+
+
+def save_training_state(
+    path: Path,
+    iteration: int,
+    params: Params,
+    optimizer: torch.optim.Adam,
+    twin: Any,
+    rng: StreamRNG,
+    obs: Tensor,
+    extra: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Save everything a batched training needs to continue bit-exactly after a kill: weights,
+    Adam moments, the environments' state, step counters, contexts (multi-task runs redraw
+    them) and random streams, the agents' random streams, the last observation ``(B, obs)``
+    and the trainer's own ``extra`` tensors (replay buffers, target networks). safetensors +
+    JSON, written atomically by :func:`ctxrl.artifacts.save_artifact`."""
+    tensors = {f"param.{k}": v.detach() for k, v in params.items()}
+    for k, p in params.items():
+        state = optimizer.state.get(p, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                tensors[f"adam.{k}.{name}"] = state[name]
+        if "step" in state:
+            tensors[f"adam.{k}.step"] = torch.as_tensor(state["step"]).reshape(1)
+    tensors.update(
+        {
+            "env.state": twin._state,
+            "env.elapsed": twin.elapsed,
+            "obs": obs,
+            "rng.seeds": rng.seeds,
+            "rng.counters": rng.counters,
+        }
+    )
+    tensors.update({f"env.context.{k}": v for k, v in twin.context.items()})
+    if twin.streams is not None:
+        tensors["env.rng.seeds"] = twin.streams.seeds
+        tensors["env.rng.counters"] = twin.streams.counters
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
+    save_artifact(path, tensors, {"iteration": iteration})
+
+
+def restore_training_state(
+    path: Path,
+    params: Params,
+    optimizer: torch.optim.Adam,
+    twin: Any,
+    rng: StreamRNG,
+) -> tuple[int, Tensor, dict[str, Tensor]]:
+    """Load what :func:`save_training_state` wrote into live objects; return the iteration to
+    continue from, the last observation and the ``extra`` tensors (prefix removed)."""
+    tensors, meta = load_artifact(path, device=str(twin.device))
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[f"param.{k}"])
+            if f"adam.{k}.exp_avg" in tensors:
+                optimizer.state[p] = {
+                    "step": tensors[f"adam.{k}.step"].reshape(()).cpu().float(),
+                    "exp_avg": tensors[f"adam.{k}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].clone(),
+                }
+    twin._state = tensors["env.state"].clone()
+    twin.elapsed = tensors["env.elapsed"].clone()
+    contexts = {
+        k.removeprefix("env.context."): v
+        for k, v in tensors.items()
+        if k.startswith("env.context.")
+    }
+    if contexts:
+        twin.set_context(contexts)
+    rng.load_state_dict({"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]})
+    if twin.streams is not None:
+        twin.streams.load_state_dict(
+            {"seeds": tensors["env.rng.seeds"], "counters": tensors["env.rng.counters"]}
+        )
+    extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    return int(meta["iteration"]), tensors["obs"], extra

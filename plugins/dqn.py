@@ -36,6 +36,8 @@ from ctxrl_plugins.batched import (
     hyperparameters,
     linear,
     orthogonal,
+    restore_training_state,
+    save_training_state,
 )
 
 Tensor = torch.Tensor
@@ -163,14 +165,17 @@ class BatchedDQN(BatchedTrainer):
         *,
         total_steps: int,
         checkpoint: Path | None = None,
+        checkpoint_every: int = 10_000,
         progress: Callable[[int, int], None] | None = None,
         mixture: Sequence[Mapping[str, float]] | None = None,
     ) -> QPolicies:
         """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
 
-        ``checkpoint`` is accepted for the sweep's interface; DQN runs are short and restart
-        from scratch (its replay buffers are not checkpointed)."""
-        del checkpoint
+        With ``checkpoint``, the whole state (online and target weights, Adam moments, the
+        filled part of every replay buffer, environments, random streams, step) is saved every
+        ``checkpoint_every`` env steps per agent and a later call with the same arguments
+        continues from it, bit-exactly. With ``mixture``, every environment draws its context
+        from ``mixture`` at each episode start (multi-task training)."""
         if env.make_batched is None:
             raise CtxrlError(f"batched-dqn needs a torch-batched twin; env {env.name!r} has none")
         if env.action_space != "discrete":
@@ -204,7 +209,22 @@ class BatchedDQN(BatchedTrainer):
         obs = twin.reset().view(n, e, obs_dim)
         iterations = max(1, total_steps // e)
         explore_steps = cfg.exploration_fraction * iterations * e
-        for step in range(iterations):
+        start = 0
+        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
+            start, last_obs, extra = restore_training_state(
+                checkpoint, online, optimizer, twin, rng
+            )
+            obs = last_obs.view(n, e, obs_dim)
+            with torch.no_grad():
+                for k in target:
+                    target[k].copy_(extra[f"target.{k}"])
+                filled = extra["buffer.obs"].shape[1]
+                for name, buffer in self._buffers(
+                    buf_obs, buf_next, buf_act, buf_rew, buf_term
+                ).items():
+                    buffer[:, :filled] = extra[f"buffer.{name}"]
+        save_every = max(1, checkpoint_every // e)
+        for step in range(start, iterations):
             env_steps = step * e
             epsilon = max(
                 cfg.end_e,
@@ -224,16 +244,14 @@ class BatchedDQN(BatchedTrainer):
                 buf_rew[:, slot] = reward.view(n, e)
                 buf_term[:, slot] = terminated.view(n, e).float()
                 obs = next_obs.view(n, e, obs_dim)
-            if env_steps + e <= cfg.learning_starts:
-                continue
-            if (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
+            learning = env_steps + e > cfg.learning_starts
+            if learning and (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
                 with torch.no_grad():
                     for k, v in online.items():
                         target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
-            if (step + 1) % max(1, cfg.train_frequency // e):
-                continue
+            training = learning and (step + 1) % max(1, cfg.train_frequency // e) == 0
             filled = min(step + 1, capacity) * e
-            for _ in range(cfg.gradient_steps):
+            for _ in range(cfg.gradient_steps if training else 0):
                 flat = (rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
                 slots, envs = flat // e, flat % e
                 o = buf_obs[agents, slots, envs]
@@ -263,11 +281,41 @@ class BatchedDQN(BatchedTrainer):
                 optimizer.step()
             if progress is not None:
                 progress(step + 1, iterations)
+            if checkpoint is not None and (step + 1) % save_every == 0 and step + 1 < iterations:
+                filled_slots = min(step + 1, capacity)
+                extra = {f"target.{k}": v for k, v in target.items()}
+                for name, buffer in self._buffers(
+                    buf_obs, buf_next, buf_act, buf_rew, buf_term
+                ).items():
+                    extra[f"buffer.{name}"] = buffer[:, :filled_slots].contiguous()
+                save_training_state(
+                    checkpoint,
+                    step + 1,
+                    online,
+                    optimizer,
+                    twin,
+                    rng,
+                    obs.reshape(n * e, obs_dim),
+                    extra,
+                )
         for p in online.values():
             p.requires_grad_(False)
         return QPolicies(
             online, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
         )
+
+    @staticmethod
+    def _buffers(
+        obs: Tensor, next_obs: Tensor, action: Tensor, reward: Tensor, terminated: Tensor
+    ) -> dict[str, Tensor]:
+        """The replay buffers by checkpoint name, each ``(N, capacity, envs, ...)``."""
+        return {
+            "obs": obs,
+            "next_obs": next_obs,
+            "action": action,
+            "reward": reward,
+            "terminated": terminated,
+        }
 
     def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> QPolicies:
         return QPolicies(

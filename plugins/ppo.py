@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
@@ -39,6 +38,8 @@ from ctxrl_plugins.batched import (
     hyperparameters,
     linear,
     orthogonal,
+    restore_training_state,
+    save_training_state,
 )
 
 Tensor = torch.Tensor
@@ -236,7 +237,7 @@ class BatchedPPO(BatchedTrainer):
         obs = twin.reset().view(n, e, obs_dim)
         start = 0
         if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
-            start, obs = _restore(checkpoint, params, optimizer, twin, rng, device)
+            start, obs, _ = restore_training_state(checkpoint, params, optimizer, twin, rng)
             obs = obs.view(n, e, obs_dim)
         policies = BatchedPolicies(
             params, discrete, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
@@ -325,7 +326,7 @@ class BatchedPPO(BatchedTrainer):
             if progress is not None:
                 progress(iteration + 1, iterations)
             if checkpoint is not None and (iteration + 1) % checkpoint_every == 0:
-                _save_checkpoint(
+                save_training_state(
                     checkpoint,
                     iteration + 1,
                     params,
@@ -347,63 +348,3 @@ class BatchedPPO(BatchedTrainer):
             metadata["contexts"],
             metadata["seeds"],
         )
-
-
-def _save_checkpoint(
-    path: Path,
-    iteration: int,
-    params: Params,
-    optimizer: torch.optim.Adam,
-    twin: Any,
-    rng: StreamRNG,
-    obs: Tensor,
-) -> None:
-    tensors = {f"param.{k}": v.detach() for k, v in params.items()}
-    for k, p in params.items():
-        state = optimizer.state.get(p, {})
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name in state:
-                tensors[f"adam.{k}.{name}"] = state[name]
-        if "step" in state:
-            tensors[f"adam.{k}.step"] = torch.as_tensor(state["step"]).reshape(1)
-    tensors.update(
-        {
-            "env.state": twin._state,
-            "env.elapsed": twin.elapsed,
-            "obs": obs,
-            "rng.seeds": rng.seeds,
-            "rng.counters": rng.counters,
-        }
-    )
-    if twin.streams is not None:
-        tensors["env.rng.seeds"] = twin.streams.seeds
-        tensors["env.rng.counters"] = twin.streams.counters
-    save_artifact(path, tensors, {"iteration": iteration})
-
-
-def _restore(
-    path: Path,
-    params: Params,
-    optimizer: torch.optim.Adam,
-    twin: Any,
-    rng: StreamRNG,
-    device: torch.device,
-) -> tuple[int, Tensor]:
-    tensors, meta = load_artifact(path, device=str(device))
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(tensors[f"param.{k}"])
-            if f"adam.{k}.exp_avg" in tensors:
-                optimizer.state[p] = {
-                    "step": tensors[f"adam.{k}.step"].reshape(()).cpu().float(),
-                    "exp_avg": tensors[f"adam.{k}.exp_avg"].clone(),
-                    "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].clone(),
-                }
-    twin._state = tensors["env.state"].clone()
-    twin.elapsed = tensors["env.elapsed"].clone()
-    rng.load_state_dict({"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]})
-    if twin.streams is not None:
-        twin.streams.load_state_dict(
-            {"seeds": tensors["env.rng.seeds"], "counters": tensors["env.rng.counters"]}
-        )
-    return int(meta["iteration"]), tensors["obs"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,6 +37,33 @@ def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(options: dict) -> N
     for name, value in alone.params.items():
         assert torch.equal(value[0], batch.params[name][5]), name
     assert not torch.equal(alone.params["q.w0"][0], batch.params["q.w0"][4])
+
+
+@pytest.mark.parametrize("mixture", [None, [{"masscart": 0.5}, {"masscart": 5.0}]])
+def test_checkpoint_resume_continues_exactly(tmp_path: Path, mixture: list | None) -> None:
+    """Killed after its replay buffers wrapped around, a run resumes to the same weights."""
+    spec = get_host().registry.env("CartPole")
+    params = {**FAST, "buffer_size": 300, "num_envs": 2, "double": True}
+    contexts, seeds = [{"masscart": 1.0}, {"masscart": 3.0}], [0, 1]
+    reference = _algo(**params).train_many(
+        spec, contexts, seeds, total_steps=1600, mixture=mixture
+    )
+
+    class Killed(Exception):
+        pass
+
+    def kill(done: int, total: int) -> None:
+        if done == 550:  # env steps per agent: 1100, checkpoint at 800
+            raise Killed
+
+    checkpoint = tmp_path / "ckpt"
+    run = {"total_steps": 1600, "checkpoint": checkpoint, "checkpoint_every": 800}
+    with pytest.raises(Killed):
+        _algo(**params).train_many(spec, contexts, seeds, progress=kill, mixture=mixture, **run)
+    assert checkpoint.with_suffix(".safetensors").is_file()
+    resumed = _algo(**params).train_many(spec, contexts, seeds, mixture=mixture, **run)
+    for name, value in reference.params.items():
+        assert torch.equal(value, resumed.params[name]), name
 
 
 def test_batched_dqn_learns_cartpole() -> None:
