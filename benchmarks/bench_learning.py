@@ -4,7 +4,7 @@
 
 - batched PPO, CartPole default context, 8 seeds x 500k steps: share of seeds >= 475;
 - batched PPO (Pendulum preset), 4 seeds x 1M steps: share of seeds >= -250;
-- batched DQN (Zoo preset; plain, Double, Dueling), CartPole, 4 seeds x 100k steps.
+- batched DQN (CartPole preset: CleanRL's settings; plain, Double, Dueling), 4 seeds x 500k steps.
 Each: mean deterministic return over 20 episodes per seed, and wall-clock time.
 """
 
@@ -51,9 +51,9 @@ def main() -> None:
             1_000_000,
             -250.0,
         ),
-        "dqn-cartpole": ("batched-dqn", "CartPole", {}, 4, 100_000, 475.0),
-        "double-dqn-cartpole": ("batched-dqn", "CartPole", {"double": True}, 4, 100_000, 475.0),
-        "dueling-dqn-cartpole": ("batched-dqn", "CartPole", {"dueling": True}, 4, 100_000, 475.0),
+        "dqn-cartpole": ("batched-dqn", "CartPole", {}, 4, 500_000, 475.0),
+        "double-dqn-cartpole": ("batched-dqn", "CartPole", {"double": True}, 4, 500_000, 475.0),
+        "dueling-dqn-cartpole": ("batched-dqn", "CartPole", {"dueling": True}, 4, 500_000, 475.0),
     }
     for name, spec in runs.items():
         if args.only is None or name in args.only:

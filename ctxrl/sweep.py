@@ -249,7 +249,7 @@ def run_sweep(
                     outcome.failed.append(rid)
                     console.print(
                         f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
-                        f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
+                        f"{_error_summary(error)}"
                     )
                 else:
                     outcome.trained += 1
@@ -497,6 +497,16 @@ def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
         seeds=plan.config.seeds,
         features=plan.grid.features,
     )
+
+
+def _error_summary(error: BaseException) -> str:
+    """One line saying why a run failed: an executor's ``summary`` if it gives one, else the
+    last line of the error (a traceback's exception)."""
+    summary = getattr(error, "summary", None)
+    if isinstance(summary, str) and summary:
+        return summary
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else repr(error)
 
 
 def _progress(console: Console) -> Progress:

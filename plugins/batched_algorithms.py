@@ -33,7 +33,8 @@ PPO_PRESETS: dict[str, dict[str, Any]] = {
 
 
 DQN_PRESETS: dict[str, dict[str, Any]] = {
-    # The RL Zoo's tuned values (its n_envs = 1 kept).
+    # CartPole: the defaults (CleanRL's). Acrobot, MountainCar: the RL Zoo's (n_envs = 1),
+    # with its network and Huber loss.
     "CartPole": {},
     "Acrobot": {
         "learning_rate": 6.3e-4,
@@ -46,6 +47,8 @@ DQN_PRESETS: dict[str, dict[str, Any]] = {
         "gradient_steps": 1,
         "exploration_fraction": 0.12,
         "end_e": 0.1,
+        "hidden": [256, 256],
+        "huber": True,
     },
     "MountainCar": {
         "learning_rate": 4e-3,
@@ -58,6 +61,8 @@ DQN_PRESETS: dict[str, dict[str, Any]] = {
         "gradient_steps": 8,
         "exploration_fraction": 0.2,
         "end_e": 0.07,
+        "hidden": [256, 256],
+        "huber": True,
     },
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import time
@@ -29,7 +30,31 @@ JobFn = Callable[[Job], None]
 
 
 class JobFailed(RuntimeError):
-    """A job that raised, crashed or timed out; the message ends with its log's last lines."""
+    """A job that raised, crashed or timed out.
+
+    ``summary`` says what happened in one line (the job's exception, the signal that killed it,
+    or the time limit); the message adds the last lines of the job's log."""
+
+    def __init__(self, summary: str, log_tail: str = "") -> None:
+        super().__init__(f"{summary}\n{log_tail}".rstrip())
+        self.summary = summary
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def _crash_summary(exitcode: int, tail: str) -> str:
+    """One line for a worker that exited with ``exitcode``: the last exception its log shows
+    (the job's own; the worker prints it last), else the signal or the exit code."""
+    if exitcode < 0:
+        try:
+            return f"worker killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"worker killed by signal {-exitcode}"
+    for line in reversed(tail.splitlines()):
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()
+    return f"worker exited with code {exitcode}"
 
 
 def _log_name(job: Job, index: int) -> str:
@@ -119,23 +144,15 @@ class LocalProcessExecutor:
                         if process.exitcode == 0:
                             yield job, None
                         else:
-                            yield (
-                                job,
-                                JobFailed(
-                                    f"worker exited with code {process.exitcode}\n{_tail(log)}"
-                                ),
-                            )
+                            tail = _tail(log)
+                            summary = _crash_summary(process.exitcode, tail)
+                            yield job, JobFailed(summary, tail)
                     elif self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                         _kill_group(process)
                         process.join()
                         del running[process]
-                        yield (
-                            job,
-                            JobFailed(
-                                f"job exceeded its {self.timeout_s:g} s limit and was killed\n"
-                                f"{_tail(log)}"
-                            ),
-                        )
+                        summary = f"job exceeded its {self.timeout_s:g} s limit and was killed"
+                        yield job, JobFailed(summary, _tail(log))
                 time.sleep(self.poll_s)
         finally:
             for process in running:

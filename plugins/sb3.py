@@ -236,6 +236,7 @@ class SB3Algorithm:
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         model = self._build(env, task, seed)
         model.learn(total_timesteps=total_steps)
+        model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected
         model._ctxrl_task = task  # remembered for save()
         return model
 

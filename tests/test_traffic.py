@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import sqlite3
 import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -190,3 +194,78 @@ def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_pa
     assert result.returncode == 2
     assert "env_options" in result.stderr and "no-such-sumo-option" in result.stderr
     assert _sumo_processes() == before
+
+
+def _sumo_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "sumo"], capture_output=True, text=True)
+    return {int(pid) for pid in out.stdout.split()}
+
+
+@requires_sb3
+def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
+    plugin_site: Path, run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """While two workers train, one real SUMO process is killed (a crash) and the other is
+    stopped (a hung simulation). Both runs are marked failed with what happened, the third
+    context still trains, no SUMO is left behind, and a rerun trains only the failed two."""
+    config = tmp_path / "traffic.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "env": "TrafficSignal",
+                "env_options": {"num_seconds": 600},
+                "features": {"inflow": {"values": [300.0, 900.0, 1500.0]}},
+                "algorithm": {
+                    "name": "sb3-dqn",
+                    "params": {"learning_starts": 30, "buffer_size": 1000, "batch_size": 16},
+                },
+                "train_steps": 240,
+                "eval_episodes": 1,
+                "executor": {"name": "local", "workers": 2, "timeout_s": 60},
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(plugin_site), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "200",
+        "CTXRL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    before = _sumo_pids()
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # two training simulations that have been running for a while
+            seen = _sumo_pids() - before
+            time.sleep(2.0)
+            steady = seen & _sumo_pids()
+            if len(steady) >= 2:
+                break
+            assert sweep.poll() is None and time.monotonic() < deadline, "no SUMO workers"
+        crashed, stuck = sorted(steady)[:2]
+        os.kill(crashed, signal.SIGKILL)
+        os.kill(stuck, signal.SIGSTOP)
+        _, stderr = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 1, stderr
+    assert "trained 1, resumed past 0, failed 2" in stderr, stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
+    assert any("exceeded its 60 s limit" in e for e in errors), errors
+    assert any("Connection closed by SUMO" in e for e in errors), errors
+    assert not _sumo_pids() - before, "SUMO processes left behind"
+    again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
+    assert "trained 2, resumed past 1, failed 0" in again.stderr, again.stderr
