@@ -53,6 +53,10 @@ class SweepOutcome:
     skipped: int
     failed: list[str] = field(default_factory=list)
     order: list[int] = field(default_factory=list)
+    train_s: float = 0.0
+    """wall-clock seconds spent training in batched programs (0 for per-run executors)"""
+    eval_s: float = 0.0
+    """wall-clock seconds spent in batched cross-evaluation"""
 
 
 # ------------------------------------------------------------------------------- the job
@@ -329,6 +333,7 @@ def _run_batched(
                 checkpoint=checkpoint,
                 progress=advance,
             )
+        trained_at = now()
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
         returns = algorithm.evaluate_many(
             policies,
@@ -336,6 +341,13 @@ def _run_batched(
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
             seed=10_000,
+        )
+        outcome.train_s += trained_at - started
+        outcome.eval_s += now() - trained_at
+        console.print(
+            f"trained {len(pending)} agents x {config.train_steps:,} steps in "
+            f"{trained_at - started:.1f} s; evaluated {len(pending)} x {len(targets)} x "
+            f"{config.eval_episodes} episodes in {now() - trained_at:.1f} s"
         )
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]

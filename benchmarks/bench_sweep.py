@@ -1,0 +1,97 @@
+"""Benchmark-size contextual sweeps: wall-clock time of a full 100-context transfer matrix and
+MBTL's sample-efficiency factor next to the paper's.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_sweep.py                      # all, as configured
+    python benchmarks/bench_sweep.py --device cuda                           # on a GPU machine
+    OMP_NUM_THREADS=1 python benchmarks/bench_sweep.py --only cartpole-masscart-100 \\
+        --train-steps 100000 --seeds 0 1 2 --eval-episodes 5                  # CPU-sized
+
+Each sweep is a config in ``benchmarks/sweeps/`` (run it yourself with ``ctxrl sweep FILE``):
+every context is a source (batched PPO, all agents of a seed list in one program), every agent
+is evaluated zero-shot on every context, a multi-task agent per seed is trained on the uniform
+mixture, and MBTL-GP and the baselines are replayed on the mean matrix. The factor is N / k*,
+k* the first step at which MBTL beats both Independent and Multi-task (the paper's definition;
+``../shared/research/mbtl.md``). Prints a markdown table for ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ctxrl.config import load_config, resolve_plan
+from ctxrl.plugins import get_host
+from ctxrl.sweep import run_sweep
+
+SWEEPS = Path(__file__).parent / "sweeps"
+PAPER_FACTOR = {
+    "cartpole-masscart-100": "11x (100/9)",
+    "cartpole-length-100": "-",
+    "pendulum-dt-100": "20x (100/5)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=sorted(PAPER_FACTOR))
+    parser.add_argument("--device", default=None, help="override the configs' device")
+    parser.add_argument("--train-steps", type=int, default=None, help="override steps per model")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the seeds")
+    parser.add_argument("--eval-episodes", type=int, default=None)
+    parser.add_argument("--output-dir", default=None, help="default: a temporary directory")
+    args = parser.parse_args()
+    device = args.device
+    card = (
+        torch.cuda.get_device_name(0)
+        if device and device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    print(f"device {device or 'as configured'} ({card}), torch {torch.__version__}\n")
+    print(
+        "| sweep | N | seeds | steps/model | train (s) | eval (s) | total (s) | "
+        "mean G_1..15 MBTL | Random | Independent | Multi-task | k* | factor | paper |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.only:
+            overrides = [f"output_dir={args.output_dir or scratch}"]
+            if device:
+                overrides.append(f"device={device}")
+            if args.train_steps:
+                overrides.append(f"train_steps={args.train_steps}")
+            if args.seeds:
+                overrides.append(f"seeds={json.dumps(args.seeds)}")
+            if args.eval_episodes:
+                overrides.append(f"eval_episodes={args.eval_episodes}")
+            config = load_config(SWEEPS / f"{name}.yaml", overrides)
+            plan = resolve_plan(config, get_host().registry)
+            started = time.perf_counter()
+            outcome = run_sweep(plan)
+            total = time.perf_counter() - started
+            summary = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+            curves = summary["curves"]
+            efficiency = summary["sample_efficiency"]
+
+            def mean15(strategy: str, curves: dict = curves) -> str:
+                return f"{sum(curves[strategy]['mean'][:15]) / 15:.3f}"
+
+            factor = efficiency["factor"]
+            print(
+                f"| {name} | {summary['n_contexts']} | {len(config.seeds)} | "
+                f"{config.train_steps:,} | {outcome.train_s:.0f} | {outcome.eval_s:.0f} | "
+                f"{total:.0f} | {mean15('mbtl-gp')} | {mean15('random')} | "
+                f"{summary['independent']:.3f} | {summary.get('multitask', float('nan')):.3f} | "
+                f"{efficiency['k_star'] or '> ' + str(summary['budget'])} | "
+                f"{f'{factor:.0f}x' if factor else '-'} | {PAPER_FACTOR[name]} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
