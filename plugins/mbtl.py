@@ -14,6 +14,8 @@ and right; never below the reference's hand-set slope) instead of hand-set; cont
 several dimensions; and ``q`` sources can be proposed at once (each proposal is assumed to
 perform as the model expects before choosing the next), so a batched trainer can train them
 together.
+
+Also here: SD-MBTL's structure detection (``sd-mbtl``) and its clustering branch (``m-mbtl``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,90 @@ class MBTLStrategy:
         return proposal
 
 
+def k_median_step(coords: np.ndarray, chosen: list[int], candidates: list[int]) -> int:
+    """The candidate that, added to ``chosen``, most lowers the total L1 distance from every
+    context to its nearest chosen one (a greedy k-median step; the first one on ties).
+
+    ``coords`` is ``(N, d)`` in the unit cube; with nothing chosen this is the medoid."""
+    distances = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=2)  # (N, N)
+    nearest = distances[:, chosen].min(axis=1) if chosen else np.full(len(coords), np.inf)
+    totals = [np.minimum(nearest, distances[:, c]).sum() for c in candidates]
+    return candidates[int(np.argmin(np.round(totals, 12)))]
+
+
+def mountain_score(coords: np.ndarray, rows: dict[int, np.ndarray]) -> float:
+    """How consistently performance falls with distance from the source, in ``[-1, 1]``.
+
+    For every observed row (source ``s``) and every context dimension ``d`` with spread, the
+    Spearman correlation between the row and ``-|x_d - s_d|`` over all targets; the score is
+    the smallest of them (a "Mountain" must hold in every row and every dimension). 1: every
+    row peaks at its source and declines monotonically away from it."""
+    from scipy.stats import spearmanr
+
+    scores = []
+    for source, row in rows.items():
+        valid = ~np.isnan(row)
+        for d in range(coords.shape[1]):
+            closeness = -np.abs(coords[valid, d] - coords[source, d])
+            if np.ptp(closeness) == 0 or np.ptp(row[valid]) == 0:
+                continue
+            rho = spearmanr(closeness, row[valid]).statistic
+            scores.append(float(rho))
+    return min(scores) if scores else 0.0
+
+
+class SDMBTLStrategy:
+    """SD-MBTL's structure-detecting selection (Zhou, Cho, Wu; AAAI 2026, arXiv 2601.08120).
+
+    When the observed rows show a "Mountain" (performance peaks at the source and falls off
+    with distance, in every dimension: :func:`mountain_score` >= ``mountain_threshold``), the
+    next source comes from M-MBTL, a sequential clustering of the context space with L1
+    distance (greedy k-median: the context that most lowers the distance from every target to
+    its nearest source); otherwise from GP-MBTL (:class:`MBTLStrategy` with per-dimension,
+    left/right slopes estimated from the rows).
+
+    Args:
+        structure: ``auto`` (detect each step), ``mountain`` (always M-MBTL) or ``gp``.
+        mountain_threshold: smallest per-row, per-dimension Spearman correlation of performance
+            with closeness to the source that counts as a Mountain.
+        **gp_options: options of ``mbtl-gp`` for the GP branch.
+    """
+
+    def __init__(
+        self, structure: str = "auto", mountain_threshold: float = 0.5, **gp_options: object
+    ) -> None:
+        if structure not in ("auto", "mountain", "gp"):
+            raise CtxrlError(
+                f"strategy 'sd-mbtl': structure {structure!r} is not auto, mountain or gp"
+            )
+        self.structure = structure
+        self.mountain_threshold = float(mountain_threshold)
+        self.gp = MBTLStrategy(**gp_options)  # type: ignore[arg-type]
+
+    def is_mountain(self, state: SelectionState) -> bool:
+        if self.structure != "auto":
+            return self.structure == "mountain"
+        return bool(state.rows) and (
+            mountain_score(state.coords, state.rows) >= self.mountain_threshold
+        )
+
+    def propose(self, state: SelectionState) -> list[int]:
+        if state.selected and not self.is_mountain(state):
+            return self.gp.propose(state)
+        chosen = list(state.selected)
+        proposal: list[int] = []
+        while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
+            candidates = [i for i in range(state.n) if i not in chosen]
+            index = k_median_step(state.coords, chosen, candidates)
+            chosen.append(index)
+            proposal.append(index)
+        return proposal
+
+
+def _m_mbtl(**options: object) -> SDMBTLStrategy:
+    return SDMBTLStrategy(structure="mountain", **options)
+
+
 @hookimpl
 def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
     register(
@@ -126,5 +212,19 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "mbtl-gp",
             MBTLStrategy,
             description="MBTL: GP over training performance + linear generalization gap",
+        )
+    )
+    register(
+        StrategySpec(
+            "sd-mbtl",
+            SDMBTLStrategy,
+            description="SD-MBTL: M-MBTL clustering on Mountain-shaped transfer, else GP-MBTL",
+        )
+    )
+    register(
+        StrategySpec(
+            "m-mbtl",
+            _m_mbtl,
+            description="M-MBTL: sequential L1 clustering of the context space (k-median)",
         )
     )

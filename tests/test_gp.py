@@ -126,3 +126,54 @@ def test_estimated_gap_predicts_a_real_cartpole_matrix_better_than_a_constant_ga
     rmse_constant, coverage_constant = np.mean(fixed, axis=0)
     assert rmse < rmse_constant, (rmse, rmse_constant)
     assert 0.0 < coverage <= 1.0 and 0.0 < coverage_constant <= 1.0
+
+
+def test_m_mbtl_is_a_sequential_l1_k_median_by_hand() -> None:
+    """7 contexts on a line: the medoid (3); then 0 (ties 0/1: the first) lowers the summed
+    distance most; then 5 (ties 5/6)."""
+    coords = np.linspace(0, 1, 7)[:, None]
+    result = replay(get_host().registry.strategy("m-mbtl").factory(), np.eye(7), coords, 3)
+    assert result.order == (3, 0, 5)
+
+
+def test_m_mbtl_covers_a_two_dimensional_grid() -> None:
+    """On a 5 x 5 grid the medoid comes first and four sources spread over the four quadrants."""
+    grid = np.array([(a, b) for a in np.linspace(0, 1, 5) for b in np.linspace(0, 1, 5)])
+    order = replay(get_host().registry.strategy("m-mbtl").factory(), np.eye(25), grid, 5).order
+    assert tuple(grid[order[0]]) == (0.5, 0.5)
+    quadrants = {(bool(grid[i, 0] > 0.5), bool(grid[i, 1] > 0.5)) for i in order[1:]}
+    assert len(quadrants) == 4
+
+
+def test_sd_mbtl_detects_mountains_and_falls_back_to_the_gp() -> None:
+    from ctxrl.selection import SelectionState
+    from ctxrl_plugins.mbtl import mountain_score
+
+    peaked = mountain(np.full(N, 0.9), 1.0, 1.0)
+    assert mountain_score(X[:, None], {12: peaked[12], 3: peaked[3]}) > 0.9
+    # Rows that do not peak at their source (performance set by the target alone): no mountain.
+    flat = np.tile(np.clip(0.2 + 0.8 * X, 0, 1), (N, 1))
+    assert mountain_score(X[:, None], {12: flat[12], 3: flat[3]}) < 0.5
+    spec = get_host().registry.strategy("sd-mbtl")
+    strategy = spec.factory()
+    state = SelectionState(X[:, None], 5, np.random.default_rng(0), [12], {12: peaked[12]})
+    assert strategy.is_mountain(state)
+    assert strategy.propose(state) == spec.factory(structure="mountain").propose(state)
+    state = SelectionState(X[:, None], 5, np.random.default_rng(0), [12], {12: flat[12]})
+    assert not strategy.is_mountain(state)
+    assert strategy.propose(state) == get_host().registry.strategy("mbtl-gp").factory().propose(
+        state
+    )
+    with pytest.raises(CtxrlError, match="structure 'hill'"):
+        spec.factory(structure="hill")
+
+
+def test_sd_mbtl_beats_random_on_mountain_matrices() -> None:
+    rng = np.random.default_rng(5)
+    sd, random = [], []
+    for _ in range(3):
+        diag = np.clip(0.8 + 0.15 * np.sin(rng.uniform(0, 6) + 4 * X), 0, 1)
+        matrix = mountain(diag, rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0))
+        sd.append(_mean_gk("sd-mbtl", matrix, budget=15))
+        random.append(_mean_gk("random", matrix, budget=15))
+    assert np.mean(sd) > np.mean(random)
