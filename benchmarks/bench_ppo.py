@@ -1,6 +1,13 @@
 """Batched PPO against Stable-Baselines3 PPO run once per context, same hyperparameters.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ppo.py --contexts 16 --steps 100000
+    python benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts 1024 --steps 524288
+
+``--rejax`` trains rejax's PPO (JAX: ``jax.vmap`` over the contexts of one jitted training
+function, as ../shared/bench/peer_rejax.py does) on the same contexts with the same
+hyperparameters in the same run, and times its second call (the first compiles). rejax has no
+learning-rate annealing, so with ``--rejax`` both sides train at a constant rate. Install
+``jax rejax`` (and gymnax) beside ctxrl for it; they are never ctxrl dependencies.
 
 Both use PureJaxRL's CartPole settings: 4 envs x 128 steps per update, 4 epochs x 4 minibatches,
 lr 2.5e-4 annealed linearly, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5,
@@ -63,12 +70,63 @@ def sb3_baseline(lengths: np.ndarray, steps: int, episodes: int) -> tuple[float,
     return time.perf_counter() - started, np.array(returns)
 
 
+def rejax_peer(lengths: np.ndarray, steps: int) -> tuple[float, float, np.ndarray]:
+    """rejax PPO on gymnax CartPole, one agent per pole length (``total_mass`` unchanged,
+    ``polemass_length`` recomputed), vmapped in one jitted program. Returns (first call s,
+    second call s, final mean return per context over rejax's 128 evaluation episodes)."""
+    import jax
+    import jax.numpy as jnp
+    from rejax import PPO
+
+    base = PPO.create(
+        env="CartPole-v1",
+        num_envs=4,
+        num_steps=128,
+        num_epochs=4,
+        num_minibatches=4,
+        learning_rate=2.5e-4,
+        max_grad_norm=0.5,
+        total_timesteps=steps,
+        eval_freq=steps,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_eps=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        skip_initial_evaluation=True,
+        agent_kwargs={"activation": "tanh", "hidden_layer_sizes": (64, 64)},
+    )
+    defaults = base.env_params
+    n = len(lengths)
+    length = jnp.asarray(lengths, dtype=jnp.float32)
+    per_context = {
+        name: jnp.full((n,), getattr(defaults, name))
+        for name in vars(defaults)
+        if jnp.ndim(getattr(defaults, name)) == 0
+    }
+    per_context.update(length=length, polemass_length=defaults.masspole * length)
+    params = defaults.replace(**per_context)
+
+    def train_one(env_params: object, rng: jax.Array) -> object:
+        return base.replace(env_params=env_params).train(rng)[1]
+
+    train = jax.jit(jax.vmap(train_one))
+    times, evaluation = [], None
+    for call in range(2):
+        started = time.perf_counter()
+        evaluation = train(params, jax.random.split(jax.random.PRNGKey(call), n))
+        jax.block_until_ready(evaluation)
+        times.append(time.perf_counter() - started)
+    _, returns = evaluation
+    return times[0], times[1], np.asarray(returns)[:, -1].mean(axis=-1)
+
+
 def batched(
-    lengths: np.ndarray, steps: int, episodes: int, device: str
+    lengths: np.ndarray, steps: int, episodes: int, device: str, anneal_lr: bool = True
 ) -> tuple[float, np.ndarray]:
     registry = get_host().registry
     spec = registry.env("CartPole")
-    algorithm = registry.algorithm("batched-ppo").factory({}, device=device)
+    algorithm = registry.algorithm("batched-ppo").factory({"anneal_lr": anneal_lr}, device=device)
     contexts = [{"length": float(v)} for v in lengths]
     started = time.perf_counter()
     policies = algorithm.train_many(spec, contexts, list(range(len(contexts))), total_steps=steps)
@@ -86,19 +144,33 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-sb3", action="store_true")
+    parser.add_argument("--rejax", action="store_true", help="also train rejax PPO (JAX)")
     args = parser.parse_args()
     lengths = np.geomspace(0.25, 2.0, args.contexts)
     print(
         f"{platform.machine()} {platform.processor()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, device {args.device}"
     )
-    ours, ours_returns = batched(lengths, args.steps, args.episodes, args.device)
+    ours, ours_returns = batched(
+        lengths, args.steps, args.episodes, args.device, anneal_lr=not args.rejax
+    )
     print(
         f"batched-ppo: {args.contexts} contexts x {args.steps} steps in {ours:.1f} s "
         f"({args.contexts * args.steps / ours:,.0f} steps/s); mean return "
         f"{ours_returns.mean():.1f} (per context {np.round(ours_returns).tolist()})",
         flush=True,
     )
+    if args.rejax:
+        import jax
+
+        first, second, peer_returns = rejax_peer(lengths, args.steps)
+        print(
+            f"rejax PPO ({jax.devices()[0]}): first call (with compilation) {first:.1f} s, "
+            f"second call {second:.1f} s ({args.contexts * args.steps / second:,.0f} steps/s); "
+            f"mean return {peer_returns.mean():.1f}; batched-ppo / rejax steps/s: "
+            f"{second / ours:.2f}x",
+            flush=True,
+        )
     if args.skip_sb3:
         return
     base, base_returns = sb3_baseline(lengths, args.steps, args.episodes)
