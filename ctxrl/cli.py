@@ -186,6 +186,17 @@ def envs(ctx: click.Context, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------------- sweep
+def _exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit, so that executors stop their
+    workers and the store closes as on Ctrl-C; finished runs are kept either way."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -221,6 +232,7 @@ def sweep(
     if dry_run:
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return
+    _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err)
     err.print(
         f"trained {outcome.trained}, resumed past {outcome.skipped}, failed {len(outcome.failed)}"

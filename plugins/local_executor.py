@@ -61,8 +61,23 @@ def _log_name(job: Job, index: int) -> str:
     return f"job-{index:05d}-src{job.get('source', 'x')}-seed{job.get('seed', 'x')}.log"
 
 
-def _child(fn: JobFn, job: Job, log_path: str | None) -> None:
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel kill this worker when the sweep process dies (even by
+    SIGKILL), so a killed sweep leaves no worker behind; its simulators end with it (SUMO quits
+    when its TraCI client disappears)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _child(fn: JobFn, job: Job, log_path: str | None, parent: int) -> None:
     os.setsid()  # its own process group: a timeout kills the job's simulators with it
+    _die_with_parent(parent)
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
@@ -132,7 +147,9 @@ class LocalProcessExecutor:
                     index, job = pending.pop(0)
                     log = self.log_dir / _log_name(job, index) if self.log_dir else None
                     process = self.context.Process(
-                        target=_child, args=(fn, job, str(log) if log else None), daemon=True
+                        target=_child,
+                        args=(fn, job, str(log) if log else None, os.getpid()),
+                        daemon=True,
                     )
                     process.start()
                     running[process] = (job, time.monotonic(), log)

@@ -342,3 +342,12 @@ def test_several_seeds_give_confidence_intervals(
     assert "95% CI over seeds" in (run_dir / "summary.md").read_text()
     for seed in (0, 1, 2):
         assert (run_dir / "exports" / f"matrix_seed{seed}.csv").is_file()
+
+
+def test_failure_summaries_name_the_exception_or_the_signal() -> None:
+    from ctxrl_plugins.local_executor import _crash_summary
+
+    tail = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad mass\n'
+    assert _crash_summary(1, tail) == "ValueError: bad mass"
+    assert _crash_summary(-9, tail) == "worker killed by SIGKILL"
+    assert _crash_summary(3, "no traceback here") == "worker exited with code 3"

@@ -201,31 +201,7 @@ def _sumo_pids() -> set[int]:
     return {int(pid) for pid in out.stdout.split()}
 
 
-@requires_sb3
-def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
-    plugin_site: Path, run_ctxrl: Run, tmp_path: Path
-) -> None:
-    """While two workers train, one real SUMO process is killed (a crash) and the other is
-    stopped (a hung simulation). Both runs are marked failed with what happened, the third
-    context still trains, no SUMO is left behind, and a rerun trains only the failed two."""
-    config = tmp_path / "traffic.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "env": "TrafficSignal",
-                "env_options": {"num_seconds": 600},
-                "features": {"inflow": {"values": [300.0, 900.0, 1500.0]}},
-                "algorithm": {
-                    "name": "sb3-dqn",
-                    "params": {"learning_starts": 30, "buffer_size": 1000, "batch_size": 16},
-                },
-                "train_steps": 240,
-                "eval_episodes": 1,
-                "executor": {"name": "local", "workers": 2, "timeout_s": 60},
-                "output_dir": str(tmp_path / "runs"),
-            }
-        )
-    )
+def _start_sweep(config: Path, plugin_site: Path, cache: Path) -> subprocess.Popen[str]:
     environ = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -233,26 +209,72 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
         ),
         "OMP_NUM_THREADS": "1",
         "COLUMNS": "200",
-        "CTXRL_CACHE_DIR": str(tmp_path / "cache"),
+        "CTXRL_CACHE_DIR": str(cache),
     }
-    before = _sumo_pids()
-    sweep = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=environ,
     )
+
+
+def _running_simulations(before: set[int], count: int, sweep: subprocess.Popen[str]) -> set[int]:
+    """Wait for ``count`` SUMO processes started after ``before`` that stay up for 1 s."""
+    deadline = time.monotonic() + 180
+    while True:
+        seen = _sumo_pids() - before
+        time.sleep(1.0)
+        steady = seen & _sumo_pids()
+        if len(steady) >= count:
+            return steady
+        assert sweep.poll() is None and time.monotonic() < deadline, "no SUMO workers"
+
+
+def _gone(before: set[int], within_s: float = 30.0) -> bool:
+    """Whether every SUMO started after ``before`` has ended (processes take a moment to exit
+    after their TraCI connection closes or their parent dies)."""
+    deadline = time.monotonic() + within_s
+    while _sumo_pids() - before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+@requires_sb3
+def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
+    plugin_site: Path, run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """While two workers train, one real SUMO process is killed (a crash) and the other is
+    stopped (a hung simulation). Both runs are marked failed with what happened, the third
+    context still trains and no SUMO is left behind. Then the sweep process itself is killed
+    while it retrains the two: its workers and their simulations end with it, and the next
+    run resumes, training only those two."""
+    config = tmp_path / "traffic.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "env": "TrafficSignal",
+                "env_options": {"num_seconds": 1500},  # 150 agent steps: seconds per episode
+                "features": {"inflow": {"values": [300.0, 900.0, 1500.0]}},
+                "algorithm": {
+                    "name": "sb3-dqn",
+                    "params": {"learning_starts": 30, "buffer_size": 1000, "batch_size": 16},
+                },
+                "train_steps": 200,
+                "eval_episodes": 1,
+                "executor": {"name": "local", "workers": 2, "timeout_s": 90},
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    cache = tmp_path / "cache"
+    before = _sumo_pids()
+    sweep = _start_sweep(config, plugin_site, cache)
     try:
-        deadline = time.monotonic() + 180
-        while True:  # two training simulations that have been running for a while
-            seen = _sumo_pids() - before
-            time.sleep(2.0)
-            steady = seen & _sumo_pids()
-            if len(steady) >= 2:
-                break
-            assert sweep.poll() is None and time.monotonic() < deadline, "no SUMO workers"
-        crashed, stuck = sorted(steady)[:2]
+        crashed, stuck = sorted(_running_simulations(before, 2, sweep))[:2]
         os.kill(crashed, signal.SIGKILL)
         os.kill(stuck, signal.SIGSTOP)
         _, stderr = sweep.communicate(timeout=400)
@@ -261,11 +283,22 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
             sweep.kill()
     assert sweep.returncode == 1, stderr
     assert "trained 1, resumed past 0, failed 2" in stderr, stderr
+    assert "Connection closed by SUMO" in stderr and "exceeded its 90 s limit" in stderr, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
-    assert any("exceeded its 60 s limit" in e for e in errors), errors
+    assert any("exceeded its 90 s limit" in e for e in errors), errors
     assert any("Connection closed by SUMO" in e for e in errors), errors
-    assert not _sumo_pids() - before, "SUMO processes left behind"
-    again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
+    assert _gone(before), "SUMO processes left behind"
+
+    killed = _start_sweep(config, plugin_site, cache)
+    try:
+        _running_simulations(before, 1, killed)
+        killed.kill()  # SIGKILL: no clean-up code of the sweep runs
+        killed.communicate(timeout=60)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert _gone(before), "a killed sweep left SUMO behind"
+    again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     assert "trained 2, resumed past 1, failed 0" in again.stderr, again.stderr
