@@ -22,12 +22,14 @@ proportionally less; rescale the bounds with them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,44 @@ APPROACHES = {  # approach: (straight, left, right) exits
     "E": ("W", "S", "N"),
     "W": ("E", "N", "S"),
 }
+
+
+CONNECT_POLL_S = 0.02
+"""How often TraCI polls a starting SUMO's port (traci itself: once per second, hard-coded)."""
+
+
+@contextlib.contextmanager
+def _fast_sumo_start() -> Iterator[None]:
+    """Within this block, TraCI polls a starting SUMO every :data:`CONNECT_POLL_S` seconds.
+
+    sumo-rl starts SUMO with ``traci.start``, whose ``init`` passes a fixed one-second wait to
+    ``traci.main.connect``; the first poll always comes too early, so every episode (each reset
+    starts a new SUMO) paid a second, most of a short episode's cost. Here ``connect`` is
+    swapped for a wrapper with a short wait and the same total patience, and TraCI's retry
+    chatter is kept off stdout; both are restored when the block ends. With libsumo
+    (``LIBSUMO_AS_TRACI``) there is no connection and this does nothing."""
+    import traci.main
+
+    original = traci.main.connect
+
+    def connect(
+        port: int = 8813,
+        numRetries: int = 60,
+        host: str = "localhost",
+        proc: Any = None,
+        waitBetweenRetries: float = 1.0,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        retries = int(numRetries * waitBetweenRetries / CONNECT_POLL_S)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return original(port, retries, host, proc, CONNECT_POLL_S, *args, **kwargs)
+
+    traci.main.connect = connect
+    try:
+        yield
+    finally:
+        traci.main.connect = original
 
 
 def _sumo_home() -> Path:
@@ -223,15 +263,16 @@ class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
             from sumo_rl import SumoEnvironment
 
             net, routes = scenario(self.context, int(self.options["num_seconds"]))
-            self._sim = SumoEnvironment(
-                net_file=str(net),
-                route_file=str(routes),
-                single_agent=True,
-                sumo_warnings=False,
-                additional_sumo_cmd=" ".join(["--no-step-log", *self.sumo_args]),
-                sumo_seed=0,
-                **self.options,
-            )
+            with _fast_sumo_start():  # sumo-rl runs SUMO once here to read the light
+                self._sim = SumoEnvironment(
+                    net_file=str(net),
+                    route_file=str(routes),
+                    single_agent=True,
+                    sumo_warnings=False,
+                    additional_sumo_cmd=" ".join(["--no-step-log", *self.sumo_args]),
+                    sumo_seed=0,
+                    **self.options,
+                )
         return self._sim
 
     def _check_sumo_args(self) -> None:
@@ -274,7 +315,9 @@ class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         sumo_seed = int(self.np_random.integers(2**31 - 1))  # SUMO's own seed, from ours
-        obs, info = self._simulation().reset(seed=sumo_seed)
+        simulation = self._simulation()
+        with _fast_sumo_start():  # each reset starts a new SUMO
+            obs, info = simulation.reset(seed=sumo_seed)
         return np.asarray(obs, dtype=np.float32), dict(info)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
