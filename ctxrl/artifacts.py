@@ -8,6 +8,7 @@ cannot execute code.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,23 +19,34 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_VERSION = 1
+_HEADER_KEY = "ctxrl_metadata"
 
 
 def save_artifact(
     stem: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
 ) -> Path:
-    """Write ``stem.safetensors`` and ``stem.json``; return the ``.safetensors`` path."""
+    """Write ``stem.safetensors`` and ``stem.json``; return the ``.safetensors`` path.
+
+    Crash-safe: each file is written under a temporary name and moved into place, and the
+    metadata also travels inside the safetensors header, so a process killed at any moment
+    leaves either the old artifact or the new one, never a torn or mismatched pair (the JSON
+    file is a readable copy; loading trusts the header)."""
     from safetensors.torch import save_file
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = stem.with_suffix(".safetensors")
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    save_file(
-        contiguous, str(weights), metadata={"format": "ctxrl", "version": str(FORMAT_VERSION)}
+    meta_text = json.dumps(
+        {"format_version": FORMAT_VERSION, **metadata}, indent=2, sort_keys=True, default=str
     )
-    meta = {"format_version": FORMAT_VERSION, **metadata}
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    header = {"format": "ctxrl", "version": str(FORMAT_VERSION), _HEADER_KEY: meta_text}
+    partial = weights.with_name(f".{weights.name}.partial")
+    save_file(contiguous, str(partial), metadata=header)
+    os.replace(partial, weights)
+    partial_meta = weights.with_name(f".{stem.name}.json.partial")
+    partial_meta.write_text(meta_text)
+    os.replace(partial_meta, stem.with_suffix(".json"))
     return weights
 
 
@@ -42,14 +54,21 @@ def load_artifact(
     stem: str | Path, device: str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an artifact written by :func:`save_artifact`: ``(tensors, metadata)``."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     stem = Path(stem)
     weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for path in (weights, meta_path):
-        if not path.is_file():
-            raise CtxrlError(f"artifact file {path} is missing")
-    metadata: dict[str, Any] = json.loads(meta_path.read_text())
+    if not weights.is_file():
+        raise CtxrlError(f"artifact file {weights} is missing")
+    with safe_open(str(weights), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if _HEADER_KEY in header:
+        metadata: dict[str, Any] = json.loads(header[_HEADER_KEY])
+    elif meta_path.is_file():  # artifacts from before the header copy
+        metadata = json.loads(meta_path.read_text())
+    else:
+        raise CtxrlError(f"artifact file {meta_path} is missing")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CtxrlError(
             f"{meta_path}: format_version {metadata.get('format_version')!r} "

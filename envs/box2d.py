@@ -202,10 +202,10 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
     from gymnasium import spaces
 
     low, high = env._ctxrl_obs_bounds
-    scale = max(1.0, 50.0 / c["fps"]) * max(1.0, 30.0 / c["scale"])
+    growth = max(1.0, 50.0 / c["fps"]) * max(1.0, 30.0 / c["scale"])
     low, high = low.copy(), high.copy()
-    low[[2, 3, 5]] *= scale
-    high[[2, 3, 5]] *= scale
+    low[[2, 3, 5]] *= growth
+    high[[2, 3, 5]] *= growth
     # gymnasium's bounds assume its default physics; with weak gravity or strong engines the
     # lander legitimately climbs above the screen and spins, so height (1, upwards), angle (4)
     # and angular velocity (5) are unbounded rather than violated.

@@ -118,6 +118,34 @@ def test_artifacts_are_safetensors_and_json(tmp_path: Path) -> None:
     assert torch.equal(loaded["layer.weight"], tensors["layer.weight"])
     assert meta["params"] == {"lr": 1} and meta["format_version"] == 1
     assert json.loads((tmp_path / "policy.json").read_text())["algorithm"] == "x"
-    (tmp_path / "policy.json").unlink()
-    with pytest.raises(CtxrlError, match=r"policy\.json is missing"):
+    (tmp_path / "policy.json").unlink()  # a readable copy: the header holds the metadata
+    assert load_artifact(tmp_path / "policy")[1]["params"] == {"lr": 1}
+    (tmp_path / "policy.safetensors").unlink()
+    with pytest.raises(CtxrlError, match=r"policy\.safetensors is missing"):
         load_artifact(tmp_path / "policy")
+
+
+ARTIFACT_WRITER = """
+import sys, torch
+from ctxrl.artifacts import save_artifact
+for i in range(1, 10_000):
+    save_artifact(sys.argv[1], {"x": torch.full((2_000_000,), float(i))}, {"iteration": i})
+    print(i, flush=True)
+"""
+
+
+def test_an_artifact_killed_mid_write_is_old_or_new_never_torn(tmp_path: Path) -> None:
+    """A checkpoint writer killed at arbitrary moments: what is on disk always loads, and its
+    tensors and metadata belong together."""
+    stem = tmp_path / "checkpoint"
+    for delay in (0.5, 0.9, 1.3):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", ARTIFACT_WRITER, str(stem)], stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None
+        writer.stdout.readline()  # at least one artifact is complete
+        time.sleep(delay)
+        writer.kill()
+        writer.wait()
+        tensors, meta = load_artifact(stem)
+        assert float(tensors["x"][0]) == float(tensors["x"][-1]) == meta["iteration"]
