@@ -46,7 +46,7 @@ def _episode(tmp_path: Path, seconds: int = 300, **context: float) -> tuple[dict
     trips, summary = tmp_path / f"trips-{index}.xml", tmp_path / f"summary-{index}.xml"
     spec = get_host().registry.env("TrafficSignal")
     outputs = ["--tripinfo-output", str(trips), "--summary-output", str(summary)]
-    env = spec.make(context, num_seconds=seconds, sumo_args=outputs)
+    env = spec.make(context, num_seconds=seconds, sumo_args=outputs, metrics=True)
     env.reset(seed=0)
     total, step, done = 0.0, 0, False
     info: dict = {}
