@@ -4,20 +4,22 @@
 #   2. batched PPO against rejax at 64 / 256 / 1024 contexts x 524,288 steps (bench_ppo.py)
 #   3. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps (bench_sweep.py)
 # Usage, from the repository root on a machine with a GPU, torch with CUDA, and jax, gymnax
-# 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies):
-#   bash benchmarks/gpu_check.sh [OUT_DIR]
+# 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies; for a
+# machine without network, benchmarks/gpu_wheels.sh fetches them and says how to install):
+#   [PYTHON=python3] bash benchmarks/gpu_check.sh [OUT_DIR]
 # Each step's output goes to OUT_DIR (default: gpu-results/) and to the terminal; a failing step
 # does not stop the others. Record the numbers, with the card's name, in benchmarks/RESULTS.md.
 set -u
 out="${1:-gpu-results}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+py="${PYTHON:-python}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 
-python benchmarks/bench_envs.py --device cuda --gymnax --max-sync 0 2>&1 | tee "$out/envs.md"
+"$py" benchmarks/bench_envs.py --device cuda --gymnax --max-sync 0 2>&1 | tee "$out/envs.md"
 for contexts in 64 256 1024; do
-    python benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts "$contexts" \
+    "$py" benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts "$contexts" \
         --steps 524288 --episodes 10 2>&1 | tee "$out/ppo-$contexts.txt"
 done
-python benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
+"$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
     --output-dir "$out/sweeps" 2>&1 | tee "$out/sweep.md"
