@@ -40,6 +40,17 @@ class StreamRNG:
         self.seeds = splitmix64(seeds.to(torch.int64))
         self.counters = torch.zeros_like(self.seeds)
 
+    def _keys(self, counters: torch.Tensor, seeds: torch.Tensor, columns: int) -> torch.Tensor:
+        """Hashes of ``(seed, counter, index)`` for ``index < columns``; shapes broadcast."""
+        index = torch.arange(columns, device=seeds.device, dtype=torch.int64)
+        return splitmix64(seeds[..., None] ^ splitmix64(counters[..., None] * 1_000_003 + index))
+
+    @staticmethod
+    def _to_unit(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        bits = 53 if dtype == torch.float64 else 24
+        mantissa = _shift_right(keys, 64 - bits).to(dtype)
+        return mantissa / float(1 << bits)
+
     def uniform(
         self, columns: int, streams: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
@@ -47,24 +58,37 @@ class StreamRNG:
         ``streams`` is None); each drawn stream's counter advances by one."""
         seeds = self.seeds if streams is None else self.seeds[streams]
         counters = self.counters if streams is None else self.counters[streams]
-        index = torch.arange(columns, device=seeds.device, dtype=torch.int64)
-        keys = splitmix64(seeds[:, None] ^ splitmix64(counters[:, None] * 1_000_003 + index))
+        keys = self._keys(counters, seeds, columns)
         if streams is None:
             self.counters += 1
         else:
             self.counters[streams] += 1
-        bits = 53 if dtype == torch.float64 else 24
-        mantissa = _shift_right(keys, 64 - bits).to(dtype)
-        return mantissa / float(1 << bits)
+        return self._to_unit(keys, dtype)
+
+    def uniform_calls(
+        self, calls: int, columns: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """What ``calls`` successive ``uniform(columns)`` calls on all streams would return,
+        stacked, ``(calls, S, columns)``, computed at once (a rollout draws its whole noise in
+        one go instead of one small call per step). The counters advance by ``calls``."""
+        steps = torch.arange(calls, device=self.seeds.device, dtype=torch.int64)
+        counters = self.counters[None, :] + steps[:, None]  # (calls, S)
+        keys = self._keys(counters, self.seeds.expand(calls, -1), columns)
+        self.counters += calls
+        return self._to_unit(keys, dtype)
 
     def normal(
         self, columns: int, streams: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Standard normal numbers (Box-Muller), shape ``(n, columns)``."""
-        u = self.uniform(2 * columns, streams, torch.float64)
-        u1, u2 = u[:, :columns], u[:, columns:]
-        radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 - u1 in (0, 1]
-        return (radius * torch.cos(2 * torch.pi * u2)).to(dtype)
+        return _box_muller(self.uniform(2 * columns, streams, torch.float64), columns, dtype)
+
+    def normal_calls(
+        self, calls: int, columns: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """``calls`` successive ``normal(columns)`` draws at once, ``(calls, S, columns)``."""
+        u = self.uniform_calls(calls, 2 * columns, torch.float64)
+        return _box_muller(u, columns, dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"seeds": self.seeds, "counters": self.counters}
@@ -72,3 +96,10 @@ class StreamRNG:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.seeds = state["seeds"].clone()
         self.counters = state["counters"].clone()
+
+
+def _box_muller(u: torch.Tensor, columns: int, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normals from uniforms ``(..., 2 * columns)`` in [0, 1): ``(..., columns)``."""
+    u1, u2 = u[..., :columns], u[..., columns:]
+    radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 - u1 in (0, 1]
+    return (radius * torch.cos(2 * torch.pi * u2)).to(dtype)

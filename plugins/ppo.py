@@ -40,6 +40,7 @@ from ctxrl_plugins.batched import (
     orthogonal,
     restore_training_state,
     save_training_state,
+    tanh,
 )
 
 Tensor = torch.Tensor
@@ -101,8 +102,8 @@ def init_params(
 
 def mlp(params: Params, net: str, x: Tensor) -> Tensor:
     """Two tanh layers and a linear head, batched over agents: ``(N, M, in) -> (N, M, out)``."""
-    h = torch.tanh(linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
-    h = torch.tanh(linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
+    h = tanh(linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
+    h = tanh(linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
     return linear(h, params[f"{net}.w3"], params[f"{net}.b3"])
 
 
@@ -145,21 +146,32 @@ class BatchedPolicies:
         return self.act_from(mlp(self.params, "actor", obs), deterministic, rng)
 
     def act_from(self, out: Tensor, deterministic: bool, rng: StreamRNG | None) -> Tensor:
-        """Actions from the actor's output (logits or means)."""
-        if self.discrete:
-            if deterministic or rng is None:
-                return out.argmax(dim=-1)
-            return _gumbel_argmax(out, rng)
+        """Actions from the actor's output ``(N, M, A)`` (logits or means)."""
         if deterministic or rng is None:
-            return out
-        noise = rng.normal(out.shape[1] * out.shape[2]).view(out.shape).to(out.dtype)
-        return out + self.params["actor.log_std"].exp()[:, None, :] * noise
+            return out.argmax(dim=-1) if self.discrete else out
+        columns = out.shape[1] * out.shape[2]
+        noise = rng.uniform(columns) if self.discrete else rng.normal(columns)
+        return self.sample_from(out, noise)
+
+    def sample_from(self, out: Tensor, noise: Tensor) -> Tensor:
+        """Sampled actions from the actor's output ``(N, M, A)`` and one draw of the agents'
+        streams ``(N, M * A)``: uniforms (discrete: Gumbel-max) or standard normals."""
+        noise = noise.view(out.shape)
+        if self.discrete:
+            u = noise.clamp(1e-10, 1 - 1e-7).to(out.dtype)
+            return (out - torch.log(-torch.log(u))).argmax(dim=-1)
+        return out + self.params["actor.log_std"].exp()[:, None, :] * noise.to(out.dtype)
 
 
-def _gumbel_argmax(logits: Tensor, rng: StreamRNG) -> Tensor:
-    n, m, a = logits.shape
-    u = rng.uniform(m * a).view(n, m, a).clamp(1e-10, 1 - 1e-7).to(logits.dtype)
-    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+def _log_prob(params: Params, out: Tensor, actions: Tensor, discrete: bool) -> Tensor:
+    """Log-probability ``(N, M)`` of ``actions`` under the actor's output ``out`` (the rollout's
+    half of :func:`_log_prob_entropy`, same arithmetic)."""
+    if discrete:
+        return torch.log_softmax(out, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    log_std = params["actor.log_std"][:, None, :]
+    var = torch.exp(2 * log_std)
+    log_prob = -((actions - out) ** 2) / (2 * var) - log_std - 0.5 * math.log(2 * math.pi)
+    return log_prob.sum(-1)
 
 
 def _log_prob_entropy(
@@ -259,11 +271,14 @@ class BatchedPPO(BatchedTrainer):
             buf_rew = torch.zeros(t_steps, n, e, device=device)
             buf_done = torch.zeros(t_steps, n, e, device=device)
             with torch.no_grad():
+                # the rollout's noise in one draw: the same numbers as one draw per step
+                draw = rng.uniform_calls if discrete else rng.normal_calls
+                noise = draw(t_steps, e * out_dim)  # (T, N, E * A)
                 for t in range(t_steps):
                     buf_obs[t] = obs
                     out = mlp(params, "actor", obs)
-                    action = policies.act_from(out, deterministic=False, rng=rng)
-                    buf_logp[t], _ = _log_prob_entropy(params, obs, action, discrete, out)
+                    action = policies.sample_from(out, noise[t])
+                    buf_logp[t] = _log_prob(params, out, action, discrete)
                     buf_act[t] = action
                     step_action = action.reshape(n * e) if discrete else action.reshape(n * e, -1)
                     next_obs, reward, _, truncated, info = twin.step(step_action)
@@ -279,13 +294,14 @@ class BatchedPPO(BatchedTrainer):
                     obs = next_obs.view(n, e, obs_dim)
                 # ------------------------------------------------------------------ GAE
                 next_value = mlp(params, "critic", obs).squeeze(-1)
+                next_values = torch.cat([buf_val[1:], next_value[None]])  # (T, N, E)
+                not_done = 1.0 - buf_done
+                deltas = buf_rew + cfg.gamma * next_values * not_done - buf_val
+                decay = cfg.gamma * cfg.gae_lambda * not_done
                 advantages = torch.zeros_like(buf_rew)
                 last = torch.zeros(n, e, device=device)
-                for t in reversed(range(t_steps)):
-                    next_values = next_value if t == t_steps - 1 else buf_val[t + 1]
-                    not_done = 1.0 - buf_done[t]
-                    delta = buf_rew[t] + cfg.gamma * next_values * not_done - buf_val[t]
-                    last = delta + cfg.gamma * cfg.gae_lambda * not_done * last
+                for t in reversed(range(t_steps)):  # the recursion only; the rest is vectorised
+                    last = deltas[t] + decay[t] * last
                     advantages[t] = last
                 returns = advantages + buf_val
             # ---------------------------------------------------------------- update
