@@ -85,16 +85,10 @@ def gymnax_cartpole_rate(batch: int, budget_s: float) -> float:
     import jax
     import jax.numpy as jnp
     from gymnax import make
+    from jax_peers import gymnax_cartpole_params
 
     env, defaults = make("CartPole-v1")
-    masscart = jnp.linspace(0.1, 10.0, batch)
-    per_env = {
-        name: jnp.full((batch,), getattr(defaults, name))
-        for name in vars(defaults)
-        if jnp.ndim(getattr(defaults, name)) == 0
-    }
-    per_env.update(masscart=masscart, total_mass=masscart + defaults.masspole)
-    params = defaults.replace(**per_env)
+    params = gymnax_cartpole_params(defaults, masscart=jnp.linspace(0.1, 10.0, batch))
     keys = jax.random.split(jax.random.PRNGKey(0), batch)
     _, state = jax.vmap(env.reset)(keys, params)
     inner = 100

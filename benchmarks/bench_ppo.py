@@ -76,6 +76,7 @@ def rejax_peer(lengths: np.ndarray, steps: int) -> tuple[float, float, np.ndarra
     second call s, final mean return per context over rejax's 128 evaluation episodes)."""
     import jax
     import jax.numpy as jnp
+    from jax_peers import gymnax_cartpole_params
     from rejax import PPO
 
     base = PPO.create(
@@ -96,16 +97,8 @@ def rejax_peer(lengths: np.ndarray, steps: int) -> tuple[float, float, np.ndarra
         skip_initial_evaluation=True,
         agent_kwargs={"activation": "tanh", "hidden_layer_sizes": (64, 64)},
     )
-    defaults = base.env_params
     n = len(lengths)
-    length = jnp.asarray(lengths, dtype=jnp.float32)
-    per_context = {
-        name: jnp.full((n,), getattr(defaults, name))
-        for name in vars(defaults)
-        if jnp.ndim(getattr(defaults, name)) == 0
-    }
-    per_context.update(length=length, polemass_length=defaults.masspole * length)
-    params = defaults.replace(**per_context)
+    params = gymnax_cartpole_params(base.env_params, length=jnp.asarray(lengths, dtype=jnp.float32))
 
     def train_one(env_params: object, rng: jax.Array) -> object:
         return base.replace(env_params=env_params).train(rng)[1]

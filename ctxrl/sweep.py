@@ -342,12 +342,13 @@ def _run_batched(
             episodes=config.eval_episodes,
             seed=10_000,
         )
-        outcome.train_s += trained_at - started
-        outcome.eval_s += now() - trained_at
+        train_s, eval_s = trained_at - started, now() - trained_at
+        outcome.train_s += train_s
+        outcome.eval_s += eval_s
         console.print(
-            f"trained {len(pending)} agents x {config.train_steps:,} steps in "
-            f"{trained_at - started:.1f} s; evaluated {len(pending)} x {len(targets)} x "
-            f"{config.eval_episodes} episodes in {now() - trained_at:.1f} s"
+            f"trained {len(pending)} agents x {config.train_steps:,} steps in {train_s:.1f} s; "
+            f"evaluated {len(pending)} x {len(targets)} x {config.eval_episodes} episodes in "
+            f"{eval_s:.1f} s"
         )
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]

@@ -42,6 +42,35 @@ def plugin_site(tmp_path: Path) -> Path:
     return tmp_path / "site"
 
 
+def _cli_environ(plugin_site: Path, env: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a ``ctxrl`` subprocess: ``plugin_site`` on its path, one thread,
+    wide output, then ``env``."""
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(plugin_site), environ.get("PYTHONPATH", "")) if p
+    )
+    environ.setdefault("OMP_NUM_THREADS", "1")
+    environ["COLUMNS"] = "200"
+    environ.update(env or {})
+    return environ
+
+
+@pytest.fixture
+def start_ctxrl(plugin_site: Path) -> Callable[..., subprocess.Popen[str]]:
+    """Start the ``ctxrl`` CLI in the background (as ``run_ctxrl``, without waiting)."""
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ctxrl.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_cli_environ(plugin_site, env),
+        )
+
+    return start
+
+
 @pytest.fixture
 def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the ``ctxrl`` CLI in a subprocess that sees ``plugin_site`` on its path."""
@@ -49,13 +78,7 @@ def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[st
     def run(
         *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        environ = dict(os.environ)
-        environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(plugin_site), environ.get("PYTHONPATH", "")) if p
-        )
-        environ.setdefault("OMP_NUM_THREADS", "1")
-        environ["COLUMNS"] = "200"
-        environ.update(env or {})
+        environ = _cli_environ(plugin_site, env)
         result = subprocess.run(
             [sys.executable, "-m", "ctxrl.cli", *args],
             capture_output=True,

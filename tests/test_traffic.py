@@ -12,7 +12,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -35,9 +34,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def _sumo_processes() -> int:
-    out = subprocess.run(["pgrep", "-c", "-x", "sumo"], capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
+def _sumo_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "sumo"], capture_output=True, text=True)
+    return {int(pid) for pid in out.stdout.split()}
 
 
 def _episode(tmp_path: Path, seconds: int = 300, **context: float) -> tuple[dict, float, list]:
@@ -108,7 +107,7 @@ def test_longer_road_means_longer_travel_times(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
-    before = _sumo_processes()
+    before = len(_sumo_pids())
     spec = get_host().registry.env("TrafficSignal")
     with pytest.raises(ContextError, match=r"'inflow' = 0.0 is outside the allowed range"):
         spec.make({"inflow": 0.0})
@@ -120,7 +119,7 @@ def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
     env.reset(seed=1)
     env.step(0)
     env.close()
-    assert _sumo_processes() == before
+    assert len(_sumo_pids()) == before
     leftovers = [p for p in Path(os.environ["CTXRL_CACHE_DIR"]).rglob(".*") if p.name != ".."]
     assert leftovers == []  # no half-built scenario directories
 
@@ -173,7 +172,7 @@ def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: P
 
 
 def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:
-    before = _sumo_processes()
+    before = len(_sumo_pids())
     spec = get_host().registry.env("TrafficSignal")
     with pytest.raises(CtxrlError, match="No option with the name 'no-such-sumo-option'"):
         spec.make(num_seconds=60, sumo_args=["--no-such-sumo-option"])
@@ -193,31 +192,7 @@ def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_pa
     result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 2
     assert "env_options" in result.stderr and "no-such-sumo-option" in result.stderr
-    assert _sumo_processes() == before
-
-
-def _sumo_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "sumo"], capture_output=True, text=True)
-    return {int(pid) for pid in out.stdout.split()}
-
-
-def _start_sweep(config: Path, plugin_site: Path, cache: Path) -> subprocess.Popen[str]:
-    environ = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(plugin_site), os.environ.get("PYTHONPATH", "")) if p
-        ),
-        "OMP_NUM_THREADS": "1",
-        "COLUMNS": "200",
-        "CTXRL_CACHE_DIR": str(cache),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ,
-    )
+    assert len(_sumo_pids()) == before
 
 
 def _running_simulations(before: set[int], count: int, sweep: subprocess.Popen[str]) -> set[int]:
@@ -245,7 +220,7 @@ def _gone(before: set[int], within_s: float = 30.0) -> bool:
 
 @requires_sb3
 def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
-    plugin_site: Path, run_ctxrl: Run, tmp_path: Path
+    start_ctxrl: Callable[..., subprocess.Popen[str]], run_ctxrl: Run, tmp_path: Path
 ) -> None:
     """While two workers train, one real SUMO process is killed (a crash) and the other is
     stopped (a hung simulation). Both runs are marked failed with what happened, the third
@@ -272,7 +247,7 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
     )
     cache = tmp_path / "cache"
     before = _sumo_pids()
-    sweep = _start_sweep(config, plugin_site, cache)
+    sweep = start_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     try:
         crashed, stuck = sorted(_running_simulations(before, 2, sweep))[:2]
         os.kill(crashed, signal.SIGKILL)
@@ -291,7 +266,7 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
     assert any("Connection closed by SUMO" in e for e in errors), errors
     assert _gone(before), "SUMO processes left behind"
 
-    killed = _start_sweep(config, plugin_site, cache)
+    killed = start_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     try:
         _running_simulations(before, 1, killed)
         killed.kill()  # SIGKILL: no clean-up code of the sweep runs
