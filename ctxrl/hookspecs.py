@@ -113,9 +113,12 @@ def ctxrl_sweep_start(plan: dict[str, Any], run_dir: Path) -> None:
 
 @hookspec
 def ctxrl_run_finished(plan: dict[str, Any], run: dict[str, Any]) -> None:
-    """One training run and its evaluations were written to the store. ``run`` holds the run's
-    row (id, source task, seed, status, duration in s, error) and ``returns``, a mapping from
-    target task id to the list of episode returns. Implement in: loggers."""
+    """One training run (finished or failed) and its evaluations were written to the store.
+    ``run`` holds the run's stored row: ``run_id``, ``kind`` (``"source"`` or
+    ``"multitask"``), ``source_task`` (a task id, or ``"multitask"``), ``seed``, ``status``,
+    ``duration_s`` (wall-clock s) and ``error`` (None or the traceback's tail), and
+    ``returns``, a mapping from target task id to the list of episode returns. Implement in:
+    loggers."""
 
 
 @hookspec

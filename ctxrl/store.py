@@ -172,7 +172,15 @@ class Store:
         if status is not None:
             query += " WHERE status = ?"
             args = (status,)
-        cursor = self._db.execute(query + " ORDER BY finished_at, rowid", args)
+        return self._records(query + " ORDER BY finished_at, rowid", args)
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """The stored row of one run, or None."""
+        found = self._records("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return found[0] if found else None
+
+    def _records(self, query: str, args: tuple[Any, ...]) -> list[RunRecord]:
+        cursor = self._db.execute(query, args)
         names = [c[0] for c in cursor.description]
         return [RunRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 

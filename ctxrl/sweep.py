@@ -258,14 +258,7 @@ def run_sweep(
                 else:
                     outcome.trained += 1
                     finished.add(rid)
-                run = {
-                    "run_id": rid,
-                    "source_task": task.id,
-                    "seed": job["seed"],
-                    "status": "failed" if error else "finished",
-                    "returns": store.returns(rid),
-                }
-                host.notify("ctxrl_run_finished", plan=plan_json, run=run)
+                _notify_run_finished(host, plan_json, store, rid)
                 progress.advance(bar)
 
     n = len(plan.grid)
@@ -393,13 +386,18 @@ def _store_trained(
         for j, c in enumerate(plan.grid.contexts)
     ]
     store.record_run(replace(record, artifact=str(artifact)), evaluations)
+    _notify_run_finished(host, plan_json, store, record.run_id)
+
+
+def _notify_run_finished(host: Host, plan_json: dict[str, Any], store: Store, rid: str) -> None:
+    """Call ``ctxrl_run_finished`` with the run's stored row and its returns."""
+    record = store.run(rid)
+    assert record is not None
     run = {
-        "run_id": record.run_id,
-        "source_task": record.source_task,
-        "seed": record.seed,
-        "status": "finished",
-        "returns": store.returns(record.run_id),
+        name: getattr(record, name)
+        for name in ("run_id", "kind", "source_task", "seed", "status", "duration_s", "error")
     }
+    run["returns"] = store.returns(rid)
     host.notify("ctxrl_run_finished", plan=plan_json, run=run)
 
 
@@ -444,17 +442,24 @@ def _run_multitask(
         error = "".join(traceback.format_exception(exc))[-4000:]
         for seed in seeds:
             record = _record(task, seed, plan, started, now(), "failed", None, error)
-            store.record_run(replace(record, run_id=f"{MULTITASK}-s{seed}", kind=MULTITASK))
+            store.record_run(_as_multitask(record))
             outcome.failed.append(f"{MULTITASK}-s{seed}")
         console.print(f"[red]multi-task training failed:[/] {exc}")
         return
     share = (now() - started) / len(seeds)
     for i, seed in enumerate(seeds):
         record = _record(task, seed, plan, started, started + share, "finished", None, None)
-        record = replace(record, run_id=f"{MULTITASK}-s{seed}", kind=MULTITASK)
+        record = _as_multitask(record)
         _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
         finished.add(record.run_id)
         outcome.trained += 1
+
+
+def _as_multitask(record: RunRecord) -> RunRecord:
+    """A multi-task run's row: its id, kind and source task say ``multitask``."""
+    return replace(
+        record, run_id=f"{MULTITASK}-s{record.seed}", kind=MULTITASK, source_task=MULTITASK
+    )
 
 
 def _select_and_train(
@@ -493,9 +498,9 @@ def _ensure_failed(
     wrote itself keeps its times; a crash or a timeout leaves none, so one is made."""
     rid = run_id(task, seed)
     message = str(error)[-4000:]
-    written = [r for r in store.runs("failed") if r.run_id == rid]
-    if written:
-        store.record_run(replace(written[0], error=message))
+    written = store.run(rid)
+    if written is not None and written.status == "failed":
+        store.record_run(replace(written, error=message))
     else:
         t = now()
         store.record_run(_record(task, seed, plan, t, t, "failed", None, message))

@@ -86,6 +86,31 @@ def ctxrl_register_algorithms(register):
 """
 
 
+# A logger plugin: writes every ctxrl_run_finished event as a JSON line to $EVENTS_FILE.
+EVENT_LOGGER = """
+import json, os
+from ctxrl import hookimpl
+
+@hookimpl
+def ctxrl_run_finished(plan, run):
+    with open(os.environ["EVENTS_FILE"], "a") as f:
+        f.write(json.dumps(run) + "\\n")
+"""
+
+
+@pytest.fixture
+def event_log(plugin_site: Path, tmp_path: Path) -> Path:
+    """Install the event logger; returns the file it writes."""
+    write_distribution(
+        plugin_site, "ctxrl-events", "0.1", "ctxrl_events", EVENT_LOGGER, {"events": "ctxrl_events"}
+    )
+    return tmp_path / "events.jsonl"
+
+
+def _events(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 @pytest.fixture
 def scripted(plugin_site: Path) -> Path:
     write_distribution(
@@ -172,11 +197,15 @@ def test_full_sweep_writes_matrix_exports_and_summary(
 
 
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(
-    run_ctxrl: Run, scripted: Path, tmp_path: Path
+    run_ctxrl: Run, scripted: Path, event_log: Path, tmp_path: Path
 ) -> None:
     config = _config(tmp_path, **{"algorithm.params": {"candidates": 4, "fail_above": 5.0}})
-    result = run_ctxrl("sweep", str(config))
+    result = run_ctxrl("sweep", str(config), env={"EVENTS_FILE": str(event_log)})
     assert result.returncode == 1
+    events = sorted(_events(event_log), key=lambda e: str(e["status"]))
+    assert [e["status"] for e in events] == ["failed", "finished", "finished", "finished"]
+    assert "diverged at masscart=8.0" in str(events[0]["error"]) and not events[0]["returns"]
+    assert all(e["kind"] == "source" and len(e["returns"]) == 4 for e in events[1:])  # type: ignore[arg-type]
     assert "failed 1" in result.stderr and "diverged at masscart=8" in result.stderr
     run_dir = _run_dir(tmp_path)
     with sqlite3.connect(run_dir / "store.sqlite") as db:
@@ -256,7 +285,9 @@ def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
     assert matrix.shape == (3, 3) and np.all(matrix >= 1)
 
 
-def test_batched_sweep_select_mode_with_multitask(run_ctxrl: Run, tmp_path: Path) -> None:
+def test_batched_sweep_select_mode_with_multitask(
+    run_ctxrl: Run, event_log: Path, tmp_path: Path
+) -> None:
     """One batched program per step: MBTL picks 2 of 5 sources, plus the multi-task baseline."""
     config = _config(
         tmp_path,
@@ -269,8 +300,12 @@ def test_batched_sweep_select_mode_with_multitask(run_ctxrl: Run, tmp_path: Path
             "strategy": {"name": "mbtl-gp", "budget": 2},
         },
     )
-    result = run_ctxrl("sweep", str(config), check=True)
+    result = run_ctxrl("sweep", str(config), check=True, env={"EVENTS_FILE": str(event_log)})
     assert "trained 3, resumed past 0, failed 0" in result.stderr  # 2 sources + 1 multi-task
+    events = _events(event_log)
+    multitask = [e for e in events if e["kind"] == "multitask"]
+    assert len(events) == 3 and [e["source_task"] for e in multitask] == ["multitask"]
+    assert all(e["status"] == "finished" and len(e["returns"]) == 5 for e in events)  # type: ignore[arg-type]
     run_dir = _run_dir(tmp_path)
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     assert summary["order"][0] == 2 and len(summary["order"]) == 2  # the middle first
