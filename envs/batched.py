@@ -310,15 +310,8 @@ class BatchedCartPole(BatchedEnv):
             c["length"] * (4.0 / 3.0 - c["masspole"] * cos.square() / total_mass)
         )
         x_acc = temp - polemass_length * theta_acc * cos / total_mass
-        tau = c["tau"]
-        next_state = torch.stack(
-            [
-                x + tau * x_dot,
-                x_dot + tau * x_acc,
-                theta + tau * theta_dot,
-                theta_dot + tau * theta_acc,
-            ]
-        )
+        # euler step of all four coordinates at once: state + tau * derivative
+        next_state = state + c["tau"] * torch.stack([x_dot, x_acc, theta_dot, theta_acc])
         x, theta = next_state[0], next_state[2]
         terminated = (x.abs() > self.x_threshold) | (theta.abs() > self.theta_threshold)
         return next_state, torch.ones_like(x), terminated

@@ -213,13 +213,85 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def clip_grad_norm_per_agent(params: Params, max_norm: float) -> None:
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    n = grads[0].shape[0]
-    squared = sum(g.reshape(n, -1).pow(2).sum(dim=1) for g in grads)
-    scale = (max_norm / (torch.sqrt(squared) + 1e-6)).clamp(max=1.0)  # type: ignore[arg-type]
-    for g in grads:
-        g.mul_(scale.view(n, *([1] * (g.ndim - 1))))
+class AgentAdam:
+    """Adam (Kingma and Ba 2015) with per-agent gradient-norm clipping over agent-stacked
+    parameters ``(N, ...)``.
+
+    The parameters move into one flat buffer, each keeping a dense block of its own (the dict's
+    entries become views of it), and their gradients into a second one, so zeroing the
+    gradients is one operation and the Adam step a handful (one fused kernel on a GPU) however
+    many tensors the networks have. Clipping and Adam are per agent
+    and elementwise: agents stay independent. :meth:`finish` turns the views back into plain
+    tensors when training ends."""
+
+    def __init__(
+        self, params: Params, *, lr: float, eps: float = 1e-8, max_grad_norm: float | None = None
+    ) -> None:
+        self.params, self.max_grad_norm = params, max_grad_norm
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
+        self.flat.grad = torch.zeros_like(self.flat)
+        self._agent_grads: list[Tensor] = []  # (N, size) views of each parameter's gradient
+        offset = 0
+        for name, p in params.items():
+            size = p.numel()
+            view = self.flat[offset : offset + size].view(p.shape).requires_grad_(True)
+            view.grad = self.flat.grad[offset : offset + size].view(p.shape)
+            params[name] = view
+            self._agent_grads.append(view.grad.view(p.shape[0], -1))
+            offset += size
+        # torch's fused CPU kernel rounds an element differently depending on where it falls in
+        # the buffer (which depends on N): on the CPU the plain single-tensor step keeps agents
+        # bit-independent; on a GPU the fused kernel saves launches
+        fused = self.flat.device.type == "cuda"
+        self.optimizer = torch.optim.Adam([self.flat], lr=lr, eps=eps, fused=fused)
+
+    def zero_grad(self) -> None:
+        assert self.flat.grad is not None
+        self.flat.grad.zero_()
+
+    def step(self, lr: float | None = None) -> None:
+        """Clip each agent's gradient to ``max_grad_norm`` (L2 over all its parameters), then
+        take an Adam step (at learning rate ``lr`` when given)."""
+        if self.max_grad_norm is not None:
+            # summed one parameter at a time: a reduction over a stacked (tensors, N) array
+            # would change its order with N
+            squared = sum(g.square().sum(dim=1) for g in self._agent_grads)
+            scale = (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+            for g in self._agent_grads:
+                g.mul_(scale[:, None])
+        if lr is not None:
+            self.optimizer.param_groups[0]["lr"] = lr
+        self.optimizer.step()
+
+    def finish(self) -> None:
+        """Training is over: the parameters become plain, contiguous tensors again."""
+        for name, p in self.params.items():
+            self.params[name] = p.detach().clone()
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Parameters and Adam moments, for a checkpoint."""
+        tensors = {"params": self.flat.detach()}
+        state = self.optimizer.state.get(self.flat, {})
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            if name in state:
+                tensors[name] = torch.as_tensor(state[name]).reshape(-1)
+        return tensors
+
+    def load_state_tensors(self, tensors: Mapping[str, Tensor], source: Path) -> None:
+        """Restore what :meth:`state_tensors` returned; ``source`` names the file in errors."""
+        if "params" not in tensors or tensors["params"].shape != self.flat.shape:
+            raise CtxrlError(
+                f"checkpoint {source} does not match this training (written by another ctxrl "
+                "version or for other hyperparameters); delete it to start over"
+            )
+        with torch.no_grad():
+            self.flat.copy_(tensors["params"])
+        if "exp_avg" in tensors:
+            self.optimizer.state[self.flat] = {
+                "step": tensors["step"].reshape(()).to(self.flat.device, torch.float32),
+                "exp_avg": tensors["exp_avg"].clone(),
+                "exp_avg_sq": tensors["exp_avg_sq"].clone(),
+            }
 
 
 def evaluate_policies(
@@ -276,8 +348,7 @@ def evaluate_policies(
 def save_training_state(
     path: Path,
     iteration: int,
-    params: Params,
-    optimizer: torch.optim.Adam,
+    optimizer: AgentAdam,
     twin: Any,
     rng: StreamRNG,
     obs: Tensor,
@@ -288,14 +359,7 @@ def save_training_state(
     them) and random streams, the agents' random streams, the last observation ``(B, obs)``
     and the trainer's own ``extra`` tensors (replay buffers, target networks). safetensors +
     JSON, written atomically by :func:`ctxrl.artifacts.save_artifact`."""
-    tensors = {f"param.{k}": v.detach() for k, v in params.items()}
-    for k, p in params.items():
-        state = optimizer.state.get(p, {})
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name in state:
-                tensors[f"adam.{k}.{name}"] = state[name]
-        if "step" in state:
-            tensors[f"adam.{k}.step"] = torch.as_tensor(state["step"]).reshape(1)
+    tensors = {f"adam.{k}": v for k, v in optimizer.state_tensors().items()}
     tensors.update(
         {
             "env.state": twin._state,
@@ -315,23 +379,16 @@ def save_training_state(
 
 def restore_training_state(
     path: Path,
-    params: Params,
-    optimizer: torch.optim.Adam,
+    optimizer: AgentAdam,
     twin: Any,
     rng: StreamRNG,
 ) -> tuple[int, Tensor, dict[str, Tensor]]:
     """Load what :func:`save_training_state` wrote into live objects; return the iteration to
     continue from, the last observation and the ``extra`` tensors (prefix removed)."""
     tensors, meta = load_artifact(path, device=str(twin.device))
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(tensors[f"param.{k}"])
-            if f"adam.{k}.exp_avg" in tensors:
-                optimizer.state[p] = {
-                    "step": tensors[f"adam.{k}.step"].reshape(()).cpu().float(),
-                    "exp_avg": tensors[f"adam.{k}.exp_avg"].clone(),
-                    "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].clone(),
-                }
+    optimizer.load_state_tensors(
+        {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}, path
+    )
     twin._state = tensors["env.state"].clone()
     twin.elapsed = tensors["env.elapsed"].clone()
     contexts = {

@@ -28,9 +28,9 @@ from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.batched import (
+    AgentAdam,
     BatchedTrainer,
     Params,
-    clip_grad_norm_per_agent,
     contexts_tensor,
     env_seeds,
     hyperparameters,
@@ -198,9 +198,7 @@ class BatchedDQN(BatchedTrainer):
         layers = len(cfg.hidden)
         online = init_q_params(seeds, obs_dim, actions, cfg, device)
         target = {k: v.clone() for k, v in online.items()}
-        for p in online.values():
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(online.values(), lr=cfg.learning_rate, foreach=True)
+        optimizer = AgentAdam(online, lr=cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
         rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
         capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
         buf_obs = torch.zeros(n, capacity, e, obs_dim, device=device)
@@ -214,9 +212,7 @@ class BatchedDQN(BatchedTrainer):
         explore_steps = cfg.exploration_fraction * iterations * e
         start = 0
         if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
-            start, last_obs, extra = restore_training_state(
-                checkpoint, online, optimizer, twin, rng
-            )
+            start, last_obs, extra = restore_training_state(checkpoint, optimizer, twin, rng)
             obs = last_obs.view(n, e, obs_dim)
             with torch.no_grad():
                 for k in target:
@@ -279,9 +275,8 @@ class BatchedDQN(BatchedTrainer):
                     loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
                 else:
                     loss = (q - td_target) ** 2
-                optimizer.zero_grad(set_to_none=False)
+                optimizer.zero_grad()
                 loss.mean(dim=1).sum().backward()  # per-agent losses: gradients never mix
-                clip_grad_norm_per_agent(online, cfg.max_grad_norm)
                 optimizer.step()
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == iterations):
                 progress(step + 1, iterations)
@@ -295,15 +290,13 @@ class BatchedDQN(BatchedTrainer):
                 save_training_state(
                     checkpoint,
                     step + 1,
-                    online,
                     optimizer,
                     twin,
                     rng,
                     obs.reshape(n * e, obs_dim),
                     extra,
                 )
-        for p in online.values():
-            p.requires_grad_(False)
+        optimizer.finish()
         return QPolicies(
             online, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
         )

@@ -30,9 +30,9 @@ from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.batched import (
+    AgentAdam,
     BatchedTrainer,
     Params,
-    clip_grad_norm_per_agent,
     contexts_tensor,
     env_seeds,
     hyperparameters,
@@ -158,9 +158,21 @@ class BatchedPolicies:
         streams ``(N, M * A)``: uniforms (discrete: Gumbel-max) or standard normals."""
         noise = noise.view(out.shape)
         if self.discrete:
-            u = noise.clamp(1e-10, 1 - 1e-7).to(out.dtype)
-            return (out - torch.log(-torch.log(u))).argmax(dim=-1)
-        return out + self.params["actor.log_std"].exp()[:, None, :] * noise.to(out.dtype)
+            return self.sample_with(out, gumbel(noise).to(out.dtype))
+        return self.sample_with(out, noise.to(out.dtype))
+
+    def sample_with(self, out: Tensor, noise: Tensor) -> Tensor:
+        """:meth:`sample_from` with the noise already shaped like ``out`` (and, for discrete
+        actions, already turned into Gumbel noise by :func:`gumbel`)."""
+        if self.discrete:
+            return (out + noise).argmax(dim=-1)
+        return out + self.params["actor.log_std"].exp()[:, None, :] * noise
+
+
+def gumbel(uniform: Tensor) -> Tensor:
+    """Standard Gumbel noise ``-log(-log(u))`` from uniforms in [0, 1) (clamped away from 0
+    and 1), same shape."""
+    return -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
 
 
 def _log_prob(params: Params, out: Tensor, actions: Tensor, discrete: bool) -> Tensor:
@@ -241,15 +253,15 @@ class BatchedPPO(BatchedTrainer):
         params = init_params(
             seeds, obs_dim, out_dim, cfg.hidden, discrete, cfg.init_log_std, device
         )
-        for p in params.values():
-            p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
+        optimizer = AgentAdam(
+            params, lr=cfg.learning_rate, eps=1e-5, max_grad_norm=cfg.max_grad_norm
+        )
         rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
         iterations = max(1, total_steps // (e * t_steps))
         obs = twin.reset().view(n, e, obs_dim)
         start = 0
         if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
-            start, obs, _ = restore_training_state(checkpoint, params, optimizer, twin, rng)
+            start, obs, _ = restore_training_state(checkpoint, optimizer, twin, rng)
             obs = obs.view(n, e, obs_dim)
         policies = BatchedPolicies(
             params, discrete, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
@@ -258,9 +270,7 @@ class BatchedPPO(BatchedTrainer):
         minibatch = batch // cfg.num_minibatches
         agents = torch.arange(n, device=device)[:, None]
         for iteration in range(start, iterations):
-            if cfg.anneal_lr:
-                for group in optimizer.param_groups:
-                    group["lr"] = (1.0 - iteration / iterations) * cfg.learning_rate
+            lr = cfg.learning_rate * ((1.0 - iteration / iterations) if cfg.anneal_lr else 1.0)
             # ------------------------------------------------------------------ rollout
             buf_obs = torch.zeros(t_steps, n, e, obs_dim, device=device)
             buf_act = torch.zeros(
@@ -269,15 +279,18 @@ class BatchedPPO(BatchedTrainer):
             buf_logp = torch.zeros(t_steps, n, e, device=device)
             buf_val = torch.zeros(t_steps, n, e, device=device)
             buf_rew = torch.zeros(t_steps, n, e, device=device)
-            buf_done = torch.zeros(t_steps, n, e, device=device)
+            buf_done = torch.zeros(t_steps, n, e, dtype=torch.bool, device=device)
             with torch.no_grad():
                 # the rollout's noise in one draw: the same numbers as one draw per step
-                draw = rng.uniform_calls if discrete else rng.normal_calls
-                noise = draw(t_steps, e * out_dim)  # (T, N, E * A)
+                if discrete:
+                    noise = gumbel(rng.uniform_calls(t_steps, e * out_dim))
+                else:
+                    noise = rng.normal_calls(t_steps, e * out_dim)
+                noise = noise.view(t_steps, n, e, out_dim)
                 for t in range(t_steps):
                     buf_obs[t] = obs
                     out = mlp(params, "actor", obs)
-                    action = policies.sample_from(out, noise[t])
+                    action = policies.sample_with(out, noise[t])
                     buf_logp[t] = _log_prob(params, out, action, discrete)
                     buf_act[t] = action
                     step_action = action.reshape(n * e) if discrete else action.reshape(n * e, -1)
@@ -286,16 +299,18 @@ class BatchedPPO(BatchedTrainer):
                     both = torch.cat([obs, info["final_obs"].view(n, e, obs_dim)], dim=1)
                     values = mlp(params, "critic", both).squeeze(-1)
                     buf_val[t], final_value = values[:, :e], values[:, e:]
-                    reward = reward.view(n, e) * cfg.reward_scale
+                    reward = reward.view(n, e)
+                    if cfg.reward_scale != 1.0:
+                        reward = reward * cfg.reward_scale
                     # a time limit is not a terminal state: bootstrap from the last observation
                     reward = reward + cfg.gamma * final_value * truncated.view(n, e)
                     buf_rew[t] = reward
-                    buf_done[t] = info["done"].view(n, e).float()
+                    buf_done[t] = info["done"].view(n, e)
                     obs = next_obs.view(n, e, obs_dim)
                 # ------------------------------------------------------------------ GAE
                 next_value = mlp(params, "critic", obs).squeeze(-1)
                 next_values = torch.cat([buf_val[1:], next_value[None]])  # (T, N, E)
-                not_done = 1.0 - buf_done
+                not_done = 1.0 - buf_done.float()
                 deltas = buf_rew + cfg.gamma * next_values * not_done - buf_val
                 decay = cfg.gamma * cfg.gae_lambda * not_done
                 advantages = torch.zeros_like(buf_rew)
@@ -335,24 +350,21 @@ class BatchedPPO(BatchedTrainer):
                     else:
                         v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
                     loss = pg_loss - cfg.ent_coef * entropy.mean(dim=1) + cfg.vf_coef * v_loss
-                    optimizer.zero_grad(set_to_none=False)
+                    optimizer.zero_grad()
                     loss.sum().backward()  # per-agent losses: gradients never mix
-                    clip_grad_norm_per_agent(params, cfg.max_grad_norm)
-                    optimizer.step()
+                    optimizer.step(lr)
             if progress is not None:
                 progress(iteration + 1, iterations)
             if checkpoint is not None and (iteration + 1) % checkpoint_every == 0:
                 save_training_state(
                     checkpoint,
                     iteration + 1,
-                    params,
                     optimizer,
                     twin,
                     rng,
                     obs.reshape(n * e, obs_dim),
                 )
-        for p in params.values():
-            p.requires_grad_(False)
+        optimizer.finish()
         return policies
 
     def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> BatchedPolicies:
