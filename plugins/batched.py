@@ -220,9 +220,8 @@ class AgentAdam:
     The parameters move into one flat buffer, each keeping a dense block of its own (the dict's
     entries become views of it), and their gradients into a second one, so zeroing the
     gradients is one operation and the Adam step a handful (one fused kernel on a GPU) however
-    many tensors the networks have. Clipping and Adam are per agent
-    and elementwise: agents stay independent. :meth:`finish` turns the views back into plain
-    tensors when training ends."""
+    many tensors the networks have. Clipping and Adam are per agent and elementwise: agents stay
+    independent. :meth:`finish` turns the views back into plain tensors when training ends."""
 
     def __init__(
         self, params: Params, *, lr: float, eps: float = 1e-8, max_grad_norm: float | None = None
