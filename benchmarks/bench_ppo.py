@@ -4,8 +4,8 @@
     python benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts 1024 --steps 524288
 
 ``--rejax`` trains rejax's PPO (JAX: ``jax.vmap`` over the contexts of one jitted training
-function, as ../shared/bench/peer_rejax.py does) on the same contexts with the same
-hyperparameters in the same run, and times its second call (the first compiles). rejax has no
+function) on the same contexts with the same hyperparameters in the same run, and times its
+second call (the first compiles). rejax has no
 learning-rate annealing, so with ``--rejax`` both sides train at a constant rate. Install
 ``jax rejax`` (and gymnax) beside ctxrl for it; they are never ctxrl dependencies.
 

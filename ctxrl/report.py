@@ -13,7 +13,7 @@ Figures (matplotlib, Agg backend) are written as PNG and SVG:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,24 @@ def sample_efficiency(
 ) -> dict[str, Any]:
     """MBTL's sample-efficiency factor: ``N / k*`` where ``k*`` is the first step at which
     ``curve`` (G_k, k = 1..K) exceeds Independent (and Multi-task, when given); ``None`` when
-    it never does within K."""
+    it never does within K.
+
+    Also ``k_match`` / ``factor_match``: the first step at which the curve reaches those levels
+    (``>=``, to 1e-9). They differ from ``k*`` where Independent sits at the ceiling (every
+    context solved on itself), which no curve can exceed."""
     levels = [independent] + ([multitask] if multitask is not None else [])
-    above = [k + 1 for k, value in enumerate(curve) if all(value > level for level in levels)]
-    k_star = above[0] if above else None
+
+    def first(reached: Callable[[float, float], bool]) -> int | None:
+        steps = [k + 1 for k, g in enumerate(curve) if all(reached(g, lv) for lv in levels)]
+        return steps[0] if steps else None
+
+    k_star = first(lambda g, level: g > level)
+    k_match = first(lambda g, level: g >= level - 1e-9)
     return {
         "k_star": k_star,
         "factor": (n_contexts / k_star) if k_star else None,
+        "k_match": k_match,
+        "factor_match": (n_contexts / k_match) if k_match else None,
         "against": ["independent"] + (["multitask"] if multitask is not None else []),
     }
 

@@ -738,6 +738,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                     f"{efficiency['strategy']} does not beat "
                     f"{' and '.join(efficiency['against'])} within K = {summary['budget']}.",
                 ]
+                if efficiency.get("factor_match"):
+                    lines[-1] += (
+                        f" It reaches them (>=) at k = {efficiency['k_match']}, N / k = "
+                        f"{efficiency['factor_match']:.1f}."
+                    )
     elif "curve" in summary:
         lines.append(
             f"G_k along the trained order {summary['order']}: "

@@ -35,6 +35,17 @@ def test_generalized_performance_by_hand() -> None:
     assert curve[2] == pytest.approx((0.9 + 0.7 + 1.0 + 0.7 + 0.9) / 5)
 
 
+def test_sample_efficiency_by_hand() -> None:
+    from ctxrl.report import sample_efficiency
+
+    found = sample_efficiency([0.5, 0.8, 0.9], independent=0.8, multitask=0.7, n_contexts=100)
+    assert (found["k_star"], found["factor"]) == (3, 100 / 3)  # 0.8 only matches at k = 2
+    assert (found["k_match"], found["factor_match"]) == (2, 50.0)
+    ceiling = sample_efficiency([0.99, 1.0, 1.0], independent=1.0, multitask=None, n_contexts=100)
+    assert ceiling["k_star"] is None and ceiling["k_match"] == 2
+    assert ceiling["against"] == ["independent"]
+
+
 def test_sequential_oracle_by_hand() -> None:
     # Row means: 0.36, 0.5, 0.6, 0.48, 0.4 -> row 2 first.
     # Then with U = row 2: adding row 0 -> (0.9,.7,1,.7,.3)=0.72; row 1 -> (0.7,.9,1,.7,.3)=0.72;
