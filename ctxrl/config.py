@@ -92,7 +92,8 @@ class SweepConfig(_Strict):
     )
     env_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="keyword options of the env's factory (e.g. num_seconds for traffic)",
+        description="keyword options of the env's factories, the gymnasium env's and the torch "
+        "twin's (e.g. num_seconds for traffic; visible: [masscart] shows a feature to the agent)",
     )
     algorithm: AlgorithmConfig
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -280,12 +281,35 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
     except UnknownNameError as exc:
         raise ConfigError(f"executor.name: {exc}") from None
     if config.env_options:
-        env = dataclasses.replace(env, make=functools.partial(env.make, **config.env_options))
-        try:
-            env.make(grid.contexts[0].as_dict()).close()
-        except (TypeError, CtxrlError) as exc:
-            raise ConfigError(f"env_options: {exc}") from None
+        env = _with_options(env, config.env_options, grid, algorithm.batched)
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
+
+
+def _with_options(
+    env: EnvSpec, options: dict[str, Any], grid: ContextGrid, batched: bool
+) -> EnvSpec:
+    """``env`` whose factories take ``options`` (``env_options``): the gymnasium env always,
+    the torch twin too (e.g. ``visible: [masscart]`` shows a feature to batched agents).
+    Options the twin does not take are an error for a batched algorithm; other algorithms
+    never use the twin, so it is dropped."""
+    make = functools.partial(env.make, **options)
+    try:
+        make(grid.contexts[0].as_dict()).close()
+    except (TypeError, CtxrlError) as exc:
+        raise ConfigError(f"env_options: {exc}") from None
+    twin = None
+    if env.make_batched is not None:
+        twin = functools.partial(env.make_batched, **options)
+        try:
+            twin(1)
+        except (TypeError, ValueError, CtxrlError) as exc:
+            if batched:
+                raise ConfigError(
+                    f"env_options: {sorted(options)} do not apply to the torch twin of "
+                    f"{env.name!r} that a batched algorithm trains on: {exc}"
+                ) from None
+            twin = None
+    return dataclasses.replace(env, make=make, make_batched=twin)
 
 
 def _with_fixed(

@@ -82,12 +82,25 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["train_steps=-5"], "train_steps: Input should be greater than 0"),
         (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),
         (["seedz=[1]"], "seedz: Extra inputs are not permitted"),
+        (["env_options.visible=[nosuch]"], "env_options: CartPole has no context feature 'nosuch'"),
+        (
+            ["env_options.render_mode=rgb_array"],
+            "env_options: ['render_mode'] do not apply to the torch twin of 'CartPole'",
+        ),
     ],
 )
 def test_bad_config_is_named(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         _plan(*overrides)
     assert message in str(excinfo.value)
+
+
+def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:
+    plan = _plan("env_options.visible=[length]")
+    assert plan.env.make({"length": 2.0}).observation_space.shape == (5,)
+    assert plan.env.make_batched is not None
+    twin = plan.env.make_batched(3, contexts={"length": 2.0})
+    assert twin.observation_size == 5 and twin.reset().shape == (3, 5)
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
