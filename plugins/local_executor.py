@@ -61,16 +61,23 @@ def _log_name(job: Job, index: int) -> str:
     return f"job-{index:05d}-src{job.get('source', 'x')}-seed{job.get('seed', 'x')}.log"
 
 
+def _end_group(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: SIGKILL its whole process group, itself and its simulators."""
+    os.killpg(0, signal.SIGKILL)
+
+
 def _die_with_parent(parent: int) -> None:
-    """On Linux, have the kernel kill this worker when the sweep process dies (even by
-    SIGKILL), so a killed sweep leaves no worker behind; its simulators end with it (SUMO quits
-    when its TraCI client disappears)."""
+    """On Linux, have the kernel signal this worker when the sweep process dies (even by
+    SIGKILL), so a killed sweep leaves nothing behind: the worker's SIGTERM handler kills its
+    process group, the simulators it started included (a SUMO that has not been connected to
+    yet would otherwise wait for its TraCI client forever)."""
+    signal.signal(signal.SIGTERM, _end_group)
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
 

@@ -386,3 +386,48 @@ def test_failure_summaries_name_the_exception_or_the_signal() -> None:
     assert _crash_summary(1, tail) == "ValueError: bad mass"
     assert _crash_summary(-9, tail) == "worker killed by SIGKILL"
     assert _crash_summary(3, "no traceback here") == "worker exited with code 3"
+
+
+# A job that starts a child process which never notices its parent's death (like a SUMO still
+# waiting for its TraCI client), writes the child's pid, and waits.
+ORPHAN_DRIVER = """
+import subprocess, sys, time
+from pathlib import Path
+from ctxrl_plugins.local_executor import LocalProcessExecutor
+
+def job(j):
+    child = subprocess.Popen(["sleep", "600"])
+    Path(j["pid_file"]).write_text(str(child.pid))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    for _ in LocalProcessExecutor(workers=1).map(job, [{"pid_file": sys.argv[1]}]):
+        pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_sweep_takes_its_workers_children_with_it(tmp_path: Path) -> None:
+    (tmp_path / "orphan_driver.py").write_text(ORPHAN_DRIVER)
+    pid_file = tmp_path / "child.pid"
+    driver = subprocess.Popen(
+        [sys.executable, str(tmp_path / "orphan_driver.py"), str(pid_file)],
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and driver.poll() is None, "the job never started"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    driver.kill()  # SIGKILL: no clean-up code runs in the driver
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and "zombie" not in _state(child):
+        assert time.monotonic() < deadline, "the worker's child outlived the killed sweep"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    return "zombie"
