@@ -149,30 +149,25 @@ class BatchedPolicies:
         """Actions from the actor's output ``(N, M, A)`` (logits or means)."""
         if deterministic or rng is None:
             return out.argmax(dim=-1) if self.discrete else out
-        columns = out.shape[1] * out.shape[2]
-        noise = rng.uniform(columns) if self.discrete else rng.normal(columns)
-        return self.sample_from(out, noise)
+        noise = sampling_noise(rng, 1, out.shape[1] * out.shape[2], self.discrete)[0]
+        return self.sample(out, noise.view(out.shape).to(out.dtype))
 
-    def sample_from(self, out: Tensor, noise: Tensor) -> Tensor:
-        """Sampled actions from the actor's output ``(N, M, A)`` and one draw of the agents'
-        streams ``(N, M * A)``: uniforms (discrete: Gumbel-max) or standard normals."""
-        noise = noise.view(out.shape)
-        if self.discrete:
-            return self.sample_with(out, gumbel(noise).to(out.dtype))
-        return self.sample_with(out, noise.to(out.dtype))
-
-    def sample_with(self, out: Tensor, noise: Tensor) -> Tensor:
-        """:meth:`sample_from` with the noise already shaped like ``out`` (and, for discrete
-        actions, already turned into Gumbel noise by :func:`gumbel`)."""
+    def sample(self, out: Tensor, noise: Tensor) -> Tensor:
+        """Sampled actions from the actor's output ``(N, M, A)`` and noise of the same shape
+        from :func:`sampling_noise` (discrete: Gumbel-max; continuous: mean + std * noise)."""
         if self.discrete:
             return (out + noise).argmax(dim=-1)
         return out + self.params["actor.log_std"].exp()[:, None, :] * noise
 
 
-def gumbel(uniform: Tensor) -> Tensor:
-    """Standard Gumbel noise ``-log(-log(u))`` from uniforms in [0, 1) (clamped away from 0
-    and 1), same shape."""
-    return -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
+def sampling_noise(rng: StreamRNG, calls: int, columns: int, discrete: bool) -> Tensor:
+    """``calls`` successive draws of the agents' sampling noise at once, ``(calls, N,
+    columns)``: Gumbel noise ``-log(-log(u))`` (``u`` clamped away from 0 and 1) for discrete
+    actions, standard normals for continuous ones."""
+    if discrete:
+        uniform = rng.uniform_calls(calls, columns).clamp(1e-10, 1 - 1e-7)
+        return -torch.log(-torch.log(uniform))
+    return rng.normal_calls(calls, columns)
 
 
 def _log_prob(params: Params, out: Tensor, actions: Tensor, discrete: bool) -> Tensor:
@@ -282,15 +277,12 @@ class BatchedPPO(BatchedTrainer):
             buf_done = torch.zeros(t_steps, n, e, dtype=torch.bool, device=device)
             with torch.no_grad():
                 # the rollout's noise in one draw: the same numbers as one draw per step
-                if discrete:
-                    noise = gumbel(rng.uniform_calls(t_steps, e * out_dim))
-                else:
-                    noise = rng.normal_calls(t_steps, e * out_dim)
+                noise = sampling_noise(rng, t_steps, e * out_dim, discrete)
                 noise = noise.view(t_steps, n, e, out_dim)
                 for t in range(t_steps):
                     buf_obs[t] = obs
                     out = mlp(params, "actor", obs)
-                    action = policies.sample_with(out, noise[t])
+                    action = policies.sample(out, noise[t])
                     buf_logp[t] = _log_prob(params, out, action, discrete)
                     buf_act[t] = action
                     step_action = action.reshape(n * e) if discrete else action.reshape(n * e, -1)

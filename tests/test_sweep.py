@@ -422,12 +422,13 @@ def test_a_killed_sweep_takes_its_workers_children_with_it(tmp_path: Path) -> No
     driver.kill()  # SIGKILL: no clean-up code runs in the driver
     driver.wait()
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{child}") and "zombie" not in _state(child):
+    while _alive(child):
         assert time.monotonic() < deadline, "the worker's child outlived the killed sweep"
         time.sleep(0.1)
 
 
-def _state(pid: int) -> str:
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
     with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    return "zombie"
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return False
