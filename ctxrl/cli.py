@@ -253,7 +253,7 @@ def _matrix_from(
         if not plan_file.is_file():
             raise CtxrlError(f"{path} is not a run directory (no plan.yaml)")
         from ctxrl.store import Store
-        from ctxrl.sweep import STORE_FILE, sweep_matrix
+        from ctxrl.summary import STORE_FILE, sweep_matrix
 
         cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
         plan = resolve_plan(cfg, host.registry)
@@ -313,7 +313,7 @@ def select(
     as_json: bool,
 ) -> None:
     """Replay strategies offline on a stored matrix and print G_k for k = 1..K."""
-    from ctxrl.sweep import selection_curves
+    from ctxrl.summary import selection_curves
 
     host = _host(ctx)
     matrix, (lower, upper), coords = _matrix_from(matrix_path, env_name, bounds, negate, host)
@@ -361,7 +361,7 @@ def select(
 def report(ctx: click.Context, run_dir: Path) -> None:
     """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md."""
     from ctxrl.store import Store
-    from ctxrl.sweep import STORE_FILE, sweep_matrix, write_exports
+    from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
 
     host = _host(ctx)
     plan_file = run_dir / "plan.yaml"

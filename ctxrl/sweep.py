@@ -15,7 +15,7 @@ import platform
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -32,11 +32,9 @@ from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import BatchedAlgorithm
-from ctxrl.report import plot_generalization, plot_matrix, plot_selection, sample_efficiency
-from ctxrl.selection import SelectionState, generalized_performance, replay
+from ctxrl.selection import SelectionState
 from ctxrl.store import Evaluation, RunRecord, Store, now
-
-STORE_FILE = "store.sqlite"
+from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
 
 
 def run_id(task: Task, seed: int) -> str:
@@ -506,17 +504,6 @@ def _ensure_failed(
         store.record_run(_record(task, seed, plan, t, t, "failed", None, message))
 
 
-def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
-    contexts = plan.grid.contexts
-    return store.matrix(
-        env=plan.env.name,
-        sources=contexts,
-        targets=contexts,
-        seeds=plan.config.seeds,
-        features=plan.grid.features,
-    )
-
-
 def _error_summary(error: BaseException) -> str:
     """One line saying why a run failed: an executor's ``summary`` if it gives one, else the
     last line of the error (a traceback's exception)."""
@@ -536,222 +523,3 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
-
-
-# ------------------------------------------------------------------------------ exports
-def selection_curves(
-    normalised: np.ndarray,
-    coords: np.ndarray,
-    strategies: dict[str, Any],
-    budget: int,
-    *,
-    stochastic_repeats: int = 100,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
-
-    ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
-    replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
-    ``options`` gives a strategy's factory options by name (the sweep's own strategy).
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in strategies.items():
-        repeats = stochastic_repeats if spec.stochastic else 1
-        results = [
-            replay(
-                spec.factory(**(options or {}).get(name, {})),
-                normalised,
-                coords,
-                budget,
-                seed=s,
-                name=name,
-                full_knowledge=spec.requires_full_matrix,
-            )
-            for s in range(repeats)
-        ]
-        curves = np.stack([r.curve for r in results])
-        out[name] = {
-            "mean": curves.mean(axis=0).tolist(),
-            "std": curves.std(axis=0).tolist(),
-            "order": list(results[0].order),
-        }
-    return out
-
-
-def write_exports(
-    plan: SweepPlan, store: Store, matrix: TransferMatrix, run_dir: Path, *, order: list[int]
-) -> Path:
-    """Matrices (reference CSV per seed), runs/evaluations tables, selection curves, summary."""
-    exports = run_dir / "exports"
-    exports.mkdir(exist_ok=True)
-    for k, seed in enumerate(plan.config.seeds):
-        matrix.to_reference_csv(exports / f"matrix_seed{seed}.csv", seed=k)
-    (exports / "contexts.json").write_text(
-        json.dumps(
-            {
-                "features": list(plan.grid.features),
-                "contexts": [c.as_dict() for c in plan.grid.contexts],
-                "return_bounds": list(plan.env.return_bounds),
-            },
-            indent=2,
-        )
-    )
-    store.export(exports)
-    normalised = plan.env.normalise(matrix.mean())
-    multitask = plan.env.normalise(
-        store.multitask_returns(
-            env=plan.env.name, targets=plan.grid.contexts, seeds=plan.config.seeds
-        )
-    )
-    summary: dict[str, Any] = {
-        "env": plan.env.name,
-        "features": list(plan.grid.features),
-        "n_contexts": len(plan.grid),
-        "seeds": plan.config.seeds,
-        "order": order,
-        "observed_rows": int(np.sum(~np.all(np.isnan(normalised), axis=1))),
-    }
-    if not np.isnan(multitask).all():
-        per_seed = np.nanmean(multitask, axis=1)
-        summary["multitask"] = float(np.nanmean(per_seed))
-        summary["multitask_std"] = float(np.nanstd(per_seed))
-    complete = not np.isnan(normalised).any()
-    if complete:
-        summary["independent"] = float(np.mean(np.diag(normalised)))
-        summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
-        registry = get_host().registry
-        names = [plan.config.strategy.name] if plan.config.mode == "full" else []
-        names += [n for n in plan.config.compare if n not in names]
-        coords = plan.grid.grid_coords()
-        budget = min(len(plan.grid), plan.config.strategy.budget or 15)
-        summary["budget"] = budget
-        specs = {n: registry.strategy(n) for n in names}
-        options = {plan.config.strategy.name: plan.config.strategy.options}
-        summary["curves"] = selection_curves(normalised, coords, specs, budget, options=options)
-        per_seed = plan.env.normalise(matrix.values)  # (S, T, seeds)
-        if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
-            # G_k on each seed's own matrix: the spread between independently trained matrices
-            seed_curves = [
-                selection_curves(
-                    per_seed[:, :, k], coords, specs, budget, options=options, stochastic_repeats=20
-                )
-                for k in range(matrix.n_seeds)
-            ]
-            for name in names:
-                curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
-                summary["curves"][name]["seed_mean"] = curves.mean(axis=0).tolist()
-                summary["curves"][name]["seed_ci95"] = (
-                    1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
-                ).tolist()
-        lead = names[0]
-        summary["sample_efficiency"] = {
-            "strategy": lead,
-            **sample_efficiency(
-                summary["curves"][lead]["mean"],
-                summary["independent"],
-                summary.get("multitask"),
-                len(plan.grid),
-            ),
-        }
-    elif order:
-        summary["curve"] = generalized_performance(normalised, order).tolist()
-    summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
-    (exports / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run_dir / "summary.md").write_text(summary_markdown(summary))
-    return exports
-
-
-def write_figures(
-    plan: SweepPlan, normalised: np.ndarray, summary: dict[str, Any], directory: Path
-) -> list[str]:
-    """Heatmap, selection curves and (1-D grids) the generalization model: PNG and SVG."""
-    directory.mkdir(exist_ok=True)
-    labels = [f"{v:.3g}" for v in plan.grid.values()[:, 0]]
-    title = f"{plan.env.name}: {', '.join(plan.grid.features)}"
-    written = plot_matrix(
-        np.nan_to_num(normalised, nan=np.nan), labels, title, directory / "matrix"
-    )
-    if "curves" in summary:
-        references = {
-            "independent": summary["independent"],
-            "oracle transfer": summary["oracle_transfer"],
-        }
-        if summary.get("multitask") is not None:
-            references["multitask"] = summary["multitask"]
-        written += plot_selection(summary["curves"], references, title, directory / "selection")
-        if len(plan.grid.features) == 1:
-            lead = next(iter(summary["curves"].values()))
-            sources = list(dict.fromkeys(lead["order"]))
-            written += plot_generalization(
-                plan.grid.grid_coords(), normalised, sources, title, directory / "generalization"
-            )
-    return [str(p.relative_to(directory.parent)) for p in written]
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        f"# {summary['env']}: {', '.join(summary['features'])}",
-        "",
-        f"{summary['n_contexts']} contexts, seeds {summary['seeds']}, "
-        f"{summary['observed_rows']} source rows observed.",
-        "",
-    ]
-    if "multitask" in summary:
-        lines += [
-            f"- Multi-task (one policy on the mixture of all contexts): "
-            f"{summary['multitask']:.4f} +- {summary['multitask_std']:.4f} over seeds",
-            "",
-        ]
-    if "independent" in summary:
-        lines += [
-            f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
-            f"- Oracle transfer (all models, best source per target): "
-            f"{summary['oracle_transfer']:.4f}",
-            "",
-            f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
-            "(mean over replays):",
-            "",
-            "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K | order (first 5) |",
-            "|---|---|---|---|---|",
-        ]
-        for name, curve in summary["curves"].items():
-            mean = np.mean(curve["mean"])
-            ci = ""
-            if "seed_ci95" in curve:
-                ci = f" +- {np.mean(curve['seed_ci95']):.4f}"
-            lines.append(
-                f"| {name} | {mean:.4f}{ci} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
-                f"{curve['order'][:5]} |"
-            )
-        efficiency = summary.get("sample_efficiency", {})
-        if efficiency:
-            if efficiency.get("factor"):
-                lines += [
-                    "",
-                    f"Sample efficiency of {efficiency['strategy']}: it beats "
-                    f"{' and '.join(efficiency['against'])} at k* = {efficiency['k_star']}, "
-                    f"a factor N / k* = {efficiency['factor']:.1f}.",
-                ]
-            else:
-                lines += [
-                    "",
-                    f"{efficiency['strategy']} does not beat "
-                    f"{' and '.join(efficiency['against'])} within K = {summary['budget']}.",
-                ]
-                if efficiency.get("factor_match"):
-                    lines[-1] += (
-                        f" It reaches them (>=) at k = {efficiency['k_match']}, N / k = "
-                        f"{efficiency['factor_match']:.1f}."
-                    )
-    elif "curve" in summary:
-        lines.append(
-            f"G_k along the trained order {summary['order']}: "
-            + ", ".join(f"{v:.3f}" for v in summary["curve"])
-        )
-    if summary.get("figures"):
-        lines += [
-            "",
-            "Figures: "
-            + ", ".join(f"[{f}]({f})" for f in summary["figures"] if f.endswith(".png")),
-        ]
-    return "\n".join(lines) + "\n"

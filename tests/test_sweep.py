@@ -380,7 +380,7 @@ def test_several_seeds_give_confidence_intervals(
 
 
 def test_failure_summaries_name_the_exception_or_the_signal() -> None:
-    from ctxrl_plugins.local_executor import _crash_summary
+    from ctxrl_plugins.executors.local import _crash_summary
 
     tail = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad mass\n'
     assert _crash_summary(1, tail) == "ValueError: bad mass"
@@ -393,7 +393,7 @@ def test_failure_summaries_name_the_exception_or_the_signal() -> None:
 ORPHAN_DRIVER = """
 import subprocess, sys, time
 from pathlib import Path
-from ctxrl_plugins.local_executor import LocalProcessExecutor
+from ctxrl_plugins.executors.local import LocalProcessExecutor
 
 def job(j):
     child = subprocess.Popen(["sleep", "600"])

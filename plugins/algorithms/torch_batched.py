@@ -1,5 +1,5 @@
-"""The batched algorithm plugins: ``batched-ppo`` (:mod:`ctxrl_plugins.ppo`) and
-``batched-dqn`` (:mod:`ctxrl_plugins.dqn`).
+"""The batched algorithm plugins: ``batched-ppo`` (:mod:`ctxrl_plugins.algorithms.ppo`) and
+``batched-dqn`` (:mod:`ctxrl_plugins.algorithms.dqn`).
 
 Registration stays light: torch is imported only when an algorithm is built.
 """
@@ -68,14 +68,14 @@ DQN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _ppo(params: Mapping[str, Any], *, device: str = "cpu", env: EnvSpec | None = None) -> Any:
-    from ctxrl_plugins.ppo import BatchedPPO
+    from ctxrl_plugins.algorithms.ppo import BatchedPPO
 
     del env
     return BatchedPPO(params, device=device)
 
 
 def _dqn(params: Mapping[str, Any], *, device: str = "cpu", env: EnvSpec | None = None) -> Any:
-    from ctxrl_plugins.dqn import BatchedDQN
+    from ctxrl_plugins.algorithms.dqn import BatchedDQN
 
     del env
     return BatchedDQN(params, device=device)

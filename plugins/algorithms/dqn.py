@@ -5,9 +5,9 @@ DQN (Mnih et al. 2015) with a replay buffer and a target network, following Clea
 network picks the next action, the target network values it) and a dueling head (Wang et al.
 2016, arXiv 1511.06581: ``Q = V + A - mean(A)``). Needed by the DQN-transferability studies.
 
-Batching follows :mod:`ctxrl_plugins.ppo`: weights ``(N, ...)``, one replay buffer per agent
-(stored as ``(N, capacity, ...)``, all agents writing in lockstep), per-agent random streams for
-exploration and replay sampling, per-agent losses summed, per-agent gradient clipping. Agent
+Batching follows :mod:`ctxrl_plugins.algorithms.ppo`: weights ``(N, ...)``, one replay buffer
+per agent (stored as ``(N, capacity, ...)``, all agents writing in lockstep), per-agent random
+streams for exploration and replay sampling, per-agent losses summed, per-agent gradient clipping. Agent
 ``i``'s result does not depend on the other agents in the batch.
 
 Shapes: observations ``(N, M, obs)``; Q-values ``(N, M, actions)``.
@@ -27,15 +27,12 @@ import torch
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.batched import (
-    AgentAdam,
+from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
+from ctxrl_plugins.training.networks import Params, linear, orthogonal
+from ctxrl_plugins.training.optimizer import AgentAdam
+from ctxrl_plugins.training.trainer import (
     BatchedTrainer,
-    Params,
-    contexts_tensor,
-    env_seeds,
     hyperparameters,
-    linear,
-    orthogonal,
     restore_training_state,
     save_training_state,
 )

@@ -29,18 +29,14 @@ import torch
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.batched import (
-    AgentAdam,
+from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
+from ctxrl_plugins.training.networks import Params, linear, orthogonal, tanh
+from ctxrl_plugins.training.optimizer import AgentAdam
+from ctxrl_plugins.training.trainer import (
     BatchedTrainer,
-    Params,
-    contexts_tensor,
-    env_seeds,
     hyperparameters,
-    linear,
-    orthogonal,
     restore_training_state,
     save_training_state,
-    tanh,
 )
 
 Tensor = torch.Tensor

@@ -1,0 +1,1 @@
+"""Algorithm plugins: the batched torch trainers (PPO, DQN) and the Stable-Baselines3 adapter."""

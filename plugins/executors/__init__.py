@@ -1,0 +1,1 @@
+"""Executor plugins: where the jobs of a sweep run (local processes, Ray)."""

@@ -1,0 +1,2 @@
+"""Intervention plugins: training-time modifiers of the batched trainers (architecture,
+loss terms, after-update operators)."""

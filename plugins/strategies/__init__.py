@@ -1,0 +1,1 @@
+"""Source-selection strategy plugins: MBTL / SD-MBTL and the reference baselines."""

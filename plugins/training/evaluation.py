@@ -1,0 +1,105 @@
+"""Batched evaluation of many agents on many contexts, and the per-agent seeds and context
+tensors the torch twins take."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ctxrl.context import Task
+from ctxrl.registry import EnvSpec
+from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.networks import Params
+
+Tensor = torch.Tensor
+
+
+class Policies(Protocol):
+    """What batched evaluation and saving need from trained agents."""
+
+    params: Params
+    seeds: list[int]
+    discrete: bool
+
+    def __len__(self) -> int: ...
+
+    def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+
+def contexts_tensor(
+    spec: EnvSpec, contexts: Sequence[Mapping[str, float]], repeat: int, device: torch.device
+) -> dict[str, Tensor]:
+    full = [spec.context_space.validate(c) for c in contexts]
+    return {
+        name: torch.tensor(
+            [c[name] for c in full], dtype=torch.float32, device=device
+        ).repeat_interleave(repeat)
+        for name in spec.context_space.names
+    }
+
+
+def context_seed(spec: EnvSpec, context: Mapping[str, float]) -> int:
+    """A seed that depends on the context's values only (stable across processes)."""
+    digest = Task(spec.name, spec.context_space.validate(context)).id.rsplit("-", 1)[1]
+    return int(digest[:12], 16) % (1 << 40)
+
+
+def env_seeds(seeds: Sequence[int], per_agent: int, salt: int) -> Tensor:
+    base = torch.tensor([int(s) for s in seeds], dtype=torch.int64)
+    return (base[:, None] * 1_000_003 + salt * 7919 + torch.arange(per_agent)).reshape(-1)
+
+
+def evaluate_policies(
+    policies: Policies,
+    env: EnvSpec,
+    contexts: Sequence[Mapping[str, float]],
+    *,
+    episodes: int,
+    seed: int,
+    deterministic: bool = True,
+    device: torch.device,
+) -> np.ndarray:
+    """Returns of P policies on Q contexts, E episodes each, in one batched rollout:
+    ``(P, Q, E)``. Episode ``k`` on context ``q`` starts from the same state for every
+    policy."""
+    assert env.make_batched is not None
+    p, q = len(policies), len(contexts)
+    per_policy = q * episodes
+    ctx = contexts_tensor(env, contexts, episodes, device)
+    ctx = {k: v.repeat(p) for k, v in ctx.items()}
+    # episode k on a context starts from a state seeded by (context, k, seed) alone
+    starts = torch.tensor(
+        [
+            context_seed(env, c) + 1009 * k + 1_000_003 * int(seed)
+            for c in contexts
+            for k in range(episodes)
+        ],
+        dtype=torch.int64,
+    )
+    twin = env.make_batched(p * per_policy, contexts=ctx, device=device, env_seeds=starts.repeat(p))
+    rng = StreamRNG(
+        torch.tensor(policies.seeds, dtype=torch.int64, device=device) + 7_777_777 * (int(seed) + 1)
+    )
+    obs = twin.reset()
+    returns = torch.zeros(p * per_policy, dtype=torch.float64, device=device)
+    finished = torch.zeros(p * per_policy, dtype=torch.bool, device=device)
+    limit = twin.max_episode_steps
+    with torch.no_grad():
+        for _ in range(limit):
+            action = policies.act(obs.view(p, per_policy, -1), deterministic, rng)
+            action = (
+                action.reshape(p * per_policy)
+                if policies.discrete
+                else action.reshape(p * per_policy, -1)
+            )
+            obs, reward, _, _, info = twin.step(action)
+            returns += torch.where(finished, 0.0, reward.double())
+            finished |= info["done"]
+            if bool(finished.all()):
+                break
+    return returns.view(p, q, episodes).cpu().numpy()

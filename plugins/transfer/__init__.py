@@ -1,0 +1,1 @@
+"""Transfer-method plugins: how source policies become target policies."""
