@@ -7,8 +7,8 @@ network picks the next action, the target network values it) and a dueling head 
 
 Batching follows :mod:`ctxrl_plugins.algorithms.ppo`: weights ``(N, ...)``, one replay buffer
 per agent (stored as ``(N, capacity, ...)``, all agents writing in lockstep), per-agent random
-streams for exploration and replay sampling, per-agent losses summed, per-agent gradient clipping. Agent
-``i``'s result does not depend on the other agents in the batch.
+streams for exploration and replay sampling, per-agent losses summed, per-agent gradient
+clipping. Agent ``i``'s result does not depend on the other agents in the batch.
 
 Shapes: observations ``(N, M, obs)``; Q-values ``(N, M, actions)``.
 """
