@@ -346,6 +346,7 @@ def _run_batched(
         for task, (_, seed) in zip(tasks, pending, strict=True):
             store.record_run(_record(task, seed, plan, started, now(), "failed", None, error))
             outcome.failed.append(run_id(task, seed))
+            _notify_run_finished(host, plan_json, store, run_id(task, seed))
         console.print(f"[red]batched training failed:[/] {exc}")
         return
     share = (now() - started) / len(pending)  # the batch's wall-clock time, split evenly
@@ -442,6 +443,7 @@ def _run_multitask(
             record = _record(task, seed, plan, started, now(), "failed", None, error)
             store.record_run(_as_multitask(record))
             outcome.failed.append(f"{MULTITASK}-s{seed}")
+            _notify_run_finished(host, plan_json, store, f"{MULTITASK}-s{seed}")
         console.print(f"[red]multi-task training failed:[/] {exc}")
         return
     share = (now() - started) / len(seeds)

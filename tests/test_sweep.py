@@ -319,6 +319,50 @@ def test_batched_sweep_select_mode_with_multitask(
     assert "trained 0, resumed past 3, failed 0" in again.stderr
 
 
+# CartPole again, under another name, with a torch twin that cannot start: every batched
+# program on it fails before training.
+BROKEN_TWIN = """
+import dataclasses
+from ctxrl import hookimpl
+from ctxrl_envs.classic_control import ENTRIES
+
+def broken_twin(num_envs, **kwargs):
+    raise RuntimeError("the twin cannot start")
+
+@hookimpl
+def ctxrl_register_envs(register):
+    spec = ENTRIES["CartPole"].spec()
+    register(dataclasses.replace(spec, name="BrokenTwin", gym_id=None, make_batched=broken_twin))
+"""
+
+
+def test_failed_batched_runs_reach_the_run_finished_hook(
+    run_ctxrl: Run, event_log: Path, plugin_site: Path, tmp_path: Path
+) -> None:
+    """A batched program (sources and multi-task) that fails tells loggers about every run."""
+    write_distribution(
+        plugin_site, "ctxrl-twin", "0.1", "ctxrl_twin", BROKEN_TWIN, {"twin": "ctxrl_twin"}
+    )
+    config = _config(
+        tmp_path,
+        **{
+            "env": "BrokenTwin",
+            "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+            "features.masscart.num": 3,
+            "train_steps": 2048,
+            "multitask": True,
+        },
+    )
+    result = run_ctxrl("sweep", str(config), env={"EVENTS_FILE": str(event_log)})
+    assert result.returncode == 1 and "failed 4" in result.stderr, result.stderr
+    events = _events(event_log)
+    assert sorted(str(e["source_task"]) for e in events)[-1] == "multitask"
+    assert sorted(str(e["kind"]) for e in events) == ["multitask", "source", "source", "source"]
+    for event in events:
+        assert event["status"] == "failed" and not event["returns"]
+        assert "RuntimeError: the twin cannot start" in str(event["error"])
+
+
 @requires_ray
 def test_ray_executor_gives_the_same_matrix_as_local(
     run_ctxrl: Run, scripted: Path, tmp_path: Path
