@@ -361,7 +361,7 @@ def select(
 def report(ctx: click.Context, run_dir: Path) -> None:
     """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md."""
     from ctxrl.store import Store
-    from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
+    from ctxrl.summary import STORE_FILE, sweep_matrix, trained_order, write_exports
 
     host = _host(ctx)
     plan_file = run_dir / "plan.yaml"
@@ -371,7 +371,13 @@ def report(ctx: click.Context, run_dir: Path) -> None:
     plan = resolve_plan(cfg, host.registry)
     with Store(run_dir / STORE_FILE) as store:
         matrix = sweep_matrix(plan, store)
-        order = list(range(len(plan.grid)))
+        order = trained_order(plan, store)
+        if cfg.mode == "select" and not order:
+            err.print(
+                f"[yellow]warning:[/] {run_dir} stores no trained selection step (a sweep "
+                "stopped in its first step, or from a ctxrl before selection steps were "
+                "stored): no G_k along the trained order"
+            )
         exports = write_exports(plan, store, matrix, run_dir, order=order)
     click.echo((run_dir / "summary.md").read_text())
     click.echo(f"exports: {exports}")

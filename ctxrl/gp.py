@@ -106,6 +106,17 @@ class PerformanceGP:
         model = _ExactGP(x, y, likelihood).double()
         return model, likelihood
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The fitted kernel: ``lengthscale`` per context dimension (unit-cube distance),
+        ``outputscale`` (variance of normalised performance) and ``mean_offset`` (the mean of
+        the training targets, the prior mean)."""
+        kernel = self.model.covar_module
+        return {
+            "lengthscale": kernel.base_kernel.lengthscale.detach().reshape(-1).tolist(),
+            "outputscale": float(kernel.outputscale.detach()),
+            "mean_offset": self.mean_offset,
+        }
+
     def posterior(self, X: np.ndarray) -> Posterior:
         """Mean and standard deviation of the latent training performance at ``X`` ``(m, d)``."""
         import gpytorch

@@ -7,9 +7,10 @@ row = source, column = target), the generalized performance after choosing sourc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -62,9 +63,48 @@ class SelectionState:
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A source-selection strategy: given the state, return the next source index (or ``q``)."""
+    """A source-selection strategy: given the state, return the next source index (or ``q``).
+
+    A strategy may also say why it chose: a method ``trace() -> Mapping[str, Any]`` returning
+    what its last :meth:`propose` call computed (model parameters, scores per candidate). A
+    ``mode: select`` sweep stores it with each step (see :func:`trace_of`); keep ``propose``
+    cheap and convert in ``trace``, since offline replays call ``propose`` many times.
+    """
 
     def propose(self, state: SelectionState) -> list[int]: ...
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy arrays and scalars become lists and numbers, mappings
+    get string keys, and non-finite floats become None (strict JSON has no inf or NaN)."""
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def trace_of(strategy: object) -> dict[str, Any]:
+    """What ``strategy`` reports about its last proposal as JSON data; ``{}`` when it has no
+    ``trace`` method. A trace that fails is reported in the trace, not raised: it explains a
+    step and must never stop the sweep that took it."""
+    trace = getattr(strategy, "trace", None)
+    if not callable(trace):
+        return {}
+    try:
+        data = trace()
+    except Exception as exc:
+        return {"trace_error": f"{type(exc).__name__}: {exc}"}
+    safe = json_safe(data)
+    return safe if isinstance(safe, dict) else {"trace": safe}
 
 
 def generalized_performance(matrix: np.ndarray, order: Sequence[int]) -> np.ndarray:

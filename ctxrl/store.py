@@ -3,6 +3,9 @@
 A training run and all of its evaluations are written in one transaction as soon as the run
 finishes, so a process killed at any moment loses at most the run it was writing; the file opens
 again and lists every finished run. Several worker processes may write to the same store.
+
+A ``mode: select`` sweep also writes one row per selection step (table ``selection``): the
+sources its strategy proposed, in order, and what the strategy reported about the choice.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 from ctxrl.context import Context, context_from_json
 from ctxrl.matrix import TransferMatrix
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: runs, evaluations; 2: + selection (created in older stores when they are opened)."""
 RunStatus = Literal["finished", "failed"]
 
 _SCHEMA = """
@@ -53,6 +57,15 @@ CREATE TABLE IF NOT EXISTS evaluations (
     episode        INTEGER NOT NULL,
     episode_return REAL NOT NULL,
     PRIMARY KEY (run_id, target_task, deterministic, episode)
+);
+CREATE TABLE IF NOT EXISTS selection (
+    step        INTEGER PRIMARY KEY,
+    k           INTEGER NOT NULL,
+    strategy    TEXT NOT NULL,
+    proposed    TEXT NOT NULL,
+    trace       TEXT NOT NULL,
+    proposed_at REAL NOT NULL,
+    trained_at  REAL
 );
 """
 
@@ -85,6 +98,34 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class SelectionStep:
+    """One step of a ``mode: select`` sweep as stored.
+
+    Attributes:
+        step: 1-based number of the step.
+        k: sources chosen before this step; the first one proposed here is the ``k + 1``-th.
+        strategy: the strategy's registry name.
+        proposed: grid indices proposed at this step, in order (``batch_size`` of them, fewer
+            at the end of the budget).
+        trace: what the strategy reported about the choice (JSON data; ``{}`` if nothing).
+        proposed_at: wall-clock time of the proposal (s since the epoch).
+        trained_at: when every proposed source had been trained (and failed or finished);
+            None while they are being trained.
+    """
+
+    step: int
+    k: int
+    strategy: str
+    proposed: tuple[int, ...]
+    trace: Mapping[str, Any]
+    proposed_at: float
+    trained_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "proposed": list(self.proposed), "trace": dict(self.trace)}
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Episode returns of one run on one target context."""
 
@@ -105,7 +146,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        if self.get_meta("schema_version") is None:
+        version = self.get_meta("schema_version")
+        if version is None or version < SCHEMA_VERSION:  # the new tables were just created
             self.set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
@@ -198,6 +240,70 @@ class Store:
             out.setdefault(task, []).append(value)
         return out
 
+    # -------------------------------------------------------------------- selection
+    def record_selection_step(self, step: SelectionStep) -> SelectionStep:
+        """Store a selection step, idempotently, and return the stored one.
+
+        A resumed sweep proposes its steps again (the selection is deterministic): a step
+        stored with the same ``k``, strategy and proposal stays as it is, times included. A
+        step that differs replaces the stored one and drops every later step, which followed
+        from a different history."""
+        proposed = json.dumps([int(i) for i in step.proposed])
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT k, strategy, proposed FROM selection WHERE step = ?", (step.step,)
+            ).fetchone()
+            if row == (step.k, step.strategy, proposed):
+                stored = self._selection_steps("WHERE step = ?", (step.step,))
+                return stored[0]
+            db.execute("DELETE FROM selection WHERE step >= ?", (step.step,))
+            db.execute(
+                "INSERT INTO selection VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    step.step,
+                    step.k,
+                    step.strategy,
+                    proposed,
+                    json.dumps(step.trace, sort_keys=True, allow_nan=False),
+                    step.proposed_at,
+                    step.trained_at,
+                ),
+            )
+        return step
+
+    def selection_trained(self, step: int, at: float) -> None:
+        """Mark step ``step`` trained at ``at`` (s since the epoch) unless it already was."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE selection SET trained_at = ? WHERE step = ? AND trained_at IS NULL",
+                (at, step),
+            )
+
+    def selection_steps(self) -> list[SelectionStep]:
+        """Every stored selection step, in order (empty unless the sweep ran ``mode: select``)."""
+        return self._selection_steps("", ())
+
+    def selection_order(self) -> list[int]:
+        """The trained selection order: the sources proposed by every trained step, in order
+        (a step still training when the sweep stopped is left out)."""
+        order: list[int] = []
+        for step in self.selection_steps():
+            if step.trained_at is None:
+                break
+            order.extend(step.proposed)
+        return order
+
+    def _selection_steps(self, where: str, args: tuple[Any, ...]) -> list[SelectionStep]:
+        rows = self._db.execute(
+            "SELECT step, k, strategy, proposed, trace, proposed_at, trained_at FROM selection "
+            f"{where} ORDER BY step",
+            args,
+        ).fetchall()
+        return [
+            SelectionStep(step, k, strategy, tuple(json.loads(proposed)), json.loads(trace), t0, t1)
+            for step, k, strategy, proposed, trace, t0, t1 in rows
+        ]
+
     # --------------------------------------------------------------------- matrices
     def matrix(
         self,
@@ -254,12 +360,16 @@ class Store:
 
     # ---------------------------------------------------------------------- exports
     def export(self, directory: str | Path) -> list[Path]:
-        """Write ``runs.csv`` and ``evaluations.csv`` (and ``.parquet`` twins when pyarrow is
-        installed) into ``directory``; return the files written."""
+        """Write ``runs.csv`` and ``evaluations.csv``, and ``selection.csv`` when selection
+        steps are stored (``proposed`` and ``trace`` as JSON text), with ``.parquet`` twins
+        when pyarrow is installed, into ``directory``; return the files written."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
-        for table in ("runs", "evaluations"):
+        tables = ["runs", "evaluations"]
+        if self._db.execute("SELECT 1 FROM selection LIMIT 1").fetchone() is not None:
+            tables.append("selection")
+        for table in tables:
             cursor = self._db.execute(f"SELECT * FROM {table}")
             header = [c[0] for c in cursor.description]
             rows = cursor.fetchall()

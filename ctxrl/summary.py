@@ -32,6 +32,34 @@ def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
     )
 
 
+def trained_order(plan: SweepPlan, store: Store) -> list[int]:
+    """The sources in the order the sweep trained them: every grid index for ``mode: full``,
+    the stored selection order for ``mode: select`` (empty for a run whose store predates
+    it), none for ``mode: multitask``."""
+    if plan.config.mode == "full":
+        return list(range(len(plan.grid)))
+    if plan.config.mode == "select":
+        return store.selection_order()
+    return []
+
+
+def selection_trace(store: Store, normalised: np.ndarray) -> list[dict[str, Any]]:
+    """The stored selection steps as JSON data, each with ``g_k``: G_k once its sources were
+    trained, along the stored order (None for a step still training).
+
+    ``normalised`` is the sweep's normalised ``(N, N)`` matrix (mean over seeds)."""
+    steps = store.selection_steps()
+    order = [i for step in steps for i in step.proposed]
+    curve = generalized_performance(normalised, order)
+    out = []
+    for step in steps:
+        data = step.to_json()
+        last = step.k + len(step.proposed) - 1
+        data["g_k"] = float(curve[last]) if step.trained_at is not None else None
+        out.append(data)
+    return out
+
+
 def selection_curves(
     normalised: np.ndarray,
     coords: np.ndarray,
@@ -74,7 +102,10 @@ def selection_curves(
 def write_exports(
     plan: SweepPlan, store: Store, matrix: TransferMatrix, run_dir: Path, *, order: list[int]
 ) -> Path:
-    """Matrices (reference CSV per seed), runs/evaluations tables, selection curves, summary."""
+    """Matrices (reference CSV per seed), runs/evaluations tables, the selection steps of a
+    ``mode: select`` sweep (``selection.csv`` / ``selection.json``: proposals, strategy traces,
+    G_k per step), selection curves, summary. ``order``: the trained order
+    (:func:`trained_order`)."""
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
     for k, seed in enumerate(plan.config.seeds):
@@ -91,6 +122,9 @@ def write_exports(
     )
     store.export(exports)
     normalised = plan.env.normalise(matrix.mean())
+    steps = selection_trace(store, normalised)
+    if steps:
+        (exports / "selection.json").write_text(json.dumps(steps, indent=2, allow_nan=False))
     multitask = plan.env.normalise(
         store.multitask_returns(
             env=plan.env.name, targets=plan.grid.contexts, seeds=plan.config.seeds

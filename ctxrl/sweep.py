@@ -32,8 +32,8 @@ from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import BatchedAlgorithm
-from ctxrl.selection import SelectionState
-from ctxrl.store import Evaluation, RunRecord, Store, now
+from ctxrl.selection import SelectionState, trace_of
+from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store, now
 from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
 
 
@@ -465,7 +465,10 @@ def _as_multitask(record: RunRecord) -> RunRecord:
 def _select_and_train(
     plan: SweepPlan, store: Store, run_jobs: Callable[[list[int]], None]
 ) -> list[int]:
-    """Strategy-driven mode: train only the sources the strategy proposes, step by step."""
+    """Strategy-driven mode: train only the sources the strategy proposes, step by step.
+
+    Each step (its proposal and the strategy's trace) is stored before its sources train; a
+    resumed sweep proposes the same steps again, which leaves the stored ones unchanged."""
     config = plan.config
     budget = config.strategy.budget
     assert plan.strategy is not None and budget is not None  # checked by resolve_plan
@@ -476,13 +479,21 @@ def _select_and_train(
         rng=np.random.default_rng(config.seeds[0]),
         batch_size=config.strategy.batch_size,
     )
+    step = 0
     while state.k < state.budget:
         proposal = [int(i) for i in strategy.propose(state)][: state.budget - state.k]
         if not proposal:
             raise CtxrlError(
                 f"strategy {plan.strategy.name!r} proposed nothing at step {state.k + 1}"
             )
+        step += 1
+        store.record_selection_step(
+            SelectionStep(
+                step, state.k, plan.strategy.name, tuple(proposal), trace_of(strategy), now()
+            )
+        )
         run_jobs(sorted(set(proposal)))
+        store.selection_trained(step, now())
         normalised = plan.env.normalise(sweep_matrix(plan, store).mean())
         for index in proposal:
             state.selected.append(index)

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from ctxrl import Context, CtxrlError, Task
 from ctxrl.artifacts import load_artifact, save_artifact
-from ctxrl.store import Evaluation, RunRecord, Store
+from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store
 
 TARGETS = [Context({"masscart": float(m)}) for m in (0.5, 1.0, 2.0)]
 
@@ -67,6 +68,36 @@ def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
         files = store.export(tmp_path / "exports")
         assert (tmp_path / "exports" / "runs.csv") in files
         assert len((tmp_path / "exports" / "evaluations.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_selection_steps_are_stored_idempotently(tmp_path: Path) -> None:
+    """A resumed sweep re-proposes its steps: the same step is kept (times included); a step
+    that differs replaces it and drops the later ones; only trained steps make the order."""
+    first = SelectionStep(1, 0, "mbtl-gp", (2,), {"rule": "middle"}, 10.0)
+    second = SelectionStep(2, 1, "mbtl-gp", (0, 4), {"picks": [1.5, None]}, 11.0)
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.selection_steps() == [] and store.selection_order() == []
+        store.record_selection_step(first)
+        store.selection_trained(1, 10.5)
+        store.record_selection_step(second)
+        assert store.selection_order() == [2]  # step 2 is still training
+        store.selection_trained(2, 12.0)
+        again = store.record_selection_step(replace(first, proposed_at=20.0, trace={}))
+        assert again == replace(first, trained_at=10.5)
+        store.selection_trained(1, 21.0)  # already trained: keeps its time
+        assert [s.trained_at for s in store.selection_steps()] == [10.5, 12.0]
+        assert store.selection_order() == [2, 0, 4]
+        assert store.selection_steps()[1].trace == {"picks": [1.5, None]}
+        assert "selection.csv" in [p.name for p in store.export(tmp_path / "out")]
+        store.record_selection_step(replace(first, proposed=(1,)))
+        assert [s.proposed for s in store.selection_steps()] == [(1,)]
+        assert store.selection_order() == []
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:
+        db.execute("DROP TABLE selection")  # a store written before selection steps
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.selection_steps() == [] and store.get_meta("schema_version") == 2
+        assert "selection.csv" not in [p.name for p in store.export(tmp_path / "old")]
 
 
 WRITER = """

@@ -196,6 +196,46 @@ def test_full_sweep_writes_matrix_exports_and_summary(
     assert replayed["n"] == 4
 
 
+def test_report_of_a_select_run_follows_the_stored_selection(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    """The selection order and the strategy's trace are stored per step; `ctxrl report` draws
+    G_k along that order, and a resumed sweep leaves the stored steps as they were."""
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm.params": {"candidates": 3},
+            "mode": "select",
+            "strategy": {"name": "mbtl-gp", "budget": 3},
+        },
+    )
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    order = json.loads((run_dir / "exports" / "summary.json").read_text())["order"]
+    assert len(order) == 3 and order[0] == 1  # the middle first (the lower one on ties)
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        stored = db.execute("SELECT * FROM selection ORDER BY step").fetchall()
+    assert [json.loads(row[3]) for row in stored] == [[i] for i in order]
+    report = run_ctxrl("report", str(run_dir), check=True)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert summary["order"] == order and len(summary["curve"]) == 3
+    assert f"G_k along the trained order {order}" in report.stdout
+    steps = json.loads((run_dir / "exports" / "selection.json").read_text())
+    assert [s["step"] for s in steps] == [1, 2, 3] and [s["k"] for s in steps] == [0, 1, 2]
+    assert [s["proposed"] for s in steps] == [[i] for i in order]
+    assert [s["g_k"] for s in steps] == summary["curve"]
+    assert steps[0]["strategy"] == "mbtl-gp" and steps[0]["trace"]["rule"] == "middle"
+    later = steps[1]["trace"]
+    assert later["rule"] == "acquisition" and len(later["picks"][0]["acquisition"]) == 4
+    assert later["picks"][0]["acquisition"][order[0]] is None  # tried: never proposed again
+    assert all(s["proposed_at"] <= s["trained_at"] for s in steps)
+    assert (run_dir / "exports" / "selection.csv").is_file()
+    again = run_ctxrl("sweep", str(config), check=True)
+    assert "trained 0, resumed past 3, failed 0" in again.stderr
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        assert db.execute("SELECT * FROM selection ORDER BY step").fetchall() == stored
+
+
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(
     run_ctxrl: Run, scripted: Path, event_log: Path, tmp_path: Path
 ) -> None:

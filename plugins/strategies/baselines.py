@@ -14,6 +14,7 @@ towards the lower context.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,34 +47,55 @@ class RandomStrategy:
 class EquidistantStrategy:
     """Aim at ``x_k = max - (max - min) / (2K) - (max - min) k / K``, ``k = 0..K-1``."""
 
+    def __init__(self) -> None:
+        self._aims: list[float] = []
+
     def propose(self, state: SelectionState) -> list[int]:
         values = _one_dimensional(state, "equidistant")
         low, high, budget = values.min(), values.max(), state.budget
         proposal = []
+        self._aims = []
         for k in range(state.k, min(state.k + state.batch_size, budget)):
             aim = high - (high - low) / (2 * budget) - (high - low) * k / budget
+            self._aims.append(float(aim))
             proposal.append(nearest_index(values, aim))
         return proposal
+
+    def trace(self) -> dict[str, Any]:
+        """``aims``: the unit-cube coordinate aimed at for each proposed source."""
+        return {"aims": list(self._aims)}
 
 
 class GreedyStrategy:
     """Geometry-only greedy: fill the largest gap (Temporal Transfer Learning)."""
 
+    def __init__(self) -> None:
+        self._aims: list[float] = []
+
     def propose(self, state: SelectionState) -> list[int]:
         values = _one_dimensional(state, "greedy")
         chosen = list(state.selected)
         proposal = []
+        self._aims = []
         for _ in range(state.batch_size):
-            index = self._next(values, chosen)
+            aim = self._aim(values, chosen)
+            index = nearest_index(values, aim)
+            self._aims.append(aim)
             chosen.append(index)
             proposal.append(index)
         return proposal
 
+    def trace(self) -> dict[str, Any]:
+        """``aims``: the unit-cube coordinate aimed at for each proposed source (the middle,
+        then a point in the largest gap)."""
+        return {"aims": list(self._aims)}
+
     @staticmethod
-    def _next(values: np.ndarray, chosen: list[int]) -> int:
+    def _aim(values: np.ndarray, chosen: list[int]) -> float:
+        """The coordinate the next source aims at, given the chosen ones."""
         low, high = float(values.min()), float(values.max())
         if not chosen:
-            return nearest_index(values, (low + high) / 2)
+            return (low + high) / 2
         points = sorted([low, high, *(float(values[i]) for i in chosen)])
         gaps = np.diff(points)
         g = int(np.argmax(np.round(gaps, 12)))  # first gap on ties
@@ -84,7 +106,7 @@ class GreedyStrategy:
             aim = (a + 2 * b) / 3
         else:
             aim = (a + b) / 2
-        return nearest_index(values, aim)
+        return aim
 
 
 class SequentialOracleStrategy:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,7 @@ class MBTLStrategy:
         self.theta, self.theta_per_index = theta, theta_per_index
         self.min_theta_per_index = min_theta_per_index
         self.noise_std, self.restarts = noise_std, restarts
+        self._trace: dict[str, Any] = {}
 
     def _gap(self, state: SelectionState) -> GapModel:
         dims = state.coords.shape[1]
@@ -94,31 +96,69 @@ class MBTLStrategy:
         coords = state.coords
         chosen = set(state.selected)
         proposal: list[int] = []
+        # arrays are kept as they are and converted only in trace(): replays call propose often
+        self._trace = {"rule": "middle"}
         if not state.selected:
             middle = (coords.min(axis=0) + coords.max(axis=0)) / 2
             distance = np.round(np.abs(coords - middle).sum(axis=1), 12)
             proposal.append(int(np.argmin(distance)))
             chosen.add(proposal[0])
+            self._trace["middle"] = proposal[0]
             if state.batch_size == 1:
                 return proposal
         sources = sorted(state.rows) or proposal
         train_y = [state.rows[s][s] if s in state.rows else 0.5 for s in sources]
-        posterior = PerformanceGP(
+        gp = PerformanceGP(
             coords[sources], np.array(train_y), noise_std=self.noise_std, restarts=self.restarts
-        ).posterior(coords)
-        gap = self._gap(state).gap(coords)
+        )
+        posterior = gp.posterior(coords)
+        gap_model = self._gap(state)
+        gap = gap_model.gap(coords)
         best = state.best_so_far()
+        picks: list[dict[str, Any]] = []
+        self._trace.update(
+            rule="acquisition",
+            sources=sources,
+            train_y=train_y,
+            gp=gp,
+            posterior=posterior,
+            gap=gap_model,
+            best_so_far=best,
+            picks=picks,
+        )
         while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
             k = state.k + len(proposal)
-            optimistic = posterior.mean + BETA_SCHEDULES[self.beta](k, self.c) * posterior.std
+            beta = BETA_SCHEDULES[self.beta](k, self.c)
+            optimistic = posterior.mean + beta * posterior.std
             gain = np.maximum(optimistic[:, None] - gap - best[None, :], 0.0).mean(axis=1)
             gain = np.round(gain, 12)
             gain[list(chosen)] = -np.inf
             index = int(np.argmax(gain))  # first index on ties
             proposal.append(index)
             chosen.add(index)
+            picks.append({"index": index, "k": k, "beta": beta, "acquisition": gain})
             best = np.maximum(best, np.clip(posterior.mean[index] - gap[index], 0.0, 1.0))
         return proposal
+
+    def trace(self) -> dict[str, Any]:
+        """The last proposal: ``rule`` (``middle``: the first source, nearest the middle of
+        the space; ``acquisition``: the GP rule), and for the GP rule the ``sources`` and their
+        training performance ``train_y``, the fitted GP (``lengthscale``, ``outputscale``,
+        ``mean_offset``) and its posterior ``mean`` / ``std`` per context ``(N,)``, the gap
+        slopes ``left`` / ``right`` ``(d,)``, ``best_so_far`` ``U_j`` ``(N,)`` and one pick
+        per proposed source: its index, ``k``, ``beta`` and the ``acquisition`` value ``a_i``
+        of every context ``(N,)`` (None for contexts already chosen). Performance is
+        normalised to [0, 1]."""
+        trace = {k: v for k, v in self._trace.items() if k not in ("gp", "posterior", "gap")}
+        if "gp" in self._trace:
+            posterior, gap = self._trace["posterior"], self._trace["gap"]
+            trace["gp"] = {
+                **self._trace["gp"].hyperparameters(),
+                "mean": posterior.mean,
+                "std": posterior.std,
+            }
+            trace["gap"] = {"left": gap.left, "right": gap.right}
+        return trace
 
 
 def k_median_step(coords: np.ndarray, chosen: list[int], candidates: list[int]) -> int:
@@ -180,17 +220,28 @@ class SDMBTLStrategy:
         self.structure = structure
         self.mountain_threshold = float(mountain_threshold)
         self.gp = MBTLStrategy(**gp_options)  # type: ignore[arg-type]
+        self._trace: dict[str, Any] = {}
+
+    def _structure(self, state: SelectionState) -> tuple[bool, float | None]:
+        """Whether the rows look like a Mountain, and the :func:`mountain_score` that says so
+        (None when it was not computed: no rows yet, or the structure is fixed)."""
+        if self.structure != "auto":
+            return self.structure == "mountain", None
+        if not state.rows:
+            return False, None
+        score = mountain_score(state.coords, state.rows)
+        return score >= self.mountain_threshold, score
 
     def is_mountain(self, state: SelectionState) -> bool:
-        if self.structure != "auto":
-            return self.structure == "mountain"
-        return bool(state.rows) and (
-            mountain_score(state.coords, state.rows) >= self.mountain_threshold
-        )
+        return self._structure(state)[0]
 
     def propose(self, state: SelectionState) -> list[int]:
-        if state.selected and not self.is_mountain(state):
+        mountain, score = self._structure(state)
+        self._trace = {"structure": self.structure, "mountain_score": score}
+        if state.selected and not mountain:
+            self._trace["branch"] = "gp"
             return self.gp.propose(state)
+        self._trace["branch"] = "mountain" if state.selected else "medoid"
         chosen = list(state.selected)
         proposal: list[int] = []
         while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
@@ -199,6 +250,15 @@ class SDMBTLStrategy:
             chosen.append(index)
             proposal.append(index)
         return proposal
+
+    def trace(self) -> dict[str, Any]:
+        """The last proposal: ``branch`` (``medoid``: the first source; ``mountain``: a
+        k-median step; ``gp``: GP-MBTL, whose trace follows), ``structure`` and
+        ``mountain_score`` (None where not computed)."""
+        trace = dict(self._trace)
+        if trace.get("branch") == "gp":
+            trace.update(self.gp.trace())
+        return trace
 
 
 def _m_mbtl(**options: object) -> SDMBTLStrategy:
