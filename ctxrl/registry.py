@@ -151,6 +151,9 @@ class AlgorithmSpec:
         batched: True when the factory returns a :class:`BatchedAlgorithm`: a sweep then trains
             all sources of a step in one program (when the env has a batched twin).
         presets: named hyperparameter sets, e.g. per env family.
+        interventions: True when ``train_many`` takes ``interventions=`` (and warm starts,
+            layer surgery and learning curves: the batched training loop of the built-in
+            trainers); sweeps refuse interventions for other algorithms.
         description: one line for ``ctxrl plugins``.
     """
 
@@ -159,6 +162,7 @@ class AlgorithmSpec:
     action_spaces: frozenset[ActionSpaceKind] = frozenset({"discrete", "continuous"})
     batched: bool = False
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    interventions: bool = False
     description: str = ""
 
 
@@ -183,16 +187,34 @@ class StrategySpec:
 
 @dataclass(frozen=True)
 class TransferMethodSpec:
-    """How source policies become a target policy (``zero-shot``, fine-tuning, distillation)."""
+    """How source policies become target policies (``zero-shot``, fine-tuning, distillation).
+
+    Attributes:
+        name: registry name used in configs (``transfer: {name: zero-shot}``).
+        factory: ``factory(**options) -> TransferMethod`` (see :mod:`ctxrl.transfer`);
+            unknown options raise an error naming them.
+        batched_only: True when the method trains (fine-tuning, distillation) and so needs a
+            batched algorithm; zero-shot works with every algorithm.
+        description: one line for ``ctxrl plugins``.
+    """
 
     name: str
     factory: Callable[..., Any]
+    batched_only: bool = True
     description: str = ""
 
 
 @dataclass(frozen=True)
 class InterventionSpec:
-    """A training-time modifier (architecture, loss term, post-step operator)."""
+    """A training-time modifier of the batched trainers (architecture, loss term, after-update
+    operator).
+
+    Attributes:
+        name: registry name used in ``algorithm.interventions: [{name, options}]``.
+        factory: ``factory(**options) -> Intervention`` (see :mod:`ctxrl.interventions`);
+            unknown options raise an error naming them.
+        description: one line for ``ctxrl plugins``.
+    """
 
     name: str
     factory: Callable[..., Any]
@@ -299,6 +321,14 @@ class Registry:
 
     def strategy(self, name: str) -> StrategySpec:
         spec: StrategySpec = self.get("strategy", name)
+        return spec
+
+    def transfer_method(self, name: str) -> TransferMethodSpec:
+        spec: TransferMethodSpec = self.get("transfer_method", name)
+        return spec
+
+    def intervention(self, name: str) -> InterventionSpec:
+        spec: InterventionSpec = self.get("intervention", name)
         return spec
 
     def executor(self, name: str) -> ExecutorSpec:

@@ -37,7 +37,7 @@ def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(options: dict) -> N
     batch = _algo(**params).train_many(spec, contexts, seeds, total_steps=1200)
     for name, value in alone.params.items():
         assert torch.equal(value[0], batch.params[name][5]), name
-    assert not torch.equal(alone.params["q.w0"][0], batch.params["q.w0"][4])
+    assert not torch.equal(alone.params["q.0.weight"][0], batch.params["q.0.weight"][4])
 
 
 @pytest.mark.parametrize("mixture", [None, [{"masscart": 0.5}, {"masscart": 5.0}]])

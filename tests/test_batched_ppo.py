@@ -33,7 +33,7 @@ def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(env_name: str, para
     batch = _algo(**params).train_many(spec, contexts, seeds, total_steps=2048)
     for name, value in alone.params.items():
         assert torch.equal(value[0], batch.params[name][5]), name
-    assert not torch.equal(batch.params["actor.w1"][4], batch.params["actor.w1"][5])
+    assert not torch.equal(batch.params["actor.0.weight"][4], batch.params["actor.0.weight"][5])
 
 
 def test_batched_ppo_learns_cartpole() -> None:

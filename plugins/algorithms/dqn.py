@@ -15,27 +15,19 @@ Shapes: observations ``(N, M, obs)``; Q-values ``(N, M, actions)``.
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ctxrl.errors import CtxrlError
+from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
-from ctxrl_plugins.training.networks import Params, linear, orthogonal
+from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
-from ctxrl_plugins.training.trainer import (
-    BatchedTrainer,
-    hyperparameters,
-    restore_training_state,
-    save_training_state,
-)
+from ctxrl_plugins.training.trainer import BatchedTrainer, TrainingLog, TrainingRun, hyperparameters
 
 Tensor = torch.Tensor
 
@@ -72,38 +64,32 @@ class DQNConfig:
     max_grad_norm: float = 10.0
     huber: bool = False
     """True: Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
+    activation: str = "relu"
 
 
-def init_q_params(
-    seeds: Sequence[int], obs_dim: int, actions: int, cfg: DQNConfig, device: torch.device
-) -> Params:
-    """Stacked Q-network weights (ReLU MLP, orthogonal init), each agent from its own seed."""
-    per_agent: list[Params] = []
-    sizes = [obs_dim, *cfg.hidden]
-    for seed in seeds:
-        g = torch.Generator().manual_seed(int(seed))
-        p: Params = {}
-        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-            p[f"q.w{layer}"] = orthogonal(fan_in, fan_out, math.sqrt(2), g)
-            p[f"q.b{layer}"] = torch.zeros(fan_out)
-        p["q.advantage.w"] = orthogonal(sizes[-1], actions, 1.0, g)
-        p["q.advantage.b"] = torch.zeros(actions)
-        if cfg.dueling:
-            p["q.value.w"] = orthogonal(sizes[-1], 1, 1.0, g)
-            p["q.value.b"] = torch.zeros(1)
-        per_agent.append(p)
-    return {k: torch.stack([p[k] for p in per_agent]).to(device) for k in per_agent[0]}
+def network_spec(cfg: DQNConfig, actions: int) -> tuple[NetworkSpec, dict[str, tuple[int, float]]]:
+    """The Q-network: an MLP with an advantage head (the Q-values without dueling) and, with
+    dueling, a value head; orthogonal init with gain sqrt(2) inside, 1 at the heads."""
+    heads = {"head": (actions, 1.0)}
+    if cfg.dueling:
+        heads["value"] = (1, 1.0)
+    spec = NetworkSpec(hidden=tuple(cfg.hidden), activation=cfg.activation)  # type: ignore[arg-type]
+    return spec, heads
 
 
-def q_values(params: Params, x: Tensor, layers: int, dueling: bool) -> Tensor:
+def q_values(
+    net: StackedMLP,
+    params: Params,
+    x: Tensor,
+    dueling: bool,
+    record: dict[str, Tensor] | None = None,
+) -> Tensor:
     """``(N, M, obs) -> (N, M, actions)``."""
-    h = x
-    for layer in range(layers):
-        h = torch.relu(linear(h, params[f"q.w{layer}"], params[f"q.b{layer}"]))
-    advantage = linear(h, params["q.advantage.w"], params["q.advantage.b"])
+    h = net.features(params, x, record)
+    advantage = net.head(params, h, "head")
     if not dueling:
         return advantage
-    value = linear(h, params["q.value.w"], params["q.value.b"])
+    value = net.head(params, h, "value")
     return value + advantage - advantage.mean(dim=-1, keepdim=True)
 
 
@@ -116,6 +102,8 @@ class QPolicies:
     env: str
     contexts: list[dict[str, float]]
     seeds: list[int]
+    network: StackedMLP
+    log: TrainingLog | None = None
     discrete: bool = True
 
     def __len__(self) -> int:
@@ -127,10 +115,12 @@ class QPolicies:
             "env": self.env,
             "contexts": self.contexts,
             "seeds": self.seeds,
+            "obs_dim": self.network.in_dim,
+            "networks": {"q": asdict(self.network.spec)},
         }
 
     def q(self, obs: Tensor) -> Tensor:
-        return q_values(self.params, obs, len(self.config.hidden), self.config.dueling)
+        return q_values(self.network, self.params, obs, self.config.dueling)
 
     def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor:
         """Greedy actions ``(N, M)`` (evaluation is greedy: a Q-policy has no other)."""
@@ -145,177 +135,189 @@ class QPolicies:
             self.env,
             [self.contexts[i] for i in indices],
             [self.seeds[i] for i in indices],
+            self.network,
+            None if self.log is None else self.log.select(indices),
         )
 
 
-class BatchedDQN(BatchedTrainer):
+@dataclass
+class _Replay:
+    """DQN's per-run state: one replay buffer per agent, each tensor ``(N, capacity, E,
+    ...)`` (all agents writing in lockstep), the target network and the exploration
+    schedule."""
+
+    obs: Tensor
+    next_obs: Tensor
+    action: Tensor
+    reward: Tensor
+    terminated: Tensor
+    target: Params
+    explore_steps: float
+
+    def buffers(self) -> dict[str, Tensor]:
+        return {
+            "obs": self.obs,
+            "next_obs": self.next_obs,
+            "action": self.action,
+            "reward": self.reward,
+            "terminated": self.terminated,
+        }
+
+
+class BatchedDQN(BatchedTrainer[_Replay]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
     name = "batched-dqn"
+    env_seed_salt = 1
+    checkpoint_every_default = 10_000
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(DQNConfig, params, self.name)
 
-    def train_many(
+    def check_env(self, env: EnvSpec) -> None:
+        if env.action_space != "discrete":
+            raise CtxrlError(f"batched-dqn needs discrete actions; env {env.name!r} is continuous")
+
+    def steps_per_iteration(self) -> int:
+        return self.config.num_envs
+
+    def network_specs(
+        self, twin: Any
+    ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
+        return {"q": network_spec(self.config, int(twin.discrete_actions))}
+
+    def optimizer(self, params: Params) -> AgentAdam:
+        cfg = self.config
+        return AgentAdam(params, lr=cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
+
+    def setup(self, run: TrainingRun, iterations: int) -> _Replay:
+        cfg, n, e, device = self.config, run.num_agents, run.num_envs, self.device
+        capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
+        return _Replay(
+            obs=torch.zeros(n, capacity, e, run.obs_dim, device=device),
+            next_obs=torch.zeros(n, capacity, e, run.obs_dim, device=device),
+            action=torch.zeros(n, capacity, e, dtype=torch.long, device=device),
+            reward=torch.zeros(n, capacity, e, device=device),
+            terminated=torch.zeros(n, capacity, e, device=device),
+            target={k: v.detach().clone() for k, v in run.params.items()},
+            explore_steps=cfg.exploration_fraction * iterations * e,
+        )
+
+    def make_policies(
         self,
+        params: Params,
         env: EnvSpec,
         contexts: Sequence[Mapping[str, float]],
         seeds: Sequence[int],
-        *,
-        total_steps: int,
-        checkpoint: Path | None = None,
-        checkpoint_every: int = 10_000,
-        progress: Callable[[int, int], None] | None = None,
-        mixture: Sequence[Mapping[str, float]] | None = None,
+        twin: Any,
+        specs: Mapping[str, NetworkSpec],
     ) -> QPolicies:
-        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
-
-        With ``checkpoint``, the whole state (online and target weights, Adam moments, the
-        filled part of every replay buffer, environments, random streams, step) is saved every
-        ``checkpoint_every`` env steps per agent and a later call with the same arguments
-        continues from it, bit-exactly. With ``mixture``, every environment draws its context
-        from ``mixture`` at each episode start (multi-task training)."""
-        if env.make_batched is None:
-            raise CtxrlError(f"batched-dqn needs a torch-batched twin; env {env.name!r} has none")
-        if env.action_space != "discrete":
-            raise CtxrlError(f"batched-dqn needs discrete actions; env {env.name!r} is continuous")
-        if len(contexts) != len(seeds) or not seeds:
-            raise CtxrlError("batched-dqn: give one seed per context (and at least one)")
-        cfg, device = self.config, self.device
-        n, e = len(seeds), cfg.num_envs
-        twin = env.make_batched(
-            n * e,
-            contexts=contexts_tensor(env, contexts, e, device),
-            device=device,
-            env_seeds=env_seeds(seeds, e, 1),
-        )
-        twin.set_context_pool(mixture)  # multi-task: a context per episode from the mixture
-        actions, obs_dim = int(twin.discrete_actions), twin.observation_size
-        layers = len(cfg.hidden)
-        online = init_q_params(seeds, obs_dim, actions, cfg, device)
-        target = {k: v.clone() for k, v in online.items()}
-        optimizer = AgentAdam(online, lr=cfg.learning_rate, max_grad_norm=cfg.max_grad_norm)
-        rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
-        capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
-        buf_obs = torch.zeros(n, capacity, e, obs_dim, device=device)
-        buf_next = torch.zeros(n, capacity, e, obs_dim, device=device)
-        buf_act = torch.zeros(n, capacity, e, dtype=torch.long, device=device)
-        buf_rew = torch.zeros(n, capacity, e, device=device)
-        buf_term = torch.zeros(n, capacity, e, device=device)
-        agents = torch.arange(n, device=device)[:, None]
-        obs = twin.reset().view(n, e, obs_dim)
-        iterations = max(1, total_steps // e)
-        explore_steps = cfg.exploration_fraction * iterations * e
-        start = 0
-        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
-            start, last_obs, extra = restore_training_state(checkpoint, optimizer, twin, rng)
-            obs = last_obs.view(n, e, obs_dim)
-            with torch.no_grad():
-                for k in target:
-                    target[k].copy_(extra[f"target.{k}"])
-                filled = extra["buffer.obs"].shape[1]
-                for name, buffer in self._buffers(
-                    buf_obs, buf_next, buf_act, buf_rew, buf_term
-                ).items():
-                    buffer[:, :filled] = extra[f"buffer.{name}"]
-        save_every = max(1, checkpoint_every // e)
-        report_every = max(1, iterations // 1000)  # progress about a thousand times per run
-        for step in range(start, iterations):
-            env_steps = step * e
-            epsilon = max(
-                cfg.end_e,
-                cfg.start_e - (cfg.start_e - cfg.end_e) * env_steps / max(explore_steps, 1),
-            )
-            with torch.no_grad():
-                greedy = q_values(online, obs, layers, cfg.dueling).argmax(dim=-1)
-                u = rng.uniform(2 * e)
-                explore = u[:, :e] < epsilon
-                random_action = (u[:, e:] * actions).long().clamp(max=actions - 1)
-                action = torch.where(explore, random_action, greedy)
-                next_obs, reward, terminated, _, info = twin.step(action.reshape(n * e))
-                slot = step % capacity
-                buf_obs[:, slot] = obs
-                buf_next[:, slot] = info["final_obs"].view(n, e, obs_dim)
-                buf_act[:, slot] = action
-                buf_rew[:, slot] = reward.view(n, e)
-                buf_term[:, slot] = terminated.view(n, e).float()
-                obs = next_obs.view(n, e, obs_dim)
-            learning = env_steps + e > cfg.learning_starts
-            if learning and (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
-                with torch.no_grad():
-                    for k, v in online.items():
-                        target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
-            training = learning and (step + 1) % max(1, cfg.train_frequency // e) == 0
-            filled = min(step + 1, capacity) * e
-            for _ in range(cfg.gradient_steps if training else 0):
-                flat = (rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
-                slots, envs = flat // e, flat % e
-                o = buf_obs[agents, slots, envs]
-                o2 = buf_next[agents, slots, envs]
-                with torch.no_grad():
-                    next_target = q_values(target, o2, layers, cfg.dueling)
-                    if cfg.double:
-                        chosen = q_values(online, o2, layers, cfg.dueling).argmax(-1, keepdim=True)
-                        next_value = next_target.gather(-1, chosen).squeeze(-1)
-                    else:
-                        next_value = next_target.max(dim=-1).values
-                    td_target = buf_rew[agents, slots, envs] + cfg.gamma * next_value * (
-                        1.0 - buf_term[agents, slots, envs]
-                    )
-                q = (
-                    q_values(online, o, layers, cfg.dueling)
-                    .gather(-1, buf_act[agents, slots, envs].unsqueeze(-1))
-                    .squeeze(-1)
-                )
-                if cfg.huber:
-                    loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
-                else:
-                    loss = (q - td_target) ** 2
-                optimizer.zero_grad()
-                loss.mean(dim=1).sum().backward()  # per-agent losses: gradients never mix
-                optimizer.step()
-            if progress is not None and ((step + 1) % report_every == 0 or step + 1 == iterations):
-                progress(step + 1, iterations)
-            if checkpoint is not None and (step + 1) % save_every == 0 and step + 1 < iterations:
-                filled_slots = min(step + 1, capacity)
-                extra = {f"target.{k}": v for k, v in target.items()}
-                for name, buffer in self._buffers(
-                    buf_obs, buf_next, buf_act, buf_rew, buf_term
-                ).items():
-                    extra[f"buffer.{name}"] = buffer[:, :filled_slots].contiguous()
-                save_training_state(
-                    checkpoint,
-                    step + 1,
-                    optimizer,
-                    twin,
-                    rng,
-                    obs.reshape(n * e, obs_dim),
-                    extra,
-                )
-        optimizer.finish()
+        _, heads = network_spec(self.config, int(twin.discrete_actions))
         return QPolicies(
-            online, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
+            params,
+            self.config,
+            env.name,
+            [dict(c) for c in contexts],
+            [int(s) for s in seeds],
+            StackedMLP("q", specs["q"], twin.observation_size, heads),
         )
 
-    @staticmethod
-    def _buffers(
-        obs: Tensor, next_obs: Tensor, action: Tensor, reward: Tensor, terminated: Tensor
-    ) -> dict[str, Tensor]:
-        """The replay buffers by checkpoint name, each ``(N, capacity, envs, ...)``."""
-        return {
-            "obs": obs,
-            "next_obs": next_obs,
-            "action": action,
-            "reward": reward,
-            "terminated": terminated,
-        }
+    def iterate(self, run: TrainingRun, replay: _Replay, iteration: int, iterations: int) -> None:
+        cfg, net, online = self.config, run.networks["q"], run.params
+        n, e, actions = run.num_agents, run.num_envs, int(run.twin.discrete_actions)
+        capacity = replay.obs.shape[1]
+        step, env_steps = iteration, iteration * e
+        epsilon = max(
+            cfg.end_e,
+            cfg.start_e - (cfg.start_e - cfg.end_e) * env_steps / max(replay.explore_steps, 1),
+        )
+        with torch.no_grad():
+            greedy = q_values(net, online, run.obs, cfg.dueling).argmax(dim=-1)
+            u = run.rng.uniform(2 * e)
+            explore = u[:, :e] < epsilon
+            random_action = (u[:, e:] * actions).long().clamp(max=actions - 1)
+            action = torch.where(explore, random_action, greedy)
+            next_obs, reward, terminated, _, info = run.step_env(action)
+            slot = step % capacity
+            replay.obs[:, slot] = run.obs
+            replay.next_obs[:, slot] = info["final_obs"]
+            replay.action[:, slot] = action
+            replay.reward[:, slot] = reward
+            replay.terminated[:, slot] = terminated.float()
+            run.obs = next_obs
+        run.env_steps = env_steps + e
+        learning = env_steps + e > cfg.learning_starts
+        if learning and (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
+            with torch.no_grad():
+                for k, v in online.items():
+                    replay.target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
+        training = learning and (step + 1) % max(1, cfg.train_frequency // e) == 0
+        filled = min(step + 1, capacity) * e
+        agents = torch.arange(n, device=self.device)[:, None]
+        record = run.activations if run.record_activations else None
+        for _ in range(cfg.gradient_steps if training else 0):
+            flat = (run.rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
+            slots, envs = flat // e, flat % e
+            o = replay.obs[agents, slots, envs]
+            o2 = replay.next_obs[agents, slots, envs]
+            with torch.no_grad():
+                next_target = q_values(net, replay.target, o2, cfg.dueling)
+                if cfg.double:
+                    chosen = q_values(net, online, o2, cfg.dueling).argmax(-1, keepdim=True)
+                    next_value = next_target.gather(-1, chosen).squeeze(-1)
+                else:
+                    next_value = next_target.max(dim=-1).values
+                td_target = replay.reward[agents, slots, envs] + cfg.gamma * next_value * (
+                    1.0 - replay.terminated[agents, slots, envs]
+                )
+            q = (
+                q_values(net, online, o, cfg.dueling, record)
+                .gather(-1, replay.action[agents, slots, envs].unsqueeze(-1))
+                .squeeze(-1)
+            )
+            if cfg.huber:
+                loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
+            else:
+                loss = (q - td_target) ** 2
+            per_agent = loss.mean(dim=1)
+            run.optimize(per_agent)
+            with torch.no_grad():
+                run.record("td_loss", per_agent)
+                run.record("td_error", (q - td_target).abs().mean(dim=1))
+                run.record("q_mean", q.mean(dim=1))
+
+    def state_tensors(self, replay: _Replay, iteration: int) -> dict[str, Tensor]:
+        """Target weights and the filled part of every replay buffer."""
+        filled_slots = min(iteration, replay.obs.shape[1])
+        tensors = {f"target.{k}": v for k, v in replay.target.items()}
+        for name, buffer in replay.buffers().items():
+            tensors[f"buffer.{name}"] = buffer[:, :filled_slots].contiguous()
+        return tensors
+
+    def load_state_tensors(self, replay: _Replay, tensors: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for k in replay.target:
+                replay.target[k].copy_(tensors[f"target.{k}"])
+            filled = tensors["buffer.obs"].shape[1]
+            for name, buffer in replay.buffers().items():
+                buffer[:, :filled] = tensors[f"buffer.{name}"]
 
     def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> QPolicies:
+        if "networks" not in metadata or "q.head.weight" not in tensors:
+            raise CtxrlError(
+                "this batched-dqn artifact was written by an older ctxrl (another parameter "
+                "layout); retrain it"
+            )
+        config = hyperparameters(DQNConfig, metadata["params"], self.name)
+        spec = NetworkSpec.from_dict(metadata["networks"]["q"])
+        _, heads = network_spec(config, int(tensors["q.head.weight"].shape[-1]))
         return QPolicies(
             tensors,
-            hyperparameters(DQNConfig, metadata["params"], self.name),
+            config,
             metadata["env"],
             metadata["contexts"],
             metadata["seeds"],
+            StackedMLP("q", spec, int(metadata["obs_dim"]), heads),
         )
+

@@ -19,25 +19,19 @@ Shapes: observations ``(N, M, obs)``; discrete logits ``(N, M, actions)``; conti
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ctxrl.errors import CtxrlError
+from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
-from ctxrl_plugins.training.networks import Params, linear, orthogonal, tanh
+from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
-from ctxrl_plugins.training.trainer import (
-    BatchedTrainer,
-    hyperparameters,
-    restore_training_state,
-    save_training_state,
-)
+from ctxrl_plugins.training.trainer import BatchedTrainer, TrainingLog, TrainingRun, hyperparameters
 
 Tensor = torch.Tensor
 
@@ -62,6 +56,8 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     hidden: int = 64
+    """width of the two hidden layers of actor and critic"""
+    activation: str = "tanh"
     init_log_std: float = 0.0
     """initial log standard deviation of continuous actions"""
     reward_scale: float = 1.0
@@ -69,38 +65,20 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------- networks
-def init_params(
-    seeds: Sequence[int],
-    obs_dim: int,
-    out_dim: int,
-    hidden: int,
-    discrete: bool,
-    init_log_std: float,
-    device: torch.device,
-) -> Params:
-    """Stacked actor and critic weights, each agent initialised from its own seed."""
-    per_agent: list[Params] = []
-    for seed in seeds:
-        g = torch.Generator().manual_seed(int(seed))
-        p: Params = {}
-        for net, out, gain in (("actor", out_dim, 0.01), ("critic", 1, 1.0)):
-            p[f"{net}.w1"] = orthogonal(obs_dim, hidden, math.sqrt(2), g)
-            p[f"{net}.w2"] = orthogonal(hidden, hidden, math.sqrt(2), g)
-            p[f"{net}.w3"] = orthogonal(hidden, out, gain, g)
-            p[f"{net}.b1"] = torch.zeros(hidden)
-            p[f"{net}.b2"] = torch.zeros(hidden)
-            p[f"{net}.b3"] = torch.zeros(out)
-        if not discrete:
-            p["actor.log_std"] = torch.full((out_dim,), init_log_std)
-        per_agent.append(p)
-    return {k: torch.stack([p[k] for p in per_agent]).to(device) for k in per_agent[0]}
+def network_specs(
+    cfg: PPOConfig, out_dim: int
+) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
+    """Separate actor and critic MLPs (CleanRL's layout): the actor's head has gain 0.01,
+    the critic's a single output with gain 1."""
+    spec = NetworkSpec(hidden=(cfg.hidden, cfg.hidden), activation=cfg.activation)  # type: ignore[arg-type]
+    return {"actor": (spec, {"head": (out_dim, 0.01)}), "critic": (spec, {"head": (1, 1.0)})}
 
 
-def mlp(params: Params, net: str, x: Tensor) -> Tensor:
-    """Two tanh layers and a linear head, batched over agents: ``(N, M, in) -> (N, M, out)``."""
-    h = tanh(linear(x, params[f"{net}.w1"], params[f"{net}.b1"]))
-    h = tanh(linear(h, params[f"{net}.w2"], params[f"{net}.b2"]))
-    return linear(h, params[f"{net}.w3"], params[f"{net}.b3"])
+def build_networks(
+    specs: Mapping[str, NetworkSpec], obs_dim: int, out_dim: int
+) -> dict[str, StackedMLP]:
+    heads = {"actor": {"head": (out_dim, 0.01)}, "critic": {"head": (1, 1.0)}}
+    return {role: StackedMLP(role, spec, obs_dim, heads[role]) for role, spec in specs.items()}
 
 
 @dataclass
@@ -113,6 +91,8 @@ class BatchedPolicies:
     env: str
     contexts: list[dict[str, float]]
     seeds: list[int]
+    networks: dict[str, StackedMLP]
+    log: TrainingLog | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -124,6 +104,8 @@ class BatchedPolicies:
             "discrete": self.discrete,
             "contexts": self.contexts,
             "seeds": self.seeds,
+            "obs_dim": self.networks["actor"].in_dim,
+            "networks": {role: asdict(net.spec) for role, net in self.networks.items()},
         }
 
     def select(self, indices: Sequence[int]) -> BatchedPolicies:
@@ -135,11 +117,17 @@ class BatchedPolicies:
             self.env,
             [self.contexts[i] for i in indices],
             [self.seeds[i] for i in indices],
+            self.networks,
+            None if self.log is None else self.log.select(indices),
         )
+
+    def actor(self, obs: Tensor) -> Tensor:
+        """The actor's output ``(N, M, A)``: logits, or means of continuous actions."""
+        return self.networks["actor"](self.params, obs)
 
     def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor:
         """Actions for observations ``(N, M, obs)``: ``(N, M)`` ints or ``(N, M, dim)``."""
-        return self.act_from(mlp(self.params, "actor", obs), deterministic, rng)
+        return self.act_from(self.actor(obs), deterministic, rng)
 
     def act_from(self, out: Tensor, deterministic: bool, rng: StreamRNG | None) -> Tensor:
         """Actions from the actor's output ``(N, M, A)`` (logits or means)."""
@@ -178,11 +166,10 @@ def _log_prob(params: Params, out: Tensor, actions: Tensor, discrete: bool) -> T
 
 
 def _log_prob_entropy(
-    params: Params, obs: Tensor, actions: Tensor, discrete: bool, out: Tensor | None = None
+    params: Params, out: Tensor, actions: Tensor, discrete: bool
 ) -> tuple[Tensor, Tensor]:
-    """Log-probability of ``actions`` and the policy's entropy, both ``(N, M)``; ``out`` is the
-    actor's output for ``obs`` when already computed."""
-    out = mlp(params, "actor", obs) if out is None else out
+    """Log-probability of ``actions`` and the policy's entropy, both ``(N, M)``, from the
+    actor's output ``out``."""
     if discrete:
         log_probs = torch.log_softmax(out, dim=-1)
         chosen = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
@@ -196,171 +183,192 @@ def _log_prob_entropy(
 
 
 # ---------------------------------------------------------------------------------- training
-class BatchedPPO(BatchedTrainer):
+@dataclass
+class _Rollout:
+    """PPO's per-run state: the rollout buffers, each ``(T, N, E, ...)``."""
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    dones: Tensor
+
+
+class BatchedPPO(BatchedTrainer[_Rollout]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
     name = "batched-ppo"
+    env_seed_salt = 0
+    checkpoint_every_default = 50
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(PPOConfig, params, self.name)
 
-    # ------------------------------------------------------------------------ training
-    def train_many(
+    def steps_per_iteration(self) -> int:
+        return self.config.num_envs * self.config.num_steps
+
+    def network_specs(
+        self, twin: Any
+    ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
+        discrete = twin.discrete_actions is not None
+        return network_specs(self.config, twin.discrete_actions if discrete else 1)
+
+    def extra_params(self, twin: Any) -> Params:
+        if twin.discrete_actions is not None:
+            return {}
+        n = twin.num_envs // self.config.num_envs
+        return {"actor.log_std": torch.full((n, 1), self.config.init_log_std, device=self.device)}
+
+    def optimizer(self, params: Params) -> AgentAdam:
+        cfg = self.config
+        return AgentAdam(params, lr=cfg.learning_rate, eps=1e-5, max_grad_norm=cfg.max_grad_norm)
+
+    def setup(self, run: TrainingRun, iterations: int) -> _Rollout:
+        t, n, e, device = self.config.num_steps, run.num_agents, run.num_envs, self.device
+        shape = (t, n, e)
+        return _Rollout(
+            obs=torch.zeros(*shape, run.obs_dim, device=device),
+            actions=torch.zeros(shape if run.discrete else (*shape, 1), device=device),
+            log_probs=torch.zeros(shape, device=device),
+            values=torch.zeros(shape, device=device),
+            rewards=torch.zeros(shape, device=device),
+            dones=torch.zeros(shape, dtype=torch.bool, device=device),
+        )
+
+    def make_policies(
         self,
+        params: Params,
         env: EnvSpec,
         contexts: Sequence[Mapping[str, float]],
         seeds: Sequence[int],
-        *,
-        total_steps: int,
-        checkpoint: Path | None = None,
-        checkpoint_every: int = 50,
-        progress: Callable[[int, int], None] | None = None,
-        mixture: Sequence[Mapping[str, float]] | None = None,
+        twin: Any,
+        specs: Mapping[str, NetworkSpec],
     ) -> BatchedPolicies:
-        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
-
-        With ``checkpoint``, the whole state (weights, Adam moments, environments, random
-        streams, iteration) is saved every ``checkpoint_every`` updates and a later call with the
-        same arguments continues from it. With ``mixture``, every environment draws its context
-        uniformly from ``mixture`` at each episode start (multi-task training); ``contexts``
-        then only names the agents."""
-        if env.make_batched is None:
-            raise CtxrlError(f"batched-ppo needs a torch-batched twin; env {env.name!r} has none")
-        if len(contexts) != len(seeds) or not seeds:
-            raise CtxrlError("batched-ppo: give one seed per context (and at least one)")
-        cfg, device = self.config, self.device
-        n, e, t_steps = len(seeds), cfg.num_envs, cfg.num_steps
-        twin = env.make_batched(
-            n * e,
-            contexts=contexts_tensor(env, contexts, e, device),
-            device=device,
-            env_seeds=env_seeds(seeds, e, 0),
-        )
-        twin.set_context_pool(mixture)
         discrete = twin.discrete_actions is not None
-        obs_dim = twin.observation_size
         out_dim = twin.discrete_actions if discrete else 1
-        params = init_params(
-            seeds, obs_dim, out_dim, cfg.hidden, discrete, cfg.init_log_std, device
+        return BatchedPolicies(
+            params,
+            discrete,
+            self.config,
+            env.name,
+            [dict(c) for c in contexts],
+            [int(s) for s in seeds],
+            build_networks(specs, twin.observation_size, out_dim),
         )
-        optimizer = AgentAdam(
-            params, lr=cfg.learning_rate, eps=1e-5, max_grad_norm=cfg.max_grad_norm
-        )
-        rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
-        iterations = max(1, total_steps // (e * t_steps))
-        obs = twin.reset().view(n, e, obs_dim)
-        start = 0
-        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
-            start, obs, _ = restore_training_state(checkpoint, optimizer, twin, rng)
-            obs = obs.view(n, e, obs_dim)
-        policies = BatchedPolicies(
-            params, discrete, cfg, env.name, [dict(c) for c in contexts], [int(s) for s in seeds]
-        )
+
+    def iterate(self, run: TrainingRun, buf: _Rollout, iteration: int, iterations: int) -> None:
+        cfg, device, params = self.config, self.device, run.params
+        n, e, t_steps, discrete = run.num_agents, run.num_envs, cfg.num_steps, run.discrete
+        out_dim = buf.actions.shape[-1] if not discrete else run.twin.discrete_actions
+        lr = cfg.learning_rate * ((1.0 - iteration / iterations) if cfg.anneal_lr else 1.0)
+        actor, critic = run.networks["actor"], run.networks["critic"]
+        obs = run.obs
+        # ---------------------------------------------------------------------- rollout
+        with torch.no_grad():
+            # the rollout's noise in one draw: the same numbers as one draw per step
+            noise = sampling_noise(run.rng, t_steps, e * out_dim, discrete)
+            noise = noise.view(t_steps, n, e, out_dim)
+            for t in range(t_steps):
+                buf.obs[t] = obs
+                out = actor(params, obs)
+                if discrete:
+                    action = (out + noise[t]).argmax(dim=-1)
+                else:
+                    action = out + params["actor.log_std"].exp()[:, None, :] * noise[t]
+                buf.log_probs[t] = _log_prob(params, out, action, discrete)
+                buf.actions[t] = action
+                next_obs, reward, _, truncated, info = run.step_env(action)
+                # values of this step's and of the finished episodes' last observations
+                both = torch.cat([obs, info["final_obs"]], dim=1)
+                values = critic(params, both).squeeze(-1)
+                buf.values[t], final_value = values[:, :e], values[:, e:]
+                if cfg.reward_scale != 1.0:
+                    reward = reward * cfg.reward_scale
+                # a time limit is not a terminal state: bootstrap from the last observation
+                buf.rewards[t] = reward + cfg.gamma * final_value * truncated
+                buf.dones[t] = info["done"]
+                obs = next_obs
+            run.obs = obs
+            run.env_steps += e * t_steps
+            # ---------------------------------------------------------------------- GAE
+            next_value = critic(params, obs).squeeze(-1)
+            next_values = torch.cat([buf.values[1:], next_value[None]])  # (T, N, E)
+            not_done = 1.0 - buf.dones.float()
+            deltas = buf.rewards + cfg.gamma * next_values * not_done - buf.values
+            decay = cfg.gamma * cfg.gae_lambda * not_done
+            advantages = torch.zeros_like(buf.rewards)
+            last = torch.zeros(n, e, device=device)
+            for t in reversed(range(t_steps)):  # the recursion only; the rest is vectorised
+                last = deltas[t] + decay[t] * last
+                advantages[t] = last
+            returns = advantages + buf.values
+        # -------------------------------------------------------------------- update
         batch = e * t_steps
         minibatch = batch // cfg.num_minibatches
         agents = torch.arange(n, device=device)[:, None]
-        for iteration in range(start, iterations):
-            lr = cfg.learning_rate * ((1.0 - iteration / iterations) if cfg.anneal_lr else 1.0)
-            # ------------------------------------------------------------------ rollout
-            buf_obs = torch.zeros(t_steps, n, e, obs_dim, device=device)
-            buf_act = torch.zeros(
-                (t_steps, n, e) if discrete else (t_steps, n, e, out_dim), device=device
-            )
-            buf_logp = torch.zeros(t_steps, n, e, device=device)
-            buf_val = torch.zeros(t_steps, n, e, device=device)
-            buf_rew = torch.zeros(t_steps, n, e, device=device)
-            buf_done = torch.zeros(t_steps, n, e, dtype=torch.bool, device=device)
-            with torch.no_grad():
-                # the rollout's noise in one draw: the same numbers as one draw per step
-                noise = sampling_noise(rng, t_steps, e * out_dim, discrete)
-                noise = noise.view(t_steps, n, e, out_dim)
-                for t in range(t_steps):
-                    buf_obs[t] = obs
-                    out = mlp(params, "actor", obs)
-                    action = policies.sample(out, noise[t])
-                    buf_logp[t] = _log_prob(params, out, action, discrete)
-                    buf_act[t] = action
-                    step_action = action.reshape(n * e) if discrete else action.reshape(n * e, -1)
-                    next_obs, reward, _, truncated, info = twin.step(step_action)
-                    # values of this step's and of the finished episodes' last observations
-                    both = torch.cat([obs, info["final_obs"].view(n, e, obs_dim)], dim=1)
-                    values = mlp(params, "critic", both).squeeze(-1)
-                    buf_val[t], final_value = values[:, :e], values[:, e:]
-                    reward = reward.view(n, e)
-                    if cfg.reward_scale != 1.0:
-                        reward = reward * cfg.reward_scale
-                    # a time limit is not a terminal state: bootstrap from the last observation
-                    reward = reward + cfg.gamma * final_value * truncated.view(n, e)
-                    buf_rew[t] = reward
-                    buf_done[t] = info["done"].view(n, e)
-                    obs = next_obs.view(n, e, obs_dim)
-                # ------------------------------------------------------------------ GAE
-                next_value = mlp(params, "critic", obs).squeeze(-1)
-                next_values = torch.cat([buf_val[1:], next_value[None]])  # (T, N, E)
-                not_done = 1.0 - buf_done.float()
-                deltas = buf_rew + cfg.gamma * next_values * not_done - buf_val
-                decay = cfg.gamma * cfg.gae_lambda * not_done
-                advantages = torch.zeros_like(buf_rew)
-                last = torch.zeros(n, e, device=device)
-                for t in reversed(range(t_steps)):  # the recursion only; the rest is vectorised
-                    last = deltas[t] + decay[t] * last
-                    advantages[t] = last
-                returns = advantages + buf_val
-            # ---------------------------------------------------------------- update
-            flat = lambda x: x.transpose(0, 1).reshape(n, batch, *x.shape[3:])  # noqa: E731
-            b_obs, b_act, b_logp = flat(buf_obs), flat(buf_act), flat(buf_logp)
-            b_adv, b_ret, b_val = flat(advantages), flat(returns), flat(buf_val)
-            for _ in range(cfg.update_epochs):
-                order = rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
-                for begin in range(0, batch, minibatch):
-                    idx = order[:, begin : begin + minibatch]
-                    mb_obs = b_obs[agents, idx]
-                    new_logp, entropy = _log_prob_entropy(
-                        params, mb_obs, b_act[agents, idx], discrete
+        flat = lambda x: x.transpose(0, 1).reshape(n, batch, *x.shape[3:])  # noqa: E731
+        b_obs, b_act, b_logp = flat(buf.obs), flat(buf.actions), flat(buf.log_probs)
+        b_adv, b_ret, b_val = flat(advantages), flat(returns), flat(buf.values)
+        for epoch in range(cfg.update_epochs):
+            last_epoch = epoch == cfg.update_epochs - 1
+            order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
+            for begin in range(0, batch, minibatch):
+                idx = order[:, begin : begin + minibatch]
+                mb_obs = b_obs[agents, idx]
+                out = run.forward("actor", mb_obs, training=True)
+                new_logp, entropy = _log_prob_entropy(params, out, b_act[agents, idx], discrete)
+                new_value = run.forward("critic", mb_obs, training=True).squeeze(-1)
+                log_ratio = new_logp - b_logp[agents, idx]
+                ratio = log_ratio.exp()
+                adv = b_adv[agents, idx]
+                adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                ).mean(dim=1)
+                ret = b_ret[agents, idx]
+                if cfg.clip_vloss:
+                    old = b_val[agents, idx]
+                    clipped = old + (new_value - old).clamp(-cfg.clip_coef, cfg.clip_coef)
+                    v_loss = 0.5 * torch.max((new_value - ret) ** 2, (clipped - ret) ** 2).mean(
+                        dim=1
                     )
-                    new_value = mlp(params, "critic", mb_obs).squeeze(-1)
-                    ratio = (new_logp - b_logp[agents, idx]).exp()
-                    adv = b_adv[agents, idx]
-                    adv = (adv - adv.mean(dim=1, keepdim=True)) / (
-                        adv.std(dim=1, keepdim=True) + 1e-8
-                    )
-                    pg_loss = torch.max(
-                        -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                    ).mean(dim=1)
-                    ret = b_ret[agents, idx]
-                    if cfg.clip_vloss:
-                        old = b_val[agents, idx]
-                        clipped = old + (new_value - old).clamp(-cfg.clip_coef, cfg.clip_coef)
-                        v_loss = 0.5 * torch.max((new_value - ret) ** 2, (clipped - ret) ** 2).mean(
-                            dim=1
+                else:
+                    v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
+                entropy_mean = entropy.mean(dim=1)
+                loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+                run.optimize(loss, lr)
+                if last_epoch:  # CleanRL logs the last epoch's statistics
+                    with torch.no_grad():
+                        run.record("policy_loss", pg_loss)
+                        run.record("value_loss", v_loss)
+                        run.record("entropy", entropy_mean)
+                        run.record("approx_kl", ((ratio - 1) - log_ratio).mean(dim=1))
+                        run.record(
+                            "clip_fraction",
+                            ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(dim=1),
                         )
-                    else:
-                        v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
-                    loss = pg_loss - cfg.ent_coef * entropy.mean(dim=1) + cfg.vf_coef * v_loss
-                    optimizer.zero_grad()
-                    loss.sum().backward()  # per-agent losses: gradients never mix
-                    optimizer.step(lr)
-            if progress is not None:
-                progress(iteration + 1, iterations)
-            if checkpoint is not None and (iteration + 1) % checkpoint_every == 0:
-                save_training_state(
-                    checkpoint,
-                    iteration + 1,
-                    optimizer,
-                    twin,
-                    rng,
-                    obs.reshape(n * e, obs_dim),
-                )
-        optimizer.finish()
-        return policies
+        with torch.no_grad():
+            variance = b_ret.var(dim=1)
+            explained = 1 - (b_ret - b_val).var(dim=1) / variance
+            run.record("explained_variance", torch.where(variance == 0, torch.nan, explained))
 
     def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> BatchedPolicies:
+        if "networks" not in metadata or "actor.head.weight" not in tensors:
+            raise CtxrlError(
+                "this batched-ppo artifact was written by an older ctxrl (another parameter "
+                "layout); retrain it"
+            )
+        specs = {role: NetworkSpec.from_dict(s) for role, s in metadata["networks"].items()}
+        discrete = bool(metadata["discrete"])
+        out_dim = tensors["actor.head.weight"].shape[-1]
         return BatchedPolicies(
             tensors,
-            bool(metadata["discrete"]),
+            discrete,
             hyperparameters(PPOConfig, metadata["params"], self.name),
             metadata["env"],
             metadata["contexts"],
             metadata["seeds"],
+            build_networks(specs, int(metadata["obs_dim"]), out_dim),
         )

@@ -88,6 +88,7 @@ def ctxrl_register_algorithms(register: Callable[[AlgorithmSpec], None]) -> None
             name="batched-ppo",
             factory=_ppo,
             batched=True,
+            interventions=True,
             presets=PPO_PRESETS,
             description="PPO for many (context, seed) agents in one torch program (CPU or CUDA)",
         )
@@ -97,6 +98,7 @@ def ctxrl_register_algorithms(register: Callable[[AlgorithmSpec], None]) -> None
             name="batched-dqn",
             factory=_dqn,
             batched=True,
+            interventions=True,
             presets=DQN_PRESETS,
             action_spaces=frozenset({"discrete"}),
             description="DQN (double / dueling options) for many agents in one torch program",

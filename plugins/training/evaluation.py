@@ -57,45 +57,57 @@ def env_seeds(seeds: Sequence[int], per_agent: int, salt: int) -> Tensor:
 def evaluate_policies(
     policies: Policies,
     env: EnvSpec,
-    contexts: Sequence[Mapping[str, float]],
+    contexts: Sequence[Mapping[str, float]] | Sequence[Sequence[Mapping[str, float]]],
     *,
     episodes: int,
     seed: int,
     deterministic: bool = True,
     device: torch.device,
+    per_policy: bool = False,
 ) -> np.ndarray:
     """Returns of P policies on Q contexts, E episodes each, in one batched rollout:
-    ``(P, Q, E)``. Episode ``k`` on context ``q`` starts from the same state for every
-    policy."""
+    ``(P, Q, E)``. Episode ``k`` on a context starts from the same state for every policy.
+
+    ``contexts`` is one list of Q contexts for all policies, or with ``per_policy`` a list of
+    P lists of Q contexts, policy ``i`` evaluated on ``contexts[i]`` (its own context, for
+    learning curves)."""
     assert env.make_batched is not None
-    p, q = len(policies), len(contexts)
-    per_policy = q * episodes
-    ctx = contexts_tensor(env, contexts, episodes, device)
-    ctx = {k: v.repeat(p) for k, v in ctx.items()}
+    p = len(policies)
+    lists: list[Sequence[Mapping[str, float]]] = (
+        [list(c) for c in contexts]  # type: ignore[arg-type]
+        if per_policy
+        else [contexts] * p  # type: ignore[list-item]
+    )
+    if len(lists) != p or len({len(c) for c in lists}) != 1:
+        raise ValueError(f"evaluate_policies: need {p} context lists of one length")
+    q = len(lists[0])
+    per_agent = q * episodes
+    flat = [c for contexts_i in lists for c in contexts_i]
+    ctx = contexts_tensor(env, flat, episodes, device)
     # episode k on a context starts from a state seeded by (context, k, seed) alone
     starts = torch.tensor(
         [
             context_seed(env, c) + 1009 * k + 1_000_003 * int(seed)
-            for c in contexts
+            for c in flat
             for k in range(episodes)
         ],
         dtype=torch.int64,
     )
-    twin = env.make_batched(p * per_policy, contexts=ctx, device=device, env_seeds=starts.repeat(p))
+    twin = env.make_batched(p * per_agent, contexts=ctx, device=device, env_seeds=starts)
     rng = StreamRNG(
         torch.tensor(policies.seeds, dtype=torch.int64, device=device) + 7_777_777 * (int(seed) + 1)
     )
     obs = twin.reset()
-    returns = torch.zeros(p * per_policy, dtype=torch.float64, device=device)
-    finished = torch.zeros(p * per_policy, dtype=torch.bool, device=device)
+    returns = torch.zeros(p * per_agent, dtype=torch.float64, device=device)
+    finished = torch.zeros(p * per_agent, dtype=torch.bool, device=device)
     limit = twin.max_episode_steps
     with torch.no_grad():
         for _ in range(limit):
-            action = policies.act(obs.view(p, per_policy, -1), deterministic, rng)
+            action = policies.act(obs.view(p, per_agent, -1), deterministic, rng)
             action = (
-                action.reshape(p * per_policy)
+                action.reshape(p * per_agent)
                 if policies.discrete
-                else action.reshape(p * per_policy, -1)
+                else action.reshape(p * per_agent, -1)
             )
             obs, reward, _, _, info = twin.step(action)
             returns += torch.where(finished, 0.0, reward.double())

@@ -1,66 +1,150 @@
-"""Adam over agent-stacked parameters, with per-agent gradient clipping."""
+"""Adam over agent-stacked parameters: per-agent gradient clipping, frozen parameters and
+per-element optimizer state that interventions can read and reset."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from ctxrl.errors import CtxrlError
+from ctxrl.interventions import OPTIMIZER_RESETS, OptimizerReset
 from ctxrl_plugins.training.networks import Params
 
 Tensor = torch.Tensor
 
 
 class AgentAdam:
-    """Adam (Kingma and Ba 2015) with per-agent gradient-norm clipping over agent-stacked
-    parameters ``(N, ...)``.
+    """Adam (Kingma and Ba 2015) over agent-stacked parameters ``(N, ...)``, with per-agent
+    gradient-norm clipping, per-agent frozen parameters and per-element state.
 
     The parameters move into one flat buffer, each keeping a dense block of its own (the dict's
-    entries become views of it), and their gradients into a second one, so zeroing the
-    gradients is one operation and the Adam step a handful (one fused kernel on a GPU) however
-    many tensors the networks have. Clipping and Adam are per agent and elementwise: agents stay
-    independent. :meth:`finish` turns the views back into plain tensors when training ends."""
+    entries become views of it), and their gradients, moments and (once any is reset) step
+    counts into buffers of the same layout, so zeroing the gradients is one operation and the
+    Adam step a handful however many tensors the networks have. Clipping and Adam are per agent
+    and elementwise: agents stay independent. The step is torch's single-tensor Adam, the same
+    arithmetic in the same order (so results equal ``torch.optim.Adam``'s), with one addition:
+    a per-element step count, used once an intervention restarts the count of some elements
+    (:meth:`reset` with ``moments_and_step``); until then the count is one number and the bias
+    corrections are computed once per step, as torch does. :meth:`finish` turns the views back
+    into plain tensors when training ends.
+
+    Args:
+        params: agent-stacked parameters; rebound to views of the flat buffer.
+        lr: learning rate.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+        max_grad_norm: per-agent clipping of the L2 norm over all the agent's gradients.
+    """
 
     def __init__(
-        self, params: Params, *, lr: float, eps: float = 1e-8, max_grad_norm: float | None = None
+        self,
+        params: Params,
+        *,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        max_grad_norm: float | None = None,
     ) -> None:
         self.params, self.max_grad_norm = params, max_grad_norm
+        self.lr, self.betas, self.eps = lr, betas, eps
         self.flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
-        self.flat.grad = torch.zeros_like(self.flat)
+        self.grad = torch.zeros_like(self.flat)
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.step_count = 0
+        self.steps: Tensor | None = None  # per-element step counts, once any was reset
+        self.blocks: dict[str, tuple[int, torch.Size]] = {}
         self._agent_grads: list[Tensor] = []  # (N, size) views of each parameter's gradient
+        self.grad_mask: dict[str, Tensor] = {}  # name -> (N,) 1 trainable / 0 frozen
+        self.grad_norm = torch.zeros(next(iter(params.values())).shape[0], device=self.flat.device)
+        """each agent's gradient norm before clipping at the last step ``(N,)``"""
         offset = 0
         for name, p in params.items():
             size = p.numel()
+            self.blocks[name] = (offset, p.shape)
             view = self.flat[offset : offset + size].view(p.shape).requires_grad_(True)
-            view.grad = self.flat.grad[offset : offset + size].view(p.shape)
+            view.grad = self.grad[offset : offset + size].view(p.shape)
             params[name] = view
             self._agent_grads.append(view.grad.view(p.shape[0], -1))
             offset += size
-        # torch's fused CPU kernel rounds an element differently depending on where it falls in
-        # the buffer (which depends on N): on the CPU the plain single-tensor step keeps agents
-        # bit-independent; on a GPU the fused kernel saves launches
-        fused = self.flat.device.type == "cuda"
-        self.optimizer = torch.optim.Adam([self.flat], lr=lr, eps=eps, fused=fused)
+
+    def view(self, buffer: Tensor, name: str) -> Tensor:
+        """Parameter ``name``'s block of a flat buffer, shaped like the parameter."""
+        offset, shape = self.blocks[name]
+        return buffer[offset : offset + shape.numel()].view(shape)
+
+    def moments(self, name: str) -> dict[str, Tensor]:
+        """Views of parameter ``name``'s ``exp_avg`` and ``exp_avg_sq`` ``(N, ...)``."""
+        return {
+            "exp_avg": self.view(self.exp_avg, name),
+            "exp_avg_sq": self.view(self.exp_avg_sq, name),
+        }
+
+    def gradients(self) -> dict[str, Tensor]:
+        """Views of every parameter's gradient ``(N, ...)``."""
+        return {name: self.view(self.grad, name) for name in self.blocks}
+
+    def reset(self, name: str, mask: Tensor, mode: OptimizerReset) -> None:
+        """Reset the state of parameter ``name``'s elements where ``mask`` (bool, broadcastable
+        to the parameter's shape) is True: see :data:`ctxrl.interventions.OptimizerReset`."""
+        if mode not in OPTIMIZER_RESETS:
+            raise CtxrlError(f"optimizer reset {mode!r}: expected one of {OPTIMIZER_RESETS}")
+        if mode == "none":
+            return
+        _, shape = self.blocks[name]
+        keep = (~mask.expand(shape)).to(self.flat.dtype)
+        for buffer in (self.exp_avg, self.exp_avg_sq):
+            self.view(buffer, name).mul_(keep)
+        if mode == "moments_and_step":
+            if self.steps is None:
+                self.steps = torch.full_like(self.flat, float(self.step_count))
+            self.view(self.steps, name).mul_(keep)
+
+    def freeze(self, name: str, agents: Tensor) -> None:
+        """Freeze parameter ``name`` for the agents where ``agents`` ``(N,)`` is True: their
+        gradient is zeroed before clipping, so the parameter and its moments stay as they are."""
+        self.grad_mask[name] = (~agents).to(self.flat.dtype)
 
     def zero_grad(self) -> None:
-        assert self.flat.grad is not None
-        self.flat.grad.zero_()
+        self.grad.zero_()
 
     def step(self, lr: float | None = None) -> None:
-        """Clip each agent's gradient to ``max_grad_norm`` (L2 over all its parameters), then
-        take an Adam step (at learning rate ``lr`` when given)."""
+        """Zero frozen gradients, clip each agent's gradient to ``max_grad_norm`` (L2 over all
+        its parameters), then take an Adam step (at learning rate ``lr`` when given)."""
+        for name, keep in self.grad_mask.items():
+            grad = self.view(self.grad, name)
+            grad.mul_(keep.view(-1, *([1] * (grad.dim() - 1))))
         if self.max_grad_norm is not None:
             # summed one parameter at a time: a reduction over a stacked (tensors, N) array
             # would change its order with N
-            squared = sum(g.square().sum(dim=1) for g in self._agent_grads)
-            scale = (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+            squared = cast(Tensor, sum(g.square().sum(dim=1) for g in self._agent_grads))
+            self.grad_norm = squared.sqrt()
+            scale = (self.max_grad_norm / (self.grad_norm + 1e-6)).clamp(max=1.0)
             for g in self._agent_grads:
                 g.mul_(scale[:, None])
         if lr is not None:
-            self.optimizer.param_groups[0]["lr"] = lr
-        self.optimizer.step()
+            self.lr = lr
+        beta1, beta2 = self.betas
+        grad, param = self.grad, self.flat.detach()
+        self.step_count += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if self.steps is None:
+            # torch.optim.Adam's single-tensor arithmetic, in its order
+            bias_correction1 = 1 - beta1**self.step_count
+            bias_correction2 = 1 - beta2**self.step_count
+            step_size = self.lr / bias_correction1
+            denom = (self.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
+            param.addcdiv_(self.exp_avg, denom, value=-step_size)
+        else:
+            self.steps.add_(1.0)
+            bias_correction1 = 1 - torch.pow(beta1, self.steps)
+            bias_correction2 = 1 - torch.pow(beta2, self.steps)
+            denom = (self.exp_avg_sq.sqrt() / bias_correction2.sqrt()).add_(self.eps)
+            param.addcdiv_(self.exp_avg * (-self.lr / bias_correction1), denom)
 
     def finish(self) -> None:
         """Training is over: the parameters become plain, contiguous tensors again."""
@@ -68,12 +152,15 @@ class AgentAdam:
             self.params[name] = p.detach().clone()
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """Parameters and Adam moments, for a checkpoint."""
-        tensors = {"params": self.flat.detach()}
-        state = self.optimizer.state.get(self.flat, {})
-        for name in ("exp_avg", "exp_avg_sq", "step"):
-            if name in state:
-                tensors[name] = torch.as_tensor(state[name]).reshape(-1)
+        """Parameters, moments and step counts, for a checkpoint."""
+        tensors = {
+            "params": self.flat.detach(),
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "step": torch.tensor([self.step_count], dtype=torch.int64),
+        }
+        if self.steps is not None:
+            tensors["steps"] = self.steps
         return tensors
 
     def load_state_tensors(self, tensors: Mapping[str, Tensor], source: Path) -> None:
@@ -85,9 +172,7 @@ class AgentAdam:
             )
         with torch.no_grad():
             self.flat.copy_(tensors["params"])
-        if "exp_avg" in tensors:
-            self.optimizer.state[self.flat] = {
-                "step": tensors["step"].reshape(()).to(self.flat.device, torch.float32),
-                "exp_avg": tensors["exp_avg"].clone(),
-                "exp_avg_sq": tensors["exp_avg_sq"].clone(),
-            }
+        self.exp_avg.copy_(tensors["exp_avg"])
+        self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
+        self.step_count = int(tensors["step"].reshape(-1)[0])
+        self.steps = tensors["steps"].clone() if "steps" in tensors else None

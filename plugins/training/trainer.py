@@ -1,5 +1,14 @@
-"""What the batched trainers share: hyperparameter parsing, the algorithm object's single-task
-methods on top of ``train_many``, safetensors artifacts and training checkpoints.
+"""The one batched training loop, and what the batched algorithms plug into it.
+
+:meth:`BatchedTrainer.train_many` owns everything that is not the algorithm: the twin, seeding,
+the networks (built from each role's :class:`~ctxrl.interventions.NetworkSpec`, after the
+interventions' network transforms), warm starts and layer surgery, the optimizer, checkpoints
+and resume, progress, learning curves on a step grid, training diagnostics, and the call sites
+of interventions. An algorithm (:mod:`ctxrl_plugins.algorithms.ppo`,
+:mod:`ctxrl_plugins.algorithms.dqn`) supplies only what differs, as in Stable-Baselines3's
+``collect_rollouts`` / ``train`` split: its network roles, its own state (replay buffers,
+target networks), one iteration of collecting and updating (:meth:`BatchedTrainer.iterate`,
+which calls :meth:`TrainingRun.optimize` for every gradient step) and its policies object.
 
 Everything here keeps agents independent: an agent's numbers never depend on the others in
 the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linear`).
@@ -7,10 +16,11 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import fields
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -18,15 +28,21 @@ import torch
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import Intervention, NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.training.evaluation import Policies, evaluate_policies
-from ctxrl_plugins.training.networks import Params
+from ctxrl_plugins.training.evaluation import (
+    Policies,
+    contexts_tensor,
+    env_seeds,
+    evaluate_policies,
+)
+from ctxrl_plugins.training.networks import Params, StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
 
 Tensor = torch.Tensor
-
 ConfigT = TypeVar("ConfigT")
+StateT = TypeVar("StateT")
 
 
 def hyperparameters(
@@ -45,25 +61,302 @@ def hyperparameters(
     return config_class(**values)
 
 
-class BatchedTrainer:
-    """What the batched algorithms share: single-task ``train`` / ``evaluate`` on top of
-    ``train_many`` / batched evaluation, and safetensors artifacts.
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
-    Subclasses set ``name`` and implement ``train_many`` and ``policies_from``."""
+
+# ------------------------------------------------------------------------------ records
+@dataclass
+class TrainingLog:
+    """What a training recorded besides the weights.
+
+    Attributes:
+        curve_steps: env steps per agent at each learning-curve point ``(points,)``.
+        curve_returns: deterministic evaluation returns at each point ``(points, N, Q, E)``
+            (Q contexts: the agent's own context, or the given evaluation contexts).
+        curve_contexts: the Q evaluation contexts (None: each agent's own context).
+        diagnostic_steps: env steps per agent at each diagnostics record ``(records,)``.
+        diagnostics: name -> ``(records, N)``: per-agent means over the updates since the
+            previous record (losses, approx KL, clip fraction, explained variance, TD error,
+            gradient norm, entropy, and what interventions report).
+    """
+
+    curve_steps: list[int] = field(default_factory=list)
+    curve_returns: list[np.ndarray] = field(default_factory=list)
+    curve_contexts: list[dict[str, float]] | None = None
+    diagnostic_steps: list[int] = field(default_factory=list)
+    diagnostics: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def select(self, indices: Sequence[int]) -> TrainingLog:
+        """The log of agents ``indices`` only."""
+        index = list(indices)
+        return TrainingLog(
+            list(self.curve_steps),
+            [r[index] for r in self.curve_returns],
+            self.curve_contexts,
+            list(self.diagnostic_steps),
+            {k: [v[index] for v in values] for k, values in self.diagnostics.items()},
+        )
+
+    def curve(self) -> np.ndarray:
+        """Mean return per point and agent ``(points, N)`` (over contexts and episodes)."""
+        if not self.curve_returns:
+            return np.zeros((0, 0))
+        return np.stack([r.mean(axis=(2, 3)) for r in self.curve_returns])
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The log as tensors (for checkpoints and safetensors exports)."""
+        out: dict[str, Tensor] = {}
+        if self.curve_steps:
+            out["curve.steps"] = torch.tensor(self.curve_steps, dtype=torch.int64)
+            out["curve.returns"] = torch.from_numpy(np.stack(self.curve_returns))
+        if self.diagnostic_steps:
+            out["diagnostics.steps"] = torch.tensor(self.diagnostic_steps, dtype=torch.int64)
+            for name, values in self.diagnostics.items():
+                out[f"diagnostics.{name}"] = torch.from_numpy(np.stack(values))
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, Tensor], curve_contexts: list[dict[str, float]] | None = None
+    ) -> TrainingLog:
+        log = cls(curve_contexts=curve_contexts)
+        if "curve.steps" in tensors:
+            log.curve_steps = [int(s) for s in tensors["curve.steps"]]
+            log.curve_returns = list(tensors["curve.returns"].cpu().numpy())
+        if "diagnostics.steps" in tensors:
+            log.diagnostic_steps = [int(s) for s in tensors["diagnostics.steps"]]
+            for key, value in tensors.items():
+                if key.startswith("diagnostics.") and key != "diagnostics.steps":
+                    log.diagnostics[key.removeprefix("diagnostics.")] = list(value.cpu().numpy())
+        return log
+
+
+@dataclass(frozen=True)
+class CurveOptions:
+    """Learning curves: a deterministic evaluation every ``every`` env steps per agent (and at
+    step 0), ``episodes`` episodes on each of ``contexts`` (None: the agent's own context)."""
+
+    every: int
+    episodes: int = 5
+    contexts: tuple[Mapping[str, float], ...] | None = None
+
+
+# ------------------------------------------------------------------------------ the run
+class TrainingRun:
+    """A batched training in progress: what the algorithm's :meth:`BatchedTrainer.iterate`
+    works on, and the :class:`~ctxrl.interventions.TrainingView` interventions see.
+
+    Shapes: ``N`` agents, ``E`` environments each; the twin holds ``N * E`` environments,
+    agent ``i`` owning environments ``i * E .. i * E + E - 1``."""
+
+    def __init__(
+        self,
+        *,
+        twin: Any,
+        networks: dict[str, StackedMLP],
+        params: Params,
+        optimizer: AgentAdam,
+        rng: StreamRNG,
+        interventions: Sequence[Intervention],
+        num_envs: int,
+        device: torch.device,
+    ) -> None:
+        self.twin, self.networks, self.params = twin, networks, params
+        self.optimizer, self.rng, self.device = optimizer, rng, device
+        self.interventions = list(interventions)
+        self.num_agents = len(rng.seeds)
+        self.num_envs = num_envs
+        self.obs_dim: int = twin.observation_size
+        self.discrete: bool = twin.discrete_actions is not None
+        self.initial_params = {k: v.detach().clone() for k, v in params.items()}
+        self.layers = {role: net.layers for role, net in networks.items()}
+        self.activations: dict[str, Tensor] = {}
+        self.record_activations = any(i.needs_activations for i in interventions)
+        self.mask = torch.ones(self.num_agents, device=device)
+        self.iteration = 0
+        self.env_steps = 0
+        self.obs: Tensor = torch.empty(0)
+        """the last observations ``(N, E, obs)``"""
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- for the algorithms
+    @property
+    def gradients(self) -> dict[str, Tensor]:
+        return self.optimizer.gradients()
+
+    def forward(self, role: str, x: Tensor, *, training: bool = False) -> Tensor:
+        """Network ``role`` on ``x`` ``(N, M, in)``; during updates (``training``), hidden
+        activations are recorded for the interventions that read them."""
+        record = self.activations if training and self.record_activations else None
+        return self.networks[role](self.params, x, record)
+
+    def optimize(self, loss: Tensor, lr: float | None = None) -> None:
+        """One gradient step on per-agent losses ``(N,)``: the interventions' loss terms are
+        added, gradients computed (summed over agents: they never mix), frozen parameters
+        held, gradients clipped per agent, Adam stepped, then the interventions' after-update
+        operators run."""
+        for intervention in self.interventions:
+            term = intervention.loss(self)
+            if term is not None:
+                loss = loss + term * self.mask
+        self.optimizer.zero_grad()
+        loss.sum().backward()
+        self.optimizer.step(lr)
+        self.record("grad_norm", self.optimizer.grad_norm)
+        for intervention in self.interventions:
+            intervention.after_update(self)
+
+    def record(self, name: str, value: Tensor) -> None:
+        """Add a per-agent diagnostic ``(N,)`` to the running mean logged at the next record
+        point (no device synchronisation until then)."""
+        value = value.detach()
+        if name in self._sums:
+            self._sums[name] = self._sums[name] + value
+            self._counts[name] += 1
+        else:
+            self._sums[name], self._counts[name] = value.clone(), 1
+
+    def flush_diagnostics(self) -> dict[str, np.ndarray]:
+        """The running means since the last flush, per agent ``(N,)``, and reset them."""
+        out = {k: (v / self._counts[k]).float().cpu().numpy() for k, v in self._sums.items()}
+        for intervention in self.interventions:
+            for name, value in intervention.diagnostics(self).items():
+                out[f"{intervention.name}.{name}"] = value.detach().float().cpu().numpy()
+        self._sums, self._counts = {}, {}
+        return out
+
+    # ----------------------------------------------------------------------- env helpers
+    def step_env(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Step the twin with per-agent actions ``(N, E)`` or ``(N, E, dim)``; returns the
+        next observations ``(N, E, obs)``, rewards, ``terminated``, ``truncated`` ``(N, E)``
+        and ``info`` with ``done`` ``(N, E)`` and ``final_obs`` ``(N, E, obs)``."""
+        n, e = self.num_agents, self.num_envs
+        flat = action.reshape(n * e) if self.discrete else action.reshape(n * e, -1)
+        obs, reward, terminated, truncated, info = self.twin.step(flat)
+        info = {
+            "done": info["done"].view(n, e),
+            "final_obs": info["final_obs"].view(n, e, self.obs_dim),
+        }
+        return (
+            obs.view(n, e, self.obs_dim),
+            reward.view(n, e),
+            terminated.view(n, e),
+            truncated.view(n, e),
+            info,
+        )
+
+
+# -------------------------------------------------------------------------- checkpoints
+def _twin_state(twin: Any) -> dict[str, Tensor]:
+    if hasattr(twin, "state_dict"):
+        return dict(twin.state_dict())
+    tensors = {"state": twin._state, "elapsed": twin.elapsed}
+    tensors.update({f"context.{k}": v for k, v in twin.context.items()})
+    if twin.streams is not None:
+        tensors["rng.seeds"] = twin.streams.seeds
+        tensors["rng.counters"] = twin.streams.counters
+    return tensors
+
+
+def _load_twin_state(twin: Any, tensors: Mapping[str, Tensor]) -> None:
+    if hasattr(twin, "load_state_dict"):
+        twin.load_state_dict(tensors)
+        return
+    twin._state = tensors["state"].clone()
+    twin.elapsed = tensors["elapsed"].clone()
+    contexts = {k.removeprefix("context."): v for k, v in tensors.items() if "context." in k}
+    if contexts:
+        twin.set_context(contexts)
+    if twin.streams is not None:
+        twin.streams.load_state_dict(
+            {"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]}
+        )
+
+
+def _prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def _unprefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    start = f"{prefix}."
+    return {k.removeprefix(start): v for k, v in tensors.items() if k.startswith(start)}
+
+
+# -------------------------------------------------------------------------- the trainer
+class BatchedTrainer(Generic[StateT]):
+    """Base of the batched algorithms: the training loop (:meth:`train_many`), single-task
+    ``train`` / ``evaluate`` on top of it, batched cross-evaluation and safetensors artifacts.
+
+    A subclass sets ``name``, ``config``, ``env_seed_salt`` and implements the methods under
+    "what an algorithm supplies"."""
 
     name: ClassVar[str]
+    env_seed_salt: ClassVar[int] = 0
+    """mixed into the twins' per-env seeds, so that two algorithms do not share episodes"""
+    checkpoint_every_default: ClassVar[int] = 50
+    """iterations between checkpoints when the caller does not say"""
+    config: Any
 
     def __init__(self, device: str) -> None:
         self.device = resolve_device(device)
 
-    def train_many(
+    # -------------------------------------------------------- what an algorithm supplies
+    def check_env(self, env: EnvSpec) -> None:
+        """Raise a :class:`~ctxrl.errors.CtxrlError` when the algorithm cannot train ``env``."""
+
+    @property
+    def num_envs(self) -> int:
+        """Environments per agent."""
+        return int(self.config.num_envs)
+
+    def steps_per_iteration(self) -> int:
+        """Environment steps per agent in one :meth:`iterate`."""
+        raise NotImplementedError
+
+    def network_specs(
+        self, twin: Any
+    ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
+        """Per network role: its description and output heads (name -> (width, init gain))."""
+        raise NotImplementedError
+
+    def extra_params(self, twin: Any) -> Params:
+        """Per-agent parameters outside the networks (e.g. a log standard deviation)."""
+        del twin
+        return {}
+
+    def optimizer(self, params: Params) -> AgentAdam:
+        raise NotImplementedError
+
+    def setup(self, run: TrainingRun, iterations: int) -> StateT:
+        """The algorithm's own state (buffers, target networks, schedules)."""
+        raise NotImplementedError
+
+    def iterate(self, run: TrainingRun, state: StateT, iteration: int, iterations: int) -> None:
+        """Collect experience and update: advance ``run.obs`` and ``run.env_steps`` by
+        :meth:`steps_per_iteration`; call ``run.optimize(loss)`` for each gradient step and
+        ``run.record(name, value)`` for diagnostics."""
+        raise NotImplementedError
+
+    def state_tensors(self, state: StateT, iteration: int) -> dict[str, Tensor]:
+        """The algorithm's state for a checkpoint."""
+        del state, iteration
+        return {}
+
+    def load_state_tensors(self, state: StateT, tensors: Mapping[str, Tensor]) -> None:
+        del state, tensors
+
+    def make_policies(
         self,
+        params: Params,
         env: EnvSpec,
         contexts: Sequence[Mapping[str, float]],
         seeds: Sequence[int],
-        *,
-        total_steps: int,
-        **kwargs: Any,
+        twin: Any,
+        specs: Mapping[str, NetworkSpec],
     ) -> Any:
         raise NotImplementedError
 
@@ -71,6 +364,259 @@ class BatchedTrainer:
         """Rebuild trained agents from a saved artifact."""
         raise NotImplementedError
 
+    # -------------------------------------------------------------------- the loop
+    def train_many(
+        self,
+        env: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        *,
+        total_steps: int,
+        checkpoint: Path | None = None,
+        checkpoint_every: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        mixture: Sequence[Mapping[str, float]] | None = None,
+        init: Any = None,
+        reinit: Sequence[str] = (),
+        freeze: Sequence[str] = (),
+        interventions: Sequence[Intervention] = (),
+        curves: CurveOptions | None = None,
+        diagnostics_every: int | None = None,
+    ) -> Any:
+        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
+
+        Args:
+            checkpoint: a path (without suffix); the whole state (weights, optimizer state,
+                environments, random streams, the algorithm's buffers, the interventions'
+                state, the log so far) is saved every ``checkpoint_every`` iterations and a
+                later call with the same arguments continues from it, bit-exactly.
+            progress: called with ``(iterations done, iterations)``.
+            mixture: every environment draws its context uniformly from ``mixture`` at each
+                episode start (multi-task training); ``contexts`` then only names the agents.
+            init: warm start: a policies object (or agent-stacked parameters ``(N, ...)`` or
+                ``(1, ...)``) of the same algorithm whose weights the agents start from.
+            reinit: layer names or patterns (``actor.head``, ``q.*``) that keep their fresh
+                initialisation instead of the warm start's weights.
+            freeze: layer names or patterns that are not trained.
+            interventions: training-time modifiers (:class:`~ctxrl.interventions.Intervention`).
+            curves: learning curves on a step grid (:class:`CurveOptions`).
+            diagnostics_every: env steps per agent between diagnostics records (default: about
+                200 records per run).
+
+        Returns the algorithm's policies object, with the :class:`TrainingLog` as ``.log``.
+        """
+        if env.make_batched is None:
+            raise CtxrlError(f"{self.name} needs a torch-batched twin; env {env.name!r} has none")
+        if len(contexts) != len(seeds) or not seeds:
+            raise CtxrlError(f"{self.name}: give one seed per context (and at least one)")
+        self.check_env(env)
+        interventions = list(interventions)
+        device, n, e = self.device, len(seeds), self.num_envs
+        twin = env.make_batched(
+            n * e,
+            contexts=contexts_tensor(env, contexts, e, device),
+            device=device,
+            env_seeds=env_seeds(seeds, e, self.env_seed_salt),
+        )
+        twin.set_context_pool(mixture)
+        # ---------------------------------------------------------------- networks
+        networks: dict[str, StackedMLP] = {}
+        for role, (spec, heads) in self.network_specs(twin).items():
+            for intervention in interventions:
+                spec = intervention.network(role, spec)
+            networks[role] = StackedMLP(role, spec, twin.observation_size, heads)
+        per_agent: list[Params] = []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(int(seed))
+            agent: Params = {}
+            for net in networks.values():
+                agent.update(net.init_agent(generator))
+            per_agent.append(agent)
+        params = stack_agents(per_agent, device)
+        params.update(self.extra_params(twin))
+        layers = [layer for net in networks.values() for layer in net.layers]
+        if init is not None:
+            self._warm_start(params, init, layers, reinit, env, twin)
+        elif reinit:
+            raise CtxrlError(f"{self.name}: reinit {list(reinit)} needs a warm start (init=...)")
+        optimizer = self.optimizer(params)
+        for name in _matching(freeze, layers, params, "freeze"):
+            optimizer.freeze(name, torch.ones(n, dtype=torch.bool, device=device))
+        rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
+        run = TrainingRun(
+            twin=twin,
+            networks=networks,
+            params=params,
+            optimizer=optimizer,
+            rng=rng,
+            interventions=interventions,
+            num_envs=e,
+            device=device,
+        )
+        for intervention in interventions:
+            intervention.setup(run)
+        iterations = max(1, total_steps // self.steps_per_iteration())
+        state = self.setup(run, iterations)
+        run.obs = twin.reset().view(n, e, run.obs_dim)
+        log = TrainingLog(
+            curve_contexts=None
+            if curves is None or curves.contexts is None
+            else [dict(c) for c in curves.contexts]
+        )
+        start = 0
+        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
+            start, log = self._restore(checkpoint, run, state, interventions, log)
+        policies = self.make_policies(
+            params, env, contexts, seeds, twin, {r: net.spec for r, net in networks.items()}
+        )
+        every = checkpoint_every or self.checkpoint_every_default
+        steps = self.steps_per_iteration()
+        log_every = max(1, (diagnostics_every or max(1, total_steps // 200)) // steps)
+        report_every = max(1, iterations // 1000)
+
+        def evaluate_curve() -> None:
+            assert curves is not None
+            own = [[dict(c)] for c in contexts] if mixture is None else [list(mixture)] * n
+            targets = own if curves.contexts is None else [list(curves.contexts)] * n
+            returns = evaluate_policies(
+                policies,
+                env,
+                targets,
+                episodes=curves.episodes,
+                seed=20_000,
+                device=device,
+                per_policy=True,
+            )
+            log.curve_steps.append(run.env_steps)
+            log.curve_returns.append(returns)
+
+        if curves is not None and start == 0:
+            evaluate_curve()
+        next_curve = None if curves is None else (run.env_steps // curves.every + 1) * curves.every
+        for iteration in range(start, iterations):
+            run.iteration = iteration
+            self.iterate(run, state, iteration, iterations)
+            done = iteration + 1
+            if done % log_every == 0 or done == iterations:
+                values = run.flush_diagnostics()
+                if values:
+                    log.diagnostic_steps.append(run.env_steps)
+                    for name, value in values.items():
+                        log.diagnostics.setdefault(name, []).append(value)
+            if (
+                curves is not None
+                and next_curve is not None
+                and (run.env_steps >= next_curve or done == iterations)
+            ):
+                evaluate_curve()
+                next_curve = (run.env_steps // curves.every + 1) * curves.every
+            if progress is not None and (done % report_every == 0 or done == iterations):
+                progress(done, iterations)
+            if checkpoint is not None and done % every == 0 and done < iterations:
+                self._save(checkpoint, done, run, state, interventions, log)
+        optimizer.finish()
+        policies.params = dict(params)
+        policies.log = log
+        return policies
+
+    # ------------------------------------------------------------------ warm starts
+    def _warm_start(
+        self,
+        params: Params,
+        init: Any,
+        layers: list[str],
+        reinit: Sequence[str],
+        env: EnvSpec,
+        twin: Any,
+    ) -> None:
+        """Copy ``init``'s weights into ``params`` except the ``reinit`` layers."""
+        source: Mapping[str, Tensor] = init.params if hasattr(init, "params") else init
+        source_env = getattr(init, "env", None)
+        missing = sorted(set(params) - set(source))
+        if missing:
+            raise CtxrlError(
+                f"{self.name}: the warm-start policy has no parameter {missing[0]!r} (a "
+                "different algorithm or network); its parameters: "
+                f"{', '.join(sorted(source)[:8])}"
+            )
+        keep = set(_matching(reinit, layers, params, "reinit"))
+        n = next(iter(params.values())).shape[0]
+        with torch.no_grad():
+            for name, value in params.items():
+                if name in keep:
+                    continue
+                weights = source[name].to(value.device, value.dtype)
+                if weights.shape[0] == 1 and n > 1:
+                    weights = weights.expand(n, *weights.shape[1:])
+                if weights.shape != value.shape:
+                    what = (
+                        "observation"
+                        if name.endswith(".0.weight")
+                        else "action"
+                        if ".head." in name
+                        else "network"
+                    )
+                    raise CtxrlError(
+                        f"{self.name}: cannot warm-start {env.name} (observation size "
+                        f"{twin.observation_size}, actions {twin.discrete_actions or 'continuous'}"
+                        f") from a policy of {source_env or 'another env'}: parameter "
+                        f"{name!r} has shape {tuple(weights.shape)}, expected "
+                        f"{tuple(value.shape)} (the {what} spaces differ)"
+                    )
+                value.copy_(weights)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(
+        self,
+        path: Path,
+        iteration: int,
+        run: TrainingRun,
+        state: StateT,
+        interventions: Sequence[Intervention],
+        log: TrainingLog,
+    ) -> None:
+        """Everything a batched training needs to continue bit-exactly after a kill: weights
+        and optimizer state, the environments' state (physics, step counters, contexts, random
+        streams), the agents' random streams, the last observations, the algorithm's state,
+        the interventions' state, the log and the env-step counter. safetensors + JSON,
+        written atomically by :func:`ctxrl.artifacts.save_artifact`."""
+        tensors = _prefixed("adam", run.optimizer.state_tensors())
+        tensors.update(_prefixed("env", _twin_state(run.twin)))
+        tensors["obs"] = run.obs
+        tensors.update(_prefixed("rng", run.rng.state_dict()))
+        tensors.update(_prefixed("algorithm", self.state_tensors(state, iteration)))
+        for index, intervention in enumerate(interventions):
+            tensors.update(_prefixed(f"intervention{index}", intervention.state_dict()))
+        tensors.update(_prefixed("log", log.tensors()))
+        save_artifact(
+            path,
+            {k: v.contiguous() for k, v in tensors.items()},
+            {"iteration": iteration, "env_steps": run.env_steps, "algorithm": self.name},
+        )
+
+    def _restore(
+        self,
+        path: Path,
+        run: TrainingRun,
+        state: StateT,
+        interventions: Sequence[Intervention],
+        log: TrainingLog,
+    ) -> tuple[int, TrainingLog]:
+        tensors, meta = load_artifact(path, device=str(self.device))
+        if meta.get("algorithm") not in (None, self.name):
+            raise CtxrlError(f"checkpoint {path} was written by {meta.get('algorithm')!r}")
+        run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
+        _load_twin_state(run.twin, _unprefixed("env", tensors))
+        run.obs = tensors["obs"].view(run.num_agents, run.num_envs, run.obs_dim).clone()
+        run.rng.load_state_dict(_unprefixed("rng", tensors))
+        self.load_state_tensors(state, _unprefixed("algorithm", tensors))
+        for index, intervention in enumerate(interventions):
+            intervention.load_state_dict(_unprefixed(f"intervention{index}", tensors))
+        run.env_steps = int(meta.get("env_steps", 0))
+        restored = TrainingLog.from_tensors(_unprefixed("log", tensors), log.curve_contexts)
+        return int(meta["iteration"]), restored
+
+    # ------------------------------------------------------------ the algorithm object
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         return self.train_many(env, [task.context.as_dict()], [seed], total_steps=total_steps)
 
@@ -127,69 +673,22 @@ class BatchedTrainer:
         return self.policies_from(tensors, metadata)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def save_training_state(
-    path: Path,
-    iteration: int,
-    optimizer: AgentAdam,
-    twin: Any,
-    rng: StreamRNG,
-    obs: Tensor,
-    extra: Mapping[str, Tensor] | None = None,
-) -> None:
-    """Save everything a batched training needs to continue bit-exactly after a kill: weights,
-    Adam moments, the environments' state, step counters, contexts (multi-task runs redraw
-    them) and random streams, the agents' random streams, the last observation ``(B, obs)``
-    and the trainer's own ``extra`` tensors (replay buffers, target networks). safetensors +
-    JSON, written atomically by :func:`ctxrl.artifacts.save_artifact`."""
-    tensors = {f"adam.{k}": v for k, v in optimizer.state_tensors().items()}
-    tensors.update(
-        {
-            "env.state": twin._state,
-            "env.elapsed": twin.elapsed,
-            "obs": obs,
-            "rng.seeds": rng.seeds,
-            "rng.counters": rng.counters,
-        }
-    )
-    tensors.update({f"env.context.{k}": v for k, v in twin.context.items()})
-    if twin.streams is not None:
-        tensors["env.rng.seeds"] = twin.streams.seeds
-        tensors["env.rng.counters"] = twin.streams.counters
-    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
-    save_artifact(path, tensors, {"iteration": iteration})
-
-
-def restore_training_state(
-    path: Path,
-    optimizer: AgentAdam,
-    twin: Any,
-    rng: StreamRNG,
-) -> tuple[int, Tensor, dict[str, Tensor]]:
-    """Load what :func:`save_training_state` wrote into live objects; return the iteration to
-    continue from, the last observation and the ``extra`` tensors (prefix removed)."""
-    tensors, meta = load_artifact(path, device=str(twin.device))
-    optimizer.load_state_tensors(
-        {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}, path
-    )
-    twin._state = tensors["env.state"].clone()
-    twin.elapsed = tensors["env.elapsed"].clone()
-    contexts = {
-        k.removeprefix("env.context."): v
-        for k, v in tensors.items()
-        if k.startswith("env.context.")
-    }
-    if contexts:
-        twin.set_context(contexts)
-    rng.load_state_dict({"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]})
-    if twin.streams is not None:
-        twin.streams.load_state_dict(
-            {"seeds": tensors["env.rng.seeds"], "counters": tensors["env.rng.counters"]}
-        )
-    extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    return int(meta["iteration"]), tensors["obs"], extra
+def _matching(
+    patterns: Sequence[str], layers: Sequence[str], params: Mapping[str, Tensor], option: str
+) -> list[str]:
+    """Parameter names of the layers matched by ``patterns`` (a layer name, a role, or an
+    fnmatch pattern); a pattern that matches nothing is an error listing the layers."""
+    names: list[str] = []
+    for pattern in patterns:
+        matched = [
+            layer
+            for layer in layers
+            if fnmatch.fnmatchcase(layer, pattern) or layer.split(".")[0] == pattern
+        ]
+        extra = [p for p in params if fnmatch.fnmatchcase(p, pattern) or p == pattern]
+        if not matched and not extra:
+            raise CtxrlError(f"{option}: {pattern!r} matches no layer; layers: {', '.join(layers)}")
+        for layer in matched:
+            names += [p for p in params if p.startswith(f"{layer}.")]
+        names += extra
+    return list(dict.fromkeys(names))
