@@ -14,7 +14,11 @@ Controls (environment variables, mirrored by CLI flags):
 ``CTXRL_BLOCK_PLUGINS=a,b`` / ``ctxrl --block a``
     never load these.
 ``CTXRL_TRACE_PLUGINS=1``
-    print every hook call to stderr.
+    print every hook call to stderr (registration, commands and lifecycle hooks), with the
+    plugin called and its result or exception.
+
+The host calls a hook one plugin at a time, through pluggy (so tracing and pluggy's argument
+handling apply): that is how one plugin's failure is told apart from the others'.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 
 from ctxrl import hookspecs
 from ctxrl.errors import CtxrlError, PluginUnavailable
 from ctxrl.registry import Kind, Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 ENTRY_POINT_GROUP = "ctxrl"
 DISABLE_AUTOLOAD_ENV = "CTXRL_DISABLE_PLUGIN_AUTOLOAD"
@@ -99,8 +106,7 @@ class Host:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         if _env_flag(TRACE_ENV):
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
+            self._trace_hooks()
         self.registry = Registry()
         self.plugins: dict[str, PluginInfo] = {}
         self.autoload = not _env_flag(DISABLE_AUTOLOAD_ENV) if autoload is None else autoload
@@ -110,6 +116,51 @@ class Host:
         )
         self.block = _split_names(os.environ.get(BLOCK_ENV)) | set(block)
         self._registered = False
+
+    def _trace_hooks(self) -> None:
+        """Print every hook call to stderr with pluggy's hook tracer, naming the plugins called
+        (the host calls one plugin at a time, so the hook's name alone says little) and what
+        each call returned or raised."""
+        self.pm.trace.root.setwriter(sys.stderr.write)
+        hooktrace = self.pm.trace.root.get("hook")
+
+        def before(
+            hook_name: str, methods: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object]
+        ) -> None:
+            hooktrace.root.indent += 1
+            plugins = ", ".join(m.plugin_name for m in methods) or "no plugin"
+            hooktrace(hook_name, f"({plugins})", dict(kwargs))
+
+        def after(
+            outcome: pluggy.Result[object],
+            hook_name: str,
+            methods: Sequence[pluggy.HookImpl],
+            kwargs: Mapping[str, object],
+        ) -> None:
+            if outcome.exception is None:
+                hooktrace("finish", hook_name, "-->", outcome.get_result())
+            else:
+                hooktrace("raised", hook_name, "-->", _describe(outcome.exception))
+            hooktrace.root.indent -= 1
+
+        self.pm.add_hookcall_monitoring(before, after)
+
+    def _call_plugin(self, hook_name: str, plugin_name: str, **kwargs: Any) -> None:
+        """Call ``hook_name`` on plugin ``plugin_name`` alone, through pluggy (traced like any
+        hook call; each implementation gets the arguments it names). Its exception propagates:
+        the caller decides what a failure means."""
+        plugin = self.pm.get_plugin(plugin_name)
+        others = [p for p in self.pm.get_plugins() if p is not None and p is not plugin]
+        self.pm.subset_hook_caller(hook_name, others)(**kwargs)
+
+    def _implementers(self, hook_name: str) -> list[str]:
+        """Names of the loaded plugins that implement ``hook_name``, in registration order."""
+        names = []
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            info = self.plugins.get(impl.plugin_name)
+            if info is None or info.status == "loaded":
+                names.append(impl.plugin_name)
+        return names
 
     # --------------------------------------------------------------------- loading
     def discover(self) -> None:
@@ -180,21 +231,18 @@ class Host:
 
     def _run_registration(self, only: str | None) -> None:
         for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                if only is not None and impl.plugin_name != only:
+            for name in self._implementers(hook_name):
+                # a plugin failed by an earlier call of this loop is unregistered: skip it
+                if (only is not None and name != only) or self.pm.get_plugin(name) is None:
                     continue
-                info = self.plugins.get(impl.plugin_name)
-                if info is not None and info.status != "loaded":
-                    continue
-                register = self._make_register(cast(Kind, kind), impl.plugin_name)
+                register = self._make_register(cast(Kind, kind), name)
                 try:
-                    impl.function(**({"register": register} if impl.argnames else {}))
+                    self._call_plugin(hook_name, name, register=register)
                 except PluginUnavailable as exc:
-                    self._fail(impl.plugin_name, str(exc), status="unavailable")
-                    self.registry.unavailable.append((impl.plugin_name, str(exc)))
+                    self._fail(name, str(exc), status="unavailable")
+                    self.registry.unavailable.append((name, str(exc)))
                 except Exception as exc:
-                    self._fail(impl.plugin_name, f"{hook_name}: {_describe(exc)}")
+                    self._fail(name, f"{hook_name}: {_describe(exc)}")
 
     def _make_register(self, kind: Kind, provider: str) -> Callable[[Any], None]:
         def register(spec: Any) -> None:
@@ -219,11 +267,11 @@ class Host:
         if hook_name not in hookspecs.LIFECYCLE_HOOKS:
             raise CtxrlError(f"{hook_name!r} is not a lifecycle hook")
         errors = []
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for name in self._implementers(hook_name):
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
+                self._call_plugin(hook_name, name, **kwargs)
             except Exception as exc:
-                message = f"plugin {impl.plugin_name!r} failed in {hook_name}: {_describe(exc)}"
+                message = f"plugin {name!r} failed in {hook_name}: {_describe(exc)}"
                 print(f"warning: {message}", file=sys.stderr)
                 errors.append(message)
         return errors

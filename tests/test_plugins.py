@@ -250,3 +250,42 @@ def test_plugin_template_installed_with_pip_is_discovered(
     assert "template" not in _plugins_json(run_ctxrl)
     envs = json.loads(run_ctxrl("envs", "--json", check=True).stdout)
     assert not any(e["name"] == "Spring" for e in envs)
+
+
+class _Logger:
+    def __init__(self) -> None:
+        self.started: list[Path] = []
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register):
+        register(StrategySpec("logged", dict))
+
+    @hookimpl
+    def ctxrl_sweep_start(self, run_dir):
+        self.started.append(run_dir)
+
+
+class _RaisingLogger:
+    @hookimpl
+    def ctxrl_sweep_start(self, plan, run_dir):
+        raise OSError("disk full")
+
+
+def test_every_hook_call_is_traced(
+    run_ctxrl: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CTXRL_TRACE_PLUGINS=1 traces registration, command and lifecycle hooks, naming the
+    plugin called; isolation is unchanged (a raising logger is reported, the others run)."""
+    result = run_ctxrl("envs", "--json", env={"CTXRL_TRACE_PLUGINS": "1"}, check=True)
+    assert "ctxrl_register_envs (classic_control)" in result.stderr
+    assert "ctxrl_register_strategies (baseline_strategies)" in result.stderr
+    monkeypatch.setenv("CTXRL_TRACE_PLUGINS", "1")
+    logger = _Logger()
+    host = load_host(extra=[("logger", logger), ("raising", _RaisingLogger())])
+    assert "ctxrl_register_strategies (logger)" in capsys.readouterr().err
+    errors = host.notify("ctxrl_sweep_start", plan={}, run_dir=Path("run"))
+    assert logger.started == [Path("run")] and len(errors) == 1 and "disk full" in errors[0]
+    trace = capsys.readouterr().err
+    assert "ctxrl_sweep_start (logger)" in trace and "ctxrl_sweep_start (raising)" in trace
+    assert "OSError: disk full" in trace
+    assert host.plugins["raising"].status == "loaded"  # lifecycle errors are never fatal
