@@ -61,7 +61,7 @@ class _Root(click.Group):
             host = load_host()
             set_host(host)
             ctx.obj["host"] = host
-            host.pm.hook.ctxrl_register_commands(cli=self)
+            host.register_commands(self)
         return ctx.obj["host"]  # type: ignore[no-any-return]
 
     def list_commands(self, ctx: click.Context) -> list[str]:

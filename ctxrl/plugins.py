@@ -40,6 +40,8 @@ from ctxrl.registry import Kind, Registry
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    import click
+
 ENTRY_POINT_GROUP = "ctxrl"
 DISABLE_AUTOLOAD_ENV = "CTXRL_DISABLE_PLUGIN_AUTOLOAD"
 ALLOW_ENV = "CTXRL_PLUGINS"
@@ -243,6 +245,25 @@ class Host:
                     self.registry.unavailable.append((name, str(exc)))
                 except Exception as exc:
                     self._fail(name, f"{hook_name}: {_describe(exc)}")
+
+    def register_commands(self, cli: click.Group) -> None:
+        """Let every plugin add sub-commands to ``cli`` (``ctxrl_register_commands``), one
+        plugin at a time: a plugin that raises is failed like one whose registration raises
+        (what it registered and the commands it added are removed); the others are kept."""
+        for name in self._implementers("ctxrl_register_commands"):
+            if self.pm.get_plugin(name) is None:
+                continue
+            before = dict(cli.commands)
+            try:
+                self._call_plugin("ctxrl_register_commands", name, cli=cli)
+            except Exception as exc:
+                cli.commands.clear()  # also undoes a command it replaced
+                cli.commands.update(before)
+                if isinstance(exc, PluginUnavailable):
+                    self._fail(name, str(exc), status="unavailable")
+                    self.registry.unavailable.append((name, str(exc)))
+                else:
+                    self._fail(name, f"ctxrl_register_commands: {_describe(exc)}")
 
     def _make_register(self, kind: Kind, provider: str) -> Callable[[Any], None]:
         def register(spec: Any) -> None:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from conftest import HAS_SB3, REPO, write_distribution
 
@@ -252,6 +253,56 @@ def test_plugin_template_installed_with_pip_is_discovered(
     assert not any(e["name"] == "Spring" for e in envs)
 
 
+BROKEN_COMMANDS = """
+import click
+from ctxrl import hookimpl, StrategySpec
+
+@hookimpl
+def ctxrl_register_strategies(register):
+    register(StrategySpec("half-commands", dict))
+
+@hookimpl
+def ctxrl_register_commands(cli):
+    cli.add_command(click.Command("half", callback=lambda: print("half")))
+    raise RuntimeError("no command for you")
+"""
+
+GOOD_COMMANDS = """
+import click
+from ctxrl import hookimpl
+
+@hookimpl
+def ctxrl_register_commands(cli):
+    cli.add_command(click.Command("hello", callback=lambda: print("hello from a plugin")))
+"""
+
+
+def test_a_plugin_failing_to_add_commands_is_isolated(run_ctxrl: Run, plugin_site: Path) -> None:
+    """The plugin is failed and rolled back (its strategy and its half-added command); every
+    other command, a plugin's included, still works."""
+    write_distribution(
+        plugin_site,
+        "ctxrl-bad-cmd",
+        "0.1",
+        "ctxrl_bad_cmd",
+        BROKEN_COMMANDS,
+        {"bad": "ctxrl_bad_cmd"},
+    )
+    write_distribution(
+        plugin_site, "ctxrl-hello", "0.1", "ctxrl_hello", GOOD_COMMANDS, {"hello": "ctxrl_hello"}
+    )
+    envs = run_ctxrl("envs")
+    assert envs.returncode == 0, envs.stderr
+    assert "CartPole" in envs.stdout and "no command for you" in envs.stderr
+    plugins = _plugins_json(run_ctxrl)
+    assert plugins["bad"]["status"] == "failed" and plugins["bad"]["provides"] == {}
+    assert "ctxrl_register_commands: RuntimeError: no command for you" in plugins["bad"]["error"]
+    assert plugins["hello"]["status"] == "loaded"
+    assert run_ctxrl("hello", check=True).stdout == "hello from a plugin\n"
+    assert run_ctxrl("half").returncode == 2  # no such command
+    assert "half-commands" not in run_ctxrl("plugins", check=True).stdout
+
+
 class _Logger:
     def __init__(self) -> None:
         self.started: list[Path] = []
@@ -259,6 +310,10 @@ class _Logger:
     @hookimpl
     def ctxrl_register_strategies(self, register):
         register(StrategySpec("logged", dict))
+
+    @hookimpl
+    def ctxrl_register_commands(self, cli):
+        cli.add_command(click.Command("logs", callback=print))
 
     @hookimpl
     def ctxrl_sweep_start(self, run_dir):
@@ -283,6 +338,10 @@ def test_every_hook_call_is_traced(
     logger = _Logger()
     host = load_host(extra=[("logger", logger), ("raising", _RaisingLogger())])
     assert "ctxrl_register_strategies (logger)" in capsys.readouterr().err
+    group = click.Group()
+    host.register_commands(group)
+    assert list(group.commands) == ["logs"]
+    assert "ctxrl_register_commands (logger)" in capsys.readouterr().err
     errors = host.notify("ctxrl_sweep_start", plan={}, run_dir=Path("run"))
     assert logger.started == [Path("run")] and len(errors) == 1 and "disk full" in errors[0]
     trace = capsys.readouterr().err
