@@ -99,12 +99,12 @@ def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
             seeds,
             total_steps=4 * 512,
             checkpoint=checkpoint,
-            checkpoint_every=2,
+            checkpoint_every=2 * 512,
             progress=kill_after_third,
         )
     assert checkpoint.with_suffix(".safetensors").is_file()
     resumed = _algo().train_many(
-        spec, contexts, seeds, total_steps=4 * 512, checkpoint=checkpoint, checkpoint_every=2
+        spec, contexts, seeds, total_steps=4 * 512, checkpoint=checkpoint, checkpoint_every=2 * 512
     )
     for name, value in reference.params.items():
         assert torch.equal(value, resumed.params[name]), name

@@ -169,7 +169,6 @@ class BatchedDQN(BatchedTrainer[_Replay]):
 
     name = "batched-dqn"
     env_seed_salt = 1
-    checkpoint_every_default = 10_000
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
@@ -181,6 +180,9 @@ class BatchedDQN(BatchedTrainer[_Replay]):
 
     def steps_per_iteration(self) -> int:
         return self.config.num_envs
+
+    def default_checkpoint_every(self) -> int:
+        return 10_000
 
     def network_specs(
         self, twin: Any
@@ -320,4 +322,3 @@ class BatchedDQN(BatchedTrainer[_Replay]):
             metadata["seeds"],
             StackedMLP("q", spec, int(metadata["obs_dim"]), heads),
         )
-

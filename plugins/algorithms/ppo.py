@@ -200,7 +200,6 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
 
     name = "batched-ppo"
     env_seed_salt = 0
-    checkpoint_every_default = 50
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)

@@ -297,8 +297,6 @@ class BatchedTrainer(Generic[StateT]):
     name: ClassVar[str]
     env_seed_salt: ClassVar[int] = 0
     """mixed into the twins' per-env seeds, so that two algorithms do not share episodes"""
-    checkpoint_every_default: ClassVar[int] = 50
-    """iterations between checkpoints when the caller does not say"""
     config: Any
 
     def __init__(self, device: str) -> None:
@@ -316,6 +314,11 @@ class BatchedTrainer(Generic[StateT]):
     def steps_per_iteration(self) -> int:
         """Environment steps per agent in one :meth:`iterate`."""
         raise NotImplementedError
+
+    def default_checkpoint_every(self) -> int:
+        """Env steps per agent between checkpoints when the caller does not say: every 50
+        iterations."""
+        return 50 * self.steps_per_iteration()
 
     def network_specs(
         self, twin: Any
@@ -388,8 +391,9 @@ class BatchedTrainer(Generic[StateT]):
         Args:
             checkpoint: a path (without suffix); the whole state (weights, optimizer state,
                 environments, random streams, the algorithm's buffers, the interventions'
-                state, the log so far) is saved every ``checkpoint_every`` iterations and a
-                later call with the same arguments continues from it, bit-exactly.
+                state, the log so far) is saved every ``checkpoint_every`` env steps per agent
+                (rounded down to whole iterations, at least one) and a later call with the same
+                arguments continues from it, bit-exactly.
             progress: called with ``(iterations done, iterations)``.
             mixture: every environment draws its context uniformly from ``mixture`` at each
                 episode start (multi-task training); ``contexts`` then only names the agents.
@@ -469,8 +473,8 @@ class BatchedTrainer(Generic[StateT]):
         policies = self.make_policies(
             params, env, contexts, seeds, twin, {r: net.spec for r, net in networks.items()}
         )
-        every = checkpoint_every or self.checkpoint_every_default
         steps = self.steps_per_iteration()
+        every = max(1, (checkpoint_every or self.default_checkpoint_every()) // steps)
         log_every = max(1, (diagnostics_every or max(1, total_steps // 200)) // steps)
         report_every = max(1, iterations // 1000)
 
