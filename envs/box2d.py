@@ -17,9 +17,9 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
+from ctxrl.contextual import ContextFamily, ContextualEnvEntry
 from ctxrl.errors import PluginUnavailable
 from ctxrl.registry import EnvSpec
-from ctxrl_envs.contextual import ContextFamily, ContextualEnvEntry
 
 F = ContextFeature
 
@@ -159,7 +159,8 @@ def _build_lunar_lander(render_mode: str | None) -> Any:
     import Box2D
     from gymnasium.envs.box2d import lunar_lander
 
-    env = lunar_lander.LunarLander(render_mode=render_mode)
+    # Any: the ctxrl_* attributes below are this module's additions to gymnasium's class
+    env: Any = lunar_lander.LunarLander(render_mode=render_mode)
     private = _private_globals(env, lunar_lander)
     # The world is created in reset() with gravity (0, self.gravity); this shim adds x.
     box2d = types.ModuleType("Box2D")

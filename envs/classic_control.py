@@ -3,7 +3,8 @@
 The physics is gymnasium's own; a context sets the instance attributes gymnasium's step reads
 and recomputes what is derived from them (CartPole's ``total_mass`` and ``polemass_length``,
 observation and action bounds), so every feature acts on the dynamics as its name says. Each env
-has a torch-batched twin (``ctxrl_envs.classic_control_twins``) with a different context per env.
+has a torch-batched twin (``ctxrl_envs.classic_control_twins``, a :class:`ctxrl.twins.TorchTwin`)
+with a different context per env.
 
 Feature names follow gymnasium's attribute names (``masscart``, ``g``), lower-cased for Acrobot.
 """
@@ -19,8 +20,8 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
+from ctxrl.contextual import ContextFamily, ContextualEnvEntry, require_order
 from ctxrl.registry import EnvSpec
-from ctxrl_envs.contextual import ContextFamily, ContextualEnvEntry, require_order
 
 F = ContextFeature
 
@@ -277,7 +278,7 @@ ACROBOT_FAMILY = ContextFamily(
 # ----------------------------------------------------------------------------- registration
 def make_batched(name: str, num_envs: int, **kwargs: Any) -> Any:
     """The torch twin of a classic-control env (imports torch on first use)."""
-    from ctxrl_envs import classic_control_twins as batched
+    from . import classic_control_twins as batched
 
     return batched.TWINS[name](num_envs, **kwargs)
 

@@ -215,7 +215,7 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
     return net, routes
 
 
-class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
+class TrafficSignalEnv(gym.Env):
     """A gymnasium env (single traffic light) whose scenario follows a context.
 
     Args:
@@ -245,7 +245,7 @@ class TrafficSignalEnv(gym.Env):  # type: ignore[type-arg]
         if render_mode is not None:
             raise CtxrlError(f"{NAME}: rendering is not supported (render_mode={render_mode!r})")
         _sumo_home()
-        self.options = {
+        self.options: dict[str, Any] = {
             "num_seconds": num_seconds,
             "delta_time": delta_time,
             "yellow_time": yellow_time,
@@ -350,7 +350,7 @@ def make(
     **options: Any,
 ) -> Any:
     """The contextual traffic env (``options``: see :class:`TrafficSignalEnv`)."""
-    from ctxrl_envs.contextual import ContextFamily, ContextualEnv
+    from ctxrl.contextual import ContextFamily, ContextualEnv
 
     family = ContextFamily(
         NAME,

@@ -7,7 +7,9 @@ or overrides the ``*_spec`` fixture to parametrise over several.
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from ctxrl.context import Context, ContextFeature, Task
 from ctxrl.errors import ContextError, CtxrlError
 from ctxrl.plugins import get_host
-from ctxrl.registry import AlgorithmSpec, EnvSpec, StrategySpec
+from ctxrl.registry import AlgorithmSpec, BatchedAlgorithm, EnvSpec, StrategySpec
 from ctxrl.selection import replay
 
 
@@ -51,6 +53,15 @@ class EnvContract:
 
     env_name: ClassVar[str] = ""
     check_steps: ClassVar[int] = 50
+    twin_train_steps: ClassVar[int] = 256
+    """env steps of the batched-PPO contract test (8 updates of 2 envs x 16 steps)"""
+    twin_train_params: ClassVar[dict[str, Any]] = {
+        "num_envs": 2,
+        "num_steps": 16,
+        "update_epochs": 2,
+        "num_minibatches": 2,
+        "hidden": 16,
+    }
 
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
@@ -133,29 +144,191 @@ class EnvContract:
         _, after = env.reset(seed=0)
         assert after["context"] == info["context"]
 
-    def test_batched_twin_contract(self, env_spec: EnvSpec) -> None:
+    # ---------------------------------------------------------------------- torch twin
+    # Envs with ``make_batched`` must return a ctxrl.twins.TorchTwin; these tests skip without.
+
+    def _twin(self, env_spec: EnvSpec, num_envs: int, context: Mapping[str, float]) -> Any:
+        """A twin of ``num_envs`` envs at ``context``, built as the batched trainers build
+        one (every feature as a float32 tensor, one random stream per env)."""
+        import torch
+
+        assert env_spec.make_batched is not None
+        full = env_spec.context_space.validate(context)
+        return env_spec.make_batched(
+            num_envs,
+            contexts={n: torch.full((num_envs,), full[n]) for n in env_spec.context_space.names},
+            device="cpu",
+            env_seeds=torch.arange(num_envs, dtype=torch.int64) * 1_000_003 + 11,
+        )
+
+    @staticmethod
+    def _random_actions(twin: Any, generator: Any) -> Any:
+        """Uniform random actions: ``(B,)`` integers or ``(B, action_dim)`` in [-1, 1]."""
+        import torch
+
+        if twin.discrete_actions is not None:
+            return torch.randint(0, twin.discrete_actions, (twin.num_envs,), generator=generator)
+        return torch.rand(twin.num_envs, twin.action_dim, generator=generator) * 2 - 1
+
+    def _check_step(self, twin: Any, obs_dtype: Any, out: tuple[Any, ...]) -> None:
+        import torch
+
+        b, size = twin.num_envs, twin.observation_size
+        obs, reward, terminated, truncated, info = out
+        assert obs.shape == (b, size) and obs.dtype == obs_dtype
+        assert reward.shape == (b,) and reward.is_floating_point()
+        for flags in (terminated, truncated, info["done"]):
+            assert flags.shape == (b,) and flags.dtype == torch.bool
+        assert info["final_obs"].shape == (b, size) and info["final_obs"].dtype == obs_dtype
+        assert torch.equal(info["done"], terminated | truncated)
+        assert not bool((terminated & truncated).any()), "truncated only where not terminated"
+        running = ~info["done"]
+        assert torch.equal(info["final_obs"][running], obs[running])
+        assert bool(torch.isfinite(obs).all()) and bool(torch.isfinite(reward).all())
+        assert bool(torch.isfinite(info["final_obs"]).all())
+
+    def test_twin_meets_the_protocol_at_default_and_extremes(self, env_spec: EnvSpec) -> None:
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        import torch
+
+        from ctxrl.twins import TorchTwin
+
+        generator = torch.Generator().manual_seed(0)
+        for context in _extreme_contexts(env_spec):
+            twin = self._twin(env_spec, 3, context)
+            assert isinstance(twin, TorchTwin), "make_batched must return a ctxrl.twins.TorchTwin"
+            assert twin.num_envs == 3 and twin.device == torch.device("cpu")
+            assert twin.discrete_actions is None or twin.discrete_actions >= 2
+            assert twin.action_dim >= 1 and (twin.discrete_actions is None) == (
+                env_spec.action_space == "continuous"
+            )
+            assert twin.discrete_actions is None or twin.action_dim == 1
+            if env_spec.max_episode_steps is not None:
+                assert twin.max_episode_steps == env_spec.max_episode_steps
+            full = env_spec.context_space.validate(context)
+            assert set(twin.context) == set(env_spec.context_space.names)
+            for name, tensor in twin.context.items():
+                assert tensor.shape == (3,)
+                torch.testing.assert_close(tensor.float(), torch.full((3,), full[name]))
+            obs = twin.reset()
+            assert obs.shape == (3, twin.observation_size) and obs.is_floating_point()
+            for _ in range(self.check_steps):
+                self._check_step(twin, obs.dtype, twin.step(self._random_actions(twin, generator)))
+        feature, _ = _changed_feature(env_spec)
+        with pytest.raises(ContextError, match=feature.name):
+            env_spec.make_batched(
+                2, contexts={feature.name: feature.upper + abs(feature.upper) + 1}
+            )
+
+    def test_twin_resets_itself_when_an_episode_ends(self, env_spec: EnvSpec) -> None:
+        """Every env runs into its time limit: ``truncated`` comes exactly
+        ``max_episode_steps`` steps after the env's episode started (at ``reset`` or at its
+        last ``done``), so done envs restart in the step that ends their episode."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        import torch
+
+        twin = self._twin(env_spec, 4, {})
+        generator = torch.Generator().manual_seed(1)
+        dtype = twin.reset().dtype
+        elapsed = torch.zeros(4, dtype=torch.int64)
+        ended = torch.zeros(4, dtype=torch.bool)
+        for _ in range(twin.max_episode_steps + 1):
+            out = twin.step(self._random_actions(twin, generator))
+            self._check_step(twin, dtype, out)
+            _, _, terminated, truncated, info = out
+            elapsed += 1
+            expected = (elapsed >= twin.max_episode_steps) & ~terminated
+            assert torch.equal(truncated, expected), "truncated at the time limit, not before"
+            elapsed[info["done"]] = 0
+            ended |= info["done"]
+        assert bool(ended.all())
+
+    def test_twin_state_dict_round_trip(self, env_spec: EnvSpec) -> None:
+        """Step, save, step on; a fresh twin that loads the save steps identically, with a
+        context pool redrawing contexts at each episode start."""
         if env_spec.make_batched is None:
             pytest.skip(f"{env_spec.name} has no batched twin")
         import torch
 
         feature, value = _changed_feature(env_spec)
-        values = torch.tensor([feature.default, value, feature.default])
-        twin = env_spec.make_batched(3, contexts={feature.name: values}, seed=0)
-        obs = twin.reset(seed=0)
-        assert obs.shape == (3, twin.observation_size)
+        pool = [{}, {feature.name: value}]
+
+        def started() -> Any:
+            twin = self._twin(env_spec, 4, {})
+            twin.set_context_pool(pool)
+            twin.reset()
+            return twin
+
+        twin = started()
+        generator = torch.Generator().manual_seed(2)
         for _ in range(self.check_steps):
-            if twin.discrete_actions is not None:
-                action = torch.randint(0, twin.discrete_actions, (3,))
-            else:
-                action = torch.rand(3) * 2 - 1
-            obs, reward, terminated, truncated, _info = twin.step(action)
-            assert obs.shape == (3, twin.observation_size)
-            assert reward.shape == terminated.shape == truncated.shape == (3,)
-            assert torch.isfinite(obs).all() and torch.isfinite(reward).all()
-        with pytest.raises(ContextError, match=feature.name):
-            env_spec.make_batched(
-                2, contexts={feature.name: feature.upper + abs(feature.upper) + 1}
+            twin.step(self._random_actions(twin, generator))
+        saved = twin.state_dict()
+        assert all(isinstance(v, torch.Tensor) and v.is_contiguous() for v in saved.values())
+        actions = [self._random_actions(twin, generator) for _ in range(self.check_steps)]
+        fresh = started()
+        fresh.load_state_dict(saved)
+        for action in actions:
+            expected, got = twin.step(action), fresh.step(action)
+            for a, b in zip(expected[:4], got[:4], strict=True):
+                assert torch.equal(a, b), "a loaded twin must step exactly as the saved one"
+            for key in ("done", "final_obs"):
+                assert torch.equal(expected[4][key], got[4][key])
+            for name in twin.context:
+                assert torch.equal(twin.context[name], fresh.context[name])
+
+    def test_twin_trains_batched_ppo_and_resumes_from_a_checkpoint(
+        self, env_spec: EnvSpec, tmp_path: Path
+    ) -> None:
+        """A few hundred steps of batched PPO on the twin through the registry; a run killed
+        after a checkpoint and started again ends with exactly the parameters of a run that
+        was never interrupted; the trained agent evaluates on the twin."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        pytest.importorskip("torch")
+        import torch
+
+        registry = get_host().registry
+        if "batched-ppo" not in registry.names("algorithm"):
+            pytest.skip("batched-ppo is not available")
+        algorithm_spec = registry.algorithm("batched-ppo")
+        if env_spec.action_space not in algorithm_spec.action_spaces:
+            pytest.skip(f"batched-ppo does not take {env_spec.action_space} actions")
+        feature, value = _changed_feature(env_spec)
+        contexts, seeds = [{feature.name: value}], [0]
+        iterations = self.twin_train_steps // (2 * 16)
+
+        def train(**kwargs: Any) -> Any:
+            algorithm = cast(
+                BatchedAlgorithm,
+                algorithm_spec.factory(dict(self.twin_train_params), device="cpu", env=env_spec),
             )
+            policies = algorithm.train_many(
+                env_spec, contexts, seeds, total_steps=self.twin_train_steps, **kwargs
+            )
+            return algorithm, policies
+
+        class Killed(Exception):
+            pass
+
+        def kill_midway(done: int, total: int) -> None:
+            assert total == iterations
+            if done == iterations // 2 + 1:
+                raise Killed
+
+        _, reference = train()
+        checkpoint = tmp_path / "ckpt"
+        with pytest.raises(Killed):
+            train(checkpoint=checkpoint, checkpoint_every=1, progress=kill_midway)
+        assert checkpoint.with_suffix(".safetensors").is_file()
+        algorithm, resumed = train(checkpoint=checkpoint, checkpoint_every=1)
+        for name, tensor in reference.params.items():
+            assert bool(torch.isfinite(tensor).all()), name
+            assert torch.equal(tensor, resumed.params[name]), f"{name} differs after resuming"
+        returns = algorithm.evaluate_many(resumed, env_spec, contexts, episodes=1, seed=0)
+        assert np.asarray(returns).shape == (1, 1, 1) and np.isfinite(returns).all()
 
 
 class StrategyContract:

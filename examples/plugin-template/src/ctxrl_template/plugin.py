@@ -1,13 +1,14 @@
 """The plugin module: hook implementations only, found through the ``ctxrl`` entry point.
 
-Heavy imports (gymnasium, the env module) happen inside the factories, so that listing plugins
-stays fast.
+Heavy imports (gymnasium, torch, the env modules) happen inside the factories, so that listing
+plugins stays fast. Only ctxrl's public API is used: ``ctxrl``, ``ctxrl.contextual`` (the
+gymnasium side) and ``ctxrl.twins`` (the torch twin, see ``twin.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ctxrl import (
     StrategySpec,
     hookimpl,
 )
+
+if TYPE_CHECKING:  # ctxrl.twins imports torch: only when a twin is built
+    from ctxrl.twins import TorchTwin
 
 SPRING = ContextSpace(
     [
@@ -38,7 +42,7 @@ def make_spring(
     render_mode: str | None = None,
 ) -> Any:
     """The Spring env with a context, using ctxrl's contextual wrapper."""
-    from ctxrl_envs.contextual import ContextFamily, make_contextual
+    from ctxrl.contextual import ContextFamily, make_contextual
     from ctxrl_template.spring import SpringEnv
 
     def apply(env: Any, context: Mapping[str, float]) -> None:
@@ -50,6 +54,15 @@ def make_spring(
 
     family = ContextFamily("Spring", SPRING, lambda mode: SpringEnv(), apply)
     return make_contextual(family, 200, context, visible=visible, render_mode=render_mode)
+
+
+def make_spring_twin(num_envs: int, **kwargs: Any) -> TorchTwin:
+    """The Spring env's torch twin (a :class:`ctxrl.twins.TorchTwin`) of ``num_envs`` springs;
+    ``kwargs`` are those of :class:`ctxrl.twins.BatchedEnv` (``contexts``, ``device``,
+    ``env_seeds``, ``visible``, ...)."""
+    from ctxrl_template.twin import BatchedSpring
+
+    return BatchedSpring(num_envs, **kwargs)
 
 
 class FarthestFirst:
@@ -79,6 +92,7 @@ def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
             make=make_spring,
             return_bounds=(-200.0, 0.0),
             action_space="discrete",
+            make_batched=make_spring_twin,
             max_episode_steps=200,
             description="hold a mass on a spring at zero (template plugin)",
         )

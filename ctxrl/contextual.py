@@ -6,6 +6,10 @@ written to module or class state), which reset options they imply and which cros
 constraints hold. :class:`ContextualEnv` applies a family's context at construction and at
 ``reset(options={"context": {...}})``, and optionally appends chosen context features, normalised
 to [0, 1], to a flat Box observation.
+
+This is the public API env plugins build their gymnasium side with (``make_contextual`` gives
+what ``EnvSpec.make`` returns); the torch side is :mod:`ctxrl.twins`. Importing this module
+imports gymnasium, not torch.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def require_order(context: Context, owner: str, *names: str, strict: bool = Fals
             )
 
 
-class ContextualEnv(gym.Wrapper):  # type: ignore[type-arg]
+class ContextualEnv(gym.Wrapper):
     """A gymnasium env whose dynamics follow a context.
 
     Args:
@@ -124,7 +128,8 @@ class ContextualEnv(gym.Wrapper):  # type: ignore[type-arg]
     def _context_features(self) -> np.ndarray:
         if not self.visible:
             return np.zeros(0, dtype=np.float32)
-        return self.family.space.to_unit([self._context], self.visible)[0].astype(np.float32)
+        unit: np.ndarray = self.family.space.to_unit([self._context], self.visible)[0]
+        return unit.astype(np.float32)
 
     def observation(self, obs: Any) -> Any:
         if not self.visible:
@@ -158,9 +163,9 @@ def make_contextual(
     *,
     visible: Sequence[str] = (),
     render_mode: str | None = None,
-) -> gym.Env:  # type: ignore[type-arg]
+) -> gym.Env:
     """A :class:`ContextualEnv` with gymnasium's time limit, as ``EnvSpec.make`` returns it."""
-    env: gym.Env = ContextualEnv(family, context, visible, render_mode)  # type: ignore[type-arg]
+    env: gym.Env = ContextualEnv(family, context, visible, render_mode)
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
     return env
@@ -198,7 +203,7 @@ class ContextualEnvEntry:
         *,
         visible: Sequence[str] = (),
         render_mode: str | None = None,
-    ) -> gym.Env:  # type: ignore[type-arg]
+    ) -> gym.Env:
         """The contextual env with gymnasium's time limit."""
         return make_contextual(
             self.family, self.max_episode_steps, context, visible=visible, render_mode=render_mode
@@ -210,7 +215,7 @@ class ContextualEnvEntry:
         *,
         visible: Sequence[str] = (),
         render_mode: str | None = None,
-    ) -> gym.Env:  # type: ignore[type-arg]
+    ) -> gym.Env:
         """Entry point for ``gymnasium.make``, which adds the time limit itself."""
         return ContextualEnv(self.family, context, visible, render_mode)
 
@@ -232,6 +237,8 @@ class ContextualEnvEntry:
         if self.gym_id not in gym.registry:
             gym.register(
                 self.gym_id,
-                entry_point=self.make_unlimited,
+                # gymnasium types entry points as taking any keywords; this one takes the
+                # documented ones (context, visible, render_mode) and rejects the rest
+                entry_point=self.make_unlimited,  # type: ignore[arg-type]
                 max_episode_steps=self.max_episode_steps,
             )

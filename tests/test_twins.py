@@ -1,0 +1,218 @@
+"""The public torch-twin interface: every built-in twin meets :class:`ctxrl.twins.TorchTwin`,
+and ``state_dict`` / ``load_state_dict`` capture everything needed to continue bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.context import ContextFeature, ContextSpace
+from ctxrl.plugins import get_host
+from ctxrl.twins import BatchedEnv, TorchTwin
+from ctxrl_envs.classic_control_twins import TWINS
+
+NUM_ENVS = 6
+
+
+def _pool(name: str) -> list[dict[str, float]]:
+    """Three contexts of an env: the default and its first feature half-way to each bound."""
+    feature = get_host().registry.env(name).context_space.features[0]
+    return [
+        {},
+        {feature.name: (feature.default + feature.lower) / 2},
+        {feature.name: (feature.default + feature.upper) / 2},
+    ]
+
+
+def _actions(twin: TorchTwin, steps: int, seed: int) -> list[torch.Tensor]:
+    """A fixed sequence of random actions for ``twin``, ``steps`` x ``(B,)`` or ``(B, dim)``."""
+    g = torch.Generator().manual_seed(seed)
+    if twin.discrete_actions is not None:
+        return [
+            torch.randint(0, twin.discrete_actions, (twin.num_envs,), generator=g)
+            for _ in range(steps)
+        ]
+    return [torch.rand(twin.num_envs, twin.action_dim, generator=g) * 2 - 1 for _ in range(steps)]
+
+
+def _rollout(twin: TorchTwin, actions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Everything ``step`` returns along ``actions``, with the contexts after each step."""
+    out: list[torch.Tensor] = []
+    for action in actions:
+        obs, reward, terminated, truncated, info = twin.step(action)
+        out += [obs, reward, terminated, truncated, info["done"], info["final_obs"]]
+        out += [v.clone() for v in twin.context.values()]
+    return out
+
+
+def _assert_identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.dtype == y.dtype and torch.equal(x, y), f"output {i} differs"
+
+
+def _make(name: str, env_seeds: bool, **kwargs: Any) -> Any:
+    seeds = torch.arange(NUM_ENVS, dtype=torch.int64) * 7 + 3 if env_seeds else None
+    return (
+        get_host()
+        .registry.env(name)
+        .make_batched(NUM_ENVS, seed=5, env_seeds=seeds, visible=[_first_feature(name)], **kwargs)
+    )
+
+
+def _first_feature(name: str) -> str:
+    return get_host().registry.env(name).context_space.features[0].name
+
+
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_every_builtin_twin_is_a_torch_twin(name: str) -> None:
+    twin = get_host().registry.env(name).make_batched(3, env_seeds=torch.arange(3))
+    assert isinstance(twin, TorchTwin)
+    assert twin.num_envs == 3 and twin.device == torch.device("cpu")
+    assert twin.action_dim == 1
+    assert twin.max_episode_steps == get_host().registry.env(name).max_episode_steps
+
+
+@pytest.mark.parametrize("env_seeds", [True, False], ids=["env-seeds", "shared-generator"])
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_load_state_dict_continues_bit_for_bit_with_a_context_pool(
+    name: str, env_seeds: bool
+) -> None:
+    """Step, save, step k more, load, step the same k again: identical outputs, in the same
+    twin and in a fresh one. The saved point sits a few steps before the time limit, so the k
+    steps cross episode ends: fresh initial states and contexts drawn from the pool."""
+    twin = _make(name, env_seeds)
+    twin.set_context_pool(_pool(name))
+    twin.reset()
+    before = twin.max_episode_steps - 5
+    _rollout(twin, _actions(twin, before, seed=1))
+    saved = twin.state_dict()
+    after = _actions(twin, 20, seed=2)
+    reference = _rollout(twin, after)
+    assert any(bool(x.any()) for x in reference[4 :: 6 + len(twin.context)]), "no episode ended"
+
+    twin.load_state_dict(saved)
+    _assert_identical(_rollout(twin, after), reference)
+
+    fresh = _make(name, env_seeds)  # no pool set: the state dict brings it
+    fresh.load_state_dict(saved)
+    _assert_identical(_rollout(fresh, after), reference)
+
+
+def test_state_dict_keys_are_documented_and_copies() -> None:
+    twin = _make("CartPole", env_seeds=True)
+    twin.set_context_pool(_pool("CartPole"))
+    twin.reset()
+    state = twin.state_dict()
+    features = get_host().registry.env("CartPole").context_space.names
+    assert set(state) == {
+        "state",
+        "elapsed",
+        "generator",
+        "rng.seeds",
+        "rng.counters",
+        *(f"context.{f}" for f in features),
+        *(f"pool.{f}" for f in features),
+    }
+    assert state["state"].shape == (NUM_ENVS, 4) and state["elapsed"].dtype == torch.int64
+    assert all(v.is_contiguous() for v in state.values())
+    copy = {k: v.clone() for k, v in state.items()}
+    _rollout(twin, _actions(twin, 30, seed=0))
+    _assert_identical(list(state.values()), list(copy.values()))
+    twin.set_context_pool(None)
+    assert not any(k.startswith("pool.") for k in twin.state_dict())
+    plain = _make("CartPole", env_seeds=False).state_dict()
+    assert not any(k.startswith("rng.") for k in plain)
+
+
+def test_state_dict_survives_safetensors(tmp_path: Path) -> None:
+    twin = _make("Acrobot", env_seeds=True)
+    twin.set_context_pool(_pool("Acrobot"))
+    twin.reset()
+    _rollout(twin, _actions(twin, 10, seed=0))
+    save_artifact(tmp_path / "twin", twin.state_dict(), {})
+    tensors, _ = load_artifact(tmp_path / "twin")
+    after = _actions(twin, 10, seed=1)
+    reference = _rollout(twin, after)
+    fresh = _make("Acrobot", env_seeds=True)
+    fresh.load_state_dict(tensors)
+    _assert_identical(_rollout(fresh, after), reference)
+
+
+def test_load_state_dict_rejects_what_does_not_fit() -> None:
+    twin = _make("CartPole", env_seeds=True)
+    state = twin.state_dict()
+    missing = {k: v for k, v in state.items() if k != "context.masscart"}
+    with pytest.raises(ValueError, match=r"no 'context\.masscart'"):
+        twin.load_state_dict(missing)
+    with pytest.raises(ValueError, match=r"state_dict\['elapsed'\]"):
+        twin.load_state_dict({**state, "elapsed": state["elapsed"][:2]})
+    with pytest.raises(ValueError, match=r"unexpected keys \['velocity'\]"):
+        twin.load_state_dict({**state, "velocity": torch.zeros(NUM_ENVS)})
+    without_streams = {k: v for k, v in state.items() if not k.startswith("rng.")}
+    with pytest.raises(ValueError, match=r"no 'rng\.seeds'"):
+        twin.load_state_dict(without_streams)
+    smaller = get_host().registry.env("CartPole").make_batched(2)
+    with pytest.raises(ValueError, match=r"expected torch\.float32 \(2, 4\)"):
+        smaller.load_state_dict(state)
+
+
+class _Drifting(BatchedEnv):
+    """A minimal twin with extra state: a position that drifts by a per-episode offset."""
+
+    name = "Drifting"
+    space = ContextSpace([ContextFeature("speed", 1.0, 0.0, 2.0)], owner="Drifting")
+    obs_dim = state_dim = 1
+    discrete_actions = 2
+    max_episode_steps = 7
+
+    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+        super().__init__(num_envs, **kwargs)
+        self.steps_taken = torch.zeros((), dtype=torch.int64)
+
+    def _initial_state(self, env_ids: torch.Tensor | None) -> torch.Tensor:
+        n = self.num_envs if env_ids is None else int(env_ids.numel())
+        return self._uniform(-1.0, 1.0, (1, n), env_ids)
+
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.steps_taken += 1
+        next_state = state + self.context["speed"] * (action.to(self.dtype) - 0.5)
+        return next_state, -next_state[0].abs(), next_state[0].abs() > 3
+
+    def _extra_state(self) -> dict[str, torch.Tensor]:
+        return {"steps_taken": self.steps_taken.clone()}
+
+    def _load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.steps_taken = state.pop("steps_taken").clone()
+        super()._load_extra_state(state)
+
+
+def test_a_subclass_adds_its_own_state() -> None:
+    twin = _Drifting(4, env_seeds=torch.arange(4))
+    assert isinstance(twin, TorchTwin)
+    twin.reset()
+    _rollout(twin, _actions(twin, 5, seed=0))
+    saved = twin.state_dict()
+    assert int(saved["steps_taken"]) == 5
+    after = _actions(twin, 12, seed=1)
+    reference = _rollout(twin, after)
+    fresh = _Drifting(4, env_seeds=torch.arange(4))
+    fresh.load_state_dict(saved)
+    _assert_identical(_rollout(fresh, after), reference)
+    assert int(fresh.steps_taken) == 17
+
+
+def test_importing_ctxrl_does_not_import_torch() -> None:
+    code = "import sys, ctxrl, ctxrl.contextual; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
