@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
+from ctxrl.interventions import build_interventions
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 
 
@@ -62,10 +63,29 @@ class AxisConfig(_Strict):
     values: list[float] | None = Field(default=None, description="explicit values instead")
 
 
+class InterventionEntry(_Strict):
+    name: str = Field(description="intervention registry name, see `ctxrl plugins`")
+    options: dict[str, Any] = Field(default_factory=dict, description="the factory's options")
+
+
 class AlgorithmConfig(_Strict):
     name: str = Field(description="algorithm registry name, see `ctxrl plugins`")
     preset: str | None = Field(default=None, description="named hyperparameter preset")
     params: dict[str, Any] = Field(default_factory=dict, description="hyperparameter overrides")
+    interventions: list[InterventionEntry] = Field(
+        default_factory=list,
+        description="training-time modifiers applied in order (batched algorithms)",
+    )
+
+
+class TransferConfig(_Strict):
+    name: str = Field(default="zero-shot", description="transfer-method registry name")
+    options: dict[str, Any] = Field(default_factory=dict, description="the factory's options")
+
+
+class CurvesConfig(_Strict):
+    every: int = Field(gt=0, description="env steps per agent between evaluations")
+    episodes: int = Field(default=5, ge=1, description="deterministic episodes per evaluation")
 
 
 class StrategyConfig(_Strict):
@@ -110,6 +130,15 @@ class SweepConfig(_Strict):
         "mixture of all contexts (batched algorithms)",
     )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    transfer: TransferConfig = Field(
+        default_factory=TransferConfig,
+        description="how source policies become target policies (zero-shot by default)",
+    )
+    curves: CurvesConfig | None = Field(
+        default=None,
+        description="learning curves: each source evaluated on its own context every `every` "
+        "env steps during training (batched algorithms)",
+    )
     compare: list[str] = Field(
         default_factory=lambda: ["random", "equidistant", "greedy", "sequential-oracle"],
         description="strategies replayed offline on a full matrix for the report",
@@ -135,6 +164,14 @@ class SweepConfig(_Strict):
     def plan_data(self) -> dict[str, Any]:
         """What determines results: everything except where and how the jobs run."""
         data = self.model_dump(mode="json", exclude={"output_dir", "executor", "compare"})
+        # fields added later leave the hash of a plan that does not use them unchanged, so
+        # run directories of earlier sweeps still resume
+        if not data["algorithm"]["interventions"]:
+            del data["algorithm"]["interventions"]
+        if data["transfer"] == TransferConfig().model_dump(mode="json"):
+            del data["transfer"]
+        if data["curves"] is None:
+            del data["curves"]
         return data
 
     def plan_hash(self) -> str:
@@ -255,6 +292,7 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
             f"multitask: the multi-task baseline needs a batched algorithm and an env with a "
             f"batched twin; {algorithm.name!r} on {env.name!r} is not"
         )
+    _check_training_options(config, registry, algorithm)
     strategy = None
     if config.mode == "select":
         try:
@@ -283,6 +321,39 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
+
+
+def _check_training_options(
+    config: SweepConfig, registry: Registry, algorithm: AlgorithmSpec
+) -> None:
+    """Interventions, learning curves and the transfer method exist, take their options and
+    fit the algorithm: checked before anything trains."""
+    entries = config.algorithm.interventions
+    if entries and not algorithm.interventions:
+        names = ", ".join(repr(e.name) for e in entries)
+        raise ConfigError(
+            f"algorithm.interventions: {algorithm.name!r} cannot host interventions ({names}); "
+            "use a batched algorithm (batched-ppo, batched-dqn)"
+        )
+    build_interventions([{"name": e.name, "options": e.options} for e in entries], registry)
+    if config.curves is not None and not algorithm.interventions:
+        raise ConfigError(
+            f"curves: {algorithm.name!r} does not record learning curves; use a batched "
+            "algorithm (batched-ppo, batched-dqn)"
+        )
+    try:
+        method = registry.transfer_method(config.transfer.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"transfer.name: {exc}") from None
+    if method.batched_only and not algorithm.batched:
+        raise ConfigError(
+            f"transfer.name: {method.name!r} trains target policies and needs a batched "
+            f"algorithm; {algorithm.name!r} is not"
+        )
+    try:
+        method.factory(**config.transfer.options)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"transfer.options: {method.name!r}: {exc}") from None
 
 
 def _with_options(

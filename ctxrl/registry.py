@@ -105,6 +105,17 @@ class Algorithm(Protocol):
     def load(self, path: Path, env: EnvSpec) -> Any: ...
 
 
+@dataclass(frozen=True)
+class CurveOptions:
+    """Learning curves requested from a batched training: a deterministic evaluation at step 0
+    and every ``every`` env steps per agent, ``episodes`` episodes on each of ``contexts``
+    (None: the agent's own context)."""
+
+    every: int
+    episodes: int = 5
+    contexts: tuple[Mapping[str, float], ...] | None = None
+
+
 @runtime_checkable
 class BatchedAlgorithm(Algorithm, Protocol):
     """An algorithm that trains many (context, seed) agents in one program.

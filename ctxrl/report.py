@@ -149,3 +149,39 @@ def plot_generalization(
     paths = _save(fig, stem)
     plt.close(fig)
     return paths
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    labels: Mapping[str, str],
+    bounds: tuple[float, float],
+    title: str,
+    stem: Path,
+) -> list[Path]:
+    """Learning curves: mean deterministic return (normalised to [0, 1] by ``bounds``) against
+    env steps, one line per label (the mean over the runs that share it, e.g. a source
+    context's seeds), with the spread over those runs shaded when there are several."""
+    plt, (fig, ax) = _figure()
+    groups: dict[str, list[Sequence[tuple[int, float]]]] = {}
+    for run_id, points in curves.items():
+        groups.setdefault(labels.get(run_id, run_id), []).append(points)
+    lower, upper = bounds
+    cmap = plt.get_cmap("viridis")
+    for index, (label, runs) in enumerate(sorted(groups.items())):
+        length = min(len(r) for r in runs)
+        steps = np.array([p[0] for p in runs[0][:length]], dtype=np.float64)
+        values = np.array([[p[1] for p in r[:length]] for r in runs], dtype=np.float64)
+        values = np.clip((values - lower) / (upper - lower), 0.0, 1.0)
+        colour = cmap(index / max(1, len(groups) - 1))
+        ax.plot(steps, values.mean(axis=0), color=colour, label=label, linewidth=1.2)
+        if len(runs) > 1:
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
+    ax.set_xlabel("environment steps per agent")
+    ax.set_ylabel("normalised return (own context)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    if len(groups) <= 12:
+        ax.legend(fontsize=7, loc="lower right")
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths

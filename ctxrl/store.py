@@ -67,6 +67,21 @@ CREATE TABLE IF NOT EXISTS selection (
     proposed_at REAL NOT NULL,
     trained_at  REAL
 );
+CREATE TABLE IF NOT EXISTS curves (
+    run_id      TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    env_steps   INTEGER NOT NULL,
+    target      INTEGER NOT NULL,
+    mean_return REAL NOT NULL,
+    returns     TEXT NOT NULL,
+    PRIMARY KEY (run_id, env_steps, target)
+);
+CREATE TABLE IF NOT EXISTS diagnostics (
+    run_id    TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    env_steps INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    value     REAL,
+    PRIMARY KEY (run_id, env_steps, name)
+);
 """
 
 
@@ -358,17 +373,70 @@ class Store:
                 values[k, j] = mean_return
         return values
 
+    # ---------------------------------------------------------------- training logs
+    def record_training_log(
+        self,
+        run_id: str,
+        *,
+        curve_steps: Sequence[int],
+        curve_returns: Sequence[Any],
+        diagnostic_steps: Sequence[int],
+        diagnostics: Mapping[str, Sequence[float]],
+    ) -> None:
+        """Store a run's learning curve (``curve_returns[i]``: ``(targets, episodes)`` returns
+        at ``curve_steps[i]`` env steps) and its diagnostics (name -> one value per
+        ``diagnostic_steps`` entry; NaN stored as NULL), replacing what was stored for it."""
+        curve_rows = [
+            (run_id, int(step), q, float(sum(r) / len(r)), json.dumps([float(x) for x in r]))
+            for step, returns in zip(curve_steps, curve_returns, strict=True)
+            for q, r in enumerate(returns)
+        ]
+        diagnostic_rows = [
+            (run_id, int(step), name, None if value != value else float(value))
+            for name, values in diagnostics.items()
+            for step, value in zip(diagnostic_steps, values, strict=True)
+        ]
+        with self._transaction() as db:
+            db.execute("DELETE FROM curves WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM diagnostics WHERE run_id = ?", (run_id,))
+            db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?)", curve_rows)
+            db.executemany("INSERT INTO diagnostics VALUES (?, ?, ?, ?)", diagnostic_rows)
+
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Per run: ``(env_steps, mean return over targets and episodes)`` in step order."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for run_id, step, value in self._db.execute(
+            "SELECT run_id, env_steps, AVG(mean_return) FROM curves "
+            "GROUP BY run_id, env_steps ORDER BY run_id, env_steps"
+        ):
+            out.setdefault(run_id, []).append((int(step), float(value)))
+        return out
+
+    def diagnostics(self) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """Per diagnostic name and run: ``(env_steps, value)`` in step order (NaN where
+        stored as NULL)."""
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        for run_id, step, name, value in self._db.execute(
+            "SELECT run_id, env_steps, name, value FROM diagnostics "
+            "ORDER BY name, run_id, env_steps"
+        ):
+            value = float("nan") if value is None else float(value)
+            out.setdefault(name, {}).setdefault(run_id, []).append((int(step), value))
+        return out
+
     # ---------------------------------------------------------------------- exports
     def export(self, directory: str | Path) -> list[Path]:
-        """Write ``runs.csv`` and ``evaluations.csv``, and ``selection.csv`` when selection
-        steps are stored (``proposed`` and ``trace`` as JSON text), with ``.parquet`` twins
-        when pyarrow is installed, into ``directory``; return the files written."""
+        """Write ``runs.csv`` and ``evaluations.csv``, and ``selection.csv``, ``curves.csv``
+        (learning curves) and ``diagnostics.csv`` when stored (JSON columns as text), with
+        ``.parquet`` twins when pyarrow is installed, into ``directory``; return the files
+        written."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         tables = ["runs", "evaluations"]
-        if self._db.execute("SELECT 1 FROM selection LIMIT 1").fetchone() is not None:
-            tables.append("selection")
+        for optional in ("selection", "curves", "diagnostics"):
+            if self._db.execute(f"SELECT 1 FROM {optional} LIMIT 1").fetchone() is not None:
+                tables.append(optional)
         for table in tables:
             cursor = self._db.execute(f"SELECT * FROM {table}")
             header = [c[0] for c in cursor.description]

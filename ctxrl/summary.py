@@ -14,7 +14,13 @@ import numpy as np
 from ctxrl.config import SweepPlan
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import get_host
-from ctxrl.report import plot_generalization, plot_matrix, plot_selection, sample_efficiency
+from ctxrl.report import (
+    plot_generalization,
+    plot_learning_curves,
+    plot_matrix,
+    plot_selection,
+    sample_efficiency,
+)
 from ctxrl.selection import generalized_performance, replay
 from ctxrl.store import Store
 
@@ -182,10 +188,53 @@ def write_exports(
         }
     elif order:
         summary["curve"] = generalized_performance(normalised, order).tolist()
+    summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
+    if store.curves():
+        figure = plot_learning_curves(
+            store.curves(),
+            {r.run_id: _source_label(plan, r.source_context) for r in store.runs()},
+            plan.env.return_bounds,
+            f"{plan.env.name}: learning curves",
+            run_dir / "figures" / "learning_curves",
+        )
+        summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
     (exports / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "summary.md").write_text(summary_markdown(summary))
     return exports
+
+
+def _source_label(plan: SweepPlan, context_json: str) -> str:
+    context = json.loads(context_json) if context_json else {}
+    return ", ".join(f"{f}={context[f]:.3g}" for f in plan.grid.features if f in context) or "all"
+
+
+def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:
+    """The diagnostics table: for each diagnostic, its mean over runs at the first and the
+    last record (training start and end), and how many runs recorded it."""
+    table: dict[str, dict[str, float]] = {}
+    for name, runs in store.diagnostics().items():
+        first = [points[0][1] for points in runs.values() if points]
+        last = [points[-1][1] for points in runs.values() if points]
+        table[name] = {
+            "runs": len(runs),
+            "first": float(np.nanmean(first)) if np.isfinite(first).any() else float("nan"),
+            "last": float(np.nanmean(last)) if np.isfinite(last).any() else float("nan"),
+        }
+    curves = store.curves()
+    out: dict[str, Any] = {}
+    if table:
+        out["diagnostics"] = table
+    if curves:
+        lower, upper = plan.env.return_bounds
+        finals = [points[-1][1] for points in curves.values()]
+        starts = [points[0][1] for points in curves.values()]
+        out["learning_curves"] = {
+            "runs": len(curves),
+            "start": float(np.clip((np.mean(starts) - lower) / (upper - lower), 0, 1)),
+            "end": float(np.clip((np.mean(finals) - lower) / (upper - lower), 0, 1)),
+        }
+    return out
 
 
 def write_figures(
@@ -275,6 +324,23 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"G_k along the trained order {summary['order']}: "
             + ", ".join(f"{v:.3f}" for v in summary["curve"])
         )
+    if "learning_curves" in summary:
+        curves = summary["learning_curves"]
+        lines += [
+            "",
+            f"Learning curves ({curves['runs']} runs, own context, normalised): "
+            f"{curves['start']:.3f} at step 0 -> {curves['end']:.3f} at the end.",
+        ]
+    if summary.get("diagnostics"):
+        lines += [
+            "",
+            "Training diagnostics (mean over runs):",
+            "",
+            "| diagnostic | runs | first record | last record |",
+            "|---|---|---|---|",
+        ]
+        for name, row in sorted(summary["diagnostics"].items()):
+            lines.append(f"| {name} | {row['runs']} | {row['first']:.4g} | {row['last']:.4g} |")
     if summary.get("figures"):
         lines += [
             "",

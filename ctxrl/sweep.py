@@ -29,12 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ctxrl.config import SweepConfig, SweepPlan, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
+from ctxrl.interventions import build_interventions
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
-from ctxrl.registry import BatchedAlgorithm
+from ctxrl.registry import BatchedAlgorithm, CurveOptions
 from ctxrl.selection import SelectionState, trace_of
 from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store, now
 from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
+from ctxrl.transfer import TransferProblem
 
 
 def run_id(task: Task, seed: int) -> str:
@@ -81,15 +83,17 @@ def execute_job(job: dict[str, Any]) -> None:
         artifact = Path("artifacts") / rid
         algorithm.save(policy, run_dir / artifact)
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
-        returns = algorithm.evaluate(
-            policy,
+        problem = TransferProblem(
             plan.env,
-            targets,
+            algorithm,
+            [policy],
+            [source.as_dict()],
+            [seed],
+            [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
-            seed=10_000 + seed,
-            deterministic=True,
+            eval_seed=10_000,
         )
-        returns = np.asarray(returns, dtype=np.float64)
+        returns = _transfer(plan, problem)[0]
         if returns.shape != (len(targets), config.eval_episodes):
             raise CtxrlError(
                 f"algorithm {plan.algorithm.name!r} returned evaluation shape {returns.shape}, "
@@ -323,16 +327,21 @@ def _run_batched(
                 total_steps=config.train_steps,
                 checkpoint=checkpoint,
                 progress=advance,
+                **_training_options(plan),
             )
         trained_at = now()
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
-        returns = algorithm.evaluate_many(
-            policies,
+        problem = TransferProblem(
             plan.env,
+            algorithm,
+            policies,
+            [t.context.as_dict() for t in tasks],
+            [seed for _, seed in pending],
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
-            seed=10_000,
+            eval_seed=10_000,
         )
+        returns = _transfer(plan, problem)
         train_s, eval_s = trained_at - started, now() - trained_at
         outcome.train_s += train_s
         outcome.eval_s += eval_s
@@ -357,6 +366,35 @@ def _run_batched(
         outcome.trained += 1
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
+
+
+def _transfer(plan: SweepPlan, problem: TransferProblem) -> np.ndarray:
+    """The sweep's transfer method on ``problem``: returns ``(P, Q, E)``."""
+    spec = get_host().registry.transfer_method(plan.config.transfer.name)
+    method = spec.factory(**plan.config.transfer.options)
+    result = method.transfer(problem)
+    returns = np.asarray(result.returns, dtype=np.float64)
+    expected = (len(problem.source_contexts), len(problem.targets), problem.episodes)
+    if returns.shape != expected:
+        raise CtxrlError(
+            f"transfer method {spec.name!r} returned shape {returns.shape}, expected {expected}"
+        )
+    return returns
+
+
+def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]:
+    """``train_many``'s keyword arguments for the config's interventions and learning curves
+    (only for algorithms that host them)."""
+    config = plan.config
+    if not plan.algorithm.interventions:
+        return {}
+    entries = [{"name": e.name, "options": e.options} for e in config.algorithm.interventions]
+    options: dict[str, Any] = {}
+    if entries:
+        options["interventions"] = build_interventions(entries, get_host().registry)
+    if curves and config.curves is not None:
+        options["curves"] = CurveOptions(config.curves.every, config.curves.episodes)
+    return options
 
 
 def _batched_algorithm(plan: SweepPlan) -> BatchedAlgorithm:
@@ -385,6 +423,18 @@ def _store_trained(
         for j, c in enumerate(plan.grid.contexts)
     ]
     store.record_run(replace(record, artifact=str(artifact)), evaluations)
+    log = getattr(policies, "log", None)
+    if log is not None:
+        agent = log.select([index])
+        store.record_training_log(
+            record.run_id,
+            curve_steps=agent.curve_steps,
+            curve_returns=[r[0] for r in agent.curve_returns],
+            diagnostic_steps=agent.diagnostic_steps,
+            diagnostics={
+                k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
+            },
+        )
     _notify_run_finished(host, plan_json, store, record.run_id)
 
 
@@ -433,6 +483,7 @@ def _run_multitask(
                 total_steps=config.train_steps,
                 progress=lambda done, total: progress.update(bar, completed=done, total=total),
                 mixture=mixture,
+                **_training_options(plan, curves=False),
             )
         returns = algorithm.evaluate_many(
             policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000

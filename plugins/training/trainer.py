@@ -29,7 +29,7 @@ from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
-from ctxrl.registry import EnvSpec
+from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.training.evaluation import (
     Policies,
@@ -104,7 +104,7 @@ class TrainingLog:
         """Mean return per point and agent ``(points, N)`` (over contexts and episodes)."""
         if not self.curve_returns:
             return np.zeros((0, 0))
-        return np.stack([r.mean(axis=(2, 3)) for r in self.curve_returns])
+        return np.stack([r.mean(axis=(1, 2)) for r in self.curve_returns])
 
     def tensors(self) -> dict[str, Tensor]:
         """The log as tensors (for checkpoints and safetensors exports)."""
@@ -132,16 +132,6 @@ class TrainingLog:
                 if key.startswith("diagnostics.") and key != "diagnostics.steps":
                     log.diagnostics[key.removeprefix("diagnostics.")] = list(value.cpu().numpy())
         return log
-
-
-@dataclass(frozen=True)
-class CurveOptions:
-    """Learning curves: a deterministic evaluation every ``every`` env steps per agent (and at
-    step 0), ``episodes`` episodes on each of ``contexts`` (None: the agent's own context)."""
-
-    every: int
-    episodes: int = 5
-    contexts: tuple[Mapping[str, float], ...] | None = None
 
 
 # ------------------------------------------------------------------------------ the run
@@ -251,32 +241,6 @@ class TrainingRun:
 
 
 # -------------------------------------------------------------------------- checkpoints
-def _twin_state(twin: Any) -> dict[str, Tensor]:
-    if hasattr(twin, "state_dict"):
-        return dict(twin.state_dict())
-    tensors = {"state": twin._state, "elapsed": twin.elapsed}
-    tensors.update({f"context.{k}": v for k, v in twin.context.items()})
-    if twin.streams is not None:
-        tensors["rng.seeds"] = twin.streams.seeds
-        tensors["rng.counters"] = twin.streams.counters
-    return tensors
-
-
-def _load_twin_state(twin: Any, tensors: Mapping[str, Tensor]) -> None:
-    if hasattr(twin, "load_state_dict"):
-        twin.load_state_dict(tensors)
-        return
-    twin._state = tensors["state"].clone()
-    twin.elapsed = tensors["elapsed"].clone()
-    contexts = {k.removeprefix("context."): v for k, v in tensors.items() if "context." in k}
-    if contexts:
-        twin.set_context(contexts)
-    if twin.streams is not None:
-        twin.streams.load_state_dict(
-            {"seeds": tensors["rng.seeds"], "counters": tensors["rng.counters"]}
-        )
-
-
 def _prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {f"{prefix}.{k}": v for k, v in tensors.items()}
 
@@ -585,7 +549,7 @@ class BatchedTrainer(Generic[StateT]):
         the interventions' state, the log and the env-step counter. safetensors + JSON,
         written atomically by :func:`ctxrl.artifacts.save_artifact`."""
         tensors = _prefixed("adam", run.optimizer.state_tensors())
-        tensors.update(_prefixed("env", _twin_state(run.twin)))
+        tensors.update(_prefixed("env", run.twin.state_dict()))
         tensors["obs"] = run.obs
         tensors.update(_prefixed("rng", run.rng.state_dict()))
         tensors.update(_prefixed("algorithm", self.state_tensors(state, iteration)))
@@ -610,7 +574,7 @@ class BatchedTrainer(Generic[StateT]):
         if meta.get("algorithm") not in (None, self.name):
             raise CtxrlError(f"checkpoint {path} was written by {meta.get('algorithm')!r}")
         run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
-        _load_twin_state(run.twin, _unprefixed("env", tensors))
+        run.twin.load_state_dict(_unprefixed("env", tensors))
         run.obs = tensors["obs"].view(run.num_agents, run.num_envs, run.obs_dim).clone()
         run.rng.load_state_dict(_unprefixed("rng", tensors))
         self.load_state_tensors(state, _unprefixed("algorithm", tensors))

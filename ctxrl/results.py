@@ -1,0 +1,148 @@
+"""Reading a finished run directory back: its plan, and its trained policies.
+
+:func:`load_policies` is the one way a transfer study, a warm start or a distillation gets
+policies from an earlier sweep: it reads the plan (``plan.yaml``), the store's finished runs
+and their safetensors artifacts, and builds the algorithm that trained them through the
+registry. :func:`check_transferable` says whether policies of one env can act in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctxrl.config import SweepPlan, resolve_plan, validate_config
+from ctxrl.errors import CtxrlError
+from ctxrl.plugins import get_host
+from ctxrl.registry import EnvSpec, Registry
+from ctxrl.store import RunRecord, Store
+from ctxrl.summary import STORE_FILE
+
+
+def load_plan(run_dir: str | Path, registry: Registry | None = None) -> SweepPlan:
+    """The plan a run directory was made from (its ``plan.yaml``), resolved against the
+    installed plugins."""
+    run_dir = Path(run_dir)
+    plan_file = run_dir / "plan.yaml"
+    if not plan_file.is_file():
+        raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
+    data = yaml.safe_load(plan_file.read_text())
+    config = validate_config(data["config"], str(plan_file))
+    return resolve_plan(config, registry or get_host().registry)
+
+
+@dataclass
+class LoadedPolicies:
+    """Policies read from a run directory.
+
+    Attributes:
+        policies: one policy object per run, as the algorithm's ``load`` returns it (for the
+            batched algorithms: a policies object of one agent, with ``params`` ``(1, ...)``).
+        runs: the store rows of those runs, in the same order.
+        contexts: each run's source context (feature -> value); ``{}`` for multi-task runs.
+        env: the env spec of the sweep (with its ``env_options``).
+        algorithm: the algorithm object that trained them (built from the plan's
+            hyperparameters), whose ``save`` / ``evaluate`` / ``train_many`` apply to them.
+        plan: the sweep's plan.
+    """
+
+    policies: list[Any]
+    runs: list[RunRecord]
+    contexts: list[dict[str, float]]
+    env: EnvSpec
+    algorithm: Any
+    plan: SweepPlan
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def stacked_params(self) -> dict[str, Any]:
+        """Batched policies' parameters concatenated over runs: ``(len(self), ...)`` each,
+        ready for ``train_many(init=...)``."""
+        import torch
+
+        if not all(hasattr(p, "params") for p in self.policies):
+            raise CtxrlError(
+                f"{self.plan.algorithm.name} policies have no stacked parameters (only the "
+                "batched algorithms' do)"
+            )
+        names = list(self.policies[0].params)
+        return {n: torch.cat([p.params[n] for p in self.policies]) for n in names}
+
+
+def load_policies(
+    run_dir: str | Path,
+    *,
+    where: Callable[[RunRecord], bool] | None = None,
+    run_ids: Sequence[str] | None = None,
+    device: str = "cpu",
+) -> LoadedPolicies:
+    """The finished runs' policies of the sweep in ``run_dir``, in store order (or in the order
+    of ``run_ids``), optionally only those ``where(row)`` accepts. Runs that failed or have no
+    artifact are left out; a named run that is missing or unfinished is an error naming it."""
+    run_dir = Path(run_dir)
+    plan = load_plan(run_dir)
+    store_file = run_dir / STORE_FILE
+    if not store_file.is_file():
+        raise CtxrlError(f"{run_dir} has no {STORE_FILE}: no run was ever stored there")
+    with Store(store_file) as store:
+        finished = {r.run_id: r for r in store.runs("finished") if r.artifact}
+        order = [r.run_id for r in store.runs("finished") if r.artifact]
+    if run_ids is not None:
+        unknown = [rid for rid in run_ids if rid not in finished]
+        if unknown:
+            raise CtxrlError(
+                f"{run_dir}: no finished run {unknown[0]!r}; finished runs: "
+                f"{', '.join(order[:6])}{' ...' if len(order) > 6 else ''}"
+            )
+        order = list(run_ids)
+    rows = [finished[rid] for rid in order if where is None or where(finished[rid])]
+    if not rows:
+        raise CtxrlError(f"{run_dir}: no finished run matches")
+    params: dict[str, Any] = {}
+    if plan.config.algorithm.preset is not None:
+        params.update(plan.algorithm.presets[plan.config.algorithm.preset])
+    params.update(plan.config.algorithm.params)
+    algorithm = plan.algorithm.factory(params, device=device, env=plan.env)
+    policies = []
+    for row in rows:
+        assert row.artifact is not None
+        policies.append(algorithm.load(run_dir / row.artifact, plan.env))
+    contexts = [row.context.as_dict() for row in rows]
+    return LoadedPolicies(policies, rows, contexts, plan.env, algorithm, plan)
+
+
+def check_transferable(source: LoadedPolicies, env: EnvSpec, algorithm: str) -> None:
+    """Raise a :class:`~ctxrl.errors.CtxrlError` when ``source``'s policies cannot act in
+    ``env`` with ``algorithm``: another algorithm, another action-space kind, or another
+    observation size (checked on the gymnasium envs at their default contexts)."""
+    if source.plan.algorithm.name != algorithm:
+        raise CtxrlError(
+            f"policies of {source.plan.algorithm.name!r} cannot warm-start {algorithm!r}"
+        )
+    if source.env.action_space != env.action_space:
+        raise CtxrlError(
+            f"{source.env.name} has {source.env.action_space} actions and {env.name} has "
+            f"{env.action_space} actions: its policies cannot act there"
+        )
+    shapes = [_spaces(spec) for spec in (source.env, env)]
+    if shapes[0] != shapes[1]:
+        raise CtxrlError(
+            f"{source.env.name} (observations {shapes[0][0]}, actions {shapes[0][1]}) and "
+            f"{env.name} (observations {shapes[1][0]}, actions {shapes[1][1]}) have different "
+            "spaces: its policies cannot act there"
+        )
+
+
+def _spaces(env: EnvSpec) -> tuple[Any, Any]:
+    made = env.make(None)
+    try:
+        action = made.action_space
+        actions: Mapping[str, Any] | Any = getattr(action, "n", None) or tuple(action.shape)
+        return tuple(made.observation_space.shape), actions
+    finally:
+        made.close()

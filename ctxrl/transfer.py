@@ -1,0 +1,121 @@
+"""Transfer methods: how trained source policies become policies for target contexts.
+
+A sweep trains source policies, hands them to its transfer method (``transfer: {name,
+options}`` in the config, ``zero-shot`` by default) and stores what the method reports as the
+transfer matrix: entry ``(p, q)`` is the performance on target ``q`` of the policy the method
+made from source ``p``. Zero-shot evaluates each source as it is; fine-tuning and distillation
+plugins train target policies first (with the batched trainers' warm starts) and say how many
+target-env steps that took.
+
+Register methods with ``ctxrl_register_transfer_methods`` (a
+:class:`~ctxrl.registry.TransferMethodSpec` whose factory returns a :class:`TransferMethod`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ctxrl.registry import EnvSpec
+
+
+@dataclass
+class TransferProblem:
+    """What a transfer method receives.
+
+    Attributes:
+        env: the env family (sources and targets are contexts of it).
+        algorithm: the algorithm object that trained the sources (``train_many`` /
+            ``evaluate_many`` for batched algorithms, ``evaluate`` for all).
+        sources: the source policies: a batched policies object of P agents, or for
+            per-run algorithms a list of P policy objects.
+        source_contexts: the P source contexts (feature -> value).
+        source_seeds: the P sources' training seeds.
+        targets: the Q target contexts.
+        episodes: evaluation episodes per (policy, target).
+        eval_seed: seed of the evaluation episodes.
+    """
+
+    env: EnvSpec
+    algorithm: Any
+    sources: Any
+    source_contexts: list[dict[str, float]]
+    source_seeds: list[int]
+    targets: list[dict[str, float]]
+    episodes: int
+    eval_seed: int
+
+
+@dataclass
+class TransferResult:
+    """What a transfer method returns.
+
+    Attributes:
+        returns: ``(P, Q, E)`` episode returns of the policy made from source ``p`` on target
+            ``q`` (raw, not normalised).
+        target_env_steps: environment steps in target contexts the method used per (source,
+            target) pair (0 for zero-shot).
+        details: anything else worth storing, as JSON data.
+    """
+
+    returns: np.ndarray
+    target_env_steps: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class TransferMethod(Protocol):
+    """Turns source policies into target policies and measures them on the targets."""
+
+    def transfer(self, problem: TransferProblem) -> TransferResult: ...
+
+
+def evaluate_sources(
+    problem: TransferProblem,
+    policies: Any | None = None,
+    targets: Sequence[Mapping[str, float]] | None = None,
+) -> np.ndarray:
+    """``(P, Q, E)`` returns of ``policies`` (default: the sources) on ``targets`` (default:
+    the problem's), batched when the algorithm can."""
+    import numpy as np
+
+    from ctxrl.context import Task
+
+    policies = problem.sources if policies is None else policies
+    contexts = [dict(t) for t in (problem.targets if targets is None else targets)]
+    algorithm = problem.algorithm
+    if hasattr(algorithm, "evaluate_many") and not isinstance(policies, list):
+        return np.asarray(
+            algorithm.evaluate_many(
+                policies,
+                problem.env,
+                contexts,
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+            ),
+            dtype=np.float64,
+        )
+    tasks = [Task(problem.env.name, problem.env.context_space.validate(c)) for c in contexts]
+    return np.stack(
+        [
+            np.asarray(
+                algorithm.evaluate(
+                    policy,
+                    problem.env,
+                    tasks,
+                    episodes=problem.episodes,
+                    seed=problem.eval_seed + seed,
+                    deterministic=True,
+                ),
+                dtype=np.float64,
+            )
+            for policy, seed in zip(policies, problem.source_seeds, strict=True)
+        ]
+    )
+
+
+__all__ = ["TransferMethod", "TransferProblem", "TransferResult", "evaluate_sources"]

@@ -1,0 +1,160 @@
+"""The batched training loop's extension points through a user's eyes: warm starts from a
+finished run directory, layer surgery, learning curves and diagnostics in the store and the
+report, interventions and transfer methods in sweep configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ctxrl.config import resolve_plan, validate_config
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.plugins import get_host
+from ctxrl.registry import CurveOptions
+from ctxrl.results import check_transferable, load_policies
+from ctxrl.store import Store
+from ctxrl.sweep import run_sweep
+
+PPO = {"name": "batched-ppo", "preset": "CartPole"}
+
+
+def _sweep(tmp_path: Path, **changes: Any) -> Path:
+    data: dict[str, Any] = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5]}},
+        "algorithm": PPO,
+        "seeds": [0, 1],
+        "train_steps": 2048,
+        "eval_episodes": 2,
+        "compare": [],
+        "output_dir": str(tmp_path / "runs"),
+    }
+    data.update(changes)
+    plan = resolve_plan(validate_config(data), get_host().registry)
+    return run_sweep(plan).run_dir
+
+
+def test_warm_start_from_a_run_directory_jumps_and_a_reinitialised_head_does_not(
+    tmp_path: Path,
+) -> None:
+    """Sources trained on pole length 0.5 and fine-tuned on 1.0: the warm start begins at the
+    source's level (the curve's step-0 point), far above scratch; with the actor's head
+    re-initialised it begins near scratch again."""
+    run_dir = _sweep(tmp_path, train_steps=40_960)
+    sources = load_policies(run_dir)
+    spec = get_host().registry.env("CartPole")
+    check_transferable(sources, spec, "batched-ppo")
+    target = [{"length": 1.0}] * 6
+    curves = CurveOptions(every=10**9, episodes=5)  # step 0 and the end only
+    init = {k: v.repeat(3, *([1] * (v.dim() - 1))) for k, v in sources.stacked_params().items()}
+
+    def start(**options: Any) -> np.ndarray:
+        algorithm = sources.algorithm
+        policies = algorithm.train_many(
+            spec, target, list(range(6)), total_steps=512, curves=curves, **options
+        )
+        return policies.log.curve()[0]  # (agents,) mean return at step 0
+
+    scratch = start()
+    warm = start(init=init)
+    head = start(init=init, reinit=["actor.head"])
+    assert warm.mean() > 100 and warm.mean() > 3 * scratch.mean(), (warm, scratch)
+    # a random head on trained features sometimes balances by chance, mostly not
+    assert head.mean() < warm.mean() / 2, (head, warm)
+
+
+def test_frozen_layers_do_not_move_and_the_rest_trains() -> None:
+    spec = get_host().registry.env("CartPole")
+    algorithm = get_host().registry.algorithm("batched-ppo").factory({}, device="cpu", env=spec)
+    first = algorithm.train_many(spec, [{}], [3], total_steps=512)
+    tuned = algorithm.train_many(
+        spec, [{}], [3], total_steps=1024, init=first, freeze=["actor.0", "critic"]
+    )
+    for name, value in tuned.params.items():
+        frozen = name.startswith(("actor.0.", "critic."))
+        assert torch.equal(value, first.params[name]) == frozen, name
+
+
+def test_warm_start_across_spaces_is_a_clear_error(tmp_path: Path) -> None:
+    registry = get_host().registry
+    cartpole = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({}, device="cpu", env=cartpole)
+    source = algorithm.train_many(cartpole, [{}], [0], total_steps=512)
+    acrobot = registry.env("Acrobot")
+    with pytest.raises(CtxrlError, match=r"observation size 6.*'actor.0.weight'.*observation"):
+        algorithm.train_many(acrobot, [{}], [0], total_steps=512, init=source)
+    with pytest.raises(CtxrlError, match="'nothing' matches no layer; layers: actor.0"):
+        algorithm.train_many(cartpole, [{}], [0], total_steps=512, init=source, reinit=["nothing"])
+
+
+def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
+    tmp_path: Path,
+) -> None:
+    run_dir = _sweep(
+        tmp_path,
+        features={"length": {"values": [0.5, 1.0]}},
+        curves={"every": 1024, "episodes": 2},
+    )
+    with Store(run_dir / "store.sqlite") as store:
+        curves = store.curves()
+        diagnostics = store.diagnostics()
+    assert len(curves) == 4  # 2 contexts x 2 seeds
+    assert all([s for s, _ in points] == [0, 1024, 2048] for points in curves.values())
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
+        assert len(diagnostics[name]) == 4, name
+    assert {"explained_variance", "grad_norm"} <= set(diagnostics)
+    summary = (run_dir / "summary.md").read_text()
+    assert "Learning curves (4 runs" in summary and "| approx_kl | 4 |" in summary
+    assert (run_dir / "figures" / "learning_curves.png").is_file()
+    assert (run_dir / "exports" / "curves.csv").is_file()
+    assert (run_dir / "exports" / "diagnostics.csv").is_file()
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5, 1.0]}},
+        "algorithm": PPO,
+        "train_steps": 1000,
+    }
+    data.update(changes)
+    return data
+
+
+def test_interventions_on_an_algorithm_that_cannot_host_them_are_refused() -> None:
+    config = validate_config(
+        _config(algorithm={"name": "sb3-ppo", "interventions": [{"name": "l2"}]})
+    )
+    with pytest.raises(ConfigError, match=r"algorithm.interventions: 'sb3-ppo' cannot host .*'l2'"):
+        resolve_plan(config, get_host().registry)
+
+
+def test_unknown_interventions_transfer_methods_and_curves_are_named() -> None:
+    registry = get_host().registry
+    bad_name = _config(algorithm={**PPO, "interventions": [{"name": "no-such"}]})
+    with pytest.raises(ConfigError, match=r"interventions\[0\].name: .*'no-such'"):
+        resolve_plan(validate_config(bad_name), registry)
+    with pytest.raises(ConfigError, match="transfer.name: .*'distil'"):
+        resolve_plan(validate_config(_config(transfer={"name": "distil"})), registry)
+    with pytest.raises(ConfigError, match="transfer.options: 'zero-shot'"):
+        resolve_plan(validate_config(_config(transfer={"options": {"x": 1}})), registry)
+    sb3 = _config(algorithm={"name": "sb3-ppo"}, curves={"every": 100})
+    with pytest.raises(ConfigError, match="curves: 'sb3-ppo'"):
+        resolve_plan(validate_config(sb3), registry)
+
+
+def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:
+    """Run directories of sweeps written before transfer methods, interventions and curves
+    existed keep their names (and so resume)."""
+    plain = validate_config(_config())
+    explicit = validate_config(
+        _config(algorithm={**PPO, "interventions": []}, transfer={"name": "zero-shot"})
+    )
+    assert plain.plan_hash() == explicit.plan_hash()
+    assert "transfer" not in plain.plan_data() and "curves" not in plain.plan_data()
+    curved = validate_config(_config(curves={"every": 100}))
+    assert curved.plan_hash() != plain.plan_hash()
