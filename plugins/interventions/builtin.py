@@ -1,0 +1,97 @@
+"""The built-in interventions (entry point ``interventions``), each in its own module:
+
+- ``l2``: L2 regularisation as a loss term, ``coef / 2 * ||theta||^2`` (coef 1e-4, weights);
+  :mod:`ctxrl_plugins.interventions.l2`.
+- ``l2-init``: ``coef * ||theta - theta_0||^2`` towards the initial parameters (Kumar et al.
+  2023, coef 1e-2); :mod:`ctxrl_plugins.interventions.l2_init`.
+- ``layer-norm``: LayerNorm before every hidden activation (Ba et al. 2016; Lyle et al. 2023);
+  :mod:`ctxrl_plugins.interventions.layer_norm`.
+- ``crelu``: concatenated ReLU activations (Shang et al. 2016; Abbas et al. 2023);
+  :mod:`ctxrl_plugins.interventions.crelu`.
+- ``shrink-perturb``: ``p <- shrink * p + perturb * N(0, 1)`` after every update (Ash & Adams
+  2020, in Dohare et al. 2024's per-step form: shrink 1 - 1e-4, perturb 1e-5);
+  :mod:`ctxrl_plugins.interventions.shrink_perturb`.
+
+Registration stays light: torch and the intervention modules are imported only when an
+intervention is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ctxrl import hookimpl
+from ctxrl.interventions import Intervention
+from ctxrl.registry import InterventionSpec
+
+
+def _l2(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.l2 import L2
+
+    return L2(**options)
+
+
+def _l2_init(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.l2_init import L2Init
+
+    return L2Init(**options)
+
+
+def _layer_norm(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.layer_norm import LayerNorm
+
+    return LayerNorm(**options)
+
+
+def _crelu(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.crelu import CReLU
+
+    return CReLU(**options)
+
+
+def _shrink_perturb(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.shrink_perturb import ShrinkPerturb
+
+    return ShrinkPerturb(**options)
+
+
+@hookimpl
+def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -> None:
+    register(
+        InterventionSpec(
+            "l2",
+            _l2,
+            description="L2 loss term coef/2 ||theta||^2 (coupled weight decay; coef 1e-4)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "l2-init",
+            _l2_init,
+            description="L2 towards the initial parameters, coef ||theta - theta_0||^2 "
+            "(Kumar et al. 2023; coef 1e-2)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "layer-norm",
+            _layer_norm,
+            description="LayerNorm before every hidden activation (Ba et al. 2016)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "crelu",
+            _crelu,
+            description="concatenated ReLU activations (Shang et al. 2016)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "shrink-perturb",
+            _shrink_perturb,
+            description="after every update p <- shrink p + perturb N(0, 1) (Ash & Adams 2020; "
+            "1 - 1e-4, 1e-5)",
+        )
+    )

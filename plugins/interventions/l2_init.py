@@ -1,0 +1,44 @@
+"""``l2-init``: regularisation towards the initial parameters.
+
+Kumar, Marklund and Van Roy, "Maintaining Plasticity in Continual Learning via Regenerative
+Regularization" (2023, arXiv 2308.11958): each agent's loss gains
+``coef * ||theta - theta_0||^2`` (squared L2 norm, summed over every trained parameter), where
+``theta_0`` are the agent's parameters at the start of training (``view.initial_params``: after
+a warm start, the warm-start weights, which makes it L2-SP, Li et al. 2018, arXiv 1802.01483).
+
+Default: ``coef = 1e-2`` (the paper searches 1e-2 .. 1e-5; Juliani & Ash 2024 and Plasticine use
+0.01; Plasticine's term is the norm, not its square).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, cast
+
+import torch
+
+from ctxrl.errors import ConfigError
+from ctxrl.interventions import Intervention, TrainingView
+from ctxrl_plugins.interventions.common import squared_norm
+
+
+class L2Init(Intervention):
+    """``coef * ||theta - theta_0||^2`` per agent over every trained parameter.
+
+    Args:
+        coef: the regularisation weight.
+    """
+
+    name: ClassVar[str] = "l2-init"
+
+    def __init__(self, coef: float = 1e-2) -> None:
+        if coef < 0:
+            raise ConfigError(f"l2-init: coef must be >= 0, got {coef}")
+        self.coef = float(coef)
+
+    def loss(self, view: TrainingView) -> torch.Tensor | None:
+        """``(N,)``: ``coef`` times each agent's squared distance from its initial parameters."""
+        initial = view.initial_params
+        total = cast(
+            torch.Tensor, sum(squared_norm(p - initial[name]) for name, p in view.params.items())
+        )
+        return self.coef * total
