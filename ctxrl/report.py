@@ -153,26 +153,30 @@ def plot_generalization(
 
 def plot_learning_curves(
     curves: Mapping[str, Sequence[tuple[int, float]]],
-    labels: Mapping[str, str],
+    groups: Mapping[str, tuple[float, str]],
     bounds: tuple[float, float],
     title: str,
     stem: Path,
 ) -> list[Path]:
     """Learning curves: mean deterministic return (normalised to [0, 1] by ``bounds``) against
-    env steps, one line per label (the mean over the runs that share it, e.g. a source
-    context's seeds), with the spread over those runs shaded when there are several."""
+    env steps. ``groups`` maps a run id to ``(order, label)``: one line per label (the mean over
+    the runs that share it, e.g. a source context's seeds, with their range shaded), coloured
+    in ``order`` (e.g. the source's feature value); a colour bar names them when there are
+    many."""
     plt, (fig, ax) = _figure()
-    groups: dict[str, list[Sequence[tuple[int, float]]]] = {}
+    lines: dict[str, tuple[float, list[Sequence[tuple[int, float]]]]] = {}
     for run_id, points in curves.items():
-        groups.setdefault(labels.get(run_id, run_id), []).append(points)
+        order, label = groups.get(run_id, (0.0, run_id))
+        lines.setdefault(label, (order, []))[1].append(points)
+    ranked = sorted(lines.items(), key=lambda item: item[1][0])
     lower, upper = bounds
     cmap = plt.get_cmap("viridis")
-    for index, (label, runs) in enumerate(sorted(groups.items())):
+    for index, (label, (_, runs)) in enumerate(ranked):
         length = min(len(r) for r in runs)
         steps = np.array([p[0] for p in runs[0][:length]], dtype=np.float64)
         values = np.array([[p[1] for p in r[:length]] for r in runs], dtype=np.float64)
         values = np.clip((values - lower) / (upper - lower), 0.0, 1.0)
-        colour = cmap(index / max(1, len(groups) - 1))
+        colour = cmap(index / max(1, len(ranked) - 1))
         ax.plot(steps, values.mean(axis=0), color=colour, label=label, linewidth=1.2)
         if len(runs) > 1:
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
@@ -180,8 +184,17 @@ def plot_learning_curves(
     ax.set_ylabel("normalised return (own context)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    if len(groups) <= 12:
+    if len(ranked) <= 10:
         ax.legend(fontsize=7, loc="lower right")
+    else:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(0, len(ranked) - 1), cmap), ax=ax, label="source context"
+        )
+        ticks = np.linspace(0, len(ranked) - 1, min(len(ranked), 6)).round().astype(int)
+        bar.set_ticks(ticks, labels=[ranked[t][0] for t in ticks])
     paths = _save(fig, stem)
     plt.close(fig)
     return paths

@@ -204,9 +204,13 @@ def write_exports(
     return exports
 
 
-def _source_label(plan: SweepPlan, context_json: str) -> str:
+def _source_label(plan: SweepPlan, context_json: str) -> tuple[float, str]:
+    """A run's place among the grid's contexts and its label (``length=0.5``)."""
     context = json.loads(context_json) if context_json else {}
-    return ", ".join(f"{f}={context[f]:.3g}" for f in plan.grid.features if f in context) or "all"
+    label = ", ".join(f"{f}={context[f]:.3g}" for f in plan.grid.features if f in context)
+    canonical = [c.as_dict() for c in plan.grid.contexts]
+    matches = [i for i, c in enumerate(canonical) if all(c[f] == context.get(f) for f in c)]
+    return (float(matches[0]) if matches else -1.0), label or "all"
 
 
 def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""Warm starts from a finished run directory: jumpstart with and without the head.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_warm_start.py [--seeds 5] [--source-steps 100000]
+
+1. A sweep trains batched-PPO sources on CartPole pole length 0.5 m (``--seeds`` seeds).
+2. ``ctxrl.results.load_policies`` reads them back from the run directory.
+3. On each target length, three arms train ``--target-steps`` steps with a learning curve
+   (deterministic evaluation every ``--every`` steps, 10 episodes): scratch, fine-tuned from the
+   source (warm), and fine-tuned with the actor's head re-initialised (warm, new head).
+Reports, per target and arm, the mean return at step 0 and at the end, and the jumpstart
+(step-0 return minus scratch's) with a bootstrap 95 % interval over seeds (scipy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from ctxrl.config import resolve_plan, validate_config
+from ctxrl.plugins import get_host
+from ctxrl.registry import CurveOptions
+from ctxrl.results import check_transferable, load_policies
+from ctxrl.sweep import run_sweep
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), np.mean, confidence_level=0.95, random_state=0).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--source-steps", type=int, default=100_000)
+    parser.add_argument("--target-steps", type=int, default=20_480)
+    parser.add_argument("--every", type=int, default=4096)
+    parser.add_argument("--targets", type=float, nargs="*", default=[1.0, 2.0])
+    args = parser.parse_args()
+    seeds = list(range(args.seeds))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "env": "CartPole",
+            "features": {"length": {"values": [0.5]}},
+            "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+            "seeds": seeds,
+            "train_steps": args.source_steps,
+            "eval_episodes": 10,
+            "compare": [],
+            "output_dir": str(Path(tmp) / "runs"),
+        }
+        plan = resolve_plan(validate_config(config), get_host().registry)
+        run_dir = run_sweep(plan).run_dir
+        sources = load_policies(run_dir)
+        spec = get_host().registry.env("CartPole")
+        check_transferable(sources, spec, "batched-ppo")
+        init = sources.stacked_params()
+        source_returns = np.array(
+            [
+                np.mean(
+                    sources.algorithm.evaluate(
+                        p, spec, [spec.task({"length": 0.5})], episodes=10, seed=0
+                    )
+                )
+                for p in sources.policies
+            ]
+        )
+        print(
+            f"sources (length 0.5, {args.source_steps:,} steps): own-context return "
+            f"{source_returns.mean():.1f} per seed {np.round(source_returns, 1).tolist()}"
+        )
+        curves = CurveOptions(every=args.every, episodes=10)
+        for length in args.targets:
+            arms: dict[str, dict[str, Any]] = {
+                "scratch": {},
+                "warm": {"init": init},
+                "warm, new head": {"init": init, "reinit": ["actor.head"]},
+            }
+            starts: dict[str, np.ndarray] = {}
+            print(
+                f"\ntarget length {length} m, {args.target_steps:,} steps, curve every "
+                f"{args.every:,}:"
+            )
+            print("| arm | return at step 0 | at the end | jumpstart vs scratch (95% CI) |")
+            print("|---|---|---|---|")
+            for arm, options in arms.items():
+                tuned = sources.algorithm.train_many(
+                    spec,
+                    [{"length": length}] * len(seeds),
+                    seeds,
+                    total_steps=args.target_steps,
+                    curves=curves,
+                    **options,
+                )
+                curve = tuned.log.curve()  # (points, seeds)
+                starts[arm] = curve[0]
+                jump = curve[0] - starts["scratch"]
+                low, high = interval(jump)
+                print(
+                    f"| {arm} | {curve[0].mean():.1f} | {curve[-1].mean():.1f} | "
+                    f"{jump.mean():+.1f} [{low:+.1f}, {high:+.1f}] |"
+                )
+
+
+if __name__ == "__main__":
+    main()
