@@ -1,0 +1,695 @@
+"""Transfer metrics over learning curves, with bootstrap confidence intervals over seeds.
+
+The metrics of Taylor & Stone (2009) and the area ratio of Sabatelli & Geurts (2021, "On the
+transferability of deep-Q networks"), computed from learning curves recorded on a grid of
+environment steps:
+
+- **jumpstart**: return at the first grid point, transfer minus scratch;
+- **asymptotic performance**: mean return over the last ``tail`` fraction of the grid points;
+- **total reward**: area under the curve (AUC) by the trapezoid rule over env steps;
+- **transfer ratio**: ``AUC_T / AUC_S``, and the **area ratio** ``r = (AUC_T - AUC_S) / AUC_S``,
+  both on returns shifted to be >= 0 (see :func:`compare_transfer`);
+- **time to threshold**: the first grid step at which the return reaches a threshold.
+
+Shapes and units: ``steps`` is ``(T,)`` env steps (strictly increasing integers, T >= 2);
+``returns`` is ``(S, T)`` episode returns, one row per seed, in the environment's return units.
+AUCs are in return x env steps, times to threshold in env steps.
+
+Statistics: a metric is computed per seed, then aggregated over seeds as a mean with a
+bootstrap confidence interval (``scipy.stats.bootstrap``). Scratch and transfer runs are
+independent (seed ``i`` of one arm has nothing to do with seed ``i`` of the other), so every
+transfer-versus-scratch statistic is a two-sample statistic of the per-seed values (difference
+of means, ratio of means) and the bootstrap resamples each arm on its own (``paired=False``).
+
+Everything here is pure numpy / scipy; nothing imports torch or a plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.integrate import trapezoid
+from scipy.stats import bootstrap
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+Verdict = Literal["positive", "negative", "absent"]
+VerdictMetric = Literal["area_ratio", "jumpstart"]
+BootstrapMethod = Literal["percentile", "basic", "BCa"]
+FloorOrigin = Literal["caller", "zero", "pooled_minimum"]
+
+# Relative slack when turning ``tail * T`` into a number of points: 0.3 * 10 is
+# 3.0000000000000004 and 0.29 * 100 is 28.999999999999996, both meant as whole numbers.
+_TAIL_SLACK = 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """How confidence intervals are computed (``scipy.stats.bootstrap``).
+
+    ``method`` defaults to the percentile bootstrap: with the 5-10 seeds of a typical study
+    the jackknife acceleration that BCa adds is itself estimated from a handful of values, and
+    the percentile interval is what rliable (Agarwal et al. 2021) reports for RL curves.
+    ``random_state`` is fixed so that the same curves always give the same interval."""
+
+    confidence_level: float = 0.95
+    n_resamples: int = 9999
+    method: BootstrapMethod = "percentile"
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence_level < 1.0:
+            raise ValueError(f"confidence_level must be in (0, 1), got {self.confidence_level}")
+        if self.n_resamples < 1:
+            raise ValueError(f"n_resamples must be >= 1, got {self.n_resamples}")
+
+
+DEFAULT_BOOTSTRAP = BootstrapOptions()
+
+
+@dataclass(frozen=True)
+class MetricEstimate:
+    """A point estimate with its bootstrap confidence interval ``[low, high]``.
+
+    ``per_seed`` holds the per-seed values of a one-arm metric (NaN for a seed left out, e.g.
+    one that never reached the threshold); it is empty for a statistic between two arms, whose
+    per-seed values live in the arms' own estimates. ``n_excluded`` counts seeds left out of the
+    estimate. ``low`` / ``high`` equal ``estimate`` when every resample gives the same value
+    (all seeds equal) and are NaN when no interval exists (fewer than two seeds, undefined
+    statistic); ``note`` then says which."""
+
+    estimate: float
+    low: float
+    high: float
+    per_seed: tuple[float, ...] = ()
+    n_excluded: int = 0
+    note: str = ""
+
+    def excludes_zero(self) -> bool:
+        """Whether the whole interval lies on one side of 0 (False when it is NaN)."""
+        return bool(self.low > 0.0 or self.high < 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_object(self)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric for both arms and the transfer arm's advantage.
+
+    ``transfer`` and ``scratch`` are per-arm means over seeds. ``advantage`` is signed so that
+    positive favours transfer: transfer minus scratch for returns and AUCs, scratch minus
+    transfer for time to threshold (Taylor & Stone's ``t*_scratch - t*_transfer``)."""
+
+    transfer: MetricEstimate
+    scratch: MetricEstimate
+    advantage: MetricEstimate
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_object(self)
+
+
+@dataclass(frozen=True)
+class TransferComparison:
+    """Transfer versus scratch on one (source, target) pair; see :func:`compare_transfer`.
+
+    Fields:
+        jumpstart: return at the first grid point; ``advantage`` is the jumpstart.
+        asymptote: mean return over the last ``tail_points`` grid points.
+        auc: total reward, trapezoid AUC of the raw returns (return x env steps).
+        transfer_ratio: ``mean AUC_T / mean AUC_S`` on shifted returns (``1 + area_ratio``).
+        area_ratio: ``(mean AUC_T - mean AUC_S) / mean AUC_S`` on shifted returns.
+        time_to_threshold: first grid step reaching ``threshold`` (None without a threshold);
+            with the source counted, the transfer arm's steps include ``source_steps``.
+        verdict: ``positive`` / ``negative`` when the interval of ``verdict_metric`` lies
+            entirely above ``absent_band`` / below ``-absent_band``, ``absent`` otherwise.
+        source_time_counted: whether the transfer curve was shifted right by ``source_steps``.
+        return_floor: the value subtracted from every return before the ratios, and
+            ``return_floor_origin`` where it came from: ``caller``, ``zero`` (no shift
+            needed) or ``pooled_minimum`` (the lowest return of both arms).
+        first_step, last_step, n_points: the grid the metrics were computed on.
+    """
+
+    jumpstart: MetricComparison
+    asymptote: MetricComparison
+    auc: MetricComparison
+    transfer_ratio: MetricEstimate
+    area_ratio: MetricEstimate
+    time_to_threshold: MetricComparison | None
+    threshold: float | None
+    verdict: Verdict
+    verdict_metric: VerdictMetric
+    absent_band: float
+    source_time_counted: bool
+    source_steps: int
+    return_floor: float
+    return_floor_origin: FloorOrigin
+    tail: float
+    tail_points: int
+    first_step: int
+    last_step: int
+    n_points: int
+    n_transfer_seeds: int
+    n_scratch_seeds: int
+    bootstrap: BootstrapOptions
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite floats become None, tuples become lists)."""
+        return _json_object(self)
+
+
+@dataclass(frozen=True, eq=False)
+class LearningCurves:
+    """One arm's learning curves: ``returns[s, t]`` is seed ``s``'s return at ``steps[t]``.
+
+    Args:
+        steps: ``(T,)`` env steps, strictly increasing integers (integral floats accepted),
+            T >= 2.
+        returns: ``(S, T)`` returns, finite, S >= 1.
+
+    Both are stored as read-only copies (int64 and float64)."""
+
+    steps: npt.NDArray[Any]
+    returns: npt.NDArray[Any]
+
+    def __post_init__(self) -> None:
+        steps = as_step_grid(self.steps)
+        returns = as_returns(self.returns, steps)
+        steps.flags.writeable = False
+        returns.flags.writeable = False
+        # Frozen dataclass: store the validated copies in place of the caller's arrays.
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "returns", returns)
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.returns.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.steps.shape[0])
+
+    def between(self, first_step: int, last_step: int) -> LearningCurves:
+        """The grid points with ``first_step <= step <= last_step`` (e.g. the segment after one
+        context switch), at least two of them."""
+        keep = (self.steps >= first_step) & (self.steps <= last_step)
+        if int(keep.sum()) < 2:
+            raise ValueError(
+                f"only {int(keep.sum())} grid point(s) lie in [{first_step}, {last_step}]; "
+                "a curve needs at least 2"
+            )
+        return LearningCurves(self.steps[keep], self.returns[:, keep])
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def as_step_grid(steps: npt.ArrayLike) -> IntArray:
+    """``steps`` as a ``(T,)`` int64 array, checked: 1-D, T >= 2, integral, strictly
+    increasing."""
+    raw = np.asarray(steps)
+    if raw.ndim != 1 or raw.shape[0] < 2:
+        raise ValueError(f"steps must be a 1-D grid of at least 2 points, got shape {raw.shape}")
+    if not np.issubdtype(raw.dtype, np.number) or np.issubdtype(raw.dtype, np.complexfloating):
+        raise ValueError(f"steps must be integers, got dtype {raw.dtype}")
+    if not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.round(raw)):
+        raise ValueError("steps must be whole numbers of env steps")
+    grid = raw.astype(np.int64)
+    if np.any(np.diff(grid) <= 0):
+        index = int(np.argmax(np.diff(grid) <= 0))
+        raise ValueError(
+            f"steps must be strictly increasing: step[{index}] = {grid[index]}, "
+            f"step[{index + 1}] = {grid[index + 1]}"
+        )
+    return grid
+
+
+def as_returns(returns: npt.ArrayLike, steps: IntArray) -> FloatArray:
+    """``returns`` as an ``(S, T)`` float64 array matching the ``(T,)`` grid, all finite."""
+    values = np.asarray(returns, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] != steps.shape[0]:
+        raise ValueError(
+            f"returns must have shape (seeds, {steps.shape[0]}) to match the step grid, "
+            f"got {values.shape}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError("returns must be finite")
+    return values.copy()
+
+
+def check_same_grid(transfer: LearningCurves, scratch: LearningCurves) -> None:
+    """Raise ValueError unless both arms were recorded on the same step grid, naming both
+    lengths or the first differing step."""
+    if transfer.n_points != scratch.n_points:
+        raise ValueError(
+            "transfer and scratch curves are on different grids: "
+            f"{transfer.n_points} vs {scratch.n_points} points"
+        )
+    differ = np.flatnonzero(transfer.steps != scratch.steps)
+    if differ.size:
+        index = int(differ[0])
+        raise ValueError(
+            f"transfer and scratch curves are on different grids: first mismatch at index "
+            f"{index}, transfer step {transfer.steps[index]} vs scratch step "
+            f"{scratch.steps[index]}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-seed metrics of one arm
+# ---------------------------------------------------------------------------------------------
+
+
+def tail_points(n_points: int, tail: float) -> int:
+    """How many final grid points make up the ``tail`` fraction of an ``n_points`` grid:
+    ``floor(tail * n_points)``, at least 1."""
+    if not 0.0 < tail <= 1.0:
+        raise ValueError(f"tail must be a fraction in (0, 1], got {tail}")
+    return max(1, math.floor(tail * n_points * (1.0 + _TAIL_SLACK)))
+
+
+def total_reward(steps: npt.ArrayLike, returns: npt.ArrayLike) -> FloatArray:
+    """Area under each seed's curve by the trapezoid rule over env steps: ``(S,)`` in
+    return x env steps."""
+    grid = as_step_grid(steps)
+    values = as_returns(returns, grid)
+    return np.asarray(trapezoid(values, x=grid.astype(np.float64), axis=1), dtype=np.float64)
+
+
+def asymptotic_performance(returns: npt.ArrayLike, tail: float = 0.1) -> FloatArray:
+    """Each seed's mean return over the last ``tail`` fraction of its grid points (at least
+    one point, see :func:`tail_points`): ``(S,)`` in return units."""
+    values = np.asarray(returns, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"returns must have shape (seeds, points), got {values.shape}")
+    count = tail_points(values.shape[1], tail)
+    return np.asarray(values[:, -count:].mean(axis=1), dtype=np.float64)
+
+
+def time_to_threshold(steps: npt.ArrayLike, returns: npt.ArrayLike, threshold: float) -> FloatArray:
+    """Each seed's first grid step with ``return >= threshold``: ``(S,)`` env steps, NaN for a
+    seed that never reaches it on the grid."""
+    grid = as_step_grid(steps)
+    values = as_returns(returns, grid)
+    reached = values >= threshold
+    first = np.argmax(reached, axis=1)
+    out = np.asarray(grid[first], dtype=np.float64)
+    out[~reached.any(axis=1)] = np.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap estimates and verdicts
+# ---------------------------------------------------------------------------------------------
+
+
+def mean_of(values: FloatArray, axis: int = -1) -> FloatArray:
+    """Mean of one arm's per-seed values (vectorised statistic for :func:`bootstrap_estimate`)."""
+    return np.asarray(np.mean(values, axis=axis), dtype=np.float64)
+
+
+def difference_of_means(transfer: FloatArray, scratch: FloatArray, axis: int = -1) -> FloatArray:
+    """``mean(transfer) - mean(scratch)`` over independent seeds."""
+    return np.asarray(np.mean(transfer, axis=axis) - np.mean(scratch, axis=axis), np.float64)
+
+
+def ratio_of_means(transfer: FloatArray, scratch: FloatArray, axis: int = -1) -> FloatArray:
+    """``mean(transfer) / mean(scratch)``; inf / NaN where the scratch mean is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(np.mean(transfer, axis=axis) / np.mean(scratch, axis=axis), np.float64)
+
+
+def relative_difference_of_means(
+    transfer: FloatArray, scratch: FloatArray, axis: int = -1
+) -> FloatArray:
+    """``(mean(transfer) - mean(scratch)) / mean(scratch)``: the area ratio r when the values
+    are shifted AUCs."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scratch_mean = np.mean(scratch, axis=axis)
+        return np.asarray((np.mean(transfer, axis=axis) - scratch_mean) / scratch_mean, np.float64)
+
+
+def bootstrap_estimate(
+    samples: Sequence[npt.ArrayLike],
+    statistic: Callable[..., FloatArray],
+    *,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
+    per_seed: Sequence[float] = (),
+    n_excluded: int = 0,
+    note: str = "",
+) -> MetricEstimate:
+    """``statistic(*samples)`` with a bootstrap interval that resamples each sample on its own.
+
+    Args:
+        samples: one ``(n_i,)`` array of per-seed values per arm (one for a per-arm mean, two
+            for a transfer-versus-scratch statistic); the arms are independent, so scipy's
+            ``bootstrap`` runs with ``paired=False``.
+        statistic: vectorised ``statistic(*samples, axis=-1) -> array``, e.g.
+            :func:`mean_of` or :func:`difference_of_means`.
+        per_seed, n_excluded, note: stored in the result as given (``note`` is extended with
+            the reason for a degenerate interval).
+
+    Degenerate inputs never raise: with fewer than two values in some sample the interval is
+    NaN (one seed says nothing about the spread); when every sample has all-equal values every
+    resample gives the point estimate, so the interval is the point; an undefined point
+    estimate (e.g. a ratio over a zero mean) gives NaN throughout."""
+    arrays = [np.asarray(sample, dtype=np.float64).reshape(-1) for sample in samples]
+    reasons = [note] if note else []
+    sizes = [array.size for array in arrays]
+    if min(sizes) == 0:
+        reasons.append("no seed to estimate from")
+        return _estimate(math.nan, math.nan, math.nan, per_seed, n_excluded, reasons)
+    point = float(statistic(*arrays, axis=-1))
+    if not math.isfinite(point):
+        reasons.append("statistic undefined on these seeds (e.g. a ratio over a zero mean)")
+        return _estimate(math.nan, math.nan, math.nan, per_seed, n_excluded, reasons)
+    if min(sizes) < 2:
+        sizes_text = "/".join(str(size) for size in sizes)
+        reasons.append(f"fewer than two seeds per arm ({sizes_text}): no interval")
+        return _estimate(point, math.nan, math.nan, per_seed, n_excluded, reasons)
+    if all(np.ptp(array) == 0.0 for array in arrays):
+        reasons.append("all seeds equal: the interval is the point")
+        return _estimate(point, point, point, per_seed, n_excluded, reasons)
+    result = bootstrap(
+        tuple(arrays),
+        statistic,
+        n_resamples=options.n_resamples,
+        vectorized=True,
+        paired=False,
+        confidence_level=options.confidence_level,
+        method=options.method,
+        random_state=options.random_state,
+    )
+    low = float(result.confidence_interval.low)
+    high = float(result.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        reasons.append("bootstrap interval not finite (some resamples undefined)")
+    return _estimate(point, low, high, per_seed, n_excluded, reasons)
+
+
+def mean_estimate(
+    values: npt.ArrayLike, *, options: BootstrapOptions = DEFAULT_BOOTSTRAP
+) -> MetricEstimate:
+    """Mean over seeds of one arm's ``(S,)`` per-seed values with its bootstrap interval.
+    NaN values (e.g. never reached the threshold) are left out and counted in
+    ``n_excluded``."""
+    per_seed = np.asarray(values, dtype=np.float64).reshape(-1)
+    kept = per_seed[~np.isnan(per_seed)]
+    excluded = int(per_seed.size - kept.size)
+    note = f"{excluded} of {per_seed.size} seeds left out (NaN)" if excluded else ""
+    return bootstrap_estimate(
+        [kept],
+        mean_of,
+        options=options,
+        per_seed=[float(v) for v in per_seed],
+        n_excluded=excluded,
+        note=note,
+    )
+
+
+def verdict(estimate: MetricEstimate, *, absent_band: float = 0.0) -> Verdict:
+    """``positive`` when the interval lies entirely above ``absent_band``, ``negative`` when
+    entirely below ``-absent_band``, ``absent`` otherwise (including a NaN interval).
+
+    With the default band 0 this is "the interval excludes 0"; Sabatelli & Geurts call
+    ``|r| <= 0.05`` absent, which ``absent_band=0.05`` applies to the whole interval."""
+    if absent_band < 0.0:
+        raise ValueError(f"absent_band must be >= 0, got {absent_band}")
+    if estimate.low > absent_band:
+        return "positive"
+    if estimate.high < -absent_band:
+        return "negative"
+    return "absent"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer versus scratch
+# ---------------------------------------------------------------------------------------------
+
+
+def compare_transfer(
+    transfer: LearningCurves,
+    scratch: LearningCurves,
+    *,
+    threshold: float | None = None,
+    tail: float = 0.1,
+    return_floor: float | None = None,
+    source_steps: int = 0,
+    count_source_time: bool = False,
+    verdict_metric: VerdictMetric = "area_ratio",
+    absent_band: float = 0.0,
+    bootstrap_options: BootstrapOptions = DEFAULT_BOOTSTRAP,
+) -> TransferComparison:
+    """All transfer metrics of ``transfer`` against ``scratch``, with intervals and a verdict.
+
+    Both arms must be recorded on the same step grid (ValueError otherwise), with the transfer
+    arm's steps counted from the start of its target training.
+
+    Args:
+        threshold: return level for time to threshold (None: not computed).
+        tail: fraction of final grid points averaged for the asymptote (at least one point).
+        return_floor: value subtracted from every return before the ratios, so that the AUCs
+            compared are areas of non-negative curves (the paper normalises returns to >= 0
+            first). Prefer a bound of the environment given by the caller (its minimum
+            return, or a random policy's return when the curves never dip below it, as in
+            Sabatelli & Geurts): then ``r`` means the same for every pair and seed set.
+            None: 0 when every return of both arms is >= 0 (no shift; the raw areas are
+            already those of non-negative curves), otherwise the minimum over both arms'
+            returns (all seeds, all grid points): one shift for both arms, the smallest that
+            makes every return >= 0. That minimum depends on the data (the lower it is, the
+            smaller ``|r|``), so ``r`` from different pairs is then only roughly comparable.
+            A floor above some return is a ValueError. Dividing by ``R_max - R_floor`` as
+            well would not change either ratio, so no scale is applied.
+        source_steps: env steps the source policy trained for (recorded in the result).
+        count_source_time: False (the paper's choice): the arms are compared at equal target
+            steps. True: the transfer curve is shifted right by ``source_steps`` and the arms
+            are compared at equal *total* env steps over the window where both exist, i.e.
+            scratch's grid points from ``steps[0] + source_steps`` on, with the transfer
+            returns there linearly interpolated (exact when ``source_steps`` is a multiple of
+            the grid spacing); jumpstart, asymptote and AUCs use that window, and the
+            transfer arm's time to threshold (from its whole curve) gains ``source_steps``.
+        verdict_metric: the interval the verdict reads: ``area_ratio`` (r) or ``jumpstart``.
+        absent_band: in the units of ``verdict_metric`` (r, or return for jumpstart); see
+            :func:`verdict`.
+        bootstrap_options: confidence level, resamples, method, random state.
+
+    Intervals: per-arm values are means over seeds; the advantages and ratios are two-sample
+    statistics of the per-seed values (difference / ratio of means) bootstrapped with each arm
+    resampled independently, since transfer and scratch seeds are independent runs."""
+    check_same_grid(transfer, scratch)
+    if source_steps < 0:
+        raise ValueError(f"source_steps must be >= 0, got {source_steps}")
+    threshold_transfer = (
+        time_to_threshold(transfer.steps, transfer.returns, threshold)
+        if threshold is not None
+        else None
+    )
+    if count_source_time:
+        if threshold_transfer is not None:
+            threshold_transfer = threshold_transfer + source_steps
+        transfer, scratch = _on_total_steps(transfer, scratch, source_steps)
+    options = bootstrap_options
+    steps = scratch.steps
+
+    jumpstart = _compare(transfer.returns[:, 0], scratch.returns[:, 0], options)
+    count = tail_points(steps.shape[0], tail)
+    asymptote = _compare(
+        asymptotic_performance(transfer.returns, tail),
+        asymptotic_performance(scratch.returns, tail),
+        options,
+    )
+    auc_transfer = total_reward(steps, transfer.returns)
+    auc_scratch = total_reward(steps, scratch.returns)
+    auc = _compare(auc_transfer, auc_scratch, options)
+
+    floor, origin = _return_floor(transfer.returns, scratch.returns, return_floor)
+    # Subtracting the floor from every return lowers each AUC by floor x the grid's span.
+    span = float(steps[-1] - steps[0])
+    shifted = (auc_transfer - floor * span, auc_scratch - floor * span)
+    transfer_ratio = bootstrap_estimate(shifted, ratio_of_means, options=options)
+    area_ratio = bootstrap_estimate(shifted, relative_difference_of_means, options=options)
+
+    time_comparison = None
+    if threshold is not None and threshold_transfer is not None:
+        threshold_scratch = time_to_threshold(scratch.steps, scratch.returns, threshold)
+        time_comparison = _compare_times(threshold_transfer, threshold_scratch, options)
+
+    deciding = area_ratio if verdict_metric == "area_ratio" else jumpstart.advantage
+    return TransferComparison(
+        jumpstart=jumpstart,
+        asymptote=asymptote,
+        auc=auc,
+        transfer_ratio=transfer_ratio,
+        area_ratio=area_ratio,
+        time_to_threshold=time_comparison,
+        threshold=None if threshold is None else float(threshold),
+        verdict=verdict(deciding, absent_band=absent_band),
+        verdict_metric=verdict_metric,
+        absent_band=float(absent_band),
+        source_time_counted=count_source_time,
+        source_steps=int(source_steps),
+        return_floor=floor,
+        return_floor_origin=origin,
+        tail=float(tail),
+        tail_points=count,
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        n_points=int(steps.shape[0]),
+        n_transfer_seeds=transfer.n_seeds,
+        n_scratch_seeds=scratch.n_seeds,
+        bootstrap=options,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _estimate(
+    point: float,
+    low: float,
+    high: float,
+    per_seed: Sequence[float],
+    n_excluded: int,
+    reasons: list[str],
+) -> MetricEstimate:
+    return MetricEstimate(
+        estimate=point,
+        low=low,
+        high=high,
+        per_seed=tuple(float(v) for v in per_seed),
+        n_excluded=n_excluded,
+        note="; ".join(reasons),
+    )
+
+
+def _compare(
+    transfer_values: FloatArray, scratch_values: FloatArray, options: BootstrapOptions
+) -> MetricComparison:
+    return MetricComparison(
+        transfer=mean_estimate(transfer_values, options=options),
+        scratch=mean_estimate(scratch_values, options=options),
+        advantage=bootstrap_estimate(
+            (transfer_values, scratch_values), difference_of_means, options=options
+        ),
+    )
+
+
+def _compare_times(
+    transfer_times: FloatArray, scratch_times: FloatArray, options: BootstrapOptions
+) -> MetricComparison:
+    """Times to threshold per arm, and ``t*_scratch - t*_transfer`` (positive: transfer is
+    faster). The advantage needs every seed of both arms to reach the threshold: a mean over
+    the seeds that did would favour the arm whose slow seeds failed, so otherwise it is NaN and
+    its note counts the seeds that never reached it."""
+    transfer = mean_estimate(transfer_times, options=options)
+    scratch = mean_estimate(scratch_times, options=options)
+    if transfer.n_excluded or scratch.n_excluded:
+        note = (
+            f"never reached the threshold: {transfer.n_excluded} of {transfer_times.size} "
+            f"transfer seeds, {scratch.n_excluded} of {scratch_times.size} scratch seeds; "
+            "no advantage without every seed"
+        )
+        advantage = MetricEstimate(math.nan, math.nan, math.nan, note=note)
+    else:
+        advantage = bootstrap_estimate(
+            (scratch_times, transfer_times), difference_of_means, options=options
+        )
+    return MetricComparison(transfer=transfer, scratch=scratch, advantage=advantage)
+
+
+def _return_floor(
+    transfer_returns: FloatArray, scratch_returns: FloatArray, given: float | None
+) -> tuple[float, FloorOrigin]:
+    lowest = float(min(transfer_returns.min(), scratch_returns.min()))
+    if given is None:
+        return (0.0, "zero") if lowest >= 0.0 else (lowest, "pooled_minimum")
+    if not math.isfinite(given):
+        raise ValueError(f"return_floor must be finite, got {given}")
+    if given > lowest:
+        raise ValueError(
+            f"return_floor {given} is above the lowest return {lowest}: the area ratio needs "
+            "returns shifted to >= 0, so pass a lower bound (e.g. the environment's minimum "
+            "return) or None for the minimum over both arms"
+        )
+    return float(given), "caller"
+
+
+def _on_total_steps(
+    transfer: LearningCurves, scratch: LearningCurves, source_steps: int
+) -> tuple[LearningCurves, LearningCurves]:
+    """Both arms on scratch's grid points where the source-shifted transfer curve exists."""
+    total = (transfer.steps + source_steps).astype(np.float64)
+    window = scratch.steps[scratch.steps >= total[0]]
+    if window.shape[0] < 2:
+        raise ValueError(
+            f"counting {source_steps} source steps leaves {window.shape[0]} grid point(s) "
+            f"where both arms exist (scratch ends at step {scratch.steps[-1]}); need 2"
+        )
+    # The window ends at scratch's last step, which the shifted transfer grid covers, so
+    # np.interp only interpolates and never clamps.
+    window_float = window.astype(np.float64)
+    transfer_on_window = np.stack([np.interp(window_float, total, r) for r in transfer.returns])
+    scratch_on_window = scratch.returns[:, scratch.steps >= total[0]]
+    return LearningCurves(window, transfer_on_window), LearningCurves(window, scratch_on_window)
+
+
+def _json_object(result: Any) -> dict[str, Any]:
+    """A result dataclass as a JSON-ready dict."""
+    data: dict[str, Any] = _jsonable(dataclasses.asdict(result))
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data: non-finite floats -> None, tuples -> lists, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "BootstrapOptions",
+    "LearningCurves",
+    "MetricComparison",
+    "MetricEstimate",
+    "TransferComparison",
+    "Verdict",
+    "VerdictMetric",
+    "as_returns",
+    "as_step_grid",
+    "asymptotic_performance",
+    "bootstrap_estimate",
+    "check_same_grid",
+    "compare_transfer",
+    "difference_of_means",
+    "mean_estimate",
+    "mean_of",
+    "ratio_of_means",
+    "relative_difference_of_means",
+    "tail_points",
+    "time_to_threshold",
+    "total_reward",
+    "verdict",
+]

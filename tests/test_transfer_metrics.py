@@ -1,0 +1,223 @@
+"""Transfer metrics against curves computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ctxrl.transfer_metrics import (
+    BootstrapOptions,
+    LearningCurves,
+    MetricEstimate,
+    asymptotic_performance,
+    bootstrap_estimate,
+    compare_transfer,
+    difference_of_means,
+    mean_estimate,
+    tail_points,
+    time_to_threshold,
+    total_reward,
+    verdict,
+)
+
+GRID = np.array([0, 10, 20])
+FIVE_POINTS = np.arange(0, 50, 10)
+
+
+def flat(levels: list[float], steps: np.ndarray = FIVE_POINTS) -> LearningCurves:
+    """One constant curve per seed at each of ``levels``."""
+    return LearningCurves(steps, np.outer(levels, np.ones(steps.shape[0])))
+
+
+# --- one arm ----------------------------------------------------------------------------------
+
+
+def test_auc_is_the_trapezoid_rule_on_an_uneven_grid() -> None:
+    # 10 * (0 + 2) / 2 + 20 * (2 + 4) / 2 = 10 + 60
+    auc = total_reward([0, 10, 30], [[0.0, 2.0, 4.0], [1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(auc, [70.0, 30.0])
+
+
+def test_asymptote_averages_the_tail_with_at_least_one_point() -> None:
+    returns = np.arange(10.0)[None, :]
+    assert asymptotic_performance(returns, tail=0.1)[0] == 9.0
+    assert asymptotic_performance(returns, tail=0.3)[0] == 8.0  # 0.3 * 10 is 3.0000000000000004
+    assert asymptotic_performance(returns, tail=0.01)[0] == 9.0  # floor(0.1) -> 1 point
+    assert tail_points(100, 0.29) == 29  # 0.29 * 100 is 28.999999999999996
+    assert tail_points(10, 1.0) == 10
+    with pytest.raises(ValueError, match="tail"):
+        tail_points(10, 0.0)
+
+
+def test_time_to_threshold_is_the_first_step_reaching_it_or_nan() -> None:
+    returns = [[0.0, 5.0, 3.0, 9.0], [0.0, 1.0, 2.0, 3.0], [7.0, 0.0, 0.0, 0.0]]
+    times = time_to_threshold([0, 100, 200, 300], returns, threshold=5.0)
+    assert times[0] == 100.0 and math.isnan(times[1]) and times[2] == 0.0
+
+
+def test_grid_and_returns_are_checked() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        LearningCurves(np.array([0, 10, 10]), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="whole numbers"):
+        LearningCurves(np.array([0.0, 0.5]), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"shape \(seeds, 3\)"):
+        LearningCurves(GRID, np.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        LearningCurves(GRID, np.array([[0.0, np.nan, 1.0]]))
+    curves = LearningCurves(np.array([0.0, 10.0, 20.0]), np.array([[1, 2, 3]]))
+    assert curves.steps.dtype == np.int64 and not curves.returns.flags.writeable
+    window = flat([1.0, 2.0]).between(10, 30)
+    assert window.steps.tolist() == [10, 20, 30] and window.returns.shape == (2, 3)
+
+
+# --- comparisons ------------------------------------------------------------------------------
+
+
+def test_area_ratio_and_transfer_ratio_by_hand() -> None:
+    # Scratch: 5 * (0 + 1) + 5 * (1 + 2) = 20 per seed; transfer: 5 * 5 + 5 * 7 = 60.
+    scratch = LearningCurves(GRID, np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]))
+    transfer = LearningCurves(GRID, np.array([[2.0, 3.0, 4.0], [2.0, 3.0, 4.0]]))
+    result = compare_transfer(transfer, scratch)
+    assert (result.return_floor, result.return_floor_origin) == (0.0, "zero")
+    assert result.auc.transfer.estimate == 60.0 and result.auc.scratch.estimate == 20.0
+    assert result.area_ratio.estimate == pytest.approx(2.0)  # (60 - 20) / 20
+    assert result.transfer_ratio.estimate == pytest.approx(3.0)
+    assert result.jumpstart.advantage.estimate == 2.0
+    assert result.asymptote.advantage.estimate == 2.0
+    # Every seed equal within each arm: every resample gives the point.
+    assert (result.area_ratio.low, result.area_ratio.high) == (2.0, 2.0)
+    assert "all seeds equal" in result.area_ratio.note
+    assert result.verdict == "positive"
+
+
+def test_negative_returns_are_shifted_by_the_pooled_minimum_or_a_given_floor() -> None:
+    scratch = LearningCurves(GRID, np.array([[-10.0, -6.0, -2.0]]))
+    transfer = LearningCurves(GRID, np.array([[-8.0, -4.0, 0.0]]))
+    pooled = compare_transfer(transfer, scratch)
+    # Shift by -10: scratch [0, 4, 8] -> 5 * 4 + 5 * 12 = 80; transfer [2, 6, 10] -> 120.
+    assert (pooled.return_floor, pooled.return_floor_origin) == (-10.0, "pooled_minimum")
+    assert pooled.area_ratio.estimate == pytest.approx(0.5)
+    # Shift by -20: scratch [10, 14, 18] -> 280; transfer [12, 16, 20] -> 320.
+    given = compare_transfer(transfer, scratch, return_floor=-20.0)
+    assert given.return_floor_origin == "caller"
+    assert given.area_ratio.estimate == pytest.approx(40.0 / 280.0)
+    assert given.transfer_ratio.estimate == pytest.approx(320.0 / 280.0)
+    # The raw total reward is not shifted: 5 * (-12) + 5 * (-4) and 5 * (-16) + 5 * (-8).
+    assert given.auc.transfer.estimate == -80.0 and given.auc.scratch.estimate == -120.0
+    with pytest.raises(ValueError, match="above the lowest return -10"):
+        compare_transfer(transfer, scratch, return_floor=-5.0)
+
+
+def test_curves_that_never_reach_the_threshold() -> None:
+    transfer = LearningCurves(GRID, np.array([[0.0, 6.0, 6.0], [0.0, 0.0, 5.0], [0.0, 1.0, 1.0]]))
+    scratch = LearningCurves(GRID, np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 9.0]]))
+    result = compare_transfer(transfer, scratch, threshold=5.0)
+    times = result.time_to_threshold
+    assert times is not None
+    assert times.transfer.per_seed[:2] == (10.0, 20.0) and math.isnan(times.transfer.per_seed[2])
+    assert times.transfer.estimate == 15.0 and times.transfer.n_excluded == 1
+    assert "1 of 3 seeds" in times.transfer.note
+    assert times.scratch.estimate == 20.0 and times.scratch.n_excluded == 0
+    assert math.isnan(times.advantage.estimate)
+    assert "1 of 3 transfer seeds, 0 of 2 scratch seeds" in times.advantage.note
+    # Every seed reaches 1.0 (transfer at 10, 20, 10; scratch at 20, 20): 20 - 40 / 3.
+    reached = compare_transfer(transfer, scratch, threshold=1.0).time_to_threshold
+    assert reached is not None and reached.advantage.estimate == pytest.approx(20.0 - 40.0 / 3)
+    assert json.dumps(result.to_json(), allow_nan=False)
+
+
+def test_unequal_grids_are_an_error_naming_them() -> None:
+    with pytest.raises(ValueError, match="5 vs 3 points"):
+        compare_transfer(flat([1.0]), flat([1.0], GRID))
+    shifted = LearningCurves(np.array([0, 10, 25, 30, 40]), np.ones((1, 5)))
+    with pytest.raises(ValueError, match="index 2, transfer step 20 vs scratch step 25"):
+        compare_transfer(flat([1.0]), shifted)
+
+
+def test_an_interval_straddling_zero_is_absent() -> None:
+    result = compare_transfer(flat([1.5, 2.5, 3.5, 0.5, 4.5]), flat([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert result.area_ratio.estimate == pytest.approx(-1.0 / 6.0)
+    assert result.area_ratio.low < 0.0 < result.area_ratio.high
+    assert result.verdict == "absent"
+
+
+def test_clearly_positive_and_clearly_negative_transfer() -> None:
+    good = flat([10.0, 10.5, 11.0, 9.5, 10.2])
+    poor = flat([5.0, 5.5, 4.8, 5.2, 5.1])
+    positive = compare_transfer(good, poor)
+    assert positive.area_ratio.low > 0.0 and positive.verdict == "positive"
+    assert positive.area_ratio.low <= positive.area_ratio.estimate <= positive.area_ratio.high
+    negative = compare_transfer(poor, good, verdict_metric="jumpstart")
+    assert negative.jumpstart.advantage.estimate == pytest.approx(5.12 - 10.24)
+    assert negative.jumpstart.advantage.high < 0.0
+    assert (negative.verdict, negative.verdict_metric) == ("negative", "jumpstart")
+    # The paper's band: |r| <= 0.05 is absent, applied to the whole interval.
+    steady, slightly_better = flat([5.0, 5.01, 4.99, 5.0, 5.0]), flat([5.15, 5.16, 5.14, 5.15])
+    nearly = compare_transfer(slightly_better, steady)
+    assert nearly.area_ratio.estimate == pytest.approx(0.03) and nearly.verdict == "positive"
+    assert compare_transfer(slightly_better, steady, absent_band=0.05).verdict == "absent"
+
+
+def test_one_seed_gives_points_without_intervals() -> None:
+    result = compare_transfer(flat([2.0]), flat([1.0]), threshold=1.5, return_floor=0.0)
+    assert result.area_ratio.estimate == pytest.approx(1.0)
+    assert math.isnan(result.area_ratio.low) and math.isnan(result.area_ratio.high)
+    assert "fewer than two seeds" in result.area_ratio.note
+    assert result.verdict == "absent"
+    data = result.to_json()
+    assert data["area_ratio"]["low"] is None and data["bootstrap"]["random_state"] == 0
+    json.dumps(data, allow_nan=False)
+
+
+def test_source_time_is_recorded_and_optionally_counted() -> None:
+    transfer = LearningCurves(FIVE_POINTS, np.array([[4.0, 5.0, 6.0, 7.0, 8.0]]))
+    scratch = LearningCurves(FIVE_POINTS, np.array([[0.0, 1.0, 2.0, 3.0, 4.0]]))
+    uncounted = compare_transfer(transfer, scratch, source_steps=20, threshold=4.0)
+    assert not uncounted.source_time_counted and uncounted.source_steps == 20
+    assert uncounted.jumpstart.advantage.estimate == 4.0
+    counted = compare_transfer(
+        transfer, scratch, source_steps=20, count_source_time=True, threshold=4.0
+    )
+    # Total steps 20, 30, 40: transfer's target steps 0, 10, 20 against scratch's 20, 30, 40.
+    assert counted.source_time_counted
+    assert (counted.first_step, counted.last_step, counted.n_points) == (20, 40, 3)
+    assert counted.jumpstart.advantage.estimate == 2.0  # 4 - 2
+    assert counted.auc.transfer.estimate == 100.0  # 5 * 9 + 5 * 11
+    assert counted.auc.scratch.estimate == 60.0  # 5 * 5 + 5 * 7
+    times = counted.time_to_threshold
+    assert times is not None
+    assert times.transfer.estimate == 20.0 and times.scratch.estimate == 40.0  # 0 + 20, 40
+    # Unaligned: 5 source steps puts transfer's target steps 5, 15, 25, 35 on scratch's grid.
+    unaligned = compare_transfer(transfer, scratch, source_steps=5, count_source_time=True)
+    assert unaligned.first_step == 10 and unaligned.jumpstart.transfer.estimate == 4.5
+    with pytest.raises(ValueError, match="need 2"):
+        compare_transfer(transfer, scratch, source_steps=35, count_source_time=True)
+
+
+# --- estimates --------------------------------------------------------------------------------
+
+
+def test_bootstrap_is_reproducible_and_resamples_arms_independently() -> None:
+    transfer = np.array([3.1, 4.7, 6.2, 7.9, 5.3, 2.2])
+    scratch = np.array([1.3, 2.9, 2.4, 0.7, 1.8])  # another number of seeds: no pairing
+    first = bootstrap_estimate((transfer, scratch), difference_of_means)
+    again = bootstrap_estimate((transfer, scratch), difference_of_means)
+    assert first == again
+    assert first.estimate == pytest.approx(29.4 / 6 - 9.1 / 5)
+    other = bootstrap_estimate(
+        (transfer, scratch), difference_of_means, options=BootstrapOptions(random_state=1)
+    )
+    assert other.estimate == first.estimate and (other.low, other.high) != (first.low, first.high)
+
+
+def test_degenerate_estimates_do_not_raise() -> None:
+    equal = mean_estimate([3.0, 3.0, 3.0], options=BootstrapOptions(method="BCa"))
+    assert (equal.estimate, equal.low, equal.high) == (3.0, 3.0, 3.0)
+    missing = mean_estimate([math.nan, math.nan])
+    assert math.isnan(missing.estimate) and missing.n_excluded == 2
+    assert verdict(missing) == "absent"
+    assert verdict(MetricEstimate(0.0, 0.0, 0.0)) == "absent"
+    assert verdict(MetricEstimate(-1.0, -2.0, -0.5)) == "negative"
