@@ -5,6 +5,7 @@
     ctxrl sweep [CONFIG] [--set k=v]  run (or resume) a sweep; no CONFIG = the quickstart
     ctxrl select --matrix FILE ...  replay a strategy offline on a stored matrix
     ctxrl report RUN_DIR            rewrite a run's exports and summary from its store
+    ctxrl transfer STUDY CONFIG     run (or resume) a transfer study a plugin provides
 
 Plugins add commands through the ``ctxrl_register_commands`` hook.
 """
@@ -354,6 +355,13 @@ def select(
     out.print(table)
 
 
+# ------------------------------------------------------------------------------ transfer
+@cli.group()
+def transfer() -> None:
+    """Transfer studies that train target policies from source policies (fine-tuning arms,
+    distillation, plasticity); each is a sub-command a transfer plugin adds."""
+
+
 # -------------------------------------------------------------------------------- report
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -367,7 +375,15 @@ def report(ctx: click.Context, run_dir: Path) -> None:
     plan_file = run_dir / "plan.yaml"
     if not plan_file.is_file():
         raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
-    cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
+    stored = yaml.safe_load(plan_file.read_text())
+    if isinstance(stored, dict) and "study" in stored:
+        # a transfer study's run directory: its transfer method writes the report
+        spec = host.registry.transfer_method(str(stored["study"]))
+        if spec.report is None:
+            raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
+        click.echo(spec.report(run_dir))
+        return
+    cfg = validate_config(stored["config"], str(plan_file))
     plan = resolve_plan(cfg, host.registry)
     with Store(run_dir / STORE_FILE) as store:
         matrix = sweep_matrix(plan, store)

@@ -206,12 +206,16 @@ class TransferMethodSpec:
             unknown options raise an error naming them.
         batched_only: True when the method trains (fine-tuning, distillation) and so needs a
             batched algorithm; zero-shot works with every algorithm.
+        report: for methods that run studies of their own (``ctxrl transfer ...``):
+            ``report(run_dir) -> markdown``, rewriting the study's exports and figures from
+            its run directory; ``ctxrl report`` calls it for such directories.
         description: one line for ``ctxrl plugins``.
     """
 
     name: str
     factory: Callable[..., Any]
     batched_only: bool = True
+    report: Callable[[Path], str] | None = None
     description: str = ""
 
 

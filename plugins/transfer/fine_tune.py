@@ -1,0 +1,98 @@
+"""The ``fine-tune`` transfer method: every source policy trained further on every target.
+
+For P sources and Q targets, P x Q agents start from their source's weights (layers named in
+``reinit`` freshly initialised, layers in ``freeze`` not trained), train ``steps`` env steps on
+their target in one batched program, and are evaluated there: entry ``(p, q)`` of the sweep's
+matrix is source ``p`` fine-tuned on target ``q``. ``steps`` target-env steps are spent per
+pair; source training is not counted. Needs a batched algorithm (``train_many(init=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ctxrl import hookimpl
+from ctxrl.errors import ConfigError
+from ctxrl.registry import TransferMethodSpec
+from ctxrl.transfer import TransferProblem, TransferResult
+
+
+class FineTune:
+    """Warm-started training of every (source, target) pair, then evaluation on the target.
+
+    Args:
+        steps: env steps per (source, target) agent in the target context.
+        reinit: layer names or patterns re-initialised before training (e.g. ``actor.head``,
+            ``q.head``).
+        freeze: layer names or patterns kept as the source's (e.g. ``q.0``).
+        seed_offset: added to the source's seed for the target agent's random streams.
+    """
+
+    def __init__(
+        self,
+        steps: int,
+        reinit: Sequence[str] = (),
+        freeze: Sequence[str] = (),
+        seed_offset: int = 1_000_003,
+    ) -> None:
+        if int(steps) <= 0:
+            raise ConfigError(f"fine-tune: steps must be > 0, got {steps}")
+        self.steps, self.reinit, self.freeze = int(steps), list(reinit), list(freeze)
+        self.seed_offset = int(seed_offset)
+
+    def transfer(self, problem: TransferProblem) -> TransferResult:
+        import torch
+
+        sources = problem.sources
+        p, q = len(problem.source_contexts), len(problem.targets)
+        rows = torch.arange(p).repeat_interleave(q)  # agent p * q + j starts from source p
+        init = {k: v[rows.to(v.device)] for k, v in sources.params.items()}
+        contexts = [dict(t) for _ in range(p) for t in problem.targets]
+        seeds = [s + self.seed_offset for s in problem.source_seeds for _ in range(q)]
+        tuned = problem.algorithm.train_many(
+            problem.env,
+            contexts,
+            seeds,
+            total_steps=self.steps,
+            init=init,
+            reinit=self.reinit,
+            freeze=self.freeze,
+        )
+        own = [[c] for c in contexts]
+        from ctxrl_plugins.training.evaluation import evaluate_policies
+
+        returns = evaluate_policies(
+            tuned,
+            problem.env,
+            own,
+            episodes=problem.episodes,
+            seed=problem.eval_seed,
+            device=problem.algorithm.device,
+            per_policy=True,
+        )  # (P * Q, 1, E)
+        return TransferResult(
+            np.asarray(returns, dtype=np.float64).reshape(p, q, problem.episodes),
+            target_env_steps=self.steps,
+            details={"reinit": self.reinit, "freeze": self.freeze},
+        )
+
+
+def _fine_tune(
+    steps: int, reinit: Sequence[str] = (), freeze: Sequence[str] = (), seed_offset: int = 1_000_003
+) -> FineTune:
+    return FineTune(steps, reinit, freeze, seed_offset)
+
+
+@hookimpl
+def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], None]) -> None:
+    register(
+        TransferMethodSpec(
+            name="fine-tune",
+            factory=_fine_tune,
+            batched_only=True,
+            description="each source trained further on each target (options: steps, reinit, "
+            "freeze)",
+        )
+    )
