@@ -27,7 +27,7 @@ This module is torch-free at import; tensors are ``torch.Tensor``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -78,7 +78,10 @@ class NetworkSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
         """The spec from its JSON form (``dataclasses.asdict`` of one)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**fields)
 
     def with_(self, **changes: Any) -> NetworkSpec:
         """A copy with ``changes`` applied (what a network transform returns)."""
@@ -101,6 +104,10 @@ class AgentOptimizerState(Protocol):
 
 class TrainingView(Protocol):
     """What an intervention sees of a batched training in progress.
+
+    Every member is read-only (a property here: an implementation may use plain attributes or
+    properties, of these types or narrower ones, e.g. ``dict`` for ``Mapping``); tensors are
+    edited in place, never rebound.
 
     Attributes:
         params: the live agent-stacked parameters by name, each ``(N, ...)``; edit them in
@@ -125,18 +132,30 @@ class TrainingView(Protocol):
         device: the torch device.
     """
 
-    params: Mapping[str, torch.Tensor]
-    initial_params: Mapping[str, torch.Tensor]
-    layers: Mapping[str, list[str]]
-    optimizer: AgentOptimizerState
-    activations: Mapping[str, torch.Tensor]
-    gradients: Mapping[str, torch.Tensor]
-    mask: torch.Tensor
-    rng: StreamRNG
-    num_agents: int
-    env_steps: int
-    iteration: int
-    device: torch.device
+    @property
+    def params(self) -> Mapping[str, torch.Tensor]: ...
+    @property
+    def initial_params(self) -> Mapping[str, torch.Tensor]: ...
+    @property
+    def layers(self) -> Mapping[str, list[str]]: ...
+    @property
+    def optimizer(self) -> AgentOptimizerState: ...
+    @property
+    def activations(self) -> Mapping[str, torch.Tensor]: ...
+    @property
+    def gradients(self) -> Mapping[str, torch.Tensor]: ...
+    @property
+    def mask(self) -> torch.Tensor: ...
+    @property
+    def rng(self) -> StreamRNG: ...
+    @property
+    def num_agents(self) -> int: ...
+    @property
+    def env_steps(self) -> int: ...
+    @property
+    def iteration(self) -> int: ...
+    @property
+    def device(self) -> torch.device: ...
 
 
 class Intervention:
@@ -200,14 +219,17 @@ class InterventionConfig:
 
 
 def build_interventions(
-    entries: list[InterventionConfig] | list[dict[str, Any]], registry: Any
+    entries: Sequence[InterventionConfig | dict[str, Any]], registry: Any
 ) -> list[Intervention]:
     """Interventions from config entries through the registry; an unknown name or option is a
     :class:`~ctxrl.errors.ConfigError` naming the entry."""
     built: list[Intervention] = []
-    for index, entry in enumerate(entries):
-        if isinstance(entry, dict):
-            entry = InterventionConfig(entry["name"], dict(entry.get("options", {})))
+    for index, item in enumerate(entries):
+        entry = (
+            InterventionConfig(item["name"], dict(item.get("options", {})))
+            if isinstance(item, dict)
+            else item
+        )
         where = f"algorithm.interventions[{index}]"
         try:
             spec = registry.intervention(entry.name)

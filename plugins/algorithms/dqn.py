@@ -169,6 +169,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
 
     name = "batched-dqn"
     env_seed_salt = 1
+    config: DQNConfig
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)

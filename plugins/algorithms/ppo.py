@@ -200,6 +200,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
 
     name = "batched-ppo"
     env_seed_salt = 0
+    config: PPOConfig
 
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
@@ -307,7 +308,10 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         batch = e * t_steps
         minibatch = batch // cfg.num_minibatches
         agents = torch.arange(n, device=device)[:, None]
-        flat = lambda x: x.transpose(0, 1).reshape(n, batch, *x.shape[3:])  # noqa: E731
+
+        def flat(x: Tensor) -> Tensor:
+            return x.transpose(0, 1).reshape(n, batch, *x.shape[3:])
+
         b_obs, b_act, b_logp = flat(buf.obs), flat(buf.actions), flat(buf.log_probs)
         b_adv, b_ret, b_val = flat(advantages), flat(returns), flat(buf.values)
         for epoch in range(cfg.update_epochs):

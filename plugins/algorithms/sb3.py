@@ -23,7 +23,7 @@ from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, PluginUnavailable
-from ctxrl.registry import AlgorithmSpec, EnvSpec
+from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
 
@@ -146,7 +146,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-ACTION_SPACES = {
+ACTION_SPACES: dict[str, frozenset[ActionSpaceKind]] = {
     "ppo": frozenset({"discrete", "continuous"}),
     "a2c": frozenset({"discrete", "continuous"}),
     "dqn": frozenset({"discrete"}),

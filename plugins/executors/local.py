@@ -20,10 +20,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ctxrl import hookimpl
 from ctxrl.registry import ExecutorSpec
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 Job = dict[str, Any]
 JobFn = Callable[[Job], None]
@@ -139,7 +142,10 @@ class LocalProcessExecutor:
         self.workers = workers
         self.timeout_s = timeout_s
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.context = mp.get_context(start_method)
+        # typeshed types get_context(str) as BaseContext, which has no Process
+        self.context = cast(
+            "SpawnContext | ForkContext | ForkServerContext", mp.get_context(start_method)
+        )
         self.poll_s = poll_s
 
     def map(self, fn: JobFn, jobs: Iterable[Job]) -> Iterator[tuple[Job, BaseException | None]]:

@@ -21,7 +21,7 @@ import numpy as np
 from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import StrategySpec
-from ctxrl.selection import SelectionState, nearest_index
+from ctxrl.selection import SelectionState, Strategy, nearest_index
 
 
 def _one_dimensional(state: SelectionState, name: str) -> np.ndarray:
@@ -139,8 +139,8 @@ class ExhaustiveStrategy:
         return untried[: state.batch_size]
 
 
-def _no_options(cls: type) -> Callable[..., object]:
-    def factory(**options: object) -> object:
+def _no_options(cls: type[Strategy]) -> Callable[..., Strategy]:
+    def factory(**options: object) -> Strategy:
         if options:
             raise CtxrlError(f"strategy {cls.__name__} takes no options, got {sorted(options)}")
         return cls()

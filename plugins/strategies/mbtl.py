@@ -261,7 +261,7 @@ class SDMBTLStrategy:
         return trace
 
 
-def _m_mbtl(**options: object) -> SDMBTLStrategy:
+def _m_mbtl(**options: Any) -> SDMBTLStrategy:
     return SDMBTLStrategy(structure="mountain", **options)
 
 

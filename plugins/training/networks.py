@@ -3,8 +3,8 @@ layers are batched matrix products that keep agents independent."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -33,7 +33,10 @@ class _SigmoidTanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
+        return cast(Tensor, torch.ops.aten.tanh_backward(grad, y))
+
+
+_sigmoid_tanh: Callable[[Tensor], Tensor] = _SigmoidTanh.apply  # Function.apply is untyped
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -44,7 +47,7 @@ def tanh(x: Tensor) -> Tensor:
     if x.device.type != "cpu":
         return torch.tanh(x)
     if x.requires_grad and torch.is_grad_enabled():
-        return _SigmoidTanh.apply(x)  # type: ignore[no-any-return]
+        return _sigmoid_tanh(x)
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
 
 

@@ -141,10 +141,10 @@ class AgentAdam:
             param.addcdiv_(self.exp_avg, denom, value=-step_size)
         else:
             self.steps.add_(1.0)
-            bias_correction1 = 1 - torch.pow(beta1, self.steps)
-            bias_correction2 = 1 - torch.pow(beta2, self.steps)
-            denom = (self.exp_avg_sq.sqrt() / bias_correction2.sqrt()).add_(self.eps)
-            param.addcdiv_(self.exp_avg * (-self.lr / bias_correction1), denom)
+            corrections1 = 1 - torch.pow(beta1, self.steps)  # per element
+            corrections2 = 1 - torch.pow(beta2, self.steps)
+            denom = (self.exp_avg_sq.sqrt() / corrections2.sqrt()).add_(self.eps)
+            param.addcdiv_(self.exp_avg * (-self.lr / corrections1), denom)
 
     def finish(self) -> None:
         """Training is over: the parameters become plain, contiguous tensors again."""

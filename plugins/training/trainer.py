@@ -194,7 +194,7 @@ class TrainingRun:
             if term is not None:
                 loss = loss + term * self.mask
         self.optimizer.zero_grad()
-        loss.sum().backward()
+        torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
         self.optimizer.step(lr)
         self.record("grad_norm", self.optimizer.grad_norm)
         for intervention in self.interventions:
