@@ -1,0 +1,748 @@
+"""DQN transferability studies (Sabatelli and Geurts 2021, arXiv 2110.02639), for any env family.
+
+A study takes a list of contexts (Catch v0-v3, CartPole pole lengths, ...), trains batched DQN
+agents from scratch on each (these are both the sources and the scratch baselines), then, for
+every (source, target) pair and transfer arm, trains target agents warm-started from the source
+agents and compares their learning curves with scratch on the target:
+
+- ``scratch``: no transfer (the baseline every other arm is measured against);
+- ``fine-tune``: all layers copied, the Q head(s) re-initialised, everything trained;
+- ``only-head``: hidden layers copied and frozen, a new head trained;
+- ``hybrid``: hidden layers from the fine-tuned agent and the head from the only-head agent,
+  then everything trained (it starts where those two arms ended: its target-env steps are the
+  arm's own budget on top of theirs, which the summary states);
+- ``keep-head``: every layer copied, nothing re-initialised (the zero-shot policy, trained on).
+
+Every arm of a variant (plain, Double, Dueling DQN) is one batched program over all (pair,
+seed) agents, on one step grid; each program checkpoints itself, and finished arms are stored,
+so a killed study resumes. Metrics (:mod:`ctxrl.transfer_metrics`): jumpstart, asymptote, AUC,
+transfer ratio, the paper's area ratio on returns normalised to [0, 1] by the env's return
+bounds, time to threshold, with bootstrap 95 % intervals over seeds and a verdict per pair.
+Source training time is not counted (as in the paper): a transfer curve starts at the target's
+step 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxrl import hookimpl
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
+
+Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
+ARMS: tuple[Arm, ...] = ("scratch", "fine-tune", "only-head", "hybrid", "keep-head")
+Variant = Literal["dqn", "double", "dueling"]
+_DEFAULT_VARIANTS: tuple[Variant, ...] = ("dqn",)
+VARIANT_PARAMS: dict[str, dict[str, bool]] = {
+    "dqn": {},
+    "double": {"double": True},
+    "dueling": {"dueling": True},
+}
+STUDY = "dqn-transferability"
+STORE_FILE = "store.sqlite"
+
+
+# ------------------------------------------------------------------------------ config
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContextEntry(_Strict):
+    name: str = Field(description="label of the context in tables (e.g. v0)")
+    context: dict[str, float] = Field(default_factory=dict, description="feature -> value")
+
+
+class StudyConfig(_Strict):
+    """A DQN transferability study, as written in YAML."""
+
+    env: str = Field(description="environment registry name")
+    contexts: list[ContextEntry] = Field(min_length=1, description="sources = targets")
+    pairs: Literal["all", "self", "cross"] = Field(
+        default="all", description="which (source, target) pairs: all, self only, cross only"
+    )
+    algorithm: dict[str, Any] = Field(
+        default_factory=dict, description="batched-dqn hyperparameters (params)"
+    )
+    preset: str | None = Field(default=None, description="batched-dqn preset")
+    variants: list[Variant] = Field(default_factory=lambda: list(_DEFAULT_VARIANTS), min_length=1)
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    train_steps: int = Field(gt=0, description="env steps per agent, every arm (same grid)")
+    curve_every: int = Field(gt=0, description="env steps between learning-curve points")
+    curve_episodes: int = Field(default=10, ge=1, description="episodes per curve point")
+    threshold: float | None = Field(
+        default=None, description="normalised return for time to threshold (default 0.9)"
+    )
+    device: str = Field(default="cpu")
+    output_dir: Path = Field(default=Path("runs"))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} repeat a seed")
+        return value
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: list[Arm]) -> list[Arm]:
+        if "scratch" not in value:
+            value = ["scratch", *value]
+        if "hybrid" in value and not {"fine-tune", "only-head"} <= set(value):
+            raise ValueError("the hybrid arm needs the fine-tune and only-head arms")
+        return list(dict.fromkeys(value))
+
+    def plan_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude={"output_dir", "device"})
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; errors name the field and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file")
+    try:
+        data = yaml.safe_load(path.read_text())
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: int
+    target: int
+
+
+@dataclass
+class StudyPlan:
+    """A validated study: the env, its contexts and the pairs."""
+
+    config: StudyConfig
+    env: EnvSpec
+    contexts: list[dict[str, float]]
+    names: list[str]
+    pairs: list[Pair]
+    params: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.output_dir / f"dqn-transfer-{self.env.name}-{self.config.plan_hash()}"
+
+
+def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
+    """Check names, contexts and hyperparameters before anything trains."""
+    try:
+        env = registry.env(config.env)
+    except CtxrlError as exc:
+        raise ConfigError(f"env: {exc}") from None
+    if env.action_space != "discrete":
+        raise ConfigError(f"env: DQN needs discrete actions; {env.name!r} is continuous")
+    if env.make_batched is None:
+        raise ConfigError(f"env: {env.name!r} has no torch twin; batched-dqn needs one")
+    contexts = []
+    for index, entry in enumerate(config.contexts):
+        try:
+            contexts.append(env.context_space.validate(entry.context).as_dict())
+        except CtxrlError as exc:
+            raise ConfigError(f"contexts[{index}].context: {exc}") from None
+    names = [entry.name for entry in config.contexts]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"contexts: names {names} repeat a name")
+    algorithm = registry.algorithm("batched-dqn")
+    params: dict[str, Any] = {}
+    if config.preset is not None:
+        if config.preset not in algorithm.presets:
+            raise ConfigError(
+                f"preset: batched-dqn has no preset {config.preset!r}; available: "
+                f"{', '.join(sorted(algorithm.presets))}"
+            )
+        params.update(algorithm.presets[config.preset])
+    params.update(config.algorithm)
+    for variant in config.variants:
+        try:
+            algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
+        except CtxrlError as exc:
+            raise ConfigError(f"algorithm: {exc}") from None
+    n = len(contexts)
+    pairs = [
+        Pair(s, t)
+        for s in range(n)
+        for t in range(n)
+        if config.pairs == "all" or (config.pairs == "self") == (s == t)
+    ]
+    if not pairs:
+        raise ConfigError(f"pairs: {config.pairs!r} leaves no pair among {n} contexts")
+    return StudyPlan(config, env, contexts, names, pairs, params)
+
+
+# ------------------------------------------------------------------------------ training
+TRANSFER_SEED_OFFSET = 1_000_003
+"""added to a transfer agent's seed, so its new head and exploration differ from its source's"""
+
+
+def _reinit_and_freeze(arm: Arm, dueling: bool) -> dict[str, Any]:
+    """``train_many``'s layer surgery for an arm: the Q head(s) re-initialised (fine-tune,
+    only-head), the hidden layers frozen (only-head)."""
+    heads = ["q.head", "q.value"] if dueling else ["q.head"]
+    if arm == "fine-tune":
+        return {"reinit": heads}
+    if arm == "only-head":
+        return {"reinit": heads, "freeze": ["q.[0-9]*"]}
+    return {}
+
+
+def run_id(variant: str, arm: str, names: Sequence[str], pair: Pair | int, seed: int) -> str:
+    """``dqn/fine-tune/v0->v1/s3``; scratch runs are ``dqn/scratch/v1/s3``."""
+    if isinstance(pair, Pair):
+        return f"{variant}/{arm}/{names[pair.source]}->{names[pair.target]}/s{seed}"
+    return f"{variant}/{arm}/{names[pair]}/s{seed}"
+
+
+@dataclass
+class ArmResult:
+    """One arm of one variant: learning curves and final weights of all its agents.
+
+    Attributes:
+        steps: the step grid ``(T,)``.
+        curves: ``(agents, T)`` mean deterministic return on the agent's target context.
+        params: the trained agent-stacked parameters ``(agents, ...)``.
+        keys: per agent, ``(pair or context index, seed)``.
+    """
+
+    steps: np.ndarray
+    curves: np.ndarray
+    params: dict[str, Any]
+    keys: list[tuple[Pair | int, int]]
+
+
+class StudyRunner:
+    """Runs (or resumes) a study in its run directory: one batched program per (variant, arm),
+    stored as it finishes."""
+
+    def __init__(
+        self,
+        plan: StudyPlan,
+        registry: Registry,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.plan, self.registry, self.progress = plan, registry, progress
+        self.run_dir = plan.run_dir
+
+    # -------------------------------------------------------------------- run directory
+    def prepare(self) -> None:
+        """Create (or reopen) the run directory; refuse one that holds another study."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = self.run_dir / "plan.yaml"
+        data = {
+            "study": STUDY,
+            "plan_hash": self.plan.config.plan_hash(),
+            "config": self.plan.config.model_dump(mode="json"),
+        }
+        if plan_file.exists():
+            stored = yaml.safe_load(plan_file.read_text())
+            if stored.get("plan_hash") != data["plan_hash"]:
+                raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
+        else:
+            plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def _arm_file(self, variant: str, arm: str) -> Path:
+        return self.run_dir / "arms" / variant / f"{arm}.safetensors"
+
+    def load_arm(self, variant: str, arm: str) -> ArmResult | None:
+        """A stored arm, or None when it has not finished."""
+        from ctxrl.artifacts import load_artifact
+
+        path = self._arm_file(variant, arm)
+        if not path.is_file():
+            return None
+        tensors, meta = load_artifact(path.with_suffix(""))
+        keys: list[tuple[Pair | int, int]] = [
+            (Pair(*key) if isinstance(key, list) else int(key), int(seed))
+            for key, seed in meta["keys"]
+        ]
+        params = {
+            k.removeprefix("params."): v for k, v in tensors.items() if k.startswith("params.")
+        }
+        return ArmResult(tensors["steps"].numpy(), tensors["curves"].double().numpy(), params, keys)
+
+    def _store_arm(self, variant: str, arm: str, result: ArmResult) -> None:
+        import torch
+
+        from ctxrl.artifacts import save_artifact
+
+        path = self._arm_file(variant, arm)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "steps": torch.as_tensor(result.steps, dtype=torch.int64),
+            "curves": torch.as_tensor(result.curves, dtype=torch.float64),
+        }
+        tensors.update(
+            {f"params.{k}": v.detach().cpu().contiguous() for k, v in result.params.items()}
+        )
+        keys = [
+            ([key.source, key.target] if isinstance(key, Pair) else key, seed)
+            for key, seed in result.keys
+        ]
+        save_artifact(path.with_suffix(""), tensors, {"keys": keys, "variant": variant, "arm": arm})
+
+    # ------------------------------------------------------------------------ training
+    def run(self) -> dict[str, dict[str, ArmResult]]:
+        """Every (variant, arm), training what is not stored yet; returns them all."""
+        self.prepare()
+        results: dict[str, dict[str, ArmResult]] = {}
+        for variant in self.plan.config.variants:
+            results[variant] = {}
+            for arm in self.plan.config.arms:
+                stored = self.load_arm(variant, arm)
+                if stored is None:
+                    stored = self._train_arm(variant, arm, results[variant])
+                    self._store_arm(variant, arm, stored)
+                results[variant][arm] = stored
+        return results
+
+    def _train_arm(self, variant: str, arm: Arm, done: Mapping[str, ArmResult]) -> ArmResult:
+        plan, config = self.plan, self.plan.config
+        algorithm = self.registry.algorithm("batched-dqn").factory(
+            {**plan.params, **VARIANT_PARAMS[variant]}, device=config.device, env=plan.env
+        )
+        keys: list[tuple[Pair | int, int]]
+        options: dict[str, Any] = {}
+        if arm == "scratch":
+            keys = [(c, seed) for c in range(len(plan.contexts)) for seed in config.seeds]
+            contexts = [plan.contexts[c] for c, _ in keys]  # type: ignore[index]
+            seeds = [seed for _, seed in keys]
+        else:
+            keys = [(pair, seed) for pair in plan.pairs for seed in config.seeds]
+            contexts = [plan.contexts[pair.target] for pair, _ in keys]  # type: ignore[union-attr]
+            seeds = [seed + TRANSFER_SEED_OFFSET for _, seed in keys]
+            options["init"] = self._initial_params(arm, keys, done)
+            dueling = bool({**plan.params, **VARIANT_PARAMS[variant]}.get("dueling", False))
+            options.update(_reinit_and_freeze(arm, dueling))
+        checkpoint = self.run_dir / "checkpoints" / f"{variant}-{arm}"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        policies = cast(Any, algorithm).train_many(
+            plan.env,
+            contexts,
+            seeds,
+            total_steps=config.train_steps,
+            checkpoint=checkpoint,
+            progress=None
+            if self.progress is None
+            else lambda d, t: self.progress(f"{variant} {arm}", d, t),  # type: ignore[misc]
+            curves=CurveOptions(config.curve_every, config.curve_episodes),
+            **options,
+        )
+        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+            file.unlink()
+        log = policies.log
+        return ArmResult(
+            np.asarray(log.curve_steps, dtype=np.int64),
+            log.curve().T.astype(np.float64),  # (agents, T)
+            {k: v.detach().cpu() for k, v in policies.params.items()},
+            keys,
+        )
+
+    def _initial_params(
+        self, arm: Arm, keys: Sequence[tuple[Pair | int, int]], done: Mapping[str, ArmResult]
+    ) -> dict[str, Any]:
+        """Per transfer agent, the weights it starts from ``(agents, ...)``: its source's
+        scratch agent (same seed), or for the hybrid arm the fine-tuned agent's hidden layers
+        with the only-head agent's head."""
+
+        def index_of(result: ArmResult) -> dict[tuple[Any, int], int]:
+            return {
+                (k if isinstance(k, int) else (k.source, k.target), s): i
+                for i, (k, s) in enumerate(result.keys)
+            }
+
+        scratch = done["scratch"]
+        if arm != "hybrid":
+            where = index_of(scratch)
+            rows = [where[(pair.source, seed)] for pair, seed in keys]  # type: ignore[union-attr]
+            return {k: v[rows] for k, v in scratch.params.items()}
+        fine, head = done["fine-tune"], done["only-head"]
+        fine_at, head_at = index_of(fine), index_of(head)
+        rows_fine = [fine_at[((p.source, p.target), s)] for p, s in keys]  # type: ignore[union-attr]
+        rows_head = [head_at[((p.source, p.target), s)] for p, s in keys]  # type: ignore[union-attr]
+        out = {}
+        for name, value in fine.params.items():
+            from_head = name.startswith(("q.head.", "q.value."))
+            source = head.params[name] if from_head else value
+            out[name] = source[rows_head if from_head else rows_fine]
+        return out
+
+
+# ------------------------------------------------------------------------------ analysis
+METRICS = ("area_ratio", "jumpstart", "asymptote", "auc", "transfer_ratio")
+
+
+def _metric(comparison: Any, name: str) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of one metric of a :class:`TransferComparison`."""
+    value = getattr(comparison, name)
+    if hasattr(value, "advantage"):  # a MetricComparison: transfer against scratch
+        value = value.advantage
+    return float(value.estimate), float(value.low), float(value.high)
+
+
+def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> dict[str, Any]:
+    """Every transfer arm of every variant against scratch on the target, per (source,
+    target) pair: the comparisons (JSON), matrices of each metric ``(S, T)`` with their 95 %
+    intervals, the verdicts, and the counts of positive / negative / absent pairs.
+
+    Returns are normalised to [0, 1] by the env's return bounds before any metric (so the
+    area ratio is taken on non-negative curves, as the paper does)."""
+    from ctxrl.transfer_metrics import LearningCurves, compare_transfer
+
+    config, n = plan.config, len(plan.contexts)
+    threshold = 0.9 if config.threshold is None else config.threshold
+    out: dict[str, Any] = {"variants": {}, "threshold": threshold, "names": plan.names}
+    for variant, arms in results.items():
+        scratch = arms["scratch"]
+        steps = scratch.steps
+        scratch_rows: dict[int, list[int]] = {}
+        for i, (context, _) in enumerate(scratch.keys):
+            scratch_rows.setdefault(int(context), []).append(i)  # type: ignore[arg-type]
+        normalised = {arm: plan.env.normalise(r.curves) for arm, r in arms.items()}
+        variant_out: dict[str, Any] = {}
+        for arm, result in arms.items():
+            if arm == "scratch":
+                continue
+            rows: dict[tuple[int, int], list[int]] = {}
+            for i, (pair, _) in enumerate(result.keys):
+                assert isinstance(pair, Pair)
+                rows.setdefault((pair.source, pair.target), []).append(i)
+            matrices = {m: np.full((n, n, 3), np.nan) for m in METRICS}
+            verdicts = np.full((n, n), "", dtype=object)
+            pairs_out = []
+            for (s, t), agent_rows in sorted(rows.items()):
+                comparison = compare_transfer(
+                    LearningCurves(result.steps, normalised[arm][agent_rows]),
+                    LearningCurves(steps, normalised["scratch"][scratch_rows[t]]),
+                    threshold=threshold,
+                    return_floor=0.0,
+                    source_steps=config.train_steps,
+                )
+                for metric in METRICS:
+                    matrices[metric][s, t] = _metric(comparison, metric)
+                verdicts[s, t] = comparison.verdict
+                pairs_out.append(
+                    {"source": plan.names[s], "target": plan.names[t], **comparison.to_json()}
+                )
+            counts = {v: int(np.sum(verdicts == v)) for v in ("positive", "negative", "absent")}
+            variant_out[arm] = {
+                "pairs": pairs_out,
+                "matrices": {m: v.tolist() for m, v in matrices.items()},
+                "verdicts": verdicts.tolist(),
+                "counts": counts,
+            }
+        out["variants"][variant] = variant_out
+    return out
+
+
+def write_outputs(
+    plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]], run_dir: Path
+) -> str:
+    """Exports (metrics JSON, a CSV of every pair, matrices readable by ``ctxrl select``),
+    figures (heatmaps of r with the verdicts, learning curves per arm with bands) and
+    ``summary.md``; returns the summary."""
+    analysis = analyse(plan, results)
+    exports, figures = run_dir / "exports", run_dir / "figures"
+    exports.mkdir(exist_ok=True)
+    figures.mkdir(exist_ok=True)
+    (exports / "metrics.json").write_text(
+        json.dumps(analysis, indent=2, allow_nan=False, default=_json_default)
+    )
+    rows = ["variant,arm,source,target,metric,estimate,low,high,verdict"]
+    written: list[Path] = []
+    for variant, arms in analysis["variants"].items():
+        for arm, data in arms.items():
+            for metric, matrix in data["matrices"].items():
+                values = np.array(matrix, dtype=np.float64)
+                for s, t in np.ndindex(values.shape[:2]):
+                    if np.isfinite(values[s, t, 0]):
+                        est, low, high = values[s, t]
+                        rows.append(
+                            f"{variant},{arm},{plan.names[s]},{plan.names[t]},{metric},"
+                            f"{est:.6g},{low:.6g},{high:.6g},{data['verdicts'][s][t]}"
+                        )
+            # matrices ctxrl select reads: one header-less S x T CSV (row = source)
+            area = np.array(data["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
+            np.savetxt(exports / f"matrix_r_{variant}_{arm}.csv", area, delimiter=",")
+        for arm, result in results[variant].items():
+            if arm == "scratch":
+                continue
+            # the normalised mean return over the whole curve of source s fine-tuned on t:
+            # a performance matrix in [0, 1] (ctxrl select --bounds 0 1)
+            perf = np.full((len(plan.contexts),) * 2, np.nan)
+            normalised = plan.env.normalise(result.curves)
+            span = float(result.steps[-1] - result.steps[0])
+            for (s, t), agent_rows in _rows(result).items():
+                auc = np.trapezoid(normalised[agent_rows], result.steps, axis=1) / span
+                perf[s, t] = float(np.mean(auc))
+            np.savetxt(exports / f"matrix_performance_{variant}_{arm}.csv", perf, delimiter=",")
+        written += _plot_study(plan, results[variant], arms, variant, figures)
+    (exports / "pairs.csv").write_text("\n".join(rows) + "\n")
+    summary = _summary_markdown(plan, analysis, [p.relative_to(run_dir) for p in written])
+    (run_dir / "summary.md").write_text(summary)
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _rows(result: ArmResult) -> dict[tuple[int, int], list[int]]:
+    rows: dict[tuple[int, int], list[int]] = {}
+    for i, (pair, _) in enumerate(result.keys):
+        assert isinstance(pair, Pair)
+        rows.setdefault((pair.source, pair.target), []).append(i)
+    return rows
+
+
+def _plot_study(
+    plan: StudyPlan,
+    results: Mapping[str, ArmResult],
+    analysis: Mapping[str, Any],
+    variant: str,
+    directory: Path,
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, names = len(plan.contexts), plan.names
+    written: list[Path] = []
+    arms = [a for a in analysis if a != "scratch"]
+    # heatmaps of the area ratio, verdicts marked
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms) + 1, 3.2), squeeze=False)
+    marks = {"positive": "+", "negative": "-", "absent": "o"}
+    for ax, arm in zip(axes[0], arms, strict=True):
+        r = np.array(analysis[arm]["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
+        limit = max(0.05, float(np.nanmax(np.abs(r)))) if np.isfinite(r).any() else 1.0
+        image = ax.imshow(r, cmap="RdBu", vmin=-limit, vmax=limit, origin="lower")
+        for s, t in np.ndindex(r.shape):
+            verdict = analysis[arm]["verdicts"][s][t]
+            if verdict:
+                ax.text(
+                    t, s, f"{r[s, t]:+.2f}\n{marks[verdict]}", ha="center", va="center", fontsize=7
+                )
+        ax.set_xticks(range(n), names, fontsize=7)
+        ax.set_yticks(range(n), names, fontsize=7)
+        ax.set_xlabel("target")
+        ax.set_ylabel("source")
+        ax.set_title(f"{arm}: area ratio r", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(
+        f"{plan.env.name}, {variant}: transfer (+ positive, - negative, o absent; 95% CI)",
+        fontsize=9,
+    )
+    for suffix in (".png", ".svg"):
+        path = directory / f"area_ratio_{variant}{suffix}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        written.append(path)
+    plt.close(fig)
+    # learning curves per target: scratch and every arm, mean over seeds and pairs of the
+    # panel with the 95% bootstrap band of the mean shaded
+    fig, axes = plt.subplots(
+        n, n, figsize=(2.6 * n, 2.2 * n), squeeze=False, sharex=True, sharey=True
+    )
+    scratch = results["scratch"]
+    colours: dict[str, Any] = {arm: plt.get_cmap("tab10")(i) for i, arm in enumerate(ARMS)}
+    for (s, t), ax in np.ndenumerate(axes):
+        panels = {"scratch": [i for i, (c, _) in enumerate(scratch.keys) if c == t]}
+        for arm in arms:
+            rows = _rows(results[arm]).get((s, t), [])
+            if rows:
+                panels[arm] = rows
+        for arm, rows in panels.items():
+            result = results[arm]
+            values = plan.env.normalise(result.curves[rows])
+            mean = values.mean(axis=0)
+            ax.plot(result.steps, mean, color=colours[arm], linewidth=1.0, label=arm)
+            if len(rows) > 1:
+                spread = 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(rows))
+                ax.fill_between(
+                    result.steps, mean - spread, mean + spread, color=colours[arm], alpha=0.2
+                )
+        ax.set_title(f"{names[s]} -> {names[t]}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0, 0].legend(fontsize=6)
+    fig.supxlabel("target env steps")
+    fig.supylabel("normalised return")
+    for suffix in (".png", ".svg"):
+        path = directory / f"curves_{variant}{suffix}"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: list[Path]) -> str:
+    config = plan.config
+    lines = [
+        f"# DQN transferability: {plan.env.name}",
+        "",
+        f"Contexts {', '.join(plan.names)}; pairs: {config.pairs}; seeds {config.seeds}; "
+        f"{config.train_steps:,} env steps per agent and arm, curve every "
+        f"{config.curve_every:,} steps ({config.curve_episodes} episodes). Returns normalised "
+        f"to [0, 1] by the env's return bounds {list(plan.env.return_bounds)}. Source training "
+        "time not counted (each transfer curve starts at the target's step 0); the hybrid arm "
+        "starts from the fine-tune and only-head arms' final weights, so it has used twice "
+        "their target steps before its own. Verdicts: positive / negative only when the "
+        "bootstrap 95 % interval of r excludes 0.",
+        "",
+    ]
+    for variant, arms in analysis["variants"].items():
+        lines += [
+            f"## {variant}",
+            "",
+            "| arm | positive | negative | absent | mean r |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, data in arms.items():
+            r = np.array(data["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
+            counts = data["counts"]
+            lines.append(
+                f"| {arm} | {counts['positive']} | {counts['negative']} | "
+                f"{counts['absent']} | {np.nanmean(r):+.3f} |"
+            )
+        lines += [
+            "",
+            "| arm | source -> target | r [95% CI] | jumpstart [95% CI] | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, data in arms.items():
+            r = np.array(data["matrices"]["area_ratio"], dtype=np.float64)
+            jump = np.array(data["matrices"]["jumpstart"], dtype=np.float64)
+            for s, t in np.ndindex(r.shape[:2]):
+                if data["verdicts"][s][t]:
+                    lines.append(
+                        f"| {arm} | {plan.names[s]} -> {plan.names[t]} | "
+                        f"{r[s, t, 0]:+.3f} [{r[s, t, 1]:+.3f}, {r[s, t, 2]:+.3f}] | "
+                        f"{jump[s, t, 0]:+.3f} [{jump[s, t, 1]:+.3f}, {jump[s, t, 2]:+.3f}] | "
+                        f"{data['verdicts'][s][t]} |"
+                    )
+        lines.append("")
+    lines.append("Figures: " + ", ".join(f"[{p}]({p})" for p in figures if p.suffix == ".png"))
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------- entry points
+def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -> Path:
+    """Run (or resume) a study and write its outputs; returns its run directory."""
+    plan = resolve_study(config, registry)
+
+    def progress(label: str, done: int, total: int) -> None:
+        if console is not None and (done == total or done % max(1, total // 10) == 0):
+            console.print(f"{label}: {done}/{total}")
+
+    runner = StudyRunner(plan, registry, progress=progress)
+    results = runner.run()
+    write_outputs(plan, results, runner.run_dir)
+    return runner.run_dir
+
+
+def report_study(run_dir: Path) -> str:
+    """Rewrite a study's exports, figures and summary from its stored arms."""
+    from ctxrl.plugins import get_host
+
+    plan_file = run_dir / "plan.yaml"
+    data = yaml.safe_load(plan_file.read_text())
+    config = StudyConfig.model_validate(data["config"])
+    registry = get_host().registry
+    plan = resolve_study(config, registry)
+    runner = StudyRunner(plan, registry)
+    runner.run_dir = run_dir
+    results: dict[str, dict[str, ArmResult]] = {}
+    for variant in config.variants:
+        results[variant] = {}
+        for arm in config.arms:
+            stored = runner.load_arm(variant, arm)
+            if stored is None:
+                raise CtxrlError(
+                    f"{run_dir}: arm {arm!r} of {variant!r} has not finished; rerun "
+                    "`ctxrl transfer dqn` on the study file to complete it"
+                )
+            results[variant][arm] = stored
+    return write_outputs(plan, results, run_dir)
+
+
+class _Study:
+    """The transfer-method object: a study runs from its own command, not inside a sweep."""
+
+    def transfer(self, problem: Any) -> Any:
+        raise CtxrlError(
+            "dqn-transferability is a study of its own: run `ctxrl transfer dqn STUDY.yaml`; "
+            "in a sweep use transfer: {name: fine-tune}"
+        )
+
+
+def _study() -> _Study:
+    return _Study()
+
+
+@hookimpl
+def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], None]) -> None:
+    register(
+        TransferMethodSpec(
+            name=STUDY,
+            factory=_study,
+            batched_only=True,
+            report=report_study,
+            description="DQN transferability studies: fine-tune / only-head / hybrid / "
+            "keep-head arms against scratch on every pair (`ctxrl transfer dqn`)",
+        )
+    )
+
+
+@hookimpl
+def ctxrl_register_commands(cli: Any) -> None:
+    import click
+
+    group = cli.commands.get("transfer")
+    if group is None:
+        return
+
+    @group.command("dqn")  # type: ignore[untyped-decorator]
+    @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--dry-run", is_flag=True, help="Validate the study; train nothing.")
+    def dqn(study: Path, dry_run: bool) -> None:
+        """Run (or resume) the DQN transferability STUDY (a YAML file)."""
+        from rich.console import Console
+
+        from ctxrl.plugins import get_host
+
+        console = Console(stderr=True)
+        config = load_study_config(study)
+        registry = get_host().registry
+        plan = resolve_study(config, registry)
+        agents = len(plan.pairs) * len(config.seeds)
+        console.print(
+            f"{plan.env.name}: {len(plan.contexts)} contexts, {len(plan.pairs)} pairs, "
+            f"{len(config.variants)} variants x {len(config.arms)} arms, {agents} agents per "
+            f"transfer arm -> {plan.run_dir}"
+        )
+        if dry_run:
+            return
+        run_dir = run_study(config, registry, console=console)
+        click.echo((run_dir / "summary.md").read_text())
+        click.echo(f"results: {run_dir}")

@@ -1,0 +1,156 @@
+"""The DQN-transferability study end to end at CI size (CartPole pole lengths), its resume, and
+its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from ctxrl.errors import ConfigError
+from ctxrl.plugins import get_host
+from ctxrl_plugins.transfer.dqn_transferability import (
+    StudyConfig,
+    StudyRunner,
+    load_study_config,
+    resolve_study,
+)
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+STUDY: dict[str, Any] = {
+    "env": "CartPole",
+    "contexts": [
+        {"name": "short", "context": {"length": 0.3}},
+        {"name": "long", "context": {"length": 1.5}},
+    ],
+    "algorithm": {
+        "learning_starts": 300,
+        "train_frequency": 2,
+        "target_network_frequency": 100,
+        "exploration_fraction": 0.3,
+        "buffer_size": 2000,
+        "hidden": [32, 32],
+    },
+    "seeds": [0, 1, 2],
+    "train_steps": 1500,
+    "curve_every": 500,
+    "curve_episodes": 2,
+}
+
+
+def _write(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "output_dir": str(tmp_path / "runs"), **changes}))
+    return path
+
+
+def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_path: Path) -> None:
+    study = _write(tmp_path)
+    result = run_ctxrl("transfer", "dqn", str(study), check=True)
+    assert "# DQN transferability: CartPole" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "exports" / "metrics.json").read_text())
+    arms = metrics["variants"]["dqn"]
+    assert set(arms) == {"fine-tune", "only-head", "hybrid", "keep-head"}
+    for data in arms.values():
+        r = np.array(data["matrices"]["area_ratio"], dtype=float)
+        assert r.shape == (2, 2, 3) and np.isfinite(r[..., 0]).all()
+        low, estimate, high = r[..., 1], r[..., 0], r[..., 2]
+        assert (low <= estimate + 1e-12).all() and (estimate <= high + 1e-12).all()
+        assert sum(data["counts"].values()) == 4
+        for s in range(2):
+            for t in range(2):
+                verdict = data["verdicts"][s][t]
+                excludes = low[s, t] > 0 or high[s, t] < 0
+                assert (verdict == "absent") == (not excludes), (verdict, low[s, t], high[s, t])
+    # the performance matrix is a square CSV in [0, 1] that `ctxrl select` reads
+    performance = run_dir / "exports" / "matrix_performance_dqn_fine-tune.csv"
+    assert np.loadtxt(performance, delimiter=",").shape == (2, 2)
+    selected = run_ctxrl(
+        "select",
+        "--matrix",
+        str(performance),
+        "--strategy",
+        "greedy",
+        "--budget",
+        "1",
+        "--bounds",
+        "0",
+        "1",
+        check=True,
+    )
+    assert "greedy" in selected.stdout
+    for figure in ("area_ratio_dqn.png", "curves_dqn.png"):
+        assert (run_dir / "figures" / figure).is_file()
+    assert (run_dir / "exports" / "pairs.csv").read_text().count("\n") > 4 * 5
+    # finished arms are stored: a rerun trains nothing and `ctxrl report` rewrites the summary
+    again = run_ctxrl("transfer", "dqn", str(study), check=True)
+    assert "scratch:" not in again.stderr
+    report = run_ctxrl("report", str(run_dir), check=True)
+    assert "| arm | positive | negative | absent | mean r |" in report.stdout
+
+
+def test_arms_start_from_the_right_weights(tmp_path: Path) -> None:
+    """Keep-head agents start as their source's scratch agent; only-head agents keep their
+    source's hidden layers to the end (frozen), with a new head."""
+    config = StudyConfig.model_validate(
+        {
+            **STUDY,
+            "arms": ["scratch", "fine-tune", "only-head", "keep-head"],
+            "seeds": [0],
+            "train_steps": 600,
+            "curve_every": 300,
+            "output_dir": str(tmp_path),
+        }
+    )
+    registry = get_host().registry
+    runner = StudyRunner(resolve_study(config, registry), registry)
+    results = runner.run()["dqn"]
+    scratch, only_head = results["scratch"], results["only-head"]
+    source_row = {key: i for i, (key, _) in enumerate(scratch.keys)}
+    for i, (pair, _) in enumerate(only_head.keys):
+        source = source_row[pair.source]  # type: ignore[union-attr]
+        for name in ("q.0.weight", "q.1.bias"):
+            assert np.array_equal(only_head.params[name][i], scratch.params[name][source])
+        assert not np.array_equal(
+            only_head.params["q.head.weight"][i], scratch.params["q.head.weight"][source]
+        )
+    keep = results["keep-head"]
+    for i, (pair, _) in enumerate(keep.keys):
+        # the zero-shot policy's curve point at step 0 is the source's own final performance
+        # on the target context, so it cannot be the untrained one of scratch there
+        assert keep.curves[i, 0] != pytest.approx(scratch.curves[pair.target, 0])  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"env": "Pendulum"}, "env: DQN needs discrete actions; 'Pendulum'"),
+        ({"arms": ["fine-tune", "hybrid"]}, "hybrid arm needs the fine-tune and only-head"),
+        ({"arms": ["warm"]}, "arms.0"),
+        ({"contexts": [{"name": "a", "context": {"length": 99.0}}]}, r"contexts\[0\].context"),
+        ({"contexts": [{"name": "a"}, {"name": "a"}]}, "repeat a name"),
+        ({"algorithm": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
+        ({"seeds": [0, 0]}, "repeat a seed"),
+        ({"pairs": "cross", "contexts": [{"name": "a"}]}, "leaves no pair"),
+    ],
+)
+def test_bad_studies_are_refused_before_training(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config = load_study_config(_write(tmp_path, **changes))
+        resolve_study(config, get_host().registry)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_missing_study_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_study_config(tmp_path / "nope.yaml")
