@@ -124,6 +124,8 @@ class TrainingView(Protocol):
             only when an active intervention sets ``needs_activations``.
         gradients: the gradient of each parameter from the last backward pass ``(N, ...)``
             (after per-agent clipping), read-only.
+        frozen: per frozen parameter name, ``(N,)`` bool, True for the agents that do not train
+            it (a warm start's ``freeze``); after-update operators should leave those alone.
         mask: ``(N,)`` float, 1 for the agents this intervention applies to, 0 elsewhere.
         rng: per-agent random streams (one stream per agent, independent of the batch).
         num_agents: ``N``.
@@ -144,6 +146,8 @@ class TrainingView(Protocol):
     def activations(self) -> Mapping[str, torch.Tensor]: ...
     @property
     def gradients(self) -> Mapping[str, torch.Tensor]: ...
+    @property
+    def frozen(self) -> Mapping[str, torch.Tensor]: ...
     @property
     def mask(self) -> torch.Tensor: ...
     @property

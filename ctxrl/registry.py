@@ -44,9 +44,11 @@ class EnvSpec:
             features appended (normalised to [0, 1]) to the observation.
         return_bounds: ``(lower, upper)`` episode returns used to normalise performance.
         action_space: ``discrete`` or ``continuous``.
-        make_batched: optional torch twin, ``make_batched(num_envs, *, contexts=None,
-            device="cpu", seed=None)`` where ``contexts`` maps features to tensors of shape
-            ``(num_envs,)`` or to single values.
+        make_batched: optional torch twin (a :class:`ctxrl.twins.TorchTwin`),
+            ``make_batched(num_envs, *, contexts=None, device="cpu", env_seeds=None,
+            **env_options)`` where ``contexts`` maps features to tensors of shape
+            ``(num_envs,)`` or to single values and ``env_seeds`` ``(num_envs,)`` int64 seeds
+            each env's random stream.
         max_episode_steps: the time limit applied by ``make``.
         gym_id: the id registered with gymnasium, if any.
         description: one line for ``ctxrl envs``.
@@ -136,7 +138,12 @@ class BatchedAlgorithm(Algorithm, Protocol):
         checkpoint: Path | None = None,
         progress: Callable[[int, int], None] | None = None,
         mixture: Sequence[Mapping[str, float]] | None = None,
-    ) -> Any: ...
+    ) -> Any:
+        """Algorithms that declare ``interventions=True`` (the built-in batched trainers)
+        also take ``checkpoint_every`` (env steps), ``init`` / ``reinit`` / ``freeze`` (warm
+        starts and layer surgery), ``interventions`` and ``curves`` (:class:`CurveOptions`),
+        and return policies with a ``log`` (learning curve and diagnostics)."""
+        ...
 
     def evaluate_many(
         self,

@@ -187,3 +187,28 @@ def test_a_fine_tune_sweep_trains_every_pair_and_beats_zero_shot_off_the_diagona
     off = ~np.eye(2, dtype=bool)
     assert after.shape == (2, 2) and np.isfinite(after).all()
     assert after[off].mean() > before[off].mean(), (before, after)
+
+
+def test_an_intervention_on_some_agents_leaves_the_others_as_they_were() -> None:
+    """One batch compares with and without: agent 0 without L2 equals a run without it, agent 1
+    with L2 equals a run of it alone with L2, bit for bit."""
+    registry = get_host().registry
+    spec = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({}, device="cpu", env=spec)
+    l2 = registry.intervention("l2").factory(coef=0.05)
+
+    def train(seeds: list[int], interventions: Any) -> dict[str, torch.Tensor]:
+        contexts = [{"length": 0.5 + s / 4} for s in seeds]
+        return algorithm.train_many(  # type: ignore[no-any-return]
+            spec, contexts, seeds, total_steps=1024, interventions=interventions
+        ).params
+
+    batch = train([0, 1], [(l2, [1])])
+    plain = train([0], [])
+    alone = train([1], [l2])
+    for name in batch:
+        assert torch.equal(batch[name][0], plain[name][0]), name
+        assert torch.equal(batch[name][1], alone[name][0]), name
+    layer_norm = registry.intervention("layer-norm").factory()
+    with pytest.raises(CtxrlError, match="'layer-norm' changes the network"):
+        train([0, 1], [(layer_norm, [0])])

@@ -17,7 +17,7 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -153,10 +153,13 @@ class TrainingRun:
         interventions: Sequence[Intervention],
         num_envs: int,
         device: torch.device,
+        masks: Sequence[Tensor] | None = None,
     ) -> None:
         self.twin, self.networks, self.params = twin, networks, params
         self.optimizer, self.rng, self.device = optimizer, rng, device
         self.interventions = list(interventions)
+        ones = torch.ones(len(rng.seeds), device=device)
+        self.masks = list(masks) if masks is not None else [ones] * len(self.interventions)
         self.num_agents = len(rng.seeds)
         self.num_envs = num_envs
         self.obs_dim: int = twin.observation_size
@@ -178,6 +181,17 @@ class TrainingRun:
     def gradients(self) -> dict[str, Tensor]:
         return self.optimizer.gradients()
 
+    @property
+    def frozen(self) -> dict[str, Tensor]:
+        """Per frozen parameter, the agents ``(N,)`` (bool) for which it is not trained."""
+        return {name: keep == 0 for name, keep in self.optimizer.grad_mask.items()}
+
+    def each_intervention(self) -> Iterator[Intervention]:
+        """The interventions in order, with ``mask`` set to each one's agents while it runs."""
+        for intervention, mask in zip(self.interventions, self.masks, strict=True):
+            self.mask = mask
+            yield intervention
+
     def forward(self, role: str, x: Tensor, *, training: bool = False) -> Tensor:
         """Network ``role`` on ``x`` ``(N, M, in)``; during updates (``training``), hidden
         activations are recorded for the interventions that read them."""
@@ -189,7 +203,7 @@ class TrainingRun:
         added, gradients computed (summed over agents: they never mix), frozen parameters
         held, gradients clipped per agent, Adam stepped, then the interventions' after-update
         operators run."""
-        for intervention in self.interventions:
+        for intervention in self.each_intervention():
             term = intervention.loss(self)
             if term is not None:
                 loss = loss + term * self.mask
@@ -197,7 +211,7 @@ class TrainingRun:
         torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
         self.optimizer.step(lr)
         self.record("grad_norm", self.optimizer.grad_norm)
-        for intervention in self.interventions:
+        for intervention in self.each_intervention():
             intervention.after_update(self)
 
     def record(self, name: str, value: Tensor) -> None:
@@ -213,7 +227,7 @@ class TrainingRun:
     def flush_diagnostics(self) -> dict[str, np.ndarray]:
         """The running means since the last flush, per agent ``(N,)``, and reset them."""
         out = {k: (v / self._counts[k]).float().cpu().numpy() for k, v in self._sums.items()}
-        for intervention in self.interventions:
+        for intervention in self.each_intervention():
             for name, value in intervention.diagnostics(self).items():
                 out[f"{intervention.name}.{name}"] = value.detach().float().cpu().numpy()
         self._sums, self._counts = {}, {}
@@ -346,7 +360,7 @@ class BatchedTrainer(Generic[StateT]):
         init: Any = None,
         reinit: Sequence[str] = (),
         freeze: Sequence[str] = (),
-        interventions: Sequence[Intervention] = (),
+        interventions: Sequence[Intervention | tuple[Intervention, Sequence[int]]] = (),
         curves: CurveOptions | None = None,
         diagnostics_every: int | None = None,
     ) -> Any:
@@ -366,7 +380,10 @@ class BatchedTrainer(Generic[StateT]):
             reinit: layer names or patterns (``actor.head``, ``q.*``) that keep their fresh
                 initialisation instead of the warm start's weights.
             freeze: layer names or patterns that are not trained.
-            interventions: training-time modifiers (:class:`~ctxrl.interventions.Intervention`).
+            interventions: training-time modifiers (:class:`~ctxrl.interventions.Intervention`),
+                applied in order to every agent, or as ``(intervention, agent indices)`` to
+                those agents only (so one batch can compare interventions; one that changes
+                the network applies to every agent).
             curves: learning curves on a step grid (:class:`CurveOptions`).
             diagnostics_every: env steps per agent between diagnostics records (default: about
                 200 records per run).
@@ -378,8 +395,8 @@ class BatchedTrainer(Generic[StateT]):
         if len(contexts) != len(seeds) or not seeds:
             raise CtxrlError(f"{self.name}: give one seed per context (and at least one)")
         self.check_env(env)
-        interventions = list(interventions)
         device, n, e = self.device, len(seeds), self.num_envs
+        interventions, masks = _intervention_masks(interventions, n, device)
         twin = env.make_batched(
             n * e,
             contexts=contexts_tensor(env, contexts, e, device),
@@ -420,8 +437,9 @@ class BatchedTrainer(Generic[StateT]):
             interventions=interventions,
             num_envs=e,
             device=device,
+            masks=masks,
         )
-        for intervention in interventions:
+        for intervention in run.each_intervention():
             intervention.setup(run)
         iterations = max(1, total_steps // self.steps_per_iteration())
         state = self.setup(run, iterations)
@@ -639,6 +657,32 @@ class BatchedTrainer(Generic[StateT]):
                 f"{path} holds a {metadata.get('algorithm')!r} policy, not {self.name}"
             )
         return self.policies_from(tensors, metadata)
+
+
+def _intervention_masks(
+    entries: Sequence[Intervention | tuple[Intervention, Sequence[int]]],
+    n: int,
+    device: torch.device,
+) -> tuple[list[Intervention], list[Tensor]]:
+    """Interventions and their agent masks ``(N,)`` (float, 1 where it applies)."""
+    interventions, masks = [], []
+    for entry in entries:
+        intervention, agents = entry if isinstance(entry, tuple) else (entry, range(n))
+        mask = torch.zeros(n, device=device)
+        index = [int(a) for a in agents]
+        if any(not 0 <= a < n for a in index):
+            raise CtxrlError(
+                f"intervention {intervention.name!r}: agents {index} not in 0..{n - 1}"
+            )
+        mask[index] = 1.0
+        if intervention.changes_network and len(set(index)) != n:
+            raise CtxrlError(
+                f"intervention {intervention.name!r} changes the network, which all agents of a "
+                "batch share: apply it to every agent (or train the others apart)"
+            )
+        interventions.append(intervention)
+        masks.append(mask)
+    return interventions, masks
 
 
 def _matching(
