@@ -212,3 +212,16 @@ def test_an_intervention_on_some_agents_leaves_the_others_as_they_were() -> None
     layer_norm = registry.intervention("layer-norm").factory()
     with pytest.raises(CtxrlError, match="'layer-norm' changes the network"):
         train([0, 1], [(layer_norm, [0])])
+
+
+def test_shrink_and_perturb_leaves_frozen_layers_alone() -> None:
+    registry = get_host().registry
+    spec = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({}, device="cpu", env=spec)
+    first = algorithm.train_many(spec, [{}], [0], total_steps=512)
+    shrink = registry.intervention("shrink-perturb").factory()
+    tuned = algorithm.train_many(
+        spec, [{}], [0], total_steps=1024, init=first, freeze=["actor.0"], interventions=[shrink]
+    )
+    assert torch.equal(tuned.params["actor.0.weight"], first.params["actor.0.weight"])
+    assert not torch.equal(tuned.params["actor.1.weight"], first.params["actor.1.weight"])

@@ -10,9 +10,8 @@ each agent where ``view.mask`` is 1,
 
 for every parameter of the networks' layers (weights, biases, LayerNorm gains and biases; not
 PPO's log standard deviation, which is no network weight). ``eps`` is drawn from the agent's own
-random stream (``view.rng``), so it depends on nothing but the agent. Frozen layers
-(``train_many(freeze=...)``) are shrunk and perturbed too: the training view does not say which
-parameters are frozen.
+random stream (``view.rng``), so it depends on nothing but the agent. Layers a warm start froze
+(``train_many(freeze=...)``, ``view.frozen``) are left as they are.
 
 Defaults: ``shrink = 1 - 1e-4`` and ``perturb = 1e-5``, Dohare et al.'s weight decay (1e-4) and
 noise scale (1e-5), the shrink read as a per-step factor. (Their decay went through the
@@ -64,4 +63,6 @@ class ShrinkPerturb(Intervention):
             for name, eps in zip(self.names, torch.split(noise, self.sizes, dim=1), strict=True):
                 p = view.params[name]
                 moved = p * self.shrink + self.perturb * eps.view(p.shape)
-                p.copy_(torch.where(per_agent(active, p), moved, p))
+                # parameters a warm start froze stay as they are
+                where = active & ~view.frozen[name] if name in view.frozen else active
+                p.copy_(torch.where(per_agent(where, p), moved, p))
