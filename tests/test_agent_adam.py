@@ -1,0 +1,105 @@
+"""AgentAdam: torch's Adam arithmetic, per-agent clipping, frozen parameters and the three
+optimizer-state resets interventions choose from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctxrl.errors import CtxrlError
+from ctxrl_plugins.training.optimizer import AgentAdam
+
+
+def _params(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(3, 4, 2, generator=g), "b": torch.randn(3, 2, generator=g)}
+
+
+def _loss(params: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    """Per-agent losses ``(3,)`` that change with the step."""
+    return (params["w"] * (step + 1)).sin().sum(dim=(1, 2)) + params["b"].square().sum(dim=1)
+
+
+def _train(optimizer: AgentAdam, params: dict[str, torch.Tensor], steps: range) -> None:
+    for step in steps:
+        optimizer.zero_grad()
+        torch.autograd.backward(_loss(params, step).sum())
+        optimizer.step()
+
+
+def test_equals_torch_adam_bit_for_bit() -> None:
+    ours = _params()
+    reference = {k: v.clone().requires_grad_(True) for k, v in ours.items()}
+    optimizer = AgentAdam(ours, lr=1e-2, eps=1e-5)
+    torch_adam = torch.optim.Adam(list(reference.values()), lr=1e-2, eps=1e-5)
+    for step in range(20):
+        optimizer.zero_grad()
+        torch.autograd.backward(_loss(ours, step).sum())
+        optimizer.step()
+        torch_adam.zero_grad()
+        torch.autograd.backward(_loss(reference, step).sum())
+        torch_adam.step()
+    for name in ours:
+        assert torch.equal(ours[name].detach(), reference[name].detach()), name
+
+
+def test_frozen_agents_do_not_move() -> None:
+    params = _params()
+    before = {k: v.clone() for k, v in params.items()}
+    optimizer = AgentAdam(params, lr=1e-2)
+    optimizer.freeze("w", torch.tensor([False, True, False]))
+    _train(optimizer, params, range(5))
+    assert torch.equal(params["w"][1].detach(), before["w"][1])
+    assert not torch.equal(params["w"][0].detach(), before["w"][0])
+    assert not torch.equal(params["b"][1].detach(), before["b"][1])
+
+
+def test_resets_none_moments_and_step() -> None:
+    """After a reset with ``moments_and_step`` the reset elements take exactly the steps a
+    fresh optimizer would give them from the same point; with ``moments`` the bias correction
+    stays that of the old step count (a smaller first step); with ``none`` nothing changes."""
+    results = {}
+    for mode in ("none", "moments", "moments_and_step"):
+        params = _params()
+        optimizer = AgentAdam(params, lr=1e-2)
+        _train(optimizer, params, range(10))
+        optimizer.reset("w", torch.tensor([True, False, False])[:, None, None], mode)  # type: ignore[arg-type]
+        if mode != "none":
+            assert optimizer.moments("w")["exp_avg"][0].abs().sum() == 0
+            assert optimizer.moments("w")["exp_avg"][1].abs().sum() > 0
+        start = params["w"][0].detach().clone()
+        _train(optimizer, params, range(10, 13))
+        results[mode] = (start, params["w"][0].detach().clone())
+    # a fresh optimizer on agent 0's w from the same point, same losses
+    start, _ = results["moments_and_step"]
+    fresh = _params()
+    with torch.no_grad():
+        fresh["w"][0] = start
+    single = {"w": fresh["w"][:1].clone()}
+    optimizer = AgentAdam(single, lr=1e-2)
+    for step in range(10, 13):
+        optimizer.zero_grad()
+        torch.autograd.backward((single["w"] * (step + 1)).sin().sum())
+        optimizer.step()
+    torch.testing.assert_close(results["moments_and_step"][1], single["w"][0].detach())
+    moved = {m: (end - begin).abs().sum() for m, (begin, end) in results.items()}
+    assert moved["moments"] < moved["moments_and_step"]
+    assert moved["none"] != moved["moments"]
+    with pytest.raises(CtxrlError, match="optimizer reset 'all'"):
+        optimizer.reset("w", torch.tensor([True]), "all")  # type: ignore[arg-type]
+
+
+def test_checkpoint_round_trip_keeps_per_element_steps(tmp_path: object) -> None:
+    params = _params()
+    optimizer = AgentAdam(params, lr=1e-2)
+    _train(optimizer, params, range(4))
+    optimizer.reset("b", torch.tensor([False, True, False])[:, None], "moments_and_step")
+    saved = {k: v.clone() for k, v in optimizer.state_tensors().items()}
+    _train(optimizer, params, range(4, 8))
+    expected = {k: v.detach().clone() for k, v in params.items()}
+    restored_params = _params(1)
+    restored = AgentAdam(restored_params, lr=1e-2)
+    restored.load_state_tensors(saved, "memory")  # type: ignore[arg-type]
+    _train(restored, restored_params, range(4, 8))
+    for name in expected:
+        assert torch.equal(restored_params[name].detach(), expected[name]), name
