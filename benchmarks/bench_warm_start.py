@@ -4,11 +4,13 @@
 
 1. A sweep trains batched-PPO sources on CartPole pole length 0.5 m (``--seeds`` seeds).
 2. ``ctxrl.results.load_policies`` reads them back from the run directory.
-3. On each target length, three arms train ``--target-steps`` steps with a learning curve
+3. On each target length, four arms train ``--target-steps`` steps with a learning curve
    (deterministic evaluation every ``--every`` steps, 10 episodes): scratch, fine-tuned from the
-   source (warm), and fine-tuned with the actor's head re-initialised (warm, new head).
+   source (warm), fine-tuned with the actor's head re-initialised (warm, new head), and with the
+   whole actor re-initialised (the critic kept: warm, new actor).
 Reports, per target and arm, the mean return at step 0 and at the end, and the jumpstart
-(step-0 return minus scratch's) with a bootstrap 95 % interval over seeds (scipy).
+(step-0 return minus scratch's) and the step-0 difference to the warm arm, each with a
+bootstrap 95 % interval over seeds (scipy; the arms' seeds are independent runs).
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ from ctxrl.results import check_transferable, load_policies
 from ctxrl.sweep import run_sweep
 
 
-def interval(values: np.ndarray) -> tuple[float, float]:
-    if np.ptp(values) == 0:
-        return float(values[0]), float(values[0])
-    ci = bootstrap((values,), np.mean, confidence_level=0.95, random_state=0).confidence_interval
-    return float(ci.low), float(ci.high)
+def interval(first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
+    """Mean of ``first`` minus mean of ``second`` and its bootstrap 95 % interval
+    (independent samples)."""
+    difference = float(first.mean() - second.mean())
+    if np.ptp(first) == 0 and np.ptp(second) == 0:
+        return difference, difference, difference
+    ci = bootstrap(
+        (first, second),
+        lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis),
+        confidence_level=0.95,
+        random_state=0,
+        paired=False,
+        vectorized=True,
+    ).confidence_interval
+    return difference, float(ci.low), float(ci.high)
 
 
 def main() -> None:
@@ -81,14 +93,18 @@ def main() -> None:
                 "scratch": {},
                 "warm": {"init": init},
                 "warm, new head": {"init": init, "reinit": ["actor.head"]},
+                "warm, new actor": {"init": init, "reinit": ["actor"]},
             }
             starts: dict[str, np.ndarray] = {}
             print(
                 f"\ntarget length {length} m, {args.target_steps:,} steps, curve every "
                 f"{args.every:,}:"
             )
-            print("| arm | return at step 0 | at the end | jumpstart vs scratch (95% CI) |")
-            print("|---|---|---|---|")
+            print(
+                "| arm | return at step 0 | at the end | jumpstart vs scratch (95% CI) "
+                "| step 0 vs warm (95% CI) |"
+            )
+            print("|---|---|---|---|---|")
             for arm, options in arms.items():
                 tuned = sources.algorithm.train_many(
                     spec,
@@ -100,11 +116,14 @@ def main() -> None:
                 )
                 curve = tuned.log.curve()  # (points, seeds)
                 starts[arm] = curve[0]
-                jump = curve[0] - starts["scratch"]
-                low, high = interval(jump)
+                jump = interval(curve[0], starts["scratch"])
+                warm = interval(curve[0], starts["warm"]) if "warm" in starts else None
+                versus_warm = (
+                    "" if warm is None else f"{warm[0]:+.1f} [{warm[1]:+.1f}, {warm[2]:+.1f}]"
+                )
                 print(
                     f"| {arm} | {curve[0].mean():.1f} | {curve[-1].mean():.1f} | "
-                    f"{jump.mean():+.1f} [{low:+.1f}, {high:+.1f}] |"
+                    f"{jump[0]:+.1f} [{jump[1]:+.1f}, {jump[2]:+.1f}] | {versus_warm} |"
                 )
 
 

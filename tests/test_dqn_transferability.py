@@ -140,6 +140,13 @@ def test_arms_start_from_the_right_weights(tmp_path: Path) -> None:
         ({"algorithm": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
         ({"seeds": [0, 0]}, "repeat a seed"),
         ({"pairs": "cross", "contexts": [{"name": "a"}]}, "leaves no pair"),
+        (
+            {"contexts": [{"name": "a"}, {"name": "b", "env": "Acrobot"}]},
+            r"2 pair\(s\) cannot transfer, e.g. a \(CartPole: observations 4, actions 2\) -> b "
+            r"\(Acrobot: observations 6, actions 3\): the arms fine-tune, only-head, hybrid, "
+            "keep-head are impossible",
+        ),
+        ({"contexts": [{"name": "a", "env": "Pendulum"}]}, r"contexts\[0\].env: DQN needs"),
     ],
 )
 def test_bad_studies_are_refused_before_training(

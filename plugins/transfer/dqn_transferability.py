@@ -60,6 +60,11 @@ class _Strict(BaseModel):
 class ContextEntry(_Strict):
     name: str = Field(description="label of the context in tables (e.g. v0)")
     context: dict[str, float] = Field(default_factory=dict, description="feature -> value")
+    env: str | None = Field(
+        default=None,
+        description="another env family for this entry (same observation and action spaces); "
+        "default: the study's env",
+    )
 
 
 class StudyConfig(_Strict):
@@ -138,6 +143,8 @@ class StudyPlan:
     names: list[str]
     pairs: list[Pair]
     params: dict[str, Any]
+    envs: list[EnvSpec]
+    """each context's env family (the study's env unless an entry names another)"""
 
     @property
     def run_dir(self) -> Path:
@@ -146,20 +153,17 @@ class StudyPlan:
 
 def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     """Check names, contexts and hyperparameters before anything trains."""
-    try:
-        env = registry.env(config.env)
-    except CtxrlError as exc:
-        raise ConfigError(f"env: {exc}") from None
-    if env.action_space != "discrete":
-        raise ConfigError(f"env: DQN needs discrete actions; {env.name!r} is continuous")
-    if env.make_batched is None:
-        raise ConfigError(f"env: {env.name!r} has no torch twin; batched-dqn needs one")
-    contexts = []
+    env = _dqn_env(registry, config.env, "env")
+    contexts, envs = [], []
     for index, entry in enumerate(config.contexts):
+        entry_env = (
+            env if entry.env is None else _dqn_env(registry, entry.env, f"contexts[{index}].env")
+        )
         try:
-            contexts.append(env.context_space.validate(entry.context).as_dict())
+            contexts.append(entry_env.context_space.validate(entry.context).as_dict())
         except CtxrlError as exc:
             raise ConfigError(f"contexts[{index}].context: {exc}") from None
+        envs.append(entry_env)
     names = [entry.name for entry in config.contexts]
     if len(set(names)) != len(names):
         raise ConfigError(f"contexts: names {names} repeat a name")
@@ -187,7 +191,45 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     ]
     if not pairs:
         raise ConfigError(f"pairs: {config.pairs!r} leaves no pair among {n} contexts")
-    return StudyPlan(config, env, contexts, names, pairs, params)
+    _check_spaces(config, envs, names, pairs)
+    return StudyPlan(config, env, contexts, names, pairs, params, envs)
+
+
+def _dqn_env(registry: Registry, name: str, field: str) -> EnvSpec:
+    try:
+        env = registry.env(name)
+    except CtxrlError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    if env.action_space != "discrete":
+        raise ConfigError(f"{field}: DQN needs discrete actions; {env.name!r} is continuous")
+    if env.make_batched is None:
+        raise ConfigError(f"{field}: {env.name!r} has no torch twin; batched-dqn needs one")
+    return env
+
+
+def _check_spaces(
+    config: StudyConfig, envs: Sequence[EnvSpec], names: Sequence[str], pairs: Sequence[Pair]
+) -> None:
+    """Every warm-started arm needs a source whose network fits the target: the same
+    observation size and number of actions (checked on the twins, which the agents use)."""
+    shapes = {}
+    for env in {e.name: e for e in envs}.values():
+        assert env.make_batched is not None
+        twin = env.make_batched(1)
+        shapes[env.name] = (int(twin.observation_size), twin.discrete_actions)
+    transfer_arms = [arm for arm in config.arms if arm != "scratch"]
+    misfits = [p for p in pairs if shapes[envs[p.source].name] != shapes[envs[p.target].name]]
+    if misfits and transfer_arms:
+        first = misfits[0]
+        source, target = envs[first.source], envs[first.target]
+        raise ConfigError(
+            f"contexts: {len(misfits)} pair(s) cannot transfer, e.g. {names[first.source]} "
+            f"({source.name}: observations {shapes[source.name][0]}, actions "
+            f"{shapes[source.name][1]}) -> {names[first.target]} ({target.name}: observations "
+            f"{shapes[target.name][0]}, actions {shapes[target.name][1]}): the arms "
+            f"{', '.join(transfer_arms)} are impossible for them; use envs with the same "
+            "spaces, or pairs: self"
+        )
 
 
 # ------------------------------------------------------------------------------ training
@@ -334,27 +376,50 @@ class StudyRunner:
             options["init"] = self._initial_params(arm, keys, done)
             dueling = bool({**plan.params, **VARIANT_PARAMS[variant]}.get("dueling", False))
             options.update(_reinit_and_freeze(arm, dueling))
-        checkpoint = self.run_dir / "checkpoints" / f"{variant}-{arm}"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        policies = cast(Any, algorithm).train_many(
-            plan.env,
-            contexts,
-            seeds,
-            total_steps=config.train_steps,
-            checkpoint=checkpoint,
-            progress=None
-            if self.progress is None
-            else lambda d, t: self.progress(f"{variant} {arm}", d, t),  # type: ignore[misc]
-            curves=CurveOptions(config.curve_every, config.curve_episodes),
-            **options,
-        )
-        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-            file.unlink()
-        log = policies.log
+        # one batched program per target env family (one twin holds one family)
+        target_envs = [plan.envs[key if isinstance(key, int) else key.target] for key, _ in keys]
+        curves: list[np.ndarray] = [np.empty(0)] * len(keys)
+        params: dict[str, list[Any]] = {}
+        steps = np.empty(0, dtype=np.int64)
+        order: list[int] = []
+        for family in dict.fromkeys(e.name for e in target_envs):
+            rows = [i for i, e in enumerate(target_envs) if e.name == family]
+            env = target_envs[rows[0]]
+            several = len({e.name for e in target_envs}) > 1
+            label = f"{variant} {arm}" + (f" ({family})" if several else "")
+            checkpoint = self.run_dir / "checkpoints" / f"{variant}-{arm}-{family}"
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            group_options = dict(options)
+            if "init" in options:
+                group_options["init"] = {k: v[rows] for k, v in options["init"].items()}
+            policies = cast(Any, algorithm).train_many(
+                env,
+                [contexts[i] for i in rows],
+                [seeds[i] for i in rows],
+                total_steps=config.train_steps,
+                checkpoint=checkpoint,
+                progress=None
+                if self.progress is None
+                else lambda d, t, label=label: self.progress(label, d, t),  # type: ignore[misc]
+                curves=CurveOptions(config.curve_every, config.curve_episodes),
+                **group_options,
+            )
+            for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+                file.unlink()
+            log = policies.log
+            steps = np.asarray(log.curve_steps, dtype=np.int64)
+            for row, curve in zip(rows, log.curve().T, strict=True):
+                curves[row] = curve
+            for name, value in policies.params.items():
+                params.setdefault(name, []).append(value.detach().cpu())
+            order += rows
+        import torch
+
+        inverse = torch.as_tensor(np.argsort(order))
         return ArmResult(
-            np.asarray(log.curve_steps, dtype=np.int64),
-            log.curve().T.astype(np.float64),  # (agents, T)
-            {k: v.detach().cpu() for k, v in policies.params.items()},
+            steps,
+            np.stack(curves).astype(np.float64),  # (agents, T)
+            {k: torch.cat(v)[inverse] for k, v in params.items()},
             keys,
         )
 
@@ -400,6 +465,16 @@ def _metric(comparison: Any, name: str) -> tuple[float, float, float]:
     return float(value.estimate), float(value.low), float(value.high)
 
 
+def normalise(plan: StudyPlan, result: ArmResult) -> np.ndarray:
+    """An arm's curves ``(agents, T)`` normalised to [0, 1] by each agent's target env's
+    return bounds."""
+    out = np.empty_like(result.curves)
+    for i, (key, _) in enumerate(result.keys):
+        target = key if isinstance(key, int) else key.target
+        out[i] = plan.envs[target].normalise(result.curves[i])
+    return out
+
+
 def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> dict[str, Any]:
     """Every transfer arm of every variant against scratch on the target, per (source,
     target) pair: the comparisons (JSON), matrices of each metric ``(S, T)`` with their 95 %
@@ -418,7 +493,7 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
         scratch_rows: dict[int, list[int]] = {}
         for i, (context, _) in enumerate(scratch.keys):
             scratch_rows.setdefault(int(context), []).append(i)  # type: ignore[arg-type]
-        normalised = {arm: plan.env.normalise(r.curves) for arm, r in arms.items()}
+        normalised = {arm: normalise(plan, r) for arm, r in arms.items()}
         variant_out: dict[str, Any] = {}
         for arm, result in arms.items():
             if arm == "scratch":
@@ -490,7 +565,7 @@ def write_outputs(
             # the normalised mean return over the whole curve of source s fine-tuned on t:
             # a performance matrix in [0, 1] (ctxrl select --bounds 0 1)
             perf = np.full((len(plan.contexts),) * 2, np.nan)
-            normalised = plan.env.normalise(result.curves)
+            normalised = normalise(plan, result)
             span = float(result.steps[-1] - result.steps[0])
             for (s, t), agent_rows in _rows(result).items():
                 auc = np.trapezoid(normalised[agent_rows], result.steps, axis=1) / span
@@ -575,7 +650,7 @@ def _plot_study(
                 panels[arm] = rows
         for arm, rows in panels.items():
             result = results[arm]
-            values = plan.env.normalise(result.curves[rows])
+            values = normalise(plan, result)[rows]
             mean = values.mean(axis=0)
             ax.plot(result.steps, mean, color=colours[arm], linewidth=1.0, label=arm)
             if len(rows) > 1:
