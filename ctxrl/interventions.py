@@ -14,6 +14,8 @@ The trainers call an intervention at four points, all optional:
   added to the algorithm's loss before the backward pass.
 - :meth:`Intervention.after_update` after every optimizer step: in-place edits of parameters
   and optimizer state through a :class:`TrainingView`.
+- :meth:`Intervention.on_context_switch` when a context schedule changes some agents' contexts
+  (resets at switches).
 - :meth:`Intervention.state_dict` / :meth:`Intervention.load_state_dict`: its own tensors,
   saved in training checkpoints so that a killed run resumes bit-exactly.
 
@@ -198,6 +200,12 @@ class Intervention:
         """Called after every optimizer step; edit parameters and optimizer state in place,
         only where ``view.mask`` is 1."""
         del view
+
+    def on_context_switch(self, view: TrainingView, agents: torch.Tensor) -> None:
+        """Called when a context schedule switches the context of ``agents`` (``(N,)`` bool),
+        after the switch and before the next update (resets at switches); only where
+        ``view.mask`` is 1 too."""
+        del view, agents
 
     def diagnostics(self, view: TrainingView) -> dict[str, torch.Tensor]:
         """Per-agent numbers ``(N,)`` to log with the training diagnostics (e.g. the fraction
