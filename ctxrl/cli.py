@@ -257,7 +257,7 @@ def _matrix_from(
         from ctxrl.summary import STORE_FILE, sweep_matrix
 
         cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
-        plan = resolve_plan(cfg, host.registry)
+        plan = resolve_plan(cfg, host.registry, training=False)
         with Store(path / STORE_FILE) as store:
             matrix = sweep_matrix(plan, store)
         coords = plan.grid.grid_coords()
@@ -384,7 +384,7 @@ def report(ctx: click.Context, run_dir: Path) -> None:
         click.echo(spec.report(run_dir))
         return
     cfg = validate_config(stored["config"], str(plan_file))
-    plan = resolve_plan(cfg, host.registry)
+    plan = resolve_plan(cfg, host.registry, training=False)
     with Store(run_dir / STORE_FILE) as store:
         matrix = sweep_matrix(plan, store)
         order = trained_order(plan, store)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
@@ -61,6 +61,38 @@ class AxisConfig(_Strict):
     high: float | None = Field(default=None, description="last value (feature's upper bound)")
     scale: Literal["linear", "log"] | None = Field(default=None, description="grid spacing")
     values: list[float] | None = Field(default=None, description="explicit values instead")
+
+    @field_validator("values")
+    @classmethod
+    def _distinct_values(cls, values: list[float] | None) -> list[float] | None:
+        # a repeated value would collapse into one context of the grid
+        repeated = _repeated(values or [])
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice")
+        return values
+
+    @model_validator(mode="after")
+    def _values_alone(self) -> AxisConfig:
+        # num/low/high/scale would be ignored next to explicit values: say so, not silently
+        if self.values is not None:
+            given = [name for name in ("num", "low", "high", "scale") if getattr(self, name)]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when "
+                    "values are given; give values alone, or num/low/high/scale"
+                )
+        return self
+
+
+def _repeated(items: Sequence[Any]) -> list[Any]:
+    """The items listed more than once, in the order of their second appearance."""
+    seen: set[Any] = set()
+    repeated = []
+    for item in items:
+        if item in seen and item not in repeated:
+            repeated.append(item)
+        seen.add(item)
+    return repeated
 
 
 class InterventionEntry(_Strict):
@@ -154,6 +186,15 @@ class SweepConfig(_Strict):
             raise ValueError("name at least one varied feature")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        # a repeated seed would be trained twice and stored once
+        repeated = _repeated(value)
+        if repeated:
+            raise ValueError(f"seed {repeated[0]!r} is listed twice")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -227,7 +268,8 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepCon
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "(top level)"
             got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
-            lines.append(f"  {where}: {error['msg']}{got}")
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {message}{got}")
         raise ConfigError(f"{source} is not a valid sweep config:\n" + "\n".join(lines)) from None
 
 
@@ -251,8 +293,10 @@ class SweepPlan:
         return self.config.output_dir / self.run_name
 
 
-def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
-    """Check every name in ``config`` against ``registry`` and build the context grid."""
+def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = True) -> SweepPlan:
+    """Check every name, option and hyperparameter in ``config`` against ``registry`` and build
+    the context grid. ``training=False`` reads the plan of an existing run directory: the
+    device it trained on need not exist here."""
     try:
         env = registry.env(config.env)
     except UnknownNameError as exc:
@@ -271,13 +315,23 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
             f"algorithm.preset: {algorithm.name!r} has no preset {config.algorithm.preset!r}; "
             f"available: {', '.join(sorted(algorithm.presets)) or 'none'}"
         )
+    space = env.context_space
     axes = []
     for name, axis in config.features.items():
         values = tuple(axis.values) if axis.values is not None else None
         axes.append(GridAxis(name, axis.num, axis.low, axis.high, axis.scale, values))
+        try:
+            space.axis(axes[-1])
+        except ContextError as exc:
+            raise ConfigError(f"features.{name}: {exc}") from None
+    for name, value in config.context.items():
+        try:
+            space.validate({name: value})
+        except ContextError as exc:
+            raise ConfigError(f"context.{name}: {exc}") from None
     try:
-        fixed = env.context_space.validate(config.context)
-        grid = env.context_space.grid(axes)
+        fixed = space.validate(config.context)
+        grid = space.grid(axes)
     except ContextError as exc:
         raise ConfigError(f"features: {exc}") from None
     if config.context:
@@ -293,12 +347,17 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
             f"batched twin; {algorithm.name!r} on {env.name!r} is not"
         )
     _check_training_options(config, registry, algorithm)
-    strategy = None
+    if training:
+        _check_device(config.device)
+    # the strategy trains the sources in mode select and is replayed on the matrix for the
+    # report in mode full: a bad name or option must stop the sweep before training either way
+    try:
+        strategy: StrategySpec | None = registry.strategy(config.strategy.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"strategy.name: {exc}") from None
+    assert strategy is not None
+    _check_strategy_options(strategy, config.strategy.options)
     if config.mode == "select":
-        try:
-            strategy = registry.strategy(config.strategy.name)
-        except UnknownNameError as exc:
-            raise ConfigError(f"strategy.name: {exc}") from None
         if strategy.requires_full_matrix:
             raise ConfigError(
                 f"strategy.name: {strategy.name!r} needs the full matrix; use it with "
@@ -320,7 +379,64 @@ def resolve_plan(config: SweepConfig, registry: Registry) -> SweepPlan:
         raise ConfigError(f"executor.name: {exc}") from None
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
+    _check_hyperparameters(config, algorithm, env)
+    if config.mode != "select":
+        strategy = None
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
+
+
+def algorithm_params(config: SweepConfig, algorithm: AlgorithmSpec) -> dict[str, Any]:
+    """The hyperparameters the algorithm's factory gets: its preset, then ``params``."""
+    params: dict[str, Any] = {}
+    if config.algorithm.preset is not None:
+        params.update(algorithm.presets[config.algorithm.preset])
+    params.update(config.algorithm.params)
+    return params
+
+
+def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: EnvSpec) -> None:
+    """Build the algorithm once, so that a hyperparameter it does not take (a typo) stops the
+    sweep now, not in every run after the others trained. Factories only check and store
+    their options; nothing trains here."""
+    try:
+        algorithm.factory(algorithm_params(config, algorithm), device=config.device, env=env)
+    except (CtxrlError, TypeError, ValueError) as exc:
+        message = str(exc)
+        if not message.startswith("algorithm."):
+            message = f"algorithm.params: {algorithm.name!r}: {message}"
+        raise ConfigError(message) from None
+
+
+def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) -> None:
+    try:
+        strategy.factory(**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"strategy.options: {strategy.name!r} does not take {sorted(options)}: {exc}"
+        ) from None
+    except CtxrlError as exc:
+        raise ConfigError(f"strategy.options: {exc}") from None
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device must exist here: a CPU-only torch or a missing GPU is named before
+    training, not when the first batch is moved."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.removeprefix("cuda:")) if device.startswith("cuda:") else 0
+    if index < count:
+        return
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        why = f"{count} CUDA device{'s' if count != 1 else ''} visible"
+    raise ConfigError(
+        f"device: {device!r} is not available ({why}); use device: cpu, or auto to take a "
+        "GPU when there is one"
+    )
 
 
 def _check_training_options(

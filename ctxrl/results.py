@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ctxrl.config import SweepPlan, resolve_plan, validate_config
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, Registry
@@ -32,7 +32,7 @@ def load_plan(run_dir: str | Path, registry: Registry | None = None) -> SweepPla
         raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
     data = yaml.safe_load(plan_file.read_text())
     config = validate_config(data["config"], str(plan_file))
-    return resolve_plan(config, registry or get_host().registry)
+    return resolve_plan(config, registry or get_host().registry, training=False)
 
 
 @dataclass
@@ -103,10 +103,7 @@ def load_policies(
     rows = [finished[rid] for rid in order if where is None or where(finished[rid])]
     if not rows:
         raise CtxrlError(f"{run_dir}: no finished run matches")
-    params: dict[str, Any] = {}
-    if plan.config.algorithm.preset is not None:
-        params.update(plan.algorithm.presets[plan.config.algorithm.preset])
-    params.update(plan.config.algorithm.params)
+    params = algorithm_params(plan.config, plan.algorithm)
     algorithm = plan.algorithm.factory(params, device=device, env=plan.env)
     policies = []
     for row in rows:

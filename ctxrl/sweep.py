@@ -26,7 +26,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ctxrl.config import SweepConfig, SweepPlan, resolve_plan, validate_config
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import build_interventions
@@ -77,7 +77,7 @@ def execute_job(job: dict[str, Any]) -> None:
     store = Store(run_dir / STORE_FILE)
     try:
         algorithm = plan.algorithm.factory(
-            _algorithm_params(config, plan), device=config.device, env=plan.env
+            algorithm_params(config, plan.algorithm), device=config.device, env=plan.env
         )
         policy = algorithm.train(plan.env, task, seed=seed, total_steps=config.train_steps)
         artifact = Path("artifacts") / rid
@@ -113,14 +113,6 @@ def execute_job(job: dict[str, Any]) -> None:
         raise
     finally:
         store.close()
-
-
-def _algorithm_params(config: SweepConfig, plan: SweepPlan) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if config.algorithm.preset is not None:
-        params.update(plan.algorithm.presets[config.algorithm.preset])
-    params.update(config.algorithm.params)
-    return params
 
 
 def _record(
@@ -398,7 +390,7 @@ def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]
 
 
 def _batched_algorithm(plan: SweepPlan) -> BatchedAlgorithm:
-    params = _algorithm_params(plan.config, plan)
+    params = algorithm_params(plan.config, plan.algorithm)
     algorithm = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
     return cast(BatchedAlgorithm, algorithm)
 

@@ -18,6 +18,12 @@ from ctxrl.plugins import get_host
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _plan(*overrides: str):
     return resolve_plan(load_config(None, overrides), get_host().registry)
 
@@ -52,7 +58,7 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "features.length.num: Input should be greater than or equal to 1",
         ),
         (["features.length={values: []}"], "grid for 'length' has no values"),
-        (["features={}"], "features: Value error, name at least one varied feature"),
+        (["features={}"], "features: name at least one varied feature"),
         (
             ["features.length.high=50"],
             "'length' = 50.0 is outside the allowed range [0.05, 5.0]",
@@ -83,6 +89,28 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),
         (["seedz=[1]"], "seedz: Extra inputs are not permitted"),
         (["env_options.visible=[nosuch]"], "env_options: CartPole has no context feature 'nosuch'"),
+        # every name and option is checked before anything trains, whatever the mode
+        (["strategy.name=mbtl-gpp"], "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
+        (["strategy.options.betta=2"], "strategy.options: 'mbtl-gp' does not take"),
+        (["compare=[greedy, nope]"], "compare: no plugin provides the strategy 'nope'"),
+        (
+            ["algorithm.params.learning_rat=1e-3"],
+            "algorithm.params: batched-ppo has no hyperparameter 'learning_rat'",
+        ),
+        pytest.param(
+            ["algorithm={name: sb3-ppo, params: {learning_rat: 0.001}}", "curves=null"],
+            "algorithm.params: sb3-ppo has no hyperparameter 'learning_rat'",
+            marks=requires_sb3,
+        ),
+        (["context={masscart: -1.0}"], "context.masscart: CartPole: context feature 'masscart'"),
+        (["context={massicart: 1.0}"], "context.massicart: CartPole has no context feature"),
+        (["features.length.high=50"], "features.length: CartPole: context feature 'length'"),
+        (["seeds=[0, 1, 0]"], "seeds: seed 0 is listed twice"),
+        (["features.length={values: [0.5, 0.5]}"], "features.length.values: 0.5 is listed twice"),
+        (
+            ["features.length={values: [0.5, 1.0], num: 3, low: 0.1}"],
+            "features.length: num, low are ignored when values are given",
+        ),
         (
             ["env_options.render_mode=rgb_array"],
             "env_options: ['render_mode'] do not apply to the torch twin of 'CartPole'",
@@ -93,6 +121,26 @@ def test_bad_config_is_named(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         _plan(*overrides)
     assert message in str(excinfo.value)
+
+
+@pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA")
+def test_an_unavailable_device_is_named() -> None:
+    with pytest.raises(ConfigError, match="device: 'cuda' is not available"):
+        _plan("device=cuda")
+    with pytest.raises(ConfigError, match="device: 'cuda:3' is not available"):
+        _plan("device=cuda:3")
+    assert _plan("device=auto").config.device == "auto"
+
+
+def test_dry_run_catches_what_only_training_would_find(run_ctxrl: Run) -> None:
+    """Names, options and hyperparameters are checked by ``--dry-run``, naming the field."""
+    for override, message in [
+        ("strategy.name=mbtl-gpp", "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
+        ("algorithm.params.learning_rat=1e-3", "has no hyperparameter 'learning_rat'"),
+    ]:
+        result = run_ctxrl("sweep", "--dry-run", "--set", override)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:
