@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxrl import __version__
-from ctxrl.config import load_config, resolve_plan, validate_config
+from ctxrl.config import load_config, locate_run_dir, resolve_plan, validate_config
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
@@ -224,7 +224,7 @@ def sweep(
     host = _host(ctx)
     _warn_failed(host)
     cfg = load_config(config, overrides)
-    plan = resolve_plan(cfg, host.registry)
+    plan = locate_run_dir(resolve_plan(cfg, host.registry))
     err.print(
         f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
         f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "

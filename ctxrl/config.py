@@ -203,8 +203,14 @@ class SweepConfig(_Strict):
         raise ValueError(f"device {value!r} is not cpu, cuda, cuda:N or auto")
 
     def plan_data(self) -> dict[str, Any]:
-        """What determines results: everything except where and how the jobs run."""
-        data = self.model_dump(mode="json", exclude={"output_dir", "executor", "compare"})
+        """What determines the trained runs, hashed into the run directory's name: everything
+        except where and how the jobs run (``output_dir``, ``executor``), the strategies the
+        report replays (``compare``) and, outside ``mode: select``, the strategy (it chooses
+        the trained sources only there). The run directory's plan.yaml records the rest."""
+        exclude = {"output_dir", "executor", "compare"}
+        if self.mode != "select":
+            exclude.add("strategy")
+        data = self.model_dump(mode="json", exclude=exclude)
         # fields added later leave the hash of a plan that does not use them unchanged, so
         # run directories of earlier sweeps still resume
         if not data["algorithm"]["interventions"]:
@@ -275,7 +281,11 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepCon
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A config checked against the loaded plugins: every name resolved, the grid built."""
+    """A config checked against the loaded plugins: every name resolved, the grid built.
+
+    ``location`` is an existing run directory of the same plan found under another name (one
+    named by the plan hash of an earlier ctxrl, see :func:`locate_run_dir`); None means the
+    directory named by ``plan_hash``."""
 
     config: SweepConfig
     env: EnvSpec
@@ -283,6 +293,7 @@ class SweepPlan:
     strategy: StrategySpec | None
     grid: ContextGrid
     plan_hash: str
+    location: Path | None = None
 
     @property
     def run_name(self) -> str:
@@ -290,7 +301,36 @@ class SweepPlan:
 
     @property
     def run_dir(self) -> Path:
+        if self.location is not None:
+            return self.location
         return self.config.output_dir / self.run_name
+
+
+def stored_plan_hash(stored: Mapping[str, Any]) -> str | None:
+    """The plan hash, as this version defines it, of a run directory's plan.yaml contents
+    (None when its config no longer validates)."""
+    try:
+        return validate_config(stored["config"]).plan_hash()
+    except (CtxrlError, KeyError, TypeError):
+        return None
+
+
+def locate_run_dir(plan: SweepPlan) -> SweepPlan:
+    """``plan`` in its existing run directory: the one named by its hash, or else one of the
+    same plan named by the hash an earlier ctxrl gave it (before the hash left out fields
+    that do not change the trained runs), so those runs are continued, not trained again."""
+    if plan.location is not None or plan.run_dir.exists():
+        return plan
+    prefix = plan.run_name[: -len(plan.plan_hash[:10])]
+    candidates = sorted(plan.config.output_dir.glob(f"{prefix}*/plan.yaml"))
+    for plan_file in candidates:
+        try:
+            stored = parse_yaml(plan_file.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(stored, dict) and stored_plan_hash(stored) == plan.plan_hash:
+            return dataclasses.replace(plan, location=plan_file.parent)
+    return plan
 
 
 def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = True) -> SweepPlan:
@@ -379,7 +419,8 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         raise ConfigError(f"executor.name: {exc}") from None
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
-    _check_hyperparameters(config, algorithm, env)
+    if training:
+        _check_hyperparameters(config, algorithm, env)
     if config.mode != "select":
         strategy = None
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())

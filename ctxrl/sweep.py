@@ -26,7 +26,14 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
+from ctxrl.config import (
+    SweepPlan,
+    algorithm_params,
+    locate_run_dir,
+    resolve_plan,
+    stored_plan_hash,
+    validate_config,
+)
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import build_interventions
@@ -165,23 +172,35 @@ def environment_record(host: Host, device: str) -> dict[str, Any]:
     }
 
 
-def prepare_run_dir(plan: SweepPlan, host: Host, argv: Iterable[str]) -> Path:
-    """Create (or reopen) the run directory and record plan, command and environment."""
+def prepare_run_dir(
+    plan: SweepPlan, host: Host, argv: Iterable[str], console: Console | None = None
+) -> Path:
+    """Create (or reopen) the run directory and record plan, command and environment.
+
+    A run directory holds one plan: a stored plan with another hash is refused, naming the
+    fields that differ. Fields the hash leaves out (the strategy of a full sweep, ``compare``,
+    the executor) may change between reruns: plan.yaml then records the new values, and the
+    change is printed."""
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = run_dir / "plan.yaml"
-    plan_data = plan.config.plan_data()
+    config = plan.config.model_dump(mode="json")
     if plan_file.exists():
-        stored = yaml.safe_load(plan_file.read_text())
-        if stored.get("plan") != plan_data:
-            raise CtxrlError(f"{plan_file} holds a different plan; refusing to mix results")
+        stored = _read_plan_file(plan_file)
+        if stored_plan_hash(stored) != plan.plan_hash:
+            raise CtxrlError(
+                f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
+                "refusing to mix results: change output_dir or move the directory away"
+            )
+        changed = _differences(stored, config)
+        if changed and console is not None:
+            console.print(
+                f"{plan_file}: {changed} changed since the last run; they do not change the "
+                "trained runs, which are kept (plan.yaml now records the new values)"
+            )
     plan_file.write_text(
         yaml.safe_dump(
-            {
-                "plan_hash": plan.plan_hash,
-                "plan": plan_data,
-                "config": plan.config.model_dump(mode="json"),
-            },
+            {"plan_hash": plan.plan_hash, "plan": plan.config.plan_data(), "config": config},
             sort_keys=False,
         )
     )
@@ -191,6 +210,37 @@ def prepare_run_dir(plan: SweepPlan, host: Host, argv: Iterable[str]) -> Path:
         json.dumps(environment_record(host, plan.config.device), indent=2)
     )
     return run_dir
+
+
+def _read_plan_file(plan_file: Path) -> dict[str, Any]:
+    try:
+        stored = yaml.safe_load(plan_file.read_text())
+    except yaml.YAMLError as exc:
+        raise CtxrlError(
+            f"{plan_file} is not valid YAML ({exc}); move the directory away"
+        ) from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise CtxrlError(
+            f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
+            "move the directory away or restore the file"
+        )
+    return stored
+
+
+def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
+    """The config fields (dotted paths) whose values differ between a stored plan.yaml and
+    ``config``, as a comma-separated list."""
+
+    def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict) and data:
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                out.update(flatten(value, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: data}
+
+    old, new = flatten(stored.get("config", {})), flatten(config)
+    return ", ".join(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
 
 
 # -------------------------------------------------------------------------------- sweep
@@ -204,8 +254,9 @@ def run_sweep(
     """Run (or resume) ``plan`` and return its transfer matrix and what was done."""
     host = host or get_host()
     console = console or Console(stderr=True)
+    plan = locate_run_dir(plan)
     config = plan.config
-    run_dir = prepare_run_dir(plan, host, argv)
+    run_dir = prepare_run_dir(plan, host, argv, console)
     plan_json = config.model_dump(mode="json")
     store = Store(run_dir / STORE_FILE)
     store.set_meta("plan_hash", plan.plan_hash)
