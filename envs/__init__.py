@@ -5,7 +5,8 @@ Importing this package registers the ``ctxrl/...`` ids with gymnasium, so
 ``import ctxrl_envs`` (or ``gymnasium.make("ctxrl_envs:ctxrl/CartPole-v1", ...)``).
 """
 
-from . import box2d, classic_control
+from . import box2d, catch, classic_control
 
 classic_control.register_gymnasium_ids()
 box2d.register_gymnasium_ids()
+catch.register_gymnasium_ids()
