@@ -341,6 +341,9 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
                     v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
                 entropy_mean = entropy.mean(dim=1)
                 loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+                extra = self.auxiliary_loss(run, mb_obs, out, iteration, iterations)
+                if extra is not None:
+                    loss = loss + extra
                 run.optimize(loss, lr)
                 if last_epoch:  # CleanRL logs the last epoch's statistics
                     with torch.no_grad():
@@ -356,6 +359,16 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             variance = b_ret.var(dim=1)
             explained = 1 - (b_ret - b_val).var(dim=1) / variance
             run.record("explained_variance", torch.where(variance == 0, torch.nan, explained))
+
+    def auxiliary_loss(
+        self, run: TrainingRun, obs: Tensor, out: Tensor, iteration: int, iterations: int
+    ) -> Tensor | None:
+        """A per-agent loss ``(N,)`` added to PPO's at every gradient step, from the
+        minibatch's observations ``obs`` ``(N, B, obs)`` and the actor's output ``out``
+        ``(N, B, A)`` on them (with gradient); None (the default) adds nothing. Kickstarting
+        (:mod:`ctxrl_plugins.transfer.distill`) adds its decaying distillation term here."""
+        del run, obs, out, iteration, iterations
+        return None
 
     def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> BatchedPolicies:
         if "networks" not in metadata or "actor.head.weight" not in tensors:
