@@ -31,6 +31,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl.schedules import ContextSchedule
 from ctxrl_plugins.training.evaluation import (
     Policies,
     contexts_tensor,
@@ -39,6 +40,7 @@ from ctxrl_plugins.training.evaluation import (
 )
 from ctxrl_plugins.training.networks import Params, StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
+from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
 
 Tensor = torch.Tensor
 ConfigT = TypeVar("ConfigT")
@@ -81,6 +83,12 @@ class TrainingLog:
         diagnostics: name -> ``(records, N)``: per-agent means over the updates since the
             previous record (losses, approx KL, clip fraction, explained variance, TD error,
             gradient norm, entropy, and what interventions report).
+        switches: the context switches a schedule made: ``(env step per agent, the agents that
+            switched then)``, in order; cut the curves there for per-switch metrics.
+        plasticity_steps: env steps per agent at each plasticity record ``(records,)`` (the
+            ``plasticity.every`` grid and every switch step, just before the switch).
+        plasticity: ``{metric}.{layer}`` -> ``(records, N)`` (see
+            :func:`ctxrl_plugins.training.plasticity.layer_metrics`).
     """
 
     curve_steps: list[int] = field(default_factory=list)
@@ -88,16 +96,27 @@ class TrainingLog:
     curve_contexts: list[dict[str, float]] | None = None
     diagnostic_steps: list[int] = field(default_factory=list)
     diagnostics: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    switches: list[tuple[int, list[int]]] = field(default_factory=list)
+    plasticity_steps: list[int] = field(default_factory=list)
+    plasticity: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def select(self, indices: Sequence[int]) -> TrainingLog:
-        """The log of agents ``indices`` only."""
+        """The log of agents ``indices`` only (switches renumbered, those of other agents
+        dropped)."""
         index = list(indices)
+        position = {agent: new for new, agent in enumerate(index)}
+        switches = [
+            (step, [position[a] for a in agents if a in position]) for step, agents in self.switches
+        ]
         return TrainingLog(
             list(self.curve_steps),
             [r[index] for r in self.curve_returns],
             self.curve_contexts,
             list(self.diagnostic_steps),
             {k: [v[index] for v in values] for k, values in self.diagnostics.items()},
+            [(step, agents) for step, agents in switches if agents],
+            list(self.plasticity_steps),
+            {k: [v[index] for v in values] for k, values in self.plasticity.items()},
         )
 
     def curve(self) -> np.ndarray:
@@ -116,6 +135,18 @@ class TrainingLog:
             out["diagnostics.steps"] = torch.tensor(self.diagnostic_steps, dtype=torch.int64)
             for name, values in self.diagnostics.items():
                 out[f"diagnostics.{name}"] = torch.from_numpy(np.stack(values))
+        if self.switches:
+            out["switches.steps"] = torch.tensor([s for s, _ in self.switches], dtype=torch.int64)
+            # (switches, N) as 0/1: the agents that switched at each step
+            count = 1 + max(a for _, agents in self.switches for a in agents)
+            agents = torch.zeros(len(self.switches), count, dtype=torch.uint8)
+            for row, (_, switched) in enumerate(self.switches):
+                agents[row, switched] = 1
+            out["switches.agents"] = agents
+        if self.plasticity_steps:
+            out["plasticity.steps"] = torch.tensor(self.plasticity_steps, dtype=torch.int64)
+            for name, values in self.plasticity.items():
+                out[f"plasticity.{name}"] = torch.from_numpy(np.stack(values))
         return out
 
     @classmethod
@@ -131,6 +162,17 @@ class TrainingLog:
             for key, value in tensors.items():
                 if key.startswith("diagnostics.") and key != "diagnostics.steps":
                     log.diagnostics[key.removeprefix("diagnostics.")] = list(value.cpu().numpy())
+        if "switches.steps" in tensors:
+            rows = tensors["switches.agents"].cpu()
+            log.switches = [
+                (int(step), [int(a) for a in torch.nonzero(row).flatten()])
+                for step, row in zip(tensors["switches.steps"].cpu(), rows, strict=True)
+            ]
+        if "plasticity.steps" in tensors:
+            log.plasticity_steps = [int(s) for s in tensors["plasticity.steps"]]
+            for key, value in tensors.items():
+                if key.startswith("plasticity.") and key != "plasticity.steps":
+                    log.plasticity[key.removeprefix("plasticity.")] = list(value.cpu().numpy())
         return log
 
 
@@ -363,6 +405,8 @@ class BatchedTrainer(Generic[StateT]):
         interventions: Sequence[Intervention | tuple[Intervention, Sequence[int]]] = (),
         curves: CurveOptions | None = None,
         diagnostics_every: int | None = None,
+        schedules: ContextSchedule | Sequence[ContextSchedule] | None = None,
+        plasticity: PlasticityOptions | None = None,
     ) -> Any:
         """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
 
@@ -384,9 +428,20 @@ class BatchedTrainer(Generic[StateT]):
                 applied in order to every agent, or as ``(intervention, agent indices)`` to
                 those agents only (so one batch can compare interventions; one that changes
                 the network applies to every agent).
-            curves: learning curves on a step grid (:class:`CurveOptions`).
+            curves: learning curves on a step grid (:class:`CurveOptions`); without evaluation
+                contexts, each agent is evaluated on the context in force at that step.
             diagnostics_every: env steps per agent between diagnostics records (default: about
                 200 records per run).
+            schedules: context schedules (:mod:`ctxrl.schedules`), one for every agent or one
+                per agent: agent ``i`` trains on ``schedules[i].context_at(step)`` from step 0
+                (``contexts`` then only names the agents, as with ``mixture``). At the end of
+                each iteration, the agents whose schedule switched between its first and last
+                step get the context in force at the last one (their environments' physics
+                change at once, mid-episode), every intervention's ``on_context_switch`` runs
+                for them, and ``log.switches`` records the step.
+            plasticity: plasticity metrics per agent and hidden layer
+                (:class:`~ctxrl_plugins.training.plasticity.PlasticityOptions`) on a step grid
+                and just before every switch, in ``log.plasticity``.
 
         Returns the algorithm's policies object, with the :class:`TrainingLog` as ``.log``.
         """
@@ -397,6 +452,7 @@ class BatchedTrainer(Generic[StateT]):
         self.check_env(env)
         device, n, e = self.device, len(seeds), self.num_envs
         interventions, masks = _intervention_masks(interventions, n, device)
+        agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name)
         twin = env.make_batched(
             n * e,
             contexts=contexts_tensor(env, contexts, e, device),
@@ -404,6 +460,8 @@ class BatchedTrainer(Generic[StateT]):
             env_seeds=env_seeds(seeds, e, self.env_seed_salt),
         )
         twin.set_context_pool(mixture)
+        if agent_schedules is not None:
+            _apply_schedules(twin, agent_schedules, list(range(n)), 0, e)
         # ---------------------------------------------------------------- networks
         networks: dict[str, StackedMLP] = {}
         for role, (spec, heads) in self.network_specs(twin).items():
@@ -439,6 +497,7 @@ class BatchedTrainer(Generic[StateT]):
             device=device,
             masks=masks,
         )
+        run.record_activations = run.record_activations or plasticity is not None
         for intervention in run.each_intervention():
             intervention.setup(run)
         iterations = max(1, total_steps // self.steps_per_iteration())
@@ -462,7 +521,13 @@ class BatchedTrainer(Generic[StateT]):
 
         def evaluate_curve() -> None:
             assert curves is not None
-            own = [[dict(c)] for c in contexts] if mixture is None else [list(mixture)] * n
+            own = (
+                [list(mixture)] * n
+                if mixture is not None
+                else [[dict(c)] for c in contexts]
+                if agent_schedules is None
+                else [[s.context_at(run.env_steps).as_dict()] for s in agent_schedules]
+            )
             targets = own if curves.contexts is None else [list(curves.contexts)] * n
             returns = evaluate_policies(
                 policies,
@@ -479,8 +544,14 @@ class BatchedTrainer(Generic[StateT]):
         if curves is not None and start == 0:
             evaluate_curve()
         next_curve = None if curves is None else (run.env_steps // curves.every + 1) * curves.every
+        next_plasticity = (
+            None
+            if plasticity is None
+            else (run.env_steps // plasticity.every + 1) * plasticity.every
+        )
         for iteration in range(start, iterations):
             run.iteration = iteration
+            before = run.env_steps
             self.iterate(run, state, iteration, iterations)
             done = iteration + 1
             if done % log_every == 0 or done == iterations:
@@ -489,6 +560,34 @@ class BatchedTrainer(Generic[StateT]):
                     log.diagnostic_steps.append(run.env_steps)
                     for name, value in values.items():
                         log.diagnostics.setdefault(name, []).append(value)
+            switched = (
+                []
+                if agent_schedules is None
+                else [
+                    i
+                    for i, schedule in enumerate(agent_schedules)
+                    if schedule.switch_steps(before, run.env_steps)
+                ]
+            )
+            if (
+                plasticity is not None
+                and next_plasticity is not None
+                and (switched or run.env_steps >= next_plasticity or done == iterations)
+            ):
+                metrics = layer_metrics(
+                    networks, params, run.initial_params, run.activations, plasticity
+                )
+                log.plasticity_steps.append(run.env_steps)
+                for name, metric in metrics.items():
+                    log.plasticity.setdefault(name, []).append(metric.float().cpu().numpy())
+                next_plasticity = (run.env_steps // plasticity.every + 1) * plasticity.every
+            if switched and agent_schedules is not None:
+                _apply_schedules(twin, agent_schedules, switched, run.env_steps, e)
+                agents = torch.zeros(n, dtype=torch.bool, device=device)
+                agents[switched] = True
+                for intervention in run.each_intervention():
+                    intervention.on_context_switch(run, agents)
+                log.switches.append((run.env_steps, switched))
             if (
                 curves is not None
                 and next_curve is not None
@@ -657,6 +756,59 @@ class BatchedTrainer(Generic[StateT]):
                 f"{path} holds a {metadata.get('algorithm')!r} policy, not {self.name}"
             )
         return self.policies_from(tensors, metadata)
+
+
+def _agent_schedules(
+    schedules: ContextSchedule | Sequence[ContextSchedule] | None,
+    n: int,
+    env: EnvSpec,
+    mixture: Sequence[Mapping[str, float]] | None,
+    algorithm: str,
+) -> list[ContextSchedule] | None:
+    """One schedule per agent (a single schedule is shared), checked against the env."""
+    if schedules is None:
+        return None
+    if mixture is not None:
+        raise CtxrlError(
+            f"{algorithm}: a context schedule and a mixture both set the contexts; give one"
+        )
+    listed = [schedules] * n if isinstance(schedules, ContextSchedule) else list(schedules)
+    if len(listed) != n:
+        raise CtxrlError(f"{algorithm}: {len(listed)} context schedules for {n} agents")
+    for index, schedule in enumerate(listed):
+        if not isinstance(schedule, ContextSchedule):
+            raise CtxrlError(
+                f"{algorithm}: schedules[{index}] is a {type(schedule).__name__}, not a "
+                "ctxrl.schedules.ContextSchedule"
+            )
+        if schedule.space.names != env.context_space.names:
+            raise CtxrlError(
+                f"{algorithm}: schedules[{index}] was built for the context features "
+                f"{', '.join(schedule.space.names)}, not {env.name}'s "
+                f"({', '.join(env.context_space.names)})"
+            )
+    return listed
+
+
+def _apply_schedules(
+    twin: Any, schedules: Sequence[ContextSchedule], agents: Sequence[int], step: int, e: int
+) -> None:
+    """Give the environments of ``agents`` (``E`` each) their schedule's context at ``step``
+    (one validated ``set_context`` call)."""
+    contexts = [schedules[agent].context_at(step) for agent in agents]
+    device = twin.device
+    env_ids = torch.tensor(
+        [agent * e + k for agent in agents for k in range(e)], dtype=torch.int64, device=device
+    )
+    values = {
+        name: torch.tensor(
+            [context[name] for context in contexts for _ in range(e)],
+            dtype=torch.float64,
+            device=device,
+        )
+        for name in contexts[0]
+    }
+    twin.set_context(values, env_ids=env_ids)
 
 
 def _intervention_masks(
