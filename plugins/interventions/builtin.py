@@ -11,6 +11,11 @@
 - ``shrink-perturb``: ``p <- shrink * p + perturb * N(0, 1)`` after every update (Ash & Adams
   2020, in Dohare et al. 2024's per-step form: shrink 1 - 1e-4, perturb 1e-5);
   :mod:`ctxrl_plugins.interventions.shrink_perturb`.
+- ``redo``: recycle tau-dormant units every F gradient steps (Sokar et al. 2023, arXiv
+  2302.12902; F 1000, tau 0.025); :mod:`ctxrl_plugins.interventions.redo`.
+- ``continual-backprop``: replace the lowest-utility mature units (Dohare et al. 2024, arXiv
+  2306.13812; rho 1e-4, maturity 10000, eta 0.99);
+  :mod:`ctxrl_plugins.interventions.continual_backprop`.
 
 Registration stays light: torch and the intervention modules are imported only when an
 intervention is built.
@@ -56,6 +61,18 @@ def _shrink_perturb(**options: Any) -> Intervention:
     return ShrinkPerturb(**options)
 
 
+def _redo(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.redo import ReDo
+
+    return ReDo(**options)
+
+
+def _continual_backprop(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.continual_backprop import ContinualBackprop
+
+    return ContinualBackprop(**options)
+
+
 @hookimpl
 def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -> None:
     register(
@@ -93,5 +110,21 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
             _shrink_perturb,
             description="after every update p <- shrink p + perturb N(0, 1) (Ash & Adams 2020; "
             "1 - 1e-4, 1e-5)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "redo",
+            _redo,
+            description="recycle tau-dormant units every F gradient steps (Sokar et al. 2023; "
+            "F 1000, tau 0.025)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "continual-backprop",
+            _continual_backprop,
+            description="replace the lowest-utility mature units (Dohare et al. 2024; rho 1e-4, "
+            "maturity 10000, eta 0.99)",
         )
     )

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from ctxrl.interventions import TrainingView
+from ctxrl.interventions import OptimizerReset, TrainingView
 
 Tensor = torch.Tensor
 ParameterSet = Literal["weights", "all"]
@@ -42,3 +42,91 @@ def per_agent(values: Tensor, like: Tensor) -> Tensor:
 def squared_norm(tensor: Tensor) -> Tensor:
     """Per-agent squared L2 norm of an agent-stacked tensor ``(N, ...)``: ``(N,)``."""
     return tensor.square().reshape(tensor.shape[0], -1).sum(dim=1)
+
+
+# ------------------------------------------------------------------- unit surgery (resets)
+def hidden_layers(view: TrainingView) -> list[tuple[str, list[str]]]:
+    """Every hidden layer of every role with the layers that read its output: the next hidden
+    layer, or for the last hidden layer every output head of the role (``head``, DQN's dueling
+    ``value``). Hidden layers are named ``{role}.{i}`` with an integer ``i``."""
+    out: list[tuple[str, list[str]]] = []
+    for layers in view.layers.values():
+        hidden = [layer for layer in layers if layer.rsplit(".", 1)[-1].isdigit()]
+        heads = [layer for layer in layers if layer not in hidden]
+        for index, layer in enumerate(hidden):
+            out.append((layer, [hidden[index + 1]] if index + 1 < len(hidden) else heads))
+    return out
+
+
+def head_layers(view: TrainingView) -> list[str]:
+    """The output heads of every role (every layer that is not a hidden layer)."""
+    return [
+        layer
+        for layers in view.layers.values()
+        for layer in layers
+        if not layer.rsplit(".", 1)[-1].isdigit()
+    ]
+
+
+def initial_gain(view: TrainingView, layer: str) -> Tensor:
+    """Per-agent orthogonal-initialisation gain of ``layer`` ``(N,)``, recovered from its
+    initial weights: an orthogonal ``(in, out)`` matrix scaled by ``gain`` has
+    ``||W||_F^2 = gain^2 min(in, out)``. (After a warm start: the warm start's scale.)"""
+    weight = view.initial_params[f"{layer}.weight"]
+    return (squared_norm(weight) / min(weight.shape[1], weight.shape[2])).sqrt()
+
+
+def fresh_orthogonal(view: TrainingView, layer: str, agents: Tensor) -> Tensor:
+    """Freshly initialised weights of ``layer`` for the agents ``agents`` (int64 indices ``(K,)``):
+    ``(K, in, out)``, each the trainers' orthogonal initialisation
+    (``torch.nn.init.orthogonal_``'s algorithm: QR of a standard normal matrix, signs fixed by
+    ``R``'s diagonal) at the layer's initial gain (:func:`initial_gain`), from each agent's own
+    random stream (only those agents' streams advance). One QR per agent, so that an agent's
+    draw cannot depend on the batch (a batched QR may change its kernel with the batch size)."""
+    weight = view.params[f"{layer}.weight"]
+    fan_in, width = weight.shape[1], weight.shape[2]
+    gains = initial_gain(view, layer)[agents]
+    normal = view.rng.normal(fan_in * width, agents, dtype=weight.dtype)
+    out = torch.empty(len(agents), fan_in, width, dtype=weight.dtype, device=weight.device)
+    for k in range(len(agents)):
+        # torch's layout (out, in) = (rows, cols); orthogonal_ transposes a wide matrix
+        flat = normal[k].view(width, fan_in)
+        wide = width < fan_in
+        q, r = torch.linalg.qr(flat.T if wide else flat)
+        q = q * torch.sign(torch.diagonal(r))[None, :]
+        out[k] = (q.T if wide else q).T * gains[k]
+    return out
+
+
+def reinitialise_units(
+    view: TrainingView,
+    layer: str,
+    readers: list[str],
+    units: Tensor,
+    fresh: Tensor,
+    optimizer_reset: OptimizerReset,
+) -> None:
+    """Re-initialise the units ``units`` (bool ``(N, width)``) of hidden ``layer``: incoming
+    weights from ``fresh`` ``(N, in, width)``, bias 0 (LayerNorm gain 1, bias 0), outgoing
+    weights (the rows of every layer in ``readers`` that read the unit; with CReLU the two
+    rows of its two halves) 0; and the optimizer state of all those elements reset as
+    ``optimizer_reset`` says. Only ``units`` change (callers clear the rows of agents they
+    leave alone)."""
+    params = view.params
+    width = units.shape[1]
+    with torch.no_grad():
+        incoming = params[f"{layer}.weight"]
+        column = units[:, None, :].expand_as(incoming)
+        incoming.copy_(torch.where(column, fresh, incoming))
+        view.optimizer.reset(f"{layer}.weight", column, optimizer_reset)
+        for suffix, value in (("bias", 0.0), ("norm.weight", 1.0), ("norm.bias", 0.0)):
+            name = f"{layer}.{suffix}"
+            if name in params:
+                params[name].masked_fill_(units, value)
+                view.optimizer.reset(name, units, optimizer_reset)
+        for reader in readers:
+            outgoing = params[f"{reader}.weight"]
+            fold = outgoing.shape[1] // width  # 2 with CReLU: [relu(x), relu(-x)]
+            row = units.repeat(1, fold)[:, :, None].expand_as(outgoing)
+            outgoing.masked_fill_(row, 0.0)
+            view.optimizer.reset(f"{reader}.weight", row, optimizer_reset)

@@ -1,0 +1,262 @@
+"""The plasticity interventions of issue 14: each passes InterventionContract, and unit tests on
+hand-made views of small networks (with the trainers' own Adam) check each against its formula,
+each test failing on a deliberately wrong implementation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
+
+import pytest
+import torch
+
+from ctxrl import ConfigError
+from ctxrl.interventions import Intervention, NetworkSpec, TrainingView
+from ctxrl.plugins import get_host
+from ctxrl.rng import StreamRNG
+from ctxrl.testing import InterventionContract
+from ctxrl_plugins.training.networks import StackedMLP, stack_agents
+from ctxrl_plugins.training.optimizer import AgentAdam
+
+Tensor = torch.Tensor
+
+
+# ------------------------------------------------------------------------ contracts
+class TestReDo(InterventionContract):
+    intervention_name = "redo"
+    # recycle often, with a threshold that catches units within the contract's short budgets
+    options: ClassVar[dict[str, Any]] = {"every": 10, "tau": 0.5}
+
+
+class TestContinualBackprop(InterventionContract):
+    intervention_name = "continual-backprop"
+    options: ClassVar[dict[str, Any]] = {"replacement_rate": 0.05, "maturity": 5}
+
+
+# ------------------------------------------------------------------------ hand-made views
+def _build(name: str, **options: Any) -> Intervention:
+    return cast(Intervention, get_host().registry.intervention(name).factory(**options))
+
+
+def _network(
+    agents: int = 2, hidden: tuple[int, ...] = (4, 4), activation: str = "relu", **spec: Any
+) -> tuple[StackedMLP, dict[str, Tensor]]:
+    """A ``q`` network on 3 inputs with 2 outputs, built and initialised as the trainers do."""
+    net = StackedMLP(
+        "q",
+        NetworkSpec(hidden=hidden, activation=activation, **spec),  # type: ignore[arg-type]
+        3,
+        {"head": (2, 1.0)},
+    )
+    per_agent = [net.init_agent(torch.Generator().manual_seed(s)) for s in range(agents)]
+    return net, stack_agents(per_agent, torch.device("cpu"))
+
+
+def _view(
+    net: StackedMLP, params: dict[str, Tensor], mask: list[float] | None = None
+) -> tuple[SimpleNamespace, AgentAdam]:
+    """A view over ``params`` with the trainers' Adam after two steps on random gradients (so
+    every moment is non-zero)."""
+    n = next(iter(params.values())).shape[0]
+    initial = {k: v.clone() for k, v in params.items()}
+    optimizer = AgentAdam(params, lr=1e-2)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        for g in optimizer.gradients().values():
+            g.copy_(torch.randn(g.shape, generator=generator))
+        optimizer.step()
+    view = SimpleNamespace(
+        params=params,
+        initial_params=initial,
+        layers={"q": net.layers},
+        optimizer=optimizer,
+        activations={},
+        gradients=optimizer.gradients(),
+        frozen={},
+        mask=torch.tensor(mask if mask is not None else [1.0] * n),
+        rng=StreamRNG(torch.arange(n)),
+        num_agents=n,
+        env_steps=0,
+        iteration=0,
+        device=torch.device("cpu"),
+    )
+    return view, optimizer
+
+
+def _snapshot(view: SimpleNamespace, optimizer: AgentAdam) -> dict[str, Tensor]:
+    out = {k: v.detach().clone() for k, v in view.params.items()}
+    for name in view.params:
+        for key, value in optimizer.moments(name).items():
+            out[f"{name}.{key}"] = value.clone()
+    return out
+
+
+# ------------------------------------------------------------------------------ ReDo
+def _dormant_activations(n: int) -> dict[str, Tensor]:
+    """Activations ``(N, M, 4)`` of ``q.0`` / ``q.1`` with known dormant units: in ``q.0``
+    agent 0's unit 1 is silent (score 0) and unit 3 has score 0.19; agent 1's unit 2 is silent.
+    ``q.1`` has no dormant unit."""
+    m = 5
+    a0 = torch.ones(n, m, 4)
+    a0[0, :, 1] = 0.0
+    a0[0, :, 3] = 0.1  # a low score, 4 * 0.1 / 2.1, but not silent
+    a0[1, :, 2] = 0.0
+    return {"q.0": a0, "q.1": torch.full((n, m, 4), 0.5)}
+
+
+@pytest.mark.parametrize("mode", ["none", "moments", "moments_and_step"])
+def test_redo_recycles_exactly_the_dormant_units(mode: str) -> None:
+    net, params = _network()
+    view, optimizer = _view(net, params)
+    view.activations = _dormant_activations(2)
+    redo = _build("redo", every=1, tau=0.0, optimizer_reset=mode)
+    redo.setup(cast(TrainingView, view))
+    before = _snapshot(view, optimizer)
+    redo.after_update(cast(TrainingView, view))
+    after = _snapshot(view, optimizer)
+    recycled = {(0, 1), (1, 2)}  # tau = 0: only the silent units (score 0 <= 0)
+    for agent in range(2):
+        for unit in range(4):
+            hit = (agent, unit) in recycled
+            incoming = after["q.0.weight"][agent, :, unit]
+            assert torch.equal(incoming, before["q.0.weight"][agent, :, unit]) != hit
+            outgoing = after["q.1.weight"][agent, unit]
+            assert torch.equal(
+                outgoing, torch.zeros(4) if hit else before["q.1.weight"][agent, unit]
+            )
+            # Adam: every reset elements' moments are zero unless the option is "none"
+            for key in ("exp_avg", "exp_avg_sq"):
+                m_in = after[f"q.0.weight.{key}"][agent, :, unit]
+                m_out = after[f"q.1.weight.{key}"][agent, unit]
+                zeroed = hit and mode != "none"
+                assert bool((m_in == 0).all()) == zeroed, (agent, unit, key)
+                assert bool((m_out == 0).all()) == zeroed, (agent, unit, key)
+            assert float(after["q.0.bias"][agent, unit]) == (
+                0.0 if hit else float(before["q.0.bias"][agent, unit])
+            )
+    # no other layer moved
+    for name in ("q.head.weight", "q.head.bias", "q.1.bias"):
+        assert torch.equal(after[name], before[name]), name
+    # the step count restarts for the reset elements only with moments_and_step
+    if mode == "moments_and_step":
+        assert optimizer.steps is not None
+        steps = optimizer.view(optimizer.steps, "q.0.weight")
+        assert bool((steps[0, :, 1] == 0).all()) and bool((steps[0, :, 0] == 2).all())
+    else:
+        assert optimizer.steps is None
+
+
+def test_redo_threshold_is_inclusive_and_fresh_weights_have_the_init_scale() -> None:
+    net, params = _network(hidden=(64, 4))
+    view, optimizer = _view(net, params, mask=[1.0, 0.0])
+    acts = torch.ones(2, 5, 64)
+    acts[:, :, :8] = 0.0  # 8 silent units, score 0
+    acts[:, :, 8] = 0.05  # score 0.05 / mean
+    view.activations = {"q.0": acts, "q.1": torch.ones(2, 5, 4)}
+    score = 0.05 / float(acts[0].mean(dim=0).mean())
+    redo = _build("redo", every=2, tau=score)
+    redo.setup(cast(TrainingView, view))
+    before = _snapshot(view, optimizer)
+    redo.after_update(cast(TrainingView, view))
+    assert torch.equal(view.params["q.0.weight"], before["q.0.weight"]), "every=2: not yet"
+    redo.after_update(cast(TrainingView, view))
+    changed = (view.params["q.0.weight"] != before["q.0.weight"]).any(dim=1)
+    # agent 0: units 0..8 (the score-tau unit included); agent 1 is masked out
+    assert changed[0].tolist() == [True] * 9 + [False] * 55
+    assert not changed[1].any()
+    # fresh columns of an orthogonal (3, 64) matrix at gain sqrt(2): squared norm 2 * 3 / 64
+    fresh = view.params["q.0.weight"][0, :, :9]
+    assert abs(float(fresh.detach().square().sum(dim=0).mean()) - 2 * 3 / 64) < 0.05
+    diagnostics = redo.diagnostics(cast(TrainingView, view))
+    assert diagnostics["recycled"].tolist() == [9.0, 0.0]
+    with pytest.raises(ConfigError, match="optimizer_reset 'all'"):
+        _build("redo", optimizer_reset="all")
+
+
+def test_redo_with_crelu_scores_both_halves() -> None:
+    net, params = _network(activation="crelu")
+    view, _ = _view(net, params)
+    acts = torch.ones(2, 5, 8)
+    acts[:, :, 1] = 0.0  # unit 1's positive half silent, its negative half not: not dormant
+    acts[:, :, 2] = 0.0
+    acts[:, :, 6] = 0.0  # unit 2 silent in both halves: dormant
+    view.activations = {"q.0": acts, "q.1": torch.ones(2, 5, 8)}
+    redo = _build("redo", every=1, tau=0.0)
+    redo.setup(cast(TrainingView, view))
+    redo.after_update(cast(TrainingView, view))
+    outgoing = view.params["q.1.weight"]  # (N, 8, 4): rows 2 and 6 read unit 2
+    zero_rows = (outgoing == 0).all(dim=2)
+    assert zero_rows[0].tolist() == [False, False, True, False, False, False, True, False]
+
+
+# ---------------------------------------------------------------- continual backprop
+def test_continual_backprop_replaces_the_lowest_utility_mature_units_at_rate_rho() -> None:
+    """Layer ``q.0`` (8 units) with equal outgoing magnitudes and constant activations
+    ``0.1 (i + 1)`` (agent 1: reversed), maturity 2, rho 0.25: nothing until the units are
+    older than 2; at step 3, 0.25 * 8 = 2 units (the two lowest); at step 4 six units are
+    eligible, 1.5 accumulate: 1 unit, 0.5 kept; at step 5 five are (the three replaced units
+    are young again), 0.5 + 1.25: 1 unit, 0.75 kept."""
+    net, params = _network(hidden=(8, 4))
+    view, optimizer = _view(net, params)
+    with torch.no_grad():
+        params["q.1.weight"].fill_(0.5)
+    level = 0.1 * torch.arange(1, 9, dtype=torch.float32)
+    acts = torch.stack([level, level.flip(0)])[:, None, :].expand(2, 5, 8).clone()
+    view.activations = {"q.0": acts}  # q.1 unrecorded: left alone
+    cbp = _build("continual-backprop", replacement_rate=0.25, maturity=2)
+    cbp.setup(cast(TrainingView, view))
+    replaced: list[list[list[int]]] = []
+    for _ in range(5):
+        before = view.params["q.0.weight"].detach().clone()
+        cbp.after_update(cast(TrainingView, view))
+        changed = (view.params["q.0.weight"] != before).any(dim=1)
+        replaced.append([changed[a].nonzero().squeeze(1).tolist() for a in range(2)])
+    assert replaced == [
+        [[], []],
+        [[], []],
+        [[0, 1], [6, 7]],
+        [[2], [5]],
+        [[3], [4]],
+    ]
+    # the replaced units' outgoing weights are zero and their Adam state reset
+    outgoing = view.params["q.1.weight"].detach()
+    assert bool((outgoing[0, :4] == 0).all()) and bool((outgoing[0, 4:] == 0.5).all())
+    assert bool((optimizer.moments("q.1.weight")["exp_avg"][0, :4] == 0).all())
+    assert bool((optimizer.moments("q.1.weight")["exp_avg"][0, 4:] != 0).all())
+
+
+def test_continual_backprop_leaves_the_output_unchanged_at_replacement() -> None:
+    """Unit 0 of a 4-unit ReLU layer outputs a constant 2 (incoming weights 0, bias 2) through
+    small outgoing weights (0.01): the lowest utility. Replaced at step 4 (maturity 3, rho
+    0.25), its average output moves into the head's bias (bias-corrected running mean: exactly
+    2), so the network's output is unchanged; without the bias correction, or without the
+    running mean's own bias correction, it moves by ~0.02."""
+    net, params = _network(agents=2, hidden=(4,))
+    view, _ = _view(net, params)  # (its Adam steps move every parameter: set them after)
+    with torch.no_grad():
+        params["q.0.weight"][:, :, 0] = 0.0
+        params["q.0.bias"][:, 0] = 2.0
+        params["q.0.bias"][:, 1:] = 1.0  # the other units active on the batch
+        params["q.head.weight"][:, 0] = 0.01
+        params["q.head.weight"][:, 1:] = params["q.head.weight"][:, 1:].sign() * 1.0
+    x = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(5))
+    cbp = _build("continual-backprop", replacement_rate=0.25, maturity=3)
+    cbp.setup(cast(TrainingView, view))
+    for step in range(4):
+        record: dict[str, Tensor] = {}
+        with torch.no_grad():
+            y_before = net(params, x, record)
+        view.activations = record
+        incoming = params["q.0.weight"].detach().clone()
+        cbp.after_update(cast(TrainingView, view))
+        with torch.no_grad():
+            y_after = net(params, x)
+        replaced = (params["q.0.weight"] != incoming).any(dim=1)
+        if step < 3:
+            assert not replaced.any()
+        else:
+            assert replaced.tolist() == [[True, False, False, False]] * 2
+        torch.testing.assert_close(y_after, y_before, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="replacement_rate"):
+        _build("continual-backprop", replacement_rate=2.0)
