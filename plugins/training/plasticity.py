@@ -224,18 +224,26 @@ def _fit_random_target(
     steps: int,
     lr: float,
 ) -> Tensor:
-    """Full-batch Adam on the mean squared error ``(N,)`` of a copy of ``params``; the final
-    loss per agent (Adam is elementwise and the losses are summed, so agents stay apart)."""
+    """Full-batch Adam (betas 0.9, 0.999, eps 1e-8) on the mean squared error ``(N,)`` of a
+    copy of ``params``; the final loss per agent. Adam is elementwise and the losses are summed,
+    so agents stay apart. (Written out rather than ``torch.optim.Adam``, whose first step costs
+    seconds of imports.)"""
     copy = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    optimizer = torch.optim.Adam(list(copy.values()), lr=lr)
+    first = {k: torch.zeros_like(v) for k, v in copy.items()}
+    second = {k: torch.zeros_like(v) for k, v in copy.items()}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
 
     def mse() -> Tensor:
         return (network(copy, inputs) - targets).pow(2).mean(dim=(1, 2))
 
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.autograd.backward(mse().sum())
-        optimizer.step()
+    for step in range(1, steps + 1):
+        grads = torch.autograd.grad(mse().sum(), list(copy.values()))
+        with torch.no_grad():
+            for (name, value), grad in zip(copy.items(), grads, strict=True):
+                first[name].mul_(beta1).add_(grad, alpha=1 - beta1)
+                second[name].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (second[name] / (1 - beta2**step)).sqrt_().add_(eps)
+                value.addcdiv_(first[name], denominator, value=-lr / (1 - beta1**step))
     with torch.no_grad():
         return mse()
 
