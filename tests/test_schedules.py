@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -123,6 +125,11 @@ def test_a_drift_moves_linearly_then_holds() -> None:
         1.5,
     ]
     assert drift.switch_steps(0, 5000) == [250, 500, 750, 1000]
+
+
+def test_the_module_imports_without_torch() -> None:
+    code = "import sys, ctxrl.schedules; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------- bad input

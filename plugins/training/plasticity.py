@@ -317,8 +317,9 @@ def layer_metrics(
     options: PlasticityOptions,
 ) -> dict[str, Tensor]:
     """The cheap metrics per agent ``(N,)``, by ``{metric}.{layer}``: for every hidden layer
-    with recorded activations (the last update's), ``dormant``, ``effective_rank``, ``srank``
-    and ``stable_rank`` of its feature matrix ``(M, D)``; for every layer (heads too),
+    with recorded activations (the last update's), ``dormant``, ``effective_rank``, ``srank``,
+    ``stable_rank`` and ``feature_norm`` of its feature matrix ``(M, D)``; for every layer
+    (heads too),
     ``weight_magnitude`` and ``distance_from_init`` of its weight matrix."""
     out: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -331,6 +332,7 @@ def layer_metrics(
                 out[f"effective_rank.{layer}"] = effective_rank(h)
                 out[f"srank.{layer}"] = srank(h)
                 out[f"stable_rank.{layer}"] = stable_rank(h)
+                out[f"feature_norm.{layer}"] = feature_norm(h)
             for layer in network.layers:
                 weight = params[f"{layer}.weight"]
                 out[f"weight_magnitude.{layer}"] = weight_magnitude(weight)
