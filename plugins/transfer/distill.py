@@ -456,6 +456,51 @@ def _env_spaces(env: EnvSpec, contexts: Sequence[Mapping[str, float]]) -> tuple[
     return int(twin.observation_size), None if actions is None else int(actions)
 
 
+def kickstart_study(
+    env: EnvSpec,
+    teachers: Any,
+    target: Mapping[str, float],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    curve_every: int,
+    episodes: int = 5,
+    threshold: float | None = None,
+    **options: Any,
+) -> tuple[Any, Any]:
+    """Kickstarting against scratch PPO on one target, both arms in one batched program with
+    the same seeds (the scratch students are kickstarting students with coefficient 0), and
+    their learning curves compared by :func:`ctxrl.transfer_metrics.compare_transfer`
+    (jumpstart, AUC, area ratio, asymptote, time to ``threshold``; bootstrap CIs over seeds).
+
+    Returns ``(comparison, students)``: the :class:`~ctxrl.transfer_metrics.TransferComparison`
+    and the policies object of the ``2 * len(seeds)`` students (kickstarted first).
+    ``options`` go to :func:`distill_students` (``temperature``, ``weights``, ``decay``, ...)."""
+    from ctxrl.registry import CurveOptions
+    from ctxrl.transfer_metrics import LearningCurves, compare_transfer
+
+    s = len(seeds)
+    if s == 0:
+        raise ConfigError("kickstart_study: give at least one seed")
+    coef = float(options.pop("coef", 1.0))
+    students = distill_students(
+        env,
+        teachers,
+        [dict(target)] * (2 * s),
+        [int(x) for x in seeds] * 2,
+        steps=steps,
+        mode="kickstart",
+        coef=[coef] * s + [0.0] * s,
+        curves=CurveOptions(every=curve_every, episodes=episodes),
+        **options,
+    )
+    curve = students.log.curve()  # (points, 2 S)
+    grid = np.asarray(students.log.curve_steps)
+    kicked = LearningCurves(grid, curve[:, :s].T)
+    scratch = LearningCurves(grid, curve[:, s:].T)
+    return compare_transfer(kicked, scratch, threshold=threshold), students
+
+
 # ------------------------------------------------------------------ the transfer method
 class Distill:
     """Every target context gets one student taught by all the problem's sources.
@@ -501,11 +546,8 @@ class Distill:
 
         p, q = len(problem.source_contexts), len(problem.targets)
         sources = problem.sources
-        if isinstance(sources, list):
-            raise CtxrlError(
-                "distill needs batched source policies (batched-ppo or batched-dqn), "
-                f"got {len(sources)} per-run policies"
-            )
+        if isinstance(sources, list):  # sources trained one run at a time
+            sources = stack_teachers(sources)
         teachers = dataclasses.replace(sources, contexts=[dict(c) for c in problem.source_contexts])
         # PPO sources: the students use their hyperparameters unless the options say otherwise
         student = dict(self.student)
@@ -607,6 +649,7 @@ __all__ = [
     "distance_weights",
     "distill_students",
     "gaussian_distill_loss",
+    "kickstart_study",
     "load_teachers",
     "normalise_weights",
     "stack_teachers",
