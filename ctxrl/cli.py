@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxrl import __version__
-from ctxrl.config import load_config, locate_run_dir, resolve_plan, validate_config
+from ctxrl.config import load_config, locate_run_dir, resolve_plan
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
@@ -77,7 +77,8 @@ class _Root(click.Group):
         try:
             return super().invoke(ctx)
         except CtxrlError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
+            # soft wrap: no line breaks inside paths and names a user copies
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -250,15 +251,11 @@ def _matrix_from(
 ) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
     """A matrix, its normalisation bounds and unit coordinates from a CSV file or a run dir."""
     if path.is_dir():
-        plan_file = path / "plan.yaml"
-        if not plan_file.is_file():
-            raise CtxrlError(f"{path} is not a run directory (no plan.yaml)")
-        from ctxrl.store import Store
-        from ctxrl.summary import STORE_FILE, sweep_matrix
+        from ctxrl.results import load_plan, open_store
+        from ctxrl.summary import sweep_matrix
 
-        cfg = validate_config(yaml.safe_load(plan_file.read_text())["config"], str(plan_file))
-        plan = resolve_plan(cfg, host.registry, training=False)
-        with Store(path / STORE_FILE) as store:
+        plan = load_plan(path, host.registry)
+        with open_store(path) as store:
             matrix = sweep_matrix(plan, store)
         coords = plan.grid.grid_coords()
         return matrix, bounds or plan.env.return_bounds, coords
@@ -365,27 +362,40 @@ def transfer() -> None:
 # -------------------------------------------------------------------------------- report
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the exports, figures and summary.md here instead of RUN_DIR (for a run "
+    "directory you cannot write).",
+)
 @click.pass_context
-def report(ctx: click.Context, run_dir: Path) -> None:
-    """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md."""
-    from ctxrl.store import Store
-    from ctxrl.summary import STORE_FILE, sweep_matrix, trained_order, write_exports
+def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
+    """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md from its
+    store. The store is only read; a run directory without one is refused, never reported
+    as empty."""
+    from ctxrl.config import PLAN_FILE, read_plan_file, stored_config
+    from ctxrl.results import open_store
+    from ctxrl.summary import sweep_matrix, trained_order, write_exports
 
     host = _host(ctx)
-    plan_file = run_dir / "plan.yaml"
-    if not plan_file.is_file():
-        raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
-    stored = yaml.safe_load(plan_file.read_text())
-    if isinstance(stored, dict) and "study" in stored:
+    stored = read_plan_file(run_dir)
+    if "study" in stored:
         # a transfer study's run directory: its transfer method writes the report
         spec = host.registry.transfer_method(str(stored["study"]))
         if spec.report is None:
             raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
         click.echo(spec.report(run_dir))
         return
-    cfg = validate_config(stored["config"], str(plan_file))
+    cfg = stored_config(stored, run_dir / PLAN_FILE)
     plan = resolve_plan(cfg, host.registry, training=False)
-    with Store(run_dir / STORE_FILE) as store:
+    target = out or run_dir
+    with open_store(run_dir) as store:
+        if not store.runs():
+            raise CtxrlError(
+                f"{run_dir}: its store holds no run yet (the sweep stopped before any run "
+                "finished or failed): nothing to report, nothing was written"
+            )
         matrix = sweep_matrix(plan, store)
         order = trained_order(plan, store)
         if cfg.mode == "select" and not order:
@@ -394,8 +404,15 @@ def report(ctx: click.Context, run_dir: Path) -> None:
                 "stopped in its first step, or from a ctxrl before selection steps were "
                 "stored): no G_k along the trained order"
             )
-        exports = write_exports(plan, store, matrix, run_dir, order=order)
-    click.echo((run_dir / "summary.md").read_text())
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            exports = write_exports(plan, store, matrix, target, order=order)
+        except PermissionError as exc:
+            raise CtxrlError(
+                f"cannot write the report into {target} ({exc.strerror}: {exc.filename}); "
+                "pass --out DIR to write it elsewhere"
+            ) from None
+    click.echo((target / "summary.md").read_text())
     click.echo(f"exports: {exports}")
 
 

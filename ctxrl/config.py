@@ -306,6 +306,35 @@ class SweepPlan:
         return self.config.output_dir / self.run_name
 
 
+PLAN_FILE = "plan.yaml"
+
+
+def read_plan_file(run_dir: Path) -> dict[str, Any]:
+    """The contents of ``run_dir``'s plan.yaml (a mapping), or a :class:`CtxrlError` saying
+    what is missing or damaged."""
+    plan_file = run_dir / PLAN_FILE
+    if not plan_file.is_file():
+        raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE})")
+    try:
+        stored = yaml.safe_load(plan_file.read_text())
+    except yaml.YAMLError as exc:
+        raise CtxrlError(f"{plan_file} is not valid YAML: {exc}") from None
+    if not isinstance(stored, dict):
+        raise CtxrlError(f"{plan_file} is not a mapping (not written by ctxrl, or damaged)")
+    return stored
+
+
+def stored_config(stored: Mapping[str, Any], plan_file: Path) -> SweepConfig:
+    """The sweep config a run directory's plan.yaml (``stored``) records."""
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        raise CtxrlError(
+            f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
+            "restore it, or write the sweep's config under a `config:` key"
+        )
+    return validate_config(config, str(plan_file))
+
+
 def stored_plan_hash(stored: Mapping[str, Any]) -> str | None:
     """The plan hash, as this version defines it, of a run directory's plan.yaml contents
     (None when its config no longer validates)."""

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
+from ctxrl.config import (
+    PLAN_FILE,
+    SweepPlan,
+    algorithm_params,
+    read_plan_file,
+    resolve_plan,
+    stored_config,
+)
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, Registry
@@ -27,12 +32,21 @@ def load_plan(run_dir: str | Path, registry: Registry | None = None) -> SweepPla
     """The plan a run directory was made from (its ``plan.yaml``), resolved against the
     installed plugins."""
     run_dir = Path(run_dir)
-    plan_file = run_dir / "plan.yaml"
-    if not plan_file.is_file():
-        raise CtxrlError(f"{run_dir} is not a run directory (no plan.yaml)")
-    data = yaml.safe_load(plan_file.read_text())
-    config = validate_config(data["config"], str(plan_file))
+    config = stored_config(read_plan_file(run_dir), run_dir / PLAN_FILE)
     return resolve_plan(config, registry or get_host().registry, training=False)
+
+
+def open_store(run_dir: str | Path) -> Store:
+    """The results store of a run directory, opened read-only; a directory without one is
+    an error naming what is missing (a store is never created by reading)."""
+    run_dir = Path(run_dir)
+    store_file = run_dir / STORE_FILE
+    if not store_file.is_file():
+        raise CtxrlError(
+            f"{run_dir} has no {STORE_FILE}: no run was ever stored there (a copied "
+            f"{PLAN_FILE} holds no results); run `ctxrl sweep` on its config first"
+        )
+    return Store(store_file, readonly=True)
 
 
 @dataclass
@@ -86,10 +100,7 @@ def load_policies(
     artifact are left out; a named run that is missing or unfinished is an error naming it."""
     run_dir = Path(run_dir)
     plan = load_plan(run_dir)
-    store_file = run_dir / STORE_FILE
-    if not store_file.is_file():
-        raise CtxrlError(f"{run_dir} has no {STORE_FILE}: no run was ever stored there")
-    with Store(store_file) as store:
+    with open_store(run_dir) as store:
         finished = {r.run_id: r for r in store.runs("finished") if r.artifact}
         order = [r.run_id for r in store.runs("finished") if r.artifact]
     if run_ids is not None:

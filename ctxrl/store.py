@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ctxrl.context import Context, context_from_json
+from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 
 SCHEMA_VERSION = 2
@@ -151,19 +152,50 @@ class Evaluation:
 
 
 class Store:
-    """A results store at ``path`` (created if missing)."""
+    """A results store at ``path``: created if missing, or with ``readonly=True`` opened for
+    reading only (it must exist; nothing is created or written, so a read-only run directory
+    can be reported and a missing store is an error, never an empty one)."""
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, path: str | Path, *, timeout_s: float = 60.0, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        version = self.get_meta("schema_version")
-        if version is None or version < SCHEMA_VERSION:  # the new tables were just created
-            self.set_meta("schema_version", SCHEMA_VERSION)
+        self.readonly = readonly
+        if readonly:
+            self._db = self._connect_readonly(timeout_s)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        self._tables = {
+            name
+            for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not {"runs", "evaluations"} <= self._tables:
+            self._db.close()
+            raise CtxrlError(f"{self.path} is not a ctxrl results store (it has no runs table)")
+        if not readonly:
+            version = self.get_meta("schema_version")
+            if version is None or version < SCHEMA_VERSION:  # the new tables were just created
+                self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def _connect_readonly(self, timeout_s: float) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise CtxrlError(f"{self.path} does not exist: no run was ever stored there")
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL store in a directory this process cannot write: SQLite cannot create the
+            # shared-memory index beside it. No sweep can be writing it either (it could not
+            # create its own), so it is read as an immutable file.
+            db.close()
+            db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        return db
 
     def close(self) -> None:
         self._db.close()
@@ -309,6 +341,8 @@ class Store:
         return order
 
     def _selection_steps(self, where: str, args: tuple[Any, ...]) -> list[SelectionStep]:
+        if "selection" not in self._tables:  # a store of an older ctxrl, opened read-only
+            return []
         rows = self._db.execute(
             "SELECT step, k, strategy, proposed, trace, proposed_at, trained_at FROM selection "
             f"{where} ORDER BY step",
@@ -405,6 +439,8 @@ class Store:
     def curves(self) -> dict[str, list[tuple[int, float]]]:
         """Per run: ``(env_steps, mean return over targets and episodes)`` in step order."""
         out: dict[str, list[tuple[int, float]]] = {}
+        if "curves" not in self._tables:
+            return out
         for run_id, step, value in self._db.execute(
             "SELECT run_id, env_steps, AVG(mean_return) FROM curves "
             "GROUP BY run_id, env_steps ORDER BY run_id, env_steps"
@@ -416,6 +452,8 @@ class Store:
         """Per diagnostic name and run: ``(env_steps, value)`` in step order (NaN where
         stored as NULL)."""
         out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        if "diagnostics" not in self._tables:
+            return out
         for run_id, step, name, value in self._db.execute(
             "SELECT run_id, env_steps, name, value FROM diagnostics "
             "ORDER BY name, run_id, env_steps"
@@ -435,6 +473,8 @@ class Store:
         written = []
         tables = ["runs", "evaluations"]
         for optional in ("selection", "curves", "diagnostics"):
+            if optional not in self._tables:
+                continue
             if self._db.execute(f"SELECT 1 FROM {optional} LIMIT 1").fetchone() is not None:
                 tables.append(optional)
         for table in tables:

@@ -199,9 +199,25 @@ def write_exports(
             run_dir / "figures" / "learning_curves",
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
+    _remove_stale_figures(run_dir, summary["figures"])
     (exports / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "summary.md").write_text(summary_markdown(summary))
     return exports
+
+
+FIGURES = ("matrix", "selection", "generalization", "learning_curves")
+"""The figures a report may draw (``figures/<name>.png`` and ``.svg``)."""
+
+
+def _remove_stale_figures(run_dir: Path, written: list[str]) -> None:
+    """Delete figures an earlier report drew that this one did not (e.g. selection curves of
+    a matrix that is no longer complete), so no figure is left beside results it no longer
+    shows."""
+    for name in FIGURES:
+        for suffix in (".png", ".svg"):
+            path = run_dir / "figures" / f"{name}{suffix}"
+            if path.exists() and str(path.relative_to(run_dir)) not in written:
+                path.unlink()
 
 
 def _source_label(plan: SweepPlan, context_json: str) -> tuple[float, str]:

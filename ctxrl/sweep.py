@@ -27,10 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ctxrl.config import (
+    PLAN_FILE,
     SweepPlan,
     algorithm_params,
     locate_run_dir,
+    read_plan_file,
     resolve_plan,
+    stored_config,
     stored_plan_hash,
     validate_config,
 )
@@ -183,10 +186,11 @@ def prepare_run_dir(
     change is printed."""
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan_file = run_dir / "plan.yaml"
+    plan_file = run_dir / PLAN_FILE
     config = plan.config.model_dump(mode="json")
     if plan_file.exists():
-        stored = _read_plan_file(plan_file)
+        stored = read_plan_file(run_dir)
+        stored_config(stored, plan_file)  # a damaged plan.yaml is named, not overwritten
         if stored_plan_hash(stored) != plan.plan_hash:
             raise CtxrlError(
                 f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
@@ -210,21 +214,6 @@ def prepare_run_dir(
         json.dumps(environment_record(host, plan.config.device), indent=2)
     )
     return run_dir
-
-
-def _read_plan_file(plan_file: Path) -> dict[str, Any]:
-    try:
-        stored = yaml.safe_load(plan_file.read_text())
-    except yaml.YAMLError as exc:
-        raise CtxrlError(
-            f"{plan_file} is not valid YAML ({exc}); move the directory away"
-        ) from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
-        raise CtxrlError(
-            f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
-            "move the directory away or restore the file"
-        )
-    return stored
 
 
 def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:

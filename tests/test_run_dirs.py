@@ -3,10 +3,15 @@ reports that never replace results with nothing, one sweep at a time, damaged fi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,120 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy" / run_dir.name
     shutil.copytree(run_dir, copy)
     return copy
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished full sweep (two pole lengths, one seed); tests work on copies of it."""
+    return _sweep(tmp_path_factory.mktemp("finished")).run_dir
+
+
+def _cli(*args: str) -> Any:
+    """``ctxrl ARGS`` in this process: the click result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+# ----------------------------------------------------------- never replace results with nothing
+def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Path) -> None:
+    """A folder with only a copied plan.yaml (or an empty store) is refused, naming what is
+    missing; no store is created and the summary and figures there are left alone."""
+    folder = tmp_path / "copied"
+    (folder / "figures").mkdir(parents=True)
+    shutil.copy(finished / "plan.yaml", folder)
+    (folder / "summary.md").write_text("results of an earlier machine\n")
+    (folder / "figures" / "matrix.png").write_bytes(b"png")
+    result = _cli("report", str(folder))
+    assert result.exit_code == 2
+    assert f"{folder} has no store.sqlite: no run was ever stored there" in result.stderr
+    assert not (folder / "store.sqlite").exists() and not (folder / "exports").exists()
+    assert (folder / "summary.md").read_text() == "results of an earlier machine\n"
+    assert (folder / "figures" / "matrix.png").read_bytes() == b"png"
+    selected = _cli("select", "--matrix", str(folder), "--strategy", "greedy", "-k", "1")
+    assert selected.exit_code == 2 and "has no store.sqlite" in selected.stderr
+    assert not (folder / "store.sqlite").exists()
+    from ctxrl.store import Store
+
+    Store(folder / "store.sqlite").close()  # a store in which nothing was ever recorded
+    empty = _cli("report", str(folder))
+    assert empty.exit_code == 2 and "its store holds no run yet" in empty.stderr
+    assert (folder / "summary.md").read_text() == "results of an earlier machine\n"
+
+
+def test_report_removes_figures_it_no_longer_draws(finished: Path, tmp_path: Path) -> None:
+    """Once a run is missing, the selection curves cannot be drawn: their old figures go too,
+    rather than stay beside a summary that no longer shows them."""
+    run_dir = _copy(finished, tmp_path)
+    assert (run_dir / "figures" / "selection.png").is_file()
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("DELETE FROM runs WHERE run_id = (SELECT MAX(run_id) FROM runs)")
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 0, result.stderr
+    assert (run_dir / "figures" / "matrix.png").is_file()
+    assert not (run_dir / "figures" / "selection.png").exists()
+    assert not (run_dir / "figures" / "selection.svg").exists()
+
+
+def test_reading_commands_open_the_store_read_only(finished: Path, tmp_path: Path) -> None:
+    """``select`` and ``report`` on a run directory nobody may write: select reads it, report
+    says where it cannot write and writes elsewhere with --out."""
+    run_dir = _copy(finished, tmp_path)
+    for path in [run_dir, *run_dir.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        selected = _read_only_ctxrl(
+            "select", "--matrix", str(run_dir), "--strategy", "greedy", "-k", "2", "--json"
+        )
+        assert selected.returncode == 0, selected.stderr
+        assert json.loads(selected.stdout)["n"] == 2
+        refused = _read_only_ctxrl("report", str(run_dir))
+        assert refused.returncode == 2 and "readonly database" not in refused.stderr
+        assert f"cannot write the report into {run_dir}" in refused.stderr
+        assert "pass --out DIR" in refused.stderr
+        elsewhere = tmp_path / "report"
+        elsewhere.mkdir()
+        elsewhere.chmod(0o777)
+        written = _read_only_ctxrl("report", str(run_dir), "--out", str(elsewhere))
+        assert written.returncode == 0, written.stderr
+        assert (elsewhere / "summary.md").is_file()
+        assert (elsewhere / "exports" / "matrix_seed0.csv").is_file()
+    finally:
+        for path in [run_dir, *run_dir.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def _read_only_ctxrl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ctxrl ARGS`` in a process that file permissions apply to: as root, one without the
+    capabilities that override them (setpriv)."""
+    command = [sys.executable, "-m", "ctxrl.cli", *args]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        drop = "-dac_override,-dac_read_search,-fowner"
+        command = ["setpriv", f"--bounding-set={drop}", *command]
+    environ = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=600)
+
+
+def test_a_plan_yaml_without_its_config_is_named(finished: Path, tmp_path: Path) -> None:
+    run_dir = _copy(finished, tmp_path)
+    stored = yaml.safe_load((run_dir / "plan.yaml").read_text())
+    del stored["config"]
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(stored))
+    for args in (
+        ["report", str(run_dir)],
+        ["select", "--matrix", str(run_dir), "--strategy", "greedy", "-k", "1"],
+    ):
+        result = _cli(*args)
+        assert result.exit_code == 2, result.output
+        assert f"{run_dir / 'plan.yaml'} has no `config` mapping" in result.stderr
+    from ctxrl.errors import CtxrlError
+
+    plan = _plan(tmp_path)
+    located = dataclasses.replace(plan, location=run_dir)
+    with pytest.raises(CtxrlError, match="has no `config` mapping"):
+        run_sweep(located)
