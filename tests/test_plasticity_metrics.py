@@ -11,6 +11,7 @@ import torch
 from ctxrl.interventions import NetworkSpec
 from ctxrl_plugins.training.networks import StackedMLP, stack_agents
 from ctxrl_plugins.training.plasticity import (
+    PlasticityOptions,
     distance_from_init,
     dormant_fraction,
     dormant_scores,
@@ -19,6 +20,7 @@ from ctxrl_plugins.training.plasticity import (
     gaussian_entropy,
     gradient_norm,
     inactive_fraction,
+    layer_metrics,
     lyle_probe,
     policy_entropy,
     saturated_fraction,
@@ -177,3 +179,32 @@ def test_the_lyle_probe_per_agent() -> None:
         [net.init_agent(torch.Generator().manual_seed(s)) for s in seeds], torch.device("cpu")
     )
     assert all(torch.equal(fresh[k], again[k]) for k in fresh)  # the probed network unchanged
+
+
+def test_the_loops_record_per_layer_with_nan_for_a_missing_or_diverged_agent() -> None:
+    net = StackedMLP("q", NetworkSpec(hidden=(8, 8), activation="relu"), 3, {"head": (2, 1.0)})
+    seeds = [1, 2]
+    params = stack_agents(
+        [net.init_agent(torch.Generator().manual_seed(s)) for s in seeds], torch.device("cpu")
+    )
+    initial = {k: v.clone() for k, v in params.items()}
+    params["q.0.weight"][0] += 0.5  # agent 0 moved by 0.5 per element of q.0
+    x = torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 0] = torch.nan  # agent 1 diverged
+    recorded: dict[str, torch.Tensor] = {}
+    net(params, x, recorded)
+    options = PlasticityOptions(every=100)
+    out = layer_metrics({"q": net}, params, initial, recorded, options)
+    assert set(out) == {
+        f"{metric}.q.{layer}"
+        for metric in ("dormant", "effective_rank", "srank", "stable_rank", "feature_norm")
+        for layer in (0, 1)
+    } | {f"{m}.q.{layer}" for m in ("weight_magnitude", "distance_from_init") for layer in "01"} | {
+        "weight_magnitude.q.head",
+        "distance_from_init.q.head",
+    }
+    assert out["distance_from_init.q.0"].tolist() == pytest.approx([0.5 * math.sqrt(24), 0.0])
+    assert math.isnan(out["srank.q.1"][1]) and not math.isnan(out["srank.q.1"][0])
+    assert out["dormant.q.0"][0] == dormant_fraction(recorded["q.0"][:1])[0]
+    missing = layer_metrics({"q": net}, params, initial, {}, options)
+    assert missing.keys() == out.keys() and bool(missing["dormant.q.1"].isnan().all())

@@ -66,9 +66,13 @@ def feature_norm(activations: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------- ranks
 def _singular_values(matrix: Tensor) -> Tensor:
-    """Singular values ``(N, min(M, D))``, descending, in float64 (ranks count small ones)."""
-    sigma: Tensor = torch.linalg.svdvals(matrix.double())
-    return sigma
+    """Singular values ``(N, min(M, D))``, descending, in float64 (ranks count small ones);
+    NaN for an agent whose matrix is not finite."""
+    matrix = matrix.double()
+    finite = torch.isfinite(matrix).flatten(1).all(dim=-1)  # (N,)
+    # LAPACK fails on non-finite input: a diverged agent's values are NaN, not a crash
+    sigma: Tensor = torch.linalg.svdvals(torch.where(finite[:, None, None], matrix, 0.0))
+    return torch.where(finite[:, None], sigma, torch.nan)
 
 
 def effective_rank(matrix: Tensor) -> Tensor:
@@ -316,23 +320,32 @@ def layer_metrics(
     activations: Mapping[str, Tensor],
     options: PlasticityOptions,
 ) -> dict[str, Tensor]:
-    """The cheap metrics per agent ``(N,)``, by ``{metric}.{layer}``: for every hidden layer
-    with recorded activations (the last update's), ``dormant``, ``effective_rank``, ``srank``,
-    ``stable_rank`` and ``feature_norm`` of its feature matrix ``(M, D)``; for every layer
-    (heads too),
-    ``weight_magnitude`` and ``distance_from_init`` of its weight matrix."""
+    """The cheap metrics per agent ``(N,)``, by ``{metric}.{layer}``: for every hidden layer,
+    from the last update's recorded activations (NaN before the first update), ``dormant``,
+    ``effective_rank``, ``srank``, ``stable_rank`` and ``feature_norm`` of its feature matrix
+    ``(M, D)``; for every layer (heads too), ``weight_magnitude`` and ``distance_from_init`` of
+    its weight matrix."""
     out: dict[str, Tensor] = {}
     with torch.no_grad():
         for network in networks.values():
             for layer in network.hidden_layers:
+                weight = params[f"{layer}.weight"]
                 h = activations.get(layer)
-                if h is None:
-                    continue
-                out[f"dormant.{layer}"] = dormant_fraction(h, options.dormant_tau)
-                out[f"effective_rank.{layer}"] = effective_rank(h)
-                out[f"srank.{layer}"] = srank(h)
-                out[f"stable_rank.{layer}"] = stable_rank(h)
-                out[f"feature_norm.{layer}"] = feature_norm(h)
+                if h is None:  # no update yet (DQN before learning starts): NaN, keys fixed
+                    h = torch.full((weight.shape[0], 1, weight.shape[-1]), torch.nan)
+                    h = h.to(weight.device)
+                # a diverged agent's (or a missing) record is NaN, not a number of its NaNs
+                finite = torch.isfinite(h).flatten(1).all(dim=-1)
+                h = torch.where(finite[:, None, None], h, 0.0)
+                values = {
+                    "dormant": dormant_fraction(h, options.dormant_tau),
+                    "effective_rank": effective_rank(h),
+                    "srank": srank(h),
+                    "stable_rank": stable_rank(h),
+                    "feature_norm": feature_norm(h),
+                }
+                for metric, value in values.items():
+                    out[f"{metric}.{layer}"] = torch.where(finite, value, torch.nan)
             for layer in network.layers:
                 weight = params[f"{layer}.weight"]
                 out[f"weight_magnitude.{layer}"] = weight_magnitude(weight)
