@@ -250,3 +250,23 @@ def test_bad_teachers_are_named(tmp_path: Path, teachers: Any) -> None:
         load_teachers(empty)
     with pytest.raises(ConfigError, match="mode must be"):
         distill_students(_cartpole(), teachers, [TARGET], [0], steps=512, mode="proxy")  # type: ignore[arg-type]
+
+
+def test_gaussian_and_q_value_teachers_teach() -> None:
+    """The continuous (Pendulum, PPO means and log-stds) and Q-value (CartPole, DQN) paths
+    run end to end on tiny budgets, with finite held-out KLs."""
+    registry = get_host().registry
+    pendulum = registry.env("Pendulum")
+    ppo: Any = registry.algorithm("batched-ppo").factory({}, device="cpu", env=pendulum)
+    gaussian = ppo.train_many(pendulum, [{}], [0], total_steps=512)
+    students = distill_students(pendulum, gaussian, [{}], [1], steps=1024, temperature=0.5)
+    kl = np.stack(students.log.diagnostics["heldout_kl"])
+    assert np.isfinite(kl).all() and kl[-1, 0] < kl[0, 0]
+    assert "actor.log_std" in students.params
+    cartpole = _cartpole()
+    dqn: Any = registry.algorithm("batched-dqn").factory({}, device="cpu", env=cartpole)
+    q_teachers = dqn.train_many(
+        cartpole, [{"length": 0.3}, {"length": 1.0}], [0, 1], total_steps=512
+    )
+    students = distill_students(cartpole, q_teachers, [TARGET], [0], steps=512, temperature=0.01)
+    assert np.isfinite(np.stack(students.log.diagnostics["heldout_kl"])).all()
