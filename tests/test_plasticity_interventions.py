@@ -4,6 +4,7 @@ each test failing on a deliberately wrong implementation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 
@@ -13,7 +14,9 @@ import torch
 from ctxrl import ConfigError
 from ctxrl.interventions import Intervention, NetworkSpec, TrainingView
 from ctxrl.plugins import get_host
+from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl.schedules import SequenceSchedule
 from ctxrl.testing import InterventionContract
 from ctxrl_plugins.training.networks import StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -22,6 +25,36 @@ Tensor = torch.Tensor
 
 
 # ------------------------------------------------------------------------ contracts
+class _SwitchingContract(InterventionContract):
+    """The contract with context schedules: each agent alternates between its own context and
+    the far end of the first feature's range, every 96 env steps (128 for the default context,
+    so that the agents of a batch switch at different steps)."""
+
+    def train(
+        self,
+        algorithm_name: str,
+        env_spec: EnvSpec,
+        contexts: Sequence[Mapping[str, float]],
+        seeds: Sequence[int],
+        interventions: Sequence[Intervention],
+        **kwargs: Any,
+    ) -> Any:
+        feature = env_spec.context_space.features[0]
+        schedules = []
+        for context in contexts:
+            value = context[feature.name]
+            other = feature.lower if value == feature.upper else feature.upper
+            every = 128 if value == feature.default else 96
+            schedules.append(
+                SequenceSchedule(
+                    env_spec.context_space, [context, {feature.name: other}], every=every
+                )
+            )
+        return super().train(
+            algorithm_name, env_spec, contexts, seeds, interventions, schedules=schedules, **kwargs
+        )
+
+
 class TestReDo(InterventionContract):
     intervention_name = "redo"
     # recycle often, with a threshold that catches units within the contract's short budgets
@@ -31,6 +64,20 @@ class TestReDo(InterventionContract):
 class TestContinualBackprop(InterventionContract):
     intervention_name = "continual-backprop"
     options: ClassVar[dict[str, Any]] = {"replacement_rate": 0.05, "maturity": 5}
+
+
+class TestResetAtSwitches(_SwitchingContract):
+    intervention_name = "reset"
+
+
+class TestFullResetEveryK(InterventionContract):
+    intervention_name = "reset"
+    options: ClassVar[dict[str, Any]] = {"layers": "all", "every": 10, "at_switch": False}
+
+
+class TestShrinkPerturbAtSwitches(_SwitchingContract):
+    intervention_name = "shrink-perturb"
+    options: ClassVar[dict[str, Any]] = {"when": "switch"}
 
 
 # ------------------------------------------------------------------------ hand-made views
@@ -260,3 +307,88 @@ def test_continual_backprop_leaves_the_output_unchanged_at_replacement() -> None
         torch.testing.assert_close(y_after, y_before, atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="replacement_rate"):
         _build("continual-backprop", replacement_rate=2.0)
+
+
+# ---------------------------------------------------------------------------- resets
+def _is_orthogonal(weight: Tensor, gain: float) -> bool:
+    """``(in, out)`` weights as the trainers initialise them: orthonormal rows or columns
+    (whichever are fewer) times ``gain``."""
+    w = weight.detach() / gain
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return bool(torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-5))
+
+
+def test_head_reset_reinitialises_the_switched_agents_heads_only() -> None:
+    net, params = _network(agents=3)
+    view, optimizer = _view(net, params, mask=[1.0, 1.0, 0.0])
+    reset = _build("reset")
+    reset.setup(cast(TrainingView, view))
+    before = _snapshot(view, optimizer)
+    reset.after_update(cast(TrainingView, view))  # no periodic reset by default
+    assert all(torch.equal(v, before[k]) for k, v in _snapshot(view, optimizer).items())
+    # agents 0 and 2 switch; agent 2 is masked out
+    reset.on_context_switch(cast(TrainingView, view), torch.tensor([True, False, True]))
+    after = _snapshot(view, optimizer)
+    head = after["q.head.weight"][0]
+    assert _is_orthogonal(head, 1.0), "a fresh orthogonal head at its gain (1)"
+    assert not torch.equal(head, view.initial_params["q.head.weight"][0]), "fresh, not initial"
+    assert bool((after["q.head.bias"][0] == 0).all())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert bool((after[f"q.head.weight.{key}"][0] == 0).all())
+        assert bool((after[f"q.head.weight.{key}"][1:] != 0).all())
+    assert optimizer.steps is not None
+    steps = optimizer.view(optimizer.steps, "q.head.weight")
+    assert bool((steps[0] == 0).all()) and bool((steps[1:] == 2).all())
+    for name, value in after.items():
+        if not name.startswith("q.head"):
+            assert torch.equal(value, before[name]), f"{name}: only the heads are reset"
+        assert torch.equal(value[1:], before[name][1:]), f"{name}: agents 1, 2 stay"
+    assert reset.diagnostics(cast(TrainingView, view))["resets"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_full_reset_every_k_updates_reinitialises_every_layer() -> None:
+    net, params = _network(agents=2)
+    view, optimizer = _view(net, params)
+    reset = _build("reset", layers="all", every=3, at_switch=False, optimizer_reset="moments")
+    reset.setup(cast(TrainingView, view))
+    reset.on_context_switch(cast(TrainingView, view), torch.tensor([True, True]))
+    before = _snapshot(view, optimizer)
+    for _ in range(2):
+        reset.after_update(cast(TrainingView, view))
+    assert all(torch.equal(v, before[k]) for k, v in _snapshot(view, optimizer).items())
+    reset.after_update(cast(TrainingView, view))
+    for agent in range(2):
+        assert _is_orthogonal(view.params["q.0.weight"][agent], 2**0.5)
+        assert _is_orthogonal(view.params["q.1.weight"][agent], 2**0.5)
+        assert _is_orthogonal(view.params["q.head.weight"][agent], 1.0)
+    for name in ("q.0.bias", "q.1.bias", "q.head.bias"):
+        assert bool((view.params[name] == 0).all())
+    assert all(bool((m == 0).all()) for m in optimizer.moments("q.0.weight").values())
+    assert optimizer.steps is None, "moments: the step count is kept"
+    with pytest.raises(ConfigError, match="layers 'encoder'"):
+        _build("reset", layers="encoder")
+
+
+def test_shrink_perturb_at_a_switch_mixes_in_a_fresh_network() -> None:
+    net, params = _network(agents=2)
+    view, optimizer = _view(net, params)
+    sp = _build("shrink-perturb", when="switch")
+    sp.setup(cast(TrainingView, view))
+    before = _snapshot(view, optimizer)
+    sp.after_update(cast(TrainingView, view))  # the switch form does nothing per step
+    assert all(torch.equal(v, before[k]) for k, v in _snapshot(view, optimizer).items())
+    sp.on_context_switch(cast(TrainingView, view), torch.tensor([False, True]))
+    for name, value in view.params.items():
+        assert torch.equal(value[0], before[name][0]), f"{name}: agent 0 did not switch"
+        # the defaults 0.5 / 0.5: p = 0.5 p_old + 0.5 p_fresh
+        fresh = (value[1].detach() - 0.5 * before[name][1]) / 0.5
+        if name.endswith("bias"):
+            assert torch.allclose(fresh, torch.zeros_like(fresh), atol=1e-6), name
+        else:
+            gain = 1.0 if name.startswith("q.head") else 2**0.5
+            assert _is_orthogonal(fresh, gain), name
+    # the optimizer state is kept
+    moments = optimizer.moments("q.0.weight")["exp_avg"]
+    assert torch.equal(moments, before["q.0.weight.exp_avg"])
+    with pytest.raises(ConfigError, match="when 'always'"):
+        _build("shrink-perturb", when="always")

@@ -9,13 +9,24 @@
 - ``crelu``: concatenated ReLU activations (Shang et al. 2016; Abbas et al. 2023);
   :mod:`ctxrl_plugins.interventions.crelu`.
 - ``shrink-perturb``: ``p <- shrink * p + perturb * N(0, 1)`` after every update (Ash & Adams
-  2020, in Dohare et al. 2024's per-step form: shrink 1 - 1e-4, perturb 1e-5);
+  2020, in Dohare et al. 2024's per-step form: shrink 1 - 1e-4, perturb 1e-5), or
+  ``p <- shrink * p + perturb * p_fresh`` at context switches (``when="switch"``: 0.5, 0.5);
   :mod:`ctxrl_plugins.interventions.shrink_perturb`.
 - ``redo``: recycle tau-dormant units every F gradient steps (Sokar et al. 2023, arXiv
   2302.12902; F 1000, tau 0.025); :mod:`ctxrl_plugins.interventions.redo`.
 - ``continual-backprop``: replace the lowest-utility mature units (Dohare et al. 2024, arXiv
   2306.13812; rho 1e-4, maturity 10000, eta 0.99);
   :mod:`ctxrl_plugins.interventions.continual_backprop`.
+- ``reset``: head or full re-initialisation at context switches, optionally every K updates
+  (Nikishin et al. 2022, arXiv 2205.07802); :mod:`ctxrl_plugins.interventions.reset`.
+- ``spectral-reg``: ``coef * sum_l (sigma_max(W_l)^2 - 1)^2`` by power iteration (Lewandowski
+  et al. 2024, arXiv 2406.06811; coef 1e-4); :mod:`ctxrl_plugins.interventions.spectral`.
+- ``ns-adam``: Adam betas (0.99, 0.99) (Dohare et al. 2024);
+  :mod:`ctxrl_plugins.interventions.ns_adam`.
+- ``parseval``: ``coef * sum_l ||W^T W - s I||^2`` over hidden layers (Chung et al. 2024, arXiv
+  2407.01704; coef 1e-3, s 1); :mod:`ctxrl_plugins.interventions.parseval`.
+- ``wasserstein-init``: ``coef * sum_l ||sort(theta_l) - sort(theta_l0)||^2`` (Lewandowski et
+  al. 2023, arXiv 2312.00246; coef 1e-2); :mod:`ctxrl_plugins.interventions.wasserstein_init`.
 
 Registration stays light: torch and the intervention modules are imported only when an
 intervention is built.
@@ -73,6 +84,36 @@ def _continual_backprop(**options: Any) -> Intervention:
     return ContinualBackprop(**options)
 
 
+def _reset(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.reset import Reset
+
+    return Reset(**options)
+
+
+def _spectral(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.spectral import SpectralRegularisation
+
+    return SpectralRegularisation(**options)
+
+
+def _ns_adam(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.ns_adam import NonStationaryAdam
+
+    return NonStationaryAdam(**options)
+
+
+def _parseval(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.parseval import Parseval
+
+    return Parseval(**options)
+
+
+def _wasserstein_init(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.wasserstein_init import WassersteinInit
+
+    return WassersteinInit(**options)
+
+
 @hookimpl
 def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -> None:
     register(
@@ -109,7 +150,7 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
             "shrink-perturb",
             _shrink_perturb,
             description="after every update p <- shrink p + perturb N(0, 1) (Ash & Adams 2020; "
-            "1 - 1e-4, 1e-5)",
+            "1 - 1e-4, 1e-5) or at switches p <- shrink p + perturb p_fresh (0.5, 0.5)",
         )
     )
     register(
@@ -126,5 +167,44 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
             _continual_backprop,
             description="replace the lowest-utility mature units (Dohare et al. 2024; rho 1e-4, "
             "maturity 10000, eta 0.99)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "reset",
+            _reset,
+            description="re-initialise the heads (or all layers) at context switches "
+            "(Nikishin et al. 2022)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "spectral-reg",
+            _spectral,
+            description="coef sum_l (sigma_max(W_l)^2 - 1)^2 by power iteration (Lewandowski "
+            "et al. 2024; coef 1e-4)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "ns-adam",
+            _ns_adam,
+            description="non-stationary Adam, betas (0.99, 0.99) (Dohare et al. 2024)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "parseval",
+            _parseval,
+            description="coef sum_l ||W^T W - s I||_F^2 over hidden layers (Chung et al. 2024; "
+            "coef 1e-3, s 1)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "wasserstein-init",
+            _wasserstein_init,
+            description="coef sum_l ||sort(theta_l) - sort(theta_l0)||^2 (Lewandowski et al. "
+            "2023; coef 1e-2)",
         )
     )

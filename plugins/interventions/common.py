@@ -130,3 +130,39 @@ def reinitialise_units(
             row = units.repeat(1, fold)[:, :, None].expand_as(outgoing)
             outgoing.masked_fill_(row, 0.0)
             view.optimizer.reset(f"{reader}.weight", row, optimizer_reset)
+
+
+def fresh_parameters(view: TrainingView, layer: str, agents: Tensor) -> dict[str, Tensor]:
+    """A fresh initialisation of every parameter of ``layer`` for ``agents`` (int64 indices
+    ``(K,)``), each ``(K, ...)``: weights by :func:`fresh_orthogonal`, biases 0, LayerNorm gains
+    1 and biases 0 (the trainers' initialisation)."""
+    out: dict[str, Tensor] = {}
+    for name, value in view.params.items():
+        if not name.startswith(f"{layer}."):
+            continue
+        suffix = name.removeprefix(f"{layer}.")
+        if suffix == "weight":
+            out[name] = fresh_orthogonal(view, layer, agents)
+        else:
+            fill = 1.0 if suffix == "norm.weight" else 0.0
+            out[name] = torch.full_like(value[agents], fill)
+    return out
+
+
+def unfrozen(view: TrainingView, name: str, agents: Tensor) -> Tensor:
+    """``agents`` ``(N,)`` bool without those for which a warm start froze parameter ``name``."""
+    return agents & ~view.frozen[name] if name in view.frozen else agents
+
+
+def use_per_element_steps(view: TrainingView, optimizer_reset: OptimizerReset) -> None:
+    """With ``moments_and_step``, switch the optimizer to per-element step counts now, at setup.
+
+    The trainers' Adam keeps one step count until the first ``moments_and_step`` reset and a
+    per-element count from then on, for every agent, and the two bias-correction paths do not
+    agree to the bit. Were the switch left to the first reset, an agent's arithmetic would
+    depend on when another agent of the batch was first reset. A reset of no element makes
+    the switch without changing any state."""
+    if optimizer_reset == "moments_and_step" and view.params:
+        name, value = next(iter(view.params.items()))
+        none = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+        view.optimizer.reset(name, none, "moments_and_step")

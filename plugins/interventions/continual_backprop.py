@@ -41,7 +41,12 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
-from ctxrl_plugins.interventions.common import hidden_layers, initial_gain, reinitialise_units
+from ctxrl_plugins.interventions.common import (
+    hidden_layers,
+    initial_gain,
+    reinitialise_units,
+    use_per_element_steps,
+)
 
 Tensor = torch.Tensor
 
@@ -89,6 +94,7 @@ class ContinualBackprop(Intervention):
 
     def setup(self, view: TrainingView) -> None:
         self.layers = hidden_layers(view)
+        use_per_element_steps(view, self.optimizer_reset)
         n, device = view.num_agents, view.device
         self.state = {}
         for layer, readers in self.layers:

@@ -35,7 +35,12 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
-from ctxrl_plugins.interventions.common import fresh_orthogonal, hidden_layers, reinitialise_units
+from ctxrl_plugins.interventions.common import (
+    fresh_orthogonal,
+    hidden_layers,
+    reinitialise_units,
+    use_per_element_steps,
+)
 
 Tensor = torch.Tensor
 
@@ -83,6 +88,7 @@ class ReDo(Intervention):
 
     def setup(self, view: TrainingView) -> None:
         self.updates = 0
+        use_per_element_steps(view, self.optimizer_reset)
         # per agent: units recycled so far; dormant fraction at the last pass
         self.recycled = torch.zeros(view.num_agents, device=view.device)
         self.dormant = torch.zeros(view.num_agents, device=view.device)

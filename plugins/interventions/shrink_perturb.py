@@ -1,4 +1,5 @@
-"""``shrink-perturb``: shrink every network parameter and add fresh noise, after every update.
+"""``shrink-perturb``: shrink every network parameter and add fresh noise, after every update
+(``when="step"``) or when a context schedule switches an agent's context (``when="switch"``).
 
 Ash and Adams, "On Warm-Starting Neural Network Training" (NeurIPS 2020, arXiv 1910.08475)
 shrink the weights towards zero and perturb them with noise once, when new data arrives. This is
@@ -16,30 +17,63 @@ random stream (``view.rng``), so it depends on nothing but the agent. Layers a w
 Defaults: ``shrink = 1 - 1e-4`` and ``perturb = 1e-5``, Dohare et al.'s weight decay (1e-4) and
 noise scale (1e-5), the shrink read as a per-step factor. (Their decay went through the
 optimizer: with SGD at step size ``lr`` it shrinks by ``1 - lr * 1e-4`` per step.)
+
+At a switch (``when="switch"``, Ash and Adams's form at the arrival of new data, as Juliani and
+Ash, "A Study of Plasticity Loss in On-Policy Deep Reinforcement Learning", NeurIPS 2024, arXiv
+2405.19153, apply it at each distribution shift), for each switched agent where the mask is 1,
+
+    p <- shrink * p + perturb * p_fresh,
+
+with ``p_fresh`` a fresh initialisation of the network (orthogonal weights at each layer's
+initial gain from the agent's own random stream, zero biases, LayerNorm gain 1 and bias 0).
+Defaults then ``shrink = 0.5``, ``perturb = 0.5``: Juliani and Ash's hard S&P. The optimizer
+state is kept (the parameters are moved, not re-created).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
-from ctxrl_plugins.interventions.common import network_names, per_agent
+from ctxrl_plugins.interventions.common import (
+    fresh_parameters,
+    network_names,
+    per_agent,
+    unfrozen,
+)
+
+Tensor = torch.Tensor
+When = Literal["step", "switch"]
+DEFAULTS: dict[str, tuple[float, float]] = {"step": (1 - 1e-4, 1e-5), "switch": (0.5, 0.5)}
+"""``(shrink, perturb)`` per form: Dohare et al.'s per-step values, Juliani & Ash's hard S&P."""
 
 
 class ShrinkPerturb(Intervention):
-    """``p <- shrink * p + perturb * N(0, 1)`` after every update, per agent.
+    """``p <- shrink * p + perturb * N(0, 1)`` after every update, or
+    ``p <- shrink * p + perturb * p_fresh`` at each context switch, per agent.
 
     Args:
-        shrink: the factor every network parameter is multiplied by, in (0, 1].
-        perturb: the standard deviation of the Gaussian noise added, >= 0.
+        shrink: the factor every network parameter is multiplied by, in (0, 1] (default
+            ``1 - 1e-4`` per step, 0.5 at a switch).
+        perturb: the standard deviation of the Gaussian noise added per step, or the weight
+            of the fresh initialisation added at a switch, >= 0 (default 1e-5 per step, 0.5
+            at a switch).
+        when: ``step`` (after every update) or ``switch`` (at context switches).
     """
 
     name: ClassVar[str] = "shrink-perturb"
 
-    def __init__(self, shrink: float = 1 - 1e-4, perturb: float = 1e-5) -> None:
+    def __init__(
+        self, shrink: float | None = None, perturb: float | None = None, when: When = "step"
+    ) -> None:
+        if when not in DEFAULTS:
+            raise ConfigError(f"shrink-perturb: when {when!r}: expected 'step' or 'switch'")
+        self.when = when
+        shrink = DEFAULTS[when][0] if shrink is None else shrink
+        perturb = DEFAULTS[when][1] if perturb is None else perturb
         if not 0 < shrink <= 1:
             raise ConfigError(f"shrink-perturb: shrink must be in (0, 1], got {shrink}")
         if perturb < 0:
@@ -53,7 +87,7 @@ class ShrinkPerturb(Intervention):
         self.sizes = [view.params[name][0].numel() for name in self.names]
 
     def after_update(self, view: TrainingView) -> None:
-        if not self.names:
+        if not self.names or self.when != "step":
             return
         dtype = view.params[self.names[0]].dtype
         # one draw of every agent's noise per update: (N, parameters per agent)
@@ -65,4 +99,23 @@ class ShrinkPerturb(Intervention):
                 moved = p * self.shrink + self.perturb * eps.view(p.shape)
                 # parameters a warm start froze stay as they are
                 where = active & ~view.frozen[name] if name in view.frozen else active
+                p.copy_(torch.where(per_agent(where, p), moved, p))
+
+    def on_context_switch(self, view: TrainingView, agents: Tensor) -> None:
+        if self.when != "switch":
+            return
+        chosen = agents & (view.mask > 0)
+        index = chosen.nonzero().squeeze(1)
+        if len(index) == 0:
+            return
+        fresh: dict[str, Tensor] = {}
+        for layers in view.layers.values():
+            for layer in layers:
+                fresh.update(fresh_parameters(view, layer, index))
+        with torch.no_grad():
+            for name in self.names:
+                p = view.params[name]
+                moved = p.clone()
+                moved[index] = p[index] * self.shrink + self.perturb * fresh[name]
+                where = unfrozen(view, name, chosen)
                 p.copy_(torch.where(per_agent(where, p), moved, p))
