@@ -269,12 +269,30 @@ def test_the_hook_runs_only_for_an_interventions_agents() -> None:
 def test_an_agent_with_its_schedule_trains_the_same_alone_and_in_a_batch() -> None:
     spec = get_host().registry.env("CartPole")
     schedules = _cartpole_schedules()
-    alone = _ppo().train_many(spec, [{}], [5], total_steps=2048, schedules=[schedules[1]])
+    plasticity = PlasticityOptions(every=1024)
+    alone = _ppo().train_many(
+        spec, [{}], [5], total_steps=2048, schedules=[schedules[1]], plasticity=plasticity
+    )
     batch = _ppo().train_many(
-        spec, [{}, {}, {}], [9, 2, 5], total_steps=2048, schedules=[schedules[0], *schedules]
+        spec,
+        [{}, {}, {}],
+        [9, 2, 5],
+        total_steps=2048,
+        schedules=[schedules[0], *schedules],
+        plasticity=plasticity,
     )
     for name, value in alone.params.items():
         assert torch.equal(value[0], batch.params[name][2]), name
+    mine = batch.log.select([2])
+    assert mine.plasticity_steps == [512, 1024, 1536, 2048]  # agent 0's switches too
+    for name, values in alone.log.plasticity.items():
+        np.testing.assert_array_equal(np.stack(mine.plasticity[name]), np.stack(values))
+    assert batch.log.switch_steps(0) == [1024, 2048] and batch.log.switch_steps(2) == [
+        512,
+        1024,
+        1536,
+        2048,
+    ]
     assert (
         batch.log.select([2]).switches
         == alone.log.switches

@@ -119,6 +119,11 @@ class TrainingLog:
             {k: [v[index] for v in values] for k, values in self.plasticity.items()},
         )
 
+    def switch_steps(self, agent: int) -> list[int]:
+        """The env steps at which agent ``agent``'s context switched (where its curve is cut
+        into per-context segments)."""
+        return [step for step, agents in self.switches if agent in agents]
+
     def curve(self) -> np.ndarray:
         """Mean return per point and agent ``(points, N)`` (over contexts and episodes)."""
         if not self.curve_returns:
