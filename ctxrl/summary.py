@@ -136,13 +136,24 @@ def write_exports(
             env=plan.env.name, targets=plan.grid.contexts, seeds=plan.config.seeds
         )
     )
+    observed = ~np.all(np.isnan(normalised), axis=1)  # (N,) sources with a finished run
     summary: dict[str, Any] = {
         "env": plan.env.name,
         "features": list(plan.grid.features),
         "n_contexts": len(plan.grid),
         "seeds": plan.config.seeds,
         "order": order,
-        "observed_rows": int(np.sum(~np.all(np.isnan(normalised), axis=1))),
+        "context_labels": grid_labels(plan),
+        "observed_rows": int(np.sum(observed)),
+        "runs": len(store.runs()),
+        "failed": [
+            {
+                "run_id": run.run_id,
+                "source": _source_label(plan, run.source_context)[1],
+                "error": error_headline(run.error or ""),
+            }
+            for run in store.runs("failed")
+        ],
     }
     if not np.isnan(multitask).all():
         per_seed = np.nanmean(multitask, axis=1)
@@ -186,8 +197,18 @@ def write_exports(
                 len(plan.grid),
             ),
         }
+    elif plan.config.mode == "full":
+        missing = len(plan.grid) - summary["observed_rows"]
+        summary["withheld"] = (
+            f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained "
+            "yet); the strategies are replayed only on a complete matrix"
+        )
     elif order:
-        summary["curve"] = generalized_performance(normalised, order).tolist()
+        # G_k over the sources that finished: a failed source adds nothing, not a row of 0
+        trained = [i for i in order if observed[i]]
+        summary["curve_left_out"] = sorted({i for i in order if not observed[i]})
+        if trained:
+            summary["curve"] = generalized_performance(normalised, trained).tolist()
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
     if store.curves():
@@ -218,6 +239,25 @@ def _remove_stale_figures(run_dir: Path, written: list[str]) -> None:
             path = run_dir / "figures" / f"{name}{suffix}"
             if path.exists() and str(path.relative_to(run_dir)) not in written:
                 path.unlink()
+
+
+def grid_labels(plan: SweepPlan) -> list[str]:
+    """Each grid context by its varied features' values (``length=0.5``), in grid order."""
+    return [", ".join(f"{f}={c[f]:.3g}" for f in plan.grid.features) for c in plan.grid.contexts]
+
+
+def error_headline(error: str) -> str:
+    """One line saying why a run failed: the exception line of a traceback (its first line,
+    ``RuntimeError: diverged``), else the error's first non-empty line."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no error message stored)"
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1 :] if not line[:1].isspace()]
+        if after:
+            return after[0]
+    return lines[0]
 
 
 def _source_label(plan: SweepPlan, context_json: str) -> tuple[float, str]:
@@ -292,6 +332,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observed_rows']} source rows observed.",
         "",
     ]
+    failed = summary.get("failed", [])
+    if failed:
+        lines += [
+            f"**{len(failed)} of {summary['runs']} runs failed** (no row in the matrix; rerun "
+            "`ctxrl sweep` to retry them):",
+            "",
+        ]
+        lines += [f"- `{f['run_id']}` ({f['source']}): {f['error']}" for f in failed]
+        lines.append("")
+    if "withheld" in summary:
+        lines += [f"Selection curves withheld: {summary['withheld']}.", ""]
     if "multitask" in summary:
         lines += [
             f"- Multi-task (one policy on the mixture of all contexts): "
@@ -340,9 +391,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                         f"{efficiency['factor_match']:.1f}."
                     )
     elif "curve" in summary:
+        labels = summary.get("context_labels") or [str(i) for i in range(summary["n_contexts"])]
+        left_out = ", ".join(labels[i] for i in summary.get("curve_left_out") or [])
         lines.append(
             f"G_k along the trained order {summary['order']}: "
             + ", ".join(f"{v:.3f}" for v in summary["curve"])
+            + (f" (failed sources left out: {left_out})" if left_out else "")
         )
     if "learning_curves" in summary:
         curves = summary["learning_curves"]

@@ -234,3 +234,67 @@ def test_a_plan_yaml_without_its_config_is_named(finished: Path, tmp_path: Path)
     located = dataclasses.replace(plan, location=run_dir)
     with pytest.raises(CtxrlError, match="has no `config` mapping"):
         run_sweep(located)
+
+
+def _fail_run(run_dir: Path, error: str) -> str:
+    """Mark the last run of ``run_dir``'s store as failed with ``error``; return its id."""
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        db.execute("PRAGMA foreign_keys=ON")
+        (run_id,) = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+        db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,))
+        db.execute(
+            "UPDATE runs SET status = 'failed', artifact = NULL, error = ? WHERE run_id = ?",
+            (error, run_id),
+        )
+    return str(run_id)
+
+
+TRACEBACK = """Traceback (most recent call last):
+  File "trainer.py", line 1, in train
+    raise RuntimeError("diverged at length=1.0")
+RuntimeError: diverged at length=1.0
+"""
+
+
+def test_failed_runs_are_shown_as_failed_and_curves_withheld(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A full sweep with a failed run: the summary says which run failed and why, and the
+    selection curves, which need every row, are withheld with the reason (not drawn as 0)."""
+    run_dir = _copy(finished, tmp_path)
+    run_id = _fail_run(run_dir, TRACEBACK)
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 0, result.stderr
+    summary = (run_dir / "summary.md").read_text()
+    assert "1 of 2 runs failed" in summary
+    assert f"`{run_id}` (length=1): RuntimeError: diverged at length=1.0" in summary
+    assert "G_k along" not in summary and "0.000, 0.000" not in summary
+    assert "Selection curves withheld: 1 of 2 source rows are missing" in summary
+    data = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert data["failed"] == [
+        {"run_id": run_id, "source": "length=1", "error": "RuntimeError: diverged at length=1.0"}
+    ]
+
+
+def test_a_select_sweep_with_a_failed_source_draws_g_k_over_what_finished(
+    tmp_path: Path,
+) -> None:
+    outcome = _sweep(tmp_path, mode="select", strategy={"name": "greedy", "budget": 2})
+    order = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())["order"]
+    run_id = _fail_run(outcome.run_dir, "killed by signal 9 (SIGKILL)")
+    (failed_source,) = [i for i in (0, 1) if _source_id(outcome, i) == run_id]
+    result = _cli("report", str(outcome.run_dir))
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+    assert data["order"] == order and len(data["curve"]) == 1
+    assert data["curve_left_out"] == [failed_source]
+    summary = (outcome.run_dir / "summary.md").read_text()
+    assert "1 of 2 runs failed" in summary and "killed by signal 9 (SIGKILL)" in summary
+    assert "(failed sources left out: length=" in summary
+
+
+def _source_id(outcome: SweepOutcome, index: int) -> str:
+    from ctxrl.context import Task
+
+    plan = _plan(outcome.run_dir.parents[1])
+    return f"{Task(plan.env.name, plan.grid.contexts[index]).id}-s0"
