@@ -24,6 +24,7 @@ from ctxrl_plugins.transfer.distill import (
     kickstart_study,
     load_teachers,
     stack_teachers,
+    transfer_weights,
 )
 from ctxrl_plugins.transfer.distill_losses import (
     discrete_distill_loss,
@@ -162,6 +163,13 @@ def test_distance_weights_by_hand() -> None:
     assert weights[0] == pytest.approx(expected, abs=1e-9)
 
 
+def test_transfer_weights_by_hand() -> None:
+    """CartPole's returns are normalised over [0, 500]: 500 and 250 -> 1 and 0.5."""
+    weights = transfer_weights(_cartpole(), np.array([[500.0], [250.0]]), scale=0.25)
+    expected = np.exp([0.0, -2.0]) / np.exp([0.0, -2.0]).sum()
+    assert weights.shape == (1, 2) and weights[0] == pytest.approx(expected, abs=1e-9)
+
+
 def test_a_dagger_student_beats_the_weaker_teacher_on_a_target_between_them(
     teachers: Any,
 ) -> None:
@@ -217,7 +225,10 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
         "eval_episodes": 2,
         "compare": [],
         "output_dir": str(tmp_path / "runs"),
-        "transfer": {"name": "distill", "options": {"steps": 1024, "temperature": 0.5}},
+        "transfer": {
+            "name": "distill",
+            "options": {"steps": 1024, "mode": "kickstart", "weights": "transfer"},
+        },
     }
     plan = resolve_plan(validate_config(data), get_host().registry)
     run_dir = run_sweep(plan).run_dir

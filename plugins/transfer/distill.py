@@ -16,8 +16,10 @@ student is trained in that context, all students in one batched program:
 
 Teacher weights per student: ``distance`` (a softmax of ``-d / scale`` over the Euclidean
 distances ``d`` between the target's and the teachers' contexts in the context space's unit
-coordinates, :meth:`~ctxrl.context.ContextSpace.to_unit`), ``uniform``, or an explicit
-``(students, teachers)`` array; the losses normalise them (:mod:`.distill_losses`).
+coordinates, :meth:`~ctxrl.context.ContextSpace.to_unit`), ``uniform``, ``transfer`` (the sweep
+method only: a softmax of the teachers' measured zero-shot returns on the target,
+:func:`transfer_weights`) or an explicit ``(students, teachers)`` array; the losses normalise
+them (:mod:`.distill_losses`).
 
 Shapes: ``N`` students, ``K`` teachers, ``M`` states per student, ``A`` action logits (or
 ``D`` action dimensions).
@@ -205,6 +207,19 @@ def distance_weights(
     distance = np.linalg.norm(u_s[:, None, :] - u_t[None, :, :], axis=-1)  # (N, K)
     logits = -distance / scale
     logits -= logits.max(axis=1, keepdims=True)  # exp stays finite however far
+    weights = np.exp(logits)
+    return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def transfer_weights(env: EnvSpec, returns: np.ndarray, *, scale: float = 0.1) -> np.ndarray:
+    """``(Q, K)`` weights ``softmax_k(J_k(q) / scale)`` from the teachers' measured zero-shot
+    returns ``returns`` ``(K, Q)`` on the targets, normalised to ``[0, 1]`` by the env's
+    return bounds: the teachers that already do well on a target teach it most. ``scale`` is
+    in normalised return: at 0.1 a teacher 0.1 worse weighs ``e`` times less."""
+    if scale <= 0:
+        raise ConfigError(f"distill: scale must be > 0, got {scale}")
+    logits = env.normalise(np.asarray(returns, dtype=np.float64)).T / scale  # (Q, K)
+    logits -= logits.max(axis=1, keepdims=True)
     weights = np.exp(logits)
     return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
 
@@ -530,8 +545,10 @@ class Distill:
             raise ConfigError(f"distill: steps must be > 0, got {steps}")
         if mode not in ("dagger", "kickstart"):
             raise ConfigError(f"distill: mode must be 'dagger' or 'kickstart', got {mode!r}")
-        if weights not in ("distance", "uniform"):
-            raise ConfigError(f"distill: weights must be 'distance' or 'uniform', got {weights!r}")
+        if weights not in ("distance", "uniform", "transfer"):
+            raise ConfigError(
+                f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
+            )
         if float(temperature) <= 0 or float(scale) <= 0:
             raise ConfigError("distill: temperature and scale must be > 0")
         decay_schedule(decay, 0.0, half_life)
@@ -556,6 +573,15 @@ class Distill:
         device = str(problem.algorithm.device)
         targets = [dict(t) for t in problem.targets]
         seeds = [min(problem.source_seeds) + self.seed_offset + j for j in range(q)]
+        # the teachers' zero-shot returns: best-of-K next to the students, and the
+        # "transfer" weights (their episodes are target-env steps too, counted below)
+        zero_shot = evaluate_sources(problem)  # (P, Q, E)
+        if self.weights == "distance":
+            weights = distance_weights(problem.env, targets, teachers.contexts, scale=self.scale)
+        elif self.weights == "transfer":
+            weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
+        else:
+            weights = np.full((q, p), 1.0 / p)
         students = distill_students(
             problem.env,
             teachers,
@@ -563,8 +589,7 @@ class Distill:
             seeds,
             steps=self.steps,
             mode=self.mode,
-            weights=self.weights,
-            scale=self.scale,
+            weights=weights,
             temperature=self.temperature,
             coef=self.coef,
             decay=self.decay,
@@ -581,12 +606,8 @@ class Distill:
             device=students.params["actor.0.weight"].device,
             per_policy=True,
         )[:, 0]  # (Q, E)
-        zero_shot = evaluate_sources(problem)  # (P, Q, E)
-        weights = (
-            distance_weights(problem.env, targets, problem.source_contexts, scale=self.scale)
-            if self.weights == "distance"
-            else np.full((q, p), 1.0 / p)
-        )
+        limit = problem.env.max_episode_steps or 0
+        zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
         log = students.log
         diagnostics = {
             name: np.asarray(log.diagnostics[name][-1], dtype=np.float64).tolist()
@@ -602,9 +623,13 @@ class Distill:
             "teacher_weights": weights.tolist(),
             "temperature": self.temperature,
             "final_diagnostics": diagnostics,
+            "zero_shot_target_env_steps": zero_shot_steps,
         }
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
-        return TransferResult(returns, target_env_steps=self.steps, details=details)
+        # per student: its training, plus the teachers' episodes on its target when they
+        # chose the weights (an upper bound: every episode counted at its time limit)
+        used = self.steps + (zero_shot_steps if self.weights == "transfer" else 0)
+        return TransferResult(returns, target_env_steps=used, details=details)
 
 
 def _distill(
@@ -632,7 +657,8 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             factory=_distill,
             batched_only=True,
             description="one student per target taught by all sources (options: steps, mode "
-            "dagger|kickstart, temperature, weights distance|uniform, scale, coef, decay)",
+            "dagger|kickstart, temperature, weights distance|uniform|transfer, scale, coef, "
+            "decay, half_life, student)",
         )
     )
 
@@ -654,4 +680,5 @@ __all__ = [
     "normalise_weights",
     "stack_teachers",
     "teacher_outputs",
+    "transfer_weights",
 ]
