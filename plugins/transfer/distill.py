@@ -244,11 +244,18 @@ class Teaching:
     coef: Tensor | None = None
 
     def loss(
-        self, obs: Tensor, out: Tensor, log_std: Tensor | None, mask: Tensor | None = None
+        self,
+        obs: Tensor,
+        out: Tensor,
+        log_std: Tensor | None,
+        mask: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> DistillLoss:
         """The distillation loss of students with actor outputs ``out`` ``(N, M, A)`` on
-        ``obs`` ``(N, M, obs)`` (``log_std`` ``(N, D)`` for Gaussian students)."""
-        labels = teacher_outputs(self.teachers, obs)
+        ``obs`` ``(N, M, obs)`` (``log_std`` ``(N, D)`` for Gaussian students); ``labels``
+        ``(N, K, M, A)``: the teachers' outputs on ``obs`` when already computed."""
+        if labels is None:
+            labels = teacher_outputs(self.teachers, obs)
         weights = self.weights.to(out.device)
         if log_std is None:
             return discrete_distill_loss(
@@ -327,7 +334,11 @@ class DaggerStudent(_TeachingMixin, BatchedPPO):
             run.env_steps += e * t_steps
             batch = e * t_steps
             b_obs = buf.obs.transpose(0, 1).reshape(n, batch, run.obs_dim)
-            heldout = teaching.loss(b_obs, actor(params, b_obs), log_std)
+            # the teachers label the rollout once; the epochs reuse the labels
+            labels = teacher_outputs(teaching.teachers, b_obs).transpose(1, 2)  # (N, B, K, A)
+            heldout = teaching.loss(
+                b_obs, actor(params, b_obs), log_std, labels=labels.transpose(1, 2)
+            )
             run.record("heldout_kl", heldout.loss)
             run.record("heldout_agreement", heldout.agreement)
             run.record("target_entropy", heldout.target_entropy)
@@ -336,9 +347,11 @@ class DaggerStudent(_TeachingMixin, BatchedPPO):
         for _ in range(cfg.update_epochs):
             order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
             for begin in range(0, batch, minibatch):
-                mb_obs = b_obs[agents, order[:, begin : begin + minibatch]]
+                idx = order[:, begin : begin + minibatch]
+                mb_obs = b_obs[agents, idx]
                 out = run.forward("actor", mb_obs, training=True)
-                result = teaching.loss(mb_obs, out, log_std)
+                mb_labels = labels[agents, idx].transpose(1, 2)  # (N, K, mb, A)
+                result = teaching.loss(mb_obs, out, log_std, labels=mb_labels)
                 run.optimize(result.loss, lr)
                 run.record("distill_kl", result.loss.detach())
 
