@@ -210,9 +210,19 @@ def _exit_cleanly_on_sigterm() -> None:
     "--set algorithm.params.learning_rate=1e-3; repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another sweep is running in the same run directory, wait for it to finish "
+    "(default: stop with an error naming it).",
+)
 @click.pass_context
 def sweep(
-    ctx: click.Context, config: Path | None, overrides: tuple[str, ...], dry_run: bool
+    ctx: click.Context,
+    config: Path | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
 ) -> None:
     """Run or resume the sweep in CONFIG (YAML). Without CONFIG: the embedded quickstart,
     a small CartPole sweep on CPU.
@@ -235,7 +245,7 @@ def sweep(
         click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return
     _exit_cleanly_on_sigterm()
-    outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err)
+    outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
     err.print(
         f"trained {outcome.trained}, resumed past {outcome.skipped}, failed {len(outcome.failed)}"
     )

@@ -8,14 +8,17 @@ every finished run, so a killed sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shlex
 import sys
+import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -232,6 +235,43 @@ def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
     return ", ".join(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
 
 
+LOCK_FILE = "sweep.lock"
+
+
+@contextmanager
+def run_dir_lock(
+    run_dir: Path, *, wait: bool = False, console: Console | None = None
+) -> Iterator[None]:
+    """Hold ``run_dir``'s lock: one sweep at a time trains into a run directory.
+
+    An OS file lock (``flock`` on ``sweep.lock``), so the kernel releases it when the holding
+    process ends, however it ends. Taken by another process: raise a :class:`CtxrlError`
+    naming it, or with ``wait`` block until it is released."""
+    handle = (run_dir / LOCK_FILE).open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said which"
+            if not wait:
+                raise CtxrlError(
+                    f"{run_dir} is in use by another ctxrl sweep ({holder}); wait for it to "
+                    "finish, or pass --wait to start when it does"
+                ) from None
+            if console is not None:
+                console.print(f"waiting for {holder} to release {run_dir}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 # -------------------------------------------------------------------------------- sweep
 def run_sweep(
     plan: SweepPlan,
@@ -239,11 +279,20 @@ def run_sweep(
     host: Host | None = None,
     argv: Iterable[str] = (),
     console: Console | None = None,
+    wait: bool = False,
 ) -> SweepOutcome:
-    """Run (or resume) ``plan`` and return its transfer matrix and what was done."""
-    host = host or get_host()
+    """Run (or resume) ``plan`` and return its transfer matrix and what was done.
+
+    The run directory is locked for the whole sweep; ``wait``: wait for a sweep holding it to
+    finish instead of stopping with an error."""
     console = console or Console(stderr=True)
     plan = locate_run_dir(plan)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(plan.run_dir, wait=wait, console=console):
+        return _run_sweep(plan, host or get_host(), argv, console)
+
+
+def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Console) -> SweepOutcome:
     config = plan.config
     run_dir = prepare_run_dir(plan, host, argv, console)
     plan_json = config.model_dump(mode="json")

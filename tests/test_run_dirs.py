@@ -298,3 +298,50 @@ def _source_id(outcome: SweepOutcome, index: int) -> str:
 
     plan = _plan(outcome.run_dir.parents[1])
     return f"{Task(plan.env.name, plan.grid.contexts[index]).id}-s0"
+
+
+# --------------------------------------------------------------- one sweep per run directory
+HOLDER = """
+import sys, time
+from pathlib import Path
+from ctxrl.sweep import run_dir_lock
+
+with run_dir_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(run_dir: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``run_dir``'s lock for ``seconds``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_a_second_sweep_on_a_run_directory_is_refused_or_waits(tmp_path: Path) -> None:
+    """Two sweeps never train into one run directory: the second names the process holding
+    it and stops, or waits when asked; the lock goes with a killed holder."""
+    from ctxrl.errors import CtxrlError
+
+    plan = _plan(tmp_path)
+    plan.run_dir.mkdir(parents=True)
+    holder = _hold_lock(plan.run_dir, 600)
+    try:
+        with pytest.raises(CtxrlError, match=rf"in use by another ctxrl sweep \(pid {holder.pid} "):
+            run_sweep(plan)
+        assert not (plan.run_dir / "store.sqlite").exists()
+    finally:
+        holder.kill()  # SIGKILL: the OS releases its lock
+        holder.wait()
+    assert run_sweep(plan).trained == 2
+    holder = _hold_lock(plan.run_dir, 2.0)
+    printed = io.StringIO()
+    outcome = run_sweep(plan, wait=True, console=Console(file=printed, width=200))
+    assert holder.wait() == 0 and outcome.skipped == 2
+    assert f"waiting for pid {holder.pid} " in printed.getvalue()
