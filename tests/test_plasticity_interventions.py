@@ -75,6 +75,23 @@ class TestFullResetEveryK(InterventionContract):
     options: ClassVar[dict[str, Any]] = {"layers": "all", "every": 10, "at_switch": False}
 
 
+class TestSpectralReg(InterventionContract):
+    intervention_name = "spectral-reg"
+    options: ClassVar[dict[str, Any]] = {"coef": 1e-2}
+
+
+class TestNonStationaryAdam(InterventionContract):
+    intervention_name = "ns-adam"
+
+
+class TestParseval(InterventionContract):
+    intervention_name = "parseval"
+
+
+class TestWassersteinInit(InterventionContract):
+    intervention_name = "wasserstein-init"
+
+
 class TestShrinkPerturbAtSwitches(_SwitchingContract):
     intervention_name = "shrink-perturb"
     options: ClassVar[dict[str, Any]] = {"when": "switch"}
@@ -392,3 +409,128 @@ def test_shrink_perturb_at_a_switch_mixes_in_a_fresh_network() -> None:
     assert torch.equal(moments, before["q.0.weight.exp_avg"])
     with pytest.raises(ConfigError, match="when 'always'"):
         _build("shrink-perturb", when="always")
+
+
+# ---------------------------------------------------------------------- loss terms
+def _single_layer(weight: Tensor) -> tuple[SimpleNamespace, dict[str, Tensor]]:
+    """A view of one layer ``q.head`` with weights ``weight`` ``(N, in, out)`` (trainable)."""
+    n = weight.shape[0]
+    params = {
+        "q.head.weight": weight.clone().requires_grad_(True),
+        "q.head.bias": torch.zeros(n, weight.shape[2]),
+    }
+    view = SimpleNamespace(
+        params=params,
+        initial_params={k: v.detach().clone() for k, v in params.items()},
+        layers={"q": ["q.head"]},
+        mask=torch.ones(n),
+        rng=StreamRNG(torch.arange(n)),
+        num_agents=n,
+        device=torch.device("cpu"),
+    )
+    return view, params
+
+
+def _with_singular_values(values: list[float], rows: int, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=generator))
+    v, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=generator))
+    return cast(Tensor, u @ torch.diag(torch.tensor(values)) @ v.T)
+
+
+def test_spectral_reg_drives_the_top_singular_value_to_its_target() -> None:
+    """Two agents, singular values (3, 2.5, 0.5, 0.2) and (0.4, 0.3, 0.2, 0.1): gradient
+    descent on the penalty alone brings sigma_max to 1 from above and from below, and leaves the
+    other directions alone (a Frobenius-norm penalty would not: it would shrink them all)."""
+    weight = torch.stack(
+        [
+            _with_singular_values([3.0, 2.5, 0.5, 0.2], 6, 0),
+            _with_singular_values([0.4, 0.3, 0.2, 0.1], 6, 1),
+        ]
+    )
+    view, params = _single_layer(weight)
+    reg = _build("spectral-reg", coef=1.0)
+    reg.setup(cast(TrainingView, view))
+    w = params["q.head.weight"]
+    for _ in range(300):
+        loss = reg.loss(cast(TrainingView, view))
+        assert loss is not None and loss.shape == (2,)
+        (grad,) = torch.autograd.grad(loss.sum(), w)
+        with torch.no_grad():
+            w -= 0.01 * grad
+    sigma = torch.linalg.svdvals(w.detach())
+    assert torch.allclose(sigma[:, 0], torch.ones(2), atol=0.02), sigma
+    # agent 0: 2.5 is the top direction once 3 came down to it and both go to 1; the small
+    # directions hardly moved (one power-iteration step per update leaks a little)
+    assert torch.allclose(sigma[0, 2:], torch.tensor([0.5, 0.2]), atol=0.02), sigma
+    assert torch.allclose(sigma[1, 1:], torch.tensor([0.3, 0.2, 0.1]), atol=0.02), sigma
+    # the gradient is coef * 2 (s^2 - 1) * 2 s * u v^T (power iteration converged)
+    w2 = torch.stack([_with_singular_values([2.0, 0.5, 0.1], 4, 2)])
+    view, params = _single_layer(w2)
+    reg = _build("spectral-reg", coef=1.0, iterations=20)
+    reg.setup(cast(TrainingView, view))
+    loss = reg.loss(cast(TrainingView, view))
+    assert loss is not None
+    torch.testing.assert_close(loss, torch.tensor([(4.0 - 1.0) ** 2]))
+    (grad,) = torch.autograd.grad(loss.sum(), params["q.head.weight"])
+    u, _, vh = torch.linalg.svd(w2[0])
+    expected = 2 * 3.0 * 2 * 2.0 * torch.outer(u[:, 0], vh[0])
+    torch.testing.assert_close(grad[0], expected, atol=1e-4, rtol=1e-4)
+    assert set(reg.state_dict()) == {"v.q.head.weight", "sigma"}
+
+
+def test_parseval_is_the_units_gram_matrix_against_scale_times_identity() -> None:
+    """Hidden layer ``q.0`` (3 inputs, 4 units) only: ``||W^T W - s I||^2`` with W ``(in,
+    out)``, the 4 x 4 Gram matrix of the units' incoming weights (the 3 x 3 one, ``W W^T``,
+    would give another value)."""
+    net, params = _network()
+    view, _ = _view(net, params)
+    parseval = _build("parseval", coef=0.5, scale=2.0)
+    parseval.setup(cast(TrainingView, view))
+    w = params["q.0.weight"].detach()
+    w1 = params["q.1.weight"].detach()
+    expected = 0.5 * sum(
+        (x.transpose(1, 2) @ x - 2.0 * torch.eye(4)).square().sum(dim=(1, 2)) for x in (w, w1)
+    )
+    loss = parseval.loss(cast(TrainingView, view))
+    assert loss is not None
+    torch.testing.assert_close(loss, expected)
+    with_heads = _build("parseval", include_heads=True)
+    with_heads.setup(cast(TrainingView, view))
+    more = with_heads.loss(cast(TrainingView, view))
+    head = params["q.head.weight"].detach()
+    head_term = 1e-3 * (head.transpose(1, 2) @ head - torch.eye(2)).square().sum(dim=(1, 2))
+    assert more is not None
+    hidden_terms = sum(
+        (x.transpose(1, 2) @ x - torch.eye(4)).square().sum(dim=(1, 2)) for x in (w, w1)
+    )
+    torch.testing.assert_close(more, 1e-3 * hidden_terms + head_term)
+
+
+def test_wasserstein_init_compares_sorted_weights() -> None:
+    """Zero for any permutation of the initial weights (L2-Init would not be), and the sum of
+    squared differences of the sorted weights otherwise."""
+    weight = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(3))
+    view, params = _single_layer(weight)
+    w2 = _build("wasserstein-init", coef=0.1)
+    w2.setup(cast(TrainingView, view))
+    with torch.no_grad():
+        permuted = weight.reshape(2, -1)[:, torch.randperm(12)].reshape(2, 3, 4)
+        params["q.head.weight"].copy_(permuted)
+    torch.testing.assert_close(w2.loss(cast(TrainingView, view)), torch.zeros(2))
+    with torch.no_grad():
+        params["q.head.weight"][1].mul_(2.0)  # every weight doubled: sorted order kept
+    expected = 0.1 * weight[1].square().sum()
+    torch.testing.assert_close(
+        w2.loss(cast(TrainingView, view)), torch.stack([0 * expected, expected])
+    )
+
+
+def test_ns_adam_sets_the_batch_betas_and_refuses_a_partial_mask() -> None:
+    net, params = _network()
+    view, optimizer = _view(net, params)
+    _build("ns-adam").setup(cast(TrainingView, view))
+    assert optimizer.betas == (0.99, 0.99)
+    view.mask = torch.tensor([1.0, 0.0])
+    with pytest.raises(ConfigError, match="every agent"):
+        _build("ns-adam", beta1=0.9).setup(cast(TrainingView, view))
