@@ -175,7 +175,8 @@ def test_a_dagger_student_beats_the_weaker_teacher_on_a_target_between_them(
 ) -> None:
     """Two students in one program, one with distance weights (about 0.9 / 0.1 here), one
     with uniform weights: the distance-weighted student beats the weaker teacher's zero-shot
-    return on the target by far (measured: student 230, teachers 500 and 59; uniform 140)."""
+    return on the target and reaches the best one's (measured with 24k steps: student 500,
+    teachers 500 and 59, uniform weights 142; at 12k steps 230 and 115)."""
     spec = _cartpole()
     cpu = torch.device("cpu")
     zero_shot = evaluate_policies(teachers, spec, [TARGET], episodes=5, seed=1, device=cpu)
@@ -183,15 +184,21 @@ def test_a_dagger_student_beats_the_weaker_teacher_on_a_target_between_them(
     near = distance_weights(spec, [TARGET], teachers.contexts)[0]
     weights = np.array([near, [0.5, 0.5]])
     students = distill_students(
-        spec, teachers, [TARGET] * 2, [0, 0], steps=12_288, weights=weights, temperature=0.3
+        spec, teachers, [TARGET] * 2, [0, 0], steps=24_576, weights=weights, temperature=0.3
     )
     mine = evaluate_policies(students, spec, [TARGET], episodes=5, seed=1, device=cpu)
     mine = mine.mean(axis=(1, 2))  # (distance, uniform)
     print(f"zero-shot {zero_shot.tolist()}, students (distance, uniform) {mine.tolist()}")
     assert mine[0] > zero_shot.min() + 100, (mine, zero_shot)
-    diagnostics = students.log.diagnostics
-    assert diagnostics["heldout_agreement"][-1][0] > 0.85
-    assert diagnostics["heldout_kl"][-1][0] < diagnostics["heldout_kl"][0][0]
+    assert mine[0] >= 0.95 * zero_shot.max(), (mine, zero_shot)
+    assert diagnostics_agree(students) > 0.95
+    kl = students.log.diagnostics["heldout_kl"]
+    assert kl[-1][0] < kl[0][0]
+
+
+def diagnostics_agree(students: Any) -> float:
+    """The distance-weighted student's last held-out action agreement."""
+    return float(students.log.diagnostics["heldout_agreement"][-1][0])
 
 
 def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -> None:
