@@ -52,6 +52,7 @@ def _view(params: dict[str, torch.Tensor], mask: list[float], **extra: Any) -> T
         mask=torch.tensor(mask),
         rng=StreamRNG(torch.arange(len(mask))),
         num_agents=len(mask),
+        frozen={},
         **extra,
     )
     return cast(TrainingView, view)
