@@ -534,3 +534,34 @@ def test_ns_adam_sets_the_batch_betas_and_refuses_a_partial_mask() -> None:
     view.mask = torch.tensor([1.0, 0.0])
     with pytest.raises(ConfigError, match="every agent"):
         _build("ns-adam", beta1=0.9).setup(cast(TrainingView, view))
+
+
+def test_resets_leave_frozen_layers_alone_and_restore_layer_norm() -> None:
+    """A warm start froze ``q.1`` for agent 0: ReDo recycles neither its units nor (since it
+    reads them) ``q.0``'s for that agent; agent 1's recycled ``q.0`` unit gets LayerNorm gain 1
+    and bias 0 back. A full reset leaves agent 0's ``q.1`` as it was."""
+    net, params = _network(norm="layernorm")
+    view, optimizer = _view(net, params)
+    view.frozen = {
+        "q.1.weight": torch.tensor([True, False]),
+        "q.1.bias": torch.tensor([True, False]),
+    }
+    acts = torch.ones(2, 5, 4)
+    acts[:, :, 0] = 0.0
+    view.activations = {"q.0": acts, "q.1": torch.ones(2, 5, 4)}
+    before = _snapshot(view, optimizer)
+    redo = _build("redo", every=1, tau=0.0)
+    redo.setup(cast(TrainingView, view))
+    redo.after_update(cast(TrainingView, view))
+    for name in ("q.0.weight", "q.1.weight", "q.0.norm.weight", "q.head.weight"):
+        assert torch.equal(view.params[name][0], before[name][0]), name
+    assert not torch.equal(view.params["q.0.weight"][1], before["q.0.weight"][1])
+    assert float(view.params["q.0.norm.weight"][1, 0].detach()) == 1.0
+    assert float(view.params["q.0.norm.bias"][1, 0].detach()) == 0.0
+    assert bool((view.params["q.1.weight"][1, 0] == 0).all()), "outgoing row of unit 0"
+    reset = _build("reset", layers="all")
+    reset.setup(cast(TrainingView, view))
+    kept = view.params["q.1.weight"][0].detach().clone()
+    reset.on_context_switch(cast(TrainingView, view), torch.tensor([True, True]))
+    assert torch.equal(view.params["q.1.weight"][0], kept)
+    assert not torch.equal(view.params["q.1.weight"][1], before["q.1.weight"][1])
