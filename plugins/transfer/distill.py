@@ -41,7 +41,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec, TransferMethodSpec
 from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
 from ctxrl_plugins.algorithms.ppo import BatchedPPO, _Rollout, sampling_noise
-from ctxrl_plugins.training.trainer import TrainingRun
+from ctxrl_plugins.training.run import TrainingRun
 from ctxrl_plugins.transfer.distill_losses import (
     DistillLoss,
     discrete_distill_loss,
@@ -236,12 +236,35 @@ class Teaching:
             Gaussian teachers, the factor on their variances.
         coef: per-student factor ``(N,)`` on the distillation term (kickstarting; 0 trains
             that student as plain PPO, e.g. a scratch baseline in the same batch).
+        teacher_obs: context-conditioned students: the teachers see only the first
+            ``teacher_obs`` observation entries (the rest is the visible context).
+        pool_unit: context-conditioned students: ``(C, d)`` the training pool's contexts in
+            unit coordinates of the visible features.
+        pool_weights: ``(C, K)`` the teacher weights of each pool context; a state takes
+            the row of the pool context its visible context is (nearest to).
     """
 
     teachers: Any
     weights: Tensor
     temperature: float = 1.0
     coef: Tensor | None = None
+    teacher_obs: int | None = None
+    pool_unit: Tensor | None = None
+    pool_weights: Tensor | None = None
+
+    def labels(self, obs: Tensor) -> Tensor:
+        """The teachers' outputs ``(N, K, M, A)`` on ``obs`` ``(N, M, obs)``."""
+        seen = obs if self.teacher_obs is None else obs[..., : self.teacher_obs]
+        return teacher_outputs(self.teachers, seen)
+
+    def weights_for(self, obs: Tensor) -> Tensor:
+        """``(N, K)``, or ``(N, K, M)`` per state for context-conditioned students."""
+        if self.pool_unit is None or self.pool_weights is None or self.teacher_obs is None:
+            return self.weights.to(obs.device)
+        here = obs[..., self.teacher_obs :]  # (N, M, d) the visible context, unit coordinates
+        pool = self.pool_unit.to(obs.device)
+        nearest = torch.linalg.vector_norm(here[:, :, None, :] - pool, dim=-1).argmin(dim=-1)
+        return self.pool_weights.to(obs.device)[nearest].permute(0, 2, 1)  # (N, K, M)
 
     def loss(
         self,
@@ -255,8 +278,8 @@ class Teaching:
         ``obs`` ``(N, M, obs)`` (``log_std`` ``(N, D)`` for Gaussian students); ``labels``
         ``(N, K, M, A)``: the teachers' outputs on ``obs`` when already computed."""
         if labels is None:
-            labels = teacher_outputs(self.teachers, obs)
-        weights = self.weights.to(out.device)
+            labels = self.labels(obs)
+        weights = self.weights_for(obs)
         if log_std is None:
             return discrete_distill_loss(
                 out, labels, weights, temperature=self.temperature, mask=mask
@@ -292,7 +315,10 @@ class _TeachingMixin:
         teaching = self.teaching
         if teaching is None:
             raise CtxrlError("a distillation student needs its teaching (set .teaching)")
-        if teaching.weights.shape != (run.num_agents, len(teaching.teachers)):
+        if teaching.pool_weights is None and teaching.weights.shape != (
+            run.num_agents,
+            len(teaching.teachers),
+        ):
             raise CtxrlError(
                 f"teacher weights of shape {tuple(teaching.weights.shape)} for "
                 f"{run.num_agents} students and {len(teaching.teachers)} teachers"
@@ -335,7 +361,7 @@ class DaggerStudent(_TeachingMixin, BatchedPPO):
             batch = e * t_steps
             b_obs = buf.obs.transpose(0, 1).reshape(n, batch, run.obs_dim)
             # the teachers label the rollout once; the epochs reuse the labels
-            labels = teacher_outputs(teaching.teachers, b_obs).transpose(1, 2)  # (N, B, K, A)
+            labels = teaching.labels(b_obs).transpose(1, 2)  # (N, B, K, A)
             heldout = teaching.loss(
                 b_obs, actor(params, b_obs), log_std, labels=labels.transpose(1, 2)
             )
@@ -529,6 +555,92 @@ def kickstart_study(
     return compare_transfer(kicked, scratch, threshold=threshold), students
 
 
+def distill_conditioned(
+    env: EnvSpec,
+    teachers: Any,
+    pool: Sequence[Mapping[str, float]],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    weights: str | np.ndarray = "distance",
+    features: Sequence[str] | None = None,
+    scale: float = 0.1,
+    temperature: float = 1.0,
+    student: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    **train_options: Any,
+) -> tuple[Any, EnvSpec]:
+    """One context-conditioned student per seed for the whole range ``pool`` (Distral's
+    centroid in spirit, Teh et al. 2017, arXiv 1707.04175, with the context visible): every
+    episode draws its context from ``pool``, the student sees the observation and the
+    context's ``features`` (unit coordinates, appended by the twin's ``visible`` option), the
+    teachers see the observation alone and label the student's states DAgger-style, weighted
+    per state by the row of that state's context in ``weights``.
+
+    Args:
+        weights: ``distance`` (:func:`distance_weights` of each pool context) or a
+            ``(len(pool), K)`` array (e.g. :func:`transfer_weights` of the teachers' zero-shot
+            returns on the pool).
+        features: the features the student sees (default: those that vary among the
+            teachers' and the pool's contexts).
+
+    Returns ``(students, visible_env)``: evaluate the students in ``visible_env``."""
+    import functools
+
+    if env.make_batched is None:
+        raise CtxrlError(f"distillation needs a torch-batched twin; env {env.name!r} has none")
+    if not pool:
+        raise ConfigError("distill: the context-conditioned student needs a pool of contexts")
+    if teachers is None or len(teachers) == 0:
+        raise CtxrlError("distillation needs at least one teacher (got an empty teacher set)")
+    space = env.context_space
+    full_t = [space.validate(dict(c)).as_dict() for c in teachers.contexts]
+    full_p = [space.validate(dict(c)).as_dict() for c in pool]
+    if features is None:
+        features = [f for f in space.names if len({c[f] for c in full_t + full_p}) > 1]
+    if not features:
+        raise ConfigError("distill: teachers and pool share one context: nothing to condition on")
+    visible_env = dataclasses.replace(
+        env, make_batched=functools.partial(env.make_batched, visible=tuple(features))
+    )
+    trainer = DaggerStudent(dict(student or {}), device=device)
+    obs_dim, actions = _env_spaces(visible_env, pool)
+    base_obs = obs_dim - len(features)
+    check_teachers(teachers, base_obs, actions, env.name)
+    k = len(teachers)
+    table = (
+        distance_weights(env, full_p, full_t, scale=scale)
+        if isinstance(weights, str) and weights == "distance"
+        else np.asarray(weights, dtype=np.float64)
+    )
+    if table.shape != (len(pool), k):
+        raise ConfigError(
+            f"distill: weights of shape {table.shape}, expected ({len(pool)}, {k}) (pool, teachers)"
+        )
+    pool_weights = normalise_weights(torch.as_tensor(table, dtype=torch.float32))
+    moved = dataclasses.replace(
+        teachers, params={name: v.to(trainer.device) for name, v in teachers.params.items()}
+    )
+    n = len(seeds)
+    trainer.teaching = Teaching(
+        moved,
+        torch.full((n, k), 1.0 / k),
+        float(temperature),
+        teacher_obs=base_obs,
+        pool_unit=torch.as_tensor(space.to_unit(full_p, features), dtype=torch.float32),
+        pool_weights=pool_weights,
+    )
+    students = trainer.train_many(
+        visible_env,
+        [dict(pool[0])] * n,
+        [int(x) for x in seeds],
+        total_steps=int(steps),
+        mixture=[dict(c) for c in pool],
+        **train_options,
+    )
+    return students, visible_env
+
+
 # ------------------------------------------------------------------ the transfer method
 class Distill:
     """Every target context gets one student taught by all the problem's sources.
@@ -686,6 +798,7 @@ __all__ = [
     "decay_schedule",
     "discrete_distill_loss",
     "distance_weights",
+    "distill_conditioned",
     "distill_students",
     "gaussian_distill_loss",
     "kickstart_study",

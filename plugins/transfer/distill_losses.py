@@ -48,26 +48,31 @@ class DistillLoss:
 
 
 def normalise_weights(weights: Tensor) -> Tensor:
-    """Teacher weights ``(N, K)`` -> the same normalised to sum 1 over ``K`` per student.
+    """Teacher weights ``(N, K)``, or per state ``(N, K, M)``, normalised to sum 1 over ``K``.
 
-    Negative or non-finite weights, or a student whose weights are all zero, are an error
-    naming the student."""
-    if weights.dim() != 2:
+    Negative or non-finite weights, or all-zero weights, are an error naming the student."""
+    if weights.dim() not in (2, 3):
         raise CtxrlError(
-            f"teacher weights must be (students, teachers), got {tuple(weights.shape)}"
+            f"teacher weights must be (students, teachers) or (students, teachers, states), "
+            f"got {tuple(weights.shape)}"
         )
     if weights.shape[1] == 0:
         raise CtxrlError("distillation needs at least one teacher (got an empty teacher set)")
-    bad = (~torch.isfinite(weights) | (weights < 0)).any(dim=1)
-    total = weights.sum(dim=1)
-    bad = bad | (total <= 0)
+    total = weights.sum(dim=1, keepdim=True)
+    bad = ~torch.isfinite(weights) | (weights < 0)
+    bad = bad.flatten(1).any(dim=1) | (total <= 0).flatten(1).any(dim=1)  # (N,)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise CtxrlError(
             f"teacher weights of student {i} must be finite, >= 0 and not all 0: "
             f"{weights[i].tolist()}"
         )
-    return weights / total[:, None]
+    return weights / total
+
+
+def _per_state(weights: Tensor) -> Tensor:
+    """``(N, K)`` -> ``(N, K, 1)`` (broadcast over states); ``(N, K, M)`` as it is."""
+    return weights[:, :, None] if weights.dim() == 2 else weights
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -93,15 +98,16 @@ def discrete_distill_loss(
         student_logits: ``(N, M, A)``; the student's softmax is taken at temperature 1.
         teacher_logits: ``(N, K, M, A)`` logits (PPO actors) or Q-values (DQN teachers, with a
             small ``temperature``), of each student's states under each teacher.
-        weights: ``(N, K)`` teacher weights, normalised here (see :func:`normalise_weights`).
+        weights: ``(N, K)`` teacher weights, or ``(N, K, M)`` per state, normalised here (see
+            :func:`normalise_weights`).
         temperature: ``T > 0``; lower sharpens the teachers.
         mask: ``(N, M)``, 1 for states that count, 0 for those that do not.
     """
     if temperature <= 0:
         raise CtxrlError(f"distillation temperature must be > 0, got {temperature}")
-    w = normalise_weights(weights).to(student_logits.dtype)
+    w = _per_state(normalise_weights(weights)).to(student_logits.dtype)  # (N, K, M)
     teacher_probs = torch.softmax(teacher_logits.detach() / temperature, dim=-1)
-    mix = (w[:, :, None, None] * teacher_probs).sum(dim=1)  # (N, M, A)
+    mix = (w[..., None] * teacher_probs).sum(dim=1)  # (N, M, A)
     log_mix = torch.log(mix.clamp_min(1e-30))
     log_student = torch.log_softmax(student_logits, dim=-1)
     # 0 * log 0 = 0: actions no teacher takes add nothing
@@ -131,7 +137,7 @@ def gaussian_distill_loss(
         student_log_std: ``(N, D)`` (state-independent, as PPO's) or ``(N, M, D)``.
         teacher_mean: ``(N, K, M, D)``.
         teacher_log_std: ``(K, D)``, ``(N, K, D)`` or ``(N, K, M, D)``.
-        weights: ``(N, K)``, normalised here.
+        weights: ``(N, K)`` or ``(N, K, M)``, normalised here.
         temperature: multiplies the teachers' variances (``T < 1`` sharpens them, as a
             softmax temperature does).
         mask: ``(N, M)``.
@@ -139,7 +145,7 @@ def gaussian_distill_loss(
     if temperature <= 0:
         raise CtxrlError(f"distillation temperature must be > 0, got {temperature}")
     n, k, m, d = teacher_mean.shape
-    w = normalise_weights(weights).to(student_mean.dtype)
+    w = _per_state(normalise_weights(weights)).to(student_mean.dtype)  # (N, K, M)
     if student_log_std.dim() == 2:
         student_log_std = student_log_std[:, None, :]
     s_log_std = student_log_std.expand(n, m, d)[:, None]  # (N, 1, M, D)
@@ -159,8 +165,8 @@ def gaussian_distill_loss(
         - 0.5
     ).sum(dim=-1)  # (N, K, M)
     entropy = (0.5 + 0.5 * math.log(2 * math.pi) + t_log_std).sum(dim=-1)  # (N, K, M)
-    weighted_kl = (w[:, :, None] * kl).sum(dim=1)
-    weighted_entropy = (w[:, :, None] * entropy).sum(dim=1)
+    weighted_kl = (w * kl).sum(dim=1)
+    weighted_entropy = (w * entropy).sum(dim=1)
     nan = torch.full((n,), torch.nan, dtype=student_mean.dtype, device=student_mean.device)
     return DistillLoss(_masked_mean(weighted_kl, mask), _masked_mean(weighted_entropy, mask), nan)
 
