@@ -50,19 +50,44 @@ def save_artifact(
     return weights
 
 
+def verify_artifact(stem: str | Path) -> str | None:
+    """What is wrong with the artifact at ``stem``, or None when it is whole: its tensors file
+    exists and its header parses and covers the file to its last byte (safetensors checks
+    both when it opens a file, so a file cut short by a full disk or an interrupted copy is
+    caught). Reads the header only."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(stem).with_suffix(".safetensors")
+    if not weights.is_file():
+        return f"{weights} is missing"
+    try:
+        with safe_open(str(weights), framework="numpy") as handle:
+            handle.metadata()
+    except (SafetensorError, OSError) as exc:
+        return f"{weights} is damaged ({exc})"
+    return None
+
+
 def load_artifact(
     stem: str | Path, device: str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an artifact written by :func:`save_artifact`: ``(tensors, metadata)``."""
-    from safetensors import safe_open
+    """Read an artifact written by :func:`save_artifact`: ``(tensors, metadata)``. A missing
+    or damaged file is a :class:`CtxrlError` naming it."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     stem = Path(stem)
     weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     if not weights.is_file():
         raise CtxrlError(f"artifact file {weights} is missing")
-    with safe_open(str(weights), framework="pt") as handle:
-        header = handle.metadata() or {}
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(weights), device=device)
+    except SafetensorError as exc:
+        raise CtxrlError(
+            f"artifact file {weights} is damaged ({exc}); a rerun of its sweep trains it again"
+        ) from None
     if _HEADER_KEY in header:
         metadata: dict[str, Any] = json.loads(header[_HEADER_KEY])
     elif meta_path.is_file():  # artifacts from before the header copy
@@ -74,4 +99,4 @@ def load_artifact(
             f"{meta_path}: format_version {metadata.get('format_version')!r} "
             f"is not {FORMAT_VERSION}"
         )
-    return load_file(str(weights), device=device), metadata
+    return tensors, metadata

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctxrl import __version__
-from ctxrl.config import load_config, locate_run_dir, resolve_plan
+from ctxrl.config import check_output_dir, load_config, locate_run_dir, resolve_plan
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
@@ -236,6 +236,7 @@ def sweep(
     _warn_failed(host)
     cfg = load_config(config, overrides)
     plan = locate_run_dir(resolve_plan(cfg, host.registry))
+    check_output_dir(cfg.output_dir)
     err.print(
         f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
         f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
@@ -281,6 +282,28 @@ def _matrix_from(
     return matrix, bounds, coords
 
 
+def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, strict: bool) -> int:
+    """How many raw entries normalisation clips to ``[lower, upper]`` (infinite ones
+    included), said on stderr; with ``strict`` any is an error."""
+    with np.errstate(invalid="ignore"):
+        outside = int(np.sum((values < lower) | (values > upper)))  # NaN compares False
+    if outside == 0:
+        return 0
+    infinite = int(np.sum(np.isinf(values)))
+    message = (
+        f"{path}: {outside} of {values.size} matrix entries lie outside the normalisation "
+        f"bounds [{lower}, {upper}] ({infinite} of them infinite)"
+    )
+    if strict:
+        raise CtxrlError(f"{message}; widen them with --bounds, or drop --strict to clip")
+    err.print(
+        f"[yellow]warning:[/] {message} and were clipped to them; pass --strict to refuse",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return outside
+
+
 @cli.command()
 @click.option(
     "--matrix",
@@ -302,10 +325,16 @@ def _matrix_from(
 @click.option("--negate", is_flag=True, help="The file holds costs: negate before normalising.")
 @click.option(
     "--repeats",
-    type=int,
+    type=click.IntRange(min=1),
     default=100,
     show_default=True,
     help="Replays of stochastic strategies (seeds 0..repeats-1).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse a matrix with entries outside the normalisation bounds (default: clip them "
+    "to the bounds and say how many).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -318,6 +347,7 @@ def select(
     bounds: tuple[float, float] | None,
     negate: bool,
     repeats: int,
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Replay strategies offline on a stored matrix and print G_k for k = 1..K."""
@@ -325,6 +355,7 @@ def select(
 
     host = _host(ctx)
     matrix, (lower, upper), coords = _matrix_from(matrix_path, env_name, bounds, negate, host)
+    clipped = _check_bounds(matrix_path, matrix.values, lower, upper, strict)
     normalised = matrix.normalised(lower, upper).mean()
     n = normalised.shape[0]
     if not 1 <= budget <= n:
@@ -338,6 +369,7 @@ def select(
         "n": n,
         "budget": budget,
         "bounds": [lower, upper],
+        "clipped": clipped,
         "independent": float(np.mean(np.diag(normalised))),
         "oracle_transfer": float(np.mean(normalised.max(axis=0))),
         "strategies": curves,
@@ -422,6 +454,16 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
                 f"cannot write the report into {target} ({exc.strerror}: {exc.filename}); "
                 "pass --out DIR to write it elsewhere"
             ) from None
+    damaged = json.loads((exports / "summary.json").read_text()).get("damaged", [])
+    if damaged:
+        count = f"{len(damaged)} saved {'policy is' if len(damaged) == 1 else 'policies are'}"
+        err.print(
+            f"[yellow]warning:[/] {count} damaged: "
+            + "; ".join(d["problem"] for d in damaged)
+            + "; rerun `ctxrl sweep` to train them again",
+            highlight=False,
+            soft_wrap=True,
+        )
     click.echo((target / "summary.md").read_text())
     click.echo(f"exports: {exports}")
 

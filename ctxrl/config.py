@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class AxisConfig(_Strict):
     def _values_alone(self) -> AxisConfig:
         # num/low/high/scale would be ignored next to explicit values: say so, not silently
         if self.values is not None:
-            given = [name for name in ("num", "low", "high", "scale") if getattr(self, name)]
+            given = [n for n in ("num", "low", "high", "scale") if getattr(self, n) is not None]
             if given:
                 raise ValueError(
                     f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when "
@@ -304,6 +305,21 @@ class SweepPlan:
         if self.location is not None:
             return self.location
         return self.config.output_dir / self.run_name
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` can hold run directories: it is, or can be created in, a directory
+    this process may write. Checked by ``--dry-run`` too."""
+    existing = output_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    hint = "choose another output_dir (--set output_dir=PATH)"
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir: {existing} is a file, not a directory; {hint}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output_dir: cannot create directories in {existing} (permission denied); {hint}"
+        )
 
 
 PLAN_FILE = "plan.yaml"

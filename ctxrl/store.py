@@ -161,15 +161,12 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        if readonly:
-            self._db = self._connect_readonly(timeout_s)
-        else:
+        if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+        try:
+            self._db = self._connect(timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(str(exc)) from None
         self._tables = {
             name
             for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -181,6 +178,32 @@ class Store:
             version = self.get_meta("schema_version")
             if version is None or version < SCHEMA_VERSION:  # the new tables were just created
                 self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def damaged(self, detail: str) -> CtxrlError:
+        """The error for a store SQLite cannot read: it names the file and what to do."""
+        return CtxrlError(
+            f"{self.path} is damaged ({detail}): move it aside (e.g. to {self.path.name}.damaged) "
+            "and rerun the sweep to train its runs again, or restore it from a copy"
+        )
+
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        """Open the file and check it page by page (``quick_check``: milliseconds for a
+        store of thousands of runs), so a damaged store is named here, not by a query deep
+        in a sweep or a report."""
+        if self.readonly:
+            db = self._connect_readonly(timeout_s)
+        else:
+            db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+        problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            db.close()
+            raise sqlite3.DatabaseError(problems[0])
+        if not self.readonly:
+            db.executescript(_SCHEMA)
+        return db
 
     def _connect_readonly(self, timeout_s: float) -> sqlite3.Connection:
         if not self.path.is_file():

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxrl.artifacts import verify_artifact
 from ctxrl.config import SweepPlan
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import get_host
@@ -146,6 +147,10 @@ def write_exports(
         "context_labels": grid_labels(plan),
         "observed_rows": int(np.sum(observed)),
         "runs": len(store.runs()),
+        "damaged": [
+            {"run_id": run_id, "problem": problem}
+            for run_id, problem in damaged_artifacts(store).items()
+        ],
         "failed": [
             {
                 "run_id": run.run_id,
@@ -239,6 +244,19 @@ def _remove_stale_figures(run_dir: Path, written: list[str]) -> None:
             path = run_dir / "figures" / f"{name}{suffix}"
             if path.exists() and str(path.relative_to(run_dir)) not in written:
                 path.unlink()
+
+
+def damaged_artifacts(store: Store) -> dict[str, str]:
+    """Finished runs whose saved policy is missing or damaged (run id -> what is wrong);
+    artifacts are found beside the store, in its run directory."""
+    run_dir = store.path.parent
+    damaged = {}
+    for run in store.runs("finished"):
+        if run.artifact:
+            problem = verify_artifact(run_dir / run.artifact)
+            if problem is not None:
+                damaged[run.run_id] = problem
+    return damaged
 
 
 def grid_labels(plan: SweepPlan) -> list[str]:
@@ -340,6 +358,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
         lines += [f"- `{f['run_id']}` ({f['source']}): {f['error']}" for f in failed]
+        lines.append("")
+    damaged = summary.get("damaged", [])
+    if damaged:
+        lines += [
+            f"**{len(damaged)} saved {'policy is' if len(damaged) == 1 else 'policies are'} "
+            "damaged** (their results above stand; rerun `ctxrl sweep` to train them again):",
+            "",
+        ]
+        lines += [f"- `{d['run_id']}`: {d['problem']}" for d in damaged]
         lines.append("")
     if "withheld" in summary:
         lines += [f"Selection curves withheld: {summary['withheld']}.", ""]

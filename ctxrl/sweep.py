@@ -29,6 +29,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ctxrl.artifacts import verify_artifact
 from ctxrl.config import (
     PLAN_FILE,
     SweepPlan,
@@ -48,7 +49,7 @@ from ctxrl.plugins import Host, get_host
 from ctxrl.registry import BatchedAlgorithm, CurveOptions
 from ctxrl.selection import SelectionState, trace_of
 from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store, now
-from ctxrl.summary import STORE_FILE, sweep_matrix, write_exports
+from ctxrl.summary import STORE_FILE, damaged_artifacts, sweep_matrix, write_exports
 from ctxrl.transfer import TransferProblem
 
 
@@ -287,7 +288,13 @@ def run_sweep(
     finish instead of stopping with an error."""
     console = console or Console(stderr=True)
     plan = locate_run_dir(plan)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CtxrlError(
+            f"output_dir: cannot create the run directory {plan.run_dir} ({exc.strerror}); "
+            "choose another output_dir (--set output_dir=PATH)"
+        ) from None
     with run_dir_lock(plan.run_dir, wait=wait, console=console):
         return _run_sweep(plan, host or get_host(), argv, console)
 
@@ -307,6 +314,9 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         **config.executor.options,
     )
     finished = store.finished_run_ids()
+    for rid, problem in damaged_artifacts(store).items():
+        console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
+        finished.discard(rid)
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
 
     def job_for(source: int, seed: int) -> dict[str, Any]:
@@ -390,6 +400,13 @@ def _run_batched(
     ids = [run_id(task, seed) for task, (_, seed) in zip(tasks, pending, strict=True)]
     key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
     checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    damage = (
+        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
+    )
+    if damage is not None:
+        console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
+        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+            file.unlink()
     started = now()
     try:
         algorithm = _batched_algorithm(plan)

@@ -345,3 +345,138 @@ def test_a_second_sweep_on_a_run_directory_is_refused_or_waits(tmp_path: Path) -
     outcome = run_sweep(plan, wait=True, console=Console(file=printed, width=200))
     assert holder.wait() == 0 and outcome.skipped == 2
     assert f"waiting for pid {holder.pid} " in printed.getvalue()
+
+
+# ------------------------------------------------------------------- errors, not tracebacks
+def _config_file(plan: SweepPlan, tmp_path: Path, output_dir: Path) -> Path:
+    path = tmp_path / "sweep.yaml"
+    data = plan.config.model_dump(mode="json")
+    path.write_text(yaml.safe_dump({**data, "output_dir": str(output_dir)}))
+    return path
+
+
+def test_a_corrupt_store_is_named_by_sweep_report_and_select(
+    finished: Path, tmp_path: Path
+) -> None:
+    run_dir = _copy(finished, tmp_path)
+    with (run_dir / "store.sqlite").open("r+b") as handle:
+        handle.seek(4096)  # the second page: SQLite opens the file, then reads garbage
+        handle.write(bytes(range(256)) * 8)
+    config = _config_file(_plan(tmp_path), tmp_path, run_dir.parent)
+    for args in (
+        ["sweep", str(config)],
+        ["report", str(run_dir)],
+        ["select", "--matrix", str(run_dir), "--strategy", "greedy", "-k", "1"],
+    ):
+        result = _cli(*args)
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), args
+        message = result.stderr
+        assert f"{run_dir / 'store.sqlite'} is damaged (" in message, message
+        assert "move it aside" in message and "Traceback" not in message
+
+
+def test_an_output_dir_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    dry = _cli("sweep", "--dry-run", "--set", f"output_dir={a_file / 'runs'}")
+    assert dry.exit_code == 2, dry.output
+    assert f"output_dir: {a_file} is a file, not a directory" in dry.stderr
+    from ctxrl.errors import CtxrlError
+
+    with pytest.raises(CtxrlError, match="output_dir: cannot create the run directory"):
+        _sweep(tmp_path, output_dir=str(a_file / "runs"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        denied = _read_only_ctxrl("sweep", "--dry-run", "--set", f"output_dir={locked}/runs")
+        assert denied.returncode == 2, denied.stderr
+        assert f"output_dir: cannot create directories in {locked}" in denied.stderr
+    finally:
+        locked.chmod(0o755)
+
+
+def test_select_refuses_a_repeat_count_below_one(finished: Path) -> None:
+    for repeats in ("0", "-3"):
+        args = ["select", "--matrix", str(finished), "--strategy", "random", "-k", "1"]
+        result = _cli(*args, "--repeats", repeats)
+        assert result.exit_code == 2 and "Invalid value for '--repeats'" in result.stderr
+
+
+def test_select_says_how_many_entries_it_clipped_or_refuses_with_strict(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "matrix.csv"
+    path.write_text("400,inf,100\n300,450,-20\n10,20,480\n")
+    args = ["select", "--matrix", str(path), "--strategy", "greedy", "-k", "2", "--env", "CartPole"]
+    warned = _cli(*args)
+    assert warned.exit_code == 0, warned.output
+    assert (
+        "2 of 9 matrix entries lie outside the normalisation bounds [0.0, 500.0] "
+        "(1 of them infinite) and were clipped to them" in warned.stderr
+    )
+    strict = _cli(*args, "--strict")
+    assert strict.exit_code == 2
+    assert "2 of 9 matrix entries lie outside the normalisation bounds" in strict.stderr
+
+
+def _truncate_artifact(run_dir: Path) -> Path:
+    """Cut the first policy file of ``run_dir`` to 50 bytes (a copy stopped short); return it."""
+    weights = sorted((run_dir / "artifacts").glob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:50])
+    return weights
+
+
+def test_a_truncated_policy_is_named_when_loaded(finished: Path, tmp_path: Path) -> None:
+    from ctxrl.errors import CtxrlError
+    from ctxrl.results import load_policies
+
+    run_dir = _copy(finished, tmp_path)
+    weights = _truncate_artifact(run_dir)
+    with pytest.raises(CtxrlError, match=rf"artifact file {weights} is damaged \(.*header"):
+        load_policies(run_dir)
+
+
+def test_a_rerun_trains_again_the_runs_whose_policy_is_damaged(
+    finished: Path, tmp_path: Path
+) -> None:
+    run_dir = _copy(finished, tmp_path)
+    weights = _truncate_artifact(run_dir)
+    printed = io.StringIO()
+    plan = _plan(tmp_path, output_dir=str(run_dir.parent))
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.run_dir == run_dir and outcome.trained == 1 and outcome.skipped == 1
+    assert f"{weights} is damaged (" in printed.getvalue()
+    assert f"run {weights.stem} will be trained again" in printed.getvalue()
+    from ctxrl.results import load_policies
+
+    assert len(load_policies(run_dir)) == 2
+
+
+def test_report_names_damaged_policies(finished: Path, tmp_path: Path) -> None:
+    run_dir = _copy(finished, tmp_path)
+    weights = _truncate_artifact(run_dir)
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert f"1 saved policy is damaged: {weights}" in " ".join(result.stderr.split())
+    summary = (run_dir / "summary.md").read_text()
+    assert f"- `{weights.stem}`: {weights} is damaged (" in summary
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_group_trained_from_the_start(
+    tmp_path: Path,
+) -> None:
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path)
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}.safetensors"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # cut short mid-header
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.trained == 2 and not outcome.failed
+    assert f"{checkpoint} is damaged (" in printed.getvalue()
+    assert "training the group from the start" in printed.getvalue()
