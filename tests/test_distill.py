@@ -125,6 +125,17 @@ def test_gaussian_loss_by_hand() -> None:
     assert cool.loss.item() == pytest.approx(0.5, abs=1e-6)
 
 
+def test_per_state_weights_mix_each_state_on_its_own() -> None:
+    """State 0 takes teacher 0 only, state 1 both equally: mixtures (0.5, 0.5) and
+    (0.625, 0.375)."""
+    student = torch.zeros(1, 2, 2)
+    teachers = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[LN3, 0.0], [LN3, 0.0]]]])
+    weights = torch.tensor([[[1.0, 2.0], [0.0, 2.0]]])  # (N=1, K=2, M=2)
+    out = discrete_distill_loss(student, teachers, weights)
+    expected = (_kl([0.5, 0.5], [0.5, 0.5]) + _kl([0.625, 0.375], [0.5, 0.5])) / 2
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_bad_weights_name_the_student() -> None:
     with pytest.raises(CtxrlError, match="student 1"):
         normalise_weights(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
@@ -247,6 +258,15 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
         ).mean()  # (sources, targets)
     assert matrix.shape == (2, 2) and np.isfinite(matrix).all()
     assert np.allclose(matrix[0], matrix[1])  # one student per target, in every row
+    # the sweep's sources as teachers, with their contexts
+    loaded = load_teachers(run_dir)
+    assert len(loaded) == 2 and [c["length"] for c in loaded.contexts] == [0.3, 1.0]
+    # a run directory whose store holds no policy: the error names the directory
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "plan.yaml").write_text((run_dir / "plan.yaml").read_text())
+    with pytest.raises(CtxrlError, match=rf"{bare} has no store.sqlite"):
+        load_teachers(bare)
 
 
 def test_a_context_conditioned_student_covers_the_range(teachers: Any) -> None:
