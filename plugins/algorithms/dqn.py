@@ -25,9 +25,11 @@ from ctxrl.errors import CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
-from ctxrl_plugins.training.trainer import BatchedTrainer, TrainingLog, TrainingRun, hyperparameters
+from ctxrl_plugins.training.run import TrainingRun
+from ctxrl_plugins.training.trainer import BatchedTrainer, hyperparameters
 
 Tensor = torch.Tensor
 

@@ -16,9 +16,8 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -38,9 +37,12 @@ from ctxrl_plugins.training.evaluation import (
     env_seeds,
     evaluate_policies,
 )
+from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
+from ctxrl_plugins.training.run import TrainingRun, intervention_masks
+from ctxrl_plugins.training.surgery import matching, warm_start
 
 Tensor = torch.Tensor
 ConfigT = TypeVar("ConfigT")
@@ -67,238 +69,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-# ------------------------------------------------------------------------------ records
-@dataclass
-class TrainingLog:
-    """What a training recorded besides the weights.
-
-    Attributes:
-        curve_steps: env steps per agent at each learning-curve point ``(points,)``.
-        curve_returns: deterministic evaluation returns at each point ``(points, N, Q, E)``
-            (Q contexts: the agent's own context, or the given evaluation contexts).
-        curve_contexts: the Q evaluation contexts (None: each agent's own context).
-        diagnostic_steps: env steps per agent at each diagnostics record ``(records,)``.
-        diagnostics: name -> ``(records, N)``: per-agent means over the updates since the
-            previous record (losses, approx KL, clip fraction, explained variance, TD error,
-            gradient norm, entropy, and what interventions report).
-        switches: the context switches a schedule made: ``(env step per agent, the agents that
-            switched then)``, in order; cut the curves there for per-switch metrics.
-        plasticity_steps: env steps per agent at each plasticity record ``(records,)`` (the
-            ``plasticity.every`` grid and every switch step, just before the switch).
-        plasticity: ``{metric}.{layer}`` -> ``(records, N)`` (see
-            :func:`ctxrl_plugins.training.plasticity.layer_metrics`).
-    """
-
-    curve_steps: list[int] = field(default_factory=list)
-    curve_returns: list[np.ndarray] = field(default_factory=list)
-    curve_contexts: list[dict[str, float]] | None = None
-    diagnostic_steps: list[int] = field(default_factory=list)
-    diagnostics: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    switches: list[tuple[int, list[int]]] = field(default_factory=list)
-    plasticity_steps: list[int] = field(default_factory=list)
-    plasticity: dict[str, list[np.ndarray]] = field(default_factory=dict)
-
-    def select(self, indices: Sequence[int]) -> TrainingLog:
-        """The log of agents ``indices`` only (switches renumbered, those of other agents
-        dropped)."""
-        index = list(indices)
-        position = {agent: new for new, agent in enumerate(index)}
-        switches = [
-            (step, [position[a] for a in agents if a in position]) for step, agents in self.switches
-        ]
-        return TrainingLog(
-            list(self.curve_steps),
-            [r[index] for r in self.curve_returns],
-            self.curve_contexts,
-            list(self.diagnostic_steps),
-            {k: [v[index] for v in values] for k, values in self.diagnostics.items()},
-            [(step, agents) for step, agents in switches if agents],
-            list(self.plasticity_steps),
-            {k: [v[index] for v in values] for k, values in self.plasticity.items()},
-        )
-
-    def switch_steps(self, agent: int) -> list[int]:
-        """The env steps at which agent ``agent``'s context switched (where its curve is cut
-        into per-context segments)."""
-        return [step for step, agents in self.switches if agent in agents]
-
-    def curve(self) -> np.ndarray:
-        """Mean return per point and agent ``(points, N)`` (over contexts and episodes)."""
-        if not self.curve_returns:
-            return np.zeros((0, 0))
-        return np.stack([r.mean(axis=(1, 2)) for r in self.curve_returns])
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The log as tensors (for checkpoints and safetensors exports)."""
-        out: dict[str, Tensor] = {}
-        if self.curve_steps:
-            out["curve.steps"] = torch.tensor(self.curve_steps, dtype=torch.int64)
-            out["curve.returns"] = torch.from_numpy(np.stack(self.curve_returns))
-        if self.diagnostic_steps:
-            out["diagnostics.steps"] = torch.tensor(self.diagnostic_steps, dtype=torch.int64)
-            for name, values in self.diagnostics.items():
-                out[f"diagnostics.{name}"] = torch.from_numpy(np.stack(values))
-        if self.switches:
-            out["switches.steps"] = torch.tensor([s for s, _ in self.switches], dtype=torch.int64)
-            # (switches, N) as 0/1: the agents that switched at each step
-            count = 1 + max(a for _, agents in self.switches for a in agents)
-            agents = torch.zeros(len(self.switches), count, dtype=torch.uint8)
-            for row, (_, switched) in enumerate(self.switches):
-                agents[row, switched] = 1
-            out["switches.agents"] = agents
-        if self.plasticity_steps:
-            out["plasticity.steps"] = torch.tensor(self.plasticity_steps, dtype=torch.int64)
-            for name, values in self.plasticity.items():
-                out[f"plasticity.{name}"] = torch.from_numpy(np.stack(values))
-        return out
-
-    @classmethod
-    def from_tensors(
-        cls, tensors: Mapping[str, Tensor], curve_contexts: list[dict[str, float]] | None = None
-    ) -> TrainingLog:
-        log = cls(curve_contexts=curve_contexts)
-        if "curve.steps" in tensors:
-            log.curve_steps = [int(s) for s in tensors["curve.steps"]]
-            log.curve_returns = list(tensors["curve.returns"].cpu().numpy())
-        if "diagnostics.steps" in tensors:
-            log.diagnostic_steps = [int(s) for s in tensors["diagnostics.steps"]]
-            for key, value in tensors.items():
-                if key.startswith("diagnostics.") and key != "diagnostics.steps":
-                    log.diagnostics[key.removeprefix("diagnostics.")] = list(value.cpu().numpy())
-        if "switches.steps" in tensors:
-            rows = tensors["switches.agents"].cpu()
-            log.switches = [
-                (int(step), [int(a) for a in torch.nonzero(row).flatten()])
-                for step, row in zip(tensors["switches.steps"].cpu(), rows, strict=True)
-            ]
-        if "plasticity.steps" in tensors:
-            log.plasticity_steps = [int(s) for s in tensors["plasticity.steps"]]
-            for key, value in tensors.items():
-                if key.startswith("plasticity.") and key != "plasticity.steps":
-                    log.plasticity[key.removeprefix("plasticity.")] = list(value.cpu().numpy())
-        return log
-
-
-# ------------------------------------------------------------------------------ the run
-class TrainingRun:
-    """A batched training in progress: what the algorithm's :meth:`BatchedTrainer.iterate`
-    works on, and the :class:`~ctxrl.interventions.TrainingView` interventions see.
-
-    Shapes: ``N`` agents, ``E`` environments each; the twin holds ``N * E`` environments,
-    agent ``i`` owning environments ``i * E .. i * E + E - 1``."""
-
-    def __init__(
-        self,
-        *,
-        twin: Any,
-        networks: dict[str, StackedMLP],
-        params: Params,
-        optimizer: AgentAdam,
-        rng: StreamRNG,
-        interventions: Sequence[Intervention],
-        num_envs: int,
-        device: torch.device,
-        masks: Sequence[Tensor] | None = None,
-    ) -> None:
-        self.twin, self.networks, self.params = twin, networks, params
-        self.optimizer, self.rng, self.device = optimizer, rng, device
-        self.interventions = list(interventions)
-        ones = torch.ones(len(rng.seeds), device=device)
-        self.masks = list(masks) if masks is not None else [ones] * len(self.interventions)
-        self.num_agents = len(rng.seeds)
-        self.num_envs = num_envs
-        self.obs_dim: int = twin.observation_size
-        self.discrete: bool = twin.discrete_actions is not None
-        self.initial_params = {k: v.detach().clone() for k, v in params.items()}
-        self.layers = {role: net.layers for role, net in networks.items()}
-        self.activations: dict[str, Tensor] = {}
-        self.record_activations = any(i.needs_activations for i in interventions)
-        self.mask = torch.ones(self.num_agents, device=device)
-        self.iteration = 0
-        self.env_steps = 0
-        self.obs: Tensor = torch.empty(0)
-        """the last observations ``(N, E, obs)``"""
-        self._sums: dict[str, Tensor] = {}
-        self._counts: dict[str, int] = {}
-
-    # ----------------------------------------------------------------- for the algorithms
-    @property
-    def gradients(self) -> dict[str, Tensor]:
-        return self.optimizer.gradients()
-
-    @property
-    def frozen(self) -> dict[str, Tensor]:
-        """Per frozen parameter, the agents ``(N,)`` (bool) for which it is not trained."""
-        return {name: keep == 0 for name, keep in self.optimizer.grad_mask.items()}
-
-    def each_intervention(self) -> Iterator[Intervention]:
-        """The interventions in order, with ``mask`` set to each one's agents while it runs."""
-        for intervention, mask in zip(self.interventions, self.masks, strict=True):
-            self.mask = mask
-            yield intervention
-
-    def forward(self, role: str, x: Tensor, *, training: bool = False) -> Tensor:
-        """Network ``role`` on ``x`` ``(N, M, in)``; during updates (``training``), hidden
-        activations are recorded for the interventions that read them."""
-        record = self.activations if training and self.record_activations else None
-        return self.networks[role](self.params, x, record)
-
-    def optimize(self, loss: Tensor, lr: float | None = None) -> None:
-        """One gradient step on per-agent losses ``(N,)``: the interventions' loss terms are
-        added, gradients computed (summed over agents: they never mix), frozen parameters
-        held, gradients clipped per agent, Adam stepped, then the interventions' after-update
-        operators run."""
-        for intervention in self.each_intervention():
-            term = intervention.loss(self)
-            if term is not None:
-                loss = loss + term * self.mask
-        self.optimizer.zero_grad()
-        torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
-        self.optimizer.step(lr)
-        self.record("grad_norm", self.optimizer.grad_norm)
-        for intervention in self.each_intervention():
-            intervention.after_update(self)
-
-    def record(self, name: str, value: Tensor) -> None:
-        """Add a per-agent diagnostic ``(N,)`` to the running mean logged at the next record
-        point (no device synchronisation until then)."""
-        value = value.detach()
-        if name in self._sums:
-            self._sums[name] = self._sums[name] + value
-            self._counts[name] += 1
-        else:
-            self._sums[name], self._counts[name] = value.clone(), 1
-
-    def flush_diagnostics(self) -> dict[str, np.ndarray]:
-        """The running means since the last flush, per agent ``(N,)``, and reset them."""
-        out = {k: (v / self._counts[k]).float().cpu().numpy() for k, v in self._sums.items()}
-        for intervention in self.each_intervention():
-            for name, value in intervention.diagnostics(self).items():
-                out[f"{intervention.name}.{name}"] = value.detach().float().cpu().numpy()
-        self._sums, self._counts = {}, {}
-        return out
-
-    # ----------------------------------------------------------------------- env helpers
-    def step_env(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """Step the twin with per-agent actions ``(N, E)`` or ``(N, E, dim)``; returns the
-        next observations ``(N, E, obs)``, rewards, ``terminated``, ``truncated`` ``(N, E)``
-        and ``info`` with ``done`` ``(N, E)`` and ``final_obs`` ``(N, E, obs)``."""
-        n, e = self.num_agents, self.num_envs
-        flat = action.reshape(n * e) if self.discrete else action.reshape(n * e, -1)
-        obs, reward, terminated, truncated, info = self.twin.step(flat)
-        info = {
-            "done": info["done"].view(n, e),
-            "final_obs": info["final_obs"].view(n, e, self.obs_dim),
-        }
-        return (
-            obs.view(n, e, self.obs_dim),
-            reward.view(n, e),
-            terminated.view(n, e),
-            truncated.view(n, e),
-            info,
-        )
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -456,7 +226,7 @@ class BatchedTrainer(Generic[StateT]):
             raise CtxrlError(f"{self.name}: give one seed per context (and at least one)")
         self.check_env(env)
         device, n, e = self.device, len(seeds), self.num_envs
-        interventions, masks = _intervention_masks(interventions, n, device)
+        interventions, masks = intervention_masks(interventions, n, device)
         agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name)
         twin = env.make_batched(
             n * e,
@@ -484,11 +254,11 @@ class BatchedTrainer(Generic[StateT]):
         params.update(self.extra_params(twin))
         layers = [layer for net in networks.values() for layer in net.layers]
         if init is not None:
-            self._warm_start(params, init, layers, reinit, env, twin)
+            warm_start(self.name, params, init, layers, reinit, env, twin)
         elif reinit:
             raise CtxrlError(f"{self.name}: reinit {list(reinit)} needs a warm start (init=...)")
         optimizer = self.optimizer(params)
-        for name in _matching(freeze, layers, params, "freeze"):
+        for name in matching(freeze, layers, params, "freeze"):
             optimizer.freeze(name, torch.ones(n, dtype=torch.bool, device=device))
         rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
         run = TrainingRun(
@@ -608,52 +378,6 @@ class BatchedTrainer(Generic[StateT]):
         policies.params = dict(params)
         policies.log = log
         return policies
-
-    # ------------------------------------------------------------------ warm starts
-    def _warm_start(
-        self,
-        params: Params,
-        init: Any,
-        layers: list[str],
-        reinit: Sequence[str],
-        env: EnvSpec,
-        twin: Any,
-    ) -> None:
-        """Copy ``init``'s weights into ``params`` except the ``reinit`` layers."""
-        source: Mapping[str, Tensor] = init.params if hasattr(init, "params") else init
-        source_env = getattr(init, "env", None)
-        missing = sorted(set(params) - set(source))
-        if missing:
-            raise CtxrlError(
-                f"{self.name}: the warm-start policy has no parameter {missing[0]!r} (a "
-                "different algorithm or network); its parameters: "
-                f"{', '.join(sorted(source)[:8])}"
-            )
-        keep = set(_matching(reinit, layers, params, "reinit"))
-        n = next(iter(params.values())).shape[0]
-        with torch.no_grad():
-            for name, value in params.items():
-                if name in keep:
-                    continue
-                weights = source[name].to(value.device, value.dtype)
-                if weights.shape[0] == 1 and n > 1:
-                    weights = weights.expand(n, *weights.shape[1:])
-                if weights.shape != value.shape:
-                    what = (
-                        "observation"
-                        if name.endswith(".0.weight")
-                        else "action"
-                        if ".head." in name
-                        else "network"
-                    )
-                    raise CtxrlError(
-                        f"{self.name}: cannot warm-start {env.name} (observation size "
-                        f"{twin.observation_size}, actions {twin.discrete_actions or 'continuous'}"
-                        f") from a policy of {source_env or 'another env'}: parameter "
-                        f"{name!r} has shape {tuple(weights.shape)}, expected "
-                        f"{tuple(value.shape)} (the {what} spaces differ)"
-                    )
-                value.copy_(weights)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(
@@ -814,50 +538,3 @@ def _apply_schedules(
         for name in contexts[0]
     }
     twin.set_context(values, env_ids=env_ids)
-
-
-def _intervention_masks(
-    entries: Sequence[Intervention | tuple[Intervention, Sequence[int]]],
-    n: int,
-    device: torch.device,
-) -> tuple[list[Intervention], list[Tensor]]:
-    """Interventions and their agent masks ``(N,)`` (float, 1 where it applies)."""
-    interventions, masks = [], []
-    for entry in entries:
-        intervention, agents = entry if isinstance(entry, tuple) else (entry, range(n))
-        mask = torch.zeros(n, device=device)
-        index = [int(a) for a in agents]
-        if any(not 0 <= a < n for a in index):
-            raise CtxrlError(
-                f"intervention {intervention.name!r}: agents {index} not in 0..{n - 1}"
-            )
-        mask[index] = 1.0
-        if intervention.changes_network and len(set(index)) != n:
-            raise CtxrlError(
-                f"intervention {intervention.name!r} changes the network, which all agents of a "
-                "batch share: apply it to every agent (or train the others apart)"
-            )
-        interventions.append(intervention)
-        masks.append(mask)
-    return interventions, masks
-
-
-def _matching(
-    patterns: Sequence[str], layers: Sequence[str], params: Mapping[str, Tensor], option: str
-) -> list[str]:
-    """Parameter names of the layers matched by ``patterns`` (a layer name, a role, or an
-    fnmatch pattern); a pattern that matches nothing is an error listing the layers."""
-    names: list[str] = []
-    for pattern in patterns:
-        matched = [
-            layer
-            for layer in layers
-            if fnmatch.fnmatchcase(layer, pattern) or layer.split(".")[0] == pattern
-        ]
-        extra = [p for p in params if fnmatch.fnmatchcase(p, pattern) or p == pattern]
-        if not matched and not extra:
-            raise CtxrlError(f"{option}: {pattern!r} matches no layer; layers: {', '.join(layers)}")
-        for layer in matched:
-            names += [p for p in params if p.startswith(f"{layer}.")]
-        names += extra
-    return list(dict.fromkeys(names))

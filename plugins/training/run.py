@@ -1,0 +1,163 @@
+"""A batched training in progress (:class:`TrainingRun`): what an algorithm's iteration works on
+and the :class:`~ctxrl.interventions.TrainingView` interventions see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctxrl.errors import CtxrlError
+from ctxrl.interventions import Intervention
+from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.networks import Params, StackedMLP
+from ctxrl_plugins.training.optimizer import AgentAdam
+
+Tensor = torch.Tensor
+
+
+class TrainingRun:
+    """A batched training in progress: what the algorithm's :meth:`BatchedTrainer.iterate`
+    works on, and the :class:`~ctxrl.interventions.TrainingView` interventions see.
+
+    Shapes: ``N`` agents, ``E`` environments each; the twin holds ``N * E`` environments,
+    agent ``i`` owning environments ``i * E .. i * E + E - 1``."""
+
+    def __init__(
+        self,
+        *,
+        twin: Any,
+        networks: dict[str, StackedMLP],
+        params: Params,
+        optimizer: AgentAdam,
+        rng: StreamRNG,
+        interventions: Sequence[Intervention],
+        num_envs: int,
+        device: torch.device,
+        masks: Sequence[Tensor] | None = None,
+    ) -> None:
+        self.twin, self.networks, self.params = twin, networks, params
+        self.optimizer, self.rng, self.device = optimizer, rng, device
+        self.interventions = list(interventions)
+        ones = torch.ones(len(rng.seeds), device=device)
+        self.masks = list(masks) if masks is not None else [ones] * len(self.interventions)
+        self.num_agents = len(rng.seeds)
+        self.num_envs = num_envs
+        self.obs_dim: int = twin.observation_size
+        self.discrete: bool = twin.discrete_actions is not None
+        self.initial_params = {k: v.detach().clone() for k, v in params.items()}
+        self.layers = {role: net.layers for role, net in networks.items()}
+        self.activations: dict[str, Tensor] = {}
+        self.record_activations = any(i.needs_activations for i in interventions)
+        self.mask = torch.ones(self.num_agents, device=device)
+        self.iteration = 0
+        self.env_steps = 0
+        self.obs: Tensor = torch.empty(0)
+        """the last observations ``(N, E, obs)``"""
+        self._sums: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- for the algorithms
+    @property
+    def gradients(self) -> dict[str, Tensor]:
+        return self.optimizer.gradients()
+
+    @property
+    def frozen(self) -> dict[str, Tensor]:
+        """Per frozen parameter, the agents ``(N,)`` (bool) for which it is not trained."""
+        return {name: keep == 0 for name, keep in self.optimizer.grad_mask.items()}
+
+    def each_intervention(self) -> Iterator[Intervention]:
+        """The interventions in order, with ``mask`` set to each one's agents while it runs."""
+        for intervention, mask in zip(self.interventions, self.masks, strict=True):
+            self.mask = mask
+            yield intervention
+
+    def forward(self, role: str, x: Tensor, *, training: bool = False) -> Tensor:
+        """Network ``role`` on ``x`` ``(N, M, in)``; during updates (``training``), hidden
+        activations are recorded for the interventions that read them."""
+        record = self.activations if training and self.record_activations else None
+        return self.networks[role](self.params, x, record)
+
+    def optimize(self, loss: Tensor, lr: float | None = None) -> None:
+        """One gradient step on per-agent losses ``(N,)``: the interventions' loss terms are
+        added, gradients computed (summed over agents: they never mix), frozen parameters
+        held, gradients clipped per agent, Adam stepped, then the interventions' after-update
+        operators run."""
+        for intervention in self.each_intervention():
+            term = intervention.loss(self)
+            if term is not None:
+                loss = loss + term * self.mask
+        self.optimizer.zero_grad()
+        torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
+        self.optimizer.step(lr)
+        self.record("grad_norm", self.optimizer.grad_norm)
+        for intervention in self.each_intervention():
+            intervention.after_update(self)
+
+    def record(self, name: str, value: Tensor) -> None:
+        """Add a per-agent diagnostic ``(N,)`` to the running mean logged at the next record
+        point (no device synchronisation until then)."""
+        value = value.detach()
+        if name in self._sums:
+            self._sums[name] = self._sums[name] + value
+            self._counts[name] += 1
+        else:
+            self._sums[name], self._counts[name] = value.clone(), 1
+
+    def flush_diagnostics(self) -> dict[str, np.ndarray]:
+        """The running means since the last flush, per agent ``(N,)``, and reset them."""
+        out = {k: (v / self._counts[k]).float().cpu().numpy() for k, v in self._sums.items()}
+        for intervention in self.each_intervention():
+            for name, value in intervention.diagnostics(self).items():
+                out[f"{intervention.name}.{name}"] = value.detach().float().cpu().numpy()
+        self._sums, self._counts = {}, {}
+        return out
+
+    # ----------------------------------------------------------------------- env helpers
+    def step_env(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Step the twin with per-agent actions ``(N, E)`` or ``(N, E, dim)``; returns the
+        next observations ``(N, E, obs)``, rewards, ``terminated``, ``truncated`` ``(N, E)``
+        and ``info`` with ``done`` ``(N, E)`` and ``final_obs`` ``(N, E, obs)``."""
+        n, e = self.num_agents, self.num_envs
+        flat = action.reshape(n * e) if self.discrete else action.reshape(n * e, -1)
+        obs, reward, terminated, truncated, info = self.twin.step(flat)
+        info = {
+            "done": info["done"].view(n, e),
+            "final_obs": info["final_obs"].view(n, e, self.obs_dim),
+        }
+        return (
+            obs.view(n, e, self.obs_dim),
+            reward.view(n, e),
+            terminated.view(n, e),
+            truncated.view(n, e),
+            info,
+        )
+
+
+def intervention_masks(
+    entries: Sequence[Intervention | tuple[Intervention, Sequence[int]]],
+    n: int,
+    device: torch.device,
+) -> tuple[list[Intervention], list[Tensor]]:
+    """Interventions and their agent masks ``(N,)`` (float, 1 where it applies)."""
+    interventions, masks = [], []
+    for entry in entries:
+        intervention, agents = entry if isinstance(entry, tuple) else (entry, range(n))
+        mask = torch.zeros(n, device=device)
+        index = [int(a) for a in agents]
+        if any(not 0 <= a < n for a in index):
+            raise CtxrlError(
+                f"intervention {intervention.name!r}: agents {index} not in 0..{n - 1}"
+            )
+        mask[index] = 1.0
+        if intervention.changes_network and len(set(index)) != n:
+            raise CtxrlError(
+                f"intervention {intervention.name!r} changes the network, which all agents of a "
+                "batch share: apply it to every agent (or train the others apart)"
+            )
+        interventions.append(intervention)
+        masks.append(mask)
+    return interventions, masks
