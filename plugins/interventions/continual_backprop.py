@@ -22,6 +22,12 @@ is constant, the typical low-utility unit); then ``u_i = f_i = age_i = 0`` and t
 the replaced weights is reset. The outgoing magnitude is the mean over the next layer's units
 as in the code (the paper writes a sum; the ranking within a layer is the same).
 
+One deliberate difference from the public generate-and-test code (``GnT``): its
+``test_features`` zeroes the running mean activation of the chosen units before
+``gen_new_features`` reads it for the next-layer bias correction, so there the correction adds
+0 and the output jumps by ``w_out_i h_i``. Here the correction reads the mean first, as the paper
+describes (the unit test checks that the output is unchanged at replacement).
+
 Defaults (their RL setting, PPO on Slippery Ant): ``replacement_rate = 1e-4``,
 ``maturity = 10000``, ``decay = 0.99``; ``optimizer_reset = "moments_and_step"``, what their
 ``AdamGnT`` does (moments and per-element step count of the replaced weights). Their RL runs
