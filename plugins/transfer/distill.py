@@ -641,6 +641,59 @@ def distill_conditioned(
     return students, visible_env
 
 
+@dataclass
+class StudentEnsemble:
+    """Groups of ``size`` students acting as one policy each: the members' action
+    probabilities are averaged (Gaussian students: their means), after Weltevrede et al. 2025
+    (arXiv 2505.16581), whose distilled student ensembles generalise across contexts better
+    than their teacher. Group ``g`` is agents ``g * size .. g * size + size - 1`` of
+    ``members`` (e.g. :func:`distill_conditioned` with ``size`` seeds per group).
+
+    A policies object for :func:`~ctxrl_plugins.training.evaluation.evaluate_policies`:
+    ``act(obs (G, M, obs)) -> (G, M)`` (or ``(G, M, D)``)."""
+
+    members: Any
+    size: int
+    params: dict[str, Tensor] = dataclasses.field(init=False)
+    """the members' parameters ``(G * size, ...)``"""
+    seeds: list[int] = dataclasses.field(init=False)
+    """each group's first member's seed"""
+    discrete: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or len(self.members) % self.size:
+            raise ConfigError(
+                f"distill: {len(self.members)} students do not form ensembles of {self.size}"
+            )
+        self.params = dict(self.members.params)
+        self.seeds = [int(s) for s in self.members.seeds[:: self.size]]
+        self.discrete = bool(self.members.discrete)
+
+    def __len__(self) -> int:
+        return len(self.members) // self.size
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.members.metadata(), "ensemble_size": self.size}
+
+    def act(self, obs: Tensor, deterministic: bool, rng: Any = None) -> Tensor:
+        g, m, _ = obs.shape
+        flat: Tensor = self.members.actor(obs.repeat_interleave(self.size, dim=0))
+        out = flat.view(g, self.size, m, -1)  # (G, S, M, A)
+        if not self.discrete:
+            mean = out.mean(dim=1)
+            if deterministic or rng is None:
+                return mean
+            log_std: Tensor = self.members.params["actor.log_std"]
+            std = log_std.exp().view(g, self.size, -1).mean(dim=1)
+            noise = sampling_noise(rng, 1, m * mean.shape[-1], False)[0].view(mean.shape)
+            return mean + std[:, None, :] * noise
+        probs = torch.softmax(out, dim=-1).mean(dim=1)  # (G, M, A)
+        if deterministic or rng is None:
+            return probs.argmax(dim=-1)
+        noise = sampling_noise(rng, 1, m * probs.shape[-1], True)[0].view(probs.shape)
+        return (torch.log(probs.clamp_min(1e-30)) + noise).argmax(dim=-1)
+
+
 # ------------------------------------------------------------------ the transfer method
 class Distill:
     """Every target context gets one student taught by all the problem's sources.
@@ -793,6 +846,7 @@ __all__ = [
     "Distill",
     "DistillLoss",
     "KickstartStudent",
+    "StudentEnsemble",
     "Teaching",
     "check_teachers",
     "decay_schedule",
