@@ -24,12 +24,13 @@ class AgentAdam:
     entries become views of it), and their gradients, moments and (once any is reset) step
     counts into buffers of the same layout, so zeroing the gradients is one operation and the
     Adam step a handful however many tensors the networks have. Clipping and Adam are per agent
-    and elementwise: agents stay independent. The step is torch's single-tensor Adam, the same
-    arithmetic in the same order (so results equal ``torch.optim.Adam``'s), with one addition:
-    a per-element step count, used once an intervention restarts the count of some elements
-    (:meth:`reset` with ``moments_and_step``); until then the count is one number and the bias
-    corrections are computed once per step, as torch does. :meth:`finish` turns the views back
-    into plain tensors when training ends.
+    and elementwise: agents stay independent. The step is torch's single-tensor Adam (moments
+    updated in its order, bias corrections in float64) with the step size and the second-moment
+    correction applied as float32 factors per element, equal to ``torch.optim.Adam`` to within
+    rounding; the step count is one number until an intervention restarts the count of some
+    elements (:meth:`reset` with ``moments_and_step``), then one per element, with the same
+    arithmetic either way, so an agent's numbers never depend on whether another agent's units
+    were reset. :meth:`finish` turns the views back into plain tensors when training ends.
 
     Args:
         params: agent-stacked parameters; rebound to views of the flat buffer.
@@ -100,7 +101,7 @@ class AgentAdam:
             self.view(buffer, name).mul_(keep)
         if mode == "moments_and_step":
             if self.steps is None:
-                self.steps = torch.full_like(self.flat, float(self.step_count))
+                self.steps = torch.full_like(self.flat, float(self.step_count), dtype=torch.float64)
             self.view(self.steps, name).mul_(keep)
 
     def freeze(self, name: str, agents: Tensor) -> None:
@@ -133,18 +134,18 @@ class AgentAdam:
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if self.steps is None:
-            # torch.optim.Adam's single-tensor arithmetic, in its order
-            bias_correction1 = 1 - beta1**self.step_count
-            bias_correction2 = 1 - beta2**self.step_count
-            step_size = self.lr / bias_correction1
-            denom = (self.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
-            param.addcdiv_(self.exp_avg, denom, value=-step_size)
+            counts = torch.tensor(float(self.step_count), dtype=torch.float64, device=param.device)
         else:
             self.steps.add_(1.0)
-            corrections1 = 1 - torch.pow(beta1, self.steps)  # per element
-            corrections2 = 1 - torch.pow(beta2, self.steps)
-            denom = (self.exp_avg_sq.sqrt() / corrections2.sqrt()).add_(self.eps)
-            param.addcdiv_(self.exp_avg * (-self.lr / corrections1), denom)
+            counts = self.steps
+        # Adam's bias corrections in float64 (as torch computes them), then one float32 step
+        # size and one float32 second-moment correction per element. The same arithmetic for
+        # one shared count and for per-element counts: an agent's numbers do not depend on
+        # whether another agent's units were ever reset.
+        step_size = (self.lr / (1 - torch.pow(beta1, counts))).to(param.dtype)
+        correction2 = (1 - torch.pow(beta2, counts)).sqrt().to(param.dtype)
+        denom = (self.exp_avg_sq.sqrt() / correction2).add_(self.eps)
+        param.sub_(self.exp_avg * step_size / denom)
 
     def finish(self) -> None:
         """Training is over: the parameters become plain, contiguous tensors again."""
