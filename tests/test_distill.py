@@ -25,6 +25,7 @@ from ctxrl_plugins.transfer.distill import (
     distill_students,
     kickstart_study,
     load_teachers,
+    predicted_transfer_weights,
     stack_teachers,
     transfer_weights,
 )
@@ -181,6 +182,28 @@ def test_transfer_weights_by_hand() -> None:
     weights = transfer_weights(_cartpole(), np.array([[500.0], [250.0]]), scale=0.25)
     expected = np.exp([0.0, -2.0]) / np.exp([0.0, -2.0]).sum()
     assert weights.shape == (1, 2) and weights[0] == pytest.approx(expected, abs=1e-9)
+
+
+def test_predicted_transfer_weights_by_hand() -> None:
+    """Own returns 500 (length 0.1) and 250 (length 2.0), gap slope 1 per unit distance on
+    every feature, target 0.5: predictions 1 - 0.4 / 4.95 and 0.5 - 1.5 / 4.95; with slope 2
+    the second falls below 0 and is clipped there."""
+    spec = _cartpole()
+    weights = predicted_transfer_weights(
+        spec,
+        [{"length": 0.1}, {"length": 2.0}],
+        [500.0, 250.0],
+        [TARGET],
+        theta=1.0,
+        scale=0.5,
+    )
+    logits = np.array([1 - 0.4 / 4.95, 0.5 - 1.5 / 4.95]) / 0.5
+    assert weights[0] == pytest.approx(np.exp(logits) / np.exp(logits).sum(), abs=1e-9)
+    steep = predicted_transfer_weights(
+        spec, [{"length": 0.1}, {"length": 2.0}], [500.0, 250.0], [TARGET], theta=2.0, scale=0.5
+    )
+    logits = np.array([1 - 2 * 0.4 / 4.95, 0.0]) / 0.5
+    assert steep[0] == pytest.approx(np.exp(logits) / np.exp(logits).sum(), abs=1e-9)
 
 
 def test_a_dagger_student_beats_the_weaker_teacher_on_a_target_between_them(

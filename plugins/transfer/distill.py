@@ -224,6 +224,46 @@ def transfer_weights(env: EnvSpec, returns: np.ndarray, *, scale: float = 0.1) -
     return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
+def predicted_transfer_weights(
+    env: EnvSpec,
+    teacher_contexts: Sequence[Mapping[str, float]],
+    own_returns: Sequence[float] | np.ndarray,
+    targets: Sequence[Mapping[str, float]],
+    *,
+    gap: Any = None,
+    theta: float = 0.5,
+    scale: float = 0.1,
+) -> np.ndarray:
+    """``(Q, K)`` weights ``softmax_k(Jhat_k(q) / scale)`` from the generalization model's
+    predicted transfer, without running a teacher in a target: ``Jhat_k(q) = J_k(x_k) -
+    gap(x_k, x_q)`` (MBTL's linear generalization gap, Cho et al. 2024, arXiv 2408.04498;
+    :class:`ctxrl.gp.GapModel`), ``J_k(x_k)`` teacher ``k``'s return on its own context
+    (``own_returns``, raw, normalised here by the env's return bounds).
+
+    Args:
+        gap: a fitted :class:`~ctxrl.gp.GapModel` over the context space's features in
+            ``space.names`` order (e.g. :meth:`~ctxrl.gp.GapModel.estimate` from a sweep's
+            matrix); None: the same slope ``theta`` per unit distance on every feature."""
+    from ctxrl.gp import GapModel
+
+    if scale <= 0:
+        raise ConfigError(f"distill: scale must be > 0, got {scale}")
+    space = env.context_space
+    names = list(space.names)
+    k = len(teacher_contexts)
+    own = env.normalise(np.asarray(own_returns, dtype=np.float64))
+    if own.shape != (k,):
+        raise ConfigError(f"distill: {own.shape[0]} own returns for {k} teachers")
+    full = [space.validate(dict(c)).as_dict() for c in [*teacher_contexts, *targets]]
+    coords = space.to_unit(full, names)  # (K + Q, d)
+    model = gap if gap is not None else GapModel.constant(theta, len(names))
+    gaps = model.gap(coords)[:k, k:]  # (K, Q): teacher row, target column
+    logits = np.clip(own[:, None] - gaps, 0.0, 1.0).T / scale  # (Q, K)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
 # ------------------------------------------------------------------------------ teaching
 @dataclass
 class Teaching:
@@ -858,6 +898,7 @@ __all__ = [
     "kickstart_study",
     "load_teachers",
     "normalise_weights",
+    "predicted_transfer_weights",
     "stack_teachers",
     "teacher_outputs",
     "transfer_weights",
