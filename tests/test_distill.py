@@ -17,6 +17,7 @@ from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec
 from ctxrl.store import Store
 from ctxrl.sweep import run_sweep
+from ctxrl.transfer import TransferProblem
 from ctxrl_plugins.training.evaluation import evaluate_policies
 from ctxrl_plugins.transfer.distill import (
     StudentEnsemble,
@@ -320,6 +321,27 @@ def test_a_context_conditioned_student_covers_the_range(teachers: Any) -> None:
     )
     assert (means >= 0.95 * best_of_k).all(), (means, best_of_k)
     assert together.shape == (1, 4, 5) and together.mean() >= 0.95 * best_of_k
+
+
+def test_the_distill_method_with_one_conditioned_student(teachers: Any) -> None:
+    spec = _cartpole()
+    algorithm: Any = get_host().registry.algorithm("batched-ppo").factory({}, env=spec)
+    targets = [{"length": 0.5}, {"length": 1.0}]
+    problem = TransferProblem(
+        spec, algorithm, teachers, teachers.contexts, [0, 0], targets, episodes=2, eval_seed=3
+    )
+    method = (
+        get_host()
+        .registry.transfer_method("distill")
+        .factory(steps=1024, mode="conditioned", weights="transfer")
+    )
+    result = method.transfer(problem)
+    assert result.returns.shape == (2, 2, 2) and np.isfinite(result.returns).all()
+    assert np.array_equal(result.returns[0], result.returns[1])
+    assert result.details["students"] == 1
+    assert result.target_env_steps == 1024 + 2 * 2 * 500  # + the teachers' episodes
+    with pytest.raises(ConfigError, match="mode must be"):
+        get_host().registry.transfer_method("distill").factory(steps=8, mode="proxy")
 
 
 # ------------------------------------------------------------------------ bad input

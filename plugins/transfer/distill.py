@@ -50,7 +50,7 @@ from ctxrl_plugins.transfer.distill_losses import (
 )
 
 Tensor = torch.Tensor
-Mode = Literal["dagger", "kickstart"]
+Mode = Literal["dagger", "kickstart", "conditioned"]
 Decay = Literal["linear", "exponential"]
 
 
@@ -742,6 +742,10 @@ class Distill:
     once, so every row ``p`` holds the same student's returns on target ``q`` (the details
     say so, and hold the teachers' zero-shot returns and best-of-K next to the students').
 
+    ``mode: conditioned`` trains one context-conditioned student for all targets instead
+    (:func:`distill_conditioned`, the targets as its pool): its ``steps`` are spread over the
+    targets, and ``target_env_steps`` reports them whole.
+
     Args: see :func:`distill_students`; ``seed_offset`` is added to the first source's seed
     for the students' seeds (student ``q`` gets ``+ q``).
     """
@@ -761,8 +765,10 @@ class Distill:
     ) -> None:
         if int(steps) <= 0:
             raise ConfigError(f"distill: steps must be > 0, got {steps}")
-        if mode not in ("dagger", "kickstart"):
-            raise ConfigError(f"distill: mode must be 'dagger' or 'kickstart', got {mode!r}")
+        if mode not in ("dagger", "kickstart", "conditioned"):
+            raise ConfigError(
+                f"distill: mode must be 'dagger', 'kickstart' or 'conditioned', got {mode!r}"
+            )
         if weights not in ("distance", "uniform", "transfer"):
             raise ConfigError(
                 f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
@@ -800,30 +806,52 @@ class Distill:
             weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
         else:
             weights = np.full((q, p), 1.0 / p)
-        students = distill_students(
-            problem.env,
-            teachers,
-            targets,
-            seeds,
-            steps=self.steps,
-            mode=self.mode,
-            weights=weights,
-            temperature=self.temperature,
-            coef=self.coef,
-            decay=self.decay,
-            half_life=self.half_life,
-            student=student,
-            device=device,
-        )
-        own = evaluate_policies(
-            students,
-            problem.env,
-            [[t] for t in targets],
-            episodes=problem.episodes,
-            seed=problem.eval_seed,
-            device=students.params["actor.0.weight"].device,
-            per_policy=True,
-        )[:, 0]  # (Q, E)
+        if self.mode == "conditioned":
+            # one student for every target, the target visible, in one program
+            students, student_env = distill_conditioned(
+                problem.env,
+                teachers,
+                targets,
+                seeds[:1],
+                steps=self.steps,
+                weights=weights,
+                temperature=self.temperature,
+                student=student,
+                device=device,
+            )
+            own = evaluate_policies(
+                students,
+                student_env,
+                targets,
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+            )[0]  # (Q, E)
+        else:
+            students = distill_students(
+                problem.env,
+                teachers,
+                targets,
+                seeds,
+                steps=self.steps,
+                mode=self.mode,
+                weights=weights,
+                temperature=self.temperature,
+                coef=self.coef,
+                decay=self.decay,
+                half_life=self.half_life,
+                student=student,
+                device=device,
+            )
+            own = evaluate_policies(
+                students,
+                problem.env,
+                [[t] for t in targets],
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+                per_policy=True,
+            )[:, 0]  # (Q, E)
         limit = problem.env.max_episode_steps or 0
         zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
         log = students.log
@@ -835,6 +863,8 @@ class Distill:
         details: dict[str, Any] = {
             "mode": self.mode,
             "rows": "every row holds the same student per target (one student from all sources)",
+            "students": 1 if self.mode == "conditioned" else q,
+            "steps_per_student": self.steps,
             "student_mean": own.mean(axis=1).tolist(),
             "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
             "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),
@@ -875,8 +905,8 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             factory=_distill,
             batched_only=True,
             description="one student per target taught by all sources (options: steps, mode "
-            "dagger|kickstart, temperature, weights distance|uniform|transfer, scale, coef, "
-            "decay, half_life, student)",
+            "dagger|kickstart|conditioned, temperature, weights distance|uniform|transfer, "
+            "scale, coef, decay, half_life, student)",
         )
     )
 
