@@ -68,6 +68,17 @@ def verify_artifact(stem: str | Path) -> str | None:
     return None
 
 
+def artifact_metadata(stem: str | Path) -> dict[str, Any]:
+    """The metadata of the artifact at ``stem`` (its safetensors header copy), without reading
+    its tensors; ``{}`` when it has none."""
+    from safetensors import safe_open
+
+    weights = Path(stem).with_suffix(".safetensors")
+    with safe_open(str(weights), framework="numpy") as handle:
+        header = handle.metadata() or {}
+    return dict(json.loads(header[_HEADER_KEY])) if _HEADER_KEY in header else {}
+
+
 def load_artifact(
     stem: str | Path, device: str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -247,8 +247,10 @@ def sweep(
         return
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
+    resumed = f" ({outcome.resumed} resumed from a checkpoint)" if outcome.resumed else ""
     err.print(
-        f"trained {outcome.trained}, resumed past {outcome.skipped}, failed {len(outcome.failed)}"
+        f"trained {outcome.trained}{resumed}, already finished {outcome.skipped}, "
+        f"failed {len(outcome.failed)}"
     )
     click.echo((outcome.run_dir / "summary.md").read_text())
     click.echo(f"results: {outcome.run_dir}")

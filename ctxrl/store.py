@@ -26,8 +26,9 @@ from ctxrl.context import Context, context_from_json
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 
-SCHEMA_VERSION = 2
-"""1: runs, evaluations; 2: + selection (created in older stores when they are opened)."""
+SCHEMA_VERSION = 3
+"""1: runs, evaluations; 2: + selection, curves, diagnostics; 3: + runs.batch_group,
+runs.group_duration_s (each added to older stores when they are opened for writing)."""
 RunStatus = Literal["finished", "failed"]
 
 _SCHEMA = """
@@ -48,7 +49,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at    REAL NOT NULL,
     duration_s     REAL NOT NULL,
     artifact       TEXT,
-    error          TEXT
+    error          TEXT,
+    batch_group    TEXT,
+    group_duration_s REAL
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id         TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -92,6 +95,11 @@ class RunRecord:
 
     ``duration_s`` is wall-clock seconds for training and evaluation; ``artifact`` is the path of
     the saved policy relative to the run directory.
+
+    Runs trained and evaluated together in one batched program name it in ``batch_group``
+    and give its wall-clock time in ``group_duration_s``: they share its start
+    (``started_at``), and each one's ``duration_s`` is an even share of the group's time, not
+    a time of its own. Both are None for runs trained alone.
     """
 
     run_id: str
@@ -107,6 +115,8 @@ class RunRecord:
     duration_s: float
     artifact: str | None = None
     error: str | None = None
+    batch_group: str | None = None
+    group_duration_s: float | None = None
 
     @property
     def context(self) -> Context:
@@ -203,6 +213,10 @@ class Store:
             raise sqlite3.DatabaseError(problems[0])
         if not self.readonly:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, kind in (("batch_group", "TEXT"), ("group_duration_s", "REAL")):
+                if column not in columns:  # a store of schema version 2
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         return db
 
     def _connect_readonly(self, timeout_s: float) -> sqlite3.Connection:
@@ -256,11 +270,10 @@ class Store:
         """Write a run and its evaluations atomically (replacing an earlier failed attempt)."""
         with self._transaction() as db:
             db.execute("DELETE FROM runs WHERE run_id = ?", (run.run_id,))
+            row = asdict(run)
             db.execute(
-                "INSERT INTO runs VALUES (:run_id, :kind, :env, :source_task, :source_context, "
-                ":seed, :algorithm, :status, :started_at, :finished_at, :duration_s, "
-                ":artifact, :error)",
-                asdict(run),
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})",
+                row,
             )
             db.executemany(
                 "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",

@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ctxrl.artifacts import verify_artifact
+from ctxrl.artifacts import artifact_metadata, verify_artifact
 from ctxrl.config import (
     PLAN_FILE,
     SweepPlan,
@@ -65,7 +65,10 @@ class SweepOutcome:
     matrix: TransferMatrix
     trained: int
     skipped: int
+    """runs already finished by an earlier sweep, not trained again"""
     failed: list[str] = field(default_factory=list)
+    resumed: int = 0
+    """trained runs whose batched program continued from a checkpoint of an earlier sweep"""
     order: list[int] = field(default_factory=list)
     train_s: float = 0.0
     """wall-clock seconds spent training in batched programs (0 for per-run executors)"""
@@ -408,8 +411,13 @@ def _run_batched(
         for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
             file.unlink()
     started = now()
+    resumed = False
     try:
         algorithm = _batched_algorithm(plan)
+        if checkpoint.with_suffix(".safetensors").exists():
+            resumed = True
+            position = _checkpoint_position(checkpoint, algorithm, config.train_steps)
+            console.print(f"resumed {len(pending)} agents from {position}")
         with _progress(console) as progress:
             bar = progress.add_task(
                 f"training {len(pending)} {plan.env.name} agents in one program", total=1
@@ -456,14 +464,44 @@ def _run_batched(
             _notify_run_finished(host, plan_json, store, run_id(task, seed))
         console.print(f"[red]batched training failed:[/] {exc}")
         return
-    share = (now() - started) / len(pending)  # the batch's wall-clock time, split evenly
+    group_s = now() - started
     for i, (task, (_, seed)) in enumerate(zip(tasks, pending, strict=True)):
-        record = _record(task, seed, plan, started, started + share, "finished", None, None)
+        record = _group_record(
+            _record(task, seed, plan, started, started, "finished", None, None),
+            checkpoint.name,
+            group_s,
+            len(pending),
+        )
         _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
         finished.add(record.run_id)
         outcome.trained += 1
+        outcome.resumed += int(resumed)
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
+
+
+def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> RunRecord:
+    """The row of one of ``size`` runs trained and evaluated together in one batched program
+    named ``group`` that took ``group_s`` seconds: they share its start, and each is given an
+    even share of its time (the program does not time agents apart)."""
+    share = group_s / size
+    return replace(
+        record,
+        finished_at=record.started_at + share,
+        duration_s=share,
+        batch_group=group,
+        group_duration_s=group_s,
+    )
+
+
+def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:
+    """Where a batched program's checkpoint stands: ``iteration 100 of 292`` (the total when
+    the algorithm says how many env steps an iteration takes, as the batched trainers do)."""
+    done = artifact_metadata(checkpoint).get("iteration", "?")
+    per_iteration = getattr(algorithm, "steps_per_iteration", None)
+    if not callable(per_iteration):
+        return f"iteration {done}"
+    return f"iteration {done} of {max(1, total_steps // int(per_iteration()))}"
 
 
 def _transfer(plan: SweepPlan, problem: TransferProblem) -> np.ndarray:
@@ -595,10 +633,10 @@ def _run_multitask(
             _notify_run_finished(host, plan_json, store, f"{MULTITASK}-s{seed}")
         console.print(f"[red]multi-task training failed:[/] {exc}")
         return
-    share = (now() - started) / len(seeds)
+    group_s = now() - started
     for i, seed in enumerate(seeds):
-        record = _record(task, seed, plan, started, started + share, "finished", None, None)
-        record = _as_multitask(record)
+        record = _record(task, seed, plan, started, started, "finished", None, None)
+        record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
         _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
         finished.add(record.run_id)
         outcome.trained += 1

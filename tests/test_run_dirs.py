@@ -3,6 +3,7 @@ reports that never replace results with nothing, one sweep at a time, damaged fi
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import io
@@ -480,3 +481,45 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_group_trained_from_the_start(
     assert outcome.trained == 2 and not outcome.failed
     assert f"{checkpoint} is damaged (" in printed.getvalue()
     assert "training the group from the start" in printed.getvalue()
+
+
+# ----------------------------------------------------------------------- say what happened
+def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> None:
+    """A group killed after its first checkpoint: the rerun says it resumed the group's
+    agents from that iteration, not "resumed past 0"."""
+    from ctxrl.config import algorithm_params
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path, train_steps=8192)  # 16 PPO iterations of 512 env steps per agent
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(  # what a sweep killed in its second iteration leaves behind
+        plan.env,
+        [c.as_dict() for c in plan.grid.contexts],
+        [0, 0],
+        total_steps=8192,
+        checkpoint=plan.run_dir / "checkpoints" / f"batch-{key}",
+        checkpoint_every=4096,  # the last checkpoint: after iteration 8
+    )
+    config = _config_file(plan, tmp_path, plan.config.output_dir)
+    result = _cli("sweep", str(config))
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.stderr.split())
+    assert "resumed 2 agents from iteration 8 of 16" in printed
+    assert "trained 2 (2 resumed from a checkpoint), already finished 0, failed 0" in printed
+    again = _cli("sweep", str(config))
+    assert "trained 0, already finished 2, failed 0" in again.stderr
+
+
+def test_runs_csv_says_which_runs_trained_as_one_group(finished: Path) -> None:
+    """Runs of one batched program share its start and split its time evenly: the columns
+    batch_group and group_duration_s say so."""
+    with (finished / "exports" / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and {"batch_group", "group_duration_s"} <= set(rows[0])
+    assert rows[0]["batch_group"] == rows[1]["batch_group"] != ""
+    assert rows[0]["started_at"] == rows[1]["started_at"]
+    group_s = float(rows[0]["group_duration_s"])
+    assert float(rows[0]["duration_s"]) == pytest.approx(group_s / 2)

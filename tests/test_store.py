@@ -94,10 +94,16 @@ def test_selection_steps_are_stored_idempotently(tmp_path: Path) -> None:
         assert store.selection_order() == []
     with sqlite3.connect(tmp_path / "store.sqlite") as db:
         db.execute("DROP TABLE selection")  # a store written before selection steps
+        db.execute("ALTER TABLE runs DROP COLUMN batch_group")  # and before batch groups
+        db.execute("ALTER TABLE runs DROP COLUMN group_duration_s")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Store(tmp_path / "store.sqlite", readonly=True) as store:  # read as it is
+        assert store.selection_steps() == [] and store.runs() == []
     with Store(tmp_path / "store.sqlite") as store:
-        assert store.selection_steps() == [] and store.get_meta("schema_version") == 2
+        assert store.selection_steps() == [] and store.get_meta("schema_version") == 3
         assert "selection.csv" not in [p.name for p in store.export(tmp_path / "old")]
+        store.record_run(_run(1))
+        assert store.runs()[0].batch_group is None
 
 
 WRITER = """

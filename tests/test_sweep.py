@@ -161,7 +161,7 @@ def test_full_sweep_writes_matrix_exports_and_summary(
 ) -> None:
     result = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
     run_dir = _run_dir(tmp_path)
-    assert "trained 4, resumed past 0, failed 0" in result.stderr
+    assert "trained 4, already finished 0, failed 0" in result.stderr
     for name in ("plan.yaml", "command.txt", "environment.json", "summary.md", "store.sqlite"):
         assert (run_dir / name).is_file(), name
     environment = json.loads((run_dir / "environment.json").read_text())
@@ -176,7 +176,7 @@ def test_full_sweep_writes_matrix_exports_and_summary(
     assert curves["sequential-oracle"]["mean"][-1] == pytest.approx(summary["oracle_transfer"])
     assert _count(run_dir, "evaluations") == 4 * 4 * 2
     again = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
-    assert "trained 0, resumed past 4, failed 0" in again.stderr
+    assert "trained 0, already finished 4, failed 0" in again.stderr
     assert _count(run_dir, "runs") == 4 and _count(run_dir, "evaluations") == 32
     report = run_ctxrl("report", str(run_dir), check=True)
     assert "sequential-oracle" in report.stdout
@@ -231,7 +231,7 @@ def test_report_of_a_select_run_follows_the_stored_selection(
     assert all(s["proposed_at"] <= s["trained_at"] for s in steps)
     assert (run_dir / "exports" / "selection.csv").is_file()
     again = run_ctxrl("sweep", str(config), check=True)
-    assert "trained 0, resumed past 3, failed 0" in again.stderr
+    assert "trained 0, already finished 3, failed 0" in again.stderr
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         assert db.execute("SELECT * FROM selection ORDER BY step").fetchall() == stored
 
@@ -303,7 +303,7 @@ def test_killed_sweep_resumes_without_retraining_or_duplicates(
     assert resumed.returncode == 0, resumed.stderr
     finished_after_kill = 6 - int(resumed.stderr.split("trained ")[1].split(",")[0])
     assert finished_after_kill >= finished_before
-    assert f"resumed past {finished_after_kill}" in resumed.stderr
+    assert f"already finished {finished_after_kill}" in resumed.stderr
     run_dir = _run_dir(tmp_path)
     assert _count(run_dir, "runs") == 6 and _count(run_dir, "evaluations") == 6 * 6 * 2
 
@@ -320,7 +320,7 @@ def test_sb3_ppo_sweep_end_to_end(run_ctxrl: Run, tmp_path: Path) -> None:
         },
     )
     result = run_ctxrl("sweep", str(config), check=True)
-    assert "trained 3, resumed past 0, failed 0" in result.stderr
+    assert "trained 3, already finished 0, failed 0" in result.stderr
     matrix = np.loadtxt(_run_dir(tmp_path) / "exports" / "matrix_seed0.csv", delimiter=",")
     assert matrix.shape == (3, 3) and np.all(matrix >= 1)
 
@@ -341,7 +341,7 @@ def test_batched_sweep_select_mode_with_multitask(
         },
     )
     result = run_ctxrl("sweep", str(config), check=True, env={"EVENTS_FILE": str(event_log)})
-    assert "trained 3, resumed past 0, failed 0" in result.stderr  # 2 sources + 1 multi-task
+    assert "trained 3, already finished 0, failed 0" in result.stderr  # 2 sources + 1 multi-task
     events = _events(event_log)
     multitask = [e for e in events if e["kind"] == "multitask"]
     assert len(events) == 3 and [e["source_task"] for e in multitask] == ["multitask"]
@@ -356,7 +356,7 @@ def test_batched_sweep_select_mode_with_multitask(
     assert kinds == ["multitask", "source", "source"]
     assert (run_dir / "figures" / "matrix.png").is_file()
     again = run_ctxrl("sweep", str(config), check=True)
-    assert "trained 0, resumed past 3, failed 0" in again.stderr
+    assert "trained 0, already finished 3, failed 0" in again.stderr
 
 
 # CartPole again, under another name, with a torch twin that cannot start: every batched
@@ -413,7 +413,7 @@ def test_ray_executor_gives_the_same_matrix_as_local(
         out.mkdir()
         config = _config(out, **{"executor.name": executor, "output_dir": str(out / "runs")})
         result = run_ctxrl("sweep", str(config), check=True)
-        assert "trained 4, resumed past 0, failed 0" in result.stderr
+        assert "trained 4, already finished 0, failed 0" in result.stderr
         (run_dir,) = (out / "runs").iterdir()
         matrices[executor] = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
         hashes.append(run_dir.name)

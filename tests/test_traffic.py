@@ -162,13 +162,13 @@ def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: P
     )
     result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
-    assert "trained 3, resumed past 0, failed 0" in result.stderr
+    assert "trained 3, already finished 0, failed 0" in result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     matrix = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
     assert matrix.shape == (3, 3) and np.all(matrix <= 0)
     assert matrix[:, 2].mean() < matrix[:, 0].mean()  # heavier traffic, more waiting
     again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
-    assert "trained 0, resumed past 3, failed 0" in again.stderr
+    assert "trained 0, already finished 3, failed 0" in again.stderr
 
 
 def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 1, stderr
-    assert "trained 1, resumed past 0, failed 2" in stderr, stderr
+    assert "trained 1, already finished 0, failed 2" in stderr, stderr
     assert "Connection closed by SUMO" in stderr and "exceeded its 120 s limit" in stderr, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     with sqlite3.connect(run_dir / "store.sqlite") as db:
@@ -276,4 +276,4 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
             killed.kill()
     assert _gone(before), "a killed sweep left SUMO behind"
     again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
-    assert "trained 2, resumed past 1, failed 0" in again.stderr, again.stderr
+    assert "trained 2, already finished 1, failed 0" in again.stderr, again.stderr
