@@ -22,6 +22,7 @@ import click
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from ctxrl import __version__
@@ -118,9 +119,21 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_json() for p in infos], indent=2))
         return
-    table = Table(title="ctxrl plugins")
-    for column in ("name", "distribution", "version", "status", "provides", "hooks"):
-        table.add_column(column)
+    _print_tables([plugins_table(host)])
+
+
+def plugins_table(host: Host) -> Table:
+    """The plugins as a table; the names users type (plugins and what they provide) are never
+    cut short, other columns wrap."""
+    infos = list(host.plugins.values())
+    provided = [n for p in infos for names in p.provides.values() for n in names]
+    table = Table(title="ctxrl plugins", show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("name", no_wrap=True, min_width=max((len(p.name) for p in infos), default=4))
+    table.add_column("distribution", overflow="fold")
+    table.add_column("version", overflow="fold")
+    table.add_column("status", overflow="fold")
+    table.add_column("provides", min_width=max(map(len, provided), default=8) + 1)
+    table.add_column("hooks", overflow="fold")
     for p in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.provides.items())
         status = p.status if p.error is None else f"{p.status}: {p.error}"
@@ -132,7 +145,19 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
             provides,
             ", ".join(h.removeprefix("ctxrl_") for h in p.hooks),
         )
-    out.print(table)
+    return table
+
+
+def _print_tables(tables: list[Table]) -> None:
+    """Print ``tables`` to stdout: fitted to a terminal, or, piped, one line per row at
+    whatever width that takes (for grep, and nothing is cut short at 80 columns). A table
+    that cannot fit the terminal without dropping columns is printed at its full width too,
+    for the terminal to wrap."""
+    wide = Console(width=100_000, highlight=False, force_terminal=out.is_terminal)
+    for table in tables:
+        unbounded = out.options.update(max_width=100_000)
+        fits = Measurement.get(out, unbounded, table).minimum <= out.width
+        (out if out.is_terminal and fits else wide).print(table)
 
 
 # ---------------------------------------------------------------------------------- envs
@@ -165,15 +190,28 @@ def envs(ctx: click.Context, as_json: bool) -> None:
             )
         )
         return
-    for e in specs:
+    _print_tables(envs_tables(host))
+
+
+def envs_tables(host: Host) -> list[Table]:
+    """One table per env: its context features; feature names are never cut short."""
+    tables = []
+    for e in host.registry.envs():
         table = Table(
             title=f"{e.name}  ({e.gym_id or 'no gym id'}; {e.action_space} actions; "
             f"returns {list(e.return_bounds)}; batched twin: "
             f"{'yes' if e.make_batched else 'no'})",
             title_justify="left",
+            # no outer edge and shared padding: 80 columns hold every env's widest row
+            show_edge=False,
+            pad_edge=False,
+            collapse_padding=True,
         )
-        for column in ("feature", "default", "lower", "upper", "scale", "unit", "description"):
-            table.add_column(column)
+        names = [f.name for f in e.context_space.features]
+        table.add_column("feature", no_wrap=True, min_width=max(map(len, names), default=7))
+        for column in ("default", "lower", "upper", "scale", "unit"):
+            table.add_column(column, overflow="fold")
+        table.add_column("description")  # wraps between words
         for f in e.context_space.features:
             table.add_row(
                 f.name,
@@ -184,7 +222,8 @@ def envs(ctx: click.Context, as_json: bool) -> None:
                 f.unit,
                 f.description,
             )
-        out.print(table)
+        tables.append(table)
+    return tables
 
 
 # --------------------------------------------------------------------------------- sweep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from collections.abc import Callable
@@ -244,3 +245,27 @@ def test_select_replays_strategies_on_a_reference_csv(run_ctxrl: Run, tmp_path: 
         "select", "--matrix", str(path), "--strategy", "nope", "-k", "2", "--env", "CartPole"
     )
     assert unknown.returncode == 2 and "strategy 'nope'" in unknown.stderr
+
+
+def test_envs_and_plugins_never_truncate_names_users_type() -> None:
+    """Piped, at the default 80 columns: every feature, env and plugin name printed whole
+    (one row per line); on a narrow terminal the name columns keep their width."""
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from ctxrl.cli import cli, envs_tables, plugins_table
+
+    host = get_host()
+    features = {f.name for e in host.registry.envs() for f in e.context_space.features}
+    provided = {n for p in host.plugins.values() for names in p.provides.values() for n in names}
+    for command, names in (("envs", features), ("plugins", provided | set(host.plugins))):
+        output = CliRunner().invoke(cli, [command], env={"COLUMNS": "80"}).stdout
+        assert "…" not in output, command
+        words = set(output.replace(",", " ").replace("│", " ").replace(";", " ").split())
+        assert names <= words, (command, sorted(names - words))
+    narrow = Console(width=80, force_terminal=True, file=io.StringIO(), color_system=None)
+    for table in [*envs_tables(host), plugins_table(host)]:
+        narrow.print(table)
+    text = narrow.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text
+    assert all(name in text for name in features)
