@@ -19,7 +19,7 @@ from ctxrl.store import Store
 from ctxrl.sweep import run_sweep
 from ctxrl.transfer import TransferProblem
 from ctxrl_plugins.training.evaluation import evaluate_policies
-from ctxrl_plugins.transfer.distill import (
+from ctxrl_plugins.transfer.distill_core import (
     StudentEnsemble,
     distance_weights,
     distill_conditioned,
