@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ctxrl.config import SweepPlan
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import get_host
 from ctxrl.report import (
+    ContextAxis,
     plot_generalization,
     plot_learning_curves,
     plot_matrix,
@@ -26,6 +27,8 @@ from ctxrl.selection import generalized_performance, replay
 from ctxrl.store import Store
 
 STORE_FILE = "store.sqlite"
+STOCHASTIC_REPEATS = 100
+"""replays of a stochastic strategy on a matrix (the MBTL reference uses 100 random orders)"""
 
 
 def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
@@ -73,7 +76,7 @@ def selection_curves(
     strategies: dict[str, Any],
     budget: int,
     *,
-    stochastic_repeats: int = 100,
+    stochastic_repeats: int = STOCHASTIC_REPEATS,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
@@ -144,7 +147,7 @@ def write_exports(
         "n_contexts": len(plan.grid),
         "seeds": plan.config.seeds,
         "order": order,
-        "context_labels": grid_labels(plan),
+        "context_values": plan.grid.values().tolist(),
         "observed_rows": int(np.sum(observed)),
         "runs": len(store.runs()),
         "damaged": [
@@ -315,15 +318,35 @@ def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:
     return out
 
 
+def context_axis(plan: SweepPlan) -> ContextAxis | None:
+    """How figures draw a 1-D grid's contexts: at their values, labelled with the feature's
+    name, description and unit, on a log axis when the grid is log-spaced; None for grids
+    of several features."""
+    if len(plan.grid.features) != 1:
+        return None
+    name = plan.grid.features[0]
+    feature = plan.env.context_space.feature(name)
+    values = np.asarray(plan.grid.axis_values[0], dtype=np.float64)
+    scale = plan.config.features[name].scale or feature.scale
+    label = f"{name}: {feature.description}" if feature.description else name
+    label += f" ({feature.unit})" if feature.unit else ""
+    return ContextAxis(values, label, log=scale == "log" and values.min() > 0, unit=feature.unit)
+
+
 def write_figures(
     plan: SweepPlan, normalised: np.ndarray, summary: dict[str, Any], directory: Path
 ) -> list[str]:
     """Heatmap, selection curves and (1-D grids) the generalization model: PNG and SVG."""
     directory.mkdir(exist_ok=True)
-    labels = [f"{v:.3g}" for v in plan.grid.values()[:, 0]]
+    axis = context_axis(plan)
     title = f"{plan.env.name}: {', '.join(plan.grid.features)}"
     written = plot_matrix(
-        np.nan_to_num(normalised, nan=np.nan), labels, title, directory / "matrix"
+        normalised,
+        grid_labels(plan),
+        title,
+        directory / "matrix",
+        axis=axis,
+        bounds=plan.env.return_bounds,
     )
     if "curves" in summary:
         references = {
@@ -332,17 +355,45 @@ def write_figures(
         }
         if summary.get("multitask") is not None:
             references["multitask"] = summary["multitask"]
-        written += plot_selection(summary["curves"], references, title, directory / "selection")
-        if len(plan.grid.features) == 1:
+        if any("seed_ci95" in c for c in summary["curves"].values()):
+            band = f"95 % CI over {len(plan.config.seeds)} seeds' matrices"
+        else:
+            band = f"±1 std over {STOCHASTIC_REPEATS} replays of each stochastic strategy"
+        written += plot_selection(
+            summary["curves"], references, title, directory / "selection", band=band
+        )
+        if axis is not None:
             lead = next(iter(summary["curves"].values()))
             sources = list(dict.fromkeys(lead["order"]))
             written += plot_generalization(
-                plan.grid.grid_coords(), normalised, sources, title, directory / "generalization"
+                plan.grid.grid_coords(),
+                normalised,
+                sources,
+                f"{title}: what {next(iter(summary['curves']))} chose",
+                directory / "generalization",
+                axis=axis,
             )
     return [str(p.relative_to(directory.parent)) for p in written]
 
 
+def _sources(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
+    """Grid indices as the contexts they stand for: ``length = 0.5, 1, 2`` (one varied
+    feature) or ``(masscart=1, length=0.5), ...``; the indices themselves for a summary that
+    does not store the contexts' values."""
+    values = summary.get("context_values")
+    if values is None:
+        return str(list(indices))
+    features = summary["features"]
+    if len(features) == 1:
+        return f"{features[0]} = " + ", ".join(f"{values[i][0]:.3g}" for i in indices)
+    return ", ".join(
+        "(" + ", ".join(f"{f}={v:.3g}" for f, v in zip(features, values[i], strict=True)) + ")"
+        for i in indices
+    )
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
+    several_seeds = len(summary["seeds"]) > 1
     lines = [
         f"# {summary['env']}: {', '.join(summary['features'])}",
         "",
@@ -385,7 +436,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
             "(mean over replays):",
             "",
-            "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K | order (first 5) |",
+            f"| strategy | mean G_k{' (+- 95% CI over seeds)' if several_seeds else ''} | "
+            "G_1 | G_K | first 5 chosen sources |",
             "|---|---|---|---|---|",
         ]
         for name, curve in summary["curves"].items():
@@ -395,7 +447,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 ci = f" +- {np.mean(curve['seed_ci95']):.4f}"
             lines.append(
                 f"| {name} | {mean:.4f}{ci} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
-                f"{curve['order'][:5]} |"
+                f"{_sources(summary, curve['order'][:5])} |"
             )
         efficiency = summary.get("sample_efficiency", {})
         if efficiency:
@@ -418,12 +470,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                         f"{efficiency['factor_match']:.1f}."
                     )
     elif "curve" in summary:
-        labels = summary.get("context_labels") or [str(i) for i in range(summary["n_contexts"])]
-        left_out = ", ".join(labels[i] for i in summary.get("curve_left_out") or [])
+        left_out = summary.get("curve_left_out") or []
         lines.append(
-            f"G_k along the trained order {summary['order']}: "
+            f"G_k along the trained order ({_sources(summary, summary['order'])}): "
             + ", ".join(f"{v:.3f}" for v in summary["curve"])
-            + (f" (failed sources left out: {left_out})" if left_out else "")
+            + (f" (failed sources left out: {_sources(summary, left_out)})" if left_out else "")
         )
     if "learning_curves" in summary:
         curves = summary["learning_curves"]

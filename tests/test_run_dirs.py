@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from rich.console import Console
@@ -291,7 +292,7 @@ def test_a_select_sweep_with_a_failed_source_draws_g_k_over_what_finished(
     assert data["curve_left_out"] == [failed_source]
     summary = (outcome.run_dir / "summary.md").read_text()
     assert "1 of 2 runs failed" in summary and "killed by signal 9 (SIGKILL)" in summary
-    assert "(failed sources left out: length=" in summary
+    assert "(failed sources left out: length = " in summary
 
 
 def _source_id(outcome: SweepOutcome, index: int) -> str:
@@ -523,3 +524,41 @@ def test_runs_csv_says_which_runs_trained_as_one_group(finished: Path) -> None:
     assert rows[0]["started_at"] == rows[1]["started_at"]
     group_s = float(rows[0]["group_duration_s"])
     assert float(rows[0]["duration_s"]) == pytest.approx(group_s / 2)
+
+
+# ---------------------------------------------------------- figures one can put in a paper
+def test_figures_name_their_axes_bands_and_sources(finished: Path) -> None:
+    """The heatmap is drawn on pole lengths in metres with the normalisation bounds; the
+    selection figure says what its band is; the summary names chosen sources by value and
+    has no CI column for one seed."""
+    figures = finished / "figures"
+    matrix = (figures / "matrix.svg").read_text()
+    assert "length: half the pole's length (m)" in matrix
+    assert "(R - 0) / (500 - 0), clipped to [0, 1]" in matrix
+    selection = (figures / "selection.svg").read_text()
+    assert "shaded: ±1 std over 100 replays of each stochastic strategy" in selection
+    generalization = (figures / "generalization.svg").read_text()
+    assert "1: 1 m" in generalization and "2: 0.5 m" in generalization  # equidistant
+    summary = (finished / "summary.md").read_text()
+    assert "| strategy | mean G_k | G_1 | G_K | first 5 chosen sources |" in summary
+    assert "| length = 1, 0.5 |" in summary
+    assert "CI" not in summary
+
+
+def test_the_generalization_figure_names_every_chosen_source(tmp_path: Path) -> None:
+    """Ten chosen sources of twelve contexts: each drawn in its own panel and named in the
+    legend by its value and unit, on an axis in the feature's unit."""
+    from ctxrl.report import ContextAxis, plot_generalization
+
+    n = 12
+    values = np.geomspace(0.05, 5.0, n)
+    index = np.arange(n)
+    matrix = np.clip(0.9 - 0.15 * np.abs(index[:, None] - index[None, :]), 0, 1)
+    coords = np.linspace(0, 1, n)[:, None]
+    axis = ContextAxis(values, "length: half the pole's length (m)", log=True, unit="m")
+    sources = [5, 0, 11, 2, 8, 3, 9, 1, 7, 10]
+    plot_generalization(coords, matrix, sources, "CartPole", tmp_path / "g", axis=axis)
+    svg = (tmp_path / "g.svg").read_text()
+    for k, i in enumerate(sources, start=1):
+        assert svg.count(f"{k}: {values[i]:.3g} m") == 2, (k, i)  # legend and panel title
+    assert "length: half the pole's length (m)" in svg

@@ -219,7 +219,9 @@ def test_report_of_a_select_run_follows_the_stored_selection(
     report = run_ctxrl("report", str(run_dir), check=True)
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     assert summary["order"] == order and len(summary["curve"]) == 3
-    assert f"G_k along the trained order {order}" in report.stdout
+    masscart = np.geomspace(0.5, 8.0, 4)  # the sources by their values, not grid indices
+    listed = ", ".join(f"{masscart[i]:.3g}" for i in order)
+    assert f"G_k along the trained order (masscart = {listed})" in report.stdout
     steps = json.loads((run_dir / "exports" / "selection.json").read_text())
     assert [s["step"] for s in steps] == [1, 2, 3] and [s["k"] for s in steps] == [0, 1, 2]
     assert [s["proposed"] for s in steps] == [[i] for i in order]
