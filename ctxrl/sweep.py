@@ -205,9 +205,12 @@ def prepare_run_dir(
             )
         changed = _differences(stored, config)
         if changed and console is not None:
+            one = "," not in changed
             console.print(
-                f"{plan_file}: {changed} changed since the last run; they do not change the "
-                "trained runs, which are kept (plan.yaml now records the new values)"
+                f"{plan_file}: {changed} changed since the last run; the plan hash does not "
+                f"cover {'it' if one else 'them'}, so the trained runs are kept and plan.yaml "
+                f"records the new {'value' if one else 'values'}",
+                highlight=False,
             )
     plan_file.write_text(
         yaml.safe_dump(
