@@ -497,11 +497,12 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
             ) from None
     damaged = json.loads((exports / "summary.json").read_text()).get("damaged", [])
     if damaged:
-        count = f"{len(damaged)} saved {'policy is' if len(damaged) == 1 else 'policies are'}"
+        one = len(damaged) == 1
+        count = f"{len(damaged)} saved {'policy is' if one else 'policies are'}"
         err.print(
             f"[yellow]warning:[/] {count} damaged: "
             + "; ".join(d["problem"] for d in damaged)
-            + "; rerun `ctxrl sweep` to train them again",
+            + f"; rerun `ctxrl sweep` to train {'it' if one else 'them'} again",
             highlight=False,
             soft_wrap=True,
         )

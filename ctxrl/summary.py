@@ -412,9 +412,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("")
     damaged = summary.get("damaged", [])
     if damaged:
+        one = len(damaged) == 1
         lines += [
-            f"**{len(damaged)} saved {'policy is' if len(damaged) == 1 else 'policies are'} "
-            "damaged** (their results above stand; rerun `ctxrl sweep` to train them again):",
+            f"**{len(damaged)} saved {'policy is' if one else 'policies are'} damaged** (the "
+            f"matrix keeps {'its' if one else 'their'} evaluations; rerun `ctxrl sweep` to "
+            f"train {'it' if one else 'them'} again):",
             "",
         ]
         lines += [f"- `{d['run_id']}`: {d['problem']}" for d in damaged]

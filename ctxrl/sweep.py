@@ -455,7 +455,8 @@ def _run_batched(
         outcome.train_s += train_s
         outcome.eval_s += eval_s
         console.print(
-            f"trained {len(pending)} agents x {config.train_steps:,} steps in {train_s:.1f} s; "
+            f"trained {len(pending)} agent{'s' if len(pending) > 1 else ''} x "
+            f"{config.train_steps:,} steps in {train_s:.1f} s; "
             f"evaluated {len(pending)} x {len(targets)} x {config.eval_episodes} episodes in "
             f"{eval_s:.1f} s"
         )
