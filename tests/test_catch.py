@@ -407,9 +407,10 @@ def _dqn_returns(spec: EnvSpec, total_steps: int) -> np.ndarray:
     return np.asarray(returns).mean(axis=(1, 2))
 
 
+@pytest.mark.slow
 def test_batched_dqn_learns_catch_v0(spec: EnvSpec) -> None:
-    """CI-sized: two agents, 50k env steps each, catch clearly more balls than random play
-    (0.24, measured above)."""
+    """Slow-marked (about a minute of CPU): two agents, 50k env steps each, catch clearly more
+    balls than random play (0.24, measured above)."""
     means = _dqn_returns(spec, 50_000)
     assert means.mean() > 0.38 and means.min() > 0.3, means
 

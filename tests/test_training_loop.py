@@ -160,6 +160,7 @@ def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:
     assert curved.plan_hash() != plain.plan_hash()
 
 
+@pytest.mark.slow
 def test_a_fine_tune_sweep_trains_every_pair_and_beats_zero_shot_off_the_diagonal(
     tmp_path: Path,
 ) -> None:
