@@ -32,8 +32,8 @@ from ctxrl_plugins.transfer.dqn_transferability import (
     StudyConfig,
     StudyRunner,
     resolve_study,
-    write_outputs,
 )
+from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
 
 PAPER_SELF = {  # (only-head r, fine-tuning r), DQN, Sabatelli and Geurts 2021
     "v0": (0.05, 0.017),
