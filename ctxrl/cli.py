@@ -4,6 +4,7 @@
     ctxrl envs [--json]             every environment and its context features
     ctxrl sweep [CONFIG] [--set k=v]  run (or resume) a sweep; no CONFIG = the quickstart
     ctxrl select --matrix FILE ...  replay a strategy offline on a stored matrix
+    ctxrl synth --out DIR           write SD-MBTL's synthetic benchmark matrices
     ctxrl report RUN_DIR            rewrite a run's exports and summary from its store
     ctxrl transfer STUDY CONFIG     run (or resume) a transfer study a plugin provides
 
@@ -28,7 +29,7 @@ from rich.table import Table
 from ctxrl import __version__
 from ctxrl.config import check_output_dir, load_config, locate_run_dir, resolve_plan
 from ctxrl.errors import CtxrlError
-from ctxrl.matrix import TransferMatrix
+from ctxrl.offline import ContextCoordinates
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
 
 out = Console()
@@ -298,29 +299,56 @@ def sweep(
 
 
 # -------------------------------------------------------------------------------- select
-def _matrix_from(
-    path: Path, env_name: str | None, bounds: tuple[float, float] | None, negate: bool, host: Host
-) -> tuple[TransferMatrix, tuple[float, float], np.ndarray]:
-    """A matrix, its normalisation bounds and unit coordinates from a CSV file or a run dir."""
-    if path.is_dir():
+def _trials_from(
+    paths: tuple[Path, ...],
+    contexts: Path | None,
+    grid: str | None,
+    env_name: str | None,
+    bounds: tuple[float, float] | None,
+    negate: bool,
+    host: Host,
+) -> tuple[list[Path], np.ndarray, ContextCoordinates, tuple[float, float]]:
+    """Raw trial matrices ``(T, N, N)`` from matrix files, folders of them or one run
+    directory, their coordinates and normalisation bounds."""
+    from ctxrl.config import PLAN_FILE
+    from ctxrl.offline import matrix_files, read_matrix_file, resolve_coordinates
+
+    runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
+    if runs:
+        if len(paths) > 1:
+            raise CtxrlError(f"--matrix {runs[0]} is a run directory: give it alone")
         from ctxrl.results import load_plan, open_store
         from ctxrl.summary import sweep_matrix
 
-        plan = load_plan(path, host.registry)
-        with open_store(path) as store:
-            matrix = sweep_matrix(plan, store)
-        coords = plan.grid.grid_coords()
-        return matrix, bounds or plan.env.return_bounds, coords
-    matrix = TransferMatrix.from_reference_csv(path, negate=negate)
-    if bounds is None:
-        if env_name is None:
-            raise CtxrlError(
-                f"{path}: give --env NAME or --bounds LOWER UPPER to normalise raw returns"
-            )
+        plan = load_plan(runs[0], host.registry)
+        with open_store(runs[0]) as store:
+            raw = sweep_matrix(plan, store).mean()
+        shape = plan.grid.shape
+        located = ContextCoordinates(
+            plan.grid.grid_coords(), f"{runs[0]}: {', '.join(plan.grid.features)}", shape
+        )
+        if contexts is not None or grid is not None:
+            coords, _ = resolve_coordinates(len(raw), contexts=contexts, grid=grid, beside=None)
+            located = coords
+        return [runs[0]], raw[None], located, bounds or plan.env.return_bounds
+    files = [f for p in paths for f in matrix_files(p)]
+    layers = [read_matrix_file(f) for f in files]
+    shapes = {layer.shape for layer in layers}
+    if len(shapes) > 1:
+        raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
+    raw = np.stack(layers) * (-1.0 if negate else 1.0)
+    located, file_bounds = resolve_coordinates(
+        raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
+    )
+    if bounds is None and env_name is not None:
         bounds = host.registry.env(env_name).return_bounds
-    n = matrix.shape[0]
-    coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
-    return matrix, bounds, coords
+    bounds = bounds or file_bounds
+    if bounds is None:
+        raise CtxrlError(
+            f"{files[0]}: give --env NAME or --bounds LOWER UPPER to normalise raw returns "
+            "(or a contexts.json with return_bounds beside the matrices)"
+        )
+    return files, raw, located, bounds
 
 
 def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, strict: bool) -> int:
@@ -348,10 +376,12 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
 @cli.command()
 @click.option(
     "--matrix",
-    "matrix_path",
+    "matrix_paths",
     required=True,
+    multiple=True,
     type=click.Path(exists=True, path_type=Path),
-    help="A reference CSV (N x N raw returns, row = source) or a run directory.",
+    help="A reference CSV or .npy (N x N raw returns, row = source), a folder of them (one "
+    "per trial) or a run directory; repeat for several trials.",
 )
 @click.option(
     "--strategy",
@@ -361,6 +391,20 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
     help="Strategy name (see `ctxrl plugins`); repeatable.",
 )
 @click.option("--budget", "-k", type=int, required=True, help="K, the number of sources.")
+@click.option(
+    "--contexts",
+    "contexts_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The contexts' coordinates: a contexts.json (as a sweep or `ctxrl synth` writes) or "
+    "a CSV with a header of feature names. Default: a contexts.json beside the matrix.",
+)
+@click.option("--grid", help="The contexts form this C-order grid, e.g. 8x8x8.")
+@click.option(
+    "--option",
+    "option_items",
+    multiple=True,
+    help="A strategy option, KEY=VALUE (every strategy given) or STRATEGY.KEY=VALUE; repeatable.",
+)
 @click.option("--env", "env_name", help="Take the normalisation bounds from this env.")
 @click.option("--bounds", type=(float, float), default=None, help="Normalisation bounds.")
 @click.option("--negate", is_flag=True, help="The file holds costs: negate before normalising.")
@@ -369,7 +413,7 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
     type=click.IntRange(min=1),
     default=100,
     show_default=True,
-    help="Replays of stochastic strategies (seeds 0..repeats-1).",
+    help="Replays of stochastic strategies on each trial (seeds 0..repeats-1).",
 )
 @click.option(
     "--strict",
@@ -381,9 +425,12 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
 @click.pass_context
 def select(
     ctx: click.Context,
-    matrix_path: Path,
+    matrix_paths: tuple[Path, ...],
     strategy_names: tuple[str, ...],
     budget: int,
+    contexts_path: Path | None,
+    grid: str | None,
+    option_items: tuple[str, ...],
     env_name: str | None,
     bounds: tuple[float, float] | None,
     negate: bool,
@@ -391,48 +438,143 @@ def select(
     strict: bool,
     as_json: bool,
 ) -> None:
-    """Replay strategies offline on a stored matrix and print G_k for k = 1..K."""
-    from ctxrl.summary import selection_curves
+    """Replay strategies offline on stored matrices and print G_k for k = 1..K.
+
+    With several trial matrices each strategy runs on every trial and G_k is the mean over
+    trials with a 95 % confidence interval (SD-MBTL's tables); the myopic oracle (one greedy
+    order on the trial-mean matrix, scored on each trial) is added as the reference line.
+    """
+    from ctxrl.offline import mean_ci, myopic_oracle_line, parse_options, replay_trials
 
     host = _host(ctx)
-    matrix, (lower, upper), coords = _matrix_from(matrix_path, env_name, bounds, negate, host)
-    clipped = _check_bounds(matrix_path, matrix.values, lower, upper, strict)
-    normalised = matrix.normalised(lower, upper).mean()
-    n = normalised.shape[0]
+    specs = {name: host.registry.strategy(name) for name in strategy_names}
+    options = parse_options(option_items, specs)
+    files, raw, located, (lower, upper) = _trials_from(
+        matrix_paths, contexts_path, grid, env_name, bounds, negate, host
+    )
+    clipped = _check_bounds(matrix_paths[0], raw, lower, upper, strict)
+    if not upper > lower:
+        raise CtxrlError(f"normalisation bounds need lower < upper, got [{lower}, {upper}]")
+    with np.errstate(invalid="ignore"):
+        trials = np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
+    n = trials.shape[1]
     if not 1 <= budget <= n:
         raise CtxrlError(f"--budget K = {budget} must be between 1 and N = {n}")
-    if np.isnan(normalised).any():
-        raise CtxrlError(f"{matrix_path}: the matrix has unobserved entries; replay needs all")
-    specs = {name: host.registry.strategy(name) for name in strategy_names}
-    curves = selection_curves(normalised, coords, specs, budget, stochastic_repeats=repeats)
+    if np.isnan(trials).any():
+        raise CtxrlError(f"{matrix_paths[0]}: the matrix has unobserved entries; replay needs all")
+    err.print(f"contexts: {located.describe()}", highlight=False, soft_wrap=True)
+    err.print(f"trials: {len(trials)} matrix(es), bounds [{lower}, {upper}]", highlight=False)
+    lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)
+    if len(trials) > 1:
+        lines["myopic-oracle"] = myopic_oracle_line(trials, budget)
+    summary = {
+        name: [mean_ci(line["curves"][:, k]) for k in range(budget)] for name, line in lines.items()
+    }
     result = {
-        "matrix": str(matrix_path),
+        "matrices": [str(f) for f in files],
         "n": n,
+        "dims": located.dims,
+        "contexts": located.describe(),
+        "trials": len(trials),
         "budget": budget,
         "bounds": [lower, upper],
         "clipped": clipped,
-        "independent": float(np.mean(np.diag(normalised))),
-        "oracle_transfer": float(np.mean(normalised.max(axis=0))),
-        "strategies": curves,
+        "options": {k: v for k, v in options.items() if v},
+        "independent": float(np.mean(np.diagonal(trials, axis1=1, axis2=2))),
+        "oracle_transfer": float(np.mean(trials.max(axis=1))),
+        "strategies": {
+            name: {
+                "mean": [m for m, _ in summary[name]],
+                "ci95": [h for _, h in summary[name]],
+                "final_per_trial": line["curves"][:, -1].tolist(),
+                "order": line["orders"][0],
+            }
+            for name, line in lines.items()
+        },
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    band = "± 95 % CI over trials" if len(trials) > 1 else ""
     table = Table(
-        title=f"G_k on {matrix_path} (N = {n}; independent "
-        f"{result['independent']:.4f}, oracle {result['oracle_transfer']:.4f})"
+        title=f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
+        f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "
+        f"oracle {result['oracle_transfer']:.4f}) {band}"
     )
     table.add_column("k")
-    for name in curves:
+    for name in lines:
         table.add_column(name)
     for k in range(budget):
-        cells = []
-        for c in curves.values():
-            std = f" ± {c['std'][k]:.4f}" if c["std"][k] > 0 else ""
-            cells.append(f"{c['mean'][k]:.4f}{std}")
+        cells = [
+            f"{m:.4f}" + (f" ± {h:.4f}" if h > 0 else "") for m, h in (summary[x][k] for x in lines)
+        ]
         table.add_row(str(k + 1), *cells)
-    table.add_row("mean", *[f"{np.mean(c['mean']):.4f}" for c in curves.values()])
+    table.add_row("mean", *[f"{np.mean([m for m, _ in summary[x]]):.4f}" for x in lines])
     out.print(table)
+    if "myopic-oracle" in lines:
+        err.print(
+            "myopic-oracle: one greedy order chosen on the trial-mean matrix, scored on each "
+            "trial (SD-MBTL's reference); sequential-oracle, where asked for, is greedy on each "
+            "trial's own matrix.",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+# --------------------------------------------------------------------------------- synth
+@cli.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the trial matrices under this folder.",
+)
+@click.option(
+    "--setting",
+    "setting_names",
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="f=constant|linear,g=none|linear,h=l1|non-distance, or all (the 8 table rows).",
+)
+@click.option(
+    "--noise",
+    "noises",
+    type=click.FloatRange(min=0),
+    multiple=True,
+    default=(5.0,),
+    show_default=True,
+    help="Noise standard deviation sigma (the tables: 0, 5, 30); repeatable.",
+)
+@click.option("--trials", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npy", "csv"]),
+    default="npy",
+    show_default=True,
+    help="npy (2 MiB a trial) or the reference CSV (about 5 MiB a trial).",
+)
+def synth(
+    out: Path, setting_names: tuple[str, ...], noises: tuple[float, ...], trials: int, fmt: str
+) -> None:
+    """Write SD-MBTL's synthetic transfer matrices (512 contexts on an 8 x 8 x 8 grid, known
+    structure) as trials that `ctxrl select --matrix FOLDER` replays."""
+    from ctxrl.synthetic import SETTINGS, SyntheticSetting, write_trials
+
+    settings = (
+        list(SETTINGS)
+        if "all" in setting_names
+        else [SyntheticSetting.parse(name) for name in setting_names]
+    )
+    for setting in settings:
+        for noise in noises:
+            folder, (lower, upper) = write_trials(out, setting, noise, trials, fmt=fmt)
+            mountain = "Mountain" if setting.mountain else "not a Mountain"
+            click.echo(
+                f"{folder}: {trials} trials of {setting.name} ({mountain}), noise {noise:g}, "
+                f"bounds [{lower:.4f}, {upper:.4f}]"
+            )
 
 
 # ------------------------------------------------------------------------------ transfer

@@ -148,7 +148,7 @@ def test_m_mbtl_covers_a_two_dimensional_grid() -> None:
 
 def test_sd_mbtl_detects_mountains_and_falls_back_to_the_gp() -> None:
     from ctxrl.selection import SelectionState
-    from ctxrl_plugins.strategies.mbtl import mountain_score
+    from ctxrl_plugins.strategies.sd_mbtl import mountain_score
 
     peaked = mountain(np.full(N, 0.9), 1.0, 1.0)
     assert mountain_score(X[:, None], {12: peaked[12], 3: peaked[3]}) > 0.9

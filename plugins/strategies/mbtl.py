@@ -15,7 +15,7 @@ several dimensions; and ``q`` sources can be proposed at once (each proposal is 
 perform as the model expects before choosing the next), so a batched trainer can train them
 together.
 
-Also here: SD-MBTL's structure detection (``sd-mbtl``) and its clustering branch (``m-mbtl``).
+SD-MBTL (``sd-mbtl``, ``m-mbtl``) builds on it in :mod:`ctxrl_plugins.strategies.sd_mbtl`.
 """
 
 from __future__ import annotations
@@ -161,110 +161,6 @@ class MBTLStrategy:
         return trace
 
 
-def k_median_step(coords: np.ndarray, chosen: list[int], candidates: list[int]) -> int:
-    """The candidate that, added to ``chosen``, most lowers the total L1 distance from every
-    context to its nearest chosen one (a greedy k-median step; the first one on ties).
-
-    ``coords`` is ``(N, d)`` in the unit cube; with nothing chosen this is the medoid."""
-    distances = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=2)  # (N, N)
-    nearest = distances[:, chosen].min(axis=1) if chosen else np.full(len(coords), np.inf)
-    totals = [np.minimum(nearest, distances[:, c]).sum() for c in candidates]
-    return candidates[int(np.argmin(np.round(totals, 12)))]
-
-
-def mountain_score(coords: np.ndarray, rows: dict[int, np.ndarray]) -> float:
-    """How consistently performance falls with distance from the source, in ``[-1, 1]``.
-
-    For every observed row (source ``s``) and every context dimension ``d`` with spread, the
-    Spearman correlation between the row and ``-|x_d - s_d|`` over all targets; the score is
-    the smallest of them (a "Mountain" must hold in every row and every dimension). 1: every
-    row peaks at its source and declines monotonically away from it."""
-    from scipy.stats import spearmanr
-
-    scores = []
-    for source, row in rows.items():
-        valid = ~np.isnan(row)
-        for d in range(coords.shape[1]):
-            closeness = -np.abs(coords[valid, d] - coords[source, d])
-            if np.ptp(closeness) == 0 or np.ptp(row[valid]) == 0:
-                continue
-            rho = spearmanr(closeness, row[valid]).statistic
-            scores.append(float(rho))
-    return min(scores) if scores else 0.0
-
-
-class SDMBTLStrategy:
-    """SD-MBTL's structure-detecting selection (Zhou, Cho, Wu; AAAI 2026, arXiv 2601.08120).
-
-    When the observed rows show a "Mountain" (performance peaks at the source and falls off
-    with distance, in every dimension: :func:`mountain_score` >= ``mountain_threshold``), the
-    next source comes from M-MBTL, a sequential clustering of the context space with L1
-    distance (greedy k-median: the context that most lowers the distance from every target to
-    its nearest source); otherwise from GP-MBTL (:class:`MBTLStrategy` with per-dimension,
-    left/right slopes estimated from the rows).
-
-    Args:
-        structure: ``auto`` (detect each step), ``mountain`` (always M-MBTL) or ``gp``.
-        mountain_threshold: smallest per-row, per-dimension Spearman correlation of performance
-            with closeness to the source that counts as a Mountain.
-        **gp_options: options of ``mbtl-gp`` for the GP branch.
-    """
-
-    def __init__(
-        self, structure: str = "auto", mountain_threshold: float = 0.5, **gp_options: object
-    ) -> None:
-        if structure not in ("auto", "mountain", "gp"):
-            raise CtxrlError(
-                f"strategy 'sd-mbtl': structure {structure!r} is not auto, mountain or gp"
-            )
-        self.structure = structure
-        self.mountain_threshold = float(mountain_threshold)
-        self.gp = MBTLStrategy(**gp_options)  # type: ignore[arg-type]
-        self._trace: dict[str, Any] = {}
-
-    def _structure(self, state: SelectionState) -> tuple[bool, float | None]:
-        """Whether the rows look like a Mountain, and the :func:`mountain_score` that says so
-        (None when it was not computed: no rows yet, or the structure is fixed)."""
-        if self.structure != "auto":
-            return self.structure == "mountain", None
-        if not state.rows:
-            return False, None
-        score = mountain_score(state.coords, state.rows)
-        return score >= self.mountain_threshold, score
-
-    def is_mountain(self, state: SelectionState) -> bool:
-        return self._structure(state)[0]
-
-    def propose(self, state: SelectionState) -> list[int]:
-        mountain, score = self._structure(state)
-        self._trace = {"structure": self.structure, "mountain_score": score}
-        if state.selected and not mountain:
-            self._trace["branch"] = "gp"
-            return self.gp.propose(state)
-        self._trace["branch"] = "mountain" if state.selected else "medoid"
-        chosen = list(state.selected)
-        proposal: list[int] = []
-        while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
-            candidates = [i for i in range(state.n) if i not in chosen]
-            index = k_median_step(state.coords, chosen, candidates)
-            chosen.append(index)
-            proposal.append(index)
-        return proposal
-
-    def trace(self) -> dict[str, Any]:
-        """The last proposal: ``branch`` (``medoid``: the first source; ``mountain``: a
-        k-median step; ``gp``: GP-MBTL, whose trace follows), ``structure`` and
-        ``mountain_score`` (None where not computed)."""
-        trace = dict(self._trace)
-        if trace.get("branch") == "gp":
-            trace.update(self.gp.trace())
-        return trace
-
-
-def _m_mbtl(**options: Any) -> SDMBTLStrategy:
-    return SDMBTLStrategy(structure="mountain", **options)
-
-
 @hookimpl
 def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
     register(
@@ -272,19 +168,5 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "mbtl-gp",
             MBTLStrategy,
             description="MBTL: GP over training performance + linear generalization gap",
-        )
-    )
-    register(
-        StrategySpec(
-            "sd-mbtl",
-            SDMBTLStrategy,
-            description="SD-MBTL: M-MBTL clustering on Mountain-shaped transfer, else GP-MBTL",
-        )
-    )
-    register(
-        StrategySpec(
-            "m-mbtl",
-            _m_mbtl,
-            description="M-MBTL: sequential L1 clustering of the context space (k-median)",
         )
     )

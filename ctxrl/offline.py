@@ -1,0 +1,285 @@
+"""Offline source selection on stored matrices: what ``ctxrl select`` and ``ctxrl synth`` read
+and write.
+
+A *trial* is one transfer matrix of a domain (one independently trained matrix, or one draw of
+a synthetic benchmark). SD-MBTL reports each strategy's ``G_K`` as the mean over trials with a
+95 % confidence interval; :func:`replay_trials` does the same here. Context coordinates come
+from a contexts file (the ``contexts.json`` a sweep or ``ctxrl synth`` writes beside its
+matrices, or a CSV of feature columns) or a grid shape; without them a matrix is 1-D.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import StrategySpec
+from ctxrl.selection import myopic_oracle, replay
+
+MATRIX_SUFFIXES = (".csv", ".npy")
+CONTEXTS_FILE = "contexts.json"
+ONE_D = "no --contexts, --grid or contexts.json beside the matrix"
+
+
+@dataclass(frozen=True)
+class ContextCoordinates:
+    """Unit-cube coordinates ``(N, d)`` of a matrix's contexts and where they came from."""
+
+    coords: np.ndarray
+    source: str
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def dims(self) -> int:
+        return int(self.coords.shape[1])
+
+    def describe(self) -> str:
+        """One line for the user: how many contexts, how many dimensions, from where."""
+        n = self.coords.shape[0]
+        if self.source == ONE_D:
+            return f"treating the {n} contexts as 1-D ({ONE_D})"
+        grid = f" on a {' x '.join(map(str, self.shape))} grid" if self.shape else ""
+        return f"{n} contexts{grid}, {self.dims}-D (from {self.source})"
+
+
+def grid_index_coords(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Coordinates in grid steps scaled to [0, 1] per feature: each feature's ``n`` distinct
+    values map to ``0, 1/(n-1), ..., 1`` in increasing order (what sweeps use, so distances
+    are grid-index distances as in the MBTL reference). ``values`` is ``(N, d)``; returns the
+    coordinates and the number of distinct values per feature."""
+    columns, shape = [], []
+    for column in np.asarray(values, dtype=np.float64).T:
+        distinct, position = np.unique(column, return_inverse=True)
+        shape.append(len(distinct))
+        columns.append(position / max(len(distinct) - 1, 1))
+    return np.stack(columns, axis=1), tuple(shape)
+
+
+def parse_grid(text: str) -> tuple[int, ...]:
+    """``8x8x8`` -> ``(8, 8, 8)``."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise CtxrlError(f"--grid {text!r}: expected sizes joined by 'x', like 8x8x8") from None
+    if not shape or min(shape) < 1:
+        raise CtxrlError(f"--grid {text!r}: every size must be >= 1")
+    return shape
+
+
+def coords_from_grid(shape: Sequence[int]) -> np.ndarray:
+    """Unit-cube coordinates of a C-order grid (the last axis varies fastest)."""
+    axes = [np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1) for n in shape]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float] | None]:
+    """A contexts file: ``contexts.json`` (``{"features", "contexts": [{feature: value}],
+    "return_bounds"?}``) or a CSV with a header of feature names and one row per context.
+    Returns the ``(N, d)`` values, the feature names and the return bounds when given."""
+    if not path.is_file():
+        raise CtxrlError(f"contexts file {path} does not exist")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+            features = [str(f) for f in data["features"]]
+            values = np.array(
+                [[float(c[f]) for f in features] for c in data["contexts"]], dtype=np.float64
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CtxrlError(
+                f"{path}: expected {{'features': [...], 'contexts': [{{feature: value}}]}} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        bounds = data.get("return_bounds")
+        return values, features, (float(bounds[0]), float(bounds[1])) if bounds else None
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if len(rows) < 2:
+        raise CtxrlError(f"{path}: expected a header of feature names and one row per context")
+    features = [name.strip() for name in rows[0]]
+    try:
+        values = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float64)
+    except ValueError as exc:
+        raise CtxrlError(f"{path}: not a number below the header ({exc})") from None
+    if values.shape[1:] != (len(features),):
+        raise CtxrlError(f"{path}: rows do not all have {len(features)} columns")
+    return values, features, None
+
+
+def read_matrix_file(path: Path) -> np.ndarray:
+    """One raw ``(N, N)`` matrix from a reference CSV (no header, row = source) or a ``.npy``
+    array (read without pickle)."""
+    if path.suffix == ".npy":
+        try:
+            matrix = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CtxrlError(f"{path}: not a numeric .npy array ({exc})") from None
+    else:
+        from ctxrl.matrix import TransferMatrix
+
+        matrix = TransferMatrix.from_reference_csv(path).values[:, :, 0]
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise CtxrlError(f"{path}: a transfer matrix is square, got shape {matrix.shape}")
+    return matrix
+
+
+def matrix_files(path: Path) -> list[Path]:
+    """The matrix files of ``path``: itself, or a folder's ``*.csv`` / ``*.npy`` files (one per
+    trial, in name order; ``contexts.csv`` is not a matrix)."""
+    if path.is_file():
+        return [path]
+    files = sorted(
+        p for p in path.iterdir() if p.suffix in MATRIX_SUFFIXES and p.stem != "contexts"
+    )
+    if not files:
+        raise CtxrlError(f"{path}: no matrix files (*.csv, *.npy) in this folder")
+    return files
+
+
+def resolve_coordinates(
+    n: int,
+    *,
+    contexts: Path | None,
+    grid: str | None,
+    beside: Path | None,
+) -> tuple[ContextCoordinates, tuple[float, float] | None]:
+    """The coordinates of ``n`` contexts: from ``--contexts``, else ``--grid``, else a
+    ``contexts.json`` beside the matrix (``beside``: the matrix file's folder), else 1-D.
+    Also the return bounds a contexts.json carries."""
+    if contexts is not None and grid is not None:
+        raise CtxrlError("give --contexts or --grid, not both")
+    found = contexts
+    if found is None and grid is None and beside is not None and (beside / CONTEXTS_FILE).is_file():
+        found = beside / CONTEXTS_FILE
+    if found is not None:
+        values, features, bounds = read_contexts(found)
+        if len(values) != n:
+            raise CtxrlError(f"{found}: {len(values)} contexts, but the matrix has {n} rows")
+        coords, shape = grid_index_coords(values)
+        grid_like = math.prod(shape) == n
+        return (
+            ContextCoordinates(
+                coords, f"{found}: {', '.join(features)}", shape if grid_like else None
+            ),
+            bounds,
+        )
+    if grid is not None:
+        shape = parse_grid(grid)
+        if math.prod(shape) != n:
+            raise CtxrlError(f"--grid {grid}: {math.prod(shape)} contexts, but the matrix has {n}")
+        return ContextCoordinates(coords_from_grid(shape), "--grid", shape), None
+    coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
+    return ContextCoordinates(coords, ONE_D), None
+
+
+def parse_options(
+    items: Sequence[str], specs: Mapping[str, StrategySpec]
+) -> dict[str, dict[str, Any]]:
+    """``--option [STRATEGY.]KEY=VALUE`` -> options per strategy; values are YAML scalars
+    (``0.01``, ``true``, ``estimate``). Without ``STRATEGY.`` an option goes to every strategy
+    given; each strategy is built once here so an option it does not take is an error naming
+    the option and the strategy, before any replay."""
+    options: dict[str, dict[str, Any]] = {name: {} for name in specs}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CtxrlError(f"--option {item!r}: expected KEY=VALUE or STRATEGY.KEY=VALUE")
+        target, dot, name = key.strip().rpartition(".")
+        targets = [target] if dot else list(specs)
+        if dot and target not in specs:
+            raise CtxrlError(
+                f"--option {item!r}: strategy {target!r} is not among --strategy {list(specs)}"
+            )
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        for strategy in targets:
+            options[strategy][name] = value
+    for strategy, given in options.items():
+        if not given:
+            continue
+        try:
+            specs[strategy].factory(**given)
+        except TypeError as exc:
+            params = _parameters(specs[strategy])
+            unknown = sorted(set(given) - params) if params else sorted(given)
+            raise CtxrlError(
+                f"--option: strategy {strategy!r} does not take {unknown} ({exc})"
+            ) from None
+    return options
+
+
+def _parameters(spec: StrategySpec) -> set[str]:
+    """The keyword options a strategy's factory names (empty when it takes ``**options``)."""
+    try:
+        params = inspect.signature(spec.factory).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return set()
+    return {p.name for p in params}
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean over trials and the half-width of its Student-t confidence interval (0 for one
+    trial)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return float(values.mean()), 0.0
+    sem = float(values.std(ddof=1) / math.sqrt(values.size))
+    return float(values.mean()), float(t.ppf(0.5 + confidence / 2, values.size - 1) * sem)
+
+
+def replay_trials(
+    trials: np.ndarray,
+    coords: np.ndarray,
+    specs: Mapping[str, StrategySpec],
+    budget: int,
+    *,
+    repeats: int,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Replay every strategy on every normalised trial matrix ``(T, N, N)``.
+
+    Stochastic strategies are replayed with seeds ``0..repeats-1`` on each trial and averaged
+    within the trial. Returns ``{name: {"curves": (T, K) G_k per trial, "orders": the first
+    replay's order per trial}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        runs = repeats if spec.stochastic else 1
+        curves, orders = [], []
+        for matrix in trials:
+            results = [
+                replay(
+                    spec.factory(**(options or {}).get(name, {})),
+                    matrix,
+                    coords,
+                    budget,
+                    seed=seed,
+                    name=name,
+                    full_knowledge=spec.requires_full_matrix,
+                )
+                for seed in range(runs)
+            ]
+            curves.append(np.mean([r.curve for r in results], axis=0))
+            orders.append(list(results[0].order))
+        out[name] = {"curves": np.array(curves), "orders": orders}
+    return out
+
+
+def myopic_oracle_line(trials: np.ndarray, budget: int) -> dict[str, Any]:
+    """:func:`~ctxrl.selection.myopic_oracle` in the form of :func:`replay_trials`."""
+    order, curves = myopic_oracle(trials, budget)
+    return {"curves": curves, "orders": [list(order)]}

@@ -1,0 +1,266 @@
+"""SD-MBTL: structure-detecting source selection (Zhou, Cho, Wu; AAAI 2026, arXiv 2601.08120).
+
+SD-MBTL decomposes the transfer performance ``J(pi_x, y) = f(x) + g(y) + h(x, y) + C`` and looks
+at the rows observed so far for a *Mountain*: training performance that does not depend on the
+source (``f`` constant) and a generalization gap ``h`` that falls off on both sides of the source
+in most context dimensions. On a Mountain the best sources are the ones that cover the context
+space, so the next source comes from M-MBTL, a sequential clustering with the L1 distance;
+otherwise from GP-MBTL (:class:`~ctxrl_plugins.strategies.mbtl.MBTLStrategy`).
+
+The detection follows the reference code (:func:`detect_structure`): it is made once more than
+``min_rows`` (5) rows are observed, and again after every new row. Each step's decision and the
+statistics behind it are in the strategy trace, so a sweep summary can say which branch ran at
+each ``k`` and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ctxrl import hookimpl
+from ctxrl.errors import CtxrlError
+from ctxrl.registry import StrategySpec
+from ctxrl.selection import SelectionState
+from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+DETECTIONS = ("reference", "spearman")
+
+
+@dataclass(frozen=True)
+class StructureTest:
+    """The two tests of SD-MBTL's Mountain detection on the observed rows.
+
+    Attributes:
+        rows: ``k``, the number of observed source rows the tests used.
+        constant_ratio: spread of the sources' own (column-centred) performance over the mean
+            spread within a row; training performance counts as constant when it is below 1.
+        left_slopes, right_slopes: ``(d,)`` least-squares slopes of the column-centred
+            performance on ``min(x_d - y_d, 0)`` and ``max(x_d - y_d, 0)`` (source ``x``,
+            target ``y``), in performance units per unit of coordinate. A gap that falls off
+            on both sides of the source has a positive left and a negative right slope.
+        mountain_dims: dimensions whose left and right slopes have opposite signs.
+    """
+
+    rows: int
+    constant_ratio: float
+    left_slopes: np.ndarray
+    right_slopes: np.ndarray
+    mountain_dims: int
+
+    @property
+    def constant(self) -> bool:
+        return bool(self.constant_ratio < 1.0)
+
+    @property
+    def mountain_shaped(self) -> bool:
+        """More than half of the context dimensions are mountain-shaped."""
+        return 2 * self.mountain_dims > len(self.left_slopes)
+
+    @property
+    def mountain(self) -> bool:
+        """Both tests hold: SD-MBTL takes the M-MBTL branch."""
+        return self.constant and self.mountain_shaped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "constant_ratio": self.constant_ratio,
+            "constant": self.constant,
+            "left_slopes": self.left_slopes.tolist(),
+            "right_slopes": self.right_slopes.tolist(),
+            "mountain_dims": self.mountain_dims,
+            "mountain_shaped": self.mountain_shaped,
+            "mountain": self.mountain,
+        }
+
+
+def detect_structure(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> StructureTest:
+    """SD-MBTL's Mountain tests on the observed rows, as the reference code does them.
+
+    Every column (target) is centred by its mean over the observed rows, which removes the
+    target effect ``g(y)``. *Constant training performance*: the standard deviation of the
+    sources' own centred entries ``J_c[i, x_i]`` over the ``k`` sources, divided by the mean
+    over rows of each row's standard deviation over all targets, is below 1. *Mountain slopes*:
+    one least-squares fit (pseudo-inverse) of all centred entries on
+    ``[1, min(x_d - y_d, 0), max(x_d - y_d, 0) for each dimension d]``; a dimension is
+    mountain-shaped when its two slopes have opposite signs.
+
+    Args:
+        coords: ``(N, d)`` context coordinates (any positive scaling per dimension: the signs
+            and the ratio do not depend on it).
+        rows: source index -> its ``(N,)`` row (raw or normalised performance); NaN entries
+            (unobserved targets) are left out of both tests.
+    """
+    coords = np.atleast_2d(np.asarray(coords, dtype=np.float64))
+    sources = sorted(rows)
+    dims = coords.shape[1]
+    if len(sources) < 2:
+        raise CtxrlError(f"structure detection needs at least 2 observed rows, got {len(sources)}")
+    observed = np.array([rows[s] for s in sources], dtype=np.float64)  # (k, N)
+    centred = observed - np.nanmean(observed, axis=0, keepdims=True)
+    own = centred[np.arange(len(sources)), sources]
+    within = float(np.nanmean(np.nanstd(centred, axis=1)))
+    spread = float(np.nanstd(own))
+    ratio = spread / within if within > 0 else (0.0 if spread == 0 else float("inf"))
+    diff = coords[sources][:, None, :] - coords[None, :, :]  # (k, N, d): source - target
+    design = np.concatenate(
+        [np.ones((*diff.shape[:2], 1)), np.minimum(diff, 0.0), np.maximum(diff, 0.0)], axis=2
+    ).reshape(-1, 1 + 2 * dims)
+    target = centred.reshape(-1)
+    keep = ~np.isnan(target)
+    coefficients = np.linalg.pinv(design[keep]) @ target[keep]
+    left, right = coefficients[1 : 1 + dims], coefficients[1 + dims :]
+    return StructureTest(
+        rows=len(sources),
+        constant_ratio=ratio,
+        left_slopes=left,
+        right_slopes=right,
+        mountain_dims=int(np.sum(left * right < 0)),
+    )
+
+
+def mountain_score(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> float:
+    """The ``spearman`` detection: how consistently performance falls with distance from the
+    source, in ``[-1, 1]``.
+
+    For every observed row and every context dimension with spread, the Spearman correlation
+    between the row and ``-|x_d - s_d|`` over all targets; the score is the smallest of them.
+    Kept as a named alternative to the reference's tests: it sees Mountains in 1-D rows, but
+    on several dimensions that share the fall-off a per-dimension correlation stays near
+    ``1 / sqrt(d)`` and it never fires (see ``benchmarks/RESULTS.md``)."""
+    from scipy.stats import spearmanr
+
+    scores = []
+    for source, row in rows.items():
+        valid = ~np.isnan(row)
+        for d in range(coords.shape[1]):
+            closeness = -np.abs(coords[valid, d] - coords[source, d])
+            if np.ptp(closeness) == 0 or np.ptp(row[valid]) == 0:
+                continue
+            scores.append(float(spearmanr(closeness, row[valid]).statistic))
+    return min(scores) if scores else 0.0
+
+
+def k_median_step(coords: np.ndarray, chosen: list[int], candidates: list[int]) -> int:
+    """The candidate that, added to ``chosen``, most lowers the total L1 distance from every
+    context to its nearest chosen one (a greedy k-median step; the first one on ties).
+
+    ``coords`` is ``(N, d)``; with nothing chosen this is the medoid."""
+    distances = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=2)  # (N, N)
+    nearest = distances[:, chosen].min(axis=1) if chosen else np.full(len(coords), np.inf)
+    totals = np.minimum(nearest[:, None], distances[:, candidates]).sum(axis=0)
+    return candidates[int(np.argmin(np.round(totals, 12)))]
+
+
+class SDMBTLStrategy:
+    """SD-MBTL: M-MBTL clustering where the observed rows form a Mountain, else GP-MBTL.
+
+    Args:
+        structure: ``auto`` (detect each step), ``mountain`` (always M-MBTL: the ``m-mbtl``
+            strategy) or ``gp`` (always GP-MBTL).
+        detection: ``reference`` (:func:`detect_structure`, SD-MBTL's tests) or ``spearman``
+            (:func:`mountain_score` >= ``mountain_threshold``, this project's earlier rule).
+        min_rows: the structure is decided once more than this many rows are observed (the
+            reference: 5); before that the GP branch runs.
+        mountain_threshold: the ``spearman`` detection's threshold.
+        **gp_options: options of ``mbtl-gp`` for the GP branch.
+    """
+
+    def __init__(
+        self,
+        structure: str = "auto",
+        detection: str = "reference",
+        min_rows: int = 5,
+        mountain_threshold: float = 0.5,
+        **gp_options: object,
+    ) -> None:
+        if structure not in ("auto", "mountain", "gp"):
+            raise CtxrlError(
+                f"strategy 'sd-mbtl': structure {structure!r} is not auto, mountain or gp"
+            )
+        if detection not in DETECTIONS:
+            raise CtxrlError(
+                f"strategy 'sd-mbtl': detection {detection!r} is not one of {list(DETECTIONS)}"
+            )
+        if int(min_rows) < 1:
+            raise CtxrlError(f"strategy 'sd-mbtl': min_rows must be >= 1, got {min_rows}")
+        self.structure, self.detection = structure, detection
+        self.min_rows = int(min_rows)
+        self.mountain_threshold = float(mountain_threshold)
+        self.gp = MBTLStrategy(**gp_options)  # type: ignore[arg-type]
+        self._trace: dict[str, Any] = {}
+
+    def _decide(self, state: SelectionState) -> tuple[bool, dict[str, Any]]:
+        """Whether the next source comes from M-MBTL, and why (for the trace)."""
+        if self.structure != "auto":
+            return self.structure == "mountain", {"reason": f"structure fixed to {self.structure}"}
+        observed = len(state.rows)
+        if observed <= self.min_rows:
+            return False, {"reason": f"{observed} rows observed, the test needs > {self.min_rows}"}
+        if self.detection == "spearman":
+            score = mountain_score(state.coords, state.rows)
+            mountain = score >= self.mountain_threshold
+            return mountain, {"mountain_score": score, "reason": f"spearman score {score:.3f}"}
+        test = detect_structure(state.coords, state.rows)
+        reason = (
+            f"training performance {'constant' if test.constant else 'varies'} "
+            f"(ratio {test.constant_ratio:.3f}); {test.mountain_dims} of "
+            f"{len(test.left_slopes)} dimensions mountain-shaped"
+        )
+        return test.mountain, {"test": test.as_dict(), "reason": reason}
+
+    def is_mountain(self, state: SelectionState) -> bool:
+        return self._decide(state)[0]
+
+    def propose(self, state: SelectionState) -> list[int]:
+        mountain, why = self._decide(state)
+        self._trace = {"structure": self.structure, "detection": self.detection, "k": state.k}
+        self._trace.update(why)
+        if not mountain and state.selected:
+            self._trace["branch"] = "gp"
+            return self.gp.propose(state)
+        self._trace["branch"] = "mountain" if state.selected else "medoid"
+        chosen = list(state.selected)
+        proposal: list[int] = []
+        while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
+            candidates = [i for i in range(state.n) if i not in chosen]
+            index = k_median_step(state.coords, chosen, candidates)
+            chosen.append(index)
+            proposal.append(index)
+        return proposal
+
+    def trace(self) -> dict[str, Any]:
+        """The last proposal: ``branch`` (``medoid``: the first source; ``mountain``: an
+        M-MBTL clustering step; ``gp``: GP-MBTL, whose trace follows), ``k`` (sources chosen
+        before it), ``reason`` (one line: why this branch) and, once the reference detection
+        ran, ``test`` (:meth:`StructureTest.as_dict`)."""
+        trace = dict(self._trace)
+        if trace.get("branch") == "gp":
+            trace.update(self.gp.trace())
+        return trace
+
+
+def _m_mbtl(**options: Any) -> SDMBTLStrategy:
+    return SDMBTLStrategy(structure="mountain", **options)
+
+
+@hookimpl
+def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
+    register(
+        StrategySpec(
+            "sd-mbtl",
+            SDMBTLStrategy,
+            description="SD-MBTL: M-MBTL clustering on Mountain-shaped transfer, else GP-MBTL",
+        )
+    )
+    register(
+        StrategySpec(
+            "m-mbtl",
+            _m_mbtl,
+            description="M-MBTL: sequential L1 clustering of the context space (k-median)",
+        )
+    )
