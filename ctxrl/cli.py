@@ -467,8 +467,16 @@ def select(
     lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)
     if len(trials) > 1:
         lines["myopic-oracle"] = myopic_oracle_line(trials, budget)
+    # the band: a 95 % CI over trials, or with one trial the spread over stochastic replays
+    several = len(trials) > 1
     summary = {
-        name: [mean_ci(line["curves"][:, k]) for k in range(budget)] for name, line in lines.items()
+        name: [
+            mean_ci(line["curves"][:, k])
+            if several
+            else (line["curves"][0, k], line["spread"][0, k])
+            for k in range(budget)
+        ]
+        for name, line in lines.items()
     }
     result = {
         "matrices": [str(f) for f in files],
@@ -485,7 +493,8 @@ def select(
         "strategies": {
             name: {
                 "mean": [m for m, _ in summary[name]],
-                "ci95": [h for _, h in summary[name]],
+                "ci95": [h for _, h in summary[name]] if several else None,
+                "std": [h for _, h in summary[name]] if not several else None,
                 "final_per_trial": line["curves"][:, -1].tolist(),
                 "order": line["orders"][0],
             }
@@ -495,7 +504,7 @@ def select(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    band = "± 95 % CI over trials" if len(trials) > 1 else ""
+    band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
     table = Table(
         title=f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
         f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "

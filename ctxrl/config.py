@@ -434,6 +434,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
     _check_training_options(config, registry, algorithm)
     if training:
         _check_device(config.device)
+    config = _strategies_for_grid(config, registry, grid)
     # the strategy trains the sources in mode select and is replayed on the matrix for the
     # report in mode full: a bad name or option must stop the sweep before training either way
     try:
@@ -491,6 +492,41 @@ def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: E
         if not message.startswith("algorithm."):
             message = f"algorithm.params: {algorithm.name!r}: {message}"
         raise ConfigError(message) from None
+
+
+MULTI_DIMENSIONAL_STRATEGY = "mbtl-gp"
+
+
+def _strategies_for_grid(config: SweepConfig, registry: Registry, grid: ContextGrid) -> SweepConfig:
+    """On a grid of several varied features: the default strategy and comparisons that work
+    on one feature only are replaced (the strategy by ``mbtl-gp``) or left out; one named in
+    the config is an error naming it, before any training."""
+    dims = len(grid.shape)
+    if dims < 2:
+        return config
+    varied = ", ".join(grid.features)
+
+    def one_dimensional(name: str) -> bool:
+        try:
+            return registry.strategy(name).one_dimensional
+        except UnknownNameError:
+            return False  # reported with its field below
+
+    strategy = config.strategy
+    if one_dimensional(strategy.name):
+        if "name" in strategy.model_fields_set:
+            raise ConfigError(
+                f"strategy.name: {strategy.name!r} works on one varied feature; this grid "
+                f"varies {dims} ({varied})"
+            )
+        strategy = strategy.model_copy(update={"name": MULTI_DIMENSIONAL_STRATEGY})
+    compare = [n for n in config.compare if not one_dimensional(n)]
+    if "compare" in config.model_fields_set and len(compare) < len(config.compare):
+        dropped = [n for n in config.compare if one_dimensional(n)]
+        raise ConfigError(
+            f"compare: {dropped} work on one varied feature; this grid varies {dims} ({varied})"
+        )
+    return config.model_copy(update={"strategy": strategy, "compare": compare})
 
 
 def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) -> None:

@@ -254,12 +254,13 @@ def replay_trials(
     """Replay every strategy on every normalised trial matrix ``(T, N, N)``.
 
     Stochastic strategies are replayed with seeds ``0..repeats-1`` on each trial and averaged
-    within the trial. Returns ``{name: {"curves": (T, K) G_k per trial, "orders": the first
-    replay's order per trial}}``."""
+    within the trial. Returns ``{name: {"curves": (T, K) G_k per trial, "spread": (T, K) the
+    standard deviation over a trial's replays (0 for deterministic strategies), "orders": the
+    first replay's order per trial}}``."""
     out: dict[str, dict[str, Any]] = {}
     for name, spec in specs.items():
         runs = repeats if spec.stochastic else 1
-        curves, orders = [], []
+        curves, spread, orders = [], [], []
         for matrix in trials:
             results = [
                 replay(
@@ -274,12 +275,13 @@ def replay_trials(
                 for seed in range(runs)
             ]
             curves.append(np.mean([r.curve for r in results], axis=0))
+            spread.append(np.std([r.curve for r in results], axis=0))
             orders.append(list(results[0].order))
-        out[name] = {"curves": np.array(curves), "orders": orders}
+        out[name] = {"curves": np.array(curves), "spread": np.array(spread), "orders": orders}
     return out
 
 
 def myopic_oracle_line(trials: np.ndarray, budget: int) -> dict[str, Any]:
     """:func:`~ctxrl.selection.myopic_oracle` in the form of :func:`replay_trials`."""
     order, curves = myopic_oracle(trials, budget)
-    return {"curves": curves, "orders": [list(order)]}
+    return {"curves": curves, "spread": np.zeros_like(curves), "orders": [list(order)]}

@@ -194,6 +194,8 @@ class StrategySpec:
         requires_full_matrix: True for oracles that read the whole transfer matrix (offline only).
         stochastic: True when the order depends on the seed (replayed over several seeds).
         description: one line for ``ctxrl plugins``.
+        one_dimensional: True for strategies defined on one varied feature only (a sweep
+            over several refuses them before training).
     """
 
     name: str
@@ -201,6 +203,7 @@ class StrategySpec:
     requires_full_matrix: bool = False
     stochastic: bool = False
     description: str = ""
+    one_dimensional: bool = False
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,19 @@ def write_trials(
     }
     (folder / "contexts.json").write_text(json.dumps(info))
     return folder, bounds
+
+
+def reference_random_order(trial: int, n: int, budget: int) -> list[int]:
+    """The Random baseline exactly as the reference's synthetic tables ran it, for reproducing
+    them: one order per trial from numpy's legacy global generator seeded ``(trial + 1) * 50``
+    (the reference loops over 50 seeds ``(trial + 1) * (r + 1)`` but keeps only the last
+    order), drawing ``np.random.choice`` from the remaining contexts one at a time. ctxrl's own
+    ``random`` strategy is seeded differently and averages many orders."""
+    state = np.random.RandomState((trial + 1) * 50)
+    remaining = list(range(n))
+    order = []
+    for _ in range(budget):
+        index = int(state.choice(remaining))
+        remaining.remove(index)
+        order.append(index)
+    return order

@@ -163,6 +163,7 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "equidistant",
             _no_options(EquidistantStrategy),
             description="centres of K equal bins, coarse to fine (1-D)",
+            one_dimensional=True,
         )
     )
     register(
@@ -170,6 +171,7 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "greedy",
             _no_options(GreedyStrategy),
             description="middle first, then the largest gap (1-D)",
+            one_dimensional=True,
         )
     )
     register(

@@ -7,10 +7,11 @@ in most context dimensions. On a Mountain the best sources are the ones that cov
 space, so the next source comes from M-MBTL, a sequential clustering with the L1 distance;
 otherwise from GP-MBTL (:class:`~ctxrl_plugins.strategies.mbtl.MBTLStrategy`).
 
-The detection follows the reference code (:func:`detect_structure`): it is made once more than
-``min_rows`` (5) rows are observed, and again after every new row. Each step's decision and the
-statistics behind it are in the strategy trace, so a sweep summary can say which branch ran at
-each ``k`` and why.
+The detection follows the reference code (:func:`detect_structure`): the first sources come from
+M-MBTL (the reference starts in its clustering branch); once more than ``min_rows`` (5) rows are
+observed the tests run, and again after every new row. Each step's decision and the statistics
+behind it are in the strategy trace, so a sweep summary can say which branch ran at each ``k``
+and why.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
+from ctxrl_plugins.strategies.m_mbtl import SequentialClustering, k_median_step
 from ctxrl_plugins.strategies.mbtl import MBTLStrategy
 
 DETECTIONS = ("reference", "spearman")
+CLUSTERINGS = ("reference", "k-median")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class StructureTest:
             performance on ``min(x_d - y_d, 0)`` and ``max(x_d - y_d, 0)`` (source ``x``,
             target ``y``), in performance units per unit of coordinate. A gap that falls off
             on both sides of the source has a positive left and a negative right slope.
-        mountain_dims: dimensions whose left and right slopes have opposite signs.
+        mountain_dims: dimensions where exactly one of the two slopes is positive (the
+            reference's test: opposite signs, a slope of exactly 0 counting as not positive).
     """
 
     rows: int
@@ -87,7 +91,8 @@ def detect_structure(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> Stru
     over rows of each row's standard deviation over all targets, is below 1. *Mountain slopes*:
     one least-squares fit (pseudo-inverse) of all centred entries on
     ``[1, min(x_d - y_d, 0), max(x_d - y_d, 0) for each dimension d]``; a dimension is
-    mountain-shaped when its two slopes have opposite signs.
+    mountain-shaped when exactly one of its two slopes is positive (so a valley passes too,
+    as in the reference).
 
     Args:
         coords: ``(N, d)`` context coordinates (any positive scaling per dimension: the signs
@@ -105,7 +110,7 @@ def detect_structure(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> Stru
     own = centred[np.arange(len(sources)), sources]
     within = float(np.nanmean(np.nanstd(centred, axis=1)))
     spread = float(np.nanstd(own))
-    ratio = spread / within if within > 0 else (0.0 if spread == 0 else float("inf"))
+    ratio = spread / within if within > 0 else float("inf")  # flat rows: no evidence
     diff = coords[sources][:, None, :] - coords[None, :, :]  # (k, N, d): source - target
     design = np.concatenate(
         [np.ones((*diff.shape[:2], 1)), np.minimum(diff, 0.0), np.maximum(diff, 0.0)], axis=2
@@ -113,13 +118,16 @@ def detect_structure(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> Stru
     target = centred.reshape(-1)
     keep = ~np.isnan(target)
     coefficients = np.linalg.pinv(design[keep]) @ target[keep]
+    # slopes within rounding of 0 (rows with no fall-off) have no sign
+    scale = float(np.nanmax(np.abs(target))) if keep.any() else 0.0
+    coefficients[np.abs(coefficients) <= 1e-9 * max(scale, 1e-300)] = 0.0
     left, right = coefficients[1 : 1 + dims], coefficients[1 + dims :]
     return StructureTest(
         rows=len(sources),
         constant_ratio=ratio,
         left_slopes=left,
         right_slopes=right,
-        mountain_dims=int(np.sum(left * right < 0)),
+        mountain_dims=int(np.sum((left > 0) ^ (right > 0))),
     )
 
 
@@ -145,17 +153,6 @@ def mountain_score(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> float:
     return min(scores) if scores else 0.0
 
 
-def k_median_step(coords: np.ndarray, chosen: list[int], candidates: list[int]) -> int:
-    """The candidate that, added to ``chosen``, most lowers the total L1 distance from every
-    context to its nearest chosen one (a greedy k-median step; the first one on ties).
-
-    ``coords`` is ``(N, d)``; with nothing chosen this is the medoid."""
-    distances = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=2)  # (N, N)
-    nearest = distances[:, chosen].min(axis=1) if chosen else np.full(len(coords), np.inf)
-    totals = np.minimum(nearest[:, None], distances[:, candidates]).sum(axis=0)
-    return candidates[int(np.argmin(np.round(totals, 12)))]
-
-
 class SDMBTLStrategy:
     """SD-MBTL: M-MBTL clustering where the observed rows form a Mountain, else GP-MBTL.
 
@@ -164,8 +161,10 @@ class SDMBTLStrategy:
             strategy) or ``gp`` (always GP-MBTL).
         detection: ``reference`` (:func:`detect_structure`, SD-MBTL's tests) or ``spearman``
             (:func:`mountain_score` >= ``mountain_threshold``, this project's earlier rule).
+        clustering: the M-MBTL branch: ``reference`` (:class:`SequentialClustering`, the
+            published algorithm) or ``k-median`` (:func:`k_median_step`, a greedy k-median).
         min_rows: the structure is decided once more than this many rows are observed (the
-            reference: 5); before that the GP branch runs.
+            reference: 5); before that the M-MBTL branch runs, as in the reference.
         mountain_threshold: the ``spearman`` detection's threshold.
         **gp_options: options of ``mbtl-gp`` for the GP branch.
     """
@@ -174,6 +173,7 @@ class SDMBTLStrategy:
         self,
         structure: str = "auto",
         detection: str = "reference",
+        clustering: str = "reference",
         min_rows: int = 5,
         mountain_threshold: float = 0.5,
         **gp_options: object,
@@ -186,9 +186,14 @@ class SDMBTLStrategy:
             raise CtxrlError(
                 f"strategy 'sd-mbtl': detection {detection!r} is not one of {list(DETECTIONS)}"
             )
-        if int(min_rows) < 1:
-            raise CtxrlError(f"strategy 'sd-mbtl': min_rows must be >= 1, got {min_rows}")
-        self.structure, self.detection = structure, detection
+        if clustering not in CLUSTERINGS:
+            raise CtxrlError(
+                f"strategy 'sd-mbtl': clustering {clustering!r} is not one of {list(CLUSTERINGS)}"
+            )
+        if int(min_rows) < 0:
+            raise CtxrlError(f"strategy 'sd-mbtl': min_rows must be >= 0, got {min_rows}")
+        self.structure, self.detection, self.clustering = structure, detection, clustering
+        self._clusterer: SequentialClustering | None = None
         self.min_rows = int(min_rows)
         self.mountain_threshold = float(mountain_threshold)
         self.gp = MBTLStrategy(**gp_options)  # type: ignore[arg-type]
@@ -199,8 +204,9 @@ class SDMBTLStrategy:
         if self.structure != "auto":
             return self.structure == "mountain", {"reason": f"structure fixed to {self.structure}"}
         observed = len(state.rows)
-        if observed <= self.min_rows:
-            return False, {"reason": f"{observed} rows observed, the test needs > {self.min_rows}"}
+        needed = self.min_rows if self.detection == "spearman" else max(self.min_rows, 1)
+        if observed <= needed:
+            return True, {"reason": f"{observed} rows observed, the test needs > {needed}"}
         if self.detection == "spearman":
             score = mountain_score(state.coords, state.rows)
             mountain = score >= self.mountain_threshold
@@ -227,11 +233,21 @@ class SDMBTLStrategy:
         chosen = list(state.selected)
         proposal: list[int] = []
         while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
-            candidates = [i for i in range(state.n) if i not in chosen]
-            index = k_median_step(state.coords, chosen, candidates)
+            index = self._cluster_step(state.coords, chosen)
             chosen.append(index)
             proposal.append(index)
         return proposal
+
+    def _cluster_step(self, coords: np.ndarray, chosen: list[int]) -> int:
+        """The M-MBTL branch's next source; a context chosen before (the reference's rounded
+        centre can land on one) is replaced by the k-median step, so no source repeats."""
+        candidates = [i for i in range(len(coords)) if i not in set(chosen)]
+        if self.clustering == "k-median":
+            return k_median_step(coords, chosen, candidates)
+        if self._clusterer is None or not np.array_equal(self._clusterer.coords, coords):
+            self._clusterer = SequentialClustering(coords)
+        index = self._clusterer.next(chosen)
+        return index if index not in chosen else k_median_step(coords, chosen, candidates)
 
     def trace(self) -> dict[str, Any]:
         """The last proposal: ``branch`` (``medoid``: the first source; ``mountain``: an
@@ -261,6 +277,6 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
         StrategySpec(
             "m-mbtl",
             _m_mbtl,
-            description="M-MBTL: sequential L1 clustering of the context space (k-median)",
+            description="M-MBTL: sequential L1 clustering of the context space",
         )
     )

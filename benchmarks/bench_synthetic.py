@@ -1,0 +1,178 @@
+"""SD-MBTL's synthetic benchmark: every strategy's G_50 next to the published tables.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_synthetic.py [--noise 5] [--gp-trials 5]
+        [--out benchmarks/results/synthetic.json]
+
+Matrices: :mod:`ctxrl.synthetic` (8 settings, 512 contexts, trials 0..99, the reference's noise
+draws), normalised with one min-max over the 100 trials of a setting as the reference does.
+Columns: Random (the reference's procedure: one order per trial, :func:`reference_random_order`)
+and the Myopic Oracle (one greedy order on the trial-mean matrix) on all 100 trials; ``m-mbtl``
+on all 100 trials (its order does not depend on the rows: replayed once); the GP strategies (``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials``
+trials (a GP replay of K = 50 on 512 contexts takes one to two minutes on one CPU core). Values:
+mean G_50 over trials with the Student-t 95 % half-width; the aggregated row is SD-MBTL's:
+per setting (v - mean Random) / (mean Oracle - mean Random), pooled over the settings' trials.
+Results are saved after every cell, and a rerun skips the cells already in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctxrl.offline import mean_ci
+from ctxrl.plugins import get_host
+from ctxrl.selection import generalized_performance, myopic_oracle, replay
+from ctxrl.synthetic import (
+    SETTINGS,
+    SyntheticSetting,
+    grid_points,
+    reference_bounds,
+    reference_random_order,
+    synthetic_trials,
+)
+
+K = 50
+TRIALS = 100
+
+# SD-MBTL, synthetic tables (K = 50): mean G_50 per setting in SETTINGS order, then the
+# aggregated score; columns Random, GP-MBTL, M-MBTL, M/GP-MBTL (SD-MBTL), Myopic Oracle.
+PUBLISHED: dict[float, list[tuple[float, float, float, float, float]]] = {
+    0.0: [
+        (0.7028, 0.7250, 0.7055, 0.7250, 0.7250),
+        (0.7122, 0.7110, 0.7187, 0.7187, 0.7190),
+        (0.8688, 0.9091, 0.8736, 0.9091, 0.9091),
+        (0.9244, 0.9364, 0.9374, 0.9374, 0.9382),
+        (0.5544, 0.5714, 0.5552, 0.5714, 0.5714),
+        (0.5517, 0.5714, 0.5535, 0.5714, 0.5714),
+        (0.6761, 0.7000, 0.6772, 0.7000, 0.7000),
+        (0.7660, 0.7857, 0.7678, 0.7857, 0.7857),
+        (0.0, 0.8368, 0.3010, 0.9873, 1.0),
+    ],
+    5.0: [
+        (0.6956, 0.7212, 0.6976, 0.7168, 0.7260),
+        (0.7011, 0.6961, 0.7038, 0.7038, 0.7048),
+        (0.7906, 0.8369, 0.7936, 0.8334, 0.8375),
+        (0.7722, 0.7747, 0.7762, 0.7762, 0.7778),
+        (0.5773, 0.6088, 0.5782, 0.6086, 0.6090),
+        (0.5880, 0.6218, 0.5900, 0.6216, 0.6221),
+        (0.6672, 0.7083, 0.6683, 0.7073, 0.7088),
+        (0.7401, 0.7744, 0.7422, 0.7751, 0.7756),
+        (0.0, 0.6032, 0.2177, 0.8714, 1.0),
+    ],
+    30.0: [
+        (0.7083, 0.7274, 0.7091, 0.7202, 0.7319),
+        (0.6879, 0.6825, 0.6879, 0.6876, 0.6952),
+        (0.7036, 0.7274, 0.7045, 0.7215, 0.7295),
+        (0.7125, 0.7181, 0.7125, 0.7150, 0.7205),
+        (0.6815, 0.6790, 0.6818, 0.6912, 0.7135),
+        (0.6840, 0.6810, 0.6844, 0.6953, 0.7234),
+        (0.7240, 0.7202, 0.7244, 0.7272, 0.7586),
+        (0.7246, 0.7366, 0.7250, 0.7393, 0.7670),
+        (0.0, 0.2127, 0.0147, 0.3099, 1.0),
+    ],
+}
+COLUMNS = ("random", "mbtl-gp", "m-mbtl", "sd-mbtl", "myopic-oracle")
+
+
+def run_cell(
+    setting: SyntheticSetting, noise: float, gp_trials: int, strategies: list[str]
+) -> dict[str, list[float]]:
+    """G_50 per trial for every column of one (setting, noise) cell."""
+    raw = synthetic_trials(setting, noise, TRIALS)
+    lower, upper = reference_bounds(raw)
+    trials = (raw - lower) / (upper - lower)
+    del raw
+    n = trials.shape[1]
+    coords = grid_points() / 7.0
+    registry = get_host().registry
+    out: dict[str, list[float]] = {}
+    out["random"] = [
+        float(generalized_performance(trials[t], reference_random_order(t, n, K))[-1])
+        for t in range(TRIALS)
+    ]
+    out["myopic-oracle"] = myopic_oracle(trials, K)[1][:, -1].tolist()
+    for name in strategies:
+        spec = registry.strategy(name)
+        if name == "m-mbtl":  # its order ignores the rows: one replay, scored on every trial
+            order = replay(spec.factory(), trials[0], coords, K, name=name).order
+            out[name] = [float(generalized_performance(m, order)[-1]) for m in trials]
+            continue
+        out[name] = [
+            float(replay(spec.factory(), trials[t], coords, K, name=name).curve[-1])
+            for t in range(gp_trials)
+        ]
+    return out
+
+
+def aggregated(cells: dict[str, dict[str, list[float]]], column: str) -> tuple[float, float]:
+    """SD-MBTL's aggregated score of ``column`` over the settings present, with its CI."""
+    pooled: list[float] = []
+    for cell in cells.values():
+        if column not in cell:
+            continue
+        base, top = np.mean(cell["random"]), np.mean(cell["myopic-oracle"])
+        pooled.extend((np.array(cell[column]) - base) / (top - base))
+    return mean_ci(np.array(pooled)) if pooled else (float("nan"), 0.0)
+
+
+def table(noise: float, cells: dict[str, dict[str, list[float]]]) -> str:
+    published = PUBLISHED.get(noise)
+    lines = [
+        f"| setting (noise {noise:g}) | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for row, setting in enumerate(SETTINGS):
+        cell = cells.get(setting.name)
+        if cell is None:
+            continue
+        values = []
+        for col, name in enumerate(COLUMNS):
+            if name not in cell:
+                values.append("-")
+                continue
+            mean, half = mean_ci(np.array(cell[name]))
+            paper = f" ({published[row][col]:.4f})" if published else ""
+            values.append(f"{mean:.4f} ± {half:.4f}{paper} [{len(cell[name])}]")
+        shade = " (Mountain)" if setting.mountain else ""
+        lines.append(f"| {setting.name}{shade} | " + " | ".join(values) + " |")
+    agg = []
+    for col, name in enumerate(COLUMNS):
+        mean, half = aggregated(cells, name)
+        paper = f" ({published[8][col]:.4f})" if published else ""
+        agg.append(f"{mean:.4f} ± {half:.4f}{paper}")
+    lines.append("| aggregated | " + " | ".join(agg) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--noise", type=float, nargs="+", default=[5.0])
+    parser.add_argument("--gp-trials", type=int, default=5)
+    parser.add_argument("--strategies", nargs="+", default=["m-mbtl", "sd-mbtl", "mbtl-gp"])
+    parser.add_argument("--settings", nargs="+", default=None, help="f=..,g=..,h=.. names")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthetic.json"))
+    args = parser.parse_args()
+    settings = [SyntheticSetting.parse(s) for s in args.settings] if args.settings else SETTINGS
+    results: dict[str, dict[str, dict[str, list[float]]]] = (
+        json.loads(args.out.read_text()) if args.out.exists() else {}
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for noise in args.noise:
+        cells = results.setdefault(f"{noise:g}", {})
+        for setting in settings:
+            if setting.name in cells:
+                continue
+            start = time.perf_counter()
+            cells[setting.name] = run_cell(setting, noise, args.gp_trials, args.strategies)
+            args.out.write_text(json.dumps(results))
+            print(f"noise {noise:g} {setting.name}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(table(noise, cells))
+        print("(published values in parentheses; [n] = trials)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""``ctxrl select`` on multi-dimensional matrices, several trials and strategy options, and
+``ctxrl synth``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from ctxrl.cli import cli
+from ctxrl.config import resolve_plan, validate_config
+from ctxrl.plugins import get_host
+from ctxrl.sweep import run_sweep
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def _json(result: Result) -> dict:
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def cube_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2 x 2 x 2 CartPole sweep (tiny budget: the matrix, not the policies, matters)."""
+    out = tmp_path_factory.mktemp("cube")
+    config = {
+        "env": "CartPole",
+        "features": {
+            "length": {"values": [0.5, 1.0]},
+            "masscart": {"values": [0.5, 2.0]},
+            "masspole": {"values": [0.1, 0.3]},
+        },
+        "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+        "train_steps": 512,
+        "eval_episodes": 2,
+        "compare": ["random"],
+        "output_dir": str(out),
+    }
+    return run_sweep(resolve_plan(validate_config(config), get_host().registry)).run_dir
+
+
+def test_a_csv_with_grid_gives_the_run_directory_route(cube_run: Path, tmp_path: Path) -> None:
+    """The exported 3-D matrix with --grid 2x2x2, with its contexts.json (read from beside the
+    CSV) and with --contexts all give the run directory's G_k; without them it is 1-D."""
+    args = ["--strategy", "mbtl-gp", "--strategy", "m-mbtl", "-k", "5", "--json"]
+    from_run = _json(_cli("select", "--matrix", str(cube_run), *args))
+    assert from_run["dims"] == 3 and "2 x 2 x 2 grid" in from_run["contexts"]
+    exported = cube_run / "exports" / "matrix_seed0.csv"
+    alone = tmp_path / "matrix.csv"
+    alone.write_bytes(exported.read_bytes())
+    bounds = ["--env", "CartPole"]
+    routes = {
+        "grid": _json(_cli("select", "--matrix", str(alone), "--grid", "2x2x2", *bounds, *args)),
+        "beside": _json(_cli("select", "--matrix", str(exported), *args)),
+        "contexts": _json(
+            _cli(
+                "select",
+                "--matrix",
+                str(alone),
+                "--contexts",
+                str(cube_run / "exports" / "contexts.json"),
+                *bounds,
+                *args,
+            )
+        ),
+    }
+    for name, result in routes.items():
+        assert result["dims"] == 3, name
+        for strategy in ("mbtl-gp", "m-mbtl"):
+            assert (
+                result["strategies"][strategy]["order"]
+                == (from_run["strategies"][strategy]["order"])
+            ), (name, strategy)
+            np.testing.assert_allclose(
+                result["strategies"][strategy]["mean"], from_run["strategies"][strategy]["mean"]
+            )
+    one_d = _cli("select", "--matrix", str(alone), *bounds, *args)
+    assert "treating the 8 contexts as 1-D" in one_d.stderr
+    assert _json(one_d)["dims"] == 1
+    wrong = _cli("select", "--matrix", str(alone), "--grid", "3x3", *bounds, *args)
+    assert wrong.exit_code == 2 and "--grid 3x3: 9 contexts, but the matrix has 8" in wrong.stderr
+
+
+def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
+    n = 10
+    x = np.arange(n)
+    path = tmp_path / "m.csv"
+    np.savetxt(path, np.clip(450 - 60 * np.abs(x[:, None] - x[None, :]), 0, 500), delimiter=",")
+    base = ["select", "--matrix", str(path), "--env", "CartPole", "-k", "3", "--json"]
+    plain = _json(_cli(*base, "--strategy", "sd-mbtl"))
+    forced = _json(_cli(*base, "--strategy", "sd-mbtl", "--option", "structure=mountain"))
+    assert forced["options"] == {"sd-mbtl": {"structure": "mountain"}}
+    m_mbtl = _json(_cli(*base, "--strategy", "m-mbtl"))
+    assert forced["strategies"]["sd-mbtl"]["order"] == m_mbtl["strategies"]["m-mbtl"]["order"]
+    assert plain["options"] == {}
+    unknown = _cli(
+        *base, "--strategy", "greedy", "--strategy", "mbtl-gp", "--option", "mbtl-gp.speed=2"
+    )
+    assert unknown.exit_code == 2
+    assert "strategy 'mbtl-gp' does not take ['speed']" in unknown.stderr
+    elsewhere = _cli(*base, "--strategy", "greedy", "--option", "random.c=2")
+    assert elsewhere.exit_code == 2 and "strategy 'random' is not among" in elsewhere.stderr
+    malformed = _cli(*base, "--strategy", "greedy", "--option", "c")
+    assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.stderr
+
+
+def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
+    """`ctxrl synth` writes trials and their contexts.json; `select` on the folder reads them
+    as 3-D trials, reports G_k with a CI over trials and adds the myopic oracle."""
+    written = _cli(
+        "synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1", "--trials", "3"
+    )
+    assert written.exit_code == 0, written.output
+    folder = tmp_path / "f-constant_g-none_h-l1" / "noise5"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "contexts.json",
+        "trial000.npy",
+        "trial001.npy",
+        "trial002.npy",
+    ]
+    assert "(Mountain), noise 5" in written.stdout
+    result = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "4", "--json")
+    data = _json(result)
+    assert data["trials"] == 3 and data["dims"] == 3 and data["n"] == 512
+    assert "8 x 8 x 8 grid" in data["contexts"]
+    oracle = data["strategies"]["myopic-oracle"]
+    m_mbtl = data["strategies"]["m-mbtl"]
+    assert len(oracle["final_per_trial"]) == 3 and all(h > 0 for h in m_mbtl["ci95"])
+    assert oracle["mean"][-1] >= m_mbtl["mean"][-1]
+    assert np.all(np.diff(oracle["mean"]) > 0)
+    two = _cli(
+        "select",
+        "--matrix",
+        str(folder / "trial000.npy"),
+        "--matrix",
+        str(folder / "trial001.npy"),
+        "--strategy",
+        "m-mbtl",
+        "-k",
+        "4",
+        "--json",
+    )
+    assert _json(two)["trials"] == 2
+    csv = _cli(
+        "synth",
+        "--out",
+        str(tmp_path / "csv"),
+        "--setting",
+        "f=linear,g=linear,h=non-distance",
+        "--noise",
+        "0",
+        "--trials",
+        "1",
+        "--format",
+        "csv",
+    )
+    assert csv.exit_code == 0, csv.output
+    matrix = np.loadtxt(
+        tmp_path / "csv" / "f-linear_g-linear_h-non-distance" / "noise0" / "trial000.csv",
+        delimiter=",",
+    )
+    assert matrix.shape == (512, 512) and matrix[0, 0] == 500.0
+    bad = _cli("synth", "--out", str(tmp_path), "--setting", "f=cubic,g=none,h=l1")
+    assert bad.exit_code == 2 and "f='cubic'" in bad.stderr
