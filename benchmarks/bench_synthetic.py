@@ -7,8 +7,9 @@ Matrices: :mod:`ctxrl.synthetic` (8 settings, 512 contexts, trials 0..99, the re
 draws), normalised with one min-max over the 100 trials of a setting as the reference does.
 Columns: Random (the reference's procedure: one order per trial, :func:`reference_random_order`)
 and the Myopic Oracle (one greedy order on the trial-mean matrix) on all 100 trials; ``m-mbtl``
-on all 100 trials (its order does not depend on the rows: replayed once); the GP strategies (``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials``
-trials (a GP replay of K = 50 on 512 contexts takes one to two minutes on one CPU core). Values:
+on all 100 trials (its order does not depend on the rows: replayed once); the GP strategies
+(``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials`` trials (a GP replay of K = 50 on
+512 contexts takes one to two minutes on one CPU core). Values:
 mean G_50 over trials with the Student-t 95 % half-width; the aggregated row is SD-MBTL's:
 per setting (v - mean Random) / (mean Oracle - mean Random), pooled over the settings' trials.
 Results are saved after every cell, and a rerun skips the cells already in ``--out``.
@@ -169,7 +170,9 @@ def main() -> None:
             start = time.perf_counter()
             cells[setting.name] = run_cell(setting, noise, args.gp_trials, args.strategies)
             args.out.write_text(json.dumps(results))
-            print(f"noise {noise:g} {setting.name}: {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"noise {noise:g} {setting.name}: {time.perf_counter() - start:.0f} s", flush=True
+            )
         print(table(noise, cells))
         print("(published values in parentheses; [n] = trials)")
 

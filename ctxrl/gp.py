@@ -12,7 +12,7 @@ performance in [0, 1]; a matrix is ``(N, N)`` with row = source, column = target
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,13 +188,63 @@ class GapModel:
 
 
 @dataclass(frozen=True)
-class MatrixPrediction:
-    """A predicted transfer matrix ``(N, N)`` with the standard deviation of each row's set point.
+class GapResidual:
+    """How far real rows stray from the gap model, as a function of the source-target
+    distance: the error variance is ``a + b * d`` for L1 distance ``d`` (unit-cube units).
 
-    Observed rows are kept as observed (``std`` 0)."""
+    Fitted (:meth:`estimate`, non-negative least squares on the squared errors) to the errors
+    of predicting each observed row from its own training performance,
+    ``clip(J_ii - gap(x_i, x_j), 0, 1)``, with the gap fitted on the observed rows (or the
+    ``gap`` given). Fitting the slopes on the other rows only (leave one row out) made the
+    bands too wide with three rows: 99-100 % of held-out entries inside the 95 % band on real
+    CartPole matrices (``benchmarks/gp_heldout.py``)."""
+
+    a: float
+    b: float
+
+    @classmethod
+    def estimate(
+        cls, coords: np.ndarray, rows: Mapping[int, np.ndarray], *, gap: GapModel | None = None
+    ) -> GapResidual:
+        """With no rows, a prior spread of 0.25 (a quarter of the normalised range) at every
+        distance."""
+        from scipy.optimize import nnls
+
+        coords = np.atleast_2d(coords)
+        if not rows:
+            return cls(0.25**2, 0.0)
+        squared, distance = [], []
+        model = gap or GapModel.estimate(coords, rows)
+        gaps = model.gap(coords)
+        for i, row in rows.items():
+            error = np.clip(row[i] - gaps[i], 0.0, 1.0) - row
+            keep = (np.arange(len(row)) != i) & ~np.isnan(error)
+            squared.append(error[keep] ** 2)
+            distance.append(np.abs(coords[keep] - coords[i]).sum(axis=1))
+        e2, d = np.concatenate(squared), np.concatenate(distance)
+        if e2.size == 0:
+            return cls(0.25**2, 0.0)
+        (a, b), _ = nnls(np.stack([np.ones_like(d), d], axis=1), e2)
+        return cls(float(a), float(b))
+
+    def variance(self, coords: np.ndarray) -> np.ndarray:
+        """``(N, N)`` error variance of every source (row) - target (column) entry."""
+        coords = np.atleast_2d(coords)
+        distance = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=2)
+        variance: np.ndarray = self.a + self.b * distance
+        return variance
+
+
+@dataclass(frozen=True)
+class MatrixPrediction:
+    """A predicted transfer matrix ``(N, N)`` and the standard deviation of each entry.
+
+    ``std`` combines the GP's uncertainty about the row's set point with the gap model's own
+    error (:class:`GapResidual`); observed rows are kept as observed (``std`` 0)."""
 
     mean: np.ndarray
     std: np.ndarray
+    residual: GapResidual | None = None
 
 
 def predict_matrix(
@@ -204,40 +254,83 @@ def predict_matrix(
     gap: GapModel | None = None,
     noise_std: float = 0.1,
     seed: int = 0,
+    calibrate: bool = True,
 ) -> MatrixPrediction:
     """Predict the whole normalised transfer matrix from a few observed rows.
 
     The GP gives each source's training performance; the gap model (estimated from ``rows``
     when not given) turns it into a row: ``M[i, j] = mu_i - gap(x_i, x_j)``, clipped to [0, 1].
+    The standard deviation of an entry is ``sqrt(sigma_i^2 + s_ij^2)``: the GP's ``sigma_i``
+    and, with ``calibrate``, the gap model's error ``s_ij`` on the observed rows at that
+    entry's distance (:class:`GapResidual`; without it the band covers only the set point's
+    uncertainty and is far too narrow on real matrices).
     """
     coords = np.atleast_2d(coords)
     n = coords.shape[0]
     observed = sorted(rows)
-    gap = gap or GapModel.estimate(coords, rows)
+    fitted = gap or GapModel.estimate(coords, rows)
     gp = PerformanceGP(
         coords[observed], np.array([rows[i][i] for i in observed]), noise_std=noise_std, seed=seed
     )
     post = gp.posterior(coords)
-    mean = np.clip(post.mean[:, None] - gap.gap(coords), 0.0, 1.0)
-    std = np.repeat(post.std[:, None], n, axis=1)
+    mean = np.clip(post.mean[:, None] - fitted.gap(coords), 0.0, 1.0)
+    residual = GapResidual.estimate(coords, rows, gap=gap) if calibrate else None
+    extra = residual.variance(coords) if residual else np.zeros((n, n))
+    std = np.sqrt(post.std[:, None] ** 2 + extra)
     for i in observed:
         mean[i] = rows[i]
         std[i] = 0.0
-    return MatrixPrediction(mean, std)
+    return MatrixPrediction(mean, std, residual)
+
+
+def band_coverage(
+    matrix: np.ndarray,
+    observed: list[int],
+    levels: Sequence[float] = (0.95,),
+    *,
+    gap: GapModel | None = None,
+    coords: np.ndarray | None = None,
+    calibrate: bool = True,
+) -> tuple[float, list[float]]:
+    """Predict the rows of ``matrix`` not in ``observed`` from those that are.
+
+    Returns the root-mean-square error on the held-out rows and, per nominal ``level``, the
+    share of held-out entries inside the central band (mean +- z std; z = 1.96 for 95 %): a
+    calibrated model covers about ``level``. ``matrix`` is a normalised ``(N, N)`` matrix;
+    ``coords`` its contexts' ``(N, d)`` coordinates (default: a 1-D grid ``linspace(0, 1, N)``).
+    """
+    from scipy.stats import norm
+
+    n = matrix.shape[0]
+    coords = np.linspace(0.0, 1.0, n)[:, None] if coords is None else np.atleast_2d(coords)
+    prediction = predict_matrix(
+        coords, {i: matrix[i] for i in observed}, gap=gap, calibrate=calibrate
+    )
+    held = [i for i in range(n) if i not in observed]
+    error = np.abs(prediction.mean[held] - matrix[held])
+    std = np.maximum(prediction.std[held], 1e-9)
+    coverage = [float(np.mean(error <= norm.ppf(0.5 + level / 2) * std)) for level in levels]
+    return float(np.sqrt(np.mean(error**2))), coverage
 
 
 def held_out_error(
-    matrix: np.ndarray, observed: list[int], *, gap: GapModel | None = None
+    matrix: np.ndarray,
+    observed: list[int],
+    *,
+    gap: GapModel | None = None,
+    coords: np.ndarray | None = None,
+    calibrate: bool = True,
 ) -> tuple[float, float]:
-    """Predict the rows of ``matrix`` not in ``observed`` from those that are.
+    """``(rmse, coverage of the 95 % band)`` of :func:`band_coverage`."""
+    rmse, (coverage,) = band_coverage(
+        matrix, observed, (0.95,), gap=gap, coords=coords, calibrate=calibrate
+    )
+    return rmse, coverage
 
-    Returns ``(rmse, coverage)``: the root-mean-square error on the held-out rows and the share
-    of held-out entries inside the 95% band (mean +- 1.96 std). ``matrix`` is a normalised
-    ``(N, N)`` matrix on a 1-D grid (coordinates ``linspace(0, 1, N)``)."""
-    n = matrix.shape[0]
-    coords = np.linspace(0.0, 1.0, n)[:, None]
-    prediction = predict_matrix(coords, {i: matrix[i] for i in observed}, gap=gap)
-    held = [i for i in range(n) if i not in observed]
-    error = prediction.mean[held] - matrix[held]
-    inside = np.abs(error) <= 1.96 * np.maximum(prediction.std[held], 1e-9)
-    return float(np.sqrt(np.mean(error**2))), float(inside.mean())
+
+def spread_observations(n: int, count: int, sets: int = 8) -> list[list[int]]:
+    """At most ``sets`` ways of observing ``count`` rows spread evenly over ``n`` contexts
+    (equal spacing, the sets shifted by evenly spread offsets), as held-out checks use them."""
+    step = max(n // count, 1)
+    offsets = sorted({int(o) for o in np.linspace(0, step - 1, min(sets, step)).round()})
+    return [[o + step * k for k in range(count) if o + step * k < n] for o in offsets]

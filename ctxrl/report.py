@@ -337,3 +337,22 @@ def plot_learning_curves(
     paths = _save(fig, stem)
     plt.close(fig)
     return paths
+
+
+def plot_calibration(calibration: Mapping[str, Any], title: str, stem: Path) -> list[Path]:
+    """Nominal against empirical coverage of the generalization model's bands on held-out rows
+    (``calibration`` as :func:`ctxrl.summary.model_calibration` returns it); a calibrated model
+    lies on the diagonal."""
+    plt, (fig, ax) = _figure(4.6, 4.2)
+    levels, coverage = calibration["levels"], calibration["coverage"]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    ax.plot(levels, coverage, marker="o", label=f"GP + gap (RMSE {calibration['rmse']:.3f})")
+    ax.set_xlabel("nominal coverage of the band")
+    ax.set_ylabel("held-out entries inside the band")
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
