@@ -148,13 +148,20 @@ class GapModel:
 
     @classmethod
     def estimate(
-        cls, coords: np.ndarray, rows: Mapping[int, np.ndarray], *, prior: float = 0.5
+        cls,
+        coords: np.ndarray,
+        rows: Mapping[int, np.ndarray],
+        *,
+        prior: float = 0.5,
+        signed: bool = False,
     ) -> GapModel:
-        """Fit the slopes to observed rows by non-negative least squares.
+        """Fit the slopes to observed rows by least squares (non-negative unless ``signed``).
 
         Each observed row ``i`` gives targets ``j`` with ``J(pi_i, i) - J(pi_i, j) ~=
         gap(x_i, x_j)``. With no usable distance in a direction, that slope takes ``prior``.
-        ``coords`` is ``(N, d)``; ``rows`` maps a source index to its ``(N,)`` row.
+        A negative slope (``signed``) says performance *rises* away from the source in that
+        direction (SD-MBTL's non-distance structures). ``coords`` is ``(N, d)``; ``rows`` maps
+        a source index to its ``(N,)`` row.
         """
         from scipy.optimize import nnls
 
@@ -165,16 +172,18 @@ class GapModel:
             row = np.asarray(row, dtype=np.float64)
             if np.isnan(row[i]):
                 continue
-            diff = coords[i][None, :] - coords  # (N, d)
-            for j in np.nonzero(~np.isnan(row))[0]:
-                if j == i:
-                    continue
-                features.append(np.concatenate([np.maximum(diff[j], 0), np.maximum(-diff[j], 0)]))
-                targets.append(row[i] - row[j])
+            keep = ~np.isnan(row)
+            keep[i] = False
+            diff = coords[i][None, :] - coords[keep]  # (m, d): source - target
+            features.append(np.concatenate([np.maximum(diff, 0), np.maximum(-diff, 0)], axis=1))
+            targets.append(row[i] - row[keep])
         if not features:
             return cls.constant(prior, dims)
-        design = np.array(features)
-        slopes, _ = nnls(design, np.array(targets))
+        design, target = np.concatenate(features), np.concatenate(targets)
+        if signed:
+            slopes = np.linalg.lstsq(design, target, rcond=None)[0]
+        else:
+            slopes, _ = nnls(design, target)
         used = design.sum(axis=0) > 0
         slopes = np.where(used, slopes, prior)
         return cls(slopes[:dims], slopes[dims:])

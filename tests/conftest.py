@@ -92,3 +92,9 @@ def run_ctxrl(plugin_site: Path) -> Callable[..., subprocess.CompletedProcess[st
         return result
 
     return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` (a minute or more) run first, so parallel workers (``-n auto``)
+    do not end waiting on one long test collected last."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

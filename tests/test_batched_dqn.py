@@ -65,6 +65,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path: Path, mixture: list | Non
         assert torch.equal(value, resumed.params[name]), name
 
 
+@pytest.mark.long
 def test_batched_dqn_learns_cartpole() -> None:
     """CI-sized: 4 agents x 60k steps with the defaults shortened (learning from 2k steps,
     exploration over 40%, target copies every 250 steps); measured 235, 408, 498, 473. Random

@@ -36,6 +36,7 @@ def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(env_name: str, para
     assert not torch.equal(batch.params["actor.0.weight"][4], batch.params["actor.0.weight"][5])
 
 
+@pytest.mark.long
 def test_batched_ppo_learns_cartpole() -> None:
     """CI-sized: 4 agents x 60k steps; random play scores about 22."""
     spec = get_host().registry.env("CartPole")

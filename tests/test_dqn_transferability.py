@@ -51,6 +51,7 @@ def _write(tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
+@pytest.mark.long
 def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_path: Path) -> None:
     study = _write(tmp_path)
     result = run_ctxrl("transfer", "dqn", str(study), check=True)

@@ -156,6 +156,7 @@ def _count(run_dir: Path, table: str) -> int:
         return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
+@pytest.mark.long
 def test_full_sweep_writes_matrix_exports_and_summary(
     run_ctxrl: Run, scripted: Path, tmp_path: Path
 ) -> None:
@@ -405,6 +406,7 @@ def test_failed_batched_runs_reach_the_run_finished_hook(
         assert "RuntimeError: the twin cannot start" in str(event["error"])
 
 
+@pytest.mark.long
 @requires_ray
 def test_ray_executor_gives_the_same_matrix_as_local(
     run_ctxrl: Run, scripted: Path, tmp_path: Path
@@ -423,6 +425,7 @@ def test_ray_executor_gives_the_same_matrix_as_local(
     np.testing.assert_array_equal(matrices["local"], matrices["ray"])
 
 
+@pytest.mark.long
 def test_cartpole_masscart_sweep_mbtl_at_least_random(run_ctxrl: Run, tmp_path: Path) -> None:
     """CI-sized end to end: 20 cart masses, batched PPO, K = 15: the matrix, every strategy's
     curve, the figures, and MBTL's mean G_k over k = 1..15 at least Random's."""
@@ -447,6 +450,7 @@ def test_cartpole_masscart_sweep_mbtl_at_least_random(run_ctxrl: Run, tmp_path: 
         assert (run_dir / "figures" / f"{figure}.png").is_file()
 
 
+@pytest.mark.long
 def test_several_seeds_give_confidence_intervals(
     run_ctxrl: Run, scripted: Path, tmp_path: Path
 ) -> None:

@@ -133,6 +133,7 @@ def test_missing_sumo_is_reported_with_what_to_install(run_ctxrl: Run, plugin_si
     assert "pip install 'ctxrl[sumo]'" in plugins["traffic"]["error"]
 
 
+@pytest.mark.long
 @requires_sb3
 def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: Path) -> None:
     """3 inflow contexts, SB3 DQN with a tiny budget, two parallel SUMO workers."""
@@ -218,6 +219,7 @@ def _gone(before: set[int], within_s: float = 30.0) -> bool:
     return True
 
 
+@pytest.mark.long
 @requires_sb3
 def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
     start_ctxrl: Callable[..., subprocess.Popen[str]], run_ctxrl: Run, tmp_path: Path

@@ -54,6 +54,9 @@ class MBTLStrategy:
         min_theta_per_index: floor of estimated slopes, per grid index (default: the
             reference's 0.005). Rows whose own context is not their best point make the estimate
             say "no decline"; without a floor MBTL would then chase GP uncertainty alone.
+        slopes: ``floored`` (non-negative estimates, floored as above) or ``signed`` (plain
+            least squares, no floor: performance may rise away from the source, as SD-MBTL's
+            GP-MBTL fits it).
         noise_std: GP observation noise on normalised performance (reference: 0.1).
         restarts: GP fits from different starting lengthscales.
     """
@@ -67,6 +70,7 @@ class MBTLStrategy:
         min_theta_per_index: float = 0.005,
         noise_std: float = 0.1,
         restarts: int = 2,
+        slopes: str = "floored",
     ) -> None:
         if beta not in BETA_SCHEDULES:
             raise CtxrlError(
@@ -74,6 +78,9 @@ class MBTLStrategy:
             )
         if not (theta == "estimate" or (isinstance(theta, int | float) and theta >= 0)):
             raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
+        if slopes not in ("floored", "signed"):
+            raise CtxrlError(f"strategy 'mbtl-gp': slopes {slopes!r} is not floored or signed")
+        self.slopes = slopes
         self.beta, self.c = beta, float(c)
         self.theta, self.theta_per_index = theta, theta_per_index
         self.min_theta_per_index = min_theta_per_index
@@ -87,6 +94,8 @@ class MBTLStrategy:
         if self.theta_per_index is not None:
             return GapModel(self.theta_per_index * steps, self.theta_per_index * steps)
         if self.theta == "estimate":
+            if self.slopes == "signed":
+                return GapModel.estimate(state.coords, state.rows, signed=True)
             estimate = GapModel.estimate(state.coords, state.rows)
             floor = self.min_theta_per_index * steps
             return GapModel(np.maximum(estimate.left, floor), np.maximum(estimate.right, floor))
