@@ -31,6 +31,22 @@ def test_gp_interpolates_and_is_uncertain_away_from_data() -> None:
     assert sparse.std[-1] > 3 * sparse.std[0]  # far from the data it knows less
 
 
+def test_the_gap_residual_measures_the_rows_noise_and_widens_the_band() -> None:
+    """Rows of the MBTL model plus noise of standard deviation 0.1 (the GP's assumed noise):
+    the rows stray from the model's shape by about 0.1 at every distance, and the 95 % band
+    then covers about 95 % of held-out entries where the set point's band alone covers
+    fewer."""
+    from ctxrl.gp import GapResidual, band_coverage
+
+    rng = np.random.default_rng(0)
+    matrix = mountain(np.full(N, 0.7), 0.6, 0.6) + rng.normal(0, 0.1, (N, N))
+    residual = GapResidual.estimate(X[:, None], {i: matrix[i] for i in (3, 12, 21)})
+    assert np.sqrt(residual.a + residual.b * 0.5) == pytest.approx(0.1, rel=0.2)
+    _, (calibrated,) = band_coverage(matrix, [3, 12, 21], (0.95,))
+    _, (narrow,) = band_coverage(matrix, [3, 12, 21], (0.95,), calibrate=False)
+    assert 0.9 <= calibrated <= 0.99 and narrow < calibrated
+
+
 def test_gap_model_recovers_asymmetric_slopes() -> None:
     matrix = mountain(np.full(N, 0.9), left=0.4, right=1.2)
     rows = {i: matrix[i] for i in (12, 20)}
@@ -127,6 +143,12 @@ def test_estimated_gap_predicts_a_real_cartpole_matrix_better_than_a_constant_ga
     rmse_constant, coverage_constant = np.mean(fixed, axis=0)
     assert rmse < rmse_constant, (rmse, rmse_constant)
     assert 0.0 < coverage <= 1.0 and 0.0 < coverage_constant <= 1.0
+    # the same held-out rows with the band of the GP's set point alone: far too narrow
+    before = np.mean(
+        [held_out_error(matrix, [o, o + 4, o + 8], calibrate=False) for o in range(4)], axis=0
+    )
+    assert before[0] == pytest.approx(rmse)  # calibration changes the band, not the mean
+    assert before[1] < 0.85 <= coverage, (before, coverage)
 
 
 def test_m_mbtl_k_median_by_hand() -> None:
