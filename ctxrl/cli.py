@@ -29,7 +29,6 @@ from rich.table import Table
 from ctxrl import __version__
 from ctxrl.config import check_output_dir, load_config, locate_run_dir, resolve_plan
 from ctxrl.errors import CtxrlError
-from ctxrl.offline import ContextCoordinates
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
 
 out = Console()
@@ -299,58 +298,6 @@ def sweep(
 
 
 # -------------------------------------------------------------------------------- select
-def _trials_from(
-    paths: tuple[Path, ...],
-    contexts: Path | None,
-    grid: str | None,
-    env_name: str | None,
-    bounds: tuple[float, float] | None,
-    negate: bool,
-    host: Host,
-) -> tuple[list[Path], np.ndarray, ContextCoordinates, tuple[float, float]]:
-    """Raw trial matrices ``(T, N, N)`` from matrix files, folders of them or one run
-    directory, their coordinates and normalisation bounds."""
-    from ctxrl.config import PLAN_FILE
-    from ctxrl.offline import matrix_files, read_matrix_file, resolve_coordinates
-
-    runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
-    if runs:
-        if len(paths) > 1:
-            raise CtxrlError(f"--matrix {runs[0]} is a run directory: give it alone")
-        from ctxrl.results import load_plan, open_store
-        from ctxrl.summary import sweep_matrix
-
-        plan = load_plan(runs[0], host.registry)
-        with open_store(runs[0]) as store:
-            raw = sweep_matrix(plan, store).mean()
-        shape = plan.grid.shape
-        located = ContextCoordinates(
-            plan.grid.grid_coords(), f"{runs[0]}: {', '.join(plan.grid.features)}", shape
-        )
-        if contexts is not None or grid is not None:
-            coords, _ = resolve_coordinates(len(raw), contexts=contexts, grid=grid, beside=None)
-            located = coords
-        return [runs[0]], raw[None], located, bounds or plan.env.return_bounds
-    files = [f for p in paths for f in matrix_files(p)]
-    layers = [read_matrix_file(f) for f in files]
-    shapes = {layer.shape for layer in layers}
-    if len(shapes) > 1:
-        raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
-    raw = np.stack(layers) * (-1.0 if negate else 1.0)
-    located, file_bounds = resolve_coordinates(
-        raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
-    )
-    if bounds is None and env_name is not None:
-        bounds = host.registry.env(env_name).return_bounds
-    bounds = bounds or file_bounds
-    if bounds is None:
-        raise CtxrlError(
-            f"{files[0]}: give --env NAME or --bounds LOWER UPPER to normalise raw returns "
-            "(or a contexts.json with return_bounds beside the matrices)"
-        )
-    return files, raw, located, bounds
-
-
 def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, strict: bool) -> int:
     """How many raw entries normalisation clips to ``[lower, upper]`` (infinite ones
     included), said on stderr; with ``strict`` any is an error."""
@@ -444,13 +391,25 @@ def select(
     trials with a 95 % confidence interval (SD-MBTL's tables); the myopic oracle (one greedy
     order on the trial-mean matrix, scored on each trial) is added as the reference line.
     """
-    from ctxrl.offline import mean_ci, myopic_oracle_line, parse_options, replay_trials
+    from ctxrl.offline import (
+        load_trials,
+        mean_ci,
+        myopic_oracle_line,
+        parse_options,
+        replay_trials,
+    )
 
     host = _host(ctx)
     specs = {name: host.registry.strategy(name) for name in strategy_names}
     options = parse_options(option_items, specs)
-    files, raw, located, (lower, upper) = _trials_from(
-        matrix_paths, contexts_path, grid, env_name, bounds, negate, host
+    files, raw, located, (lower, upper) = load_trials(
+        matrix_paths,
+        contexts=contexts_path,
+        grid=grid,
+        env_name=env_name,
+        bounds=bounds,
+        negate=negate,
+        registry=host.registry,
     )
     clipped = _check_bounds(matrix_paths[0], raw, lower, upper, strict)
     if not upper > lower:

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from ctxrl.errors import CtxrlError
-from ctxrl.registry import StrategySpec
+from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay
 
 MATRIX_SUFFIXES = (".csv", ".npy")
@@ -182,6 +182,60 @@ def resolve_coordinates(
         return ContextCoordinates(coords_from_grid(shape), "--grid", shape), None
     coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
     return ContextCoordinates(coords, ONE_D), None
+
+
+def load_trials(
+    paths: Sequence[Path],
+    *,
+    contexts: Path | None,
+    grid: str | None,
+    env_name: str | None,
+    bounds: tuple[float, float] | None,
+    negate: bool,
+    registry: Registry,
+) -> tuple[list[Path], np.ndarray, ContextCoordinates, tuple[float, float]]:
+    """What ``ctxrl select --matrix`` reads: raw trial matrices ``(T, N, N)`` from matrix
+    files, folders of them or one run directory (its seed-mean matrix, one trial), the files
+    read, the contexts' coordinates and the normalisation bounds (``bounds``, else the env's,
+    else a ``contexts.json``'s)."""
+    from ctxrl.config import PLAN_FILE
+
+    runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
+    if runs:
+        if len(paths) > 1:
+            raise CtxrlError(f"--matrix {runs[0]} is a run directory: give it alone")
+        from ctxrl.results import load_plan, open_store
+        from ctxrl.summary import sweep_matrix
+
+        plan = load_plan(runs[0], registry)
+        with open_store(runs[0]) as store:
+            raw = sweep_matrix(plan, store).mean()
+        shape = plan.grid.shape
+        located = ContextCoordinates(
+            plan.grid.grid_coords(), f"{runs[0]}: {', '.join(plan.grid.features)}", shape
+        )
+        if contexts is not None or grid is not None:
+            coords, _ = resolve_coordinates(len(raw), contexts=contexts, grid=grid, beside=None)
+            located = coords
+        return [runs[0]], raw[None], located, bounds or plan.env.return_bounds
+    files = [f for p in paths for f in matrix_files(p)]
+    layers = [read_matrix_file(f) for f in files]
+    shapes = {layer.shape for layer in layers}
+    if len(shapes) > 1:
+        raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
+    raw = np.stack(layers) * (-1.0 if negate else 1.0)
+    located, file_bounds = resolve_coordinates(
+        raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
+    )
+    if bounds is None and env_name is not None:
+        bounds = registry.env(env_name).return_bounds
+    bounds = bounds or file_bounds
+    if bounds is None:
+        raise CtxrlError(
+            f"{files[0]}: give --env NAME or --bounds LOWER UPPER to normalise raw returns "
+            "(or a contexts.json with return_bounds beside the matrices)"
+        )
+    return files, raw, located, bounds
 
 
 def parse_options(

@@ -14,6 +14,7 @@ import numpy as np
 from ctxrl.artifacts import verify_artifact
 from ctxrl.config import SweepPlan
 from ctxrl.matrix import TransferMatrix
+from ctxrl.offline import replay_trials
 from ctxrl.plugins import get_host
 from ctxrl.report import (
     ContextAxis,
@@ -24,7 +25,7 @@ from ctxrl.report import (
     plot_selection,
     sample_efficiency,
 )
-from ctxrl.selection import generalized_performance, myopic_oracle, replay
+from ctxrl.selection import generalized_performance, myopic_oracle
 from ctxrl.store import Store
 
 STORE_FILE = "store.sqlite"
@@ -86,26 +87,15 @@ def selection_curves(
     replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
     ``options`` gives a strategy's factory options by name (the sweep's own strategy).
     """
+    lines = replay_trials(
+        normalised[None], coords, strategies, budget, repeats=stochastic_repeats, options=options
+    )
     out: dict[str, dict[str, Any]] = {}
-    for name, spec in strategies.items():
-        repeats = stochastic_repeats if spec.stochastic else 1
-        results = [
-            replay(
-                spec.factory(**(options or {}).get(name, {})),
-                normalised,
-                coords,
-                budget,
-                seed=s,
-                name=name,
-                full_knowledge=spec.requires_full_matrix,
-            )
-            for s in range(repeats)
-        ]
-        curves = np.stack([r.curve for r in results])
+    for name, line in lines.items():
         out[name] = {
-            "mean": curves.mean(axis=0).tolist(),
-            "std": curves.std(axis=0).tolist(),
-            "order": list(results[0].order),
+            "mean": line["curves"][0].tolist(),
+            "std": line["spread"][0].tolist(),
+            "order": line["orders"][0],
         }
     return out
 
