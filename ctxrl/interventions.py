@@ -70,12 +70,20 @@ class NetworkSpec:
         norm: ``layernorm`` normalises each hidden layer's pre-activation (with a learned
             per-unit gain and bias), ``none`` does not.
         hidden_gain: orthogonal-initialisation gain of the hidden layers.
+        injections: plasticity-injection slots (Nikishin et al. 2023): how many times the
+            injected block may be frozen and replaced by a fresh trainable copy (0: none).
+            Each slot holds two frozen copies of the block and costs two more forward passes
+            of it (see :class:`ctxrl_plugins.training.networks.StackedMLP`).
+        injected_layers: the trailing layers that form the injected block, counting the
+            output heads as one: 1 is the heads alone, 2 the last hidden layer and the heads.
     """
 
     hidden: tuple[int, ...] = (64, 64)
     activation: Activation = "tanh"
     norm: Normalisation = "none"
     hidden_gain: float = 2.0**0.5
+    injections: int = 0
+    injected_layers: int = 1
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
@@ -173,11 +181,14 @@ class Intervention:
             memory and time, so only interventions that read activations ask for it).
         changes_network: True when :meth:`network` changes the architecture; such an
             intervention applies to every agent of a batch (a stacked network has one shape).
+        whole_batch: True when it changes something else every agent of a batch shares (the
+            optimizer's settings); it too applies to every agent or to none.
     """
 
     name: ClassVar[str] = ""
     needs_activations: ClassVar[bool] = False
     changes_network: ClassVar[bool] = False
+    whole_batch: ClassVar[bool] = False
 
     def network(self, role: str, spec: NetworkSpec) -> NetworkSpec:
         """The network to build for ``role`` (``actor``, ``critic``, ``q``) given the

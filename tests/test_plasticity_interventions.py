@@ -565,3 +565,83 @@ def test_resets_leave_frozen_layers_alone_and_restore_layer_norm() -> None:
     reset.on_context_switch(cast(TrainingView, view), torch.tensor([True, True]))
     assert torch.equal(view.params["q.1.weight"][0], kept)
     assert not torch.equal(view.params["q.1.weight"][1], before["q.1.weight"][1])
+
+
+# ---------------------------------------------------------------- plasticity injection
+class TestPlasticityInjection(_SwitchingContract):
+    intervention_name = "plasticity-injection"
+    options: ClassVar[dict[str, Any]] = {"max_injections": 2}
+
+
+class TestPlasticityInjectionAtSteps(InterventionContract):
+    intervention_name = "plasticity-injection"
+    options: ClassVar[dict[str, Any]] = {"at_switch": False, "at_steps": [128], "layers": 1}
+
+
+def _injected_network(agents: int = 3, **options: Any) -> tuple[StackedMLP, Intervention]:
+    injection = _build("plasticity-injection", **options)
+    spec = injection.network("q", NetworkSpec(hidden=(4, 4), activation="relu"))
+    net = StackedMLP("q", spec, 3, {"head": (2, 1.0), "value": (1, 1.0)})
+    return net, injection
+
+
+def test_plasticity_injection_keeps_predictions_and_the_trainable_parameter_count() -> None:
+    net, injection = _injected_network(max_injections=2)
+    per_agent = [net.init_agent(torch.Generator().manual_seed(s)) for s in range(3)]
+    params = stack_agents(per_agent, torch.device("cpu"))
+    view, optimizer = _view(net, params, mask=[1.0, 1.0, 0.0])
+    with torch.no_grad():  # the view's two random Adam steps moved every parameter
+        for name in net.frozen_names:
+            optimizer.freeze(name, torch.ones(3, dtype=torch.bool))
+            view.params[name].zero_()
+            for moment in optimizer.moments(name).values():
+                moment.zero_()
+    injection.setup(cast(TrainingView, view))
+    x = torch.randn(3, 7, 3, generator=torch.Generator().manual_seed(5))
+
+    def outputs() -> list[Tensor]:
+        with torch.no_grad():
+            return net.outputs(view.params, x)
+
+    plain = StackedMLP("q", NetworkSpec(hidden=(4, 4), activation="relu"), 3, net.heads)
+    trainable = sum(v.numel() for v in plain.init_agent(torch.Generator()).values())
+    frozen = set(net.frozen_names)
+    assert sum(v[0].numel() for k, v in view.params.items() if k not in frozen) == trainable
+    for switch in range(3):
+        before, live_before = outputs(), view.params["q.1.weight"].detach().clone()
+        encoder = view.params["q.0.weight"].detach().clone()
+        # agents 0 and 2 switch; agent 2 is masked out
+        injection.on_context_switch(cast(TrainingView, view), torch.tensor([True, False, True]))
+        after = outputs()
+        for b, a in zip(before, after, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # unchanged at injection
+        live = view.params["q.1.weight"].detach()
+        if switch < 2:
+            assert not torch.equal(live[0], live_before[0]), "a fresh block for agent 0"
+            assert _is_orthogonal(live[0], 2.0**0.5)
+            assert torch.equal(view.params[f"q.injection{switch}.fresh.1.weight"][0], live[0]), (
+                "the fresh copy is the new trainable block"
+            )
+            assert bool((optimizer.moments("q.1.weight")["exp_avg"][0] == 0).all())
+        else:
+            assert torch.equal(live, live_before), "no slot left: nothing changes"
+        assert torch.equal(live[1:], live_before[1:]), "agents 1 and 2 are left alone"
+        assert torch.equal(view.params["q.0.weight"], encoder), "the encoder is not injected"
+        # train one step: only the trainable parameters move, the outputs then change
+        frozen_before = {k: view.params[k].detach().clone() for k in frozen}
+        optimizer.zero_grad()
+        loss = sum(o.square().sum(dim=(1, 2)) for o in net.outputs(view.params, x))
+        torch.autograd.backward(cast(Tensor, loss).sum())
+        optimizer.step()
+        assert all(torch.equal(view.params[k], v) for k, v in frozen_before.items())
+        assert not torch.equal(outputs()[0], after[0])
+    assert injection.diagnostics(cast(TrainingView, view))["injections"].tolist() == [2, 0, 0]
+
+
+def test_plasticity_injection_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="never inject"):
+        _build("plasticity-injection", at_switch=False)
+    with pytest.raises(ConfigError, match="layers 4 is more than"):
+        _build("plasticity-injection", layers=4).network("q", NetworkSpec(hidden=(4, 4)))
+    with pytest.raises(ConfigError, match="max_injections"):
+        _build("plasticity-injection", max_injections=0)

@@ -153,7 +153,7 @@ class InterventionContract:
         env_spec: EnvSpec,
         contexts: Sequence[Mapping[str, float]],
         seeds: Sequence[int],
-        interventions: Sequence[Intervention],
+        interventions: Sequence[Intervention | tuple[Intervention, Sequence[int]]],
         **kwargs: Any,
     ) -> Any:
         """The policies of a short training (``total_steps[algorithm_name]`` per agent)."""
@@ -218,6 +218,26 @@ class InterventionContract:
             assert torch.equal(value[0], batch.params[name][1]), (
                 f"{name}: agent 1 of a batch of 3 differs from the same agent trained alone; "
                 "what the intervention does to an agent must depend on that agent only"
+            )
+
+    def test_agents_it_leaves_out_train_as_without_it(
+        self, algorithm_name: str, intervention_spec: InterventionSpec, env_spec: EnvSpec
+    ) -> None:
+        """Applied to agent 0 of two, agent 1 ends bit for bit as the same agent trained with no
+        intervention: an intervention must not touch the parameters, optimizer state or random
+        stream of an agent its mask leaves out (studies put several arms in one batch)."""
+        intervention = self.build(intervention_spec)
+        if intervention.changes_network or intervention.whole_batch:
+            pytest.skip(f"{self.intervention_name} applies to every agent of a batch")
+        contexts = self._contexts(env_spec)
+        plain = self.train(algorithm_name, env_spec, contexts[1:2], [3], [])
+        masked = self.train(algorithm_name, env_spec, contexts[:2], [11, 3], [(intervention, [0])])
+        import torch
+
+        for name, value in plain.params.items():
+            assert torch.equal(value[0], masked.params[name][1]), (
+                f"{name}: an agent the intervention leaves out differs from the same agent "
+                "trained without it (does it draw from or edit every agent's state?)"
             )
 
     def test_checkpoint_round_trip(

@@ -87,11 +87,9 @@ def q_values(
     record: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """``(N, M, obs) -> (N, M, actions)``."""
-    h = net.features(params, x, record)
-    advantage = net.head(params, h, "head")
     if not dueling:
-        return advantage
-    value = net.head(params, h, "value")
+        return net.outputs(params, x, ["head"], record)[0]
+    advantage, value = net.outputs(params, x, ["head", "value"], record)
     return value + advantage - advantage.mean(dim=-1, keepdim=True)
 
 

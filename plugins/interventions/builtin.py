@@ -19,6 +19,9 @@
   :mod:`ctxrl_plugins.interventions.continual_backprop`.
 - ``reset``: head or full re-initialisation at context switches, optionally every K updates
   (Nikishin et al. 2022, arXiv 2205.07802); :mod:`ctxrl_plugins.interventions.reset`.
+- ``plasticity-injection``: freeze the last layers and train a fresh copy beside them, outputs
+  unchanged (Nikishin et al. 2023, arXiv 2305.15555; last hidden layer + heads, once, at a
+  switch); :mod:`ctxrl_plugins.interventions.injection`.
 - ``spectral-reg``: ``coef * sum_l (sigma_max(W_l)^2 - 1)^2`` by power iteration (Lewandowski
   et al. 2024, arXiv 2406.06811; coef 1e-4); :mod:`ctxrl_plugins.interventions.spectral`.
 - ``ns-adam``: Adam betas (0.99, 0.99) (Dohare et al. 2024);
@@ -88,6 +91,12 @@ def _reset(**options: Any) -> Intervention:
     from ctxrl_plugins.interventions.reset import Reset
 
     return Reset(**options)
+
+
+def _injection(**options: Any) -> Intervention:
+    from ctxrl_plugins.interventions.injection import PlasticityInjection
+
+    return PlasticityInjection(**options)
 
 
 def _spectral(**options: Any) -> Intervention:
@@ -175,6 +184,14 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
             _reset,
             description="re-initialise the heads (or all layers) at context switches "
             "(Nikishin et al. 2022)",
+        )
+    )
+    register(
+        InterventionSpec(
+            "plasticity-injection",
+            _injection,
+            description="freeze the last layers, train a fresh copy beside them, outputs "
+            "unchanged at injection (Nikishin et al. 2023; 2 layers, once, at a switch)",
         )
     )
     register(

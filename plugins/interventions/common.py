@@ -39,6 +39,21 @@ def per_agent(values: Tensor, like: Tensor) -> Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
+def masked_normal(view: TrainingView, columns: int, dtype: torch.dtype) -> Tensor:
+    """Standard normal numbers ``(N, columns)`` drawn from the random streams of the agents the
+    intervention applies to (``view.mask``), zeros for the others, whose streams do not
+    advance: an agent an intervention leaves out trains exactly as without it (its stream also
+    draws its algorithm's sampling noise)."""
+    active = view.mask > 0
+    if bool(active.all()):
+        return view.rng.normal(columns, dtype=dtype)
+    index = active.nonzero().squeeze(1)
+    out = torch.zeros(view.num_agents, columns, dtype=dtype, device=view.device)
+    if len(index):
+        out[index] = view.rng.normal(columns, index, dtype=dtype)
+    return out
+
+
 def squared_norm(tensor: Tensor) -> Tensor:
     """Per-agent squared L2 norm of an agent-stacked tensor ``(N, ...)``: ``(N,)``."""
     return tensor.square().reshape(tensor.shape[0], -1).sum(dim=1)

@@ -29,6 +29,7 @@ class NonStationaryAdam(Intervention):
     """
 
     name: ClassVar[str] = "ns-adam"
+    whole_batch: ClassVar[bool] = True
 
     def __init__(self, beta1: float = 0.99, beta2: float = 0.99) -> None:
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):

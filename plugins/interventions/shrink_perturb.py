@@ -40,6 +40,7 @@ from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
+    masked_normal,
     network_names,
     per_agent,
     unfrozen,
@@ -91,7 +92,7 @@ class ShrinkPerturb(Intervention):
             return
         dtype = view.params[self.names[0]].dtype
         # one draw of every agent's noise per update: (N, parameters per agent)
-        noise = view.rng.normal(sum(self.sizes), dtype=dtype)
+        noise = masked_normal(view, sum(self.sizes), dtype)
         active = view.mask > 0
         with torch.no_grad():
             for name, eps in zip(self.names, torch.split(noise, self.sizes, dim=1), strict=True):

@@ -27,7 +27,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
-from ctxrl_plugins.interventions.common import weight_names
+from ctxrl_plugins.interventions.common import masked_normal, weight_names
 
 Tensor = torch.Tensor
 
@@ -79,7 +79,9 @@ class SpectralRegularisation(Intervention):
         self.vectors = {}
         for name in weight_names(view):
             weight = view.params[name]
-            start = view.rng.normal(weight.shape[2], dtype=weight.dtype)
+            start = masked_normal(view, weight.shape[2], weight.dtype)
+            # agents left out (zeros) get any unit vector: their penalty is masked out
+            start[view.mask <= 0] = 1.0
             self.vectors[name] = _normalise(start)
         self.sigma = torch.zeros(view.num_agents, device=view.device)
 

@@ -3,7 +3,7 @@ layers are batched matrix products that keep agents independent."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -84,9 +84,20 @@ class StackedMLP:
     (``head``; DQN's dueling network adds ``value``). Forward passes map ``(N, M, in)`` to
     ``(N, M, out)``.
 
+    Plasticity injection (Nikishin et al. 2023; ``spec.injections`` slots): the trailing
+    ``spec.injected_layers`` layers form a *block* ``h(z; theta)`` on the features ``z`` of the
+    layers before it. Slot ``j`` holds two frozen copies of the block's parameters,
+    ``{role}.injection{j}.old.{layer}.{suffix}`` and ``{role}.injection{j}.fresh.{...}``, and a
+    per-agent switch ``{role}.injection{j}.on`` ``(N, 1)``; each output is
+    ``h(z; theta) + sum_j on_j * (h(z; old_j) - h(z; fresh_j))``. Injecting into slot ``j``
+    copies ``theta`` into ``old_j``, draws a fresh ``theta`` and copies it into ``fresh_j``, and
+    sets ``on_j``: the outputs are unchanged at that moment and only ``theta`` (and the layers
+    before the block) train. The copies are zeros and switched off until then, and
+    :attr:`frozen_names` lists them for the trainer to freeze.
+
     Args:
         role: the network's name, the prefix of its parameters (``actor``, ``critic``, ``q``).
-        spec: widths, activation, normalisation.
+        spec: widths, activation, normalisation, injection slots.
         in_dim: observation size.
         heads: output heads in initialisation order: name -> (width, orthogonal gain).
     """
@@ -102,31 +113,57 @@ class StackedMLP:
             raise ValueError(f"{role}: unknown activation {spec.activation!r}")
         if spec.norm not in ("none", "layernorm"):
             raise ValueError(f"{role}: unknown normalisation {spec.norm!r}")
+        depth = len(spec.hidden)
+        if spec.injections < 0:
+            raise ValueError(f"{role}: injections must be >= 0, got {spec.injections}")
+        if not 1 <= spec.injected_layers <= depth + 1:
+            raise ValueError(
+                f"{role}: injected_layers {spec.injected_layers} must be 1..{depth + 1} (the "
+                f"output heads and up to all {depth} hidden layers)"
+            )
         self.role, self.spec, self.in_dim, self.heads = role, spec, in_dim, dict(heads)
         self.activation = ACTIVATIONS[spec.activation]
         widen = 2 if spec.activation == "crelu" else 1
         self.fan_ins = [in_dim, *(w * widen for w in spec.hidden)]
-        self.hidden_layers = [f"{role}.{i}" for i in range(len(spec.hidden))]
+        self.hidden_layers = [f"{role}.{i}" for i in range(depth)]
         self.layers = [*self.hidden_layers, *(f"{role}.{h}" for h in self.heads)]
+        self.block_start = depth - (spec.injected_layers - 1)
+        """index of the first hidden layer of the injected block"""
+        self.block_layers = [
+            *self.hidden_layers[self.block_start :],
+            *(f"{role}.{h}" for h in self.heads),
+        ]
 
     @property
     def feature_size(self) -> int:
         """Width of the last hidden layer's output (what the heads read)."""
         return self.fan_ins[-1]
 
-    def init_agent(self, generator: torch.Generator) -> Params:
+    @property
+    def frozen_names(self) -> list[str]:
+        """The parameters this network holds but never trains (plasticity injection's copies
+        and switches)."""
+        prefixes = tuple(f"{self.role}.injection{j}." for j in range(self.spec.injections))
+        return [name for name in self._names() if name.startswith(prefixes)]
+
+    def _names(self) -> list[str]:
+        return list(self.init_agent(torch.Generator().manual_seed(0), zeros=True))
+
+    def init_agent(self, generator: torch.Generator, *, zeros: bool = False) -> Params:
         """One agent's parameters (no agent dimension), drawn from ``generator``: orthogonal
         weights (hidden layers first, then heads, in order), zero biases, unit LayerNorm
-        gains."""
+        gains; injection copies zero and switched off. (``zeros``: shapes only, no draws.)"""
         params: Params = {}
+
+        def weight(rows: int, cols: int, gain: float) -> Tensor:
+            if zeros:
+                return torch.zeros(rows, cols)
+            return orthogonal(rows, cols, gain, generator)
+
         for i, (layer, width) in enumerate(zip(self.hidden_layers, self.spec.hidden, strict=True)):
-            params[f"{layer}.weight"] = orthogonal(
-                self.fan_ins[i], width, self.spec.hidden_gain, generator
-            )
+            params[f"{layer}.weight"] = weight(self.fan_ins[i], width, self.spec.hidden_gain)
         for head, (width, gain) in self.heads.items():
-            params[f"{self.role}.{head}.weight"] = orthogonal(
-                self.feature_size, width, gain, generator
-            )
+            params[f"{self.role}.{head}.weight"] = weight(self.feature_size, width, gain)
         for layer, width in zip(self.hidden_layers, self.spec.hidden, strict=True):
             params[f"{layer}.bias"] = torch.zeros(width)
             if self.spec.norm == "layernorm":
@@ -134,36 +171,107 @@ class StackedMLP:
                 params[f"{layer}.norm.bias"] = torch.zeros(width)
         for head, (width, _) in self.heads.items():
             params[f"{self.role}.{head}.bias"] = torch.zeros(width)
+        block = [
+            name
+            for name in params
+            if any(name.startswith(f"{layer}.") for layer in self.block_layers)
+        ]
+        for slot in range(self.spec.injections):
+            params[f"{self.role}.injection{slot}.on"] = torch.zeros(1)
+            for kind in INJECTION_COPIES:
+                for name in block:
+                    params[injection_name(self.role, slot, kind, name)] = torch.zeros_like(
+                        params[name]
+                    )
         return params
 
-    def features(
-        self, params: Mapping[str, Tensor], x: Tensor, record: dict[str, Tensor] | None = None
+    def _get(
+        self, params: Mapping[str, Tensor], layer: str, suffix: str, copy: tuple[int, str] | None
     ) -> Tensor:
-        """The last hidden layer's output ``(N, M, feature_size)``; with ``record``, each hidden
-        layer's post-activation output is stored there (detached) under its layer name."""
-        h = x
-        for layer in self.hidden_layers:
-            h = linear(h, params[f"{layer}.weight"], params[f"{layer}.bias"])
+        """Parameter ``{layer}.{suffix}``, or its frozen injection copy ``(slot, kind)``."""
+        if copy is None:
+            return params[f"{layer}.{suffix}"]
+        slot, kind = copy
+        return params[injection_name(self.role, slot, kind, f"{layer}.{suffix}")].detach()
+
+    def _hidden(
+        self,
+        params: Mapping[str, Tensor],
+        h: Tensor,
+        layers: list[str],
+        copy: tuple[int, str] | None,
+        record: dict[str, Tensor] | None,
+    ) -> Tensor:
+        for layer in layers:
+            h = linear(
+                h, self._get(params, layer, "weight", copy), self._get(params, layer, "bias", copy)
+            )
             if self.spec.norm == "layernorm":
                 h = torch.nn.functional.layer_norm(h, h.shape[-1:])
                 h = (
-                    h * params[f"{layer}.norm.weight"][:, None]
-                    + params[f"{layer}.norm.bias"][:, None]
+                    h * self._get(params, layer, "norm.weight", copy)[:, None]
+                    + self._get(params, layer, "norm.bias", copy)[:, None]
                 )
             h = self.activation(h)
             if record is not None:
                 record[layer] = h.detach()
         return h
 
-    def head(self, params: Mapping[str, Tensor], h: Tensor, name: str = "head") -> Tensor:
-        """Output head ``name`` on features ``h``: ``(N, M, width)``."""
-        return linear(h, params[f"{self.role}.{name}.weight"], params[f"{self.role}.{name}.bias"])
+    def _block(
+        self,
+        params: Mapping[str, Tensor],
+        z: Tensor,
+        heads: list[str],
+        copy: tuple[int, str] | None,
+        record: dict[str, Tensor] | None,
+    ) -> list[Tensor]:
+        h = self._hidden(params, z, self.hidden_layers[self.block_start :], copy, record)
+        return [
+            linear(
+                h,
+                self._get(params, f"{self.role}.{head}", "weight", copy),
+                self._get(params, f"{self.role}.{head}", "bias", copy),
+            )
+            for head in heads
+        ]
+
+    def outputs(
+        self,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        heads: Sequence[str] | None = None,
+        record: dict[str, Tensor] | None = None,
+    ) -> list[Tensor]:
+        """The output heads ``heads`` (default: all, in order), each ``(N, M, width)``, for
+        ``x`` ``(N, M, in)``; with ``record``, each hidden layer's post-activation output is
+        stored there (detached) under its layer name."""
+        names = list(self.heads) if heads is None else list(heads)
+        z = self._hidden(params, x, self.hidden_layers[: self.block_start], None, record)
+        out = self._block(params, z, names, None, record)
+        for slot in range(self.spec.injections):
+            on = params[f"{self.role}.injection{slot}.on"].detach()[:, None, :]  # (N, 1, 1)
+            old = self._block(params, z, names, (slot, "old"), None)
+            fresh = self._block(params, z, names, (slot, "fresh"), None)
+            out = [o + on * (a - b) for o, a, b in zip(out, old, fresh, strict=True)]
+        return out
 
     def __call__(
         self, params: Mapping[str, Tensor], x: Tensor, record: dict[str, Tensor] | None = None
     ) -> Tensor:
-        """Features, then the first head: ``(N, M, in) -> (N, M, out)``."""
-        return self.head(params, self.features(params, x, record), next(iter(self.heads)))
+        """The first head: ``(N, M, in) -> (N, M, out)``."""
+        return self.outputs(params, x, [next(iter(self.heads))], record)[0]
+
+
+INJECTION_COPIES = ("old", "fresh")
+"""The two frozen copies an injection slot holds: the block as it was, and the fresh block the
+trainable parameters restart from."""
+
+
+def injection_name(role: str, slot: int, kind: str, name: str) -> str:
+    """The frozen copy ``kind`` (``old`` / ``fresh``) in injection ``slot`` of the block
+    parameter ``name`` (``{role}.{layer}.{suffix}``):
+    ``{role}.injection{slot}.{kind}.{layer}.{suffix}``."""
+    return f"{role}.injection{slot}.{kind}.{name.removeprefix(f'{role}.')}"
 
 
 def stack_agents(per_agent: list[Params], device: torch.device) -> Params:

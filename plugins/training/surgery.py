@@ -4,7 +4,7 @@ layers and finding the parameters a layer pattern names."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,15 +24,18 @@ def warm_start(
     reinit: Sequence[str],
     env: EnvSpec,
     twin: Any,
+    *,
+    optional: Collection[str] = (),
 ) -> None:
     """Copy ``init``'s weights (a policies object with ``params``, or agent-stacked parameters
     ``(N, ...)`` or ``(1, ...)``) into ``params``, except the ``reinit`` layers, which keep their
     fresh initialisation; a missing parameter or a shape that does not fit (another algorithm,
     network, observation or action space) is an error naming it. ``algorithm`` names the
-    trainer in errors."""
+    trainer in errors. Parameters in ``optional`` (plasticity injection's frozen copies) are
+    copied when the source has them and otherwise keep their initialisation."""
     source: Mapping[str, Tensor] = init.params if hasattr(init, "params") else init
     source_env = getattr(init, "env", None)
-    missing = sorted(set(params) - set(source))
+    missing = sorted(set(params) - set(source) - set(optional))
     if missing:
         raise CtxrlError(
             f"{algorithm}: the warm-start policy has no parameter {missing[0]!r} (a "
@@ -43,7 +46,7 @@ def warm_start(
     n = next(iter(params.values())).shape[0]
     with torch.no_grad():
         for name, value in params.items():
-            if name in keep:
+            if name in keep or name not in source:
                 continue
             weights = source[name].to(value.device, value.dtype)
             if weights.shape[0] == 1 and n > 1:

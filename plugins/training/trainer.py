@@ -253,12 +253,13 @@ class BatchedTrainer(Generic[StateT]):
         params = stack_agents(per_agent, device)
         params.update(self.extra_params(twin))
         layers = [layer for net in networks.values() for layer in net.layers]
+        untrained = [name for net in networks.values() for name in net.frozen_names]
         if init is not None:
-            warm_start(self.name, params, init, layers, reinit, env, twin)
+            warm_start(self.name, params, init, layers, reinit, env, twin, optional=untrained)
         elif reinit:
             raise CtxrlError(f"{self.name}: reinit {list(reinit)} needs a warm start (init=...)")
         optimizer = self.optimizer(params)
-        for name in matching(freeze, layers, params, "freeze"):
+        for name in [*matching(freeze, layers, params, "freeze"), *untrained]:
             optimizer.freeze(name, torch.ones(n, dtype=torch.bool, device=device))
         rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
         run = TrainingRun(

@@ -1,0 +1,536 @@
+"""Plasticity studies: interventions x seeds on one context schedule, batched.
+
+A study trains agents of one batched algorithm (PPO or DQN) on an env whose context switches
+during training (a :mod:`ctxrl.schedules` schedule: pole length alternating every K steps,
+friction redrawn log-uniformly, ...), once with no intervention (``none``, the baseline) and
+once per *arm*: an intervention, or several composed, from the intervention registry. Every
+(arm, seed) agent is one agent of a batched program: all arms whose interventions can apply to
+a subset of a batch share one program (the agents stay independent: an agent's numbers do not
+depend on the others), and an arm that changes what a batch shares (the network's shape:
+LayerNorm, CReLU, plasticity injection; the optimizer: non-stationary Adam) gets a program of
+its own. Seed ``s`` of every arm starts from the same initial weights and follows the same
+schedule (``sampled`` schedules are drawn per seed: schedule seed + ``s``), so arms differ only
+by their interventions.
+
+Recorded on one step grid per program (:class:`~ctxrl_plugins.training.log.TrainingLog`): the
+return in the agent's current context (its learning curve), the plasticity metrics per hidden
+layer (on a grid and just before every switch) and the training diagnostics. Each program
+checkpoints itself and is stored when it finishes (``programs/*.safetensors`` with JSON
+metadata), so a killed study resumes. Analysis, figures and the summary:
+:mod:`ctxrl_plugins.transfer.plasticity_study_report`.
+
+Run it with ``ctxrl plasticity STUDY.yaml`` or from Python::
+
+    from ctxrl.plugins import get_host
+    from ctxrl_plugins.transfer.plasticity_study import load_study_config, run_study
+    run_dir = run_study(load_study_config("study.yaml"), get_host().registry)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxrl import hookimpl
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import Intervention, build_interventions
+from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
+from ctxrl.schedules import ContextSchedule, schedule_from_dict
+
+STUDY = "plasticity"
+BASELINE = "none"
+SHARED_PROGRAM = "shared"
+
+
+# ------------------------------------------------------------------------------ config
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InterventionEntry(_Strict):
+    name: str = Field(description="intervention registry name")
+    options: dict[str, Any] = Field(default_factory=dict, description="its options")
+
+
+class ArmEntry(_Strict):
+    """One arm: a label and the interventions it composes (in order)."""
+
+    label: str = Field(description="the arm's name in tables and figures")
+    interventions: list[InterventionEntry] = Field(min_length=1)
+
+
+class StudyConfig(_Strict):
+    """A plasticity study, as written in YAML."""
+
+    env: str = Field(description="environment registry name (it needs a torch twin)")
+    algorithm: Literal["batched-ppo", "batched-dqn"] = Field(default="batched-ppo")
+    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters")
+    preset: str | None = Field(default=None, description="the algorithm's preset")
+    schedule: dict[str, Any] = Field(
+        description="the context schedule (ctxrl.schedules JSON form, e.g. {kind: sequence, "
+        "every: 20000, contexts: [{length: 0.5}, {length: 2.0}]}); a 'sampled' schedule is "
+        "drawn per seed (its seed + the agent's seed)"
+    )
+    arms: list[str | InterventionEntry | ArmEntry] = Field(
+        description="interventions to compare with no intervention: a name (defaults), "
+        "{name, options}, or {label, interventions: [...]} to compose several"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    total_steps: int = Field(gt=0, description="env steps per agent")
+    curve_every: int = Field(gt=0, description="env steps between learning-curve points")
+    curve_episodes: int = Field(default=5, ge=1, description="episodes per curve point")
+    plasticity_every: int | None = Field(
+        default=None,
+        gt=0,
+        description="env steps between plasticity records (default: "
+        "curve_every); also recorded just before every switch",
+    )
+    dormant_tau: float = Field(default=0.025, ge=0.0, description="ReDo's dormancy threshold")
+    threshold: float = Field(
+        default=0.9, description="normalised return for time to threshold after each switch"
+    )
+    device: str = Field(default="cpu")
+    output_dir: Path = Field(default=Path("runs"))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} repeat a seed")
+        if any(s < 0 for s in value):
+            raise ValueError(f"seeds {value}: seeds are integers >= 0")
+        return value
+
+    def arm_entries(self) -> list[ArmEntry]:
+        """The arms in order, each with its label (the baseline ``none`` not included)."""
+        out: list[ArmEntry] = []
+        for arm in self.arms:
+            if isinstance(arm, str):
+                out.append(ArmEntry(label=arm, interventions=[InterventionEntry(name=arm)]))
+            elif isinstance(arm, InterventionEntry):
+                out.append(ArmEntry(label=arm.name, interventions=[arm]))
+            else:
+                out.append(arm)
+        return out
+
+    def plan_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude={"output_dir", "device"})
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; errors name the field and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study is a YAML mapping")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+
+# -------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Program:
+    """One batched program: its agents as (arm label, seed) and the arms' interventions."""
+
+    name: str
+    agents: list[tuple[str, int]]
+    arms: dict[str, list[InterventionEntry]]
+
+
+@dataclass
+class StudyPlan:
+    """A validated study: env, algorithm parameters, one schedule per seed, the programs."""
+
+    config: StudyConfig
+    env: EnvSpec
+    params: dict[str, Any]
+    schedules: dict[int, ContextSchedule]
+    labels: list[str]
+    programs: list[Program] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.output_dir / f"plasticity-{self.env.name}-{self.config.plan_hash()}"
+
+
+def _seed_schedule(config: StudyConfig, env: EnvSpec, seed: int) -> ContextSchedule:
+    data = dict(config.schedule)
+    if data.get("kind") == "sampled":
+        data["seed"] = int(data.get("seed", 0)) + seed
+    return schedule_from_dict(data, env.context_space, where="schedule")
+
+
+def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
+    """Validate everything before any training: the env and its twin, the algorithm and its
+    hyperparameters, the schedule against the env's context space, every arm's interventions
+    (names and options) and whether the algorithm can host them."""
+    try:
+        env = registry.env(config.env)
+    except Exception as exc:
+        raise ConfigError(f"env: {exc}") from None
+    if env.make_batched is None:
+        raise ConfigError(f"env: {config.env!r} has no torch twin; the batched trainers need one")
+    algorithm = registry.algorithm(config.algorithm)
+    params: dict[str, Any] = {}
+    if config.preset is not None:
+        if config.preset not in algorithm.presets:
+            raise ConfigError(
+                f"preset: {config.algorithm} has no preset {config.preset!r}; available: "
+                f"{', '.join(sorted(algorithm.presets)) or 'none'}"
+            )
+        params.update(algorithm.presets[config.preset])
+    params.update(config.params)
+    try:
+        cast(Any, algorithm.factory(params, device=config.device)).check_env(env)
+    except CtxrlError as exc:
+        raise ConfigError(f"params: {exc}") from None
+    schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
+    arms = config.arm_entries()
+    labels = [BASELINE, *(arm.label for arm in arms)]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"arms: the labels {duplicates} repeat (or name the baseline {BASELINE!r}); give "
+            "each arm its own label"
+        )
+    shared: dict[str, list[InterventionEntry]] = {BASELINE: []}
+    programs: list[Program] = []
+    for index, arm in enumerate(arms):
+        interventions = _build(arm.interventions, registry, f"arms[{index}]")
+        if any(i.changes_network or i.whole_batch for i in interventions):
+            programs.append(
+                Program(
+                    f"arm-{arm.label}",
+                    [(arm.label, seed) for seed in config.seeds],
+                    {arm.label: arm.interventions},
+                )
+            )
+        else:
+            shared[arm.label] = arm.interventions
+    agents = [(label, seed) for label in shared for seed in config.seeds]
+    programs.insert(0, Program(SHARED_PROGRAM, agents, shared))
+    return StudyPlan(config, env, params, schedules, labels, programs)
+
+
+def _build(
+    entries: Sequence[InterventionEntry], registry: Registry, where: str
+) -> list[Intervention]:
+    try:
+        return build_interventions([e.model_dump() for e in entries], registry)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('algorithm.')}") from None
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class ProgramResult:
+    """What one finished program recorded, per agent (``A`` agents, in ``agents`` order).
+
+    Attributes:
+        agents: (arm label, seed) per agent.
+        curve_steps: ``(T,)`` env steps per agent of the learning-curve points.
+        curves: ``(A, T)`` mean evaluation return in the agent's current context.
+        plasticity_steps: ``(P,)`` env steps of the plasticity records.
+        plasticity: ``{metric}.{layer}`` -> ``(A, P)``.
+        diagnostic_steps: ``(D,)``; diagnostics: name -> ``(A, D)``.
+        switches: env steps at which contexts switched (every agent of a study switches at
+            the same steps: one schedule per seed, the same grid for every arm).
+    """
+
+    agents: list[tuple[str, int]]
+    curve_steps: np.ndarray
+    curves: np.ndarray
+    plasticity_steps: np.ndarray
+    plasticity: dict[str, np.ndarray]
+    diagnostic_steps: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+    switches: list[int]
+
+
+class StudyRunner:
+    """Runs (or resumes) a study in its run directory, one batched program at a time, each
+    stored as it finishes."""
+
+    def __init__(
+        self,
+        plan: StudyPlan,
+        registry: Registry,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        self.plan, self.registry, self.progress = plan, registry, progress
+        self.run_dir = run_dir or plan.run_dir
+
+    def prepare(self) -> None:
+        """Create (or reopen) the run directory; refuse one that holds another study."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = self.run_dir / "plan.yaml"
+        data = {
+            "study": STUDY,
+            "plan_hash": self.plan.config.plan_hash(),
+            "config": self.plan.config.model_dump(mode="json"),
+        }
+        if plan_file.exists():
+            stored = yaml.safe_load(plan_file.read_text()) or {}
+            if stored.get("plan_hash") != data["plan_hash"]:
+                raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
+        else:
+            plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def _file(self, program: Program) -> Path:
+        return self.run_dir / "programs" / program.name
+
+    def load(self, program: Program) -> ProgramResult | None:
+        """A stored program, or None when it has not finished."""
+        from ctxrl.artifacts import load_artifact
+
+        path = self._file(program)
+        if not path.with_suffix(".safetensors").is_file():
+            return None
+        tensors, meta = load_artifact(path)
+
+        def group(prefix: str) -> dict[str, np.ndarray]:
+            return {
+                k.removeprefix(prefix): v.double().numpy()
+                for k, v in tensors.items()
+                if k.startswith(prefix)
+            }
+
+        return ProgramResult(
+            [(str(label), int(seed)) for label, seed in meta["agents"]],
+            tensors["curve_steps"].numpy(),
+            tensors["curves"].double().numpy(),
+            tensors["plasticity_steps"].numpy(),
+            group("plasticity."),
+            tensors["diagnostic_steps"].numpy(),
+            group("diagnostics."),
+            [int(s) for s in meta["switches"]],
+        )
+
+    def _store(self, program: Program, result: ProgramResult) -> None:
+        import torch
+
+        from ctxrl.artifacts import save_artifact
+
+        tensors = {
+            "curve_steps": torch.as_tensor(result.curve_steps, dtype=torch.int64),
+            "curves": torch.as_tensor(result.curves, dtype=torch.float64),
+            "plasticity_steps": torch.as_tensor(result.plasticity_steps, dtype=torch.int64),
+            "diagnostic_steps": torch.as_tensor(result.diagnostic_steps, dtype=torch.int64),
+        }
+        for prefix, values in (
+            ("plasticity.", result.plasticity),
+            ("diagnostics.", result.diagnostics),
+        ):
+            for name, value in values.items():
+                tensors[prefix + name] = torch.as_tensor(np.ascontiguousarray(value))
+        path = self._file(program)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_artifact(
+            path,
+            tensors,
+            {"agents": [list(a) for a in result.agents], "switches": result.switches},
+        )
+
+    def run(self) -> dict[str, ProgramResult]:
+        """Every program, training what is not stored yet; returns them all by name."""
+        self.prepare()
+        results: dict[str, ProgramResult] = {}
+        for program in self.plan.programs:
+            stored = self.load(program)
+            if stored is None:
+                stored = self._train(program)
+                self._store(program, stored)
+            results[program.name] = stored
+        return results
+
+    def _train(self, program: Program) -> ProgramResult:
+        from ctxrl_plugins.training.plasticity import PlasticityOptions
+
+        plan, config = self.plan, self.plan.config
+        algorithm = cast(
+            Any,
+            self.registry.algorithm(config.algorithm).factory(plan.params, device=config.device),
+        )
+        seeds = [seed for _, seed in program.agents]
+        schedules = [plan.schedules[seed] for seed in seeds]
+        interventions: list[tuple[Intervention, list[int]]] = []
+        for label, entries in program.arms.items():
+            rows = [i for i, (arm, _) in enumerate(program.agents) if arm == label]
+            for intervention in _build(entries, self.registry, f"arm {label!r}"):
+                interventions.append((intervention, rows))
+        checkpoint = self.run_dir / "checkpoints" / program.name
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        progress = self.progress
+        policies = algorithm.train_many(
+            plan.env,
+            [s.context_at(0).as_dict() for s in schedules],
+            seeds,
+            total_steps=config.total_steps,
+            checkpoint=checkpoint,
+            progress=None
+            if progress is None
+            else lambda done, total: progress(program.name, done, total),
+            interventions=interventions,
+            curves=CurveOptions(config.curve_every, config.curve_episodes),
+            schedules=schedules,
+            plasticity=PlasticityOptions(
+                config.plasticity_every or config.curve_every, config.dormant_tau
+            ),
+        )
+        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+            file.unlink()
+        log = policies.log
+        return ProgramResult(
+            agents=list(program.agents),
+            curve_steps=np.asarray(log.curve_steps, dtype=np.int64),
+            curves=log.curve().T.astype(np.float64),
+            plasticity_steps=np.asarray(log.plasticity_steps, dtype=np.int64),
+            plasticity={k: np.stack(v).T for k, v in log.plasticity.items()},
+            diagnostic_steps=np.asarray(log.diagnostic_steps, dtype=np.int64),
+            diagnostics={k: np.stack(v).T for k, v in log.diagnostics.items()},
+            switches=sorted({int(step) for step, _ in log.switches}),
+        )
+
+
+# ------------------------------------------------------------------------- entry points
+def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -> Path:
+    """Run (or resume) a study and write its outputs; returns its run directory."""
+    from ctxrl_plugins.transfer.plasticity_study_report import write_outputs
+
+    plan = resolve_study(config, registry)
+
+    def progress(label: str, done: int, total: int) -> None:
+        if console is not None and (done == total or done % max(1, total // 10) == 0):
+            console.print(f"{label}: {done}/{total}")
+
+    runner = StudyRunner(plan, registry, progress=progress)
+    results = runner.run()
+    write_outputs(plan, results, runner.run_dir)
+    return runner.run_dir
+
+
+def load_results(run_dir: Path, registry: Registry) -> tuple[StudyPlan, dict[str, ProgramResult]]:
+    """A finished study's plan and stored programs (an error names a program not finished)."""
+    plan_file = run_dir / "plan.yaml"
+    data = yaml.safe_load(plan_file.read_text()) or {}
+    config = StudyConfig.model_validate(data["config"])
+    plan = resolve_study(config, registry)
+    runner = StudyRunner(plan, registry, run_dir=run_dir)
+    results: dict[str, ProgramResult] = {}
+    for program in plan.programs:
+        stored = runner.load(program)
+        if stored is None:
+            raise CtxrlError(
+                f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
+                "plasticity` on the study file to complete it"
+            )
+        results[program.name] = stored
+    return plan, results
+
+
+def report_study(run_dir: Path) -> str:
+    """Rewrite a study's exports, figures and summary from its stored programs."""
+    from ctxrl.plugins import get_host
+    from ctxrl_plugins.transfer.plasticity_study_report import write_outputs
+
+    plan, results = load_results(run_dir, get_host().registry)
+    return write_outputs(plan, results, run_dir)
+
+
+class _Study:
+    """The transfer-method object: a study runs from its own command, not inside a sweep."""
+
+    def transfer(self, problem: Any) -> Any:
+        raise CtxrlError(
+            "plasticity is a study of its own: run `ctxrl plasticity STUDY.yaml`; in a sweep "
+            "put interventions under algorithm.interventions"
+        )
+
+
+@hookimpl
+def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], None]) -> None:
+    register(
+        TransferMethodSpec(
+            name=STUDY,
+            factory=_Study,
+            batched_only=True,
+            report=report_study,
+            description="plasticity studies: interventions x seeds on a context schedule, "
+            "per-switch metrics against no intervention (`ctxrl plasticity`)",
+        )
+    )
+
+
+@hookimpl
+def ctxrl_register_commands(cli: Any) -> None:
+    import click
+
+    @cli.command("plasticity")  # type: ignore[untyped-decorator]
+    @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--dry-run", is_flag=True, help="Validate the study; train nothing.")
+    def plasticity(study: Path, dry_run: bool) -> None:
+        """Run (or resume) the plasticity STUDY (a YAML file): interventions x seeds on a
+        context schedule, against no intervention."""
+        from rich.console import Console
+
+        from ctxrl.plugins import get_host
+
+        console = Console(stderr=True)
+        config = load_study_config(study)
+        registry = get_host().registry
+        plan = resolve_study(config, registry)
+        switches = max(0, len(_switch_steps(plan)))
+        console.print(
+            f"{plan.env.name} ({config.algorithm}): {len(plan.labels)} arms "
+            f"({', '.join(plan.labels)}) x {len(config.seeds)} seeds, {switches} switches in "
+            f"{config.total_steps} steps, {len(plan.programs)} batched program(s) -> "
+            f"{plan.run_dir}"
+        )
+        if dry_run:
+            return
+        run_dir = run_study(config, registry, console=console)
+        click.echo((run_dir / "summary.md").read_text())
+        click.echo(f"results: {run_dir}")
+
+
+def _switch_steps(plan: StudyPlan) -> list[int]:
+    """The scheduled switch steps of the first seed within the budget."""
+    schedule = plan.schedules[plan.config.seeds[0]]
+    return schedule.switch_steps(0, plan.config.total_steps)
+
+
+__all__ = [
+    "ArmEntry",
+    "InterventionEntry",
+    "Program",
+    "ProgramResult",
+    "StudyConfig",
+    "StudyPlan",
+    "StudyRunner",
+    "load_results",
+    "load_study_config",
+    "report_study",
+    "resolve_study",
+    "run_study",
+]
