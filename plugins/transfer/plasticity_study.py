@@ -202,7 +202,7 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     try:
         cast(Any, algorithm.factory(params, device=config.device)).check_env(env)
     except CtxrlError as exc:
-        raise ConfigError(f"params: {exc}") from None
+        raise ConfigError(f"params: {str(exc).removeprefix('algorithm.params: ')}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
     arms = config.arm_entries()
     labels = [BASELINE, *(arm.label for arm in arms)]
@@ -237,7 +237,7 @@ def _build(
     try:
         return build_interventions([e.model_dump() for e in entries], registry)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {str(exc).removeprefix('algorithm.')}") from None
+        raise ConfigError(f"{where}.{str(exc).removeprefix('algorithm.')}") from None
 
 
 # ------------------------------------------------------------------------------ results

@@ -1,0 +1,177 @@
+"""The plasticity study (`ctxrl plasticity`) end to end at CI size: programs, resume, outputs,
+`ctxrl report`, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.plugins import get_host
+from ctxrl_plugins.transfer.plasticity_study import (
+    StudyConfig,
+    StudyRunner,
+    load_study_config,
+    resolve_study,
+)
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+STUDY: dict[str, Any] = {
+    "env": "CartPole",
+    "algorithm": "batched-ppo",
+    "params": {
+        "num_envs": 2,
+        "num_steps": 64,
+        "update_epochs": 2,
+        "num_minibatches": 2,
+        "hidden": 8,
+        "activation": "relu",
+    },
+    "schedule": {"kind": "sequence", "every": 1024, "contexts": [{"length": 0.5}, {"length": 2.0}]},
+    "arms": [
+        {"name": "redo", "options": {"every": 4, "tau": 0.5}},
+        {"label": "inject", "interventions": [{"name": "plasticity-injection"}]},
+    ],
+    "seeds": [0, 1],
+    "total_steps": 4096,
+    "curve_every": 256,
+    "curve_episodes": 1,
+}
+
+
+def _write(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "output_dir": str(tmp_path / "runs"), **changes}))
+    return path
+
+
+@pytest.mark.long
+def test_a_study_trains_its_programs_writes_its_outputs_and_resumes(
+    run_ctxrl: Run, tmp_path: Path
+) -> None:
+    study = _write(tmp_path)
+    config = load_study_config(study)
+    registry = get_host().registry
+    plan = resolve_study(config, registry)
+    # redo shares the baseline's program; injection changes the network: a program of its own
+    assert [(p.name, list(p.arms)) for p in plan.programs] == [
+        ("shared", ["none", "redo"]),
+        ("arm-inject", ["inject"]),
+    ]
+
+    # killed in the second program: the first is stored, the second resumes from its checkpoint
+    class Killed(Exception):
+        pass
+
+    def kill(label: str, done: int, total: int) -> None:
+        if label == "arm-inject" and done >= total // 2:
+            raise Killed
+
+    runner = StudyRunner(plan, registry, progress=kill)
+    with pytest.raises(Killed):
+        runner.run()
+    shared = runner.run_dir / "programs" / "shared.safetensors"
+    stored_at = shared.stat().st_mtime_ns
+    assert not (runner.run_dir / "programs" / "arm-inject.safetensors").exists()
+
+    result = run_ctxrl("plasticity", str(study), check=True)
+    assert shared.stat().st_mtime_ns == stored_at, "a finished program is not trained again"
+    assert "shared:" not in result.stderr and "arm-inject:" in result.stderr
+    assert "# Plasticity study: CartPole, batched-ppo" in result.stdout
+    run_dir = runner.run_dir
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["switches"] == [1024, 2048, 3072]
+    assert set(metrics["arms"]) == {"none", "redo", "inject"}
+    for label, data in metrics["arms"].items():
+        for measure, values in data["per_seed"].items():
+            assert len(values) == 2, (label, measure)
+        auc = data["estimates"]["post_switch_auc"]
+        assert 0.0 <= auc["estimate"] <= 1.0
+    assert set(metrics["arms"]["redo"]["versus_none"]) == set(metrics["arms"]["none"]["per_seed"])
+    # recycling half the units every 4 updates changes the post-switch curves
+    assert metrics["arms"]["redo"]["per_seed"]["post_switch_auc"] != pytest.approx(
+        metrics["arms"]["none"]["per_seed"]["post_switch_auc"]
+    )
+    curves = (run_dir / "curves.csv").read_text().splitlines()
+    assert curves[0] == "arm,seed,step,normalised_return"
+    assert len(curves) == 1 + 3 * 2 * 17  # arms x seeds x points (0, 256, ..., 4096)
+    plasticity = (run_dir / "plasticity.csv").read_text()
+    assert "none,0," in plasticity and ",dormant,actor.0," in plasticity
+    for figure in ("returns.png", "plasticity.png"):
+        assert (run_dir / "figures" / figure).stat().st_size > 1000
+    summary = (run_dir / "summary.md").read_text()
+    assert "| inject |" in summary and "Does the baseline lose plasticity?" in summary
+
+    report = run_ctxrl("report", str(run_dir), check=True)
+    assert "# Plasticity study: CartPole, batched-ppo" in report.stdout
+
+
+def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path) -> None:
+    """The baseline agents of the shared program equal a study with no other arm: arms in one
+    batch do not disturb each other."""
+    registry = get_host().registry
+    small = {**STUDY, "total_steps": 1024, "curve_every": 512, "output_dir": str(tmp_path)}
+    small["schedule"] = {**STUDY["schedule"], "every": 512}
+    with_arms = StudyConfig.model_validate(
+        {**small, "arms": [{"name": "shrink-perturb"}, {"name": "l2"}]}
+    )
+    alone = StudyConfig.model_validate({**small, "arms": [], "output_dir": str(tmp_path / "b")})
+    together = StudyRunner(resolve_study(with_arms, registry), registry).run()["shared"]
+    apart = StudyRunner(resolve_study(alone, registry), registry).run()["shared"]
+    rows = [i for i, (arm, _) in enumerate(together.agents) if arm == "none"]
+    assert np.array_equal(together.curves[rows], apart.curves)
+    for name, values in apart.plasticity.items():
+        assert np.array_equal(together.plasticity[name][rows], values, equal_nan=True), name
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"arms": ["no-such-intervention"]},
+            r"arms\[0\].interventions\[0\].name: .*no-such-intervention",
+        ),
+        (
+            {"arms": [{"name": "redo", "options": {"taux": 1}}]},
+            r"arms\[0\].interventions\[0\].options: .*taux",
+        ),
+        ({"arms": ["redo", {"name": "redo"}]}, "labels \\['redo'\\] repeat"),
+        ({"arms": ["none"]}, "labels \\['none'\\] repeat"),
+        ({"algorithm": "sb3-ppo"}, "algorithm: Input should be 'batched-ppo' or 'batched-dqn'"),
+        ({"env": "Pendulum", "algorithm": "batched-dqn", "params": {}}, "params: .*discrete"),
+        ({"env": "NoSuchEnv"}, "env: "),
+        (
+            {"schedule": {"kind": "sequence", "every": 512, "contexts": [{"length": 99.0}]}},
+            "schedule.*length.*99",
+        ),
+        ({"schedule": {"kind": "sequence", "contexts": [{}]}}, "schedule: .*needs every"),
+        ({"params": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
+        ({"seeds": [1, 1]}, "repeat a seed"),
+        ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
+    ],
+)
+def test_bad_studies_are_refused_before_training(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CtxrlError, match=message):
+        resolve_study(load_study_config(_write(tmp_path, **changes)), get_host().registry)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_missing_or_malformed_study_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_study_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: a study is a YAML mapping"):
+        load_study_config(bad)
+    with pytest.raises(ConfigError, match="total_steps"):
+        load_study_config(_write(tmp_path, total_steps=0))
