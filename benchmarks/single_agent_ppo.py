@@ -72,9 +72,7 @@ def train_one(
     episode_return, finished = torch.zeros(e), []
     start, steps = time.perf_counter(), 0
     for iteration in range(iterations):
-        lr = config.learning_rate * (
-            (1.0 - iteration / iterations) if config.anneal_lr else 1.0
-        )
+        lr = config.learning_rate * ((1.0 - iteration / iterations) if config.anneal_lr else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.no_grad():

@@ -645,3 +645,19 @@ def test_plasticity_injection_options_are_checked() -> None:
         _build("plasticity-injection", layers=4).network("q", NetworkSpec(hidden=(4, 4)))
     with pytest.raises(ConfigError, match="max_injections"):
         _build("plasticity-injection", max_injections=0)
+
+
+def test_continual_backprop_keeps_no_autograd_graph_in_its_state() -> None:
+    """Its utilities read the live parameters; state that required grad would chain every
+    update's graph (memory and time growing with training)."""
+    net, params = _network(agents=2)
+    view, _ = _view(net, params)
+    view.activations = {
+        "q.0": torch.rand(2, 5, 4, requires_grad=False),
+        "q.1": torch.rand(2, 5, 4, requires_grad=False),
+    }
+    cbp = _build("continual-backprop", replacement_rate=0.5, maturity=0)
+    cbp.setup(cast(TrainingView, view))
+    for _ in range(3):
+        cbp.after_update(cast(TrainingView, view))
+    assert not any(value.requires_grad for value in cbp.state_dict().values())

@@ -113,6 +113,12 @@ class ContinualBackprop(Intervention):
         self.replaced = torch.zeros(n, device=device)
 
     def after_update(self, view: TrainingView) -> None:
+        # no graph: the utilities read the live parameters, and a graph kept in this state
+        # would chain every update's forward pass (memory and time growing with training)
+        with torch.no_grad():
+            self._generate_and_test(view)
+
+    def _generate_and_test(self, view: TrainingView) -> None:
         active = view.mask > 0
         plans: list[tuple[str, list[str], Tensor]] = []
         for layer, readers in self.layers:
