@@ -1,7 +1,7 @@
 """A full-size plasticity study, and its wall time against one agent at a time.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_plasticity.py benchmarks/studies/plasticity-cartpole.yaml \
-        [--baseline-agents 2] [--out benchmarks/results/plasticity-cartpole]
+    OMP_NUM_THREADS=1 python benchmarks/bench_plasticity.py \
+        benchmarks/studies/plasticity-cartpole.yaml [--baseline-agents 2] [--out DIR]
 
 1. Runs the study (``ctxrl plasticity``'s code path: every arm x seed, batched programs) in a
    fresh directory and times it, curve evaluation and plasticity metrics included.
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from single_agent_ppo import train_one
 
 from ctxrl.plugins import get_host
 from ctxrl_plugins.algorithms.ppo import PPOConfig
 from ctxrl_plugins.training.trainer import hyperparameters
 from ctxrl_plugins.transfer.plasticity_study import load_study_config, resolve_study, run_study
-from single_agent_ppo import train_one
 
 
 def main() -> None:
@@ -78,7 +78,8 @@ def main() -> None:
     (out / "timing.json").write_text(json.dumps(timing, indent=1))
     print((out / "summary.md").read_text())
     print(
-        f"study: {agents} agents in {len(plan.programs)} batched program(s), {study_seconds:.0f} s; "
+        f"study: {agents} agents in {len(plan.programs)} batched program(s), "
+        f"{study_seconds:.0f} s; "
         f"single-agent PyTorch loop {per_agent:.1f} s per agent x {agents} = {one_by_one:.0f} s; "
         f"ratio {timing['ratio']:.1f}x"
     )

@@ -11,6 +11,7 @@ to both sides) and records no plasticity metric.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
 def _mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     act = nn.ReLU if activation == "relu" else nn.Tanh
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(a, b)
         last = i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, out_gain if last else 2.0**0.5)

@@ -171,7 +171,7 @@ def test_a_missing_or_malformed_study_file_is_named(tmp_path: Path) -> None:
         load_study_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="bad.yaml: a study is a YAML mapping"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: a study is a YAML mapping"):
         load_study_config(bad)
     with pytest.raises(ConfigError, match="total_steps"):
         load_study_config(_write(tmp_path, total_steps=0))

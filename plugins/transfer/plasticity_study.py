@@ -517,7 +517,7 @@ def ctxrl_register_commands(cli: Any) -> None:
 def _switch_steps(plan: StudyPlan) -> list[int]:
     """The scheduled switch steps of the first seed within the budget."""
     schedule = plan.schedules[plan.config.seeds[0]]
-    return schedule.switch_steps(0, plan.config.total_steps)
+    return schedule.switch_steps(0, plan.config.total_steps - 1)
 
 
 __all__ = [
