@@ -48,7 +48,7 @@ def masked_normal(view: TrainingView, columns: int, dtype: torch.dtype) -> Tenso
     if bool(active.all()):
         return view.rng.normal(columns, dtype=dtype)
     index = active.nonzero().squeeze(1)
-    out = torch.zeros(view.num_agents, columns, dtype=dtype, device=view.device)
+    out = torch.zeros(view.num_agents, columns, dtype=dtype, device=view.mask.device)
     if len(index):
         out[index] = view.rng.normal(columns, index, dtype=dtype)
     return out
