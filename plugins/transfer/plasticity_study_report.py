@@ -305,6 +305,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
     fig, ax = plt.subplots(figsize=(9, 4))
     for label, arm in tables.arms.items():
         mean, low, high = _band(arm.curves)
+        low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)  # returns lie in [0, 1]
         (line,) = ax.plot(tables.steps, mean, label=label, linewidth=1.2)
         ax.fill_between(tables.steps, low, high, color=line.get_color(), alpha=0.15)
     mark_switches(ax)
