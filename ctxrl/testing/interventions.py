@@ -98,8 +98,9 @@ class InterventionContract:
     bit the same alone and in a batch of three with other contexts and seeds; (b) a training
     killed after a checkpoint and resumed ends bit for bit as one never interrupted, the
     intervention's ``state_dict`` included; (c) the trainer's parameters are edited in place,
-    never rebound; (d) the trained parameters differ from a training without it. And once:
-    (e) an unknown option is an error naming it; (f) it is registered and builds an
+    never rebound; (d) the trained parameters differ from a training without it; (e) an agent its
+    mask leaves out trains bit for bit as without it. And once:
+    (f) an unknown option is an error naming it; (g) it is registered and builds an
     :class:`~ctxrl.interventions.Intervention` whose ``name`` is its registry name.
     """
 

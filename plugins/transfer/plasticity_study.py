@@ -500,7 +500,7 @@ def ctxrl_register_commands(cli: Any) -> None:
         config = load_study_config(study)
         registry = get_host().registry
         plan = resolve_study(config, registry)
-        switches = max(0, len(_switch_steps(plan)))
+        switches = len(_switch_steps(plan))
         console.print(
             f"{plan.env.name} ({config.algorithm}): {len(plan.labels)} arms "
             f"({', '.join(plan.labels)}) x {len(config.seeds)} seeds, {switches} switches in "
