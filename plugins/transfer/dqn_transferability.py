@@ -33,11 +33,12 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
+from ctxrl_plugins.transfer.studies import StrictModel, StudyOnly, open_run_dir, read_study_file
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
 ARMS: tuple[Arm, ...] = ("scratch", "fine-tune", "only-head", "hybrid", "keep-head")
@@ -53,11 +54,7 @@ STORE_FILE = "store.sqlite"
 
 
 # ------------------------------------------------------------------------------ config
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ContextEntry(_Strict):
+class ContextEntry(StrictModel):
     name: str = Field(description="label of the context in tables (e.g. v0)")
     context: dict[str, float] = Field(default_factory=dict, description="feature -> value")
     env: str | None = Field(
@@ -67,7 +64,7 @@ class ContextEntry(_Strict):
     )
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     """A DQN transferability study, as written in YAML."""
 
     env: str = Field(description="environment registry name")
@@ -115,16 +112,7 @@ class StudyConfig(_Strict):
 
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file; errors name the field and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
-        return StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    return read_study_file(path, StudyConfig)
 
 
 @dataclass(frozen=True)
@@ -289,19 +277,8 @@ class StudyRunner:
     # -------------------------------------------------------------------- run directory
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        plan_file = self.run_dir / "plan.yaml"
-        data = {
-            "study": STUDY,
-            "plan_hash": self.plan.config.plan_hash(),
-            "config": self.plan.config.model_dump(mode="json"),
-        }
-        if plan_file.exists():
-            stored = yaml.safe_load(plan_file.read_text())
-            if stored.get("plan_hash") != data["plan_hash"]:
-                raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
-        else:
-            plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        config = self.plan.config
+        open_run_dir(self.run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
 
     def _arm_file(self, variant: str, arm: str) -> Path:
         return self.run_dir / "arms" / variant / f"{arm}.safetensors"
@@ -496,18 +473,11 @@ def report_study(run_dir: Path) -> str:
     return write_outputs(plan, results, run_dir)
 
 
-class _Study:
-    """The transfer-method object: a study runs from its own command, not inside a sweep."""
-
-    def transfer(self, problem: Any) -> Any:
-        raise CtxrlError(
-            "dqn-transferability is a study of its own: run `ctxrl transfer dqn STUDY.yaml`; "
-            "in a sweep use transfer: {name: fine-tune}"
-        )
-
-
-def _study() -> _Study:
-    return _Study()
+def _study() -> StudyOnly:
+    return StudyOnly(
+        "dqn-transferability is a study of its own: run `ctxrl transfer dqn STUDY.yaml`; "
+        "in a sweep use transfer: {name: fine-tune}"
+    )
 
 
 @hookimpl

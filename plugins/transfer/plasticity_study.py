@@ -37,13 +37,14 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
+from ctxrl_plugins.transfer.studies import StrictModel, StudyOnly, open_run_dir, read_study_file
 
 STUDY = "plasticity"
 BASELINE = "none"
@@ -51,23 +52,19 @@ SHARED_PROGRAM = "shared"
 
 
 # ------------------------------------------------------------------------------ config
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InterventionEntry(_Strict):
+class InterventionEntry(StrictModel):
     name: str = Field(description="intervention registry name")
     options: dict[str, Any] = Field(default_factory=dict, description="its options")
 
 
-class ArmEntry(_Strict):
+class ArmEntry(StrictModel):
     """One arm: a label and the interventions it composes (in order)."""
 
     label: str = Field(description="the arm's name in tables and figures")
     interventions: list[InterventionEntry] = Field(min_length=1)
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     """A plasticity study, as written in YAML."""
 
     env: str = Field(description="environment registry name (it needs a torch twin)")
@@ -129,21 +126,7 @@ class StudyConfig(_Strict):
 
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file; errors name the field and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a study is a YAML mapping")
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    return read_study_file(path, StudyConfig)
 
 
 # -------------------------------------------------------------------------------- plan
@@ -283,19 +266,8 @@ class StudyRunner:
 
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        plan_file = self.run_dir / "plan.yaml"
-        data = {
-            "study": STUDY,
-            "plan_hash": self.plan.config.plan_hash(),
-            "config": self.plan.config.model_dump(mode="json"),
-        }
-        if plan_file.exists():
-            stored = yaml.safe_load(plan_file.read_text()) or {}
-            if stored.get("plan_hash") != data["plan_hash"]:
-                raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
-        else:
-            plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        config = self.plan.config
+        open_run_dir(self.run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
 
     def _file(self, program: Program) -> Path:
         return self.run_dir / "programs" / program.name
@@ -458,14 +430,11 @@ def report_study(run_dir: Path) -> str:
     return write_outputs(plan, results, run_dir)
 
 
-class _Study:
-    """The transfer-method object: a study runs from its own command, not inside a sweep."""
-
-    def transfer(self, problem: Any) -> Any:
-        raise CtxrlError(
-            "plasticity is a study of its own: run `ctxrl plasticity STUDY.yaml`; in a sweep "
-            "put interventions under algorithm.interventions"
-        )
+def _study() -> StudyOnly:
+    return StudyOnly(
+        "plasticity is a study of its own: run `ctxrl plasticity STUDY.yaml`; in a sweep "
+        "put interventions under algorithm.interventions"
+    )
 
 
 @hookimpl
@@ -473,7 +442,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
     register(
         TransferMethodSpec(
             name=STUDY,
-            factory=_Study,
+            factory=_study,
             batched_only=True,
             report=report_study,
             description="plasticity studies: interventions x seeds on a context schedule, "

@@ -1,0 +1,70 @@
+"""What the transfer studies (DQN transferability, plasticity) share: the strict config base,
+reading a study file with errors that name the file and the field, opening a run directory that
+refuses another study's results, and the transfer-method object of a study that runs from its
+own command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ctxrl.errors import ConfigError, CtxrlError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A frozen config model that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
+    """Read and validate a study file as ``model``; a missing file, invalid YAML, a document
+    that is not a mapping and the first invalid field are :class:`ConfigError` naming the
+    file (and the field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study is a YAML mapping")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+
+def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
+    """Create (or reopen) a study's run directory with its ``plan.yaml`` (``study``,
+    ``plan_hash``, ``config``: what ``ctxrl report`` reads); refuse one that holds another
+    study."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = run_dir / "plan.yaml"
+    if plan_file.exists():
+        stored = yaml.safe_load(plan_file.read_text()) or {}
+        if stored.get("plan_hash") != plan_hash:
+            raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
+    else:
+        data = {"study": study, "plan_hash": plan_hash, "config": config}
+        plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+class StudyOnly:
+    """The transfer-method object of a study that runs from its own command, not in a sweep:
+    ``transfer`` raises ``message`` (which says what to run instead)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def transfer(self, problem: Any) -> Any:
+        del problem
+        raise CtxrlError(self.message)
