@@ -132,6 +132,12 @@ class ExecutorConfig(_Strict):
     name: str = Field(default="local", description="executor registry name")
     workers: int = Field(default=2, ge=1, description="parallel jobs")
     timeout_s: float | None = Field(default=None, gt=0, description="per-job wall-clock limit")
+    shards: int = Field(
+        default=1,
+        ge=1,
+        description="batched algorithms: split each group of agents into this many executor "
+        "jobs, each one batched program (1: the group trains in the sweep's own process)",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -7,7 +7,7 @@ and the plugin that provided it; registering a name twice raises a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -244,6 +244,17 @@ class InterventionSpec:
     name: str
     factory: Callable[..., Any]
     description: str = ""
+
+
+class Executor(Protocol):
+    """What an executor's factory returns."""
+
+    def map(
+        self, fn: Callable[[dict[str, Any]], None], jobs: Iterable[dict[str, Any]]
+    ) -> Iterator[tuple[dict[str, Any], BaseException | None]]:
+        """Run ``fn(job)`` for every job (JSON data); yield ``(job, None)`` or
+        ``(job, error)`` as each ends."""
+        ...
 
 
 @dataclass(frozen=True)

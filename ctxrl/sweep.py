@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,7 +47,7 @@ from ctxrl.errors import CtxrlError
 from ctxrl.interventions import build_interventions
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
-from ctxrl.registry import BatchedAlgorithm, CurveOptions
+from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
 from ctxrl.selection import SelectionState, trace_of
 from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store, now
 from ctxrl.summary import STORE_FILE, damaged_artifacts, sweep_matrix, write_exports
@@ -313,7 +314,7 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     store.set_meta("plan_hash", plan.plan_hash)
     host.notify("ctxrl_sweep_start", plan=plan_json, run_dir=run_dir)
 
-    executor = host.registry.executor(config.executor.name).factory(
+    executor: Executor = host.registry.executor(config.executor.name).factory(
         workers=config.executor.workers,
         timeout_s=config.executor.timeout_s,
         log_dir=run_dir / "logs",
@@ -330,7 +331,9 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
 
     def run_jobs(sources: list[int]) -> None:
         if plan.algorithm.batched and plan.env.make_batched is not None:
-            _run_batched(plan, store, sources, finished, outcome, host, console, plan_json)
+            _run_batched(
+                plan, store, sources, finished, outcome, host, console, plan_json, executor
+            )
             return
         jobs = []
         for source in sources:
@@ -386,26 +389,100 @@ def _run_batched(
     host: Host,
     console: Console,
     plan_json: dict[str, Any],
+    executor: Executor,
 ) -> None:
-    """Train every pending (source, seed) of ``sources`` in one batched program, evaluate all
-    of them on every target in one batched rollout, and store each run.
+    """Train every pending (source, seed) of ``sources`` in batched programs, evaluate each on
+    every target in one batched rollout, and store each run.
 
-    The program checkpoints itself in the run directory, so a killed sweep resumes the batch
-    where it stopped."""
+    With ``executor.shards`` 1 the group is one program in this process; with more, the group
+    is split into that many shards, each one program run as a job of the executor (its own
+    process, a Ray task). An agent's numbers never depend on the rest of its batch, so the
+    matrix is the same either way. Every program checkpoints itself in the run directory, so a
+    killed sweep resumes each group or shard where it stopped."""
     config = plan.config
-    pending = [
-        (source, seed)
-        for source in sources
-        for seed in config.seeds
-        if run_id(Task(plan.env.name, plan.grid.contexts[source]), seed) not in finished
+    agents = [(source, seed) for source in sources for seed in config.seeds]
+    shards = [
+        [a for a in shard if _agent_id(plan, a) not in finished]
+        for shard in _split(agents, config.executor.shards)
     ]
-    outcome.skipped += len(sources) * len(config.seeds) - len(pending)
+    shards = [shard for shard in shards if shard]
+    pending = sum(len(shard) for shard in shards)
+    outcome.skipped += len(agents) - pending
     if not pending:
         return
-    tasks = [Task(plan.env.name, plan.grid.contexts[source]) for source, _ in pending]
-    ids = [run_id(task, seed) for task, (_, seed) in zip(tasks, pending, strict=True)]
+    if len(shards) == 1:
+        try:
+            group = train_group(plan, store, shards[0], console, config.device)
+        except Exception as exc:
+            for agent in shards[0]:
+                outcome.failed.append(_agent_id(plan, agent))
+                _notify_run_finished(host, plan_json, store, _agent_id(plan, agent))
+            console.print(f"[red]batched training failed:[/] {exc}")
+            return
+        outcome.train_s += group.train_s
+        outcome.eval_s += group.eval_s
+        for rid in group.run_ids:
+            finished.add(rid)
+            outcome.trained += 1
+            outcome.resumed += int(group.resumed)
+            _notify_run_finished(host, plan_json, store, rid)
+        return
+    _run_shards(plan, store, shards, finished, outcome, host, console, plan_json, executor)
+
+
+def _agent_id(plan: SweepPlan, agent: tuple[int, int]) -> str:
+    """The run id of agent ``(source grid index, seed)``."""
+    return run_id(Task(plan.env.name, plan.grid.contexts[agent[0]]), agent[1])
+
+
+def _split(agents: list[tuple[int, int]], shards: int) -> list[list[tuple[int, int]]]:
+    """``agents`` in at most ``shards`` contiguous parts whose sizes differ by at most one.
+
+    The parts depend on the whole group only (finished agents included), so a resumed sweep
+    finds each unfinished shard's checkpoint under the same name."""
+    count = min(shards, len(agents))
+    size, extra = divmod(len(agents), count)
+    parts, start = [], 0
+    for i in range(count):
+        stop = start + size + int(i < extra)
+        parts.append(agents[start:stop])
+        start = stop
+    return parts
+
+
+def _checkpoint_path(plan: SweepPlan, ids: list[str]) -> Path:
+    """Where the batched program of the runs ``ids`` checkpoints itself."""
     key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    return plan.run_dir / "checkpoints" / f"batch-{key}"
+
+
+@dataclass
+class GroupResult:
+    """What one batched program (a group or a shard of one) did."""
+
+    run_ids: list[str]
+    resumed: bool
+    """it continued from a checkpoint of an earlier sweep"""
+    train_s: float
+    eval_s: float
+
+
+def train_group(
+    plan: SweepPlan,
+    store: Store,
+    agents: list[tuple[int, int]],
+    console: Console,
+    device: str,
+) -> GroupResult:
+    """Train ``agents`` (source grid index, seed) in one batched program on ``device``,
+    evaluate them on every target in one batched rollout, and store each run with its
+    evaluations and training log. On an error every run of the group is stored as failed and
+    the error is raised."""
+    config = plan.config
+    tasks = [Task(plan.env.name, plan.grid.contexts[source]) for source, _ in agents]
+    seeds = [seed for _, seed in agents]
+    ids = [run_id(task, seed) for task, seed in zip(tasks, seeds, strict=True)]
+    checkpoint = _checkpoint_path(plan, ids)
     damage = (
         verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
     )
@@ -416,14 +493,14 @@ def _run_batched(
     started = now()
     resumed = False
     try:
-        algorithm = _batched_algorithm(plan)
+        algorithm = _batched_algorithm(plan, device)
         if checkpoint.with_suffix(".safetensors").exists():
             resumed = True
             position = _checkpoint_position(checkpoint, algorithm, config.train_steps)
-            console.print(f"resumed {len(pending)} agents from {position}")
+            console.print(f"resumed {len(agents)} agents from {position}")
         with _progress(console) as progress:
             bar = progress.add_task(
-                f"training {len(pending)} {plan.env.name} agents in one program", total=1
+                f"training {len(agents)} {plan.env.name} agents in one program", total=1
             )
 
             def advance(done: int, total: int) -> None:
@@ -432,7 +509,7 @@ def _run_batched(
             policies = algorithm.train_many(
                 plan.env,
                 [t.context.as_dict() for t in tasks],
-                [seed for _, seed in pending],
+                seeds,
                 total_steps=config.train_steps,
                 checkpoint=checkpoint,
                 progress=advance,
@@ -445,43 +522,117 @@ def _run_batched(
             algorithm,
             policies,
             [t.context.as_dict() for t in tasks],
-            [seed for _, seed in pending],
+            seeds,
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
             eval_seed=10_000,
         )
         returns = _transfer(plan, problem)
         train_s, eval_s = trained_at - started, now() - trained_at
-        outcome.train_s += train_s
-        outcome.eval_s += eval_s
         console.print(
-            f"trained {len(pending)} agent{'s' if len(pending) > 1 else ''} x "
+            f"trained {len(agents)} agent{'s' if len(agents) > 1 else ''} x "
             f"{config.train_steps:,} steps in {train_s:.1f} s; "
-            f"evaluated {len(pending)} x {len(targets)} x {config.eval_episodes} episodes in "
+            f"evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} episodes in "
             f"{eval_s:.1f} s"
         )
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]
-        for task, (_, seed) in zip(tasks, pending, strict=True):
+        for task, seed in zip(tasks, seeds, strict=True):
             store.record_run(_record(task, seed, plan, started, now(), "failed", None, error))
-            outcome.failed.append(run_id(task, seed))
-            _notify_run_finished(host, plan_json, store, run_id(task, seed))
-        console.print(f"[red]batched training failed:[/] {exc}")
-        return
+        raise
     group_s = now() - started
-    for i, (task, (_, seed)) in enumerate(zip(tasks, pending, strict=True)):
+    for i, (task, seed) in enumerate(zip(tasks, seeds, strict=True)):
         record = _group_record(
             _record(task, seed, plan, started, started, "finished", None, None),
             checkpoint.name,
             group_s,
-            len(pending),
+            len(agents),
         )
-        _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
-        finished.add(record.run_id)
-        outcome.trained += 1
-        outcome.resumed += int(resumed)
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
+    return GroupResult(ids, resumed, train_s, eval_s)
+
+
+def execute_shard(job: dict[str, Any]) -> None:
+    """Train, evaluate and store one shard of a batched group. Runs as an executor job.
+
+    ``job`` holds ``run_dir``, ``config`` (the sweep config as JSON data), ``agents`` (a list
+    of ``[source grid index, seed]``), ``device`` and ``threads`` (torch's intra-op threads
+    unless ``OMP_NUM_THREADS`` is set). Failures are stored as failed runs and re-raised."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(int(job["threads"]))
+    config = validate_config(job["config"])
+    plan = replace(resolve_plan(config, get_host().registry), location=Path(job["run_dir"]))
+    agents = [(int(source), int(seed)) for source, seed in job["agents"]]
+    store = Store(plan.run_dir / STORE_FILE)
+    try:
+        train_group(plan, store, agents, Console(stderr=True), str(job["device"]))
+    finally:
+        store.close()
+
+
+def _run_shards(
+    plan: SweepPlan,
+    store: Store,
+    shards: list[list[tuple[int, int]]],
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+    executor: Executor,
+) -> None:
+    """Run each shard of a batched group as a job of ``executor``; a failed shard's runs are
+    stored as failed and the other shards go on."""
+    config = plan.config
+    parallel = min(config.executor.workers, len(shards))
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    jobs = [
+        {
+            "run_dir": str(plan.run_dir),
+            "config": plan_json,
+            "agents": [list(agent) for agent in shard],
+            "shard": f"{index}of{len(shards)}",
+            "device": config.device,
+            "threads": threads,
+        }
+        for index, shard in enumerate(shards)
+    ]
+    resumed = [
+        _checkpoint_path(plan, [_agent_id(plan, a) for a in shard])
+        .with_suffix(".safetensors")
+        .exists()
+        for shard in shards
+    ]
+    agents = sum(len(shard) for shard in shards)
+    started = time.monotonic()
+    with _progress(console) as progress:
+        bar = progress.add_task(
+            f"training {agents} {plan.env.name} agents in {len(shards)} shards", total=len(jobs)
+        )
+        for job, error in executor.map(execute_shard, jobs):
+            index = jobs.index(job)
+            for source, seed in job["agents"]:
+                task = Task(plan.env.name, plan.grid.contexts[source])
+                rid = run_id(task, seed)
+                if error is not None:
+                    _ensure_failed(store, task, seed, plan, error)
+                    outcome.failed.append(rid)
+                else:
+                    finished.add(rid)
+                    outcome.trained += 1
+                    outcome.resumed += int(resumed[index])
+                _notify_run_finished(host, plan_json, store, rid)
+            if error is not None:
+                console.print(f"[red]shard {job['shard']} failed:[/] {_error_summary(error)}")
+            progress.advance(bar)
+    wall_s = time.monotonic() - started
+    outcome.train_s += wall_s
+    console.print(
+        f"trained and evaluated {agents} agents in {len(shards)} shards "
+        f"({parallel} at a time) in {wall_s:.1f} s"
+    )
 
 
 def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> RunRecord:
@@ -537,9 +688,9 @@ def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]
     return options
 
 
-def _batched_algorithm(plan: SweepPlan) -> BatchedAlgorithm:
+def _batched_algorithm(plan: SweepPlan, device: str | None = None) -> BatchedAlgorithm:
     params = algorithm_params(plan.config, plan.algorithm)
-    algorithm = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
+    algorithm = plan.algorithm.factory(params, device=device or plan.config.device, env=plan.env)
     return cast(BatchedAlgorithm, algorithm)
 
 
@@ -551,8 +702,6 @@ def _store_trained(
     index: int,
     record: RunRecord,
     returns: np.ndarray,
-    host: Host,
-    plan_json: dict[str, Any],
 ) -> None:
     """Save agent ``index`` of a batched program and store its run with its evaluations
     (``returns``: ``(targets, episodes)`` over the grid's contexts)."""
@@ -575,7 +724,6 @@ def _store_trained(
                 k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
             },
         )
-    _notify_run_finished(host, plan_json, store, record.run_id)
 
 
 def _notify_run_finished(host: Host, plan_json: dict[str, Any], store: Store, rid: str) -> None:
@@ -641,9 +789,10 @@ def _run_multitask(
     for i, seed in enumerate(seeds):
         record = _record(task, seed, plan, started, started, "finished", None, None)
         record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
-        _store_trained(plan, store, algorithm, policies, i, record, returns[i], host, plan_json)
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
         finished.add(record.run_id)
         outcome.trained += 1
+        _notify_run_finished(host, plan_json, store, record.run_id)
 
 
 def _as_multitask(record: RunRecord) -> RunRecord:

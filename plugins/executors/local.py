@@ -61,6 +61,8 @@ def _crash_summary(exitcode: int, tail: str) -> str:
 
 
 def _log_name(job: Job, index: int) -> str:
+    if "shard" in job:
+        return f"job-{index:05d}-shard{job['shard']}.log"
     return f"job-{index:05d}-src{job.get('source', 'x')}-seed{job.get('seed', 'x')}.log"
 
 
@@ -85,9 +87,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(fn: JobFn, job: Job, log_path: str | None, parent: int) -> None:
+def _child(fn: JobFn, job: Job, log_path: str | None, parent: int, gpu: int | None) -> None:
     os.setsid()  # its own process group: a timeout kills the job's simulators with it
     _die_with_parent(parent)
+    if gpu is not None:  # before the job's first CUDA call (torch initialises CUDA lazily)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
@@ -127,6 +131,9 @@ class LocalProcessExecutor:
         timeout_s: wall-clock limit per job in seconds (None: no limit).
         log_dir: where each job's stdout/stderr go (None: inherit the parent's).
         start_method: multiprocessing start method; ``spawn`` is the safe default.
+        gpus: GPU indices to spread jobs over (``options: {gpus: [0, 1]}``): each job sees
+            one of them alone (``CUDA_VISIBLE_DEVICES``), a free one when it starts; None
+            leaves the environment as it is.
     """
 
     def __init__(
@@ -136,9 +143,15 @@ class LocalProcessExecutor:
         log_dir: Path | None = None,
         start_method: str = "spawn",
         poll_s: float = 0.05,
+        gpus: list[int] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"executor.workers must be >= 1, got {workers}")
+        if gpus is not None and (not gpus or any(not isinstance(g, int) or g < 0 for g in gpus)):
+            raise ValueError(
+                f"executor.options.gpus must be a non-empty list of GPU indices, got {gpus!r}"
+            )
+        self.gpus = list(gpus) if gpus is not None else None
         self.workers = workers
         self.timeout_s = timeout_s
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -151,7 +164,7 @@ class LocalProcessExecutor:
     def map(self, fn: JobFn, jobs: Iterable[Job]) -> Iterator[tuple[Job, BaseException | None]]:
         """Run ``fn(job)`` for every job; yield ``(job, None)`` or ``(job, error)`` as each ends."""
         pending = list(enumerate(jobs))
-        running: dict[Any, tuple[Job, float, Path | None]] = {}
+        running: dict[Any, tuple[Job, float, Path | None, int | None]] = {}
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -159,15 +172,16 @@ class LocalProcessExecutor:
                 while pending and len(running) < self.workers:
                     index, job = pending.pop(0)
                     log = self.log_dir / _log_name(job, index) if self.log_dir else None
+                    gpu = self._free_gpu([entry[3] for entry in running.values()], index)
                     process = self.context.Process(
                         target=_child,
-                        args=(fn, job, str(log) if log else None, os.getpid()),
+                        args=(fn, job, str(log) if log else None, os.getpid(), gpu),
                         daemon=True,
                     )
                     process.start()
-                    running[process] = (job, time.monotonic(), log)
+                    running[process] = (job, time.monotonic(), log, gpu)
                 for process in list(running):
-                    job, started, log = running[process]
+                    job, started, log, _ = running[process]
                     if process.exitcode is not None:
                         process.join()
                         del running[process]
@@ -188,6 +202,13 @@ class LocalProcessExecutor:
             for process in running:
                 _kill_group(process)
                 process.join()
+
+    def _free_gpu(self, in_use: list[int | None], index: int) -> int | None:
+        """The GPU for job ``index``: the first one no running job holds, else round robin."""
+        if self.gpus is None:
+            return None
+        free = [g for g in self.gpus if g not in in_use]
+        return free[0] if free else self.gpus[index % len(self.gpus)]
 
 
 class InlineExecutor:

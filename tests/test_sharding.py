@@ -1,0 +1,159 @@
+"""Batched groups sharded over an executor's workers (``executor.shards``): the same runs, bit
+for bit, as one program in the sweep's process; each shard checkpoints and resumes alone; a
+failed shard is reported run by run."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import requires_ray
+from rich.console import Console
+
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
+from ctxrl.context import Task
+from ctxrl.plugins import get_host
+from ctxrl.sweep import _checkpoint_path, _split, _training_options, run_id, run_sweep
+
+BASE: dict[str, Any] = {
+    "env": "CartPole",
+    "features": {"masscart": {"num": 3, "low": 0.5, "high": 4.0, "scale": "log"}},
+    "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+    "seeds": [0, 1],
+    "train_steps": 1024,
+    "eval_episodes": 2,
+    "curves": {"every": 512, "episodes": 1},
+    "compare": ["greedy"],
+}
+
+
+def _plan(out: Path, **executor: Any) -> SweepPlan:
+    data = {**BASE, "output_dir": str(out), "executor": {"workers": 2, **executor}}
+    return resolve_plan(validate_config(data), get_host().registry)
+
+
+def _stored(run_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every number a sweep stored: runs' status, evaluation returns, curves, diagnostics."""
+    tables = {
+        "runs": "SELECT run_id, status FROM runs ORDER BY run_id",
+        "evaluations": "SELECT run_id, target_task, episode, episode_return FROM evaluations "
+        "ORDER BY run_id, target_task, episode",
+        "curves": "SELECT run_id, env_steps, target, returns FROM curves "
+        "ORDER BY run_id, env_steps, target",
+        "diagnostics": "SELECT run_id, env_steps, name, value FROM diagnostics "
+        "ORDER BY run_id, env_steps, name",
+    }
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        return {name: db.execute(query).fetchall() for name, query in tables.items()}
+
+
+@pytest.fixture(scope="module")
+def one_program(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Any, ...]]]:
+    outcome = run_sweep(_plan(tmp_path_factory.mktemp("one") / "runs"))
+    assert outcome.trained == 6 and not outcome.failed
+    return _stored(outcome.run_dir)
+
+
+def test_split_keeps_parts_contiguous_and_even() -> None:
+    agents = [(s, seed) for s in range(4) for seed in (0, 1)]
+    parts = _split(agents, 3)
+    assert [len(p) for p in parts] == [3, 3, 2]
+    assert [a for p in parts for a in p] == agents
+    assert _split(agents[:2], 5) == [[agents[0]], [agents[1]]]  # never an empty shard
+
+
+@pytest.mark.long
+def test_a_sharded_sweep_stores_what_one_program_stores(
+    one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    """Three shards in two worker processes: every return, curve point and diagnostic equal
+    (not close) to the sweep that trained the six agents as one program."""
+    printed = io.StringIO()
+    outcome = run_sweep(_plan(tmp_path / "runs", shards=3), console=Console(file=printed))
+    assert outcome.trained == 6 and not outcome.failed, printed.getvalue()
+    assert "6 CartPole agents in 3 shards" in printed.getvalue()
+    logs = sorted(p.name for p in (outcome.run_dir / "logs").iterdir())
+    assert logs == [f"job-0000{i}-shard{i}of3.log" for i in range(3)]
+    stored = _stored(outcome.run_dir)
+    assert len(stored["evaluations"]) == 6 * 3 * 2 and stored["curves"]
+    assert stored == one_program
+    again = run_sweep(_plan(tmp_path / "runs", shards=3))
+    assert again.trained == 0 and again.skipped == 6
+
+
+@pytest.mark.long
+def test_a_killed_shard_resumes_from_its_own_checkpoint(
+    one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    """What a sweep killed while its second shard trained leaves behind: that shard's
+    checkpoint. The rerun resumes that shard alone and stores the same numbers."""
+    plan = _plan(tmp_path / "runs", shards=2)
+    plan.run_dir.mkdir(parents=True)
+    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
+    second = _split(agents, 2)[1]
+    ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in second]
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env,
+        [plan.grid.contexts[s].as_dict() for s, _ in second],
+        [seed for _, seed in second],
+        total_steps=1024,
+        checkpoint=_checkpoint_path(plan, ids),
+        checkpoint_every=512,  # the last checkpoint: after the first of two iterations
+        **_training_options(plan),
+    )
+    outcome = run_sweep(plan)
+    assert outcome.trained == 6 and outcome.resumed == 3 and not outcome.failed
+    assert "resumed 3 agents" in (outcome.run_dir / "logs" / "job-00001-shard1of2.log").read_text()
+    assert not list((outcome.run_dir / "checkpoints").iterdir())
+    assert _stored(outcome.run_dir) == one_program
+
+
+@pytest.mark.long
+@requires_ray
+def test_ray_shards_store_what_one_program_stores(
+    one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    outcome = run_sweep(_plan(tmp_path / "runs", name="ray", shards=2))
+    assert outcome.trained == 6 and not outcome.failed
+    assert _stored(outcome.run_dir) == one_program
+
+
+def test_failed_shards_store_every_run_as_failed_with_the_error(tmp_path: Path) -> None:
+    """A shard whose program cannot start: its runs are stored failed, with the worker's
+    error, and the sweep still writes its exports. (Half a second is less than a worker takes
+    to import torch, so both shards run past the limit.)"""
+    plan = _plan(tmp_path / "runs", shards=2, timeout_s=0.5)
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert sorted(outcome.failed) == sorted(
+        run_id(Task(plan.env.name, c), seed) for c in plan.grid.contexts for seed in (0, 1)
+    )
+    assert printed.getvalue().count("limit and was killed") == 2
+    with sqlite3.connect(outcome.run_dir / "store.sqlite") as db:
+        errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
+    assert len(errors) == 6 and all("0.5 s limit" in e for e in errors)
+    assert (outcome.run_dir / "exports" / "summary.json").is_file()
+
+
+def _write_visible_gpu(job: dict[str, Any]) -> None:
+    import os
+
+    Path(job["out"]).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+
+
+def test_the_local_executor_gives_each_job_one_of_its_gpus(tmp_path: Path) -> None:
+    """``options: {gpus: [...]}``: each job sees one GPU alone, a free one when it starts."""
+    from ctxrl_plugins.executors.local import LocalProcessExecutor
+
+    executor = LocalProcessExecutor(workers=2, gpus=[3, 5])
+    jobs = [{"out": str(tmp_path / f"job{i}")} for i in range(4)]
+    for _, error in executor.map(_write_visible_gpu, jobs):
+        assert error is None
+    seen = [Path(job["out"]).read_text() for job in jobs]
+    assert sorted(seen[:2]) == ["3", "5"] and set(seen) == {"3", "5"}
+    with pytest.raises(ValueError, match=r"executor\.options\.gpus"):
+        LocalProcessExecutor(gpus=[])
