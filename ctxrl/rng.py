@@ -52,15 +52,25 @@ class StreamRNG:
         return mantissa / float(1 << bits)
 
     def uniform(
-        self, columns: int, streams: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+        self,
+        columns: int,
+        streams: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        advance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Uniform numbers in [0, 1), shape ``(n, columns)`` for ``n`` streams (all when
-        ``streams`` is None); each drawn stream's counter advances by one."""
+        ``streams`` is None); each drawn stream's counter advances by one.
+
+        ``advance`` (bool ``(S,)``, with ``streams`` None): rows for every stream, but only
+        the counters where it is True advance, so those rows are exactly what
+        ``uniform(columns, advance.nonzero())`` would draw, without the data-dependent index
+        (a branch-free draw for code that is compiled or captured as a graph)."""
         seeds = self.seeds if streams is None else self.seeds[streams]
         counters = self.counters if streams is None else self.counters[streams]
         keys = self._keys(counters, seeds, columns)
         if streams is None:
-            self.counters += 1
+            self.counters += 1 if advance is None else advance.to(torch.int64)
         else:
             self.counters[streams] += 1
         return self._to_unit(keys, dtype)

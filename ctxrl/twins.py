@@ -222,6 +222,13 @@ class BatchedEnv:
         self.set_context(contexts or {})
         self._state = torch.zeros(self.state_dim, num_envs, device=self.device, dtype=dtype)
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.branch_free = self.device.type != "cpu"
+        """``step`` without data-dependent control flow or indexing (no host synchronisation,
+        fit for ``torch.compile`` and CUDA graphs): fresh states are drawn for every env and
+        kept where one finished. With ``env_seeds`` only the finished envs' streams advance,
+        so both ways give the same numbers. Default: on for accelerators, off on the CPU
+        (where drawing only for the finished envs is cheaper in eager mode)."""
+        self._advance: Tensor | None = None
 
     @property
     def state(self) -> Tensor:
@@ -353,12 +360,13 @@ class BatchedEnv:
         """Uniform samples of ``shape`` = ``(rows, n)`` or ``(n,)``, column ``k`` for env
         ``env_ids[k]`` (all envs when None). With ``env_seeds`` each env draws from its own
         stream, so its numbers do not depend on the other envs in the batch."""
+        advance = self._advance if env_ids is None else None
         if self.streams is None:
             u = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
         elif len(shape) == 2:
-            u = self.streams.uniform(shape[0], env_ids, self.dtype).T
+            u = self.streams.uniform(shape[0], env_ids, self.dtype, advance=advance).T
         else:
-            u = self.streams.uniform(1, env_ids, self.dtype)[:, 0]
+            u = self.streams.uniform(1, env_ids, self.dtype, advance=advance)[:, 0]
         return low + (high - low) * u
 
     def _ctx(self, name: str, env_ids: Tensor | None) -> Tensor:
@@ -384,8 +392,8 @@ class BatchedEnv:
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
         final_obs = self._observe(next_state)
-        if self.device.type == "cpu":
-            # On the CPU, sample fresh states only for the envs that finished.
+        if not self.branch_free:
+            # Sample fresh states only for the envs that finished.
             ids = done.nonzero().squeeze(1)
             if ids.numel():
                 final_obs = final_obs.clone()  # it may view next_state, which changes now
@@ -397,9 +405,14 @@ class BatchedEnv:
                 obs = final_obs
             self._state = next_state
         else:
-            # On accelerators, stay branch-free: no host synchronisation per step.
-            self._draw_contexts(None, where=done)
-            self._state = torch.where(done, self._initial_state(None), next_state)
+            # Branch-free: draw for every env, keep where done; only done envs' streams advance.
+            self._advance = done
+            try:
+                self._draw_contexts(None, where=done)
+                fresh = self._initial_state(None)
+            finally:
+                self._advance = None
+            self._state = torch.where(done, fresh, next_state)
             self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
             obs = self._observe(self._state)
         info = {"final_obs": self._with_context(final_obs), "done": done}

@@ -105,6 +105,32 @@ def test_load_state_dict_continues_bit_for_bit_with_a_context_pool(
     _assert_identical(_rollout(fresh, after), reference)
 
 
+@pytest.mark.parametrize("name", [*sorted(TWINS), "Catch"])
+def test_the_branch_free_step_gives_the_same_numbers(name: str) -> None:
+    """``branch_free`` (no data-dependent indexing, for compiled and graph-captured code) draws
+    fresh states and pool contexts for every env but advances only the finished envs'
+    streams: every output, bit for bit, as the step that draws for the finished envs only,
+    across many episode ends (random actions end CartPole and Catch episodes often; the
+    others end at their time limit)."""
+    if name == "Catch":
+        registry = get_host().registry
+        seeds = torch.arange(NUM_ENVS, dtype=torch.int64) * 7 + 3
+        twins = [registry.env("Catch").make_batched(NUM_ENVS, env_seeds=seeds) for _ in "ab"]
+    else:
+        twins = [_make(name, env_seeds=True) for _ in "ab"]
+        for twin in twins:
+            twin.set_context_pool(_pool(name))
+    sparse, branch_free = twins
+    branch_free.branch_free = True
+    actions = _actions(sparse, 2 * sparse.max_episode_steps + 7, seed=3)
+    for twin in twins:
+        twin.reset()
+    reference = _rollout(sparse, actions)
+    assert sum(int(x.sum()) for x in reference[4 :: 6 + len(sparse.context)]) >= NUM_ENVS
+    _assert_identical(_rollout(branch_free, actions), reference)
+    _assert_identical(list(branch_free.state_dict().values()), list(sparse.state_dict().values()))
+
+
 def test_state_dict_keys_are_documented_and_copies() -> None:
     twin = _make("CartPole", env_seeds=True)
     twin.set_context_pool(_pool("CartPole"))
