@@ -19,13 +19,13 @@ Shapes: observations ``(N, M, obs)``; discrete logits ``(N, M, actions)``; conti
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
@@ -64,6 +64,10 @@ class PPOConfig:
     """initial log standard deviation of continuous actions"""
     reward_scale: float = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
+    compile: str = "off"
+    """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
+    critic) runs as one ``torch.compile``-d function; ``off``: eager; ``auto``: on where it
+    pays (see :func:`compile_pays`)."""
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -185,6 +189,55 @@ def _log_prob_entropy(
 
 
 # ---------------------------------------------------------------------------------- training
+def _rollout_step(
+    run: TrainingRun, params: Params, obs: Tensor, noise: Tensor, gamma: float, reward_scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One rollout step of every agent from observations ``obs`` ``(N, E, obs)`` with this
+    step's sampling noise ``noise`` ``(N, E, A)``: the next observations, the actions, their
+    log-probabilities, the values of ``obs`` and the rewards (a truncated episode's reward
+    plus the discounted value of its last observation) and ``done``, each ``(N, E)`` (actions
+    ``(N, E, 1)`` when continuous). Free of data-dependent control flow where the twin is
+    branch-free, so ``torch.compile`` turns it into one graph."""
+    e = run.num_envs
+    out = run.networks["actor"](params, obs)
+    if run.discrete:
+        action = (out + noise).argmax(dim=-1)
+    else:
+        action = out + params["actor.log_std"].exp()[:, None, :] * noise
+    log_prob = _log_prob(params, out, action, run.discrete)
+    next_obs, reward, _, truncated, info = run.step_env(action)
+    # values of this step's and of the finished episodes' last observations
+    both = torch.cat([obs, info["final_obs"]], dim=1)
+    values = run.networks["critic"](params, both).squeeze(-1)
+    value, final_value = values[:, :e], values[:, e:]
+    if reward_scale != 1.0:
+        reward = reward * reward_scale
+    # a time limit is not a terminal state: bootstrap from the last observation
+    reward = reward + gamma * final_value * truncated
+    return next_obs, action, log_prob, value, reward, info["done"]
+
+
+COMPILE_MODES = ("off", "on", "auto")
+
+
+def compile_pays(mode: str, device: torch.device, agents: int, iterations: int) -> bool:
+    """Whether to compile the rollout step: ``on`` and ``off`` say so; ``auto`` compiles on
+    accelerators (one graph instead of a kernel launch per operation) and on the CPU only
+    where the measured saving outweighs the compile time: at most ``CPU_COMPILE_MAX_AGENTS``
+    agents (beyond, the matrix products dominate and fusion saves little) and at least
+    ``CPU_COMPILE_MIN_ITERATIONS`` iterations (below, compiling costs more than it saves);
+    both from ``benchmarks/bench_compile.py`` (RESULTS.md, "Compiled rollout")."""
+    if mode != "auto":
+        return mode == "on"
+    if device.type != "cpu":
+        return True
+    return agents <= CPU_COMPILE_MAX_AGENTS and iterations >= CPU_COMPILE_MIN_ITERATIONS
+
+
+CPU_COMPILE_MAX_AGENTS = 64
+CPU_COMPILE_MIN_ITERATIONS = 400
+
+
 @dataclass
 class _Rollout:
     """PPO's per-run state: the rollout buffers, each ``(T, N, E, ...)``."""
@@ -207,6 +260,12 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(PPOConfig, params, self.name)
+        if self.config.compile not in COMPILE_MODES:
+            raise ConfigError(
+                f"algorithm.params.compile: batched-ppo takes one of {', '.join(COMPILE_MODES)}, "
+                f"got {self.config.compile!r}"
+            )
+        self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
 
     def steps_per_iteration(self) -> int:
         return self.config.num_envs * self.config.num_steps
@@ -229,6 +288,10 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
 
     def setup(self, run: TrainingRun, iterations: int) -> _Rollout:
         t, n, e, device = self.config.num_steps, run.num_agents, run.num_envs, self.device
+        self._compiled_step = None
+        if compile_pays(self.config.compile, device, n, iterations):
+            run.twin.branch_free = True  # the same numbers, without data-dependent indexing
+            self._compiled_step = torch.compile(_rollout_step, dynamic=False)
         shape = (t, n, e)
         return _Rollout(
             obs=torch.zeros(*shape, run.obs_dim, device=device),
@@ -265,32 +328,21 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         n, e, t_steps, discrete = run.num_agents, run.num_envs, cfg.num_steps, run.discrete
         out_dim = buf.actions.shape[-1] if not discrete else run.twin.discrete_actions
         lr = cfg.learning_rate * ((1.0 - iteration / iterations) if cfg.anneal_lr else 1.0)
-        actor, critic = run.networks["actor"], run.networks["critic"]
+        critic = run.networks["critic"]
         obs = run.obs
         # ---------------------------------------------------------------------- rollout
         with torch.no_grad():
             # the rollout's noise in one draw: the same numbers as one draw per step
             noise = sampling_noise(run.rng, t_steps, e * out_dim, discrete)
             noise = noise.view(t_steps, n, e, out_dim)
+            step = self._compiled_step or _rollout_step
             for t in range(t_steps):
                 buf.obs[t] = obs
-                out = actor(params, obs)
-                if discrete:
-                    action = (out + noise[t]).argmax(dim=-1)
-                else:
-                    action = out + params["actor.log_std"].exp()[:, None, :] * noise[t]
-                buf.log_probs[t] = _log_prob(params, out, action, discrete)
-                buf.actions[t] = action
-                next_obs, reward, _, truncated, info = run.step_env(action)
-                # values of this step's and of the finished episodes' last observations
-                both = torch.cat([obs, info["final_obs"]], dim=1)
-                values = critic(params, both).squeeze(-1)
-                buf.values[t], final_value = values[:, :e], values[:, e:]
-                if cfg.reward_scale != 1.0:
-                    reward = reward * cfg.reward_scale
-                # a time limit is not a terminal state: bootstrap from the last observation
-                buf.rewards[t] = reward + cfg.gamma * final_value * truncated
-                buf.dones[t] = info["done"]
+                next_obs, action, log_prob, value, reward, done = step(
+                    run, params, obs, noise[t], cfg.gamma, cfg.reward_scale
+                )
+                buf.actions[t], buf.log_probs[t], buf.values[t] = action, log_prob, value
+                buf.rewards[t], buf.dones[t] = reward, done
                 obs = next_obs
             run.obs = obs
             run.env_steps += e * t_steps
