@@ -66,8 +66,9 @@ class PPOConfig:
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
     compile: str = "off"
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
-    critic) runs as one ``torch.compile``-d function; ``off``: eager; ``auto``: on where it
-    pays (see :func:`compile_pays`)."""
+    critic) and the minibatch loss (forward and, through AOTAutograd, backward) run as
+    ``torch.compile``-d graphs (the loss stays eager while an intervention records hidden
+    activations); ``off``: eager; ``auto``: on where it pays (see :func:`compile_pays`)."""
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -217,6 +218,42 @@ def _rollout_step(
     return next_obs, action, log_prob, value, reward, info["done"]
 
 
+def _minibatch_loss(
+    run: TrainingRun,
+    params: Params,
+    obs: Tensor,
+    actions: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    old_values: Tensor,
+    cfg: PPOConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """PPO's per-agent loss ``(N,)`` on a minibatch (observations ``(N, B, obs)``, the rest
+    ``(N, B)``, actions ``(N, B, 1)`` when continuous): clipped surrogate, clipped value loss,
+    entropy bonus, advantages normalised per agent. Also returns the actor's output ``(N, B,
+    A)``, the policy and value losses and the entropy ``(N,)``, and the probability ratio and
+    its log ``(N, B)``, for the diagnostics."""
+    out = run.forward("actor", obs, training=True)
+    new_logp, entropy = _log_prob_entropy(params, out, actions, run.discrete)
+    new_value = run.forward("critic", obs, training=True).squeeze(-1)
+    log_ratio = new_logp - old_log_prob
+    ratio = log_ratio.exp()
+    adv = advantages
+    adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
+    pg_loss = torch.max(
+        -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+    ).mean(dim=1)
+    if cfg.clip_vloss:
+        clipped = old_values + (new_value - old_values).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns) ** 2, (clipped - returns) ** 2).mean(dim=1)
+    else:
+        v_loss = 0.5 * ((new_value - returns) ** 2).mean(dim=1)
+    entropy_mean = entropy.mean(dim=1)
+    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+    return loss, out, pg_loss, v_loss, entropy_mean, ratio, log_ratio
+
+
 COMPILE_MODES = ("off", "on", "auto")
 
 
@@ -266,6 +303,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
                 f"got {self.config.compile!r}"
             )
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
+        self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 
     def steps_per_iteration(self) -> int:
         return self.config.num_envs * self.config.num_steps
@@ -288,10 +326,11 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
 
     def setup(self, run: TrainingRun, iterations: int) -> _Rollout:
         t, n, e, device = self.config.num_steps, run.num_agents, run.num_envs, self.device
-        self._compiled_step = None
+        self._compiled_step = self._compiled_loss = None
         if compile_pays(self.config.compile, device, n, iterations):
             run.twin.branch_free = True  # the same numbers, without data-dependent indexing
             self._compiled_step = torch.compile(_rollout_step, dynamic=False)
+            self._compiled_loss = torch.compile(_minibatch_loss, dynamic=False)
         shape = (t, n, e)
         return _Rollout(
             obs=torch.zeros(*shape, run.obs_dim, device=device),
@@ -374,27 +413,22 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             for begin in range(0, batch, minibatch):
                 idx = order[:, begin : begin + minibatch]
                 mb_obs = b_obs[agents, idx]
-                out = run.forward("actor", mb_obs, training=True)
-                new_logp, entropy = _log_prob_entropy(params, out, b_act[agents, idx], discrete)
-                new_value = run.forward("critic", mb_obs, training=True).squeeze(-1)
-                log_ratio = new_logp - b_logp[agents, idx]
-                ratio = log_ratio.exp()
-                adv = b_adv[agents, idx]
-                adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                ).mean(dim=1)
-                ret = b_ret[agents, idx]
-                if cfg.clip_vloss:
-                    old = b_val[agents, idx]
-                    clipped = old + (new_value - old).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - ret) ** 2, (clipped - ret) ** 2).mean(
-                        dim=1
-                    )
-                else:
-                    v_loss = 0.5 * ((new_value - ret) ** 2).mean(dim=1)
-                entropy_mean = entropy.mean(dim=1)
-                loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+                minibatch_loss = (
+                    self._compiled_loss
+                    if self._compiled_loss is not None and not run.record_activations
+                    else _minibatch_loss
+                )
+                loss, out, pg_loss, v_loss, entropy_mean, ratio, log_ratio = minibatch_loss(
+                    run,
+                    params,
+                    mb_obs,
+                    b_act[agents, idx],
+                    b_logp[agents, idx],
+                    b_adv[agents, idx],
+                    b_ret[agents, idx],
+                    b_val[agents, idx],
+                    cfg,
+                )
                 extra = self.auxiliary_loss(run, mb_obs, out, iteration, iterations)
                 if extra is not None:
                     loss = loss + extra
