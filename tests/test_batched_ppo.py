@@ -118,7 +118,7 @@ def test_the_compiled_rollout_trains_as_the_eager_one(env_name: str) -> None:
     branch-free step (which draws the same random numbers, see tests/test_twins.py). Fused
     kernels may round differently from eager ones: after two iterations (each through the
     optimizer) the parameters agree to 1e-4 and the evaluation returns to 1e-3 of their
-    size; agent 1 still trains as alone."""
+    size; agent 1 still trains as alone. Compiled evaluation gives the eager returns."""
     spec = get_host().registry.env(env_name)
     feature = spec.context_space.features[0]
     contexts = [{feature.name: feature.default}, {feature.name: float(feature.from_unit(0.8))}]
@@ -135,6 +135,10 @@ def test_the_compiled_rollout_trains_as_the_eager_one(env_name: str) -> None:
         for mode, policies in trained.items()
     }
     np.testing.assert_allclose(returns["on"], returns["off"], rtol=1e-3)
+    compiled_evaluation = _algo(compile="on").evaluate_many(
+        trained["off"], spec, contexts, episodes=2, seed=0
+    )  # compiled evaluation of the same policies: the same episodes, to rounding
+    np.testing.assert_allclose(compiled_evaluation, returns["off"], rtol=1e-4)
     alone = _algo(compile="on", **params).train_many(spec, contexts[1:], [4], total_steps=steps)
     torch.testing.assert_close(
         alone.params["actor.0.weight"][0], trained["on"].params["actor.0.weight"][1]
@@ -142,7 +146,7 @@ def test_the_compiled_rollout_trains_as_the_eager_one(env_name: str) -> None:
 
 
 def test_compile_auto_compiles_where_it_pays_and_bad_values_are_named() -> None:
-    from ctxrl_plugins.algorithms.ppo import (
+    from ctxrl_plugins.training.compiling import (
         CPU_COMPILE_MAX_AGENTS,
         CPU_COMPILE_MIN_ITERATIONS,
         compile_pays,

@@ -29,6 +29,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.compiling import COMPILE_MODES, compile_pays
 from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -68,7 +69,8 @@ class PPOConfig:
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
     critic) and the minibatch loss (forward and, through AOTAutograd, backward) run as
     ``torch.compile``-d graphs (the loss stays eager while an intervention records hidden
-    activations); ``off``: eager; ``auto``: on where it pays (see :func:`compile_pays`)."""
+    activations), and so does evaluation; ``off``: eager; ``auto``: on where it pays (see
+    :mod:`ctxrl_plugins.training.compiling`)."""
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -252,27 +254,6 @@ def _minibatch_loss(
     entropy_mean = entropy.mean(dim=1)
     loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
     return loss, out, pg_loss, v_loss, entropy_mean, ratio, log_ratio
-
-
-COMPILE_MODES = ("off", "on", "auto")
-
-
-def compile_pays(mode: str, device: torch.device, agents: int, iterations: int) -> bool:
-    """Whether to compile the rollout step: ``on`` and ``off`` say so; ``auto`` compiles on
-    accelerators (one graph instead of a kernel launch per operation) and on the CPU only
-    where the measured saving outweighs the compile time: at most ``CPU_COMPILE_MAX_AGENTS``
-    agents (beyond, the matrix products dominate and fusion saves little) and at least
-    ``CPU_COMPILE_MIN_ITERATIONS`` iterations (below, compiling costs more than it saves);
-    both from ``benchmarks/bench_compile.py`` (RESULTS.md, "Compiled rollout")."""
-    if mode != "auto":
-        return mode == "on"
-    if device.type != "cpu":
-        return True
-    return agents <= CPU_COMPILE_MAX_AGENTS and iterations >= CPU_COMPILE_MIN_ITERATIONS
-
-
-CPU_COMPILE_MAX_AGENTS = 64
-CPU_COMPILE_MIN_ITERATIONS = 400
 
 
 @dataclass

@@ -64,13 +64,15 @@ def evaluate_policies(
     deterministic: bool = True,
     device: torch.device,
     per_policy: bool = False,
+    compile: bool = False,
 ) -> np.ndarray:
     """Returns of P policies on Q contexts, E episodes each, in one batched rollout:
     ``(P, Q, E)``. Episode ``k`` on a context starts from the same state for every policy.
 
     ``contexts`` is one list of Q contexts for all policies, or with ``per_policy`` a list of
     P lists of Q contexts, policy ``i`` evaluated on ``contexts[i]`` (its own context, for
-    learning curves)."""
+    learning curves). ``compile``: each step (policies' actions, the twin's branch-free step,
+    the returns) runs as one ``torch.compile``-d graph, the same numbers up to rounding."""
     assert env.make_batched is not None
     p = len(policies)
     lists: list[Sequence[Mapping[str, float]]] = (
@@ -100,18 +102,35 @@ def evaluate_policies(
     obs = twin.reset()
     returns = torch.zeros(p * per_agent, dtype=torch.float64, device=device)
     finished = torch.zeros(p * per_agent, dtype=torch.bool, device=device)
-    limit = twin.max_episode_steps
+    step = _evaluation_step
+    if compile:
+        twin.branch_free = True  # the same numbers, without data-dependent indexing
+        step = torch.compile(_evaluation_step, dynamic=False)
     with torch.no_grad():
-        for _ in range(limit):
-            action = policies.act(obs.view(p, per_agent, -1), deterministic, rng)
-            action = (
-                action.reshape(p * per_agent)
-                if policies.discrete
-                else action.reshape(p * per_agent, -1)
+        for _ in range(twin.max_episode_steps):
+            obs, returns, finished = step(
+                policies, twin, obs, returns, finished, rng, deterministic
             )
-            obs, reward, _, _, info = twin.step(action)
-            returns += torch.where(finished, 0.0, reward.double())
-            finished |= info["done"]
             if bool(finished.all()):
                 break
     return returns.view(p, q, episodes).cpu().numpy()
+
+
+def _evaluation_step(
+    policies: Policies,
+    twin: Any,
+    obs: Tensor,
+    returns: Tensor,
+    finished: Tensor,
+    rng: StreamRNG,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of every evaluation env (``B = P x per_agent``): observations ``(B, obs)``
+    in, the next observations, the returns ``(B,)`` (float64, each episode's rewards until it
+    first ends) and whether each has ended ``(B,)`` out."""
+    p, total = len(policies), obs.shape[0]
+    action = policies.act(obs.view(p, total // p, -1), deterministic, rng)
+    action = action.reshape(total) if policies.discrete else action.reshape(total, -1)
+    obs, reward, _, _, info = twin.step(action)
+    returns = returns + torch.where(finished, 0.0, reward.double())
+    return obs, returns, finished | info["done"]

@@ -31,6 +31,7 @@ from ctxrl.interventions import Intervention, NetworkSpec
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
+from ctxrl_plugins.training.compiling import evaluation_compiles
 from ctxrl_plugins.training.evaluation import (
     Policies,
     contexts_tensor,
@@ -313,6 +314,7 @@ class BatchedTrainer(Generic[StateT]):
                 seed=20_000,
                 device=device,
                 per_policy=True,
+                compile=evaluation_compiles(str(getattr(self.config, "compile", "off")), device),
             )
             log.curve_steps.append(run.env_steps)
             log.curve_returns.append(returns)
@@ -445,7 +447,9 @@ class BatchedTrainer(Generic[StateT]):
         seed: int,
         deterministic: bool = True,
     ) -> np.ndarray:
-        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`)."""
+        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`),
+        compiled where the trainer's ``compile`` option says so."""
+        mode = str(getattr(self.config, "compile", "off"))
         return evaluate_policies(
             policies,
             env,
@@ -454,6 +458,7 @@ class BatchedTrainer(Generic[StateT]):
             seed=seed,
             deterministic=deterministic,
             device=self.device,
+            compile=evaluation_compiles(mode, self.device),
         )
 
     def evaluate(
