@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement the issues ask for, in one run (about 10 minutes on an H100 / H200):
 #   1. batched env stepping against gymnax at B = 1 .. 65536        (bench_envs.py)
-#   2. batched PPO against rejax at 64 / 256 / 1024 contexts x 524,288 steps (bench_ppo.py)
-#   3. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps (bench_sweep.py)
+#   2. batched PPO (eager, compiled cold, compiled warm) against rejax at 64 / 256 / 1024
+#      contexts x 524,288 steps (bench_ppo.py --compile off on on)
+#   3. compile times and break-even points of the compiled rollout and loss (bench_compile.py)
+#   4. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps (bench_sweep.py)
 # Usage, from the repository root on a machine with a GPU, torch with CUDA, and jax, gymnax
 # 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies; for a
 # machine without network, benchmarks/gpu_wheels.sh fetches them and says how to install):
@@ -19,7 +21,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 "$py" benchmarks/bench_envs.py --device cuda --gymnax --max-sync 0 2>&1 | tee "$out/envs.md"
 for contexts in 64 256 1024; do
     "$py" benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts "$contexts" \
-        --steps 524288 --episodes 10 2>&1 | tee "$out/ppo-$contexts.txt"
+        --steps 524288 --episodes 10 --compile off on on 2>&1 | tee "$out/ppo-$contexts.txt"
 done
+"$py" benchmarks/bench_compile.py --device cuda --agents 64 256 1024 --steps 131072 2>&1 \
+    | tee "$out/compile.md"
 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
     --output-dir "$out/sweeps" 2>&1 | tee "$out/sweep.md"
