@@ -5,6 +5,8 @@ MBTL's sample-efficiency factor next to the paper's.
     python benchmarks/bench_sweep.py --device cuda                           # on a GPU machine
     OMP_NUM_THREADS=1 python benchmarks/bench_sweep.py --only cartpole-masscart-100 \\
         --train-steps 100000 --seeds 0 1 2 --eval-episodes 5                  # CPU-sized
+    OMP_NUM_THREADS=1 python benchmarks/bench_sweep.py --only cartpole-masscart-100 \
+        --shards 2 --compile auto                                             # 2 cores
 
 Each sweep is a config in ``benchmarks/sweeps/`` (run it yourself with ``ctxrl sweep FILE``):
 every context is a source (batched PPO, all agents of a seed list in one program), every agent
@@ -49,6 +51,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="override the seeds")
     parser.add_argument("--eval-episodes", type=int, default=None)
     parser.add_argument("--output-dir", default=None, help="default: a temporary directory")
+    parser.add_argument(
+        "--shards", type=int, default=None, help="executor.shards = executor.workers = this"
+    )
+    parser.add_argument("--compile", default=None, help="batched-ppo's compile: off, on or auto")
     args = parser.parse_args()
     device = args.device
     card = (
@@ -56,7 +62,10 @@ def main() -> None:
         if device and device.startswith("cuda")
         else platform.processor() or platform.machine()
     )
-    print(f"device {device or 'as configured'} ({card}), torch {torch.__version__}\n")
+    print(
+        f"device {device or 'as configured'} ({card}), torch {torch.__version__}, "
+        f"shards {args.shards or 'as configured'}, compile {args.compile or 'as configured'}\n"
+    )
     print(
         "| sweep | N | seeds | steps/model | train (s) | eval (s) | total (s) | "
         "mean G_1..15 MBTL | Random | Independent | Multi-task | k* | factor | paper |"
@@ -74,6 +83,10 @@ def main() -> None:
                 overrides.append(f"seeds={json.dumps(args.seeds)}")
             if args.eval_episodes:
                 overrides.append(f"eval_episodes={args.eval_episodes}")
+            if args.shards:
+                overrides += [f"executor.shards={args.shards}", f"executor.workers={args.shards}"]
+            if args.compile:
+                overrides.append(f"algorithm.params.compile={args.compile}")
             config = load_config(SWEEPS / f"{name}.yaml", overrides)
             plan = resolve_plan(config, get_host().registry)
             started = time.perf_counter()

@@ -75,6 +75,9 @@ class SweepOutcome:
     """wall-clock seconds spent training in batched programs (0 for per-run executors)"""
     eval_s: float = 0.0
     """wall-clock seconds spent in batched cross-evaluation"""
+    compile_s: float = 0.0
+    """of ``train_s``, the seconds compiling took (one-program groups of algorithms that
+    compile; a sharded group reports it in each shard's log)"""
 
 
 # ------------------------------------------------------------------------------- the job
@@ -421,6 +424,7 @@ def _run_batched(
             return
         outcome.train_s += group.train_s
         outcome.eval_s += group.eval_s
+        outcome.compile_s += group.compile_s
         for rid in group.run_ids:
             finished.add(rid)
             outcome.trained += 1
@@ -465,6 +469,8 @@ class GroupResult:
     """it continued from a checkpoint of an earlier sweep"""
     train_s: float
     eval_s: float
+    compile_s: float = 0.0
+    """of ``train_s``, the seconds spent compiling (algorithms that report ``compile_s``)"""
 
 
 def train_group(
@@ -529,9 +535,11 @@ def train_group(
         )
         returns = _transfer(plan, problem)
         train_s, eval_s = trained_at - started, now() - trained_at
+        compile_s = float(getattr(algorithm, "compile_s", 0.0))
+        compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
         console.print(
             f"trained {len(agents)} agent{'s' if len(agents) > 1 else ''} x "
-            f"{config.train_steps:,} steps in {train_s:.1f} s; "
+            f"{config.train_steps:,} steps in {train_s:.1f} s{compiling}; "
             f"evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} episodes in "
             f"{eval_s:.1f} s"
         )
@@ -551,7 +559,7 @@ def train_group(
         _store_trained(plan, store, algorithm, policies, i, record, returns[i])
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
-    return GroupResult(ids, resumed, train_s, eval_s)
+    return GroupResult(ids, resumed, train_s, eval_s, compile_s)
 
 
 def execute_shard(job: dict[str, Any]) -> None:

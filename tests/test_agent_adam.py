@@ -43,6 +43,32 @@ def test_equals_torch_adam_to_rounding() -> None:
         torch.testing.assert_close(ours[name].detach(), reference[name].detach())
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_the_compiled_step_equals_the_eager_one_to_rounding(reset: bool) -> None:
+    """:meth:`AgentAdam.compile` fuses the same update into one kernel, with one step count
+    and with per-element counts after a reset; the learning rate changes every step without
+    recompiling."""
+    eager_params, compiled_params = _params(), _params()
+    eager = AgentAdam(eager_params, lr=1e-2, eps=1e-5, max_grad_norm=1.0)
+    compiled = AgentAdam(compiled_params, lr=1e-2, eps=1e-5, max_grad_norm=1.0)
+    compiled.compile()
+    for optimizer, params in ((eager, eager_params), (compiled, compiled_params)):
+        _train(optimizer, params, range(3))
+        if reset:
+            optimizer.reset(
+                "w", torch.tensor([True, False, False])[:, None, None], "moments_and_step"
+            )
+        for step in range(3, 12):
+            optimizer.zero_grad()
+            torch.autograd.backward(_loss(params, step).sum())
+            optimizer.step(lr=1e-2 * (1 - step / 20))
+    for name in eager_params:
+        torch.testing.assert_close(
+            compiled_params[name].detach(), eager_params[name].detach(), rtol=1e-5, atol=1e-6
+        )
+        assert not torch.equal(compiled_params[name].detach(), _params()[name])
+
+
 def test_one_count_and_per_element_counts_give_the_same_numbers() -> None:
     """A reset of one agent's units switches the optimizer to per-element step counts; the
     other agents' numbers stay bit for bit what they were."""

@@ -67,10 +67,10 @@ class PPOConfig:
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
     compile: str = "off"
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
-    critic) and the minibatch loss (forward and, through AOTAutograd, backward) run as
-    ``torch.compile``-d graphs (the loss stays eager while an intervention records hidden
-    activations), and so does evaluation; ``off``: eager; ``auto``: on where it pays (see
-    :mod:`ctxrl_plugins.training.compiling`)."""
+    critic), the minibatch loss (forward and, through AOTAutograd, backward) and Adam's
+    elementwise update run as ``torch.compile``-d graphs (the loss stays eager while an
+    intervention records hidden activations), and so does evaluation; ``off``: eager;
+    ``auto``: on where it pays (see :mod:`ctxrl_plugins.training.compiling`)."""
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -309,9 +309,11 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         t, n, e, device = self.config.num_steps, run.num_agents, run.num_envs, self.device
         self._compiled_step = self._compiled_loss = None
         if compile_pays(self.config.compile, device, n, iterations):
+            self.compiling = True
             run.twin.branch_free = True  # the same numbers, without data-dependent indexing
             self._compiled_step = torch.compile(_rollout_step, dynamic=False)
             self._compiled_loss = torch.compile(_minibatch_loss, dynamic=False)
+            run.optimizer.compile()
         shape = (t, n, e)
         return _Rollout(
             obs=torch.zeros(*shape, run.obs_dim, device=device),

@@ -3,7 +3,7 @@ per-element optimizer state that interventions can read and reset."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +31,9 @@ class AgentAdam:
     elements (:meth:`reset` with ``moments_and_step``), then one per element, with the same
     arithmetic either way, so an agent's numbers never depend on whether another agent's units
     were reset. :meth:`finish` turns the views back into plain tensors when training ends.
+    :meth:`compile` fuses the elementwise step into one ``torch.compile`` kernel (the same
+    formula; inductor's vectorised square root and division may round the last bit
+    differently).
 
     Args:
         params: agent-stacked parameters; rebound to views of the flat buffer.
@@ -62,6 +65,7 @@ class AgentAdam:
         self.grad_mask: dict[str, Tensor] = {}  # name -> (N,) 1 trainable / 0 frozen
         self.grad_norm = torch.zeros(next(iter(params.values())).shape[0], device=self.flat.device)
         """each agent's gradient norm before clipping at the last step ``(N,)``"""
+        self._update: Callable[..., None] = _adam_update
         offset = 0
         for name, p in params.items():
             size = p.numel()
@@ -109,6 +113,10 @@ class AgentAdam:
         gradient is zeroed before clipping, so the parameter and its moments stay as they are."""
         self.grad_mask[name] = (~agents).to(self.flat.dtype)
 
+    def compile(self) -> None:
+        """Run the elementwise Adam update as one compiled kernel from now on."""
+        self._update = torch.compile(_adam_update, dynamic=False)
+
     def zero_grad(self) -> None:
         self.grad.zero_()
 
@@ -131,8 +139,6 @@ class AgentAdam:
         beta1, beta2 = self.betas
         grad, param = self.grad, self.flat.detach()
         self.step_count += 1
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if self.steps is None:
             counts = torch.tensor(float(self.step_count), dtype=torch.float64, device=param.device)
         else:
@@ -144,8 +150,16 @@ class AgentAdam:
         # whether another agent's units were ever reset.
         step_size = (self.lr / (1 - torch.pow(beta1, counts))).to(param.dtype)
         correction2 = (1 - torch.pow(beta2, counts)).sqrt().to(param.dtype)
-        denom = (self.exp_avg_sq.sqrt() / correction2).add_(self.eps)
-        param.sub_(self.exp_avg * step_size / denom)
+        self._update(
+            param,
+            grad,
+            self.exp_avg,
+            self.exp_avg_sq,
+            step_size,
+            correction2,
+            *self.betas,
+            self.eps,
+        )
 
     def finish(self) -> None:
         """Training is over: the parameters become plain, contiguous tensors again."""
@@ -177,3 +191,23 @@ class AgentAdam:
         self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
         self.step_count = int(tensors["step"].reshape(-1)[0])
         self.steps = tensors["steps"].clone() if "steps" in tensors else None
+
+
+def _adam_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step_size: Tensor,
+    correction2: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """Adam's elementwise update in place on flat buffers of one layout: the moments in
+    torch's order, then ``param -= exp_avg * step_size / (sqrt(exp_avg_sq) / correction2 +
+    eps)``; ``step_size`` and ``correction2`` are 0-dimensional or per element."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / correction2).add_(eps)
+    param.sub_(exp_avg * step_size / denom)

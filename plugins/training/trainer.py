@@ -16,6 +16,7 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -97,6 +98,11 @@ class BatchedTrainer(Generic[StateT]):
 
     def __init__(self, device: str) -> None:
         self.device = resolve_device(device)
+        self.compiling = False
+        """whether :meth:`setup` chose compiled code for the current training"""
+        self.compile_s = 0.0
+        """seconds the last :meth:`train_many` spent compiling (0 when eager): its first
+        iteration's host time beyond its second's (an estimate; 0 when it ran one iteration)"""
 
     # -------------------------------------------------------- what an algorithm supplies
     def check_env(self, env: EnvSpec) -> None:
@@ -278,6 +284,7 @@ class BatchedTrainer(Generic[StateT]):
         for intervention in run.each_intervention():
             intervention.setup(run)
         iterations = max(1, total_steps // self.steps_per_iteration())
+        self.compiling, self.compile_s = False, 0.0
         state = self.setup(run, iterations)
         run.obs = twin.reset().view(n, e, run.obs_dim)
         log = TrainingLog(
@@ -327,10 +334,14 @@ class BatchedTrainer(Generic[StateT]):
             if plasticity is None
             else (run.env_steps // plasticity.every + 1) * plasticity.every
         )
+        first_iterations_s: list[float] = []  # for the compile-time estimate
         for iteration in range(start, iterations):
             run.iteration = iteration
             before = run.env_steps
+            began = time.perf_counter()
             self.iterate(run, state, iteration, iterations)
+            if len(first_iterations_s) < 2:
+                first_iterations_s.append(time.perf_counter() - began)
             done = iteration + 1
             if done % log_every == 0 or done == iterations:
                 values = run.flush_diagnostics()
@@ -377,6 +388,8 @@ class BatchedTrainer(Generic[StateT]):
                 progress(done, iterations)
             if checkpoint is not None and done % every == 0 and done < iterations:
                 self._save(checkpoint, done, run, state, interventions, log)
+        if self.compiling and len(first_iterations_s) == 2:
+            self.compile_s = max(0.0, first_iterations_s[0] - first_iterations_s[1])
         optimizer.finish()
         policies.params = dict(params)
         policies.log = log
