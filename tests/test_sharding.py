@@ -13,10 +13,12 @@ import pytest
 from conftest import requires_ray
 from rich.console import Console
 
+from ctxrl.batched_sweep import _checkpoint_path, _split, _training_options
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
 from ctxrl.plugins import get_host
-from ctxrl.sweep import _checkpoint_path, _split, _training_options, run_id, run_sweep
+from ctxrl.runs import run_id
+from ctxrl.sweep import run_sweep
 
 BASE: dict[str, Any] = {
     "env": "CartPole",

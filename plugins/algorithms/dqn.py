@@ -15,16 +15,17 @@ Shapes: observations ``(N, M, obs)``; Q-values ``(N, M, actions)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.compiling import COMPILE_MODES, compile_pays
 from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -67,6 +68,12 @@ class DQNConfig:
     huber: bool = False
     """True: Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
     activation: str = "relu"
+    compile: str = "off"
+    """``on``: each env step (greedy actions, exploration, the twin's branch-free step with
+    auto-reset), the TD loss (forward and, through AOTAutograd, backward) and Adam's
+    elementwise update run as ``torch.compile``-d graphs (the loss stays eager while an
+    intervention records hidden activations), and so does evaluation; ``off``: eager;
+    ``auto``: on where it pays (see :mod:`ctxrl_plugins.training.compiling`)."""
 
 
 def network_spec(cfg: DQNConfig, actions: int) -> tuple[NetworkSpec, dict[str, tuple[int, float]]]:
@@ -91,6 +98,57 @@ def q_values(
         return net.outputs(params, x, ["head"], record)[0]
     advantage, value = net.outputs(params, x, ["head", "value"], record)
     return value + advantage - advantage.mean(dim=-1, keepdim=True)
+
+
+def _act_and_step(
+    run: TrainingRun, params: Params, obs: Tensor, u: Tensor, epsilon: Tensor, dueling: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One epsilon-greedy env step of every agent from observations ``obs`` ``(N, E, obs)``
+    with uniforms ``u`` ``(N, 2E)`` (whether to explore, which random action) and the
+    exploration rate ``epsilon`` (a 0-dimensional tensor): the actions, next observations,
+    rewards, ``terminated`` (float) and the final observations of finished episodes (the
+    next ones elsewhere), each ``(N, E)`` or ``(N, E, obs)``. Free of data-dependent control
+    flow where the twin is branch-free, so ``torch.compile`` turns it into one graph."""
+    e, actions = run.num_envs, int(run.twin.discrete_actions)
+    greedy = q_values(run.networks["q"], params, obs, dueling).argmax(dim=-1)
+    explore = u[:, :e] < epsilon
+    random_action = (u[:, e:] * actions).long().clamp(max=actions - 1)
+    action = torch.where(explore, random_action, greedy)
+    next_obs, reward, terminated, _, info = run.step_env(action)
+    return action, next_obs, reward, terminated.float(), info["final_obs"]
+
+
+def _td_loss(
+    run: TrainingRun,
+    online: Params,
+    target: Params,
+    obs: Tensor,
+    next_obs: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    terminated: Tensor,
+    cfg: DQNConfig,
+    record: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-agent TD loss ``(N,)`` on a minibatch (observations ``(N, B, obs)``, the rest
+    ``(N, B)``): squared error or Huber against ``r + gamma (1 - terminated) Q_target(s',
+    a*)``, ``a*`` the target network's argmax or, with Double DQN, the online network's. Also
+    returns the chosen actions' Q-values and the TD targets ``(N, B)``."""
+    net = run.networks["q"]
+    with torch.no_grad():
+        next_target = q_values(net, target, next_obs, cfg.dueling)
+        if cfg.double:
+            chosen = q_values(net, online, next_obs, cfg.dueling).argmax(-1, keepdim=True)
+            next_value = next_target.gather(-1, chosen).squeeze(-1)
+        else:
+            next_value = next_target.max(dim=-1).values
+        td_target = reward + cfg.gamma * next_value * (1.0 - terminated)
+    q = q_values(net, online, obs, cfg.dueling, record).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    if cfg.huber:
+        loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
+    else:
+        loss = (q - td_target) ** 2
+    return loss.mean(dim=1), q, td_target
 
 
 @dataclass
@@ -174,6 +232,13 @@ class BatchedDQN(BatchedTrainer[_Replay]):
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(DQNConfig, params, self.name)
+        if self.config.compile not in COMPILE_MODES:
+            raise ConfigError(
+                f"algorithm.params.compile: batched-dqn takes one of {', '.join(COMPILE_MODES)}, "
+                f"got {self.config.compile!r}"
+            )
+        self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
+        self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 
     def check_env(self, env: EnvSpec) -> None:
         if env.action_space != "discrete":
@@ -197,6 +262,12 @@ class BatchedDQN(BatchedTrainer[_Replay]):
     def setup(self, run: TrainingRun, iterations: int) -> _Replay:
         cfg, n, e, device = self.config, run.num_agents, run.num_envs, self.device
         capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
+        self._compiled_step = self._compiled_loss = None
+        if compile_pays(cfg.compile, device, iterations // max(1, cfg.train_frequency // e)):
+            run.twin.branch_free = True  # the same numbers, without data-dependent indexing
+            self._compiled_step = self.compiled(_act_and_step)
+            self._compiled_loss = self.compiled(_td_loss)
+            run.optimizer.compile()
         return _Replay(
             obs=torch.zeros(n, capacity, e, run.obs_dim, device=device),
             next_obs=torch.zeros(n, capacity, e, run.obs_dim, device=device),
@@ -227,8 +298,8 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         )
 
     def iterate(self, run: TrainingRun, replay: _Replay, iteration: int, iterations: int) -> None:
-        cfg, net, online = self.config, run.networks["q"], run.params
-        n, e, actions = run.num_agents, run.num_envs, int(run.twin.discrete_actions)
+        cfg, online = self.config, run.params
+        n, e = run.num_agents, run.num_envs
         capacity = replay.obs.shape[1]
         step, env_steps = iteration, iteration * e
         epsilon = max(
@@ -236,18 +307,18 @@ class BatchedDQN(BatchedTrainer[_Replay]):
             cfg.start_e - (cfg.start_e - cfg.end_e) * env_steps / max(replay.explore_steps, 1),
         )
         with torch.no_grad():
-            greedy = q_values(net, online, run.obs, cfg.dueling).argmax(dim=-1)
             u = run.rng.uniform(2 * e)
-            explore = u[:, :e] < epsilon
-            random_action = (u[:, e:] * actions).long().clamp(max=actions - 1)
-            action = torch.where(explore, random_action, greedy)
-            next_obs, reward, terminated, _, info = run.step_env(action)
+            epsilon_t = torch.tensor(epsilon, dtype=u.dtype, device=u.device)
+            act_and_step = self._compiled_step or _act_and_step
+            action, next_obs, reward, terminated, final_obs = act_and_step(
+                run, online, run.obs, u, epsilon_t, cfg.dueling
+            )
             slot = step % capacity
             replay.obs[:, slot] = run.obs
-            replay.next_obs[:, slot] = info["final_obs"]
+            replay.next_obs[:, slot] = final_obs
             replay.action[:, slot] = action
             replay.reward[:, slot] = reward
-            replay.terminated[:, slot] = terminated.float()
+            replay.terminated[:, slot] = terminated
             run.obs = next_obs
         run.env_steps = env_steps + e
         learning = env_steps + e > cfg.learning_starts
@@ -259,31 +330,24 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         filled = min(step + 1, capacity) * e
         agents = torch.arange(n, device=self.device)[:, None]
         record = run.activations if run.record_activations else None
+        td_loss = (
+            self._compiled_loss if self._compiled_loss is not None and record is None else _td_loss
+        )
         for _ in range(cfg.gradient_steps if training else 0):
             flat = (run.rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
             slots, envs = flat // e, flat % e
-            o = replay.obs[agents, slots, envs]
-            o2 = replay.next_obs[agents, slots, envs]
-            with torch.no_grad():
-                next_target = q_values(net, replay.target, o2, cfg.dueling)
-                if cfg.double:
-                    chosen = q_values(net, online, o2, cfg.dueling).argmax(-1, keepdim=True)
-                    next_value = next_target.gather(-1, chosen).squeeze(-1)
-                else:
-                    next_value = next_target.max(dim=-1).values
-                td_target = replay.reward[agents, slots, envs] + cfg.gamma * next_value * (
-                    1.0 - replay.terminated[agents, slots, envs]
-                )
-            q = (
-                q_values(net, online, o, cfg.dueling, record)
-                .gather(-1, replay.action[agents, slots, envs].unsqueeze(-1))
-                .squeeze(-1)
+            per_agent, q, td_target = td_loss(
+                run,
+                online,
+                replay.target,
+                replay.obs[agents, slots, envs],
+                replay.next_obs[agents, slots, envs],
+                replay.action[agents, slots, envs],
+                replay.reward[agents, slots, envs],
+                replay.terminated[agents, slots, envs],
+                cfg,
+                record,
             )
-            if cfg.huber:
-                loss = torch.nn.functional.smooth_l1_loss(q, td_target, reduction="none")
-            else:
-                loss = (q - td_target) ** 2
-            per_agent = loss.mean(dim=1)
             run.optimize(per_agent)
             with torch.no_grad():
                 run.record("td_loss", per_agent)

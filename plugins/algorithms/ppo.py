@@ -308,11 +308,10 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
     def setup(self, run: TrainingRun, iterations: int) -> _Rollout:
         t, n, e, device = self.config.num_steps, run.num_agents, run.num_envs, self.device
         self._compiled_step = self._compiled_loss = None
-        if compile_pays(self.config.compile, device, n, iterations):
-            self.compiling = True
+        if compile_pays(self.config.compile, device, iterations):
             run.twin.branch_free = True  # the same numbers, without data-dependent indexing
-            self._compiled_step = torch.compile(_rollout_step, dynamic=False)
-            self._compiled_loss = torch.compile(_minibatch_loss, dynamic=False)
+            self._compiled_step = self.compiled(_rollout_step)
+            self._compiled_loss = self.compiled(_minibatch_loss)
             run.optimizer.compile()
         shape = (t, n, e)
         return _Rollout(

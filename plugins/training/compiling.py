@@ -5,29 +5,30 @@ per operation on a CPU) at the price of compiling once per process and shape."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 COMPILE_MODES = ("off", "on", "auto")
 
-CPU_COMPILE_MAX_AGENTS = 64
-"""Above this many agents the CPU's matrix products dominate an iteration and fusion saves
-little (``benchmarks/bench_compile.py``, RESULTS.md "Compiled training")."""
-CPU_COMPILE_MIN_ITERATIONS = 400
-"""Below this many iterations compiling costs more on the CPU than it saves (the same
-benchmark's break-even point, with an empty compile cache)."""
+CPU_COMPILE_MIN_ITERATIONS = 300
+"""Below this many iterations compiling can cost more on the CPU than it saves: the largest
+break-even point ``benchmarks/bench_compile.py`` measured with an empty compile cache (306
+iterations at 4 agents; 151 at 64, 108 at 150: the saving per iteration grows with the agents,
+the compile time does not). With inductor's on-disk cache filled by an earlier run of the same
+shapes the break-even point is 12-49 iterations; ``auto`` does not count on it."""
 
 
-def compile_pays(mode: str, device: torch.device, agents: int, iterations: int) -> bool:
+def compile_pays(mode: str, device: torch.device, iterations: int) -> bool:
     """Whether to compile training: ``on`` and ``off`` say so; ``auto`` compiles on
-    accelerators (one graph instead of a kernel launch per operation) and on the CPU only
-    where the measured saving outweighs the compile time: at most
-    :data:`CPU_COMPILE_MAX_AGENTS` agents and at least :data:`CPU_COMPILE_MIN_ITERATIONS`
+    accelerators (one graph instead of a kernel launch per operation) and on the CPU where the
+    measured saving outweighs the compile time: at least :data:`CPU_COMPILE_MIN_ITERATIONS`
     iterations."""
     if mode != "auto":
         return mode == "on"
-    if device.type != "cpu":
-        return True
-    return agents <= CPU_COMPILE_MAX_AGENTS and iterations >= CPU_COMPILE_MIN_ITERATIONS
+    return device.type != "cpu" or iterations >= CPU_COMPILE_MIN_ITERATIONS
 
 
 def evaluation_compiles(mode: str, device: torch.device) -> bool:
@@ -35,3 +36,30 @@ def evaluation_compiles(mode: str, device: torch.device) -> bool:
     evaluation is one rollout of a few hundred steps over many envs, where the matrix
     products dominate and a compilation (seconds) never pays for itself."""
     return mode == "on" or (mode == "auto" and device.type != "cpu")
+
+
+class CompiledFunction:
+    """``torch.compile(fn, dynamic=False)`` that times its first two calls: the first compiles
+    the graph for its shapes (or loads it from inductor's cache), the second runs it, and
+    their difference estimates the compile time (later recompilations are not counted)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._compiled = torch.compile(fn, dynamic=False)
+        self._first_calls_s: list[float] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(self._first_calls_s) == 2:
+            return self._compiled(*args, **kwargs)
+        began = time.perf_counter()
+        out = self._compiled(*args, **kwargs)
+        self._first_calls_s.append(time.perf_counter() - began)
+        return out
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds of the first call beyond the second's (the first call's time while only one
+        call was made; 0 before any)."""
+        calls = self._first_calls_s
+        if len(calls) < 2:
+            return calls[0] if calls else 0.0
+        return max(0.0, calls[0] - calls[1])

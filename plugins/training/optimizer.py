@@ -11,6 +11,7 @@ import torch
 
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import OPTIMIZER_RESETS, OptimizerReset
+from ctxrl_plugins.training.compiling import CompiledFunction
 from ctxrl_plugins.training.networks import Params
 
 Tensor = torch.Tensor
@@ -115,7 +116,12 @@ class AgentAdam:
 
     def compile(self) -> None:
         """Run the elementwise Adam update as one compiled kernel from now on."""
-        self._update = torch.compile(_adam_update, dynamic=False)
+        self._update = CompiledFunction(_adam_update)
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent compiling the update (0 when eager)."""
+        return self._update.compile_s if isinstance(self._update, CompiledFunction) else 0.0
 
     def zero_grad(self) -> None:
         self.grad.zero_()

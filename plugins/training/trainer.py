@@ -16,7 +16,6 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -32,7 +31,7 @@ from ctxrl.interventions import Intervention, NetworkSpec
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
-from ctxrl_plugins.training.compiling import evaluation_compiles
+from ctxrl_plugins.training.compiling import CompiledFunction, evaluation_compiles
 from ctxrl_plugins.training.evaluation import (
     Policies,
     contexts_tensor,
@@ -101,8 +100,18 @@ class BatchedTrainer(Generic[StateT]):
         self.compiling = False
         """whether :meth:`setup` chose compiled code for the current training"""
         self.compile_s = 0.0
-        """seconds the last :meth:`train_many` spent compiling (0 when eager): its first
-        iteration's host time beyond its second's (an estimate; 0 when it ran one iteration)"""
+        """seconds the last :meth:`train_many` spent compiling its training functions (0 when
+        eager): per function made by :meth:`compiled`, and Adam's update, the first call's
+        time beyond the second's"""
+        self._compiled_functions: list[CompiledFunction] = []
+
+    def compiled(self, fn: Callable[..., Any]) -> CompiledFunction:
+        """``fn`` compiled for this training (call from :meth:`setup`), its compile time
+        counted in :attr:`compile_s`; marks the training as compiling."""
+        self.compiling = True
+        function = CompiledFunction(fn)
+        self._compiled_functions.append(function)
+        return function
 
     # -------------------------------------------------------- what an algorithm supplies
     def check_env(self, env: EnvSpec) -> None:
@@ -284,7 +293,7 @@ class BatchedTrainer(Generic[StateT]):
         for intervention in run.each_intervention():
             intervention.setup(run)
         iterations = max(1, total_steps // self.steps_per_iteration())
-        self.compiling, self.compile_s = False, 0.0
+        self.compiling, self.compile_s, self._compiled_functions = False, 0.0, []
         state = self.setup(run, iterations)
         run.obs = twin.reset().view(n, e, run.obs_dim)
         log = TrainingLog(
@@ -334,14 +343,10 @@ class BatchedTrainer(Generic[StateT]):
             if plasticity is None
             else (run.env_steps // plasticity.every + 1) * plasticity.every
         )
-        first_iterations_s: list[float] = []  # for the compile-time estimate
         for iteration in range(start, iterations):
             run.iteration = iteration
             before = run.env_steps
-            began = time.perf_counter()
             self.iterate(run, state, iteration, iterations)
-            if len(first_iterations_s) < 2:
-                first_iterations_s.append(time.perf_counter() - began)
             done = iteration + 1
             if done % log_every == 0 or done == iterations:
                 values = run.flush_diagnostics()
@@ -388,8 +393,7 @@ class BatchedTrainer(Generic[StateT]):
                 progress(done, iterations)
             if checkpoint is not None and done % every == 0 and done < iterations:
                 self._save(checkpoint, done, run, state, interventions, log)
-        if self.compiling and len(first_iterations_s) == 2:
-            self.compile_s = max(0.0, first_iterations_s[0] - first_iterations_s[1])
+        self.compile_s = sum(f.compile_s for f in self._compiled_functions) + optimizer.compile_s
         optimizer.finish()
         policies.params = dict(params)
         policies.log = log

@@ -1,0 +1,444 @@
+"""The batched path of a sweep: every pending (source, seed) agent of a group trained in one
+batched program (in the sweep's process, or split into shards that run as executor jobs),
+evaluated on every target in one batched rollout and stored run by run; and the multi-task
+baseline. Each program checkpoints itself in the run directory and resumes from it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ctxrl.artifacts import artifact_metadata, verify_artifact
+from ctxrl.config import (
+    SweepPlan,
+    algorithm_params,
+    resolve_plan,
+    validate_config,
+)
+from ctxrl.context import Context, Task
+from ctxrl.interventions import build_interventions
+from ctxrl.plugins import Host, get_host
+from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
+from ctxrl.runs import (
+    SweepOutcome,
+    ensure_failed,
+    error_summary,
+    notify_run_finished,
+    progress_display,
+    run_id,
+    run_record,
+    transfer_returns,
+)
+from ctxrl.store import Evaluation, RunRecord, Store, now
+from ctxrl.summary import STORE_FILE
+from ctxrl.transfer import TransferProblem
+
+
+def run_batched(
+    plan: SweepPlan,
+    store: Store,
+    sources: list[int],
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+    executor: Executor,
+) -> None:
+    """Train every pending (source, seed) of ``sources`` in batched programs, evaluate each on
+    every target in one batched rollout, and store each run.
+
+    With ``executor.shards`` 1 the group is one program in this process; with more, the group
+    is split into that many shards, each one program run as a job of the executor (its own
+    process, a Ray task). An agent's numbers never depend on the rest of its batch, so the
+    matrix is the same either way. Every program checkpoints itself in the run directory, so a
+    killed sweep resumes each group or shard where it stopped."""
+    config = plan.config
+    agents = [(source, seed) for source in sources for seed in config.seeds]
+    shards = [
+        [a for a in shard if _agent_id(plan, a) not in finished]
+        for shard in _split(agents, config.executor.shards)
+    ]
+    shards = [shard for shard in shards if shard]
+    pending = sum(len(shard) for shard in shards)
+    outcome.skipped += len(agents) - pending
+    if not pending:
+        return
+    if len(shards) == 1:
+        try:
+            group = train_group(plan, store, shards[0], console, config.device)
+        except Exception as exc:
+            for agent in shards[0]:
+                outcome.failed.append(_agent_id(plan, agent))
+                notify_run_finished(host, plan_json, store, _agent_id(plan, agent))
+            console.print(f"[red]batched training failed:[/] {exc}")
+            return
+        outcome.train_s += group.train_s
+        outcome.eval_s += group.eval_s
+        outcome.compile_s += group.compile_s
+        for rid in group.run_ids:
+            finished.add(rid)
+            outcome.trained += 1
+            outcome.resumed += int(group.resumed)
+            notify_run_finished(host, plan_json, store, rid)
+        return
+    _run_shards(plan, store, shards, finished, outcome, host, console, plan_json, executor)
+
+
+def _agent_id(plan: SweepPlan, agent: tuple[int, int]) -> str:
+    """The run id of agent ``(source grid index, seed)``."""
+    return run_id(Task(plan.env.name, plan.grid.contexts[agent[0]]), agent[1])
+
+
+def _split(agents: list[tuple[int, int]], shards: int) -> list[list[tuple[int, int]]]:
+    """``agents`` in at most ``shards`` contiguous parts whose sizes differ by at most one.
+
+    The parts depend on the whole group only (finished agents included), so a resumed sweep
+    finds each unfinished shard's checkpoint under the same name."""
+    count = min(shards, len(agents))
+    size, extra = divmod(len(agents), count)
+    parts, start = [], 0
+    for i in range(count):
+        stop = start + size + int(i < extra)
+        parts.append(agents[start:stop])
+        start = stop
+    return parts
+
+
+def _checkpoint_path(plan: SweepPlan, ids: list[str]) -> Path:
+    """Where the batched program of the runs ``ids`` checkpoints itself."""
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    return plan.run_dir / "checkpoints" / f"batch-{key}"
+
+
+@dataclass
+class GroupResult:
+    """What one batched program (a group or a shard of one) did."""
+
+    run_ids: list[str]
+    resumed: bool
+    """it continued from a checkpoint of an earlier sweep"""
+    train_s: float
+    eval_s: float
+    compile_s: float = 0.0
+    """of ``train_s``, the seconds spent compiling (algorithms that report ``compile_s``)"""
+
+
+def train_group(
+    plan: SweepPlan,
+    store: Store,
+    agents: list[tuple[int, int]],
+    console: Console,
+    device: str,
+) -> GroupResult:
+    """Train ``agents`` (source grid index, seed) in one batched program on ``device``,
+    evaluate them on every target in one batched rollout, and store each run with its
+    evaluations and training log. On an error every run of the group is stored as failed and
+    the error is raised."""
+    config = plan.config
+    tasks = [Task(plan.env.name, plan.grid.contexts[source]) for source, _ in agents]
+    seeds = [seed for _, seed in agents]
+    ids = [run_id(task, seed) for task, seed in zip(tasks, seeds, strict=True)]
+    checkpoint = _checkpoint_path(plan, ids)
+    damage = (
+        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
+    )
+    if damage is not None:
+        console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
+        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+            file.unlink()
+    started = now()
+    resumed = False
+    try:
+        algorithm = _batched_algorithm(plan, device)
+        if checkpoint.with_suffix(".safetensors").exists():
+            resumed = True
+            position = _checkpoint_position(checkpoint, algorithm, config.train_steps)
+            console.print(f"resumed {len(agents)} agents from {position}")
+        with progress_display(console) as progress:
+            bar = progress.add_task(
+                f"training {len(agents)} {plan.env.name} agents in one program", total=1
+            )
+
+            def advance(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            policies = algorithm.train_many(
+                plan.env,
+                [t.context.as_dict() for t in tasks],
+                seeds,
+                total_steps=config.train_steps,
+                checkpoint=checkpoint,
+                progress=advance,
+                **_training_options(plan),
+            )
+        trained_at = now()
+        targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
+        problem = TransferProblem(
+            plan.env,
+            algorithm,
+            policies,
+            [t.context.as_dict() for t in tasks],
+            seeds,
+            [t.context.as_dict() for t in targets],
+            episodes=config.eval_episodes,
+            eval_seed=10_000,
+        )
+        returns = transfer_returns(plan, problem)
+        train_s, eval_s = trained_at - started, now() - trained_at
+        compile_s = float(getattr(algorithm, "compile_s", 0.0))
+        compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
+        console.print(
+            f"trained {len(agents)} agent{'s' if len(agents) > 1 else ''} x "
+            f"{config.train_steps:,} steps in {train_s:.1f} s{compiling}; "
+            f"evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} episodes in "
+            f"{eval_s:.1f} s"
+        )
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))[-4000:]
+        for task, seed in zip(tasks, seeds, strict=True):
+            store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
+        raise
+    group_s = now() - started
+    for i, (task, seed) in enumerate(zip(tasks, seeds, strict=True)):
+        record = _group_record(
+            run_record(task, seed, plan, started, started, "finished", None, None),
+            checkpoint.name,
+            group_s,
+            len(agents),
+        )
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
+    for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+        file.unlink()
+    return GroupResult(ids, resumed, train_s, eval_s, compile_s)
+
+
+def execute_shard(job: dict[str, Any]) -> None:
+    """Train, evaluate and store one shard of a batched group. Runs as an executor job.
+
+    ``job`` holds ``run_dir``, ``config`` (the sweep config as JSON data), ``agents`` (a list
+    of ``[source grid index, seed]``), ``device`` and ``threads`` (torch's intra-op threads
+    unless ``OMP_NUM_THREADS`` is set). Failures are stored as failed runs and re-raised."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(int(job["threads"]))
+    config = validate_config(job["config"])
+    plan = replace(resolve_plan(config, get_host().registry), location=Path(job["run_dir"]))
+    agents = [(int(source), int(seed)) for source, seed in job["agents"]]
+    store = Store(plan.run_dir / STORE_FILE)
+    try:
+        train_group(plan, store, agents, Console(stderr=True), str(job["device"]))
+    finally:
+        store.close()
+
+
+def _run_shards(
+    plan: SweepPlan,
+    store: Store,
+    shards: list[list[tuple[int, int]]],
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+    executor: Executor,
+) -> None:
+    """Run each shard of a batched group as a job of ``executor``; a failed shard's runs are
+    stored as failed and the other shards go on."""
+    config = plan.config
+    parallel = min(config.executor.workers, len(shards))
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    jobs = [
+        {
+            "run_dir": str(plan.run_dir),
+            "config": plan_json,
+            "agents": [list(agent) for agent in shard],
+            "shard": f"{index}of{len(shards)}",
+            "device": config.device,
+            "threads": threads,
+        }
+        for index, shard in enumerate(shards)
+    ]
+    resumed = [
+        _checkpoint_path(plan, [_agent_id(plan, a) for a in shard])
+        .with_suffix(".safetensors")
+        .exists()
+        for shard in shards
+    ]
+    agents = sum(len(shard) for shard in shards)
+    started = time.monotonic()
+    with progress_display(console) as progress:
+        bar = progress.add_task(
+            f"training {agents} {plan.env.name} agents in {len(shards)} shards", total=len(jobs)
+        )
+        for job, error in executor.map(execute_shard, jobs):
+            index = jobs.index(job)
+            for source, seed in job["agents"]:
+                task = Task(plan.env.name, plan.grid.contexts[source])
+                rid = run_id(task, seed)
+                if error is not None:
+                    ensure_failed(store, task, seed, plan, error)
+                    outcome.failed.append(rid)
+                else:
+                    finished.add(rid)
+                    outcome.trained += 1
+                    outcome.resumed += int(resumed[index])
+                notify_run_finished(host, plan_json, store, rid)
+            if error is not None:
+                console.print(f"[red]shard {job['shard']} failed:[/] {error_summary(error)}")
+            progress.advance(bar)
+    wall_s = time.monotonic() - started
+    outcome.train_s += wall_s
+    console.print(
+        f"trained and evaluated {agents} agents in {len(shards)} shards "
+        f"({parallel} at a time) in {wall_s:.1f} s"
+    )
+
+
+def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> RunRecord:
+    """The row of one of ``size`` runs trained and evaluated together in one batched program
+    named ``group`` that took ``group_s`` seconds: they share its start, and each is given an
+    even share of its time (the program does not time agents apart)."""
+    share = group_s / size
+    return replace(
+        record,
+        finished_at=record.started_at + share,
+        duration_s=share,
+        batch_group=group,
+        group_duration_s=group_s,
+    )
+
+
+def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:
+    """Where a batched program's checkpoint stands: ``iteration 100 of 292`` (the total when
+    the algorithm says how many env steps an iteration takes, as the batched trainers do)."""
+    done = artifact_metadata(checkpoint).get("iteration", "?")
+    per_iteration = getattr(algorithm, "steps_per_iteration", None)
+    if not callable(per_iteration):
+        return f"iteration {done}"
+    return f"iteration {done} of {max(1, total_steps // int(per_iteration()))}"
+
+
+def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]:
+    """``train_many``'s keyword arguments for the config's interventions and learning curves
+    (only for algorithms that host them)."""
+    config = plan.config
+    if not plan.algorithm.interventions:
+        return {}
+    entries = [{"name": e.name, "options": e.options} for e in config.algorithm.interventions]
+    options: dict[str, Any] = {}
+    if entries:
+        options["interventions"] = build_interventions(entries, get_host().registry)
+    if curves and config.curves is not None:
+        options["curves"] = CurveOptions(config.curves.every, config.curves.episodes)
+    return options
+
+
+def _batched_algorithm(plan: SweepPlan, device: str | None = None) -> BatchedAlgorithm:
+    params = algorithm_params(plan.config, plan.algorithm)
+    algorithm = plan.algorithm.factory(params, device=device or plan.config.device, env=plan.env)
+    return cast(BatchedAlgorithm, algorithm)
+
+
+def _store_trained(
+    plan: SweepPlan,
+    store: Store,
+    algorithm: BatchedAlgorithm,
+    policies: Any,
+    index: int,
+    record: RunRecord,
+    returns: np.ndarray,
+) -> None:
+    """Save agent ``index`` of a batched program and store its run with its evaluations
+    (``returns``: ``(targets, episodes)`` over the grid's contexts)."""
+    artifact = Path("artifacts") / record.run_id
+    algorithm.save(policies.select([index]), plan.run_dir / artifact)
+    evaluations = [
+        Evaluation(Task(plan.env.name, c).id, c, returns[j].tolist())
+        for j, c in enumerate(plan.grid.contexts)
+    ]
+    store.record_run(replace(record, artifact=str(artifact)), evaluations)
+    log = getattr(policies, "log", None)
+    if log is not None:
+        agent = log.select([index])
+        store.record_training_log(
+            record.run_id,
+            curve_steps=agent.curve_steps,
+            curve_returns=[r[0] for r in agent.curve_returns],
+            diagnostic_steps=agent.diagnostic_steps,
+            diagnostics={
+                k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
+            },
+        )
+
+
+MULTITASK = "multitask"
+
+
+def run_multitask(
+    plan: SweepPlan,
+    store: Store,
+    finished: set[str],
+    outcome: SweepOutcome,
+    host: Host,
+    console: Console,
+    plan_json: dict[str, Any],
+) -> None:
+    """The multi-task baseline: one policy per seed trained on the uniform mixture of all grid
+    contexts (a real training run, in one batched program), evaluated on every context."""
+    config = plan.config
+    seeds = [s for s in config.seeds if f"{MULTITASK}-s{s}" not in finished]
+    outcome.skipped += len(config.seeds) - len(seeds)
+    if not seeds:
+        return
+    mixture = [c.as_dict() for c in plan.grid.contexts]
+    started = now()
+    task = Task(plan.env.name, Context())
+    try:
+        algorithm = _batched_algorithm(plan)
+        with progress_display(console) as progress:
+            bar = progress.add_task(f"training {len(seeds)} multi-task agents", total=1)
+            policies = algorithm.train_many(
+                plan.env,
+                [mixture[0]] * len(seeds),
+                seeds,
+                total_steps=config.train_steps,
+                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                mixture=mixture,
+                **_training_options(plan, curves=False),
+            )
+        returns = algorithm.evaluate_many(
+            policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000
+        )
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))[-4000:]
+        for seed in seeds:
+            record = run_record(task, seed, plan, started, now(), "failed", None, error)
+            store.record_run(_as_multitask(record))
+            outcome.failed.append(f"{MULTITASK}-s{seed}")
+            notify_run_finished(host, plan_json, store, f"{MULTITASK}-s{seed}")
+        console.print(f"[red]multi-task training failed:[/] {exc}")
+        return
+    group_s = now() - started
+    for i, seed in enumerate(seeds):
+        record = run_record(task, seed, plan, started, started, "finished", None, None)
+        record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
+        finished.add(record.run_id)
+        outcome.trained += 1
+        notify_run_finished(host, plan_json, store, record.run_id)
+
+
+def _as_multitask(record: RunRecord) -> RunRecord:
+    """A multi-task run's row: its id, kind and source task say ``multitask``."""
+    return replace(
+        record, run_id=f"{MULTITASK}-s{record.seed}", kind=MULTITASK, source_task=MULTITASK
+    )

@@ -1,0 +1,142 @@
+"""The runs of a sweep: their ids and stored rows, failures reported by an executor, the
+transfer method's returns, the ``ctxrl_run_finished`` hook and the progress display. Shared
+by the per-run jobs (:mod:`ctxrl.sweep`) and the batched programs
+(:mod:`ctxrl.batched_sweep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ctxrl.config import (
+    SweepPlan,
+)
+from ctxrl.context import Task
+from ctxrl.errors import CtxrlError
+from ctxrl.matrix import TransferMatrix
+from ctxrl.plugins import Host, get_host
+from ctxrl.store import RunRecord, Store, now
+from ctxrl.transfer import TransferProblem
+
+
+def run_id(task: Task, seed: int) -> str:
+    """A run's id in the store and the artifacts: ``{task id}-s{seed}``."""
+    return f"{task.id}-s{seed}"
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep produced."""
+
+    run_dir: Path
+    matrix: TransferMatrix
+    trained: int
+    skipped: int
+    """runs already finished by an earlier sweep, not trained again"""
+    failed: list[str] = field(default_factory=list)
+    resumed: int = 0
+    """trained runs whose batched program continued from a checkpoint of an earlier sweep"""
+    order: list[int] = field(default_factory=list)
+    train_s: float = 0.0
+    """wall-clock seconds spent training in batched programs (0 for per-run executors)"""
+    eval_s: float = 0.0
+    """wall-clock seconds spent in batched cross-evaluation"""
+    compile_s: float = 0.0
+    """of ``train_s``, the seconds compiling took (one-program groups of algorithms that
+    compile; a sharded group reports it in each shard's log)"""
+
+
+def run_record(
+    task: Task,
+    seed: int,
+    plan: SweepPlan,
+    started: float,
+    finished: float,
+    status: str,
+    artifact: str | None,
+    error: str | None,
+) -> RunRecord:
+    """The stored row of a source run (times in seconds since the epoch)."""
+    return RunRecord(
+        run_id=run_id(task, seed),
+        kind="source",
+        env=task.env,
+        source_task=task.id,
+        source_context=task.context.canonical(),
+        seed=seed,
+        algorithm=plan.algorithm.name,
+        status=status,  # type: ignore[arg-type]
+        started_at=started,
+        finished_at=finished,
+        duration_s=finished - started,
+        artifact=artifact,
+        error=error,
+    )
+
+
+def transfer_returns(plan: SweepPlan, problem: TransferProblem) -> np.ndarray:
+    """The sweep's transfer method on ``problem``: returns ``(P, Q, E)``."""
+    spec = get_host().registry.transfer_method(plan.config.transfer.name)
+    method = spec.factory(**plan.config.transfer.options)
+    result = method.transfer(problem)
+    returns = np.asarray(result.returns, dtype=np.float64)
+    expected = (len(problem.source_contexts), len(problem.targets), problem.episodes)
+    if returns.shape != expected:
+        raise CtxrlError(
+            f"transfer method {spec.name!r} returned shape {returns.shape}, expected {expected}"
+        )
+    return returns
+
+
+def notify_run_finished(host: Host, plan_json: dict[str, Any], store: Store, rid: str) -> None:
+    """Call ``ctxrl_run_finished`` with the run's stored row and its returns."""
+    record = store.run(rid)
+    assert record is not None
+    run = {
+        name: getattr(record, name)
+        for name in ("run_id", "kind", "source_task", "seed", "status", "duration_s", "error")
+    }
+    run["returns"] = store.returns(rid)
+    host.notify("ctxrl_run_finished", plan=plan_json, run=run)
+
+
+def ensure_failed(
+    store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str
+) -> None:
+    """Record a failed run with the executor's report, which ends with the worker's log (the
+    traceback and what a simulator printed, e.g. SUMO's own error message). A row the worker
+    wrote itself keeps its times; a crash or a timeout leaves none, so one is made."""
+    rid = run_id(task, seed)
+    message = str(error)[-4000:]
+    written = store.run(rid)
+    if written is not None and written.status == "failed":
+        store.record_run(replace(written, error=message))
+    else:
+        t = now()
+        store.record_run(run_record(task, seed, plan, t, t, "failed", None, message))
+
+
+def error_summary(error: BaseException) -> str:
+    """One line saying why a run failed: an executor's ``summary`` if it gives one, else the
+    last line of the error (a traceback's exception)."""
+    summary = getattr(error, "summary", None)
+    if isinstance(summary, str) and summary:
+        return summary
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else repr(error)
+
+
+def progress_display(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
