@@ -18,12 +18,7 @@ import torch
 from rich.console import Console
 
 from ctxrl.artifacts import artifact_metadata, verify_artifact
-from ctxrl.config import (
-    SweepPlan,
-    algorithm_params,
-    resolve_plan,
-    validate_config,
-)
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.interventions import build_interventions
 from ctxrl.plugins import Host, get_host

@@ -13,9 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ctxrl.config import (
-    SweepPlan,
-)
+from ctxrl.config import SweepPlan
 from ctxrl.context import Task
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
@@ -132,6 +130,7 @@ def error_summary(error: BaseException) -> str:
 
 
 def progress_display(console: Console) -> Progress:
+    """A progress bar with the task's name, count and elapsed time, on ``console``."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

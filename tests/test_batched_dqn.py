@@ -123,6 +123,9 @@ def test_options_and_spaces_are_checked() -> None:
         _algo(eps=0.1)
     with pytest.raises(ConfigError, match=r"algorithm\.params\.compile: batched-dqn takes one of"):
         _algo(compile="fast")
+    short = _algo(compile="auto", **FAST)  # below DQN's CPU break-even point: eager
+    short.train_many(get_host().registry.env("CartPole"), [{}], [0], total_steps=300)
+    assert not short.compiling
     with pytest.raises(CtxrlError, match="discrete actions"):
         _algo().train_many(get_host().registry.env("Pendulum"), [{}], [0], total_steps=10)
 

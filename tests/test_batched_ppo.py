@@ -157,6 +157,8 @@ def test_compile_auto_compiles_where_it_pays_and_bad_values_are_named() -> None:
     assert compile_pays("auto", cuda, 1)
     assert compile_pays("auto", cpu, long_run) and not compile_pays("auto", cpu, long_run - 1)
     assert compile_pays("on", cpu, 1) and not compile_pays("off", cuda, long_run)
+    assert not compile_pays("auto", cpu, 10**9, cpu_min_iterations=None)  # never on the CPU
+    assert compile_pays("auto", cuda, 1, cpu_min_iterations=None)
     short = _algo(compile="auto")
     short.train_many(get_host().registry.env("CartPole"), [{}], [0], total_steps=512)
     assert not short.compiling

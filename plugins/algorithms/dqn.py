@@ -35,6 +35,13 @@ from ctxrl_plugins.training.trainer import BatchedTrainer, hyperparameters
 Tensor = torch.Tensor
 
 
+DQN_CPU_COMPILE_MIN_ITERATIONS = 300_000
+"""``compile: auto`` compiles batched DQN on the CPU from this many iterations (env steps per
+agent and env) on: compiling saves little per env step there (1.03-1.32x at 1-64 agents), so
+the cold-cache break-even points ``benchmarks/bench_compile.py`` measured are 12k-281k
+iterations (benchmarks/RESULTS.md, "Compiled training")."""
+
+
 @dataclass(frozen=True)
 class DQNConfig:
     """Hyperparameters (per agent). Defaults: CleanRL's DQN for CartPole (``dqn.py``; it
@@ -263,7 +270,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         cfg, n, e, device = self.config, run.num_agents, run.num_envs, self.device
         capacity = max(1, cfg.buffer_size // e)  # slots per agent, each holding e transitions
         self._compiled_step = self._compiled_loss = None
-        if compile_pays(cfg.compile, device, iterations // max(1, cfg.train_frequency // e)):
+        if compile_pays(cfg.compile, device, iterations, DQN_CPU_COMPILE_MIN_ITERATIONS):
             run.twin.branch_free = True  # the same numbers, without data-dependent indexing
             self._compiled_step = self.compiled(_act_and_step)
             self._compiled_loss = self.compiled(_td_loss)

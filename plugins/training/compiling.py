@@ -21,14 +21,21 @@ the compile time does not). With inductor's on-disk cache filled by an earlier r
 shapes the break-even point is 12-49 iterations; ``auto`` does not count on it."""
 
 
-def compile_pays(mode: str, device: torch.device, iterations: int) -> bool:
+def compile_pays(
+    mode: str,
+    device: torch.device,
+    iterations: int,
+    cpu_min_iterations: int | None = CPU_COMPILE_MIN_ITERATIONS,
+) -> bool:
     """Whether to compile training: ``on`` and ``off`` say so; ``auto`` compiles on
     accelerators (one graph instead of a kernel launch per operation) and on the CPU where the
-    measured saving outweighs the compile time: at least :data:`CPU_COMPILE_MIN_ITERATIONS`
-    iterations."""
+    measured saving outweighs the compile time: at least ``cpu_min_iterations`` iterations
+    (None: never on the CPU)."""
     if mode != "auto":
         return mode == "on"
-    return device.type != "cpu" or iterations >= CPU_COMPILE_MIN_ITERATIONS
+    if device.type != "cpu":
+        return True
+    return cpu_min_iterations is not None and iterations >= cpu_min_iterations
 
 
 def evaluation_compiles(mode: str, device: torch.device) -> bool:
