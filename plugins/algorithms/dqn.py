@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.errors import CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl_plugins.training.compiling import COMPILE_MODES, compile_pays
+from ctxrl_plugins.training.compiling import check_compile_mode, compile_pays
 from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -239,11 +239,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(DQNConfig, params, self.name)
-        if self.config.compile not in COMPILE_MODES:
-            raise ConfigError(
-                f"algorithm.params.compile: batched-dqn takes one of {', '.join(COMPILE_MODES)}, "
-                f"got {self.config.compile!r}"
-            )
+        check_compile_mode(self.name, self.config.compile)
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ctxrl.errors import ConfigError
+
 COMPILE_MODES = ("off", "on", "auto")
 
 CPU_COMPILE_MIN_ITERATIONS = 300
@@ -19,6 +21,16 @@ break-even point ``benchmarks/bench_compile.py`` measured with an empty compile 
 iterations at 4 agents; 151 at 64, 108 at 150: the saving per iteration grows with the agents,
 the compile time does not). With inductor's on-disk cache filled by an earlier run of the same
 shapes the break-even point is 12-49 iterations; ``auto`` does not count on it."""
+
+
+def check_compile_mode(algorithm: str, mode: str) -> None:
+    """Raise a :class:`~ctxrl.errors.ConfigError` naming the field when ``mode`` is not one of
+    :data:`COMPILE_MODES`."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"algorithm.params.compile: {algorithm} takes one of {', '.join(COMPILE_MODES)}, "
+            f"got {mode!r}"
+        )
 
 
 def compile_pays(
