@@ -64,36 +64,16 @@ class ArmEntry(StrictModel):
     interventions: list[InterventionEntry] = Field(min_length=1)
 
 
-class StudyConfig(StrictModel):
-    """A plasticity study, as written in YAML."""
+class ArmsConfig(StrictModel):
+    """What every plasticity study has: the arms compared with no intervention, the seeds, the
+    dormancy threshold, the device and where the run directory goes."""
 
-    env: str = Field(description="environment registry name (it needs a torch twin)")
-    algorithm: Literal["batched-ppo", "batched-dqn"] = Field(default="batched-ppo")
-    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters")
-    preset: str | None = Field(default=None, description="the algorithm's preset")
-    schedule: dict[str, Any] = Field(
-        description="the context schedule (ctxrl.schedules JSON form, e.g. {kind: sequence, "
-        "every: 20000, contexts: [{length: 0.5}, {length: 2.0}]}); a 'sampled' schedule is "
-        "drawn per seed (its seed + the agent's seed)"
-    )
     arms: list[str | InterventionEntry | ArmEntry] = Field(
         description="interventions to compare with no intervention: a name (defaults), "
         "{name, options}, or {label, interventions: [...]} to compose several"
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    total_steps: int = Field(gt=0, description="env steps per agent")
-    curve_every: int = Field(gt=0, description="env steps between learning-curve points")
-    curve_episodes: int = Field(default=5, ge=1, description="episodes per curve point")
-    plasticity_every: int | None = Field(
-        default=None,
-        gt=0,
-        description="env steps between plasticity records (default: "
-        "curve_every); also recorded just before every switch",
-    )
     dormant_tau: float = Field(default=0.025, ge=0.0, description="ReDo's dormancy threshold")
-    threshold: float = Field(
-        default=0.9, description="normalised return for time to threshold after each switch"
-    )
     device: str = Field(default="cpu")
     output_dir: Path = Field(default=Path("runs"))
 
@@ -122,6 +102,32 @@ class StudyConfig(StrictModel):
         data = self.model_dump(mode="json", exclude={"output_dir", "device"})
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class StudyConfig(ArmsConfig):
+    """A plasticity study on an env's context schedule, as written in YAML."""
+
+    env: str = Field(description="environment registry name (it needs a torch twin)")
+    algorithm: Literal["batched-ppo", "batched-dqn"] = Field(default="batched-ppo")
+    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters")
+    preset: str | None = Field(default=None, description="the algorithm's preset")
+    schedule: dict[str, Any] = Field(
+        description="the context schedule (ctxrl.schedules JSON form, e.g. {kind: sequence, "
+        "every: 20000, contexts: [{length: 0.5}, {length: 2.0}]}); a 'sampled' schedule is "
+        "drawn per seed (its seed + the agent's seed)"
+    )
+    total_steps: int = Field(gt=0, description="env steps per agent")
+    curve_every: int = Field(gt=0, description="env steps between learning-curve points")
+    curve_episodes: int = Field(default=5, ge=1, description="episodes per curve point")
+    plasticity_every: int | None = Field(
+        default=None,
+        gt=0,
+        description="env steps between plasticity records (default: "
+        "curve_every); also recorded just before every switch",
+    )
+    threshold: float = Field(
+        default=0.9, description="normalised return for time to threshold after each switch"
+    )
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -187,6 +193,15 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     except CtxrlError as exc:
         raise ConfigError(f"params: {str(exc).removeprefix('algorithm.params: ')}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
+    labels, programs = plan_programs(config, registry)
+    return StudyPlan(config, env, params, schedules, labels, programs)
+
+
+def plan_programs(config: ArmsConfig, registry: Registry) -> tuple[list[str], list[Program]]:
+    """The arm labels (``none`` first) and the batched programs that train them: one shared
+    program for ``none`` and every arm that can apply to part of a batch, one program per arm
+    that changes what a batch shares (the network's shape, the optimizer). Every arm's
+    interventions are built here, so an unknown name or option fails before any training."""
     arms = config.arm_entries()
     labels = [BASELINE, *(arm.label for arm in arms)]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
@@ -211,7 +226,19 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
             shared[arm.label] = arm.interventions
     agents = [(label, seed) for label in shared for seed in config.seeds]
     programs.insert(0, Program(SHARED_PROGRAM, agents, shared))
-    return StudyPlan(config, env, params, schedules, labels, programs)
+    return labels, programs
+
+
+def build_arm_interventions(
+    program: Program, registry: Registry
+) -> list[tuple[Intervention, list[int]]]:
+    """Fresh interventions of every arm of ``program`` with the rows of its agents."""
+    out: list[tuple[Intervention, list[int]]] = []
+    for label, entries in program.arms.items():
+        rows = [i for i, (arm, _) in enumerate(program.agents) if arm == label]
+        for intervention in _build(entries, registry, f"arm {label!r}"):
+            out.append((intervention, rows))
+    return out
 
 
 def _build(
@@ -346,11 +373,7 @@ class StudyRunner:
         )
         seeds = [seed for _, seed in program.agents]
         schedules = [plan.schedules[seed] for seed in seeds]
-        interventions: list[tuple[Intervention, list[int]]] = []
-        for label, entries in program.arms.items():
-            rows = [i for i, (arm, _) in enumerate(program.agents) if arm == label]
-            for intervention in _build(entries, self.registry, f"arm {label!r}"):
-                interventions.append((intervention, rows))
+        interventions = build_arm_interventions(program, self.registry)
         checkpoint = self.run_dir / "checkpoints" / program.name
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         progress = self.progress
@@ -422,11 +445,17 @@ def load_results(run_dir: Path, registry: Registry) -> tuple[StudyPlan, dict[str
 
 
 def report_study(run_dir: Path) -> str:
-    """Rewrite a study's exports, figures and summary from its stored programs."""
+    """Rewrite a study's exports, figures and summary from its stored programs (an env study
+    or a shifting-target one)."""
     from ctxrl.plugins import get_host
     from ctxrl_plugins.transfer.plasticity_study_report import write_outputs
+    from ctxrl_plugins.transfer.plasticity_targets import is_targets_study, report_targets_study
 
-    plan, results = load_results(run_dir, get_host().registry)
+    registry = get_host().registry
+    data = (yaml.safe_load((run_dir / "plan.yaml").read_text()) or {}).get("config", {})
+    if is_targets_study(data):
+        return report_targets_study(run_dir, data, registry)
+    plan, results = load_results(run_dir, registry)
     return write_outputs(plan, results, run_dir)
 
 
@@ -460,14 +489,19 @@ def ctxrl_register_commands(cli: Any) -> None:
     @click.option("--dry-run", is_flag=True, help="Validate the study; train nothing.")
     def plasticity(study: Path, dry_run: bool) -> None:
         """Run (or resume) the plasticity STUDY (a YAML file): interventions x seeds on a
-        context schedule, against no intervention."""
+        context schedule, or on shifting regression targets (a `shifting_targets` block),
+        against no intervention."""
         from rich.console import Console
 
         from ctxrl.plugins import get_host
+        from ctxrl_plugins.transfer import plasticity_targets as targets
 
         console = Console(stderr=True)
-        config = load_study_config(study)
         registry = get_host().registry
+        if targets.is_targets_study(_mapping(study)):
+            _run_targets_study(study, dry_run, registry, console)
+            return
+        config = load_study_config(study)
         plan = resolve_study(config, registry)
         switches = len(_switch_steps(plan))
         console.print(
@@ -483,6 +517,36 @@ def ctxrl_register_commands(cli: Any) -> None:
         click.echo(f"results: {run_dir}")
 
 
+def _mapping(path: Path) -> dict[str, Any]:
+    """A study file's top-level mapping, or an empty one (the loaders report what is wrong)."""
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: Any) -> None:
+    import click
+
+    from ctxrl_plugins.transfer import plasticity_targets as targets
+
+    config = targets.load_targets_config(path)
+    labels, programs = plan_programs(config, registry)
+    task = config.shifting_targets
+    run_dir = targets.run_dir_of(config)
+    console.print(
+        f"shifting targets: {len(labels)} arms ({', '.join(labels)}) x {len(config.seeds)} "
+        f"seeds, {task.tasks} target sets x {task.steps_per_task} steps, {len(programs)} "
+        f"batched program(s) -> {run_dir}"
+    )
+    if dry_run:
+        return
+    run_dir = targets.run_targets_study(config, registry, progress=console.print)
+    click.echo((run_dir / "summary.md").read_text())
+    click.echo(f"results: {run_dir}")
+
+
 def _switch_steps(plan: StudyPlan) -> list[int]:
     """The scheduled switch steps of the first seed within the budget."""
     schedule = plan.schedules[plan.config.seeds[0]]
@@ -491,14 +555,17 @@ def _switch_steps(plan: StudyPlan) -> list[int]:
 
 __all__ = [
     "ArmEntry",
+    "ArmsConfig",
     "InterventionEntry",
     "Program",
     "ProgramResult",
     "StudyConfig",
     "StudyPlan",
     "StudyRunner",
+    "build_arm_interventions",
     "load_results",
     "load_study_config",
+    "plan_programs",
     "report_study",
     "resolve_study",
     "run_study",

@@ -273,7 +273,7 @@ def _write_exports(tables: StudyTables, run_dir: Path) -> None:
                         writer.writerow([label, seed, int(step), metric, layer, f"{value:.6g}"])
 
 
-def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds and a Student-t 95 % band ``(T,)`` each (no band with one seed)."""
     from scipy.stats import t as student
 
@@ -304,7 +304,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for label, arm in tables.arms.items():
-        mean, low, high = _band(arm.curves)
+        mean, low, high = band(arm.curves)
         low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)  # returns lie in [0, 1]
         (line,) = ax.plot(tables.steps, mean, label=label, linewidth=1.2)
         ax.fill_between(tables.steps, low, high, color=line.get_color(), alpha=0.15)
@@ -326,7 +326,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
         for ax, metric in zip(axes.flat, metrics, strict=False):
             for label, arm in tables.arms.items():
                 values = _layer_mean(arm.plasticity, metric)
-                mean, low, high = _band(values)
+                mean, low, high = band(values)
                 (line,) = ax.plot(tables.plasticity_steps, mean, label=label, linewidth=1.0)
                 ax.fill_between(
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12

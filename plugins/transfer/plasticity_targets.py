@@ -1,0 +1,541 @@
+"""Shifting-target plasticity studies: a supervised probe on the trainers' own networks.
+
+Loss of plasticity is easiest to see where nothing else changes: a network fits fixed inputs
+to random targets, the targets are redrawn every ``steps_per_task`` gradient steps, and a
+network that loses plasticity fits each new set of targets worse than the one before (Lyle et
+al. 2023's random-label memorisation, as a regression). Each agent is the batched trainers'
+:class:`~ctxrl_plugins.training.networks.StackedMLP` with their Adam
+(:class:`~ctxrl_plugins.training.optimizer.AgentAdam`), trained through the same
+:class:`~ctxrl_plugins.training.run.TrainingRun` as reinforcement learning, so every
+intervention plugin applies unchanged: its network transform, loss term and after-update
+operator, and ``on_context_switch`` at every target switch (the "context" is the target set).
+
+Per agent (seed ``s``): inputs ``X`` ``(points, input_dim)`` standard normal and, for each task,
+targets ``(points, 1)`` normal with standard deviation ``target_scale``, both drawn from the
+agent's own generator (seed ``s``, salted): arms with the same seed see the same data and start
+from the same weights, so arm - none differences are paired by seed. Minibatches of
+``batch_size`` points are drawn with replacement from the same generator.
+
+Recorded per agent and task: the **fit error**, the mean squared error on all points divided
+by the variance of the task's targets (1: no better than predicting their mean; 0: a perfect
+fit), every ``eval_every`` gradient steps; from it the task's **final error** and its **AUC**
+(the mean of ``1 - error`` over the task's records, higher is better, the analogue of a
+post-switch AUC), and the plasticity metrics of every layer at the task's end
+(:func:`~ctxrl_plugins.training.plasticity.layer_metrics`: dormant fraction, ranks, norms).
+
+Per arm, with bootstrap 95 % intervals over seeds (:mod:`ctxrl.transfer_metrics`):
+
+- **plasticity lost**: mean final error of the last ``window`` tasks minus that of the first
+  ``window`` tasks (positive: later targets are fitted worse);
+- **late error**: mean final error of the last ``window`` tasks;
+- **dormant** fraction (mean over hidden layers) at the end of the first task and of the last;
+- against ``none``: each of those as the mean over seeds of the per-seed difference (the same
+  seed's data and initial weights on both sides), a verdict only when the interval excludes 0.
+
+A study is a YAML file for ``ctxrl plasticity``, told apart from an env study by its
+``shifting_targets`` block::
+
+    shifting_targets: {tasks: 30, steps_per_task: 400, learning_rate: 0.02}
+    arms: [redo, {name: continual-backprop, options: {replacement_rate: 0.001, maturity: 100}}]
+    seeds: [0, 1, 2, 3, 4]
+
+Programs (grouped as in :mod:`ctxrl_plugins.transfer.plasticity_study`) are stored as they
+finish, so a killed study resumes from the last finished program.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import Registry
+from ctxrl.transfer_metrics import MetricEstimate, mean_estimate
+from ctxrl_plugins.transfer.plasticity_study import (
+    BASELINE,
+    ArmsConfig,
+    Program,
+    build_arm_interventions,
+    plan_programs,
+)
+from ctxrl_plugins.transfer.studies import StrictModel, open_run_dir, read_study_file
+
+STUDY = "plasticity"
+ROLE = "probe"
+DATA_SALT = 7_919_000
+"""added to an agent's seed for its data generator (its weights use the seed itself)"""
+
+
+# ------------------------------------------------------------------------------ config
+class ShiftingTargets(StrictModel):
+    """The supervised task and the network that learns it."""
+
+    tasks: int = Field(default=30, ge=2, description="target sets, one after another")
+    steps_per_task: int = Field(default=400, ge=1, description="gradient steps per target set")
+    points: int = Field(default=256, ge=2, description="fixed inputs to fit")
+    input_dim: int = Field(default=4, ge=1, description="input features")
+    target_scale: float = Field(default=1.0, gt=0.0, description="targets' standard deviation")
+    hidden: list[int] = Field(default_factory=lambda: [32, 32], min_length=1)
+    activation: Literal["relu", "tanh"] = Field(default="relu")
+    learning_rate: float = Field(default=0.02, gt=0.0, description="Adam's learning rate")
+    batch_size: int = Field(default=64, ge=1, description="points per gradient step")
+    eval_every: int = Field(default=20, ge=1, description="gradient steps between fit records")
+    window: int = Field(default=5, ge=1, description="tasks averaged at the start and the end")
+
+
+class TargetsStudyConfig(ArmsConfig):
+    """A shifting-target plasticity study, as written in YAML."""
+
+    shifting_targets: ShiftingTargets = Field(description="the task and the network")
+
+
+def is_targets_study(data: Mapping[str, Any]) -> bool:
+    """Whether a study file's mapping is a shifting-target study."""
+    return "shifting_targets" in data
+
+
+def load_targets_config(path: str | Path) -> TargetsStudyConfig:
+    """Read and validate a study file; errors name the field and the file."""
+    config = read_study_file(path, TargetsStudyConfig)
+    task = config.shifting_targets
+    if 2 * task.window > task.tasks:
+        raise ConfigError(
+            f"{path}: shifting_targets.window: {task.window} tasks at the start and at the end "
+            f"need at least {2 * task.window} tasks, not {task.tasks}"
+        )
+    if task.eval_every > task.steps_per_task:
+        raise ConfigError(
+            f"{path}: shifting_targets.eval_every: {task.eval_every} is more than the "
+            f"{task.steps_per_task} steps of a task"
+        )
+    return config
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class TargetsResult:
+    """One program's records (``A`` agents in ``agents`` order, ``T`` tasks, ``R`` fit records
+    per task).
+
+    Attributes:
+        errors: ``(A, T, R)`` fit error (normalised MSE) after every ``eval_every`` steps.
+        metrics: ``{metric}.{layer}`` -> ``(A, T)`` at the end of each task.
+    """
+
+    agents: list[tuple[str, int]]
+    errors: np.ndarray
+    metrics: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What :class:`~ctxrl_plugins.training.run.TrainingRun` reads of a twin: the input size,
+    and no discrete actions."""
+
+    observation_size: int
+    discrete_actions: None = None
+
+
+def train_program(
+    task: ShiftingTargets,
+    program: Program,
+    registry: Registry,
+    *,
+    device: str = "cpu",
+    dormant_tau: float = 0.025,
+) -> TargetsResult:
+    """Train every agent of ``program`` on the shifting targets, one batched program."""
+    import torch
+
+    from ctxrl.interventions import NetworkSpec
+    from ctxrl.rng import StreamRNG
+    from ctxrl_plugins.training.networks import StackedMLP, stack_agents
+    from ctxrl_plugins.training.optimizer import AgentAdam
+    from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
+    from ctxrl_plugins.training.run import TrainingRun, intervention_masks
+
+    where = torch.device(device)
+    seeds = [seed for _, seed in program.agents]
+    n = len(seeds)
+    interventions, masks = intervention_masks(build_arm_interventions(program, registry), n, where)
+    spec = NetworkSpec(hidden=tuple(task.hidden), activation=task.activation)
+    for intervention in interventions:
+        spec = intervention.network(ROLE, spec)
+    network = StackedMLP(ROLE, spec, task.input_dim, {"head": (1, 1.0)})
+    params = stack_agents(
+        [network.init_agent(torch.Generator().manual_seed(seed)) for seed in seeds], where
+    )
+    optimizer = AgentAdam(params, lr=task.learning_rate)
+    everyone = torch.ones(n, dtype=torch.bool, device=where)
+    for name in network.frozen_names:
+        optimizer.freeze(name, everyone)
+    run = TrainingRun(
+        twin=_Inputs(task.input_dim),
+        networks={ROLE: network},
+        params=params,
+        optimizer=optimizer,
+        rng=StreamRNG(torch.tensor(seeds, dtype=torch.int64, device=where)),
+        interventions=interventions,
+        num_envs=1,
+        device=where,
+        masks=masks,
+    )
+    run.record_activations = True
+    for intervention in run.each_intervention():
+        intervention.setup(run)
+    generators = [torch.Generator().manual_seed(seed + DATA_SALT) for seed in seeds]
+    inputs = torch.stack(
+        [torch.randn(task.points, task.input_dim, generator=g) for g in generators]
+    ).to(where)
+    rows = torch.arange(n, device=where)[:, None]
+    records = task.steps_per_task // task.eval_every
+    errors = torch.empty(n, task.tasks, records)
+    metrics: dict[str, list[Any]] = {}
+    for index in range(task.tasks):
+        targets = torch.stack(
+            [torch.randn(task.points, 1, generator=g) * task.target_scale for g in generators]
+        ).to(where)
+        variance = targets.var(dim=(1, 2), unbiased=False).clamp_min(1e-12)
+        batches = torch.stack(
+            [
+                torch.randint(task.points, (task.steps_per_task, task.batch_size), generator=g)
+                for g in generators
+            ],
+            dim=1,
+        ).to(where)  # (steps, N, B)
+        if index > 0:
+            for intervention in run.each_intervention():
+                intervention.on_context_switch(run, everyone)
+        for step in range(task.steps_per_task):
+            chosen = batches[step]
+            prediction = run.forward(ROLE, inputs[rows, chosen], training=True)
+            loss = (prediction - targets[rows, chosen]).square().mean(dim=(1, 2))
+            run.optimize(loss / variance)
+            run.iteration += 1
+            run.env_steps += task.batch_size
+            if (step + 1) % task.eval_every == 0 and (step + 1) // task.eval_every <= records:
+                with torch.no_grad():
+                    fit = (network(params, inputs) - targets).square().mean(dim=(1, 2))
+                errors[:, index, (step + 1) // task.eval_every - 1] = (fit / variance).cpu()
+        values = layer_metrics(
+            {ROLE: network},
+            params,
+            run.initial_params,
+            run.activations,
+            PlasticityOptions(every=1, dormant_tau=dormant_tau),
+        )
+        for name, value in values.items():
+            metrics.setdefault(name, []).append(value.float().cpu().numpy())
+    optimizer.finish()
+    return TargetsResult(
+        list(program.agents),
+        errors.double().numpy(),
+        {k: np.stack(v, axis=1).astype(np.float64) for k, v in metrics.items()},
+    )
+
+
+# ------------------------------------------------------------------------------ the study
+def run_dir_of(config: TargetsStudyConfig) -> Path:
+    return config.output_dir / f"plasticity-targets-{config.plan_hash()}"
+
+
+def run_targets_study(
+    config: TargetsStudyConfig,
+    registry: Registry,
+    *,
+    progress: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
+) -> Path:
+    """Run (or resume) a shifting-target study and write its outputs; returns its run
+    directory."""
+    labels, programs = plan_programs(config, registry)
+    run_dir = run_dir or run_dir_of(config)
+    open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
+    results = {}
+    for program in programs:
+        stored = _load(run_dir, program)
+        if stored is None:
+            if progress is not None:
+                progress(f"{program.name}: {len(program.agents)} agents")
+            stored = train_program(
+                config.shifting_targets,
+                program,
+                registry,
+                device=config.device,
+                dormant_tau=config.dormant_tau,
+            )
+            _store(run_dir, program, stored)
+        results[program.name] = stored
+    write_outputs(config, labels, results, run_dir)
+    return run_dir
+
+
+def report_targets_study(run_dir: Path, data: Mapping[str, Any], registry: Registry) -> str:
+    """Rewrite a finished study's outputs from its stored programs (``data``: its plan's
+    config)."""
+    config = TargetsStudyConfig.model_validate(data)
+    labels, programs = plan_programs(config, registry)
+    results = {}
+    for program in programs:
+        stored = _load(run_dir, program)
+        if stored is None:
+            raise CtxrlError(
+                f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
+                "plasticity` on the study file to complete it"
+            )
+        results[program.name] = stored
+    return write_outputs(config, labels, results, run_dir)
+
+
+def _file(run_dir: Path, program: Program) -> Path:
+    return run_dir / "programs" / program.name
+
+
+def _load(run_dir: Path, program: Program) -> TargetsResult | None:
+    from ctxrl.artifacts import load_artifact
+
+    path = _file(run_dir, program)
+    if not path.with_suffix(".safetensors").is_file():
+        return None
+    tensors, meta = load_artifact(path)
+    return TargetsResult(
+        [(str(label), int(seed)) for label, seed in meta["agents"]],
+        tensors["errors"].double().numpy(),
+        {
+            k.removeprefix("metrics."): v.double().numpy()
+            for k, v in tensors.items()
+            if k.startswith("metrics.")
+        },
+    )
+
+
+def _store(run_dir: Path, program: Program, result: TargetsResult) -> None:
+    import torch
+
+    from ctxrl.artifacts import save_artifact
+
+    tensors = {"errors": torch.as_tensor(result.errors)}
+    for name, value in result.metrics.items():
+        tensors[f"metrics.{name}"] = torch.as_tensor(np.ascontiguousarray(value))
+    path = _file(run_dir, program)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_artifact(path, tensors, {"agents": [list(a) for a in result.agents]})
+
+
+# ------------------------------------------------------------------------------ analysis
+MEASURES: dict[str, tuple[str, int]] = {
+    "plasticity_lost": ("error, last minus first tasks (positive: plasticity lost)", -1),
+    "late_error": ("final error of the last tasks", -1),
+    "late_auc": ("AUC (mean 1 - error) of the last tasks", +1),
+    "dormant_first": ("dormant fraction after the first task", -1),
+    "dormant_end": ("dormant fraction after the last task", -1),
+}
+"""what each summary row measures and which direction is better"""
+
+
+@dataclass
+class ArmRecords:
+    """One arm's records, seeds in the study's order: final errors ``(S, T)``, AUCs ``(S, T)``,
+    dormant fraction (mean over hidden layers) ``(S, T)``."""
+
+    seeds: list[int]
+    final_error: np.ndarray
+    auc: np.ndarray
+    dormant: np.ndarray
+
+
+def gather(labels: Sequence[str], results: Mapping[str, TargetsResult]) -> dict[str, ArmRecords]:
+    arms: dict[str, ArmRecords] = {}
+    for result in results.values():
+        dormant_keys = [k for k in result.metrics if k.startswith("dormant.")]
+        dormant = np.mean([result.metrics[k] for k in dormant_keys], axis=0)
+        for label in dict.fromkeys(label for label, _ in result.agents):
+            rows = [i for i, (arm, _) in enumerate(result.agents) if arm == label]
+            errors = result.errors[rows]
+            arms[label] = ArmRecords(
+                [result.agents[i][1] for i in rows],
+                errors[:, :, -1],
+                (1.0 - errors).mean(axis=2),
+                dormant[rows],
+            )
+    return {label: arms[label] for label in labels}
+
+
+def per_seed_measures(arm: ArmRecords, window: int) -> dict[str, np.ndarray]:
+    """Every measure of :data:`MEASURES` per seed ``(S,)``."""
+    first, last = arm.final_error[:, :window].mean(1), arm.final_error[:, -window:].mean(1)
+    return {
+        "plasticity_lost": last - first,
+        "late_error": last,
+        "late_auc": arm.auc[:, -window:].mean(1),
+        "dormant_first": arm.dormant[:, 0],
+        "dormant_end": arm.dormant[:, -1],
+    }
+
+
+def _paired(values: np.ndarray, base: np.ndarray) -> MetricEstimate:
+    return mean_estimate(values - base)
+
+
+def analyse(
+    labels: Sequence[str], results: Mapping[str, TargetsResult], window: int
+) -> tuple[dict[str, ArmRecords], dict[str, dict[str, MetricEstimate]], dict[str, Any]]:
+    """Per arm the records, the estimates of every measure, and (arms other than ``none``)
+    the paired differences to ``none``: ``(arms, estimates, versus)``."""
+    arms = gather(labels, results)
+    base_seeds = arms[BASELINE].seeds
+    for label, arm in arms.items():
+        if arm.seeds != base_seeds:
+            raise CtxrlError(f"arm {label!r} has seeds {arm.seeds}, none has {base_seeds}")
+    measures = {label: per_seed_measures(arm, window) for label, arm in arms.items()}
+    estimates = {
+        label: {k: mean_estimate(v) for k, v in values.items()}
+        for label, values in measures.items()
+    }
+    versus = {
+        label: {k: _paired(v, measures[BASELINE][k]) for k, v in measures[label].items()}
+        for label in labels[1:]
+    }
+    return arms, estimates, versus
+
+
+def _fmt(estimate: MetricEstimate, digits: int = 3) -> str:
+    if math.isnan(estimate.low):
+        return f"{estimate.estimate:.{digits}f}"
+    return f"{estimate.estimate:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"
+
+
+def _verdict(estimate: MetricEstimate, better: int) -> str:
+    if estimate.low > 0:
+        return "better" if better > 0 else "worse"
+    if estimate.high < 0:
+        return "worse" if better > 0 else "better"
+    return "no difference"
+
+
+def write_outputs(
+    config: TargetsStudyConfig,
+    labels: Sequence[str],
+    results: Mapping[str, TargetsResult],
+    run_dir: Path,
+) -> str:
+    """``metrics.json``, ``figures/targets.png`` and ``summary.md``; returns the summary."""
+    task = config.shifting_targets
+    arms, estimates, versus = analyse(labels, results, task.window)
+    data = {
+        label: {
+            "seeds": arm.seeds,
+            "final_error": arm.final_error.tolist(),
+            "auc": arm.auc.tolist(),
+            "dormant": arm.dormant.tolist(),
+            "estimates": {k: v.to_json() for k, v in estimates[label].items()},
+            "versus_none": {k: v.to_json() for k, v in versus.get(label, {}).items()},
+        }
+        for label, arm in arms.items()
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(data, indent=1))
+    figure = _write_figure(arms, run_dir)
+    text = _summary(config, arms, estimates, versus, figure)
+    (run_dir / "summary.md").write_text(text)
+    return text
+
+
+def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ctxrl_plugins.transfer.plasticity_study_report import band
+
+    (run_dir / "figures").mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, arm in arms.items():
+        tasks = np.arange(1, arm.final_error.shape[1] + 1)
+        for ax, values in zip(axes, (arm.final_error, arm.dormant), strict=True):
+            mean, low, high = band(values)
+            (line,) = ax.plot(tasks, mean, label=label, linewidth=1.2)
+            ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.15)
+    axes[0].set_ylabel("fit error at the task's end (MSE / target variance)")
+    axes[1].set_ylabel("dormant fraction (mean over hidden layers)")
+    for ax in axes:
+        ax.set_xlabel("task (target set)")
+    axes[0].set_title("shifting targets: final error per task (95 % band)", fontsize=9)
+    axes[1].set_title("dormant units at each task's end", fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(run_dir / "figures" / "targets.png", dpi=110)
+    plt.close(fig)
+    return "figures/targets.png"
+
+
+def _summary(
+    config: TargetsStudyConfig,
+    arms: Mapping[str, ArmRecords],
+    estimates: Mapping[str, Mapping[str, MetricEstimate]],
+    versus: Mapping[str, Mapping[str, MetricEstimate]],
+    figure: str,
+) -> str:
+    task = config.shifting_targets
+    seeds = len(config.seeds)
+    lines = [
+        "# Plasticity study: shifting targets",
+        "",
+        f"{task.tasks} target sets x {task.steps_per_task} Adam steps (learning rate "
+        f"{task.learning_rate}, batch {task.batch_size}) on {task.points} fixed inputs "
+        f"({task.input_dim} features, targets N(0, {task.target_scale}^2)); network "
+        f"{task.activation} {'x'.join(map(str, task.hidden))}; {len(arms)} arms x {seeds} seeds. "
+        f"Error: MSE / target variance at a task's end; first/last = mean over the first/last "
+        f"{task.window} tasks. Mean [bootstrap 95 % CI] over seeds; differences to none are "
+        "paired by seed (same data and initial weights).",
+        "",
+        "| arm | error, first tasks | error, last tasks | plasticity lost | dormant, first "
+        "-> last |",
+        "|---|---|---|---|---|",
+    ]
+    for label, arm in arms.items():
+        first = float(arm.final_error[:, : task.window].mean())
+        e = estimates[label]
+        lines.append(
+            f"| {label} | {first:.3f} | {_fmt(e['late_error'])} | {_fmt(e['plasticity_lost'])} "
+            f"| {e['dormant_first'].estimate:.3f} -> {_fmt(e['dormant_end'])} |"
+        )
+    if versus:
+        lines += [
+            "",
+            "Against none (arm - none):",
+            "",
+            "| arm | " + " | ".join(MEASURES[k][0] for k in MEASURES) + " |",
+            "|---|" + "---|" * len(MEASURES),
+        ]
+        for label, values in versus.items():
+            cells = [
+                f"{_fmt(values[k])} ({_verdict(values[k], better)})"
+                for k, (_, better) in MEASURES.items()
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"![final error and dormant units per task]({figure})", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "MEASURES",
+    "ArmRecords",
+    "ShiftingTargets",
+    "TargetsResult",
+    "TargetsStudyConfig",
+    "analyse",
+    "is_targets_study",
+    "load_targets_config",
+    "per_seed_measures",
+    "report_targets_study",
+    "run_targets_study",
+    "train_program",
+]

@@ -1,0 +1,200 @@
+"""Shifting-target plasticity studies: loss of plasticity shown and repaired on the trainers'
+own networks and intervention plugins, the study's outputs, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.plugins import get_host
+from ctxrl_plugins.transfer.plasticity_study import plan_programs
+from ctxrl_plugins.transfer.plasticity_targets import (
+    TargetsStudyConfig,
+    analyse,
+    load_targets_config,
+    run_dir_of,
+    run_targets_study,
+    train_program,
+)
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+SMALL: dict[str, Any] = {
+    "shifting_targets": {
+        "tasks": 4,
+        "steps_per_task": 30,
+        "points": 32,
+        "hidden": [8, 8],
+        "batch_size": 8,
+        "eval_every": 10,
+        "window": 2,
+    },
+    "arms": [
+        {"name": "redo", "options": {"every": 20, "tau": 0.5}},
+        {"label": "ln", "interventions": [{"name": "layer-norm"}]},
+    ],
+    "seeds": [0, 1],
+}
+
+
+def _write(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "output_dir": str(tmp_path / "runs"), **changes}))
+    return path
+
+
+@pytest.mark.long
+def test_vanilla_training_loses_plasticity_and_the_remedies_keep_it(tmp_path: Path) -> None:
+    """At a high learning rate a ReLU network fits each new set of random targets worse until
+    it fits nothing (error 1: the targets' mean) while its units go dormant; continual
+    backprop, ReDo and Shrink & Perturb at switches keep fitting (intervals over 5 seeds)."""
+    config = TargetsStudyConfig.model_validate(
+        {
+            "shifting_targets": {"tasks": 20},
+            "arms": [
+                {
+                    "name": "continual-backprop",
+                    "options": {"replacement_rate": 1e-3, "maturity": 100},
+                },
+                "redo",
+                {
+                    "label": "shrink-perturb-switch",
+                    "interventions": [{"name": "shrink-perturb", "options": {"when": "switch"}}],
+                },
+            ],
+            "seeds": [0, 1, 2, 3, 4],
+            "output_dir": str(tmp_path),
+        }
+    )
+    run_dir = run_targets_study(config, get_host().registry)
+    data = json.loads((run_dir / "metrics.json").read_text())
+    none = data["none"]["estimates"]
+    assert none["plasticity_lost"]["low"] > 0.3, none["plasticity_lost"]
+    assert none["late_error"]["low"] > 0.9  # fits nothing at the end
+    dormant = np.asarray(data["none"]["dormant"])
+    assert (dormant[:, -1] - dormant[:, 0]).min() > 0.2  # every seed's units went dormant
+    for arm in ("continual-backprop", "redo", "shrink-perturb-switch"):
+        versus = data[arm]["versus_none"]
+        assert versus["plasticity_lost"]["high"] < 0, (arm, versus["plasticity_lost"])
+        assert versus["late_error"]["high"] < -0.4, (arm, versus["late_error"])
+        assert versus["dormant_end"]["high"] < 0, (arm, versus["dormant_end"])
+        assert data[arm]["estimates"]["late_error"]["high"] < 0.6, arm
+
+
+def test_a_study_writes_its_outputs_resumes_and_is_reported(run_ctxrl: Run, tmp_path: Path) -> None:
+    study = _write(tmp_path)
+    config = load_targets_config(study)
+    labels, programs = plan_programs(config, get_host().registry)
+    assert labels == ["none", "redo", "ln"]
+    assert [(p.name, list(p.arms)) for p in programs] == [
+        ("shared", ["none", "redo"]),
+        ("arm-ln", ["ln"]),
+    ]
+    result = run_ctxrl("plasticity", str(study), check=True)
+    assert "# Plasticity study: shifting targets" in result.stdout
+    run_dir = run_dir_of(config)
+    stored = {p: p.stat().st_mtime_ns for p in (run_dir / "programs").glob("*.safetensors")}
+    assert len(stored) == 2
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert set(data) == {"none", "redo", "ln"}
+    for label, arm in data.items():
+        assert np.asarray(arm["final_error"]).shape == (2, 4), label
+        assert np.asarray(arm["dormant"]).shape == (2, 4), label
+        assert np.all(np.asarray(arm["final_error"]) >= 0)
+    assert set(data["redo"]["versus_none"]) == set(data["none"]["estimates"])
+    assert (run_dir / "figures" / "targets.png").stat().st_size > 1000
+
+    again = run_ctxrl("plasticity", str(study), check=True)
+    assert "shared:" not in again.stderr, "finished programs are not trained again"
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    (run_dir / "summary.md").unlink()
+    report = run_ctxrl("report", str(run_dir), check=True)
+    assert "# Plasticity study: shifting targets" in report.stdout
+    assert (run_dir / "summary.md").is_file()
+
+
+def test_an_agent_in_a_batch_of_arms_equals_itself_alone(tmp_path: Path) -> None:
+    registry = get_host().registry
+    together = TargetsStudyConfig.model_validate({**SMALL, "arms": SMALL["arms"][:1]})
+    alone = TargetsStudyConfig.model_validate({**SMALL, "arms": [], "seeds": [1]})
+    program_together = plan_programs(together, registry)[1][0]
+    program_alone = plan_programs(alone, registry)[1][0]
+    a = train_program(together.shifting_targets, program_together, registry)
+    b = train_program(alone.shifting_targets, program_alone, registry)
+    row = a.agents.index(("none", 1))
+    assert np.array_equal(a.errors[row], b.errors[0])
+    for name, values in b.metrics.items():
+        assert np.array_equal(a.metrics[name][row], values[0], equal_nan=True), name
+    # and the arm changed something: ReDo recycles units at tau 0.5
+    redo = a.agents.index(("redo", 1))
+    assert not np.array_equal(a.errors[redo], a.errors[row])
+
+
+def test_measures_are_computed_from_the_records() -> None:
+    """Hand-built records: errors 0.2 then 0.8, dormant 0.1 then 0.4, per seed."""
+    from ctxrl_plugins.transfer.plasticity_targets import TargetsResult
+
+    errors = np.zeros((4, 4, 2))  # 2 arms x 2 seeds, 4 tasks, 2 records
+    errors[:, :2, :] = 0.2
+    errors[:, 2:, 1] = 0.8
+    errors[:, 2:, 0] = 0.9
+    errors[2:] -= 0.1  # the arm fits 0.1 better throughout
+    dormant = np.tile(np.array([0.1, 0.1, 0.4, 0.4]), (4, 1))
+    result = TargetsResult(
+        [("none", 0), ("none", 1), ("arm", 0), ("arm", 1)],
+        errors,
+        {"dormant.probe.0": dormant, "dormant.probe.1": dormant},
+    )
+    _, estimates, versus = analyse(["none", "arm"], {"shared": result}, window=2)
+    none = estimates["none"]
+    assert none["plasticity_lost"].estimate == pytest.approx(0.6)
+    assert none["late_error"].estimate == pytest.approx(0.8)
+    assert none["late_auc"].estimate == pytest.approx(1 - 0.85)
+    assert none["dormant_first"].estimate == pytest.approx(0.1)
+    assert none["dormant_end"].estimate == pytest.approx(0.4)
+    assert versus["arm"]["late_error"].estimate == pytest.approx(-0.1)
+    assert versus["arm"]["plasticity_lost"].estimate == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arms": ["no-such-intervention"]}, r"arms\[0\].interventions\[0\].name: .*no-such"),
+        ({"arms": [{"name": "redo", "options": {"taux": 1}}]}, r"arms\[0\].*options: .*taux"),
+        ({"arms": ["redo", "redo"]}, "labels \\['redo'\\] repeat"),
+        ({"seeds": [1, 1]}, "repeat a seed"),
+    ],
+)
+def test_bad_studies_are_refused_before_training(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CtxrlError, match=message):
+        config = load_targets_config(_write(tmp_path, **changes))
+        run_targets_study(config, get_host().registry)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"tasks": 3, "window": 2}, r"shifting_targets.window: .*at least 4 tasks"),
+        ({"eval_every": 100}, r"shifting_targets.eval_every: 100"),
+        ({"learning_rat": 0.1}, r"shifting_targets.learning_rat: Extra inputs"),
+        ({"activation": "gelu"}, r"shifting_targets.activation"),
+    ],
+)
+def test_bad_task_settings_name_the_file_and_field(
+    tmp_path: Path, task: dict[str, Any], message: str
+) -> None:
+    path = _write(tmp_path, shifting_targets={**SMALL["shifting_targets"], **task})
+    with pytest.raises(ConfigError, match=message) as error:
+        load_targets_config(path)
+    assert "study.yaml" in str(error.value)
