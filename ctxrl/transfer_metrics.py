@@ -111,11 +111,20 @@ class MetricComparison:
 
     ``transfer`` and ``scratch`` are per-arm means over seeds. ``advantage`` is signed so that
     positive favours transfer: transfer minus scratch for returns and AUCs, scratch minus
-    transfer for time to threshold (Taylor & Stone's ``t*_scratch - t*_transfer``)."""
+    transfer for time to threshold (Taylor & Stone's ``t*_scratch - t*_transfer``).
+
+    Time to threshold only: when seeds of one arm never reached the threshold (so
+    ``advantage`` is NaN), ``bound`` is the advantage with those seeds counted at their
+    curve's last step, the least time they could have taken: a *lower* bound on transfer's
+    advantage when scratch seeds missed, an *upper* bound when transfer seeds missed
+    (``bound_side``). Its interval excluding 0 on the bound's side still decides the question
+    ("transfer reaches the threshold sooner" when a lower bound's interval lies above 0)."""
 
     transfer: MetricEstimate
     scratch: MetricEstimate
     advantage: MetricEstimate
+    bound: MetricEstimate | None = None
+    bound_side: Literal["lower", "upper"] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _json_object(self)
@@ -526,7 +535,11 @@ def compare_transfer(
     time_comparison = None
     if threshold is not None and threshold_transfer is not None:
         threshold_scratch = time_to_threshold(scratch.steps, scratch.returns, threshold)
-        time_comparison = _compare_times(threshold_transfer, threshold_scratch, options)
+        budgets = (
+            float(transfer.steps[-1]) + (source_steps if count_source_time else 0),
+            float(scratch.steps[-1]),
+        )
+        time_comparison = _compare_times(threshold_transfer, threshold_scratch, options, budgets)
 
     deciding = area_ratio if verdict_metric == "area_ratio" else jumpstart.advantage
     return TransferComparison(
@@ -591,26 +604,48 @@ def _compare(
 
 
 def _compare_times(
-    transfer_times: FloatArray, scratch_times: FloatArray, options: BootstrapOptions
+    transfer_times: FloatArray,
+    scratch_times: FloatArray,
+    options: BootstrapOptions,
+    budgets: tuple[float, float],
 ) -> MetricComparison:
     """Times to threshold per arm, and ``t*_scratch - t*_transfer`` (positive: transfer is
     faster). The advantage needs every seed of both arms to reach the threshold: a mean over
     the seeds that did would favour the arm whose slow seeds failed, so otherwise it is NaN and
-    its note counts the seeds that never reached it."""
+    its note counts the seeds that never reached it. When only one arm has such seeds, the
+    comparison's ``bound`` counts them at ``budgets`` (the last step of each arm's curve,
+    ``(transfer, scratch)``)."""
     transfer = mean_estimate(transfer_times, options=options)
     scratch = mean_estimate(scratch_times, options=options)
-    if transfer.n_excluded or scratch.n_excluded:
-        note = (
-            f"never reached the threshold: {transfer.n_excluded} of {transfer_times.size} "
-            f"transfer seeds, {scratch.n_excluded} of {scratch_times.size} scratch seeds; "
-            "no advantage without every seed"
-        )
-        advantage = MetricEstimate(math.nan, math.nan, math.nan, note=note)
-    else:
+    if not (transfer.n_excluded or scratch.n_excluded):
         advantage = bootstrap_estimate(
             (scratch_times, transfer_times), difference_of_means, options=options
         )
-    return MetricComparison(transfer=transfer, scratch=scratch, advantage=advantage)
+        return MetricComparison(transfer=transfer, scratch=scratch, advantage=advantage)
+    note = (
+        f"never reached the threshold: {transfer.n_excluded} of {transfer_times.size} "
+        f"transfer seeds, {scratch.n_excluded} of {scratch_times.size} scratch seeds; "
+        "no advantage without every seed"
+    )
+    advantage = MetricEstimate(math.nan, math.nan, math.nan, note=note)
+    if transfer.n_excluded and scratch.n_excluded:
+        return MetricComparison(transfer=transfer, scratch=scratch, advantage=advantage)
+    side: Literal["lower", "upper"] = "lower" if scratch.n_excluded else "upper"
+    missed, budget = ("scratch", budgets[1]) if scratch.n_excluded else ("transfer", budgets[0])
+    counted = (
+        np.nan_to_num(scratch_times, nan=budgets[1]),
+        np.nan_to_num(transfer_times, nan=budgets[0]),
+    )
+    bound = bootstrap_estimate(
+        counted,
+        difference_of_means,
+        options=options,
+        note=f"{side} bound: the {missed} seeds that never reached the threshold counted at "
+        f"their curve's last step ({budget:g})",
+    )
+    return MetricComparison(
+        transfer=transfer, scratch=scratch, advantage=advantage, bound=bound, bound_side=side
+    )
 
 
 def _return_floor(

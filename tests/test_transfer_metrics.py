@@ -123,9 +123,24 @@ def test_curves_that_never_reach_the_threshold() -> None:
     assert times.scratch.estimate == 20.0 and times.scratch.n_excluded == 0
     assert math.isnan(times.advantage.estimate)
     assert "1 of 3 transfer seeds, 0 of 2 scratch seeds" in times.advantage.note
+    # only transfer seeds missed: counted at the last step (20), an upper bound on the
+    # advantage: scratch 20 - transfer (10 + 20 + 20) / 3
+    assert times.bound_side == "upper" and times.bound is not None
+    assert times.bound.estimate == pytest.approx(20.0 - 50.0 / 3)
+    assert "upper bound: the transfer seeds" in times.bound.note
+    # scratch seeds missed instead: a lower bound; both arms missed: no bound
+    slow = LearningCurves(GRID, np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 9.0]]))
+    fast = LearningCurves(GRID, np.array([[0.0, 6.0, 6.0], [0.0, 9.0, 9.0]]))
+    lower = compare_transfer(fast, slow, threshold=5.0).time_to_threshold
+    assert lower is not None and lower.bound is not None and lower.bound_side == "lower"
+    assert lower.bound.estimate == pytest.approx(20.0 - 10.0)  # scratch (20, 20), transfer 10
+    assert math.isnan(lower.advantage.estimate)
+    neither = compare_transfer(slow, slow, threshold=5.0).time_to_threshold
+    assert neither is not None and neither.bound is None and neither.bound_side is None
     # Every seed reaches 1.0 (transfer at 10, 20, 10; scratch at 20, 20): 20 - 40 / 3.
     reached = compare_transfer(transfer, scratch, threshold=1.0).time_to_threshold
     assert reached is not None and reached.advantage.estimate == pytest.approx(20.0 - 40.0 / 3)
+    assert reached.bound is None
     assert json.dumps(result.to_json(), allow_nan=False)
 
 
