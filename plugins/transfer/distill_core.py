@@ -603,10 +603,14 @@ def distill_conditioned(
     seeds: Sequence[int],
     *,
     steps: int,
+    mode: Mode = "dagger",
     weights: str | np.ndarray = "distance",
     features: Sequence[str] | None = None,
     scale: float = 0.1,
     temperature: float = 1.0,
+    coef: float = 1.0,
+    decay: Decay = "linear",
+    half_life: float = 0.1,
     student: Mapping[str, Any] | None = None,
     device: str = "cpu",
     **train_options: Any,
@@ -617,6 +621,10 @@ def distill_conditioned(
     context's ``features`` (unit coordinates, appended by the twin's ``visible`` option), the
     teachers see the observation alone and label the student's states DAgger-style, weighted
     per state by the row of that state's context in ``weights``.
+
+    ``mode="kickstart"`` trains the student with PPO on the pool's rewards plus ``coef``
+    times the same per-state distillation term, decaying to 0 (:class:`KickstartStudent`), so
+    it can do better than its teachers where they all fail.
 
     Args:
         weights: ``distance`` (:func:`distance_weights` of each pool context) or a
@@ -644,7 +652,16 @@ def distill_conditioned(
     visible_env = dataclasses.replace(
         env, make_batched=functools.partial(env.make_batched, visible=tuple(features))
     )
-    trainer = DaggerStudent(dict(student or {}), device=device)
+    if mode not in ("dagger", "kickstart"):
+        raise ConfigError(f"distill: mode must be 'dagger' or 'kickstart', got {mode!r}")
+    trainer: DaggerStudent | KickstartStudent = (
+        DaggerStudent(dict(student or {}), device=device)
+        if mode == "dagger"
+        else KickstartStudent(dict(student or {}), device=device)
+    )
+    if isinstance(trainer, KickstartStudent):
+        decay_schedule(decay, 0.0, half_life)  # a bad schedule fails before training
+        trainer.decay, trainer.half_life = decay, float(half_life)
     obs_dim, actions = _env_spaces(visible_env, pool)
     base_obs = obs_dim - len(features)
     check_teachers(teachers, base_obs, actions, env.name)
@@ -667,6 +684,7 @@ def distill_conditioned(
         moved,
         torch.full((n, k), 1.0 / k),
         float(temperature),
+        torch.full((n,), float(coef)),
         teacher_obs=base_obs,
         pool_unit=torch.as_tensor(space.to_unit(full_p, features), dtype=torch.float32),
         pool_weights=pool_weights,
