@@ -1,0 +1,157 @@
+"""MBTL + distillation at benchmark size: G_k of distilled students from MBTL's first k sources
+against MBTL zero-shot, Independent and Multi-task, on one 100-context matrix.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_distill.py \
+        [--sweep cartpole-length-100] [--train-steps 100000] [--student-steps 20480] \
+        [--ks 1 2 3 5 10 15] [--run-dir DIR]
+
+1. Runs (or resumes, with ``--run-dir``) the benchmark sweep ``benchmarks/sweeps/NAME.yaml`` with
+   one seed: every context a source, the zero-shot matrix, a multi-task agent, MBTL-GP replayed.
+2. For each k: MBTL-GP's first k sources are the teachers of one DAgger student per target
+   context (all 100 targets in one batched program, ``--student-steps`` target-env steps each,
+   the sweep's PPO hyperparameters and network, teachers weighted per target by their measured
+   zero-shot returns there, temperature 0.3), each student evaluated on its target.
+3. Prints, per k: MBTL zero-shot G_k (mean over targets of the best of the k sources), the
+   students' mean normalised return (``distilled``), and the mean of the better of the two per
+   target (``best of both``: what a user who evaluates the student on its target keeps), next to
+   Independent and Multi-task; with the wall time of each distillation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctxrl.config import load_config, resolve_plan
+from ctxrl.plugins import get_host
+from ctxrl.results import load_policies, open_store
+from ctxrl.sweep import run_sweep
+from ctxrl_plugins.training.evaluation import evaluate_policies
+from ctxrl_plugins.transfer.distill_core import distill_students, stack_teachers, transfer_weights
+
+SWEEPS = Path(__file__).parent / "sweeps"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", default="cartpole-length-100")
+    parser.add_argument("--train-steps", type=int, default=100_000)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--student-steps", type=int, default=20_480)
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 5, 10, 15])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-distill"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/distill.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = [
+        f"output_dir={args.run_dir}",
+        "seeds=[0]",
+        f"train_steps={args.train_steps}",
+        f"eval_episodes={args.eval_episodes}",
+        "device=cpu",
+    ]
+    config = load_config(SWEEPS / f"{args.sweep}.yaml", overrides)
+    plan = resolve_plan(config, get_host().registry)
+    started = time.perf_counter()
+    outcome = run_sweep(plan)
+    sweep_s = time.perf_counter() - started
+    summary = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+    order = [int(i) for i in summary["curves"]["mbtl-gp"]["order"]]
+    env = plan.env
+    contexts = [c.as_dict() for c in plan.grid.contexts]
+    with open_store(outcome.run_dir) as store:
+        raw = store.matrix(
+            env=env.name, sources=plan.grid.contexts, targets=plan.grid.contexts, seeds=[0]
+        ).mean()  # (N, N) mean return
+    normalised = np.clip(env.normalise(raw), 0.0, 1.0)
+    loaded = load_policies(outcome.run_dir, where=lambda row: bool(row.context.as_dict()))
+    by_context = {
+        json.dumps(c, sort_keys=True): p
+        for c, p in zip(loaded.contexts, loaded.policies, strict=True)
+    }
+    student = dataclasses.asdict(loaded.algorithm.config)
+    cpu = torch.device("cpu")
+    rows = []
+    print(
+        f"{args.sweep}: N = {len(contexts)}, sources {args.train_steps:,} steps, "
+        f"sweep {sweep_s:.0f} s; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"Independent {summary['independent']:.3f}, "
+        f"Multi-task {summary.get('multitask', float('nan')):.3f}"
+    )
+    print("| k | MBTL zero-shot G_k | distilled | best of both | students better on | time (s) |")
+    print("|---|---|---|---|---|---|")
+    for k in args.ks:
+        chosen = order[:k]
+        teachers = stack_teachers(
+            [by_context[json.dumps(contexts[i], sort_keys=True)] for i in chosen]
+        )
+        teachers = dataclasses.replace(teachers, contexts=[contexts[i] for i in chosen])
+        weights = transfer_weights(env, raw[chosen], scale=0.1)  # (targets, k)
+        began = time.perf_counter()
+        students = distill_students(
+            env,
+            teachers,
+            contexts,
+            [1000 + q for q in range(len(contexts))],
+            steps=args.student_steps,
+            weights=weights,
+            temperature=0.3,
+            student=student,
+        )
+        seconds = time.perf_counter() - began
+        own = evaluate_policies(
+            students,
+            env,
+            [[c] for c in contexts],
+            episodes=args.eval_episodes,
+            seed=7,
+            device=cpu,
+            per_policy=True,
+        )[:, 0].mean(axis=1)  # (targets,)
+        mine = np.clip(env.normalise(own), 0.0, 1.0)
+        zero_shot = normalised[chosen].max(axis=0)
+        row = {
+            "k": k,
+            "mbtl_zero_shot": float(zero_shot.mean()),
+            "distilled": float(mine.mean()),
+            "best_of_both": float(np.maximum(mine, zero_shot).mean()),
+            "students_better": int((mine > zero_shot + 0.02).sum()),
+            "seconds": round(seconds, 1),
+        }
+        rows.append(row)
+        print(
+            f"| {k} | {row['mbtl_zero_shot']:.3f} | {row['distilled']:.3f} | "
+            f"{row['best_of_both']:.3f} | {row['students_better']} of {len(contexts)} | "
+            f"{seconds:.0f} |",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "sweep": args.sweep,
+                "train_steps": args.train_steps,
+                "student_steps": args.student_steps,
+                "independent": summary["independent"],
+                "multitask": summary.get("multitask"),
+                "order": order[: max(args.ks)],
+                "rows": rows,
+                "sweep_seconds": round(sweep_s, 1),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
