@@ -24,6 +24,7 @@ from ctxrl.interventions import build_interventions
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
 from ctxrl.runs import (
+    TRANSFER_DIR,
     SweepOutcome,
     ensure_failed,
     error_summary,
@@ -188,7 +189,9 @@ def train_group(
             episodes=config.eval_episodes,
             eval_seed=10_000,
         )
-        returns = transfer_returns(plan, problem)
+        returns = transfer_returns(
+            plan, problem, plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
+        )
         train_s, eval_s = trained_at - started, now() - trained_at
         compile_s = float(getattr(algorithm, "compile_s", 0.0))
         compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""

@@ -5,6 +5,8 @@ by the per-run jobs (:mod:`ctxrl.sweep`) and the batched programs
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,18 @@ def run_record(
     )
 
 
-def transfer_returns(plan: SweepPlan, problem: TransferProblem) -> np.ndarray:
-    """The sweep's transfer method on ``problem``: returns ``(P, Q, E)``."""
+TRANSFER_DIR = "transfer"
+"""the run directory's folder of transfer-method records (one JSON file per group or run)"""
+
+
+def transfer_returns(
+    plan: SweepPlan, problem: TransferProblem, record: Path | None = None
+) -> np.ndarray:
+    """The sweep's transfer method on ``problem``: returns ``(P, Q, E)``.
+
+    With ``record`` (a JSON path), a method that used target-env steps or returned details has
+    them written there, with its name, options and sources (what ``summary.md`` lists under
+    "Transfer method")."""
     spec = get_host().registry.transfer_method(plan.config.transfer.name)
     method = spec.factory(**plan.config.transfer.options)
     result = method.transfer(problem)
@@ -88,6 +100,19 @@ def transfer_returns(plan: SweepPlan, problem: TransferProblem) -> np.ndarray:
         raise CtxrlError(
             f"transfer method {spec.name!r} returned shape {returns.shape}, expected {expected}"
         )
+    if record is not None and (result.details or result.target_env_steps):
+        data = {
+            "method": spec.name,
+            "options": plan.config.transfer.options,
+            "sources": [dict(c) for c in problem.source_contexts],
+            "source_seeds": [int(s) for s in problem.source_seeds],
+            "target_env_steps": int(result.target_env_steps),
+            "details": result.details,
+        }
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_suffix(".json.partial")
+        partial.write_text(json.dumps(data, indent=1, default=float))
+        os.replace(partial, record)
     return returns
 
 

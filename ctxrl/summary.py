@@ -182,6 +182,9 @@ def write_exports(
             for run in store.runs("failed")
         ],
     }
+    records = transfer_records(run_dir)
+    if records:
+        summary["transfer"] = records
     if not np.isnan(multitask).all():
         per_seed = np.nanmean(multitask, axis=1)
         summary["multitask"] = float(np.nanmean(per_seed))
@@ -425,6 +428,30 @@ def _sources(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
     )
 
 
+def transfer_records(run_dir: Path) -> list[dict[str, Any]]:
+    """What the sweep's transfer method recorded per group or run (``transfer/*.json``): its
+    name, sources, target-env steps and the one-line ``summary`` of its details, if any. A
+    record that cannot be read is listed as such, never dropped silently."""
+    out: list[dict[str, Any]] = []
+    for path in sorted((run_dir / "transfer").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            out.append({"file": path.name, "error": f"unreadable ({exc})"})
+            continue
+        details = data.get("details", {})
+        out.append(
+            {
+                "file": path.name,
+                "method": data.get("method"),
+                "sources": len(data.get("sources", [])),
+                "target_env_steps": data.get("target_env_steps", 0),
+                "summary": details.get("summary", "") if isinstance(details, dict) else "",
+            }
+        )
+    return out
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     several_seeds = len(summary["seeds"]) > 1
     lines = [
@@ -456,6 +483,23 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("")
     if "withheld" in summary:
         lines += [f"Selection curves withheld: {summary['withheld']}.", ""]
+    transfer = summary.get("transfer", [])
+    if transfer:
+        lines += [
+            "Transfer method (each group's or run's record in `transfer/`; the matrix holds the "
+            "returns of the policies it made):",
+            "",
+        ]
+        for record in transfer:
+            if "error" in record:
+                lines.append(f"- `{record['file']}`: {record['error']}")
+                continue
+            lines.append(
+                f"- `{record['file']}`: {record['method']} from {record['sources']} source(s), "
+                f"{record['target_env_steps']:,} target-env steps per target"
+                + (f"; {record['summary']}" if record["summary"] else "")
+            )
+        lines.append("")
     if "multitask" in summary:
         lines += [
             f"- Multi-task (one policy on the mixture of all contexts): "

@@ -44,6 +44,7 @@ from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import Executor
 from ctxrl.runs import (
+    TRANSFER_DIR,
     SweepOutcome,
     ensure_failed,
     error_summary,
@@ -93,7 +94,7 @@ def execute_job(job: dict[str, Any]) -> None:
             episodes=config.eval_episodes,
             eval_seed=10_000,
         )
-        returns = transfer_returns(plan, problem)[0]
+        returns = transfer_returns(plan, problem, run_dir / TRANSFER_DIR / f"{rid}.json")[0]
         if returns.shape != (len(targets), config.eval_episodes):
             raise CtxrlError(
                 f"algorithm {plan.algorithm.name!r} returned evaluation shape {returns.shape}, "

@@ -3,6 +3,7 @@ kickstarting students on CartPole pole lengths (CI-sized), and the errors of bad
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,14 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
         ).mean()  # (sources, targets)
     assert matrix.shape == (2, 2) and np.isfinite(matrix).all()
     assert np.allclose(matrix[0], matrix[1])  # one student per target, in every row
+    # the method's record: target-env steps and details, listed in the summary
+    (record,) = (run_dir / "transfer").glob("*.json")
+    stored = json.loads(record.read_text())
+    assert stored["method"] == "distill" and len(stored["sources"]) == 2
+    assert stored["target_env_steps"] >= 1024
+    assert len(stored["details"]["student_mean"]) == 2
+    summary = (run_dir / "summary.md").read_text()
+    assert "Transfer method" in summary and "kickstart students' mean return" in summary
     # the sweep's sources as teachers, with their contexts
     loaded = load_teachers(run_dir)
     assert len(loaded) == 2 and [c["length"] for c in loaded.contexts] == [0.3, 1.0]

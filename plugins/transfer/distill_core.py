@@ -892,6 +892,16 @@ class Distill:
             "final_diagnostics": diagnostics,
             "zero_shot_target_env_steps": zero_shot_steps,
         }
+        agreement = diagnostics.get("heldout_agreement")
+        details["summary"] = (
+            f"{self.mode} students' mean return {own.mean():.1f} on {q} targets against "
+            f"best-of-{p} zero-shot {zero_shot.mean(axis=2).max(axis=0).mean():.1f}"
+            + (
+                f", held-out action agreement {float(np.mean(agreement)):.2f}"
+                if agreement is not None
+                else ""
+            )
+        )
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
         # per student: its training, plus the teachers' episodes on its target when they
         # chose the weights (an upper bound: every episode counted at its time limit)
