@@ -34,7 +34,8 @@ from ctxrl.plugins import get_host
 from ctxrl.results import load_policies, open_store
 from ctxrl.sweep import run_sweep
 from ctxrl_plugins.training.evaluation import evaluate_policies
-from ctxrl_plugins.transfer.distill_core import distill_students, stack_teachers, transfer_weights
+from ctxrl_plugins.transfer.distill_core import distill_students
+from ctxrl_plugins.transfer.distill_teachers import stack_teachers, transfer_weights
 
 SWEEPS = Path(__file__).parent / "sweeps"
 

@@ -22,19 +22,21 @@ from ctxrl.transfer import TransferProblem
 from ctxrl_plugins.training.evaluation import evaluate_policies
 from ctxrl_plugins.transfer.distill_core import (
     StudentEnsemble,
-    distance_weights,
     distill_conditioned,
     distill_students,
     kickstart_study,
-    load_teachers,
-    predicted_transfer_weights,
-    stack_teachers,
-    transfer_weights,
 )
 from ctxrl_plugins.transfer.distill_losses import (
     discrete_distill_loss,
     gaussian_distill_loss,
     normalise_weights,
+)
+from ctxrl_plugins.transfer.distill_teachers import (
+    distance_weights,
+    load_teachers,
+    predicted_transfer_weights,
+    stack_teachers,
+    transfer_weights,
 )
 
 LN3 = math.log(3.0)

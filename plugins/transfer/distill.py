@@ -4,9 +4,12 @@
 config turns the sweep's K sources into K teachers; every target context gets a student
 trained in that context (``dagger``: multi-teacher KL distillation on the student's own
 states; ``kickstart``: PPO plus a decaying distillation term; ``conditioned``: one student for
-all targets that sees the context). The students, losses and trainers live in
-:mod:`ctxrl_plugins.transfer.distill_core` and :mod:`ctxrl_plugins.transfer.distill_losses`;
-this module only registers the method, so that plugin discovery does not import torch.
+all targets that sees the context). The method is
+:class:`ctxrl_plugins.transfer.distill_method.Distill`; the students and trainers live in
+:mod:`~ctxrl_plugins.transfer.distill_core`, the teachers and their weights in
+:mod:`~ctxrl_plugins.transfer.distill_teachers`, the losses in
+:mod:`~ctxrl_plugins.transfer.distill_losses`; this module only registers the method, so that
+plugin discovery does not import torch.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _distill(
     student: Mapping[str, Any] | None = None,
     seed_offset: int = 2_000_003,
 ) -> Any:
-    from ctxrl_plugins.transfer.distill_core import Distill
+    from ctxrl_plugins.transfer.distill_method import Distill
 
     return Distill(
         steps,

@@ -1,10 +1,13 @@
-"""Task distillation from source-context teachers: the students, their trainers and the
-``distill`` transfer method (registered by :mod:`ctxrl_plugins.transfer.distill`, which keeps
-torch out of plugin discovery).
+"""Task distillation from source-context teachers: the students and their trainers. The
+teachers and their weights are in :mod:`ctxrl_plugins.transfer.distill_teachers`, the losses in
+:mod:`ctxrl_plugins.transfer.distill_losses`, the sweeps' ``distill`` transfer method in
+:mod:`ctxrl_plugins.transfer.distill_method` (registered by
+:mod:`ctxrl_plugins.transfer.distill`, which keeps torch out of plugin discovery).
 
 Teachers are trained policies of the same env family (a sweep's sources, or any finished run
-directory through :func:`load_teachers`), each with its context. For every target context a
-student is trained in that context, all students in one batched program:
+directory through :func:`~ctxrl_plugins.transfer.distill_teachers.load_teachers`), each with
+its context. For every target context a student is trained in that context, all students in
+one batched program:
 
 - ``dagger``: multi-teacher policy distillation on the states the student itself visits in
   the target context (DAgger-style data, Ross et al. 2011, arXiv 1011.0686): the teachers
@@ -20,8 +23,8 @@ Teacher weights per student: ``distance`` (a softmax of ``-d / scale`` over the 
 distances ``d`` between the target's and the teachers' contexts in the context space's unit
 coordinates, :meth:`~ctxrl.context.ContextSpace.to_unit`), ``uniform``, ``transfer`` (the sweep
 method only: a softmax of the teachers' measured zero-shot returns on the target,
-:func:`transfer_weights`) or an explicit ``(students, teachers)`` array; the losses normalise
-them (:mod:`ctxrl_plugins.transfer.distill_losses`).
+:func:`~ctxrl_plugins.transfer.distill_teachers.transfer_weights`) or an explicit
+``(students, teachers)`` array; the losses normalise them.
 
 Shapes: ``N`` students, ``K`` teachers, ``M`` states per student, ``A`` action logits (or
 ``D`` action dimensions).
@@ -31,8 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -40,7 +42,6 @@ import torch
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec
-from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
 from ctxrl_plugins.algorithms.ppo import BatchedPPO, _Rollout, sampling_noise
 from ctxrl_plugins.training.run import TrainingRun
 from ctxrl_plugins.transfer.distill_losses import (
@@ -49,220 +50,15 @@ from ctxrl_plugins.transfer.distill_losses import (
     gaussian_distill_loss,
     normalise_weights,
 )
+from ctxrl_plugins.transfer.distill_teachers import (
+    check_teachers,
+    distance_weights,
+    teacher_outputs,
+)
 
 Tensor = torch.Tensor
 Mode = Literal["dagger", "kickstart", "conditioned"]
 Decay = Literal["linear", "exponential"]
-
-
-# ----------------------------------------------------------------------------- teachers
-def teacher_name(teachers: Any, k: int) -> str:
-    """``teacher k (feature=value, ..., seed s)``: how errors name a teacher."""
-    contexts = getattr(teachers, "contexts", None)
-    seeds = getattr(teachers, "seeds", None)
-    where = ""
-    if contexts is not None and k < len(contexts):
-        where = ", ".join(f"{f}={v:g}" for f, v in contexts[k].items())
-    if seeds is not None and k < len(seeds):
-        where = f"{where}, seed {seeds[k]}" if where else f"seed {seeds[k]}"
-    return f"teacher {k} ({where})" if where else f"teacher {k}"
-
-
-def teacher_outputs(teachers: Any, obs: Tensor) -> Tensor:
-    """Every teacher on every student's states: ``obs`` ``(N, M, obs)`` -> ``(N, K, M, A)``
-    actor outputs (PPO: logits or Gaussian means) or Q-values (DQN), without gradient."""
-    k = len(teachers)
-    n, m, d = obs.shape
-    flat = obs.reshape(1, n * m, d).expand(k, n * m, d)
-    with torch.no_grad():
-        out = teachers.actor(flat) if hasattr(teachers, "actor") else teachers.q(flat)
-    labels: Tensor = out.view(k, n, m, -1).transpose(0, 1)
-    return labels
-
-
-def teacher_spaces(teachers: Any) -> tuple[int, int | None]:
-    """A teachers object's observation size and action count (None: continuous)."""
-    meta = teachers.metadata()
-    obs_dim = int(meta["obs_dim"])
-    discrete = bool(getattr(teachers, "discrete", True))
-    if not discrete:
-        return obs_dim, None
-    out = teacher_outputs(teachers, torch.zeros(1, 1, obs_dim, device=_device_of(teachers)))
-    return obs_dim, int(out.shape[-1])
-
-
-def check_teachers(teachers: Any, obs_dim: int, actions: int | None, env: str) -> None:
-    """Raise a :class:`~ctxrl.errors.CtxrlError` naming the first teacher that cannot label
-    states of ``env`` (observation size ``obs_dim``, ``actions`` discrete actions or None for
-    continuous), or when there is no teacher."""
-    if teachers is None or len(teachers) == 0:
-        raise CtxrlError("distillation needs at least one teacher (got an empty teacher set)")
-    if not hasattr(teachers, "params") or not (
-        hasattr(teachers, "actor") or hasattr(teachers, "q")
-    ):
-        raise CtxrlError(
-            f"{type(teachers).__name__} teachers cannot label states: distillation needs "
-            "batched policies (batched-ppo or batched-dqn)"
-        )
-    their_obs, their_actions = teacher_spaces(teachers)
-    if their_obs != obs_dim or their_actions != actions:
-        names = "; ".join(teacher_name(teachers, k) for k in range(min(len(teachers), 4)))
-        raise CtxrlError(
-            f"{names}{' ...' if len(teachers) > 4 else ''}: trained with observations "
-            f"{their_obs} and actions "
-            f"{their_actions or 'continuous'}; {env} has observations {obs_dim} and actions "
-            f"{actions or 'continuous'}: they cannot teach there"
-        )
-
-
-def stack_teachers(policies: Sequence[Any]) -> Any:
-    """One teachers object of K agents from K policies objects of one or more agents each
-    (as :func:`ctxrl.results.load_policies` returns them); a policy whose spaces or
-    parameters differ from the first's is an error naming it."""
-    if not policies:
-        raise CtxrlError("distillation needs at least one teacher (got an empty teacher set)")
-    first = policies[0]
-    spaces = teacher_spaces(first)
-    params: dict[str, list[Tensor]] = {name: [] for name in first.params}
-    contexts: list[dict[str, float]] = []
-    seeds: list[int] = []
-    for k, policy in enumerate(policies):
-        name = teacher_name(policy, 0).replace("teacher 0", f"teacher {k}", 1)
-        if type(policy) is not type(first) or set(policy.params) != set(params):
-            raise CtxrlError(
-                f"{name} is a {type(policy).__name__} with parameters "
-                f"{sorted(policy.params)[:4]}..., unlike teacher 0: teachers must come from one "
-                "algorithm and network"
-            )
-        if teacher_spaces(policy) != spaces:
-            obs, actions = teacher_spaces(policy)
-            raise CtxrlError(
-                f"{name} has observations {obs} and actions {actions or 'continuous'}, teacher 0 "
-                f"observations {spaces[0]} and actions {spaces[1] or 'continuous'}: one "
-                "teacher set must share its spaces"
-            )
-        for key in params:
-            if policy.params[key].shape[1:] != first.params[key].shape[1:]:
-                raise CtxrlError(
-                    f"{name}: parameter {key!r} has shape {tuple(policy.params[key].shape[1:])}, "
-                    f"teacher 0's {tuple(first.params[key].shape[1:])} (another network size)"
-                )
-            params[key].append(policy.params[key])
-        contexts += [dict(c) for c in policy.contexts]
-        seeds += [int(s) for s in policy.seeds]
-    stacked = {key: torch.cat(values) for key, values in params.items()}
-    return dataclasses.replace(first, params=stacked, contexts=contexts, seeds=seeds, log=None)
-
-
-def load_teachers(run_dirs: str | Path | Sequence[str | Path], *, device: str = "cpu") -> Any:
-    """Teachers from one or more finished sweep run directories (every finished run with a
-    policy artifact), stacked into one teachers object with their contexts.
-
-    A directory that is not a run directory or holds no finished policy is an error naming it
-    (from :func:`ctxrl.results.load_policies`); so are teachers whose spaces differ."""
-    from ctxrl.results import load_policies
-
-    dirs = [run_dirs] if isinstance(run_dirs, str | Path) else list(run_dirs)
-    if not dirs:
-        raise CtxrlError("distillation needs at least one teacher (got no run directory)")
-    policies: list[Any] = []
-    for run_dir in dirs:
-        loaded = load_policies(run_dir, device=device)
-        for policy, context in zip(loaded.policies, loaded.contexts, strict=True):
-            if not hasattr(policy, "params"):
-                raise CtxrlError(
-                    f"{run_dir}: {loaded.plan.algorithm.name} policies cannot teach "
-                    "(distillation needs batched-ppo or batched-dqn policies)"
-                )
-            # the artifact knows its training context; keep the store's (validated) one
-            policies.append(dataclasses.replace(policy, contexts=[dict(context)]))
-    return stack_teachers(policies)
-
-
-def _device_of(teachers: Any) -> torch.device:
-    device: torch.device = next(iter(teachers.params.values())).device
-    return device
-
-
-# ------------------------------------------------------------------------------ weights
-def distance_weights(
-    env: EnvSpec,
-    students: Sequence[Mapping[str, float]],
-    teachers: Sequence[Mapping[str, float]],
-    *,
-    scale: float = 0.1,
-) -> np.ndarray:
-    """``(N, K)`` weights ``softmax_k(-d(student, teacher_k) / scale)``, ``d`` the Euclidean
-    distance in the context space's unit coordinates (every feature in ``[0, 1]`` along its
-    own linear or log scale), so features of different units count alike.
-
-    ``scale`` is a distance in unit coordinates: at 0.1 a teacher 0.1 further away weighs
-    ``e`` times less. Rows sum to 1."""
-    if scale <= 0:
-        raise ConfigError(f"distill: scale must be > 0, got {scale}")
-    space = env.context_space
-    features = list(space.names)
-    full_s = [space.validate(dict(c)).as_dict() for c in students]
-    full_t = [space.validate(dict(c)).as_dict() for c in teachers]
-    u_s, u_t = space.to_unit(full_s, features), space.to_unit(full_t, features)
-    distance = np.linalg.norm(u_s[:, None, :] - u_t[None, :, :], axis=-1)  # (N, K)
-    logits = -distance / scale
-    logits -= logits.max(axis=1, keepdims=True)  # exp stays finite however far
-    weights = np.exp(logits)
-    return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-def transfer_weights(env: EnvSpec, returns: np.ndarray, *, scale: float = 0.1) -> np.ndarray:
-    """``(Q, K)`` weights ``softmax_k(J_k(q) / scale)`` from the teachers' measured zero-shot
-    returns ``returns`` ``(K, Q)`` on the targets, normalised to ``[0, 1]`` by the env's
-    return bounds: the teachers that already do well on a target teach it most. ``scale`` is
-    in normalised return: at 0.1 a teacher 0.1 worse weighs ``e`` times less."""
-    if scale <= 0:
-        raise ConfigError(f"distill: scale must be > 0, got {scale}")
-    logits = env.normalise(np.asarray(returns, dtype=np.float64)).T / scale  # (Q, K)
-    logits -= logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits)
-    return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-def predicted_transfer_weights(
-    env: EnvSpec,
-    teacher_contexts: Sequence[Mapping[str, float]],
-    own_returns: Sequence[float] | np.ndarray,
-    targets: Sequence[Mapping[str, float]],
-    *,
-    gap: Any = None,
-    theta: float = 0.5,
-    scale: float = 0.1,
-) -> np.ndarray:
-    """``(Q, K)`` weights ``softmax_k(Jhat_k(q) / scale)`` from the generalization model's
-    predicted transfer, without running a teacher in a target: ``Jhat_k(q) = J_k(x_k) -
-    gap(x_k, x_q)`` (MBTL's linear generalization gap, Cho et al. 2024, arXiv 2408.04498;
-    :class:`ctxrl.gp.GapModel`), ``J_k(x_k)`` teacher ``k``'s return on its own context
-    (``own_returns``, raw, normalised here by the env's return bounds).
-
-    Args:
-        gap: a fitted :class:`~ctxrl.gp.GapModel` over the context space's features in
-            ``space.names`` order (e.g. :meth:`~ctxrl.gp.GapModel.estimate` from a sweep's
-            matrix); None: the same slope ``theta`` per unit distance on every feature."""
-    from ctxrl.gp import GapModel
-
-    if scale <= 0:
-        raise ConfigError(f"distill: scale must be > 0, got {scale}")
-    space = env.context_space
-    names = list(space.names)
-    k = len(teacher_contexts)
-    own = env.normalise(np.asarray(own_returns, dtype=np.float64))
-    if own.shape != (k,):
-        raise ConfigError(f"distill: {own.shape[0]} own returns for {k} teachers")
-    full = [space.validate(dict(c)).as_dict() for c in [*teacher_contexts, *targets]]
-    coords = space.to_unit(full, names)  # (K + Q, d)
-    model = gap if gap is not None else GapModel.constant(theta, len(names))
-    gaps = model.gap(coords)[:k, k:]  # (K, Q): teacher row, target column
-    logits = np.clip(own[:, None] - gaps, 0.0, 1.0).T / scale  # (Q, K)
-    logits -= logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits)
-    return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------ teaching
@@ -753,181 +549,15 @@ class StudentEnsemble:
         return (torch.log(probs.clamp_min(1e-30)) + noise).argmax(dim=-1)
 
 
-# ------------------------------------------------------------------ the transfer method
-class Distill:
-    """Every target context gets one student taught by all the problem's sources.
-
-    The sweep's matrix has a row per source; a student here is made from all K sources at
-    once, so every row ``p`` holds the same student's returns on target ``q`` (the details
-    say so, and hold the teachers' zero-shot returns and best-of-K next to the students').
-
-    ``mode: conditioned`` trains one context-conditioned student for all targets instead
-    (:func:`distill_conditioned`, the targets as its pool): its ``steps`` are spread over the
-    targets, and ``target_env_steps`` reports them whole.
-
-    Args: see :func:`distill_students`; ``seed_offset`` is added to the first source's seed
-    for the students' seeds (student ``q`` gets ``+ q``).
-    """
-
-    def __init__(
-        self,
-        steps: int,
-        mode: Mode = "dagger",
-        temperature: float = 1.0,
-        weights: str = "distance",
-        scale: float = 0.1,
-        coef: float = 1.0,
-        decay: Decay = "linear",
-        half_life: float = 0.1,
-        student: Mapping[str, Any] | None = None,
-        seed_offset: int = 2_000_003,
-    ) -> None:
-        if int(steps) <= 0:
-            raise ConfigError(f"distill: steps must be > 0, got {steps}")
-        if mode not in ("dagger", "kickstart", "conditioned"):
-            raise ConfigError(
-                f"distill: mode must be 'dagger', 'kickstart' or 'conditioned', got {mode!r}"
-            )
-        if weights not in ("distance", "uniform", "transfer"):
-            raise ConfigError(
-                f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
-            )
-        if float(temperature) <= 0 or float(scale) <= 0:
-            raise ConfigError("distill: temperature and scale must be > 0")
-        decay_schedule(decay, 0.0, half_life)
-        self.steps, self.mode, self.temperature = int(steps), mode, float(temperature)
-        self.weights, self.scale, self.coef = weights, float(scale), float(coef)
-        self.decay, self.half_life = decay, float(half_life)
-        self.student = dict(student or {})
-        self.seed_offset = int(seed_offset)
-
-    def transfer(self, problem: TransferProblem) -> TransferResult:
-        from ctxrl_plugins.training.evaluation import evaluate_policies
-
-        p, q = len(problem.source_contexts), len(problem.targets)
-        sources = problem.sources
-        if isinstance(sources, list):  # sources trained one run at a time
-            sources = stack_teachers(sources)
-        teachers = dataclasses.replace(sources, contexts=[dict(c) for c in problem.source_contexts])
-        # PPO sources: the students use their hyperparameters unless the options say otherwise
-        student = dict(self.student)
-        if isinstance(problem.algorithm, BatchedPPO):
-            student = {**asdict(problem.algorithm.config), **student}
-        device = str(problem.algorithm.device)
-        targets = [dict(t) for t in problem.targets]
-        seeds = [min(problem.source_seeds) + self.seed_offset + j for j in range(q)]
-        # the teachers' zero-shot returns: best-of-K next to the students, and the
-        # "transfer" weights (their episodes are target-env steps too, counted below)
-        zero_shot = evaluate_sources(problem)  # (P, Q, E)
-        if self.weights == "distance":
-            weights = distance_weights(problem.env, targets, teachers.contexts, scale=self.scale)
-        elif self.weights == "transfer":
-            weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
-        else:
-            weights = np.full((q, p), 1.0 / p)
-        if self.mode == "conditioned":
-            # one student for every target, the target visible, in one program
-            students, student_env = distill_conditioned(
-                problem.env,
-                teachers,
-                targets,
-                seeds[:1],
-                steps=self.steps,
-                weights=weights,
-                temperature=self.temperature,
-                student=student,
-                device=device,
-            )
-            own = evaluate_policies(
-                students,
-                student_env,
-                targets,
-                episodes=problem.episodes,
-                seed=problem.eval_seed,
-                device=students.params["actor.0.weight"].device,
-            )[0]  # (Q, E)
-        else:
-            students = distill_students(
-                problem.env,
-                teachers,
-                targets,
-                seeds,
-                steps=self.steps,
-                mode=self.mode,
-                weights=weights,
-                temperature=self.temperature,
-                coef=self.coef,
-                decay=self.decay,
-                half_life=self.half_life,
-                student=student,
-                device=device,
-            )
-            own = evaluate_policies(
-                students,
-                problem.env,
-                [[t] for t in targets],
-                episodes=problem.episodes,
-                seed=problem.eval_seed,
-                device=students.params["actor.0.weight"].device,
-                per_policy=True,
-            )[:, 0]  # (Q, E)
-        limit = problem.env.max_episode_steps or 0
-        zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
-        log = students.log
-        diagnostics = {
-            name: np.asarray(log.diagnostics[name][-1], dtype=np.float64).tolist()
-            for name in ("heldout_kl", "heldout_agreement", "distill_kl")
-            if log is not None and name in log.diagnostics
-        }
-        details: dict[str, Any] = {
-            "mode": self.mode,
-            "rows": "every row holds the same student per target (one student from all sources)",
-            "students": 1 if self.mode == "conditioned" else q,
-            "steps_per_student": self.steps,
-            "student_mean": own.mean(axis=1).tolist(),
-            "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
-            "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),
-            "teacher_weights": weights.tolist(),
-            "temperature": self.temperature,
-            "final_diagnostics": diagnostics,
-            "zero_shot_target_env_steps": zero_shot_steps,
-        }
-        agreement = diagnostics.get("heldout_agreement")
-        details["summary"] = (
-            f"{self.mode} students' mean return {own.mean():.1f} on {q} targets against "
-            f"best-of-{p} zero-shot {zero_shot.mean(axis=2).max(axis=0).mean():.1f}"
-            + (
-                f", held-out action agreement {float(np.mean(agreement)):.2f}"
-                if agreement is not None
-                else ""
-            )
-        )
-        returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
-        # per student: its training, plus the teachers' episodes on its target when they
-        # chose the weights (an upper bound: every episode counted at its time limit)
-        used = self.steps + (zero_shot_steps if self.weights == "transfer" else 0)
-        return TransferResult(returns, target_env_steps=used, details=details)
-
-
 __all__ = [
     "DaggerStudent",
-    "Distill",
-    "DistillLoss",
+    "Decay",
     "KickstartStudent",
+    "Mode",
     "StudentEnsemble",
     "Teaching",
-    "check_teachers",
     "decay_schedule",
-    "discrete_distill_loss",
-    "distance_weights",
     "distill_conditioned",
     "distill_students",
-    "gaussian_distill_loss",
     "kickstart_study",
-    "load_teachers",
-    "normalise_weights",
-    "predicted_transfer_weights",
-    "stack_teachers",
-    "teacher_outputs",
-    "transfer_weights",
 ]

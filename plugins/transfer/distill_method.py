@@ -1,0 +1,187 @@
+"""The ``distill`` transfer method of sweeps (:class:`Distill`): a strategy's K sources become
+the teachers of one student per target context (or of one context-conditioned student), all
+trained in one batched program; registered by :mod:`ctxrl_plugins.transfer.distill`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ctxrl.errors import ConfigError
+from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
+from ctxrl_plugins.algorithms.ppo import BatchedPPO
+from ctxrl_plugins.transfer.distill_core import (
+    Decay,
+    Mode,
+    decay_schedule,
+    distill_conditioned,
+    distill_students,
+)
+from ctxrl_plugins.transfer.distill_teachers import (
+    distance_weights,
+    stack_teachers,
+    transfer_weights,
+)
+
+
+# ------------------------------------------------------------------ the transfer method
+class Distill:
+    """Every target context gets one student taught by all the problem's sources.
+
+    The sweep's matrix has a row per source; a student here is made from all K sources at
+    once, so every row ``p`` holds the same student's returns on target ``q`` (the details
+    say so, and hold the teachers' zero-shot returns and best-of-K next to the students').
+
+    ``mode: conditioned`` trains one context-conditioned student for all targets instead
+    (:func:`distill_conditioned`, the targets as its pool): its ``steps`` are spread over the
+    targets, and ``target_env_steps`` reports them whole.
+
+    Args: see :func:`distill_students`; ``seed_offset`` is added to the first source's seed
+    for the students' seeds (student ``q`` gets ``+ q``).
+    """
+
+    def __init__(
+        self,
+        steps: int,
+        mode: Mode = "dagger",
+        temperature: float = 1.0,
+        weights: str = "distance",
+        scale: float = 0.1,
+        coef: float = 1.0,
+        decay: Decay = "linear",
+        half_life: float = 0.1,
+        student: Mapping[str, Any] | None = None,
+        seed_offset: int = 2_000_003,
+    ) -> None:
+        if int(steps) <= 0:
+            raise ConfigError(f"distill: steps must be > 0, got {steps}")
+        if mode not in ("dagger", "kickstart", "conditioned"):
+            raise ConfigError(
+                f"distill: mode must be 'dagger', 'kickstart' or 'conditioned', got {mode!r}"
+            )
+        if weights not in ("distance", "uniform", "transfer"):
+            raise ConfigError(
+                f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
+            )
+        if float(temperature) <= 0 or float(scale) <= 0:
+            raise ConfigError("distill: temperature and scale must be > 0")
+        decay_schedule(decay, 0.0, half_life)
+        self.steps, self.mode, self.temperature = int(steps), mode, float(temperature)
+        self.weights, self.scale, self.coef = weights, float(scale), float(coef)
+        self.decay, self.half_life = decay, float(half_life)
+        self.student = dict(student or {})
+        self.seed_offset = int(seed_offset)
+
+    def transfer(self, problem: TransferProblem) -> TransferResult:
+        from ctxrl_plugins.training.evaluation import evaluate_policies
+
+        p, q = len(problem.source_contexts), len(problem.targets)
+        sources = problem.sources
+        if isinstance(sources, list):  # sources trained one run at a time
+            sources = stack_teachers(sources)
+        teachers = dataclasses.replace(sources, contexts=[dict(c) for c in problem.source_contexts])
+        # PPO sources: the students use their hyperparameters unless the options say otherwise
+        student = dict(self.student)
+        if isinstance(problem.algorithm, BatchedPPO):
+            student = {**asdict(problem.algorithm.config), **student}
+        device = str(problem.algorithm.device)
+        targets = [dict(t) for t in problem.targets]
+        seeds = [min(problem.source_seeds) + self.seed_offset + j for j in range(q)]
+        # the teachers' zero-shot returns: best-of-K next to the students, and the
+        # "transfer" weights (their episodes are target-env steps too, counted below)
+        zero_shot = evaluate_sources(problem)  # (P, Q, E)
+        if self.weights == "distance":
+            weights = distance_weights(problem.env, targets, teachers.contexts, scale=self.scale)
+        elif self.weights == "transfer":
+            weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
+        else:
+            weights = np.full((q, p), 1.0 / p)
+        if self.mode == "conditioned":
+            # one student for every target, the target visible, in one program
+            students, student_env = distill_conditioned(
+                problem.env,
+                teachers,
+                targets,
+                seeds[:1],
+                steps=self.steps,
+                weights=weights,
+                temperature=self.temperature,
+                student=student,
+                device=device,
+            )
+            own = evaluate_policies(
+                students,
+                student_env,
+                targets,
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+            )[0]  # (Q, E)
+        else:
+            students = distill_students(
+                problem.env,
+                teachers,
+                targets,
+                seeds,
+                steps=self.steps,
+                mode=self.mode,
+                weights=weights,
+                temperature=self.temperature,
+                coef=self.coef,
+                decay=self.decay,
+                half_life=self.half_life,
+                student=student,
+                device=device,
+            )
+            own = evaluate_policies(
+                students,
+                problem.env,
+                [[t] for t in targets],
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+                per_policy=True,
+            )[:, 0]  # (Q, E)
+        limit = problem.env.max_episode_steps or 0
+        zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
+        log = students.log
+        diagnostics = {
+            name: np.asarray(log.diagnostics[name][-1], dtype=np.float64).tolist()
+            for name in ("heldout_kl", "heldout_agreement", "distill_kl")
+            if log is not None and name in log.diagnostics
+        }
+        details: dict[str, Any] = {
+            "mode": self.mode,
+            "rows": "every row holds the same student per target (one student from all sources)",
+            "students": 1 if self.mode == "conditioned" else q,
+            "steps_per_student": self.steps,
+            "student_mean": own.mean(axis=1).tolist(),
+            "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
+            "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),
+            "teacher_weights": weights.tolist(),
+            "temperature": self.temperature,
+            "final_diagnostics": diagnostics,
+            "zero_shot_target_env_steps": zero_shot_steps,
+        }
+        agreement = diagnostics.get("heldout_agreement")
+        details["summary"] = (
+            f"{self.mode} students' mean return {own.mean():.1f} on {q} targets against "
+            f"best-of-{p} zero-shot {zero_shot.mean(axis=2).max(axis=0).mean():.1f}"
+            + (
+                f", held-out action agreement {float(np.mean(agreement)):.2f}"
+                if agreement is not None
+                else ""
+            )
+        )
+        returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
+        # per student: its training, plus the teachers' episodes on its target when they
+        # chose the weights (an upper bound: every episode counted at its time limit)
+        used = self.steps + (zero_shot_steps if self.weights == "transfer" else 0)
+        return TransferResult(returns, target_env_steps=used, details=details)
+
+
+__all__ = ["Distill"]
