@@ -7,10 +7,12 @@ against MBTL zero-shot, Independent and Multi-task, on one 100-context matrix.
 
 1. Runs (or resumes, with ``--run-dir``) the benchmark sweep ``benchmarks/sweeps/NAME.yaml`` with
    one seed: every context a source, the zero-shot matrix, a multi-task agent, MBTL-GP replayed.
-2. For each k: MBTL-GP's first k sources are the teachers of one DAgger student per target
+2. For each k: MBTL-GP's first k sources are the teachers of one student per target
    context (all 100 targets in one batched program, ``--student-steps`` target-env steps each,
    the sweep's PPO hyperparameters and network, teachers weighted per target by their measured
-   zero-shot returns there, temperature 0.3), each student evaluated on its target.
+   zero-shot returns there, temperature 0.3; ``--mode dagger``: distillation alone,
+   ``kickstart``: PPO plus the decaying distillation term, ``--coef`` 20), each student
+   evaluated on its target.
 3. Prints, per k: MBTL zero-shot G_k (mean over targets of the best of the k sources), the
    students' mean normalised return (``distilled``), and the mean of the better of the two per
    target (``best of both``: what a user who evaluates the student on its target keeps), next to
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--student-steps", type=int, default=20_480)
     parser.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 5, 10, 15])
+    parser.add_argument("--mode", choices=["dagger", "kickstart"], default="dagger")
+    parser.add_argument("--coef", type=float, default=20.0, help="kickstarting's coefficient")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/distill.json"))
     args = parser.parse_args()
@@ -105,8 +109,10 @@ def main() -> None:
             contexts,
             [1000 + q for q in range(len(contexts))],
             steps=args.student_steps,
+            mode=args.mode,
             weights=weights,
             temperature=0.3,
+            coef=args.coef,
             student=student,
         )
         seconds = time.perf_counter() - began
@@ -143,6 +149,7 @@ def main() -> None:
                 "sweep": args.sweep,
                 "train_steps": args.train_steps,
                 "student_steps": args.student_steps,
+                "mode": args.mode,
                 "independent": summary["independent"],
                 "multitask": summary.get("multitask"),
                 "order": order[: max(args.ks)],
