@@ -21,14 +21,13 @@ from ctxrl.artifacts import artifact_metadata, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.interventions import build_interventions
-from ctxrl.plugins import Host, get_host
+from ctxrl.plugins import get_host
 from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
 from ctxrl.runs import (
     TRANSFER_DIR,
-    SweepOutcome,
+    SweepSession,
     ensure_failed,
     error_summary,
-    notify_run_finished,
     progress_display,
     run_id,
     run_record,
@@ -39,17 +38,7 @@ from ctxrl.summary import STORE_FILE
 from ctxrl.transfer import TransferProblem
 
 
-def run_batched(
-    plan: SweepPlan,
-    store: Store,
-    sources: list[int],
-    finished: set[str],
-    outcome: SweepOutcome,
-    host: Host,
-    console: Console,
-    plan_json: dict[str, Any],
-    executor: Executor,
-) -> None:
+def run_batched(session: SweepSession, sources: list[int], executor: Executor) -> None:
     """Train every pending (source, seed) of ``sources`` in batched programs, evaluate each on
     every target in one batched rollout, and store each run.
 
@@ -58,6 +47,7 @@ def run_batched(
     process, a Ray task). An agent's numbers never depend on the rest of its batch, so the
     matrix is the same either way. Every program checkpoints itself in the run directory, so a
     killed sweep resumes each group or shard where it stopped."""
+    plan, outcome, finished = session.plan, session.outcome, session.finished
     config = plan.config
     agents = [(source, seed) for source in sources for seed in config.seeds]
     shards = [
@@ -71,12 +61,12 @@ def run_batched(
         return
     if len(shards) == 1:
         try:
-            group = train_group(plan, store, shards[0], console, config.device)
+            group = train_group(plan, session.store, shards[0], session.console, config.device)
         except Exception as exc:
             for agent in shards[0]:
                 outcome.failed.append(_agent_id(plan, agent))
-                notify_run_finished(host, plan_json, store, _agent_id(plan, agent))
-            console.print(f"[red]batched training failed:[/] {exc}")
+                session.run_finished(_agent_id(plan, agent))
+            session.console.print(f"[red]batched training failed:[/] {exc}")
             return
         outcome.train_s += group.train_s
         outcome.eval_s += group.eval_s
@@ -85,9 +75,9 @@ def run_batched(
             finished.add(rid)
             outcome.trained += 1
             outcome.resumed += int(group.resumed)
-            notify_run_finished(host, plan_json, store, rid)
+            session.run_finished(rid)
         return
-    _run_shards(plan, store, shards, finished, outcome, host, console, plan_json, executor)
+    _run_shards(session, shards, executor)
 
 
 def _agent_id(plan: SweepPlan, agent: tuple[int, int]) -> str:
@@ -239,25 +229,18 @@ def execute_shard(job: dict[str, Any]) -> None:
 
 
 def _run_shards(
-    plan: SweepPlan,
-    store: Store,
-    shards: list[list[tuple[int, int]]],
-    finished: set[str],
-    outcome: SweepOutcome,
-    host: Host,
-    console: Console,
-    plan_json: dict[str, Any],
-    executor: Executor,
+    session: SweepSession, shards: list[list[tuple[int, int]]], executor: Executor
 ) -> None:
     """Run each shard of a batched group as a job of ``executor``; a failed shard's runs are
     stored as failed and the other shards go on."""
+    plan, outcome, console = session.plan, session.outcome, session.console
     config = plan.config
     parallel = min(config.executor.workers, len(shards))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     jobs = [
         {
             "run_dir": str(plan.run_dir),
-            "config": plan_json,
+            "config": session.plan_json,
             "agents": [list(agent) for agent in shard],
             "shard": f"{index}of{len(shards)}",
             "device": config.device,
@@ -283,13 +266,13 @@ def _run_shards(
                 task = Task(plan.env.name, plan.grid.contexts[source])
                 rid = run_id(task, seed)
                 if error is not None:
-                    ensure_failed(store, task, seed, plan, error)
+                    ensure_failed(session.store, task, seed, plan, error)
                     outcome.failed.append(rid)
                 else:
-                    finished.add(rid)
+                    session.finished.add(rid)
                     outcome.trained += 1
                     outcome.resumed += int(resumed[index])
-                notify_run_finished(host, plan_json, store, rid)
+                session.run_finished(rid)
             if error is not None:
                 console.print(f"[red]shard {job['shard']} failed:[/] {error_summary(error)}")
             progress.advance(bar)
@@ -381,17 +364,11 @@ def _store_trained(
 MULTITASK = "multitask"
 
 
-def run_multitask(
-    plan: SweepPlan,
-    store: Store,
-    finished: set[str],
-    outcome: SweepOutcome,
-    host: Host,
-    console: Console,
-    plan_json: dict[str, Any],
-) -> None:
+def run_multitask(session: SweepSession) -> None:
     """The multi-task baseline: one policy per seed trained on the uniform mixture of all grid
     contexts (a real training run, in one batched program), evaluated on every context."""
+    plan, store, outcome, finished = session.plan, session.store, session.outcome, session.finished
+    console = session.console
     config = plan.config
     seeds = [s for s in config.seeds if f"{MULTITASK}-s{s}" not in finished]
     outcome.skipped += len(config.seeds) - len(seeds)
@@ -422,7 +399,7 @@ def run_multitask(
             record = run_record(task, seed, plan, started, now(), "failed", None, error)
             store.record_run(_as_multitask(record))
             outcome.failed.append(f"{MULTITASK}-s{seed}")
-            notify_run_finished(host, plan_json, store, f"{MULTITASK}-s{seed}")
+            session.run_finished(f"{MULTITASK}-s{seed}")
         console.print(f"[red]multi-task training failed:[/] {exc}")
         return
     group_s = now() - started
@@ -432,7 +409,7 @@ def run_multitask(
         _store_trained(plan, store, algorithm, policies, i, record, returns[i])
         finished.add(record.run_id)
         outcome.trained += 1
-        notify_run_finished(host, plan_json, store, record.run_id)
+        session.run_finished(record.run_id)
 
 
 def _as_multitask(record: RunRecord) -> RunRecord:

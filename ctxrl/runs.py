@@ -128,6 +128,25 @@ def notify_run_finished(host: Host, plan_json: dict[str, Any], store: Store, rid
     host.notify("ctxrl_run_finished", plan=plan_json, run=run)
 
 
+@dataclass
+class SweepSession:
+    """What every part of one sweep invocation works with: the plan and its store, the host
+    whose hooks hear of every finished run, the console, the plan as JSON (what hooks and
+    worker jobs get), the set of finished run ids and the outcome being filled in."""
+
+    plan: SweepPlan
+    store: Store
+    host: Host
+    console: Console
+    plan_json: dict[str, Any]
+    finished: set[str]
+    outcome: SweepOutcome
+
+    def run_finished(self, rid: str) -> None:
+        """Tell the hooks that run ``rid`` finished (or failed): :func:`notify_run_finished`."""
+        notify_run_finished(self.host, self.plan_json, self.store, rid)
+
+
 def ensure_failed(
     store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str
 ) -> None:

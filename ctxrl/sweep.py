@@ -46,9 +46,9 @@ from ctxrl.registry import Executor
 from ctxrl.runs import (
     TRANSFER_DIR,
     SweepOutcome,
+    SweepSession,
     ensure_failed,
     error_summary,
-    notify_run_finished,
     progress_display,
     run_id,
     run_record,
@@ -281,13 +281,14 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
         finished.discard(rid)
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
+    session = SweepSession(plan, store, host, console, plan_json, finished, outcome)
 
     def job_for(source: int, seed: int) -> dict[str, Any]:
         return {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
 
     def run_jobs(sources: list[int]) -> None:
         if plan.algorithm.batched and plan.env.make_batched is not None:
-            run_batched(plan, store, sources, finished, outcome, host, console, plan_json, executor)
+            run_batched(session, sources, executor)
             return
         jobs = []
         for source in sources:
@@ -314,12 +315,12 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                 else:
                     outcome.trained += 1
                     finished.add(rid)
-                notify_run_finished(host, plan_json, store, rid)
+                session.run_finished(rid)
                 progress.advance(bar)
 
     n = len(plan.grid)
     if config.multitask or config.mode == "multitask":
-        run_multitask(plan, store, finished, outcome, host, console, plan_json)
+        run_multitask(session)
     if config.mode == "full":
         outcome.order = list(range(n))
         run_jobs(outcome.order)
