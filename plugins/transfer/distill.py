@@ -4,7 +4,8 @@
 config turns the sweep's K sources into K teachers; every target context gets a student
 trained in that context (``dagger``: multi-teacher KL distillation on the student's own
 states; ``kickstart``: PPO plus a decaying distillation term; ``conditioned``: one student for
-all targets that sees the context). The method is
+all targets that sees the context; ``proxy``: the sources distilled into one context-conditioned
+proxy in their own contexts, which teaches a student per target). The method is
 :class:`ctxrl_plugins.transfer.distill_method.Distill`; the students and trainers live in
 :mod:`~ctxrl_plugins.transfer.distill_core`, the teachers and their weights in
 :mod:`~ctxrl_plugins.transfer.distill_teachers`, the losses in
@@ -32,6 +33,7 @@ def _distill(
     half_life: float = 0.1,
     student: Mapping[str, Any] | None = None,
     seed_offset: int = 2_000_003,
+    proxy_steps: int | None = None,
 ) -> Any:
     from ctxrl_plugins.transfer.distill_method import Distill
 
@@ -46,6 +48,7 @@ def _distill(
         half_life,
         student,
         seed_offset,
+        proxy_steps,
     )
 
 

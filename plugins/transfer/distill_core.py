@@ -57,7 +57,7 @@ from ctxrl_plugins.transfer.distill_teachers import (
 )
 
 Tensor = torch.Tensor
-Mode = Literal["dagger", "kickstart", "conditioned"]
+Mode = Literal["dagger", "kickstart", "conditioned", "proxy"]
 Decay = Literal["linear", "exponential"]
 
 
@@ -79,6 +79,9 @@ class Teaching:
             unit coordinates of the visible features.
         pool_weights: ``(C, K)`` the teacher weights of each pool context; a state takes
             the row of the pool context its visible context is (nearest to).
+        teacher_context: proxy distillation: ``(N, d)`` each student's own context in the unit
+            coordinates the teachers were conditioned on, appended to every state the teachers
+            label (the student itself does not see it).
     """
 
     teachers: Any
@@ -88,10 +91,15 @@ class Teaching:
     teacher_obs: int | None = None
     pool_unit: Tensor | None = None
     pool_weights: Tensor | None = None
+    teacher_context: Tensor | None = None
 
     def labels(self, obs: Tensor) -> Tensor:
         """The teachers' outputs ``(N, K, M, A)`` on ``obs`` ``(N, M, obs)``."""
         seen = obs if self.teacher_obs is None else obs[..., : self.teacher_obs]
+        if self.teacher_context is not None:
+            n, m, _ = seen.shape
+            context = self.teacher_context.to(seen.device, seen.dtype)[:, None, :]
+            seen = torch.cat([seen, context.expand(n, m, context.shape[-1])], dim=-1)
         return teacher_outputs(self.teachers, seen)
 
     def weights_for(self, obs: Tensor) -> Tensor:
@@ -496,6 +504,77 @@ def distill_conditioned(
     return students, visible_env
 
 
+def distill_proxy(
+    env: EnvSpec,
+    teachers: Any,
+    contexts: Sequence[Mapping[str, float]],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    proxy_steps: int,
+    features: Sequence[str] | None = None,
+    temperature: float = 1.0,
+    student: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    **train_options: Any,
+) -> tuple[Any, Any]:
+    """Proxy distillation, after Zhou, Kalra & Krahenbuhl (ECCV 2020, arXiv 2008.11911): the
+    source and target domains are linked through a representation that means the same in
+    both, here the context itself, which the proxy policy sees and the students do not.
+
+    1. The *proxy*: one context-conditioned policy trained in the **source** contexts only,
+       each labelled by its own teacher (:func:`distill_conditioned` on the teachers'
+       contexts with identity weights, ``proxy_steps`` env steps in all). It never visits a
+       target context.
+    2. The *students*: one per target context, trained in it DAgger-style on their own states
+       (raw observations, the context unseen), labelled by the proxy evaluated on each state
+       with the student's target context appended (:class:`Teaching`'s ``teacher_context``):
+       the proxy's interpolation between its sources stands in for a target teacher.
+
+    Zhou et al. train the proxy on the teachers' own rollouts; here it collects its states
+    itself (DAgger), which avoids the covariate shift of pure behaviour cloning. Returns
+    ``(students, proxy)``; ``steps`` are target-env steps per student."""
+    if int(proxy_steps) <= 0:
+        raise ConfigError(f"distill: proxy_steps must be > 0, got {proxy_steps}")
+    if teachers is None or len(teachers) == 0:
+        raise CtxrlError("distillation needs at least one teacher (got an empty teacher set)")
+    space = env.context_space
+    sources = [space.validate(dict(c)).as_dict() for c in teachers.contexts]
+    full_targets = [space.validate(dict(c)).as_dict() for c in contexts]
+    if features is None:
+        features = [f for f in space.names if len({c[f] for c in sources}) > 1]
+    if not features:
+        raise ConfigError(
+            "distill: proxy distillation needs teachers on different contexts (the proxy "
+            "learns how the policy changes with the context)"
+        )
+    k = len(teachers)
+    proxy, visible_env = distill_conditioned(
+        env,
+        teachers,
+        sources,
+        seeds[:1],
+        steps=int(proxy_steps),
+        weights=np.eye(k),
+        features=features,
+        temperature=temperature,
+        student=student,
+        device=device,
+    )
+    trainer = DaggerStudent(dict(student or {}), device=device)
+    obs_dim, actions = _env_spaces(env, contexts)
+    check_teachers(proxy, obs_dim + len(features), actions, visible_env.name)
+    n = len(contexts)
+    trainer.teaching = Teaching(
+        dataclasses.replace(proxy, contexts=[{}]),
+        torch.ones(n, 1),
+        float(temperature),
+        teacher_context=torch.as_tensor(space.to_unit(full_targets, features), dtype=torch.float32),
+    )
+    students = trainer.train_many(env, contexts, seeds, total_steps=int(steps), **train_options)
+    return students, proxy
+
+
 @dataclass
 class StudentEnsemble:
     """Groups of ``size`` students acting as one policy each: the members' action
@@ -558,6 +637,7 @@ __all__ = [
     "Teaching",
     "decay_schedule",
     "distill_conditioned",
+    "distill_proxy",
     "distill_students",
     "kickstart_study",
 ]

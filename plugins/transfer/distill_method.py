@@ -19,6 +19,7 @@ from ctxrl_plugins.transfer.distill_core import (
     Mode,
     decay_schedule,
     distill_conditioned,
+    distill_proxy,
     distill_students,
 )
 from ctxrl_plugins.transfer.distill_teachers import (
@@ -38,7 +39,10 @@ class Distill:
 
     ``mode: conditioned`` trains one context-conditioned student for all targets instead
     (:func:`distill_conditioned`, the targets as its pool): its ``steps`` are spread over the
-    targets, and ``target_env_steps`` reports them whole.
+    targets, and ``target_env_steps`` reports them whole. ``mode: proxy`` first distils the
+    sources into one context-conditioned proxy policy in the source contexts
+    (``proxy_steps`` source-env steps, default ``steps``), which then teaches a student per
+    target (:func:`distill_proxy`); only the students' steps are target-env steps.
 
     Args: see :func:`distill_students`; ``seed_offset`` is added to the first source's seed
     for the students' seeds (student ``q`` gets ``+ q``).
@@ -56,13 +60,18 @@ class Distill:
         half_life: float = 0.1,
         student: Mapping[str, Any] | None = None,
         seed_offset: int = 2_000_003,
+        proxy_steps: int | None = None,
     ) -> None:
         if int(steps) <= 0:
             raise ConfigError(f"distill: steps must be > 0, got {steps}")
-        if mode not in ("dagger", "kickstart", "conditioned"):
+        if mode not in ("dagger", "kickstart", "conditioned", "proxy"):
             raise ConfigError(
-                f"distill: mode must be 'dagger', 'kickstart' or 'conditioned', got {mode!r}"
+                "distill: mode must be 'dagger', 'kickstart', 'conditioned' or 'proxy', got "
+                f"{mode!r}"
             )
+        if proxy_steps is not None and int(proxy_steps) <= 0:
+            raise ConfigError(f"distill: proxy_steps must be > 0, got {proxy_steps}")
+        self.proxy_steps = int(steps if proxy_steps is None else proxy_steps)
         if weights not in ("distance", "uniform", "transfer"):
             raise ConfigError(
                 f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
@@ -121,6 +130,27 @@ class Distill:
                 seed=problem.eval_seed,
                 device=students.params["actor.0.weight"].device,
             )[0]  # (Q, E)
+        elif self.mode == "proxy":
+            students, _ = distill_proxy(
+                problem.env,
+                teachers,
+                targets,
+                seeds,
+                steps=self.steps,
+                proxy_steps=self.proxy_steps,
+                temperature=self.temperature,
+                student=student,
+                device=device,
+            )
+            own = evaluate_policies(
+                students,
+                problem.env,
+                [[t] for t in targets],
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+                per_policy=True,
+            )[:, 0]  # (Q, E)
         else:
             students = distill_students(
                 problem.env,
@@ -158,6 +188,7 @@ class Distill:
             "mode": self.mode,
             "rows": "every row holds the same student per target (one student from all sources)",
             "students": 1 if self.mode == "conditioned" else q,
+            "proxy_source_env_steps": self.proxy_steps if self.mode == "proxy" else 0,
             "steps_per_student": self.steps,
             "student_mean": own.mean(axis=1).tolist(),
             "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
