@@ -182,7 +182,7 @@ def write_exports(
             for run in store.runs("failed")
         ],
     }
-    records = transfer_records(run_dir)
+    records = transfer_records(store.path.parent)  # the run directory, also with --out
     if records:
         summary["transfer"] = records
     if not np.isnan(multitask).all():
