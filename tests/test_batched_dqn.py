@@ -106,7 +106,8 @@ def test_the_compiled_step_and_loss_train_as_the_eager_ones(options: dict) -> No
         mode: algorithm.train_many(spec, contexts, seeds, total_steps=264)
         for mode, algorithm in algorithms.items()
     }
-    assert algorithms["off"].compile_s == 0.0 and algorithms["on"].compile_s > 1.0
+    # compiling (or loading inductor's on-disk cache, under a second) is timed
+    assert algorithms["off"].compile_s == 0.0 and algorithms["on"].compile_s > 0.1
     for name, value in trained["off"].params.items():
         torch.testing.assert_close(trained["on"].params[name], value, rtol=1e-4, atol=1e-4)
     alone = _algo(compile="on", **params).train_many(spec, contexts[1:], [4], total_steps=264)

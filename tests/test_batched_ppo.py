@@ -131,7 +131,8 @@ def test_the_compiled_rollout_trains_as_the_eager_one(env_name: str) -> None:
         mode: algorithm.train_many(spec, contexts, [3, 4], total_steps=steps)
         for mode, algorithm in algorithms.items()
     }
-    assert algorithms["off"].compile_s == 0.0 and algorithms["on"].compile_s > 1.0
+    # compiling (or loading inductor's on-disk cache, under a second) is timed
+    assert algorithms["off"].compile_s == 0.0 and algorithms["on"].compile_s > 0.1
     for name, value in trained["off"].params.items():
         torch.testing.assert_close(trained["on"].params[name], value, rtol=1e-4, atol=1e-4)
     returns = {
