@@ -109,6 +109,20 @@ class Distill:
             weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
         else:
             weights = np.full((q, p), 1.0 / p)
+
+        def on_own_targets(students: Any) -> np.ndarray:
+            """Student ``q`` on target ``q``: ``(Q, E)`` returns."""
+            returns = evaluate_policies(
+                students,
+                problem.env,
+                [[t] for t in targets],
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                device=students.params["actor.0.weight"].device,
+                per_policy=True,
+            )
+            return np.asarray(returns[:, 0])
+
         if self.mode == "conditioned":
             # one student for every target, the target visible, in one program
             students, student_env = distill_conditioned(
@@ -142,15 +156,7 @@ class Distill:
                 student=student,
                 device=device,
             )
-            own = evaluate_policies(
-                students,
-                problem.env,
-                [[t] for t in targets],
-                episodes=problem.episodes,
-                seed=problem.eval_seed,
-                device=students.params["actor.0.weight"].device,
-                per_policy=True,
-            )[:, 0]  # (Q, E)
+            own = on_own_targets(students)
         else:
             students = distill_students(
                 problem.env,
@@ -167,15 +173,7 @@ class Distill:
                 student=student,
                 device=device,
             )
-            own = evaluate_policies(
-                students,
-                problem.env,
-                [[t] for t in targets],
-                episodes=problem.episodes,
-                seed=problem.eval_seed,
-                device=students.params["actor.0.weight"].device,
-                per_policy=True,
-            )[:, 0]  # (Q, E)
+            own = on_own_targets(students)
         limit = problem.env.max_episode_steps or 0
         zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
         log = students.log

@@ -218,7 +218,8 @@ def _layer_mean(plasticity: Mapping[str, np.ndarray], metric: str) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------ outputs
-def _fmt(estimate: MetricEstimate, digits: int = 3) -> str:
+def format_estimate(estimate: MetricEstimate, digits: int = 3) -> str:
+    """``estimate [low, high]``, the point alone without an interval, ``n/a`` when undefined."""
     if math.isnan(estimate.estimate):
         return "n/a"
     if math.isnan(estimate.low):
@@ -226,7 +227,9 @@ def _fmt(estimate: MetricEstimate, digits: int = 3) -> str:
     return f"{estimate.estimate:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"
 
 
-def _verdict(estimate: MetricEstimate, better: int) -> str:
+def direction_verdict(estimate: MetricEstimate, better: int) -> str:
+    """``better`` / ``worse`` for a difference whose interval excludes 0 (``better``: +1 when
+    higher is better, -1 when lower is), ``no difference`` otherwise."""
     if math.isnan(estimate.low) or estimate.low <= 0 <= estimate.high:
         return "no difference"
     return "better" if (estimate.low > 0) == (better > 0) else "worse"
@@ -364,7 +367,8 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
     ]
     for label in plan.labels:
         row = [
-            _fmt(tables.estimates[label][m], 0 if m == "time_to_threshold" else 3) for m in MEASURES
+            format_estimate(tables.estimates[label][m], 0 if m == "time_to_threshold" else 3)
+            for m in MEASURES
         ]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     base = tables.estimates[BASELINE]
@@ -373,14 +377,15 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
         "",
         "## Does the baseline lose plasticity?",
         "",
-        f"With no intervention, last-visit minus first-visit AUC is {_fmt(lost)}"
+        f"With no intervention, last-visit minus first-visit AUC is {format_estimate(lost)}"
         + (
             " (it learns its contexts worse than it used to: plasticity lost)."
             if lost.high < 0
             else " (no loss shown: the interval does not lie below 0)."
         )
-        + f" Its dormant fraction goes from {_fmt(base['dormant_first_switch'])} before the "
-        f"first switch to {_fmt(base['dormant_end'])} at the end.",
+        + " Its dormant fraction goes from "
+        f"{format_estimate(base['dormant_first_switch'])} before the first switch to "
+        f"{format_estimate(base['dormant_end'])} at the end.",
     ]
     if len(plan.labels) > 1:
         lines += [
@@ -395,7 +400,8 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
             for measure, (_, better) in MEASURES.items():
                 estimate = tables.versus[label][measure]
                 digits = 0 if measure == "time_to_threshold" else 3
-                cells.append(f"{_fmt(estimate, digits)} ({_verdict(estimate, better)})")
+                verdict = direction_verdict(estimate, better)
+                cells.append(f"{format_estimate(estimate, digits)} ({verdict})")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     missed = {k: v for k, v in tables.missed.items() if v}
     if missed:

@@ -46,7 +46,6 @@ finish, so a killed study resumes from the last finished program.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ from ctxrl_plugins.transfer.plasticity_study import (
     build_arm_interventions,
     plan_programs,
 )
+from ctxrl_plugins.transfer.plasticity_study_report import direction_verdict, format_estimate
 from ctxrl_plugins.transfer.studies import StrictModel, open_run_dir, read_study_file
 
 STUDY = "plasticity"
@@ -406,20 +406,6 @@ def analyse(
     return arms, estimates, versus
 
 
-def _fmt(estimate: MetricEstimate, digits: int = 3) -> str:
-    if math.isnan(estimate.low):
-        return f"{estimate.estimate:.{digits}f}"
-    return f"{estimate.estimate:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"
-
-
-def _verdict(estimate: MetricEstimate, better: int) -> str:
-    if estimate.low > 0:
-        return "better" if better > 0 else "worse"
-    if estimate.high < 0:
-        return "worse" if better > 0 else "better"
-    return "no difference"
-
-
 def write_outputs(
     config: TargetsStudyConfig,
     labels: Sequence[str],
@@ -504,8 +490,9 @@ def _summary(
         first = float(arm.final_error[:, : task.window].mean())
         e = estimates[label]
         lines.append(
-            f"| {label} | {first:.3f} | {_fmt(e['late_error'])} | {_fmt(e['plasticity_lost'])} "
-            f"| {e['dormant_first'].estimate:.3f} -> {_fmt(e['dormant_end'])} |"
+            f"| {label} | {first:.3f} | {format_estimate(e['late_error'])} | "
+            f"{format_estimate(e['plasticity_lost'])} "
+            f"| {e['dormant_first'].estimate:.3f} -> {format_estimate(e['dormant_end'])} |"
         )
     if versus:
         lines += [
@@ -517,7 +504,7 @@ def _summary(
         ]
         for label, values in versus.items():
             cells = [
-                f"{_fmt(values[k])} ({_verdict(values[k], better)})"
+                f"{format_estimate(values[k])} ({direction_verdict(values[k], better)})"
                 for k, (_, better) in MEASURES.items()
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
