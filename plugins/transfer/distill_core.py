@@ -59,6 +59,13 @@ from ctxrl_plugins.transfer.distill_teachers import (
 Tensor = torch.Tensor
 Mode = Literal["dagger", "kickstart", "conditioned", "proxy"]
 Decay = Literal["linear", "exponential"]
+Start = Literal["scratch", "best-teacher"]
+
+
+def check_start(start: str) -> None:
+    """A students' ``start`` that is not ``scratch`` or ``best-teacher`` is a config error."""
+    if start not in ("scratch", "best-teacher"):
+        raise ConfigError(f"distill: start must be 'scratch' or 'best-teacher', got {start!r}")
 
 
 # ------------------------------------------------------------------------------ teaching
@@ -270,6 +277,7 @@ def distill_students(
     half_life: float = 0.1,
     student: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    start: Start = "scratch",
     **train_options: Any,
 ) -> Any:
     """Students (PPO networks) for ``contexts[i]`` with seed ``seeds[i]``, taught by
@@ -286,12 +294,19 @@ def distill_students(
             PPO in the same batch).
         decay, half_life: kickstarting's schedule (:func:`decay_schedule`).
         student: PPO hyperparameters of the students (e.g. ``learning_rate``).
+        start: ``scratch`` (fresh networks) or ``best-teacher``: each student starts from the
+            weights (actor and critic) of its highest-weighted teacher, which must have the
+            student's network; kickstarting from there fine-tunes the best source on the
+            target with the teachers' mixture as a decaying guide.
         train_options: passed on to ``train_many`` (``curves=...``, ``interventions=...``).
     """
     if int(steps) <= 0:
         raise ConfigError(f"distill: steps must be > 0, got {steps}")
     if mode not in ("dagger", "kickstart"):
         raise ConfigError(f"distill: mode must be 'dagger' or 'kickstart', got {mode!r}")
+    check_start(start)
+    if start == "best-teacher" and "init" in train_options:
+        raise ConfigError("distill: start 'best-teacher' and init=... both set a warm start")
     if env.make_batched is None:
         raise CtxrlError(f"distillation needs a torch-batched twin; env {env.name!r} has none")
     trainer: DaggerStudent | KickstartStudent = (
@@ -333,6 +348,9 @@ def distill_students(
         teachers, params={name: v.to(trainer.device) for name, v in teachers.params.items()}
     )
     trainer.teaching = Teaching(moved, weight_tensor, float(temperature), coefs)
+    if start == "best-teacher":
+        best = weight_tensor.argmax(dim=1).cpu()  # (N,) each student's top teacher
+        train_options["init"] = {name: v[best] for name, v in teachers.params.items()}
     if isinstance(trainer, KickstartStudent):
         decay_schedule(decay, 0.0, half_life)  # a bad schedule fails before training
         trainer.decay, trainer.half_life = decay, float(half_life)
