@@ -32,6 +32,7 @@ from ctxrl_plugins.transfer.distill_losses import (
     gaussian_distill_loss,
     normalise_weights,
 )
+from ctxrl_plugins.transfer.distill_method import Distill
 from ctxrl_plugins.transfer.distill_teachers import (
     distance_weights,
     load_teachers,
@@ -531,6 +532,31 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
 
 
 # ------------------------------------------------------------------------ bad input
+def test_students_can_start_from_their_top_weighted_teacher(teachers: Any) -> None:
+    """``start: best-teacher``: each student begins as the teacher its weights rank first (one
+    short iteration moves it little), not as the other teacher or a fresh network."""
+    weights = np.array([[0.2, 0.8], [0.9, 0.1]])  # student 0 -> teacher 1, student 1 -> 0
+    students = distill_students(
+        _cartpole(),
+        teachers,
+        [TARGET, TARGET],
+        [0, 1],
+        steps=512,
+        weights=weights,
+        start="best-teacher",
+    )
+    for student, top, other in ((0, 1, 0), (1, 0, 1)):
+        for name in ("actor.0.weight", "critic.0.weight"):
+            mine = students.params[name][student]
+            near = (mine - teachers.params[name][top]).norm()
+            far = (mine - teachers.params[name][other]).norm()
+            assert near < 0.2 * far, (name, student, float(near), float(far))
+    with pytest.raises(ConfigError, match="start must be"):
+        distill_students(_cartpole(), teachers, [TARGET], [0], steps=512, start="best")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="start 'best-teacher' needs mode"):
+        Distill(512, mode="conditioned", start="best-teacher")
+
+
 def test_bad_teachers_are_named(tmp_path: Path, teachers: Any) -> None:
     registry = get_host().registry
     acrobot = registry.env("Acrobot")

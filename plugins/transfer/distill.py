@@ -34,6 +34,7 @@ def _distill(
     student: Mapping[str, Any] | None = None,
     seed_offset: int = 2_000_003,
     proxy_steps: int | None = None,
+    start: str = "scratch",
 ) -> Any:
     from ctxrl_plugins.transfer.distill_method import Distill
 
@@ -49,6 +50,7 @@ def _distill(
         student,
         seed_offset,
         proxy_steps,
+        start,  # type: ignore[arg-type]
     )
 
 
@@ -60,7 +62,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             factory=_distill,
             batched_only=True,
             description="one student per target taught by all sources (options: steps, mode "
-            "dagger|kickstart|conditioned, temperature, weights distance|uniform|transfer, "
-            "scale, coef, decay, half_life, student)",
+            "dagger|kickstart|conditioned|proxy, temperature, weights distance|uniform|transfer, "
+            "scale, coef, decay, half_life, student, proxy_steps, start scratch|best-teacher)",
         )
     )

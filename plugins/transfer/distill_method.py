@@ -17,6 +17,8 @@ from ctxrl_plugins.algorithms.ppo import BatchedPPO
 from ctxrl_plugins.transfer.distill_core import (
     Decay,
     Mode,
+    Start,
+    check_start,
     decay_schedule,
     distill_conditioned,
     distill_proxy,
@@ -61,6 +63,7 @@ class Distill:
         student: Mapping[str, Any] | None = None,
         seed_offset: int = 2_000_003,
         proxy_steps: int | None = None,
+        start: Start = "scratch",
     ) -> None:
         if int(steps) <= 0:
             raise ConfigError(f"distill: steps must be > 0, got {steps}")
@@ -79,6 +82,10 @@ class Distill:
         if float(temperature) <= 0 or float(scale) <= 0:
             raise ConfigError("distill: temperature and scale must be > 0")
         decay_schedule(decay, 0.0, half_life)
+        check_start(start)
+        if start != "scratch" and mode not in ("dagger", "kickstart"):
+            raise ConfigError(f"distill: start {start!r} needs mode 'dagger' or 'kickstart'")
+        self.start: Start = start
         self.steps, self.mode, self.temperature = int(steps), mode, float(temperature)
         self.weights, self.scale, self.coef = weights, float(scale), float(coef)
         self.decay, self.half_life = decay, float(half_life)
@@ -172,6 +179,7 @@ class Distill:
                 half_life=self.half_life,
                 student=student,
                 device=device,
+                start=self.start,
             )
             own = on_own_targets(students)
         limit = problem.env.max_episode_steps or 0
@@ -184,6 +192,7 @@ class Distill:
         }
         details: dict[str, Any] = {
             "mode": self.mode,
+            "start": self.start,
             "rows": "every row holds the same student per target (one student from all sources)",
             "students": 1 if self.mode == "conditioned" else q,
             "proxy_source_env_steps": self.proxy_steps if self.mode == "proxy" else 0,
