@@ -91,9 +91,14 @@ def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_
     for figure in ("area_ratio_dqn.png", "curves_dqn.png"):
         assert (run_dir / "figures" / figure).is_file()
     assert (run_dir / "exports" / "pairs.csv").read_text().count("\n") > 4 * 5
+    # each arm's training time is kept (summed over processes) for the study's wall time
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert set(timing) == {f"dqn/{arm}" for arm in ("scratch", *arms)}
+    assert all(seconds > 0 for seconds in timing.values())
     # finished arms are stored: a rerun trains nothing and `ctxrl report` rewrites the summary
     again = run_ctxrl("transfer", "dqn", str(study), check=True)
     assert "scratch:" not in again.stderr
+    assert json.loads((run_dir / "timing.json").read_text()) == timing
     report = run_ctxrl("report", str(run_dir), check=True)
     assert "| arm | positive | negative | absent | mean r |" in report.stdout
 

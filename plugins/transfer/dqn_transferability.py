@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,34 @@ class StudyRunner:
     ) -> None:
         self.plan, self.registry, self.progress = plan, registry, progress
         self.run_dir = plan.run_dir
+        self._clock: tuple[str, float] | None = None  # (variant/arm, time of the last save)
+
+    # -------------------------------------------------------------------------- timing
+    @property
+    def timing_file(self) -> Path:
+        """``timing.json``: wall-clock seconds spent training each ``variant/arm``, summed
+        over every process that worked on it (saved at least every 30 s, so a killed and
+        resumed study loses at most that much of its time)."""
+        return self.run_dir / "timing.json"
+
+    def timing(self) -> dict[str, float]:
+        """Seconds per ``variant/arm`` so far (empty before any training)."""
+        if not self.timing_file.is_file():
+            return {}
+        return {str(k): float(v) for k, v in json.loads(self.timing_file.read_text()).items()}
+
+    def _tick(self, label: str, force: bool = False) -> None:
+        """Add the time since the last tick to ``label``'s total; saved every 30 s."""
+        now = time.perf_counter()
+        if self._clock is None or self._clock[0] != label:
+            self._clock = (label, now)
+            return
+        if not force and now - self._clock[1] < 30.0:
+            return
+        totals = self.timing()
+        totals[label] = totals.get(label, 0.0) + now - self._clock[1]
+        self.timing_file.write_text(json.dumps(totals, indent=1, sort_keys=True))
+        self._clock = (label, now)
 
     # -------------------------------------------------------------------- run directory
     def prepare(self) -> None:
@@ -330,8 +359,10 @@ class StudyRunner:
             for arm in self.plan.config.arms:
                 stored = self.load_arm(variant, arm)
                 if stored is None:
+                    self._tick(f"{variant}/{arm}")
                     stored = self._train_arm(variant, arm, results[variant])
                     self._store_arm(variant, arm, stored)
+                    self._tick(f"{variant}/{arm}", force=True)
                 results[variant][arm] = stored
         return results
 
@@ -375,9 +406,7 @@ class StudyRunner:
                 [seeds[i] for i in rows],
                 total_steps=config.train_steps,
                 checkpoint=checkpoint,
-                progress=None
-                if self.progress is None
-                else lambda d, t, label=label: self.progress(label, d, t),  # type: ignore[misc]
+                progress=lambda d, t, label=label: self._progress(variant, arm, label, d, t),
                 curves=CurveOptions(config.curve_every, config.curve_episodes),
                 **group_options,
             )
@@ -399,6 +428,11 @@ class StudyRunner:
             {k: torch.cat(v)[inverse] for k, v in params.items()},
             keys,
         )
+
+    def _progress(self, variant: str, arm: str, label: str, done: int, total: int) -> None:
+        self._tick(f"{variant}/{arm}")
+        if self.progress is not None:
+            self.progress(label, done, total)
 
     def _initial_params(
         self, arm: Arm, keys: Sequence[tuple[Pair | int, int]], done: Mapping[str, ArmResult]
