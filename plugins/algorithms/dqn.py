@@ -228,6 +228,20 @@ class _Replay:
             "terminated": self.terminated,
         }
 
+    def sample(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Transitions ``(obs, next_obs, action, reward, terminated)``, each ``(N, B, ...)``:
+        agent ``i``'s ``b``-th is its own transition ``flat[i, b]`` (``slot * E + env``).
+
+        One ``index_select`` per buffer on its flat view (the same values as indexing with
+        ``[agents, slot, env]``, in about half the time on large buffers)."""
+        n, capacity, e = self.obs.shape[:3]
+        rows = (torch.arange(n, device=flat.device)[:, None] * (capacity * e) + flat).reshape(-1)
+        out = []
+        for buffer in (self.obs, self.next_obs, self.action, self.reward, self.terminated):
+            picked = buffer.reshape(n * capacity * e, *buffer.shape[3:]).index_select(0, rows)
+            out.append(picked.view(n, flat.shape[1], *buffer.shape[3:]))
+        return out[0], out[1], out[2], out[3], out[4]
+
 
 class BatchedDQN(BatchedTrainer[_Replay]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
@@ -302,7 +316,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
 
     def iterate(self, run: TrainingRun, replay: _Replay, iteration: int, iterations: int) -> None:
         cfg, online = self.config, run.params
-        n, e = run.num_agents, run.num_envs
+        e = run.num_envs
         capacity = replay.obs.shape[1]
         step, env_steps = iteration, iteration * e
         epsilon = max(
@@ -331,25 +345,14 @@ class BatchedDQN(BatchedTrainer[_Replay]):
                     replay.target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
         training = learning and (step + 1) % max(1, cfg.train_frequency // e) == 0
         filled = min(step + 1, capacity) * e
-        agents = torch.arange(n, device=self.device)[:, None]
         record = run.activations if run.record_activations else None
         td_loss = (
             self._compiled_loss if self._compiled_loss is not None and record is None else _td_loss
         )
         for _ in range(cfg.gradient_steps if training else 0):
             flat = (run.rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
-            slots, envs = flat // e, flat % e
             per_agent, q, td_target = td_loss(
-                run,
-                online,
-                replay.target,
-                replay.obs[agents, slots, envs],
-                replay.next_obs[agents, slots, envs],
-                replay.action[agents, slots, envs],
-                replay.reward[agents, slots, envs],
-                replay.terminated[agents, slots, envs],
-                cfg,
-                record,
+                run, online, replay.target, *replay.sample(flat), cfg, record
             )
             run.optimize(per_agent)
             with torch.no_grad():
