@@ -181,7 +181,7 @@ def main() -> None:
                 "seeds": seeds,
                 "independent": summary["independent"],
                 "multitask": summary.get("multitask"),
-                "order": order[: max(args.ks)],
+                "order": order[: max(args.ks, default=0)],
                 "rows": rows,
                 "sweep_seconds": round(sweep_s, 1),
             },
