@@ -15,6 +15,11 @@ several dimensions; and ``q`` sources can be proposed at once (each proposal is 
 perform as the model expects before choosing the next), so a batched trainer can train them
 together.
 
+Options for noisy matrices (off by default, which stays the reference's GP-MBTL): the GP's
+noise measured on the observed rows (``noise_std=rows``) and candidates compared with the model's
+own rows for the trained sources (``best=consistent``); together they put MBTL-GP at or above
+Greedy on noisy 1-D mountains (``benchmarks/bench_mbtl_robust.py``, RESULTS.md).
+
 SD-MBTL (``sd-mbtl``, ``m-mbtl``) builds on it in :mod:`ctxrl_plugins.strategies.sd_mbtl`.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +48,72 @@ BETA_SCHEDULES: dict[str, Callable[[int, float], float]] = {
 }
 
 
+@dataclass(frozen=True)
+class RowFit:
+    """One observed row fitted alone to ``level - gap``: its ``level`` (the set point) and its
+    own ``left`` / ``right`` slopes ``(d,)``; a side with fewer than two usable targets takes
+    the slopes given as the fallback, and a row with too few usable entries its own diagonal
+    entry as the level."""
+
+    level: float
+    left: np.ndarray
+    right: np.ndarray
+    residual: float | None = None
+
+
+def row_fits(
+    coords: np.ndarray, rows: dict[int, np.ndarray], fallback: GapModel
+) -> dict[int, RowFit]:
+    """Fit every observed row alone: ``row_j ~= level - sum_d left_d (x_d - y_d)^+ + right_d
+    (y_d - x_d)^+`` by least squares with non-negative slopes, over the targets not floored
+    at 0 (a floored entry says only "at most 0"). The level averages the whole row's noise
+    instead of trusting the one diagonal entry. ``coords`` is ``(N, d)``."""
+    from scipy.optimize import lsq_linear
+
+    dims = coords.shape[1]
+    fits: dict[int, RowFit] = {}
+    for i, row in rows.items():
+        row = np.nan_to_num(np.asarray(row, dtype=np.float64), nan=0.0)
+        keep = row > 0.0
+        keep[i] = True
+        diff = coords[i][None, :] - coords[keep]  # source - target
+        design = np.concatenate(
+            [np.ones((len(diff), 1)), -np.maximum(diff, 0), -np.maximum(-diff, 0)], axis=1
+        )
+        support = (design[:, 1:] < 0).sum(axis=0) >= 2
+        if len(diff) < 2 * dims + 2:
+            fits[i] = RowFit(float(row[i]), fallback.left.copy(), fallback.right.copy())
+            continue
+        used = np.concatenate([[True], support])
+        lower = np.r_[-np.inf, np.zeros(int(support.sum()))]
+        solved = lsq_linear(design[:, used], row[keep], bounds=(lower, np.inf)).x
+        slopes = np.concatenate([fallback.left, fallback.right])
+        slopes[support] = solved[1:]
+        error = row[keep] - design[:, used] @ solved
+        residual = float(np.sqrt(np.sum(error**2) / max(len(error) - int(used.sum()), 1)))
+        fits[i] = RowFit(float(solved[0]), slopes[:dims], slopes[dims:], residual)
+    return fits
+
+
+def local_gap(
+    coords: np.ndarray, fits: dict[int, RowFit], floor: np.ndarray, width: float = 0.1
+) -> np.ndarray:
+    """``(N, N)`` gaps whose slopes change with the source: each candidate's slopes are the
+    per-row slopes of the observed sources averaged with weights ``exp(-distance / width)``
+    (L1 distance in unit-cube units), floored at ``floor`` ``(d,)``."""
+    sources = sorted(fits)
+    distance = np.abs(coords[:, None, :] - coords[sources][None, :, :]).sum(axis=2)
+    weights = np.exp(-(distance - distance.min(axis=1, keepdims=True)) / width)
+    weights /= weights.sum(axis=1, keepdims=True)
+    left = np.maximum(weights @ np.stack([fits[s].left for s in sources]), floor)
+    right = np.maximum(weights @ np.stack([fits[s].right for s in sources]), floor)
+    diff = coords[:, None, :] - coords[None, :, :]  # source - target
+    gaps: np.ndarray = (np.maximum(diff, 0) * left[:, None, :]).sum(axis=2) + (
+        np.maximum(-diff, 0) * right[:, None, :]
+    ).sum(axis=2)
+    return gaps
+
+
 class MBTLStrategy:
     """MBTL-GP.
 
@@ -57,8 +129,27 @@ class MBTLStrategy:
         slopes: ``floored`` (non-negative estimates, floored as above) or ``signed`` (plain
             least squares, no floor: performance may rise away from the source, as SD-MBTL's
             GP-MBTL fits it).
-        noise_std: GP observation noise on normalised performance (reference: 0.1).
+        noise_std: GP observation noise on normalised performance (reference: 0.1), or
+            ``"rows"``: the spread of the observed rows about their own linear fits (the
+            pooled residual standard deviation of :func:`row_fits`, at least
+            ``min_noise_std``), re-estimated every step.
+        min_noise_std: floor of the ``rows`` noise estimate.
         restarts: GP fits from different starting lengthscales.
+        set_point: what the GP learns for each trained source: ``diagonal`` (the reference:
+            its own entry ``J(pi_x, x)``, one noisy number) or ``row`` (the row's level: the
+            intercept of a fit of the whole row to ``level - gap``, with that row's own
+            non-negative left/right slopes; see :func:`row_fits`): the level averages the
+            noise of the whole row instead of trusting one entry.
+        gap: ``global`` (one slope pair for all sources, fitted to every observed row) or
+            ``local`` (a candidate's slopes are those of the observed rows fitted one by one,
+            averaged with weights falling off with distance: slopes that change with the
+            context).
+        best: what a candidate must beat on each target: ``observed`` (the reference: the best
+            observed entry ``U_j``) or ``consistent`` (the larger of ``U_j`` and the model's
+            own prediction for the trained sources, ``max_s mu_s - gap(x_s, x_j)``). The GP
+            shrinks a weak source's set point towards the mean, so next to it the model's
+            candidate row beats the observed row by that shrinkage alone; comparing the model
+            with itself there removes the phantom gain.
     """
 
     def __init__(
@@ -68,9 +159,13 @@ class MBTLStrategy:
         theta: float | str = "estimate",
         theta_per_index: float | None = None,
         min_theta_per_index: float = 0.005,
-        noise_std: float = 0.1,
+        noise_std: float | str = 0.1,
+        min_noise_std: float = 0.01,
         restarts: int = 2,
         slopes: str = "floored",
+        set_point: str = "diagonal",
+        gap: str = "global",
+        best: str = "observed",
     ) -> None:
         if beta not in BETA_SCHEDULES:
             raise CtxrlError(
@@ -80,17 +175,35 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
         if slopes not in ("floored", "signed"):
             raise CtxrlError(f"strategy 'mbtl-gp': slopes {slopes!r} is not floored or signed")
+        if not (noise_std == "rows" or (isinstance(noise_std, int | float) and noise_std > 0)):
+            raise CtxrlError(
+                f"strategy 'mbtl-gp': noise_std must be > 0 or 'rows', got {noise_std!r}"
+            )
+        if set_point not in ("diagonal", "row"):
+            raise CtxrlError(f"strategy 'mbtl-gp': set_point {set_point!r} is not diagonal or row")
+        if gap not in ("global", "local"):
+            raise CtxrlError(f"strategy 'mbtl-gp': gap {gap!r} is not global or local")
+        if best not in ("observed", "consistent"):
+            raise CtxrlError(f"strategy 'mbtl-gp': best {best!r} is not observed or consistent")
+        self.best_kind = best
         self.slopes = slopes
+        self.set_point, self.gap_kind = set_point, gap
         self.beta, self.c = beta, float(c)
         self.theta, self.theta_per_index = theta, theta_per_index
         self.min_theta_per_index = min_theta_per_index
         self.noise_std, self.restarts = noise_std, restarts
+        self.min_noise_std = float(min_noise_std)
         self._trace: dict[str, Any] = {}
+
+    @staticmethod
+    def _steps(state: SelectionState) -> np.ndarray:
+        """Grid steps per unit of each coordinate (grid coordinates are index / (n - 1))."""
+        dims = state.coords.shape[1]
+        return np.array([max(len(np.unique(state.coords[:, d])) - 1, 1) for d in range(dims)])
 
     def _gap(self, state: SelectionState) -> GapModel:
         dims = state.coords.shape[1]
-        # grid steps per unit of each coordinate (grid coordinates are index / (n - 1))
-        steps = np.array([max(len(np.unique(state.coords[:, d])) - 1, 1) for d in range(dims)])
+        steps = self._steps(state)
         if self.theta_per_index is not None:
             return GapModel(self.theta_per_index * steps, self.theta_per_index * steps)
         if self.theta == "estimate":
@@ -117,13 +230,37 @@ class MBTLStrategy:
                 return proposal
         sources = sorted(state.rows) or proposal
         train_y = [state.rows[s][s] if s in state.rows else 0.5 for s in sources]
+        gap_model = self._gap(state)
+        fits: dict[int, RowFit] = {}
+        noise_std = 0.1 if self.noise_std == "rows" else float(self.noise_std)
+        if state.rows and (
+            self.set_point == "row" or self.gap_kind == "local" or self.noise_std == "rows"
+        ):
+            fits = row_fits(coords, state.rows, gap_model)
+            if self.set_point == "row":
+                train_y = [fits[s].level for s in sources]
+            residuals = [f.residual for f in fits.values() if f.residual is not None]
+            if self.noise_std == "rows" and residuals:
+                noise_std = max(float(np.sqrt(np.mean(np.square(residuals)))), self.min_noise_std)
+        self._trace["noise_std"] = noise_std
         gp = PerformanceGP(
-            coords[sources], np.array(train_y), noise_std=self.noise_std, restarts=self.restarts
+            coords[sources], np.array(train_y), noise_std=noise_std, restarts=self.restarts
         )
         posterior = gp.posterior(coords)
-        gap_model = self._gap(state)
-        gap = gap_model.gap(coords)
+        if fits and self.gap_kind == "local":
+            floor = (
+                self.min_theta_per_index * self._steps(state)
+                if self.slopes == "floored"
+                else np.full(coords.shape[1], -np.inf)
+            )
+            gap = local_gap(coords, fits, floor)
+        else:
+            gap = gap_model.gap(coords)
         best = state.best_so_far()
+        if self.best_kind == "consistent" and state.rows:
+            trained = sorted(state.rows)
+            model = np.clip(posterior.mean[trained, None] - gap[trained], 0.0, 1.0)
+            best = np.maximum(best, model.max(axis=0))
         picks: list[dict[str, Any]] = []
         self._trace.update(
             rule="acquisition",
@@ -154,10 +291,11 @@ class MBTLStrategy:
         the space; ``acquisition``: the GP rule), and for the GP rule the ``sources`` and their
         training performance ``train_y``, the fitted GP (``lengthscale``, ``outputscale``,
         ``mean_offset``) and its posterior ``mean`` / ``std`` per context ``(N,)``, the gap
-        slopes ``left`` / ``right`` ``(d,)``, ``best_so_far`` ``U_j`` ``(N,)`` and one pick
-        per proposed source: its index, ``k``, ``beta`` and the ``acquisition`` value ``a_i``
-        of every context ``(N,)`` (None for contexts already chosen). Performance is
-        normalised to [0, 1]."""
+        slopes ``left`` / ``right`` ``(d,)``, the GP's ``noise_std`` at this step,
+        ``best_so_far`` ``U_j`` ``(N,)`` (with ``best=consistent``, raised to the model's rows
+        of the trained sources) and one pick per proposed source: its index, ``k``, ``beta``
+        and the ``acquisition`` value ``a_i`` of every context ``(N,)`` (None for contexts
+        already chosen). Performance is normalised to [0, 1]."""
         trace = {k: v for k, v in self._trace.items() if k not in ("gp", "posterior", "gap")}
         if "gp" in self._trace:
             posterior, gap = self._trace["posterior"], self._trace["gap"]

@@ -1,0 +1,180 @@
+"""MBTL-GP against Greedy, Random and Equidistant on noisy 1-D mountains (issue 16, item 6).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_mbtl_robust.py [--seeds 6] [--seed0 0] [--n 60]
+        [--noise 0.02 0.05 0.1] [--variant NAME=k:v,k:v ...] [--budget 15] [--out FILE.json]
+
+e.g. ``--variant robust=noise_std:rows,best:consistent`` replays ``mbtl-gp`` with those options
+next to the default one (about 3 s per MBTL-GP replay at N = 60, K = 15 on one core: the
+default run, 27 matrices and one variant, takes about 3 minutes).
+
+Matrices (normalised, row = source, column = target, contexts ``x = linspace(0, 1, N)``):
+
+- ``mountain``: ``M[i, j] = clip(d(x_i) - l(x_i) (x_i - x_j)^+ - r(x_i) (x_j - x_i)^+ + e_ij,
+  0, 1)`` with training performance ``d(x) = clip(0.8 + 0.15 sin(p + w x), 0, 1)``,
+  slopes that change linearly with the source context, ``l(x) = l0 + (l1 - l0) x`` and
+  ``r(x) = r0 + (r1 - r0) (1 - x)`` (``l0, l1, r0, r1 ~ U(0.2, 1.5)`` per unit of ``x``),
+  ``p ~ U(0, 6)``, ``w ~ U(2, 6)``, noise ``e_ij ~ N(0, sigma^2)``; parameters drawn from
+  ``numpy.random.default_rng(seed)``, one matrix per (seed, sigma).
+- ``test-mountain``: the three matrices of ``tests/test_gp.py::test_mbtl_beats_random_on_
+  mountain_matrices`` (N = 25, no noise, ``default_rng(3)``).
+- ``failures``: noisy *training*: a 1-D stand-in for the 100k-step CartPole matrices whose rows
+  are dominated by whether a run trained at all: each source trains with success probability
+  0.6 (``d = U(0.7, 1)``) or not (``d = U(0.15, 0.5)``), its row ``d_i - 0.5 |x_i - x_j| +
+  e_ij``, ``sigma = 0.05``.
+
+Strategies: ``mbtl-gp`` and each ``--variant`` (mbtl-gp with options), ``greedy``,
+``equidistant``, ``random`` (mean over 100 seeded orders), ``sequential-oracle``. Printed: mean
+G_1..K per family with the Student-t 95 % half-width over the family's matrices, and the
+mean paired difference variant - greedy / - random with its half-width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctxrl.offline import mean_ci
+from ctxrl.plugins import get_host
+from ctxrl.selection import replay
+
+RANDOM_ORDERS = 100
+
+
+def mountain(n: int, seed: int, sigma: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, n)
+    phase, freq = rng.uniform(0, 6), rng.uniform(2, 6)
+    l0, l1, r0, r1 = rng.uniform(0.2, 1.5, 4)
+    diag = np.clip(0.8 + 0.15 * np.sin(phase + freq * x), 0, 1)
+    left, right = l0 + (l1 - l0) * x, r0 + (r1 - r0) * (1 - x)
+    below = np.maximum(x[:, None] - x[None, :], 0)
+    above = np.maximum(x[None, :] - x[:, None], 0)
+    noise = np.random.default_rng(1000 + seed).normal(0, sigma, (n, n))
+    rows = diag[:, None] - left[:, None] * below - right[:, None] * above + noise
+    return np.clip(rows, 0.0, 1.0)  # type: ignore[no-any-return]
+
+
+def test_mountains() -> list[np.ndarray]:
+    n = 25
+    x = np.linspace(0.0, 1.0, n)
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(3):
+        diag = np.clip(0.8 + 0.15 * np.sin(rng.uniform(0, 6) + 4 * x), 0, 1)
+        left, right = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0)
+        below = np.maximum(x[:, None] - x[None, :], 0)
+        above = np.maximum(x[None, :] - x[:, None], 0)
+        out.append(np.clip(diag[:, None] - left * below - right * above, 0.0, 1.0))
+    return out
+
+
+def failures(n: int, seed: int, sigma: float = 0.05) -> np.ndarray:
+    rng = np.random.default_rng(2000 + seed)
+    x = np.linspace(0.0, 1.0, n)
+    trained = rng.random(n) < 0.6
+    diag = np.where(trained, rng.uniform(0.7, 1.0, n), rng.uniform(0.15, 0.5, n))
+    rows = diag[:, None] - 0.5 * np.abs(x[:, None] - x[None, :])
+    return np.clip(rows + rng.normal(0, sigma, (n, n)), 0, 1)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+    name, _, spec = text.partition("=")
+    options: dict[str, object] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition(":")
+        try:
+            options[key] = float(value) if "." in value or value.isdigit() else value
+        except ValueError:
+            options[key] = value
+    return name, options
+
+
+def score(name: str, matrix: np.ndarray, budget: int, **options: object) -> float:
+    spec = get_host().registry.strategy(name)
+    coords = np.linspace(0.0, 1.0, matrix.shape[0])[:, None]
+    runs = RANDOM_ORDERS if spec.stochastic else 1
+    return float(
+        np.mean(
+            [
+                replay(
+                    spec.factory(**options),
+                    matrix,
+                    coords,
+                    budget,
+                    seed=s,
+                    full_knowledge=spec.requires_full_matrix,
+                ).curve.mean()
+                for s in range(runs)
+            ]
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--seed0", type=int, default=0, help="first seed")
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.05, 0.1])
+    parser.add_argument("--budget", type=int, default=15)
+    parser.add_argument("--variant", nargs="*", default=[], help="NAME=key:value,key:value")
+    parser.add_argument("--families", nargs="+", default=["mountain", "test-mountain", "failures"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    matrices: dict[str, list[np.ndarray]] = {}
+    if "mountain" in args.families:
+        for sigma in args.noise:
+            matrices[f"mountain s={sigma:g}"] = [
+                mountain(args.n, s, sigma) for s in range(args.seed0, args.seed0 + args.seeds)
+            ]
+    if "test-mountain" in args.families:
+        matrices["test-mountain"] = test_mountains()
+    if "failures" in args.families:
+        matrices["failures"] = [
+            failures(args.n, s) for s in range(args.seed0, args.seed0 + args.seeds)
+        ]
+    variants: list[tuple[str, dict[str, object]]] = [("mbtl-gp", {})] + [
+        parse_variant(v) for v in args.variant
+    ]
+    if len({label for label, _ in variants}) != len(variants):
+        parser.error("variant names must differ from each other and from mbtl-gp")
+    columns = [v[0] for v in variants] + ["greedy", "equidistant", "random", "seq-oracle"]
+    results: dict[str, dict[str, list[float]]] = {}
+    start = time.perf_counter()
+    for family, mats in matrices.items():
+        cell: dict[str, list[float]] = {c: [] for c in columns}
+        for m in mats:
+            budget = min(args.budget, m.shape[0])
+            for label, options in variants:
+                cell[label].append(score("mbtl-gp", m, budget, **options))
+            cell["greedy"].append(score("greedy", m, budget))
+            cell["equidistant"].append(score("equidistant", m, budget))
+            cell["random"].append(score("random", m, budget))
+            cell["seq-oracle"].append(score("sequential-oracle", m, budget))
+        results[family] = cell
+        print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results))
+    print(f"\nmean G_1..{args.budget} (+- 95 % over matrices; [n] matrices)\n")
+    print("| matrices | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for family, cell in results.items():
+        values = [f"{m:.4f} ± {h:.4f}" for m, h in (mean_ci(np.array(cell[c])) for c in columns)]
+        print(f"| {family} [{len(cell[columns[0]])}] | " + " | ".join(values) + " |")
+    print("\npaired differences (mean ± 95 %): variant - greedy, variant - random\n")
+    for label, _ in variants:
+        parts = []
+        for family, cell in results.items():
+            v = np.array(cell[label])
+            dg = mean_ci(v - np.array(cell["greedy"]))
+            dr = mean_ci(v - np.array(cell["random"]))
+            parts.append(f"{family}: {dg[0]:+.4f}±{dg[1]:.4f} / {dr[0]:+.4f}±{dr[1]:.4f}")
+        print(f"- {label}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
