@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from ctxrl.config import load_config, resolve_plan
+from ctxrl.offline import mean_ci
 from ctxrl.plugins import get_host
 from ctxrl.results import load_policies, open_store
 from ctxrl.sweep import run_sweep
@@ -150,17 +150,13 @@ def main() -> None:
         row: dict[str, object] = {"k": k, "seeds": per_seed}
         cells = []
         for key in ("mbtl_zero_shot", "distilled", "best_of_both"):
-            values = np.array([r[key] for r in per_seed], dtype=float)
-            row[key] = float(values.mean())
-            if len(values) > 1:
-                half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1))
-                half /= np.sqrt(len(values))
-                row[f"{key}_ci"] = [float(values.mean() - half), float(values.mean() + half)]
-                cells.append(
-                    f"{values.mean():.3f} [{values.mean() - half:.3f}, {values.mean() + half:.3f}]"
-                )
+            mean, half = mean_ci(np.array([r[key] for r in per_seed], dtype=float))
+            row[key] = mean
+            if len(per_seed) > 1:
+                row[f"{key}_ci"] = [mean - half, mean + half]
+                cells.append(f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]")
             else:
-                cells.append(f"{values.mean():.3f}")
+                cells.append(f"{mean:.3f}")
         better = sum(int(r["students_better"]) for r in per_seed) / len(per_seed)
         seconds = sum(float(r["seconds"]) for r in per_seed) / len(per_seed)
         rows.append(row)
