@@ -3,7 +3,7 @@ against MBTL zero-shot, Independent and Multi-task, on one 100-context matrix.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_distill.py \
         [--sweep cartpole-length-100] [--train-steps 100000] [--student-steps 20480] \
-        [--ks 1 2 3 5 10 15] [--seeds 0] [--start scratch] [--run-dir DIR]
+        [--ks 1 2 3 5 10 15] [--seeds 0] [--start scratch] [--run-dir DIR] [--shards 2]
 
 1. Runs (or resumes, with ``--run-dir``) the benchmark sweep ``benchmarks/sweeps/NAME.yaml`` with
    ``--seeds``: every context a source, the zero-shot matrix, a multi-task agent, MBTL-GP
@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--start", choices=["scratch", "best-teacher"], default="scratch")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/distill.json"))
+    parser.add_argument(
+        "--shards", type=int, default=None, help="the sweep's executor.shards = workers = this"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = [
@@ -68,6 +71,8 @@ def main() -> None:
         f"eval_episodes={args.eval_episodes}",
         "device=cpu",
     ]
+    if args.shards:
+        overrides += [f"executor.shards={args.shards}", f"executor.workers={args.shards}"]
     config = load_config(SWEEPS / f"{args.sweep}.yaml", overrides)
     plan = resolve_plan(config, get_host().registry)
     started = time.perf_counter()
