@@ -1,6 +1,6 @@
 """SD-MBTL's synthetic benchmark: every strategy's G_50 next to the published tables.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_synthetic.py [--noise 5] [--gp-trials 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_synthetic.py [--noise 5] [--gp-trials 100]
         [--out benchmarks/results/synthetic.json]
 
 Matrices: :mod:`ctxrl.synthetic` (8 settings, 512 contexts, trials 0..99, the reference's noise
@@ -8,8 +8,9 @@ draws), normalised with one min-max over the 100 trials of a setting as the refe
 Columns: Random (the reference's procedure: one order per trial, :func:`reference_random_order`)
 and the Myopic Oracle (one greedy order on the trial-mean matrix) on all 100 trials; ``m-mbtl``
 on all 100 trials (its order does not depend on the rows: replayed once); the GP strategies
-(``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials`` trials (a GP replay of K = 50 on
-512 contexts takes one to two minutes on one CPU core). Values:
+(``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials`` trials (default all 100), replayed
+together (:func:`ctxrl.selection.replay_many`: each step's GPs of all trials fitted in one
+batched program). Values:
 mean G_50 over trials with the Student-t 95 % half-width; the aggregated row is SD-MBTL's:
 per setting (v - mean Random) / (mean Oracle - mean Random), pooled over the settings' trials.
 Results are saved after every cell, and a rerun skips the cells already in ``--out``.
@@ -26,7 +27,7 @@ import numpy as np
 
 from ctxrl.offline import mean_ci
 from ctxrl.plugins import get_host
-from ctxrl.selection import generalized_performance, myopic_oracle, replay
+from ctxrl.selection import generalized_performance, myopic_oracle, replay, replay_many
 from ctxrl.synthetic import (
     SETTINGS,
     SyntheticSetting,
@@ -102,10 +103,8 @@ def run_cell(
             order = replay(spec.factory(), trials[0], coords, K, name=name).order
             out[name] = [float(generalized_performance(m, order)[-1]) for m in trials]
             continue
-        out[name] = [
-            float(replay(spec.factory(), trials[t], coords, K, name=name).curve[-1])
-            for t in range(gp_trials)
-        ]
+        together = replay_many(spec.factory, trials[:gp_trials], coords, K, name=name)
+        out[name] = [float(result.curve[-1]) for result in together]
     return out
 
 
@@ -152,7 +151,7 @@ def table(noise: float, cells: dict[str, dict[str, list[float]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, nargs="+", default=[5.0])
-    parser.add_argument("--gp-trials", type=int, default=5)
+    parser.add_argument("--gp-trials", type=int, default=TRIALS)
     parser.add_argument("--strategies", nargs="+", default=["m-mbtl", "sd-mbtl", "mbtl-gp"])
     parser.add_argument("--settings", nargs="+", default=None, help="f=..,g=..,h=.. names")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthetic.json"))

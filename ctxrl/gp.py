@@ -12,7 +12,10 @@ performance in [0, 1]; a matrix is ``(N, N)`` with row = source, column = target
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +30,151 @@ class Posterior:
     std: np.ndarray
 
 
+_Problem = tuple[np.ndarray, np.ndarray, float, int]  # x (n, d), centred y (n,), noise, seed
+_Raw = tuple[np.ndarray, np.ndarray]  # raw lengthscale (1, d), raw outputscale ()
+
+
+class FitBatch:
+    """Where the GP fits of ``parties`` threads meet (:func:`batched_fits`): a thread that
+    needs a fit leaves its data and waits; when every live thread waits, the last to arrive
+    fits them all in one batched program (one per (rows, dimensions, restarts, iterations))
+    and wakes the others. A thread that finishes calls :meth:`leave`."""
+
+    def __init__(self, parties: int) -> None:
+        self._condition = threading.Condition()
+        self._live = parties
+        self._blocked = 0
+        self._waiting: dict[tuple[Any, ...], _Problem] = {}
+        self._done: dict[tuple[Any, ...], _Raw] = {}
+
+    def fit(self, key: tuple[Any, ...], problem: _Problem) -> _Raw:
+        """The fitted raw hyperparameters of ``problem`` (``key``: its data and settings)."""
+        with self._condition:
+            if key not in self._done:
+                self._waiting[key] = problem
+                self._blocked += 1
+                self._fit_when_all_wait()
+                while key not in self._done:
+                    self._condition.wait()
+                self._blocked -= 1
+            return self._done[key]
+
+    def leave(self) -> None:
+        """A thread is done: it will ask for no more fits."""
+        with self._condition:
+            self._live -= 1
+            self._fit_when_all_wait()
+
+    def _fit_when_all_wait(self) -> None:
+        if not self._waiting or self._blocked < self._live:
+            return
+        groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+        for key, (x, _, _, _) in self._waiting.items():
+            groups.setdefault((*x.shape, key[-2], key[-1]), []).append(key)
+        try:
+            for (_, _, restarts, iterations), keys in groups.items():
+                problems = [self._waiting[k] for k in keys]
+                fitted = _fit_kernels(
+                    np.stack([p[0] for p in problems]),
+                    np.stack([p[1] for p in problems]),
+                    np.array([p[2] for p in problems]),
+                    [p[3] for p in problems],
+                    restarts=restarts,
+                    iterations=iterations,
+                )
+                self._done.update(zip(keys, fitted, strict=True))
+        finally:
+            self._waiting.clear()
+            self._condition.notify_all()
+
+
+_BATCH: ContextVar[FitBatch | None] = ContextVar("ctxrl_gp_batch", default=None)
+
+
+@contextmanager
+def batched_fits(batch: FitBatch) -> Iterator[None]:
+    """Within this block (in the calling thread), a :class:`PerformanceGP` fits through
+    ``batch``: it waits until the batch's other threads wait too and all are fitted in one
+    batched program. Used by :func:`ctxrl.selection.replay_many` to fit the GPs of many replays
+    together. Each member of a batched fit is optimised on its own loss (the batch's summed loss
+    has each member's gradient, and Adam updates each element alone), so a member's result is
+    the one a lone fit gives (tests/test_gp.py)."""
+    token = _BATCH.set(batch)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def _initial_lengthscales(restarts: int, seed: int) -> list[float]:
+    """Starting lengthscale of each restart: 0.3, then uniform in [0.05, 2.05) drawn from a
+    generator seeded ``seed``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        0.3 if r == 0 else float(torch.rand(1, generator=generator)) * 2 + 0.05
+        for r in range(max(1, restarts))
+    ]
+
+
+def _fit_kernels(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    noise_stds: np.ndarray,
+    seeds: Sequence[int],
+    *,
+    restarts: int,
+    iterations: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fit ``P`` GPs (``xs`` ``(P, n, d)``, centred ``ys`` ``(P, n)``, fixed noise
+    ``noise_stds`` ``(P,)``) from ``restarts`` starting lengthscales each, as one batch of
+    ``P * restarts`` kernels optimised by Adam (learning rate 0.1, ``iterations`` steps) on the
+    sum of their negative marginal log likelihoods. Per problem, the restart with the lowest
+    last loss (the first on ties) wins; returns its raw ``(lengthscale (1, d), outputscale
+    ())`` parameters after the last step."""
+    import gpytorch
+    import torch
+
+    problems, n, dims = xs.shape
+    runs = max(1, restarts)
+    x = torch.as_tensor(xs, dtype=torch.float64).repeat_interleave(runs, dim=0)
+    y = torch.as_tensor(ys, dtype=torch.float64).repeat_interleave(runs, dim=0)
+    noise = torch.as_tensor(noise_stds, dtype=torch.float64).repeat_interleave(runs) ** 2
+    model, likelihood = PerformanceGP._build(x, y, noise[:, None].expand(-1, n).clone())
+    inits = [v for seed in seeds for v in _initial_lengthscales(runs, seed)]
+    # float32 starting values, as a lone model's lengthscale setter receives them
+    start = torch.tensor(inits, dtype=torch.float32)[:, None, None].expand(-1, 1, dims)
+    model.covar_module.base_kernel.lengthscale = start
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    model.train()
+    likelihood.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    loss = torch.full((problems * runs,), float("inf"), dtype=torch.float64)
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = -mll(model(x), y)
+        loss.sum().backward()
+        optimizer.step()
+    last = loss.detach().reshape(problems, runs)
+    raw_lengthscale = model.covar_module.base_kernel.raw_lengthscale.detach()
+    raw_outputscale = model.covar_module.raw_outputscale.detach()
+    out = []
+    for p in range(problems):
+        best = p * runs + int(np.argmin(last[p].numpy()))  # the first minimum
+        out.append((raw_lengthscale[best].numpy().copy(), raw_outputscale[best].numpy().copy()))
+    return out
+
+
 class PerformanceGP:
     """An exact GP (gpytorch) over training performance, fitted by maximising the marginal
     likelihood.
 
     Kernel: a scaled RBF with one lengthscale per context dimension. The observation noise is
     fixed (``noise_std``, the reference uses 0.1 on normalised performance); the outputscale
-    and lengthscales are fitted with Adam from several starting lengthscales (``restarts``),
-    keeping the best marginal likelihood.
+    and lengthscales are fitted with Adam from several starting lengthscales (``restarts``,
+    fitted together as one batch), keeping the best marginal likelihood. Inside
+    :func:`batched_fits` it is fitted together with other threads' GPs.
 
     Args:
         train_X: ``(n, d)`` unit-cube coordinates of the trained sources.
@@ -51,49 +191,63 @@ class PerformanceGP:
         iterations: int = 40,
         seed: int = 0,
     ) -> None:
-        import gpytorch
         import torch
 
-        x = torch.as_tensor(np.atleast_2d(train_X), dtype=torch.float64)
-        y = torch.as_tensor(np.asarray(train_Y, dtype=np.float64).reshape(-1))
+        x = np.atleast_2d(np.asarray(train_X, dtype=np.float64))
+        y = np.asarray(train_Y, dtype=np.float64).reshape(-1)
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(f"train_X {tuple(x.shape)} and train_Y {tuple(y.shape)} disagree")
+            raise ValueError(f"train_X {x.shape} and train_Y {y.shape} disagree")
         self.mean_offset = float(y.mean())
-        generator = torch.Generator().manual_seed(seed)
-        best_state, best_loss = None, float("inf")
-        for restart in range(max(1, restarts)):
-            model, likelihood = self._build(x, y - self.mean_offset, noise_std)
-            init = 0.3 if restart == 0 else float(torch.rand(1, generator=generator)) * 2 + 0.05
-            model.covar_module.base_kernel.lengthscale = torch.full((1, x.shape[1]), init)
-            mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-            model.train()
-            likelihood.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-            loss = torch.tensor(float("inf"))
-            for _ in range(iterations):
-                optimizer.zero_grad()
-                loss = -mll(model(x), y - self.mean_offset)
-                loss.backward()
-                optimizer.step()
-            if float(loss.detach()) < best_loss:
-                best_loss, best_state = float(loss.detach()), (model, likelihood)
-        assert best_state is not None
-        self.model, self.likelihood = best_state
+        centred = y - self.mean_offset
+        runs = max(1, restarts)
+        batch = _BATCH.get()
+        if batch is None:
+            ((raw_lengthscale, raw_outputscale),) = _fit_kernels(
+                x[None],
+                centred[None],
+                np.array([noise_std]),
+                [seed],
+                restarts=runs,
+                iterations=iterations,
+            )
+        else:
+            key = (
+                x.tobytes(),
+                centred.tobytes(),
+                x.shape,
+                float(noise_std),
+                seed,
+                runs,
+                iterations,
+            )
+            raw_lengthscale, raw_outputscale = batch.fit(key, (x, centred, float(noise_std), seed))
+        tx, ty = torch.as_tensor(x), torch.as_tensor(centred)
+        self.model, self.likelihood = self._build(
+            tx, ty, torch.full((x.shape[0],), float(noise_std) ** 2, dtype=torch.float64)
+        )
+        kernel = self.model.covar_module
+        with torch.no_grad():
+            kernel.base_kernel.raw_lengthscale.copy_(torch.as_tensor(raw_lengthscale))
+            kernel.raw_outputscale.copy_(torch.as_tensor(raw_outputscale))
         self.model.eval()
         self.likelihood.eval()
 
     @staticmethod
-    def _build(x: Any, y: Any, noise_std: float) -> tuple[Any, Any]:
+    def _build(x: Any, y: Any, noise: Any) -> tuple[Any, Any]:
+        """An exact GP on ``x`` ``(..., n, d)``, ``y`` ``(..., n)`` with fixed noise variance
+        ``noise`` ``(..., n)``; leading dimensions are a batch of independent GPs."""
         import gpytorch
-        import torch
+
+        batch_shape = x.shape[:-2]
 
         class _ExactGP(gpytorch.models.ExactGP):  # type: ignore[misc]
             def __init__(self, train_x: object, train_y: object, likelihood: object) -> None:
                 super().__init__(train_x, train_y, likelihood)
-                self.mean_module = gpytorch.means.ZeroMean()
+                self.mean_module = gpytorch.means.ZeroMean(batch_shape=batch_shape)
                 dims = train_x.shape[-1]  # type: ignore[attr-defined]
                 self.covar_module = gpytorch.kernels.ScaleKernel(
-                    gpytorch.kernels.RBFKernel(ard_num_dims=dims)
+                    gpytorch.kernels.RBFKernel(ard_num_dims=dims, batch_shape=batch_shape),
+                    batch_shape=batch_shape,
                 )
 
             def forward(self, inputs: object) -> object:
@@ -101,8 +255,9 @@ class PerformanceGP:
                     self.mean_module(inputs), self.covar_module(inputs)
                 )
 
-        noise = torch.full((y.shape[0],), noise_std**2, dtype=torch.float64)
-        likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
+        likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
+            noise=noise, batch_shape=batch_shape
+        )
         model = _ExactGP(x, y, likelihood).double()
         return model, likelihood
 

@@ -11,6 +11,7 @@ matrices, or a CSV of feature columns) or a grid shape; without them a matrix is
 from __future__ import annotations
 
 import csv
+import functools
 import inspect
 import json
 import math
@@ -24,7 +25,7 @@ import yaml
 
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import Registry, StrategySpec
-from ctxrl.selection import myopic_oracle, replay
+from ctxrl.selection import myopic_oracle, replay_many
 
 MATRIX_SUFFIXES = (".csv", ".npy")
 CONTEXTS_FILE = "contexts.json"
@@ -315,19 +316,20 @@ def replay_trials(
     for name, spec in specs.items():
         runs = repeats if spec.stochastic else 1
         curves, spread, orders = [], [], []
-        for matrix in trials:
-            results = [
-                replay(
-                    spec.factory(**(options or {}).get(name, {})),
-                    matrix,
-                    coords,
-                    budget,
-                    seed=seed,
-                    name=name,
-                    full_knowledge=spec.requires_full_matrix,
-                )
-                for seed in range(runs)
-            ]
+        make = functools.partial(spec.factory, **(options or {}).get(name, {}))
+        per_seed = [
+            replay_many(
+                make,
+                trials,
+                coords,
+                budget,
+                seed=seed,
+                name=name,
+                full_knowledge=spec.requires_full_matrix,
+            )
+            for seed in range(runs)
+        ]
+        for results in zip(*per_seed, strict=True):
             curves.append(np.mean([r.curve for r in results], axis=0))
             spread.append(np.std([r.curve for r in results], axis=0))
             orders.append(list(results[0].order))

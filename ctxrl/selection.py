@@ -8,7 +8,8 @@ row = source, column = target), the generalized performance after choosing sourc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -136,6 +137,41 @@ class SelectionResult:
     seed: int
 
 
+def _initial_state(
+    matrix: np.ndarray,
+    coords: np.ndarray,
+    budget: int,
+    *,
+    seed: int,
+    full_knowledge: bool,
+    batch_size: int,
+) -> SelectionState:
+    n = matrix.shape[0]
+    if matrix.shape != (n, n):
+        raise CtxrlError(f"selection needs a square matrix, got shape {matrix.shape}")
+    if not 1 <= budget <= n:
+        raise CtxrlError(f"budget K = {budget} must be between 1 and N = {n}")
+    return SelectionState(
+        coords=np.asarray(coords, dtype=np.float64).reshape(n, -1),
+        budget=budget,
+        rng=np.random.default_rng(seed),
+        full_matrix=matrix if full_knowledge else None,
+        batch_size=batch_size,
+    )
+
+
+def _reveal(state: SelectionState, proposal: Sequence[int], matrix: np.ndarray, name: str) -> None:
+    """Add a proposal's sources to ``state`` and reveal their rows of ``matrix``."""
+    proposal = list(proposal)[: state.budget - state.k]
+    if not proposal:
+        raise CtxrlError(f"strategy {name!r} proposed nothing at step {state.k + 1}")
+    for index in proposal:
+        if not 0 <= int(index) < state.n:
+            raise CtxrlError(f"strategy {name!r} proposed index {index} outside 0..{state.n - 1}")
+        state.selected.append(int(index))
+        state.rows[int(index)] = matrix[int(index)]
+
+
 def replay(
     strategy: Strategy,
     matrix: np.ndarray,
@@ -155,30 +191,82 @@ def replay(
         budget: ``K``, number of sources to choose; ``1 <= K <= N``.
         full_knowledge: give the strategy the whole matrix (oracles only).
     """
-    n = matrix.shape[0]
-    if matrix.shape != (n, n):
-        raise CtxrlError(f"selection needs a square matrix, got shape {matrix.shape}")
-    if not 1 <= budget <= n:
-        raise CtxrlError(f"budget K = {budget} must be between 1 and N = {n}")
-    coords = np.asarray(coords, dtype=np.float64).reshape(n, -1)
-    state = SelectionState(
-        coords=coords,
-        budget=budget,
-        rng=np.random.default_rng(seed),
-        full_matrix=matrix if full_knowledge else None,
-        batch_size=batch_size,
+    state = _initial_state(
+        matrix, coords, budget, seed=seed, full_knowledge=full_knowledge, batch_size=batch_size
     )
     while state.k < budget:
-        proposal = list(strategy.propose(state))[: budget - state.k]
-        if not proposal:
-            raise CtxrlError(f"strategy {name!r} proposed nothing at step {state.k + 1}")
-        for index in proposal:
-            if not 0 <= int(index) < n:
-                raise CtxrlError(f"strategy {name!r} proposed index {index} outside 0..{n - 1}")
-            state.selected.append(int(index))
-            state.rows[int(index)] = matrix[int(index)]
+        _reveal(state, strategy.propose(state), matrix, name)
     order = tuple(state.selected)
     return SelectionResult(name, order, generalized_performance(matrix, order), seed)
+
+
+def replay_many(
+    make_strategy: Callable[[], Strategy],
+    matrices: Sequence[np.ndarray] | np.ndarray,
+    coords: np.ndarray,
+    budget: int,
+    *,
+    seed: int = 0,
+    name: str = "",
+    full_knowledge: bool = False,
+    batch_size: int = 1,
+) -> list[SelectionResult]:
+    """:func:`replay` of a fresh strategy on each of ``T`` matrices ``(T, N, N)``, together.
+
+    Each replay runs in its own thread; the Gaussian processes their strategies fit
+    (:class:`ctxrl.gp.PerformanceGP`) are fitted together, one batched program per round in
+    which every replay waits for a fit (:func:`ctxrl.gp.batched_fits`), instead of one by one,
+    so GP strategies replay many trial or seed matrices in about the time of one. The results
+    are those of :func:`replay` on each matrix (tests/test_selection.py); the first error of
+    any replay is raised once all have stopped.
+    """
+    from ctxrl.gp import FitBatch, batched_fits
+
+    if len(matrices) == 1:
+        return [
+            replay(
+                make_strategy(),
+                matrices[0],
+                coords,
+                budget,
+                seed=seed,
+                name=name,
+                full_knowledge=full_knowledge,
+                batch_size=batch_size,
+            )
+        ]
+    batch = FitBatch(len(matrices))
+    results: list[SelectionResult | None] = [None] * len(matrices)
+    errors: list[BaseException] = []
+
+    def one(t: int) -> None:
+        try:
+            with batched_fits(batch):
+                results[t] = replay(
+                    make_strategy(),
+                    matrices[t],
+                    coords,
+                    budget,
+                    seed=seed,
+                    name=name,
+                    full_knowledge=full_knowledge,
+                    batch_size=batch_size,
+                )
+        except BaseException as exc:  # raised in the caller's thread below
+            errors.append(exc)
+        finally:
+            batch.leave()
+
+    threads = [
+        threading.Thread(target=one, args=(t,), name=f"replay-{t}") for t in range(len(matrices))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
 
 
 def nearest_index(values: np.ndarray, aim: float) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 from ctxrl import CtxrlError, generalized_performance
 from ctxrl.plugins import get_host
-from ctxrl.selection import replay
+from ctxrl.selection import SelectionState, replay, replay_many
 from ctxrl.testing import StrategyContract
 
 
@@ -115,3 +115,67 @@ class TestEveryRegisteredStrategy(StrategyContract):
     @pytest.fixture
     def strategy_spec(self, name: str):
         return get_host().registry.strategy(name)
+
+
+def _noisy_mountains(trials: int, n: int = 20) -> np.ndarray:
+    """``(trials, n, n)`` 1-D mountains of different heights with noise."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(0.0, 1.0, n)
+    base = np.clip(0.9 - 0.8 * np.abs(x[:, None] - x[None, :]), 0.0, 1.0)
+    return np.clip(base[None] + rng.normal(0.0, 0.05, (trials, n, n)), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["mbtl-gp", "sd-mbtl", "random"])
+def test_replaying_many_matrices_together_equals_replaying_each(name: str) -> None:
+    """The lockstep replay fits the trials' GPs in batches; each trial's order and curve are
+    those of its lone replay, bit for bit."""
+    spec = get_host().registry.strategy(name)
+    matrices = _noisy_mountains(3)
+    coords = np.linspace(0.0, 1.0, 20)[:, None]
+    together = replay_many(spec.factory, matrices, coords, 8, seed=4, name=name)
+    for matrix, result in zip(matrices, together, strict=True):
+        alone = replay(spec.factory(), matrix, coords, 8, seed=4, name=name)
+        assert result.order == alone.order
+        np.testing.assert_array_equal(result.curve, alone.curve)
+
+
+def test_replaying_many_fits_each_steps_gps_in_one_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ctxrl.gp
+
+    calls: list[int] = []
+    fit = ctxrl.gp._fit_kernels
+
+    def counted(xs: np.ndarray, *args: object, **kwargs: object) -> object:
+        calls.append(xs.shape[0])
+        return fit(xs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ctxrl.gp, "_fit_kernels", counted)
+    spec = get_host().registry.strategy("mbtl-gp")
+    replay_many(spec.factory, _noisy_mountains(4), np.linspace(0, 1, 20)[:, None], 6)
+    # steps 2..6: one program per step fits the 4 trials' GPs; at step 2 each trial's GP has
+    # one point, the same middle source, whose centred value is 0: one problem, fitted once
+    assert calls == [1, 4, 4, 4, 4]
+
+
+def test_a_failing_replay_stops_with_its_error_while_the_others_finish() -> None:
+    """One trial's strategy fails mid-replay; the trials waiting for a batched GP fit are not
+    left waiting for it, and its error reaches the caller."""
+    from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+    made: list[int] = []
+
+    class FailsOnSecondTrial(MBTLStrategy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.number = len(made)
+            made.append(self.number)
+
+        def propose(self, state: SelectionState) -> list[int]:
+            if self.number == 1 and state.k == 3:
+                raise CtxrlError("trial 1 fails at step 4")
+            return super().propose(state)
+
+    with pytest.raises(CtxrlError, match="trial 1 fails"):
+        replay_many(FailsOnSecondTrial, _noisy_mountains(3), np.linspace(0, 1, 20)[:, None], 6)
