@@ -258,7 +258,8 @@ def replay_many(
             batch.leave()
 
     threads = [
-        threading.Thread(target=one, args=(t,), name=f"replay-{t}") for t in range(len(matrices))
+        threading.Thread(target=one, args=(t,), name=f"replay-{t}", daemon=True)
+        for t in range(len(matrices))
     ]
     for thread in threads:
         thread.start()
