@@ -46,17 +46,21 @@ class FitBatch:
         self._blocked = 0
         self._waiting: dict[tuple[Any, ...], _Problem] = {}
         self._done: dict[tuple[Any, ...], _Raw] = {}
+        self._failed: dict[tuple[Any, ...], Exception] = {}
 
     def fit(self, key: tuple[Any, ...], problem: _Problem) -> _Raw:
-        """The fitted raw hyperparameters of ``problem`` (``key``: its data and settings)."""
+        """The fitted raw hyperparameters of ``problem`` (``key``: its data and settings);
+        raises the error of its batched fit if that failed."""
         with self._condition:
-            if key not in self._done:
+            if key not in self._done and key not in self._failed:
                 self._waiting[key] = problem
                 self._blocked += 1
                 self._fit_when_all_wait()
-                while key not in self._done:
+                while key not in self._done and key not in self._failed:
                     self._condition.wait()
                 self._blocked -= 1
+            if key in self._failed:
+                raise self._failed[key]
             return self._done[key]
 
     def leave(self) -> None:
@@ -71,21 +75,28 @@ class FitBatch:
         groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         for key, (x, _, _, _) in self._waiting.items():
             groups.setdefault((*x.shape, key[-2], key[-1]), []).append(key)
-        try:
-            for (_, _, restarts, iterations), keys in groups.items():
-                problems = [self._waiting[k] for k in keys]
-                fitted = _fit_kernels(
-                    np.stack([p[0] for p in problems]),
-                    np.stack([p[1] for p in problems]),
-                    np.array([p[2] for p in problems]),
-                    [p[3] for p in problems],
-                    restarts=restarts,
-                    iterations=iterations,
-                )
-                self._done.update(zip(keys, fitted, strict=True))
-        finally:
-            self._waiting.clear()
-            self._condition.notify_all()
+        for (_, _, restarts, iterations), keys in groups.items():
+            try:
+                self._done.update(zip(keys, self._fit(keys, restarts, iterations), strict=True))
+            except Exception:  # one bad problem fails the batch: fit each alone to find it
+                for key in keys:
+                    try:
+                        (self._done[key],) = self._fit([key], restarts, iterations)
+                    except Exception as exc:  # its thread raises it; none waits forever
+                        self._failed[key] = exc
+        self._waiting.clear()
+        self._condition.notify_all()
+
+    def _fit(self, keys: list[tuple[Any, ...]], restarts: int, iterations: int) -> list[_Raw]:
+        problems = [self._waiting[k] for k in keys]
+        return _fit_kernels(
+            np.stack([p[0] for p in problems]),
+            np.stack([p[1] for p in problems]),
+            np.array([p[2] for p in problems]),
+            [p[3] for p in problems],
+            restarts=restarts,
+            iterations=iterations,
+        )
 
 
 _BATCH: ContextVar[FitBatch | None] = ContextVar("ctxrl_gp_batch", default=None)
@@ -98,7 +109,7 @@ def batched_fits(batch: FitBatch) -> Iterator[None]:
     batched program. Used by :func:`ctxrl.selection.replay_many` to fit the GPs of many replays
     together. Each member of a batched fit is optimised on its own loss (the batch's summed loss
     has each member's gradient, and Adam updates each element alone), so a member's result is
-    the one a lone fit gives (tests/test_gp.py)."""
+    the one a lone fit gives (tests/test_selection.py)."""
     token = _BATCH.set(batch)
     try:
         yield

@@ -179,3 +179,31 @@ def test_a_failing_replay_stops_with_its_error_while_the_others_finish() -> None
 
     with pytest.raises(CtxrlError, match="trial 1 fails"):
         replay_many(FailsOnSecondTrial, _noisy_mountains(3), np.linspace(0, 1, 20)[:, None], 6)
+
+
+def test_a_gp_fit_that_fails_raises_in_its_replay_instead_of_hanging_the_rest() -> None:
+    """Trial 1's diagonal is NaN, so its GP cannot be fitted; fitted in a batch with the
+    other trials' GPs, its error still reaches the caller (the batch is refitted one by one
+    to find the bad problem) and no replay is left waiting."""
+    import threading
+
+    matrices = _noisy_mountains(3)
+    bad = matrices.copy()
+    np.fill_diagonal(bad[1], np.nan)
+    spec = get_host().registry.strategy("mbtl-gp")
+    coords = np.linspace(0, 1, 20)[:, None]
+    with pytest.raises(Exception) as alone:
+        replay(spec.factory(), bad[1], coords, 4)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            replay_many(spec.factory, bad, coords, 4)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "replay_many hung on a failed fit"
+    assert len(outcome) == 1 and type(outcome[0]) is type(alone.value)
