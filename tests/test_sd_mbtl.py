@@ -154,3 +154,31 @@ def test_sd_mbtl_reaches_the_mountain_branch_on_a_synthetic_mountain() -> None:
         state.rows = {p: matrix[p] for p in picks}
         strategy.propose(state)
         assert strategy.trace()["branch"] == branch, setting.name
+
+
+def test_predictive_spread_adds_the_observation_noise_to_each_candidates_uncertainty() -> None:
+    """``spread: predictive`` scores a candidate with ``sqrt(sigma^2 + noise_std^2)``, the
+    deviation of the noisy row it would measure (SD-MBTL's GP branch, its default); the GP mean
+    is unchanged. A value that is neither is refused by name."""
+    from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+    n = 15
+    x = np.linspace(0.0, 1.0, n)
+    matrix = np.clip(0.3 + 0.5 * x[:, None] - 0.6 * np.abs(x[:, None] - x[None, :]), 0, 1)
+    traces = {}
+    for spread in ("latent", "predictive"):
+        state = SelectionState(coords=x[:, None], budget=6, rng=np.random.default_rng(0))
+        for source in (7, 0, 14):
+            state.selected.append(source)
+            state.rows[source] = matrix[source]
+        strategy = MBTLStrategy(noise_std=0.05, spread=spread)
+        strategy.propose(state)
+        traces[spread] = strategy.trace()["gp"]
+    latent, predictive = traces["latent"], traces["predictive"]
+    np.testing.assert_allclose(predictive["mean"], latent["mean"])
+    np.testing.assert_allclose(
+        np.square(predictive["std"]), np.square(latent["std"]) + 0.05**2, rtol=1e-9
+    )
+    assert get_host().registry.strategy("sd-mbtl").factory().gp.spread == "predictive"
+    with pytest.raises(CtxrlError, match="spread 'wide'"):
+        MBTLStrategy(spread="wide")

@@ -166,7 +166,8 @@ class SDMBTLStrategy:
         min_rows: the structure is decided once more than this many rows are observed (the
             reference: 5); before that the M-MBTL branch runs, as in the reference.
         mountain_threshold: the ``spearman`` detection's threshold.
-        **gp_options: options of ``mbtl-gp`` for the GP branch (default ``slopes: signed``).
+        **gp_options: options of ``mbtl-gp`` for the GP branch (defaults ``slopes: signed``,
+            ``spread: predictive``, as the reference's GP-MBTL).
     """
 
     def __init__(
@@ -196,9 +197,11 @@ class SDMBTLStrategy:
         self._clusterer: SequentialClustering | None = None
         self.min_rows = int(min_rows)
         self.mountain_threshold = float(mountain_threshold)
-        # the GP branch fits signed slopes, as SD-MBTL's GP-MBTL does: its non-Mountain
-        # structures may rise away from the source (benchmarks/RESULTS.md)
-        self.gp = MBTLStrategy(**{"slopes": "signed", **gp_options})  # type: ignore[arg-type]
+        # the GP branch as SD-MBTL's reference code runs it: signed slopes (its non-Mountain
+        # structures may rise away from the source) and a candidate's uncertainty including
+        # the observation noise (benchmarks/RESULTS.md, the synthetic benchmark)
+        defaults = {"slopes": "signed", "spread": "predictive"}
+        self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
 
     def _decide(self, state: SelectionState) -> tuple[bool, dict[str, Any]]:
