@@ -34,8 +34,11 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def _sumo_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "sumo"], capture_output=True, text=True)
+def _sumo_pids(parent: int | None = None) -> set[int]:
+    """Running SUMO processes; with ``parent``, only those it started (test workers running
+    in parallel start and end their own)."""
+    own = ["-P", str(parent)] if parent is not None else []
+    out = subprocess.run(["pgrep", "-x", *own, "sumo"], capture_output=True, text=True)
     return {int(pid) for pid in out.stdout.split()}
 
 
@@ -107,7 +110,7 @@ def test_longer_road_means_longer_travel_times(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
-    before = len(_sumo_pids())
+    before = _sumo_pids(parent=os.getpid())
     spec = get_host().registry.env("TrafficSignal")
     with pytest.raises(ContextError, match=r"'inflow' = 0.0 is outside the allowed range"):
         spec.make({"inflow": 0.0})
@@ -119,7 +122,7 @@ def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
     env.reset(seed=1)
     env.step(0)
     env.close()
-    assert len(_sumo_pids()) == before
+    assert _sumo_pids(parent=os.getpid()) == before
     leftovers = [p for p in Path(os.environ["CTXRL_CACHE_DIR"]).rglob(".*") if p.name != ".."]
     assert leftovers == []  # no half-built scenario directories
 
@@ -173,7 +176,7 @@ def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: P
 
 
 def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:
-    before = len(_sumo_pids())
+    before = _sumo_pids()
     spec = get_host().registry.env("TrafficSignal")
     with pytest.raises(CtxrlError, match="No option with the name 'no-such-sumo-option'"):
         spec.make(num_seconds=60, sumo_args=["--no-such-sumo-option"])
@@ -193,7 +196,7 @@ def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_pa
     result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 2
     assert "env_options" in result.stderr and "no-such-sumo-option" in result.stderr
-    assert len(_sumo_pids()) == before
+    assert _gone(before)  # (other test workers' SUMO processes come and go meanwhile)
 
 
 def _running_simulations(before: set[int], count: int, sweep: subprocess.Popen[str]) -> set[int]:
