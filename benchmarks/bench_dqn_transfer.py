@@ -6,12 +6,13 @@
 Runs ``ctxrl transfer dqn`` on Catch v0 (paddle 5), v1 (paddle 2), v2 (noisy background), v3
 (mirrored): every (source, target) pair, arms scratch / fine-tune / only-head / hybrid /
 keep-head (or the ``--arms`` given), batched DQN (plain, Double, Dueling), ``--seeds`` seeds.
-The study resumes: rerun the same command after an interruption (its wall time is the sum, kept in
-the run directory's ``timing.json``, of every process's training time). Variants can run as
-separate processes (``--variants dqn`` on one core, ``--variants double`` on another, each its own
-run directory). Prints, per variant:
+Each variant is a study of its own (its own run directory under ``--output``), so variants can run
+as separate processes (``--variants dqn`` in one, ``--variants double`` in another) and a later run
+with all of them reuses the stored ones. A study resumes: rerun the same command after an
+interruption (its wall time is the sum, kept in the run directory's ``timing.json``, of every
+process's training time). Prints, and writes to ``OUTPUT/catch-tables.md``:
 
-- the cross-transfer signs of fine-tuning (the paper: all 12 Catch pairs negative);
+- the cross-transfer verdicts of each transfer arm (the paper: all 12 Catch pairs negative);
 - self-transfer area ratio r for only-head and fine-tuning next to the paper's
   (v0 0.05 / 0.017, v1 0.141 / -0.218, v2 0.674 / 0.393, v3 0.059 / -0.236; DQN, their
   budget and network, which differ from ours: see benchmarks/RESULTS.md);
@@ -26,6 +27,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +40,7 @@ from ctxrl_plugins.transfer.dqn_transferability import (
 )
 from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
 
+VERDICTS = ("positive", "negative", "absent")
 PAPER_SELF = {  # (only-head r, fine-tuning r), DQN, Sabatelli and Geurts 2021
     "v0": (0.05, 0.017),
     "v1": (0.141, -0.218),
@@ -64,6 +67,62 @@ DQN = {  # batched DQN sized for Catch (tests/test_catch.py: 0.85 caught after 2
 }
 
 
+def study_config(args: argparse.Namespace, variant: str) -> StudyConfig:
+    """One variant's study (its own run directory, so variants can run as separate
+    processes and a rerun with more variants reuses the stored ones)."""
+    return StudyConfig.model_validate(
+        {
+            "env": "Catch",
+            "contexts": CONTEXTS,
+            "algorithm": DQN,
+            "variants": [variant],
+            "arms": args.arms,
+            "seeds": list(range(args.seeds)),
+            "train_steps": args.steps,
+            "curve_every": args.every,
+            "curve_episodes": 20,
+            "output_dir": str(args.output),
+        }
+    )
+
+
+def _interval(cell: list[float]) -> str:
+    return f"{cell[0]:+.3f} [{cell[1]:+.3f}, {cell[2]:+.3f}]"
+
+
+def tables(metrics: dict[str, Any], names: list[str]) -> str:
+    """Markdown: cross-transfer verdicts per (variant, arm) and the self-transfer area ratios
+    next to the paper's, from each variant's ``metrics.json``."""
+    cross = [(s, t) for s in range(len(names)) for t in range(len(names)) if s != t]
+    lines = [
+        "| DQN variant | arm | cross-transfer pairs: positive / negative / absent | mean r "
+        "| min .. max r |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, arms in metrics.items():
+        for arm, data in arms.items():
+            r = np.array(data["matrices"]["area_ratio"], dtype=float)[..., 0]
+            verdicts = data["verdicts"]
+            counts = [sum(verdicts[s][t] == v for s, t in cross) for v in VERDICTS]
+            values = [r[s, t] for s, t in cross]
+            lines.append(
+                f"| {variant} | {arm} | {' / '.join(map(str, counts))} | {np.mean(values):+.3f} "
+                f"| {min(values):+.3f} .. {max(values):+.3f} |"
+            )
+    lines.append(f"\n(paper, DQN on Catch: all {len(cross)} cross-transfer pairs negative)\n")
+    shown = [(v, a) for v in metrics for a in ("only-head", "fine-tune") if a in metrics[v]]
+    lines.append(
+        "| Catch | " + " | ".join(f"{v} {a} r [95% CI]" for v, a in shown) + " | paper DQN "
+        "only-head / fine-tune |"
+    )
+    lines.append("|---" * (len(shown) + 2) + "|")
+    for i, name in enumerate(names):
+        cells = [_interval(metrics[v][a]["matrices"]["area_ratio"][i][i]) for v, a in shown]
+        paper = PAPER_SELF[name]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {paper[0]:+.3f} / {paper[1]:+.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
@@ -73,66 +132,42 @@ def main() -> None:
     parser.add_argument(
         "--arms", nargs="*", default=["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
     )
-    parser.add_argument("--one-by-one", type=int, default=2, help="agents timed alone")
+    parser.add_argument("--one-by-one", type=int, default=2, help="agents timed alone (0: none)")
     parser.add_argument("--output", type=Path, default=Path("runs/bench-dqn-transfer"))
     args = parser.parse_args()
-    config = StudyConfig.model_validate(
-        {
-            "env": "Catch",
-            "contexts": CONTEXTS,
-            "algorithm": DQN,
-            "variants": args.variants,
-            "arms": args.arms,
-            "seeds": list(range(args.seeds)),
-            "train_steps": args.steps,
-            "curve_every": args.every,
-            "curve_episodes": 20,
-            "output_dir": str(args.output),
-        }
-    )
     registry = get_host().registry
-    plan = resolve_study(config, registry)
-    runner = StudyRunner(
-        plan,
-        registry,
-        progress=lambda label, d, t: (
-            None if d % max(1, t // 4) else print(f"  {label}: {d}/{t}", flush=True)
-        ),
-    )
-    results = runner.run()
-    study_s = sum(runner.timing().values())  # every process's training time, summed
-    write_outputs(plan, results, runner.run_dir)
-    metrics = json.loads((runner.run_dir / "exports" / "metrics.json").read_text())
-    agents = sum(r.curves.shape[0] for arms in results.values() for r in arms.values())
-    print(
-        f"study: {agents} agents x {args.steps:,} steps in {study_s:.0f} s of training "
-        f"(summed over the processes that ran it); {runner.run_dir}"
-    )
-    for variant, arms in metrics["variants"].items():
-        names = metrics["names"]
-        fine = np.array(arms["fine-tune"]["matrices"]["area_ratio"], dtype=float)
-        only = np.array(arms["only-head"]["matrices"]["area_ratio"], dtype=float)
-        verdicts = arms["fine-tune"]["verdicts"]
-        cross = [(s, t) for s in range(len(names)) for t in range(len(names)) if s != t]
-        signs = {
-            v: sum(verdicts[s][t] == v for s, t in cross)
-            for v in ("positive", "negative", "absent")
-        }
-        print(
-            f"\n{variant}: fine-tune cross-transfer over {len(cross)} pairs: {signs} "
-            f"(paper, DQN: 12 negative); mean r {np.mean([fine[s, t, 0] for s, t in cross]):+.3f}"
+    metrics: dict[str, Any] = {}
+    study_s, agents, names = 0.0, 0, [str(c["name"]) for c in CONTEXTS]
+    for variant in args.variants:
+        plan = resolve_study(study_config(args, variant), registry)
+        runner = StudyRunner(
+            plan,
+            registry,
+            progress=lambda label, d, t: (
+                None if d % max(1, t // 4) else print(f"  {label}: {d}/{t}", flush=True)
+            ),
         )
-        print("| variant | only-head r [95% CI] | paper | fine-tune r [95% CI] | paper |")
-        print("|---|---|---|---|---|")
-        for i, name in enumerate(names):
-            paper = PAPER_SELF[name]
-            print(
-                f"| {name} | {only[i, i, 0]:+.3f} [{only[i, i, 1]:+.3f}, {only[i, i, 2]:+.3f}] "
-                f"| {paper[0]:+.3f} | {fine[i, i, 0]:+.3f} [{fine[i, i, 1]:+.3f}, "
-                f"{fine[i, i, 2]:+.3f}] | {paper[1]:+.3f} |"
-            )
+        results = runner.run()
+        write_outputs(plan, results, runner.run_dir)
+        exported = json.loads((runner.run_dir / "exports" / "metrics.json").read_text())
+        metrics[variant] = exported["variants"][variant]
+        seconds = sum(runner.timing().values())  # every process's training time, summed
+        count = sum(r.curves.shape[0] for r in results[variant].values())
+        study_s, agents = study_s + seconds, agents + count
+        print(
+            f"{variant}: {count} agents x {args.steps:,} steps in {seconds:.0f} s of training "
+            f"(summed over the processes that ran it); {runner.run_dir}",
+            flush=True,
+        )
+    summary = tables(metrics, names)
+    print("\n" + summary)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "catch-tables.md").write_text(summary + "\n")
+    if args.one_by_one < 1:
+        return
     # the same agents one by one: a few scratch agents alone, timed in this script
-    algorithm = registry.algorithm("batched-dqn").factory(
+    plan = resolve_study(study_config(args, args.variants[0]), registry)
+    algorithm: Any = registry.algorithm("batched-dqn").factory(
         {**plan.params, **VARIANT_PARAMS[args.variants[0]]}, device="cpu", env=plan.env
     )
     started = time.perf_counter()
@@ -140,14 +175,13 @@ def main() -> None:
         algorithm.train_many(plan.env, [plan.contexts[0]], [seed], total_steps=args.steps)
     alone_s = (time.perf_counter() - started) / args.one_by_one
     print(
-        f"\none agent alone: {alone_s:.1f} s (mean of {args.one_by_one}, no learning curve); "
-        f"{agents} agents one by one: ~{alone_s * agents:.0f} s"
+        f"\none {args.variants[0]} agent alone: {alone_s:.1f} s (mean of {args.one_by_one}, no "
+        f"learning curve); {agents} agents one by one: ~{alone_s * agents:.0f} s"
     )
-    if study_s > 1:
-        print(
-            f"study in batched programs: {study_s:.0f} s, {alone_s * agents / study_s:.1f}x "
-            "faster than one by one (the study also evaluates its learning curves)"
-        )
+    print(
+        f"study in batched programs: {study_s:.0f} s, {alone_s * agents / max(study_s, 1e-9):.1f}x "
+        "faster than one by one (the study also evaluates its learning curves)"
+    )
 
 
 if __name__ == "__main__":
