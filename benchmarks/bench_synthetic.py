@@ -8,17 +8,19 @@ draws), normalised with one min-max over the 100 trials of a setting as the refe
 Columns: Random (the reference's procedure: one order per trial, :func:`reference_random_order`)
 and the Myopic Oracle (one greedy order on the trial-mean matrix) on all 100 trials; ``m-mbtl``
 on all 100 trials (its order does not depend on the rows: replayed once); the GP strategies
-(``mbtl-gp``, ``sd-mbtl``) on the first ``--gp-trials`` trials (default all 100), replayed
-together (:func:`ctxrl.selection.replay_many`: each step's GPs of all trials fitted in one
-batched program). Values:
-mean G_50 over trials with the Student-t 95 % half-width; the aggregated row is SD-MBTL's:
-per setting (v - mean Random) / (mean Oracle - mean Random), pooled over the settings' trials.
+(``mbtl-gp``, ``sd-mbtl``, and ``mbtl-gp-reference``: ``mbtl-gp`` with the options that make
+it the reference's GP-MBTL, see ``VARIANTS``) on the first ``--gp-trials`` trials (default all
+100), replayed together (:func:`ctxrl.selection.replay_many`: each step's GPs of all trials
+fitted in one batched program). Values: mean G_50 over trials with the Student-t 95 %
+half-width; the aggregated row is SD-MBTL's: per setting (v - mean Random) / (mean Oracle -
+mean Random), pooled over the settings' trials.
 Results are saved after every cell, and a rerun skips the cells already in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -77,7 +79,23 @@ PUBLISHED: dict[float, list[tuple[float, float, float, float, float]]] = {
         (0.0, 0.2127, 0.0147, 0.3099, 1.0),
     ],
 }
-COLUMNS = ("random", "mbtl-gp", "m-mbtl", "sd-mbtl", "myopic-oracle")
+COLUMNS = ("random", "mbtl-gp", "mbtl-gp-reference", "m-mbtl", "sd-mbtl", "myopic-oracle")
+# each column's published counterpart (index into a PUBLISHED row)
+PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
+    "mbtl-gp-reference": 1,
+    "m-mbtl": 2,
+    "sd-mbtl": 3,
+    "myopic-oracle": 4,
+}
+# columns that are a registered strategy with options: ``mbtl-gp-reference`` is ctxrl's
+# MBTL-GP run as SD-MBTL's reference code runs its GP-MBTL column (rounded-mean first source,
+# worst-covered 2nd and 3rd, signed least-squares slopes, the observation noise in the spread)
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "mbtl-gp-reference": (
+        "mbtl-gp",
+        {"start": "reference", "slopes": "signed", "spread": "predictive"},
+    ),
+}
 
 
 def run_cell(
@@ -98,12 +116,14 @@ def run_cell(
     ]
     out["myopic-oracle"] = myopic_oracle(trials, K)[1][:, -1].tolist()
     for name in strategies:
-        spec = registry.strategy(name)
+        base, options = VARIANTS.get(name, (name, {}))
+        spec = registry.strategy(base)
         if name == "m-mbtl":  # its order ignores the rows: one replay, scored on every trial
             order = replay(spec.factory(), trials[0], coords, K, name=name).order
             out[name] = [float(generalized_performance(m, order)[-1]) for m in trials]
             continue
-        together = replay_many(spec.factory, trials[:gp_trials], coords, K, name=name)
+        make = functools.partial(spec.factory, **options)
+        together = replay_many(make, trials[:gp_trials], coords, K, name=name)
         out[name] = [float(result.curve[-1]) for result in together]
     return out
 
@@ -130,19 +150,19 @@ def table(noise: float, cells: dict[str, dict[str, list[float]]]) -> str:
         if cell is None:
             continue
         values = []
-        for col, name in enumerate(COLUMNS):
+        for name in COLUMNS:
             if name not in cell:
                 values.append("-")
                 continue
             mean, half = mean_ci(np.array(cell[name]))
-            paper = f" ({published[row][col]:.4f})" if published else ""
+            paper = f" ({published[row][PUBLISHED_COLUMN[name]]:.4f})" if published else ""
             values.append(f"{mean:.4f} ± {half:.4f}{paper} [{len(cell[name])}]")
         shade = " (Mountain)" if setting.mountain else ""
         lines.append(f"| {setting.name}{shade} | " + " | ".join(values) + " |")
     agg = []
-    for col, name in enumerate(COLUMNS):
+    for name in COLUMNS:
         mean, half = aggregated(cells, name)
-        paper = f" ({published[8][col]:.4f})" if published else ""
+        paper = f" ({published[8][PUBLISHED_COLUMN[name]]:.4f})" if published else ""
         agg.append(f"{mean:.4f} ± {half:.4f}{paper}")
     lines.append("| aggregated | " + " | ".join(agg) + " |")
     return "\n".join(lines)

@@ -182,3 +182,28 @@ def test_predictive_spread_adds_the_observation_noise_to_each_candidates_uncerta
     assert get_host().registry.strategy("sd-mbtl").factory().gp.spread == "predictive"
     with pytest.raises(CtxrlError, match="spread 'wide'"):
         MBTLStrategy(spread="wide")
+
+
+def test_reference_start_takes_the_rounded_mean_then_the_worst_covered_targets() -> None:
+    """``start: reference`` (SD-MBTL's GP-MBTL): on the 8 x 8 x 8 grid the first source is
+    the rounded mean (4, 4, 4), not the middle rule's (3, 3, 3); the 2nd and 3rd are the
+    targets with the lowest best observed entry, chosen ones skipped; then the acquisition."""
+    from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+    coords = grid_points() / 7.0
+    raw = synthetic_matrix(SyntheticSetting("linear", "none", "l1"), 5.0, 0)
+    matrix = (raw - raw.min()) / (raw.max() - raw.min())
+    middle = replay(MBTLStrategy(), matrix, coords, 1)
+    assert middle.order == (64 * 3 + 8 * 3 + 3,)
+    strategy = MBTLStrategy(start="reference", slopes="signed", spread="predictive")
+    result = replay(strategy, matrix, coords, 4)
+    first = 64 * 4 + 8 * 4 + 4
+    assert result.order[0] == first
+    second = int(np.argmin(np.where(np.arange(512) == first, np.inf, matrix[first])))
+    assert result.order[1] == second
+    best = np.maximum(matrix[first], matrix[second])
+    best[[first, second]] = np.inf
+    assert result.order[2] == int(np.argmin(best))
+    assert strategy.trace()["rule"] == "acquisition"
+    with pytest.raises(CtxrlError, match="start 'centre'"):
+        MBTLStrategy(start="centre")

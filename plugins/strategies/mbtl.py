@@ -48,6 +48,10 @@ BETA_SCHEDULES: dict[str, Callable[[int, float], float]] = {
 }
 
 
+# sources each ``start`` rule places before the acquisition takes over
+START_RULES: dict[str, int] = {"middle": 1, "reference": 3}
+
+
 @dataclass(frozen=True)
 class RowFit:
     """One observed row fitted alone to ``level - gap``: its ``level`` (the set point) and its
@@ -158,6 +162,11 @@ class MBTLStrategy:
             noisy best entries seen and scores nothing there; with the noise's optimism added,
             the acquisition keeps sampling near the best source instead of chasing far,
             uncertain edges (benchmarks/RESULTS.md, the synthetic benchmark).
+        start: the first sources before the acquisition: ``middle`` (one source, the context
+            nearest the middle of the space) or ``reference`` (SD-MBTL's GP-MBTL: the grid
+            point at the rounded mean of the grid, in grid steps, then for the 2nd and 3rd
+            source the target whose best observed performance is lowest, i.e. the one the
+            chosen sources cover worst).
     """
 
     def __init__(
@@ -175,6 +184,7 @@ class MBTLStrategy:
         gap: str = "global",
         best: str = "observed",
         spread: str = "latent",
+        start: str = "middle",
     ) -> None:
         if beta not in BETA_SCHEDULES:
             raise CtxrlError(
@@ -196,8 +206,10 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': best {best!r} is not observed or consistent")
         if spread not in ("latent", "predictive"):
             raise CtxrlError(f"strategy 'mbtl-gp': spread {spread!r} is not latent or predictive")
+        if start not in START_RULES:
+            raise CtxrlError(f"strategy 'mbtl-gp': start {start!r} is not middle or reference")
         self.best_kind = best
-        self.spread = spread
+        self.spread, self.start = spread, start
         self.slopes = slopes
         self.set_point, self.gap_kind = set_point, gap
         self.beta, self.c = beta, float(c)
@@ -212,6 +224,19 @@ class MBTLStrategy:
         """Grid steps per unit of each coordinate (grid coordinates are index / (n - 1))."""
         dims = state.coords.shape[1]
         return np.array([max(len(np.unique(state.coords[:, d])) - 1, 1) for d in range(dims)])
+
+    def _first(self, state: SelectionState) -> int:
+        """The first source: nearest the middle of the space (``start: middle``) or the
+        reference's grid point at the rounded mean of the contexts in grid steps (``start:
+        reference``; numpy's rounding, half to even). Ties go to the first index."""
+        coords = state.coords
+        if self.start == "reference":
+            steps = self._steps(state)
+            low = coords.min(axis=0)
+            aim = low + np.round((coords - low).mean(axis=0) * steps) / steps
+        else:
+            aim = (coords.min(axis=0) + coords.max(axis=0)) / 2
+        return int(np.argmin(np.round(np.abs(coords - aim).sum(axis=1), 12)))
 
     def _gap(self, state: SelectionState) -> GapModel:
         dims = state.coords.shape[1]
@@ -233,13 +258,24 @@ class MBTLStrategy:
         # arrays are kept as they are and converted only in trace(): replays call propose often
         self._trace = {"rule": "middle"}
         if not state.selected:
-            middle = (coords.min(axis=0) + coords.max(axis=0)) / 2
-            distance = np.round(np.abs(coords - middle).sum(axis=1), 12)
-            proposal.append(int(np.argmin(distance)))
+            proposal.append(self._first(state))
             chosen.add(proposal[0])
             self._trace["middle"] = proposal[0]
             if state.batch_size == 1:
                 return proposal
+        if self.start == "reference" and state.selected and state.k < START_RULES["reference"]:
+            # the worst-covered targets (lowest best observed performance) not chosen yet; a
+            # batch stops at the rule's last source, the acquisition takes the next one
+            best = state.best_so_far()
+            wanted = min(state.batch_size, START_RULES["reference"] - state.k)
+            for index in np.argsort(best, kind="stable"):
+                if len(proposal) == wanted:
+                    break
+                if int(index) not in chosen:
+                    proposal.append(int(index))
+                    chosen.add(int(index))
+            self._trace.update(rule="worst-covered", best_so_far=best)
+            return proposal
         sources = sorted(state.rows) or proposal
         train_y = [state.rows[s][s] if s in state.rows else 0.5 for s in sources]
         gap_model = self._gap(state)
@@ -301,8 +337,9 @@ class MBTLStrategy:
         return proposal
 
     def trace(self) -> dict[str, Any]:
-        """The last proposal: ``rule`` (``middle``: the first source, nearest the middle of
-        the space; ``acquisition``: the GP rule), and for the GP rule the ``sources`` and their
+        """The last proposal: ``rule`` (``middle``: the first source, see ``start``;
+        ``worst-covered``: the reference start's 2nd and 3rd sources, with ``best_so_far``;
+        ``acquisition``: the GP rule), and for the GP rule the ``sources`` and their
         training performance ``train_y``, the fitted GP (``lengthscale``, ``outputscale``,
         ``mean_offset``) and its posterior ``mean`` / ``std`` per context ``(N,)``, the gap
         slopes ``left`` / ``right`` ``(d,)``, the GP's ``noise_std`` at this step,
