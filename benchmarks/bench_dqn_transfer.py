@@ -134,6 +134,12 @@ def main() -> None:
     )
     parser.add_argument("--one-by-one", type=int, default=2, help="agents timed alone (0: none)")
     parser.add_argument("--output", type=Path, default=Path("runs/bench-dqn-transfer"))
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50_000,
+        help="env steps per agent between an arm's checkpoints (each holds the replay buffers)",
+    )
     args = parser.parse_args()
     registry = get_host().registry
     metrics: dict[str, Any] = {}
@@ -146,6 +152,7 @@ def main() -> None:
             progress=lambda label, d, t: (
                 None if d % max(1, t // 4) else print(f"  {label}: {d}/{t}", flush=True)
             ),
+            checkpoint_every=args.checkpoint_every,
         )
         results = runner.run()
         write_outputs(plan, results, runner.run_dir)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ctxrl.errors import ConfigError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl_plugins.transfer.dqn_transferability import (
     StudyConfig,
@@ -133,6 +133,32 @@ def test_arms_start_from_the_right_weights(tmp_path: Path) -> None:
         # the zero-shot policy's curve point at step 0 is the source's own final performance
         # on the target context, so it cannot be the untrained one of scratch there
         assert keep.curves[i, 0] != pytest.approx(scratch.curves[pair.target, 0])  # type: ignore[union-attr]
+
+
+def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
+    """``checkpoint_every`` only sets how often an arm in training is saved (its replay
+    buffers are large): the arms are the same; a cadence below one step is refused."""
+    registry = get_host().registry
+    arms = {}
+    for every in (None, 100):
+        config = StudyConfig.model_validate(
+            {
+                **STUDY,
+                "arms": ["scratch", "fine-tune"],
+                "seeds": [0],
+                "train_steps": 400,
+                "curve_every": 200,
+                "output_dir": str(tmp_path / str(every)),
+            }
+        )
+        runner = StudyRunner(resolve_study(config, registry), registry, checkpoint_every=every)
+        arms[every] = runner.run()["dqn"]
+    for arm in ("scratch", "fine-tune"):
+        np.testing.assert_array_equal(arms[None][arm].curves, arms[100][arm].curves)
+        for name, value in arms[None][arm].params.items():
+            assert np.array_equal(value, arms[100][arm].params[name]), (arm, name)
+    with pytest.raises(CtxrlError, match="checkpoint_every must be >= 1 env step, got 0"):
+        StudyRunner(resolve_study(config, registry), registry, checkpoint_every=0)
 
 
 @pytest.mark.parametrize(

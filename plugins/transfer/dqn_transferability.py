@@ -263,7 +263,12 @@ class ArmResult:
 
 class StudyRunner:
     """Runs (or resumes) a study in its run directory: one batched program per (variant, arm),
-    stored as it finishes."""
+    stored as it finishes.
+
+    ``checkpoint_every``: env steps per agent between the checkpoints of an arm in training
+    (default: the algorithm's, 10,000 for DQN). A checkpoint holds every agent's replay
+    buffer (about 11 GB for 80 Catch agents), so a long study may save less often; it does not
+    change the results, only how much a killed arm repeats."""
 
     def __init__(
         self,
@@ -271,8 +276,12 @@ class StudyRunner:
         registry: Registry,
         *,
         progress: Callable[[str, int, int], None] | None = None,
+        checkpoint_every: int | None = None,
     ) -> None:
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise CtxrlError(f"checkpoint_every must be >= 1 env step, got {checkpoint_every}")
         self.plan, self.registry, self.progress = plan, registry, progress
+        self.checkpoint_every = checkpoint_every
         self.run_dir = plan.run_dir
         self._clock: tuple[str, float] | None = None  # (variant/arm, time of the last save)
 
@@ -406,6 +415,7 @@ class StudyRunner:
                 [seeds[i] for i in rows],
                 total_steps=config.train_steps,
                 checkpoint=checkpoint,
+                checkpoint_every=self.checkpoint_every,
                 progress=lambda d, t, label=label: self._progress(variant, arm, label, d, t),
                 curves=CurveOptions(config.curve_every, config.curve_episodes),
                 **group_options,
