@@ -168,7 +168,9 @@ def _plot_study(
     written: list[Path] = []
     arms = [a for a in analysis if a != "scratch"]
     # heatmaps of the area ratio, verdicts marked
-    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms) + 1, 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(arms), figsize=(4.0 * len(arms), 3.4), squeeze=False, layout="constrained"
+    )
     marks = {"positive": "+", "negative": "-", "absent": "o"}
     for ax, arm in zip(axes[0], arms, strict=True):
         r = np.array(analysis[arm]["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
@@ -177,8 +179,15 @@ def _plot_study(
         for s, t in np.ndindex(r.shape):
             verdict = analysis[arm]["verdicts"][s][t]
             if verdict:
+                dark = abs(r[s, t]) > 0.6 * limit  # light text on the dark end of the scale
                 ax.text(
-                    t, s, f"{r[s, t]:+.2f}\n{marks[verdict]}", ha="center", va="center", fontsize=7
+                    t,
+                    s,
+                    f"{r[s, t]:+.2f}\n{marks[verdict]}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
                 )
         ax.set_xticks(range(n), names, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
