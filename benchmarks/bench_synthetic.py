@@ -14,7 +14,7 @@ it the reference's GP-MBTL, see ``VARIANTS``) on the first ``--gp-trials`` trial
 fitted in one batched program). Values: mean G_50 over trials with the Student-t 95 %
 half-width; the aggregated row is SD-MBTL's: per setting (v - mean Random) / (mean Oracle -
 mean Random), pooled over the settings' trials.
-Results are saved after every cell, and a rerun skips the cells already in ``--out``.
+Results are saved after every cell; a rerun skips the (cell, strategy) pairs already in ``--out``.
 """
 
 from __future__ import annotations
@@ -184,10 +184,12 @@ def main() -> None:
     for noise in args.noise:
         cells = results.setdefault(f"{noise:g}", {})
         for setting in settings:
-            if setting.name in cells:
+            done = cells.get(setting.name, {})
+            missing = [name for name in args.strategies if name not in done]
+            if done and not missing:
                 continue
             start = time.perf_counter()
-            cells[setting.name] = run_cell(setting, noise, args.gp_trials, args.strategies)
+            cells[setting.name] = {**run_cell(setting, noise, args.gp_trials, missing), **done}
             args.out.write_text(json.dumps(results))
             print(
                 f"noise {noise:g} {setting.name}: {time.perf_counter() - start:.0f} s", flush=True
