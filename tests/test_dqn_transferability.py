@@ -11,16 +11,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from ctxrl.config import resolve_plan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.plugins import get_host
+from ctxrl.results import load_policies
+from ctxrl.sweep import run_sweep
 from ctxrl_plugins.transfer.dqn_transferability import (
     StudyConfig,
     StudyRunner,
     load_study_config,
     resolve_study,
 )
+from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -193,3 +198,81 @@ def test_bad_studies_are_refused_before_training(
 def test_a_missing_study_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such study file"):
         load_study_config(tmp_path / "nope.yaml")
+
+
+def _dqn_sweep(tmp_path: Path, algorithm: dict[str, Any], seeds: list[int]) -> Path:
+    """A small finished sweep on the study's two pole lengths (the sources to reuse)."""
+    data = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.3, 1.5]}},
+        "algorithm": algorithm,
+        "seeds": seeds,
+        "train_steps": 600,
+        "eval_episodes": 1,
+        "compare": [],
+        "output_dir": str(tmp_path / "sweeps"),
+    }
+    return run_sweep(resolve_plan(validate_config(data), get_host().registry)).run_dir
+
+
+def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
+    """With ``sources_from`` the fine-tune and keep-head agents start from the sweep's agent of
+    their source context and seed (the scratch arm still trains, as the baseline); a sweep of
+    another algorithm, without a needed seed, or with another network is refused by name
+    before anything is written."""
+    network = {key: STUDY["algorithm"][key] for key in ("hidden",)}
+    sweep = _dqn_sweep(tmp_path, {"name": "batched-dqn", "params": network}, [0, 1])
+    study = {
+        **STUDY,
+        "arms": ["scratch", "keep-head"],
+        "seeds": [0, 1],
+        "train_steps": 300,
+        "curve_every": 300,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    registry = get_host().registry
+    plan = resolve_study(
+        StudyConfig.model_validate({**study, "sources_from": str(sweep)}), registry
+    )
+    sources = load_policies(sweep)
+    assert plan.sources is not None and len(plan.sources.rows) == 4
+    runner = StudyRunner(plan, registry)
+    keys = [(pair, seed) for pair in plan.pairs for seed in (0, 1)]
+    init = runner._initial_params("keep-head", keys, {})
+    for i, (pair, seed) in enumerate(keys):
+        (row,) = [
+            r
+            for r, (run, ctx) in enumerate(zip(sources.runs, sources.contexts, strict=True))
+            if run.seed == seed and ctx["length"] == plan.contexts[pair.source]["length"]
+        ]
+        expected = sources.policies[row].params["q.0.weight"][0]
+        assert torch.equal(init["q.0.weight"][i], expected)
+    results = runner.run()
+    keep = results["dqn"]["keep-head"]
+    assert keep.curves.shape == (8, 2) and np.isfinite(keep.curves).all()
+    write_outputs(plan, results, runner.run_dir)
+    assert f"Source agents: the sweep in {sweep}" in (runner.run_dir / "summary.md").read_text()
+
+    def refused(message: str, **changes: Any) -> None:
+        out = tmp_path / "refused"
+        config = StudyConfig.model_validate({**study, **changes, "output_dir": str(out)})
+        with pytest.raises(ConfigError, match=message):
+            resolve_study(config, registry)
+        assert not out.exists()  # nothing half-written
+
+    refused(
+        r"sources_from: .*nowhere is not a run directory", sources_from=str(tmp_path / "nowhere")
+    )
+    refused("holds a 'dqn-transferability' study, not a sweep", sources_from=str(plan.run_dir))
+    ppo = _dqn_sweep(tmp_path / "ppo", {"name": "batched-ppo"}, [0])
+    refused("holds 'batched-ppo' agents", sources_from=str(ppo))
+    refused(
+        r"no finished CartPole run at context short .* with seed 2",
+        sources_from=str(sweep),
+        seeds=[0, 1, 2],
+    )
+    refused(
+        r"dueling=False, the 'dueling' variant's network dueling=True",
+        sources_from=str(sweep),
+        variants=["dueling"],
+    )

@@ -19,7 +19,9 @@ so a killed study resumes. Metrics (:mod:`ctxrl.transfer_metrics`): jumpstart, a
 transfer ratio, the paper's area ratio on returns normalised to [0, 1] by the env's return
 bounds, time to threshold, with bootstrap 95 % intervals over seeds and a verdict per pair.
 Source training time is not counted (as in the paper): a transfer curve starts at the target's
-step 0.
+step 0. ``sources_from`` takes the source agents from an earlier ``ctxrl sweep`` of batched-dqn
+instead (the run whose context and seed match each source's); the scratch arm still trains on
+every context, as every target's baseline.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
+from ctxrl.config import read_plan_file
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
+from ctxrl.results import load_plan, load_policies
 from ctxrl_plugins.transfer.studies import StrictModel, StudyOnly, open_run_dir, read_study_file
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
@@ -86,6 +90,11 @@ class StudyConfig(StrictModel):
     threshold: float | None = Field(
         default=None, description="normalised return for time to threshold (default 0.9)"
     )
+    sources_from: Path | None = Field(
+        default=None,
+        description="a batched-dqn sweep's run directory whose agents are the sources "
+        "(matched by context and seed); default: the study's own scratch agents",
+    )
     device: str = Field(default="cpu")
     output_dir: Path = Field(default=Path("runs"))
 
@@ -123,6 +132,21 @@ class Pair:
 
 
 @dataclass
+class SourceAgents:
+    """Source agents read from a sweep's run directory (``sources_from``).
+
+    Attributes:
+        run_dir: the sweep's run directory.
+        params: its agents' parameters stacked over runs, ``(runs, ...)`` each.
+        rows: (context index in the study, seed) -> the row of ``params`` holding that agent.
+    """
+
+    run_dir: Path
+    params: dict[str, Any]
+    rows: dict[tuple[int, int], int]
+
+
+@dataclass
 class StudyPlan:
     """A validated study: the env, its contexts and the pairs."""
 
@@ -134,6 +158,8 @@ class StudyPlan:
     params: dict[str, Any]
     envs: list[EnvSpec]
     """each context's env family (the study's env unless an entry names another)"""
+    sources: SourceAgents | None = None
+    """the source agents when ``sources_from`` is given (else the scratch arm's)"""
 
     @property
     def run_dir(self) -> Path:
@@ -181,7 +207,8 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     if not pairs:
         raise ConfigError(f"pairs: {config.pairs!r} leaves no pair among {n} contexts")
     _check_spaces(config, envs, names, pairs)
-    return StudyPlan(config, env, contexts, names, pairs, params, envs)
+    sources = _sweep_sources(config, registry, contexts, envs, names, pairs, params)
+    return StudyPlan(config, env, contexts, names, pairs, params, envs, sources)
 
 
 def _dqn_env(registry: Registry, name: str, field: str) -> EnvSpec:
@@ -219,6 +246,75 @@ def _check_spaces(
             f"{', '.join(transfer_arms)} are impossible for them; use envs with the same "
             "spaces, or pairs: self"
         )
+
+
+def _sweep_sources(
+    config: StudyConfig,
+    registry: Registry,
+    contexts: Sequence[dict[str, float]],
+    envs: Sequence[EnvSpec],
+    names: Sequence[str],
+    pairs: Sequence[Pair],
+    params: Mapping[str, Any],
+) -> SourceAgents | None:
+    """The agents of ``sources_from``, checked before anything trains: a batched-dqn sweep
+    whose network is every variant's, with a finished run for each (source context, seed)."""
+    run_dir = config.sources_from
+    if run_dir is None or not any(arm != "scratch" for arm in config.arms):
+        return None
+    field = f"sources_from: {run_dir}"
+    try:
+        stored = read_plan_file(run_dir)
+        if "study" in stored:
+            raise CtxrlError(
+                f"holds a {stored['study']!r} study, not a sweep; give the run directory of a "
+                "`ctxrl sweep` with batched-dqn"
+            )
+        plan = load_plan(run_dir, registry)
+        if plan.algorithm.name != "batched-dqn":
+            raise CtxrlError(
+                f"holds {plan.algorithm.name!r} agents; a DQN study's sources must be "
+                "batched-dqn agents"
+            )
+        loaded = load_policies(run_dir)
+    except CtxrlError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    trained = cast(Any, loaded.algorithm).config
+    factory = registry.algorithm("batched-dqn").factory
+    for variant in config.variants:
+        wanted = cast(Any, factory({**params, **VARIANT_PARAMS[variant]}, device="cpu")).config
+        for key in ("hidden", "dueling", "activation"):
+            if getattr(trained, key) != getattr(wanted, key):
+                raise ConfigError(
+                    f"{field}: its agents have {key}={getattr(trained, key)!r}, the "
+                    f"{variant!r} variant's network {key}={getattr(wanted, key)!r}"
+                )
+    rows: dict[tuple[int, int], int] = {}
+    for row, (run, context) in enumerate(zip(loaded.runs, loaded.contexts, strict=True)):
+        for c in {pair.source for pair in pairs}:
+            if run.env == envs[c].name and _same_context(envs[c], context, contexts[c]):
+                rows.setdefault((c, run.seed), row)
+    for c in sorted({pair.source for pair in pairs}):
+        for seed in config.seeds:
+            if (c, seed) not in rows:
+                raise ConfigError(
+                    f"{field}: no finished {envs[c].name} run at context {names[c]} "
+                    f"({contexts[c]}) with seed {seed}; the sweep holds {len(loaded)} finished "
+                    f"run(s) of {loaded.env.name}"
+                )
+    return SourceAgents(run_dir, loaded.stacked_params(), rows)
+
+
+def _same_context(env: EnvSpec, stored: Mapping[str, float], wanted: Mapping[str, float]) -> bool:
+    """Whether a sweep run's context is the study context ``wanted`` (both completed with the
+    env's defaults; values equal to float tolerance)."""
+    try:
+        full = env.context_space.validate(dict(stored)).as_dict()
+    except CtxrlError:
+        return False
+    return full.keys() == wanted.keys() and all(
+        np.isclose(full[k], wanted[k], rtol=1e-9, atol=0.0) for k in full
+    )
 
 
 # ------------------------------------------------------------------------------ training
@@ -448,8 +544,8 @@ class StudyRunner:
         self, arm: Arm, keys: Sequence[tuple[Pair | int, int]], done: Mapping[str, ArmResult]
     ) -> dict[str, Any]:
         """Per transfer agent, the weights it starts from ``(agents, ...)``: its source's
-        scratch agent (same seed), or for the hybrid arm the fine-tuned agent's hidden layers
-        with the only-head agent's head."""
+        scratch agent (same seed) or its agent in ``sources_from``, or for the hybrid arm the
+        fine-tuned agent's hidden layers with the only-head agent's head."""
 
         def index_of(result: ArmResult) -> dict[tuple[Any, int], int]:
             return {
@@ -457,6 +553,10 @@ class StudyRunner:
                 for i, (k, s) in enumerate(result.keys)
             }
 
+        sources = self.plan.sources
+        if arm != "hybrid" and sources is not None:
+            rows = [sources.rows[(pair.source, seed)] for pair, seed in keys]  # type: ignore[union-attr]
+            return {k: v[rows] for k, v in sources.params.items()}
         scratch = done["scratch"]
         if arm != "hybrid":
             where = index_of(scratch)

@@ -252,7 +252,13 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         "time not counted (each transfer curve starts at the target's step 0); the hybrid arm "
         "starts from the fine-tune and only-head arms' final weights, so it has used twice "
         "their target steps before its own. Verdicts: positive / negative only when the "
-        "bootstrap 95 % interval of r excludes 0.",
+        "bootstrap 95 % interval of r excludes 0."
+        + (
+            f" Source agents: the sweep in {plan.sources.run_dir} (matched by context and "
+            "seed), not the scratch arm."
+            if plan.sources is not None
+            else ""
+        ),
         "",
     ]
     for variant, arms in analysis["variants"].items():
