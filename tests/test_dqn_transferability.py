@@ -23,6 +23,7 @@ from ctxrl_plugins.transfer.dqn_transferability import (
     StudyConfig,
     StudyRunner,
     load_study_config,
+    report_study,
     resolve_study,
 )
 from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
@@ -251,6 +252,9 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
     keep = results["dqn"]["keep-head"]
     assert keep.curves.shape == (8, 2) and np.isfinite(keep.curves).all()
     write_outputs(plan, results, runner.run_dir)
+    assert f"Source agents: the sweep in {sweep}" in (runner.run_dir / "summary.md").read_text()
+    (runner.run_dir / "summary.md").unlink()
+    report_study(runner.run_dir)  # from the stored arms: the sweep's agents are not reread
     assert f"Source agents: the sweep in {sweep}" in (runner.run_dir / "summary.md").read_text()
 
     def refused(message: str, **changes: Any) -> None:

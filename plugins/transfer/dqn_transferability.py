@@ -166,8 +166,12 @@ class StudyPlan:
         return self.config.output_dir / f"dqn-transfer-{self.env.name}-{self.config.plan_hash()}"
 
 
-def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
-    """Check names, contexts and hyperparameters before anything trains."""
+def resolve_study(
+    config: StudyConfig, registry: Registry, *, load_sources: bool = True
+) -> StudyPlan:
+    """Check names, contexts and hyperparameters before anything trains; with
+    ``load_sources`` also read and check the agents of ``sources_from`` (a report of the
+    finished arms does not need them)."""
     env = _dqn_env(registry, config.env, "env")
     contexts, envs = [], []
     for index, entry in enumerate(config.contexts):
@@ -207,7 +211,11 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     if not pairs:
         raise ConfigError(f"pairs: {config.pairs!r} leaves no pair among {n} contexts")
     _check_spaces(config, envs, names, pairs)
-    sources = _sweep_sources(config, registry, contexts, envs, names, pairs, params)
+    sources = (
+        _sweep_sources(config, registry, contexts, envs, names, pairs, params)
+        if load_sources
+        else None
+    )
     return StudyPlan(config, env, contexts, names, pairs, params, envs, sources)
 
 
@@ -600,7 +608,7 @@ def report_study(run_dir: Path) -> str:
     data = yaml.safe_load(plan_file.read_text())
     config = StudyConfig.model_validate(data["config"])
     registry = get_host().registry
-    plan = resolve_study(config, registry)
+    plan = resolve_study(config, registry, load_sources=False)
     runner = StudyRunner(plan, registry)
     runner.run_dir = run_dir
     results: dict[str, dict[str, ArmResult]] = {}

@@ -254,9 +254,9 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         "their target steps before its own. Verdicts: positive / negative only when the "
         "bootstrap 95 % interval of r excludes 0."
         + (
-            f" Source agents: the sweep in {plan.sources.run_dir} (matched by context and "
+            f" Source agents: the sweep in {config.sources_from} (matched by context and "
             "seed), not the scratch arm."
-            if plan.sources is not None
+            if config.sources_from is not None
             else ""
         ),
         "",
