@@ -201,7 +201,9 @@ def test_a_missing_study_file_is_named(tmp_path: Path) -> None:
         load_study_config(tmp_path / "nope.yaml")
 
 
-def _dqn_sweep(tmp_path: Path, algorithm: dict[str, Any], seeds: list[int]) -> Path:
+def _sweep_on_the_study_contexts(
+    tmp_path: Path, algorithm: dict[str, Any], seeds: list[int]
+) -> Path:
     """A small finished sweep on the study's two pole lengths (the sources to reuse)."""
     data = {
         "env": "CartPole",
@@ -217,12 +219,14 @@ def _dqn_sweep(tmp_path: Path, algorithm: dict[str, Any], seeds: list[int]) -> P
 
 
 def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
-    """With ``sources_from`` the fine-tune and keep-head agents start from the sweep's agent of
-    their source context and seed (the scratch arm still trains, as the baseline); a sweep of
-    another algorithm, without a needed seed, or with another network is refused by name
-    before anything is written."""
+    """With ``sources_from`` the transfer agents (keep-head here; fine-tune and only-head take
+    the same rows) start from the sweep's agent of their source context and seed (the scratch
+    arm still trains, as the baseline); a sweep of another algorithm, without a needed seed, or
+    with another network is refused by name before anything is written."""
     network = {key: STUDY["algorithm"][key] for key in ("hidden",)}
-    sweep = _dqn_sweep(tmp_path, {"name": "batched-dqn", "params": network}, [0, 1])
+    sweep = _sweep_on_the_study_contexts(
+        tmp_path, {"name": "batched-dqn", "params": network}, [0, 1]
+    )
     study = {
         **STUDY,
         "arms": ["scratch", "keep-head"],
@@ -268,7 +272,7 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
         r"sources_from: .*nowhere is not a run directory", sources_from=str(tmp_path / "nowhere")
     )
     refused("holds a 'dqn-transferability' study, not a sweep", sources_from=str(plan.run_dir))
-    ppo = _dqn_sweep(tmp_path / "ppo", {"name": "batched-ppo"}, [0])
+    ppo = _sweep_on_the_study_contexts(tmp_path / "ppo", {"name": "batched-ppo"}, [0])
     refused("holds 'batched-ppo' agents", sources_from=str(ppo))
     refused(
         r"no finished CartPole run at context short .* with seed 2",

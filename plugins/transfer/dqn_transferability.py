@@ -297,12 +297,13 @@ def _sweep_sources(
                     f"{field}: its agents have {key}={getattr(trained, key)!r}, the "
                     f"{variant!r} variant's network {key}={getattr(wanted, key)!r}"
                 )
+    source_contexts = sorted({pair.source for pair in pairs})
     rows: dict[tuple[int, int], int] = {}
     for row, (run, context) in enumerate(zip(loaded.runs, loaded.contexts, strict=True)):
-        for c in {pair.source for pair in pairs}:
+        for c in source_contexts:
             if run.env == envs[c].name and _same_context(envs[c], context, contexts[c]):
                 rows.setdefault((c, run.seed), row)
-    for c in sorted({pair.source for pair in pairs}):
+    for c in source_contexts:
         for seed in config.seeds:
             if (c, seed) not in rows:
                 raise ConfigError(
