@@ -31,14 +31,18 @@ class Posterior:
 
 
 _Problem = tuple[np.ndarray, np.ndarray, float, int]  # x (n, d), centred y (n,), noise, seed
-_Raw = tuple[np.ndarray, np.ndarray]  # raw lengthscale (1, d), raw outputscale ()
+# raw lengthscale (1, d), raw outputscale (), observation noise variance (fixed or learned)
+_Raw = tuple[np.ndarray, np.ndarray, float]
+
+# the smallest observation noise variance a learned noise may take (gpytorch's default floor)
+MIN_NOISE_VARIANCE = 1e-4
 
 
 class FitBatch:
     """Where the GP fits of ``parties`` threads meet (:func:`batched_fits`): a thread that
     needs a fit leaves its data and waits; when every live thread waits, the last to arrive
-    fits them all in one batched program (one per (rows, dimensions, restarts, iterations))
-    and wakes the others. A thread that finishes calls :meth:`leave`."""
+    fits them all in one batched program (one per (rows, dimensions, learned noise, restarts,
+    iterations)) and wakes the others. A thread that finishes calls :meth:`leave`."""
 
     def __init__(self, parties: int) -> None:
         self._condition = threading.Condition()
@@ -72,22 +76,28 @@ class FitBatch:
     def _fit_when_all_wait(self) -> None:
         if not self._waiting or self._blocked < self._live:
             return
-        groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+        # (rows, dimensions, learned noise, restarts, iterations): one batched program each
+        groups: dict[tuple[int, int, bool, int, int], list[tuple[Any, ...]]] = {}
         for key, (x, _, _, _) in self._waiting.items():
-            groups.setdefault((*x.shape, key[-2], key[-1]), []).append(key)
-        for (_, _, restarts, iterations), keys in groups.items():
+            rows, dims = x.shape
+            groups.setdefault((rows, dims, *key[-3:]), []).append(key)
+        for (_, _, learn_noise, restarts, iterations), keys in groups.items():
             try:
-                self._done.update(zip(keys, self._fit(keys, restarts, iterations), strict=True))
+                self._done.update(
+                    zip(keys, self._fit(keys, learn_noise, restarts, iterations), strict=True)
+                )
             except Exception:  # one bad problem fails the batch: fit each alone to find it
                 for key in keys:
                     try:
-                        (self._done[key],) = self._fit([key], restarts, iterations)
+                        (self._done[key],) = self._fit([key], learn_noise, restarts, iterations)
                     except Exception as exc:  # its thread raises it; none waits forever
                         self._failed[key] = exc
         self._waiting.clear()
         self._condition.notify_all()
 
-    def _fit(self, keys: list[tuple[Any, ...]], restarts: int, iterations: int) -> list[_Raw]:
+    def _fit(
+        self, keys: list[tuple[Any, ...]], learn_noise: bool, restarts: int, iterations: int
+    ) -> list[_Raw]:
         problems = [self._waiting[k] for k in keys]
         return _fit_kernels(
             np.stack([p[0] for p in problems]),
@@ -96,6 +106,7 @@ class FitBatch:
             [p[3] for p in problems],
             restarts=restarts,
             iterations=iterations,
+            learn_noise=learn_noise,
         )
 
 
@@ -137,13 +148,15 @@ def _fit_kernels(
     *,
     restarts: int,
     iterations: int,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Fit ``P`` GPs (``xs`` ``(P, n, d)``, centred ``ys`` ``(P, n)``, fixed noise
-    ``noise_stds`` ``(P,)``) from ``restarts`` starting lengthscales each, as one batch of
-    ``P * restarts`` kernels optimised by Adam (learning rate 0.1, ``iterations`` steps) on the
-    sum of their negative marginal log likelihoods. Per problem, the restart with the lowest
-    last loss (the first on ties) wins; returns its raw ``(lengthscale (1, d), outputscale
-    ())`` parameters after the last step."""
+    learn_noise: bool = False,
+) -> list[_Raw]:
+    """Fit ``P`` GPs (``xs`` ``(P, n, d)``, centred ``ys`` ``(P, n)``, observation noise
+    ``noise_stds`` ``(P,)``: fixed, or with ``learn_noise`` the starting value of a learned
+    one) from ``restarts`` starting lengthscales each, as one batch of ``P * restarts`` kernels
+    optimised by Adam (learning rate 0.1, ``iterations`` steps) on the sum of their negative
+    marginal log likelihoods. Per problem, the restart with the lowest last loss (the first on
+    ties) wins; returns its raw ``(lengthscale (1, d), outputscale ())`` parameters and its
+    noise variance after the last step (a learned one at least :data:`MIN_NOISE_VARIANCE`)."""
     import gpytorch
     import torch
 
@@ -152,7 +165,10 @@ def _fit_kernels(
     x = torch.as_tensor(xs, dtype=torch.float64).repeat_interleave(runs, dim=0)
     y = torch.as_tensor(ys, dtype=torch.float64).repeat_interleave(runs, dim=0)
     noise = torch.as_tensor(noise_stds, dtype=torch.float64).repeat_interleave(runs) ** 2
-    model, likelihood = PerformanceGP._build(x, y, noise[:, None].expand(-1, n).clone())
+    if learn_noise:
+        model, likelihood = PerformanceGP._build(x, y, noise.clamp_min(MIN_NOISE_VARIANCE), True)
+    else:
+        model, likelihood = PerformanceGP._build(x, y, noise[:, None].expand(-1, n).clone())
     inits = [v for seed in seeds for v in _initial_lengthscales(runs, seed)]
     # float32 starting values, as a lone model's lengthscale setter receives them
     start = torch.tensor(inits, dtype=torch.float32)[:, None, None].expand(-1, 1, dims)
@@ -170,10 +186,17 @@ def _fit_kernels(
     last = loss.detach().reshape(problems, runs)
     raw_lengthscale = model.covar_module.base_kernel.raw_lengthscale.detach()
     raw_outputscale = model.covar_module.raw_outputscale.detach()
+    variance = likelihood.noise.detach().reshape(problems * runs, -1)[:, 0]
     out = []
     for p in range(problems):
         best = p * runs + int(np.argmin(last[p].numpy()))  # the first minimum
-        out.append((raw_lengthscale[best].numpy().copy(), raw_outputscale[best].numpy().copy()))
+        out.append(
+            (
+                raw_lengthscale[best].numpy().copy(),
+                raw_outputscale[best].numpy().copy(),
+                float(variance[best]),
+            )
+        )
     return out
 
 
@@ -182,10 +205,13 @@ class PerformanceGP:
     likelihood.
 
     Kernel: a scaled RBF with one lengthscale per context dimension. The observation noise is
-    fixed (``noise_std``, the reference uses 0.1 on normalised performance); the outputscale
-    and lengthscales are fitted with Adam from several starting lengthscales (``restarts``,
-    fitted together as one batch), keeping the best marginal likelihood. Inside
-    :func:`batched_fits` it is fitted together with other threads' GPs.
+    fixed (``noise_std``, the reference uses 0.1 on normalised performance) or, with
+    ``learn_noise``, fitted with the kernel from ``noise_std`` as its starting value (at least
+    ``sqrt(MIN_NOISE_VARIANCE)`` = 0.01), as SD-MBTL's reference code fits its GP; the fitted
+    value is :attr:`noise_std`. The outputscale and lengthscales are fitted with Adam from
+    several starting lengthscales (``restarts``, fitted together as one batch), keeping the
+    best marginal likelihood. Inside :func:`batched_fits` it is fitted together with other
+    threads' GPs.
 
     Args:
         train_X: ``(n, d)`` unit-cube coordinates of the trained sources.
@@ -198,6 +224,7 @@ class PerformanceGP:
         train_Y: np.ndarray,
         *,
         noise_std: float = 0.1,
+        learn_noise: bool = False,
         restarts: int = 2,
         iterations: int = 40,
         seed: int = 0,
@@ -213,13 +240,14 @@ class PerformanceGP:
         runs = max(1, restarts)
         batch = _BATCH.get()
         if batch is None:
-            ((raw_lengthscale, raw_outputscale),) = _fit_kernels(
+            ((raw_lengthscale, raw_outputscale, variance),) = _fit_kernels(
                 x[None],
                 centred[None],
                 np.array([noise_std]),
                 [seed],
                 restarts=runs,
                 iterations=iterations,
+                learn_noise=learn_noise,
             )
         else:
             key = (
@@ -228,13 +256,16 @@ class PerformanceGP:
                 x.shape,
                 float(noise_std),
                 seed,
+                learn_noise,
                 runs,
                 iterations,
             )
-            raw_lengthscale, raw_outputscale = batch.fit(key, (x, centred, float(noise_std), seed))
+            problem = (x, centred, float(noise_std), seed)
+            raw_lengthscale, raw_outputscale, variance = batch.fit(key, problem)
+        self.noise_std = float(np.sqrt(variance))
         tx, ty = torch.as_tensor(x), torch.as_tensor(centred)
         self.model, self.likelihood = self._build(
-            tx, ty, torch.full((x.shape[0],), float(noise_std) ** 2, dtype=torch.float64)
+            tx, ty, torch.full((x.shape[0],), variance, dtype=torch.float64)
         )
         kernel = self.model.covar_module
         with torch.no_grad():
@@ -244,9 +275,11 @@ class PerformanceGP:
         self.likelihood.eval()
 
     @staticmethod
-    def _build(x: Any, y: Any, noise: Any) -> tuple[Any, Any]:
-        """An exact GP on ``x`` ``(..., n, d)``, ``y`` ``(..., n)`` with fixed noise variance
-        ``noise`` ``(..., n)``; leading dimensions are a batch of independent GPs."""
+    def _build(x: Any, y: Any, noise: Any, learn_noise: bool = False) -> tuple[Any, Any]:
+        """An exact GP on ``x`` ``(..., n, d)``, ``y`` ``(..., n)``; leading dimensions are a
+        batch of independent GPs. The noise variance is fixed, ``noise`` ``(..., n)``, or with
+        ``learn_noise`` a parameter (one per GP, at least :data:`MIN_NOISE_VARIANCE`) that
+        starts at ``noise`` ``(...)``."""
         import gpytorch
 
         batch_shape = x.shape[:-2]
@@ -266,9 +299,16 @@ class PerformanceGP:
                     self.mean_module(inputs), self.covar_module(inputs)
                 )
 
-        likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
-            noise=noise, batch_shape=batch_shape
-        )
+        if learn_noise:
+            likelihood = gpytorch.likelihoods.GaussianLikelihood(
+                batch_shape=batch_shape,
+                noise_constraint=gpytorch.constraints.GreaterThan(MIN_NOISE_VARIANCE),
+            ).double()
+            likelihood.noise = noise.reshape(*batch_shape, 1)
+        else:
+            likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
+                noise=noise, batch_shape=batch_shape
+            )
         model = _ExactGP(x, y, likelihood).double()
         return model, likelihood
 

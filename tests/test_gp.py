@@ -31,6 +31,21 @@ def test_gp_interpolates_and_is_uncertain_away_from_data() -> None:
     assert sparse.std[-1] > 3 * sparse.std[0]  # far from the data it knows less
 
 
+def test_a_learned_noise_follows_the_noise_of_the_data() -> None:
+    """``learn_noise`` fits the observation noise with the kernel (SD-MBTL's reference GP):
+    on noise-free data it falls to about its floor 0.01, with noise of standard deviation
+    0.1 it stays several times larger; a fixed noise is kept as given."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(30, 2))
+    clean = 0.5 + 0.3 * np.sin(3 * x[:, 0])
+    noisy = clean + rng.normal(0.0, 0.1, 30)
+    quiet = PerformanceGP(x, clean, learn_noise=True, iterations=200).noise_std
+    loud = PerformanceGP(x, noisy, learn_noise=True, iterations=200).noise_std
+    assert 0.01 <= quiet < 0.02
+    assert 0.06 < loud < 0.15 and loud > 4 * quiet
+    assert PerformanceGP(x, noisy, noise_std=0.07).noise_std == pytest.approx(0.07)
+
+
 def test_the_gap_residual_measures_the_rows_noise_and_widens_the_band() -> None:
     """Rows of the MBTL model plus noise of standard deviation 0.1 (the GP's assumed noise):
     the rows stray from the model's shape by about 0.1 at every distance, and the 95 % band

@@ -184,6 +184,36 @@ def test_predictive_spread_adds_the_observation_noise_to_each_candidates_uncerta
         MBTLStrategy(spread="wide")
 
 
+def test_a_learned_noise_sizes_the_predictive_spread_to_the_matrix() -> None:
+    """``noise_std: learned`` fits the GP's observation noise at each step: on a noise-free
+    matrix it is near its floor (0.01), where the fixed 0.1 would add a tenth of the
+    performance range to every candidate's spread; the predictive spread adds the learned
+    value, and the trace reports it. A noise that is none of the choices is refused by name."""
+    from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+    n = 15
+    x = np.linspace(0.0, 1.0, n)
+    matrix = np.clip(0.3 + 0.5 * x[:, None] - 0.6 * np.abs(x[:, None] - x[None, :]), 0, 1)
+    traces = {}
+    for spread in ("latent", "predictive"):
+        state = SelectionState(coords=x[:, None], budget=8, rng=np.random.default_rng(0))
+        for source in (7, 0, 14, 3, 10):
+            state.selected.append(source)
+            state.rows[source] = matrix[source]
+        strategy = MBTLStrategy(noise_std="learned", spread=spread)
+        strategy.propose(state)
+        traces[spread] = strategy.trace()
+    learned = traces["predictive"]["noise_std"]
+    assert learned == traces["latent"]["noise_std"]
+    assert 0.01 <= learned < 0.03
+    latent, predictive = traces["latent"]["gp"], traces["predictive"]["gp"]
+    np.testing.assert_allclose(
+        np.square(predictive["std"]), np.square(latent["std"]) + learned**2, rtol=1e-9
+    )
+    with pytest.raises(CtxrlError, match="noise_std must be > 0, 'rows' or 'learned', got 'loud'"):
+        MBTLStrategy(noise_std="loud")
+
+
 def test_reference_start_takes_the_rounded_mean_then_the_worst_covered_targets() -> None:
     """``start: reference`` (SD-MBTL's GP-MBTL): on the 8 x 8 x 8 grid the first source is
     the rounded mean (4, 4, 4), not the middle rule's (3, 3, 3); the 2nd and 3rd are the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -125,16 +127,27 @@ def _noisy_mountains(trials: int, n: int = 20) -> np.ndarray:
     return np.clip(base[None] + rng.normal(0.0, 0.05, (trials, n, n)), 0.0, 1.0)
 
 
-@pytest.mark.parametrize("name", ["mbtl-gp", "sd-mbtl", "random"])
-def test_replaying_many_matrices_together_equals_replaying_each(name: str) -> None:
-    """The lockstep replay fits the trials' GPs in batches; each trial's order and curve are
-    those of its lone replay, bit for bit."""
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("mbtl-gp", {}),
+        ("mbtl-gp", {"noise_std": "learned", "spread": "predictive"}),
+        ("sd-mbtl", {}),
+        ("random", {}),
+    ],
+)
+def test_replaying_many_matrices_together_equals_replaying_each(
+    name: str, options: dict[str, str]
+) -> None:
+    """The lockstep replay fits the trials' GPs in batches (a learned observation noise too);
+    each trial's order and curve are those of its lone replay, bit for bit."""
     spec = get_host().registry.strategy(name)
+    make = functools.partial(spec.factory, **options)
     matrices = _noisy_mountains(3)
     coords = np.linspace(0.0, 1.0, 20)[:, None]
-    together = replay_many(spec.factory, matrices, coords, 8, seed=4, name=name)
+    together = replay_many(make, matrices, coords, 8, seed=4, name=name)
     for matrix, result in zip(matrices, together, strict=True):
-        alone = replay(spec.factory(), matrix, coords, 8, seed=4, name=name)
+        alone = replay(make(), matrix, coords, 8, seed=4, name=name)
         assert result.order == alone.order
         np.testing.assert_array_equal(result.curve, alone.curve)
 

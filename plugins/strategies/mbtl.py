@@ -136,7 +136,11 @@ class MBTLStrategy:
         noise_std: GP observation noise on normalised performance (reference: 0.1), or
             ``"rows"``: the spread of the observed rows about their own linear fits (the
             pooled residual standard deviation of :func:`row_fits`, at least
-            ``min_noise_std``), re-estimated every step.
+            ``min_noise_std``), re-estimated every step; or ``"learned"``: fitted with the GP's
+            kernel at every step (from 0.1, at least 0.01), as SD-MBTL's reference code fits
+            it. With ``spread: predictive`` the noise is the optimism a candidate keeps, so a
+            fixed 0.1 on a noise-free matrix keeps choosing uncertain far candidates; a learned
+            one shrinks with the matrix's noise (benchmarks/RESULTS.md).
         min_noise_std: floor of the ``rows`` noise estimate.
         restarts: GP fits from different starting lengthscales.
         set_point: what the GP learns for each trained source: ``diagonal`` (the reference:
@@ -194,9 +198,12 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
         if slopes not in ("floored", "signed"):
             raise CtxrlError(f"strategy 'mbtl-gp': slopes {slopes!r} is not floored or signed")
-        if not (noise_std == "rows" or (isinstance(noise_std, int | float) and noise_std > 0)):
+        if not (
+            noise_std in ("rows", "learned")
+            or (isinstance(noise_std, int | float) and noise_std > 0)
+        ):
             raise CtxrlError(
-                f"strategy 'mbtl-gp': noise_std must be > 0 or 'rows', got {noise_std!r}"
+                f"strategy 'mbtl-gp': noise_std must be > 0, 'rows' or 'learned', got {noise_std!r}"
             )
         if set_point not in ("diagonal", "row"):
             raise CtxrlError(f"strategy 'mbtl-gp': set_point {set_point!r} is not diagonal or row")
@@ -280,7 +287,7 @@ class MBTLStrategy:
         train_y = [state.rows[s][s] if s in state.rows else 0.5 for s in sources]
         gap_model = self._gap(state)
         fits: dict[int, RowFit] = {}
-        noise_std = 0.1 if self.noise_std == "rows" else float(self.noise_std)
+        noise_std = 0.1 if self.noise_std in ("rows", "learned") else float(self.noise_std)
         if state.rows and (
             self.set_point == "row" or self.gap_kind == "local" or self.noise_std == "rows"
         ):
@@ -290,13 +297,17 @@ class MBTLStrategy:
             residuals = [f.residual for f in fits.values() if f.residual is not None]
             if self.noise_std == "rows" and residuals:
                 noise_std = max(float(np.sqrt(np.mean(np.square(residuals)))), self.min_noise_std)
-        self._trace["noise_std"] = noise_std
         gp = PerformanceGP(
-            coords[sources], np.array(train_y), noise_std=noise_std, restarts=self.restarts
+            coords[sources],
+            np.array(train_y),
+            noise_std=noise_std,
+            learn_noise=self.noise_std == "learned",
+            restarts=self.restarts,
         )
+        self._trace["noise_std"] = gp.noise_std
         posterior = gp.posterior(coords)
         if self.spread == "predictive":
-            posterior = Posterior(posterior.mean, np.sqrt(posterior.std**2 + noise_std**2))
+            posterior = Posterior(posterior.mean, np.sqrt(posterior.std**2 + gp.noise_std**2))
         if fits and self.gap_kind == "local":
             floor = (
                 self.min_theta_per_index * self._steps(state)
