@@ -32,7 +32,13 @@ def load_plan(run_dir: str | Path, registry: Registry | None = None) -> SweepPla
     """The plan a run directory was made from (its ``plan.yaml``), resolved against the
     installed plugins."""
     run_dir = Path(run_dir)
-    config = stored_config(read_plan_file(run_dir), run_dir / PLAN_FILE)
+    stored = read_plan_file(run_dir)
+    if "study" in stored:
+        raise CtxrlError(
+            f"{run_dir} holds a {stored['study']!r} study, not a sweep; give the run directory "
+            "of a `ctxrl sweep`"
+        )
+    config = stored_config(stored, run_dir / PLAN_FILE)
     return resolve_plan(config, registry or get_host().registry, training=False)
 
 
@@ -94,12 +100,16 @@ def load_policies(
     where: Callable[[RunRecord], bool] | None = None,
     run_ids: Sequence[str] | None = None,
     device: str = "cpu",
+    algorithm: str | None = None,
 ) -> LoadedPolicies:
     """The finished runs' policies of the sweep in ``run_dir``, in store order (or in the order
     of ``run_ids``), optionally only those ``where(row)`` accepts. Runs that failed or have no
-    artifact are left out; a named run that is missing or unfinished is an error naming it."""
+    artifact are left out; a named run that is missing or unfinished is an error naming it;
+    so is, with ``algorithm``, a sweep of another algorithm (before any policy is read)."""
     run_dir = Path(run_dir)
     plan = load_plan(run_dir)
+    if algorithm is not None:
+        _check_algorithm(plan.algorithm.name, algorithm, str(run_dir))
     with open_store(run_dir) as store:
         finished = {r.run_id: r for r in store.runs("finished") if r.artifact}
         order = [r.run_id for r in store.runs("finished") if r.artifact]
@@ -128,10 +138,7 @@ def check_transferable(source: LoadedPolicies, env: EnvSpec, algorithm: str) -> 
     """Raise a :class:`~ctxrl.errors.CtxrlError` when ``source``'s policies cannot act in
     ``env`` with ``algorithm``: another algorithm, another action-space kind, or another
     observation size (checked on the gymnasium envs at their default contexts)."""
-    if source.plan.algorithm.name != algorithm:
-        raise CtxrlError(
-            f"policies of {source.plan.algorithm.name!r} cannot warm-start {algorithm!r}"
-        )
+    _check_algorithm(source.plan.algorithm.name, algorithm, "its sweep")
     if source.env.action_space != env.action_space:
         raise CtxrlError(
             f"{source.env.name} has {source.env.action_space} actions and {env.name} has "
@@ -143,6 +150,14 @@ def check_transferable(source: LoadedPolicies, env: EnvSpec, algorithm: str) -> 
             f"{source.env.name} (observations {shapes[0][0]}, actions {shapes[0][1]}) and "
             f"{env.name} (observations {shapes[1][0]}, actions {shapes[1][1]}) have different "
             "spaces: its policies cannot act there"
+        )
+
+
+def _check_algorithm(trained: str, wanted: str, where: str) -> None:
+    if trained != wanted:
+        raise CtxrlError(
+            f"{where} holds {trained!r} agents, not {wanted!r} ones: their networks and "
+            "parameters are another algorithm's"
         )
 
 

@@ -39,10 +39,9 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
-from ctxrl.config import read_plan_file
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
-from ctxrl.results import load_plan, load_policies
+from ctxrl.results import load_policies
 from ctxrl_plugins.transfer.studies import StrictModel, StudyOnly, open_run_dir, read_study_file
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
@@ -272,21 +271,9 @@ def _sweep_sources(
         return None
     field = f"sources_from: {run_dir}"
     try:
-        stored = read_plan_file(run_dir)
-        if "study" in stored:
-            raise CtxrlError(
-                f"holds a {stored['study']!r} study, not a sweep; give the run directory of a "
-                "`ctxrl sweep` with batched-dqn"
-            )
-        plan = load_plan(run_dir, registry)
-        if plan.algorithm.name != "batched-dqn":
-            raise CtxrlError(
-                f"holds {plan.algorithm.name!r} agents; a DQN study's sources must be "
-                "batched-dqn agents"
-            )
-        loaded = load_policies(run_dir)
+        loaded = load_policies(run_dir, algorithm="batched-dqn")
     except CtxrlError as exc:
-        raise ConfigError(f"{field}: {exc}") from None
+        raise ConfigError(f"sources_from: {exc}") from None
     trained = cast(Any, loaded.algorithm).config
     factory = registry.algorithm("batched-dqn").factory
     for variant in config.variants:
