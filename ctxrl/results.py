@@ -125,13 +125,13 @@ def load_policies(
     if not rows:
         raise CtxrlError(f"{run_dir}: no finished run matches")
     params = algorithm_params(plan.config, plan.algorithm)
-    algorithm = plan.algorithm.factory(params, device=device, env=plan.env)
+    made = plan.algorithm.factory(params, device=device, env=plan.env)
     policies = []
     for row in rows:
         assert row.artifact is not None
-        policies.append(algorithm.load(run_dir / row.artifact, plan.env))
+        policies.append(made.load(run_dir / row.artifact, plan.env))
     contexts = [row.context.as_dict() for row in rows]
-    return LoadedPolicies(policies, rows, contexts, plan.env, algorithm, plan)
+    return LoadedPolicies(policies, rows, contexts, plan.env, made, plan)
 
 
 def check_transferable(source: LoadedPolicies, env: EnvSpec, algorithm: str) -> None:
