@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,25 +157,36 @@ def test_sd_mbtl_reaches_the_mountain_branch_on_a_synthetic_mountain() -> None:
         assert strategy.trace()["branch"] == branch, setting.name
 
 
+def _traces_by_spread(
+    sources: tuple[int, ...], budget: int, **options: Any
+) -> dict[str, dict[str, Any]]:
+    """The ``mbtl-gp`` trace of one proposal with each ``spread`` (``latent``, ``predictive``)
+    after observing ``sources`` of a noise-free 1-D mountain rising to the right (15
+    contexts)."""
+    from ctxrl_plugins.strategies.mbtl import MBTLStrategy
+
+    x = np.linspace(0.0, 1.0, 15)
+    matrix = np.clip(0.3 + 0.5 * x[:, None] - 0.6 * np.abs(x[:, None] - x[None, :]), 0, 1)
+    traces = {}
+    for spread in ("latent", "predictive"):
+        state = SelectionState(coords=x[:, None], budget=budget, rng=np.random.default_rng(0))
+        for source in sources:
+            state.selected.append(source)
+            state.rows[source] = matrix[source]
+        strategy = MBTLStrategy(spread=spread, **options)
+        strategy.propose(state)
+        traces[spread] = strategy.trace()
+    return traces
+
+
 def test_predictive_spread_adds_the_observation_noise_to_each_candidates_uncertainty() -> None:
     """``spread: predictive`` scores a candidate with ``sqrt(sigma^2 + noise_std^2)``, the
     deviation of the noisy row it would measure (SD-MBTL's GP branch, its default); the GP mean
     is unchanged. A value that is neither is refused by name."""
     from ctxrl_plugins.strategies.mbtl import MBTLStrategy
 
-    n = 15
-    x = np.linspace(0.0, 1.0, n)
-    matrix = np.clip(0.3 + 0.5 * x[:, None] - 0.6 * np.abs(x[:, None] - x[None, :]), 0, 1)
-    traces = {}
-    for spread in ("latent", "predictive"):
-        state = SelectionState(coords=x[:, None], budget=6, rng=np.random.default_rng(0))
-        for source in (7, 0, 14):
-            state.selected.append(source)
-            state.rows[source] = matrix[source]
-        strategy = MBTLStrategy(noise_std=0.05, spread=spread)
-        strategy.propose(state)
-        traces[spread] = strategy.trace()["gp"]
-    latent, predictive = traces["latent"], traces["predictive"]
+    traces = _traces_by_spread((7, 0, 14), 6, noise_std=0.05)
+    latent, predictive = traces["latent"]["gp"], traces["predictive"]["gp"]
     np.testing.assert_allclose(predictive["mean"], latent["mean"])
     np.testing.assert_allclose(
         np.square(predictive["std"]), np.square(latent["std"]) + 0.05**2, rtol=1e-9
@@ -191,18 +203,7 @@ def test_a_learned_noise_sizes_the_predictive_spread_to_the_matrix() -> None:
     value, and the trace reports it. A noise that is none of the choices is refused by name."""
     from ctxrl_plugins.strategies.mbtl import MBTLStrategy
 
-    n = 15
-    x = np.linspace(0.0, 1.0, n)
-    matrix = np.clip(0.3 + 0.5 * x[:, None] - 0.6 * np.abs(x[:, None] - x[None, :]), 0, 1)
-    traces = {}
-    for spread in ("latent", "predictive"):
-        state = SelectionState(coords=x[:, None], budget=8, rng=np.random.default_rng(0))
-        for source in (7, 0, 14, 3, 10):
-            state.selected.append(source)
-            state.rows[source] = matrix[source]
-        strategy = MBTLStrategy(noise_std="learned", spread=spread)
-        strategy.propose(state)
-        traces[spread] = strategy.trace()
+    traces = _traces_by_spread((7, 0, 14, 3, 10), 8, noise_std="learned")
     learned = traces["predictive"]["noise_std"]
     assert learned == traces["latent"]["noise_std"]
     assert 0.01 <= learned < 0.03
