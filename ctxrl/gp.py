@@ -62,7 +62,6 @@ class FitBatch:
                 self._fit_when_all_wait()
                 while key not in self._done and key not in self._failed:
                     self._condition.wait()
-                self._blocked -= 1
             if key in self._failed:
                 raise self._failed[key]
             return self._done[key]
@@ -93,6 +92,9 @@ class FitBatch:
                     except Exception as exc:  # its thread raises it; none waits forever
                         self._failed[key] = exc
         self._waiting.clear()
+        # every waiting thread's problem is answered: none counts as waiting any more, even
+        # before it wakes (a woken thread's next fit must wait for the others' next fits)
+        self._blocked = 0
         self._condition.notify_all()
 
     def _fit(
