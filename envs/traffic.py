@@ -227,6 +227,12 @@ class TrafficSignalEnv(gym.Env):
         metrics: put sumo-rl's system and per-signal metrics (mean speed, waiting times,
             queues) in each step's ``info``. Off by default: they cost two TraCI calls per
             vehicle per step, most of a step's time (the reward needs none of them).
+        time_to_teleport: simulated seconds a stuck vehicle waits before SUMO moves it to the
+            end of its road (-1, sumo-rl's default: never; SUMO's own default is 300). A policy
+            that jams a heavy inflow fills the network and slows SUMO down with every queued
+            vehicle; teleporting bounds the queue, and also the waiting time the reward counts.
+        max_depart_delay: simulated seconds a vehicle may wait to enter the network before it
+            is dropped (-1, sumo-rl's default: never).
     """
 
     def __init__(
@@ -241,9 +247,20 @@ class TrafficSignalEnv(gym.Env):
         reward_fn: str = "diff-waiting-time",
         sumo_args: Sequence[str] = (),
         metrics: bool = False,
+        time_to_teleport: int = -1,
+        max_depart_delay: int = -1,
     ) -> None:
         if render_mode is not None:
             raise CtxrlError(f"{NAME}: rendering is not supported (render_mode={render_mode!r})")
+        for name, seconds in (
+            ("time_to_teleport", time_to_teleport),
+            ("max_depart_delay", max_depart_delay),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < -1:
+                raise CtxrlError(
+                    f"{NAME}: {name} must be a whole number of seconds >= 0, or -1 for never "
+                    f"(got {seconds!r})"
+                )
         _sumo_home()
         self.options: dict[str, Any] = {
             "num_seconds": num_seconds,
@@ -254,6 +271,8 @@ class TrafficSignalEnv(gym.Env):
             "reward_fn": reward_fn,
             "add_system_info": bool(metrics),
             "add_per_agent_info": bool(metrics),
+            "time_to_teleport": time_to_teleport,
+            "max_depart_delay": max_depart_delay,
         }
         self.sumo_args = list(sumo_args)
         self.context = TRAFFIC.default()

@@ -109,6 +109,36 @@ def test_longer_road_means_longer_travel_times(tmp_path: Path) -> None:
     assert short and long and np.mean(long) > 2 * np.mean(short)
 
 
+def _teleports(tmp_path: Path, time_to_teleport: int) -> int:
+    """SUMO's own teleport count after 600 s of 2000 veh/h with the first phase always green
+    (the cross street jams)."""
+    summary = tmp_path / f"summary-teleport-{time_to_teleport}.xml"
+    spec = get_host().registry.env("TrafficSignal")
+    env = spec.make(
+        {"inflow": 2000.0},
+        num_seconds=600,
+        time_to_teleport=time_to_teleport,
+        sumo_args=["--summary-output", str(summary)],
+    )
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(0)
+        done = terminated or truncated
+    env.close()
+    return int(list(ET.parse(summary).getroot().iter("step"))[-1].get("teleports"))
+
+
+def test_time_to_teleport_reaches_sumo_and_bad_values_are_named(tmp_path: Path) -> None:
+    assert _teleports(tmp_path, -1) == 0  # sumo-rl's default: a jam stays
+    assert _teleports(tmp_path, 60) > 10
+    spec = get_host().registry.env("TrafficSignal")
+    with pytest.raises(CtxrlError, match=r"time_to_teleport must be .* \(got -5\)"):
+        spec.make(time_to_teleport=-5)
+    with pytest.raises(CtxrlError, match=r"max_depart_delay must be .* \(got 2.5\)"):
+        spec.make(max_depart_delay=2.5)
+
+
 def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
     before = _sumo_pids(parent=os.getpid())
     spec = get_host().registry.env("TrafficSignal")
