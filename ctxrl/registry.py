@@ -52,6 +52,9 @@ class EnvSpec:
         max_episode_steps: the time limit applied by ``make``.
         gym_id: the id registered with gymnasium, if any.
         description: one line for ``ctxrl envs``.
+        concurrent_instances: whether several of its envs may be open at once in one process
+            (``False`` for SUMO under libsumo, which runs one simulation per process: an
+            algorithm then plays its evaluation episodes one after another).
     """
 
     name: str
@@ -63,6 +66,7 @@ class EnvSpec:
     max_episode_steps: int | None = None
     gym_id: str | None = None
     description: str = ""
+    concurrent_instances: bool = True
 
     def __post_init__(self) -> None:
         lower, upper = self.return_bounds

@@ -215,6 +215,16 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
     return net, routes
 
 
+_LIBSUMO_RUNNING: list[TrafficSignalEnv] = []
+"""Under libsumo, the env whose simulation this process runs (libsumo runs one at a time)."""
+
+
+def _libsumo() -> bool:
+    """Whether sumo-rl drives SUMO through libsumo (in-process, one simulation per process)
+    instead of TraCI: sumo-rl's own test, the ``LIBSUMO_AS_TRACI`` environment variable."""
+    return "LIBSUMO_AS_TRACI" in os.environ
+
+
 class TrafficSignalEnv(gym.Env):
     """A gymnasium env (single traffic light) whose scenario follows a context.
 
@@ -282,10 +292,29 @@ class TrafficSignalEnv(gym.Env):
         probe = self._simulation()  # sumo-rl reads the light's phases and lanes here
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
+        if self in _LIBSUMO_RUNNING:  # sumo-rl has closed its reading run: nothing runs
+            _LIBSUMO_RUNNING.remove(self)
+
+    def _claim_libsumo(self) -> None:
+        """Under libsumo, make this env the process's one running simulation; another env's
+        running simulation is an error (starting SUMO would silently replace it)."""
+        if not _libsumo():
+            return
+        others = [env for env in _LIBSUMO_RUNNING if env is not self]
+        if others:
+            raise CtxrlError(
+                f"{NAME}: libsumo (LIBSUMO_AS_TRACI is set) runs one SUMO simulation per process "
+                "and another TrafficSignal env of this process is running; close it first, "
+                "or unset LIBSUMO_AS_TRACI to use TraCI (one SUMO process per env)"
+            )
+        if self not in _LIBSUMO_RUNNING:
+            _LIBSUMO_RUNNING.append(self)
 
     def _simulation(self) -> Any:
         if self._sim is None:
             from sumo_rl import SumoEnvironment
+
+            self._claim_libsumo()  # sumo-rl starts SUMO here to read the light's phases
 
             net, routes = scenario(self.context, int(self.options["num_seconds"]))
             with _fast_sumo_start():  # sumo-rl runs SUMO once here to read the light
@@ -341,6 +370,7 @@ class TrafficSignalEnv(gym.Env):
         super().reset(seed=seed)
         sumo_seed = int(self.np_random.integers(2**31 - 1))  # SUMO's own seed, from ours
         simulation = self._simulation()
+        self._claim_libsumo()
         with _fast_sumo_start():  # each reset starts a new SUMO
             obs, info = simulation.reset(seed=sumo_seed)
         return np.asarray(obs, dtype=np.float32), dict(info)
@@ -359,6 +389,8 @@ class TrafficSignalEnv(gym.Env):
         if self._sim is not None:
             self._sim.close()
             self._sim = None
+        if self in _LIBSUMO_RUNNING:
+            _LIBSUMO_RUNNING.remove(self)
 
 
 def make(
@@ -397,5 +429,6 @@ def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
             max_episode_steps=None,
             gym_id=None,
             description="signalised intersection on SUMO (sumo-rl); episodes end after num_seconds",
+            concurrent_instances=not _libsumo(),
         )
     )

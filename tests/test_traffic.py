@@ -12,6 +12,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -203,6 +204,65 @@ def test_sb3_dqn_transfer_matrix_through_ctxrl_sweep(run_ctxrl: Run, tmp_path: P
     assert matrix[:, 2].mean() < matrix[:, 0].mean()  # heavier traffic, more waiting
     again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert "trained 0, already finished 3, failed 0" in again.stderr
+
+
+_EVALUATE_BOTH_WAYS = """
+import dataclasses, functools, json
+import sumo  # noqa: F401  (sets SUMO_HOME before sumo_rl is imported)
+from ctxrl import CtxrlError
+from ctxrl.plugins import get_host
+
+registry = get_host().registry
+full = registry.env("TrafficSignal")  # 300 s episodes: 30 agent steps
+spec = dataclasses.replace(full, make=functools.partial(full.make, num_seconds=300))
+algorithm = registry.algorithm("sb3-dqn").factory(
+    {"learning_starts": 30, "buffer_size": 500, "batch_size": 16}, device="cpu", env=spec
+)
+policy = algorithm.train(spec, spec.task({"inflow": 600.0}), seed=3, total_steps=90)
+tasks = [spec.task({"inflow": 300.0}), spec.task({"inflow": 900.0})]
+returns = algorithm.evaluate(policy, spec, tasks, episodes=2, seed=5)
+refused = ""
+running = spec.make(num_seconds=60)
+running.reset(seed=0)
+try:
+    spec.make(num_seconds=60)
+except CtxrlError as exc:
+    refused = str(exc)
+running.close()
+spec.make(num_seconds=60).close()  # once the first is closed, a new one may run
+print(json.dumps({"returns": returns.tolist(), "refused": refused,
+                  "concurrent": spec.concurrent_instances}))
+"""
+
+
+@pytest.mark.long
+@requires_sb3
+def test_libsumo_plays_evaluation_episodes_one_by_one_with_traci_s_returns(
+    tmp_path: Path,
+) -> None:
+    """libsumo runs one simulation per process: under it the env says so, sb3's evaluation
+    plays its episodes one after another (TraCI: in lockstep) with the same returns, and a
+    second running env is refused with the reason instead of replacing the first one's
+    simulation."""
+    outputs = {}
+    for backend, extra in (("traci", {}), ("libsumo", {"LIBSUMO_AS_TRACI": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "LIBSUMO_AS_TRACI"}
+        env.update(extra, OMP_NUM_THREADS="1", CTXRL_CACHE_DIR=str(tmp_path / "cache"))
+        done = subprocess.run(
+            [sys.executable, "-c", _EVALUATE_BOTH_WAYS],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+    traci, libsumo = outputs["traci"], outputs["libsumo"]
+    assert traci["concurrent"] and not libsumo["concurrent"]
+    np.testing.assert_allclose(libsumo["returns"], traci["returns"], rtol=1e-9)
+    assert traci["refused"] == ""
+    assert "runs one SUMO simulation per process" in libsumo["refused"]
+    assert "unset LIBSUMO_AS_TRACI" in libsumo["refused"]
 
 
 def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:

@@ -251,25 +251,33 @@ class SB3Algorithm:
         seed: int,
         deterministic: bool = True,
     ) -> np.ndarray:
-        """Episode returns ``(len(tasks), episodes)``; the episodes of a task run in lockstep."""
+        """Episode returns ``(len(tasks), episodes)``; the episodes of a task run in lockstep
+        (one batched prediction per step), or one after another in one env where the env
+        allows one instance per process (``EnvSpec.concurrent_instances``)."""
         out = np.zeros((len(tasks), episodes))
+        lockstep = episodes if env.concurrent_instances else 1
         for j, task in enumerate(tasks):
-            envs = [env.make(task.context.as_dict()) for _ in range(episodes)]
-            obs = np.stack(
-                [e.reset(seed=seed * 100_003 + 1009 * j + k)[0] for k, e in enumerate(envs)]
-            )
-            done = np.zeros(episodes, dtype=bool)
-            while not done.all():
-                actions, _ = policy.predict(obs, deterministic=deterministic)
-                for k, e in enumerate(envs):
-                    if done[k]:
-                        continue
-                    o, r, terminated, truncated, _ = e.step(actions[k])
-                    out[j, k] += float(r)
-                    obs[k] = o
-                    done[k] = terminated or truncated
-            for e in envs:
-                e.close()
+            for first in range(0, episodes, lockstep):
+                played = range(first, min(first + lockstep, episodes))
+                envs = [env.make(task.context.as_dict()) for _ in played]
+                obs = np.stack(
+                    [
+                        e.reset(seed=seed * 100_003 + 1009 * j + k)[0]
+                        for k, e in zip(played, envs, strict=True)
+                    ]
+                )
+                done = np.zeros(len(envs), dtype=bool)
+                while not done.all():
+                    actions, _ = policy.predict(obs, deterministic=deterministic)
+                    for i, (k, e) in enumerate(zip(played, envs, strict=True)):
+                        if done[i]:
+                            continue
+                        o, r, terminated, truncated, _ = e.step(actions[i])
+                        out[j, k] += float(r)
+                        obs[i] = o
+                        done[i] = terminated or truncated
+                for e in envs:
+                    e.close()
         return out
 
     # ---------------------------------------------------------------------- artifacts
