@@ -89,12 +89,12 @@ PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
 }
 # columns that are a registered strategy with options: ``mbtl-gp-reference`` is ctxrl's
 # MBTL-GP run as SD-MBTL's reference code runs its GP-MBTL column (rounded-mean first source,
-# worst-covered 2nd and 3rd, signed least-squares slopes, a learned observation noise, in the
-# spread)
+# worst-covered 2nd and 3rd, slopes fitted with one shared intercept, the reference's
+# warm-started GP with its learned observation noise, the noise in the spread)
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "mbtl-gp-reference": (
         "mbtl-gp",
-        {"start": "reference", "slopes": "signed", "spread": "predictive", "noise_std": "learned"},
+        {"start": "reference", "slopes": "reference", "spread": "predictive", "gp": "reference"},
     ),
 }
 

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from ctxrl import CtxrlError
-from ctxrl.gp import GapModel, PerformanceGP, held_out_error, predict_matrix
+from ctxrl.gp import (
+    GapModel,
+    PerformanceGP,
+    WarmStart,
+    WarmStartedGP,
+    held_out_error,
+    predict_matrix,
+)
 from ctxrl.plugins import get_host
 from ctxrl.selection import replay
 
@@ -69,6 +76,66 @@ def test_gap_model_recovers_asymmetric_slopes() -> None:
     assert gap.left[0] == pytest.approx(0.4, abs=0.02)
     assert gap.right[0] == pytest.approx(1.2, abs=0.05)
     assert GapModel.estimate(X[:, None], {}).left[0] == 0.5  # the prior without data
+
+
+def test_the_reference_slope_fit_shares_one_intercept_and_keeps_signs() -> None:
+    """SD-MBTL's fit: all observed entries against one intercept and signed slopes. On rows
+    built exactly as ``w_0 - left (x - y)^+ - right (y - x)^+`` it recovers a falling side and
+    a rising one (negative slope); rows with a source effect (each row shifted by its own
+    level) are not that model, and there its shared intercept gives other slopes than the
+    per-row fit of :meth:`GapModel.estimate`."""
+    diff = X[:, None] - X[None, :]  # source - target
+    exact = 0.7 - 0.5 * np.maximum(diff, 0) + 0.2 * np.maximum(-diff, 0)
+    fitted = GapModel.estimate_with_intercept(X[:, None], {i: exact[i] for i in (4, 12, 20)})
+    assert fitted.left[0] == pytest.approx(0.5) and fitted.right[0] == pytest.approx(-0.2)
+    shifted = exact + 0.3 * X[:, None]  # a source effect: later sources are better
+    rows = {i: shifted[i] for i in (4, 12, 20)}
+    shared = GapModel.estimate_with_intercept(X[:, None], rows)
+    own = GapModel.estimate(X[:, None], rows, signed=True)
+    assert own.left[0] == pytest.approx(0.5) and own.right[0] == pytest.approx(-0.2)
+    assert abs(shared.left[0] - 0.5) > 0.05
+    # one-sided data: the side without data takes slope 0 (the minimum-norm solution)
+    edge = GapModel.estimate_with_intercept(X[:, None], {0: exact[0]})
+    assert edge.left[0] == 0.0 and edge.right[0] == pytest.approx(-0.2)
+
+
+def test_a_warm_started_gp_continues_its_last_fit_and_stops_when_the_loss_settles() -> None:
+    """SD-MBTL's GP (:class:`WarmStartedGP`): from gpytorch's defaults it learns a small noise
+    on smooth data and interpolates it; with no iterations it keeps its
+    start; refitted from its own end point it stops at once (the loss no longer changes);
+    fitted in one batch with another problem each ends where it ends alone."""
+    from ctxrl.gp import FitBatch, _fit_warm, batched_fits
+
+    x = np.arange(8.0)[:, None]
+    y = 0.6 + 0.2 * np.sin(x[:, 0] / 2)
+    gp = WarmStartedGP(x, y)
+    assert gp.noise_std < 0.05
+    assert np.max(np.abs(gp.posterior(x).mean - y)) < 0.02
+    start = WarmStart(0.1, 0.2, 0.3, 0.4)
+    assert WarmStartedGP(x, y, start=start, iterations=0).fitted == start
+    again = WarmStartedGP(x, y, start=gp.fitted, iterations=3, tolerance=1.0)
+    assert again.fitted != gp.fitted  # one Adam step is taken before the loss can settle
+    other = (x, 0.3 + 0.1 * x[:, 0] / 8, WarmStart())
+    alone = [
+        _fit_warm([p], iterations=500, tolerance=1e-5)[0] for p in [(x, y, WarmStart()), other]
+    ]
+    assert _fit_warm([(x, y, WarmStart()), other], iterations=500, tolerance=1e-5) == alone
+    assert alone[0] == gp.fitted
+    import threading
+
+    batch, results = FitBatch(2), {}
+
+    def fit(name: str, data: np.ndarray) -> None:
+        with batched_fits(batch):
+            results[name] = WarmStartedGP(x, data).fitted
+        batch.leave()
+
+    threads = [threading.Thread(target=fit, args=(n, d)) for n, d in (("a", y), ("b", other[1]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"a": alone[0], "b": alone[1]}
 
 
 def test_predicted_matrix_beats_a_constant_gap_on_held_out_rows() -> None:
@@ -136,6 +203,12 @@ def test_mbtl_options_are_checked() -> None:
         spec.factory(theta=-1.0)
     with pytest.raises(TypeError, match="no_such_option"):
         spec.factory(no_such_option=1)
+    with pytest.raises(CtxrlError, match="gp 'exact' is not restarts or reference"):
+        spec.factory(gp="exact")
+    with pytest.raises(CtxrlError, match=r"gp 'reference' learns its noise.* noise_std 'rows'"):
+        spec.factory(gp="reference", noise_std="rows")
+    with pytest.raises(CtxrlError, match="slopes 'free' is not floored, signed or reference"):
+        spec.factory(slopes="free")
 
 
 def test_estimated_gap_predicts_a_real_cartpole_matrix_better_than_a_constant_gap() -> None:

@@ -132,6 +132,7 @@ def _noisy_mountains(trials: int, n: int = 20) -> np.ndarray:
     [
         ("mbtl-gp", {}),
         ("mbtl-gp", {"noise_std": "learned", "spread": "predictive"}),
+        ("mbtl-gp", {"gp": "reference", "slopes": "reference", "start": "reference"}),
         ("sd-mbtl", {}),
         ("random", {}),
     ],
@@ -139,8 +140,9 @@ def _noisy_mountains(trials: int, n: int = 20) -> np.ndarray:
 def test_replaying_many_matrices_together_equals_replaying_each(
     name: str, options: dict[str, str]
 ) -> None:
-    """The lockstep replay fits the trials' GPs in batches (a learned observation noise too);
-    each trial's order and curve are those of its lone replay, bit for bit."""
+    """The lockstep replay fits the trials' GPs in batches (a learned observation noise and
+    the reference's warm-started GP too); each trial's order and curve are those of its lone
+    replay, bit for bit."""
     spec = get_host().registry.strategy(name)
     make = functools.partial(spec.factory, **options)
     matrices = _noisy_mountains(3)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
-from ctxrl.gp import GapModel, PerformanceGP, Posterior
+from ctxrl.gp import GapModel, PerformanceGP, Posterior, WarmStartedGP
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
 
@@ -130,9 +130,11 @@ class MBTLStrategy:
         min_theta_per_index: floor of estimated slopes, per grid index (default: the
             reference's 0.005). Rows whose own context is not their best point make the estimate
             say "no decline"; without a floor MBTL would then chase GP uncertainty alone.
-        slopes: ``floored`` (non-negative estimates, floored as above) or ``signed`` (plain
-            least squares, no floor: performance may rise away from the source, as SD-MBTL's
-            GP-MBTL fits it).
+        slopes: ``floored`` (non-negative estimates, floored as above), ``signed`` (plain
+            least squares of each row's fall-off from its own diagonal entry, no floor:
+            performance may rise away from the source) or ``reference`` (SD-MBTL's GP-MBTL:
+            every observed entry fitted at once with one shared intercept, slopes of either
+            sign; :meth:`ctxrl.gp.GapModel.estimate_with_intercept`).
         noise_std: GP observation noise on normalised performance (reference: 0.1), or
             ``"rows"``: the spread of the observed rows about their own linear fits (the
             pooled residual standard deviation of :func:`row_fits`, at least
@@ -171,6 +173,14 @@ class MBTLStrategy:
             point at the rounded mean of the grid, in grid steps, then for the 2nd and 3rd
             source the target whose best observed performance is lowest, i.e. the one the
             chosen sources cover worst).
+        gp: how the GP is fitted: ``restarts`` (ctxrl's: centred training performance, one
+            lengthscale per dimension, 40 Adam steps from two starting lengthscales at every
+            step) or ``reference`` (SD-MBTL's reference code, :class:`ctxrl.gp.WarmStartedGP`:
+            a learned constant mean and observation noise, one lengthscale in grid steps, fitted
+            after every new source from the last fit's hyperparameters, up to 500 Adam steps
+            until the loss changes by less than 1e-5). ``reference`` learns its own noise
+            (``noise_std`` must be left at its default or ``learned``) and takes the diagonal
+            as the set point.
     """
 
     def __init__(
@@ -189,6 +199,7 @@ class MBTLStrategy:
         best: str = "observed",
         spread: str = "latent",
         start: str = "middle",
+        gp: str = "restarts",
     ) -> None:
         if beta not in BETA_SCHEDULES:
             raise CtxrlError(
@@ -196,8 +207,10 @@ class MBTLStrategy:
             )
         if not (theta == "estimate" or (isinstance(theta, int | float) and theta >= 0)):
             raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
-        if slopes not in ("floored", "signed"):
-            raise CtxrlError(f"strategy 'mbtl-gp': slopes {slopes!r} is not floored or signed")
+        if slopes not in ("floored", "signed", "reference"):
+            raise CtxrlError(
+                f"strategy 'mbtl-gp': slopes {slopes!r} is not floored, signed or reference"
+            )
         if not (
             noise_std in ("rows", "learned")
             or (isinstance(noise_std, int | float) and noise_std > 0)
@@ -215,6 +228,18 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': spread {spread!r} is not latent or predictive")
         if start not in START_RULES:
             raise CtxrlError(f"strategy 'mbtl-gp': start {start!r} is not middle or reference")
+        if gp not in ("restarts", "reference"):
+            raise CtxrlError(f"strategy 'mbtl-gp': gp {gp!r} is not restarts or reference")
+        if gp == "reference" and not (noise_std in (0.1, "learned") and set_point == "diagonal"):
+            raise CtxrlError(
+                "strategy 'mbtl-gp': gp 'reference' learns its noise from the diagonal; it takes "
+                f"neither noise_std {noise_std!r} nor set_point {set_point!r}"
+            )
+        self.gp_kind = gp
+        # gp: reference: the (source, diagonal entry) pairs fitted so far, in selection order,
+        # and the last fit
+        self._warm_sources: list[tuple[int, float]] = []
+        self._warm_gp: WarmStartedGP | None = None
         self.best_kind = best
         self.spread, self.start = spread, start
         self.slopes = slopes
@@ -251,6 +276,8 @@ class MBTLStrategy:
         if self.theta_per_index is not None:
             return GapModel(self.theta_per_index * steps, self.theta_per_index * steps)
         if self.theta == "estimate":
+            if self.slopes == "reference":
+                return GapModel.estimate_with_intercept(state.coords, state.rows)
             if self.slopes == "signed":
                 return GapModel.estimate(state.coords, state.rows, signed=True)
             estimate = GapModel.estimate(state.coords, state.rows)
@@ -297,15 +324,20 @@ class MBTLStrategy:
             residuals = [f.residual for f in fits.values() if f.residual is not None]
             if self.noise_std == "rows" and residuals:
                 noise_std = max(float(np.sqrt(np.mean(np.square(residuals)))), self.min_noise_std)
-        gp = PerformanceGP(
-            coords[sources],
-            np.array(train_y),
-            noise_std=noise_std,
-            learn_noise=self.noise_std == "learned",
-            restarts=self.restarts,
-        )
+        gp: PerformanceGP | WarmStartedGP
+        if self.gp_kind == "reference":
+            gp = self._warm_started(state, proposal)
+            posterior = gp.posterior(coords * self._steps(state))
+        else:
+            gp = PerformanceGP(
+                coords[sources],
+                np.array(train_y),
+                noise_std=noise_std,
+                learn_noise=self.noise_std == "learned",
+                restarts=self.restarts,
+            )
+            posterior = gp.posterior(coords)
         self._trace["noise_std"] = gp.noise_std
-        posterior = gp.posterior(coords)
         if self.spread == "predictive":
             posterior = Posterior(posterior.mean, np.sqrt(posterior.std**2 + gp.noise_std**2))
         if fits and self.gap_kind == "local":
@@ -346,6 +378,27 @@ class MBTLStrategy:
             picks.append({"index": index, "k": k, "beta": beta, "acquisition": gain})
             best = np.maximum(best, np.clip(posterior.mean[index] - gap[index], 0.0, 1.0))
         return proposal
+
+    def _warm_started(self, state: SelectionState, proposal: list[int]) -> WarmStartedGP:
+        """``gp: reference``: one fit per source observed since the last fit, in selection
+        order, each from the previous fit's hyperparameters (a new selection starts from
+        gpytorch's defaults), on grid-step coordinates and the sources' diagonal entries."""
+        steps = self._steps(state)
+        observed = [(s, float(state.rows[s][s])) for s in state.selected if s in state.rows]
+        if not observed:  # a first batch proposed together: the middle source, assumed at 0.5
+            return WarmStartedGP(state.coords[proposal] * steps, np.full(len(proposal), 0.5))
+        if observed[: len(self._warm_sources)] != self._warm_sources:  # another selection
+            self._warm_sources, self._warm_gp = [], None
+        while len(self._warm_sources) < len(observed):
+            fitted = observed[: len(self._warm_sources) + 1][::-1]  # newest first, as the reference
+            self._warm_gp = WarmStartedGP(
+                state.coords[[s for s, _ in fitted]] * steps,
+                np.array([value for _, value in fitted]),
+                start=self._warm_gp.fitted if self._warm_gp is not None else None,
+            )
+            self._warm_sources = observed[: len(fitted)]
+        assert self._warm_gp is not None
+        return self._warm_gp
 
     def trace(self) -> dict[str, Any]:
         """The last proposal: ``rule`` (``middle``: the first source, see ``start``;
