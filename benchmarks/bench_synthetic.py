@@ -79,23 +79,34 @@ PUBLISHED: dict[float, list[tuple[float, float, float, float, float]]] = {
         (0.0, 0.2127, 0.0147, 0.3099, 1.0),
     ],
 }
-COLUMNS = ("random", "mbtl-gp", "mbtl-gp-reference", "m-mbtl", "sd-mbtl", "myopic-oracle")
+COLUMNS = (
+    "random",
+    "mbtl-gp",
+    "mbtl-gp-reference",
+    "m-mbtl",
+    "sd-mbtl",
+    "sd-mbtl-reference",
+    "myopic-oracle",
+)
 # each column's published counterpart (index into a PUBLISHED row)
 PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
     "mbtl-gp-reference": 1,
     "m-mbtl": 2,
     "sd-mbtl": 3,
+    "sd-mbtl-reference": 3,
     "myopic-oracle": 4,
 }
 # columns that are a registered strategy with options: ``mbtl-gp-reference`` is ctxrl's
 # MBTL-GP run as SD-MBTL's reference code runs its GP-MBTL column (rounded-mean first source,
 # worst-covered 2nd and 3rd, slopes fitted with one shared intercept, the reference's
-# warm-started GP with its learned observation noise, the noise in the spread)
+# warm-started GP with its learned observation noise, the noise in the spread);
+# ``sd-mbtl-reference`` is ``sd-mbtl`` whose GP branch is that GP with those slopes
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "mbtl-gp-reference": (
         "mbtl-gp",
         {"start": "reference", "slopes": "reference", "spread": "predictive", "gp": "reference"},
     ),
+    "sd-mbtl-reference": ("sd-mbtl", {"slopes": "reference", "gp": "reference"}),
 }
 
 

@@ -12,14 +12,13 @@ performance in [0, 1]; a matrix is ``(N, N)`` with row = source, column = target
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ctxrl.fit_batch import current_batch
 
 
 @dataclass(frozen=True)
@@ -34,90 +33,8 @@ _Problem = tuple[np.ndarray, np.ndarray, float, int]  # x (n, d), centred y (n,)
 # raw lengthscale (1, d), raw outputscale (), observation noise variance (fixed or learned)
 _Raw = tuple[np.ndarray, np.ndarray, float]
 
-FitMany = Callable[[list[Any]], list[Any]]
-"""Fits a list of problems in one batched program; one result per problem, in order."""
-
 # the smallest observation noise variance a learned noise may take (gpytorch's default floor)
 MIN_NOISE_VARIANCE = 1e-4
-
-
-class FitBatch:
-    """Where the GP fits of ``parties`` threads meet (:func:`batched_fits`): a thread that
-    needs a fit leaves its problem and waits; when every live thread waits, the last to arrive
-    fits them all, one batched program per group (problems of the same shape and settings, fitted
-    by the same ``fit_many``), and wakes the others. A thread that finishes calls :meth:`leave`."""
-
-    def __init__(self, parties: int) -> None:
-        self._condition = threading.Condition()
-        self._live = parties
-        self._blocked = 0
-        self._waiting: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any, FitMany]] = {}
-        self._done: dict[tuple[Any, ...], Any] = {}
-        self._failed: dict[tuple[Any, ...], Exception] = {}
-
-    def fit(
-        self, key: tuple[Any, ...], group: tuple[Any, ...], problem: Any, fit_many: FitMany
-    ) -> Any:
-        """The result of ``problem`` (``key``: its data and settings, ``group``: the problems
-        it can be fitted with, ``fit_many``: fits a list of them, returning one result each);
-        raises the error of its batched fit if that failed."""
-        with self._condition:
-            if key not in self._done and key not in self._failed:
-                self._waiting[key] = (group, problem, fit_many)
-                self._blocked += 1
-                self._fit_when_all_wait()
-                while key not in self._done and key not in self._failed:
-                    self._condition.wait()
-            if key in self._failed:
-                raise self._failed[key]
-            return self._done[key]
-
-    def leave(self) -> None:
-        """A thread is done: it will ask for no more fits."""
-        with self._condition:
-            self._live -= 1
-            self._fit_when_all_wait()
-
-    def _fit_when_all_wait(self) -> None:
-        if not self._waiting or self._blocked < self._live:
-            return
-        groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-        for key, (group, _, _) in self._waiting.items():
-            groups.setdefault(group, []).append(key)
-        for keys in groups.values():
-            fit_many = self._waiting[keys[0]][2]
-            try:
-                results = fit_many([self._waiting[k][1] for k in keys])
-                self._done.update(zip(keys, results, strict=True))
-            except Exception:  # one bad problem fails the batch: fit each alone to find it
-                for key in keys:
-                    try:
-                        (self._done[key],) = fit_many([self._waiting[key][1]])
-                    except Exception as exc:  # its thread raises it; none waits forever
-                        self._failed[key] = exc
-        self._waiting.clear()
-        # every waiting thread's problem is answered: none counts as waiting any more, even
-        # before it wakes (a woken thread's next fit must wait for the others' next fits)
-        self._blocked = 0
-        self._condition.notify_all()
-
-
-_BATCH: ContextVar[FitBatch | None] = ContextVar("ctxrl_gp_batch", default=None)
-
-
-@contextmanager
-def batched_fits(batch: FitBatch) -> Iterator[None]:
-    """Within this block (in the calling thread), a :class:`PerformanceGP` fits through
-    ``batch``: it waits until the batch's other threads wait too and all are fitted in one
-    batched program. Used by :func:`ctxrl.selection.replay_many` to fit the GPs of many replays
-    together. Each member of a batched fit is optimised on its own loss (the batch's summed loss
-    has each member's gradient, and Adam updates each element alone), so a member's result is
-    the one a lone fit gives (tests/test_selection.py)."""
-    token = _BATCH.set(batch)
-    try:
-        yield
-    finally:
-        _BATCH.reset(token)
 
 
 def _initial_lengthscales(restarts: int, seed: int) -> list[float]:
@@ -202,8 +119,8 @@ class PerformanceGP:
     ``sqrt(MIN_NOISE_VARIANCE)`` = 0.01), as SD-MBTL's reference code fits its GP; the fitted
     value is :attr:`noise_std`. The outputscale and lengthscales are fitted with Adam from
     several starting lengthscales (``restarts``, fitted together as one batch), keeping the
-    best marginal likelihood. Inside :func:`batched_fits` it is fitted together with other
-    threads' GPs.
+    best marginal likelihood. Inside :func:`ctxrl.fit_batch.batched_fits` it is fitted with
+    other threads' GPs.
 
     Args:
         train_X: ``(n, d)`` unit-cube coordinates of the trained sources.
@@ -230,7 +147,7 @@ class PerformanceGP:
         self.mean_offset = float(y.mean())
         centred = y - self.mean_offset
         runs = max(1, restarts)
-        batch = _BATCH.get()
+        batch = current_batch()
         if batch is None:
             ((raw_lengthscale, raw_outputscale, variance),) = _fit_kernels(
                 x[None],
@@ -337,172 +254,6 @@ class PerformanceGP:
         with torch.no_grad(), gpytorch.settings.fast_pred_var():
             latent = self.model(x)
             mean = latent.mean.numpy() + self.mean_offset
-            std = latent.variance.clamp_min(0).sqrt().numpy()
-        return Posterior(mean, std)
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """The raw (unconstrained) hyperparameters a :class:`WarmStartedGP` fit starts from and
-    ends at: the constant ``mean``, ``lengthscale``, ``outputscale`` and ``noise`` before
-    gpytorch's softplus (all 0 is gpytorch's own start: a lengthscale, outputscale and noise
-    variance of about 0.693)."""
-
-    mean: float = 0.0
-    lengthscale: float = 0.0
-    outputscale: float = 0.0
-    noise: float = 0.0
-
-
-_WarmProblem = tuple[np.ndarray, np.ndarray, WarmStart]  # x (n, d), y (n,), start
-
-
-def _fit_warm(
-    problems: list[_WarmProblem], *, iterations: int, tolerance: float
-) -> list[WarmStart]:
-    """Fit ``P`` GPs of the same shape (each ``x`` ``(n, d)``, raw ``y`` ``(n,)``), each from its
-    own start, as one batch: Adam (learning rate 0.1, fresh moments) on each GP's negative
-    marginal log likelihood, for at most ``iterations`` steps; a GP stops after the step at
-    which its loss changed by less than ``tolerance`` since the step before (its parameters are
-    then kept while the others go on). Returns each GP's end point."""
-    import gpytorch
-    import torch
-
-    x = torch.as_tensor(np.stack([p[0] for p in problems]), dtype=torch.float64)
-    y = torch.as_tensor(np.stack([p[1] for p in problems]), dtype=torch.float64)
-    model, likelihood = WarmStartedGP._build(x, y)
-    starts = torch.tensor(
-        [[p[2].mean, p[2].lengthscale, p[2].outputscale, p[2].noise] for p in problems],
-        dtype=torch.float64,
-    )
-    parameters = [
-        model.mean_module.raw_constant,
-        model.covar_module.base_kernel.raw_lengthscale,
-        model.covar_module.raw_outputscale,
-        likelihood.noise_covar.raw_noise,
-    ]
-    with torch.no_grad():
-        for column, parameter in enumerate(parameters):
-            parameter.copy_(starts[:, column].reshape(parameter.shape))
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-    model.train()
-    likelihood.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    previous = torch.full((len(problems),), float("inf"), dtype=torch.float64)
-    running = torch.ones(len(problems), dtype=torch.bool)
-    for _ in range(iterations):
-        kept = [parameter.detach().clone() for parameter in parameters]
-        optimizer.zero_grad()
-        loss = -mll(model(x), y)
-        loss.sum().backward()
-        optimizer.step()
-        with torch.no_grad():  # a stopped GP keeps its parameters
-            for parameter, before in zip(parameters, kept, strict=True):
-                mask = running.reshape(-1, *([1] * (parameter.dim() - 1)))
-                parameter.copy_(torch.where(mask, parameter, before))
-        loss = loss.detach()
-        running &= (previous - loss).abs() >= tolerance
-        previous = torch.where(running, loss, previous)
-        if not running.any():
-            break
-    ends = torch.stack([parameter.detach().reshape(len(problems)) for parameter in parameters], 1)
-    return [WarmStart(*map(float, row)) for row in ends]
-
-
-class WarmStartedGP:
-    """SD-MBTL's GP-MBTL model, fitted as its reference code fits it: gpytorch's constant mean
-    (learned) and scaled RBF kernel with one lengthscale shared by every dimension, a learned
-    observation noise (at least 1e-4 in variance), on the raw training performance; Adam
-    (learning rate 0.1) for at most ``iterations`` steps, stopping once the loss changes by
-    less than ``tolerance``, from ``start``: the previous step's fit (:attr:`fitted`) when a
-    selection goes on, so each step continues the last one's optimisation. Inside
-    :func:`batched_fits` it is fitted together with other threads' GPs of the same shape.
-
-    Args:
-        train_X: ``(n, d)`` coordinates of the trained sources (the reference: grid steps).
-        train_Y: ``(n,)`` their normalised training performance.
-    """
-
-    def __init__(
-        self,
-        train_X: np.ndarray,
-        train_Y: np.ndarray,
-        *,
-        start: WarmStart | None = None,
-        iterations: int = 500,
-        tolerance: float = 1e-5,
-    ) -> None:
-        import torch
-
-        x = np.atleast_2d(np.asarray(train_X, dtype=np.float64))
-        y = np.asarray(train_Y, dtype=np.float64).reshape(-1)
-        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(f"train_X {x.shape} and train_Y {y.shape} disagree")
-        problem = (x, y, start or WarmStart())
-        batch = _BATCH.get()
-
-        def fit_many(problems: list[_WarmProblem]) -> list[WarmStart]:
-            return _fit_warm(problems, iterations=iterations, tolerance=tolerance)
-
-        if batch is None:
-            (self.fitted,) = fit_many([problem])
-        else:
-            key = ("warm", x.tobytes(), y.tobytes(), x.shape, problem[2], iterations, tolerance)
-            group = ("warm", *x.shape, iterations, tolerance)
-            self.fitted = batch.fit(key, group, problem, fit_many)
-        self.model, self.likelihood = self._build(torch.as_tensor(x), torch.as_tensor(y))
-        with torch.no_grad():
-            self.model.mean_module.raw_constant.fill_(self.fitted.mean)
-            self.model.covar_module.base_kernel.raw_lengthscale.fill_(self.fitted.lengthscale)
-            self.model.covar_module.raw_outputscale.fill_(self.fitted.outputscale)
-            self.likelihood.noise_covar.raw_noise.fill_(self.fitted.noise)
-        self.noise_std = float(self.likelihood.noise.detach().reshape(-1)[0].sqrt())
-        self.model.eval()
-        self.likelihood.eval()
-
-    @staticmethod
-    def _build(x: Any, y: Any) -> tuple[Any, Any]:
-        """The model on ``x`` ``(..., n, d)``, ``y`` ``(..., n)``; leading dimensions are a batch
-        of independent GPs."""
-        import gpytorch
-
-        batch_shape = x.shape[:-2]
-
-        class _ExactGP(gpytorch.models.ExactGP):  # type: ignore[misc]
-            def __init__(self, train_x: object, train_y: object, likelihood: object) -> None:
-                super().__init__(train_x, train_y, likelihood)
-                self.mean_module = gpytorch.means.ConstantMean(batch_shape=batch_shape)
-                self.covar_module = gpytorch.kernels.ScaleKernel(
-                    gpytorch.kernels.RBFKernel(batch_shape=batch_shape), batch_shape=batch_shape
-                )
-
-            def forward(self, inputs: object) -> object:
-                return gpytorch.distributions.MultivariateNormal(
-                    self.mean_module(inputs), self.covar_module(inputs)
-                )
-
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(batch_shape=batch_shape).double()
-        return _ExactGP(x, y, likelihood).double(), likelihood
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The fitted model: ``lengthscale`` (one, in the units of ``train_X``), ``outputscale``
-        (variance of normalised performance), the learned ``constant_mean`` and ``noise_std``."""
-        kernel = self.model.covar_module
-        return {
-            "lengthscale": kernel.base_kernel.lengthscale.detach().reshape(-1).tolist(),
-            "outputscale": float(kernel.outputscale.detach()),
-            "constant_mean": float(self.model.mean_module.constant.detach()),
-            "noise_std": self.noise_std,
-        }
-
-    def posterior(self, X: np.ndarray) -> Posterior:
-        """Mean and standard deviation of the latent training performance at ``X`` ``(m, d)``."""
-        import torch
-
-        x = torch.as_tensor(np.atleast_2d(X), dtype=torch.float64)
-        with torch.no_grad():
-            latent = self.model(x)
-            mean = latent.mean.numpy()
             std = latent.variance.clamp_min(0).sqrt().numpy()
         return Posterior(mean, std)
 

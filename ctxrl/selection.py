@@ -214,13 +214,14 @@ def replay_many(
     """:func:`replay` of a fresh strategy on each of ``T`` matrices ``(T, N, N)``, together.
 
     Each replay runs in its own thread; the Gaussian processes their strategies fit
-    (:class:`ctxrl.gp.PerformanceGP`) are fitted together, one batched program per round in
-    which every replay waits for a fit (:func:`ctxrl.gp.batched_fits`), instead of one by one,
-    so GP strategies replay many trial or seed matrices in about the time of one. The results
-    are those of :func:`replay` on each matrix (tests/test_selection.py); the first error of
-    any replay is raised once all have stopped.
+    (:class:`ctxrl.gp.PerformanceGP`, :class:`ctxrl.reference_gp.WarmStartedGP`) are fitted
+    together, one batched program per round in which every replay waits for a fit
+    (:func:`ctxrl.fit_batch.batched_fits`), instead of one by one, so GP strategies replay
+    many trial or seed matrices in about the time of one. The results are those of
+    :func:`replay` on each matrix (tests/test_selection.py); the first error of any replay is
+    raised once all have stopped.
     """
-    from ctxrl.gp import FitBatch, batched_fits
+    from ctxrl.fit_batch import FitBatch, batched_fits
 
     if len(matrices) == 1:
         return [

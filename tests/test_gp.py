@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from ctxrl import CtxrlError
-from ctxrl.gp import (
-    GapModel,
-    PerformanceGP,
-    WarmStart,
-    WarmStartedGP,
-    held_out_error,
-    predict_matrix,
-)
+from ctxrl.gp import GapModel, PerformanceGP, held_out_error, predict_matrix
 from ctxrl.plugins import get_host
+from ctxrl.reference_gp import WarmStart, WarmStartedGP
 from ctxrl.selection import replay
 
 N = 25
@@ -104,7 +98,8 @@ def test_a_warm_started_gp_continues_its_last_fit_and_stops_when_the_loss_settle
     on smooth data and interpolates it; with no iterations it keeps its
     start; refitted from its own end point it stops at once (the loss no longer changes);
     fitted in one batch with another problem each ends where it ends alone."""
-    from ctxrl.gp import FitBatch, _fit_warm, batched_fits
+    from ctxrl.fit_batch import FitBatch, batched_fits
+    from ctxrl.reference_gp import _fit_warm
 
     x = np.arange(8.0)[:, None]
     y = 0.6 + 0.2 * np.sin(x[:, 0] / 2)

@@ -34,7 +34,8 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
-from ctxrl.gp import GapModel, PerformanceGP, Posterior, WarmStartedGP
+from ctxrl.gp import GapModel, PerformanceGP, Posterior
+from ctxrl.reference_gp import WarmStartedGP
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
 
@@ -175,12 +176,12 @@ class MBTLStrategy:
             chosen sources cover worst).
         gp: how the GP is fitted: ``restarts`` (ctxrl's: centred training performance, one
             lengthscale per dimension, 40 Adam steps from two starting lengthscales at every
-            step) or ``reference`` (SD-MBTL's reference code, :class:`ctxrl.gp.WarmStartedGP`:
-            a learned constant mean and observation noise, one lengthscale in grid steps, fitted
-            after every new source from the last fit's hyperparameters, up to 500 Adam steps
-            until the loss changes by less than 1e-5). ``reference`` learns its own noise
-            (``noise_std`` must be left at its default or ``learned``) and takes the diagonal
-            as the set point.
+            step) or ``reference`` (SD-MBTL's reference code,
+            :class:`ctxrl.reference_gp.WarmStartedGP`: a learned constant mean and observation
+            noise, one lengthscale in grid steps, refitted after every new source from the
+            last fit's hyperparameters, up to 500 Adam steps until the loss changes by less
+            than 1e-5). ``reference`` learns its own noise (``noise_std`` must be left at its
+            default or ``learned``) and takes the diagonal as the set point.
     """
 
     def __init__(
@@ -236,8 +237,8 @@ class MBTLStrategy:
                 f"neither noise_std {noise_std!r} nor set_point {set_point!r}"
             )
         self.gp_kind = gp
-        # gp: reference: the (source, diagonal entry) pairs fitted so far, in selection order,
-        # and the last fit
+        # gp: reference: the (source, diagonal entry) pairs of the last fit, in selection order,
+        # and that fit
         self._warm_sources: list[tuple[int, float]] = []
         self._warm_gp: WarmStartedGP | None = None
         self.best_kind = best
@@ -300,6 +301,8 @@ class MBTLStrategy:
         if self.start == "reference" and state.selected and state.k < START_RULES["reference"]:
             # the worst-covered targets (lowest best observed performance) not chosen yet; a
             # batch stops at the rule's last source, the acquisition takes the next one
+            if self.gp_kind == "reference":  # the reference fits its GP after every source
+                self._warm_started(state, proposal)
             best = state.best_so_far()
             wanted = min(state.batch_size, START_RULES["reference"] - state.k)
             for index in np.argsort(best, kind="stable"):
@@ -380,24 +383,23 @@ class MBTLStrategy:
         return proposal
 
     def _warm_started(self, state: SelectionState, proposal: list[int]) -> WarmStartedGP:
-        """``gp: reference``: one fit per source observed since the last fit, in selection
-        order, each from the previous fit's hyperparameters (a new selection starts from
-        gpytorch's defaults), on grid-step coordinates and the sources' diagonal entries."""
+        """``gp: reference``: the GP fitted on every observed source's diagonal entry (grid-step
+        coordinates), once per new observation: from the last fit's hyperparameters while the
+        selection goes on, from gpytorch's defaults for a new one. Called at every step, as
+        the reference refits after every new source."""
         steps = self._steps(state)
         observed = [(s, float(state.rows[s][s])) for s in state.selected if s in state.rows]
         if not observed:  # a first batch proposed together: the middle source, assumed at 0.5
             return WarmStartedGP(state.coords[proposal] * steps, np.full(len(proposal), 0.5))
-        if observed[: len(self._warm_sources)] != self._warm_sources:  # another selection
-            self._warm_sources, self._warm_gp = [], None
-        while len(self._warm_sources) < len(observed):
-            fitted = observed[: len(self._warm_sources) + 1][::-1]  # newest first, as the reference
+        if self._warm_gp is None or observed != self._warm_sources:
+            goes_on = observed[: len(self._warm_sources)] == self._warm_sources
+            newest_first = observed[::-1]  # the reference keeps its newest row first
             self._warm_gp = WarmStartedGP(
-                state.coords[[s for s, _ in fitted]] * steps,
-                np.array([value for _, value in fitted]),
-                start=self._warm_gp.fitted if self._warm_gp is not None else None,
+                state.coords[[s for s, _ in newest_first]] * steps,
+                np.array([value for _, value in newest_first]),
+                start=self._warm_gp.fitted if self._warm_gp is not None and goes_on else None,
             )
-            self._warm_sources = observed[: len(fitted)]
-        assert self._warm_gp is not None
+            self._warm_sources = observed
         return self._warm_gp
 
     def trace(self) -> dict[str, Any]:
