@@ -167,7 +167,8 @@ class SDMBTLStrategy:
             reference: 5); before that the M-MBTL branch runs, as in the reference.
         mountain_threshold: the ``spearman`` detection's threshold.
         **gp_options: options of ``mbtl-gp`` for the GP branch (defaults ``slopes: signed``,
-            ``spread: predictive``, as the reference's GP-MBTL).
+            ``spread: predictive``; ``slopes: reference`` and ``gp: reference`` give the
+            reference code's slope fit and GP, see ``mbtl-gp``).
     """
 
     def __init__(
@@ -197,9 +198,9 @@ class SDMBTLStrategy:
         self._clusterer: SequentialClustering | None = None
         self.min_rows = int(min_rows)
         self.mountain_threshold = float(mountain_threshold)
-        # the GP branch as SD-MBTL's reference code runs it: signed slopes (its non-Mountain
-        # structures may rise away from the source) and a candidate's uncertainty including
-        # the observation noise (benchmarks/RESULTS.md, the synthetic benchmark)
+        # the GP branch: signed slopes (non-Mountain structures may rise away from the
+        # source) and a candidate's uncertainty including the observation noise, as the
+        # reference scores it (benchmarks/RESULTS.md, the synthetic benchmark)
         defaults = {"slopes": "signed", "spread": "predictive"}
         self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
