@@ -305,7 +305,7 @@ class MBTLStrategy:
                 self._warm_started(state, proposal)
             best = state.best_so_far()
             wanted = min(state.batch_size, START_RULES["reference"] - state.k)
-            for index in np.argsort(best, kind="stable"):
+            for index in np.argsort(best):  # ties as the reference breaks them: numpy's sort
                 if len(proposal) == wanted:
                     break
                 if int(index) not in chosen:
@@ -372,10 +372,12 @@ class MBTLStrategy:
             k = state.k + len(proposal)
             beta = BETA_SCHEDULES[self.beta](k, self.c)
             optimistic = posterior.mean + beta * posterior.std
-            gain = np.maximum(optimistic[:, None] - gap - best[None, :], 0.0).mean(axis=1)
-            gain = np.round(gain, 12)
+            raw = np.maximum(optimistic[:, None] - gap - best[None, :], 0.0).mean(axis=1)
+            gain = np.round(raw, 12)
             gain[list(chosen)] = -np.inf
             index = int(np.argmax(gain))  # first index on ties
+            if self.gp_kind == "reference":  # its ties: numpy's default sort, unrounded
+                index = next(int(i) for i in np.argsort(-raw) if int(i) not in chosen)
             proposal.append(index)
             chosen.add(index)
             picks.append({"index": index, "k": k, "beta": beta, "acquisition": gain})
