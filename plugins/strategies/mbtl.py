@@ -409,8 +409,9 @@ class MBTLStrategy:
         ``worst-covered``: the reference start's 2nd and 3rd sources, with ``best_so_far``;
         ``acquisition``: the GP rule), and for the GP rule the ``sources`` and their
         training performance ``train_y``, the fitted GP (``lengthscale``, ``outputscale``,
-        ``mean_offset``) and its posterior ``mean`` / ``std`` per context ``(N,)``, the gap
-        slopes ``left`` / ``right`` ``(d,)``, the GP's ``noise_std`` at this step,
+        ``mean_offset``; with ``gp: reference`` ``constant_mean`` and ``noise_std``, the
+        lengthscale in grid steps) and its posterior ``mean`` / ``std`` per context ``(N,)``,
+        the gap slopes ``left`` / ``right`` ``(d,)``, the GP's ``noise_std`` at this step,
         ``best_so_far`` ``U_j`` ``(N,)`` (with ``best=consistent``, raised to the model's rows
         of the trained sources) and one pick per proposed source: its index, ``k``, ``beta``
         and the ``acquisition`` value ``a_i`` of every context ``(N,)`` (None for contexts
