@@ -147,42 +147,25 @@ class PerformanceGP:
         self.mean_offset = float(y.mean())
         centred = y - self.mean_offset
         runs = max(1, restarts)
-        batch = current_batch()
-        if batch is None:
-            ((raw_lengthscale, raw_outputscale, variance),) = _fit_kernels(
-                x[None],
-                centred[None],
-                np.array([noise_std]),
-                [seed],
+        problem = (x, centred, float(noise_std), seed)
+
+        def fit_many(problems: list[_Problem]) -> list[_Raw]:
+            return _fit_kernels(
+                np.stack([p[0] for p in problems]),
+                np.stack([p[1] for p in problems]),
+                np.array([p[2] for p in problems]),
+                [p[3] for p in problems],
                 restarts=runs,
                 iterations=iterations,
                 learn_noise=learn_noise,
             )
+
+        batch = current_batch()
+        if batch is None:
+            ((raw_lengthscale, raw_outputscale, variance),) = fit_many([problem])
         else:
-            key = (
-                x.tobytes(),
-                centred.tobytes(),
-                x.shape,
-                float(noise_std),
-                seed,
-                learn_noise,
-                runs,
-                iterations,
-            )
-            problem = (x, centred, float(noise_std), seed)
             group = ("kernels", *x.shape, learn_noise, runs, iterations)
-
-            def fit_many(problems: list[_Problem]) -> list[_Raw]:
-                return _fit_kernels(
-                    np.stack([p[0] for p in problems]),
-                    np.stack([p[1] for p in problems]),
-                    np.array([p[2] for p in problems]),
-                    [p[3] for p in problems],
-                    restarts=runs,
-                    iterations=iterations,
-                    learn_noise=learn_noise,
-                )
-
+            key = (*group, x.tobytes(), centred.tobytes(), float(noise_std), seed)
             raw_lengthscale, raw_outputscale, variance = batch.fit(key, group, problem, fit_many)
         self.noise_std = float(np.sqrt(variance))
         tx, ty = torch.as_tensor(x), torch.as_tensor(centred)
