@@ -269,3 +269,18 @@ def test_envs_and_plugins_never_truncate_names_users_type() -> None:
     text = narrow.file.getvalue()  # type: ignore[attr-defined]
     assert "…" not in text
     assert all(name in text for name in features)
+
+
+SWEEP_CONFIGS = sorted((Path(__file__).parents[1] / "benchmarks" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
+def test_every_benchmark_sweep_config_resolves_to_a_plan(path: Path) -> None:
+    """The sweeps RESULTS.md cites stay runnable as the config schema and plugins change."""
+    from ctxrl.errors import PluginUnavailable
+
+    try:
+        plan = resolve_plan(load_config(path), get_host().registry)
+    except PluginUnavailable as missing:  # an optional extra (sumo, box2d) not installed
+        pytest.skip(str(missing))
+    assert len(plan.grid) >= 2 and plan.config.train_steps > 0
