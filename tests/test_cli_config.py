@@ -14,6 +14,7 @@ from conftest import requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
+from ctxrl.errors import PluginUnavailable
 from ctxrl.plugins import get_host
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -277,8 +278,6 @@ SWEEP_CONFIGS = sorted((Path(__file__).parents[1] / "benchmarks" / "sweeps").glo
 @pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
 def test_every_benchmark_sweep_config_resolves_to_a_plan(path: Path) -> None:
     """The sweeps RESULTS.md cites stay runnable as the config schema and plugins change."""
-    from ctxrl.errors import PluginUnavailable
-
     try:
         plan = resolve_plan(load_config(path), get_host().registry)
     except PluginUnavailable as missing:  # an optional extra (sumo, box2d) not installed
