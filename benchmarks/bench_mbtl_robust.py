@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_mbtl_robust.py [--seeds 6] [--seed0 0] [--n 60]
         [--noise 0.02 0.05 0.1] [--variant NAME=k:v,k:v ...] [--budget 15] [--out FILE.json]
 
-e.g. ``--variant robust=noise_std:rows,best:consistent`` replays ``mbtl-gp`` with those options
-next to the default one (about 3 s per MBTL-GP replay at N = 60, K = 15 on one core: the
-default run, 27 matrices and one variant, takes about 3 minutes).
+e.g. ``--variant fixed=noise_std:0.1,best:observed`` replays ``mbtl-gp`` with those options (the
+reference's GP noise and baseline, ctxrl's default before 2026-12-04) next to the default one
+(``noise_std: rows, best: consistent``; about 3 s per MBTL-GP replay at N = 60, K = 15 on one
+core: the default run, 27 matrices and one variant, takes about 3 minutes).
 
 Matrices (normalised, row = source, column = target, contexts ``x = linspace(0, 1, N)``):
 

@@ -82,6 +82,7 @@ PUBLISHED: dict[float, list[tuple[float, float, float, float, float]]] = {
 COLUMNS = (
     "random",
     "mbtl-gp",
+    "mbtl-gp-fixed-noise",
     "mbtl-gp-reference",
     "m-mbtl",
     "sd-mbtl",
@@ -90,6 +91,7 @@ COLUMNS = (
 )
 # each column's published counterpart (index into a PUBLISHED row)
 PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
+    "mbtl-gp-fixed-noise": 1,
     "mbtl-gp-reference": 1,
     "m-mbtl": 2,
     "sd-mbtl": 3,
@@ -100,13 +102,22 @@ PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
 # MBTL-GP run as SD-MBTL's reference code runs its GP-MBTL column (rounded-mean first source,
 # worst-covered 2nd and 3rd, slopes fitted with one shared intercept, the reference's
 # warm-started GP with its learned observation noise, the noise in the spread);
-# ``sd-mbtl-reference`` is ``sd-mbtl`` whose GP branch is that GP with those slopes
-VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+# ``sd-mbtl-reference`` is ``sd-mbtl`` whose GP branch is that GP with those slopes;
+# ``mbtl-gp-fixed-noise`` is ``mbtl-gp`` with the reference's fixed GP noise and observed
+# baseline, ctxrl's default before 2026-12-04 (the "mbtl-gp" column of the earlier results)
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "mbtl-gp-reference": (
         "mbtl-gp",
-        {"start": "reference", "slopes": "reference", "spread": "predictive", "gp": "reference"},
+        {
+            "start": "reference",
+            "slopes": "reference",
+            "spread": "predictive",
+            "gp": "reference",
+            "best": "observed",
+        },
     ),
     "sd-mbtl-reference": ("sd-mbtl", {"slopes": "reference", "gp": "reference"}),
+    "mbtl-gp-fixed-noise": ("mbtl-gp", {"noise_std": 0.1, "best": "observed"}),
 }
 
 

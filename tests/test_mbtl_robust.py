@@ -1,5 +1,6 @@
 """MBTL-GP on noisy mountains: the row fits, the rows' noise estimate and the consistent
-baseline (``noise_std=rows``, ``best=consistent``; benchmarks/bench_mbtl_robust.py)."""
+baseline (``noise_std: rows``, ``best: consistent``, the defaults;
+benchmarks/bench_mbtl_robust.py)."""
 
 from __future__ import annotations
 
@@ -56,25 +57,37 @@ def test_the_rows_noise_estimate_follows_the_entries_noise() -> None:
         assert strategy.trace()["noise_std"] == pytest.approx(sigma, rel=0.3)
 
 
-def test_rows_noise_and_consistent_baseline_do_not_lose_to_greedy_on_noisy_mountains() -> None:
+def test_the_default_does_not_lose_to_greedy_on_noisy_mountains() -> None:
     """The reference's GP noise (0.1) shrinks a weak source's set point towards the mean, and
     the acquisition then re-trains beside it; with the rows' noise and the model compared with
-    itself, MBTL-GP is at least Greedy here (mean G_1..10 over four matrices) where the
-    reference setting is below."""
+    itself (the defaults), MBTL-GP is at least Greedy here (mean G_1..10 over four matrices)
+    where the reference setting is below."""
     registry = get_host().registry
-    robust: list[float] = []
     default: list[float] = []
+    fixed_noise: list[float] = []
     greedy: list[float] = []
     for seed in range(4):
         matrix = noisy_mountain(seed, 0.05)
         for out, spec, options in (
-            (robust, registry.strategy("mbtl-gp"), {"noise_std": "rows", "best": "consistent"}),
             (default, registry.strategy("mbtl-gp"), {}),
+            (fixed_noise, registry.strategy("mbtl-gp"), {"noise_std": 0.1, "best": "observed"}),
             (greedy, registry.strategy("greedy"), {}),
         ):
             out.append(replay(spec.factory(**options), matrix, X[:, None], 10).curve.mean())
-    assert np.mean(robust) >= np.mean(greedy)
-    assert np.mean(robust) > np.mean(default)
+    assert np.mean(default) >= np.mean(greedy)
+    assert np.mean(default) > np.mean(fixed_noise) > 0
+
+
+def test_the_defaults_measure_the_noise_on_the_rows_unless_the_gp_learns_it() -> None:
+    spec = get_host().registry.strategy("mbtl-gp")
+    default = spec.factory()
+    assert isinstance(default, MBTLStrategy)
+    assert (default.noise_std, default.best_kind) == ("rows", "consistent")
+    reference = spec.factory(gp="reference")
+    assert isinstance(reference, MBTLStrategy)
+    assert reference.noise_std == "learned"
+    with pytest.raises(CtxrlError, match="noise_std 'rows'"):
+        spec.factory(gp="reference", noise_std="rows")
 
 
 def test_robust_options_are_checked() -> None:

@@ -217,17 +217,18 @@ def test_a_learned_noise_sizes_the_predictive_spread_to_the_matrix() -> None:
 
 
 def test_mbtl_gp_as_the_reference_follows_the_reference_codes_sequence() -> None:
-    """``mbtl-gp`` with ``gp``, ``slopes`` and ``start: reference`` and the predictive spread
-    chooses, on the synthetic setting f=linear,g=linear,h=l1 at noise 5 (trial 0, normalised
-    over its 100 trials), the sources SD-MBTL's own code (``algs.py``, class ``MBTL``) chose
-    when run on the same matrix (2026-12-04; all 50 agree, the first 12 are checked here)."""
+    """``mbtl-gp`` with ``gp``, ``slopes`` and ``start: reference``, the predictive spread and
+    the observed baseline chooses, on the synthetic setting f=linear,g=linear,h=l1 at noise 5
+    (trial 0, normalised over its 100 trials), the sources SD-MBTL's own code (``algs.py``,
+    class ``MBTL``) chose when run on the same matrix (2026-12-04; all 50 agree, the first 12
+    are checked here)."""
     from ctxrl_plugins.strategies.mbtl import MBTLStrategy
 
     trials = synthetic_trials(SyntheticSetting("linear", "linear", "l1"), 5.0, 100)
     lower, upper = reference_bounds(trials)
     matrix = (trials[0] - lower) / (upper - lower)
     strategy = MBTLStrategy(
-        start="reference", slopes="reference", spread="predictive", gp="reference"
+        start="reference", slopes="reference", spread="predictive", gp="reference", best="observed"
     )
     result = replay(strategy, matrix, grid_points() / 7.0, 12)
     assert result.order == (292, 1, 0, 437, 506, 492, 444, 376, 508, 255, 303, 126)

@@ -168,9 +168,11 @@ def test_replaying_many_fits_each_steps_gps_in_one_program(
 
     monkeypatch.setattr(ctxrl.gp, "_fit_kernels", counted)
     spec = get_host().registry.strategy("mbtl-gp")
-    replay_many(spec.factory, _noisy_mountains(4), np.linspace(0, 1, 20)[:, None], 6)
+    fixed_noise = functools.partial(spec.factory, noise_std=0.1)
+    replay_many(fixed_noise, _noisy_mountains(4), np.linspace(0, 1, 20)[:, None], 6)
     # steps 2..6: one program per step fits the 4 trials' GPs; at step 2 each trial's GP has
-    # one point, the same middle source, whose centred value is 0: one problem, fitted once
+    # one point, the same middle source, whose centred value is 0: with the same noise, one
+    # problem, fitted once (the default's noise is measured on each trial's rows)
     assert calls == [1, 4, 4, 4, 4]
 
 
