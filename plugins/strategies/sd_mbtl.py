@@ -203,13 +203,12 @@ class SDMBTLStrategy:
         # source) and a candidate's uncertainty including the observation noise, as the
         # reference scores it, with the reference's fixed noise and observed baseline: the
         # setting measured on SD-MBTL's synthetic benchmark (benchmarks/RESULTS.md)
-        defaults: dict[str, object] = {
+        defaults = {
             "slopes": "signed",
             "spread": "predictive",
+            "noise_std": 0.1,
             "best": "observed",
         }
-        if gp_options.get("gp") != "reference":  # that GP learns its noise
-            defaults["noise_std"] = 0.1
         self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
 
