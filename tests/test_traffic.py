@@ -289,16 +289,29 @@ def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_pa
     assert _gone(before)  # (other test workers' SUMO processes come and go meanwhile)
 
 
+def _connected(pid: int) -> bool:
+    """Whether SUMO process ``pid`` holds an established TCP connection (its TraCI client has
+    connected: a SUMO stopped before this point fails its client's connect instead of its run)."""
+    try:
+        fds = Path(f"/proc/{pid}/fd").iterdir()
+        links = [os.readlink(fd) for fd in fds]
+        sockets = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+        tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
+    except OSError:  # the process ended meanwhile
+        return False
+    rows = (line.split() for table in tables for line in table.splitlines()[1:])
+    return any(row[3] == "01" and row[9] in sockets for row in rows)  # 01: ESTABLISHED
+
+
 def _running_simulations(before: set[int], count: int, sweep: subprocess.Popen[str]) -> set[int]:
-    """Wait for ``count`` SUMO processes started after ``before`` that stay up for 0.3 s."""
+    """Wait for ``count`` SUMO processes started after ``before`` with their client connected."""
     deadline = time.monotonic() + 180
     while True:
-        seen = _sumo_pids() - before
-        time.sleep(0.3)
-        steady = seen & _sumo_pids()
-        if len(steady) >= count:
-            return steady
+        connected = {pid for pid in _sumo_pids() - before if _connected(pid)}
+        if len(connected) >= count:
+            return connected
         assert sweep.poll() is None and time.monotonic() < deadline, "no SUMO workers"
+        time.sleep(0.3)
 
 
 def _gone(before: set[int], within_s: float = 30.0) -> bool:
