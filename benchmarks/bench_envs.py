@@ -30,14 +30,22 @@ from ctxrl.plugins import get_host
 BATCHES = (1, 64, 4096, 65536)
 
 
-def _rate(step: Callable[[int], None], batch: int, budget_s: float) -> float:
-    """Environment steps per second of ``step(t)`` (one call = ``batch`` env steps)."""
+def _rate(
+    step: Callable[[int], None],
+    batch: int,
+    budget_s: float,
+    sync: Callable[[], None] = lambda: None,
+) -> float:
+    """Environment steps per second of ``step(t)`` (one call = ``batch`` env steps); ``sync``
+    waits for queued work (a GPU's) before each reading of the clock."""
     step(0)  # warm-up
+    sync()
     calls, started = 0, time.perf_counter()
     while True:
         for _ in range(10):
             step(calls)
             calls += 1
+        sync()
         elapsed = time.perf_counter() - started
         if elapsed > budget_s:
             return calls * batch / elapsed
@@ -56,15 +64,20 @@ def twin_rate(
         actions = torch.randint(0, env.discrete_actions, (64, batch), device=device, generator=gen)
     else:
         actions = torch.rand((64, batch), device=device, generator=gen) * 4 - 2
-    step = torch.compile(env.step) if compiled else env.step
+    if compiled:
+        env.branch_free = True  # no data-dependent indexing: one graph
+    step = torch.compile(env.step, dynamic=False) if compiled else env.step
 
     def run(t: int) -> None:
         step(actions[t % 64])
 
-    rate = _rate(run, batch, budget_s)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return rate
+    return _rate(
+        run, batch, budget_s, torch.cuda.synchronize if device.startswith("cuda") else _no_sync
+    )
+
+
+def _no_sync() -> None:
+    """Nothing to wait for on the CPU."""
 
 
 def gymnasium_vector_cartpole_rate(batch: int, budget_s: float) -> float:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ctxrl.plugins import get_host
+from ctxrl_plugins.training.compiling import evaluation_compiles, torch_compile_mode
+from ctxrl_plugins.training.evaluation import evaluate_policies
 
 
 def sb3_baseline(lengths: np.ndarray, steps: int, episodes: int) -> tuple[float, np.ndarray]:
@@ -134,8 +136,18 @@ def batched(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
-    matrix = algorithm.evaluate_many(policies, spec, contexts, episodes=episodes, seed=0)
-    return elapsed, np.array([matrix[i, i].mean() for i in range(len(contexts))])
+    # each agent on its own context only (the diagonal: P lists of one context, not P x P)
+    own = evaluate_policies(
+        policies,
+        spec,
+        [[c] for c in contexts],
+        episodes=episodes,
+        seed=0,
+        device=torch.device(device),
+        per_policy=True,
+        compile=evaluation_compiles(compile_mode, torch.device(device)),
+    )
+    return elapsed, own[:, 0].mean(axis=-1)
 
 
 def matmul_floor(contexts: int, steps: int, device: str) -> tuple[float, float]:
@@ -178,23 +190,36 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--rejax", action="store_true", help="also train rejax PPO (JAX)")
     parser.add_argument(
+        "--constant-lr",
+        action="store_true",
+        help="no learning-rate annealing (as with --rejax), for runs compared with a --rejax run",
+    )
+    parser.add_argument(
         "--compile",
         nargs="*",
         default=["off"],
         choices=["off", "on", "auto"],
         help="batched-ppo's compile modes to time, one run each (on: its wall time includes "
-        "compiling; a second run in the same process shows the time without it)",
+        "compiling; a second run in the same process shows the time without it); none: "
+        "batched-ppo is not run (the peers alone)",
     )
     args = parser.parse_args()
     lengths = np.geomspace(0.25, 2.0, args.contexts)
+    card = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(
         f"{platform.machine()} {platform.processor()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, device {args.device}"
+        f"threads {torch.get_num_threads()}, device {args.device}{card}, torch.compile mode "
+        f"{torch_compile_mode()}"
     )
     runs: list[float] = []
     for mode in args.compile:
         ours, ours_returns = batched(
-            lengths, args.steps, args.episodes, args.device, not args.rejax, mode
+            lengths,
+            args.steps,
+            args.episodes,
+            args.device,
+            not (args.rejax or args.constant_lr),
+            mode,
         )
         runs.append(ours)
         print(
@@ -203,7 +228,8 @@ def main() -> None:
             f"{ours_returns.mean():.1f} (per context {np.round(ours_returns).tolist()})",
             flush=True,
         )
-    ours = min(runs)  # the ratios below use the fastest run
+    # the ratios below use the fastest run (none with `--compile` alone: the peers only)
+    ours = min(runs) if runs else float("nan")
     if args.rejax:
         import jax
 

@@ -1,32 +1,58 @@
 #!/usr/bin/env bash
-# Every GPU measurement the issues ask for, in one run (about 10 minutes on an H100 / H200):
-#   1. batched env stepping against gymnax at B = 1 .. 65536        (bench_envs.py)
-#   2. batched PPO (eager, compiled cold, compiled warm) against rejax at 64 / 256 / 1024
-#      contexts x 524,288 steps (bench_ppo.py --compile off on on)
-#   3. compile times and break-even points of compiled PPO and DQN (bench_compile.py)
-#   4. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps (bench_sweep.py),
-#      compile: auto (compiled on a GPU)
+# Every GPU measurement of the speed issue, in one run under a time budget (default 540 s), the
+# most important first; a step that would overrun the budget is cut (SIGINT) or skipped, and the
+# others still run. Sized from the first run on an H200 (benchmarks/RESULTS.md, "On a GPU"):
+#   1. rejax (JAX) PPO alone at 1024 CartPole contexts x 524,288 steps (~70 s with its compile)
+#   2. batched PPO compiled (torch.compile's default mode) on the same contexts (~170 s)
+#   3. env stepping, eager and compiled twins, against gymnax at B = 1024 and 65,536 (~50 s)
+#   4. batched PPO with CUDA graphs (torch.compile's reduce-overhead mode) on a quarter of the
+#      steps, twice in one process (the second without compiling)
+#   5. 64 contexts: batched PPO (default mode) and rejax in one run
+#   6. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps, compile: auto
 # Usage, from the repository root on a machine with a GPU, torch with CUDA, and jax, gymnax
 # 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies; for a
 # machine without network, benchmarks/gpu_wheels.sh fetches them and says how to install):
-#   [PYTHON=python3] bash benchmarks/gpu_check.sh [OUT_DIR]
-# Each step's output goes to OUT_DIR (default: gpu-results/) and to the terminal; a failing step
-# does not stop the others. Record the numbers, with the card's name, in benchmarks/RESULTS.md.
+#   [PYTHON=python3] [BUDGET_S=540] bash benchmarks/gpu_check.sh [OUT_DIR]
+# Each step's output goes to OUT_DIR/<step>.txt (default OUT_DIR: gpu-results/; 6 files) and its
+# tail, after the card and the versions, to the terminal. Record the numbers, with the card's name, in
+# benchmarks/RESULTS.md.
 set -u
 out="${1:-gpu-results}"
+budget_s="${BUDGET_S:-540}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py="${PYTHON:-python}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+began=$SECONDS
 
-"$py" benchmarks/bench_envs.py --device cuda --gymnax --max-sync 0 2>&1 | tee "$out/envs.md"
-for contexts in 64 256 1024; do
-    "$py" benchmarks/bench_ppo.py --device cuda --skip-sb3 --rejax --contexts "$contexts" \
-        --steps 524288 --episodes 10 --compile off on on 2>&1 | tee "$out/ppo-$contexts.txt"
-done
-"$py" benchmarks/bench_compile.py --device cuda --agents 64 256 1024 --steps 131072 2>&1 \
-    | tee "$out/compile.md"
-"$py" benchmarks/bench_compile.py --device cuda --algorithm batched-dqn --agents 256 1024 \
-    --steps 20000 2>&1 | tee "$out/compile-dqn.md"
-"$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 --compile auto \
-    --output-dir "$out/sweeps" 2>&1 | tee "$out/sweep.md"
+step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under 40 s of the budget are left
+    local name=$1 limit=$2
+    shift 2
+    local left=$((budget_s - (SECONDS - began)))
+    if [ "$left" -lt 40 ]; then
+        echo "== $name: skipped, $left s of the budget left" | tee "$out/$name.txt"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (at most $limit s)"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$out/$name.txt" 2>&1
+    local status=$?
+    echo "== $name: exit $status after $((SECONDS - start)) s" | tee -a "$out/$name.txt"
+    tail -n 30 "$out/$name.txt" | grep -v "^== $name"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$py" -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'| jax', jax.__version__, jax.devices())"
+
+ppo=(benchmarks/bench_ppo.py --device cuda --skip-sb3 --steps 524288 --episodes 10)
+step rejax-1024 150 "$py" "${ppo[@]}" --contexts 1024 --rejax --compile
+step ppo-1024 220 "$py" "${ppo[@]}" --contexts 1024 --compile on --constant-lr
+step envs 90 "$py" benchmarks/bench_envs.py --device cuda --gymnax --compile --max-sync 0 \
+    --batches 1024 65536 --budget-s 1
+step ppo-1024-graphs 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" "${ppo[@]}" \
+    --contexts 1024 --steps 131072 --compile on on --constant-lr
+step ppo-64 200 "$py" "${ppo[@]}" --contexts 64 --compile on --rejax
+step sweep 400 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
+    --compile auto --output-dir /tmp/ctxrl-gpu-sweeps
+echo "== done after $((SECONDS - began)) s"

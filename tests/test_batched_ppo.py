@@ -184,3 +184,17 @@ class TestBatchedPPOContract(AlgorithmContract):
     @pytest.fixture
     def algorithm_spec(self) -> AlgorithmSpec:
         return get_host().registry.algorithm("batched-ppo")
+
+
+def test_the_torch_compile_mode_comes_from_its_variable_and_an_unknown_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ctxrl_plugins.training.compiling import TORCH_COMPILE_MODE_VARIABLE, torch_compile_mode
+
+    monkeypatch.delenv(TORCH_COMPILE_MODE_VARIABLE, raising=False)
+    assert torch_compile_mode() == "default"
+    monkeypatch.setenv(TORCH_COMPILE_MODE_VARIABLE, "reduce-overhead")
+    assert torch_compile_mode() == "reduce-overhead"
+    monkeypatch.setenv(TORCH_COMPILE_MODE_VARIABLE, "fastest")
+    with pytest.raises(ConfigError, match=r"CTXRL_TORCH_COMPILE_MODE: .*got 'fastest'"):
+        torch_compile_mode()

@@ -5,15 +5,38 @@ per operation on a CPU) at the price of compiling once per process and shape."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ctxrl.errors import ConfigError
 
 COMPILE_MODES = ("off", "on", "auto")
+
+TORCH_COMPILE_MODE_VARIABLE = "CTXRL_TORCH_COMPILE_MODE"
+"""Environment variable naming the ``mode`` given to ``torch.compile`` (unset: its default
+mode). ``reduce-overhead`` replays each compiled function on a CUDA device as a CUDA graph
+(one launch instead of one per kernel); see :class:`CompiledFunction`."""
+
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def torch_compile_mode() -> str:
+    """The ``torch.compile`` mode :data:`TORCH_COMPILE_MODE_VARIABLE` names (``default`` when
+    unset); a clear error naming the variable for any other value."""
+    mode = os.environ.get(TORCH_COMPILE_MODE_VARIABLE, "") or "default"
+    if mode not in TORCH_COMPILE_MODES:
+        raise ConfigError(
+            f"{TORCH_COMPILE_MODE_VARIABLE}: takes one of {', '.join(TORCH_COMPILE_MODES)}, "
+            f"got {mode!r}"
+        )
+    return mode
+
 
 CPU_COMPILE_MIN_ITERATIONS = 300
 """Below this many iterations compiling can cost more on the CPU than it saves: the largest
@@ -60,17 +83,31 @@ def evaluation_compiles(mode: str, device: torch.device) -> bool:
 class CompiledFunction:
     """``torch.compile(fn, dynamic=False)`` that times its first two calls: the first compiles
     the graph for its shapes (or loads it from inductor's cache), the second runs it, and
-    their difference estimates the compile time (later recompilations are not counted)."""
+    their difference estimates the compile time (later recompilations are not counted).
+
+    Under a CUDA-graph mode (:func:`torch_compile_mode`), each call starts a new step of
+    PyTorch's CUDA-graph trees and returns copies of the graph's outputs, so that an output
+    kept across calls (the rollout's observations, the loss) is never overwritten by the next
+    replay; a function that mutates its inputs runs without CUDA graphs (PyTorch decides)."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        self._compiled = torch.compile(fn, dynamic=False)
+        mode = torch_compile_mode()
+        self._compiled = torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
+        self._cuda_graphs = mode in CUDA_GRAPH_MODES
         self._first_calls_s: list[float] = []
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._cuda_graphs:
+            return self._compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+        out = self._compiled(*args, **kwargs)
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if len(self._first_calls_s) == 2:
-            return self._compiled(*args, **kwargs)
+            return self._call(*args, **kwargs)
         began = time.perf_counter()
-        out = self._compiled(*args, **kwargs)
+        out = self._call(*args, **kwargs)
         self._first_calls_s.append(time.perf_counter() - began)
         return out
 
