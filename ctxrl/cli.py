@@ -27,9 +27,10 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from ctxrl import __version__
-from ctxrl.config import check_output_dir, load_config, locate_run_dir, resolve_plan
+from ctxrl.config import load_config, resolve_plan
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
+from ctxrl.run_dirs import check_output_dir, locate_run_dir
 
 out = Console()
 err = Console(stderr=True)
@@ -567,8 +568,8 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md from its
     store. The store is only read; a run directory without one is refused, never reported
     as empty."""
-    from ctxrl.config import PLAN_FILE, read_plan_file, stored_config
     from ctxrl.results import open_store
+    from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
     from ctxrl.summary import sweep_matrix, trained_order, write_exports
 
     host = _host(ctx)

@@ -199,7 +199,7 @@ def load_trials(
     files, folders of them or one run directory (its seed-mean matrix, one trial), the files
     read, the contexts' coordinates and the normalisation bounds (``bounds``, else the env's,
     else a ``contexts.json``'s)."""
-    from ctxrl.config import PLAN_FILE
+    from ctxrl.run_dirs import PLAN_FILE
 
     runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
     if runs:

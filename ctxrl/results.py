@@ -13,17 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxrl.config import (
-    PLAN_FILE,
-    SweepPlan,
-    algorithm_params,
-    read_plan_file,
-    resolve_plan,
-    stored_config,
-)
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, Registry
+from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
 from ctxrl.store import RunRecord, Store
 from ctxrl.summary import STORE_FILE
 

@@ -69,8 +69,8 @@ class StreamRNG:
         seeds = self.seeds if streams is None else self.seeds[streams]
         counters = self.counters if streams is None else self.counters[streams]
         keys = self._keys(counters, seeds, columns)
-        if streams is None:
-            self.counters += 1 if advance is None else advance.to(torch.int64)
+        if streams is None:  # a new tensor, not an in-place add: CUDA graphs capture it
+            self.counters = self.counters + (1 if advance is None else advance.to(torch.int64))
         else:
             self.counters[streams] += 1
         return self._to_unit(keys, dtype)
@@ -84,7 +84,7 @@ class StreamRNG:
         steps = torch.arange(calls, device=self.seeds.device, dtype=torch.int64)
         counters = self.counters[None, :] + steps[:, None]  # (calls, S)
         keys = self._keys(counters, self.seeds.expand(calls, -1), columns)
-        self.counters += calls
+        self.counters = self.counters + calls
         return self._to_unit(keys, dtype)
 
     def normal(

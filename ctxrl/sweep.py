@@ -27,22 +27,19 @@ import yaml
 from rich.console import Console
 
 from ctxrl.batched_sweep import run_batched, run_multitask
-from ctxrl.config import (
-    PLAN_FILE,
-    SweepPlan,
-    algorithm_params,
-    locate_run_dir,
-    read_plan_file,
-    resolve_plan,
-    stored_config,
-    stored_plan_hash,
-    validate_config,
-)
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.registry import Executor
+from ctxrl.run_dirs import (
+    PLAN_FILE,
+    locate_run_dir,
+    read_plan_file,
+    stored_config,
+    stored_plan_hash,
+)
 from ctxrl.runs import (
     TRANSFER_DIR,
     SweepOutcome,

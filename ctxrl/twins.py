@@ -388,7 +388,9 @@ class BatchedEnv:
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every env one step; done envs restart at once (see :class:`TorchTwin`)."""
         next_state, reward, terminated = self._dynamics(self._state, action)
-        self.elapsed += 1
+        # new tensors rather than in-place updates of the twin's own (here and in the streams):
+        # torch.compile's CUDA graphs skip a function that mutates its inputs
+        self.elapsed = self.elapsed + 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
         final_obs = self._observe(next_state)

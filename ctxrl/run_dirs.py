@@ -1,0 +1,88 @@
+"""Run directories: where a sweep's results lie (its output directory, the directory of a
+plan, one an earlier ctxrl named differently) and what a run directory's ``plan.yaml`` records.
+Used by ``ctxrl sweep`` to continue a run, and by ``report``, ``select`` and ``export`` to read
+one back."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctxrl.config import SweepConfig, SweepPlan, parse_yaml, validate_config
+from ctxrl.errors import ConfigError, CtxrlError
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` can hold run directories: it is, or can be created in, a directory
+    this process may write. Checked by ``--dry-run`` too."""
+    existing = output_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    hint = "choose another output_dir (--set output_dir=PATH)"
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir: {existing} is a file, not a directory; {hint}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output_dir: cannot create directories in {existing} (permission denied); {hint}"
+        )
+
+
+PLAN_FILE = "plan.yaml"
+
+
+def read_plan_file(run_dir: Path) -> dict[str, Any]:
+    """The contents of ``run_dir``'s plan.yaml (a mapping), or a :class:`CtxrlError` saying
+    what is missing or damaged."""
+    plan_file = run_dir / PLAN_FILE
+    if not plan_file.is_file():
+        raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE})")
+    try:
+        stored = yaml.safe_load(plan_file.read_text())
+    except yaml.YAMLError as exc:
+        raise CtxrlError(f"{plan_file} is not valid YAML: {exc}") from None
+    if not isinstance(stored, dict):
+        raise CtxrlError(f"{plan_file} is not a mapping (not written by ctxrl, or damaged)")
+    return stored
+
+
+def stored_config(stored: Mapping[str, Any], plan_file: Path) -> SweepConfig:
+    """The sweep config a run directory's plan.yaml (``stored``) records."""
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        raise CtxrlError(
+            f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
+            "restore it, or write the sweep's config under a `config:` key"
+        )
+    return validate_config(config, str(plan_file))
+
+
+def stored_plan_hash(stored: Mapping[str, Any]) -> str | None:
+    """The plan hash, as this version defines it, of a run directory's plan.yaml contents
+    (None when its config no longer validates)."""
+    try:
+        return validate_config(stored["config"]).plan_hash()
+    except (CtxrlError, KeyError, TypeError):
+        return None
+
+
+def locate_run_dir(plan: SweepPlan) -> SweepPlan:
+    """``plan`` in its existing run directory: the one named by its hash, or else one of the
+    same plan named by the hash an earlier ctxrl gave it (before the hash left out fields
+    that do not change the trained runs), so those runs are continued, not trained again."""
+    if plan.location is not None or plan.run_dir.exists():
+        return plan
+    prefix = plan.run_name[: -len(plan.plan_hash[:10])]
+    candidates = sorted(plan.config.output_dir.glob(f"{prefix}*/plan.yaml"))
+    for plan_file in candidates:
+        try:
+            stored = parse_yaml(plan_file.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(stored, dict) and stored_plan_hash(stored) == plan.plan_hash:
+            return dataclasses.replace(plan, location=plan_file.parent)
+    return plan
