@@ -124,12 +124,14 @@ def batched(
     device: str,
     anneal_lr: bool = True,
     compile_mode: str = "off",
+    rollout_segment: int | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Train batched PPO; returns (wall s, of which compiling s, mean return per context)."""
     registry = get_host().registry
     spec = registry.env("CartPole")
     algorithm = registry.algorithm("batched-ppo").factory(
-        {"anneal_lr": anneal_lr, "compile": compile_mode}, device=device
+        {"anneal_lr": anneal_lr, "compile": compile_mode, "rollout_segment": rollout_segment},
+        device=device,
     )
     contexts = [{"length": float(v)} for v in lengths]
     started = time.perf_counter()
@@ -191,6 +193,12 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--rejax", action="store_true", help="also train rejax PPO (JAX)")
     parser.add_argument(
+        "--rollout-segment",
+        type=int,
+        default=None,
+        help="batched-ppo's rollout_segment (default: its own)",
+    )
+    parser.add_argument(
         "--constant-lr",
         action="store_true",
         help="no learning-rate annealing (as with --rejax), for runs compared with a --rejax run",
@@ -221,6 +229,7 @@ def main() -> None:
             args.device,
             not (args.rejax or args.constant_lr),
             mode,
+            args.rollout_segment,
         )
         runs.append(ours)
         per_context = (

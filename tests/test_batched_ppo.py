@@ -198,3 +198,13 @@ def test_the_torch_compile_mode_comes_from_its_variable_and_an_unknown_one_is_na
     monkeypatch.setenv(TORCH_COMPILE_MODE_VARIABLE, "fastest")
     with pytest.raises(ConfigError, match=r"CTXRL_TORCH_COMPILE_MODE: .*got 'fastest'"):
         torch_compile_mode()
+
+
+def test_a_rollout_segment_that_does_not_divide_the_rollout_is_an_error_naming_it() -> None:
+    spec = get_host().registry.algorithm("batched-ppo")
+    with pytest.raises(
+        ConfigError, match=r"rollout_segment: .*divisor of num_steps \(128\), got 3"
+    ):
+        spec.factory({"rollout_segment": 3}, device="cpu")
+    assert spec.factory({"num_steps": 6}, device="cpu").rollout_segment == 2  # type: ignore[attr-defined]
+    assert spec.factory({}, device="cpu").rollout_segment == 4  # type: ignore[attr-defined]

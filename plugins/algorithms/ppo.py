@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
@@ -65,6 +65,13 @@ class PPOConfig:
     """initial log standard deviation of continuous actions"""
     reward_scale: float = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
+    rollout_segment: int | None = None
+    """rollout steps per call of the compiled step function (with ``compile``); it must divide
+    ``num_steps``. One call runs that many steps as one graph: fewer calls (on a GPU with CUDA
+    graphs, fewer replays) for a graph that many times larger to compile; the same numbers.
+    None: 4 where it divides ``num_steps`` (else 2 or 1): 1.27x faster iterations than 1 at 16
+    CartPole agents on one CPU core, ~12 s more compiling with an empty compile cache
+    (``benchmarks/RESULTS.md``, "Rollout segments")."""
     compile: str = "off"
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
     critic), the minibatch loss (forward and, through AOTAutograd, backward) and Adam's
@@ -220,6 +227,22 @@ def _rollout_step(
     return next_obs, action, log_prob, value, reward, info["done"]
 
 
+def _rollout_segment(
+    run: TrainingRun, params: Params, obs: Tensor, noise: Tensor, gamma: float, reward_scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_rollout_step` ``K`` times, ``K = noise.shape[0]`` (``noise`` ``(K, N, E, A)``):
+    the observations after the last step, then each step's observations, actions,
+    log-probabilities, values, rewards and ``done``, stacked ``(K, ...)``. One graph when
+    compiled (``K`` is static)."""
+    steps = []
+    for k in range(noise.shape[0]):
+        next_obs, *out = _rollout_step(run, params, obs, noise[k], gamma, reward_scale)
+        steps.append((obs, *out))
+        obs = next_obs
+    stacked = [torch.stack(values) for values in zip(*steps, strict=True)]
+    return (obs, *stacked)  # type: ignore[return-value]
+
+
 def _minibatch_loss(
     run: TrainingRun,
     params: Params,
@@ -279,6 +302,14 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         super().__init__(device)
         self.config = hyperparameters(PPOConfig, params, self.name)
         check_compile_mode(self.name, self.config.compile)
+        segment, steps = self.config.rollout_segment, self.config.num_steps
+        if segment is not None and (not isinstance(segment, int) or segment < 1 or steps % segment):
+            raise ConfigError(
+                f"algorithm.params.rollout_segment: {self.name} needs a positive divisor of "
+                f"num_steps ({steps}), got {segment!r}"
+            )
+        self.rollout_segment = math.gcd(4, steps) if segment is None else segment
+        """rollout steps per compiled call: ``rollout_segment``, or its default"""
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 
@@ -306,7 +337,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         self._compiled_step = self._compiled_loss = None
         if compile_pays(self.config.compile, device, iterations):
             run.twin.branch_free = True  # the same numbers, without data-dependent indexing
-            self._compiled_step = self.compiled(_rollout_step)
+            self._compiled_step = self.compiled(_rollout_segment)
             self._compiled_loss = self.compiled(_minibatch_loss)
             run.optimizer.compile()
         shape = (t, n, e)
@@ -352,15 +383,23 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             # the rollout's noise in one draw: the same numbers as one draw per step
             noise = sampling_noise(run.rng, t_steps, e * out_dim, discrete)
             noise = noise.view(t_steps, n, e, out_dim)
-            step = self._compiled_step or _rollout_step
-            for t in range(t_steps):
-                buf.obs[t] = obs
-                next_obs, action, log_prob, value, reward, done = step(
-                    run, params, obs, noise[t], cfg.gamma, cfg.reward_scale
-                )
-                buf.actions[t], buf.log_probs[t], buf.values[t] = action, log_prob, value
-                buf.rewards[t], buf.dones[t] = reward, done
-                obs = next_obs
+            buffers = (buf.obs, buf.actions, buf.log_probs, buf.values, buf.rewards, buf.dones)
+            if self._compiled_step is not None:  # rollout_segment steps per graph call
+                k = self.rollout_segment
+                for t in range(0, t_steps, k):
+                    obs, *segment = self._compiled_step(
+                        run, params, obs, noise[t : t + k], cfg.gamma, cfg.reward_scale
+                    )
+                    for stored, values in zip(buffers, segment, strict=True):
+                        stored[t : t + k] = values
+            else:
+                for t in range(t_steps):
+                    next_obs, *step = _rollout_step(
+                        run, params, obs, noise[t], cfg.gamma, cfg.reward_scale
+                    )
+                    for stored, value in zip(buffers, (obs, *step), strict=True):
+                        stored[t] = value
+                    obs = next_obs
             run.obs = obs
             run.env_steps += e * t_steps
             # ---------------------------------------------------------------------- GAE
