@@ -7,13 +7,15 @@
 #   3. env stepping, eager and compiled twins, against gymnax at B = 1024 and 65,536 (~50 s)
 #   4. batched PPO with CUDA graphs (torch.compile's reduce-overhead mode) on a quarter of the
 #      steps, twice in one process (the second without compiling)
-#   5. 64 contexts: batched PPO (default mode) and rejax in one run
-#   6. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps, compile: auto
+#   5. rollout segments (steps per compiled call) 1, 4 and 16 at 1024 agents, with CUDA graphs
+#      (bench_rollout_segment.py: iteration time, cold compile time, the same numbers)
+#   6. 64 contexts: batched PPO (default mode) and rejax in one run
+#   7. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps, compile: auto
 # Usage, from the repository root on a machine with a GPU, torch with CUDA, and jax, gymnax
 # 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies; for a
 # machine without network, benchmarks/gpu_wheels.sh fetches them and says how to install):
 #   [PYTHON=python3] [BUDGET_S=540] bash benchmarks/gpu_check.sh [OUT_DIR]
-# Each step's output goes to OUT_DIR/<step>.txt (default OUT_DIR: gpu-results/; 6 files) and its
+# Each step's output goes to OUT_DIR/<step>.txt (default OUT_DIR: gpu-results/; 7 files) and its
 # tail, after the card and the versions, to the terminal. Record the numbers, with the card's name, in
 # benchmarks/RESULTS.md.
 set -u
@@ -52,6 +54,9 @@ step envs 90 "$py" benchmarks/bench_envs.py --device cuda --gymnax --compile --m
     --batches 1024 65536 --budget-s 1
 step ppo-1024-graphs 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" "${ppo[@]}" \
     --contexts 1024 --steps 131072 --compile on on --constant-lr
+step segments 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" \
+    benchmarks/bench_rollout_segment.py --device cuda --agents 1024 --segments 1 4 16 \
+    --iterations 20 --repeats 1
 step ppo-64 200 "$py" "${ppo[@]}" --contexts 64 --compile on --rejax
 step sweep 400 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
     --compile auto --output-dir /tmp/ctxrl-gpu-sweeps

@@ -206,5 +206,21 @@ def test_a_rollout_segment_that_does_not_divide_the_rollout_is_an_error_naming_i
         ConfigError, match=r"rollout_segment: .*divisor of num_steps \(128\), got 3"
     ):
         spec.factory({"rollout_segment": 3}, device="cpu")
-    assert spec.factory({"num_steps": 6}, device="cpu").rollout_segment == 2  # type: ignore[attr-defined]
-    assert spec.factory({}, device="cpu").rollout_segment == 4  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"divisor of num_steps \(6\), got 4"):
+        spec.factory({"num_steps": 6, "rollout_segment": 4}, device="cpu")
+
+
+def test_rollout_segments_train_the_same_numbers_as_single_steps() -> None:
+    """Four rollout steps per call (one graph per call when compiled) store the same rollout
+    as one step per call: the parameters after two iterations are equal bit for bit."""
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    contexts = [{"length": 0.5}, {"length": 1.5}]
+    trained = [
+        registry.algorithm("batched-ppo")
+        .factory({"rollout_segment": k}, device="cpu")
+        .train_many(env, contexts, [0, 1], total_steps=1024)
+        for k in (1, 4)
+    ]
+    for name, value in trained[0].params.items():
+        assert torch.equal(value, trained[1].params[name]), name

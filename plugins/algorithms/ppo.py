@@ -65,13 +65,13 @@ class PPOConfig:
     """initial log standard deviation of continuous actions"""
     reward_scale: float = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
-    rollout_segment: int | None = None
-    """rollout steps per call of the compiled step function (with ``compile``); it must divide
-    ``num_steps``. One call runs that many steps as one graph: fewer calls (on a GPU with CUDA
-    graphs, fewer replays) for a graph that many times larger to compile; the same numbers.
-    None: 4 where it divides ``num_steps`` (else 2 or 1): 1.27x faster iterations than 1 at 16
-    CartPole agents on one CPU core, ~12 s more compiling with an empty compile cache
-    (``benchmarks/RESULTS.md``, "Rollout segments")."""
+    rollout_segment: int = 1
+    """rollout steps per call of the step function; it must divide ``num_steps``. Compiled
+    (``compile``), one call runs that many steps as one graph: fewer calls (on a GPU with CUDA
+    graphs, fewer replays) for a graph that many times larger to compile; the same numbers. On
+    one CPU core at 16 CartPole agents, 4 made an iteration 1.13-1.27x faster and cost 16-24 s
+    more compiling with an empty compile cache (``benchmarks/RESULTS.md``, "Rollout
+    segments"): a gain for long runs or a filled cache, so 1 stays the default."""
     compile: str = "off"
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
     critic), the minibatch loss (forward and, through AOTAutograd, backward) and Adam's
@@ -303,13 +303,11 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         self.config = hyperparameters(PPOConfig, params, self.name)
         check_compile_mode(self.name, self.config.compile)
         segment, steps = self.config.rollout_segment, self.config.num_steps
-        if segment is not None and (not isinstance(segment, int) or segment < 1 or steps % segment):
+        if not isinstance(segment, int) or segment < 1 or steps % segment:
             raise ConfigError(
                 f"algorithm.params.rollout_segment: {self.name} needs a positive divisor of "
                 f"num_steps ({steps}), got {segment!r}"
             )
-        self.rollout_segment = math.gcd(4, steps) if segment is None else segment
-        """rollout steps per compiled call: ``rollout_segment``, or its default"""
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 
@@ -384,10 +382,10 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             noise = sampling_noise(run.rng, t_steps, e * out_dim, discrete)
             noise = noise.view(t_steps, n, e, out_dim)
             buffers = (buf.obs, buf.actions, buf.log_probs, buf.values, buf.rewards, buf.dones)
-            if self._compiled_step is not None:  # rollout_segment steps per graph call
-                k = self.rollout_segment
-                for t in range(0, t_steps, k):
-                    obs, *segment = self._compiled_step(
+            if self._compiled_step is not None or cfg.rollout_segment > 1:
+                k, rollout = cfg.rollout_segment, self._compiled_step or _rollout_segment
+                for t in range(0, t_steps, k):  # k steps per call (per graph when compiled)
+                    obs, *segment = rollout(
                         run, params, obs, noise[t : t + k], cfg.gamma, cfg.reward_scale
                     )
                     for stored, values in zip(buffers, segment, strict=True):
