@@ -224,3 +224,23 @@ def test_rollout_segments_train_the_same_numbers_as_single_steps() -> None:
     ]
     for name, value in trained[0].params.items():
         assert torch.equal(value, trained[1].params[name]), name
+
+
+def test_a_function_compiled_for_cuda_graphs_returns_copies_with_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``reduce-overhead`` each call returns copies of the graph's outputs (a later
+    replay cannot overwrite what a caller kept); on the CPU PyTorch runs it without graphs."""
+    from ctxrl_plugins.training.compiling import TORCH_COMPILE_MODE_VARIABLE, CompiledFunction
+
+    def affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2 + 1, x
+
+    monkeypatch.setenv(TORCH_COMPILE_MODE_VARIABLE, "reduce-overhead")
+    compiled = CompiledFunction(affine)
+    x = torch.arange(4.0)
+    first, same = compiled(x)
+    second, _ = compiled(x + 1)
+    assert torch.equal(first, torch.tensor([1.0, 3.0, 5.0, 7.0]))
+    assert torch.equal(second, first + 2)
+    assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()  # a copy of the input

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_map
 
 from ctxrl.errors import ConfigError
 
@@ -80,6 +79,15 @@ def evaluation_compiles(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type != "cpu")
 
 
+def _copies(out: Any) -> Any:
+    """``out`` with every tensor in it (alone, or in tuples and lists) replaced by a copy."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple | list):
+        return type(out)(_copies(x) for x in out)
+    return out
+
+
 class CompiledFunction:
     """``torch.compile(fn, dynamic=False)`` that times its first two calls: the first compiles
     the graph for its shapes (or loads it from inductor's cache), the second runs it, and
@@ -100,8 +108,7 @@ class CompiledFunction:
         if not self._cuda_graphs:
             return self._compiled(*args, **kwargs)
         torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
-        out = self._compiled(*args, **kwargs)
-        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
+        return _copies(self._compiled(*args, **kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if len(self._first_calls_s) == 2:
