@@ -12,6 +12,7 @@ import torch
 from ctxrl.context import Task
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl_plugins.training.compiling import CompiledFunction
 from ctxrl_plugins.training.networks import Params
 
 Tensor = torch.Tensor
@@ -105,7 +106,7 @@ def evaluate_policies(
     step = _evaluation_step
     if compile:
         twin.branch_free = True  # the same numbers, without data-dependent indexing
-        step = torch.compile(_evaluation_step, dynamic=False)
+        step = CompiledFunction(_evaluation_step)  # in the mode CTXRL_TORCH_COMPILE_MODE names
     with torch.no_grad():
         for _ in range(twin.max_episode_steps):
             obs, returns, finished = step(
