@@ -266,7 +266,6 @@ def test_libsumo_plays_evaluation_episodes_one_by_one_with_traci_s_returns(
 
 
 def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_path: Path) -> None:
-    before = _sumo_pids()
     spec = get_host().registry.env("TrafficSignal")
     with pytest.raises(CtxrlError, match="No option with the name 'no-such-sumo-option'"):
         spec.make(num_seconds=60, sumo_args=["--no-such-sumo-option"])
@@ -286,7 +285,7 @@ def test_sumo_rejecting_its_arguments_is_reported_at_once(run_ctxrl: Run, tmp_pa
     result = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 2
     assert "env_options" in result.stderr and "no-such-sumo-option" in result.stderr
-    assert _gone(before)  # (other test workers' SUMO processes come and go meanwhile)
+    assert _gone(tmp_path / "cache")
 
 
 def _connected(pid: int) -> bool:
@@ -303,22 +302,39 @@ def _connected(pid: int) -> bool:
     return any(row[3] == "01" and row[9] in sockets for row in rows)  # 01: ESTABLISHED
 
 
-def _running_simulations(before: set[int], count: int, sweep: subprocess.Popen[str]) -> set[int]:
-    """Wait for ``count`` SUMO processes started after ``before`` with their client connected."""
+def _sweep_sumo_pids(cache: Path) -> set[int]:
+    """Running SUMO processes started by a sweep run with ``CTXRL_CACHE_DIR=cache`` (read from
+    their environment: each test gives its sweeps their own cache, so the SUMO processes of
+    tests running in parallel are never mistaken for its own)."""
+    marker = f"CTXRL_CACHE_DIR={cache}".encode()
+    own = set()
+    for pid in _sumo_pids():
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if marker in environment:
+            own.add(pid)
+    return own
+
+
+def _running_simulations(cache: Path, count: int, sweep: subprocess.Popen[str]) -> set[int]:
+    """Wait for ``count`` SUMO processes of the sweep with cache ``cache`` whose TraCI client
+    has connected."""
     deadline = time.monotonic() + 180
     while True:
-        connected = {pid for pid in _sumo_pids() - before if _connected(pid)}
+        connected = {pid for pid in _sweep_sumo_pids(cache) if _connected(pid)}
         if len(connected) >= count:
             return connected
         assert sweep.poll() is None and time.monotonic() < deadline, "no SUMO workers"
         time.sleep(0.3)
 
 
-def _gone(before: set[int], within_s: float = 30.0) -> bool:
-    """Whether every SUMO started after ``before`` has ended (processes take a moment to exit
-    after their TraCI connection closes or their parent dies)."""
+def _gone(cache: Path, within_s: float = 30.0) -> bool:
+    """Whether every SUMO process of the sweeps with cache ``cache`` has ended (processes take
+    a moment to exit after their TraCI connection closes or their parent dies)."""
     deadline = time.monotonic() + within_s
-    while _sumo_pids() - before:
+    while _sweep_sumo_pids(cache):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
@@ -340,24 +356,23 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
         json.dumps(
             {
                 "env": "TrafficSignal",
-                "env_options": {"num_seconds": 3000},  # 300 agent steps: seconds per episode
+                "env_options": {"num_seconds": 1500},  # 150 agent steps: seconds per episode
                 "features": {"inflow": {"values": [100.0, 200.0, 300.0]}},  # light: quick
                 "algorithm": {
                     "name": "sb3-dqn",
                     "params": {"learning_starts": 30, "buffer_size": 1000, "batch_size": 16},
                 },
-                "train_steps": 1500,  # long enough that both runs are training when hit
+                "train_steps": 600,  # the healthy run takes ~25 s here, well inside the limit
                 "eval_episodes": 1,
-                "executor": {"name": "local", "workers": 2, "timeout_s": 120},
+                "executor": {"name": "local", "workers": 2, "timeout_s": 60},
                 "output_dir": str(tmp_path / "runs"),
             }
         )
     )
     cache = tmp_path / "cache"
-    before = _sumo_pids()
     sweep = start_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     try:
-        crashed, stuck = sorted(_running_simulations(before, 2, sweep))[:2]
+        crashed, stuck = sorted(_running_simulations(cache, 2, sweep))[:2]
         os.kill(crashed, signal.SIGKILL)
         os.kill(stuck, signal.SIGSTOP)
         _, stderr = sweep.communicate(timeout=400)
@@ -366,22 +381,22 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
             sweep.kill()
     assert sweep.returncode == 1, stderr
     assert "trained 1, already finished 0, failed 2" in stderr, stderr
-    assert "Connection closed by SUMO" in stderr and "exceeded its 120 s limit" in stderr, stderr
+    assert "Connection closed by SUMO" in stderr and "exceeded its 60 s limit" in stderr, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
-    assert any("exceeded its 120 s limit" in e for e in errors), errors
+    assert any("exceeded its 60 s limit" in e for e in errors), errors
     assert any("Connection closed by SUMO" in e for e in errors), errors
-    assert _gone(before), "SUMO processes left behind"
+    assert _gone(cache), "SUMO processes left behind"
 
     killed = start_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     try:
-        _running_simulations(before, 1, killed)
+        _running_simulations(cache, 1, killed)
         killed.kill()  # SIGKILL: no clean-up code of the sweep runs
         killed.communicate(timeout=60)
     finally:
         if killed.poll() is None:
             killed.kill()
-    assert _gone(before), "a killed sweep left SUMO behind"
+    assert _gone(cache), "a killed sweep left SUMO behind"
     again = run_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     assert "trained 2, already finished 1, failed 0" in again.stderr, again.stderr
