@@ -71,13 +71,9 @@ def twin_rate(
     def run(t: int) -> None:
         step(actions[t % 64])
 
-    return _rate(
-        run, batch, budget_s, torch.cuda.synchronize if device.startswith("cuda") else _no_sync
-    )
-
-
-def _no_sync() -> None:
-    """Nothing to wait for on the CPU."""
+    if device.startswith("cuda"):
+        return _rate(run, batch, budget_s, torch.cuda.synchronize)
+    return _rate(run, batch, budget_s)
 
 
 def gymnasium_vector_cartpole_rate(batch: int, budget_s: float) -> float:
