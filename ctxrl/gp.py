@@ -386,6 +386,109 @@ class GapResidual:
         return variance
 
 
+def rbf_kernel(a: np.ndarray, b: np.ndarray, lengthscale: float) -> np.ndarray:
+    """``(m, n)`` squared-exponential kernel between ``a`` ``(m, d)`` and ``b`` ``(n, d)``
+    (unit-cube coordinates; one ``lengthscale`` for every dimension), unit output scale."""
+    squared = (((a[:, None, :] - b[None, :, :]) / lengthscale) ** 2).sum(axis=2)
+    kernel: np.ndarray = np.exp(-0.5 * squared)
+    return kernel
+
+
+# the hyperparameter grid of RowResidualGP: lengthscales in unit-cube units, the residual's
+# output and noise standard deviations in normalised performance
+RESIDUAL_LENGTHSCALES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+RESIDUAL_SIGNAL_STDS = (0.01, 0.03, 0.1, 0.2, 0.4)
+RESIDUAL_NOISE_STDS = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+_Eigen = tuple[np.ndarray, np.ndarray, np.ndarray]  # kernel, eigenvalues, eigenvectors
+
+
+def _eigen(coords: np.ndarray, lengthscale: float) -> _Eigen:
+    kernel = rbf_kernel(coords, coords, lengthscale)
+    values, vectors = np.linalg.eigh(kernel)
+    return kernel, np.clip(values, 0.0, None), vectors
+
+
+class RowResidualGP:
+    """A GP over what the observed rows show beyond a transfer model's rows.
+
+    ``R[s, t] = M[s, t] - model[s, t]`` for the ``k`` observed sources ``s`` and all ``N``
+    targets ``t`` is modelled as ``f(x_s, y_t) + noise`` with the product kernel
+    ``sf^2 k(x_s, x_s') k(y_t, y_t')`` (squared exponential, one lengthscale per side) and
+    i.i.d. noise ``sn^2``: a residual that changes smoothly with the source *and* the target
+    (sources on one side transferring better than the gap says, targets that are harder for
+    every source). The observations form a ``k x N`` grid, so the covariance is a Kronecker
+    product and the exact posterior and marginal likelihood cost two eigendecompositions
+    (``k x k`` and ``N x N``) instead of one of ``kN x kN`` (Saatci 2012, ch. 5). The
+    hyperparameters maximise the marginal likelihood over the grid
+    :data:`RESIDUAL_LENGTHSCALES` x :data:`RESIDUAL_SIGNAL_STDS` x
+    :data:`RESIDUAL_NOISE_STDS`.
+
+    Args:
+        sources: ``(k, d)`` coordinates of the observed sources.
+        targets: ``(N, d)`` coordinates of the targets.
+        residuals: ``(k, N)`` residual rows.
+        target_cache: eigendecompositions of the target kernel per lengthscale, filled and
+            reused across fits on the same ``targets`` (a selection refits every step).
+    """
+
+    def __init__(
+        self,
+        sources: np.ndarray,
+        targets: np.ndarray,
+        residuals: np.ndarray,
+        *,
+        target_cache: dict[float, _Eigen] | None = None,
+    ) -> None:
+        cache = {} if target_cache is None else target_cache
+        signal = np.array(RESIDUAL_SIGNAL_STDS)[:, None, None, None] ** 2
+        noise = np.array(RESIDUAL_NOISE_STDS)[None, :, None, None] ** 2
+        best = (-np.inf, RESIDUAL_LENGTHSCALES[0], RESIDUAL_LENGTHSCALES[0], 0.0, 0.0)
+        for source_scale in RESIDUAL_LENGTHSCALES:
+            _, lam, u = _eigen(sources, source_scale)
+            for target_scale in RESIDUAL_LENGTHSCALES:
+                if target_scale not in cache:
+                    cache[target_scale] = _eigen(targets, target_scale)
+                _, eig, v = cache[target_scale]
+                rotated = (u.T @ residuals @ v) ** 2  # (k, N)
+                variance = signal * np.outer(lam, eig)[None, None] + noise  # (S, S', k, N)
+                loglik = -0.5 * ((rotated / variance).sum((2, 3)) + np.log(variance).sum((2, 3)))
+                i, j = np.unravel_index(int(np.argmax(loglik)), loglik.shape)
+                if loglik[i, j] > best[0]:
+                    best = (
+                        float(loglik[i, j]),
+                        source_scale,
+                        target_scale,
+                        RESIDUAL_SIGNAL_STDS[i],
+                        RESIDUAL_NOISE_STDS[j],
+                    )
+        _, self.source_scale, self.target_scale, self.signal_std, self.noise_std = best
+        self.sources = sources
+        _, lam, self._u = _eigen(sources, self.source_scale)
+        self._target_kernel, eig, self._v = cache[self.target_scale]
+        self._weights = 1.0 / (self.signal_std**2 * np.outer(lam, eig) + self.noise_std**2)
+        self._alpha = self._u @ ((self._u.T @ residuals @ self._v) * self._weights) @ self._v.T
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {
+            "source_lengthscale": self.source_scale,
+            "target_lengthscale": self.target_scale,
+            "signal_std": self.signal_std,
+            "noise_std": self.noise_std,
+        }
+
+    def predict(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The residual rows of sources at ``candidates`` ``(m, d)``: posterior mean and
+        standard deviation of ``f`` (without the noise), both ``(m, N)``."""
+        cross = rbf_kernel(candidates, self.sources, self.source_scale)  # (m, k)
+        signal = self.signal_std**2
+        mean = signal * cross @ self._alpha @ self._target_kernel
+        projected = (cross @ self._u) ** 2  # (m, k)
+        target_part = (self._target_kernel @ self._v) ** 2  # (N, N)
+        variance = signal - signal**2 * projected @ self._weights @ target_part.T
+        return mean, np.sqrt(np.clip(variance, 0.0, None))
+
+
 @dataclass(frozen=True)
 class MatrixPrediction:
     """A predicted transfer matrix ``(N, N)`` and the standard deviation of each entry.

@@ -228,7 +228,13 @@ def test_mbtl_gp_as_the_reference_follows_the_reference_codes_sequence() -> None
     lower, upper = reference_bounds(trials)
     matrix = (trials[0] - lower) / (upper - lower)
     strategy = MBTLStrategy(
-        start="reference", slopes="reference", spread="predictive", gp="reference", best="observed"
+        start="reference",
+        slopes="reference",
+        spread="predictive",
+        gp="reference",
+        best="observed",
+        residual="none",
+        acquisition="optimistic",
     )
     result = replay(strategy, matrix, grid_points() / 7.0, 12)
     assert result.order == (292, 1, 0, 437, 506, 492, 444, 376, 508, 255, 303, 126)

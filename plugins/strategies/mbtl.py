@@ -38,7 +38,7 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
-from ctxrl.gp import GapModel, PerformanceGP, Posterior
+from ctxrl.gp import GapModel, PerformanceGP, Posterior, RowResidualGP
 from ctxrl.reference_gp import WarmStartedGP
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
@@ -123,6 +123,20 @@ def local_gap(
     return gaps
 
 
+def expected_gain(mean: np.ndarray, std: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """``(N,)`` expected rise of ``G`` from adding each candidate: ``mean_j E[max(X_ij - U_j,
+    0)]`` for a Gaussian entry ``X_ij ~ N(mean_ij, std_ij^2)`` (``(N, N)`` each; row =
+    candidate) and the best performance so far ``U_j`` ``(N,)``: the expected improvement,
+    per target, averaged over the targets."""
+    from scipy.stats import norm
+
+    lead = mean - best[None, :]
+    spread = np.maximum(std, 1e-12)
+    z = lead / spread
+    gain: np.ndarray = (lead * norm.cdf(z) + spread * norm.pdf(z)).mean(axis=1)
+    return gain
+
+
 class MBTLStrategy:
     """MBTL-GP.
 
@@ -187,6 +201,18 @@ class MBTLStrategy:
             last fit's hyperparameters, up to 500 Adam steps until the loss changes by less
             than 1e-5). ``reference`` learns its own noise (``noise_std`` must be left unset or
             be ``learned``) and takes the diagonal as the set point.
+        residual: ``none`` (MBTL's model: a candidate's row is its set point minus the gap) or
+            ``gp`` (the default): the observed rows' residuals from that model are fitted by a
+            GP over source and target (:class:`ctxrl.gp.RowResidualGP`) and a candidate's row
+            is the model's plus the predicted residual, its spread the set point's and the
+            residual's together. It learns what a gap growing with distance cannot say:
+            sources on one side transferring better, targets hard for every source, rows of
+            failed training.
+        acquisition: ``optimistic`` (the reference: ``mean_j max(row_ij + beta_k sd_ij - U_j,
+            0)``) or ``expected`` (the default): the expected rise of ``G`` itself, ``mean_j
+            E[max(X_ij - U_j, 0)]`` with the new entry ``X_ij`` Gaussian around the predicted
+            row, its spread the row's and the entries' noise (:func:`expected_gain`); ``beta``
+            and ``c`` are then unused.
     """
 
     def __init__(
@@ -206,6 +232,8 @@ class MBTLStrategy:
         spread: str = "latent",
         start: str = "middle",
         gp: str = "restarts",
+        residual: str = "gp",
+        acquisition: str = "expected",
     ) -> None:
         if noise_std is None:  # reference's GP learns its noise; ctxrl's measures it on the rows
             noise_std = "learned" if gp == "reference" else "rows"
@@ -236,6 +264,12 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': spread {spread!r} is not latent or predictive")
         if start not in START_RULES:
             raise CtxrlError(f"strategy 'mbtl-gp': start {start!r} is not middle or reference")
+        if residual not in ("none", "gp"):
+            raise CtxrlError(f"strategy 'mbtl-gp': residual {residual!r} is not none or gp")
+        if acquisition not in ("optimistic", "expected"):
+            raise CtxrlError(
+                f"strategy 'mbtl-gp': acquisition {acquisition!r} is not optimistic or expected"
+            )
         if gp not in ("restarts", "reference"):
             raise CtxrlError(f"strategy 'mbtl-gp': gp {gp!r} is not restarts or reference")
         if gp == "reference" and not (noise_std in (0.1, "learned") and set_point == "diagonal"):
@@ -244,6 +278,10 @@ class MBTLStrategy:
                 f"neither noise_std {noise_std!r} nor set_point {set_point!r}"
             )
         self.gp_kind = gp
+        self.residual, self.acquisition = residual, acquisition
+        # residual: gp: the target kernel's eigendecompositions, kept while the contexts stay
+        self._target_cache: dict[float, Any] = {}
+        self._target_coords: np.ndarray | None = None
         # gp: reference: the (source, diagonal entry) pairs of the last fit, in selection order,
         # and that fit
         self._warm_sources: list[tuple[int, float]] = []
@@ -359,11 +397,17 @@ class MBTLStrategy:
             gap = local_gap(coords, fits, floor)
         else:
             gap = gap_model.gap(coords)
+        # each candidate's predicted row and its spread, (N, N); without a residual model the
+        # row is the set point minus the gap and the spread the set point's alone
+        rows_mean = posterior.mean[:, None] - gap
+        rows_std = np.broadcast_to(posterior.std[:, None], gap.shape)
+        entry_noise = gp.noise_std
+        if self.residual == "gp" and state.rows:
+            rows_mean, rows_std, entry_noise = self._with_residual(state, rows_mean, posterior.std)
         best = state.best_so_far()
         if self.best_kind == "consistent" and state.rows:
             trained = sorted(state.rows)
-            model = np.clip(posterior.mean[trained, None] - gap[trained], 0.0, 1.0)
-            best = np.maximum(best, model.max(axis=0))
+            best = np.maximum(best, np.clip(rows_mean[trained], 0.0, 1.0).max(axis=0))
         picks: list[dict[str, Any]] = []
         self._trace.update(
             rule="acquisition",
@@ -378,8 +422,13 @@ class MBTLStrategy:
         while len(proposal) < min(state.batch_size, state.n - len(state.selected)):
             k = state.k + len(proposal)
             beta = BETA_SCHEDULES[self.beta](k, self.c)
-            optimistic = posterior.mean + beta * posterior.std
-            raw = np.maximum(optimistic[:, None] - gap - best[None, :], 0.0).mean(axis=1)
+            if self.acquisition == "expected":
+                raw = expected_gain(rows_mean, np.sqrt(rows_std**2 + entry_noise**2), best)
+            elif self.residual == "gp":
+                raw = np.maximum(rows_mean + beta * rows_std - best[None, :], 0.0).mean(axis=1)
+            else:  # the reference's order of operations, so its ties break as they did
+                optimistic = (posterior.mean + beta * posterior.std)[:, None] - gap
+                raw = np.maximum(optimistic - best[None, :], 0.0).mean(axis=1)
             gain = np.round(raw, 12)
             gain[list(chosen)] = -np.inf
             index = int(np.argmax(gain))  # first index on ties
@@ -388,8 +437,29 @@ class MBTLStrategy:
             proposal.append(index)
             chosen.add(index)
             picks.append({"index": index, "k": k, "beta": beta, "acquisition": gain})
-            best = np.maximum(best, np.clip(posterior.mean[index] - gap[index], 0.0, 1.0))
+            best = np.maximum(best, np.clip(rows_mean[index], 0.0, 1.0))
         return proposal
+
+    def _with_residual(
+        self, state: SelectionState, rows_mean: np.ndarray, set_point_std: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """``residual: gp``: the model's rows ``(N, N)`` corrected by a GP over the observed
+        rows' residuals (:class:`ctxrl.gp.RowResidualGP`), clipped to [0, 1], their spread
+        ``sqrt(sigma_i^2 + s_ij^2)`` (set point and residual) and the entries' own noise
+        standard deviation as the residual GP measured it."""
+        coords = state.coords
+        if self._target_coords is None or not np.array_equal(self._target_coords, coords):
+            self._target_cache, self._target_coords = {}, coords.copy()
+        sources = sorted(state.rows)
+        model = np.clip(rows_mean, 0.0, 1.0)
+        observed = np.stack([np.nan_to_num(state.rows[s], nan=0.0) for s in sources])
+        residual = RowResidualGP(
+            coords[sources], coords, observed - model[sources], target_cache=self._target_cache
+        )
+        self._trace["residual"] = residual.hyperparameters()
+        residual_mean, residual_std = residual.predict(coords)
+        spread = np.sqrt(set_point_std[:, None] ** 2 + residual_std**2)
+        return np.clip(model + residual_mean, 0.0, 1.0), spread, residual.noise_std
 
     def _warm_started(self, state: SelectionState, proposal: list[int]) -> WarmStartedGP:
         """``gp: reference``: the GP fitted on every observed source's diagonal entry (grid-step

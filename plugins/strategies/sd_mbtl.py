@@ -208,6 +208,8 @@ class SDMBTLStrategy:
             "spread": "predictive",
             "noise_std": 0.1,
             "best": "observed",
+            "residual": "none",
+            "acquisition": "optimistic",
         }
         self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
