@@ -495,7 +495,9 @@ class MBTLStrategy:
         ``best_so_far`` ``U_j`` ``(N,)`` (with ``best=consistent``, raised to the model's rows
         of the trained sources) and one pick per proposed source: its index, ``k``, ``beta``
         and the ``acquisition`` value ``a_i`` of every context ``(N,)`` (None for contexts
-        already chosen). Performance is normalised to [0, 1]."""
+        already chosen); with ``residual: gp`` the residual GP's ``residual`` hyperparameters
+        (lengthscales of source and target, signal and noise standard deviations). Performance
+        is normalised to [0, 1]."""
         trace = {k: v for k, v in self._trace.items() if k not in ("gp", "posterior", "gap")}
         if "gp" in self._trace:
             posterior, gap = self._trace["posterior"], self._trace["gap"]
