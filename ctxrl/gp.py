@@ -444,8 +444,9 @@ class RowResidualGP:
         signal = np.array(RESIDUAL_SIGNAL_STDS)[:, None, None, None] ** 2
         noise = np.array(RESIDUAL_NOISE_STDS)[None, :, None, None] ** 2
         best = (-np.inf, RESIDUAL_LENGTHSCALES[0], RESIDUAL_LENGTHSCALES[0], 0.0, 0.0)
+        source_eigen = {scale: _eigen(sources, scale) for scale in RESIDUAL_LENGTHSCALES}
         for source_scale in RESIDUAL_LENGTHSCALES:
-            _, lam, u = _eigen(sources, source_scale)
+            _, lam, u = source_eigen[source_scale]
             for target_scale in RESIDUAL_LENGTHSCALES:
                 if target_scale not in cache:
                     cache[target_scale] = _eigen(targets, target_scale)
@@ -464,7 +465,7 @@ class RowResidualGP:
                     )
         _, self.source_scale, self.target_scale, self.signal_std, self.noise_std = best
         self.sources = sources
-        _, lam, self._u = _eigen(sources, self.source_scale)
+        _, lam, self._u = source_eigen[self.source_scale]
         self._target_kernel, eig, self._v = cache[self.target_scale]
         self._weights = 1.0 / (self.signal_std**2 * np.outer(lam, eig) + self.noise_std**2)
         self._alpha = self._u @ ((self._u.T @ residuals @ self._v) * self._weights) @ self._v.T
