@@ -1,7 +1,9 @@
-"""MBTL-GP against Greedy, Random and Equidistant on noisy 1-D mountains (issue 16, item 6).
+"""MBTL-GP against Greedy, Random and Equidistant on noisy 1-D mountains (issue 16, item 6) and
+on families of real matrices (one sweep's per-seed matrices).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mbtl_robust.py [--seeds 6] [--seed0 0] [--n 60]
         [--noise 0.02 0.05 0.1] [--variant NAME=k:v,k:v ...] [--budget 15] [--out FILE.json]
+        [--real FOLDER=ENV ... [--mirror]]
 
 e.g. ``--variant fixed=noise_std:0.1,best:observed`` replays ``mbtl-gp`` with those options (the
 reference's GP noise and baseline, ctxrl's default before 2026-12-04) next to the default one
@@ -23,6 +25,13 @@ Matrices (normalised, row = source, column = target, contexts ``x = linspace(0, 
   0.6 (``d = U(0.7, 1)``) or not (``d = U(0.15, 0.5)``), its row ``d_i - 0.5 |x_i - x_j| +
   e_ij``, ``sigma = 0.05``.
 
+- ``--real FOLDER=ENV``: every ``matrix_seedN.csv`` of a sweep's exports (or a folder kept in
+  ``benchmarks/results``), normalised and placed as ``ctxrl select --matrix FOLDER --env ENV``
+  does (the contexts from its ``contexts.json``), one matrix per seed: a family of real matrices
+  trained alike, so that a strategy's lead is measured over seeds instead of on one matrix whose
+  few successful sources decide the order. ``--mirror`` adds each matrix with its contexts in
+  reverse order (the same transfer, the other end of the space first).
+
 Strategies: ``mbtl-gp`` and each ``--variant`` (mbtl-gp with options), ``greedy``,
 ``equidistant``, ``random`` (mean over 100 seeded orders), ``sequential-oracle``. Printed: mean
 G_1..K per family with the Student-t 95 % half-width over the family's matrices, and the
@@ -38,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxrl.offline import mean_ci
+from ctxrl.offline import load_trials, mean_ci
 from ctxrl.plugins import get_host
 from ctxrl.selection import replay
 
@@ -94,9 +103,37 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
-def score(name: str, matrix: np.ndarray, budget: int, **options: object) -> float:
+def real_family(folder: Path, env: str, mirror: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    """The normalised per-seed matrices of ``folder`` (seed order; with ``mirror`` each followed
+    by its mirror image) and the contexts' coordinates ``(N, d)``."""
+    files = sorted(folder.glob("matrix_seed*.csv"), key=lambda f: int(f.stem[len("matrix_seed") :]))
+    if not files:
+        raise SystemExit(f"--real: {folder} holds no matrix_seedN.csv")
+    _, raw, located, (lower, upper) = load_trials(
+        files,
+        contexts=None,
+        grid=None,
+        env_name=env,
+        bounds=None,
+        negate=False,
+        registry=get_host().registry,
+    )
+    matrices = []
+    for matrix in np.clip((raw - lower) / (upper - lower), 0.0, 1.0):
+        matrices.append(matrix)
+        if mirror:
+            matrices.append(matrix[::-1, ::-1].copy())
+    return matrices, located.coords
+
+
+def score(
+    name: str, matrix: np.ndarray, budget: int, coords: np.ndarray | None = None, **options: object
+) -> float:
+    """Mean G_1..budget of strategy ``name`` replayed on ``matrix`` (contexts ``coords``,
+    default ``linspace(0, 1, N)``); stochastic strategies averaged over 100 seeded orders."""
     spec = get_host().registry.strategy(name)
-    coords = np.linspace(0.0, 1.0, matrix.shape[0])[:, None]
+    if coords is None:
+        coords = np.linspace(0.0, 1.0, matrix.shape[0])[:, None]
     runs = RANDOM_ORDERS if spec.stochastic else 1
     return float(
         np.mean(
@@ -123,10 +160,13 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--budget", type=int, default=15)
     parser.add_argument("--variant", nargs="*", default=[], help="NAME=key:value,key:value")
-    parser.add_argument("--families", nargs="+", default=["mountain", "test-mountain", "failures"])
+    parser.add_argument("--families", nargs="*", default=["mountain", "test-mountain", "failures"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--real", nargs="*", default=[], help="FOLDER=ENV: a sweep's matrices")
+    parser.add_argument("--mirror", action="store_true", help="--real: add mirrored matrices")
     args = parser.parse_args()
     matrices: dict[str, list[np.ndarray]] = {}
+    coordinates: dict[str, np.ndarray] = {}
     if "mountain" in args.families:
         for sigma in args.noise:
             matrices[f"mountain s={sigma:g}"] = [
@@ -138,6 +178,12 @@ def main() -> None:
         matrices["failures"] = [
             failures(args.n, s) for s in range(args.seed0, args.seed0 + args.seeds)
         ]
+    for spec in args.real:
+        folder, _, env = spec.partition("=")
+        if not env:
+            parser.error(f"--real {spec!r}: give FOLDER=ENV")
+        family = Path(folder).name + (" (+ mirrored)" if args.mirror else "")
+        matrices[family], coordinates[family] = real_family(Path(folder), env, args.mirror)
     variants: list[tuple[str, dict[str, object]]] = [("mbtl-gp", {})] + [
         parse_variant(v) for v in args.variant
     ]
@@ -148,14 +194,18 @@ def main() -> None:
     start = time.perf_counter()
     for family, mats in matrices.items():
         cell: dict[str, list[float]] = {c: [] for c in columns}
+        coords = coordinates.get(family)
         for m in mats:
             budget = min(args.budget, m.shape[0])
             for label, options in variants:
-                cell[label].append(score("mbtl-gp", m, budget, **options))
-            cell["greedy"].append(score("greedy", m, budget))
-            cell["equidistant"].append(score("equidistant", m, budget))
-            cell["random"].append(score("random", m, budget))
-            cell["seq-oracle"].append(score("sequential-oracle", m, budget))
+                cell[label].append(score("mbtl-gp", m, budget, coords, **options))
+            for name, column in (
+                ("greedy", "greedy"),
+                ("equidistant", "equidistant"),
+                ("random", "random"),
+                ("sequential-oracle", "seq-oracle"),
+            ):
+                cell[column].append(score(name, m, budget, coords))
         results[family] = cell
         print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)
         if args.out:
@@ -171,9 +221,10 @@ def main() -> None:
         parts = []
         for family, cell in results.items():
             v = np.array(cell[label])
-            dg = mean_ci(v - np.array(cell["greedy"]))
-            dr = mean_ci(v - np.array(cell["random"]))
-            parts.append(f"{family}: {dg[0]:+.4f}±{dg[1]:.4f} / {dr[0]:+.4f}±{dr[1]:.4f}")
+            greedy, random = np.array(cell["greedy"]), np.array(cell["random"])
+            dg, dr = mean_ci(v - greedy), mean_ci(v - random)
+            wins = f"at or above in {(v >= greedy).sum()} / {(v >= random).sum()} of {len(v)}"
+            parts.append(f"{family}: {dg[0]:+.4f}±{dg[1]:.4f} / {dr[0]:+.4f}±{dr[1]:.4f} ({wins})")
         print(f"- {label}: " + "; ".join(parts))
 
 
