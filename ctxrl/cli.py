@@ -390,12 +390,15 @@ def select(
 
     With several trial matrices each strategy runs on every trial and G_k is the mean over
     trials with a 95 % confidence interval (SD-MBTL's tables); the myopic oracle (one greedy
-    order on the trial-mean matrix, scored on each trial) is added as the reference line.
+    order on the trial-mean matrix, scored on each trial) is added as the reference line, and
+    the first strategy's mean G_1..K is compared with every other line's trial by trial (the
+    paired difference and its interval).
     """
     from ctxrl.offline import (
         load_trials,
         mean_ci,
         myopic_oracle_line,
+        paired_differences,
         parse_options,
         replay_trials,
     )
@@ -438,6 +441,9 @@ def select(
         ]
         for name, line in lines.items()
     }
+    first = strategy_names[0]
+    paired = paired_differences(lines, first) if several else {}
+    mean_g = {name: mean_ci(line["curves"].mean(axis=1)) for name, line in lines.items()}
     result = {
         "matrices": [str(f) for f in files],
         "n": n,
@@ -455,11 +461,14 @@ def select(
                 "mean": [m for m, _ in summary[name]],
                 "ci95": [h for _, h in summary[name]] if several else None,
                 "std": [h for _, h in summary[name]] if not several else None,
+                "mean_g": mean_g[name][0],
+                "mean_g_ci95": mean_g[name][1] if several else None,
                 "final_per_trial": line["curves"][:, -1].tolist(),
                 "order": line["orders"][0],
             }
             for name, line in lines.items()
         },
+        "paired": {"strategy": first, "minus": paired} if several else None,
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -478,8 +487,21 @@ def select(
             f"{m:.4f}" + (f" ± {h:.4f}" if h > 0 else "") for m, h in (summary[x][k] for x in lines)
         ]
         table.add_row(str(k + 1), *cells)
-    table.add_row("mean", *[f"{np.mean([m for m, _ in summary[x]]):.4f}" for x in lines])
+    table.add_row(
+        "mean", *[f"{m:.4f}" + (f" ± {h:.4f}" if several else "") for m, h in mean_g.values()]
+    )
     out.print(table)
+    if paired:
+        compared = ", ".join(
+            f"{name} {d['mean']:+.4f} ± {d['ci95']:.4f} "
+            f"(at or above on {d['at_or_above']} of {len(trials)})"
+            for name, d in paired.items()
+        )
+        out.print(
+            f"paired over the {len(trials)} trials, {first}'s mean G_1..{budget} minus: {compared}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if "myopic-oracle" in lines:
         err.print(
             "myopic-oracle: one greedy order chosen on the trial-mean matrix, scored on each "

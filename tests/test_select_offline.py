@@ -134,6 +134,14 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     assert len(oracle["final_per_trial"]) == 3 and all(h > 0 for h in m_mbtl["ci95"])
     assert oracle["mean"][-1] >= m_mbtl["mean"][-1]
     assert np.all(np.diff(oracle["mean"]) > 0)
+    # the first strategy against every other line, trial by trial
+    assert m_mbtl["mean_g"] == pytest.approx(np.mean(m_mbtl["mean"]))
+    assert data["paired"]["strategy"] == "m-mbtl"
+    against_oracle = data["paired"]["minus"]["myopic-oracle"]
+    assert against_oracle["mean"] == pytest.approx(m_mbtl["mean_g"] - oracle["mean_g"])
+    assert against_oracle["ci95"] > 0 and 0 <= against_oracle["at_or_above"] <= 3
+    table = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "4")
+    assert "paired over the 3 trials, m-mbtl's mean G_1..4 minus: myopic-oracle" in table.stdout
     two = _cli(
         "select",
         "--matrix",
@@ -147,6 +155,9 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
         "--json",
     )
     assert _json(two)["trials"] == 2
+    one = str(folder / "trial000.npy")
+    alone = _json(_cli("select", "--matrix", one, "--strategy", "m-mbtl", "-k", "4", "--json"))
+    assert alone["paired"] is None and alone["strategies"]["m-mbtl"]["mean_g_ci95"] is None
     csv = _cli(
         "synth",
         "--out",
