@@ -396,11 +396,10 @@ def select(
     """
     from ctxrl.offline import (
         load_trials,
-        mean_ci,
         myopic_oracle_line,
-        paired_differences,
         parse_options,
         replay_trials,
+        summarise_replays,
     )
 
     host = _host(ctx)
@@ -430,20 +429,6 @@ def select(
     lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)
     if len(trials) > 1:
         lines["myopic-oracle"] = myopic_oracle_line(trials, budget)
-    # the band: a 95 % CI over trials, or with one trial the spread over stochastic replays
-    several = len(trials) > 1
-    summary = {
-        name: [
-            mean_ci(line["curves"][:, k])
-            if several
-            else (line["curves"][0, k], line["spread"][0, k])
-            for k in range(budget)
-        ]
-        for name, line in lines.items()
-    }
-    first = strategy_names[0]
-    paired = paired_differences(lines, first) if several else {}
-    mean_g = {name: mean_ci(line["curves"].mean(axis=1)) for name, line in lines.items()}
     result = {
         "matrices": [str(f) for f in files],
         "n": n,
@@ -454,25 +439,12 @@ def select(
         "bounds": [lower, upper],
         "clipped": clipped,
         "options": {k: v for k, v in options.items() if v},
-        "independent": float(np.mean(np.diagonal(trials, axis1=1, axis2=2))),
-        "oracle_transfer": float(np.mean(trials.max(axis=1))),
-        "strategies": {
-            name: {
-                "mean": [m for m, _ in summary[name]],
-                "ci95": [h for _, h in summary[name]] if several else None,
-                "std": [h for _, h in summary[name]] if not several else None,
-                "mean_g": mean_g[name][0],
-                "mean_g_ci95": mean_g[name][1] if several else None,
-                "final_per_trial": line["curves"][:, -1].tolist(),
-                "order": line["orders"][0],
-            }
-            for name, line in lines.items()
-        },
-        "paired": {"strategy": first, "minus": paired} if several else None,
+        **summarise_replays(trials, lines, reference=strategy_names[0]),
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    several = len(trials) > 1
     band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
     table = Table(
         title=f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
@@ -483,22 +455,28 @@ def select(
     for name in lines:
         table.add_column(name)
     for k in range(budget):
-        cells = [
-            f"{m:.4f}" + (f" ± {h:.4f}" if h > 0 else "") for m, h in (summary[x][k] for x in lines)
-        ]
+        cells = []
+        for line in result["strategies"].values():
+            half = (line["ci95"] or line["std"])[k]
+            cells.append(f"{line['mean'][k]:.4f}" + (f" ± {half:.4f}" if half > 0 else ""))
         table.add_row(str(k + 1), *cells)
     table.add_row(
-        "mean", *[f"{m:.4f}" + (f" ± {h:.4f}" if several else "") for m, h in mean_g.values()]
+        "mean",
+        *[
+            f"{line['mean_g']:.4f}" + (f" ± {line['mean_g_ci95']:.4f}" if several else "")
+            for line in result["strategies"].values()
+        ],
     )
     out.print(table)
-    if paired:
+    if result["paired"]:
         compared = ", ".join(
             f"{name} {d['mean']:+.4f} ± {d['ci95']:.4f} "
             f"(at or above on {d['at_or_above']} of {len(trials)})"
-            for name, d in paired.items()
+            for name, d in result["paired"]["minus"].items()
         )
         out.print(
-            f"paired over the {len(trials)} trials, {first}'s mean G_1..{budget} minus: {compared}",
+            f"paired over the {len(trials)} trials, {strategy_names[0]}'s mean "
+            f"G_1..{budget} minus: {compared}",
             highlight=False,
             soft_wrap=True,
         )

@@ -356,6 +356,46 @@ def paired_differences(
     return out
 
 
+def summarise_replays(
+    trials: np.ndarray, lines: Mapping[str, Mapping[str, Any]], reference: str
+) -> dict[str, Any]:
+    """What ``ctxrl select --json`` reports of :func:`replay_trials`' ``lines`` on the
+    normalised ``trials`` ``(T, N, N)``: ``independent`` and ``oracle_transfer`` (means over
+    trials), and per line (``strategies``) ``mean`` G_k for k = 1..K with its band (``ci95``,
+    the 95 % interval over several trials, or ``std``, one trial's spread over stochastic
+    replays), ``mean_g`` (mean G_1..K) and ``mean_g_ci95``, ``final_per_trial`` G_K and the
+    first trial's ``order``; with several trials ``paired``: ``reference``'s mean G_1..K
+    minus every other line's (:func:`paired_differences`)."""
+    several = len(trials) > 1
+    strategies: dict[str, Any] = {}
+    for name, line in lines.items():
+        curves = np.asarray(line["curves"])  # (T, K)
+        if several:
+            mean, band = zip(*(mean_ci(curves[:, k]) for k in range(curves.shape[1])), strict=True)
+        else:
+            mean, band = tuple(curves[0].tolist()), tuple(np.asarray(line["spread"])[0].tolist())
+        mean_g, mean_g_ci95 = mean_ci(curves.mean(axis=1))
+        strategies[name] = {
+            "mean": [float(m) for m in mean],
+            "ci95": [float(h) for h in band] if several else None,
+            "std": [float(h) for h in band] if not several else None,
+            "mean_g": mean_g,
+            "mean_g_ci95": mean_g_ci95 if several else None,
+            "final_per_trial": curves[:, -1].tolist(),
+            "order": line["orders"][0],
+        }
+    return {
+        "independent": float(np.mean(np.diagonal(trials, axis1=1, axis2=2))),
+        "oracle_transfer": float(np.mean(trials.max(axis=1))),
+        "strategies": strategies,
+        "paired": (
+            {"strategy": reference, "minus": paired_differences(lines, reference)}
+            if several
+            else None
+        ),
+    }
+
+
 def myopic_oracle_line(trials: np.ndarray, budget: int) -> dict[str, Any]:
     """:func:`~ctxrl.selection.myopic_oracle` in the form of :func:`replay_trials`."""
     order, curves = myopic_oracle(trials, budget)
