@@ -83,6 +83,8 @@ COLUMNS = (
     "random",
     "mbtl-gp",
     "mbtl-gp-residual",
+    "mbtl-gp-residual-model",
+    "mbtl-gp-model",
     "mbtl-gp-fixed-noise",
     "mbtl-gp-reference",
     "m-mbtl",
@@ -93,6 +95,8 @@ COLUMNS = (
 # each column's published counterpart (index into a PUBLISHED row)
 PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
     "mbtl-gp-residual": 1,
+    "mbtl-gp-residual-model": 1,
+    "mbtl-gp-model": 1,
     "mbtl-gp-fixed-noise": 1,
     "mbtl-gp-reference": 1,
     "m-mbtl": 2,
@@ -108,7 +112,9 @@ PUBLISHED_COLUMN = {name: i for i, name in enumerate(COLUMNS)} | {
 # ``mbtl-gp-fixed-noise`` is ``mbtl-gp`` with the reference's fixed GP noise and observed
 # baseline, ctxrl's default before 2026-12-04 (the "mbtl-gp" column of the earlier results);
 # ``mbtl-gp-residual`` is ``mbtl-gp`` with the residual GP over source and target and the
-# expected gain of G as its acquisition
+# expected gain of G as its acquisition; ``mbtl-gp-residual-model`` the same against the
+# model's estimate of the trained rows (``best: model``); ``mbtl-gp-model`` is ``mbtl-gp`` with
+# ``best: model`` alone
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "mbtl-gp-reference": (
         "mbtl-gp",
@@ -128,6 +134,11 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
         {"noise_std": 0.1, "best": "observed", "residual": "none", "acquisition": "optimistic"},
     ),
     "mbtl-gp-residual": ("mbtl-gp", {"residual": "gp", "acquisition": "expected"}),
+    "mbtl-gp-residual-model": (
+        "mbtl-gp",
+        {"residual": "gp", "acquisition": "expected", "best": "model"},
+    ),
+    "mbtl-gp-model": ("mbtl-gp", {"best": "model"}),
 }
 
 

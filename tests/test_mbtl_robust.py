@@ -60,6 +60,26 @@ def test_the_rows_noise_estimate_follows_the_entries_noise() -> None:
         assert strategy.trace()["noise_std"] == pytest.approx(sigma, rel=0.3)
 
 
+def test_the_model_baseline_is_the_models_rows_below_the_noisy_maxima() -> None:
+    """``best: model`` compares candidates with the model's estimate of the trained rows: never
+    above ``consistent``'s baseline (the larger of that estimate and the best observed entry)
+    and, on a noisy matrix, below the noisy maxima on most targets."""
+    spec = get_host().registry.strategy("mbtl-gp")
+    matrix = noisy_mountain(2, 0.08)
+    baselines = {}
+    for best in ("consistent", "model"):
+        state = SelectionState(X[:, None], 6, np.random.default_rng(0))
+        for index in (3, 14, 25, 36):
+            state.selected.append(index)
+            state.rows[index] = matrix[index]
+        strategy = spec.factory(best=best, residual="gp", acquisition="expected")
+        strategy.propose(state)
+        baselines[best] = np.asarray(strategy.trace()["best_so_far"])
+        observed = state.best_so_far()
+    assert np.all(baselines["model"] <= baselines["consistent"] + 1e-12)
+    assert np.mean(baselines["model"] < observed) > 0.5
+
+
 # MBTL's own model, noise and baseline: the reference's GP noise 0.1, the observed baseline, no
 # residual GP, the optimistic acquisition
 REFERENCE_MODEL = {

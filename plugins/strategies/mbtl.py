@@ -180,11 +180,18 @@ class MBTLStrategy:
             averaged with weights falling off with distance: slopes that change with the
             context).
         best: what a candidate must beat on each target: ``observed`` (the reference: the best
-            observed entry ``U_j``) or ``consistent`` (the default: the larger of ``U_j`` and
+            observed entry ``U_j``), ``consistent`` (the default: the larger of ``U_j`` and
             the model's own prediction for the trained sources, ``max_s mu_s - gap(x_s,
-            x_j)``). The GP shrinks a weak source's set point towards the mean, so next to it
-            the model's candidate row beats the observed row by that shrinkage alone; comparing
-            the model with itself there removes the phantom gain.
+            x_j)``) or ``model`` (the model's prediction for the trained sources alone). The GP
+            shrinks a weak source's set point towards the mean, so next to it the model's
+            candidate row beats the observed row by that shrinkage alone; comparing the model
+            with itself there removes the phantom gain. ``model`` goes further: the best noisy
+            entry of each target is biased upwards (the maximum of noisy measurements), so
+            against it a candidate near a trained source gains nothing and the acquisition
+            turns to uncertain far candidates or to re-measuring noise; against the model's
+            estimate of the trained rows every candidate is scored on the transfer the model
+            expects, and with ``acquisition: expected`` the new entry's spread leaves out the
+            entries' noise (the expected rise of the true G, not of its noisy measurement).
         spread: the uncertainty ``sigma_i`` of a candidate's training performance in the
             acquisition: ``latent`` (the GP's posterior standard deviation of the noise-free
             performance) or ``predictive`` (``sqrt(sigma_i^2 + noise_std^2)``: the new row is
@@ -263,8 +270,10 @@ class MBTLStrategy:
             raise CtxrlError(f"strategy 'mbtl-gp': set_point {set_point!r} is not diagonal or row")
         if gap not in ("global", "local"):
             raise CtxrlError(f"strategy 'mbtl-gp': gap {gap!r} is not global or local")
-        if best not in ("observed", "consistent"):
-            raise CtxrlError(f"strategy 'mbtl-gp': best {best!r} is not observed or consistent")
+        if best not in ("observed", "consistent", "model"):
+            raise CtxrlError(
+                f"strategy 'mbtl-gp': best {best!r} is not observed, consistent or model"
+            )
         if spread not in ("latent", "predictive"):
             raise CtxrlError(f"strategy 'mbtl-gp': spread {spread!r} is not latent or predictive")
         if start not in START_RULES:
@@ -410,9 +419,11 @@ class MBTLStrategy:
         if self.residual == "gp" and state.rows:
             rows_mean, rows_std, entry_noise = self._with_residual(state, rows_mean, posterior.std)
         best = state.best_so_far()
-        if self.best_kind == "consistent" and state.rows:
-            trained = sorted(state.rows)
-            best = np.maximum(best, np.clip(rows_mean[trained], 0.0, 1.0).max(axis=0))
+        if self.best_kind != "observed" and state.rows:
+            modelled = np.clip(rows_mean[sorted(state.rows)], 0.0, 1.0).max(axis=0)
+            best = modelled if self.best_kind == "model" else np.maximum(best, modelled)
+        if self.best_kind == "model":  # the expected rise of the true G: no entry noise
+            entry_noise = 0.0
         picks: list[dict[str, Any]] = []
         self._trace.update(
             rule="acquisition",
