@@ -7,8 +7,9 @@ on families of real matrices (one sweep's per-seed matrices).
 
 e.g. ``--variant fixed=noise_std:0.1,best:observed`` replays ``mbtl-gp`` with those options (the
 reference's GP noise and baseline, ctxrl's default before 2026-12-04) next to the default one
-(``noise_std: rows, best: consistent``; about 3 s per MBTL-GP replay at N = 60, K = 15 on one
-core: the default run, 27 matrices and one variant, takes about 3 minutes).
+(``noise_std: rows``, the residual GP, the expected gain against the model's rows; ``--variant
+gap=residual:none,acquisition:optimistic,best:consistent`` is the default of earlier in
+2026-12-04, MBTL's own model; a few seconds per MBTL-GP replay at N = 60, K = 15 on one core).
 
 Matrices (normalised, row = source, column = target, contexts ``x = linspace(0, 1, N)``):
 
