@@ -23,7 +23,7 @@ hard for every source, rows of failed training); a candidate is scored by the ex
 ``G`` (``acquisition: expected``) against the model's estimate of the trained rows rather than
 their noisy best entries (``best: model``). Measured against MBTL's own model (``residual:
 none, acquisition: optimistic, best: consistent``, the default until 2026-12-04): at or above
-Greedy and Random on five of six families of real and generated matrices (it was on two), and
+Greedy and Random on five of six families of real and generated matrices (it was on three), and
 above the published SD-MBTL on its synthetic benchmark (aggregated 0.886 / 0.565 at noise 5 /
 30 against 0.749 / 0.055; published 0.871 / 0.310); below Greedy on the 100-context pole-length
 matrices (RESULTS.md "MBTL-GP on families of real matrices"; ``benchmarks/bench_mbtl_robust.py``,
