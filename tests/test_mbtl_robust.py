@@ -251,36 +251,38 @@ def test_the_residual_gp_and_expected_gain_are_at_least_greedy_and_random_where_
 
 def family_g(folder: str, name: str, runs: int = 1) -> np.ndarray:
     """Mean G_1..15 of strategy ``name`` (default options) on each of the 12 per-seed matrices
-    of a kept 20-context family (``benchmarks/sweeps/<folder>.yaml``), ``(12,)``."""
+    of a kept 20-context family (``benchmarks/sweeps/<folder>.yaml``) and on each one's mirror
+    image (the contexts in reverse order), ``(24,)``."""
     trials, coords = kept_trials(folder, "CartPole", tuple(range(12)))
     spec = get_host().registry.strategy(name)
+    matrices = [m for trial in np.clip(trials, 0, 1) for m in (trial, trial[::-1, ::-1].copy())]
     return np.array(
         [
             np.mean(
-                [
-                    replay(spec.factory(), np.clip(m, 0, 1), coords, 15, seed=s).curve.mean()
-                    for s in range(runs)
-                ]
+                [replay(spec.factory(), m, coords, 15, seed=s).curve.mean() for s in range(runs)]
             )
-            for m in trials
+            for m in matrices
         ]
     )
 
 
-def test_on_families_of_real_matrices_mbtl_leads_where_training_has_structure() -> None:
-    """Twelve seeds of two real 20-context CartPole sweeps at 30k steps (benchmarks/RESULTS.md,
-    "MBTL-GP on families of real matrices"). Pole length: the short poles train on every
-    seed, a structure the model learns, and MBTL-GP leads Greedy and Random by a margin whose
-    95 % interval over the seeds excludes 0. Cart mass (seed 0 is the CI sweep's matrix): a
-    few light carts train, differently per seed, and one matrix decides little; over the
-    family MBTL-GP is above Random on average and not below Greedy beyond the interval."""
-    for folder, ahead in (("cartpole-length-20-30k", True), ("cartpole-masscart-20-30k", False)):
+@pytest.mark.long
+def test_on_families_of_real_matrices_mbtl_leads_greedy_and_random() -> None:
+    """Twelve seeds of two real 20-context CartPole sweeps at 30k steps, each matrix also
+    mirrored (benchmarks/RESULTS.md, "MBTL-GP on families of real matrices"). Pole length: the
+    short poles train on every seed, a structure the model learns, and MBTL-GP leads Greedy
+    and Random by margins whose 95 % intervals over the 24 matrices exclude 0 (+0.21 and
+    +0.15). Cart mass (seed 0 is the CI sweep's matrix): a few light carts train, differently
+    per seed, and one matrix decides little; over the family MBTL-GP leads Random with the
+    interval excluding 0 (+0.07) and Greedy on average (+0.04, whose interval holds 0; MBTL's
+    own model, the default before, was level with Greedy at -0.001)."""
+    for folder, greedy_excludes_0 in (
+        ("cartpole-length-20-30k", True),
+        ("cartpole-masscart-20-30k", False),
+    ):
         mbtl = family_g(folder, "mbtl-gp")
         greedy, random = family_g(folder, "greedy"), family_g(folder, "random", runs=30)
         versus_greedy, versus_random = mean_ci(mbtl - greedy), mean_ci(mbtl - random)
-        if ahead:
-            assert versus_greedy[0] - versus_greedy[1] > 0, (folder, versus_greedy)
-            assert versus_random[0] - versus_random[1] > 0, (folder, versus_random)
-        else:
-            assert versus_random[0] > 0, (folder, versus_random)
-            assert versus_greedy[0] + versus_greedy[1] > 0, (folder, versus_greedy)
+        assert versus_random[0] - versus_random[1] > 0, (folder, versus_random)
+        lower = versus_greedy[0] - versus_greedy[1] if greedy_excludes_0 else versus_greedy[0]
+        assert lower > 0, (folder, versus_greedy)
