@@ -26,7 +26,8 @@ none, acquisition: optimistic, best: consistent``, the default until 2026-12-04)
 Greedy and Random on five of six families of real and generated matrices (it was on three), and
 above the published SD-MBTL on its synthetic benchmark (aggregated 0.886 / 0.565 at noise 5 /
 30 against 0.749 / 0.055; published 0.871 / 0.310); below Greedy and Random on the 100-context
-pole-length matrices, within the intervals, where ``best: model`` alone is ahead (RESULTS.md "MBTL-GP on families of real matrices"; ``benchmarks/bench_mbtl_robust.py``,
+pole-length matrices, within the intervals, where ``best: model`` alone is ahead (RESULTS.md
+"MBTL-GP on families of real matrices"; ``benchmarks/bench_mbtl_robust.py``,
 ``benchmarks/bench_synthetic.py``). The options that make it the reference's GP-MBTL are listed
 in ``benchmarks/bench_synthetic.py`` (``mbtl-gp-reference``).
 
