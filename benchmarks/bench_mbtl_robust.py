@@ -105,13 +105,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
 
 
 def real_family(folder: Path, env: str, mirror: bool) -> tuple[list[np.ndarray], np.ndarray]:
-    """The normalised per-seed matrices of ``folder`` (seed order; with ``mirror`` each followed
-    by its mirror image) and the contexts' coordinates ``(N, d)``."""
-    files = sorted(folder.glob("matrix_seed*.csv"), key=lambda f: int(f.stem[len("matrix_seed") :]))
-    if not files:
-        raise SystemExit(f"--real: {folder} holds no matrix_seedN.csv")
+    """The normalised per-seed matrices of ``folder`` (read as ``ctxrl select`` reads a folder, in
+    file-name order; with ``mirror`` each followed by its mirror image) and the contexts'
+    coordinates ``(N, d)``."""
     _, raw, located, (lower, upper) = load_trials(
-        files,
+        [folder],
         contexts=None,
         grid=None,
         env_name=env,
