@@ -246,19 +246,22 @@ def _rollout_segment(
 def _minibatch_loss(
     run: TrainingRun,
     params: Params,
-    obs: Tensor,
-    actions: Tensor,
-    old_log_prob: Tensor,
-    advantages: Tensor,
-    returns: Tensor,
-    old_values: Tensor,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    index: Tensor,
     cfg: PPOConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """PPO's per-agent loss ``(N,)`` on a minibatch (observations ``(N, B, obs)``, the rest
-    ``(N, B)``, actions ``(N, B, 1)`` when continuous): clipped surrogate, clipped value loss,
-    entropy bonus, advantages normalised per agent. Also returns the actor's output ``(N, B,
-    A)``, the policy and value losses and the entropy ``(N,)``, and the probability ratio and
-    its log ``(N, B)``, for the diagnostics."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """PPO's per-agent loss ``(N,)`` on the minibatch ``index`` ``(N, B)`` (each agent's own
+    sample indices) of the flattened rollout ``batch``: observations ``(N, T E, obs)``,
+    actions ``(N, T E)`` (``(N, T E, 1)`` when continuous), and the old log-probabilities,
+    advantages, returns and values ``(N, T E)``. Clipped surrogate, clipped value loss,
+    entropy bonus, advantages normalised per agent. Also returns the minibatch's observations
+    ``(N, B, obs)`` and the actor's output on them ``(N, B, A)``, the policy and value losses,
+    the entropy, the approximate KL divergence and the clip fraction ``(N,)``, for the
+    diagnostics. Gathering the minibatch here puts it inside the compiled graph."""
+    agents = torch.arange(index.shape[0], device=index.device)[:, None]
+    obs, actions, old_log_prob, advantages, returns, old_values = (
+        values[agents, index] for values in batch
+    )
     out = run.forward("actor", obs, training=True)
     new_logp, entropy = _log_prob_entropy(params, out, actions, run.discrete)
     new_value = run.forward("critic", obs, training=True).squeeze(-1)
@@ -276,7 +279,14 @@ def _minibatch_loss(
         v_loss = 0.5 * ((new_value - returns) ** 2).mean(dim=1)
     entropy_mean = entropy.mean(dim=1)
     loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
-    return loss, out, pg_loss, v_loss, entropy_mean, ratio, log_ratio
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean(dim=1)
+        clip_fraction = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(dim=1)
+    return loss, obs, out, pg_loss, v_loss, entropy_mean, approx_kl, clip_fraction
+
+
+_LOSS_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+"""What :func:`_minibatch_loss` returns after the loss, observations and actor output."""
 
 
 @dataclass
@@ -415,49 +425,38 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         # -------------------------------------------------------------------- update
         batch = e * t_steps
         minibatch = batch // cfg.num_minibatches
-        agents = torch.arange(n, device=device)[:, None]
 
         def flat(x: Tensor) -> Tensor:
             return x.transpose(0, 1).reshape(n, batch, *x.shape[3:])
 
-        b_obs, b_act, b_logp = flat(buf.obs), flat(buf.actions), flat(buf.log_probs)
-        b_adv, b_ret, b_val = flat(advantages), flat(returns), flat(buf.values)
+        flattened = (
+            flat(buf.obs),
+            flat(buf.actions),
+            flat(buf.log_probs),
+            flat(advantages),
+            flat(returns),
+            flat(buf.values),
+        )
+        b_ret, b_val = flattened[4], flattened[5]
+        minibatch_loss = (
+            self._compiled_loss
+            if self._compiled_loss is not None and not run.record_activations
+            else _minibatch_loss
+        )
         for epoch in range(cfg.update_epochs):
             last_epoch = epoch == cfg.update_epochs - 1
             order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
             for begin in range(0, batch, minibatch):
-                idx = order[:, begin : begin + minibatch]
-                mb_obs = b_obs[agents, idx]
-                minibatch_loss = (
-                    self._compiled_loss
-                    if self._compiled_loss is not None and not run.record_activations
-                    else _minibatch_loss
-                )
-                loss, out, pg_loss, v_loss, entropy_mean, ratio, log_ratio = minibatch_loss(
-                    run,
-                    params,
-                    mb_obs,
-                    b_act[agents, idx],
-                    b_logp[agents, idx],
-                    b_adv[agents, idx],
-                    b_ret[agents, idx],
-                    b_val[agents, idx],
-                    cfg,
+                loss, mb_obs, out, *diagnostics = minibatch_loss(
+                    run, params, flattened, order[:, begin : begin + minibatch], cfg
                 )
                 extra = self.auxiliary_loss(run, mb_obs, out, iteration, iterations)
                 if extra is not None:
                     loss = loss + extra
                 run.optimize(loss, lr)
                 if last_epoch:  # CleanRL logs the last epoch's statistics
-                    with torch.no_grad():
-                        run.record("policy_loss", pg_loss)
-                        run.record("value_loss", v_loss)
-                        run.record("entropy", entropy_mean)
-                        run.record("approx_kl", ((ratio - 1) - log_ratio).mean(dim=1))
-                        run.record(
-                            "clip_fraction",
-                            ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(dim=1),
-                        )
+                    for name, value in zip(_LOSS_DIAGNOSTICS, diagnostics, strict=True):
+                        run.record(name, value)
         with torch.no_grad():
             variance = b_ret.var(dim=1)
             explained = 1 - (b_ret - b_val).var(dim=1) / variance
