@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ctxrl import ConfigError
+from ctxrl.config import parse_yaml
 from ctxrl.plugins import get_host
 from ctxrl.registry import AlgorithmSpec, EnvSpec
 from ctxrl.testing import AlgorithmContract
@@ -165,6 +166,12 @@ def test_compile_auto_compiles_where_it_pays_and_bad_values_are_named() -> None:
     assert not short.compiling
     with pytest.raises(ConfigError, match=r"algorithm\.params\.compile: batched-ppo takes one of"):
         _algo(compile="yes")
+
+
+def test_compile_off_and_on_unquoted_in_yaml_are_the_modes() -> None:
+    """YAML reads ``compile: off`` as False: it means the mode ``off``, as written."""
+    for text, mode in (("compile: off", "off"), ("compile: on", "on"), ("compile: auto", "auto")):
+        assert _algo(**parse_yaml(text)).config.compile == mode
 
 
 def test_unknown_hyperparameter_is_named() -> None:

@@ -54,8 +54,11 @@ def hyperparameters(
     config_class: type[ConfigT], params: Mapping[str, Any], algorithm: str
 ) -> ConfigT:
     """A frozen hyperparameter dataclass from config ``params``; unknown keys are an error that
-    names them and lists the known ones. Lists become tuples (the dataclasses are hashable)."""
+    names them and lists the known ones. Lists become tuples (the dataclasses are hashable),
+    and a boolean given for a text option becomes ``on`` / ``off``: YAML reads an unquoted
+    ``compile: off`` as False."""
     known = {f.name for f in fields(config_class)}  # type: ignore[arg-type]
+    text = {f.name for f in fields(config_class) if f.type in ("str", str)}  # type: ignore[arg-type]
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(
@@ -63,6 +66,9 @@ def hyperparameters(
             f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    for name in text & values.keys():
+        if isinstance(values[name], bool):
+            values[name] = "on" if values[name] else "off"
     return config_class(**values)
 
 
