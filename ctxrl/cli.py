@@ -23,6 +23,7 @@ import click
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -80,7 +81,8 @@ class _Root(click.Group):
             return super().invoke(ctx)
         except CtxrlError as exc:
             # soft wrap: no line breaks inside paths and names a user copies
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escaped: a message's own brackets ("[lower, upper]") are text, not rich markup
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -246,7 +248,7 @@ def _exit_cleanly_on_sigterm() -> None:
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a config field, e.g. --set features.masscart.num=20 "
+    help="Override a config field, e.g. --set features.length.num=10 "
     "--set algorithm.params.learning_rate=1e-3; repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
@@ -283,7 +285,8 @@ def sweep(
         f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}"
     )
     if dry_run:
-        click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        # the plan as it will run: a grid of several features may have changed the strategy
+        click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
         return
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
@@ -314,7 +317,7 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
     if strict:
         raise CtxrlError(f"{message}; widen them with --bounds, or drop --strict to clip")
     err.print(
-        f"[yellow]warning:[/] {message} and were clipped to them; pass --strict to refuse",
+        f"[yellow]warning:[/] {escape(message)} and were clipped to them; pass --strict to refuse",
         highlight=False,
         soft_wrap=True,
     )
@@ -414,16 +417,25 @@ def select(
         negate=negate,
         registry=host.registry,
     )
-    clipped = _check_bounds(matrix_paths[0], raw, lower, upper, strict)
     if not upper > lower:
         raise CtxrlError(f"normalisation bounds need lower < upper, got [{lower}, {upper}]")
+    clipped = sum(
+        _check_bounds(path, layer, lower, upper, strict)
+        for path, layer in zip(files, raw, strict=True)
+    )
     with np.errstate(invalid="ignore"):
         trials = np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
     n = trials.shape[1]
     if not 1 <= budget <= n:
         raise CtxrlError(f"--budget K = {budget} must be between 1 and N = {n}")
-    if np.isnan(trials).any():
-        raise CtxrlError(f"{matrix_paths[0]}: the matrix has unobserved entries; replay needs all")
+    for path, trial in zip(files, trials, strict=True):
+        missing = np.argwhere(np.isnan(trial))
+        if len(missing):
+            first = ", ".join(f"({s}, {t})" for s, t in missing[:3])
+            raise CtxrlError(
+                f"{path}: {len(missing)} unobserved (NaN) entries, the first at (source, "
+                f"target) {first}; replay needs all"
+            )
     err.print(f"contexts: {located.describe()}", highlight=False, soft_wrap=True)
     err.print(f"trials: {len(trials)} matrix(es), bounds [{lower}, {upper}]", highlight=False)
     lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)

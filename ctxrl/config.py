@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,7 +28,19 @@ from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats, so ``1e-3`` is a number, not a string."""
+    """PyYAML's safe loader with YAML 1.2 floats, so ``1e-3`` is a number, not a string, that
+    refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -35,7 +48,7 @@ _Yaml12Loader.add_implicit_resolver(
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
         re.X,
@@ -154,7 +167,7 @@ class SweepConfig(_Strict):
         "twin's (e.g. num_seconds for traffic; visible: [masscart] shows a feature to the agent)",
     )
     algorithm: AlgorithmConfig
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     train_steps: int = Field(gt=0, description="environment steps per trained model")
     eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
     mode: Literal["full", "select", "multitask"] = Field(
@@ -184,6 +197,11 @@ class SweepConfig(_Strict):
     device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Field(default=Path("runs"), description="parent of the run directory")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home_expanded(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("features")
     @classmethod
@@ -253,8 +271,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. features.masscart.num=20")
-        _set_dotted(data, key.strip(), parse_yaml(raw) if raw.strip() else "")
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. features.length.num=10")
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+        _set_dotted(data, key.strip(), value)
     return data
 
 
@@ -269,7 +291,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Sweep
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
-    return validate_config(apply_overrides(data, overrides), source=str(source))
+    described = str(source)
+    if overrides:
+        described += " with " + " ".join(f"--set {item}" for item in overrides)
+    return validate_config(apply_overrides(data, overrides), source=described)
 
 
 def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepConfig:
@@ -394,9 +419,10 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         except UnknownNameError as exc:
             raise ConfigError(f"compare: {exc}") from None
     try:
-        registry.executor(config.executor.name)
+        executor = registry.executor(config.executor.name)
     except UnknownNameError as exc:
         raise ConfigError(f"executor.name: {exc}") from None
+    _check_executor_options(executor.factory, config.executor.options, executor.name)
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if training:
@@ -463,15 +489,60 @@ def _strategies_for_grid(config: SweepConfig, registry: Registry, grid: ContextG
     return config.model_copy(update={"strategy": strategy, "compare": compare})
 
 
-def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) -> None:
+_UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str) -> Any:
+    """Build ``factory(**options)`` once, so that an option the plugin does not take or a value
+    it refuses is a :class:`ConfigError` that starts with ``where`` (the field, e.g.
+    ``strategy.options: 'mbtl-gp'``) and names the option, before any work; returns what was
+    built."""
     try:
-        strategy.factory(**options)
+        return factory(**options)
     except TypeError as exc:
-        raise ConfigError(
-            f"strategy.options: {strategy.name!r} does not take {sorted(options)}: {exc}"
-        ) from None
-    except CtxrlError as exc:
-        raise ConfigError(f"strategy.options: {exc}") from None
+        match = _UNEXPECTED_KEYWORD.search(str(exc))
+        if match is None:
+            raise ConfigError(f"{where}: {exc}") from None
+        takes = option_names(factory)
+        listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
+        raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
+    except (ValueError, CtxrlError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def option_names(factory: Callable[..., Any]) -> set[str]:
+    """The keyword options ``factory`` names (empty when it takes ``**options`` only)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def _check_executor_options(
+    factory: Callable[..., Any], options: Mapping[str, Any], name: str
+) -> None:
+    """The executor's factory takes ``options`` besides what every sweep passes (checked on its
+    signature: building an executor may start workers)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(workers=1, timeout_s=None, log_dir=None, **options)
+    except TypeError:
+        takes = option_names(factory) - {"workers", "timeout_s", "log_dir"}
+        unknown = sorted(set(options) - takes) if takes else sorted(options)
+        listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
+        raise ConfigError(f"executor.options: {name!r} has no option {unknown}{listed}") from None
+
+
+def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) -> None:
+    check_options(strategy.factory, options, f"strategy.options: {strategy.name!r}")
 
 
 def _check_device(device: str) -> None:
@@ -522,10 +593,7 @@ def _check_training_options(
             f"transfer.name: {method.name!r} trains target policies and needs a batched "
             f"algorithm; {algorithm.name!r} is not"
         )
-    try:
-        method.factory(**config.transfer.options)
-    except (TypeError, ConfigError) as exc:
-        raise ConfigError(f"transfer.options: {method.name!r}: {exc}") from None
+    check_options(method.factory, config.transfer.options, f"transfer.options: {method.name!r}")
 
 
 def _with_options(

@@ -25,6 +25,12 @@ from ctxrl.errors import ContextError
 Scale = Literal["linear", "log"]
 
 
+def name_list(names: str | Sequence[str]) -> list[str]:
+    """Names given as a list, or one name alone (``visible: masscart`` as ``[masscart]``: a
+    string is not split into its characters)."""
+    return [names] if isinstance(names, str) else [str(name) for name in names]
+
+
 def _canonical_number(value: float) -> str:
     """A textual form of a float that is identical everywhere (repr is shortest round-trip)."""
     return repr(float(value))

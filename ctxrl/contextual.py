@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ctxrl.context import Context, ContextSpace
+from ctxrl.context import Context, ContextSpace, name_list
 from ctxrl.errors import ContextError
 from ctxrl.registry import EnvSpec
 
@@ -86,6 +86,7 @@ class ContextualEnv(gym.Wrapper):
     ) -> None:
         self.family = family
         initial = family.validate(context)
+        visible = name_list(visible)
         for name in visible:
             family.space.feature(name)
         base = family.build(render_mode)

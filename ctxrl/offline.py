@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ctxrl.config import check_options, parse_yaml
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay_many
@@ -102,13 +102,17 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
                 f"{path}: expected {{'features': [...], 'contexts': [{{feature: value}}]}} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
-        bounds = data.get("return_bounds")
-        return values, features, (float(bounds[0]), float(bounds[1])) if bounds else None
+        return values, features, _return_bounds(path, data.get("return_bounds"))
     with path.open(newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if len(rows) < 2:
         raise CtxrlError(f"{path}: expected a header of feature names and one row per context")
     features = [name.strip() for name in rows[0]]
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(features):
+            raise CtxrlError(
+                f"{path}: row {line} has {len(row)} column(s), the header {len(features)}"
+            )
     try:
         values = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float64)
     except ValueError as exc:
@@ -116,6 +120,21 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
     if values.shape[1:] != (len(features),):
         raise CtxrlError(f"{path}: rows do not all have {len(features)} columns")
     return values, features, None
+
+
+def _return_bounds(path: Path, bounds: Any) -> tuple[float, float] | None:
+    """A contexts.json's ``return_bounds``: absent, or two numbers, lower < upper."""
+    if bounds is None:
+        return None
+    try:
+        lower, upper = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise CtxrlError(
+            f"{path}: return_bounds must be two numbers [lower, upper], got {bounds!r}"
+        ) from None
+    if not lower < upper:
+        raise CtxrlError(f"{path}: return_bounds need lower < upper, got {bounds!r}")
+    return lower, upper
 
 
 def read_matrix_file(path: Path) -> np.ndarray:
@@ -162,8 +181,13 @@ def resolve_coordinates(
     if contexts is not None and grid is not None:
         raise CtxrlError("give --contexts or --grid, not both")
     found = contexts
-    if found is None and grid is None and beside is not None and (beside / CONTEXTS_FILE).is_file():
-        found = beside / CONTEXTS_FILE
+    nearby = beside / CONTEXTS_FILE if beside is not None else None
+    nearby_bounds = None
+    if nearby is not None and nearby.is_file():
+        if found is None and grid is None:
+            found = nearby
+        elif nearby != found:  # coordinates from elsewhere; its return bounds still apply
+            nearby_bounds = read_contexts(nearby)[2]
     if found is not None:
         values, features, bounds = read_contexts(found)
         if len(values) != n:
@@ -174,13 +198,13 @@ def resolve_coordinates(
             ContextCoordinates(
                 coords, f"{found}: {', '.join(features)}", shape if grid_like else None
             ),
-            bounds,
+            bounds or nearby_bounds,
         )
     if grid is not None:
         shape = parse_grid(grid)
         if math.prod(shape) != n:
             raise CtxrlError(f"--grid {grid}: {math.prod(shape)} contexts, but the matrix has {n}")
-        return ContextCoordinates(coords_from_grid(shape), "--grid", shape), None
+        return ContextCoordinates(coords_from_grid(shape), "--grid", shape), nearby_bounds
     coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
     return ContextCoordinates(coords, ONE_D), None
 
@@ -205,6 +229,11 @@ def load_trials(
     if runs:
         if len(paths) > 1:
             raise CtxrlError(f"--matrix {runs[0]} is a run directory: give it alone")
+        if negate or env_name is not None:
+            raise CtxrlError(
+                f"--matrix {runs[0]} is a run directory: its plan names the env and its "
+                "bounds; --negate and --env apply to matrix files only (--bounds overrides)"
+            )
         from ctxrl.results import load_plan, open_store
         from ctxrl.summary import sweep_matrix
 
@@ -257,32 +286,16 @@ def parse_options(
             raise CtxrlError(
                 f"--option {item!r}: strategy {target!r} is not among --strategy {list(specs)}"
             )
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise CtxrlError(f"--option {item!r}: the value is not valid YAML ({exc})") from None
         for strategy in targets:
             options[strategy][name] = value
     for strategy, given in options.items():
-        if not given:
-            continue
-        try:
-            specs[strategy].factory(**given)
-        except TypeError as exc:
-            params = _parameters(specs[strategy])
-            unknown = sorted(set(given) - params) if params else sorted(given)
-            raise CtxrlError(
-                f"--option: strategy {strategy!r} does not take {unknown} ({exc})"
-            ) from None
+        if given:
+            check_options(specs[strategy].factory, given, f"--option: strategy {strategy!r}")
     return options
-
-
-def _parameters(spec: StrategySpec) -> set[str]:
-    """The keyword options a strategy's factory names (empty when it takes ``**options``)."""
-    try:
-        params = inspect.signature(spec.factory).parameters.values()
-    except (TypeError, ValueError):
-        return set()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return set()
-    return {p.name for p in params}
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:

@@ -135,12 +135,21 @@ def write_trials(
     """Write trials ``0..trials-1`` of ``setting`` at ``noise`` as ``trialNNN.npy`` (or
     ``.csv``, the reference matrix format) in ``out/<setting>/noise<sigma>/``, with the
     ``contexts.json`` that ``ctxrl select`` reads: the grid (features ``c0, c1, c2``) and the
-    reference normalisation bounds over these trials. Returns the folder and the bounds."""
+    reference normalisation bounds over these trials; trial files an earlier run left there
+    (other trial counts or formats) are removed, so the folder holds these trials only. Returns
+    the folder and the bounds."""
     if fmt not in ("npy", "csv"):
         raise CtxrlError(f"synthetic format {fmt!r} is not npy or csv")
     matrices = synthetic_trials(setting, noise, trials)
     folder = out / setting.name.replace("=", "-").replace(",", "_") / f"noise{noise:g}"
     folder.mkdir(parents=True, exist_ok=True)
+    written = {f"trial{t:03d}.{fmt}" for t in range(trials)}
+    earlier = [
+        p for suffix in ("npy", "csv") for p in folder.glob(f"trial[0-9][0-9][0-9].{suffix}")
+    ]
+    for stale in earlier:
+        if stale.name not in written:  # an earlier run's trials: select would read them too
+            stale.unlink()
     for t, matrix in enumerate(matrices):
         path = folder / f"trial{t:03d}.{fmt}"
         if fmt == "npy":

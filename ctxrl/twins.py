@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ctxrl.context import ContextSpace
+from ctxrl.context import ContextSpace, name_list
 from ctxrl.errors import ContextError
 from ctxrl.rng import StreamRNG
 
@@ -202,6 +202,7 @@ class BatchedEnv:
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.dtype = dtype
+        visible = name_list(visible)
         for name in visible:
             self.space.feature(name)
         self.visible = tuple(visible)

@@ -93,7 +93,30 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["env_options.visible=[nosuch]"], "env_options: CartPole has no context feature 'nosuch'"),
         # every name and option is checked before anything trains, whatever the mode
         (["strategy.name=mbtl-gpp"], "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
-        (["strategy.options.betta=2"], "strategy.options: 'mbtl-gp' does not take"),
+        (["strategy.options.betta=2"], "strategy.options: 'mbtl-gp': no option 'betta'; it takes"),
+        (["strategy.options.c=abc"], "strategy.options: 'mbtl-gp': could not convert string"),
+        (
+            ["strategy.name=sd-mbtl", "strategy.options.min_rows=abc"],
+            "strategy.options: 'sd-mbtl': invalid literal for int() with base 10: 'abc'",
+        ),
+        (
+            [
+                "transfer.name=distill",
+                "transfer.options.steps=100",
+                "transfer.options.temperature=x",
+            ],
+            "transfer.options: 'distill': could not convert string to float: 'x'",
+        ),
+        (
+            ["executor.options.start_methd=fork"],
+            "executor.options: 'local' has no option ['start_methd']; it takes gpus,",
+        ),
+        (
+            ["algorithm.params.learning_rate=abc"],
+            "algorithm.params: batched-ppo: learning_rate: Input should be a valid number",
+        ),
+        (["seeds=[-1]"], "seeds.0: Input should be greater than or equal to 0 (got -1)"),
+        (["seeds=0"], "quickstart.yaml with --set seeds=0 is not a valid sweep config"),
         (["compare=[greedy, nope]"], "compare: no plugin provides the strategy 'nope'"),
         (
             ["algorithm.params.learning_rat=1e-3"],
@@ -162,13 +185,24 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run) -> None:
+def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run, tmp_path: Path) -> None:
     result = run_ctxrl("sweep", "--dry-run", "--set", "features.length.high=50")
     assert result.returncode == 2
     assert "error:" in result.stderr and "'length' = 50.0" in result.stderr
     assert "Traceback" not in result.stderr
     ok = run_ctxrl("sweep", "--dry-run", check=True)
     assert "env: CartPole" in ok.stdout
+    # the plan as it will run, which loads back: on two features the strategy becomes mbtl-gp
+    config = tmp_path / "two.yaml"
+    config.write_text(
+        "env: CartPole\nfeatures: {length: {num: 3}, masscart: {num: 3}}\n"
+        "algorithm: {name: batched-ppo, preset: CartPole}\ntrain_steps: 1000\n"
+    )
+    two = run_ctxrl("sweep", str(config), "--dry-run", check=True)
+    assert "name: mbtl-gp" in two.stdout and "- greedy" not in two.stdout
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(two.stdout)
+    assert load_config(printed).strategy.name == "mbtl-gp"
 
 
 def test_envs_json_lists_features_with_bounds(run_ctxrl: Run) -> None:
@@ -283,3 +317,24 @@ def test_every_benchmark_sweep_config_resolves_to_a_plan(path: Path) -> None:
     except PluginUnavailable as missing:  # an optional extra (sumo, box2d) not installed
         pytest.skip(str(missing))
     assert len(plan.grid) >= 2 and plan.config.train_steps > 0
+
+
+def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
+    """Signed leading-dot numbers, a single name where a list goes, ``~`` in paths; a key
+    given twice and a value that is not YAML are errors naming them."""
+    from ctxrl.config import parse_yaml
+
+    assert parse_yaml("[-.5, +.25, .5]") == [-0.5, 0.25, 0.5]
+    plan = _plan("env_options.visible=masscart", "output_dir=~/ctxrl-runs")
+    assert plan.env.make_batched(1).visible == ("masscart",)
+    assert plan.config.output_dir == Path.home() / "ctxrl-runs"
+    fine_tune = (
+        get_host().registry.transfer_method("fine-tune").factory(steps=100, reinit="actor.head")
+    )
+    assert fine_tune.reinit == ["actor.head"]
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("env: CartPole\ntrain_steps: 10\ntrain_steps: 20\n")
+    with pytest.raises(ConfigError, match="the key 'train_steps' is given twice"):
+        load_config(twice)
+    with pytest.raises(ConfigError, match=r"--set 'seeds=\[0, 1': the value is not valid YAML"):
+        load_config(None, ["seeds=[0, 1"])

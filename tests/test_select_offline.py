@@ -103,7 +103,16 @@ def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
         *base, "--strategy", "greedy", "--strategy", "mbtl-gp", "--option", "mbtl-gp.speed=2"
     )
     assert unknown.exit_code == 2
-    assert "strategy 'mbtl-gp' does not take ['speed']" in unknown.stderr
+    assert "strategy 'mbtl-gp': no option 'speed'; it takes acquisition" in unknown.stderr
+    # a number as the config reads it; only the option it does not take is named
+    small = _json(_cli(*base, "--strategy", "mbtl-gp", "--option", "theta_per_index=5e-3"))
+    assert small["options"] == {"mbtl-gp": {"theta_per_index": 0.005}}
+    one_wrong = _cli(*base, "--strategy", "sd-mbtl", "--option", "min_rows=3", "--option", "fooo=1")
+    assert one_wrong.exit_code == 2 and "no option 'fooo'; it takes" in one_wrong.stderr
+    not_yaml = _cli(*base, "--strategy", "mbtl-gp", "--option", "c=[1")
+    assert not_yaml.exit_code == 2 and "--option 'c=[1': the value is not valid YAML" in (
+        not_yaml.stderr
+    )
     elsewhere = _cli(*base, "--strategy", "greedy", "--option", "random.c=2")
     assert elsewhere.exit_code == 2 and "strategy 'random' is not among" in elsewhere.stderr
     malformed = _cli(*base, "--strategy", "greedy", "--option", "c")
@@ -125,6 +134,11 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
         "trial002.npy",
     ]
     assert "(Mountain), noise 5" in written.stdout
+    # written again with fewer trials: the folder holds those only
+    again = ["synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1"]
+    assert _cli(*again, "--trials", "1", "--format", "csv").exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["contexts.json", "trial000.csv"]
+    assert _cli(*again, "--trials", "3").exit_code == 0
     result = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "4", "--json")
     data = _json(result)
     assert data["trials"] == 3 and data["dims"] == 3 and data["n"] == 512
@@ -179,3 +193,42 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     assert matrix.shape == (512, 512) and matrix[0, 0] == 500.0
     bad = _cli("synth", "--out", str(tmp_path), "--setting", "f=cubic,g=none,h=l1")
     assert bad.exit_code == 2 and "f='cubic'" in bad.stderr
+
+
+def test_bad_matrix_input_is_named_before_any_replay(cube_run: Path, tmp_path: Path) -> None:
+    """Each problem names the file (and row, entry or field) it is in."""
+    x = np.arange(4)
+    matrix = np.clip(450 - 60 * np.abs(x[:, None] - x[None, :]), 0, 500).astype(float)
+    good, holed = tmp_path / "trials" / "a.csv", tmp_path / "trials" / "b.csv"
+    good.parent.mkdir()
+    np.savetxt(good, matrix, delimiter=",")
+    matrix[2, 1] = np.nan
+    np.savetxt(holed, matrix, delimiter=",")
+    args = ["--strategy", "random", "-k", "2"]
+
+    nan = _cli("select", "--matrix", str(good.parent), "--bounds", "0", "500", *args)
+    assert nan.exit_code == 2 and f"{holed}: 1 unobserved (NaN) entries" in nan.stderr
+    assert "(source, target) (2, 1)" in nan.stderr
+    reversed_bounds = _cli("select", "--matrix", str(good), "--bounds", "500", "0", *args)
+    assert "bounds need lower < upper, got [500.0, 0.0]" in reversed_bounds.stderr
+    run_dir = _cli("select", "--matrix", str(cube_run), "--negate", *args)
+    assert run_dir.exit_code == 2 and "--negate and --env apply to matrix files" in run_dir.stderr
+
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b\n1,2\n3\n4,5\n6,7\n")
+    rows = _cli("select", "--matrix", str(good), "--contexts", str(ragged), *args)
+    assert f"{ragged}: row 3 has 1 column(s), the header 2" in rows.stderr
+
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    np.savetxt(beside / "m.csv", np.nan_to_num(matrix), delimiter=",")
+    contexts = {"features": ["a"], "contexts": [{"a": float(v)} for v in x]}
+    (beside / "contexts.json").write_text(json.dumps({**contexts, "return_bounds": [0]}))
+    bad_bounds = _cli("select", "--matrix", str(beside / "m.csv"), *args)
+    assert "return_bounds must be two numbers [lower, upper], got [0]" in bad_bounds.stderr
+    # with --grid the coordinates come from the grid, the bounds still from contexts.json
+    (beside / "contexts.json").write_text(json.dumps({**contexts, "return_bounds": [0, 500]}))
+    gridded = _json(
+        _cli("select", "--matrix", str(beside / "m.csv"), "--grid", "2x2", "--json", *args)
+    )
+    assert gridded["bounds"] == [0.0, 500.0] and gridded["dims"] == 2

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
@@ -53,10 +54,11 @@ StateT = TypeVar("StateT")
 def hyperparameters(
     config_class: type[ConfigT], params: Mapping[str, Any], algorithm: str
 ) -> ConfigT:
-    """A frozen hyperparameter dataclass from config ``params``; unknown keys are an error that
-    names them and lists the known ones. Lists become tuples (the dataclasses are hashable),
-    and a boolean given for a text option becomes ``on`` / ``off``: YAML reads an unquoted
-    ``compile: off`` as False."""
+    """A frozen hyperparameter dataclass from config ``params``, each value checked against
+    its field's type (``"abc"`` for a learning rate is an error naming the field, before
+    anything trains); unknown keys are an error that names them and lists the known ones.
+    Lists become tuples (the dataclasses are hashable), and a boolean given for a text option
+    becomes ``on`` / ``off``: YAML reads an unquoted ``compile: off`` as False."""
     known = {f.name for f in fields(config_class)}  # type: ignore[arg-type]
     text = {f.name for f in fields(config_class) if f.type in ("str", str)}  # type: ignore[arg-type]
     unknown = sorted(set(params) - known)
@@ -69,7 +71,13 @@ def hyperparameters(
     for name in text & values.keys():
         if isinstance(values[name], bool):
             values[name] = "on" if values[name] else "off"
-    return config_class(**values)
+    try:
+        return TypeAdapter(config_class).validate_python(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
+        )
+        raise ConfigError(f"algorithm.params: {algorithm}: {problems}") from None
 
 
 def resolve_device(device: str) -> torch.device:

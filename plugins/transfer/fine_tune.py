@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ctxrl import hookimpl
+from ctxrl.context import name_list
 from ctxrl.errors import ConfigError
 from ctxrl.registry import TransferMethodSpec
 from ctxrl.transfer import TransferProblem, TransferResult
@@ -33,13 +34,13 @@ class FineTune:
     def __init__(
         self,
         steps: int,
-        reinit: Sequence[str] = (),
-        freeze: Sequence[str] = (),
+        reinit: str | Sequence[str] = (),
+        freeze: str | Sequence[str] = (),
         seed_offset: int = 1_000_003,
     ) -> None:
         if int(steps) <= 0:
             raise ConfigError(f"fine-tune: steps must be > 0, got {steps}")
-        self.steps, self.reinit, self.freeze = int(steps), list(reinit), list(freeze)
+        self.steps, self.reinit, self.freeze = int(steps), name_list(reinit), name_list(freeze)
         self.seed_offset = int(seed_offset)
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
@@ -80,7 +81,10 @@ class FineTune:
 
 
 def _fine_tune(
-    steps: int, reinit: Sequence[str] = (), freeze: Sequence[str] = (), seed_offset: int = 1_000_003
+    steps: int,
+    reinit: str | Sequence[str] = (),
+    freeze: str | Sequence[str] = (),
+    seed_offset: int = 1_000_003,
 ) -> FineTune:
     return FineTune(steps, reinit, freeze, seed_offset)
 
