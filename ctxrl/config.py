@@ -286,9 +286,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Sweep
     if not source.is_file():
         raise ConfigError(f"config file {source} does not exist")
     try:
-        data = parse_yaml(source.read_text()) or {}
+        data = parse_yaml(source.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     described = str(source)

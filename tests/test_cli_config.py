@@ -183,6 +183,10 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("env: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("env: CartPole  # M\xfcnchen\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):
+        load_config(latin)
 
 
 def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run, tmp_path: Path) -> None:
