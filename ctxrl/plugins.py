@@ -23,10 +23,12 @@ handling apply): that is how one plugin's failure is told apart from the others'
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -77,6 +79,12 @@ class PluginInfo:
         }
 
 
+def normalized_name(name: str) -> str:
+    """A plugin or distribution name compared as pip compares them (PEP 503): case and runs
+    of ``-``, ``_``, ``.`` do not matter."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _split_names(value: str | None) -> set[str]:
     return {part.strip() for part in (value or "").split(",") if part.strip()}
 
@@ -113,10 +121,15 @@ class Host:
         self.plugins: dict[str, PluginInfo] = {}
         self.autoload = not _env_flag(DISABLE_AUTOLOAD_ENV) if autoload is None else autoload
         env_allow = os.environ.get(ALLOW_ENV)
-        self.allow: set[str] | None = (
+        allowed = (
             set(allow) if allow is not None else (_split_names(env_allow) if env_allow else None)
         )
-        self.block = _split_names(os.environ.get(BLOCK_ENV)) | set(block)
+        self.allow: set[str] | None = (
+            None if allowed is None else {normalized_name(n) for n in allowed}
+        )
+        self.block = {
+            normalized_name(n) for n in _split_names(os.environ.get(BLOCK_ENV)) | set(block)
+        }
         self._registered = False
 
     def _trace_hooks(self) -> None:
@@ -179,7 +192,10 @@ class Host:
                 version=ep.dist.version if ep.dist is not None else None,
                 entry_point=ep.value,
             )
-            aliases = {ep.name} | ({dist_name} if dist_name else set())
+            aliases = {normalized_name(n) for n in (ep.name, dist_name) if n}
+            if aliases & self.block:  # before the duplicate check: a blocked plugin is no clash
+                self.plugins.setdefault(ep.name, info).status = "blocked"
+                continue
             if info.name in self.plugins:
                 info.status, info.error = (
                     "failed",
@@ -191,45 +207,75 @@ class Host:
                 self.plugins[f"{ep.name} ({dist_name})"] = info
                 continue
             self.plugins[ep.name] = info
-            if aliases & self.block:
-                info.status = "blocked"
-                continue
             allowed = self.allow is None or bool(aliases & self.allow)
             if (not self.autoload and not (self.allow and aliases & self.allow)) or not allowed:
                 info.status = "not-allowed"
                 continue
             try:
-                plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
-            except Exception as exc:  # a broken plugin must not break the host
+                self._register(ep.load(), ep.name)
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break the host
                 info.status, info.error = "failed", _describe(exc)
 
     def add_plugin(self, plugin: object, name: str, *, version: str | None = None) -> PluginInfo:
         """Register a plugin object directly (tests, scripts, notebooks)."""
         info = PluginInfo(name=name, version=version, entry_point=None)
+        if name in self.plugins:  # the plugin loaded under that name stays as it is
+            info.status, info.error = "failed", f"the plugin name {name!r} is already used"
+            self.plugins[f"{name} (added)"] = info
+            return info
         self.plugins[name] = info
-        if name in self.block:
+        if normalized_name(name) in self.block:
             info.status = "blocked"
             return info
         try:
-            self.pm.register(plugin, name=name)
-        except Exception as exc:
+            self._register(plugin, name)
+        except (Exception, SystemExit) as exc:
             info.status, info.error = "failed", _describe(exc)
         if self._registered and info.status == "loaded":
             self._run_registration(only=name)
+            self._describe_loaded(name)
         return info
 
+    def _register(self, plugin: object, name: str) -> None:
+        """Register ``plugin`` with pluggy under ``name``, refusing an object pluggy cannot
+        keep apart from the others (unhashable: it would break every other plugin's calls)
+        and hook implementations whose names no hook specification has (a misspelling would
+        load and silently provide nothing)."""
+        try:
+            hash(plugin)
+        except TypeError:
+            raise CtxrlError(
+                f"plugin {name!r} is an unhashable {type(plugin).__name__} object; register a "
+                "module or an instance of a plain class (a dataclass needs eq=False)"
+            ) from None
+        self.pm.register(plugin, name=name)
+        unknown = [
+            caller.name for caller in self.pm.get_hookcallers(plugin) or [] if not caller.has_spec()
+        ]
+        if unknown:
+            self.pm.unregister(plugin, name=name)
+            hooks = vars(self.pm.hook).items()
+            known = ", ".join(
+                sorted(n for n, c in hooks if n.startswith("ctxrl_") and c.has_spec())
+            )
+            raise CtxrlError(f"unknown hook(s) {sorted(unknown)}; the hooks are {known}")
+
     def register_all(self) -> None:
-        """Call every registration hook, one plugin at a time, isolating failures."""
+        """Call every registration hook, one plugin at a time, isolating failures; once
+        (plugins added later register on :meth:`add_plugin`)."""
+        if self._registered:
+            return
         self._run_registration(only=None)
         self._registered = True
-        for name, info in self.plugins.items():
-            plugin = self.pm.get_plugin(name)
-            if info.status == "loaded" and plugin is not None:
-                info.hooks = sorted(
-                    caller.name for caller in (self.pm.get_hookcallers(plugin) or [])
-                )
-                info.provides = self.registry.provided_by(name)
+        for name in self.plugins:
+            self._describe_loaded(name)
+
+    def _describe_loaded(self, name: str) -> None:
+        """Record a loaded plugin's hooks and what it registered in its :class:`PluginInfo`."""
+        info, plugin = self.plugins[name], self.pm.get_plugin(name)
+        if info.status == "loaded" and plugin is not None:
+            info.hooks = sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or []))
+            info.provides = self.registry.provided_by(name)
 
     def _run_registration(self, only: str | None) -> None:
         for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
@@ -248,17 +294,27 @@ class Host:
 
     def register_commands(self, cli: click.Group) -> None:
         """Let every plugin add sub-commands to ``cli`` (``ctxrl_register_commands``), one
-        plugin at a time: a plugin that raises is failed like one whose registration raises
-        (what it registered and the commands it added are removed); the others are kept."""
+        plugin at a time: a plugin that raises, or replaces a command that was there, is
+        failed like one whose registration raises (what it registered and every command it
+        added, in sub-groups too, are removed); the others are kept."""
         for name in self._implementers("ctxrl_register_commands"):
             if self.pm.get_plugin(name) is None:
                 continue
-            before = dict(cli.commands)
+            before = _command_tree(cli)
             try:
                 self._call_plugin("ctxrl_register_commands", name, cli=cli)
+                replaced = [
+                    f"{group.name} {command}"
+                    for group, commands in before.items()
+                    for command, was in commands.items()
+                    if group.commands.get(command) is not was
+                ]
+                if replaced:
+                    raise CtxrlError(f"it replaces the command(s) {replaced}")
             except Exception as exc:
-                cli.commands.clear()  # also undoes a command it replaced
-                cli.commands.update(before)
+                for group, commands in before.items():
+                    group.commands.clear()
+                    group.commands.update(commands)
                 if isinstance(exc, PluginUnavailable):
                     self._fail(name, str(exc), status="unavailable")
                     self.registry.unavailable.append((name, str(exc)))
@@ -301,6 +357,17 @@ class Host:
         return [p for p in self.plugins.values() if p.status == "failed"]
 
 
+def _command_tree(group: click.Group) -> dict[click.Group, dict[str, click.Command]]:
+    """Every group under ``group`` (itself included) with a copy of its commands."""
+    import click
+
+    tree = {group: dict(group.commands)}
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            tree.update(_command_tree(command))
+    return tree
+
+
 _HOST: Host | None = None
 
 
@@ -332,3 +399,15 @@ def set_host(host: Host | None) -> None:
     """Replace the process-wide host (the CLI does this to apply ``--block``)."""
     global _HOST
     _HOST = host
+
+
+@contextlib.contextmanager
+def using_host(host: Host) -> Iterator[Host]:
+    """``host`` as the process-wide host for the ``with`` block (what code that looks plugins
+    up by name in this process finds), then the one before it again."""
+    previous = _HOST
+    set_host(host)
+    try:
+        yield host
+    finally:
+        set_host(previous)

@@ -31,7 +31,7 @@ from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_con
 from ctxrl.context import Task
 from ctxrl.errors import CtxrlError
 from ctxrl.matrix import TransferMatrix
-from ctxrl.plugins import Host, get_host
+from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
 from ctxrl.run_dirs import (
     PLAN_FILE,
@@ -255,7 +255,8 @@ def run_sweep(
             f"output_dir: cannot create the run directory {plan.run_dir} ({exc.strerror}); "
             "choose another output_dir (--set output_dir=PATH)"
         ) from None
-    with run_dir_lock(plan.run_dir, wait=wait, console=console):
+    # jobs in this process look plugins up by name: they find the host given here
+    with run_dir_lock(plan.run_dir, wait=wait, console=console), using_host(host or get_host()):
         return _run_sweep(plan, host or get_host(), argv, console)
 
 

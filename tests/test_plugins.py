@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
-from conftest import HAS_SB3, REPO, write_distribution
+from conftest import HAS_SB3, REPO, requires_sb3, write_distribution
 
 from ctxrl import (
     ContextFeature,
@@ -176,6 +178,68 @@ def test_a_plugin_failing_in_registration_is_rolled_back() -> None:
     assert info.status == "failed" and "ValueError: cannot build my env" in info.error
     assert "half" not in host.registry.names("strategy")
     assert host.registry.names("env")  # the rest still loaded
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq=True
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register):
+        register(StrategySpec("unhashable", dict))
+
+
+class _MisspelledHook:
+    @hookimpl
+    def ctxrl_register_env(self, register):  # ctxrl_register_envs
+        raise AssertionError("never called")
+
+
+class _ReplacesACommand:
+    @hookimpl
+    def ctxrl_register_commands(self, cli):
+        cli.add_command(click.Command("plugins", callback=lambda: None))
+
+
+class _AddsToAGroupThenFails:
+    @hookimpl
+    def ctxrl_register_commands(self, cli):
+        cli.commands["transfer"].add_command(click.Command("half", callback=lambda: None))
+        raise RuntimeError("boom")
+
+
+def test_a_plugin_object_the_host_cannot_keep_fails_alone() -> None:
+    """An unhashable object, a misspelled hook, a name already in use, a replaced command and
+    a failure after adding a sub-command fail that plugin only; the rest is untouched, and
+    registering twice changes nothing."""
+    from ctxrl.cli import cli
+
+    host = load_host(
+        extra=[
+            ("unhashable", _Unhashable()),
+            ("typo", _MisspelledHook()),
+            ("catch", _MisspelledHook()),
+            ("replaces", _ReplacesACommand()),
+            ("adds-then-fails", _AddsToAGroupThenFails()),
+        ]
+    )
+    assert "is an unhashable _Unhashable object" in host.plugins["unhashable"].error
+    assert "unknown hook(s) ['ctxrl_register_env']" in host.plugins["typo"].error
+    assert host.plugins["catch"].status == "loaded" and "Catch" in host.registry.names("env")
+    assert "already used" in host.plugins["catch (added)"].error
+    assert {"CartPole", "Catch"} <= set(host.registry.names("env"))
+    before = {p.name for p in host.failed()}
+    host.register_all()
+    assert {p.name for p in host.failed()} == before
+    listing = cli.commands["plugins"]
+    host.register_commands(cli)
+    assert "replaces the command(s) ['cli plugins']" in host.plugins["replaces"].error
+    assert "RuntimeError: boom" in host.plugins["adds-then-fails"].error
+    assert cli.commands["plugins"] is listing and "half" not in cli.commands["transfer"].commands
+
+
+def test_blocking_a_distribution_ignores_how_its_name_is_spelled() -> None:
+    host = load_host(block=["Baseline-Strategies"])
+    assert host.plugins["baseline_strategies"].status == "blocked"
 
 
 def test_register_checks_the_type_and_unknown_names_list_alternatives() -> None:
@@ -348,3 +412,45 @@ def test_every_hook_call_is_traced(
     assert "ctxrl_sweep_start (logger)" in trace and "ctxrl_sweep_start (raising)" in trace
     assert "OSError: disk full" in trace
     assert host.plugins["raising"].status == "loaded"  # lifecycle errors are never fatal
+
+
+@requires_sb3
+def test_a_sweep_finds_the_plugins_of_the_host_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Run in this process, a sweep's jobs look plugins up in the host passed to
+    ``run_sweep`` (an env from a plugin object added in a script), not in a new one."""
+    from ctxrl.config import resolve_plan, validate_config
+    from ctxrl.sweep import run_sweep
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "plugin-template" / "src"))
+    from ctxrl_template import plugin as template
+
+    class Inline:
+        @hookimpl
+        def ctxrl_register_envs(self, register):
+            spec = next(iter(_registered(template.ctxrl_register_envs)))
+            register(dataclasses.replace(spec, name="InlineSpring"))
+
+    host = load_host(extra=[("inline-spring", Inline())])
+    config = {
+        "env": "InlineSpring",
+        "features": {"stiffness": {"values": [0.5, 5.0]}},
+        "algorithm": {
+            "name": "sb3-ppo",
+            "params": {"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+        },
+        "executor": {"name": "inline"},
+        "train_steps": 64,
+        "eval_episodes": 1,
+        "compare": ["random"],
+        "output_dir": str(tmp_path),
+    }
+    outcome = run_sweep(resolve_plan(validate_config(config), host.registry), host=host)
+    assert outcome.trained == 2 and not outcome.failed
+
+
+def _registered(hook: Callable[..., None]) -> list[Any]:
+    specs: list[Any] = []
+    hook(register=specs.append)
+    return specs

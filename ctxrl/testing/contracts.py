@@ -358,6 +358,7 @@ class StrategyContract:
             coords,
             budget=5,
             full_knowledge=strategy_spec.requires_full_matrix,
+            name=strategy_spec.name,
         )
         assert len(result.order) == 5
         assert all(0 <= i < self.n_contexts for i in result.order)
@@ -373,6 +374,7 @@ class StrategyContract:
                 4,
                 seed=3,
                 full_knowledge=strategy_spec.requires_full_matrix,
+                name=strategy_spec.name,
             ).order
             for _ in range(2)
         ]
