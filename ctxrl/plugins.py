@@ -194,7 +194,9 @@ class Host:
             )
             aliases = {normalized_name(n) for n in (ep.name, dist_name) if n}
             if aliases & self.block:  # before the duplicate check: a blocked plugin is no clash
-                self.plugins.setdefault(ep.name, info).status = "blocked"
+                info.status = "blocked"
+                key = ep.name if ep.name not in self.plugins else f"{ep.name} ({dist_name})"
+                self.plugins[key] = info
                 continue
             if info.name in self.plugins:
                 info.status, info.error = (

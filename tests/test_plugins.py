@@ -454,3 +454,18 @@ def _registered(hook: Callable[..., None]) -> list[Any]:
     specs: list[Any] = []
     hook(register=specs.append)
     return specs
+
+
+def test_a_blocked_distribution_that_reuses_a_name_is_blocked_not_a_clash(
+    run_ctxrl: Run, plugin_site: Path
+) -> None:
+    """Blocking (by its distribution name, spelled any way) the plugin that reuses a loaded
+    plugin's entry-point name, or one that exits at import, leaves the loaded one as it is."""
+    write_distribution(plugin_site, "my-sb3", "1.0", "my_sb3", "", {"sb3": "my_sb3"})
+    source = "raise SystemExit('needs libfoo')\n"
+    write_distribution(plugin_site, "exiter", "1.0", "exiter_mod", source, {"exiter": "exiter_mod"})
+    listed = run_ctxrl("--block", "My_SB3", "plugins", "--json", check=True).stdout
+    statuses = {(p["name"], p["distribution"]): p["status"] for p in json.loads(listed)}
+    assert statuses[("sb3", "my-sb3")] == "blocked"
+    assert statuses[("sb3", "ctxrl")] in ("loaded", "unavailable")
+    assert statuses[("exiter", "exiter")] == "failed"
