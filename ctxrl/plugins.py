@@ -217,6 +217,7 @@ class Host:
                 self._register(ep.load(), ep.name)
             except (Exception, SystemExit) as exc:  # a broken plugin must not break the host
                 info.status, info.error = "failed", _describe(exc)
+                self.registry.failed.append((ep.name, info.error))
 
     def add_plugin(self, plugin: object, name: str, *, version: str | None = None) -> PluginInfo:
         """Register a plugin object directly (tests, scripts, notebooks)."""
@@ -233,6 +234,7 @@ class Host:
             self._register(plugin, name)
         except (Exception, SystemExit) as exc:
             info.status, info.error = "failed", _describe(exc)
+            self.registry.failed.append((name, info.error))
         if self._registered and info.status == "loaded":
             self._run_registration(only=name)
             self._describe_loaded(name)
@@ -331,6 +333,8 @@ class Host:
 
     def _fail(self, name: str, error: str, status: Status = "failed") -> None:
         self.registry.remove_provider(name)
+        if status == "failed":
+            self.registry.failed.append((name, error))
         info = self.plugins.setdefault(name, PluginInfo(name=name))
         info.status, info.error = status, error
         info.hooks, info.provides = [], {}

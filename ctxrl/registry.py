@@ -298,6 +298,8 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[Kind, dict[str, Registered]] = {kind: {} for kind in KINDS}
         self.unavailable: list[tuple[str, str]] = []
+        self.failed: list[tuple[str, str]] = []
+        """plugins that failed to load or register, and why (named when a lookup fails)"""
         """(plugin, reason) of plugins that are missing an optional dependency."""
 
     def add(self, kind: Kind, spec: Any, provider: str) -> None:
@@ -333,6 +335,7 @@ class Registry:
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
             hint = "".join(f"; plugin {p!r} is unavailable: {why}" for p, why in self.unavailable)
+            hint += "".join(f"; plugin {p!r} failed: {why}" for p, why in self.failed)
             raise UnknownNameError(
                 f"no plugin provides the {kind.replace('_', ' ')} {name!r}; available: {known}"
                 f"{hint}"

@@ -224,6 +224,8 @@ def test_a_plugin_object_the_host_cannot_keep_fails_alone() -> None:
     )
     assert "is an unhashable _Unhashable object" in host.plugins["unhashable"].error
     assert "unknown hook(s) ['ctxrl_register_env']" in host.plugins["typo"].error
+    with pytest.raises(UnknownNameError, match=r"the env 'Spring'.*plugin 'typo' failed"):
+        host.registry.env("Spring")  # what the author of a failed plugin looks up
     assert host.plugins["catch"].status == "loaded" and "Catch" in host.registry.names("env")
     assert "already used" in host.plugins["catch (added)"].error
     assert {"CartPole", "Catch"} <= set(host.registry.names("env"))
