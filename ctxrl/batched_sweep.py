@@ -20,6 +20,7 @@ from rich.console import Console
 from ctxrl.artifacts import artifact_metadata, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
+from ctxrl.errors import CtxrlError
 from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
 from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
@@ -63,21 +64,42 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
         except Exception as exc:
-            for agent in shards[0]:
-                outcome.failed.append(_agent_id(plan, agent))
-                session.run_finished(_agent_id(plan, agent))
             session.console.print(f"[red]batched training failed:[/] {exc}")
+            for agent in shards[0]:
+                _settle(session, agent, exc, resumed=False)
             return
         outcome.train_s += group.train_s
         outcome.eval_s += group.eval_s
         outcome.compile_s += group.compile_s
-        for rid in group.run_ids:
-            finished.add(rid)
-            outcome.trained += 1
-            outcome.resumed += int(group.resumed)
-            session.run_finished(rid)
+        for agent in shards[0]:
+            _settle(session, agent, None, resumed=group.resumed)
         return
     _run_shards(session, shards, executor)
+
+
+def _settle(
+    session: SweepSession,
+    agent: tuple[int, int],
+    error: BaseException | str | None,
+    *,
+    resumed: bool,
+) -> None:
+    """Count agent ``(source, seed)`` of a finished program by what the store holds for it:
+    finished (it was stored, whatever happened after), or failed (recorded as failed with
+    ``error`` when the program stored nothing for it); then tell the hooks."""
+    plan, outcome = session.plan, session.outcome
+    task = Task(plan.env.name, plan.grid.contexts[agent[0]])
+    rid = run_id(task, agent[1])
+    record = session.store.run(rid)
+    if record is not None and record.status == "finished":
+        session.finished.add(rid)
+        outcome.trained += 1
+        outcome.resumed += int(resumed)
+    else:
+        if record is None or error is not None:
+            ensure_failed(session.store, task, agent[1], plan, error or "not stored")
+        outcome.failed.append(rid)
+    session.run_finished(rid)
 
 
 def _agent_id(plan: SweepPlan, agent: tuple[int, int]) -> str:
@@ -204,7 +226,17 @@ def train_group(
             group_s,
             len(agents),
         )
-        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
+        try:  # one agent that cannot be stored fails alone
+            if not np.all(np.isfinite(returns[i])):
+                raise CtxrlError(
+                    "its evaluation returns are not finite (NaN or inf): the training diverged "
+                    "(check the learning rate and the reward scale)"
+                )
+            _store_trained(plan, store, algorithm, policies, i, record, returns[i])
+        except Exception as exc:
+            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
+            store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
+            console.print(f"[red]run {record.run_id} failed:[/] {error}")
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
@@ -263,16 +295,7 @@ def _run_shards(
         for job, error in executor.map(execute_shard, jobs):
             index = jobs.index(job)
             for source, seed in job["agents"]:
-                task = Task(plan.env.name, plan.grid.contexts[source])
-                rid = run_id(task, seed)
-                if error is not None:
-                    ensure_failed(session.store, task, seed, plan, error)
-                    outcome.failed.append(rid)
-                else:
-                    session.finished.add(rid)
-                    outcome.trained += 1
-                    outcome.resumed += int(resumed[index])
-                session.run_finished(rid)
+                _settle(session, (int(source), int(seed)), error, resumed=resumed[index])
             if error is not None:
                 console.print(f"[red]shard {job['shard']} failed:[/] {error_summary(error)}")
             progress.advance(bar)

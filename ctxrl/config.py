@@ -167,7 +167,9 @@ class SweepConfig(_Strict):
         "twin's (e.g. num_seconds for traffic; visible: [masscart] shows a feature to the agent)",
     )
     algorithm: AlgorithmConfig
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        default_factory=lambda: [0], min_length=1
+    )
     train_steps: int = Field(gt=0, description="environment steps per trained model")
     eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
     mode: Literal["full", "select", "multitask"] = Field(

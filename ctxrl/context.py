@@ -356,7 +356,13 @@ class ContextSpace:
         else:
             raw = np.linspace(low, high, axis.num)
         raw[0], raw[-1] = low, high  # exact ends, so the bounds check cannot fail on rounding
-        return tuple(float(v) for v in raw)
+        values = tuple(float(v) for v in raw)
+        if len(set(values)) < len(values):
+            raise ContextError(
+                f"{self.owner}: grid for {spec.name!r} repeats contexts ({axis.num} points "
+                f"from {low} to {high}); give low < high or num: 1"
+            )
+        return values
 
     def grid(self, axes: Sequence[GridAxis]) -> ContextGrid:
         """The Cartesian product of ``axes`` (first axis slowest); other features at defaults."""

@@ -312,9 +312,14 @@ class Host:
                     for group, commands in before.items()
                     for command, was in commands.items()
                     if group.commands.get(command) is not was
+                    and getattr(was, _COMMAND_OWNER, None) != name  # not its own, added before
                 ]
                 if replaced:
                     raise CtxrlError(f"it replaces the command(s) {replaced}")
+                for group in _command_tree(cli):
+                    for command in group.commands.values():
+                        if command not in before.get(group, {}).values():
+                            setattr(command, _COMMAND_OWNER, name)
             except Exception as exc:
                 for group, commands in before.items():
                     group.commands.clear()
@@ -361,6 +366,11 @@ class Host:
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.status == "failed"]
+
+
+_COMMAND_OWNER = "ctxrl_plugin"
+"""Attribute naming the plugin that added a command (a plugin may add its own again: the CLI
+registers commands on every invocation of the same process's ``cli``)."""
 
 
 def _command_tree(group: click.Group) -> dict[click.Group, dict[str, click.Command]]:

@@ -149,18 +149,24 @@ class SweepSession:
 
 def ensure_failed(
     store: Store, task: Task, seed: int, plan: SweepPlan, error: BaseException | str
-) -> None:
+) -> bool:
     """Record a failed run with the executor's report, which ends with the worker's log (the
     traceback and what a simulator printed, e.g. SUMO's own error message). A row the worker
-    wrote itself keeps its times; a crash or a timeout leaves none, so one is made."""
+    wrote itself keeps its times; a crash or a timeout leaves none, so one is made. A
+    finished row is kept with its evaluations (the worker stored them before it failed, or
+    an attempt to retrain a damaged policy failed): returns False then, True when the run is
+    now recorded as failed."""
     rid = run_id(task, seed)
     message = str(error)[-4000:]
     written = store.run(rid)
+    if written is not None and written.status == "finished":
+        return False
     if written is not None and written.status == "failed":
         store.record_run(replace(written, error=message))
     else:
         t = now()
         store.record_run(run_record(task, seed, plan, t, t, "failed", None, message))
+    return True
 
 
 def error_summary(error: BaseException) -> str:

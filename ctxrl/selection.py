@@ -271,9 +271,11 @@ def replay_many(
     return [r for r in results if r is not None]
 
 
-def nearest_index(values: np.ndarray, aim: float) -> int:
-    """Index of the value nearest ``aim`` in a sorted 1-D array; the lower one on ties."""
+def nearest_index(values: np.ndarray, aim: float, exclude: Sequence[int] = ()) -> int:
+    """Index of the value nearest ``aim`` in a sorted 1-D array, leaving out the indices in
+    ``exclude`` (the sources already chosen); the lower one on ties."""
     distances = np.round(np.abs(np.asarray(values, dtype=np.float64) - aim), 12)
+    distances[list(exclude)] = np.inf
     return int(np.argmin(distances))
 
 

@@ -303,12 +303,17 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             for job, error in executor.map(execute_job, jobs):
                 task = Task(plan.env.name, plan.grid.contexts[job["source"]])
                 rid = run_id(task, job["seed"])
-                if error is not None:
-                    ensure_failed(store, task, job["seed"], plan, error)
+                if error is not None and ensure_failed(store, task, job["seed"], plan, error):
                     outcome.failed.append(rid)
                     console.print(
                         f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
                         f"{error_summary(error)}"
+                    )
+                elif error is not None:  # the run's stored results stay
+                    finished.add(rid)
+                    console.print(
+                        f"[yellow]run {rid} ({task.label(plan.grid.features)}):[/] "
+                        f"{error_summary(error)}; its stored evaluations are kept"
                     )
                 else:
                     outcome.trained += 1

@@ -116,6 +116,11 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "algorithm.params: batched-ppo: learning_rate: Input should be a valid number",
         ),
         (["seeds=[-1]"], "seeds.0: Input should be greater than or equal to 0 (got -1)"),
+        (["seeds=[true]"], "seeds.0: Input should be a valid integer (got True)"),
+        (
+            ["features.length.low=0.5", "features.length.high=0.5"],
+            "grid for 'length' repeats contexts (20 points from 0.5 to 0.5)",
+        ),
         (["seeds=0"], "quickstart.yaml with --set seeds=0 is not a valid sweep config"),
         (["compare=[greedy, nope]"], "compare: no plugin provides the strategy 'nope'"),
         (

@@ -92,6 +92,16 @@ def test_greedy_by_hand() -> None:
     assert result.order == (5, 2, 8, 3)
 
 
+@pytest.mark.parametrize("name", ["greedy", "equidistant"])
+def test_geometric_baselines_never_choose_a_source_twice(name: str) -> None:
+    """With K near N the aim's nearest context can be one already chosen (Greedy chose index
+    0 twice on 3, 5 and 10 contexts at K = N): the nearest unchosen one is taken instead."""
+    for n in (3, 5, 10, 20):
+        coords = np.linspace(0, 1, n)[:, None]
+        order = replay(_strategy(name), np.eye(n), coords, n).order
+        assert sorted(order) == list(range(n))
+
+
 def test_random_is_seeded_and_without_replacement() -> None:
     a = replay(_strategy("random"), M, COORDS5, 5, seed=42)
     b = replay(_strategy("random"), M, COORDS5, 5, seed=42)

@@ -522,3 +522,45 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     return False
+
+
+def test_a_diverged_agent_fails_alone_and_a_failed_retry_keeps_stored_results(
+    tmp_path: Path,
+) -> None:
+    """A batched agent whose returns are NaN is stored as failed, naming why, while the others
+    are stored; a later failure of a run that finished (a retrain of a damaged policy, a worker
+    that crashed after storing) keeps its row and evaluations."""
+    from ctxrl.config import resolve_plan, validate_config
+    from ctxrl.context import Task
+    from ctxrl.plugins import get_host
+    from ctxrl.runs import ensure_failed, run_id
+    from ctxrl.store import Store
+    from ctxrl.sweep import run_sweep
+
+    config = {
+        "env": "Pendulum",
+        "features": {"g": {"values": [5.0, 10.0]}},
+        "algorithm": {"name": "batched-ppo", "params": {"learning_rate": 1e30}},
+        "seeds": [0],
+        "train_steps": 1024,
+        "eval_episodes": 1,
+        "compare": ["random"],
+        "output_dir": str(tmp_path),
+    }
+    plan = resolve_plan(validate_config(config), get_host().registry)
+    outcome = run_sweep(plan)
+    assert len(outcome.failed) == 2 and (outcome.run_dir / "summary.md").is_file()
+    with Store(outcome.run_dir / "store.sqlite") as store:
+        errors = [store.run(rid).error for rid in outcome.failed]
+    assert all("not finite (NaN or inf): the training diverged" in e for e in errors)
+
+    config.update(algorithm={"name": "batched-ppo"}, output_dir=str(tmp_path / "good"))
+    plan = resolve_plan(validate_config(config), get_host().registry)
+    outcome = run_sweep(plan)
+    assert outcome.trained == 2 and not outcome.failed
+    task = Task(plan.env.name, plan.grid.contexts[0])
+    rid = run_id(task, 0)
+    with Store(outcome.run_dir / "store.sqlite") as store:
+        returns = store.returns(rid)
+        assert not ensure_failed(store, task, 0, plan, "worker crashed after storing")
+        assert store.run(rid).status == "finished" and store.returns(rid) == returns

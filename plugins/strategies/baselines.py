@@ -53,12 +53,12 @@ class EquidistantStrategy:
     def propose(self, state: SelectionState) -> list[int]:
         values = _one_dimensional(state, "equidistant")
         low, high, budget = values.min(), values.max(), state.budget
-        proposal = []
+        proposal: list[int] = []
         self._aims = []
         for k in range(state.k, min(state.k + state.batch_size, budget)):
             aim = high - (high - low) / (2 * budget) - (high - low) * k / budget
             self._aims.append(float(aim))
-            proposal.append(nearest_index(values, aim))
+            proposal.append(nearest_index(values, aim, exclude=[*state.selected, *proposal]))
         return proposal
 
     def trace(self) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class GreedyStrategy:
         self._aims = []
         for _ in range(state.batch_size):
             aim = self._aim(values, chosen)
-            index = nearest_index(values, aim)
+            index = nearest_index(values, aim, exclude=chosen)  # never a source twice
             self._aims.append(aim)
             chosen.append(index)
             proposal.append(index)
