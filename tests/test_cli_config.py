@@ -118,6 +118,14 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["seeds=[-1]"], "seeds.0: Input should be greater than or equal to 0 (got -1)"),
         (["seeds=[true]"], "seeds.0: Input should be a valid integer (got True)"),
         (
+            ["algorithm.params.num_envs=0"],
+            "algorithm.params: batched-ppo: num_envs: Input should be greater than or equal to 1",
+        ),
+        (
+            ["algorithm.params.num_minibatches=1000"],
+            "algorithm.params.num_minibatches: batched-ppo splits each rollout",
+        ),
+        (
             ["features.length.low=0.5", "features.length.high=0.5"],
             "grid for 'length' repeats contexts (20 points from 0.5 to 0.5)",
         ),

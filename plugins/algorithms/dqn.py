@@ -30,7 +30,7 @@ from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.run import TrainingRun
-from ctxrl_plugins.training.trainer import BatchedTrainer, hyperparameters
+from ctxrl_plugins.training.trainer import BatchedTrainer, Count, Fraction, Rate, hyperparameters
 
 Tensor = torch.Tensor
 
@@ -49,29 +49,29 @@ class DQNConfig:
     Zoo's CartPole values (lr 2.3e-3, 128 gradient steps every 256 env steps) are unstable: at
     the Zoo's 50k steps SB3's own DQN solved 2 of 4 seeds here and the batched one none."""
 
-    num_envs: int = 1
+    num_envs: Count = 1
     """environments per agent"""
-    buffer_size: int = 10_000
-    batch_size: int = 128
-    learning_rate: float = 2.5e-4
-    gamma: float = 0.99
+    buffer_size: Count = 10_000
+    batch_size: Count = 128
+    learning_rate: Rate = 2.5e-4
+    gamma: Fraction = 0.99
     learning_starts: int = 10_000
     """env steps per agent before learning starts"""
-    train_frequency: int = 10
+    train_frequency: Count = 10
     """env steps per agent between training phases"""
-    gradient_steps: int = 1
+    gradient_steps: Count = 1
     """gradient steps per training phase"""
-    target_network_frequency: int = 500
+    target_network_frequency: Count = 500
     """env steps per agent between target-network updates (as in SB3 and CleanRL)"""
-    tau: float = 1.0
+    tau: Fraction = 1.0
     """target update rate (1: hard copy)"""
-    exploration_fraction: float = 0.5
-    start_e: float = 1.0
-    end_e: float = 0.05
+    exploration_fraction: Fraction = 0.5
+    start_e: Fraction = 1.0
+    end_e: Fraction = 0.05
     hidden: tuple[int, ...] = (120, 84)
     double: bool = False
     dueling: bool = False
-    max_grad_norm: float = 10.0
+    max_grad_norm: Rate = 10.0
     huber: bool = False
     """True: Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
     activation: str = "relu"

@@ -34,7 +34,14 @@ from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.run import TrainingRun
-from ctxrl_plugins.training.trainer import BatchedTrainer, hyperparameters
+from ctxrl_plugins.training.trainer import (
+    BatchedTrainer,
+    Count,
+    Fraction,
+    Rate,
+    Weight,
+    hyperparameters,
+)
 
 Tensor = torch.Tensor
 
@@ -43,27 +50,27 @@ Tensor = torch.Tensor
 class PPOConfig:
     """Hyperparameters (per agent)."""
 
-    num_envs: int = 4
+    num_envs: Count = 4
     """environments per agent"""
-    num_steps: int = 128
+    num_steps: Count = 128
     """steps per environment between updates"""
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    learning_rate: float = 2.5e-4
+    update_epochs: Count = 4
+    num_minibatches: Count = 4
+    learning_rate: Rate = 2.5e-4
     anneal_lr: bool = True
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
+    gamma: Fraction = 0.99
+    gae_lambda: Fraction = 0.95
+    clip_coef: Rate = 0.2
     clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden: int = 64
+    ent_coef: Weight = 0.01
+    vf_coef: Weight = 0.5
+    max_grad_norm: Rate = 0.5
+    hidden: Count = 64
     """width of the two hidden layers of actor and critic"""
     activation: str = "tanh"
     init_log_std: float = 0.0
     """initial log standard deviation of continuous actions"""
-    reward_scale: float = 1.0
+    reward_scale: Rate = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
     rollout_segment: int = 1
     """rollout steps per call of the step function; it must divide ``num_steps``. Compiled
@@ -312,6 +319,16 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         super().__init__(device)
         self.config = hyperparameters(PPOConfig, params, self.name)
         check_compile_mode(self.name, self.config.compile)
+        batch, minibatches = (
+            self.config.num_envs * self.config.num_steps,
+            self.config.num_minibatches,
+        )
+        if batch % minibatches:
+            raise ConfigError(
+                f"algorithm.params.num_minibatches: {self.name} splits each rollout of num_envs x "
+                f"num_steps = {batch} samples into equal minibatches; {minibatches} does not "
+                "divide it"
+            )
         segment, steps = self.config.rollout_segment, self.config.num_steps
         if not isinstance(segment, int) or segment < 1 or steps % segment:
             raise ConfigError(

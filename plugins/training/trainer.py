@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
@@ -49,6 +49,16 @@ from ctxrl_plugins.training.surgery import matching, warm_start
 Tensor = torch.Tensor
 ConfigT = TypeVar("ConfigT")
 StateT = TypeVar("StateT")
+
+
+Count = Annotated[int, Field(ge=1)]
+"""A hyperparameter that counts something (environments, steps, epochs): at least 1."""
+Rate = Annotated[float, Field(gt=0)]
+"""A positive rate or scale (learning rate, clipping threshold)."""
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A value in [0, 1] (discount, GAE lambda, exploration probabilities)."""
+Weight = Annotated[float, Field(ge=0)]
+"""A non-negative loss weight."""
 
 
 def hyperparameters(
