@@ -83,10 +83,13 @@ def _settle(
     error: BaseException | str | None,
     *,
     resumed: bool,
+    report: bool = False,
 ) -> None:
     """Count agent ``(source, seed)`` of a finished program by what the store holds for it:
-    finished (it was stored, whatever happened after), or failed (recorded as failed with
-    ``error`` when the program stored nothing for it); then tell the hooks."""
+    finished (it was stored, whatever happened after), or failed: recorded as failed with
+    ``error`` when the program stored nothing for it, or (``report``: an executor's report,
+    which ends with the worker's log) in place of the error the program stored; then tell the
+    hooks."""
     plan, outcome = session.plan, session.outcome
     task = Task(plan.env.name, plan.grid.contexts[agent[0]])
     rid = run_id(task, agent[1])
@@ -96,7 +99,7 @@ def _settle(
         outcome.trained += 1
         outcome.resumed += int(resumed)
     else:
-        if record is None or error is not None:
+        if record is None or (report and error is not None):
             ensure_failed(session.store, task, agent[1], plan, error or "not stored")
         outcome.failed.append(rid)
     session.run_finished(rid)
@@ -295,7 +298,8 @@ def _run_shards(
         for job, error in executor.map(execute_shard, jobs):
             index = jobs.index(job)
             for source, seed in job["agents"]:
-                _settle(session, (int(source), int(seed)), error, resumed=resumed[index])
+                agent = (int(source), int(seed))
+                _settle(session, agent, error, resumed=resumed[index], report=True)
             if error is not None:
                 console.print(f"[red]shard {job['shard']} failed:[/] {error_summary(error)}")
             progress.advance(bar)
