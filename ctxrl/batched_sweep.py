@@ -219,7 +219,10 @@ def train_group(
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]
         for task, seed in zip(tasks, seeds, strict=True):
-            store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
+            stored = store.run(run_id(task, seed))
+            if stored is None or stored.status != "finished":  # a retrain keeps what it had
+                failed = run_record(task, seed, plan, started, now(), "failed", None, error)
+                store.record_run(failed)
         raise
     group_s = now() - started
     for i, (task, seed) in enumerate(zip(tasks, seeds, strict=True)):
