@@ -436,9 +436,21 @@ def run_multitask(session: SweepSession) -> None:
     for i, seed in enumerate(seeds):
         record = run_record(task, seed, plan, started, started, "finished", None, None)
         record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
-        _store_trained(plan, store, algorithm, policies, i, record, returns[i])
-        finished.add(record.run_id)
-        outcome.trained += 1
+        try:  # one agent that cannot be stored fails alone, as in train_group
+            if not np.all(np.isfinite(returns[i])):
+                raise CtxrlError(
+                    "its evaluation returns are not finite (NaN or inf): the training diverged"
+                )
+            _store_trained(plan, store, algorithm, policies, i, record, returns[i])
+        except Exception as exc:
+            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
+            failed = run_record(task, seed, plan, started, now(), "failed", None, error)
+            store.record_run(_as_multitask(failed))
+            outcome.failed.append(record.run_id)
+            console.print(f"[red]run {record.run_id} failed:[/] {error}")
+        else:
+            finished.add(record.run_id)
+            outcome.trained += 1
         session.run_finished(record.run_id)
 
 

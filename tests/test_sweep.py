@@ -545,11 +545,12 @@ def test_a_diverged_agent_fails_alone_and_a_failed_retry_keeps_stored_results(
         "train_steps": 1024,
         "eval_episodes": 1,
         "compare": ["random"],
+        "multitask": True,
         "output_dir": str(tmp_path),
     }
     plan = resolve_plan(validate_config(config), get_host().registry)
     outcome = run_sweep(plan)
-    assert len(outcome.failed) == 2 and (outcome.run_dir / "summary.md").is_file()
+    assert len(outcome.failed) == 3 and (outcome.run_dir / "summary.md").is_file()
     with Store(outcome.run_dir / "store.sqlite") as store:
         errors = [store.run(rid).error for rid in outcome.failed]
     assert all("not finite (NaN or inf): the training diverged" in e for e in errors)
@@ -557,7 +558,7 @@ def test_a_diverged_agent_fails_alone_and_a_failed_retry_keeps_stored_results(
     config.update(algorithm={"name": "batched-ppo"}, output_dir=str(tmp_path / "good"))
     plan = resolve_plan(validate_config(config), get_host().registry)
     outcome = run_sweep(plan)
-    assert outcome.trained == 2 and not outcome.failed
+    assert outcome.trained == 3 and not outcome.failed
     task = Task(plan.env.name, plan.grid.contexts[0])
     rid = run_id(task, 0)
     with Store(outcome.run_dir / "store.sqlite") as store:
