@@ -232,17 +232,7 @@ def train_group(
             group_s,
             len(agents),
         )
-        try:  # one agent that cannot be stored fails alone
-            if not np.all(np.isfinite(returns[i])):
-                raise CtxrlError(
-                    "its evaluation returns are not finite (NaN or inf): the training diverged "
-                    "(check the learning rate and the reward scale)"
-                )
-            _store_trained(plan, store, algorithm, policies, i, record, returns[i])
-        except Exception as exc:
-            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
-            store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
-            console.print(f"[red]run {record.run_id} failed:[/] {error}")
+        _store_trained(plan, store, algorithm, policies, i, record, returns[i], console)
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
@@ -367,9 +357,37 @@ def _store_trained(
     index: int,
     record: RunRecord,
     returns: np.ndarray,
-) -> None:
+    console: Console,
+) -> bool:
     """Save agent ``index`` of a batched program and store its run with its evaluations
-    (``returns``: ``(targets, episodes)`` over the grid's contexts)."""
+    (``returns``: ``(targets, episodes)`` over the grid's contexts). An agent that cannot be
+    stored (non-finite returns from a diverged training, a failed save) is stored as failed
+    with the reason, alone: returns False then."""
+    try:
+        if not np.all(np.isfinite(returns)):
+            raise CtxrlError(
+                "its evaluation returns are not finite (NaN or inf): the training diverged "
+                "(check the learning rate and the reward scale)"
+            )
+        _save_and_record(plan, store, algorithm, policies, index, record, returns)
+    except Exception as exc:
+        error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
+        store.record_run(replace(record, status="failed", artifact=None, error=error))
+        console.print(f"[red]run {record.run_id} failed:[/] {error}")
+        return False
+    return True
+
+
+def _save_and_record(
+    plan: SweepPlan,
+    store: Store,
+    algorithm: BatchedAlgorithm,
+    policies: Any,
+    index: int,
+    record: RunRecord,
+    returns: np.ndarray,
+) -> None:
+    """:func:`_store_trained`'s work: the artifact, the run, its evaluations and its log."""
     artifact = Path("artifacts") / record.run_id
     algorithm.save(policies.select([index]), plan.run_dir / artifact)
     evaluations = [
@@ -436,21 +454,11 @@ def run_multitask(session: SweepSession) -> None:
     for i, seed in enumerate(seeds):
         record = run_record(task, seed, plan, started, started, "finished", None, None)
         record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
-        try:  # one agent that cannot be stored fails alone, as in train_group
-            if not np.all(np.isfinite(returns[i])):
-                raise CtxrlError(
-                    "its evaluation returns are not finite (NaN or inf): the training diverged"
-                )
-            _store_trained(plan, store, algorithm, policies, i, record, returns[i])
-        except Exception as exc:
-            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
-            failed = run_record(task, seed, plan, started, now(), "failed", None, error)
-            store.record_run(_as_multitask(failed))
-            outcome.failed.append(record.run_id)
-            console.print(f"[red]run {record.run_id} failed:[/] {error}")
-        else:
+        if _store_trained(plan, store, algorithm, policies, i, record, returns[i], console):
             finished.add(record.run_id)
             outcome.trained += 1
+        else:
+            outcome.failed.append(record.run_id)
         session.run_finished(record.run_id)
 
 
