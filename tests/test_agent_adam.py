@@ -69,6 +69,54 @@ def test_the_compiled_step_equals_the_eager_one_to_rounding(reset: bool) -> None
         assert not torch.equal(compiled_params[name].detach(), _params()[name])
 
 
+def _fused_loss(
+    params: dict[str, torch.Tensor], step: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_loss` as :meth:`AgentAdam.fused_step` takes it, the step as a tensor (a Python
+    number would be a constant of the graph), with the losses as the auxiliary output."""
+    loss = (params["w"] * (step + 1)).sin().sum(dim=(1, 2)) + params["b"].square().sum(dim=1)
+    return loss, loss.detach()
+
+
+def test_the_fused_step_equals_backward_and_step_to_rounding() -> None:
+    """:meth:`AgentAdam.fused_step` (the loss's gradient, frozen parameters, per-agent clipping
+    and Adam as one compiled graph) takes the steps a backward pass and :meth:`step` take: the
+    same parameters, moments, clipped gradients and gradient norms to rounding, with a frozen
+    agent, clipping that binds for some agents only, per-element step counts after a reset and
+    a learning rate that changes every step."""
+    torch.compiler.reset()
+    eager_params, fused_params = _params(), _params()
+    eager = AgentAdam(eager_params, lr=1e-2, eps=1e-5, max_grad_norm=12.5)
+    fused = AgentAdam(fused_params, lr=1e-2, eps=1e-5, max_grad_norm=12.5)
+    clipped = []
+    for optimizer in (eager, fused):
+        optimizer.freeze("b", torch.tensor([False, True, False]))
+    for step in range(12):
+        lr = 1e-2 * (1 - step / 20)
+        if step == 4:
+            for optimizer in (eager, fused):
+                mask = torch.tensor([True, False, False])[:, None, None]
+                optimizer.reset("w", mask, "moments_and_step")
+        eager.zero_grad()
+        eager_losses = _loss(eager_params, step)
+        torch.autograd.backward(eager_losses.sum())
+        eager.step(lr)
+        losses = fused.fused_step(_fused_loss, torch.tensor(float(step)), lr=lr)
+        torch.testing.assert_close(losses, eager_losses.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused.grad_norm, eager.grad_norm, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused.grad, eager.grad, rtol=1e-5, atol=1e-6)
+        clipped.append((eager.grad_norm > 12.5).tolist())
+    assert [True, False, True] in clipped  # clipping bound for some agents only
+    for name in eager_params:
+        torch.testing.assert_close(
+            fused_params[name].detach(), eager_params[name].detach(), rtol=1e-5, atol=1e-6
+        )
+    torch.testing.assert_close(fused.exp_avg_sq, eager.exp_avg_sq, rtol=1e-5, atol=1e-9)
+    assert torch.equal(fused_params["b"][1].detach(), _params()["b"][1])  # frozen
+    assert fused.step_count == eager.step_count == 12
+    assert fused.compile_s > 0.0  # one graph, compiled once: the rate is a tensor
+
+
 def test_one_count_and_per_element_counts_give_the_same_numbers() -> None:
     """A reset of one agent's units switches the optimizer to per-element step counts; the
     other agents' numbers stay bit for bit what they were."""

@@ -151,6 +151,52 @@ def test_the_compiled_rollout_trains_as_the_eager_one(env_name: str) -> None:
     )
 
 
+@pytest.mark.long
+def test_compiled_updates_fuse_the_step_unless_an_intervention_runs_around_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled, each minibatch's loss, gradient, clipping and Adam step run as one graph
+    (``AgentAdam.fused_step``); with an intervention (which may add a loss term or act after
+    each step) the loss is compiled alone and autograd and the optimizer step follow it. Both
+    train as the eager update does, to rounding."""
+    from ctxrl.interventions import Intervention
+    from ctxrl_plugins.training.optimizer import AgentAdam
+
+    fused_steps = []
+    fused_step = AgentAdam.fused_step
+
+    def counting(self: AgentAdam, *args: object, **kwargs: object) -> object:
+        fused_steps.append(1)
+        return fused_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(AgentAdam, "fused_step", counting)
+    spec = get_host().registry.env("CartPole")
+    contexts, seeds = [{"length": 0.5}, {"length": 1.5}], [3, 4]
+    steps = 2 * 4 * 128  # two iterations of 4 minibatches x 4 epochs
+    trained, counts = {}, {}
+    for arm, mode, interventions in (
+        ("eager", "off", ()),
+        ("fused", "on", ()),
+        ("unfused", "on", (Intervention(),)),
+    ):
+        fused_steps.clear()
+        trained[arm] = _algo(compile=mode).train_many(
+            spec, contexts, seeds, total_steps=steps, interventions=interventions
+        )
+        counts[arm] = len(fused_steps)
+    assert counts == {"eager": 0, "fused": 2 * 16, "unfused": 0}
+    for arm in ("fused", "unfused"):
+        for name, value in trained["eager"].params.items():
+            torch.testing.assert_close(trained[arm].params[name], value, rtol=1e-4, atol=1e-4)
+    logs = {arm: policies.log for arm, policies in trained.items()}
+    assert logs["eager"] is not None and logs["fused"] is not None
+    assert logs["fused"].diagnostics.keys() == logs["eager"].diagnostics.keys()
+    for name, values in logs["eager"].diagnostics.items():  # losses, KL, clip fraction, norms
+        np.testing.assert_allclose(
+            np.array(logs["fused"].diagnostics[name]), np.array(values), rtol=1e-3, atol=1e-5
+        )
+
+
 def test_compile_auto_compiles_where_it_pays_and_bad_values_are_named() -> None:
     from ctxrl_plugins.training.compiling import CPU_COMPILE_MIN_ITERATIONS, compile_pays
 

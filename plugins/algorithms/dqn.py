@@ -158,6 +158,34 @@ def _td_loss(
     return loss.mean(dim=1), q, td_target
 
 
+_TD_DIAGNOSTICS = ("td_loss", "td_error", "q_mean")
+
+
+def _td_diagnostics(loss: Tensor, q: Tensor, td_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-agent TD loss, mean absolute TD error and mean Q-value ``(N,)``, detached."""
+    with torch.no_grad():
+        return loss.detach(), (q - td_target).abs().mean(dim=1), q.mean(dim=1)
+
+
+def _fused_td_loss(
+    online: Params,
+    run: TrainingRun,
+    target: Params,
+    obs: Tensor,
+    next_obs: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    terminated: Tensor,
+    cfg: DQNConfig,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """:func:`_td_loss` as :meth:`AgentAdam.fused_step` takes it: the per-agent loss and the
+    diagnostics."""
+    loss, q, td_target = _td_loss(
+        run, online, target, obs, next_obs, action, reward, terminated, cfg
+    )
+    return loss, _td_diagnostics(loss, q, td_target)
+
+
 @dataclass
 class QPolicies:
     """Trained Q-networks ``(N, ...)``; greedy actions."""
@@ -349,16 +377,18 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         td_loss = (
             self._compiled_loss if self._compiled_loss is not None and record is None else _td_loss
         )
+        fused = self._compiled_loss is not None and run.fusable
         for _ in range(cfg.gradient_steps if training else 0):
             flat = (run.rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
-            per_agent, q, td_target = td_loss(
-                run, online, replay.target, *replay.sample(flat), cfg, record
-            )
-            run.optimize(per_agent)
-            with torch.no_grad():
-                run.record("td_loss", per_agent)
-                run.record("td_error", (q - td_target).abs().mean(dim=1))
-                run.record("q_mean", q.mean(dim=1))
+            batch = replay.sample(flat)
+            if fused:  # the loss, its gradient, clipping and Adam as one compiled graph
+                diagnostics = run.fused_step(_fused_td_loss, run, replay.target, *batch, cfg)
+            else:
+                per_agent, q, td_target = td_loss(run, online, replay.target, *batch, cfg, record)
+                run.optimize(per_agent)
+                diagnostics = _td_diagnostics(per_agent, q, td_target)
+            for name, value in zip(_TD_DIAGNOSTICS, diagnostics, strict=True):
+                run.record(name, value)
 
     def state_tensors(self, replay: _Replay, iteration: int) -> dict[str, Tensor]:
         """Target weights and the filled part of every replay buffer."""

@@ -269,9 +269,10 @@ def _minibatch_loss(
     obs, actions, old_log_prob, advantages, returns, old_values = (
         values[agents, index] for values in batch
     )
-    out = run.forward("actor", obs, training=True)
+    record = run.activations if run.record_activations else None
+    out = run.networks["actor"](params, obs, record)
     new_logp, entropy = _log_prob_entropy(params, out, actions, run.discrete)
-    new_value = run.forward("critic", obs, training=True).squeeze(-1)
+    new_value = run.networks["critic"](params, obs, record).squeeze(-1)
     log_ratio = new_logp - old_log_prob
     ratio = log_ratio.exp()
     adv = advantages
@@ -294,6 +295,19 @@ def _minibatch_loss(
 
 _LOSS_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 """What :func:`_minibatch_loss` returns after the loss, observations and actor output."""
+
+
+def _fused_minibatch_loss(
+    params: Params,
+    run: TrainingRun,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    index: Tensor,
+    cfg: PPOConfig,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """:func:`_minibatch_loss` as :meth:`AgentAdam.fused_step` takes it: the per-agent loss
+    and the diagnostics (detached)."""
+    loss, _, _, *diagnostics = _minibatch_loss(run, params, batch, index, cfg)
+    return loss, tuple(d.detach() for d in diagnostics)
 
 
 @dataclass
@@ -460,17 +474,30 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             if self._compiled_loss is not None and not run.record_activations
             else _minibatch_loss
         )
+        # compiled, with nothing to add to the loss or to run around the step: the gradient
+        # step, clipping and Adam as one graph
+        fused = (
+            self._compiled_loss is not None
+            and run.fusable
+            and type(self).auxiliary_loss is BatchedPPO.auxiliary_loss
+        )
         for epoch in range(cfg.update_epochs):
             last_epoch = epoch == cfg.update_epochs - 1
             order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
             for begin in range(0, batch, minibatch):
-                loss, mb_obs, out, *diagnostics = minibatch_loss(
-                    run, params, flattened, order[:, begin : begin + minibatch], cfg
-                )
-                extra = self.auxiliary_loss(run, mb_obs, out, iteration, iterations)
-                if extra is not None:
-                    loss = loss + extra
-                run.optimize(loss, lr)
+                index = order[:, begin : begin + minibatch]
+                if fused:
+                    diagnostics = run.fused_step(
+                        _fused_minibatch_loss, run, flattened, index, cfg, lr=lr
+                    )
+                else:
+                    loss, mb_obs, out, *diagnostics = minibatch_loss(
+                        run, params, flattened, index, cfg
+                    )
+                    extra = self.auxiliary_loss(run, mb_obs, out, iteration, iterations)
+                    if extra is not None:
+                        loss = loss + extra
+                    run.optimize(loss, lr)
                 if last_epoch:  # CleanRL logs the last epoch's statistics
                     for name, value in zip(_LOSS_DIAGNOSTICS, diagnostics, strict=True):
                         run.record(name, value)

@@ -22,13 +22,17 @@ def orthogonal(rows: int, cols: int, gain: float, generator: torch.Generator) ->
 
 
 class _SigmoidTanh(torch.autograd.Function):
-    """tanh computed as ``2 sigmoid(2x) - 1``, with tanh's own backward."""
+    """tanh computed as ``2 sigmoid(2x) - 1``, with tanh's own backward (a separate
+    ``setup_context``, so ``torch.func.grad`` can differentiate through it)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(y)
-        return y
+    def forward(x: Tensor) -> Tensor:
+        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        del inputs
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -67,6 +67,7 @@ class AgentAdam:
         self.grad_norm = torch.zeros(next(iter(params.values())).shape[0], device=self.flat.device)
         """each agent's gradient norm before clipping at the last step ``(N,)``"""
         self._update: Callable[..., None] = _adam_update
+        self._fused: dict[Callable[..., Any], CompiledFunction] = {}
         offset = 0
         for name, p in params.items():
             size = p.numel()
@@ -121,7 +122,8 @@ class AgentAdam:
     @property
     def compile_s(self) -> float:
         """Seconds spent compiling the update (0 when eager)."""
-        return self._update.compile_s if isinstance(self._update, CompiledFunction) else 0.0
+        update = self._update.compile_s if isinstance(self._update, CompiledFunction) else 0.0
+        return update + sum(f.compile_s for f in self._fused.values())
 
     def zero_grad(self) -> None:
         self.grad.zero_()
@@ -142,20 +144,8 @@ class AgentAdam:
                 g.mul_(scale[:, None])
         if lr is not None:
             self.lr = lr
-        beta1, beta2 = self.betas
         grad, param = self.grad, self.flat.detach()
-        self.step_count += 1
-        if self.steps is None:
-            counts = torch.tensor(float(self.step_count), dtype=torch.float64, device=param.device)
-        else:
-            self.steps.add_(1.0)
-            counts = self.steps
-        # Adam's bias corrections in float64 (as torch computes them), then one float32 step
-        # size and one float32 second-moment correction per element. The same arithmetic for
-        # one shared count and for per-element counts: an agent's numbers do not depend on
-        # whether another agent's units were ever reset.
-        step_size = (self.lr / (1 - torch.pow(beta1, counts))).to(param.dtype)
-        correction2 = (1 - torch.pow(beta2, counts)).sqrt().to(param.dtype)
+        step_size, correction2 = self._next_step()
         self._update(
             param,
             grad,
@@ -166,6 +156,66 @@ class AgentAdam:
             *self.betas,
             self.eps,
         )
+
+    def fused_step(
+        self, loss: Callable[..., tuple[Tensor, Any]], *args: Any, lr: float | None = None
+    ) -> Any:
+        """One gradient step as one compiled graph: the per-agent losses ``(N,)`` and auxiliary
+        outputs ``loss(params, *args)`` returns (``params`` the agent-stacked parameters by name,
+        as :attr:`params` holds them), their gradient (``torch.func.grad`` over the flat
+        parameters), frozen parameters held, each agent's gradient clipped and the Adam step:
+        what ``zero_grad``, a backward pass and :meth:`step` do, without autograd's and
+        eager PyTorch's per-operation overhead. The clipped gradients are left in :attr:`grad`
+        as :meth:`step` leaves them. Returns the auxiliary outputs (no gradient).
+
+        The numbers equal the unfused step's to rounding (inductor fuses the backward pass and
+        the reductions differently)."""
+        if lr is not None:
+            self.lr = lr
+        compiled = self._fused.get(loss)
+        if compiled is None:
+            compiled = self._fused[loss] = CompiledFunction(_fused_step)
+        # outside the graph: inside it inductor recomputes the corrections' float64 powers for
+        # every vector of elements
+        step_size, correction2 = self._next_step()
+        keep = self.grad_mask or None
+        grad_norm, aux = compiled(
+            loss,
+            self.blocks,
+            self.max_grad_norm,
+            self.betas,
+            self.eps,
+            self.flat.detach(),
+            self.grad,
+            self.exp_avg,
+            self.exp_avg_sq,
+            step_size,
+            correction2,
+            keep,
+            *args,
+        )
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+        return aux
+
+    def _next_step(self) -> tuple[Tensor, Tensor]:
+        """Count a step; Adam's step size and second-moment correction for it.
+
+        Adam's bias corrections in float64 (as torch computes them), then one float32 step size
+        and one float32 second-moment correction, for the one step count or per element. The
+        same arithmetic for one shared count and for per-element counts: an agent's numbers do
+        not depend on whether another agent's units were ever reset."""
+        self.step_count += 1
+        if self.steps is None:
+            device = self.flat.device
+            counts = torch.tensor(float(self.step_count), dtype=torch.float64, device=device)
+        else:
+            self.steps.add_(1.0)
+            counts = self.steps
+        beta1, beta2 = self.betas
+        step_size = (self.lr / (1 - torch.pow(beta1, counts))).to(self.flat.dtype)
+        correction2 = (1 - torch.pow(beta2, counts)).sqrt().to(self.flat.dtype)
+        return step_size, correction2
 
     def finish(self) -> None:
         """Training is over: the parameters become plain, contiguous tensors again."""
@@ -217,3 +267,53 @@ def _adam_update(
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / correction2).add_(eps)
     param.sub_(exp_avg * step_size / denom)
+
+
+def _fused_step(
+    loss: Callable[..., tuple[Tensor, Any]],
+    blocks: Mapping[str, tuple[int, torch.Size]],
+    max_grad_norm: float | None,
+    betas: tuple[float, float],
+    eps: float,
+    flat: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step_size: Tensor,
+    correction2: Tensor,
+    keep: Mapping[str, Tensor] | None,
+    *args: Any,
+) -> tuple[Tensor | None, Any]:
+    """:meth:`AgentAdam.fused_step`'s graph on the flat buffers: the gradient of the summed
+    losses, frozen parameters' gradients zeroed (``keep``: name -> ``(N,)``, 1 trainable, 0
+    frozen), per-agent clipping, Adam in place.
+    Returns each agent's gradient norm before clipping (None without clipping) and ``loss``'s
+    auxiliary outputs."""
+
+    def summed(params: dict[str, Tensor]) -> tuple[Tensor, Any]:
+        losses, aux = loss(params, *args)
+        return losses.sum(), aux
+
+    params = {
+        name: flat[offset : offset + shape.numel()].view(shape)
+        for name, (offset, shape) in blocks.items()
+    }
+    gradients, aux = torch.func.grad(summed, has_aux=True)(params)
+    grads = [gradients[name] for name in blocks]
+    if keep is not None:
+        grads = [
+            g * keep[name].view(-1, *([1] * (g.dim() - 1))) if name in keep else g
+            for name, g in zip(blocks, grads, strict=True)
+        ]
+    norm = None
+    if max_grad_norm is not None:
+        # summed one parameter at a time, as the unfused step does
+        norm = cast(Tensor, sum(g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads))
+        norm = norm.sqrt()
+        scale = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * scale.view(-1, *([1] * (g.dim() - 1))) for g in grads]
+    # the blocks' gradients, clipped, are computed into their slices of one flat buffer
+    gradient = torch.cat([g.reshape(-1) for g in grads])
+    grad.copy_(gradient)
+    _adam_update(flat, grad, exp_avg, exp_avg_sq, step_size, correction2, *betas, eps)
+    return norm, aux

@@ -3,7 +3,7 @@ and the :class:`~ctxrl.interventions.TrainingView` interventions see."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,25 @@ class TrainingRun:
         self.record("grad_norm", self.optimizer.grad_norm)
         for intervention in self.each_intervention():
             intervention.after_update(self)
+
+    @property
+    def fusable(self) -> bool:
+        """Whether a gradient step may run as one compiled graph (:meth:`fused_step`): no
+        intervention adds a loss term or runs around the step, and no hidden activations are
+        recorded."""
+        return not self.interventions and not self.record_activations
+
+    def fused_step(
+        self, loss: Callable[..., tuple[Tensor, Any]], *args: Any, lr: float | None = None
+    ) -> Any:
+        """What :meth:`optimize` does for per-agent losses ``loss(params, *args)``, as one
+        compiled graph (:meth:`AgentAdam.fused_step`; only where :attr:`fusable`): ``loss``
+        returns the losses ``(N,)`` and auxiliary outputs (no gradient), which this returns."""
+        if not self.fusable:
+            raise CtxrlError("a fused gradient step cannot run interventions or record activations")
+        aux = self.optimizer.fused_step(loss, *args, lr=lr)
+        self.record("grad_norm", self.optimizer.grad_norm)
+        return aux
 
     def record(self, name: str, value: Tensor) -> None:
         """Add a per-agent diagnostic ``(N,)`` to the running mean logged at the next record
