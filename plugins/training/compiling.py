@@ -37,12 +37,13 @@ def torch_compile_mode() -> str:
     return mode
 
 
-CPU_COMPILE_MIN_ITERATIONS = 300
-"""Below this many iterations compiling can cost more on the CPU than it saves: the largest
-break-even point ``benchmarks/bench_compile.py`` measured with an empty compile cache (306
-iterations at 4 agents; 151 at 64, 108 at 150: the saving per iteration grows with the agents,
-the compile time does not). With inductor's on-disk cache filled by an earlier run of the same
-shapes the break-even point is 12-49 iterations; ``auto`` does not count on it."""
+CPU_COMPILE_MIN_ITERATIONS = 500
+"""Below this many iterations compiling can cost more on the CPU than it saves: about the
+largest break-even point ``benchmarks/bench_compile.py`` measured with an empty compile cache
+(507 iterations at 4 agents, 231 at 16, 132 at 64 with the fused gradient step: the saving per
+iteration grows with the agents, the compile time does not). With inductor's on-disk cache
+filled by an earlier run of the same shapes the break-even point is 28-82 iterations; ``auto``
+does not count on it."""
 
 
 def check_compile_mode(algorithm: str, mode: str) -> None:
