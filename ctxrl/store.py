@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -171,6 +173,8 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._snapshot: tempfile.TemporaryDirectory[str] | None = None
+        """a private copy of a read-only store and its write-ahead log, where one is read"""
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -182,7 +186,7 @@ class Store:
             for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
         if not {"runs", "evaluations"} <= self._tables:
-            self._db.close()
+            self.close()
             raise CtxrlError(f"{self.path} is not a ctxrl results store (it has no runs table)")
         if not readonly:
             version = self.get_meta("schema_version")
@@ -229,13 +233,26 @@ class Store:
         except sqlite3.OperationalError:
             # A WAL store in a directory this process cannot write: SQLite cannot create the
             # shared-memory index beside it. No sweep can be writing it either (it could not
-            # create its own), so it is read as an immutable file.
+            # create its own). Read as an immutable file SQLite would ignore the write-ahead
+            # log, where a sweep killed before its last checkpoint left committed runs, so
+            # such a store is read from a private copy of the store and its log.
             db.close()
+            log = self.path.with_name(self.path.name + "-wal")
+            if log.is_file() and log.stat().st_size > 0:
+                self._snapshot = tempfile.TemporaryDirectory(prefix="ctxrl-store-")
+                copy = Path(self._snapshot.name) / self.path.name
+                shutil.copyfile(self.path, copy)
+                shutil.copyfile(log, copy.with_name(log.name))
+                uri = copy.as_uri() + "?mode=ro"
+                return sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
             db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
         return db
 
     def close(self) -> None:
         self._db.close()
+        if self._snapshot is not None:
+            self._snapshot.cleanup()
+            self._snapshot = None
 
     def __enter__(self) -> Store:
         return self

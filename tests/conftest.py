@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -98,3 +99,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``long`` (a minute or more) run first, so parallel workers (``-n auto``)
     do not end waiting on one long test collected last."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+def without_file_privileges(command: list[str]) -> list[str]:
+    """``command`` run so that file permissions apply to it: as root, without the capabilities
+    that override them (``setpriv``); skips the test where that is impossible."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    drop = "-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", f"--bounding-set={drop}", *command]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from conftest import without_file_privileges
 from rich.console import Console
 
 from ctxrl.config import SweepPlan, resolve_plan, validate_config
@@ -208,12 +209,7 @@ def test_reading_commands_open_the_store_read_only(finished: Path, tmp_path: Pat
 def _read_only_ctxrl(*args: str) -> subprocess.CompletedProcess[str]:
     """``ctxrl ARGS`` in a process that file permissions apply to: as root, one without the
     capabilities that override them (setpriv)."""
-    command = [sys.executable, "-m", "ctxrl.cli", *args]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be tested")
-        drop = "-dac_override,-dac_read_search,-fowner"
-        command = ["setpriv", f"--bounding-set={drop}", *command]
+    command = without_file_privileges([sys.executable, "-m", "ctxrl.cli", *args])
     environ = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=600)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import without_file_privileges
 
 from ctxrl import Context, CtxrlError, Task
 from ctxrl.artifacts import load_artifact, save_artifact
@@ -145,6 +146,59 @@ def test_sigkill_mid_write_loses_only_the_unfinished_run(tmp_path: Path) -> None
             assert len(returns) == 40 and all(len(v) == 25 for v in returns.values())
     check = sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()
     assert check == ("ok",)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from ctxrl import Context, Task
+from ctxrl.store import Evaluation, RunRecord, Store
+
+store = Store(sys.argv[1])
+for i in range(5):
+    task = Task("CartPole", Context({"masscart": 1.0 + i}))
+    run = RunRecord(f"run-{i}", "source", "CartPole", task.id, task.context.canonical(), 0,
+                    "algo", "finished", 0.0, 0.0, 0.0, None, None)
+    store.record_run(run, [Evaluation(task.id, task.context, [float(i)])])
+os.kill(os.getpid(), signal.SIGKILL)  # before the store is closed and its log checkpointed
+"""
+
+READER = """
+import sys
+from ctxrl.store import Store
+
+with Store(sys.argv[1], readonly=True) as store:
+    print(sorted(run.run_id for run in store.runs()))
+"""
+
+
+@pytest.mark.parametrize("copied", ["files read-only", "without its index"])
+def test_a_killed_sweeps_store_in_a_read_only_directory_shows_every_run(
+    tmp_path: Path, copied: str
+) -> None:
+    """A sweep killed before SQLite checkpointed its write-ahead log leaves committed runs in
+    ``store.sqlite-wal``. A reader that can write neither the directory nor the log's index
+    (``-shm``: read-only, or not copied along) reads them from a private copy of the store and
+    its log, and writes nothing beside the store."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = folder / "store.sqlite"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], check=False, timeout=120)
+    log = folder / "store.sqlite-wal"
+    assert log.is_file() and log.stat().st_size > 0  # the runs are in the log only
+    if copied == "without its index":
+        (folder / "store.sqlite-shm").unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    for file in folder.iterdir():
+        file.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        command = without_file_privileges([sys.executable, "-c", READER, str(path)])
+        read = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == str([f"run-{i}" for i in range(5)])
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_artifacts_are_safetensors_and_json(tmp_path: Path) -> None:
