@@ -249,6 +249,11 @@ def load_trials(
             located = coords
         return [runs[0]], raw[None], located, bounds or plan.env.return_bounds
     files = [f for p in paths for f in matrix_files(p)]
+    seen: dict[Path, Path] = {}
+    for file in files:  # a trial counted twice would narrow every interval
+        first = seen.setdefault(file.resolve(), file)
+        if first is not file:
+            raise CtxrlError(f"--matrix: {file} is given twice (also as {first})")
     layers = [read_matrix_file(f) for f in files]
     shapes = {layer.shape for layer in layers}
     if len(shapes) > 1:

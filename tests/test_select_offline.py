@@ -209,6 +209,10 @@ def test_bad_matrix_input_is_named_before_any_replay(cube_run: Path, tmp_path: P
     nan = _cli("select", "--matrix", str(good.parent), "--bounds", "0", "500", *args)
     assert nan.exit_code == 2 and f"{holed}: 1 unobserved (NaN) entries" in nan.stderr
     assert "(source, target) (2, 1)" in nan.stderr
+    twice = _cli(
+        "select", "--matrix", str(good), "--matrix", str(good.parent), "--bounds", "0", "500", *args
+    )
+    assert twice.exit_code == 2 and f"--matrix: {good} is given twice" in twice.stderr
     reversed_bounds = _cli("select", "--matrix", str(good), "--bounds", "500", "0", *args)
     assert "bounds need lower < upper, got [500.0, 0.0]" in reversed_bounds.stderr
     run_dir = _cli("select", "--matrix", str(cube_run), "--negate", *args)
