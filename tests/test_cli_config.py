@@ -342,6 +342,20 @@ def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
     from ctxrl.config import parse_yaml
 
     assert parse_yaml("[-.5, +.25, .5]") == [-0.5, 0.25, 0.5]
+    # YAML 1.2 numbers: no octal by a leading zero, no base 60, no dates; grouped digits kept
+    assert parse_yaml("[010, 1:30, 1:30.5, 2026-12-05, 1_000_000, 0x1F, 0o17, 1e5, -.inf]") == [
+        10,
+        "1:30",
+        "1:30.5",
+        "2026-12-05",
+        1_000_000,
+        31,
+        15,
+        100000.0,
+        float("-inf"),
+    ]
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config(None, ["seeds=[1:30]"])  # text where a seed goes: named, not ninety
     plan = _plan("env_options.visible=masscart", "output_dir=~/ctxrl-runs")
     assert plan.env.make_batched(1).visible == ("masscart",)
     assert plan.config.output_dir == Path.home() / "ctxrl-runs"
