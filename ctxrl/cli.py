@@ -50,6 +50,14 @@ def _warn_failed(host: Host) -> None:
         )
 
 
+def _restore_environment(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 class _Root(click.Group):
     """Loads the plugins before resolving sub-commands, so plugin commands show in --help."""
 
@@ -57,7 +65,11 @@ class _Root(click.Group):
         ctx.ensure_object(dict)
         if "host" not in ctx.obj:
             block = ctx.params.get("block") or ()
-            if block:  # workers inherit the block list through the environment
+            # workers inherit the block list through the environment, for this invocation
+            # only: the variables are restored when it ends (one process may invoke cli again)
+            saved = {name: os.environ.get(name) for name in (BLOCK_ENV, DISABLE_AUTOLOAD_ENV)}
+            ctx.call_on_close(lambda: _restore_environment(saved))
+            if block:
                 current = os.environ.get(BLOCK_ENV, "")
                 os.environ[BLOCK_ENV] = ",".join(p for p in [current, *block] if p)
             if ctx.params.get("no_autoload"):
@@ -92,12 +104,14 @@ class _Root(click.Group):
     "--block",
     multiple=True,
     metavar="NAME",
+    is_eager=True,  # read before --help lists the commands plugins add
     help="Do not load this plugin (entry-point or distribution name); repeatable. "
     f"Also read from {BLOCK_ENV}.",
 )
 @click.option(
     "--no-autoload",
     is_flag=True,
+    is_eager=True,
     help=f"Load only plugins allow-listed in CTXRL_PLUGINS (as {DISABLE_AUTOLOAD_ENV}=1).",
 )
 @click.pass_context

@@ -300,7 +300,13 @@ class Host:
         """Let every plugin add sub-commands to ``cli`` (``ctxrl_register_commands``), one
         plugin at a time: a plugin that raises, or replaces a command that was there, is
         failed like one whose registration raises (what it registered and every command it
-        added, in sub-groups too, are removed); the others are kept."""
+        added, in sub-groups too, are removed); the others are kept. Commands an earlier host's
+        plugins added to the same ``cli`` (one process invoking it twice) are removed first, so
+        a plugin blocked now shows no command."""
+        for group, commands in _command_tree(cli).items():
+            for command_name, command in commands.items():
+                if getattr(command, _COMMAND_OWNER, None) is not None:
+                    del group.commands[command_name]
         for name in self._implementers("ctxrl_register_commands"):
             if self.pm.get_plugin(name) is None:
                 continue

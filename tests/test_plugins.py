@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,33 @@ def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
     assert plugins["classic_control"]["status"] == "blocked"
     result = run_ctxrl("--block", "classic_control", "sweep", "--dry-run")
     assert result.returncode == 2 and "no plugin provides the env 'CartPole'" in result.stderr
+    listed = run_ctxrl("--block", "plasticity_study", "--help", check=True).stdout
+    assert "  plasticity " not in listed and "  sweep " in listed  # its command is not listed
+    assert "  plasticity " in run_ctxrl("--help", check=True).stdout
+
+
+def test_one_process_invoking_the_cli_again_starts_from_a_clean_slate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The module-level ``cli`` outlives each invocation: a plugin blocked in one invocation
+    is loaded in the next, its commands come back and go again, and the block list does not
+    stay in the environment."""
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+    from ctxrl.plugins import BLOCK_ENV
+
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    runner = CliRunner()
+    for block, shown in ((False, True), (True, False), (False, True)):
+        args = ["--block", "plasticity_study"] if block else []
+        listed = runner.invoke(cli, [*args, "--help"], catch_exceptions=False).output
+        assert ("  plasticity " in listed) is shown, listed
+        assert BLOCK_ENV not in os.environ
+        listing = runner.invoke(cli, [*args, "plugins", "--json"], catch_exceptions=False)
+        plugins = {p["name"]: p for p in json.loads(listing.stdout)}
+        assert (plugins["plasticity_study"]["status"] == "blocked") is block
+        assert BLOCK_ENV not in os.environ
 
 
 class _DuplicateCartPole:
