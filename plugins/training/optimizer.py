@@ -34,7 +34,8 @@ class AgentAdam:
     were reset. :meth:`finish` turns the views back into plain tensors when training ends.
     :meth:`compile` fuses the elementwise step into one ``torch.compile`` kernel (the same
     formula; inductor's vectorised square root and division may round the last bit
-    differently).
+    differently); :meth:`fused_step` compiles a whole gradient step (loss, gradient, clipping,
+    Adam) as one graph.
 
     Args:
         params: agent-stacked parameters; rebound to views of the flat buffer.
