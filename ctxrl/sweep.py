@@ -174,10 +174,24 @@ def prepare_run_dir(
     )
     with (run_dir / "command.txt").open("a") as handle:
         handle.write(" ".join(shlex.quote(a) for a in argv) + "\n")
-    (run_dir / "environment.json").write_text(
-        json.dumps(environment_record(host, plan.config.device), indent=2)
-    )
+    _record_environment(run_dir / "environment.json", environment_record(host, plan.config.device))
     return run_dir
+
+
+def _record_environment(path: Path, record: dict[str, Any]) -> None:
+    """Write this invocation's environment to ``path``, keeping the earlier invocations' records
+    (a resumed sweep may run with other versions or on another machine) under ``earlier``,
+    oldest first, as ``command.txt`` keeps their commands."""
+    earlier: list[Any] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            previous = {"unreadable": path.read_bytes().decode("utf-8", "replace")}
+        if isinstance(previous, dict):
+            earlier = list(previous.pop("earlier", []))
+        earlier.append(previous)
+    path.write_text(json.dumps({**record, "earlier": earlier} if earlier else record, indent=2))
 
 
 def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:

@@ -309,6 +309,11 @@ def test_killed_sweep_resumes_without_retraining_or_duplicates(
     assert f"already finished {finished_after_kill}" in resumed.stderr
     run_dir = _run_dir(tmp_path)
     assert _count(run_dir, "runs") == 6 and _count(run_dir, "evaluations") == 6 * 6 * 2
+    # the killed invocation's environment is kept beside the resumed one's, as its command is
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["device"] == "cpu" and len(environment["earlier"]) == 1
+    assert environment["earlier"][0]["versions"] == environment["versions"]
+    assert len((run_dir / "command.txt").read_text().splitlines()) == 2
 
 
 @requires_sb3
