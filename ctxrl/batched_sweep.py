@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ctxrl.artifacts import artifact_metadata, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
@@ -60,6 +61,7 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     outcome.skipped += len(agents) - pending
     if not pending:
         return
+    _warn_other_partitions(session, agents, shards)
     if len(shards) == 1:
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
@@ -75,6 +77,40 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
             _settle(session, agent, None, resumed=group.resumed)
         return
     _run_shards(session, shards, executor)
+
+
+def _warn_other_partitions(
+    session: SweepSession, agents: list[tuple[int, int]], shards: list[list[tuple[int, int]]]
+) -> None:
+    """Say so where this group's pending agents have a checkpoint written under another
+    ``executor.shards`` (changed between a kill and this rerun): a checkpoint is found by the
+    agents of its program, so those agents train again from the start; naming the count it
+    was written with lets the user continue from it instead."""
+    plan, config = session.plan, session.plan.config
+    folder = plan.run_dir / "checkpoints"
+    if not folder.is_dir() or not any(folder.glob("batch-*.safetensors")):
+        return
+    pending = {agent for shard in shards for agent in shard}
+    ids = {agent: _agent_id(plan, agent) for agent in agents}
+    current = {_checkpoint_path(plan, [ids[a] for a in shard]).name for shard in shards}
+    for count in range(1, min(len(agents), 256) + 1):
+        if count == config.executor.shards:
+            continue
+        for shard in _split(agents, count):
+            path = _checkpoint_path(plan, [ids[a] for a in shard])
+            if (
+                path.name not in current
+                and set(shard) <= pending
+                and path.with_suffix(".safetensors").exists()
+            ):
+                session.console.print(
+                    f"[yellow]{escape(str(path.with_suffix('.safetensors')))}[/] holds "
+                    f"{len(shard)} of these "
+                    f"agents as trained with executor.shards: {count} (now "
+                    f"{config.executor.shards}): they train again from the start; rerun with "
+                    f"executor.shards: {count} to continue from it",
+                    highlight=False,
+                )
 
 
 def _settle(

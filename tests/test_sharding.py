@@ -115,6 +115,35 @@ def test_a_killed_shard_resumes_from_its_own_checkpoint(
 
 
 @pytest.mark.long
+def test_a_checkpoint_of_another_shard_count_is_named(tmp_path: Path) -> None:
+    """Killed with two shards, rerun as one program: the second shard's checkpoint is not that
+    program's, so its agents train from the start, and the sweep says which shard count would
+    continue from it."""
+    plan = _plan(tmp_path / "runs", shards=1)
+    plan.run_dir.mkdir(parents=True)
+    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
+    second = _split(agents, 2)[1]
+    ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in second]
+    checkpoint = _checkpoint_path(plan, ids)
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env,
+        [plan.grid.contexts[s].as_dict() for s, _ in second],
+        [seed for _, seed in second],
+        total_steps=1024,
+        checkpoint=checkpoint,
+        checkpoint_every=512,
+        **_training_options(plan),
+    )
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=400))
+    assert outcome.trained == 6 and outcome.resumed == 0 and not outcome.failed
+    said = printed.getvalue()
+    assert f"{checkpoint.with_suffix('.safetensors')} holds 3 of these agents" in said, said
+    assert "executor.shards: 2 (now 1)" in said and "rerun with executor.shards: 2" in said
+
+
+@pytest.mark.long
 @requires_ray
 def test_ray_shards_store_what_one_program_stores(
     one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
