@@ -103,12 +103,11 @@ def _warn_other_partitions(
                 and set(shard) <= pending
                 and path.with_suffix(".safetensors").exists()
             ):
+                file = escape(str(path.with_suffix(".safetensors")))
                 session.console.print(
-                    f"[yellow]{escape(str(path.with_suffix('.safetensors')))}[/] holds "
-                    f"{len(shard)} of these "
-                    f"agents as trained with executor.shards: {count} (now "
-                    f"{config.executor.shards}): they train again from the start; rerun with "
-                    f"executor.shards: {count} to continue from it",
+                    f"[yellow]{file}[/] holds {len(shard)} of these agents as trained with "
+                    f"executor.shards: {count} (now {config.executor.shards}): they train again "
+                    f"from the start; rerun with executor.shards: {count} to continue from it",
                     highlight=False,
                 )
 
