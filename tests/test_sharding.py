@@ -86,6 +86,27 @@ def test_a_sharded_sweep_stores_what_one_program_stores(
     assert again.trained == 0 and again.skipped == 6
 
 
+def _checkpoint_second_of_two_shards(plan: SweepPlan) -> Path:
+    """What a sweep with two shards killed while its second shard trained leaves behind: that
+    shard's checkpoint, after the first of its two iterations. Returns its path."""
+    plan.run_dir.mkdir(parents=True)
+    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
+    second = _split(agents, 2)[1]
+    ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in second]
+    checkpoint = _checkpoint_path(plan, ids)
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env,
+        [plan.grid.contexts[s].as_dict() for s, _ in second],
+        [seed for _, seed in second],
+        total_steps=1024,
+        checkpoint=checkpoint,
+        checkpoint_every=512,  # the last checkpoint: after the first of two iterations
+        **_training_options(plan),
+    )
+    return checkpoint
+
+
 @pytest.mark.long
 def test_a_killed_shard_resumes_from_its_own_checkpoint(
     one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
@@ -93,20 +114,7 @@ def test_a_killed_shard_resumes_from_its_own_checkpoint(
     """What a sweep killed while its second shard trained leaves behind: that shard's
     checkpoint. The rerun resumes that shard alone and stores the same numbers."""
     plan = _plan(tmp_path / "runs", shards=2)
-    plan.run_dir.mkdir(parents=True)
-    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
-    second = _split(agents, 2)[1]
-    ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in second]
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(
-        plan.env,
-        [plan.grid.contexts[s].as_dict() for s, _ in second],
-        [seed for _, seed in second],
-        total_steps=1024,
-        checkpoint=_checkpoint_path(plan, ids),
-        checkpoint_every=512,  # the last checkpoint: after the first of two iterations
-        **_training_options(plan),
-    )
+    _checkpoint_second_of_two_shards(plan)
     outcome = run_sweep(plan)
     assert outcome.trained == 6 and outcome.resumed == 3 and not outcome.failed
     assert "resumed 3 agents" in (outcome.run_dir / "logs" / "job-00001-shard1of2.log").read_text()
@@ -120,21 +128,7 @@ def test_a_checkpoint_of_another_shard_count_is_named(tmp_path: Path) -> None:
     program's, so its agents train from the start, and the sweep says which shard count would
     continue from it."""
     plan = _plan(tmp_path / "runs", shards=1)
-    plan.run_dir.mkdir(parents=True)
-    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
-    second = _split(agents, 2)[1]
-    ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in second]
-    checkpoint = _checkpoint_path(plan, ids)
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(
-        plan.env,
-        [plan.grid.contexts[s].as_dict() for s, _ in second],
-        [seed for _, seed in second],
-        total_steps=1024,
-        checkpoint=checkpoint,
-        checkpoint_every=512,
-        **_training_options(plan),
-    )
+    checkpoint = _checkpoint_second_of_two_shards(plan)
     printed = io.StringIO()
     outcome = run_sweep(plan, console=Console(file=printed, width=400))
     assert outcome.trained == 6 and outcome.resumed == 0 and not outcome.failed
