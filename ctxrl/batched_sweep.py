@@ -395,53 +395,40 @@ def _store_trained(
     console: Console,
 ) -> bool:
     """Save agent ``index`` of a batched program and store its run with its evaluations
-    (``returns``: ``(targets, episodes)`` over the grid's contexts). An agent that cannot be
-    stored (non-finite returns from a diverged training, a failed save) is stored as failed
-    with the reason, alone: returns False then."""
+    (``returns``: ``(targets, episodes)`` over the grid's contexts) and training log. An agent
+    that cannot be stored (non-finite returns from a diverged training, a failed save) is
+    stored as failed with the reason, alone: returns False then."""
     try:
         if not np.all(np.isfinite(returns)):
             raise CtxrlError(
                 "its evaluation returns are not finite (NaN or inf): the training diverged "
                 "(check the learning rate and the reward scale)"
             )
-        _save_and_record(plan, store, algorithm, policies, index, record, returns)
+        artifact = Path("artifacts") / record.run_id
+        algorithm.save(policies.select([index]), plan.run_dir / artifact)
+        evaluations = [
+            Evaluation(Task(plan.env.name, c).id, c, returns[j].tolist())
+            for j, c in enumerate(plan.grid.contexts)
+        ]
+        store.record_run(replace(record, artifact=str(artifact)), evaluations)
+        log = getattr(policies, "log", None)
+        if log is not None:
+            agent = log.select([index])
+            store.record_training_log(
+                record.run_id,
+                curve_steps=agent.curve_steps,
+                curve_returns=[r[0] for r in agent.curve_returns],
+                diagnostic_steps=agent.diagnostic_steps,
+                diagnostics={
+                    k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
+                },
+            )
     except Exception as exc:
         error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
         store.record_run(replace(record, status="failed", artifact=None, error=error))
         console.print(f"[red]run {record.run_id} failed:[/] {error}")
         return False
     return True
-
-
-def _save_and_record(
-    plan: SweepPlan,
-    store: Store,
-    algorithm: BatchedAlgorithm,
-    policies: Any,
-    index: int,
-    record: RunRecord,
-    returns: np.ndarray,
-) -> None:
-    """:func:`_store_trained`'s work: the artifact, the run, its evaluations and its log."""
-    artifact = Path("artifacts") / record.run_id
-    algorithm.save(policies.select([index]), plan.run_dir / artifact)
-    evaluations = [
-        Evaluation(Task(plan.env.name, c).id, c, returns[j].tolist())
-        for j, c in enumerate(plan.grid.contexts)
-    ]
-    store.record_run(replace(record, artifact=str(artifact)), evaluations)
-    log = getattr(policies, "log", None)
-    if log is not None:
-        agent = log.select([index])
-        store.record_training_log(
-            record.run_id,
-            curve_steps=agent.curve_steps,
-            curve_returns=[r[0] for r in agent.curve_returns],
-            diagnostic_steps=agent.diagnostic_steps,
-            diagnostics={
-                k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
-            },
-        )
 
 
 MULTITASK = "multitask"

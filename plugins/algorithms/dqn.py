@@ -171,18 +171,12 @@ def _fused_td_loss(
     online: Params,
     run: TrainingRun,
     target: Params,
-    obs: Tensor,
-    next_obs: Tensor,
-    action: Tensor,
-    reward: Tensor,
-    terminated: Tensor,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
     cfg: DQNConfig,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """:func:`_td_loss` as :meth:`AgentAdam.fused_step` takes it: the per-agent loss and the
-    diagnostics."""
-    loss, q, td_target = _td_loss(
-        run, online, target, obs, next_obs, action, reward, terminated, cfg
-    )
+    """:func:`_td_loss` on the minibatch ``batch`` (what :meth:`_Replay.sample` returns) as
+    :meth:`AgentAdam.fused_step` takes it: the per-agent loss and the diagnostics."""
+    loss, q, td_target = _td_loss(run, online, target, *batch, cfg)
     return loss, _td_diagnostics(loss, q, td_target)
 
 
@@ -382,7 +376,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
             flat = (run.rng.uniform(cfg.batch_size, dtype=torch.float64) * filled).long()
             batch = replay.sample(flat)
             if fused:  # the loss, its gradient, clipping and Adam as one compiled graph
-                diagnostics = run.fused_step(_fused_td_loss, run, replay.target, *batch, cfg)
+                diagnostics = run.fused_step(_fused_td_loss, run, replay.target, batch, cfg)
             else:
                 per_agent, q, td_target = td_loss(run, online, replay.target, *batch, cfg, record)
                 run.optimize(per_agent)
