@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ctxrl.config import check_options, parse_yaml
+from ctxrl.config import check_options
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay_many
+from ctxrl.yaml12 import parse_yaml
 
 MATRIX_SUFFIXES = (".csv", ".npy")
 CONTEXTS_FILE = "contexts.json"

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
-from ctxrl.config import SweepConfig, SweepPlan, parse_yaml, validate_config
+from ctxrl.config import SweepConfig, SweepPlan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.yaml12 import parse_yaml
 
 
 def check_output_dir(output_dir: Path) -> None:

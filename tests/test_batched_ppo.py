@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ctxrl import ConfigError
-from ctxrl.config import parse_yaml
 from ctxrl.plugins import get_host
 from ctxrl.registry import AlgorithmSpec, EnvSpec
 from ctxrl.testing import AlgorithmContract
+from ctxrl.yaml12 import parse_yaml
 
 
 def _algo(**params: object):

@@ -339,7 +339,7 @@ def test_every_benchmark_sweep_config_resolves_to_a_plan(path: Path) -> None:
 def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
     """Signed leading-dot numbers, a single name where a list goes, ``~`` in paths; a key
     given twice and a value that is not YAML are errors naming them."""
-    from ctxrl.config import parse_yaml
+    from ctxrl.yaml12 import parse_yaml
 
     assert parse_yaml("[-.5, +.25, .5]") == [-0.5, 0.25, 0.5]
     # YAML 1.2 numbers: no octal by a leading zero, no base 60, no dates; grouped digits kept

@@ -447,11 +447,13 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             not_done = 1.0 - buf.dones.float()
             deltas = buf.rewards + cfg.gamma * next_values * not_done - buf.values
             decay = cfg.gamma * cfg.gae_lambda * not_done
-            advantages = torch.zeros_like(buf.rewards)
-            last = torch.zeros(n, e, device=device)
-            for t in reversed(range(t_steps)):  # the recursion only; the rest is vectorised
-                last = deltas[t] + decay[t] * last
-                advantages[t] = last
+            advantages = torch.empty_like(buf.rewards)
+            last, scratch = torch.zeros(n, e, device=device), torch.empty(n, e, device=device)
+            # the recursion only (the rest is vectorised), written into each step's row
+            steps = zip(deltas.unbind(0), decay.unbind(0), advantages.unbind(0), strict=True)
+            for delta, step_decay, advantage in reversed(list(steps)):
+                torch.mul(step_decay, last, out=scratch)
+                last = torch.add(delta, scratch, out=advantage)
             returns = advantages + buf.values
         # -------------------------------------------------------------------- update
         batch = e * t_steps
@@ -483,7 +485,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         )
         for epoch in range(cfg.update_epochs):
             last_epoch = epoch == cfg.update_epochs - 1
-            order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
+            order = run.rng.permutations(batch)
             for begin in range(0, batch, minibatch):
                 index = order[:, begin : begin + minibatch]
                 if fused:

@@ -61,20 +61,27 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     A single output column is computed as a product and a sum: as a batched matrix product
     its kernel (matrix-vector for one agent, matrix-matrix for several) would change the
     summation order with the number of agents, and agents would no longer be independent.
-    Compiled, small layers are too (:data:`FUSED_PRODUCT_MAX_SIZE`)."""
-    if weight.shape[-1] == 1:
-        return (x * weight[:, None, :, 0]).sum(-1, keepdim=True) + bias[:, None]
-    if torch.compiler.is_compiling() and min(weight.shape[-2:]) <= FUSED_PRODUCT_MAX_SIZE:
+    Compiled, small layers are too (:data:`FUSED_PRODUCT_MAX_SIZE`): a few outputs one column
+    at a time (each a product and a sum over the contiguous inputs, so that inductor vectorises
+    over the inputs, not over a few outputs), a few inputs as one broadcast product summed over
+    them (vectorised over the outputs)."""
+    outputs = weight.shape[-1]
+    compiling = torch.compiler.is_compiling()
+    if outputs == 1 or (compiling and outputs <= FUSED_PRODUCT_MAX_SIZE):
+        columns = [(x * weight[:, None, :, j]).sum(-1) for j in range(outputs)]
+        return torch.stack(columns, dim=-1) + bias[:, None]
+    if compiling and weight.shape[-2] <= FUSED_PRODUCT_MAX_SIZE:
         return (x.unsqueeze(-1) * weight[:, None]).sum(-2) + bias[:, None]
     return torch.baddbmm(bias[:, None], x, weight)
 
 
 FUSED_PRODUCT_MAX_SIZE = 8
 """Inside a compiled graph, a layer with at most this many inputs or outputs (an observation's
-few features into the first layer, a head's few actions) is a broadcast product and sum, which
-inductor fuses with the elementwise work around it: as a batched matrix product call it costs
-more in call overhead than in arithmetic (a compiled 16-agent CartPole PPO iteration 1.04-1.08x
-faster, benchmarks/RESULTS.md). Eager code keeps the matrix product."""
+few features into the first layer, a head's few actions) is products and sums, which inductor
+fuses with the elementwise work around it: as a batched matrix product call it costs more in
+call overhead than in arithmetic (a compiled 16-agent CartPole PPO iteration 1.04-1.08x faster;
+a head computed one output column at a time, ~1.06x more; benchmarks/RESULTS.md). Eager code
+keeps the matrix product."""
 
 
 def relu(x: Tensor) -> Tensor:

@@ -223,7 +223,7 @@ class DaggerStudent(_TeachingMixin, BatchedPPO):
         minibatch = batch // cfg.num_minibatches
         agents = torch.arange(n, device=self.device)[:, None]
         for _ in range(cfg.update_epochs):
-            order = run.rng.uniform(batch, dtype=torch.float64).argsort(dim=1, stable=True)
+            order = run.rng.permutations(batch)
             for begin in range(0, batch, minibatch):
                 idx = order[:, begin : begin + minibatch]
                 mb_obs = b_obs[agents, idx]
