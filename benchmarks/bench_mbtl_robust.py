@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxrl.offline import load_trials, mean_ci
+from ctxrl.offline import load_trials, mean_ci, normalised_trials
 from ctxrl.plugins import get_host
 from ctxrl.selection import replay
 
@@ -108,7 +108,7 @@ def real_family(folder: Path, env: str, mirror: bool) -> tuple[list[np.ndarray],
     """The normalised per-seed matrices of ``folder`` (read as ``ctxrl select`` reads a folder, in
     file-name order; with ``mirror`` each followed by its mirror image) and the contexts'
     coordinates ``(N, d)``."""
-    _, raw, located, (lower, upper) = load_trials(
+    _, raw, located, bounds = load_trials(
         [folder],
         contexts=None,
         grid=None,
@@ -118,7 +118,7 @@ def real_family(folder: Path, env: str, mirror: bool) -> tuple[list[np.ndarray],
         registry=get_host().registry,
     )
     matrices = []
-    for matrix in np.clip((raw - lower) / (upper - lower), 0.0, 1.0):
+    for matrix in normalised_trials(raw, bounds):
         matrices.append(matrix)
         if mirror:
             matrices.append(matrix[::-1, ::-1].copy())

@@ -414,6 +414,7 @@ def select(
     from ctxrl.offline import (
         load_trials,
         myopic_oracle_line,
+        normalised_trials,
         parse_options,
         replay_trials,
         summarise_replays,
@@ -431,14 +432,11 @@ def select(
         negate=negate,
         registry=host.registry,
     )
-    if not upper > lower:
-        raise CtxrlError(f"normalisation bounds need lower < upper, got [{lower}, {upper}]")
+    trials = normalised_trials(raw, (lower, upper))
     clipped = sum(
         _check_bounds(path, layer, lower, upper, strict)
         for path, layer in zip(files, raw, strict=True)
     )
-    with np.errstate(invalid="ignore"):
-        trials = np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
     n = trials.shape[1]
     if not 1 <= budget <= n:
         raise CtxrlError(f"--budget K = {budget} must be between 1 and N = {n}")

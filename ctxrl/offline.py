@@ -274,6 +274,17 @@ def load_trials(
     return files, raw, located, bounds
 
 
+def normalised_trials(raw: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Raw returns ``(T, N, N)`` as normalised performance ``(R - lower) / (upper - lower)``
+    clipped to [0, 1] (NaN, an unobserved entry, stays NaN); an error naming the bounds when
+    ``lower >= upper``."""
+    lower, upper = bounds
+    if not upper > lower:
+        raise CtxrlError(f"normalisation bounds need lower < upper, got [{lower}, {upper}]")
+    with np.errstate(invalid="ignore"):
+        return np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
+
+
 def parse_options(
     items: Sequence[str], specs: Mapping[str, StrategySpec]
 ) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 
 from ctxrl import CtxrlError
 from ctxrl.gp import GapModel, RowResidualGP, rbf_kernel
-from ctxrl.offline import load_trials, mean_ci
+from ctxrl.offline import load_trials, mean_ci, normalised_trials
 from ctxrl.plugins import get_host
 from ctxrl.selection import SelectionState, replay
 from ctxrl_plugins.strategies.mbtl import MBTLStrategy, expected_gain, row_fits
@@ -201,17 +201,17 @@ def kept_trials(folder: str, env: str, seeds: tuple[int, ...]) -> tuple[np.ndarr
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / folder
     files = [root / f"matrix_seed{seed}.csv" for seed in seeds]
     registry = get_host().registry
-    _, raw, located, (lower, upper) = load_trials(
+    _, raw, located, bounds = load_trials(
         files, contexts=None, grid=None, env_name=env, bounds=None, negate=False, registry=registry
     )
-    return (raw - lower) / (upper - lower), located.coords
+    return normalised_trials(raw, bounds), located.coords
 
 
 def kept_matrix(folder: str, env: str, seeds: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The mean normalised matrix of ``seeds`` of a kept sweep (:func:`kept_trials`) and its
     contexts' coordinates."""
     trials, coords = kept_trials(folder, env, seeds)
-    return np.clip(trials.mean(axis=0), 0, 1), coords
+    return trials.mean(axis=0), coords
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def family_g(folder: str, name: str, runs: int = 1) -> np.ndarray:
     image (the contexts in reverse order), ``(24,)``."""
     trials, coords = kept_trials(folder, "CartPole", tuple(range(12)))
     spec = get_host().registry.strategy(name)
-    matrices = [m for trial in np.clip(trials, 0, 1) for m in (trial, trial[::-1, ::-1].copy())]
+    matrices = [m for trial in trials for m in (trial, trial[::-1, ::-1].copy())]
     return np.array(
         [
             np.mean(
