@@ -78,8 +78,8 @@ class StreamRNG:
     def permutations(self, size: int) -> torch.Tensor:
         """A random permutation of ``range(size)`` per stream, ``(S, size)`` int64: the order
         that sorts ``uniform(size, dtype=torch.float64)`` (ties in their index order), drawn
-        with the same counter advance. Sorted as the draw's 53-bit integers, which order as the
-        floats they would become do (exactly), 1.5x faster than sorting the floats."""
+        with the same counter advance. Sorted as the draw's 53-bit integers, which order exactly as
+        the floats they would become do, and sort faster."""
         keys = self._keys(self.counters, self.seeds, size)
         self.counters = self.counters + 1
         return _shift_right(keys, 64 - 53).argsort(dim=1, stable=True)

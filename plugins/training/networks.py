@@ -79,9 +79,8 @@ FUSED_PRODUCT_MAX_SIZE = 8
 """Inside a compiled graph, a layer with at most this many inputs or outputs (an observation's
 few features into the first layer, a head's few actions) is products and sums, which inductor
 fuses with the elementwise work around it: as a batched matrix product call it costs more in
-call overhead than in arithmetic (a compiled 16-agent CartPole PPO iteration 1.04-1.08x faster;
-a head computed one output column at a time, ~1.06x more; benchmarks/RESULTS.md). Eager code
-keeps the matrix product."""
+call overhead than in arithmetic (measured in benchmarks/RESULTS.md, "One graph per gradient
+step" and "Small heads one column at a time"). Eager code keeps the matrix product."""
 
 
 def relu(x: Tensor) -> Tensor:
