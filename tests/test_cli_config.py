@@ -135,6 +135,14 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["algorithm.params.learning_rat=1e-3"],
             "algorithm.params: batched-ppo has no hyperparameter 'learning_rat'",
         ),
+        (
+            ["algorithm.params.activation=relu6"],
+            "batched-ppo: activation: Input should be 'tanh', 'relu' or 'crelu' (got 'relu6')",
+        ),
+        (
+            ["algorithm={name: batched-dqn, params: {activation: sigmoid}}"],
+            "batched-dqn: activation: Input should be 'tanh', 'relu' or 'crelu' (got 'sigmoid')",
+        ),
         pytest.param(
             ["algorithm={name: sb3-ppo, params: {learning_rat: 0.001}}", "curves=null"],
             "algorithm.params: sb3-ppo has no hyperparameter 'learning_rat'",

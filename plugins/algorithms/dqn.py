@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ctxrl.errors import CtxrlError
-from ctxrl.interventions import NetworkSpec
+from ctxrl.interventions import Activation, NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.training.compiling import check_compile_mode, compile_pays
@@ -74,7 +74,7 @@ class DQNConfig:
     max_grad_norm: Rate = 10.0
     huber: bool = False
     """True: Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
-    activation: str = "relu"
+    activation: Activation = "relu"
     compile: str = "off"
     """``on``: each env step (greedy actions, exploration, the twin's branch-free step with
     auto-reset), the TD loss (forward and, through AOTAutograd, backward) and Adam's
@@ -89,7 +89,7 @@ def network_spec(cfg: DQNConfig, actions: int) -> tuple[NetworkSpec, dict[str, t
     heads = {"head": (actions, 1.0)}
     if cfg.dueling:
         heads["value"] = (1, 1.0)
-    spec = NetworkSpec(hidden=tuple(cfg.hidden), activation=cfg.activation)  # type: ignore[arg-type]
+    spec = NetworkSpec(hidden=tuple(cfg.hidden), activation=cfg.activation)
     return spec, heads
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.interventions import NetworkSpec
+from ctxrl.interventions import Activation, NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.training.compiling import check_compile_mode, compile_pays
@@ -67,7 +67,7 @@ class PPOConfig:
     max_grad_norm: Rate = 0.5
     hidden: Count = 64
     """width of the two hidden layers of actor and critic"""
-    activation: str = "tanh"
+    activation: Activation = "tanh"
     init_log_std: float = 0.0
     """initial log standard deviation of continuous actions"""
     reward_scale: Rate = 1.0
@@ -93,7 +93,7 @@ def network_specs(
 ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
     """Separate actor and critic MLPs (CleanRL's layout): the actor's head has gain 0.01,
     the critic's a single output with gain 1."""
-    spec = NetworkSpec(hidden=(cfg.hidden, cfg.hidden), activation=cfg.activation)  # type: ignore[arg-type]
+    spec = NetworkSpec(hidden=(cfg.hidden, cfg.hidden), activation=cfg.activation)
     return {"actor": (spec, {"head": (out_dim, 0.01)}), "critic": (spec, {"head": (1, 1.0)})}
 
 
