@@ -362,7 +362,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         )
     _check_training_options(config, registry, algorithm)
     if training:
-        _check_device(config.device)
+        check_device(config.device)
     config = _strategies_for_grid(config, registry, grid)
     # the strategy trains the sources in mode select and is replayed on the matrix for the
     # report in mode full: a bad name or option must stop the sweep before training either way
@@ -515,9 +515,10 @@ def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) 
     check_options(strategy.factory, options, f"strategy.options: {strategy.name!r}")
 
 
-def _check_device(device: str) -> None:
-    """A CUDA device must exist here: a CPU-only torch or a missing GPU is named before
-    training, not when the first batch is moved."""
+def check_device(device: str) -> None:
+    """A CUDA device must exist here: a CPU-only torch or a missing GPU is named (a
+    :class:`~ctxrl.errors.ConfigError` on the ``device`` field) before training, not when the
+    first batch is moved."""
     if not device.startswith("cuda"):
         return
     import torch

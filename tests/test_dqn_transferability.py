@@ -25,6 +25,7 @@ from ctxrl_plugins.transfer.dqn_transferability import (
     load_study_config,
     report_study,
     resolve_study,
+    run_study,
 )
 from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
 
@@ -194,6 +195,13 @@ def test_bad_studies_are_refused_before_training(
         config = load_study_config(_write(tmp_path, **changes))
         resolve_study(config, get_host().registry)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:
+    config = load_study_config(_write(tmp_path, device="cuda:99"))
+    with pytest.raises(ConfigError, match="device: 'cuda:99' is not available"):
+        run_study(config, get_host().registry)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_missing_study_file_is_named(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from ctxrl_plugins.transfer.plasticity_study import (
     StudyRunner,
     load_study_config,
     resolve_study,
+    run_study,
 )
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -164,6 +165,13 @@ def test_bad_studies_are_refused_before_training(
     with pytest.raises(CtxrlError, match=message):
         resolve_study(load_study_config(_write(tmp_path, **changes)), get_host().registry)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:
+    config = load_study_config(_write(tmp_path, device="cuda:99"))
+    with pytest.raises(ConfigError, match="device: 'cuda:99' is not available"):
+        run_study(config, get_host().registry)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_missing_or_malformed_study_file_is_named(tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ def test_measures_are_computed_from_the_records() -> None:
         ({"arms": [{"name": "redo", "options": {"taux": 1}}]}, r"arms\[0\].*options: .*taux"),
         ({"arms": ["redo", "redo"]}, "labels \\['redo'\\] repeat"),
         ({"seeds": [1, 1]}, "repeat a seed"),
+        ({"device": "cuda:99"}, "device: 'cuda:99' is not available"),
     ],
 )
 def test_bad_studies_are_refused_before_training(

@@ -39,6 +39,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
+from ctxrl.config import check_device
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
 from ctxrl.results import load_policies
@@ -573,6 +574,7 @@ class StudyRunner:
 # ------------------------------------------------------------------------- entry points
 def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -> Path:
     """Run (or resume) a study and write its outputs; returns its run directory."""
+    check_device(config.device)
     plan = resolve_study(config, registry)
 
     def progress(label: str, done: int, total: int) -> None:
@@ -654,6 +656,7 @@ def ctxrl_register_commands(cli: Any) -> None:
         console = Console(stderr=True)
         config = load_study_config(study)
         registry = get_host().registry
+        check_device(config.device)
         plan = resolve_study(config, registry)
         agents = len(plan.pairs) * len(config.seeds)
         console.print(

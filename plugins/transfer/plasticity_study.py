@@ -40,6 +40,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
+from ctxrl.config import check_device
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
@@ -413,6 +414,7 @@ def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -
     """Run (or resume) a study and write its outputs; returns its run directory."""
     from ctxrl_plugins.transfer.plasticity_study_report import write_outputs
 
+    check_device(config.device)
     plan = resolve_study(config, registry)
 
     def progress(label: str, done: int, total: int) -> None:
@@ -502,6 +504,7 @@ def ctxrl_register_commands(cli: Any) -> None:
             _run_targets_study(study, dry_run, registry, console)
             return
         config = load_study_config(study)
+        check_device(config.device)
         plan = resolve_study(config, registry)
         switches = len(_switch_steps(plan))
         console.print(
@@ -532,6 +535,7 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
     from ctxrl_plugins.transfer import plasticity_targets as targets
 
     config = targets.load_targets_config(path)
+    check_device(config.device)
     labels, programs = plan_programs(config, registry)
     task = config.shifting_targets
     run_dir = targets.run_dir_of(config)

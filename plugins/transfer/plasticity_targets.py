@@ -54,6 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ctxrl.config import check_device
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import Registry
 from ctxrl.transfer_metrics import MetricEstimate, mean_estimate
@@ -160,8 +161,9 @@ def train_program(
     from ctxrl_plugins.training.optimizer import AgentAdam
     from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
     from ctxrl_plugins.training.run import TrainingRun, intervention_masks
+    from ctxrl_plugins.training.trainer import resolve_device
 
-    where = torch.device(device)
+    where = resolve_device(device)  # "auto": a GPU when there is one
     seeds = [seed for _, seed in program.agents]
     n = len(seeds)
     interventions, masks = intervention_masks(build_arm_interventions(program, registry), n, where)
@@ -255,6 +257,7 @@ def run_targets_study(
 ) -> Path:
     """Run (or resume) a shifting-target study and write its outputs; returns its run
     directory."""
+    check_device(config.device)
     labels, programs = plan_programs(config, registry)
     run_dir = run_dir or run_dir_of(config)
     open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
