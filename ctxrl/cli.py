@@ -470,11 +470,15 @@ def select(
         return
     several = len(trials) > 1
     band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
-    table = Table(
-        title=f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
+    # the heading as a line of its own: as the title of a narrow table it wraps a word a line
+    out.print(
+        f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
         f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "
-        f"oracle {result['oracle_transfer']:.4f}) {band}"
+        f"oracle {result['oracle_transfer']:.4f}) {band}",
+        highlight=False,
+        soft_wrap=True,
     )
+    table = Table()
     table.add_column("k")
     for name in lines:
         table.add_column(name)
@@ -482,7 +486,9 @@ def select(
         cells = []
         for line in result["strategies"].values():
             half = (line["ci95"] or line["std"])[k]
-            cells.append(f"{line['mean'][k]:.4f}" + (f" ± {half:.4f}" if half > 0 else ""))
+            cells.append(
+                f"{line['mean'][k]:.4f}" + (f" ± {half:.4f}" if round(half, 4) > 0 else "")
+            )
         table.add_row(str(k + 1), *cells)
     table.add_row(
         "mean",
