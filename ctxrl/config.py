@@ -431,10 +431,11 @@ def _strategies_for_grid(config: SweepConfig, registry: Registry, grid: ContextG
     """On a grid of several varied features: the default strategy and comparisons that work
     on one feature only are replaced (the strategy by ``mbtl-gp``) or left out; one named in
     the config is an error naming it, before any training."""
-    dims = len(grid.shape)
+    varied_features = [f for f, points in zip(grid.features, grid.shape, strict=True) if points > 1]
+    dims = len(varied_features)  # an axis of one point (num: 1) varies nothing
     if dims < 2:
         return config
-    varied = ", ".join(grid.features)
+    varied = ", ".join(varied_features)
 
     def one_dimensional(name: str) -> bool:
         try:

@@ -169,6 +169,16 @@ def test_bad_config_is_named(overrides: list[str], message: str) -> None:
     assert message in str(excinfo.value)
 
 
+def test_a_feature_of_one_point_does_not_make_a_grid_of_two_features() -> None:
+    """``num: 1`` (what the grid's own error suggests for a fixed value) keeps the quickstart's
+    one-feature comparisons; a second feature of two points does not."""
+    plan = _plan("features.masscart={num: 1, low: 1.5}")
+    assert plan.grid.shape == (20, 1)
+    assert {"greedy", "equidistant"} <= set(plan.config.compare)
+    with pytest.raises(ConfigError, match=r"this grid varies 2 \(length, masscart\)"):
+        _plan("features.masscart={num: 2, low: 1.0, high: 1.5}")
+
+
 @pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA")
 def test_an_unavailable_device_is_named() -> None:
     with pytest.raises(ConfigError, match="device: 'cuda' is not available"):

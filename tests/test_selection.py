@@ -118,8 +118,21 @@ def test_budget_outside_range_is_named() -> None:
 
 def test_one_dimensional_strategies_reject_grids_of_two_features() -> None:
     coords = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
-    with pytest.raises(CtxrlError, match="'greedy' works on one varied feature"):
+    message = "'greedy' works on one varied feature; this grid varies 2"
+    with pytest.raises(CtxrlError, match=message):
         replay(_strategy("greedy"), np.eye(4), coords, 2)
+
+
+@pytest.mark.parametrize("name", ["greedy", "equidistant"])
+def test_an_axis_of_one_point_does_not_count_as_varied(name: str) -> None:
+    """A feature given with ``num: 1`` is a grid axis of one point: its coordinate is constant,
+    and the one-feature strategies choose as they do on the varied feature alone."""
+    line = np.linspace(0, 1, 11)[:, None]
+    with_point = np.hstack([np.zeros((11, 1)), line])  # the one-point axis first
+    assert (
+        replay(_strategy(name), np.eye(11), with_point, 4).order
+        == replay(_strategy(name), np.eye(11), line, 4).order
+    )
 
 
 @pytest.mark.parametrize("name", get_host().registry.names("strategy"))

@@ -25,11 +25,14 @@ from ctxrl.selection import SelectionState, Strategy, nearest_index
 
 
 def _one_dimensional(state: SelectionState, name: str) -> np.ndarray:
-    if state.coords.shape[1] != 1:
+    """The one varied coordinate ``(N,)`` of the contexts (an axis of a single point, a
+    constant column, does not count)."""
+    varied = [j for j in range(state.coords.shape[1]) if np.ptp(state.coords[:, j]) > 0]
+    if len(varied) > 1:
         raise CtxrlError(
-            f"strategy {name!r} works on one varied feature; this grid has {state.coords.shape[1]}"
+            f"strategy {name!r} works on one varied feature; this grid varies {len(varied)}"
         )
-    values: np.ndarray = state.coords[:, 0]
+    values: np.ndarray = state.coords[:, varied[0] if varied else 0]
     if np.any(np.diff(values) < 0):
         raise CtxrlError(f"strategy {name!r} needs contexts in increasing order")
     return values
