@@ -41,7 +41,13 @@ def read_plan_file(run_dir: Path) -> dict[str, Any]:
     what is missing or damaged."""
     plan_file = run_dir / PLAN_FILE
     if not plan_file.is_file():
-        raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE})")
+        held = [p.parent.name for p in run_dir.glob(f"*/{PLAN_FILE}")] if run_dir.is_dir() else []
+        hint = ""
+        if held:
+            held.sort()
+            listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            hint = f"; it holds the run directories {listed}"
+        raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE}){hint}")
     try:
         stored = yaml.safe_load(plan_file.read_text())
     except yaml.YAMLError as exc:

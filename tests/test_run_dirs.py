@@ -163,6 +163,17 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     assert (folder / "summary.md").read_text() == "results of an earlier machine\n"
 
 
+def test_report_on_the_output_dir_names_the_run_directories_in_it(finished: Path) -> None:
+    """``ctxrl report runs`` (the output_dir, not a run directory in it) says which run
+    directories it holds."""
+    result = _cli("report", str(finished.parent))
+    assert result.exit_code == 2
+    assert f"{finished.parent} is not a run directory (no plan.yaml); it holds the run " in (
+        result.stderr
+    )
+    assert finished.name in result.stderr
+
+
 def test_report_removes_figures_it_no_longer_draws(finished: Path, tmp_path: Path) -> None:
     """Once a run is missing, the selection curves cannot be drawn: their old figures go too,
     rather than stay beside a summary that no longer shows them."""
