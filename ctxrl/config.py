@@ -372,17 +372,20 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         raise ConfigError(f"strategy.name: {exc}") from None
     assert strategy is not None
     _check_strategy_options(strategy, config.strategy.options)
-    if config.mode == "select":
-        if strategy.requires_full_matrix:
-            raise ConfigError(
-                f"strategy.name: {strategy.name!r} needs the full matrix; use it with "
-                "`ctxrl select` on a finished full sweep"
-            )
-        budget = config.strategy.budget
-        if budget is None or budget > len(grid):
-            raise ConfigError(
-                f"strategy.budget: K = {budget} must be set and at most N = {len(grid)} contexts"
-            )
+    if config.mode == "select" and strategy.requires_full_matrix:
+        raise ConfigError(
+            f"strategy.name: {strategy.name!r} needs the full matrix; use it with "
+            "`ctxrl select` on a finished full sweep"
+        )
+    budget = config.strategy.budget
+    too_many = budget is not None and budget > len(grid)
+    # a full run stored before this check is still read (its summary replays at most N)
+    if (config.mode == "select" and (budget is None or too_many)) or (training and too_many):
+        raise ConfigError(
+            f"strategy.budget: K = {budget} must be set and at most N = {len(grid)} contexts"
+            if config.mode == "select"
+            else f"strategy.budget: K = {budget} is more sources than the N = {len(grid)} contexts"
+        )
     for name in config.compare:
         try:
             registry.strategy(name)
@@ -461,6 +464,9 @@ def _strategies_for_grid(config: SweepConfig, registry: Registry, grid: ContextG
 
 
 _UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
+_MISSING_ARGUMENTS = re.compile(
+    r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$"
+)
 
 
 def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str) -> Any:
@@ -472,6 +478,9 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
         return factory(**options)
     except TypeError as exc:
         match = _UNEXPECTED_KEYWORD.search(str(exc))
+        missing = _MISSING_ARGUMENTS.search(str(exc))
+        if match is None and missing is not None:
+            raise ConfigError(f"{where}: the option {missing.group(1)} must be given") from None
         if match is None:
             raise ConfigError(f"{where}: {exc}") from None
         takes = option_names(factory)

@@ -70,6 +70,11 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "strategy.name: no plugin provides the strategy 'nope'",
         ),
         (["mode=select", "strategy.budget=21"], "K = 21 must be set and at most N = 20"),
+        (["strategy.budget=50"], "strategy.budget: K = 50 is more sources than the N = 20"),
+        (
+            ["transfer={name: distill, options: {mode: dagger}}"],
+            "transfer.options: 'distill': the option 'steps' must be given",
+        ),
         (
             ["mode=select", "strategy.name=sequential-oracle", "strategy.budget=2"],
             "needs the full matrix",
