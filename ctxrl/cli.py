@@ -96,6 +96,11 @@ class _Root(click.Group):
             # escaped: a message's own brackets ("[lower, upper]") are text, not rich markup
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except OSError as exc:  # a folder that cannot be made, a full disk: named, no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            message = f"{where}{exc.strerror or exc}"
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})

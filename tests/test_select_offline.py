@@ -193,6 +193,11 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     assert matrix.shape == (512, 512) and matrix[0, 0] == 500.0
     bad = _cli("synth", "--out", str(tmp_path), "--setting", "f=cubic,g=none,h=l1")
     assert bad.exit_code == 2 and "f='cubic'" in bad.stderr
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made under a file
+    unwritable = _cli("synth", "--out", str(tmp_path / "a-file" / "out"), "--trials", "1")
+    assert unwritable.exit_code == 1 and "Traceback" not in unwritable.output
+    assert f"error: {tmp_path / 'a-file' / 'out'}" in unwritable.stderr
+    assert "Not a directory" in unwritable.stderr
 
 
 def test_bad_matrix_input_is_named_before_any_replay(cube_run: Path, tmp_path: Path) -> None:
