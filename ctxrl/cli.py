@@ -43,11 +43,14 @@ def _host(ctx: click.Context) -> Host:
 
 
 def _warn_failed(host: Host) -> None:
+    """Plugins that failed to load, and block or allow lists that name no plugin."""
     for info in host.failed():
         err.print(
             f"[yellow]warning:[/] plugin {info.name!r} "
             f"({info.distribution or 'inline'}) failed to load: {info.error}"
         )
+    for message in host.unmatched_controls():
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _restore_environment(saved: dict[str, str | None]) -> None:
@@ -137,6 +140,8 @@ def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List plugins: version, status, hooks implemented and what each provides."""
     host = _host(ctx)
+    for message in host.unmatched_controls():
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     infos = list(host.plugins.values())
     if as_json:
         click.echo(json.dumps([p.to_json() for p in infos], indent=2))

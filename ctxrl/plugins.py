@@ -127,9 +127,10 @@ class Host:
         self.allow: set[str] | None = (
             None if allowed is None else {normalized_name(n) for n in allowed}
         )
-        self.block = {
-            normalized_name(n) for n in _split_names(os.environ.get(BLOCK_ENV)) | set(block)
-        }
+        blocked = _split_names(os.environ.get(BLOCK_ENV)) | set(block)
+        self.block = {normalized_name(n) for n in blocked}
+        self._spelled = {normalized_name(n): n for n in [*(allowed or ()), *blocked]}
+        """each blocked or allowed name as it was given, by its normalised form"""
         self._registered = False
 
     def _trace_hooks(self) -> None:
@@ -372,6 +373,25 @@ class Host:
 
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.status == "failed"]
+
+    def unmatched_controls(self) -> list[str]:
+        """What the block and allow lists name that no plugin here is called (by entry-point
+        or distribution name): a typo there blocks or allows nothing, so it is said."""
+        known = {
+            normalized_name(n)
+            for info in self.plugins.values()
+            for n in (info.name, info.distribution)
+            if n
+        }
+        said = []
+        for names, where in ((self.block, f"--block / {BLOCK_ENV}"), (self.allow, ALLOW_ENV)):
+            unknown = sorted(self._spelled[n] for n in (names or set()) - known)
+            if unknown:
+                said.append(
+                    f"{where} names {', '.join(map(repr, unknown))}, which no plugin here is "
+                    f"called; the plugins: {', '.join(sorted(self.plugins))}"
+                )
+        return said
 
 
 _COMMAND_OWNER = "ctxrl_plugin"

@@ -142,6 +142,18 @@ def test_block_by_flag_and_variable(run_ctxrl: Run) -> None:
     assert "  plasticity " in run_ctxrl("--help", check=True).stdout
 
 
+def test_a_block_or_allow_list_naming_no_plugin_is_said(run_ctxrl: Run) -> None:
+    """A typo in ``--block`` or ``CTXRL_PLUGINS`` blocks or allows nothing: a warning names it
+    (and the plugins there are); names that match say nothing."""
+    typo = run_ctxrl("--block", "clasic_control", "plugins", check=True)
+    assert "--block / CTXRL_BLOCK_PLUGINS names 'clasic_control', which no plugin" in typo.stderr
+    assert "classic_control" in typo.stderr.split("the plugins:")[1]
+    allowed = run_ctxrl("--no-autoload", "plugins", check=True, env={"CTXRL_PLUGINS": "batchd"})
+    assert "CTXRL_PLUGINS names 'batchd'" in allowed.stderr
+    matched = run_ctxrl("--block", "Classic-Control", "plugins", check=True)
+    assert "names" not in matched.stderr
+
+
 def test_one_process_invoking_the_cli_again_starts_from_a_clean_slate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
