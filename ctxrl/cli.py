@@ -49,6 +49,10 @@ def _warn_failed(host: Host) -> None:
             f"[yellow]warning:[/] plugin {info.name!r} "
             f"({info.distribution or 'inline'}) failed to load: {info.error}"
         )
+    _warn_unmatched_controls(host)
+
+
+def _warn_unmatched_controls(host: Host) -> None:
     for message in host.unmatched_controls():
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
@@ -140,8 +144,7 @@ def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List plugins: version, status, hooks implemented and what each provides."""
     host = _host(ctx)
-    for message in host.unmatched_controls():
-        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _warn_unmatched_controls(host)  # its table shows failures itself
     infos = list(host.plugins.values())
     if as_json:
         click.echo(json.dumps([p.to_json() for p in infos], indent=2))
