@@ -330,6 +330,24 @@ def _running_simulations(cache: Path, count: int, sweep: subprocess.Popen[str]) 
         time.sleep(0.3)
 
 
+def _signal_a_simulation(
+    cache: Path, sweep: subprocess.Popen[str], sig: int, spare: int | None = None
+) -> int:
+    """Send ``sig`` to a connected SUMO process of the sweep other than ``spare``; return its pid.
+    sumo-rl starts a SUMO process an episode, so one seen running may have ended by the time it
+    is signalled: then another is taken."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for pid in sorted(_running_simulations(cache, 1, sweep) - {spare}):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:  # its episode ended meanwhile
+                continue
+            return pid
+        time.sleep(0.3)
+    raise AssertionError(f"no SUMO process of the sweep took signal {sig}")
+
+
 def _gone(cache: Path, within_s: float = 30.0) -> bool:
     """Whether every SUMO process of the sweeps with cache ``cache`` has ended (processes take
     a moment to exit after their TraCI connection closes or their parent dies)."""
@@ -372,9 +390,9 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
     cache = tmp_path / "cache"
     sweep = start_ctxrl("sweep", str(config), env={"CTXRL_CACHE_DIR": str(cache)})
     try:
-        crashed, stuck = sorted(_running_simulations(cache, 2, sweep))[:2]
-        os.kill(crashed, signal.SIGKILL)
-        os.kill(stuck, signal.SIGSTOP)
+        _running_simulations(cache, 2, sweep)
+        crashed = _signal_a_simulation(cache, sweep, signal.SIGKILL)
+        _signal_a_simulation(cache, sweep, signal.SIGSTOP, spare=crashed)
         _, stderr = sweep.communicate(timeout=400)
     finally:
         if sweep.poll() is None:
