@@ -346,8 +346,8 @@ class GapResidual:
     the gap fitted on the observed rows (or the ``gap`` given) and ``c_i`` the row's median
     level. The set point's own uncertainty is the GP's part of the band, so the row's level,
     not its noisy entry ``J_ii``, anchors it. Measured alternatives (``benchmarks/gp_heldout.py``,
-    RESULTS.md): anchoring on ``J_ii`` counts its noise twice (95 % bands covering 96-100 %),
-    and leaving the row out of the slope fit widens them further (99-100 %)."""
+    RESULTS.md): anchoring on ``J_ii`` counts its noise twice (bands wider than their nominal
+    coverage), and leaving the row out of the slope fit widens them further."""
 
     a: float
     b: float

@@ -37,9 +37,9 @@ Tensor = torch.Tensor
 
 DQN_CPU_COMPILE_MIN_ITERATIONS = 300_000
 """``compile: auto`` compiles batched DQN on the CPU from this many iterations (env steps per
-agent and env) on: compiling saves little per env step there (1.03-1.32x at 1-64 agents), so
-the cold-cache break-even points ``benchmarks/bench_compile.py`` measured are 12k-281k
-iterations (benchmarks/RESULTS.md, "Compiled training")."""
+agent and env) on: compiling saves little per DQN env step on the CPU, so the threshold sits
+above every cold-cache break-even point ``benchmarks/bench_compile.py`` measured
+(benchmarks/RESULTS.md, "Compiled training")."""
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,9 @@ class PPOConfig:
     rollout_segment: int = 1
     """rollout steps per call of the step function; it must divide ``num_steps``. Compiled
     (``compile``), one call runs that many steps as one graph: fewer calls (on a GPU with CUDA
-    graphs, fewer replays) for a graph that many times larger to compile; the same numbers. On
-    one CPU core at 16 CartPole agents, 4 made an iteration 1.1-1.3x faster and cost 16-24 s
-    more compiling with an empty compile cache (``benchmarks/RESULTS.md``, "Rollout
-    segments"): a gain for long runs or a filled cache, so 1 stays the default."""
+    graphs, fewer replays) for a graph that many times larger to compile; the same numbers.
+    A gain for long runs or a filled compile cache, a loss for short runs compiled cold, so 1
+    stays the default (``benchmarks/RESULTS.md``, "Rollout segments")."""
     compile: str = "off"
     """``on``: the rollout step (actor, sampling, the twin's branch-free step with auto-reset,
     critic), the minibatch loss (forward and, through AOTAutograd, backward) and Adam's

@@ -21,13 +21,11 @@ rows (``noise_std: rows``); a second GP over source and target learns what the o
 show beyond the gap model (``residual: gp``: sources on one side transferring better, targets
 hard for every source, rows of failed training); a candidate is scored by the expected rise of
 ``G`` (``acquisition: expected``) against the model's estimate of the trained rows rather than
-their noisy best entries (``best: model``). Measured against MBTL's own model (``residual:
-none, acquisition: optimistic, best: consistent``, the default until 2026-12-04): at or above
-Greedy and Random on five of six families of real and generated matrices (it was on three), and
-above the published SD-MBTL on its synthetic benchmark (aggregated 0.886 / 0.565 at noise 5 /
-30 against 0.749 / 0.055; published 0.871 / 0.310); below Greedy and Random on the 100-context
-pole-length matrices, within the intervals, where ``best: model`` alone is ahead (RESULTS.md
-"MBTL-GP on families of real matrices"; ``benchmarks/bench_mbtl_robust.py``,
+their noisy best entries (``best: model``). Against MBTL's own model (``residual: none,
+acquisition: optimistic, best: consistent``, the default until 2026-12-04) it is at or above
+Greedy and Random on more families of real and generated matrices and above the published
+SD-MBTL on its synthetic benchmark; where it is behind is measured there too (RESULTS.md "MBTL-GP
+on families of real matrices"; ``benchmarks/bench_mbtl_robust.py``,
 ``benchmarks/bench_synthetic.py``). The options that make it the reference's GP-MBTL are listed
 in ``benchmarks/bench_synthetic.py`` (``mbtl-gp-reference``).
 
