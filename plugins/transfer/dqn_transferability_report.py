@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ctxrl_plugins.transfer.dqn_transferability import ARMS, ArmResult, Pair, StudyPlan
+from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPlan
+from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
 
 METRICS = ("area_ratio", "jumpstart", "asymptote", "auc", "transfer_ratio")
 

@@ -1,0 +1,287 @@
+"""A DQN transferability study's definition: its YAML config, the transfer arms and DQN
+variants it compares, and the plan resolved from it (contexts, envs, (source, target) pairs,
+source agents from an earlier sweep). :mod:`ctxrl_plugins.transfer.dqn_transferability` is the
+study as a whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import EnvSpec, Registry
+from ctxrl.results import load_policies
+from ctxrl_plugins.transfer.studies import StrictModel, read_study_file
+
+Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
+ARMS: tuple[Arm, ...] = ("scratch", "fine-tune", "only-head", "hybrid", "keep-head")
+Variant = Literal["dqn", "double", "dueling"]
+_DEFAULT_VARIANTS: tuple[Variant, ...] = ("dqn",)
+VARIANT_PARAMS: dict[str, dict[str, bool]] = {
+    "dqn": {},
+    "double": {"double": True},
+    "dueling": {"dueling": True},
+}
+STUDY = "dqn-transferability"
+
+
+class ContextEntry(StrictModel):
+    name: str = Field(description="label of the context in tables (e.g. v0)")
+    context: dict[str, float] = Field(default_factory=dict, description="feature -> value")
+    env: str | None = Field(
+        default=None,
+        description="another env family for this entry (same observation and action spaces); "
+        "default: the study's env",
+    )
+
+
+class StudyConfig(StrictModel):
+    """A DQN transferability study, as written in YAML."""
+
+    env: str = Field(description="environment registry name")
+    contexts: list[ContextEntry] = Field(min_length=1, description="sources = targets")
+    pairs: Literal["all", "self", "cross"] = Field(
+        default="all", description="which (source, target) pairs: all, self only, cross only"
+    )
+    algorithm: dict[str, Any] = Field(
+        default_factory=dict, description="batched-dqn hyperparameters (params)"
+    )
+    preset: str | None = Field(default=None, description="batched-dqn preset")
+    variants: list[Variant] = Field(default_factory=lambda: list(_DEFAULT_VARIANTS), min_length=1)
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    train_steps: int = Field(gt=0, description="env steps per agent, every arm (same grid)")
+    curve_every: int = Field(gt=0, description="env steps between learning-curve points")
+    curve_episodes: int = Field(default=10, ge=1, description="episodes per curve point")
+    threshold: float | None = Field(
+        default=None, description="normalised return for time to threshold (default 0.9)"
+    )
+    sources_from: Path | None = Field(
+        default=None,
+        description="a batched-dqn sweep's run directory whose agents are the sources "
+        "(matched by context and seed); default: the study's own scratch agents",
+    )
+    device: str = Field(default="cpu")
+    output_dir: Path = Field(default=Path("runs"))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds {value} repeat a seed")
+        return value
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: list[Arm]) -> list[Arm]:
+        if "scratch" not in value:
+            value = ["scratch", *value]
+        if "hybrid" in value and not {"fine-tune", "only-head"} <= set(value):
+            raise ValueError("the hybrid arm needs the fine-tune and only-head arms")
+        return list(dict.fromkeys(value))
+
+    def plan_hash(self) -> str:
+        data = self.model_dump(mode="json", exclude={"output_dir", "device"})
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; errors name the field and the file."""
+    return read_study_file(path, StudyConfig)
+
+
+@dataclass(frozen=True)
+class Pair:
+    source: int
+    target: int
+
+
+@dataclass
+class SourceAgents:
+    """Source agents read from a sweep's run directory (``sources_from``).
+
+    Attributes:
+        run_dir: the sweep's run directory.
+        params: its agents' parameters stacked over runs, ``(runs, ...)`` each.
+        rows: (context index in the study, seed) -> the row of ``params`` holding that agent.
+    """
+
+    run_dir: Path
+    params: dict[str, Any]
+    rows: dict[tuple[int, int], int]
+
+
+@dataclass
+class StudyPlan:
+    """A validated study: the env, its contexts and the pairs."""
+
+    config: StudyConfig
+    env: EnvSpec
+    contexts: list[dict[str, float]]
+    names: list[str]
+    pairs: list[Pair]
+    params: dict[str, Any]
+    envs: list[EnvSpec]
+    """each context's env family (the study's env unless an entry names another)"""
+    sources: SourceAgents | None = None
+    """the source agents when ``sources_from`` is given (else the scratch arm's)"""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.output_dir / f"dqn-transfer-{self.env.name}-{self.config.plan_hash()}"
+
+
+def resolve_study(
+    config: StudyConfig, registry: Registry, *, load_sources: bool = True
+) -> StudyPlan:
+    """Check names, contexts and hyperparameters before anything trains; with
+    ``load_sources`` also read and check the agents of ``sources_from`` (a report of the
+    finished arms does not need them)."""
+    env = _dqn_env(registry, config.env, "env")
+    contexts, envs = [], []
+    for index, entry in enumerate(config.contexts):
+        entry_env = (
+            env if entry.env is None else _dqn_env(registry, entry.env, f"contexts[{index}].env")
+        )
+        try:
+            contexts.append(entry_env.context_space.validate(entry.context).as_dict())
+        except CtxrlError as exc:
+            raise ConfigError(f"contexts[{index}].context: {exc}") from None
+        envs.append(entry_env)
+    names = [entry.name for entry in config.contexts]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"contexts: names {names} repeat a name")
+    algorithm = registry.algorithm("batched-dqn")
+    params: dict[str, Any] = {}
+    if config.preset is not None:
+        if config.preset not in algorithm.presets:
+            raise ConfigError(
+                f"preset: batched-dqn has no preset {config.preset!r}; available: "
+                f"{', '.join(sorted(algorithm.presets))}"
+            )
+        params.update(algorithm.presets[config.preset])
+    params.update(config.algorithm)
+    for variant in config.variants:
+        try:
+            algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
+        except CtxrlError as exc:
+            raise ConfigError(f"algorithm: {exc}") from None
+    n = len(contexts)
+    pairs = [
+        Pair(s, t)
+        for s in range(n)
+        for t in range(n)
+        if config.pairs == "all" or (config.pairs == "self") == (s == t)
+    ]
+    if not pairs:
+        raise ConfigError(f"pairs: {config.pairs!r} leaves no pair among {n} contexts")
+    _check_spaces(config, envs, names, pairs)
+    sources = (
+        _sweep_sources(config, registry, contexts, envs, names, pairs, params)
+        if load_sources
+        else None
+    )
+    return StudyPlan(config, env, contexts, names, pairs, params, envs, sources)
+
+
+def _dqn_env(registry: Registry, name: str, field: str) -> EnvSpec:
+    try:
+        env = registry.env(name)
+    except CtxrlError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    if env.action_space != "discrete":
+        raise ConfigError(f"{field}: DQN needs discrete actions; {env.name!r} is continuous")
+    if env.make_batched is None:
+        raise ConfigError(f"{field}: {env.name!r} has no torch twin; batched-dqn needs one")
+    return env
+
+
+def _check_spaces(
+    config: StudyConfig, envs: Sequence[EnvSpec], names: Sequence[str], pairs: Sequence[Pair]
+) -> None:
+    """Every warm-started arm needs a source whose network fits the target: the same
+    observation size and number of actions (checked on the twins, which the agents use)."""
+    shapes = {}
+    for env in {e.name: e for e in envs}.values():
+        assert env.make_batched is not None
+        twin = env.make_batched(1)
+        shapes[env.name] = (int(twin.observation_size), twin.discrete_actions)
+    transfer_arms = [arm for arm in config.arms if arm != "scratch"]
+    misfits = [p for p in pairs if shapes[envs[p.source].name] != shapes[envs[p.target].name]]
+    if misfits and transfer_arms:
+        first = misfits[0]
+        source, target = envs[first.source], envs[first.target]
+        raise ConfigError(
+            f"contexts: {len(misfits)} pair(s) cannot transfer, e.g. {names[first.source]} "
+            f"({source.name}: observations {shapes[source.name][0]}, actions "
+            f"{shapes[source.name][1]}) -> {names[first.target]} ({target.name}: observations "
+            f"{shapes[target.name][0]}, actions {shapes[target.name][1]}): the arms "
+            f"{', '.join(transfer_arms)} are impossible for them; use envs with the same "
+            "spaces, or pairs: self"
+        )
+
+
+def _sweep_sources(
+    config: StudyConfig,
+    registry: Registry,
+    contexts: Sequence[dict[str, float]],
+    envs: Sequence[EnvSpec],
+    names: Sequence[str],
+    pairs: Sequence[Pair],
+    params: Mapping[str, Any],
+) -> SourceAgents | None:
+    """The agents of ``sources_from``, checked before anything trains: a batched-dqn sweep
+    whose network is every variant's, with a finished run for each (source context, seed)."""
+    run_dir = config.sources_from
+    if run_dir is None or not any(arm != "scratch" for arm in config.arms):
+        return None
+    field = f"sources_from: {run_dir}"
+    try:
+        loaded = load_policies(run_dir, algorithm="batched-dqn")
+    except CtxrlError as exc:
+        raise ConfigError(f"sources_from: {exc}") from None
+    trained = cast(Any, loaded.algorithm).config
+    factory = registry.algorithm("batched-dqn").factory
+    for variant in config.variants:
+        wanted = cast(Any, factory({**params, **VARIANT_PARAMS[variant]}, device="cpu")).config
+        for key in ("hidden", "dueling", "activation"):
+            if getattr(trained, key) != getattr(wanted, key):
+                raise ConfigError(
+                    f"{field}: its agents have {key}={getattr(trained, key)!r}, the "
+                    f"{variant!r} variant's network {key}={getattr(wanted, key)!r}"
+                )
+    source_contexts = sorted({pair.source for pair in pairs})
+    rows: dict[tuple[int, int], int] = {}
+    for row, (run, context) in enumerate(zip(loaded.runs, loaded.contexts, strict=True)):
+        for c in source_contexts:
+            if run.env == envs[c].name and _same_context(envs[c], context, contexts[c]):
+                rows.setdefault((c, run.seed), row)
+    for c in source_contexts:
+        for seed in config.seeds:
+            if (c, seed) not in rows:
+                raise ConfigError(
+                    f"{field}: no finished {envs[c].name} run at context {names[c]} "
+                    f"({contexts[c]}) with seed {seed}; the sweep holds {len(loaded)} finished "
+                    f"run(s) of {loaded.env.name}"
+                )
+    return SourceAgents(run_dir, loaded.stacked_params(), rows)
+
+
+def _same_context(env: EnvSpec, stored: Mapping[str, float], wanted: Mapping[str, float]) -> bool:
+    """Whether a sweep run's context is the study context ``wanted`` (both completed with the
+    env's defaults; values equal to float tolerance)."""
+    try:
+        full = env.context_space.validate(dict(stored)).as_dict()
+    except CtxrlError:
+        return False
+    return full.keys() == wanted.keys() and all(
+        np.isclose(full[k], wanted[k], rtol=1e-9, atol=0.0) for k in full
+    )
