@@ -177,6 +177,7 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
         ({"contexts": [{"name": "a", "context": {"length": 99.0}}]}, r"contexts\[0\].context"),
         ({"contexts": [{"name": "a"}, {"name": "a"}]}, "repeat a name"),
         ({"algorithm": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
+        ({"preset": "nope"}, "preset: batched-dqn has no preset 'nope'; available: "),
         ({"seeds": [0, 0]}, "repeat a seed"),
         ({"pairs": "cross", "contexts": [{"name": "a"}]}, "leaves no pair"),
         (

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec, Registry
 from ctxrl.results import load_policies
-from ctxrl_plugins.transfer.studies import StrictModel, read_study_file
+from ctxrl_plugins.transfer.studies import StrictModel, preset_params, read_study_file
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
 ARMS: tuple[Arm, ...] = ("scratch", "fine-tune", "only-head", "hybrid", "keep-head")
@@ -160,15 +160,7 @@ def resolve_study(
     if len(set(names)) != len(names):
         raise ConfigError(f"contexts: names {names} repeat a name")
     algorithm = registry.algorithm("batched-dqn")
-    params: dict[str, Any] = {}
-    if config.preset is not None:
-        if config.preset not in algorithm.presets:
-            raise ConfigError(
-                f"preset: batched-dqn has no preset {config.preset!r}; available: "
-                f"{', '.join(sorted(algorithm.presets))}"
-            )
-        params.update(algorithm.presets[config.preset])
-    params.update(config.algorithm)
+    params = preset_params(algorithm, config.preset, config.algorithm)
     for variant in config.variants:
         try:
             algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)

@@ -45,7 +45,13 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
-from ctxrl_plugins.transfer.studies import StrictModel, StudyOnly, open_run_dir, read_study_file
+from ctxrl_plugins.transfer.studies import (
+    StrictModel,
+    StudyOnly,
+    open_run_dir,
+    preset_params,
+    read_study_file,
+)
 
 STUDY = "plasticity"
 BASELINE = "none"
@@ -180,15 +186,7 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     if env.make_batched is None:
         raise ConfigError(f"env: {config.env!r} has no torch twin; the batched trainers need one")
     algorithm = registry.algorithm(config.algorithm)
-    params: dict[str, Any] = {}
-    if config.preset is not None:
-        if config.preset not in algorithm.presets:
-            raise ConfigError(
-                f"preset: {config.algorithm} has no preset {config.preset!r}; available: "
-                f"{', '.join(sorted(algorithm.presets)) or 'none'}"
-            )
-        params.update(algorithm.presets[config.preset])
-    params.update(config.params)
+    params = preset_params(algorithm, config.preset, config.params)
     try:
         cast(Any, algorithm.factory(params, device=config.device)).check_env(env)
     except CtxrlError as exc:

@@ -1,10 +1,11 @@
 """What the transfer studies (DQN transferability, plasticity) share: the strict config base,
 reading a study file with errors that name the file and the field, opening a run directory that
-refuses another study's results, and the transfer-method object of a study that runs from its
-own command."""
+refuses another study's results, an algorithm's parameters from a preset and the study's own,
+and the transfer-method object of a study that runs from its own command."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.registry import AlgorithmSpec
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -56,6 +58,24 @@ def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, An
     else:
         data = {"study": study, "plan_hash": plan_hash, "config": config}
         plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def preset_params(
+    algorithm: AlgorithmSpec, preset: str | None, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The algorithm's parameters for a study: its ``preset``'s (none when None), updated with
+    the study's own ``params``. An unknown preset is a :class:`ConfigError` naming the field
+    and the presets there are."""
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in algorithm.presets:
+            raise ConfigError(
+                f"preset: {algorithm.name} has no preset {preset!r}; available: "
+                f"{', '.join(sorted(algorithm.presets)) or 'none'}"
+            )
+        merged.update(algorithm.presets[preset])
+    merged.update(params)
+    return merged
 
 
 class StudyOnly:
