@@ -18,7 +18,12 @@ from pydantic import Field, field_validator
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec, Registry
 from ctxrl.results import load_policies
-from ctxrl_plugins.transfer.studies import StrictModel, preset_params, read_study_file
+from ctxrl_plugins.transfer.studies import (
+    StrictModel,
+    distinct_seeds,
+    preset_params,
+    read_study_file,
+)
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
 ARMS: tuple[Arm, ...] = ("scratch", "fine-tune", "only-head", "hybrid", "keep-head")
@@ -74,9 +79,7 @@ class StudyConfig(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds {value} repeat a seed")
-        return value
+        return distinct_seeds(value)
 
     @field_validator("arms")
     @classmethod

@@ -48,6 +48,7 @@ from ctxrl.schedules import ContextSchedule, schedule_from_dict
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
     StudyOnly,
+    distinct_seeds,
     open_run_dir,
     preset_params,
     read_study_file,
@@ -87,8 +88,7 @@ class ArmsConfig(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds {value} repeat a seed")
+        distinct_seeds(value)
         if any(s < 0 for s in value):
             raise ValueError(f"seeds {value}: seeds are integers >= 0")
         return value

@@ -60,6 +60,14 @@ def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, An
         plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def distinct_seeds(seeds: list[int]) -> list[int]:
+    """``seeds`` unchanged when no seed repeats; a ``ValueError`` naming them otherwise (for a
+    study model's ``seeds`` validator)."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed")
+    return seeds
+
+
 def preset_params(
     algorithm: AlgorithmSpec, preset: str | None, params: Mapping[str, Any]
 ) -> dict[str, Any]:
