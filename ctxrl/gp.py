@@ -422,7 +422,9 @@ class RowResidualGP:
     (``k x k`` and ``N x N``) instead of one of ``kN x kN`` (Saatci 2012, ch. 5). The
     hyperparameters maximise the marginal likelihood over the grid
     :data:`RESIDUAL_LENGTHSCALES` x :data:`RESIDUAL_SIGNAL_STDS` x
-    :data:`RESIDUAL_NOISE_STDS`.
+    :data:`RESIDUAL_NOISE_STDS`. With a single source the likelihood is the same at every source
+    lengthscale; the longest is taken, so that the one row's residual (over the targets) is
+    expected of every source until a second row shows how far it reaches.
 
     Args:
         sources: ``(k, d)`` coordinates of the observed sources.
@@ -443,9 +445,13 @@ class RowResidualGP:
         cache = {} if target_cache is None else target_cache
         signal = np.array(RESIDUAL_SIGNAL_STDS)[:, None, None, None] ** 2
         noise = np.array(RESIDUAL_NOISE_STDS)[None, :, None, None] ** 2
-        best = (-np.inf, RESIDUAL_LENGTHSCALES[0], RESIDUAL_LENGTHSCALES[0], 0.0, 0.0)
-        source_eigen = {scale: _eigen(sources, scale) for scale in RESIDUAL_LENGTHSCALES}
-        for source_scale in RESIDUAL_LENGTHSCALES:
+        # with one source its 1 x 1 kernel is 1 at every lengthscale and the likelihood cannot
+        # tell them apart: the one row's residual is taken as shared by all sources (the
+        # longest lengthscale) until a second row shows how far it reaches
+        source_scales = RESIDUAL_LENGTHSCALES if len(sources) > 1 else RESIDUAL_LENGTHSCALES[-1:]
+        best = (-np.inf, source_scales[0], RESIDUAL_LENGTHSCALES[0], 0.0, 0.0)
+        source_eigen = {scale: _eigen(sources, scale) for scale in source_scales}
+        for source_scale in source_scales:
             _, lam, u = source_eigen[source_scale]
             for target_scale in RESIDUAL_LENGTHSCALES:
                 if target_scale not in cache:

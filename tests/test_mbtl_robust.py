@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctxrl import CtxrlError
-from ctxrl.gp import GapModel, RowResidualGP, rbf_kernel
+from ctxrl.gp import RESIDUAL_LENGTHSCALES, GapModel, RowResidualGP, rbf_kernel
 from ctxrl.offline import load_trials, mean_ci, normalised_trials
 from ctxrl.plugins import get_host
 from ctxrl.selection import SelectionState, replay
@@ -157,6 +157,20 @@ def test_the_residual_gp_predicts_unseen_rows_and_measures_the_noise() -> None:
     assert np.sqrt(np.mean((mean[unseen] - truth) ** 2)) < 0.02
     assert np.sqrt(np.mean(truth**2)) > 0.08  # predicting 0 would be far off
     assert std[observed].mean() < std[unseen].mean()
+
+
+def test_with_one_row_the_residual_gp_shares_it_with_every_source() -> None:
+    """One observed row cannot tell the source lengthscales apart (its 1 x 1 kernel is 1 at
+    all of them): the row's residual pattern is taken as shared by every source, so a far
+    candidate's predicted residual follows it instead of falling back to 0."""
+    rng = np.random.default_rng(2)
+    residual = 0.2 * np.cos(4 * X) + rng.normal(0, 0.02, N)
+    gp = RowResidualGP(X[[N // 2], None], X[:, None], residual[None, :])
+    assert gp.source_scale == RESIDUAL_LENGTHSCALES[-1]
+    mean, _ = gp.predict(X[[0, N - 1], None])  # the two ends, half the space away
+    for row in mean:
+        assert np.corrcoef(row, residual)[0, 1] > 0.9
+        assert np.abs(row).max() > 0.5 * np.abs(residual).max()
 
 
 def test_the_residual_gp_posterior_is_the_dense_gp_posterior() -> None:
