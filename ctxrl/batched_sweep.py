@@ -61,7 +61,7 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     outcome.skipped += len(agents) - pending
     if not pending:
         return
-    _warn_other_partitions(session, agents, shards)
+    shards = _continue_other_partitions(plan, session.console, agents, shards)
     if len(shards) == 1:
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
@@ -79,37 +79,52 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     _run_shards(session, shards, executor)
 
 
-def _warn_other_partitions(
-    session: SweepSession, agents: list[tuple[int, int]], shards: list[list[tuple[int, int]]]
-) -> None:
-    """Say so where this group's pending agents have a checkpoint written under another
-    ``executor.shards`` (changed between a kill and this rerun): a checkpoint is found by the
-    agents of its program, so those agents train again from the start; naming the count it
-    was written with lets the user continue from it instead."""
-    plan, config = session.plan, session.plan.config
+def _continue_other_partitions(
+    plan: SweepPlan,
+    console: Console,
+    agents: list[tuple[int, int]],
+    shards: list[list[tuple[int, int]]],
+) -> list[list[tuple[int, int]]]:
+    """The programs to run for this group's pending ``shards``: a checkpoint written under
+    another ``executor.shards`` (changed between a kill and this rerun) whose agents are all
+    pending is continued as the program it was, and the other pending agents keep their shards
+    of this count, less the agents that checkpoint holds. A checkpoint is found by the agents of
+    its program and an agent's numbers never depend on the rest of its batch, so the runs are
+    the same as with either count alone; each continued checkpoint is named. The shards of
+    this count that remain keep their names across reruns: once a continued program has
+    stored its agents, this count's split less those finished agents is the same list."""
+    config = plan.config
     folder = plan.run_dir / "checkpoints"
     if not folder.is_dir() or not any(folder.glob("batch-*.safetensors")):
-        return
+        return shards
     pending = {agent for shard in shards for agent in shard}
     ids = {agent: _agent_id(plan, agent) for agent in agents}
-    current = {_checkpoint_path(plan, [ids[a] for a in shard]).name for shard in shards}
+
+    def checkpointed(shard: list[tuple[int, int]]) -> bool:
+        path = _checkpoint_path(plan, [ids[a] for a in shard])
+        return path.with_suffix(".safetensors").exists()
+
+    # this count's own checkpoints first; then, per other count, shards not yet covered
+    continued = [shard for shard in shards if checkpointed(shard)]
+    covered = {agent for shard in continued for agent in shard}
     for count in range(1, min(len(agents), 256) + 1):
         if count == config.executor.shards:
             continue
         for shard in _split(agents, count):
-            path = _checkpoint_path(plan, [ids[a] for a in shard])
-            if (
-                path.name not in current
-                and set(shard) <= pending
-                and path.with_suffix(".safetensors").exists()
-            ):
-                file = escape(str(path.with_suffix(".safetensors")))
-                session.console.print(
-                    f"[yellow]{file}[/] holds {len(shard)} of these agents as trained with "
-                    f"executor.shards: {count} (now {config.executor.shards}): they train again "
-                    f"from the start; rerun with executor.shards: {count} to continue from it",
+            if set(shard) <= pending - covered and checkpointed(shard):
+                file = escape(str(_checkpoint_path(plan, [ids[a] for a in shard])))
+                console.print(
+                    f"[yellow]{file}.safetensors[/] holds {len(shard)} of these agents as "
+                    f"trained with executor.shards: {count} (now {config.executor.shards}): "
+                    "continuing them as that program",
                     highlight=False,
                 )
+                continued.append(shard)
+                covered.update(shard)
+    if len(continued) == sum(1 for shard in shards if checkpointed(shard)):
+        return shards  # nothing of another count
+    rest = [[a for a in shard if a not in covered] for shard in shards]
+    return continued + [shard for shard in rest if shard]
 
 
 def _settle(

@@ -13,7 +13,12 @@ import pytest
 from conftest import requires_ray
 from rich.console import Console
 
-from ctxrl.batched_sweep import _checkpoint_path, _split, _training_options
+from ctxrl.batched_sweep import (
+    _checkpoint_path,
+    _continue_other_partitions,
+    _split,
+    _training_options,
+)
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
 from ctxrl.plugins import get_host
@@ -123,18 +128,54 @@ def test_a_killed_shard_resumes_from_its_own_checkpoint(
 
 
 @pytest.mark.long
-def test_a_checkpoint_of_another_shard_count_is_named(tmp_path: Path) -> None:
+def test_a_checkpoint_of_another_shard_count_is_continued(
+    one_program: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
     """Killed with two shards, rerun as one program: the second shard's checkpoint is not that
-    program's, so its agents train from the start, and the sweep says which shard count would
-    continue from it."""
+    program's, so it is continued as the program it was (named), the other three agents train
+    as what is left of the one program, and every stored number equals the one-program
+    sweep's."""
     plan = _plan(tmp_path / "runs", shards=1)
     checkpoint = _checkpoint_second_of_two_shards(plan)
     printed = io.StringIO()
     outcome = run_sweep(plan, console=Console(file=printed, width=400))
-    assert outcome.trained == 6 and outcome.resumed == 0 and not outcome.failed
     said = printed.getvalue()
+    assert outcome.trained == 6 and outcome.resumed == 3 and not outcome.failed, said
     assert f"{checkpoint.with_suffix('.safetensors')} holds 3 of these agents" in said, said
-    assert "executor.shards: 2 (now 1)" in said and "rerun with executor.shards: 2" in said
+    assert "executor.shards: 2 (now 1): continuing them as that program" in said
+    assert "6 CartPole agents in 2 shards" in said
+    assert not list((outcome.run_dir / "checkpoints").iterdir())
+    assert _stored(outcome.run_dir) == one_program
+
+
+def test_the_programs_of_a_rerun_under_another_shard_count(tmp_path: Path) -> None:
+    """Which programs a rerun runs when checkpoints of other shard counts lie in the run
+    directory: each one whose agents are all pending is continued as it was (this count's own
+    first, no agent in two programs), and this count's shards lose the agents they hold."""
+    plan = _plan(tmp_path / "runs", shards=3)
+    agents = [(source, seed) for source in range(3) for seed in (0, 1)]
+    (plan.run_dir / "checkpoints").mkdir(parents=True)
+
+    def leave_checkpoint(shard: list[tuple[int, int]]) -> None:
+        ids = [run_id(Task(plan.env.name, plan.grid.contexts[s]), seed) for s, seed in shard]
+        _checkpoint_path(plan, ids).with_suffix(".safetensors").write_bytes(b"")
+
+    def programs(shards: list[list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+        return _continue_other_partitions(plan, Console(file=io.StringIO()), agents, shards)
+
+    mine = _split(agents, 3)
+    assert programs(mine) == mine  # nothing to continue
+    leave_checkpoint(_split(agents, 2)[0])  # agents 0-2 under two shards
+    assert programs(mine) == [agents[:3], [agents[3]], agents[4:]]
+    leave_checkpoint(_split(agents, 6)[5])  # the last agent alone
+    assert programs(mine) == [agents[:3], [agents[5]], [agents[3]], [agents[4]]]
+    leave_checkpoint(_split(agents, 1)[0])  # all six as one program: the larger first
+    assert programs(mine) == [agents]
+    leave_checkpoint(mine[1])  # this count's own checkpoint before any other
+    assert programs(mine) == [mine[1], [agents[5]], agents[:2], [agents[4]]]
+    # a checkpoint holding a finished agent is not continued: agent 0 finished
+    pending = [[a for a in shard if a != agents[0]] for shard in mine]
+    assert programs(pending) == [mine[1], [agents[5]], [agents[1]], [agents[4]]]
 
 
 @pytest.mark.long
