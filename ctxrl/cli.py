@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -604,7 +605,8 @@ def transfer() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Write the exports, figures and summary.md here instead of RUN_DIR (for a run "
-    "directory you cannot write).",
+    "directory you cannot write); a transfer study's run directory is copied here and "
+    "reported in the copy.",
 )
 @click.pass_context
 def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
@@ -622,6 +624,16 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
         spec = host.registry.transfer_method(str(stored["study"]))
         if spec.report is None:
             raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
+        if out is not None and out.resolve() != run_dir.resolve():
+            # a study's report is written into its run directory: report a copy of it
+            if out.exists() and any(out.iterdir()):
+                raise CtxrlError(
+                    f"--out: {out} is not empty; a transfer study's report is written into a "
+                    "copy of its run directory there"
+                )
+            shutil.copytree(run_dir, out, dirs_exist_ok=True)
+            err.print(f"copied {run_dir} to {out} for its report", highlight=False)
+            run_dir = out
         click.echo(spec.report(run_dir))
         return
     cfg = stored_config(stored, run_dir / PLAN_FILE)

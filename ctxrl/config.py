@@ -399,7 +399,8 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if training:
-        _check_hyperparameters(config, algorithm, env)
+        built = _check_hyperparameters(config, algorithm, env)
+        _check_transfer_fits(config, registry, built, env)
     if config.mode != "select":
         strategy = None
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
@@ -414,17 +415,34 @@ def algorithm_params(config: SweepConfig, algorithm: AlgorithmSpec) -> dict[str,
     return params
 
 
-def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: EnvSpec) -> None:
+def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: EnvSpec) -> Any:
     """Build the algorithm once, so that a hyperparameter it does not take (a typo) stops the
     sweep now, not in every run after the others trained. Factories only check and store
-    their options; nothing trains here."""
+    their options; nothing trains here. Returns the algorithm object."""
     try:
-        algorithm.factory(algorithm_params(config, algorithm), device=config.device, env=env)
+        return algorithm.factory(algorithm_params(config, algorithm), device=config.device, env=env)
     except (CtxrlError, TypeError, ValueError) as exc:
         message = str(exc)
         if not message.startswith("algorithm."):
             message = f"algorithm.params: {algorithm.name!r}: {message}"
         raise ConfigError(message) from None
+
+
+def _check_transfer_fits(
+    config: SweepConfig, registry: Registry, algorithm: Any, env: EnvSpec
+) -> None:
+    """The transfer method's own check against the algorithm object and env (its optional
+    ``check(algorithm, env)``, :class:`ctxrl.transfer.TransferMethod`): e.g. fine-tuning's
+    layer names, before the sources train."""
+    method = registry.transfer_method(config.transfer.name)
+    where = f"transfer.options: {method.name!r}"
+    check = getattr(check_options(method.factory, config.transfer.options, where), "check", None)
+    if check is None:
+        return
+    try:
+        check(algorithm, env)
+    except CtxrlError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 MULTI_DIMENSIONAL_STRATEGY = "mbtl-gp"

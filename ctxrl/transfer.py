@@ -69,9 +69,44 @@ class TransferResult:
 
 @runtime_checkable
 class TransferMethod(Protocol):
-    """Turns source policies into target policies and measures them on the targets."""
+    """Turns source policies into target policies and measures them on the targets.
+
+    A method may also define ``check(algorithm, env) -> None``: a sweep calls it with the
+    algorithm object it will train the sources with and its env before anything trains, so
+    that options the algorithm cannot carry out (a layer name its networks lack, a student
+    hyperparameter it refuses) raise a :class:`~ctxrl.errors.CtxrlError` then, not after the
+    sources have trained."""
 
     def transfer(self, problem: TransferProblem) -> TransferResult: ...
+
+
+def steps_option(value: Any, option: str) -> int:
+    """``value`` as a number of env steps (an integer >= 1), or a
+    :class:`~ctxrl.errors.ConfigError` naming ``option`` (e.g. ``distill: steps``); a
+    boolean is not a count."""
+    from ctxrl.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ConfigError(f"{option} must be a whole number of env steps, got {value!r}")
+    if int(value) <= 0:
+        raise ConfigError(f"{option} must be > 0, got {value!r}")
+    return int(value)
+
+
+def number_option(value: Any, option: str, *, positive: bool = True) -> float:
+    """``value`` as a finite number, ``> 0`` (``positive``) or ``>= 0``, or a
+    :class:`~ctxrl.errors.ConfigError` naming ``option``."""
+    import math
+
+    from ctxrl.errors import ConfigError
+
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{option} must be a number {bound}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(f"{option} must be a finite number {bound}, got {value!r}")
+    return number
 
 
 def evaluate_sources(
@@ -118,4 +153,11 @@ def evaluate_sources(
     )
 
 
-__all__ = ["TransferMethod", "TransferProblem", "TransferResult", "evaluate_sources"]
+__all__ = [
+    "TransferMethod",
+    "TransferProblem",
+    "TransferResult",
+    "evaluate_sources",
+    "number_option",
+    "steps_option",
+]

@@ -110,7 +110,29 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
                 "transfer.options.steps=100",
                 "transfer.options.temperature=x",
             ],
-            "transfer.options: 'distill': could not convert string to float: 'x'",
+            "transfer.options: 'distill': distill: temperature must be a number > 0, got 'x'",
+        ),
+        (
+            ["transfer={name: distill, options: {steps: 100, temperature: .nan}}"],
+            "distill: temperature must be a finite number > 0, got nan",
+        ),
+        (
+            ["transfer={name: distill, options: {steps: 100, half_life: 0}}"],
+            "distill: half_life must be a finite number > 0, got 0",
+        ),
+        (
+            ["transfer={name: distill, options: {steps: 100, student: {learning_rat: 0.1}}}"],
+            "transfer.options: 'distill': distill: student: batched-ppo has no hyperparameter "
+            "'learning_rat'",
+        ),
+        (
+            ["transfer={name: fine-tune, options: {steps: 100, reinit: actor.hed}}"],
+            "transfer.options: 'fine-tune': reinit: 'actor.hed' matches no layer; layers: "
+            "actor.0, actor.1, actor.head, critic.0",
+        ),
+        (
+            ["transfer={name: fine-tune, options: {steps: true}}"],
+            "fine-tune: steps must be a whole number of env steps, got True",
         ),
         (
             ["executor.options.start_methd=fork"],

@@ -180,6 +180,8 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
         ({"preset": "nope"}, "preset: batched-dqn has no preset 'nope'; available: "),
         ({"seeds": [0, 0]}, "repeat a seed"),
         ({"pairs": "cross", "contexts": [{"name": "a"}]}, "leaves no pair"),
+        ({"arms": ["scratch"]}, "compares transfer arms with scratch: name at least one of"),
+        ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
         (
             {"contexts": [{"name": "a"}, {"name": "b", "env": "Acrobot"}]},
             r"2 pair\(s\) cannot transfer, e.g. a \(CartPole: observations 4, actions 2\) -> b "
@@ -196,6 +198,39 @@ def test_bad_studies_are_refused_before_training(
         config = load_study_config(_write(tmp_path, **changes))
         resolve_study(config, get_host().registry)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
+    run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """``pairs: self`` leaves the matrices' other pairs empty: written as null, not a crash
+    after training; the hybrid arm named before the two arms it is made of trains after them;
+    ``ctxrl report --out`` writes a copy and leaves the run directory as it was."""
+    tiny = {
+        "algorithm": {**STUDY["algorithm"], "learning_starts": 100, "hidden": [16]},
+        "seeds": [0],
+        "train_steps": 300,
+        "curve_every": 100,
+        "curve_episodes": 1,
+    }
+    config = load_study_config(
+        _write(tmp_path, pairs="self", arms=["hybrid", "fine-tune", "only-head"], **tiny)
+    )
+    assert config.arms == ["scratch", "fine-tune", "only-head", "hybrid"]
+    run_dir = run_study(config, get_host().registry)
+    metrics = json.loads((run_dir / "exports" / "metrics.json").read_text())
+    for arm in ("fine-tune", "only-head", "hybrid"):
+        area = metrics["variants"]["dqn"][arm]["matrices"]["area_ratio"]
+        assert area[0][1] == area[1][0] == [None, None, None]  # not run: null
+        assert area[0][0][0] is not None and area[1][1][0] is not None
+    summary = (run_dir / "summary.md").stat().st_mtime_ns
+    out = tmp_path / "report"
+    result = run_ctxrl("report", str(run_dir), "--out", str(out), check=True)
+    assert "# DQN transferability: CartPole" in result.stdout
+    assert (out / "summary.md").is_file() and (out / "exports" / "metrics.json").is_file()
+    assert (run_dir / "summary.md").stat().st_mtime_ns == summary
+    again = run_ctxrl("report", str(run_dir), "--out", str(out))
+    assert again.returncode != 0 and f"--out: {out} is not empty" in again.stderr
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:

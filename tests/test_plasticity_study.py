@@ -16,12 +16,15 @@ import yaml
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl_plugins.transfer.plasticity_study import (
+    ProgramResult,
     StudyConfig,
     StudyRunner,
+    file_name,
     load_study_config,
     resolve_study,
     run_study,
 )
+from ctxrl_plugins.transfer.plasticity_study_report import gather
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -119,7 +122,7 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
     """The baseline agents of the shared program equal a study with no other arm: arms in one
     batch do not disturb each other."""
     registry = get_host().registry
-    small = {**STUDY, "total_steps": 1024, "curve_every": 512, "output_dir": str(tmp_path)}
+    small = {**STUDY, "total_steps": 1024, "curve_every": 256, "output_dir": str(tmp_path)}
     small["schedule"] = {**STUDY["schedule"], "every": 512}
     with_arms = StudyConfig.model_validate(
         {**small, "arms": [{"name": "shrink-perturb"}, {"name": "l2"}]}
@@ -157,6 +160,12 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         ({"params": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
         ({"seeds": [1, 1]}, "repeat a seed"),
         ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
+        ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
+        (
+            {"schedule": {**STUDY["schedule"], "every": 100_000}},
+            "schedule: no context switch within total_steps 4096",
+        ),
+        ({"curve_every": 1024}, "curve_every: 1024 env steps leaves fewer than two segments"),
     ],
 )
 def test_bad_studies_are_refused_before_training(
@@ -165,6 +174,58 @@ def test_bad_studies_are_refused_before_training(
     with pytest.raises(CtxrlError, match=message):
         resolve_study(load_study_config(_write(tmp_path, **changes)), get_host().registry)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_arm_labels_that_differ_in_a_dot_get_programs_of_their_own(tmp_path: Path) -> None:
+    """``ns-adam-0.9`` and ``ns-adam-0.5`` (the optimizer's arms: a program each) are stored in
+    two files (a dot starts a file's suffix: both were ``arm-ns-adam-0``)."""
+    arms = [
+        {"label": f"ns-adam-{beta}", "interventions": [{"name": "ns-adam"}]}
+        for beta in ("0.9", "0.5")
+    ]
+    plan = resolve_study(load_study_config(_write(tmp_path, arms=arms)), get_host().registry)
+    names = [program.name for program in plan.programs]
+    assert names[0] == "shared" and len(set(names)) == 3
+    assert all("." not in name and "/" not in name for name in names)
+    assert names[1].startswith("arm-ns-adam-0_9-") and names[2].startswith("arm-ns-adam-0_5-")
+    assert file_name("redo_2-a") == "redo_2-a"  # a plain label keeps its files
+
+
+def test_segments_end_before_the_switch_point_measured_in_the_next_context(
+    tmp_path: Path,
+) -> None:
+    """A curve that is 1 in the first context and 0 in the second at every step loses no
+    plasticity: the point at a switch step is evaluated after the switch, so it opens the next
+    segment (with it in the segment before, each visit of the first context ended on a 0)."""
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[],
+            total_steps=3750,
+            curve_every=250,
+            schedule={**STUDY["schedule"], "every": 1000},
+        )
+    )
+    plan = resolve_study(config, get_host().registry)
+    steps = np.arange(0, 3751, 250)
+    first = np.array(
+        [plan.schedules[0].context_at(int(s)).as_dict()["length"] == 0.5 for s in steps]
+    )
+    curve = np.where(first, 500.0, 0.0)  # CartPole's bounds: normalised 1 and 0
+    result = ProgramResult(
+        agents=[("none", 0), ("none", 1)],
+        curve_steps=steps,
+        curves=np.stack([curve, curve]),
+        plasticity_steps=steps,
+        plasticity={},
+        diagnostic_steps=np.array([], dtype=np.int64),
+        diagnostics={},
+        switches=[1000, 2000, 3000],
+    )
+    per_seed = gather(plan, {"shared": result}).per_seed["none"]
+    np.testing.assert_allclose(per_seed["plasticity_lost"], 0.0)
+    np.testing.assert_allclose(per_seed["late_auc"], 0.5)  # the last visits: 1 and 0
+    np.testing.assert_allclose(per_seed["post_switch_auc"], 1 / 3)  # segments 0, 1, 0
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:
@@ -222,7 +283,7 @@ def test_vanilla_ppo_loses_units_across_switches_and_the_remedies_keep_them(
             ],
             "seeds": [0, 1, 2, 3, 4],
             "total_steps": 65536,
-            "curve_every": 8192,
+            "curve_every": 4096,
             "curve_episodes": 1,
             "output_dir": str(tmp_path),
         }

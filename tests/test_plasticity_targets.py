@@ -188,6 +188,7 @@ def test_bad_studies_are_refused_before_training(
     [
         ({"tasks": 3, "window": 2}, r"shifting_targets.window: .*at least 4 tasks"),
         ({"eval_every": 100}, r"shifting_targets.eval_every: 100"),
+        ({"eval_every": 7}, r"shifting_targets.eval_every: 7 does not divide the 30 steps"),
         ({"learning_rat": 0.1}, r"shifting_targets.learning_rat: Extra inputs"),
         ({"activation": "gelu"}, r"shifting_targets.activation"),
     ],

@@ -11,8 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ctxrl.errors import ConfigError
-from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.transfer import (
+    TransferProblem,
+    TransferResult,
+    evaluate_sources,
+    number_option,
+    steps_option,
+)
 from ctxrl_plugins.algorithms.ppo import BatchedPPO
 from ctxrl_plugins.transfer.distill_core import (
     Decay,
@@ -65,22 +71,23 @@ class Distill:
         proxy_steps: int | None = None,
         start: Start = "scratch",
     ) -> None:
-        if int(steps) <= 0:
-            raise ConfigError(f"distill: steps must be > 0, got {steps}")
+        steps = steps_option(steps, "distill: steps")
         if mode not in ("dagger", "kickstart", "conditioned", "proxy"):
             raise ConfigError(
                 "distill: mode must be 'dagger', 'kickstart', 'conditioned' or 'proxy', got "
                 f"{mode!r}"
             )
-        if proxy_steps is not None and int(proxy_steps) <= 0:
-            raise ConfigError(f"distill: proxy_steps must be > 0, got {proxy_steps}")
+        if proxy_steps is not None:
+            proxy_steps = steps_option(proxy_steps, "distill: proxy_steps")
         self.proxy_steps = int(steps if proxy_steps is None else proxy_steps)
         if weights not in ("distance", "uniform", "transfer"):
             raise ConfigError(
                 f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
             )
-        if float(temperature) <= 0 or float(scale) <= 0:
-            raise ConfigError("distill: temperature and scale must be > 0")
+        temperature = number_option(temperature, "distill: temperature")
+        scale = number_option(scale, "distill: scale")
+        coef = number_option(coef, "distill: coef", positive=False)
+        half_life = number_option(half_life, "distill: half_life")
         decay_schedule(decay, 0.0, half_life)
         check_start(start)
         if start != "scratch" and mode not in ("dagger", "kickstart"):
@@ -90,6 +97,11 @@ class Distill:
         self.weights, self.scale, self.coef = weights, float(scale), float(coef)
         self.decay, self.half_life = decay, float(half_life)
         self.student = dict(student or {})
+        try:  # the student's hyperparameters, checked before any source trains
+            BatchedPPO(self.student)
+        except CtxrlError as exc:
+            why = str(exc).removeprefix("algorithm.params: ")
+            raise ConfigError(f"distill: student: {why}") from None
         self.seed_offset = int(seed_offset)
 
     def transfer(self, problem: TransferProblem) -> TransferResult:

@@ -66,7 +66,10 @@ class StudyConfig(StrictModel):
     curve_every: int = Field(gt=0, description="env steps between learning-curve points")
     curve_episodes: int = Field(default=10, ge=1, description="episodes per curve point")
     threshold: float | None = Field(
-        default=None, description="normalised return for time to threshold (default 0.9)"
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="normalised return in [0, 1] for time to threshold (default 0.9)",
     )
     sources_from: Path | None = Field(
         default=None,
@@ -84,11 +87,15 @@ class StudyConfig(StrictModel):
     @field_validator("arms")
     @classmethod
     def _arms(cls, value: list[Arm]) -> list[Arm]:
-        if "scratch" not in value:
-            value = ["scratch", *value]
+        if not set(value) - {"scratch"}:
+            raise ValueError(
+                "a study compares transfer arms with scratch: name at least one of "
+                + ", ".join(arm for arm in ARMS if arm != "scratch")
+            )
         if "hybrid" in value and not {"fine-tune", "only-head"} <= set(value):
             raise ValueError("the hybrid arm needs the fine-tune and only-head arms")
-        return list(dict.fromkeys(value))
+        # scratch first, hybrid after the two arms it is made of: the order they train in
+        return [arm for arm in ARMS if arm in value or arm == "scratch"]
 
     def plan_hash(self) -> str:
         data = self.model_dump(mode="json", exclude={"output_dir", "device"})

@@ -83,7 +83,8 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
             counts = {v: int(np.sum(verdicts == v)) for v in ("positive", "negative", "absent")}
             variant_out[arm] = {
                 "pairs": pairs_out,
-                "matrices": {m: v.tolist() for m, v in matrices.items()},
+                # pairs not run (``pairs: self`` / ``cross``) and missing intervals: null
+                "matrices": {m: _with_nulls(v) for m, v in matrices.items()},
                 "verdicts": verdicts.tolist(),
                 "counts": counts,
             }
@@ -137,6 +138,13 @@ def write_outputs(
     summary = _summary_markdown(plan, analysis, [p.relative_to(run_dir) for p in written])
     (run_dir / "summary.md").write_text(summary)
     return summary
+
+
+def _with_nulls(values: np.ndarray) -> list[Any]:
+    """``values`` as nested lists, a non-finite number as None (JSON's null)."""
+    out = values.astype(object)
+    out[~np.isfinite(values)] = None
+    return list(out.tolist())
 
 
 def _json_default(value: Any) -> Any:

@@ -10,14 +10,14 @@ pair; source training is not counted. Needs a batched algorithm (``train_many(in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.context import name_list
-from ctxrl.errors import ConfigError
-from ctxrl.registry import TransferMethodSpec
-from ctxrl.transfer import TransferProblem, TransferResult
+from ctxrl.registry import EnvSpec, TransferMethodSpec
+from ctxrl.transfer import TransferProblem, TransferResult, steps_option
 
 
 class FineTune:
@@ -38,10 +38,17 @@ class FineTune:
         freeze: str | Sequence[str] = (),
         seed_offset: int = 1_000_003,
     ) -> None:
-        if int(steps) <= 0:
-            raise ConfigError(f"fine-tune: steps must be > 0, got {steps}")
-        self.steps, self.reinit, self.freeze = int(steps), name_list(reinit), name_list(freeze)
+        self.steps = steps_option(steps, "fine-tune: steps")
+        self.reinit, self.freeze = name_list(reinit), name_list(freeze)
         self.seed_offset = int(seed_offset)
+
+    def check(self, algorithm: Any, env: EnvSpec) -> None:
+        """Every ``reinit`` and ``freeze`` pattern names a layer of the networks ``algorithm``
+        trains on ``env`` (checked before the sources train)."""
+        check_layers = getattr(algorithm, "check_layers", None)
+        if check_layers is not None:
+            check_layers(env, self.reinit, "reinit")
+            check_layers(env, self.freeze, "freeze")
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
         import torch

@@ -29,7 +29,9 @@ Run it with ``ctxrl plasticity STUDY.yaml`` or from Python::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +135,10 @@ class StudyConfig(ArmsConfig):
         "curve_every); also recorded just before every switch",
     )
     threshold: float = Field(
-        default=0.9, description="normalised return for time to threshold after each switch"
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="normalised return in [0, 1] for time to threshold after each switch",
     )
 
 
@@ -192,8 +197,40 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     except CtxrlError as exc:
         raise ConfigError(f"params: {str(exc).removeprefix('algorithm.params: ')}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
+    for seed, schedule in schedules.items():
+        _check_segments(config, schedule.switch_steps(0, config.total_steps - 1), seed)
     labels, programs = plan_programs(config, registry)
     return StudyPlan(config, env, params, schedules, labels, programs)
+
+
+def _check_segments(config: StudyConfig, switches: list[int], seed: int) -> None:
+    """The study compares the curve's segments between context switches: refuse a schedule
+    that switches nowhere inside ``total_steps``, or a ``curve_every`` that leaves fewer than
+    two segments with two curve points (the report skips shorter ones)."""
+    if not switches:
+        raise ConfigError(
+            f"schedule: no context switch within total_steps {config.total_steps} (seed "
+            f"{seed}); a plasticity study compares the segments between switches: make "
+            "schedule.every smaller or total_steps larger"
+        )
+    lengths = sorted(b - a for a, b in itertools.pairwise([0, *switches, config.total_steps]))
+    if config.curve_every >= lengths[-2]:
+        raise ConfigError(
+            f"curve_every: {config.curve_every} env steps leaves fewer than two segments "
+            f"between switches (seed {seed}; the longest {lengths[-1]} and {lengths[-2]} steps) "
+            f"with two curve points each; make it smaller than {lengths[-2]}"
+        )
+
+
+def file_name(label: str) -> str:
+    """``label`` as a file name: itself when it holds only letters, digits, ``-`` and ``_``;
+    otherwise those characters of it (the rest as ``_``) and a hash of the whole label, so that
+    labels differing in a dot (``ns-adam-0.9``, ``ns-adam-0.5``: a dot starts a file's suffix)
+    or a slash get files of their own."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", label):
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', label)}-{digest}"
 
 
 def plan_programs(config: ArmsConfig, registry: Registry) -> tuple[list[str], list[Program]]:
@@ -216,7 +253,7 @@ def plan_programs(config: ArmsConfig, registry: Registry) -> tuple[list[str], li
         if any(i.changes_network or i.whole_batch for i in interventions):
             programs.append(
                 Program(
-                    f"arm-{arm.label}",
+                    f"arm-{file_name(arm.label)}",
                     [(arm.label, seed) for seed in config.seeds],
                     {arm.label: arm.interventions},
                 )

@@ -135,11 +135,14 @@ def gather(plan: StudyPlan, results: Mapping[str, ProgramResult]) -> StudyTables
 
 
 def _segments(steps: np.ndarray, switches: Sequence[int]) -> list[np.ndarray]:
-    """Index arrays of the curve points of each segment (both ends included)."""
+    """Index arrays of the curve points of each segment: from its switch (the point taken at
+    the switch step is measured in the new context: the trainer switches before it evaluates)
+    to the last point before the next switch, the last segment to the curve's end."""
     bounds = [int(steps[0]), *switches, int(steps[-1])]
     out = []
-    for start, stop in itertools.pairwise(bounds):
-        index = np.nonzero((steps >= start) & (steps <= stop))[0]
+    for k, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        before_stop = steps <= stop if k == len(bounds) - 2 else steps < stop
+        index = np.nonzero((steps >= start) & before_stop)[0]
         if len(index) >= 2:
             out.append(index)
     return out

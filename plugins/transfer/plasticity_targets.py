@@ -111,10 +111,11 @@ def load_targets_config(path: str | Path) -> TargetsStudyConfig:
             f"{path}: shifting_targets.window: {task.window} tasks at the start and at the end "
             f"need at least {2 * task.window} tasks, not {task.tasks}"
         )
-    if task.eval_every > task.steps_per_task:
+    if task.steps_per_task % task.eval_every:
         raise ConfigError(
-            f"{path}: shifting_targets.eval_every: {task.eval_every} is more than the "
-            f"{task.steps_per_task} steps of a task"
+            f"{path}: shifting_targets.eval_every: {task.eval_every} does not divide the "
+            f"{task.steps_per_task} steps of a task: the error at a task's end is its last "
+            "record, so the records must end there"
         )
     return config
 
