@@ -573,8 +573,16 @@ def synth(
 ) -> None:
     """Write SD-MBTL's synthetic transfer matrices (512 contexts on an 8 x 8 x 8 grid, known
     structure) as trials that `ctxrl select --matrix FOLDER` replays."""
-    from ctxrl.synthetic import SETTINGS, SyntheticSetting, write_trials
+    from ctxrl.synthetic import SETTINGS, SyntheticSetting, noise_folder, write_trials
 
+    folders: dict[str, float] = {}
+    for noise in noises:  # each level its own folder, before anything is written
+        earlier = folders.setdefault(noise_folder(noise), noise)
+        if earlier != noise:
+            raise CtxrlError(
+                f"--noise: {earlier!r} and {noise!r} would share the folder "
+                f"{noise_folder(noise)}; give levels that differ in their first six digits"
+            )
     settings = (
         list(SETTINGS)
         if "all" in setting_names

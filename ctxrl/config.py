@@ -353,6 +353,13 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         if varied:
             raise ConfigError(f"context: {sorted(varied)} are varied in features and fixed here")
         grid = _with_fixed(grid, fixed.as_dict(), config.context)
+    if env.check_context is not None:
+        for context in grid.contexts:
+            try:
+                env.check_context(context)
+            except ContextError as exc:
+                point = {name: context[name] for name in grid.features}
+                raise ConfigError(f"features: the grid point {point}: {exc}") from None
     if (config.multitask or config.mode == "multitask") and not (
         algorithm.batched and env.make_batched is not None
     ):

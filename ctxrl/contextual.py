@@ -231,6 +231,7 @@ class ContextualEnvEntry:
             max_episode_steps=self.max_episode_steps,
             gym_id=self.gym_id,
             description=self.description,
+            check_context=self.family.check,
         )
 
     def register_with_gymnasium(self) -> None:

@@ -55,6 +55,11 @@ class EnvSpec:
         concurrent_instances: whether several of its envs may be open at once in one process
             (``False`` for SUMO under libsumo, which runs one simulation per process: an
             algorithm then plays its evaluation episodes one after another).
+        check_context: ``check_context(context)`` raises a
+            :class:`~ctxrl.context.ContextError` when the features of a full context (every
+            feature set, as ``context_space`` validates it) contradict each other, e.g.
+            Pendulum's initial speed above its ``max_speed``; a sweep checks every grid point
+            with it before anything trains.
     """
 
     name: str
@@ -67,6 +72,7 @@ class EnvSpec:
     gym_id: str | None = None
     description: str = ""
     concurrent_instances: bool = True
+    check_context: Callable[[Context], None] | None = None
 
     def __post_init__(self) -> None:
         lower, upper = self.return_bounds

@@ -160,6 +160,16 @@ def write_exports(
         )
     )
     observed = ~np.all(np.isnan(normalised), axis=1)  # (N,) sources with a finished run
+    # observed rows without every seed's run (a killed or failing sweep): their seed means
+    # average the seeds that are there
+    stored = ~np.all(np.isnan(matrix.values), axis=1)  # (N, seeds)
+    missing = [
+        {
+            "source": ", ".join(f"{f}={plan.grid.contexts[i][f]:.3g}" for f in plan.grid.features),
+            "seeds": [seed for k, seed in enumerate(plan.config.seeds) if not stored[i, k]],
+        }
+        for i in np.flatnonzero(observed & ~stored.all(axis=1))
+    ]
     summary: dict[str, Any] = {
         "env": plan.env.name,
         "features": list(plan.grid.features),
@@ -168,6 +178,7 @@ def write_exports(
         "order": order,
         "context_values": plan.grid.values().tolist(),
         "observed_rows": int(np.sum(observed)),
+        "missing_seeds": missing,
         "runs": len(store.runs()),
         "damaged": [
             {"run_id": run_id, "problem": problem}
@@ -453,7 +464,6 @@ def transfer_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    several_seeds = len(summary["seeds"]) > 1
     lines = [
         f"# {summary['env']}: {', '.join(summary['features'])}",
         "",
@@ -461,6 +471,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observed_rows']} source rows observed.",
         "",
     ]
+    missing = summary.get("missing_seeds", [])
+    if missing:
+        lines += [
+            f"**{len(missing)} source row(s) lack some seeds' runs** (their entries average the "
+            "seeds that are stored, and no interval over seeds is given; rerun `ctxrl sweep` to "
+            "finish them):",
+            "",
+        ]
+        lines += [f"- {m['source']}: seed(s) {m['seeds']}" for m in missing]
+        lines.append("")
     failed = summary.get("failed", [])
     if failed:
         lines += [
@@ -507,6 +527,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     if "independent" in summary:
+        with_intervals = any("seed_ci95" in curve for curve in summary["curves"].values())
         lines += [
             f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
             f"- Oracle transfer (all models, best source per target): "
@@ -515,7 +536,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
             "(mean over replays):",
             "",
-            f"| strategy | mean G_k{' (+- 95% CI over seeds)' if several_seeds else ''} | "
+            f"| strategy | mean G_k{' (+- 95% CI over seeds)' if with_intervals else ''} | "
             "G_1 | G_K | first 5 chosen sources |",
             "|---|---|---|---|---|",
         ]

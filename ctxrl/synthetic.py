@@ -129,6 +129,12 @@ def reference_bounds(matrices: np.ndarray) -> tuple[float, float]:
     return float(np.min(matrices)), float(np.max(matrices))
 
 
+def noise_folder(noise: float) -> str:
+    """The folder of one noise level's trials: ``noise5``, ``noise0.5`` (six significant
+    digits)."""
+    return f"noise{noise:g}"
+
+
 def write_trials(
     out: Path, setting: SyntheticSetting, noise: float, trials: int, *, fmt: str = "npy"
 ) -> tuple[Path, tuple[float, float]]:
@@ -141,7 +147,7 @@ def write_trials(
     if fmt not in ("npy", "csv"):
         raise CtxrlError(f"synthetic format {fmt!r} is not npy or csv")
     matrices = synthetic_trials(setting, noise, trials)
-    folder = out / setting.name.replace("=", "-").replace(",", "_") / f"noise{noise:g}"
+    folder = out / setting.name.replace("=", "-").replace(",", "_") / noise_folder(noise)
     folder.mkdir(parents=True, exist_ok=True)
     written = {f"trial{t:03d}.{fmt}" for t in range(trials)}
     earlier = [

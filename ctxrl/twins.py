@@ -394,7 +394,9 @@ class BatchedEnv:
         self.elapsed = self.elapsed + 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
-        final_obs = self._observe(next_state)
+        # the finished episodes' last observations, their visible context columns taken
+        # before the next episodes' contexts are drawn
+        final_obs = self._with_context(self._observe(next_state))
         if not self.branch_free:
             # Sample fresh states only for the envs that finished.
             ids = done.nonzero().squeeze(1)
@@ -403,7 +405,7 @@ class BatchedEnv:
                 self._draw_contexts(ids)
                 next_state[:, ids] = self._initial_state(ids)
                 self.elapsed[ids] = 0
-                obs = self._observe(next_state)
+                obs = self._with_context(self._observe(next_state))
             else:
                 obs = final_obs
             self._state = next_state
@@ -417,9 +419,9 @@ class BatchedEnv:
                 self._advance = None
             self._state = torch.where(done, fresh, next_state)
             self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
-            obs = self._observe(self._state)
-        info = {"final_obs": self._with_context(final_obs), "done": done}
-        return self._with_context(obs), reward, terminated, truncated, info
+            obs = self._with_context(self._observe(self._state))
+        info = {"final_obs": final_obs, "done": done}
+        return obs, reward, terminated, truncated, info
 
     # ---------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Tensor]:

@@ -197,21 +197,17 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
         "main_engine_y_location",
     ):
         private[name.upper()] = c[name]
-    # Velocities are observed per frame (divided by FPS) in screen units (times the world's
-    # size in metres, VIEWPORT / SCALE): at a lower frame rate or a smaller scale they grow, so
-    # their observation bounds (indices 2, 3, 5) grow with them.
+    # gymnasium's bounds assume its default physics; with weak gravity or strong engines the
+    # lander legitimately climbs above the screen, flies faster and spins, and velocities are
+    # observed per frame in screen units (they grow at a lower frame rate or a smaller scale),
+    # so height (1, upwards), the velocities (2, 3), angle (4) and angular velocity (5) are
+    # unbounded rather than violated.
     from gymnasium import spaces
 
     low, high = env._ctxrl_obs_bounds
-    growth = max(1.0, 50.0 / c["fps"]) * max(1.0, 30.0 / c["scale"])
     low, high = low.copy(), high.copy()
-    low[[2, 3, 5]] *= growth
-    high[[2, 3, 5]] *= growth
-    # gymnasium's bounds assume its default physics; with weak gravity or strong engines the
-    # lander legitimately climbs above the screen and spins, so height (1, upwards), angle (4)
-    # and angular velocity (5) are unbounded rather than violated.
-    high[[1, 4, 5]] = np.inf
-    low[[4, 5]] = -np.inf
+    high[[1, 2, 3, 4, 5]] = np.inf
+    low[[2, 3, 4, 5]] = -np.inf
     env.observation_space = spaces.Box(low, high, dtype=low.dtype)
     if getattr(env, "world", None) is not None:  # takes effect before the next reset too
         env.world.gravity = (c["gravity_x"], c["gravity_y"])

@@ -383,6 +383,7 @@ SPEC = EnvSpec(
     max_episode_steps=MAX_EPISODE_STEPS,
     gym_id=f"ctxrl/{NAME}-{VERSION}",
     description="catch a falling ball with a paddle (Sabatelli & Geurts 2021, variants v0-v4)",
+    check_context=check_flags,
 )
 
 

@@ -60,6 +60,20 @@ def test_lunar_lander_initial_random_fps_and_legs() -> None:
     )
 
 
+def test_lunar_lander_observations_stay_in_its_space_with_weak_gravity_and_strong_engines() -> None:
+    """With the main engine on at 50 (5x) and gravity -0.01 the lander climbs fast: its
+    vertical speed left the observation space's bounds (10) at step 57."""
+    env = (
+        get_host().registry.env("LunarLander").make({"gravity_y": -0.01, "main_engine_power": 50.0})
+    )
+    obs, _ = env.reset(seed=0)
+    for _ in range(1000):
+        obs, _, terminated, truncated, _ = env.step(2)
+        assert env.observation_space.contains(obs), obs
+        if terminated or truncated:
+            break
+
+
 def test_lunar_lander_instances_are_independent() -> None:
     from gymnasium.envs.box2d import lunar_lander
 

@@ -192,7 +192,7 @@ def test_acrobot_inertia_slows_the_response_to_torque() -> None:
 )
 def test_acrobot_link_geometry_changes_the_motion(feature: str) -> None:
     state = [0.4, 0.3, 0.5, -0.5]
-    a = _step_from("Acrobot", state, 2, **{feature: 0.3})
+    a = _step_from("Acrobot", state, 2, **{feature: 0.6})
     b = _step_from("Acrobot", state, 2, **{feature: 0.9})
     assert not np.allclose(a, b)
 
@@ -206,6 +206,32 @@ def test_acrobot_time_step_speed_limits_and_noise() -> None:
     quiet = _step_from("Acrobot", HANGING, 1, torque_noise_max=0.0)
     noisy = _step_from("Acrobot", HANGING, 1, torque_noise_max=1.0)
     assert np.allclose(quiet, 0.0) and not np.allclose(noisy, 0.0)
+
+
+def test_acrobot_stays_stable_at_every_corner_of_its_context_bounds() -> None:
+    """Every corner of the bounds of the features that set the dynamics' stiffness (links,
+    masses, inertia, speed limits, time step: 512 contexts), 1000 random actions on the
+    float32 twin: the state stays finite and bounded (wider mass, inertia and time-step
+    bounds diverged, and gymnasium's step then never returned)."""
+    import itertools
+
+    spec = get_host().registry.env("Acrobot")
+    names = [
+        "link_length_1", "link_mass_1", "link_mass_2", "link_com_pos_1", "link_com_pos_2",
+        "link_moi", "max_vel_1", "max_vel_2", "dt",
+    ]  # fmt: skip
+    bounds = [
+        (spec.context_space.feature(n).lower, spec.context_space.feature(n).upper) for n in names
+    ]
+    corners = torch.tensor(list(itertools.product(*bounds)), dtype=torch.float32)
+    contexts = {name: corners[:, i] for i, name in enumerate(names)}
+    twin = spec.make_batched(len(corners), contexts=contexts, env_seeds=torch.arange(len(corners)))
+    twin.reset()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(1000):
+        twin.step(torch.randint(0, 3, (len(corners),), generator=generator))
+        state = twin.state_dict()["state"]
+        assert torch.isfinite(state).all() and state.abs().max() < 1e3
 
 
 # ---------------------------------------------------------------------------- isolation

@@ -157,6 +157,11 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "grid for 'length' repeats contexts (20 points from 0.5 to 0.5)",
         ),
         (["seeds=0"], "quickstart.yaml with --set seeds=0 is not a valid sweep config"),
+        (
+            ["env=Pendulum", "features={max_speed: {values: [0.5, 8.0]}}"],
+            "features: the grid point {'max_speed': 0.5}: Pendulum: context features need "
+            "initial_velocity_max <= max_speed",
+        ),
         (["compare=[greedy, nope]"], "compare: no plugin provides the strategy 'nope'"),
         (
             ["algorithm.params.learning_rat=1e-3"],

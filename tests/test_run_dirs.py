@@ -472,6 +472,28 @@ def test_report_names_damaged_policies(finished: Path, tmp_path: Path) -> None:
     assert f"- `{weights.stem}`: {weights} is damaged (" in summary
 
 
+def test_report_names_source_rows_that_lack_a_seeds_run(tmp_path: Path) -> None:
+    """A two-seed sweep killed before one (source, seed) run was stored: the report says which
+    row averages fewer seeds and promises no interval over seeds it does not give."""
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    outcome = _sweep(tmp_path, seeds=[0, 1])
+    plan = _plan(tmp_path, seeds=[0, 1])
+    complete = _cli("report", str(outcome.run_dir))
+    assert complete.exit_code == 0, complete.output
+    assert "lack some seeds" not in (outcome.run_dir / "summary.md").read_text()
+    gone = run_id(Task(plan.env.name, plan.grid.contexts[1]), 1)
+    with sqlite3.connect(outcome.run_dir / "store.sqlite") as db:
+        for table in ("evaluations", "curves", "diagnostics", "runs"):
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (gone,))
+    assert _cli("report", str(outcome.run_dir)).exit_code == 0
+    summary = (outcome.run_dir / "summary.md").read_text()
+    assert "**1 source row(s) lack some seeds' runs**" in summary
+    assert "- length=1: seed(s) [1]" in summary
+    assert "| strategy | mean G_k | G_1 |" in summary  # no "+- 95% CI over seeds"
+
+
 def test_a_damaged_checkpoint_is_set_aside_and_the_group_trained_from_the_start(
     tmp_path: Path,
 ) -> None:

@@ -134,6 +134,13 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
         "trial002.npy",
     ]
     assert "(Mountain), noise 5" in written.stdout
+    # two levels that would share one folder: refused before anything is written
+    clash = _cli(
+        "synth", "--out", str(tmp_path / "clash"), "--setting", "f=constant,g=none,h=l1",
+        "--noise", "5", "--noise", "5.0000001", "--trials", "1",
+    )  # fmt: skip
+    assert clash.exit_code == 2 and "would share the folder noise5" in clash.stderr
+    assert not (tmp_path / "clash").exists()
     # written again with fewer trials: the folder holds those only
     again = ["synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1"]
     assert _cli(*again, "--trials", "1", "--format", "csv").exit_code == 0

@@ -131,6 +131,30 @@ def test_the_branch_free_step_gives_the_same_numbers(name: str) -> None:
     _assert_identical(list(branch_free.state_dict().values()), list(sparse.state_dict().values()))
 
 
+@pytest.mark.parametrize("branch_free", [False, True])
+def test_final_obs_shows_the_finished_episodes_visible_context(branch_free: bool) -> None:
+    """With visible features and a context pool, ``final_obs`` of a finished episode carries
+    that episode's context columns, not those of the episode drawn to replace it."""
+    twin = (
+        get_host()
+        .registry.env("CartPole")
+        .make_batched(4, env_seeds=torch.arange(4), visible=["length"])
+    )
+    twin.branch_free = branch_free
+    twin.set_context_pool([{"length": 0.05}, {"length": 5.0}])
+    running = twin.reset()[:, -1].clone()  # each env's running episode's visible length
+    finished = changed = 0
+    for _ in range(400):
+        obs, _, _, _, info = twin.step(torch.ones(4, dtype=torch.long))
+        done = info["done"]
+        assert torch.equal(info["final_obs"][done, -1], running[done])
+        assert torch.equal(info["final_obs"][~done], obs[~done])
+        finished += int(done.sum())
+        changed += int((obs[done, -1] != running[done]).sum())
+        running = obs[:, -1].clone()
+    assert finished > 50 and changed > 10  # many episodes ended, many under a new context
+
+
 def test_state_dict_keys_are_documented_and_copies() -> None:
     twin = _make("CartPole", env_seeds=True)
     twin.set_context_pool(_pool("CartPole"))

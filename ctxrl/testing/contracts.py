@@ -72,6 +72,8 @@ class EnvContract:
         assert lower < upper
         assert len(env_spec.context_space) > 0
         assert env_spec.action_space in ("discrete", "continuous")
+        if env_spec.check_context is not None:  # the default context is a valid one
+            env_spec.check_context(env_spec.context_space.validate({}))
 
     def test_gymnasium_check_env_at_default_and_extremes(self, env_spec: EnvSpec) -> None:
         from gymnasium.utils.env_checker import check_env
