@@ -424,10 +424,17 @@ def algorithm_params(config: SweepConfig, algorithm: AlgorithmSpec) -> dict[str,
 
 def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: EnvSpec) -> Any:
     """Build the algorithm once, so that a hyperparameter it does not take (a typo) stops the
-    sweep now, not in every run after the others trained. Factories only check and store
-    their options; nothing trains here. Returns the algorithm object."""
+    sweep now, not in every run after the others trained (and, where the algorithm has
+    ``check_budget``, whether an agent can learn in ``train_steps``). Factories only check and
+    store their options; nothing trains here. Returns the algorithm object."""
     try:
-        return algorithm.factory(algorithm_params(config, algorithm), device=config.device, env=env)
+        built = algorithm.factory(
+            algorithm_params(config, algorithm), device=config.device, env=env
+        )
+        check_budget = getattr(built, "check_budget", None)
+        if check_budget is not None:
+            check_budget(config.train_steps)
+        return built
     except (CtxrlError, TypeError, ValueError) as exc:
         message = str(exc)
         if not message.startswith("algorithm."):

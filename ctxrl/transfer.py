@@ -80,35 +80,6 @@ class TransferMethod(Protocol):
     def transfer(self, problem: TransferProblem) -> TransferResult: ...
 
 
-def steps_option(value: Any, option: str) -> int:
-    """``value`` as a number of env steps (an integer >= 1), or a
-    :class:`~ctxrl.errors.ConfigError` naming ``option`` (e.g. ``distill: steps``); a
-    boolean is not a count."""
-    from ctxrl.errors import ConfigError
-
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ConfigError(f"{option} must be a whole number of env steps, got {value!r}")
-    if int(value) <= 0:
-        raise ConfigError(f"{option} must be > 0, got {value!r}")
-    return int(value)
-
-
-def number_option(value: Any, option: str, *, positive: bool = True) -> float:
-    """``value`` as a finite number, ``> 0`` (``positive``) or ``>= 0``, or a
-    :class:`~ctxrl.errors.ConfigError` naming ``option``."""
-    import math
-
-    from ctxrl.errors import ConfigError
-
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{option} must be a number {bound}, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ConfigError(f"{option} must be a finite number {bound}, got {value!r}")
-    return number
-
-
 def evaluate_sources(
     problem: TransferProblem,
     policies: Any | None = None,
@@ -158,6 +129,4 @@ __all__ = [
     "TransferProblem",
     "TransferResult",
     "evaluate_sources",
-    "number_option",
-    "steps_option",
 ]

@@ -84,7 +84,9 @@ def test_cross_evaluation_matches_evaluation_on_own_context() -> None:
 def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
     spec = get_host().registry.env("CartPole")
     contexts, seeds = [{"masscart": 1.0}, {"masscart": 3.0}], [0, 1]
-    reference = _algo().train_many(spec, contexts, seeds, total_steps=4 * 512)
+    # the diagnostics record after iteration 3 averages across the checkpoint after the 2nd
+    window = {"diagnostics_every": 3 * 512}
+    reference = _algo().train_many(spec, contexts, seeds, total_steps=4 * 512, **window)
 
     class Killed(Exception):
         pass
@@ -103,13 +105,26 @@ def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
             checkpoint=checkpoint,
             checkpoint_every=2 * 512,
             progress=kill_after_third,
+            **window,
         )
     assert checkpoint.with_suffix(".safetensors").is_file()
     resumed = _algo().train_many(
-        spec, contexts, seeds, total_steps=4 * 512, checkpoint=checkpoint, checkpoint_every=2 * 512
+        spec,
+        contexts,
+        seeds,
+        total_steps=4 * 512,
+        checkpoint=checkpoint,
+        checkpoint_every=2 * 512,
+        **window,
     )
     for name, value in reference.params.items():
         assert torch.equal(value, resumed.params[name]), name
+    assert reference.log.diagnostic_steps == resumed.log.diagnostic_steps
+    for name, values in reference.log.diagnostics.items():
+        for step, (straight, again) in enumerate(
+            zip(values, resumed.log.diagnostics[name], strict=True)
+        ):
+            np.testing.assert_array_equal(straight, again, err_msg=f"{name} at record {step}")
 
 
 @pytest.mark.long

@@ -149,6 +149,15 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "algorithm.params: batched-ppo: num_envs: Input should be greater than or equal to 1",
         ),
         (
+            [
+                "algorithm.params.num_envs=1",
+                "algorithm.params.num_steps=64",
+                "algorithm.params.num_minibatches=64",
+            ],
+            "algorithm.params.num_minibatches: 64 minibatches of the 64 samples of a rollout "
+            "leave one",
+        ),
+        (
             ["algorithm.params.num_minibatches=1000"],
             "algorithm.params.num_minibatches: batched-ppo splits each rollout",
         ),
@@ -170,6 +179,19 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (
             ["algorithm.params.activation=relu6"],
             "batched-ppo: activation: Input should be 'tanh', 'relu' or 'crelu' (got 'relu6')",
+        ),
+        (
+            ["algorithm={name: batched-dqn, params: {learning_starts: 200000}}"],
+            "algorithm.params.learning_starts: batched-dqn starts learning after 200000 env steps "
+            "per agent, but an agent trains",
+        ),
+        (
+            ["algorithm.params.num_envs=true"],
+            "algorithm.params: batched-ppo: num_envs: Input should be a valid integer (got True)",
+        ),
+        (
+            ["algorithm.params.learning_rate=.inf"],
+            "learning_rate: Input should be a finite number",
         ),
         (
             ["algorithm={name: batched-dqn, params: {activation: sigmoid}}"],

@@ -590,7 +590,9 @@ def test_gaussian_and_q_value_teachers_teach() -> None:
     assert np.isfinite(kl).all() and kl[-1, 0] < kl[0, 0]
     assert "actor.log_std" in students.params
     cartpole = _cartpole()
-    dqn: Any = registry.algorithm("batched-dqn").factory({}, device="cpu", env=cartpole)
+    dqn: Any = registry.algorithm("batched-dqn").factory(
+        {"learning_starts": 256}, device="cpu", env=cartpole
+    )
     q_teachers = dqn.train_many(
         cartpole, [{"length": 0.3}, {"length": 1.0}], [0, 1], total_steps=512
     )

@@ -181,6 +181,7 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
         ({"seeds": [0, 0]}, "repeat a seed"),
         ({"pairs": "cross", "contexts": [{"name": "a"}]}, "leaves no pair"),
         ({"arms": ["scratch"]}, "compares transfer arms with scratch: name at least one of"),
+        ({"train_steps": 300}, "learning_starts: batched-dqn starts learning after 300 env steps"),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
         (
             {"contexts": [{"name": "a"}, {"name": "b", "env": "Acrobot"}]},
@@ -269,10 +270,11 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
     with another network is refused by name before anything is written."""
     network = {key: STUDY["algorithm"][key] for key in ("hidden",)}
     sweep = _sweep_on_the_study_contexts(
-        tmp_path, {"name": "batched-dqn", "params": network}, [0, 1]
+        tmp_path, {"name": "batched-dqn", "params": {**network, "learning_starts": 300}}, [0, 1]
     )
     study = {
         **STUDY,
+        "algorithm": {**STUDY["algorithm"], "learning_starts": 100},
         "arms": ["scratch", "keep-head"],
         "seeds": [0, 1],
         "train_steps": 300,

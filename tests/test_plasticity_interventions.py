@@ -567,6 +567,35 @@ def test_resets_leave_frozen_layers_alone_and_restore_layer_norm() -> None:
     assert not torch.equal(view.params["q.1.weight"][1], before["q.1.weight"][1])
 
 
+def test_plasticity_injection_leaves_a_warm_starts_frozen_layers_alone() -> None:
+    """Injection replaces the block's trainable weights with fresh ones: an agent whose block
+    holds a layer a warm start froze (``freeze=['actor.1']``) is not injected, so the frozen
+    layer stays the source's (it became a random draw that never trained)."""
+    from ctxrl.interventions import build_interventions
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+
+    def ppo() -> Any:
+        return registry.algorithm("batched-ppo").factory({"num_steps": 64}, device="cpu")
+
+    source = ppo().train_many(env, [{}], [0], total_steps=512)
+    injection = {"at_switch": False, "at_steps": [256], "layers": 2}
+    tuned = ppo().train_many(
+        env,
+        [{}],
+        [0],
+        total_steps=1024,
+        init=source,
+        freeze=["actor.1"],
+        interventions=build_interventions(
+            [{"name": "plasticity-injection", "options": injection}], registry
+        ),
+    )
+    assert torch.equal(tuned.params["actor.1.weight"], source.params["actor.1.weight"])
+    assert float(tuned.params["actor.injection0.on"].sum()) == 0.0  # not injected
+
+
 # ---------------------------------------------------------------- plasticity injection
 class TestPlasticityInjection(_SwitchingContract):
     intervention_name = "plasticity-injection"
@@ -645,6 +674,46 @@ def test_plasticity_injection_options_are_checked() -> None:
         _build("plasticity-injection", layers=4).network("q", NetworkSpec(hidden=(4, 4)))
     with pytest.raises(ConfigError, match="max_injections"):
         _build("plasticity-injection", max_injections=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        (
+            "reset",
+            {"every": True},
+            "reset: every (gradient steps) must be a whole number, got True",
+        ),
+        ("reset", {"every": 2.5}, "must be a whole number, got 2.5"),
+        ("reset", {"at_switch": "false"}, "reset: at_switch must be true or false, got 'false'"),
+        ("reset", {"at_switch": False}, "it would never reset"),
+        ("l2", {"coef": float("nan")}, "l2: coef must be a finite number >= 0, got nan"),
+        ("l2", {"coef": "0.1"}, "l2: coef must be a number >= 0, got '0.1'"),
+        ("l2-init", {"coef": float("inf")}, "l2-init: coef must be a finite number"),
+        ("redo", {"tau": float("nan")}, "redo: tau must be a finite number >= 0, got nan"),
+        ("redo", {"every": True}, "redo: every (gradient steps) must be a whole number"),
+        ("spectral-reg", {"iterations": 1.9}, "spectral-reg: iterations must be a whole number"),
+        ("parseval", {"include_heads": "no"}, "parseval: include_heads must be true or false"),
+        ("wasserstein-init", {"coef": float("nan")}, "wasserstein-init: coef must be a finite"),
+        ("shrink-perturb", {"perturb": float("nan")}, "shrink-perturb: perturb must be a finite"),
+        ("continual-backprop", {"maturity": 2.9}, "maturity must be a whole number, got 2.9"),
+        ("plasticity-injection", {"max_injections": True}, "max_injections must be a whole"),
+        ("plasticity-injection", {"at_steps": 500}, "at_steps must be a list, got 500"),
+    ],
+)
+def test_intervention_options_of_the_wrong_kind_are_named(
+    name: str, options: dict[str, Any], message: str
+) -> None:
+    """YAML's true is not a count, .nan passes a ``< 0`` check, ``bool("false")`` is True:
+    each is refused, naming the option."""
+    with pytest.raises(ConfigError) as error:
+        _build(name, **options)
+    assert message in str(error.value)
+
+
+def test_an_injection_role_given_alone_is_one_role() -> None:
+    injection = _build("plasticity-injection", roles="actor")
+    assert injection.roles == ["actor"]  # type: ignore[attr-defined]
 
 
 def test_continual_backprop_keeps_no_autograd_graph_in_its_state() -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -431,6 +432,22 @@ def test_ray_executor_gives_the_same_matrix_as_local(
 
 
 @pytest.mark.long
+@requires_ray
+def test_ray_time_limits_run_from_a_jobs_start_not_its_queueing() -> None:
+    """Three 1.5 s jobs on one worker with a 2.5 s limit each: all finish, as with the local
+    executor (the limit ran from submission, so the queued jobs were cancelled unrun)."""
+    from ctxrl_plugins.executors.ray_cluster import RayExecutor
+
+    def sleepy(job: dict[str, Any]) -> None:
+        time.sleep(1.5)
+
+    executor = RayExecutor(workers=1, timeout_s=2.5)
+    outcomes = list(executor.map(sleepy, [{"i": i} for i in range(3)]))
+    assert [job["i"] for job, _ in outcomes] == [0, 1, 2]
+    assert all(error is None for _, error in outcomes), outcomes
+
+
+@pytest.mark.long
 def test_cartpole_masscart_sweep_mbtl_at_least_random(run_ctxrl: Run, tmp_path: Path) -> None:
     """CI-sized end to end: 20 cart masses, batched PPO, K = 15: the matrix, every strategy's
     curve, the figures, and MBTL's mean G_k over k = 1..15 at least Random's."""
@@ -522,6 +539,54 @@ def test_a_killed_sweep_takes_its_workers_children_with_it(tmp_path: Path) -> No
         time.sleep(0.1)
 
 
+# Jobs for the local executor: each starts a child that would outlive it (as a SUMO could),
+# then ends or raises; one uses a process pool of its own.
+ENDING_JOBS = """
+import multiprocessing, subprocess
+from pathlib import Path
+
+def job(j):
+    child = subprocess.Popen(["sleep", "600"])
+    Path(j["pid_file"]).write_text(str(child.pid))
+    if j["kind"] == "raise":
+        raise RuntimeError("the job failed")
+
+def square(x):
+    return x * x
+
+def pooled(j):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups: Linux")
+def test_a_reported_job_leaves_nothing_running_and_may_start_a_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a job is reported (finished or failed) the processes it started are gone; a job
+    may start processes of its own (a worker is not a daemon)."""
+    from ctxrl_plugins.executors.local import LocalProcessExecutor
+
+    (tmp_path / "ending_jobs.py").write_text(ENDING_JOBS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    import ending_jobs
+
+    jobs = [{"kind": kind, "pid_file": str(tmp_path / f"{kind}.pid")} for kind in ("ok", "raise")]
+    executor = LocalProcessExecutor(workers=2, log_dir=tmp_path / "logs")
+    errors = {j["kind"]: error for j, error in executor.map(ending_jobs.job, jobs)}
+    assert errors["ok"] is None and "the job failed" in str(errors["raise"])
+    for j in jobs:
+        child = int(Path(j["pid_file"]).read_text())
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, f"the {j['kind']} job's child outlived it"
+            time.sleep(0.1)
+    ((_, error),) = list(LocalProcessExecutor(workers=1).map(ending_jobs.pooled, [{}]))
+    assert error is None, error
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
     with contextlib.suppress(OSError):
@@ -559,6 +624,12 @@ def test_a_diverged_agent_fails_alone_and_a_failed_retry_keeps_stored_results(
     with Store(outcome.run_dir / "store.sqlite") as store:
         errors = [store.run(rid).error for rid in outcome.failed]
     assert all("not finite (NaN or inf): the training diverged" in e for e in errors)
+    # discrete actions: NaN logits act as the first action, with finite returns; the agents'
+    # NaN parameters make their returns NaN all the same
+    cartpole = {**config, "env": "CartPole", "features": {"masscart": {"values": [1.0, 2.0]}}}
+    cartpole.update(multitask=False, output_dir=str(tmp_path / "cartpole"))
+    outcome = run_sweep(resolve_plan(validate_config(cartpole), get_host().registry))
+    assert outcome.trained == 0 and len(outcome.failed) == 2
 
     config.update(algorithm={"name": "batched-ppo"}, output_dir=str(tmp_path / "good"))
     plan = resolve_plan(validate_config(config), get_host().registry)

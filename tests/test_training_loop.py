@@ -89,6 +89,40 @@ def test_warm_start_across_spaces_is_a_clear_error(tmp_path: Path) -> None:
         algorithm.train_many(acrobot, [{}], [0], total_steps=512, init=source)
     with pytest.raises(CtxrlError, match=r"'nothing' matches no layer; layers: actor\.0"):
         algorithm.train_many(cartpole, [{}], [0], total_steps=512, init=source, reinit=["nothing"])
+    # a source of another network: its layer norms would be dropped, silently
+    from ctxrl.interventions import build_interventions
+
+    normed = algorithm.train_many(
+        cartpole,
+        [{}],
+        [0],
+        total_steps=512,
+        interventions=build_interventions([{"name": "layer-norm"}], registry),
+    )
+    with pytest.raises(CtxrlError, match=r"has parameters this network lacks \(actor\.0\.norm"):
+        algorithm.train_many(cartpole, [{}], [0], total_steps=512, init=normed)
+    with pytest.raises(CtxrlError, match="would be re-initialised and frozen"):
+        algorithm.train_many(
+            cartpole,
+            [{}],
+            [0],
+            total_steps=512,
+            init=source,
+            reinit=["actor.head"],
+            freeze=["actor.head"],
+        )
+    with pytest.raises(CtxrlError, match="the warm-start policy has 3 agents and this program 2"):
+        algorithm.train_many(
+            cartpole, [{}, {}], [0, 1], total_steps=512, init=source.select([0, 0, 0])
+        )
+    # a role frozen is all of it: the Gaussian actor's log_std too
+    pendulum = registry.env("Pendulum")
+    gaussian = registry.algorithm("batched-ppo").factory({}, device="cpu", env=pendulum)
+    first = gaussian.train_many(pendulum, [{}], [0], total_steps=512)
+    tuned = gaussian.train_many(pendulum, [{}], [0], total_steps=1024, init=first, freeze=["actor"])
+    for name, value in first.params.items():
+        if name.startswith("actor."):
+            assert torch.equal(tuned.params[name], value), name
 
 
 def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Activation, NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
@@ -30,7 +30,14 @@ from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.run import TrainingRun
-from ctxrl_plugins.training.trainer import BatchedTrainer, Count, Fraction, Rate, hyperparameters
+from ctxrl_plugins.training.trainer import (
+    BatchedTrainer,
+    Count,
+    Fraction,
+    Rate,
+    Steps,
+    hyperparameters,
+)
 
 Tensor = torch.Tensor
 
@@ -55,7 +62,7 @@ class DQNConfig:
     batch_size: Count = 128
     learning_rate: Rate = 2.5e-4
     gamma: Fraction = 0.99
-    learning_starts: int = 10_000
+    learning_starts: Steps = 10_000
     """env steps per agent before learning starts"""
     train_frequency: Count = 10
     """env steps per agent between training phases"""
@@ -68,7 +75,7 @@ class DQNConfig:
     exploration_fraction: Fraction = 0.5
     start_e: Fraction = 1.0
     end_e: Fraction = 0.05
-    hidden: tuple[int, ...] = (120, 84)
+    hidden: tuple[Count, ...] = (120, 84)
     double: bool = False
     dueling: bool = False
     max_grad_norm: Rate = 10.0
@@ -278,6 +285,15 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         check_compile_mode(self.name, self.config.compile)
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
+
+    def check_budget(self, total_steps: int) -> None:
+        if self.config.learning_starts >= total_steps:
+            raise ConfigError(
+                f"algorithm.params.learning_starts: {self.name} starts learning after "
+                f"{self.config.learning_starts} env steps per agent, but an agent trains "
+                f"{total_steps}: it would never learn; lower learning_starts (the default "
+                "is 10000) or train longer"
+            )
 
     def check_env(self, env: EnvSpec) -> None:
         if env.action_space != "discrete":

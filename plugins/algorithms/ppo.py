@@ -37,6 +37,7 @@ from ctxrl_plugins.training.run import TrainingRun
 from ctxrl_plugins.training.trainer import (
     BatchedTrainer,
     Count,
+    Finite,
     Fraction,
     Rate,
     Weight,
@@ -68,7 +69,7 @@ class PPOConfig:
     hidden: Count = 64
     """width of the two hidden layers of actor and critic"""
     activation: Activation = "tanh"
-    init_log_std: float = 0.0
+    init_log_std: Finite = 0.0
     """initial log standard deviation of continuous actions"""
     reward_scale: Rate = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
@@ -341,6 +342,12 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
                 f"algorithm.params.num_minibatches: {self.name} splits each rollout of num_envs x "
                 f"num_steps = {batch} samples into equal minibatches; {minibatches} does not "
                 "divide it"
+            )
+        if batch // minibatches < 2:
+            raise ConfigError(
+                f"algorithm.params.num_minibatches: {minibatches} minibatches of the {batch} "
+                "samples of a rollout leave one sample each; the advantages are normalised "
+                "over a minibatch, which needs at least two"
             )
         segment, steps = self.config.rollout_segment, self.config.num_steps
         if not isinstance(segment, int) or segment < 1 or steps % segment:

@@ -116,11 +116,13 @@ def _tail(path: Path | None, lines: int = 15) -> str:
 
 
 def _kill_group(process: Any) -> None:
-    """SIGKILL a worker and every process it started (SUMO, for instance)."""
+    """SIGKILL a worker and every process it started (SUMO, for instance), also after the
+    worker itself has ended (what it started may outlive it)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        process.kill()
+        if process.exitcode is None:
+            process.kill()
 
 
 class LocalProcessExecutor:
@@ -176,7 +178,9 @@ class LocalProcessExecutor:
                     process = self.context.Process(
                         target=_child,
                         args=(fn, job, str(log) if log else None, os.getpid(), gpu),
-                        daemon=True,
+                        # not a daemon, so a job may start processes of its own; a worker
+                        # dies with the sweep all the same (_die_with_parent)
+                        daemon=False,
                     )
                     process.start()
                     running[process] = (job, time.monotonic(), log, gpu)
@@ -184,6 +188,7 @@ class LocalProcessExecutor:
                     job, started, log, _ = running[process]
                     if process.exitcode is not None:
                         process.join()
+                        _kill_group(process)  # what the job started and left running
                         del running[process]
                         if process.exitcode == 0:
                             yield job, None

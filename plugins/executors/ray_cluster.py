@@ -9,6 +9,7 @@ executor, so a cluster's workers need that directory on a shared file system.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,8 +26,10 @@ class RayExecutor:
     """Runs jobs as Ray tasks.
 
     Args:
-        workers: CPUs of the local cluster started when ``address`` is None.
-        timeout_s: wall-clock limit per job, counted from submission (the task is cancelled).
+        workers: tasks in flight at once (and the CPUs of the local cluster started when
+            ``address`` is None; on a cluster, the task slots to use).
+        timeout_s: wall-clock limit per job, counted from its submission, which waits for a
+            free slot of ``workers`` (the task is cancelled).
         address: an existing cluster (``"auto"`` or ``ray://...``); None starts a local one.
         num_gpus: GPUs per task.
     """
@@ -43,6 +46,7 @@ class RayExecutor:
 
         del log_dir  # Ray keeps each task's output in its own logs
         self.ray = ray
+        self.workers = max(1, int(workers))
         self.timeout_s = timeout_s
         self.num_gpus = num_gpus
         self._started_here = not ray.is_initialized()
@@ -60,7 +64,16 @@ class RayExecutor:
     ) -> Iterator[tuple[Job, BaseException | None]]:
         ray = self.ray
         task = ray.remote(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)(fn)
-        pending = {task.remote(job): (job, time.monotonic()) for job in jobs}
+        waiting = iter(jobs)
+        pending: dict[Any, tuple[Job, float]] = {}
+
+        def submit() -> None:
+            # at most `workers` tasks in flight, so that a task's time limit runs from about
+            # when it starts, not while it queues behind the others
+            for job in itertools.islice(waiting, self.workers - len(pending)):
+                pending[task.remote(job)] = (job, time.monotonic())
+
+        submit()
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -84,6 +97,7 @@ class RayExecutor:
                                     f"job exceeded its {self.timeout_s:g} s limit and was cancelled"
                                 ),
                             )
+                submit()
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

@@ -47,6 +47,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.options import count_option
 from ctxrl_plugins.interventions.common import (
     hidden_layers,
     initial_gain,
@@ -81,6 +82,7 @@ class ContinualBackprop(Intervention):
             raise ConfigError(
                 f"continual-backprop: replacement_rate must be in [0, 1], got {replacement_rate}"
             )
+        maturity = count_option(maturity, "continual-backprop: maturity", minimum=0)
         if maturity < 0:
             raise ConfigError(f"continual-backprop: maturity must be >= 0, got {maturity}")
         if not 0 <= decay < 1:

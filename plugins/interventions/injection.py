@@ -50,6 +50,7 @@ from ctxrl.interventions import (
     OptimizerReset,
     TrainingView,
 )
+from ctxrl.options import count_option, flag_option, names_option
 from ctxrl_plugins.interventions.common import fresh_parameters, per_agent, use_per_element_steps
 from ctxrl_plugins.training.networks import injection_name
 
@@ -80,18 +81,14 @@ class PlasticityInjection(Intervention):
         roles: Sequence[str] | None = None,
         optimizer_reset: OptimizerReset = "moments_and_step",
     ) -> None:
-        if not isinstance(layers, int) or layers < 1:
-            raise ConfigError(
-                f"plasticity-injection: layers must be an integer >= 1, got {layers!r}"
-            )
-        if not isinstance(max_injections, int) or max_injections < 1:
-            raise ConfigError(
-                f"plasticity-injection: max_injections must be an integer >= 1, got "
-                f"{max_injections!r}"
-            )
-        steps = sorted(int(s) for s in at_steps)
-        if any(s < 0 for s in steps):
-            raise ConfigError(f"plasticity-injection: at_steps must be >= 0, got {steps}")
+        layers = count_option(layers, "plasticity-injection: layers")
+        max_injections = count_option(max_injections, "plasticity-injection: max_injections")
+        at_switch = flag_option(at_switch, "plasticity-injection: at_switch")
+        if not isinstance(at_steps, list | tuple):
+            raise ConfigError(f"plasticity-injection: at_steps must be a list, got {at_steps!r}")
+        steps = sorted(
+            count_option(s, "plasticity-injection: at_steps", minimum=0) for s in at_steps
+        )
         if not at_switch and not steps:
             raise ConfigError(
                 "plasticity-injection: at_switch is false and at_steps is empty: it would "
@@ -102,9 +99,9 @@ class PlasticityInjection(Intervention):
                 f"plasticity-injection: optimizer_reset {optimizer_reset!r}: expected one of "
                 f"{OPTIMIZER_RESETS}"
             )
-        self.layers, self.at_switch, self.at_steps = layers, bool(at_switch), steps
+        self.layers, self.at_switch, self.at_steps = layers, at_switch, steps
         self.max_injections = max_injections
-        self.roles = None if roles is None else [str(r) for r in roles]
+        self.roles = None if roles is None else names_option(roles, "plasticity-injection: roles")
         self.optimizer_reset: OptimizerReset = optimizer_reset
         self.injected = torch.zeros(0)
         self.next_step = 0  # index into at_steps of the next scheduled injection
@@ -153,9 +150,15 @@ class PlasticityInjection(Intervention):
             self.inject(view, agents)
 
     def inject(self, view: TrainingView, agents: Tensor) -> None:
-        """Inject into the next free slot of ``agents`` ``(N,)`` (bool) where the mask is 1 and
-        a slot is left; only those agents' random streams advance."""
+        """Inject into the next free slot of ``agents`` ``(N,)`` (bool) where the mask is 1, a
+        slot is left and no parameter of the block is frozen (a warm start's ``freeze``: a
+        frozen layer stays the source's); only those agents' random streams advance."""
         chosen = agents & (view.mask > 0) & (self.injected < self.max_injections)
+        for block in self._block.values():
+            for layer in block:
+                for name, frozen in view.frozen.items():
+                    if name.startswith(f"{layer}."):
+                        chosen = chosen & ~frozen
         used = self.injected.clone()  # each agent's next free slot, before this injection
         for slot in range(self.max_injections):
             group = chosen & (used == slot)

@@ -21,6 +21,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import (
     PARAMETER_SETS,
     ParameterSet,
@@ -43,8 +44,7 @@ class L2(Intervention):
     def __init__(self, coef: float = 1e-4, include: ParameterSet = "weights") -> None:
         if include not in PARAMETER_SETS:
             raise ConfigError(f"l2: include {include!r}: expected one of {PARAMETER_SETS}")
-        if coef < 0:
-            raise ConfigError(f"l2: coef must be >= 0, got {coef}")
+        coef = number_option(coef, "l2: coef", positive=False)
         self.coef, self.include = float(coef), include
         self.names: list[str] = []
 

@@ -16,8 +16,8 @@ from typing import ClassVar, cast
 
 import torch
 
-from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import squared_norm
 
 
@@ -31,8 +31,7 @@ class L2Init(Intervention):
     name: ClassVar[str] = "l2-init"
 
     def __init__(self, coef: float = 1e-2) -> None:
-        if coef < 0:
-            raise ConfigError(f"l2-init: coef must be >= 0, got {coef}")
+        coef = number_option(coef, "l2-init: coef", positive=False)
         self.coef = float(coef)
 
     def loss(self, view: TrainingView) -> torch.Tensor | None:

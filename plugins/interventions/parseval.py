@@ -19,8 +19,8 @@ from typing import ClassVar, cast
 
 import torch
 
-from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import flag_option, number_option
 from ctxrl_plugins.interventions.common import head_layers, weight_names
 
 Tensor = torch.Tensor
@@ -38,8 +38,9 @@ class Parseval(Intervention):
     name: ClassVar[str] = "parseval"
 
     def __init__(self, coef: float = 1e-3, scale: float = 1.0, include_heads: bool = False) -> None:
-        if coef < 0 or scale < 0:
-            raise ConfigError(f"parseval: coef and scale must be >= 0, got {coef}, {scale}")
+        coef = number_option(coef, "parseval: coef", positive=False)
+        scale = number_option(scale, "parseval: scale", positive=False)
+        include_heads = flag_option(include_heads, "parseval: include_heads")
         self.coef, self.scale, self.include_heads = float(coef), float(scale), bool(include_heads)
         self.names: list[str] = []
 

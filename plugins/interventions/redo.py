@@ -35,6 +35,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import (
     fresh_orthogonal,
     hidden_layers,
@@ -73,10 +74,8 @@ class ReDo(Intervention):
         tau: float = 0.025,
         optimizer_reset: OptimizerReset = "moments_and_step",
     ) -> None:
-        if every < 1:
-            raise ConfigError(f"redo: every must be >= 1 gradient step, got {every}")
-        if tau < 0:
-            raise ConfigError(f"redo: tau must be >= 0, got {tau}")
+        every = count_option(every, "redo: every (gradient steps)")
+        tau = number_option(tau, "redo: tau", positive=False)
         if optimizer_reset not in OPTIMIZER_RESETS:
             raise ConfigError(
                 f"redo: optimizer_reset {optimizer_reset!r}: expected one of {OPTIMIZER_RESETS}"

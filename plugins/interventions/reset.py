@@ -33,6 +33,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.options import count_option, flag_option
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
     head_layers,
@@ -66,13 +67,16 @@ class Reset(Intervention):
     ) -> None:
         if layers not in ("head", "all"):
             raise ConfigError(f"reset: layers {layers!r}: expected 'head' or 'all'")
-        if every is not None and every < 1:
-            raise ConfigError(f"reset: every must be >= 1 gradient step or None, got {every}")
+        if every is not None:
+            every = count_option(every, "reset: every (gradient steps)")
         if optimizer_reset not in OPTIMIZER_RESETS:
             raise ConfigError(
                 f"reset: optimizer_reset {optimizer_reset!r}: expected one of {OPTIMIZER_RESETS}"
             )
-        self.layers, self.at_switch, self.every = layers, bool(at_switch), every
+        self.layers, self.every = layers, every
+        self.at_switch = flag_option(at_switch, "reset: at_switch")
+        if not self.at_switch and every is None:
+            raise ConfigError("reset: at_switch is false and every is unset: it would never reset")
         self.optimizer_reset = optimizer_reset
         self.updates = 0  # gradient steps so far (a Python int: no device sync per step)
         self.resets = torch.zeros(0)

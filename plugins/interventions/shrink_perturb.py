@@ -38,6 +38,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
     masked_normal,
@@ -75,6 +76,8 @@ class ShrinkPerturb(Intervention):
         self.when = when
         shrink = DEFAULTS[when][0] if shrink is None else shrink
         perturb = DEFAULTS[when][1] if perturb is None else perturb
+        shrink = number_option(shrink, "shrink-perturb: shrink")
+        perturb = number_option(perturb, "shrink-perturb: perturb", positive=False)
         if not 0 < shrink <= 1:
             raise ConfigError(f"shrink-perturb: shrink must be in (0, 1], got {shrink}")
         if perturb < 0:

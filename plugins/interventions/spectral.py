@@ -27,6 +27,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import masked_normal, weight_names
 
 Tensor = torch.Tensor
@@ -62,14 +63,12 @@ class SpectralRegularisation(Intervention):
     def __init__(
         self, coef: float = 1e-4, target: float = 1.0, power: float = 2.0, iterations: int = 1
     ) -> None:
-        if coef < 0:
-            raise ConfigError(f"spectral-reg: coef must be >= 0, got {coef}")
+        coef = number_option(coef, "spectral-reg: coef", positive=False)
         if target < 0 or power <= 0:
             raise ConfigError(
                 f"spectral-reg: target must be >= 0 and power > 0, got {target}, {power}"
             )
-        if iterations < 1:
-            raise ConfigError(f"spectral-reg: iterations must be >= 1, got {iterations}")
+        iterations = count_option(iterations, "spectral-reg: iterations")
         self.coef, self.target, self.power = float(coef), float(target), float(power)
         self.iterations = int(iterations)
         self.vectors: dict[str, Tensor] = {}  # weight name -> right singular vector (N, out)

@@ -25,6 +25,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import PARAMETER_SETS, ParameterSet, parameter_names
 
 Tensor = torch.Tensor
@@ -46,8 +47,7 @@ class WassersteinInit(Intervention):
             raise ConfigError(
                 f"wasserstein-init: include {include!r}: expected one of {PARAMETER_SETS}"
             )
-        if coef < 0:
-            raise ConfigError(f"wasserstein-init: coef must be >= 0, got {coef}")
+        coef = number_option(coef, "wasserstein-init: coef", positive=False)
         self.coef, self.include = float(coef), include
         self.names: list[str] = []
         self.sorted_initial: dict[str, Tensor] = {}

@@ -72,8 +72,10 @@ def evaluate_policies(
 
     ``contexts`` is one list of Q contexts for all policies, or with ``per_policy`` a list of
     P lists of Q contexts, policy ``i`` evaluated on ``contexts[i]`` (its own context, for
-    learning curves). ``compile``: each step (policies' actions, the twin's branch-free step,
-    the returns) runs as one ``torch.compile``-d graph, the same numbers up to rounding."""
+    learning curves). A policy whose parameters are not all finite gets NaN returns
+    (:func:`diverged_agents`). ``compile``: each step (policies' actions, the twin's
+    branch-free step, the returns) runs as one ``torch.compile``-d graph, the same numbers up
+    to rounding."""
     assert env.make_batched is not None
     p = len(policies)
     lists: list[Sequence[Mapping[str, float]]] = (
@@ -114,7 +116,18 @@ def evaluate_policies(
             )
             if bool(finished.all()):
                 break
-    return returns.view(p, q, episodes).cpu().numpy()
+    out: np.ndarray = returns.view(p, q, episodes).cpu().numpy()
+    out[diverged_agents(policies).cpu().numpy()] = np.nan
+    return out
+
+
+def diverged_agents(policies: Policies) -> Tensor:
+    """``(P,)`` whether each agent has a parameter that is not finite (a diverged training).
+    Such an agent's returns are NaN: on NaN logits its greedy action is the first one, which
+    would otherwise be scored as a policy."""
+    p = len(policies)
+    flags = [~torch.isfinite(v.reshape(p, -1)).all(dim=1) for v in policies.params.values()]
+    return torch.stack(flags).any(dim=0)
 
 
 def _evaluation_step(

@@ -3,7 +3,7 @@ and the :class:`~ctxrl.interventions.TrainingView` interventions see."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,6 +125,17 @@ class TrainingRun:
             self._counts[name] += 1
         else:
             self._sums[name], self._counts[name] = value.clone(), 1
+
+    def pending_diagnostics(self) -> tuple[dict[str, Tensor], dict[str, int]]:
+        """The running sums ``(N,)`` and counts since the last flush (for a checkpoint)."""
+        return dict(self._sums), dict(self._counts)
+
+    def restore_pending_diagnostics(
+        self, sums: Mapping[str, Tensor], counts: Mapping[str, int]
+    ) -> None:
+        """Continue the running means a checkpoint saved (:meth:`pending_diagnostics`)."""
+        self._sums = {k: v.clone() for k, v in sums.items()}
+        self._counts = {k: int(counts[k]) for k in sums}
 
     def flush_diagnostics(self) -> dict[str, np.ndarray]:
         """The running means since the last flush, per agent ``(N,)``, and reset them."""

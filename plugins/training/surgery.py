@@ -30,7 +30,8 @@ def warm_start(
     """Copy ``init``'s weights (a policies object with ``params``, or agent-stacked parameters
     ``(N, ...)`` or ``(1, ...)``) into ``params``, except the ``reinit`` layers, which keep their
     fresh initialisation; a missing parameter or a shape that does not fit (another algorithm,
-    network, observation or action space) is an error naming it. ``algorithm`` names the
+    network, observation or action space) is an error naming it, and so is a source parameter
+    the network lacks (the source's function would not be copied). ``algorithm`` names the
     trainer in errors. Parameters in ``optional`` (plasticity injection's frozen copies) are
     copied when the source has them and otherwise keep their initialisation."""
     source: Mapping[str, Tensor] = init.params if hasattr(init, "params") else init
@@ -42,6 +43,13 @@ def warm_start(
             "different algorithm or network); its parameters: "
             f"{', '.join(sorted(source)[:8])}"
         )
+    unused = sorted(set(source) - set(params))
+    if unused:
+        raise CtxrlError(
+            f"{algorithm}: the warm-start policy has parameters this network lacks "
+            f"({', '.join(unused[:8])}): it was trained with another network (normalisation, "
+            "a dueling head, injected blocks), which copying part of it would not reproduce"
+        )
     keep = set(matching(reinit, layers, params, "reinit"))
     n = next(iter(params.values())).shape[0]
     with torch.no_grad():
@@ -51,6 +59,11 @@ def warm_start(
             weights = source[name].to(value.device, value.dtype)
             if weights.shape[0] == 1 and n > 1:
                 weights = weights.expand(n, *weights.shape[1:])
+            if weights.shape[1:] == value.shape[1:] and weights.shape != value.shape:
+                raise CtxrlError(
+                    f"{algorithm}: the warm-start policy has {weights.shape[0]} agents and this "
+                    f"program {n}: give one source agent per agent, or a single one for all"
+                )
             if weights.shape != value.shape:
                 what = (
                     "observation"
@@ -73,7 +86,9 @@ def matching(
     patterns: Sequence[str], layers: Sequence[str], params: Mapping[str, Tensor], option: str
 ) -> list[str]:
     """Parameter names of the layers matched by ``patterns`` (a layer name, a role, or an
-    fnmatch pattern); a pattern that matches nothing is an error listing the layers."""
+    fnmatch pattern; a role also covers its parameters outside layers, e.g. ``actor`` the
+    Gaussian policy's ``actor.log_std``); a pattern that matches nothing is an error listing
+    the layers."""
     names: list[str] = []
     for pattern in patterns:
         matched = [
@@ -81,7 +96,11 @@ def matching(
             for layer in layers
             if fnmatch.fnmatchcase(layer, pattern) or layer.split(".")[0] == pattern
         ]
-        extra = [p for p in params if fnmatch.fnmatchcase(p, pattern) or p == pattern]
+        extra = [
+            p
+            for p in params
+            if fnmatch.fnmatchcase(p, pattern) or p == pattern or p.split(".")[0] == pattern
+        ]
         if not matched and not extra:
             raise CtxrlError(f"{option}: {pattern!r} matches no layer; layers: {', '.join(layers)}")
         for layer in matched:

@@ -51,14 +51,19 @@ ConfigT = TypeVar("ConfigT")
 StateT = TypeVar("StateT")
 
 
-Count = Annotated[int, Field(ge=1)]
+# Strict: a boolean is not a count or a rate (YAML's `true` would be 1), and numbers are finite.
+Count = Annotated[int, Field(ge=1, strict=True)]
 """A hyperparameter that counts something (environments, steps, epochs): at least 1."""
-Rate = Annotated[float, Field(gt=0)]
-"""A positive rate or scale (learning rate, clipping threshold)."""
-Fraction = Annotated[float, Field(ge=0, le=1)]
+Rate = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+"""A positive, finite rate or scale (learning rate, clipping threshold)."""
+Fraction = Annotated[float, Field(ge=0, le=1, strict=True)]
 """A value in [0, 1] (discount, GAE lambda, exploration probabilities)."""
-Weight = Annotated[float, Field(ge=0)]
-"""A non-negative loss weight."""
+Weight = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+"""A non-negative, finite loss weight."""
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""Any finite number (an initial log standard deviation)."""
+Steps = Annotated[int, Field(ge=0, strict=True)]
+"""A number of env steps that may be 0 (learning starts)."""
 
 
 def hyperparameters(
@@ -140,6 +145,11 @@ class BatchedTrainer(Generic[StateT]):
     # -------------------------------------------------------- what an algorithm supplies
     def check_env(self, env: EnvSpec) -> None:
         """Raise a :class:`~ctxrl.errors.CtxrlError` when the algorithm cannot train ``env``."""
+
+    def check_budget(self, total_steps: int) -> None:
+        """Raise a :class:`~ctxrl.errors.ConfigError` naming the hyperparameter when an agent
+        cannot learn in ``total_steps`` env steps (a sweep checks ``train_steps`` with it
+        before anything trains)."""
 
     @property
     def num_envs(self) -> int:
@@ -282,6 +292,7 @@ class BatchedTrainer(Generic[StateT]):
         if len(contexts) != len(seeds) or not seeds:
             raise CtxrlError(f"{self.name}: give one seed per context (and at least one)")
         self.check_env(env)
+        self.check_budget(total_steps)
         device, n, e = self.device, len(seeds), self.num_envs
         interventions, masks = intervention_masks(interventions, n, device)
         agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name)
@@ -315,8 +326,15 @@ class BatchedTrainer(Generic[StateT]):
             warm_start(self.name, params, init, layers, reinit, env, twin, optional=untrained)
         elif reinit:
             raise CtxrlError(f"{self.name}: reinit {list(reinit)} needs a warm start (init=...)")
+        frozen = matching(freeze, layers, params, "freeze")
+        both = sorted(set(frozen) & set(matching(reinit, layers, params, "reinit")))
+        if both:
+            raise CtxrlError(
+                f"{self.name}: {', '.join(both)} would be re-initialised and frozen: a fresh "
+                "draw that never trains; reinit or freeze it, not both"
+            )
         optimizer = self.optimizer(params)
-        for name in [*matching(freeze, layers, params, "freeze"), *untrained]:
+        for name in [*frozen, *untrained]:
             optimizer.freeze(name, torch.ones(n, dtype=torch.bool, device=device))
         rng = StreamRNG(torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device))
         run = TrainingRun(
@@ -463,10 +481,19 @@ class BatchedTrainer(Generic[StateT]):
         for index, intervention in enumerate(interventions):
             tensors.update(_prefixed(f"intervention{index}", intervention.state_dict()))
         tensors.update(_prefixed("log", log.tensors()))
+        # the diagnostics' running sums since the last record, so the next record after a
+        # resume averages the same iterations
+        sums, counts = run.pending_diagnostics()
+        tensors.update(_prefixed("diagnostic_sums", sums))
         save_artifact(
             path,
             {k: v.contiguous() for k, v in tensors.items()},
-            {"iteration": iteration, "env_steps": run.env_steps, "algorithm": self.name},
+            {
+                "iteration": iteration,
+                "env_steps": run.env_steps,
+                "algorithm": self.name,
+                "diagnostic_counts": counts,
+            },
         )
 
     def _restore(
@@ -488,6 +515,9 @@ class BatchedTrainer(Generic[StateT]):
         for index, intervention in enumerate(interventions):
             intervention.load_state_dict(_unprefixed(f"intervention{index}", tensors))
         run.env_steps = int(meta.get("env_steps", 0))
+        run.restore_pending_diagnostics(
+            _unprefixed("diagnostic_sums", tensors), meta.get("diagnostic_counts", {})
+        )
         restored = TrainingLog.from_tensors(_unprefixed("log", tensors), log.curve_contexts)
         return int(meta["iteration"]), restored
 

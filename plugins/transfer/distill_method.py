@@ -12,13 +12,8 @@ from typing import Any
 import numpy as np
 
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.transfer import (
-    TransferProblem,
-    TransferResult,
-    evaluate_sources,
-    number_option,
-    steps_option,
-)
+from ctxrl.options import number_option, steps_option
+from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
 from ctxrl_plugins.algorithms.ppo import BatchedPPO
 from ctxrl_plugins.transfer.distill_core import (
     Decay,

@@ -173,7 +173,8 @@ def resolve_study(
     params = preset_params(algorithm, config.preset, config.algorithm)
     for variant in config.variants:
         try:
-            algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
+            built = algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
+            cast(Any, built).check_budget(config.train_steps)  # every arm trains train_steps
         except CtxrlError as exc:
             raise ConfigError(f"algorithm: {exc}") from None
     n = len(contexts)

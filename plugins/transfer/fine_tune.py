@@ -16,8 +16,9 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.context import name_list
+from ctxrl.options import steps_option
 from ctxrl.registry import EnvSpec, TransferMethodSpec
-from ctxrl.transfer import TransferProblem, TransferResult, steps_option
+from ctxrl.transfer import TransferProblem, TransferResult
 
 
 class FineTune:
