@@ -136,7 +136,11 @@ class SweepConfig(_Strict):
     seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
         default_factory=lambda: [0], min_length=1
     )
-    train_steps: int = Field(gt=0, description="environment steps per trained model")
+    train_steps: int = Field(
+        gt=0,
+        description="environment steps per trained model (the batched trainers train whole "
+        "iterations: rounded down to a multiple of an iteration's env steps, at least one)",
+    )
     eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
     mode: Literal["full", "select", "multitask"] = Field(
         default="full",

@@ -250,7 +250,9 @@ class BatchedTrainer(Generic[StateT]):
         schedules: ContextSchedule | Sequence[ContextSchedule] | None = None,
         plasticity: PlasticityOptions | None = None,
     ) -> Any:
-        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each.
+        """Train one agent per ``(contexts[i], seeds[i])`` for ``total_steps`` env steps each,
+        in whole iterations (:meth:`steps_per_iteration`): ``total_steps`` is rounded down to
+        a multiple of an iteration's steps, at least one iteration.
 
         Args:
             checkpoint: a path (without suffix); the whole state (weights, optimizer state,
