@@ -65,11 +65,13 @@ class DQNConfig:
     learning_starts: Steps = 10_000
     """env steps per agent before learning starts"""
     train_frequency: Count = 10
-    """env steps per agent between training phases"""
+    """env steps per agent between training phases, counted in whole iterations of
+    ``num_envs`` steps (every ``max(1, train_frequency // num_envs)`` iterations)"""
     gradient_steps: Count = 1
     """gradient steps per training phase"""
     target_network_frequency: Count = 500
-    """env steps per agent between target-network updates (as in SB3 and CleanRL)"""
+    """env steps per agent between target-network updates (as in SB3 and CleanRL), counted
+    in whole iterations as ``train_frequency``"""
     tau: Fraction = 1.0
     """target update rate (1: hard copy)"""
     exploration_fraction: Fraction = 0.5
