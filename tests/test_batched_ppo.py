@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,27 +97,16 @@ def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
             raise Killed
 
     checkpoint = tmp_path / "ckpt"
-    with pytest.raises(Killed):
-        _algo().train_many(
-            spec,
-            contexts,
-            seeds,
-            total_steps=4 * 512,
-            checkpoint=checkpoint,
-            checkpoint_every=2 * 512,
-            progress=kill_after_third,
-            **window,
-        )
-    assert checkpoint.with_suffix(".safetensors").is_file()
-    resumed = _algo().train_many(
-        spec,
-        contexts,
-        seeds,
-        total_steps=4 * 512,
-        checkpoint=checkpoint,
-        checkpoint_every=2 * 512,
+    run: dict[str, Any] = {
+        "total_steps": 4 * 512,
+        "checkpoint": checkpoint,
+        "checkpoint_every": 2 * 512,
         **window,
-    )
+    }
+    with pytest.raises(Killed):
+        _algo().train_many(spec, contexts, seeds, progress=kill_after_third, **run)
+    assert checkpoint.with_suffix(".safetensors").is_file()
+    resumed = _algo().train_many(spec, contexts, seeds, **run)
     for name, value in reference.params.items():
         assert torch.equal(value, resumed.params[name]), name
     assert reference.log.diagnostic_steps == resumed.log.diagnostic_steps
