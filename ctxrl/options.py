@@ -13,10 +13,18 @@ from typing import Any
 from ctxrl.errors import ConfigError
 
 
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is a whole number (an int, or a finite float without a fraction),
+    not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
+
+
 def count_option(value: Any, option: str, *, minimum: int = 1) -> int:
     """``value`` as a whole number ``>= minimum`` (``option`` names it in the error, e.g.
     ``reset: every``); a boolean or a fraction is not a count."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if not _whole(value):
         raise ConfigError(f"{option} must be a whole number, got {value!r}")
     if int(value) < minimum:
         raise ConfigError(f"{option} must be >= {minimum}, got {value!r}")
@@ -25,7 +33,7 @@ def count_option(value: Any, option: str, *, minimum: int = 1) -> int:
 
 def steps_option(value: Any, option: str) -> int:
     """``value`` as a number of env steps: a whole number >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if not _whole(value):
         raise ConfigError(f"{option} must be a whole number of env steps, got {value!r}")
     if value <= 0:
         raise ConfigError(f"{option} must be > 0, got {value!r}")
