@@ -124,9 +124,4 @@ def evaluate_sources(
     )
 
 
-__all__ = [
-    "TransferMethod",
-    "TransferProblem",
-    "TransferResult",
-    "evaluate_sources",
-]
+__all__ = ["TransferMethod", "TransferProblem", "TransferResult", "evaluate_sources"]

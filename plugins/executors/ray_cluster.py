@@ -26,10 +26,11 @@ class RayExecutor:
     """Runs jobs as Ray tasks.
 
     Args:
-        workers: tasks in flight at once (and the CPUs of the local cluster started when
-            ``address`` is None; on a cluster, the task slots to use).
-        timeout_s: wall-clock limit per job, counted from its submission, which waits for a
-            free slot of ``workers`` (the task is cancelled).
+        workers: CPUs of the local cluster started when ``address`` is None, and the tasks
+            submitted to it at once.
+        timeout_s: wall-clock limit per job (the task is cancelled), counted from its
+            submission: on the local cluster a job is submitted when a worker is free, on an
+            existing cluster every job at once (its time in the cluster's queue counts).
         address: an existing cluster (``"auto"`` or ``ray://...``); None starts a local one.
         num_gpus: GPUs per task.
     """
@@ -46,7 +47,9 @@ class RayExecutor:
 
         del log_dir  # Ray keeps each task's output in its own logs
         self.ray = ray
-        self.workers = max(1, int(workers))
+        # the local cluster runs `workers` tasks at a time: submit no more, so that a task's
+        # time limit runs from about when it starts; a cluster schedules every task itself
+        self.in_flight: int | None = max(1, int(workers)) if address is None else None
         self.timeout_s = timeout_s
         self.num_gpus = num_gpus
         self._started_here = not ray.is_initialized()
@@ -68,9 +71,8 @@ class RayExecutor:
         pending: dict[Any, tuple[Job, float]] = {}
 
         def submit() -> None:
-            # at most `workers` tasks in flight, so that a task's time limit runs from about
-            # when it starts, not while it queues behind the others
-            for job in itertools.islice(waiting, self.workers - len(pending)):
+            free = None if self.in_flight is None else self.in_flight - len(pending)
+            for job in itertools.islice(waiting, free):
                 pending[task.remote(job)] = (job, time.monotonic())
 
         submit()
