@@ -531,7 +531,10 @@ def predict_matrix(
     observed = sorted(rows)
     fitted = gap or GapModel.estimate(coords, rows)
     gp = PerformanceGP(
-        coords[observed], np.array([rows[i][i] for i in observed]), noise_std=noise_std, seed=seed
+        coords[observed],
+        np.nan_to_num(np.array([rows[i][i] for i in observed]), nan=0.0),  # failed: 0
+        noise_std=noise_std,
+        seed=seed,
     )
     post = gp.posterior(coords)
     mean = np.clip(post.mean[:, None] - fitted.gap(coords), 0.0, 1.0)

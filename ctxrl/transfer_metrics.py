@@ -507,6 +507,13 @@ def compare_transfer(
         if threshold is not None
         else None
     )
+    # scratch's time to threshold on its whole curve: the window below starts where the
+    # source-shifted transfer curve does, and scratch may reach the threshold before that
+    threshold_scratch = (
+        time_to_threshold(scratch.steps, scratch.returns, threshold)
+        if threshold is not None
+        else None
+    )
     if count_source_time:
         if threshold_transfer is not None:
             threshold_transfer = threshold_transfer + source_steps
@@ -533,8 +540,7 @@ def compare_transfer(
     area_ratio = bootstrap_estimate(shifted, relative_difference_of_means, options=options)
 
     time_comparison = None
-    if threshold is not None and threshold_transfer is not None:
-        threshold_scratch = time_to_threshold(scratch.steps, scratch.returns, threshold)
+    if threshold_transfer is not None and threshold_scratch is not None:
         budgets = (
             float(transfer.steps[-1]) + (source_steps if count_source_time else 0),
             float(scratch.steps[-1]),

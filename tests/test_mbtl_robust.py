@@ -300,3 +300,18 @@ def test_on_families_of_real_matrices_mbtl_leads_greedy_and_random() -> None:
         assert versus_random[0] - versus_random[1] > 0, (folder, versus_random)
         lower = versus_greedy[0] - versus_greedy[1] if greedy_excludes_0 else versus_greedy[0]
         assert lower > 0, (folder, versus_greedy)
+
+
+@pytest.mark.parametrize(("name", "options"), [("mbtl-gp", {}), ("sd-mbtl", {"structure": "gp"})])
+def test_a_failed_sources_nan_entries_count_as_zero(name: str, options: dict[str, str]) -> None:
+    """A select sweep replays the strategy on rows where a failed run is NaN: its own entry
+    (the GP's training target) counts as 0, as in G_k, instead of a NaN GP fit (a crash) or an
+    argmax over NaN acquisitions."""
+    x = np.linspace(0.0, 1.0, 7)
+    matrix = np.clip(0.9 - 0.8 * np.abs(x[:, None] - x[None, :]), 0.0, 1.0)
+    matrix[3, 3] = np.nan  # the middle source's own entry
+    matrix[5] = np.nan  # a failed run: its whole row
+    strategy = get_host().registry.strategy(name).factory(**options)
+    result = replay(strategy, matrix, x[:, None], 5)
+    assert len(set(result.order)) == 5 and all(0 <= i < 7 for i in result.order)
+    assert np.all(np.isfinite(result.curve))

@@ -264,3 +264,17 @@ def test_reference_start_takes_the_rounded_mean_then_the_worst_covered_targets()
     assert strategy.trace()["rule"] == "acquisition"
     with pytest.raises(CtxrlError, match="start 'centre'"):
         MBTLStrategy(start="centre")
+
+
+def test_an_axis_of_one_point_is_not_a_dimension_of_the_mountain_test() -> None:
+    """A 1-D Mountain written on a 1 x 12 (or 12 x 1) grid: the axis that varies nothing has
+    slopes of 0 and cannot be mountain-shaped, so counting it made "more than half of the
+    dimensions" fail; the decision is the 1-D one."""
+    x = np.linspace(0.0, 1.0, 12)
+    matrix = 0.9 - 0.6 * np.abs(x[:, None] - x[None, :])
+    rows = {i: matrix[i] for i in (2, 6, 10)}
+    alone = detect_structure(x[:, None], rows)
+    for grid in (np.stack([np.zeros(12), x], axis=1), np.stack([x, np.zeros(12)], axis=1)):
+        test = detect_structure(grid, rows)
+        assert test.mountain == alone.mountain is True
+        assert test.mountain_dims == alone.mountain_dims == 1 and len(test.left_slopes) == 1

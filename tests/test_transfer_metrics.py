@@ -210,6 +210,17 @@ def test_source_time_is_recorded_and_optionally_counted() -> None:
     assert unaligned.first_step == 10 and unaligned.jumpstart.transfer.estimate == 4.5
     with pytest.raises(ValueError, match="need 2"):
         compare_transfer(transfer, scratch, source_steps=35, count_source_time=True)
+    # scratch reaching the threshold before the shifted window starts: its time is taken on
+    # its whole curve (10), not from the window's first step (20); transfer, at 0 + 20, is
+    # 10 steps slower
+    early = LearningCurves(FIVE_POINTS, np.array([[0.0, 5.0, 4.0, 4.0, 4.0]] * 2))
+    level = LearningCurves(FIVE_POINTS, np.array([[5.0] * 5] * 2))
+    times = compare_transfer(
+        level, early, source_steps=20, count_source_time=True, threshold=5.0
+    ).time_to_threshold
+    assert times is not None
+    assert times.scratch.estimate == 10.0 and times.transfer.estimate == 20.0
+    assert times.advantage.estimate == -10.0
 
 
 # --- estimates --------------------------------------------------------------------------------

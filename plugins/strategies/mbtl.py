@@ -373,7 +373,11 @@ class MBTLStrategy:
             self._trace.update(rule="worst-covered", best_so_far=best)
             return proposal
         sources = sorted(state.rows) or proposal
-        train_y = [state.rows[s][s] if s in state.rows else 0.5 for s in sources]
+        # a trained source's own entry; NaN (a failed run) counts as 0, as it does in G_k
+        train_y = [
+            float(np.nan_to_num(state.rows[s][s], nan=0.0)) if s in state.rows else 0.5
+            for s in sources
+        ]
         gap_model = self._gap(state)
         fits: dict[int, RowFit] = {}
         noise_std = 0.1 if self.noise_std in ("rows", "learned") else float(self.noise_std)
@@ -483,7 +487,11 @@ class MBTLStrategy:
         selection goes on, from gpytorch's defaults for a new one. Called at every step, as
         the reference refits after every new source."""
         steps = self._steps(state)
-        observed = [(s, float(state.rows[s][s])) for s in state.selected if s in state.rows]
+        observed = [
+            (s, float(np.nan_to_num(state.rows[s][s], nan=0.0)))
+            for s in state.selected
+            if s in state.rows
+        ]
         if not observed:  # a first batch proposed together: the middle source, assumed at 0.5
             return WarmStartedGP(state.coords[proposal] * steps, np.full(len(proposal), 0.5))
         if self._warm_gp is None or observed != self._warm_sources:

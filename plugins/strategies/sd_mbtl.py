@@ -96,11 +96,14 @@ def detect_structure(coords: np.ndarray, rows: Mapping[int, np.ndarray]) -> Stru
 
     Args:
         coords: ``(N, d)`` context coordinates (any positive scaling per dimension: the signs
-            and the ratio do not depend on it).
+            and the ratio do not depend on it); a dimension with a single value is left out
+            (the slopes are those of the varied dimensions).
         rows: source index -> its ``(N,)`` row (raw or normalised performance); NaN entries
             (unobserved targets) are left out of both tests.
     """
     coords = np.atleast_2d(np.asarray(coords, dtype=np.float64))
+    # an axis of one point (a 1 x 12 grid) varies nothing: it is neither fitted nor counted
+    coords = coords[:, np.ptp(coords, axis=0) > 0]
     sources = sorted(rows)
     dims = coords.shape[1]
     if len(sources) < 2:
