@@ -19,13 +19,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
 from ctxrl.interventions import build_interventions
+from ctxrl.options import refuse_bool
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 from ctxrl.yaml12 import parse_yaml
+
+WholeNumber = Annotated[int, BeforeValidator(refuse_bool)]
+"""A count in a config: YAML's ``true`` is refused (a lax ``int`` takes it as 1)."""
 
 
 class _Strict(BaseModel):
@@ -35,7 +47,7 @@ class _Strict(BaseModel):
 class AxisConfig(_Strict):
     """How one varied feature is gridded."""
 
-    num: int | None = Field(default=None, ge=1, description="number of grid points")
+    num: WholeNumber | None = Field(default=None, ge=1, description="number of grid points")
     low: float | None = Field(default=None, description="first value (feature's lower bound)")
     high: float | None = Field(default=None, description="last value (feature's upper bound)")
     scale: Literal["linear", "log"] | None = Field(default=None, description="grid spacing")
@@ -95,22 +107,26 @@ class TransferConfig(_Strict):
 
 
 class CurvesConfig(_Strict):
-    every: int = Field(gt=0, description="env steps per agent between evaluations")
-    episodes: int = Field(default=5, ge=1, description="deterministic episodes per evaluation")
+    every: WholeNumber = Field(gt=0, description="env steps per agent between evaluations")
+    episodes: WholeNumber = Field(
+        default=5, ge=1, description="deterministic episodes per evaluation"
+    )
 
 
 class StrategyConfig(_Strict):
     name: str = Field(default="equidistant", description="strategy registry name")
-    budget: int | None = Field(default=None, ge=1, description="K, sources to train (mode select)")
+    budget: WholeNumber | None = Field(
+        default=None, ge=1, description="K, sources to train (mode select)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(default=1, ge=1, description="q, sources proposed per step")
+    batch_size: WholeNumber = Field(default=1, ge=1, description="q, sources proposed per step")
 
 
 class ExecutorConfig(_Strict):
     name: str = Field(default="local", description="executor registry name")
-    workers: int = Field(default=2, ge=1, description="parallel jobs")
+    workers: WholeNumber = Field(default=2, ge=1, description="parallel jobs")
     timeout_s: float | None = Field(default=None, gt=0, description="per-job wall-clock limit")
-    shards: int = Field(
+    shards: WholeNumber = Field(
         default=1,
         ge=1,
         description="batched algorithms: split each group of agents into this many executor "
@@ -136,12 +152,14 @@ class SweepConfig(_Strict):
     seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
         default_factory=lambda: [0], min_length=1
     )
-    train_steps: int = Field(
+    train_steps: WholeNumber = Field(
         gt=0,
         description="environment steps per trained model (the batched trainers train whole "
         "iterations: rounded down to a multiple of an iteration's env steps, at least one)",
     )
-    eval_episodes: int = Field(default=10, ge=1, description="episodes per (policy, target)")
+    eval_episodes: WholeNumber = Field(
+        default=10, ge=1, description="episodes per (policy, target)"
+    )
     mode: Literal["full", "select", "multitask"] = Field(
         default="full",
         description="full: every context is a source; select: the strategy picks; "
@@ -314,7 +332,7 @@ class SweepPlan:
 def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = True) -> SweepPlan:
     """Check every name, option and hyperparameter in ``config`` against ``registry`` and build
     the context grid. ``training=False`` reads the plan of an existing run directory: the
-    device it trained on need not exist here."""
+    device it trained on and its executor need not exist here."""
     try:
         env = registry.env(config.env)
     except UnknownNameError as exc:
@@ -402,11 +420,12 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
             registry.strategy(name)
         except UnknownNameError as exc:
             raise ConfigError(f"compare: {exc}") from None
-    try:
-        executor = registry.executor(config.executor.name)
-    except UnknownNameError as exc:
-        raise ConfigError(f"executor.name: {exc}") from None
-    _check_executor_options(executor.factory, config.executor.options, executor.name)
+    if training:  # reading a run directory needs no executor (a Ray run's, without Ray)
+        try:
+            executor = registry.executor(config.executor.name)
+        except UnknownNameError as exc:
+            raise ConfigError(f"executor.name: {exc}") from None
+        _check_executor_options(executor.factory, config.executor.options, executor.name)
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if training:

@@ -13,6 +13,14 @@ from typing import Any
 from ctxrl.errors import ConfigError
 
 
+def refuse_bool(value: Any) -> Any:
+    """A pydantic ``BeforeValidator`` for counts: YAML's ``true`` is not the number 1 (a
+    lax ``int`` field takes it as 1; ``5e5`` stays a valid count)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
 def _whole(value: Any) -> bool:
     """Whether ``value`` is a whole number (an int, or a finite float without a fraction),
     not a boolean."""
@@ -68,4 +76,11 @@ def names_option(value: Any, option: str) -> list[str]:
     return list(value)
 
 
-__all__ = ["count_option", "flag_option", "names_option", "number_option", "steps_option"]
+__all__ = [
+    "count_option",
+    "flag_option",
+    "names_option",
+    "number_option",
+    "refuse_bool",
+    "steps_option",
+]

@@ -107,7 +107,11 @@ def execute_job(job: dict[str, Any]) -> None:
         )
     except BaseException as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]
-        store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
+        written = store.run(rid)
+        # a finished run (a retrain of its damaged policy failed) keeps its row and
+        # evaluations, as on the batched path (ensure_failed)
+        if written is None or written.status != "finished":
+            store.record_run(run_record(task, seed, plan, started, now(), "failed", None, error))
         raise
     finally:
         store.close()

@@ -144,6 +144,8 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         ),
         (["seeds=[-1]"], "seeds.0: Input should be greater than or equal to 0 (got -1)"),
         (["seeds=[true]"], "seeds.0: Input should be a valid integer (got True)"),
+        (["train_steps=true"], "train_steps: a boolean is not a number (got True)"),
+        (["eval_episodes=true"], "eval_episodes: a boolean is not a number (got True)"),
         (
             ["algorithm.params.num_envs=0"],
             "algorithm.params: batched-ppo: num_envs: Input should be greater than or equal to 1",
@@ -187,7 +189,8 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         ),
         (
             ["algorithm.params.num_envs=true"],
-            "algorithm.params: batched-ppo: num_envs: Input should be a valid integer (got True)",
+            "algorithm.params: batched-ppo: num_envs: Value error, a boolean is not a number "
+            "(got True)",
         ),
         (
             ["algorithm.params.learning_rate=.inf"],

@@ -462,6 +462,23 @@ def test_a_rerun_trains_again_the_runs_whose_policy_is_damaged(
     assert len(load_policies(run_dir)) == 2
 
 
+def test_a_run_directory_is_read_without_the_executor_that_ran_it(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A run directory copied off a Ray cluster names an executor this machine may not have:
+    reading it (report, select, policies) needs none."""
+    from ctxrl.results import load_policies
+
+    run_dir = _copy(finished, tmp_path)
+    plan_file = run_dir / "plan.yaml"
+    plan_file.write_text(plan_file.read_text().replace("name: local", "name: elsewhere"))
+    assert "name: elsewhere" in plan_file.read_text()
+    assert _cli("report", str(run_dir)).exit_code == 0
+    selected = _cli("select", "--matrix", str(run_dir), "--strategy", "greedy", "-k", "1")
+    assert selected.exit_code == 0, selected.output
+    assert len(load_policies(run_dir).policies) == 2
+
+
 def test_report_names_damaged_policies(finished: Path, tmp_path: Path) -> None:
     run_dir = _copy(finished, tmp_path)
     weights = _truncate_artifact(run_dir)

@@ -71,6 +71,40 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         spec.factory({"seed": 3}, device="cpu", env=env)
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "params", "message"),
+    [
+        ("sb3-ppo", {"learning_rate": "abc"}, "sb3-ppo: learning_rate must be a number > 0"),
+        ("sb3-ppo", {"learning_rate": "lin_x"}, "learning_rate 'lin_x': expected a number or"),
+        ("sb3-ppo", {"noise_type": "normal"}, "which sb3-ppo does not take"),
+        ("sb3-ppo", {"n_envs": True}, "sb3-ppo: n_envs must be a whole number, got True"),
+        ("sb3-ppo", {"policy": "Foo"}, "policy 'Foo' is not one of MlpPolicy"),
+        ("sb3-td3", {"noise_std": 0.5}, "noise_std alone adds no noise"),
+        ("sb3-td3", {"noise_type": "pink"}, "noise_type must be normal or ornstein-uhlenbeck"),
+    ],
+)
+def test_hyperparameter_values_are_checked_before_any_run(
+    algorithm: str, params: dict[str, object], message: str
+) -> None:
+    """Values SB3 refuses only when a run builds its model (every run of a sweep failing) or
+    ignores (noise_std without noise_type: TD3 without exploration noise)."""
+    with pytest.raises(ConfigError, match=message):
+        get_host().registry.algorithm(algorithm).factory(params, device="cpu")
+
+
+def test_an_off_policy_run_that_could_never_learn_is_refused() -> None:
+    from ctxrl.config import resolve_plan, validate_config
+
+    config = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5, 1.0]}},
+        "algorithm": {"name": "sb3-dqn", "preset": "CartPole"},
+        "train_steps": 700,
+    }
+    with pytest.raises(ConfigError, match="sb3-dqn starts learning after 1000 env steps, but"):
+        resolve_plan(validate_config(config), get_host().registry)
+
+
 def test_policy_artifact_is_not_a_pickle(tmp_path: Path) -> None:
     registry = get_host().registry
     env = registry.env("CartPole")

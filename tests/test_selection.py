@@ -222,14 +222,14 @@ def test_a_failing_replay_stops_with_its_error_while_the_others_finish() -> None
 
 
 def test_a_gp_fit_that_fails_raises_in_its_replay_instead_of_hanging_the_rest() -> None:
-    """Trial 1's diagonal is NaN, so its GP cannot be fitted; fitted in a batch with the
+    """Trial 1's diagonal is infinite, so its GP cannot be fitted; fitted in a batch with the
     other trials' GPs, its error still reaches the caller (the batch is refitted one by one
     to find the bad problem) and no replay is left waiting."""
     import threading
 
     matrices = _noisy_mountains(3)
     bad = matrices.copy()
-    np.fill_diagonal(bad[1], np.nan)
+    np.fill_diagonal(bad[1], np.inf)
     spec = get_host().registry.strategy("mbtl-gp")
     coords = np.linspace(0, 1, 20)[:, None]
     with pytest.raises(Exception) as alone:

@@ -641,3 +641,50 @@ def test_a_diverged_agent_fails_alone_and_a_failed_retry_keeps_stored_results(
         returns = store.returns(rid)
         assert not ensure_failed(store, task, 0, plan, "worker crashed after storing")
         assert store.run(rid).status == "finished" and store.returns(rid) == returns
+
+
+@requires_sb3
+def test_a_failed_retrain_of_a_damaged_policy_keeps_the_runs_evaluations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-run path (the SB3 adapter): a finished run whose saved policy is damaged is
+    retrained by the rerun; when that retrain fails, the run keeps its row and evaluations
+    (the failed attempt's error is raised and reported), as on the batched path."""
+    import io
+
+    from rich.console import Console
+
+    import ctxrl_plugins.algorithms.sb3 as sb3
+    from ctxrl.config import resolve_plan, validate_config
+    from ctxrl.plugins import get_host
+    from ctxrl.store import Store
+    from ctxrl.sweep import run_sweep
+
+    config = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5, 1.0]}},
+        "algorithm": {"name": "sb3-ppo", "params": {"n_steps": 64, "batch_size": 32}},
+        "seeds": [0],
+        "train_steps": 128,
+        "eval_episodes": 2,
+        "compare": [],
+        "executor": {"name": "inline"},
+        "output_dir": str(tmp_path),
+    }
+    plan = resolve_plan(validate_config(config), get_host().registry)
+    outcome = run_sweep(plan)
+    weights = sorted((outcome.run_dir / "artifacts").glob("*.safetensors"))[0]
+    with Store(outcome.run_dir / "store.sqlite") as store:
+        returns = store.returns(weights.stem)
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the retrain crashed")
+
+    monkeypatch.setattr(sb3.SB3Algorithm, "train", crash)
+    printed = io.StringIO()
+    run_sweep(plan, console=Console(file=printed, width=300))
+    assert f"run {weights.stem} (length=0.5): the retrain crashed" in printed.getvalue()
+    with Store(outcome.run_dir / "store.sqlite") as store:
+        assert store.run(weights.stem).status == "finished"
+        assert store.returns(weights.stem) == returns

@@ -23,6 +23,7 @@ from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, PluginUnavailable
+from ctxrl.options import count_option, number_option
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
@@ -192,8 +193,56 @@ class SB3Algorithm:
         reserved = sorted(set(params) & {"seed", "device", "verbose", "_init_setup_model"})
         if reserved:
             raise ConfigError(f"algorithm.params: {reserved} are set by ctxrl (seeds, device)")
+        self._check_values(params, allowed)
         self.params = dict(params)
         self.device = device
+
+    def _check_values(self, params: Mapping[str, Any], allowed: set[str]) -> None:
+        """The values SB3 would only refuse when a run builds its model (every run failing
+        after the sweep started), or take silently: checked here, naming the key."""
+        where = f"algorithm.params: sb3-{self.algo}"
+        if "n_envs" in params:
+            count_option(params["n_envs"], f"{where}: n_envs")
+        if "policy" in params and params["policy"] not in getattr(self.cls, "policy_aliases", {}):
+            names = ", ".join(getattr(self.cls, "policy_aliases", {}))
+            raise ConfigError(f"{where}: policy {params['policy']!r} is not one of {names}")
+        rate = params.get("learning_rate")
+        if isinstance(rate, str) and rate.startswith("lin_"):
+            try:
+                initial = float(rate[4:])
+            except ValueError:
+                raise ConfigError(
+                    f"{where}: learning_rate {rate!r}: expected a number or lin_<number>"
+                ) from None
+            number_option(initial, f"{where}: learning_rate {rate!r}")
+        elif rate is not None:
+            number_option(rate, f"{where}: learning_rate")
+        if "noise_type" in params or "noise_std" in params:
+            if "action_noise" not in allowed:
+                raise ConfigError(
+                    f"{where}: noise_type / noise_std add action noise, which sb3-{self.algo} "
+                    "does not take (sb3-sac and sb3-td3 do)"
+                )
+            if params.get("noise_type") not in ("normal", "ornstein-uhlenbeck"):
+                raise ConfigError(
+                    f"{where}: noise_type must be normal or ornstein-uhlenbeck (noise_std alone "
+                    f"adds no noise), got {params.get('noise_type')!r}"
+                )
+            if "noise_std" in params:
+                number_option(params["noise_std"], f"{where}: noise_std")
+
+    def check_budget(self, total_steps: int) -> None:
+        """Off-policy algorithms learn from ``learning_starts`` env steps on: at or above the
+        budget, an agent would never take a gradient step."""
+        parameter = inspect.signature(self.cls.__init__).parameters.get("learning_starts")
+        if parameter is None:
+            return
+        starts = self.params.get("learning_starts", parameter.default)
+        if starts >= total_steps:
+            raise ConfigError(
+                f"algorithm.params.learning_starts: sb3-{self.algo} starts learning after "
+                f"{starts} env steps, but a run trains {total_steps}: it would never learn"
+            )
 
     # ------------------------------------------------------------------------ training
     def _model_kwargs(self, action_dim: int) -> dict[str, Any]:

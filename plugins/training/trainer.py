@@ -23,12 +23,13 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
+from ctxrl.options import refuse_bool
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
@@ -51,8 +52,8 @@ ConfigT = TypeVar("ConfigT")
 StateT = TypeVar("StateT")
 
 
-# Strict: a boolean is not a count or a rate (YAML's `true` would be 1), and numbers are finite.
-Count = Annotated[int, Field(ge=1, strict=True)]
+# A boolean is not a count or a rate (YAML's `true` would be 1), and rates are finite.
+Count = Annotated[int, BeforeValidator(refuse_bool), Field(ge=1)]
 """A hyperparameter that counts something (environments, steps, epochs): at least 1."""
 Rate = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 """A positive, finite rate or scale (learning rate, clipping threshold)."""
@@ -62,7 +63,7 @@ Weight = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 """A non-negative, finite loss weight."""
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """Any finite number (an initial log standard deviation)."""
-Steps = Annotated[int, Field(ge=0, strict=True)]
+Steps = Annotated[int, BeforeValidator(refuse_bool), Field(ge=0)]
 """A number of env steps that may be 0 (learning starts)."""
 
 
