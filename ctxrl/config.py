@@ -630,6 +630,16 @@ def _check_training_options(
             f"algorithm; {algorithm.name!r} is not"
         )
     check_options(method.factory, config.transfer.options, f"transfer.options: {method.name!r}")
+    if method.joint and (config.executor.shards > 1 or config.mode == "select"):
+        why = (
+            f"executor.shards: {config.executor.shards} splits them into programs"
+            if config.executor.shards > 1
+            else "mode: select trains them a step at a time"
+        )
+        raise ConfigError(
+            f"transfer.name: {method.name!r} transfers the sweep's sources together (each "
+            f"target learns from all of them), and {why}; use executor.shards: 1 and mode: full"
+        )
 
 
 def _with_options(

@@ -226,6 +226,10 @@ class TransferMethodSpec:
             unknown options raise an error naming them.
         batched_only: True when the method trains (fine-tuning, distillation) and so needs a
             batched algorithm; zero-shot works with every algorithm.
+        joint: True when one source's result depends on the others (distillation's students
+            learn from every source as teachers): the sources of a sweep must be transferred
+            together, so such a method needs one program per sweep (``executor.shards: 1``,
+            ``mode: full``).
         report: for methods that run studies of their own (``ctxrl transfer ...``):
             ``report(run_dir) -> markdown``, rewriting the study's exports and figures from
             its run directory; ``ctxrl report`` calls it for such directories.
@@ -235,6 +239,7 @@ class TransferMethodSpec:
     name: str
     factory: Callable[..., Any]
     batched_only: bool = True
+    joint: bool = False
     report: Callable[[Path], str] | None = None
     description: str = ""
 

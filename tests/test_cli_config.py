@@ -131,6 +131,29 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "actor.0, actor.1, actor.head, critic.0",
         ),
         (
+            ["transfer={name: distill, options: {steps: 100}}", "executor.shards=2"],
+            "transfer.name: 'distill' transfers the sweep's sources together (each target "
+            "learns from all of them), and executor.shards: 2 splits them into programs",
+        ),
+        (
+            ["transfer={name: distill, options: {steps: 100}}", "mode=select", "strategy.budget=2"],
+            "and mode: select trains them a step at a time",
+        ),
+        (
+            [
+                "transfer={name: distill, options: {steps: 100, start: best-teacher, "
+                "student: {hidden: 32}}}"
+            ],
+            "start 'best-teacher' copies a source into the student, whose hidden 32 differs",
+        ),
+        (
+            [
+                "transfer={name: distill, options: {steps: 100, start: best-teacher, "
+                "weights: uniform}}"
+            ],
+            "with weights 'uniform' they all weigh the same",
+        ),
+        (
             ["transfer={name: fine-tune, options: {steps: true}}"],
             "fine-tune: steps must be a whole number of env steps, got True",
         ),

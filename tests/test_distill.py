@@ -379,6 +379,7 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
         "train_steps": 1024,
         "eval_episodes": 2,
         "compare": [],
+        "multitask": True,  # its policy, trained on every context, is no teacher
         "output_dir": str(tmp_path / "runs"),
         "transfer": {
             "name": "distill",
@@ -526,6 +527,10 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
     assert result.returns.shape == (2, 2, 2) and np.isfinite(result.returns).all()
     assert result.details["students"] == 2 and result.details["proxy_source_env_steps"] == 512
     assert result.target_env_steps == 1024  # the proxy trains in the source contexts only
+    # the steps reported are the steps trained: whole iterations of 512 env steps
+    assert (
+        factory(steps=1000, mode="proxy", proxy_steps=512).transfer(problem).target_env_steps == 512
+    )
     assert "proxy students' mean return" in result.details["summary"]
     with pytest.raises(ConfigError, match="proxy_steps must be > 0"):
         factory(steps=8, mode="proxy", proxy_steps=0)

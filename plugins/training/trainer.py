@@ -161,6 +161,12 @@ class BatchedTrainer(Generic[StateT]):
         """Environment steps per agent in one :meth:`iterate`."""
         raise NotImplementedError
 
+    def trained_steps(self, total_steps: int) -> int:
+        """The env steps per agent :meth:`train_many` trains for ``total_steps``: whole
+        iterations, rounded down, at least one."""
+        per_iteration = self.steps_per_iteration()
+        return max(1, total_steps // per_iteration) * per_iteration
+
     def default_checkpoint_every(self) -> int:
         """Env steps per agent between checkpoints when the caller does not say: every 50
         iterations."""
@@ -354,7 +360,7 @@ class BatchedTrainer(Generic[StateT]):
         run.record_activations = run.record_activations or plasticity is not None
         for intervention in run.each_intervention():
             intervention.setup(run)
-        iterations = max(1, total_steps // self.steps_per_iteration())
+        iterations = self.trained_steps(total_steps) // self.steps_per_iteration()
         self.compiling, self.compile_s, self._compiled_functions = False, 0.0, []
         state = self.setup(run, iterations)
         run.obs = twin.reset().view(n, e, run.obs_dim)

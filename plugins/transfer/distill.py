@@ -61,6 +61,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             name="distill",
             factory=_distill,
             batched_only=True,
+            joint=True,
             description="one student per target taught by all sources (options: steps, mode "
             "dagger|kickstart|conditioned|proxy, temperature, weights distance|uniform|transfer, "
             "scale, coef, decay, half_life, student, proxy_steps, start scratch|best-teacher)",

@@ -62,10 +62,16 @@ Decay = Literal["linear", "exponential"]
 Start = Literal["scratch", "best-teacher"]
 
 
-def check_start(start: str) -> None:
-    """A students' ``start`` that is not ``scratch`` or ``best-teacher`` is a config error."""
+def check_start(start: str, weights: object = "distance") -> None:
+    """A students' ``start`` that is not ``scratch`` or ``best-teacher`` is a config error, and
+    so is ``best-teacher`` with ``uniform`` weights (no teacher weighs most)."""
     if start not in ("scratch", "best-teacher"):
         raise ConfigError(f"distill: start must be 'scratch' or 'best-teacher', got {start!r}")
+    if start == "best-teacher" and isinstance(weights, str) and weights == "uniform":
+        raise ConfigError(
+            "distill: start 'best-teacher' starts from the teacher with the largest weight; "
+            "with weights 'uniform' they all weigh the same (use distance or transfer)"
+        )
 
 
 # ------------------------------------------------------------------------------ teaching
@@ -304,7 +310,7 @@ def distill_students(
         raise ConfigError(f"distill: steps must be > 0, got {steps}")
     if mode not in ("dagger", "kickstart"):
         raise ConfigError(f"distill: mode must be 'dagger' or 'kickstart', got {mode!r}")
-    check_start(start)
+    check_start(start, weights)
     if start == "best-teacher" and "init" in train_options:
         raise ConfigError("distill: start 'best-teacher' and init=... both set a warm start")
     if env.make_batched is None:

@@ -84,7 +84,7 @@ class Distill:
         coef = number_option(coef, "distill: coef", positive=False)
         half_life = number_option(half_life, "distill: half_life")
         decay_schedule(decay, 0.0, half_life)
-        check_start(start)
+        check_start(start, weights)
         if start != "scratch" and mode not in ("dagger", "kickstart"):
             raise ConfigError(f"distill: start {start!r} needs mode 'dagger' or 'kickstart'")
         self.start: Start = start
@@ -98,6 +98,21 @@ class Distill:
             why = str(exc).removeprefix("algorithm.params: ")
             raise ConfigError(f"distill: student: {why}") from None
         self.seed_offset = int(seed_offset)
+
+    def check(self, algorithm: Any, env: Any) -> None:
+        """``start: best-teacher`` copies a source into the student: their networks (widths,
+        activation) must match (checked before the sources train)."""
+        del env
+        if self.start != "best-teacher" or not isinstance(algorithm, BatchedPPO):
+            return
+        student = BatchedPPO(self.student).config
+        for name in ("hidden", "activation"):
+            if getattr(student, name) != getattr(algorithm.config, name):
+                raise ConfigError(
+                    f"distill: start 'best-teacher' copies a source into the student, whose "
+                    f"{name} {getattr(student, name)!r} differs from the sources' "
+                    f"{getattr(algorithm.config, name)!r} (student: {{{name}: ...}})"
+                )
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
         from ctxrl_plugins.training.evaluation import evaluate_policies
@@ -225,7 +240,8 @@ class Distill:
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
         # per student: its training, plus the teachers' episodes on its target when they
         # chose the weights (an upper bound: every episode counted at its time limit)
-        used = self.steps + (zero_shot_steps if self.weights == "transfer" else 0)
+        trained = BatchedPPO(self.student).trained_steps(self.steps)  # whole iterations
+        used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
         return TransferResult(returns, target_env_steps=used, details=details)
 
 

@@ -120,8 +120,9 @@ def stack_teachers(policies: Sequence[Any]) -> Any:
 
 
 def load_teachers(run_dirs: str | Path | Sequence[str | Path], *, device: str = "cpu") -> Any:
-    """Teachers from one or more finished sweep run directories (every finished run with a
-    policy artifact), stacked into one teachers object with their contexts.
+    """Teachers from one or more finished sweep run directories (every finished source run
+    with a policy artifact; a multi-task policy, trained on every context, has no context of
+    its own to be weighted by), stacked into one teachers object with their contexts.
 
     A directory that is not a run directory or holds no finished policy is an error naming it
     (from :func:`ctxrl.results.load_policies`); so are teachers whose spaces differ."""
@@ -132,7 +133,7 @@ def load_teachers(run_dirs: str | Path | Sequence[str | Path], *, device: str = 
         raise CtxrlError("distillation needs at least one teacher (got no run directory)")
     policies: list[Any] = []
     for run_dir in dirs:
-        loaded = load_policies(run_dir, device=device)
+        loaded = load_policies(run_dir, device=device, where=lambda row: row.kind == "source")
         for policy, context in zip(loaded.policies, loaded.contexts, strict=True):
             if not hasattr(policy, "params"):
                 raise CtxrlError(

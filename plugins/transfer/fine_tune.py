@@ -83,7 +83,8 @@ class FineTune:
         )  # (P * Q, 1, E)
         return TransferResult(
             np.asarray(returns, dtype=np.float64).reshape(p, q, problem.episodes),
-            target_env_steps=self.steps,
+            # the steps trained: whole iterations of the algorithm
+            target_env_steps=problem.algorithm.trained_steps(self.steps),
             details={"reinit": self.reinit, "freeze": self.freeze},
         )
 
