@@ -93,7 +93,7 @@ class Distill:
         self.decay, self.half_life = decay, float(half_life)
         self.student = dict(student or {})
         try:  # the student's hyperparameters, checked before any source trains
-            BatchedPPO(self.student)
+            self._student = BatchedPPO(self.student)
         except CtxrlError as exc:
             why = str(exc).removeprefix("algorithm.params: ")
             raise ConfigError(f"distill: student: {why}") from None
@@ -105,7 +105,7 @@ class Distill:
         del env
         if self.start != "best-teacher" or not isinstance(algorithm, BatchedPPO):
             return
-        student = BatchedPPO(self.student).config
+        student = self._student.config
         for name in ("hidden", "activation"):
             if getattr(student, name) != getattr(algorithm.config, name):
                 raise ConfigError(
@@ -240,7 +240,7 @@ class Distill:
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
         # per student: its training, plus the teachers' episodes on its target when they
         # chose the weights (an upper bound: every episode counted at its time limit)
-        trained = BatchedPPO(self.student).trained_steps(self.steps)  # whole iterations
+        trained = self._student.trained_steps(self.steps)  # whole iterations
         used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
         return TransferResult(returns, target_env_steps=used, details=details)
 

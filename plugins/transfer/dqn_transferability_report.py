@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxrl.selection import json_safe
 from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPlan
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
 
@@ -84,7 +85,7 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
             variant_out[arm] = {
                 "pairs": pairs_out,
                 # pairs not run (``pairs: self`` / ``cross``) and missing intervals: null
-                "matrices": {m: _with_nulls(v) for m, v in matrices.items()},
+                "matrices": {m: json_safe(v) for m, v in matrices.items()},
                 "verdicts": verdicts.tolist(),
                 "counts": counts,
             }
@@ -138,13 +139,6 @@ def write_outputs(
     summary = _summary_markdown(plan, analysis, [p.relative_to(run_dir) for p in written])
     (run_dir / "summary.md").write_text(summary)
     return summary
-
-
-def _with_nulls(values: np.ndarray) -> list[Any]:
-    """``values`` as nested lists, a non-finite number as None (JSON's null)."""
-    out = values.astype(object)
-    out[~np.isfinite(values)] = None
-    return list(out.tolist())
 
 
 def _json_default(value: Any) -> Any:
