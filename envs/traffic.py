@@ -16,19 +16,25 @@ default (any sumo-rl reward by name). Steps of ``delta_time`` = 10 simulated sec
 Return bounds for normalisation: [-2000, 0] on the default 1800 s episode. The reward telescopes
 to minus the waiting time accumulated in the network, divided by 100 (sumo-rl's units). Measured
 on the default 1800 s episode: random phases score about -1400 at 1000 veh/h and -1800 at
-2500 veh/h, any policy about 0 at 50 veh/h. Shorter episodes (``num_seconds``) score
-proportionally less; rescale the bounds with them.
+2500 veh/h; at 50 veh/h random phases score about 0 and a light that never changes about -380.
+A policy that jams a heavy inflow scores far below -2000 (down to about -5000 in the kept
+matrices of ``benchmarks/results/traffic-inflow-10``), and normalisation clips every such
+return to 0: the bounds separate working policies, not bad ones from very bad ones. Shorter
+episodes (``num_seconds``) score proportionally less; rescale the bounds with them.
+
+``road_length`` is the distance from the junction's centre to the road's far end; netconvert
+takes the junction's own size (about 10 m) off the lanes, so a lane is that much shorter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
 import subprocess
 import tempfile
-import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +78,12 @@ APPROACHES = {  # approach: (straight, left, right) exits
     "E": ("W", "S", "N"),
     "W": ("E", "N", "S"),
 }
+VEHICLE_TYPE = '<vType id="car" accel="2.6" decel="4.5" sigma="0.5" length="5" minGap="2.5"/>'
+SCENARIO_VERSION = hashlib.sha256(
+    repr((1, RIGHT_TURN_RATIO, LANES, sorted(APPROACHES.items()), VEHICLE_TYPE)).encode()
+).hexdigest()[:8]
+"""Part of every cache entry's name: a change to how scenarios are written builds them anew
+(the number counts changes to :func:`scenario` itself)."""
 
 
 CONNECT_POLL_S = 0.02
@@ -133,7 +145,7 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
     Files are written to a temporary directory and moved into place, so concurrent workers
     asking for the same context never read half-written files."""
     task = Task(NAME, context)
-    target = (directory or cache_dir()) / f"{task.id}-{horizon_s}s"
+    target = (directory or cache_dir()) / f"{task.id}-{horizon_s}s-{SCENARIO_VERSION}"
     net, routes = target / "net.xml", target / "routes.xml"
     if net.is_file() and routes.is_file():
         return net, routes
@@ -196,23 +208,74 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
                         f'departLane="best" departSpeed="max"/>'
                     )
         (build / "routes.xml").write_text(
-            textwrap.dedent("""\
-            <routes>
-              <vType id="car" accel="2.6" decel="4.5" sigma="0.5" length="5" minGap="2.5"/>
-            """)
-            + "\n".join(flows)
-            + "\n</routes>\n"
+            f"<routes>\n  {VEHICLE_TYPE}\n" + "\n".join(flows) + "\n</routes>\n"
         )
-        staged = target.parent / f".{target.name}.{os.getpid()}"
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir()
+        # a directory of its own for every process and thread, moved into place in one step
+        staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         for name in ("net.xml", "routes.xml"):
             shutil.copy2(build / name, staged / name)
         try:
             staged.rename(target)
-        except OSError:  # another worker built the same context first
+        except OSError:  # another worker built the same context first, or the entry is damaged
+            if not (net.is_file() and routes.is_file()):  # damaged (a file removed): replaced
+                damaged = Path(tempfile.mkdtemp(dir=target.parent, prefix=".damaged-"))
+                with contextlib.suppress(OSError):
+                    target.rename(damaged / target.name)
+                    staged.rename(target)
+                shutil.rmtree(damaged, ignore_errors=True)
             shutil.rmtree(staged, ignore_errors=True)
+    if not (net.is_file() and routes.is_file()):
+        raise CtxrlError(
+            f"{NAME}: the scenario cache entry {target} is incomplete and could not be replaced; "
+            "remove it and run again"
+        )
     return net, routes
+
+
+def _whole_seconds(name: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise CtxrlError(
+            f"{NAME}: {name} must be a whole number of simulated seconds >= {least} (got {value!r})"
+        )
+    return value
+
+
+def _check_timing(
+    num_seconds: object,
+    delta_time: object,
+    yellow_time: object,
+    min_green: object,
+    max_green: object,
+) -> None:
+    """sumo-rl's timing options, checked before SUMO starts (sumo-rl asserts some of them
+    after starting it, and ignores ``max_green``)."""
+    delta = _whole_seconds("delta_time", delta_time, 1)
+    yellow = _whole_seconds("yellow_time", yellow_time, 0)
+    _whole_seconds("min_green", min_green, 0)
+    _whole_seconds("num_seconds", num_seconds, delta)
+    if delta <= yellow:
+        raise CtxrlError(
+            f"{NAME}: delta_time ({delta} s) must be above yellow_time ({yellow} s): a step "
+            "holds the yellow phase and some green"
+        )
+    if max_green != 60:
+        raise CtxrlError(
+            f"{NAME}: max_green={max_green!r} would do nothing: sumo-rl ignores max_green "
+            "(leave it at its default, 60)"
+        )
+
+
+def _check_reward(reward_fn: object) -> None:
+    """``reward_fn`` names one of sumo-rl's rewards (or is a callable, as sumo-rl takes)."""
+    if callable(reward_fn):
+        return
+    from sumo_rl.environment.traffic_signal import TrafficSignal
+
+    if not isinstance(reward_fn, str) or reward_fn not in TrafficSignal.reward_fns:
+        raise CtxrlError(
+            f"{NAME}: reward_fn {reward_fn!r} is not one of sumo-rl's rewards "
+            f"{sorted(TrafficSignal.reward_fns)}"
+        )
 
 
 _LIBSUMO_RUNNING: list[TrafficSignalEnv] = []
@@ -230,10 +293,16 @@ class TrafficSignalEnv(gym.Env):
 
     Args:
         num_seconds: simulated seconds per episode.
-        delta_time, yellow_time, min_green, max_green: sumo-rl's timing, in simulated seconds.
+            An episode is a whole number of agent steps: it ends at the first multiple of
+            ``delta_time`` at or after ``num_seconds``.
+        delta_time, yellow_time, min_green: sumo-rl's timing, in whole simulated seconds
+            (``delta_time`` above ``yellow_time``, as sumo-rl requires).
+        max_green: accepted for sumo-rl's signature only: sumo-rl ignores it, so any value but
+            its default (60) is refused rather than silently doing nothing.
         reward_fn: a sumo-rl reward name (``diff-waiting-time``, ``average-speed``, ``queue``,
-            ``pressure``).
-        sumo_args: extra SUMO command-line arguments (e.g. ``["--tripinfo-output", path]``).
+            ``pressure``, or one registered with ``TrafficSignal.register_reward_fn``).
+        sumo_args: extra SUMO command-line arguments (e.g. ``["--tripinfo-output", path]``),
+            none containing whitespace (sumo-rl splits its SUMO command at whitespace).
         metrics: put sumo-rl's system and per-signal metrics (mean speed, waiting times,
             queues) in each step's ``info``. Off by default: they cost two TraCI calls per
             vehicle per step, most of a step's time (the reward needs none of them).
@@ -272,6 +341,8 @@ class TrafficSignalEnv(gym.Env):
                     f"(got {seconds!r})"
                 )
         _sumo_home()
+        _check_timing(num_seconds, delta_time, yellow_time, min_green, max_green)
+        _check_reward(reward_fn)
         self.options: dict[str, Any] = {
             "num_seconds": num_seconds,
             "delta_time": delta_time,
@@ -285,8 +356,16 @@ class TrafficSignalEnv(gym.Env):
             "max_depart_delay": max_depart_delay,
         }
         self.sumo_args = list(sumo_args)
+        spaced = [arg for arg in self.sumo_args if not arg or any(c.isspace() for c in arg)]
+        if spaced:
+            raise CtxrlError(
+                f"{NAME}: sumo_args {spaced} are empty or contain whitespace; sumo-rl splits its "
+                "SUMO command at whitespace, so SUMO would get them in pieces (use paths without "
+                "spaces)"
+            )
         self.context = TRAFFIC.default()
         self._sim: Any = None
+        self._running = False  # an episode was started by reset() and not ended by close()
         if self.sumo_args:
             self._check_sumo_args()
         probe = self._simulation()  # sumo-rl reads the light's phases and lanes here
@@ -317,17 +396,35 @@ class TrafficSignalEnv(gym.Env):
             self._claim_libsumo()  # sumo-rl starts SUMO here to read the light's phases
 
             net, routes = scenario(self.context, int(self.options["num_seconds"]))
-            with _fast_sumo_start():  # sumo-rl runs SUMO once here to read the light
-                self._sim = SumoEnvironment(
-                    net_file=str(net),
-                    route_file=str(routes),
-                    single_agent=True,
-                    sumo_warnings=False,
-                    additional_sumo_cmd=" ".join(["--no-step-log", *self.sumo_args]),
-                    sumo_seed=0,
-                    **self.options,
-                )
+            try:
+                with _fast_sumo_start():  # sumo-rl runs SUMO once here to read the light
+                    self._sim = SumoEnvironment(
+                        net_file=str(net),
+                        route_file=str(routes),
+                        single_agent=True,
+                        sumo_warnings=False,
+                        additional_sumo_cmd=" ".join(["--no-step-log", *self.sumo_args]),
+                        sumo_seed=0,
+                        **self.options,
+                    )
+            except BaseException:
+                self._end_failed_probe(SumoEnvironment.CONNECTION_LABEL - 1)
+                raise
         return self._sim
+
+    def _end_failed_probe(self, label: int) -> None:
+        """sumo-rl failed after starting its reading run of SUMO (before closing it): close
+        that run (libsumo's one simulation, or TraCI's ``init_connection`` of ``label``) and
+        release this process's libsumo slot, so that the next env can run."""
+        import traci
+
+        with contextlib.suppress(Exception):
+            if _libsumo():
+                traci.close()
+            else:
+                traci.getConnection(f"init_connection{label}").close()
+        if self in _LIBSUMO_RUNNING:
+            _LIBSUMO_RUNNING.remove(self)
 
     def _check_sumo_args(self) -> None:
         """Run SUMO once on the default scenario with the extra arguments: a bad argument is
@@ -359,7 +456,10 @@ class TrafficSignalEnv(gym.Env):
             )
 
     def set_context(self, context: Context) -> None:
-        """Use ``context`` from the next reset (its scenario is built or taken from the cache)."""
+        """Use ``context`` from the next reset (its scenario is built or taken from the cache).
+
+        A new context ends a running episode (its SUMO is closed): call ``reset`` before the
+        next ``step``."""
         if context != self.context:
             self.close()
             self.context = context
@@ -373,9 +473,15 @@ class TrafficSignalEnv(gym.Env):
         self._claim_libsumo()
         with _fast_sumo_start():  # each reset starts a new SUMO
             obs, info = simulation.reset(seed=sumo_seed)
+        self._running = True
         return np.asarray(obs, dtype=np.float32), dict(info)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._running:
+            raise CtxrlError(
+                f"{NAME}: step() without a running episode: call reset() first (a new context "
+                "or close() ends the episode)"
+            )
         obs, reward, terminated, truncated, info = self._simulation().step(int(action))
         return (
             np.asarray(obs, dtype=np.float32),
@@ -386,6 +492,7 @@ class TrafficSignalEnv(gym.Env):
         )
 
     def close(self) -> None:
+        self._running = False
         if self._sim is not None:
             self._sim.close()
             self._sim = None

@@ -158,6 +158,109 @@ def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
     assert leftovers == []  # no half-built scenario directories
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"reward_fn": "nope"}, r"reward_fn 'nope' is not one of sumo-rl's rewards \["),
+        ({"delta_time": 3}, r"delta_time \(3 s\) must be above yellow_time \(4 s\)"),
+        ({"num_seconds": -10}, r"num_seconds must be a whole number .* >= 10 \(got -10\)"),
+        ({"num_seconds": 60.5}, r"num_seconds must be a whole number .*\(got 60.5\)"),
+        ({"max_green": 30}, r"max_green=30 would do nothing: sumo-rl ignores max_green"),
+        ({"sumo_args": ["--tripinfo-output", "a b/trips.xml"]}, r"contain whitespace"),
+    ],
+)
+def test_bad_env_options_are_named_before_sumo_starts(options: dict, message: str) -> None:
+    """sumo-rl checks these after starting SUMO (an assertion, a NotImplementedError, a SUMO
+    that dies at its first step, or arguments split at a space): each is refused first."""
+    before = _sumo_pids(parent=os.getpid())
+    spec = get_host().registry.env("TrafficSignal")
+    with pytest.raises(CtxrlError, match=message):
+        spec.make(**{"num_seconds": 60, **options})
+    assert _sumo_pids(parent=os.getpid()) == before
+
+
+_FAILED_PROBE = """
+import json, os
+import sumo  # noqa: F401  (sets SUMO_HOME before sumo_rl is imported)
+import sumo_rl.environment.env as sumo_env
+from ctxrl.plugins import get_host
+
+spec = get_host().registry.env("TrafficSignal")
+original = sumo_env.TrafficSignal
+
+def broken(*args, **kwargs):
+    raise RuntimeError("the light could not be read")
+
+sumo_env.TrafficSignal = broken  # sumo-rl fails after starting its reading run of SUMO
+try:
+    spec.make(num_seconds=60)
+except RuntimeError as exc:
+    failed = str(exc)
+sumo_env.TrafficSignal = original
+env = spec.make(num_seconds=60)  # the next env runs
+env.reset(seed=0)
+env.step(0)
+env.close()
+print(json.dumps({"failed": failed, "sumo": os.popen(f"pgrep -x -P {os.getpid()} sumo").read()}))
+"""
+
+
+def test_a_failed_reading_run_leaves_no_sumo_and_the_next_env_runs(tmp_path: Path) -> None:
+    """sumo-rl starts SUMO to read the light, then builds its signal: a failure there left the
+    reading run's SUMO process behind (TraCI), or under libsumo this process's one simulation
+    slot taken, so that every later env was refused."""
+    for extra in ({}, {"LIBSUMO_AS_TRACI": "1"}):
+        env = {k: v for k, v in os.environ.items() if k != "LIBSUMO_AS_TRACI"}
+        env.update(extra, OMP_NUM_THREADS="1", CTXRL_CACHE_DIR=str(tmp_path / "cache"))
+        done = subprocess.run(
+            [sys.executable, "-c", _FAILED_PROBE], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, (extra, done.stderr)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result == {"failed": "the light could not be read", "sumo": ""}, extra
+
+
+def test_a_step_needs_a_running_episode() -> None:
+    """A new context or close() ends the episode (its SUMO is closed); a step then says so
+    instead of failing inside sumo-rl with an AttributeError."""
+    spec = get_host().registry.env("TrafficSignal")
+    env = spec.make(num_seconds=60)
+    with pytest.raises(CtxrlError, match=r"step\(\) without a running episode: call reset"):
+        env.step(0)
+    env.reset(seed=0)
+    env.step(0)
+    env.reset(seed=0, options={"context": {"inflow": 500.0}})
+    env.step(0)
+    env.unwrapped.set_context(spec.context_space.validate({"inflow": 700.0}))
+    with pytest.raises(CtxrlError, match="a new context or close"):
+        env.step(0)
+    env.reset(seed=0)
+    env.step(0)
+    env.close()
+    with pytest.raises(CtxrlError, match="call reset"):
+        env.step(0)
+
+
+def test_a_damaged_cache_entry_is_rebuilt_and_threads_build_side_by_side(
+    private_cache: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ctxrl_envs.traffic import TRAFFIC, scenario
+
+    context = TRAFFIC.validate({"inflow": 800.0})
+    net, routes = scenario(context, 120)
+    routes.unlink()  # removed by hand, or a disk cleaner
+    net, routes = scenario(context, 120)
+    assert net.is_file() and 'vehsPerHour="520.0000"' in routes.read_text()
+
+    contexts = [TRAFFIC.validate({"inflow": 100.0 + 50 * i}) for i in range(6)] * 3
+    with ThreadPoolExecutor(6) as pool:  # one process: every thread needs its own staging
+        built = list(pool.map(lambda c: scenario(c, 60), contexts))
+    assert all(n.is_file() and r.is_file() for n, r in built)
+    assert [p.name for p in (private_cache / "traffic").iterdir() if p.name.startswith(".")] == []
+
+
 def test_missing_sumo_is_reported_with_what_to_install(run_ctxrl: Run, plugin_site: Path) -> None:
     blocked = plugin_site / "sumo"
     blocked.mkdir(parents=True)
