@@ -66,7 +66,7 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
         except Exception as exc:
-            session.console.print(f"[red]batched training failed:[/] {exc}")
+            session.console.print(f"[red]batched training failed:[/] {escape(str(exc))}")
             for agent in shards[0]:
                 _settle(session, agent, exc, resumed=False)
             return
@@ -344,7 +344,9 @@ def _run_shards(
                 agent = (int(source), int(seed))
                 _settle(session, agent, error, resumed=resumed[index], report=True)
             if error is not None:
-                console.print(f"[red]shard {job['shard']} failed:[/] {error_summary(error)}")
+                console.print(
+                    f"[red]shard {job['shard']} failed:[/] {escape(error_summary(error))}"
+                )
             progress.advance(bar)
     wall_s = time.monotonic() - started
     outcome.train_s += wall_s
@@ -441,7 +443,7 @@ def _store_trained(
     except Exception as exc:
         error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
         store.record_run(replace(record, status="failed", artifact=None, error=error))
-        console.print(f"[red]run {record.run_id} failed:[/] {error}")
+        console.print(f"[red]run {record.run_id} failed:[/] {escape(str(error))}")
         return False
     return True
 
@@ -485,7 +487,7 @@ def run_multitask(session: SweepSession) -> None:
             store.record_run(_as_multitask(record))
             outcome.failed.append(f"{MULTITASK}-s{seed}")
             session.run_finished(f"{MULTITASK}-s{seed}")
-        console.print(f"[red]multi-task training failed:[/] {exc}")
+        console.print(f"[red]multi-task training failed:[/] {escape(str(exc))}")
         return
     group_s = now() - started
     for i, seed in enumerate(seeds):

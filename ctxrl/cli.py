@@ -47,8 +47,10 @@ def _warn_failed(host: Host) -> None:
     """Plugins that failed to load, and block or allow lists that name no plugin."""
     for info in host.failed():
         err.print(
-            f"[yellow]warning:[/] plugin {info.name!r} "
-            f"({info.distribution or 'inline'}) failed to load: {info.error}"
+            f"[yellow]warning:[/] plugin {escape(repr(info.name))} "
+            f"({escape(info.distribution or 'inline')}) failed to load: {escape(info.error or '')}",
+            highlight=False,
+            soft_wrap=True,
         )
     _warn_unmatched_controls(host)
 
@@ -168,14 +170,10 @@ def plugins_table(host: Host) -> Table:
     for p in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.provides.items())
         status = p.status if p.error is None else f"{p.status}: {p.error}"
-        table.add_row(
-            p.name,
-            p.distribution or "-",
-            p.version or "-",
-            status,
-            provides,
-            ", ".join(h.removeprefix("ctxrl_") for h in p.hooks),
-        )
+        cells = (p.name, p.distribution or "-", p.version or "-", status, provides)
+        hooks = ", ".join(h.removeprefix("ctxrl_") for h in p.hooks)
+        # escaped: a plugin's text is not rich markup ("pip install 'ctxrl[box2d]'")
+        table.add_row(*map(escape, cells), hooks)
     return table
 
 
@@ -245,13 +243,13 @@ def envs_tables(host: Host) -> list[Table]:
         table.add_column("description")  # wraps between words
         for f in e.context_space.features:
             table.add_row(
-                f.name,
+                escape(f.name),
                 f"{f.default:g}",
                 f"{f.lower:g}",
                 f"{f.upper:g}",
                 f.scale,
-                f.unit,
-                f.description,
+                escape(f.unit),
+                escape(f.description),
             )
         tables.append(table)
     return tables
@@ -606,6 +604,32 @@ def transfer() -> None:
 
 
 # -------------------------------------------------------------------------------- report
+REPORT_MARK = ".ctxrl-report.json"
+"""In a directory given to ``ctxrl report --out``: the run directory reported there."""
+
+
+def _check_report_target(out: Path, run_dir: Path) -> None:
+    """``--out`` must be a new or empty directory, or one an earlier report of the same run
+    directory wrote (marked with :data:`REPORT_MARK`): a report into another run's directory
+    replaced its summary and left a mix of the two runs' files."""
+    mark = out / REPORT_MARK
+    if out.exists() and not out.is_dir():
+        raise CtxrlError(f"--out: {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()):
+        try:
+            reported = json.loads(mark.read_text())["run_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reported = None
+        if reported != str(run_dir.resolve()):
+            raise CtxrlError(
+                f"--out: {out} is not empty and holds no earlier report of {run_dir}"
+                + (f" (it reports {reported})" if reported else "")
+                + "; give a new or empty directory"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"run_dir": str(run_dir.resolve())}))
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -647,6 +671,8 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     cfg = stored_config(stored, run_dir / PLAN_FILE)
     plan = resolve_plan(cfg, host.registry, training=False)
     target = out or run_dir
+    if out is not None and out.resolve() != run_dir.resolve():
+        _check_report_target(out, run_dir)
     with open_store(run_dir) as store:
         if not store.runs():
             raise CtxrlError(

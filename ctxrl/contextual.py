@@ -108,8 +108,12 @@ class ContextualEnv(gym.Wrapper):
     def set_context(self, values: Mapping[str, object] | None) -> Context:
         """Validate a (partial) context and apply it; nothing changes if validation fails.
 
-        Takes effect immediately for the dynamics; reset options (initial-state ranges) apply
-        from the next reset."""
+        Classic-control physics constants take effect immediately; what an env builds at reset
+        (initial-state ranges, box2d bodies and terrain, a SUMO scenario) from the next reset.
+        For those envs a change in the middle of an episode is not a valid episode of either
+        context (a box2d lander's scale applies to its observations at once, to its body only at
+        reset; a traffic env ends the episode): call ``reset`` after ``set_context``, or pass
+        the context to it, ``reset(options={"context": ...})``, as ctxrl's trainers do."""
         context = self.family.validate(values)
         self._apply(context)
         self._context = context

@@ -216,6 +216,9 @@ class Host:
                 continue
             try:
                 self._register(ep.load(), ep.name)
+            except PluginUnavailable as exc:  # an optional dependency missing at import
+                info.status, info.error = "unavailable", str(exc)
+                self.registry.unavailable.append((ep.name, info.error))
             except (Exception, SystemExit) as exc:  # a broken plugin must not break the host
                 info.status, info.error = "failed", _describe(exc)
                 self.registry.failed.append((ep.name, info.error))

@@ -32,6 +32,18 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
+def _check_spec_fields(kind: str, spec: Any, callables: Sequence[str]) -> None:
+    """The fields every spec shares: a non-empty string ``name`` and callables where the host
+    will call them (a plugin's mistake fails that plugin when it registers, naming the field,
+    instead of a command that lists every plugin later)."""
+    if not isinstance(spec.name, str) or not spec.name:
+        raise PluginError(f"{kind} spec: name must be a non-empty string, got {spec.name!r}")
+    for field_name in callables:
+        value = getattr(spec, field_name)
+        if not callable(value):
+            raise PluginError(f"{kind} {spec.name!r}: {field_name} must be callable, got {value!r}")
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """A contextual environment family.
@@ -75,8 +87,35 @@ class EnvSpec:
     check_context: Callable[[Context], None] | None = None
 
     def __post_init__(self) -> None:
-        lower, upper = self.return_bounds
-        if not lower < upper:
+        _check_spec_fields("env", self, ["make"])
+        for optional in ("make_batched", "check_context"):
+            if getattr(self, optional) is not None and not callable(getattr(self, optional)):
+                raise PluginError(f"env {self.name!r}: {optional} must be callable or None")
+        if not isinstance(self.context_space, ContextSpace):
+            raise PluginError(
+                f"env {self.name!r}: context_space must be a ctxrl.ContextSpace, got "
+                f"{type(self.context_space).__name__}"
+            )
+        if self.action_space not in ("discrete", "continuous"):
+            raise PluginError(
+                f"env {self.name!r}: action_space must be 'discrete' or 'continuous', got "
+                f"{self.action_space!r}"
+            )
+        steps = self.max_episode_steps
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise PluginError(
+                f"env {self.name!r}: max_episode_steps must be a positive int or None, "
+                f"got {steps!r}"
+            )
+        try:
+            lower, upper = (float(bound) for bound in self.return_bounds)
+        except (TypeError, ValueError):
+            raise PluginError(
+                f"env {self.name!r}: return_bounds must be two numbers, got {self.return_bounds!r}"
+            ) from None
+        if not (np.isfinite(lower) and np.isfinite(upper) and lower < upper):
             raise PluginError(
                 f"env {self.name!r}: return_bounds {self.return_bounds} need lower < upper"
             )
@@ -193,6 +232,15 @@ class AlgorithmSpec:
     interventions: bool = False
     description: str = ""
 
+    def __post_init__(self) -> None:
+        _check_spec_fields("algorithm", self, ["factory"])
+        unknown = set(self.action_spaces) - {"discrete", "continuous"}
+        if unknown or not self.action_spaces:
+            raise PluginError(
+                f"algorithm {self.name!r}: action_spaces must be a non-empty set of 'discrete' "
+                f"and 'continuous', got {sorted(self.action_spaces)}"
+            )
+
 
 @dataclass(frozen=True)
 class StrategySpec:
@@ -214,6 +262,9 @@ class StrategySpec:
     stochastic: bool = False
     description: str = ""
     one_dimensional: bool = False
+
+    def __post_init__(self) -> None:
+        _check_spec_fields("strategy", self, ["factory"])
 
 
 @dataclass(frozen=True)
@@ -243,6 +294,9 @@ class TransferMethodSpec:
     report: Callable[[Path], str] | None = None
     description: str = ""
 
+    def __post_init__(self) -> None:
+        _check_spec_fields("transfer_method", self, ["factory"])
+
 
 @dataclass(frozen=True)
 class InterventionSpec:
@@ -259,6 +313,9 @@ class InterventionSpec:
     name: str
     factory: Callable[..., Any]
     description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_spec_fields("intervention", self, ["factory"])
 
 
 class Executor(Protocol):
@@ -283,6 +340,9 @@ class ExecutorSpec:
     name: str
     factory: Callable[..., Any]
     description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_spec_fields("executor", self, ["factory"])
 
 
 Spec = EnvSpec | AlgorithmSpec | StrategySpec | TransferMethodSpec | InterventionSpec | ExecutorSpec

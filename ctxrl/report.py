@@ -117,7 +117,8 @@ def _save(fig: Any, stem: Path) -> list[Path]:
 def bounds_label(bounds: tuple[float, float]) -> str:
     """How returns ``R`` were normalised, for a colour bar or an axis."""
     lower, upper = bounds
-    return f"normalised return (R - {lower:g}) / ({upper:g} - {lower:g}), clipped to [0, 1]"
+    shifted = "R" if lower == 0 else f"(R - {lower:g})" if lower > 0 else f"(R + {-lower:g})"
+    return f"normalised return {shifted} / {upper - lower:g}, clipped to [0, 1]"
 
 
 def plot_matrix(

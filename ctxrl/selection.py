@@ -160,16 +160,40 @@ def _initial_state(
     )
 
 
-def _reveal(state: SelectionState, proposal: Sequence[int], matrix: np.ndarray, name: str) -> None:
-    """Add a proposal's sources to ``state`` and reveal their rows of ``matrix``."""
-    proposal = list(proposal)[: state.budget - state.k]
-    if not proposal:
-        raise CtxrlError(f"strategy {name!r} proposed nothing at step {state.k + 1}")
-    for index in proposal:
+def checked_proposal(proposal: object, state: SelectionState, name: str) -> list[int]:
+    """A strategy's proposal as context indices, cut to the budget left: a sequence of whole
+    numbers in ``0..N-1``, none chosen before or twice. Anything else is a
+    :class:`~ctxrl.errors.CtxrlError` naming the strategy (a third-party strategy's mistake
+    is reported, not trained: a negative index would pick a context from the end)."""
+    if isinstance(proposal, str | bytes) or not isinstance(proposal, Sequence | np.ndarray):
+        raise CtxrlError(
+            f"strategy {name!r} must propose a list of context indices, got {proposal!r}"
+        )
+    indices: list[int] = []
+    for index in list(proposal)[: state.budget - state.k]:
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise CtxrlError(
+                f"strategy {name!r} proposed {index!r} at step {state.k + 1}: not a whole "
+                "number (a context index)"
+            )
         if not 0 <= int(index) < state.n:
             raise CtxrlError(f"strategy {name!r} proposed index {index} outside 0..{state.n - 1}")
-        state.selected.append(int(index))
-        state.rows[int(index)] = matrix[int(index)]
+        if int(index) in state.rows or int(index) in indices:
+            raise CtxrlError(
+                f"strategy {name!r} proposed index {index} at step {state.k + 1}, which is "
+                "already chosen"
+            )
+        indices.append(int(index))
+    if not indices:
+        raise CtxrlError(f"strategy {name!r} proposed nothing at step {state.k + 1}")
+    return indices
+
+
+def _reveal(state: SelectionState, proposal: object, matrix: np.ndarray, name: str) -> None:
+    """Add a proposal's sources to ``state`` and reveal their rows of ``matrix``."""
+    for index in checked_proposal(proposal, state, name):
+        state.selected.append(index)
+        state.rows[index] = matrix[index]
 
 
 def replay(

@@ -14,7 +14,7 @@ import numpy as np
 from ctxrl.artifacts import verify_artifact
 from ctxrl.config import SweepPlan
 from ctxrl.matrix import TransferMatrix
-from ctxrl.offline import replay_trials
+from ctxrl.offline import mean_ci, replay_trials
 from ctxrl.plugins import get_host
 from ctxrl.report import (
     ContextAxis,
@@ -25,7 +25,7 @@ from ctxrl.report import (
     plot_selection,
     sample_efficiency,
 )
-from ctxrl.selection import generalized_performance, myopic_oracle
+from ctxrl.selection import generalized_performance, json_safe, myopic_oracle
 from ctxrl.store import Store
 
 STORE_FILE = "store.sqlite"
@@ -57,7 +57,8 @@ def trained_order(plan: SweepPlan, store: Store) -> list[int]:
 
 def selection_trace(store: Store, normalised: np.ndarray) -> list[dict[str, Any]]:
     """The stored selection steps as JSON data, each with ``g_k``: G_k once its sources were
-    trained, along the stored order (None for a step still training).
+    trained, along the stored order (None for a step still training; a failed source adds
+    nothing to it, and is listed in the step's ``failed``).
 
     ``normalised`` is the sweep's normalised ``(N, N)`` matrix (mean over seeds)."""
     steps = store.selection_steps()
@@ -68,6 +69,12 @@ def selection_trace(store: Store, normalised: np.ndarray) -> list[dict[str, Any]
         data = step.to_json()
         last = step.k + len(step.proposed) - 1
         data["g_k"] = float(curve[last]) if step.trained_at is not None else None
+        # proposed sources without a finished run: they add nothing to g_k
+        data["failed"] = [
+            i
+            for i in step.proposed
+            if step.trained_at is not None and np.isnan(normalised[i]).all()
+        ]
         out.append(data)
     return out
 
@@ -224,26 +231,31 @@ def write_exports(
             ]
             for name in names:
                 curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
-                summary["curves"][name]["seed_mean"] = curves.mean(axis=0).tolist()
-                summary["curves"][name]["seed_ci95"] = (
-                    1.96 * curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
-                ).tolist()
+                summary["curves"][name].update(_over_seeds(curves))
             # SD-MBTL's reference: one greedy order on the seed-mean matrix, scored on each seed
             shared_order, oracle = myopic_oracle(np.moveaxis(per_seed, 2, 0), budget)
             summary["curves"]["myopic-oracle"] = {
                 "mean": oracle.mean(axis=0).tolist(),
                 "std": [0.0] * budget,
                 "order": list(shared_order),
-                "seed_mean": oracle.mean(axis=0).tolist(),
-                "seed_ci95": (1.96 * oracle.std(axis=0, ddof=1) / np.sqrt(len(oracle))).tolist(),
+                **_over_seeds(oracle),
             }
+            # the reference lines estimated as the curves are: on each seed's matrix, averaged
+            seeds_last = np.moveaxis(per_seed, 2, 0)  # (seeds, S, T)
+            for key, values in (
+                ("independent", np.diagonal(seeds_last, axis1=1, axis2=2).mean(axis=1)),
+                ("oracle_transfer", seeds_last.max(axis=1).mean(axis=1)),
+            ):
+                mean, half_width = mean_ci(values)
+                summary[f"{key}_seeds"] = {"mean": mean, "ci95": half_width}
         summary["calibration"] = model_calibration(normalised, coords)
         lead = names[0]
+        seeds = "independent_seeds" in summary  # estimated on each seed's matrix, as the table
         summary["sample_efficiency"] = {
             "strategy": lead,
             **sample_efficiency(
-                summary["curves"][lead]["mean"],
-                summary["independent"],
+                summary["curves"][lead]["seed_mean" if seeds else "mean"],
+                summary["independent_seeds"]["mean"] if seeds else summary["independent"],
                 summary.get("multitask"),
                 len(plan.grid),
             ),
@@ -272,9 +284,25 @@ def write_exports(
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
     _remove_stale_figures(run_dir, summary["figures"])
-    (exports / "summary.json").write_text(json.dumps(summary, indent=2))
+    # strict JSON: a diagnostic that was never finite (PPO's explained variance of constant
+    # returns) is null, not a bare NaN other parsers refuse
+    (exports / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     (run_dir / "summary.md").write_text(summary_markdown(summary))
     return exports
+
+
+def _over_seeds(curves: np.ndarray) -> dict[str, Any]:
+    """A strategy's G_k on each seed's matrix, ``(seeds, K)``, as the summary keeps it: the
+    mean over seeds per k and its 95 % Student-t half-width, and the same for mean G_1..K
+    (the table's number: ``seed_g_mean``, ``seed_g_ci95``)."""
+    per_k = [mean_ci(curves[:, k]) for k in range(curves.shape[1])]
+    g_mean, g_half_width = mean_ci(curves.mean(axis=1))
+    return {
+        "seed_mean": [m for m, _ in per_k],
+        "seed_ci95": [h for _, h in per_k],
+        "seed_g_mean": g_mean,
+        "seed_g_ci95": g_half_width,
+    }
 
 
 FIGURES = ("matrix", "selection", "generalization", "learning_curves", "calibration")
@@ -392,9 +420,14 @@ def write_figures(
         bounds=plan.env.return_bounds,
     )
     if "curves" in summary:
+        seeds = "independent_seeds" in summary  # the curves are means over seeds' matrices
         references = {
-            "independent": summary["independent"],
-            "oracle transfer": summary["oracle_transfer"],
+            "independent": summary["independent_seeds"]["mean"]
+            if seeds
+            else summary["independent"],
+            "oracle transfer": summary["oracle_transfer_seeds"]["mean"]
+            if seeds
+            else summary["oracle_transfer"],
         }
         if summary.get("multitask") is not None:
             references["multitask"] = summary["multitask"]
@@ -527,26 +560,41 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     if "independent" in summary:
-        with_intervals = any("seed_ci95" in curve for curve in summary["curves"].values())
-        lines += [
-            f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
-            f"- Oracle transfer (all models, best source per target): "
-            f"{summary['oracle_transfer']:.4f}",
-            "",
-            f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
-            "(mean over replays):",
-            "",
-            f"| strategy | mean G_k{' (+- 95% CI over seeds)' if with_intervals else ''} | "
-            "G_1 | G_K | first 5 chosen sources |",
-            "|---|---|---|---|---|",
-        ]
+        seeds = "independent_seeds" in summary
+        if seeds:  # every number below on each seed's matrix, then averaged over the seeds
+            independent, oracle = summary["independent_seeds"], summary["oracle_transfer_seeds"]
+            lines += [
+                f"- Independent (all {summary['n_contexts']} models): {independent['mean']:.4f} "
+                f"+- {independent['ci95']:.4f}",
+                f"- Oracle transfer (all models, best source per target): {oracle['mean']:.4f} "
+                f"+- {oracle['ci95']:.4f}",
+                "",
+                f"Normalised generalized performance G_k, k = 1..{summary['budget']}, on each "
+                f"seed's matrix and averaged over the {len(summary['seeds'])} seeds (+- the "
+                "95 % Student-t interval over seeds; the sources listed are each strategy's "
+                "order on the seed-mean matrix):",
+                "",
+                "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K "
+                "| first 5 chosen sources |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines += [
+                f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
+                f"- Oracle transfer (all models, best source per target): "
+                f"{summary['oracle_transfer']:.4f}",
+                "",
+                f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
+                "(mean over replays):",
+                "",
+                "| strategy | mean G_k | G_1 | G_K | first 5 chosen sources |",
+                "|---|---|---|---|---|",
+            ]
         for name, curve in summary["curves"].items():
-            mean = np.mean(curve["mean"])
-            ci = ""
-            if "seed_ci95" in curve:
-                ci = f" +- {np.mean(curve['seed_ci95']):.4f}"
+            values = curve["seed_mean"] if seeds and "seed_mean" in curve else curve["mean"]
+            ci = f" +- {curve['seed_g_ci95']:.4f}" if seeds and "seed_g_ci95" in curve else ""
             lines.append(
-                f"| {name} | {mean:.4f}{ci} | {curve['mean'][0]:.4f} | {curve['mean'][-1]:.4f} | "
+                f"| {name} | {np.mean(values):.4f}{ci} | {values[0]:.4f} | {values[-1]:.4f} | "
                 f"{_sources(summary, curve['order'][:5])} |"
             )
         if "myopic-oracle" in summary["curves"]:
@@ -554,7 +602,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 "",
                 "myopic-oracle: one greedy order chosen on the seed-mean matrix and scored on each "
                 "seed's matrix (SD-MBTL's reference, G_k its mean over seeds); "
-                "sequential-oracle, where listed, is greedy on the seed-mean matrix itself.",
+                "sequential-oracle, where listed, is greedy on each seed's own matrix.",
             ]
         calibration = summary.get("calibration")
         if calibration:
@@ -589,9 +637,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                     )
     elif "curve" in summary:
         left_out = summary.get("curve_left_out") or []
+        trained = [i for i in summary["order"] if i not in left_out]
+        # each value beside the source whose row it adds (a failed source adds none)
         lines.append(
-            f"G_k along the trained order ({_sources(summary, summary['order'])}): "
-            + ", ".join(f"{v:.3f}" for v in summary["curve"])
+            "G_k along the trained order: "
+            + "; ".join(
+                f"{_sources(summary, [i])}: {v:.3f}"
+                for i, v in zip(trained, summary["curve"], strict=True)
+            )
             + (f" (failed sources left out: {_sources(summary, left_out)})" if left_out else "")
         )
     if "learning_curves" in summary:
@@ -610,7 +663,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "|---|---|---|---|",
         ]
         for name, row in sorted(summary["diagnostics"].items()):
-            lines.append(f"| {name} | {row['runs']} | {row['first']:.4g} | {row['last']:.4g} |")
+            first, last = (
+                f"{row[key]:.4g}" if row[key] is not None and np.isfinite(row[key]) else "n/a"
+                for key in ("first", "last")
+            )
+            lines.append(f"| {name} | {row['runs']} | {first} | {last} |")
     if summary.get("figures"):
         lines += [
             "",

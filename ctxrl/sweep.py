@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from ctxrl.batched_sweep import run_batched, run_multitask
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
@@ -51,7 +52,7 @@ from ctxrl.runs import (
     run_record,
     transfer_returns,
 )
-from ctxrl.selection import SelectionState, trace_of
+from ctxrl.selection import SelectionState, checked_proposal, trace_of
 from ctxrl.store import Evaluation, SelectionStep, Store, now
 from ctxrl.summary import STORE_FILE, damaged_artifacts, sweep_matrix, write_exports
 from ctxrl.transfer import TransferProblem
@@ -325,13 +326,13 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                     outcome.failed.append(rid)
                     console.print(
                         f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
-                        f"{error_summary(error)}"
+                        f"{escape(error_summary(error))}"
                     )
                 elif error is not None:  # the run's stored results stay
                     finished.add(rid)
                     console.print(
                         f"[yellow]run {rid} ({task.label(plan.grid.features)}):[/] "
-                        f"{error_summary(error)}; its stored evaluations are kept"
+                        f"{escape(error_summary(error))}; its stored evaluations are kept"
                     )
                 else:
                     outcome.trained += 1
@@ -375,11 +376,7 @@ def _select_and_train(
     )
     step = 0
     while state.k < state.budget:
-        proposal = [int(i) for i in strategy.propose(state)][: state.budget - state.k]
-        if not proposal:
-            raise CtxrlError(
-                f"strategy {plan.strategy.name!r} proposed nothing at step {state.k + 1}"
-            )
+        proposal = checked_proposal(strategy.propose(state), state, plan.strategy.name)
         step += 1
         store.record_selection_step(
             SelectionStep(

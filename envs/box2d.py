@@ -224,6 +224,18 @@ def _build_bipedal_walker(render_mode: str | None) -> Any:
 
     env = bipedal_walker.BipedalWalker(render_mode=render_mode)
     env._ctxrl_globals = _private_globals(env, bipedal_walker)
+    # gymnasium builds the walker's world once and reuses it, so an instance's first episode
+    # cannot be played again (the same seed gives another trajectory from the second episode
+    # on, and an evaluation's returns would depend on what the instance played before). Each
+    # episode starts in a fresh world with the context's gravity, as the first one does.
+    gymnasium_reset = env.reset
+
+    def reset(*args: Any, **kwargs: Any) -> Any:
+        env._destroy()
+        env.world = bipedal_walker.Box2D.b2World(gravity=env.world.gravity)
+        return gymnasium_reset(*args, **kwargs)
+
+    env.reset = reset
     env._ctxrl_obs_bounds = (env.observation_space.low.copy(), env.observation_space.high.copy())
     return env
 
@@ -256,20 +268,17 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
             categoryBits=template.filter.categoryBits,
             maskBits=template.filter.maskBits,
         )
-    # Joint speeds are observed relative to the motor speeds (hip: 5, 10; knee: 7, 12): slower
-    # motors make the observed ratios, and so their bounds, larger.
+    # gymnasium's bounds assume its default physics. The hull angle (0) is not wrapped: with
+    # weak gravity or a low frame rate the walker spins past pi before it lands; the hull's
+    # velocities (1-3) are observed per frame (larger at a lower frame rate, and with strong
+    # sideways gravity), the joint speeds (5, 7, 10, 12) relative to the motor speeds (larger
+    # with slower motors, light or long legs). These are unbounded rather than violated, as
+    # LunarLander's are; the joint angles are held by the joints' limits and stay bounded.
     from gymnasium import spaces
 
     low, high = (b.copy() for b in env._ctxrl_obs_bounds)
-    for indices, speed, default in (
-        ([5, 10], c["speed_hip"], 4.0),
-        ([7, 12], c["speed_knee"], 6.0),
-    ):
-        low[indices] *= max(1.0, default / speed)
-        high[indices] *= max(1.0, default / speed)
-    # Hull velocities are observed per frame: a lower frame rate makes them larger.
-    low[1:4] *= max(1.0, 50.0 / c["fps"])
-    high[1:4] *= max(1.0, 50.0 / c["fps"])
+    unbounded = [0, 1, 2, 3, 5, 7, 10, 12]
+    low[unbounded], high[unbounded] = -np.inf, np.inf
     env.observation_space = spaces.Box(low, high, dtype=low.dtype)
 
 

@@ -26,7 +26,8 @@ frames are the first frame. The option ``frames=1`` (``make(..., frames=1)``, th
 **Contexts** (the paper's variants; numbers, as every ctxrl feature is):
 
 - ``paddle_width`` in cells, [1, 7], default 5 (the paper: 5, and 2 in Catch-v1); rounded to
-  the nearest integer (halves up), so any number in range is a valid context.
+  the nearest integer (halves up, of its float32 value), so any number in range is a valid
+  context.
 - ``noise``: background noise, an intensity in [0, 255], default 0. Each background pixel (not
   ball, not paddle) of each frame is drawn independently and uniformly from the integer levels
   ``0 .. round(noise)`` and shown as ``level / 255``; ball and paddle stay at 1.0. Catch-v2 is
@@ -171,8 +172,10 @@ def variant(name: str) -> dict[str, float]:
 
 
 def round_half_up(value: float) -> int:
-    """Nearest integer, halves up (``floor(x + 0.5)``, as the twin rounds)."""
-    return int(np.floor(value + 0.5))
+    """Nearest integer, halves up, of the float32 value (``floor(x + 0.5)`` in float32, as the
+    twin rounds the float32 contexts the trainers pass it: 2.4999999 is 2.5 in float32, so
+    both give 3 rather than 2 and 3)."""
+    return int(np.floor(np.float32(value) + np.float32(0.5)))
 
 
 def check_flags(context: Context) -> None:

@@ -83,8 +83,9 @@ class BatchedCatch(BatchedEnv):
                 )
 
     def _derive(self, c: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        width = torch.floor(c["paddle_width"] + 0.5)
-        noise = torch.floor(c["noise"] + 0.5).long()
+        # rounded in float32 whatever the twin's dtype, as the gymnasium env rounds
+        width = torch.floor(c["paddle_width"].float() + 0.5).to(c["paddle_width"].dtype)
+        noise = torch.floor(c["noise"].float() + 0.5).long()
         mirrored = c["mirrored"]
         # Skipping the noise (and the next ball's draw) saves most of a step's work, but
         # deciding to is a host synchronisation: on accelerators stay branch-free and do both.

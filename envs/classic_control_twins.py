@@ -3,7 +3,11 @@
 stepped with tensor operations on any device.
 
 Semantics follow gymnasium: the same dynamics, rewards, termination and time-limit truncation
-as the gymnasium env (tested for parity against gymnasium's own code). Resetting is automatic and
+as the gymnasium env (tested for parity against gymnasium's own code), with one difference of
+flags: where an episode terminates on the time limit's last step, gymnasium's ``TimeLimit``
+reports both ``terminated`` and ``truncated``, a twin ``terminated`` only (``truncated`` means
+"cut by the limit", so that PPO bootstraps from the final observation only then; see
+:class:`ctxrl.twins.TorchTwin`). Resetting is automatic and
 happens in the same step: where an env is done, ``step`` returns the first observation of its
 next episode and keeps the last observation of the finished one in ``info["final_obs"]``.
 

@@ -254,6 +254,24 @@ def test_twin_first_states_are_the_gymnasium_ones_for_their_keys(spec: EnvSpec) 
             np.testing.assert_array_equal(obs[i].float().numpy(), base._observe())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_width_just_below_a_half_rounds_alike_in_both(spec: EnvSpec, dtype: torch.dtype) -> None:
+    """2.4999999 is 2.5 in float32, the dtype the trainers pass contexts in: the twin made a
+    paddle of 3 cells where the gymnasium env, rounding the float64 value, made one of 2."""
+    for width, noise in ((2.4999999, 4.49999999), (3.5, 0.5), (6.4, 254.6)):
+        context = {"paddle_width": width, "noise": noise}
+        env = spec.make(context)
+        twin = spec.make_batched(
+            2,
+            contexts={k: torch.tensor(v, dtype=torch.float32) for k, v in context.items()},
+            env_seeds=torch.arange(2),
+            dtype=dtype,
+        )
+        twin.reset()
+        assert float(twin.derived["width"][0]) == env.unwrapped.paddle_width, context
+        assert int(twin.derived["noise_levels"][0]) - 1 == env.unwrapped.noise, context
+
+
 @pytest.mark.parametrize(("frames", "policy"), [(2, "random"), (1, "random"), (2, "oracle")])
 def test_twin_steps_as_the_gymnasium_env(spec: EnvSpec, frames: int, policy: str) -> None:
     """Every context in one twin, 400 steps of random actions (about 20 episodes per env) or of

@@ -177,6 +177,21 @@ class TestToyDecay(InterventionContract):
     options: ClassVar[dict[str, Any]] = {"rate": 0.02}
 
 
+class TestToyDecayAddedInline(InterventionContract):
+    """The contract through ``ctxrl_inline_plugin``, as ``ctxrl.testing`` offers it: the
+    registration test looked the spec up in the process-wide host, which the inline plugin's
+    host was not, and failed a correct plugin."""
+
+    intervention_name = "toy-decay"
+    options: ClassVar[dict[str, Any]] = {"rate": 0.02}
+
+    @pytest.fixture
+    def intervention_spec(self, ctxrl_inline_plugin: Callable[..., Any]) -> InterventionSpec:
+        host = ctxrl_inline_plugin(_ToyPlugin(), "toy-inline")
+        spec: InterventionSpec = host.registry.intervention("toy-decay")
+        return spec
+
+
 def test_toy_plugin_is_gone_after_its_tests() -> None:
     assert "toy-decay" not in get_host().registry.names("intervention")
 

@@ -511,3 +511,75 @@ def test_a_blocked_distribution_that_reuses_a_name_is_blocked_not_a_clash(
     assert statuses[("sb3", "my-sb3")] == "blocked"
     assert statuses[("sb3", "ctxrl")] in ("loaded", "unavailable")
     assert statuses[("exiter", "exiter")] == "failed"
+
+
+class _MalformedEnv:
+    """An env spec with a list where the ContextSpace goes and a capitalised action space."""
+
+    @hookimpl
+    def ctxrl_register_envs(self, register):
+        feature = ContextFeature("speed", 1.0, 0.5, 2.0)
+        register(
+            EnvSpec(
+                "Malformed", [feature], make=dict, return_bounds=(0, 1), action_space="discrete"
+            )
+        )  # type: ignore[arg-type]
+
+
+class _CapitalisedActions:
+    @hookimpl
+    def ctxrl_register_envs(self, register):
+        space = ContextSpace([ContextFeature("speed", 1.0, 0.5, 2.0)], owner="Caps")
+        register(EnvSpec("Caps", space, make=dict, return_bounds=(0, 1), action_space="Discrete"))  # type: ignore[arg-type]
+
+
+class _NotCallable:
+    @hookimpl
+    def ctxrl_register_strategies(self, register):
+        register(StrategySpec("not-callable", factory="random"))  # type: ignore[arg-type]
+
+
+def test_a_malformed_spec_fails_its_plugin_when_it_registers() -> None:
+    """Fields of the wrong kind were accepted as loaded, then broke `ctxrl envs` for every
+    plugin (or surfaced as a mismatch much later): the plugin fails, naming the field."""
+    host = load_host(
+        extra=[
+            ("malformed", _MalformedEnv()),
+            ("caps", _CapitalisedActions()),
+            ("not-callable", _NotCallable()),
+        ]
+    )
+    assert "context_space must be a ctxrl.ContextSpace, got list" in host.plugins["malformed"].error
+    assert "action_space must be 'discrete' or 'continuous', got 'Discrete'" in (
+        host.plugins["caps"].error
+    )
+    assert "strategy 'not-callable': factory must be callable" in host.plugins["not-callable"].error
+    assert {"Malformed", "Caps"}.isdisjoint(host.registry.names("env"))
+    assert "CartPole" in host.registry.names("env")
+
+
+UNAVAILABLE_AT_IMPORT = """
+from ctxrl.errors import PluginUnavailable
+raise PluginUnavailable("needs its extra: pip install 'ctxrl-extra[gpu]'")
+"""
+
+
+def test_an_extra_missing_at_import_is_unavailable_and_its_hint_is_printed_whole(
+    run_ctxrl: Run, plugin_site: Path
+) -> None:
+    """A plugin raising PluginUnavailable at import was 'failed' (and warned about by every
+    command); and rich read the install hint's ``[gpu]`` as markup and dropped it."""
+    write_distribution(
+        plugin_site,
+        "ctxrl-extra",
+        "0.1",
+        "ctxrl_extra",
+        UNAVAILABLE_AT_IMPORT,
+        {"extra": "ctxrl_extra"},
+    )
+    plugins = _plugins_json(run_ctxrl)
+    assert plugins["extra"]["status"] == "unavailable"
+    assert plugins["extra"]["error"] == "needs its extra: pip install 'ctxrl-extra[gpu]'"
+    table = run_ctxrl("plugins", check=True)
+    assert "pip install 'ctxrl-extra[gpu]'" in table.stdout
+    assert "failed to load" not in table.stderr

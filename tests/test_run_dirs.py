@@ -189,6 +189,52 @@ def test_report_removes_figures_it_no_longer_draws(finished: Path, tmp_path: Pat
     assert not (run_dir / "figures" / "selection.svg").exists()
 
 
+def test_report_out_refuses_another_run_s_directory(finished: Path, tmp_path: Path) -> None:
+    """``--out`` into another run's directory replaced its summary and left a mix of both
+    runs' files; now only a new or empty directory, or an earlier report of the same run,
+    is written."""
+    victim = _copy(finished, tmp_path / "victim")
+    before = (victim / "summary.md").read_text()
+    refused = _cli("report", str(finished), "--out", str(victim))
+    assert refused.exit_code == 2
+    assert f"--out: {victim} is not empty and holds no earlier report of {finished}" in (
+        " ".join(refused.stderr.split())
+    )
+    assert (victim / "summary.md").read_text() == before
+    elsewhere = tmp_path / "elsewhere"
+    for _ in range(2):  # a report again into the same place is fine
+        written = _cli("report", str(finished), "--out", str(elsewhere))
+        assert written.exit_code == 0, written.stderr
+    assert (elsewhere / "summary.md").is_file()
+    other = _copy(finished, tmp_path / "other")
+    refused = _cli("report", str(other), "--out", str(elsewhere))
+    assert refused.exit_code == 2 and f"(it reports {finished.resolve()})" in " ".join(
+        refused.stderr.split()
+    )
+
+
+def test_a_diagnostic_that_was_never_finite_is_null_in_strict_json(
+    finished: Path, tmp_path: Path
+) -> None:
+    """PPO's explained variance is NaN when the returns are constant (stored as NULL): the
+    summary wrote a bare NaN, which strict JSON parsers refuse."""
+    run_dir = _copy(finished, tmp_path)
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        db.execute("UPDATE diagnostics SET value = NULL")
+        (recorded,) = db.execute("SELECT COUNT(DISTINCT name) FROM diagnostics").fetchone()
+    assert recorded > 0
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON token {constant}")
+
+    text = (run_dir / "exports" / "summary.json").read_text()
+    diagnostics = json.loads(text, parse_constant=refuse)["diagnostics"]
+    assert all(row["first"] is None and row["last"] is None for row in diagnostics.values())
+    assert "| n/a | n/a |" in (run_dir / "summary.md").read_text()
+
+
 def test_reading_commands_open_the_store_read_only(finished: Path, tmp_path: Path) -> None:
     """``select`` and ``report`` on a run directory nobody may write: select reads it, report
     says where it cannot write and writes elsewhere with --out."""
@@ -300,6 +346,14 @@ def test_a_select_sweep_with_a_failed_source_draws_g_k_over_what_finished(
     summary = (outcome.run_dir / "summary.md").read_text()
     assert "1 of 2 runs failed" in summary and "killed by signal 9 (SIGKILL)" in summary
     assert "(failed sources left out: length = " in summary
+    # each G_k beside the source whose row it adds, the failed one in none of them
+    (trained,) = [i for i in order if i != failed_source]
+    length = data["context_values"][trained][0]
+    assert f"G_k along the trained order: length = {length:.3g}: {data['curve'][0]:.3f} (" in (
+        summary
+    )
+    steps = json.loads((outcome.run_dir / "exports" / "selection.json").read_text())
+    assert [s["failed"] for s in steps] == [[i] if i == failed_source else [] for i in order]
 
 
 def _source_id(outcome: SweepOutcome, index: int) -> str:
@@ -608,3 +662,11 @@ def test_the_generalization_figure_names_every_chosen_source(tmp_path: Path) -> 
     for k, i in enumerate(sources, start=1):
         assert svg.count(f"{k}: {values[i]:.3g} m") == 2, (k, i)  # legend and panel title
     assert "length: half the pole's length (m)" in svg
+
+
+def test_the_colour_bar_label_reads_right_with_a_negative_lower_bound() -> None:
+    from ctxrl.report import bounds_label
+
+    assert bounds_label((-2000.0, 0.0)) == "normalised return (R + 2000) / 2000, clipped to [0, 1]"
+    assert bounds_label((0.0, 500.0)) == "normalised return R / 500, clipped to [0, 1]"
+    assert bounds_label((8.0, 500.0)) == "normalised return (R - 8) / 492, clipped to [0, 1]"

@@ -222,8 +222,11 @@ def test_report_of_a_select_run_follows_the_stored_selection(
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     assert summary["order"] == order and len(summary["curve"]) == 3
     masscart = np.geomspace(0.5, 8.0, 4)  # the sources by their values, not grid indices
-    listed = ", ".join(f"{masscart[i]:.3g}" for i in order)
-    assert f"G_k along the trained order (masscart = {listed})" in report.stdout
+    listed = "; ".join(
+        f"masscart = {masscart[i]:.3g}: {g:.3f}"
+        for i, g in zip(order, summary["curve"], strict=True)
+    )
+    assert f"G_k along the trained order: {listed}" in report.stdout
     steps = json.loads((run_dir / "exports" / "selection.json").read_text())
     assert [s["step"] for s in steps] == [1, 2, 3] and [s["k"] for s in steps] == [0, 1, 2]
     assert [s["proposed"] for s in steps] == [[i] for i in order]
@@ -486,9 +489,47 @@ def test_several_seeds_give_confidence_intervals(
         assert all(ci >= 0 for ci in curve["seed_ci95"])
     spread = [sum(summary["curves"][n]["seed_ci95"]) for n in summary["curves"]]
     assert max(spread) > 0  # three differently seeded matrices do differ
-    assert "95% CI over seeds" in (run_dir / "summary.md").read_text()
+    markdown = (run_dir / "summary.md").read_text()
+    assert "95% CI over seeds" in markdown
     for seed in (0, 1, 2):
         assert (run_dir / "exports" / f"matrix_seed{seed}.csv").is_file()
+    # The table, the figure and the reference lines are one estimator: G_k on each seed's
+    # matrix, averaged (before, the figure drew per-seed means, the table the seed-mean
+    # matrix's curves, and the oracles' curves rose above the "oracle transfer" line); the
+    # interval is Student t over seeds, as `ctxrl select` gives it over trials.
+    seeds = np.array(
+        [
+            np.loadtxt(run_dir / "exports" / f"matrix_seed{seed}.csv", delimiter=",")
+            for seed in (0, 1, 2)
+        ]
+    )
+    per_seed_oracle = np.clip((seeds - 0) / 500, 0, 1).max(axis=1).mean(axis=1)
+    oracle = summary["oracle_transfer_seeds"]
+    assert oracle["mean"] == pytest.approx(per_seed_oracle.mean())
+    for name, curve in summary["curves"].items():
+        assert max(curve["seed_mean"]) <= oracle["mean"] + 1e-12, name
+    replayed = json.loads(
+        run_ctxrl(
+            "select",
+            *[
+                arg
+                for seed in (0, 1, 2)
+                for arg in ("--matrix", str(run_dir / "exports" / f"matrix_seed{seed}.csv"))
+            ],
+            "--env",
+            "CartPole",
+            "--strategy",
+            "greedy",
+            "-k",
+            str(summary["budget"]),
+            "--json",
+            check=True,
+        ).stdout
+    )
+    greedy = summary["curves"]["greedy"]
+    assert greedy["seed_g_mean"] == pytest.approx(replayed["strategies"]["greedy"]["mean_g"])
+    assert greedy["seed_g_ci95"] == pytest.approx(replayed["strategies"]["greedy"]["mean_g_ci95"])
+    assert f"| greedy | {greedy['seed_g_mean']:.4f} +- {greedy['seed_g_ci95']:.4f} |" in markdown
 
 
 def test_failure_summaries_name_the_exception_or_the_signal() -> None:
@@ -688,3 +729,56 @@ def test_a_failed_retrain_of_a_damaged_policy_keeps_the_runs_evaluations(
     with Store(outcome.run_dir / "store.sqlite") as store:
         assert store.run(weights.stem).status == "finished"
         assert store.returns(weights.stem) == returns
+
+
+BAD_PICKS = """
+from ctxrl import hookimpl, StrategySpec
+
+class Picks:
+    def __init__(self, pick):
+        self.pick = pick
+
+    def propose(self, state):
+        return self.pick(state)
+
+PICKS = {
+    "beyond": lambda state: [state.n + 5],
+    "negative": lambda state: [-1],
+    "scalar": lambda state: 1,
+    "fraction": lambda state: [1.7],
+    "again": lambda state: [0],
+}
+
+@hookimpl
+def ctxrl_register_strategies(register):
+    for name, pick in PICKS.items():
+        register(StrategySpec(name, lambda pick=pick, **options: Picks(pick)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ("beyond", "proposed index 9 outside 0..3"),
+        ("negative", "proposed index -1 outside 0..3"),
+        ("scalar", "must propose a list of context indices, got 1"),
+        ("fraction", "proposed 1.7 at step 1: not a whole number"),
+        ("again", "proposed index 0 at step 2, which is already chosen"),
+    ],
+)
+def test_a_select_sweep_refuses_a_strategy_s_bad_proposal_by_name(
+    run_ctxrl: Run, scripted: Path, plugin_site: Path, tmp_path: Path, strategy: str, message: str
+) -> None:
+    """A third-party strategy's index out of range crashed the sweep with an IndexError, a
+    negative one trained the last context, a fraction the one below it: each is now the
+    error `ctxrl select` gives, naming the strategy, and nothing of the bad step trains."""
+    write_distribution(
+        plugin_site, "ctxrl-picks", "0.1", "ctxrl_picks", BAD_PICKS, {"picks": "ctxrl_picks"}
+    )
+    config = _config(tmp_path, mode="select", strategy={"name": strategy, "budget": 2})
+    result = run_ctxrl("sweep", str(config))
+    assert result.returncode != 0
+    assert f"strategy {strategy!r} {message}" in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+    trained = _count(_run_dir(tmp_path), "runs")
+    assert trained == (1 if strategy == "again" else 0)

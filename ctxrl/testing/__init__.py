@@ -15,10 +15,17 @@ Subclass a contract in your plugin's tests and name what you provide::
 
 Every test of the contract then runs against your plugin, loaded through the entry points like
 any user would load it. Fixtures: ``ctxrl_host`` (the loaded plugin host) and
-``ctxrl_inline_plugin`` (register a plugin object for one test).
+``ctxrl_inline_plugin`` (register a plugin object for one test: its host is the process-wide
+one until the test ends, so a contract whose ``*_spec`` fixture adds a plugin finds it).
 """
 
-from ctxrl.testing.contracts import AlgorithmContract, EnvContract, StrategyContract
-from ctxrl.testing.interventions import InterventionContract
+import pytest
+
+# a failing contract shows the values it compared (pytest rewrites these modules' asserts
+# even when they are imported from an editable install)
+pytest.register_assert_rewrite("ctxrl.testing.contracts", "ctxrl.testing.interventions")
+
+from ctxrl.testing.contracts import AlgorithmContract, EnvContract, StrategyContract  # noqa: E402
+from ctxrl.testing.interventions import InterventionContract  # noqa: E402
 
 __all__ = ["AlgorithmContract", "EnvContract", "InterventionContract", "StrategyContract"]

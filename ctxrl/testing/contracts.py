@@ -68,12 +68,50 @@ class EnvContract:
         return get_host().registry.env(self.env_name)
 
     def test_spec_is_consistent(self, env_spec: EnvSpec) -> None:
+        import gymnasium as gym
+
         lower, upper = env_spec.return_bounds
         assert lower < upper
         assert len(env_spec.context_space) > 0
         assert env_spec.action_space in ("discrete", "continuous")
         if env_spec.check_context is not None:  # the default context is a valid one
             env_spec.check_context(env_spec.context_space.validate({}))
+        env = env_spec.make()
+        discrete = isinstance(env.action_space, gym.spaces.Discrete)
+        assert discrete == (env_spec.action_space == "discrete"), (
+            f"the spec says {env_spec.action_space!r} actions, the env has {env.action_space}"
+        )
+        limits = []
+        wrapper = env
+        while isinstance(wrapper, gym.Wrapper):
+            if isinstance(wrapper, gym.wrappers.TimeLimit):
+                limits.append(wrapper._max_episode_steps)
+            wrapper = wrapper.env
+        env.close()
+        if env_spec.max_episode_steps is not None:
+            assert limits == [env_spec.max_episode_steps], (
+                f"max_episode_steps is {env_spec.max_episode_steps} but make() applies the time "
+                f"limits {limits}"
+            )
+
+    def test_observations_stay_in_the_observation_space(self, env_spec: EnvSpec) -> None:
+        """On every extreme context, hidden and visible: the observations of ``reset`` and of
+        ``check_steps`` random steps lie in the declared space (gymnasium's ``check_env`` only
+        warns, and looks at one step)."""
+        for context in _extreme_contexts(env_spec):
+            for visible in ((), env_spec.context_space.names):
+                env = env_spec.make(context, visible=visible)
+                env.action_space.seed(0)
+                obs, _ = env.reset(seed=0)
+                for step in range(self.check_steps + 1):
+                    assert env.observation_space.contains(obs), (
+                        f"{env_spec.name} at {context} (visible {list(visible)}), step {step}: "
+                        f"observation {obs} is not in {env.observation_space}"
+                    )
+                    obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                    if terminated or truncated:
+                        obs, _ = env.reset()
+                env.close()
 
     def test_gymnasium_check_env_at_default_and_extremes(self, env_spec: EnvSpec) -> None:
         from gymnasium.utils.env_checker import check_env
@@ -131,7 +169,11 @@ class EnvContract:
         with pytest.raises(ContextError) as excinfo:
             env_spec.make({feature.name: too_big})
         message = str(excinfo.value)
-        assert env_spec.name in message and feature.name in message
+        assert feature.name in message, message
+        assert env_spec.name in message, (
+            f"the error should name the env: give its space ContextSpace(..., owner="
+            f"{env_spec.name!r}) (got {message!r})"
+        )
         assert repr(float(feature.upper)) in message or f"{feature.upper}" in message
         with pytest.raises(ContextError, match=feature.name):
             env_spec.make({feature.name: "heavy"})
@@ -352,19 +394,37 @@ class StrategyContract:
         distance = np.abs(coords - coords.T)
         return np.clip(centre[:, None] - 1.5 * distance, 0, 1), coords
 
-    def test_proposes_valid_indices_up_to_budget(self, strategy_spec: StrategySpec) -> None:
-        matrix, coords = self._matrix()
+    def _grid_2d(self) -> tuple[np.ndarray, np.ndarray]:
+        """A 4 x 3 grid of contexts in the unit square and a matrix falling off with the L1
+        distance between them."""
+        rng = np.random.default_rng(1)
+        a, b = np.meshgrid(np.linspace(0, 1, 4), np.linspace(0, 1, 3), indexing="ij")
+        coords = np.stack([a.ravel(), b.ravel()], axis=1)
+        distance = np.abs(coords[:, None, :] - coords[None, :, :]).sum(axis=-1)
+        centre = rng.uniform(0.6, 1.0, size=len(coords))
+        return np.clip(centre[:, None] - 0.8 * distance, 0, 1), coords
+
+    @pytest.mark.parametrize("batch_size", [1, 3])
+    @pytest.mark.parametrize("grid", ["1-d", "2-d"])
+    def test_proposes_a_budget_of_distinct_valid_indices(
+        self, strategy_spec: StrategySpec, grid: str, batch_size: int
+    ) -> None:
+        """On a 1-D and a 2-D grid, one source a step and batches of three: every proposal
+        is a list of whole indices in range, none chosen before (``replay`` refuses anything
+        else with an error naming the strategy, as a sweep does)."""
+        if grid == "2-d" and strategy_spec.one_dimensional:
+            pytest.skip("a one-dimensional strategy (sweeps over several features refuse it)")
+        matrix, coords = self._matrix() if grid == "1-d" else self._grid_2d()
         result = replay(
             strategy_spec.factory(**self.options),
             matrix,
             coords,
-            budget=5,
+            budget=7,
             full_knowledge=strategy_spec.requires_full_matrix,
             name=strategy_spec.name,
+            batch_size=batch_size,
         )
-        assert len(result.order) == 5
-        assert all(0 <= i < self.n_contexts for i in result.order)
-        assert np.all(np.diff(result.curve) >= -1e-12), "G_k never decreases"
+        assert len(set(result.order)) == 7
 
     def test_same_seed_same_order(self, strategy_spec: StrategySpec) -> None:
         matrix, coords = self._matrix()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from ctxrl.plugins import Host, get_host, load_host
+from ctxrl.plugins import Host, get_host, load_host, using_host
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +20,12 @@ def ctxrl_host() -> Host:
 def ctxrl_inline_plugin() -> Iterator[Callable[[object, str], Host]]:
     """``add(plugin, name) -> Host``: a fresh host with the entry points plus ``plugin``.
 
-    The host is private to the test, so nothing leaks into other tests."""
+    For the rest of the test it is the process-wide host (what the contracts, sweeps and
+    trainers find by name, as :func:`ctxrl.plugins.get_host` returns it); the host before it is
+    restored when the test ends, so nothing leaks into other tests."""
+    with contextlib.ExitStack() as hosts:
 
-    def add(plugin: object, name: str = "inline-test-plugin") -> Host:
-        return load_host(extra=[(name, plugin)])
+        def add(plugin: object, name: str = "inline-test-plugin") -> Host:
+            return hosts.enter_context(using_host(load_host(extra=[(name, plugin)])))
 
-    yield add
+        yield add

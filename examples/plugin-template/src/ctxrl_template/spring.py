@@ -7,15 +7,17 @@ steps per episode. The context sets ``stiffness`` (N/m), ``mass`` (kg) and ``dam
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+Observation = np.ndarray[Any, np.dtype[np.float32]]
 
-class SpringEnv(gym.Env):  # type: ignore[type-arg]
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+class SpringEnv(gym.Env[Observation, np.int64]):
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's own type for it)
 
     def __init__(
         self,
@@ -36,13 +38,15 @@ class SpringEnv(gym.Env):  # type: ignore[type-arg]
         self.action_space = spaces.Discrete(3)
         self.state = np.zeros(2)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Observation, dict[str, Any]]:
         super().reset(seed=seed)
         self.state = self.np_random.uniform(-1.0, 1.0, size=2)
         return self.state.astype(np.float32), {}
 
-    def step(self, action: int):
-        x, v = self.state
+    def step(self, action: int | np.int64) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        x, v = (float(value) for value in self.state)
         push = (int(action) - 1) * self.force
         acceleration = (push - self.stiffness * x - self.damping * v) / self.mass
         v = float(np.clip(v + self.dt * acceleration, -10, 10))
