@@ -11,7 +11,6 @@ import functools
 import hashlib
 import inspect
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +31,14 @@ from pydantic import (
 from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
 from ctxrl.interventions import build_interventions
-from ctxrl.options import refuse_bool
+from ctxrl.options import (
+    UNEXPECTED_KEYWORD,
+    check_device,
+    check_options,
+    is_device_name,
+    option_names,
+    refuse_bool,
+)
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 from ctxrl.yaml12 import parse_yaml
 
@@ -212,7 +218,7 @@ class SweepConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("cpu", "cuda", "auto") or (value.startswith("cuda:") and value[5:].isdigit()):
+        if is_device_name(value):
             return value
         raise ValueError(f"device {value!r} is not cpu, cuda, cuda:N or auto")
 
@@ -390,6 +396,18 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
             f"batched twin; {algorithm.name!r} on {env.name!r} is not"
         )
     _check_training_options(config, registry, algorithm)
+    # the local executor's `gpus` and Ray's `num_gpus` give each job one GPU, which the job
+    # sees as cuda:0 (CUDA_VISIBLE_DEVICES): a device naming another index exists in none
+    options = config.executor.options
+    if (
+        (options.get("gpus") or _positive_number(options.get("num_gpus")))
+        and config.device.startswith("cuda:")
+        and config.device != "cuda:0"
+    ):
+        raise ConfigError(
+            f"device: {config.device!r} names one GPU, but executor.options gives each job a "
+            "GPU of its own (seen as cuda:0 in the job); use device: cuda or auto"
+        )
     if training:
         check_device(config.device)
     config = _strategies_for_grid(config, registry, grid)
@@ -518,46 +536,6 @@ def _strategies_for_grid(config: SweepConfig, registry: Registry, grid: ContextG
     return config.model_copy(update={"strategy": strategy, "compare": compare})
 
 
-_UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
-_MISSING_ARGUMENTS = re.compile(
-    r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$"
-)
-
-
-def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str) -> Any:
-    """Build ``factory(**options)`` once, so that an option the plugin does not take or a value
-    it refuses is a :class:`ConfigError` that starts with ``where`` (the field, e.g.
-    ``strategy.options: 'mbtl-gp'``) and names the option, before any work; returns what was
-    built."""
-    try:
-        return factory(**options)
-    except TypeError as exc:
-        match = _UNEXPECTED_KEYWORD.search(str(exc))
-        missing = _MISSING_ARGUMENTS.search(str(exc))
-        if match is None and missing is not None:
-            raise ConfigError(f"{where}: the option {missing.group(1)} must be given") from None
-        if match is None:
-            raise ConfigError(f"{where}: {exc}") from None
-        takes = option_names(factory)
-        listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
-        raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
-    except (ValueError, CtxrlError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def option_names(factory: Callable[..., Any]) -> set[str]:
-    """The keyword options ``factory`` names (empty when it takes ``**options`` only)."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return set()
-    return {
-        p.name
-        for p in params
-        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
-
-
 def _check_executor_options(
     factory: Callable[..., Any], options: Mapping[str, Any], name: str
 ) -> None:
@@ -580,26 +558,8 @@ def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) 
     check_options(strategy.factory, options, f"strategy.options: {strategy.name!r}")
 
 
-def check_device(device: str) -> None:
-    """A CUDA device must exist here: a CPU-only torch or a missing GPU is named (a
-    :class:`~ctxrl.errors.ConfigError` on the ``device`` field) before training, not when the
-    first batch is moved."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device.removeprefix("cuda:")) if device.startswith("cuda:") else 0
-    if index < count:
-        return
-    if torch.version.cuda is None:
-        why = f"torch {torch.__version__} is a CPU-only build"
-    else:
-        why = f"{count} CUDA device{'s' if count != 1 else ''} visible"
-    raise ConfigError(
-        f"device: {device!r} is not available ({why}); use device: cpu, or auto to take a "
-        "GPU when there is one"
-    )
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _check_training_options(
@@ -620,10 +580,23 @@ def _check_training_options(
             f"curves: {algorithm.name!r} does not record learning curves; use a batched "
             "algorithm (batched-ppo, batched-dqn)"
         )
+    sweep_methods = [
+        name
+        for name in registry.names("transfer_method")
+        if registry.transfer_method(name).study_command is None
+    ]
     try:
         method = registry.transfer_method(config.transfer.name)
-    except UnknownNameError as exc:
-        raise ConfigError(f"transfer.name: {exc}") from None
+    except UnknownNameError:
+        raise ConfigError(
+            f"transfer.name: no plugin provides the transfer method {config.transfer.name!r}; "
+            f"a sweep takes {', '.join(sweep_methods)}"
+        ) from None
+    if method.study_command is not None:
+        raise ConfigError(
+            f"transfer.name: {method.name!r} is a study of its own: run `{method.study_command}`; "
+            f"a sweep takes {', '.join(sweep_methods)}"
+        )
     if method.batched_only and not algorithm.batched:
         raise ConfigError(
             f"transfer.name: {method.name!r} trains target policies and needs a batched "
@@ -652,7 +625,12 @@ def _with_options(
     make = functools.partial(env.make, **options)
     try:
         make(grid.contexts[0].as_dict()).close()
-    except (TypeError, CtxrlError) as exc:
+    except TypeError as exc:
+        unknown = UNEXPECTED_KEYWORD.search(str(exc))
+        if unknown is None:
+            raise ConfigError(f"env_options: {env.name}: {exc}") from None
+        raise ConfigError(f"env_options: {env.name} takes no option {unknown.group(1)!r}") from None
+    except CtxrlError as exc:
         raise ConfigError(f"env_options: {exc}") from None
     twin = None
     if env.make_batched is not None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ctxrl.errors import ConfigError
+from ctxrl.options import check_options
 
 if TYPE_CHECKING:
     import torch
@@ -258,12 +259,9 @@ def build_interventions(
             spec = registry.intervention(entry.name)
         except Exception as exc:
             raise ConfigError(f"{where}.name: {exc}") from None
-        try:
-            intervention = spec.factory(**entry.options)
-        except TypeError as exc:
-            raise ConfigError(f"{where}.options: intervention {entry.name!r}: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.options: {exc}") from None
+        intervention = check_options(
+            spec.factory, entry.options, f"{where}.options: intervention {entry.name!r}"
+        )
         if not isinstance(intervention, Intervention):
             raise ConfigError(
                 f"{where}: intervention {entry.name!r} built a {type(intervention).__name__}, "

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ctxrl.config import check_options
 from ctxrl.errors import CtxrlError
+from ctxrl.options import check_options
 from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay_many
 from ctxrl.yaml12 import parse_yaml

@@ -1,5 +1,6 @@
 """Checks for plugin options (a strategy's, an intervention's, a transfer method's): a value
-of the wrong kind is a :class:`~ctxrl.errors.ConfigError` naming the option, before any work.
+of the wrong kind, or an option a plugin does not take (:func:`check_options`), is a
+:class:`~ctxrl.errors.ConfigError` naming the option, before any work.
 
 YAML reads ``true`` as a boolean, which Python would take for the count 1 or the number 1.0,
 and ``.nan`` / ``.inf`` as floats that pass every comparison a range check makes (NaN) or
@@ -7,10 +8,13 @@ none (inf); ``bool("false")`` is True. These helpers refuse all of that."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ctxrl.errors import ConfigError
+from ctxrl.errors import ConfigError, CtxrlError
 
 
 def refuse_bool(value: Any) -> Any:
@@ -84,3 +88,78 @@ __all__ = [
     "refuse_bool",
     "steps_option",
 ]
+
+
+UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
+"""Finds the option named in Python's ``TypeError`` for a keyword a callable does not take."""
+MISSING_ARGUMENTS = re.compile(
+    r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$"
+)
+
+
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where: str) -> Any:
+    """Build ``factory(**options)`` once, so that an option the plugin does not take or a value
+    it refuses is a :class:`ConfigError` that starts with ``where`` (the field, e.g.
+    ``strategy.options: 'mbtl-gp'``) and names the option, before any work; returns what was
+    built."""
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        match = UNEXPECTED_KEYWORD.search(str(exc))
+        missing = MISSING_ARGUMENTS.search(str(exc))
+        if match is None and missing is not None:
+            raise ConfigError(f"{where}: the option {missing.group(1)} must be given") from None
+        if match is None:
+            raise ConfigError(f"{where}: {exc}") from None
+        takes = option_names(factory)
+        listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
+        raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
+    except (ValueError, CtxrlError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def option_names(factory: Callable[..., Any]) -> set[str]:
+    """The keyword options ``factory`` names (empty when it takes ``**options`` only)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def is_device_name(device: object) -> bool:
+    """Whether ``device`` is a device ctxrl trains on: ``cpu``, ``cuda``, ``cuda:N`` or
+    ``auto`` (a GPU when there is one)."""
+    return isinstance(device, str) and (
+        device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())
+    )
+
+
+def check_device(device: str) -> None:
+    """``device`` is one ctxrl trains on and, for a CUDA device, exists here: a CPU-only
+    torch, a missing GPU or another name (``mps``, ``tpu``) is named (a
+    :class:`~ctxrl.errors.ConfigError` on the ``device`` field) before training, not when the
+    first batch is moved. The config checks it, and so do the algorithms' factories (the
+    Python API)."""
+    if not is_device_name(device):
+        raise ConfigError(f"device: {device!r} is not cpu, cuda, cuda:N or auto")
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.removeprefix("cuda:")) if device.startswith("cuda:") else 0
+    if index < count:
+        return
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        why = f"{count} CUDA device{'s' if count != 1 else ''} visible"
+    raise ConfigError(
+        f"device: {device!r} is not available ({why}); use device: cpu, or auto to take a "
+        "GPU when there is one"
+    )

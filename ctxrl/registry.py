@@ -284,6 +284,9 @@ class TransferMethodSpec:
         report: for methods that run studies of their own (``ctxrl transfer ...``):
             ``report(run_dir) -> markdown``, rewriting the study's exports and figures from
             its run directory; ``ctxrl report`` calls it for such directories.
+        study_command: for such a study, the command that runs it (``ctxrl plasticity
+            STUDY.yaml``): a sweep's ``transfer.name`` refuses the method before anything
+            trains and names the command.
         description: one line for ``ctxrl plugins``.
     """
 
@@ -293,6 +296,7 @@ class TransferMethodSpec:
     joint: bool = False
     report: Callable[[Path], str] | None = None
     description: str = ""
+    study_command: str | None = None
 
     def __post_init__(self) -> None:
         _check_spec_fields("transfer_method", self, ["factory"])
@@ -319,7 +323,9 @@ class InterventionSpec:
 
 
 class Executor(Protocol):
-    """What an executor's factory returns."""
+    """What an executor's factory returns. It may also have a ``close()`` method, which a
+    sweep calls once when it ends (however it ends), for what it holds across ``map`` calls
+    (a sweep in ``mode: select`` calls ``map`` once per step), e.g. a cluster it started."""
 
     def map(
         self, fn: Callable[[dict[str, Any]], None], jobs: Iterable[dict[str, Any]]

@@ -15,6 +15,7 @@ from typing import Any
 
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan
 from ctxrl.errors import CtxrlError
+from ctxrl.options import check_device
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, Registry
 from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
@@ -100,6 +101,7 @@ def load_policies(
     of ``run_ids``), optionally only those ``where(row)`` accepts. Runs that failed or have no
     artifact are left out; a named run that is missing or unfinished is an error naming it;
     so is, with ``algorithm``, a sweep of another algorithm (before any policy is read)."""
+    check_device(device)
     run_dir = Path(run_dir)
     plan = load_plan(run_dir)
     if algorithm is not None:

@@ -341,13 +341,18 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                 progress.advance(bar)
 
     n = len(plan.grid)
-    if config.multitask or config.mode == "multitask":
-        run_multitask(session)
-    if config.mode == "full":
-        outcome.order = list(range(n))
-        run_jobs(outcome.order)
-    elif config.mode == "select":
-        outcome.order = _select_and_train(plan, store, run_jobs)
+    try:
+        if config.multitask or config.mode == "multitask":
+            run_multitask(session)
+        if config.mode == "full":
+            outcome.order = list(range(n))
+            run_jobs(outcome.order)
+        elif config.mode == "select":
+            outcome.order = _select_and_train(plan, store, run_jobs)
+    finally:  # an executor that holds resources across its jobs (a Ray cluster) lets them go
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()
 
     matrix = sweep_matrix(plan, store)
     outcome.matrix = matrix

@@ -186,6 +186,8 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
     private["INITIAL_RANDOM"] = c["initial_random"]
     private["LEG_SPRING_TORQUE"] = c["leg_spring_torque"]
     private["FPS"] = c["fps"]
+    # human rendering plays at the simulated rate (gymnasium's class metadata says 50)
+    env.metadata = {**env.metadata, "render_fps": c["fps"]}
     private["SCALE"] = c["scale"]
     for name in (
         "leg_away",
@@ -254,6 +256,8 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
     private["INITIAL_RANDOM"] = c["initial_random"]
     private["LIDAR_RANGE"] = c["lidar_range"]
     private["FPS"] = c["fps"]
+    # human rendering plays at the simulated rate (gymnasium's class metadata says 50)
+    env.metadata = {**env.metadata, "render_fps": c["fps"]}
     for name in ("leg_down", "leg_w", "leg_h", "terrain_step", "terrain_height"):
         private[name.upper()] = c[name]
     for name in ("terrain_length", "terrain_grass", "terrain_startpad"):

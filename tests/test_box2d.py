@@ -272,3 +272,13 @@ def test_bipedal_walker_leg_geometry() -> None:
     high, low = _walker(leg_down=0.0), _walker(leg_down=-0.8)
     drop = [w.hull.position.y - w.legs[0].position.y for w in (high, low)]
     assert drop[1] > drop[0]
+
+
+def test_human_rendering_plays_at_the_context_s_frame_rate() -> None:
+    registry = get_host().registry
+    for name in ("LunarLander", "BipedalWalker"):
+        env = registry.env(name).make({"fps": 25.0})
+        assert env.metadata["render_fps"] == 25.0, name
+        env.reset(seed=0, options={"context": {"fps": 60.0}})
+        assert env.metadata["render_fps"] == 60.0, name
+        env.close()

@@ -94,7 +94,16 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["compare=[random, nope]"], "compare: no plugin provides the strategy 'nope'"),
         (["train_steps=-5"], "train_steps: Input should be greater than 0"),
         (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),
+        (
+            ["device=cuda:1", "executor.options={gpus: [0, 1]}"],
+            "device: 'cuda:1' names one GPU, but executor.options gives each job a GPU of its own",
+        ),
         (["seedz=[1]"], "seedz: Extra inputs are not permitted"),
+        (["env_options.foo=1"], "env_options: CartPole takes no option 'foo'"),
+        (
+            ["algorithm.interventions=[{name: l2, options: {coeff: 1}}]"],
+            "algorithm.interventions[0].options: intervention 'l2': no option 'coeff'",
+        ),
         (["env_options.visible=[nosuch]"], "env_options: CartPole has no context feature 'nosuch'"),
         # every name and option is checked before anything trains, whatever the mode
         (["strategy.name=mbtl-gpp"], "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
@@ -129,6 +138,20 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["transfer={name: fine-tune, options: {steps: 100, reinit: actor.hed}}"],
             "transfer.options: 'fine-tune': reinit: 'actor.hed' matches no layer; layers: "
             "actor.0, actor.1, actor.head, critic.0",
+        ),
+        (
+            ["transfer.name=plasticity"],
+            "transfer.name: 'plasticity' is a study of its own: run `ctxrl plasticity "
+            "STUDY.yaml`; a sweep takes distill, fine-tune, zero-shot",
+        ),
+        (
+            ["transfer.name=dqn-transferability"],
+            "is a study of its own: run `ctxrl transfer dqn STUDY.yaml`",
+        ),
+        (
+            ["transfer.name=zero-shoot"],
+            "transfer.name: no plugin provides the transfer method 'zero-shoot'; a sweep takes "
+            "distill, fine-tune, zero-shot",
         ),
         (
             ["transfer={name: distill, options: {steps: 100}}", "executor.shards=2"],
@@ -467,3 +490,18 @@ def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
         load_config(twice)
     with pytest.raises(ConfigError, match=r"--set 'seeds=\[0, 1': the value is not valid YAML"):
         load_config(None, ["seeds=[0, 1"])
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "mps", "bogus"])
+def test_the_python_api_checks_the_device_too(device: str) -> None:
+    """Only the config path checked the device: batched-ppo failed at its first tensor, and
+    sb3-ppo trained on the CPU without a word when CUDA was asked for and missing."""
+    from ctxrl.plugins import get_host
+
+    registry = get_host().registry
+    names = ["batched-ppo"] + (["sb3-ppo"] if "sb3-ppo" in registry.names("algorithm") else [])
+    for name in names:
+        env = registry.env("CartPole")
+        with pytest.raises(ConfigError, match=rf"device: '{device}' is not"):
+            algorithm = registry.algorithm(name).factory({}, device=device, env=env)
+            algorithm.train(env, env.task(), seed=0, total_steps=512)

@@ -634,7 +634,7 @@ def test_figures_name_their_axes_bands_and_sources(finished: Path) -> None:
     figures = finished / "figures"
     matrix = (figures / "matrix.svg").read_text()
     assert "length: half the pole's length (m)" in matrix
-    assert "(R - 0) / (500 - 0), clipped to [0, 1]" in matrix
+    assert "normalised return R / 500, clipped to [0, 1]" in matrix
     selection = (figures / "selection.svg").read_text()
     assert "shaded: ±1 std over 100 replays of each stochastic strategy" in selection
     generalization = (figures / "generalization.svg").read_text()

@@ -445,9 +445,54 @@ def test_ray_time_limits_run_from_a_jobs_start_not_its_queueing() -> None:
         time.sleep(1.5)
 
     executor = RayExecutor(workers=1, timeout_s=2.5)
-    outcomes = list(executor.map(sleepy, [{"i": i} for i in range(3)]))
+    try:
+        outcomes = list(executor.map(sleepy, [{"i": i} for i in range(3)]))
+    finally:
+        executor.close()
     assert [job["i"] for job, _ in outcomes] == [0, 1, 2]
     assert all(error is None for _, error in outcomes), outcomes
+
+
+@pytest.mark.long
+@requires_ray
+def test_ray_starts_once_per_sweep_and_reports_a_task_s_own_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray started when the executor was built and stopped at the end of every `map`, so the
+    second step of a select sweep ran on a cluster Ray started by itself (all CPUs, and not the
+    remote one given); a failed task was stored as Ray's coloured wrapper line; a sweep with
+    nothing to run started Ray all the same."""
+    import ray
+
+    from ctxrl.runs import error_summary
+    from ctxrl_plugins.executors.ray_cluster import RayExecutor
+
+    def _fails_or_checks_its_environment(job: dict[str, Any]) -> None:
+        # nested: Ray's workers cannot import the test module, so it travels by value
+        import os
+
+        if job["fail"]:
+            raise RuntimeError(f"injected failure at {job['i']}")
+        if os.environ.get("CTXRL_PROBE") != "forwarded" or os.environ["OMP_NUM_THREADS"] != "1":
+            raise AssertionError("the sweep's CTXRL_* and OMP_NUM_THREADS did not reach the task")
+
+    monkeypatch.setenv("CTXRL_PROBE", "forwarded")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    executor = RayExecutor(workers=1)
+    try:
+        assert list(executor.map(_fails_or_checks_its_environment, [])) == []
+        assert not ray.is_initialized()  # nothing to run, no Ray
+        first = list(executor.map(_fails_or_checks_its_environment, [{"i": 0, "fail": True}]))
+        assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 1
+        second = list(executor.map(_fails_or_checks_its_environment, [{"i": 1, "fail": False}]))
+        assert ray.cluster_resources()["CPU"] == 1  # the same cluster for the next step
+    finally:
+        executor.close()
+    assert not ray.is_initialized()
+    ((_, error),) = first
+    assert error is not None and error_summary(error) == "RuntimeError: injected failure at 0"
+    assert "\x1b[" not in str(error) and "raise RuntimeError" in str(error)  # its traceback
+    assert second == [({"i": 1, "fail": False}, None)]
 
 
 @pytest.mark.long

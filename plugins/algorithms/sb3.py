@@ -23,7 +23,7 @@ from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, PluginUnavailable
-from ctxrl.options import count_option, number_option
+from ctxrl.options import check_device, count_option, number_option
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
@@ -194,6 +194,7 @@ class SB3Algorithm:
         if reserved:
             raise ConfigError(f"algorithm.params: {reserved} are set by ctxrl (seeds, device)")
         self._check_values(params, allowed)
+        check_device(device)  # SB3 itself would train on the CPU when CUDA is missing
         self.params = dict(params)
         self.device = device
 

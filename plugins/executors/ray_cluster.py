@@ -1,29 +1,74 @@
 """The ``ray`` executor: the same sweep jobs as Ray tasks (``pip install ctxrl[ray]``).
 
 ``executor: {name: ray, workers: 4, options: {address: auto}}`` runs every (source, seed) job as
-a Ray task with one CPU (``num_gpus`` in options for GPU jobs). Without an address a local Ray
-cluster with ``workers`` CPUs is started, which inherits this process's environment (plugin
-controls included). Jobs write to the run directory themselves, exactly as with the local
-executor, so a cluster's workers need that directory on a shared file system.
+a Ray task with one CPU (``num_gpus`` in options for GPU jobs). Without an address a new local
+Ray cluster with ``workers`` CPUs is started (never one that happens to run on the machine),
+when the first jobs are submitted, and stopped when the sweep ends. The tasks get this
+process's ``CTXRL_*`` and ``OMP_NUM_THREADS`` variables (plugin controls, the compile mode) on a
+remote cluster too. Jobs write to the run directory themselves, exactly as with the local
+executor, so a cluster's workers need that directory on a shared file system. A failed task is
+reported with its own exception (``RuntimeError: ...``) and the worker's traceback.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ctxrl import hookimpl
-from ctxrl.errors import PluginUnavailable
+from ctxrl.errors import ConfigError, PluginUnavailable
 from ctxrl.registry import ExecutorSpec
 
 Job = dict[str, Any]
 
 
+class RayJobFailed(RuntimeError):
+    """A Ray task that raised or whose worker died: ``summary`` is one line (the task's own
+    exception, or what happened to its worker), the message adds the worker's traceback."""
+
+    def __init__(self, summary: str, details: str = "") -> None:
+        super().__init__(f"{summary}\n{details}".rstrip())
+        self.summary = summary
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _job_failure(exc: BaseException) -> RayJobFailed:
+    """Ray's wrapper of a task's failure as the sweep reports failures: the task's own
+    exception first (Ray's wrapper starts with a coloured ``ray::execute_job() (pid=...)``
+    line, which said nothing of what failed)."""
+    details = _ANSI.sub("", str(exc)).strip()
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return RayJobFailed(f"{type(cause).__name__}: {_ANSI.sub('', str(cause))}", details)
+    name = type(exc).__name__
+    if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
+        return RayJobFailed(
+            f"the Ray worker running the job died ({name}); its logs are in the Ray session's "
+            "logs folder (by default /tmp/ray/session_latest/logs)",
+            details,
+        )
+    lines = [line for line in details.splitlines() if line.strip()]
+    return RayJobFailed(f"{name}: {lines[-1] if lines else exc!r}", details)
+
+
+FORWARDED_VARIABLES = re.compile(r"^(CTXRL_\w+|OMP_NUM_THREADS)$")
+"""Environment variables every task gets from the sweep's process (``runtime_env``)."""
+
+
 class RayExecutor:
     """Runs jobs as Ray tasks.
+
+    Ray starts (or connects) when the first jobs are submitted, not when the executor is
+    built, and a local cluster it started is stopped by :meth:`close` (the sweep calls it when
+    it ends), so a sweep whose jobs are all finished starts no Ray, and every step of a
+    ``mode: select`` sweep runs on the same cluster.
 
     Args:
         workers: CPUs of the local cluster started when ``address`` is None, and the tasks
@@ -31,7 +76,7 @@ class RayExecutor:
         timeout_s: wall-clock limit per job (the task is cancelled), counted from its
             submission: on the local cluster a job is submitted when a worker is free, on an
             existing cluster every job at once (its time in the cluster's queue counts).
-        address: an existing cluster (``"auto"`` or ``ray://...``); None starts a local one.
+        address: an existing cluster (``"auto"`` or ``ray://...``); None starts a new local one.
         num_gpus: GPUs per task.
     """
 
@@ -50,24 +95,52 @@ class RayExecutor:
         # the local cluster runs `workers` tasks at a time: submit no more, so that a task's
         # time limit runs from about when it starts; a cluster schedules every task itself
         self.in_flight: int | None = max(1, int(workers)) if address is None else None
+        self.workers = workers
+        self.address = address
         self.timeout_s = timeout_s
         self.num_gpus = num_gpus
-        self._started_here = not ray.is_initialized()
-        if self._started_here:
+        self._started_here = False
+
+    def _start(self) -> None:
+        """Connect to ``address``, or start a new local cluster (``address="local"``: Ray
+        would otherwise join a cluster it finds on the machine and refuse ``num_cpus``)."""
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        variables = {k: v for k, v in os.environ.items() if FORWARDED_VARIABLES.match(k)}
+        try:
             ray.init(
-                address=address,
-                num_cpus=None if address else workers,
+                address=self.address or "local",
+                num_cpus=None if self.address else self.workers,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
+                runtime_env={"env_vars": variables} if variables else None,
             )
+        except Exception as exc:
+            raise ConfigError(
+                f"executor.options.address: Ray could not start or reach "
+                f"{self.address or 'a new local cluster'!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._started_here = True
+
+    def close(self) -> None:
+        """Stop the Ray this executor started (nothing when it joined a running one)."""
+        if self._started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started_here = False
 
     def map(
         self, fn: Callable[[Job], None], jobs: Iterable[Job]
     ) -> Iterator[tuple[Job, BaseException | None]]:
+        waiting = iter(jobs)
+        first = next(waiting, None)
+        if first is None:
+            return
+        waiting = itertools.chain([first], waiting)
+        self._start()
         ray = self.ray
         task = ray.remote(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)(fn)
-        waiting = iter(jobs)
         pending: dict[Any, tuple[Job, float]] = {}
 
         def submit() -> None:
@@ -84,7 +157,7 @@ class RayExecutor:
                     try:
                         ray.get(ref)
                     except Exception as exc:  # the task's exception, wrapped by Ray
-                        yield job, exc
+                        yield job, _job_failure(exc)
                     else:
                         yield job, None
                 if self.timeout_s is not None:
@@ -103,8 +176,6 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if self._started_here:
-                ray.shutdown()
 
 
 @hookimpl

@@ -29,7 +29,7 @@ from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
-from ctxrl.options import refuse_bool
+from ctxrl.options import check_device, refuse_bool
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
@@ -97,6 +97,8 @@ def hyperparameters(
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of ``device`` (checked: :func:`ctxrl.options.check_device`)."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

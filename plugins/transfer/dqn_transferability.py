@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from ctxrl import hookimpl
-from ctxrl.config import check_device
 from ctxrl.errors import CtxrlError
+from ctxrl.options import check_device
 from ctxrl.registry import Registry, TransferMethodSpec
 from ctxrl_plugins.transfer.dqn_transferability_plan import (
     ARMS,
@@ -125,6 +125,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             name=STUDY,
             factory=_study,
             batched_only=True,
+            study_command="ctxrl transfer dqn STUDY.yaml",
             report=report_study,
             description="DQN transferability studies: fine-tune / only-head / hybrid / "
             "keep-head arms against scratch on every pair (`ctxrl transfer dqn`)",

@@ -42,9 +42,9 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
-from ctxrl.config import check_device
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
+from ctxrl.options import check_device
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
 from ctxrl_plugins.transfer.studies import (
@@ -510,6 +510,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
             name=STUDY,
             factory=_study,
             batched_only=True,
+            study_command="ctxrl plasticity STUDY.yaml",
             report=report_study,
             description="plasticity studies: interventions x seeds on a context schedule, "
             "per-switch metrics against no intervention (`ctxrl plasticity`)",

@@ -54,8 +54,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ctxrl.config import check_device
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.options import check_device
 from ctxrl.registry import Registry
 from ctxrl.transfer_metrics import MetricEstimate, mean_estimate
 from ctxrl_plugins.transfer.plasticity_study import (
