@@ -89,7 +89,7 @@ def compile_in_new_process(algorithm: str, agents: int, steps: int, device: str)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--agents", type=int, nargs="*", default=[4, 16, 64, 256])
     parser.add_argument("--steps", type=int, default=100_000, help="env steps per agent")
     parser.add_argument("--device", default="cpu")

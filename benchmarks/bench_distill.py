@@ -47,7 +47,7 @@ SWEEPS = Path(__file__).parent / "sweeps"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sweep", default="cartpole-length-100")
     parser.add_argument("--train-steps", type=int, default=100_000)
     parser.add_argument("--eval-episodes", type=int, default=5)

@@ -124,7 +124,7 @@ def tables(metrics: dict[str, Any], names: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--every", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=5)

@@ -136,7 +136,7 @@ def sync_vector_rate(name: str, feature: str, batch: int, budget_s: float) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--budget-s", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--max-sync", type=int, default=4096, help="largest SyncVectorEnv batch")

@@ -27,7 +27,7 @@ from ctxrl_plugins.training.evaluation import evaluate_policies
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--policies", type=int, default=20)
     parser.add_argument("--contexts", type=int, default=100)
     parser.add_argument("--episodes", type=int, default=5)

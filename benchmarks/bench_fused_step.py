@@ -53,7 +53,7 @@ def train(fused: bool, agents: int, iterations: int, device: str) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--agents", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=20, help="per timed training")
     parser.add_argument("--repeats", type=int, default=8)

@@ -37,7 +37,7 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
     presets = get_host().registry.algorithm("batched-ppo").presets

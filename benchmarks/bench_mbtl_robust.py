@@ -152,7 +152,7 @@ def score(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--seed0", type=int, default=0, help="first seed")
     parser.add_argument("--n", type=int, default=60)

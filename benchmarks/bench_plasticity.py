@@ -36,7 +36,7 @@ from ctxrl_plugins.transfer.plasticity_study import load_study_config, resolve_s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("study", type=Path)
     parser.add_argument("--baseline-agents", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)

@@ -69,7 +69,7 @@ def train_one(task: ShiftingTargets, seed: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("study", type=Path)
     parser.add_argument("--baseline-agents", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)

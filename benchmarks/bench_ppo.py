@@ -129,10 +129,10 @@ def batched(
     """Train batched PPO; returns (wall s, of which compiling s, mean return per context)."""
     registry = get_host().registry
     spec = registry.env("CartPole")
-    algorithm = registry.algorithm("batched-ppo").factory(
-        {"anneal_lr": anneal_lr, "compile": compile_mode, "rollout_segment": rollout_segment},
-        device=device,
-    )
+    params: dict[str, object] = {"anneal_lr": anneal_lr, "compile": compile_mode}
+    if rollout_segment is not None:  # else the algorithm's own default
+        params["rollout_segment"] = rollout_segment
+    algorithm = registry.algorithm("batched-ppo").factory(params, device=device)
     contexts = [{"length": float(v)} for v in lengths]
     started = time.perf_counter()
     policies = algorithm.train_many(spec, contexts, list(range(len(contexts))), total_steps=steps)
@@ -185,7 +185,7 @@ def matmul_floor(contexts: int, steps: int, device: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--contexts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=100_000, help="env steps per context")
     parser.add_argument("--episodes", type=int, default=20)

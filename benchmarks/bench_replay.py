@@ -24,7 +24,7 @@ from ctxrl.synthetic import SETTINGS, grid_points, reference_bounds, synthetic_t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--budget", type=int, default=25)
     parser.add_argument("--strategies", nargs="+", default=["mbtl-gp", "sd-mbtl"])

@@ -72,7 +72,7 @@ def cold_compile_s(segment: int, agents: int, device: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--agents", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=40, help="per timed training")

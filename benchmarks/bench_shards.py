@@ -48,7 +48,7 @@ def stored(run_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--train-steps", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--contexts", type=int, default=100)
@@ -74,6 +74,7 @@ def main() -> None:
                 f"train_steps={args.train_steps}",
                 f"eval_episodes={args.eval_episodes}",
                 f"features.masscart.num={args.contexts}",
+                f"strategy.budget={min(20, args.contexts)}",
                 "multitask=false",
                 "device=cpu",
                 f"output_dir={tmp}/arm{index}",

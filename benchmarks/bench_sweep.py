@@ -44,7 +44,7 @@ PAPER_FACTOR = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--only", nargs="*", default=sorted(PAPER_FACTOR))
     parser.add_argument("--device", default=None, help="override the configs' device")
     parser.add_argument("--train-steps", type=int, default=None, help="override steps per model")
@@ -115,7 +115,7 @@ def main() -> None:
                 f"{total:.0f} | {mean15('mbtl-gp')} | {mean15('random')} | "
                 f"{summary['independent']:.3f} | {summary.get('multitask', float('nan')):.3f} | "
                 f"{efficiency['k_star'] or '> ' + str(summary['budget'])} | "
-                f"{shown} | {PAPER_FACTOR[name]} |",
+                f"{shown} | {PAPER_FACTOR.get(name, '-')} |",
                 flush=True,
             )
             at_budget.append((name, summary))

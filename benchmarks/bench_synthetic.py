@@ -220,6 +220,9 @@ def table(noise: float, cells: dict[str, dict[str, list[float]]]) -> str:
         lines.append(f"| {setting.name}{shade} | " + " | ".join(values) + " |")
     agg = []
     for name in COLUMNS:
+        if not any(name in cell for cell in cells.values()):
+            agg.append("-")  # not run
+            continue
         mean, half = aggregated(cells, name)
         paper = f" ({published[8][PUBLISHED_COLUMN[name]]:.4f})" if published else ""
         agg.append(f"{mean:.4f} ± {half:.4f}{paper}")
@@ -228,7 +231,7 @@ def table(noise: float, cells: dict[str, dict[str, list[float]]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--noise", type=float, nargs="+", default=[5.0])
     parser.add_argument("--gp-trials", type=int, default=TRIALS)
     parser.add_argument("--strategies", nargs="+", default=["m-mbtl", "sd-mbtl", "mbtl-gp"])

@@ -55,7 +55,7 @@ def run(backend: str, workers: int, seconds: int, episodes: int) -> tuple[float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seconds", type=int, default=1800)
     parser.add_argument("--episodes", type=int, default=2)
     args = parser.parse_args()

@@ -48,7 +48,7 @@ def interval(first: np.ndarray, second: np.ndarray) -> tuple[float, float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--source-steps", type=int, default=100_000)
     parser.add_argument("--target-steps", type=int, default=20_480)

@@ -3,8 +3,9 @@ uncertainty bands are calibrated.
 
     python benchmarks/gp_heldout.py MATRIX [MATRIX ...] [--observed 3] [--grid 8x8x8]
 
-A MATRIX is a run directory (its exports), a ``.npy`` of a normalised matrix, or ``synthetic:
-f=..,g=..,h=..:NOISE:TRIAL`` (:mod:`ctxrl.synthetic`, normalised over its own entries, on its
+A MATRIX is a run directory (its exports) or a folder of kept matrices (``contexts.json`` and
+``matrix_seed0.csv``, as in ``benchmarks/results/``), a ``.npy`` of a normalised matrix, or
+``synthetic:f=..,g=..,h=..:NOISE:TRIAL`` (:mod:`ctxrl.synthetic`, normalised over its own entries, on its
 8 x 8 x 8 grid). For every way of choosing ``--observed`` source rows spread over the contexts
 (equally spaced starting offsets), the model predicts the other rows; reported: RMSE on the
 held-out rows and the share of held-out entries inside the central band at nominal levels 50,
@@ -38,7 +39,8 @@ def load(spec: str, grid: str | None) -> tuple[np.ndarray, np.ndarray, str]:
         return (raw - raw.min()) / (raw.max() - raw.min()), grid_points() / 7.0, spec
     path = Path(spec)
     if path.is_dir():
-        exports = path / "exports"
+        # a run directory's exports, or a folder of kept matrices (benchmarks/results/...)
+        exports = path / "exports" if (path / "exports").is_dir() else path
         info = json.loads((exports / "contexts.json").read_text())
         lower, upper = info["return_bounds"]
         raw = np.loadtxt(exports / "matrix_seed0.csv", delimiter=",")
@@ -69,7 +71,7 @@ def compare(matrix: np.ndarray, coords: np.ndarray, observed_count: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("matrices", nargs="+")
     parser.add_argument("--observed", type=int, default=3)
     parser.add_argument("--grid", default=None)

@@ -18,7 +18,7 @@ from ctxrl_plugins.training.compiling import torch_compile_mode
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--agents", type=int, default=1024)
     parser.add_argument("--iterations", type=int, default=32)
     parser.add_argument("--compile", default="on")
