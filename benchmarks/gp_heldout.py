@@ -9,8 +9,8 @@ A MATRIX is a run directory (its exports) or a folder of kept matrices (``contex
 entries, on its 8 x 8 x 8 grid). For every way of choosing ``--observed`` source rows spread
 over the contexts (equally spaced starting offsets), the model predicts the other rows;
 reported: RMSE on the held-out rows and the share of held-out entries inside the central band
-at nominal levels 50,
-80, 90, 95 and 99 %, for the GP set point with estimated gap slopes (a) with the band
+at nominal levels 50, 80, 90, 95 and 99 %, for the GP set point with estimated gap slopes (a)
+with the band
 calibrated by the gap model's leave-one-row-out error (ctxrl's default) and (b) with the GP's
 set-point uncertainty alone (before), and (c) the reference's hand-set slope (0.005 per grid
 index) with the calibrated band.
