@@ -213,6 +213,14 @@ def train_group(
     damage = (
         verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
     )
+    if damage is None and checkpoint.with_suffix(".safetensors").exists():
+        written_on = artifact_metadata(checkpoint).get("device")
+        if written_on not in (None, _device_type(device)):
+            # a CPU generator's state does not fit a CUDA one (and the numbers would differ)
+            damage = (
+                f"checkpoint {checkpoint.name} was written on {written_on}, this sweep trains "
+                f"on {_device_type(device)} (device: {device})"
+            )
     if damage is not None:
         console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
         for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
@@ -368,6 +376,15 @@ def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> R
         batch_group=group,
         group_duration_s=group_s,
     )
+
+
+def _device_type(device: str) -> str:
+    """``cpu`` or ``cuda``: the kind of device ``device`` (``auto`` included) trains on."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
 
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:

@@ -7,6 +7,7 @@ Errors name the field path (``features.masscart.num``), the bad value and what i
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import inspect
@@ -304,8 +305,26 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepCon
             where = ".".join(str(p) for p in error["loc"]) or "(top level)"
             got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                # a misspelled field: say so, and which field was meant
+                fields = _fields_at(error["loc"][:-1])
+                close = difflib.get_close_matches(str(error["loc"][-1]), fields, n=1)
+                message = "no such field" + (f"; did you mean {close[0]!r}?" if close else "")
             lines.append(f"  {where}: {message}{got}")
         raise ConfigError(f"{source} is not a valid sweep config:\n" + "\n".join(lines)) from None
+
+
+def _fields_at(location: Sequence[int | str]) -> list[str]:
+    """The field names of the config section at ``location`` (``()``: the top level;
+    ``("strategy",)``: the strategy's), or none where it is not a section of fields."""
+    model: Any = SweepConfig
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["device=cuda:1", "executor.options={gpus: [0, 1]}"],
             "device: 'cuda:1' names one GPU, but executor.options gives each job a GPU of its own",
         ),
-        (["seedz=[1]"], "seedz: Extra inputs are not permitted"),
+        (["seedz=[1]"], "seedz: no such field; did you mean 'seeds'? (got [1])"),
+        (["train_step=100"], "train_step: no such field; did you mean 'train_steps'? (got 100)"),
+        (["strategy.budgt=3"], "strategy.budgt: no such field; did you mean 'budget'? (got 3)"),
         (["env_options.foo=1"], "env_options: CartPole takes no option 'foo'"),
         (
             ["algorithm.interventions=[{name: l2, options: {coeff: 1}}]"],

@@ -614,6 +614,39 @@ def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> No
     assert "trained 0, already finished 2, failed 0" in again.stderr
 
 
+def test_a_checkpoint_of_another_kind_of_device_trains_the_group_again(tmp_path: Path) -> None:
+    """A `device: auto` sweep killed on a GPU machine and rerun on a CPU one: a CUDA
+    generator's state does not fit the CPU's, so restoring it failed the whole group; the
+    checkpoint says where it was written and the group starts over."""
+    from ctxrl.artifacts import load_artifact, save_artifact
+    from ctxrl.config import algorithm_params
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path, train_steps=4096)
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env,
+        [c.as_dict() for c in plan.grid.contexts],
+        [0, 0],
+        total_steps=2048,
+        checkpoint=checkpoint,
+        checkpoint_every=1024,
+    )
+    tensors, meta = load_artifact(checkpoint, device="cpu")
+    assert meta["device"] == "cpu"
+    save_artifact(checkpoint, tensors, {**meta, "device": "cuda"})  # as a GPU machine writes it
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.trained == 2 and not outcome.failed
+    text = " ".join(printed.getvalue().split())
+    assert f"checkpoint {checkpoint.name} was written on cuda, this sweep trains on cpu" in text
+    assert "training the group from the start" in text and "resumed" not in text
+
+
 def test_runs_csv_says_which_runs_trained_as_one_group(finished: Path) -> None:
     """Runs of one batched program share its start and split its time evenly: the columns
     batch_group and group_duration_s say so."""

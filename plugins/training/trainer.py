@@ -504,6 +504,8 @@ class BatchedTrainer(Generic[StateT]):
                 "env_steps": run.env_steps,
                 "algorithm": self.name,
                 "diagnostic_counts": counts,
+                # random streams and rounding are the device's: resumed on its kind only
+                "device": self.device.type,
             },
         )
 
