@@ -96,10 +96,18 @@ def main() -> None:
             curves = summary["curves"]
             efficiency = summary["sample_efficiency"]
 
-            def mean15(strategy: str, curves: dict = curves) -> str:
+            # with several seeds every number is the summary's: on each seed's matrix, then
+            # averaged (before 2026-12-05: on the seed-mean matrix, as the tables below were)
+            per_seed = "independent_seeds" in summary
+            curve_key = "seed_mean" if per_seed else "mean"
+            independent = (
+                summary["independent_seeds"]["mean"] if per_seed else summary["independent"]
+            )
+
+            def mean15(strategy: str, curves: dict = curves, key: str = curve_key) -> str:
                 if strategy not in curves:
                     return "-"
-                first = curves[strategy]["mean"][:15]
+                first = curves[strategy].get(key, curves[strategy]["mean"])[:15]
                 return f"{sum(first) / len(first):.3f}"
 
             factor, match = efficiency["factor"], efficiency.get("factor_match")
@@ -113,12 +121,16 @@ def main() -> None:
                 f"| {name} | {summary['n_contexts']} | {len(config.seeds)} | "
                 f"{config.train_steps:,} | {outcome.train_s:.0f} | {outcome.eval_s:.0f} | "
                 f"{total:.0f} | {mean15('mbtl-gp')} | {mean15('random')} | "
-                f"{summary['independent']:.3f} | {summary.get('multitask', float('nan')):.3f} | "
+                f"{independent:.3f} | {summary.get('multitask', float('nan')):.3f} | "
                 f"{efficiency['k_star'] or '> ' + str(summary['budget'])} | "
                 f"{shown} | {PAPER_FACTOR.get(name, '-')} |",
                 flush=True,
             )
             at_budget.append((name, summary))
+    print(
+        "\n(several seeds: G_k, Independent and k* on each seed's matrix, averaged over seeds; "
+        "the table below replays the seed-mean matrix, as SD-MBTL's Table 2 reports one number)"
+    )
     # SD-MBTL reports every strategy's G_k at the budget k = K (its Table 2)
     print("\n| sweep | K | Independent | Multi-task | " + " | ".join(STRATEGIES) + " |")
     print("|---|---|---|---|" + "---|" * len(STRATEGIES))

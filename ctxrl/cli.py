@@ -671,8 +671,6 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     cfg = stored_config(stored, run_dir / PLAN_FILE)
     plan = resolve_plan(cfg, host.registry, training=False)
     target = out or run_dir
-    if out is not None and out.resolve() != run_dir.resolve():
-        _check_report_target(out, run_dir)
     with open_store(run_dir) as store:
         if not store.runs():
             raise CtxrlError(
@@ -688,12 +686,18 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
                 "stored): no G_k along the trained order"
             )
         try:
+            if out is not None and out.resolve() != run_dir.resolve():
+                _check_report_target(out, run_dir)
             target.mkdir(parents=True, exist_ok=True)
             exports = write_exports(plan, store, matrix, target, order=order)
-        except PermissionError as exc:
+        except OSError as exc:
             raise CtxrlError(
                 f"cannot write the report into {target} ({exc.strerror}: {exc.filename}); "
-                "pass --out DIR to write it elsewhere"
+                + (
+                    "give another --out DIR"
+                    if out is not None
+                    else "pass --out DIR to write it elsewhere"
+                )
             ) from None
     damaged = json.loads((exports / "summary.json").read_text()).get("damaged", [])
     if damaged:

@@ -139,14 +139,28 @@ def is_device_name(device: object) -> bool:
     )
 
 
-def check_device(device: str) -> None:
+def check_device_name(device: object) -> str:
+    """``device`` (a string or a ``torch.device``) as the string of a device ctxrl trains on,
+    else a :class:`~ctxrl.errors.ConfigError` on the ``device`` field. Whether a CUDA device
+    exists here is :func:`check_device`'s question: reading results a GPU wrote needs none."""
+    name = device
+    if not isinstance(device, str):
+        import torch
+
+        if isinstance(device, torch.device):
+            name = str(device)  # cpu, cuda, cuda:1
+    if not isinstance(name, str) or not is_device_name(name):
+        raise ConfigError(f"device: {device!r} is not cpu, cuda, cuda:N or auto")
+    return name
+
+
+def check_device(device: object) -> None:
     """``device`` is one ctxrl trains on and, for a CUDA device, exists here: a CPU-only
     torch, a missing GPU or another name (``mps``, ``tpu``) is named (a
     :class:`~ctxrl.errors.ConfigError` on the ``device`` field) before training, not when the
-    first batch is moved. The config checks it, and so do the algorithms' factories (the
-    Python API)."""
-    if not is_device_name(device):
-        raise ConfigError(f"device: {device!r} is not cpu, cuda, cuda:N or auto")
+    first batch is moved. The config checks it before a sweep or study trains, and so do the
+    algorithms when they train (the Python API)."""
+    device = check_device_name(device)
     if not device.startswith("cuda"):
         return
     import torch

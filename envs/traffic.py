@@ -35,6 +35,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,7 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
         )
         # a directory of its own for every process and thread, moved into place in one step
         staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        staged.chmod(0o755)  # mkdtemp's 0700 would hide the entry from other users' workers
         for name in ("net.xml", "routes.xml"):
             shutil.copy2(build / name, staged / name)
         try:
@@ -224,6 +226,10 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
                     staged.rename(target)
                 shutil.rmtree(damaged, ignore_errors=True)
             shutil.rmtree(staged, ignore_errors=True)
+    for _ in range(40):  # another worker may be replacing a damaged entry this moment
+        if net.is_file() and routes.is_file():
+            break
+        time.sleep(0.05)
     if not (net.is_file() and routes.is_file()):
         raise CtxrlError(
             f"{NAME}: the scenario cache entry {target} is incomplete and could not be replaced; "

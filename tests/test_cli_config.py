@@ -507,3 +507,21 @@ def test_the_python_api_checks_the_device_too(device: str) -> None:
         with pytest.raises(ConfigError, match=rf"device: '{device}' is not"):
             algorithm = registry.algorithm(name).factory({}, device=device, env=env)
             algorithm.train(env, env.task(), seed=0, total_steps=512)
+
+
+def test_a_torch_device_is_a_device_and_a_missing_gpu_is_named_when_training_starts() -> None:
+    """Reading what a GPU trained (a study's report rebuilds its algorithm with the study's
+    device) works on a CPU-only machine; training there names the device."""
+    import torch
+
+    from ctxrl.plugins import get_host
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({}, device=torch.device("cpu"), env=env)
+    algorithm.train(env, env.task(), seed=0, total_steps=512)
+    if torch.cuda.is_available():
+        return
+    on_gpu = registry.algorithm("batched-ppo").factory({}, device="cuda", env=env)  # no error
+    with pytest.raises(ConfigError, match=r"device: 'cuda' is not available"):
+        on_gpu.train(env, env.task(), seed=0, total_steps=512)

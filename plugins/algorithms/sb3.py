@@ -23,7 +23,7 @@ from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, PluginUnavailable
-from ctxrl.options import check_device, count_option, number_option
+from ctxrl.options import check_device, check_device_name, count_option, number_option
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
@@ -194,9 +194,8 @@ class SB3Algorithm:
         if reserved:
             raise ConfigError(f"algorithm.params: {reserved} are set by ctxrl (seeds, device)")
         self._check_values(params, allowed)
-        check_device(device)  # SB3 itself would train on the CPU when CUDA is missing
         self.params = dict(params)
-        self.device = device
+        self.device = check_device_name(device)
 
     def _check_values(self, params: Mapping[str, Any], allowed: set[str]) -> None:
         """The values SB3 would only refuse when a run builds its model (every run failing
@@ -284,6 +283,7 @@ class SB3Algorithm:
         )
 
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
+        check_device(self.device)  # SB3 itself would train on the CPU when CUDA is missing
         model = self._build(env, task, seed)
         model.learn(total_timesteps=total_steps)
         model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected

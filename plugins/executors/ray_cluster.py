@@ -58,6 +58,10 @@ def _job_failure(exc: BaseException) -> RayJobFailed:
     return RayJobFailed(f"{name}: {lines[-1] if lines else exc!r}", details)
 
 
+def _ready() -> None:
+    """A task that does nothing: run once per worker, it starts the worker's process."""
+
+
 FORWARDED_VARIABLES = re.compile(r"^(CTXRL_\w+|OMP_NUM_THREADS)$")
 """Environment variables every task gets from the sweep's process (``runtime_env``)."""
 
@@ -123,6 +127,11 @@ class RayExecutor:
                 f"{self.address or 'a new local cluster'!r}: {type(exc).__name__}: {exc}"
             ) from None
         self._started_here = True
+        if self.address is None:
+            # start the local cluster's worker processes now (a second or more each on a
+            # busy machine), so that no job's time limit counts a worker's start-up
+            ready = ray.remote(num_cpus=1)(_ready)
+            ray.get([ready.remote() for _ in range(self.in_flight or 1)])
 
     def close(self) -> None:
         """Stop the Ray this executor started (nothing when it joined a running one)."""

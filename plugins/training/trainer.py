@@ -29,7 +29,7 @@ from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
-from ctxrl.options import check_device, refuse_bool
+from ctxrl.options import check_device, check_device_name, refuse_bool
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
@@ -97,8 +97,10 @@ def hyperparameters(
 
 
 def resolve_device(device: str) -> torch.device:
-    """The torch device of ``device`` (checked: :func:`ctxrl.options.check_device`)."""
-    check_device(device)
+    """The torch device of ``device``, whose name is checked here and whose existence when
+    training starts (:func:`ctxrl.options.check_device`): results a GPU wrote are read
+    anywhere."""
+    device = check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -298,6 +300,7 @@ class BatchedTrainer(Generic[StateT]):
 
         Returns the algorithm's policies object, with the :class:`TrainingLog` as ``.log``.
         """
+        check_device(str(self.device))  # a CUDA device missing here is named before any work
         if env.make_batched is None:
             raise CtxrlError(f"{self.name} needs a torch-batched twin; env {env.name!r} has none")
         if len(contexts) != len(seeds) or not seeds:
