@@ -14,6 +14,7 @@ imports gymnasium, not torch.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,25 @@ class ContextualEnv(gym.Wrapper):
     def context(self) -> Context:
         """The context in force."""
         return self._context
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ContextualEnv:
+        """A copy at the same context. A base env that copies itself by rebuilding from its
+        constructor's arguments (gymnasium's box2d envs, ``EzPickle``) would come back with
+        the default physics under this wrapper's context; such an env is copied as a new env
+        at this context (at the start of an episode, as gymnasium copies it). Others are copied
+        whole, the episode's state included."""
+        from gymnasium.utils import EzPickle
+
+        if isinstance(self.env.unwrapped, EzPickle):
+            render_mode = self.env.unwrapped.render_mode
+            clone = ContextualEnv(self.family, self._context, self.visible, render_mode)
+            memo[id(self)] = clone
+            return clone
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
 
     def set_context(self, values: Mapping[str, object] | None) -> Context:
         """Validate a (partial) context and apply it; nothing changes if validation fails.

@@ -282,3 +282,28 @@ def test_human_rendering_plays_at_the_context_s_frame_rate() -> None:
         env.reset(seed=0, options={"context": {"fps": 60.0}})
         assert env.metadata["render_fps"] == 60.0, name
         env.close()
+
+
+def test_a_deep_copy_keeps_the_context_s_physics() -> None:
+    """gymnasium's box2d envs copy by rebuilding from their constructor (EzPickle): a copy
+    kept the wrapper's context (gravity -2 in its info) under the default physics (-10)."""
+    import copy
+
+    registry = get_host().registry
+    for name, context, action in (
+        ("LunarLander", {"gravity_y": -2.0, "main_engine_power": 20.0}, 2),
+        ("BipedalWalker", {"gravity_y": -4.0, "motors_torque": 5.0}, np.ones(4, np.float32)),
+    ):
+        original = registry.env(name).make(context)
+        original.reset(seed=0)
+        copied = copy.deepcopy(original)
+        fresh = registry.env(name).make(context)
+
+        def play(env: Any, action: Any = action) -> np.ndarray:
+            observations = [env.reset(seed=1)[0]]
+            for _ in range(30):
+                observations.append(env.step(action)[0])
+            return np.array(observations)
+
+        assert copied.unwrapped is not original.unwrapped
+        np.testing.assert_array_equal(play(copied), play(fresh), err_msg=name)
