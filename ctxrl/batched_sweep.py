@@ -261,6 +261,7 @@ def train_group(
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
             eval_seed=10_000,
+            training_options=_training_options(plan, curves=False),
         )
         returns = transfer_returns(
             plan, problem, plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
@@ -268,11 +269,13 @@ def train_group(
         train_s, eval_s = trained_at - started, now() - trained_at
         compile_s = float(getattr(algorithm, "compile_s", 0.0))
         compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
+        # a method that trains (fine-tune, distill) spends most of the second phase training
+        transferred = "" if config.transfer.name == "zero-shot" else f"{config.transfer.name}, "
         console.print(
             f"trained {len(agents)} agent{'s' if len(agents) > 1 else ''} x "
             f"{config.train_steps:,} steps in {train_s:.1f} s{compiling}; "
-            f"evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} episodes in "
-            f"{eval_s:.1f} s"
+            f"{transferred}evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} "
+            f"episodes in {eval_s:.1f} s"
         )
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]

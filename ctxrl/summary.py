@@ -549,7 +549,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"- `{record['file']}`: {record['method']} from {record['sources']} source(s), "
-                f"{record['target_env_steps']:,} target-env steps per target"
+                f"{record['target_env_steps']:,} target-env steps per (source, target) pair"
                 + (f"; {record['summary']}" if record["summary"] else "")
             )
         lines.append("")

@@ -38,6 +38,10 @@ class TransferProblem:
         targets: the Q target contexts.
         episodes: evaluation episodes per (policy, target).
         eval_seed: seed of the evaluation episodes.
+        training_options: the keyword arguments of ``train_many`` the sources trained with
+            (a sweep's interventions, fresh objects): a method that trains the sources further
+            passes them on, so that its networks are the sources' (``layer-norm``, ``crelu``)
+            and the same interventions act on them.
     """
 
     env: EnvSpec
@@ -48,6 +52,7 @@ class TransferProblem:
     targets: list[dict[str, float]]
     episodes: int
     eval_seed: int
+    training_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

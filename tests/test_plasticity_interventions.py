@@ -211,6 +211,42 @@ def test_redo_recycles_exactly_the_dormant_units(mode: str) -> None:
         assert optimizer.steps is None
 
 
+@pytest.mark.parametrize(("recycled", "injected"), [("q.0", 1), ("q.0", 2), ("q.1", 1), ("q.1", 2)])
+def test_recycling_under_plasticity_injection_leaves_the_output_unchanged(
+    recycled: str, injected: int
+) -> None:
+    """Injection's frozen copies of the block read the units before it too: ReDo zeroed the
+    live reader's rows only, so the recycled unit's fresh signal reached the output through
+    ``old - fresh`` (by up to 2.2 after the block had drifted). A unit inside the block is
+    read by the copies' own layers, whose rows must stay."""
+    net, params = _network(hidden=(6, 6), injections=1, injected_layers=injected)
+    view, optimizer = _view(net, params)
+    for name in net.frozen_names:
+        optimizer.freeze(name, torch.ones(2, dtype=torch.bool))
+    injection = _build("plasticity-injection", layers=injected)
+    injection.setup(view)
+    injection.on_context_switch(view, torch.tensor([True, True]))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the live block drifts from its fresh copy, as training moves it
+        for name, value in view.params.items():
+            if ".injection" not in name and name.endswith(".weight"):
+                value.add_(0.3 * torch.randn(value.shape, generator=generator))
+        view.params[f"{recycled}.bias"][:, 0] = -100.0  # unit 0 is dead: never active
+    x = torch.randn(2, 50, 3, generator=generator)
+    record: dict[str, Tensor] = {}
+    with torch.no_grad():
+        before = net.outputs(view.params, x, record=record)[0]
+    assert float(record[recycled][:, :, 0].abs().max()) == 0.0
+    view.activations = record
+    redo = _build("redo", every=1, tau=0.0)
+    redo.setup(view)
+    redo.after_update(view)
+    assert float(redo.recycled.sum()) >= 2  # unit 0 of both agents at least
+    with torch.no_grad():
+        after = net.outputs(view.params, x)[0]
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
 def test_redo_threshold_is_inclusive_and_fresh_weights_have_the_init_scale() -> None:
     net, params = _network(hidden=(64, 4))
     view, optimizer = _view(net, params, mask=[1.0, 0.0])

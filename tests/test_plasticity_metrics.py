@@ -208,3 +208,19 @@ def test_the_loops_record_per_layer_with_nan_for_a_missing_or_diverged_agent() -
     assert out["dormant.q.0"][0] == dormant_fraction(recorded["q.0"][:1])[0]
     missing = layer_metrics({"q": net}, params, initial, {}, options)
     assert missing.keys() == out.keys() and bool(missing["dormant.q.1"].isnan().all())
+
+
+def test_with_crelu_a_unit_is_dormant_as_a_whole() -> None:
+    """CReLU records both halves [relu(x), relu(-x)] of every unit: counted as units of their
+    own, a layer whose pre-activations are all positive was half "dormant" (every relu(-x)
+    silent) though ReDo, which adds the halves, recycles none of its units."""
+    net = StackedMLP("q", NetworkSpec(hidden=(8,), activation="crelu"), 3, {"head": (2, 1.0)})
+    params = stack_agents([net.init_agent(torch.Generator().manual_seed(1))], torch.device("cpu"))
+    with torch.no_grad():
+        params["q.0.bias"].fill_(100.0)  # every pre-activation positive
+    x = torch.randn(1, 10, 3, generator=torch.Generator().manual_seed(0))
+    recorded: dict[str, torch.Tensor] = {}
+    net(params, x, recorded)
+    assert recorded["q.0"].shape[-1] == 16
+    out = layer_metrics({"q": net}, params, params, recorded, PlasticityOptions(every=100))
+    assert out["dormant.q.0"].tolist() == [0.0]

@@ -224,6 +224,32 @@ def test_a_fine_tune_sweep_trains_every_pair_and_beats_zero_shot_off_the_diagona
     assert after[off].mean() > before[off].mean(), (before, after)
 
 
+def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: Path) -> None:
+    """With `layer-norm` the sources' networks have norm layers the fine-tuning networks
+    lacked (every run failed after the sources trained); a DQN fine-tune shorter than
+    `learning_starts` failed the whole group after the sources trained: refused first, naming
+    the transfer option."""
+    run_dir = _sweep(
+        tmp_path,
+        features={"length": {"values": [0.5, 1.0]}},
+        seeds=[0],
+        algorithm={**PPO, "interventions": [{"name": "layer-norm"}]},
+        transfer={"name": "fine-tune", "options": {"steps": 1024}},
+    )
+    with Store(run_dir / "store.sqlite") as store:
+        assert len(store.runs("finished")) == 2 and not store.runs("failed")
+    short = _config(
+        algorithm={"name": "batched-dqn", "params": {"learning_starts": 2000}},
+        train_steps=4000,
+        transfer={"name": "fine-tune", "options": {"steps": 1000}},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"transfer.options: 'fine-tune': steps 1000 per \(source, target\) pair: ",
+    ):
+        resolve_plan(validate_config(short), get_host().registry)
+
+
 def test_an_intervention_on_some_agents_leaves_the_others_as_they_were() -> None:
     """One batch compares with and without: agent 0 without L2 equals a run without it, agent 1
     with L2 equals a run of it alone with L2, bit for bit."""

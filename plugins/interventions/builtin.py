@@ -9,7 +9,7 @@
 - ``crelu``: concatenated ReLU activations (Shang et al. 2016; Abbas et al. 2023);
   :mod:`ctxrl_plugins.interventions.crelu`.
 - ``shrink-perturb``: ``p <- shrink * p + perturb * N(0, 1)`` after every update (Ash & Adams
-  2020, in Dohare et al. 2024's per-step form: shrink 1 - 1e-4, perturb 1e-5), or
+  2020, in the per-step form: shrink 1 - 1e-6 as Plasticine, perturb 1e-5 as Dohare et al.), or
   ``p <- shrink * p + perturb * p_fresh`` at context switches (``when="switch"``: 0.5, 0.5);
   :mod:`ctxrl_plugins.interventions.shrink_perturb`.
 - ``redo``: recycle tau-dormant units every F gradient steps (Sokar et al. 2023, arXiv
@@ -159,7 +159,7 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
             "shrink-perturb",
             _shrink_perturb,
             description="after every update p <- shrink p + perturb N(0, 1) (Ash & Adams 2020; "
-            "1 - 1e-4, 1e-5) or at switches p <- shrink p + perturb p_fresh (0.5, 0.5)",
+            "1 - 1e-6, 1e-5) or at switches p <- shrink p + perturb p_fresh (0.5, 0.5)",
         )
     )
     register(

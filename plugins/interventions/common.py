@@ -113,6 +113,31 @@ def fresh_orthogonal(view: TrainingView, layer: str, agents: Tensor) -> Tensor:
     return out
 
 
+def frozen_copies(view: TrainingView, layer: str) -> list[str]:
+    """Plasticity injection's frozen copies of ``layer`` (``old`` and ``fresh`` of every slot,
+    as layer names ``{role}.injection{j}.{kind}.{i}``) that hold a weight."""
+    from ctxrl_plugins.training.networks import INJECTION_COPIES, injection_name
+
+    role = layer.split(".", 1)[0]
+    copies: list[str] = []
+    slot = 0
+    while f"{role}.injection{slot}.on" in view.params:
+        for kind in INJECTION_COPIES:
+            name = injection_name(role, slot, kind, layer)
+            if f"{name}.weight" in view.params:
+                copies.append(name)
+        slot += 1
+    return copies
+
+
+def copies_reading(view: TrainingView, layer: str, reader: str) -> list[str]:
+    """The frozen copies of ``reader`` that read the live ``layer``'s units: all of them when
+    ``layer`` lies before the injected block (the block's copies start from its output), none
+    when ``layer`` is in the block (each copy reads its own copy of it). What changes a live
+    unit's outgoing weights must change these copies' rows too."""
+    return [] if frozen_copies(view, layer) else frozen_copies(view, reader)
+
+
 def reinitialise_units(
     view: TrainingView,
     layer: str,
@@ -124,8 +149,9 @@ def reinitialise_units(
     """Re-initialise the units ``units`` (bool ``(N, width)``) of hidden ``layer``: incoming
     weights from ``fresh`` ``(N, in, width)``, bias 0 (LayerNorm gain 1, bias 0), outgoing
     weights (the rows of every layer in ``readers`` that read the unit; with CReLU the two
-    rows of its two halves) 0; and the optimizer state of all those elements reset as
-    ``optimizer_reset`` says. Only ``units`` change (callers clear the rows of agents they
+    rows of its two halves; and those rows of plasticity injection's frozen copies of the
+    readers, which read the unit too) 0; and the optimizer state of all those elements reset
+    as ``optimizer_reset`` says. Only ``units`` change (callers clear the rows of agents they
     leave alone)."""
     params = view.params
     width = units.shape[1]
@@ -145,6 +171,8 @@ def reinitialise_units(
             row = units.repeat(1, fold)[:, :, None].expand_as(outgoing)
             outgoing.masked_fill_(row, 0.0)
             view.optimizer.reset(f"{reader}.weight", row, optimizer_reset)
+            for copy in copies_reading(view, layer, reader):  # never trained: no optimizer state
+                params[f"{copy}.weight"].masked_fill_(row, 0.0)
 
 
 def fresh_parameters(view: TrainingView, layer: str, agents: Tensor) -> dict[str, Tensor]:

@@ -18,9 +18,12 @@ distribution with the orthogonal initialiser's per-weight variance; Dohare's cod
 layers' own initialiser bounds), bias 0 (LayerNorm gain 1, bias 0), the next layer's bias
 gains ``sum_i w_out_i f_hat_i`` and the outgoing weights ``w_out_i`` are zeroed, so that the
 next layer's input changes by ``w_out_i (h_i - f_hat_i)`` only (zero for a unit whose output
-is constant, the typical low-utility unit); then ``u_i = f_i = age_i = 0`` and the Adam state of
-the replaced weights is reset. The outgoing magnitude is the mean over the next layer's units
-as in the code (the paper writes a sum; the ranking within a layer is the same).
+is constant, the typical low-utility unit; plasticity injection's frozen copies of the next
+layer get the same correction; with LayerNorm the re-drawn weights change the layer's
+normalisation statistics, and so the other units' outputs); then ``u_i = f_i = age_i = 0``
+and the Adam state of the replaced weights is reset. The outgoing magnitude is the mean over
+the next layer's units as in the code (the paper writes a sum; the ranking within a layer is
+the same).
 
 One deliberate difference from the public generate-and-test code (``GnT``): its
 ``test_features`` zeroes the running mean activation of the chosen units before
@@ -49,6 +52,7 @@ from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
 from ctxrl.options import count_option
 from ctxrl_plugins.interventions.common import (
+    copies_reading,
     hidden_layers,
     initial_gain,
     reinitialise_units,
@@ -193,9 +197,12 @@ class ContinualBackprop(Intervention):
         removed = torch.where(features, corrected_mean, 0.0)
         with torch.no_grad():
             for reader in readers:
-                # the output the removed units gave on average moves into the reader's bias
-                outgoing = view.params[f"{reader}.weight"]  # (N, f * width, out)
-                view.params[f"{reader}.bias"].add_((outgoing * removed[:, :, None]).sum(dim=1))
+                # the output the removed units gave on average moves into the reader's bias,
+                # and into that of plasticity injection's frozen copies of it (they read the
+                # units too, and lose them in reinitialise_units as the reader does)
+                for name in (reader, *copies_reading(view, layer, reader)):
+                    outgoing = view.params[f"{name}.weight"]  # (N, f * width, out)
+                    view.params[f"{name}.bias"].add_((outgoing * removed[:, :, None]).sum(dim=1))
         reinitialise_units(view, layer, readers, units, fresh, self.optimizer_reset)
         utility.masked_fill_(units, 0.0)
         mean.masked_fill_(features, 0.0)

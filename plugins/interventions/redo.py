@@ -11,7 +11,10 @@ and unit ``i`` is tau-dormant when ``s_i <= tau``. Every ``every`` gradient step
 tau-dormant units are recycled: incoming weights re-drawn from the network's initialiser
 (orthogonal at the layer's initial gain, from the agent's own random stream), bias 0 (and a
 LayerNorm gain 1, bias 0), outgoing weights 0 (so the network's output is unchanged at the
-moment of recycling), and the Adam state of those weights reset as ``optimizer_reset`` says.
+moment of recycling: also under plasticity injection, whose frozen copies of the next layer
+lose those rows too; not with LayerNorm, where the re-drawn incoming weights change the layer's
+normalisation statistics and so every unit's output), and the Adam state of those weights
+reset as ``optimizer_reset`` says.
 With CReLU a unit's score adds its two halves and both of its outgoing rows are zeroed.
 
 Defaults (``../shared`` research notes; the published codes disagree):

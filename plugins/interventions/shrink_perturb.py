@@ -14,9 +14,14 @@ PPO's log standard deviation, which is no network weight). ``eps`` is drawn from
 random stream (``view.rng``), so it depends on nothing but the agent. Layers a warm start froze
 (``train_many(freeze=...)``, ``view.frozen``) are left as they are.
 
-Defaults: ``shrink = 1 - 1e-4`` and ``perturb = 1e-5``, Dohare et al.'s weight decay (1e-4) and
-noise scale (1e-5), the shrink read as a per-step factor. (Their decay went through the
-optimizer: with SGD at step size ``lr`` it shrinks by ``1 - lr * 1e-4`` per step.)
+Defaults: ``shrink = 1 - 1e-6`` per update, the per-minibatch shrink of Plasticine and of
+Juliani and Ash's soft S&P (0.999999), and ``perturb = 1e-5``, Dohare et al.'s noise scale.
+(Dohare et al.'s own shrink went through the optimizer as weight decay 1e-4, about
+``1 - lr * 1e-4`` per step: 1 - 1e-8 at a learning rate of 1e-4. Reading their 1e-4 as a
+per-step factor, this intervention's default until 2026-12-05, decays ~100x faster than
+Plasticine and ~10^4x faster than Dohare et al.: over 1280 PPO updates it shrinks the weights
+by 0.88 with no gradient; the plasticity studies in ``benchmarks/studies`` pin that old value
+for their stored results.)
 
 At a switch (``when="switch"``, Ash and Adams's form at the arrival of new data, as Juliani and
 Ash, "A Study of Plasticity Loss in On-Policy Deep Reinforcement Learning", NeurIPS 2024, arXiv
@@ -49,8 +54,9 @@ from ctxrl_plugins.interventions.common import (
 
 Tensor = torch.Tensor
 When = Literal["step", "switch"]
-DEFAULTS: dict[str, tuple[float, float]] = {"step": (1 - 1e-4, 1e-5), "switch": (0.5, 0.5)}
-"""``(shrink, perturb)`` per form: Dohare et al.'s per-step values, Juliani & Ash's hard S&P."""
+DEFAULTS: dict[str, tuple[float, float]] = {"step": (1 - 1e-6, 1e-5), "switch": (0.5, 0.5)}
+"""``(shrink, perturb)`` per form: Plasticine's per-update shrink with Dohare et al.'s noise,
+Juliani & Ash's hard S&P."""
 
 
 class ShrinkPerturb(Intervention):
@@ -59,7 +65,7 @@ class ShrinkPerturb(Intervention):
 
     Args:
         shrink: the factor every network parameter is multiplied by, in (0, 1] (default
-            ``1 - 1e-4`` per step, 0.5 at a switch).
+            ``1 - 1e-6`` per step, 0.5 at a switch).
         perturb: the standard deviation of the Gaussian noise added per step, or the weight
             of the fresh initialisation added at a switch, >= 0 (default 1e-5 per step, 0.5
             at a switch).

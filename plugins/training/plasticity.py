@@ -337,8 +337,12 @@ def layer_metrics(
                 # a diverged agent's (or a missing) record is NaN, not a number of its NaNs
                 finite = torch.isfinite(h).flatten(1).all(dim=-1)
                 h = torch.where(finite[:, None, None], h, 0.0)
+                # with CReLU a unit is its two halves [relu(x), relu(-x)]: dormancy is the
+                # unit's, as ReDo scores it (the halves' mean |h| added), not each half's
+                width = weight.shape[-1]  # the layer's units; CReLU records 2 features each
+                units = h.abs().reshape(*h.shape[:-1], -1, width).sum(dim=-2)
                 values = {
-                    "dormant": dormant_fraction(h, options.dormant_tau),
+                    "dormant": dormant_fraction(units, options.dormant_tau),
                     "effective_rank": effective_rank(h),
                     "srank": srank(h),
                     "stable_rank": stable_rank(h),

@@ -16,6 +16,7 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.context import name_list
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.options import steps_option
 from ctxrl.registry import EnvSpec, TransferMethodSpec
 from ctxrl.transfer import TransferProblem, TransferResult
@@ -45,11 +46,18 @@ class FineTune:
 
     def check(self, algorithm: Any, env: EnvSpec) -> None:
         """Every ``reinit`` and ``freeze`` pattern names a layer of the networks ``algorithm``
-        trains on ``env`` (checked before the sources train)."""
+        trains on ``env``, and an agent can learn in ``steps`` (DQN's ``learning_starts``);
+        checked before the sources train."""
         check_layers = getattr(algorithm, "check_layers", None)
         if check_layers is not None:
             check_layers(env, self.reinit, "reinit")
             check_layers(env, self.freeze, "freeze")
+        check_budget = getattr(algorithm, "check_budget", None)
+        if check_budget is not None:
+            try:
+                check_budget(self.steps)
+            except CtxrlError as exc:
+                raise ConfigError(f"steps {self.steps} per (source, target) pair: {exc}") from None
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
         import torch
@@ -68,6 +76,7 @@ class FineTune:
             init=init,
             reinit=self.reinit,
             freeze=self.freeze,
+            **problem.training_options,  # the sources' interventions: the same networks
         )
         own = [[c] for c in contexts]
         from ctxrl_plugins.training.evaluation import evaluate_policies
