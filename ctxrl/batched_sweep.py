@@ -23,6 +23,7 @@ from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_con
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import build_interventions
+from ctxrl.options import resolved_device
 from ctxrl.plugins import get_host
 from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
 from ctxrl.runs import (
@@ -215,11 +216,12 @@ def train_group(
     )
     if damage is None and checkpoint.with_suffix(".safetensors").exists():
         written_on = artifact_metadata(checkpoint).get("device")
-        if written_on not in (None, _device_type(device)):
+        trains_on = resolved_device(device).split(":")[0]  # the kind: cpu or cuda
+        if written_on not in (None, trains_on):
             # a CPU generator's state does not fit a CUDA one (and the numbers would differ)
             damage = (
                 f"checkpoint {checkpoint.name} was written on {written_on}, this sweep trains "
-                f"on {_device_type(device)} (device: {device})"
+                f"on {trains_on} (device: {device})"
             )
     if damage is not None:
         console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
@@ -379,15 +381,6 @@ def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> R
         batch_group=group,
         group_duration_s=group_s,
     )
-
-
-def _device_type(device: str) -> str:
-    """``cpu`` or ``cuda``: the kind of device ``device`` (``auto`` included) trains on."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type
 
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:

@@ -37,3 +37,15 @@ class PluginUnavailable(CtxrlError):
 
 class MatrixError(CtxrlError, ValueError):
     """A transfer matrix file or operation with inconsistent shapes or contents."""
+
+
+class JobFailed(RuntimeError):
+    """What an executor reports for a job that raised, crashed or timed out: ``summary`` says
+    what happened in one line (the job's own exception, the signal that killed its worker, the
+    time limit), the message adds the details (the last lines of the job's log, the worker's
+    traceback). A sweep stores the message and prints the summary
+    (:func:`ctxrl.runs.error_summary`)."""
+
+    def __init__(self, summary: str, details: str = "") -> None:
+        super().__init__(f"{summary}\n{details}".rstrip())
+        self.summary = summary

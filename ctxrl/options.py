@@ -154,6 +154,17 @@ def check_device_name(device: object) -> str:
     return name
 
 
+def resolved_device(device: object) -> str:
+    """The device ``device`` (checked by :func:`check_device_name`) trains on: ``auto`` is
+    ``cuda`` when torch sees a GPU, else ``cpu``; others as they are."""
+    name = check_device_name(device)
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: object) -> None:
     """``device`` is one ctxrl trains on and, for a CUDA device, exists here: a CPU-only
     torch, a missing GPU or another name (``mps``, ``tpu``) is named (a

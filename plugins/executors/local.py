@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ctxrl import hookimpl
+from ctxrl.errors import JobFailed
 from ctxrl.registry import ExecutorSpec
 
 if TYPE_CHECKING:
@@ -30,17 +31,6 @@ if TYPE_CHECKING:
 
 Job = dict[str, Any]
 JobFn = Callable[[Job], None]
-
-
-class JobFailed(RuntimeError):
-    """A job that raised, crashed or timed out.
-
-    ``summary`` says what happened in one line (the job's exception, the signal that killed it,
-    or the time limit); the message adds the last lines of the job's log."""
-
-    def __init__(self, summary: str, log_tail: str = "") -> None:
-        super().__init__(f"{summary}\n{log_tail}".rstrip())
-        self.summary = summary
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")

@@ -21,41 +21,32 @@ from pathlib import Path
 from typing import Any
 
 from ctxrl import hookimpl
-from ctxrl.errors import ConfigError, PluginUnavailable
+from ctxrl.errors import ConfigError, JobFailed, PluginUnavailable
 from ctxrl.registry import ExecutorSpec
 
 Job = dict[str, Any]
 
 
-class RayJobFailed(RuntimeError):
-    """A Ray task that raised or whose worker died: ``summary`` is one line (the task's own
-    exception, or what happened to its worker), the message adds the worker's traceback."""
-
-    def __init__(self, summary: str, details: str = "") -> None:
-        super().__init__(f"{summary}\n{details}".rstrip())
-        self.summary = summary
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _job_failure(exc: BaseException) -> RayJobFailed:
+def _job_failure(exc: BaseException) -> JobFailed:
     """Ray's wrapper of a task's failure as the sweep reports failures: the task's own
     exception first (Ray's wrapper starts with a coloured ``ray::execute_job() (pid=...)``
     line, which said nothing of what failed)."""
     details = _ANSI.sub("", str(exc)).strip()
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        return RayJobFailed(f"{type(cause).__name__}: {_ANSI.sub('', str(cause))}", details)
+        return JobFailed(f"{type(cause).__name__}: {_ANSI.sub('', str(cause))}", details)
     name = type(exc).__name__
     if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
-        return RayJobFailed(
+        return JobFailed(
             f"the Ray worker running the job died ({name}); its logs are in the Ray session's "
             "logs folder (by default /tmp/ray/session_latest/logs)",
             details,
         )
     lines = [line for line in details.splitlines() if line.strip()]
-    return RayJobFailed(f"{name}: {lines[-1] if lines else exc!r}", details)
+    return JobFailed(f"{name}: {lines[-1] if lines else exc!r}", details)
 
 
 def _ready() -> None:

@@ -29,7 +29,7 @@ from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
-from ctxrl.options import check_device, check_device_name, refuse_bool
+from ctxrl.options import check_device, refuse_bool, resolved_device
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
@@ -100,10 +100,7 @@ def resolve_device(device: str) -> torch.device:
     """The torch device of ``device``, whose name is checked here and whose existence when
     training starts (:func:`ctxrl.options.check_device`): results a GPU wrote are read
     anywhere."""
-    device = check_device_name(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(resolved_device(device))
 
 
 # -------------------------------------------------------------------------- checkpoints
