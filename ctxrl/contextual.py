@@ -15,6 +15,7 @@ imports gymnasium, not torch.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,6 +197,24 @@ def make_contextual(
     return env
 
 
+class GymnasiumEntryPoint:
+    """What a module names as its env's gymnasium entry point when the env is not a
+    :class:`ContextualEnvEntry` (which is one itself): ``make`` called with gymnasium's keywords,
+    and the env's ``metadata``, which ``gymnasium.make`` reads before the call (for
+    ``render_mode="rgb_array_list"`` and ``"human"``).
+
+    Register it by its import path, ``gym.register(id, entry_point="module:ATTRIBUTE")``, so that
+    ``env.spec.to_json()`` works and another process can make the env from the spec.
+    """
+
+    def __init__(self, make: Callable[..., gym.Env], metadata: Mapping[str, Any]) -> None:
+        self.make = make
+        self.metadata = dict(metadata)
+
+    def __call__(self, **kwargs: Any) -> gym.Env:
+        return self.make(**kwargs)
+
+
 @dataclass(frozen=True)
 class ContextualEnvEntry:
     """Everything ctxrl and gymnasium need to offer one contextual env.
@@ -258,13 +277,36 @@ class ContextualEnvEntry:
             check_context=self.family.check,
         )
 
-    def register_with_gymnasium(self) -> None:
-        """Register ``ctxrl/{name}-{version}`` with gymnasium (idempotent)."""
+    def __call__(
+        self,
+        context: Mapping[str, object] | None = None,
+        *,
+        visible: Sequence[str] = (),
+        render_mode: str | None = None,
+    ) -> gym.Env:
+        """The entry point ``gymnasium.make`` calls (:meth:`make_unlimited`)."""
+        return self.make_unlimited(context, visible=visible, render_mode=render_mode)
+
+    @functools.cached_property
+    def metadata(self) -> dict[str, Any]:
+        """The base env's ``metadata`` (render modes, frame rate), read by ``gymnasium.make``
+        before it calls the entry point: with it ``render_mode="rgb_array_list"`` and
+        ``"human"`` get gymnasium's wrappers where the env renders ``rgb_array`` only."""
+        base = self.family.build(None)
+        try:
+            return dict(base.metadata)
+        finally:
+            base.close()
+
+    def register_with_gymnasium(self, entry_point: str) -> None:
+        """Register ``ctxrl/{name}-{version}`` with gymnasium (idempotent).
+
+        Args:
+            entry_point: where this entry can be imported, ``"package.module:ATTRIBUTE"``.
+                gymnasium stores the path, not the object, so ``env.spec.to_json()`` works and
+                a spec sent to another process makes the same env there.
+        """
         if self.gym_id not in gym.registry:
             gym.register(
-                self.gym_id,
-                # gymnasium types entry points as taking any keywords; this one takes the
-                # documented ones (context, visible, render_mode) and rejects the rest
-                entry_point=self.make_unlimited,  # type: ignore[arg-type]
-                max_episode_steps=self.max_episode_steps,
+                self.gym_id, entry_point=entry_point, max_episode_steps=self.max_episode_steps
             )

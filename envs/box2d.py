@@ -293,33 +293,30 @@ BIPEDAL_WALKER_FAMILY = ContextFamily(
     "BipedalWalker", BIPEDAL_WALKER, _build_bipedal_walker, _apply_bipedal_walker
 )
 
-ENTRIES = {
-    entry.family.name: entry
-    for entry in (
-        ContextualEnvEntry(
-            LUNAR_LANDER_FAMILY,
-            1000,
-            (-400.0, 300.0),
-            "discrete",
-            "v3",
-            "land a lander on a pad (box2d)",
-        ),
-        ContextualEnvEntry(
-            BIPEDAL_WALKER_FAMILY,
-            1600,
-            (-200.0, 10.0),
-            "continuous",
-            "v3",
-            "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
-        ),
-    )
+LUNAR_LANDER_ENTRY = ContextualEnvEntry(
+    LUNAR_LANDER_FAMILY, 1000, (-400.0, 300.0), "discrete", "v3", "land a lander on a pad (box2d)"
+)
+BIPEDAL_WALKER_ENTRY = ContextualEnvEntry(
+    BIPEDAL_WALKER_FAMILY,
+    1600,
+    (-200.0, 10.0),
+    "continuous",
+    "v3",
+    "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
+)
+
+# the module attribute of each entry, the path gymnasium's registry stores
+_GYMNASIUM_ENTRY_POINTS = {
+    "LUNAR_LANDER_ENTRY": LUNAR_LANDER_ENTRY,
+    "BIPEDAL_WALKER_ENTRY": BIPEDAL_WALKER_ENTRY,
 }
+ENTRIES = {entry.family.name: entry for entry in _GYMNASIUM_ENTRY_POINTS.values()}
 
 
 def register_gymnasium_ids() -> None:
     """Register ``ctxrl/LunarLander-v3`` and ``ctxrl/BipedalWalker-v3`` with gymnasium."""
-    for entry in ENTRIES.values():
-        entry.register_with_gymnasium()
+    for attribute, entry in _GYMNASIUM_ENTRY_POINTS.items():
+        entry.register_with_gymnasium(f"{__name__}:{attribute}")
 
 
 @hookimpl

@@ -77,6 +77,7 @@ showed, ``tick`` the steps since the episode started).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -88,7 +89,7 @@ from gymnasium import spaces
 
 from ctxrl import hookimpl
 from ctxrl.context import Context, ContextFeature, ContextSpace
-from ctxrl.contextual import ContextFamily, make_contextual
+from ctxrl.contextual import ContextFamily, GymnasiumEntryPoint, make_contextual
 from ctxrl.errors import ContextError
 from ctxrl.registry import EnvSpec
 
@@ -104,6 +105,7 @@ MAX_SPEED = 2
 STREAK = 5
 """catches in a row that the sparse variant rewards"""
 MAX_EPISODE_STEPS = STREAK * BOTTOM + 1
+METADATA = {"render_modes": ["rgb_array"], "render_fps": 10}
 RETURN_BOUNDS = (0.0, 1.0)
 KEY_BITS = 24
 """keys lie in [0, 2**24): exact in float32 states"""
@@ -235,7 +237,7 @@ class CatchEnv(gym.Env[np.ndarray, np.int64]):
 
     def __init__(self, render_mode: str | None = None, frames: int = 2) -> None:
         # per instance, as gymnasium declares it (a class-level dict would be shared)
-        self.metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+        self.metadata = copy.deepcopy(METADATA)
         if frames not in (1, 2):
             raise ValueError(f"{NAME}: frames must be 1 or 2, got {frames!r}")
         if render_mode not in (None, "rgb_array"):
@@ -369,6 +371,10 @@ def make_unlimited(
     return make_contextual(_family(frames), None, context, visible=visible, render_mode=render_mode)
 
 
+# the keywords gymnasium passes: context, visible, render_mode, frames (others are refused)
+GYMNASIUM_ENTRY_POINT = GymnasiumEntryPoint(make_unlimited, METADATA)
+
+
 def make_batched(num_envs: int, **kwargs: Any) -> Any:
     """The torch twin (imports torch on first use)."""
     from .catch_twin import BatchedCatch
@@ -394,11 +400,9 @@ def register_gymnasium_ids() -> None:
     """Register ``ctxrl/Catch-v0`` with gymnasium (idempotent)."""
     assert SPEC.gym_id is not None
     if SPEC.gym_id not in gym.registry:
-        # gymnasium types entry points as taking any keywords; this one takes the documented
-        # ones (context, visible, render_mode, frames) and rejects the rest
         gym.register(
             SPEC.gym_id,
-            entry_point=make_unlimited,  # type: ignore[arg-type]
+            entry_point=f"{__name__}:GYMNASIUM_ENTRY_POINT",
             max_episode_steps=MAX_EPISODE_STEPS,
         )
 

@@ -300,57 +300,57 @@ def _entry(
     )
 
 
-ENTRIES = {
-    entry.family.name: entry
-    for entry in (
-        _entry(
-            CARTPOLE_FAMILY,
-            500,
-            (0.0, 500.0),
-            "discrete",
-            "v1",
-            "balance a pole on a cart (return bounds as in the MBTL reference)",
-        ),
-        _entry(
-            PENDULUM_FAMILY,
-            200,
-            (-2200.0, -500.0),
-            "continuous",
-            "v1",
-            "swing up a pendulum (return bounds as in the MBTL reference)",
-        ),
-        _entry(
-            MOUNTAIN_CAR_FAMILY,
-            200,
-            (-200.0, -90.0),
-            "discrete",
-            "v0",
-            "drive an underpowered car up a hill",
-        ),
-        _entry(
-            MOUNTAIN_CAR_CONTINUOUS_FAMILY,
-            999,
-            (-50.0, 100.0),
-            "continuous",
-            "v0",
-            "drive an underpowered car up a hill, continuous force",
-        ),
-        _entry(
-            ACROBOT_FAMILY,
-            500,
-            (-500.0, -60.0),
-            "discrete",
-            "v1",
-            "swing a two-link arm above a line",
-        ),
-    )
+CARTPOLE_ENTRY = _entry(
+    CARTPOLE_FAMILY,
+    500,
+    (0.0, 500.0),
+    "discrete",
+    "v1",
+    "balance a pole on a cart (return bounds as in the MBTL reference)",
+)
+PENDULUM_ENTRY = _entry(
+    PENDULUM_FAMILY,
+    200,
+    (-2200.0, -500.0),
+    "continuous",
+    "v1",
+    "swing up a pendulum (return bounds as in the MBTL reference)",
+)
+MOUNTAIN_CAR_ENTRY = _entry(
+    MOUNTAIN_CAR_FAMILY,
+    200,
+    (-200.0, -90.0),
+    "discrete",
+    "v0",
+    "drive an underpowered car up a hill",
+)
+MOUNTAIN_CAR_CONTINUOUS_ENTRY = _entry(
+    MOUNTAIN_CAR_CONTINUOUS_FAMILY,
+    999,
+    (-50.0, 100.0),
+    "continuous",
+    "v0",
+    "drive an underpowered car up a hill, continuous force",
+)
+ACROBOT_ENTRY = _entry(
+    ACROBOT_FAMILY, 500, (-500.0, -60.0), "discrete", "v1", "swing a two-link arm above a line"
+)
+
+# the module attribute of each entry, the path gymnasium's registry stores
+_GYMNASIUM_ENTRY_POINTS = {
+    "CARTPOLE_ENTRY": CARTPOLE_ENTRY,
+    "PENDULUM_ENTRY": PENDULUM_ENTRY,
+    "MOUNTAIN_CAR_ENTRY": MOUNTAIN_CAR_ENTRY,
+    "MOUNTAIN_CAR_CONTINUOUS_ENTRY": MOUNTAIN_CAR_CONTINUOUS_ENTRY,
+    "ACROBOT_ENTRY": ACROBOT_ENTRY,
 }
+ENTRIES = {entry.family.name: entry for entry in _GYMNASIUM_ENTRY_POINTS.values()}
 
 
 def register_gymnasium_ids() -> None:
     """Register ``ctxrl/{Name}-vN`` for every classic-control env with gymnasium."""
-    for entry in ENTRIES.values():
-        entry.register_with_gymnasium()
+    for attribute, entry in _GYMNASIUM_ENTRY_POINTS.items():
+        entry.register_with_gymnasium(f"{__name__}:{attribute}")
 
 
 @hookimpl

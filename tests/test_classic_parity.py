@@ -190,3 +190,28 @@ def test_gymnasium_make_with_context() -> None:
     assert obs.shape == (5,)
     assert env.unwrapped.total_mass == pytest.approx(2.1)
     assert env.spec is not None and env.spec.max_episode_steps == 500
+
+
+def test_gymnasium_ids_serialise_and_collect_frames() -> None:
+    """Every ``ctxrl/`` id is registered by import path: its spec serialises (``to_json``, as
+    dataset recorders store it) and makes the same env back, and gymnasium's
+    ``rgb_array_list`` render mode, which needs the entry point's metadata, collects frames."""
+    from conftest import HAS_BOX2D
+    from gymnasium.envs.registration import EnvSpec as GymSpec
+
+    import ctxrl_envs  # noqa: F401  (registers the ctxrl/ ids)
+
+    ids = [i for i in gym.registry if i.startswith("ctxrl/")]
+    assert {"ctxrl/CartPole-v1", "ctxrl/Catch-v0", "ctxrl/BipedalWalker-v3"} <= set(ids)
+    for gym_id in ids:
+        if "v3" in gym_id and not HAS_BOX2D:
+            continue
+        spec = gym.spec(gym_id)
+        assert isinstance(spec.entry_point, str), gym_id
+        again = gym.make(GymSpec.from_json(spec.to_json()), context=None)
+        again.reset(seed=0)
+        env = gym.make(gym_id, render_mode="rgb_array_list")
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        frames = env.render()
+        assert len(frames) == 2 and frames[0].ndim == 3, gym_id
