@@ -385,12 +385,16 @@ def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> R
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:
     """Where a batched program's checkpoint stands: ``iteration 100 of 292`` (the total when
-    the algorithm says how many env steps an iteration takes, as the batched trainers do)."""
+    the algorithm says how many env steps an iteration takes, as the batched trainers do), or
+    ``their final state (iteration 292, training done)`` when the program was killed after it."""
     done = artifact_metadata(checkpoint).get("iteration", "?")
     per_iteration = getattr(algorithm, "steps_per_iteration", None)
     if not callable(per_iteration):
         return f"iteration {done}"
-    return f"iteration {done} of {max(1, total_steps // int(per_iteration()))}"
+    iterations = max(1, total_steps // int(per_iteration()))
+    if done == iterations:
+        return f"their final state (iteration {done}, training done)"
+    return f"iteration {done} of {iterations}"
 
 
 def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]:

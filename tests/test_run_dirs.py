@@ -596,14 +596,24 @@ def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> No
     ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
     key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
     algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(  # what a sweep killed in its second iteration leaves behind
-        plan.env,
-        [c.as_dict() for c in plan.grid.contexts],
-        [0, 0],
-        total_steps=8192,
-        checkpoint=plan.run_dir / "checkpoints" / f"batch-{key}",
-        checkpoint_every=4096,  # the last checkpoint: after iteration 8
-    )
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_iteration_nine(done: int, total: int) -> None:
+        if done == 9:
+            raise Killed
+
+    with pytest.raises(Killed):  # what a sweep killed after its first checkpoint leaves behind
+        algorithm.train_many(
+            plan.env,
+            [c.as_dict() for c in plan.grid.contexts],
+            [0, 0],
+            total_steps=8192,
+            checkpoint=plan.run_dir / "checkpoints" / f"batch-{key}",
+            checkpoint_every=4096,  # the last checkpoint: after iteration 8
+            progress=kill_in_iteration_nine,
+        )
     config = _config_file(plan, tmp_path, plan.config.output_dir)
     result = _cli("sweep", str(config))
     assert result.exit_code == 0, result.output
@@ -612,6 +622,51 @@ def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> No
     assert "trained 2 (2 resumed from a checkpoint), already finished 0, failed 0" in printed
     again = _cli("sweep", str(config))
     assert "trained 0, already finished 2, failed 0" in again.stderr
+
+
+def test_a_group_killed_after_training_resumes_from_its_final_state(tmp_path: Path) -> None:
+    """A group killed while it evaluates (or transfers) its trained agents: the checkpoint of
+    the last iteration holds them, so the rerun trains nothing and stores the same matrix as
+    a sweep that was never killed (before, it retrained from the last periodic checkpoint)."""
+    from ctxrl.config import algorithm_params
+    from ctxrl.context import Task
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path / "killed", train_steps=2048)
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    algorithm.train_many(  # the training done, then the kill: before anything was stored
+        plan.env,
+        [c.as_dict() for c in plan.grid.contexts],
+        [0, 0],
+        total_steps=2048,
+        checkpoint=checkpoint,
+        checkpoint_every=1_000_000,  # no periodic checkpoint: only the final one
+    )
+    assert checkpoint.with_suffix(".safetensors").exists()
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.trained == 2 and not outcome.failed
+    assert "resumed 2 agents from their final state (iteration 4, training done)" in (
+        printed.getvalue()
+    )
+    assert not list((plan.run_dir / "checkpoints").iterdir())
+    fresh = run_sweep(
+        _plan(tmp_path / "fresh", train_steps=2048), console=Console(file=io.StringIO())
+    )
+
+    def returns(run_dir: Path) -> list[dict[str, list[float]]]:
+        store = Store(run_dir / STORE_FILE)
+        try:
+            return [store.returns(i) for i in ids]
+        finally:
+            store.close()
+
+    assert returns(outcome.run_dir) == returns(fresh.run_dir)
 
 
 def test_a_checkpoint_of_another_kind_of_device_trains_the_group_again(tmp_path: Path) -> None:

@@ -266,8 +266,9 @@ class BatchedTrainer(Generic[StateT]):
             checkpoint: a path (without suffix); the whole state (weights, optimizer state,
                 environments, random streams, the algorithm's buffers, the interventions'
                 state, the log so far) is saved every ``checkpoint_every`` env steps per agent
-                (rounded down to whole iterations, at least one) and a later call with the same
-                arguments continues from it, bit-exactly.
+                (rounded down to whole iterations, at least one) and after the last iteration,
+                and a later call with the same arguments continues from it, bit-exactly (from
+                the final save: no training, the same policies). The caller deletes it.
             progress: called with ``(iterations done, iterations)``.
             mixture: every environment draws its context uniformly from ``mixture`` at each
                 episode start (multi-task training); ``contexts`` then only names the agents.
@@ -461,7 +462,9 @@ class BatchedTrainer(Generic[StateT]):
                 next_curve = (run.env_steps // curves.every + 1) * curves.every
             if progress is not None and (done % report_every == 0 or done == iterations):
                 progress(done, iterations)
-            if checkpoint is not None and done % every == 0 and done < iterations:
+            # the last iteration too: a caller killed while it evaluates or transfers the
+            # trained agents continues from their final state, not from the last periodic save
+            if checkpoint is not None and (done % every == 0 or done == iterations):
                 self._save(checkpoint, done, run, state, interventions, log)
         self.compile_s = sum(f.compile_s for f in self._compiled_functions) + optimizer.compile_s
         optimizer.finish()
