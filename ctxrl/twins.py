@@ -12,7 +12,7 @@ This module imports torch; ``import ctxrl`` does not import it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -57,6 +57,13 @@ class TorchTwin(Protocol):
     DQN stores it as the next state). ``info["done"]`` is ``terminated | truncated``. For envs
     that are not done ``info["final_obs"][i] == obs[i]``. ``truncated`` is False where
     ``terminated`` is True.
+
+    **Action bounds.** A continuous twin may declare ``action_bounds = (low, high)``, the
+    gymnasium action space's bounds (the same for every context). The batched trainers clip
+    their actions to them before ``step`` (:func:`clip_actions`), as gymnasium's ``ClipAction``,
+    SB3 and CleanRL do: a reward that charges the action (MountainCarContinuous's ``-0.1 a^2``)
+    sees the clipped one. Bounds that follow the context (Pendulum's ``max_torque``) are the
+    twin's own to clamp.
 
     **Contexts.** ``context`` holds the contexts in force, feature -> ``(B,)``. With a context
     pool (:meth:`set_context_pool`) every env draws its context afresh at each episode start
@@ -138,6 +145,16 @@ class TorchTwin(Protocol):
         ...
 
 
+def clip_actions(twin: Any, action: Tensor) -> Tensor:
+    """Continuous ``action`` clipped to the twin's ``action_bounds`` where it declares them
+    (see :class:`TorchTwin`); otherwise (discrete actions, no bounds) ``action`` itself."""
+    bounds = getattr(twin, "action_bounds", None)
+    if bounds is None or twin.discrete_actions is not None:
+        return action
+    low, high = bounds
+    return action.clamp(low, high)
+
+
 class BatchedEnv:
     """The easy way to write a :class:`TorchTwin`: subclass, set the class attributes and
     write the physics; contexts (validation, pools, visible features), random streams,
@@ -151,6 +168,7 @@ class BatchedEnv:
         discrete_actions: number of actions, None for continuous.
         action_dim: 1 for discrete actions; the action vector's size otherwise.
         max_episode_steps: time limit of an episode.
+        action_bounds: ``(low, high)`` of continuous actions, or None (see :class:`TorchTwin`).
 
     Subclasses implement, on states stored as ``(state_dim, n)`` (each state variable
     contiguous, so ``x, v = state`` unpacks rows):
@@ -185,6 +203,7 @@ class BatchedEnv:
     discrete_actions: ClassVar[int | None]
     action_dim: ClassVar[int] = 1
     max_episode_steps: ClassVar[int]
+    action_bounds: ClassVar[tuple[float, float] | None] = None
 
     def __init__(
         self,

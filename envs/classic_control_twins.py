@@ -189,6 +189,7 @@ class BatchedMountainCarContinuous(_MountainCarBase):
     name = "MountainCarContinuous"
     space = cc.MOUNTAIN_CAR_CONTINUOUS
     discrete_actions = None
+    action_bounds = (-1.0, 1.0)  # gymnasium's action space; the trainers clip to it
     max_episode_steps = 999
     slope = 0.0025
 

@@ -20,8 +20,20 @@ def _algo(**params: object):
     return get_host().registry.algorithm("batched-ppo").factory(params, device="cpu")
 
 
+SMALL = {"num_steps": 32, "num_minibatches": 2, "update_epochs": 2}
+
+
 @pytest.mark.parametrize(
-    ("env_name", "params"), [("CartPole", {}), ("Pendulum", {"num_steps": 64}), ("Acrobot", {})]
+    ("env_name", "params"),
+    [
+        ("CartPole", {}),
+        ("Pendulum", {"num_steps": 64}),
+        ("Acrobot", {}),
+        # activations per agent below 64 or not a multiple of it: the tail of torch's vector
+        # loop, where its CPU sigmoid rounds differently (networks.VECTOR_ALIGNED_ELEMENTS)
+        ("CartPole", {**SMALL, "num_envs": 1, "hidden": 16}),
+        ("Acrobot", {**SMALL, "num_envs": 3, "hidden": 24}),
+    ],
 )
 def test_an_agent_trains_the_same_alone_and_in_a_batch_of_16(env_name: str, params: dict) -> None:
     spec = get_host().registry.env(env_name)
@@ -302,3 +314,20 @@ def test_a_function_compiled_for_cuda_graphs_returns_copies_with_the_same_values
     assert torch.equal(first, torch.tensor([1.0, 3.0, 5.0, 7.0]))
     assert torch.equal(second, first + 2)
     assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()  # a copy of the input
+
+
+def test_continuous_actions_are_clipped_to_the_action_space_before_the_step() -> None:
+    """MountainCarContinuous charges ``0.1 a^2`` for the action as given (gymnasium's env, and
+    its twin, do); gymnasium's ClipAction, SB3 and CleanRL clip to [-1, 1] first, and so do the
+    batched trainers, in training and evaluation. A policy whose mean is 5 pushes with +1 and
+    is charged 0.1 a step, not 2.5 (the car cannot climb by pushing one way: 999 steps)."""
+    spec = get_host().registry.env("MountainCarContinuous")
+    algo = _algo(num_steps=16)
+    policies = algo.train_many(spec, [{}], [0], total_steps=64)
+    policies.params["actor.head.weight"].zero_()
+    policies.params["actor.head.bias"].fill_(5.0)
+    returns = algo.evaluate_many(policies, spec, [{}], episodes=2, seed=0)
+    np.testing.assert_allclose(returns, -0.1 * 999, rtol=1e-5)
+    env = spec.make({})  # the gymnasium env itself charges the raw action
+    env.reset(seed=0)
+    assert env.step(np.array([5.0], dtype=np.float32))[1] == pytest.approx(-2.5)

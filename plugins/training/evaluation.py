@@ -12,6 +12,7 @@ import torch
 from ctxrl.context import Task
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
+from ctxrl.twins import clip_actions
 from ctxrl_plugins.training.compiling import CompiledFunction
 from ctxrl_plugins.training.networks import Params
 
@@ -145,6 +146,6 @@ def _evaluation_step(
     p, total = len(policies), obs.shape[0]
     action = policies.act(obs.view(p, total // p, -1), deterministic, rng)
     action = action.reshape(total) if policies.discrete else action.reshape(total, -1)
-    obs, reward, _, _, info = twin.step(action)
+    obs, reward, _, _, info = twin.step(clip_actions(twin, action))
     returns = returns + torch.where(finished, 0.0, reward.double())
     return obs, returns, finished | info["done"]

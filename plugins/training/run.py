@@ -12,6 +12,7 @@ import torch
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import Intervention
 from ctxrl.rng import StreamRNG
+from ctxrl.twins import clip_actions
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
 
@@ -153,7 +154,7 @@ class TrainingRun:
         and ``info`` with ``done`` ``(N, E)`` and ``final_obs`` ``(N, E, obs)``."""
         n, e = self.num_agents, self.num_envs
         flat = action.reshape(n * e) if self.discrete else action.reshape(n * e, -1)
-        obs, reward, terminated, truncated, info = self.twin.step(flat)
+        obs, reward, terminated, truncated, info = self.twin.step(clip_actions(self.twin, flat))
         info = {
             "done": info["done"].view(n, e),
             "final_obs": info["final_obs"].view(n, e, self.obs_dim),
