@@ -6,6 +6,7 @@ imported until a plugin's factory needs it.
 
 from ctxrl.context import Context, ContextFeature, ContextGrid, ContextSpace, GridAxis, Task
 from ctxrl.errors import (
+    CheckpointError,
     ConfigError,
     ContextError,
     CtxrlError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Algorithm",
     "AlgorithmSpec",
+    "CheckpointError",
     "ConfigError",
     "Context",
     "ContextError",

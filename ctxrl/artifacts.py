@@ -50,6 +50,15 @@ def save_artifact(
     return weights
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` under a temporary name and move it into place: a process
+    killed meanwhile leaves the old file or the new one, never a truncated one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def verify_artifact(stem: str | Path) -> str | None:
     """What is wrong with the artifact at ``stem``, or None when it is whole: its tensors file
     exists and its header parses and covers the file to its last byte (safetensors checks

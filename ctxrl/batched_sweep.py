@@ -9,6 +9,7 @@ import hashlib
 import os
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +22,7 @@ from rich.markup import escape
 from ctxrl.artifacts import artifact_metadata, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CheckpointError, CtxrlError
 from ctxrl.interventions import build_interventions
 from ctxrl.options import resolved_device
 from ctxrl.plugins import get_host
@@ -243,15 +244,26 @@ def train_group(
             def advance(done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            policies = algorithm.train_many(
-                plan.env,
-                [t.context.as_dict() for t in tasks],
-                seeds,
-                total_steps=config.train_steps,
-                checkpoint=checkpoint,
-                progress=advance,
-                **_training_options(plan),
-            )
+            def train() -> Any:
+                return algorithm.train_many(
+                    plan.env,
+                    [t.context.as_dict() for t in tasks],
+                    seeds,
+                    total_steps=config.train_steps,
+                    checkpoint=checkpoint,
+                    progress=advance,
+                    **_training_options(plan),
+                )
+
+            try:
+                policies = train()
+            except CheckpointError as exc:  # another version's, say: every rerun would fail
+                console.print(f"[yellow]{escape(str(exc))}:[/] training the group from the start")
+                for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+                    file.unlink()
+                resumed = False
+                algorithm = _batched_algorithm(plan, device)
+                policies = train()
         trained_at = now()
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
         problem = TransferProblem(
@@ -288,14 +300,16 @@ def train_group(
                 store.record_run(failed)
         raise
     group_s = now() - started
-    for i, (task, seed) in enumerate(zip(tasks, seeds, strict=True)):
-        record = _group_record(
+    records = [
+        _group_record(
             run_record(task, seed, plan, started, started, "finished", None, None),
             checkpoint.name,
             group_s,
             len(agents),
         )
-        _store_trained(plan, store, algorithm, policies, i, record, returns[i], console)
+        for task, seed in zip(tasks, seeds, strict=True)
+    ]
+    _store_trained(plan, store, algorithm, policies, records, returns, console)
     for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
         file.unlink()
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
@@ -423,46 +437,56 @@ def _store_trained(
     store: Store,
     algorithm: BatchedAlgorithm,
     policies: Any,
-    index: int,
-    record: RunRecord,
+    records: Sequence[RunRecord],
     returns: np.ndarray,
     console: Console,
-) -> bool:
-    """Save agent ``index`` of a batched program and store its run with its evaluations
-    (``returns``: ``(targets, episodes)`` over the grid's contexts) and training log. An agent
-    that cannot be stored (non-finite returns from a diverged training, a failed save) is
-    stored as failed with the reason, alone: returns False then."""
-    try:
-        if not np.all(np.isfinite(returns)):
-            raise CtxrlError(
-                "its evaluation returns are not finite (NaN or inf): the training diverged "
-                "(check the learning rate and the reward scale)"
+) -> list[bool]:
+    """Save the agents of a batched program (``records[i]`` is agent ``i``'s run) and store
+    each run with its evaluations (``returns[i]``: ``(targets, episodes)`` over the grid's
+    contexts) and training log, all runs in one transaction: a kill while storing leaves none
+    of them stored, so the rerun finds the group's checkpoint whole and stores them from it
+    (stored one by one, the rest would be trained again from the start, and a run could be
+    stored finished without its log). An agent that cannot be stored (non-finite returns
+    from a diverged training, a failed save) is stored as failed with the reason, alone.
+    Returns, per agent, whether it was stored finished."""
+    log = getattr(policies, "log", None)
+    prepared: list[tuple[RunRecord, list[Evaluation], Any]] = []
+    for index, record in enumerate(records):
+        try:
+            if not np.all(np.isfinite(returns[index])):
+                raise CtxrlError(
+                    "its evaluation returns are not finite (NaN or inf): the training diverged "
+                    "(check the learning rate and the reward scale)"
+                )
+            artifact = Path("artifacts") / record.run_id
+            algorithm.save(policies.select([index]), plan.run_dir / artifact)
+            evaluations = [
+                Evaluation(Task(plan.env.name, c).id, c, returns[index][j].tolist())
+                for j, c in enumerate(plan.grid.contexts)
+            ]
+            agent_log = None if log is None else log.select([index])
+            prepared.append((replace(record, artifact=str(artifact)), evaluations, agent_log))
+        except Exception as exc:
+            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
+            prepared.append(
+                (replace(record, status="failed", artifact=None, error=error), [], None)
             )
-        artifact = Path("artifacts") / record.run_id
-        algorithm.save(policies.select([index]), plan.run_dir / artifact)
-        evaluations = [
-            Evaluation(Task(plan.env.name, c).id, c, returns[j].tolist())
-            for j, c in enumerate(plan.grid.contexts)
-        ]
-        store.record_run(replace(record, artifact=str(artifact)), evaluations)
-        log = getattr(policies, "log", None)
-        if log is not None:
-            agent = log.select([index])
-            store.record_training_log(
-                record.run_id,
-                curve_steps=agent.curve_steps,
-                curve_returns=[r[0] for r in agent.curve_returns],
-                diagnostic_steps=agent.diagnostic_steps,
-                diagnostics={
-                    k: [float(v[0]) for v in values] for k, values in agent.diagnostics.items()
-                },
-            )
-    except Exception as exc:
-        error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
-        store.record_run(replace(record, status="failed", artifact=None, error=error))
-        console.print(f"[red]run {record.run_id} failed:[/] {escape(str(error))}")
-        return False
-    return True
+            console.print(f"[red]run {record.run_id} failed:[/] {escape(str(error))}")
+    with store.atomic():
+        for record, evaluations, agent_log in prepared:
+            store.record_run(record, evaluations)
+            if agent_log is not None:
+                store.record_training_log(
+                    record.run_id,
+                    curve_steps=agent_log.curve_steps,
+                    curve_returns=[r[0] for r in agent_log.curve_returns],
+                    diagnostic_steps=agent_log.diagnostic_steps,
+                    diagnostics={
+                        k: [float(v[0]) for v in values]
+                        for k, values in agent_log.diagnostics.items()
+                    },
+                )
+    return [record.status == "finished" for record, _, _ in prepared]
 
 
 MULTITASK = "multitask"
@@ -507,10 +531,18 @@ def run_multitask(session: SweepSession) -> None:
         console.print(f"[red]multi-task training failed:[/] {escape(str(exc))}")
         return
     group_s = now() - started
-    for i, seed in enumerate(seeds):
-        record = run_record(task, seed, plan, started, started, "finished", None, None)
-        record = _group_record(_as_multitask(record), MULTITASK, group_s, len(seeds))
-        if _store_trained(plan, store, algorithm, policies, i, record, returns[i], console):
+    records = [
+        _group_record(
+            _as_multitask(run_record(task, seed, plan, started, started, "finished", None, None)),
+            MULTITASK,
+            group_s,
+            len(seeds),
+        )
+        for seed in seeds
+    ]
+    stored = _store_trained(plan, store, algorithm, policies, records, returns, console)
+    for record, ok in zip(records, stored, strict=True):
+        if ok:
             finished.add(record.run_id)
             outcome.trained += 1
         else:

@@ -35,6 +35,12 @@ class PluginUnavailable(CtxrlError):
     as ``unavailable`` with the message (say what to install), not as failed."""
 
 
+class CheckpointError(CtxrlError):
+    """A training checkpoint that is whole but cannot be restored (written by another version
+    of the trainer, or for other agents): the caller may set it aside and train from the
+    start."""
+
+
 class MatrixError(CtxrlError, ValueError):
     """A transfer matrix file or operation with inconsistent shapes or contents."""
 

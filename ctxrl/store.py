@@ -175,6 +175,8 @@ class Store:
         self.readonly = readonly
         self._snapshot: tempfile.TemporaryDirectory[str] | None = None
         """a private copy of a read-only store and its write-ahead log, where one is read"""
+        self._depth = 0
+        """transactions open (:meth:`atomic`): the outermost one commits"""
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -262,13 +264,29 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One transaction; inside another (:meth:`atomic`) a savepoint, so that a write that
+        fails is undone alone and the outer transaction still commits what else it wrote."""
+        savepoint = f"ctxrl{self._depth}"
+        self._db.execute("BEGIN IMMEDIATE" if self._depth == 0 else f"SAVEPOINT {savepoint}")
+        self._depth += 1
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            else:
+                self._db.execute(f"ROLLBACK TO {savepoint}")
+                self._db.execute(f"RELEASE {savepoint}")
             raise
-        self._db.execute("COMMIT")
+        self._depth -= 1
+        self._db.execute("COMMIT" if self._depth == 0 else f"RELEASE {savepoint}")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Everything written inside is stored together or (an error, a kill) not at all."""
+        with self._transaction():
+            yield
 
     # ------------------------------------------------------------------------ meta
     def set_meta(self, key: str, value: Any) -> None:

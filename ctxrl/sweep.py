@@ -27,6 +27,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
@@ -171,11 +172,12 @@ def prepare_run_dir(
                 f"records the new {'value' if one else 'values'}",
                 highlight=False,
             )
-    plan_file.write_text(
+    write_text_atomic(  # rewritten at every resume: never left cut short by a kill
+        plan_file,
         yaml.safe_dump(
             {"plan_hash": plan.plan_hash, "plan": plan.config.plan_data(), "config": config},
             sort_keys=False,
-        )
+        ),
     )
     with (run_dir / "command.txt").open("a") as handle:
         handle.write(" ".join(shlex.quote(a) for a in argv) + "\n")

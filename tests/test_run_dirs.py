@@ -584,6 +584,40 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_group_trained_from_the_start(
     assert "training the group from the start" in printed.getvalue()
 
 
+def test_a_checkpoint_that_cannot_be_restored_is_set_aside_and_the_group_trained_again(
+    tmp_path: Path,
+) -> None:
+    """A whole checkpoint that does not fit the trainer (here one without its observations,
+    as another version might write): the group failed on every rerun with a bare
+    ``KeyError: 'obs'``; now the checkpoint is named, set aside and the group trained."""
+    from ctxrl.artifacts import load_artifact, save_artifact
+    from ctxrl.config import algorithm_params
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path, train_steps=2048)
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env,
+        [c.as_dict() for c in plan.grid.contexts],
+        [0, 0],
+        total_steps=2048,
+        checkpoint=checkpoint,
+    )
+    tensors, meta = load_artifact(checkpoint)
+    del tensors["obs"]
+    save_artifact(checkpoint, tensors, meta)
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.trained == 2 and not outcome.failed
+    text = " ".join(printed.getvalue().split())
+    assert f"checkpoint {checkpoint} cannot be restored (KeyError: 'obs')" in text
+    assert "training the group from the start" in text
+
+
 # ----------------------------------------------------------------------- say what happened
 def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> None:
     """A group killed after its first checkpoint: the rerun says it resumed the group's
@@ -667,6 +701,43 @@ def test_a_group_killed_after_training_resumes_from_its_final_state(tmp_path: Pa
             store.close()
 
     assert returns(outcome.run_dir) == returns(fresh.run_dir)
+
+
+def test_a_group_killed_while_storing_stores_none_and_resumes_from_its_final_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill after the first of a group's runs was written: the group's runs are one
+    transaction, so none is stored, and the rerun stores every run, each with its training
+    log, from the final checkpoint without training (stored one by one, the first was kept
+    and the checkpoint, named by the whole group, no longer matched the rest: they trained
+    again from the start; and a run could be finished without its log)."""
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+
+    class Killed(BaseException):
+        pass
+
+    real = Store.record_run
+
+    def killed_after_the_first(self: Store, run: Any, evaluations: Any = ()) -> None:
+        real(self, run, evaluations)
+        raise Killed
+
+    plan = _plan(tmp_path, train_steps=2048)
+    monkeypatch.setattr(Store, "record_run", killed_after_the_first)
+    with pytest.raises(Killed):
+        run_sweep(plan, console=Console(file=io.StringIO()))
+    monkeypatch.undo()
+    with Store(plan.run_dir / STORE_FILE) as store:
+        assert store.runs() == []
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.trained == 2 and not outcome.failed
+    assert "resumed 2 agents from their final state" in printed.getvalue()
+    with Store(plan.run_dir / STORE_FILE) as store:
+        logged = store.diagnostics()["approx_kl"]
+        assert sorted(logged) == sorted(r.run_id for r in store.runs())
+        assert all(len(points) == 4 for points in logged.values())  # one per iteration
 
 
 def test_a_checkpoint_of_another_kind_of_device_trains_the_group_again(tmp_path: Path) -> None:

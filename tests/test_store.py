@@ -71,6 +71,30 @@ def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
         assert len((tmp_path / "exports" / "evaluations.csv").read_text().splitlines()) == 1 + 12
 
 
+def test_atomic_stores_all_or_nothing_and_a_failed_write_inside_alone(tmp_path: Path) -> None:
+    """``Store.atomic``: what is written inside is committed together; an error escaping it
+    (a kill) leaves none of it; a write that fails inside (a nested transaction) is undone
+    alone and the rest still commits."""
+    store = Store(tmp_path / "s.sqlite")
+
+    class Killed(BaseException):
+        pass
+
+    with pytest.raises(Killed), store.atomic():
+        store.record_run(_run(1))
+        store.record_run(_run(2))
+        raise Killed
+    assert store.runs() == []
+    with store.atomic():
+        store.record_run(_run(1))
+        with pytest.raises(sqlite3.IntegrityError):  # the same episode twice
+            evaluation = Evaluation(Task("CartPole", TARGETS[0]).id, TARGETS[0], [1.0])
+            store.record_run(_run(2), [evaluation, evaluation])
+        store.record_run(_run(3))
+    assert sorted(r.run_id for r in store.runs()) == sorted([_run(1).run_id, _run(3).run_id])
+    store.close()
+
+
 def test_selection_steps_are_stored_idempotently(tmp_path: Path) -> None:
     """A resumed sweep re-proposes its steps: the same step is kept (times included); a step
     that differs replaces it and drops the later ones; only trained steps make the order."""
@@ -240,3 +264,24 @@ def test_an_artifact_killed_mid_write_is_old_or_new_never_torn(tmp_path: Path) -
         writer.wait()
         tensors, meta = load_artifact(stem)
         assert float(tensors["x"][0]) == float(tensors["x"][-1]) == meta["iteration"]
+
+
+def test_plan_files_are_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_text_atomic`` (plan.yaml is rewritten at every resume): a write that fails
+    before its file is moved into place leaves the old file as it was."""
+    import os
+
+    from ctxrl.artifacts import write_text_atomic
+
+    plan = tmp_path / "plan.yaml"
+    write_text_atomic(plan, "old: 1\n")
+    write_text_atomic(plan, "new: 2\n")
+    assert plan.read_text() == "new: 2\n" and [p.name for p in tmp_path.iterdir()] == ["plan.yaml"]
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(plan, "cut")
+    assert plan.read_text() == "new: 2\n"

@@ -27,7 +27,7 @@ from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
-from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.errors import CheckpointError, ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, NetworkSpec
 from ctxrl.options import check_device, refuse_bool, resolved_device
 from ctxrl.registry import CurveOptions, EnvSpec
@@ -520,9 +520,29 @@ class BatchedTrainer(Generic[StateT]):
         interventions: Sequence[Intervention],
         log: TrainingLog,
     ) -> tuple[int, TrainingLog]:
+        """Load a checkpoint of :meth:`_save`; :class:`CheckpointError` naming it when it does
+        not fit this training (another algorithm's, another version's, other shapes)."""
+        try:
+            return self._load_checkpoint(path, run, state, interventions, log)
+        except CheckpointError:
+            raise
+        except (CtxrlError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"checkpoint {path} cannot be restored ({detail})") from None
+
+    def _load_checkpoint(
+        self,
+        path: Path,
+        run: TrainingRun,
+        state: StateT,
+        interventions: Sequence[Intervention],
+        log: TrainingLog,
+    ) -> tuple[int, TrainingLog]:
         tensors, meta = load_artifact(path, device=str(self.device))
         if meta.get("algorithm") not in (None, self.name):
-            raise CtxrlError(f"checkpoint {path} was written by {meta.get('algorithm')!r}")
+            raise CheckpointError(
+                f"checkpoint {path} was written by {meta.get('algorithm')!r}, not {self.name}"
+            )
         run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
         run.twin.load_state_dict(_unprefixed("env", tensors))
         run.obs = tensors["obs"].view(run.num_agents, run.num_envs, run.obs_dim).clone()

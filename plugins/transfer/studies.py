@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ctxrl.artifacts import write_text_atomic
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import AlgorithmSpec
 
@@ -57,7 +58,7 @@ def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, An
             raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
     else:
         data = {"study": study, "plan_hash": plan_hash, "config": config}
-        plan_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        write_text_atomic(plan_file, yaml.safe_dump(data, sort_keys=False))
 
 
 def distinct_seeds(seeds: list[int]) -> list[int]:
