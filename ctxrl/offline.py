@@ -14,6 +14,7 @@ import csv
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,8 @@ def _return_bounds(path: Path, bounds: Any) -> tuple[float, float] | None:
         raise CtxrlError(
             f"{path}: return_bounds must be two numbers [lower, upper], got {bounds!r}"
         ) from None
-    if not lower < upper:
-        raise CtxrlError(f"{path}: return_bounds need lower < upper, got {bounds!r}")
+    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+        raise CtxrlError(f"{path}: return_bounds need finite lower < upper, got {bounds!r}")
     return lower, upper
 
 
@@ -156,11 +157,24 @@ def read_matrix_file(path: Path) -> np.ndarray:
     return matrix
 
 
+SWEEP_MATRIX = re.compile(r"matrix_seed(\d+)")
+"""The name of a per-seed matrix in a sweep's ``exports`` folder (``matrix_seed0.csv``)."""
+
+
 def matrix_files(path: Path) -> list[Path]:
     """The matrix files of ``path``: itself, or a folder's ``*.csv`` / ``*.npy`` files (one per
-    trial, in name order; ``contexts.csv`` is not a matrix)."""
+    trial, in name order; ``contexts.csv`` is not a matrix). In a sweep's ``exports`` folder,
+    beside its tables of runs, evaluations and curves, the per-seed matrices
+    ``matrix_seed{seed}.csv`` only, in seed order."""
     if path.is_file():
         return [path]
+    per_seed = {
+        int(match[1]): p
+        for p in path.iterdir()
+        if p.suffix == ".csv" and (match := SWEEP_MATRIX.fullmatch(p.stem))
+    }
+    if per_seed:
+        return [per_seed[seed] for seed in sorted(per_seed)]
     files = sorted(
         p for p in path.iterdir() if p.suffix in MATRIX_SUFFIXES and p.stem != "contexts"
     )
@@ -276,11 +290,11 @@ def load_trials(
 
 def normalised_trials(raw: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
     """Raw returns ``(T, N, N)`` as normalised performance ``(R - lower) / (upper - lower)``
-    clipped to [0, 1] (NaN, an unobserved entry, stays NaN); an error naming the bounds when
-    ``lower >= upper``."""
+    clipped to [0, 1] (NaN, an unobserved entry, stays NaN); an error naming the bounds
+    unless they are finite, ``lower < upper`` (infinite bounds made every entry 0 or NaN)."""
     lower, upper = bounds
-    if not upper > lower:
-        raise CtxrlError(f"normalisation bounds need lower < upper, got [{lower}, {upper}]")
+    if not (math.isfinite(lower) and math.isfinite(upper) and upper > lower):
+        raise CtxrlError(f"normalisation bounds need finite lower < upper, got [{lower}, {upper}]")
     with np.errstate(invalid="ignore"):
         return np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
 

@@ -115,7 +115,21 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
         listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
         raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
     except (ValueError, CtxrlError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {_without_repeated_label(str(exc), where)}") from None
+
+
+_PLUGIN_LABEL = re.compile(r"(?:[a-z][\w ]* )?('[^']+'): ")
+"""A plugin's label at the start of its own message: ``strategy 'mbtl-gp': ``."""
+
+
+def _without_repeated_label(message: str, where: str) -> str:
+    """``message`` without its leading plugin label where ``where`` already names the plugin
+    (``strategy 'mbtl-gp': ...`` under ``--option: strategy 'mbtl-gp'`` or
+    ``strategy.options: 'mbtl-gp'``)."""
+    label = _PLUGIN_LABEL.match(message)
+    if label is not None and where.endswith(label.group(1)):
+        return message[label.end() :]
+    return message
 
 
 def option_names(factory: Callable[..., Any]) -> set[str]:

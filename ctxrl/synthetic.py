@@ -161,7 +161,9 @@ def write_trials(
         if fmt == "npy":
             np.save(path, matrix, allow_pickle=False)
         else:
-            np.savetxt(path, matrix, delimiter=",", fmt="%.10g")
+            # every digit (repr's 17): the bounds below are the values' own, and a rounded
+            # minimum could fall below them
+            np.savetxt(path, matrix, delimiter=",", fmt="%.17g")
     bounds = reference_bounds(matrices)
     features = [f"c{i}" for i in range(len(GRID_SHAPE))]
     contexts = [dict(zip(features, map(float, p), strict=True)) for p in grid_points()]

@@ -110,10 +110,13 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         # every name and option is checked before anything trains, whatever the mode
         (["strategy.name=mbtl-gpp"], "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
         (["strategy.options.betta=2"], "strategy.options: 'mbtl-gp': no option 'betta'; it takes"),
-        (["strategy.options.c=abc"], "strategy.options: 'mbtl-gp': could not convert string"),
+        (
+            ["strategy.options.c=abc"],
+            "strategy.options: 'mbtl-gp': c must be a number >= 0, got 'abc'",
+        ),
         (
             ["strategy.name=sd-mbtl", "strategy.options.min_rows=abc"],
-            "strategy.options: 'sd-mbtl': invalid literal for int() with base 10: 'abc'",
+            "strategy.options: 'sd-mbtl': min_rows must be a whole number, got 'abc'",
         ),
         (
             [

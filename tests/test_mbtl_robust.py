@@ -4,6 +4,7 @@ matrices (benchmarks/bench_mbtl_robust.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,30 @@ def test_robust_options_are_checked() -> None:
         ({"gap": "wide"}, "gap 'wide'"),
         ({"residual": "kriging"}, "residual 'kriging'"),
         ({"acquisition": "lucky"}, "acquisition 'lucky'"),
+        # numbers: a NaN, an infinity, a boolean or text is refused by name (a NaN c made every
+        # acquisition value NaN and the first candidate won; a fractional restarts raised a
+        # bare TypeError mid-replay; an infinite noise_std failed in the Cholesky factor)
+        ({"noise_std": float("inf")}, "noise_std must be"),
+        ({"c": float("nan")}, "c must be a finite number >= 0"),
+        ({"theta": True}, "theta must be a finite number >= 0 or 'estimate'"),
+        ({"theta": float("inf")}, "theta must be a finite number"),
+        ({"theta_per_index": "abc"}, "theta_per_index must be a number >= 0"),
+        ({"theta_per_index": -1}, "theta_per_index must be a finite number >= 0"),
+        ({"min_theta_per_index": float("nan")}, "min_theta_per_index must be"),
+        ({"min_noise_std": -1}, "min_noise_std must be a finite number >= 0"),
+        ({"restarts": 1.5}, "restarts must be a whole number"),
+        ({"restarts": 0}, "restarts must be >= 1"),
+        ({"restarts": True}, "restarts must be a whole number"),
     ):
-        with pytest.raises(CtxrlError, match=message):
+        with pytest.raises(CtxrlError, match=re.escape(message)):
             spec.factory(**options)
+    sd_mbtl = get_host().registry.strategy("sd-mbtl")
+    for options, message in (
+        ({"min_rows": 2.7}, "min_rows must be a whole number"),
+        ({"mountain_threshold": float("nan")}, "mountain_threshold must be a finite number"),
+    ):
+        with pytest.raises(CtxrlError, match=re.escape(message)):
+            sd_mbtl.factory(**options)
 
 
 def smooth_residual(sources: np.ndarray, targets: np.ndarray) -> np.ndarray:

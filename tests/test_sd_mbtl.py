@@ -212,7 +212,9 @@ def test_a_learned_noise_sizes_the_predictive_spread_to_the_matrix() -> None:
     np.testing.assert_allclose(
         np.square(predictive["std"]), np.square(latent["std"]) + learned**2, rtol=1e-9
     )
-    with pytest.raises(CtxrlError, match="noise_std must be > 0, 'rows' or 'learned', got 'loud'"):
+    with pytest.raises(
+        CtxrlError, match="noise_std must be a finite number > 0, 'rows' or 'learned', got 'loud'"
+    ):
         MBTLStrategy(noise_std="loud")
 
 

@@ -226,7 +226,7 @@ def test_bad_matrix_input_is_named_before_any_replay(cube_run: Path, tmp_path: P
     )
     assert twice.exit_code == 2 and f"--matrix: {good} is given twice" in twice.stderr
     reversed_bounds = _cli("select", "--matrix", str(good), "--bounds", "500", "0", *args)
-    assert "bounds need lower < upper, got [500.0, 0.0]" in reversed_bounds.stderr
+    assert "bounds need finite lower < upper, got [500.0, 0.0]" in reversed_bounds.stderr
     run_dir = _cli("select", "--matrix", str(cube_run), "--negate", *args)
     assert run_dir.exit_code == 2 and "--negate and --env apply to matrix files" in run_dir.stderr
 
@@ -248,3 +248,52 @@ def test_bad_matrix_input_is_named_before_any_replay(cube_run: Path, tmp_path: P
         _cli("select", "--matrix", str(beside / "m.csv"), "--grid", "2x2", "--json", *args)
     )
     assert gridded["bounds"] == [0.0, 500.0] and gridded["dims"] == 2
+
+
+def test_a_sweeps_exports_folder_replays_its_per_seed_matrices(
+    cube_run: Path, tmp_path: Path
+) -> None:
+    """`select --matrix RUN/exports`: the folder also holds the sweep's tables (runs.csv,
+    evaluations.csv, curves.csv, ...), which were read as matrices and failed ("not a
+    number"); its `matrix_seed{seed}.csv` files are the trials, in seed order, with its
+    contexts.json."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for file in (cube_run / "exports").iterdir():
+        (exports / file.name).write_bytes(file.read_bytes())
+    assert (exports / "runs.csv").exists() and (exports / "evaluations.csv").exists()
+    (exports / "matrix_seed10.csv").write_bytes((exports / "matrix_seed0.csv").read_bytes())
+    from ctxrl.offline import matrix_files
+
+    assert [p.name for p in matrix_files(exports)] == ["matrix_seed0.csv", "matrix_seed10.csv"]
+    data = _json(
+        _cli("select", "--matrix", str(exports), "--strategy", "m-mbtl", "-k", "3", "--json")
+    )
+    single = _json(
+        _cli("select", "--matrix", str(cube_run), "--strategy", "m-mbtl", "-k", "3", "--json")
+    )
+    assert data["trials"] == 2 and data["dims"] == 3
+    assert data["strategies"]["m-mbtl"]["mean"] == pytest.approx(
+        single["strategies"]["m-mbtl"]["mean"]
+    )
+
+
+def test_synth_csv_reads_back_strictly_and_bounds_must_be_finite(tmp_path: Path) -> None:
+    """CSV trials are written with every digit: at 10 significant digits a rounded minimum
+    fell below the contexts.json bounds computed from the unrounded values, and `--strict`
+    refused `synth`'s own output. Infinite `--bounds` (every entry 0, or NaN) are refused."""
+    written = _cli(
+        "synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1",
+        "--trials", "3", "--format", "csv",
+    )  # fmt: skip
+    assert written.exit_code == 0, written.output
+    folder = tmp_path / "f-constant_g-none_h-l1" / "noise5"
+    strict = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "1", "--strict")
+    assert strict.exit_code == 0, strict.stderr
+    trial = folder / "trial000.csv"
+    for bounds in (("0", "inf"), ("-inf", "1")):
+        refused = _cli(
+            "select", "--matrix", str(trial), "--bounds", *bounds, "-k", "1", "--strategy", "m-mbtl"
+        )
+        assert refused.exit_code != 0
+        assert "normalisation bounds need finite lower < upper" in refused.stderr

@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from ctxrl import hookimpl
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.gp import GapModel, PerformanceGP, Posterior, RowResidualGP
+from ctxrl.options import count_option, number_option
 from ctxrl.reference_gp import WarmStartedGP
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
@@ -253,19 +254,38 @@ class MBTLStrategy:
             raise CtxrlError(
                 f"strategy 'mbtl-gp': beta {beta!r} is not one of {sorted(BETA_SCHEDULES)}"
             )
-        if not (theta == "estimate" or (isinstance(theta, int | float) and theta >= 0)):
-            raise CtxrlError(f"strategy 'mbtl-gp': theta must be >= 0 or 'estimate', got {theta!r}")
+        if theta != "estimate":
+            try:
+                theta = number_option(theta, "strategy 'mbtl-gp': theta", positive=False)
+            except ConfigError:
+                raise ConfigError(
+                    f"strategy 'mbtl-gp': theta must be a finite number >= 0 or 'estimate', "
+                    f"got {theta!r}"
+                ) from None
+        c = number_option(c, "strategy 'mbtl-gp': c", positive=False)
+        if theta_per_index is not None:
+            theta_per_index = number_option(
+                theta_per_index, "strategy 'mbtl-gp': theta_per_index", positive=False
+            )
+        min_theta_per_index = number_option(
+            min_theta_per_index, "strategy 'mbtl-gp': min_theta_per_index", positive=False
+        )
+        min_noise_std = number_option(
+            min_noise_std, "strategy 'mbtl-gp': min_noise_std", positive=False
+        )
+        restarts = count_option(restarts, "strategy 'mbtl-gp': restarts")
         if slopes not in ("floored", "signed", "reference"):
             raise CtxrlError(
                 f"strategy 'mbtl-gp': slopes {slopes!r} is not floored, signed or reference"
             )
-        if not (
-            noise_std in ("rows", "learned")
-            or (isinstance(noise_std, int | float) and noise_std > 0)
-        ):
-            raise CtxrlError(
-                f"strategy 'mbtl-gp': noise_std must be > 0, 'rows' or 'learned', got {noise_std!r}"
-            )
+        if noise_std not in ("rows", "learned"):
+            try:
+                noise_std = number_option(noise_std, "strategy 'mbtl-gp': noise_std")
+            except ConfigError:
+                raise ConfigError(
+                    "strategy 'mbtl-gp': noise_std must be a finite number > 0, 'rows' or "
+                    f"'learned', got {noise_std!r}"
+                ) from None
         if set_point not in ("diagonal", "row"):
             raise CtxrlError(f"strategy 'mbtl-gp': set_point {set_point!r} is not diagonal or row")
         if gap not in ("global", "local"):
@@ -304,11 +324,11 @@ class MBTLStrategy:
         self.spread, self.start = spread, start
         self.slopes = slopes
         self.set_point, self.gap_kind = set_point, gap
-        self.beta, self.c = beta, float(c)
+        self.beta, self.c = beta, c
         self.theta, self.theta_per_index = theta, theta_per_index
         self.min_theta_per_index = min_theta_per_index
         self.noise_std, self.restarts = noise_std, restarts
-        self.min_noise_std = float(min_noise_std)
+        self.min_noise_std = min_noise_std
         self._trace: dict[str, Any] = {}
 
     @staticmethod

@@ -24,6 +24,7 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
+from ctxrl.options import count_option, number_option
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
 from ctxrl_plugins.strategies.m_mbtl import SequentialClustering, k_median_step
@@ -196,12 +197,13 @@ class SDMBTLStrategy:
             raise CtxrlError(
                 f"strategy 'sd-mbtl': clustering {clustering!r} is not one of {list(CLUSTERINGS)}"
             )
-        if int(min_rows) < 0:
-            raise CtxrlError(f"strategy 'sd-mbtl': min_rows must be >= 0, got {min_rows}")
+        min_rows = count_option(min_rows, "strategy 'sd-mbtl': min_rows", minimum=0)
+        mountain_threshold = number_option(
+            mountain_threshold, "strategy 'sd-mbtl': mountain_threshold", positive=False
+        )
         self.structure, self.detection, self.clustering = structure, detection, clustering
         self._clusterer: SequentialClustering | None = None
-        self.min_rows = int(min_rows)
-        self.mountain_threshold = float(mountain_threshold)
+        self.min_rows, self.mountain_threshold = min_rows, mountain_threshold
         # the GP branch: signed slopes (non-Mountain structures may rise away from the
         # source) and a candidate's uncertainty including the observation noise, as the
         # reference scores it, with the reference's fixed noise and observed baseline: the
