@@ -129,6 +129,14 @@ def test_options_and_spaces_are_checked() -> None:
     assert not short.compiling
     with pytest.raises(CtxrlError, match="discrete actions"):
         _algo().train_many(get_host().registry.env("Pendulum"), [{}], [0], total_steps=10)
+    # values that trained without learning: a target network never updated (tau 0), a
+    # start_e that max(end_e, ...) silently replaced, no gradient step in the steps trained
+    with pytest.raises(ConfigError, match="tau: Input should be greater than 0"):
+        _algo(tau=0.0)
+    with pytest.raises(ConfigError, match=r"start_e must be >= end_e, got 0\.01 < 0\.5"):
+        _algo(start_e=0.01, end_e=0.5)
+    with pytest.raises(ConfigError, match="but an agent trains 1000: it would never learn"):
+        _algo(num_envs=4, learning_starts=1000).check_budget(1001)  # 250 iterations of 4
 
 
 class TestBatchedDQNContract(AlgorithmContract):

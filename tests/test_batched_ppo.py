@@ -240,6 +240,8 @@ def test_compile_off_and_on_unquoted_in_yaml_are_the_modes() -> None:
 def test_unknown_hyperparameter_is_named() -> None:
     with pytest.raises(ConfigError, match="batched-ppo has no hyperparameter 'lr'"):
         _algo(lr=1e-3)
+    with pytest.raises(ConfigError, match="rollout_segment: Value error, a boolean is not"):
+        _algo(rollout_segment=True)  # YAML's true was taken as 1
 
 
 @pytest.mark.parametrize("env_name", ["CartPole", "Pendulum"])

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Activation, NetworkSpec
@@ -72,10 +73,11 @@ class DQNConfig:
     target_network_frequency: Count = 500
     """env steps per agent between target-network updates (as in SB3 and CleanRL), counted
     in whole iterations as ``train_frequency``"""
-    tau: Fraction = 1.0
-    """target update rate (1: hard copy)"""
+    tau: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
+    """target update rate in (0, 1] (1: hard copy; 0 would never update the target)"""
     exploration_fraction: Fraction = 0.5
     start_e: Fraction = 1.0
+    """exploration rate at the start, decaying linearly to ``end_e`` (``start_e >= end_e``)"""
     end_e: Fraction = 0.05
     hidden: tuple[Count, ...] = (120, 84)
     double: bool = False
@@ -284,16 +286,23 @@ class BatchedDQN(BatchedTrainer[_Replay]):
     def __init__(self, params: Mapping[str, Any], *, device: str = "cpu") -> None:
         super().__init__(device)
         self.config = hyperparameters(DQNConfig, params, self.name)
+        if self.config.start_e < self.config.end_e:
+            raise ConfigError(
+                f"algorithm.params.start_e: {self.name} decays exploration from start_e to "
+                f"end_e, so start_e must be >= end_e, got {self.config.start_e} < "
+                f"{self.config.end_e}"
+            )
         check_compile_mode(self.name, self.config.compile)
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None
 
     def check_budget(self, total_steps: int) -> None:
-        if self.config.learning_starts >= total_steps:
+        trained = self.trained_steps(total_steps)  # whole iterations of num_envs steps
+        if self.config.learning_starts >= trained:
             raise ConfigError(
                 f"algorithm.params.learning_starts: {self.name} starts learning after "
                 f"{self.config.learning_starts} env steps per agent, but an agent trains "
-                f"{total_steps}: it would never learn; lower learning_starts (the default "
+                f"{trained}: it would never learn; lower learning_starts (the default "
                 "is 10000) or train longer"
             )
 

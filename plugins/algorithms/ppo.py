@@ -73,7 +73,7 @@ class PPOConfig:
     """initial log standard deviation of continuous actions"""
     reward_scale: Rate = 1.0
     """rewards are multiplied by this before learning (evaluation reports raw returns)"""
-    rollout_segment: int = 1
+    rollout_segment: Count = 1
     """rollout steps per call of the step function; it must divide ``num_steps``. Compiled
     (``compile``), one call runs that many steps as one graph: fewer calls (on a GPU with CUDA
     graphs, fewer replays) for a graph that many times larger to compile; the same numbers.
