@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +42,14 @@ def save_artifact(
         {"format_version": FORMAT_VERSION, **metadata}, indent=2, sort_keys=True, default=str
     )
     header = {"format": "ctxrl", "version": str(FORMAT_VERSION), _HEADER_KEY: meta_text}
-    partial = weights.with_name(f".{weights.name}.partial")
-    save_file(contiguous, str(partial), metadata=header)
-    os.replace(partial, weights)
     partial_meta = weights.with_name(f".{stem.name}.json.partial")
     partial_meta.write_text(meta_text)
+    partial = weights.with_name(f".{weights.name}.partial")
+    save_file(contiguous, str(partial), metadata=header)
+    # safetensors creates its file owner-only (0600) whatever the umask: give it the mode the
+    # umask gave the JSON file, so that a run directory shared by a group stays readable
+    os.chmod(partial, stat.S_IMODE(partial_meta.stat().st_mode))
+    os.replace(partial, weights)
     os.replace(partial_meta, stem.with_suffix(".json"))
     return weights
 

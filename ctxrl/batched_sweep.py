@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -212,58 +212,26 @@ def train_group(
     seeds = [seed for _, seed in agents]
     ids = [run_id(task, seed) for task, seed in zip(tasks, seeds, strict=True)]
     checkpoint = _checkpoint_path(plan, ids)
-    damage = (
-        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
-    )
-    if damage is None and checkpoint.with_suffix(".safetensors").exists():
-        written_on = artifact_metadata(checkpoint).get("device")
-        trains_on = resolved_device(device).split(":")[0]  # the kind: cpu or cuda
-        if written_on not in (None, trains_on):
-            # a CPU generator's state does not fit a CUDA one (and the numbers would differ)
-            damage = (
-                f"checkpoint {checkpoint.name} was written on {written_on}, this sweep trains "
-                f"on {trains_on} (device: {device})"
-            )
-    if damage is not None:
-        console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
-        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-            file.unlink()
     started = now()
     resumed = False
     try:
-        algorithm = _batched_algorithm(plan, device)
-        if checkpoint.with_suffix(".safetensors").exists():
-            resumed = True
-            position = _checkpoint_position(checkpoint, algorithm, config.train_steps)
-            console.print(f"resumed {len(agents)} agents from {position}")
-        with progress_display(console) as progress:
-            bar = progress.add_task(
-                f"training {len(agents)} {plan.env.name} agents in one program", total=1
-            )
-
-            def advance(done: int, total: int) -> None:
-                progress.update(bar, completed=done, total=total)
-
-            def train() -> Any:
-                return algorithm.train_many(
-                    plan.env,
-                    [t.context.as_dict() for t in tasks],
-                    seeds,
-                    total_steps=config.train_steps,
-                    checkpoint=checkpoint,
-                    progress=advance,
-                    **_training_options(plan),
-                )
-
-            try:
-                policies = train()
-            except CheckpointError as exc:  # another version's, say: every rerun would fail
-                console.print(f"[yellow]{escape(str(exc))}:[/] training the group from the start")
-                for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-                    file.unlink()
-                resumed = False
-                algorithm = _batched_algorithm(plan, device)
-                policies = train()
+        algorithm, policies, resumed = _train_resumably(
+            plan,
+            device,
+            checkpoint,
+            console,
+            f"{len(agents)} agents",
+            lambda algorithm, progress: algorithm.train_many(
+                plan.env,
+                [t.context.as_dict() for t in tasks],
+                seeds,
+                total_steps=config.train_steps,
+                checkpoint=checkpoint,
+                progress=progress,
+                **_training_options(plan),
+            ),
+            bar=f"{len(agents)} {plan.env.name} agents in one program",
+        )
         trained_at = now()
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
         problem = TransferProblem(
@@ -310,8 +278,7 @@ def train_group(
         for task, seed in zip(tasks, seeds, strict=True)
     ]
     _store_trained(plan, store, algorithm, policies, records, returns, console)
-    for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-        file.unlink()
+    _remove_checkpoint(checkpoint)
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
 
 
@@ -395,6 +362,62 @@ def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> R
         batch_group=group,
         group_duration_s=group_s,
     )
+
+
+def _train_resumably(
+    plan: SweepPlan,
+    device: str,
+    checkpoint: Path,
+    console: Console,
+    agents: str,
+    train: Callable[[BatchedAlgorithm, Callable[[int, int], None]], Any],
+    *,
+    bar: str,
+) -> tuple[BatchedAlgorithm, Any, bool]:
+    """``train(algorithm, progress)`` for a batched program that checkpoints itself at
+    ``checkpoint``, behind a progress bar (``training {bar}``; ``agents`` says what resumes):
+    a checkpoint that is damaged, was written on
+    another kind of device or cannot be restored (another version's) is named and set aside,
+    and the program trains from the start. Returns the algorithm, what ``train`` returned and
+    whether it continued from a checkpoint."""
+    damage = (
+        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
+    )
+    if damage is None and checkpoint.with_suffix(".safetensors").exists():
+        written_on = artifact_metadata(checkpoint).get("device")
+        trains_on = resolved_device(device).split(":")[0]  # the kind: cpu or cuda
+        if written_on not in (None, trains_on):
+            # a CPU generator's state does not fit a CUDA one (and the numbers would differ)
+            damage = (
+                f"checkpoint {checkpoint.name} was written on {written_on}, this sweep trains "
+                f"on {trains_on} (device: {device})"
+            )
+    if damage is not None:
+        console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
+        _remove_checkpoint(checkpoint)
+    algorithm = _batched_algorithm(plan, device)
+    resumed = checkpoint.with_suffix(".safetensors").exists()
+    if resumed:
+        position = _checkpoint_position(checkpoint, algorithm, plan.config.train_steps)
+        console.print(f"resumed {agents} from {position}")
+    with progress_display(console) as progress:
+        task = progress.add_task(f"training {bar}", total=1)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            return algorithm, train(algorithm, advance), resumed
+        except CheckpointError as exc:  # another version's, say: every rerun would fail
+            console.print(f"[yellow]{escape(str(exc))}:[/] training the group from the start")
+            _remove_checkpoint(checkpoint)
+            algorithm = _batched_algorithm(plan, device)
+            return algorithm, train(algorithm, advance), False
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+        file.unlink()
 
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:
@@ -505,19 +528,28 @@ def run_multitask(session: SweepSession) -> None:
     mixture = [c.as_dict() for c in plan.grid.contexts]
     started = now()
     task = Task(plan.env.name, Context())
+    # named by its seeds, as a group by its runs: a rerun for other seeds starts afresh
+    key = hashlib.sha256(f"{MULTITASK}|{seeds}".encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"{MULTITASK}-{key}"
     try:
-        algorithm = _batched_algorithm(plan)
-        with progress_display(console) as progress:
-            bar = progress.add_task(f"training {len(seeds)} multi-task agents", total=1)
-            policies = algorithm.train_many(
+        algorithm, policies, _ = _train_resumably(
+            plan,
+            config.device,
+            checkpoint,
+            console,
+            f"{len(seeds)} multi-task agents",
+            lambda algorithm, progress: algorithm.train_many(
                 plan.env,
                 [mixture[0]] * len(seeds),
                 seeds,
                 total_steps=config.train_steps,
-                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                checkpoint=checkpoint,
+                progress=progress,
                 mixture=mixture,
                 **_training_options(plan, curves=False),
-            )
+            ),
+            bar=f"{len(seeds)} multi-task agents",
+        )
         returns = algorithm.evaluate_many(
             policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000
         )
@@ -541,6 +573,7 @@ def run_multitask(session: SweepSession) -> None:
         for seed in seeds
     ]
     stored = _store_trained(plan, store, algorithm, policies, records, returns, console)
+    _remove_checkpoint(checkpoint)
     for record, ok in zip(records, stored, strict=True):
         if ok:
             finished.add(record.run_id)

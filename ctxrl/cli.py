@@ -431,6 +431,7 @@ def select(
         replay_trials,
         summarise_replays,
     )
+    from ctxrl.selection import json_safe
 
     host = _host(ctx)
     specs = {name: host.registry.strategy(name) for name in strategy_names}
@@ -478,7 +479,7 @@ def select(
         **summarise_replays(trials, lines, reference=strategy_names[0]),
     }
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # strict JSON
         return
     several = len(trials) > 1
     band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
@@ -648,6 +649,7 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     from ctxrl.results import open_store
     from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
     from ctxrl.summary import sweep_matrix, trained_order, write_exports
+    from ctxrl.sweep import sweep_holding
 
     host = _host(ctx)
     stored = read_plan_file(run_dir)
@@ -671,11 +673,23 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     cfg = stored_config(stored, run_dir / PLAN_FILE)
     plan = resolve_plan(cfg, host.registry, training=False)
     target = out or run_dir
+    running = sweep_holding(run_dir)
     with open_store(run_dir) as store:
         if not store.runs():
+            stopped = (
+                f"a sweep is running there ({running})"
+                if running
+                else "the sweep stopped before any run finished or failed"
+            )
             raise CtxrlError(
-                f"{run_dir}: its store holds no run yet (the sweep stopped before any run "
-                "finished or failed): nothing to report, nothing was written"
+                f"{run_dir}: its store holds no run yet ({stopped}): nothing to report, "
+                "nothing was written"
+            )
+        if running:
+            err.print(
+                f"[yellow]warning:[/] a sweep is running in {run_dir} ({running}): this "
+                "report shows the runs stored so far; the sweep writes its own when it ends",
+                highlight=False,
             )
         matrix = sweep_matrix(plan, store)
         order = trained_order(plan, store)

@@ -254,6 +254,24 @@ def run_dir_lock(
         handle.close()  # releases the lock
 
 
+def sweep_holding(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (``pid 123 on host, since ...``): a sweep running there
+    now; None when none does. Takes no lock and creates nothing."""
+    try:
+        handle = (run_dir / LOCK_FILE).open("r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "a process that has not said which"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
 # -------------------------------------------------------------------------------- sweep
 def run_sweep(
     plan: SweepPlan,

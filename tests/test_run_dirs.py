@@ -403,6 +403,17 @@ def test_a_second_sweep_on_a_run_directory_is_refused_or_waits(tmp_path: Path) -
         holder.kill()  # SIGKILL: the OS releases its lock
         holder.wait()
     assert run_sweep(plan).trained == 2
+    holder = _hold_lock(plan.run_dir, 600)  # a report meanwhile says what it shows
+    try:
+        reported = _cli("report", str(plan.run_dir))
+        assert reported.exit_code == 0, reported.output
+        printed_report = " ".join(reported.stderr.split())
+        assert "a sweep is running in" in printed_report and f"pid {holder.pid}" in printed_report
+    finally:
+        holder.kill()
+        holder.wait()
+    quiet = _cli("report", str(plan.run_dir))
+    assert "a sweep is running" not in quiet.stderr
     holder = _hold_lock(plan.run_dir, 2.0)
     printed = io.StringIO()
     outcome = run_sweep(plan, wait=True, console=Console(file=printed, width=200))
@@ -738,6 +749,42 @@ def test_a_group_killed_while_storing_stores_none_and_resumes_from_its_final_sta
         logged = store.diagnostics()["approx_kl"]
         assert sorted(logged) == sorted(r.run_id for r in store.runs())
         assert all(len(points) == 4 for points in logged.values())  # one per iteration
+
+
+def test_the_multitask_baseline_resumes_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The multi-task baseline checkpoints itself as source groups do (it trained from the
+    start after every kill): killed before its agents were stored, the rerun continues from
+    their final state and stores the same returns as a sweep never killed."""
+    import ctxrl.batched_sweep as batched_sweep
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+
+    class Killed(BaseException):
+        pass
+
+    real = batched_sweep._store_trained
+
+    def killed_at_the_multitask_runs(*args: Any) -> Any:
+        records = args[4]
+        if records[0].kind == "multitask":
+            raise Killed
+        return real(*args)
+
+    plan = _plan(tmp_path / "killed", train_steps=2048, multitask=True)
+    fresh = run_sweep(_plan(tmp_path / "fresh", train_steps=2048, multitask=True))
+    monkeypatch.setattr(batched_sweep, "_store_trained", killed_at_the_multitask_runs)
+    with pytest.raises(Killed):
+        run_sweep(plan, console=Console(file=io.StringIO()))
+    monkeypatch.undo()
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert not outcome.failed
+    assert "resumed 1 multi-task agents from their final state" in printed.getvalue()
+    assert not list((plan.run_dir / "checkpoints").iterdir())
+    with Store(plan.run_dir / STORE_FILE) as killed, Store(fresh.run_dir / STORE_FILE) as never:
+        assert killed.returns("multitask-s0") == never.returns("multitask-s0")
 
 
 def test_a_checkpoint_of_another_kind_of_device_trains_the_group_again(tmp_path: Path) -> None:

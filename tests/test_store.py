@@ -285,3 +285,19 @@ def test_plan_files_are_replaced_whole(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(KeyboardInterrupt):
         write_text_atomic(plan, "cut")
     assert plan.read_text() == "new: 2\n"
+
+
+def test_artifacts_are_as_readable_as_the_umask_allows(tmp_path: Path) -> None:
+    """safetensors writes its files owner-only (0600) whatever the umask; an artifact's
+    tensors file gets the mode of its JSON file, so that others sharing a run directory can
+    read the policies a report or a warm start loads."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        weights = save_artifact(tmp_path / "policy", {"w": torch.zeros(2)}, {"algorithm": "x"})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    assert stat.S_IMODE(weights.with_suffix(".json").stat().st_mode) == 0o644
