@@ -32,8 +32,9 @@ def name_list(names: str | Sequence[str]) -> list[str]:
 
 
 def _canonical_number(value: float) -> str:
-    """A textual form of a float that is identical everywhere (repr is shortest round-trip)."""
-    return repr(float(value))
+    """A textual form of a float that is identical everywhere (repr is shortest round-trip);
+    -0.0 is 0.0, as the contexts compare equal."""
+    return repr(float(value) + 0.0)
 
 
 @dataclass(frozen=True)

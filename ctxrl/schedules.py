@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, ClassVar, Literal
 
@@ -76,6 +76,9 @@ def _interpolate(space: ContextSpace, start: Context, end: Context, weight: floa
     values: dict[str, float] = {}
     for feature in space.features:
         a, b = start[feature.name], end[feature.name]
+        if a == b:  # held: exp(log(a)) need not be a (0.1 -> 0.10000000000000002)
+            values[feature.name] = a
+            continue
         if feature.scale == "log":
             value = math.exp(math.log(a) + weight * (math.log(b) - math.log(a)))
         else:
@@ -128,6 +131,25 @@ class ContextSchedule(ABC):
                 switches.append(segment * self.every)
             previous = current
         return switches
+
+    def check_contexts(
+        self, check: Callable[[Context], None] | None, total_steps: int, where: str
+    ) -> None:
+        """Raise a :class:`ConfigError` naming the first segment within ``total_steps`` env
+        steps whose context ``check`` (an env's cross-feature constraints,
+        ``EnvSpec.check_context``) refuses: before training, not at that segment's switch."""
+        if check is None:
+            return
+        for segment in range((max(total_steps, 1) - 1) // self.every + 1):
+            context = self.segment_context(segment)
+            try:
+                check(context)
+            except ContextError as exc:
+                steps = f"env steps {segment * self.every}-{(segment + 1) * self.every - 1}"
+                raise ConfigError(
+                    f"{where}: segment {segment} ({steps}) has the context "
+                    f"{context.as_dict()}: {exc}"
+                ) from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ContextSchedule):
@@ -249,6 +271,9 @@ class SampledSchedule(ContextSchedule):
             if high < low:
                 raise ConfigError(f"{where}: low {low} > high {high}")
             self.ranges[feature.name] = (low, high)
+        # drawn in name order: the same features in another order are the same schedule
+        # (its equality, hash and a study's plan hash ignore the order)
+        self.ranges = dict(sorted(self.ranges.items()))
 
     def segment_context(self, segment: int) -> Context:
         draws = np.random.default_rng([self.seed, segment]).uniform(size=len(self.ranges))

@@ -12,6 +12,7 @@ This module imports torch; ``import ctxrl`` does not import it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -145,6 +146,23 @@ class TorchTwin(Protocol):
         ...
 
 
+def require_batched_order(
+    context: Mapping[str, Tensor], owner: str, low: str, high: str, *, strict: bool = False
+) -> None:
+    """Raise a :class:`ContextError` naming the first context (an env, or a pool entry) where
+    ``context[low] <= context[high]`` (``<`` when strict) fails, with both values: the twin's
+    side of :func:`ctxrl.contextual.require_order`. ``context``: feature -> ``(B,)``."""
+    broken = context[low] >= context[high] if strict else context[low] > context[high]
+    if bool(broken.any()):
+        i = int(broken.nonzero()[0, 0])
+        relation = "<" if strict else "<="
+        raise ContextError(
+            f"{owner}: context features need {low} {relation} {high}, got {low} = "
+            f"{float(context[low][i]):g}, {high} = {float(context[high][i]):g} (context {i} "
+            "of the batch or pool)"
+        )
+
+
 def clip_actions(twin: Any, action: Tensor) -> Tensor:
     """Continuous ``action`` clipped to the twin's ``action_bounds`` where it declares them
     (see :class:`TorchTwin`); otherwise (discrete actions, no bounds) ``action`` itself."""
@@ -273,7 +291,7 @@ class BatchedEnv:
         checked: dict[str, Tensor] = {}
         for name, value in values.items():
             feature = self.space.feature(str(name))
-            if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
+            if isinstance(value, bool) or not isinstance(value, Real | Tensor):
                 raise ContextError(
                     f"{self.name}: context feature {name!r} must be a number or a tensor, got "
                     f"{type(value).__name__}"

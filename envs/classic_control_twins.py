@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from ctxrl.context import ContextSpace
-from ctxrl.errors import ContextError
-from ctxrl.twins import BatchedEnv
+from ctxrl.twins import BatchedEnv, require_batched_order
 
 # relative: the package is installed as ctxrl_envs from the envs/ folder, which mypy (reading
 # the source tree) only resolves this way
@@ -90,10 +89,7 @@ class BatchedPendulum(BatchedEnv):
     max_episode_steps = 200
 
     def _check(self, context: Mapping[str, Tensor]) -> None:
-        if bool((context["initial_velocity_max"] > context["max_speed"]).any()):
-            raise ContextError(
-                f"{self.name}: context features need initial_velocity_max <= max_speed"
-            )
+        require_batched_order(context, self.name, "initial_velocity_max", "max_speed")
 
     def _derive(self, c: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {
@@ -144,10 +140,8 @@ class _MountainCarBase(BatchedEnv):
             ("goal_position", "max_position"),
         ]
         for low, high in pairs:
-            if bool((context[low] > context[high]).any()):
-                raise ContextError(f"{self.name}: context features need {low} <= {high}")
-        if bool((context["min_position"] >= context["goal_position"]).any()):
-            raise ContextError(f"{self.name}: context features need min_position < goal_position")
+            require_batched_order(context, self.name, low, high)
+        require_batched_order(context, self.name, "min_position", "goal_position", strict=True)
 
     def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         low = self._ctx("start_position_low", env_ids)

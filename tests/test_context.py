@@ -103,6 +103,9 @@ def test_context_is_hashable_and_order_free() -> None:
     b = Context({"y": 2, "x": 1})
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a.canonical() == '{"x":1.0,"y":2.0}'
+    # -0.0 == 0.0: one context, one id (two ids kept its stored runs from being reused)
+    zero, negative_zero = Context({"x": 0.0}), Context({"x": -0.0})
+    assert zero == negative_zero and zero.canonical() == negative_zero.canonical()
 
 
 def test_task_id_is_stable_across_processes() -> None:

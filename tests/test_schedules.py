@@ -402,3 +402,36 @@ def test_schedules_that_do_not_fit_the_training_are_refused() -> None:
             total_steps=512,
             schedules=SequenceSchedule(SPACE, [{}], every=10),
         )
+    # a context the env's constraints refuse, at the second segment: named before training
+    # (it trained the first segment and died at the switch, naming no schedule)
+    pendulum = get_host().registry.env("Pendulum")
+    refused = SequenceSchedule(pendulum.context_space, [{}, {"max_speed": 0.5}], every=256)
+    with pytest.raises(
+        ConfigError,
+        match=r"batched-ppo: schedule: segment 1 \(env steps 256-511\) has the context .*"
+        r"Pendulum: context features need initial_velocity_max <= max_speed",
+    ):
+        _ppo().train_many(pendulum, [{}], [0], total_steps=2048, schedules=refused)
+
+
+def test_sampled_features_in_any_order_are_one_schedule() -> None:
+    """A sampled schedule's draws went to its features in the order they were listed, while
+    its equality and a study's plan hash ignore the order: two studies shared a run
+    directory with different contexts. The features are drawn in name order."""
+    ranges = {"length": [0.2, 1.8], "friction": [0.1, 5.0]}
+    listed = SampledSchedule(SPACE, ranges, every=10, seed=3)
+    reversed_ = SampledSchedule(SPACE, dict(reversed(ranges.items())), every=10, seed=3)
+    assert listed == reversed_ and hash(listed) == hash(reversed_)
+    assert [listed.segment_context(k) for k in range(5)] == [
+        reversed_.segment_context(k) for k in range(5)
+    ]
+
+
+def test_a_held_log_feature_does_not_switch() -> None:
+    """Between two equal values a log feature was exp(log(a)), one ulp off for ~7 % of values
+    (0.1 -> 0.10000000000000002): spurious switches and two ids for one context."""
+    held = PeriodicSchedule(SPACE, {"friction": 0.1}, {"friction": 0.1}, period=100, every=25)
+    assert held.switch_steps(0, 1000) == []
+    assert {held.segment_context(k)["friction"] for k in range(8)} == {0.1}
+    drift = DriftSchedule(SPACE, {"friction": 0.1, "length": 0.5}, {"friction": 0.1}, 100, 10)
+    assert {drift.segment_context(k)["friction"] for k in range(12)} == {0.1}

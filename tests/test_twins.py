@@ -13,6 +13,7 @@ import torch
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import ContextFeature, ContextSpace
+from ctxrl.errors import ContextError
 from ctxrl.plugins import get_host
 from ctxrl.twins import BatchedEnv, TorchTwin
 from ctxrl_envs.classic_control_twins import TWINS
@@ -266,3 +267,31 @@ def test_importing_ctxrl_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_a_twins_constraint_error_gives_the_values_and_where() -> None:
+    """As the gymnasium env's: the features, their values and which context (the twins said
+    only "need start_position_high <= max_position")."""
+    spec = get_host().registry.env("MountainCar")
+    with pytest.raises(
+        ContextError,
+        match=r"MountainCar: context features need start_position_high <= max_position, got "
+        r"start_position_high = 0\.55, max_position = 0\.5 \(context 1 of the batch or pool\)",
+    ):
+        spec.make_batched(
+            2, contexts={"start_position_high": torch.tensor([0.0, 0.55]), "max_position": 0.5}
+        )
+    twin = spec.make_batched(1)
+    bad = {"min_position": -0.45, "goal_position": -0.45, "start_position_low": -0.4}
+    with pytest.raises(
+        ContextError, match=r"min_position < goal_position, got min_position = -0\.45"
+    ):
+        twin.set_context_pool([{}, {**bad, "start_position_high": -0.4}])
+
+
+def test_a_twin_takes_numpy_numbers_as_the_gymnasium_env_does() -> None:
+    import numpy as np
+
+    twin = get_host().registry.env("CartPole").make_batched(2)
+    twin.set_context({"masscart": np.float32(2.0), "length": np.int64(1)})
+    assert twin.context["masscart"].tolist() == [2.0, 2.0] and twin.context["length"][0] == 1.0

@@ -307,7 +307,7 @@ class BatchedTrainer(Generic[StateT]):
         self.check_budget(total_steps)
         device, n, e = self.device, len(seeds), self.num_envs
         interventions, masks = intervention_masks(interventions, n, device)
-        agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name)
+        agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name, total_steps)
         twin = env.make_batched(
             n * e,
             contexts=contexts_tensor(env, contexts, e, device),
@@ -623,8 +623,10 @@ def _agent_schedules(
     env: EnvSpec,
     mixture: Sequence[Mapping[str, float]] | None,
     algorithm: str,
+    total_steps: int,
 ) -> list[ContextSchedule] | None:
-    """One schedule per agent (a single schedule is shared), checked against the env."""
+    """One schedule per agent (a single schedule is shared), checked against the env: its
+    features and every context it sets within ``total_steps`` (cross-feature constraints)."""
     if schedules is None:
         return None
     if mixture is not None:
@@ -646,6 +648,12 @@ def _agent_schedules(
                 f"{', '.join(schedule.space.names)}, not {env.name}'s "
                 f"({', '.join(env.context_space.names)})"
             )
+    checked: set[int] = set()
+    for index, schedule in enumerate(listed):
+        if id(schedule) not in checked:
+            checked.add(id(schedule))
+            where = f"{algorithm}: schedules[{index}]" if len(listed) > 1 else algorithm
+            schedule.check_contexts(env.check_context, total_steps, f"{where}: schedule")
     return listed
 
 

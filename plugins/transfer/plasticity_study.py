@@ -199,6 +199,7 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
     for seed, schedule in schedules.items():
         _check_segments(config, schedule.switch_steps(0, config.total_steps - 1), seed)
+        schedule.check_contexts(env.check_context, config.total_steps, f"schedule (seed {seed})")
     labels, programs = plan_programs(config, registry)
     return StudyPlan(config, env, params, schedules, labels, programs)
 
