@@ -766,3 +766,30 @@ def test_continual_backprop_keeps_no_autograd_graph_in_its_state() -> None:
     for _ in range(3):
         cbp.after_update(cast(TrainingView, view))
     assert not any(value.requires_grad for value in cbp.state_dict().values())
+
+
+def test_continual_backprop_keeps_a_dqn_agent_equal_to_itself_alone() -> None:
+    """Its bias corrections ``eta ** age`` went through torch's ``pow(scalar, tensor)``, which
+    rounds an ulp apart once a layer has 32 elements (two agents of 16 units): the agent's
+    units ranked and its readers' biases differed alone and in a batch."""
+    from ctxrl.interventions import build_interventions
+
+    registry = get_host().registry
+    spec = registry.env("CartPole")
+    params = {
+        "learning_starts": 32, "train_frequency": 4, "gradient_steps": 2, "buffer_size": 100,
+        "batch_size": 16, "hidden": [16, 16], "target_network_frequency": 20,
+    }  # fmt: skip
+    options = {"maturity": 0, "replacement_rate": 0.5}
+
+    def train(contexts: list[dict[str, float]], seeds: list[int]) -> Any:
+        entries = [{"name": "continual-backprop", "options": options}]
+        return registry.algorithm("batched-dqn").factory(params, device="cpu").train_many(
+            spec, contexts, seeds, total_steps=400,
+            interventions=build_interventions(entries, registry),
+        )  # fmt: skip
+
+    alone = train([{"masscart": 1.0}], [3])
+    batch = train([{"masscart": 3.0}, {"masscart": 1.0}], [7, 3])
+    for name, value in alone.params.items():
+        assert torch.equal(value[0], batch.params[name][1]), name

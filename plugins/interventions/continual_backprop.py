@@ -62,6 +62,17 @@ from ctxrl_plugins.interventions.common import (
 Tensor = torch.Tensor
 
 
+def _power(base: float, exponent: Tensor) -> Tensor:
+    """``base ** exponent`` for ``base`` in [0, 1), whose rounding does not depend on the
+    tensor's size: torch's ``pow(scalar, tensor)`` switches to a vector kernel from 32
+    elements, an ulp apart, so an agent's units would rank differently alone and in a batch.
+    Computed in float64 through ``exp`` (the same in both loops), returned in ``exponent``'s
+    dtype; ``0 ** 0`` is 1."""
+    if base == 0.0:
+        return (exponent == 0).to(exponent.dtype)
+    return torch.exp(exponent.double() * math.log(base)).to(exponent.dtype)
+
+
 class ContinualBackprop(Intervention):
     """Replace each agent's lowest-utility mature hidden units at rate ``replacement_rate``.
 
@@ -164,7 +175,7 @@ class ContinualBackprop(Intervention):
         count = accumulated.floor()  # units to replace now, per agent
         accumulated.sub_(count)
         # rank the eligible units by bias-corrected utility (ineligible ones last)
-        corrected = utility / (1 - eta**age)
+        corrected = utility / (1 - _power(eta, age))
         ranked = torch.where(eligible, corrected, math.inf)
         order = torch.sort(ranked, dim=1, stable=True).indices
         rank = torch.empty_like(order)
@@ -193,7 +204,7 @@ class ContinualBackprop(Intervention):
         fresh[agents] = (2 * draw - 1).view(-1, fan_in, width) * bound[:, None, None]
         fold = mean.shape[1] // width
         features = units.repeat(1, fold)  # (N, f * width): both CReLU halves of a unit
-        corrected_mean = mean / (1 - self.decay ** age.repeat(1, fold)).clamp(min=1e-12)
+        corrected_mean = mean / (1 - _power(self.decay, age.repeat(1, fold))).clamp(min=1e-12)
         removed = torch.where(features, corrected_mean, 0.0)
         with torch.no_grad():
             for reader in readers:
