@@ -562,6 +562,22 @@ def test_students_can_start_from_their_top_weighted_teacher(teachers: Any) -> No
         Distill(512, mode="conditioned", start="best-teacher")
 
 
+def test_students_take_the_sources_network_and_iteration() -> None:
+    """Students train with PPO sources' hyperparameters where the options are silent: a
+    best-teacher start was refused for sources of hidden 32 (compared with PPO's default 64),
+    and the steps reported were whole iterations of PPO's default 512, not the sources'."""
+    spec = _cartpole()
+    factory = get_host().registry.algorithm("batched-ppo").factory
+    sources: Any = factory({"hidden": 32, "num_steps": 64}, env=spec)  # 256 steps/iteration
+    method = Distill(300, mode="kickstart", start="best-teacher")
+    method.check(sources, spec)  # refused before: "hidden 64 differs from the sources' 32"
+    assert method._students_trainer(sources).trained_steps(300) == 256  # 512 before
+    with pytest.raises(ConfigError, match="hidden 16 differs from the sources' 32"):
+        Distill(300, mode="kickstart", start="best-teacher", student={"hidden": 16}).check(
+            sources, spec
+        )
+
+
 def test_bad_teachers_are_named(tmp_path: Path, teachers: Any) -> None:
     registry = get_host().registry
     acrobot = registry.env("Acrobot")

@@ -330,3 +330,32 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
         sources_from=str(sweep),
         variants=["dueling"],
     )
+    # agents of a network an intervention changed (here with LayerNorm parameters): refused
+    # here, not after the scratch arm had trained ("the warm-start policy has parameters
+    # this network lacks")
+    normed = _sweep_on_the_study_contexts(
+        tmp_path / "ln",
+        {
+            "name": "batched-dqn",
+            "params": {**network, "learning_starts": 300},
+            "interventions": [{"name": "layer-norm"}],
+        },
+        [0, 1],
+    )
+    refused(r"trained with layer-norm, which change the network", sources_from=str(normed))
+
+
+def test_a_cut_timing_file_does_not_block_a_resume(tmp_path: Path) -> None:
+    """timing.json (seconds per arm, rewritten every 30 s) is replaced whole; one cut short
+    by a kill before that was so failed every resume with a JSONDecodeError. It is a record,
+    not a result: its times start again."""
+    from ctxrl_plugins.transfer.dqn_transferability_runner import StudyRunner
+
+    runner = StudyRunner.__new__(StudyRunner)  # the timing record needs only its directory
+    runner.run_dir, runner._clock = tmp_path, None
+    (tmp_path / "timing.json").write_text('{\n "dqn/fine-tune": 20.6')
+    assert runner.timing() == {}
+    runner._tick("dqn/scratch")
+    runner._tick("dqn/scratch", force=True)
+    assert set(json.loads((tmp_path / "timing.json").read_text())) == {"dqn/scratch"}
+    assert [p.name for p in tmp_path.iterdir()] == ["timing.json"]

@@ -166,6 +166,19 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
             "schedule: no context switch within total_steps 4096",
         ),
         ({"curve_every": 1024}, "curve_every: 1024 env steps leaves fewer than two segments"),
+        # switches and curve points fall at iteration ends (128 env steps here): a jumpstart
+        # read off the grid was an iteration late, in the new context, with no warning
+        (
+            {"schedule": {**STUDY["schedule"], "every": 1000}},
+            r"schedule.every: 1000 env steps is not a whole number of batched-ppo's iterations "
+            r"\(128 env steps per agent",
+        ),
+        ({"curve_every": 200}, "curve_every: 200 env steps is not a whole number"),
+        ({"curve_every": 384}, r"curve_every: 384 env steps does not divide schedule.every"),
+        (  # DQN's learning budget, before training (it was refused only when the run began)
+            {"algorithm": "batched-dqn", "params": {}},
+            "params: learning_starts: batched-dqn starts learning after 10000 env steps",
+        ),
     ],
 )
 def test_bad_studies_are_refused_before_training(
@@ -201,13 +214,13 @@ def test_segments_end_before_the_switch_point_measured_in_the_next_context(
         _write(
             tmp_path,
             arms=[],
-            total_steps=3750,
-            curve_every=250,
-            schedule={**STUDY["schedule"], "every": 1000},
+            total_steps=3840,
+            curve_every=256,
+            schedule={**STUDY["schedule"], "every": 1024},
         )
     )
     plan = resolve_study(config, get_host().registry)
-    steps = np.arange(0, 3751, 250)
+    steps = np.arange(0, 3841, 256)
     first = np.array(
         [plan.schedules[0].context_at(int(s)).as_dict()["length"] == 0.5 for s in steps]
     )
@@ -220,12 +233,16 @@ def test_segments_end_before_the_switch_point_measured_in_the_next_context(
         plasticity={},
         diagnostic_steps=np.array([], dtype=np.int64),
         diagnostics={},
-        switches=[1000, 2000, 3000],
+        switches=[1024, 2048, 3072],
     )
     per_seed = gather(plan, {"shared": result}).per_seed["none"]
     np.testing.assert_allclose(per_seed["plasticity_lost"], 0.0)
     np.testing.assert_allclose(per_seed["late_auc"], 0.5)  # the last visits: 1 and 0
     np.testing.assert_allclose(per_seed["post_switch_auc"], 1 / 3)  # segments 0, 1, 0
+    # after the switches: never (1024 steps to the next switch), at once (0), never (768 to
+    # the end); a missed segment counted its last point's offset (768, 0, 512), one curve
+    # interval short, as if reached there
+    np.testing.assert_allclose(per_seed["time_to_threshold"], (1024 + 0 + 768) / 3)
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ class Distill:
         del env
         if self.start != "best-teacher" or not isinstance(algorithm, BatchedPPO):
             return
-        student = self._student.config
+        student = self._students_trainer(algorithm).config
         for name in ("hidden", "activation"):
             if getattr(student, name) != getattr(algorithm.config, name):
                 raise ConfigError(
@@ -113,6 +113,18 @@ class Distill:
                     f"{name} {getattr(student, name)!r} differs from the sources' "
                     f"{getattr(algorithm.config, name)!r} (student: {{{name}: ...}})"
                 )
+
+    def _student_params(self, algorithm: Any) -> dict[str, Any]:
+        """The students' hyperparameters: PPO sources' own, where the options do not say
+        otherwise; the options alone with other sources."""
+        if isinstance(algorithm, BatchedPPO):
+            return {**asdict(algorithm.config), **self.student}
+        return dict(self.student)
+
+    def _students_trainer(self, algorithm: Any) -> BatchedPPO:
+        """A trainer with the students' hyperparameters (what their networks and iterations
+        are; :attr:`_student` has PPO's defaults where the options are silent)."""
+        return BatchedPPO(self._student_params(algorithm))
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
         from ctxrl_plugins.training.evaluation import evaluate_policies
@@ -122,10 +134,7 @@ class Distill:
         if isinstance(sources, list):  # sources trained one run at a time
             sources = stack_teachers(sources)
         teachers = dataclasses.replace(sources, contexts=[dict(c) for c in problem.source_contexts])
-        # PPO sources: the students use their hyperparameters unless the options say otherwise
-        student = dict(self.student)
-        if isinstance(problem.algorithm, BatchedPPO):
-            student = {**asdict(problem.algorithm.config), **student}
+        student = self._student_params(problem.algorithm)
         device = str(problem.algorithm.device)
         targets = [dict(t) for t in problem.targets]
         seeds = [min(problem.source_seeds) + self.seed_offset + j for j in range(q)]
@@ -240,7 +249,7 @@ class Distill:
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
         # per student: its training, plus the teachers' episodes on its target when they
         # chose the weights (an upper bound: every episode counted at its time limit)
-        trained = self._student.trained_steps(self.steps)  # whole iterations
+        trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
         used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
         return TransferResult(returns, target_env_steps=used, details=details)
 

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import build_interventions
 from ctxrl.registry import EnvSpec, Registry
 from ctxrl.results import load_policies
 from ctxrl_plugins.transfer.studies import (
@@ -251,6 +252,16 @@ def _sweep_sources(
         loaded = load_policies(run_dir, algorithm="batched-dqn")
     except CtxrlError as exc:
         raise ConfigError(f"sources_from: {exc}") from None
+    entries = [
+        {"name": e.name, "options": e.options} for e in loaded.plan.config.algorithm.interventions
+    ]
+    reshaped = [i.name for i in build_interventions(entries, registry) if i.changes_network]
+    if reshaped:
+        raise ConfigError(
+            f"{field}: its agents were trained with {', '.join(reshaped)}, which change the "
+            "network (the study's arms start from plain ones: their parameters would not fit); "
+            "give a sweep trained without them"
+        )
     trained = cast(Any, loaded.algorithm).config
     factory = registry.algorithm("batched-dqn").factory
     for variant in config.variants:

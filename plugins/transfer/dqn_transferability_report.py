@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ctxrl.selection import json_safe
+from ctxrl.transfer_metrics import curve_band
 from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPlan
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
 
@@ -208,7 +209,7 @@ def _plot_study(
         written.append(path)
     plt.close(fig)
     # learning curves per target: scratch and every arm, mean over seeds and pairs of the
-    # panel with the 95% bootstrap band of the mean shaded
+    # panel with the Student-t 95 % band of the mean over seeds shaded
     fig, axes = plt.subplots(
         n, n, figsize=(2.6 * n, 2.2 * n), squeeze=False, sharex=True, sharey=True
     )
@@ -223,13 +224,10 @@ def _plot_study(
         for arm, rows in panels.items():
             result = results[arm]
             values = normalise(plan, result)[rows]
-            mean = values.mean(axis=0)
+            mean, low, high = curve_band(values)  # Student-t over the seeds
             ax.plot(result.steps, mean, color=colours[arm], linewidth=1.0, label=arm)
             if len(rows) > 1:
-                spread = 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(rows))
-                ax.fill_between(
-                    result.steps, mean - spread, mean + spread, color=colours[arm], alpha=0.2
-                )
+                ax.fill_between(result.steps, low, high, color=colours[arm], alpha=0.2)
         ax.set_title(f"{names[s]} -> {names[t]}", fontsize=7)
         ax.tick_params(labelsize=6)
     axes[0, 0].legend(fontsize=6)

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from ctxrl.artifacts import write_text_atomic
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import CurveOptions, Registry
 from ctxrl_plugins.transfer.dqn_transferability_plan import (
@@ -92,7 +93,13 @@ class StudyRunner:
         """Seconds per ``variant/arm`` so far (empty before any training)."""
         if not self.timing_file.is_file():
             return {}
-        return {str(k): float(v) for k, v in json.loads(self.timing_file.read_text()).items()}
+        try:
+            stored = json.loads(self.timing_file.read_text())
+            return {str(k): float(v) for k, v in stored.items()}
+        except (ValueError, AttributeError, TypeError):
+            # not written by this study as a whole (it is replaced atomically): the times are
+            # a record, not results; start them again rather than refuse to resume
+            return {}
 
     def _tick(self, label: str, force: bool = False) -> None:
         """Add the time since the last tick to ``label``'s total; saved every 30 s."""
@@ -104,7 +111,7 @@ class StudyRunner:
             return
         totals = self.timing()
         totals[label] = totals.get(label, 0.0) + now - self._clock[1]
-        self.timing_file.write_text(json.dumps(totals, indent=1, sort_keys=True))
+        write_text_atomic(self.timing_file, json.dumps(totals, indent=1, sort_keys=True))
         self._clock = (label, now)
 
     # -------------------------------------------------------------------- run directory

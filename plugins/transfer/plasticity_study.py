@@ -193,15 +193,41 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     algorithm = registry.algorithm(config.algorithm)
     params = preset_params(algorithm, config.preset, config.params)
     try:
-        cast(Any, algorithm.factory(params, device=config.device)).check_env(env)
+        trainer = cast(Any, algorithm.factory(params, device=config.device))
+        trainer.check_env(env)
+        trainer.check_budget(config.total_steps)
     except CtxrlError as exc:
-        raise ConfigError(f"params: {str(exc).removeprefix('algorithm.params: ')}") from None
+        message = str(exc).removeprefix("algorithm.params: ").replace("algorithm.params.", "")
+        raise ConfigError(f"params: {message}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
     for seed, schedule in schedules.items():
         _check_segments(config, schedule.switch_steps(0, config.total_steps - 1), seed)
+        _check_grid(config, schedule.every, trainer.steps_per_iteration())
         schedule.check_contexts(env.check_context, config.total_steps, f"schedule (seed {seed})")
     labels, programs = plan_programs(config, registry)
     return StudyPlan(config, env, params, schedules, labels, programs)
+
+
+def _check_grid(config: StudyConfig, every: int, per_iteration: int) -> None:
+    """The trainer switches contexts and evaluates the curve at iteration ends, and the report
+    reads each segment's jumpstart at the curve point of its switch: refuse a
+    ``schedule.every`` or ``curve_every`` that is not a whole number of iterations, or a
+    ``curve_every`` that does not divide ``schedule.every`` (the switch's point would be taken
+    an iteration or more after it, having trained in the new context)."""
+    algorithm = config.algorithm
+    for name, steps in (("schedule.every", every), ("curve_every", config.curve_every)):
+        if steps % per_iteration:
+            raise ConfigError(
+                f"{name}: {steps} env steps is not a whole number of {algorithm}'s iterations "
+                f"({per_iteration} env steps per agent, where it switches contexts and "
+                f"evaluates the curve): make it a multiple of {per_iteration}"
+            )
+    if every % config.curve_every:
+        raise ConfigError(
+            f"curve_every: {config.curve_every} env steps does not divide schedule.every "
+            f"({every}): no curve point would fall on the switches, where the report reads "
+            "each segment's jumpstart"
+        )
 
 
 def _check_segments(config: StudyConfig, switches: list[int], seed: int) -> None:

@@ -45,6 +45,7 @@ from ctxrl.errors import CtxrlError
 from ctxrl.transfer_metrics import (
     MetricEstimate,
     bootstrap_estimate,
+    curve_band,
     difference_of_means,
     mean_estimate,
 )
@@ -169,9 +170,14 @@ def _measures(
     times, missed = [], 0
     for idx in segments[1:]:
         reached = curves[:, idx] >= threshold
-        first = np.where(reached.any(axis=1), reached.argmax(axis=1), len(idx) - 1)
+        start = steps[idx[0]]
+        # a segment that never reaches it counts its whole length, to the next switch (its
+        # last point's offset, one curve interval shorter, read the same as a late success)
+        later = [float(s) for s in tables.switches if s > start]
+        length = (later[0] if later else steps[-1]) - start
+        offsets = steps[idx] - start
         missed += int((~reached.any(axis=1)).sum())
-        times.append(steps[idx][first] - steps[idx[0]])
+        times.append(np.where(reached.any(axis=1), offsets[reached.argmax(axis=1)], length))
     # each segment's context per seed: plasticity lost = last visit - first visit
     lost = np.full(len(data.seeds), math.nan)
     late = np.full(len(data.seeds), math.nan)
@@ -279,19 +285,6 @@ def _write_exports(tables: StudyTables, run_dir: Path) -> None:
                         writer.writerow([label, seed, int(step), metric, layer, f"{value:.6g}"])
 
 
-def band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds and a Student-t 95 % band ``(T,)`` each (no band with one seed)."""
-    from scipy.stats import t as student
-
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(values, axis=0)
-        n = values.shape[0]
-        if n < 2:
-            return mean, mean, mean
-        half = student.ppf(0.975, n - 1) * np.nanstd(values, axis=0, ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[str]:
     import matplotlib
 
@@ -310,7 +303,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for label, arm in tables.arms.items():
-        mean, low, high = band(arm.curves)
+        mean, low, high = curve_band(arm.curves)
         low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)  # returns lie in [0, 1]
         (line,) = ax.plot(tables.steps, mean, label=label, linewidth=1.2)
         ax.fill_between(tables.steps, low, high, color=line.get_color(), alpha=0.15)
@@ -332,7 +325,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
         for ax, metric in zip(axes.flat, metrics, strict=False):
             for label, arm in tables.arms.items():
                 values = _layer_mean(arm.plasticity, metric)
-                mean, low, high = band(values)
+                mean, low, high = curve_band(values)
                 (line,) = ax.plot(tables.plasticity_steps, mean, label=label, linewidth=1.0)
                 ax.fill_between(
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12

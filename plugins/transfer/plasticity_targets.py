@@ -49,7 +49,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -57,7 +57,7 @@ from pydantic import Field
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.options import check_device
 from ctxrl.registry import Registry
-from ctxrl.transfer_metrics import MetricEstimate, mean_estimate
+from ctxrl.transfer_metrics import MetricEstimate, curve_band, mean_estimate
 from ctxrl_plugins.transfer.plasticity_study import (
     BASELINE,
     ArmsConfig,
@@ -83,7 +83,9 @@ class ShiftingTargets(StrictModel):
     points: int = Field(default=256, ge=2, description="fixed inputs to fit")
     input_dim: int = Field(default=4, ge=1, description="input features")
     target_scale: float = Field(default=1.0, gt=0.0, description="targets' standard deviation")
-    hidden: list[int] = Field(default_factory=lambda: [32, 32], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 32], min_length=1, description="hidden layer widths"
+    )
     activation: Literal["relu", "tanh"] = Field(default="relu")
     learning_rate: float = Field(default=0.02, gt=0.0, description="Adam's learning rate")
     batch_size: int = Field(default=64, ge=1, description="points per gradient step")
@@ -443,14 +445,12 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ctxrl_plugins.transfer.plasticity_study_report import band
-
     (run_dir / "figures").mkdir(exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, arm in arms.items():
         tasks = np.arange(1, arm.final_error.shape[1] + 1)
         for ax, values in zip(axes, (arm.final_error, arm.dormant), strict=True):
-            mean, low, high = band(values)
+            mean, low, high = curve_band(values)
             (line,) = ax.plot(tasks, mean, label=label, linewidth=1.2)
             ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel("fit error at the task's end (MSE / target variance)")
