@@ -183,6 +183,13 @@ def matrix_files(path: Path) -> list[Path]:
     return files
 
 
+def _same_contexts(
+    a: tuple[np.ndarray, list[str], Any], b: tuple[np.ndarray, list[str], Any]
+) -> bool:
+    """Whether two read contexts files hold the same contexts, features and bounds."""
+    return a[0].shape == b[0].shape and bool(np.array_equal(a[0], b[0])) and a[1:] == b[1:]
+
+
 def resolve_coordinates(
     n: int,
     *,
@@ -274,6 +281,16 @@ def load_trials(
     if len(shapes) > 1:
         raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
     raw = np.stack(layers) * (-1.0 if negate else 1.0)
+    # trials from several folders: one contexts.json is read for all, so theirs must agree
+    beside = {f.parent / CONTEXTS_FILE for f in files} - {files[0].parent / CONTEXTS_FILE}
+    for other in sorted(p for p in beside if p.is_file()):
+        first = files[0].parent / CONTEXTS_FILE
+        if not first.is_file() or not _same_contexts(read_contexts(other), read_contexts(first)):
+            raise CtxrlError(
+                f"--matrix: the trials' folders disagree on their contexts: {other} is not "
+                f"{first}{'' if first.is_file() else ' (absent)'}; replay trials of one set of "
+                "contexts together"
+            )
     located, file_bounds = resolve_coordinates(
         raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
     )

@@ -297,3 +297,24 @@ def test_synth_csv_reads_back_strictly_and_bounds_must_be_finite(tmp_path: Path)
         )
         assert refused.exit_code != 0
         assert "normalisation bounds need finite lower < upper" in refused.stderr
+
+
+def test_trials_from_folders_with_other_contexts_are_refused(
+    cube_run: Path, tmp_path: Path
+) -> None:
+    """Only the first trial's folder gave the contexts (and bounds): a second folder whose
+    contexts.json says otherwise was replayed on the first's coordinates, silently."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        for name in ("matrix_seed0.csv", "contexts.json"):
+            (folder / name).write_bytes((cube_run / "exports" / name).read_bytes())
+    args = ["--strategy", "m-mbtl", "-k", "2", "--json"]
+    same = [str(first / "matrix_seed0.csv"), str(second / "matrix_seed0.csv")]
+    assert _json(_cli("select", "--matrix", same[0], "--matrix", same[1], *args))["trials"] == 2
+    info = json.loads((second / "contexts.json").read_text())
+    info["contexts"][0]["length"] = 0.25
+    (second / "contexts.json").write_text(json.dumps(info))
+    refused = _cli("select", "--matrix", same[0], "--matrix", same[1], *args)
+    assert refused.exit_code != 0
+    assert "the trials' folders disagree on their contexts" in " ".join(refused.stderr.split())
