@@ -617,12 +617,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             ]
         efficiency = summary.get("sample_efficiency", {})
         if efficiency:
+            trained_transfer = any(
+                r.get("target_env_steps", 0) > 0 for r in summary.get("transfer", [])
+            )
+            uncounted = (
+                " It counts source trainings only: the transfer method's target-env steps "
+                "(above) come on top of each of the k* sources."
+                if trained_transfer
+                else ""
+            )
             if efficiency.get("factor"):
                 lines += [
                     "",
                     f"Sample efficiency of {efficiency['strategy']}: it beats "
                     f"{' and '.join(efficiency['against'])} at k* = {efficiency['k_star']}, "
-                    f"a factor N / k* = {efficiency['factor']:.1f}.",
+                    f"a factor N / k* = {efficiency['factor']:.1f}.{uncounted}",
                 ]
             else:
                 lines += [

@@ -4,6 +4,7 @@ report, interventions and transfer methods in sweep configs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,16 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
     )
     with Store(run_dir / "store.sqlite") as store:
         assert len(store.runs("finished")) == 2 and not store.runs("failed")
+    # N / k* says that it leaves the fine-tuning's target-env steps out
+    from ctxrl.summary import summary_markdown
+
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert summary["transfer"][0]["target_env_steps"] == 1024
+    summary["sample_efficiency"] = {
+        "strategy": "mbtl-gp", "against": ["Independent"], "k_star": 1, "factor": 2.0
+    }  # fmt: skip
+    text = " ".join(summary_markdown(summary).split())
+    assert "a factor N / k* = 2.0. It counts source trainings only" in text
     short = _config(
         algorithm={"name": "batched-dqn", "params": {"learning_starts": 2000}},
         train_steps=4000,
