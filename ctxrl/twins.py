@@ -11,6 +11,7 @@ This module imports torch; ``import ctxrl`` does not import it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -373,13 +374,20 @@ class BatchedEnv:
         return {}
 
     def _context_obs(self) -> Tensor:
-        columns = [
-            torch.as_tensor(
-                self.space.feature(n).to_unit(self.context[n].detach().cpu().double().numpy()),
-                dtype=self.dtype,
-            ).to(self.device)
-            for n in self.visible
-        ]
+        """The visible features normalised to [0, 1] ``(B, len(visible))``, on the device
+        (:meth:`ContextFeature.to_unit` in float64, without a copy to the host: with a context
+        pool it runs at every step)."""
+        columns = []
+        for name in self.visible:
+            feature = self.space.feature(name)
+            value = self.context[name].detach().to(torch.float64)
+            if feature.scale == "log":
+                low, high = math.log(feature.lower), math.log(feature.upper)
+                unit = (value.log() - low) / (high - low) if high > low else value * 0.0
+            else:
+                span = feature.upper - feature.lower
+                unit = (value - feature.lower) / span if span > 0 else value * 0.0
+            columns.append(unit.to(self.dtype))
         return torch.stack(columns, dim=1)
 
     def _with_context(self, obs: Tensor) -> Tensor:

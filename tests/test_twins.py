@@ -295,3 +295,29 @@ def test_a_twin_takes_numpy_numbers_as_the_gymnasium_env_does() -> None:
     twin = get_host().registry.env("CartPole").make_batched(2)
     twin.set_context({"masscart": np.float32(2.0), "length": np.int64(1)})
     assert twin.context["masscart"].tolist() == [2.0, 2.0] and twin.context["length"][0] == 1.0
+
+
+class _LogScaled(_Drifting):
+    """_Drifting with a log-scale feature."""
+
+    name = "LogScaled"
+    space = ContextSpace([ContextFeature("speed", 1.0, 0.01, 10.0, scale="log")], owner="LogScaled")
+
+
+def test_visible_features_are_normalised_on_the_device_as_the_space_does() -> None:
+    """Visible features are normalised in torch (a context pool renews them at every step,
+    and a copy to the host each time is a synchronisation on an accelerator): the same
+    float32 values as the space's own ``to_unit``, log scale included."""
+    import numpy as np
+
+    values = [0.01, 0.0123, 0.1, 0.5, 1.0, 3.3, 10.0]
+    twin = _LogScaled(len(values), visible=["speed"], contexts={"speed": torch.tensor(values)})
+    stored = twin.context["speed"].double().numpy()  # the twin keeps contexts in its dtype
+    expected = _LogScaled.space.feature("speed").to_unit(stored).astype(np.float32)
+    assert np.array_equal(twin._context_obs()[:, 0].numpy(), expected)
+    linear = _Drifting(3, visible=["speed"], contexts={"speed": torch.tensor([0.0, 0.3, 2.0])})
+    assert linear._context_obs()[:, 0].tolist() == [
+        0.0,
+        float(np.float32(np.float32(0.3) / 2)),
+        1.0,
+    ]
