@@ -244,10 +244,15 @@ def train_group(
             episodes=config.eval_episodes,
             eval_seed=10_000,
             training_options=_training_options(plan, curves=False),
+            checkpoint=_transfer_checkpoint(checkpoint),
         )
-        returns = transfer_returns(
-            plan, problem, plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
-        )
+        record = plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
+        try:
+            returns = transfer_returns(plan, problem, record)
+        except CheckpointError as exc:  # the transfer's own (damaged, another device's)
+            console.print(f"[yellow]{escape(str(exc))}:[/] transferring from the start")
+            _remove_checkpoint(_transfer_checkpoint(checkpoint))
+            returns = transfer_returns(plan, problem, record)
         train_s, eval_s = trained_at - started, now() - trained_at
         compile_s = float(getattr(algorithm, "compile_s", 0.0))
         compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
@@ -279,6 +284,7 @@ def train_group(
     ]
     _store_trained(plan, store, algorithm, policies, records, returns, console)
     _remove_checkpoint(checkpoint)
+    _remove_checkpoint(_transfer_checkpoint(checkpoint))
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
 
 
@@ -413,6 +419,12 @@ def _train_resumably(
             _remove_checkpoint(checkpoint)
             algorithm = _batched_algorithm(plan, device)
             return algorithm, train(algorithm, advance), False
+
+
+def _transfer_checkpoint(checkpoint: Path) -> Path:
+    """Where a group's transfer method checkpoints what it trains (fine-tuning), beside the
+    group's own checkpoint."""
+    return checkpoint.with_name(f"{checkpoint.name}-transfer")
 
 
 def _remove_checkpoint(checkpoint: Path) -> None:

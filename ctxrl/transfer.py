@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class TransferProblem:
             (a sweep's interventions, fresh objects): a method that trains the sources further
             passes them on, so that its networks are the sources' (``layer-norm``, ``crelu``)
             and the same interventions act on them.
+        checkpoint: where a method that trains may checkpoint that training (a path without
+            suffix, for ``train_many(checkpoint=...)``), so that a sweep killed during it
+            continues there; None: no checkpoint. The caller removes the files when the
+            results are stored.
     """
 
     env: EnvSpec
@@ -53,6 +58,7 @@ class TransferProblem:
     episodes: int
     eval_seed: int
     training_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
 
 
 @dataclass

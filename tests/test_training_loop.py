@@ -297,3 +297,43 @@ def test_shrink_and_perturb_leaves_frozen_layers_alone() -> None:
     )
     assert torch.equal(tuned.params["actor.0.weight"], first.params["actor.0.weight"])
     assert not torch.equal(tuned.params["actor.1.weight"], first.params["actor.1.weight"])
+
+
+def test_a_sweep_killed_after_fine_tuning_continues_from_the_fine_tunings_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fine-tuning of a group checkpoints itself beside the group (it was redone whole
+    after a kill): killed before its runs were stored, the rerun continues from its final
+    state and stores what a sweep never killed stores; a damaged one is named and the
+    fine-tuning redone; no checkpoint is left behind."""
+    import ctxrl.batched_sweep as batched_sweep
+    from ctxrl.artifacts import artifact_metadata
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args: Any) -> None:
+        raise Killed
+
+    changes: dict[str, Any] = {
+        "features": {"length": {"values": [0.5, 1.0]}},
+        "seeds": [0],
+        "transfer": {"name": "fine-tune", "options": {"steps": 1024}},
+    }
+    never = _sweep(tmp_path / "never", **changes)
+    for damaged in (False, True):
+        out = tmp_path / f"killed-{damaged}"
+        monkeypatch.setattr(batched_sweep, "_store_trained", killed)
+        with pytest.raises(Killed):
+            _sweep(out, **changes)
+        monkeypatch.undo()
+        (saved,) = (out / "runs").glob("*/checkpoints/batch-*-transfer.safetensors")
+        assert artifact_metadata(saved.with_suffix(""))["iteration"] == 2  # 1024 / 512: all
+        if damaged:
+            saved.write_bytes(saved.read_bytes()[:100])
+        run_dir = _sweep(out, **changes)
+        assert not list((run_dir / "checkpoints").iterdir())
+        with Store(run_dir / "store.sqlite") as a, Store(never / "store.sqlite") as b:
+            assert [a.returns(r.run_id) for r in a.runs()] == [
+                b.returns(r.run_id) for r in a.runs()
+            ]

@@ -76,6 +76,7 @@ class FineTune:
             init=init,
             reinit=self.reinit,
             freeze=self.freeze,
+            checkpoint=problem.checkpoint,  # a sweep killed while fine-tuning continues there
             **problem.training_options,  # the sources' interventions: the same networks
         )
         own = [[c] for c in contexts]
