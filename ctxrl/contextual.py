@@ -298,15 +298,20 @@ class ContextualEnvEntry:
         finally:
             base.close()
 
-    def register_with_gymnasium(self, entry_point: str) -> None:
+    def register_with_gymnasium(self, entry_point: str | None = None) -> None:
         """Register ``ctxrl/{name}-{version}`` with gymnasium (idempotent).
 
         Args:
             entry_point: where this entry can be imported, ``"package.module:ATTRIBUTE"``.
                 gymnasium stores the path, not the object, so ``env.spec.to_json()`` works and
-                a spec sent to another process makes the same env there.
+                a spec sent to another process makes the same env there. None registers the
+                entry object itself (everything works but ``to_json``).
         """
         if self.gym_id not in gym.registry:
             gym.register(
-                self.gym_id, entry_point=entry_point, max_episode_steps=self.max_episode_steps
+                self.gym_id,
+                # gymnasium types entry points as taking any keywords; this one takes the
+                # documented ones (context, visible, render_mode) and rejects the rest
+                entry_point=entry_point or self,  # type: ignore[arg-type]
+                max_episode_steps=self.max_episode_steps,
             )

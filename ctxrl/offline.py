@@ -183,6 +183,36 @@ def matrix_files(path: Path) -> list[Path]:
     return files
 
 
+def _check_folders_agree(files: Sequence[Path], *, coordinates_given: bool) -> None:
+    """Trials from several folders: the first folder's ``contexts.json`` gives the contexts
+    (unless ``--contexts`` or ``--grid`` do) and the bounds for all, so the folders must agree:
+    every one has the same file, or none has one (with ``coordinates_given``, the files
+    present must agree on their return bounds)."""
+    folders = {f.parent / CONTEXTS_FILE: f.parent for f in files}
+    if len(folders) < 2:
+        return
+    present = {path: read_contexts(path) for path in sorted(folders) if path.is_file()}
+    if not present:
+        return
+    if coordinates_given:
+        bounds = {str(data[2]) for data in present.values()}
+        if len(bounds) > 1:
+            raise CtxrlError(
+                f"--matrix: the trials' folders disagree on their return bounds "
+                f"({', '.join(f'{p}: {d[2]}' for p, d in present.items())})"
+            )
+        return
+    absent = [str(path) for path in sorted(folders) if path not in present]
+    first, *others = present
+    differing = [str(p) for p in others if not _same_contexts(present[p], present[first])]
+    if absent or differing:
+        what = f"{absent[0]} is absent" if absent else f"{differing[0]} is not {first}"
+        raise CtxrlError(
+            f"--matrix: the trials' folders disagree on their contexts: {what}; replay trials "
+            "of one set of contexts together, or give --contexts / --grid"
+        )
+
+
 def _same_contexts(
     a: tuple[np.ndarray, list[str], Any], b: tuple[np.ndarray, list[str], Any]
 ) -> bool:
@@ -281,16 +311,7 @@ def load_trials(
     if len(shapes) > 1:
         raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
     raw = np.stack(layers) * (-1.0 if negate else 1.0)
-    # trials from several folders: one contexts.json is read for all, so theirs must agree
-    beside = {f.parent / CONTEXTS_FILE for f in files} - {files[0].parent / CONTEXTS_FILE}
-    for other in sorted(p for p in beside if p.is_file()):
-        first = files[0].parent / CONTEXTS_FILE
-        if not first.is_file() or not _same_contexts(read_contexts(other), read_contexts(first)):
-            raise CtxrlError(
-                f"--matrix: the trials' folders disagree on their contexts: {other} is not "
-                f"{first}{'' if first.is_file() else ' (absent)'}; replay trials of one set of "
-                "contexts together"
-            )
+    _check_folders_agree(files, coordinates_given=contexts is not None or grid is not None)
     located, file_bounds = resolve_coordinates(
         raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
     )

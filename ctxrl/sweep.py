@@ -220,6 +220,20 @@ def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
 LOCK_FILE = "sweep.lock"
 
 
+def _flock_now(handle: Any) -> None:
+    """Take the lock without waiting on a sweep, but through a report's momentary look
+    (:func:`sweep_holding` holds a shared lock for microseconds): three tries 50 ms apart
+    before ``BlockingIOError``."""
+    for attempt in range(3):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+
+
 @contextmanager
 def run_dir_lock(
     run_dir: Path, *, wait: bool = False, console: Console | None = None
@@ -232,7 +246,7 @@ def run_dir_lock(
     handle = (run_dir / LOCK_FILE).open("a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_now(handle)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "a process that has not said which"

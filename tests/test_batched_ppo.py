@@ -333,3 +333,24 @@ def test_continuous_actions_are_clipped_to_the_action_space_before_the_step() ->
     env = spec.make({})  # the gymnasium env itself charges the raw action
     env.reset(seed=0)
     assert env.step(np.array([5.0], dtype=np.float32))[1] == pytest.approx(-2.5)
+
+
+def test_the_cpu_tanh_of_an_agent_does_not_depend_on_its_batch_or_the_threads() -> None:
+    """With several intra-op threads torch splits a large tensor in chunks its vector loop need
+    not divide, and its sigmoid rounds a chunk's last elements differently: 11 agents of
+    (128, 64) activations each differed from themselves alone on 3 threads."""
+    from ctxrl_plugins.training.networks import tanh
+
+    threads = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            for shape in [(11, 128, 64)] * 10 + [(7, 512, 64), (5, 3, 7)]:
+                x = torch.randn(shape, generator=generator) * 2
+                batch = tanh(x)
+                alone = [tanh(x[i : i + 1])[0] for i in range(shape[0])]
+                assert all(torch.equal(batch[i], a) for i, a in enumerate(alone)), (count, shape)
+                assert torch.allclose(batch, torch.tanh(x), atol=3e-7)
+    finally:
+        torch.set_num_threads(threads)

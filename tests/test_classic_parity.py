@@ -215,3 +215,22 @@ def test_gymnasium_ids_serialise_and_collect_frames() -> None:
         env.step(env.action_space.sample())
         frames = env.render()
         assert len(frames) == 2 and frames[0].ndim == 3, gym_id
+
+
+def test_an_entry_registered_without_a_path_still_makes_its_env() -> None:
+    """``register_with_gymnasium()`` without an import path (as plugins called it before it
+    took one) registers the entry object itself: the env and its render modes work."""
+    import dataclasses
+
+    from ctxrl_envs.classic_control import ENTRIES
+
+    entry = dataclasses.replace(ENTRIES["CartPole"], version="v99")
+    try:
+        entry.register_with_gymnasium()
+        env = gym.make(
+            "ctxrl/CartPole-v99", context={"masscart": 2.0}, render_mode="rgb_array_list"
+        )
+        _, info = env.reset(seed=0)
+        assert info["context"]["masscart"] == 2.0 and len(env.render()) == 1
+    finally:
+        gym.registry.pop("ctxrl/CartPole-v99", None)

@@ -147,7 +147,7 @@ def test_robust_options_are_checked() -> None:
         ({"min_theta_per_index": float("nan")}, "min_theta_per_index must be"),
         ({"min_noise_std": -1}, "min_noise_std must be a finite number >= 0"),
         ({"restarts": 1.5}, "restarts must be a whole number"),
-        ({"restarts": 0}, "restarts must be >= 1"),
+        ({"restarts": -3}, "restarts must be >= 0"),
         ({"restarts": True}, "restarts must be a whole number"),
     ):
         with pytest.raises(CtxrlError, match=re.escape(message)):
@@ -156,9 +156,13 @@ def test_robust_options_are_checked() -> None:
     for options, message in (
         ({"min_rows": 2.7}, "min_rows must be a whole number"),
         ({"mountain_threshold": float("nan")}, "mountain_threshold must be a finite number"),
+        ({"mountain_threshold": True}, "mountain_threshold must be a finite number"),
     ):
         with pytest.raises(CtxrlError, match=re.escape(message)):
             sd_mbtl.factory(**options)
+    # a Spearman score lies in [-1, 1], and restarts 0 always meant one fit: both still taken
+    sd_mbtl.factory(detection="spearman", mountain_threshold=-0.25)
+    spec.factory(restarts=0)
 
 
 def smooth_residual(sources: np.ndarray, targets: np.ndarray) -> np.ndarray:

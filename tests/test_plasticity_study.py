@@ -319,3 +319,13 @@ def test_vanilla_ppo_loses_units_across_switches_and_the_remedies_keep_them(
     for arm in ("continual-backprop", "redo", "shrink-perturb"):
         fewer = tables.versus[arm]["dormant_end"]
         assert fewer.high < 0, f"{arm}: {fewer}"
+
+
+def test_a_study_an_earlier_ctxrl_trained_off_the_grid_is_still_reported(tmp_path: Path) -> None:
+    """The iteration-grid, budget and context checks refuse new trainings only: a finished
+    study's report (``training=False``) reads a config an earlier ctxrl accepted."""
+    config = load_study_config(_write(tmp_path, schedule={**STUDY["schedule"], "every": 1000}))
+    with pytest.raises(ConfigError, match=r"schedule\.every: 1000 env steps is not a whole"):
+        resolve_study(config, get_host().registry)
+    plan = resolve_study(config, get_host().registry, training=False)
+    assert plan.schedules[0].every == 1000

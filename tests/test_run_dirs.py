@@ -629,6 +629,41 @@ def test_a_checkpoint_that_cannot_be_restored_is_set_aside_and_the_group_trained
     assert "training the group from the start" in text
 
 
+def test_running_out_of_memory_while_restoring_keeps_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory is not the checkpoint's fault: the error is raised and the checkpoint
+    kept for the next try (it was set aside as "cannot be restored" and the group retrained)."""
+    import torch
+
+    import ctxrl_plugins.training.trainer as trainer_module
+    from ctxrl.config import algorithm_params
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    plan = _plan(tmp_path, train_steps=2048)
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    algorithm.train_many(
+        plan.env, [c.as_dict() for c in plan.grid.contexts], [0, 0], total_steps=2048,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "load_artifact", out_of_memory)
+    outcome = run_sweep(plan, console=Console(file=io.StringIO()))
+    assert outcome.failed and checkpoint.with_suffix(".safetensors").exists()
+    monkeypatch.undo()
+    printed = io.StringIO()
+    again = run_sweep(plan, console=Console(file=printed, width=300))
+    assert again.trained == 2 and not again.failed
+    assert "resumed 2 agents from their final state" in printed.getvalue()
+
+
 # ----------------------------------------------------------------------- say what happened
 def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> None:
     """A group killed after its first checkpoint: the rerun says it resumed the group's

@@ -3,6 +3,7 @@ training loop that follows them (switch steps, the on-switch hook, independence,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -425,6 +426,26 @@ def test_sampled_features_in_any_order_are_one_schedule() -> None:
     assert [listed.segment_context(k) for k in range(5)] == [
         reversed_.segment_context(k) for k in range(5)
     ]
+    # a study listing them out of name order drew other contexts before: it gets another run
+    # directory than an earlier ctxrl gave it; one in name order keeps its own
+    from ctxrl_plugins.transfer.plasticity_study import StudyConfig
+
+    def study(features: dict[str, list[float]]) -> StudyConfig:
+        schedule = {"kind": "sampled", "every": 512, "features": features}
+        return StudyConfig.model_validate(
+            {"env": "CartPole", "schedule": schedule, "total_steps": 4096, "arms": ["redo"],
+             "curve_every": 512}
+        )  # fmt: skip
+
+    def unsalted(config: StudyConfig) -> str:  # the hash as an earlier ctxrl computed it
+        data = config.model_dump(mode="json", exclude={"output_dir", "device"})
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    listed_study = study({"masscart": [0.5, 2.0], "length": [0.3, 1.5]})
+    in_order = study({"length": [0.3, 1.5], "masscart": [0.5, 2.0]})
+    assert listed_study.plan_hash() != unsalted(listed_study)
+    assert in_order.plan_hash() == unsalted(in_order)
 
 
 def test_a_held_log_feature_does_not_switch() -> None:

@@ -315,6 +315,14 @@ def test_trials_from_folders_with_other_contexts_are_refused(
     info = json.loads((second / "contexts.json").read_text())
     info["contexts"][0]["length"] = 0.25
     (second / "contexts.json").write_text(json.dumps(info))
-    refused = _cli("select", "--matrix", same[0], "--matrix", same[1], *args)
-    assert refused.exit_code != 0
-    assert "the trials' folders disagree on their contexts" in " ".join(refused.stderr.split())
+    for order in (same, same[::-1]):  # either order
+        refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *args)
+        assert refused.exit_code != 0
+        assert "the trials' folders disagree on their contexts" in " ".join(refused.stderr.split())
+    # coordinates given: the files' contexts are not read, only their bounds must agree
+    gridded = _cli("select", "--matrix", same[1], "--matrix", same[0], "--grid", "2x2x2", *args)
+    assert _json(gridded)["trials"] == 2
+    (second / "contexts.json").unlink()  # one folder with, one without
+    for order in (same, same[::-1]):
+        refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *args)
+        assert "disagree on their contexts" in " ".join(refused.stderr.split())

@@ -273,7 +273,8 @@ class MBTLStrategy:
         min_noise_std = number_option(
             min_noise_std, "strategy 'mbtl-gp': min_noise_std", positive=False
         )
-        restarts = count_option(restarts, "strategy 'mbtl-gp': restarts")
+        # 0 is taken as 1 (one fit), as it always was
+        restarts = count_option(restarts, "strategy 'mbtl-gp': restarts", minimum=0)
         if slopes not in ("floored", "signed", "reference"):
             raise CtxrlError(
                 f"strategy 'mbtl-gp': slopes {slopes!r} is not floored, signed or reference"

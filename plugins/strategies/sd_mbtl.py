@@ -16,6 +16,7 @@ and why.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ctxrl import hookimpl
-from ctxrl.errors import CtxrlError
-from ctxrl.options import count_option, number_option
+from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.options import count_option
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
 from ctxrl_plugins.strategies.m_mbtl import SequentialClustering, k_median_step
@@ -198,9 +199,14 @@ class SDMBTLStrategy:
                 f"strategy 'sd-mbtl': clustering {clustering!r} is not one of {list(CLUSTERINGS)}"
             )
         min_rows = count_option(min_rows, "strategy 'sd-mbtl': min_rows", minimum=0)
-        mountain_threshold = number_option(
-            mountain_threshold, "strategy 'sd-mbtl': mountain_threshold", positive=False
-        )
+        if isinstance(mountain_threshold, bool) or not (
+            isinstance(mountain_threshold, int | float) and math.isfinite(mountain_threshold)
+        ):  # a Spearman score lies in [-1, 1]: a negative threshold is meaningful
+            raise ConfigError(
+                "strategy 'sd-mbtl': mountain_threshold must be a finite number, got "
+                f"{mountain_threshold!r}"
+            )
+        mountain_threshold = float(mountain_threshold)
         self.structure, self.detection, self.clustering = structure, detection, clustering
         self._clusterer: SequentialClustering | None = None
         self.min_rows, self.mountain_threshold = min_rows, mountain_threshold

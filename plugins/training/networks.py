@@ -29,13 +29,19 @@ tensor in torch's vectorised CPU sigmoid (:func:`tanh`)."""
 def _cpu_tanh(x: Tensor) -> Tensor:
     """tanh of an agent-stacked ``(N, ...)`` CPU tensor, equal to ``torch.tanh`` to ~2e-7.
 
-    ``2 sigmoid(2x) - 1`` where each agent has a multiple of :data:`VECTOR_ALIGNED_ELEMENTS`
-    activations (every default network): torch's CPU sigmoid rounds the elements its vector
-    loop leaves over (a tensor's tail, or all of one under 64 elements) differently, by an ulp
-    now and then, so an agent in such a tail would not equal itself alone. Otherwise
+    ``2 sigmoid(2x) - 1`` where every element goes through torch's vectorised CPU sigmoid:
+    each agent has a multiple of :data:`VECTOR_ALIGNED_ELEMENTS` activations (every default
+    network) and torch runs on one intra-op thread (``OMP_NUM_THREADS=1``; with more, a tensor
+    of 32,768 elements or more, torch's grain size, is split in chunks the vector loop need not
+    divide). Its scalar loop, which takes a tensor's (or a chunk's) last elements, rounds an
+    ulp differently now and then, so an agent there would not equal itself alone. Otherwise
     ``2 / (1 + exp(-2x)) - 1``, whose operations round the same in both loops (~1.9x the time
-    of the sigmoid form, which is ~5x faster than torch's CPU tanh)."""
-    if x.numel() // max(1, x.shape[0]) % VECTOR_ALIGNED_ELEMENTS == 0:
+    of the sigmoid form, which is ~5x faster than torch's CPU tanh). The choice depends on
+    an agent's shape and the thread count only, never on the batch's size. Compiled code
+    (inductor's own kernels) takes the sigmoid form."""
+    aligned = x.numel() // max(1, x.shape[0]) % VECTOR_ALIGNED_ELEMENTS == 0
+    one_thread = torch.compiler.is_compiling() or torch.get_num_threads() == 1
+    if aligned and one_thread:
         return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
     return torch.exp(x * -2.0).add_(1.0).reciprocal_().mul_(2.0).sub_(1.0)
 

@@ -524,9 +524,11 @@ class BatchedTrainer(Generic[StateT]):
         not fit this training (another algorithm's, another version's, other shapes)."""
         try:
             return self._load_checkpoint(path, run, state, interventions, log)
-        except CheckpointError:
-            raise
+        except (CheckpointError, torch.OutOfMemoryError, MemoryError):
+            raise  # not the checkpoint's fault: it is kept for the next try
         except (CtxrlError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            if "out of memory" in str(exc).lower():
+                raise
             detail = f"{type(exc).__name__}: {exc}"
             raise CheckpointError(f"checkpoint {path} cannot be restored ({detail})") from None
 

@@ -109,6 +109,13 @@ class ArmsConfig(StrictModel):
 
     def plan_hash(self) -> str:
         data = self.model_dump(mode="json", exclude={"output_dir", "device"})
+        schedule = data.get("schedule")
+        if isinstance(schedule, dict) and schedule.get("kind") == "sampled":
+            features = list(schedule.get("features") or [])
+            if features != sorted(features):
+                # drawn in the order listed before ctxrl drew them in name order: another
+                # study than the one an earlier ctxrl may have left in that run directory
+                data["sampled_draw_order"] = "by name"
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -180,10 +187,13 @@ def _seed_schedule(config: StudyConfig, env: EnvSpec, seed: int) -> ContextSched
     return schedule_from_dict(data, env.context_space, where="schedule")
 
 
-def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
+def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = True) -> StudyPlan:
     """Validate everything before any training: the env and its twin, the algorithm and its
     hyperparameters, the schedule against the env's context space, every arm's interventions
-    (names and options) and whether the algorithm can host them."""
+    (names and options) and whether the algorithm can host them. ``training=False`` (a
+    finished study's report) leaves out what only a new training needs: the learning budget,
+    the schedule's contexts against the env's constraints and the iteration grid (a study
+    an earlier ctxrl trained is reported as it was)."""
     try:
         env = registry.env(config.env)
     except Exception as exc:
@@ -195,15 +205,18 @@ def resolve_study(config: StudyConfig, registry: Registry) -> StudyPlan:
     try:
         trainer = cast(Any, algorithm.factory(params, device=config.device))
         trainer.check_env(env)
-        trainer.check_budget(config.total_steps)
+        if training:
+            trainer.check_budget(config.total_steps)
     except CtxrlError as exc:
         message = str(exc).removeprefix("algorithm.params: ").replace("algorithm.params.", "")
         raise ConfigError(f"params: {message}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
     for seed, schedule in schedules.items():
         _check_segments(config, schedule.switch_steps(0, config.total_steps - 1), seed)
-        _check_grid(config, schedule.every, trainer.steps_per_iteration())
-        schedule.check_contexts(env.check_context, config.total_steps, f"schedule (seed {seed})")
+        if training:
+            _check_grid(config, schedule.every, trainer.steps_per_iteration())
+            where = f"schedule (seed {seed})"
+            schedule.check_contexts(env.check_context, config.total_steps, where)
     labels, programs = plan_programs(config, registry)
     return StudyPlan(config, env, params, schedules, labels, programs)
 
@@ -494,7 +507,7 @@ def load_results(run_dir: Path, registry: Registry) -> tuple[StudyPlan, dict[str
     plan_file = run_dir / "plan.yaml"
     data = yaml.safe_load(plan_file.read_text()) or {}
     config = StudyConfig.model_validate(data["config"])
-    plan = resolve_study(config, registry)
+    plan = resolve_study(config, registry, training=False)
     runner = StudyRunner(plan, registry, run_dir=run_dir)
     results: dict[str, ProgramResult] = {}
     for program in plan.programs:

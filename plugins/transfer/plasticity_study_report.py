@@ -10,8 +10,9 @@ of the previous one). Per agent:
 - **post-switch AUC**: the mean segment AUC over segments ``k >= 1``;
 - **jumpstart**: the mean over switches of the segment's first return;
 - **time to threshold**: the mean over switches of the env steps from the switch to the first
-  point at or above ``threshold`` (a segment that never reaches it counts its whole length and
-  is counted as missed);
+  point at or above ``threshold`` (a segment that never reaches it counts its whole length, to
+  the next switch, and is counted as missed; the last segment's length ends at the curve's last
+  point, so there a miss reads as a success at that point, and only the missed count tells);
 - **plasticity lost**: for every context the schedule visits more than once, the AUC of its
   last segment minus that of its first (the first is learned from the fresh network when it is
   segment 0, so this compares the trained network with a fresh one on the same context, as
