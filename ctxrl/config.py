@@ -473,13 +473,25 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
     return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
 
 
+def merge_params(preset: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A preset updated with ``params``; a mapping given for a mapping the preset has is merged
+    into it key by key (``policy_kwargs: {log_std_init: -2}`` keeps the preset's
+    ``net_arch``), everything else replaced."""
+    merged = dict(preset)
+    for key, value in params.items():
+        before = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            merged[key] = {**before, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def algorithm_params(config: SweepConfig, algorithm: AlgorithmSpec) -> dict[str, Any]:
-    """The hyperparameters the algorithm's factory gets: its preset, then ``params``."""
-    params: dict[str, Any] = {}
-    if config.algorithm.preset is not None:
-        params.update(algorithm.presets[config.algorithm.preset])
-    params.update(config.algorithm.params)
-    return params
+    """The hyperparameters the algorithm's factory gets: its preset, then ``params``
+    (:func:`merge_params`)."""
+    preset = {} if config.algorithm.preset is None else algorithm.presets[config.algorithm.preset]
+    return merge_params(preset, config.algorithm.params)
 
 
 def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: EnvSpec) -> Any:

@@ -31,7 +31,7 @@ from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
@@ -64,8 +64,14 @@ def execute_job(job: dict[str, Any]) -> None:
     """Train, save, evaluate and store one (source, seed) run. Runs in a worker process.
 
     ``job`` holds ``run_dir``, ``config`` (the sweep config as JSON data), ``source`` (grid
-    index) and ``seed``. Failures are written to the store as failed runs and re-raised.
+    index), ``seed`` and ``threads`` (torch's intra-op threads unless ``OMP_NUM_THREADS`` is
+    set: each of ``workers`` jobs took every core). Failures are written to the store as
+    failed runs and re-raised.
     """
+    if "OMP_NUM_THREADS" not in os.environ and "threads" in job:
+        import torch
+
+        torch.set_num_threads(int(job["threads"]))
     run_dir = Path(job["run_dir"])
     config = validate_config(job["config"])
     plan = resolve_plan(config, get_host().registry)
@@ -315,18 +321,21 @@ def run_sweep(
 
 def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Console) -> SweepOutcome:
     config = plan.config
+    try:  # before anything is written: an option's value the executor refuses is named
+        executor: Executor = host.registry.executor(config.executor.name).factory(
+            workers=config.executor.workers,
+            timeout_s=config.executor.timeout_s,
+            log_dir=plan.run_dir / "logs",
+            **config.executor.options,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"executor.options: {config.executor.name!r}: {exc}") from None
     run_dir = prepare_run_dir(plan, host, argv, console)
     plan_json = config.model_dump(mode="json")
     store = Store(run_dir / STORE_FILE)
     store.set_meta("plan_hash", plan.plan_hash)
     host.notify("ctxrl_sweep_start", plan=plan_json, run_dir=run_dir)
 
-    executor: Executor = host.registry.executor(config.executor.name).factory(
-        workers=config.executor.workers,
-        timeout_s=config.executor.timeout_s,
-        log_dir=run_dir / "logs",
-        **config.executor.options,
-    )
     finished = store.finished_run_ids()
     for rid, problem in damaged_artifacts(store).items():
         console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
@@ -334,8 +343,17 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
     session = SweepSession(plan, store, host, console, plan_json, finished, outcome)
 
+    # torch's intra-op threads per job: the cores shared by the executor's parallel jobs
+    threads = max(1, (os.cpu_count() or 1) // max(1, config.executor.workers))
+
     def job_for(source: int, seed: int) -> dict[str, Any]:
-        return {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
+        return {
+            "run_dir": str(run_dir),
+            "config": plan_json,
+            "source": source,
+            "seed": seed,
+            "threads": threads,
+        }
 
     def run_jobs(sources: list[int]) -> None:
         if plan.algorithm.batched and plan.env.make_batched is not None:

@@ -911,3 +911,21 @@ def test_the_colour_bar_label_reads_right_with_a_negative_lower_bound() -> None:
     assert bounds_label((-2000.0, 0.0)) == "normalised return (R + 2000) / 2000, clipped to [0, 1]"
     assert bounds_label((0.0, 500.0)) == "normalised return R / 500, clipped to [0, 1]"
     assert bounds_label((8.0, 500.0)) == "normalised return (R - 8) / 492, clipped to [0, 1]"
+
+
+def test_an_executor_option_value_it_refuses_is_named_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """`executor.options: {gpus: []}` or `{start_method: bogus}` passed the check of names,
+    then stopped the sweep with a bare ValueError after plan.yaml and the store were written."""
+    from ctxrl.errors import ConfigError
+
+    for options, message in (
+        ({"gpus": []}, "gpus must be a non-empty list of GPU indices"),
+        ({"start_method": "bogus"}, "cannot find context for 'bogus'"),
+    ):
+        plan = _plan(tmp_path, executor={"name": "local", "options": options})
+        with pytest.raises(ConfigError, match=rf"executor\.options: 'local': .*{message}"):
+            run_sweep(plan, console=Console(file=io.StringIO()))
+        assert not (plan.run_dir / "plan.yaml").exists()
+        assert not (plan.run_dir / "store.sqlite").exists()

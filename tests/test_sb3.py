@@ -81,6 +81,14 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         ("sb3-ppo", {"policy": "Foo"}, "policy 'Foo' is not one of MlpPolicy"),
         ("sb3-td3", {"noise_std": 0.5}, "noise_std alone adds no noise"),
         ("sb3-td3", {"noise_type": "pink"}, "noise_type must be normal or ornstein-uhlenbeck"),
+        # failed inside every run of a sweep, after --dry-run accepted them
+        ("sb3-ppo", {"clip_range": "lin_x"}, "clip_range 'lin_x': expected a number or"),
+        ("sb3-ppo", {"batch_size": 0}, "sb3-ppo: batch_size must be >= 1"),
+        ("sb3-ppo", {"n_steps": 0}, "sb3-ppo: n_steps must be >= 1"),
+        ("sb3-ppo", {"gamma": "abc"}, r"gamma must be a number in \[0, 1\]"),
+        ("sb3-ppo", {"policy_kwargs": {"bogus": 1}}, "policy_kwargs 'bogus': ActorCriticPolicy"),
+        ("sb3-ppo", {"policy_kwargs": {"activation_fn": "relux"}}, "'relux' is not a torch.nn"),
+        ("sb3-dqn", {"train_freq": [1, "episodes"]}, r"train_freq must be a count or \[count"),
     ],
 )
 def test_hyperparameter_values_are_checked_before_any_run(
@@ -117,3 +125,64 @@ def test_policy_artifact_is_not_a_pickle(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         loaded.predict(obs, deterministic=True)[0], policy.predict(obs, deterministic=True)[0]
     )
+
+
+def test_budgets_are_whole_rollouts_and_schedules_never_go_negative() -> None:
+    """SB3 finishes the rollout it started: 300 steps asked trained 512 with the CartPole
+    preset (8 envs x 32 steps), and its linear schedules went below 0 on the extra rollout
+    (the last update ran gradient ascent). Budgets are rounded down to whole rollouts, as the
+    batched trainers' iterations, and the schedules clamped at 0."""
+    from ctxrl.context import Task
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    spec = registry.algorithm("sb3-ppo")
+    algorithm = spec.factory(dict(spec.presets["CartPole"]), device="cpu", env=env)
+    assert algorithm.trained_steps(300) == 256 and algorithm.trained_steps(100) == 256
+    model = algorithm.train(
+        env, Task("CartPole", env.context_space.validate({})), seed=0, total_steps=300
+    )
+    assert model.num_timesteps == 256
+    assert model.policy.optimizer.param_groups[0]["lr"] >= 0.0
+    # the RL Zoo's forms YAML can give: train_freq as a list, activation_fn by name
+    dqn = registry.algorithm("sb3-dqn").factory(
+        {
+            "train_freq": [1, "episode"],
+            "learning_starts": 50,
+            "policy_kwargs": {"activation_fn": "tanh"},
+        },
+        device="cpu",
+        env=env,
+    )
+    trained = dqn.train(
+        env, Task("CartPole", env.context_space.validate({})), seed=0, total_steps=200
+    )
+    assert trained.train_freq.unit.value == "episode"
+    import torch
+
+    assert isinstance(trained.q_net.q_net[1], torch.nn.Tanh)
+
+
+def test_a_mapping_given_for_a_presets_mapping_is_merged_into_it() -> None:
+    """`policy_kwargs: {log_std_init: -2}` on a preset with `policy_kwargs: {net_arch: ...}`
+    replaced the whole mapping (the network was built at SB3's default widths)."""
+    from ctxrl.config import algorithm_params, resolve_plan, validate_config
+
+    registry = get_host().registry
+    preset = registry.algorithm("sb3-sac").presets["MountainCarContinuous"]
+    assert "net_arch" in preset["policy_kwargs"]
+    config = validate_config(
+        {
+            "env": "MountainCarContinuous",
+            "features": {"power": {"values": [0.0015]}},
+            "algorithm": {
+                "name": "sb3-sac",
+                "preset": "MountainCarContinuous",
+                "params": {"policy_kwargs": {"log_std_init": -2.0}, "gamma": 0.95},
+            },
+            "train_steps": 60_000,
+        }
+    )
+    params = algorithm_params(config, resolve_plan(config, registry).algorithm)
+    assert params["policy_kwargs"] == {**preset["policy_kwargs"], "log_std_init": -2.0}
+    assert params["gamma"] == 0.95

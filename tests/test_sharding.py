@@ -211,10 +211,15 @@ def _write_visible_gpu(job: dict[str, Any]) -> None:
     Path(job["out"]).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
 
 
-def test_the_local_executor_gives_each_job_one_of_its_gpus(tmp_path: Path) -> None:
-    """``options: {gpus: [...]}``: each job sees one GPU alone, a free one when it starts."""
+def test_the_local_executor_gives_each_job_one_of_its_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``options: {gpus: [...]}``: each job sees one GPU alone, a free one when it starts;
+    under a scheduler's ``CUDA_VISIBLE_DEVICES`` the indices count the sweep's own GPUs (they
+    named physical GPUs another job may hold)."""
     from ctxrl_plugins.executors.local import LocalProcessExecutor
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     executor = LocalProcessExecutor(workers=2, gpus=[3, 5])
     jobs = [{"out": str(tmp_path / f"job{i}")} for i in range(4)]
     for _, error in executor.map(_write_visible_gpu, jobs):
@@ -223,3 +228,31 @@ def test_the_local_executor_gives_each_job_one_of_its_gpus(tmp_path: Path) -> No
     assert sorted(seen[:2]) == ["3", "5"] and set(seen) == {"3", "5"}
     with pytest.raises(ValueError, match=r"executor\.options\.gpus"):
         LocalProcessExecutor(gpus=[])
+    with pytest.raises(ValueError, match=r"executor\.options\.gpus"):
+        LocalProcessExecutor(gpus=[True])  # not GPU 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    allocated = LocalProcessExecutor(workers=2, gpus=[0, 1])
+    for _, error in allocated.map(_write_visible_gpu, jobs):
+        assert error is None
+    assert {Path(job["out"]).read_text() for job in jobs} == {"4", "6"}
+    with pytest.raises(ValueError, match=r"GPU 2, but CUDA_VISIBLE_DEVICES='4,6' gives"):
+        LocalProcessExecutor(gpus=[2])
+
+
+def test_a_per_run_job_takes_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OMP_NUM_THREADS every per-run job (SB3) used all cores: 16 workers on 16 cores
+    ran 256 threads. A job sets torch's threads to its share, as batched shards do."""
+    import torch
+
+    from ctxrl.errors import ConfigError
+    from ctxrl.sweep import execute_job
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ConfigError):  # the threads are set first, then the job's config read
+            execute_job({"run_dir": "/nonexistent", "config": {}, "threads": 1})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

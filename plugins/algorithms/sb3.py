@@ -163,10 +163,39 @@ def _sb3_class(name: str) -> Any:
 
 
 def _schedule(value: Any) -> Any:
+    """``lin_<initial>``: a linear schedule from ``initial`` to 0 over the training (SB3's
+    remaining progress, clamped at 0: never a negative rate)."""
     if isinstance(value, str) and value.startswith("lin_"):
         initial = float(value[4:])
-        return lambda progress_remaining: progress_remaining * initial
+        return lambda progress_remaining: max(progress_remaining, 0.0) * initial
     return value
+
+
+COUNT_KEYS = ("n_steps", "batch_size", "n_epochs", "buffer_size")
+"""Hyperparameters that count something (at least 1), checked before any run."""
+FRACTION_KEYS = ("gamma", "gae_lambda")
+"""Hyperparameters in [0, 1], checked before any run."""
+
+
+def _activation(value: Any, where: str) -> Any:
+    """``policy_kwargs.activation_fn`` as YAML gives it (a torch.nn class name such as
+    ``ReLU``, ``nn.Tanh`` or ``tanh``) as the class SB3 takes."""
+    import torch
+
+    if not isinstance(value, str):
+        return value
+    name = value.removeprefix("torch.").removeprefix("nn.").lower()
+    for attribute in dir(torch.nn):
+        candidate = getattr(torch.nn, attribute)
+        if (
+            attribute.lower() == name
+            and isinstance(candidate, type)
+            and issubclass(candidate, torch.nn.Module)
+        ):
+            return candidate
+    raise ConfigError(
+        f"{where}: activation_fn {value!r} is not a torch.nn activation (e.g. ReLU, Tanh)"
+    )
 
 
 class SB3Algorithm:
@@ -206,17 +235,29 @@ class SB3Algorithm:
         if "policy" in params and params["policy"] not in getattr(self.cls, "policy_aliases", {}):
             names = ", ".join(getattr(self.cls, "policy_aliases", {}))
             raise ConfigError(f"{where}: policy {params['policy']!r} is not one of {names}")
+        for key, value in params.items():  # lin_ schedules: learning_rate, clip_range, ...
+            if isinstance(value, str) and value.startswith("lin_"):
+                try:
+                    initial = float(value[4:])
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: {key} {value!r}: expected a number or lin_<number>"
+                    ) from None
+                number_option(initial, f"{where}: {key} {value!r}")
         rate = params.get("learning_rate")
-        if isinstance(rate, str) and rate.startswith("lin_"):
-            try:
-                initial = float(rate[4:])
-            except ValueError:
-                raise ConfigError(
-                    f"{where}: learning_rate {rate!r}: expected a number or lin_<number>"
-                ) from None
-            number_option(initial, f"{where}: learning_rate {rate!r}")
-        elif rate is not None:
+        if rate is not None and not (isinstance(rate, str) and rate.startswith("lin_")):
             number_option(rate, f"{where}: learning_rate")
+        for key in COUNT_KEYS:
+            if key in params:
+                count_option(params[key], f"{where}: {key}")
+        for key in FRACTION_KEYS:
+            value = params.get(key)
+            if value is not None and not (
+                isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+            ):
+                raise ConfigError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
+        self._check_policy_kwargs(params, where)
+        self._check_train_freq(params.get("train_freq"), where)
         if "noise_type" in params or "noise_std" in params:
             if "action_noise" not in allowed:
                 raise ConfigError(
@@ -230,6 +271,54 @@ class SB3Algorithm:
                 )
             if "noise_std" in params:
                 number_option(params["noise_std"], f"{where}: noise_std")
+
+    def _check_policy_kwargs(self, params: Mapping[str, Any], where: str) -> None:
+        """``policy_kwargs``: a mapping of the policy class's keyword arguments (an unknown
+        one failed inside every run), ``activation_fn`` a torch.nn class name."""
+        kwargs = params.get("policy_kwargs")
+        if kwargs is None:
+            return
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{where}: policy_kwargs must be a mapping, got {kwargs!r}")
+        policy = getattr(self.cls, "policy_aliases", {}).get(params.get("policy", "MlpPolicy"))
+        if policy is not None:
+            takes = set(inspect.signature(policy.__init__).parameters) - {
+                "self", "observation_space", "action_space", "lr_schedule"
+            }  # fmt: skip
+            unknown = sorted(set(kwargs) - takes)
+            if unknown:
+                raise ConfigError(
+                    f"{where}: policy_kwargs {', '.join(map(repr, unknown))}: "
+                    f"{policy.__name__} takes {', '.join(sorted(takes))}"
+                )
+        if "activation_fn" in kwargs:
+            _activation(kwargs["activation_fn"], f"{where}: policy_kwargs")
+
+    @staticmethod
+    def _check_train_freq(value: Any, where: str) -> None:
+        """``train_freq``: a count of steps, or ``[count, step | episode]`` (the RL Zoo's)."""
+        if value is None:
+            return
+        if isinstance(value, list | tuple):
+            if len(value) != 2 or value[1] not in ("step", "episode"):
+                raise ConfigError(
+                    f"{where}: train_freq must be a count or [count, step | episode], got {value!r}"
+                )
+            count_option(value[0], f"{where}: train_freq[0]")
+        else:
+            count_option(value, f"{where}: train_freq")
+
+    def trained_steps(self, total_steps: int) -> int:
+        """The env steps :meth:`train` trains for ``total_steps``: whole rollouts of
+        ``n_steps x n_envs`` for PPO and A2C (SB3 finishes the rollout it started: 300 asked
+        trained 512, and a linear schedule's last update ran at a negative rate), a multiple
+        of ``n_envs`` otherwise; rounded down, at least one rollout (or ``n_envs``)."""
+        n_envs = int(self.params.get("n_envs", 1))
+        per_update = n_envs
+        n_steps = inspect.signature(self.cls.__init__).parameters.get("n_steps")
+        if n_steps is not None and self.algo in ("ppo", "a2c"):
+            per_update = int(self.params.get("n_steps", n_steps.default)) * n_envs
+        return max(1, total_steps // per_update) * per_update
 
     def check_budget(self, total_steps: int) -> None:
         """Off-policy algorithms learn from ``learning_starts`` env steps on: at or above the
@@ -247,6 +336,14 @@ class SB3Algorithm:
     # ------------------------------------------------------------------------ training
     def _model_kwargs(self, action_dim: int) -> dict[str, Any]:
         kwargs = {k: _schedule(v) for k, v in self.params.items() if k not in EXTRA_KEYS}
+        if isinstance(kwargs.get("train_freq"), list):  # YAML's list, SB3's tuple
+            kwargs["train_freq"] = tuple(kwargs["train_freq"])
+        if "policy_kwargs" in kwargs:
+            policy_kwargs = dict(kwargs["policy_kwargs"])
+            if "activation_fn" in policy_kwargs:
+                where = f"algorithm.params: sb3-{self.algo}: policy_kwargs"
+                policy_kwargs["activation_fn"] = _activation(policy_kwargs["activation_fn"], where)
+            kwargs["policy_kwargs"] = policy_kwargs
         noise_type = self.params.get("noise_type")
         if noise_type is not None:
             from stable_baselines3.common.noise import (
@@ -285,7 +382,7 @@ class SB3Algorithm:
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         check_device(self.device)  # SB3 itself would train on the CPU when CUDA is missing
         model = self._build(env, task, seed)
-        model.learn(total_timesteps=total_steps)
+        model.learn(total_timesteps=self.trained_steps(total_steps))
         model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected
         model._ctxrl_task = task  # remembered for save()
         return model
@@ -347,6 +444,8 @@ class SB3Algorithm:
 
     def load(self, path: Path, env: EnvSpec) -> Any:
         tensors, meta = load_artifact(path, device="cpu")
+        if meta.get("algorithm") not in (None, f"sb3-{self.algo}"):
+            raise ConfigError(f"{path}: a policy of {meta.get('algorithm')!r}, not sb3-{self.algo}")
         task = env.task(meta["context"])
         model = self._build(env, task, int(meta.get("seed") or 0))
         model.policy.load_state_dict(tensors, strict=True)

@@ -77,11 +77,28 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def visible_gpu(index: int) -> str:
+    """What a job's ``CUDA_VISIBLE_DEVICES`` names for GPU ``index`` of ``gpus``: an index
+    into the sweep's own visible GPUs where ``CUDA_VISIBLE_DEVICES`` restricts them (a
+    scheduler's allocation: ``4,5`` and ``gpus: [0, 1]`` are GPUs 4 and 5), else the GPU of
+    that index."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [d for d in visible if d]
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return str(index)
+    if index >= len(visible):
+        raise ValueError(
+            f"executor.options.gpus: GPU {index}, but CUDA_VISIBLE_DEVICES="
+            f"{os.environ['CUDA_VISIBLE_DEVICES']!r} gives this sweep {len(visible)}"
+        )
+    return visible[index]
+
+
 def _child(fn: JobFn, job: Job, log_path: str | None, parent: int, gpu: int | None) -> None:
     os.setsid()  # its own process group: a timeout kills the job's simulators with it
     _die_with_parent(parent)
     if gpu is not None:  # before the job's first CUDA call (torch initialises CUDA lazily)
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(gpu)
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
@@ -124,8 +141,9 @@ class LocalProcessExecutor:
         log_dir: where each job's stdout/stderr go (None: inherit the parent's).
         start_method: multiprocessing start method; ``spawn`` is the safe default.
         gpus: GPU indices to spread jobs over (``options: {gpus: [0, 1]}``): each job sees
-            one of them alone (``CUDA_VISIBLE_DEVICES``), a free one when it starts; None
-            leaves the environment as it is.
+            one of them alone (``CUDA_VISIBLE_DEVICES``), a free one when it starts; indices
+            count the sweep's own visible GPUs where ``CUDA_VISIBLE_DEVICES`` restricts them
+            (:func:`visible_gpu`); None leaves the environment as it is.
     """
 
     def __init__(
@@ -139,10 +157,16 @@ class LocalProcessExecutor:
     ) -> None:
         if workers < 1:
             raise ValueError(f"executor.workers must be >= 1, got {workers}")
-        if gpus is not None and (not gpus or any(not isinstance(g, int) or g < 0 for g in gpus)):
+        if gpus is not None and (
+            not isinstance(gpus, list | tuple)
+            or not gpus
+            or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus)
+        ):
             raise ValueError(
                 f"executor.options.gpus must be a non-empty list of GPU indices, got {gpus!r}"
             )
+        for gpu in gpus or ():
+            visible_gpu(gpu)  # an index past the sweep's own CUDA_VISIBLE_DEVICES: named now
         self.gpus = list(gpus) if gpus is not None else None
         self.workers = workers
         self.timeout_s = timeout_s

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ctxrl.artifacts import write_text_atomic
+from ctxrl.config import merge_params
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import AlgorithmSpec
 
@@ -75,16 +76,12 @@ def preset_params(
     """The algorithm's parameters for a study: its ``preset``'s (none when None), updated with
     the study's own ``params``. An unknown preset is a :class:`ConfigError` naming the field
     and the presets there are."""
-    merged: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in algorithm.presets:
-            raise ConfigError(
-                f"preset: {algorithm.name} has no preset {preset!r}; available: "
-                f"{', '.join(sorted(algorithm.presets)) or 'none'}"
-            )
-        merged.update(algorithm.presets[preset])
-    merged.update(params)
-    return merged
+    if preset is not None and preset not in algorithm.presets:
+        raise ConfigError(
+            f"preset: {algorithm.name} has no preset {preset!r}; available: "
+            f"{', '.join(sorted(algorithm.presets)) or 'none'}"
+        )
+    return merge_params({} if preset is None else algorithm.presets[preset], params)
 
 
 class StudyOnly:
