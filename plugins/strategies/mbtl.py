@@ -57,6 +57,11 @@ BETA_SCHEDULES: dict[str, Callable[[int, float], float]] = {
     "ucb": lambda k, c: 1.96,
     "mean": lambda k, c: 0.0,  # EI-like: the GP mean only
 }
+"""The multiplier of the posterior standard deviation at step ``k`` (the spec's
+``beta_k^{1/2}``) with constant ``c``. The sensitivity study's variants "beta = c / k" and
+"beta = c log(k + 1)" are taken as multipliers (``inverse``, ``log``), as the reference code
+applies its inverse schedule to sigma directly (its ``1 / (k + 1)`` counts k from 0 where this
+counts from 1), not as ``beta`` under a square root."""
 
 
 # sources each ``start`` rule places before the acquisition takes over
