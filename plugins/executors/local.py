@@ -6,7 +6,8 @@ wall-clock limit. A job that raises, crashes the interpreter or runs past its li
 with the tail of its log; a job past its limit is killed with everything it started (a stuck
 SUMO included); the other jobs go on.
 
-``inline``: jobs one after another in this process (debugging, inline test plugins).
+``inline``: jobs one after another in this process (debugging, inline test plugins), without
+time limits.
 """
 
 from __future__ import annotations
@@ -231,7 +232,9 @@ class LocalProcessExecutor:
 
 
 class InlineExecutor:
-    """Runs jobs one after another in this process; exceptions are reported per job."""
+    """Runs jobs one after another in this process; exceptions are reported per job. No time
+    limit applies (``timeout_s`` is accepted and not enforced: a job cannot be stopped inside
+    the process that runs it), and ``workers`` is 1."""
 
     def __init__(
         self, workers: int = 1, timeout_s: float | None = None, log_dir: Path | None = None
