@@ -211,6 +211,28 @@ def _write_visible_gpu(job: dict[str, Any]) -> None:
     Path(job["out"]).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
 
 
+def _fail_loudly_then_silently(job: dict[str, Any]) -> None:
+    import os
+
+    if job["attempt"] == 1:
+        print("the first attempt's own failure")
+        raise RuntimeError("first")
+    os._exit(3)  # the second attempt dies without a word
+
+
+def test_a_failures_log_tail_is_its_own_attempts(tmp_path: Path) -> None:
+    """A rerun appends to the job's log: a second attempt that died silently was reported with
+    the first attempt's last lines."""
+    from ctxrl_plugins.executors.local import LocalProcessExecutor
+
+    executor = LocalProcessExecutor(workers=1, log_dir=tmp_path)
+    for attempt in (1, 2):
+        job = {"source": 0, "seed": 0, "attempt": attempt}
+        ((_, error),) = list(executor.map(_fail_loudly_then_silently, [job]))
+        assert error is not None
+        assert ("the first attempt's own failure" in str(error)) == (attempt == 1), str(error)
+
+
 def test_the_local_executor_gives_each_job_one_of_its_gpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -116,11 +116,19 @@ def _child(fn: JobFn, job: Job, log_path: str | None, parent: int, gpu: int | No
     sys.stderr.flush()
 
 
+ATTEMPT_MARK = "=== ctxrl job started"
+"""The line a job's log gets at each start: a rerun appends to the same log."""
+
+
 def _tail(path: Path | None, lines: int = 15) -> str:
+    """The last ``lines`` lines the job's latest attempt wrote (an earlier attempt's output,
+    above its start line, is not this failure's)."""
     if path is None or not path.exists():
         return ""
     text = path.read_text(errors="replace").strip().splitlines()
-    return "\n".join(text[-lines:])
+    starts = [i for i, line in enumerate(text) if line.startswith(ATTEMPT_MARK)]
+    latest = text[starts[-1] + 1 :] if starts else text
+    return "\n".join(latest[-lines:])
 
 
 def _kill_group(process: Any) -> None:
@@ -189,6 +197,9 @@ class LocalProcessExecutor:
                 while pending and len(running) < self.workers:
                     index, job = pending.pop(0)
                     log = self.log_dir / _log_name(job, index) if self.log_dir else None
+                    if log is not None:
+                        with log.open("a") as handle:
+                            handle.write(f"{ATTEMPT_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
                     gpu = self._free_gpu([entry[3] for entry in running.values()], index)
                     process = self.context.Process(
                         target=_child,
