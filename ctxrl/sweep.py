@@ -337,6 +337,14 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     host.notify("ctxrl_sweep_start", plan=plan_json, run_dir=run_dir)
 
     finished = store.finished_run_ids()
+    saved = list((run_dir / "artifacts").glob("*.safetensors"))
+    if saved and not store.runs():
+        console.print(
+            f"[yellow]warning:[/] {run_dir / STORE_FILE} holds no run, but artifacts/ holds "
+            f"{len(saved)} saved polic{'y' if len(saved) == 1 else 'ies'} (a store emptied or "
+            "replaced?): every run trains again; restore the store from a copy to keep them",
+            highlight=False,
+        )
     for rid, problem in damaged_artifacts(store).items():
         console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
         finished.discard(rid)

@@ -929,3 +929,17 @@ def test_an_executor_option_value_it_refuses_is_named_before_anything_is_written
             run_sweep(plan, console=Console(file=io.StringIO()))
         assert not (plan.run_dir / "plan.yaml").exists()
         assert not (plan.run_dir / "store.sqlite").exists()
+
+
+def test_an_emptied_store_beside_saved_policies_is_said(tmp_path: Path) -> None:
+    """A store emptied or replaced while the policies stay: every run trains again (nothing
+    says which are finished), and the sweep says so instead of retraining silently."""
+    plan = _plan(tmp_path)
+    first = run_sweep(plan, console=Console(file=io.StringIO()))
+    (first.run_dir / "store.sqlite").unlink()
+    for leftover in first.run_dir.glob("store.sqlite-*"):
+        leftover.unlink()
+    printed = io.StringIO()
+    again = run_sweep(plan, console=Console(file=printed, width=300))
+    assert again.trained == 2
+    assert "holds no run, but artifacts/ holds 2 saved policies" in printed.getvalue()
