@@ -162,7 +162,8 @@ class SweepConfig(_Strict):
     train_steps: WholeNumber = Field(
         gt=0,
         description="environment steps per trained model (the batched trainers train whole "
-        "iterations: rounded down to a multiple of an iteration's env steps, at least one)",
+        "iterations and SB3's PPO and A2C whole rollouts: rounded down to a multiple of one, "
+        "at least one)",
     )
     eval_episodes: WholeNumber = Field(
         default=10, ge=1, description="episodes per (policy, target)"
