@@ -381,11 +381,11 @@ def _train_resumably(
     bar: str,
 ) -> tuple[BatchedAlgorithm, Any, bool]:
     """``train(algorithm, progress)`` for a batched program that checkpoints itself at
-    ``checkpoint``, behind a progress bar (``training {bar}``; ``agents`` says what resumes):
-    a checkpoint that is damaged, was written on
-    another kind of device or cannot be restored (another version's) is named and set aside,
-    and the program trains from the start. Returns the algorithm, what ``train`` returned and
-    whether it continued from a checkpoint."""
+    ``checkpoint``, behind a progress bar (``training {bar}``; ``agents`` says what resumes).
+    A checkpoint that is damaged, was written on another kind of device or cannot be restored
+    (another version's) is named and set aside, and the program trains from the start.
+    Returns the algorithm, what ``train`` returned and whether it continued from a
+    checkpoint."""
     damage = (
         verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
     )
