@@ -87,16 +87,43 @@ def selection_curves(
     *,
     stochastic_repeats: int = STOCHASTIC_REPEATS,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
 
     ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
     replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
     ``options`` gives a strategy's factory options by name (the sweep's own strategy).
+    A strategy that fails (a plugin's bug: a source proposed twice, an exception) is left out
+    and its error put in ``failures`` (name -> message), so that the others' curves and the
+    rest of the report are still written.
     """
-    lines = replay_trials(
-        normalised[None], coords, strategies, budget, repeats=stochastic_repeats, options=options
-    )
+    try:
+        lines = replay_trials(
+            normalised[None],
+            coords,
+            strategies,
+            budget,
+            repeats=stochastic_repeats,
+            options=options,
+        )
+    except Exception:  # find which: each strategy alone
+        lines = {}
+        for name, spec in strategies.items():
+            try:
+                lines.update(
+                    replay_trials(
+                        normalised[None],
+                        coords,
+                        {name: spec},
+                        budget,
+                        repeats=stochastic_repeats,
+                        options=options,
+                    )
+                )
+            except Exception as exc:
+                if failures is not None:
+                    failures[name] = f"{type(exc).__name__}: {exc}"
     out: dict[str, dict[str, Any]] = {}
     for name, line in lines.items():
         out[name] = {
@@ -219,19 +246,37 @@ def write_exports(
         summary["budget"] = budget
         specs = {n: registry.strategy(n) for n in names}
         options = {plan.config.strategy.name: plan.config.strategy.options}
-        summary["curves"] = selection_curves(normalised, coords, specs, budget, options=options)
+        failures: dict[str, str] = {}
+        summary["curves"] = selection_curves(
+            normalised, coords, specs, budget, options=options, failures=failures
+        )
+        if failures:  # left out of the report, with why
+            summary["strategy_failures"] = failures
+            names = [n for n in names if n not in failures]
+            specs = {n: specs[n] for n in names}
         per_seed = plan.env.normalise(matrix.values)  # (S, T, seeds)
         if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
             # G_k on each seed's own matrix: the spread between independently trained matrices
+            seed_failures: dict[str, str] = {}
             seed_curves = [
                 selection_curves(
-                    per_seed[:, :, k], coords, specs, budget, options=options, stochastic_repeats=20
+                    per_seed[:, :, k],
+                    coords,
+                    specs,
+                    budget,
+                    options=options,
+                    stochastic_repeats=20,
+                    failures=seed_failures,
                 )
                 for k in range(matrix.n_seeds)
             ]
+            for name, error in seed_failures.items():  # its seed-mean curve stays, no interval
+                failures.setdefault(name, f"on a seed's matrix: {error}")
+                summary["strategy_failures"] = failures
             for name in names:
-                curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
-                summary["curves"][name].update(_over_seeds(curves))
+                if name not in seed_failures:
+                    curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
+                    summary["curves"][name].update(_over_seeds(curves))
             # SD-MBTL's reference: one greedy order on the seed-mean matrix, scored on each seed
             shared_order, oracle = myopic_oracle(np.moveaxis(per_seed, 2, 0), budget)
             summary["curves"]["myopic-oracle"] = {
@@ -249,17 +294,19 @@ def write_exports(
                 mean, half_width = mean_ci(values)
                 summary[f"{key}_seeds"] = {"mean": mean, "ci95": half_width}
         summary["calibration"] = model_calibration(normalised, coords)
-        lead = names[0]
         seeds = "independent_seeds" in summary  # estimated on each seed's matrix, as the table
-        summary["sample_efficiency"] = {
-            "strategy": lead,
-            **sample_efficiency(
-                summary["curves"][lead]["seed_mean" if seeds else "mean"],
-                summary["independent_seeds"]["mean"] if seeds else summary["independent"],
-                summary.get("multitask"),
-                len(plan.grid),
-            ),
-        }
+        if names:
+            lead = names[0]
+            curve = summary["curves"][lead]
+            summary["sample_efficiency"] = {
+                "strategy": lead,
+                **sample_efficiency(
+                    curve["seed_mean" if seeds and "seed_mean" in curve else "mean"],
+                    summary["independent_seeds"]["mean"] if seeds else summary["independent"],
+                    summary.get("multitask"),
+                    len(plan.grid),
+                ),
+            }
     elif plan.config.mode == "full":
         missing = len(plan.grid) - summary["observed_rows"]
         summary["withheld"] = (
@@ -442,7 +489,7 @@ def write_figures(
             written += plot_calibration(
                 summary["calibration"], f"{title}: generalization model", directory / "calibration"
             )
-        if axis is not None:
+        if axis is not None and summary["curves"]:
             lead = next(iter(summary["curves"].values()))
             sources = list(dict.fromkeys(lead["order"]))
             written += plot_generalization(
@@ -597,6 +644,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"| {name} | {np.mean(values):.4f}{ci} | {values[0]:.4f} | {values[-1]:.4f} | "
                 f"{_sources(summary, curve['order'][:5])} |"
             )
+        for name, error in summary.get("strategy_failures", {}).items():
+            lines += ["", f"**Strategy {name} failed and is left out**: {error}"]
         if "myopic-oracle" in summary["curves"]:
             lines += [
                 "",

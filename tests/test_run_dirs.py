@@ -943,3 +943,39 @@ def test_an_emptied_store_beside_saved_policies_is_said(tmp_path: Path) -> None:
     again = run_sweep(plan, console=Console(file=printed, width=300))
     assert again.trained == 2
     assert "holds no run, but artifacts/ holds 2 saved policies" in printed.getvalue()
+
+
+class _RepeatsItself:
+    """A compared strategy with a bug: it proposes the first context at every step."""
+
+    def propose(self, state: Any) -> list[int]:
+        return [0]
+
+
+class _RepeatingPlugin:
+    from ctxrl import hookimpl
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register: Any) -> None:
+        from ctxrl.registry import StrategySpec
+
+        register(StrategySpec("repeats-itself", _RepeatsItself))
+
+
+def test_a_compared_strategy_that_fails_is_left_out_of_the_report(
+    tmp_path: Path, ctxrl_inline_plugin: Any
+) -> None:
+    """A plugin strategy in `compare` that raises (here a source proposed twice) stopped the
+    finished sweep before its summary, and `ctxrl report` failed the same way: it is left out,
+    with why, and the rest of the report is written."""
+    ctxrl_inline_plugin(_RepeatingPlugin(), "repeating")
+    plan = _plan(
+        tmp_path,
+        features={"length": {"values": [0.5, 1.0, 1.5]}},
+        compare=["greedy", "repeats-itself"],
+    )
+    outcome = run_sweep(plan, console=Console(file=io.StringIO()))
+    assert outcome.trained == 3 and not outcome.failed
+    summary = " ".join((outcome.run_dir / "summary.md").read_text().split())
+    assert "**Strategy repeats-itself failed and is left out**" in summary
+    assert "already chosen" in summary and "| greedy |" in summary
