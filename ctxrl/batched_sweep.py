@@ -68,7 +68,7 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
         except Exception as exc:
-            session.console.print(f"[red]batched training failed:[/] {escape(str(exc))}")
+            session.console.print(f"[red]batched group failed:[/] {escape(str(exc))}")
             for agent in shards[0]:
                 _settle(session, agent, exc, resumed=False)
             return
@@ -489,9 +489,13 @@ def _store_trained(
     for index, record in enumerate(records):
         try:
             if not np.all(np.isfinite(returns[index])):
+                method = plan.config.transfer.name
                 raise CtxrlError(
                     "its evaluation returns are not finite (NaN or inf): the training diverged "
                     "(check the learning rate and the reward scale)"
+                    if method == "zero-shot"
+                    else f"its returns after transfer method {method!r} are not finite (NaN or "
+                    "inf): the sources' training or the transfer diverged"
                 )
             artifact = Path("artifacts") / record.run_id
             algorithm.save(policies.select([index]), plan.run_dir / artifact)

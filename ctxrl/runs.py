@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ctxrl.config import SweepPlan
 from ctxrl.context import Task
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CheckpointError, CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
 from ctxrl.store import RunRecord, Store, now
@@ -93,7 +93,15 @@ def transfer_returns(
     "Transfer method")."""
     spec = get_host().registry.transfer_method(plan.config.transfer.name)
     method = spec.factory(**plan.config.transfer.options)
-    result = method.transfer(problem)
+    try:
+        result = method.transfer(problem)
+    except CheckpointError:
+        raise  # its training's checkpoint: the caller sets it aside and transfers again
+    except Exception as exc:  # the sources trained: say that the transfer failed, and which
+        raise CtxrlError(
+            f"transfer method {spec.name!r} failed after the sources trained: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     returns = np.asarray(result.returns, dtype=np.float64)
     expected = (len(problem.source_contexts), len(problem.targets), problem.episodes)
     if returns.shape != expected:

@@ -979,3 +979,35 @@ def test_a_compared_strategy_that_fails_is_left_out_of_the_report(
     summary = " ".join((outcome.run_dir / "summary.md").read_text().split())
     assert "**Strategy repeats-itself failed and is left out**" in summary
     assert "already chosen" in summary and "| greedy |" in summary
+
+
+class _BrokenTransfer:
+    def transfer(self, problem: Any) -> Any:
+        return {"no": "episodes"}["episodes"]  # a KeyError in the plugin's own code
+
+
+class _BrokenTransferPlugin:
+    from ctxrl import hookimpl
+
+    @hookimpl
+    def ctxrl_register_transfer_methods(self, register: Any) -> None:
+        from ctxrl.registry import TransferMethodSpec
+
+        register(TransferMethodSpec("broken-transfer", _BrokenTransfer))
+
+
+def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin: Any) -> None:
+    """The sources trained, the transfer method raised: the runs' errors said only
+    `KeyError: 'episodes'` under "batched training failed", naming no method."""
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+
+    ctxrl_inline_plugin(_BrokenTransferPlugin(), "broken-transfer")
+    plan = _plan(tmp_path, transfer={"name": "broken-transfer"})
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert len(outcome.failed) == 2
+    text = " ".join(printed.getvalue().split())
+    assert "transfer method 'broken-transfer' failed after the sources trained: KeyError" in text
+    with Store(plan.run_dir / STORE_FILE) as store:
+        assert all("transfer method 'broken-transfer'" in (r.error or "") for r in store.runs())
