@@ -578,6 +578,13 @@ def _check_executor_options(
     except (TypeError, ValueError):
         return
     try:
+        signature.bind(workers=1, timeout_s=None, log_dir=None)
+    except TypeError:
+        raise ConfigError(
+            f"executor: {name!r}'s factory must take workers, timeout_s and log_dir, which "
+            "every sweep passes (ctxrl.registry.ExecutorSpec)"
+        ) from None
+    try:
         signature.bind(workers=1, timeout_s=None, log_dir=None, **options)
     except TypeError:
         takes = option_names(factory) - {"workers", "timeout_s", "log_dir"}

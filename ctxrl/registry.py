@@ -339,8 +339,12 @@ class Executor(Protocol):
 class ExecutorSpec:
     """A way to run the training/evaluation jobs of a sweep.
 
-    ``factory(workers: int, **options)`` returns an object with
-    ``map(fn, jobs) -> Iterator[(job, result | BaseException)]`` yielding as jobs finish.
+    ``factory(workers: int, timeout_s: float | None, log_dir: Path | None, **options)``
+    (every sweep passes the first three: jobs at a time, a job's wall-clock limit in seconds,
+    where job logs go; ``options`` are ``executor.options``) returns an object with
+    ``map(fn, jobs) -> Iterator[(job, None | BaseException)]`` yielding every job once, as it
+    finishes, with ``None`` or its error (a job never yielded, or yielded done without its run
+    stored, is recorded as failed, naming the executor). It may have ``close()``.
     """
 
     name: str

@@ -31,7 +31,7 @@ from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
-from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError, JobFailed
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
@@ -377,11 +377,20 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                     jobs.append(job_for(source, seed))
         if not jobs:
             return
+        reported: set[tuple[int, int]] = set()
         with progress_display(console) as progress:
             bar = progress.add_task(f"training {plan.env.name}", total=len(jobs))
             for job, error in executor.map(execute_job, jobs):
                 task = Task(plan.env.name, plan.grid.contexts[job["source"]])
                 rid = run_id(task, job["seed"])
+                reported.add((job["source"], job["seed"]))
+                stored = store.run(rid)
+                if error is None and (stored is None or stored.status != "finished"):
+                    # an executor that swallowed the job's error (or never ran it)
+                    error = JobFailed(
+                        f"executor {config.executor.name!r} reported the job done, but its "
+                        "run is not stored as finished"
+                    )
                 if error is not None and ensure_failed(store, task, job["seed"], plan, error):
                     outcome.failed.append(rid)
                     console.print(
@@ -399,6 +408,15 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                     finished.add(rid)
                 session.run_finished(rid)
                 progress.advance(bar)
+        for job in jobs:  # an executor that dropped a job: it is failed, not silently missing
+            if (job["source"], job["seed"]) not in reported:
+                task = Task(plan.env.name, plan.grid.contexts[job["source"]])
+                rid = run_id(task, job["seed"])
+                dropped = f"executor {config.executor.name!r} never reported this job"
+                if ensure_failed(store, task, job["seed"], plan, dropped):
+                    outcome.failed.append(rid)
+                    console.print(f"[red]run {rid} failed:[/] {dropped}")
+                session.run_finished(rid)
 
     n = len(plan.grid)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import without_file_privileges
+from conftest import requires_sb3, without_file_privileges
 from rich.console import Console
 
 from ctxrl.config import SweepPlan, resolve_plan, validate_config
@@ -1011,3 +1011,62 @@ def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin:
     assert "transfer method 'broken-transfer' failed after the sources trained: KeyError" in text
     with Store(plan.run_dir / STORE_FILE) as store:
         assert all("transfer method 'broken-transfer'" in (r.error or "") for r in store.runs())
+
+
+class _DroppingExecutor:
+    """Runs and reports the first job; reports the second done without running it, and never
+    reports the third."""
+
+    def __init__(self, workers: int = 1, timeout_s: Any = None, log_dir: Any = None) -> None:
+        del workers, timeout_s, log_dir
+
+    def map(self, fn: Any, jobs: Any) -> Any:
+        jobs = list(jobs)
+        fn(jobs[0])
+        yield jobs[0], None
+        if len(jobs) > 2:
+            yield jobs[1], None  # claimed done, never run
+        # the last one: never reported
+
+
+class _NarrowExecutor:
+    def __init__(self, workers: int = 1) -> None:  # without timeout_s and log_dir
+        pass
+
+
+class _ExecutorsPlugin:
+    from ctxrl import hookimpl
+
+    @hookimpl
+    def ctxrl_register_executors(self, register: Any) -> None:
+        from ctxrl.registry import ExecutorSpec
+
+        register(ExecutorSpec("dropping", _DroppingExecutor))
+        register(ExecutorSpec("narrow", _NarrowExecutor))
+
+
+@requires_sb3
+def test_jobs_an_executor_drops_or_claims_are_failed_by_name(
+    tmp_path: Path, ctxrl_inline_plugin: Any
+) -> None:
+    """The host trusted an executor's reports: a job never reported was silently missing
+    ("trained 1, failed 0"), and one reported done but never run counted as trained. A
+    factory without timeout_s and log_dir was refused as "has no option []"."""
+    from ctxrl.errors import ConfigError
+
+    ctxrl_inline_plugin(_ExecutorsPlugin(), "executors")
+    changes: dict[str, Any] = {
+        "features": {"length": {"values": [0.5, 1.0, 1.5]}},
+        "algorithm": {"name": "sb3-ppo", "preset": "CartPole"},
+        "train_steps": 256,
+        "executor": {"name": "dropping"},
+    }
+    printed = io.StringIO()
+    outcome = run_sweep(_plan(tmp_path, **changes), console=Console(file=printed, width=300))
+    assert outcome.trained == 1 and len(outcome.failed) == 2
+    text = printed.getvalue()
+    assert "executor 'dropping' reported the job done, but its run is not stored" in text
+    assert "executor 'dropping' never reported this job" in text
+    narrow = {**changes, "executor": {"name": "narrow"}}
+    with pytest.raises(ConfigError, match="factory must take workers, timeout_s and log_dir"):
+        _plan(tmp_path / "narrow", **narrow)
