@@ -39,6 +39,22 @@ def _extreme_contexts(spec: EnvSpec) -> list[dict[str, float]]:
     return valid
 
 
+def _gym_rollout(spec: EnvSpec, context: Mapping[str, float], steps: int) -> list[Any]:
+    """A seeded episode's observations, rewards and endings at ``context`` (actions drawn from
+    the env's action space seeded alike), resetting at an episode's end."""
+    env = spec.make(context)
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    trace: list[Any] = [np.asarray(obs).tolist()]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        trace.append((np.asarray(obs).tolist(), float(reward), bool(terminated)))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    return trace
+
+
 def _changed_feature(spec: EnvSpec) -> tuple[ContextFeature, float]:
     """A feature and a non-default value at one end of its range that the env accepts."""
     for context in _extreme_contexts(spec)[1:]:
@@ -188,8 +204,129 @@ class EnvContract:
         _, after = env.reset(seed=0)
         assert after["context"] == info["context"]
 
+    def test_contexts_change_what_the_env_does(self, env_spec: EnvSpec) -> None:
+        """Some feature at an end of its range changes the observations, rewards or endings
+        of the same seeded episode (a family whose ``apply`` ignores the context passes
+        every other test and sweeps into a matrix of identical rows)."""
+        reference = _gym_rollout(env_spec, {}, self.check_steps)
+        for context in _extreme_contexts(env_spec)[1:]:
+            if _gym_rollout(env_spec, context, self.check_steps) != reference:
+                return
+        raise AssertionError(
+            f"{env_spec.name}: no context at the ends of its features' ranges changes a seeded "
+            f"episode's first {self.check_steps} steps: does the family's apply set them?"
+        )
+
     # ---------------------------------------------------------------------- torch twin
     # Envs with ``make_batched`` must return a ctxrl.twins.TorchTwin; these tests skip without.
+
+    def test_twin_agrees_with_the_gymnasium_env_on_its_spaces(self, env_spec: EnvSpec) -> None:
+        """Observation size (with and without visible features), action kind and size, and
+        declared ``action_bounds``, against the gymnasium env at the default context."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        from gymnasium import spaces
+
+        names = env_spec.context_space.names
+        for visible in ((), names):
+            env = env_spec.make({}, visible=visible)
+            twin = (
+                env_spec.make_batched(1, visible=list(visible))
+                if visible
+                else self._twin(env_spec, 1, {})
+            )
+            space, actions = env.observation_space, env.action_space
+            assert space.shape == (twin.observation_size,), (
+                f"{env_spec.name} (visible {list(visible)}): the gymnasium env observes "
+                f"{space.shape}, the twin {twin.observation_size} values"
+            )
+            if isinstance(actions, spaces.Discrete):
+                assert twin.discrete_actions == int(actions.n), (
+                    f"{env_spec.name}: {actions.n} actions in gymnasium, twin "
+                    f"{twin.discrete_actions}"
+                )
+            else:
+                assert twin.action_dim == int(np.prod(actions.shape)), (
+                    f"{env_spec.name}: actions of shape {actions.shape} in gymnasium, twin "
+                    f"action_dim {twin.action_dim}"
+                )
+                bounds = getattr(twin, "action_bounds", None)
+                if bounds is not None:
+                    np.testing.assert_allclose(
+                        [actions.low.min(), actions.high.max()],
+                        list(bounds),
+                        err_msg=f"{env_spec.name}: the twin's action_bounds are not the "
+                        "gymnasium action space's",
+                    )
+            env.close()
+
+    def test_twin_contexts_change_what_it_does(self, env_spec: EnvSpec) -> None:
+        """As for the gymnasium env: some feature at an end of its range changes the twin's
+        seeded trajectory (a twin whose physics reads constants instead of ``context`` passes
+        the protocol tests)."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        reference = self._twin_rollout(env_spec, {})
+        for context in _extreme_contexts(env_spec)[1:]:
+            if self._twin_rollout(env_spec, context) != reference:
+                return
+        raise AssertionError(
+            f"{env_spec.name}: no context at the ends of its features' ranges changes the "
+            f"twin's first {self.check_steps} steps: does its step read self.context?"
+        )
+
+    def _twin_rollout(self, env_spec: EnvSpec, context: Mapping[str, float]) -> list[Any]:
+        import torch
+
+        twin = self._twin(env_spec, 1, context)
+        generator = torch.Generator().manual_seed(3)
+        trace: list[Any] = [twin.reset().tolist()]
+        for _ in range(self.check_steps):
+            obs, reward, terminated, _, _ = twin.step(self._random_actions(twin, generator))
+            trace.append((obs.tolist(), reward.tolist(), terminated.tolist()))
+        return trace
+
+    def test_twin_env_depends_on_its_own_seed_only(self, env_spec: EnvSpec) -> None:
+        """Env ``i`` draws from the stream of ``env_seeds[i]`` alone: the same seed gives the
+        same episode alone and as the last of three envs with other seeds and contexts (what
+        lets an agent train bit for bit alone and in a batch, and shards match one program)."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        import torch
+
+        feature, value = _changed_feature(env_spec)
+        default = env_spec.context_space.validate({})
+
+        def twin(seeds: list[int], contexts: list[Mapping[str, float]]) -> Any:
+            full = [env_spec.context_space.validate(c) for c in contexts]
+            assert env_spec.make_batched is not None
+            return env_spec.make_batched(
+                len(seeds),
+                contexts={
+                    n: torch.tensor([c[n] for c in full]) for n in env_spec.context_space.names
+                },
+                device="cpu",
+                env_seeds=torch.tensor(seeds, dtype=torch.int64),
+            )
+
+        alone = twin([77], [default.as_dict()])
+        batch = twin([5, 6, 77], [{feature.name: value}, {}, default.as_dict()])
+        generator = torch.Generator().manual_seed(4)
+        first_alone, first_batch = alone.reset(), batch.reset()
+        assert torch.equal(first_alone[0], first_batch[2]), (
+            f"{env_spec.name}: env 2 of a batch starts elsewhere than the same seed alone: "
+            "draw initial states from the env's own stream (BatchedEnv._uniform)"
+        )
+        for step in range(self.check_steps):
+            actions = self._random_actions(batch, generator)
+            out_batch, out_alone = batch.step(actions), alone.step(actions[2:])
+            for a, b, what in zip(
+                out_alone[:3], out_batch[:3], ("obs", "reward", "terminated"), strict=True
+            ):
+                assert torch.equal(a[0], b[2]), (
+                    f"{env_spec.name}, step {step}: env 2 of a batch differs ({what}) from the "
+                    "same seed alone: its random numbers must come from its own stream"
+                )
 
     def _twin(self, env_spec: EnvSpec, num_envs: int, context: Mapping[str, float]) -> Any:
         """A twin of ``num_envs`` envs at ``context``, built as the batched trainers build
