@@ -365,8 +365,8 @@ class EnvContract:
         assert not bool((terminated & truncated).any()), "truncated only where not terminated"
         running = ~info["done"]
         assert torch.equal(info["final_obs"][running], obs[running])
-        assert bool(torch.isfinite(obs).all()) and bool(torch.isfinite(reward).all())
-        assert bool(torch.isfinite(info["final_obs"]).all())
+        for name, values in (("obs", obs), ("reward", reward), ("final_obs", info["final_obs"])):
+            assert bool(torch.isfinite(values).all()), f"the twin's {name} is not finite: {values}"
 
     def test_twin_meets_the_protocol_at_default_and_extremes(self, env_spec: EnvSpec) -> None:
         if env_spec.make_batched is None:
