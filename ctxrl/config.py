@@ -504,6 +504,15 @@ def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: E
         built = algorithm.factory(
             algorithm_params(config, algorithm), device=config.device, env=env
         )
+        if getattr(built, "needs_twin", False) and env.make_batched is None:
+            raise ConfigError(
+                f"algorithm.name: {algorithm.name!r} trains on a torch twin, and env "
+                f"{env.name!r} has none: use an algorithm that trains on the gymnasium env "
+                "(sb3-ppo, sb3-dqn, ...)"
+            )
+        check_env = getattr(built, "check_env", None)
+        if check_env is not None:
+            check_env(env)
         check_budget = getattr(built, "check_budget", None)
         if check_budget is not None:
             check_budget(config.train_steps)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_sb3
+from conftest import requires_box2d, requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
@@ -528,3 +528,20 @@ def test_a_torch_device_is_a_device_and_a_missing_gpu_is_named_when_training_sta
     on_gpu = registry.algorithm("batched-ppo").factory({}, device="cuda", env=env)  # no error
     with pytest.raises(ConfigError, match=r"device: 'cuda' is not available"):
         on_gpu.train(env, env.task(), seed=0, total_steps=512)
+
+
+@requires_box2d
+def test_a_batched_algorithm_on_an_env_without_a_twin_is_refused_before_training() -> None:
+    """It passed --dry-run, then every run failed ("batched-ppo needs a torch-batched twin")."""
+    from ctxrl.config import resolve_plan, validate_config
+
+    config = validate_config(
+        {
+            "env": "LunarLander",
+            "features": {"gravity_y": {"num": 2}},
+            "algorithm": {"name": "batched-ppo"},
+            "train_steps": 1000,
+        }
+    )
+    with pytest.raises(ConfigError, match="'batched-ppo' trains on a torch twin, and env"):
+        resolve_plan(config, get_host().registry)

@@ -733,6 +733,8 @@ def test_plasticity_injection_options_are_checked() -> None:
         ("wasserstein-init", {"coef": float("nan")}, "wasserstein-init: coef must be a finite"),
         ("shrink-perturb", {"perturb": float("nan")}, "shrink-perturb: perturb must be a finite"),
         ("continual-backprop", {"maturity": 2.9}, "maturity must be a whole number, got 2.9"),
+        ("continual-backprop", {"replacement_rate": True}, "replacement_rate must be a number"),
+        ("continual-backprop", {"replacement_rate": 1.5}, "replacement_rate must be in [0, 1]"),
         ("plasticity-injection", {"max_injections": True}, "max_injections must be a whole"),
         ("plasticity-injection", {"at_steps": 500}, "at_steps must be a list, got 500"),
     ],

@@ -259,6 +259,9 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
         match=r"transfer.options: 'fine-tune': steps 1000 per \(source, target\) pair: ",
     ):
         resolve_plan(validate_config(short), get_host().registry)
+    for method in ("fine-tune", "distill"):  # YAML's true was taken as the offset 1
+        with pytest.raises(ConfigError, match=f"{method}: seed_offset must be a whole number"):
+            get_host().registry.transfer_method(method).factory(steps=1024, seed_offset=True)
 
 
 def test_an_intervention_on_some_agents_leaves_the_others_as_they_were() -> None:

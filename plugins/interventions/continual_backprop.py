@@ -50,7 +50,7 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
-from ctxrl.options import count_option
+from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import (
     copies_reading,
     hidden_layers,
@@ -93,7 +93,10 @@ class ContinualBackprop(Intervention):
         decay: float = 0.99,
         optimizer_reset: OptimizerReset = "moments_and_step",
     ) -> None:
-        if not 0 <= replacement_rate <= 1:
+        rate = number_option(
+            replacement_rate, "continual-backprop: replacement_rate", positive=False
+        )
+        if rate > 1:
             raise ConfigError(
                 f"continual-backprop: replacement_rate must be in [0, 1], got {replacement_rate}"
             )
@@ -107,7 +110,7 @@ class ContinualBackprop(Intervention):
                 f"continual-backprop: optimizer_reset {optimizer_reset!r}: expected one of "
                 f"{OPTIMIZER_RESETS}"
             )
-        self.rate, self.maturity, self.decay = float(replacement_rate), int(maturity), float(decay)
+        self.rate, self.maturity, self.decay = rate, int(maturity), float(decay)
         self.optimizer_reset = optimizer_reset
         # per hidden layer: (N, width) utility, mean activation (per output feature, so
         # (N, f * width) with CReLU), age; (N,) accumulated number of units to replace

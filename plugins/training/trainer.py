@@ -124,6 +124,8 @@ class BatchedTrainer(Generic[StateT]):
     name: ClassVar[str]
     env_seed_salt: ClassVar[int] = 0
     """mixed into the twins' per-env seeds, so that two algorithms do not share episodes"""
+    needs_twin: ClassVar[bool] = True
+    """it trains on an env's torch twin only (a sweep refuses an env without one up front)"""
     config: Any
 
     def __init__(self, device: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.options import number_option, steps_option
+from ctxrl.options import count_option, number_option, steps_option
 from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
 from ctxrl_plugins.algorithms.ppo import BatchedPPO
 from ctxrl_plugins.transfer.distill_core import (
@@ -97,7 +97,7 @@ class Distill:
         except CtxrlError as exc:
             why = str(exc).removeprefix("algorithm.params: ")
             raise ConfigError(f"distill: student: {why}") from None
-        self.seed_offset = int(seed_offset)
+        self.seed_offset = count_option(seed_offset, "distill: seed_offset", minimum=0)
 
     def check(self, algorithm: Any, env: Any) -> None:
         """``start: best-teacher`` copies a source into the student: their networks (widths,
