@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -162,8 +162,8 @@ class SweepConfig(_Strict):
     train_steps: WholeNumber = Field(
         gt=0,
         description="environment steps per trained model (the batched trainers train whole "
-        "iterations and SB3's PPO and A2C whole rollouts: rounded down to a multiple of one, "
-        "at least one)",
+        "iterations, rounded down, at least one; SB3 finishes the rollout it started, rounding "
+        "up)",
     )
     eval_episodes: WholeNumber = Field(
         default=10, ge=1, description="episodes per (policy, target)"
@@ -475,17 +475,12 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
 
 
 def merge_params(preset: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """A preset updated with ``params``; a mapping given for a mapping the preset has is merged
-    into it key by key (``policy_kwargs: {log_std_init: -2}`` keeps the preset's
-    ``net_arch``), everything else replaced."""
-    merged = dict(preset)
-    for key, value in params.items():
-        before = merged.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            merged[key] = {**before, **value}
-        else:
-            merged[key] = value
-    return merged
+    """A preset updated with ``params``, key by key: a value given replaces the preset's
+    whole, a mapping too (``policy_kwargs: {log_std_init: -2}`` on a preset with
+    ``policy_kwargs: {net_arch: [64, 64]}`` gives SB3's default ``net_arch``: repeat the
+    preset's keys you keep; ``policy_kwargs: {}`` drops them all). Runs already trained in a
+    run directory were trained with this rule, which its plan hash does not record."""
+    return {**preset, **params}
 
 
 def algorithm_params(config: SweepConfig, algorithm: AlgorithmSpec) -> dict[str, Any]:
@@ -510,9 +505,8 @@ def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: E
                 f"{env.name!r} has none: use an algorithm that trains on the gymnasium env "
                 "(sb3-ppo, sb3-dqn, ...)"
             )
-        check_env = getattr(built, "check_env", None)
-        if check_env is not None:
-            check_env(env)
+        if getattr(built, "needs_twin", False):  # the batched trainers' check of the env
+            cast(Any, built).check_env(env)
         check_budget = getattr(built, "check_budget", None)
         if check_budget is not None:
             check_budget(config.train_steps)
@@ -587,7 +581,7 @@ def _check_executor_options(
     except (TypeError, ValueError):
         return
     try:
-        signature.bind(workers=1, timeout_s=None, log_dir=None)
+        signature.bind_partial(workers=1, timeout_s=None, log_dir=None)
     except TypeError:
         raise ConfigError(
             f"executor: {name!r}'s factory must take workers, timeout_s and log_dir, which "

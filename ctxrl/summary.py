@@ -270,13 +270,14 @@ def write_exports(
                 )
                 for k in range(matrix.n_seeds)
             ]
-            for name, error in seed_failures.items():  # its seed-mean curve stays, no interval
+            for name, error in seed_failures.items():  # left out: no row without its seeds
                 failures.setdefault(name, f"on a seed's matrix: {error}")
                 summary["strategy_failures"] = failures
+                summary["curves"].pop(name, None)
+            names = [n for n in names if n not in seed_failures]
             for name in names:
-                if name not in seed_failures:
-                    curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
-                    summary["curves"][name].update(_over_seeds(curves))
+                curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
+                summary["curves"][name].update(_over_seeds(curves))
             # SD-MBTL's reference: one greedy order on the seed-mean matrix, scored on each seed
             shared_order, oracle = myopic_oracle(np.moveaxis(per_seed, 2, 0), budget)
             summary["curves"]["myopic-oracle"] = {

@@ -330,7 +330,13 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"executor.options: {config.executor.name!r}: {exc}") from None
-    run_dir = prepare_run_dir(plan, host, argv, console)
+    try:
+        run_dir = prepare_run_dir(plan, host, argv, console)
+    except BaseException:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()  # what it holds, as a sweep that ends closes it
+        raise
     plan_json = config.model_dump(mode="json")
     store = Store(run_dir / STORE_FILE)
     store.set_meta("plan_hash", plan.plan_hash)
@@ -351,17 +357,15 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
     session = SweepSession(plan, store, host, console, plan_json, finished, outcome)
 
-    # torch's intra-op threads per job: the cores shared by the executor's parallel jobs
+    # torch's intra-op threads per job of the local executor: this machine's cores shared by
+    # its parallel jobs (other executors run jobs elsewhere, or in this process)
     threads = max(1, (os.cpu_count() or 1) // max(1, config.executor.workers))
 
     def job_for(source: int, seed: int) -> dict[str, Any]:
-        return {
-            "run_dir": str(run_dir),
-            "config": plan_json,
-            "source": source,
-            "seed": seed,
-            "threads": threads,
-        }
+        job = {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
+        if config.executor.name == "local":
+            job["threads"] = threads
+        return job
 
     def run_jobs(sources: list[int]) -> None:
         if plan.algorithm.batched and plan.env.make_batched is not None:
@@ -385,11 +389,17 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                 rid = run_id(task, job["seed"])
                 reported.add((job["source"], job["seed"]))
                 stored = store.run(rid)
-                if error is None and (stored is None or stored.status != "finished"):
-                    # an executor that swallowed the job's error (or never ran it)
+                if error is None and stored is not None and stored.status == "failed":
+                    # an executor that swallowed the job's error: the job stored it
+                    cause = (stored.error or "").strip().splitlines() or ["(no message)"]
                     error = JobFailed(
+                        f"{cause[-1]} (executor {config.executor.name!r} reported it done)",
+                        stored.error or "",
+                    )
+                elif error is None and (stored is None or stored.status != "finished"):
+                    error = JobFailed(  # or never ran it
                         f"executor {config.executor.name!r} reported the job done, but its "
-                        "run is not stored as finished"
+                        "run is not stored"
                     )
                 if error is not None and ensure_failed(store, task, job["seed"], plan, error):
                     outcome.failed.append(rid)

@@ -3,6 +3,7 @@ reports that never replace results with nothing, one sweep at a time, damaged fi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -1029,9 +1030,24 @@ class _DroppingExecutor:
         # the last one: never reported
 
 
+class _SwallowingExecutor(_DroppingExecutor):
+    """Runs every job and reports each done, whatever it raised."""
+
+    def map(self, fn: Any, jobs: Any) -> Any:
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                fn(job)
+            yield job, None
+
+
 class _NarrowExecutor:
     def __init__(self, workers: int = 1) -> None:  # without timeout_s and log_dir
         pass
+
+
+class _QueuedExecutor(_DroppingExecutor):
+    def __init__(self, workers: int, timeout_s: Any, log_dir: Any, queue: str) -> None:
+        super().__init__(workers, timeout_s, log_dir)  # an option of its own, required
 
 
 class _ExecutorsPlugin:
@@ -1043,6 +1059,8 @@ class _ExecutorsPlugin:
 
         register(ExecutorSpec("dropping", _DroppingExecutor))
         register(ExecutorSpec("narrow", _NarrowExecutor))
+        register(ExecutorSpec("queued", _QueuedExecutor))
+        register(ExecutorSpec("swallowing", _SwallowingExecutor))
 
 
 @requires_sb3
@@ -1070,3 +1088,22 @@ def test_jobs_an_executor_drops_or_claims_are_failed_by_name(
     narrow = {**changes, "executor": {"name": "narrow"}}
     with pytest.raises(ConfigError, match="factory must take workers, timeout_s and log_dir"):
         _plan(tmp_path / "narrow", **narrow)
+    queued = {**changes, "executor": {"name": "queued", "options": {"queue": "gpu"}}}
+    assert _plan(tmp_path / "queued", **queued).config.executor.options == {"queue": "gpu"}
+    # a job's own error, swallowed by its executor, stays the run's error
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+
+    failing = {
+        **changes,
+        "features": {"length": {"values": [0.5]}},
+        "algorithm": {"name": "sb3-ppo", "preset": "CartPole", "params": {"policy": "CnnPolicy"}},
+        "executor": {"name": "swallowing"},
+    }
+    plan = _plan(tmp_path / "swallowed", **failing)
+    printed = io.StringIO()
+    assert len(run_sweep(plan, console=Console(file=printed, width=300)).failed) == 1
+    assert "(executor 'swallowing' reported it done)" in printed.getvalue()
+    with Store(plan.run_dir / STORE_FILE) as store:
+        (run,) = store.runs()
+        assert "Traceback" in (run.error or "") and "CnnPolicy" in (run.error or "")

@@ -213,10 +213,12 @@ def _write_visible_gpu(job: dict[str, Any]) -> None:
 
 def _fail_loudly_then_silently(job: dict[str, Any]) -> None:
     import os
+    import sys
 
-    if job["attempt"] == 1:
-        print("the first attempt's own failure")
-        raise RuntimeError("first")
+    if job["attempt"] == 1:  # killed in the middle of a line
+        sys.stdout.write("the first attempt's own failure, step 7/500 ...")
+        sys.stdout.flush()
+        os._exit(2)
     os._exit(3)  # the second attempt dies without a word
 
 

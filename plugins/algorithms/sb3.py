@@ -171,6 +171,8 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+SCHEDULED_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+"""The hyperparameters SB3 takes as a schedule (``lin_<initial>``)."""
 COUNT_KEYS = ("n_steps", "batch_size", "n_epochs", "buffer_size")
 """Hyperparameters that count something (at least 1), checked before any run."""
 FRACTION_KEYS = ("gamma", "gae_lambda")
@@ -237,6 +239,11 @@ class SB3Algorithm:
             raise ConfigError(f"{where}: policy {params['policy']!r} is not one of {names}")
         for key, value in params.items():  # lin_ schedules: learning_rate, clip_range, ...
             if isinstance(value, str) and value.startswith("lin_"):
+                if key not in SCHEDULED_KEYS:
+                    raise ConfigError(
+                        f"{where}: {key} {value!r}: SB3 takes a schedule for "
+                        f"{', '.join(SCHEDULED_KEYS)} only"
+                    )
                 try:
                     initial = float(value[4:])
                 except ValueError:
@@ -309,16 +316,23 @@ class SB3Algorithm:
             count_option(value, f"{where}: train_freq")
 
     def trained_steps(self, total_steps: int) -> int:
-        """The env steps :meth:`train` trains for ``total_steps``: whole rollouts of
-        ``n_steps x n_envs`` for PPO and A2C (SB3 finishes the rollout it started: 300 asked
-        trained 512, and a linear schedule's last update ran at a negative rate), a multiple
-        of ``n_envs`` otherwise; rounded down, at least one rollout (or ``n_envs``)."""
+        """The env steps :meth:`train` trains for ``total_steps``, as SB3 counts them: it
+        finishes the rollout it started, so PPO and A2C train whole rollouts of ``n_steps x
+        n_envs`` and the off-policy algorithms whole collections of ``train_freq`` steps (in
+        steps) x ``n_envs``, rounded up (300 steps asked of the CartPole preset's 8 x 32 train
+        512); a ``lin_`` schedule stays at 0 beyond the budget (:func:`_schedule`)."""
         n_envs = int(self.params.get("n_envs", 1))
+        parameters = inspect.signature(self.cls.__init__).parameters
         per_update = n_envs
-        n_steps = inspect.signature(self.cls.__init__).parameters.get("n_steps")
-        if n_steps is not None and self.algo in ("ppo", "a2c"):
-            per_update = int(self.params.get("n_steps", n_steps.default)) * n_envs
-        return max(1, total_steps // per_update) * per_update
+        if self.algo in ("ppo", "a2c"):
+            per_update = int(self.params.get("n_steps", parameters["n_steps"].default)) * n_envs
+        elif "train_freq" in parameters:
+            freq = self.params.get("train_freq", parameters["train_freq"].default)
+            if isinstance(freq, list | tuple):
+                freq = int(freq[0]) if freq[1] == "step" else None
+            if freq is not None:
+                per_update = int(freq) * n_envs
+        return -(-total_steps // per_update) * per_update
 
     def check_budget(self, total_steps: int) -> None:
         """Off-policy algorithms learn from ``learning_starts`` env steps on: at or above the
@@ -336,6 +350,9 @@ class SB3Algorithm:
     # ------------------------------------------------------------------------ training
     def _model_kwargs(self, action_dim: int) -> dict[str, Any]:
         kwargs = {k: _schedule(v) for k, v in self.params.items() if k not in EXTRA_KEYS}
+        for key in COUNT_KEYS:  # YAML's 1.0e6 is a float; SB3 sizes its buffers with ints
+            if key in kwargs:
+                kwargs[key] = int(kwargs[key])
         if isinstance(kwargs.get("train_freq"), list):  # YAML's list, SB3's tuple
             kwargs["train_freq"] = tuple(kwargs["train_freq"])
         if "policy_kwargs" in kwargs:
@@ -382,7 +399,7 @@ class SB3Algorithm:
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         check_device(self.device)  # SB3 itself would train on the CPU when CUDA is missing
         model = self._build(env, task, seed)
-        model.learn(total_timesteps=self.trained_steps(total_steps))
+        model.learn(total_timesteps=total_steps)
         model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected
         model._ctxrl_task = task  # remembered for save()
         return model

@@ -120,6 +120,19 @@ ATTEMPT_MARK = "=== ctxrl job started"
 """The line a job's log gets at each start: a rerun appends to the same log."""
 
 
+def _mark_attempt(log: Path) -> None:
+    """Start a job's attempt in its log on a line of its own (an earlier attempt killed in
+    the middle of a line left it unterminated)."""
+    with log.open("ab+") as handle:
+        handle.seek(0, os.SEEK_END)
+        ended = handle.tell() == 0
+        if not ended:
+            handle.seek(-1, os.SEEK_END)
+            ended = handle.read(1) == b"\n"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"{'' if ended else chr(10)}{ATTEMPT_MARK} {stamp}\n".encode())
+
+
 def _tail(path: Path | None, lines: int = 15) -> str:
     """The last ``lines`` lines the job's latest attempt wrote (an earlier attempt's output,
     above its start line, is not this failure's)."""
@@ -198,8 +211,7 @@ class LocalProcessExecutor:
                     index, job = pending.pop(0)
                     log = self.log_dir / _log_name(job, index) if self.log_dir else None
                     if log is not None:
-                        with log.open("a") as handle:
-                            handle.write(f"{ATTEMPT_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                        _mark_attempt(log)
                     gpu = self._free_gpu([entry[3] for entry in running.values()], index)
                     process = self.context.Process(
                         target=_child,
