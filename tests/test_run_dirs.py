@@ -50,6 +50,36 @@ def _sweep(tmp_path: Path, **changes: Any) -> SweepOutcome:
     return run_sweep(_plan(tmp_path, **changes))
 
 
+def _group_checkpoint(plan: SweepPlan) -> Path:
+    """Where a sweep checkpoints the batched group of every grid context at seed 0 (without
+    a suffix)."""
+    from ctxrl.context import Task
+    from ctxrl.sweep import run_id
+
+    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
+    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
+    return plan.run_dir / "checkpoints" / f"batch-{key}"
+
+
+def _train_into_checkpoint(plan: SweepPlan, total_steps: int, **options: Any) -> Path:
+    """Train that group as the sweep would, into its checkpoint (``options``: of
+    ``train_many``); returns the checkpoint's path."""
+    from ctxrl.config import algorithm_params
+
+    checkpoint = _group_checkpoint(plan)
+    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
+    contexts = [c.as_dict() for c in plan.grid.contexts]
+    algorithm.train_many(
+        plan.env,
+        contexts,
+        [0] * len(contexts),
+        total_steps=total_steps,
+        checkpoint=checkpoint,
+        **options,
+    )
+    return checkpoint
+
+
 # ------------------------------------------------------------------------- the plan hash
 def test_the_plan_hash_covers_what_trains_the_runs() -> None:
     """The strategy trains nothing in mode full (it is replayed on the finished matrix), so it
@@ -580,13 +610,8 @@ def test_report_names_source_rows_that_lack_a_seeds_run(tmp_path: Path) -> None:
 def test_a_damaged_checkpoint_is_set_aside_and_the_group_trained_from_the_start(
     tmp_path: Path,
 ) -> None:
-    from ctxrl.context import Task
-    from ctxrl.sweep import run_id
-
     plan = _plan(tmp_path)
-    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}.safetensors"
+    checkpoint = _group_checkpoint(plan).with_suffix(".safetensors")
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")  # cut short mid-header
     printed = io.StringIO()
@@ -603,22 +628,9 @@ def test_a_checkpoint_that_cannot_be_restored_is_set_aside_and_the_group_trained
     as another version might write): the group failed on every rerun with a bare
     ``KeyError: 'obs'``; now the checkpoint is named, set aside and the group trained."""
     from ctxrl.artifacts import load_artifact, save_artifact
-    from ctxrl.config import algorithm_params
-    from ctxrl.context import Task
-    from ctxrl.sweep import run_id
 
     plan = _plan(tmp_path, train_steps=2048)
-    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(
-        plan.env,
-        [c.as_dict() for c in plan.grid.contexts],
-        [0, 0],
-        total_steps=2048,
-        checkpoint=checkpoint,
-    )
+    checkpoint = _train_into_checkpoint(plan, 2048)
     tensors, meta = load_artifact(checkpoint)
     del tensors["obs"]
     save_artifact(checkpoint, tensors, meta)
@@ -638,19 +650,9 @@ def test_running_out_of_memory_while_restoring_keeps_the_checkpoint(
     import torch
 
     import ctxrl_plugins.training.trainer as trainer_module
-    from ctxrl.config import algorithm_params
-    from ctxrl.context import Task
-    from ctxrl.sweep import run_id
 
     plan = _plan(tmp_path, train_steps=2048)
-    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(
-        plan.env, [c.as_dict() for c in plan.grid.contexts], [0, 0], total_steps=2048,
-        checkpoint=checkpoint,
-    )  # fmt: skip
+    checkpoint = _train_into_checkpoint(plan, 2048)
 
     def out_of_memory(*args: Any, **kwargs: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -669,14 +671,7 @@ def test_running_out_of_memory_while_restoring_keeps_the_checkpoint(
 def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> None:
     """A group killed after its first checkpoint: the rerun says it resumed the group's
     agents from that iteration, not "resumed past 0"."""
-    from ctxrl.config import algorithm_params
-    from ctxrl.context import Task
-    from ctxrl.sweep import run_id
-
     plan = _plan(tmp_path, train_steps=8192)  # 16 PPO iterations of 512 env steps per agent
-    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
 
     class Killed(Exception):
         pass
@@ -686,12 +681,9 @@ def test_a_resumed_batched_group_says_from_which_iteration(tmp_path: Path) -> No
             raise Killed
 
     with pytest.raises(Killed):  # what a sweep killed after its first checkpoint leaves behind
-        algorithm.train_many(
-            plan.env,
-            [c.as_dict() for c in plan.grid.contexts],
-            [0, 0],
-            total_steps=8192,
-            checkpoint=plan.run_dir / "checkpoints" / f"batch-{key}",
+        _train_into_checkpoint(
+            plan,
+            8192,
             checkpoint_every=4096,  # the last checkpoint: after iteration 8
             progress=kill_in_iteration_nine,
         )
@@ -709,7 +701,6 @@ def test_a_group_killed_after_training_resumes_from_its_final_state(tmp_path: Pa
     """A group killed while it evaluates (or transfers) its trained agents: the checkpoint of
     the last iteration holds them, so the rerun trains nothing and stores the same matrix as
     a sweep that was never killed (before, it retrained from the last periodic checkpoint)."""
-    from ctxrl.config import algorithm_params
     from ctxrl.context import Task
     from ctxrl.store import Store
     from ctxrl.summary import STORE_FILE
@@ -717,17 +708,8 @@ def test_a_group_killed_after_training_resumes_from_its_final_state(tmp_path: Pa
 
     plan = _plan(tmp_path / "killed", train_steps=2048)
     ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
-    algorithm.train_many(  # the training done, then the kill: before anything was stored
-        plan.env,
-        [c.as_dict() for c in plan.grid.contexts],
-        [0, 0],
-        total_steps=2048,
-        checkpoint=checkpoint,
-        checkpoint_every=1_000_000,  # no periodic checkpoint: only the final one
-    )
+    # the training done, then the kill: before anything was stored
+    checkpoint = _train_into_checkpoint(plan, 2048, checkpoint_every=1_000_000)  # final only
     assert checkpoint.with_suffix(".safetensors").exists()
     printed = io.StringIO()
     outcome = run_sweep(plan, console=Console(file=printed, width=300))
@@ -828,23 +810,9 @@ def test_a_checkpoint_of_another_kind_of_device_trains_the_group_again(tmp_path:
     generator's state does not fit the CPU's, so restoring it failed the whole group; the
     checkpoint says where it was written and the group starts over."""
     from ctxrl.artifacts import load_artifact, save_artifact
-    from ctxrl.config import algorithm_params
-    from ctxrl.context import Task
-    from ctxrl.sweep import run_id
 
     plan = _plan(tmp_path, train_steps=4096)
-    ids = [run_id(Task(plan.env.name, c), 0) for c in plan.grid.contexts]
-    key = hashlib.sha256("|".join(ids).encode()).hexdigest()[:12]
-    checkpoint = plan.run_dir / "checkpoints" / f"batch-{key}"
-    algorithm = plan.algorithm.factory(algorithm_params(plan.config, plan.algorithm), env=plan.env)
-    algorithm.train_many(
-        plan.env,
-        [c.as_dict() for c in plan.grid.contexts],
-        [0, 0],
-        total_steps=2048,
-        checkpoint=checkpoint,
-        checkpoint_every=1024,
-    )
+    checkpoint = _train_into_checkpoint(plan, 2048, checkpoint_every=1024)
     tensors, meta = load_artifact(checkpoint, device="cpu")
     assert meta["device"] == "cpu"
     save_artifact(checkpoint, tensors, {**meta, "device": "cuda"})  # as a GPU machine writes it
