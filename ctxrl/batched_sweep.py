@@ -60,6 +60,17 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     ]
     shards = [shard for shard in shards if shard]
     pending = sum(len(shard) for shard in shards)
+    joint = get_host().registry.transfer_method(config.transfer.name).joint
+    if joint and 0 < pending < len(agents):
+        # every source teaches every row: a group of the pending agents alone would transfer
+        # from them alone (one damaged policy retrained, its row taught by itself)
+        session.console.print(
+            f"[yellow]transfer method {config.transfer.name!r} transfers from all sources "
+            f"together:[/] {pending} of {len(agents)} agents are pending, so the whole group "
+            "trains again (the same numbers for the finished ones)",
+            highlight=False,
+        )
+        shards, pending = [agents], len(agents)
     outcome.skipped += len(agents) - pending
     if not pending:
         return

@@ -692,7 +692,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 if efficiency.get("factor_match"):
                     lines[-1] += (
                         f" It reaches them (>=) at k = {efficiency['k_match']}, N / k = "
-                        f"{efficiency['factor_match']:.1f}."
+                        f"{efficiency['factor_match']:.1f}.{uncounted}"
                     )
     elif "curve" in summary:
         left_out = summary.get("curve_left_out") or []

@@ -572,6 +572,11 @@ def test_students_take_the_sources_network_and_iteration() -> None:
     method = Distill(300, mode="kickstart", start="best-teacher")
     method.check(sources, spec)  # refused before: "hidden 64 differs from the sources' 32"
     assert method._students_trainer(sources).trained_steps(300) == 256  # 512 before
+    # the student's options complete the sources' hyperparameters: checked as merged
+    five: Any = factory({"num_envs": 5, "num_steps": 64}, env=spec)  # 320 samples a rollout
+    Distill(300, student={"num_minibatches": 5}).check(five, spec)  # 512 by PPO's defaults
+    with pytest.raises(ConfigError, match=r"distill: student: .*num_minibatches: 320 minibatches"):
+        Distill(300, student={"num_minibatches": 320}).check(five, spec)
     with pytest.raises(ConfigError, match="hidden 16 differs from the sources' 32"):
         Distill(300, mode="kickstart", start="best-teacher", student={"hidden": 16}).check(
             sources, spec

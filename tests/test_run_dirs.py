@@ -1075,3 +1075,27 @@ def test_jobs_an_executor_drops_or_claims_are_failed_by_name(
     with Store(plan.run_dir / STORE_FILE) as store:
         (run,) = store.runs()
         assert "Traceback" in (run.error or "") and "CnnPolicy" in (run.error or "")
+
+
+def test_a_joint_transfer_retrains_its_whole_group_when_one_source_is_pending(
+    tmp_path: Path,
+) -> None:
+    """Distillation teaches every row from all sources: with one policy damaged, the group of
+    the pending agent alone was trained and its row taught by that source alone. The whole
+    group trains again, and every row is what a sweep never damaged stored."""
+    from ctxrl.store import Store
+    from ctxrl.summary import STORE_FILE
+
+    plan = _plan(tmp_path, transfer={"name": "distill", "options": {"steps": 1024}})
+    outcome = run_sweep(plan, console=Console(file=io.StringIO()))
+    with Store(outcome.run_dir / STORE_FILE) as store:
+        before = {r.run_id: store.returns(r.run_id) for r in store.runs()}
+        damaged = next(iter(before))
+    artifact = outcome.run_dir / "artifacts" / f"{damaged}.safetensors"
+    artifact.write_bytes(artifact.read_bytes()[: artifact.stat().st_size // 2])
+    printed = io.StringIO()
+    again = run_sweep(plan, console=Console(file=printed, width=300))
+    assert again.trained == 2 and not again.failed
+    assert "transfers from all sources together: 1 of 2 agents are pending" in printed.getvalue()
+    with Store(outcome.run_dir / STORE_FILE) as store:
+        assert {r.run_id: store.returns(r.run_id) for r in store.runs()} == before

@@ -249,6 +249,15 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
     }  # fmt: skip
     text = " ".join(summary_markdown(summary).split())
     assert "a factor N / k* = 2.0. It counts source trainings only" in text
+    summary["sample_efficiency"] = {
+        "strategy": "mbtl-gp", "against": ["Independent"], "k_match": 1, "factor_match": 2.0
+    }  # fmt: skip
+    text = " ".join(summary_markdown(summary).split())
+    assert "N / k = 2.0. It counts source trainings only" in text
+    overlapping = {"name": "fine-tune", "options": {"steps": 1024, "reinit": "actor.head"}}
+    overlapping["options"]["freeze"] = "actor.head"
+    with pytest.raises(ConfigError, match=r"actor\.head both re-initialised"):
+        resolve_plan(validate_config(_config(transfer=overlapping)), get_host().registry)
     short = _config(
         algorithm={"name": "batched-dqn", "params": {"learning_starts": 2000}},
         train_steps=4000,

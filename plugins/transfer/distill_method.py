@@ -92,20 +92,30 @@ class Distill:
         self.weights, self.scale, self.coef = weights, float(scale), float(coef)
         self.decay, self.half_life = decay, float(half_life)
         self.student = dict(student or {})
-        try:  # the student's hyperparameters, checked before any source trains
-            self._student = BatchedPPO(self.student)
+        # the student's hyperparameters: with PPO sources they complete the sources' (what
+        # check() validates, before any source trains), else PPO's defaults
+        self._student_error: str | None = None
+        try:
+            BatchedPPO(self.student)
         except CtxrlError as exc:
-            why = str(exc).removeprefix("algorithm.params: ")
-            raise ConfigError(f"distill: student: {why}") from None
+            if "has no hyperparameter" in str(exc):  # a misspelt name: wrong whatever completes it
+                raise ConfigError(f"distill: student: {_without_prefix(exc)}") from None
+            self._student_error = _without_prefix(exc)
         self.seed_offset = count_option(seed_offset, "distill: seed_offset", minimum=0)
 
     def check(self, algorithm: Any, env: Any) -> None:
         """``start: best-teacher`` copies a source into the student: their networks (widths,
         activation) must match (checked before the sources train)."""
         del env
+        try:
+            trainer = self._students_trainer(algorithm)
+        except CtxrlError as exc:
+            raise ConfigError(f"distill: student: {_without_prefix(exc)}") from None
+        if self._student_error is not None and not isinstance(algorithm, BatchedPPO):
+            raise ConfigError(f"distill: student: {self._student_error}")
         if self.start != "best-teacher" or not isinstance(algorithm, BatchedPPO):
             return
-        student = self._students_trainer(algorithm).config
+        student = trainer.config
         for name in ("hidden", "activation"):
             if getattr(student, name) != getattr(algorithm.config, name):
                 raise ConfigError(
@@ -123,7 +133,7 @@ class Distill:
 
     def _students_trainer(self, algorithm: Any) -> BatchedPPO:
         """A trainer with the students' hyperparameters (what their networks and iterations
-        are; :attr:`_student` has PPO's defaults where the options are silent)."""
+        are: the sources' where the options are silent, with PPO sources)."""
         return BatchedPPO(self._student_params(algorithm))
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
@@ -252,6 +262,10 @@ class Distill:
         trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
         used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
         return TransferResult(returns, target_env_steps=used, details=details)
+
+
+def _without_prefix(exc: Exception) -> str:
+    return str(exc).removeprefix("algorithm.params: ")
 
 
 __all__ = ["Distill"]

@@ -52,6 +52,12 @@ class FineTune:
         if check_layers is not None:
             check_layers(env, self.reinit, "reinit")
             check_layers(env, self.freeze, "freeze")
+        both = sorted(set(self.reinit) & set(self.freeze))
+        if both:  # the trainer refuses it too, but only after the sources trained
+            raise ConfigError(
+                f"fine-tune: {', '.join(both)} both re-initialised (reinit) and frozen (freeze): "
+                "a frozen layer keeps the source's weights; name it in one of them"
+            )
         check_budget = getattr(algorithm, "check_budget", None)
         if check_budget is not None:
             try:
