@@ -23,9 +23,12 @@ import pytest
 
 # a failing contract shows the values it compared (pytest rewrites these modules' asserts
 # even when they are imported from an editable install)
-pytest.register_assert_rewrite("ctxrl.testing.contracts", "ctxrl.testing.interventions")
+pytest.register_assert_rewrite(
+    "ctxrl.testing.contracts", "ctxrl.testing.env_contract", "ctxrl.testing.interventions"
+)
 
-from ctxrl.testing.contracts import AlgorithmContract, EnvContract, StrategyContract  # noqa: E402
+from ctxrl.testing.contracts import AlgorithmContract, StrategyContract  # noqa: E402
+from ctxrl.testing.env_contract import EnvContract  # noqa: E402
 from ctxrl.testing.interventions import InterventionContract  # noqa: E402
 
 __all__ = ["AlgorithmContract", "EnvContract", "InterventionContract", "StrategyContract"]
