@@ -13,6 +13,7 @@ import numpy as np
 
 from ctxrl.artifacts import verify_artifact
 from ctxrl.config import SweepPlan
+from ctxrl.errors import UnknownNameError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.offline import mean_ci, replay_trials
 from ctxrl.plugins import get_host
@@ -228,6 +229,9 @@ def write_exports(
         ],
     }
     records = transfer_records(store.path.parent)  # the run directory, also with --out
+    joint = joint_transfer(plan)
+    for record in records:
+        record["joint"] = joint
     if records:
         summary["transfer"] = records
     if not np.isnan(multitask).all():
@@ -235,7 +239,17 @@ def write_exports(
         summary["multitask"] = float(np.nanmean(per_seed))
         summary["multitask_std"] = float(np.nanstd(per_seed))
     complete = not np.isnan(normalised).any()
-    if complete:
+    if complete and joint:
+        # every row holds the same policy per target, made from all the sources together:
+        # G_k is the same for every k and every strategy, so no strategy is replayed
+        summary["joint_transfer"] = plan.config.transfer.name
+        summary["independent"] = float(np.mean(np.diag(normalised)))
+        summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
+        per_seed = np.moveaxis(plan.env.normalise(matrix.values), 2, 0)  # (seeds, S, T)
+        if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
+            mean, half_width = mean_ci(np.diagonal(per_seed, axis1=1, axis2=2).mean(axis=1))
+            summary["independent_seeds"] = {"mean": mean, "ci95": half_width}
+    elif complete:
         summary["independent"] = float(np.mean(np.diag(normalised)))
         summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
         registry = get_host().registry
@@ -520,6 +534,16 @@ def _sources(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
     )
 
 
+def joint_transfer(plan: SweepPlan) -> bool:
+    """Whether the sweep's transfer method is joint (:class:`~ctxrl.registry.TransferMethodSpec`:
+    each target's policy is made from all the sources together, distillation's students), so
+    that every row of the matrix is the same. A method no longer installed is taken as not."""
+    try:
+        return get_host().registry.transfer_method(plan.config.transfer.name).joint
+    except UnknownNameError:
+        return False
+
+
 def transfer_records(run_dir: Path) -> list[dict[str, Any]]:
     """What the sweep's transfer method recorded per group or run (``transfer/*.json``): its
     name, sources, target-env steps and the one-line ``summary`` of its details, if any. A
@@ -595,9 +619,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             if "error" in record:
                 lines.append(f"- `{record['file']}`: {record['error']}")
                 continue
+            per = (
+                "target (for all sources together)"
+                if record.get("joint")
+                else ("(source, target) pair")
+            )
             lines.append(
                 f"- `{record['file']}`: {record['method']} from {record['sources']} source(s), "
-                f"{record['target_env_steps']:,} target-env steps per (source, target) pair"
+                f"{record['target_env_steps']:,} target-env steps per {per}"
                 + (f"; {record['summary']}" if record["summary"] else "")
             )
         lines.append("")
@@ -607,7 +636,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"{summary['multitask']:.4f} +- {summary['multitask_std']:.4f} over seeds",
             "",
         ]
-    if "independent" in summary:
+    if "joint_transfer" in summary:
+        own = summary.get("independent_seeds")
+        lines += [
+            f"- The {summary['joint_transfer']} policies on their own targets (all "
+            f"{summary['n_contexts']} targets): {summary['independent']:.4f}"
+            + (f" (+- {own['ci95']:.4f} over seeds)" if own else ""),
+            "",
+            f"{summary['joint_transfer']} is a joint transfer method: each target's policy is made "
+            f"from all {summary['observed_rows']} sources together, so every row of the matrix "
+            "is the same, G_k is the same at every k for every strategy, and source selection "
+            "is not measured here (no strategy is replayed). Its record above compares the "
+            "policies with the sources' zero-shot returns; to choose sources first, select "
+            "them in a zero-shot sweep and transfer from those (benchmarks/bench_distill.py).",
+        ]
+    elif "independent" in summary:
         seeds = "independent_seeds" in summary
         if seeds:  # every number below on each seed's matrix, then averaged over the seeds
             independent, oracle = summary["independent_seeds"], summary["oracle_transfer_seeds"]

@@ -403,6 +403,12 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
     assert len(stored["details"]["student_mean"]) == 2
     summary = (run_dir / "summary.md").read_text()
     assert "Transfer method" in summary and "kickstart students' mean return" in summary
+    # every row the same: no strategy table of flat G_k, no N / k*, and why
+    assert "per target (for all sources together)" in summary
+    assert "distill is a joint transfer method" in summary and "| strategy |" not in summary
+    assert "N / k" not in summary
+    exported = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert exported["joint_transfer"] == "distill" and "curves" not in exported
     # the sweep's sources as teachers, with their contexts
     loaded = load_teachers(run_dir)
     assert len(loaded) == 2 and [c["length"] for c in loaded.contexts] == [0.3, 1.0]
