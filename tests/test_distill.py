@@ -542,6 +542,29 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
         factory(steps=8, mode="proxy", proxy_steps=0)
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"mode": "dagger", "coef": 5.0}, "coef has no effect with mode 'dagger'"),
+        ({"mode": "conditioned", "decay": "exponential"}, "decay has no effect"),
+        ({"mode": "proxy", "weights": "transfer", "scale": 0.3}, "weights, scale have no"),
+        ({"mode": "kickstart", "proxy_steps": 512}, "proxy_steps has no effect"),
+        ({"weights": "uniform", "scale": 0.3}, "scale has no effect .* weights 'uniform'"),
+    ],
+)
+def test_a_distill_option_the_mode_does_not_use_is_refused(
+    options: dict[str, Any], named: str
+) -> None:
+    """Each was accepted and silently did nothing (a kickstarting coefficient on DAgger
+    students, teacher weights under a proxy, which alone teaches)."""
+    factory = get_host().registry.transfer_method("distill").factory
+    with pytest.raises(ConfigError, match=named):
+        factory(steps=512, **options)
+    factory(steps=512, mode="kickstart", coef=5.0, decay="exponential", half_life=0.2)
+    factory(steps=512, mode="proxy", proxy_steps=256)
+    factory(steps=512, mode="conditioned", weights="transfer", scale=0.3)
+
+
 # ------------------------------------------------------------------------ bad input
 def test_students_can_start_from_their_top_weighted_teacher(teachers: Any) -> None:
     """``start: best-teacher``: each student begins as the teacher its weights rank first (one

@@ -56,11 +56,11 @@ class Distill:
         steps: int,
         mode: Mode = "dagger",
         temperature: float = 1.0,
-        weights: str = "distance",
-        scale: float = 0.1,
-        coef: float = 1.0,
-        decay: Decay = "linear",
-        half_life: float = 0.1,
+        weights: str | None = None,
+        scale: float | None = None,
+        coef: float | None = None,
+        decay: Decay | None = None,
+        half_life: float | None = None,
         student: Mapping[str, Any] | None = None,
         seed_offset: int = 2_000_003,
         proxy_steps: int | None = None,
@@ -72,6 +72,37 @@ class Distill:
                 "distill: mode must be 'dagger', 'kickstart', 'conditioned' or 'proxy', got "
                 f"{mode!r}"
             )
+        # an option the mode does not use is an error, not silently without effect
+        given = {
+            "weights": weights,
+            "scale": scale,
+            "coef": coef,
+            "decay": decay,
+            "half_life": half_life,
+            "proxy_steps": proxy_steps,
+        }
+        unused = {"coef", "decay", "half_life"} if mode != "kickstart" else set()
+        if mode == "proxy":
+            unused |= {"weights", "scale"}  # the proxy teaches; the sources are not weighted
+        else:
+            unused.add("proxy_steps")
+        if weights == "uniform":
+            unused.add("scale")
+        named = [name for name in given if name in unused and given[name] is not None]
+        if named:
+            raise ConfigError(
+                f"distill: {', '.join(named)} {'has' if len(named) == 1 else 'have'} no effect "
+                f"with mode {mode!r}"
+                + (" and weights 'uniform'" if weights == "uniform" else "")
+                + " (coef, decay, half_life: kickstart; proxy_steps: proxy; weights, scale: not "
+                "proxy; scale: weights 'distance' or 'transfer'); remove "
+                + ("it" if len(named) == 1 else "them")
+            )
+        weights = "distance" if weights is None else weights
+        scale = 0.1 if scale is None else scale
+        coef = 1.0 if coef is None else coef
+        decay = "linear" if decay is None else decay
+        half_life = 0.1 if half_life is None else half_life
         if proxy_steps is not None:
             proxy_steps = steps_option(proxy_steps, "distill: proxy_steps")
         self.proxy_steps = int(steps if proxy_steps is None else proxy_steps)
