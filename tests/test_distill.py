@@ -14,6 +14,7 @@ import torch
 
 from ctxrl.config import resolve_plan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec
 from ctxrl.store import Store
@@ -610,6 +611,41 @@ def test_students_take_the_sources_network_and_iteration() -> None:
         Distill(300, mode="kickstart", start="best-teacher", student={"hidden": 16}).check(
             sources, spec
         )
+
+
+def test_a_best_teacher_start_fits_the_sources_it_copies() -> None:
+    """Both failed after the sources had trained: DQN sources (no actor to copy), and
+    sources trained with layer-norm (the student's plain network lacked their norm layers);
+    the first is now refused before training, the second's students train with the sources'
+    interventions, as fine-tuned policies do."""
+    spec = _cartpole()
+    registry = get_host().registry
+    dqn: Any = registry.algorithm("batched-dqn").factory({}, env=spec)
+    with pytest.raises(ConfigError, match="needs batched-ppo sources, not 'batched-dqn'"):
+        Distill(512, start="best-teacher").check(dqn, spec)
+    Distill(512).check(dqn, spec)  # from scratch, Q-values teach
+    ppo: Any = registry.algorithm("batched-ppo").factory({"hidden": 16}, env=spec)
+    norm = [{"name": "layer-norm", "options": {}}]
+    sources = ppo.train_many(
+        spec,
+        [{"length": 0.5}, {"length": 1.0}],
+        [0, 1],
+        total_steps=512,
+        interventions=build_interventions(norm, registry),
+    )
+    problem = TransferProblem(
+        spec,
+        ppo,
+        sources,
+        sources.contexts,
+        [0, 1],
+        [{"length": 0.7}],
+        episodes=2,
+        eval_seed=3,
+        training_options={"interventions": build_interventions(norm, registry)},
+    )
+    result = Distill(512, mode="kickstart", start="best-teacher").transfer(problem)
+    assert result.returns.shape == (2, 1, 2) and np.isfinite(result.returns).all()
 
 
 def test_bad_teachers_are_named(tmp_path: Path, teachers: Any) -> None:

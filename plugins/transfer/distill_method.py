@@ -135,8 +135,9 @@ class Distill:
         self.seed_offset = count_option(seed_offset, "distill: seed_offset", minimum=0)
 
     def check(self, algorithm: Any, env: Any) -> None:
-        """``start: best-teacher`` copies a source into the student: their networks (widths,
-        activation) must match (checked before the sources train)."""
+        """``start: best-teacher`` copies a source into the student: the sources must be
+        batched-ppo's and their networks (widths, activation) the student's (checked before
+        the sources train). Such a student trains with the sources' interventions too."""
         del env
         try:
             trainer = self._students_trainer(algorithm)
@@ -144,8 +145,15 @@ class Distill:
             raise ConfigError(f"distill: student: {_without_prefix(exc)}") from None
         if self._student_error is not None and not isinstance(algorithm, BatchedPPO):
             raise ConfigError(f"distill: student: {self._student_error}")
-        if self.start != "best-teacher" or not isinstance(algorithm, BatchedPPO):
+        if self.start != "best-teacher":
             return
+        if not isinstance(algorithm, BatchedPPO):
+            name = getattr(algorithm, "name", type(algorithm).__name__)
+            raise ConfigError(
+                f"distill: start 'best-teacher' copies a source's actor and critic into the "
+                f"student: it needs batched-ppo sources, not {name!r} ones (use start "
+                "'scratch': any batched policies teach)"
+            )
         student = trainer.config
         for name in ("hidden", "activation"):
             if getattr(student, name) != getattr(algorithm.config, name):
@@ -252,6 +260,9 @@ class Distill:
                 student=student,
                 device=device,
                 start=self.start,
+                # a student that starts as its teacher continues the teacher's network and its
+                # training (the sweep's interventions: layer-norm, crelu, ...), as fine-tune does
+                **(problem.training_options if self.start == "best-teacher" else {}),
             )
             own = on_own_targets(students)
         limit = problem.env.max_episode_steps or 0
