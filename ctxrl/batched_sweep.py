@@ -439,8 +439,11 @@ def _transfer_checkpoint(checkpoint: Path) -> Path:
 
 
 def _remove_checkpoint(checkpoint: Path) -> None:
-    for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-        file.unlink()
+    """Remove the checkpoint ``checkpoint`` and those named after it (``{name}-...``: a
+    group's transfer, a transfer's second training, :class:`~ctxrl.transfer.TransferProblem`)."""
+    for pattern in (f"{checkpoint.name}.*", f"{checkpoint.name}-*.*"):
+        for file in checkpoint.parent.glob(pattern):
+            file.unlink()
 
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:

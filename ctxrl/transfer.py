@@ -45,8 +45,10 @@ class TransferProblem:
             and the same interventions act on them.
         checkpoint: where a method that trains may checkpoint that training (a path without
             suffix, for ``train_many(checkpoint=...)``), so that a sweep killed during it
-            continues there; None: no checkpoint. The caller removes the files when the
-            results are stored.
+            continues there; None: no checkpoint. A method that trains twice names the other
+            training's checkpoint after it (``{checkpoint}-proxy``: a path with a dot would
+            lose its suffix). The caller removes both kinds of files when the results are
+            stored.
     """
 
     env: EnvSpec

@@ -311,13 +311,28 @@ def test_shrink_and_perturb_leaves_frozen_layers_alone() -> None:
     assert not torch.equal(tuned.params["actor.1.weight"], first.params["actor.1.weight"])
 
 
-def test_a_sweep_killed_after_fine_tuning_continues_from_the_fine_tunings_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("transfer", "saved_files"),
+    [
+        ({"name": "fine-tune", "options": {"steps": 1024}}, ["transfer"]),
+        ({"name": "distill", "options": {"steps": 1024}}, ["transfer"]),
+        (
+            {"name": "distill", "options": {"steps": 1024, "mode": "proxy", "proxy_steps": 1024}},
+            ["transfer", "transfer-proxy"],
+        ),
+    ],
+    ids=["fine-tune", "distill", "distill-proxy"],
+)
+def test_a_sweep_killed_after_its_transfer_trained_continues_from_the_transfers_checkpoint(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    transfer: dict[str, Any],
+    saved_files: list[str],
 ) -> None:
-    """The fine-tuning of a group checkpoints itself beside the group (it was redone whole
-    after a kill): killed before its runs were stored, the rerun continues from its final
-    state and stores what a sweep never killed stores; a damaged one is named and the
-    fine-tuning redone; no checkpoint is left behind."""
+    """A transfer that trains (fine-tuning, distillation's students and proxy) checkpoints
+    itself beside the group (it was redone whole after a kill): killed before its runs were
+    stored, the rerun continues from its final state and stores what a sweep never killed
+    stores; a damaged one is named and the transfer redone; no checkpoint is left behind."""
     import ctxrl.batched_sweep as batched_sweep
     from ctxrl.artifacts import artifact_metadata
 
@@ -330,7 +345,7 @@ def test_a_sweep_killed_after_fine_tuning_continues_from_the_fine_tunings_checkp
     changes: dict[str, Any] = {
         "features": {"length": {"values": [0.5, 1.0]}},
         "seeds": [0],
-        "transfer": {"name": "fine-tune", "options": {"steps": 1024}},
+        "transfer": transfer,
     }
     never = _sweep(tmp_path / "never", **changes)
     for damaged in (False, True):
@@ -339,8 +354,14 @@ def test_a_sweep_killed_after_fine_tuning_continues_from_the_fine_tunings_checkp
         with pytest.raises(Killed):
             _sweep(out, **changes)
         monkeypatch.undo()
+        for name in saved_files:
+            (file,) = (out / "runs").glob(f"*/checkpoints/batch-*-{name}.safetensors")
+            # 1024 / 512: all
+            assert (
+                artifact_metadata(file.with_name(file.name[: -len(".safetensors")]))["iteration"]
+                == 2
+            )
         (saved,) = (out / "runs").glob("*/checkpoints/batch-*-transfer.safetensors")
-        assert artifact_metadata(saved.with_suffix(""))["iteration"] == 2  # 1024 / 512: all
         if damaged:
             saved.write_bytes(saved.read_bytes()[:100])
         run_dir = _sweep(out, **changes)

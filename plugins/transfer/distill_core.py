@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -540,6 +541,7 @@ def distill_proxy(
     temperature: float = 1.0,
     student: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    checkpoint: Path | None = None,
     **train_options: Any,
 ) -> tuple[Any, Any]:
     """Proxy distillation, after Zhou, Kalra & Krahenbuhl (ECCV 2020, arXiv 2008.11911): the
@@ -557,7 +559,9 @@ def distill_proxy(
 
     Zhou et al. train the proxy on the teachers' own rollouts; here it collects its states
     itself (DAgger), which avoids the covariate shift of pure behaviour cloning. Returns
-    ``(students, proxy)``; ``steps`` are target-env steps per student."""
+    ``(students, proxy)``; ``steps`` are target-env steps per student. ``checkpoint``: where
+    the students checkpoint their training (``train_many``'s), the proxy beside it
+    (``{checkpoint}-proxy``); ``train_options`` go to the students' ``train_many``."""
     if int(proxy_steps) <= 0:
         raise ConfigError(f"distill: proxy_steps must be > 0, got {proxy_steps}")
     if teachers is None or len(teachers) == 0:
@@ -573,6 +577,11 @@ def distill_proxy(
             "learns how the policy changes with the context)"
         )
     k = len(teachers)
+    proxy_saving: dict[str, Any] = (
+        {}
+        if checkpoint is None
+        else {"checkpoint": checkpoint.with_name(f"{checkpoint.name}-proxy")}
+    )
     proxy, visible_env = distill_conditioned(
         env,
         teachers,
@@ -584,6 +593,7 @@ def distill_proxy(
         temperature=temperature,
         student=student,
         device=device,
+        **proxy_saving,
     )
     trainer = DaggerStudent(dict(student or {}), device=device)
     obs_dim, actions = _env_spaces(env, contexts)
@@ -595,6 +605,8 @@ def distill_proxy(
         float(temperature),
         teacher_context=torch.as_tensor(space.to_unit(full_targets, features), dtype=torch.float32),
     )
+    if checkpoint is not None:
+        train_options["checkpoint"] = checkpoint
     students = trainer.train_many(env, contexts, seeds, total_steps=int(steps), **train_options)
     return students, proxy
 

@@ -210,6 +210,9 @@ class Distill:
             )
             return np.asarray(returns[:, 0])
 
+        # a sweep killed while the students train continues from their checkpoint
+        checkpoint = problem.checkpoint
+        saving: dict[str, Any] = {} if checkpoint is None else {"checkpoint": checkpoint}
         if self.mode == "conditioned":
             # one student for every target, the target visible, in one program
             students, student_env = distill_conditioned(
@@ -219,6 +222,7 @@ class Distill:
                 seeds[:1],
                 steps=self.steps,
                 weights=weights,
+                **saving,
                 temperature=self.temperature,
                 student=student,
                 device=device,
@@ -242,6 +246,7 @@ class Distill:
                 temperature=self.temperature,
                 student=student,
                 device=device,
+                checkpoint=checkpoint,
             )
             own = on_own_targets(students)
         else:
@@ -260,6 +265,7 @@ class Distill:
                 student=student,
                 device=device,
                 start=self.start,
+                **saving,
                 # a student that starts as its teacher continues the teacher's network and its
                 # training (the sweep's interventions: layer-norm, crelu, ...), as fine-tune does
                 **(problem.training_options if self.start == "best-teacher" else {}),
