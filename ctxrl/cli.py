@@ -659,12 +659,9 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
         if spec.report is None:
             raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
         if out is not None and out.resolve() != run_dir.resolve():
-            # a study's report is written into its run directory: report a copy of it
-            if out.exists() and any(out.iterdir()):
-                raise CtxrlError(
-                    f"--out: {out} is not empty; a transfer study's report is written into a "
-                    "copy of its run directory there"
-                )
+            # a study's report is written into its run directory: report a copy of it (into
+            # a new or empty directory, or the copy an earlier report of it made)
+            _check_report_target(out, run_dir)
             shutil.copytree(run_dir, out, dirs_exist_ok=True)
             err.print(f"copied {run_dir} to {out} for its report", highlight=False)
             run_dir = out

@@ -592,9 +592,35 @@ def held_out_error(
     return rmse, coverage
 
 
-def spread_observations(n: int, count: int, sets: int = 8) -> list[list[int]]:
+def spread_observations(
+    n: int, count: int, sets: int = 8, coords: np.ndarray | None = None
+) -> list[list[int]]:
     """At most ``sets`` ways of observing ``count`` rows spread evenly over ``n`` contexts
-    (equal spacing, the sets shifted by evenly spread offsets), as held-out checks use them."""
+    (equal spacing, the sets shifted by evenly spread offsets), as held-out checks use them.
+
+    With ``coords`` ``(n, d)`` of contexts that vary along more than one dimension, evenly
+    spaced indices would walk one axis of the grid and leave the others unobserved (on a
+    3 x 2 grid, every observed row at one value of the second feature), so each set is
+    instead grown farthest-first in the coordinates (L1 distance, ties to the lower index)
+    from one of ``sets`` evenly spaced first rows."""
+    if coords is not None:
+        points = np.asarray(coords, dtype=np.float64).reshape(n, -1)
+        varying = points[:, np.ptp(points, axis=0) > 0]
+        if varying.shape[1] > 1:
+            span = np.ptp(varying, axis=0)
+            unit = (varying - varying.min(axis=0)) / span
+            distance = np.abs(unit[:, None, :] - unit[None, :, :]).sum(axis=-1)
+            firsts = sorted({int(i) for i in np.linspace(0, n - 1, min(sets, n)).round()})
+            chosen_sets: list[list[int]] = []
+            for first in firsts:
+                chosen = [first]
+                while len(chosen) < min(count, n):
+                    nearest = distance[:, chosen].min(axis=1)
+                    chosen.append(int(np.argmax(nearest)))  # the first of equals
+                chosen = sorted(chosen)
+                if chosen not in chosen_sets:
+                    chosen_sets.append(chosen)
+            return chosen_sets
     step = max(n // count, 1)
     offsets = sorted({int(o) for o in np.linspace(0, step - 1, min(sets, step)).round()})
     return [[o + step * k for k in range(count) if o + step * k < n] for o in offsets]

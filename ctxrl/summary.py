@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctxrl.artifacts import verify_artifact
+from ctxrl.artifacts import verify_artifact, write_text_atomic
 from ctxrl.config import SweepPlan
 from ctxrl.errors import UnknownNameError
 from ctxrl.matrix import TransferMatrix
@@ -152,7 +155,7 @@ def model_calibration(
         return None
     results = [
         band_coverage(normalised, chosen, CALIBRATION_LEVELS, coords=coords)
-        for chosen in spread_observations(len(normalised), observed, sets)
+        for chosen in spread_observations(len(normalised), observed, sets, coords=coords)
     ]
     return {
         "observed": observed,
@@ -169,9 +172,37 @@ def write_exports(
     """Matrices (reference CSV per seed), runs/evaluations tables, the selection steps of a
     ``mode: select`` sweep (``selection.csv`` / ``selection.json``: proposals, strategy traces,
     G_k per step), selection curves, summary. ``order``: the trained order
-    (:func:`trained_order`)."""
+    (:func:`trained_order`).
+
+    The figures are drawn first, the exports written into a folder beside ``exports/`` and
+    moved in file by file, ``summary.md`` replaced last: a report that fails part of the way
+    (a full disk, an interrupt) leaves the earlier exports and summary as they were, never
+    new tables beside an old summary."""
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".exports-", dir=run_dir))
+    try:
+        summary = _write_staged(plan, store, matrix, run_dir, staging, order=order)
+        markdown = summary_markdown(summary)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, exports / file.name)
+        write_text_atomic(run_dir / "summary.md", markdown)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return exports
+
+
+def _write_staged(
+    plan: SweepPlan,
+    store: Store,
+    matrix: TransferMatrix,
+    run_dir: Path,
+    exports: Path,
+    *,
+    order: list[int],
+) -> dict[str, Any]:
+    """:func:`write_exports`' work: the figures into ``run_dir / "figures"``, every export
+    (``summary.json`` last) into ``exports``; returns the summary."""
     for k, seed in enumerate(plan.config.seeds):
         matrix.to_reference_csv(exports / f"matrix_seed{seed}.csv", seed=k)
     (exports / "contexts.json").write_text(
@@ -236,8 +267,16 @@ def write_exports(
         summary["transfer"] = records
     if not np.isnan(multitask).all():
         per_seed = np.nanmean(multitask, axis=1)
-        summary["multitask"] = float(np.nanmean(per_seed))
-        summary["multitask_std"] = float(np.nanstd(per_seed))
+        per_seed = per_seed[np.isfinite(per_seed)]  # the seeds whose policy is stored
+        summary["multitask"], summary["multitask_ci95"] = mean_ci(per_seed)
+        summary["multitask_seeds"] = int(per_seed.size)
+    if plan.config.mode == "select" and order:
+        # the sweep's own selection, as trained: G_k over the sources that finished (a failed
+        # source adds nothing, not a row of 0)
+        trained = [i for i in order if observed[i]]
+        summary["curve_left_out"] = sorted({i for i in order if not observed[i]})
+        if trained:
+            summary["curve"] = generalized_performance(normalised, trained).tolist()
     complete = not np.isnan(normalised).any()
     if complete and joint:
         # every row holds the same policy per target, made from all the sources together:
@@ -310,7 +349,17 @@ def write_exports(
                 summary[f"{key}_seeds"] = {"mean": mean, "ci95": half_width}
         summary["calibration"] = model_calibration(normalised, coords)
         seeds = "independent_seeds" in summary  # estimated on each seed's matrix, as the table
-        if names:
+        if "curve" in summary:  # a select sweep: its strategy's order as trained
+            summary["sample_efficiency"] = {
+                "strategy": plan.config.strategy.name,
+                **sample_efficiency(  # the curve is on the seed-mean matrix, so its levels too
+                    summary["curve"],
+                    summary["independent"],
+                    summary.get("multitask"),
+                    len(plan.grid),
+                ),
+            }
+        elif names:
             lead = names[0]
             curve = summary["curves"][lead]
             summary["sample_efficiency"] = {
@@ -328,12 +377,6 @@ def write_exports(
             f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained "
             "yet); the strategies are replayed only on a complete matrix"
         )
-    elif order:
-        # G_k over the sources that finished: a failed source adds nothing, not a row of 0
-        trained = [i for i in order if observed[i]]
-        summary["curve_left_out"] = sorted({i for i in order if not observed[i]})
-        if trained:
-            summary["curve"] = generalized_performance(normalised, trained).tolist()
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
     if store.curves():
@@ -349,8 +392,7 @@ def write_exports(
     # strict JSON: a diagnostic that was never finite (PPO's explained variance of constant
     # returns) is null, not a bare NaN other parsers refuse
     (exports / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
-    (run_dir / "summary.md").write_text(summary_markdown(summary))
-    return exports
+    return summary
 
 
 def _over_seeds(curves: np.ndarray) -> dict[str, Any]:
@@ -504,14 +546,19 @@ def write_figures(
             written += plot_calibration(
                 summary["calibration"], f"{title}: generalization model", directory / "calibration"
             )
-        if axis is not None and summary["curves"]:
-            lead = next(iter(summary["curves"].values()))
-            sources = list(dict.fromkeys(lead["order"]))
+        if axis is not None and (summary["curves"] or "curve" in summary):
+            if "curve" in summary:  # a select sweep: what its strategy trained
+                chooser = plan.config.strategy.name
+                left_out = set(summary.get("curve_left_out") or [])
+                sources = [i for i in dict.fromkeys(summary["order"]) if i not in left_out]
+            else:
+                chooser = next(iter(summary["curves"]))
+                sources = list(dict.fromkeys(summary["curves"][chooser]["order"]))
             written += plot_generalization(
                 plan.grid.grid_coords(),
                 normalised,
                 sources,
-                f"{title}: what {next(iter(summary['curves']))} chose",
+                f"{title}: what {chooser} chose",
                 directory / "generalization",
                 axis=axis,
             )
@@ -625,7 +672,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 else ("(source, target) pair")
             )
             lines.append(
-                f"- `{record['file']}`: {record['method']} from {record['sources']} source(s), "
+                f"- `{record['file']}`: {record['method']} from {record['sources']} source "
+                "policies, "
                 f"{record['target_env_steps']:,} target-env steps per {per}"
                 + (f"; {record['summary']}" if record["summary"] else "")
             )
@@ -633,7 +681,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if "multitask" in summary:
         lines += [
             f"- Multi-task (one policy on the mixture of all contexts): "
-            f"{summary['multitask']:.4f} +- {summary['multitask_std']:.4f} over seeds",
+            f"{summary['multitask']:.4f}"
+            + (
+                f" +- {summary['multitask_ci95']:.4f} (95 % interval over "
+                f"{summary['multitask_seeds']} seeds)"
+                if summary.get("multitask_seeds", 1) > 1
+                else ""
+            ),
             "",
         ]
     if "joint_transfer" in summary:
@@ -651,12 +705,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "them in a zero-shot sweep and transfer from those (benchmarks/bench_distill.py).",
         ]
     elif "independent" in summary:
+        trained_by = [
+            r["method"] for r in summary.get("transfer", []) if r.get("target_env_steps", 0) > 0
+        ]
+        # the diagonal of a matrix a training transfer method made: the sources trained on
+        # further, not the independently trained models alone
+        after = f", each after {trained_by[0]} on its own context" if trained_by else ""
         seeds = "independent_seeds" in summary
         if seeds:  # every number below on each seed's matrix, then averaged over the seeds
             independent, oracle = summary["independent_seeds"], summary["oracle_transfer_seeds"]
             lines += [
-                f"- Independent (all {summary['n_contexts']} models): {independent['mean']:.4f} "
-                f"+- {independent['ci95']:.4f}",
+                f"- Independent (all {summary['n_contexts']} models{after}): "
+                f"{independent['mean']:.4f} +- {independent['ci95']:.4f}",
                 f"- Oracle transfer (all models, best source per target): {oracle['mean']:.4f} "
                 f"+- {oracle['ci95']:.4f}",
                 "",
@@ -671,7 +731,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             ]
         else:
             lines += [
-                f"- Independent (all {summary['n_contexts']} models): {summary['independent']:.4f}",
+                f"- Independent (all {summary['n_contexts']} models{after}): "
+                f"{summary['independent']:.4f}",
                 f"- Oracle transfer (all models, best source per target): "
                 f"{summary['oracle_transfer']:.4f}",
                 "",
@@ -737,12 +798,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                         f" It reaches them (>=) at k = {efficiency['k_match']}, N / k = "
                         f"{efficiency['factor_match']:.1f}.{uncounted}"
                     )
-    elif "curve" in summary:
+    if "curve" in summary:
         left_out = summary.get("curve_left_out") or []
         trained = [i for i in summary["order"] if i not in left_out]
         # each value beside the source whose row it adds (a failed source adds none)
+        if "curves" in summary:
+            lines.append("")
         lines.append(
-            "G_k along the trained order: "
+            "G_k along the trained order"
+            + (" (on the seed-mean matrix)" if len(summary["seeds"]) > 1 else "")
+            + ": "
             + "; ".join(
                 f"{_sources(summary, [i])}: {v:.3f}"
                 for i, v in zip(trained, summary["curve"], strict=True)

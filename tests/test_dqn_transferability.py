@@ -230,8 +230,14 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
     assert "# DQN transferability: CartPole" in result.stdout
     assert (out / "summary.md").is_file() and (out / "exports" / "metrics.json").is_file()
     assert (run_dir / "summary.md").stat().st_mtime_ns == summary
-    again = run_ctxrl("report", str(run_dir), "--out", str(out))
-    assert again.returncode != 0 and f"--out: {out} is not empty" in again.stderr
+    # the same report again into its own copy (refused before), never into other files
+    run_ctxrl("report", str(run_dir), "--out", str(out), check=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = run_ctxrl("report", str(run_dir), "--out", str(other))
+    assert refused.returncode != 0 and f"--out: {other} is not empty" in refused.stderr
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:

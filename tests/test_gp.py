@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctxrl import CtxrlError
-from ctxrl.gp import GapModel, PerformanceGP, held_out_error, predict_matrix
+from ctxrl.gp import GapModel, PerformanceGP, held_out_error, predict_matrix, spread_observations
 from ctxrl.plugins import get_host
 from ctxrl.reference_gp import WarmStart, WarmStartedGP
 from ctxrl.selection import replay
@@ -294,3 +294,21 @@ def test_sd_mbtl_detects_mountains_and_falls_back_to_the_gp() -> None:
     assert strategy.propose(state) == gp_mbtl.propose(state)
     with pytest.raises(CtxrlError, match="structure 'hill'"):
         spec.factory(structure="hill")
+
+
+def test_held_out_rows_on_a_grid_are_observed_along_every_axis() -> None:
+    """Evenly spaced indices of a 3 x 2 grid observed one value of the second feature only
+    (rows 0, 2, 4: every held-out entry at a feature value never seen), and the report called
+    that the model's calibration; with the coordinates every set spans both features. 1-D
+    grids keep their evenly spaced sets."""
+    first, second = np.meshgrid(np.log([0.5, 1.0, 2.0]), np.log([0.25, 1.0]), indexing="ij")
+    coords = np.stack([first.ravel(), second.ravel()], axis=1)
+    assert spread_observations(6, 3, 4)[0] == [0, 2, 4]  # without coords: one column
+    sets = spread_observations(6, 3, 4, coords=coords)
+    assert sets
+    for chosen in sets:
+        assert len(chosen) == 3 and len(set(chosen)) == 3
+        assert len({coords[i, 1] for i in chosen}) == 2, chosen
+        assert len({coords[i, 0] for i in chosen}) >= 2, chosen
+    line = np.linspace(0, 1, 20)[:, None]
+    assert spread_observations(20, 3, 4, coords=line) == spread_observations(20, 3, 4)

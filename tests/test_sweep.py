@@ -243,6 +243,58 @@ def test_report_of_a_select_run_follows_the_stored_selection(
         assert db.execute("SELECT * FROM selection ORDER BY step").fetchall() == stored
 
 
+def test_a_select_run_that_trains_every_context_reports_its_own_selection(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    """With K = N the matrix is complete, and the report replayed the compared baselines
+    alone: the sweep's own strategy had no G_k and sample efficiency was credited to the
+    first baseline (``random``), the generalization figure titled with it."""
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm.params": {"candidates": 3},
+            "mode": "select",
+            "strategy": {"name": "mbtl-gp", "budget": 4},
+            "compare": ["random", "greedy"],
+        },
+    )
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    assert sorted(summary["order"]) == [0, 1, 2, 3] and len(summary["curve"]) == 4
+    assert set(summary["curves"]) >= {"random", "greedy"}
+    assert summary["sample_efficiency"]["strategy"] == "mbtl-gp"
+    text = (run_dir / "summary.md").read_text()
+    assert "G_k along the trained order: " in text and "Sample efficiency of random" not in text
+
+
+def test_a_report_that_fails_part_way_leaves_the_earlier_report_whole(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    """A report failing while it drew a figure had already rewritten the exports (a run
+    failed since: its row gone from the matrices) beside the old summary, which still
+    counted it."""
+    config = _config(tmp_path)
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    before = {p.name: p.read_bytes() for p in (run_dir / "exports").iterdir()}
+    summary = (run_dir / "summary.md").read_text()
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        (run,) = db.execute("SELECT run_id FROM runs LIMIT 1").fetchone()
+        db.execute("UPDATE runs SET status = 'failed', error = 'lost' WHERE run_id = ?", (run,))
+        db.execute("DELETE FROM evaluations WHERE run_id = ?", (run,))
+    (run_dir / "figures" / "matrix.png").unlink()
+    (run_dir / "figures" / "matrix.png").mkdir()  # the figure cannot be written
+    failed = run_ctxrl("report", str(run_dir))
+    assert failed.returncode != 0 and "cannot write the report" in failed.stderr
+    assert {p.name: p.read_bytes() for p in (run_dir / "exports").iterdir()} == before
+    assert (run_dir / "summary.md").read_text() == summary
+    assert not list(run_dir.glob(".exports-*"))
+    (run_dir / "figures" / "matrix.png").rmdir()
+    run_ctxrl("report", str(run_dir), check=True)
+    assert "1 of 4 runs failed" in (run_dir / "summary.md").read_text()
+
+
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(
     run_ctxrl: Run, scripted: Path, event_log: Path, tmp_path: Path
 ) -> None:

@@ -366,6 +366,9 @@ def test_a_sweep_killed_after_its_transfer_trained_continues_from_the_transfers_
             saved.write_bytes(saved.read_bytes()[:100])
         run_dir = _sweep(out, **changes)
         assert not list((run_dir / "checkpoints").iterdir())
+        if transfer["name"] == "fine-tune":  # the diagonal is not the sources' own training
+            text = (run_dir / "summary.md").read_text()
+            assert "(all 2 models, each after fine-tune on its own context)" in text
         with Store(run_dir / "store.sqlite") as a, Store(never / "store.sqlite") as b:
             assert [a.returns(r.run_id) for r in a.runs()] == [
                 b.returns(r.run_id) for r in a.runs()
