@@ -632,6 +632,46 @@ def test_plasticity_injection_leaves_a_warm_starts_frozen_layers_alone() -> None
     assert float(tuned.params["actor.injection0.on"].sum()) == 0.0  # not injected
 
 
+def test_a_warm_start_from_an_injected_policy_keeps_its_injections() -> None:
+    """Warm-started from a policy injected once, a new injection overwrote slot 0 (the setup
+    counted from 0): the source's frozen copies were lost and the critic's outputs jumped by
+    up to 1.7; now the used slot counts and the next injection takes slot 1. A role with a
+    re-initialised layer drops the source's injections (its switch stayed on, adding the
+    source's h(old) - h(fresh_0) to a fresh head)."""
+    from ctxrl.interventions import build_interventions
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+
+    def ppo() -> Any:
+        return registry.algorithm("batched-ppo").factory({"num_steps": 64}, device="cpu")
+
+    def injection(step: int) -> list[Any]:
+        options = {"at_switch": False, "at_steps": [step], "max_injections": 2}
+        return build_interventions([{"name": "plasticity-injection", "options": options}], registry)
+
+    source = ppo().train_many(env, [{}], [0], total_steps=512, interventions=injection(256))
+    assert float(source.params["critic.injection0.on"].sum()) == 1.0
+    tuned = ppo().train_many(
+        env, [{}], [0], total_steps=512, init=source, interventions=injection(256)
+    )
+    for name, value in source.params.items():
+        if ".injection0." in name:  # the source's injection, kept
+            assert torch.equal(tuned.params[name], value), name
+    assert float(tuned.params["critic.injection1.on"].sum()) == 1.0  # the new one: slot 1
+    fresh_head = ppo().train_many(
+        env,
+        [{}],
+        [0],
+        total_steps=512,
+        init=source,
+        reinit=["critic.head"],
+        interventions=injection(100_000),  # never injects here
+    )
+    assert float(fresh_head.params["critic.injection0.on"].sum()) == 0.0
+    assert float(fresh_head.params["actor.injection0.on"].sum()) == 1.0  # untouched role
+
+
 # ---------------------------------------------------------------- plasticity injection
 class TestPlasticityInjection(_SwitchingContract):
     intervention_name = "plasticity-injection"
@@ -737,6 +777,16 @@ def test_plasticity_injection_options_are_checked() -> None:
         ("continual-backprop", {"replacement_rate": 1.5}, "replacement_rate must be in [0, 1]"),
         ("plasticity-injection", {"max_injections": True}, "max_injections must be a whole"),
         ("plasticity-injection", {"at_steps": 500}, "at_steps must be a list, got 500"),
+        # these trained every agent to NaN, injected into nothing, or failed with Python's
+        # own comparison error naming no option
+        ("spectral-reg", {"target": float("nan")}, "spectral-reg: target must be a finite"),
+        ("spectral-reg", {"power": float("inf")}, "spectral-reg: power must be a finite"),
+        ("spectral-reg", {"power": True}, "spectral-reg: power must be a number > 0"),
+        ("spectral-reg", {"target": "1"}, "spectral-reg: target must be a number >= 0"),
+        ("ns-adam", {"beta1": "0.9"}, "ns-adam: beta1 must be a number >= 0"),
+        ("continual-backprop", {"decay": "0.9"}, "continual-backprop: decay must be a number"),
+        ("shrink-perturb", {"when": ["step"]}, "shrink-perturb: when ['step']: expected"),
+        ("plasticity-injection", {"roles": []}, "plasticity-injection: roles is empty"),
     ],
 )
 def test_intervention_options_of_the_wrong_kind_are_named(
@@ -795,3 +845,36 @@ def test_continual_backprop_keeps_a_dqn_agent_equal_to_itself_alone() -> None:
     batch = train([{"masscart": 3.0}, {"masscart": 1.0}], [7, 3])
     for name, value in alone.params.items():
         assert torch.equal(value[0], batch.params[name][1]), name
+
+
+def test_two_instances_of_one_intervention_keep_their_own_diagnostics() -> None:
+    """Two ReDo arms with other options on different agents of one program (a study's
+    shared batch) wrote one ``redo.*`` key, the last instance's values for every agent: agent
+    0's recycled units were reported as the other arm's. On disjoint agents they share the
+    key, each agent's value its own arm's; on the same agents the second gets its own key."""
+    from ctxrl.interventions import build_interventions
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({"num_steps": 64}, device="cpu")
+
+    def redo(**options: Any) -> Any:
+        (built,) = build_interventions([{"name": "redo", "options": options}], registry)
+        return built
+
+    first, second = redo(every=2, tau=0.5), redo(every=4, tau=0.3)
+    trained = algorithm.train_many(
+        env, [{}, {}], [0, 1], total_steps=1024, interventions=[(first, [0]), (second, [1])]
+    )
+    assert trained.log is not None
+    logged = trained.log.diagnostics["redo.recycled"][-1]
+    own = [
+        float(first.diagnostics(None)["recycled"][0]),
+        float(second.diagnostics(None)["recycled"][1]),
+    ]
+    assert [float(v) for v in logged] == own and own[0] != own[1]
+    both = algorithm.train_many(
+        env, [{}], [0], total_steps=512, interventions=[redo(every=2), redo(every=4)]
+    )
+    assert both.log is not None
+    assert {"redo.recycled", "redo-2.recycled"} <= set(both.log.diagnostics)

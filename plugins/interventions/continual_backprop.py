@@ -103,7 +103,8 @@ class ContinualBackprop(Intervention):
         maturity = count_option(maturity, "continual-backprop: maturity", minimum=0)
         if maturity < 0:
             raise ConfigError(f"continual-backprop: maturity must be >= 0, got {maturity}")
-        if not 0 <= decay < 1:
+        decay = number_option(decay, "continual-backprop: decay", positive=False)
+        if not decay < 1:
             raise ConfigError(f"continual-backprop: decay must be in [0, 1), got {decay}")
         if optimizer_reset not in OPTIMIZER_RESETS:
             raise ConfigError(

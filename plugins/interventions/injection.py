@@ -29,7 +29,9 @@ Options and defaults:
 - ``max_injections = 1``: the paper injects once. Each further injection an agent may receive
   needs one more slot (two frozen copies of the block and two more forward passes of it);
   later switches are left alone once an agent's slots are used, and ``injections`` in the
-  diagnostics says how many it received.
+  diagnostics says how many it received. A warm start from an injected policy brings its
+  slots switched on, and they count (re-initialising a layer of a role switches that role's
+  off, :func:`~ctxrl_plugins.training.surgery.warm_start`).
 - ``roles``: the network roles to inject into (default all: PPO's actor and critic, DQN's Q).
 - ``optimizer_reset = "moments_and_step"``: the fresh trainable block starts with a fresh Adam
   state, as new parameters would.
@@ -102,6 +104,11 @@ class PlasticityInjection(Intervention):
         self.layers, self.at_switch, self.at_steps = layers, at_switch, steps
         self.max_injections = max_injections
         self.roles = None if roles is None else names_option(roles, "plasticity-injection: roles")
+        if self.roles == []:
+            raise ConfigError(
+                "plasticity-injection: roles is empty: it would inject into no network (leave "
+                "it out for every network)"
+            )
         self.optimizer_reset: OptimizerReset = optimizer_reset
         self.injected = torch.zeros(0)
         self.next_step = 0  # index into at_steps of the next scheduled injection
@@ -133,7 +140,18 @@ class PlasticityInjection(Intervention):
             heads = [layer for layer in names if layer not in hidden]
             self._block[role] = [*hidden[len(hidden) - (self.layers - 1) :], *heads]
         use_per_element_steps(view, self.optimizer_reset)
+        # slots a warm start brought switched on are used: a new injection takes the next one
+        # (overwriting slot 0 dropped the source's injected term and changed its outputs)
         self.injected = torch.zeros(view.num_agents, device=view.device)
+        for role in roles:
+            switches = [
+                view.params[f"{role}.injection{slot}.on"].reshape(view.num_agents, -1)[:, 0]
+                for slot in range(self.max_injections)
+                if f"{role}.injection{slot}.on" in view.params
+            ]
+            if switches:
+                on = torch.stack(switches).to(self.injected.dtype).sum(dim=0)
+                self.injected = torch.maximum(self.injected, on.to(view.device))
         self.next_step = 0
 
     def after_update(self, view: TrainingView) -> None:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.options import number_option
 
 
 class NonStationaryAdam(Intervention):
@@ -32,7 +33,9 @@ class NonStationaryAdam(Intervention):
     whole_batch: ClassVar[bool] = True
 
     def __init__(self, beta1: float = 0.99, beta2: float = 0.99) -> None:
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        beta1 = number_option(beta1, "ns-adam: beta1", positive=False)
+        beta2 = number_option(beta2, "ns-adam: beta2", positive=False)
+        if not (beta1 < 1 and beta2 < 1):
             raise ConfigError(f"ns-adam: betas must be in [0, 1), got {beta1}, {beta2}")
         self.betas = (float(beta1), float(beta2))
 

@@ -77,7 +77,7 @@ class ShrinkPerturb(Intervention):
     def __init__(
         self, shrink: float | None = None, perturb: float | None = None, when: When = "step"
     ) -> None:
-        if when not in DEFAULTS:
+        if not isinstance(when, str) or when not in DEFAULTS:
             raise ConfigError(f"shrink-perturb: when {when!r}: expected 'step' or 'switch'")
         self.when = when
         shrink = DEFAULTS[when][0] if shrink is None else shrink

@@ -25,7 +25,6 @@ from typing import ClassVar, cast
 
 import torch
 
-from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import masked_normal, weight_names
@@ -64,10 +63,8 @@ class SpectralRegularisation(Intervention):
         self, coef: float = 1e-4, target: float = 1.0, power: float = 2.0, iterations: int = 1
     ) -> None:
         coef = number_option(coef, "spectral-reg: coef", positive=False)
-        if target < 0 or power <= 0:
-            raise ConfigError(
-                f"spectral-reg: target must be >= 0 and power > 0, got {target}, {power}"
-            )
+        target = number_option(target, "spectral-reg: target", positive=False)
+        power = number_option(power, "spectral-reg: power")
         iterations = count_option(iterations, "spectral-reg: iterations")
         self.coef, self.target, self.power = float(coef), float(target), float(power)
         self.iterations = int(iterations)

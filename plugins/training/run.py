@@ -139,11 +139,38 @@ class TrainingRun:
         self._counts = {k: int(counts[k]) for k in sums}
 
     def flush_diagnostics(self) -> dict[str, np.ndarray]:
-        """The running means since the last flush, per agent ``(N,)``, and reset them."""
+        """The running means since the last flush, per agent ``(N,)``, and reset them.
+
+        An intervention's diagnostics are ``{name}.{diagnostic}``. Several instances of one
+        intervention on different agents (a study's arms with other options) share the key,
+        each agent's value from the instance whose mask holds it; one whose agents another
+        instance of the name already covers gets keys of its own, ``{name}-{k}.{diagnostic}``
+        (``k`` = 2, 3, ...: its place among the instances of the name)."""
         out = {k: (v / self._counts[k]).float().cpu().numpy() for k, v in self._sums.items()}
+        covered: dict[str, np.ndarray] = {}  # per name: agents an instance's mask holds
+        seen: dict[str, int] = {}
         for intervention in self.each_intervention():
-            for name, value in intervention.diagnostics(self).items():
-                out[f"{intervention.name}.{name}"] = value.detach().float().cpu().numpy()
+            name = intervention.name
+            seen[name] = seen.get(name, 0) + 1
+            mask = self.mask.detach().cpu().numpy() > 0
+            diagnostics = {
+                key: value.detach().float().cpu().numpy()
+                for key, value in intervention.diagnostics(self).items()
+            }
+            if name not in covered:
+                covered[name] = mask.copy()
+                out.update({f"{name}.{key}": value for key, value in diagnostics.items()})
+            elif not (covered[name] & mask).any():
+                covered[name] |= mask
+                for key, value in diagnostics.items():
+                    merged = out.get(f"{name}.{key}")
+                    if merged is None or merged.shape != value.shape:
+                        out[f"{name}.{key}"] = value
+                    else:
+                        agents = mask.reshape(-1, *[1] * (value.ndim - 1))
+                        out[f"{name}.{key}"] = np.where(agents, value, merged)
+            else:
+                out.update({f"{name}-{seen[name]}.{k}": v for k, v in diagnostics.items()})
         self._sums, self._counts = {}, {}
         return out
 

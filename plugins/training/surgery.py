@@ -33,7 +33,8 @@ def warm_start(
     network, observation or action space) is an error naming it, and so is a source parameter
     the network lacks (the source's function would not be copied). ``algorithm`` names the
     trainer in errors. Parameters in ``optional`` (plasticity injection's frozen copies) are
-    copied when the source has them and otherwise keep their initialisation."""
+    copied when the source has them and otherwise keep their initialisation; a role with a
+    ``reinit`` layer keeps its own (injections off), not the source's."""
     source: Mapping[str, Tensor] = init.params if hasattr(init, "params") else init
     source_env = getattr(init, "env", None)
     missing = sorted(set(params) - set(source) - set(optional))
@@ -51,6 +52,15 @@ def warm_start(
             "a dueling head, injected blocks), which copying part of it would not reproduce"
         )
     keep = set(matching(reinit, layers, params, "reinit"))
+    # a role with a re-initialised layer drops the source's plasticity injections (their
+    # switches and frozen copies keep their initialisation, off): an injected slot adds
+    # h(old) - h(fresh_0) of the source's block, which a fresh layer would not have
+    reset_roles = {name.split(".", 1)[0] for name in keep}
+    keep |= {
+        name
+        for name in params
+        if name.split(".", 1)[0] in reset_roles and name.split(".")[1].startswith("injection")
+    }
     n = next(iter(params.values())).shape[0]
     with torch.no_grad():
         for name, value in params.items():
