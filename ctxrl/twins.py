@@ -480,11 +480,15 @@ class BatchedEnv:
             ``rng.seeds``, ``rng.counters``: the per-env streams ``(B,)`` int64 (with
             ``env_seeds`` only).
             ``pool.<feature>``: the context pool ``(P,)`` (while one is set only).
+            ``state_strides``: the physical state's memory layout, its strides ``(2,)``
+                int64 (a compiled rollout is specialised to its inputs' strides: restored in
+                another layout it would run another kernel, whose rounding differs).
 
         A subclass's ``_extra_state`` adds its own keys.
         """
         state = {
             "state": self._state.T.clone(memory_format=torch.contiguous_format),
+            "state_strides": torch.tensor(self._state.stride(), dtype=torch.int64),
             "elapsed": self.elapsed.clone(),
             "generator": self.generator.get_state(),
         }
@@ -516,7 +520,21 @@ class BatchedEnv:
                 )
             return value.to(self.device).clone()
 
-        physical = take("state", (*b, self.state_dim), self.dtype).T.contiguous()
+        # in the memory layout it was saved in (a compiled rollout is specialised to its
+        # inputs' strides; another layout would run another kernel, whose rounding differs,
+        # and a resumed run would not be exact); a state dict without it (an earlier ctxrl's)
+        # takes the layout of the state it replaces
+        saved = take("state", (*b, self.state_dim), self.dtype).T
+        strides = rest.pop("state_strides", None)
+        dense = {(self.num_envs, 1), (1, self.state_dim)}  # the two layouts of (state_dim, B)
+        if strides is not None and tuple(int(x) for x in strides.tolist()) in dense:
+            layout = tuple(int(x) for x in strides.tolist())
+            physical = torch.empty_strided(
+                saved.shape, layout, dtype=self.dtype, device=self.device
+            )
+        else:
+            physical = torch.empty_like(self._state)
+        physical.copy_(saved)
         elapsed = take("elapsed", b, torch.long)
         context = {n: take(f"context.{n}", b, self.dtype) for n in self.space.names}
         if "generator" not in rest:
