@@ -94,11 +94,24 @@ def test_cross_evaluation_matches_evaluation_on_own_context() -> None:
         np.testing.assert_array_equal(own[0], matrix[i, i])
 
 
-def test_checkpoint_resume_continues_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "compile_mode", ["off", pytest.param("on", marks=pytest.mark.long)], ids=["eager", "compiled"]
+)
+def test_checkpoint_resume_continues_exactly(tmp_path: Path, compile_mode: str) -> None:
+    """Compiled too: the twin's state came back in another memory layout, the compiled
+    rollout recompiled for it and rounded differently (4 parameters differed)."""
     spec = get_host().registry.env("CartPole")
     contexts, seeds = [{"masscart": 1.0}, {"masscart": 3.0}], [0, 1]
     # the diagnostics record after iteration 3 averages across the checkpoint after the 2nd
     window = {"diagnostics_every": 3 * 512}
+
+    def _algo() -> Any:
+        return (
+            get_host()
+            .registry.algorithm("batched-ppo")
+            .factory({"compile": compile_mode}, device="cpu")
+        )
+
     reference = _algo().train_many(spec, contexts, seeds, total_steps=4 * 512, **window)
 
     class Killed(Exception):
