@@ -258,6 +258,12 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
     overlapping["options"]["freeze"] = "actor.head"
     with pytest.raises(ConfigError, match=r"actor\.head both re-initialised"):
         resolve_plan(validate_config(_config(transfer=overlapping)), get_host().registry)
+    # through patterns and roles too (passed the plan, then every run failed after training)
+    for reinit, freeze in (("actor.*", "actor.0"), ("actor", "actor.head")):
+        overlapping = {"name": "fine-tune", "options": {"steps": 1024, "reinit": reinit}}
+        overlapping["options"]["freeze"] = freeze
+        with pytest.raises(ConfigError, match=r"actor\.\w+\.bias, .* both re-initialised"):
+            resolve_plan(validate_config(_config(transfer=overlapping)), get_host().registry)
     short = _config(
         algorithm={"name": "batched-dqn", "params": {"learning_starts": 2000}},
         train_steps=4000,

@@ -181,12 +181,13 @@ class BatchedTrainer(Generic[StateT]):
         """Per network role: its description and output heads (name -> (width, init gain))."""
         raise NotImplementedError
 
-    def check_layers(self, env: EnvSpec, patterns: Sequence[str], option: str) -> None:
+    def check_layers(self, env: EnvSpec, patterns: Sequence[str], option: str) -> list[str]:
         """Raise a :class:`~ctxrl.errors.CtxrlError` naming ``option`` (``reinit``,
         ``freeze``) and the layers when a pattern matches no layer of the networks this
-        algorithm trains on ``env`` (one agent's shapes are built, nothing is drawn)."""
+        algorithm trains on ``env`` (one agent's shapes are built, nothing is drawn); returns
+        the parameter names the patterns match."""
         if not patterns:
-            return
+            return []
         if env.make_batched is None:
             raise CtxrlError(f"{self.name}: env {env.name!r} has no torch twin")
         twin = env.make_batched(1)
@@ -196,7 +197,7 @@ class BatchedTrainer(Generic[StateT]):
             net = StackedMLP(role, spec, twin.observation_size, heads)
             params.update(net.init_agent(torch.Generator(), zeros=True))
             layers += net.layers
-        matching(patterns, layers, params, option)
+        return matching(patterns, layers, params, option)
 
     def extra_params(self, twin: Any) -> Params:
         """Per-agent parameters outside the networks (e.g. a log standard deviation)."""

@@ -49,14 +49,16 @@ class FineTune:
         trains on ``env``, and an agent can learn in ``steps`` (DQN's ``learning_starts``);
         checked before the sources train."""
         check_layers = getattr(algorithm, "check_layers", None)
-        if check_layers is not None:
-            check_layers(env, self.reinit, "reinit")
-            check_layers(env, self.freeze, "freeze")
         both = sorted(set(self.reinit) & set(self.freeze))
+        if check_layers is not None:  # patterns and roles too: `actor.*` and `actor.0`
+            reinit = check_layers(env, self.reinit, "reinit") or []
+            freeze = check_layers(env, self.freeze, "freeze") or []
+            both = both or sorted(set(reinit) & set(freeze))
         if both:  # the trainer refuses it too, but only after the sources trained
             raise ConfigError(
-                f"fine-tune: {', '.join(both)} both re-initialised (reinit) and frozen (freeze): "
-                "a frozen layer keeps the source's weights; name it in one of them"
+                f"fine-tune: {', '.join(both)} both re-initialised (reinit "
+                f"{self.reinit}) and frozen (freeze {self.freeze}): a frozen layer keeps the "
+                "source's weights; name it in one of them"
             )
         check_budget = getattr(algorithm, "check_budget", None)
         if check_budget is not None:
