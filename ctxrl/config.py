@@ -33,6 +33,7 @@ from ctxrl.context import ContextGrid, GridAxis
 from ctxrl.errors import ConfigError, ContextError, CtxrlError, UnknownNameError
 from ctxrl.interventions import build_interventions
 from ctxrl.options import (
+    SEED_LIMIT,
     UNEXPECTED_KEYWORD,
     check_device,
     check_options,
@@ -156,7 +157,7 @@ class SweepConfig(_Strict):
         "twin's (e.g. num_seconds for traffic; visible: [masscart] shows a feature to the agent)",
     )
     algorithm: AlgorithmConfig
-    seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+    seeds: list[Annotated[int, Field(ge=0, lt=SEED_LIMIT, strict=True)]] = Field(
         default_factory=lambda: [0], min_length=1
     )
     train_steps: WholeNumber = Field(

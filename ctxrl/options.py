@@ -33,13 +33,20 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) or (math.isfinite(value) and value == int(value))
 
 
-def count_option(value: Any, option: str, *, minimum: int = 1) -> int:
-    """``value`` as a whole number ``>= minimum`` (``option`` names it in the error, e.g.
-    ``reset: every``); a boolean or a fraction is not a count."""
+SEED_LIMIT = 2**62
+"""Seeds and seed offsets are below this: random streams are int64 tensors, and the offsets and
+salts added to a seed must not carry it past 2**63 (the error came after training started)."""
+
+
+def count_option(value: Any, option: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as a whole number ``>= minimum`` (and ``< maximum`` where given; ``option``
+    names it in the error, e.g. ``reset: every``); a boolean or a fraction is not a count."""
     if not _whole(value):
         raise ConfigError(f"{option} must be a whole number, got {value!r}")
     if int(value) < minimum:
         raise ConfigError(f"{option} must be >= {minimum}, got {value!r}")
+    if maximum is not None and int(value) >= maximum:
+        raise ConfigError(f"{option} must be < {maximum}, got {value!r}")
     return int(value)
 
 
@@ -81,6 +88,7 @@ def names_option(value: Any, option: str) -> list[str]:
 
 
 __all__ = [
+    "SEED_LIMIT",
     "count_option",
     "flag_option",
     "names_option",

@@ -49,9 +49,11 @@ def read_plan_file(run_dir: Path) -> dict[str, Any]:
             hint = f"; it holds the run directories {listed}"
         raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE}){hint}")
     try:
-        stored = yaml.safe_load(plan_file.read_text())
+        stored = yaml.safe_load(plan_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise CtxrlError(f"{plan_file} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CtxrlError(f"{plan_file} is not UTF-8 text (damaged?): {exc}") from None
     if not isinstance(stored, dict):
         raise CtxrlError(f"{plan_file} is not a mapping (not written by ctxrl, or damaged)")
     return stored
@@ -87,8 +89,8 @@ def locate_run_dir(plan: SweepPlan) -> SweepPlan:
     candidates = sorted(plan.config.output_dir.glob(f"{prefix}*/plan.yaml"))
     for plan_file in candidates:
         try:
-            stored = parse_yaml(plan_file.read_text())
-        except (OSError, yaml.YAMLError):
+            stored = parse_yaml(plan_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
             continue
         if isinstance(stored, dict) and stored_plan_hash(stored) == plan.plan_hash:
             return dataclasses.replace(plan, location=plan_file.parent)

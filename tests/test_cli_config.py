@@ -482,6 +482,12 @@ def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
     ]
     with pytest.raises(ConfigError, match="seeds"):
         load_config(None, ["seeds=[1:30]"])  # text where a seed goes: named, not ninety
+    # past int64 (with the offsets added to it) a seed failed after training had started
+    with pytest.raises(ConfigError, match=r"seeds.0: Input should be less than 4611686018427"):
+        load_config(None, ["seeds=[9223372036854775808]"])
+    for method in ("fine-tune", "distill"):
+        with pytest.raises(ConfigError, match=f"{method}: seed_offset must be < 4611686018427"):
+            get_host().registry.transfer_method(method).factory(steps=100, seed_offset=1e19)
     plan = _plan("env_options.visible=masscart", "output_dir=~/ctxrl-runs")
     assert plan.env.make_batched(1).visible == ("masscart",)
     assert plan.config.output_dir == Path.home() / "ctxrl-runs"

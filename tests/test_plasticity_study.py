@@ -159,6 +159,10 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         ({"schedule": {"kind": "sequence", "contexts": [{}]}}, "schedule: .*needs every"),
         ({"params": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
         ({"seeds": [1, 1]}, "repeat a seed"),
+        # YAML's true ran as seed 1; a seed past int64 failed after the study started
+        ({"seeds": [True]}, r"seeds: a number is expected, got \[True\]"),
+        ({"seeds": [2**63]}, "seeds.0: Input should be less than"),
+        ({"dormant_tau": float("inf")}, "dormant_tau: Input should be a finite number"),
         ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
         (
@@ -187,6 +191,24 @@ def test_bad_studies_are_refused_before_training(
     with pytest.raises(CtxrlError, match=message):
         resolve_study(load_study_config(_write(tmp_path, **changes)), get_host().registry)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_a_study_file_is_read_as_sweep_configs_are(tmp_path: Path) -> None:
+    """Study files were read by PyYAML's own rules: a key given twice kept the last (another
+    study than the one planned), ``1e-3`` was text and refused as a learning rate, and a
+    damaged file was a traceback; an unknown key in an arm named the wrong alternative."""
+    path = _write(tmp_path)
+    text = path.read_text()
+    path.write_text(text + "total_steps: 999999\n")
+    with pytest.raises(ConfigError, match="total_steps' is given twice"):
+        load_study_config(path)
+    path.write_text(text.replace("params:\n", "params:\n  learning_rate: 1e-3\n", 1))
+    assert load_study_config(path).params["learning_rate"] == 0.001
+    path.write_bytes(b"\xff\xfe" + text.encode())
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_study_config(path)
+    with pytest.raises(ConfigError, match=r"arms.0.ArmEntry.bogus: no such field"):
+        load_study_config(_write(tmp_path, arms=[{"label": "x", "bogus": 1}]))
 
 
 def test_arm_labels_that_differ_in_a_dot_get_programs_of_their_own(tmp_path: Path) -> None:

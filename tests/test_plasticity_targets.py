@@ -189,7 +189,9 @@ def test_bad_studies_are_refused_before_training(
         ({"tasks": 3, "window": 2}, r"shifting_targets.window: .*at least 4 tasks"),
         ({"eval_every": 100}, r"shifting_targets.eval_every: 100"),
         ({"eval_every": 7}, r"shifting_targets.eval_every: 7 does not divide the 30 steps"),
-        ({"learning_rat": 0.1}, r"shifting_targets.learning_rat: Extra inputs"),
+        ({"learning_rat": 0.1}, r"shifting_targets.learning_rat: no such field"),
+        # accepted before: a whole study whose summary was all nan, the seed true as 1
+        ({"learning_rate": float("inf")}, r"shifting_targets.learning_rate: Input should be a"),
         ({"activation": "gelu"}, r"shifting_targets.activation"),
         # a width of 0 or below failed after the first task with a reshape error
         ({"hidden": [0]}, r"shifting_targets.hidden.0: Input should be greater than or equal"),

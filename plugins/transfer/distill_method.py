@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.options import count_option, number_option, steps_option
+from ctxrl.options import SEED_LIMIT, count_option, number_option, steps_option
 from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
 from ctxrl_plugins.algorithms.ppo import BatchedPPO
 from ctxrl_plugins.transfer.distill_core import (
@@ -132,7 +132,9 @@ class Distill:
             if "has no hyperparameter" in str(exc):  # a misspelt name: wrong whatever completes it
                 raise ConfigError(f"distill: student: {_without_prefix(exc)}") from None
             self._student_error = _without_prefix(exc)
-        self.seed_offset = count_option(seed_offset, "distill: seed_offset", minimum=0)
+        self.seed_offset = count_option(
+            seed_offset, "distill: seed_offset", minimum=0, maximum=SEED_LIMIT
+        )
 
     def check(self, algorithm: Any, env: Any) -> None:
         """``start: best-teacher`` copies a source into the student: the sources must be

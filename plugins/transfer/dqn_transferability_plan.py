@@ -10,13 +10,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import build_interventions
+from ctxrl.options import SEED_LIMIT
 from ctxrl.registry import EnvSpec, Registry
 from ctxrl.results import load_policies
 from ctxrl_plugins.transfer.studies import (
@@ -62,7 +63,9 @@ class StudyConfig(StrictModel):
     preset: str | None = Field(default=None, description="batched-dqn preset")
     variants: list[Variant] = Field(default_factory=lambda: list(_DEFAULT_VARIANTS), min_length=1)
     arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=SEED_LIMIT, strict=True)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], min_length=1
+    )
     train_steps: int = Field(gt=0, description="env steps per agent, every arm (same grid)")
     curve_every: int = Field(gt=0, description="env steps between learning-curve points")
     curve_episodes: int = Field(default=10, ge=1, description="episodes per curve point")

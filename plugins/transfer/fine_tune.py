@@ -17,7 +17,7 @@ import numpy as np
 from ctxrl import hookimpl
 from ctxrl.context import name_list
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.options import count_option, steps_option
+from ctxrl.options import SEED_LIMIT, count_option, steps_option
 from ctxrl.registry import EnvSpec, TransferMethodSpec
 from ctxrl.transfer import TransferProblem, TransferResult
 
@@ -42,7 +42,9 @@ class FineTune:
     ) -> None:
         self.steps = steps_option(steps, "fine-tune: steps")
         self.reinit, self.freeze = name_list(reinit), name_list(freeze)
-        self.seed_offset = count_option(seed_offset, "fine-tune: seed_offset", minimum=0)
+        self.seed_offset = count_option(
+            seed_offset, "fine-tune: seed_offset", minimum=0, maximum=SEED_LIMIT
+        )
 
     def check(self, algorithm: Any, env: EnvSpec) -> None:
         """Every ``reinit`` and ``freeze`` pattern names a layer of the networks ``algorithm``

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import yaml
@@ -44,9 +44,10 @@ from pydantic import Field, field_validator
 from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
-from ctxrl.options import check_device
+from ctxrl.options import SEED_LIMIT, check_device
 from ctxrl.registry import CurveOptions, EnvSpec, Registry, TransferMethodSpec
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
+from ctxrl.yaml12 import parse_yaml
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
     StudyOnly,
@@ -82,7 +83,9 @@ class ArmsConfig(StrictModel):
         description="interventions to compare with no intervention: a name (defaults), "
         "{name, options}, or {label, interventions: [...]} to compose several"
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=SEED_LIMIT, strict=True)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], min_length=1
+    )
     dormant_tau: float = Field(default=0.025, ge=0.0, description="ReDo's dormancy threshold")
     device: str = Field(default="cpu")
     output_dir: Path = Field(default=Path("runs"))
@@ -599,8 +602,8 @@ def ctxrl_register_commands(cli: Any) -> None:
 def _mapping(path: Path) -> dict[str, Any]:
     """A study file's top-level mapping, or an empty one (the loaders report what is wrong)."""
     try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+        data = parse_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -10,20 +10,35 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ctxrl.artifacts import write_text_atomic
 from ctxrl.config import merge_params
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import AlgorithmSpec
+from ctxrl.yaml12 import parse_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """A frozen config model that refuses unknown keys."""
+    """A frozen config model that refuses unknown keys, infinite and NaN numbers, and YAML's
+    ``true`` / ``false`` where a whole number is expected (a lax ``int`` takes them as 1 / 0:
+    ``seeds: [true]`` ran seed 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        wanted = str(field.annotation) if field is not None else ""
+        if "bool" in wanted or not any(t in wanted for t in ("int", "float")):
+            return value
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError(f"a number is expected, got {value!r}")
+        return value
 
 
 def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
@@ -33,18 +48,26 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
+    try:  # as sweep configs are read: YAML 1.2 numbers (1e-3), a key given twice refused
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a study is a YAML mapping")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "no such field"
+            got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+            problems.append(f"{where}: {message}{got}")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
 
 
 def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
