@@ -14,6 +14,7 @@ Plugins add commands through the ``ctxrl_register_commands`` hook.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -575,6 +576,9 @@ def synth(
     from ctxrl.synthetic import SETTINGS, SyntheticSetting, noise_folder, write_trials
 
     folders: dict[str, float] = {}
+    for noise in noises:
+        if not math.isfinite(noise):  # the matrices' bounds would be infinite: unreadable
+            raise CtxrlError(f"--noise: {noise!r} is not a finite noise level")
     for noise in noises:  # each level its own folder, before anything is written
         earlier = folders.setdefault(noise_folder(noise), noise)
         if earlier != noise:

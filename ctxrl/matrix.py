@@ -174,14 +174,17 @@ def _read_numeric_csv(path: Path) -> np.ndarray:
     if not path.is_file():
         raise MatrixError(f"matrix file {path} does not exist")
     rows: list[list[float]] = []
-    with path.open(newline="") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row:
-                continue
-            try:
-                rows.append([float(cell) for cell in row])
-            except ValueError as exc:
-                raise MatrixError(f"{path}:{line_no}: not a number ({exc})") from None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row:
+                    continue
+                try:
+                    rows.append([float(cell) for cell in row])
+                except ValueError as exc:
+                    raise MatrixError(f"{path}:{line_no}: not a number ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise MatrixError(f"{path}: not UTF-8 text ({exc})") from None
     if not rows:
         raise MatrixError(f"matrix file {path} is empty")
     widths = {len(r) for r in rows}

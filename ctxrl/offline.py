@@ -93,20 +93,25 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
     if not path.is_file():
         raise CtxrlError(f"contexts file {path} does not exist")
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
+        try:  # a UnicodeDecodeError is a ValueError
+            data = json.loads(path.read_text(encoding="utf-8"))
             features = [str(f) for f in data["features"]]
             values = np.array(
                 [[float(c[f]) for f in features] for c in data["contexts"]], dtype=np.float64
             )
+            if not features or len(values) == 0:
+                raise ValueError("no features or no contexts")
         except (ValueError, KeyError, TypeError) as exc:
             raise CtxrlError(
                 f"{path}: expected {{'features': [...], 'contexts': [{{feature: value}}]}} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
         return values, features, _return_bounds(path, data.get("return_bounds"))
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row]
+    except UnicodeDecodeError as exc:
+        raise CtxrlError(f"{path}: not UTF-8 text ({exc})") from None
     if len(rows) < 2:
         raise CtxrlError(f"{path}: expected a header of feature names and one row per context")
     features = [name.strip() for name in rows[0]]
@@ -143,10 +148,13 @@ def read_matrix_file(path: Path) -> np.ndarray:
     """One raw ``(N, N)`` matrix from a reference CSV (no header, row = source) or a ``.npy``
     array (read without pickle)."""
     if path.suffix == ".npy":
-        try:
+        try:  # EOFError: an empty file (click would take it for the user's Ctrl-D)
             matrix = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise CtxrlError(f"{path}: not a numeric .npy array ({exc})") from None
+            matrix = np.asarray(matrix, dtype=np.float64)
+        except (ValueError, EOFError, OSError, TypeError) as exc:
+            raise CtxrlError(
+                f"{path}: not a numeric .npy array ({type(exc).__name__}: {exc})"
+            ) from None
     else:
         from ctxrl.matrix import TransferMatrix
 
@@ -315,6 +323,8 @@ def load_trials(
     located, file_bounds = resolve_coordinates(
         raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
     )
+    if bounds is not None and env_name is not None:
+        raise CtxrlError("--env and --bounds both give the normalisation bounds; give one of them")
     if bounds is None and env_name is not None:
         bounds = registry.env(env_name).return_bounds
     bounds = bounds or file_bounds
@@ -360,6 +370,11 @@ def parse_options(
         except yaml.YAMLError as exc:
             raise CtxrlError(f"--option {item!r}: the value is not valid YAML ({exc})") from None
         for strategy in targets:
+            if name in options[strategy] and options[strategy][name] != value:
+                raise CtxrlError(
+                    f"--option {item!r}: {strategy}'s {name} is already given as "
+                    f"{options[strategy][name]!r}; give it once"
+                )
             options[strategy][name] = value
     for strategy, given in options.items():
         if given:

@@ -326,3 +326,47 @@ def test_trials_from_folders_with_other_contexts_are_refused(
     for order in (same, same[::-1]):
         refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *args)
         assert "disagree on their contexts" in " ".join(refused.stderr.split())
+
+
+def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
+    """Each was a traceback (UnicodeDecodeError, a string array, an empty contexts.json),
+    click's "Aborted!" (an empty .npy: numpy's EOFError read as Ctrl-D), an unusable benchmark
+    (`synth --noise inf`), or silently one of two flags (--env beside --bounds, an option
+    given twice with two values)."""
+    good = tmp_path / "good.csv"
+    np.savetxt(good, np.eye(3) * 100, delimiter=",")
+    args = ["--strategy", "random", "-k", "1", "--bounds", "0", "500"]
+    undecodable = tmp_path / "m.csv"
+    undecodable.write_bytes(b"\xff\xfe1,2\n")
+    empty, strings = tmp_path / "e.npy", tmp_path / "s.npy"
+    empty.write_bytes(b"")
+    np.save(strings, np.array([["a", "b"], ["c", "d"]]))
+    for path, message in [
+        (undecodable, "not UTF-8 text"),
+        (empty, "not a numeric .npy array (EOFError"),
+        (strings, "not a numeric .npy array (ValueError"),
+    ]:
+        result = _cli("select", "--matrix", str(path), *args)
+        assert result.exit_code == 2 and f"{path}: {message}" in result.stderr, result.output
+    no_features = tmp_path / "c.json"
+    no_features.write_text(json.dumps({"features": [], "contexts": [{}, {}, {}]}))
+    undecodable_contexts = tmp_path / "c.csv"
+    undecodable_contexts.write_bytes(b"\xff\xfe")
+    for contexts, message in [
+        (no_features, "no features or no contexts"),
+        (undecodable_contexts, "not UTF-8 text"),
+    ]:
+        result = _cli("select", "--matrix", str(good), "--contexts", str(contexts), *args)
+        assert (
+            result.exit_code == 2
+            and f"{contexts}: " in result.stderr
+            and message in (result.stderr)
+        )
+    both = _cli("select", "--matrix", str(good), "--env", "CartPole", *args)
+    assert both.exit_code == 2 and "--env and --bounds both give" in both.stderr
+    twice = _cli("select", "--matrix", str(good), *args, "--option", "x=1", "--option", "x=2")
+    assert twice.exit_code == 2 and "random's x is already given as 1" in twice.stderr
+    for noise in ("inf", "nan"):
+        result = _cli("synth", "--out", str(tmp_path / "s"), "--noise", noise, "--trials", "1")
+        assert result.exit_code == 2 and "not a finite noise level" in result.stderr
+    assert not (tmp_path / "s").exists()
