@@ -12,6 +12,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -52,10 +53,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_CONTEXTS = 100_000
+"""The most contexts a sweep's grid may have (its matrix has N x N entries: 10^10 here); a
+larger grid is refused before it is built (a billion points ran the machine out of memory
+in a dry run)."""
+
+
 class AxisConfig(_Strict):
     """How one varied feature is gridded."""
 
-    num: WholeNumber | None = Field(default=None, ge=1, description="number of grid points")
+    num: WholeNumber | None = Field(
+        default=None, ge=1, le=MAX_CONTEXTS, description="number of grid points"
+    )
     low: float | None = Field(default=None, description="first value (feature's lower bound)")
     high: float | None = Field(default=None, description="last value (feature's upper bound)")
     scale: Literal["linear", "log"] | None = Field(default=None, description="grid spacing")
@@ -379,6 +388,16 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
             f"available: {', '.join(sorted(algorithm.presets)) or 'none'}"
         )
     space = env.context_space
+    sizes = {
+        name: axis.num if axis.num is not None else len(axis.values or ()) or 1
+        for name, axis in config.features.items()
+    }
+    if math.prod(sizes.values()) > MAX_CONTEXTS:
+        product = " x ".join(f"{n} ({name})" for name, n in sizes.items())
+        raise ConfigError(
+            f"features: a grid of {product} = {math.prod(sizes.values()):,} contexts is more "
+            f"than {MAX_CONTEXTS:,}; give fewer points (features.<name>.num)"
+        )
     axes = []
     for name, axis in config.features.items():
         values = tuple(axis.values) if axis.values is not None else None
