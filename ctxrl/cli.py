@@ -666,7 +666,10 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
             # a study's report is written into its run directory: report a copy of it (into
             # a new or empty directory, or the copy an earlier report of it made)
             _check_report_target(out, run_dir)
-            shutil.copytree(run_dir, out, dirs_exist_ok=True)
+            # not the copy's own mark, if RUN_DIR is itself an --out copy: the mark says what
+            # was copied here
+            ignore = shutil.ignore_patterns(REPORT_MARK)
+            shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
             err.print(f"copied {run_dir} to {out} for its report", highlight=False)
             run_dir = out
         click.echo(spec.report(run_dir))

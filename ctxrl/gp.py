@@ -616,6 +616,7 @@ def spread_observations(
                 chosen = [first]
                 while len(chosen) < min(count, n):
                     nearest = distance[:, chosen].min(axis=1)
+                    nearest[chosen] = -np.inf  # never a row twice (repeated coordinates)
                     chosen.append(int(np.argmax(nearest)))  # the first of equals
                 chosen = sorted(chosen)
                 if chosen not in chosen_sets:

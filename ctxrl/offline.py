@@ -355,6 +355,7 @@ def parse_options(
     given; each strategy is built once here so an option it does not take is an error naming
     the option and the strategy, before any replay."""
     options: dict[str, dict[str, Any]] = {name: {} for name in specs}
+    scoped: dict[str, set[str]] = {name: set() for name in specs}  # given as STRATEGY.KEY
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -370,12 +371,20 @@ def parse_options(
         except yaml.YAMLError as exc:
             raise CtxrlError(f"--option {item!r}: the value is not valid YAML ({exc})") from None
         for strategy in targets:
-            if name in options[strategy] and options[strategy][name] != value:
-                raise CtxrlError(
-                    f"--option {item!r}: {strategy}'s {name} is already given as "
-                    f"{options[strategy][name]!r}; give it once"
-                )
+            # STRATEGY.KEY overrides a KEY given to every strategy; the same key twice at one
+            # scope with two values is refused (one of them would be dropped silently)
+            explicit = name in scoped[strategy]
+            if name in options[strategy] and explicit == bool(dot):
+                if options[strategy][name] != value:
+                    raise CtxrlError(
+                        f"--option {item!r}: {strategy}'s {name} is already given as "
+                        f"{options[strategy][name]!r}; give it once"
+                    )
+            elif explicit:  # a KEY for every strategy after this one's own: its own stays
+                continue
             options[strategy][name] = value
+            if dot:
+                scoped[strategy].add(name)
     for strategy, given in options.items():
         if given:
             check_options(specs[strategy].factory, given, f"--option: strategy {strategy!r}")

@@ -33,9 +33,10 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) or (math.isfinite(value) and value == int(value))
 
 
-SEED_LIMIT = 2**62
-"""Seeds and seed offsets are below this: random streams are int64 tensors, and the offsets and
-salts added to a seed must not carry it past 2**63 (the error came after training started)."""
+SEED_LIMIT = 2**61
+"""Seeds and seed offsets are below this: random streams are int64 tensors, and a seed plus an
+offset plus the salts and indices added to it (a student's target index) must stay below
+2**63 (past it the error came after the sources had trained)."""
 
 
 def count_option(value: Any, option: str, *, minimum: int = 1, maximum: int | None = None) -> int:

@@ -278,16 +278,13 @@ def _write_staged(
         if trained:
             summary["curve"] = generalized_performance(normalised, trained).tolist()
     complete = not np.isnan(normalised).any()
-    if complete and joint:
-        # every row holds the same policy per target, made from all the sources together:
-        # G_k is the same for every k and every strategy, so no strategy is replayed
+    if complete and joint and bool((normalised == normalised[0]).all()):
+        # every row holds the same policy per target, made from all the sources (every seed's)
+        # together, once: G_k is the same for every k and every strategy, so no strategy is
+        # replayed, and there is no spread over seeds to give
         summary["joint_transfer"] = plan.config.transfer.name
         summary["independent"] = float(np.mean(np.diag(normalised)))
         summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
-        per_seed = np.moveaxis(plan.env.normalise(matrix.values), 2, 0)  # (seeds, S, T)
-        if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
-            mean, half_width = mean_ci(np.diagonal(per_seed, axis1=1, axis2=2).mean(axis=1))
-            summary["independent_seeds"] = {"mean": mean, "ci95": half_width}
     elif complete:
         summary["independent"] = float(np.mean(np.diag(normalised)))
         summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
@@ -691,11 +688,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     if "joint_transfer" in summary:
-        own = summary.get("independent_seeds")
         lines += [
             f"- The {summary['joint_transfer']} policies on their own targets (all "
-            f"{summary['n_contexts']} targets): {summary['independent']:.4f}"
-            + (f" (+- {own['ci95']:.4f} over seeds)" if own else ""),
+            f"{summary['n_contexts']} targets): {summary['independent']:.4f}",
             "",
             f"{summary['joint_transfer']} is a joint transfer method: each target's policy is made "
             f"from all {summary['observed_rows']} sources together, so every row of the matrix "

@@ -131,7 +131,7 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "distill: temperature must be a finite number > 0, got nan",
         ),
         (
-            ["transfer={name: distill, options: {steps: 100, half_life: 0}}"],
+            ["transfer={name: distill, options: {steps: 100, mode: kickstart, half_life: 0}}"],
             "distill: half_life must be a finite number > 0, got 0",
         ),
         (
@@ -483,10 +483,10 @@ def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="seeds"):
         load_config(None, ["seeds=[1:30]"])  # text where a seed goes: named, not ninety
     # past int64 (with the offsets added to it) a seed failed after training had started
-    with pytest.raises(ConfigError, match=r"seeds.0: Input should be less than 4611686018427"):
+    with pytest.raises(ConfigError, match=r"seeds.0: Input should be less than 2305843009213"):
         load_config(None, ["seeds=[9223372036854775808]"])
     for method in ("fine-tune", "distill"):
-        with pytest.raises(ConfigError, match=f"{method}: seed_offset must be < 4611686018427"):
+        with pytest.raises(ConfigError, match=f"{method}: seed_offset must be < 2305843009213"):
             get_host().registry.transfer_method(method).factory(steps=100, seed_offset=1e19)
     plan = _plan("env_options.visible=masscart", "output_dir=~/ctxrl-runs")
     assert plan.env.make_batched(1).visible == ("masscart",)

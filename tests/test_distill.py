@@ -557,13 +557,23 @@ def test_a_distill_option_the_mode_does_not_use_is_refused(
     options: dict[str, Any], named: str
 ) -> None:
     """Each was accepted and silently did nothing (a kickstarting coefficient on DAgger
-    students, teacher weights under a proxy, which alone teaches)."""
-    factory = get_host().registry.transfer_method("distill").factory
+    students, teacher weights under a proxy, which alone teaches). Refused when a sweep
+    checks the method before its sources train, and by ``transfer``; a run directory an
+    earlier ctxrl wrote with such an option is still read (its plan builds the method)."""
+    registry = get_host().registry
+    spec, factory = _cartpole(), registry.transfer_method("distill").factory
+    algorithm: Any = registry.algorithm("batched-ppo").factory({}, env=spec)
+    method = factory(steps=512, **options)  # reading a stored plan builds it
     with pytest.raises(ConfigError, match=named):
-        factory(steps=512, **options)
-    factory(steps=512, mode="kickstart", coef=5.0, decay="exponential", half_life=0.2)
-    factory(steps=512, mode="proxy", proxy_steps=256)
-    factory(steps=512, mode="conditioned", weights="transfer", scale=0.3)
+        method.check(algorithm, spec)
+    with pytest.raises(ConfigError, match=named):
+        method.transfer(None)
+    for fine in (
+        {"mode": "kickstart", "coef": 5.0, "decay": "exponential", "half_life": 0.2},
+        {"mode": "proxy", "proxy_steps": 256},
+        {"mode": "conditioned", "weights": "transfer", "scale": 0.3},
+    ):
+        factory(steps=512, **fine).check(algorithm, spec)
 
 
 # ------------------------------------------------------------------------ bad input

@@ -238,6 +238,9 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
     refused = run_ctxrl("report", str(run_dir), "--out", str(other))
     assert refused.returncode != 0 and f"--out: {other} is not empty" in refused.stderr
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    copy = tmp_path / "copy-of-copy"  # a report of the --out copy, rewritten too
+    for _ in range(2):
+        run_ctxrl("report", str(out), "--out", str(copy), check=True)
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:

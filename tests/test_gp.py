@@ -312,3 +312,5 @@ def test_held_out_rows_on_a_grid_are_observed_along_every_axis() -> None:
         assert len({coords[i, 0] for i in chosen}) >= 2, chosen
     line = np.linspace(0, 1, 20)[:, None]
     assert spread_observations(20, 3, 4, coords=line) == spread_observations(20, 3, 4)
+    repeated = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])  # no row twice
+    assert all(len(set(s)) == 3 for s in spread_observations(4, 3, 8, coords=repeated))

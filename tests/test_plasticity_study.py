@@ -209,6 +209,12 @@ def test_a_study_file_is_read_as_sweep_configs_are(tmp_path: Path) -> None:
         load_study_config(path)
     with pytest.raises(ConfigError, match=r"arms.0.ArmEntry.bogus: no such field"):
         load_study_config(_write(tmp_path, arms=[{"label": "x", "bogus": 1}]))
+    from pydantic import ValidationError
+
+    from ctxrl_plugins.transfer.dqn_transferability_plan import ContextEntry
+
+    with pytest.raises(ValidationError, match="a number is expected"):  # in a mapping too
+        ContextEntry.model_validate({"name": "a", "context": {"length": True}})
 
 
 def test_arm_labels_that_differ_in_a_dot_get_programs_of_their_own(tmp_path: Path) -> None:

@@ -366,6 +366,16 @@ def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
     assert both.exit_code == 2 and "--env and --bounds both give" in both.stderr
     twice = _cli("select", "--matrix", str(good), *args, "--option", "x=1", "--option", "x=2")
     assert twice.exit_code == 2 and "random's x is already given as 1" in twice.stderr
+    from ctxrl.offline import parse_options
+    from ctxrl.plugins import get_host
+
+    specs = {n: get_host().registry.strategy(n) for n in ("mbtl-gp", "sd-mbtl")}
+    # a strategy's own value overrides the one for every strategy, in either order
+    for items in (["beta=log", "sd-mbtl.beta=sqrt-log"], ["sd-mbtl.beta=sqrt-log", "beta=log"]):
+        assert parse_options(items, specs) == {
+            "mbtl-gp": {"beta": "log"},
+            "sd-mbtl": {"beta": "sqrt-log"},
+        }
     for noise in ("inf", "nan"):
         result = _cli("synth", "--out", str(tmp_path / "s"), "--noise", noise, "--trials", "1")
         assert result.exit_code == 2 and "not a finite noise level" in result.stderr

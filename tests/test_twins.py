@@ -120,6 +120,9 @@ def test_a_loaded_state_keeps_the_memory_layout_a_reset_twin_has(name: str) -> N
     fresh.load_state_dict(saved)
     assert fresh._state.stride() == twin._state.stride()
     torch.testing.assert_close(fresh._state, twin._state, rtol=0, atol=0)
+    unreset = _make(name, True)  # its state contiguous: the saved layout wins
+    unreset.load_state_dict(saved)
+    assert unreset._state.stride() == twin._state.stride()
     earlier = {k: v for k, v in saved.items() if k != "state_strides"}  # an older checkpoint
     fresh.load_state_dict(earlier)
     torch.testing.assert_close(fresh._state, twin._state, rtol=0, atol=0)

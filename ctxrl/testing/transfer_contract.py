@@ -98,8 +98,18 @@ class TransferMethodContract:
         values = np.linspace(feature.lower, feature.upper, count)
         return [{feature.name: float(v)} for v in values]
 
-    def problem(self, env_spec: EnvSpec, algorithm: Any, sources: Any, seeds: list[int]) -> Any:
-        sources_at = self.contexts(env_spec, 2)[: len(seeds)]
+    def problem(
+        self,
+        env_spec: EnvSpec,
+        algorithm: Any,
+        sources: Any,
+        seeds: list[int],
+        sources_at: list[dict[str, float]] | None = None,
+    ) -> Any:
+        """The problem of ``sources`` (trained at ``sources_at``, default the first
+        ``len(seeds)`` of :meth:`train_sources`' contexts) on three targets."""
+        if sources_at is None:
+            sources_at = self.contexts(env_spec, 2)[: len(seeds)]
         return TransferProblem(
             env_spec,
             algorithm,
@@ -200,8 +210,9 @@ class TransferMethodContract:
         both = self.build(transfer_method_spec).transfer(
             self.problem(env_spec, algorithm, sources, [0, 1])
         )
+        upper = self.contexts(env_spec, 2)[1:]  # where source 1 trained
         alone = self.build(transfer_method_spec).transfer(
-            self.problem(env_spec, algorithm, sources.select([1]), [1])
+            self.problem(env_spec, algorithm, sources.select([1]), [1], sources_at=upper)
         )
         np.testing.assert_array_equal(np.asarray(alone.returns)[0], np.asarray(both.returns)[1])
 

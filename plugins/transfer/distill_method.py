@@ -89,15 +89,18 @@ class Distill:
         if weights == "uniform":
             unused.add("scale")
         named = [name for name in given if name in unused and given[name] is not None]
-        if named:
-            raise ConfigError(
-                f"distill: {', '.join(named)} {'has' if len(named) == 1 else 'have'} no effect "
-                f"with mode {mode!r}"
-                + (" and weights 'uniform'" if weights == "uniform" else "")
-                + " (coef, decay, half_life: kickstart; proxy_steps: proxy; weights, scale: not "
-                "proxy; scale: weights 'distance' or 'transfer'); remove "
-                + ("it" if len(named) == 1 else "them")
-            )
+        # refused by check() and transfer(), not here: a run directory written before this
+        # check is still read (ctxrl report builds the method, never transfers)
+        self._unused_options = (
+            ""
+            if not named
+            else f"distill: {', '.join(named)} {'has' if len(named) == 1 else 'have'} no "
+            f"effect with mode {mode!r}"
+            + (" and weights 'uniform'" if weights == "uniform" else "")
+            + " (coef, decay, half_life: kickstart; proxy_steps: proxy; weights, scale: not "
+            "proxy; scale: weights 'distance' or 'transfer'); remove "
+            + ("it" if len(named) == 1 else "them")
+        )
         weights = "distance" if weights is None else weights
         scale = 0.1 if scale is None else scale
         coef = 1.0 if coef is None else coef
@@ -141,6 +144,8 @@ class Distill:
         batched-ppo's and their networks (widths, activation) the student's (checked before
         the sources train). Such a student trains with the sources' interventions too."""
         del env
+        if self._unused_options:
+            raise ConfigError(self._unused_options)
         try:
             trainer = self._students_trainer(algorithm)
         except CtxrlError as exc:
@@ -180,6 +185,8 @@ class Distill:
     def transfer(self, problem: TransferProblem) -> TransferResult:
         from ctxrl_plugins.training.evaluation import evaluate_policies
 
+        if self._unused_options:
+            raise ConfigError(self._unused_options)
         p, q = len(problem.source_contexts), len(problem.targets)
         sources = problem.sources
         if isinstance(sources, list):  # sources trained one run at a time

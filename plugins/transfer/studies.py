@@ -35,7 +35,10 @@ class StrictModel(BaseModel):
         wanted = str(field.annotation) if field is not None else ""
         if "bool" in wanted or not any(t in wanted for t in ("int", "float")):
             return value
-        values = value if isinstance(value, list | tuple) else [value]
+        if isinstance(value, dict):
+            values = list(value.values())
+        else:
+            values = list(value) if isinstance(value, list | tuple) else [value]
         if any(isinstance(v, bool) for v in values):
             raise ValueError(f"a number is expected, got {value!r}")
         return value
