@@ -240,7 +240,7 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
     with Store(run_dir / "store.sqlite") as store:
         assert len(store.runs("finished")) == 2 and not store.runs("failed")
     # N / k* says that it leaves the fine-tuning's target-env steps out
-    from ctxrl.summary import summary_markdown
+    from ctxrl.summary_text import summary_markdown
 
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     assert summary["transfer"][0]["target_env_steps"] == 1024

@@ -1,0 +1,252 @@
+"""The sweep summary as markdown (``summary.md``): what :func:`ctxrl.summary.write_exports`
+computed (``exports/summary.json``), in words and tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def sources_text(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
+    """Grid indices as the contexts they stand for: ``length = 0.5, 1, 2`` (one varied
+    feature) or ``(masscart=1, length=0.5), ...``; the indices themselves for a summary that
+    does not store the contexts' values."""
+    values = summary.get("context_values")
+    if values is None:
+        return str(list(indices))
+    features = summary["features"]
+    if len(features) == 1:
+        return f"{features[0]} = " + ", ".join(f"{values[i][0]:.3g}" for i in indices)
+    return ", ".join(
+        "(" + ", ".join(f"{f}={v:.3g}" for f, v in zip(features, values[i], strict=True)) + ")"
+        for i in indices
+    )
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# {summary['env']}: {', '.join(summary['features'])}",
+        "",
+        f"{summary['n_contexts']} contexts, seeds {summary['seeds']}, "
+        f"{summary['observed_rows']} source rows observed.",
+        "",
+    ]
+    missing = summary.get("missing_seeds", [])
+    if missing:
+        lines += [
+            f"**{len(missing)} source row(s) lack some seeds' runs** (their entries average the "
+            "seeds that are stored, and no interval over seeds is given; rerun `ctxrl sweep` to "
+            "finish them):",
+            "",
+        ]
+        lines += [f"- {m['source']}: seed(s) {m['seeds']}" for m in missing]
+        lines.append("")
+    failed = summary.get("failed", [])
+    if failed:
+        lines += [
+            f"**{len(failed)} of {summary['runs']} runs failed** (no row in the matrix; rerun "
+            "`ctxrl sweep` to retry them):",
+            "",
+        ]
+        lines += [f"- `{f['run_id']}` ({f['source']}): {f['error']}" for f in failed]
+        lines.append("")
+    damaged = summary.get("damaged", [])
+    if damaged:
+        one = len(damaged) == 1
+        lines += [
+            f"**{len(damaged)} saved {'policy is' if one else 'policies are'} damaged** (the "
+            f"matrix keeps {'its' if one else 'their'} evaluations; rerun `ctxrl sweep` to "
+            f"train {'it' if one else 'them'} again):",
+            "",
+        ]
+        lines += [f"- `{d['run_id']}`: {d['problem']}" for d in damaged]
+        lines.append("")
+    if "withheld" in summary:
+        lines += [f"Selection curves withheld: {summary['withheld']}.", ""]
+    transfer = summary.get("transfer", [])
+    if transfer:
+        lines += [
+            "Transfer method (each group's or run's record in `transfer/`; the matrix holds the "
+            "returns of the policies it made):",
+            "",
+        ]
+        for record in transfer:
+            if "error" in record:
+                lines.append(f"- `{record['file']}`: {record['error']}")
+                continue
+            per = (
+                "target (for all sources together)"
+                if record.get("joint")
+                else ("(source, target) pair")
+            )
+            lines.append(
+                f"- `{record['file']}`: {record['method']} from {record['sources']} source "
+                "policies, "
+                f"{record['target_env_steps']:,} target-env steps per {per}"
+                + (f"; {record['summary']}" if record["summary"] else "")
+            )
+        lines.append("")
+    if "multitask" in summary:
+        lines += [
+            f"- Multi-task (one policy on the mixture of all contexts): "
+            f"{summary['multitask']:.4f}"
+            + (
+                f" +- {summary['multitask_ci95']:.4f} (95 % interval over "
+                f"{summary['multitask_seeds']} seeds)"
+                if summary.get("multitask_seeds", 1) > 1
+                else ""
+            ),
+            "",
+        ]
+    if "joint_transfer" in summary:
+        lines += [
+            f"- The {summary['joint_transfer']} policies on their own targets (all "
+            f"{summary['n_contexts']} targets): {summary['independent']:.4f}",
+            "",
+            f"{summary['joint_transfer']} is a joint transfer method: each target's policy is made "
+            f"from all {summary['observed_rows']} sources together, so every row of the matrix "
+            "is the same, G_k is the same at every k for every strategy, and source selection "
+            "is not measured here (no strategy is replayed). Its record above compares the "
+            "policies with the sources' zero-shot returns; to choose sources first, select "
+            "them in a zero-shot sweep and transfer from those (benchmarks/bench_distill.py).",
+        ]
+    elif "independent" in summary:
+        trained_by = [
+            r["method"] for r in summary.get("transfer", []) if r.get("target_env_steps", 0) > 0
+        ]
+        # the diagonal of a matrix a training transfer method made: the sources trained on
+        # further, not the independently trained models alone
+        after = f", each after {trained_by[0]} on its own context" if trained_by else ""
+        seeds = "independent_seeds" in summary
+        if seeds:  # every number below on each seed's matrix, then averaged over the seeds
+            independent, oracle = summary["independent_seeds"], summary["oracle_transfer_seeds"]
+            lines += [
+                f"- Independent (all {summary['n_contexts']} models{after}): "
+                f"{independent['mean']:.4f} +- {independent['ci95']:.4f}",
+                f"- Oracle transfer (all models, best source per target): {oracle['mean']:.4f} "
+                f"+- {oracle['ci95']:.4f}",
+                "",
+                f"Normalised generalized performance G_k, k = 1..{summary['budget']}, on each "
+                f"seed's matrix and averaged over the {len(summary['seeds'])} seeds (+- the "
+                "95 % Student-t interval over seeds; the sources listed are each strategy's "
+                "order on the seed-mean matrix):",
+                "",
+                "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K "
+                "| first 5 chosen sources |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines += [
+                f"- Independent (all {summary['n_contexts']} models{after}): "
+                f"{summary['independent']:.4f}",
+                f"- Oracle transfer (all models, best source per target): "
+                f"{summary['oracle_transfer']:.4f}",
+                "",
+                f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
+                "(mean over replays):",
+                "",
+                "| strategy | mean G_k | G_1 | G_K | first 5 chosen sources |",
+                "|---|---|---|---|---|",
+            ]
+        for name, curve in summary["curves"].items():
+            values = curve["seed_mean"] if seeds and "seed_mean" in curve else curve["mean"]
+            ci = f" +- {curve['seed_g_ci95']:.4f}" if seeds and "seed_g_ci95" in curve else ""
+            lines.append(
+                f"| {name} | {np.mean(values):.4f}{ci} | {values[0]:.4f} | {values[-1]:.4f} | "
+                f"{sources_text(summary, curve['order'][:5])} |"
+            )
+        for name, error in summary.get("strategy_failures", {}).items():
+            lines += ["", f"**Strategy {name} failed and is left out**: {error}"]
+        if "myopic-oracle" in summary["curves"]:
+            lines += [
+                "",
+                "myopic-oracle: one greedy order chosen on the seed-mean matrix and scored on each "
+                "seed's matrix (SD-MBTL's reference, G_k its mean over seeds); "
+                "sequential-oracle, where listed, is greedy on each seed's own matrix.",
+            ]
+        calibration = summary.get("calibration")
+        if calibration:
+            coverage = dict(zip(calibration["levels"], calibration["coverage"], strict=True))
+            lines += [
+                "",
+                f"Generalization model (GP + gap) on held-out rows ({calibration['observed']} "
+                f"observed rows, {calibration['sets']} sets): RMSE {calibration['rmse']:.3f}; "
+                f"the 95 % band covers {coverage[0.95]:.0%} of held-out entries, the 50 % band "
+                f"{coverage[0.5]:.0%} (a calibrated model covers about the nominal level; "
+                "figures/calibration).",
+            ]
+        efficiency = summary.get("sample_efficiency", {})
+        if efficiency:
+            trained_transfer = any(
+                r.get("target_env_steps", 0) > 0 for r in summary.get("transfer", [])
+            )
+            uncounted = (
+                " It counts source trainings only: the transfer method's target-env steps "
+                "(above) come on top of each of the k* sources."
+                if trained_transfer
+                else ""
+            )
+            if efficiency.get("factor"):
+                lines += [
+                    "",
+                    f"Sample efficiency of {efficiency['strategy']}: it beats "
+                    f"{' and '.join(efficiency['against'])} at k* = {efficiency['k_star']}, "
+                    f"a factor N / k* = {efficiency['factor']:.1f}.{uncounted}",
+                ]
+            else:
+                lines += [
+                    "",
+                    f"{efficiency['strategy']} does not beat "
+                    f"{' and '.join(efficiency['against'])} within K = {summary['budget']}.",
+                ]
+                if efficiency.get("factor_match"):
+                    lines[-1] += (
+                        f" It reaches them (>=) at k = {efficiency['k_match']}, N / k = "
+                        f"{efficiency['factor_match']:.1f}.{uncounted}"
+                    )
+    if "curve" in summary:
+        left_out = summary.get("curve_left_out") or []
+        trained = [i for i in summary["order"] if i not in left_out]
+        # each value beside the source whose row it adds (a failed source adds none)
+        if "curves" in summary:
+            lines.append("")
+        lines.append(
+            "G_k along the trained order"
+            + (" (on the seed-mean matrix)" if len(summary["seeds"]) > 1 else "")
+            + ": "
+            + "; ".join(
+                f"{sources_text(summary, [i])}: {v:.3f}"
+                for i, v in zip(trained, summary["curve"], strict=True)
+            )
+            + (f" (failed sources left out: {sources_text(summary, left_out)})" if left_out else "")
+        )
+    if "learning_curves" in summary:
+        curves = summary["learning_curves"]
+        lines += [
+            "",
+            f"Learning curves ({curves['runs']} runs, own context, normalised): "
+            f"{curves['start']:.3f} at step 0 -> {curves['end']:.3f} at the end.",
+        ]
+    if summary.get("diagnostics"):
+        lines += [
+            "",
+            "Training diagnostics (mean over runs):",
+            "",
+            "| diagnostic | runs | first record | last record |",
+            "|---|---|---|---|",
+        ]
+        for name, row in sorted(summary["diagnostics"].items()):
+            first, last = (
+                f"{row[key]:.4g}" if row[key] is not None and np.isfinite(row[key]) else "n/a"
+                for key in ("first", "last")
+            )
+            lines.append(f"| {name} | {row['runs']} | {first} | {last} |")
+    if summary.get("figures"):
+        lines += [
+            "",
+            "Figures: "
+            + ", ".join(f"[{f}]({f})" for f in summary["figures"] if f.endswith(".png")),
+        ]
+    return "\n".join(lines) + "\n"
