@@ -349,7 +349,15 @@ def _run_shards(
         bar = progress.add_task(
             f"training {agents} {plan.env.name} agents in {len(shards)} shards", total=len(jobs)
         )
+        reported: set[str] = set()
         for job, error in executor.map(execute_shard, jobs):
+            if job["shard"] in reported:  # an executor's second report of a job
+                console.print(
+                    f"[yellow]executor {config.executor.name!r} reported shard {job['shard']} "
+                    "twice; the second report is ignored[/]"
+                )
+                continue
+            reported.add(job["shard"])
             index = jobs.index(job)
             for source, seed in job["agents"]:
                 agent = (int(source), int(seed))
@@ -359,6 +367,14 @@ def _run_shards(
                     f"[red]shard {job['shard']} failed:[/] {escape(error_summary(error))}"
                 )
             progress.advance(bar)
+    for index, job in enumerate(jobs):  # a job the executor dropped: failed, not missing
+        if job["shard"] not in reported:
+            dropped = f"executor {config.executor.name!r} never reported this job"
+            console.print(f"[red]shard {job['shard']} failed:[/] {dropped}")
+            for source, seed in cast(list[list[int]], job["agents"]):
+                _settle(
+                    session, (int(source), int(seed)), dropped, resumed=resumed[index], report=True
+                )
     wall_s = time.monotonic() - started
     outcome.train_s += wall_s
     console.print(

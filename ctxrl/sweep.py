@@ -387,6 +387,12 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             for job, error in executor.map(execute_job, jobs):
                 task = Task(plan.env.name, plan.grid.contexts[job["source"]])
                 rid = run_id(task, job["seed"])
+                if (job["source"], job["seed"]) in reported:  # an executor's second report
+                    console.print(
+                        f"[yellow]executor {config.executor.name!r} reported run {rid} twice;"
+                        " the second report is ignored[/]"
+                    )
+                    continue
                 reported.add((job["source"], job["seed"]))
                 stored = store.run(rid)
                 if error is None and stored is not None and stored.status == "failed":

@@ -1008,6 +1008,16 @@ class _SwallowingExecutor(_DroppingExecutor):
             yield job, None
 
 
+class _DoublingExecutor(_DroppingExecutor):
+    """Runs every job once and reports each twice."""
+
+    def map(self, fn: Any, jobs: Any) -> Any:
+        for job in jobs:
+            fn(job)
+            yield job, None
+            yield job, None
+
+
 class _NarrowExecutor:
     def __init__(self, workers: int = 1) -> None:  # without timeout_s and log_dir
         pass
@@ -1029,6 +1039,7 @@ class _ExecutorsPlugin:
         register(ExecutorSpec("narrow", _NarrowExecutor))
         register(ExecutorSpec("queued", _QueuedExecutor))
         register(ExecutorSpec("swallowing", _SwallowingExecutor))
+        register(ExecutorSpec("doubling", _DoublingExecutor))
 
 
 @requires_sb3
@@ -1075,6 +1086,33 @@ def test_jobs_an_executor_drops_or_claims_are_failed_by_name(
     with Store(plan.run_dir / STORE_FILE) as store:
         (run,) = store.runs()
         assert "Traceback" in (run.error or "") and "CnnPolicy" in (run.error or "")
+
+
+def test_shards_an_executor_drops_or_reports_twice_are_counted_once(
+    tmp_path: Path, ctxrl_inline_plugin: Any
+) -> None:
+    """Sharded batched groups trusted the executor's reports: a shard never reported left its
+    runs missing with no failure ("failed 0", exit code 0), and a shard reported twice counted
+    its runs twice ("trained 4" of 3) and told the hooks twice."""
+    ctxrl_inline_plugin(_ExecutorsPlugin(), "executors")
+    changes: dict[str, Any] = {
+        "features": {"length": {"values": [0.5, 1.0, 1.5]}},
+        "algorithm": {
+            "name": "batched-ppo",
+            "params": {"num_envs": 2, "num_steps": 32, "hidden": 16},
+        },
+        "train_steps": 256,
+    }
+    printed = io.StringIO()
+    dropping = {**changes, "executor": {"name": "dropping", "shards": 3}}
+    outcome = run_sweep(_plan(tmp_path / "d", **dropping), console=Console(file=printed))
+    assert outcome.trained == 1 and len(outcome.failed) == 2, printed.getvalue()
+    assert "executor 'dropping' never reported this job" in printed.getvalue()
+    printed = io.StringIO()
+    doubling = {**changes, "executor": {"name": "doubling", "shards": 2}}
+    outcome = run_sweep(_plan(tmp_path / "t", **doubling), console=Console(file=printed))
+    assert outcome.trained == 3 and not outcome.failed
+    assert "twice; the second report is ignored" in " ".join(printed.getvalue().split())
 
 
 def test_a_joint_transfer_retrains_its_whole_group_when_one_source_is_pending(
