@@ -379,3 +379,27 @@ def test_a_sweep_killed_after_its_transfer_trained_continues_from_the_transfers_
             assert [a.returns(r.run_id) for r in a.runs()] == [
                 b.returns(r.run_id) for r in a.runs()
             ]
+
+
+def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None:
+    """A caller training twice into one checkpoint path (a transfer method with two stages)
+    got the first training's final state back for the second: only the algorithm's name was
+    checked. Another warm start, other frozen layers or another budget is refused by name."""
+    from ctxrl.errors import CheckpointError
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+
+    def ppo() -> Any:
+        params = {"num_envs": 2, "num_steps": 32, "hidden": 16}
+        return registry.algorithm("batched-ppo").factory(params, device="cpu")
+
+    checkpoint = tmp_path / "stage"
+    first = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=checkpoint)
+    again = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=checkpoint)
+    for name, value in first.params.items():  # the same training: resumed from its end
+        assert torch.equal(again.params[name], value), name
+    for changes in ({"init": first}, {"freeze": ["actor.0"]}, {"total_steps": 1024}):
+        options: dict[str, Any] = {"total_steps": 512, **changes}
+        with pytest.raises(CheckpointError, match="written for another training"):
+            ppo().train_many(env, [{}], [0], checkpoint=checkpoint, **options)

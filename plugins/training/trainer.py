@@ -16,6 +16,8 @@ the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linea
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -111,6 +113,36 @@ def _prefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _unprefixed(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     start = f"{prefix}."
     return {k.removeprefix(start): v for k, v in tensors.items() if k.startswith(start)}
+
+
+def _training_identity(
+    config: Any,
+    params: Mapping[str, Tensor],
+    frozen: Sequence[str],
+    contexts: Sequence[Mapping[str, float]],
+    seeds: Sequence[int],
+    total_steps: int,
+    mixture: Sequence[Mapping[str, float]] | None,
+    interventions: Sequence[Intervention],
+) -> str:
+    """A digest of what decides a training: its hyperparameters (``compile`` aside: the same
+    numbers to rounding), contexts, seeds, budget, mixture, interventions, frozen parameters
+    and the initial parameters (after the warm start and re-initialisation)."""
+    settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "compile"}
+    described = {
+        "config": settings,
+        "contexts": [dict(c) for c in contexts],
+        "seeds": [int(s) for s in seeds],
+        "total_steps": int(total_steps),
+        "mixture": None if mixture is None else [dict(c) for c in mixture],
+        "interventions": [i.name for i in interventions],
+        "frozen": sorted(frozen),
+    }
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    for name in sorted(params):
+        digest.update(name.encode())
+        digest.update(params[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
 
 
 # -------------------------------------------------------------------------- the trainer
@@ -342,6 +374,15 @@ class BatchedTrainer(Generic[StateT]):
         elif reinit:
             raise CtxrlError(f"{self.name}: reinit {list(reinit)} needs a warm start (init=...)")
         frozen = matching(freeze, layers, params, "freeze")
+        # what a checkpoint must have been written for: a caller that trains twice into one
+        # path (another warm start, other frozen layers) would resume the first training
+        self._identity = (
+            None
+            if checkpoint is None
+            else _training_identity(
+                self.config, params, frozen, contexts, seeds, total_steps, mixture, interventions
+            )
+        )
         both = sorted(set(frozen) & set(matching(reinit, layers, params, "reinit")))
         if both:
             raise CtxrlError(
@@ -512,6 +553,7 @@ class BatchedTrainer(Generic[StateT]):
                 "diagnostic_counts": counts,
                 # random streams and rounding are the device's: resumed on its kind only
                 "device": self.device.type,
+                "training": getattr(self, "_identity", None),
             },
         )
 
@@ -547,6 +589,12 @@ class BatchedTrainer(Generic[StateT]):
         if meta.get("algorithm") not in (None, self.name):
             raise CheckpointError(
                 f"checkpoint {path} was written by {meta.get('algorithm')!r}, not {self.name}"
+            )
+        identity = getattr(self, "_identity", None)
+        if meta.get("training") not in (None, identity):  # None: an earlier ctxrl's
+            raise CheckpointError(
+                f"checkpoint {path} was written for another training (other contexts, seeds, "
+                "budget, hyperparameters, warm start or frozen layers)"
             )
         run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
         run.twin.load_state_dict(_unprefixed("env", tensors))
