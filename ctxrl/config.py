@@ -368,7 +368,8 @@ class SweepPlan:
 def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = True) -> SweepPlan:
     """Check every name, option and hyperparameter in ``config`` against ``registry`` and build
     the context grid. ``training=False`` reads the plan of an existing run directory: the
-    device it trained on and its executor need not exist here."""
+    device it trained on, its executor, its interventions and its transfer method (their
+    plugins) need not exist here."""
     try:
         env = registry.env(config.env)
     except UnknownNameError as exc:
@@ -435,7 +436,8 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
             f"multitask: the multi-task baseline needs a batched algorithm and an env with a "
             f"batched twin; {algorithm.name!r} on {env.name!r} is not"
         )
-    _check_training_options(config, registry, algorithm)
+    if training:  # reading a run directory needs none of its training's plugins (a colleague's)
+        _check_training_options(config, registry, algorithm)
     # the local executor's `gpus` and Ray's `num_gpus` give each job one GPU, which the job
     # sees as cuda:0 (CUDA_VISIBLE_DEVICES): a device naming another index exists in none
     options = config.executor.options

@@ -563,3 +563,19 @@ def test_a_grid_too_large_is_refused_before_it_is_built() -> None:
             "features.length.num=1000",
             "features.masscart={num: 1000, low: 0.5, high: 2.0}",
         )
+
+
+def test_a_run_directory_is_read_without_its_training_plugins() -> None:
+    """A colleague's run directory trained with a third-party intervention or transfer
+    method could not be reported or replayed without that plugin installed (the executor
+    was already exempt); a sweep that would train with them still refuses."""
+    from ctxrl.config import resolve_plan, validate_config
+
+    data = load_config(None).model_dump(mode="json")
+    data["algorithm"]["interventions"] = [{"name": "their-intervention", "options": {}}]
+    data["transfer"] = {"name": "their-method", "options": {"steps": 10}}
+    config = validate_config(data)
+    plan = resolve_plan(config, get_host().registry, training=False)
+    assert plan.config.transfer.name == "their-method"
+    with pytest.raises(ConfigError, match="their-intervention"):
+        resolve_plan(config, get_host().registry)
