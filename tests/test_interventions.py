@@ -136,12 +136,14 @@ class ToyDecay(Intervention):
 
     def after_update(self, view: TrainingView) -> None:
         active = view.mask > 0
-        factor = torch.where(active, 1.0 - self.rate, 1.0)
         with torch.no_grad():
             for layers in view.layers.values():
                 for layer in layers:
-                    weight = view.params[f"{layer}.weight"]
-                    weight.mul_(factor.view(-1, 1, 1))
+                    name = f"{layer}.weight"
+                    # not the agents whose layer a warm start froze
+                    agents = active & ~view.frozen[name] if name in view.frozen else active
+                    factor = torch.where(agents, 1.0 - self.rate, 1.0)
+                    view.params[name].mul_(factor.view(-1, 1, 1))
         self.updates += active.to(torch.int64)
 
     def diagnostics(self, view: TrainingView) -> dict[str, torch.Tensor]:

@@ -99,7 +99,8 @@ class InterventionContract:
     killed after a checkpoint and resumed ends bit for bit as one never interrupted, the
     intervention's ``state_dict`` included; (c) the trainer's parameters are edited in place,
     never rebound; (d) the trained parameters differ from a training without it; (e) an agent its
-    mask leaves out trains bit for bit as without it. And once:
+    mask leaves out trains bit for bit as without it; (h) warm-started with the first layers
+    frozen, those layers end as the source's. And once:
     (f) an unknown option is an error naming it; (g) it is registered and builds an
     :class:`~ctxrl.interventions.Intervention` whose ``name`` is its registry name.
     """
@@ -304,6 +305,34 @@ class InterventionContract:
         )
         assert watcher.checks > 0, "no update happened: the budget is too small"
         assert list(policies.params) == list(watcher.tensors)
+
+    def test_leaves_a_warm_starts_frozen_layers_alone(
+        self, algorithm_name: str, intervention_spec: InterventionSpec, env_spec: EnvSpec
+    ) -> None:
+        """Warm-started with every network's first layer frozen (``freeze=["*.0"]``, as a
+        fine-tuning sweep may ask), those layers end as the source's: an after-update
+        operator, a reset or an injection leaves ``view.frozen`` layers alone."""
+        import torch
+
+        contexts, seeds = self._contexts(env_spec)[:2], [0, 1]
+        source = self.train(
+            algorithm_name, env_spec, contexts, seeds, [self.build(intervention_spec)]
+        )
+        tuned = self.train(
+            algorithm_name,
+            env_spec,
+            contexts,
+            seeds,
+            [self.build(intervention_spec)],
+            init=source,
+            freeze=["*.0"],
+        )
+        frozen = [n for n in source.params if n.split(".")[1:2] == ["0"]]
+        assert frozen, "no layer named <role>.0 to freeze"
+        for name in frozen:
+            assert torch.equal(tuned.params[name], source.params[name]), (
+                f"{name} was frozen by the warm start and changed (does it read view.frozen?)"
+            )
 
     def test_changes_training(
         self, algorithm_name: str, intervention_spec: InterventionSpec, env_spec: EnvSpec
