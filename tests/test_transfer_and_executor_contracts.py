@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import requires_ray
 
+from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.testing import ExecutorContract, TransferMethodContract
 from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
@@ -107,6 +108,15 @@ class _Unseeded:
         return TransferResult(returns + np.random.default_rng().random(returns.shape))
 
 
+class _DropsTrainingOptions:
+    """Fine-tuning without the sweep's interventions."""
+
+    def transfer(self, problem: TransferProblem) -> TransferResult:
+        from ctxrl_plugins.transfer.fine_tune import FineTune
+
+        return FineTune(256).transfer(dataclasses.replace(problem, training_options={}))
+
+
 def test_the_transfer_contract_catches_methods_that_break_what_sweeps_rely_on() -> None:
     spec = get_host().registry.transfer_method("zero-shot")
     env = get_host().registry.env("CartPole")
@@ -122,6 +132,10 @@ def test_the_transfer_contract_catches_methods_that_break_what_sweeps_rely_on() 
     with pytest.raises(AssertionError, match="Arrays are not equal"):
         contract.test_the_same_problem_gives_the_same_returns(
             dataclasses.replace(spec, factory=_Unseeded), env
+        )
+    with pytest.raises(CtxrlError, match="parameters this network lacks"):
+        contract.test_sources_trained_with_interventions_transfer(
+            dataclasses.replace(spec, factory=_DropsTrainingOptions), env
         )
 
 

@@ -47,7 +47,8 @@ class TransferMethodContract:
     (a sweep stores them after the transfer); (e) the same problem gives the same returns bit
     for bit (a sweep killed during a transfer redoes it on resume); (f) a method that is not
     ``joint`` gives a source the same row alone as beside another source (a sharded sweep
-    transfers each shard's sources apart); (g) a method that is not ``batched_only`` also
+    transfers each shard's sources apart); (h) sources trained with ``layer-norm`` transfer
+    with it in ``training_options``; (g) a method that is not ``batched_only`` also
     transfers the list of policies of a per-run algorithm (``per_run_algorithm_name``). For a
     study method (``study_command`` set): ``transfer`` refuses with an error naming the
     command, and the spec has a ``report``.
@@ -186,6 +187,31 @@ class TransferMethodContract:
         self._check_result(result, (2, 3, self.episodes))
         for name, tensor in before.items():
             assert torch.equal(sources.params[name], tensor), f"the transfer changed {name}"
+
+    def test_sources_trained_with_interventions_transfer(
+        self, transfer_method_spec: TransferMethodSpec, env_spec: EnvSpec
+    ) -> None:
+        """Sources trained with an intervention that changes the network (``layer-norm``)
+        and the sweep's interventions in ``training_options``: a method that trains the
+        sources further must pass them on (``train_many(**problem.training_options)``), or its
+        warm start fails on the sources' extra layers after they have trained."""
+        from ctxrl.interventions import build_interventions
+
+        self._skip_studies(transfer_method_spec)
+        registry = get_host().registry
+        norm = [{"name": "layer-norm", "options": {}}]
+        algorithm = self.algorithm(env_spec)
+        sources = algorithm.train_many(
+            env_spec,
+            self.contexts(env_spec, 2),
+            [0, 1],
+            total_steps=self.source_steps,
+            interventions=build_interventions(norm, registry),
+        )
+        problem = self.problem(env_spec, algorithm, sources, [0, 1])
+        problem.training_options = {"interventions": build_interventions(norm, registry)}
+        result = self.build(transfer_method_spec).transfer(problem)
+        self._check_result(result, (2, 3, self.episodes))
 
     def test_the_same_problem_gives_the_same_returns(
         self, transfer_method_spec: TransferMethodSpec, env_spec: EnvSpec
