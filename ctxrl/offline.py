@@ -411,8 +411,10 @@ def replay_trials(
     *,
     repeats: int,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    batch_sizes: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Replay every strategy on every normalised trial matrix ``(T, N, N)``.
+    """Replay every strategy on every normalised trial matrix ``(T, N, N)``, proposing
+    ``batch_sizes[name]`` sources a step (default 1).
 
     Stochastic strategies are replayed with seeds ``0..repeats-1`` on each trial and averaged
     within the trial. Returns ``{name: {"curves": (T, K) G_k per trial, "spread": (T, K) the
@@ -432,6 +434,7 @@ def replay_trials(
                 seed=seed,
                 name=name,
                 full_knowledge=spec.requires_full_matrix,
+                batch_size=(batch_sizes or {}).get(name, 1),
             )
             for seed in range(runs)
         ]

@@ -92,6 +92,7 @@ def selection_curves(
     *,
     stochastic_repeats: int = STOCHASTIC_REPEATS,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    batch_sizes: Mapping[str, int] | None = None,
     failures: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
@@ -111,6 +112,7 @@ def selection_curves(
             budget,
             repeats=stochastic_repeats,
             options=options,
+            batch_sizes=batch_sizes,
         )
     except Exception:  # find which: each strategy alone
         lines = {}
@@ -124,6 +126,7 @@ def selection_curves(
                         budget,
                         repeats=stochastic_repeats,
                         options=options,
+                        batch_sizes=batch_sizes,
                     )
                 )
             except Exception as exc:
@@ -297,9 +300,20 @@ def _write_staged(
         summary["budget"] = budget
         specs = {n: registry.strategy(n) for n in names}
         options = {plan.config.strategy.name: plan.config.strategy.options}
+        # the sweep's strategy proposes strategy.batch_size sources a step, as it would train
+        # them; the compared baselines one at a time
+        batch_sizes = {plan.config.strategy.name: plan.config.strategy.batch_size}
+        if plan.config.strategy.batch_size > 1:
+            summary["batch_sizes"] = batch_sizes
         failures: dict[str, str] = {}
         summary["curves"] = selection_curves(
-            normalised, coords, specs, budget, options=options, failures=failures
+            normalised,
+            coords,
+            specs,
+            budget,
+            options=options,
+            batch_sizes=batch_sizes,
+            failures=failures,
         )
         if failures:  # left out of the report, with why
             summary["strategy_failures"] = failures
@@ -316,6 +330,7 @@ def _write_staged(
                     specs,
                     budget,
                     options=options,
+                    batch_sizes=batch_sizes,
                     stochastic_repeats=20,
                     failures=seed_failures,
                 )

@@ -25,6 +25,12 @@ def sources_text(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
     )
 
 
+def _batch(summary: Mapping[str, Any], name: str) -> str:
+    """`` (q = 2)`` beside a strategy replayed proposing more than one source a step."""
+    q = summary.get("batch_sizes", {}).get(name, 1)
+    return f" (q = {q})" if q > 1 else ""
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['env']}: {', '.join(summary['features'])}",
@@ -154,7 +160,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             values = curve["seed_mean"] if seeds and "seed_mean" in curve else curve["mean"]
             ci = f" +- {curve['seed_g_ci95']:.4f}" if seeds and "seed_g_ci95" in curve else ""
             lines.append(
-                f"| {name} | {np.mean(values):.4f}{ci} | {values[0]:.4f} | {values[-1]:.4f} | "
+                f"| {name}{_batch(summary, name)} | {np.mean(values):.4f}{ci} | "
+                f"{values[0]:.4f} | {values[-1]:.4f} | "
                 f"{sources_text(summary, curve['order'][:5])} |"
             )
         for name, error in summary.get("strategy_failures", {}).items():

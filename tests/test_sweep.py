@@ -268,6 +268,37 @@ def test_a_select_run_that_trains_every_context_reports_its_own_selection(
     assert "G_k along the trained order: " in text and "Sample efficiency of random" not in text
 
 
+def test_a_full_sweeps_report_replays_its_strategy_with_its_batch_size(
+    run_ctxrl: Run, scripted: Path, tmp_path: Path
+) -> None:
+    """With strategy.batch_size 2 a select sweep trains two sources a step, but the full
+    sweep's summary replayed the strategy one at a time under its name: another order and
+    another G_k than the configured strategy gives."""
+    from ctxrl.plugins import get_host
+    from ctxrl.selection import replay
+
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm.params": {"candidates": 3},
+            "strategy": {"name": "mbtl-gp", "budget": 4, "batch_size": 2},
+            "compare": ["random"],
+        },
+    )
+    run_ctxrl("sweep", str(config), check=True)
+    run_dir = _run_dir(tmp_path)
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    matrix = np.loadtxt(run_dir / "exports" / "matrix_seed0.csv", delimiter=",")
+    spec = get_host().registry.env("CartPole")
+    normalised = spec.normalise(matrix)
+    coords = np.linspace(0.0, 1.0, 4)[:, None]
+    strategy = get_host().registry.strategy("mbtl-gp")
+    expected = replay(strategy.factory(), normalised, coords, 4, batch_size=2)
+    assert summary["curves"]["mbtl-gp"]["order"] == list(expected.order)
+    assert summary["curves"]["mbtl-gp"]["mean"] == pytest.approx(expected.curve.tolist())
+    assert "| mbtl-gp (q = 2) |" in (run_dir / "summary.md").read_text()
+
+
 def test_a_report_that_fails_part_way_leaves_the_earlier_report_whole(
     run_ctxrl: Run, scripted: Path, tmp_path: Path
 ) -> None:
