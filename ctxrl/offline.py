@@ -243,11 +243,13 @@ def resolve_coordinates(
     found = contexts
     nearby = beside / CONTEXTS_FILE if beside is not None else None
     nearby_bounds = None
+    nearby_shape: tuple[int, ...] | None = None
     if nearby is not None and nearby.is_file():
         if found is None and grid is None:
             found = nearby
         elif nearby != found:  # coordinates from elsewhere; its return bounds still apply
-            nearby_bounds = read_contexts(nearby)[2]
+            nearby_values, _, nearby_bounds = read_contexts(nearby)
+            nearby_shape = grid_index_coords(nearby_values)[1]
     if found is not None:
         values, features, bounds = read_contexts(found)
         if len(values) != n:
@@ -264,7 +266,13 @@ def resolve_coordinates(
         shape = parse_grid(grid)
         if math.prod(shape) != n:
             raise CtxrlError(f"--grid {grid}: {math.prod(shape)} contexts, but the matrix has {n}")
-        return ContextCoordinates(coords_from_grid(shape), "--grid", shape), nearby_bounds
+        source = "--grid"
+        if nearby_shape is not None and tuple(d for d in nearby_shape if d > 1) != tuple(
+            d for d in shape if d > 1
+        ):  # said where it is printed: the file beside describes another grid
+            described = " x ".join(map(str, nearby_shape))
+            source = f"--grid, not the {described} grid of {nearby}"
+        return ContextCoordinates(coords_from_grid(shape), source, shape), nearby_bounds
     coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
     return ContextCoordinates(coords, ONE_D), None
 

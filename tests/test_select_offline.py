@@ -380,3 +380,23 @@ def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
         result = _cli("synth", "--out", str(tmp_path / "s"), "--noise", noise, "--trials", "1")
         assert result.exit_code == 2 and "not a finite noise level" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_grid_that_disagrees_with_the_contexts_file_beside_is_said(tmp_path: Path) -> None:
+    """`--grid 64x8` over a folder whose contexts.json is an 8 x 8 x 8 grid replaced the
+    coordinates silently (the order and G_k changed); it still does, and says so where the
+    coordinates' source is printed. A grid that agrees reads as before."""
+    from ctxrl.offline import coords_from_grid, resolve_coordinates
+
+    coords = coords_from_grid((2, 2))
+    contexts = {
+        "features": ["a", "b"],
+        "contexts": [{"a": float(a), "b": float(b)} for a, b in coords],
+        "return_bounds": [0, 1],
+    }
+    (tmp_path / "contexts.json").write_text(json.dumps(contexts))
+    located, bounds = resolve_coordinates(4, contexts=None, grid="4", beside=tmp_path)
+    assert located.source == f"--grid, not the 2 x 2 grid of {tmp_path / 'contexts.json'}"
+    assert bounds == (0.0, 1.0)
+    agreeing, _ = resolve_coordinates(4, contexts=None, grid="2x2", beside=tmp_path)
+    assert agreeing.source == "--grid"
