@@ -221,6 +221,8 @@ def _write_staged(
     )
     store.export(exports)
     normalised = plan.env.normalise(matrix.mean())
+    lower, upper = plan.env.return_bounds
+    outside = int(np.sum((matrix.mean() < lower) | (matrix.mean() > upper)))  # NaN: neither
     steps = selection_trace(store, normalised)
     if steps:
         (exports / "selection.json").write_text(json.dumps(steps, indent=2, allow_nan=False))
@@ -248,6 +250,7 @@ def _write_staged(
         "order": order,
         "context_values": plan.grid.values().tolist(),
         "observed_rows": int(np.sum(observed)),
+        "clipped": outside,
         "missing_seeds": missing,
         "runs": len(store.runs()),
         "damaged": [

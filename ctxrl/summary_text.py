@@ -39,6 +39,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observed_rows']} source rows observed.",
         "",
     ]
+    clipped = summary.get("clipped", 0)
+    if clipped:
+        lines += [
+            f"{clipped} matrix entries lie outside the env's return bounds and count as 0 or 1 "
+            "(normalised and clipped); wider bounds in the env's spec would keep them apart.",
+            "",
+        ]
     missing = summary.get("missing_seeds", [])
     if missing:
         lines += [
