@@ -85,7 +85,7 @@ def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], Non
 @hookspec
 def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -> None:
     """Register training-time modifiers (architecture changes, loss terms, post-step operators
-    such as plasticity interventions). Implement in: transfer plugins."""
+    such as plasticity interventions). Implement in: intervention plugins."""
 
 
 @hookspec

@@ -300,6 +300,12 @@ class TransferMethodSpec:
 
     def __post_init__(self) -> None:
         _check_spec_fields("transfer_method", self, ["factory"])
+        for flag in ("batched_only", "joint"):  # "false" would read as true
+            if not isinstance(getattr(self, flag), bool):
+                raise PluginError(
+                    f"transfer_method {self.name!r}: {flag} must be True or False, got "
+                    f"{getattr(self, flag)!r}"
+                )
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,20 @@ def transfer_returns(
             f"transfer method {spec.name!r} failed after the sources trained: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    returns = np.asarray(result.returns, dtype=np.float64)
+    if not hasattr(result, "returns"):
+        raise CtxrlError(
+            f"transfer method {spec.name!r} returned {type(result).__name__}, not a "
+            "ctxrl.transfer.TransferResult"
+        )
+    try:
+        returns = np.asarray(result.returns, dtype=np.float64)
+        steps = int(result.target_env_steps)
+        json.dumps(result.details, default=float)  # stored as JSON beside the matrix
+    except (TypeError, ValueError) as exc:
+        raise CtxrlError(
+            f"transfer method {spec.name!r} returned a result that cannot be stored "
+            f"(returns, target_env_steps or JSON details): {type(exc).__name__}: {exc}"
+        ) from None
     expected = (len(problem.source_contexts), len(problem.targets), problem.episodes)
     if returns.shape != expected:
         raise CtxrlError(
@@ -114,7 +127,7 @@ def transfer_returns(
             "options": plan.config.transfer.options,
             "sources": [dict(c) for c in problem.source_contexts],
             "source_seeds": [int(s) for s in problem.source_seeds],
-            "target_env_steps": int(result.target_env_steps),
+            "target_env_steps": steps,
             "details": result.details,
         }
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -955,6 +955,20 @@ class _BrokenTransfer:
         return {"no": "episodes"}["episodes"]  # a KeyError in the plugin's own code
 
 
+class _BareArrayTransfer:
+    def transfer(self, problem: Any) -> Any:
+        from ctxrl.transfer import evaluate_sources
+
+        return evaluate_sources(problem)  # the returns, not a TransferResult
+
+
+class _ArrayDetailsTransfer:
+    def transfer(self, problem: Any) -> Any:
+        from ctxrl.transfer import TransferResult, evaluate_sources
+
+        return TransferResult(evaluate_sources(problem), 0, {"weights": np.ones(3)})
+
+
 class _BrokenTransferPlugin:
     from ctxrl import hookimpl
 
@@ -963,6 +977,8 @@ class _BrokenTransferPlugin:
         from ctxrl.registry import TransferMethodSpec
 
         register(TransferMethodSpec("broken-transfer", _BrokenTransfer))
+        register(TransferMethodSpec("bare-array", _BareArrayTransfer, batched_only=False))
+        register(TransferMethodSpec("array-details", _ArrayDetailsTransfer, batched_only=False))
 
 
 def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin: Any) -> None:
@@ -980,6 +996,20 @@ def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin:
     assert "transfer method 'broken-transfer' failed after the sources trained: KeyError" in text
     with Store(plan.run_dir / STORE_FILE) as store:
         assert all("transfer method 'broken-transfer'" in (r.error or "") for r in store.runs())
+    # results it cannot store: the method named (the errors named only numpy's complaint)
+    for name, message in [
+        ("bare-array", "returned ndarray, not a ctxrl.transfer.TransferResult"),
+        ("array-details", "returned a result that cannot be stored"),
+    ]:
+        plan = _plan(tmp_path / name, transfer={"name": name})
+        printed = io.StringIO()
+        assert len(run_sweep(plan, console=Console(file=printed, width=300)).failed) == 2
+        assert f"transfer method '{name}' {message}" in " ".join(printed.getvalue().split())
+    from ctxrl.errors import PluginError
+    from ctxrl.registry import TransferMethodSpec
+
+    with pytest.raises(PluginError, match="joint must be True or False, got 'false'"):
+        TransferMethodSpec("flags", _BrokenTransfer, joint="false")  # type: ignore[arg-type]
 
 
 class _DroppingExecutor:
