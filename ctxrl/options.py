@@ -125,6 +125,10 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
         raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
     except (ValueError, CtxrlError) as exc:
         raise ConfigError(f"{where}: {_without_repeated_label(str(exc), where)}") from None
+    except Exception as exc:  # the plugin's own bug (a KeyError, a RuntimeError): where it is
+        raise ConfigError(
+            f"{where}: the plugin's factory failed with {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 _PLUGIN_LABEL = re.compile(r"(?:[a-z][\w ]* )?('[^']+'): ")

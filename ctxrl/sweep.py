@@ -330,6 +330,11 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"executor.options: {config.executor.name!r}: {exc}") from None
+    except Exception as exc:  # the executor plugin's own failure, before anything is written
+        raise ConfigError(
+            f"executor.name: {config.executor.name!r}: its factory failed with "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     try:
         run_dir = prepare_run_dir(plan, host, argv, console)
     except BaseException:

@@ -43,3 +43,15 @@ def test_flags_and_names() -> None:
     assert names_option(["actor", "critic"], "x") == ["actor", "critic"]
     with pytest.raises(ConfigError, match="a name or a list of names, got 3"):
         names_option(3, "x")
+
+
+def test_a_factory_failing_with_its_own_bug_is_named_where_it_was_configured() -> None:
+    """A plugin factory raising something other than TypeError or ValueError (a KeyError
+    for an option it looked up) was a raw traceback naming neither the field nor the plugin."""
+    from ctxrl.options import check_options
+
+    def factory(**options: object) -> None:
+        raise KeyError("coeff")
+
+    with pytest.raises(ConfigError, match=r"transfer.options: 'mine': the plugin's factory failed"):
+        check_options(factory, {"coef": 1}, "transfer.options: 'mine'")
