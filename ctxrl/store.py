@@ -537,8 +537,8 @@ class Store:
     def export(self, directory: str | Path) -> list[Path]:
         """Write ``runs.csv`` and ``evaluations.csv``, and ``selection.csv``, ``curves.csv``
         (learning curves) and ``diagnostics.csv`` when stored (JSON columns as text), with
-        ``.parquet`` twins when pyarrow is installed, into ``directory``; return the files
-        written."""
+        ``.parquet`` twins when pyarrow is installed, into ``directory``, rows in key order;
+        return the files written."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -548,8 +548,17 @@ class Store:
                 continue
             if self._db.execute(f"SELECT 1 FROM {optional} LIMIT 1").fetchone() is not None:
                 tables.append(optional)
+        # in key order: the same store gives the same files, whatever order its rows were
+        # written in (a resumed training, shards finishing in another order)
+        keys = {
+            "runs": "run_id",
+            "evaluations": "run_id, target_task, deterministic, episode",
+            "selection": "step",
+            "curves": "run_id, env_steps, target",
+            "diagnostics": "run_id, env_steps, name",
+        }
         for table in tables:
-            cursor = self._db.execute(f"SELECT * FROM {table}")
+            cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY {keys[table]}")
             header = [c[0] for c in cursor.description]
             rows = cursor.fetchall()
             path = directory / f"{table}.csv"

@@ -184,6 +184,8 @@ def write_exports(
     new tables beside an old summary."""
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
+    for stale in run_dir.glob(".exports-*"):  # a report killed while it staged (SIGKILL)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".exports-", dir=run_dir))
     try:
         summary = _write_staged(plan, store, matrix, run_dir, staging, order=order)

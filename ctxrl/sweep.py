@@ -349,7 +349,10 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
 
     finished = store.finished_run_ids()
     saved = list((run_dir / "artifacts").glob("*.safetensors"))
-    if saved and not store.runs():
+    # a sweep killed while storing its first group saved the policies and committed no run:
+    # its checkpoint is whole and the group resumes from it; no store was lost
+    resumable = any((run_dir / "checkpoints").glob("*.safetensors"))
+    if saved and not store.runs() and not resumable:
         console.print(
             f"[yellow]warning:[/] {run_dir / STORE_FILE} holds no run, but artifacts/ holds "
             f"{len(saved)} saved polic{'y' if len(saved) == 1 else 'ies'} (a store emptied or "
@@ -452,6 +455,10 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         close = getattr(executor, "close", None)
         if callable(close):
             close()
+    if not outcome.failed:
+        # every run stored: what a kill left between storing a group and removing its
+        # checkpoint (or a save it cut short) is of no use to any rerun
+        remove_checkpoints(run_dir / "checkpoints")
 
     matrix = sweep_matrix(plan, store)
     outcome.matrix = matrix
@@ -459,6 +466,15 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     store.close()
     host.notify("ctxrl_sweep_finished", plan=plan_json, run_dir=run_dir, matrix=matrix)
     return outcome
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Delete every checkpoint file in ``folder``, hidden partial saves included (the folder
+    stays)."""
+    if folder.is_dir():
+        for file in folder.iterdir():
+            if file.is_file():
+                file.unlink()
 
 
 def _select_and_train(

@@ -357,3 +357,26 @@ def test_a_study_an_earlier_ctxrl_trained_off_the_grid_is_still_reported(tmp_pat
         resolve_study(config, get_host().registry)
     plan = resolve_study(config, get_host().registry, training=False)
     assert plan.schedules[0].every == 1000
+
+
+def test_a_study_killed_before_storing_a_program_resumes_it_from_its_final_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The program's checkpoint was deleted before its result was stored: a kill between
+    the two retrained the whole program from the start."""
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self: Any, program: Any, result: Any) -> None:
+        raise Killed
+
+    config = load_study_config(_write(tmp_path, arms=["redo"], seeds=[0]))
+    monkeypatch.setattr(StudyRunner, "_store", killed)
+    with pytest.raises(Killed):
+        run_study(config, get_host().registry)
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert list((run_dir / "checkpoints").glob("*.safetensors")), "the checkpoint is kept"
+    run_study(config, get_host().registry)
+    assert not list((run_dir / "checkpoints").glob("*.safetensors"))

@@ -763,10 +763,43 @@ def test_a_group_killed_while_storing_stores_none_and_resumes_from_its_final_sta
     outcome = run_sweep(plan, console=Console(file=printed, width=300))
     assert outcome.trained == 2 and not outcome.failed
     assert "resumed 2 agents from their final state" in printed.getvalue()
+    # the policies were saved and no run committed: nothing was lost, no store to restore
+    assert "holds no run" not in printed.getvalue()
     with Store(plan.run_dir / STORE_FILE) as store:
         logged = store.diagnostics()["approx_kl"]
         assert sorted(logged) == sorted(r.run_id for r in store.runs())
         assert all(len(points) == 4 for points in logged.values())  # one per iteration
+
+
+def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the group's runs were stored and before its checkpoint was removed, the
+    rerun found nothing to train and left the checkpoint (and its derived files) for good; a
+    report killed while staging its exports left the staging folder."""
+    import ctxrl.batched_sweep as batched_sweep
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args: Any) -> None:
+        raise Killed
+
+    plan = _plan(tmp_path, transfer={"name": "fine-tune", "options": {"steps": 512}})
+    monkeypatch.setattr(batched_sweep, "_remove_checkpoint", killed)
+    with pytest.raises(Killed):
+        run_sweep(plan, console=Console(file=io.StringIO()))
+    monkeypatch.undo()
+    folder = plan.run_dir / "checkpoints"
+    assert any(folder.glob("*-transfer.safetensors"))
+    (folder / ".batch-0123.json.partial").write_text("{")  # a save a kill cut short
+    stale = plan.run_dir / ".exports-killed"
+    stale.mkdir()
+    (stale / "runs.csv").write_text("run_id\n")
+    outcome = run_sweep(plan, console=Console(file=io.StringIO()))
+    assert outcome.skipped == 2 and not outcome.failed
+    assert list(folder.iterdir()) == []
+    assert not stale.exists()
 
 
 def test_the_multitask_baseline_resumes_from_its_checkpoint(

@@ -173,6 +173,11 @@ class StudyRunner:
                     self._tick(f"{variant}/{arm}")
                     stored = self._train_arm(variant, arm, results[variant])
                     self._store_arm(variant, arm, stored)
+                    # only once the arm is stored: a kill before that resumes its programs
+                    # from their final state (they retrained from the start)
+                    folder = self.run_dir / "checkpoints"
+                    for file in folder.glob(f"{variant}-{arm}-*.*"):
+                        file.unlink()
                     self._tick(f"{variant}/{arm}", force=True)
                 results[variant][arm] = stored
         return results
@@ -222,8 +227,6 @@ class StudyRunner:
                 curves=CurveOptions(config.curve_every, config.curve_episodes),
                 **group_options,
             )
-            for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-                file.unlink()
             log = policies.log
             steps = np.asarray(log.curve_steps, dtype=np.int64)
             for row, curve in zip(rows, log.curve().T, strict=True):

@@ -439,6 +439,11 @@ class StudyRunner:
             if stored is None:
                 stored = self._train(program)
                 self._store(program, stored)
+                # only once its result is stored: a kill before that resumes the program from
+                # its final state (it retrained from the start)
+                checkpoint = self.run_dir / "checkpoints" / program.name
+                for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+                    file.unlink()
             results[program.name] = stored
         return results
 
@@ -472,8 +477,6 @@ class StudyRunner:
                 config.plasticity_every or config.curve_every, config.dormant_tau
             ),
         )
-        for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-            file.unlink()
         log = policies.log
         return ProgramResult(
             agents=list(program.agents),
