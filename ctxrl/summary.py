@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,9 @@ def selection_curves(
 
 CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
+STALE_STAGING_S = 3600.0
+"""A report's staging folder (``.exports-*``) older than this is one a kill left behind."""
+
 
 def model_calibration(
     normalised: np.ndarray, coords: np.ndarray, observed: int = 3, sets: int = 4
@@ -184,8 +189,11 @@ def write_exports(
     new tables beside an old summary."""
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
-    for stale in run_dir.glob(".exports-*"):  # a report killed while it staged (SIGKILL)
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in run_dir.glob(".exports-*"):  # a report killed while it staged (SIGKILL),
+        # not one staging now beside this one (a report during a sweep): staging takes seconds
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".exports-", dir=run_dir))
     try:
         summary = _write_staged(plan, store, matrix, run_dir, staging, order=order)

@@ -350,13 +350,20 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     finished = store.finished_run_ids()
     saved = list((run_dir / "artifacts").glob("*.safetensors"))
     # a sweep killed while storing its first group saved the policies and committed no run:
-    # its checkpoint is whole and the group resumes from it; no store was lost
+    # its checkpoint is whole and the group resumes from it
     resumable = any((run_dir / "checkpoints").glob("*.safetensors"))
-    if saved and not store.runs() and not resumable:
+    if saved and not store.runs():
+        policies = f"{len(saved)} saved polic{'y' if len(saved) == 1 else 'ies'}"
         console.print(
             f"[yellow]warning:[/] {run_dir / STORE_FILE} holds no run, but artifacts/ holds "
-            f"{len(saved)} saved polic{'y' if len(saved) == 1 else 'ies'} (a store emptied or "
-            "replaced?): every run trains again; restore the store from a copy to keep them",
+            + (
+                f"{policies}: groups killed while storing resume from checkpoints/; runs no "
+                "checkpoint holds train again (if the store was emptied or replaced, restore "
+                "it from a copy to keep them)"
+                if resumable
+                else f"{policies} (a store emptied or replaced?): every run trains again; "
+                "restore the store from a copy to keep them"
+            ),
             highlight=False,
         )
     for rid, problem in damaged_artifacts(store).items():

@@ -258,7 +258,11 @@ def _sweep_sources(
     entries = [
         {"name": e.name, "options": e.options} for e in loaded.plan.config.algorithm.interventions
     ]
-    reshaped = [i.name for i in build_interventions(entries, registry) if i.changes_network]
+    try:  # reading a run directory no longer needs its interventions' plugins; this does
+        built = build_interventions(entries, registry)
+    except CtxrlError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    reshaped = [i.name for i in built if i.changes_network]
     if reshaped:
         raise ConfigError(
             f"{field}: its agents were trained with {', '.join(reshaped)}, which change the "
