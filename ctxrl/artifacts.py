@@ -63,6 +63,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(partial, path)
 
 
+def remove_artifact(stem: str | Path, *, derived: bool = False) -> None:
+    """Delete the artifact ``stem`` (its ``.safetensors`` and ``.json``) and, with
+    ``derived``, the artifacts named after it (``{stem}-...``: a group's transfer checkpoint, a
+    transfer's second training). Nothing there is fine."""
+    stem = Path(stem)
+    patterns = [f"{stem.name}.*"] + ([f"{stem.name}-*.*"] if derived else [])
+    for pattern in patterns:
+        for file in stem.parent.glob(pattern):
+            file.unlink()
+
+
 def verify_artifact(stem: str | Path) -> str | None:
     """What is wrong with the artifact at ``stem``, or None when it is whole: its tensors file
     exists and its header parses and covers the file to its last byte (safetensors checks

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ctxrl.artifacts import artifact_metadata, verify_artifact
+from ctxrl.artifacts import artifact_metadata, remove_artifact, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.errors import CheckpointError, CtxrlError
@@ -457,9 +457,7 @@ def _transfer_checkpoint(checkpoint: Path) -> Path:
 def _remove_checkpoint(checkpoint: Path) -> None:
     """Remove the checkpoint ``checkpoint`` and those named after it (``{name}-...``: a
     group's transfer, a transfer's second training, :class:`~ctxrl.transfer.TransferProblem`)."""
-    for pattern in (f"{checkpoint.name}.*", f"{checkpoint.name}-*.*"):
-        for file in checkpoint.parent.glob(pattern):
-            file.unlink()
+    remove_artifact(checkpoint, derived=True)
 
 
 def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:

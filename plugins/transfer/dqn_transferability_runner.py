@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ctxrl.artifacts import write_text_atomic
+from ctxrl.artifacts import remove_artifact, write_text_atomic
 from ctxrl.errors import CtxrlError
 from ctxrl.registry import CurveOptions, Registry
 from ctxrl_plugins.transfer.dqn_transferability_plan import (
@@ -175,9 +175,7 @@ class StudyRunner:
                     self._store_arm(variant, arm, stored)
                     # only once the arm is stored: a kill before that resumes its programs
                     # from their final state (they retrained from the start)
-                    folder = self.run_dir / "checkpoints"
-                    for file in folder.glob(f"{variant}-{arm}-*.*"):
-                        file.unlink()
+                    remove_artifact(self.run_dir / "checkpoints" / f"{variant}-{arm}", derived=True)
                     self._tick(f"{variant}/{arm}", force=True)
                 results[variant][arm] = stored
         return results

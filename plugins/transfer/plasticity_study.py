@@ -42,6 +42,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
+from ctxrl.artifacts import remove_artifact
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.options import SEED_LIMIT, check_device
@@ -441,9 +442,7 @@ class StudyRunner:
                 self._store(program, stored)
                 # only once its result is stored: a kill before that resumes the program from
                 # its final state (it retrained from the start)
-                checkpoint = self.run_dir / "checkpoints" / program.name
-                for file in checkpoint.parent.glob(f"{checkpoint.name}.*"):
-                    file.unlink()
+                remove_artifact(self.run_dir / "checkpoints" / program.name)
             results[program.name] = stored
         return results
 
