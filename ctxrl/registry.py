@@ -175,7 +175,9 @@ class BatchedAlgorithm(Algorithm, Protocol):
     whose environments draw a context from ``mixture`` at every episode start (multi-task); it
     returns a policies object with ``select(indices)`` (a subset, itself
     usable by ``save`` / ``evaluate``); ``evaluate_many`` returns episode returns of shape
-    ``(len(policies), len(contexts), episodes)``."""
+    ``(len(policies), len(contexts), episodes)``, or with ``per_policy=True`` (``contexts`` then
+    one list of Q contexts per policy, policy ``i`` evaluated on ``contexts[i]``) of shape
+    ``(len(policies), Q, episodes)``."""
 
     def train_many(
         self,
@@ -198,11 +200,12 @@ class BatchedAlgorithm(Algorithm, Protocol):
         self,
         policies: Any,
         env: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
+        contexts: Sequence[Mapping[str, float]] | Sequence[Sequence[Mapping[str, float]]],
         *,
         episodes: int,
         seed: int,
         deterministic: bool = True,
+        per_policy: bool = False,
     ) -> np.ndarray: ...
 
 

@@ -137,4 +137,56 @@ def evaluate_sources(
     )
 
 
-__all__ = ["TransferMethod", "TransferProblem", "TransferResult", "evaluate_sources"]
+def evaluate_on_own_contexts(
+    problem: TransferProblem, policies: Any, contexts: Sequence[Mapping[str, float]]
+) -> np.ndarray:
+    """``(N, E)`` returns of each of N policies on its own context: policy ``i`` (of
+    ``policies``, a batched policies object of N agents or, for per-run algorithms, a list of N
+    policy objects) on ``contexts[i]``, ``problem.episodes`` episodes each, seeded by
+    ``problem.eval_seed``. What a method that trains one policy per (source, target) pair
+    measures them with: in one batched rollout where the algorithm can."""
+    import numpy as np
+
+    from ctxrl.context import Task
+
+    algorithm = problem.algorithm
+    if len(policies) != len(contexts):
+        raise ValueError(
+            f"evaluate_on_own_contexts: {len(policies)} policies for {len(contexts)} contexts"
+        )
+    if hasattr(algorithm, "evaluate_many") and not isinstance(policies, list):
+        returns = algorithm.evaluate_many(
+            policies,
+            problem.env,
+            [[dict(c)] for c in contexts],
+            episodes=problem.episodes,
+            seed=problem.eval_seed,
+            per_policy=True,
+        )  # (N, 1, E)
+        return np.asarray(returns, dtype=np.float64)[:, 0]
+    space = problem.env.context_space
+    return np.stack(
+        [
+            np.asarray(
+                algorithm.evaluate(
+                    policy,
+                    problem.env,
+                    [Task(problem.env.name, space.validate(dict(context)))],
+                    episodes=problem.episodes,
+                    seed=problem.eval_seed,
+                    deterministic=True,
+                ),
+                dtype=np.float64,
+            ).reshape(problem.episodes)
+            for policy, context in zip(policies, contexts, strict=True)
+        ]
+    )
+
+
+__all__ = [
+    "TransferMethod",
+    "TransferProblem",
+    "TransferResult",
+    "evaluate_on_own_contexts",
+    "evaluate_sources",
+]

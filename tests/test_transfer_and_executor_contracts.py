@@ -14,7 +14,12 @@ from conftest import requires_ray
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.testing import ExecutorContract, TransferMethodContract
-from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
+from ctxrl.transfer import (
+    TransferProblem,
+    TransferResult,
+    evaluate_on_own_contexts,
+    evaluate_sources,
+)
 from ctxrl_plugins.executors.local import InlineExecutor
 
 
@@ -80,6 +85,50 @@ def test_every_registered_plugin_of_the_kind_is_under_contract(
 ) -> None:
     tested = {getattr(cls, attribute) for cls in classes}
     assert set(get_host().registry.names(kind)) <= tested  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm_name", ["batched-ppo", "sb3-ppo"])
+def test_each_policy_is_evaluated_on_its_own_context(
+    algorithm_name: str,
+) -> None:
+    """``evaluate_on_own_contexts``: policy ``i`` on context ``i`` alone, in one batched rollout
+    (batched algorithms: the same returns as every policy on every context gives at ``(i,
+    i)``) or one evaluation per policy (per-run ones)."""
+    host = get_host()
+    env = host.registry.env("CartPole")
+    params: dict[str, Any] = (
+        {"hidden": 16, "num_envs": 2, "num_steps": 32} if algorithm_name == "batched-ppo" else {}
+    )
+    algorithm: Any = host.registry.algorithm(algorithm_name).factory(params, device="cpu", env=env)
+    contexts = [{"length": 0.3}, {"length": 1.0}, {"length": 3.0}]
+    if algorithm_name == "batched-ppo":
+        policies: Any = algorithm.train_many(env, contexts, [0, 1, 2], total_steps=256)
+    else:
+        policies = [
+            algorithm.train(env, env.task(c), seed=i, total_steps=256)
+            for i, c in enumerate(contexts)
+        ]
+    problem = TransferProblem(
+        env=env,
+        algorithm=algorithm,
+        sources=policies,
+        source_contexts=contexts,
+        source_seeds=[0, 0, 0],  # per-run evaluation seeds add the source's seed
+        targets=contexts,
+        episodes=3,
+        eval_seed=5,
+    )
+    own = evaluate_on_own_contexts(problem, policies, contexts)
+    assert own.shape == (3, 3)
+    if algorithm_name == "batched-ppo":  # a batched episode's start depends on its context alone
+        every = evaluate_sources(problem)
+        np.testing.assert_array_equal(own, every[np.arange(3), np.arange(3)])
+    else:  # a per-run episode's start depends on the context's place in the list too
+        for i, (policy, context) in enumerate(zip(policies, contexts, strict=True)):
+            alone = algorithm.evaluate(policy, env, [env.task(context)], episodes=3, seed=5)
+            np.testing.assert_array_equal(own[i], alone[0])
+    with pytest.raises(ValueError, match="3 policies for 2 contexts"):
+        evaluate_on_own_contexts(problem, policies, contexts[:2])
 
 
 # ------------------------------------------------------- the contracts catch broken plugins

@@ -618,14 +618,16 @@ class BatchedTrainer(Generic[StateT]):
         self,
         policies: Policies,
         env: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
+        contexts: Sequence[Mapping[str, float]] | Sequence[Sequence[Mapping[str, float]]],
         *,
         episodes: int,
         seed: int,
         deterministic: bool = True,
+        per_policy: bool = False,
     ) -> np.ndarray:
-        """Returns ``(P, Q, E)`` of P policies on Q contexts (see :func:`evaluate_policies`),
-        compiled where the trainer's ``compile`` option says so."""
+        """Returns ``(P, Q, E)`` of P policies on Q contexts, or with ``per_policy`` of policy
+        ``i`` on its own list ``contexts[i]`` (see :func:`evaluate_policies`), compiled where
+        the trainer's ``compile`` option says so."""
         mode = str(getattr(self.config, "compile", "off"))
         return evaluate_policies(
             policies,
@@ -635,6 +637,7 @@ class BatchedTrainer(Generic[StateT]):
             seed=seed,
             deterministic=deterministic,
             device=self.device,
+            per_policy=per_policy,
             compile=evaluation_compiles(mode, self.device),
         )
 

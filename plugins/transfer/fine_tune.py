@@ -12,14 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from ctxrl import hookimpl
 from ctxrl.context import name_list
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.options import SEED_LIMIT, count_option, steps_option
 from ctxrl.registry import EnvSpec, TransferMethodSpec
-from ctxrl.transfer import TransferProblem, TransferResult
+from ctxrl.transfer import TransferProblem, TransferResult, evaluate_on_own_contexts
 
 
 class FineTune:
@@ -89,20 +87,9 @@ class FineTune:
             checkpoint=problem.checkpoint,  # a sweep killed while fine-tuning continues there
             **problem.training_options,  # the sources' interventions: the same networks
         )
-        own = [[c] for c in contexts]
-        from ctxrl_plugins.training.evaluation import evaluate_policies
-
-        returns = evaluate_policies(
-            tuned,
-            problem.env,
-            own,
-            episodes=problem.episodes,
-            seed=problem.eval_seed,
-            device=problem.algorithm.device,
-            per_policy=True,
-        )  # (P * Q, 1, E)
+        returns = evaluate_on_own_contexts(problem, tuned, contexts)  # (P * Q, E)
         return TransferResult(
-            np.asarray(returns, dtype=np.float64).reshape(p, q, problem.episodes),
+            returns.reshape(p, q, problem.episodes),
             # the steps trained: whole iterations of the algorithm
             target_env_steps=problem.algorithm.trained_steps(self.steps),
             details={"reinit": self.reinit, "freeze": self.freeze},

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from rich.console import Console
 
 from ctxrl.config import resolve_plan, validate_config
+from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.plugins import get_host
 from ctxrl.selection import replay
 from ctxrl.sweep import run_sweep
-from ctxrl.testing import EnvContract, StrategyContract
+from ctxrl.testing import (
+    EnvContract,
+    InterventionContract,
+    StrategyContract,
+    TransferMethodContract,
+)
+from ctxrl.transfer import TransferProblem
 
 
 class TestSpringEnv(EnvContract):
@@ -27,10 +35,32 @@ class TestFarthestFirst(StrategyContract):
     strategy_name = "farthest-first"
 
 
+class TestWeightClip(InterventionContract):
+    """Per-agent clipping, checkpoints, in-place edits, frozen layers (batched PPO and DQN).
+    At ``kappa`` 1 the largest initial weights sit at the bound, so the contract's short
+    trainings are clipped (the contract checks that the intervention changes training)."""
+
+    intervention_name = "weight-clip"
+    options: ClassVar[dict[str, Any]] = {"kappa": 1.0}
+
+
+class TestScratch(TransferMethodContract):
+    """``(P, Q, E)`` returns, sources untouched, the same returns twice, a source's row the
+    same alone as beside another, sources trained with ``layer-norm``."""
+
+    transfer_method_name = "scratch"
+    options: ClassVar[dict[str, Any]] = {"steps": 256}
+
+
 def test_plugin_is_discovered_through_its_entry_point() -> None:
     info = get_host().plugins["template"]
     assert info.status == "loaded" and info.distribution == "ctxrl-template"
-    assert info.provides == {"env": ["Spring"], "strategy": ["farthest-first"]}
+    assert info.provides == {
+        "env": ["Spring"],
+        "strategy": ["farthest-first"],
+        "intervention": ["weight-clip"],
+        "transfer_method": ["scratch"],
+    }
 
 
 def test_stiffer_spring_pulls_back_harder() -> None:
@@ -106,3 +136,73 @@ def test_batched_sweep_with_the_twin(tmp_path: Path) -> None:
     assert np.all((returns >= -200.0 * 100) & (returns <= 0.0))  # -x^2 per step, |x| <= 10
     again = run_sweep(plan, console=quiet)
     assert (again.trained, again.skipped) == (0, 4)
+
+
+class InitialWeights(Intervention):
+    """Records the initial parameters (test helper: any ``Intervention`` can be passed to
+    ``train_many`` directly, registered or not)."""
+
+    name = "initial-weights"
+
+    def __init__(self) -> None:
+        self.params: dict[str, torch.Tensor] = {}
+
+    def setup(self, view: TrainingView) -> None:
+        self.params = {k: v.detach().clone() for k, v in view.initial_params.items()}
+
+
+def _growth(interventions: list[Intervention]) -> float:
+    """Four CartPole agents of batched PPO at learning rate 0.05, 2048 steps each: the largest
+    ratio, over agents and layers, of a weight's magnitude to the layer's largest initial one."""
+    host = get_host()
+    env = host.registry.env("CartPole")
+    params = {"num_envs": 2, "num_steps": 64, "hidden": 16, "learning_rate": 0.05}
+    algorithm = host.registry.algorithm("batched-ppo").factory(params, device="cpu", env=env)
+    initial = InitialWeights()
+    policies = algorithm.train_many(
+        env,
+        [{"length": length} for length in (0.25, 0.5, 1.0, 2.0)],
+        [0, 1, 2, 3],
+        total_steps=2048,
+        interventions=[initial, *interventions],
+    )
+    return max(
+        float(
+            (weight.abs().flatten(1).amax(1) / initial.params[name].abs().flatten(1).amax(1)).max()
+        )
+        for name, weight in policies.params.items()
+        if name.endswith(".weight")
+    )
+
+
+def test_weight_clip_holds_weights_that_grow_without_it() -> None:
+    """At a learning rate high enough for the weights to grow past twice their initial scale,
+    the clipped agents' weights stay within kappa = 2 times it."""
+    clip = get_host().registry.intervention("weight-clip").factory(kappa=2.0)
+    assert _growth([]) > 2.0
+    assert _growth([clip]) <= 2.0 * (1 + 1e-6)
+
+
+def test_scratch_ignores_the_sources() -> None:
+    """Two sources of different contexts and the same seed get the same row: only the seed
+    and the target decide a scratch agent."""
+    host = get_host()
+    env = host.registry.env("CartPole")
+    params = {"num_envs": 2, "num_steps": 32, "hidden": 16}
+    algorithm = host.registry.algorithm("batched-ppo").factory(params, device="cpu", env=env)
+    sources_contexts = [{"length": 0.25}, {"length": 2.0}]
+    sources = algorithm.train_many(env, sources_contexts, [7, 7], total_steps=256)
+    problem = TransferProblem(
+        env=env,
+        algorithm=algorithm,
+        sources=sources,
+        source_contexts=sources_contexts,
+        source_seeds=[7, 7],
+        targets=[{"length": 0.5}, {"length": 1.0}],
+        episodes=2,
+        eval_seed=0,
+    )
+    result = host.registry.transfer_method("scratch").factory(steps=256).transfer(problem)
+    assert result.returns.shape == (2, 2, 2)
+    np.testing.assert_array_equal(result.returns[0], result.returns[1])
+    assert result.target_env_steps == 256

@@ -2,7 +2,8 @@
 
 Heavy imports (gymnasium, torch, the env modules) happen inside the factories, so that listing
 plugins stays fast. Only ctxrl's public API is used: ``ctxrl``, ``ctxrl.contextual`` (the
-gymnasium side) and ``ctxrl.twins`` (the torch twin, see ``twin.py``).
+gymnasium side), ``ctxrl.twins`` (the torch twin, see ``twin.py``), ``ctxrl.interventions``
+(see ``weight_clip.py``) and ``ctxrl.transfer`` (see ``scratch.py``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from ctxrl import (
     ContextSpace,
     CtxrlError,
     EnvSpec,
+    InterventionSpec,
     SelectionState,
     StrategySpec,
+    TransferMethodSpec,
     hookimpl,
 )
 
-if TYPE_CHECKING:  # ctxrl.twins imports torch: only when a twin is built
+if TYPE_CHECKING:  # ctxrl.twins and the intervention import torch: only when they are built
     from ctxrl.twins import TorchTwin
+    from ctxrl_template.scratch import Scratch
+    from ctxrl_template.weight_clip import WeightClip
 
 SPRING = ContextSpace(
     [
@@ -106,5 +111,40 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "farthest-first",
             _farthest_first,
             description="the context farthest from all chosen ones (template)",
+        )
+    )
+
+
+def _weight_clip(**options: Any) -> WeightClip:
+    from ctxrl_template.weight_clip import WeightClip
+
+    return WeightClip(**options)  # an unknown option is a TypeError naming it
+
+
+@hookimpl
+def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -> None:
+    register(
+        InterventionSpec(
+            "weight-clip",
+            _weight_clip,
+            description="weights clipped to kappa x their initial scale (template)",
+        )
+    )
+
+
+def _scratch(**options: Any) -> Scratch:
+    from ctxrl_template.scratch import Scratch
+
+    return Scratch(**options)
+
+
+@hookimpl
+def ctxrl_register_transfer_methods(register: Callable[[TransferMethodSpec], None]) -> None:
+    register(
+        TransferMethodSpec(
+            name="scratch",
+            factory=_scratch,
+            batched_only=True,  # it trains: needs train_many
+            description="a fresh agent trained on each target, the sources ignored (template)",
         )
     )
