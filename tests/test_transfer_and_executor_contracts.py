@@ -157,6 +157,14 @@ class _Unseeded:
         return TransferResult(returns + np.random.default_rng().random(returns.shape))
 
 
+class _HashSeeded:
+    """Zero-shot plus an offset from ``hash()`` of a string, which differs between processes."""
+
+    def transfer(self, problem: TransferProblem) -> TransferResult:
+        returns = evaluate_sources(problem)
+        return TransferResult(returns + hash("ctxrl") % 1000)
+
+
 class _DropsTrainingOptions:
     """Fine-tuning without the sweep's interventions."""
 
@@ -166,7 +174,9 @@ class _DropsTrainingOptions:
         return FineTune(256).transfer(dataclasses.replace(problem, training_options={}))
 
 
-def test_the_transfer_contract_catches_methods_that_break_what_sweeps_rely_on() -> None:
+def test_the_transfer_contract_catches_methods_that_break_what_sweeps_rely_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     spec = get_host().registry.transfer_method("zero-shot")
     env = get_host().registry.env("CartPole")
     contract = TestZeroShot()
@@ -181,6 +191,10 @@ def test_the_transfer_contract_catches_methods_that_break_what_sweeps_rely_on() 
     with pytest.raises(AssertionError, match="Arrays are not equal"):
         contract.test_the_same_problem_gives_the_same_returns(
             dataclasses.replace(spec, factory=_Unseeded), env
+        )
+    with pytest.raises(AssertionError, match="another process gave other returns"):
+        contract.test_another_process_gives_the_same_returns(
+            dataclasses.replace(spec, factory=_HashSeeded), env, monkeypatch
         )
     with pytest.raises(CtxrlError, match="parameters this network lacks"):
         contract.test_sources_trained_with_interventions_transfer(

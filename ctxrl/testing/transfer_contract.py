@@ -45,7 +45,8 @@ class TransferMethodContract:
     with; (d) ``transfer`` returns ``(P, Q, E)`` finite returns, a whole non-negative
     ``target_env_steps`` and JSON ``details``, and leaves the source policies as they were
     (a sweep stores them after the transfer); (e) the same problem gives the same returns bit
-    for bit (a sweep killed during a transfer redoes it on resume); (f) a method that is not
+    for bit (a sweep killed during a transfer redoes it on resume), (i) in a fresh process with
+    another hash seed too (a resumed or sharded sweep redoes it there); (f) a method that is not
     ``joint`` gives a source the same row alone as beside another source (a sharded sweep
     transfers each shard's sources apart); (h) sources trained with ``layer-norm`` transfer
     with it in ``training_options``; (g) a method that is not ``batched_only`` also
@@ -260,6 +261,80 @@ class TransferMethodContract:
             self.problem(env_spec, algorithm, policies, [0, 1])
         )
         self._check_result(result, (2, 3, self.episodes))
+
+    def test_another_process_gives_the_same_returns(
+        self,
+        transfer_method_spec: TransferMethodSpec,
+        env_spec: EnvSpec,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The sources trained and transferred in a fresh interpreter with another hash seed
+        give the returns they give here: a sweep resumed after a kill, or sharded to worker
+        processes, redoes a transfer in another process (set and dict-of-string orders,
+        ``hash()`` and the global random generators differ there)."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._skip_studies(transfer_method_spec)
+        factory = transfer_method_spec.factory
+        recipe = {
+            "method": self.transfer_method_name,
+            # a spec other than the registry's (a test's): its factory, found by import there
+            "factory": (
+                None
+                if factory is get_host().registry.transfer_method(self.transfer_method_name).factory
+                else f"{factory.__module__}:{factory.__qualname__}"
+            ),
+            "options": dict(self.options),
+            "algorithm": self.algorithm_name,
+            "algorithm_params": dict(self.algorithm_params),
+            "env": self.env_name,
+            "source_steps": self.source_steps,
+            "episodes": self.episodes,
+        }
+        here = _transfer_from_scratch(recipe)
+        import os
+
+        # read by the child interpreter at its start: a seed other than this process's
+        other = "3141" if os.environ.get("PYTHONHASHSEED") == "2718" else "2718"
+        monkeypatch.setenv("PYTHONHASHSEED", other)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            there = pool.submit(_transfer_from_scratch, recipe).result(timeout=600)
+        np.testing.assert_array_equal(
+            here, there, err_msg="another process gave other returns for the same problem"
+        )
+
+
+def _transfer_from_scratch(recipe: dict[str, Any]) -> np.ndarray:
+    """Trains :meth:`TransferMethodContract.train_sources`' two sources and transfers them to
+    :meth:`~TransferMethodContract.problem`'s three targets, everything built from the
+    registry by name: run here and in a fresh process. Returns ``(2, 3, E)``."""
+    registry = get_host().registry
+    env_spec = registry.env(recipe["env"])
+    algorithm: Any = registry.algorithm(recipe["algorithm"]).factory(
+        recipe["algorithm_params"], device="cpu", env=env_spec
+    )
+    contexts = TransferMethodContract.contexts(env_spec, 2)
+    sources = algorithm.train_many(env_spec, contexts, [0, 1], total_steps=recipe["source_steps"])
+    problem = TransferProblem(
+        env_spec,
+        algorithm,
+        sources,
+        contexts,
+        [0, 1],
+        TransferMethodContract.contexts(env_spec, 3),
+        episodes=recipe["episodes"],
+        eval_seed=10_000,
+    )
+    factory = registry.transfer_method(recipe["method"]).factory
+    if recipe["factory"] is not None:
+        import importlib
+
+        module, _, name = recipe["factory"].partition(":")
+        factory = getattr(importlib.import_module(module), name)
+    method = factory(**recipe["options"])
+    return np.asarray(method.transfer(problem).returns, dtype=np.float64)
 
 
 __all__ = ["TransferMethodContract"]
