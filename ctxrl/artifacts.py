@@ -32,8 +32,6 @@ def save_artifact(
     metadata also travels inside the safetensors header, so a process killed at any moment
     leaves either the old artifact or the new one, never a torn or mismatched pair (the JSON
     file is a readable copy; loading trusts the header)."""
-    from safetensors.torch import save_file
-
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = stem.with_suffix(".safetensors")
@@ -45,13 +43,30 @@ def save_artifact(
     partial_meta = weights.with_name(f".{stem.name}.json.partial")
     partial_meta.write_text(meta_text)
     partial = weights.with_name(f".{weights.name}.partial")
-    save_file(contiguous, str(partial), metadata=header)
+    partial.write_bytes(_serialize(contiguous, header))
     # safetensors creates its file owner-only (0600) whatever the umask: give it the mode the
     # umask gave the JSON file, so that a run directory shared by a group stays readable
     os.chmod(partial, stat.S_IMODE(partial_meta.stat().st_mode))
     os.replace(partial, weights)
     os.replace(partial_meta, stem.with_suffix(".json"))
     return weights
+
+
+def _serialize(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` with ``metadata`` in its header, the same bytes
+    every time: safetensors writes the metadata from a hash map, in an order that changes
+    from call to call, so the header is written again with the metadata's keys sorted (the same
+    JSON, the same length; were it ever longer, the file is kept as safetensors wrote it)."""
+    from safetensors.torch import save
+
+    data = save(dict(tensors), metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:
+        return data
+    return data[:8] + text.ljust(length) + data[8 + length :]
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

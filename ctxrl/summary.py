@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -147,7 +148,8 @@ def selection_curves(
 CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 STALE_STAGING_S = 3600.0
-"""A report's staging folder (``.exports-*``) older than this is one a kill left behind."""
+"""A staging folder (``.exports-*``) of another host (or without its writer's process id)
+older than this is one a kill left behind; on this host a folder whose process is gone is."""
 
 
 def model_calibration(
@@ -175,6 +177,23 @@ def model_calibration(
     }
 
 
+def _staging_abandoned(folder: Path) -> bool:
+    """Whether a staging folder's writer is gone: its process (named in the folder,
+    ``.exports-{pid}@{host}.{random}``) no longer runs on this host, or, for a folder of
+    another host or of an earlier version, it is older than :data:`STALE_STAGING_S`."""
+    owner, _, rest = folder.name.removeprefix(".exports-").partition("@")
+    host = rest.rpartition(".")[0]
+    if owner.isdigit() and int(owner) > 0 and host == socket.gethostname():
+        try:
+            os.kill(int(owner), 0)  # signal 0: is the process there (nothing is sent)
+        except ProcessLookupError:
+            return True
+        except OSError:  # there, another user's
+            return False
+        return False
+    return time.time() - folder.stat().st_mtime > STALE_STAGING_S
+
+
 def write_exports(
     plan: SweepPlan, store: Store, matrix: TransferMatrix, run_dir: Path, *, order: list[int]
 ) -> Path:
@@ -192,9 +211,11 @@ def write_exports(
     for stale in run_dir.glob(".exports-*"):  # a report killed while it staged (SIGKILL),
         # not one staging now beside this one (a report during a sweep): staging takes seconds
         with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+            if _staging_abandoned(stale):
                 shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".exports-", dir=run_dir))
+    # the writer's process and host in the name: a later report knows when it was killed
+    prefix = f".exports-{os.getpid()}@{socket.gethostname()}."
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=run_dir))
     try:
         summary = _write_staged(plan, store, matrix, run_dir, staging, order=order)
         markdown = summary_markdown(summary)

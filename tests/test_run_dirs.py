@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -797,8 +798,18 @@ def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
     folder = plan.run_dir / "checkpoints"
     assert any(folder.glob("*-transfer.safetensors"))
     (folder / ".batch-0123.json.partial").write_text("{")  # a save a kill cut short
-    stale, live = plan.run_dir / ".exports-killed", plan.run_dir / ".exports-staging-now"
-    for staging in (stale, live):
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    host = socket.gethostname()
+    stale = plan.run_dir / ".exports-killed"  # an earlier version's, two hours old
+    dead = plan.run_dir / f".exports-{int(exited.stdout)}@{host}.k1ll3d"  # its writer is gone
+    live = plan.run_dir / f".exports-{os.getpid()}@{host}.now"  # another report's, staging
+    elsewhere = plan.run_dir / f".exports-{int(exited.stdout)}@not-{host}.x"  # another host's
+    for staging in (stale, dead, live, elsewhere):
         staging.mkdir()
         (staging / "runs.csv").write_text("run_id\n")
     two_hours_ago = time.time() - 7200
@@ -806,8 +817,8 @@ def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
     outcome = run_sweep(plan, console=Console(file=io.StringIO()))
     assert outcome.skipped == 2 and not outcome.failed
     assert list(folder.iterdir()) == []
-    assert not stale.exists()
-    assert live.exists()  # another report's, staging beside this one
+    assert not stale.exists() and not dead.exists()
+    assert live.exists() and elsewhere.exists()  # staging now, here and on another host
 
 
 def test_the_multitask_baseline_resumes_from_its_checkpoint(

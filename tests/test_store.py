@@ -240,6 +240,24 @@ def test_artifacts_are_safetensors_and_json(tmp_path: Path) -> None:
         load_artifact(tmp_path / "policy")
 
 
+def test_the_same_artifact_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """A run directory's checksums reproduce: safetensors orders its header's metadata
+    differently from call to call (6 different files in 10 saves before), ctxrl writes it
+    sorted; non-ASCII, quotes and newlines in the metadata keep the header's length."""
+    import hashlib
+
+    tensors = {"layer.weight": torch.arange(12.0).reshape(3, 4), "layer.bias": torch.ones(3)}
+    metadata = {"algorithm": "x", "context": {"unit": 'µs "q"\n'}, "seed": 3}
+    digests = {
+        hashlib.sha256(save_artifact(tmp_path / f"p{i}", tensors, metadata).read_bytes()).digest()
+        for i in range(10)
+    }
+    assert len(digests) == 1
+    loaded, meta = load_artifact(tmp_path / "p0")
+    assert torch.equal(loaded["layer.weight"], tensors["layer.weight"])
+    assert meta["context"] == metadata["context"]
+
+
 ARTIFACT_WRITER = """
 import sys, torch
 from ctxrl.artifacts import save_artifact
