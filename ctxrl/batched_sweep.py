@@ -517,14 +517,7 @@ def _store_trained(
     for index, record in enumerate(records):
         try:
             if not np.all(np.isfinite(returns[index])):
-                method = plan.config.transfer.name
-                raise CtxrlError(
-                    "its evaluation returns are not finite (NaN or inf): the training diverged "
-                    "(check the learning rate and the reward scale)"
-                    if method == "zero-shot"
-                    else f"its returns after transfer method {method!r} are not finite (NaN or "
-                    "inf): the sources' training or the transfer diverged"
-                )
+                raise CtxrlError(_divergence(plan, policies, index, returns[index]))
             artifact = Path("artifacts") / record.run_id
             algorithm.save(policies.select([index]), plan.run_dir / artifact)
             evaluations = [
@@ -554,6 +547,37 @@ def _store_trained(
                     },
                 )
     return [record.status == "finished" for record, _, _ in prepared]
+
+
+def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray) -> str:
+    """Why agent ``index``'s returns ``(targets, episodes)`` are not finite: its training
+    diverged (zero-shot), or, after a transfer method, on which targets, and whether the
+    source's own weights are finite (then the transfer diverged there, not the source)."""
+    method = plan.config.transfer.name
+    if method == "zero-shot":
+        return (
+            "its evaluation returns are not finite (NaN or inf): the training diverged "
+            "(check the learning rate and the reward scale)"
+        )
+    bad = [j for j in range(len(returns)) if not np.all(np.isfinite(returns[j]))]
+    features = plan.grid.features
+    targets = "; ".join(
+        ", ".join(f"{f}={plan.grid.contexts[j][f]:.4g}" for f in features) for j in bad[:5]
+    ) + ("; ..." if len(bad) > 5 else "")
+    params = getattr(policies, "params", None)
+    source_finite = params is not None and all(
+        bool(torch.isfinite(tensor[index]).all()) for tensor in params.values()
+    )
+    cause = (
+        "the source's weights are finite, so the transfer diverged there (check the method's "
+        "options and the learning rate)"
+        if source_finite
+        else "the source's own training diverged (check the learning rate and the reward scale)"
+    )
+    return (
+        f"its returns after transfer method {method!r} are not finite (NaN or inf) on "
+        f"{len(bad)} of {len(returns)} targets ({targets}): {cause}"
+    )
 
 
 MULTITASK = "multitask"

@@ -60,7 +60,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if failed:
         lines += [
             f"**{len(failed)} of {summary['runs']} runs failed** (no row in the matrix; rerun "
-            "`ctxrl sweep` to retry them):",
+            "`ctxrl sweep` to retry them, after changing the settings of a run that diverged: "
+            "with the same ones it diverges again):",
             "",
         ]
         lines += [f"- `{f['run_id']}` ({f['source']}): {f['error']}" for f in failed]

@@ -105,6 +105,19 @@ def execute_job(job: dict[str, Any]) -> None:
                 f"algorithm {plan.algorithm.name!r} returned evaluation shape {returns.shape}, "
                 f"expected {(len(targets), config.eval_episodes)}"
             )
+        if not np.all(np.isfinite(returns)):  # the store keeps finite returns only
+            bad = [t for j, t in enumerate(targets) if not np.isfinite(returns[j]).all()]
+            first = ", ".join(f"{f}={bad[0].context[f]:.4g}" for f in plan.grid.features)
+            raise CtxrlError(
+                f"its returns are not finite (NaN or inf) on {len(bad)} of {len(targets)} "
+                f"targets (first: {first}): "
+                + (
+                    "the training diverged (check the learning rate and the reward scale)"
+                    if config.transfer.name == "zero-shot"
+                    else f"the source's training or transfer method {config.transfer.name!r} "
+                    "diverged"
+                )
+            )
         evaluations = [
             Evaluation(t.id, t.context, returns[j].tolist()) for j, t in enumerate(targets)
         ]

@@ -220,3 +220,34 @@ def test_toy_decay_shrinks_the_weights() -> None:
     plain, decayed = mean_weight_norm([]), mean_weight_norm([toy])
     assert decayed < 0.75 * plain, (plain, decayed)
     assert torch.equal(cast(ToyDecay, toy).updates, torch.full((4,), 32))
+
+
+class _KeyErrorAfterUpdate(Intervention):
+    """A plugin's bug: a parameter name its network lacks."""
+
+    name: ClassVar[str] = "key-error"
+
+    def after_update(self, view: TrainingView) -> None:
+        view.params["actor.9.weight"].mul_(1.0)
+
+
+@pytest.mark.parametrize("algorithm_name", ["batched-ppo", "batched-dqn"])
+def test_an_intervention_that_raises_is_named_with_the_hook(algorithm_name: str) -> None:
+    """A run failed with ``KeyError: 'actor.9.weight'`` and nothing named the plugin."""
+    from ctxrl.errors import PluginError
+
+    env = get_host().registry.env("CartPole")
+    params: dict[str, Any] = (
+        {"num_envs": 2, "num_steps": 16, "hidden": 8}
+        if algorithm_name == "batched-ppo"
+        else {"learning_starts": 16, "train_frequency": 4, "hidden": [8], "buffer_size": 100}
+    )
+    algorithm: Any = (
+        get_host().registry.algorithm(algorithm_name).factory(params, device="cpu", env=env)
+    )
+    with pytest.raises(PluginError) as raised:
+        algorithm.train_many(env, [{}], [0], total_steps=64, interventions=[_KeyErrorAfterUpdate()])
+    assert str(raised.value) == (
+        "intervention 'key-error' (test_interventions._KeyErrorAfterUpdate) failed in "
+        "after_update: KeyError: 'actor.9.weight'"
+    )

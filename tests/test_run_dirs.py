@@ -1021,6 +1021,17 @@ class _ArrayDetailsTransfer:
         return TransferResult(evaluate_sources(problem), 0, {"weights": np.ones(3)})
 
 
+class _DivergesOnTheLastTarget:
+    """Zero-shot, but NaN on the last target: a transfer that diverged there."""
+
+    def transfer(self, problem: Any) -> Any:
+        from ctxrl.transfer import TransferResult, evaluate_sources
+
+        returns = evaluate_sources(problem)
+        returns[:, -1] = np.nan
+        return TransferResult(returns)
+
+
 class _BrokenTransferPlugin:
     from ctxrl import hookimpl
 
@@ -1029,8 +1040,38 @@ class _BrokenTransferPlugin:
         from ctxrl.registry import TransferMethodSpec
 
         register(TransferMethodSpec("broken-transfer", _BrokenTransfer))
+        register(TransferMethodSpec("diverges-last", _DivergesOnTheLastTarget, batched_only=False))
         register(TransferMethodSpec("bare-array", _BareArrayTransfer, batched_only=False))
         register(TransferMethodSpec("array-details", _ArrayDetailsTransfer, batched_only=False))
+
+
+@pytest.mark.parametrize("algorithm", ["batched-ppo", pytest.param("sb3-ppo", marks=requires_sb3)])
+def test_a_transfer_that_diverges_on_a_target_names_it(
+    tmp_path: Path, ctxrl_inline_plugin: Any, algorithm: str
+) -> None:
+    """Returns a transfer left NaN on one target: the batched path said only "the sources'
+    training or the transfer diverged", naming neither the target nor which of the two; the
+    per-run path stored them as a finished run (inf) or failed on the store's NOT NULL."""
+    ctxrl_inline_plugin(_BrokenTransferPlugin(), "broken-transfer")
+    params = {"n_steps": 64, "batch_size": 32} if algorithm == "sb3-ppo" else {}
+    plan = _plan(
+        tmp_path,
+        transfer={"name": "diverges-last"},
+        algorithm={"name": algorithm, "preset": "CartPole", "params": params},
+        train_steps=512 if algorithm == "batched-ppo" else 64,
+        executor={"name": "inline"},  # per-run jobs in this process, where the plugin is
+    )
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=400))
+    assert len(outcome.failed) == 2 and outcome.trained == 0
+    text = " ".join(printed.getvalue().split())
+    assert "not finite (NaN or inf) on 1 of 2 targets" in text
+    if algorithm == "batched-ppo":
+        assert "(length=1)" in text and "the source's weights are finite" in text
+    else:
+        assert "(first: length=1)" in text and "transfer method 'diverges-last' diverged" in text
+    summary = " ".join((outcome.run_dir / "summary.md").read_text().split())
+    assert "with the same ones it diverges again" in summary
 
 
 def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin: Any) -> None:

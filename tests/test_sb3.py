@@ -128,6 +128,24 @@ def test_policy_artifact_is_not_a_pickle(tmp_path: Path) -> None:
     )
 
 
+def test_a_policy_with_diverged_weights_gets_nan_returns() -> None:
+    """A DQN whose weights went NaN acts by argmax of NaN (always action 0) and played
+    plausible episodes, stored as a finished run; now its returns are NaN, as on the batched
+    path, and the sweep fails the run saying it diverged."""
+    import torch
+
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    algorithm = registry.algorithm("sb3-dqn").factory(SMALL["sb3-dqn"], device="cpu", env=env)
+    policy = algorithm.train(env, env.task({}), seed=0, total_steps=64)
+    tasks = [env.task({}), env.task({"length": 1.0})]
+    assert np.isfinite(algorithm.evaluate(policy, env, tasks, episodes=2, seed=0)).all()
+    with torch.no_grad():
+        next(iter(policy.policy.parameters())).fill_(float("nan"))
+    returns = algorithm.evaluate(policy, env, tasks, episodes=2, seed=0)
+    assert returns.shape == (2, 2) and np.isnan(returns).all()
+
+
 def test_budgets_are_whole_rollouts_and_schedules_never_go_negative() -> None:
     """SB3 finishes the rollout it started: 300 steps asked of the CartPole preset (8 envs x
     32 steps) train 512, which ``trained_steps`` says; its linear schedules went below 0 on

@@ -417,7 +417,13 @@ class SB3Algorithm:
     ) -> np.ndarray:
         """Episode returns ``(len(tasks), episodes)``; the episodes of a task run in lockstep
         (one batched prediction per step), or one after another in one env where the env
-        allows one instance per process (``EnvSpec.concurrent_instances``)."""
+        allows one instance per process (``EnvSpec.concurrent_instances``). A policy whose
+        weights are not all finite (a diverged training) gets NaN returns, as on the batched
+        path: its greedy actions would be argmaxes of NaN, plausible-looking episodes."""
+        import torch
+
+        if not all(bool(torch.isfinite(p).all()) for p in policy.policy.parameters()):
+            return np.full((len(tasks), episodes), np.nan)
         out = np.zeros((len(tasks), episodes))
         lockstep = episodes if env.concurrent_instances else 1
         for j, task in enumerate(tasks):

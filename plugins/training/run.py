@@ -4,12 +4,13 @@ and the :class:`~ctxrl.interventions.TrainingView` interventions see."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CtxrlError, PluginError
 from ctxrl.interventions import Intervention
 from ctxrl.rng import StreamRNG
 from ctxrl.twins import clip_actions
@@ -17,6 +18,24 @@ from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
 
 Tensor = torch.Tensor
+
+
+@contextmanager
+def intervention_hook(intervention: Intervention, hook: str) -> Iterator[None]:
+    """Runs an intervention's ``hook`` so that an exception of its own code (a plugin's bug)
+    names the intervention and where it lives: without it a run failed with ``KeyError:
+    'actor.0.weight'`` and nothing said which plugin raised it. ctxrl's own errors (an
+    option the network cannot carry out) already say what is wrong and pass unchanged."""
+    try:
+        yield
+    except CtxrlError:
+        raise
+    except Exception as exc:
+        kind = type(intervention)
+        raise PluginError(
+            f"intervention {intervention.name!r} ({kind.__module__}.{kind.__qualname__}) failed "
+            f"in {hook}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class TrainingRun:
@@ -88,15 +107,17 @@ class TrainingRun:
         held, gradients clipped per agent, Adam stepped, then the interventions' after-update
         operators run."""
         for intervention in self.each_intervention():
-            term = intervention.loss(self)
-            if term is not None:
-                loss = loss + term * self.mask
+            with intervention_hook(intervention, "loss"):
+                term = intervention.loss(self)
+                if term is not None:
+                    loss = loss + term * self.mask
         self.optimizer.zero_grad()
         torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
         self.optimizer.step(lr)
         self.record("grad_norm", self.optimizer.grad_norm)
         for intervention in self.each_intervention():
-            intervention.after_update(self)
+            with intervention_hook(intervention, "after_update"):
+                intervention.after_update(self)
 
     @property
     def fusable(self) -> bool:
@@ -153,10 +174,11 @@ class TrainingRun:
             name = intervention.name
             seen[name] = seen.get(name, 0) + 1
             mask = self.mask.detach().cpu().numpy() > 0
-            diagnostics = {
-                key: value.detach().float().cpu().numpy()
-                for key, value in intervention.diagnostics(self).items()
-            }
+            with intervention_hook(intervention, "diagnostics"):
+                diagnostics = {
+                    key: value.detach().float().cpu().numpy()
+                    for key, value in intervention.diagnostics(self).items()
+                }
             if name not in covered:
                 covered[name] = mask.copy()
                 out.update({f"{name}.{key}": value for key, value in diagnostics.items()})

@@ -46,7 +46,7 @@ from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
-from ctxrl_plugins.training.run import TrainingRun, intervention_masks
+from ctxrl_plugins.training.run import TrainingRun, intervention_hook, intervention_masks
 from ctxrl_plugins.training.surgery import matching, warm_start
 
 Tensor = torch.Tensor
@@ -356,7 +356,8 @@ class BatchedTrainer(Generic[StateT]):
         networks: dict[str, StackedMLP] = {}
         for role, (spec, heads) in self.network_specs(twin).items():
             for intervention in interventions:
-                spec = intervention.network(role, spec)
+                with intervention_hook(intervention, "network"):
+                    spec = intervention.network(role, spec)
             networks[role] = StackedMLP(role, spec, twin.observation_size, heads)
         per_agent: list[Params] = []
         for seed in seeds:
@@ -406,7 +407,8 @@ class BatchedTrainer(Generic[StateT]):
         )
         run.record_activations = run.record_activations or plasticity is not None
         for intervention in run.each_intervention():
-            intervention.setup(run)
+            with intervention_hook(intervention, "setup"):
+                intervention.setup(run)
         iterations = self.trained_steps(total_steps) // self.steps_per_iteration()
         self.compiling, self.compile_s, self._compiled_functions = False, 0.0, []
         state = self.setup(run, iterations)
@@ -495,7 +497,8 @@ class BatchedTrainer(Generic[StateT]):
                 agents = torch.zeros(n, dtype=torch.bool, device=device)
                 agents[switched] = True
                 for intervention in run.each_intervention():
-                    intervention.on_context_switch(run, agents)
+                    with intervention_hook(intervention, "on_context_switch"):
+                        intervention.on_context_switch(run, agents)
                 log.switches.append((run.env_steps, switched))
             if (
                 curves is not None

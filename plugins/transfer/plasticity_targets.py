@@ -163,7 +163,7 @@ def train_program(
     from ctxrl_plugins.training.networks import StackedMLP, stack_agents
     from ctxrl_plugins.training.optimizer import AgentAdam
     from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
-    from ctxrl_plugins.training.run import TrainingRun, intervention_masks
+    from ctxrl_plugins.training.run import TrainingRun, intervention_hook, intervention_masks
     from ctxrl_plugins.training.trainer import resolve_device
 
     where = resolve_device(device)  # "auto": a GPU when there is one
@@ -194,7 +194,8 @@ def train_program(
     )
     run.record_activations = True
     for intervention in run.each_intervention():
-        intervention.setup(run)
+        with intervention_hook(intervention, "setup"):
+            intervention.setup(run)
     generators = [torch.Generator().manual_seed(seed + DATA_SALT) for seed in seeds]
     inputs = torch.stack(
         [torch.randn(task.points, task.input_dim, generator=g) for g in generators]
@@ -217,7 +218,8 @@ def train_program(
         ).to(where)  # (steps, N, B)
         if index > 0:
             for intervention in run.each_intervention():
-                intervention.on_context_switch(run, everyone)
+                with intervention_hook(intervention, "on_context_switch"):
+                    intervention.on_context_switch(run, everyone)
         for step in range(task.steps_per_task):
             chosen = batches[step]
             prediction = run.forward(ROLE, inputs[rows, chosen], training=True)
