@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -514,15 +515,23 @@ def _source_label(plan: SweepPlan, context_json: str) -> tuple[float, str]:
 
 def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:
     """The diagnostics table: for each diagnostic, its mean over runs at the first and the
-    last record (training start and end), and how many runs recorded it."""
+    last record (training start and end) over the runs where it is finite, how many runs
+    recorded it and in how many some record is not finite (``nonfinite``: an infinite
+    gradient norm, a diverging loss)."""
     table: dict[str, dict[str, float]] = {}
+
+    def finite_mean(values: list[float]) -> float:
+        kept = [v for v in values if math.isfinite(v)]
+        return float(np.mean(kept)) if kept else float("nan")
+
     for name, runs in store.diagnostics().items():
-        first = [points[0][1] for points in runs.values() if points]
-        last = [points[-1][1] for points in runs.values() if points]
         table[name] = {
             "runs": len(runs),
-            "first": float(np.nanmean(first)) if np.isfinite(first).any() else float("nan"),
-            "last": float(np.nanmean(last)) if np.isfinite(last).any() else float("nan"),
+            "first": finite_mean([points[0][1] for points in runs.values() if points]),
+            "last": finite_mean([points[-1][1] for points in runs.values() if points]),
+            "nonfinite": sum(
+                1 for points in runs.values() if not all(math.isfinite(v) for _, v in points)
+            ),
         }
     curves = store.curves()
     out: dict[str, Any] = {}

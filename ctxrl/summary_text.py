@@ -247,7 +247,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary.get("diagnostics"):
         lines += [
             "",
-            "Training diagnostics (mean over runs):",
+            "Training diagnostics (mean over the runs where they are finite):",
             "",
             "| diagnostic | runs | first record | last record |",
             "|---|---|---|---|",
@@ -258,6 +258,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 for key in ("first", "last")
             )
             lines.append(f"| {name} | {row['runs']} | {first} | {last} |")
+        broken = {
+            name: row
+            for name, row in sorted(summary["diagnostics"].items())
+            if row.get("nonfinite")
+        }
+        if broken:
+            lines += ["", "Diagnostics that are not finite (NaN or inf) in some records:", ""]
+        for name, row in broken.items():
+            why = (
+                ": with an infinite gradient norm the per-agent clipping scales the step to "
+                "0, so those updates did nothing (check the reward scale and the learning rate)"
+                if name == "grad_norm"
+                else ""
+            )
+            lines.append(
+                f"- `{name}` in {row['nonfinite']} of {row['runs']} runs (left out of the "
+                f"means above){why}"
+            )
     if summary.get("figures"):
         lines += [
             "",

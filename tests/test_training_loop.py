@@ -149,6 +149,21 @@ def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
     assert (run_dir / "exports" / "diagnostics.csv").is_file()
 
 
+def test_a_gradient_norm_that_is_not_finite_is_reported(tmp_path: Path) -> None:
+    """At a reward scale of 1e30 every gradient norm is infinite, the clipping scales each step
+    to 0 and the agents never move: the runs finished as normal rows, and the summary showed
+    the diagnostics as "n/a" with nothing saying why."""
+    run_dir = _sweep(
+        tmp_path,
+        algorithm={**PPO, "params": {"reward_scale": 1e30}},
+        train_steps=512,
+        seeds=[0],
+    )
+    summary = " ".join((run_dir / "summary.md").read_text().split())
+    assert "- `grad_norm` in 1 of 1 runs (left out of the means above)" in summary
+    assert "the per-agent clipping scales the step to 0" in summary
+
+
 def _config(**changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "env": "CartPole",
