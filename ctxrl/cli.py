@@ -246,14 +246,28 @@ def envs_tables(host: Host) -> list[Table]:
             table.add_row(
                 escape(f.name),
                 f"{f.default:g}",
-                f"{f.lower:g}",
-                f"{f.upper:g}",
+                bound_text(f.lower, upper=False),
+                bound_text(f.upper, upper=True),
                 f.scale,
                 escape(f.unit),
                 escape(f.description),
             )
         tables.append(table)
     return tables
+
+
+def bound_text(value: float, *, upper: bool) -> str:
+    """A feature's bound in 6 significant digits, rounded into the range (an upper bound
+    down, a lower one up) where plain rounding would leave it: Acrobot's ``max_vel_1`` bound
+    4 pi showed as 125.664, a value the feature refuses."""
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    text = f"{value:g}"
+    if math.isfinite(value) and (float(text) > value if upper else float(text) < value):
+        exact = Decimal(repr(value))
+        step = Decimal(1).scaleb(exact.adjusted() - 5)
+        text = f"{float(exact.quantize(step, rounding=ROUND_FLOOR if upper else ROUND_CEILING)):g}"
+    return text
 
 
 # --------------------------------------------------------------------------------- sweep

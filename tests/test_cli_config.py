@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -579,3 +580,19 @@ def test_a_run_directory_is_read_without_its_training_plugins() -> None:
     assert plan.config.transfer.name == "their-method"
     with pytest.raises(ConfigError, match="their-intervention"):
         resolve_plan(config, get_host().registry)
+
+
+def test_a_bound_is_shown_rounded_into_its_range() -> None:
+    """Acrobot's velocity bounds (4 pi, 9 pi) showed as 125.664 / 282.743, values the
+    feature refuses; each shown bound is now one the feature accepts."""
+    from ctxrl.cli import bound_text
+
+    space = get_host().registry.env("Acrobot").context_space
+    for feature in space.features:
+        for bound, upper in ((feature.lower, False), (feature.upper, True)):
+            shown = float(bound_text(bound, upper=upper))
+            assert feature.lower <= shown <= feature.upper, (feature.name, bound, shown)
+            space.validate({feature.name: shown})
+    assert bound_text(40 * math.pi, upper=True) == "125.663"
+    assert bound_text(-40 * math.pi, upper=False) == "-125.663"
+    assert bound_text(0.5, upper=True) == "0.5"
