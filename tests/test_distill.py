@@ -699,3 +699,23 @@ def test_gaussian_and_q_value_teachers_teach() -> None:
     )
     students = distill_students(cartpole, q_teachers, [TARGET], [0], steps=512, temperature=0.01)
     assert np.isfinite(np.stack(students.log.diagnostics["heldout_kl"])).all()
+
+
+def test_the_summary_leaves_diverged_students_out_and_says_so() -> None:
+    """A student whose returns are NaN was averaged into nothing (the mean return NaN) while
+    its held-out action agreement (argmax of NaN) was reported as if it meant something."""
+    distill = get_host().registry.transfer_method("distill").factory(steps=256)
+    own = np.array([[10.0, 12.0], [np.nan, np.nan], [20.0, 22.0]])  # (Q, E)
+    zero_shot = np.full((2, 3, 2), 5.0)  # (P, Q, E)
+    text = distill._summary(own, zero_shot, [0.5, 0.84, 0.7])
+    assert text == (
+        "1 of 3 dagger students diverged (returns not finite); the other 2: mean return 16.0 "
+        "against best-of-2 zero-shot 5.0, held-out action agreement 0.60"
+    )
+    assert distill._summary(own[[0, 2]], zero_shot[:, [0, 2]], [0.5, 0.7]) == (
+        "dagger students' mean return 16.0 on 2 targets against best-of-2 zero-shot 5.0, "
+        "held-out action agreement 0.60"
+    )
+    assert distill._summary(own[[1]], zero_shot[:, [1]], [0.84]) == (
+        "all 1 dagger students diverged (returns not finite)"
+    )

@@ -303,22 +303,43 @@ class Distill:
             "final_diagnostics": diagnostics,
             "zero_shot_target_env_steps": zero_shot_steps,
         }
-        agreement = diagnostics.get("heldout_agreement")
-        details["summary"] = (
-            f"{self.mode} students' mean return {own.mean():.1f} on {q} targets against "
-            f"best-of-{p} zero-shot {zero_shot.mean(axis=2).max(axis=0).mean():.1f}"
-            + (
-                f", held-out action agreement {float(np.mean(agreement)):.2f}"
-                if agreement is not None
-                else ""
-            )
-        )
+        details["summary"] = self._summary(own, zero_shot, diagnostics.get("heldout_agreement"))
         returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
         # per student: its training, plus the teachers' episodes on its target when they
         # chose the weights (an upper bound: every episode counted at its time limit)
         trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
         used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
         return TransferResult(returns, target_env_steps=used, details=details)
+
+    def _summary(
+        self, own: np.ndarray, zero_shot: np.ndarray, agreement: list[float] | None
+    ) -> str:
+        """One line: the students' mean return on their targets (``own``: ``(Q, E)``) against
+        best-of-P zero-shot (``zero_shot``: ``(P, Q, E)``) and their held-out action
+        agreement (one value per student), over the students whose returns are finite: a
+        diverged student's agreement (argmax of NaN) is no measure of anything."""
+        q, p = own.shape[0], zero_shot.shape[0]
+        finite = np.isfinite(own).all(axis=1)  # (Q,): per target, its student's returns
+        best = zero_shot.mean(axis=2).max(axis=0)  # (Q,)
+        if not finite.any():
+            return f"all {q} {self.mode} students diverged (returns not finite)"
+        text = (
+            f"{self.mode} students' mean return {own[finite].mean():.1f} on {q} targets against "
+            f"best-of-{p} zero-shot {best.mean():.1f}"
+            if finite.all()
+            else f"{q - int(finite.sum())} of {q} {self.mode} students diverged (returns not "
+            f"finite); the other {int(finite.sum())}: mean return {own[finite].mean():.1f} "
+            f"against best-of-{p} zero-shot {best[finite].mean():.1f}"
+        )
+        if agreement is not None:
+            values = np.asarray(agreement, dtype=np.float64)
+            if values.size == q:  # one student per target
+                values = values[finite]
+            elif not finite.all():  # one student for every target, and it diverged somewhere
+                values = values[:0]
+            if values.size and np.isfinite(values).all():
+                text += f", held-out action agreement {float(values.mean()):.2f}"
+        return text
 
 
 def _without_prefix(exc: Exception) -> str:
