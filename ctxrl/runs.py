@@ -20,6 +20,7 @@ from ctxrl.context import Task
 from ctxrl.errors import CheckpointError, CtxrlError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host
+from ctxrl.selection import json_safe
 from ctxrl.store import RunRecord, Store, now
 from ctxrl.transfer import TransferProblem
 
@@ -132,7 +133,10 @@ def transfer_returns(
         }
         record.parent.mkdir(parents=True, exist_ok=True)
         partial = record.with_suffix(".json.partial")
-        partial.write_text(json.dumps(data, indent=1, default=float))
+        # numbers as JSON has them: what float() takes (numpy and torch scalars) as numbers,
+        # NaN and inf as null (a bare NaN token is not JSON: other readers refuse the file)
+        loose = json.loads(json.dumps(data, default=float))
+        partial.write_text(json.dumps(json_safe(loose), indent=1, allow_nan=False))
         os.replace(partial, record)
     return returns
 

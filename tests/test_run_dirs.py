@@ -1021,6 +1021,10 @@ class _ArrayDetailsTransfer:
         return TransferResult(evaluate_sources(problem), 0, {"weights": np.ones(3)})
 
 
+def _refuse(token: str) -> None:
+    raise ValueError(f"not JSON: {token}")
+
+
 class _DivergesOnTheLastTarget:
     """Zero-shot, but NaN on the last target: a transfer that diverged there."""
 
@@ -1029,7 +1033,7 @@ class _DivergesOnTheLastTarget:
 
         returns = evaluate_sources(problem)
         returns[:, -1] = np.nan
-        return TransferResult(returns)
+        return TransferResult(returns, 0, {"spread": np.std(returns, axis=2).tolist()})
 
 
 class _BrokenTransferPlugin:
@@ -1072,6 +1076,10 @@ def test_a_transfer_that_diverges_on_a_target_names_it(
         assert "(first: length=1)" in text and "transfer method 'diverges-last' diverged" in text
     summary = " ".join((outcome.run_dir / "summary.md").read_text().split())
     assert "with the same ones it diverges again" in summary
+    # its record keeps the details, NaN as null (a bare NaN token is not JSON)
+    for record in (outcome.run_dir / "transfer").glob("*.json"):
+        details = json.loads(record.read_text(), parse_constant=_refuse)["details"]
+        assert details["spread"][0][-1] is None
 
 
 def test_a_failing_transfer_method_is_named(tmp_path: Path, ctxrl_inline_plugin: Any) -> None:
