@@ -11,6 +11,12 @@ environment steps:
   both on returns shifted to be >= 0 (see :func:`compare_transfer`);
 - **time to threshold**: the first grid step at which the return reaches a threshold.
 
+Diverged seeds: a curve with a NaN or inf return (a training that blew up) has no area, mean or
+first step, and clipping it into range would make numbers up. :class:`LearningCurves` refuses
+one; :func:`compare_transfer_finite` takes raw ``(S, T)`` arrays, leaves such seeds out of
+every metric and counts them in each estimate's ``n_excluded`` and ``note``, and an arm with no
+finite seed left gives NaN estimates that say so, not an error.
+
 Shapes and units: ``steps`` is ``(T,)`` env steps (strictly increasing integers, T >= 2);
 ``returns`` is ``(S, T)`` episode returns, one row per seed, in the environment's return units.
 AUCs are in return x env steps, times to threshold in env steps.
@@ -39,6 +45,7 @@ from scipy.stats import bootstrap
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 Verdict = Literal["positive", "negative", "absent"]
 VerdictMetric = Literal["area_ratio", "jumpstart"]
@@ -149,6 +156,9 @@ class TransferComparison:
             ``return_floor_origin`` where it came from: ``caller``, ``zero`` (no shift
             needed) or ``pooled_minimum`` (the lowest return of both arms).
         first_step, last_step, n_points: the grid the metrics were computed on.
+        n_transfer_seeds, n_scratch_seeds: the seeds the metrics were computed from.
+        n_transfer_diverged, n_scratch_diverged: seeds left out because their curves are not
+            finite (see :func:`compare_transfer_finite`); 0 from :func:`compare_transfer`.
     """
 
     jumpstart: MetricComparison
@@ -173,6 +183,8 @@ class TransferComparison:
     n_transfer_seeds: int
     n_scratch_seeds: int
     bootstrap: BootstrapOptions
+    n_transfer_diverged: int = 0
+    n_scratch_diverged: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats become None, tuples become lists)."""
@@ -249,32 +261,41 @@ def as_step_grid(steps: npt.ArrayLike) -> IntArray:
 
 def as_returns(returns: npt.ArrayLike, steps: IntArray) -> FloatArray:
     """``returns`` as an ``(S, T)`` float64 array matching the ``(T,)`` grid, all finite."""
-    values = np.asarray(returns, dtype=np.float64)
-    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] != steps.shape[0]:
-        raise ValueError(
-            f"returns must have shape (seeds, {steps.shape[0]}) to match the step grid, "
-            f"got {values.shape}"
-        )
+    values = _as_curve_array(returns, steps)
     if not np.all(np.isfinite(values)):
         raise ValueError("returns must be finite")
-    return values.copy()
+    return values
+
+
+def finite_seeds(returns: npt.ArrayLike) -> BoolArray:
+    """``(S,)``: whether each seed's row of the ``(S, T)`` returns is finite at every grid
+    point. A seed with a NaN or inf return is a diverged training; no metric can use it."""
+    values = np.asarray(returns, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"returns must have shape (seeds, points), got {values.shape}")
+    return np.asarray(np.isfinite(values).all(axis=1), dtype=np.bool_)
 
 
 def check_same_grid(transfer: LearningCurves, scratch: LearningCurves) -> None:
     """Raise ValueError unless both arms were recorded on the same step grid, naming both
     lengths or the first differing step."""
-    if transfer.n_points != scratch.n_points:
+    _check_same_steps(transfer.steps, scratch.steps)
+
+
+def _check_same_steps(transfer_steps: IntArray, scratch_steps: IntArray) -> None:
+    """:func:`check_same_grid` on the two ``(T,)`` step grids."""
+    if transfer_steps.shape[0] != scratch_steps.shape[0]:
         raise ValueError(
             "transfer and scratch curves are on different grids: "
-            f"{transfer.n_points} vs {scratch.n_points} points"
+            f"{transfer_steps.shape[0]} vs {scratch_steps.shape[0]} points"
         )
-    differ = np.flatnonzero(transfer.steps != scratch.steps)
+    differ = np.flatnonzero(transfer_steps != scratch_steps)
     if differ.size:
         index = int(differ[0])
         raise ValueError(
             f"transfer and scratch curves are on different grids: first mismatch at index "
-            f"{index}, transfer step {transfer.steps[index]} vs scratch step "
-            f"{scratch.steps[index]}"
+            f"{index}, transfer step {transfer_steps[index]} vs scratch step "
+            f"{scratch_steps[index]}"
         )
 
 
@@ -590,9 +611,210 @@ def compare_transfer(
     )
 
 
+def compare_transfer_finite(
+    transfer_steps: npt.ArrayLike,
+    transfer_returns: npt.ArrayLike,
+    scratch_steps: npt.ArrayLike,
+    scratch_returns: npt.ArrayLike,
+    *,
+    threshold: float | None = None,
+    tail: float = 0.1,
+    return_floor: float | None = None,
+    source_steps: int = 0,
+    count_source_time: bool = False,
+    verdict_metric: VerdictMetric = "area_ratio",
+    absent_band: float = 0.0,
+    bootstrap_options: BootstrapOptions = DEFAULT_BOOTSTRAP,
+) -> TransferComparison:
+    """:func:`compare_transfer` on the seeds whose curves are finite, for curves that may hold
+    diverged seeds (a NaN or inf return anywhere, see :func:`finite_seeds`).
+
+    Args:
+        transfer_steps, scratch_steps: each arm's ``(T,)`` step grid (the same grid).
+        transfer_returns, scratch_returns: ``(S_transfer, T)`` and ``(S_scratch, T)`` returns,
+            possibly not finite.
+        threshold, ...: as for :func:`compare_transfer`.
+
+    Every metric is computed from the finite seeds only. The diverged seeds are counted in
+    ``n_transfer_diverged`` / ``n_scratch_diverged`` and in every estimate's ``n_excluded`` and
+    ``note``; a one-arm estimate's ``per_seed`` keeps the input's seed order with NaN for them.
+    When an arm has no finite seed left, every estimate is NaN with a note saying which arm
+    (so the verdict is ``absent``, as for any NaN interval), the seed counts say 0, and
+    ``return_floor`` is NaN unless given."""
+    transfer_grid, scratch_grid = as_step_grid(transfer_steps), as_step_grid(scratch_steps)
+    transfer_values = _as_curve_array(transfer_returns, transfer_grid)
+    scratch_values = _as_curve_array(scratch_returns, scratch_grid)
+    transfer_kept, scratch_kept = finite_seeds(transfer_values), finite_seeds(scratch_values)
+    options: dict[str, Any] = {
+        "threshold": threshold,
+        "tail": tail,
+        "source_steps": source_steps,
+        "count_source_time": count_source_time,
+        "verdict_metric": verdict_metric,
+        "absent_band": absent_band,
+        "bootstrap_options": bootstrap_options,
+    }
+    if transfer_kept.any() and scratch_kept.any():
+        result = compare_transfer(
+            LearningCurves(transfer_grid, transfer_values[transfer_kept]),
+            LearningCurves(scratch_grid, scratch_values[scratch_kept]),
+            return_floor=return_floor,
+            **options,
+        )
+    else:
+        empty = [
+            arm
+            for arm, kept in (("transfer", transfer_kept), ("scratch", scratch_kept))
+            if not kept.any()
+        ]
+        result = _undefined_comparison(
+            transfer_grid,
+            scratch_grid,
+            f"no metric: no finite seed left in the {' and '.join(empty)} "
+            + ("arms" if len(empty) > 1 else "arm"),
+            return_floor=return_floor,
+            **options,
+        )
+    return _with_diverged(result, transfer_kept, scratch_kept)
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _as_curve_array(returns: npt.ArrayLike, steps: IntArray) -> FloatArray:
+    """``returns`` as a fresh ``(S, T)`` float64 array matching the ``(T,)`` grid, S >= 1
+    (finite or not)."""
+    values = np.asarray(returns, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] != steps.shape[0]:
+        raise ValueError(
+            f"returns must have shape (seeds, {steps.shape[0]}) to match the step grid, "
+            f"got {values.shape}"
+        )
+    return values.copy()
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(note for note in notes if note)
+
+
+def _undefined_comparison(
+    transfer_steps: IntArray,
+    scratch_steps: IntArray,
+    reason: str,
+    *,
+    threshold: float | None,
+    tail: float,
+    return_floor: float | None,
+    source_steps: int,
+    count_source_time: bool,
+    verdict_metric: VerdictMetric,
+    absent_band: float,
+    bootstrap_options: BootstrapOptions,
+) -> TransferComparison:
+    """A comparison with every estimate NaN and ``reason`` as its note (an arm without a
+    seed to compute from), on the grid :func:`compare_transfer` would have used, after its
+    checks of the arguments."""
+    _check_same_steps(transfer_steps, scratch_steps)
+    if source_steps < 0:
+        raise ValueError(f"source_steps must be >= 0, got {source_steps}")
+    if return_floor is not None and not math.isfinite(return_floor):
+        raise ValueError(f"return_floor must be finite, got {return_floor}")
+    steps = (
+        _total_steps_window(transfer_steps, scratch_steps, source_steps)
+        if count_source_time
+        else scratch_steps
+    )
+    undefined = MetricEstimate(math.nan, math.nan, math.nan, note=reason)
+    comparison = MetricComparison(transfer=undefined, scratch=undefined, advantage=undefined)
+    return TransferComparison(
+        jumpstart=comparison,
+        asymptote=comparison,
+        auc=comparison,
+        transfer_ratio=undefined,
+        area_ratio=undefined,
+        time_to_threshold=None if threshold is None else comparison,
+        threshold=None if threshold is None else float(threshold),
+        verdict=verdict(undefined, absent_band=absent_band),
+        verdict_metric=verdict_metric,
+        absent_band=float(absent_band),
+        source_time_counted=count_source_time,
+        source_steps=int(source_steps),
+        return_floor=math.nan if return_floor is None else float(return_floor),
+        return_floor_origin="pooled_minimum" if return_floor is None else "caller",
+        tail=float(tail),
+        tail_points=tail_points(steps.shape[0], tail),
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        n_points=int(steps.shape[0]),
+        n_transfer_seeds=0,
+        n_scratch_seeds=0,
+        bootstrap=bootstrap_options,
+    )
+
+
+def _with_diverged(
+    result: TransferComparison, transfer_kept: BoolArray, scratch_kept: BoolArray
+) -> TransferComparison:
+    """``result`` (computed on the kept seeds) with the left-out diverged seeds counted: in
+    each estimate's ``n_excluded`` and ``note``, and as NaN in one-arm ``per_seed`` values,
+    which go back to the input's seed order. Unchanged when nothing diverged."""
+    n_transfer, n_scratch = int((~transfer_kept).sum()), int((~scratch_kept).sum())
+    if not (n_transfer or n_scratch):
+        return result
+    both = (
+        f"diverged (non-finite returns), left out: {n_transfer} of {transfer_kept.size} "
+        f"transfer seeds, {n_scratch} of {scratch_kept.size} scratch seeds"
+    )
+
+    def one_arm(estimate: MetricEstimate, kept: BoolArray) -> MetricEstimate:
+        count = int((~kept).sum())
+        if not count:
+            return estimate
+        per_seed = estimate.per_seed
+        if len(per_seed) == int(kept.sum()) and per_seed:
+            in_order = np.full(kept.size, math.nan)
+            in_order[kept] = per_seed
+            per_seed = tuple(float(v) for v in in_order)
+        return dataclasses.replace(
+            estimate,
+            per_seed=per_seed,
+            n_excluded=estimate.n_excluded + count,
+            note=_joined(
+                f"{count} of {kept.size} seeds diverged (non-finite returns), left out",
+                estimate.note,
+            ),
+        )
+
+    def two_arm(estimate: MetricEstimate) -> MetricEstimate:
+        return dataclasses.replace(
+            estimate,
+            n_excluded=estimate.n_excluded + n_transfer + n_scratch,
+            note=_joined(both, estimate.note),
+        )
+
+    def compared(comparison: MetricComparison) -> MetricComparison:
+        return dataclasses.replace(
+            comparison,
+            transfer=one_arm(comparison.transfer, transfer_kept),
+            scratch=one_arm(comparison.scratch, scratch_kept),
+            advantage=two_arm(comparison.advantage),
+            bound=None if comparison.bound is None else two_arm(comparison.bound),
+        )
+
+    times = result.time_to_threshold
+    return dataclasses.replace(
+        result,
+        jumpstart=compared(result.jumpstart),
+        asymptote=compared(result.asymptote),
+        auc=compared(result.auc),
+        transfer_ratio=two_arm(result.transfer_ratio),
+        area_ratio=two_arm(result.area_ratio),
+        time_to_threshold=None if times is None else compared(times),
+        n_transfer_diverged=n_transfer,
+        n_scratch_diverged=n_scratch,
+    )
 
 
 def _estimate(
@@ -692,18 +914,27 @@ def _on_total_steps(
 ) -> tuple[LearningCurves, LearningCurves]:
     """Both arms on scratch's grid points where the source-shifted transfer curve exists."""
     total = (transfer.steps + source_steps).astype(np.float64)
-    window = scratch.steps[scratch.steps >= total[0]]
-    if window.shape[0] < 2:
-        raise ValueError(
-            f"counting {source_steps} source steps leaves {window.shape[0]} grid point(s) "
-            f"where both arms exist (scratch ends at step {scratch.steps[-1]}); need 2"
-        )
+    window = _total_steps_window(transfer.steps, scratch.steps, source_steps)
     # The window ends at scratch's last step, which the shifted transfer grid covers, so
     # np.interp only interpolates and never clamps.
     window_float = window.astype(np.float64)
     transfer_on_window = np.stack([np.interp(window_float, total, r) for r in transfer.returns])
     scratch_on_window = scratch.returns[:, scratch.steps >= total[0]]
     return LearningCurves(window, transfer_on_window), LearningCurves(window, scratch_on_window)
+
+
+def _total_steps_window(
+    transfer_steps: IntArray, scratch_steps: IntArray, source_steps: int
+) -> IntArray:
+    """Scratch's grid points from the first step of the source-shifted transfer grid on (at
+    least two of them)."""
+    window: IntArray = scratch_steps[scratch_steps >= transfer_steps[0] + source_steps]
+    if window.shape[0] < 2:
+        raise ValueError(
+            f"counting {source_steps} source steps leaves {window.shape[0]} grid point(s) "
+            f"where both arms exist (scratch ends at step {scratch_steps[-1]}); need 2"
+        )
+    return window
 
 
 def _json_object(result: Any) -> dict[str, Any]:
@@ -740,7 +971,9 @@ __all__ = [
     "bootstrap_estimate",
     "check_same_grid",
     "compare_transfer",
+    "compare_transfer_finite",
     "difference_of_means",
+    "finite_seeds",
     "mean_estimate",
     "mean_of",
     "ratio_of_means",

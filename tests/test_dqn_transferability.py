@@ -20,6 +20,7 @@ from ctxrl.plugins import get_host
 from ctxrl.results import load_policies
 from ctxrl.sweep import run_sweep
 from ctxrl_plugins.transfer.dqn_transferability import (
+    Pair,
     StudyConfig,
     StudyRunner,
     load_study_config,
@@ -368,3 +369,121 @@ def test_a_cut_timing_file_does_not_block_a_resume(tmp_path: Path) -> None:
     runner._tick("dqn/scratch", force=True)
     assert set(json.loads((tmp_path / "timing.json").read_text())) == {"dqn/scratch"}
     assert [p.name for p in tmp_path.iterdir()] == ["timing.json"]
+
+
+def _diverged_study(tmp_path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """A plan of three pole lengths, seeds 0 and 1, and made-up finished arms (no training)
+    where agents diverged as in a real study with an exploding learning rate: scratch on
+    ``short`` seed 0 (NaN from step 1500), so every fine-tune agent from ``short`` with seed 0
+    (NaN throughout), and both fine-tune agents of ``mid -> long`` (inf at step 1000)."""
+    from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
+
+    config = StudyConfig.model_validate(
+        {
+            **STUDY,
+            "contexts": [
+                {"name": "short", "context": {"length": 0.3}},
+                {"name": "mid", "context": {"length": 0.5}},
+                {"name": "long", "context": {"length": 1.0}},
+            ],
+            "arms": ["scratch", "fine-tune"],
+            "seeds": [0, 1],
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+    plan = resolve_study(config, get_host().registry)
+    steps = np.array([0, 500, 1000, 1500])
+    rng = np.random.default_rng(0)
+    scratch_keys: list[tuple[Any, int]] = [(c, seed) for c in range(3) for seed in (0, 1)]
+    scratch = 20.0 + np.arange(4) * 40.0 + rng.uniform(0.0, 30.0, (6, 4))
+    scratch[0, 3] = np.nan  # short, seed 0
+    keys: list[tuple[Any, int]] = [(pair, seed) for pair in plan.pairs for seed in (0, 1)]
+    fine = 60.0 + np.arange(4) * 50.0 + rng.uniform(0.0, 30.0, (len(keys), 4))
+    for i, (pair, seed) in enumerate(keys):
+        if pair.source == 0 and seed == 0:
+            fine[i] = np.nan
+        if (pair.source, pair.target) == (1, 2):
+            fine[i, 2] = np.inf
+    results = {
+        "dqn": {
+            "scratch": ArmResult(steps, scratch, {}, scratch_keys),
+            "fine-tune": ArmResult(steps, fine, {}, keys),
+        }
+    }
+    return plan, results
+
+
+def test_diverged_agents_are_named_and_left_out_of_the_analysis(tmp_path: Path) -> None:
+    """One diverged agent made the analysis raise "returns must be finite" after the whole
+    study had trained, so nothing was reported, ever: the diverged agents are named, the
+    metrics come from the other seeds, and a pair with no finite seed left has no estimate."""
+    from ctxrl.transfer_metrics import LearningCurves, compare_transfer
+    from ctxrl_plugins.transfer.dqn_transferability_report import analyse, normalise
+
+    plan, results = _diverged_study(tmp_path)
+    analysis = analyse(plan, results)
+    diverged = analysis["diverged"]
+    assert len(diverged) == 1 + 3 + 2
+    assert diverged[0] == {
+        "variant": "dqn",
+        "arm": "scratch",
+        "source": None,
+        "target": "short",
+        "seed": 0,
+        "from_step": 1500,
+    }
+    named = {(a["arm"], a["source"], a["target"], a["seed"], a["from_step"]) for a in diverged}
+    assert ("fine-tune", "short", "mid", 0, 0) in named
+    assert {("fine-tune", "mid", "long", seed, 1000) for seed in (0, 1)} <= named
+    data = analysis["variants"]["dqn"]["fine-tune"]
+    pairs = {(p["source"], p["target"]): p for p in data["pairs"]}
+    # nothing diverged on mid -> mid: the same comparison as before
+    fine, scratch = (normalise(plan, results["dqn"][arm]) for arm in ("fine-tune", "scratch"))
+    mid_to_mid = [i for i, (p, _) in enumerate(results["dqn"]["fine-tune"].keys) if p == Pair(1, 1)]
+    on_mid = [i for i, (c, _) in enumerate(results["dqn"]["scratch"].keys) if c == 1]
+    expected = compare_transfer(
+        LearningCurves([0, 500, 1000, 1500], fine[mid_to_mid]),
+        LearningCurves([0, 500, 1000, 1500], scratch[on_mid]),
+        threshold=0.9,
+        return_floor=0.0,
+        source_steps=1500,
+    )
+    assert pairs[("mid", "mid")]["area_ratio"] == expected.to_json()["area_ratio"]
+    # a diverged transfer seed, and a diverged scratch seed on the target: left out, counted
+    for pair, counted in (
+        (("short", "mid"), "n_transfer_diverged"),
+        (("mid", "short"), "n_scratch_diverged"),
+    ):
+        entry = pairs[pair]
+        assert entry["area_ratio"]["estimate"] is not None and entry[counted] == 1
+        assert entry["area_ratio"]["n_excluded"] == 1 and "diverged" in entry["area_ratio"]["note"]
+    # no finite seed left: null, no verdict, and why
+    assert data["matrices"]["area_ratio"][1][2] == [None, None, None]
+    assert data["verdicts"][1][2] == "" and pairs[("mid", "long")]["verdict"] is None
+    assert "no finite seed left in the transfer arm" in pairs[("mid", "long")]["no_estimate"]
+    assert sum(data["counts"].values()) == 8
+    json.dumps(analysis, allow_nan=False)
+
+
+def test_a_study_with_diverged_agents_is_reported(run_ctxrl: Run, tmp_path: Path) -> None:
+    """`ctxrl report` of a run directory whose stored arms hold diverged agents writes the
+    summary (naming them), the metrics (strict JSON, the diverged ones listed), the matrices
+    and the figures."""
+    plan, results = _diverged_study(tmp_path)
+    runner = StudyRunner(plan, get_host().registry)
+    runner.prepare()
+    for arm, result in results["dqn"].items():
+        runner._store_arm("dqn", arm, result)
+    report = run_ctxrl("report", str(runner.run_dir), check=True)
+    assert "6 diverged agent(s)" in report.stdout
+    assert "- dqn: scratch on short, seed 0 (not finite from step 1,500)" in report.stdout
+    assert "| fine-tune | mid -> long | n/a | n/a |" in report.stdout
+    text = (runner.run_dir / "exports" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda token: pytest.fail(f"bare {token}"))
+    assert len(metrics["diverged"]) == 6
+    performance = np.loadtxt(
+        runner.run_dir / "exports" / "matrix_performance_dqn_fine-tune.csv", delimiter=","
+    )
+    assert np.isnan(performance[1, 2]) and np.isfinite(np.delete(performance, 5)).all()
+    for figure in ("area_ratio_dqn.png", "curves_dqn.png"):
+        assert (runner.run_dir / "figures" / figure).is_file()

@@ -15,7 +15,9 @@ from ctxrl.transfer_metrics import (
     asymptotic_performance,
     bootstrap_estimate,
     compare_transfer,
+    compare_transfer_finite,
     difference_of_means,
+    finite_seeds,
     mean_estimate,
     tail_points,
     time_to_threshold,
@@ -221,6 +223,74 @@ def test_source_time_is_recorded_and_optionally_counted() -> None:
     assert times is not None
     assert times.scratch.estimate == 10.0 and times.transfer.estimate == 20.0
     assert times.advantage.estimate == -10.0
+
+
+def test_diverged_seeds_are_left_out_of_every_metric_and_counted() -> None:
+    """A seed whose curve holds NaN or inf (a diverged training) made LearningCurves raise
+    "returns must be finite", so one diverged agent failed a whole study's report; the
+    metrics come from the finite seeds, and each estimate counts the diverged ones."""
+    steps = FIVE_POINTS
+    transfer = np.array(
+        [
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [np.nan] * 5,
+            [2.0, 3.0, 4.0, 5.0, 6.0],
+            [0.0, 1.0, 3.0, 5.0, 5.5],
+        ]
+    )
+    scratch = np.array(
+        [[0.0, 1.0, 1.5, 2.0, 2.5], [0.5, 1.0, 2.0, 3.0, np.inf], [0.2, 0.8, 1.0, 2.0, 3.0]]
+    )
+    assert finite_seeds(transfer).tolist() == [True, False, True, True]
+    result = compare_transfer_finite(steps, transfer, steps, scratch, threshold=4.0)
+    expected = compare_transfer(
+        LearningCurves(steps, transfer[[0, 2, 3]]),
+        LearningCurves(steps, scratch[[0, 2]]),
+        threshold=4.0,
+    )
+    assert (result.n_transfer_seeds, result.n_scratch_seeds) == (3, 2)
+    assert (result.n_transfer_diverged, result.n_scratch_diverged) == (1, 1)
+    assert result.verdict == expected.verdict
+    for name in ("transfer_ratio", "area_ratio"):
+        got, want = getattr(result, name), getattr(expected, name)
+        assert (got.estimate, got.low, got.high) == (want.estimate, want.low, want.high)
+        assert got.n_excluded == 2 and "1 of 4 transfer seeds, 1 of 3 scratch seeds" in got.note
+    jumpstart = result.jumpstart
+    assert jumpstart.advantage.estimate == expected.jumpstart.advantage.estimate
+    # one-arm values keep the input's seed order, NaN for the diverged seed
+    assert jumpstart.transfer.per_seed[0] == 1.0 and math.isnan(jumpstart.transfer.per_seed[1])
+    assert jumpstart.transfer.per_seed[2:] == (2.0, 0.0)
+    assert jumpstart.transfer.n_excluded == 1 and "1 of 4 seeds diverged" in jumpstart.transfer.note
+    times = result.time_to_threshold
+    assert times is not None and times.scratch.n_excluded == 3  # 2 never reached it, 1 diverged
+    json.dumps(result.to_json(), allow_nan=False)
+    # nothing diverged: exactly compare_transfer
+    clean = compare_transfer_finite(steps, transfer[[0, 2]], steps, scratch[[0, 2]])
+    assert clean == compare_transfer(
+        LearningCurves(steps, transfer[[0, 2]]), LearningCurves(steps, scratch[[0, 2]])
+    )
+
+
+def test_an_arm_with_no_finite_seed_gives_nan_estimates_that_say_so() -> None:
+    steps = FIVE_POINTS
+    finite = np.outer([1.0, 2.0], np.ones(5))
+    diverged = np.full((2, 5), np.nan)
+    result = compare_transfer_finite(steps, diverged, steps, finite, threshold=1.5)
+    assert (result.n_transfer_seeds, result.n_transfer_diverged) == (0, 2)
+    assert (result.n_scratch_seeds, result.n_scratch_diverged) == (0, 0)
+    for estimate in (result.area_ratio, result.jumpstart.advantage, result.auc.scratch):
+        assert math.isnan(estimate.estimate) and math.isnan(estimate.low)
+        assert "no finite seed left in the transfer arm" in estimate.note
+    assert result.area_ratio.n_excluded == 2 and result.verdict == "absent"
+    assert (result.first_step, result.last_step, result.n_points) == (0, 40, 5)
+    data = result.to_json()
+    json.dumps(data, allow_nan=False)
+    assert data["area_ratio"]["estimate"] is None and data["return_floor"] is None
+    both = compare_transfer_finite(steps, diverged, steps, diverged[:1], return_floor=0.0)
+    assert "no finite seed left in the transfer and scratch arms" in both.area_ratio.note
+    assert both.return_floor == 0.0 and both.time_to_threshold is None
+    with pytest.raises(ValueError, match="different grids"):
+        compare_transfer_finite(steps, diverged, GRID, finite[:, :3])
 
 
 # --- estimates --------------------------------------------------------------------------------

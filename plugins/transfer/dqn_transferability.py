@@ -19,9 +19,11 @@ so a killed study resumes. Metrics (:mod:`ctxrl.transfer_metrics`): jumpstart, a
 transfer ratio, the paper's area ratio on returns normalised to [0, 1] by the env's return
 bounds, time to threshold, with bootstrap 95 % intervals over seeds and a verdict per pair.
 Source training time is not counted (as in the paper): a transfer curve starts at the target's
-step 0. ``sources_from`` takes the source agents from an earlier ``ctxrl sweep`` of batched-dqn
-instead (the run whose context and seed match each source's); the scratch arm still trains on
-every context, as every target's baseline.
+step 0. An agent that diverged (a NaN or inf return on its curve) is left out of the metrics and
+named in the summary and ``metrics.json``; the rest is reported. ``sources_from`` takes the
+source agents from an earlier ``ctxrl sweep`` of batched-dqn instead (the run whose context and
+seed match each source's); the scratch arm still trains on every context, as every target's
+baseline.
 """
 
 from __future__ import annotations

@@ -1,7 +1,13 @@
 """The analysis of a DQN transferability study (:mod:`ctxrl_plugins.transfer.dqn_transferability`):
 every transfer arm against scratch per (source, target) pair with :mod:`ctxrl.transfer_metrics`,
 and its outputs: metrics JSON, a CSV of every pair, matrices ``ctxrl select`` reads, heatmaps of
-the area ratio with the verdicts, learning curves per arm with bands, and ``summary.md``."""
+the area ratio with the verdicts, learning curves per arm with bands, and ``summary.md``.
+
+A diverged agent (a NaN or inf return anywhere on its learning curve, e.g. from an exploding
+learning rate, or a transfer agent that started from a diverged source) is left out of every
+metric, plot and matrix and named in ``metrics.json`` (``diverged``) and the summary; the
+metrics come from the remaining seeds, and a pair with no finite seed left in either arm gets
+no estimate and no verdict rather than failing the whole report."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ctxrl.selection import json_safe
-from ctxrl.transfer_metrics import curve_band
+from ctxrl.transfer_metrics import curve_band, finite_seeds
 from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPlan
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
 
@@ -30,12 +36,50 @@ def _metric(comparison: Any, name: str) -> tuple[float, float, float]:
 
 def normalise(plan: StudyPlan, result: ArmResult) -> np.ndarray:
     """An arm's curves ``(agents, T)`` normalised to [0, 1] by each agent's target env's
-    return bounds."""
+    return bounds; a return that is not finite (a diverged agent) is NaN, not clipped to a
+    bound."""
     out = np.empty_like(result.curves)
     for i, (key, _) in enumerate(result.keys):
         target = key if isinstance(key, int) else key.target
-        out[i] = plan.envs[target].normalise(result.curves[i])
+        curve = result.curves[i]
+        finite = np.isfinite(curve)
+        out[i] = np.where(finite, plan.envs[target].normalise(np.where(finite, curve, 0.0)), np.nan)
     return out
+
+
+def diverged_agents(
+    plan: StudyPlan, variant: str, arm: str, result: ArmResult
+) -> list[dict[str, Any]]:
+    """The agents of one arm whose learning curve ``(T,)`` is not finite somewhere (a diverged
+    training), each as ``{variant, arm, source, target, seed, from_step}``: ``source`` is None
+    for a scratch agent (trained on ``target`` alone), ``seed`` the study's seed and
+    ``from_step`` the first grid step with a non-finite return."""
+    out = []
+    for i in np.flatnonzero(~finite_seeds(result.curves)):
+        key, seed = result.keys[i]
+        source, target = (None, key) if isinstance(key, int) else (key.source, key.target)
+        first = int(np.argmax(~np.isfinite(result.curves[i])))
+        out.append(
+            {
+                "variant": variant,
+                "arm": arm,
+                "source": None if source is None else plan.names[source],
+                "target": plan.names[target],
+                "seed": int(seed),
+                "from_step": int(result.steps[first]),
+            }
+        )
+    return out
+
+
+def _agent_name(agent: Mapping[str, Any]) -> str:
+    """``fine-tune short -> long, seed 0`` or ``scratch on long, seed 0``."""
+    where = (
+        f"on {agent['target']}"
+        if agent["source"] is None
+        else f"{agent['source']} -> {agent['target']}"
+    )
+    return f"{agent['arm']} {where}, seed {agent['seed']}"
 
 
 def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> dict[str, Any]:
@@ -44,12 +88,27 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
     intervals, the verdicts, and the counts of positive / negative / absent pairs.
 
     Returns are normalised to [0, 1] by the env's return bounds before any metric (so the
-    area ratio is taken on non-negative curves, as the paper does)."""
-    from ctxrl.transfer_metrics import LearningCurves, compare_transfer
+    area ratio is taken on non-negative curves, as the paper does).
+
+    Diverged agents (see :func:`diverged_agents`) are listed under ``diverged`` and left out
+    of the metrics, which count them per estimate (``n_excluded``, ``note``); a pair with an
+    arm that has no finite seed left keeps null matrix entries and an empty verdict, and its
+    entry in ``pairs`` says why (``no_estimate``)."""
+    from ctxrl.transfer_metrics import compare_transfer_finite
 
     config, n = plan.config, len(plan.contexts)
     threshold = 0.9 if config.threshold is None else config.threshold
-    out: dict[str, Any] = {"variants": {}, "threshold": threshold, "names": plan.names}
+    out: dict[str, Any] = {
+        "variants": {},
+        "threshold": threshold,
+        "names": plan.names,
+        "diverged": [
+            agent
+            for variant, arms in results.items()
+            for arm, result in arms.items()
+            for agent in diverged_agents(plan, variant, arm, result)
+        ],
+    }
     for variant, arms in results.items():
         scratch = arms["scratch"]
         steps = scratch.steps
@@ -69,19 +128,25 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
             verdicts = np.full((n, n), "", dtype=object)
             pairs_out = []
             for (s, t), agent_rows in sorted(rows.items()):
-                comparison = compare_transfer(
-                    LearningCurves(result.steps, normalised[arm][agent_rows]),
-                    LearningCurves(steps, normalised["scratch"][scratch_rows[t]]),
+                comparison = compare_transfer_finite(
+                    result.steps,
+                    normalised[arm][agent_rows],
+                    steps,
+                    normalised["scratch"][scratch_rows[t]],
                     threshold=threshold,
                     return_floor=0.0,
                     source_steps=config.train_steps,
                 )
-                for metric in METRICS:
-                    matrices[metric][s, t] = _metric(comparison, metric)
-                verdicts[s, t] = comparison.verdict
-                pairs_out.append(
-                    {"source": plan.names[s], "target": plan.names[t], **comparison.to_json()}
-                )
+                pair_out: dict[str, Any] = {"source": plan.names[s], "target": plan.names[t]}
+                pair_out.update(comparison.to_json())
+                if comparison.n_transfer_seeds and comparison.n_scratch_seeds:
+                    for metric in METRICS:
+                        matrices[metric][s, t] = _metric(comparison, metric)
+                    verdicts[s, t] = comparison.verdict
+                else:  # every seed of an arm diverged: nothing to judge (null, no verdict)
+                    pair_out["verdict"] = None
+                    pair_out["no_estimate"] = comparison.area_ratio.note
+                pairs_out.append(pair_out)
             counts = {v: int(np.sum(verdicts == v)) for v in ("positive", "negative", "absent")}
             variant_out[arm] = {
                 "pairs": pairs_out,
@@ -133,7 +198,8 @@ def write_outputs(
             span = float(result.steps[-1] - result.steps[0])
             for (s, t), agent_rows in _rows(result).items():
                 auc = np.trapezoid(normalised[agent_rows], result.steps, axis=1) / span
-                perf[s, t] = float(np.mean(auc))
+                auc = auc[np.isfinite(auc)]  # diverged agents left out; none left: NaN
+                perf[s, t] = float(np.mean(auc)) if auc.size else np.nan
             np.savetxt(exports / f"matrix_performance_{variant}_{arm}.csv", perf, delimiter=",")
         written += _plot_study(plan, results[variant], arms, variant, figures)
     (exports / "pairs.csv").write_text("\n".join(rows) + "\n")
@@ -193,6 +259,10 @@ def _plot_study(
                     fontsize=7,
                     color="white" if dark else "black",
                 )
+        for pair in analysis[arm]["pairs"]:
+            if "no_estimate" in pair:  # run, but an arm has no finite seed left
+                t, s = names.index(pair["target"]), names.index(pair["source"])
+                ax.text(t, s, "diverged", ha="center", va="center", fontsize=6, color="grey")
         ax.set_xticks(range(n), names, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
         ax.set_xlabel("target")
@@ -224,13 +294,22 @@ def _plot_study(
         for arm, rows in panels.items():
             result = results[arm]
             values = normalise(plan, result)[rows]
+            values = values[finite_seeds(values)]  # diverged agents left out
+            if not values.shape[0]:
+                continue
             mean, low, high = curve_band(values)  # Student-t over the seeds
             ax.plot(result.steps, mean, color=colours[arm], linewidth=1.0, label=arm)
-            if len(rows) > 1:
+            if values.shape[0] > 1:
                 ax.fill_between(result.steps, low, high, color=colours[arm], alpha=0.2)
         ax.set_title(f"{names[s]} -> {names[t]}", fontsize=7)
         ax.tick_params(labelsize=6)
-    axes[0, 0].legend(fontsize=6)
+    # every arm's line, from any panel: a panel whose agents all diverged has none
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        axes[0, 0].legend(list(handles.values()), list(handles), fontsize=6)
     fig.supxlabel("target env steps")
     fig.supylabel("normalised return")
     for suffix in (".png", ".svg"):
@@ -262,6 +341,21 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         ),
         "",
     ]
+    diverged = analysis["diverged"]
+    if diverged:
+        lines += [
+            f"**{len(diverged)} diverged agent(s)** (a return that is not finite: NaN or inf), "
+            "left out of every metric, matrix and plot; each estimate in exports/metrics.json "
+            "counts them (`n_excluded`, `note`), and a pair with no finite seed left in an arm "
+            "has no estimate and no verdict:",
+            "",
+            *(
+                f"- {agent['variant']}: {_agent_name(agent)} (not finite from step "
+                f"{agent['from_step']:,})"
+                for agent in diverged
+            ),
+            "",
+        ]
     for variant, arms in analysis["variants"].items():
         lines += [
             f"## {variant}",
@@ -272,9 +366,10 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         for arm, data in arms.items():
             r = np.array(data["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
             counts = data["counts"]
+            mean_r = f"{np.mean(r[np.isfinite(r)]):+.3f}" if np.isfinite(r).any() else "n/a"
             lines.append(
                 f"| {arm} | {counts['positive']} | {counts['negative']} | "
-                f"{counts['absent']} | {np.nanmean(r):+.3f} |"
+                f"{counts['absent']} | {mean_r} |"
             )
         lines += [
             "",
@@ -284,6 +379,9 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         for arm, data in arms.items():
             r = np.array(data["matrices"]["area_ratio"], dtype=np.float64)
             jump = np.array(data["matrices"]["jumpstart"], dtype=np.float64)
+            no_estimate = {
+                (pair["source"], pair["target"]) for pair in data["pairs"] if "no_estimate" in pair
+            }
             for s, t in np.ndindex(r.shape[:2]):
                 if data["verdicts"][s][t]:
                     lines.append(
@@ -291,6 +389,11 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
                         f"{r[s, t, 0]:+.3f} [{r[s, t, 1]:+.3f}, {r[s, t, 2]:+.3f}] | "
                         f"{jump[s, t, 0]:+.3f} [{jump[s, t, 1]:+.3f}, {jump[s, t, 2]:+.3f}] | "
                         f"{data['verdicts'][s][t]} |"
+                    )
+                elif (plan.names[s], plan.names[t]) in no_estimate:
+                    lines.append(
+                        f"| {arm} | {plan.names[s]} -> {plan.names[t]} | n/a | n/a | "
+                        f"none: every seed of an arm diverged |"
                     )
         lines.append("")
     lines.append("Figures: " + ", ".join(f"[{p}]({p})" for p in figures if p.suffix == ".png"))
