@@ -490,6 +490,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if training:
         built = _check_hyperparameters(config, algorithm, env)
+        _check_interventions_fit(config, registry, built, env)
         _check_transfer_fits(config, registry, built, env)
     if config.mode != "select":
         strategy = None
@@ -538,6 +539,22 @@ def _check_hyperparameters(config: SweepConfig, algorithm: AlgorithmSpec, env: E
         if not message.startswith("algorithm."):
             message = f"algorithm.params: {algorithm.name!r}: {message}"
         raise ConfigError(message) from None
+
+
+def _check_interventions_fit(
+    config: SweepConfig, registry: Registry, algorithm: Any, env: EnvSpec
+) -> None:
+    """The interventions against the networks the algorithm object builds on ``env`` (its
+    optional ``check_interventions``: the batched trainers'), before anything trains."""
+    entries = config.algorithm.interventions
+    check = getattr(algorithm, "check_interventions", None)
+    if not entries or check is None:
+        return
+    built = build_interventions([{"name": e.name, "options": e.options} for e in entries], registry)
+    try:
+        check(env, built)
+    except CtxrlError as exc:
+        raise ConfigError(f"algorithm.{exc}") from None
 
 
 def _check_transfer_fits(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,23 @@ import numpy as np
 import pytest
 import yaml
 
+from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.plugins import get_host
+from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.plugins import get_host, load_host
+from ctxrl.registry import InterventionSpec
 from ctxrl_plugins.transfer.plasticity_study import (
     ProgramResult,
     StudyConfig,
     StudyRunner,
+    failed_programs,
     file_name,
+    load_results,
     load_study_config,
     resolve_study,
     run_study,
 )
-from ctxrl_plugins.transfer.plasticity_study_report import gather
+from ctxrl_plugins.transfer.plasticity_study_report import gather, write_outputs
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -72,7 +78,8 @@ def test_a_study_trains_its_programs_writes_its_outputs_and_resumes(
     ]
 
     # killed in the second program: the first is stored, the second resumes from its checkpoint
-    class Killed(Exception):
+    # (an interruption, not an error: a program that raises an error is recorded as failed)
+    class Killed(BaseException):
         pass
 
     def kill(label: str, done: int, total: int) -> None:
@@ -182,6 +189,11 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         (  # DQN's learning budget, before training (it was refused only when the run began)
             {"algorithm": "batched-dqn", "params": {}},
             "params: learning_starts: batched-dqn starts learning after 10000 env steps",
+        ),
+        (  # passed --dry-run, then stopped the study after its shared program had trained
+            {"arms": ["redo", {"name": "plasticity-injection", "options": {"layers": 50}}]},
+            r"arms\[1\].interventions\[0\] \(plasticity-injection\): plasticity-injection: "
+            r"layers 50 is more than the actor network's 3 layers \(arm 'plasticity-injection'\)",
         ),
     ],
 )
@@ -380,3 +392,138 @@ def test_a_study_killed_before_storing_a_program_resumes_it_from_its_final_state
     assert list((run_dir / "checkpoints").glob("*.safetensors")), "the checkpoint is kept"
     run_study(config, get_host().registry)
     assert not list((run_dir / "checkpoints").glob("*.safetensors"))
+
+
+class _Boom(Intervention):
+    """Raises in ``after_update`` after ``after`` updates while :attr:`armed`."""
+
+    name = "boom"
+    armed = True
+
+    def __init__(self, after: int = 2) -> None:
+        self.after, self.updates = after, 0
+
+    def after_update(self, view: TrainingView) -> None:
+        self.updates += 1
+        if _Boom.armed and self.updates > self.after:
+            raise RuntimeError(f"boom after {self.after} updates")
+
+
+class _BoomPlugin:
+    @hookimpl
+    def ctxrl_register_interventions(self, register: Callable[[InterventionSpec], None]) -> None:
+        register(InterventionSpec("boom", _Boom, description="raises mid-training"))
+
+
+def test_a_failing_program_is_reported_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An intervention raising in the shared program took the baseline, the other arms and
+    every later program with it, as a traceback with no summary. Now that program is recorded
+    as failed (naming the arm and the intervention), the other programs still train, the
+    report says the comparisons with ``none`` are unavailable, and a rerun retries only the
+    failed program."""
+    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "boom"}, {"name": "layer-norm"}],
+            seeds=[0],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    monkeypatch.setattr(_Boom, "armed", True)
+    run_dir = run_study(config, registry)
+    programs = run_dir / "programs"
+    layer_norm = programs / "arm-layer-norm.safetensors"
+    assert layer_norm.is_file() and not (programs / "shared.safetensors").exists()
+    assert failed_programs(run_dir) == ["shared"]
+    failure = json.loads((programs / "shared.failed.json").read_text())
+    assert failure["arms"] == ["none", "boom"] and failure["culprit"] == ["boom", "boom"]
+    assert "boom after 2 updates" in failure["error"]
+    summary = (run_dir / "summary.md").read_text()
+    assert "program 'shared' (arms 'none', 'boom') failed in intervention 'boom' of arm " in summary
+    assert "| layer-norm |" in summary and "| none |" not in summary
+    assert "comparisons with no intervention are unavailable" in summary
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["arms"]) == ["layer-norm"]
+    assert metrics["failed"][0]["program"] == "shared"
+    # `ctxrl report` reads the same: the finished programs and the failure
+    _, results, failures = load_results(run_dir, registry)
+    assert list(results) == ["arm-layer-norm"] and [f.program for f in failures] == ["shared"]
+
+    stored_at = layer_norm.stat().st_mtime_ns
+    monkeypatch.setattr(_Boom, "armed", False)  # the plugin fixed: the rerun trains `shared`
+    run_study(config, registry)
+    assert layer_norm.stat().st_mtime_ns == stored_at, "a finished program is not retrained"
+    assert failed_programs(run_dir) == [] and not (programs / "shared.failed.json").exists()
+    summary = (run_dir / "summary.md").read_text()
+    assert "Failed programs" not in summary and "| boom |" in summary
+    assert "## Each intervention against no intervention" in summary
+
+
+def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: Path) -> None:
+    """A seed whose curve went NaN counted as never reaching the threshold: an arm whose every
+    seed diverged read "512 [512, 512]" steps to threshold, "0 [0, 0] (no difference)" from
+    ``none``, with numpy's warnings and bare NaN in metrics.json. Diverged seeds are left out
+    of every metric and named; an arm with no finite seed has NaN estimates with a note."""
+    arms = [
+        {"label": "half", "interventions": [{"name": "shrink-perturb"}]},
+        {"label": "gone", "interventions": [{"name": "shrink-perturb"}]},
+    ]
+    config = load_study_config(
+        _write(tmp_path, arms=arms, total_steps=2048, schedule={**STUDY["schedule"], "every": 512})
+    )
+    plan = resolve_study(config, get_host().registry)
+    steps = np.arange(0, 2049, 256)
+    agents = [(label, seed) for label in ("none", "half", "gone") for seed in (0, 1)]
+    curves = np.tile(np.linspace(100.0, 200.0, len(steps)), (6, 1))
+    curves[2, 5:] = np.nan  # half, seed 0: diverged mid-training
+    curves[4:] = np.nan  # gone: both seeds from the start
+    dormant = np.full((6, len(steps)), 0.25)
+    dormant[[2, 4, 5]] = np.nan
+    result = ProgramResult(
+        agents=agents,
+        curve_steps=steps,
+        curves=curves,
+        plasticity_steps=steps,
+        plasticity={"dormant.actor.0": dormant},
+        diagnostic_steps=np.array([], dtype=np.int64),
+        diagnostics={},
+        switches=[512, 1024, 1536],
+    )
+    (tmp_path / "out").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" and the like
+        summary = write_outputs(plan, {"shared": result}, tmp_path / "out")
+        tables = gather(plan, {"shared": result})
+    half = tables.per_seed["half"]
+    assert np.isnan(half["time_to_threshold"][0]) and not np.isnan(half["time_to_threshold"][1])
+    assert half["post_switch_auc"][1] == pytest.approx(
+        tables.per_seed["none"]["post_switch_auc"][1]
+    )
+    assert tables.missed["half"] == 3  # the finite seed's 3 segments, not the diverged one's
+    for measure, estimate in tables.estimates["gone"].items():
+        assert np.isnan(estimate.estimate), measure
+        assert "diverged: seed(s) 0, 1 of 2" in estimate.note and "no finite seed" in estimate.note
+        assert np.isnan(tables.versus["gone"][measure].estimate), measure
+    assert "diverged: seed(s) 0 of 2" in tables.estimates["half"]["jumpstart"].note
+
+    def no_nan(token: str) -> None:
+        raise AssertionError(f"bare {token} in metrics.json")
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=no_nan)
+    assert metrics["diverged"] == [
+        {"arm": "half", "seed": 0},
+        {"arm": "gone", "seed": 0},
+        {"arm": "gone", "seed": 1},
+    ]
+    assert metrics["arms"]["gone"]["diverged_seeds"] == [0, 1]
+    assert metrics["arms"]["gone"]["per_seed"]["time_to_threshold"] == [None, None]
+    assert metrics["arms"]["gone"]["estimates"]["time_to_threshold"]["estimate"] is None
+    assert metrics["arms"]["half"]["per_seed"]["time_to_threshold"][0] is None
+    assert "**half diverged**: seed(s) 0 (1 of 2)" in summary
+    assert "**gone diverged**: seed(s) 0, 1 (2 of 2)" in summary and "no finite seed" in summary
+    gone_rows = [line for line in summary.splitlines() if line.startswith("| gone |")]
+    assert len(gone_rows) == 2 and all(set(row.split("|")[2:-1]) == {" n/a "} for row in gone_rows)

@@ -197,6 +197,21 @@ def test_unknown_interventions_transfer_methods_and_curves_are_named() -> None:
         resolve_plan(validate_config(sb3), registry)
 
 
+def test_an_intervention_the_networks_cannot_take_is_refused_before_training() -> None:
+    """``plasticity-injection`` of more layers than the network has passed ``--dry-run`` and
+    failed every batched group when it began training."""
+    deep = {"name": "plasticity-injection", "options": {"layers": 50}}
+    config = validate_config(_config(algorithm={**PPO, "interventions": [{"name": "l2"}, deep]}))
+    with pytest.raises(ConfigError) as raised:
+        resolve_plan(config, get_host().registry)
+    assert str(raised.value) == (
+        "algorithm.interventions[1] (plasticity-injection): plasticity-injection: layers 50 is "
+        "more than the actor network's 3 layers"
+    )
+    dry = resolve_plan(config, get_host().registry, training=False)  # reading results: fine
+    assert dry.config.algorithm.interventions[1].name == "plasticity-injection"
+
+
 def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:
     """Run directories of sweeps written before transfer methods, interventions and curves
     existed keep their names (and so resume)."""

@@ -231,6 +231,35 @@ class BatchedTrainer(Generic[StateT]):
             layers += net.layers
         return matching(patterns, layers, params, option)
 
+    def check_interventions(self, env: EnvSpec, interventions: Sequence[Intervention]) -> None:
+        """Raise a :class:`~ctxrl.errors.CtxrlError` naming the intervention (``interventions[i]``
+        and its name) when the networks this algorithm trains on ``env`` cannot take it: each
+        role's description through the interventions' :meth:`~ctxrl.interventions.Intervention.
+        network` transforms in order, as training applies them, then the network built with one
+        agent's shapes (nothing is drawn). E.g. ``plasticity-injection``'s ``layers`` beyond the
+        network's depth, found before anything trains rather than when every group starts."""
+        if not interventions or env.make_batched is None:
+            return
+        twin = env.make_batched(1)
+        for role, (spec, heads) in self.network_specs(twin).items():
+            for index, intervention in enumerate(interventions):
+                try:
+                    spec = intervention.network(role, spec)
+                except Exception as exc:
+                    raise CtxrlError(
+                        f"interventions[{index}] ({intervention.name}): {_one_line(exc)}"
+                    ) from None
+            try:
+                StackedMLP(role, spec, twin.observation_size, heads).init_agent(
+                    torch.Generator(), zeros=True
+                )
+            except Exception as exc:
+                names = ", ".join(i.name for i in interventions)
+                raise CtxrlError(
+                    f"interventions ({names}) make a {role} network that cannot be built: "
+                    f"{_one_line(exc)}"
+                ) from None
+
     def extra_params(self, twin: Any) -> Params:
         """Per-agent parameters outside the networks (e.g. a log standard deviation)."""
         del twin
@@ -735,3 +764,9 @@ def _apply_schedules(
         for name in contexts[0]
     }
     twin.set_context(values, env_ids=env_ids)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one line: a ctxrl error's message, otherwise its type and message."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, CtxrlError) else f"{type(exc).__name__}: {text}"

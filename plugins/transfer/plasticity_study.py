@@ -16,7 +16,11 @@ Recorded on one step grid per program (:class:`~ctxrl_plugins.training.log.Train
 return in the agent's current context (its learning curve), the plasticity metrics per hidden
 layer (on a grid and just before every switch) and the training diagnostics. Each program
 checkpoints itself and is stored when it finishes (``programs/*.safetensors`` with JSON
-metadata), so a killed study resumes. Analysis, figures and the summary:
+metadata), so a killed study resumes. A program that fails (an intervention raising mid-training)
+is recorded as failed (``programs/*.failed.json``: its arms, the intervention whose code raised,
+the error) and the others still run; the report covers what finished and names what failed, and
+a rerun retries only the failed programs. Every arm's interventions are checked against the
+algorithm's networks before anything trains. Analysis, figures and the summary:
 :mod:`ctxrl_plugins.transfer.plasticity_study_report`.
 
 Run it with ``ctxrl plasticity STUDY.yaml`` or from Python::
@@ -32,6 +36,8 @@ import hashlib
 import itertools
 import json
 import re
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +48,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ctxrl import hookimpl
-from ctxrl.artifacts import remove_artifact
+from ctxrl.artifacts import remove_artifact, write_text_atomic
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.options import SEED_LIMIT, check_device
@@ -222,7 +228,23 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
             where = f"schedule (seed {seed})"
             schedule.check_contexts(env.check_context, config.total_steps, where)
     labels, programs = plan_programs(config, registry)
+    if training:
+        check_arm_networks(config, registry, trainer, env)
     return StudyPlan(config, env, params, schedules, labels, programs)
+
+
+def check_arm_networks(config: ArmsConfig, registry: Registry, trainer: Any, env: EnvSpec) -> None:
+    """Every arm's interventions against the networks ``trainer`` builds on ``env``
+    (:meth:`~ctxrl_plugins.training.trainer.BatchedTrainer.check_interventions`, as a sweep
+    checks its own): an option the networks cannot take (``plasticity-injection``'s ``layers``
+    beyond the network's depth) is a :class:`ConfigError` naming the arm and the intervention
+    before any program trains, not a failure of its program halfway through the study."""
+    for index, arm in enumerate(config.arm_entries()):
+        interventions = _build(arm.interventions, registry, f"arms[{index}]")
+        try:
+            trainer.check_interventions(env, interventions)
+        except CtxrlError as exc:
+            raise ConfigError(f"arms[{index}].{exc} (arm {arm.label!r})") from None
 
 
 def _check_grid(config: StudyConfig, every: int, per_iteration: int) -> None:
@@ -356,9 +378,100 @@ class ProgramResult:
     switches: list[int]
 
 
+@dataclass(frozen=True)
+class ProgramFailure:
+    """Why a program did not finish: every arm it trains is lost with it.
+
+    Attributes:
+        program: the program's name.
+        arms: the arm labels it trains (``none`` among them for the shared program).
+        culprit: ``(arm label, intervention name)`` whose code raised, when the traceback runs
+            through one of the program's interventions; None otherwise.
+        error: the error in one line (its type and message).
+        details: the traceback's last lines.
+    """
+
+    program: str
+    arms: list[str]
+    culprit: tuple[str, str] | None
+    error: str
+    details: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        program: Program,
+        exc: BaseException,
+        interventions: Sequence[tuple[Intervention, list[int]]] = (),
+    ) -> ProgramFailure:
+        """The failure of ``program`` by ``exc``, blamed on the innermost of ``interventions``
+        (with its agents' rows) whose code is in the traceback of ``exc`` or of the errors
+        that caused it (the trainer re-raises a plugin's error naming the intervention)."""
+        culprit = None
+        chain: list[BaseException] = []
+        error: BaseException | None = exc
+        while error is not None and error not in chain:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        for error in chain:
+            for frame, _ in traceback.walk_tb(error.__traceback__):
+                owners = (frame.f_locals.get("self"), frame.f_locals.get("intervention"))
+                for intervention, rows in interventions:
+                    if rows and any(owner is intervention for owner in owners):
+                        name = intervention.name or type(intervention).__name__
+                        culprit = (program.agents[rows[0]][0], name)
+        return cls(
+            program.name,
+            list(program.arms),
+            culprit,
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            "".join(traceback.format_exception(exc))[-4000:],
+        )
+
+    def describe(self) -> str:
+        """One line: the program, its arms, the intervention that raised and the error."""
+        arms = ", ".join(repr(arm) for arm in self.arms)
+        blamed = (
+            ""
+            if self.culprit is None
+            else f" in intervention {self.culprit[1]!r} of arm {self.culprit[0]!r}"
+        )
+        return f"program {self.program!r} (arms {arms}) failed{blamed}: {self.error}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "program": self.program,
+            "arms": list(self.arms),
+            "culprit": None if self.culprit is None else list(self.culprit),
+            "error": self.error,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProgramFailure:
+        culprit = data.get("culprit")
+        return cls(
+            str(data["program"]),
+            [str(arm) for arm in data["arms"]],
+            None if not culprit else (str(culprit[0]), str(culprit[1])),
+            str(data["error"]),
+            str(data.get("details", "")),
+        )
+
+
+class _ProgramFailed(CtxrlError):
+    """Raised by :meth:`StudyRunner._train` with the failure it blames."""
+
+    def __init__(self, failure: ProgramFailure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
 class StudyRunner:
     """Runs (or resumes) a study in its run directory, one batched program at a time, each
-    stored as it finishes."""
+    stored as it finishes. A program that raises is recorded as failed (:attr:`failures`,
+    and ``programs/<name>.failed.json`` for the report) and the next one runs; a later run
+    retries it (from its checkpoint when it saved one)."""
 
     def __init__(
         self,
@@ -370,6 +483,8 @@ class StudyRunner:
     ) -> None:
         self.plan, self.registry, self.progress = plan, registry, progress
         self.run_dir = run_dir or plan.run_dir
+        self.failures: dict[str, ProgramFailure] = {}
+        """the programs that failed in the last :meth:`run`, by name"""
 
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
@@ -378,6 +493,16 @@ class StudyRunner:
 
     def _file(self, program: Program) -> Path:
         return self.run_dir / "programs" / program.name
+
+    def _failure_file(self, program: Program) -> Path:
+        return self.run_dir / "programs" / f"{program.name}.failed.json"
+
+    def load_failure(self, program: Program) -> ProgramFailure | None:
+        """The recorded failure of a program that has not finished since, or None."""
+        path = self._failure_file(program)
+        if not path.is_file() or self._file(program).with_suffix(".safetensors").is_file():
+            return None
+        return ProgramFailure.from_json(json.loads(path.read_text()))
 
     def load(self, program: Program) -> ProgramResult | None:
         """A stored program, or None when it has not finished."""
@@ -431,18 +556,39 @@ class StudyRunner:
             {"agents": [list(a) for a in result.agents], "switches": result.switches},
         )
 
-    def run(self) -> dict[str, ProgramResult]:
-        """Every program, training what is not stored yet; returns them all by name."""
+    def run(
+        self, *, on_failure: Callable[[ProgramFailure], None] | None = None
+    ) -> dict[str, ProgramResult]:
+        """Every program, training what is not stored yet (a failed one again); returns those
+        that finished by name. One that raises an :class:`Exception` is recorded in
+        :attr:`failures` and its ``.failed.json`` (``on_failure`` is told) and the others
+        still run; an interruption (``KeyboardInterrupt``) stops the study, to resume."""
         self.prepare()
         results: dict[str, ProgramResult] = {}
+        self.failures = {}
         for program in self.plan.programs:
             stored = self.load(program)
             if stored is None:
-                stored = self._train(program)
-                self._store(program, stored)
+                try:
+                    stored = self._train(program)
+                    self._store(program, stored)
+                except Exception as exc:
+                    failure = (
+                        exc.failure
+                        if isinstance(exc, _ProgramFailed)
+                        else ProgramFailure.of(program, exc)
+                    )
+                    self.failures[program.name] = failure
+                    path = self._failure_file(program)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(path, json.dumps(failure.to_json(), indent=1))
+                    if on_failure is not None:
+                        on_failure(failure)
+                    continue
                 # only once its result is stored: a kill before that resumes the program from
                 # its final state (it retrained from the start)
                 remove_artifact(self.run_dir / "checkpoints" / program.name)
+            self._failure_file(program).unlink(missing_ok=True)
             results[program.name] = stored
         return results
 
@@ -460,22 +606,25 @@ class StudyRunner:
         checkpoint = self.run_dir / "checkpoints" / program.name
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         progress = self.progress
-        policies = algorithm.train_many(
-            plan.env,
-            [s.context_at(0).as_dict() for s in schedules],
-            seeds,
-            total_steps=config.total_steps,
-            checkpoint=checkpoint,
-            progress=None
-            if progress is None
-            else lambda done, total: progress(program.name, done, total),
-            interventions=interventions,
-            curves=CurveOptions(config.curve_every, config.curve_episodes),
-            schedules=schedules,
-            plasticity=PlasticityOptions(
-                config.plasticity_every or config.curve_every, config.dormant_tau
-            ),
-        )
+        try:
+            policies = algorithm.train_many(
+                plan.env,
+                [s.context_at(0).as_dict() for s in schedules],
+                seeds,
+                total_steps=config.total_steps,
+                checkpoint=checkpoint,
+                progress=None
+                if progress is None
+                else lambda done, total: progress(program.name, done, total),
+                interventions=interventions,
+                curves=CurveOptions(config.curve_every, config.curve_episodes),
+                schedules=schedules,
+                plasticity=PlasticityOptions(
+                    config.plasticity_every or config.curve_every, config.dormant_tau
+                ),
+            )
+        except Exception as exc:  # blamed on the intervention whose code raised, if one did
+            raise _ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
         log = policies.log
         return ProgramResult(
             agents=list(program.agents),
@@ -491,7 +640,11 @@ class StudyRunner:
 
 # ------------------------------------------------------------------------- entry points
 def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -> Path:
-    """Run (or resume) a study and write its outputs; returns its run directory."""
+    """Run (or resume) a study and write its outputs; returns its run directory. A program
+    that fails is said on ``console``, recorded (:func:`failed_programs` lists it) and named
+    in the summary; the others still run and are reported."""
+    from rich.markup import escape
+
     from ctxrl_plugins.transfer.plasticity_study_report import write_outputs
 
     check_device(config.device)
@@ -501,29 +654,48 @@ def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -
         if console is not None and (done == total or done % max(1, total // 10) == 0):
             console.print(f"{label}: {done}/{total}")
 
+    def failed(failure: ProgramFailure) -> None:
+        if console is not None:
+            console.print(f"[red]{escape(failure.describe())}[/]")
+
     runner = StudyRunner(plan, registry, progress=progress)
-    results = runner.run()
-    write_outputs(plan, results, runner.run_dir)
+    results = runner.run(on_failure=failed)
+    write_outputs(plan, results, runner.run_dir, failures=list(runner.failures.values()))
     return runner.run_dir
 
 
-def load_results(run_dir: Path, registry: Registry) -> tuple[StudyPlan, dict[str, ProgramResult]]:
-    """A finished study's plan and stored programs (an error names a program not finished)."""
+def failed_programs(run_dir: Path) -> list[str]:
+    """The programs of the study in ``run_dir`` whose last training failed, by name."""
+    folder = run_dir / "programs"
+    names = [path.name.removesuffix(".failed.json") for path in folder.glob("*.failed.json")]
+    return sorted(name for name in names if not (folder / f"{name}.safetensors").exists())
+
+
+def load_results(
+    run_dir: Path, registry: Registry
+) -> tuple[StudyPlan, dict[str, ProgramResult], list[ProgramFailure]]:
+    """A study's plan, its stored programs and the failures of those that failed (an error
+    names a program that neither finished nor failed: a study stopped halfway)."""
     plan_file = run_dir / "plan.yaml"
     data = yaml.safe_load(plan_file.read_text()) or {}
     config = StudyConfig.model_validate(data["config"])
     plan = resolve_study(config, registry, training=False)
     runner = StudyRunner(plan, registry, run_dir=run_dir)
     results: dict[str, ProgramResult] = {}
+    failures: list[ProgramFailure] = []
     for program in plan.programs:
         stored = runner.load(program)
-        if stored is None:
+        failure = runner.load_failure(program) if stored is None else None
+        if failure is not None:
+            failures.append(failure)
+        elif stored is None:
             raise CtxrlError(
                 f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
                 "plasticity` on the study file to complete it"
             )
-        results[program.name] = stored
-    return plan, results
+        else:
+            results[program.name] = stored
+    return plan, results, failures
 
 
 def report_study(run_dir: Path) -> str:
@@ -537,8 +709,8 @@ def report_study(run_dir: Path) -> str:
     data = (yaml.safe_load((run_dir / "plan.yaml").read_text()) or {}).get("config", {})
     if is_targets_study(data):
         return report_targets_study(run_dir, data, registry)
-    plan, results = load_results(run_dir, registry)
-    return write_outputs(plan, results, run_dir)
+    plan, results, failures = load_results(run_dir, registry)
+    return write_outputs(plan, results, run_dir, failures=failures)
 
 
 def _study() -> StudyOnly:
@@ -599,6 +771,13 @@ def ctxrl_register_commands(cli: Any) -> None:
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())
         click.echo(f"results: {run_dir}")
+        failed = failed_programs(run_dir)
+        if failed:  # as a sweep with failed runs: reported, then a nonzero exit
+            console.print(
+                f"[red]{len(failed)} of {len(plan.programs)} program(s) failed "
+                f"({', '.join(failed)}); rerun the study to retry them[/]"
+            )
+            sys.exit(1)
 
 
 def _mapping(path: Path) -> dict[str, Any]:
@@ -643,11 +822,14 @@ __all__ = [
     "ArmsConfig",
     "InterventionEntry",
     "Program",
+    "ProgramFailure",
     "ProgramResult",
     "StudyConfig",
     "StudyPlan",
     "StudyRunner",
     "build_arm_interventions",
+    "check_arm_networks",
+    "failed_programs",
     "load_results",
     "load_study_config",
     "plan_programs",

@@ -26,6 +26,14 @@ Each arm's per-seed values get a bootstrap 95 % interval (:mod:`ctxrl.transfer_m
 each is compared with the baseline ``none`` as a difference of means over seeds with its own
 interval; the verdict (better / worse / no difference) is stated only when the interval
 excludes 0.
+
+A seed whose curve is not finite somewhere (its training *diverged*: NaN or infinite
+parameters) is left out of every metric, interval, comparison and figure, and named (arm, seed)
+in the summary and ``metrics.json``; an arm with no finite seed left has NaN estimates (``null``
+in JSON, ``n/a`` in the summary) with a note saying so. Arms whose program failed
+(:class:`~ctxrl_plugins.transfer.plasticity_study.ProgramFailure`) are named with the error;
+the report covers the rest, and says that comparisons are unavailable when the baseline's
+program failed or every baseline seed diverged.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import csv
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +57,14 @@ from ctxrl.transfer_metrics import (
     bootstrap_estimate,
     curve_band,
     difference_of_means,
-    mean_estimate,
+    mean_of,
 )
-from ctxrl_plugins.transfer.plasticity_study import BASELINE, ProgramResult, StudyPlan
+from ctxrl_plugins.transfer.plasticity_study import (
+    BASELINE,
+    ProgramFailure,
+    ProgramResult,
+    StudyPlan,
+)
 
 # the metrics drawn across switches (means over the hidden layers)
 FIGURE_METRICS = (
@@ -76,11 +90,30 @@ MEASURES: dict[str, tuple[str, int]] = {
 
 @dataclass
 class ArmData:
-    """One arm's records, seeds in the study's order."""
+    """One arm's records, seeds in the study's order (diverged seeds included)."""
 
     seeds: list[int]
     curves: np.ndarray  # (S, T) normalised returns
     plasticity: dict[str, np.ndarray]  # {metric}.{layer} -> (S, P)
+
+    @property
+    def finite(self) -> np.ndarray:
+        """``(S,)`` bool: the seeds whose curve is finite at every point (not diverged)."""
+        finite: np.ndarray = np.isfinite(self.curves).all(axis=1)
+        return finite
+
+    @property
+    def diverged(self) -> list[int]:
+        """The seeds whose curve is not finite somewhere: their training diverged."""
+        return [seed for seed, ok in zip(self.seeds, self.finite, strict=True) if not ok]
+
+    def rows(self, keep: np.ndarray) -> ArmData:
+        """The seeds where ``keep`` ``(S,)`` is True."""
+        return ArmData(
+            [seed for seed, kept in zip(self.seeds, keep, strict=True) if kept],
+            self.curves[keep],
+            {name: values[keep] for name, values in self.plasticity.items()},
+        )
 
 
 @dataclass
@@ -88,15 +121,25 @@ class StudyTables:
     steps: np.ndarray  # (T,)
     plasticity_steps: np.ndarray  # (P,)
     switches: list[int]
-    arms: dict[str, ArmData]
-    per_seed: dict[str, dict[str, np.ndarray]]  # arm -> measure -> (S,)
+    arms: dict[str, ArmData]  # the arms whose program finished, in the plan's order
+    per_seed: dict[str, dict[str, np.ndarray]]  # arm -> measure -> (S,), NaN where diverged
     estimates: dict[str, dict[str, MetricEstimate]]  # arm -> measure -> estimate
     versus: dict[str, dict[str, MetricEstimate]]  # arm -> measure -> arm minus none
-    missed: dict[str, int]  # arm -> segments (over seeds) that never reached the threshold
+    missed: dict[str, int]  # arm -> segments (over finite seeds) that never reached it
+    failures: list[ProgramFailure]  # the programs that failed (their arms are not in arms)
+    no_comparison: str = ""  # why there is no comparison with none (empty when there is)
 
 
-def gather(plan: StudyPlan, results: Mapping[str, ProgramResult]) -> StudyTables:
-    """Every arm's records from the programs, checked to share one step grid."""
+def gather(
+    plan: StudyPlan,
+    results: Mapping[str, ProgramResult],
+    failures: Sequence[ProgramFailure] = (),
+) -> StudyTables:
+    """Every arm's records from the programs that finished (at least one), checked to share
+    one step grid; the measures of each arm's finite seeds and their comparisons with
+    ``none`` (none when the baseline's program failed or every baseline seed diverged)."""
+    if not results:
+        raise CtxrlError("no program of the study finished: nothing to analyse")
     steps: np.ndarray | None = None
     plasticity_steps: np.ndarray | None = None
     switches: list[int] | None = None
@@ -120,20 +163,57 @@ def gather(plan: StudyPlan, results: Mapping[str, ProgramResult]) -> StudyTables
     assert steps is not None and plasticity_steps is not None and switches is not None
     # a switch at the last step starts no segment
     switches = [s for s in switches if s < int(steps[-1])]
-    ordered = {label: arms[label] for label in plan.labels}
-    tables = StudyTables(steps, plasticity_steps, switches, ordered, {}, {}, {}, {})
+    ordered = {label: arms[label] for label in plan.labels if label in arms}
+    tables = StudyTables(steps, plasticity_steps, switches, ordered, {}, {}, {}, {}, list(failures))
     for label, data in ordered.items():
         tables.per_seed[label], tables.missed[label] = _measures(plan, tables, data)
-        tables.estimates[label] = {k: mean_estimate(v) for k, v in tables.per_seed[label].items()}
+        note = _diverged_note(data)
+        tables.estimates[label] = {
+            k: _arm_estimate(v, note) for k, v in tables.per_seed[label].items()
+        }
+    if BASELINE not in ordered:
+        tables.no_comparison = "the baseline's program failed"
+        return tables
+    if not ordered[BASELINE].finite.any():
+        tables.no_comparison = "every baseline seed diverged"
+        return tables
     base = tables.per_seed[BASELINE]
-    for label in plan.labels[1:]:
+    for label in list(ordered)[1:]:
+        note = _diverged_note(ordered[label])
         tables.versus[label] = {
             k: bootstrap_estimate(
-                [v[~np.isnan(v)], base[k][~np.isnan(base[k])]], difference_of_means
+                [v[~np.isnan(v)], base[k][~np.isnan(base[k])]],
+                difference_of_means,
+                note=note,
             )
             for k, v in tables.per_seed[label].items()
         }
     return tables
+
+
+def _diverged_note(data: ArmData) -> str:
+    """What an estimate of ``data``'s arm leaves out for divergence (empty when nothing)."""
+    diverged = data.diverged
+    if not diverged:
+        return ""
+    seeds = ", ".join(str(seed) for seed in diverged)
+    left = "no finite seed is left" if len(diverged) == len(data.seeds) else "left out"
+    return f"diverged: seed(s) {seeds} of {len(data.seeds)} (non-finite returns); {left}"
+
+
+def _arm_estimate(values: np.ndarray, note: str) -> MetricEstimate:
+    """Mean over seeds of one arm's ``(S,)`` per-seed values (NaN for a diverged seed or an
+    undefined value, left out and counted) with its bootstrap interval; ``note`` says which
+    seeds diverged."""
+    kept = values[~np.isnan(values)]
+    excluded = int(values.size - kept.size)
+    return bootstrap_estimate(
+        [kept],
+        mean_of,
+        per_seed=[float(v) for v in values],
+        n_excluded=excluded,
+        note=note or (f"{excluded} of {values.size} seeds left out (NaN)" if excluded else ""),
+    )
 
 
 def _segments(steps: np.ndarray, switches: Sequence[int]) -> list[np.ndarray]:
@@ -153,13 +233,30 @@ def _segments(steps: np.ndarray, switches: Sequence[int]) -> list[np.ndarray]:
 def _measures(
     plan: StudyPlan, tables: StudyTables, data: ArmData
 ) -> tuple[dict[str, np.ndarray], int]:
-    steps, curves = tables.steps.astype(np.float64), data.curves
+    """Each measure's ``(S,)`` per-seed values (NaN for a diverged seed, left out: a NaN
+    curve read as never reaching the threshold) and the segments of the finite seeds that
+    never reached the threshold."""
     segments = _segments(tables.steps, tables.switches)
     if len(segments) < 2:
         raise CtxrlError(
             "the study's curve has fewer than two segments with two points each: no switch "
             "happened within total_steps, or curve_every is longer than a segment"
         )
+    finite = data.finite
+    per_seed = {name: np.full(len(data.seeds), math.nan) for name in MEASURES}
+    if not finite.any():
+        return per_seed, 0
+    measured, missed = _finite_measures(plan, tables, data.rows(finite), segments)
+    for name, values in measured.items():
+        per_seed[name][finite] = values
+    return per_seed, missed
+
+
+def _finite_measures(
+    plan: StudyPlan, tables: StudyTables, data: ArmData, segments: Sequence[np.ndarray]
+) -> tuple[dict[str, np.ndarray], int]:
+    """:func:`_measures` on seeds whose curves ``(S, T)`` are finite throughout."""
+    steps, curves = tables.steps.astype(np.float64), data.curves
     auc = np.stack(
         [
             trapezoid(curves[:, idx], steps[idx], axis=1) / (steps[idx[-1]] - steps[idx[0]])
@@ -222,9 +319,18 @@ def _layer_mean(plasticity: Mapping[str, np.ndarray], metric: str) -> np.ndarray
     values = [v for k, v in plasticity.items() if k.split(".", 1)[0] == metric]
     if not values:
         return np.zeros((0, 0))
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point no layer has: NaN
         mean: np.ndarray = np.nanmean(np.stack(values), axis=0)
     return mean
+
+
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~ctxrl.transfer_metrics.curve_band` of ``(S, T)`` values, a point no seed has
+    (NaN) left NaN without numpy's warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return curve_band(values)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -245,10 +351,28 @@ def direction_verdict(estimate: MetricEstimate, better: int) -> str:
     return "better" if (estimate.low > 0) == (better > 0) else "worse"
 
 
-def write_outputs(plan: StudyPlan, results: Mapping[str, ProgramResult], run_dir: Path) -> str:
+def write_outputs(
+    plan: StudyPlan,
+    results: Mapping[str, ProgramResult],
+    run_dir: Path,
+    *,
+    failures: Sequence[ProgramFailure] = (),
+) -> str:
     """Write ``metrics.json``, ``curves.csv``, ``plasticity.csv``, the figures and
-    ``summary.md``; returns the summary."""
-    tables = gather(plan, results)
+    ``summary.md`` for the programs that finished, naming those in ``failures``; returns the
+    summary."""
+    if not results:  # every program failed: the summary and metrics.json say why
+        for stale in [run_dir / "curves.csv", run_dir / "plasticity.csv"]:
+            stale.unlink(missing_ok=True)
+        for stale in (run_dir / "figures").glob("*.png"):
+            stale.unlink()
+        data = {"switches": [], "arms": {}, "diverged": [], "failed": _failed_json(failures)}
+        (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False))
+        title = f"# Plasticity study: {plan.env.name}, {plan.config.algorithm}"
+        summary = "\n".join([title, "", *_failure_lines(plan, failures, [])])
+        (run_dir / "summary.md").write_text(summary)
+        return summary
+    tables = gather(plan, results, failures)
     _write_exports(tables, run_dir)
     figures = _write_figures(plan, tables, run_dir)
     summary = _summary(plan, tables, figures)
@@ -256,18 +380,38 @@ def write_outputs(plan: StudyPlan, results: Mapping[str, ProgramResult], run_dir
     return summary
 
 
+def _finite_or_none(values: Sequence[float] | np.ndarray) -> list[float | None]:
+    """Per-seed values for JSON: NaN (a diverged seed) and infinities as ``null``."""
+    return [float(x) if math.isfinite(x) else None for x in values]
+
+
+def _failed_json(failures: Sequence[ProgramFailure]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in failure.to_json().items() if k != "details"} for failure in failures]
+
+
 def _write_exports(tables: StudyTables, run_dir: Path) -> None:
     metrics = {
         label: {
-            "per_seed": {k: [float(x) for x in v] for k, v in tables.per_seed[label].items()},
+            "per_seed": {k: _finite_or_none(v) for k, v in tables.per_seed[label].items()},
             "estimates": {k: e.to_json() for k, e in tables.estimates[label].items()},
             "versus_none": {k: e.to_json() for k, e in tables.versus.get(label, {}).items()},
             "missed_threshold_segments": tables.missed[label],
+            "diverged_seeds": arm.diverged,
         }
-        for label in tables.arms
+        for label, arm in tables.arms.items()
     }
-    data = {"switches": tables.switches, "arms": metrics}
-    (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=True))
+    data = {
+        "switches": tables.switches,
+        "arms": metrics,
+        "diverged": [
+            {"arm": label, "seed": seed}
+            for label, arm in tables.arms.items()
+            for seed in arm.diverged
+        ],
+        "failed": _failed_json(tables.failures),
+        "versus_none_unavailable": tables.no_comparison or None,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False))
     with (run_dir / "curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arm", "seed", "step", "normalised_return"])
@@ -302,9 +446,12 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
         for step in tables.switches:
             ax.axvline(step, color="0.6", linewidth=0.6, linestyle=":")
 
+    # the finite seeds of each arm (an arm every seed of which diverged is not drawn)
+    drawn = {label: arm.rows(arm.finite) for label, arm in tables.arms.items()}
+    drawn = {label: arm for label, arm in drawn.items() if arm.seeds}
     fig, ax = plt.subplots(figsize=(9, 4))
-    for label, arm in tables.arms.items():
-        mean, low, high = curve_band(arm.curves)
+    for label, arm in drawn.items():
+        mean, low, high = _band(arm.curves)
         low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)  # returns lie in [0, 1]
         (line,) = ax.plot(tables.steps, mean, label=label, linewidth=1.2)
         ax.fill_between(tables.steps, low, high, color=line.get_color(), alpha=0.15)
@@ -312,21 +459,26 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
     ax.set_xlabel("env steps per agent (dotted: context switches)")
     ax.set_ylabel("normalised return in the current context")
     ax.set_title(f"{plan.env.name}: return across switches (mean, 95 % band over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    if drawn:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(figures_dir / "returns.png", dpi=110)
     plt.close(fig)
     written.append("figures/returns.png")
 
-    metrics = [m for m in FIGURE_METRICS if _layer_mean(tables.arms[BASELINE].plasticity, m).size]
+    metrics = [
+        m for m in FIGURE_METRICS if any(_layer_mean(a.plasticity, m).size for a in drawn.values())
+    ]
     if metrics:
         cols = 2
         rows = math.ceil(len(metrics) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), squeeze=False)
         for ax, metric in zip(axes.flat, metrics, strict=False):
-            for label, arm in tables.arms.items():
+            for label, arm in drawn.items():
                 values = _layer_mean(arm.plasticity, metric)
-                mean, low, high = curve_band(values)
+                if not values.size:
+                    continue
+                mean, low, high = _band(values)
                 (line,) = ax.plot(tables.plasticity_steps, mean, label=label, linewidth=1.0)
                 ax.fill_between(
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12
@@ -344,8 +496,51 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
     return written
 
 
+def _failure_lines(
+    plan: StudyPlan, failures: Sequence[ProgramFailure], reported: Sequence[str]
+) -> list[str]:
+    """The summary's section on failed programs (none when nothing failed)."""
+    if not failures:
+        return []
+    lost = [arm for failure in failures for arm in failure.arms]
+    lines = [
+        "## Failed programs",
+        "",
+        f"{len(failures)} of {len(plan.programs)} batched program(s) failed; their arms "
+        f"({', '.join(lost)}) have no results"
+        + (f" (the report covers {', '.join(reported)})" if reported else "")
+        + ". Rerun the study to retry them: the finished programs are not trained again.",
+        "",
+    ]
+    lines += [f"- {failure.describe()}" for failure in failures]
+    return [*lines, ""]
+
+
+def _diverged_lines(tables: StudyTables) -> list[str]:
+    """The summary's section on diverged seeds (none when every seed is finite)."""
+    lines = []
+    for label, arm in tables.arms.items():
+        diverged = arm.diverged
+        if not diverged:
+            continue
+        seeds = ", ".join(str(seed) for seed in diverged)
+        what = (
+            "no finite seed is left, so its metrics are n/a"
+            if len(diverged) == len(arm.seeds)
+            else "they are left out of every metric, interval and figure"
+        )
+        lines.append(
+            f"- **{label} diverged**: seed(s) {seeds} ({len(diverged)} of {len(arm.seeds)}) "
+            f"have non-finite returns (NaN or infinite); {what}."
+        )
+    if not lines:
+        return []
+    return ["## Diverged seeds", "", *lines, ""]
+
+
 def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> str:
     config = plan.config
+    labels = list(tables.arms)
     lines = [
         f"# Plasticity study: {plan.env.name}, {config.algorithm}",
         "",
@@ -357,56 +552,72 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
         f"env's return bounds; 95 % bootstrap intervals over seeds; time to threshold at "
         f"{config.threshold}.",
         "",
+        *_failure_lines(plan, tables.failures, labels),
+        *_diverged_lines(tables),
         "## Each arm",
         "",
         "| arm | " + " | ".join(MEASURES[m][0] for m in MEASURES) + " |",
         "|---|" + "---|" * len(MEASURES),
     ]
-    for label in plan.labels:
+    for label in labels:
         row = [
             format_estimate(tables.estimates[label][m], 0 if m == "time_to_threshold" else 3)
             for m in MEASURES
         ]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
-    base = tables.estimates[BASELINE]
-    lost = base["plasticity_lost"]
-    lines += [
-        "",
-        "## Does the baseline lose plasticity?",
-        "",
-        f"With no intervention, last-visit minus first-visit AUC is {format_estimate(lost)}"
-        + (
-            " (it learns its contexts worse than it used to: plasticity lost)."
-            if lost.high < 0
-            else " (no loss shown: the interval does not lie below 0)."
+    lines += ["", "## Does the baseline lose plasticity?", ""]
+    if tables.no_comparison:
+        lines.append(
+            f"Not known: {tables.no_comparison}, so there is no baseline, and comparisons with "
+            "no intervention are unavailable."
         )
-        + " Its dormant fraction goes from "
-        f"{format_estimate(base['dormant_first_switch'])} before the first switch to "
-        f"{format_estimate(base['dormant_end'])} at the end.",
-    ]
-    if len(plan.labels) > 1:
+    else:
+        base = tables.estimates[BASELINE]
+        lost = base["plasticity_lost"]
+        lines.append(
+            f"With no intervention, last-visit minus first-visit AUC is {format_estimate(lost)}"
+            + (
+                " (it learns its contexts worse than it used to: plasticity lost)."
+                if lost.high < 0
+                else " (no loss shown: the interval does not lie below 0)."
+            )
+            + " Its dormant fraction goes from "
+            f"{format_estimate(base['dormant_first_switch'])} before the first switch to "
+            f"{format_estimate(base['dormant_end'])} at the end."
+        )
+    others = labels[1:] if labels and labels[0] == BASELINE else labels
+    if others:
         lines += [
             "",
             "## Each intervention against no intervention (difference of means, arm - none)",
             "",
+        ]
+    if others and tables.no_comparison:
+        lines.append(f"Unavailable: {tables.no_comparison}.")
+    elif others:
+        lines += [
             "| arm | " + " | ".join(MEASURES[m][0] for m in MEASURES) + " |",
             "|---|" + "---|" * len(MEASURES),
         ]
-        for label in plan.labels[1:]:
+        for label in others:
             cells = []
             for measure, (_, better) in MEASURES.items():
                 estimate = tables.versus[label][measure]
                 digits = 0 if measure == "time_to_threshold" else 3
+                if math.isnan(estimate.estimate):
+                    cells.append("n/a")
+                    continue
                 verdict = direction_verdict(estimate, better)
                 cells.append(f"{format_estimate(estimate, digits)} ({verdict})")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     missed = {k: v for k, v in tables.missed.items() if v}
     if missed:
+        finite = {label: int(arm.finite.sum()) for label, arm in tables.arms.items()}
         lines += [
             "",
             "Segments that never reached the threshold (their whole length counted): "
-            + ", ".join(f"{k} {v}" for k, v in missed.items())
-            + f" of {len(config.seeds) * len(tables.switches)} per arm.",
+            + ", ".join(f"{k} {v} of {finite[k] * len(tables.switches)}" for k, v in missed.items())
+            + " (switches x finite seeds).",
         ]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
