@@ -350,7 +350,12 @@ def test_plugin_template_installed_with_pip_is_discovered(
     assert install.returncode == 0, install.stderr
     plugins = _plugins_json(run_ctxrl)
     assert plugins["template"]["distribution"] == "ctxrl-template"
-    assert plugins["template"]["provides"] == {"env": ["Spring"], "strategy": ["farthest-first"]}
+    assert plugins["template"]["provides"] == {
+        "env": ["Spring"],
+        "strategy": ["farthest-first"],
+        "intervention": ["weight-clip"],
+        "transfer_method": ["scratch"],
+    }
     envs = json.loads(run_ctxrl("envs", "--json", check=True).stdout)
     assert any(e["name"] == "Spring" for e in envs)
     shutil.rmtree(plugin_site)  # uninstall: the distribution is gone from the path
