@@ -618,8 +618,9 @@ def synth(
 # ------------------------------------------------------------------------------ transfer
 @cli.group()
 def transfer() -> None:
-    """Transfer studies that train target policies from source policies (fine-tuning arms,
-    distillation, plasticity); each is a sub-command a transfer plugin adds."""
+    """Transfer studies run outside a sweep, each a sub-command a transfer plugin adds
+    (``dqn``: DQN transferability, fine-tuning arms against scratch). Plasticity studies are
+    ``ctxrl plasticity``; fine-tuning and distillation are a sweep's ``transfer`` methods."""
 
 
 # -------------------------------------------------------------------------------- report

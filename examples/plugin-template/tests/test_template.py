@@ -206,3 +206,15 @@ def test_scratch_ignores_the_sources() -> None:
     assert result.returns.shape == (2, 2, 2)
     np.testing.assert_array_equal(result.returns[0], result.returns[1])
     assert result.target_env_steps == 256
+
+
+def test_the_readmes_sweep_is_valid() -> None:
+    """The sweep the README shows (the template's intervention and transfer method) passes
+    every check a sweep makes before training."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    from ctxrl.yaml12 import parse_yaml
+
+    plan = resolve_plan(validate_config(parse_yaml(block)), get_host().registry)
+    assert plan.config.transfer.name == "scratch"
+    assert [i.name for i in plan.config.algorithm.interventions] == ["weight-clip"]
