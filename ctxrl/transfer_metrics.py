@@ -21,11 +21,12 @@ Shapes and units: ``steps`` is ``(T,)`` env steps (strictly increasing integers,
 ``returns`` is ``(S, T)`` episode returns, one row per seed, in the environment's return units.
 AUCs are in return x env steps, times to threshold in env steps.
 
-Statistics: a metric is computed per seed, then aggregated over seeds as a mean with a
-bootstrap confidence interval (``scipy.stats.bootstrap``). Scratch and transfer runs are
-independent (seed ``i`` of one arm has nothing to do with seed ``i`` of the other), so every
-transfer-versus-scratch statistic is a two-sample statistic of the per-seed values (difference
-of means, ratio of means) and the bootstrap resamples each arm on its own (``paired=False``).
+Statistics (:mod:`ctxrl.estimates`, whose names this module also exports): a metric is computed
+per seed, then aggregated over seeds as a mean with a bootstrap confidence interval
+(``scipy.stats.bootstrap``). Scratch and transfer runs are independent (seed ``i`` of one arm
+has nothing to do with seed ``i`` of the other), so every transfer-versus-scratch statistic is
+a two-sample statistic of the per-seed values (difference of means, ratio of means) and the
+bootstrap resamples each arm on its own (``paired=False``).
 
 Everything here is pure numpy / scipy; nothing imports torch or a plugin.
 """
@@ -34,22 +35,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy.integrate import trapezoid
-from scipy.stats import bootstrap
+
+from ctxrl.estimates import (
+    DEFAULT_BOOTSTRAP,
+    BootstrapOptions,
+    MetricEstimate,
+    Verdict,
+    bootstrap_estimate,
+    curve_band,
+    difference_of_means,
+    mean_estimate,
+    mean_of,
+    ratio_of_means,
+    relative_difference_of_means,
+    verdict,
+)
+from ctxrl.estimates import _json_object as _json_object
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-Verdict = Literal["positive", "negative", "absent"]
 VerdictMetric = Literal["area_ratio", "jumpstart"]
-BootstrapMethod = Literal["percentile", "basic", "BCa"]
 FloorOrigin = Literal["caller", "zero", "pooled_minimum"]
 
 # Relative slack when turning ``tail * T`` into a number of points: 0.3 * 10 is
@@ -60,56 +73,6 @@ _TAIL_SLACK = 1e-9
 # ---------------------------------------------------------------------------------------------
 # Result types
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BootstrapOptions:
-    """How confidence intervals are computed (``scipy.stats.bootstrap``).
-
-    ``method`` defaults to the percentile bootstrap: with the 5-10 seeds of a typical study
-    the jackknife acceleration that BCa adds is itself estimated from a handful of values, and
-    the percentile interval is what rliable (Agarwal et al. 2021) reports for RL curves.
-    ``random_state`` is fixed so that the same curves always give the same interval."""
-
-    confidence_level: float = 0.95
-    n_resamples: int = 9999
-    method: BootstrapMethod = "percentile"
-    random_state: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.confidence_level < 1.0:
-            raise ValueError(f"confidence_level must be in (0, 1), got {self.confidence_level}")
-        if self.n_resamples < 1:
-            raise ValueError(f"n_resamples must be >= 1, got {self.n_resamples}")
-
-
-DEFAULT_BOOTSTRAP = BootstrapOptions()
-
-
-@dataclass(frozen=True)
-class MetricEstimate:
-    """A point estimate with its bootstrap confidence interval ``[low, high]``.
-
-    ``per_seed`` holds the per-seed values of a one-arm metric (NaN for a seed left out, e.g.
-    one that never reached the threshold); it is empty for a statistic between two arms, whose
-    per-seed values live in the arms' own estimates. ``n_excluded`` counts seeds left out of the
-    estimate. ``low`` / ``high`` equal ``estimate`` when every resample gives the same value
-    (all seeds equal) and are NaN when no interval exists (fewer than two seeds, undefined
-    statistic); ``note`` then says which."""
-
-    estimate: float
-    low: float
-    high: float
-    per_seed: tuple[float, ...] = ()
-    n_excluded: int = 0
-    note: str = ""
-
-    def excludes_zero(self) -> bool:
-        """Whether the whole interval lies on one side of 0 (False when it is NaN)."""
-        return bool(self.low > 0.0 or self.high < 0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        return _json_object(self)
 
 
 @dataclass(frozen=True)
@@ -340,146 +303,6 @@ def time_to_threshold(steps: npt.ArrayLike, returns: npt.ArrayLike, threshold: f
     out = np.asarray(grid[first], dtype=np.float64)
     out[~reached.any(axis=1)] = np.nan
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Bootstrap estimates and verdicts
-# ---------------------------------------------------------------------------------------------
-
-
-def mean_of(values: FloatArray, axis: int = -1) -> FloatArray:
-    """Mean of one arm's per-seed values (vectorised statistic for :func:`bootstrap_estimate`)."""
-    return np.asarray(np.mean(values, axis=axis), dtype=np.float64)
-
-
-def difference_of_means(transfer: FloatArray, scratch: FloatArray, axis: int = -1) -> FloatArray:
-    """``mean(transfer) - mean(scratch)`` over independent seeds."""
-    return np.asarray(np.mean(transfer, axis=axis) - np.mean(scratch, axis=axis), np.float64)
-
-
-def ratio_of_means(transfer: FloatArray, scratch: FloatArray, axis: int = -1) -> FloatArray:
-    """``mean(transfer) / mean(scratch)``; inf / NaN where the scratch mean is 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(np.mean(transfer, axis=axis) / np.mean(scratch, axis=axis), np.float64)
-
-
-def relative_difference_of_means(
-    transfer: FloatArray, scratch: FloatArray, axis: int = -1
-) -> FloatArray:
-    """``(mean(transfer) - mean(scratch)) / mean(scratch)``: the area ratio r when the values
-    are shifted AUCs."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scratch_mean = np.mean(scratch, axis=axis)
-        return np.asarray((np.mean(transfer, axis=axis) - scratch_mean) / scratch_mean, np.float64)
-
-
-def bootstrap_estimate(
-    samples: Sequence[npt.ArrayLike],
-    statistic: Callable[..., FloatArray],
-    *,
-    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
-    per_seed: Sequence[float] = (),
-    n_excluded: int = 0,
-    note: str = "",
-) -> MetricEstimate:
-    """``statistic(*samples)`` with a bootstrap interval that resamples each sample on its own.
-
-    Args:
-        samples: one ``(n_i,)`` array of per-seed values per arm (one for a per-arm mean, two
-            for a transfer-versus-scratch statistic); the arms are independent, so scipy's
-            ``bootstrap`` runs with ``paired=False``.
-        statistic: vectorised ``statistic(*samples, axis=-1) -> array``, e.g.
-            :func:`mean_of` or :func:`difference_of_means`.
-        per_seed, n_excluded, note: stored in the result as given (``note`` is extended with
-            the reason for a degenerate interval).
-
-    Degenerate inputs never raise: with fewer than two values in some sample the interval is
-    NaN (one seed says nothing about the spread); when every sample has all-equal values every
-    resample gives the point estimate, so the interval is the point; an undefined point
-    estimate (e.g. a ratio over a zero mean) gives NaN throughout."""
-    arrays = [np.asarray(sample, dtype=np.float64).reshape(-1) for sample in samples]
-    reasons = [note] if note else []
-    sizes = [array.size for array in arrays]
-    if min(sizes) == 0:
-        reasons.append("no seed to estimate from")
-        return _estimate(math.nan, math.nan, math.nan, per_seed, n_excluded, reasons)
-    point = float(statistic(*arrays, axis=-1))
-    if not math.isfinite(point):
-        reasons.append("statistic undefined on these seeds (e.g. a ratio over a zero mean)")
-        return _estimate(math.nan, math.nan, math.nan, per_seed, n_excluded, reasons)
-    if min(sizes) < 2:
-        sizes_text = "/".join(str(size) for size in sizes)
-        reasons.append(f"fewer than two seeds per arm ({sizes_text}): no interval")
-        return _estimate(point, math.nan, math.nan, per_seed, n_excluded, reasons)
-    if all(np.ptp(array) == 0.0 for array in arrays):
-        reasons.append("all seeds equal: the interval is the point")
-        return _estimate(point, point, point, per_seed, n_excluded, reasons)
-    result = bootstrap(
-        tuple(arrays),
-        statistic,
-        n_resamples=options.n_resamples,
-        vectorized=True,
-        paired=False,
-        confidence_level=options.confidence_level,
-        method=options.method,
-        random_state=options.random_state,
-    )
-    low = float(result.confidence_interval.low)
-    high = float(result.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        reasons.append("bootstrap interval not finite (some resamples undefined)")
-    return _estimate(point, low, high, per_seed, n_excluded, reasons)
-
-
-def mean_estimate(
-    values: npt.ArrayLike, *, options: BootstrapOptions = DEFAULT_BOOTSTRAP
-) -> MetricEstimate:
-    """Mean over seeds of one arm's ``(S,)`` per-seed values with its bootstrap interval.
-    NaN values (e.g. never reached the threshold) are left out and counted in
-    ``n_excluded``."""
-    per_seed = np.asarray(values, dtype=np.float64).reshape(-1)
-    kept = per_seed[~np.isnan(per_seed)]
-    excluded = int(per_seed.size - kept.size)
-    note = f"{excluded} of {per_seed.size} seeds left out (NaN)" if excluded else ""
-    return bootstrap_estimate(
-        [kept],
-        mean_of,
-        options=options,
-        per_seed=[float(v) for v in per_seed],
-        n_excluded=excluded,
-        note=note,
-    )
-
-
-def curve_band(values: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Learning curves ``(S, T)`` over seeds: their mean and a Student-t 95 % band (``t`` with
-    ``S - 1`` degrees of freedom, not 1.96: 40 % wider at 3 seeds), each ``(T,)``; NaN points
-    left out; no band with one seed."""
-    from scipy.stats import t as student
-
-    curves = np.asarray(values, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(curves, axis=0)
-        n = curves.shape[0]
-        if n < 2:
-            return mean, mean, mean
-        half = student.ppf(0.975, n - 1) * np.nanstd(curves, axis=0, ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def verdict(estimate: MetricEstimate, *, absent_band: float = 0.0) -> Verdict:
-    """``positive`` when the interval lies entirely above ``absent_band``, ``negative`` when
-    entirely below ``-absent_band``, ``absent`` otherwise (including a NaN interval).
-
-    With the default band 0 this is "the interval excludes 0"; Sabatelli & Geurts call
-    ``|r| <= 0.05`` absent, which ``absent_band=0.05`` applies to the whole interval."""
-    if absent_band < 0.0:
-        raise ValueError(f"absent_band must be >= 0, got {absent_band}")
-    if estimate.low > absent_band:
-        return "positive"
-    if estimate.high < -absent_band:
-        return "negative"
-    return "absent"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,24 +640,6 @@ def _with_diverged(
     )
 
 
-def _estimate(
-    point: float,
-    low: float,
-    high: float,
-    per_seed: Sequence[float],
-    n_excluded: int,
-    reasons: list[str],
-) -> MetricEstimate:
-    return MetricEstimate(
-        estimate=point,
-        low=low,
-        high=high,
-        per_seed=tuple(float(v) for v in per_seed),
-        n_excluded=n_excluded,
-        note="; ".join(reasons),
-    )
-
-
 def _compare(
     transfer_values: FloatArray, scratch_values: FloatArray, options: BootstrapOptions
 ) -> MetricComparison:
@@ -937,25 +742,6 @@ def _total_steps_window(
     return window
 
 
-def _json_object(result: Any) -> dict[str, Any]:
-    """A result dataclass as a JSON-ready dict."""
-    data: dict[str, Any] = _jsonable(dataclasses.asdict(result))
-    return data
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON data: non-finite floats -> None, tuples -> lists, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 __all__ = [
     "DEFAULT_BOOTSTRAP",
     "BootstrapOptions",
@@ -972,6 +758,7 @@ __all__ = [
     "check_same_grid",
     "compare_transfer",
     "compare_transfer_finite",
+    "curve_band",
     "difference_of_means",
     "finite_seeds",
     "mean_estimate",
