@@ -184,7 +184,8 @@ def _staging_abandoned(folder: Path) -> bool:
     another host or of an earlier version, it is older than :data:`STALE_STAGING_S`."""
     owner, _, rest = folder.name.removeprefix(".exports-").partition("@")
     host = rest.rpartition(".")[0]
-    if owner.isdigit() and int(owner) > 0 and host == socket.gethostname():
+    # (os.kill(pid, 0) asks whether a process exists on POSIX only: on Windows it stops it)
+    if owner.isdigit() and int(owner) > 0 and host == socket.gethostname() and os.name == "posix":
         try:
             os.kill(int(owner), 0)  # signal 0: is the process there (nothing is sent)
         except ProcessLookupError:
