@@ -1,5 +1,5 @@
 """YAML as ctxrl reads it: PyYAML's safe loader (no object construction) with YAML 1.2's
-numbers and booleans and no dates, refusing a key given twice in one mapping."""
+numbers and no dates, refusing a key given twice in one mapping."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import yaml
 
 class _Yaml12Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 numbers (``1e-3`` is a float, not a string; ``010``
-    is ten, not octal eight; ``1:30`` is text, not ninety), YAML 1.2 booleans (``true`` and
-    ``false`` only: ``off``, ``on``, ``yes`` and ``no`` are text, so ``compile: off`` is the
-    mode ``off``, one plan with ``compile: 'off'``) and no dates (``2026-12-05`` stays text),
-    that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    is ten, not octal eight; ``1:30`` is text, not ninety) and no dates (``2026-12-05`` stays
+    text), that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -35,21 +33,17 @@ def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int
     return int(text, 0) if text.startswith(("0o", "0x")) else int(text, 10)
 
 
-# YAML 1.1's numbers (octal by a leading zero, base 60 with colons), booleans (yes, no, on,
-# off) and timestamps out, YAML 1.2's numbers and booleans in
-_YAML11_TAGS = (
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:timestamp",
-)
+# YAML 1.1's numbers (octal by a leading zero, base 60 with colons) and timestamps out, YAML
+# 1.2's numbers in
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _YAML11_TAGS]
+    first: [
+        (tag, pattern)
+        for tag, pattern in resolvers
+        if tag
+        not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
