@@ -179,9 +179,11 @@ def model_calibration(
 
 
 def _staging_abandoned(folder: Path) -> bool:
-    """Whether a staging folder's writer is gone: its process (named in the folder,
-    ``.exports-{pid}@{host}.{random}``) no longer runs on this host, or, for a folder of
-    another host or of an earlier version, it is older than :data:`STALE_STAGING_S`."""
+    """Whether a staging folder's writer is gone: it is older than :data:`STALE_STAGING_S`, or
+    its process (named in the folder, ``.exports-{pid}@{host}.{random}``) no longer runs on
+    this host."""
+    if time.time() - folder.stat().st_mtime > STALE_STAGING_S:
+        return True  # whoever wrote it (a reused process id too): staging takes seconds
     owner, _, rest = folder.name.removeprefix(".exports-").partition("@")
     host = rest.rpartition(".")[0]
     # (os.kill(pid, 0) asks whether a process exists on POSIX only: on Windows it stops it)
@@ -192,8 +194,7 @@ def _staging_abandoned(folder: Path) -> bool:
             return True
         except OSError:  # there, another user's
             return False
-        return False
-    return time.time() - folder.stat().st_mtime > STALE_STAGING_S
+    return False
 
 
 def write_exports(

@@ -267,14 +267,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             lines += ["", "Diagnostics that are not finite (NaN or inf) in some records:", ""]
         for name, row in broken.items():
             why = (
-                ": with an infinite gradient norm the per-agent clipping scales the step to "
-                "0, so those updates did nothing (check the reward scale and the learning rate)"
+                ": an infinite norm of finite gradients makes the per-agent clipping scale the "
+                "step to 0, so those updates did nothing; a NaN norm means the gradients "
+                "themselves were not finite (check the reward scale and the learning rate)"
                 if name == "grad_norm"
                 else ""
             )
             lines.append(
-                f"- `{name}` in {row['nonfinite']} of {row['runs']} runs (left out of the "
-                f"means above){why}"
+                f"- `{name}` in {row['nonfinite']} of {row['runs']} runs (a first or last "
+                f"record that is not finite is left out of the means above){why}"
             )
     if summary.get("figures"):
         lines += [

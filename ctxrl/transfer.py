@@ -155,15 +155,26 @@ def evaluate_on_own_contexts(
             f"evaluate_on_own_contexts: {len(policies)} policies for {len(contexts)} contexts"
         )
     if hasattr(algorithm, "evaluate_many") and not isinstance(policies, list):
-        returns = algorithm.evaluate_many(
+        if _takes(algorithm.evaluate_many, "per_policy"):
+            returns = algorithm.evaluate_many(
+                policies,
+                problem.env,
+                [[dict(c)] for c in contexts],
+                episodes=problem.episodes,
+                seed=problem.eval_seed,
+                per_policy=True,
+            )  # (N, 1, E)
+            return np.asarray(returns, dtype=np.float64)[:, 0]
+        # an algorithm written before per_policy: every policy on every context, the diagonal
+        every = algorithm.evaluate_many(
             policies,
             problem.env,
-            [[dict(c)] for c in contexts],
+            [dict(c) for c in contexts],
             episodes=problem.episodes,
             seed=problem.eval_seed,
-            per_policy=True,
-        )  # (N, 1, E)
-        return np.asarray(returns, dtype=np.float64)[:, 0]
+        )  # (N, N, E)
+        index = np.arange(len(contexts))
+        return np.asarray(every, dtype=np.float64)[index, index]
     space = problem.env.context_space
     return np.stack(
         [
@@ -181,6 +192,17 @@ def evaluate_on_own_contexts(
             for policy, context in zip(policies, contexts, strict=True)
         ]
     )
+
+
+def _takes(function: Any, name: str) -> bool:
+    """Whether ``function`` takes the keyword ``name`` (or any keyword)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 __all__ = [

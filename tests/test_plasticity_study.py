@@ -463,6 +463,34 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     assert "## Each intervention against no intervention" in summary
 
 
+def test_a_failure_outside_every_intervention_blames_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while checkpointing was blamed on the last intervention of the program
+    (its loop variable was still in the trainer's frame): "failed in intervention
+    'layer-norm' of arm 'layer-norm': OSError: No space left on device"."""
+    from ctxrl_plugins.training.trainer import BatchedTrainer
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(BatchedTrainer, "_save", full_disk)
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "layer-norm"}],
+            seeds=[0],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    run_dir = run_study(config, get_host().registry)
+    for program in ("shared", "arm-layer-norm"):
+        failure = json.loads((run_dir / "programs" / f"{program}.failed.json").read_text())
+        assert failure["culprit"] is None
+        assert failure["error"] == "OSError: [Errno 28] No space left on device"
+
+
 def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: Path) -> None:
     """A seed whose curve went NaN counted as never reaching the threshold: an arm whose every
     seed diverged read "512 [512, 512]" steps to threshold, "0 [0, 0] (no difference)" from

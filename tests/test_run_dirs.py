@@ -809,15 +809,17 @@ def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
     dead = plan.run_dir / f".exports-{int(exited.stdout)}@{host}.k1ll3d"  # its writer is gone
     live = plan.run_dir / f".exports-{os.getpid()}@{host}.now"  # another report's, staging
     elsewhere = plan.run_dir / f".exports-{int(exited.stdout)}@not-{host}.x"  # another host's
-    for staging in (stale, dead, live, elsewhere):
+    reused = plan.run_dir / f".exports-{os.getpid()}@{host}.old"  # its process id taken since
+    for staging in (stale, dead, live, elsewhere, reused):
         staging.mkdir()
         (staging / "runs.csv").write_text("run_id\n")
     two_hours_ago = time.time() - 7200
-    os.utime(stale, (two_hours_ago, two_hours_ago))
+    for old in (stale, reused):
+        os.utime(old, (two_hours_ago, two_hours_ago))
     outcome = run_sweep(plan, console=Console(file=io.StringIO()))
     assert outcome.skipped == 2 and not outcome.failed
     assert list(folder.iterdir()) == []
-    assert not stale.exists() and not dead.exists()
+    assert not stale.exists() and not dead.exists() and not reused.exists()
     assert live.exists() and elsewhere.exists()  # staging now, here and on another host
 
 

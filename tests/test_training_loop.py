@@ -160,8 +160,8 @@ def test_a_gradient_norm_that_is_not_finite_is_reported(tmp_path: Path) -> None:
         seeds=[0],
     )
     summary = " ".join((run_dir / "summary.md").read_text().split())
-    assert "- `grad_norm` in 1 of 1 runs (left out of the means above)" in summary
-    assert "the per-agent clipping scales the step to 0" in summary
+    assert "- `grad_norm` in 1 of 1 runs (a first or last record that is not finite" in summary
+    assert "makes the per-agent clipping scale the step to 0" in summary
 
 
 def _config(**changes: Any) -> dict[str, Any]:

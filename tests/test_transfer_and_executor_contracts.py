@@ -123,6 +123,19 @@ def test_each_policy_is_evaluated_on_its_own_context(
     if algorithm_name == "batched-ppo":  # a batched episode's start depends on its context alone
         every = evaluate_sources(problem)
         np.testing.assert_array_equal(own, every[np.arange(3), np.arange(3)])
+
+        class WithoutPerPolicy:
+            """A batched algorithm written before ``evaluate_many`` took ``per_policy``."""
+
+            def evaluate_many(
+                self, policies: Any, env: Any, contexts: Any, *, episodes: int, seed: int
+            ) -> Any:
+                return algorithm.evaluate_many(
+                    policies, env, contexts, episodes=episodes, seed=seed
+                )
+
+        legacy = dataclasses.replace(problem, algorithm=WithoutPerPolicy())
+        np.testing.assert_array_equal(evaluate_on_own_contexts(legacy, policies, contexts), own)
     else:  # a per-run episode's start depends on the context's place in the list too
         for i, (policy, context) in enumerate(zip(policies, contexts, strict=True)):
             alone = algorithm.evaluate(policy, env, [env.task(context)], episodes=3, seed=5)

@@ -24,18 +24,22 @@ Tensor = torch.Tensor
 def intervention_hook(intervention: Intervention, hook: str) -> Iterator[None]:
     """Runs an intervention's ``hook`` so that an exception of its own code (a plugin's bug)
     names the intervention and where it lives: without it a run failed with ``KeyError:
-    'actor.0.weight'`` and nothing said which plugin raised it. ctxrl's own errors (an
-    option the network cannot carry out) already say what is wrong and pass unchanged."""
+    'actor.0.weight'`` and nothing said which plugin raised it. The :class:`PluginError` it
+    raises carries the intervention object (``.intervention``), so a report can say which arm's
+    plugin failed. ctxrl's own errors (an option the network cannot carry out) already say what
+    is wrong and pass unchanged."""
     try:
         yield
     except CtxrlError:
         raise
     except Exception as exc:
         kind = type(intervention)
-        raise PluginError(
+        error = PluginError(
             f"intervention {intervention.name!r} ({kind.__module__}.{kind.__qualname__}) failed "
             f"in {hook}: {type(exc).__name__}: {exc}"
-        ) from exc
+        )
+        error.intervention = intervention  # type: ignore[attr-defined]  # who raised, for reports
+        raise error from exc
 
 
 class TrainingRun:

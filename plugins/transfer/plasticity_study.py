@@ -404,22 +404,23 @@ class ProgramFailure:
         exc: BaseException,
         interventions: Sequence[tuple[Intervention, list[int]]] = (),
     ) -> ProgramFailure:
-        """The failure of ``program`` by ``exc``, blamed on the innermost of ``interventions``
-        (with its agents' rows) whose code is in the traceback of ``exc`` or of the errors
-        that caused it (the trainer re-raises a plugin's error naming the intervention)."""
+        """The failure of ``program`` by ``exc``, blamed on the one of ``interventions`` (with
+        its agents' rows) whose own code raised: the trainer runs every intervention hook so
+        that such an error arrives as a :class:`~ctxrl.errors.PluginError` carrying the
+        intervention (:func:`~ctxrl_plugins.training.run.intervention_hook`), in ``exc`` or
+        the errors it came from. Anything else (a full disk while checkpointing, an
+        algorithm's bug) blames no intervention."""
         culprit = None
-        chain: list[BaseException] = []
+        seen: list[BaseException] = []
         error: BaseException | None = exc
-        while error is not None and error not in chain:
-            chain.append(error)
+        while error is not None and error not in seen:
+            seen.append(error)
+            raised_in = getattr(error, "intervention", None)
+            for intervention, rows in interventions:
+                if rows and raised_in is intervention:
+                    name = intervention.name or type(intervention).__name__
+                    culprit = (program.agents[rows[0]][0], name)
             error = error.__cause__ or error.__context__
-        for error in chain:
-            for frame, _ in traceback.walk_tb(error.__traceback__):
-                owners = (frame.f_locals.get("self"), frame.f_locals.get("intervention"))
-                for intervention, rows in interventions:
-                    if rows and any(owner is intervention for owner in owners):
-                        name = intervention.name or type(intervention).__name__
-                        culprit = (program.agents[rows[0]][0], name)
         return cls(
             program.name,
             list(program.arms),
