@@ -149,8 +149,8 @@ def selection_curves(
 CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 STALE_STAGING_S = 3600.0
-"""A staging folder (``.exports-*``) of another host (or without its writer's process id)
-older than this is one a kill left behind; on this host a folder whose process is gone is."""
+"""A staging folder (``.exports-*``) older than this is one a kill left behind, whoever wrote
+it; a younger one is when its writer's process, on this host, is gone."""
 
 
 def model_calibration(
