@@ -41,6 +41,7 @@ from ctxrl.options import (
     is_device_name,
     option_names,
     refuse_bool,
+    resolved_device,
 )
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 from ctxrl.yaml12 import parse_yaml
@@ -452,6 +453,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         )
     if training:
         check_device(config.device)
+        _check_job_gpus(config)
     config = _strategies_for_grid(config, registry, grid)
     # the strategy trains the sources in mode select and is replayed on the matrix for the
     # report in mode full: a bad name or option must stop the sweep before training either way
@@ -637,6 +639,30 @@ def _check_executor_options(
 
 def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) -> None:
     check_options(strategy.factory, options, f"strategy.options: {strategy.name!r}")
+
+
+def _check_job_gpus(config: SweepConfig) -> None:
+    """GPUs given to the jobs (the local executor's ``gpus``, Ray's ``num_gpus``) are used:
+    not with ``device: cpu`` (every job would train on the CPU beside an idle GPU), and not
+    on a machine without one where the jobs run here (the local executor, or Ray's local
+    cluster, which would wait for a GPU forever): ``device: auto`` picks the CPU there."""
+    options = config.executor.options
+    gpus, num_gpus = options.get("gpus"), options.get("num_gpus")
+    field = "gpus" if gpus else "num_gpus" if _positive_number(num_gpus) else None
+    if field is None:
+        return
+    given = f"executor.options.{field}: {gpus if gpus else num_gpus!r} gives each job a GPU"
+    if config.device == "cpu":
+        raise ConfigError(
+            f"{given}, but device: 'cpu' trains on the CPU; use device: cuda or auto, or "
+            f"leave {field} out"
+        )
+    runs_here = field == "gpus" or not options.get("address")
+    if runs_here and resolved_device(config.device) == "cpu":
+        raise ConfigError(
+            f"{given}, but torch sees no GPU on this machine, where the jobs run "
+            f"(device: {config.device!r} trains on the CPU here); leave {field} out"
+        )
 
 
 def _positive_number(value: object) -> bool:

@@ -59,8 +59,8 @@ class MetricEstimate:
     one that never reached the threshold); it is empty for a statistic between two arms, whose
     per-seed values live in the arms' own estimates. ``n_excluded`` counts seeds left out of the
     estimate. ``low`` / ``high`` equal ``estimate`` when every resample gives the same value
-    (all seeds equal) and are NaN when no interval exists (fewer than two seeds, undefined
-    statistic); ``note`` then says which."""
+    (all seeds equal) and are NaN together when no interval exists (fewer than two seeds, an
+    undefined statistic, one undefined on some resamples); ``note`` then says which."""
 
     estimate: float
     low: float
@@ -157,7 +157,10 @@ def bootstrap_estimate(
     low = float(result.confidence_interval.low)
     high = float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
-        reasons.append("bootstrap interval not finite (some resamples undefined)")
+        # half an interval (a finite low, an infinite or NaN high) would still read as
+        # excluding 0; the statistic is undefined on some resamples, so there is no interval
+        reasons.append("bootstrap interval not finite (some resamples undefined): no interval")
+        low = high = math.nan
     return _estimate(point, low, high, per_seed, n_excluded, reasons)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_box2d, requires_sb3
+from conftest import requires_box2d, requires_ray, requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
 from ctxrl.config import apply_overrides, load_config, resolve_plan
@@ -98,6 +98,21 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (
             ["device=cuda:1", "executor.options={gpus: [0, 1]}"],
             "device: 'cuda:1' names one GPU, but executor.options gives each job a GPU of its own",
+        ),
+        (
+            ["device=cpu", "executor.options={gpus: [0]}"],
+            "executor.options.gpus: [0] gives each job a GPU, but device: 'cpu' trains on the CPU",
+        ),
+        pytest.param(
+            ["device=cpu", "executor={name: ray, options: {num_gpus: 0.5}}"],
+            "executor.options.num_gpus: 0.5 gives each job a GPU, but device: 'cpu' trains on",
+            marks=requires_ray,
+        ),
+        pytest.param(
+            ["device=auto", "executor.options={gpus: [0]}"],
+            "executor.options.gpus: [0] gives each job a GPU, but torch sees no GPU on this "
+            "machine, where the jobs run (device: 'auto' trains on the CPU here)",
+            marks=pytest.mark.skipif(_cuda_available(), reason="a GPU is here"),
         ),
         (["seedz=[1]"], "seedz: no such field; did you mean 'seeds'? (got [1])"),
         (["train_step=100"], "train_step: no such field; did you mean 'train_steps'? (got 100)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from ctxrl.transfer_metrics import (
     difference_of_means,
     finite_seeds,
     mean_estimate,
+    ratio_of_means,
     tail_points,
     time_to_threshold,
     total_reward,
@@ -317,6 +319,19 @@ def test_degenerate_estimates_do_not_raise() -> None:
     assert verdict(missing) == "absent"
     assert verdict(MetricEstimate(0.0, 0.0, 0.0)) == "absent"
     assert verdict(MetricEstimate(-1.0, -2.0, -0.5)) == "negative"
+
+
+def test_an_interval_undefined_on_some_resamples_is_no_interval() -> None:
+    # a scratch arm whose resamples can all be 0: the ratio is inf on those, and the percentile
+    # interval comes out as [3, inf], which read as excluding 0 ("positive")
+    transfer, scratch = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 0.0, 1.0])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ratio = bootstrap_estimate((transfer, scratch), ratio_of_means)
+    assert ratio.estimate == pytest.approx(10.0)
+    assert math.isnan(ratio.low) and math.isnan(ratio.high)
+    assert "no interval" in ratio.note
+    assert verdict(ratio) == "absent" and not ratio.excludes_zero()
 
 
 def test_curve_bands_use_students_t_over_the_seeds() -> None:
