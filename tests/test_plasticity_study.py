@@ -419,15 +419,16 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An intervention raising in the shared program took the baseline, the other arms and
-    every later program with it, as a traceback with no summary. Now that program is recorded
-    as failed (naming the arm and the intervention), the other programs still train, the
-    report says the comparisons with ``none`` are unavailable, and a rerun retries only the
-    failed program."""
+    every later program with it, as a traceback with no summary; later it took the baseline
+    and every arm sharing its program. Now the arm that raised is moved into a program of its
+    own and recorded as failed there (naming the arm and the intervention), the baseline and
+    the arms beside it train again without it, as do the other programs, and a rerun retries
+    only the failed arm."""
     registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
     config = load_study_config(
         _write(
             tmp_path,
-            arms=[{"name": "boom"}, {"name": "layer-norm"}],
+            arms=[{"name": "boom"}, {"name": "l2"}, {"name": "layer-norm"}],
             seeds=[0],
             total_steps=1024,
             schedule={**STUDY["schedule"], "every": 512},
@@ -437,30 +438,75 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     run_dir = run_study(config, registry)
     programs = run_dir / "programs"
     layer_norm = programs / "arm-layer-norm.safetensors"
-    assert layer_norm.is_file() and not (programs / "shared.safetensors").exists()
-    assert failed_programs(run_dir) == ["shared"]
-    failure = json.loads((programs / "shared.failed.json").read_text())
-    assert failure["arms"] == ["none", "boom"] and failure["culprit"] == ["boom", "boom"]
+    shared = programs / "shared-without-boom.safetensors"
+    assert layer_norm.is_file() and shared.is_file()
+    assert not (programs / "shared.safetensors").exists()
+    assert not (programs / "shared.failed.json").exists()
+    assert failed_programs(run_dir) == ["arm-boom"]
+    failure = json.loads((programs / "arm-boom.failed.json").read_text())
+    assert failure["arms"] == ["boom"] and failure["culprit"] == ["boom", "boom"]
+    assert failure["moved_from"] == "shared"
     assert "boom after 2 updates" in failure["error"]
     summary = (run_dir / "summary.md").read_text()
-    assert "program 'shared' (arms 'none', 'boom') failed in intervention 'boom' of arm " in summary
-    assert "| layer-norm |" in summary and "| none |" not in summary
-    assert "comparisons with no intervention are unavailable" in summary
+    assert "program 'arm-boom' (arms 'boom') failed in intervention 'boom' of arm 'boom'" in summary
+    assert "boom after 2 updates (raised in program 'shared', which trained again without it)" in (
+        summary
+    )
+    assert "| layer-norm |" in summary and "| none |" in summary and "| l2 |" in summary
+    assert "| boom |" not in summary
+    assert "## Each intervention against no intervention" in summary
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert list(metrics["arms"]) == ["layer-norm"]
-    assert metrics["failed"][0]["program"] == "shared"
+    assert list(metrics["arms"]) == ["none", "l2", "layer-norm"]
+    assert [f["program"] for f in metrics["failed"]] == ["arm-boom"]
     # `ctxrl report` reads the same: the finished programs and the failure
     _, results, failures = load_results(run_dir, registry)
-    assert list(results) == ["arm-layer-norm"] and [f.program for f in failures] == ["shared"]
+    assert sorted(results) == ["arm-layer-norm", "shared-without-boom"]
+    assert [f.program for f in failures] == ["arm-boom"]
+    # the baseline and l2 trained without boom are the agents they were beside it
+    monkeypatch.setattr(_Boom, "armed", False)
+    whole = run_study(config.model_copy(update={"output_dir": tmp_path / "whole"}), registry)
+    _, together, _ = load_results(whole, registry)
+    for label in ("none", "l2"):
+        alone, beside = results["shared-without-boom"], together["shared"]
+        row_alone = alone.agents.index((label, 0))
+        row_beside = beside.agents.index((label, 0))
+        np.testing.assert_array_equal(alone.curves[row_alone], beside.curves[row_beside])
 
-    stored_at = layer_norm.stat().st_mtime_ns
-    monkeypatch.setattr(_Boom, "armed", False)  # the plugin fixed: the rerun trains `shared`
-    run_study(config, registry)
-    assert layer_norm.stat().st_mtime_ns == stored_at, "a finished program is not retrained"
-    assert failed_programs(run_dir) == [] and not (programs / "shared.failed.json").exists()
+    stored_at = {path: path.stat().st_mtime_ns for path in (layer_norm, shared)}
+    run_study(config, registry)  # the plugin fixed: the rerun trains `arm-boom` alone
+    for path, mtime in stored_at.items():
+        assert path.stat().st_mtime_ns == mtime, "a finished program is not retrained"
+    assert failed_programs(run_dir) == [] and not (programs / "arm-boom.failed.json").exists()
     summary = (run_dir / "summary.md").read_text()
     assert "Failed programs" not in summary and "| boom |" in summary
-    assert "## Each intervention against no intervention" in summary
+
+
+def test_a_failing_arm_alone_in_its_program_fails_that_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the baseline beside the arm that raised: the baseline trains again alone; a
+    second run with the arm still raising records the same failure and trains nothing else."""
+    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "boom"}],
+            seeds=[0],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    monkeypatch.setattr(_Boom, "armed", True)
+    run_dir = run_study(config, registry)
+    programs = run_dir / "programs"
+    assert failed_programs(run_dir) == ["arm-boom"]
+    baseline = programs / "shared-without-boom.safetensors"
+    stored_at = baseline.stat().st_mtime_ns
+    run_study(config, registry)
+    assert baseline.stat().st_mtime_ns == stored_at
+    failure = json.loads((programs / "arm-boom.failed.json").read_text())
+    assert failure["moved_from"] is None and failure["culprit"] == ["boom", "boom"]
+    assert json.loads((programs / "isolated.json").read_text()) == ["boom"]
 
 
 def test_a_failure_outside_every_intervention_blames_none(

@@ -59,12 +59,8 @@ from ctxrl.transfer_metrics import (
     difference_of_means,
     mean_of,
 )
-from ctxrl_plugins.transfer.plasticity_study import (
-    BASELINE,
-    ProgramFailure,
-    ProgramResult,
-    StudyPlan,
-)
+from ctxrl_plugins.transfer.plasticity_plan import BASELINE, StudyPlan
+from ctxrl_plugins.transfer.plasticity_runner import ProgramFailure, ProgramResult
 
 # the metrics drawn across switches (means over the hidden layers)
 FIGURE_METRICS = (

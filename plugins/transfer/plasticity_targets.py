@@ -58,7 +58,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.options import check_device
 from ctxrl.registry import Registry
 from ctxrl.transfer_metrics import MetricEstimate, curve_band, mean_estimate
-from ctxrl_plugins.transfer.plasticity_study import (
+from ctxrl_plugins.transfer.plasticity_plan import (
     BASELINE,
     ArmsConfig,
     Program,
