@@ -13,13 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
+from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.plugins import get_host
-from ctxrl_plugins.transfer.plasticity_study import plan_programs
+from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.plugins import get_host, load_host
+from ctxrl.registry import InterventionSpec
+from ctxrl_plugins.transfer.plasticity_study import failed_programs, plan_programs
 from ctxrl_plugins.transfer.plasticity_targets import (
     TargetsStudyConfig,
     analyse,
     load_targets_config,
+    report_targets_study,
     run_dir_of,
     run_targets_study,
     train_program,
@@ -205,3 +209,89 @@ def test_bad_task_settings_name_the_file_and_field(
     with pytest.raises(ConfigError, match=message) as error:
         load_targets_config(path)
     assert "study.yaml" in str(error.value)
+
+
+class _Boom(Intervention):
+    """Raises in ``after_update`` after ``after`` updates while :attr:`armed`."""
+
+    name = "boom"
+    armed = True
+
+    def __init__(self, after: int = 2) -> None:
+        self.after, self.updates = after, 0
+
+    def after_update(self, view: TrainingView) -> None:
+        self.updates += 1
+        if _Boom.armed and self.updates > self.after:
+            raise RuntimeError(f"boom after {self.after} updates")
+
+
+class _BoomPlugin:
+    @hookimpl
+    def ctxrl_register_interventions(self, register: Callable[[InterventionSpec], None]) -> None:
+        register(InterventionSpec("boom", _Boom, description="raises mid-training"))
+
+
+def test_a_failing_arm_is_reported_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An intervention raising stopped the whole shifting-target study with a traceback. Now
+    the arm that raised is recorded as failed in a program of its own, the baseline and the
+    arm beside it train again without it (the same numbers as beside it), the summary names
+    the failure, and a rerun with the plugin fixed trains only that arm."""
+    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    config = TargetsStudyConfig.model_validate(
+        {**SMALL, "arms": [{"name": "boom"}, *SMALL["arms"]], "output_dir": str(tmp_path)}
+    )
+    monkeypatch.setattr(_Boom, "armed", True)
+    failed: list[str] = []
+    run_dir = run_targets_study(
+        config, registry, on_failure=lambda failure: failed.append(failure.describe())
+    )
+    programs = run_dir / "programs"
+    assert failed_programs(run_dir) == ["arm-boom"] and len(failed) == 1
+    assert "failed in intervention 'boom' of arm 'boom'" in failed[0]
+    assert "(raised in program 'shared', which trained again without it)" in failed[0]
+    assert sorted(p.stem for p in programs.glob("*.safetensors")) == [
+        "arm-ln",
+        "shared-without-boom",
+    ]
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert set(data) == {"none", "redo", "ln"}
+    assert set(data["redo"]["versus_none"]) == set(data["none"]["estimates"])
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Failed programs" in summary and "their arms (boom) have no results" in summary
+
+    # the baseline and redo trained without boom are the agents they were beside it
+    monkeypatch.setattr(_Boom, "armed", False)
+    whole = run_targets_study(config.model_copy(update={"output_dir": tmp_path / "w"}), registry)
+    assert (json.loads((whole / "metrics.json").read_text())["redo"]) == data["redo"]
+
+    stored = {p: p.stat().st_mtime_ns for p in programs.glob("*.safetensors")}
+    run_targets_study(config, registry)
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    assert failed_programs(run_dir) == []
+    assert "boom" in json.loads((run_dir / "metrics.json").read_text())
+    assert "Failed programs" not in (run_dir / "summary.md").read_text()
+
+
+def test_a_study_whose_every_program_failed_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure outside every intervention (a full disk) fails each program whole: the
+    summary names both and blames no intervention, and `ctxrl report` reads it back."""
+    from ctxrl_plugins.transfer import plasticity_targets
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plasticity_targets, "train_program", full_disk)
+    config = TargetsStudyConfig.model_validate({**SMALL, "output_dir": str(tmp_path)})
+    run_dir = run_targets_study(config, get_host().registry)
+    assert failed_programs(run_dir) == ["arm-ln", "shared"]
+    summary = (run_dir / "summary.md").read_text()
+    assert "2 of 2 batched program(s) failed" in summary and " in intervention " not in summary
+    assert json.loads((run_dir / "metrics.json").read_text()) == {}
+    (run_dir / "summary.md").unlink()
+    assert report_targets_study(run_dir, config.model_dump(mode="json"), get_host().registry)
+    assert "OSError: [Errno 28] No space left on device" in (run_dir / "summary.md").read_text()

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import yaml
@@ -37,9 +37,10 @@ from ctxrl_plugins.transfer.plasticity_plan import (
     isolate_arms,
     resolve_study,
 )
-from ctxrl_plugins.transfer.studies import (
-    open_run_dir,
-)
+from ctxrl_plugins.transfer.studies import open_run_dir
+
+ResultT = TypeVar("ResultT")
+"""What a program's training stores: a study's own result type."""
 
 
 # ------------------------------------------------------------------------------ results
@@ -169,8 +170,9 @@ class ProgramFailure:
         )
 
 
-class _ProgramFailed(CtxrlError):
-    """Raised by :meth:`StudyRunner._train` with the failure it blames."""
+class ProgramFailed(CtxrlError):
+    """Raised by a program's training with the failure it blames: ``ProgramFailure.of`` with
+    the program's interventions, so that the one whose code raised is named."""
 
     def __init__(self, failure: ProgramFailure) -> None:
         super().__init__(failure.describe())
@@ -186,6 +188,81 @@ def isolated_arms(run_dir: Path) -> list[str]:
     """The arms a study in ``run_dir`` moved into programs of their own after they raised."""
     path = run_dir / "programs" / ISOLATED_FILE
     return [str(label) for label in json.loads(path.read_text())] if path.is_file() else []
+
+
+def failure_file(run_dir: Path, program: str) -> Path:
+    return run_dir / "programs" / f"{program}.failed.json"
+
+
+def load_failure(run_dir: Path, program: Program) -> ProgramFailure | None:
+    """The recorded failure of a program that has not finished since, or None."""
+    path = failure_file(run_dir, program.name)
+    if not path.is_file() or (run_dir / "programs" / f"{program.name}.safetensors").is_file():
+        return None
+    return ProgramFailure.from_json(json.loads(path.read_text()))
+
+
+def run_programs(
+    planned: Sequence[Program],
+    run_dir: Path,
+    *,
+    load: Callable[[Program], ResultT | None],
+    train: Callable[[Program], ResultT],
+    store: Callable[[Program, ResultT], None],
+    on_failure: Callable[[ProgramFailure], None] | None = None,
+) -> tuple[list[Program], dict[str, ResultT], dict[str, ProgramFailure]]:
+    """Every program of a study in ``run_dir``, training (``train``, then ``store``) what
+    ``load`` does not find stored, a failed one again. One that raises an :class:`Exception`
+    is recorded (``programs/<name>.failed.json``; ``on_failure`` is told) and the others still
+    run; an interruption (``KeyboardInterrupt``) stops the study, to resume. When an arm's
+    intervention raised in a program it shares with others (the baseline's), that arm alone is
+    recorded as failed, in a program of its own, and the others train again without it
+    (:func:`isolate_arms`; saved in ``programs/isolated.json`` first, so a kill from there on
+    resumes the programs as they will run). Returns the programs as they ran, the results of
+    those that finished and the failures of the others, by name."""
+    isolated = isolated_arms(run_dir)
+    programs = isolate_arms(planned, isolated)
+    results: dict[str, ResultT] = {}
+    failures: dict[str, ProgramFailure] = {}
+    done: set[str] = set()
+    while pending := [p for p in programs if p.name not in done]:
+        program = pending[0]
+        done.add(program.name)
+        stored = load(program)
+        if stored is None:
+            try:
+                stored = train(program)
+                store(program, stored)
+            except Exception as exc:
+                failure = (
+                    exc.failure
+                    if isinstance(exc, ProgramFailed)
+                    else ProgramFailure.of(program, exc)
+                )
+                if failure.culprit is not None and len(program.arms) > 1:
+                    isolated.append(failure.culprit[0])  # the others train again without it
+                    path = run_dir / "programs" / ISOLATED_FILE
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(path, json.dumps(isolated))
+                    programs = isolate_arms(planned, isolated)
+                    # this batch will not run again: its checkpoint and failure go
+                    remove_artifact(run_dir / "checkpoints" / program.name)
+                    failure_file(run_dir, program.name).unlink(missing_ok=True)
+                    failure = failure.alone(failure.culprit[0])
+                    done.add(failure.program)
+                failures[failure.program] = failure
+                path = failure_file(run_dir, failure.program)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, json.dumps(failure.to_json(), indent=1))
+                if on_failure is not None:
+                    on_failure(failure)
+                continue
+            # only once its result is stored: a kill before that resumes the program from
+            # its final state (it retrained from the start)
+            remove_artifact(run_dir / "checkpoints" / program.name)
+        failure_file(run_dir, program.name).unlink(missing_ok=True)
+        results[program.name] = stored
+    return programs, results, failures
 
 
 class StudyRunner:
@@ -207,7 +284,7 @@ class StudyRunner:
     ) -> None:
         self.run_dir = run_dir or plan.run_dir
         self.planned = plan.programs
-        self.plan = replace(plan, programs=isolate_arms(plan.programs, self._isolated()))
+        self.plan = replace(plan, programs=isolate_arms(plan.programs, isolated_arms(self.run_dir)))
         self.registry, self.progress = registry, progress
         self.failures: dict[str, ProgramFailure] = {}
         """the programs that failed in the last :meth:`run`, by name"""
@@ -217,21 +294,12 @@ class StudyRunner:
         config = self.plan.config
         open_run_dir(self.run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
 
-    def _isolated(self) -> list[str]:
-        return isolated_arms(self.run_dir)
-
     def _file(self, program: Program) -> Path:
         return self.run_dir / "programs" / program.name
 
-    def _failure_file(self, program: Program) -> Path:
-        return self.run_dir / "programs" / f"{program.name}.failed.json"
-
     def load_failure(self, program: Program) -> ProgramFailure | None:
         """The recorded failure of a program that has not finished since, or None."""
-        path = self._failure_file(program)
-        if not path.is_file() or self._file(program).with_suffix(".safetensors").is_file():
-            return None
-        return ProgramFailure.from_json(json.loads(path.read_text()))
+        return load_failure(self.run_dir, program)
 
     def load(self, program: Program) -> ProgramResult | None:
         """A stored program, or None when it has not finished."""
@@ -288,62 +356,20 @@ class StudyRunner:
     def run(
         self, *, on_failure: Callable[[ProgramFailure], None] | None = None
     ) -> dict[str, ProgramResult]:
-        """Every program, training what is not stored yet (a failed one again); returns those
-        that finished by name. One that raises an :class:`Exception` is recorded in
-        :attr:`failures` and its ``.failed.json`` (``on_failure`` is told) and the others
-        still run; an interruption (``KeyboardInterrupt``) stops the study, to resume."""
+        """Every program, training what is not stored yet (a failed one again), as
+        :func:`run_programs` runs them; returns those that finished by name, the failures in
+        :attr:`failures`."""
         self.prepare()
-        results: dict[str, ProgramResult] = {}
-        self.failures = {}
-        isolated = self._isolated()
-        done: set[str] = set()
-        while pending := [p for p in self.plan.programs if p.name not in done]:
-            program = pending[0]
-            done.add(program.name)
-            stored = self.load(program)
-            if stored is None:
-                try:
-                    stored = self._train(program)
-                    self._store(program, stored)
-                except Exception as exc:
-                    failure = (
-                        exc.failure
-                        if isinstance(exc, _ProgramFailed)
-                        else ProgramFailure.of(program, exc)
-                    )
-                    if failure.culprit is not None and len(program.arms) > 1:
-                        # the others train again without the arm that raised
-                        isolated.append(failure.culprit[0])
-                        self._isolate(program, isolated)
-                        failure = failure.alone(failure.culprit[0])
-                        done.add(failure.program)
-                    self._record_failure(failure)
-                    if on_failure is not None:
-                        on_failure(failure)
-                    continue
-                # only once its result is stored: a kill before that resumes the program from
-                # its final state (it retrained from the start)
-                remove_artifact(self.run_dir / "checkpoints" / program.name)
-            self._failure_file(program).unlink(missing_ok=True)
-            results[program.name] = stored
+        programs, results, self.failures = run_programs(
+            self.planned,
+            self.run_dir,
+            load=self.load,
+            train=self._train,
+            store=self._store,
+            on_failure=on_failure,
+        )
+        self.plan = replace(self.plan, programs=programs)
         return results
-
-    def _isolate(self, program: Program, isolated: list[str]) -> None:
-        """Move ``isolated`` out of the programs they share (``program`` raised): saved
-        first, so a kill from here on resumes the programs as they will run; ``program``'s
-        checkpoint and failure go (its batch will not run again)."""
-        path = self.run_dir / "programs" / ISOLATED_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(isolated))
-        self.plan = replace(self.plan, programs=isolate_arms(self.planned, isolated))
-        remove_artifact(self.run_dir / "checkpoints" / program.name)
-        self._failure_file(program).unlink(missing_ok=True)
-
-    def _record_failure(self, failure: ProgramFailure) -> None:
-        self.failures[failure.program] = failure
-        path = self.run_dir / "programs" / f"{failure.program}.failed.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(failure.to_json(), indent=1))
 
     def _train(self, program: Program) -> ProgramResult:
         from ctxrl_plugins.training.plasticity import PlasticityOptions
@@ -377,7 +403,7 @@ class StudyRunner:
                 ),
             )
         except Exception as exc:  # blamed on the intervention whose code raised, if one did
-            raise _ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
+            raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
         log = policies.log
         return ProgramResult(
             agents=list(program.agents),

@@ -175,6 +175,7 @@ def _mapping(path: Path) -> dict[str, Any]:
 
 def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: Any) -> None:
     import click
+    from rich.markup import escape
 
     from ctxrl_plugins.transfer import plasticity_targets as targets
 
@@ -190,9 +191,20 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
     )
     if dry_run:
         return
-    run_dir = targets.run_targets_study(config, registry, progress=console.print)
+
+    def failed(failure: ProgramFailure) -> None:
+        console.print(f"[red]{escape(failure.describe())}[/]")
+
+    run_dir = targets.run_targets_study(config, registry, progress=console.print, on_failure=failed)
     click.echo((run_dir / "summary.md").read_text())
     click.echo(f"results: {run_dir}")
+    failed_now = failed_programs(run_dir)
+    if failed_now:  # as an env study: reported, then a nonzero exit
+        console.print(
+            f"[red]{len(failed_now)} program(s) failed ({', '.join(failed_now)}); rerun the "
+            "study to retry them[/]"
+        )
+        sys.exit(1)
 
 
 def _switch_steps(plan: StudyPlan) -> list[int]:

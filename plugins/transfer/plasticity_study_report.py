@@ -365,7 +365,7 @@ def write_outputs(
         data = {"switches": [], "arms": {}, "diverged": [], "failed": _failed_json(failures)}
         (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False))
         title = f"# Plasticity study: {plan.env.name}, {plan.config.algorithm}"
-        summary = "\n".join([title, "", *_failure_lines(plan, failures, [])])
+        summary = "\n".join([title, "", *failure_lines(len(plan.programs), failures, [])])
         (run_dir / "summary.md").write_text(summary)
         return summary
     tables = gather(plan, results, failures)
@@ -492,17 +492,18 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
     return written
 
 
-def _failure_lines(
-    plan: StudyPlan, failures: Sequence[ProgramFailure], reported: Sequence[str]
+def failure_lines(
+    programs: int, failures: Sequence[ProgramFailure], reported: Sequence[str]
 ) -> list[str]:
-    """The summary's section on failed programs (none when nothing failed)."""
+    """The summary's section on the ``failures`` among a study's ``programs`` programs (none
+    when nothing failed); ``reported``: the arms the report covers."""
     if not failures:
         return []
     lost = [arm for failure in failures for arm in failure.arms]
     lines = [
         "## Failed programs",
         "",
-        f"{len(failures)} of {len(plan.programs)} batched program(s) failed; their arms "
+        f"{len(failures)} of {programs} batched program(s) failed; their arms "
         f"({', '.join(lost)}) have no results"
         + (f" (the report covers {', '.join(reported)})" if reported else "")
         + ". Rerun the study to retry them: the finished programs are not trained again.",
@@ -548,7 +549,7 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
         f"env's return bounds; 95 % bootstrap intervals over seeds; time to threshold at "
         f"{config.threshold}.",
         "",
-        *_failure_lines(plan, tables.failures, labels),
+        *failure_lines(len(plan.programs), tables.failures, labels),
         *_diverged_lines(tables),
         "## Each arm",
         "",

@@ -55,6 +55,7 @@ import numpy as np
 from pydantic import Field
 
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import Intervention
 from ctxrl.options import check_device
 from ctxrl.registry import Registry
 from ctxrl.transfer_metrics import MetricEstimate, curve_band, mean_estimate
@@ -63,9 +64,21 @@ from ctxrl_plugins.transfer.plasticity_plan import (
     ArmsConfig,
     Program,
     build_arm_interventions,
+    isolate_arms,
     plan_programs,
 )
-from ctxrl_plugins.transfer.plasticity_study_report import direction_verdict, format_estimate
+from ctxrl_plugins.transfer.plasticity_runner import (
+    ProgramFailed,
+    ProgramFailure,
+    isolated_arms,
+    load_failure,
+    run_programs,
+)
+from ctxrl_plugins.transfer.plasticity_study_report import (
+    direction_verdict,
+    failure_lines,
+    format_estimate,
+)
 from ctxrl_plugins.transfer.studies import StrictModel, open_run_dir, read_study_file
 
 STUDY = "plasticity"
@@ -154,8 +167,10 @@ def train_program(
     *,
     device: str = "cpu",
     dormant_tau: float = 0.025,
+    interventions: Sequence[tuple[Intervention, list[int]]] | None = None,
 ) -> TargetsResult:
-    """Train every agent of ``program`` on the shifting targets, one batched program."""
+    """Train every agent of ``program`` on the shifting targets, one batched program;
+    ``interventions`` (default: built from the program's arms) with their agents' rows."""
     import torch
 
     from ctxrl.interventions import NetworkSpec
@@ -169,9 +184,11 @@ def train_program(
     where = resolve_device(device)  # "auto": a GPU when there is one
     seeds = [seed for _, seed in program.agents]
     n = len(seeds)
-    interventions, masks = intervention_masks(build_arm_interventions(program, registry), n, where)
+    if interventions is None:
+        interventions = build_arm_interventions(program, registry)
+    hosted, masks = intervention_masks(interventions, n, where)
     spec = NetworkSpec(hidden=tuple(task.hidden), activation=task.activation)
-    for intervention in interventions:
+    for intervention in hosted:
         spec = intervention.network(ROLE, spec)
     network = StackedMLP(ROLE, spec, task.input_dim, {"head": (1, 1.0)})
     params = stack_agents(
@@ -187,7 +204,7 @@ def train_program(
         params=params,
         optimizer=optimizer,
         rng=StreamRNG(torch.tensor(seeds, dtype=torch.int64, device=where)),
-        interventions=interventions,
+        interventions=hosted,
         num_envs=1,
         device=where,
         masks=masks,
@@ -259,47 +276,70 @@ def run_targets_study(
     *,
     progress: Callable[[str], None] | None = None,
     run_dir: Path | None = None,
+    on_failure: Callable[[ProgramFailure], None] | None = None,
 ) -> Path:
     """Run (or resume) a shifting-target study and write its outputs; returns its run
-    directory."""
+    directory. A program that fails is recorded and named in the summary (an arm whose
+    intervention raised in the shared program alone, the others trained again without it),
+    and ``on_failure`` is told; the others still run (:func:`run_programs`)."""
     check_device(config.device)
-    labels, programs = plan_programs(config, registry)
+    labels, planned = plan_programs(config, registry)
     run_dir = run_dir or run_dir_of(config)
     open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
-    results = {}
-    for program in programs:
-        stored = _load(run_dir, program)
-        if stored is None:
-            if progress is not None:
-                progress(f"{program.name}: {len(program.agents)} agents")
-            stored = train_program(
+
+    def train(program: Program) -> TargetsResult:
+        if progress is not None:
+            progress(f"{program.name}: {len(program.agents)} agents")
+        interventions = build_arm_interventions(program, registry)
+        try:
+            return train_program(
                 config.shifting_targets,
                 program,
                 registry,
                 device=config.device,
                 dormant_tau=config.dormant_tau,
+                interventions=interventions,
             )
-            _store(run_dir, program, stored)
-        results[program.name] = stored
-    write_outputs(config, labels, results, run_dir)
+        except Exception as exc:  # blamed on the intervention whose code raised, if one did
+            raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
+
+    programs, results, failures = run_programs(
+        planned,
+        run_dir,
+        load=lambda program: _load(run_dir, program),
+        train=train,
+        store=lambda program, result: _store(run_dir, program, result),
+        on_failure=on_failure,
+    )
+    write_outputs(
+        config, labels, results, run_dir, failures=list(failures.values()), programs=len(programs)
+    )
     return run_dir
 
 
 def report_targets_study(run_dir: Path, data: Mapping[str, Any], registry: Registry) -> str:
     """Rewrite a finished study's outputs from its stored programs (``data``: its plan's
-    config)."""
+    config) and the failures of those that failed."""
     config = TargetsStudyConfig.model_validate(data)
-    labels, programs = plan_programs(config, registry)
+    labels, planned = plan_programs(config, registry)
+    programs = isolate_arms(planned, isolated_arms(run_dir))
     results = {}
+    failures = []
     for program in programs:
         stored = _load(run_dir, program)
-        if stored is None:
+        failure = load_failure(run_dir, program) if stored is None else None
+        if failure is not None:
+            failures.append(failure)
+        elif stored is None:
             raise CtxrlError(
                 f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
                 "plasticity` on the study file to complete it"
             )
-        results[program.name] = stored
-    return write_outputs(config, labels, results, run_dir)
+        else:
+            results[program.name] = stored
+    return write_outputs(
+        config, labels, results, run_dir, failures=failures, programs=len(programs)
+    )
 
 
 def _file(run_dir: Path, program: Program) -> Path:
@@ -360,6 +400,7 @@ class ArmRecords:
 
 
 def gather(labels: Sequence[str], results: Mapping[str, TargetsResult]) -> dict[str, ArmRecords]:
+    """The records of every arm of ``labels`` that ``results`` hold (a failed one's are not)."""
     arms: dict[str, ArmRecords] = {}
     for result in results.values():
         dormant_keys = [k for k in result.metrics if k.startswith("dormant.")]
@@ -373,7 +414,7 @@ def gather(labels: Sequence[str], results: Mapping[str, TargetsResult]) -> dict[
                 (1.0 - errors).mean(axis=2),
                 dormant[rows],
             )
-    return {label: arms[label] for label in labels}
+    return {label: arms[label] for label in labels if label in arms}
 
 
 def per_seed_measures(arm: ArmRecords, window: int) -> dict[str, np.ndarray]:
@@ -396,12 +437,13 @@ def analyse(
     labels: Sequence[str], results: Mapping[str, TargetsResult], window: int
 ) -> tuple[dict[str, ArmRecords], dict[str, dict[str, MetricEstimate]], dict[str, Any]]:
     """Per arm the records, the estimates of every measure, and (arms other than ``none``)
-    the paired differences to ``none``: ``(arms, estimates, versus)``."""
+    the paired differences to ``none``: ``(arms, estimates, versus)``; the arms ``results``
+    hold, with no differences when ``none`` is not among them (its program failed)."""
     arms = gather(labels, results)
-    base_seeds = arms[BASELINE].seeds
+    first, first_arm = next(iter(arms.items()))
     for label, arm in arms.items():
-        if arm.seeds != base_seeds:
-            raise CtxrlError(f"arm {label!r} has seeds {arm.seeds}, none has {base_seeds}")
+        if arm.seeds != first_arm.seeds:
+            raise CtxrlError(f"arm {label!r} has seeds {arm.seeds}, {first} has {first_arm.seeds}")
     measures = {label: per_seed_measures(arm, window) for label, arm in arms.items()}
     estimates = {
         label: {k: mean_estimate(v) for k, v in values.items()}
@@ -409,7 +451,8 @@ def analyse(
     }
     versus = {
         label: {k: _paired(v, measures[BASELINE][k]) for k, v in measures[label].items()}
-        for label in labels[1:]
+        for label in arms
+        if label != BASELINE and BASELINE in arms
     }
     return arms, estimates, versus
 
@@ -419,9 +462,21 @@ def write_outputs(
     labels: Sequence[str],
     results: Mapping[str, TargetsResult],
     run_dir: Path,
+    *,
+    failures: Sequence[ProgramFailure] = (),
+    programs: int = 0,
 ) -> str:
-    """``metrics.json``, ``figures/targets.png`` and ``summary.md``; returns the summary."""
+    """``metrics.json``, ``figures/targets.png`` and ``summary.md`` of the arms ``results``
+    hold; ``failures`` among the study's ``programs`` programs are named in the summary.
+    Returns the summary."""
     task = config.shifting_targets
+    if not results:  # every program failed: the summary names the failures, nothing else
+        (run_dir / "metrics.json").write_text(json.dumps({}, indent=1))
+        text = "\n".join(
+            ["# Plasticity study: shifting targets", "", *failure_lines(programs, failures, [])]
+        )
+        (run_dir / "summary.md").write_text(text)
+        return text
     arms, estimates, versus = analyse(labels, results, task.window)
     data = {
         label: {
@@ -437,6 +492,9 @@ def write_outputs(
     (run_dir / "metrics.json").write_text(json.dumps(data, indent=1))
     figure = _write_figure(arms, run_dir)
     text = _summary(config, arms, estimates, versus, figure)
+    if failures:
+        title, rest = text.split("\n", 1)
+        text = "\n".join([title, "", *failure_lines(programs, failures, list(arms)), rest])
     (run_dir / "summary.md").write_text(text)
     return text
 
