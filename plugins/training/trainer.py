@@ -12,6 +12,11 @@ which calls :meth:`TrainingRun.optimize` for every gradient step) and its polici
 
 Everything here keeps agents independent: an agent's numbers never depend on the others in
 the batch (see :mod:`ctxrl.rng` and :func:`ctxrl_plugins.training.networks.linear`).
+
+What an algorithm supplies is declared, with its defaults, in
+:class:`~ctxrl_plugins.training.trainer_interface.TrainerInterface`, the base of
+:class:`BatchedTrainer`; the hyperparameter types in :mod:`ctxrl_plugins.training.hyperparameters`,
+the per-agent context schedules in :mod:`ctxrl_plugins.training.agent_schedules`.
 """
 
 from __future__ import annotations
@@ -21,88 +26,44 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
-from ctxrl.errors import CheckpointError, ConfigError, CtxrlError
-from ctxrl.interventions import Intervention, NetworkSpec
-from ctxrl.options import check_device, refuse_bool, resolved_device
+from ctxrl.errors import CheckpointError, CtxrlError
+from ctxrl.interventions import Intervention
+from ctxrl.options import check_device
 from ctxrl.registry import CurveOptions, EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.schedules import ContextSchedule
-from ctxrl_plugins.training.compiling import CompiledFunction, evaluation_compiles
+from ctxrl_plugins.training.agent_schedules import apply_schedules, per_agent_schedules
+from ctxrl_plugins.training.compiling import evaluation_compiles
 from ctxrl_plugins.training.evaluation import (
     Policies,
     contexts_tensor,
     env_seeds,
     evaluate_policies,
 )
+from ctxrl_plugins.training.hyperparameters import ConfigT as ConfigT
+from ctxrl_plugins.training.hyperparameters import Count as Count
+from ctxrl_plugins.training.hyperparameters import Finite as Finite
+from ctxrl_plugins.training.hyperparameters import Fraction as Fraction
+from ctxrl_plugins.training.hyperparameters import Rate as Rate
+from ctxrl_plugins.training.hyperparameters import Steps as Steps
+from ctxrl_plugins.training.hyperparameters import Weight as Weight
+from ctxrl_plugins.training.hyperparameters import hyperparameters as hyperparameters
 from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP, stack_agents
-from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
 from ctxrl_plugins.training.run import TrainingRun, intervention_hook, intervention_masks
 from ctxrl_plugins.training.surgery import matching, warm_start
+from ctxrl_plugins.training.trainer_interface import StateT, TrainerInterface
+from ctxrl_plugins.training.trainer_interface import resolve_device as resolve_device
 
 Tensor = torch.Tensor
-ConfigT = TypeVar("ConfigT")
-StateT = TypeVar("StateT")
-
-
-# A boolean is not a count or a rate (YAML's `true` would be 1), and rates are finite.
-Count = Annotated[int, BeforeValidator(refuse_bool), Field(ge=1)]
-"""A hyperparameter that counts something (environments, steps, epochs): at least 1."""
-Rate = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
-"""A positive, finite rate or scale (learning rate, clipping threshold)."""
-Fraction = Annotated[float, Field(ge=0, le=1, strict=True)]
-"""A value in [0, 1] (discount, GAE lambda, exploration probabilities)."""
-Weight = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
-"""A non-negative, finite loss weight."""
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-"""Any finite number (an initial log standard deviation)."""
-Steps = Annotated[int, BeforeValidator(refuse_bool), Field(ge=0)]
-"""A number of env steps that may be 0 (learning starts)."""
-
-
-def hyperparameters(
-    config_class: type[ConfigT], params: Mapping[str, Any], algorithm: str
-) -> ConfigT:
-    """A frozen hyperparameter dataclass from config ``params``, each value checked against
-    its field's type (``"abc"`` for a learning rate is an error naming the field, before
-    anything trains); unknown keys are an error that names them and lists the known ones.
-    Lists become tuples (the dataclasses are hashable), and a boolean given for a text option
-    becomes ``on`` / ``off``: YAML reads an unquoted ``compile: off`` as False."""
-    known = {f.name for f in fields(config_class)}  # type: ignore[arg-type]
-    text = {f.name for f in fields(config_class) if f.type in ("str", str)}  # type: ignore[arg-type]
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(
-            f"algorithm.params: {algorithm} has no hyperparameter "
-            f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
-        )
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    for name in text & values.keys():
-        if isinstance(values[name], bool):
-            values[name] = "on" if values[name] else "off"
-    try:
-        return TypeAdapter(config_class).validate_python(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
-        )
-        raise ConfigError(f"algorithm.params: {algorithm}: {problems}") from None
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device of ``device``, whose name is checked here and whose existence when
-    training starts (:func:`ctxrl.options.check_device`): results a GPU wrote are read
-    anywhere."""
-    return torch.device(resolved_device(device))
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -146,160 +107,12 @@ def _training_identity(
 
 
 # -------------------------------------------------------------------------- the trainer
-class BatchedTrainer(Generic[StateT]):
+class BatchedTrainer(TrainerInterface[StateT]):
     """Base of the batched algorithms: the training loop (:meth:`train_many`), single-task
     ``train`` / ``evaluate`` on top of it, batched cross-evaluation and safetensors artifacts.
 
     A subclass sets ``name``, ``config``, ``env_seed_salt`` and implements the methods under
     "what an algorithm supplies"."""
-
-    name: ClassVar[str]
-    env_seed_salt: ClassVar[int] = 0
-    """mixed into the twins' per-env seeds, so that two algorithms do not share episodes"""
-    needs_twin: ClassVar[bool] = True
-    """it trains on an env's torch twin only (a sweep refuses an env without one up front)"""
-    config: Any
-
-    def __init__(self, device: str) -> None:
-        self.device = resolve_device(device)
-        self.compiling = False
-        """whether :meth:`setup` chose compiled code for the current training"""
-        self.compile_s = 0.0
-        """seconds the last :meth:`train_many` spent compiling its training functions (0 when
-        eager): per function made by :meth:`compiled`, and Adam's update, the first call's
-        time beyond the second's"""
-        self._compiled_functions: list[CompiledFunction] = []
-
-    def compiled(self, fn: Callable[..., Any]) -> CompiledFunction:
-        """``fn`` compiled for this training (call from :meth:`setup`), its compile time
-        counted in :attr:`compile_s`; marks the training as compiling."""
-        self.compiling = True
-        function = CompiledFunction(fn)
-        self._compiled_functions.append(function)
-        return function
-
-    # -------------------------------------------------------- what an algorithm supplies
-    def check_env(self, env: EnvSpec) -> None:
-        """Raise a :class:`~ctxrl.errors.CtxrlError` when the algorithm cannot train ``env``."""
-
-    def check_budget(self, total_steps: int) -> None:
-        """Raise a :class:`~ctxrl.errors.ConfigError` naming the hyperparameter when an agent
-        cannot learn in ``total_steps`` env steps (a sweep checks ``train_steps`` with it
-        before anything trains)."""
-
-    @property
-    def num_envs(self) -> int:
-        """Environments per agent."""
-        return int(self.config.num_envs)
-
-    def steps_per_iteration(self) -> int:
-        """Environment steps per agent in one :meth:`iterate`."""
-        raise NotImplementedError
-
-    def trained_steps(self, total_steps: int) -> int:
-        """The env steps per agent :meth:`train_many` trains for ``total_steps``: whole
-        iterations, rounded down, at least one."""
-        per_iteration = self.steps_per_iteration()
-        return max(1, total_steps // per_iteration) * per_iteration
-
-    def default_checkpoint_every(self) -> int:
-        """Env steps per agent between checkpoints when the caller does not say: every 50
-        iterations."""
-        return 50 * self.steps_per_iteration()
-
-    def network_specs(
-        self, twin: Any
-    ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
-        """Per network role: its description and output heads (name -> (width, init gain))."""
-        raise NotImplementedError
-
-    def check_layers(self, env: EnvSpec, patterns: Sequence[str], option: str) -> list[str]:
-        """Raise a :class:`~ctxrl.errors.CtxrlError` naming ``option`` (``reinit``,
-        ``freeze``) and the layers when a pattern matches no layer of the networks this
-        algorithm trains on ``env`` (one agent's shapes are built, nothing is drawn); returns
-        the parameter names the patterns match."""
-        if not patterns:
-            return []
-        if env.make_batched is None:
-            raise CtxrlError(f"{self.name}: env {env.name!r} has no torch twin")
-        twin = env.make_batched(1)
-        params: Params = dict(self.extra_params(twin))
-        layers: list[str] = []
-        for role, (spec, heads) in self.network_specs(twin).items():
-            net = StackedMLP(role, spec, twin.observation_size, heads)
-            params.update(net.init_agent(torch.Generator(), zeros=True))
-            layers += net.layers
-        return matching(patterns, layers, params, option)
-
-    def check_interventions(self, env: EnvSpec, interventions: Sequence[Intervention]) -> None:
-        """Raise a :class:`~ctxrl.errors.CtxrlError` naming the intervention (``interventions[i]``
-        and its name) when the networks this algorithm trains on ``env`` cannot take it: each
-        role's description through the interventions' :meth:`~ctxrl.interventions.Intervention.
-        network` transforms in order, as training applies them, then the network built with one
-        agent's shapes (nothing is drawn). E.g. ``plasticity-injection``'s ``layers`` beyond the
-        network's depth, found before anything trains rather than when every group starts."""
-        if not interventions or env.make_batched is None:
-            return
-        twin = env.make_batched(1)
-        for role, (spec, heads) in self.network_specs(twin).items():
-            for index, intervention in enumerate(interventions):
-                try:
-                    spec = intervention.network(role, spec)
-                except Exception as exc:
-                    raise CtxrlError(
-                        f"interventions[{index}] ({intervention.name}): {_one_line(exc)}"
-                    ) from None
-            try:
-                StackedMLP(role, spec, twin.observation_size, heads).init_agent(
-                    torch.Generator(), zeros=True
-                )
-            except Exception as exc:
-                names = ", ".join(i.name for i in interventions)
-                raise CtxrlError(
-                    f"interventions ({names}) make a {role} network that cannot be built: "
-                    f"{_one_line(exc)}"
-                ) from None
-
-    def extra_params(self, twin: Any) -> Params:
-        """Per-agent parameters outside the networks (e.g. a log standard deviation)."""
-        del twin
-        return {}
-
-    def optimizer(self, params: Params) -> AgentAdam:
-        raise NotImplementedError
-
-    def setup(self, run: TrainingRun, iterations: int) -> StateT:
-        """The algorithm's own state (buffers, target networks, schedules)."""
-        raise NotImplementedError
-
-    def iterate(self, run: TrainingRun, state: StateT, iteration: int, iterations: int) -> None:
-        """Collect experience and update: advance ``run.obs`` and ``run.env_steps`` by
-        :meth:`steps_per_iteration`; call ``run.optimize(loss)`` for each gradient step and
-        ``run.record(name, value)`` for diagnostics."""
-        raise NotImplementedError
-
-    def state_tensors(self, state: StateT, iteration: int) -> dict[str, Tensor]:
-        """The algorithm's state for a checkpoint."""
-        del state, iteration
-        return {}
-
-    def load_state_tensors(self, state: StateT, tensors: Mapping[str, Tensor]) -> None:
-        del state, tensors
-
-    def make_policies(
-        self,
-        params: Params,
-        env: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
-        seeds: Sequence[int],
-        twin: Any,
-        specs: Mapping[str, NetworkSpec],
-    ) -> Any:
-        raise NotImplementedError
-
-    def policies_from(self, tensors: Params, metadata: dict[str, Any]) -> Any:
-        """Rebuild trained agents from a saved artifact."""
-        raise NotImplementedError
 
     # -------------------------------------------------------------------- the loop
     def train_many(
@@ -371,7 +184,7 @@ class BatchedTrainer(Generic[StateT]):
         self.check_budget(total_steps)
         device, n, e = self.device, len(seeds), self.num_envs
         interventions, masks = intervention_masks(interventions, n, device)
-        agent_schedules = _agent_schedules(schedules, n, env, mixture, self.name, total_steps)
+        agent_schedules = per_agent_schedules(schedules, n, env, mixture, self.name, total_steps)
         twin = env.make_batched(
             n * e,
             contexts=contexts_tensor(env, contexts, e, device),
@@ -380,7 +193,7 @@ class BatchedTrainer(Generic[StateT]):
         )
         twin.set_context_pool(mixture)
         if agent_schedules is not None:
-            _apply_schedules(twin, agent_schedules, list(range(n)), 0, e)
+            apply_schedules(twin, agent_schedules, list(range(n)), 0, e)
         # ---------------------------------------------------------------- networks
         networks: dict[str, StackedMLP] = {}
         for role, (spec, heads) in self.network_specs(twin).items():
@@ -522,7 +335,7 @@ class BatchedTrainer(Generic[StateT]):
                     log.plasticity.setdefault(name, []).append(metric.float().cpu().numpy())
                 next_plasticity = (run.env_steps // plasticity.every + 1) * plasticity.every
             if switched and agent_schedules is not None:
-                _apply_schedules(twin, agent_schedules, switched, run.env_steps, e)
+                apply_schedules(twin, agent_schedules, switched, run.env_steps, e)
                 agents = torch.zeros(n, dtype=torch.bool, device=device)
                 agents[switched] = True
                 for intervention in run.each_intervention():
@@ -703,70 +516,3 @@ class BatchedTrainer(Generic[StateT]):
                 f"{path} holds a {metadata.get('algorithm')!r} policy, not {self.name}"
             )
         return self.policies_from(tensors, metadata)
-
-
-def _agent_schedules(
-    schedules: ContextSchedule | Sequence[ContextSchedule] | None,
-    n: int,
-    env: EnvSpec,
-    mixture: Sequence[Mapping[str, float]] | None,
-    algorithm: str,
-    total_steps: int,
-) -> list[ContextSchedule] | None:
-    """One schedule per agent (a single schedule is shared), checked against the env: its
-    features and every context it sets within ``total_steps`` (cross-feature constraints)."""
-    if schedules is None:
-        return None
-    if mixture is not None:
-        raise CtxrlError(
-            f"{algorithm}: a context schedule and a mixture both set the contexts; give one"
-        )
-    listed = [schedules] * n if isinstance(schedules, ContextSchedule) else list(schedules)
-    if len(listed) != n:
-        raise CtxrlError(f"{algorithm}: {len(listed)} context schedules for {n} agents")
-    for index, schedule in enumerate(listed):
-        if not isinstance(schedule, ContextSchedule):
-            raise CtxrlError(
-                f"{algorithm}: schedules[{index}] is a {type(schedule).__name__}, not a "
-                "ctxrl.schedules.ContextSchedule"
-            )
-        if schedule.space.names != env.context_space.names:
-            raise CtxrlError(
-                f"{algorithm}: schedules[{index}] was built for the context features "
-                f"{', '.join(schedule.space.names)}, not {env.name}'s "
-                f"({', '.join(env.context_space.names)})"
-            )
-    checked: set[int] = set()
-    for index, schedule in enumerate(listed):
-        if id(schedule) not in checked:
-            checked.add(id(schedule))
-            where = f"{algorithm}: schedules[{index}]" if len(listed) > 1 else algorithm
-            schedule.check_contexts(env.check_context, total_steps, f"{where}: schedule")
-    return listed
-
-
-def _apply_schedules(
-    twin: Any, schedules: Sequence[ContextSchedule], agents: Sequence[int], step: int, e: int
-) -> None:
-    """Give the environments of ``agents`` (``E`` each) their schedule's context at ``step``
-    (one validated ``set_context`` call)."""
-    contexts = [schedules[agent].context_at(step) for agent in agents]
-    device = twin.device
-    env_ids = torch.tensor(
-        [agent * e + k for agent in agents for k in range(e)], dtype=torch.int64, device=device
-    )
-    values = {
-        name: torch.tensor(
-            [context[name] for context in contexts for _ in range(e)],
-            dtype=torch.float64,
-            device=device,
-        )
-        for name in contexts[0]
-    }
-    twin.set_context(values, env_ids=env_ids)
-
-
-def _one_line(exc: BaseException) -> str:
-    """``exc`` as one line: a ctxrl error's message, otherwise its type and message."""
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, CtxrlError) else f"{type(exc).__name__}: {text}"

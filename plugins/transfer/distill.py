@@ -6,8 +6,9 @@ trained in that context (``dagger``: multi-teacher KL distillation on the studen
 states; ``kickstart``: PPO plus a decaying distillation term; ``conditioned``: one student for
 all targets that sees the context; ``proxy``: the sources distilled into one context-conditioned
 proxy in their own contexts, which teaches a student per target). The method is
-:class:`ctxrl_plugins.transfer.distill_method.Distill`; the students and trainers live in
-:mod:`~ctxrl_plugins.transfer.distill_core`, the teachers and their weights in
+:class:`ctxrl_plugins.transfer.distill_method.Distill`; the students live in
+:mod:`~ctxrl_plugins.transfer.distill_core`, their trainers in
+:mod:`~ctxrl_plugins.transfer.distill_trainers`, the teachers and their weights in
 :mod:`~ctxrl_plugins.transfer.distill_teachers`, the losses in
 :mod:`~ctxrl_plugins.transfer.distill_losses`; this module only registers the method, so that
 plugin discovery does not import torch.

@@ -1,0 +1,214 @@
+"""The sweep commands: ``ctxrl sweep`` (run or resume a sweep) and ``ctxrl report`` (rewrite a
+run directory's exports and summary from its store, or a transfer study's report).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from ctxrl.cli_common import _host, _warn_failed, err
+from ctxrl.config import load_config, resolve_plan
+from ctxrl.errors import CtxrlError
+from ctxrl.run_dirs import check_output_dir, locate_run_dir
+
+
+# --------------------------------------------------------------------------------- sweep
+def _exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit, so that executors stop their
+    workers and the store closes as on Ctrl-C; finished runs are kept either way."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+@click.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set features.length.num=10 "
+    "--set algorithm.params.learning_rate=1e-3; repeatable.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another sweep is running in the same run directory, wait for it to finish "
+    "(default: stop with an error naming it).",
+)
+@click.pass_context
+def sweep(
+    ctx: click.Context,
+    config: Path | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    wait: bool,
+) -> None:
+    """Run or resume the sweep in CONFIG (YAML). Without CONFIG: the embedded quickstart,
+    a small CartPole sweep on CPU.
+
+    Rerunning the same config continues where a killed run stopped (same plan hash) and
+    skips every finished run.
+    """
+    from ctxrl.sweep import run_sweep
+
+    host = _host(ctx)
+    _warn_failed(host)
+    cfg = load_config(config, overrides)
+    plan = locate_run_dir(resolve_plan(cfg, host.registry))
+    check_output_dir(cfg.output_dir)
+    err.print(
+        f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
+        f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
+        f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}"
+    )
+    if dry_run:
+        # the plan as it will run: a grid of several features may have changed the strategy
+        click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
+        return
+    _exit_cleanly_on_sigterm()
+    outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
+    resumed = f" ({outcome.resumed} resumed from a checkpoint)" if outcome.resumed else ""
+    err.print(
+        f"trained {outcome.trained}{resumed}, already finished {outcome.skipped}, "
+        f"failed {len(outcome.failed)}"
+    )
+    click.echo((outcome.run_dir / "summary.md").read_text())
+    click.echo(f"results: {outcome.run_dir}")
+    if outcome.failed:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------- report
+REPORT_MARK = ".ctxrl-report.json"
+"""In a directory given to ``ctxrl report --out``: the run directory reported there."""
+
+
+def _check_report_target(out: Path, run_dir: Path) -> None:
+    """``--out`` must be a new or empty directory, or one an earlier report of the same run
+    directory wrote (marked with :data:`REPORT_MARK`): a report into another run's directory
+    replaced its summary and left a mix of the two runs' files."""
+    mark = out / REPORT_MARK
+    if out.exists() and not out.is_dir():
+        raise CtxrlError(f"--out: {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()):
+        try:
+            reported = json.loads(mark.read_text())["run_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reported = None
+        if reported != str(run_dir.resolve()):
+            raise CtxrlError(
+                f"--out: {out} is not empty and holds no earlier report of {run_dir}"
+                + (f" (it reports {reported})" if reported else "")
+                + "; give a new or empty directory"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"run_dir": str(run_dir.resolve())}))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the exports, figures and summary.md here instead of RUN_DIR (for a run "
+    "directory you cannot write); a transfer study's run directory is copied here and "
+    "reported in the copy.",
+)
+@click.pass_context
+def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
+    """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md from its
+    store. The store is only read; a run directory without one is refused, never reported
+    as empty."""
+    from ctxrl.results import open_store
+    from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
+    from ctxrl.summary import sweep_matrix, trained_order, write_exports
+    from ctxrl.sweep import sweep_holding
+
+    host = _host(ctx)
+    stored = read_plan_file(run_dir)
+    if "study" in stored:
+        # a transfer study's run directory: its transfer method writes the report
+        spec = host.registry.transfer_method(str(stored["study"]))
+        if spec.report is None:
+            raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
+        if out is not None and out.resolve() != run_dir.resolve():
+            # a study's report is written into its run directory: report a copy of it (into
+            # a new or empty directory, or the copy an earlier report of it made)
+            _check_report_target(out, run_dir)
+            # not the copy's own mark, if RUN_DIR is itself an --out copy: the mark says what
+            # was copied here
+            ignore = shutil.ignore_patterns(REPORT_MARK)
+            shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
+            err.print(f"copied {run_dir} to {out} for its report", highlight=False)
+            run_dir = out
+        click.echo(spec.report(run_dir))
+        return
+    cfg = stored_config(stored, run_dir / PLAN_FILE)
+    plan = resolve_plan(cfg, host.registry, training=False)
+    target = out or run_dir
+    running = sweep_holding(run_dir)
+    with open_store(run_dir) as store:
+        if not store.runs():
+            stopped = (
+                f"a sweep is running there ({running})"
+                if running
+                else "the sweep stopped before any run finished or failed"
+            )
+            raise CtxrlError(
+                f"{run_dir}: its store holds no run yet ({stopped}): nothing to report, "
+                "nothing was written"
+            )
+        if running:
+            err.print(
+                f"[yellow]warning:[/] a sweep is running in {run_dir} ({running}): this "
+                "report shows the runs stored so far; the sweep writes its own when it ends",
+                highlight=False,
+            )
+        matrix = sweep_matrix(plan, store)
+        order = trained_order(plan, store)
+        if cfg.mode == "select" and not order:
+            err.print(
+                f"[yellow]warning:[/] {run_dir} stores no trained selection step (a sweep "
+                "stopped in its first step, or from a ctxrl before selection steps were "
+                "stored): no G_k along the trained order"
+            )
+        try:
+            if out is not None and out.resolve() != run_dir.resolve():
+                _check_report_target(out, run_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            exports = write_exports(plan, store, matrix, target, order=order)
+        except OSError as exc:
+            raise CtxrlError(
+                f"cannot write the report into {target} ({exc.strerror}: {exc.filename}); "
+                + (
+                    "give another --out DIR"
+                    if out is not None
+                    else "pass --out DIR to write it elsewhere"
+                )
+            ) from None
+    damaged = json.loads((exports / "summary.json").read_text()).get("damaged", [])
+    if damaged:
+        one = len(damaged) == 1
+        count = f"{len(damaged)} saved {'policy is' if one else 'policies are'}"
+        err.print(
+            f"[yellow]warning:[/] {count} damaged: "
+            + "; ".join(d["problem"] for d in damaged)
+            + f"; rerun `ctxrl sweep` to train {'it' if one else 'them'} again",
+            highlight=False,
+            soft_wrap=True,
+        )
+    click.echo((target / "summary.md").read_text())
+    click.echo(f"exports: {exports}")
