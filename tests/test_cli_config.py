@@ -6,6 +6,7 @@ import io
 import json
 import math
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -611,3 +612,11 @@ def test_a_bound_is_shown_rounded_into_its_range() -> None:
     assert bound_text(40 * math.pi, upper=True) == "125.663"
     assert bound_text(-40 * math.pi, upper=False) == "-125.663"
     assert bound_text(0.5, upper=True) == "0.5"
+
+
+def test_python_dash_m_ctxrl_is_the_ctxrl_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ctxrl", "plugins"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batched-ppo" in result.stdout

@@ -1,0 +1,5 @@
+"""``python -m ctxrl``: the ``ctxrl`` command."""
+
+from ctxrl.cli import main
+
+main()
