@@ -13,12 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from raising_intervention import Boom, BoomPlugin
 
-from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.plugins import get_host, load_host
-from ctxrl.registry import InterventionSpec
 from ctxrl_plugins.transfer.plasticity_study import (
     ProgramResult,
     StudyConfig,
@@ -394,27 +392,6 @@ def test_a_study_killed_before_storing_a_program_resumes_it_from_its_final_state
     assert not list((run_dir / "checkpoints").glob("*.safetensors"))
 
 
-class _Boom(Intervention):
-    """Raises in ``after_update`` after ``after`` updates while :attr:`armed`."""
-
-    name = "boom"
-    armed = True
-
-    def __init__(self, after: int = 2) -> None:
-        self.after, self.updates = after, 0
-
-    def after_update(self, view: TrainingView) -> None:
-        self.updates += 1
-        if _Boom.armed and self.updates > self.after:
-            raise RuntimeError(f"boom after {self.after} updates")
-
-
-class _BoomPlugin:
-    @hookimpl
-    def ctxrl_register_interventions(self, register: Callable[[InterventionSpec], None]) -> None:
-        register(InterventionSpec("boom", _Boom, description="raises mid-training"))
-
-
 def test_a_failing_program_is_reported_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -424,7 +401,7 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     own and recorded as failed there (naming the arm and the intervention), the baseline and
     the arms beside it train again without it, as do the other programs, and a rerun retries
     only the failed arm."""
-    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
     config = load_study_config(
         _write(
             tmp_path,
@@ -434,7 +411,7 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
             schedule={**STUDY["schedule"], "every": 512},
         )
     )
-    monkeypatch.setattr(_Boom, "armed", True)
+    monkeypatch.setattr(Boom, "armed", True)
     run_dir = run_study(config, registry)
     programs = run_dir / "programs"
     layer_norm = programs / "arm-layer-norm.safetensors"
@@ -463,7 +440,7 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     assert sorted(results) == ["arm-layer-norm", "shared-without-boom"]
     assert [f.program for f in failures] == ["arm-boom"]
     # the baseline and l2 trained without boom are the agents they were beside it
-    monkeypatch.setattr(_Boom, "armed", False)
+    monkeypatch.setattr(Boom, "armed", False)
     whole = run_study(config.model_copy(update={"output_dir": tmp_path / "whole"}), registry)
     _, together, _ = load_results(whole, registry)
     for label in ("none", "l2"):
@@ -486,7 +463,7 @@ def test_a_failing_arm_alone_in_its_program_fails_that_program(
 ) -> None:
     """Only the baseline beside the arm that raised: the baseline trains again alone; a
     second run with the arm still raising records the same failure and trains nothing else."""
-    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
     config = load_study_config(
         _write(
             tmp_path,
@@ -496,7 +473,7 @@ def test_a_failing_arm_alone_in_its_program_fails_that_program(
             schedule={**STUDY["schedule"], "every": 512},
         )
     )
-    monkeypatch.setattr(_Boom, "armed", True)
+    monkeypatch.setattr(Boom, "armed", True)
     run_dir = run_study(config, registry)
     programs = run_dir / "programs"
     assert failed_programs(run_dir) == ["arm-boom"]

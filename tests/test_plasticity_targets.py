@@ -12,12 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from raising_intervention import Boom, BoomPlugin
 
-from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.plugins import get_host, load_host
-from ctxrl.registry import InterventionSpec
 from ctxrl_plugins.transfer.plasticity_study import failed_programs, plan_programs
 from ctxrl_plugins.transfer.plasticity_targets import (
     TargetsStudyConfig,
@@ -211,27 +209,6 @@ def test_bad_task_settings_name_the_file_and_field(
     assert "study.yaml" in str(error.value)
 
 
-class _Boom(Intervention):
-    """Raises in ``after_update`` after ``after`` updates while :attr:`armed`."""
-
-    name = "boom"
-    armed = True
-
-    def __init__(self, after: int = 2) -> None:
-        self.after, self.updates = after, 0
-
-    def after_update(self, view: TrainingView) -> None:
-        self.updates += 1
-        if _Boom.armed and self.updates > self.after:
-            raise RuntimeError(f"boom after {self.after} updates")
-
-
-class _BoomPlugin:
-    @hookimpl
-    def ctxrl_register_interventions(self, register: Callable[[InterventionSpec], None]) -> None:
-        register(InterventionSpec("boom", _Boom, description="raises mid-training"))
-
-
 def test_a_failing_arm_is_reported_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,11 +216,11 @@ def test_a_failing_arm_is_reported_and_the_others_still_run(
     the arm that raised is recorded as failed in a program of its own, the baseline and the
     arm beside it train again without it (the same numbers as beside it), the summary names
     the failure, and a rerun with the plugin fixed trains only that arm."""
-    registry = load_host(extra=[("boom-plugin", _BoomPlugin())]).registry
+    registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
     config = TargetsStudyConfig.model_validate(
         {**SMALL, "arms": [{"name": "boom"}, *SMALL["arms"]], "output_dir": str(tmp_path)}
     )
-    monkeypatch.setattr(_Boom, "armed", True)
+    monkeypatch.setattr(Boom, "armed", True)
     failed: list[str] = []
     run_dir = run_targets_study(
         config, registry, on_failure=lambda failure: failed.append(failure.describe())
@@ -263,7 +240,7 @@ def test_a_failing_arm_is_reported_and_the_others_still_run(
     assert "## Failed programs" in summary and "their arms (boom) have no results" in summary
 
     # the baseline and redo trained without boom are the agents they were beside it
-    monkeypatch.setattr(_Boom, "armed", False)
+    monkeypatch.setattr(Boom, "armed", False)
     whole = run_targets_study(config.model_copy(update={"output_dir": tmp_path / "w"}), registry)
     assert (json.loads((whole / "metrics.json").read_text())["redo"]) == data["redo"]
 

@@ -461,11 +461,21 @@ def load_results(
     plan = resolve_study(config, registry, training=False)
     runner = StudyRunner(plan, registry, run_dir=run_dir)
     plan = runner.plan  # with the arms it moved into programs of their own
-    results: dict[str, ProgramResult] = {}
+    results, failures = load_programs(run_dir, plan.programs, runner.load)
+    return plan, results, failures
+
+
+def load_programs(
+    run_dir: Path, programs: Sequence[Program], load: Callable[[Program], ResultT | None]
+) -> tuple[dict[str, ResultT], list[ProgramFailure]]:
+    """The stored results of ``programs`` (``load``) by name and the failures of those that
+    failed; an error names a program that neither finished nor failed (a study stopped
+    halfway)."""
+    results: dict[str, ResultT] = {}
     failures: list[ProgramFailure] = []
-    for program in plan.programs:
-        stored = runner.load(program)
-        failure = runner.load_failure(program) if stored is None else None
+    for program in programs:
+        stored = load(program)
+        failure = load_failure(run_dir, program) if stored is None else None
         if failure is not None:
             failures.append(failure)
         elif stored is None:
@@ -475,4 +485,4 @@ def load_results(
             )
         else:
             results[program.name] = stored
-    return plan, results, failures
+    return results, failures

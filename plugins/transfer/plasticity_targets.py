@@ -71,7 +71,7 @@ from ctxrl_plugins.transfer.plasticity_runner import (
     ProgramFailed,
     ProgramFailure,
     isolated_arms,
-    load_failure,
+    load_programs,
     run_programs,
 )
 from ctxrl_plugins.transfer.plasticity_study_report import (
@@ -323,20 +323,7 @@ def report_targets_study(run_dir: Path, data: Mapping[str, Any], registry: Regis
     config = TargetsStudyConfig.model_validate(data)
     labels, planned = plan_programs(config, registry)
     programs = isolate_arms(planned, isolated_arms(run_dir))
-    results = {}
-    failures = []
-    for program in programs:
-        stored = _load(run_dir, program)
-        failure = load_failure(run_dir, program) if stored is None else None
-        if failure is not None:
-            failures.append(failure)
-        elif stored is None:
-            raise CtxrlError(
-                f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
-                "plasticity` on the study file to complete it"
-            )
-        else:
-            results[program.name] = stored
+    results, failures = load_programs(run_dir, programs, lambda program: _load(run_dir, program))
     return write_outputs(
         config, labels, results, run_dir, failures=failures, programs=len(programs)
     )
