@@ -35,7 +35,18 @@ from ctxrl.options import (
     resolved_device,
 )
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
-from ctxrl.sweep_config import MAX_CONTEXTS, SweepConfig
+from ctxrl.sweep_config import (
+    MAX_CONTEXTS,
+    AlgorithmConfig,
+    AxisConfig,
+    CurvesConfig,
+    ExecutorConfig,
+    InterventionEntry,
+    StrategyConfig,
+    SweepConfig,
+    TransferConfig,
+    WholeNumber,
+)
 from ctxrl.yaml12 import parse_yaml
 
 
@@ -233,7 +244,6 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         )
     if training:
         check_device(config.device)
-        _check_job_gpus(config)
     config = _strategies_for_grid(config, registry, grid)
     # the strategy trains the sources in mode select and is replayed on the matrix for the
     # report in mode full: a bad name or option must stop the sweep before training either way
@@ -268,6 +278,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         except UnknownNameError as exc:
             raise ConfigError(f"executor.name: {exc}") from None
         _check_executor_options(executor.factory, config.executor.options, executor.name)
+        _check_job_gpus(config)
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if training:
@@ -421,23 +432,28 @@ def _check_strategy_options(strategy: StrategySpec, options: Mapping[str, Any]) 
     check_options(strategy.factory, options, f"strategy.options: {strategy.name!r}")
 
 
+JOB_GPU_OPTIONS = {"local": "gpus", "ray": "num_gpus"}
+"""The built-in executors' options that give each job a GPU."""
+
+
 def _check_job_gpus(config: SweepConfig) -> None:
     """GPUs given to the jobs (the local executor's ``gpus``, Ray's ``num_gpus``) are used:
     not with ``device: cpu`` (every job would train on the CPU beside an idle GPU), and not
-    on a machine without one where the jobs run here (the local executor, or Ray's local
-    cluster, which would wait for a GPU forever): ``device: auto`` picks the CPU there."""
+    on a machine without one where the jobs run here (the local executor, or a Ray cluster it
+    starts here, which would wait for a GPU forever): ``device: auto`` picks the CPU there.
+    Other executors' options are theirs to check."""
     options = config.executor.options
-    gpus, num_gpus = options.get("gpus"), options.get("num_gpus")
-    field = "gpus" if gpus else "num_gpus" if _positive_number(num_gpus) else None
-    if field is None:
+    field = JOB_GPU_OPTIONS.get(config.executor.name)
+    value = None if field is None else options.get(field)
+    if not (value if field == "gpus" else _positive_number(value)):
         return
-    given = f"executor.options.{field}: {gpus if gpus else num_gpus!r} gives each job a GPU"
+    given = f"executor.options.{field}: {value!r} gives each job a GPU"
     if config.device == "cpu":
         raise ConfigError(
             f"{given}, but device: 'cpu' trains on the CPU; use device: cuda or auto, or "
             f"leave {field} out"
         )
-    runs_here = field == "gpus" or not options.get("address")
+    runs_here = field == "gpus" or options.get("address") in (None, "local")
     if runs_here and resolved_device(config.device) == "cpu":
         raise ConfigError(
             f"{given}, but torch sees no GPU on this machine, where the jobs run "
@@ -545,8 +561,16 @@ def _with_fixed(
 
 __all__ = [
     "MAX_CONTEXTS",
+    "AlgorithmConfig",
+    "AxisConfig",
+    "CurvesConfig",
+    "ExecutorConfig",
+    "InterventionEntry",
+    "StrategyConfig",
     "SweepConfig",
     "SweepPlan",
+    "TransferConfig",
+    "WholeNumber",
     "algorithm_params",
     "apply_overrides",
     "default_config_path",

@@ -109,6 +109,12 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             "executor.options.num_gpus: 0.5 gives each job a GPU, but device: 'cpu' trains on",
             marks=requires_ray,
         ),
+        pytest.param(  # `address: local` starts a cluster here, which would wait forever
+            ["device=auto", "executor={name: ray, options: {address: local, num_gpus: 1}}"],
+            "executor.options.num_gpus: 1 gives each job a GPU, but torch sees no GPU on this "
+            "machine",
+            marks=[requires_ray, pytest.mark.skipif(_cuda_available(), reason="a GPU is here")],
+        ),
         pytest.param(
             ["device=auto", "executor.options={gpus: [0]}"],
             "executor.options.gpus: [0] gives each job a GPU, but torch sees no GPU on this "
@@ -620,3 +626,15 @@ def test_python_dash_m_ctxrl_is_the_ctxrl_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "batched-ppo" in result.stdout
+
+
+@requires_ray
+def test_gpus_of_a_cluster_elsewhere_are_not_checked_here() -> None:
+    """A Ray cluster at an address has GPUs this machine may lack; another executor's options
+    are its own (``gpus`` is only the local executor's option, refused by Ray by name)."""
+    plan = _plan(
+        "device=auto", "executor={name: ray, options: {address: 'ray://head:10001', num_gpus: 1}}"
+    )
+    assert plan.config.executor.options["num_gpus"] == 1
+    with pytest.raises(ConfigError, match=r"executor.options: 'ray' has no option \['gpus'\]"):
+        _plan("device=cpu", "executor={name: ray, options: {gpus: [0]}}")

@@ -272,3 +272,46 @@ def test_a_study_whose_every_program_failed_says_so(
     (run_dir / "summary.md").unlink()
     assert report_targets_study(run_dir, config.model_dump(mode="json"), get_host().registry)
     assert "OSError: [Errno 28] No space left on device" in (run_dir / "summary.md").read_text()
+
+
+def test_a_study_killed_while_moving_an_arm_out_leaves_no_stale_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed just after the shared program's arm that raised was written to isolated.json,
+    the shared program's failure of an earlier run stayed beside programs that no longer
+    include it: `failed_programs` named it forever and the command exited 1."""
+    from ctxrl_plugins.transfer import plasticity_runner, plasticity_targets
+
+    registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
+    config = TargetsStudyConfig.model_validate(
+        {**SMALL, "arms": [{"name": "boom"}], "output_dir": str(tmp_path)}
+    )
+    trained = plasticity_targets.train_program
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plasticity_targets, "train_program", full_disk)
+    run_dir = run_targets_study(config, registry)
+    assert failed_programs(run_dir) == ["shared"]  # blames no arm: the program failed whole
+
+    monkeypatch.setattr(plasticity_targets, "train_program", trained)
+    monkeypatch.setattr(Boom, "armed", True)
+    write = plasticity_runner.write_text_atomic
+
+    def killed_after_isolated(path: Path, text: str) -> None:
+        write(path, text)
+        if path.name == "isolated.json":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(plasticity_runner, "write_text_atomic", killed_after_isolated)
+    with pytest.raises(KeyboardInterrupt):
+        run_targets_study(config, registry)
+    monkeypatch.setattr(plasticity_runner, "write_text_atomic", write)
+    monkeypatch.setattr(Boom, "armed", False)  # the plugin fixed
+    run_targets_study(config, registry)
+    assert failed_programs(run_dir) == []
+    assert sorted(p.stem for p in (run_dir / "programs").glob("*.safetensors")) == [
+        "arm-boom",
+        "shared-without-boom",
+    ]

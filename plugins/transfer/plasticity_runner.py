@@ -222,6 +222,10 @@ def run_programs(
     those that finished and the failures of the others, by name."""
     isolated = isolated_arms(run_dir)
     programs = isolate_arms(planned, isolated)
+    names = {program.name for program in programs}
+    for path in (run_dir / "programs").glob("*.failed.json"):  # of a program split since
+        if path.name.removesuffix(".failed.json") not in names:
+            path.unlink()
     results: dict[str, ResultT] = {}
     failures: dict[str, ProgramFailure] = {}
     done: set[str] = set()
@@ -240,14 +244,15 @@ def run_programs(
                     else ProgramFailure.of(program, exc)
                 )
                 if failure.culprit is not None and len(program.arms) > 1:
+                    # this batch will not run again: its checkpoint and an earlier failure go,
+                    # first (killed before isolated.json is written, the rerun trains it whole)
+                    remove_artifact(run_dir / "checkpoints" / program.name)
+                    failure_file(run_dir, program.name).unlink(missing_ok=True)
                     isolated.append(failure.culprit[0])  # the others train again without it
                     path = run_dir / "programs" / ISOLATED_FILE
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_text_atomic(path, json.dumps(isolated))
                     programs = isolate_arms(planned, isolated)
-                    # this batch will not run again: its checkpoint and failure go
-                    remove_artifact(run_dir / "checkpoints" / program.name)
-                    failure_file(run_dir, program.name).unlink(missing_ok=True)
                     failure = failure.alone(failure.culprit[0])
                     done.add(failure.program)
                 failures[failure.program] = failure
@@ -257,9 +262,10 @@ def run_programs(
                 if on_failure is not None:
                     on_failure(failure)
                 continue
-            # only once its result is stored: a kill before that resumes the program from
-            # its final state (it retrained from the start)
-            remove_artifact(run_dir / "checkpoints" / program.name)
+        # only once its result is stored (a kill before that resumes the program from its
+        # final state; it retrained from the start), and again when it was found stored (a
+        # kill between the two left it)
+        remove_artifact(run_dir / "checkpoints" / program.name)
         failure_file(run_dir, program.name).unlink(missing_ok=True)
         results[program.name] = stored
     return programs, results, failures

@@ -143,11 +143,12 @@ def ctxrl_register_commands(cli: Any) -> None:
         check_device(config.device)
         plan = resolve_study(config, registry)
         switches = len(_switch_steps(plan))
+        # as a rerun will run them: with the arms that raised in programs of their own
+        programs = isolate_arms(plan.programs, isolated_arms(plan.run_dir))
         console.print(
             f"{plan.env.name} ({config.algorithm}): {len(plan.labels)} arms "
             f"({', '.join(plan.labels)}) x {len(config.seeds)} seeds, {switches} switches in "
-            f"{config.total_steps} steps, {len(plan.programs)} batched program(s) -> "
-            f"{plan.run_dir}"
+            f"{config.total_steps} steps, {len(programs)} batched program(s) -> {plan.run_dir}"
         )
         if dry_run:
             return
@@ -156,7 +157,7 @@ def ctxrl_register_commands(cli: Any) -> None:
         click.echo(f"results: {run_dir}")
         failed = failed_programs(run_dir)
         if failed:  # as a sweep with failed runs: reported, then a nonzero exit
-            ran = isolate_arms(plan.programs, isolated_arms(run_dir))
+            ran = isolate_arms(plan.programs, isolated_arms(run_dir))  # this run's split too
             console.print(
                 f"[red]{len(failed)} of {len(ran)} program(s) failed "
                 f"({', '.join(failed)}); rerun the study to retry them[/]"
@@ -186,8 +187,8 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
     run_dir = targets.run_dir_of(config)
     console.print(
         f"shifting targets: {len(labels)} arms ({', '.join(labels)}) x {len(config.seeds)} "
-        f"seeds, {task.tasks} target sets x {task.steps_per_task} steps, {len(programs)} "
-        f"batched program(s) -> {run_dir}"
+        f"seeds, {task.tasks} target sets x {task.steps_per_task} steps, "
+        f"{len(isolate_arms(programs, isolated_arms(run_dir)))} batched program(s) -> {run_dir}"
     )
     if dry_run:
         return
