@@ -231,7 +231,7 @@ def train_group(
             device,
             checkpoint,
             console,
-            f"{len(agents)} agents",
+            _agents(len(agents)),
             lambda algorithm, progress: algorithm.train_many(
                 plan.env,
                 [t.context.as_dict() for t in tasks],
@@ -241,7 +241,7 @@ def train_group(
                 progress=progress,
                 **_training_options(plan),
             ),
-            bar=f"{len(agents)} {plan.env.name} agents in one program",
+            bar=f"{_agents(len(agents), plan.env.name)} in one program",
         )
         trained_at = now()
         targets = [Task(plan.env.name, c) for c in plan.grid.contexts]
@@ -258,20 +258,22 @@ def train_group(
             checkpoint=_transfer_checkpoint(checkpoint),
         )
         record = plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
-        try:
-            returns = transfer_returns(plan, problem, record)
-        except CheckpointError as exc:  # the transfer's own (damaged, another device's)
-            console.print(f"[yellow]{escape(str(exc))}:[/] transferring from the start")
-            _remove_checkpoint(_transfer_checkpoint(checkpoint))
-            returns = transfer_returns(plan, problem, record)
-        train_s, eval_s = trained_at - started, now() - trained_at
+        train_s = trained_at - started
         compile_s = float(getattr(algorithm, "compile_s", 0.0))
         compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
+        trained_steps = getattr(algorithm, "trained_steps", None)
+        steps = trained_steps(config.train_steps) if callable(trained_steps) else None
+        console.print(  # the steps trained: whole iterations, at least one
+            f"trained {_agents(len(agents))} "
+            + (f"x {steps:,} steps " if steps is not None else "")
+            + f"in {train_s:.1f} s{compiling}"
+            + (" (continued from its checkpoint)" if resumed else "")
+        )
+        returns = _transfer_with_progress(plan, problem, record, console, len(agents))
+        eval_s = now() - trained_at
         # a method that trains (fine-tune, distill) spends most of the second phase training
         transferred = "" if config.transfer.name == "zero-shot" else f"{config.transfer.name}, "
         console.print(
-            f"trained {len(agents)} agent{'s' if len(agents) > 1 else ''} x "
-            f"{config.train_steps:,} steps in {train_s:.1f} s{compiling}; "
             f"{transferred}evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} "
             f"episodes in {eval_s:.1f} s"
         )
@@ -448,6 +450,46 @@ def _train_resumably(
             return algorithm, train(algorithm, advance), False
 
 
+def _agents(n: int, kind: str = "") -> str:
+    """``3 agents``, ``1 CartPole agent``: ``n`` agents of ``kind``."""
+    return f"{n} {kind + ' ' if kind else ''}agent{'s' if n != 1 else ''}"
+
+
+def _transfer_with_progress(
+    plan: SweepPlan, problem: TransferProblem, record: Path, console: Console, sources: int
+) -> np.ndarray:
+    """The group's transfer (:func:`~ctxrl.runs.transfer_returns`), behind a progress bar for
+    a method that trains (it reports through ``problem.progress``), continuing a training a
+    kill interrupted (said, with its iteration); a damaged checkpoint of it is named and set
+    aside, and the transfer starts again."""
+    method = plan.config.transfer.name
+    if method == "zero-shot":
+        return transfer_returns(plan, problem, record)
+    saved = problem.checkpoint
+    # a damaged checkpoint is the method's to name (a CheckpointError, below)
+    if (
+        saved is not None
+        and saved.with_suffix(".safetensors").exists()
+        and verify_artifact(saved) is None
+    ):
+        done = artifact_metadata(saved).get("iteration", "?")
+        console.print(f"resumed {method} from iteration {done} (its checkpoint)")
+    with progress_display(console) as progress:
+        task = progress.add_task(f"{method}: {sources} source(s) x {len(problem.targets)} targets")
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        problem = replace(problem, progress=advance)
+        try:
+            return transfer_returns(plan, problem, record)
+        except CheckpointError as exc:  # the transfer's own (damaged, another device's)
+            console.print(f"[yellow]{escape(str(exc))}:[/] transferring from the start")
+            if saved is not None:
+                _remove_checkpoint(saved)
+            return transfer_returns(plan, problem, record)
+
+
 def _transfer_checkpoint(checkpoint: Path) -> Path:
     """Where a group's transfer method checkpoints what it trains (fine-tuning), beside the
     group's own checkpoint."""
@@ -605,7 +647,7 @@ def run_multitask(session: SweepSession) -> None:
             config.device,
             checkpoint,
             console,
-            f"{len(seeds)} multi-task agents",
+            _agents(len(seeds), "multi-task"),
             lambda algorithm, progress: algorithm.train_many(
                 plan.env,
                 [mixture[0]] * len(seeds),
@@ -616,7 +658,7 @@ def run_multitask(session: SweepSession) -> None:
                 mixture=mixture,
                 **_training_options(plan, curves=False),
             ),
-            bar=f"{len(seeds)} multi-task agents",
+            bar=_agents(len(seeds), "multi-task"),
         )
         returns = algorithm.evaluate_many(
             policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000

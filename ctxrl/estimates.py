@@ -23,7 +23,7 @@ from scipy.stats import bootstrap
 
 FloatArray = npt.NDArray[np.float64]
 
-Verdict = Literal["positive", "negative", "absent"]
+Verdict = Literal["positive", "negative", "absent", "undetermined"]
 BootstrapMethod = Literal["percentile", "basic", "BCa"]
 
 
@@ -202,12 +202,15 @@ def curve_band(values: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArra
 
 def verdict(estimate: MetricEstimate, *, absent_band: float = 0.0) -> Verdict:
     """``positive`` when the interval lies entirely above ``absent_band``, ``negative`` when
-    entirely below ``-absent_band``, ``absent`` otherwise (including a NaN interval).
+    entirely below ``-absent_band``, ``absent`` otherwise; ``undetermined`` when there is no
+    interval (NaN: one seed, an undefined statistic), which says nothing either way.
 
     With the default band 0 this is "the interval excludes 0"; Sabatelli & Geurts call
     ``|r| <= 0.05`` absent, which ``absent_band=0.05`` applies to the whole interval."""
     if absent_band < 0.0:
         raise ValueError(f"absent_band must be >= 0, got {absent_band}")
+    if math.isnan(estimate.low) or math.isnan(estimate.high):
+        return "undetermined"
     if estimate.low > absent_band:
         return "positive"
     if estimate.high < -absent_band:

@@ -13,7 +13,7 @@ Register methods with ``ctxrl_register_transfer_methods`` (a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -49,6 +49,8 @@ class TransferProblem:
             training's checkpoint after it (``{checkpoint}-proxy``: a path with a dot would
             lose its suffix). The caller removes both kinds of files when the results are
             stored.
+        progress: ``progress(done, total)`` for a method that trains, as ``train_many``
+            takes it (iterations done of the total): the sweep's progress bar; None: none.
     """
 
     env: EnvSpec
@@ -61,6 +63,7 @@ class TransferProblem:
     eval_seed: int
     training_options: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
+    progress: Callable[[int, int], None] | None = None
 
 
 @dataclass

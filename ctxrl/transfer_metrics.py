@@ -118,7 +118,7 @@ def compare_transfer_finite(
     ``n_transfer_diverged`` / ``n_scratch_diverged`` and in every estimate's ``n_excluded`` and
     ``note``; a one-arm estimate's ``per_seed`` keeps the input's seed order with NaN for them.
     When an arm has no finite seed left, every estimate is NaN with a note saying which arm
-    (so the verdict is ``absent``, as for any NaN interval), the seed counts say 0, and
+    (so the verdict is ``undetermined``, as for any NaN interval), the seed counts say 0, and
     ``return_floor`` is NaN unless given."""
     transfer_grid, scratch_grid = as_step_grid(transfer_steps), as_step_grid(scratch_steps)
     transfer_values = _as_curve_array(transfer_returns, transfer_grid)

@@ -108,7 +108,9 @@ def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_
     assert "scratch:" not in again.stderr
     assert json.loads((run_dir / "timing.json").read_text()) == timing
     report = run_ctxrl("report", str(run_dir), check=True)
-    assert "| arm | positive | negative | absent | mean r |" in report.stdout
+    assert "| arm | positive | negative | absent | undetermined (no interval) | mean r |" in (
+        report.stdout
+    )
 
 
 def test_arms_start_from_the_right_weights(tmp_path: Path) -> None:

@@ -853,7 +853,7 @@ def test_the_multitask_baseline_resumes_from_its_checkpoint(
     printed = io.StringIO()
     outcome = run_sweep(plan, console=Console(file=printed, width=300))
     assert not outcome.failed
-    assert "resumed 1 multi-task agents from their final state" in printed.getvalue()
+    assert "resumed 1 multi-task agent from their final state" in printed.getvalue()
     assert not list((plan.run_dir / "checkpoints").iterdir())
     with Store(plan.run_dir / STORE_FILE) as killed, Store(fresh.run_dir / STORE_FILE) as never:
         assert killed.returns("multitask-s0") == never.returns("multitask-s0")
@@ -1270,3 +1270,20 @@ def test_a_joint_transfer_retrains_its_whole_group_when_one_source_is_pending(
     assert "transfers from all sources together: 1 of 2 agents are pending" in printed.getvalue()
     with Store(outcome.run_dir / STORE_FILE) as store:
         assert {r.run_id: store.returns(r.run_id) for r in store.runs()} == before
+
+
+def test_a_sweep_says_the_steps_it_trained_and_shows_a_transfer_that_trains(
+    tmp_path: Path,
+) -> None:
+    """``train_steps: 100`` trained one whole iteration (512 steps) and printed "x 100
+    steps"; a fine-tuning phase ran without a word or a bar."""
+    printed = io.StringIO()
+    plan = _plan(
+        tmp_path,
+        train_steps=100,
+        transfer={"name": "fine-tune", "options": {"steps": 1024}},
+    )
+    run_sweep(plan, console=Console(file=printed, width=300))
+    text = printed.getvalue()
+    assert f"trained {len(plan.grid)} agents x 512 steps in " in text
+    assert f"fine-tune: {len(plan.grid)} source(s) x {len(plan.grid)} targets" in text

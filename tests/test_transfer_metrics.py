@@ -185,7 +185,7 @@ def test_one_seed_gives_points_without_intervals() -> None:
     assert result.area_ratio.estimate == pytest.approx(1.0)
     assert math.isnan(result.area_ratio.low) and math.isnan(result.area_ratio.high)
     assert "fewer than two seeds" in result.area_ratio.note
-    assert result.verdict == "absent"
+    assert result.verdict == "undetermined"  # no interval: not "no transfer"
     data = result.to_json()
     assert data["area_ratio"]["low"] is None and data["bootstrap"]["random_state"] == 0
     json.dumps(data, allow_nan=False)
@@ -283,7 +283,7 @@ def test_an_arm_with_no_finite_seed_gives_nan_estimates_that_say_so() -> None:
     for estimate in (result.area_ratio, result.jumpstart.advantage, result.auc.scratch):
         assert math.isnan(estimate.estimate) and math.isnan(estimate.low)
         assert "no finite seed left in the transfer arm" in estimate.note
-    assert result.area_ratio.n_excluded == 2 and result.verdict == "absent"
+    assert result.area_ratio.n_excluded == 2 and result.verdict == "undetermined"
     assert (result.first_step, result.last_step, result.n_points) == (0, 40, 5)
     data = result.to_json()
     json.dumps(data, allow_nan=False)
@@ -316,7 +316,7 @@ def test_degenerate_estimates_do_not_raise() -> None:
     assert (equal.estimate, equal.low, equal.high) == (3.0, 3.0, 3.0)
     missing = mean_estimate([math.nan, math.nan])
     assert math.isnan(missing.estimate) and missing.n_excluded == 2
-    assert verdict(missing) == "absent"
+    assert verdict(missing) == "undetermined"
     assert verdict(MetricEstimate(0.0, 0.0, 0.0)) == "absent"
     assert verdict(MetricEstimate(-1.0, -2.0, -0.5)) == "negative"
 
@@ -331,7 +331,7 @@ def test_an_interval_undefined_on_some_resamples_is_no_interval() -> None:
     assert ratio.estimate == pytest.approx(10.0)
     assert math.isnan(ratio.low) and math.isnan(ratio.high)
     assert "no interval" in ratio.note
-    assert verdict(ratio) == "absent" and not ratio.excludes_zero()
+    assert verdict(ratio) == "undetermined" and not ratio.excludes_zero()
 
 
 def test_curve_bands_use_students_t_over_the_seeds() -> None:

@@ -222,6 +222,7 @@ class Distill:
         # a sweep killed while the students train continues from their checkpoint
         checkpoint = problem.checkpoint
         saving: dict[str, Any] = {} if checkpoint is None else {"checkpoint": checkpoint}
+        saving["progress"] = problem.progress  # the students' training, on the sweep's bar
         if self.mode == "conditioned":
             # one student for every target, the target visible, in one program
             students, student_env = distill_conditioned(
@@ -256,6 +257,7 @@ class Distill:
                 student=student,
                 device=device,
                 checkpoint=checkpoint,
+                progress=problem.progress,
             )
             own = on_own_targets(students)
         else:

@@ -24,6 +24,9 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPla
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult
 
 METRICS = ("area_ratio", "jumpstart", "asymptote", "auc", "transfer_ratio")
+VERDICTS = ("positive", "negative", "absent", "undetermined")
+"""A pair's verdict: its interval above, below or around 0 (Sabatelli & Geurts' categories),
+or no interval at all (one seed per arm)."""
 
 
 def _metric(comparison: Any, name: str) -> tuple[float, float, float]:
@@ -85,7 +88,8 @@ def _agent_name(agent: Mapping[str, Any]) -> str:
 def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> dict[str, Any]:
     """Every transfer arm of every variant against scratch on the target, per (source,
     target) pair: the comparisons (JSON), matrices of each metric ``(S, T)`` with their 95 %
-    intervals, the verdicts, and the counts of positive / negative / absent pairs.
+    intervals, the verdicts, and the counts of positive / negative / absent / undetermined
+    (no interval) pairs.
 
     Returns are normalised to [0, 1] by the env's return bounds before any metric (so the
     area ratio is taken on non-negative curves, as the paper does).
@@ -147,7 +151,7 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
                     pair_out["verdict"] = None
                     pair_out["no_estimate"] = comparison.area_ratio.note
                 pairs_out.append(pair_out)
-            counts = {v: int(np.sum(verdicts == v)) for v in ("positive", "negative", "absent")}
+            counts = {v: int(np.sum(verdicts == v)) for v in VERDICTS}
             variant_out[arm] = {
                 "pairs": pairs_out,
                 # pairs not run (``pairs: self`` / ``cross``) and missing intervals: null
@@ -241,7 +245,7 @@ def _plot_study(
     fig, axes = plt.subplots(
         1, len(arms), figsize=(4.0 * len(arms), 3.4), squeeze=False, layout="constrained"
     )
-    marks = {"positive": "+", "negative": "-", "absent": "o"}
+    marks = {"positive": "+", "negative": "-", "absent": "o", "undetermined": "?"}
     for ax, arm in zip(axes[0], arms, strict=True):
         r = np.array(analysis[arm]["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
         limit = max(0.05, float(np.nanmax(np.abs(r)))) if np.isfinite(r).any() else 1.0
@@ -270,7 +274,8 @@ def _plot_study(
         ax.set_title(f"{arm}: area ratio r", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(
-        f"{plan.env.name}, {variant}: transfer (+ positive, - negative, o absent; 95% CI)",
+        f"{plan.env.name}, {variant}: transfer (+ positive, - negative, o absent, ? no interval; "
+        "95% CI)",
         fontsize=9,
     )
     for suffix in (".png", ".svg"):
@@ -360,8 +365,8 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         lines += [
             f"## {variant}",
             "",
-            "| arm | positive | negative | absent | mean r |",
-            "|---|---|---|---|---|",
+            "| arm | positive | negative | absent | undetermined (no interval) | mean r |",
+            "|---|---|---|---|---|---|",
         ]
         for arm, data in arms.items():
             r = np.array(data["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
@@ -369,7 +374,7 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
             mean_r = f"{np.mean(r[np.isfinite(r)]):+.3f}" if np.isfinite(r).any() else "n/a"
             lines.append(
                 f"| {arm} | {counts['positive']} | {counts['negative']} | "
-                f"{counts['absent']} | {mean_r} |"
+                f"{counts['absent']} | {counts.get('undetermined', 0)} | {mean_r} |"
             )
         lines += [
             "",

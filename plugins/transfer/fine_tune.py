@@ -85,6 +85,7 @@ class FineTune:
             reinit=self.reinit,
             freeze=self.freeze,
             checkpoint=problem.checkpoint,  # a sweep killed while fine-tuning continues there
+            progress=problem.progress,
             **problem.training_options,  # the sources' interventions: the same networks
         )
         returns = evaluate_on_own_contexts(problem, tuned, contexts)  # (P * Q, E)

@@ -331,18 +331,27 @@ def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ outputs
 def format_estimate(estimate: MetricEstimate, digits: int = 3) -> str:
-    """``estimate [low, high]``, the point alone without an interval, ``n/a`` when undefined."""
+    """``estimate [low, high]``, the point alone without an interval, ``n/a`` when undefined;
+    ``digits`` decimals, or two significant digits for a number that would read as 0 with
+    them (a difference of -4e-05 is not "-0.000 [-0.000, -0.000] (worse)")."""
     if math.isnan(estimate.estimate):
         return "n/a"
+
+    def number(value: float) -> str:
+        return f"{value:.{digits}f}" if value == 0 or abs(value) >= 10**-digits else f"{value:.1e}"
+
     if math.isnan(estimate.low):
-        return f"{estimate.estimate:.{digits}f}"
-    return f"{estimate.estimate:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"
+        return number(estimate.estimate)
+    return f"{number(estimate.estimate)} [{number(estimate.low)}, {number(estimate.high)}]"
 
 
 def direction_verdict(estimate: MetricEstimate, better: int) -> str:
     """``better`` / ``worse`` for a difference whose interval excludes 0 (``better``: +1 when
-    higher is better, -1 when lower is), ``no difference`` otherwise."""
-    if math.isnan(estimate.low) or estimate.low <= 0 <= estimate.high:
+    higher is better, -1 when lower is), ``no difference`` otherwise, ``no interval`` when
+    there is none (one seed: nothing said either way)."""
+    if math.isnan(estimate.low) or math.isnan(estimate.high):
+        return "no interval"
+    if estimate.low <= 0 <= estimate.high:
         return "no difference"
     return "better" if (estimate.low > 0) == (better > 0) else "worse"
 
