@@ -56,6 +56,7 @@ class Scratch:
             seeds,
             total_steps=self.steps,
             checkpoint=problem.checkpoint,
+            progress=problem.progress,  # the sweep's progress bar
             **problem.training_options,
         )
         returns = evaluate_on_own_contexts(problem, policies, contexts)  # (P * Q, E)
