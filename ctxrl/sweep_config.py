@@ -90,8 +90,16 @@ def _repeated(items: Sequence[Any]) -> list[Any]:
 
 
 class InterventionEntry(_Strict):
+    """``{name, options}``, or the name alone (``interventions: [redo, l2]``), as a
+    plasticity study's arms take it."""
+
     name: str = Field(description="intervention registry name, see `ctxrl plugins`")
     options: dict[str, Any] = Field(default_factory=dict, description="the factory's options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
 
 
 class AlgorithmConfig(_Strict):

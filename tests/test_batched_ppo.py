@@ -256,6 +256,18 @@ def test_unknown_hyperparameter_is_named() -> None:
         _algo(rollout_segment=True)  # YAML's true was taken as 1
 
 
+def test_hidden_takes_one_width_or_one_per_layer() -> None:
+    """``hidden: [64, 64]`` (batched DQN's form) was refused as "Input should be a valid
+    integer (got (64, 64))"."""
+    twin = get_host().registry.env("CartPole").make_batched(1)
+    for hidden, widths in ((16, (16, 16)), ([32, 8], (32, 8)), ([8, 8, 8], (8, 8, 8))):
+        (spec, _), _ = _algo(hidden=hidden).network_specs(twin).values()
+        assert spec.hidden == widths
+    for bad in ([64, "x"], [], 0, True):
+        with pytest.raises(ConfigError, match=r"hidden: Value error, one width for every hidden"):
+            _algo(hidden=bad)
+
+
 @pytest.mark.parametrize("env_name", ["CartPole", "Pendulum"])
 class TestBatchedPPOContract(AlgorithmContract):
     algorithm_name = "batched-ppo"

@@ -638,3 +638,13 @@ def test_gpus_of_a_cluster_elsewhere_are_not_checked_here() -> None:
     assert plan.config.executor.options["num_gpus"] == 1
     with pytest.raises(ConfigError, match=r"executor.options: 'ray' has no option \['gpus'\]"):
         _plan("device=cpu", "executor={name: ray, options: {gpus: [0]}}")
+
+
+def test_an_intervention_may_be_named_alone_as_a_study_arm_is() -> None:
+    plan = _plan("algorithm.interventions=[layer-norm, {name: l2, options: {coef: 0.001}}]")
+    names = [(e.name, e.options) for e in plan.config.algorithm.interventions]
+    assert names == [("layer-norm", {}), ("l2", {"coef": 0.001})]
+    spelled_out = _plan(
+        "algorithm.interventions=[{name: layer-norm}, {name: l2, options: {coef: 0.001}}]"
+    )
+    assert plan.plan_hash == spelled_out.plan_hash  # one training, one run directory

@@ -30,6 +30,7 @@ from ctxrl.interventions import Activation, NetworkSpec
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.training.compiling import check_compile_mode, compile_pays
+from ctxrl_plugins.training.hyperparameters import Widths
 from ctxrl_plugins.training.log import TrainingLog
 from ctxrl_plugins.training.networks import Params, StackedMLP
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -66,8 +67,9 @@ class PPOConfig:
     ent_coef: Weight = 0.01
     vf_coef: Weight = 0.5
     max_grad_norm: Rate = 0.5
-    hidden: Count = 64
-    """width of the two hidden layers of actor and critic"""
+    hidden: Widths = 64
+    """width of the two hidden layers of actor and critic, or one width per hidden layer
+    (``[64, 64]`` is ``64``; batched DQN takes the list form only)"""
     activation: Activation = "tanh"
     init_log_std: Finite = 0.0
     """initial log standard deviation of continuous actions"""
@@ -93,7 +95,8 @@ def network_specs(
 ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
     """Separate actor and critic MLPs (CleanRL's layout): the actor's head has gain 0.01,
     the critic's a single output with gain 1."""
-    spec = NetworkSpec(hidden=(cfg.hidden, cfg.hidden), activation=cfg.activation)
+    widths = (cfg.hidden, cfg.hidden) if isinstance(cfg.hidden, int) else tuple(cfg.hidden)
+    spec = NetworkSpec(hidden=widths, activation=cfg.activation)
     return {"actor": (spec, {"head": (out_dim, 0.01)}), "critic": (spec, {"head": (1, 1.0)})}
 
 

@@ -2,8 +2,8 @@
 
 An algorithm's hyperparameters are a frozen dataclass whose fields are annotated with the types
 here (:data:`Count`, :data:`Rate`, :data:`Fraction`, :data:`Weight`, :data:`Finite`,
-:data:`Steps`); :func:`hyperparameters` builds one from a config's ``algorithm.params``,
-checking every value against its field's type before anything trains.
+:data:`Steps`, :data:`Widths`); :func:`hyperparameters` builds one from a config's
+``algorithm.params``, checking every value against its field's type before anything trains.
 """
 
 from __future__ import annotations
@@ -33,6 +33,19 @@ Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """Any finite number (an initial log standard deviation)."""
 Steps = Annotated[int, BeforeValidator(refuse_bool), Field(ge=0)]
 """A number of env steps that may be 0 (learning starts)."""
+
+
+def _widths(value: object) -> object:
+    widths = value if isinstance(value, tuple) else (value,)
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(
+            "one width for every hidden layer (64) or one per layer ([64, 32]), whole numbers >= 1"
+        )
+    return value
+
+
+Widths = Annotated[int | tuple[int, ...], BeforeValidator(_widths)]
+"""Hidden-layer widths: one for every layer, or one per layer."""
 
 
 def hyperparameters(
