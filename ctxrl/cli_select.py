@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ctxrl.cli_common import _host, err, out
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CtxrlError, UnknownNameError
 
 
 # -------------------------------------------------------------------------------- select
@@ -124,7 +124,10 @@ def select(
     from ctxrl.selection import json_safe
 
     host = _host(ctx)
-    specs = {name: host.registry.strategy(name) for name in strategy_names}
+    try:
+        specs = {name: host.registry.strategy(name) for name in strategy_names}
+    except UnknownNameError as exc:
+        raise CtxrlError(f"--strategy: {exc}") from None
     options = parse_options(option_items, specs)
     files, raw, located, (lower, upper) = load_trials(
         matrix_paths,
@@ -175,7 +178,9 @@ def select(
     band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
     # the heading as a line of its own: as the title of a narrow table it wraps a word a line
     out.print(
-        f"G_k on {matrix_paths[0]}{' and more' if len(files) > 1 else ''} "
+        f"G_k on {matrix_paths[0]}"
+        + (f" and {len(matrix_paths) - 1} more" if len(matrix_paths) > 1 else "")
+        + " "
         f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "
         f"oracle {result['oracle_transfer']:.4f}) {band}",
         highlight=False,

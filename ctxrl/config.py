@@ -12,6 +12,8 @@ import difflib
 import functools
 import inspect
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -109,25 +111,52 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> SweepCon
             got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                # a misspelled field: say so, and which field was meant
-                fields = _fields_at(error["loc"][:-1])
-                close = difflib.get_close_matches(str(error["loc"][-1]), fields, n=1)
-                message = "no such field" + (f"; did you mean {close[0]!r}?" if close else "")
+                message = no_such_field(SweepConfig, error["loc"])
             lines.append(f"  {where}: {message}{got}")
         raise ConfigError(f"{source} is not a valid sweep config:\n" + "\n".join(lines)) from None
 
 
-def _fields_at(location: Sequence[int | str]) -> list[str]:
-    """The field names of the config section at ``location`` (``()``: the top level;
-    ``("strategy",)``: the strategy's), or none where it is not a section of fields."""
-    model: Any = SweepConfig
+def no_such_field(model: type[BaseModel], location: Sequence[int | str]) -> str:
+    """What to say of a field at ``location`` that ``model`` does not have (pydantic's
+    ``extra_forbidden``): that, and which field of its section was meant, if one is close."""
+    fields = _fields_at(model, location[:-1])
+    close = difflib.get_close_matches(str(location[-1]), fields, n=1)
+    return "no such field" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
+def _fields_at(model: type[BaseModel], location: Sequence[int | str]) -> list[str]:
+    """The field names of the section of ``model`` at ``location`` (``()``: the top level;
+    ``("strategy",)``: the strategy's; ``("features", "length")``: a varied feature's;
+    ``("algorithm", "interventions", 0)``: an intervention's), or none where it is not a
+    section of fields."""
+    annotation: Any = model
     for part in location:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = _section(annotation)
+        if section is not None:
+            field = section.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return []
+            annotation = field.annotation
+            continue
+        # a mapping's value (named by its key) or a list's item (by its index)
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is dict and len(args) == 2:
+            annotation = args[1]
+        elif origin is list and len(args) == 1:
+            annotation = args[0]
+        else:
             return []
-        model = annotation
-    return list(model.model_fields)
+    section = _section(annotation)
+    return [] if section is None else list(section.model_fields)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The model of a config section's annotation (``CurvesConfig | None`` included)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for candidate in (annotation, *(typing.get_args(annotation) if union else ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -576,6 +605,7 @@ __all__ = [
     "default_config_path",
     "load_config",
     "merge_params",
+    "no_such_field",
     "resolve_plan",
     "validate_config",
 ]

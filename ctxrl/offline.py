@@ -394,8 +394,17 @@ def parse_options(
             if dot:
                 scoped[strategy].add(name)
     for strategy, given in options.items():
-        if given:
+        if not given:
+            continue
+        try:
             check_options(specs[strategy].factory, given, f"--option: strategy {strategy!r}")
+        except CtxrlError as exc:
+            if set(given) <= scoped[strategy]:
+                raise
+            raise CtxrlError(
+                f"{exc} (--option KEY=VALUE goes to every --strategy; give it to one as "
+                "STRATEGY.KEY=VALUE)"
+            ) from None
     return options
 
 

@@ -124,6 +124,12 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["seedz=[1]"], "seedz: no such field; did you mean 'seeds'? (got [1])"),
         (["train_step=100"], "train_step: no such field; did you mean 'train_steps'? (got 100)"),
         (["strategy.budgt=3"], "strategy.budgt: no such field; did you mean 'budget'? (got 3)"),
+        (["features.length.nmu=3"], "features.length.nmu: no such field; did you mean 'num'?"),
+        (
+            ["algorithm.interventions=[{nmae: l2}]"],
+            "algorithm.interventions.0.nmae: no such field; did you mean 'name'?",
+        ),
+        (["curves={evry: 10, episodes: 2}"], "curves.evry: no such field; did you mean 'every'?"),
         (["env_options.foo=1"], "env_options: CartPole takes no option 'foo'"),
         (
             ["algorithm.interventions=[{name: l2, options: {coeff: 1}}]"],

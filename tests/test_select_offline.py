@@ -117,6 +117,12 @@ def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
     assert elsewhere.exit_code == 2 and "strategy 'random' is not among" in elsewhere.stderr
     malformed = _cli(*base, "--strategy", "greedy", "--option", "c")
     assert malformed.exit_code == 2 and "expected KEY=VALUE" in malformed.stderr
+    # a KEY for every strategy, one of which takes no options: the scoped form is named
+    shared = _cli(*base, "--strategy", "mbtl-gp", "--strategy", "random", "--option", "c=2")
+    assert shared.exit_code == 2 and "give it to one as STRATEGY.KEY=VALUE" in shared.stderr
+    misspelled = _cli(*base, "--strategy", "gredy")
+    assert misspelled.exit_code == 2
+    assert "--strategy: no plugin provides the strategy 'gredy'" in misspelled.stderr
 
 
 def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ctxrl.artifacts import write_text_atomic
-from ctxrl.config import merge_params
+from ctxrl.config import merge_params, no_such_field
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import AlgorithmSpec
 from ctxrl.yaml12 import parse_yaml
@@ -67,7 +67,7 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
             where = ".".join(str(p) for p in error["loc"]) or "(top level)"
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                message = "no such field"
+                message = no_such_field(model, error["loc"])
             got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
             problems.append(f"{where}: {message}{got}")
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
