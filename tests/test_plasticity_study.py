@@ -579,3 +579,20 @@ def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: P
     assert "**gone diverged**: seed(s) 0, 1 (2 of 2)" in summary and "no finite seed" in summary
     gone_rows = [line for line in summary.splitlines() if line.startswith("| gone |")]
     assert len(gone_rows) == 2 and all(set(row.split("|")[2:-1]) == {" n/a "} for row in gone_rows)
+
+
+def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path) -> None:
+    """ReDo every 1000 updates in a study of a few dozen: its row equalled none's to every
+    digit, reported as an ordinary "no difference"."""
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "redo", "options": {"every": 100_000}}, {"name": "l2"}],
+            seeds=[0, 1],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    summary = (run_study(config, get_host().registry) / "summary.md").read_text()
+    assert "redo trained exactly as none: every record is equal" in summary
+    assert "l2 trained exactly" not in summary and "l2, " not in summary

@@ -315,3 +315,22 @@ def test_a_study_killed_while_moving_an_arm_out_leaves_no_stale_failure(
         "arm-boom",
         "shared-without-boom",
     ]
+
+
+def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path) -> None:
+    config = TargetsStudyConfig.model_validate(
+        {
+            **SMALL,
+            "arms": [
+                {
+                    "label": "idle",
+                    "interventions": [{"name": "redo", "options": {"every": 100_000}}],
+                },
+                SMALL["arms"][0],
+            ],
+            "output_dir": str(tmp_path),
+        }
+    )
+    summary = (run_targets_study(config, get_host().registry) / "summary.md").read_text()
+    assert "idle trained exactly as none: every record is equal" in summary
+    assert "redo trained exactly" not in summary  # every 20 updates: it acted

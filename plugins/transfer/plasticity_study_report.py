@@ -522,6 +522,39 @@ def failure_lines(
     return [*lines, ""]
 
 
+def _same_as_baseline(tables: StudyTables) -> list[str]:
+    """The arms whose every curve and plasticity record equals the baseline's, seed by seed:
+    their interventions never changed a weight within the budget."""
+    base = tables.arms.get(BASELINE)
+    if base is None:
+        return []
+    return [
+        label
+        for label, arm in tables.arms.items()
+        if label != BASELINE
+        and arm.seeds == base.seeds
+        and np.array_equal(arm.curves, base.curves, equal_nan=True)
+        and arm.plasticity.keys() == base.plasticity.keys()
+        and all(
+            np.array_equal(values, base.plasticity[name], equal_nan=True)
+            for name, values in arm.plasticity.items()
+        )
+    ]
+
+
+def untouched_lines(labels: Sequence[str]) -> list[str]:
+    """The summary's note on arms that trained exactly as the baseline (none when none did)."""
+    if not labels:
+        return []
+    return [
+        "",
+        f"{', '.join(labels)} trained exactly as none: every record is equal, seed by seed, so "
+        "their interventions changed nothing within this budget (one that acts every N "
+        "gradient steps, as `redo` and `reset` do, may never have acted: check its options "
+        "against the number of updates).",
+    ]
+
+
 def _diverged_lines(tables: StudyTables) -> list[str]:
     """The summary's section on diverged seeds (none when every seed is finite)."""
     lines = []
@@ -616,6 +649,7 @@ def _summary(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> st
                 verdict = direction_verdict(estimate, better)
                 cells.append(f"{format_estimate(estimate, digits)} ({verdict})")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += untouched_lines(_same_as_baseline(tables))
     missed = {k: v for k, v in tables.missed.items() if v}
     if missed:
         finite = {label: int(arm.finite.sum()) for label, arm in tables.arms.items()}

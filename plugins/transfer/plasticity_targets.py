@@ -78,6 +78,7 @@ from ctxrl_plugins.transfer.plasticity_study_report import (
     direction_verdict,
     failure_lines,
     format_estimate,
+    untouched_lines,
 )
 from ctxrl_plugins.transfer.studies import StrictModel, open_run_dir, read_study_file
 
@@ -559,6 +560,13 @@ def _summary(
                 for k, (_, better) in MEASURES.items()
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        untouched = [
+            label
+            for label in versus
+            if np.array_equal(arms[label].final_error, arms[BASELINE].final_error)
+            and np.array_equal(arms[label].dormant, arms[BASELINE].dormant)
+        ]
+        lines += untouched_lines(untouched)
     lines += ["", f"![final error and dormant units per task]({figure})", ""]
     return "\n".join(lines)
 
