@@ -38,9 +38,8 @@ from ctxrl_plugins.transfer.dqn_transferability import (
     StudyRunner,
     resolve_study,
 )
-from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
+from ctxrl_plugins.transfer.dqn_transferability_report import VERDICTS, write_outputs
 
-VERDICTS = ("positive", "negative", "absent")
 PAPER_SELF = {  # (only-head r, fine-tuning r), DQN, Sabatelli and Geurts 2021
     "v0": (0.05, 0.017),
     "v1": (0.141, -0.218),
@@ -95,7 +94,8 @@ def tables(metrics: dict[str, Any], names: list[str]) -> str:
     next to the paper's, from each variant's ``metrics.json``."""
     cross = [(s, t) for s in range(len(names)) for t in range(len(names)) if s != t]
     lines = [
-        "| DQN variant | arm | cross-transfer pairs: positive / negative / absent | mean r "
+        "| DQN variant | arm | cross-transfer pairs: positive / negative / absent / undetermined "
+        "| mean r "
         "| min .. max r |",
         "|---|---|---|---|---|",
     ]

@@ -21,7 +21,7 @@ from torch import nn
 
 from ctxrl.registry import EnvSpec
 from ctxrl.schedules import ContextSchedule
-from ctxrl_plugins.algorithms.ppo import PPOConfig
+from ctxrl_plugins.algorithms.ppo import PPOConfig, hidden_widths
 from ctxrl_plugins.training.evaluation import contexts_tensor, env_seeds
 
 
@@ -57,7 +57,7 @@ def train_one(
         env_seeds=env_seeds([seed], e, 0),
     )
     obs_dim, actions = twin.observation_size, int(twin.discrete_actions)
-    hidden = [config.hidden, config.hidden]
+    hidden = list(hidden_widths(config))
     actor = _mlp([obs_dim, *hidden, actions], config.activation, 0.01)
     critic = _mlp([obs_dim, *hidden, 1], config.activation, 1.0)
     params = [*actor.parameters(), *critic.parameters()]

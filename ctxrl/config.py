@@ -131,6 +131,12 @@ def _fields_at(model: type[BaseModel], location: Sequence[int | str]) -> list[st
     section of fields."""
     annotation: Any = model
     for part in location:
+        # pydantic names the member of a union it tried: ("arms", 0, "ArmEntry", "labl")
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            named = [m for m in typing.get_args(annotation) if getattr(m, "__name__", "") == part]
+            if named:
+                annotation = named[0]
+                continue
         section = _section(annotation)
         if section is not None:
             field = section.model_fields.get(part) if isinstance(part, str) else None

@@ -396,12 +396,16 @@ def parse_options(
     for strategy, given in options.items():
         if not given:
             continue
+        where = f"--option: strategy {strategy!r}"
         try:
-            check_options(specs[strategy].factory, given, f"--option: strategy {strategy!r}")
+            check_options(specs[strategy].factory, given, where)
         except CtxrlError as exc:
-            if set(given) <= scoped[strategy]:
+            own = {k: v for k, v in given.items() if k in scoped[strategy]}
+            if len(specs) == 1 or len(own) == len(given):
                 raise
-            raise CtxrlError(
+            check_options(specs[strategy].factory, own, where)  # its own options first
+            # a KEY=VALUE given to every strategy is what this one refuses
+            raise type(exc)(
                 f"{exc} (--option KEY=VALUE goes to every --strategy; give it to one as "
                 "STRATEGY.KEY=VALUE)"
             ) from None

@@ -92,7 +92,8 @@ class TransferComparison:
         time_to_threshold: first grid step reaching ``threshold`` (None without a threshold);
             with the source counted, the transfer arm's steps include ``source_steps``.
         verdict: ``positive`` / ``negative`` when the interval of ``verdict_metric`` lies
-            entirely above ``absent_band`` / below ``-absent_band``, ``absent`` otherwise.
+            entirely above ``absent_band`` / below ``-absent_band``, ``absent`` otherwise,
+            ``undetermined`` without an interval (one seed per arm).
         source_time_counted: whether the transfer curve was shifted right by ``source_steps``.
         return_floor: the value subtracted from every return before the ratios, and
             ``return_floor_origin`` where it came from: ``caller``, ``zero`` (no shift

@@ -621,6 +621,10 @@ def test_students_take_the_sources_network_and_iteration() -> None:
         Distill(300, mode="kickstart", start="best-teacher", student={"hidden": 16}).check(
             sources, spec
         )
+    # one width for both layers is the same network as the two written out
+    Distill(300, mode="kickstart", start="best-teacher", student={"hidden": [32, 32]}).check(
+        sources, spec
+    )
 
 
 def test_a_best_teacher_start_fits_the_sources_it_copies() -> None:

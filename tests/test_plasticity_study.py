@@ -170,6 +170,10 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         ({"dormant_tau": float("inf")}, "dormant_tau: Input should be a finite number"),
         ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
         ({"curve_evry": 512}, "curve_evry: no such field; did you mean 'curve_every'"),
+        (
+            {"arms": [{"name": "redo", "optons": {}}]},
+            "arms.0.InterventionEntry.optons: no such field; did you mean 'options'",
+        ),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
         (
             {"schedule": {**STUDY["schedule"], "every": 100_000}},

@@ -90,13 +90,17 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------- networks
+def hidden_widths(cfg: PPOConfig) -> tuple[int, ...]:
+    """The width of each hidden layer: ``hidden: 64`` is ``(64, 64)``, as ``[64, 64]`` is."""
+    return (cfg.hidden, cfg.hidden) if isinstance(cfg.hidden, int) else tuple(cfg.hidden)
+
+
 def network_specs(
     cfg: PPOConfig, out_dim: int
 ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
     """Separate actor and critic MLPs (CleanRL's layout): the actor's head has gain 0.01,
     the critic's a single output with gain 1."""
-    widths = (cfg.hidden, cfg.hidden) if isinstance(cfg.hidden, int) else tuple(cfg.hidden)
-    spec = NetworkSpec(hidden=widths, activation=cfg.activation)
+    spec = NetworkSpec(hidden=hidden_widths(cfg), activation=cfg.activation)
     return {"actor": (spec, {"head": (out_dim, 0.01)}), "critic": (spec, {"head": (1, 1.0)})}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.options import SEED_LIMIT, count_option, number_option, steps_option
 from ctxrl.transfer import TransferProblem, TransferResult, evaluate_sources
-from ctxrl_plugins.algorithms.ppo import BatchedPPO
+from ctxrl_plugins.algorithms.ppo import BatchedPPO, hidden_widths
 from ctxrl_plugins.transfer.distill_core import (
     Decay,
     Mode,
@@ -161,13 +161,16 @@ class Distill:
                 f"student: it needs batched-ppo sources, not {name!r} ones (use start "
                 "'scratch': any batched policies teach)"
             )
-        student = trainer.config
-        for name in ("hidden", "activation"):
-            if getattr(student, name) != getattr(algorithm.config, name):
+        student, source = trainer.config, algorithm.config
+        for name, mine, theirs in (
+            ("hidden", hidden_widths(student), hidden_widths(source)),  # 64 is [64, 64]
+            ("activation", student.activation, source.activation),
+        ):
+            if mine != theirs:
                 raise ConfigError(
                     f"distill: start 'best-teacher' copies a source into the student, whose "
                     f"{name} {getattr(student, name)!r} differs from the sources' "
-                    f"{getattr(algorithm.config, name)!r} (student: {{{name}: ...}})"
+                    f"{getattr(source, name)!r} (student: {{{name}: ...}})"
                 )
 
     def _student_params(self, algorithm: Any) -> dict[str, Any]:
