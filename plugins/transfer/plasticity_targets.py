@@ -46,6 +46,7 @@ finish, so a killed study resumes from the last finished program.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,15 +557,17 @@ def _summary(
         ]
         for label, values in versus.items():
             cells = [
-                f"{format_estimate(values[k])} ({direction_verdict(values[k], better)})"
+                "n/a"  # undefined, as the env study prints it
+                if math.isnan(values[k].estimate)
+                else f"{format_estimate(values[k])} ({direction_verdict(values[k], better)})"
                 for k, (_, better) in MEASURES.items()
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         untouched = [
             label
             for label in versus
-            if np.array_equal(arms[label].final_error, arms[BASELINE].final_error)
-            and np.array_equal(arms[label].dormant, arms[BASELINE].dormant)
+            if np.array_equal(arms[label].final_error, arms[BASELINE].final_error, equal_nan=True)
+            and np.array_equal(arms[label].dormant, arms[BASELINE].dormant, equal_nan=True)
         ]
         lines += untouched_lines(untouched)
     lines += ["", f"![final error and dormant units per task]({figure})", ""]
