@@ -1,7 +1,9 @@
 """The batched path of a sweep: every pending (source, seed) agent of a group trained in one
 batched program (in the sweep's process, or split into shards that run as executor jobs),
 evaluated on every target in one batched rollout and stored run by run; and the multi-task
-baseline. Each program checkpoints itself in the run directory and resumes from it."""
+baseline. Each program checkpoints itself in the run directory and resumes from it; what every
+program does around its training (resuming, the transfer phase, storing its agents) is in
+:mod:`ctxrl.batched_programs`."""
 
 from __future__ import annotations
 
@@ -9,24 +11,21 @@ import hashlib
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ctxrl.artifacts import artifact_metadata, remove_artifact, verify_artifact
-from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
+from ctxrl import batched_programs
+from ctxrl.batched_programs import train_resumably, transfer_checkpoint, transfer_with_progress
+from ctxrl.config import SweepPlan, resolve_plan, validate_config
 from ctxrl.context import Context, Task
-from ctxrl.errors import CheckpointError, CtxrlError
 from ctxrl.interventions import build_interventions
-from ctxrl.options import resolved_device
 from ctxrl.plugins import get_host
-from ctxrl.registry import BatchedAlgorithm, CurveOptions, Executor
+from ctxrl.registry import CurveOptions, Executor
 from ctxrl.runs import (
     TRANSFER_DIR,
     SweepSession,
@@ -35,9 +34,8 @@ from ctxrl.runs import (
     progress_display,
     run_id,
     run_record,
-    transfer_returns,
 )
-from ctxrl.store import Evaluation, RunRecord, Store, now
+from ctxrl.store import RunRecord, Store, now
 from ctxrl.summary import STORE_FILE
 from ctxrl.transfer import TransferProblem
 
@@ -226,7 +224,7 @@ def train_group(
     started = now()
     resumed = False
     try:
-        algorithm, policies, resumed = _train_resumably(
+        algorithm, policies, resumed = train_resumably(
             plan,
             device,
             checkpoint,
@@ -255,7 +253,7 @@ def train_group(
             episodes=config.eval_episodes,
             eval_seed=10_000,
             training_options=_training_options(plan, curves=False),
-            checkpoint=_transfer_checkpoint(checkpoint),
+            checkpoint=transfer_checkpoint(checkpoint),
         )
         record = plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
         train_s = trained_at - started
@@ -269,7 +267,7 @@ def train_group(
             + f"in {train_s:.1f} s{compiling}"
             + (" (continued from its checkpoint)" if resumed else "")
         )
-        returns = _transfer_with_progress(plan, problem, record, console, len(agents))
+        returns = transfer_with_progress(plan, problem, record, console, len(agents))
         eval_s = now() - trained_at
         # a method that trains (fine-tune, distill) spends most of the second phase training
         transferred = "" if config.transfer.name == "zero-shot" else f"{config.transfer.name}, "
@@ -295,9 +293,9 @@ def train_group(
         )
         for task, seed in zip(tasks, seeds, strict=True)
     ]
-    _store_trained(plan, store, algorithm, policies, records, returns, console)
-    _remove_checkpoint(checkpoint)
-    _remove_checkpoint(_transfer_checkpoint(checkpoint))
+    batched_programs.store_trained(plan, store, algorithm, policies, records, returns, console)
+    batched_programs.remove_checkpoint(checkpoint)
+    batched_programs.remove_checkpoint(transfer_checkpoint(checkpoint))
     return GroupResult(ids, resumed, train_s, eval_s, compile_s)
 
 
@@ -399,121 +397,9 @@ def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> R
     )
 
 
-def _train_resumably(
-    plan: SweepPlan,
-    device: str,
-    checkpoint: Path,
-    console: Console,
-    agents: str,
-    train: Callable[[BatchedAlgorithm, Callable[[int, int], None]], Any],
-    *,
-    bar: str,
-) -> tuple[BatchedAlgorithm, Any, bool]:
-    """``train(algorithm, progress)`` for a batched program that checkpoints itself at
-    ``checkpoint``, behind a progress bar (``training {bar}``; ``agents`` says what resumes).
-    A checkpoint that is damaged, was written on another kind of device or cannot be restored
-    (another version's) is named and set aside, and the program trains from the start.
-    Returns the algorithm, what ``train`` returned and whether it continued from a
-    checkpoint."""
-    damage = (
-        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
-    )
-    if damage is None and checkpoint.with_suffix(".safetensors").exists():
-        written_on = artifact_metadata(checkpoint).get("device")
-        trains_on = resolved_device(device).split(":")[0]  # the kind: cpu or cuda
-        if written_on not in (None, trains_on):
-            # a CPU generator's state does not fit a CUDA one (and the numbers would differ)
-            damage = (
-                f"checkpoint {checkpoint.name} was written on {written_on}, this sweep trains "
-                f"on {trains_on} (device: {device})"
-            )
-    if damage is not None:
-        console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
-        _remove_checkpoint(checkpoint)
-    algorithm = _batched_algorithm(plan, device)
-    resumed = checkpoint.with_suffix(".safetensors").exists()
-    if resumed:
-        position = _checkpoint_position(checkpoint, algorithm, plan.config.train_steps)
-        console.print(f"resumed {agents} from {position}")
-    with progress_display(console) as progress:
-        task = progress.add_task(f"training {bar}", total=1)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        try:
-            return algorithm, train(algorithm, advance), resumed
-        except CheckpointError as exc:  # another version's, say: every rerun would fail
-            console.print(f"[yellow]{escape(str(exc))}:[/] training the group from the start")
-            _remove_checkpoint(checkpoint)
-            algorithm = _batched_algorithm(plan, device)
-            return algorithm, train(algorithm, advance), False
-
-
 def _agents(n: int, kind: str = "") -> str:
     """``3 agents``, ``1 CartPole agent``: ``n`` agents of ``kind``."""
     return f"{n} {kind + ' ' if kind else ''}agent{'s' if n != 1 else ''}"
-
-
-def _transfer_with_progress(
-    plan: SweepPlan, problem: TransferProblem, record: Path, console: Console, sources: int
-) -> np.ndarray:
-    """The group's transfer (:func:`~ctxrl.runs.transfer_returns`), behind a progress bar for
-    a method that trains (it reports through ``problem.progress``), continuing a training a
-    kill interrupted (said, with its iteration); a damaged checkpoint of it is named and set
-    aside, and the transfer starts again."""
-    method = plan.config.transfer.name
-    if method == "zero-shot":
-        return transfer_returns(plan, problem, record)
-    saved = problem.checkpoint
-    # a damaged checkpoint is the method's to name (a CheckpointError, below)
-    if (
-        saved is not None
-        and saved.with_suffix(".safetensors").exists()
-        and verify_artifact(saved) is None
-    ):
-        done = artifact_metadata(saved).get("iteration", "?")
-        console.print(f"resumed {method} from iteration {done} (its checkpoint)")
-    with progress_display(console) as progress:
-        task = progress.add_task(f"{method}: {sources} source(s) x {len(problem.targets)} targets")
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        problem = replace(problem, progress=advance)
-        try:
-            return transfer_returns(plan, problem, record)
-        except CheckpointError as exc:  # the transfer's own (damaged, another device's)
-            console.print(f"[yellow]{escape(str(exc))}:[/] transferring from the start")
-            if saved is not None:
-                _remove_checkpoint(saved)
-            return transfer_returns(plan, problem, record)
-
-
-def _transfer_checkpoint(checkpoint: Path) -> Path:
-    """Where a group's transfer method checkpoints what it trains (fine-tuning), beside the
-    group's own checkpoint."""
-    return checkpoint.with_name(f"{checkpoint.name}-transfer")
-
-
-def _remove_checkpoint(checkpoint: Path) -> None:
-    """Remove the checkpoint ``checkpoint`` and those named after it (``{name}-...``: a
-    group's transfer, a transfer's second training, :class:`~ctxrl.transfer.TransferProblem`)."""
-    remove_artifact(checkpoint, derived=True)
-
-
-def _checkpoint_position(checkpoint: Path, algorithm: BatchedAlgorithm, total_steps: int) -> str:
-    """Where a batched program's checkpoint stands: ``iteration 100 of 292`` (the total when
-    the algorithm says how many env steps an iteration takes, as the batched trainers do), or
-    ``their final state (iteration 292, training done)`` when the program was killed after it."""
-    done = artifact_metadata(checkpoint).get("iteration", "?")
-    per_iteration = getattr(algorithm, "steps_per_iteration", None)
-    if not callable(per_iteration):
-        return f"iteration {done}"
-    iterations = max(1, total_steps // int(per_iteration()))
-    if done == iterations:
-        return f"their final state (iteration {done}, training done)"
-    return f"iteration {done} of {iterations}"
 
 
 def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]:
@@ -529,97 +415,6 @@ def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]
     if curves and config.curves is not None:
         options["curves"] = CurveOptions(config.curves.every, config.curves.episodes)
     return options
-
-
-def _batched_algorithm(plan: SweepPlan, device: str | None = None) -> BatchedAlgorithm:
-    params = algorithm_params(plan.config, plan.algorithm)
-    algorithm = plan.algorithm.factory(params, device=device or plan.config.device, env=plan.env)
-    return cast(BatchedAlgorithm, algorithm)
-
-
-def _store_trained(
-    plan: SweepPlan,
-    store: Store,
-    algorithm: BatchedAlgorithm,
-    policies: Any,
-    records: Sequence[RunRecord],
-    returns: np.ndarray,
-    console: Console,
-) -> list[bool]:
-    """Save the agents of a batched program (``records[i]`` is agent ``i``'s run) and store
-    each run with its evaluations (``returns[i]``: ``(targets, episodes)`` over the grid's
-    contexts) and training log, all runs in one transaction: a kill while storing leaves none
-    of them stored, so the rerun finds the group's checkpoint whole and stores them from it
-    (stored one by one, the rest would be trained again from the start, and a run could be
-    stored finished without its log). An agent that cannot be stored (non-finite returns
-    from a diverged training, a failed save) is stored as failed with the reason, alone.
-    Returns, per agent, whether it was stored finished."""
-    log = getattr(policies, "log", None)
-    prepared: list[tuple[RunRecord, list[Evaluation], Any]] = []
-    for index, record in enumerate(records):
-        try:
-            if not np.all(np.isfinite(returns[index])):
-                raise CtxrlError(_divergence(plan, policies, index, returns[index]))
-            artifact = Path("artifacts") / record.run_id
-            algorithm.save(policies.select([index]), plan.run_dir / artifact)
-            evaluations = [
-                Evaluation(Task(plan.env.name, c).id, c, returns[index][j].tolist())
-                for j, c in enumerate(plan.grid.contexts)
-            ]
-            agent_log = None if log is None else log.select([index])
-            prepared.append((replace(record, artifact=str(artifact)), evaluations, agent_log))
-        except Exception as exc:
-            error = f"storing the trained agent failed: {type(exc).__name__}: {exc}"
-            prepared.append(
-                (replace(record, status="failed", artifact=None, error=error), [], None)
-            )
-            console.print(f"[red]run {record.run_id} failed:[/] {escape(str(error))}")
-    with store.atomic():
-        for record, evaluations, agent_log in prepared:
-            store.record_run(record, evaluations)
-            if agent_log is not None:
-                store.record_training_log(
-                    record.run_id,
-                    curve_steps=agent_log.curve_steps,
-                    curve_returns=[r[0] for r in agent_log.curve_returns],
-                    diagnostic_steps=agent_log.diagnostic_steps,
-                    diagnostics={
-                        k: [float(v[0]) for v in values]
-                        for k, values in agent_log.diagnostics.items()
-                    },
-                )
-    return [record.status == "finished" for record, _, _ in prepared]
-
-
-def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray) -> str:
-    """Why agent ``index``'s returns ``(targets, episodes)`` are not finite: its training
-    diverged (zero-shot), or, after a transfer method, on which targets, and whether the
-    source's own weights are finite (then the transfer diverged there, not the source)."""
-    method = plan.config.transfer.name
-    if method == "zero-shot":
-        return (
-            "its evaluation returns are not finite (NaN or inf): the training diverged "
-            "(check the learning rate and the reward scale)"
-        )
-    bad = [j for j in range(len(returns)) if not np.all(np.isfinite(returns[j]))]
-    features = plan.grid.features
-    targets = "; ".join(
-        ", ".join(f"{f}={plan.grid.contexts[j][f]:.4g}" for f in features) for j in bad[:5]
-    ) + ("; ..." if len(bad) > 5 else "")
-    params = getattr(policies, "params", None)
-    source_finite = params is not None and all(
-        bool(torch.isfinite(tensor[index]).all()) for tensor in params.values()
-    )
-    cause = (
-        "the source's weights are finite, so the transfer diverged there (check the method's "
-        "options and the learning rate)"
-        if source_finite
-        else "the source's own training diverged (check the learning rate and the reward scale)"
-    )
-    return (
-        f"its returns after transfer method {method!r} are not finite (NaN or inf) on "
-        f"{len(bad)} of {len(returns)} targets ({targets}): {cause}"
-    )
 
 
 MULTITASK = "multitask"
@@ -642,7 +437,7 @@ def run_multitask(session: SweepSession) -> None:
     key = hashlib.sha256(f"{MULTITASK}|{seeds}".encode()).hexdigest()[:12]
     checkpoint = plan.run_dir / "checkpoints" / f"{MULTITASK}-{key}"
     try:
-        algorithm, policies, _ = _train_resumably(
+        algorithm, policies, _ = train_resumably(
             plan,
             config.device,
             checkpoint,
@@ -682,8 +477,10 @@ def run_multitask(session: SweepSession) -> None:
         )
         for seed in seeds
     ]
-    stored = _store_trained(plan, store, algorithm, policies, records, returns, console)
-    _remove_checkpoint(checkpoint)
+    stored = batched_programs.store_trained(
+        plan, store, algorithm, policies, records, returns, console
+    )
+    batched_programs.remove_checkpoint(checkpoint)
     for record, ok in zip(records, stored, strict=True):
         if ok:
             finished.add(record.run_id)

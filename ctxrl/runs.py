@@ -1,7 +1,7 @@
 """The runs of a sweep: their ids and stored rows, failures reported by an executor, the
 transfer method's returns, the ``ctxrl_run_finished`` hook and the progress display. Shared
 by the per-run jobs (:mod:`ctxrl.sweep`) and the batched programs
-(:mod:`ctxrl.batched_sweep`)."""
+(:mod:`ctxrl.batched_sweep`, :mod:`ctxrl.batched_programs`)."""
 
 from __future__ import annotations
 

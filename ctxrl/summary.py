@@ -1,6 +1,11 @@
 """Reading a sweep's results: its transfer matrix, the strategies replayed on it, exports
 (CSV, JSON), figures and ``summary.md``. Used by ``ctxrl sweep`` when it finishes and by
-``ctxrl select`` / ``ctxrl report``, which never import the runner."""
+``ctxrl select`` / ``ctxrl report``, which never import the runner.
+
+This module writes the exports and gathers the summary; the selection steps, the strategies
+replayed and the generalization model's calibration are computed in
+:mod:`ctxrl.summary_selection`, the figures drawn in :mod:`ctxrl.summary_figures`, and the
+summary put in words in :mod:`ctxrl.summary_text`. Their names are re-exported here."""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +26,25 @@ from ctxrl.artifacts import verify_artifact, write_text_atomic
 from ctxrl.config import SweepPlan
 from ctxrl.errors import UnknownNameError
 from ctxrl.matrix import TransferMatrix
-from ctxrl.offline import mean_ci, replay_trials
+from ctxrl.offline import mean_ci
 from ctxrl.plugins import get_host
-from ctxrl.report import (
-    ContextAxis,
-    plot_calibration,
-    plot_generalization,
-    plot_learning_curves,
-    plot_matrix,
-    plot_selection,
-    sample_efficiency,
-)
+from ctxrl.report import plot_learning_curves, sample_efficiency
 from ctxrl.selection import generalized_performance, json_safe, myopic_oracle
 from ctxrl.store import Store
+from ctxrl.summary_figures import FIGURES as FIGURES
+from ctxrl.summary_figures import context_axis as context_axis
+from ctxrl.summary_figures import grid_labels as grid_labels
+from ctxrl.summary_figures import remove_stale_figures
+from ctxrl.summary_figures import write_figures as write_figures
+from ctxrl.summary_selection import CALIBRATION_LEVELS as CALIBRATION_LEVELS
+from ctxrl.summary_selection import STOCHASTIC_REPEATS as STOCHASTIC_REPEATS
+from ctxrl.summary_selection import model_calibration as model_calibration
+from ctxrl.summary_selection import over_seeds
+from ctxrl.summary_selection import selection_curves as selection_curves
+from ctxrl.summary_selection import selection_trace as selection_trace
 from ctxrl.summary_text import summary_markdown
 
 STORE_FILE = "store.sqlite"
-STOCHASTIC_REPEATS = 100
-"""replays of a stochastic strategy on a matrix (the MBTL reference uses 100 random orders)"""
 
 
 def sweep_matrix(plan: SweepPlan, store: Store) -> TransferMatrix:
@@ -64,118 +69,9 @@ def trained_order(plan: SweepPlan, store: Store) -> list[int]:
     return []
 
 
-def selection_trace(store: Store, normalised: np.ndarray) -> list[dict[str, Any]]:
-    """The stored selection steps as JSON data, each with ``g_k``: G_k once its sources were
-    trained, along the stored order (None for a step still training; a failed source adds
-    nothing to it, and is listed in the step's ``failed``).
-
-    ``normalised`` is the sweep's normalised ``(N, N)`` matrix (mean over seeds)."""
-    steps = store.selection_steps()
-    order = [i for step in steps for i in step.proposed]
-    curve = generalized_performance(normalised, order)
-    out = []
-    for step in steps:
-        data = step.to_json()
-        last = step.k + len(step.proposed) - 1
-        data["g_k"] = float(curve[last]) if step.trained_at is not None else None
-        # proposed sources without a finished run: they add nothing to g_k
-        data["failed"] = [
-            i
-            for i in step.proposed
-            if step.trained_at is not None and np.isnan(normalised[i]).all()
-        ]
-        out.append(data)
-    return out
-
-
-def selection_curves(
-    normalised: np.ndarray,
-    coords: np.ndarray,
-    strategies: dict[str, Any],
-    budget: int,
-    *,
-    stochastic_repeats: int = STOCHASTIC_REPEATS,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-    batch_sizes: Mapping[str, int] | None = None,
-    failures: dict[str, str] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
-
-    ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
-    replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
-    ``options`` gives a strategy's factory options by name (the sweep's own strategy).
-    A strategy that fails (a plugin's bug: a source proposed twice, an exception) is left out
-    and its error put in ``failures`` (name -> message), so that the others' curves and the
-    rest of the report are still written.
-    """
-    try:
-        lines = replay_trials(
-            normalised[None],
-            coords,
-            strategies,
-            budget,
-            repeats=stochastic_repeats,
-            options=options,
-            batch_sizes=batch_sizes,
-        )
-    except Exception:  # find which: each strategy alone
-        lines = {}
-        for name, spec in strategies.items():
-            try:
-                lines.update(
-                    replay_trials(
-                        normalised[None],
-                        coords,
-                        {name: spec},
-                        budget,
-                        repeats=stochastic_repeats,
-                        options=options,
-                        batch_sizes=batch_sizes,
-                    )
-                )
-            except Exception as exc:
-                if failures is not None:
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-    out: dict[str, dict[str, Any]] = {}
-    for name, line in lines.items():
-        out[name] = {
-            "mean": line["curves"][0].tolist(),
-            "std": line["spread"][0].tolist(),
-            "order": line["orders"][0],
-        }
-    return out
-
-
-CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
-
 STALE_STAGING_S = 3600.0
 """A staging folder (``.exports-*``) older than this is one a kill left behind, whoever wrote
 it; a younger one is when its writer's process, on this host, is gone."""
-
-
-def model_calibration(
-    normalised: np.ndarray, coords: np.ndarray, observed: int = 3, sets: int = 4
-) -> dict[str, Any] | None:
-    """How well the generalization model (GP + gap, :func:`ctxrl.gp.predict_matrix`) predicts
-    rows it has not seen: ``observed`` rows spread over the grid (``sets`` shifts) predict the
-    others; RMSE and the share of held-out entries inside the central band per nominal level
-    (a calibrated model covers about the level). None for fewer than ``2 * observed``
-    contexts."""
-    from ctxrl.gp import band_coverage, spread_observations
-
-    if len(normalised) < 2 * observed:
-        return None
-    results = [
-        band_coverage(normalised, chosen, CALIBRATION_LEVELS, coords=coords)
-        for chosen in spread_observations(len(normalised), observed, sets, coords=coords)
-    ]
-    return {
-        "observed": observed,
-        "sets": len(results),
-        "levels": list(CALIBRATION_LEVELS),
-        "coverage": np.mean([c for _, c in results], axis=0).tolist(),
-        "rmse": float(np.mean([r for r, _ in results])),
-    }
 
 
 def _staging_abandoned(folder: Path) -> bool:
@@ -380,14 +276,14 @@ def _write_staged(
             names = [n for n in names if n not in seed_failures]
             for name in names:
                 curves = np.array([c[name]["mean"] for c in seed_curves])  # (seeds, K)
-                summary["curves"][name].update(_over_seeds(curves))
+                summary["curves"][name].update(over_seeds(curves))
             # SD-MBTL's reference: one greedy order on the seed-mean matrix, scored on each seed
             shared_order, oracle = myopic_oracle(np.moveaxis(per_seed, 2, 0), budget)
             summary["curves"]["myopic-oracle"] = {
                 "mean": oracle.mean(axis=0).tolist(),
                 "std": [0.0] * budget,
                 "order": list(shared_order),
-                **_over_seeds(oracle),
+                **over_seeds(oracle),
             }
             # the reference lines estimated as the curves are: on each seed's matrix, averaged
             seeds_last = np.moveaxis(per_seed, 2, 0)  # (seeds, S, T)
@@ -438,40 +334,11 @@ def _write_staged(
             run_dir / "figures" / "learning_curves",
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
-    _remove_stale_figures(run_dir, summary["figures"])
+    remove_stale_figures(run_dir, summary["figures"])
     # strict JSON: a diagnostic that was never finite (PPO's explained variance of constant
     # returns) is null, not a bare NaN other parsers refuse
     (exports / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     return summary
-
-
-def _over_seeds(curves: np.ndarray) -> dict[str, Any]:
-    """A strategy's G_k on each seed's matrix, ``(seeds, K)``, as the summary keeps it: the
-    mean over seeds per k and its 95 % Student-t half-width, and the same for mean G_1..K
-    (the table's number: ``seed_g_mean``, ``seed_g_ci95``)."""
-    per_k = [mean_ci(curves[:, k]) for k in range(curves.shape[1])]
-    g_mean, g_half_width = mean_ci(curves.mean(axis=1))
-    return {
-        "seed_mean": [m for m, _ in per_k],
-        "seed_ci95": [h for _, h in per_k],
-        "seed_g_mean": g_mean,
-        "seed_g_ci95": g_half_width,
-    }
-
-
-FIGURES = ("matrix", "selection", "generalization", "learning_curves", "calibration")
-"""The figures a report may draw (``figures/<name>.png`` and ``.svg``)."""
-
-
-def _remove_stale_figures(run_dir: Path, written: list[str]) -> None:
-    """Delete figures an earlier report drew that this one did not (e.g. selection curves of
-    a matrix that is no longer complete), so no figure is left beside results it no longer
-    shows."""
-    for name in FIGURES:
-        for suffix in (".png", ".svg"):
-            path = run_dir / "figures" / f"{name}{suffix}"
-            if path.exists() and str(path.relative_to(run_dir)) not in written:
-                path.unlink()
 
 
 def damaged_artifacts(store: Store) -> dict[str, str]:
@@ -485,11 +352,6 @@ def damaged_artifacts(store: Store) -> dict[str, str]:
             if problem is not None:
                 damaged[run.run_id] = problem
     return damaged
-
-
-def grid_labels(plan: SweepPlan) -> list[str]:
-    """Each grid context by its varied features' values (``length=0.5``), in grid order."""
-    return [", ".join(f"{f}={c[f]:.3g}" for f in plan.grid.features) for c in plan.grid.contexts]
 
 
 def error_headline(error: str) -> str:
@@ -549,78 +411,6 @@ def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:
             "end": float(np.clip((np.mean(finals) - lower) / (upper - lower), 0, 1)),
         }
     return out
-
-
-def context_axis(plan: SweepPlan) -> ContextAxis | None:
-    """How figures draw a 1-D grid's contexts: at their values, labelled with the feature's
-    name, description and unit, on a log axis when the grid is log-spaced; None for grids
-    of several features."""
-    if len(plan.grid.features) != 1:
-        return None
-    name = plan.grid.features[0]
-    feature = plan.env.context_space.feature(name)
-    values = np.asarray(plan.grid.axis_values[0], dtype=np.float64)
-    scale = plan.config.features[name].scale or feature.scale
-    label = f"{name}: {feature.description}" if feature.description else name
-    label += f" ({feature.unit})" if feature.unit else ""
-    return ContextAxis(values, label, log=scale == "log" and values.min() > 0, unit=feature.unit)
-
-
-def write_figures(
-    plan: SweepPlan, normalised: np.ndarray, summary: dict[str, Any], directory: Path
-) -> list[str]:
-    """Heatmap, selection curves and (1-D grids) the generalization model: PNG and SVG."""
-    directory.mkdir(exist_ok=True)
-    axis = context_axis(plan)
-    title = f"{plan.env.name}: {', '.join(plan.grid.features)}"
-    written = plot_matrix(
-        normalised,
-        grid_labels(plan),
-        title,
-        directory / "matrix",
-        axis=axis,
-        bounds=plan.env.return_bounds,
-    )
-    if "curves" in summary:
-        seeds = "independent_seeds" in summary  # the curves are means over seeds' matrices
-        references = {
-            "independent": summary["independent_seeds"]["mean"]
-            if seeds
-            else summary["independent"],
-            "oracle transfer": summary["oracle_transfer_seeds"]["mean"]
-            if seeds
-            else summary["oracle_transfer"],
-        }
-        if summary.get("multitask") is not None:
-            references["multitask"] = summary["multitask"]
-        if any("seed_ci95" in c for c in summary["curves"].values()):
-            band = f"95 % CI over {len(plan.config.seeds)} seeds' matrices"
-        else:
-            band = f"±1 std over {STOCHASTIC_REPEATS} replays of each stochastic strategy"
-        written += plot_selection(
-            summary["curves"], references, title, directory / "selection", band=band
-        )
-        if summary.get("calibration"):
-            written += plot_calibration(
-                summary["calibration"], f"{title}: generalization model", directory / "calibration"
-            )
-        if axis is not None and (summary["curves"] or "curve" in summary):
-            if "curve" in summary:  # a select sweep: what its strategy trained
-                chooser = plan.config.strategy.name
-                left_out = set(summary.get("curve_left_out") or [])
-                sources = [i for i in dict.fromkeys(summary["order"]) if i not in left_out]
-            else:
-                chooser = next(iter(summary["curves"]))
-                sources = list(dict.fromkeys(summary["curves"][chooser]["order"]))
-            written += plot_generalization(
-                plan.grid.grid_coords(),
-                normalised,
-                sources,
-                f"{title}: what {chooser} chose",
-                directory / "generalization",
-                axis=axis,
-            )
-    return [str(p.relative_to(directory.parent)) for p in written]
 
 
 def joint_transfer(plan: SweepPlan) -> bool:

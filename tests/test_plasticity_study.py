@@ -600,3 +600,20 @@ def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path)
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     assert "redo trained exactly as none: every record is equal" in summary
     assert "l2 trained exactly" not in summary and "l2, " not in summary
+
+
+def test_a_one_seed_study_says_it_has_no_intervals(tmp_path: Path) -> None:
+    """With one seed a difference read "(no difference)" and the baseline "no loss shown: the
+    interval does not lie below 0", as if an interval had held 0."""
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "l2"}],
+            seeds=[0],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    summary = (run_study(config, get_host().registry) / "summary.md").read_text()
+    assert "(no interval: one seed says nothing either way)" in summary
+    assert "(no interval)" in summary and "(no difference)" not in summary

@@ -782,7 +782,7 @@ def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
     """Killed after the group's runs were stored and before its checkpoint was removed, the
     rerun found nothing to train and left the checkpoint (and its derived files) for good; a
     report killed while staging its exports left the staging folder."""
-    import ctxrl.batched_sweep as batched_sweep
+    import ctxrl.batched_programs as batched_programs
 
     class Killed(BaseException):
         pass
@@ -791,7 +791,7 @@ def test_nothing_a_kill_left_behind_outlives_a_finished_sweep(
         raise Killed
 
     plan = _plan(tmp_path, transfer={"name": "fine-tune", "options": {"steps": 512}})
-    monkeypatch.setattr(batched_sweep, "_remove_checkpoint", killed)
+    monkeypatch.setattr(batched_programs, "remove_checkpoint", killed)
     with pytest.raises(Killed):
         run_sweep(plan, console=Console(file=io.StringIO()))
     monkeypatch.undo()
@@ -829,14 +829,14 @@ def test_the_multitask_baseline_resumes_from_its_checkpoint(
     """The multi-task baseline checkpoints itself as source groups do (it trained from the
     start after every kill): killed before its agents were stored, the rerun continues from
     their final state and stores the same returns as a sweep never killed."""
-    import ctxrl.batched_sweep as batched_sweep
+    import ctxrl.batched_programs as batched_programs
     from ctxrl.store import Store
     from ctxrl.summary import STORE_FILE
 
     class Killed(BaseException):
         pass
 
-    real = batched_sweep._store_trained
+    real = batched_programs.store_trained
 
     def killed_at_the_multitask_runs(*args: Any) -> Any:
         records = args[4]
@@ -846,7 +846,7 @@ def test_the_multitask_baseline_resumes_from_its_checkpoint(
 
     plan = _plan(tmp_path / "killed", train_steps=2048, multitask=True)
     fresh = run_sweep(_plan(tmp_path / "fresh", train_steps=2048, multitask=True))
-    monkeypatch.setattr(batched_sweep, "_store_trained", killed_at_the_multitask_runs)
+    monkeypatch.setattr(batched_programs, "store_trained", killed_at_the_multitask_runs)
     with pytest.raises(Killed):
         run_sweep(plan, console=Console(file=io.StringIO()))
     monkeypatch.undo()

@@ -372,7 +372,7 @@ def test_a_sweep_killed_after_its_transfer_trained_continues_from_the_transfers_
     itself beside the group (it was redone whole after a kill): killed before its runs were
     stored, the rerun continues from its final state and stores what a sweep never killed
     stores; a damaged one is named and the transfer redone; no checkpoint is left behind."""
-    import ctxrl.batched_sweep as batched_sweep
+    import ctxrl.batched_programs as batched_programs
     from ctxrl.artifacts import artifact_metadata
 
     class Killed(BaseException):
@@ -389,7 +389,7 @@ def test_a_sweep_killed_after_its_transfer_trained_continues_from_the_transfers_
     never = _sweep(tmp_path / "never", **changes)
     for damaged in (False, True):
         out = tmp_path / f"killed-{damaged}"
-        monkeypatch.setattr(batched_sweep, "_store_trained", killed)
+        monkeypatch.setattr(batched_programs, "store_trained", killed)
         with pytest.raises(Killed):
             _sweep(out, **changes)
         monkeypatch.undo()

@@ -389,6 +389,8 @@ def distill_proxy(
         if checkpoint is None
         else {"checkpoint": checkpoint.with_name(f"{checkpoint.name}-proxy")}
     )
+    if train_options.get("progress") is not None:  # the proxy's training, then the students'
+        proxy_saving["progress"] = train_options["progress"]
     proxy, visible_env = distill_conditioned(
         env,
         teachers,

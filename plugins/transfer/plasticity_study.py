@@ -24,9 +24,11 @@ arms train again without it. The report covers what finished and names what fail
 retries only the failed programs. Every arm's interventions are checked against the
 algorithm's networks before anything trains. The study file and the programs:
 :mod:`~ctxrl_plugins.transfer.plasticity_plan`; running them:
-:mod:`~ctxrl_plugins.transfer.plasticity_runner`; analysis, figures and the summary:
-:mod:`ctxrl_plugins.transfer.plasticity_study_report`. This module registers the study and its
-command and re-exports the names of both.
+:mod:`~ctxrl_plugins.transfer.plasticity_runner`; the report (exports, figures and the summary):
+:mod:`ctxrl_plugins.transfer.plasticity_study_report`, its measures in
+:mod:`~ctxrl_plugins.transfer.plasticity_analysis` and its ``summary.md`` in
+:mod:`~ctxrl_plugins.transfer.plasticity_summary`. This module registers the study and its
+command and re-exports the names of the plan and the runner modules.
 
 Run it with ``ctxrl plasticity STUDY.yaml`` or from Python::
 
