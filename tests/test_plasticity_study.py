@@ -61,6 +61,19 @@ def _write(tmp_path: Path, **changes: Any) -> Path:
     return path
 
 
+def _tiny_study(tmp_path: Path, arms: list[Any], seeds: list[int] | None = None) -> StudyConfig:
+    """A study of ``arms`` over 1024 steps with one switch, seed 0 unless ``seeds``."""
+    return load_study_config(
+        _write(
+            tmp_path,
+            arms=arms,
+            seeds=seeds or [0],
+            total_steps=1024,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+
+
 @pytest.mark.long
 def test_a_study_trains_its_programs_writes_its_outputs_and_resumes(
     run_ctxrl: Run, tmp_path: Path
@@ -407,15 +420,7 @@ def test_a_failing_program_is_reported_and_the_others_still_run(
     the arms beside it train again without it, as do the other programs, and a rerun retries
     only the failed arm."""
     registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
-    config = load_study_config(
-        _write(
-            tmp_path,
-            arms=[{"name": "boom"}, {"name": "l2"}, {"name": "layer-norm"}],
-            seeds=[0],
-            total_steps=1024,
-            schedule={**STUDY["schedule"], "every": 512},
-        )
-    )
+    config = _tiny_study(tmp_path, [{"name": "boom"}, {"name": "l2"}, {"name": "layer-norm"}])
     monkeypatch.setattr(Boom, "armed", True)
     run_dir = run_study(config, registry)
     programs = run_dir / "programs"
@@ -469,15 +474,7 @@ def test_a_failing_arm_alone_in_its_program_fails_that_program(
     """Only the baseline beside the arm that raised: the baseline trains again alone; a
     second run with the arm still raising records the same failure and trains nothing else."""
     registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
-    config = load_study_config(
-        _write(
-            tmp_path,
-            arms=[{"name": "boom"}],
-            seeds=[0],
-            total_steps=1024,
-            schedule={**STUDY["schedule"], "every": 512},
-        )
-    )
+    config = _tiny_study(tmp_path, [{"name": "boom"}])
     monkeypatch.setattr(Boom, "armed", True)
     run_dir = run_study(config, registry)
     programs = run_dir / "programs"
@@ -503,15 +500,7 @@ def test_a_failure_outside_every_intervention_blames_none(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(BatchedTrainer, "_save", full_disk)
-    config = load_study_config(
-        _write(
-            tmp_path,
-            arms=[{"name": "layer-norm"}],
-            seeds=[0],
-            total_steps=1024,
-            schedule={**STUDY["schedule"], "every": 512},
-        )
-    )
+    config = _tiny_study(tmp_path, [{"name": "layer-norm"}])
     run_dir = run_study(config, get_host().registry)
     for program in ("shared", "arm-layer-norm"):
         failure = json.loads((run_dir / "programs" / f"{program}.failed.json").read_text())
@@ -588,14 +577,8 @@ def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: P
 def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path) -> None:
     """ReDo every 1000 updates in a study of a few dozen: its row equalled none's to every
     digit, reported as an ordinary "no difference"."""
-    config = load_study_config(
-        _write(
-            tmp_path,
-            arms=[{"name": "redo", "options": {"every": 100_000}}, {"name": "l2"}],
-            seeds=[0, 1],
-            total_steps=1024,
-            schedule={**STUDY["schedule"], "every": 512},
-        )
+    config = _tiny_study(
+        tmp_path, [{"name": "redo", "options": {"every": 100_000}}, {"name": "l2"}], seeds=[0, 1]
     )
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     assert "redo trained exactly as none: every record is equal" in summary
@@ -605,15 +588,7 @@ def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path)
 def test_a_one_seed_study_says_it_has_no_intervals(tmp_path: Path) -> None:
     """With one seed a difference read "(no difference)" and the baseline "no loss shown: the
     interval does not lie below 0", as if an interval had held 0."""
-    config = load_study_config(
-        _write(
-            tmp_path,
-            arms=[{"name": "l2"}],
-            seeds=[0],
-            total_steps=1024,
-            schedule={**STUDY["schedule"], "every": 512},
-        )
-    )
+    config = _tiny_study(tmp_path, [{"name": "l2"}])
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     assert "(no interval: one seed says nothing either way)" in summary
     assert "(no interval)" in summary and "(no difference)" not in summary
