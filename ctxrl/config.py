@@ -129,11 +129,12 @@ def _fields_at(model: type[BaseModel], location: Sequence[int | str]) -> list[st
     ``("strategy",)``: the strategy's; ``("features", "length")``: a varied feature's;
     ``("algorithm", "interventions", 0)``: an intervention's), or none where it is not a
     section of fields."""
-    annotation: Any = model
+    annotation: Any = _unannotated(model)
     for part in location:
         # pydantic names the member of a union it tried: ("arms", 0, "ArmEntry", "labl")
         if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-            named = [m for m in typing.get_args(annotation) if getattr(m, "__name__", "") == part]
+            members = [_unannotated(m) for m in typing.get_args(annotation)]
+            named = [m for m in members if getattr(m, "__name__", "") == part]
             if named:
                 annotation = named[0]
                 continue
@@ -147,13 +148,20 @@ def _fields_at(model: type[BaseModel], location: Sequence[int | str]) -> list[st
         # a mapping's value (named by its key) or a list's item (by its index)
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
         if origin is dict and len(args) == 2:
-            annotation = args[1]
+            annotation = _unannotated(args[1])
         elif origin is list and len(args) == 1:
-            annotation = args[0]
+            annotation = _unannotated(args[0])
         else:
             return []
     section = _section(annotation)
     return [] if section is None else list(section.model_fields)
+
+
+def _unannotated(annotation: Any) -> Any:
+    """``X`` of ``Annotated[X, ...]`` (a tagged union member, a discriminated union)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:

@@ -187,6 +187,11 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
             {"arms": [{"name": "redo", "optons": {}}]},
             "arms.0.InterventionEntry.optons: no such field; did you mean 'options'",
         ),
+        (  # only the form the arm is written in is reported, not every member of the union
+            {"arms": [{"labl": "y", "interventions": [{"name": "l2"}]}]},
+            r": arms.0.ArmEntry.label: Field required; arms.0.ArmEntry.labl: no such field; "
+            r"did you mean 'label'\? \(got 'y'\)$",
+        ),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
         (
             {"schedule": {**STUDY["schedule"], "every": 100_000}},

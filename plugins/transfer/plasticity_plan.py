@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
@@ -54,11 +54,32 @@ class ArmEntry(StrictModel):
     interventions: list[InterventionEntry] = Field(min_length=1)
 
 
+def _arm_form(value: Any) -> str:
+    """Which of the three forms an arm is written in (so that an error names the fields of
+    that form alone): a name, ``{name, options}`` or ``{label, interventions}``."""
+    if isinstance(value, ArmEntry) or (
+        isinstance(value, dict) and ("label" in value or "interventions" in value)
+    ):
+        return "ArmEntry"
+    if isinstance(value, InterventionEntry | dict):
+        return "InterventionEntry"
+    return "str"
+
+
+Arm = Annotated[
+    Annotated[str, Tag("str")]
+    | Annotated[InterventionEntry, Tag("InterventionEntry")]
+    | Annotated[ArmEntry, Tag("ArmEntry")],
+    Discriminator(_arm_form),
+]
+"""An arm as a study file writes it."""
+
+
 class ArmsConfig(StrictModel):
     """What every plasticity study has: the arms compared with no intervention, the seeds, the
     dormancy threshold, the device and where the run directory goes."""
 
-    arms: list[str | InterventionEntry | ArmEntry] = Field(
+    arms: list[Arm] = Field(
         description="interventions to compare with no intervention: a name (defaults), "
         "{name, options}, or {label, interventions: [...]} to compose several"
     )
