@@ -13,8 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ctxrl.artifacts import write_text_atomic
-from ctxrl.config import merge_params, no_such_field
+from ctxrl.config import merge_params
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.field_errors import validation_problems
 from ctxrl.registry import AlgorithmSpec
 from ctxrl.yaml12 import parse_yaml
 
@@ -62,15 +63,7 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = no_such_field(model, error["loc"])
-            got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
-            problems.append(f"{where}: {message}{got}")
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise ConfigError(f"{path}: " + "; ".join(validation_problems(exc, model))) from None
 
 
 def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
