@@ -489,3 +489,18 @@ def test_a_study_with_diverged_agents_is_reported(run_ctxrl: Run, tmp_path: Path
     assert np.isnan(performance[1, 2]) and np.isfinite(np.delete(performance, 5)).all()
     for figure in ("area_ratio_dqn.png", "curves_dqn.png"):
         assert (runner.run_dir / "figures" / figure).is_file()
+
+
+def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
+    run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """``--dry-run`` of a DQN transferability study: the validated study, defaults filled in, as
+    YAML on standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line
+    on standard error; no run directory."""
+    study = _write(tmp_path)
+    result = run_ctxrl("transfer", "dqn", str(study), "--dry-run", check=True)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(result.stdout)
+    assert load_study_config(printed) == load_study_config(study)
+    assert "->" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -597,3 +597,18 @@ def test_a_one_seed_study_says_it_has_no_intervals(tmp_path: Path) -> None:
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     assert "(no interval: one seed says nothing either way)" in summary
     assert "(no interval)" in summary and "(no difference)" not in summary
+
+
+def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
+    run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """``--dry-run`` of a env study: the validated study, defaults filled in, as YAML on standard
+    output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line on standard
+    error; no run directory."""
+    study = _write(tmp_path)
+    result = run_ctxrl("plasticity", str(study), "--dry-run", check=True)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(result.stdout)
+    assert load_study_config(printed) == load_study_config(study)
+    assert "->" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -334,3 +334,18 @@ def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path)
     summary = (run_targets_study(config, get_host().registry) / "summary.md").read_text()
     assert "idle trained exactly as none: every record is equal" in summary
     assert "redo trained exactly" not in summary  # every 20 updates: it acted
+
+
+def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
+    run_ctxrl: Run, tmp_path: Path
+) -> None:
+    """``--dry-run`` of a shifting-target study: the validated study, defaults filled in, as
+    YAML on standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line
+    on standard error; no run directory."""
+    study = _write(tmp_path)
+    result = run_ctxrl("plasticity", str(study), "--dry-run", check=True)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(result.stdout)
+    assert load_targets_config(printed) == load_targets_config(study)
+    assert "->" in result.stderr
+    assert not (tmp_path / "runs").exists()

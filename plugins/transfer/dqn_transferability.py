@@ -50,7 +50,7 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import (
     resolve_study,
 )
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult, StudyRunner
-from ctxrl_plugins.transfer.studies import StudyOnly
+from ctxrl_plugins.transfer.studies import StudyOnly, study_yaml
 
 __all__ = [
     "ARMS",
@@ -164,6 +164,7 @@ def ctxrl_register_commands(cli: Any) -> None:
             f"transfer arm -> {plan.run_dir}"
         )
         if dry_run:
+            click.echo(study_yaml(config), nl=False)
             return
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())

@@ -78,9 +78,7 @@ from ctxrl_plugins.transfer.plasticity_runner import (
     load_results,
     run_study,
 )
-from ctxrl_plugins.transfer.studies import (
-    StudyOnly,
-)
+from ctxrl_plugins.transfer.studies import StudyOnly, study_yaml
 
 
 def report_study(run_dir: Path) -> str:
@@ -153,6 +151,7 @@ def ctxrl_register_commands(cli: Any) -> None:
             f"{config.total_steps} steps, {len(programs)} batched program(s) -> {plan.run_dir}"
         )
         if dry_run:
+            click.echo(study_yaml(config), nl=False)
             return
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())
@@ -193,6 +192,7 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
         f"{len(isolate_arms(programs, isolated_arms(run_dir)))} batched program(s) -> {run_dir}"
     )
     if dry_run:
+        click.echo(study_yaml(config), nl=False)
         return
 
     def failed(failure: ProgramFailure) -> None:

@@ -1,7 +1,8 @@
 """What the transfer studies (DQN transferability, plasticity) share: the strict config base,
 reading a study file with errors that name the file and the field, opening a run directory that
 refuses another study's results, an algorithm's parameters from a preset and the study's own,
-and the transfer-method object of a study that runs from its own command."""
+the study a ``--dry-run`` prints, and the transfer-method object of a study that runs from its
+own command."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + "; ".join(validation_problems(exc, model))) from None
+
+
+def study_yaml(config: BaseModel) -> str:
+    """A validated study as YAML, every default filled in: what ``--dry-run`` prints on
+    standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line going to
+    standard error."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
