@@ -212,6 +212,27 @@ def test_an_intervention_the_networks_cannot_take_is_refused_before_training() -
     assert dry.config.algorithm.interventions[1].name == "plasticity-injection"
 
 
+def test_an_intervention_whose_setup_fails_is_refused_before_training() -> None:
+    """``plasticity-injection`` with a role the algorithm has no network for is refused in its
+    ``setup``: that passed ``--dry-run`` and failed every batched group as it started. Now the
+    plan check sets each intervention up on a one-agent training, on instances that never
+    train (the sweep's own are set up again when it trains)."""
+    wrong = {"name": "plasticity-injection", "options": {"roles": ["actr"]}}
+    config = validate_config(_config(algorithm={**PPO, "interventions": [{"name": "l2"}, wrong]}))
+    with pytest.raises(ConfigError) as raised:
+        resolve_plan(config, get_host().registry)
+    assert str(raised.value) == (
+        "algorithm.interventions[1] (plasticity-injection): plasticity-injection: roles "
+        "['actr'] are not networks of this algorithm (it has actor, critic)"
+    )
+    right = {"name": "plasticity-injection", "options": {"roles": ["actor"]}}
+    fine = validate_config(_config(algorithm={**PPO, "interventions": [{"name": "l2"}, right]}))
+    assert (
+        resolve_plan(fine, get_host().registry).config.algorithm.interventions[1]
+        == (fine.algorithm.interventions[1])
+    )
+
+
 def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:
     """Run directories of sweeps written before transfer methods, interventions and curves
     existed keep their names (and so resume)."""

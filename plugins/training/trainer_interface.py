@@ -122,12 +122,17 @@ class TrainerInterface(Generic[StateT]):
         """Raise a :class:`~ctxrl.errors.CtxrlError` naming the intervention (``interventions[i]``
         and its name) when the networks this algorithm trains on ``env`` cannot take it: each
         role's description through the interventions' :meth:`~ctxrl.interventions.Intervention.
-        network` transforms in order, as training applies them, then the network built with one
-        agent's shapes (nothing is drawn). E.g. ``plasticity-injection``'s ``layers`` beyond the
-        network's depth, found before anything trains rather than when every group starts."""
+        network` transforms in order, as training applies them, then the networks built for one
+        agent on the CPU, with their optimizer, and each intervention's
+        :meth:`~ctxrl.interventions.Intervention.setup` called on that agent's training. E.g.
+        ``plasticity-injection``'s ``layers`` beyond the network's depth or its ``roles`` naming
+        a network the algorithm does not have, found before anything trains rather than when
+        every group starts. The interventions given are set up on a throwaway training: pass
+        instances that will not train."""
         if not interventions or env.make_batched is None:
             return
-        twin = env.make_batched(1)
+        twin = env.make_batched(self.num_envs)
+        networks: dict[str, StackedMLP] = {}
         for role, (spec, heads) in self.network_specs(twin).items():
             for index, intervention in enumerate(interventions):
                 try:
@@ -137,14 +142,46 @@ class TrainerInterface(Generic[StateT]):
                         f"interventions[{index}] ({intervention.name}): {_one_line(exc)}"
                     ) from None
             try:
-                StackedMLP(role, spec, twin.observation_size, heads).init_agent(
-                    torch.Generator(), zeros=True
-                )
+                networks[role] = StackedMLP(role, spec, twin.observation_size, heads)
+                networks[role].init_agent(torch.Generator(), zeros=True)
             except Exception as exc:
                 names = ", ".join(i.name for i in interventions)
                 raise CtxrlError(
                     f"interventions ({names}) make a {role} network that cannot be built: "
                     f"{_one_line(exc)}"
+                ) from None
+        self._check_setup(twin, networks, interventions)
+
+    def _check_setup(
+        self, twin: Any, networks: dict[str, StackedMLP], interventions: Sequence[Intervention]
+    ) -> None:
+        """Each intervention's ``setup`` on a one-agent training of ``networks`` (seed 0, the
+        CPU); an error there names the intervention."""
+        from ctxrl.rng import StreamRNG
+        from ctxrl_plugins.training.networks import stack_agents
+
+        cpu = torch.device("cpu")
+        agent: Params = {}
+        for net in networks.values():
+            agent.update(net.init_agent(torch.Generator().manual_seed(0)))
+        params = stack_agents([agent], cpu)
+        params.update(self.extra_params(twin))
+        run = TrainingRun(
+            twin=twin,
+            networks=networks,
+            params=params,
+            optimizer=self.optimizer(params),
+            rng=StreamRNG(torch.zeros(1, dtype=torch.int64)),
+            interventions=interventions,
+            num_envs=self.num_envs,
+            device=cpu,
+        )
+        for index, intervention in enumerate(run.each_intervention()):
+            try:
+                intervention.setup(run)
+            except Exception as exc:
+                raise CtxrlError(
+                    f"interventions[{index}] ({intervention.name}): {_one_line(exc)}"
                 ) from None
 
     def extra_params(self, twin: Any) -> Params:
