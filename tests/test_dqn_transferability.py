@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from study_dry_run import assert_dry_run_prints_the_study
 
 from ctxrl.config import resolve_plan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
@@ -494,13 +495,6 @@ def test_a_study_with_diverged_agents_is_reported(run_ctxrl: Run, tmp_path: Path
 def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
     run_ctxrl: Run, tmp_path: Path
 ) -> None:
-    """``--dry-run`` of a DQN transferability study: the validated study, defaults filled in, as
-    YAML on standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line
-    on standard error; no run directory."""
+    """``--dry-run`` of a DQN transferability study: the study as YAML, nothing trained."""
     study = _write(tmp_path)
-    result = run_ctxrl("transfer", "dqn", str(study), "--dry-run", check=True)
-    printed = tmp_path / "printed.yaml"
-    printed.write_text(result.stdout)
-    assert load_study_config(printed) == load_study_config(study)
-    assert "->" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert_dry_run_prints_the_study(run_ctxrl, ["transfer", "dqn"], study, load_study_config)

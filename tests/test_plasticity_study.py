@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from raising_intervention import Boom, BoomPlugin
+from study_dry_run import assert_dry_run_prints_the_study
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.plugins import get_host, load_host
@@ -602,13 +603,5 @@ def test_a_one_seed_study_says_it_has_no_intervals(tmp_path: Path) -> None:
 def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
     run_ctxrl: Run, tmp_path: Path
 ) -> None:
-    """``--dry-run`` of a env study: the validated study, defaults filled in, as YAML on standard
-    output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line on standard
-    error; no run directory."""
-    study = _write(tmp_path)
-    result = run_ctxrl("plasticity", str(study), "--dry-run", check=True)
-    printed = tmp_path / "printed.yaml"
-    printed.write_text(result.stdout)
-    assert load_study_config(printed) == load_study_config(study)
-    assert "->" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    """``--dry-run`` of an env study: the study as YAML on stdout, nothing trained."""
+    assert_dry_run_prints_the_study(run_ctxrl, ["plasticity"], _write(tmp_path), load_study_config)

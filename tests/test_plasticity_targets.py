@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from raising_intervention import Boom, BoomPlugin
+from study_dry_run import assert_dry_run_prints_the_study
 
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.plugins import get_host, load_host
@@ -339,13 +340,6 @@ def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path)
 def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
     run_ctxrl: Run, tmp_path: Path
 ) -> None:
-    """``--dry-run`` of a shifting-target study: the validated study, defaults filled in, as
-    YAML on standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line
-    on standard error; no run directory."""
+    """``--dry-run`` of a shifting-target study: the study as YAML, nothing trained."""
     study = _write(tmp_path)
-    result = run_ctxrl("plasticity", str(study), "--dry-run", check=True)
-    printed = tmp_path / "printed.yaml"
-    printed.write_text(result.stdout)
-    assert load_targets_config(printed) == load_targets_config(study)
-    assert "->" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert_dry_run_prints_the_study(run_ctxrl, ["plasticity"], study, load_targets_config)

@@ -1,0 +1,26 @@
+"""What the tests of each study command check of its ``--dry-run``."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def assert_dry_run_prints_the_study(
+    run_ctxrl: Callable[..., subprocess.CompletedProcess[str]],
+    command: list[str],
+    study: Path,
+    load: Callable[[Path], Any],
+) -> None:
+    """``ctxrl COMMAND STUDY --dry-run`` prints the validated study, defaults filled in, as YAML
+    on standard output (as ``ctxrl sweep --dry-run`` prints its plan) and its summary line on
+    standard error, and writes no run directory (the study's ``output_dir`` is ``runs`` beside
+    the study file)."""
+    result = run_ctxrl(*command, str(study), "--dry-run", check=True)
+    printed = study.parent / "printed.yaml"
+    printed.write_text(result.stdout)
+    assert load(printed) == load(study)
+    assert "->" in result.stderr
+    assert not (study.parent / "runs").exists()
