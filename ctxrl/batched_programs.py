@@ -168,29 +168,19 @@ def store_trained(
     of them stored, so the rerun finds the group's checkpoint whole and stores them from it
     (stored one by one, the rest would be trained again from the start, and a run could be
     stored finished without its log). An agent that cannot be stored (non-finite returns
-    from a diverged training, a failed save) is stored as failed with the reason, alone. A
-    transfer that diverged on some targets only, from a source whose weights are finite, keeps
-    the source and its other targets: the run is stored finished without those targets'
-    evaluations (NaN in the matrix, named in the summary). Returns, per agent, whether it was
-    stored finished."""
+    from a diverged training, a failed save) is stored as failed with the reason, alone.
+    Returns, per agent, whether it was stored finished."""
     log = getattr(policies, "log", None)
     prepared: list[tuple[RunRecord, list[Evaluation], Any]] = []
     for index, record in enumerate(records):
         try:
-            finite = np.isfinite(returns[index]).all(axis=-1)  # (targets,)
-            if not finite.all():
-                why = _divergence(plan, policies, index, returns[index])
-                if not (finite.any() and _transfer_diverged(plan, policies, index)):
-                    raise CtxrlError(why)
-                console.print(
-                    f"[yellow]run {record.run_id}: {escape(why)}; stored without those targets[/]"
-                )
+            if not np.all(np.isfinite(returns[index])):
+                raise CtxrlError(_divergence(plan, policies, index, returns[index]))
             artifact = Path("artifacts") / record.run_id
             algorithm.save(policies.select([index]), plan.run_dir / artifact)
             evaluations = [
                 Evaluation(Task(plan.env.name, c).id, c, returns[index][j].tolist())
                 for j, c in enumerate(plan.grid.contexts)
-                if finite[j]
             ]
             agent_log = None if log is None else log.select([index])
             prepared.append((replace(record, artifact=str(artifact)), evaluations, agent_log))
@@ -232,24 +222,17 @@ def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray)
     targets = "; ".join(
         ", ".join(f"{f}={plan.grid.contexts[j][f]:.4g}" for f in features) for j in bad[:5]
     ) + ("; ..." if len(bad) > 5 else "")
+    params = getattr(policies, "params", None)
+    source_finite = params is not None and all(
+        bool(torch.isfinite(tensor[index]).all()) for tensor in params.values()
+    )
     cause = (
         "the source's weights are finite, so the transfer diverged there (check the method's "
         "options and the learning rate)"
-        if _transfer_diverged(plan, policies, index)
+        if source_finite
         else "the source's own training diverged (check the learning rate and the reward scale)"
     )
     return (
         f"its returns after transfer method {method!r} are not finite (NaN or inf) on "
         f"{len(bad)} of {len(returns)} targets ({targets}): {cause}"
-    )
-
-
-def _transfer_diverged(plan: SweepPlan, policies: Any, index: int) -> bool:
-    """Whether agent ``index``'s non-finite returns are the transfer method's doing: a method
-    other than zero-shot, from a source whose own weights are all finite."""
-    params = getattr(policies, "params", None)
-    return (
-        plan.config.transfer.name != "zero-shot"
-        and params is not None
-        and all(bool(torch.isfinite(tensor[index]).all()) for tensor in params.values())
     )

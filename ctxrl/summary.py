@@ -172,17 +172,6 @@ def _write_staged(
         }
         for i in np.flatnonzero(observed & ~stored.all(axis=1))
     ]
-    # finished runs without some targets' evaluations: a transfer that diverged there
-    label = [", ".join(f"{f}={c[f]:.3g}" for f in plan.grid.features) for c in plan.grid.contexts]
-    holes = [
-        {
-            "source": label[i],
-            "seed": plan.config.seeds[k],
-            "targets": [label[j] for j in np.flatnonzero(np.isnan(matrix.values[i, :, k]))],
-        }
-        for i, k in zip(*np.nonzero(stored), strict=True)
-        if np.isnan(matrix.values[i, :, k]).any()
-    ]
     summary: dict[str, Any] = {
         "env": plan.env.name,
         "features": list(plan.grid.features),
@@ -193,7 +182,6 @@ def _write_staged(
         "observed_rows": int(np.sum(observed)),
         "clipped": outside,
         "missing_seeds": missing,
-        "missing_entries": holes,
         "runs": len(store.runs()),
         "damaged": [
             {"run_id": run_id, "problem": problem}

@@ -56,22 +56,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         ]
         lines += [f"- {m['source']}: seed(s) {m['seeds']}" for m in missing]
         lines.append("")
-    holes = summary.get("missing_entries", [])
-    if holes:
-        count = sum(len(h["targets"]) for h in holes)
-        lines += [
-            f"**{count} matrix entries of {len(holes)} finished run(s) are missing: the transfer "
-            "diverged there** (its returns were not finite; the source and its other targets "
-            "are stored; an entry averages the seeds where it is finite, and G_k counts an "
-            "entry no seed has as 0):",
-            "",
-        ]
-        lines += [
-            f"- {h['source']}, seed {h['seed']}: on {', '.join(h['targets'][:5])}"
-            + (f" and {len(h['targets']) - 5} more" if len(h["targets"]) > 5 else "")
-            for h in holes
-        ]
-        lines.append("")
     failed = summary.get("failed", [])
     if failed:
         lines += [

@@ -105,11 +105,8 @@ def execute_job(job: dict[str, Any]) -> None:
                 f"algorithm {plan.algorithm.name!r} returned evaluation shape {returns.shape}, "
                 f"expected {(len(targets), config.eval_episodes)}"
             )
-        finite = np.isfinite(returns).all(axis=-1)  # (targets,): the store keeps finite ones
-        # a transfer that diverged on some targets keeps the others (the summary names the
-        # missing entries); returns not finite anywhere, or zero-shot's, fail the run
-        if not finite.any() or (not finite.all() and config.transfer.name == "zero-shot"):
-            bad = [t for j, t in enumerate(targets) if not finite[j]]
+        if not np.all(np.isfinite(returns)):  # the store keeps finite returns only
+            bad = [t for j, t in enumerate(targets) if not np.isfinite(returns[j]).all()]
             first = ", ".join(f"{f}={bad[0].context[f]:.4g}" for f in plan.grid.features)
             raise CtxrlError(
                 f"its returns are not finite (NaN or inf) on {len(bad)} of {len(targets)} "
@@ -122,9 +119,7 @@ def execute_job(job: dict[str, Any]) -> None:
                 )
             )
         evaluations = [
-            Evaluation(t.id, t.context, returns[j].tolist())
-            for j, t in enumerate(targets)
-            if finite[j]
+            Evaluation(t.id, t.context, returns[j].tolist()) for j, t in enumerate(targets)
         ]
         finished = now()
         store.record_run(
