@@ -14,6 +14,7 @@ import torch
 
 from ctxrl.config import resolve_plan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
+from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
 from ctxrl.registry import CurveOptions
 from ctxrl.results import check_transferable, load_policies
@@ -231,6 +232,18 @@ def test_an_intervention_whose_setup_fails_is_refused_before_training() -> None:
         resolve_plan(fine, get_host().registry).config.algorithm.interventions[1]
         == (fine.algorithm.interventions[1])
     )
+
+
+def test_the_setup_check_runs_on_the_cpu_whatever_the_trainers_device() -> None:
+    """The one-agent training of the setup check is on the CPU, also for an algorithm's own
+    parameters, which it makes on its device (PPO's log standard deviation): with a GPU
+    trainer they met the networks' CPU parameters in the optimizer and the plan check raised
+    a bare RuntimeError. ``meta`` stands in for a GPU here."""
+    registry = get_host().registry
+    env = registry.env("Pendulum")
+    trainer = registry.algorithm("batched-ppo").factory({}, device="cpu", env=env)
+    trainer.device = torch.device("meta")
+    trainer.check_interventions(env, build_interventions([{"name": "l2"}], registry))
 
 
 def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:

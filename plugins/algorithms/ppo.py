@@ -378,7 +378,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         if twin.discrete_actions is not None:
             return {}
         n = twin.num_envs // self.config.num_envs
-        return {"actor.log_std": torch.full((n, 1), self.config.init_log_std, device=self.device)}
+        return {"actor.log_std": torch.full((n, 1), self.config.init_log_std, device=twin.device)}
 
     def optimizer(self, params: Params) -> AgentAdam:
         cfg = self.config

@@ -165,17 +165,24 @@ class TrainerInterface(Generic[StateT]):
         for net in networks.values():
             agent.update(net.init_agent(torch.Generator().manual_seed(0)))
         params = stack_agents([agent], cpu)
-        params.update(self.extra_params(twin))
-        run = TrainingRun(
-            twin=twin,
-            networks=networks,
-            params=params,
-            optimizer=self.optimizer(params),
-            rng=StreamRNG(torch.zeros(1, dtype=torch.int64)),
-            interventions=interventions,
-            num_envs=self.num_envs,
-            device=cpu,
-        )
+        params.update(self.extra_params(twin))  # on the twin's device: the CPU here
+        try:
+            run = TrainingRun(
+                twin=twin,
+                networks=networks,
+                params=params,
+                optimizer=self.optimizer(params),
+                rng=StreamRNG(torch.zeros(1, dtype=torch.int64)),
+                interventions=interventions,
+                num_envs=self.num_envs,
+                device=cpu,
+            )
+        except Exception as exc:
+            names = ", ".join(i.name for i in interventions)
+            raise CtxrlError(
+                f"{self.name}: its training with interventions ({names}) cannot be set up: "
+                f"{_one_line(exc)}"
+            ) from None
         for index, intervention in enumerate(run.each_intervention()):
             try:
                 intervention.setup(run)
@@ -185,7 +192,8 @@ class TrainerInterface(Generic[StateT]):
                 ) from None
 
     def extra_params(self, twin: Any) -> Params:
-        """Per-agent parameters outside the networks (e.g. a log standard deviation)."""
+        """Per-agent parameters outside the networks (e.g. a log standard deviation), on the
+        twin's device (the trainer's in training, the CPU in :meth:`check_interventions`)."""
         del twin
         return {}
 
