@@ -246,6 +246,29 @@ def test_the_setup_check_runs_on_the_cpu_whatever_the_trainers_device() -> None:
     trainer.check_interventions(env, build_interventions([{"name": "l2"}], registry))
 
 
+def test_a_fine_tune_that_freezes_the_whole_policy_is_refused() -> None:
+    """``freeze: [actor]`` (PPO) or ``[q]`` (DQN) kept the policy as the source's: the sweep
+    spent its fine-tune budget and reported the zero-shot matrix as fine-tuned. A frozen
+    critic alone, or part of the actor, still trains the policy."""
+    registry = get_host().registry
+    for algorithm, freeze in (
+        ("batched-ppo", ["actor"]),
+        ("batched-ppo", ["actor", "critic"]),
+        ("batched-ppo", ["actor.*"]),
+        ("batched-dqn", ["q"]),
+    ):
+        transfer = {"name": "fine-tune", "options": {"steps": 1024, "freeze": freeze}}
+        algorithm_entry = {"name": algorithm, "params": {"learning_starts": 100}}
+        if algorithm == "batched-ppo":
+            algorithm_entry = {"name": algorithm}
+        config = _config(algorithm=algorithm_entry, transfer=transfer, train_steps=4096)
+        with pytest.raises(ConfigError, match=r"keeps every parameter the policy acts with"):
+            resolve_plan(validate_config(config), registry)
+    for freeze in (["critic"], ["actor.0"], ["actor.head"]):
+        transfer = {"name": "fine-tune", "options": {"steps": 1024, "freeze": freeze}}
+        resolve_plan(validate_config(_config(transfer=transfer)), registry)
+
+
 def test_new_fields_at_their_defaults_keep_the_plan_hash() -> None:
     """Run directories of sweeps written before transfer methods, interventions and curves
     existed keep their names (and so resume)."""

@@ -280,6 +280,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
     name = "batched-dqn"
+    acting_roles = ("q",)
     env_seed_salt = 1
     config: DQNConfig
 

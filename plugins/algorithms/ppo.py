@@ -333,6 +333,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
     name = "batched-ppo"
+    acting_roles = ("actor",)
     env_seed_salt = 0
     config: PPOConfig
 

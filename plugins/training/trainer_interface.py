@@ -45,6 +45,10 @@ class TrainerInterface(Generic[StateT]):
     """mixed into the twins' per-env seeds, so that two algorithms do not share episodes"""
     needs_twin: ClassVar[bool] = True
     """it trains on an env's torch twin only (a sweep refuses an env without one up front)"""
+    acting_roles: ClassVar[tuple[str, ...] | None] = None
+    """the network roles whose parameters (``role.*``) decide the policy's actions (PPO's
+    ``actor``, not its critic); None: every role. A fine-tune that freezes all of them cannot
+    change the policy and is refused."""
     config: Any
 
     def __init__(self, device: str) -> None:

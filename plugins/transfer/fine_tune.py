@@ -54,6 +54,7 @@ class FineTune:
             reinit = check_layers(env, self.reinit, "reinit") or []
             freeze = check_layers(env, self.freeze, "freeze") or []
             both = both or sorted(set(reinit) & set(freeze))
+            self._check_policy_trains(algorithm, env, freeze)
         if both:  # the trainer refuses it too, but only after the sources trained
             raise ConfigError(
                 f"fine-tune: {', '.join(both)} both re-initialised (reinit "
@@ -66,6 +67,26 @@ class FineTune:
                 check_budget(self.steps)
             except CtxrlError as exc:
                 raise ConfigError(f"steps {self.steps} per (source, target) pair: {exc}") from None
+
+    def _check_policy_trains(self, algorithm: Any, env: EnvSpec, frozen: list[str]) -> None:
+        """Refuse a ``freeze`` that keeps every parameter of the roles that act (the
+        algorithm's ``acting_roles``; PPO's actor): the fine-tuned policy would be the source's,
+        its ``steps`` spent for a zero-shot matrix."""
+        if not frozen:
+            return
+        roles = getattr(algorithm, "acting_roles", None)
+        acting = [
+            name
+            for name in algorithm.check_layers(env, ["*"], "freeze")
+            if roles is None or name.split(".", 1)[0] in roles
+        ]
+        if acting and set(acting) <= set(frozen):
+            raise ConfigError(
+                f"fine-tune: freeze {self.freeze} keeps every parameter the policy acts with "
+                f"({', '.join(sorted({n.split('.', 1)[0] + '.*' for n in acting}))}) as the "
+                "source's: fine-tuning could not change the policy and would give the zero-shot "
+                "matrix; leave a layer of the policy out of freeze"
+            )
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
         import torch
