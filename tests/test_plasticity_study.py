@@ -198,6 +198,11 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
             {"schedule": {**STUDY["schedule"], "every": 100_000}},
             "schedule: no context switch within total_steps 4096",
         ),
+        (  # it said "make schedule.every smaller", which no every could mend
+            {"schedule": {**STUDY["schedule"], "contexts": [{"length": 0.5}] * 2}},
+            r"schedule: every segment within total_steps 4096 has one and the same context "
+            r"\(\[\{'length': 0.5\}, \{'length': 0.5\}\]; seed 0\)",
+        ),
         ({"curve_every": 1024}, "curve_every: 1024 env steps leaves fewer than two segments"),
         # switches and curve points fall at iteration ends (128 env steps here): a jumpstart
         # read off the grid was an iteration late, in the new context, with no warning

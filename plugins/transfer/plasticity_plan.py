@@ -215,7 +215,7 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
         raise ConfigError(f"params: {message}") from None
     schedules = {seed: _seed_schedule(config, env, seed) for seed in config.seeds}
     for seed, schedule in schedules.items():
-        _check_segments(config, schedule.switch_steps(0, config.total_steps - 1), seed)
+        _check_segments(config, schedule, seed)
         if training:
             _check_grid(config, schedule.every, trainer.steps_per_iteration())
             where = f"schedule (seed {seed})"
@@ -262,10 +262,19 @@ def _check_grid(config: StudyConfig, every: int, per_iteration: int) -> None:
         )
 
 
-def _check_segments(config: StudyConfig, switches: list[int], seed: int) -> None:
+def _check_segments(config: StudyConfig, schedule: ContextSchedule, seed: int) -> None:
     """The study compares the curve's segments between context switches: refuse a schedule
-    that switches nowhere inside ``total_steps``, or a ``curve_every`` that leaves fewer than
-    two segments with two curve points (the report skips shorter ones)."""
+    that switches nowhere inside ``total_steps`` (saying whether its segments end there but
+    keep one context), or a ``curve_every`` that leaves fewer than two segments with two
+    curve points (the report skips shorter ones)."""
+    switches = schedule.switch_steps(0, config.total_steps - 1)
+    if not switches and schedule.every < config.total_steps:
+        written = config.schedule.get("contexts", schedule.context_at(0).as_dict())
+        raise ConfigError(
+            f"schedule: every segment within total_steps {config.total_steps} has one and the "
+            f"same context ({written}; seed {seed}); a plasticity study compares the segments "
+            "between switches: give the schedule at least two different contexts"
+        )
     if not switches:
         raise ConfigError(
             f"schedule: no context switch within total_steps {config.total_steps} (seed "
