@@ -187,6 +187,21 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
         ({"arms": ["scratch"]}, "compares transfer arms with scratch: name at least one of"),
         ({"train_steps": 300}, "learning_starts: batched-dqn starts learning after 300 env steps"),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
+        # trained and evaluated at whole iterations: the summary reported the steps asked for
+        (
+            {"algorithm": {**STUDY["algorithm"], "num_envs": 8}, "train_steps": 2001},
+            r"train_steps: 2001 env steps is not a whole number of batched-dqn's iterations "
+            r"\(8 env steps per agent",
+        ),
+        (
+            {"algorithm": {**STUDY["algorithm"], "num_envs": 8}, "train_steps": 1504},
+            "curve_every: 500 env steps is not a whole number",
+        ),
+        ({"curve_every": 1500}, "curve_every: 1500 env steps leaves no curve point between"),
+        (  # the study's field is `algorithm`, not the sweep's `algorithm.params`
+            {"algorithm": {"learning_rate": "fast"}},
+            "algorithm: batched-dqn: learning_rate: ",
+        ),
         (
             {"contexts": [{"name": "a"}, {"name": "b", "env": "Acrobot"}]},
             r"2 pair\(s\) cannot transfer, e.g. a \(CartPole: observations 4, actions 2\) -> b "

@@ -179,8 +179,10 @@ def resolve_study(
         try:
             built = algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
             cast(Any, built).check_budget(config.train_steps)  # every arm trains train_steps
-        except CtxrlError as exc:
-            raise ConfigError(f"algorithm: {exc}") from None
+        except CtxrlError as exc:  # the study's field is `algorithm`, its parameters
+            message = str(exc).removeprefix("algorithm.params: ").replace("algorithm.params.", "")
+            raise ConfigError(f"algorithm: {message}") from None
+        _check_grid(config, cast(Any, built).steps_per_iteration())
     n = len(contexts)
     pairs = [
         Pair(s, t)
@@ -197,6 +199,25 @@ def resolve_study(
         else None
     )
     return StudyPlan(config, env, contexts, names, pairs, params, envs, sources)
+
+
+def _check_grid(config: StudyConfig, per_iteration: int) -> None:
+    """The trainer evaluates the curve at iteration ends and trains whole iterations: refuse a
+    ``train_steps`` or ``curve_every`` that is not a whole number of them (the curve was taken
+    at other steps than the summary said, and the agents trained more), and a ``curve_every``
+    beyond ``train_steps`` (a curve of its two ends, whose areas compare nothing)."""
+    for name, steps in (("train_steps", config.train_steps), ("curve_every", config.curve_every)):
+        if steps % per_iteration:
+            raise ConfigError(
+                f"{name}: {steps} env steps is not a whole number of batched-dqn's iterations "
+                f"({per_iteration} env steps per agent, where it evaluates the curve): make it "
+                f"a multiple of {per_iteration}"
+            )
+    if config.curve_every >= config.train_steps:
+        raise ConfigError(
+            f"curve_every: {config.curve_every} env steps leaves no curve point between the "
+            f"start and the end of train_steps ({config.train_steps}); make it smaller"
+        )
 
 
 def _dqn_env(registry: Registry, name: str, field: str) -> EnvSpec:
