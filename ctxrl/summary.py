@@ -443,6 +443,7 @@ def transfer_records(run_dir: Path) -> list[dict[str, Any]]:
                 "sources": len(data.get("sources", [])),
                 "target_env_steps": data.get("target_env_steps", 0),
                 "summary": details.get("summary", "") if isinstance(details, dict) else "",
+                "students": details.get("students") if isinstance(details, dict) else None,
             }
         )
     return out

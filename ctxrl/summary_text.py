@@ -91,14 +91,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"- `{record['file']}`: {record['error']}")
                 continue
             per = (
-                "target (for all sources together)"
+                "in all, spread over the targets (one student for every source and target)"
+                if record.get("joint") and record.get("students") == 1
+                else "per target (for all sources together)"
                 if record.get("joint")
-                else ("(source, target) pair")
+                else "per (source, target) pair"
             )
             lines.append(
                 f"- `{record['file']}`: {record['method']} from {record['sources']} source "
                 "policies, "
-                f"{record['target_env_steps']:,} target-env steps per {per}"
+                f"{record['target_env_steps']:,} target-env steps {per}"
                 + (f"; {record['summary']}" if record["summary"] else "")
             )
         lines.append("")

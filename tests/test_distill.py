@@ -410,6 +410,13 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
     assert "N / k" not in summary
     exported = json.loads((run_dir / "exports" / "summary.json").read_text())
     assert exported["joint_transfer"] == "distill" and "curves" not in exported
+    # a conditioned student is one for every target: its steps were said to be per target
+    from ctxrl.summary_text import summary_markdown
+
+    assert exported["transfer"][0]["students"] == 2
+    exported["transfer"][0]["students"] = 1
+    text = " ".join(summary_markdown(exported).split())
+    assert "target-env steps in all, spread over the targets (one student for every" in text
     # the sweep's sources as teachers, with their contexts
     loaded = load_teachers(run_dir)
     assert len(loaded) == 2 and [c["length"] for c in loaded.contexts] == [0.3, 1.0]
