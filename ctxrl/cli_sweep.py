@@ -96,10 +96,16 @@ REPORT_MARK = ".ctxrl-report.json"
 
 
 def _check_report_target(out: Path, run_dir: Path) -> None:
-    """``--out`` must be a new or empty directory, or one an earlier report of the same run
-    directory wrote (marked with :data:`REPORT_MARK`): a report into another run's directory
-    replaced its summary and left a mix of the two runs' files."""
+    """``--out`` must be a new or empty directory outside ``run_dir``, or one an earlier report
+    of the same run directory wrote (marked with :data:`REPORT_MARK`): a report into another
+    run's directory replaced its summary and left a mix of the two runs' files, and a study
+    reported into its own subdirectory was copied into itself, one level deeper each time."""
     mark = out / REPORT_MARK
+    if out.resolve().is_relative_to(run_dir.resolve()):  # copied into itself, deeper each time
+        raise CtxrlError(
+            f"--out: {out} lies inside the run directory {run_dir}; give a directory outside "
+            "it (or no --out, to report in the run directory itself)"
+        )
     if out.exists() and not out.is_dir():
         raise CtxrlError(f"--out: {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()):

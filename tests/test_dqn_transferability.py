@@ -257,6 +257,10 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
     refused = run_ctxrl("report", str(run_dir), "--out", str(other))
     assert refused.returncode != 0 and f"--out: {other} is not empty" in refused.stderr
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    inside = run_dir / "sub"  # copied the study into itself, one level deeper each time
+    refused = run_ctxrl("report", str(run_dir), "--out", str(inside))
+    assert refused.returncode != 0 and "lies inside the run directory" in refused.stderr
+    assert not inside.exists()
     copy = tmp_path / "copy-of-copy"  # a report of the --out copy, rewritten too
     for _ in range(2):
         run_ctxrl("report", str(out), "--out", str(copy), check=True)
