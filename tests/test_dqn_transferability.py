@@ -197,7 +197,7 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
             {"algorithm": {**STUDY["algorithm"], "num_envs": 8}, "train_steps": 1504},
             "curve_every: 500 env steps is not a whole number",
         ),
-        ({"curve_every": 1500}, "curve_every: 1500 env steps leaves no curve point between"),
+        ({"curve_every": 3000}, r"curve_every: 3000 env steps is beyond train_steps \(1500\)"),
         (  # the study's field is `algorithm`, not the sweep's `algorithm.params`
             {"algorithm": {"learning_rate": "fast"}},
             "algorithm: batched-dqn: learning_rate: ",
@@ -243,6 +243,9 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
         area = metrics["variants"]["dqn"][arm]["matrices"]["area_ratio"]
         assert area[0][1] == area[1][0] == [None, None, None]  # not run: null
         assert area[0][0][0] is not None and area[1][1][0] is not None
+    assert "The hybrid arm starts from the fine-tune and only-head arms' final weights" in " ".join(
+        (run_dir / "summary.md").read_text().split()
+    )
     summary = (run_dir / "summary.md").stat().st_mtime_ns
     out = tmp_path / "report"
     result = run_ctxrl("report", str(run_dir), "--out", str(out), check=True)
@@ -334,7 +337,9 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
     keep = results["dqn"]["keep-head"]
     assert keep.curves.shape == (8, 2) and np.isfinite(keep.curves).all()
     write_outputs(plan, results, runner.run_dir)
-    assert f"Source agents: the sweep in {sweep}" in (runner.run_dir / "summary.md").read_text()
+    text = (runner.run_dir / "summary.md").read_text()
+    assert f"Source agents: the sweep in {sweep}" in text
+    assert "hybrid" not in text  # no hybrid arm, so nothing said of it
     (runner.run_dir / "summary.md").unlink()
     report_study(runner.run_dir)  # from the stored arms: the sweep's agents are not reread
     assert f"Source agents: the sweep in {sweep}" in (runner.run_dir / "summary.md").read_text()

@@ -205,7 +205,7 @@ def _check_grid(config: StudyConfig, per_iteration: int) -> None:
     """The trainer evaluates the curve at iteration ends and trains whole iterations: refuse a
     ``train_steps`` or ``curve_every`` that is not a whole number of them (the curve was taken
     at other steps than the summary said, and the agents trained more), and a ``curve_every``
-    beyond ``train_steps`` (a curve of its two ends, whose areas compare nothing)."""
+    beyond ``train_steps`` (no point at it: the curve is its two ends)."""
     for name, steps in (("train_steps", config.train_steps), ("curve_every", config.curve_every)):
         if steps % per_iteration:
             raise ConfigError(
@@ -213,10 +213,11 @@ def _check_grid(config: StudyConfig, per_iteration: int) -> None:
                 f"({per_iteration} env steps per agent, where it evaluates the curve): make it "
                 f"a multiple of {per_iteration}"
             )
-    if config.curve_every >= config.train_steps:
+    if config.curve_every > config.train_steps:
         raise ConfigError(
-            f"curve_every: {config.curve_every} env steps leaves no curve point between the "
-            f"start and the end of train_steps ({config.train_steps}); make it smaller"
+            f"curve_every: {config.curve_every} env steps is beyond train_steps "
+            f"({config.train_steps}): the curve would be its start and end alone; make it at "
+            "most train_steps"
         )
 
 

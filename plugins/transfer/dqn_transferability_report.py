@@ -334,10 +334,15 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         f"{config.train_steps:,} env steps per agent and arm, curve every "
         f"{config.curve_every:,} steps ({config.curve_episodes} episodes). Returns normalised "
         f"to [0, 1] by the env's return bounds {list(plan.env.return_bounds)}. Source training "
-        "time not counted (each transfer curve starts at the target's step 0); the hybrid arm "
-        "starts from the fine-tune and only-head arms' final weights, so it has used twice "
-        "their target steps before its own. Verdicts: positive / negative only when the "
-        "bootstrap 95 % interval of r excludes 0."
+        "time not counted (each transfer curve starts at the target's step 0)."
+        + (
+            " The hybrid arm starts from the fine-tune and only-head arms' final weights, so "
+            "it has used twice their target steps before its own."
+            if "hybrid" in config.arms
+            else ""
+        )
+        + " Verdicts: positive / negative only when the bootstrap 95 % interval of r "
+        "excludes 0."
         + (
             f" Source agents: the sweep in {config.sources_from} (matched by context and "
             "seed), not the scratch arm."
