@@ -184,6 +184,10 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         ({"dormant_tau": float("inf")}, "dormant_tau: Input should be a finite number"),
         ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
         ({"curve_evry": 512}, "curve_evry: no such field; did you mean 'curve_every'"),
+        (  # a nameless row in every table
+            {"arms": [{"label": "", "interventions": [{"name": "l2"}]}]},
+            "arms.0.ArmEntry.label: String should have at least 1 character",
+        ),
         (
             {"arms": [{"name": "redo", "optons": {}}]},
             "arms.0.InterventionEntry.optons: no such field; did you mean 'options'",

@@ -50,7 +50,7 @@ class InterventionEntry(StrictModel):
 class ArmEntry(StrictModel):
     """One arm: a label and the interventions it composes (in order)."""
 
-    label: str = Field(description="the arm's name in tables and figures")
+    label: str = Field(min_length=1, description="the arm's name in tables and figures")
     interventions: list[InterventionEntry] = Field(min_length=1)
 
 
