@@ -614,3 +614,24 @@ def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
 ) -> None:
     """``--dry-run`` of an env study: the study as YAML on stdout, nothing trained."""
     assert_dry_run_prints_the_study(run_ctxrl, ["plasticity"], _write(tmp_path), load_study_config)
+
+
+def test_a_file_of_another_command_is_named_as_such(tmp_path: Path) -> None:
+    """A sweep config or a DQN study given to ``ctxrl plasticity`` (and a plasticity study to
+    ``ctxrl transfer dqn``) was a long list of field errors and a 'did you mean' for the
+    wrong file; the error now ends by naming the command the file is for."""
+    from ctxrl_plugins.transfer import dqn_transferability_plan
+
+    root = Path(__file__).resolve().parents[1]
+    for path, command in (
+        (root / "ctxrl" / "defaults" / "quickstart.yaml", "ctxrl sweep"),
+        (root / "examples" / "studies" / "catch-dqn-transfer.yaml", "ctxrl transfer dqn"),
+    ):
+        with pytest.raises(ConfigError, match=f"run it with `{command}`\\)$"):
+            load_study_config(path)
+    plasticity = root / "benchmarks" / "studies" / "plasticity-cartpole.yaml"
+    with pytest.raises(ConfigError, match="looks like a plasticity study: run it with"):
+        dqn_transferability_plan.load_study_config(plasticity)
+    with pytest.raises(ConfigError) as raised:  # its own kind, written wrong: no hint
+        load_study_config(_write(tmp_path, seeds="many"))
+    assert "looks like" not in str(raised.value)

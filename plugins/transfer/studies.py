@@ -64,7 +64,42 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + "; ".join(validation_problems(exc, model))) from None
+        problems = "; ".join(validation_problems(exc, model))
+        raise ConfigError(f"{path}: {problems}{_kind_hint(data, model)}") from None
+
+
+FILE_KINDS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("a plasticity study", "ctxrl plasticity", frozenset({"schedule", "shifting_targets"})),
+    (
+        "a DQN transferability study",
+        "ctxrl transfer dqn",
+        frozenset({"pairs", "variants", "sources_from", "contexts"}),
+    ),
+    (
+        "a sweep config",
+        "ctxrl sweep",
+        frozenset({"features", "strategy", "mode", "executor", "compare", "transfer"}),
+    ),
+)
+"""What each command's files are told apart by: top-level keys only one kind has."""
+
+
+def _kind_of(keys: set[str]) -> int | None:
+    """The index in :data:`FILE_KINDS` of the one kind whose keys ``keys`` share most."""
+    shared = [len(keys & kind_keys) for _, _, kind_keys in FILE_KINDS]
+    best = max(shared)
+    return shared.index(best) if best and shared.count(best) == 1 else None
+
+
+def _kind_hint(data: dict[str, Any], model: type[BaseModel]) -> str:
+    """`` (this file looks like a ...: run it with ...)`` when ``data``'s keys are another
+    command's file than ``model``'s (a sweep config given to ``ctxrl plasticity``), else
+    empty: a list of field errors alone does not say the command is wrong."""
+    mine, theirs = _kind_of(set(model.model_fields)), _kind_of({str(k) for k in data})
+    if theirs is None or theirs == mine:
+        return ""
+    what, command, _ = FILE_KINDS[theirs]
+    return f" (this file looks like {what}: run it with `{command}`)"
 
 
 def study_yaml(config: BaseModel) -> str:
