@@ -105,6 +105,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             )
         lines.append("")
     if "multitask" in summary:
+        methods = sorted(
+            {str(r["method"]) for r in transfer if r.get("method") not in (None, "zero-shot")}
+        )
         lines += [
             f"- Multi-task (one policy on the mixture of all contexts): "
             f"{summary['multitask']:.4f}"
@@ -112,6 +115,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f" +- {summary['multitask_ci95']:.4f} (95 % interval over "
                 f"{summary['multitask_seeds']} seeds)"
                 if summary.get("multitask_seeds", 1) > 1
+                else ""
+            )
+            + (
+                f"; evaluated zero-shot, as it trained: {', '.join(methods)} makes the matrix's "
+                "policies, not this one"
+                if methods
                 else ""
             ),
             "",

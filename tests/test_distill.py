@@ -406,6 +406,10 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
     assert "Transfer method" in summary and "kickstart students' mean return" in summary
     # every row the same: no strategy table of flat G_k, no N / k*, and why
     assert "per target (for all sources together)" in summary
+    # the multi-task policy is no student: said beside its number, which G_k is compared with
+    assert "evaluated zero-shot, as it trained: distill makes the matrix's" in " ".join(
+        summary.split()
+    )
     assert "distill is a joint transfer method" in summary and "| strategy |" not in summary
     assert "N / k" not in summary
     exported = json.loads((run_dir / "exports" / "summary.json").read_text())
