@@ -156,6 +156,14 @@ def select(
             )
     err.print(f"contexts: {located.describe()}", highlight=False, soft_wrap=True)
     err.print(f"trials: {len(trials)} matrix(es), bounds [{lower}, {upper}]", highlight=False)
+    if n > 1 and bool((trials == trials[:, :1, :]).all()):
+        err.print(
+            "every row of the matrix is the same (one policy per target, made from all the "
+            "sources together, as a joint transfer method such as distill makes them): G_k is "
+            "flat and the same for every strategy, so source selection is not measured here",
+            highlight=False,
+            soft_wrap=True,
+        )
     lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)
     if len(trials) > 1:
         lines["myopic-oracle"] = myopic_oracle_line(trials, budget)

@@ -87,6 +87,24 @@ def test_a_csv_with_grid_gives_the_run_directory_route(cube_run: Path, tmp_path:
     assert wrong.exit_code == 2 and "--grid 3x3: 9 contexts, but the matrix has 8" in wrong.stderr
 
 
+def test_a_matrix_of_equal_rows_is_said_to_measure_no_selection(tmp_path: Path) -> None:
+    """A distilling sweep's matrix (one student per target in every row) replayed flat G_k
+    for every strategy with no word of why; the sweep's summary said it, select did not."""
+    path = tmp_path / "m.csv"
+    np.savetxt(path, np.tile([100.0, 300.0, 500.0], (3, 1)), delimiter=",")
+    result = _cli(
+        "select", "--matrix", str(path), "--env", "CartPole", "-k", "2", "--strategy", "greedy"
+    )
+    assert result.exit_code == 0, result.output
+    assert "source selection is not measured here" in " ".join(result.stderr.split())
+    varied = tmp_path / "v.csv"
+    np.savetxt(varied, np.diag([500.0, 400.0, 300.0]), delimiter=",")
+    plain = _cli(
+        "select", "--matrix", str(varied), "--env", "CartPole", "-k", "2", "--strategy", "greedy"
+    )
+    assert "not measured" not in plain.stderr
+
+
 def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
     n = 10
     x = np.arange(n)
