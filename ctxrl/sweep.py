@@ -255,13 +255,20 @@ def _flock_now(handle: Any) -> None:
 
 @contextmanager
 def run_dir_lock(
-    run_dir: Path, *, wait: bool = False, console: Console | None = None
+    run_dir: Path,
+    *,
+    wait: bool = False,
+    console: Console | None = None,
+    what: str = "ctxrl sweep",
+    can_wait: bool = True,
 ) -> Iterator[None]:
-    """Hold ``run_dir``'s lock: one sweep at a time trains into a run directory.
+    """Hold ``run_dir``'s lock: one sweep (or transfer study) at a time trains into a run
+    directory.
 
     An OS file lock (``flock`` on ``sweep.lock``), so the kernel releases it when the holding
     process ends, however it ends. Taken by another process: raise a :class:`CtxrlError`
-    naming it, or with ``wait`` block until it is released."""
+    naming it (``what`` says what runs there; ``can_wait``: the command has ``--wait``), or
+    with ``wait`` block until it is released."""
     handle = (run_dir / LOCK_FILE).open("a+")
     try:
         try:
@@ -271,8 +278,8 @@ def run_dir_lock(
             holder = handle.read().strip() or "a process that has not said which"
             if not wait:
                 raise CtxrlError(
-                    f"{run_dir} is in use by another ctxrl sweep ({holder}); wait for it to "
-                    "finish, or pass --wait to start when it does"
+                    f"{run_dir} is in use by another {what} ({holder}); wait for it to finish"
+                    + (", or pass --wait to start when it does" if can_wait else "")
                 ) from None
             if console is not None:
                 console.print(f"waiting for {holder} to release {run_dir}")

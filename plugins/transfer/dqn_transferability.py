@@ -50,7 +50,7 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import (
     resolve_study,
 )
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult, StudyRunner
-from ctxrl_plugins.transfer.studies import StudyOnly, study_yaml
+from ctxrl_plugins.transfer.studies import StudyOnly, locked_run_dir, study_yaml, unfinished
 
 __all__ = [
     "ARMS",
@@ -82,8 +82,9 @@ def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -
     from ctxrl_plugins.transfer.dqn_transferability_report import write_outputs
 
     runner = StudyRunner(plan, registry, progress=progress)
-    results = runner.run()
-    write_outputs(plan, results, runner.run_dir)
+    with locked_run_dir(runner.run_dir, "ctxrl transfer dqn"):
+        results = runner.run()
+        write_outputs(plan, results, runner.run_dir)
     return runner.run_dir
 
 
@@ -106,8 +107,7 @@ def report_study(run_dir: Path) -> str:
             stored = runner.load_arm(variant, arm)
             if stored is None:
                 raise CtxrlError(
-                    f"{run_dir}: arm {arm!r} of {variant!r} has not finished; rerun "
-                    "`ctxrl transfer dqn` on the study file to complete it"
+                    unfinished(run_dir, f"arm {arm!r} of {variant!r}", "ctxrl transfer dqn")
                 )
             results[variant][arm] = stored
     return write_outputs(plan, results, run_dir)

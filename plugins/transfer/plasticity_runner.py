@@ -37,7 +37,7 @@ from ctxrl_plugins.transfer.plasticity_plan import (
     isolate_arms,
     resolve_study,
 )
-from ctxrl_plugins.transfer.studies import open_run_dir
+from ctxrl_plugins.transfer.studies import locked_run_dir, open_run_dir, unfinished
 
 ResultT = TypeVar("ResultT")
 """What a program's training stores: a study's own result type."""
@@ -443,9 +443,11 @@ def run_study(config: StudyConfig, registry: Registry, *, console: Any = None) -
         if console is not None:
             console.print(f"[red]{escape(failure.describe())}[/]")
 
-    runner = StudyRunner(plan, registry, progress=progress)
-    results = runner.run(on_failure=failed)
-    write_outputs(runner.plan, results, runner.run_dir, failures=list(runner.failures.values()))
+    with locked_run_dir(plan.run_dir, "ctxrl plasticity"):
+        # the runner reads the arms isolated so far: only once no other process writes them
+        runner = StudyRunner(plan, registry, progress=progress)
+        results = runner.run(on_failure=failed)
+        write_outputs(runner.plan, results, runner.run_dir, failures=list(runner.failures.values()))
     return runner.run_dir
 
 
@@ -485,10 +487,7 @@ def load_programs(
         if failure is not None:
             failures.append(failure)
         elif stored is None:
-            raise CtxrlError(
-                f"{run_dir}: program {program.name!r} has not finished; rerun `ctxrl "
-                "plasticity` on the study file to complete it"
-            )
+            raise CtxrlError(unfinished(run_dir, f"program {program.name!r}", "ctxrl plasticity"))
         else:
             results[program.name] = stored
     return results, failures

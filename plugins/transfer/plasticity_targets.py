@@ -81,7 +81,12 @@ from ctxrl_plugins.transfer.plasticity_study_report import (
     format_estimate,
     untouched_lines,
 )
-from ctxrl_plugins.transfer.studies import StrictModel, open_run_dir, read_study_file
+from ctxrl_plugins.transfer.studies import (
+    StrictModel,
+    locked_run_dir,
+    open_run_dir,
+    read_study_file,
+)
 
 STUDY = "plasticity"
 ROLE = "probe"
@@ -287,7 +292,6 @@ def run_targets_study(
     check_device(config.device)
     labels, planned = plan_programs(config, registry)
     run_dir = run_dir or run_dir_of(config)
-    open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
 
     def train(program: Program) -> TargetsResult:
         if progress is not None:
@@ -305,17 +309,24 @@ def run_targets_study(
         except Exception as exc:  # blamed on the intervention whose code raised, if one did
             raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
 
-    programs, results, failures = run_programs(
-        planned,
-        run_dir,
-        load=lambda program: _load(run_dir, program),
-        train=train,
-        store=lambda program, result: _store(run_dir, program, result),
-        on_failure=on_failure,
-    )
-    write_outputs(
-        config, labels, results, run_dir, failures=list(failures.values()), programs=len(programs)
-    )
+    with locked_run_dir(run_dir, "ctxrl plasticity"):  # one process at a time trains here
+        open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
+        programs, results, failures = run_programs(
+            planned,
+            run_dir,
+            load=lambda program: _load(run_dir, program),
+            train=train,
+            store=lambda program, result: _store(run_dir, program, result),
+            on_failure=on_failure,
+        )
+        write_outputs(
+            config,
+            labels,
+            results,
+            run_dir,
+            failures=list(failures.values()),
+            programs=len(programs),
+        )
     return run_dir
 
 

@@ -1,12 +1,14 @@
 """What the transfer studies (DQN transferability, plasticity) share: the strict config base,
 reading a study file with errors that name the file and the field, opening a run directory that
-refuses another study's results, an algorithm's parameters from a preset and the study's own,
+refuses another study's results and the lock one process at a time trains under, an
+algorithm's parameters from a preset and the study's own,
 the study a ``--dry-run`` prints, and the transfer-method object of a study that runs from its
 own command."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +109,40 @@ def study_yaml(config: BaseModel) -> str:
     standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line going to
     standard error."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+@contextmanager
+def locked_run_dir(run_dir: Path, command: str) -> Iterator[None]:
+    """Create (or reopen) a study's ``run_dir`` and hold its lock (the lock a sweep holds on
+    its run directory: :func:`ctxrl.sweep.run_dir_lock`) while the study trains and writes
+    there: a second ``command`` on the same study meanwhile stops with a :class:`CtxrlError`
+    naming the directory and the process holding it, before it trains or writes anything.
+    An OS file lock, released however the process ends; ``ctxrl report`` takes none."""
+    from ctxrl.sweep import run_dir_lock
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CtxrlError(
+            f"output_dir: cannot create the run directory {run_dir} ({exc.strerror}); "
+            "choose another output_dir"
+        ) from None
+    with run_dir_lock(run_dir, what=f"{command} run of this study", can_wait=False):
+        yield
+
+
+def unfinished(run_dir: Path, what: str, command: str) -> str:
+    """Why a study's ``what`` (``program 'shared'``) has no stored result yet, for
+    ``ctxrl report``: the study is running there (the process holding its lock), or it
+    stopped and ``command`` on the study file completes it."""
+    from ctxrl.sweep import sweep_holding
+
+    running = sweep_holding(run_dir)
+    return f"{run_dir}: {what} has not finished; " + (
+        f"the study is running there ({running}): report it when it ends"
+        if running
+        else f"rerun `{command}` on the study file to complete it"
+    )
 
 
 def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
