@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import bootstrap
+from scipy.stats import DegenerateDataWarning, bootstrap
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -144,16 +145,22 @@ def bootstrap_estimate(
     if all(np.ptp(array) == 0.0 for array in arrays):
         reasons.append("all seeds equal: the interval is the point")
         return _estimate(point, point, point, per_seed, n_excluded, reasons)
-    result = bootstrap(
-        tuple(arrays),
-        statistic,
-        n_resamples=options.n_resamples,
-        vectorized=True,
-        paired=False,
-        confidence_level=options.confidence_level,
-        method=options.method,
-        random_state=options.random_state,
-    )
+    with warnings.catch_warnings():
+        # a statistic undefined on some resamples (inf / NaN: a ratio over a zero mean) or a
+        # degenerate BCa acceleration makes scipy and numpy warn; the interval is then not
+        # finite, which is "no interval" below, so their warnings only clutter the output
+        warnings.filterwarnings("ignore", category=DegenerateDataWarning)
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        result = bootstrap(
+            tuple(arrays),
+            statistic,
+            n_resamples=options.n_resamples,
+            vectorized=True,
+            paired=False,
+            confidence_level=options.confidence_level,
+            method=options.method,
+            random_state=options.random_state,
+        )
     low = float(result.confidence_interval.low)
     high = float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):

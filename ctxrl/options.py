@@ -8,6 +8,7 @@ none (inf); ``bool("false")`` is True. These helpers refuse all of that."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import re
@@ -121,8 +122,12 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
         if match is None:
             raise ConfigError(f"{where}: {exc}") from None
         takes = option_names(factory)
+        close = difflib.get_close_matches(match.group(1), sorted(takes), n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
         listed = f"; it takes {', '.join(sorted(takes))}" if takes else ""
-        raise ConfigError(f"{where}: no option {match.group(1)!r}{listed}") from None
+        if not takes and _takes_nothing(factory):
+            listed = "; it takes no options"
+        raise ConfigError(f"{where}: no option {match.group(1)!r}{meant}{listed}") from None
     except (ValueError, CtxrlError) as exc:
         raise ConfigError(f"{where}: {_without_repeated_label(str(exc), where)}") from None
     except Exception as exc:  # the plugin's own bug (a KeyError, a RuntimeError): where it is
@@ -156,6 +161,15 @@ def option_names(factory: Callable[..., Any]) -> set[str]:
         for p in params
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     }
+
+
+def _takes_nothing(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory``'s signature is known and has no parameters at all (not even
+    ``**options``)."""
+    try:
+        return not inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def is_device_name(device: object) -> bool:

@@ -138,7 +138,10 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["env_options.visible=[nosuch]"], "env_options: CartPole has no context feature 'nosuch'"),
         # every name and option is checked before anything trains, whatever the mode
         (["strategy.name=mbtl-gpp"], "strategy.name: no plugin provides the strategy 'mbtl-gpp'"),
-        (["strategy.options.betta=2"], "strategy.options: 'mbtl-gp': no option 'betta'; it takes"),
+        (
+            ["strategy.options.betta=2"],
+            "strategy.options: 'mbtl-gp': no option 'betta' (did you mean 'beta'?); it takes",
+        ),
         (
             ["strategy.options.c=abc"],
             "strategy.options: 'mbtl-gp': c must be a number >= 0, got 'abc'",

@@ -3,6 +3,7 @@ built-ins' formulas on hand-made views; the toy measurably shrinks the weights."
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from ctxrl import ConfigError, hookimpl
-from ctxrl.interventions import Intervention, NetworkSpec, TrainingView
+from ctxrl.interventions import Intervention, NetworkSpec, TrainingView, build_interventions
 from ctxrl.plugins import get_host, load_host, set_host
 from ctxrl.registry import InterventionSpec
 from ctxrl.rng import StreamRNG
@@ -37,6 +38,40 @@ class TestCReLU(InterventionContract):
 
 class TestShrinkPerturb(InterventionContract):
     intervention_name = "shrink-perturb"
+
+
+def _builtin_specs() -> list[InterventionSpec]:
+    """Every intervention ``ctxrl_plugins.interventions.builtin`` registers."""
+    from ctxrl_plugins.interventions import builtin
+
+    specs: list[InterventionSpec] = []
+    builtin.ctxrl_register_interventions(specs.append)
+    return specs
+
+
+@pytest.mark.parametrize("spec", _builtin_specs(), ids=lambda spec: spec.name)
+def test_a_misspelled_option_lists_the_options_the_intervention_takes(
+    spec: InterventionSpec,
+) -> None:
+    """``{name: redo, options: {evry: 3}}`` said ``no option 'evry'`` and no more: the built-in
+    factories were ``**options`` wrappers, in which no option's name could be read."""
+    registry = get_host().registry
+    assert registry.intervention(spec.name).factory is spec.factory
+    built = build_interventions([{"name": spec.name}], registry)[0]
+    takes = sorted(
+        name
+        for name, parameter in inspect.signature(type(built)).parameters.items()
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    )
+    misspelled = f"{takes[0]}x" if takes else "evry"  # coef -> coefx, every -> everyx
+    with pytest.raises(ConfigError) as raised:
+        build_interventions([{"name": spec.name, "options": {misspelled: 3}}], registry)
+    listed = ", ".join(takes) if takes else "no options"
+    meant = f" (did you mean {takes[0]!r}?)" if takes else ""
+    assert str(raised.value) == (
+        f"algorithm.interventions[0].options: intervention {spec.name!r}: no option "
+        f"{misspelled!r}{meant}; it takes {listed}"
+    )
 
 
 def _build(name: str, **options: Any) -> Intervention:

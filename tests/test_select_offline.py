@@ -121,7 +121,10 @@ def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
         *base, "--strategy", "greedy", "--strategy", "mbtl-gp", "--option", "mbtl-gp.speed=2"
     )
     assert unknown.exit_code == 2
-    assert "strategy 'mbtl-gp': no option 'speed'; it takes acquisition" in unknown.stderr
+    assert (
+        "strategy 'mbtl-gp': no option 'speed' (did you mean 'spread'?); it takes acquisition"
+        in unknown.stderr
+    )
     # a number as the config reads it; only the option it does not take is named
     small = _json(_cli(*base, "--strategy", "mbtl-gp", "--option", "theta_per_index=5e-3"))
     assert small["options"] == {"mbtl-gp": {"theta_per_index": 0.005}}

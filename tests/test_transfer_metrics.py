@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from ctxrl.estimates import BootstrapMethod
 from ctxrl.transfer_metrics import (
     BootstrapOptions,
     LearningCurves,
@@ -332,6 +333,27 @@ def test_an_interval_undefined_on_some_resamples_is_no_interval() -> None:
     assert math.isnan(ratio.low) and math.isnan(ratio.high)
     assert "no interval" in ratio.note
     assert verdict(ratio) == "undetermined" and not ratio.excludes_zero()
+
+
+@pytest.mark.parametrize("method", ["percentile", "BCa"])
+def test_degenerate_bootstraps_do_not_warn(method: BootstrapMethod) -> None:
+    """``ctxrl transfer dqn`` and ``ctxrl report`` printed scipy's ``DegenerateDataWarning: The
+    BCa confidence interval cannot be calculated`` and numpy's ``invalid value encountered in
+    subtract`` for intervals that the estimate already reports as "no interval"."""
+    options = BootstrapOptions(method=method)
+    transfer, scratch = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ratio = bootstrap_estimate((transfer, scratch), ratio_of_means, options=options)
+        equal = mean_estimate([3.0, 3.0, 3.0], options=options)
+        one = mean_estimate([2.5], options=options)
+        spread = bootstrap_estimate((transfer, scratch), difference_of_means, options=options)
+    assert ratio.estimate == pytest.approx(10.0)
+    assert math.isnan(ratio.low) and math.isnan(ratio.high)
+    assert ratio.note == "bootstrap interval not finite (some resamples undefined): no interval"
+    assert (equal.estimate, equal.low, equal.high) == (3.0, 3.0, 3.0)
+    assert one.estimate == 2.5 and math.isnan(one.low) and math.isnan(one.high)
+    assert spread.estimate == pytest.approx(2.25) and spread.low < 2.25 < spread.high
 
 
 def test_curve_bands_use_students_t_over_the_seeds() -> None:

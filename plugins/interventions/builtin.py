@@ -37,90 +37,52 @@ intervention is built.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ctxrl import hookimpl
 from ctxrl.interventions import Intervention
 from ctxrl.registry import InterventionSpec
 
 
-def _l2(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.l2 import L2
+class _Lazy:
+    """The factory of a built-in intervention: ``factory(**options)`` imports the class (and
+    torch) only when called, and its signature is the class's, so that an option it does not
+    take is an error that lists the options it takes (a ``**options`` wrapper names none)."""
 
-    return L2(**options)
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = f"ctxrl_plugins.interventions.{module}", name
 
+    def intervention_class(self) -> type[Intervention]:
+        """The intervention's class (importing its module)."""
+        return cast(type[Intervention], getattr(importlib.import_module(self.module), self.name))
 
-def _l2_init(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.l2_init import L2Init
+    def __call__(self, **options: Any) -> Intervention:
+        return self.intervention_class()(**options)
 
-    return L2Init(**options)
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.intervention_class())
 
-
-def _layer_norm(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.layer_norm import LayerNorm
-
-    return LayerNorm(**options)
-
-
-def _crelu(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.crelu import CReLU
-
-    return CReLU(**options)
-
-
-def _shrink_perturb(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.shrink_perturb import ShrinkPerturb
-
-    return ShrinkPerturb(**options)
+    def __repr__(self) -> str:
+        return f"<factory of {self.module}.{self.name}>"
 
 
-def _redo(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.redo import ReDo
-
-    return ReDo(**options)
-
-
-def _continual_backprop(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.continual_backprop import ContinualBackprop
-
-    return ContinualBackprop(**options)
-
-
-def _reset(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.reset import Reset
-
-    return Reset(**options)
-
-
-def _injection(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.injection import PlasticityInjection
-
-    return PlasticityInjection(**options)
-
-
-def _spectral(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.spectral import SpectralRegularisation
-
-    return SpectralRegularisation(**options)
-
-
-def _ns_adam(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.ns_adam import NonStationaryAdam
-
-    return NonStationaryAdam(**options)
-
-
-def _parseval(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.parseval import Parseval
-
-    return Parseval(**options)
-
-
-def _wasserstein_init(**options: Any) -> Intervention:
-    from ctxrl_plugins.interventions.wasserstein_init import WassersteinInit
-
-    return WassersteinInit(**options)
+_l2 = _Lazy("l2", "L2")
+_l2_init = _Lazy("l2_init", "L2Init")
+_layer_norm = _Lazy("layer_norm", "LayerNorm")
+_crelu = _Lazy("crelu", "CReLU")
+_shrink_perturb = _Lazy("shrink_perturb", "ShrinkPerturb")
+_redo = _Lazy("redo", "ReDo")
+_continual_backprop = _Lazy("continual_backprop", "ContinualBackprop")
+_reset = _Lazy("reset", "Reset")
+_injection = _Lazy("injection", "PlasticityInjection")
+_spectral = _Lazy("spectral", "SpectralRegularisation")
+_ns_adam = _Lazy("ns_adam", "NonStationaryAdam")
+_parseval = _Lazy("parseval", "Parseval")
+_wasserstein_init = _Lazy("wasserstein_init", "WassersteinInit")
 
 
 @hookimpl
