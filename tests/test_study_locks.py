@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,35 @@ def _stored(run_dir: Path, folder: str) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (run_dir / folder).rglob("*") if p.is_file()}
 
 
+def _refused_then_run(
+    hold: Any,
+    run_dir: Path,
+    command: str,
+    run: Callable[[], Path],
+    report: Callable[[], Any],
+    opened: Callable[[], None],
+    folder: str,
+) -> None:
+    """With ``run_dir`` held by another process, ``run`` is refused before it writes anything
+    and ``report`` (once ``opened`` wrote the study's plan there) says the study is running;
+    once the holder is gone the study runs, and a rerun trains nothing again (the files
+    under ``run_dir / folder`` unchanged)."""
+    holder = hold(run_dir)
+    with pytest.raises(CtxrlError, match=_refused(run_dir, holder, command)):
+        run()
+    _untouched(run_dir)
+    opened()
+    with pytest.raises(CtxrlError, match=rf"the study is running there \(pid {holder.pid} "):
+        report()
+    _release(holder)
+    assert run() == run_dir
+    stored = _stored(run_dir, folder)
+    assert stored and (run_dir / "summary.md").is_file()
+    report()
+    run()  # a rerun resumes: nothing trained again
+    assert _stored(run_dir, folder) == stored
+
+
 # ----------------------------------------------------------------- plasticity: env studies
 ENV_STUDY: dict[str, Any] = {
     "env": "CartPole",
@@ -118,20 +147,17 @@ def test_a_second_env_study_on_its_run_directory_is_refused(tmp_path: Path, hold
     config = load_study_config(_config_file(tmp_path, ENV_STUDY))
     registry = get_host().registry
     run_dir = resolve_study(config, registry).run_dir
-    holder = hold(run_dir)
-    with pytest.raises(CtxrlError, match=_refused(run_dir, holder, "ctxrl plasticity")):
-        run_study(config, registry)
-    _untouched(run_dir)
-    # a report meanwhile says the study is running, not to rerun it
-    open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
-    with pytest.raises(CtxrlError, match=rf"the study is running there \(pid {holder.pid} "):
-        report_study(run_dir)
-    _release(holder)
-    assert run_study(config, registry) == run_dir
-    stored = _stored(run_dir, "programs")
-    assert stored and (run_dir / "summary.md").is_file()
-    run_study(config, registry)  # a rerun resumes: nothing trained again
-    assert _stored(run_dir, "programs") == stored
+    _refused_then_run(
+        hold,
+        run_dir,
+        "ctxrl plasticity",
+        run=lambda: run_study(config, registry),
+        report=lambda: report_study(run_dir),
+        opened=lambda: open_run_dir(
+            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
+        ),
+        folder="programs",
+    )
 
 
 # ------------------------------------------------------ plasticity: shifting-target studies
@@ -162,20 +188,17 @@ def test_a_second_targets_study_on_its_run_directory_is_refused(tmp_path: Path, 
     config = load_targets_config(_config_file(tmp_path, TARGETS_STUDY))
     registry = get_host().registry
     run_dir = run_dir_of(config)
-    holder = hold(run_dir)
-    with pytest.raises(CtxrlError, match=_refused(run_dir, holder, "ctxrl plasticity")):
-        run_targets_study(config, registry)
-    _untouched(run_dir)
-    open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
-    with pytest.raises(CtxrlError, match=rf"the study is running there \(pid {holder.pid} "):
-        report_study(run_dir)
-    _release(holder)
-    assert run_targets_study(config, registry) == run_dir
-    stored = _stored(run_dir, "programs")
-    assert stored and (run_dir / "summary.md").is_file()
-    report_study(run_dir)
-    run_targets_study(config, registry)  # a rerun resumes: nothing trained again
-    assert _stored(run_dir, "programs") == stored
+    _refused_then_run(
+        hold,
+        run_dir,
+        "ctxrl plasticity",
+        run=lambda: run_targets_study(config, registry),
+        report=lambda: report_study(run_dir),
+        opened=lambda: open_run_dir(
+            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
+        ),
+        folder="programs",
+    )
 
 
 # ---------------------------------------------------------------------- DQN transferability
@@ -214,17 +237,15 @@ def test_a_second_dqn_study_on_its_run_directory_is_refused(tmp_path: Path, hold
     config = load_study_config(_config_file(tmp_path, DQN_STUDY))
     registry = get_host().registry
     run_dir = resolve_study(config, registry).run_dir
-    holder = hold(run_dir)
-    with pytest.raises(CtxrlError, match=_refused(run_dir, holder, "ctxrl transfer dqn")):
-        run_study(config, registry)
-    _untouched(run_dir)
-    open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
-    with pytest.raises(CtxrlError, match=rf"the study is running there \(pid {holder.pid} "):
-        report_study(run_dir)
-    _release(holder)
-    assert run_study(config, registry) == run_dir
-    stored = _stored(run_dir, "arms")
-    assert stored and (run_dir / "summary.md").is_file()
+    _refused_then_run(
+        hold,
+        run_dir,
+        "ctxrl transfer dqn",
+        run=lambda: run_study(config, registry),
+        report=lambda: report_study(run_dir),
+        opened=lambda: open_run_dir(
+            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
+        ),
+        folder="arms",
+    )
     assert "# DQN transferability: CartPole" in report_study(run_dir)
-    run_study(config, registry)  # a rerun resumes: nothing trained again
-    assert _stored(run_dir, "arms") == stored
