@@ -1,8 +1,8 @@
 """What the transfer studies (DQN transferability, plasticity) share: the strict config base,
-reading a study file with errors that name the file and the field, opening a run directory that
-refuses another study's results and the lock one process at a time trains under, an
-algorithm's parameters from a preset and the study's own,
-the study a ``--dry-run`` prints, and the transfer-method object of a study that runs from its
+reading a study file with errors that name the file, the field and, for another command's file,
+that command; opening a run directory that refuses another study's results, and the lock one
+process at a time trains under; an algorithm's parameters from a preset and the study's own;
+the study a ``--dry-run`` prints; and the transfer-method object of a study that runs from its
 own command."""
 
 from __future__ import annotations
