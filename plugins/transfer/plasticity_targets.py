@@ -175,9 +175,11 @@ def train_program(
     device: str = "cpu",
     dormant_tau: float = 0.025,
     interventions: Sequence[tuple[Intervention, list[int]]] | None = None,
+    on_task: Callable[[int, int], None] | None = None,
 ) -> TargetsResult:
     """Train every agent of ``program`` on the shifting targets, one batched program;
-    ``interventions`` (default: built from the program's arms) with their agents' rows."""
+    ``interventions`` (default: built from the program's arms) with their agents' rows;
+    ``on_task(done, tasks)`` after each target set."""
     import torch
 
     from ctxrl.interventions import NetworkSpec
@@ -264,6 +266,8 @@ def train_program(
         )
         for name, value in values.items():
             metrics.setdefault(name, []).append(value.float().cpu().numpy())
+        if on_task is not None:
+            on_task(index + 1, task.tasks)
     optimizer.finish()
     return TargetsResult(
         list(program.agents),
@@ -296,6 +300,11 @@ def run_targets_study(
     def train(program: Program) -> TargetsResult:
         if progress is not None:
             progress(f"{program.name}: {len(program.agents)} agents")
+
+        def tasks_done(done: int, tasks: int) -> None:  # about every tenth of the program
+            if progress is not None and (done * 10 // tasks > (done - 1) * 10 // tasks):
+                progress(f"{program.name}: {done} of {tasks} target sets trained")
+
         interventions = build_arm_interventions(program, registry)
         try:
             return train_program(
@@ -305,6 +314,7 @@ def run_targets_study(
                 device=config.device,
                 dormant_tau=config.dormant_tau,
                 interventions=interventions,
+                on_task=tasks_done,
             )
         except Exception as exc:  # blamed on the intervention whose code raised, if one did
             raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
