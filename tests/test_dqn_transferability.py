@@ -112,6 +112,13 @@ def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_
     assert "| arm | positive | negative | absent | undetermined (no interval) | mean r |" in (
         report.stdout
     )
+    # the threshold only the analysis reads: another one is reported from the stored arms
+    lower = _write(tmp_path, threshold=0.5)
+    rethresholded = run_ctxrl("transfer", "dqn", str(lower), check=True)
+    assert "scratch:" not in rethresholded.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
+    assert json.loads((run_dir / "exports" / "metrics.json").read_text())["threshold"] == 0.5
+    assert json.loads((run_dir / "timing.json").read_text()) == timing
 
 
 def test_arms_start_from_the_right_weights(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from ctxrl_plugins.transfer.plasticity_study import (
     run_study,
 )
 from ctxrl_plugins.transfer.plasticity_study_report import gather, write_outputs
+from ctxrl_plugins.transfer.studies import open_run_dir
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -390,6 +391,24 @@ def test_vanilla_ppo_loses_units_across_switches_and_the_remedies_keep_them(
     for arm in ("continual-backprop", "redo", "shrink-perturb"):
         fewer = tables.versus[arm]["dormant_end"]
         assert fewer.high < 0, f"{arm}: {fewer}"
+
+
+def test_the_run_directory_is_named_by_what_trains_not_by_the_threshold(tmp_path: Path) -> None:
+    """``threshold`` is read by the analysis alone: a study that differs in it alone has the
+    same run directory (its programs are reported anew, not trained again); one that trains
+    otherwise, or a run directory that holds another study, does not."""
+    registry = get_host().registry
+    base = resolve_study(load_study_config(_write(tmp_path)), registry)
+    lower = resolve_study(load_study_config(_write(tmp_path, threshold=0.5)), registry)
+    longer = resolve_study(load_study_config(_write(tmp_path, total_steps=8192)), registry)
+    assert lower.config.plan_hash() == base.config.plan_hash() and lower.run_dir == base.run_dir
+    assert longer.config.plan_hash() != base.config.plan_hash()
+    open_run_dir(base.run_dir, "plasticity", base.config)
+    open_run_dir(lower.run_dir, "plasticity", lower.config)  # plan.yaml now records 0.5
+    stored = yaml.safe_load((base.run_dir / "plan.yaml").read_text())
+    assert stored["config"]["threshold"] == 0.5
+    with pytest.raises(CtxrlError, match="holds a different study"):
+        open_run_dir(base.run_dir, "plasticity", longer.config)
 
 
 def test_a_study_an_earlier_ctxrl_trained_off_the_grid_is_still_reported(tmp_path: Path) -> None:

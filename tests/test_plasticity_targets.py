@@ -123,6 +123,32 @@ def test_a_study_writes_its_outputs_resumes_and_is_reported(run_ctxrl: Run, tmp_
     assert "# Plasticity study: shifting targets" in report.stdout
     assert (run_dir / "summary.md").is_file()
 
+    # the window only the report reads: another one reports the stored programs anew (here and
+    # in `ctxrl report`) and trains nothing
+    wider = _write(tmp_path, shifting_targets={**SMALL["shifting_targets"], "window": 1})
+    assert run_dir_of(load_targets_config(wider)) == run_dir
+    rewindowed = run_ctxrl("plasticity", str(wider), check=True)
+    assert "shared:" not in rewindowed.stderr
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    assert "first/last = mean over the first/last 1 tasks" in rewindowed.stdout
+    plan = yaml.safe_load((run_dir / "plan.yaml").read_text())
+    assert plan["config"]["shifting_targets"]["window"] == 1
+    assert "first/last 1 tasks" in run_ctxrl("report", str(run_dir), check=True).stdout
+
+    # a run directory named by the hash an earlier ctxrl gave the study is found and reused
+    legacy = run_dir.with_name("plasticity-targets-0123456789")
+    run_dir.rename(legacy)
+    plan["plan_hash"] = "0123456789"
+    (legacy / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert run_dir_of(config) == legacy
+    reused = run_ctxrl("plasticity", str(wider), check=True)
+    assert "shared:" not in reused.stderr and not run_dir.exists()
+    assert yaml.safe_load((legacy / "plan.yaml").read_text())["plan_hash"] == config.plan_hash()
+
+    # a different study beside it still gets a directory of its own
+    other = load_targets_config(_write(tmp_path, seeds=[0]))
+    assert run_dir_of(other) not in (legacy, run_dir)
+
 
 def test_an_agent_in_a_batch_of_arms_equals_itself_alone(tmp_path: Path) -> None:
     registry = get_host().registry

@@ -153,9 +153,7 @@ def test_a_second_env_study_on_its_run_directory_is_refused(tmp_path: Path, hold
         "ctxrl plasticity",
         run=lambda: run_study(config, registry),
         report=lambda: report_study(run_dir),
-        opened=lambda: open_run_dir(
-            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
-        ),
+        opened=lambda: open_run_dir(run_dir, STUDY, config),
         folder="programs",
     )
 
@@ -194,9 +192,7 @@ def test_a_second_targets_study_on_its_run_directory_is_refused(tmp_path: Path, 
         "ctxrl plasticity",
         run=lambda: run_targets_study(config, registry),
         report=lambda: report_study(run_dir),
-        opened=lambda: open_run_dir(
-            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
-        ),
+        opened=lambda: open_run_dir(run_dir, STUDY, config),
         folder="programs",
     )
 
@@ -243,9 +239,7 @@ def test_a_second_dqn_study_on_its_run_directory_is_refused(tmp_path: Path, hold
         "ctxrl transfer dqn",
         run=lambda: run_study(config, registry),
         report=lambda: report_study(run_dir),
-        opened=lambda: open_run_dir(
-            run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json")
-        ),
+        opened=lambda: open_run_dir(run_dir, STUDY, config),
         folder="arms",
     )
     assert "# DQN transferability: CartPole" in report_study(run_dir)

@@ -5,12 +5,10 @@ study as a whole."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -22,9 +20,11 @@ from ctxrl.registry import EnvSpec, Registry
 from ctxrl.results import load_policies
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
+    StudyModel,
     distinct_seeds,
     preset_params,
     read_study_file,
+    study_run_dir,
 )
 
 Arm = Literal["scratch", "fine-tune", "only-head", "hybrid", "keep-head"]
@@ -49,8 +49,10 @@ class ContextEntry(StrictModel):
     )
 
 
-class StudyConfig(StrictModel):
+class StudyConfig(StudyModel):
     """A DQN transferability study, as written in YAML."""
+
+    analysis_fields: ClassVar[Mapping[str, Any]] = {"threshold": True}  # read by the report only
 
     env: str = Field(description="environment registry name")
     contexts: list[ContextEntry] = Field(min_length=1, description="sources = targets")
@@ -101,11 +103,6 @@ class StudyConfig(StrictModel):
         # scratch first, hybrid after the two arms it is made of: the order they train in
         return [arm for arm in ARMS if arm in value or arm == "scratch"]
 
-    def plan_hash(self) -> str:
-        data = self.model_dump(mode="json", exclude={"output_dir", "device"})
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
-
 
 def load_study_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file; errors name the field and the file."""
@@ -150,7 +147,7 @@ class StudyPlan:
 
     @property
     def run_dir(self) -> Path:
-        return self.config.output_dir / f"dqn-transfer-{self.env.name}-{self.config.plan_hash()}"
+        return study_run_dir(self.config, self.config.output_dir, f"dqn-transfer-{self.env.name}-")
 
 
 def resolve_study(

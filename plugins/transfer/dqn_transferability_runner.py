@@ -118,7 +118,7 @@ class StudyRunner:
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
         config = self.plan.config
-        open_run_dir(self.run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
+        open_run_dir(self.run_dir, STUDY, config)
 
     def _arm_file(self, variant: str, arm: str) -> Path:
         return self.run_dir / "arms" / variant / f"{arm}.safetensors"

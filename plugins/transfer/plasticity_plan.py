@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
@@ -31,9 +30,11 @@ from ctxrl.registry import EnvSpec, Registry
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
+    StudyModel,
     distinct_seeds,
     preset_params,
     read_study_file,
+    study_run_dir,
 )
 
 STUDY = "plasticity"
@@ -75,7 +76,7 @@ Arm = Annotated[
 """An arm as a study file writes it."""
 
 
-class ArmsConfig(StrictModel):
+class ArmsConfig(StudyModel):
     """What every plasticity study has: the arms compared with no intervention, the seeds, the
     dormancy threshold, the device and where the run directory goes."""
 
@@ -110,8 +111,8 @@ class ArmsConfig(StrictModel):
                 out.append(arm)
         return out
 
-    def plan_hash(self) -> str:
-        data = self.model_dump(mode="json", exclude={"output_dir", "device"})
+    def plan_data(self) -> dict[str, Any]:
+        data = super().plan_data()
         schedule = data.get("schedule")
         if isinstance(schedule, dict) and schedule.get("kind") == "sampled":
             features = list(schedule.get("features") or [])
@@ -119,12 +120,13 @@ class ArmsConfig(StrictModel):
                 # drawn in the order listed before ctxrl drew them in name order: another
                 # study than the one an earlier ctxrl may have left in that run directory
                 data["sampled_draw_order"] = "by name"
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
+        return data
 
 
 class StudyConfig(ArmsConfig):
     """A plasticity study on an env's context schedule, as written in YAML."""
+
+    analysis_fields: ClassVar[Mapping[str, Any]] = {"threshold": True}  # read by the report only
 
     env: str = Field(description="environment registry name (it needs a torch twin)")
     algorithm: Literal["batched-ppo", "batched-dqn"] = Field(default="batched-ppo")
@@ -180,7 +182,7 @@ class StudyPlan:
 
     @property
     def run_dir(self) -> Path:
-        return self.config.output_dir / f"plasticity-{self.env.name}-{self.config.plan_hash()}"
+        return study_run_dir(self.config, self.config.output_dir, f"plasticity-{self.env.name}-")
 
 
 def _seed_schedule(config: StudyConfig, env: EnvSpec, seed: int) -> ContextSchedule:

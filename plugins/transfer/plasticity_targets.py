@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -84,6 +84,7 @@ from ctxrl_plugins.transfer.studies import (
     locked_run_dir,
     open_run_dir,
     read_study_file,
+    study_run_dir,
 )
 
 STUDY = "plasticity"
@@ -113,6 +114,10 @@ class ShiftingTargets(StrictModel):
 
 class TargetsStudyConfig(ArmsConfig):
     """A shifting-target plasticity study, as written in YAML."""
+
+    analysis_fields: ClassVar[Mapping[str, Any]] = {
+        "shifting_targets": {"window"}
+    }  # read by the report only
 
     shifting_targets: ShiftingTargets = Field(description="the task and the network")
 
@@ -276,7 +281,7 @@ def train_program(
 
 # ------------------------------------------------------------------------------ the study
 def run_dir_of(config: TargetsStudyConfig) -> Path:
-    return config.output_dir / f"plasticity-targets-{config.plan_hash()}"
+    return study_run_dir(config, config.output_dir, "plasticity-targets-")
 
 
 def run_targets_study(
@@ -318,7 +323,7 @@ def run_targets_study(
             raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
 
     with locked_run_dir(run_dir, "ctxrl plasticity"):  # one process at a time trains here
-        open_run_dir(run_dir, STUDY, config.plan_hash(), config.model_dump(mode="json"))
+        open_run_dir(run_dir, STUDY, config)
         programs, results, failures = run_programs(
             planned,
             run_dir,

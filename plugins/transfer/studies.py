@@ -1,16 +1,20 @@
-"""What the transfer studies (DQN transferability, plasticity) share: the strict config base,
-reading a study file with errors that name the file, the field and, for another command's file,
-that command; opening a run directory that refuses another study's results, and the lock one
-process at a time trains under; an algorithm's parameters from a preset and the study's own;
+"""What the transfer studies (DQN transferability, plasticity) share: the strict config base and
+the plan hash that names a study's run directory (its analysis options left out), reading a
+study file with errors that name the file, the field and, for another command's file, that
+command; finding and opening a run directory that refuses another study's results, and the lock
+one process at a time trains under; an algorithm's parameters from a preset and the study's own;
 the study a ``--dry-run`` prints; and the transfer-method object of a study that runs from its
 own command."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
@@ -46,6 +50,53 @@ class StrictModel(BaseModel):
         if any(isinstance(v, bool) for v in values):
             raise ValueError(f"a number is expected, got {value!r}")
         return value
+
+
+class StudyModel(StrictModel):
+    """A study file's model, with the hash that names its run directory (:meth:`plan_hash`).
+
+    The hash leaves out where and on what the study runs (``output_dir``, ``device``) and the
+    :attr:`analysis_fields`, the options only its report reads (a threshold, a window): a rerun
+    with another of them finds the trained results and reports them anew instead of training
+    again."""
+
+    analysis_fields: ClassVar[Mapping[str, Any]] = {}
+    """The options no training reads, as ``model_dump``'s ``exclude`` takes them: ``{name:
+    True}``, or ``{section: {name, ...}}`` for nested ones."""
+
+    def plan_data(self) -> dict[str, Any]:
+        """What determines the trained results, hashed into the run directory's name."""
+        exclude = {"output_dir": True, "device": True, **self.analysis_fields}
+        return self.model_dump(mode="json", exclude=exclude)
+
+    def plan_hash(self) -> str:
+        text = json.dumps(self.plan_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def study_run_dir(config: StudyModel, output_dir: Path, prefix: str) -> Path:
+    """Where study ``config`` keeps its results: ``{output_dir}/{prefix}{plan hash}``, or else
+    an existing directory of the same prefix whose plan.yaml holds the same study by this
+    version's hash (named by the hash an earlier ctxrl gave it, before the hash left out the
+    analysis options, or by a run with other analysis options), so that its results are reused,
+    not trained again."""
+    named = output_dir / f"{prefix}{config.plan_hash()}"
+    if named.exists():
+        return named
+    for plan_file in sorted(output_dir.glob(f"{glob.escape(prefix)}*/plan.yaml")):
+        if _stored_plan_hash(plan_file, type(config)) == config.plan_hash():
+            return plan_file.parent
+    return named
+
+
+def _stored_plan_hash(plan_file: Path, model: type[StudyModel]) -> str | None:
+    """The plan hash, as this version defines it, of the study a run directory's plan.yaml
+    records (None when it records none that ``model`` validates)."""
+    try:
+        stored = yaml.safe_load(plan_file.read_text(encoding="utf-8"))
+        return model.model_validate(stored["config"]).plan_hash()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError, ValidationError):
+        return None
 
 
 def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
@@ -145,19 +196,26 @@ def unfinished(run_dir: Path, what: str, command: str) -> str:
     )
 
 
-def open_run_dir(run_dir: Path, study: str, plan_hash: str, config: dict[str, Any]) -> None:
+def open_run_dir(run_dir: Path, study: str, config: StudyModel) -> None:
     """Create (or reopen) a study's run directory with its ``plan.yaml`` (``study``,
     ``plan_hash``, ``config``: what ``ctxrl report`` reads); refuse one that holds another
-    study."""
+    study. Reopened with other analysis options (or by a study an earlier ctxrl hashed
+    otherwise), plan.yaml records this run's, which its report reads from then on."""
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = run_dir / "plan.yaml"
+    data = {
+        "study": study,
+        "plan_hash": config.plan_hash(),
+        "config": config.model_dump(mode="json"),
+    }
     if plan_file.exists():
         stored = yaml.safe_load(plan_file.read_text()) or {}
-        if stored.get("plan_hash") != plan_hash:
+        same = stored.get("plan_hash") == data["plan_hash"]
+        if not (same or _stored_plan_hash(plan_file, type(config)) == data["plan_hash"]):
             raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
-    else:
-        data = {"study": study, "plan_hash": plan_hash, "config": config}
-        write_text_atomic(plan_file, yaml.safe_dump(data, sort_keys=False))
+        if stored == data:
+            return
+    write_text_atomic(plan_file, yaml.safe_dump(data, sort_keys=False))
 
 
 def distinct_seeds(seeds: list[int]) -> list[int]:
