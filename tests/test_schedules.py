@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ctxrl.context import ContextFeature, ContextSpace
 from ctxrl.errors import ConfigError, ContextError, CtxrlError
@@ -415,7 +416,7 @@ def test_schedules_that_do_not_fit_the_training_are_refused() -> None:
         _ppo().train_many(pendulum, [{}], [0], total_steps=2048, schedules=refused)
 
 
-def test_sampled_features_in_any_order_are_one_schedule() -> None:
+def test_sampled_features_in_any_order_are_one_schedule(tmp_path: Path) -> None:
     """A sampled schedule's draws went to its features in the order they were listed, while
     its equality and a study's plan hash ignore the order: two studies shared a run
     directory with different contexts. The features are drawn in name order."""
@@ -429,6 +430,7 @@ def test_sampled_features_in_any_order_are_one_schedule() -> None:
     # a study listing them out of name order drew other contexts before: it gets another run
     # directory than an earlier ctxrl gave it; one in name order keeps its own
     from ctxrl_plugins.transfer.plasticity_study import StudyConfig
+    from ctxrl_plugins.transfer.studies import study_run_dir
 
     def study(features: dict[str, list[float]]) -> StudyConfig:
         schedule = {"kind": "sampled", "every": 512, "features": features}
@@ -444,8 +446,21 @@ def test_sampled_features_in_any_order_are_one_schedule() -> None:
 
     listed_study = study({"masscart": [0.5, 2.0], "length": [0.3, 1.5]})
     in_order = study({"length": [0.3, 1.5], "masscart": [0.5, 2.0]})
-    assert listed_study.plan_hash() != unsalted(listed_study)
-    assert in_order.plan_hash() == unsalted(in_order)
+    # (the hash as it was, analysis options included: the run directory is now found by it)
+    assert listed_study.plan_hash(with_analysis=True) != unsalted(listed_study)
+    assert in_order.plan_hash(with_analysis=True) == unsalted(in_order)
+    # the run directory an earlier ctxrl gave both (one hash): holding the study listed out of
+    # name order (drawn in that order), neither study finds it; holding the one in name order
+    # (drawn as now), that one does
+    earlier = tmp_path / f"plasticity-CartPole-{unsalted(in_order)}"
+    earlier.mkdir()
+    for holder, finder in ((listed_study, None), (in_order, in_order)):
+        plan = {"plan_hash": unsalted(holder), "config": holder.model_dump(mode="json")}
+        written = yaml.safe_dump({"study": "plasticity", **plan}, sort_keys=False)  # as ctxrl does
+        (earlier / "plan.yaml").write_text(written)
+        for config in (listed_study, in_order):
+            found = study_run_dir(config, tmp_path, "plasticity-CartPole-")
+            assert (found == earlier) == (config is finder), (holder, config)
 
 
 def test_a_held_log_feature_does_not_switch() -> None:

@@ -111,8 +111,8 @@ class ArmsConfig(StudyModel):
                 out.append(arm)
         return out
 
-    def plan_data(self) -> dict[str, Any]:
-        data = super().plan_data()
+    def plan_data(self, *, with_analysis: bool = False) -> dict[str, Any]:
+        data = super().plan_data(with_analysis=with_analysis)
         schedule = data.get("schedule")
         if isinstance(schedule, dict) and schedule.get("kind") == "sampled":
             features = list(schedule.get("features") or [])

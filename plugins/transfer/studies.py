@@ -64,13 +64,18 @@ class StudyModel(StrictModel):
     """The options no training reads, as ``model_dump``'s ``exclude`` takes them: ``{name:
     True}``, or ``{section: {name, ...}}`` for nested ones."""
 
-    def plan_data(self) -> dict[str, Any]:
-        """What determines the trained results, hashed into the run directory's name."""
-        exclude = {"output_dir": True, "device": True, **self.analysis_fields}
+    def plan_data(self, *, with_analysis: bool = False) -> dict[str, Any]:
+        """What determines the trained results, hashed into the run directory's name (with
+        ``with_analysis``, the analysis options too: the data of the hash an earlier ctxrl
+        named the run directory by)."""
+        exclude = {"output_dir": True, "device": True}
+        if not with_analysis:
+            exclude.update(self.analysis_fields)
         return self.model_dump(mode="json", exclude=exclude)
 
-    def plan_hash(self) -> str:
-        text = json.dumps(self.plan_data(), sort_keys=True, separators=(",", ":"))
+    def plan_hash(self, *, with_analysis: bool = False) -> str:
+        data = self.plan_data(with_analysis=with_analysis)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -91,12 +96,19 @@ def study_run_dir(config: StudyModel, output_dir: Path, prefix: str) -> Path:
 
 def _stored_plan_hash(plan_file: Path, model: type[StudyModel]) -> str | None:
     """The plan hash, as this version defines it, of the study a run directory's plan.yaml
-    records (None when it records none that ``model`` validates)."""
+    records; None when it records none that ``model`` validates, or when the hash it was
+    written under is not this study's by this version's definition, with or without the
+    analysis options (an earlier ctxrl that gave two different studies one hash: the
+    directory holds the other one's results)."""
     try:
         stored = yaml.safe_load(plan_file.read_text(encoding="utf-8"))
-        return model.model_validate(stored["config"]).plan_hash()
+        config = model.model_validate(stored["config"])
+        written_as = stored.get("plan_hash")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError, ValidationError):
         return None
+    if written_as not in (config.plan_hash(), config.plan_hash(with_analysis=True)):
+        return None
+    return config.plan_hash()
 
 
 def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
