@@ -20,12 +20,19 @@ from ctxrl.errors import CtxrlError, UnknownNameError
 # -------------------------------------------------------------------------------- select
 def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, strict: bool) -> int:
     """How many raw entries normalisation clips to ``[lower, upper]`` (infinite ones
-    included), said on stderr; with ``strict`` any is an error."""
+    included), said on stderr; with ``strict`` any is an error, and all of them always is."""
     with np.errstate(invalid="ignore"):
         outside = int(np.sum((values < lower) | (values > upper)))  # NaN compares False
     if outside == 0:
         return 0
     infinite = int(np.sum(np.isinf(values)))
+    if outside == int(np.sum(~np.isnan(values))):  # nothing left to compare
+        raise CtxrlError(
+            f"{path}: every entry lies outside the normalisation bounds [{lower}, {upper}] "
+            f"(the entries run from {np.nanmin(values):g} to {np.nanmax(values):g}), so every "
+            "one would be clipped to the same value: give the bounds of this matrix's returns "
+            "(--bounds, --env) and check its sign (--negate)"
+        )
     message = (
         f"{path}: {outside} of {values.size} matrix entries lie outside the normalisation "
         f"bounds [{lower}, {upper}] ({infinite} of them infinite)"
@@ -114,6 +121,7 @@ def select(
     paired difference and its interval).
     """
     from ctxrl.offline import (
+        check_one_dimensional,
         load_trials,
         myopic_oracle_line,
         normalised_trials,
@@ -124,6 +132,9 @@ def select(
     from ctxrl.selection import json_safe
 
     host = _host(ctx)
+    repeated = sorted({name for name in strategy_names if strategy_names.count(name) > 1})
+    if repeated:
+        raise CtxrlError(f"--strategy {repeated[0]} is given twice; name each strategy once")
     try:
         specs = {name: host.registry.strategy(name) for name in strategy_names}
     except UnknownNameError as exc:
@@ -164,6 +175,7 @@ def select(
             highlight=False,
             soft_wrap=True,
         )
+    check_one_dimensional(specs, located)  # before any strategy replays
     lines = replay_trials(trials, located.coords, specs, budget, repeats=repeats, options=options)
     if len(trials) > 1:
         lines["myopic-oracle"] = myopic_oracle_line(trials, budget)
@@ -277,13 +289,18 @@ def synth(
     structure) as trials that `ctxrl select --matrix FOLDER` replays."""
     from ctxrl.synthetic import SETTINGS, SyntheticSetting, noise_folder, write_trials
 
+    if not str(out).strip() or out == Path():  # click makes "" the current folder
+        raise CtxrlError("--out: name the folder to write the trials under")
     folders: dict[str, float] = {}
     for noise in noises:
         if not math.isfinite(noise):  # the matrices' bounds would be infinite: unreadable
             raise CtxrlError(f"--noise: {noise!r} is not a finite noise level")
-    for noise in noises:  # each level its own folder, before anything is written
-        earlier = folders.setdefault(noise_folder(noise), noise)
-        if earlier != noise:
+    for noise in noises:  # each level its own folder, written once, before anything is written
+        earlier = folders.get(noise_folder(noise))
+        if earlier == noise:
+            raise CtxrlError(f"--noise {noise:g} is given twice")
+        folders[noise_folder(noise)] = noise
+        if earlier is not None:
             raise CtxrlError(
                 f"--noise: {earlier!r} and {noise!r} would share the folder "
                 f"{noise_folder(noise)}; give levels that differ in their first six digits"
@@ -293,6 +310,9 @@ def synth(
         if "all" in setting_names
         else [SyntheticSetting.parse(name) for name in setting_names]
     )
+    if len(set(settings)) < len(settings):  # each setting its own folder, written once
+        again = next(s for i, s in enumerate(settings) if s in settings[:i])
+        raise CtxrlError(f"--setting {again.name} is given twice")
     for setting in settings:
         for noise in noises:
             folder, (lower, upper) = write_trials(out, setting, noise, trials, fmt=fmt)

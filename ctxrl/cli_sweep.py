@@ -153,13 +153,23 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
         if out is not None and out.resolve() != run_dir.resolve():
             # a study's report is written into its run directory: report a copy of it (into
             # a new or empty directory, or the copy an earlier report of it made)
+            existed = out.exists()
+            fresh = not existed or (out.is_dir() and not any(out.iterdir()))
             _check_report_target(out, run_dir)
             # not the copy's own mark, if RUN_DIR is itself an --out copy: the mark says what
             # was copied here
             ignore = shutil.ignore_patterns(REPORT_MARK)
             shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
             err.print(f"copied {run_dir} to {out} for its report", highlight=False)
-            run_dir = out
+            try:
+                click.echo(spec.report(out))
+            except BaseException:
+                if fresh:  # the copy this report made is taken back: --out is as it was
+                    shutil.rmtree(out, ignore_errors=True)
+                    if existed:
+                        out.mkdir(exist_ok=True)
+                raise
+            return
         click.echo(spec.report(run_dir))
         return
     cfg = stored_config(stored, run_dir / PLAN_FILE)

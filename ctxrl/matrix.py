@@ -175,7 +175,8 @@ def _read_numeric_csv(path: Path) -> np.ndarray:
         raise MatrixError(f"matrix file {path} does not exist")
     rows: list[list[float]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of the first cell
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
                 if not row:
                     continue

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CtxrlError, UnknownNameError
 from ctxrl.options import check_options
 from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay_many
@@ -44,14 +44,16 @@ class ContextCoordinates:
 
     @property
     def dims(self) -> int:
-        return int(self.coords.shape[1])
+        """The number of features that vary (a constant one, or an axis of size 1, is none)."""
+        return int(np.sum(np.ptp(self.coords, axis=0) > 0)) if len(self.coords) else 0
 
     def describe(self) -> str:
         """One line for the user: how many contexts, how many dimensions, from where."""
         n = self.coords.shape[0]
         if self.source == ONE_D:
             return f"treating the {n} contexts as 1-D ({ONE_D})"
-        grid = f" on a {' x '.join(map(str, self.shape))} grid" if self.shape else ""
+        several_axes = self.shape is not None and len(self.shape) > 1
+        grid = f" on a {' x '.join(map(str, self.shape or ()))} grid" if several_axes else ""
         return f"{n} contexts{grid}, {self.dims}-D (from {self.source})"
 
 
@@ -106,9 +108,10 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
                 f"{path}: expected {{'features': [...], 'contexts': [{{feature: value}}]}} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
-        return values, features, _return_bounds(path, data.get("return_bounds"))
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        bounds = _return_bounds(path, data.get("return_bounds"))
+        return _checked_contexts(path, values, features), features, bounds
+    try:  # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of a name
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row]
     except UnicodeDecodeError as exc:
         raise CtxrlError(f"{path}: not UTF-8 text ({exc})") from None
@@ -126,7 +129,32 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
         raise CtxrlError(f"{path}: not a number below the header ({exc})") from None
     if values.shape[1:] != (len(features),):
         raise CtxrlError(f"{path}: rows do not all have {len(features)} columns")
-    return values, features, None
+    return _checked_contexts(path, values, features), features, None
+
+
+def _checked_contexts(path: Path, values: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """``values`` ``(N, d)`` of a contexts file, unless a value is not finite or two contexts
+    coincide (they would sit at one point, and a strategy's distances would be wrong): then a
+    :class:`CtxrlError` naming the file, the context (counted from 0, in the matrix's row
+    order) and the feature."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, column = (int(i) for i in bad[0])
+        raise CtxrlError(
+            f"{path}: context {row} has {features[column]} = {values[row, column]}: every "
+            "value must be a finite number"
+        )
+    _, first, inverse = np.unique(values, axis=0, return_index=True, return_inverse=True)
+    repeated = [i for i, group in enumerate(inverse.reshape(-1)) if first[group] != i]
+    if repeated:
+        again = repeated[0]
+        original = int(first[inverse.reshape(-1)[again]])
+        raise CtxrlError(
+            f"{path}: contexts {original} and {again} are the same "
+            f"({', '.join(f'{f}={values[again, j]:g}' for j, f in enumerate(features))}); each "
+            "row of the matrix is a context of its own"
+        )
+    return values
 
 
 def _return_bounds(path: Path, bounds: Any) -> tuple[float, float] | None:
@@ -176,11 +204,15 @@ def matrix_files(path: Path) -> list[Path]:
     ``matrix_seed{seed}.csv`` only, in seed order."""
     if path.is_file():
         return [path]
-    per_seed = {
-        int(match[1]): p
-        for p in path.iterdir()
-        if p.suffix == ".csv" and (match := SWEEP_MATRIX.fullmatch(p.stem))
-    }
+    per_seed: dict[int, Path] = {}
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".csv" and (match := SWEEP_MATRIX.fullmatch(file.stem)):
+            other = per_seed.setdefault(int(match[1]), file)
+            if other is not file:
+                raise CtxrlError(
+                    f"{path}: {other.name} and {file.name} are both seed {int(match[1])}'s "
+                    "matrix; keep one"
+                )
     if per_seed:
         return [per_seed[seed] for seed in sorted(per_seed)]
     files = sorted(
@@ -244,29 +276,34 @@ def resolve_coordinates(
     nearby = beside / CONTEXTS_FILE if beside is not None else None
     nearby_bounds = None
     nearby_shape: tuple[int, ...] | None = None
+    unread = ""  # why the contexts.json beside the matrix was not read, when it was not
     if nearby is not None and nearby.is_file():
         if found is None and grid is None:
             found = nearby
         elif nearby != found:  # coordinates from elsewhere; its return bounds still apply
-            nearby_values, _, nearby_bounds = read_contexts(nearby)
-            nearby_shape = grid_index_coords(nearby_values)[1]
+            try:
+                nearby_values, _, nearby_bounds = read_contexts(nearby)
+                nearby_shape = grid_index_coords(nearby_values)[1]
+            except CtxrlError as exc:  # not needed for the coordinates: said, not fatal
+                unread = f"; {nearby} not read: {exc}"
     if found is not None:
         values, features, bounds = read_contexts(found)
         if len(values) != n:
             raise CtxrlError(f"{found}: {len(values)} contexts, but the matrix has {n} rows")
         coords, shape = grid_index_coords(values)
         grid_like = math.prod(shape) == n
+        varied = [f for f, size in zip(features, shape, strict=True) if size > 1]
+        constant = [f for f, size in zip(features, shape, strict=True) if size == 1]
+        named = ", ".join(varied) + (f"; constant: {', '.join(constant)}" if constant else "")
         return (
-            ContextCoordinates(
-                coords, f"{found}: {', '.join(features)}", shape if grid_like else None
-            ),
+            ContextCoordinates(coords, f"{found}: {named}{unread}", shape if grid_like else None),
             bounds or nearby_bounds,
         )
     if grid is not None:
         shape = parse_grid(grid)
         if math.prod(shape) != n:
             raise CtxrlError(f"--grid {grid}: {math.prod(shape)} contexts, but the matrix has {n}")
-        source = "--grid"
+        source = f"--grid{unread}"
         if nearby_shape is not None and tuple(d for d in nearby_shape if d > 1) != tuple(
             d for d in shape if d > 1
         ):  # said where it is printed: the file beside describes another grid
@@ -275,6 +312,26 @@ def resolve_coordinates(
         return ContextCoordinates(coords_from_grid(shape), source, shape), nearby_bounds
     coords = np.linspace(0.0, 1.0, n)[:, None] if n > 1 else np.zeros((1, 1))
     return ContextCoordinates(coords, ONE_D), None
+
+
+def check_one_dimensional(specs: Mapping[str, StrategySpec], located: ContextCoordinates) -> None:
+    """Refuse, before any replay, a strategy that works on one varied feature in increasing
+    order (Greedy, Equidistant) when the contexts vary in several or are out of order."""
+    varied = np.flatnonzero(np.ptp(located.coords, axis=0) > 0)
+    for name, spec in specs.items():
+        if not spec.one_dimensional:
+            continue
+        if len(varied) > 1:
+            raise CtxrlError(
+                f"--strategy {name}: works on one varied feature; these contexts vary "
+                f"{len(varied)} ({located.describe()})"
+            )
+        values = located.coords[:, varied[0] if len(varied) else 0]
+        if np.any(np.diff(values) < 0):
+            raise CtxrlError(
+                f"--strategy {name}: needs the contexts in increasing order, the matrix's rows "
+                f"are not ({located.describe()})"
+            )
 
 
 def load_trials(
@@ -334,7 +391,10 @@ def load_trials(
     if bounds is not None and env_name is not None:
         raise CtxrlError("--env and --bounds both give the normalisation bounds; give one of them")
     if bounds is None and env_name is not None:
-        bounds = registry.env(env_name).return_bounds
+        try:
+            bounds = registry.env(env_name).return_bounds
+        except UnknownNameError as exc:
+            raise CtxrlError(f"--env: {exc}") from None
     bounds = bounds or file_bounds
     if bounds is None:
         raise CtxrlError(
@@ -350,7 +410,10 @@ def normalised_trials(raw: np.ndarray, bounds: tuple[float, float]) -> np.ndarra
     unless they are finite, ``lower < upper`` (infinite bounds made every entry 0 or NaN)."""
     lower, upper = bounds
     if not (math.isfinite(lower) and math.isfinite(upper) and upper > lower):
-        raise CtxrlError(f"normalisation bounds need finite lower < upper, got [{lower}, {upper}]")
+        raise CtxrlError(
+            f"normalisation bounds need finite lower < upper, got [{lower}, {upper}] (from "
+            "--bounds, --env or a contexts.json's return_bounds)"
+        )
     with np.errstate(invalid="ignore"):
         return np.clip((raw - lower) / (upper - lower), 0.0, 1.0)
 

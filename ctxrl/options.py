@@ -151,16 +151,19 @@ def _without_repeated_label(message: str, where: str) -> str:
 
 
 def option_names(factory: Callable[..., Any]) -> set[str]:
-    """The keyword options ``factory`` names (empty when it takes ``**options`` only)."""
+    """The keyword options ``factory`` names (empty when it takes ``**options`` only), with
+    those of the factory it passes the rest to (its ``forwards_options_to``, if any)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
         return set()
-    return {
+    names = {
         p.name
         for p in params
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     }
+    forwarded = getattr(factory, "forwards_options_to", None)
+    return names | option_names(forwarded) if callable(forwarded) else names
 
 
 def _takes_nothing(factory: Callable[..., Any]) -> bool:

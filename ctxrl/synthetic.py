@@ -77,6 +77,8 @@ class SyntheticSetting:
                     f"synthetic setting {text!r}: expected f=...,g=...,h=... "
                     f"(f in {F_CHOICES}, g in {G_CHOICES}, h in {H_CHOICES})"
                 )
+            if key.strip() in parts:
+                raise CtxrlError(f"synthetic setting {text!r}: {key.strip()} is given twice")
             parts[key.strip()] = value.strip()
         missing = sorted({"f", "g", "h"} - set(parts))
         if missing:

@@ -4,6 +4,7 @@ its errors for bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -274,6 +275,16 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
     copy = tmp_path / "copy-of-copy"  # a report of the --out copy, rewritten too
     for _ in range(2):
         run_ctxrl("report", str(out), "--out", str(copy), check=True)
+    # a report that fails (no stored arms: the outputs of a study, not its run directory)
+    # takes back the copy it made: --out is left as it was
+    outputs_only = tmp_path / "outputs-only"
+    shutil.copytree(run_dir, outputs_only, ignore=shutil.ignore_patterns("arms"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (tmp_path / "new", empty):
+        failed = run_ctxrl("report", str(outputs_only), "--out", str(target))
+        assert failed.returncode != 0 and "has not finished" in failed.stderr, failed.stderr
+    assert not (tmp_path / "new").exists() and not any(empty.iterdir())
 
 
 def test_a_device_that_is_not_here_is_named_before_training(tmp_path: Path) -> None:

@@ -163,9 +163,18 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     assert "(Mountain), noise 5" in written.stdout
     # two levels that would share one folder: refused before anything is written
     clash = _cli(
-        "synth", "--out", str(tmp_path / "clash"), "--setting", "f=constant,g=none,h=l1",
-        "--noise", "5", "--noise", "5.0000001", "--trials", "1",
-    )  # fmt: skip
+        "synth",
+        "--out",
+        str(tmp_path / "clash"),
+        "--setting",
+        "f=constant,g=none,h=l1",
+        "--noise",
+        "5",
+        "--noise",
+        "5.0000001",
+        "--trials",
+        "1",
+    )
     assert clash.exit_code == 2 and "would share the folder noise5" in clash.stderr
     assert not (tmp_path / "clash").exists()
     # written again with fewer trials: the folder holds those only
@@ -310,9 +319,16 @@ def test_synth_csv_reads_back_strictly_and_bounds_must_be_finite(tmp_path: Path)
     fell below the contexts.json bounds computed from the unrounded values, and `--strict`
     refused `synth`'s own output. Infinite `--bounds` (every entry 0, or NaN) are refused."""
     written = _cli(
-        "synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1",
-        "--trials", "3", "--format", "csv",
-    )  # fmt: skip
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--setting",
+        "f=constant,g=none,h=l1",
+        "--trials",
+        "3",
+        "--format",
+        "csv",
+    )
     assert written.exit_code == 0, written.output
     folder = tmp_path / "f-constant_g-none_h-l1" / "noise5"
     strict = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "1", "--strict")
@@ -427,3 +443,160 @@ def test_a_grid_that_disagrees_with_the_contexts_file_beside_is_said(tmp_path: P
     assert bounds == (0.0, 1.0)
     agreeing, _ = resolve_coordinates(4, contexts=None, grid="2x2", beside=tmp_path)
     assert agreeing.source == "--grid"
+
+
+def test_contexts_that_cannot_be_placed_are_refused_and_constant_features_do_not_count(
+    tmp_path: Path,
+) -> None:
+    """A non-finite coordinate (placed at one end by the sort before) and two rows at one
+    point changed G_k silently; a feature the contexts share was counted as a dimension."""
+    x = np.arange(4)
+    matrix = tmp_path / "m.csv"
+    np.savetxt(matrix, np.clip(450 - 60 * np.abs(x[:, None] - x[None, :]), 0, 500), delimiter=",")
+    args = ["--strategy", "greedy", "-k", "2", "--bounds", "0", "500"]
+    for rows, message in [
+        (["1", "nan", "3", "4"], "context 1 has a = nan: every value must be a finite number"),
+        (["1", "2", "inf", "4"], "context 2 has a = inf"),
+        (["1", "2", "1", "4"], "contexts 0 and 2 are the same (a=1)"),
+    ]:
+        contexts = tmp_path / "c.csv"
+        contexts.write_text("a\n" + "\n".join(rows) + "\n")
+        result = _cli("select", "--matrix", str(matrix), "--contexts", str(contexts), *args)
+        assert result.exit_code == 2 and f"{contexts}: {message}" in result.stderr, result.stderr
+    # a feature every context shares is not a dimension; a byte-order mark is not a name
+    shared = tmp_path / "shared.csv"
+    shared.write_bytes("\ufeffa,b\n1,5\n2,5\n3,5\n4,5\n".encode())
+    replayed = _json(
+        _cli("select", "--matrix", str(matrix), "--contexts", str(shared), "--json", *args)
+    )
+    assert replayed["dims"] == 1 and f"{shared}: a; constant: b" in replayed["contexts"]
+
+
+def test_select_refuses_before_replaying_what_it_cannot_finish(tmp_path: Path) -> None:
+    """A 1-D strategy on 2-D contexts failed only after the strategies named before it had
+    replayed; a matrix whose every entry was clipped was replayed as all zeros; a strategy
+    named twice was merged into one column."""
+    matrix = tmp_path / "m.csv"
+    np.savetxt(matrix, np.full((4, 4), 300.0), delimiter=",")
+    bounds = ["--bounds", "0", "500"]
+    two_d = _cli(
+        "select",
+        "--matrix",
+        str(matrix),
+        "--grid",
+        "2x2",
+        "-k",
+        "2",
+        *bounds,
+        "--strategy",
+        "mbtl-gp",
+        "--strategy",
+        "greedy",
+    )
+    assert two_d.exit_code == 2
+    assert "--strategy greedy: works on one varied feature; these contexts vary 2" in two_d.stderr
+    assert "G_k" not in two_d.stdout
+    negated = _cli(
+        "select", "--matrix", str(matrix), "--negate", "-k", "1", *bounds, "--strategy", "random"
+    )
+    assert negated.exit_code == 2
+    assert "every entry lies outside the normalisation bounds [0.0, 500.0]" in negated.stderr
+    assert "(the entries run from -300 to -300)" in negated.stderr
+    twice = _cli(
+        "select",
+        "--matrix",
+        str(matrix),
+        "-k",
+        "1",
+        *bounds,
+        "--strategy",
+        "random",
+        "--strategy",
+        "random",
+    )
+    assert twice.exit_code == 2 and "--strategy random is given twice" in twice.stderr
+    unknown = _cli(
+        "select", "--matrix", str(matrix), "-k", "1", "--env", "NoSuch", "--strategy", "random"
+    )
+    assert unknown.exit_code == 2 and "--env: " in unknown.stderr
+    # a baseline's options are named by its registered name; sd-mbtl lists what it passes on
+    greedy = _cli(
+        "select",
+        "--matrix",
+        str(matrix),
+        "-k",
+        "1",
+        *bounds,
+        "--strategy",
+        "greedy",
+        "--option",
+        "greedy.beta=1",
+    )
+    assert greedy.exit_code == 2 and "no option 'beta'; it takes no options" in greedy.stderr
+    assert "GreedyStrategy" not in greedy.stderr
+    sd = _cli(
+        "select",
+        "--matrix",
+        str(matrix),
+        "-k",
+        "1",
+        *bounds,
+        "--strategy",
+        "sd-mbtl",
+        "--option",
+        "sd-mbtl.betta=log",
+    )
+    assert sd.exit_code == 2 and "did you mean 'beta'?" in sd.stderr
+
+
+def test_a_broken_contexts_file_beside_the_matrix_does_not_block_given_coordinates(
+    tmp_path: Path,
+) -> None:
+    """With --grid (or --contexts) the contexts.json beside the matrix is read for its bounds
+    only; unreadable, it is said where the coordinates' source is printed, not fatal."""
+    np.savetxt(tmp_path / "m.csv", np.eye(4) * 100, delimiter=",")
+    (tmp_path / "contexts.json").write_text("{not json")
+    result = _json(
+        _cli(
+            "select",
+            "--matrix",
+            str(tmp_path / "m.csv"),
+            "--grid",
+            "4",
+            "--bounds",
+            "0",
+            "500",
+            "--strategy",
+            "random",
+            "-k",
+            "1",
+            "--json",
+        )
+    )
+    assert f"{tmp_path / 'contexts.json'} not read: " in result["contexts"]
+    # two files of one seed in a sweep's exports folder: which is the trial is not guessed
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for name in ("matrix_seed0.csv", "matrix_seed00.csv"):
+        np.savetxt(exports / name, np.eye(4), delimiter=",")
+    both = _cli(
+        "select", "--matrix", str(exports), "--bounds", "0", "1", "--strategy", "random", "-k", "1"
+    )
+    assert both.exit_code == 2 and "are both seed 0's matrix; keep one" in both.stderr
+
+
+def test_synth_refuses_what_it_would_write_twice_or_into_no_folder(tmp_path: Path) -> None:
+    """A repeated noise level or setting wrote one folder twice; a setting's repeated part
+    was read as its last value; ``--out ""`` wrote into the current folder."""
+    out = tmp_path / "s"
+    one = "f=constant,g=none,h=l1"
+    for args, message in [
+        (["--noise", "5", "--noise", "5.0"], "--noise 5 is given twice"),
+        (["--setting", one, "--setting", "h=l1,g=none,f=constant"], f"--setting {one} is given"),
+        (["--setting", f"{one},f=linear"], "f is given twice"),
+    ]:
+        result = _cli("synth", "--out", str(out), "--trials", "1", *args)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    nowhere = _cli("synth", "--out", "", "--trials", "1")
+    assert nowhere.exit_code == 2 and "--out: name the folder" in nowhere.stderr
+    assert not out.exists()

@@ -145,7 +145,7 @@ class ExhaustiveStrategy:
 def _no_options(cls: type[Strategy]) -> Callable[..., Strategy]:
     def factory(**options: object) -> Strategy:
         if options:
-            raise CtxrlError(f"strategy {cls.__name__} takes no options, got {sorted(options)}")
+            raise CtxrlError(f"no option {sorted(options)[0]!r}; it takes no options")
         return cls()
 
     return factory

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -177,6 +177,10 @@ class SDMBTLStrategy:
             ``gp: reference`` give the reference code's slope fit and GP, see ``mbtl-gp``).
     """
 
+    forwards_options_to: ClassVar[type] = MBTLStrategy
+    """Options it does not name itself go to its GP-MBTL branch (listed with its own in an
+    error on an unknown option)."""
+
     def __init__(
         self,
         structure: str = "auto",
@@ -288,6 +292,9 @@ class SDMBTLStrategy:
 
 def _m_mbtl(**options: Any) -> SDMBTLStrategy:
     return SDMBTLStrategy(structure="mountain", **options)
+
+
+_m_mbtl.forwards_options_to = SDMBTLStrategy  # type: ignore[attr-defined]
 
 
 @hookimpl
