@@ -198,9 +198,11 @@ def store_trained(
                     record.run_id,
                     curve_steps=agent_log.curve_steps,
                     curve_returns=[r[0] for r in agent_log.curve_returns],
-                    diagnostic_steps=agent_log.diagnostic_steps,
-                    diagnostics={
-                        k: [float(v[0]) for v in values]
+                    diagnostics={  # the records that hold a value of the name only
+                        k: [
+                            (agent_log.diagnostic_steps[i], float(values[i][0]))
+                            for i in agent_log.diagnostic_records(k)
+                        ]
                         for k, values in agent_log.diagnostics.items()
                     },
                 )

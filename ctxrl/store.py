@@ -485,12 +485,11 @@ class Store:
         *,
         curve_steps: Sequence[int],
         curve_returns: Sequence[Any],
-        diagnostic_steps: Sequence[int],
-        diagnostics: Mapping[str, Sequence[float]],
+        diagnostics: Mapping[str, Sequence[tuple[int, float]]],
     ) -> None:
         """Store a run's learning curve (``curve_returns[i]``: ``(targets, episodes)`` returns
-        at ``curve_steps[i]`` env steps) and its diagnostics (name -> one value per
-        ``diagnostic_steps`` entry; NaN stored as NULL), replacing what was stored for it."""
+        at ``curve_steps[i]`` env steps) and its diagnostics (name -> ``(env steps, value)``
+        at each record that has one; NaN stored as NULL), replacing what was stored for it."""
         curve_rows = [
             (run_id, int(step), q, float(sum(r) / len(r)), json.dumps([float(x) for x in r]))
             for step, returns in zip(curve_steps, curve_returns, strict=True)
@@ -498,8 +497,8 @@ class Store:
         ]
         diagnostic_rows = [
             (run_id, int(step), name, None if value != value else float(value))
-            for name, values in diagnostics.items()
-            for step, value in zip(diagnostic_steps, values, strict=True)
+            for name, points in diagnostics.items()
+            for step, value in points
         ]
         with self._transaction() as db:
             db.execute("DELETE FROM curves WHERE run_id = ?", (run_id,))

@@ -24,7 +24,8 @@ class TrainingLog:
         diagnostic_steps: env steps per agent at each diagnostics record ``(records,)``.
         diagnostics: name -> ``(records, N)``: per-agent means over the updates since the
             previous record (losses, approx KL, clip fraction, explained variance, TD error,
-            gradient norm, entropy, and what interventions report).
+            gradient norm, entropy, and what interventions report); NaN in a record the name
+            has no value for (:attr:`diagnostic_missing`).
         switches: the context switches a schedule made: ``(env step per agent, the agents that
             switched then)``, in order; cut the curves there for per-switch metrics.
         plasticity_steps: env steps per agent at each plasticity record ``(records,)`` (the
@@ -41,6 +42,34 @@ class TrainingLog:
     switches: list[tuple[int, list[int]]] = field(default_factory=list)
     plasticity_steps: list[int] = field(default_factory=list)
     plasticity: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    diagnostic_missing: dict[str, list[int]] = field(default_factory=dict)
+    """name -> the records (indices into :attr:`diagnostic_steps`) it has no value in: DQN has
+    no loss before learning starts while an intervention reports already. Absent names have
+    a value in every record."""
+
+    def add_diagnostics(self, step: int, values: Mapping[str, np.ndarray], agents: int) -> None:
+        """One diagnostics record at env step ``step``: ``values`` name -> ``(N,)`` for ``N =
+        agents``. Every name keeps one entry per record: a name reported for the first time
+        gets NaN in the records before, one not reported now gets NaN here, both listed in
+        :attr:`diagnostic_missing`."""
+        record = len(self.diagnostic_steps)
+        self.diagnostic_steps.append(step)
+        nothing = np.full(agents, np.nan, dtype=np.float32)
+        for name, value in values.items():
+            if name not in self.diagnostics:
+                self.diagnostics[name] = [nothing] * record
+                if record:
+                    self.diagnostic_missing[name] = list(range(record))
+            self.diagnostics[name].append(value)
+        for name, series in self.diagnostics.items():
+            if name not in values:
+                series.append(nothing)
+                self.diagnostic_missing.setdefault(name, []).append(record)
+
+    def diagnostic_records(self, name: str) -> list[int]:
+        """The records (indices into :attr:`diagnostic_steps`) that hold a value of ``name``."""
+        missing = set(self.diagnostic_missing.get(name, ()))
+        return [i for i in range(len(self.diagnostic_steps)) if i not in missing]
 
     def select(self, indices: Sequence[int]) -> TrainingLog:
         """The log of agents ``indices`` only (switches renumbered, those of other agents
@@ -59,6 +88,7 @@ class TrainingLog:
             [(step, agents) for step, agents in switches if agents],
             list(self.plasticity_steps),
             {k: [v[index] for v in values] for k, values in self.plasticity.items()},
+            {k: list(records) for k, records in self.diagnostic_missing.items()},
         )
 
     def switch_steps(self, agent: int) -> list[int]:
@@ -82,6 +112,8 @@ class TrainingLog:
             out["diagnostics.steps"] = torch.tensor(self.diagnostic_steps, dtype=torch.int64)
             for name, values in self.diagnostics.items():
                 out[f"diagnostics.{name}"] = torch.from_numpy(np.stack(values))
+            for name, records in self.diagnostic_missing.items():
+                out[f"diagnostic_missing.{name}"] = torch.tensor(records, dtype=torch.int64)
         if self.switches:
             out["switches.steps"] = torch.tensor([s for s, _ in self.switches], dtype=torch.int64)
             # (switches, N) as 0/1: the agents that switched at each step
@@ -109,6 +141,9 @@ class TrainingLog:
             for key, value in tensors.items():
                 if key.startswith("diagnostics.") and key != "diagnostics.steps":
                     log.diagnostics[key.removeprefix("diagnostics.")] = list(value.cpu().numpy())
+                elif key.startswith("diagnostic_missing."):
+                    name = key.removeprefix("diagnostic_missing.")
+                    log.diagnostic_missing[name] = [int(i) for i in value]
         if "switches.steps" in tensors:
             rows = tensors["switches.agents"].cpu()
             log.switches = [

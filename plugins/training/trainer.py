@@ -310,9 +310,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
             if done % log_every == 0 or done == iterations:
                 values = run.flush_diagnostics()
                 if values:
-                    log.diagnostic_steps.append(run.env_steps)
-                    for name, value in values.items():
-                        log.diagnostics.setdefault(name, []).append(value)
+                    log.add_diagnostics(run.env_steps, values, run.num_agents)
             switched = (
                 []
                 if agent_schedules is None
