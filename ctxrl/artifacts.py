@@ -7,6 +7,7 @@ cannot execute code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 _HEADER_KEY = "ctxrl_metadata"
+_DIGEST_KEY = "ctxrl_sha256"
+"""The header's SHA-256 of the tensor data (the bytes after the header): a byte changed on
+disk is caught when the artifact is verified or loaded (safetensors checks the header's
+offsets, not the data)."""
 
 
 def save_artifact(
@@ -39,7 +44,12 @@ def save_artifact(
     meta_text = json.dumps(
         {"format_version": FORMAT_VERSION, **metadata}, indent=2, sort_keys=True, default=str
     )
-    header = {"format": "ctxrl", "version": str(FORMAT_VERSION), _HEADER_KEY: meta_text}
+    header = {
+        "format": "ctxrl",
+        "version": str(FORMAT_VERSION),
+        _HEADER_KEY: meta_text,
+        _DIGEST_KEY: "0" * 64,  # a placeholder of the digest's length, filled in below
+    }
     partial_meta = weights.with_name(f".{stem.name}.json.partial")
     partial_meta.write_text(meta_text)
     partial = weights.with_name(f".{weights.name}.partial")
@@ -63,10 +73,27 @@ def _serialize(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) ->
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    if _DIGEST_KEY in header["__metadata__"]:
+        header["__metadata__"][_DIGEST_KEY] = hashlib.sha256(data[8 + length :]).hexdigest()
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > length:
         return data
     return data[:8] + text.ljust(length) + data[8 + length :]
+
+
+def _digest_problem(weights: Path, header: Mapping[str, str]) -> str | None:
+    """Why the tensor data of ``weights`` does not match its header's digest (None when it
+    does, or when an earlier ctxrl wrote no digest)."""
+    expected = header.get(_DIGEST_KEY)
+    if expected is None:
+        return None
+    with weights.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + length)
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    if actual != expected:
+        return f"{weights} is damaged (its tensor data does not match the checksum saved with it)"
+    return None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -91,9 +118,9 @@ def remove_artifact(stem: str | Path, *, derived: bool = False) -> None:
 
 def verify_artifact(stem: str | Path) -> str | None:
     """What is wrong with the artifact at ``stem``, or None when it is whole: its tensors file
-    exists and its header parses and covers the file to its last byte (safetensors checks
-    both when it opens a file, so a file cut short by a full disk or an interrupted copy is
-    caught). Reads the header only."""
+    exists, its header parses and covers the file to its last byte (safetensors checks both
+    when it opens a file, so a file cut short by a full disk or an interrupted copy is
+    caught) and its tensor data matches the digest it was saved with (a changed byte)."""
     from safetensors import SafetensorError, safe_open
 
     weights = Path(stem).with_suffix(".safetensors")
@@ -101,10 +128,10 @@ def verify_artifact(stem: str | Path) -> str | None:
         return f"{weights} is missing"
     try:
         with safe_open(str(weights), framework="numpy") as handle:
-            handle.metadata()
+            header = handle.metadata() or {}
+        return _digest_problem(weights, header)
     except (SafetensorError, OSError) as exc:
         return f"{weights} is damaged ({exc})"
-    return None
 
 
 def artifact_metadata(stem: str | Path) -> dict[str, Any]:
@@ -133,6 +160,9 @@ def load_artifact(
     try:
         with safe_open(str(weights), framework="pt") as handle:
             header = handle.metadata() or {}
+        damage = _digest_problem(weights, header)
+        if damage is not None:
+            raise CtxrlError(f"artifact file {damage}; a rerun of its sweep trains it again")
         tensors = load_file(str(weights), device=device)
     except SafetensorError as exc:
         raise CtxrlError(

@@ -560,6 +560,31 @@ def test_a_rerun_trains_again_the_runs_whose_policy_is_damaged(
     assert len(load_policies(run_dir)) == 2
 
 
+def test_a_policy_with_a_changed_byte_is_named_and_trained_again(
+    finished: Path, tmp_path: Path
+) -> None:
+    """safetensors checks a file's header and length, not its data: a byte changed inside a
+    weight was loaded (and the run kept) as if whole; the digest saved in the header says it
+    is damaged, as a cut file is."""
+    from ctxrl.errors import CtxrlError
+    from ctxrl.results import load_policies
+
+    run_dir = _copy(finished, tmp_path)
+    weights = sorted((run_dir / "artifacts").glob("*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x10  # a bit of the last tensor's data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CtxrlError, match=rf"{weights} is damaged \(its tensor data does not"):
+        load_policies(run_dir)
+    printed = io.StringIO()
+    outcome = run_sweep(
+        _plan(tmp_path, output_dir=str(run_dir.parent)), console=Console(file=printed, width=300)
+    )
+    assert outcome.trained == 1 and outcome.skipped == 1
+    assert f"run {weights.stem} will be trained again" in printed.getvalue()
+    assert len(load_policies(run_dir)) == 2
+
+
 def test_a_run_directory_is_read_without_the_executor_that_ran_it(
     finished: Path, tmp_path: Path
 ) -> None:
