@@ -85,7 +85,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Sweep
     if not source.is_file():
         raise ConfigError(f"config file {source} does not exist")
     try:
-        data = parse_yaml(source.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(source.read_text(encoding="utf-8"), str(source)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -454,6 +454,18 @@ def _check_training_options(
             "use a batched algorithm (batched-ppo, batched-dqn)"
         )
     build_interventions([{"name": e.name, "options": e.options} for e in entries], registry)
+    if config.mode == "multitask":  # its one policy per seed is neither a source nor curved
+        if config.transfer.name != TransferConfig().name:
+            raise ConfigError(
+                f"transfer.name: mode: multitask trains only the multi-task baseline, evaluated "
+                f"on every context as it is; {config.transfer.name!r} transfers the sources of "
+                "mode: full or select (multitask: true trains the baseline beside them)"
+            )
+        if config.curves is not None:
+            raise ConfigError(
+                "curves: mode: multitask records no learning curves (they follow each source "
+                "on its own context); drop curves, or use mode: full"
+            )
     if config.curves is not None and not algorithm.interventions:
         raise ConfigError(
             f"curves: {algorithm.name!r} does not record learning curves; use a batched "

@@ -31,6 +31,18 @@ def name_list(names: str | Sequence[str]) -> list[str]:
     return [names] if isinstance(names, str) else [str(name) for name in names]
 
 
+def visible_features(space: ContextSpace, names: str | Sequence[str]) -> tuple[str, ...]:
+    """``visible`` features of ``space`` (one name or a list), each a feature of it and named
+    once (shown twice, a feature took two observation columns); a :class:`ContextError`
+    naming the one that is not."""
+    visible = name_list(names)
+    for index, name in enumerate(visible):
+        space.feature(name)
+        if name in visible[:index]:
+            raise ContextError(f"visible: {name!r} is listed twice")
+    return tuple(visible)
+
+
 def _canonical_number(value: float) -> str:
     """A textual form of a float that is identical everywhere (repr is shortest round-trip);
     -0.0 is 0.0, as the contexts compare equal."""

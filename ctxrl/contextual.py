@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ctxrl.context import Context, ContextSpace, name_list
+from ctxrl.context import Context, ContextSpace, visible_features
 from ctxrl.errors import ContextError
 from ctxrl.registry import EnvSpec
 
@@ -88,12 +88,10 @@ class ContextualEnv(gym.Wrapper):
     ) -> None:
         self.family = family
         initial = family.validate(context)
-        visible = name_list(visible)
-        for name in visible:
-            family.space.feature(name)
+        visible = visible_features(family.space, visible)
         base = family.build(render_mode)
         super().__init__(base)
-        self.visible = tuple(visible)
+        self.visible = visible
         if self.visible and not (
             isinstance(base.observation_space, spaces.Box)
             and len(base.observation_space.shape) == 1

@@ -362,6 +362,14 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         if close is not None:
             close()  # what it holds, as a sweep that ends closes it
         raise
+    in_process = plan.algorithm.batched and plan.env.make_batched is not None
+    if in_process and config.executor.shards == 1 and config.executor.timeout_s is not None:
+        console.print(
+            f"[yellow]warning:[/] executor.timeout_s: {config.executor.timeout_s:g} s bounds the "
+            "executor's jobs, and a batched sweep with executor.shards: 1 trains its groups in "
+            "this process, where it does not apply (shards >= 2 run as jobs under it)",
+            highlight=False,
+        )
     plan_json = config.model_dump(mode="json")
     store = Store(run_dir / STORE_FILE)
     store.set_meta("plan_hash", plan.plan_hash)

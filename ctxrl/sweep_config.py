@@ -75,6 +75,12 @@ class AxisConfig(_Strict):
                     f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} ignored when "
                     "values are given; give values alone, or num/low/high/scale"
                 )
+        if self.num == 1 and self.high is not None and self.high != self.low:
+            # one point is low (the feature's lower bound without it): high would be ignored
+            raise ValueError(
+                f"num: 1 is one point, at low; high {self.high} would be ignored: give "
+                "values: [v] (or num: 1 and low: v), or num >= 2"
+            )
         return self
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ctxrl.context import ContextSpace, name_list
+from ctxrl.context import ContextSpace, visible_features
 from ctxrl.errors import ContextError
 from ctxrl.rng import StreamRNG
 
@@ -240,10 +240,7 @@ class BatchedEnv:
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.dtype = dtype
-        visible = name_list(visible)
-        for name in visible:
-            self.space.feature(name)
-        self.visible = tuple(visible)
+        self.visible = visible_features(self.space, visible)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
         self.streams: StreamRNG | None = None

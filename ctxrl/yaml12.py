@@ -64,6 +64,13 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    """Parse YAML safely (no object construction), with YAML 1.2 number rules."""
-    return yaml.load(text, Loader=_Yaml12Loader)
+def parse_yaml(text: str, name: str | None = None) -> Any:
+    """Parse YAML safely (no object construction), with YAML 1.2 number rules; ``name`` (the
+    file's path) is where a syntax error's marks say the text is (else "<unicode string>")."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.MarkedYAMLError as exc:
+        for mark in (exc.context_mark, exc.problem_mark):
+            if mark is not None and name is not None:
+                mark.name = name
+        raise

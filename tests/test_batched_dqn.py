@@ -137,6 +137,9 @@ def test_options_and_spaces_are_checked() -> None:
         _algo(start_e=0.01, end_e=0.5)
     with pytest.raises(ConfigError, match="but an agent trains 1000: it would never learn"):
         _algo(num_envs=4, learning_starts=1000).check_budget(1001)  # 250 iterations of 4
+    # a batch larger than the buffer: repeated transitions, and minutes for a tiny training
+    with pytest.raises(ConfigError, match=r"batch_size: batched-dqn draws 129 .* buffer of 128"):
+        _algo(buffer_size=128, batch_size=129)
 
 
 class TestBatchedDQNContract(AlgorithmContract):

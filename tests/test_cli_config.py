@@ -94,6 +94,13 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             marks=requires_sb3,
         ),
         (["compare=[random, nope]"], "compare: no plugin provides the strategy 'nope'"),
+        (
+            ["mode=multitask", "transfer={name: fine-tune, options: {steps: 1024}}"],
+            "transfer.name: mode: multitask trains only the multi-task baseline",
+        ),
+        (["mode=multitask", "curves={every: 1024}"], "curves: mode: multitask records no"),
+        (["features.length={num: 1, low: 1, high: 2}"], "num: 1 is one point, at low; high 2.0"),
+        (["env_options.visible=[length, length]"], "visible: 'length' is listed twice"),
         (["train_steps=-5"], "train_steps: Input should be greater than 0"),
         (["device=tpu"], "device 'tpu' is not cpu, cuda, cuda:N or auto"),
         (
@@ -352,8 +359,12 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("env: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as excinfo:
         load_config(bad)
+    # the syntax error's position is in the file, not in "<unicode string>"
+    assert f'in "{bad}", line 2' in str(excinfo.value) and "unicode string" not in str(
+        excinfo.value
+    )
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("env: CartPole  # M\xfcnchen\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):

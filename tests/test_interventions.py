@@ -275,7 +275,13 @@ def test_an_intervention_that_raises_is_named_with_the_hook(algorithm_name: str)
     params: dict[str, Any] = (
         {"num_envs": 2, "num_steps": 16, "hidden": 8}
         if algorithm_name == "batched-ppo"
-        else {"learning_starts": 16, "train_frequency": 4, "hidden": [8], "buffer_size": 100}
+        else {
+            "learning_starts": 16,
+            "train_frequency": 4,
+            "hidden": [8],
+            "buffer_size": 100,
+            "batch_size": 32,
+        }
     )
     algorithm: Any = (
         get_host().registry.algorithm(algorithm_name).factory(params, device="cpu", env=env)

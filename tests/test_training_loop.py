@@ -150,6 +150,43 @@ def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
     assert (run_dir / "exports" / "diagnostics.csv").is_file()
 
 
+def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path) -> None:
+    """DQN records no loss before ``learning_starts`` while an intervention (ReDo) reports
+    from the first record: each name's values fell out of step with the records, and a sweep
+    lost every trained run when it stored them."""
+    dqn = {"name": "batched-dqn", "preset": "CartPole", "params": {"learning_starts": 500}}
+    interventions = [{"name": "redo", "options": {"every": 100}}]
+    run_dir = _sweep(tmp_path, algorithm={**dqn, "interventions": interventions}, train_steps=2000)
+    with Store(run_dir / "store.sqlite") as store:
+        assert {r.status for r in store.runs()} == {"finished"}
+        diagnostics = store.diagnostics()
+    redo = next(iter(diagnostics["redo.dormant_fraction"].values()))
+    loss = next(iter(diagnostics["td_loss"].values()))
+    assert redo[0][0] < 500 and loss[0][0] > 500  # no loss stored before learning starts
+    assert all(np.isfinite(v) for _, v in loss)  # not stored as missing values
+    assert {s for s, _ in loss} < {s for s, _ in redo}
+    # in the log every name has a value (NaN where it had none) in every record
+    algorithm = (
+        get_host().registry.algorithm("batched-dqn").factory({"learning_starts": 500}, device="cpu")
+    )
+    spec = get_host().registry.env("CartPole")
+    policies = algorithm.train_many(
+        spec,
+        [{"length": 0.5}],
+        [0],
+        total_steps=2000,
+        interventions=build_interventions(interventions, get_host().registry),
+    )
+    log = policies.log
+    assert all(len(v) == len(log.diagnostic_steps) for v in log.diagnostics.values())
+    missing = log.diagnostic_missing["td_loss"]
+    assert missing and all(np.isnan(log.diagnostics["td_loss"][i]).all() for i in missing)
+    assert "redo.dormant_fraction" not in log.diagnostic_missing
+    assert log.diagnostic_records("td_loss") == [
+        i for i in range(len(log.diagnostic_steps)) if i not in missing
+    ]
+
+
 def test_a_gradient_norm_that_is_not_finite_is_reported(tmp_path: Path) -> None:
     """At a reward scale of 1e30 every gradient norm is infinite, the clipping scales each step
     to 0 and the agents never move: the runs finished as normal rows, and the summary showed
@@ -493,3 +530,29 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None
         options: dict[str, Any] = {"total_steps": 512, **changes}
         with pytest.raises(CheckpointError, match="written for another training"):
             ppo().train_many(env, [{}], [0], checkpoint=checkpoint, **options)
+
+
+def test_a_time_limit_a_batched_sweep_in_one_process_cannot_apply_is_said(
+    tmp_path: Path,
+) -> None:
+    """``executor.timeout_s`` bounds executor jobs; a batched sweep with ``shards: 1`` trains
+    in the sweep's process, where the limit was silently not applied."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    data = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5]}},
+        "algorithm": PPO,
+        "seeds": [0],
+        "train_steps": 512,
+        "eval_episodes": 1,
+        "compare": [],
+        "executor": {"timeout_s": 600},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    said = StringIO()
+    plan = resolve_plan(validate_config(data), get_host().registry)
+    run_sweep(plan, console=Console(file=said, width=300))
+    assert "executor.timeout_s: 600 s bounds the executor's jobs" in said.getvalue()

@@ -293,6 +293,13 @@ class BatchedDQN(BatchedTrainer[_Replay]):
                 f"end_e, so start_e must be >= end_e, got {self.config.start_e} < "
                 f"{self.config.end_e}"
             )
+        if self.config.batch_size > self.config.buffer_size:
+            raise ConfigError(
+                f"algorithm.params.batch_size: {self.name} draws {self.config.batch_size} "
+                f"transitions per gradient step from a replay buffer of "
+                f"{self.config.buffer_size} (buffer_size): a batch larger than the buffer only "
+                "repeats transitions; lower batch_size or raise buffer_size"
+            )
         check_compile_mode(self.name, self.config.compile)
         self._compiled_step: Callable[..., tuple[Tensor, ...]] | None = None
         self._compiled_loss: Callable[..., tuple[Tensor, ...]] | None = None

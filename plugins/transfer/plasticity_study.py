@@ -169,7 +169,7 @@ def ctxrl_register_commands(cli: Any) -> None:
 def _mapping(path: Path) -> dict[str, Any]:
     """A study file's top-level mapping, or an empty one (the loaders report what is wrong)."""
     try:
-        data = parse_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}

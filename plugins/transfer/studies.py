@@ -119,7 +119,7 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
     try:  # as sweep configs are read: YAML 1.2 numbers (1e-3), a key given twice refused
-        data = parse_yaml(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     except UnicodeDecodeError as exc:
