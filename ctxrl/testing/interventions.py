@@ -338,7 +338,8 @@ class InterventionContract:
         self, algorithm_name: str, intervention_spec: InterventionSpec, env_spec: EnvSpec
     ) -> None:
         """Trained parameters differ from those trained without it (an intervention that
-        changes nothing is a bug); its diagnostics are per agent ``(N,)``."""
+        changes nothing is a bug); its diagnostics are per agent ``(N,)``, and every name in
+        the log has one entry per record, the algorithm's own beside it included."""
         contexts, seeds = self._contexts(env_spec)[:2], [0, 1]
         plain = self.train(algorithm_name, env_spec, contexts, seeds, [])
         changed = self.train(
@@ -352,6 +353,7 @@ class InterventionContract:
         )
         prefix = f"{self.intervention_name}."
         for name, records in changed.log.diagnostics.items():
+            assert len(records) == len(changed.log.diagnostic_steps), name
             if name.startswith(prefix):
                 assert all(r.shape == (len(seeds),) for r in records), name
 
