@@ -136,9 +136,10 @@ def test_a_study_writes_its_outputs_resumes_and_is_reported(run_ctxrl: Run, tmp_
     assert "first/last 1 tasks" in run_ctxrl("report", str(run_dir), check=True).stdout
 
     # a run directory named by the hash an earlier ctxrl gave the study is found and reused
-    legacy = run_dir.with_name("plasticity-targets-0123456789")
+    earlier = load_targets_config(wider).plan_hash(with_analysis=True)  # the window hashed in
+    legacy = run_dir.with_name(f"plasticity-targets-{earlier}")
     run_dir.rename(legacy)
-    plan["plan_hash"] = "0123456789"
+    plan["plan_hash"] = earlier
     (legacy / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert run_dir_of(config) == legacy
     reused = run_ctxrl("plasticity", str(wider), check=True)
