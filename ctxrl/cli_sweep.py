@@ -4,10 +4,12 @@ run directory's exports and summary from its store, or a transfer study's report
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -16,6 +18,9 @@ from ctxrl.cli_common import _host, _warn_failed, err
 from ctxrl.config import load_config, resolve_plan
 from ctxrl.errors import CtxrlError
 from ctxrl.run_dirs import check_output_dir, locate_run_dir
+
+if TYPE_CHECKING:
+    from ctxrl.config import SweepPlan
 
 
 # --------------------------------------------------------------------------------- sweep
@@ -28,6 +33,29 @@ def _exit_cleanly_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def _resolved_as_comments(plan: SweepPlan) -> str:
+    """What ``--dry-run``'s config resolves to, as YAML comments below it (the output stays a
+    config ``ctxrl sweep`` reads): each feature's grid values and every hyperparameter the
+    algorithm trains with (its defaults, the preset, then ``params``)."""
+    from ctxrl.config import algorithm_params
+
+    resolved: dict[str, Any] = {
+        "grid": {
+            feature: [float(f"{v:.6g}") for v in values]
+            for feature, values in zip(plan.grid.features, plan.grid.axis_values, strict=True)
+        }
+    }
+    params = algorithm_params(plan.config, plan.algorithm)
+    built = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
+    settings = getattr(built, "config", None)
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        params = dataclasses.asdict(settings)
+    resolved["hyperparameters"] = json.loads(json.dumps(params, default=str))
+    text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=96)
+    lines = ["what it resolves to (comments: not part of the config)", *text.splitlines()]
+    return "\n".join(f"# {line}" for line in lines)
 
 
 @click.command()
@@ -76,6 +104,7 @@ def sweep(
     if dry_run:
         # the plan as it will run: a grid of several features may have changed the strategy
         click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
+        click.echo(_resolved_as_comments(plan))
         return
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)

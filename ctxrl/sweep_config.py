@@ -251,6 +251,9 @@ class SweepConfig(_Strict):
             del data["transfer"]
         if data["curves"] is None:
             del data["curves"]
+        visible = data["env_options"].get("visible")
+        if isinstance(visible, str):  # one name, as the envs read it: a list of one
+            data["env_options"] = {**data["env_options"], "visible": [visible]}
         return data
 
     def plan_hash(self) -> str:

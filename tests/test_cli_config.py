@@ -51,6 +51,9 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     base = _plan()
     assert _plan("executor.workers=1", "output_dir=/tmp/elsewhere").plan_hash == base.plan_hash
     assert _plan("train_steps=1000").plan_hash != base.plan_hash
+    # one visible feature named alone or as a list of one trains the same runs
+    one = _plan("env_options.visible=length").plan_hash
+    assert one == _plan("env_options.visible=[length]").plan_hash != base.plan_hash
 
 
 @pytest.mark.parametrize(
@@ -389,6 +392,9 @@ def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run, tmp_path: P
     printed = tmp_path / "printed.yaml"
     printed.write_text(two.stdout)
     assert load_config(printed).strategy.name == "mbtl-gp"
+    # and, as comments, the grid values and every hyperparameter the preset resolves to
+    assert "#   length: [0.05, " in two.stdout and "#   masscart: [" in two.stdout
+    assert "num_minibatches: 4" in two.stdout and "clip_coef: 0.2" in two.stdout
 
 
 def test_envs_json_lists_features_with_bounds(run_ctxrl: Run) -> None:
