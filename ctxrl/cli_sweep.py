@@ -101,6 +101,14 @@ def sweep(
         f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
         f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}"
     )
+    preset = cfg.algorithm.preset
+    if preset is not None and preset != plan.env.name and preset in host.registry.names("env"):
+        err.print(
+            f"[yellow]warning:[/] algorithm.preset: {preset!r} is {preset}'s preset and this "
+            f"sweep trains on {plan.env.name}; its hyperparameters (gamma, reward scale, ...) "
+            "were tuned there",
+            highlight=False,
+        )
     if dry_run:
         # the plan as it will run: a grid of several features may have changed the strategy
         click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))

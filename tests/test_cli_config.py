@@ -381,6 +381,9 @@ def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run, tmp_path: P
     assert "Traceback" not in result.stderr
     ok = run_ctxrl("sweep", "--dry-run", check=True)
     assert "env: CartPole" in ok.stdout
+    assert "warning" not in ok.stderr
+    other = run_ctxrl("sweep", "--dry-run", "--set", "algorithm.preset=Pendulum", check=True)
+    assert "algorithm.preset: 'Pendulum' is Pendulum's preset" in " ".join(other.stderr.split())
     # the plan as it will run, which loads back: on two features the strategy becomes mbtl-gp
     config = tmp_path / "two.yaml"
     config.write_text(
