@@ -292,3 +292,42 @@ def test_an_intervention_that_raises_is_named_with_the_hook(algorithm_name: str)
         "intervention 'key-error' (test_interventions._KeyErrorAfterUpdate) failed in "
         "after_update: KeyError: 'actor.9.weight'"
     )
+
+
+class _HeadsZeroedAtSwitches(Intervention):
+    """Zeroes the actor's head of the agents that switch context where its mask holds
+    (``respects_mask``), or of every agent whenever any switches (a mistake the contract
+    passed while its trainings never switched)."""
+
+    name: ClassVar[str] = "heads-zeroed-at-switches"
+
+    def __init__(self, respects_mask: bool) -> None:
+        self.respects_mask = respects_mask
+
+    def on_context_switch(self, view: TrainingView, agents: torch.Tensor) -> None:
+        chosen = agents & (view.mask > 0) if self.respects_mask else torch.ones_like(agents)
+        with torch.no_grad():
+            for name in ("actor.head.weight", "q.head.weight"):
+                if name in view.params:
+                    p = view.params[name]
+                    p.copy_(torch.where(chosen.view(-1, 1, 1), torch.zeros_like(p), p))
+
+
+def test_the_contract_checks_what_an_intervention_does_at_context_switches() -> None:
+    """Every contract training switches contexts: an intervention that acts at switches only
+    changes training, and one that ignores its mask there is caught."""
+    contract = InterventionContract()
+    env = get_host().registry.env("CartPole")
+    for respects_mask in (True, False):
+        spec = InterventionSpec(
+            "heads-zeroed-at-switches",
+            lambda respects_mask=respects_mask: _HeadsZeroedAtSwitches(respects_mask),
+            "test",
+        )
+        contract.intervention_name = spec.name
+        contract.test_changes_training("batched-ppo", spec, env)
+        if respects_mask:
+            contract.test_agents_it_leaves_out_train_as_without_it("batched-ppo", spec, env)
+        else:
+            with pytest.raises(AssertionError, match="an agent the intervention leaves out"):
+                contract.test_agents_it_leaves_out_train_as_without_it("batched-ppo", spec, env)

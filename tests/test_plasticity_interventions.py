@@ -4,7 +4,6 @@ each test failing on a deliberately wrong implementation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 
@@ -14,9 +13,7 @@ import torch
 from ctxrl import ConfigError
 from ctxrl.interventions import Intervention, NetworkSpec, TrainingView
 from ctxrl.plugins import get_host
-from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
-from ctxrl.schedules import SequenceSchedule
 from ctxrl.testing import InterventionContract
 from ctxrl_plugins.training.networks import StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
@@ -25,36 +22,6 @@ Tensor = torch.Tensor
 
 
 # ------------------------------------------------------------------------ contracts
-class _SwitchingContract(InterventionContract):
-    """The contract with context schedules: each agent alternates between its own context and
-    the far end of the first feature's range, every 96 env steps (128 for the default context,
-    so that the agents of a batch switch at different steps)."""
-
-    def train(
-        self,
-        algorithm_name: str,
-        env_spec: EnvSpec,
-        contexts: Sequence[Mapping[str, float]],
-        seeds: Sequence[int],
-        interventions: Sequence[Intervention],
-        **kwargs: Any,
-    ) -> Any:
-        feature = env_spec.context_space.features[0]
-        schedules = []
-        for context in contexts:
-            value = context[feature.name]
-            other = feature.lower if value == feature.upper else feature.upper
-            every = 128 if value == feature.default else 96
-            schedules.append(
-                SequenceSchedule(
-                    env_spec.context_space, [context, {feature.name: other}], every=every
-                )
-            )
-        return super().train(
-            algorithm_name, env_spec, contexts, seeds, interventions, schedules=schedules, **kwargs
-        )
-
-
 class TestReDo(InterventionContract):
     intervention_name = "redo"
     # recycle often, with a threshold that catches units within the contract's short budgets
@@ -66,7 +33,7 @@ class TestContinualBackprop(InterventionContract):
     options: ClassVar[dict[str, Any]] = {"replacement_rate": 0.05, "maturity": 5}
 
 
-class TestResetAtSwitches(_SwitchingContract):
+class TestResetAtSwitches(InterventionContract):
     intervention_name = "reset"
 
 
@@ -92,7 +59,7 @@ class TestWassersteinInit(InterventionContract):
     intervention_name = "wasserstein-init"
 
 
-class TestShrinkPerturbAtSwitches(_SwitchingContract):
+class TestShrinkPerturbAtSwitches(InterventionContract):
     intervention_name = "shrink-perturb"
     options: ClassVar[dict[str, Any]] = {"when": "switch"}
 
@@ -673,7 +640,7 @@ def test_a_warm_start_from_an_injected_policy_keeps_its_injections() -> None:
 
 
 # ---------------------------------------------------------------- plasticity injection
-class TestPlasticityInjection(_SwitchingContract):
+class TestPlasticityInjection(InterventionContract):
     intervention_name = "plasticity-injection"
     options: ClassVar[dict[str, Any]] = {"max_injections": 2}
 

@@ -94,6 +94,11 @@ class InterventionContract:
         algorithm_params: per algorithm, small hyperparameters for quick checks.
         total_steps: per algorithm, environment steps per agent of each training.
 
+    Every training switches contexts (``switches``): each agent alternates between its own
+    context and the far end of the first feature's range, every 96 env steps (128 for the
+    default context, so that the agents of a batch switch at different steps), so what the
+    intervention does at a switch (``on_context_switch``) is checked as the rest is.
+
     For every algorithm it checks that with the intervention on: (a) an agent trains bit for
     bit the same alone and in a batch of three with other contexts and seeds; (b) a training
     killed after a checkpoint and resumed ends bit for bit as one never interrupted, the
@@ -130,6 +135,9 @@ class InterventionContract:
         },
     }
     total_steps: ClassVar[dict[str, int]] = {"batched-ppo": 512, "batched-dqn": 400}
+    switches: ClassVar[bool] = True
+    """Whether the trainings switch contexts (see above); False for an intervention that
+    refuses context schedules."""
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         """Every check that takes ``algorithm_name`` runs once per entry of ``algorithms``."""
@@ -158,7 +166,11 @@ class InterventionContract:
         interventions: Sequence[Intervention | tuple[Intervention, Sequence[int]]],
         **kwargs: Any,
     ) -> Any:
-        """The policies of a short training (``total_steps[algorithm_name]`` per agent)."""
+        """The policies of a short training (``total_steps[algorithm_name]`` per agent), on
+        switching contexts (:meth:`schedules`) unless ``switches`` is False or ``schedules``
+        are given."""
+        if self.switches and "schedules" not in kwargs:
+            kwargs["schedules"] = self.schedules(env_spec, contexts)
         algorithm_spec = get_host().registry.algorithm(algorithm_name)
         # Any: the BatchedAlgorithm protocol does not declare the batched trainers' keywords
         algorithm: Any = algorithm_spec.factory(
@@ -172,6 +184,25 @@ class InterventionContract:
             interventions=list(interventions),
             **kwargs,
         )
+
+    @staticmethod
+    def schedules(env_spec: EnvSpec, contexts: Sequence[Mapping[str, float]]) -> list[Any]:
+        """Per agent, a schedule alternating between its context and the far end of the first
+        feature's range, every 96 env steps (128 for the feature's default value)."""
+        from ctxrl.schedules import SequenceSchedule
+
+        feature = env_spec.context_space.features[0]
+        schedules = []
+        for context in contexts:
+            value = context[feature.name]
+            other = feature.lower if value == feature.upper else feature.upper
+            every = 128 if value == feature.default else 96
+            schedules.append(
+                SequenceSchedule(
+                    env_spec.context_space, [dict(context), {feature.name: other}], every=every
+                )
+            )
+        return schedules
 
     @staticmethod
     def _contexts(env_spec: EnvSpec) -> list[dict[str, float]]:
