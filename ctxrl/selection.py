@@ -161,13 +161,18 @@ def _initial_state(
 
 
 def checked_proposal(proposal: object, state: SelectionState, name: str) -> list[int]:
-    """A strategy's proposal as context indices, cut to the budget left: a sequence of whole
-    numbers in ``0..N-1``, none chosen before or twice. Anything else is a
-    :class:`~ctxrl.errors.CtxrlError` naming the strategy (a third-party strategy's mistake
-    is reported, not trained: a negative index would pick a context from the end)."""
+    """A strategy's proposal as context indices, cut to the budget left: a sequence of at most
+    ``state.batch_size`` whole numbers in ``0..N-1``, none chosen before or twice. Anything
+    else is a :class:`~ctxrl.errors.CtxrlError` naming the strategy (a third-party strategy's
+    mistake is reported, not trained: a negative index would pick a context from the end)."""
     if isinstance(proposal, str | bytes) or not isinstance(proposal, Sequence | np.ndarray):
         raise CtxrlError(
             f"strategy {name!r} must propose a list of context indices, got {proposal!r}"
+        )
+    if len(proposal) > state.batch_size:  # a sweep would train them all in one step
+        raise CtxrlError(
+            f"strategy {name!r} proposed {len(proposal)} contexts at step {state.k + 1}; a step "
+            f"takes at most batch_size = {state.batch_size} (state.batch_size)"
         )
     indices: list[int] = []
     for index in list(proposal)[: state.budget - state.k]:

@@ -247,3 +247,20 @@ def test_a_gp_fit_that_fails_raises_in_its_replay_instead_of_hanging_the_rest() 
     worker.join(timeout=120)
     assert not worker.is_alive(), "replay_many hung on a failed fit"
     assert len(outcome) == 1 and type(outcome[0]) is type(alone.value)
+
+
+def test_a_proposal_larger_than_the_batch_is_refused_naming_the_strategy() -> None:
+    """A strategy returning every untried context passed the strategy contract: proposals
+    were cut to the budget left, not to ``batch_size``, and a sweep trained them all in one
+    step."""
+
+    class AllUntried:
+        def propose(self, state: SelectionState) -> list[int]:
+            return state.untried()
+
+    matrix = np.eye(6)
+    coords = np.linspace(0, 1, 6)[:, None]
+    with pytest.raises(CtxrlError, match=r"'all-untried' proposed 6 contexts at step 1; a step"):
+        replay(AllUntried(), matrix, coords, budget=3, name="all-untried")
+    whole = replay(AllUntried(), matrix, coords, budget=6, batch_size=6, name="x")
+    assert list(whole.order) == list(range(6))
