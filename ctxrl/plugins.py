@@ -24,6 +24,7 @@ handling apply): that is how one plugin's failure is told apart from the others'
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import sys
@@ -174,7 +175,9 @@ class Host:
         names = []
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             info = self.plugins.get(impl.plugin_name)
-            if info is None or info.status == "loaded":
+            # once per plugin: one with two implementations of the hook (pluggy's specname)
+            # is called once, and both run
+            if (info is None or info.status == "loaded") and impl.plugin_name not in names:
                 names.append(impl.plugin_name)
         return names
 
@@ -257,9 +260,32 @@ class Host:
                 "module or an instance of a plain class (a dataclass needs eq=False)"
             ) from None
         self.pm.register(plugin, name=name)
-        unknown = [
-            caller.name for caller in self.pm.get_hookcallers(plugin) or [] if not caller.has_spec()
-        ]
+        callers = self.pm.get_hookcallers(plugin) or []
+        unknown = [caller.name for caller in callers if not caller.has_spec()]
+        implemented = {caller.name for caller in callers}
+        unmarked = sorted(  # a hook's name without @hookimpl: pluggy ignores it, silently
+            attr
+            for attr in dir(plugin)
+            if attr.startswith("ctxrl_")
+            and attr not in implemented
+            and callable(getattr(plugin, attr, None))
+            and getattr(getattr(self.pm.hook, attr, None), "has_spec", lambda: False)()
+        )
+        if isinstance(plugin, type) and any(  # its methods would be called without their self
+            not isinstance(inspect.getattr_static(plugin, attr), staticmethod | classmethod)
+            for attr in implemented
+        ):
+            self.pm.unregister(plugin, name=name)
+            raise CtxrlError(
+                f"plugin {name!r} is the class {plugin.__name__}, not an instance of it; name "
+                f"a module or an instance (an object `{plugin.__name__}()`) as the plugin"
+            )
+        if unmarked:
+            self.pm.unregister(plugin, name=name)
+            raise CtxrlError(
+                f"{', '.join(unmarked)} not marked as hook implementation(s): decorate "
+                "with @ctxrl.hookimpl, or pluggy never calls them"
+            )
         if unknown:
             self.pm.unregister(plugin, name=name)
             hooks = vars(self.pm.hook).items()

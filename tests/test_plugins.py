@@ -588,3 +588,56 @@ def test_an_extra_missing_at_import_is_unavailable_and_its_hint_is_printed_whole
     table = run_ctxrl("plugins", check=True)
     assert "pip install 'ctxrl-extra[gpu]'" in table.stdout
     assert "failed to load" not in table.stderr
+
+
+class _TwoImplementations:
+    """Two implementations of one hook (pluggy's ``specname``): both run, once."""
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register):
+        register(StrategySpec("two-a", dict))
+
+    @hookimpl(specname="ctxrl_register_strategies")
+    def more_strategies(self, register):
+        register(StrategySpec("two-b", dict))
+
+
+class _Unmarked:
+    def ctxrl_register_strategies(self, register):  # no @hookimpl: pluggy never calls it
+        register(StrategySpec("unmarked", dict))
+
+
+class _NeedsAnInstance:
+    @hookimpl
+    def ctxrl_register_strategies(self, register):
+        register(StrategySpec("class-not-instance", dict))
+
+
+class _StaticHooks:
+    @staticmethod
+    @hookimpl
+    def ctxrl_register_strategies(register):
+        register(StrategySpec("static-hooks", dict))
+
+
+def test_plugins_registered_in_unusual_but_clear_ways_load_or_say_why_not() -> None:
+    """Two implementations of one hook were called twice and refused as a duplicate of the
+    plugin itself; a hook without @hookimpl loaded as a plugin providing nothing; a class
+    given for its instance failed with a missing 'register' argument."""
+    host = load_host(
+        extra=[
+            ("two", _TwoImplementations()),
+            ("unmarked", _Unmarked()),
+            ("a-class", _NeedsAnInstance),
+            ("static", _StaticHooks),
+        ]
+    )
+    assert host.plugins["two"].status == "loaded", host.plugins["two"].error
+    assert {"two-a", "two-b"} <= set(host.registry.names("strategy"))
+    assert "ctxrl_register_strategies not marked as hook implementation" in (
+        host.plugins["unmarked"].error
+    )
+    assert "is the class _NeedsAnInstance, not an instance of it" in host.plugins["a-class"].error
+    assert host.plugins["static"].status == "loaded" and "static-hooks" in (
+        host.registry.names("strategy")
+    )
