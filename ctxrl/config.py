@@ -323,7 +323,8 @@ def _check_interventions_fit(
     try:
         check(env, built)
     except CtxrlError as exc:
-        raise ConfigError(f"algorithm.{exc}") from None
+        text = str(exc)  # an intervention's problem is the algorithm's field, the env's its own
+        raise ConfigError(text if text.startswith("env ") else f"algorithm.{text}") from None
 
 
 def _check_transfer_fits(

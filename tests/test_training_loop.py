@@ -235,6 +235,23 @@ def test_unknown_interventions_transfer_methods_and_curves_are_named() -> None:
         resolve_plan(validate_config(sb3), registry)
 
 
+def test_a_twin_that_cannot_be_built_is_named_when_interventions_are_checked() -> None:
+    """The interventions' check builds the env's twin: an env plugin whose twin raises was a
+    traceback through the check, not an error naming the env."""
+    import dataclasses
+
+    spec = get_host().registry.env("CartPole")
+
+    def failing_twin(num_envs: int, **kwargs: Any) -> Any:
+        raise RuntimeError("no such device")
+
+    broken = dataclasses.replace(spec, make_batched=failing_twin)
+    algorithm = get_host().registry.algorithm("batched-ppo").factory({}, device="cpu")
+    interventions = build_interventions([{"name": "l2"}], get_host().registry)
+    with pytest.raises(CtxrlError, match=r"env 'CartPole': its torch twin cannot be built \("):
+        algorithm.check_interventions(broken, interventions)
+
+
 def test_an_intervention_the_networks_cannot_take_is_refused_before_training() -> None:
     """``plasticity-injection`` of more layers than the network has passed ``--dry-run`` and
     failed every batched group when it began training."""

@@ -135,7 +135,12 @@ class TrainerInterface(Generic[StateT]):
         instances that will not train."""
         if not interventions or env.make_batched is None:
             return
-        twin = env.make_batched(self.num_envs)
+        try:
+            twin = env.make_batched(self.num_envs)
+        except Exception as exc:  # the env plugin's failure, named before anything trains
+            raise CtxrlError(
+                f"env {env.name!r}: its torch twin cannot be built ({_one_line(exc)})"
+            ) from None
         networks: dict[str, StackedMLP] = {}
         for role, (spec, heads) in self.network_specs(twin).items():
             for index, intervention in enumerate(interventions):
