@@ -95,7 +95,11 @@ def ctxrl_register_envs(register: Callable[[EnvSpec], None]) -> None:
             name="Spring",
             context_space=SPRING,
             make=make_spring,
-            return_bounds=(-200.0, 0.0),
+            # normalisation bounds: 0 is a mass held at rest; a random policy's median return
+            # runs from -5 (stiff, light) to -1330 (soft, heavy) over the context range, and
+            # returns below the lower bound are clipped to it (-200 clipped half the episodes of
+            # soft springs)
+            return_bounds=(-1500.0, 0.0),
             action_space="discrete",
             make_batched=make_spring_twin,
             max_episode_steps=200,
