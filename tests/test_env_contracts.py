@@ -68,3 +68,50 @@ def test_the_env_contract_catches_envs_and_twins_that_ignore_what_they_are_given
         contract.test_twin_agrees_with_the_gymnasium_env_on_its_spaces,
     ):
         test(spec)
+
+
+def test_the_env_contract_catches_twins_that_do_not_follow_their_env() -> None:
+    """Twins that passed every check of spaces and protocol: one that ignores a feature the
+    gymnasium env reads (the pole's length), one whose reward has the wrong sign, and one that
+    copies its contexts when it is built and ignores set_context (schedules, switches)."""
+    import torch
+
+    spec = get_host().registry.env("CartPole")
+    real_twin = spec.make_batched
+    assert real_twin is not None
+    contract = EnvContract()
+
+    def twin_without_length(num_envs: int, **kwargs: Any) -> Any:
+        contexts = dict(kwargs.pop("contexts"))
+        contexts["length"] = torch.full((num_envs,), 0.5)  # CartPole's default, always
+        return real_twin(num_envs, contexts=contexts, **kwargs)
+
+    class NegatedReward:
+        def __init__(self, twin: Any) -> None:
+            self.twin = twin
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.twin, name)
+
+        def step(self, action: Any) -> Any:
+            obs, reward, terminated, truncated, info = self.twin.step(action)
+            return obs, -reward, terminated, truncated, info
+
+    class IgnoresSetContext(NegatedReward):
+        def step(self, action: Any) -> Any:
+            return self.twin.step(action)
+
+        def set_context(self, values: Any, env_ids: Any = None) -> None:
+            del values, env_ids  # built once: later changes are dropped
+
+    returns = contract.test_twin_returns_match_the_gymnasium_env_at_default_and_extremes
+    with pytest.raises(AssertionError, match=r"\{'length': 5\.0\}: twin .*, gymnasium"):
+        returns(_broken(spec, make_batched=twin_without_length))
+    with pytest.raises(AssertionError, match="default: twin -"):
+        returns(_broken(spec, make_batched=lambda n, **k: NegatedReward(real_twin(n, **k))))
+    with pytest.raises(AssertionError, match="does not act as one built at it"):
+        contract.test_twin_set_to_a_context_acts_as_one_built_with_it(
+            _broken(spec, make_batched=lambda n, **k: IgnoresSetContext(real_twin(n, **k)))
+        )
+    returns(spec)  # the real twin passes both
+    contract.test_twin_set_to_a_context_acts_as_one_built_with_it(spec)

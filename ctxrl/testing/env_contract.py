@@ -73,6 +73,11 @@ class EnvContract:
     """random steps within which some context at an end of its range must change a seeded
     episode (gymnasium env and twin); None skips the check, for contexts that act only later
     (a goal random actions never reach)"""
+    twin_return_steps: ClassVar[int] = 100
+    """random-action steps (or fewer, to the episode's end) whose return the twin and the
+    gymnasium env must agree on, per context"""
+    twin_return_episodes: ClassVar[int] = 16
+    """gymnasium episodes per context for that check (the twin runs 256 envs at once)"""
     twin_train_steps: ClassVar[int] = 256
     """env steps of the batched-PPO contract test (8 updates of 2 envs x 16 steps)"""
     twin_train_params: ClassVar[dict[str, Any]] = {
@@ -290,6 +295,114 @@ class EnvContract:
             f"twin's first {steps} random steps: does its step read self.context? (see "
             "context_effect_steps)"
         )
+
+    def test_twin_set_to_a_context_acts_as_one_built_with_it(self, env_spec: EnvSpec) -> None:
+        """A twin built at the default context and ``set_context`` to a feature's end follows
+        a twin built at that end step for step (a twin that copies its contexts into its own
+        constants when it is built ignored every later change: schedules, switches)."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        steps = self.context_effect_steps or self.check_steps
+        for context in _extreme_contexts(env_spec)[1:]:
+            built = self._twin(env_spec, 4, context)
+            changed = self._twin(env_spec, 4, {})
+            changed.set_context(dict(context))
+            assert self._seeded_trace(changed, steps) == self._seeded_trace(built, steps), (
+                f"{env_spec.name}: a twin set_context to {context} does not act as one built "
+                "at it: does its step read self.context (not values copied when it was built)?"
+            )
+
+    def test_twin_returns_match_the_gymnasium_env_at_default_and_extremes(
+        self, env_spec: EnvSpec
+    ) -> None:
+        """Under uniformly random actions the twin's mean return over its first
+        ``twin_return_steps`` steps (fewer where the episode ends) matches the gymnasium env's
+        within five standard errors (plus 0.1 % of the return bounds' range), at the default
+        context and at each feature's ends: a twin that ignores a feature the env reads, or
+        whose physics or reward differ, was passed by checks of spaces and protocol alone
+        (batched algorithms train on the twin and never step the gymnasium env)."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        lower, upper = env_spec.return_bounds
+        differing = []
+        for context in _extreme_contexts(env_spec):
+            twin = self._twin_returns(env_spec, context)
+            env = self._gym_returns(env_spec, context)
+            # the larger sample variance for both: a few episodes may all miss a rare reward
+            # (a goal reached by chance) that the twin's many envs find
+            spread = max(float(twin.var(ddof=1)), float(env.var(ddof=1)))
+            error = float(np.sqrt(spread * (1 / len(twin) + 1 / len(env))))
+            gap = abs(float(twin.mean()) - float(env.mean()))
+            if gap > 5 * error + 1e-3 * (upper - lower):
+                differing.append(
+                    f"{context or 'default'}: twin {twin.mean():.4g}, gymnasium "
+                    f"{env.mean():.4g} (+- {error:.2g})"
+                )
+        assert not differing, (
+            f"{env_spec.name}: the twin's mean return under random actions (first "
+            f"{self.twin_return_steps} steps) is not the gymnasium env's: " + "; ".join(differing)
+        )
+
+    def _twin_returns(self, env_spec: EnvSpec, context: Mapping[str, float]) -> np.ndarray:
+        """Each of 256 twin envs' return over its first episode's first
+        ``twin_return_steps`` steps, under uniformly random actions (continuous ones over the
+        gymnasium env's action range at ``context``, as its action space samples them)."""
+        import torch
+
+        twin = self._twin(env_spec, 256, context)
+        generator = torch.Generator().manual_seed(5)
+        twin.reset()
+        total = torch.zeros(twin.num_envs, dtype=torch.float64)
+        running = torch.ones(twin.num_envs, dtype=torch.bool)
+        low, high = -1.0, 1.0
+        if twin.discrete_actions is None:  # the gymnasium env's action range at this context
+            env = env_spec.make(context)
+            space = env.action_space
+            low, high = float(np.min(space.low)), float(np.max(space.high))
+            env.close()
+        for _ in range(self.twin_return_steps):
+            if twin.discrete_actions is not None:
+                action = torch.randint(
+                    0, twin.discrete_actions, (twin.num_envs,), generator=generator
+                )
+            else:
+                unit = torch.rand(twin.num_envs, twin.action_dim, generator=generator)
+                action = low + (high - low) * unit
+            _, reward, _, _, info = twin.step(action)
+            total += torch.where(running, reward.double(), 0.0)
+            running &= ~info["done"]
+            if not bool(running.any()):
+                break
+        return total.numpy()
+
+    def _gym_returns(self, env_spec: EnvSpec, context: Mapping[str, float]) -> np.ndarray:
+        """The gymnasium env's return over each of ``twin_return_episodes`` episodes' first
+        ``twin_return_steps`` steps, under its action space's uniform samples."""
+        env = env_spec.make(context)
+        env.action_space.seed(5)
+        returns = []
+        for episode in range(self.twin_return_episodes):
+            env.reset(seed=1000 + episode)
+            total = 0.0
+            for _ in range(self.twin_return_steps):
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            returns.append(total)
+        env.close()
+        return np.asarray(returns)
+
+    def _seeded_trace(self, twin: Any, steps: int) -> list[Any]:
+        """Observations, rewards and endings of ``steps`` seeded random steps after reset."""
+        import torch
+
+        generator = torch.Generator().manual_seed(3)
+        trace: list[Any] = [twin.reset().tolist()]
+        for _ in range(steps):
+            out = twin.step(self._random_actions(twin, generator))
+            trace.append(tuple(t.tolist() for t in out[:4]))
+        return trace
 
     def _twin_rollout(
         self, env_spec: EnvSpec, context: Mapping[str, float], steps: int
