@@ -256,7 +256,9 @@ def train_group(
             checkpoint=transfer_checkpoint(checkpoint),
         )
         record = plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
-        train_s = trained_at - started
+        # with the training time of the processes before a kill (saved with the checkpoint)
+        earlier_s = float(getattr(algorithm, "earlier_train_s", 0.0))
+        train_s = trained_at - started + earlier_s
         compile_s = float(getattr(algorithm, "compile_s", 0.0))
         compiling = f" (compiling {compile_s:.1f} s of it)" if compile_s > 0 else ""
         trained_steps = getattr(algorithm, "trained_steps", None)
@@ -283,7 +285,7 @@ def train_group(
                 failed = run_record(task, seed, plan, started, now(), "failed", None, error)
                 store.record_run(failed)
         raise
-    group_s = now() - started
+    group_s = now() - started + earlier_s
     records = [
         _group_record(
             run_record(task, seed, plan, started, started, "finished", None, None),
@@ -467,7 +469,8 @@ def run_multitask(session: SweepSession) -> None:
             session.run_finished(f"{MULTITASK}-s{seed}")
         console.print(f"[red]multi-task training failed:[/] {escape(str(exc))}")
         return
-    group_s = now() - started
+    # with the training time of the processes before a kill (saved with the checkpoint)
+    group_s = now() - started + float(getattr(algorithm, "earlier_train_s", 0.0))
     records = [
         _group_record(
             _as_multitask(run_record(task, seed, plan, started, started, "finished", None, None)),

@@ -573,3 +573,45 @@ def test_a_time_limit_a_batched_sweep_in_one_process_cannot_apply_is_said(
     plan = resolve_plan(validate_config(data), get_host().registry)
     run_sweep(plan, console=Console(file=said, width=300))
     assert "executor.timeout_s: 600 s bounds the executor's jobs" in said.getvalue()
+
+
+def test_a_resumed_training_counts_the_time_trained_before_the_kill(tmp_path: Path) -> None:
+    """A run's duration in runs.csv lost the killed process's training time: the checkpoint
+    now carries it (``earlier_train_s`` of the resumed training)."""
+    import time
+
+    spec = get_host().registry.env("CartPole")
+
+    def algorithm() -> Any:
+        params = {"num_envs": 2, "num_steps": 16, "update_epochs": 1, "hidden": 8}
+        return get_host().registry.algorithm("batched-ppo").factory(params, device="cpu")
+
+    checkpoint = tmp_path / "checkpoint"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_the_first_checkpoint(done: int, total: int) -> None:
+        time.sleep(0.01)  # some time to count
+        if checkpoint.with_suffix(".safetensors").exists():
+            raise Killed
+
+    first = algorithm()
+    started = time.monotonic()
+    with pytest.raises(Killed):
+        first.train_many(
+            spec,
+            [{}],
+            [0],
+            total_steps=640,
+            checkpoint=checkpoint,
+            checkpoint_every=320,
+            progress=kill_after_the_first_checkpoint,
+        )
+    killed_after = time.monotonic() - started
+    resumed = algorithm()
+    resumed.train_many(spec, [{}], [0], total_steps=640, checkpoint=checkpoint)
+    assert 0.05 < resumed.earlier_train_s <= killed_after
+    fresh = algorithm()
+    fresh.train_many(spec, [{}], [0], total_steps=64)
+    assert fresh.earlier_train_s == 0.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -253,6 +254,9 @@ class BatchedTrainer(TrainerInterface[StateT]):
                 intervention.setup(run)
         iterations = self.trained_steps(total_steps) // self.steps_per_iteration()
         self.compiling, self.compile_s, self._compiled_functions = False, 0.0, []
+        # wall-clock seconds of training in earlier processes (a resumed checkpoint's), and
+        # when this one started: saved with each checkpoint, so a sweep's run times count them
+        self.earlier_train_s, self._train_started = 0.0, time.monotonic()
         state = self.setup(run, iterations)
         run.obs = twin.reset().view(n, e, run.obs_dim)
         log = TrainingLog(
@@ -397,6 +401,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
                 # random streams and rounding are the device's: resumed on its kind only
                 "device": self.device.type,
                 "training": getattr(self, "_identity", None),
+                "train_s": self.earlier_train_s + time.monotonic() - self._train_started,
             },
         )
 
@@ -447,6 +452,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
         for index, intervention in enumerate(interventions):
             intervention.load_state_dict(_unprefixed(f"intervention{index}", tensors))
         run.env_steps = int(meta.get("env_steps", 0))
+        self.earlier_train_s = float(meta.get("train_s", 0.0))
         run.restore_pending_diagnostics(
             _unprefixed("diagnostic_sums", tensors), meta.get("diagnostic_counts", {})
         )
