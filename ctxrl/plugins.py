@@ -312,10 +312,20 @@ class Host:
             info.provides = self.registry.provided_by(name)
 
     def _run_registration(self, only: str | None) -> None:
-        for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
-            for name in self._implementers(hook_name):
-                # a plugin failed by an earlier call of this loop is unregistered: skip it
-                if (only is not None and name != only) or self.pm.get_plugin(name) is None:
+        """Each plugin's registration hooks, one plugin after another (in the order they were
+        loaded): a plugin that fails in any of its hooks is rolled back before the next one
+        registers, so a name it held (and then gave up) does not fail another plugin that
+        registers it too."""
+        implementers = {
+            hook_name: self._implementers(hook_name) for hook_name in hookspecs.REGISTRATION_HOOKS
+        }
+        order = [n for n in self.plugins if any(n in names for names in implementers.values())]
+        order += [n for names in implementers.values() for n in names if n not in order]
+        for name in dict.fromkeys(order):
+            if only is not None and name != only:
+                continue
+            for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+                if name not in implementers[hook_name] or self.pm.get_plugin(name) is None:
                     continue
                 register = self._make_register(cast(Kind, kind), name)
                 try:
@@ -323,8 +333,10 @@ class Host:
                 except PluginUnavailable as exc:
                     self._fail(name, str(exc), status="unavailable")
                     self.registry.unavailable.append((name, str(exc)))
+                    break
                 except Exception as exc:
                     self._fail(name, f"{hook_name}: {_describe(exc)}")
+                    break
 
     def register_commands(self, cli: click.Group) -> None:
         """Let every plugin add sub-commands to ``cli`` (``ctxrl_register_commands``), one

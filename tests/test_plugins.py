@@ -641,3 +641,29 @@ def test_plugins_registered_in_unusual_but_clear_ways_load_or_say_why_not() -> N
     assert host.plugins["static"].status == "loaded" and "static-hooks" in (
         host.registry.names("strategy")
     )
+
+
+def test_a_name_a_failed_plugin_gave_up_is_not_held_against_another() -> None:
+    """Plugin A registers an env and then fails in a later hook (rolled back); plugin B
+    registers the same env: B failed as a duplicate of A, and then nobody provided it."""
+    shared = dataclasses.replace(load_host().registry.env("CartPole"), name="SharedEnv")
+
+    class RegistersThenFails:
+        @hookimpl
+        def ctxrl_register_envs(self, register):
+            register(shared)
+
+        @hookimpl
+        def ctxrl_register_strategies(self, register):
+            raise RuntimeError("half-way")
+
+    class Registers:
+        @hookimpl
+        def ctxrl_register_envs(self, register):
+            register(shared)
+
+    host = load_host(extra=[("first", RegistersThenFails()), ("second", Registers())])
+    assert host.plugins["first"].status == "failed"
+    assert "RuntimeError: half-way" in host.plugins["first"].error
+    assert host.plugins["second"].status == "loaded", host.plugins["second"].error
+    assert host.registry.provider("env", "SharedEnv") == "second"
