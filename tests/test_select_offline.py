@@ -478,74 +478,27 @@ def test_select_refuses_before_replaying_what_it_cannot_finish(tmp_path: Path) -
     named twice was merged into one column."""
     matrix = tmp_path / "m.csv"
     np.savetxt(matrix, np.full((4, 4), 300.0), delimiter=",")
-    bounds = ["--bounds", "0", "500"]
-    two_d = _cli(
-        "select",
-        "--matrix",
-        str(matrix),
-        "--grid",
-        "2x2",
-        "-k",
-        "2",
-        *bounds,
-        "--strategy",
-        "mbtl-gp",
-        "--strategy",
-        "greedy",
-    )
+
+    def select(*args: str, bounds: bool = True) -> Result:
+        return _cli("select", "--matrix", str(matrix), *(["--bounds", "0", "500"] * bounds), *args)
+
+    two_d = select("--grid", "2x2", "-k", "2", "--strategy", "mbtl-gp", "--strategy", "greedy")
     assert two_d.exit_code == 2
     assert "--strategy greedy: works on one varied feature; these contexts vary 2" in two_d.stderr
     assert "G_k" not in two_d.stdout
-    negated = _cli(
-        "select", "--matrix", str(matrix), "--negate", "-k", "1", *bounds, "--strategy", "random"
-    )
+    negated = select("--negate", "-k", "1", "--strategy", "random")
     assert negated.exit_code == 2
     assert "every entry lies outside the normalisation bounds [0.0, 500.0]" in negated.stderr
     assert "(the entries run from -300 to -300)" in negated.stderr
-    twice = _cli(
-        "select",
-        "--matrix",
-        str(matrix),
-        "-k",
-        "1",
-        *bounds,
-        "--strategy",
-        "random",
-        "--strategy",
-        "random",
-    )
+    twice = select("-k", "1", "--strategy", "random", "--strategy", "random")
     assert twice.exit_code == 2 and "--strategy random is given twice" in twice.stderr
-    unknown = _cli(
-        "select", "--matrix", str(matrix), "-k", "1", "--env", "NoSuch", "--strategy", "random"
-    )
+    unknown = select("-k", "1", "--env", "NoSuch", "--strategy", "random", bounds=False)
     assert unknown.exit_code == 2 and "--env: " in unknown.stderr
     # a baseline's options are named by its registered name; sd-mbtl lists what it passes on
-    greedy = _cli(
-        "select",
-        "--matrix",
-        str(matrix),
-        "-k",
-        "1",
-        *bounds,
-        "--strategy",
-        "greedy",
-        "--option",
-        "greedy.beta=1",
-    )
+    greedy = select("-k", "1", "--strategy", "greedy", "--option", "greedy.beta=1")
     assert greedy.exit_code == 2 and "no option 'beta'; it takes no options" in greedy.stderr
     assert "GreedyStrategy" not in greedy.stderr
-    sd = _cli(
-        "select",
-        "--matrix",
-        str(matrix),
-        "-k",
-        "1",
-        *bounds,
-        "--strategy",
-        "sd-mbtl",
-        "--option",
-        "sd-mbtl.betta=log",
-    )
+    sd = select("-k", "1", "--strategy", "sd-mbtl", "--option", "sd-mbtl.betta=log")
     assert sd.exit_code == 2 and "did you mean 'beta'?" in sd.stderr
 
 

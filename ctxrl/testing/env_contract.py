@@ -407,15 +407,7 @@ class EnvContract:
     def _twin_rollout(
         self, env_spec: EnvSpec, context: Mapping[str, float], steps: int
     ) -> list[Any]:
-        import torch
-
-        twin = self._twin(env_spec, 1, context)
-        generator = torch.Generator().manual_seed(3)
-        trace: list[Any] = [twin.reset().tolist()]
-        for _ in range(steps):
-            out = twin.step(self._random_actions(twin, generator))
-            trace.append(tuple(t.tolist() for t in out[:4]))
-        return trace
+        return self._seeded_trace(self._twin(env_spec, 1, context), steps)
 
     def test_twin_env_depends_on_its_own_seed_only(self, env_spec: EnvSpec) -> None:
         """Env ``i`` draws from the stream of ``env_seeds[i]`` alone: the same seed gives the
