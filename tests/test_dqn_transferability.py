@@ -300,10 +300,10 @@ def test_a_missing_study_file_is_named(tmp_path: Path) -> None:
 
 
 def _sweep_on_the_study_contexts(
-    tmp_path: Path, algorithm: dict[str, Any], seeds: list[int]
+    tmp_path: Path, algorithm: dict[str, Any], seeds: list[int], **changes: Any
 ) -> Path:
     """A small finished sweep on the study's two pole lengths (the sources to reuse)."""
-    data = {
+    data: dict[str, Any] = {
         "env": "CartPole",
         "features": {"length": {"values": [0.3, 1.5]}},
         "algorithm": algorithm,
@@ -312,6 +312,7 @@ def _sweep_on_the_study_contexts(
         "eval_episodes": 1,
         "compare": [],
         "output_dir": str(tmp_path / "sweeps"),
+        **changes,
     }
     return run_sweep(resolve_plan(validate_config(data), get_host().registry)).run_dir
 
@@ -398,6 +399,21 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
         [0, 1],
     )
     refused(r"trained with layer-norm, which change the network", sources_from=str(normed))
+    # a sweep's multi-task agent (stored at the default context) is no source: a study context
+    # at the default was started from it; agents that observed visible features do not fit
+    dqn = {"name": "batched-dqn", "params": {**network, "learning_starts": 300}}
+    mixed = _sweep_on_the_study_contexts(tmp_path / "mt", dqn, [0], multitask=True)
+    default = [{"name": "default", "context": {}}, STUDY["contexts"][1]]
+    refused(
+        r"no finished CartPole run at context default",
+        sources_from=str(mixed),
+        seeds=[0],
+        contexts=default,
+    )
+    shown = _sweep_on_the_study_contexts(
+        tmp_path / "vis", dqn, [0, 1], env_options={"visible": ["length"]}
+    )
+    refused(r"observe the context features \['length'\] beside the env", sources_from=str(shown))
 
 
 def test_a_cut_timing_file_does_not_block_a_resume(tmp_path: Path) -> None:

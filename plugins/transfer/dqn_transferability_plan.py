@@ -270,10 +270,19 @@ def _sweep_sources(
     if run_dir is None or not any(arm != "scratch" for arm in config.arms):
         return None
     field = f"sources_from: {run_dir}"
-    try:
-        loaded = load_policies(run_dir, algorithm="batched-dqn")
+    try:  # the sweep's sources only: its multi-task agents are stored at the default context
+        loaded = load_policies(
+            run_dir, algorithm="batched-dqn", where=lambda row: row.kind == "source"
+        )
     except CtxrlError as exc:
         raise ConfigError(f"sources_from: {exc}") from None
+    visible = loaded.plan.config.env_options.get("visible")
+    if visible:  # the study's agents observe the env alone: the weights would not fit
+        raise ConfigError(
+            f"{field}: its agents observe the context features {visible} beside the env "
+            "(env_options.visible), the study's agents the env alone; give a sweep trained "
+            "without visible features"
+        )
     entries = [
         {"name": e.name, "options": e.options} for e in loaded.plan.config.algorithm.interventions
     ]
