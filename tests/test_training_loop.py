@@ -160,7 +160,7 @@ def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path
     with Store(run_dir / "store.sqlite") as store:
         assert {r.status for r in store.runs()} == {"finished"}
         diagnostics = store.diagnostics()
-    redo = next(iter(diagnostics["redo.dormant_fraction"].values()))
+    redo = next(iter(diagnostics["redo.recycled"].values()))
     loss = next(iter(diagnostics["td_loss"].values()))
     assert redo[0][0] < 500 and loss[0][0] > 500  # no loss stored before learning starts
     assert all(np.isfinite(v) for _, v in loss)  # not stored as missing values
@@ -181,7 +181,9 @@ def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path
     assert all(len(v) == len(log.diagnostic_steps) for v in log.diagnostics.values())
     missing = log.diagnostic_missing["td_loss"]
     assert missing and all(np.isnan(log.diagnostics["td_loss"][i]).all() for i in missing)
-    assert "redo.dormant_fraction" not in log.diagnostic_missing
+    assert "redo.recycled" not in log.diagnostic_missing
+    # a fraction no ReDo pass has measured yet is missing there, not a placeholder 0
+    assert 0 in log.diagnostic_missing["redo.dormant_fraction"]
     assert log.diagnostic_records("td_loss") == [
         i for i in range(len(log.diagnostic_steps)) if i not in missing
     ]

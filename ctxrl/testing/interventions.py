@@ -76,11 +76,19 @@ class _ParameterWatcher(Intervention):
 
 
 def _differing(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names whose tensors are not bit-identical (or present in only one of ``a``, ``b``)."""
+    """Names whose tensors are not bit-identical (or present in only one of ``a``, ``b``); NaN
+    equals NaN in the same place (an intervention's "not measured yet")."""
     import torch
 
+    def same(x: torch.Tensor, y: torch.Tensor) -> bool:
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        if not x.is_floating_point():
+            return torch.equal(x, y)
+        return bool(((x == y) | (x.isnan() & y.isnan())).all())
+
     names = sorted(set(a) | set(b))
-    return [n for n in names if n not in a or n not in b or not torch.equal(a[n], b[n])]
+    return [n for n in names if n not in a or n not in b or not same(a[n], b[n])]
 
 
 class InterventionContract:

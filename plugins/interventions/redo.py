@@ -91,9 +91,9 @@ class ReDo(Intervention):
     def setup(self, view: TrainingView) -> None:
         self.updates = 0
         use_per_element_steps(view, self.optimizer_reset)
-        # per agent: units recycled so far; dormant fraction at the last pass
+        # per agent: units recycled so far; dormant fraction at the last pass (NaN before one)
         self.recycled = torch.zeros(view.num_agents, device=view.device)
-        self.dormant = torch.zeros(view.num_agents, device=view.device)
+        self.dormant = torch.full((view.num_agents,), torch.nan, device=view.device)
 
     def after_update(self, view: TrainingView) -> None:
         self.updates += 1
@@ -130,9 +130,13 @@ class ReDo(Intervention):
 
     def diagnostics(self, view: TrainingView) -> dict[str, Tensor]:
         """``recycled``: units recycled so far; ``dormant_fraction``: the fraction of hidden
-        units that were tau-dormant at the last pass (per agent ``(N,)``)."""
+        units that were tau-dormant at the last pass (per agent ``(N,)``; not reported before
+        the first pass, NaN for an agent no pass has measured)."""
         del view
-        return {"recycled": self.recycled.clone(), "dormant_fraction": self.dormant.clone()}
+        out = {"recycled": self.recycled.clone()}
+        if not bool(self.dormant.isnan().all()):  # a measurement, not a placeholder
+            out["dormant_fraction"] = self.dormant.clone()
+        return out
 
     def state_dict(self) -> dict[str, Tensor]:
         return {

@@ -79,7 +79,7 @@ class SpectralRegularisation(Intervention):
             # agents left out (zeros) get any unit vector: their penalty is masked out
             start[view.mask <= 0] = 1.0
             self.vectors[name] = _normalise(start)
-        self.sigma = torch.zeros(view.num_agents, device=view.device)
+        self.sigma = torch.full((view.num_agents,), torch.nan, device=view.device)  # unmeasured
 
     def loss(self, view: TrainingView) -> Tensor | None:
         """``(N,)``: the penalty, after advancing every layer's power iteration."""
@@ -101,8 +101,11 @@ class SpectralRegularisation(Intervention):
         return self.coef * cast(Tensor, sum(terms))
 
     def diagnostics(self, view: TrainingView) -> dict[str, Tensor]:
-        """``sigma_max``: the largest estimated top singular value over the layers ``(N,)``."""
+        """``sigma_max``: the largest estimated top singular value over the layers ``(N,)``
+        (not reported before the first gradient step estimates it)."""
         del view
+        if bool(self.sigma.isnan().all()):
+            return {}
         return {"sigma_max": self.sigma.clone()}
 
     def state_dict(self) -> dict[str, Tensor]:
