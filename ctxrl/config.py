@@ -325,6 +325,14 @@ def _check_interventions_fit(
     except CtxrlError as exc:
         text = str(exc)  # an intervention's problem is the algorithm's field, the env's its own
         raise ConfigError(text if text.startswith("env ") else f"algorithm.{text}") from None
+    for index, intervention in enumerate(built):  # a sweep's contexts never switch
+        why = intervention.inert_without_switches(config.train_steps)
+        if why is not None:
+            raise ConfigError(
+                f"algorithm.interventions[{index}] ({intervention.name}): {why}, and a sweep's "
+                "contexts never switch: it would train exactly as without it (use a plasticity "
+                "study for context switches, or give it steps)"
+            )
 
 
 def _check_transfer_fits(

@@ -219,6 +219,14 @@ class Intervention:
         ``view.mask`` is 1 too."""
         del view, agents
 
+    def inert_without_switches(self, total_steps: int) -> str | None:
+        """Why this intervention would do nothing at all in a training of ``total_steps`` env
+        steps per agent whose contexts never switch (a sweep's), or None when it may act
+        there. A sweep refuses an intervention that says why (it would train exactly as
+        none); the default: None."""
+        del total_steps
+        return None
+
     def diagnostics(self, view: TrainingView) -> dict[str, torch.Tensor]:
         """Per-agent numbers ``(N,)`` to log with the training diagnostics (e.g. the fraction
         of dormant units), called when the trainer logs."""

@@ -282,11 +282,40 @@ def test_an_intervention_whose_setup_fails_is_refused_before_training() -> None:
         "algorithm.interventions[1] (plasticity-injection): plasticity-injection: roles "
         "['actr'] are not networks of this algorithm (it has actor, critic)"
     )
-    right = {"name": "plasticity-injection", "options": {"roles": ["actor"]}}
+    right = {"name": "plasticity-injection", "options": {"roles": ["actor"], "at_steps": [512]}}
     fine = validate_config(_config(algorithm={**PPO, "interventions": [{"name": "l2"}, right]}))
     assert (
         resolve_plan(fine, get_host().registry).config.algorithm.interventions[1]
         == (fine.algorithm.interventions[1])
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ({"name": "reset"}, "it resets at context switches only"),
+        ({"name": "shrink-perturb", "options": {"when": "switch"}}, "(when: switch)"),
+        ({"name": "plasticity-injection"}, "(at_switch: True) and no at_steps"),
+        (
+            {"name": "plasticity-injection", "options": {"at_steps": [5000]}},
+            "its at_steps [5000] come after the 1000 env steps trained",
+        ),
+    ],
+)
+def test_an_intervention_a_sweep_would_never_trigger_is_refused(
+    entry: dict[str, Any], why: str
+) -> None:
+    """A sweep's contexts never switch: an intervention that acts only at switches (or at
+    steps past the training) trained exactly as none, and was accepted silently."""
+    config = validate_config(_config(algorithm={**PPO, "interventions": [entry]}))
+    with pytest.raises(ConfigError) as raised:
+        resolve_plan(config, get_host().registry)
+    message = " ".join(str(raised.value).split())
+    assert message.startswith(f"algorithm.interventions[0] ({entry['name']}): ")
+    assert why in message and "a sweep's contexts never switch" in message
+    every = {"name": "reset", "options": {"every": 10}}  # acts without switches: accepted
+    resolve_plan(
+        validate_config(_config(algorithm={**PPO, "interventions": [every]})), get_host().registry
     )
 
 

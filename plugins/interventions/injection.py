@@ -114,6 +114,16 @@ class PlasticityInjection(Intervention):
         self.next_step = 0  # index into at_steps of the next scheduled injection
         self._block: dict[str, list[str]] = {}
 
+    def inert_without_switches(self, total_steps: int) -> str | None:
+        if any(step <= total_steps for step in self.at_steps):
+            return None
+        steps = (
+            f"its at_steps {list(self.at_steps)} come after the {total_steps} env steps trained"
+            if self.at_steps
+            else "no at_steps"
+        )
+        return f"it injects at context switches (at_switch: {self.at_switch}) and {steps}"
+
     def network(self, role: str, spec: NetworkSpec) -> NetworkSpec:
         if self.roles is not None and role not in self.roles:
             return spec

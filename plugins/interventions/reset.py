@@ -91,6 +91,12 @@ class Reset(Intervention):
         if self.every is not None and self.updates % self.every == 0:
             self.reset(view, torch.ones(view.num_agents, dtype=torch.bool, device=view.device))
 
+    def inert_without_switches(self, total_steps: int) -> str | None:
+        del total_steps
+        if self.every is None:
+            return "it resets at context switches only (at_switch, no every)"
+        return None
+
     def on_context_switch(self, view: TrainingView, agents: Tensor) -> None:
         if self.at_switch:
             self.reset(view, agents)

@@ -92,6 +92,10 @@ class ShrinkPerturb(Intervention):
         self.names: list[str] = []
         self.sizes: list[int] = []
 
+    def inert_without_switches(self, total_steps: int) -> str | None:
+        del total_steps
+        return "it acts at context switches only (when: switch)" if self.when == "switch" else None
+
     def setup(self, view: TrainingView) -> None:
         self.names = network_names(view)
         self.sizes = [view.params[name][0].numel() for name in self.names]
