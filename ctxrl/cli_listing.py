@@ -124,7 +124,7 @@ def envs_tables(host: Host) -> list[Table]:
                 f"{f.default:g}",
                 bound_text(f.lower, upper=False),
                 bound_text(f.upper, upper=True),
-                f.scale,
+                f"{f.scale}, integer" if f.integer else f.scale,
                 escape(f.unit),
                 escape(f.description),
             )

@@ -60,6 +60,9 @@ class ContextFeature:
         scale: ``linear`` or ``log``; grids, samples and unit-cube coordinates follow it.
         unit: physical unit for docs and plots (``kg``, ``m/s^2``); empty if dimensionless.
         description: one line saying what the feature changes.
+        integer: the environment takes the value rounded to the nearest integer, halves up
+            (:meth:`env_value`): a count of cells, a noise level. Two grid points that round
+            to one integer are one environment, so a grid that makes them is refused.
     """
 
     name: str
@@ -69,6 +72,7 @@ class ContextFeature:
     scale: Scale = "linear"
     unit: str = ""
     description: str = ""
+    integer: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -127,6 +131,14 @@ class ContextFeature:
             )
         return v
 
+    def env_value(self, value: float) -> float:
+        """The value the environment uses: ``value`` itself, or for an ``integer`` feature the
+        nearest integer, halves up, of its float32 value (``floor(x + 0.5)`` in float32, as a
+        twin rounds the float32 contexts the trainers pass it: 2.4999999 is 2.5 in float32)."""
+        if not self.integer:
+            return float(value)
+        return float(np.floor(np.float32(value) + np.float32(0.5)))
+
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
@@ -136,6 +148,7 @@ class ContextFeature:
             "scale": self.scale,
             "unit": self.unit,
             "description": self.description,
+            "integer": self.integer,
         }
 
 
@@ -291,6 +304,12 @@ class ContextSpace:
     def default(self) -> Context:
         return Context({f.name: f.default for f in self.features})
 
+    def env_context(self, context: Mapping[str, float]) -> Context:
+        """The context as the environment uses it (``integer`` features rounded,
+        :meth:`ContextFeature.env_value`): two contexts that give one environment are equal
+        here."""
+        return Context({name: self.feature(name).env_value(v) for name, v in context.items()})
+
     # ------------------------------------------------------------ validation
     def validate(self, values: Mapping[str, object] | None) -> Context:
         """A full context from a partial mapping (missing features take their defaults).
@@ -349,7 +368,9 @@ class ContextSpace:
         if axis.values is not None:
             if len(axis.values) == 0:
                 raise ContextError(f"{self.owner}: grid for {spec.name!r} has no values")
-            return tuple(sorted({spec.check(v, owner=self.owner) for v in axis.values}))
+            given = tuple(sorted({spec.check(v, owner=self.owner) for v in axis.values}))
+            self._check_distinct_envs(spec, given, "its values")
+            return given
         if axis.num is None or axis.num < 1:
             raise ContextError(
                 f"{self.owner}: grid for {spec.name!r} needs num >= 1 or explicit values, "
@@ -375,7 +396,23 @@ class ContextSpace:
                 f"{self.owner}: grid for {spec.name!r} repeats contexts ({axis.num} points "
                 f"from {low} to {high}); give low < high or num: 1"
             )
+        self._check_distinct_envs(spec, values, f"its {axis.num} points from {low} to {high}")
         return values
+
+    def _check_distinct_envs(
+        self, spec: ContextFeature, values: Sequence[float], what: str
+    ) -> None:
+        """Refuse grid values of an ``integer`` feature that round to one environment."""
+        seen: dict[float, float] = {}
+        for value in values:
+            env_value = spec.env_value(value)
+            if env_value in seen:
+                raise ContextError(
+                    f"{self.owner}: grid for {spec.name!r}: {what} make one environment "
+                    f"twice ({seen[env_value]:g} and {value:g} both give {env_value:g}: the "
+                    f"feature is rounded to an integer); give fewer points or integer values"
+                )
+            seen[env_value] = value
 
     def grid(self, axes: Sequence[GridAxis]) -> ContextGrid:
         """The Cartesian product of ``axes`` (first axis slowest); other features at defaults."""

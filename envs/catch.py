@@ -138,6 +138,7 @@ CATCH = ContextSpace(
             7.0,
             unit="cells",
             description="paddle width (rounded to an integer; Catch-v1: 2)",
+            integer=True,
         ),
         F(
             "noise",
@@ -146,6 +147,7 @@ CATCH = ContextSpace(
             255.0,
             unit="intensity of 255",
             description="background pixels uniform over levels 0..noise (Catch-v2: 255)",
+            integer=True,
         ),
         F("mirrored", 0.0, 0.0, 1.0, description="1: picture upside down (Catch-v3)"),
         F("sparse", 0.0, 0.0, 1.0, description="1: reward after 5 catches in a row (Catch-v4)"),
@@ -174,10 +176,8 @@ def variant(name: str) -> dict[str, float]:
 
 
 def round_half_up(value: float) -> int:
-    """Nearest integer, halves up, of the float32 value (``floor(x + 0.5)`` in float32, as the
-    twin rounds the float32 contexts the trainers pass it: 2.4999999 is 2.5 in float32, so
-    both give 3 rather than 2 and 3)."""
-    return int(np.floor(np.float32(value) + np.float32(0.5)))
+    """The integer an ``integer`` feature's value gives (:meth:`ContextFeature.env_value`)."""
+    return int(CATCH.feature("paddle_width").env_value(value))
 
 
 def check_flags(context: Context) -> None:

@@ -302,6 +302,11 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["context={massicart: 1.0}"], "context.massicart: CartPole has no context feature"),
         (["features.length.high=50"], "features.length: CartPole: context feature 'length'"),
         (["seeds=[0, 1, 0]"], "seeds: seed 0 is listed twice"),
+        (  # Catch rounds its paddle width to whole cells: 10 points on 1..7 repeat an env
+            ["env=Catch", "features={paddle_width: {num: 10}}", "algorithm={name: batched-dqn}"],
+            "features.paddle_width: Catch: grid for 'paddle_width': its 10 points from 1.0 to "
+            "7.0 make one environment twice (1.66667 and 2.33333 both give 2",
+        ),
         (["features.length={values: [0.5, 0.5]}"], "features.length.values: 0.5 is listed twice"),
         (
             ["features.length={values: [0.5, 1.0], num: 3, low: 0.1}"],
@@ -412,7 +417,10 @@ def test_envs_json_lists_features_with_bounds(run_ctxrl: Run) -> None:
         "scale": "linear",
         "unit": "kg",
         "description": "mass of the cart",
+        "integer": False,
     }
+    width = next(f for f in envs["Catch"]["features"] if f["name"] == "paddle_width")
+    assert width["integer"] is True
     assert envs["CartPole"]["return_bounds"] == [0.0, 500.0]
     assert envs["Pendulum"]["return_bounds"] == [-2200.0, -500.0]
     assert envs["CartPole"]["batched"] is True

@@ -84,6 +84,24 @@ def test_grid_errors_name_the_feature() -> None:
         SPACE.grid([GridAxis("size", num=3)])
 
 
+def test_an_integer_feature_refuses_grid_points_that_make_one_environment() -> None:
+    cells = ContextFeature("cells", 5.0, 1.0, 7.0, integer=True)
+    space = ContextSpace([cells], owner="Grid")
+    assert [cells.env_value(v) for v in (2.4, 2.5, 2.4999999, 3.49)] == [2.0, 3.0, 3.0, 3.0]
+    assert space.grid([GridAxis("cells", num=7)]).axis_values[0] == (1, 2, 3, 4, 5, 6, 7)
+    # 10 points over 1..7 put two of them on one integer: one environment trained twice
+    with pytest.raises(ContextError) as excinfo:
+        space.grid([GridAxis("cells", num=10)])
+    message = str(excinfo.value)
+    assert "Grid" in message and "'cells'" in message and "10 points from 1.0 to 7.0" in message
+    assert "1.66667 and 2.33333 both give 2" in message
+    with pytest.raises(ContextError, match=r"its values make one environment twice \(3.2 and 3.4"):
+        space.grid([GridAxis("cells", values=(3.2, 3.4, 5.0))])
+    assert space.env_context({"cells": 3.4}) == space.env_context({"cells": 2.5})
+    # a feature that is not an integer keeps close values apart
+    assert len(SPACE.grid([GridAxis("length", values=(0.50, 0.51))])) == 2
+
+
 def test_unit_cube_round_trip() -> None:
     rng = np.random.default_rng(0)
     contexts = SPACE.sample(50, rng)

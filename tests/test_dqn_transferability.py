@@ -188,6 +188,20 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
         ({"arms": ["warm"]}, "arms.0"),
         ({"contexts": [{"name": "a", "context": {"length": 99.0}}]}, r"contexts\[0\].context"),
         ({"contexts": [{"name": "a"}, {"name": "a"}]}, "repeat a name"),
+        (  # paddle widths 2.6 and 3 are one Catch: the env rounds the width to whole cells
+            {
+                "env": "Catch",
+                "contexts": [
+                    {"name": "w3", "context": {"paddle_width": 3}},
+                    {"name": "w2.6", "context": {"paddle_width": 2.6}},
+                ],
+            },
+            r"contexts\[1\] \('w2.6'\) is the environment of contexts\[0\] \('w3'\): Catch ",
+        ),
+        (
+            {"contexts": [{"name": "a"}, {"name": "b", "context": {"length": 0.5}}]},
+            r"contexts\[1\] \('b'\) is the environment of contexts\[0\] \('a'\)",
+        ),
         ({"algorithm": {"learning_rat": 0.1}}, "no hyperparameter 'learning_rat'"),
         ({"preset": "nope"}, "preset: batched-dqn has no preset 'nope'; available: "),
         ({"seeds": [0, 0]}, "repeat a seed"),

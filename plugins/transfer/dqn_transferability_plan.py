@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, cast
 import numpy as np
 from pydantic import Field, field_validator
 
+from ctxrl.context import Context
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import build_interventions
 from ctxrl.options import SEED_LIMIT
@@ -170,6 +171,17 @@ def resolve_study(
     names = [entry.name for entry in config.contexts]
     if len(set(names)) != len(names):
         raise ConfigError(f"contexts: names {names} repeat a name")
+    seen: dict[tuple[str, Context], int] = {}
+    for index, (entry_env, context) in enumerate(zip(envs, contexts, strict=True)):
+        key = (entry_env.name, entry_env.context_space.env_context(context))
+        if key in seen:
+            first = seen[key]
+            raise ConfigError(
+                f"contexts[{index}] ({names[index]!r}) is the environment of contexts[{first}] "
+                f"({names[first]!r}): {entry_env.name} {key[1].as_dict()} (integer features "
+                "rounded); a study compares different contexts"
+            )
+        seen[key] = index
     algorithm = registry.algorithm("batched-dqn")
     params = preset_params(algorithm, config.preset, config.algorithm)
     for variant in config.variants:
