@@ -3,6 +3,7 @@ its errors for bad input."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -562,6 +563,22 @@ def test_a_study_with_diverged_agents_is_reported(run_ctxrl: Run, tmp_path: Path
     assert np.isnan(performance[1, 2]) and np.isfinite(np.delete(performance, 5)).all()
     for figure in ("area_ratio_dqn.png", "curves_dqn.png"):
         assert (runner.run_dir / "figures" / figure).is_file()
+    # pairs.csv has a row for every pair that ran and metric, the undefined ones empty with
+    # why (they were left out, so a reader could not tell "no estimate" from "not run")
+    with (runner.run_dir / "exports" / "pairs.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 9 * 5  # 3 x 3 pairs, 5 metrics, one arm
+    mid_long = [r for r in rows if (r["source"], r["target"]) == ("mid", "long")]
+    assert len(mid_long) == 5
+    assert all(r["estimate"] == r["low"] == r["high"] == r["verdict"] == "" for r in mid_long)
+    assert all("no finite seed left in the transfer arm" in r["note"] for r in mid_long)
+    short_mid = next(
+        r for r in rows if (r["source"], r["target"], r["metric"]) == ("short", "mid", "area_ratio")
+    )
+    assert float(short_mid["estimate"]) == pytest.approx(
+        metrics["variants"]["dqn"]["fine-tune"]["matrices"]["area_ratio"][0][1][0], rel=1e-5
+    )
+    assert short_mid["verdict"] and "diverged" in short_mid["note"]
 
 
 def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(

@@ -11,6 +11,7 @@ no estimate and no verdict rather than failing the whole report."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,20 @@ def _metric(comparison: Any, name: str) -> tuple[float, float, float]:
     if hasattr(value, "advantage"):  # a MetricComparison: transfer against scratch
         value = value.advantage
     return float(value.estimate), float(value.low), float(value.high)
+
+
+def _pair_metric(pair: Mapping[str, Any], metric: str) -> tuple[str, str, str, str]:
+    """``(estimate, low, high, note)`` of one metric of a pair's JSON as CSV fields: a number
+    in 6 significant digits, or empty where it is undefined (every seed of an arm diverged,
+    a ratio over a zero scratch area, no interval with one seed), the note saying why."""
+    value = pair.get(metric) or {}
+    if "advantage" in value:  # a MetricComparison: transfer against scratch
+        value = value["advantage"] or {}
+    numbers = tuple(
+        "" if value.get(key) is None else f"{value[key]:.6g}" for key in ("estimate", "low", "high")
+    )
+    note = value.get("note") or pair.get("no_estimate") or ""
+    return numbers[0], numbers[1], numbers[2], str(note)
 
 
 def normalise(plan: StudyPlan, result: ArmResult) -> np.ndarray:
@@ -176,19 +191,28 @@ def write_outputs(
     (exports / "metrics.json").write_text(
         json.dumps(analysis, indent=2, allow_nan=False, default=_json_default)
     )
-    rows = ["variant,arm,source,target,metric,estimate,low,high,verdict"]
+    header = [
+        "variant",
+        "arm",
+        "source",
+        "target",
+        "metric",
+        "estimate",
+        "low",
+        "high",
+        "verdict",
+        "note",
+    ]
+    rows: list[list[str]] = [header]
     written: list[Path] = []
     for variant, arms in analysis["variants"].items():
         for arm, data in arms.items():
-            for metric, matrix in data["matrices"].items():
-                values = np.array(matrix, dtype=np.float64)
-                for s, t in np.ndindex(values.shape[:2]):
-                    if np.isfinite(values[s, t, 0]):
-                        est, low, high = values[s, t]
-                        rows.append(
-                            f"{variant},{arm},{plan.names[s]},{plan.names[t]},{metric},"
-                            f"{est:.6g},{low:.6g},{high:.6g},{data['verdicts'][s][t]}"
-                        )
+            for pair in data["pairs"]:  # every pair that ran; one not run has no row
+                for metric in METRICS:
+                    estimate, low, high, note = _pair_metric(pair, metric)
+                    verdict = pair.get("verdict") or ""
+                    key = [variant, arm, pair["source"], pair["target"], metric]
+                    rows.append([*key, estimate, low, high, verdict, note])
             # matrices ctxrl select reads: one header-less S x T CSV (row = source)
             area = np.array(data["matrices"]["area_ratio"], dtype=np.float64)[..., 0]
             np.savetxt(exports / f"matrix_r_{variant}_{arm}.csv", area, delimiter=",")
@@ -206,7 +230,8 @@ def write_outputs(
                 perf[s, t] = float(np.mean(auc)) if auc.size else np.nan
             np.savetxt(exports / f"matrix_performance_{variant}_{arm}.csv", perf, delimiter=",")
         written += _plot_study(plan, results[variant], arms, variant, figures)
-    (exports / "pairs.csv").write_text("\n".join(rows) + "\n")
+    with (exports / "pairs.csv").open("w", newline="") as stream:
+        csv.writer(stream, lineterminator="\n").writerows(rows)
     summary = _summary_markdown(plan, analysis, [p.relative_to(run_dir) for p in written])
     (run_dir / "summary.md").write_text(summary)
     return summary
