@@ -115,3 +115,29 @@ def test_the_env_contract_catches_twins_that_do_not_follow_their_env() -> None:
         )
     returns(spec)  # the real twin passes both
     contract.test_twin_set_to_a_context_acts_as_one_built_with_it(spec)
+
+
+def test_the_env_contract_catches_a_twin_that_steps_in_place() -> None:
+    """A twin whose dynamics write the next state into the one it was given passed every
+    contract test (it steps correctly), yet a trainer's stored observations (views of that
+    state) and a saved ``state_dict`` changed under it: found only as a resume mismatch."""
+    spec = get_host().registry.env("CartPole")
+    real_twin = spec.make_batched
+    assert real_twin is not None
+
+    def twin_stepping_in_place(num_envs: int, **kwargs: Any) -> Any:
+        twin = real_twin(num_envs, **kwargs)
+        dynamics = twin._dynamics
+
+        def in_place(state: Any, action: Any) -> Any:
+            next_state, reward, terminated = dynamics(state, action)
+            state.copy_(next_state)
+            return state, reward, terminated
+
+        twin._dynamics = in_place
+        return twin
+
+    with pytest.raises(AssertionError, match=r"the twin.s step changed .* in place"):
+        EnvContract().test_twin_step_changes_no_tensor_it_gave_or_took(
+            _broken(spec, make_batched=twin_stepping_in_place)
+        )

@@ -424,6 +424,38 @@ class TwinChecks:
             for name in twin.context:
                 assert torch.equal(twin.context[name], fresh.context[name])
 
+    def test_twin_step_changes_no_tensor_it_gave_or_took(self, env_spec: EnvSpec) -> None:
+        """A trainer keeps what a step returned (observations in its rollout buffer), what
+        ``state_dict`` saved (a checkpoint written later) and the actions it passed: a twin
+        that updates those tensors in place changes them after the fact, a rollout or a
+        checkpoint of another step. Its ``_dynamics`` must return new tensors."""
+        if env_spec.make_batched is None:
+            pytest.skip(f"{env_spec.name} has no batched twin")
+        import torch
+
+        feature, value = _changed_feature(env_spec)
+        twin = self._twin(env_spec, 4, {})
+        twin.set_context_pool([{}, {feature.name: value}])  # contexts redrawn at episode ends
+        generator = torch.Generator().manual_seed(3)
+        kept: dict[str, Any] = {"reset's observations": twin.reset()}
+        ended = False
+        for step in range(max(self.check_steps, twin.max_episode_steps + 1)):
+            kept.update({f"saved {k}": v for k, v in twin.state_dict().items()})
+            kept["the actions"] = self._random_actions(twin, generator)
+            copies = {name: tensor.clone() for name, tensor in kept.items()}
+            obs, reward, terminated, truncated, info = twin.step(kept["the actions"])
+            for name, tensor in kept.items():
+                assert torch.equal(tensor, copies[name]), (
+                    f"{env_spec.name}, step {step}: the twin's step changed {name} in place"
+                )
+            ended |= bool(info["done"].any())
+            kept = {"the observations": obs, "rewards": reward, "terminated": terminated}
+            kept.update({"truncated": truncated, "info's done": info["done"]})
+            kept["info's final_obs"] = info["final_obs"]
+            if ended and step >= self.check_steps:
+                break
+        assert ended, f"{env_spec.name}: no episode ended in the check's steps"
+
     def test_twin_trains_batched_ppo_and_resumes_from_a_checkpoint(
         self, env_spec: EnvSpec, tmp_path: Path
     ) -> None:
