@@ -384,3 +384,77 @@ def test_a_program_says_how_far_it_has_trained(tmp_path: Path) -> None:
         "arm-ln: 2 agents",
         *(f"arm-ln: {done} of 4 target sets trained" for done in range(1, 5)),
     ]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_program_killed_between_target_sets_resumes_to_the_same_numbers(
+    tmp_path: Path,
+) -> None:
+    """A shifting-target program was stored only when it finished, so a kill lost all of its
+    training. It is checkpointed after every target set (weights, Adam, random streams, the
+    data generators, ReDo's and continual backprop's state, the records so far): killed after
+    two of four sets and run again, it ends with the numbers of a program never stopped; a
+    damaged checkpoint is named and set aside."""
+    registry = get_host().registry
+    arms = [
+        {"name": "redo", "options": {"every": 20, "tau": 0.5}},
+        {"name": "continual-backprop", "options": {"replacement_rate": 0.05, "maturity": 5}},
+    ]
+    config = TargetsStudyConfig.model_validate({**SMALL, "arms": arms})
+    program = plan_programs(config, registry)[1][0]
+    task = config.shifting_targets
+    whole = train_program(task, program, registry)
+
+    def kill_after_two(done: int, tasks: int) -> None:
+        if done == 2:
+            raise _Killed
+
+    checkpoint = tmp_path / "checkpoint"
+    with pytest.raises(_Killed):
+        train_program(task, program, registry, checkpoint=checkpoint, on_task=kill_after_two)
+    assert checkpoint.with_suffix(".safetensors").is_file()
+    resumed_from: list[int] = []
+    resumed = train_program(
+        task, program, registry, checkpoint=checkpoint, on_task=lambda d, t: resumed_from.append(d)
+    )
+    assert resumed_from == [3, 4]  # the first two sets were not trained again
+    assert np.array_equal(resumed.errors, whole.errors)
+    assert set(resumed.metrics) == set(whole.metrics)
+    for name, values in whole.metrics.items():
+        assert np.array_equal(resumed.metrics[name], values, equal_nan=True), name
+    # another program's checkpoint (other seeds) is refused, not continued
+    other = plan_programs(config.model_copy(update={"seeds": [5, 6]}), registry)[1][0]
+    with pytest.raises(CtxrlError, match="was saved for another program"):
+        train_program(task, other, registry, checkpoint=checkpoint)
+    # a damaged one, inside a study: named, set aside, and the program trains from the start
+    study = TargetsStudyConfig.model_validate(
+        {**SMALL, "arms": arms[:1], "output_dir": str(tmp_path / "runs")}
+    )
+    run_dir = run_dir_of(study)
+    name = plan_programs(study, registry)[1][0].name
+    with pytest.raises(_Killed):
+        train_program(
+            study.shifting_targets,
+            plan_programs(study, registry)[1][0],
+            registry,
+            checkpoint=run_dir / "checkpoints" / name,
+            on_task=kill_after_two,
+        )
+    weights = run_dir / "checkpoints" / f"{name}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    said: list[str] = []
+    run_targets_study(study, registry, progress=said.append)
+    assert any("is damaged" in line and "training it from the start" in line for line in said)
+    reference = TargetsStudyConfig.model_validate(
+        {**SMALL, "arms": arms[:1], "output_dir": str(tmp_path / "reference")}
+    )
+    run_targets_study(reference, registry)
+    a = json.loads((run_dir / "metrics.json").read_text())
+    b = json.loads((run_dir_of(reference) / "metrics.json").read_text())
+    assert a == b
+    assert not list((run_dir / "checkpoints").glob("*.safetensors"))  # gone once stored

@@ -40,12 +40,15 @@ A study is a YAML file for ``ctxrl plasticity``, told apart from an env study by
     seeds: [0, 1, 2, 3, 4]
 
 Programs (grouped as in :mod:`ctxrl_plugins.transfer.plasticity_study`) are stored as they
-finish, so a killed study resumes from the last finished program. The measures and the outputs
+finish and checkpointed after every target set, so a killed study resumes inside the program
+it was training, to the numbers of a study never stopped. The measures and the outputs
 are computed in :mod:`ctxrl_plugins.transfer.plasticity_targets_report`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ctxrl.errors import ConfigError
+from ctxrl.artifacts import remove_artifact
+from ctxrl.errors import CheckpointError, ConfigError, CtxrlError
 from ctxrl.interventions import Intervention
 from ctxrl.options import check_device
 from ctxrl.registry import Registry
@@ -179,10 +183,14 @@ def train_program(
     dormant_tau: float = 0.025,
     interventions: Sequence[tuple[Intervention, list[int]]] | None = None,
     on_task: Callable[[int, int], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TargetsResult:
     """Train every agent of ``program`` on the shifting targets, one batched program;
     ``interventions`` (default: built from the program's arms) with their agents' rows;
-    ``on_task(done, tasks)`` after each target set."""
+    ``on_task(done, tasks)`` after each target set. With ``checkpoint`` (a path without
+    suffix) the whole state is saved after every target set and a saved one is continued
+    from, to the same numbers as a program never stopped; one saved for another program
+    (other agents, arms or task) is set aside and the program trains from the start."""
     import torch
 
     from ctxrl.interventions import NetworkSpec
@@ -233,7 +241,11 @@ def train_program(
     records = task.steps_per_task // task.eval_every
     errors = torch.empty(n, task.tasks, records)
     metrics: dict[str, list[Any]] = {}
-    for index in range(task.tasks):
+    identity = _program_identity(task, program, dormant_tau, where.type)
+    start = 0
+    if checkpoint is not None and checkpoint.with_suffix(".safetensors").is_file():
+        start = _restore(checkpoint, identity, run, generators, errors, metrics)
+    for index in range(start, task.tasks):
         targets = torch.stack(
             [torch.randn(task.points, 1, generator=g) * task.target_scale for g in generators]
         ).to(where)
@@ -269,6 +281,8 @@ def train_program(
         )
         for name, value in values.items():
             metrics.setdefault(name, []).append(value.float().cpu().numpy())
+        if checkpoint is not None and index + 1 < task.tasks:  # the last is stored instead
+            _save(checkpoint, identity, index + 1, run, generators, errors, metrics)
         if on_task is not None:
             on_task(index + 1, task.tasks)
     optimizer.finish()
@@ -277,6 +291,115 @@ def train_program(
         errors.double().numpy(),
         {k: np.stack(v, axis=1).astype(np.float64) for k, v in metrics.items()},
     )
+
+
+# ------------------------------------------------------------------------ checkpoints
+def _program_identity(
+    task: ShiftingTargets, program: Program, dormant_tau: float, device: str
+) -> str:
+    """A digest of what decides a program's numbers (the report's ``window`` aside)."""
+    described = {
+        "task": task.model_dump(exclude={"window"}),
+        "agents": [list(agent) for agent in program.agents],
+        "arms": {label: [e.model_dump() for e in arm] for label, arm in program.arms.items()},
+        "dormant_tau": dormant_tau,
+        "device": device,  # random streams and rounding are the device's
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _save(
+    path: Path,
+    identity: str,
+    tasks_done: int,
+    run: Any,
+    generators: Sequence[Any],
+    errors: Any,
+    metrics: Mapping[str, Sequence[np.ndarray]],
+) -> None:
+    """Everything the program needs to continue after ``tasks_done`` target sets: weights
+    and Adam's state, the agents' random streams and data generators, the interventions'
+    state, and the errors and layer metrics recorded so far (safetensors + JSON)."""
+    import torch
+
+    from ctxrl.artifacts import save_artifact
+
+    tensors = {f"adam.{k}": v for k, v in run.optimizer.state_tensors().items()}
+    tensors.update({f"rng.{k}": v for k, v in run.rng.state_dict().items()})
+    tensors["data_generators"] = torch.stack([g.get_state() for g in generators])
+    for index, intervention in enumerate(run.each_intervention()):
+        tensors.update(
+            {f"intervention{index}.{k}": v for k, v in intervention.state_dict().items()}
+        )
+    tensors["errors"] = errors[:, :tasks_done]
+    for name, values in metrics.items():
+        tensors[f"metrics.{name}"] = torch.as_tensor(np.stack(values))
+    save_artifact(
+        path,
+        {k: v.detach().contiguous() for k, v in tensors.items()},
+        {
+            "identity": identity,
+            "tasks_done": tasks_done,
+            "iteration": run.iteration,
+            "env_steps": run.env_steps,
+        },
+    )
+
+
+def _restore(
+    path: Path,
+    identity: str,
+    run: Any,
+    generators: Sequence[Any],
+    errors: Any,
+    metrics: dict[str, list[np.ndarray]],
+) -> int:
+    """Load what :func:`_save` wrote into the program's fresh state; returns the target sets
+    done. A :class:`CheckpointError` naming the file when it is damaged or was saved for
+    another program (other agents, arms, task or device)."""
+    from ctxrl.artifacts import load_artifact, verify_artifact
+
+    problem = verify_artifact(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {problem}")
+    tensors, meta = load_artifact(path, device=str(run.device))
+    if meta.get("identity") != identity:
+        raise CheckpointError(
+            f"checkpoint {path} was saved for another program (agents, arms, task or device)"
+        )
+    try:
+        return _load_state(path, tensors, meta, run, generators, errors, metrics)
+    except (CtxrlError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be restored ({exc})") from None
+
+
+def _load_state(
+    path: Path,
+    tensors: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    run: Any,
+    generators: Sequence[Any],
+    errors: Any,
+    metrics: dict[str, list[np.ndarray]],
+) -> int:
+    run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
+    run.rng.load_state_dict(_unprefixed("rng", tensors))
+    for generator, state in zip(generators, tensors["data_generators"].cpu(), strict=True):
+        generator.set_state(state.clone())
+    for index, intervention in enumerate(run.each_intervention()):
+        intervention.load_state_dict(_unprefixed(f"intervention{index}", tensors))
+    done = int(meta["tasks_done"])
+    errors[:, :done] = tensors["errors"].cpu()
+    for name, values in _unprefixed("metrics", tensors).items():
+        metrics[name] = list(values.cpu().numpy())
+    run.iteration, run.env_steps = int(meta["iteration"]), int(meta["env_steps"])
+    return done
+
+
+def _unprefixed(prefix: str, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    start = f"{prefix}."
+    return {k.removeprefix(start): v for k, v in tensors.items() if k.startswith(start)}
 
 
 # ------------------------------------------------------------------------------ the study
@@ -308,19 +431,34 @@ def run_targets_study(
             if progress is not None and (done * 10 // tasks > (done - 1) * 10 // tasks):
                 progress(f"{program.name}: {done} of {tasks} target sets trained")
 
-        interventions = build_arm_interventions(program, registry)
+        checkpoint = run_dir / "checkpoints" / program.name
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+
+        def attempt() -> TargetsResult:
+            interventions = build_arm_interventions(program, registry)
+            try:
+                return train_program(
+                    config.shifting_targets,
+                    program,
+                    registry,
+                    device=config.device,
+                    dormant_tau=config.dormant_tau,
+                    interventions=interventions,
+                    on_task=tasks_done,
+                    checkpoint=checkpoint,
+                )
+            except CheckpointError:
+                raise
+            except Exception as exc:  # blamed on the intervention whose code raised, if any
+                raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
+
         try:
-            return train_program(
-                config.shifting_targets,
-                program,
-                registry,
-                device=config.device,
-                dormant_tau=config.dormant_tau,
-                interventions=interventions,
-                on_task=tasks_done,
-            )
-        except Exception as exc:  # blamed on the intervention whose code raised, if one did
-            raise ProgramFailed(ProgramFailure.of(program, exc, interventions)) from exc
+            return attempt()
+        except CheckpointError as exc:  # damaged, or another program's: set aside
+            if progress is not None:
+                progress(f"{program.name}: {exc}; training it from the start")
+            remove_artifact(checkpoint)
+        return attempt()
 
     with locked_run_dir(run_dir, "ctxrl plasticity"):  # one process at a time trains here
         open_run_dir(run_dir, STUDY, config)
