@@ -28,6 +28,22 @@ disk is caught when the artifact is verified or loaded (safetensors checks the h
 offsets, not the data)."""
 
 
+ARTIFACT_SUFFIXES = (".safetensors", ".json")
+"""The two files of an artifact: its tensors (with the metadata in the header) and a readable
+copy of the metadata."""
+
+
+def artifact_file(stem: str | Path, suffix: str = ".safetensors") -> Path:
+    """The file of the artifact ``stem`` with ``suffix`` (``.safetensors`` or ``.json``),
+    appended to the stem's name: ``runs/sp-0.8`` gives ``runs/sp-0.8.safetensors`` (a
+    suffix in place of ``.8`` made ``sp-0.8`` and ``sp-0.9`` one file). A stem given with
+    either suffix already is the artifact it names."""
+    stem = Path(stem)
+    if stem.suffix in ARTIFACT_SUFFIXES:
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + suffix)
+
+
 def save_artifact(
     stem: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
 ) -> Path:
@@ -37,9 +53,8 @@ def save_artifact(
     metadata also travels inside the safetensors header, so a process killed at any moment
     leaves either the old artifact or the new one, never a torn or mismatched pair (the JSON
     file is a readable copy; loading trusts the header)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights = stem.with_suffix(".safetensors")
+    weights, meta_path = artifact_file(stem), artifact_file(stem, ".json")
+    weights.parent.mkdir(parents=True, exist_ok=True)
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     meta_text = json.dumps(
         {"format_version": FORMAT_VERSION, **metadata}, indent=2, sort_keys=True, default=str
@@ -50,7 +65,7 @@ def save_artifact(
         _HEADER_KEY: meta_text,
         _DIGEST_KEY: "0" * 64,  # a placeholder of the digest's length, filled in below
     }
-    partial_meta = weights.with_name(f".{stem.name}.json.partial")
+    partial_meta = meta_path.with_name(f".{meta_path.name}.partial")
     partial_meta.write_text(meta_text)
     partial = weights.with_name(f".{weights.name}.partial")
     partial.write_bytes(_serialize(contiguous, header))
@@ -58,7 +73,7 @@ def save_artifact(
     # umask gave the JSON file, so that a run directory shared by a group stays readable
     os.chmod(partial, stat.S_IMODE(partial_meta.stat().st_mode))
     os.replace(partial, weights)
-    os.replace(partial_meta, stem.with_suffix(".json"))
+    os.replace(partial_meta, meta_path)
     return weights
 
 
@@ -109,11 +124,13 @@ def remove_artifact(stem: str | Path, *, derived: bool = False) -> None:
     """Delete the artifact ``stem`` (its ``.safetensors`` and ``.json``) and, with
     ``derived``, the artifacts named after it (``{stem}-...``: a group's transfer checkpoint, a
     transfer's second training). Nothing there is fine."""
-    stem = Path(stem)
-    patterns = [f"{stem.name}.*"] + ([f"{stem.name}-*.*"] if derived else [])
-    for pattern in patterns:
-        for file in stem.parent.glob(pattern):
-            file.unlink()
+    for suffix in ARTIFACT_SUFFIXES:
+        artifact_file(stem, suffix).unlink(missing_ok=True)
+    if derived:
+        stem = artifact_file(stem, "")
+        for suffix in ARTIFACT_SUFFIXES:
+            for file in stem.parent.glob(f"{stem.name}-*{suffix}"):
+                file.unlink()
 
 
 def verify_artifact(stem: str | Path) -> str | None:
@@ -123,7 +140,7 @@ def verify_artifact(stem: str | Path) -> str | None:
     caught) and its tensor data matches the digest it was saved with (a changed byte)."""
     from safetensors import SafetensorError, safe_open
 
-    weights = Path(stem).with_suffix(".safetensors")
+    weights = artifact_file(stem)
     if not weights.is_file():
         return f"{weights} is missing"
     try:
@@ -139,7 +156,7 @@ def artifact_metadata(stem: str | Path) -> dict[str, Any]:
     its tensors; ``{}`` when it has none."""
     from safetensors import safe_open
 
-    weights = Path(stem).with_suffix(".safetensors")
+    weights = artifact_file(stem)
     with safe_open(str(weights), framework="numpy") as handle:
         header = handle.metadata() or {}
     return dict(json.loads(header[_HEADER_KEY])) if _HEADER_KEY in header else {}
@@ -153,8 +170,7 @@ def load_artifact(
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    stem = Path(stem)
-    weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    weights, meta_path = artifact_file(stem), artifact_file(stem, ".json")
     if not weights.is_file():
         raise CtxrlError(f"artifact file {weights} is missing")
     try:

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from ctxrl.artifacts import artifact_metadata, remove_artifact, verify_artifact
+from ctxrl.artifacts import artifact_file, artifact_metadata, remove_artifact, verify_artifact
 from ctxrl.config import SweepPlan, algorithm_params
 from ctxrl.context import Task
 from ctxrl.errors import CheckpointError, CtxrlError
@@ -43,10 +43,8 @@ def train_resumably(
     (another version's) is named and set aside, and the program trains from the start.
     Returns the algorithm, what ``train`` returned and whether it continued from a
     checkpoint."""
-    damage = (
-        verify_artifact(checkpoint) if checkpoint.with_suffix(".safetensors").exists() else None
-    )
-    if damage is None and checkpoint.with_suffix(".safetensors").exists():
+    damage = verify_artifact(checkpoint) if artifact_file(checkpoint).exists() else None
+    if damage is None and artifact_file(checkpoint).exists():
         written_on = artifact_metadata(checkpoint).get("device")
         trains_on = resolved_device(device).split(":")[0]  # the kind: cpu or cuda
         if written_on not in (None, trains_on):
@@ -59,7 +57,7 @@ def train_resumably(
         console.print(f"[yellow]{damage}:[/] training the group from the start", highlight=False)
         remove_checkpoint(checkpoint)
     algorithm = _batched_algorithm(plan, device)
-    resumed = checkpoint.with_suffix(".safetensors").exists()
+    resumed = artifact_file(checkpoint).exists()
     if resumed:
         position = _checkpoint_position(checkpoint, algorithm, plan.config.train_steps)
         console.print(f"resumed {agents} from {position}")
@@ -90,11 +88,7 @@ def transfer_with_progress(
         return transfer_returns(plan, problem, record)
     saved = problem.checkpoint
     # a damaged checkpoint is the method's to name (a CheckpointError, below)
-    if (
-        saved is not None
-        and saved.with_suffix(".safetensors").exists()
-        and verify_artifact(saved) is None
-    ):
+    if saved is not None and artifact_file(saved).exists() and verify_artifact(saved) is None:
         done = artifact_metadata(saved).get("iteration", "?")
         console.print(f"resumed {method} from iteration {done} (its checkpoint)")
     with progress_display(console) as progress:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ctxrl import batched_programs
+from ctxrl.artifacts import artifact_file
 from ctxrl.batched_programs import train_resumably, transfer_checkpoint, transfer_with_progress
 from ctxrl.config import SweepPlan, resolve_plan, validate_config
 from ctxrl.context import Context, Task
@@ -113,7 +114,7 @@ def _continue_other_partitions(
 
     def checkpointed(shard: list[tuple[int, int]]) -> bool:
         path = _checkpoint_path(plan, [ids[a] for a in shard])
-        return path.with_suffix(".safetensors").exists()
+        return artifact_file(path).exists()
 
     # this count's own checkpoints first; then, per other count, shards not yet covered
     continued = [shard for shard in shards if checkpointed(shard)]
@@ -340,9 +341,7 @@ def _run_shards(
         for index, shard in enumerate(shards)
     ]
     resumed = [
-        _checkpoint_path(plan, [_agent_id(plan, a) for a in shard])
-        .with_suffix(".safetensors")
-        .exists()
+        artifact_file(_checkpoint_path(plan, [_agent_id(plan, a) for a in shard])).exists()
         for shard in shards
     ]
     agents = sum(len(shard) for shard in shards)

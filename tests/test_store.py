@@ -17,7 +17,13 @@ import torch
 from conftest import without_file_privileges
 
 from ctxrl import Context, CtxrlError, Task
-from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.artifacts import (
+    artifact_file,
+    load_artifact,
+    remove_artifact,
+    save_artifact,
+    verify_artifact,
+)
 from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store
 
 TARGETS = [Context({"masscart": float(m)}) for m in (0.5, 1.0, 2.0)]
@@ -238,6 +244,29 @@ def test_artifacts_are_safetensors_and_json(tmp_path: Path) -> None:
     (tmp_path / "policy.safetensors").unlink()
     with pytest.raises(CtxrlError, match=r"policy\.safetensors is missing"):
         load_artifact(tmp_path / "policy")
+
+
+def test_artifacts_whose_names_hold_a_dot_are_kept_apart(tmp_path: Path) -> None:
+    """``sp-0.8`` and ``sp-0.9`` (a plasticity arm's label, a user's ``dqn.lr1e-3``) were both
+    written to ``sp-0.safetensors``: the suffix replaced ``.8``, so the second save overwrote
+    the first and loading the first returned the second."""
+    for name, value in (("sp-0.8", 0.8), ("sp-0.9", 0.9)):
+        save_artifact(tmp_path / name, {"w": torch.full((2,), value)}, {"name": name})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sp-0.8.json",
+        "sp-0.8.safetensors",
+        "sp-0.9.json",
+        "sp-0.9.safetensors",
+    ]
+    for name, value in (("sp-0.8", 0.8), ("sp-0.9", 0.9)):
+        tensors, meta = load_artifact(tmp_path / name)
+        assert meta["name"] == name and torch.equal(tensors["w"], torch.full((2,), value))
+        assert verify_artifact(tmp_path / name) is None
+    # a stem given with its suffix names the same artifact
+    assert load_artifact(tmp_path / "sp-0.8.safetensors")[1]["name"] == "sp-0.8"
+    assert artifact_file(tmp_path / "sp-0.8.json") == tmp_path / "sp-0.8.safetensors"
+    remove_artifact(tmp_path / "sp-0.8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sp-0.9.json", "sp-0.9.safetensors"]
 
 
 def test_the_same_artifact_is_the_same_bytes_every_time(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import pytest
 
+from ctxrl.artifacts import artifact_file
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.plugins import get_host
@@ -294,7 +295,7 @@ class InterventionContract:
         reference_intervention = self.build(intervention_spec)
         reference = self.train(algorithm_name, env_spec, contexts, seeds, [reference_intervention])
         checkpoint = tmp_path / "checkpoint"
-        stored = checkpoint.with_suffix(".safetensors")
+        stored = artifact_file(checkpoint)
         half = self.total_steps.get(algorithm_name, 512) // 2
 
         def kill_after_the_checkpoint(done: int, total: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 import pytest
 
+from ctxrl.artifacts import artifact_file
 from ctxrl.context import ContextFeature
 from ctxrl.errors import ContextError
 from ctxrl.plugins import get_host
@@ -499,7 +500,7 @@ class TwinChecks:
         checkpoint = tmp_path / "ckpt"
         with pytest.raises(Killed):
             train(checkpoint=checkpoint, checkpoint_every=1, progress=kill_midway)
-        assert checkpoint.with_suffix(".safetensors").is_file()
+        assert artifact_file(checkpoint).is_file()
         algorithm, resumed = train(checkpoint=checkpoint, checkpoint_every=1)
         for name, tensor in reference.params.items():
             assert bool(torch.isfinite(tensor).all()), name

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctxrl.artifacts import load_artifact, save_artifact
+from ctxrl.artifacts import artifact_file, load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import CheckpointError, CtxrlError
 from ctxrl.interventions import Intervention
@@ -265,7 +265,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
             else [dict(c) for c in curves.contexts]
         )
         start = 0
-        if checkpoint is not None and checkpoint.with_suffix(".safetensors").exists():
+        if checkpoint is not None and artifact_file(checkpoint).exists():
             start, log = self._restore(checkpoint, run, state, interventions, log)
         policies = self.make_policies(
             params, env, contexts, seeds, twin, {r: net.spec for r, net in networks.items()}

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import yaml
 
-from ctxrl.artifacts import remove_artifact, write_text_atomic
+from ctxrl.artifacts import artifact_file, remove_artifact, write_text_atomic
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import Intervention
 from ctxrl.options import check_device
@@ -312,7 +312,7 @@ class StudyRunner:
         from ctxrl.artifacts import load_artifact
 
         path = self._file(program)
-        if not path.with_suffix(".safetensors").is_file():
+        if not artifact_file(path).is_file():
             return None
         tensors, meta = load_artifact(path)
 

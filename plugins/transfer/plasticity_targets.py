@@ -57,7 +57,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ctxrl.artifacts import remove_artifact
+from ctxrl.artifacts import artifact_file, remove_artifact
 from ctxrl.errors import CheckpointError, ConfigError, CtxrlError
 from ctxrl.interventions import Intervention
 from ctxrl.options import check_device
@@ -243,7 +243,7 @@ def train_program(
     metrics: dict[str, list[Any]] = {}
     identity = _program_identity(task, program, dormant_tau, where.type)
     start = 0
-    if checkpoint is not None and checkpoint.with_suffix(".safetensors").is_file():
+    if checkpoint is not None and artifact_file(checkpoint).is_file():
         start = _restore(checkpoint, identity, run, generators, errors, metrics)
     for index in range(start, task.tasks):
         targets = torch.stack(
@@ -501,7 +501,7 @@ def _load(run_dir: Path, program: Program) -> TargetsResult | None:
     from ctxrl.artifacts import load_artifact
 
     path = _file(run_dir, program)
-    if not path.with_suffix(".safetensors").is_file():
+    if not artifact_file(path).is_file():
         return None
     tensors, meta = load_artifact(path)
     return TargetsResult(
