@@ -90,6 +90,29 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         ("sb3-ppo", {"policy_kwargs": {"activation_fn": "relux"}}, "'relux' is not a torch.nn"),
         ("sb3-dqn", {"train_freq": [1, "episodes"]}, r"train_freq must be a count or \[count"),
         ("sb3-ppo", {"ent_coef": "lin_0.01"}, "SB3 takes a schedule for learning_rate, clip"),
+        # failed inside every run (SB3's asserts, a modulo by zero after learning_starts), or
+        # named the wrong key (NaN became null in plan.yaml: "learning rate schedule ... None")
+        ("sb3-sac", {"ent_coef": "bogus"}, "ent_coef must be a number >= 0, auto or auto_<"),
+        ("sb3-td3", {"policy_delay": 0}, "sb3-td3: policy_delay must be >= 1, got 0"),
+        ("sb3-ppo", {"batch_size": 1}, "sb3-ppo: batch_size must be >= 2"),
+        ("sb3-ppo", {"n_steps": 1, "n_envs": 1}, "n_steps x n_envs must be >= 2, got 1"),
+        ("sb3-ppo", {"clip_range": float("nan")}, "clip_range must be a finite number > 0"),
+        ("sb3-sac", {"learning_starts": float("nan")}, "learning_starts must be a finite number"),
+        ("sb3-ppo", {"policy_kwargs": {"net_arch": "abc"}}, "net_arch must be a list of layer"),
+        ("sb3-ppo", {"policy_kwargs": {"net_arch": [-4, 3]}}, r"net_arch\[0\] must be >= 1"),
+        ("sb3-ppo", {"policy_kwargs": {"net_arch": {"pi": [8], "q": [8]}}}, "not pi, vf or qf"),
+        # taken silently: sources that never learned entered the matrix as trained
+        ("sb3-sac", {"tau": 2.0}, r"tau must be a number in \(0, 1\], got 2.0"),
+        ("sb3-sac", {"gradient_steps": 0}, r"gradient_steps \(-1 or a count\) must be >= 1"),
+        ("sb3-sac", {"ent_coef": -1}, "ent_coef must be a finite number >= 0, got -1"),
+        ("sb3-sac", {"learning_starts": -5}, "learning_starts must be >= 0, got -5"),
+        ("sb3-sac", {"use_sde": "yes"}, "use_sde must be true or false, got 'yes'"),
+        ("sb3-sac", {"target_entropy": "low"}, "target_entropy must be auto or a number"),
+        ("sb3-td3", {"target_policy_noise": -1}, "target_policy_noise must be a finite number >="),
+        ("sb3-ppo", {"target_kl": -1}, "target_kl must be a finite number > 0, got -1"),
+        ("sb3-ppo", {"vf_coef": -1}, "vf_coef must be a finite number >= 0, got -1"),
+        ("sb3-ppo", {"sde_sample_freq": 0}, "sde_sample_freq"),
+        ("sb3-dqn", {"exploration_final_eps": 1.5}, "exploration_final_eps must be a number in"),
     ],
 )
 def test_hyperparameter_values_are_checked_before_any_run(
@@ -99,6 +122,21 @@ def test_hyperparameter_values_are_checked_before_any_run(
     ignores (noise_std without noise_type: TD3 without exploration noise)."""
     with pytest.raises(ConfigError, match=message):
         get_host().registry.algorithm(algorithm).factory(params, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "params"),
+    [
+        ("sb3-sac", {"ent_coef": "auto"}),
+        ("sb3-sac", {"ent_coef": "auto_0.1", "target_entropy": -2}),
+        ("sb3-dqn", {"gradient_steps": -1, "learning_starts": 0}),
+        ("sb3-ppo", {"use_sde": True, "sde_sample_freq": -1, "target_kl": None}),
+        ("sb3-ppo", {"clip_range": "lin_0.2", "clip_range_vf": None}),
+        ("sb3-ppo", {"policy_kwargs": {"net_arch": {"pi": [64], "vf": [64]}}}),
+    ],
+)
+def test_the_values_sb3_documents_are_taken(algorithm: str, params: dict[str, object]) -> None:
+    get_host().registry.algorithm(algorithm).factory(params, device="cpu")
 
 
 def test_an_off_policy_run_that_could_never_learn_is_refused() -> None:

@@ -13,6 +13,7 @@ SAC: ``normal`` or ``ornstein-uhlenbeck``). Schedules are written ``lin_<initial
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from ctxrl import hookimpl
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, PluginUnavailable
-from ctxrl.options import check_device, check_device_name, count_option, number_option
+from ctxrl.options import (
+    check_device,
+    check_device_name,
+    count_option,
+    flag_option,
+    number_option,
+)
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
@@ -173,10 +180,55 @@ def _schedule(value: Any) -> Any:
 
 SCHEDULED_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 """The hyperparameters SB3 takes as a schedule (``lin_<initial>``)."""
-COUNT_KEYS = ("n_steps", "batch_size", "n_epochs", "buffer_size")
+COUNT_KEYS = (
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "buffer_size",
+    "target_update_interval",
+    "policy_delay",
+    "stats_window_size",
+)
 """Hyperparameters that count something (at least 1), checked before any run."""
-FRACTION_KEYS = ("gamma", "gae_lambda")
+FRACTION_KEYS = (
+    "gamma",
+    "gae_lambda",
+    "exploration_fraction",
+    "exploration_initial_eps",
+    "exploration_final_eps",
+)
 """Hyperparameters in [0, 1], checked before any run."""
+POSITIVE_KEYS = ("clip_range", "clip_range_vf", "max_grad_norm", "target_kl", "rms_prop_eps")
+"""Hyperparameters that are finite numbers > 0 (or None where SB3's default is None)."""
+NON_NEGATIVE_KEYS = ("vf_coef", "target_policy_noise", "target_noise_clip")
+"""Hyperparameters that are finite numbers >= 0."""
+EVERY_STEP_KEYS = ("gradient_steps", "sde_sample_freq")
+"""Counts where SB3 reads -1 as "as many as env steps" / "only at the rollout's start"; 0
+would mean never (no gradient step: sources in the matrix that never learned)."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_net_arch(value: Any, where: str) -> None:
+    """A list of hidden widths (each >= 1), or a mapping of ``pi`` / ``vf`` / ``qf`` to one
+    (separate actor and critic networks)."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"pi", "vf", "qf"})
+        if unknown:
+            raise ConfigError(f"{where}: keys {unknown} are not pi, vf or qf")
+        for key, widths in value.items():
+            _check_net_arch(widths, f"{where}.{key}")
+        return
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where} must be a list of layer widths, got {value!r}")
+    for index, width in enumerate(value):
+        count_option(width, f"{where}[{index}]")
 
 
 def _activation(value: Any, where: str) -> Any:
@@ -251,12 +303,14 @@ class SB3Algorithm:
                         f"{where}: {key} {value!r}: expected a number or lin_<number>"
                     ) from None
                 number_option(initial, f"{where}: {key} {value!r}")
-        rate = params.get("learning_rate")
-        if rate is not None and not (isinstance(rate, str) and rate.startswith("lin_")):
-            number_option(rate, f"{where}: learning_rate")
+        for key in ("learning_rate", "clip_range", "clip_range_vf"):  # numbers or schedules
+            value = params.get(key)
+            if value is not None and not (isinstance(value, str) and value.startswith("lin_")):
+                number_option(value, f"{where}: {key}")
         for key in COUNT_KEYS:
             if key in params:
                 count_option(params[key], f"{where}: {key}")
+        self._check_numbers(params, allowed, where)
         for key in FRACTION_KEYS:
             value = params.get(key)
             if value is not None and not (
@@ -279,6 +333,72 @@ class SB3Algorithm:
             if "noise_std" in params:
                 number_option(params["noise_std"], f"{where}: noise_std")
 
+    def _check_numbers(self, params: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        """Ranges SB3 asserts only when a run builds its model (``batch_size: 1``,
+        ``policy_delay: 0``) or does not check at all (``tau: 2``, ``gradient_steps: 0``, NaN,
+        a string for a flag); a flag or number of SB3's signature must be one."""
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(self.cls.__init__).parameters.items()
+        }
+        for key, value in params.items():
+            default = defaults.get(key, inspect.Parameter.empty)
+            if isinstance(default, bool):
+                flag_option(value, f"{where}: {key}")
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+        for key in POSITIVE_KEYS:
+            if params.get(key) is not None and not isinstance(params[key], str):
+                number_option(params[key], f"{where}: {key}")
+        for key in NON_NEGATIVE_KEYS:
+            if key in params:
+                number_option(params[key], f"{where}: {key}", positive=False)
+        for key in EVERY_STEP_KEYS:
+            if key in params and params[key] != -1:
+                count_option(params[key], f"{where}: {key} (-1 or a count)")
+        if "learning_starts" in params:
+            count_option(params["learning_starts"], f"{where}: learning_starts", minimum=0)
+        tau = params.get("tau")
+        if tau is not None and not (
+            isinstance(tau, int | float) and not isinstance(tau, bool) and 0 < tau <= 1
+        ):
+            raise ConfigError(f"{where}: tau must be a number in (0, 1], got {tau!r}")
+        if self.algo == "ppo" and "batch_size" in params and params["batch_size"] < 2:
+            raise ConfigError(
+                f"{where}: batch_size must be >= 2 (a minibatch's advantages are "
+                f"normalised), got {params['batch_size']!r}"
+            )
+        if self.algo == "ppo":
+            steps = params.get("n_steps", defaults["n_steps"]) * params.get("n_envs", 1)
+            if steps < 2:
+                raise ConfigError(f"{where}: n_steps x n_envs must be >= 2, got {steps}")
+        self._check_entropy(params, where)
+
+    def _check_entropy(self, params: Mapping[str, Any], where: str) -> None:
+        """SAC's ``ent_coef`` (a number >= 0, ``auto`` or ``auto_<initial>``) and
+        ``target_entropy`` (``auto`` or a number); elsewhere ``ent_coef`` is a number >= 0."""
+        value = params.get("ent_coef")
+        if value is not None:
+            if isinstance(value, str) and self.algo == "sac":
+                initial = value.removeprefix("auto").removeprefix("_")
+                if not value.startswith("auto") or (initial and not _is_number(initial)):
+                    raise ConfigError(
+                        f"{where}: ent_coef must be a number >= 0, auto or auto_<initial>, "
+                        f"got {value!r}"
+                    )
+                if initial:
+                    number_option(float(initial), f"{where}: ent_coef {value!r}")
+            else:
+                number_option(value, f"{where}: ent_coef", positive=False)
+        target = params.get("target_entropy")
+        if target is not None and target != "auto":
+            if isinstance(target, bool) or not isinstance(target, int | float):
+                raise ConfigError(
+                    f"{where}: target_entropy must be auto or a number, got {target!r}"
+                )
+            if not math.isfinite(target):
+                raise ConfigError(f"{where}: target_entropy must be finite, got {target!r}")
+
     def _check_policy_kwargs(self, params: Mapping[str, Any], where: str) -> None:
         """``policy_kwargs``: a mapping of the policy class's keyword arguments (an unknown
         one failed inside every run), ``activation_fn`` a torch.nn class name."""
@@ -300,6 +420,8 @@ class SB3Algorithm:
                 )
         if "activation_fn" in kwargs:
             _activation(kwargs["activation_fn"], f"{where}: policy_kwargs")
+        if "net_arch" in kwargs:
+            _check_net_arch(kwargs["net_arch"], f"{where}: policy_kwargs.net_arch")
 
     @staticmethod
     def _check_train_freq(value: Any, where: str) -> None:
