@@ -345,9 +345,9 @@ def load_trials(
     registry: Registry,
 ) -> tuple[list[Path], np.ndarray, ContextCoordinates, tuple[float, float]]:
     """What ``ctxrl select --matrix`` reads: raw trial matrices ``(T, N, N)`` from matrix
-    files, folders of them or one run directory (its seed-mean matrix, one trial), the files
-    read, the contexts' coordinates and the normalisation bounds (``bounds``, else the env's,
-    else a ``contexts.json``'s)."""
+    files, folders of them or one run directory (each seed's matrix a trial, named as its
+    exports name them), the files read, the contexts' coordinates and the normalisation
+    bounds (``bounds``, else the env's, else a ``contexts.json``'s)."""
     from ctxrl.run_dirs import PLAN_FILE
 
     runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
@@ -364,15 +364,21 @@ def load_trials(
 
         plan = load_plan(runs[0], registry)
         with open_store(runs[0]) as store:
-            raw = sweep_matrix(plan, store).mean()
+            per_seed = np.moveaxis(sweep_matrix(plan, store).values, 2, 0)  # (seeds, N, N)
+        # each seed's matrix a trial, as the sweep's summary scores them (and as its exports'
+        # matrix_seed*.csv are read): a seed-mean matrix, clipped after averaging, gave
+        # other Independent and Oracle values than the summary of the same run
+        named = [runs[0] / "exports" / f"matrix_seed{seed}.csv" for seed in plan.config.seeds]
         shape = plan.grid.shape
         located = ContextCoordinates(
             plan.grid.grid_coords(), f"{runs[0]}: {', '.join(plan.grid.features)}", shape
         )
         if contexts is not None or grid is not None:
-            coords, _ = resolve_coordinates(len(raw), contexts=contexts, grid=grid, beside=None)
+            coords, _ = resolve_coordinates(
+                per_seed.shape[1], contexts=contexts, grid=grid, beside=None
+            )
             located = coords
-        return [runs[0]], raw[None], located, bounds or plan.env.return_bounds
+        return named, per_seed, located, bounds or plan.env.return_bounds
     files = [f for p in paths for f in matrix_files(p)]
     seen: dict[Path, Path] = {}
     for file in files:  # a trial counted twice would narrow every interval

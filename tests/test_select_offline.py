@@ -553,3 +553,36 @@ def test_synth_refuses_what_it_would_write_twice_or_into_no_folder(tmp_path: Pat
     nowhere = _cli("synth", "--out", "", "--trials", "1")
     assert nowhere.exit_code == 2 and "--out: name the folder" in nowhere.stderr
     assert not out.exists()
+
+
+def test_a_run_directory_of_several_seeds_is_replayed_as_its_summary_scores_it(
+    tmp_path: Path,
+) -> None:
+    """A run directory was replayed as its seed-mean matrix, clipped after averaging, where
+    the sweep's summary scores each seed's matrix: Independent and Oracle differed (0.33
+    against 0.43 on a reviewer's MountainCarContinuous sweep). Its seeds are now the trials,
+    as its exports' matrix_seed*.csv are read."""
+    config = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.3, 1.0, 2.5]}},
+        "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+        "train_steps": 512,
+        "eval_episodes": 2,
+        "seeds": [0, 1],
+        "compare": ["random"],
+        "output_dir": str(tmp_path),
+    }
+    run_dir = run_sweep(resolve_plan(validate_config(config), get_host().registry)).run_dir
+    args = ["--strategy", "greedy", "--strategy", "random", "-k", "2", "--json"]
+    from_run = _json(_cli("select", "--matrix", str(run_dir), *args))
+    from_exports = _json(_cli("select", "--matrix", str(run_dir / "exports"), *args))
+    assert from_run["trials"] == 2
+    for key in ("independent", "oracle_transfer"):
+        assert from_run[key] == pytest.approx(from_exports[key]), key
+    for strategy in ("greedy", "random"):
+        assert from_run["strategies"][strategy]["mean"] == pytest.approx(
+            from_exports["strategies"][strategy]["mean"]
+        )
+    summary = json.loads((run_dir / "exports" / "summary.json").read_text())
+    for key in ("independent", "oracle_transfer"):  # the summary's per-seed estimates
+        assert from_run[key] == pytest.approx(summary[f"{key}_seeds"]["mean"]), key
