@@ -108,16 +108,41 @@ def trace_of(strategy: object) -> dict[str, Any]:
     return safe if isinstance(safe, dict) else {"trace": safe}
 
 
+NORMALISED_TOLERANCE = 1e-9
+"""How far outside [0, 1] a normalised entry or unit-cube coordinate may lie (rounding)."""
+
+
+def check_normalised(matrix: np.ndarray, what: str = "the matrix") -> None:
+    """A :class:`CtxrlError` unless every entry of ``matrix`` is normalised performance in
+    [0, 1] or NaN (unobserved): raw returns gave G in the hundreds, or 0 everywhere for
+    negative ones, and GP strategies whose noise floors assume [0, 1] chose otherwise."""
+    values = np.asarray(matrix, dtype=np.float64)
+    seen = values[~np.isnan(values)]
+    if seen.size and (
+        not np.isfinite(seen).all()
+        or seen.min() < -NORMALISED_TOLERANCE
+        or seen.max() > 1 + NORMALISED_TOLERANCE
+    ):
+        raise CtxrlError(
+            f"{what} must hold normalised performance in [0, 1] (NaN: unobserved), got values "
+            f"from {seen.min():g} to {seen.max():g}: normalise raw returns first, (R - lower) "
+            "/ (upper - lower) clipped to [0, 1] (TransferMatrix.normalised; ctxrl select "
+            "--env or --bounds)"
+        )
+
+
 def generalized_performance(matrix: np.ndarray, order: Sequence[int]) -> np.ndarray:
     """``G_k`` for ``k = 1..len(order)``: ``mean_j max_{l<=k} M[order[l], j]``.
 
     Args:
-        matrix: normalised ``(N, N)`` matrix; NaN counts as 0 (an unobserved transfer).
+        matrix: normalised ``(N, N)`` matrix in [0, 1] (checked); NaN counts as 0 (an
+            unobserved transfer).
         order: source indices in the order they were chosen.
 
     Returns:
         float array of shape ``(len(order),)``.
     """
+    check_normalised(matrix)
     m = np.nan_to_num(np.asarray(matrix, dtype=np.float64), nan=0.0)
     best = np.zeros(m.shape[1])
     out = np.empty(len(order))
@@ -149,10 +174,27 @@ def _initial_state(
     n = matrix.shape[0]
     if matrix.shape != (n, n):
         raise CtxrlError(f"selection needs a square matrix, got shape {matrix.shape}")
+    check_normalised(matrix)
     if not 1 <= budget <= n:
         raise CtxrlError(f"budget K = {budget} must be between 1 and N = {n}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CtxrlError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    points = np.asarray(coords, dtype=np.float64)
+    if points.ndim not in (1, 2) or points.shape[0] != n:
+        raise CtxrlError(
+            f"coords must be the {n} contexts' unit-cube coordinates, (N, d), got shape "
+            f"{points.shape}"
+        )
+    if not np.isfinite(points).all() or not (
+        points.min() >= -NORMALISED_TOLERANCE and points.max() <= 1 + NORMALISED_TOLERANCE
+    ):
+        raise CtxrlError(
+            f"coords must lie in the unit cube [0, 1]^d, got values from {points.min():g} to "
+            f"{points.max():g} (ContextSpace.to_unit maps contexts there; strategies' "
+            "lengthscales and distances assume it)"
+        )
     return SelectionState(
-        coords=np.asarray(coords, dtype=np.float64).reshape(n, -1),
+        coords=points.reshape(n, -1),
         budget=budget,
         rng=np.random.default_rng(seed),
         full_matrix=matrix if full_knowledge else None,

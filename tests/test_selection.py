@@ -116,6 +116,29 @@ def test_budget_outside_range_is_named() -> None:
         replay(_strategy("random"), M, COORDS5, 6)
 
 
+def test_raw_returns_and_coordinates_outside_the_unit_cube_are_refused() -> None:
+    """Raw returns (Pendulum's, negative: G was 0 everywhere; CartPole's: G in the hundreds,
+    and MBTL-GP chose otherwise, its noise floors assuming [0, 1]) and coordinates outside
+    the unit cube were taken without a word."""
+    raw = np.array([[-200.0, -600.0], [-700.0, -150.0]])
+    with pytest.raises(CtxrlError, match=r"normalised performance in \[0, 1\].*from -700 to"):
+        generalized_performance(raw, [0, 1])
+    x = np.linspace(0, 1, 6)
+    matrix = np.clip(0.9 - 1.5 * np.abs(x[:, None] - x[None, :]), 0, 1)
+    strategy = get_host().registry.strategy("mbtl-gp").factory
+    with pytest.raises(CtxrlError, match="normalise raw returns first"):
+        replay(strategy(), matrix * 500, x[:, None], 2)
+    with pytest.raises(CtxrlError, match=r"coords must lie in the unit cube .* from 0 to 10"):
+        replay(strategy(), matrix, x[:, None] * 10, 2)
+    with pytest.raises(CtxrlError, match=r"coords must be the 6 contexts' .* shape \(5, 1\)"):
+        replay(strategy(), matrix, x[:5, None], 2)
+    with pytest.raises(CtxrlError, match="batch_size must be a whole number >= 1, got 0"):
+        replay(strategy(), matrix, x[:, None], 2, batch_size=0)
+    unobserved = matrix.copy()
+    unobserved[0, 1] = np.nan  # NaN is an unobserved entry, counted as 0
+    assert generalized_performance(unobserved, [0]).shape == (1,)
+
+
 def test_one_dimensional_strategies_reject_grids_of_two_features() -> None:
     coords = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
     message = "'greedy' works on one varied feature; this grid varies 2"
