@@ -163,6 +163,35 @@ class Evaluation:
     deterministic: bool = True
 
 
+
+def _check_matrix_request(
+    env: str,
+    rows: Sequence[tuple[str, int, str, float]],
+    sources: Sequence[Context],
+    targets: Sequence[Context],
+    seeds: Sequence[int],
+) -> None:
+    """Refuse what can match no stored entry (see :meth:`Store.matrix`); nothing stored yet
+    matches nothing, rightly."""
+    if not rows:
+        return
+    stored = {frozenset(json.loads(text)) for row in rows for text in (row[0], row[2])}
+    for name, contexts in (("sources", sources), ("targets", targets)):
+        for index, context in enumerate(contexts):
+            if frozenset(context) not in stored:
+                names = sorted(frozenset().union(*stored))
+                raise CtxrlError(
+                    f"{name}[{index}] {dict(context)} names the features {sorted(context)}, "
+                    f"but the store's {env} contexts name {names}: give whole contexts "
+                    "(EnvSpec.context_space.validate fills in the defaults)"
+                )
+    held = {int(row[1]) for row in rows}
+    if seeds and not held & {int(s) for s in seeds}:
+        raise CtxrlError(
+            f"seeds {list(seeds)}: the store holds finished {env} runs of seeds "
+            f"{sorted(held)} only"
+        )
+
 class Store:
     """A results store at ``path``: created if missing, or with ``readonly=True`` opened for
     reading only (it must exist; nothing is created or written, so a read-only run directory
@@ -436,7 +465,11 @@ class Store:
         kind: str = "source",
         deterministic: bool = True,
     ) -> TransferMatrix:
-        """The transfer matrix of finished runs: mean episode return per (source, target, seed)."""
+        """The transfer matrix of finished runs: mean episode return per (source, target, seed),
+        ``(len(sources), len(targets), len(seeds))``, NaN where a run or evaluation is missing.
+        Contexts are matched whole: one that names other features than the stored ones (a
+        partial context, matching nothing) and seeds none of which the store holds are a
+        :class:`CtxrlError` naming them, not a matrix of NaN."""
         source_index = {c.canonical(): i for i, c in enumerate(sources)}
         target_index = {c.canonical(): j for j, c in enumerate(targets)}
         seed_index = {s: k for k, s in enumerate(seeds)}
@@ -447,7 +480,8 @@ class Store:
             "WHERE r.status = 'finished' AND r.env = ? AND r.kind = ? AND e.deterministic = ? "
             "GROUP BY r.run_id, e.target_task",
             (env, kind, int(deterministic)),
-        )
+        ).fetchall()
+        _check_matrix_request(env, rows, sources, targets, seeds)
         for source_text, seed, target_text, mean_return in rows:
             i = source_index.get(context_from_json(source_text).canonical())
             j = target_index.get(context_from_json(target_text).canonical())

@@ -77,6 +77,25 @@ def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
         assert len((tmp_path / "exports" / "evaluations.csv").read_text().splitlines()) == 1 + 12
 
 
+def test_a_matrix_of_contexts_or_seeds_the_store_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """Contexts are matched whole: a partial one (``{length: 0.25}`` for a full CartPole
+    context) or seeds the store does not hold gave a matrix of NaN without a word."""
+    with Store(tmp_path / "store.sqlite") as store:
+        empty = store.matrix(env="CartPole", sources=TARGETS, targets=TARGETS, seeds=[0])
+        assert np.isnan(empty.values).all()  # nothing finished yet: nothing to match, rightly
+        store.record_run(_run(1), _evaluations(100.0))
+        partial = [Context({"length": 0.5})]
+        with pytest.raises(CtxrlError, match=r"sources\[0\] \{'length': 0.5\} names the feat"):
+            store.matrix(env="CartPole", sources=partial, targets=TARGETS, seeds=[0])
+        with pytest.raises(CtxrlError, match=r"targets\[0\] .* contexts name \['masscart'\]"):
+            store.matrix(env="CartPole", sources=TARGETS, targets=partial, seeds=[0])
+        with pytest.raises(CtxrlError, match=r"seeds \[3, 4\]: the store holds .* seeds \[0\]"):
+            store.matrix(env="CartPole", sources=TARGETS, targets=TARGETS, seeds=[3, 4])
+        # a seed the store holds beside one it does not: the missing one is NaN, as before
+        both = store.matrix(env="CartPole", sources=TARGETS, targets=TARGETS, seeds=[0, 3])
+        assert np.isfinite(both.values[1, :, 0]).all() and np.isnan(both.values[:, :, 1]).all()
+
+
 def test_atomic_stores_all_or_nothing_and_a_failed_write_inside_alone(tmp_path: Path) -> None:
     """``Store.atomic``: what is written inside is committed together; an error escaping it
     (a kill) leaves none of it; a write that fails inside (a nested transaction) is undone
