@@ -12,7 +12,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -257,6 +257,8 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         _check_job_gpus(config)
     if config.env_options:
         env = _with_options(env, config.env_options, grid, algorithm.batched)
+    if config.return_bounds is not None:  # every normalisation of the run reads the env's
+        env = replace(env, return_bounds=config.return_bounds)
     if training:
         built = _check_hyperparameters(config, algorithm, env)
         _check_interventions_fit(config, registry, built, env)

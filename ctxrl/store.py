@@ -163,7 +163,6 @@ class Evaluation:
     deterministic: bool = True
 
 
-
 def _check_matrix_request(
     env: str,
     rows: Sequence[tuple[str, int, str, float]],
@@ -188,9 +187,9 @@ def _check_matrix_request(
     held = {int(row[1]) for row in rows}
     if seeds and not held & {int(s) for s in seeds}:
         raise CtxrlError(
-            f"seeds {list(seeds)}: the store holds finished {env} runs of seeds "
-            f"{sorted(held)} only"
+            f"seeds {list(seeds)}: the store holds finished {env} runs of seeds {sorted(held)} only"
         )
+
 
 class Store:
     """A results store at ``path``: created if missing, or with ``readonly=True`` opened for

@@ -42,8 +42,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     clipped = summary.get("clipped", 0)
     if clipped:
         lines += [
-            f"{clipped} matrix entries lie outside the env's return bounds and count as 0 or 1 "
-            "(normalised and clipped); wider bounds in the env's spec would keep them apart.",
+            f"{clipped} matrix entries lie outside the return bounds and count as 0 or 1 "
+            "(normalised and clipped); wider bounds would keep them apart: `return_bounds: "
+            "[lower, upper]` in the sweep's config (a full zero-shot or fine-tune sweep is "
+            "reported anew without training), or `ctxrl select --bounds` offline.",
             "",
         ]
     missing = summary.get("missing_seeds", [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -202,6 +203,12 @@ class SweepConfig(_Strict):
         default_factory=lambda: ["random", "equidistant", "greedy", "sequential-oracle"],
         description="strategies replayed offline on a full matrix for the report",
     )
+    return_bounds: tuple[float, float] | None = Field(
+        default=None,
+        description="episode returns mapped to 0 and 1 when normalising performance, in place "
+        "of the env's (`ctxrl envs`): wider where trained policies score beyond them and are "
+        "clipped alike",
+    )
     device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Field(default=Path("runs"), description="parent of the run directory")
@@ -216,6 +223,15 @@ class SweepConfig(_Strict):
     def _some_features(cls, value: dict[str, AxisConfig]) -> dict[str, AxisConfig]:
         if not value:
             raise ValueError("name at least one varied feature")
+        return value
+
+    @field_validator("return_bounds")
+    @classmethod
+    def _ordered_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (
+            math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] < value[1]
+        ):
+            raise ValueError(f"need finite lower < upper, got {list(value)}")
         return value
 
     @field_validator("seeds")
@@ -242,6 +258,8 @@ class SweepConfig(_Strict):
         exclude = {"output_dir", "executor", "compare"}
         if self.mode != "select":
             exclude.add("strategy")
+        if self.return_bounds is None or not self.normalises_in_training():
+            exclude.add("return_bounds")  # the report's alone: a rerun reports anew
         data = self.model_dump(mode="json", exclude=exclude)
         # fields added later leave the hash of a plan that does not use them unchanged, so
         # run directories of earlier sweeps still resume
@@ -255,6 +273,12 @@ class SweepConfig(_Strict):
         if isinstance(visible, str):  # one name, as the envs read it: a list of one
             data["env_options"] = {**data["env_options"], "visible": [visible]}
         return data
+
+    def normalises_in_training(self) -> bool:
+        """Whether normalised returns decide what trains: ``mode: select`` (the strategy
+        chooses from them) or a transfer method other than ``zero-shot`` and ``fine-tune``
+        (``distill`` weighs its teachers by them; a third-party method may)."""
+        return self.mode == "select" or self.transfer.name not in ("zero-shot", "fine-tune")
 
     def plan_hash(self) -> str:
         text = json.dumps(self.plan_data(), sort_keys=True, separators=(",", ":"))

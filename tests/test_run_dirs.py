@@ -117,6 +117,38 @@ def test_fixing_the_strategy_of_a_full_run_keeps_its_runs(tmp_path: Path) -> Non
     assert stored["plan_hash"] == _plan(tmp_path).plan_hash
 
 
+def test_return_bounds_of_a_sweep_renormalise_its_report_without_training(
+    tmp_path: Path,
+) -> None:
+    """An env's return bounds clipped trained policies alike (Pendulum's upper -500 against
+    SAC's -150 to -200) and a sweep could not change them. ``return_bounds`` does, in the
+    report alone for a full zero-shot sweep (same run directory, nothing trained), in the
+    plan hash where normalised returns decide what trains (``mode: select``, ``distill``)."""
+    first = _sweep(tmp_path)
+    runs = json.loads((first.run_dir / "exports" / "summary.json").read_text())
+    assert runs["independent"] > 0
+    printed = io.StringIO()
+    plan = _plan(tmp_path, return_bounds=[0.0, 1.0])
+    assert plan.env.return_bounds == (0.0, 1.0)
+    again = run_sweep(plan, console=Console(file=printed, width=200))
+    assert again.run_dir == first.run_dir and again.trained == 0
+    assert "return_bounds changed since the last run" in printed.getvalue()
+    exports = again.run_dir / "exports"
+    assert json.loads((exports / "contexts.json").read_text())["return_bounds"] == [0.0, 1.0]
+    summary = json.loads((exports / "summary.json").read_text())
+    assert summary["clipped"] == 4 and summary["independent"] == 1.0  # every return above 1
+    # `ctxrl report` and `ctxrl select` read the bounds from plan.yaml
+    reported = _cli("report", str(again.run_dir))
+    assert reported.exit_code == 0, reported.output
+    assert json.loads((exports / "summary.json").read_text())["clipped"] == 4
+    for changes in (
+        {"mode": "select", "strategy": {"name": "greedy", "budget": 1}},
+        {"transfer": {"name": "distill"}},
+    ):
+        bounded = validate_config({**BASE, **changes, "return_bounds": [0.0, 1.0]})
+        assert bounded.plan_hash() != validate_config({**BASE, **changes}).plan_hash(), changes
+
+
 def test_a_run_directory_named_by_an_earlier_hash_is_continued(tmp_path: Path) -> None:
     """Full-mode run directories written before the strategy left the hash are named by the
     hash of then: a rerun finds and continues them."""
