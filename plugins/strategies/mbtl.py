@@ -454,6 +454,8 @@ class MBTLStrategy:
             best = modelled if self.best_kind == "model" else np.maximum(best, modelled)
         if self.best_kind == "model":  # the expected rise of the true G: no entry noise
             entry_noise = 0.0
+        for index in proposal:  # chosen in this batch already (the middle): its predicted row
+            best = np.maximum(best, np.clip(rows_mean[index], 0.0, 1.0))  # counts, as below
         picks: list[dict[str, Any]] = []
         self._trace.update(
             rule="acquisition",
