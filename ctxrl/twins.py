@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from ctxrl.context import ContextSpace, visible_features
-from ctxrl.errors import ContextError
+from ctxrl.errors import ContextError, CtxrlError
 from ctxrl.rng import StreamRNG
 
 Tensor = torch.Tensor
@@ -172,6 +172,32 @@ def clip_actions(twin: Any, action: Tensor) -> Tensor:
         return action
     low, high = bounds
     return action.clamp(low, high)
+
+
+def check_discrete_actions(twin: Any, action: Tensor) -> None:
+    """A :class:`CtxrlError` naming the twin unless ``action`` holds ``(B,)`` whole numbers in
+    ``[0, discrete_actions)``: gymnasium asserts this, and a twin read action 7 of
+    MountainCar's 3 as a push 6 times the force. Skipped inside a compiled graph (the
+    trainers' own actions come from an argmax over the actions); on a GPU the range is
+    checked asynchronously, without a synchronisation."""
+    n = twin.discrete_actions
+    if n is None or torch.compiler.is_compiling():
+        return
+    if action.is_floating_point() or action.dtype == torch.bool or action.is_complex():
+        raise CtxrlError(f"{twin.name}: discrete actions must be integers, got {action.dtype}")
+    if action.shape != (twin.num_envs,):
+        raise CtxrlError(
+            f"{twin.name}: discrete actions must be ({twin.num_envs},), one per env, got "
+            f"{tuple(action.shape)}"
+        )
+    inside = ((action >= 0) & (action < n)).all()
+    if action.device.type != "cpu":
+        torch._assert_async(inside, f"{twin.name}: discrete actions must be in 0..{n - 1}")
+    elif not bool(inside):
+        bad = action[(action < 0) | (action >= n)]
+        raise CtxrlError(
+            f"{twin.name}: discrete actions must be in 0..{n - 1}, got {bad[:3].tolist()}"
+        )
 
 
 class BatchedEnv:
@@ -430,6 +456,7 @@ class BatchedEnv:
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every env one step; done envs restart at once (see :class:`TorchTwin`)."""
+        check_discrete_actions(self, action)
         next_state, reward, terminated = self._dynamics(self._state, action)
         # new tensors rather than in-place updates of the twin's own (here and in the streams):
         # torch.compile's CUDA graphs skip a function that mutates its inputs

@@ -426,9 +426,9 @@ def test_fine_tuning_keeps_the_sources_networks_and_checks_its_budget(tmp_path: 
     }  # fmt: skip
     text = " ".join(summary_markdown(summary).split())
     assert "N / k = 2.0. It counts source trainings only" in text
-    assert summary["clipped"] == 0 and "outside the env's return bounds" not in text
+    assert summary["clipped"] == 0 and "outside the return bounds" not in text
     summary["clipped"] = 2  # said, not clipped silently (select says it too)
-    assert "2 matrix entries lie outside the env's return bounds" in summary_markdown(summary)
+    assert "2 matrix entries lie outside the return bounds" in summary_markdown(summary)
     overlapping = {"name": "fine-tune", "options": {"steps": 1024, "reinit": "actor.head"}}
     overlapping["options"]["freeze"] = "actor.head"
     with pytest.raises(ConfigError, match=r"actor\.head both re-initialised"):

@@ -13,7 +13,7 @@ import torch
 
 from ctxrl.artifacts import load_artifact, save_artifact
 from ctxrl.context import ContextFeature, ContextSpace
-from ctxrl.errors import ContextError
+from ctxrl.errors import ContextError, CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.twins import BatchedEnv, TorchTwin
 from ctxrl_envs.classic_control_twins import TWINS
@@ -346,3 +346,22 @@ def test_visible_features_are_normalised_on_the_device_as_the_space_does() -> No
         float(np.float32(np.float32(0.3) / 2)),
         1.0,
     ]
+
+
+@pytest.mark.parametrize("name", ["CartPole", "MountainCar", "Acrobot", "Catch"])
+def test_a_twin_refuses_discrete_actions_its_env_does_not_have(name: str) -> None:
+    """Gymnasium asserts a discrete action is one of the env's; the twins took any number
+    (MountainCar's action 7 pushed 6 times the force, CartPole's 5 was left), floats and the
+    wrong shape without a word."""
+    twin = get_host().registry.env(name).make_batched(2, seed=0)
+    twin.reset()
+    n = twin.discrete_actions
+    for action, message in (
+        (torch.tensor([0, n + 4]), rf"{name}: discrete actions must be in 0\.\.{n - 1}, got \["),
+        (torch.tensor([-1, 0]), r"must be in 0\.\.\d, got \[-1\]"),
+        (torch.tensor([0.0, 1.0]), "must be integers, got torch.float32"),
+        (torch.tensor([[0], [1]]), r"must be \(2,\), one per env, got \(2, 1\)"),
+    ):
+        with pytest.raises(CtxrlError, match=message):
+            twin.step(action)
+    twin.step(torch.tensor([0, n - 1]))  # the env's own actions step as before
