@@ -100,6 +100,7 @@ def evaluate_policies(
         dtype=torch.int64,
     )
     twin = env.make_batched(p * per_agent, contexts=ctx, device=device, env_seeds=starts)
+    twin.check_actions = False  # an argmax over the policy's actions: valid, unchecked
     rng = StreamRNG(
         torch.tensor(policies.seeds, dtype=torch.int64, device=device) + 7_777_777 * (int(seed) + 1)
     )

@@ -192,6 +192,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
             device=device,
             env_seeds=env_seeds(seeds, e, self.env_seed_salt),
         )
+        twin.check_actions = False  # an argmax over the policy's actions: valid, unchecked
         twin.set_context_pool(mixture)
         if agent_schedules is not None:
             apply_schedules(twin, agent_schedules, list(range(n)), 0, e)
