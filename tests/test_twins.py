@@ -294,6 +294,23 @@ def test_importing_ctxrl_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_library_functions_are_public_and_imported_when_first_used() -> None:
+    """A library user needed ``ctxrl.plugins.get_host``, ``ctxrl.sweep.run_sweep``,
+    ``ctxrl.summary.sweep_matrix`` (undocumented) and more from private-looking modules: each
+    name of ``ctxrl.__all__`` is there, the heavy ones imported on first use only."""
+    code = (
+        "import sys, ctxrl\n"
+        "before = 'ctxrl.sweep' in sys.modules or 'torch' in sys.modules\n"
+        "names = [n for n in ctxrl.__all__ if getattr(ctxrl, n) is None]\n"
+        "from ctxrl import run_sweep, sweep_matrix, get_host, load_policies\n"
+        "print(before, names, run_sweep.__module__, sweep_matrix.__module__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "[]", "ctxrl.sweep", "ctxrl.summary"]
+
+
 def test_a_twins_constraint_error_gives_the_values_and_where() -> None:
     """As the gymnasium env's: the features, their values and which context (the twins said
     only "need start_position_high <= max_position")."""
