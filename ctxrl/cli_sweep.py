@@ -96,10 +96,14 @@ def sweep(
     cfg = load_config(config, overrides)
     plan = locate_run_dir(resolve_plan(cfg, host.registry))
     check_output_dir(cfg.output_dir)
+    steps = f"{cfg.train_steps} steps per model"
+    if plan.trained_steps is not None and plan.trained_steps != cfg.train_steps:
+        # SB3 finishes the rollout it started (up); the batched trainers whole iterations
+        steps += f" ({plan.trained_steps} trained: the algorithm's whole rollouts)"
     err.print(
         f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
         f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "
-        f"{cfg.train_steps} steps per model, mode {cfg.mode}; run dir {plan.run_dir}"
+        f"{steps}, mode {cfg.mode}; run dir {plan.run_dir}"
     )
     preset = cfg.algorithm.preset
     if preset is not None and preset != plan.env.name and preset in host.registry.names("env"):

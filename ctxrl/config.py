@@ -112,7 +112,9 @@ class SweepPlan:
 
     ``location`` is an existing run directory of the same plan found under another name (one
     named by the plan hash of an earlier ctxrl, see :func:`ctxrl.run_dirs.locate_run_dir`);
-    None means the directory named by ``plan_hash``."""
+    None means the directory named by ``plan_hash``. ``trained_steps`` is what a model of
+    ``train_steps`` trains, as the algorithm counts (whole iterations or rollouts; None where
+    it does not say, or for a plan resolved to read a run directory)."""
 
     config: SweepConfig
     env: EnvSpec
@@ -121,6 +123,7 @@ class SweepPlan:
     grid: ContextGrid
     plan_hash: str
     location: Path | None = None
+    trained_steps: int | None = None
 
     @property
     def run_name(self) -> str:
@@ -259,13 +262,18 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if config.return_bounds is not None:  # every normalisation of the run reads the env's
         env = replace(env, return_bounds=config.return_bounds)
+    trained_steps = None
     if training:
         built = _check_hyperparameters(config, algorithm, env)
         _check_interventions_fit(config, registry, built, env)
         _check_transfer_fits(config, registry, built, env)
+        counted = getattr(built, "trained_steps", None)
+        trained_steps = int(counted(config.train_steps)) if callable(counted) else None
     if config.mode != "select":
         strategy = None
-    return SweepPlan(config, env, algorithm, strategy, grid, config.plan_hash())
+    return SweepPlan(
+        config, env, algorithm, strategy, grid, config.plan_hash(), trained_steps=trained_steps
+    )
 
 
 def merge_params(preset: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
