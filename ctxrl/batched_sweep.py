@@ -28,6 +28,7 @@ from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
 from ctxrl.registry import CurveOptions, Executor
 from ctxrl.runs import (
+    EVALUATION_SEED,
     TRANSFER_DIR,
     SweepSession,
     ensure_failed,
@@ -252,7 +253,7 @@ def train_group(
             seeds,
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
-            eval_seed=10_000,
+            eval_seed=EVALUATION_SEED,
             training_options=_training_options(plan, curves=False),
             checkpoint=transfer_checkpoint(checkpoint),
         )
@@ -457,7 +458,7 @@ def run_multitask(session: SweepSession) -> None:
             bar=_agents(len(seeds), "multi-task"),
         )
         returns = algorithm.evaluate_many(
-            policies, plan.env, mixture, episodes=config.eval_episodes, seed=10_000
+            policies, plan.env, mixture, episodes=config.eval_episodes, seed=EVALUATION_SEED
         )
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]

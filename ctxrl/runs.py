@@ -80,6 +80,11 @@ def run_record(
     )
 
 
+EVALUATION_SEED = 10_000
+"""The seed of every sweep's evaluation episodes (sources on targets, the multi-task agents):
+``algorithm.evaluate_many(policies, env, targets, episodes=..., seed=EVALUATION_SEED)`` on a
+sweep's stored policies gives its stored returns."""
+
 TRANSFER_DIR = "transfer"
 """the run directory's folder of transfer-method records (one JSON file per group or run)"""
 

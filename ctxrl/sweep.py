@@ -43,6 +43,7 @@ from ctxrl.run_dirs import (
     stored_plan_hash,
 )
 from ctxrl.runs import (
+    EVALUATION_SEED,
     TRANSFER_DIR,
     SweepOutcome,
     SweepSession,
@@ -97,7 +98,7 @@ def execute_job(job: dict[str, Any]) -> None:
             [seed],
             [t.context.as_dict() for t in targets],
             episodes=config.eval_episodes,
-            eval_seed=10_000,
+            eval_seed=EVALUATION_SEED,
         )
         returns = transfer_returns(plan, problem, run_dir / TRANSFER_DIR / f"{rid}.json")[0]
         if returns.shape != (len(targets), config.eval_episodes):
