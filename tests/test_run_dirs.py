@@ -1344,3 +1344,24 @@ def test_a_sweep_says_the_steps_it_trained_and_shows_a_transfer_that_trains(
     text = printed.getvalue()
     assert f"trained {len(plan.grid)} agents x 512 steps in " in text
     assert f"fine-tune: {len(plan.grid)} source(s) x {len(plan.grid)} targets" in text
+
+
+def test_a_runs_stored_returns_come_back_from_its_policy_and_the_evaluation_seed(
+    tmp_path: Path,
+) -> None:
+    """The evaluation seed was a number inside the sweep (a reviewer found it by trying):
+    ``EVALUATION_SEED`` with a loaded policy gives the store's returns, as the README says."""
+    from ctxrl import load_policies, open_store, sweep_matrix
+    from ctxrl.runs import EVALUATION_SEED
+
+    outcome = _sweep(tmp_path, eval_episodes=2)
+    plan = _plan(tmp_path, eval_episodes=2)
+    with open_store(outcome.run_dir) as store:
+        stored = sweep_matrix(plan, store).values[:, :, 0]
+    sources = load_policies(outcome.run_dir)
+    targets = [c.as_dict() for c in plan.grid.contexts]
+    for row, policy in enumerate(sources.policies):
+        returns = sources.algorithm.evaluate_many(
+            policy, plan.env, targets, episodes=2, seed=EVALUATION_SEED
+        )
+        np.testing.assert_array_equal(returns[0].mean(axis=-1), stored[row])
