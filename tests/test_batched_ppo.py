@@ -378,3 +378,21 @@ def test_the_cpu_tanh_of_an_agent_does_not_depend_on_its_batch_or_the_threads() 
                 assert torch.allclose(batch, torch.tanh(x), atol=3e-7)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_sampled_actions_need_the_agents_streams_and_observations_their_shape() -> None:
+    """``act(obs, deterministic=False)`` without ``rng`` returned the greedy actions without a
+    word, and observations without the agents' axis failed inside the network."""
+    from ctxrl.errors import CtxrlError
+    from ctxrl.rng import StreamRNG
+
+    registry = get_host().registry
+    algorithm = registry.algorithm("batched-ppo").factory({}, device="cpu")
+    policies = algorithm.train_many(registry.env("CartPole"), [{}], [0], total_steps=512)
+    obs = torch.zeros(1, 3, 4)
+    assert policies.act(obs, True).shape == (1, 3)
+    assert policies.act(obs, False, StreamRNG(torch.tensor([0]))).shape == (1, 3)
+    with pytest.raises(CtxrlError, match=r"sampled actions \(deterministic=False\) need rng"):
+        policies.act(obs, False)
+    with pytest.raises(CtxrlError, match=r"\(1, M, 4\), got \(1, 4\)"):
+        policies.act(torch.zeros(1, 4), True)

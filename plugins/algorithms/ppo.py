@@ -156,13 +156,25 @@ class BatchedPolicies:
         return self.networks["actor"](self.params, obs)
 
     def act(self, obs: Tensor, deterministic: bool, rng: StreamRNG | None = None) -> Tensor:
-        """Actions for observations ``(N, M, obs)``: ``(N, M)`` ints or ``(N, M, dim)``."""
+        """Actions for observations ``(N, M, obs)`` (``N`` agents, ``M`` observations each):
+        ``(N, M)`` ints or ``(N, M, dim)``; sampled ones (``deterministic=False``) need the
+        agents' random streams, ``rng``."""
+        if obs.dim() != 3 or obs.shape[0] != len(self):
+            raise CtxrlError(
+                f"act takes observations (agents, observations per agent, features) = "
+                f"({len(self)}, M, {self.networks['actor'].in_dim}), got {tuple(obs.shape)}"
+            )
         return self.act_from(self.actor(obs), deterministic, rng)
 
     def act_from(self, out: Tensor, deterministic: bool, rng: StreamRNG | None) -> Tensor:
         """Actions from the actor's output ``(N, M, A)`` (logits or means)."""
-        if deterministic or rng is None:
+        if deterministic:
             return out.argmax(dim=-1) if self.discrete else out
+        if rng is None:  # it returned the greedy actions without a word
+            raise CtxrlError(
+                "sampled actions (deterministic=False) need rng: the agents' random streams, "
+                "ctxrl.rng.StreamRNG(seeds)"
+            )
         noise = sampling_noise(rng, 1, out.shape[1] * out.shape[2], self.discrete)[0]
         return self.sample(out, noise.view(out.shape).to(out.dtype))
 

@@ -501,6 +501,9 @@ class BatchedTrainer(TrainerInterface[StateT]):
         seed: int,
         deterministic: bool = True,
     ) -> np.ndarray:
+        """Returns ``(len(tasks), episodes)`` of a policies object of one agent (the
+        :class:`~ctxrl.registry.Algorithm` protocol's shape); of several agents, ``(agents,
+        len(tasks), episodes)``, as :meth:`evaluate_many` gives it."""
         out = self.evaluate_many(
             policy,
             env,

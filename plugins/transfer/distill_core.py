@@ -455,19 +455,23 @@ class StudentEnsemble:
         return {**self.members.metadata(), "ensemble_size": self.size}
 
     def act(self, obs: Tensor, deterministic: bool, rng: Any = None) -> Tensor:
+        """The ensemble's actions for observations ``(G, M, obs)``: its members' mean action,
+        or the argmax of their mean probabilities; sampled ones need ``rng``."""
+        if not deterministic and rng is None:  # they were the greedy actions, silently
+            raise CtxrlError("sampled actions (deterministic=False) need rng: StreamRNG(seeds)")
         g, m, _ = obs.shape
         flat: Tensor = self.members.actor(obs.repeat_interleave(self.size, dim=0))
         out = flat.view(g, self.size, m, -1)  # (G, S, M, A)
         if not self.discrete:
             mean = out.mean(dim=1)
-            if deterministic or rng is None:
+            if deterministic:
                 return mean
             log_std: Tensor = self.members.params["actor.log_std"]
             std = log_std.exp().view(g, self.size, -1).mean(dim=1)
             noise = sampling_noise(rng, 1, m * mean.shape[-1], False)[0].view(mean.shape)
             return mean + std[:, None, :] * noise
         probs = torch.softmax(out, dim=-1).mean(dim=1)  # (G, M, A)
-        if deterministic or rng is None:
+        if deterministic:
             return probs.argmax(dim=-1)
         noise = sampling_noise(rng, 1, m * probs.shape[-1], True)[0].view(probs.shape)
         return (torch.log(probs.clamp_min(1e-30)) + noise).argmax(dim=-1)
