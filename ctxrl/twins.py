@@ -310,10 +310,18 @@ class BatchedEnv:
     def set_context(
         self, values: Mapping[str, float | Tensor], env_ids: Tensor | None = None
     ) -> None:
-        """Validate all ``values`` first, then apply them (to ``env_ids`` only, if given).
+        """Validate all ``values`` first, then apply them (to ``env_ids`` only, if given: env
+        indices, a tensor or a list).
 
         Raises a ContextError naming the env, the feature, the offending value and the range.
         """
+        if env_ids is not None:
+            env_ids = torch.as_tensor(env_ids, dtype=torch.int64, device=self.device).reshape(-1)
+            if bool(((env_ids < 0) | (env_ids >= self.num_envs)).any()):
+                raise ContextError(
+                    f"{self.name}: env_ids must lie in 0..{self.num_envs - 1}, got "
+                    f"{env_ids.tolist()}"
+                )
         count = self.num_envs if env_ids is None else int(env_ids.numel())
         checked: dict[str, Tensor] = {}
         for name, value in values.items():

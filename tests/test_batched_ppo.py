@@ -396,3 +396,29 @@ def test_sampled_actions_need_the_agents_streams_and_observations_their_shape() 
         policies.act(obs, False)
     with pytest.raises(CtxrlError, match=r"\(1, M, 4\), got \(1, 4\)"):
         policies.act(torch.zeros(1, 4), True)
+
+
+def test_library_calls_with_wrong_arguments_name_them() -> None:
+    """Errors a library user met: episodes 0 ("num_envs must be >= 1"), a CartPole policy on
+    Acrobot (a matrix-product error), numpy seeds (numpy's "truth value ... ambiguous") and
+    env_ids as a list (AttributeError 'numel')."""
+    from ctxrl.errors import ContextError, CtxrlError
+
+    registry = get_host().registry
+    cartpole = registry.env("CartPole")
+    algorithm = registry.algorithm("batched-ppo").factory({}, device="cpu")
+    policies = algorithm.train_many(cartpole, [{}, {}], np.array([0, 1]), total_steps=512)
+    assert policies.seeds == [0, 1]
+    with pytest.raises(CtxrlError, match="episodes must be a whole number >= 1, got 0"):
+        algorithm.evaluate_many(policies, cartpole, [{}], episodes=0, seed=0)
+    with pytest.raises(CtxrlError, match="give at least one context"):
+        algorithm.evaluate_many(policies, cartpole, [], episodes=1, seed=0)
+    with pytest.raises(CtxrlError, match="the policies observe 4 features and Acrobot's twin"):
+        algorithm.evaluate_many(policies, registry.env("Acrobot"), [{}], episodes=1, seed=0)
+    with pytest.raises(CtxrlError, match=r"seeds must be whole numbers, got \[0.5\]"):
+        algorithm.train_many(cartpole, [{}], [0.5], total_steps=512)
+    twin = cartpole.make_batched(3, seed=0)
+    twin.set_context({"length": 1.0}, env_ids=[1])
+    assert twin.context["length"].tolist() == [0.5, 1.0, 0.5]
+    with pytest.raises(ContextError, match=r"env_ids must lie in 0\.\.2, got \[5\]"):
+        twin.set_context({"length": 1.0}, env_ids=[5])

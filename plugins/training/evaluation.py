@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ctxrl.context import Task
+from ctxrl.errors import CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl.twins import clip_actions
@@ -78,6 +79,10 @@ def evaluate_policies(
     branch-free step, the returns) runs as one ``torch.compile``-d graph, the same numbers up
     to rounding."""
     assert env.make_batched is not None
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise CtxrlError(f"evaluation: episodes must be a whole number >= 1, got {episodes!r}")
+    if len(contexts) == 0:
+        raise CtxrlError("evaluation: give at least one context to evaluate on")
     p = len(policies)
     lists: list[Sequence[Mapping[str, float]]] = (
         [list(c) for c in contexts]  # type: ignore[arg-type]
@@ -101,6 +106,13 @@ def evaluate_policies(
     )
     twin = env.make_batched(p * per_agent, contexts=ctx, device=device, env_seeds=starts)
     twin.check_actions = False  # an argmax over the policy's actions: valid, unchecked
+    trained_on = policies.metadata().get("obs_dim")
+    if trained_on is not None and int(trained_on) != twin.observation_size:
+        raise CtxrlError(
+            f"evaluation: the policies observe {trained_on} features and {env.name}'s twin "
+            f"gives {twin.observation_size}: policies of another env (or other visible "
+            "features) cannot act here"
+        )
     rng = StreamRNG(
         torch.tensor(policies.seeds, dtype=torch.int64, device=device) + 7_777_777 * (int(seed) + 1)
     )

@@ -179,8 +179,16 @@ class BatchedTrainer(TrainerInterface[StateT]):
         check_device(str(self.device))  # a CUDA device missing here is named before any work
         if env.make_batched is None:
             raise CtxrlError(f"{self.name} needs a torch-batched twin; env {env.name!r} has none")
+        if isinstance(seeds, str) or not all(
+            isinstance(seed, int | np.integer) and not isinstance(seed, bool) for seed in seeds
+        ):
+            raise CtxrlError(f"{self.name}: seeds must be whole numbers, got {seeds!r}")
+        seeds = [int(seed) for seed in seeds]  # a numpy array's truth value is ambiguous
         if len(contexts) != len(seeds) or not seeds:
-            raise CtxrlError(f"{self.name}: give one seed per context (and at least one)")
+            raise CtxrlError(
+                f"{self.name}: give one seed per context (and at least one): {len(contexts)} "
+                f"contexts, {len(seeds)} seeds"
+            )
         self.check_env(env)
         self.check_budget(total_steps)
         device, n, e = self.device, len(seeds), self.num_envs
