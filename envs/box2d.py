@@ -1,4 +1,5 @@
-"""Contextual box2d envs: LunarLander and BipedalWalker (``pip install ctxrl[box2d]``).
+"""Contextual box2d envs: LunarLander (discrete and continuous engines, with gymnasium's
+wind as context features) and BipedalWalker (``pip install ctxrl[box2d]``).
 
 gymnasium's box2d envs read most physical constants (engine power, motor torque, initial
 randomness, frame rate) from module globals. Writing those globals would change every env in the
@@ -69,9 +70,24 @@ LUNAR_LANDER = ContextSpace(
             unit="px",
             description="offset of the main engine below the centre: scales its impulse",
         ),
+        F(
+            "wind_power",
+            0.0,
+            0.0,
+            20.0,
+            description="largest sideways wind force (gymnasium's enable_wind; 0: none)",
+        ),
+        F(
+            "turbulence_power",
+            0.0,
+            0.0,
+            2.0,
+            description="largest turbulent torque (gymnasium's enable_wind; 0: none)",
+        ),
     ],
     owner="LunarLander",
 )
+LUNAR_LANDER_CONTINUOUS = ContextSpace(LUNAR_LANDER.features, owner="LunarLanderContinuous")
 
 BIPEDAL_WALKER = ContextSpace(
     [
@@ -155,12 +171,12 @@ def _private_globals(env: Any, module: types.ModuleType) -> dict[str, Any]:
     return private
 
 
-def _build_lunar_lander(render_mode: str | None) -> Any:
+def _build_lunar_lander(render_mode: str | None, *, continuous: bool = False) -> Any:
     import Box2D
     from gymnasium.envs.box2d import lunar_lander
 
     # Any: the ctxrl_* attributes below are this module's additions to gymnasium's class
-    env: Any = lunar_lander.LunarLander(render_mode=render_mode)
+    env: Any = lunar_lander.LunarLander(render_mode=render_mode, continuous=continuous)
     private = _private_globals(env, lunar_lander)
     # The world is created in reset() with gravity (0, self.gravity); this shim adds x.
     box2d = types.ModuleType("Box2D")
@@ -186,6 +202,10 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
     private["INITIAL_RANDOM"] = c["initial_random"]
     private["LEG_SPRING_TORQUE"] = c["leg_spring_torque"]
     private["FPS"] = c["fps"]
+    # gymnasium's wind: drawn at reset and applied while the legs are off the ground; off
+    # (no draw at reset, the episodes of before) where both powers are 0
+    env.wind_power, env.turbulence_power = c["wind_power"], c["turbulence_power"]
+    env.enable_wind = c["wind_power"] > 0 or c["turbulence_power"] > 0
     # human rendering plays at the simulated rate (gymnasium's class metadata says 50)
     env.metadata = {**env.metadata, "render_fps": c["fps"]}
     private["SCALE"] = c["scale"]
@@ -289,12 +309,26 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
 LUNAR_LANDER_FAMILY = ContextFamily(
     "LunarLander", LUNAR_LANDER, _build_lunar_lander, _apply_lunar_lander
 )
+LUNAR_LANDER_CONTINUOUS_FAMILY = ContextFamily(
+    "LunarLanderContinuous",
+    LUNAR_LANDER_CONTINUOUS,
+    lambda render_mode: _build_lunar_lander(render_mode, continuous=True),
+    _apply_lunar_lander,
+)
 BIPEDAL_WALKER_FAMILY = ContextFamily(
     "BipedalWalker", BIPEDAL_WALKER, _build_bipedal_walker, _apply_bipedal_walker
 )
 
 LUNAR_LANDER_ENTRY = ContextualEnvEntry(
     LUNAR_LANDER_FAMILY, 1000, (-400.0, 300.0), "discrete", "v3", "land a lander on a pad (box2d)"
+)
+LUNAR_LANDER_CONTINUOUS_ENTRY = ContextualEnvEntry(
+    LUNAR_LANDER_CONTINUOUS_FAMILY,
+    1000,
+    (-400.0, 300.0),
+    "continuous",
+    "v3",
+    "land a lander on a pad with throttled engines (box2d)",
 )
 BIPEDAL_WALKER_ENTRY = ContextualEnvEntry(
     BIPEDAL_WALKER_FAMILY,
@@ -308,13 +342,15 @@ BIPEDAL_WALKER_ENTRY = ContextualEnvEntry(
 # the module attribute of each entry, the path gymnasium's registry stores
 _GYMNASIUM_ENTRY_POINTS = {
     "LUNAR_LANDER_ENTRY": LUNAR_LANDER_ENTRY,
+    "LUNAR_LANDER_CONTINUOUS_ENTRY": LUNAR_LANDER_CONTINUOUS_ENTRY,
     "BIPEDAL_WALKER_ENTRY": BIPEDAL_WALKER_ENTRY,
 }
 ENTRIES = {entry.family.name: entry for entry in _GYMNASIUM_ENTRY_POINTS.values()}
 
 
 def register_gymnasium_ids() -> None:
-    """Register ``ctxrl/LunarLander-v3`` and ``ctxrl/BipedalWalker-v3`` with gymnasium."""
+    """Register ``ctxrl/LunarLander-v3``, ``ctxrl/LunarLanderContinuous-v3`` and
+    ``ctxrl/BipedalWalker-v3`` with gymnasium."""
     for attribute, entry in _GYMNASIUM_ENTRY_POINTS.items():
         entry.register_with_gymnasium(f"{__name__}:{attribute}")
 

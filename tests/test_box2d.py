@@ -162,6 +162,39 @@ def test_bipedal_walker_friction_push_and_lidar() -> None:
     assert not np.allclose(short, long)
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_lunar_lander_wind_and_continuous_engines_are_gymnasium_s(continuous: bool) -> None:
+    """``LunarLanderContinuous`` and the wind features (continuous-control users asked for
+    both) step as gymnasium's own LunarLander with ``continuous`` and ``enable_wind``; both
+    powers at 0 play the episodes of before (no wind draw at reset)."""
+    from gymnasium.envs.box2d.lunar_lander import LunarLander
+
+    name = "LunarLanderContinuous" if continuous else "LunarLander"
+    rng = np.random.default_rng(0)
+    actions = (
+        [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(60)]
+        if continuous
+        else [int(a) for a in rng.integers(0, 4, 60)]
+    )
+    for wind, turbulence in ((12.0, 1.5), (0.0, 0.0)):
+        ours = _run(name, actions, seed=3, wind_power=wind, turbulence_power=turbulence)
+        theirs_env = LunarLander(
+            continuous=continuous,
+            enable_wind=wind > 0,
+            wind_power=wind or 15.0,
+            turbulence_power=turbulence or 1.5,
+        )
+        obs, _ = theirs_env.reset(seed=3)
+        theirs = [obs]
+        for action in actions[: len(ours) - 1]:
+            obs, *_ = theirs_env.step(action)
+            theirs.append(obs)
+        np.testing.assert_array_equal(np.array(ours), np.array(theirs))
+    calm = _run(name, actions[:40], seed=3)
+    windy = _run(name, actions[:40], seed=3, wind_power=20.0)
+    assert not np.allclose(calm[-1], windy[-1])
+
+
 def test_box2d_envs_keep_module_constants() -> None:
     from gymnasium.envs.box2d import bipedal_walker
 
@@ -169,7 +202,7 @@ def test_box2d_envs_keep_module_constants() -> None:
     assert bipedal_walker.MOTORS_TORQUE == 80 and bipedal_walker.FRICTION == 2.5
 
 
-@pytest.mark.parametrize("name", ["LunarLander", "BipedalWalker"])
+@pytest.mark.parametrize("name", ["LunarLander", "LunarLanderContinuous", "BipedalWalker"])
 def test_gymnasium_ids(name: str) -> None:
     import gymnasium as gym
 
