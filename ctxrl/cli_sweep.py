@@ -99,7 +99,7 @@ def sweep(
     steps = f"{cfg.train_steps} steps per model"
     if plan.trained_steps is not None and plan.trained_steps != cfg.train_steps:
         # SB3 finishes the rollout it started (up); the batched trainers whole iterations
-        steps += f" ({plan.trained_steps} trained: the algorithm's whole rollouts)"
+        steps += f" ({plan.trained_steps} trained: whole rollouts or iterations)"
     err.print(
         f"plan {plan.plan_hash[:10]}: {plan.env.name}, {len(plan.grid)} contexts over "
         f"{', '.join(plan.grid.features)}, {plan.algorithm.name}, seeds {cfg.seeds}, "

@@ -345,9 +345,9 @@ def load_trials(
     registry: Registry,
 ) -> tuple[list[Path], np.ndarray, ContextCoordinates, tuple[float, float]]:
     """What ``ctxrl select --matrix`` reads: raw trial matrices ``(T, N, N)`` from matrix
-    files, folders of them or one run directory (each seed's matrix a trial, named as its
-    exports name them), the files read, the contexts' coordinates and the normalisation
-    bounds (``bounds``, else the env's, else a ``contexts.json``'s)."""
+    files, folders of them or one run directory (each seed's matrix a trial; the seed-mean
+    matrix where a seed misses entries), the files read, the contexts' coordinates and the
+    normalisation bounds (``bounds``, else the env's, else a ``contexts.json``'s)."""
     from ctxrl.run_dirs import PLAN_FILE
 
     runs = [p for p in paths if p.is_dir() and (p / PLAN_FILE).is_file()]
@@ -364,11 +364,15 @@ def load_trials(
 
         plan = load_plan(runs[0], registry)
         with open_store(runs[0]) as store:
-            per_seed = np.moveaxis(sweep_matrix(plan, store).values, 2, 0)  # (seeds, N, N)
-        # each seed's matrix a trial, as the sweep's summary scores them (and as its exports'
-        # matrix_seed*.csv are read): a seed-mean matrix, clipped after averaging, gave
-        # other Independent and Oracle values than the summary of the same run
-        named = [runs[0] / "exports" / f"matrix_seed{seed}.csv" for seed in plan.config.seeds]
+            matrix = sweep_matrix(plan, store)
+        # each seed's matrix a trial, as the sweep's summary scores them (a seed-mean matrix,
+        # clipped after averaging, gave other Independent and Oracle values than the summary
+        # of the same run); where a seed misses entries (a killed sweep, a failed run) the
+        # seed-mean matrix, one trial, as the summary falls back to it
+        per_seed = np.moveaxis(matrix.values, 2, 0)  # (seeds, N, N)
+        named = [Path(f"{runs[0]} (seed {seed})") for seed in plan.config.seeds]
+        if np.isnan(per_seed).any():
+            per_seed, named = matrix.mean()[None], [Path(f"{runs[0]} (seed-mean)")]
         shape = plan.grid.shape
         located = ContextCoordinates(
             plan.grid.grid_coords(), f"{runs[0]}: {', '.join(plan.grid.features)}", shape

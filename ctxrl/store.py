@@ -182,7 +182,9 @@ def _check_matrix_request(
                 raise CtxrlError(
                     f"{name}[{index}] {dict(context)} names the features {sorted(context)}, "
                     f"but the store's {env} contexts name {names}: give whole contexts "
-                    "(EnvSpec.context_space.validate fills in the defaults)"
+                    "(EnvSpec.context_space.validate fills in the defaults), or, where the "
+                    f"env has gained features since, this store was written by an earlier "
+                    f"{env}: train it again in a new run directory"
                 )
     held = {int(row[1]) for row in rows}
     if seeds and not held & {int(s) for s in seeds}:

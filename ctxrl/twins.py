@@ -316,7 +316,17 @@ class BatchedEnv:
         Raises a ContextError naming the env, the feature, the offending value and the range.
         """
         if env_ids is not None:
-            env_ids = torch.as_tensor(env_ids, dtype=torch.int64, device=self.device).reshape(-1)
+            given = torch.as_tensor(env_ids)
+            if given.dtype == torch.bool or given.is_floating_point() or given.is_complex():
+                raise ContextError(
+                    f"{self.name}: env_ids are env indices (whole numbers), got {given.dtype}"
+                    + (
+                        ": for a mask pass mask.nonzero().squeeze(1)"
+                        if given.dtype == torch.bool
+                        else ""
+                    )
+                )
+            env_ids = given.to(device=self.device, dtype=torch.int64).reshape(-1)
             if bool(((env_ids < 0) | (env_ids >= self.num_envs)).any()):
                 raise ContextError(
                     f"{self.name}: env_ids must lie in 0..{self.num_envs - 1}, got "

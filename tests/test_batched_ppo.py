@@ -422,3 +422,9 @@ def test_library_calls_with_wrong_arguments_name_them() -> None:
     assert twin.context["length"].tolist() == [0.5, 1.0, 0.5]
     with pytest.raises(ContextError, match=r"env_ids must lie in 0\.\.2, got \[5\]"):
         twin.set_context({"length": 1.0}, env_ids=[5])
+    # a mask or fractions are not indices (converted, a mask [F, T, T] set envs 0 and 1)
+    with pytest.raises(ContextError, match=r"env_ids are env indices .* torch.bool: for a mask"):
+        twin.set_context({"length": 2.0}, env_ids=torch.tensor([False, True, True]))
+    with pytest.raises(ContextError, match=r"env_ids are env indices .* got torch.float32"):
+        twin.set_context({"length": 2.0}, env_ids=torch.tensor([2.9]))
+    assert twin.context["length"].tolist() == [0.5, 1.0, 0.5]

@@ -387,7 +387,7 @@ def test_cli_reports_config_errors_without_traceback(run_ctxrl: Run, tmp_path: P
     ok = run_ctxrl("sweep", "--dry-run", check=True)
     assert "env: CartPole" in ok.stdout
     assert "warning" not in ok.stderr
-    assert "100000 steps per model (99840 trained: the algorithm's whole rollouts)" in " ".join(
+    assert "100000 steps per model (99840 trained: whole rollouts or iterations)" in " ".join(
         ok.stderr.split()
     )  # batched PPO's whole iterations of 512 steps, rounded down (SB3's, up)
     other = run_ctxrl("sweep", "--dry-run", "--set", "algorithm.preset=Pendulum", check=True)

@@ -141,6 +141,9 @@ def test_return_bounds_of_a_sweep_renormalise_its_report_without_training(
     reported = _cli("report", str(again.run_dir))
     assert reported.exit_code == 0, reported.output
     assert json.loads((exports / "summary.json").read_text())["clipped"] == 4
+    # select reads them too: every return lies above 1, which it refuses, naming them
+    selected = _cli("select", "--matrix", str(again.run_dir), "--strategy", "random", "-k", "1")
+    assert selected.exit_code == 2 and "normalisation bounds [0.0, 1.0]" in selected.output
     for changes in (
         {"mode": "select", "strategy": {"name": "greedy", "budget": 1}},
         {"transfer": {"name": "distill"}},

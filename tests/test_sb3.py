@@ -94,8 +94,8 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         # named the wrong key (NaN became null in plan.yaml: "learning rate schedule ... None")
         ("sb3-sac", {"ent_coef": "bogus"}, "ent_coef must be a number >= 0, auto or auto_<"),
         ("sb3-td3", {"policy_delay": 0}, "sb3-td3: policy_delay must be >= 1, got 0"),
-        ("sb3-ppo", {"batch_size": 1}, "sb3-ppo: batch_size must be >= 2"),
-        ("sb3-ppo", {"n_steps": 1, "n_envs": 1}, "n_steps x n_envs must be >= 2, got 1"),
+        ("sb3-ppo", {"batch_size": 1}, "sb3-ppo: batch_size must be >= 2 where advantages"),
+        ("sb3-ppo", {"n_steps": 1, "n_envs": 1}, "n_steps x n_envs must be >= 2 where advan"),
         ("sb3-ppo", {"clip_range": float("nan")}, "clip_range must be a finite number > 0"),
         ("sb3-sac", {"learning_starts": float("nan")}, "learning_starts must be a finite number"),
         ("sb3-ppo", {"policy_kwargs": {"net_arch": "abc"}}, "net_arch must be a list of layer"),
@@ -111,7 +111,9 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         ("sb3-td3", {"target_policy_noise": -1}, "target_policy_noise must be a finite number >="),
         ("sb3-ppo", {"target_kl": -1}, "target_kl must be a finite number > 0, got -1"),
         ("sb3-ppo", {"vf_coef": -1}, "vf_coef must be a finite number >= 0, got -1"),
-        ("sb3-ppo", {"sde_sample_freq": 0}, "sde_sample_freq"),
+        ("sb3-ppo", {"sde_sample_freq": -2}, "sde_sample_freq must be >= -1"),
+        ("sb3-sac", {"ent_coef": "auto0.1"}, "ent_coef must be a number >= 0, auto or auto_<"),
+        ("sb3-sac", {"ent_coef": "auto_"}, "ent_coef must be a number >= 0, auto or auto_<"),
         ("sb3-dqn", {"exploration_final_eps": 1.5}, "exploration_final_eps must be a number in"),
     ],
 )
@@ -131,6 +133,9 @@ def test_hyperparameter_values_are_checked_before_any_run(
         ("sb3-sac", {"ent_coef": "auto_0.1", "target_entropy": -2}),
         ("sb3-dqn", {"gradient_steps": -1, "learning_starts": 0}),
         ("sb3-ppo", {"use_sde": True, "sde_sample_freq": -1, "target_kl": None}),
+        ("sb3-ppo", {"use_sde": True, "sde_sample_freq": 0}),  # as -1, in SB3
+        # SB3 asserts these only where it normalises advantages
+        ("sb3-ppo", {"batch_size": 1, "n_steps": 1, "normalize_advantage": False}),
         ("sb3-ppo", {"clip_range": "lin_0.2", "clip_range_vf": None}),
         ("sb3-ppo", {"policy_kwargs": {"net_arch": {"pi": [64], "vf": [64]}}}),
     ],

@@ -586,3 +586,14 @@ def test_a_run_directory_of_several_seeds_is_replayed_as_its_summary_scores_it(
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     for key in ("independent", "oracle_transfer"):  # the summary's per-seed estimates
         assert from_run[key] == pytest.approx(summary[f"{key}_seeds"]["mean"]), key
+    # a seed missing a run (failed, or a killed sweep's): the seed-mean matrix, one trial, as
+    # the summary falls back to it (each seed a trial refused its unobserved entries)
+    import sqlite3
+
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        db.execute(
+            "UPDATE runs SET status = 'failed' WHERE run_id = "
+            "(SELECT run_id FROM runs WHERE seed = 1 AND kind = 'source' LIMIT 1)"
+        )
+    partial = _json(_cli("select", "--matrix", str(run_dir), *args))
+    assert partial["trials"] == 1 and partial["matrices"] == [f"{run_dir} (seed-mean)"]

@@ -202,9 +202,9 @@ POSITIVE_KEYS = ("clip_range", "clip_range_vf", "max_grad_norm", "target_kl", "r
 """Hyperparameters that are finite numbers > 0 (or None where SB3's default is None)."""
 NON_NEGATIVE_KEYS = ("vf_coef", "target_policy_noise", "target_noise_clip")
 """Hyperparameters that are finite numbers >= 0."""
-EVERY_STEP_KEYS = ("gradient_steps", "sde_sample_freq")
-"""Counts where SB3 reads -1 as "as many as env steps" / "only at the rollout's start"; 0
-would mean never (no gradient step: sources in the matrix that never learned)."""
+EVERY_STEP_KEYS = ("gradient_steps",)
+"""Counts where SB3 reads -1 as "as many as env steps"; 0 would mean never (no gradient
+step: sources in the matrix that never learned)."""
 
 
 def _is_number(text: str) -> bool:
@@ -363,15 +363,21 @@ class SB3Algorithm:
             isinstance(tau, int | float) and not isinstance(tau, bool) and 0 < tau <= 1
         ):
             raise ConfigError(f"{where}: tau must be a number in (0, 1], got {tau!r}")
-        if self.algo == "ppo" and "batch_size" in params and params["batch_size"] < 2:
-            raise ConfigError(
-                f"{where}: batch_size must be >= 2 (a minibatch's advantages are "
-                f"normalised), got {params['batch_size']!r}"
-            )
-        if self.algo == "ppo":
+        if "sde_sample_freq" in params:  # -1 and 0: only at a rollout's start
+            count_option(params["sde_sample_freq"], f"{where}: sde_sample_freq", minimum=-1)
+        if self.algo == "ppo" and params.get("normalize_advantage", True):
+            # SB3 asserts these where it normalises a minibatch's advantages (its default)
+            if "batch_size" in params and params["batch_size"] < 2:
+                raise ConfigError(
+                    f"{where}: batch_size must be >= 2 where advantages are normalised "
+                    f"(normalize_advantage), got {params['batch_size']!r}"
+                )
             steps = params.get("n_steps", defaults["n_steps"]) * params.get("n_envs", 1)
             if steps < 2:
-                raise ConfigError(f"{where}: n_steps x n_envs must be >= 2, got {steps}")
+                raise ConfigError(
+                    f"{where}: n_steps x n_envs must be >= 2 where advantages are normalised "
+                    f"(normalize_advantage), got {steps}"
+                )
         self._check_entropy(params, where)
 
     def _check_entropy(self, params: Mapping[str, Any], where: str) -> None:
@@ -380,13 +386,13 @@ class SB3Algorithm:
         value = params.get("ent_coef")
         if value is not None:
             if isinstance(value, str) and self.algo == "sac":
-                initial = value.removeprefix("auto").removeprefix("_")
-                if not value.startswith("auto") or (initial and not _is_number(initial)):
+                initial = value.removeprefix("auto_")
+                if value != "auto" and (not value.startswith("auto_") or not _is_number(initial)):
                     raise ConfigError(
                         f"{where}: ent_coef must be a number >= 0, auto or auto_<initial>, "
                         f"got {value!r}"
                     )
-                if initial:
+                if value != "auto":
                     number_option(float(initial), f"{where}: ent_coef {value!r}")
             else:
                 number_option(value, f"{where}: ent_coef", positive=False)

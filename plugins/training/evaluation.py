@@ -79,7 +79,7 @@ def evaluate_policies(
     branch-free step, the returns) runs as one ``torch.compile``-d graph, the same numbers up
     to rounding."""
     assert env.make_batched is not None
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+    if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
         raise CtxrlError(f"evaluation: episodes must be a whole number >= 1, got {episodes!r}")
     if len(contexts) == 0:
         raise CtxrlError("evaluation: give at least one context to evaluate on")

@@ -189,8 +189,9 @@ def train_program(
     ``interventions`` (default: built from the program's arms) with their agents' rows;
     ``on_task(done, tasks)`` after each target set. With ``checkpoint`` (a path without
     suffix) the whole state is saved after every target set and a saved one is continued
-    from, to the same numbers as a program never stopped; one saved for another program
-    (other agents, arms or task) is set aside and the program trains from the start."""
+    from, to the same numbers as a program never stopped; one that is damaged or was saved for
+    another program (other agents, arms, task or device) is a :class:`CheckpointError` (the
+    study sets it aside and trains the program from the start)."""
     import torch
 
     from ctxrl.interventions import NetworkSpec
@@ -358,6 +359,8 @@ def _restore(
     """Load what :func:`_save` wrote into the program's fresh state; returns the target sets
     done. A :class:`CheckpointError` naming the file when it is damaged or was saved for
     another program (other agents, arms, task or device)."""
+    import torch
+
     from ctxrl.artifacts import load_artifact, verify_artifact
 
     problem = verify_artifact(path)
@@ -370,6 +373,8 @@ def _restore(
         )
     try:
         return _load_state(path, tensors, meta, run, generators, errors, metrics)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise  # not the checkpoint's fault: it is kept for the next try
     except (CtxrlError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be restored ({exc})") from None
 
