@@ -1,5 +1,6 @@
 """Contextual box2d envs: LunarLander (discrete and continuous engines, with gymnasium's
-wind as context features) and BipedalWalker (``pip install ctxrl[box2d]``).
+wind as context features) and BipedalWalker (its hardcore terrain too; ``pip install
+ctxrl[box2d]``).
 
 gymnasium's box2d envs read most physical constants (engine power, motor torque, initial
 randomness, frame rate) from module globals. Writing those globals would change every env in the
@@ -146,6 +147,7 @@ BIPEDAL_WALKER = ContextSpace(
     ],
     owner="BipedalWalker",
 )
+BIPEDAL_WALKER_HARDCORE = ContextSpace(BIPEDAL_WALKER.features, owner="BipedalWalkerHardcore")
 
 
 def _private_globals(env: Any, module: types.ModuleType) -> dict[str, Any]:
@@ -241,10 +243,10 @@ def _bipedal_module() -> types.ModuleType:
     return bipedal_walker
 
 
-def _build_bipedal_walker(render_mode: str | None) -> Any:
+def _build_bipedal_walker(render_mode: str | None, *, hardcore: bool = False) -> Any:
     bipedal_walker = _bipedal_module()
 
-    env = bipedal_walker.BipedalWalker(render_mode=render_mode)
+    env = bipedal_walker.BipedalWalker(render_mode=render_mode, hardcore=hardcore)
     env._ctxrl_globals = _private_globals(env, bipedal_walker)
     # gymnasium builds the walker's world once and reuses it, so an instance's first episode
     # cannot be played again (the same seed gives another trajectory from the second episode
@@ -318,6 +320,12 @@ LUNAR_LANDER_CONTINUOUS_FAMILY = ContextFamily(
 BIPEDAL_WALKER_FAMILY = ContextFamily(
     "BipedalWalker", BIPEDAL_WALKER, _build_bipedal_walker, _apply_bipedal_walker
 )
+BIPEDAL_WALKER_HARDCORE_FAMILY = ContextFamily(
+    "BipedalWalkerHardcore",
+    BIPEDAL_WALKER_HARDCORE,
+    lambda render_mode: _build_bipedal_walker(render_mode, hardcore=True),
+    _apply_bipedal_walker,
+)
 
 LUNAR_LANDER_ENTRY = ContextualEnvEntry(
     LUNAR_LANDER_FAMILY, 1000, (-400.0, 300.0), "discrete", "v3", "land a lander on a pad (box2d)"
@@ -339,18 +347,28 @@ BIPEDAL_WALKER_ENTRY = ContextualEnvEntry(
     "walk a two-legged robot over terrain (box2d; MBTL reference bounds)",
 )
 
+BIPEDAL_WALKER_HARDCORE_ENTRY = ContextualEnvEntry(
+    BIPEDAL_WALKER_HARDCORE_FAMILY,
+    2000,
+    (-200.0, 10.0),
+    "continuous",
+    "v3",
+    "walk a two-legged robot over stumps, pits and stairs (box2d; gymnasium's hardcore)",
+)
+
 # the module attribute of each entry, the path gymnasium's registry stores
 _GYMNASIUM_ENTRY_POINTS = {
     "LUNAR_LANDER_ENTRY": LUNAR_LANDER_ENTRY,
     "LUNAR_LANDER_CONTINUOUS_ENTRY": LUNAR_LANDER_CONTINUOUS_ENTRY,
     "BIPEDAL_WALKER_ENTRY": BIPEDAL_WALKER_ENTRY,
+    "BIPEDAL_WALKER_HARDCORE_ENTRY": BIPEDAL_WALKER_HARDCORE_ENTRY,
 }
 ENTRIES = {entry.family.name: entry for entry in _GYMNASIUM_ENTRY_POINTS.values()}
 
 
 def register_gymnasium_ids() -> None:
-    """Register ``ctxrl/LunarLander-v3``, ``ctxrl/LunarLanderContinuous-v3`` and
-    ``ctxrl/BipedalWalker-v3`` with gymnasium."""
+    """Register ``ctxrl/LunarLander-v3``, ``ctxrl/LunarLanderContinuous-v3``,
+    ``ctxrl/BipedalWalker-v3`` and ``ctxrl/BipedalWalkerHardcore-v3`` with gymnasium."""
     for attribute, entry in _GYMNASIUM_ENTRY_POINTS.items():
         entry.register_with_gymnasium(f"{__name__}:{attribute}")
 

@@ -195,6 +195,25 @@ def test_lunar_lander_wind_and_continuous_engines_are_gymnasium_s(continuous: bo
     assert not np.allclose(calm[-1], windy[-1])
 
 
+def test_bipedal_walker_hardcore_is_gymnasium_s_hardcore_terrain() -> None:
+    """``BipedalWalkerHardcore`` (gymnasium's ``hardcore=True``: stumps, pits and stairs) steps
+    as gymnasium's own env at the default context, and its contexts act on it."""
+    from gymnasium.envs.box2d.bipedal_walker import BipedalWalker
+
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(80)]
+    ours = _run("BipedalWalkerHardcore", actions, seed=4)
+    env = BipedalWalker(hardcore=True)
+    obs, _ = env.reset(seed=4)
+    theirs = [obs]
+    for action in actions[: len(ours) - 1]:
+        obs, *_ = env.step(action)
+        theirs.append(obs)
+    np.testing.assert_array_equal(np.array(ours), np.array(theirs))
+    heavy = _run("BipedalWalkerHardcore", actions[:30], seed=4, gravity_y=-20.0)
+    assert not np.allclose(heavy[-1], ours[min(30, len(ours) - 1)])
+
+
 def test_box2d_envs_keep_module_constants() -> None:
     from gymnasium.envs.box2d import bipedal_walker
 
@@ -202,7 +221,9 @@ def test_box2d_envs_keep_module_constants() -> None:
     assert bipedal_walker.MOTORS_TORQUE == 80 and bipedal_walker.FRICTION == 2.5
 
 
-@pytest.mark.parametrize("name", ["LunarLander", "LunarLanderContinuous", "BipedalWalker"])
+@pytest.mark.parametrize(
+    "name", ["LunarLander", "LunarLanderContinuous", "BipedalWalker", "BipedalWalkerHardcore"]
+)
 def test_gymnasium_ids(name: str) -> None:
     import gymnasium as gym
 
