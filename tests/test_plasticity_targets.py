@@ -202,6 +202,10 @@ def test_measures_are_computed_from_the_records() -> None:
         ({"arms": ["redo", "redo"]}, "labels \\['redo'\\] repeat"),
         ({"seeds": [1, 1]}, "repeat a seed"),
         ({"device": "cuda:99"}, "device: 'cuda:99' is not available"),
+        (  # failed its program after the shared one had trained (an env study refused it)
+            {"arms": [{"name": "plasticity-injection", "options": {"layers": 5}}]},
+            r"arms: 'plasticity-injection': .*layers 5",
+        ),
     ],
 )
 def test_bad_studies_are_refused_before_training(
@@ -278,6 +282,36 @@ def test_a_failing_arm_is_reported_and_the_others_still_run(
     assert failed_programs(run_dir) == []
     assert "boom" in json.loads((run_dir / "metrics.json").read_text())
     assert "Failed programs" not in (run_dir / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("arm", "why"),
+    [
+        ({"name": "boom", "options": {"error": "ctxrl"}}, "cannot go on after 2 updates"),
+        ({"name": "nan-term"}, "its loss term is not finite for agents outside its mask"),
+    ],
+)
+def test_an_arm_failing_with_a_ctxrl_error_or_a_nan_term_is_its_own_failure(
+    tmp_path: Path, arm: dict[str, Any], why: str
+) -> None:
+    """An intervention raising one of ctxrl's own errors (a plugin using ``ctxrl.options``)
+    was blamed on no arm: the shared program failed, the baseline's agents with it, at every
+    rerun. A loss term of NaN for the agents outside an arm's mask made every agent of the
+    shared program diverge (NaN x 0 is NaN), the report blaming ``none``. Both are now the
+    arm's own failure, and the baseline and the other arm train without it."""
+    registry = load_host(extra=[("boom-plugin", BoomPlugin())]).registry
+    config = TargetsStudyConfig.model_validate(
+        {**SMALL, "arms": [arm, SMALL["arms"][0]], "output_dir": str(tmp_path)}
+    )
+    failed: list[str] = []
+    run_dir = run_targets_study(
+        config, registry, on_failure=lambda failure: failed.append(failure.describe())
+    )
+    assert failed_programs(run_dir) == [f"arm-{arm['name']}"]
+    assert len(failed) == 1 and why in failed[0] and "which trained again without it" in failed[0]
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert set(data) == {"none", "redo"}
+    assert all(np.isfinite(data[label]["final_error"]).all() for label in data)
 
 
 def test_a_study_whose_every_program_failed_says_so(

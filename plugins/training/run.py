@@ -27,10 +27,13 @@ def intervention_hook(intervention: Intervention, hook: str) -> Iterator[None]:
     'actor.0.weight'`` and nothing said which plugin raised it. The :class:`PluginError` it
     raises carries the intervention object (``.intervention``), so a report can say which arm's
     plugin failed. ctxrl's own errors (an option the network cannot carry out) already say what
-    is wrong and pass unchanged."""
+    is wrong and pass with their message unchanged, the intervention attached all the same: a
+    study blamed no arm for them, and the baseline's program failed with the raising arm's."""
     try:
         yield
-    except CtxrlError:
+    except CtxrlError as exc:
+        if getattr(exc, "intervention", None) is None:
+            exc.intervention = intervention  # type: ignore[attr-defined]  # who raised
         raise
     except Exception as exc:
         kind = type(intervention)
@@ -76,6 +79,7 @@ class TrainingRun:
         self.activations: dict[str, Tensor] = {}
         self.record_activations = any(i.needs_activations for i in interventions)
         self.mask = torch.ones(self.num_agents, device=device)
+        self._loss_checked: set[int] = set()  # interventions whose first loss term is checked
         self.iteration = 0
         self.env_steps = 0
         self.obs: Tensor = torch.empty(0)
@@ -110,10 +114,13 @@ class TrainingRun:
         added, gradients computed (summed over agents: they never mix), frozen parameters
         held, gradients clipped per agent, Adam stepped, then the interventions' after-update
         operators run."""
-        for intervention in self.each_intervention():
+        for index, intervention in enumerate(self.each_intervention()):
             with intervention_hook(intervention, "loss"):
                 term = intervention.loss(self)
                 if term is not None:
+                    if index not in self._loss_checked:
+                        self._check_loss_term(intervention, term)
+                        self._loss_checked.add(index)
                     loss = loss + term * self.mask
         self.optimizer.zero_grad()
         torch.autograd.backward(loss.sum())  # Tensor.backward is untyped
@@ -122,6 +129,24 @@ class TrainingRun:
         for intervention in self.each_intervention():
             with intervention_hook(intervention, "after_update"):
                 intervention.after_update(self)
+
+    def _check_loss_term(self, intervention: Intervention, term: Tensor) -> None:
+        """An intervention's first loss term: ``(N,)``, finite for the agents outside its mask
+        (the term is multiplied by the mask, and NaN x 0 is NaN: an arm's term of 0 / 0 for
+        the agents it leaves alone made every agent of a shared program diverge, the
+        baseline's included, and the report blamed them)."""
+        if term.shape != (self.num_agents,):
+            raise PluginError(
+                f"intervention {intervention.name!r}: its loss term must be one value per "
+                f"agent, ({self.num_agents},), got {tuple(term.shape)}"
+            )
+        outside = self.mask == 0
+        if bool(outside.any()) and not bool(torch.isfinite(term.detach()[outside]).all()):
+            raise PluginError(
+                f"intervention {intervention.name!r}: its loss term is not finite for agents "
+                "outside its mask, which it leaves alone; ctxrl multiplies the term by the "
+                "mask and NaN x 0 is NaN: return a finite value (0) for them"
+            )
 
     @property
     def fusable(self) -> bool:

@@ -183,6 +183,7 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
 
     config = targets.load_targets_config(path)
     check_device(config.device)
+    targets.check_arms_fit(config, registry)
     labels, programs = plan_programs(config, registry)
     task = config.shifting_targets
     run_dir = targets.run_dir_of(config)

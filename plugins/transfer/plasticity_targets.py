@@ -174,35 +174,24 @@ class _Inputs:
     discrete_actions: None = None
 
 
-def train_program(
+def _program_run(
     task: ShiftingTargets,
     program: Program,
     registry: Registry,
-    *,
-    device: str = "cpu",
-    dormant_tau: float = 0.025,
+    where: Any,
     interventions: Sequence[tuple[Intervention, list[int]]] | None = None,
-    on_task: Callable[[int, int], None] | None = None,
-    checkpoint: Path | None = None,
-) -> TargetsResult:
-    """Train every agent of ``program`` on the shifting targets, one batched program;
-    ``interventions`` (default: built from the program's arms) with their agents' rows;
-    ``on_task(done, tasks)`` after each target set. With ``checkpoint`` (a path without
-    suffix) the whole state is saved after every target set and a saved one is continued
-    from, to the same numbers as a program never stopped; one that is damaged or was saved for
-    another program (other agents, arms, task or device) is a :class:`CheckpointError` (the
-    study sets it aside and trains the program from the start)."""
+) -> tuple[Any, Any, Any, Any]:
+    """The program's training before its first step: ``(run, network, params, optimizer)``,
+    its interventions' network transforms applied and their ``setup`` called (an option the
+    network cannot take raises here)."""
     import torch
 
     from ctxrl.interventions import NetworkSpec
     from ctxrl.rng import StreamRNG
     from ctxrl_plugins.training.networks import StackedMLP, stack_agents
     from ctxrl_plugins.training.optimizer import AgentAdam
-    from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
     from ctxrl_plugins.training.run import TrainingRun, intervention_hook, intervention_masks
-    from ctxrl_plugins.training.trainer import resolve_device
 
-    where = resolve_device(device)  # "auto": a GPU when there is one
     seeds = [seed for _, seed in program.agents]
     n = len(seeds)
     if interventions is None:
@@ -234,6 +223,57 @@ def train_program(
     for intervention in run.each_intervention():
         with intervention_hook(intervention, "setup"):
             intervention.setup(run)
+    return run, network, params, optimizer
+
+
+def check_arms_fit(config: TargetsStudyConfig, registry: Registry) -> None:
+    """Every arm's interventions against the probe network, before anything trains (as an
+    env study checks its arms): each program built for one seed on the CPU and its
+    interventions set up, so an option the network cannot take (``plasticity-injection``'s
+    ``layers`` beyond its depth) is a :class:`ConfigError` naming the arm, not a failure of
+    its program after the others trained."""
+    import torch
+
+    _, planned = plan_programs(config, registry)
+    seed = config.seeds[0]
+    for program in planned:
+        for label in program.arms:
+            one = Program(program.name, [(label, seed)], {label: program.arms[label]})
+            try:
+                _program_run(config.shifting_targets, one, registry, torch.device("cpu"))
+            except CtxrlError as exc:
+                raise ConfigError(f"arms: {label!r}: {exc}") from None
+
+
+def train_program(
+    task: ShiftingTargets,
+    program: Program,
+    registry: Registry,
+    *,
+    device: str = "cpu",
+    dormant_tau: float = 0.025,
+    interventions: Sequence[tuple[Intervention, list[int]]] | None = None,
+    on_task: Callable[[int, int], None] | None = None,
+    checkpoint: Path | None = None,
+) -> TargetsResult:
+    """Train every agent of ``program`` on the shifting targets, one batched program;
+    ``interventions`` (default: built from the program's arms) with their agents' rows;
+    ``on_task(done, tasks)`` after each target set. With ``checkpoint`` (a path without
+    suffix) the whole state is saved after every target set and a saved one is continued
+    from, to the same numbers as a program never stopped; one that is damaged or was saved for
+    another program (other agents, arms, task or device) is a :class:`CheckpointError` (the
+    study sets it aside and trains the program from the start)."""
+    import torch
+
+    from ctxrl_plugins.training.plasticity import PlasticityOptions, layer_metrics
+    from ctxrl_plugins.training.run import intervention_hook
+    from ctxrl_plugins.training.trainer import resolve_device
+
+    where = resolve_device(device)  # "auto": a GPU when there is one
+    run, network, params, optimizer = _program_run(task, program, registry, where, interventions)
+    seeds = [seed for _, seed in program.agents]
+    n = len(seeds)
+    everyone = torch.ones(n, dtype=torch.bool, device=where)
     generators = [torch.Generator().manual_seed(seed + DATA_SALT) for seed in seeds]
     inputs = torch.stack(
         [torch.randn(task.points, task.input_dim, generator=g) for g in generators]
@@ -425,6 +465,7 @@ def run_targets_study(
     intervention raised in the shared program alone, the others trained again without it),
     and ``on_failure`` is told; the others still run (:func:`run_programs`)."""
     check_device(config.device)
+    check_arms_fit(config, registry)
     labels, planned = plan_programs(config, registry)
     run_dir = run_dir or run_dir_of(config)
 
