@@ -411,6 +411,24 @@ def test_the_run_directory_is_named_by_what_trains_not_by_the_threshold(tmp_path
         open_run_dir(base.run_dir, "plasticity", longer.config)
 
 
+def test_a_switch_whose_segment_holds_one_curve_point_is_refused(tmp_path: Path) -> None:
+    """A sequence repeating a context merged two segments, so two segments held two curve
+    points and the study ran; the switch whose segment held one was left out of the
+    jumpstart, post-switch AUC and loss of plasticity without a word."""
+    schedule = {
+        "kind": "sequence",
+        "every": 1024,
+        "contexts": [{"length": 0.5}, {"length": 0.5}, {"length": 2.0}],
+    }
+    config = load_study_config(
+        _write(tmp_path, schedule=schedule, total_steps=6144, curve_every=1024)
+    )
+    with pytest.raises(
+        ConfigError, match=r"the segment after the switch at step 2048 \(seed 0\) ends at 3072"
+    ):
+        resolve_study(config, get_host().registry)
+
+
 def test_a_study_an_earlier_ctxrl_trained_off_the_grid_is_still_reported(tmp_path: Path) -> None:
     """The iteration-grid, budget and context checks refuse new trainings only: a finished
     study's report (``training=False``) reads a config an earlier ctxrl accepted."""

@@ -220,6 +220,7 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
         _check_segments(config, schedule, seed)
         if training:
             _check_grid(config, schedule.every, trainer.steps_per_iteration())
+            _check_segment_points(config, schedule, seed)  # on the grid: short ones are real
             where = f"schedule (seed {seed})"
             schedule.check_contexts(env.check_context, config.total_steps, where)
     labels, programs = plan_programs(config, registry)
@@ -289,6 +290,28 @@ def _check_segments(config: StudyConfig, schedule: ContextSchedule, seed: int) -
             f"curve_every: {config.curve_every} env steps leaves fewer than two segments "
             f"between switches (seed {seed}; the longest {lengths[-1]} and {lengths[-2]} steps) "
             f"with two curve points each; make it smaller than {lengths[-2]}"
+        )
+
+
+def _check_segment_points(config: StudyConfig, schedule: ContextSchedule, seed: int) -> None:
+    """Every switch's segment must hold two curve points: the report skips shorter ones, and
+    their switches dropped out of its measures without a word (a sequence repeating a
+    context, whose merged segments passed the two-segment check above)."""
+    switches = schedule.switch_steps(0, config.total_steps - 1)
+    bounds = [*switches, config.total_steps]
+    for start, end in itertools.pairwise(bounds):
+        if end - start > config.curve_every:
+            continue
+        fix = (
+            f"end total_steps more than {config.curve_every} env steps after the last switch"
+            if end == config.total_steps
+            else f"make curve_every smaller than {end - start} or the schedule's segments longer"
+        )
+        raise ConfigError(
+            f"curve_every: the segment after the switch at step {start} (seed {seed}) ends at "
+            f"{end}, {end - start} env steps, and holds one curve point at curve_every "
+            f"{config.curve_every}: the report would leave that switch out of the jumpstart, "
+            f"post-switch AUC and loss of plasticity; {fix}"
         )
 
 
