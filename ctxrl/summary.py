@@ -264,7 +264,7 @@ def _write_staged(
                     budget,
                     options=options,
                     batch_sizes=batch_sizes,
-                    stochastic_repeats=20,
+                    stochastic_repeats=STOCHASTIC_REPEATS,  # as ctxrl select replays them
                     failures=seed_failures,
                 )
                 for k in range(matrix.n_seeds)

@@ -89,6 +89,11 @@ def test_reserved_and_unknown_hyperparameters_are_named() -> None:
         ("sb3-ppo", {"policy_kwargs": {"bogus": 1}}, "policy_kwargs 'bogus': ActorCriticPolicy"),
         ("sb3-ppo", {"policy_kwargs": {"activation_fn": "relux"}}, "'relux' is not a torch.nn"),
         ("sb3-dqn", {"train_freq": [1, "episodes"]}, r"train_freq must be a count or \[count"),
+        (  # SB3 asserted it in every run, after --dry-run accepted it
+            "sb3-dqn",
+            {"train_freq": [1, "episode"], "n_envs": 2},
+            "train_freq in episodes trains on one env only",
+        ),
         ("sb3-ppo", {"ent_coef": "lin_0.01"}, "SB3 takes a schedule for learning_rate, clip"),
         # failed inside every run (SB3's asserts, a modulo by zero after learning_starts), or
         # named the wrong key (NaN became null in plan.yaml: "learning rate schedule ... None")
@@ -142,6 +147,20 @@ def test_hyperparameter_values_are_checked_before_any_run(
 )
 def test_the_values_sb3_documents_are_taken(algorithm: str, params: dict[str, object]) -> None:
     get_host().registry.algorithm(algorithm).factory(params, device="cpu")
+
+
+def test_the_learning_starts_check_counts_the_steps_sb3_trains() -> None:
+    """Refused as "a run trains 1000: it would never learn" while the plan line said 1024
+    trained (whole collections of train_freq x n_envs) and SB3 took 128 gradient steps."""
+    algorithm = (
+        get_host()
+        .registry.algorithm("sb3-dqn")
+        .factory({"learning_starts": 1000, "train_freq": 256, "n_envs": 1}, device="cpu")
+    )
+    assert algorithm.trained_steps(1000) == 1024
+    algorithm.check_budget(1000)
+    with pytest.raises(ConfigError, match="starts learning after 1000 env steps, but a run trains"):
+        algorithm.check_budget(768)
 
 
 def test_an_off_policy_run_that_could_never_learn_is_refused() -> None:

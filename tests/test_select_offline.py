@@ -569,11 +569,11 @@ def test_a_run_directory_of_several_seeds_is_replayed_as_its_summary_scores_it(
         "train_steps": 512,
         "eval_episodes": 2,
         "seeds": [0, 1],
-        "compare": ["random"],
+        "compare": ["random", "greedy"],
         "output_dir": str(tmp_path),
     }
     run_dir = run_sweep(resolve_plan(validate_config(config), get_host().registry)).run_dir
-    args = ["--strategy", "greedy", "--strategy", "random", "-k", "2", "--json"]
+    args = ["--strategy", "greedy", "--strategy", "random", "-k", "3", "--json"]
     from_run = _json(_cli("select", "--matrix", str(run_dir), *args))
     from_exports = _json(_cli("select", "--matrix", str(run_dir / "exports"), *args))
     assert from_run["trials"] == 2
@@ -586,6 +586,10 @@ def test_a_run_directory_of_several_seeds_is_replayed_as_its_summary_scores_it(
     summary = json.loads((run_dir / "exports" / "summary.json").read_text())
     for key in ("independent", "oracle_transfer"):  # the summary's per-seed estimates
         assert from_run[key] == pytest.approx(summary[f"{key}_seeds"]["mean"]), key
+    for strategy in ("greedy", "random"):  # random replayed as often (20 against 100 before)
+        assert from_run["strategies"][strategy]["mean"] == pytest.approx(
+            summary["curves"][strategy]["seed_mean"]
+        ), strategy
     # a seed missing a run (failed, or a killed sweep's): the seed-mean matrix, one trial, as
     # the summary falls back to it (each seed a trial refused its unobserved entries)
     import sqlite3

@@ -355,7 +355,7 @@ class SB3Algorithm:
             ):
                 raise ConfigError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
         self._check_policy_kwargs(params, where)
-        self._check_train_freq(params.get("train_freq"), where)
+        self._check_train_freq(params.get("train_freq"), where, params.get("n_envs", 1))
         if "noise_type" in params or "noise_std" in params:
             if "action_noise" not in allowed:
                 raise ConfigError(
@@ -467,10 +467,17 @@ class SB3Algorithm:
             _check_net_arch(kwargs["net_arch"], f"{where}: policy_kwargs.net_arch")
 
     @staticmethod
-    def _check_train_freq(value: Any, where: str) -> None:
-        """``train_freq``: a count of steps, or ``[count, step | episode]`` (the RL Zoo's)."""
+    def _check_train_freq(value: Any, where: str, n_envs: Any = 1) -> None:
+        """``train_freq``: a count of steps, or ``[count, step | episode]`` (the RL Zoo's);
+        in episodes, one training env only (SB3 asserts it in every run)."""
         if value is None:
             return
+        episodic = isinstance(value, list | tuple) and len(value) == 2 and value[1] == "episode"
+        if episodic and n_envs != 1:
+            raise ConfigError(
+                f"{where}: train_freq in episodes trains on one env only (SB3), got "
+                f"n_envs {n_envs!r}: give n_envs: 1 or train_freq in steps"
+            )
         if isinstance(value, list | tuple):
             if len(value) != 2 or value[1] not in ("step", "episode"):
                 raise ConfigError(
@@ -506,10 +513,11 @@ class SB3Algorithm:
         if parameter is None:
             return
         starts = self.params.get("learning_starts", parameter.default)
-        if starts >= total_steps:
+        trained = self.trained_steps(total_steps)  # SB3 finishes the collection it started
+        if starts >= trained:
             raise ConfigError(
                 f"algorithm.params.learning_starts: sb3-{self.algo} starts learning after "
-                f"{starts} env steps, but a run trains {total_steps}: it would never learn"
+                f"{starts} env steps, but a run trains {trained}: it would never learn"
             )
 
     # ------------------------------------------------------------------------ training
