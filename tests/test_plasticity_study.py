@@ -672,3 +672,19 @@ def test_a_file_of_another_command_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:  # its own kind, written wrong: no hint
         load_study_config(_write(tmp_path, seeds="many"))
     assert "looks like" not in str(raised.value)
+
+
+def test_a_composed_arm_takes_bare_names_as_an_arm_of_one_does() -> None:
+    """``interventions: [redo]`` inside a composed arm was refused ("Input should be a valid
+    dictionary") where ``arms: [redo]`` and a sweep's ``algorithm.interventions`` take it."""
+    bare = StudyConfig.model_validate(
+        {**STUDY, "arms": [{"label": "both", "interventions": ["redo", {"name": "l2"}]}]}
+    )
+    written = StudyConfig.model_validate(
+        {
+            **STUDY,
+            "arms": [{"label": "both", "interventions": [{"name": "redo"}, {"name": "l2"}]}],
+        }
+    )
+    assert bare.arm_entries() == written.arm_entries()
+    assert bare.plan_data() == written.plan_data()

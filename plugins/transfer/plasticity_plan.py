@@ -54,6 +54,15 @@ class ArmEntry(StrictModel):
     label: str = Field(min_length=1, description="the arm's name in tables and figures")
     interventions: list[InterventionEntry] = Field(min_length=1)
 
+    @field_validator("interventions", mode="before")
+    @classmethod
+    def _names_alone(cls, value: Any) -> Any:
+        """A bare name in the list is that intervention with its defaults, as an arm of one
+        name is (``interventions: [redo, l2]``)."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
 
 def _arm_form(value: Any) -> str:
     """Which of the three forms an arm is written in (so that an error names the fields of
