@@ -1,9 +1,10 @@
 """Stable-Baselines3 algorithms as ctxrl algorithm plugins: ``sb3-ppo``, ``sb3-a2c``,
 ``sb3-dqn``, ``sb3-sac``, ``sb3-td3`` (``pip install ctxrl[sb3]``).
 
-Presets per env family follow the RL Baselines3 Zoo's published hyperparameters (without
-VecNormalize, which ctxrl does not apply). Policies are saved as safetensors (the policy's
-``state_dict``) plus JSON (algorithm, hyperparameters), never as SB3's pickled zip.
+Presets per env family (:mod:`ctxrl_plugins.algorithms.sb3_presets`) follow the RL
+Baselines3 Zoo's published hyperparameters (without VecNormalize, which ctxrl does not
+apply). Policies are saved as safetensors (the policy's ``state_dict``) plus JSON
+(algorithm, hyperparameters), never as SB3's pickled zip.
 
 Extra keys besides the SB3 constructor's arguments: ``n_envs`` (parallel training envs),
 ``policy`` (default ``MlpPolicy``), ``noise_type`` / ``noise_std`` (action noise for TD3 and
@@ -32,164 +33,9 @@ from ctxrl.options import (
     number_option,
 )
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
+from ctxrl_plugins.algorithms.sb3_presets import PRESETS as PRESETS
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "ppo": {
-        "CartPole": {
-            "n_envs": 8,
-            "n_steps": 32,
-            "batch_size": 256,
-            "gae_lambda": 0.8,
-            "gamma": 0.98,
-            "n_epochs": 20,
-            "ent_coef": 0.0,
-            "learning_rate": "lin_0.001",
-            "clip_range": "lin_0.2",
-        },
-        "Pendulum": {
-            "n_envs": 4,
-            "n_steps": 1024,
-            "gae_lambda": 0.95,
-            "gamma": 0.9,
-            "n_epochs": 10,
-            "ent_coef": 0.0,
-            "learning_rate": 1e-3,
-            "clip_range": 0.2,
-            "use_sde": True,
-            "sde_sample_freq": 4,
-        },
-        "Acrobot": {
-            "n_envs": 16,
-            "n_steps": 256,
-            "gae_lambda": 0.94,
-            "gamma": 0.99,
-            "n_epochs": 4,
-            "ent_coef": 0.0,
-        },
-    },
-    "a2c": {
-        "CartPole": {"n_envs": 8, "ent_coef": 0.0},
-        "Acrobot": {"n_envs": 16, "ent_coef": 0.0},
-    },
-    "dqn": {
-        "CartPole": {
-            "learning_rate": 2.3e-3,
-            "batch_size": 64,
-            "buffer_size": 100_000,
-            "learning_starts": 1000,
-            "gamma": 0.99,
-            "target_update_interval": 10,
-            "train_freq": 256,
-            "gradient_steps": 128,
-            "exploration_fraction": 0.16,
-            "exploration_final_eps": 0.04,
-            "policy_kwargs": {"net_arch": [256, 256]},
-        },
-        "MountainCar": {
-            "learning_rate": 4e-3,
-            "batch_size": 128,
-            "buffer_size": 10_000,
-            "learning_starts": 1000,
-            "gamma": 0.98,
-            "target_update_interval": 600,
-            "train_freq": 16,
-            "gradient_steps": 8,
-            "exploration_fraction": 0.2,
-            "exploration_final_eps": 0.07,
-            "policy_kwargs": {"net_arch": [256, 256]},
-        },
-        "Acrobot": {
-            "learning_rate": 6.3e-4,
-            "batch_size": 128,
-            "buffer_size": 50_000,
-            "learning_starts": 0,
-            "gamma": 0.99,
-            "target_update_interval": 250,
-            "train_freq": 4,
-            "gradient_steps": -1,
-            "exploration_fraction": 0.12,
-            "exploration_final_eps": 0.1,
-            "policy_kwargs": {"net_arch": [256, 256]},
-        },
-    },
-    "sac": {
-        "Pendulum": {"learning_rate": 1e-3},
-        "MountainCarContinuous": {
-            "learning_rate": 3e-4,
-            "buffer_size": 50_000,
-            "batch_size": 512,
-            "ent_coef": 0.1,
-            "train_freq": 32,
-            "gradient_steps": 32,
-            "gamma": 0.9999,
-            "tau": 0.01,
-            "learning_starts": 0,
-            "use_sde": True,
-            "policy_kwargs": {"log_std_init": -3.67, "net_arch": [64, 64]},
-        },
-        "LunarLanderContinuous": {
-            "learning_rate": "lin_7.3e-4",
-            "buffer_size": 1_000_000,
-            "batch_size": 256,
-            "ent_coef": "auto",
-            "gamma": 0.99,
-            "tau": 0.01,
-            "train_freq": 1,
-            "gradient_steps": 1,
-            "learning_starts": 10_000,
-            "policy_kwargs": {"net_arch": [400, 300]},
-        },
-        "BipedalWalker": {
-            "learning_rate": 7.3e-4,
-            "buffer_size": 300_000,
-            "batch_size": 256,
-            "ent_coef": "auto",
-            "gamma": 0.98,
-            "tau": 0.02,
-            "train_freq": 64,
-            "gradient_steps": 64,
-            "learning_starts": 10_000,
-            "use_sde": True,
-            "policy_kwargs": {"log_std_init": -3, "net_arch": [400, 300]},
-        },
-        "BipedalWalkerHardcore": {
-            "learning_rate": "lin_7.3e-4",
-            "buffer_size": 1_000_000,
-            "batch_size": 256,
-            "ent_coef": 0.005,
-            "gamma": 0.99,
-            "tau": 0.01,
-            "train_freq": 1,
-            "gradient_steps": 1,
-            "learning_starts": 10_000,
-            "policy_kwargs": {"net_arch": [400, 300]},
-        },
-    },
-    "td3": {
-        "Pendulum": {
-            "gamma": 0.98,
-            "buffer_size": 200_000,
-            "learning_starts": 10_000,
-            "noise_type": "normal",
-            "noise_std": 0.1,
-            "gradient_steps": 1,
-            "train_freq": 1,
-            "learning_rate": 1e-3,
-            "policy_kwargs": {"net_arch": [400, 300]},
-        },
-        "MountainCarContinuous": {
-            "noise_type": "ornstein-uhlenbeck",
-            "noise_std": 0.5,
-            "gradient_steps": 1,
-            "train_freq": 1,
-            "learning_rate": 1e-3,
-            "batch_size": 256,
-            "policy_kwargs": {"net_arch": [400, 300]},
-        },
-    },
-}
 
 ACTION_SPACES: dict[str, frozenset[ActionSpaceKind]] = {
     "ppo": frozenset({"discrete", "continuous"}),
