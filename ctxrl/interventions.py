@@ -204,7 +204,9 @@ class Intervention:
 
     def loss(self, view: TrainingView) -> torch.Tensor | None:
         """A per-agent loss term ``(N,)`` added to the algorithm's loss, or None. It is
-        multiplied by ``view.mask`` by the trainer."""
+        multiplied by ``view.mask`` by the trainer, so it must be finite for every agent, the
+        ones outside the mask too (NaN x 0 is NaN; the trainer refuses it, naming this
+        intervention)."""
         del view
         return None
 
