@@ -457,7 +457,8 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                         f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
                         f"{escape(error_summary(error))}"
                     )
-                elif error is not None:  # the run's stored results stay
+                elif error is not None:  # the run's stored results stay: it trained
+                    outcome.trained += 1
                     finished.add(rid)
                     console.print(
                         f"[yellow]run {rid} ({task.label(plan.grid.features)}):[/] "

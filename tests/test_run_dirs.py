@@ -1211,6 +1211,17 @@ class _DoublingExecutor(_DroppingExecutor):
             yield job, None
 
 
+class _LateTimeoutExecutor(_DroppingExecutor):
+    """Runs every job, then reports it killed at its time limit (after it stored its run)."""
+
+    def map(self, fn: Any, jobs: Any) -> Any:
+        from ctxrl.errors import JobFailed
+
+        for job in jobs:
+            fn(job)
+            yield job, JobFailed("job exceeded its 6.5 s limit and was killed", "")
+
+
 class _NarrowExecutor:
     def __init__(self, workers: int = 1) -> None:  # without timeout_s and log_dir
         pass
@@ -1233,6 +1244,7 @@ class _ExecutorsPlugin:
         register(ExecutorSpec("queued", _QueuedExecutor))
         register(ExecutorSpec("swallowing", _SwallowingExecutor))
         register(ExecutorSpec("doubling", _DoublingExecutor))
+        register(ExecutorSpec("late-timeout", _LateTimeoutExecutor))
 
 
 @requires_sb3
@@ -1279,6 +1291,13 @@ def test_jobs_an_executor_drops_or_claims_are_failed_by_name(
     with Store(plan.run_dir / STORE_FILE) as store:
         (run,) = store.runs()
         assert "Traceback" in (run.error or "") and "CnnPolicy" in (run.error or "")
+    # a job killed at its time limit after storing its run: kept, and counted as trained (it
+    # was counted nowhere: "trained 5, already finished 0, failed 0" for 6 runs)
+    late = {**changes, "executor": {"name": "late-timeout"}}
+    printed = io.StringIO()
+    outcome = run_sweep(_plan(tmp_path / "late", **late), console=Console(file=printed, width=300))
+    assert outcome.trained == 3 and not outcome.failed
+    assert printed.getvalue().count("its stored evaluations are kept") == 3
 
 
 def test_shards_an_executor_drops_or_reports_twice_are_counted_once(
