@@ -688,3 +688,13 @@ def test_a_composed_arm_takes_bare_names_as_an_arm_of_one_does() -> None:
     )
     assert bare.arm_entries() == written.arm_entries()
     assert bare.plan_data() == written.plan_data()
+
+
+def test_time_to_threshold_never_reached_by_either_arm_is_said_so(tmp_path: Path) -> None:
+    """Every segment of both arms censored at its length read "0 [0, 0] (no difference)" for
+    the time to threshold: both sides were the segments' lengths, which says nothing."""
+    config = _tiny_study(tmp_path, [{"name": "l2"}], seeds=[0, 1])
+    config = config.model_copy(update={"threshold": 1.0})  # a perfect return: never reached
+    summary = (run_study(config, get_host().registry) / "summary.md").read_text()
+    _, versus_none = [line for line in summary.splitlines() if line.startswith("| l2 |")]
+    assert "n/a (neither reached the threshold)" in versus_none

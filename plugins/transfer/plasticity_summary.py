@@ -184,11 +184,23 @@ def summary_markdown(plan: StudyPlan, tables: StudyTables, figures: Sequence[str
             "| arm | " + " | ".join(MEASURES[m][0] for m in MEASURES) + " |",
             "|---|" + "---|" * len(MEASURES),
         ]
+
+        def never_reached(arm: str) -> bool:  # every segment of every finite seed missed
+            segments = int(tables.arms[arm].finite.sum()) * len(tables.switches)
+            return segments > 0 and tables.missed.get(arm, 0) == segments
+
         for label in others:
             cells = []
             for measure, (_, better) in MEASURES.items():
                 estimate = tables.versus[label][measure]
                 digits = 0 if measure == "time_to_threshold" else 3
+                if (
+                    measure == "time_to_threshold"
+                    and never_reached(label)
+                    and never_reached(BASELINE)
+                ):  # both censored at the segments' lengths: "0, no difference" said nothing
+                    cells.append("n/a (neither reached the threshold)")
+                    continue
                 if math.isnan(estimate.estimate):
                     cells.append("n/a")
                     continue
