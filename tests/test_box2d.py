@@ -25,6 +25,17 @@ def _run(name: str, actions: list[Any], seed: int = 0, **context: float) -> list
     return out
 
 
+def _gymnasium_run(env: Any, actions: list[Any], seed: int) -> list[np.ndarray]:
+    """The observations of gymnasium's own ``env`` played from ``reset(seed)`` through
+    ``actions``, as :func:`_run` gives ctxrl's."""
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    for action in actions:
+        obs, *_ = env.step(action)
+        out.append(obs)
+    return out
+
+
 QUIET = {"initial_random": 0.0}  # no random push: only the context differs
 
 
@@ -184,11 +195,7 @@ def test_lunar_lander_wind_and_continuous_engines_are_gymnasium_s(continuous: bo
             wind_power=wind or 15.0,
             turbulence_power=turbulence or 1.5,
         )
-        obs, _ = theirs_env.reset(seed=3)
-        theirs = [obs]
-        for action in actions[: len(ours) - 1]:
-            obs, *_ = theirs_env.step(action)
-            theirs.append(obs)
+        theirs = _gymnasium_run(theirs_env, actions[: len(ours) - 1], seed=3)
         np.testing.assert_array_equal(np.array(ours), np.array(theirs))
     calm = _run(name, actions[:40], seed=3)
     windy = _run(name, actions[:40], seed=3, wind_power=20.0)
@@ -203,12 +210,7 @@ def test_bipedal_walker_hardcore_is_gymnasium_s_hardcore_terrain() -> None:
     rng = np.random.default_rng(0)
     actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(80)]
     ours = _run("BipedalWalkerHardcore", actions, seed=4)
-    env = BipedalWalker(hardcore=True)
-    obs, _ = env.reset(seed=4)
-    theirs = [obs]
-    for action in actions[: len(ours) - 1]:
-        obs, *_ = env.step(action)
-        theirs.append(obs)
+    theirs = _gymnasium_run(BipedalWalker(hardcore=True), actions[: len(ours) - 1], seed=4)
     np.testing.assert_array_equal(np.array(ours), np.array(theirs))
     heavy = _run("BipedalWalkerHardcore", actions[:30], seed=4, gravity_y=-20.0)
     assert not np.allclose(heavy[-1], ours[min(30, len(ours) - 1)])
