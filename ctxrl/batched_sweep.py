@@ -274,7 +274,9 @@ def train_group(
         returns = transfer_with_progress(plan, problem, record, console, len(agents))
         eval_s = now() - trained_at
         # a method that trains (fine-tune, distill) spends most of the second phase training
-        transferred = "" if config.transfer.name == "zero-shot" else f"{config.transfer.name}, "
+        transferred = (
+            "" if config.transfer.name == "zero-shot" else f"{config.transfer.name} (training) and "
+        )
         console.print(
             f"{transferred}evaluated {len(agents)} x {len(targets)} x {config.eval_episodes} "
             f"episodes in {eval_s:.1f} s"

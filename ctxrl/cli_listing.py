@@ -71,7 +71,8 @@ def _print_tables(tables: list[Table]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
 def envs(ctx: click.Context, as_json: bool) -> None:
-    """List environments with their context features (default, bounds, scale)."""
+    """List environments with their context features (default, bounds, scale, unit,
+    description)."""
     host = _host(ctx)
     _warn_failed(host)
     specs = host.registry.envs()

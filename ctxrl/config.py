@@ -266,7 +266,7 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
     if training:
         built = _check_hyperparameters(config, algorithm, env)
         _check_interventions_fit(config, registry, built, env)
-        _check_transfer_fits(config, registry, built, env)
+        _check_transfer_fits(config, registry, built, env, grid)
         counted = getattr(built, "trained_steps", None)
         trained_steps = int(counted(config.train_steps)) if callable(counted) else None
     if config.mode != "select":
@@ -346,18 +346,24 @@ def _check_interventions_fit(
 
 
 def _check_transfer_fits(
-    config: SweepConfig, registry: Registry, algorithm: Any, env: EnvSpec
+    config: SweepConfig, registry: Registry, algorithm: Any, env: EnvSpec, grid: ContextGrid
 ) -> None:
-    """The transfer method's own check against the algorithm object and env (its optional
-    ``check(algorithm, env)``, :class:`ctxrl.transfer.TransferMethod`): e.g. fine-tuning's
-    layer names, before the sources train."""
+    """The transfer method's own checks against the algorithm object and env (its optional
+    ``check(algorithm, env)``, :class:`ctxrl.transfer.TransferMethod`: e.g. fine-tuning's
+    layer names) and against the grid's contexts (its optional ``check_contexts(sources,
+    targets)``: e.g. a context-conditioned student needs contexts that differ), before the
+    sources train."""
     method = registry.transfer_method(config.transfer.name)
     where = f"transfer.options: {method.name!r}"
-    check = getattr(check_options(method.factory, config.transfer.options, where), "check", None)
-    if check is None:
-        return
+    built = check_options(method.factory, config.transfer.options, where)
+    check = getattr(built, "check", None)
+    check_contexts = getattr(built, "check_contexts", None)
+    contexts = [c.as_dict() for c in grid.contexts]
     try:
-        check(algorithm, env)
+        if check is not None:
+            check(algorithm, env)
+        if check_contexts is not None:  # a sweep's sources and targets are its grid's contexts
+            check_contexts(contexts, contexts)
     except CtxrlError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

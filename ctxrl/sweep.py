@@ -199,10 +199,18 @@ def prepare_run_dir(
             sort_keys=False,
         ),
     )
-    with (run_dir / "command.txt").open("a") as handle:
-        handle.write(" ".join(shlex.quote(a) for a in argv) + "\n")
+    command = " ".join(shlex.quote(a) for a in argv)
+    with (run_dir / "command.txt").open("a") as handle:  # from Python: the script that ran it
+        handle.write((command or f"run_sweep() from Python: {_python_command()}") + "\n")
     _record_environment(run_dir / "environment.json", environment_record(host, plan.config.device))
     return run_dir
+
+
+def _python_command() -> str:
+    """The command line of this Python process (``python script.py ...``, or ``python`` for an
+    interactive session), for a sweep run through the Python API."""
+    args = [a for a in sys.argv if a] or ["-"]
+    return " ".join(shlex.quote(a) for a in ["python", *args])
 
 
 def _record_environment(path: Path, record: dict[str, Any]) -> None:

@@ -91,7 +91,9 @@ class TransferMethod(Protocol):
     algorithm object it will train the sources with and its env before anything trains, so
     that options the algorithm cannot carry out (a layer name its networks lack, a student
     hyperparameter it refuses) raise a :class:`~ctxrl.errors.CtxrlError` then, not after the
-    sources have trained."""
+    sources have trained. Likewise an optional ``check_contexts(sources, targets) -> None``
+    receives the source and target contexts (lists of feature -> value mappings; in a sweep
+    both are its grid's contexts), for what they must satisfy."""
 
     def transfer(self, problem: TransferProblem) -> TransferResult: ...
 

@@ -35,10 +35,12 @@ from ctxrl_plugins.transfer.distill_losses import (
 )
 from ctxrl_plugins.transfer.distill_method import Distill
 from ctxrl_plugins.transfer.distill_teachers import (
+    Q_VALUE_TEMPERATURE,
     distance_weights,
     load_teachers,
     predicted_transfer_weights,
     stack_teachers,
+    teacher_temperature,
     transfer_weights,
 )
 
@@ -554,6 +556,67 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
         factory(steps=8, mode="proxy", proxy_steps=0)
 
 
+def _distill_sweep(tmp_path: Path, seeds: list[int], **options: Any) -> Path:
+    data: dict[str, Any] = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.3, 1.0]}},
+        "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+        "seeds": seeds,
+        "train_steps": 1024,
+        "eval_episodes": 2,
+        "compare": [],
+        "output_dir": str(tmp_path / "runs"),
+        "transfer": {"name": "distill", "options": {"steps": 1024, **options}},
+    }
+    return run_sweep(resolve_plan(validate_config(data), get_host().registry)).run_dir
+
+
+def test_each_seed_of_a_distilling_sweep_teaches_its_own_students(tmp_path: Path) -> None:
+    """With seeds [0, 1], every seed's sources taught one shared set of students: both seeds'
+    matrices were the same, best-of-K was over 4 sources, and no spread over seeds could be
+    measured. Now a seed's students learn from that seed's sources alone: seed 0 of a two-seed
+    sweep is exactly the one-seed sweep's seed 0."""
+    alone, both = _distill_sweep(tmp_path / "a", [0]), _distill_sweep(tmp_path / "b", [0, 1])
+    alone_0 = (alone / "exports" / "matrix_seed0.csv").read_text()
+    assert (both / "exports" / "matrix_seed0.csv").read_text() == alone_0
+    assert (both / "exports" / "matrix_seed1.csv").read_text() != alone_0
+    (record,) = (both / "transfer").glob("*.json")
+    details = json.loads(record.read_text())["details"]
+    assert sorted(details["seeds"]) == ["0", "1"]
+    for seed in ("0", "1"):  # each seed's 2 sources against its 2 students
+        assert np.asarray(details["seeds"][seed]["zero_shot_mean"]).shape == (2, 2)
+        assert "best-of-2 zero-shot" in details["seeds"][seed]["summary"]
+    assert details["summary"].startswith("seed 0: dagger students' mean return")
+
+
+def test_a_proxy_records_no_teacher_weights_it_never_used(tmp_path: Path) -> None:
+    """The proxy teaches the students; the distance weights its record showed were never
+    applied (the option is refused in proxy mode)."""
+    run_dir = _distill_sweep(tmp_path, [0], mode="proxy", proxy_steps=512)
+    (record,) = (run_dir / "transfer").glob("*.json")
+    details = json.loads(record.read_text())["details"]
+    assert details["teacher_weights"] is None and details["mode"] == "proxy"
+
+
+@pytest.mark.parametrize("mode", ["conditioned", "proxy"])
+def test_a_context_conditioned_mode_on_one_context_is_refused_before_training(
+    tmp_path: Path, mode: str
+) -> None:
+    """Refused only after the sources had trained (and stored as failed): a policy conditioned
+    on the context needs contexts that differ."""
+    data: dict[str, Any] = {
+        "env": "CartPole",
+        "features": {"length": {"values": [0.5]}},
+        "algorithm": {"name": "batched-ppo", "preset": "CartPole"},
+        "train_steps": 1024,
+        "output_dir": str(tmp_path / "runs"),
+        "transfer": {"name": "distill", "options": {"steps": 1024, "mode": mode}},
+    }
+    with pytest.raises(ConfigError, match=r"context-conditioned .* one context \(.*length=0.5"):
+        resolve_plan(validate_config(data), get_host().registry)
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
@@ -562,6 +625,7 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
         ({"mode": "proxy", "weights": "transfer", "scale": 0.3}, "weights, scale have no"),
         ({"mode": "kickstart", "proxy_steps": 512}, "proxy_steps has no effect"),
         ({"weights": "uniform", "scale": 0.3}, "scale has no effect .* weights 'uniform'"),
+        ({"mode": "kickstart", "half_life": 0.3}, "half_life has no effect .* decay 'linear'"),
     ],
 )
 def test_a_distill_option_the_mode_does_not_use_is_refused(
@@ -714,6 +778,11 @@ def test_gaussian_and_q_value_teachers_teach() -> None:
     )
     students = distill_students(cartpole, q_teachers, [TARGET], [0], steps=512, temperature=0.01)
     assert np.isfinite(np.stack(students.log.diagnostics["heldout_kl"])).all()
+    # without a temperature, Q-values are sharpened as policy distillation does (at 1 a DQN's
+    # small Q-value gaps were a nearly uniform target); policies' outputs are taken as they are
+    assert teacher_temperature(q_teachers, None) == Q_VALUE_TEMPERATURE == 0.01
+    assert teacher_temperature(gaussian, None) == 1.0
+    assert teacher_temperature(q_teachers, 0.5) == 0.5
 
 
 def test_the_summary_leaves_diverged_students_out_and_says_so() -> None:

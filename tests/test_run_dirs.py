@@ -168,6 +168,12 @@ def test_a_run_directory_named_by_an_earlier_hash_is_continued(tmp_path: Path) -
     (legacy_dir / "plan.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     again = run_sweep(_plan(tmp_path))
     assert again.run_dir == legacy_dir and again.trained == 0 and again.skipped == 2
+    # each invocation through the Python API is a line of command.txt naming the process (an
+    # empty line before)
+    lines = (legacy_dir / "command.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(
+        line.startswith("run_sweep() from Python: python ") for line in lines
+    )
 
 
 def test_a_different_plan_in_the_same_directory_is_refused_naming_the_fields(

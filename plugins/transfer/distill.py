@@ -26,7 +26,7 @@ from ctxrl.registry import TransferMethodSpec
 def _distill(
     steps: int,
     mode: str = "dagger",
-    temperature: float = 1.0,
+    temperature: float | None = None,
     weights: str | None = None,
     scale: float | None = None,
     coef: float | None = None,

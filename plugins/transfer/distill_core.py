@@ -48,7 +48,11 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.registry import EnvSpec
 from ctxrl_plugins.algorithms.ppo import sampling_noise
 from ctxrl_plugins.transfer.distill_losses import normalise_weights
-from ctxrl_plugins.transfer.distill_teachers import check_teachers, distance_weights
+from ctxrl_plugins.transfer.distill_teachers import (
+    check_teachers,
+    distance_weights,
+    teacher_temperature,
+)
 from ctxrl_plugins.transfer.distill_trainers import (
     DaggerStudent,
     Decay,
@@ -85,7 +89,7 @@ def distill_students(
     mode: Mode = "dagger",
     weights: str | np.ndarray | Tensor = "distance",
     scale: float = 0.1,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     coef: float | Sequence[float] = 1.0,
     decay: Decay = "linear",
     half_life: float = 0.1,
@@ -103,7 +107,8 @@ def distill_students(
         mode: ``dagger`` (distillation only) or ``kickstart`` (PPO + decaying distillation).
         weights: ``distance``, ``uniform`` or an ``(N, K)`` array.
         scale: the distance weights' length scale in unit context coordinates.
-        temperature: see :class:`Teaching`.
+        temperature: see :class:`Teaching`; None: 1 for policy teachers, 0.01 for Q-value
+            ones (:func:`teacher_temperature`).
         coef: kickstarting's initial coefficient, one for all or one per student (0: plain
             PPO in the same batch).
         decay, half_life: kickstarting's schedule (:func:`decay_schedule`).
@@ -161,7 +166,9 @@ def distill_students(
     moved = dataclasses.replace(
         teachers, params={name: v.to(trainer.device) for name, v in teachers.params.items()}
     )
-    trainer.teaching = Teaching(moved, weight_tensor, float(temperature), coefs)
+    trainer.teaching = Teaching(
+        moved, weight_tensor, teacher_temperature(teachers, temperature), coefs
+    )
     if start == "best-teacher":
         best = weight_tensor.argmax(dim=1).cpu()  # (N,) each student's top teacher
         train_options["init"] = {name: v[best] for name, v in teachers.params.items()}
@@ -243,7 +250,7 @@ def distill_conditioned(
     weights: str | np.ndarray = "distance",
     features: Sequence[str] | None = None,
     scale: float = 0.1,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     coef: float = 1.0,
     decay: Decay = "linear",
     half_life: float = 0.1,
@@ -319,7 +326,7 @@ def distill_conditioned(
     trainer.teaching = Teaching(
         moved,
         torch.full((n, k), 1.0 / k),
-        float(temperature),
+        teacher_temperature(teachers, temperature),
         torch.full((n,), float(coef)),
         teacher_obs=base_obs,
         pool_unit=torch.as_tensor(space.to_unit(full_p, features), dtype=torch.float32),
@@ -345,7 +352,7 @@ def distill_proxy(
     steps: int,
     proxy_steps: int,
     features: Sequence[str] | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     student: Mapping[str, Any] | None = None,
     device: str = "cpu",
     checkpoint: Path | None = None,
@@ -411,7 +418,7 @@ def distill_proxy(
     trainer.teaching = Teaching(
         dataclasses.replace(proxy, contexts=[{}]),
         torch.ones(n, 1),
-        float(temperature),
+        teacher_temperature(proxy, temperature),
         teacher_context=torch.as_tensor(space.to_unit(full_targets, features), dtype=torch.float32),
     )
     if checkpoint is not None:

@@ -5,8 +5,9 @@ trained in one batched program; registered by :mod:`ctxrl_plugins.transfer.disti
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from ctxrl_plugins.transfer.distill_core import (
 from ctxrl_plugins.transfer.distill_teachers import (
     distance_weights,
     stack_teachers,
+    teacher_temperature,
     transfer_weights,
 )
 
@@ -47,15 +49,18 @@ class Distill:
     (``proxy_steps`` source-env steps, default ``steps``), which then teaches a student per
     target (:func:`distill_proxy`); only the students' steps are target-env steps.
 
-    Args: see :func:`distill_students`; ``seed_offset`` is added to the first source's seed
-    for the students' seeds (student ``q`` gets ``+ q``).
+    With several seeds, each seed's sources teach that seed's students (student ``q`` of seed
+    ``s`` has seed ``s + seed_offset + q``) and each seed's rows hold its students: the seeds
+    stay independent replicates, and the details hold each seed's record under ``seeds``.
+
+    Args: see :func:`distill_students`.
     """
 
     def __init__(
         self,
         steps: int,
         mode: Mode = "dagger",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         weights: str | None = None,
         scale: float | None = None,
         coef: float | None = None,
@@ -82,6 +87,8 @@ class Distill:
             "proxy_steps": proxy_steps,
         }
         unused = {"coef", "decay", "half_life"} if mode != "kickstart" else set()
+        if mode == "kickstart" and decay != "exponential":
+            unused.add("half_life")  # the linear schedule has none
         if mode == "proxy":
             unused |= {"weights", "scale"}  # the proxy teaches; the sources are not weighted
         else:
@@ -97,9 +104,10 @@ class Distill:
             else f"distill: {', '.join(named)} {'has' if len(named) == 1 else 'have'} no "
             f"effect with mode {mode!r}"
             + (" and weights 'uniform'" if weights == "uniform" else "")
-            + " (coef, decay, half_life: kickstart; proxy_steps: proxy; weights, scale: not "
-            "proxy; scale: weights 'distance' or 'transfer'); remove "
-            + ("it" if len(named) == 1 else "them")
+            + (" and decay 'linear'" if mode == "kickstart" and "half_life" in named else "")
+            + " (coef, decay, half_life: kickstart; half_life: decay 'exponential'; "
+            "proxy_steps: proxy; weights, scale: not proxy; scale: weights 'distance' or "
+            "'transfer'); remove " + ("it" if len(named) == 1 else "them")
         )
         weights = "distance" if weights is None else weights
         scale = 0.1 if scale is None else scale
@@ -113,7 +121,8 @@ class Distill:
             raise ConfigError(
                 f"distill: weights must be 'distance', 'uniform' or 'transfer', got {weights!r}"
             )
-        temperature = number_option(temperature, "distill: temperature")
+        if temperature is not None:  # None: by the teachers (teacher_temperature)
+            temperature = number_option(temperature, "distill: temperature")
         scale = number_option(scale, "distill: scale")
         coef = number_option(coef, "distill: coef", positive=False)
         half_life = number_option(half_life, "distill: half_life")
@@ -122,7 +131,8 @@ class Distill:
         if start != "scratch" and mode not in ("dagger", "kickstart"):
             raise ConfigError(f"distill: start {start!r} needs mode 'dagger' or 'kickstart'")
         self.start: Start = start
-        self.steps, self.mode, self.temperature = int(steps), mode, float(temperature)
+        self.steps, self.mode = int(steps), mode
+        self.temperature = None if temperature is None else float(temperature)
         self.weights, self.scale, self.coef = weights, float(scale), float(coef)
         self.decay, self.half_life = decay, float(half_life)
         self.student = dict(student or {})
@@ -173,6 +183,25 @@ class Distill:
                     f"{getattr(source, name)!r} (student: {{{name}: ...}})"
                 )
 
+    def check_contexts(
+        self, sources: Sequence[Mapping[str, float]], targets: Sequence[Mapping[str, float]]
+    ) -> None:
+        """A context-conditioned policy (``conditioned``'s student, ``proxy``'s proxy) learns
+        how acting changes with the context: refuse, before the sources train, contexts that
+        do not differ (the proxy's sources; the conditioned student's sources and targets)."""
+        if self.mode not in ("conditioned", "proxy"):
+            return
+        seen = list(sources) if self.mode == "proxy" else [*sources, *targets]
+        if len({tuple(sorted(dict(c).items())) for c in seen}) < 2:
+            which = "proxy's sources" if self.mode == "proxy" else "sources and targets"
+            raise ConfigError(
+                f"distill: mode {self.mode!r} trains a context-conditioned policy, which needs "
+                f"contexts that differ; the {which} are one context "
+                f"({', '.join(f'{f}={v:g}' for f, v in dict(seen[0] if seen else {}).items())}): "
+                "vary a "
+                "feature, or use mode 'dagger' or 'kickstart'"
+            )
+
     def _student_params(self, algorithm: Any) -> dict[str, Any]:
         """The students' hyperparameters: PPO sources' own, where the options do not say
         otherwise; the options alone with other sources."""
@@ -186,28 +215,85 @@ class Distill:
         return BatchedPPO(self._student_params(algorithm))
 
     def transfer(self, problem: TransferProblem) -> TransferResult:
-        from ctxrl_plugins.training.evaluation import evaluate_policies
-
         if self._unused_options:
             raise ConfigError(self._unused_options)
-        p, q = len(problem.source_contexts), len(problem.targets)
         sources = problem.sources
         if isinstance(sources, list):  # sources trained one run at a time
             sources = stack_teachers(sources)
-        teachers = dataclasses.replace(sources, contexts=[dict(c) for c in problem.source_contexts])
-        student = self._student_params(problem.algorithm)
-        device = str(problem.algorithm.device)
-        targets = [dict(t) for t in problem.targets]
-        seeds = [min(problem.source_seeds) + self.seed_offset + j for j in range(q)]
         # the teachers' zero-shot returns: best-of-K next to the students, and the
         # "transfer" weights (their episodes are target-env steps too, counted below)
         zero_shot = evaluate_sources(problem)  # (P, Q, E)
-        if self.weights == "distance":
+        groups: dict[int, list[int]] = {}  # seed -> its sources' rows
+        for row, seed in enumerate(problem.source_seeds):
+            groups.setdefault(int(seed), []).append(row)
+        p, q = len(problem.source_contexts), len(problem.targets)
+        returns = np.empty((p, q, problem.episodes), dtype=np.float64)
+        per_seed: dict[int, dict[str, Any]] = {}
+        for seed, rows in groups.items():
+            # a seed's students are taught by that seed's sources only: the seeds stay
+            # independent replicates of the whole experiment
+            checkpoint = problem.checkpoint
+            if checkpoint is not None and len(groups) > 1:
+                checkpoint = checkpoint.with_name(f"{checkpoint.name}-seed{seed}")
+            own, per_seed[seed] = self._distill_seed(
+                problem,
+                dataclasses.replace(
+                    sources.select(rows),
+                    contexts=[dict(problem.source_contexts[i]) for i in rows],
+                ),
+                seed,
+                zero_shot[rows],
+                checkpoint,
+            )
+            returns[rows] = own[None]
+        details = next(iter(per_seed.values()))
+        if len(per_seed) > 1:
+            shared = ("mode", "start", "students", "proxy_source_env_steps", "steps_per_student")
+            details = {
+                **{key: details[key] for key in (*shared, "temperature")},
+                "rows": "each seed's rows hold the same student per target, made from that "
+                "seed's sources",
+                "zero_shot_target_env_steps": details["zero_shot_target_env_steps"],
+                "seeds": {str(seed): d for seed, d in per_seed.items()},
+                "summary": "; ".join(f"seed {s}: {d['summary']}" for s, d in per_seed.items()),
+            }
+            for d in per_seed.values():
+                for key in (*shared, "rows", "temperature", "zero_shot_target_env_steps"):
+                    d.pop(key)
+        # per student: its training, plus the teachers' episodes on its target when they
+        # chose the weights (an upper bound: every episode counted at its time limit)
+        trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
+        zero_shot_steps = details["zero_shot_target_env_steps"]
+        used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
+        return TransferResult(returns, target_env_steps=used, details=details)
+
+    def _distill_seed(
+        self,
+        problem: TransferProblem,
+        teachers: Any,
+        seed: int,
+        zero_shot: np.ndarray,
+        checkpoint: Path | None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The students of one seed, taught by ``teachers`` (that seed's K sources, with
+        their contexts) whose zero-shot returns on the targets are ``zero_shot`` ``(K, Q,
+        E)``; ``checkpoint``: where their training checkpoints. Returns each student's returns
+        on its own target ``(Q, E)`` and the seed's details."""
+        from ctxrl_plugins.training.evaluation import evaluate_policies
+
+        k, q = len(teachers), len(problem.targets)
+        student = self._student_params(problem.algorithm)
+        device = str(problem.algorithm.device)
+        targets = [dict(t) for t in problem.targets]
+        seeds = [seed + self.seed_offset + j for j in range(q)]
+        if self.mode == "proxy":
+            weights = None  # the proxy teaches; the sources are not weighted
+        elif self.weights == "distance":
             weights = distance_weights(problem.env, targets, teachers.contexts, scale=self.scale)
         elif self.weights == "transfer":
             weights = transfer_weights(problem.env, zero_shot.mean(axis=2), scale=self.scale)
         else:
-            weights = np.full((q, p), 1.0 / p)
+            weights = np.full((q, k), 1.0 / k)
 
         def on_own_targets(students: Any) -> np.ndarray:
             """Student ``q`` on target ``q``: ``(Q, E)`` returns."""
@@ -223,10 +309,10 @@ class Distill:
             return np.asarray(returns[:, 0])
 
         # a sweep killed while the students train continues from their checkpoint
-        checkpoint = problem.checkpoint
         saving: dict[str, Any] = {} if checkpoint is None else {"checkpoint": checkpoint}
         saving["progress"] = problem.progress  # the students' training, on the sweep's bar
         if self.mode == "conditioned":
+            assert weights is not None
             # one student for every target, the target visible, in one program
             students, student_env = distill_conditioned(
                 problem.env,
@@ -259,11 +345,11 @@ class Distill:
                 temperature=self.temperature,
                 student=student,
                 device=device,
-                checkpoint=checkpoint,
-                progress=problem.progress,
+                **saving,
             )
             own = on_own_targets(students)
         else:
+            assert weights is not None
             students = distill_students(
                 problem.env,
                 teachers,
@@ -286,7 +372,6 @@ class Distill:
             )
             own = on_own_targets(students)
         limit = problem.env.max_episode_steps or 0
-        zero_shot_steps = p * problem.episodes * limit  # all teachers on one target
         log = students.log
         diagnostics = {
             name: np.asarray(log.diagnostics[name][-1], dtype=np.float64).tolist()
@@ -303,18 +388,13 @@ class Distill:
             "student_mean": own.mean(axis=1).tolist(),
             "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
             "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),
-            "teacher_weights": weights.tolist(),
-            "temperature": self.temperature,
+            "teacher_weights": None if weights is None else weights.tolist(),
+            "temperature": teacher_temperature(teachers, self.temperature),
             "final_diagnostics": diagnostics,
-            "zero_shot_target_env_steps": zero_shot_steps,
+            "zero_shot_target_env_steps": k * problem.episodes * limit,  # all on one target
         }
         details["summary"] = self._summary(own, zero_shot, diagnostics.get("heldout_agreement"))
-        returns = np.broadcast_to(own[None], (p, q, problem.episodes)).astype(np.float64)
-        # per student: its training, plus the teachers' episodes on its target when they
-        # chose the weights (an upper bound: every episode counted at its time limit)
-        trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
-        used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
-        return TransferResult(returns, target_env_steps=used, details=details)
+        return own, details
 
     def _summary(
         self, own: np.ndarray, zero_shot: np.ndarray, agreement: list[float] | None

@@ -45,6 +45,20 @@ def teacher_outputs(teachers: Any, obs: Tensor) -> Tensor:
     return labels
 
 
+Q_VALUE_TEMPERATURE = 0.01
+"""The softmax temperature that turns Q-value teachers into action distributions by default:
+Rusu et al.'s policy distillation (2016) sharpens DQN's Q-values at ``tau = 0.01``; at 1 the
+small gaps between a trained DQN's Q-values give a nearly uniform target."""
+
+
+def teacher_temperature(teachers: Any, temperature: float | None) -> float:
+    """``temperature`` when given, else the default for ``teachers``: 1 for policies (PPO's
+    logits or Gaussian means), :data:`Q_VALUE_TEMPERATURE` for Q-value teachers (DQN)."""
+    if temperature is not None:
+        return float(temperature)
+    return 1.0 if hasattr(teachers, "actor") else Q_VALUE_TEMPERATURE
+
+
 def teacher_spaces(teachers: Any) -> tuple[int, int | None]:
     """A teachers object's observation size and action count (None: continuous)."""
     meta = teachers.metadata()

@@ -202,8 +202,10 @@ class DaggerStudent(_TeachingMixin, BatchedPPO):
 class KickstartStudent(_TeachingMixin, BatchedPPO):
     """PPO students with a kickstarting term: at every gradient step PPO's loss plus
     ``coef * schedule(progress) * KL(teacher mixture || student)`` on the minibatch's states
-    (Schmitt et al. 2018, arXiv 1803.03835). ``progress`` is the fraction of iterations done,
-    so the term is gone by the end of training and the student is left to the RL loss."""
+    (Schmitt et al. 2018, arXiv 1803.03835). ``progress`` is the fraction of iterations done
+    before the current one (``i / I``), so the term fades over training: ``linear`` keeps
+    ``1 / I`` of it in the last of the ``I`` iterations, ``exponential`` is 0 in the last 10 %
+    of them, where the student is left to the RL loss."""
 
     decay: Decay = "linear"
     half_life: float = 0.1

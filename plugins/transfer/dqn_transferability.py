@@ -145,7 +145,11 @@ def ctxrl_register_commands(cli: Any) -> None:
 
     @group.command("dqn")  # type: ignore[untyped-decorator]
     @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--dry-run", is_flag=True, help="Validate the study; train nothing.")
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Validate the study and print it as YAML with every default filled in; train nothing.",
+    )
     def dqn(study: Path, dry_run: bool) -> None:
         """Run (or resume) the DQN transferability STUDY (a YAML file)."""
         from rich.console import Console

@@ -124,7 +124,11 @@ def ctxrl_register_commands(cli: Any) -> None:
 
     @cli.command("plasticity")  # type: ignore[untyped-decorator]
     @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--dry-run", is_flag=True, help="Validate the study; train nothing.")
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Validate the study and print it as YAML with every default filled in; train nothing.",
+    )
     def plasticity(study: Path, dry_run: bool) -> None:
         """Run (or resume) the plasticity STUDY (a YAML file): interventions x seeds on a
         context schedule, or on shifting regression targets (a `shifting_targets` block),
