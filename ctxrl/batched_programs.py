@@ -162,8 +162,10 @@ def store_trained(
     of them stored, so the rerun finds the group's checkpoint whole and stores them from it
     (stored one by one, the rest would be trained again from the start, and a run could be
     stored finished without its log). An agent that cannot be stored (non-finite returns
-    from a diverged training, a failed save) is stored as failed with the reason, alone.
-    Returns, per agent, whether it was stored finished."""
+    from a diverged training, a failed save) is stored as failed with the reason, alone,
+    unless the store holds it finished already (a retrain of its damaged policy that failed):
+    then its stored results are kept and the failure is said. Returns, per agent, whether the
+    store holds it finished."""
     log = getattr(policies, "log", None)
     prepared: list[tuple[RunRecord, list[Evaluation], Any]] = []
     for index, record in enumerate(records):
@@ -183,9 +185,21 @@ def store_trained(
             prepared.append(
                 (replace(record, status="failed", artifact=None, error=error), [], None)
             )
-            console.print(f"[red]run {record.run_id} failed:[/] {escape(str(error))}")
+    kept: set[str] = set()
     with store.atomic():
         for record, evaluations, agent_log in prepared:
+            if record.status == "failed":
+                error = escape(str(record.error))
+                earlier = store.run(record.run_id)
+                if earlier is not None and earlier.status == "finished":
+                    # never replace stored results with a failure: a rerun tries again
+                    kept.add(record.run_id)
+                    console.print(
+                        f"[yellow]run {record.run_id}: retraining it failed ({error}); its "
+                        "stored results from an earlier run are kept[/]"
+                    )
+                    continue
+                console.print(f"[red]run {record.run_id} failed:[/] {error}")
             store.record_run(record, evaluations)
             if agent_log is not None:
                 store.record_training_log(
@@ -200,7 +214,7 @@ def store_trained(
                         for k, values in agent_log.diagnostics.items()
                     },
                 )
-    return [record.status == "finished" for record, _, _ in prepared]
+    return [record.status == "finished" or record.run_id in kept for record, _, _ in prepared]
 
 
 def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray) -> str:

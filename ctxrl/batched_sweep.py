@@ -465,10 +465,18 @@ def run_multitask(session: SweepSession) -> None:
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))[-4000:]
         for seed in seeds:
-            record = run_record(task, seed, plan, started, now(), "failed", None, error)
-            store.record_run(_as_multitask(record))
-            outcome.failed.append(f"{MULTITASK}-s{seed}")
-            session.run_finished(f"{MULTITASK}-s{seed}")
+            record = _as_multitask(
+                run_record(task, seed, plan, started, now(), "failed", None, error)
+            )
+            earlier = store.run(record.run_id)
+            if earlier is not None and earlier.status == "finished":
+                # a retrain of its damaged policy failed: its stored results are kept
+                console.print(f"[yellow]{record.run_id}: its stored results are kept[/]")
+                finished.add(record.run_id)
+            else:
+                store.record_run(record)
+                outcome.failed.append(record.run_id)
+            session.run_finished(record.run_id)
         console.print(f"[red]multi-task training failed:[/] {escape(str(exc))}")
         return
     # with the training time of the processes before a kill (saved with the checkpoint)

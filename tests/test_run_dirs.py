@@ -601,6 +601,65 @@ def test_a_rerun_trains_again_the_runs_whose_policy_is_damaged(
     assert len(load_policies(run_dir)) == 2
 
 
+def test_a_failed_retrain_of_a_damaged_policy_keeps_the_stored_results(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Batched path: a rerun retrains a run whose policy is damaged; when saving the new policy
+    failed too (a full disk, here a folder where its file is written), the run's finished row
+    was replaced by a failed one and its evaluations deleted with it. They are kept, and the
+    failure is said; a later rerun tries again."""
+    from ctxrl.store import Store
+
+    run_dir = _copy(finished, tmp_path)
+    weights = _truncate_artifact(run_dir)
+    with Store(run_dir / "store.sqlite") as store:
+        before = store.returns(weights.stem)
+    (weights.parent / f".{weights.name}.partial").mkdir()  # the new file cannot be written
+    printed = io.StringIO()
+    plan = _plan(tmp_path, output_dir=str(run_dir.parent))
+    run_sweep(plan, console=Console(file=printed, width=300))
+    assert (
+        f"run {weights.stem}: retraining it failed (storing the trained agent failed: "
+        "IsADirectoryError" in printed.getvalue()
+    )
+    assert "its stored results from an earlier run are kept" in " ".join(printed.getvalue().split())
+    with Store(run_dir / "store.sqlite") as store:
+        kept = store.run(weights.stem)
+        assert kept is not None and kept.status == "finished"
+        assert store.returns(weights.stem) == before and before
+
+
+def test_a_failed_retrain_of_the_multitask_policy_keeps_its_stored_results(
+    tmp_path: Path,
+) -> None:
+    """The multi-task baseline's damaged policy is retrained; when that training failed (its
+    checkpoint could not be written), every seed was recorded failed over its finished row,
+    and the Multi-task line left the summary."""
+    from ctxrl.store import Store
+
+    run_dir = _sweep(tmp_path, multitask=True).run_dir
+    weights = run_dir / "artifacts" / "multitask-s0.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    key = hashlib.sha256(b"multitask|[0]").hexdigest()[:12]
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / f".multitask-{key}.safetensors.partial").mkdir()
+    plan = _plan(tmp_path, multitask=True)
+    where = {"env": "CartPole", "targets": plan.grid.contexts, "seeds": [0]}
+    with Store(run_dir / "store.sqlite") as store:
+        before = store.multitask_returns(**where)
+    printed = io.StringIO()
+    run_sweep(plan, console=Console(file=printed, width=300))
+    assert "multi-task training failed" in printed.getvalue()
+    assert "multitask-s0: its stored results are kept" in printed.getvalue()
+    with Store(run_dir / "store.sqlite") as store:
+        kept = store.run("multitask-s0")
+        assert kept is not None and kept.status == "finished"
+        assert (
+            np.array_equal(store.multitask_returns(**where), before) and np.isfinite(before).all()
+        )
+    assert "Multi-task" in (run_dir / "summary.md").read_text()
+
+
 def test_a_policy_with_a_changed_byte_is_named_and_trained_again(
     finished: Path, tmp_path: Path
 ) -> None:
