@@ -85,6 +85,13 @@ class _Root(click.Group):
             # escaped: a message's own brackets ("[lower, upper]") are text, not rich markup
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: what a sweep or study stored is kept
+            err.print(
+                "[yellow]interrupted:[/] what was stored so far is kept (a batched program's "
+                "last checkpoint too); rerun the same command to continue",
+                highlight=False,
+            )
+            sys.exit(130)
         except OSError as exc:  # a folder that cannot be made, a full disk: named, no traceback
             where = f"{exc.filename}: " if exc.filename else ""
             message = f"{where}{exc.strerror or exc}"

@@ -43,6 +43,14 @@ def open_store(run_dir: str | Path) -> Store:
     run_dir = Path(run_dir)
     store_file = run_dir / STORE_FILE
     if not store_file.is_file():
+        policies = len(list((run_dir / "artifacts").glob("*.safetensors")))
+        if policies:  # the store was there: its runs' evaluations are what reports read
+            raise CtxrlError(
+                f"{run_dir} has no {STORE_FILE}, though its artifacts/ holds {policies} saved "
+                f"polic{'y' if policies == 1 else 'ies'}: the store (every run's evaluations) "
+                "was moved or deleted; restore it from a copy, or rerun `ctxrl sweep` on its "
+                "config to train the runs again"
+            )
         raise CtxrlError(
             f"{run_dir} has no {STORE_FILE}: no run was ever stored there (a copied "
             f"{PLAN_FILE} holds no results); run `ctxrl sweep` on its config first"

@@ -31,7 +31,7 @@ from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
 from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
-from ctxrl.errors import ConfigError, CtxrlError, JobFailed
+from ctxrl.errors import ConfigError, CtxrlError, JobFailed, PluginError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
@@ -226,7 +226,10 @@ def _record_environment(path: Path, record: dict[str, Any]) -> None:
         if isinstance(previous, dict):
             earlier = list(previous.pop("earlier", []))
         earlier.append(previous)
-    path.write_text(json.dumps({**record, "earlier": earlier} if earlier else record, indent=2))
+    # whole or not at all: a kill while writing left a cut file, kept as "unreadable" thereafter
+    write_text_atomic(
+        path, json.dumps({**record, "earlier": earlier} if earlier else record, indent=2)
+    )
 
 
 def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
@@ -488,6 +491,7 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                 session.run_finished(rid)
 
     n = len(plan.grid)
+    failed_strategy: _StrategyFailed | None = None
     try:
         if config.multitask or config.mode == "multitask":
             run_multitask(session)
@@ -496,6 +500,8 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             run_jobs(outcome.order)
         elif config.mode == "select":
             outcome.order = _select_and_train(plan, store, run_jobs)
+    except _StrategyFailed as exc:  # the summary of what was trained, then the error
+        outcome.order, failed_strategy = exc.order, exc
     finally:  # an executor that holds resources across its jobs (a Ray cluster) lets them go
         close = getattr(executor, "close", None)
         if callable(close):
@@ -509,8 +515,19 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     outcome.matrix = matrix
     write_exports(plan, store, matrix, run_dir, order=outcome.order)
     store.close()
+    if failed_strategy is not None:
+        raise failed_strategy
     host.notify("ctxrl_sweep_finished", plan=plan_json, run_dir=run_dir, matrix=matrix)
     return outcome
+
+
+class _StrategyFailed(PluginError):
+    """A selection strategy that raised (or proposed what cannot be trained) in ``mode:
+    select``; ``order``: the sources it had chosen before, all trained."""
+
+    def __init__(self, message: str, order: list[int]) -> None:
+        super().__init__(message)
+        self.order = order
 
 
 def remove_checkpoints(folder: Path) -> None:
@@ -541,7 +558,16 @@ def _select_and_train(
     )
     step = 0
     while state.k < state.budget:
-        proposal = checked_proposal(strategy.propose(state), state, plan.strategy.name)
+        try:
+            proposal = checked_proposal(strategy.propose(state), state, plan.strategy.name)
+        except Exception as exc:  # the plugin's failure: what it chose before is reported
+            why = str(exc) if isinstance(exc, CtxrlError) else f"{type(exc).__name__}: {exc}"
+            raise _StrategyFailed(
+                f"strategy {plan.strategy.name!r} failed at selection step {step + 1} (k = "
+                f"{state.k} of {state.budget} sources trained): {why}; the sources trained so "
+                "far are stored and reported, and a rerun continues from them",
+                list(state.selected),
+            ) from exc
         step += 1
         store.record_selection_step(
             SelectionStep(

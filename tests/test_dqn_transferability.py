@@ -431,6 +431,25 @@ def test_sources_from_a_sweep_start_the_transfer_arms(tmp_path: Path) -> None:
     refused(r"observe the context features \['length'\] beside the env", sources_from=str(shown))
 
 
+def test_a_damaged_stored_arm_is_named_by_report_and_trained_again_by_a_rerun(
+    tmp_path: Path,
+) -> None:
+    """A stored arm cut short stopped every rerun and report; the study's rerun now trains it
+    again, to the same numbers, and the report names the study's command."""
+    config = load_study_config(
+        _write(tmp_path, arms=["scratch", "fine-tune"], seeds=[0], train_steps=600, curve_every=300)
+    )
+    run_dir = run_study(config, get_host().registry)
+    stored = run_dir / "arms" / "dqn" / "fine-tune.safetensors"
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[:2000])
+    with pytest.raises(CtxrlError, match=rf"{stored} is damaged .*rerun `ctxrl transfer dqn`"):
+        report_study(run_dir)
+    run_study(config, get_host().registry)
+    assert stored.read_bytes() == whole
+    report_study(run_dir)
+
+
 def test_a_cut_timing_file_does_not_block_a_resume(tmp_path: Path) -> None:
     """timing.json (seconds per arm, rewritten every 30 s) is replaced whole; one cut short
     by a kill before that was so failed every resume with a JSONDecodeError. It is a record,

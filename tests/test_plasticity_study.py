@@ -26,6 +26,7 @@ from ctxrl_plugins.transfer.plasticity_study import (
     file_name,
     load_results,
     load_study_config,
+    report_study,
     resolve_study,
     run_study,
 )
@@ -460,6 +461,24 @@ def test_a_study_killed_before_storing_a_program_resumes_it_from_its_final_state
     assert list((run_dir / "checkpoints").glob("*.safetensors")), "the checkpoint is kept"
     run_study(config, get_host().registry)
     assert not list((run_dir / "checkpoints").glob("*.safetensors"))
+
+
+def test_a_damaged_stored_program_is_named_by_report_and_trained_again_by_a_rerun(
+    tmp_path: Path,
+) -> None:
+    """A stored program cut short stopped every rerun and report with "a rerun of its sweep
+    trains it again", which it never did: the study's rerun sets it aside and trains it again
+    (the same numbers), and the report names the study's command."""
+    config = _tiny_study(tmp_path, ["redo"])
+    run_dir = run_study(config, get_host().registry)
+    (stored,) = (run_dir / "programs").glob("*.safetensors")
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[:3000])
+    with pytest.raises(CtxrlError, match=rf"{stored} is damaged .*rerun `ctxrl plasticity`"):
+        report_study(run_dir)
+    run_study(config, get_host().registry)
+    assert stored.read_bytes() == whole
+    report_study(run_dir)
 
 
 def test_a_failing_program_is_reported_and_the_others_still_run(

@@ -235,6 +235,12 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     empty = _cli("report", str(folder))
     assert empty.exit_code == 2 and "its store holds no run yet" in empty.stderr
     assert (folder / "summary.md").read_text() == "results of an earlier machine\n"
+    # a run directory whose store went missing (its policies are there) is not "never stored"
+    run_dir = _copy(finished, tmp_path)
+    (run_dir / "store.sqlite").unlink()
+    moved = _cli("report", str(run_dir))
+    assert moved.exit_code == 2
+    assert "though its artifacts/ holds 2 saved policies" in " ".join(moved.stderr.split())
 
 
 def test_report_on_the_output_dir_names_the_run_directories_in_it(finished: Path) -> None:
@@ -1127,6 +1133,60 @@ def test_a_compared_strategy_that_fails_is_left_out_of_the_report(
     summary = " ".join((outcome.run_dir / "summary.md").read_text().split())
     assert "**Strategy repeats-itself failed and is left out**" in summary
     assert "already chosen" in summary and "| greedy |" in summary
+
+
+class _Explodes:
+    """A selection strategy whose own code raises at its first proposal."""
+
+    def propose(self, state: Any) -> list[int]:
+        raise RuntimeError("boom")
+
+
+class _ExplodingPlugin:
+    from ctxrl import hookimpl
+
+    @hookimpl
+    def ctxrl_register_strategies(self, register: Any) -> None:
+        from ctxrl.registry import StrategySpec
+
+        register(StrategySpec("explodes", _Explodes))
+        register(StrategySpec("repeats-itself", _RepeatsItself))
+
+
+def test_a_selection_strategy_that_fails_is_named_and_what_it_trained_reported(
+    tmp_path: Path, ctxrl_inline_plugin: Any
+) -> None:
+    """In mode: select a strategy that raised ended the sweep with a traceback and no summary
+    of the steps it had trained: the error names the strategy and the step, and the exports
+    and summary of what was trained are written first."""
+    from ctxrl.errors import PluginError
+
+    ctxrl_inline_plugin(_ExplodingPlugin(), "exploding")
+    features = {"length": {"values": [0.5, 1.0, 1.5]}}
+    plan = _plan(
+        tmp_path,
+        features=features,
+        mode="select",
+        strategy={"name": "repeats-itself", "budget": 2},
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"strategy 'repeats-itself' failed at selection step 2 \(k = 1 of 2 sources "
+        r"trained\): strategy 'repeats-itself' proposed index 0 .*a rerun continues",
+    ):
+        run_sweep(plan, console=Console(file=io.StringIO()))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "summary.md").is_file() and (run_dir / "exports" / "summary.json").is_file()
+    explodes = _plan(
+        tmp_path / "second",
+        features=features,
+        mode="select",
+        strategy={"name": "explodes", "budget": 2},
+    )
+    with pytest.raises(
+        PluginError, match=r"'explodes' failed at selection step 1 .*RuntimeError: boom"
+    ):
+        run_sweep(explodes, console=Console(file=io.StringIO()))
 
 
 class _BrokenTransfer:

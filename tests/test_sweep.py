@@ -358,6 +358,42 @@ def test_a_hanging_run_times_out(run_ctxrl: Run, scripted: Path, tmp_path: Path)
     assert _count(_run_dir(tmp_path), "runs") == 4
 
 
+def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the foreground process group) printed click's bare "Aborted!": the
+    sweep now says that what was stored is kept and how to continue, and exits 130."""
+    config = _config(
+        tmp_path,
+        **{
+            "algorithm.params": {"candidates": 2, "delay_s": 1.5},
+            "features.masscart.num": 6,
+            "executor.workers": 1,
+        },
+    )
+    environ = dict(os.environ, PYTHONPATH=str(scripted), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)]
+    process = subprocess.Popen(
+        command,
+        env=environ,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    finished = 0
+    while time.monotonic() < deadline and finished < 1:
+        time.sleep(0.2)
+        store = tmp_path / "runs"
+        if store.exists() and any(store.iterdir()):
+            with contextlib.suppress(sqlite3.OperationalError):
+                finished = _count(_run_dir(tmp_path), "runs")
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted: what was stored so far is kept" in " ".join(stderr.split())
+    assert "Aborted!" not in stderr
+
+
 def test_killed_sweep_resumes_without_retraining_or_duplicates(
     scripted: Path, tmp_path: Path
 ) -> None:

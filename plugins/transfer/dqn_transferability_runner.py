@@ -23,7 +23,7 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import (
     Pair,
     StudyPlan,
 )
-from ctxrl_plugins.transfer.studies import open_run_dir
+from ctxrl_plugins.transfer.studies import DamagedResult, load_result, open_run_dir, set_aside
 
 TRANSFER_SEED_OFFSET = 1_000_003
 """added to a transfer agent's seed, so its new head and exploration differ from its source's"""
@@ -125,12 +125,10 @@ class StudyRunner:
 
     def load_arm(self, variant: str, arm: str) -> ArmResult | None:
         """A stored arm, or None when it has not finished."""
-        from ctxrl.artifacts import load_artifact
-
-        path = self._arm_file(variant, arm)
-        if not path.is_file():
+        loaded = load_result(self._arm_file(variant, arm).with_suffix(""), "ctxrl transfer dqn")
+        if loaded is None:
             return None
-        tensors, meta = load_artifact(path.with_suffix(""))
+        tensors, meta = loaded
         keys: list[tuple[Pair | int, int]] = [
             (Pair(*key) if isinstance(key, list) else int(key), int(seed))
             for key, seed in meta["keys"]
@@ -168,7 +166,11 @@ class StudyRunner:
         for variant in self.plan.config.variants:
             results[variant] = {}
             for arm in self.plan.config.arms:
-                stored = self.load_arm(variant, arm)
+                try:
+                    stored = self.load_arm(variant, arm)
+                except DamagedResult as damaged:  # trained again
+                    set_aside(damaged)
+                    stored = None
                 if stored is None:
                     self._tick(f"{variant}/{arm}")
                     stored = self._train_arm(variant, arm, results[variant])

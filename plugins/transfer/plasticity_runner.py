@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import yaml
 
-from ctxrl.artifacts import artifact_file, remove_artifact, write_text_atomic
+from ctxrl.artifacts import remove_artifact, write_text_atomic
 from ctxrl.errors import CtxrlError
 from ctxrl.interventions import Intervention
 from ctxrl.options import check_device
@@ -37,7 +37,14 @@ from ctxrl_plugins.transfer.plasticity_plan import (
     isolate_arms,
     resolve_study,
 )
-from ctxrl_plugins.transfer.studies import locked_run_dir, open_run_dir, unfinished
+from ctxrl_plugins.transfer.studies import (
+    DamagedResult,
+    load_result,
+    locked_run_dir,
+    open_run_dir,
+    set_aside,
+    unfinished,
+)
 
 ResultT = TypeVar("ResultT")
 """What a program's training stores: a study's own result type."""
@@ -232,7 +239,11 @@ def run_programs(
     while pending := [p for p in programs if p.name not in done]:
         program = pending[0]
         done.add(program.name)
-        stored = load(program)
+        try:
+            stored = load(program)
+        except DamagedResult as damaged:  # trained again
+            set_aside(damaged)
+            stored = None
         if stored is None:
             try:
                 stored = train(program)
@@ -309,12 +320,10 @@ class StudyRunner:
 
     def load(self, program: Program) -> ProgramResult | None:
         """A stored program, or None when it has not finished."""
-        from ctxrl.artifacts import load_artifact
-
-        path = self._file(program)
-        if not artifact_file(path).is_file():
+        loaded = load_result(self._file(program), "ctxrl plasticity")
+        if loaded is None:
             return None
-        tensors, meta = load_artifact(path)
+        tensors, meta = loaded
 
         def group(prefix: str) -> dict[str, np.ndarray]:
             return {

@@ -85,6 +85,7 @@ from ctxrl_plugins.transfer.plasticity_targets_report import (
 )
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
+    load_result,
     locked_run_dir,
     open_run_dir,
     read_study_file,
@@ -544,12 +545,10 @@ def _file(run_dir: Path, program: Program) -> Path:
 
 
 def _load(run_dir: Path, program: Program) -> TargetsResult | None:
-    from ctxrl.artifacts import load_artifact
-
-    path = _file(run_dir, program)
-    if not artifact_file(path).is_file():
+    loaded = load_result(_file(run_dir, program), "ctxrl plasticity")
+    if loaded is None:
         return None
-    tensors, meta = load_artifact(path)
+    tensors, meta = loaded
     return TargetsResult(
         [(str(label), int(seed)) for label, seed in meta["agents"]],
         tensors["errors"].double().numpy(),

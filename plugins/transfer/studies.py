@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -206,6 +206,47 @@ def unfinished(run_dir: Path, what: str, command: str) -> str:
         if running
         else f"rerun `{command}` on the study file to complete it"
     )
+
+
+class DamagedResult(CtxrlError):
+    """A study's stored result that cannot be read whole (cut short, a changed byte): a rerun
+    of the study sets it aside and trains it again (:func:`set_aside`); a report names it."""
+
+    def __init__(self, stem: Path, problem: str, command: str) -> None:
+        self.stem, self.problem = stem, problem
+        super().__init__(
+            f"stored result {problem}: rerun `{command}` on the study file to train it again"
+        )
+
+
+def load_result(stem: Path, command: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A study's stored result at ``stem`` (``load_artifact``'s tensors and metadata), None
+    when there is none; :class:`DamagedResult` (naming the file and ``command``) when it is
+    damaged."""
+    from ctxrl.artifacts import artifact_file, load_artifact, verify_artifact
+
+    if not artifact_file(stem).is_file():
+        return None
+    problem = verify_artifact(stem)
+    if problem is not None:
+        raise DamagedResult(stem, problem, command)
+    return load_artifact(stem)
+
+
+def set_aside(damaged: DamagedResult, say: Callable[[str], None] | None = None) -> None:
+    """Remove a damaged stored result so that the study trains it again, saying so on
+    ``say`` (default: standard error)."""
+    from ctxrl.artifacts import remove_artifact
+
+    remove_artifact(damaged.stem)
+    message = f"{damaged.problem}: its result is trained again"
+    if say is not None:
+        say(message)
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[yellow]{escape(message)}[/]")
 
 
 def open_run_dir(run_dir: Path, study: str, config: StudyModel) -> None:
