@@ -194,6 +194,37 @@ def test_measures_are_computed_from_the_records() -> None:
     assert versus["arm"]["plasticity_lost"].estimate == pytest.approx(0.0)
 
 
+def test_a_diverged_seed_is_named_left_out_and_written_as_strict_json(tmp_path: Path) -> None:
+    """A seed whose errors blew up (inf) was kept in every measure (its infinite loss of
+    plasticity made the arm's mean infinite) and metrics.json held bare NaN / Infinity, which
+    strict JSON readers refuse; no field said which seed diverged."""
+    from ctxrl_plugins.transfer.plasticity_targets import TargetsResult
+    from ctxrl_plugins.transfer.plasticity_targets_report import write_outputs
+
+    errors = np.full((4, 4, 2), 0.5)  # 2 arms x 2 seeds, 4 tasks, 2 records
+    errors[3, 2:, :] = np.inf  # ("arm", 1) diverged in its last tasks
+    dormant = np.full((4, 4), 0.2)
+    result = TargetsResult(
+        [("none", 0), ("none", 1), ("arm", 0), ("arm", 1)], errors, {"dormant.probe.0": dormant}
+    )
+    _, estimates, _ = analyse(["none", "arm"], {"shared": result}, window=2)
+    expected = {"plasticity_lost": 0.0, "late_error": 0.5, "dormant_end": 0.2}  # seed 0 alone
+    for measure, value in expected.items():
+        assert estimates["arm"][measure].n_excluded == 1, measure
+        assert estimates["arm"][measure].estimate == pytest.approx(value), measure
+    config = load_targets_config(_write(tmp_path, arms=["redo"]))
+    write_outputs(config, ["none", "arm"], {"shared": result}, tmp_path)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert data["arm"]["diverged_seeds"] == [1] and data["none"]["diverged_seeds"] == []
+    assert data["arm"]["final_error"][1] == [0.5, 0.5, None, None]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "left out of every measure: arm seed 1." in summary and "inf" not in summary
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -79,7 +79,7 @@ def write_outputs(
     return summary
 
 
-def _finite_or_none(values: Sequence[float] | np.ndarray) -> list[float | None]:
+def finite_or_none(values: Sequence[float] | np.ndarray) -> list[float | None]:
     """Per-seed values for JSON: NaN (a diverged seed) and infinities as ``null``."""
     return [float(x) if math.isfinite(x) else None for x in values]
 
@@ -91,7 +91,7 @@ def _failed_json(failures: Sequence[ProgramFailure]) -> list[dict[str, Any]]:
 def _write_exports(tables: StudyTables, run_dir: Path) -> None:
     metrics = {
         label: {
-            "per_seed": {k: _finite_or_none(v) for k, v in tables.per_seed[label].items()},
+            "per_seed": {k: finite_or_none(v) for k, v in tables.per_seed[label].items()},
             "estimates": {k: e.to_json() for k, e in tables.estimates[label].items()},
             "versus_none": {k: e.to_json() for k, e in tables.versus.get(label, {}).items()},
             "missed_threshold_segments": tables.missed[label],

@@ -22,6 +22,7 @@ from ctxrl_plugins.transfer.plasticity_runner import ProgramFailure
 from ctxrl_plugins.transfer.plasticity_study_report import (
     direction_verdict,
     failure_lines,
+    finite_or_none,
     format_estimate,
     untouched_lines,
 )
@@ -70,16 +71,26 @@ def gather(labels: Sequence[str], results: Mapping[str, TargetsResult]) -> dict[
     return {label: arms[label] for label in labels if label in arms}
 
 
+def diverged_seeds(arm: ArmRecords) -> list[int]:
+    """The seeds of ``arm`` whose errors are not all finite (a diverged training): every
+    measure leaves them out (``n_excluded``)."""
+    finite = np.isfinite(arm.final_error).all(axis=1) & np.isfinite(arm.auc).all(axis=1)
+    return [seed for seed, ok in zip(arm.seeds, finite, strict=True) if not ok]
+
+
 def per_seed_measures(arm: ArmRecords, window: int) -> dict[str, np.ndarray]:
-    """Every measure of :data:`MEASURES` per seed ``(S,)``."""
+    """Every measure of :data:`MEASURES` per seed ``(S,)``; NaN for a diverged seed
+    (:func:`diverged_seeds`), which every estimate leaves out."""
     first, last = arm.final_error[:, :window].mean(1), arm.final_error[:, -window:].mean(1)
-    return {
+    measures = {
         "plasticity_lost": last - first,
         "late_error": last,
         "late_auc": arm.auc[:, -window:].mean(1),
-        "dormant_first": arm.dormant[:, 0],
-        "dormant_end": arm.dormant[:, -1],
+        "dormant_first": arm.dormant[:, 0].astype(np.float64),
+        "dormant_end": arm.dormant[:, -1].astype(np.float64),
     }
+    diverged = np.isin(arm.seeds, diverged_seeds(arm))
+    return {name: np.where(diverged, np.nan, values) for name, values in measures.items()}
 
 
 def _paired(values: np.ndarray, base: np.ndarray) -> MetricEstimate:
@@ -124,7 +135,7 @@ def write_outputs(
     Returns the summary."""
     task = config.shifting_targets
     if not results:  # every program failed: the summary names the failures, nothing else
-        (run_dir / "metrics.json").write_text(json.dumps({}, indent=1))
+        (run_dir / "metrics.json").write_text(json.dumps({}, indent=1, allow_nan=False))
         text = "\n".join(
             ["# Plasticity study: shifting targets", "", *failure_lines(programs, failures, [])]
         )
@@ -134,15 +145,17 @@ def write_outputs(
     data = {
         label: {
             "seeds": arm.seeds,
-            "final_error": arm.final_error.tolist(),
-            "auc": arm.auc.tolist(),
-            "dormant": arm.dormant.tolist(),
+            # a diverged seed's errors (NaN, inf) are null: strict JSON, and named below
+            "final_error": [finite_or_none(row) for row in arm.final_error],
+            "auc": [finite_or_none(row) for row in arm.auc],
+            "dormant": [finite_or_none(row) for row in arm.dormant],
+            "diverged_seeds": diverged_seeds(arm),
             "estimates": {k: v.to_json() for k, v in estimates[label].items()},
             "versus_none": {k: v.to_json() for k, v in versus.get(label, {}).items()},
         }
         for label, arm in arms.items()
     }
-    (run_dir / "metrics.json").write_text(json.dumps(data, indent=1))
+    (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False))
     figure = _write_figure(arms, run_dir)
     text = _summary(config, arms, estimates, versus, figure)
     if failures:
@@ -204,13 +217,22 @@ def _summary(
         "|---|---|---|---|---|",
     ]
     for label, arm in arms.items():
-        first = float(arm.final_error[:, : task.window].mean())
+        kept = ~np.isin(arm.seeds, diverged_seeds(arm))  # the seeds every measure uses
+        first = float(arm.final_error[kept, : task.window].mean()) if kept.any() else math.nan
         e = estimates[label]
         lines.append(
             f"| {label} | {first:.3f} | {format_estimate(e['late_error'])} | "
             f"{format_estimate(e['plasticity_lost'])} "
             f"| {e['dormant_first'].estimate:.3f} -> {format_estimate(e['dormant_end'])} |"
         )
+    diverged = [
+        f"{label} seed {seed}" for label, arm in arms.items() for seed in diverged_seeds(arm)
+    ]
+    if diverged:
+        lines += [
+            "",
+            f"Diverged (errors not finite), left out of every measure: {', '.join(diverged)}.",
+        ]
     if versus:
         lines += [
             "",
