@@ -154,3 +154,18 @@ class TestBatchedDQNContract(AlgorithmContract):
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
         return get_host().registry.env("CartPole")
+
+
+def test_gradient_clipping_can_be_turned_off_as_cleanrl_trains() -> None:
+    """The default clips each agent's gradient at SB3's norm 10; CleanRL's DQN does not clip,
+    which ``max_grad_norm: null`` now gives (a norm no gradient reaches trains the same)."""
+    registry = get_host().registry
+    spec = registry.env("CartPole")
+
+    def trained(clip: float | None) -> dict[str, torch.Tensor]:
+        params = {"learning_starts": 200, "train_frequency": 2, "max_grad_norm": clip}
+        algorithm = registry.algorithm("batched-dqn").factory(params, env=spec)
+        return dict(algorithm.train_many(spec, [{}], [0], total_steps=600).params)
+
+    unclipped, huge = trained(None), trained(1e30)
+    assert all(torch.equal(unclipped[k], huge[k]) for k in unclipped)

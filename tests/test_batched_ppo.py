@@ -428,3 +428,59 @@ def test_library_calls_with_wrong_arguments_name_them() -> None:
     with pytest.raises(ContextError, match=r"env_ids are env indices .* got torch.float32"):
         twin.set_context({"length": 2.0}, env_ids=torch.tensor([2.9]))
     assert twin.context["length"].tolist() == [0.5, 1.0, 0.5]
+
+
+# ------------------------------------------------------------ actions of several dimensions
+def _reach_env() -> EnvSpec:
+    """A twin with two-dimensional actions (a plugin's, as the README allows): reward
+    ``-(a0 - c)^2 - (a1 + c)^2`` per step, ``c`` the context's target; 8-step episodes."""
+    from ctxrl import ContextFeature, ContextSpace
+    from ctxrl.twins import BatchedEnv
+
+    reach = ContextSpace([ContextFeature("target", 0.5, 0.0, 1.0)], owner="Reach2D")
+
+    class Reach2D(BatchedEnv):
+        name, space = "Reach2D", reach
+        obs_dim = state_dim = 1
+        discrete_actions = None
+        action_dim = 2
+        max_episode_steps = 8
+        action_bounds = (-3.0, 3.0)
+
+        def _initial_state(self, env_ids: Any) -> torch.Tensor:
+            n = self.num_envs if env_ids is None else len(env_ids)
+            return torch.zeros(1, n, dtype=self.dtype, device=self.device)
+
+        def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> Any:
+            c, a = self.context["target"], action.reshape(-1, 2).to(self.dtype)
+            reward = -((a[:, 0] - c) ** 2) - (a[:, 1] + c) ** 2
+            return state.clone(), reward, torch.zeros_like(reward, dtype=torch.bool)
+
+    return EnvSpec(
+        "Reach2D",
+        reach,
+        make=lambda context=None, **kw: None,
+        return_bounds=(-40.0, 0.0),
+        action_space="continuous",
+        make_batched=lambda n, **kw: Reach2D(n, **kw),
+        max_episode_steps=8,
+    )
+
+
+def test_continuous_actions_of_several_dimensions_are_learned_per_dimension() -> None:
+    """The actor had one output and one log-std whatever the twin's ``action_dim``: a twin of
+    two-dimensional actions got ``(B, 1)`` actions and failed (or, broadcasting, one value in
+    both). Now each dimension has its mean and its standard deviation, and both are learned."""
+    spec = _reach_env()
+    algorithm = (
+        get_host()
+        .registry.algorithm("batched-ppo")
+        .factory({"num_steps": 32, "learning_rate": 3e-3}, env=spec)
+    )
+    policies = algorithm.train_many(
+        spec, [{"target": 0.2}, {"target": 0.8}], [0, 1], total_steps=8192
+    )
+    assert policies.params["actor.log_std"].shape == (2, 2)
+    actions = policies.act(torch.zeros(2, 1, 1), deterministic=True)[:, 0]  # (agents, 2)
+    expected = torch.tensor([[0.2, -0.2], [0.8, -0.8]])
+    assert torch.allclose(actions, expected, atol=0.15), actions

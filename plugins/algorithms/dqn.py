@@ -55,7 +55,14 @@ class DQNConfig:
     """Hyperparameters (per agent). Defaults: CleanRL's DQN for CartPole (``dqn.py``; it
     solves CartPole here: 4 of 4 seeds at 500 after 500k steps, benchmarks/RESULTS.md). The RL
     Zoo's CartPole values (lr 2.3e-3, 128 gradient steps every 256 env steps) are unstable: at
-    the Zoo's 50k steps SB3's own DQN solved 2 of 4 seeds here and the batched one none."""
+    the Zoo's 50k steps SB3's own DQN solved 2 of 4 seeds here and the batched one none.
+
+    Where it departs from CleanRL's ``dqn.py``: gradients are clipped to a norm of 10 per
+    agent by default (SB3's ``max_grad_norm``; CleanRL does not clip: ``max_grad_norm: null``),
+    exploration draws one coin per environment (as SB3; CleanRL one for all its envs, the same
+    at the default ``num_envs`` 1), and an iteration that updates the target network does so
+    before its gradient steps (CleanRL after them: the target here is one gradient step
+    older at each update)."""
 
     num_envs: Count = 1
     """environments per agent"""
@@ -82,7 +89,8 @@ class DQNConfig:
     hidden: tuple[Count, ...] = (120, 84)
     double: bool = False
     dueling: bool = False
-    max_grad_norm: Rate = 10.0
+    max_grad_norm: Rate | None = 10.0
+    """per-agent gradient clipping norm (SB3's 10); None: no clipping, as CleanRL"""
     huber: bool = False
     """True: Huber (smooth L1) loss as SB3; False: squared error as CleanRL"""
     activation: Activation = "relu"

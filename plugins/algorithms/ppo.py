@@ -232,7 +232,7 @@ def _rollout_step(
     step's sampling noise ``noise`` ``(N, E, A)``: the next observations, the actions, their
     log-probabilities, the values of ``obs`` and the rewards (a truncated episode's reward
     plus the discounted value of its last observation) and ``done``, each ``(N, E)`` (actions
-    ``(N, E, 1)`` when continuous). Free of data-dependent control flow where the twin is
+    ``(N, E, action_dim)`` when continuous). Free of data-dependent control flow where the twin is
     branch-free, so ``torch.compile`` turns it into one graph."""
     e = run.num_envs
     out = run.networks["actor"](params, obs)
@@ -278,7 +278,7 @@ def _minibatch_loss(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """PPO's per-agent loss ``(N,)`` on the minibatch ``index`` ``(N, B)`` (each agent's own
     sample indices) of the flattened rollout ``batch``: observations ``(N, T E, obs)``,
-    actions ``(N, T E)`` (``(N, T E, 1)`` when continuous), and the old log-probabilities,
+    actions ``(N, T E)`` (``(N, T E, action_dim)`` when continuous), and the old log-probabilities,
     advantages, returns and values ``(N, T E)``. Clipped surrogate, clipped value loss,
     entropy bonus, advantages normalised per agent. Also returns the minibatch's observations
     ``(N, B, obs)`` and the actor's output on them ``(N, B, A)``, the policy and value losses,
@@ -385,13 +385,14 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         self, twin: Any
     ) -> dict[str, tuple[NetworkSpec, dict[str, tuple[int, float]]]]:
         discrete = twin.discrete_actions is not None
-        return network_specs(self.config, twin.discrete_actions if discrete else 1)
+        return network_specs(self.config, twin.discrete_actions if discrete else twin.action_dim)
 
     def extra_params(self, twin: Any) -> Params:
         if twin.discrete_actions is not None:
             return {}
         n = twin.num_envs // self.config.num_envs
-        return {"actor.log_std": torch.full((n, 1), self.config.init_log_std, device=twin.device)}
+        shape = (n, twin.action_dim)  # one standard deviation per action dimension
+        return {"actor.log_std": torch.full(shape, self.config.init_log_std, device=twin.device)}
 
     def optimizer(self, params: Params) -> AgentAdam:
         cfg = self.config
@@ -408,7 +409,9 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         shape = (t, n, e)
         return _Rollout(
             obs=torch.zeros(*shape, run.obs_dim, device=device),
-            actions=torch.zeros(shape if run.discrete else (*shape, 1), device=device),
+            actions=torch.zeros(
+                shape if run.discrete else (*shape, run.twin.action_dim), device=device
+            ),
             log_probs=torch.zeros(shape, device=device),
             values=torch.zeros(shape, device=device),
             rewards=torch.zeros(shape, device=device),
@@ -425,7 +428,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
         specs: Mapping[str, NetworkSpec],
     ) -> BatchedPolicies:
         discrete = twin.discrete_actions is not None
-        out_dim = twin.discrete_actions if discrete else 1
+        out_dim = twin.discrete_actions if discrete else twin.action_dim
         return BatchedPolicies(
             params,
             discrete,
