@@ -277,12 +277,13 @@ def replay_many(
     coords: np.ndarray,
     budget: int,
     *,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     name: str = "",
     full_knowledge: bool = False,
     batch_size: int = 1,
 ) -> list[SelectionResult]:
-    """:func:`replay` of a fresh strategy on each of ``T`` matrices ``(T, N, N)``, together.
+    """:func:`replay` of a fresh strategy on each of ``T`` matrices ``(T, N, N)``, together;
+    ``seed``: one for every replay, or one per matrix (``T``).
 
     Each replay runs in its own thread; the Gaussian processes their strategies fit
     (:class:`ctxrl.gp.PerformanceGP`, :class:`ctxrl.reference_gp.WarmStartedGP`) are fitted
@@ -294,6 +295,9 @@ def replay_many(
     """
     from ctxrl.fit_batch import FitBatch, batched_fits
 
+    seeds = [seed] * len(matrices) if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != len(matrices):
+        raise ValueError(f"{len(seeds)} seeds for {len(matrices)} matrices")
     if len(matrices) == 1:
         return [
             replay(
@@ -301,7 +305,7 @@ def replay_many(
                 matrices[0],
                 coords,
                 budget,
-                seed=seed,
+                seed=seeds[0],
                 name=name,
                 full_knowledge=full_knowledge,
                 batch_size=batch_size,
@@ -319,7 +323,7 @@ def replay_many(
                     matrices[t],
                     coords,
                     budget,
-                    seed=seed,
+                    seed=seeds[t],
                     name=name,
                     full_knowledge=full_knowledge,
                     batch_size=batch_size,

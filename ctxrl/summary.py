@@ -266,6 +266,7 @@ def _write_staged(
                     batch_sizes=batch_sizes,
                     stochastic_repeats=STOCHASTIC_REPEATS,  # as ctxrl select replays them
                     failures=seed_failures,
+                    trial=k,
                 )
                 for k in range(matrix.n_seeds)
             ]

@@ -52,11 +52,14 @@ def selection_curves(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     batch_sizes: Mapping[str, int] | None = None,
     failures: dict[str, str] | None = None,
+    trial: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Replay strategies on a normalised square matrix: ``{name: {mean, std, orders}}``.
 
     ``strategies`` maps a name to its :class:`~ctxrl.registry.StrategySpec`; stochastic ones are
-    replayed with seeds ``0..stochastic_repeats-1`` (the reference uses 100 random orders).
+    replayed ``stochastic_repeats`` times (the reference uses 100 random orders), seeded as
+    trial ``trial`` (a sweep's seed index) of :func:`~ctxrl.offline.replay_trials`, so that
+    ``ctxrl select`` on the run directory replays them alike.
     ``options`` gives a strategy's factory options by name (the sweep's own strategy).
     A strategy that fails (a plugin's bug: a source proposed twice, an exception) is left out
     and its error put in ``failures`` (name -> message), so that the others' curves and the
@@ -71,6 +74,7 @@ def selection_curves(
             repeats=stochastic_repeats,
             options=options,
             batch_sizes=batch_sizes,
+            first_trial=trial,
         )
     except Exception:  # find which: each strategy alone
         lines = {}
@@ -85,6 +89,7 @@ def selection_curves(
                         repeats=stochastic_repeats,
                         options=options,
                         batch_sizes=batch_sizes,
+                        first_trial=trial,
                     )
                 )
             except Exception as exc:
