@@ -1,8 +1,13 @@
-"""Baseline source-selection strategies, with the exact logic of the MBTL reference.
+"""Baseline source-selection strategies, with the logic of the MBTL reference.
 
 Coordinates are the unit-cube coordinates of the candidate contexts (``state.coords``); the 1-D
 baselines (equidistant, greedy) need a single varied feature. "Nearest" always breaks ties
-towards the lower context.
+towards the lower context. Two places where the reference differs: its unrounded arithmetic
+puts some exact half-way aims of ``equidistant`` a hair above the half, so it takes the upper
+context there (N = 40, K = 15: 20 and 7 where this takes 19 and 6; N = 50 at K = 3 or 25: 25
+against 24; none at N = 50 or 100 with K = 15 or K = N); and it never excludes a chosen
+context, so at K close to N its ``greedy`` and ``equidistant`` can pick one twice, where these
+take the next-nearest untried one.
 
 - ``random``: a uniformly random untried context each step (seeded by the state's rng).
 - ``equidistant``: centres of K equal bins, from high to low (coarse-to-fine).

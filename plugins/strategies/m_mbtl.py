@@ -14,6 +14,11 @@ M-MBTL adds one centre per step, keeping the earlier ones fixed:
 3. The start with the smallest value wins (the first on ties); its fitted centre, rounded to the
    grid, is the next source.
 
+Every context is tried as a start; the reference code tries 400 of them, drawn at random per
+trial (its full list is commented out), so its orders vary from trial to trial and this one's
+do not: single trials' G_50 differ by up to 0.0016, the published 100-trial means are
+reproduced (benchmarks/RESULTS.md).
+
 As in the reference, step 2 reuses a start's value from the step before (minus the last
 step's reduction of the objective) when the context cluster it formed then does not meet the
 cluster of the start chosen then: only the starts near the new centre are refitted. This shortcut

@@ -60,8 +60,12 @@ BETA_SCHEDULES: dict[str, Callable[[int, float], float]] = {
 """The multiplier of the posterior standard deviation at step ``k`` (the spec's
 ``beta_k^{1/2}``) with constant ``c``. The sensitivity study's variants "beta = c / k" and
 "beta = c log(k + 1)" are taken as multipliers (``inverse``, ``log``), as the reference code
-applies its inverse schedule to sigma directly (its ``1 / (k + 1)`` counts k from 0 where this
-counts from 1), not as ``beta`` under a square root."""
+applies its inverse schedule to sigma directly, not as ``beta`` under a square root. ``inverse``
+is the paper's ``c / k`` with ``k`` the sources observed; the reference code's inverse schedule is
+``1 / (k + 1)`` with the same ``k`` (0.5 where this gives 1 after one source; ``sqrt-log``
+counts ``k`` as the reference does). ``mean`` and ``ucb`` put 0 and 1.96 into
+this acquisition (gap and set point included); the reference's EI and UCB variants rank
+candidates by the GP's own ``mu`` and ``mu + 1.96 sigma``."""
 
 
 # sources each ``start`` rule places before the acquisition takes over
