@@ -129,6 +129,9 @@ class TrainingView(Protocol):
             "actor.1", "actor.head"]}``; layer ``L`` has parameters ``L.weight`` ``(N, in,
             out)``, ``L.bias`` ``(N, out)`` and, with LayerNorm, ``L.norm.weight`` /
             ``L.norm.bias`` ``(N, out)``.
+        init_gains: per layer name, the orthogonal gain the trainer initialises its weights
+            with (what a re-initialisation draws at; after a warm start the initial weights
+            are the source's, of another scale).
         optimizer: per-element optimizer state (:class:`AgentOptimizerState`).
         activations: the most recent post-activation outputs of each hidden layer by layer
             name, ``(N, M, width)``, recorded during the last update's forward pass; filled
@@ -151,6 +154,8 @@ class TrainingView(Protocol):
     def initial_params(self) -> Mapping[str, torch.Tensor]: ...
     @property
     def layers(self) -> Mapping[str, list[str]]: ...
+    @property
+    def init_gains(self) -> Mapping[str, float]: ...
     @property
     def optimizer(self) -> AgentOptimizerState: ...
     @property

@@ -15,6 +15,7 @@ from ctxrl.interventions import Intervention, NetworkSpec, TrainingView
 from ctxrl.plugins import get_host
 from ctxrl.rng import StreamRNG
 from ctxrl.testing import InterventionContract
+from ctxrl_plugins.interventions.common import initial_gain
 from ctxrl_plugins.training.networks import StackedMLP, stack_agents
 from ctxrl_plugins.training.optimizer import AgentAdam
 
@@ -101,6 +102,7 @@ def _view(
         params=params,
         initial_params=initial,
         layers={"q": net.layers},
+        init_gains=net.init_gains,
         optimizer=optimizer,
         activations={},
         gradients=optimizer.gradients(),
@@ -336,6 +338,23 @@ def _is_orthogonal(weight: Tensor, gain: float) -> bool:
     w = weight.detach() / gain
     gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
     return bool(torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-5))
+
+
+def test_a_reset_after_a_warm_start_draws_at_the_initialisers_gain() -> None:
+    """The gain of a fresh draw was recovered from the initial weights, which after a warm
+    start are the trained source's: a reset head came back at the source's scale (norm 0.40
+    where a fresh PPO actor head has 0.014). It is the trainer's own gain now."""
+    net, params = _network(agents=2)
+    view, _ = _view(net, params)
+    with torch.no_grad():  # a warm start: initial weights of another scale than the init's
+        for name in view.initial_params:
+            view.initial_params[name].mul_(5.0)
+    reset = _build("reset")
+    reset.setup(cast(TrainingView, view))
+    reset.on_context_switch(cast(TrainingView, view), torch.tensor([True, True]))
+    assert _is_orthogonal(view.params["q.head.weight"][0], 1.0), "the head's own gain, 1"
+    for layer, gain in net.init_gains.items():  # every layer's gain as the trainer draws it
+        assert torch.equal(initial_gain(cast(TrainingView, view), layer), torch.full((2,), gain))
 
 
 def test_head_reset_reinitialises_the_switched_agents_heads_only() -> None:

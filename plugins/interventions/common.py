@@ -84,10 +84,18 @@ def head_layers(view: TrainingView) -> list[str]:
 
 
 def initial_gain(view: TrainingView, layer: str) -> Tensor:
-    """Per-agent orthogonal-initialisation gain of ``layer`` ``(N,)``, recovered from its
-    initial weights: an orthogonal ``(in, out)`` matrix scaled by ``gain`` has
-    ``||W||_F^2 = gain^2 min(in, out)``. (After a warm start: the warm start's scale.)"""
+    """Per-agent orthogonal-initialisation gain of ``layer`` ``(N,)``: the trainer's own
+    (``view.init_gains``), so that a warm-started network re-draws units at the initialiser's
+    scale, not at the trained source's (a reset head of gain 0.01 came back at the source's
+    norm). A view without ``init_gains`` (a trainer of its own) has it recovered from the
+    initial weights: an orthogonal ``(in, out)`` matrix scaled by ``gain`` has ``||W||_F^2 =
+    gain^2 min(in, out)``."""
     weight = view.initial_params[f"{layer}.weight"]
+    gains = getattr(view, "init_gains", None)
+    if gains is not None and layer in gains:
+        return torch.full(
+            (weight.shape[0],), float(gains[layer]), dtype=weight.dtype, device=weight.device
+        )
     return (squared_norm(weight) / min(weight.shape[1], weight.shape[2])).sqrt()
 
 

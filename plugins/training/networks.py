@@ -186,6 +186,14 @@ class StackedMLP:
         return self.fan_ins[-1]
 
     @property
+    def init_gains(self) -> dict[str, float]:
+        """Per layer, the orthogonal gain its weights are initialised with (hidden layers
+        the spec's, heads their own)."""
+        gains = dict.fromkeys(self.hidden_layers, float(self.spec.hidden_gain))
+        gains.update({f"{self.role}.{h}": float(gain) for h, (_, gain) in self.heads.items()})
+        return gains
+
+    @property
     def frozen_names(self) -> list[str]:
         """The parameters this network holds but never trains (plasticity injection's copies
         and switches)."""

@@ -76,6 +76,9 @@ class TrainingRun:
         self.discrete: bool = twin.discrete_actions is not None
         self.initial_params = {k: v.detach().clone() for k, v in params.items()}
         self.layers = {role: net.layers for role, net in networks.items()}
+        self.init_gains = {
+            layer: gain for net in networks.values() for layer, gain in net.init_gains.items()
+        }
         self.activations: dict[str, Tensor] = {}
         self.record_activations = any(i.needs_activations for i in interventions)
         self.mask = torch.ones(self.num_agents, device=device)
