@@ -169,3 +169,43 @@ def test_gradient_clipping_can_be_turned_off_as_cleanrl_trains() -> None:
 
     unclipped, huge = trained(None), trained(1e30)
     assert all(torch.equal(unclipped[k], huge[k]) for k in unclipped)
+
+
+def test_a_soft_target_update_carries_a_plasticity_injection_over() -> None:
+    """With ``tau < 1`` the target network was averaged parameter by parameter with an online
+    network just injected: the old block with the fresh one and the switch to 0.5, a target of
+    neither network (its outputs moved by about the outputs' own size). The injection is now
+    carried over first: the target keeps its outputs and lines up with the online slots."""
+    from ctxrl.interventions import NetworkSpec
+    from ctxrl_plugins.algorithms.dqn import _inject_target
+    from ctxrl_plugins.training.networks import StackedMLP, stack_agents
+
+    net = StackedMLP("q", NetworkSpec(hidden=(8, 8), injections=1), 3, {"head": (2, 1.0)})
+    online = stack_agents(
+        [net.init_agent(torch.Generator().manual_seed(s)) for s in range(2)], torch.device("cpu")
+    )
+    target = {k: v.clone() for k, v in online.items()}
+    for name, value in target.items():  # a target some updates behind the online network
+        if name.endswith("weight") and "injection" not in name:
+            value += 0.1
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(9))
+    before = net(target, x)
+    # agent 0 injected as the intervention does: its block into `old`, a fresh one drawn
+    block = [k for k in online if k.startswith("q.injection0.old.")]
+    for old in block:
+        live = "q." + old.removeprefix("q.injection0.old.")
+        fresh = "q.injection0.fresh." + live.removeprefix("q.")
+        online[old][0] = online[live][0]
+        online[live][0] = torch.randn(online[live][0].shape)
+        online[fresh][0] = online[live][0]
+    online["q.injection0.on"][0] = 1.0
+    _inject_target(target, online)
+    torch.testing.assert_close(net(target, x), before, atol=1e-6, rtol=0)
+    assert float(target["q.injection0.on"][0].reshape(-1)[0]) == 1.0
+    assert float(target["q.injection0.on"][1].reshape(-1)[0]) == 0.0  # agent 1 untouched
+    for k in block:
+        fresh = k.replace(".old.", ".fresh.")
+        assert torch.equal(target[fresh][0], online[fresh][0])
+    unchanged = {k: v[1].clone() for k, v in target.items()}
+    _inject_target(target, online)  # nothing more to carry over
+    assert all(torch.equal(target[k][1], v) for k, v in unchanged.items())

@@ -284,6 +284,31 @@ class _Replay:
         return out[0], out[1], out[2], out[3], out[4]
 
 
+def _inject_target(target: Params, online: Params) -> None:
+    """Carry a plasticity injection of the online network over to the target network, for the
+    agents whose injection slot the online network has switched on and the target not yet:
+    the target's block moves into the slot's ``old`` copy and the fresh block as the online
+    network drew it comes in (trainable and ``fresh`` copy), so the target's outputs stay its
+    own while its parameters line up with the online ones again. Without it a soft update (``tau < 1``)
+    averaged the old block with the fresh one and the switch to a fraction: a target no longer
+    of either network."""
+    for switch in [k for k in online if k.endswith(".on") and ".injection" in k]:
+        injected = (online[switch] != target[switch]).reshape(len(online[switch]), -1).any(1)
+        if not bool(injected.any()):
+            continue
+        prefix = switch.removesuffix("on")  # "{role}.injection{j}."
+        role = switch.split(".", 1)[0]
+        for old in [k for k in online if k.startswith(f"{prefix}old.")]:
+            live = f"{role}.{old.removeprefix(f'{prefix}old.')}"
+            fresh = f"{prefix}fresh.{live.removeprefix(f'{role}.')}"
+            target[old][injected] = target[live][injected]
+            # the fresh block as it was drawn (the online one may have trained since): the
+            # target's outputs are unchanged, and the soft updates move it from there
+            target[live][injected] = online[fresh][injected]
+            target[fresh][injected] = online[fresh][injected]
+        target[switch][injected] = online[switch][injected]
+
+
 class BatchedDQN(BatchedTrainer[_Replay]):
     """The algorithm object the plugin registers (see :class:`ctxrl.registry.Algorithm`)."""
 
@@ -406,6 +431,7 @@ class BatchedDQN(BatchedTrainer[_Replay]):
         learning = env_steps + e > cfg.learning_starts
         if learning and (step + 1) % max(1, cfg.target_network_frequency // e) == 0:
             with torch.no_grad():
+                _inject_target(replay.target, online)
                 for k, v in online.items():
                     replay.target[k].mul_(1.0 - cfg.tau).add_(cfg.tau * v)
         training = learning and (step + 1) % max(1, cfg.train_frequency // e) == 0
