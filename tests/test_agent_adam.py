@@ -141,6 +141,11 @@ def test_frozen_agents_do_not_move() -> None:
     assert torch.equal(params["w"][1].detach(), before["w"][1])
     assert not torch.equal(params["w"][0].detach(), before["w"][0])
     assert not torch.equal(params["b"][1].detach(), before["b"][1])
+    # frozen after some steps: the moments it had kept moving it on zero gradients
+    optimizer.freeze("b", torch.tensor([True, False, False]))
+    frozen_at = params["b"][0].detach().clone()
+    _train(optimizer, params, range(5, 10))
+    assert torch.equal(params["b"][0].detach(), frozen_at)
 
 
 def test_resets_none_moments_and_step() -> None:

@@ -124,6 +124,12 @@ def test_l2_init_is_zero_at_the_start_and_grows_with_the_distance() -> None:
     with torch.no_grad():
         params["q.0.bias"][1] += 2.0  # agent 1 moves 2 in each of 4 biases: ||.||^2 = 16
     torch.testing.assert_close(intervention.loss(view), torch.tensor([0.0, 0.16]))
+    # a parameter an agent does not train (frozen by a warm start, an injection's copy) is not
+    # in its sum: a frozen copy moved by an injection counted as if trained
+    cast(Any, view).frozen = {"q.head.bias": torch.tensor([False, True])}
+    with torch.no_grad():
+        params["q.head.bias"] += 1.0  # both agents: ||.||^2 = 2
+    torch.testing.assert_close(intervention.loss(view), torch.tensor([0.02, 0.16]))
 
 
 def test_network_transforms() -> None:

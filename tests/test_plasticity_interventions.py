@@ -433,6 +433,24 @@ def test_shrink_perturb_at_a_switch_mixes_in_a_fresh_network() -> None:
         _build("shrink-perturb", when="always")
 
 
+def test_shrink_perturb_at_a_switch_can_rebuild_the_optimizer_as_juliani_and_ash() -> None:
+    """Juliani and Ash rebuild the optimizer at each shift; the switch form kept Adam's state
+    with no way to do otherwise. ``optimizer_reset`` resets it for the switched agents only."""
+    net, params = _network(agents=2)
+    view, optimizer = _view(net, params)
+    sp = _build("shrink-perturb", when="switch", optimizer_reset="moments_and_step")
+    sp.setup(cast(TrainingView, view))
+    before = _snapshot(view, optimizer)
+    sp.on_context_switch(cast(TrainingView, view), torch.tensor([False, True]))
+    for name in ("q.0.weight", "q.head.bias"):
+        moments = optimizer.moments(name)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert bool((moments[key][1] == 0).all()), (name, key)
+            assert torch.equal(moments[key][0], before[f"{name}.{key}"][0]), (name, key)
+    with pytest.raises(ConfigError, match="acts at switches"):
+        _build("shrink-perturb", optimizer_reset="moments")
+
+
 # ---------------------------------------------------------------------- loss terms
 def _single_layer(weight: Tensor) -> tuple[SimpleNamespace, dict[str, Tensor]]:
     """A view of one layer ``q.head`` with weights ``weight`` ``(N, in, out)`` (trainable)."""

@@ -289,9 +289,9 @@ def _inject_target(target: Params, online: Params) -> None:
     agents whose injection slot the online network has switched on and the target not yet:
     the target's block moves into the slot's ``old`` copy and the fresh block as the online
     network drew it comes in (trainable and ``fresh`` copy), so the target's outputs stay its
-    own while its parameters line up with the online ones again. Without it a soft update (``tau < 1``)
-    averaged the old block with the fresh one and the switch to a fraction: a target no longer
-    of either network."""
+    own while its parameters line up with the online ones again. Without it a soft update
+    (``tau < 1``) averaged the old block with the fresh one and the switch to a fraction: a
+    target no longer of either network."""
     for switch in [k for k in online if k.endswith(".on") and ".injection" in k]:
         injected = (online[switch] != target[switch]).reshape(len(online[switch]), -1).any(1)
         if not bool(injected.any()):

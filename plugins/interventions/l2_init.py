@@ -5,6 +5,11 @@ Regularization" (2023, arXiv 2308.11958): each agent's loss gains
 ``coef * ||theta - theta_0||^2`` (squared L2 norm, summed over every trained parameter), where
 ``theta_0`` are the agent's parameters at the start of training (``view.initial_params``: after
 a warm start, the warm-start weights, which makes it L2-SP, Li et al. 2018, arXiv 1802.01483).
+Parameters an agent does not train (a warm start's ``freeze``, plasticity injection's frozen
+copies and switches) are left out of its sum. ``theta_0`` stays the start of training: units that
+``reset``, ``redo``, ``continual-backprop`` or ``plasticity-injection`` re-draw later are pulled
+towards their values at the start, not towards their re-drawn ones (Kumar et al. combine
+L2-Init with no resets; combine them knowing this).
 
 Default: ``coef = 1e-2`` (the paper searches 1e-2 .. 1e-5; Juliani & Ash 2024 and Plasticine use
 0.01; Plasticine's term is the norm, not its square).
@@ -36,8 +41,11 @@ class L2Init(Intervention):
 
     def loss(self, view: TrainingView) -> torch.Tensor | None:
         """``(N,)``: ``coef`` times each agent's squared distance from its initial parameters."""
-        initial = view.initial_params
-        total = cast(
-            torch.Tensor, sum(squared_norm(p - initial[name]) for name, p in view.params.items())
-        )
-        return self.coef * total
+        initial, frozen = view.initial_params, view.frozen
+        terms = []
+        for name, p in view.params.items():
+            term = squared_norm(p - initial[name])  # (N,)
+            if name in frozen:  # not trained by those agents
+                term = term * (~frozen[name]).to(term.dtype)
+            terms.append(term)
+        return self.coef * cast(torch.Tensor, sum(terms))

@@ -22,7 +22,8 @@ Defaults (``../shared`` research notes; the published codes disagree):
 - ``every = 1000`` gradient steps: the paper's DQN setting.
 - ``tau = 0.025``: the paper's DQN threshold, also that of timoklein/redo (CleanRL DQN) and
   Plasticine. The official Dopamine code uses 0 (only exactly silent units) and Dohare et al.'s
-  PPO variant 0.1 (period 100).
+  PPO variant 0.1 (period 100). One default for every algorithm (Plasticine's, which uses it
+  with PPO too): set ``tau: 0.1, every: 100`` for Dohare et al.'s PPO setting.
 - ``optimizer_reset = "moments_and_step"``: timoklein/redo restarts Adam's step count of the
   recycled weights and reports it crucial (with the old step count the bias correction is
   ~1 and the first updates of a zero-moment unit are full-size, which kills it again); the

@@ -32,7 +32,9 @@ Ash, "A Study of Plasticity Loss in On-Policy Deep Reinforcement Learning", Neur
 with ``p_fresh`` a fresh initialisation of the network (orthogonal weights at each layer's
 initial gain from the agent's own random stream, zero biases, LayerNorm gain 1 and bias 0).
 Defaults then ``shrink = 0.5``, ``perturb = 0.5``: Juliani and Ash's hard S&P. The optimizer
-state is kept (the parameters are moved, not re-created).
+state is kept by default (``optimizer_reset = "none"``: the parameters are moved, not
+re-created); Juliani and Ash rebuild the optimizer at each shift, which ``optimizer_reset:
+moments_and_step`` does for the switched agents (``moments`` keeps Adam's step count).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import ClassVar, Literal
 import torch
 
 from ctxrl.errors import ConfigError
-from ctxrl.interventions import Intervention, TrainingView
+from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
 from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
@@ -50,6 +52,7 @@ from ctxrl_plugins.interventions.common import (
     network_names,
     per_agent,
     unfrozen,
+    use_per_element_steps,
 )
 
 Tensor = torch.Tensor
@@ -70,16 +73,34 @@ class ShrinkPerturb(Intervention):
             of the fresh initialisation added at a switch, >= 0 (default 1e-5 per step, 0.5
             at a switch).
         when: ``step`` (after every update) or ``switch`` (at context switches).
+        optimizer_reset: at a switch, what happens to the moved parameters' Adam state
+            (:data:`~ctxrl.interventions.OPTIMIZER_RESETS`; ``none``, the default, keeps it);
+            the per-step form takes ``none`` only.
     """
 
     name: ClassVar[str] = "shrink-perturb"
 
     def __init__(
-        self, shrink: float | None = None, perturb: float | None = None, when: When = "step"
+        self,
+        shrink: float | None = None,
+        perturb: float | None = None,
+        when: When = "step",
+        optimizer_reset: OptimizerReset = "none",
     ) -> None:
         if not isinstance(when, str) or when not in DEFAULTS:
             raise ConfigError(f"shrink-perturb: when {when!r}: expected 'step' or 'switch'")
-        self.when = when
+        if optimizer_reset not in OPTIMIZER_RESETS:
+            raise ConfigError(
+                f"shrink-perturb: optimizer_reset {optimizer_reset!r}: expected one of "
+                f"{OPTIMIZER_RESETS}"
+            )
+        if when == "step" and optimizer_reset != "none":
+            raise ConfigError(
+                f"shrink-perturb: optimizer_reset {optimizer_reset!r} acts at switches; with "
+                "when 'step' (every update) it would reset Adam at every step: use when "
+                "'switch', or leave optimizer_reset out"
+            )
+        self.when, self.optimizer_reset = when, optimizer_reset
         shrink = DEFAULTS[when][0] if shrink is None else shrink
         perturb = DEFAULTS[when][1] if perturb is None else perturb
         shrink = number_option(shrink, "shrink-perturb: shrink")
@@ -99,6 +120,7 @@ class ShrinkPerturb(Intervention):
     def setup(self, view: TrainingView) -> None:
         self.names = network_names(view)
         self.sizes = [view.params[name][0].numel() for name in self.names]
+        use_per_element_steps(view, self.optimizer_reset)
 
     def after_update(self, view: TrainingView) -> None:
         if not self.names or self.when != "step":
@@ -133,3 +155,4 @@ class ShrinkPerturb(Intervention):
                 moved[index] = p[index] * self.shrink + self.perturb * fresh[name]
                 where = unfrozen(view, name, chosen)
                 p.copy_(torch.where(per_agent(where, p), moved, p))
+                view.optimizer.reset(name, per_agent(where, p), self.optimizer_reset)

@@ -113,8 +113,14 @@ class AgentAdam:
 
     def freeze(self, name: str, agents: Tensor) -> None:
         """Freeze parameter ``name`` for the agents where ``agents`` ``(N,)`` is True: their
-        gradient is zeroed before clipping, so the parameter and its moments stay as they are."""
-        self.grad_mask[name] = (~agents).to(self.flat.dtype)
+        moments are zeroed now and their gradient before every clipping from now on, so the
+        parameter stays as it is (with moments left, Adam would go on moving it on a zero
+        gradient)."""
+        keep = (~agents).to(self.flat.dtype)
+        self.grad_mask[name] = keep
+        for buffer in (self.exp_avg, self.exp_avg_sq):
+            moments = self.view(buffer, name)
+            moments.mul_(keep.view(-1, *([1] * (moments.dim() - 1))))
 
     def compile(self) -> None:
         """Run the elementwise Adam update as one compiled kernel from now on."""
