@@ -8,7 +8,10 @@ raises the expected generalized performance:
 
 where ``U_j`` is the best normalised performance reached on target ``j`` so far (MBTL as
 published; ``residual: none, acquisition: optimistic, best: observed``). The first source is
-the context nearest the middle of the space.
+the context nearest the middle of the space. The training performance a source adds to the GP
+is its own diagonal entry ``M[s, s]``, as the paper writes it; the MBTL reference code fits the
+best entry reached on ``s`` by any source chosen so far, which differs only where an earlier
+source transfers to ``s`` better than ``s`` trains.
 
 Beyond the reference: the gap slopes are estimated from the observed rows (per dimension, left
 and right; never below the reference's hand-set slope) instead of hand-set; contexts may have
