@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxrl.offline import load_trials, mean_ci, normalised_trials
+from ctxrl.offline import load_trials, mean_ci, normalised_trials, trial_seed
 from ctxrl.plugins import get_host
 from ctxrl.selection import replay
 
@@ -126,10 +126,17 @@ def real_family(folder: Path, env: str, mirror: bool) -> tuple[list[np.ndarray],
 
 
 def score(
-    name: str, matrix: np.ndarray, budget: int, coords: np.ndarray | None = None, **options: object
+    name: str,
+    matrix: np.ndarray,
+    budget: int,
+    coords: np.ndarray | None = None,
+    trial: int = 0,
+    **options: object,
 ) -> float:
     """Mean G_1..budget of strategy ``name`` replayed on ``matrix`` (contexts ``coords``,
-    default ``linspace(0, 1, N)``); stochastic strategies averaged over 100 seeded orders."""
+    default ``linspace(0, 1, N)``); stochastic strategies averaged over 100 seeded orders, the
+    matrix's own (``trial``: its place in the family, :func:`ctxrl.offline.trial_seed`; until
+    2026-12-06 every matrix of a family drew the same 100 orders)."""
     spec = get_host().registry.strategy(name)
     if coords is None:
         coords = np.linspace(0.0, 1.0, matrix.shape[0])[:, None]
@@ -142,7 +149,7 @@ def score(
                     matrix,
                     coords,
                     budget,
-                    seed=s,
+                    seed=trial_seed(s, trial),
                     full_knowledge=spec.requires_full_matrix,
                 ).curve.mean()
                 for s in range(runs)
@@ -194,7 +201,7 @@ def main() -> None:
     for family, mats in matrices.items():
         cell: dict[str, list[float]] = {c: [] for c in columns}
         coords = coordinates.get(family)
-        for m in mats:
+        for t, m in enumerate(mats):
             budget = min(args.budget, m.shape[0])
             for label, options in variants:
                 cell[label].append(score("mbtl-gp", m, budget, coords, **options))
@@ -204,7 +211,7 @@ def main() -> None:
                 ("random", "random"),
                 ("sequential-oracle", "seq-oracle"),
             ):
-                cell[column].append(score(name, m, budget, coords))
+                cell[column].append(score(name, m, budget, coords, trial=t))
         results[family] = cell
         print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)
         if args.out:
