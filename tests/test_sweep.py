@@ -358,9 +358,11 @@ def test_a_hanging_run_times_out(run_ctxrl: Run, scripted: Path, tmp_path: Path)
     assert _count(_run_dir(tmp_path), "runs") == 4
 
 
-def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to the foreground process group) printed click's bare "Aborted!": the
-    sweep now says that what was stored is kept and how to continue, and exits 130."""
+def _slow_sweep(
+    scripted: Path, tmp_path: Path, stderr: int = subprocess.DEVNULL
+) -> tuple[list[str], dict[str, str], subprocess.Popen[str]]:
+    """A six-run sweep of 1.5 s runs, one at a time, started in its own process group:
+    its command, environment and process."""
     config = _config(
         tmp_path,
         **{
@@ -376,17 +378,31 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: 
         env=environ,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
+    return command, environ, process
+
+
+def _wait_for_runs(tmp_path: Path, runs: int) -> int:
+    """Wait (at most 120 s) until the sweep under ``tmp_path`` has stored ``runs`` runs;
+    returns how many it had stored."""
     deadline = time.monotonic() + 120
-    finished = 0
-    while time.monotonic() < deadline and finished < 1:
+    stored = 0
+    while time.monotonic() < deadline and stored < runs:
         time.sleep(0.2)
         store = tmp_path / "runs"
         if store.exists() and any(store.iterdir()):
             with contextlib.suppress(sqlite3.OperationalError):
-                finished = _count(_run_dir(tmp_path), "runs")
+                stored = _count(_run_dir(tmp_path), "runs")
+    return stored
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the foreground process group) printed click's bare "Aborted!": the
+    sweep now says that what was stored is kept and how to continue, and exits 130."""
+    _, _, process = _slow_sweep(scripted, tmp_path, stderr=subprocess.PIPE)
+    _wait_for_runs(tmp_path, 1)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -397,31 +413,8 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: 
 def test_killed_sweep_resumes_without_retraining_or_duplicates(
     scripted: Path, tmp_path: Path
 ) -> None:
-    config = _config(
-        tmp_path,
-        **{
-            "algorithm.params": {"candidates": 2, "delay_s": 1.5},
-            "features.masscart.num": 6,
-            "executor.workers": 1,
-        },
-    )
-    environ = dict(os.environ, PYTHONPATH=str(scripted), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "ctxrl.cli", "sweep", str(config)]
-    process = subprocess.Popen(
-        command,
-        env=environ,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    finished_before = 0
-    while time.monotonic() < deadline and finished_before < 2:
-        time.sleep(0.2)
-        store = tmp_path / "runs"
-        if store.exists() and any(store.iterdir()):
-            with contextlib.suppress(sqlite3.OperationalError):
-                finished_before = _count(_run_dir(tmp_path), "runs")
+    command, environ, process = _slow_sweep(scripted, tmp_path)
+    finished_before = _wait_for_runs(tmp_path, 2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert 2 <= finished_before < 6
