@@ -87,10 +87,16 @@ def transfer_with_progress(
     if method == "zero-shot":
         return transfer_returns(plan, problem, record)
     saved = problem.checkpoint
-    # a damaged checkpoint is the method's to name (a CheckpointError, below)
-    if saved is not None and artifact_file(saved).exists() and verify_artifact(saved) is None:
-        done = artifact_metadata(saved).get("iteration", "?")
-        console.print(f"resumed {method} from iteration {done} (its checkpoint)")
+    # a damaged checkpoint is the method's to name (a CheckpointError, below); a method that
+    # trains several programs names theirs after it (distill's per seed: {saved}-seed0, ...)
+    if saved is not None:
+        derived = sorted(saved.parent.glob(f"{saved.name}-*{artifact_file(saved).suffix}"))
+        for checkpoint in [saved, *(path.with_suffix("") for path in derived)]:
+            if artifact_file(checkpoint).exists() and verify_artifact(checkpoint) is None:
+                done = artifact_metadata(checkpoint).get("iteration", "?")
+                part = checkpoint.name.removeprefix(saved.name).removeprefix("-")
+                which = f" ({part})" if part else ""
+                console.print(f"resumed {method}{which} from iteration {done} (its checkpoint)")
     with progress_display(console) as progress:
         # no total until the method reports one, and no bar left behind by one that never does
         task = progress.add_task(

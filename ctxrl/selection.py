@@ -295,7 +295,10 @@ def replay_many(
     """
     from ctxrl.fit_batch import FitBatch, batched_fits
 
-    seeds = [seed] * len(matrices) if isinstance(seed, int) else [int(s) for s in seed]
+    if isinstance(seed, int | np.integer):  # numpy's integers too
+        seeds = [int(seed)] * len(matrices)
+    else:
+        seeds = [int(s) for s in seed]
     if len(seeds) != len(matrices):
         raise ValueError(f"{len(seeds)} seeds for {len(matrices)} matrices")
     if len(matrices) == 1:

@@ -216,12 +216,17 @@ def _write_staged(
             summary["curve"] = generalized_performance(normalised, trained).tolist()
     complete = not np.isnan(normalised).any()
     if complete and joint and bool((normalised == normalised[0]).all()):
-        # every row holds the same policy per target, made from all the sources (every seed's)
-        # together, once: G_k is the same for every k and every strategy, so no strategy is
-        # replayed, and there is no spread over seeds to give
+        # every row holds the same policy per target, made from all the sources of a seed
+        # together: G_k is the same for every k and every strategy, so no strategy is
+        # replayed; with several seeds the policies' spread over seeds is given
         summary["joint_transfer"] = plan.config.transfer.name
         summary["independent"] = float(np.mean(np.diag(normalised)))
         summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))
+        per_seed = plan.env.normalise(matrix.values)  # (S, T, seeds)
+        if matrix.n_seeds > 1 and not np.isnan(per_seed).any():
+            own = np.diagonal(per_seed, axis1=0, axis2=1).mean(axis=1)  # (seeds,)
+            mean, half_width = mean_ci(own)
+            summary["independent_seeds"] = {"mean": mean, "ci95": half_width}
     elif complete:
         summary["independent"] = float(np.mean(np.diag(normalised)))
         summary["oracle_transfer"] = float(np.mean(normalised.max(axis=0)))

@@ -128,16 +128,19 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     if "joint_transfer" in summary:
+        seeds = summary.get("independent_seeds")
+        spread = f" (over seeds: {seeds['mean']:.4f} +- {seeds['ci95']:.4f}, 95 %)" if seeds else ""
         lines += [
             f"- The {summary['joint_transfer']} policies on their own targets (all "
-            f"{summary['n_contexts']} targets): {summary['independent']:.4f}",
+            f"{summary['n_contexts']} targets): {summary['independent']:.4f}{spread}",
             "",
             f"{summary['joint_transfer']} is a joint transfer method: each target's policy is made "
-            f"from all {summary['observed_rows']} sources together, so every row of the matrix "
-            "is the same, G_k is the same at every k for every strategy, and source selection "
-            "is not measured here (no strategy is replayed). Its record above compares the "
-            "policies with the sources' zero-shot returns; to choose sources first, select "
-            "them in a zero-shot sweep and transfer from those (benchmarks/bench_distill.py).",
+            f"from all {summary['observed_rows']} sources together (of its seed), so every row "
+            "of the matrix is the same, G_k is the same at every k for every strategy, and "
+            "source selection is not measured here (no strategy is replayed). Its record above "
+            "compares the policies with the sources' zero-shot returns; to choose sources "
+            "first, select them in a zero-shot sweep and transfer from those "
+            "(benchmarks/bench_distill.py).",
         ]
     elif "independent" in summary:
         trained_by = [

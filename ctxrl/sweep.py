@@ -207,8 +207,9 @@ def prepare_run_dir(
 
 
 def _python_command() -> str:
-    """The command line of this Python process (``python script.py ...``, or ``python`` for an
-    interactive session), for a sweep run through the Python API."""
+    """The command line of this Python process (``python script.py ...``; ``python -`` for an
+    interactive session or a script read from standard input), for a sweep run through the
+    Python API."""
     args = [a for a in sys.argv if a] or ["-"]
     return " ".join(shlex.quote(a) for a in ["python", *args])
 
@@ -561,11 +562,16 @@ def _select_and_train(
         try:
             proposal = checked_proposal(strategy.propose(state), state, plan.strategy.name)
         except Exception as exc:  # the plugin's failure: what it chose before is reported
-            why = str(exc) if isinstance(exc, CtxrlError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, CtxrlError):  # a proposal refused, said in full
+                why = str(exc)
+            else:  # the plugin's own code: where it raised, for its author
+                trace = "".join(traceback.format_exception(exc)[-3:]).strip()
+                why = f"{type(exc).__name__}: {exc}\n{trace}"
             raise _StrategyFailed(
                 f"strategy {plan.strategy.name!r} failed at selection step {step + 1} (k = "
-                f"{state.k} of {state.budget} sources trained): {why}; the sources trained so "
-                "far are stored and reported, and a rerun continues from them",
+                f"{state.k} of {state.budget} sources trained): {why}\nThe sources trained so "
+                "far are stored and reported; once the strategy is fixed, a rerun continues "
+                "from them",
                 list(state.selected),
             ) from exc
         step += 1

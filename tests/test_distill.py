@@ -33,7 +33,7 @@ from ctxrl_plugins.transfer.distill_losses import (
     gaussian_distill_loss,
     normalise_weights,
 )
-from ctxrl_plugins.transfer.distill_method import Distill
+from ctxrl_plugins.transfer.distill_method import Distill, student_seed
 from ctxrl_plugins.transfer.distill_teachers import (
     Q_VALUE_TEMPERATURE,
     distance_weights,
@@ -556,7 +556,7 @@ def test_the_distill_method_through_a_proxy(teachers: Any) -> None:
         factory(steps=8, mode="proxy", proxy_steps=0)
 
 
-def _distill_sweep(tmp_path: Path, seeds: list[int], **options: Any) -> Path:
+def _distill_sweep(tmp_path: Path, seeds: list[int], console: Any = None, **options: Any) -> Path:
     data: dict[str, Any] = {
         "env": "CartPole",
         "features": {"length": {"values": [0.3, 1.0]}},
@@ -568,7 +568,8 @@ def _distill_sweep(tmp_path: Path, seeds: list[int], **options: Any) -> Path:
         "output_dir": str(tmp_path / "runs"),
         "transfer": {"name": "distill", "options": {"steps": 1024, **options}},
     }
-    return run_sweep(resolve_plan(validate_config(data), get_host().registry)).run_dir
+    plan = resolve_plan(validate_config(data), get_host().registry)
+    return run_sweep(plan, console=console).run_dir
 
 
 def test_each_seed_of_a_distilling_sweep_teaches_its_own_students(tmp_path: Path) -> None:
@@ -587,6 +588,47 @@ def test_each_seed_of_a_distilling_sweep_teaches_its_own_students(tmp_path: Path
         assert np.asarray(details["seeds"][seed]["zero_shot_mean"]).shape == (2, 2)
         assert "best-of-2 zero-shot" in details["seeds"][seed]["summary"]
     assert details["summary"].startswith("seed 0: dagger students' mean return")
+    assert "on their own targets (all 2 targets): " in (both / "summary.md").read_text()
+    assert "(over seeds: " in (both / "summary.md").read_text()
+    # every student its own seed: seed + offset + target gave seed 0's student for target 1
+    # the seed of seed 1's for target 0
+    students = [student_seed(seed, 2_000_003, q) for seed in (0, 1, 2) for q in range(50)]
+    assert len(set(students)) == len(students) and student_seed(0, 7, 0) == 7
+
+
+def test_a_distilling_sweep_killed_between_seeds_resumes_each_from_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after seed 0's students trained and before seed 1's: the rerun continues seed 0
+    from its checkpoint (and says so, by seed) and ends with the matrices of a sweep never
+    stopped."""
+    import io
+
+    from rich.console import Console
+
+    class Killed(BaseException):
+        pass
+
+    calls = []
+    distill_seed = Distill._distill_seed
+
+    def killed_at_the_second(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return distill_seed(self, *args, **kwargs)
+
+    monkeypatch.setattr(Distill, "_distill_seed", killed_at_the_second)
+    with pytest.raises(Killed):
+        _distill_sweep(tmp_path / "killed", [0, 1])
+    monkeypatch.undo()
+    printed = io.StringIO()
+    resumed = _distill_sweep(tmp_path / "killed", [0, 1], Console(file=printed, width=300))
+    assert "resumed distill (seed0) from iteration 2 (its checkpoint)" in printed.getvalue()
+    whole = _distill_sweep(tmp_path / "whole", [0, 1])
+    for seed in (0, 1):
+        name = f"exports/matrix_seed{seed}.csv"
+        assert (resumed / name).read_text() == (whole / name).read_text()
 
 
 def test_a_proxy_records_no_teacher_weights_it_never_used(tmp_path: Path) -> None:

@@ -223,6 +223,10 @@ def test_a_diverged_seed_is_named_left_out_and_written_as_strict_json(tmp_path: 
     assert data["arm"]["final_error"][1] == [0.5, 0.5, None, None]
     summary = (tmp_path / "summary.md").read_text()
     assert "left out of every measure: arm seed 1." in summary and "inf" not in summary
+    errors[2, 2:, :] = np.nan  # and seed 0 too: the arm has no measure left
+    write_outputs(config, ["none", "arm"], {"shared": result}, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| arm | n/a | n/a |" in summary and "nan" not in summary.replace("n/a", "")
 
 
 @pytest.mark.parametrize(

@@ -1171,8 +1171,9 @@ def test_a_selection_strategy_that_fails_is_named_and_what_it_trained_reported(
     )
     with pytest.raises(
         PluginError,
-        match=r"strategy 'repeats-itself' failed at selection step 2 \(k = 1 of 2 sources "
-        r"trained\): strategy 'repeats-itself' proposed index 0 .*a rerun continues",
+        match=r"(?s)strategy 'repeats-itself' failed at selection step 2 \(k = 1 of 2 sources "
+        r"trained\): strategy 'repeats-itself' proposed index 0 .*once the strategy is fixed, "
+        r"a rerun continues",
     ):
         run_sweep(plan, console=Console(file=io.StringIO()))
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -1184,7 +1185,8 @@ def test_a_selection_strategy_that_fails_is_named_and_what_it_trained_reported(
         strategy={"name": "explodes", "budget": 2},
     )
     with pytest.raises(
-        PluginError, match=r"'explodes' failed at selection step 1 .*RuntimeError: boom"
+        PluginError,
+        match=r"(?s)'explodes' failed at selection step 1 .*RuntimeError: boom\n.*in propose",
     ):
         run_sweep(explodes, console=Console(file=io.StringIO()))
 

@@ -117,6 +117,8 @@ class AgentAdam:
         parameter stays as it is (with moments left, Adam would go on moving it on a zero
         gradient)."""
         keep = (~agents).to(self.flat.dtype)
+        if name in self.grad_mask:  # frozen before for other agents: they stay frozen
+            keep = keep * self.grad_mask[name]
         self.grad_mask[name] = keep
         for buffer in (self.exp_avg, self.exp_avg_sq):
             moments = self.view(buffer, name)

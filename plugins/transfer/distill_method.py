@@ -49,9 +49,9 @@ class Distill:
     (``proxy_steps`` source-env steps, default ``steps``), which then teaches a student per
     target (:func:`distill_proxy`); only the students' steps are target-env steps.
 
-    With several seeds, each seed's sources teach that seed's students (student ``q`` of seed
-    ``s`` has seed ``s + seed_offset + q``) and each seed's rows hold its students: the seeds
-    stay independent replicates, and the details hold each seed's record under ``seeds``.
+    With several seeds, each seed's sources teach that seed's students (their seeds:
+    :func:`student_seed`) and each seed's rows hold its students: the seeds stay independent
+    replicates, and the details hold each seed's record under ``seeds``.
 
     Args: see :func:`distill_students`.
     """
@@ -222,6 +222,8 @@ class Distill:
             sources = stack_teachers(sources)
         # the teachers' zero-shot returns: best-of-K next to the students, and the
         # "transfer" weights (their episodes are target-env steps too, counted below)
+        if not problem.source_seeds:
+            raise CtxrlError("distillation needs at least one teacher (got no source)")
         zero_shot = evaluate_sources(problem)  # (P, Q, E)
         groups: dict[int, list[int]] = {}  # seed -> its sources' rows
         for row, seed in enumerate(problem.source_seeds):
@@ -285,7 +287,7 @@ class Distill:
         student = self._student_params(problem.algorithm)
         device = str(problem.algorithm.device)
         targets = [dict(t) for t in problem.targets]
-        seeds = [seed + self.seed_offset + j for j in range(q)]
+        seeds = [student_seed(seed, self.seed_offset, j) for j in range(q)]
         if self.mode == "proxy":
             weights = None  # the proxy teaches; the sources are not weighted
         elif self.weights == "distance":
@@ -390,6 +392,12 @@ class Distill:
             "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),
             "teacher_weights": None if weights is None else weights.tolist(),
             "temperature": teacher_temperature(teachers, self.temperature),
+            # the proxy (a policy) teaches the students at its own
+            **(
+                {"proxy_temperature": 1.0 if self.temperature is None else self.temperature}
+                if self.mode == "proxy"
+                else {}
+            ),
             "final_diagnostics": diagnostics,
             "zero_shot_target_env_steps": k * problem.episodes * limit,  # all on one target
         }
@@ -425,6 +433,19 @@ class Distill:
             if values.size and np.isfinite(values).all():
                 text += f", held-out action agreement {float(values.mean()):.2f}"
         return text
+
+
+STUDENT_SEED_STRIDE = 2**32
+"""How far apart the seeds of one source seed's students are (:func:`student_seed`)."""
+
+
+def student_seed(seed: int, offset: int, target: int) -> int:
+    """The seed of the student for target index ``target`` made from the sources of seed
+    ``seed``: ``seed + offset + target * 2**32``. Its own for every (seed, target) of a sweep
+    whose seeds are below 2**32 (``seed + offset + target`` gave seed 0's student for target 1
+    the seed of seed 1's for target 0), and a function of its seed alone, so a seed's students
+    do not depend on the sweep's other seeds."""
+    return int(seed) + int(offset) + int(target) * STUDENT_SEED_STRIDE
 
 
 def _without_prefix(exc: Exception) -> str:

@@ -174,8 +174,11 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
     (run_dir / "figures").mkdir(exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, arm in arms.items():
+        kept = ~np.isin(arm.seeds, diverged_seeds(arm))  # as every measure, the finite seeds
+        if not kept.any():
+            continue
         tasks = np.arange(1, arm.final_error.shape[1] + 1)
-        for ax, values in zip(axes, (arm.final_error, arm.dormant), strict=True):
+        for ax, values in zip(axes, (arm.final_error[kept], arm.dormant[kept]), strict=True):
             mean, low, high = curve_band(values)
             (line,) = ax.plot(tasks, mean, label=label, linewidth=1.2)
             ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.15)
@@ -190,6 +193,11 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
     fig.savefig(run_dir / "figures" / "targets.png", dpi=110)
     plt.close(fig)
     return "figures/targets.png"
+
+
+def _number(value: float) -> str:
+    """``value`` to 3 decimals, ``n/a`` when there is none (every seed diverged)."""
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _summary(
@@ -218,12 +226,12 @@ def _summary(
     ]
     for label, arm in arms.items():
         kept = ~np.isin(arm.seeds, diverged_seeds(arm))  # the seeds every measure uses
-        first = float(arm.final_error[kept, : task.window].mean()) if kept.any() else math.nan
+        first = f"{arm.final_error[kept, : task.window].mean():.3f}" if kept.any() else "n/a"
         e = estimates[label]
         lines.append(
-            f"| {label} | {first:.3f} | {format_estimate(e['late_error'])} | "
+            f"| {label} | {first} | {format_estimate(e['late_error'])} | "
             f"{format_estimate(e['plasticity_lost'])} "
-            f"| {e['dormant_first'].estimate:.3f} -> {format_estimate(e['dormant_end'])} |"
+            f"| {_number(e['dormant_first'].estimate)} -> {format_estimate(e['dormant_end'])} |"
         )
     diverged = [
         f"{label} seed {seed}" for label, arm in arms.items() for seed in diverged_seeds(arm)
