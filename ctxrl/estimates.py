@@ -34,8 +34,11 @@ class BootstrapOptions:
 
     ``method`` defaults to the percentile bootstrap: with the 5-10 seeds of a typical study
     the jackknife acceleration that BCa adds is itself estimated from a handful of values, and
-    the percentile interval is what rliable (Agarwal et al. 2021) reports for RL curves.
-    ``random_state`` is fixed so that the same curves always give the same interval."""
+    the percentile interval is what rliable (Agarwal et al. 2021) reports for RL curves. Like
+    every bootstrap interval it is nominal: with few seeds it covers less than its level (a
+    mean of normal values, 300 repetitions: 73 % at 3 seeds, 85 % at 5, 94 % at 10; a
+    Student-t interval 92-96 %), so verdicts want about 10 seeds. ``random_state`` is fixed
+    so that the same curves always give the same interval."""
 
     confidence_level: float = 0.95
     n_resamples: int = 9999
@@ -193,17 +196,20 @@ def mean_estimate(
 
 def curve_band(values: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Learning curves ``(S, T)`` over seeds: their mean and a Student-t 95 % band (``t`` with
-    ``S - 1`` degrees of freedom, not 1.96: 40 % wider at 3 seeds), each ``(T,)``; NaN points
-    left out; no band with one seed."""
+    ``n - 1`` degrees of freedom, not 1.96: 40 % wider at 3 seeds), each ``(T,)``. NaN points
+    are left out, and ``n`` is counted per point over the seeds that remain (counting every seed
+    made a band of 2 finite seeds out of 4 5.6 times too narrow); no band (the mean itself)
+    where fewer than two remain, NaN where none does."""
     from scipy.stats import t as student
 
     curves = np.asarray(values, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
+    n = np.sum(~np.isnan(curves), axis=0)  # (T,) seeds with a value at each point
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # points with no value: NaN, said here
         mean = np.nanmean(curves, axis=0)
-        n = curves.shape[0]
-        if n < 2:
-            return mean, mean, mean
-        half = student.ppf(0.975, n - 1) * np.nanstd(curves, axis=0, ddof=1) / math.sqrt(n)
+        spread = np.nanstd(curves, axis=0, ddof=1)
+        half = student.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(np.maximum(n, 1))
+    half = np.where(n >= 2, half, 0.0)
     return mean, mean - half, mean + half
 
 

@@ -234,7 +234,9 @@ def plot_generalization(
     diagonal = np.diag(matrix)
     posterior = PerformanceGP(coords[sources], diagonal[sources]).posterior(coords)
     top.plot(x, diagonal, "k.", label="training performance (all contexts)")
-    top.plot(x, posterior.mean, color="0.35", label="GP mean (from the chosen sources)")
+    # MBTL's plain model (a GP of the chosen sources' training performance, a linear gap):
+    # mbtl-gp's defaults add floored slopes and a residual GP to it
+    top.plot(x, posterior.mean, color="0.35", label="MBTL's GP mean (chosen sources)")
     top.fill_between(
         x,
         posterior.mean - 1.96 * posterior.std,
@@ -282,8 +284,8 @@ def plot_generalization(
         if axis is not None and n == 0:
             axis.apply(ax, "x")
     fig.supxlabel(
-        f"target context, {xlabel} (small panels: the chosen source's transfer, solid; the "
-        "linear-gap model, dashed)",
+        f"target context, {xlabel} (small panels: the chosen source's transfer, solid; "
+        "MBTL's linear-gap model, dashed; mbtl-gp's defaults add a residual GP to it)",
         fontsize=8,
     )
     paths = _save(fig, stem)

@@ -91,7 +91,9 @@ def write_figures(
         )
         if summary.get("calibration"):
             written += plot_calibration(
-                summary["calibration"], f"{title}: generalization model", directory / "calibration"
+                summary["calibration"],
+                f"{title}: MBTL's GP + linear-gap model",
+                directory / "calibration",
             )
         if axis is not None and (summary["curves"] or "curve" in summary):
             if "curve" in summary:  # a select sweep: what its strategy trained

@@ -161,7 +161,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"Normalised generalized performance G_k, k = 1..{summary['budget']}, on each "
                 f"seed's matrix and averaged over the {len(summary['seeds'])} seeds (+- the "
                 "95 % Student-t interval over seeds; the sources listed are each strategy's "
-                "order on the seed-mean matrix):",
+                "order on the seed-mean matrix, a stochastic one's first replay):",
                 "",
                 "| strategy | mean G_k (+- 95% CI over seeds) | G_1 | G_K "
                 "| first 5 chosen sources |",
@@ -175,7 +175,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"{summary['oracle_transfer']:.4f}",
                 "",
                 f"Normalised generalized performance G_k, k = 1..{summary['budget']} "
-                "(mean over replays):",
+                "(mean over replays; a stochastic strategy's sources listed are its first "
+                "replay's):",
                 "",
                 "| strategy | mean G_k | G_1 | G_K | first 5 chosen sources |",
                 "|---|---|---|---|---|",
@@ -202,11 +203,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             coverage = dict(zip(calibration["levels"], calibration["coverage"], strict=True))
             lines += [
                 "",
-                f"Generalization model (GP + gap) on held-out rows ({calibration['observed']} "
-                f"observed rows, {calibration['sets']} sets): RMSE {calibration['rmse']:.3f}; "
-                f"the 95 % band covers {coverage[0.95]:.0%} of held-out entries, the 50 % band "
-                f"{coverage[0.5]:.0%} (a calibrated model covers about the nominal level; "
-                "figures/calibration).",
+                f"MBTL's generalization model (a GP of training performance and a linear gap, "
+                "not mbtl-gp's defaults, which add a residual GP and floored slopes) on held-out "
+                f"rows ({calibration['observed']} observed rows, {calibration['sets']} sets): "
+                f"RMSE {calibration['rmse']:.3f}; the 95 % band covers {coverage[0.95]:.0%} of "
+                f"held-out entries, the 50 % band {coverage[0.5]:.0%} (a calibrated model covers "
+                "about the nominal level; figures/calibration).",
             ]
         efficiency = summary.get("sample_efficiency", {})
         if efficiency:

@@ -402,7 +402,10 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(scripted: Path, tmp_path: 
     """Ctrl-C (SIGINT to the foreground process group) printed click's bare "Aborted!": the
     sweep now says that what was stored is kept and how to continue, and exits 130."""
     _, _, process = _slow_sweep(scripted, tmp_path, stderr=subprocess.PIPE)
-    _wait_for_runs(tmp_path, 1)
+    deadline = time.monotonic() + 120  # until its first job runs (its log is written)
+    while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/logs/job-*")):
+        time.sleep(0.1)
+    assert process.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

@@ -371,3 +371,13 @@ def test_curve_bands_use_students_t_over_the_seeds() -> None:
     np.testing.assert_allclose(mean - low, half)
     one = curve_band(curves[:1])
     assert all(np.array_equal(band, curves[0]) for band in one)
+    # NaN points (a diverged seed) are left out of the count too: 2 finite seeds of 4 at the
+    # second point have t(0.975, 1) = 12.71, not t(0.975, 3) with sqrt(4)
+    gappy = np.array([[0.0, 1.0], [1.0, 3.0], [2.0, np.nan], [3.0, np.nan]])
+    mean, low, high = curve_band(gappy)
+    np.testing.assert_allclose(high[1] - mean[1], student.ppf(0.975, 1) * np.sqrt(2) / np.sqrt(2))
+    np.testing.assert_allclose(
+        high[0] - mean[0], student.ppf(0.975, 3) * gappy[:, 0].std(ddof=1) / 2
+    )
+    alone = curve_band(np.array([[1.0, np.nan], [np.nan, np.nan]]))  # one value, then none
+    assert alone[0][0] == alone[1][0] == alone[2][0] == 1.0 and np.isnan(alone[0][1])
