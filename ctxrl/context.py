@@ -124,6 +124,11 @@ class ContextFeature:
                 f"[{self.lower}, {self.upper}], got {value!r} ({type(value).__name__})"
             )
         v = float(value)
+        # a bound read back from a float32 twin (pi as 3.1415927410125732) is the bound
+        if v > self.upper and np.float32(v) == np.float32(self.upper):
+            v = self.upper
+        elif v < self.lower and np.float32(v) == np.float32(self.lower):
+            v = self.lower
         if not math.isfinite(v) or not self.lower <= v <= self.upper:
             raise ContextError(
                 f"{where}context feature {self.name!r} = {v} is outside the allowed range "

@@ -20,7 +20,7 @@ import torch
 
 from ctxrl.context import ContextSpace, visible_features
 from ctxrl.errors import ContextError, CtxrlError
-from ctxrl.rng import StreamRNG
+from ctxrl.rng import StreamRNG, splitmix64
 
 Tensor = torch.Tensor
 
@@ -278,6 +278,7 @@ class BatchedEnv:
             if seeds.shape != (num_envs,):
                 raise ValueError(f"{self.name}: env_seeds needs shape ({num_envs},)")
             self.streams = StreamRNG(seeds)
+        self._env_seeds = None if env_seeds is None else seeds
         self.context: dict[str, Tensor] = {
             f.name: torch.full((num_envs,), f.default, device=self.device, dtype=dtype)
             for f in self.space.features
@@ -465,11 +466,15 @@ class BatchedEnv:
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a new episode in every env; return observations ``(B, obs)``. A ``seed``
-        reseeds the shared generator and rewinds the per-env streams."""
+        reseeds the shared generator and the per-env streams: env ``i``'s stream from
+        ``env_seeds[i]`` and ``seed`` together (each seed its own episodes, as gymnasium's
+        ``reset(seed=...)``; it used to rewind the streams whatever the seed, so every seed
+        gave the same episodes)."""
         if seed is not None:
             self.generator.manual_seed(seed)
-            if self.streams is not None:
-                self.streams.counters.zero_()
+            if self._env_seeds is not None:
+                mixed = splitmix64(torch.tensor(int(seed), dtype=torch.int64, device=self.device))
+                self.streams = StreamRNG(self._env_seeds ^ mixed)
         self._draw_contexts(None)
         self._state = self._initial_state(None)
         self.elapsed.zero_()

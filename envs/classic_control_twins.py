@@ -178,7 +178,12 @@ class BatchedMountainCar(_MountainCarBase):
 
 
 class BatchedMountainCarContinuous(_MountainCarBase):
-    """MountainCarContinuous-v0; reward ``100 * reached - 0.1 * action^2``."""
+    """MountainCarContinuous-v0; reward ``100 * reached - 0.1 * action^2``.
+
+    gymnasium keeps this env's state in float32 and computes its force in float32; this twin
+    computes in its own dtype and does not round to float32, so a float64 twin follows
+    gymnasium to float32 rounding (about 3e-8 a step), not bit for bit as the other float64
+    twins do (the episodes' ends agree; tests/test_classic_parity.py's tolerance is 1e-5)."""
 
     name = "MountainCarContinuous"
     space = cc.MOUNTAIN_CAR_CONTINUOUS

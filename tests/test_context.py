@@ -136,3 +136,14 @@ def test_task_id_is_stable_across_processes() -> None:
     assert other.stdout.strip() == task.id
     assert task.id.startswith("Toy-") and len(task.id) == len("Toy-") + 12
     assert Task("Toy", SPACE.validate({"mass": 2.0000001})).id != task.id
+
+
+def test_a_bound_read_back_from_a_float32_twin_is_the_bound() -> None:
+    """A float32 twin holds pi as 3.1415927410125732, above the bound pi: copied into a
+    gymnasium env or a float64 twin it was refused as out of range. A value that rounds to a
+    bound in float32 is taken as the bound; one past it is still refused."""
+    feature = ContextFeature("angle", 1.0, 0.0, math.pi)
+    assert feature.check(float(np.float32(math.pi))) == math.pi
+    assert feature.check(float(np.float32(0.1))) == float(np.float32(0.1))  # inside: as given
+    with pytest.raises(ContextError, match="outside the allowed range"):
+        feature.check(3.1416)

@@ -382,3 +382,16 @@ def test_a_twin_refuses_discrete_actions_its_env_does_not_have(name: str) -> Non
         with pytest.raises(CtxrlError, match=message):
             twin.step(action)
     twin.step(torch.tensor([0, n - 1]))  # the env's own actions step as before
+
+
+@pytest.mark.parametrize("name", ["CartPole", "Pendulum", "Acrobot"])
+def test_a_reset_seed_gives_its_own_episodes_with_per_env_streams(name: str) -> None:
+    """With ``env_seeds``, ``reset(seed=s)`` rewound the per-env streams whatever ``s``: every
+    seed started the same episodes. Now each seed has its own, the same seed the same, and an
+    env still depends on its own entry of ``env_seeds`` only."""
+    spec = get_host().registry.env(name)
+    twin = spec.make_batched(3, env_seeds=torch.tensor([4, 5, 6]))
+    five, six, five_again = twin.reset(seed=5), twin.reset(seed=6), twin.reset(seed=5)
+    assert torch.equal(five, five_again) and not torch.equal(five, six)
+    alone = spec.make_batched(1, env_seeds=torch.tensor([5]))
+    assert torch.equal(alone.reset(seed=5)[0], five[1])
