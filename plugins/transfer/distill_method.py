@@ -194,12 +194,11 @@ class Distill:
         seen = list(sources) if self.mode == "proxy" else [*sources, *targets]
         if len({tuple(sorted(dict(c).items())) for c in seen}) < 2:
             which = "proxy's sources" if self.mode == "proxy" else "sources and targets"
+            where = ", ".join(f"{f}={v:g}" for f, v in dict(seen[0] if seen else {}).items())
             raise ConfigError(
                 f"distill: mode {self.mode!r} trains a context-conditioned policy, which needs "
-                f"contexts that differ; the {which} are one context "
-                f"({', '.join(f'{f}={v:g}' for f, v in dict(seen[0] if seen else {}).items())}): "
-                "vary a "
-                "feature, or use mode 'dagger' or 'kickstart'"
+                f"contexts that differ; the {which} are one context ({where}): vary a feature, "
+                "or use mode 'dagger' or 'kickstart'"
             )
 
     def _student_params(self, algorithm: Any) -> dict[str, Any]:
@@ -220,10 +219,10 @@ class Distill:
         sources = problem.sources
         if isinstance(sources, list):  # sources trained one run at a time
             sources = stack_teachers(sources)
-        # the teachers' zero-shot returns: best-of-K next to the students, and the
-        # "transfer" weights (their episodes are target-env steps too, counted below)
         if not problem.source_seeds:
             raise CtxrlError("distillation needs at least one teacher (got no source)")
+        # the teachers' zero-shot returns: best-of-K next to the students, and the
+        # "transfer" weights (their episodes are target-env steps too, counted below)
         zero_shot = evaluate_sources(problem)  # (P, Q, E)
         groups: dict[int, list[int]] = {}  # seed -> its sources' rows
         for row, seed in enumerate(problem.source_seeds):
