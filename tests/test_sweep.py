@@ -380,8 +380,15 @@ def _slow_sweep(
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         text=True,
+        # Ctrl-C as at a terminal: a test run started in the background (CI under `&`)
+        # passes SIGINT on ignored, and Python keeps an ignored SIGINT ignored
+        preexec_fn=_default_sigint,
     )
     return command, environ, process
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_runs(tmp_path: Path, runs: int) -> int:
