@@ -28,7 +28,7 @@ from ctxrl.registry import EnvSpec
 from ctxrl.rng import StreamRNG
 from ctxrl_plugins.training.compiling import check_compile_mode, compile_pays
 from ctxrl_plugins.training.log import TrainingLog
-from ctxrl_plugins.training.networks import Params, StackedMLP
+from ctxrl_plugins.training.networks import Params, StackedMLP, injection_name
 from ctxrl_plugins.training.optimizer import AgentAdam
 from ctxrl_plugins.training.run import TrainingRun
 from ctxrl_plugins.training.trainer import (
@@ -296,11 +296,11 @@ def _inject_target(target: Params, online: Params) -> None:
         injected = (online[switch] != target[switch]).reshape(len(online[switch]), -1).any(1)
         if not bool(injected.any()):
             continue
-        prefix = switch.removesuffix("on")  # "{role}.injection{j}."
-        role = switch.split(".", 1)[0]
-        for old in [k for k in online if k.startswith(f"{prefix}old.")]:
-            live = f"{role}.{old.removeprefix(f'{prefix}old.')}"
-            fresh = f"{prefix}fresh.{live.removeprefix(f'{role}.')}"
+        role, slot = switch.split(".")[:2]  # "{role}", "injection{j}"
+        j = int(slot.removeprefix("injection"))
+        block = [name for name in online if injection_name(role, j, "old", name) in online]
+        for live in block:
+            old, fresh = (injection_name(role, j, kind, live) for kind in ("old", "fresh"))
             target[old][injected] = target[live][injected]
             # the fresh block as it was drawn (the online one may have trained since): the
             # target's outputs are unchanged, and the soft updates move it from there
