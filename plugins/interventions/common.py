@@ -7,7 +7,8 @@ from typing import Literal
 
 import torch
 
-from ctxrl.interventions import OptimizerReset, TrainingView
+from ctxrl.errors import ConfigError
+from ctxrl.interventions import OPTIMIZER_RESETS, OptimizerReset, TrainingView
 
 Tensor = torch.Tensor
 ParameterSet = Literal["weights", "all"]
@@ -203,6 +204,14 @@ def fresh_parameters(view: TrainingView, layer: str, agents: Tensor) -> dict[str
 def unfrozen(view: TrainingView, name: str, agents: Tensor) -> Tensor:
     """``agents`` ``(N,)`` bool without those for which a warm start froze parameter ``name``."""
     return agents & ~view.frozen[name] if name in view.frozen else agents
+
+
+def optimizer_reset_option(value: object, owner: str) -> OptimizerReset:
+    """``value`` as an ``optimizer_reset`` option of intervention ``owner``, or a
+    :class:`~ctxrl.errors.ConfigError` naming both and the choices."""
+    if value not in OPTIMIZER_RESETS:
+        raise ConfigError(f"{owner}: optimizer_reset {value!r}: expected one of {OPTIMIZER_RESETS}")
+    return value
 
 
 def use_per_element_steps(view: TrainingView, optimizer_reset: OptimizerReset) -> None:

@@ -49,12 +49,13 @@ from typing import ClassVar
 import torch
 
 from ctxrl.errors import ConfigError
-from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.interventions import Intervention, OptimizerReset, TrainingView
 from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import (
     copies_reading,
     hidden_layers,
     initial_gain,
+    optimizer_reset_option,
     reinitialise_units,
     use_per_element_steps,
 )
@@ -106,11 +107,7 @@ class ContinualBackprop(Intervention):
         decay = number_option(decay, "continual-backprop: decay", positive=False)
         if not decay < 1:
             raise ConfigError(f"continual-backprop: decay must be in [0, 1), got {decay}")
-        if optimizer_reset not in OPTIMIZER_RESETS:
-            raise ConfigError(
-                f"continual-backprop: optimizer_reset {optimizer_reset!r}: expected one of "
-                f"{OPTIMIZER_RESETS}"
-            )
+        optimizer_reset = optimizer_reset_option(optimizer_reset, "continual-backprop")
         self.rate, self.maturity, self.decay = rate, int(maturity), float(decay)
         self.optimizer_reset = optimizer_reset
         # per hidden layer: (N, width) utility, mean activation (per output feature, so

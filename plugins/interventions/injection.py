@@ -46,14 +46,18 @@ import torch
 
 from ctxrl.errors import ConfigError
 from ctxrl.interventions import (
-    OPTIMIZER_RESETS,
     Intervention,
     NetworkSpec,
     OptimizerReset,
     TrainingView,
 )
 from ctxrl.options import count_option, flag_option, names_option
-from ctxrl_plugins.interventions.common import fresh_parameters, per_agent, use_per_element_steps
+from ctxrl_plugins.interventions.common import (
+    fresh_parameters,
+    optimizer_reset_option,
+    per_agent,
+    use_per_element_steps,
+)
 from ctxrl_plugins.training.networks import injection_name
 
 Tensor = torch.Tensor
@@ -96,11 +100,7 @@ class PlasticityInjection(Intervention):
                 "plasticity-injection: at_switch is false and at_steps is empty: it would "
                 "never inject"
             )
-        if optimizer_reset not in OPTIMIZER_RESETS:
-            raise ConfigError(
-                f"plasticity-injection: optimizer_reset {optimizer_reset!r}: expected one of "
-                f"{OPTIMIZER_RESETS}"
-            )
+        optimizer_reset = optimizer_reset_option(optimizer_reset, "plasticity-injection")
         self.layers, self.at_switch, self.at_steps = layers, at_switch, steps
         self.max_injections = max_injections
         self.roles = None if roles is None else names_option(roles, "plasticity-injection: roles")

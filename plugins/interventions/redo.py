@@ -37,12 +37,12 @@ from typing import ClassVar
 
 import torch
 
-from ctxrl.errors import ConfigError
-from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.interventions import Intervention, OptimizerReset, TrainingView
 from ctxrl.options import count_option, number_option
 from ctxrl_plugins.interventions.common import (
     fresh_orthogonal,
     hidden_layers,
+    optimizer_reset_option,
     reinitialise_units,
     use_per_element_steps,
 )
@@ -80,10 +80,7 @@ class ReDo(Intervention):
     ) -> None:
         every = count_option(every, "redo: every (gradient steps)")
         tau = number_option(tau, "redo: tau", positive=False)
-        if optimizer_reset not in OPTIMIZER_RESETS:
-            raise ConfigError(
-                f"redo: optimizer_reset {optimizer_reset!r}: expected one of {OPTIMIZER_RESETS}"
-            )
+        optimizer_reset = optimizer_reset_option(optimizer_reset, "redo")
         self.every, self.tau, self.optimizer_reset = int(every), float(tau), optimizer_reset
         self.updates = 0  # gradient steps so far (a Python int: no device sync per step)
         self.recycled = torch.zeros(0)

@@ -32,11 +32,12 @@ from typing import ClassVar, Literal
 import torch
 
 from ctxrl.errors import ConfigError
-from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.interventions import Intervention, OptimizerReset, TrainingView
 from ctxrl.options import count_option, flag_option
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
     head_layers,
+    optimizer_reset_option,
     per_agent,
     unfrozen,
     use_per_element_steps,
@@ -69,10 +70,7 @@ class Reset(Intervention):
             raise ConfigError(f"reset: layers {layers!r}: expected 'head' or 'all'")
         if every is not None:
             every = count_option(every, "reset: every (gradient steps)")
-        if optimizer_reset not in OPTIMIZER_RESETS:
-            raise ConfigError(
-                f"reset: optimizer_reset {optimizer_reset!r}: expected one of {OPTIMIZER_RESETS}"
-            )
+        optimizer_reset = optimizer_reset_option(optimizer_reset, "reset")
         self.layers, self.every = layers, every
         self.at_switch = flag_option(at_switch, "reset: at_switch")
         if not self.at_switch and every is None:

@@ -44,12 +44,13 @@ from typing import ClassVar, Literal
 import torch
 
 from ctxrl.errors import ConfigError
-from ctxrl.interventions import OPTIMIZER_RESETS, Intervention, OptimizerReset, TrainingView
+from ctxrl.interventions import Intervention, OptimizerReset, TrainingView
 from ctxrl.options import number_option
 from ctxrl_plugins.interventions.common import (
     fresh_parameters,
     masked_normal,
     network_names,
+    optimizer_reset_option,
     per_agent,
     unfrozen,
     use_per_element_steps,
@@ -89,11 +90,7 @@ class ShrinkPerturb(Intervention):
     ) -> None:
         if not isinstance(when, str) or when not in DEFAULTS:
             raise ConfigError(f"shrink-perturb: when {when!r}: expected 'step' or 'switch'")
-        if optimizer_reset not in OPTIMIZER_RESETS:
-            raise ConfigError(
-                f"shrink-perturb: optimizer_reset {optimizer_reset!r}: expected one of "
-                f"{OPTIMIZER_RESETS}"
-            )
+        optimizer_reset = optimizer_reset_option(optimizer_reset, "shrink-perturb")
         if when == "step" and optimizer_reset != "none":
             raise ConfigError(
                 f"shrink-perturb: optimizer_reset {optimizer_reset!r} acts at switches; with "
