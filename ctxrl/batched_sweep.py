@@ -149,18 +149,22 @@ def _settle(
     report: bool = False,
 ) -> None:
     """Count agent ``(source, seed)`` of a finished program by what the store holds for it:
-    finished (it was stored, whatever happened after), or failed: recorded as failed with
-    ``error`` when the program stored nothing for it, or (``report``: an executor's report,
-    which ends with the worker's log) in place of the error the program stored; then tell the
-    hooks."""
+    finished (it was stored, whatever happened after), kept (the program failed to retrain
+    its damaged policy: the row stored before this sweep stays), or failed: recorded as failed
+    with ``error`` when the program stored nothing for it, or (``report``: an executor's
+    report, which ends with the worker's log) in place of the error the program stored; then
+    tell the hooks."""
     plan, outcome = session.plan, session.outcome
     task = Task(plan.env.name, plan.grid.contexts[agent[0]])
     rid = run_id(task, agent[1])
     record = session.store.run(rid)
     if record is not None and record.status == "finished":
         session.finished.add(rid)
-        outcome.trained += 1
-        outcome.resumed += int(resumed)
+        if session.kept_after_failed_retrain(record):
+            outcome.kept.append(rid)
+        else:
+            outcome.trained += 1
+            outcome.resumed += int(resumed)
     else:
         if record is None or (report and error is not None):
             ensure_failed(session.store, task, agent[1], plan, error or "not stored")
@@ -473,6 +477,7 @@ def run_multitask(session: SweepSession) -> None:
                 # a retrain of its damaged policy failed: its stored results are kept
                 console.print(f"[yellow]{record.run_id}: its stored results are kept[/]")
                 finished.add(record.run_id)
+                outcome.kept.append(record.run_id)
             else:
                 store.record_run(record)
                 outcome.failed.append(record.run_id)
@@ -495,7 +500,11 @@ def run_multitask(session: SweepSession) -> None:
     )
     batched_programs.remove_checkpoint(checkpoint)
     for record, ok in zip(records, stored, strict=True):
-        if ok:
+        row = store.run(record.run_id)
+        if ok and row is not None and session.kept_after_failed_retrain(row):
+            finished.add(record.run_id)
+            outcome.kept.append(record.run_id)
+        elif ok:
             finished.add(record.run_id)
             outcome.trained += 1
         else:

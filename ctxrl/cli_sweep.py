@@ -121,8 +121,13 @@ def sweep(
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
     resumed = f" ({outcome.resumed} resumed from a checkpoint)" if outcome.resumed else ""
+    kept = (
+        f"kept {len(outcome.kept)} whose retrain failed (their earlier results stand), "
+        if outcome.kept
+        else ""
+    )
     err.print(
-        f"trained {outcome.trained}{resumed}, already finished {outcome.skipped}, "
+        f"trained {outcome.trained}{resumed}, {kept}already finished {outcome.skipped}, "
         f"failed {len(outcome.failed)}"
     )
     click.echo((outcome.run_dir / "summary.md").read_text())

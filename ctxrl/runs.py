@@ -50,6 +50,9 @@ class SweepOutcome:
     compile_s: float = 0.0
     """of ``train_s``, the seconds compiling took (one-program groups of algorithms that
     compile; a sharded group reports it in each shard's log)"""
+    kept: list[str] = field(default_factory=list)
+    """runs whose saved policy was damaged and whose retrain failed: their earlier stored
+    results are kept, and they count neither as trained nor as failed"""
 
 
 def run_record(
@@ -162,7 +165,9 @@ def notify_run_finished(host: Host, plan_json: dict[str, Any], store: Store, rid
 class SweepSession:
     """What every part of one sweep invocation works with: the plan and its store, the host
     whose hooks hear of every finished run, the console, the plan as JSON (what hooks and
-    worker jobs get), the set of finished run ids and the outcome being filled in."""
+    worker jobs get), the set of finished run ids, the outcome being filled in and the runs
+    trained again because their saved policy is damaged (run id -> the stored row's
+    ``finished_at``)."""
 
     plan: SweepPlan
     store: Store
@@ -171,6 +176,12 @@ class SweepSession:
     plan_json: dict[str, Any]
     finished: set[str]
     outcome: SweepOutcome
+    retraining: dict[str, float] = field(default_factory=dict)
+
+    def kept_after_failed_retrain(self, record: RunRecord) -> bool:
+        """Whether finished ``record`` is the row stored before this sweep for a run it
+        tried to retrain: the retrain failed and left the earlier results in place."""
+        return self.retraining.get(record.run_id) == record.finished_at
 
     def run_finished(self, rid: str) -> None:
         """Tell the hooks that run ``rid`` finished (or failed): :func:`notify_run_finished`."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
@@ -55,7 +55,7 @@ from ctxrl.runs import (
     transfer_returns,
 )
 from ctxrl.selection import SelectionState, checked_proposal, trace_of
-from ctxrl.store import Evaluation, SelectionStep, Store, now
+from ctxrl.store import Evaluation, RunRecord, SelectionStep, Store, now
 from ctxrl.summary import STORE_FILE, damaged_artifacts, sweep_matrix, write_exports
 from ctxrl.transfer import TransferProblem
 
@@ -407,11 +407,13 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             ),
             highlight=False,
         )
+    retraining = {}
     for rid, problem in damaged_artifacts(store).items():
         console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
         finished.discard(rid)
+        retraining[rid] = cast(RunRecord, store.run(rid)).finished_at
     outcome = SweepOutcome(run_dir, TransferMatrix.empty([], []), trained=0, skipped=0)
-    session = SweepSession(plan, store, host, console, plan_json, finished, outcome)
+    session = SweepSession(plan, store, host, console, plan_json, finished, outcome, retraining)
 
     # torch's intra-op threads per job of the local executor: this machine's cores shared by
     # its parallel jobs (other executors run jobs elsewhere, or in this process)
@@ -469,12 +471,17 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
                         f"[red]run {rid} ({task.label(plan.grid.features)}) failed:[/] "
                         f"{escape(error_summary(error))}"
                     )
-                elif error is not None:  # the run's stored results stay: it trained
-                    outcome.trained += 1
+                elif error is not None:  # the run's stored results stay
                     finished.add(rid)
+                    if session.kept_after_failed_retrain(cast(RunRecord, store.run(rid))):
+                        outcome.kept.append(rid)  # the earlier results: this retrain failed
+                        said = "its retrain failed; its earlier evaluations are kept"
+                    else:  # the job stored them, then failed (e.g. killed at its time limit)
+                        outcome.trained += 1
+                        said = "its stored evaluations are kept"
                     console.print(
                         f"[yellow]run {rid} ({task.label(plan.grid.features)}):[/] "
-                        f"{escape(error_summary(error))}; its stored evaluations are kept"
+                        f"{escape(error_summary(error))}; {said}"
                     )
                 else:
                     outcome.trained += 1

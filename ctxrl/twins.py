@@ -352,10 +352,11 @@ class BatchedEnv:
                 )
             bad = ~torch.isfinite(tensor) | (tensor < feature.lower) | (tensor > feature.upper)
             if bool(bad.any()):
-                first = float(tensor[bad][0])
+                i = int(bad.nonzero()[0, 0])
+                env = i if env_ids is None else int(env_ids[i])
                 raise ContextError(
-                    f"{self.name}: context feature {name!r} = {first} is outside the allowed "
-                    f"range [{feature.lower}, {feature.upper}]"
+                    f"{self.name}: context feature {name!r} = {float(tensor[i])} (env {env}) "
+                    f"is outside the allowed range [{feature.lower}, {feature.upper}]"
                 )
             checked[str(name)] = tensor.clone()
         merged = {k: (v if env_ids is None else v[env_ids]) for k, v in self.context.items()}
@@ -375,7 +376,13 @@ class BatchedEnv:
         if contexts is None:
             self._pool = None
             return
-        full = [self.space.validate(c) for c in contexts]
+        full = []
+        for index, context in enumerate(contexts):
+            try:
+                full.append(self.space.validate(context))
+            except ContextError as exc:
+                said = str(exc).removeprefix(f"{self.space.owner}: ")
+                raise ContextError(f"{self.name}: context {index} of the pool: {said}") from exc
         if not full:
             raise ContextError(f"{self.name}: a context pool needs at least one context")
         pool = {

@@ -623,7 +623,9 @@ def test_a_failed_retrain_of_a_damaged_policy_keeps_the_stored_results(
     (weights.parent / f".{weights.name}.partial").mkdir()  # the new file cannot be written
     printed = io.StringIO()
     plan = _plan(tmp_path, output_dir=str(run_dir.parent))
-    run_sweep(plan, console=Console(file=printed, width=300))
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    # counted as kept, not as trained (it counted as trained: "trained 1" for no new result)
+    assert outcome.kept == [weights.stem] and outcome.trained == 0 and not outcome.failed
     assert (
         f"run {weights.stem}: retraining it failed (storing the trained agent failed: "
         "IsADirectoryError" in printed.getvalue()
@@ -654,7 +656,8 @@ def test_a_failed_retrain_of_the_multitask_policy_keeps_its_stored_results(
     with Store(run_dir / "store.sqlite") as store:
         before = store.multitask_returns(**where)
     printed = io.StringIO()
-    run_sweep(plan, console=Console(file=printed, width=300))
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert outcome.kept == ["multitask-s0"] and not outcome.failed
     assert "multi-task training failed" in printed.getvalue()
     assert "multitask-s0: its stored results are kept" in printed.getvalue()
     with Store(run_dir / "store.sqlite") as store:

@@ -891,8 +891,11 @@ def test_a_failed_retrain_of_a_damaged_policy_keeps_the_runs_evaluations(
 
     monkeypatch.setattr(sb3.SB3Algorithm, "train", crash)
     printed = io.StringIO()
-    run_sweep(plan, console=Console(file=printed, width=300))
+    again = run_sweep(plan, console=Console(file=printed, width=300))
     assert f"run {weights.stem} (length=0.5): the retrain crashed" in printed.getvalue()
+    assert "its retrain failed; its earlier evaluations are kept" in printed.getvalue()
+    # counted as kept, not as trained (it counted as trained: "trained 1" for no training)
+    assert again.kept == [weights.stem] and again.trained == 0 and again.skipped == 1
     with Store(outcome.run_dir / "store.sqlite") as store:
         assert store.run(weights.stem).status == "finished"
         assert store.returns(weights.stem) == returns

@@ -331,6 +331,24 @@ def test_a_twins_constraint_error_gives_the_values_and_where() -> None:
         twin.set_context_pool([{}, {**bad, "start_position_high": -0.4}])
 
 
+def test_an_out_of_range_context_names_its_env_or_pool_entry() -> None:
+    """A batch of contexts or a pool with one bad value said which feature and value, not
+    which of the envs or pool entries held it."""
+    spec = get_host().registry.env("CartPole")
+    with pytest.raises(
+        ContextError, match=r"'length' = 50\.0 \(env 2\) is outside the allowed range"
+    ):
+        spec.make_batched(3, contexts={"length": torch.tensor([0.5, 1.0, 50.0])})
+    twin = spec.make_batched(4)
+    with pytest.raises(ContextError, match=r"'length' = -1\.0 \(env 3\) is outside"):
+        twin.set_context({"length": torch.tensor([0.5, -1.0])}, env_ids=[1, 3])
+    with pytest.raises(
+        ContextError,
+        match=r"^CartPole: context 1 of the pool: context feature 'length' = 50\.0 is outside",
+    ):
+        twin.set_context_pool([{"length": 0.5}, {"length": 50.0}])
+
+
 def test_a_twin_takes_numpy_numbers_as_the_gymnasium_env_does() -> None:
     import numpy as np
 
