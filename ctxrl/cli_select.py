@@ -315,9 +315,10 @@ def synth(
         raise CtxrlError(f"--setting {again.name} is given twice")
     for setting in settings:
         for noise in noises:
-            folder, (lower, upper) = write_trials(out, setting, noise, trials, fmt=fmt)
+            folder, (lower, upper), removed = write_trials(out, setting, noise, trials, fmt=fmt)
             mountain = "Mountain" if setting.mountain else "not a Mountain"
             click.echo(
                 f"{folder}: {trials} trials of {setting.name} ({mountain}), noise {noise:g}, "
                 f"bounds [{lower:.4f}, {upper:.4f}]"
+                + (f"; removed {len(removed)} earlier trial files" if removed else "")
             )

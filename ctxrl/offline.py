@@ -118,18 +118,33 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
     if len(rows) < 2:
         raise CtxrlError(f"{path}: expected a header of feature names and one row per context")
     features = [name.strip() for name in rows[0]]
+    if all(_is_number(name) for name in features):
+        raise CtxrlError(
+            f"{path}: its first row ({', '.join(features)}) is numbers; a contexts CSV starts "
+            "with a header of feature names"
+        )
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(features):
             raise CtxrlError(
                 f"{path}: row {line} has {len(row)} column(s), the header {len(features)}"
             )
-    try:
-        values = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float64)
-    except ValueError as exc:
-        raise CtxrlError(f"{path}: not a number below the header ({exc})") from None
+        for column, cell in enumerate(row):
+            if not _is_number(cell):
+                raise CtxrlError(
+                    f"{path}: row {line}, column {features[column]!r}: {cell!r} is not a number"
+                )
+    values = np.array([[float(cell) for cell in row] for row in rows[1:]], dtype=np.float64)
     if values.shape[1:] != (len(features),):
         raise CtxrlError(f"{path}: rows do not all have {len(features)} columns")
     return _checked_contexts(path, values, features), features, None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _checked_contexts(path: Path, values: np.ndarray, features: Sequence[str]) -> np.ndarray:
@@ -178,6 +193,8 @@ def read_matrix_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         try:  # EOFError: an empty file (click would take it for the user's Ctrl-D)
             matrix = np.load(path, allow_pickle=False)
+            if matrix.dtype.kind not in "biuf":  # complex: the imaginary part would be dropped
+                raise TypeError(f"its values are {matrix.dtype}, not real numbers")
             matrix = np.asarray(matrix, dtype=np.float64)
         except (ValueError, EOFError, OSError, TypeError) as exc:
             raise CtxrlError(
@@ -190,6 +207,8 @@ def read_matrix_file(path: Path) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise CtxrlError(f"{path}: a transfer matrix is square, got shape {matrix.shape}")
+    if matrix.size == 0:
+        raise CtxrlError(f"{path}: the matrix is empty (shape {matrix.shape})")
     return matrix
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ctxrl.context import Context, ContextSpace, Task
-from ctxrl.errors import DuplicateNameError, PluginError, UnknownNameError
+from ctxrl.errors import CtxrlError, DuplicateNameError, PluginError, UnknownNameError
 
 if TYPE_CHECKING:
     from ctxrl.selection import Strategy
@@ -158,13 +159,26 @@ class Algorithm(Protocol):
 
 @dataclass(frozen=True)
 class CurveOptions:
-    """Learning curves requested from a batched training: a deterministic evaluation at step 0
-    and every ``every`` env steps per agent, ``episodes`` episodes on each of ``contexts``
-    (None: the agent's own context)."""
+    """Learning curves requested from a batched training: a deterministic evaluation at step 0,
+    at the end of the first iteration at or past each multiple of ``every`` env steps per
+    agent, and at the end, ``episodes`` episodes on each of ``contexts`` (None: the agent's
+    own context). Both counts are whole numbers >= 1 (:class:`CtxrlError` otherwise)."""
 
     every: int
     episodes: int = 5
     contexts: tuple[Mapping[str, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("every", "episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise CtxrlError(f"curves.{name} must be a whole number >= 1, got {value!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON data (what a checkpoint records, to resume only a training
+        that asks for the same curves)."""
+        contexts = None if self.contexts is None else [dict(c) for c in self.contexts]
+        return {"every": self.every, "episodes": self.episodes, "contexts": contexts}
 
 
 @runtime_checkable

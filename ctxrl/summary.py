@@ -331,12 +331,14 @@ def _write_staged(
         )
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
+    transfer = plan.config.transfer.name
     if store.curves():
         figure = plot_learning_curves(
             store.curves(),
             {r.run_id: _source_label(plan, r.source_context) for r in store.runs()},
             plan.env.return_bounds,
-            f"{plan.env.name}: learning curves",
+            f"{plan.env.name}: learning curves"
+            + ("" if transfer == "zero-shot" else f" (the sources' training, before {transfer})"),
             run_dir / "figures" / "learning_curves",
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
@@ -413,6 +415,8 @@ def training_log_summary(plan: SweepPlan, store: Store) -> dict[str, Any]:
         starts = [points[0][1] for points in curves.values()]
         out["learning_curves"] = {
             "runs": len(curves),
+            # what they show: the sources' own training (a transfer method trains after it)
+            "transfer": plan.config.transfer.name,
             "start": float(np.clip((np.mean(starts) - lower) / (upper - lower), 0, 1)),
             "end": float(np.clip((np.mean(finals) - lower) / (upper - lower), 0, 1)),
         }

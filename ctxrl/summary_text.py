@@ -257,9 +257,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         )
     if "learning_curves" in summary:
         curves = summary["learning_curves"]
+        transfer = curves.get("transfer", "zero-shot")
+        before = "" if transfer == "zero-shot" else f", the sources' training before {transfer}"
         lines += [
             "",
-            f"Learning curves ({curves['runs']} runs, own context, normalised): "
+            f"Learning curves ({curves['runs']} runs{before}, own context, normalised): "
             f"{curves['start']:.3f} at step 0 -> {curves['end']:.3f} at the end.",
         ]
     if summary.get("diagnostics"):

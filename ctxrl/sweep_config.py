@@ -196,8 +196,9 @@ class SweepConfig(_Strict):
     )
     curves: CurvesConfig | None = Field(
         default=None,
-        description="learning curves: each source evaluated on its own context every `every` "
-        "env steps during training (batched algorithms)",
+        description="learning curves: each source evaluated on its own context at step 0, "
+        "at the first training iteration past each multiple of `every` env steps, and at the "
+        "end (batched algorithms; a transfer method's own training is not recorded)",
     )
     compare: list[str] = Field(
         default_factory=lambda: ["random", "equidistant", "greedy", "sequential-oracle"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,33 +140,20 @@ def noise_folder(noise: float) -> str:
 
 def write_trials(
     out: Path, setting: SyntheticSetting, noise: float, trials: int, *, fmt: str = "npy"
-) -> tuple[Path, tuple[float, float]]:
+) -> tuple[Path, tuple[float, float], list[str]]:
     """Write trials ``0..trials-1`` of ``setting`` at ``noise`` as ``trialNNN.npy`` (or
     ``.csv``, the reference matrix format) in ``out/<setting>/noise<sigma>/``, with the
     ``contexts.json`` that ``ctxrl select`` reads: the grid (features ``c0, c1, c2``) and the
-    reference normalisation bounds over these trials; trial files an earlier run left there
-    (other trial counts or formats) are removed, so the folder holds these trials only. Returns
-    the folder and the bounds."""
+    reference normalisation bounds over these trials. Every file is written under a temporary
+    name first and moved into place once all are written, so a failure leaves the folder as it
+    was; then trial files an earlier run left there (other trial counts or formats) are
+    removed, so the folder holds these trials only. Returns the folder, the bounds and the
+    names of the earlier files removed."""
     if fmt not in ("npy", "csv"):
         raise CtxrlError(f"synthetic format {fmt!r} is not npy or csv")
     matrices = synthetic_trials(setting, noise, trials)
     folder = out / setting.name.replace("=", "-").replace(",", "_") / noise_folder(noise)
     folder.mkdir(parents=True, exist_ok=True)
-    written = {f"trial{t:03d}.{fmt}" for t in range(trials)}
-    earlier = [
-        p for suffix in ("npy", "csv") for p in folder.glob(f"trial[0-9][0-9][0-9].{suffix}")
-    ]
-    for stale in earlier:
-        if stale.name not in written:  # an earlier run's trials: select would read them too
-            stale.unlink()
-    for t, matrix in enumerate(matrices):
-        path = folder / f"trial{t:03d}.{fmt}"
-        if fmt == "npy":
-            np.save(path, matrix, allow_pickle=False)
-        else:
-            # every digit (repr's 17): the bounds below are the values' own, and a rounded
-            # minimum could fall below them
-            np.savetxt(path, matrix, delimiter=",", fmt="%.17g")
     bounds = reference_bounds(matrices)
     features = [f"c{i}" for i in range(len(GRID_SHAPE))]
     contexts = [dict(zip(features, map(float, p), strict=True)) for p in grid_points()]
@@ -175,8 +163,41 @@ def write_trials(
         "return_bounds": list(bounds),
         "synthetic": {"setting": setting.name, "noise": noise, "trials": trials},
     }
-    (folder / "contexts.json").write_text(json.dumps(info))
-    return folder, bounds
+    names = [f"trial{t:03d}.{fmt}" for t in range(trials)] + ["contexts.json"]
+    blocked = [name for name in names if (folder / name).exists() and not (folder / name).is_file()]
+    if blocked:  # found before anything is written or moved
+        raise CtxrlError(
+            f"cannot write {folder / blocked[0]}: something other than a file is there"
+        )
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for t, matrix in enumerate(matrices):
+            path = folder / f"trial{t:03d}.{fmt}"
+            partial = folder / f".{path.name}.partial"
+            staged.append((partial, path))
+            with partial.open("wb") as handle:
+                if fmt == "npy":
+                    np.save(handle, matrix, allow_pickle=False)
+                else:
+                    # every digit (repr's 17): the bounds below are the values' own, and a
+                    # rounded minimum could fall below them
+                    np.savetxt(handle, matrix, delimiter=",", fmt="%.17g")
+        partial = folder / ".contexts.json.partial"
+        staged.append((partial, folder / "contexts.json"))
+        partial.write_text(json.dumps(info))
+        for partial, path in staged:
+            os.replace(partial, path)
+    finally:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
+    written = {path.name for _, path in staged}
+    removed = []
+    for suffix in ("npy", "csv"):
+        for stale in sorted(folder.glob(f"trial[0-9][0-9][0-9].{suffix}")):
+            if stale.name not in written:  # an earlier run's trials: select would read them too
+                stale.unlink()
+                removed.append(stale.name)
+    return folder, bounds, removed
 
 
 def reference_random_order(trial: int, n: int, budget: int) -> list[int]:

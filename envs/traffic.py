@@ -5,8 +5,8 @@ the traffic inflow per approach (veh/h), the speed limit (m/s), the approach roa
 and the share of left-turning vehicles; base scenario 1000 veh/h, 14 m/s, 750 m, 0.25 (two
 lanes each way on every road, 10 % right turns). For every context the network is built with
 SUMO's own ``netconvert`` and the demand written as SUMO flows, cached per context (a directory
-named by the task id under ``CTXRL_CACHE_DIR``, default ``~/.cache/ctxrl/traffic``), and the
-same context always gives the same files.
+named by the task id under ``$CTXRL_CACHE_DIR/traffic``, default ``~/.cache/ctxrl/traffic``),
+and the same context always gives the same files.
 
 The agent is the traffic light (sumo-rl, single agent): observation = phase one-hot, min-green
 flag, lane densities and queues; action = next green phase; reward ``diff-waiting-time`` by
@@ -20,7 +20,15 @@ on the default 1800 s episode: random phases score about -1400 at 1000 veh/h and
 A policy that jams a heavy inflow scores far below -2000 (down to about -5000 in the kept
 matrices of ``benchmarks/results/traffic-inflow-10``), and normalisation clips every such
 return to 0: the bounds separate working policies, not bad ones from very bad ones. Shorter
-episodes (``num_seconds``) score proportionally less; rescale the bounds with them.
+episodes (``num_seconds``) score far less than in proportion (the return is minus the waiting
+of the vehicles still queued at the end, which grows faster than the episode: random phases at
+1000 veh/h score about -40 in 300 s, -150 in 600 s), and other rewards (``reward_fn``) have
+other scales: give a sweep ``return_bounds`` measured for them (e.g. from a few random-phase
+and fixed-phase episodes).
+
+Demand is SUMO flows at a constant rate (``vehsPerHour``); above what the lanes can carry, the
+vehicles that cannot enter wait outside the network, unseen by the observation and the reward,
+so inflows beyond capacity differ less than their numbers.
 
 ``road_length`` is the distance from the junction's centre to the road's far end; netconvert
 takes the junction's own size (about 10 m) off the lanes, so a lane is that much shorter.
@@ -29,6 +37,7 @@ takes the junction's own size (about 10 m) off the lanes, so a lane is that much
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import os
@@ -36,7 +45,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +249,13 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
     return net, routes
 
 
-def _whole_seconds(name: str, value: object, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+def _whole_seconds(name: str, value: object, least: int, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
         raise CtxrlError(
-            f"{NAME}: {name} must be a whole number of simulated seconds >= {least} (got {value!r})"
+            f"{NAME}: {name} must be a whole number of simulated seconds >= {least}{why} "
+            f"(got {value!r})"
         )
-    return value
+    return int(value)
 
 
 def _check_timing(
@@ -256,7 +268,8 @@ def _check_timing(
     """sumo-rl's timing options, checked before SUMO starts (sumo-rl asserts some of them
     after starting it, and ignores ``max_green``)."""
     delta = _whole_seconds("delta_time", delta_time, 1)
-    yellow = _whole_seconds("yellow_time", yellow_time, 0)
+    # sumo-rl counts a yellow's seconds before comparing: 0 would hold it a whole step
+    yellow = _whole_seconds("yellow_time", yellow_time, 1, " (sumo-rl has no switch without one)")
     _whole_seconds("min_green", min_green, 0)
     _whole_seconds("num_seconds", num_seconds, delta)
     if delta <= yellow:
@@ -284,8 +297,44 @@ def _check_reward(reward_fn: object) -> None:
         )
 
 
-_LIBSUMO_RUNNING: list[TrafficSignalEnv] = []
-"""Under libsumo, the env whose simulation this process runs (libsumo runs one at a time)."""
+class _LibsumoSlot:
+    """Under libsumo (one SUMO simulation per process), the env whose simulation this process
+    runs, held weakly: an env nobody can reach any more (dropped without ``close()``, a
+    notebook cell run again) gives the slot up, and the simulation it left running is closed
+    when the next env claims the slot."""
+
+    def __init__(self) -> None:
+        self._holder: weakref.ref[TrafficSignalEnv] | None = None
+        self._loaded = False  # a simulation was started and not closed
+
+    def holder(self) -> TrafficSignalEnv | None:
+        return None if self._holder is None else self._holder()
+
+    def claim(self, env: TrafficSignalEnv) -> None:
+        holder = self.holder()
+        if holder is not None and holder is not env:
+            gc.collect()  # an unreachable env in a reference cycle (wrappers) goes now
+            holder = self.holder()
+        if holder is not None and holder is not env:
+            raise CtxrlError(
+                f"{NAME}: libsumo (LIBSUMO_AS_TRACI is set) runs one SUMO simulation per process "
+                "and another TrafficSignal env of this process is running; close it first, "
+                "or unset LIBSUMO_AS_TRACI to use TraCI (one SUMO process per env)"
+            )
+        if holder is None and self._loaded:  # left running by an env that is gone
+            import traci
+
+            with contextlib.suppress(Exception):
+                traci.close()
+        self._holder, self._loaded = weakref.ref(env), True
+
+    def release(self, env: TrafficSignalEnv) -> None:
+        """``env``'s simulation is closed: the slot is free."""
+        if self.holder() is env:
+            self._holder, self._loaded = None, False
+
+
+_LIBSUMO = _LibsumoSlot()
 
 
 def _libsumo() -> bool:
@@ -337,29 +386,38 @@ class TrafficSignalEnv(gym.Env):
     ) -> None:
         if render_mode is not None:
             raise CtxrlError(f"{NAME}: rendering is not supported (render_mode={render_mode!r})")
-        for name, seconds in (
-            ("time_to_teleport", time_to_teleport),
-            ("max_depart_delay", max_depart_delay),
+        # SUMO takes a time to teleport of 0 as never, a delay of 0 as at once
+        for name, seconds, least in (
+            ("time_to_teleport", time_to_teleport, 1),
+            ("max_depart_delay", max_depart_delay, 0),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < -1:
+            bad = isinstance(seconds, bool) or not isinstance(seconds, Integral)
+            if bad or (seconds != -1 and seconds < least):
                 raise CtxrlError(
-                    f"{NAME}: {name} must be a whole number of seconds >= 0, or -1 for never "
-                    f"(got {seconds!r})"
+                    f"{NAME}: {name} must be a whole number of seconds >= {least}, or -1 for "
+                    f"never (got {seconds!r})"
                 )
+        if not isinstance(metrics, bool):
+            raise CtxrlError(f"{NAME}: metrics must be true or false (got {metrics!r})")
+        if isinstance(sumo_args, str):
+            raise CtxrlError(
+                f"{NAME}: sumo_args must be a list of arguments, got the string {sumo_args!r} "
+                f"(write [{', '.join(repr(a) for a in sumo_args.split())}])"
+            )
         _sumo_home()
         _check_timing(num_seconds, delta_time, yellow_time, min_green, max_green)
         _check_reward(reward_fn)
         self.options: dict[str, Any] = {
-            "num_seconds": num_seconds,
-            "delta_time": delta_time,
-            "yellow_time": yellow_time,
-            "min_green": min_green,
+            "num_seconds": int(num_seconds),
+            "delta_time": int(delta_time),
+            "yellow_time": int(yellow_time),
+            "min_green": int(min_green),
             "max_green": max_green,
             "reward_fn": reward_fn,
             "add_system_info": bool(metrics),
             "add_per_agent_info": bool(metrics),
-            "time_to_teleport": time_to_teleport,
-            "max_depart_delay": max_depart_delay,
+            "time_to_teleport": int(time_to_teleport),
+            "max_depart_delay": int(max_depart_delay),
         }
         self.sumo_args = list(sumo_args)
         spaced = [arg for arg in self.sumo_args if not arg or any(c.isspace() for c in arg)]
@@ -377,23 +435,13 @@ class TrafficSignalEnv(gym.Env):
         probe = self._simulation()  # sumo-rl reads the light's phases and lanes here
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
-        if self in _LIBSUMO_RUNNING:  # sumo-rl has closed its reading run: nothing runs
-            _LIBSUMO_RUNNING.remove(self)
+        _LIBSUMO.release(self)  # sumo-rl has closed its reading run: nothing runs
 
     def _claim_libsumo(self) -> None:
         """Under libsumo, make this env the process's one running simulation; another env's
         running simulation is an error (starting SUMO would silently replace it)."""
-        if not _libsumo():
-            return
-        others = [env for env in _LIBSUMO_RUNNING if env is not self]
-        if others:
-            raise CtxrlError(
-                f"{NAME}: libsumo (LIBSUMO_AS_TRACI is set) runs one SUMO simulation per process "
-                "and another TrafficSignal env of this process is running; close it first, "
-                "or unset LIBSUMO_AS_TRACI to use TraCI (one SUMO process per env)"
-            )
-        if self not in _LIBSUMO_RUNNING:
-            _LIBSUMO_RUNNING.append(self)
+        if _libsumo():
+            _LIBSUMO.claim(self)
 
     def _simulation(self) -> Any:
         if self._sim is None:
@@ -429,8 +477,7 @@ class TrafficSignalEnv(gym.Env):
                 traci.close()
             else:
                 traci.getConnection(f"init_connection{label}").close()
-        if self in _LIBSUMO_RUNNING:
-            _LIBSUMO_RUNNING.remove(self)
+        _LIBSUMO.release(self)
 
     def _check_sumo_args(self) -> None:
         """Run SUMO once on the default scenario with the extra arguments: a bad argument is
@@ -488,7 +535,7 @@ class TrafficSignalEnv(gym.Env):
                 f"{NAME}: step() without a running episode: call reset() first (a new context "
                 "or close() ends the episode)"
             )
-        obs, reward, terminated, truncated, info = self._simulation().step(int(action))
+        obs, reward, terminated, truncated, info = self._simulation().step(self._phase(action))
         return (
             np.asarray(obs, dtype=np.float32),
             float(reward),
@@ -497,13 +544,29 @@ class TrafficSignalEnv(gym.Env):
             dict(info),
         )
 
+    def _phase(self, action: Any) -> int:
+        """``action`` as the index of a green phase; anything else is refused by name (sumo-rl
+        ignored a bad index while the minimum green held, then failed with a ``KeyError``)."""
+        value = np.asarray(action)
+        count = int(getattr(self.action_space, "n", 0))
+        number = value.item() if value.size == 1 and value.dtype.kind in "iuf" else None
+        if number is None or not np.isfinite(number) or number != int(number):
+            number = None
+        if number is None or not 0 <= number < count:
+            raise CtxrlError(
+                f"{NAME}: action {action!r} is not a green phase: give a whole number in "
+                f"0..{count - 1}"
+            )
+        return int(number)
+
     def close(self) -> None:
         self._running = False
-        if self._sim is not None:
-            self._sim.close()
+        try:
+            if self._sim is not None:
+                self._sim.close()
+        finally:
             self._sim = None
-        if self in _LIBSUMO_RUNNING:
-            _LIBSUMO_RUNNING.remove(self)
+            _LIBSUMO.release(self)
 
 
 def make(

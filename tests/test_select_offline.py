@@ -144,6 +144,13 @@ def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
     misspelled = _cli(*base, "--strategy", "gredy")
     assert misspelled.exit_code == 2
     assert "--strategy: no plugin provides the strategy 'gredy'" in misspelled.stderr
+    # a list where a name is expected said "unhashable type: 'list'"; m-mbtl given a
+    # structure, "got multiple values for keyword argument 'structure'"
+    listed = _cli(*base, "--strategy", "mbtl-gp", "--option", "beta=[1, 2]")
+    assert listed.exit_code == 2 and "beta [1, 2] is not one of" in listed.stderr
+    fixed = _cli(*base, "--strategy", "m-mbtl", "--option", "structure=gp")
+    assert fixed.exit_code == 2
+    assert "m-mbtl is sd-mbtl with structure 'mountain' always" in fixed.stderr
 
 
 def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
@@ -179,7 +186,18 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     assert not (tmp_path / "clash").exists()
     # written again with fewer trials: the folder holds those only
     again = ["synth", "--out", str(tmp_path), "--setting", "f=constant,g=none,h=l1"]
-    assert _cli(*again, "--trials", "1", "--format", "csv").exit_code == 0
+    # a write that fails leaves the earlier trials (they were removed before anything was
+    # written, and contexts.json still said 3 trials)
+    (folder / "trial001.csv").mkdir()
+    blocked = _cli(*again, "--trials", "2", "--format", "csv")
+    assert blocked.exit_code == 2 and "trial001.csv: something other than a file" in blocked.stderr
+    (folder / "trial001.csv").rmdir()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "contexts.json",
+        *(f"trial00{t}.npy" for t in range(3)),
+    ]
+    fewer = _cli(*again, "--trials", "1", "--format", "csv")
+    assert fewer.exit_code == 0 and "removed 3 earlier trial files" in fewer.output
     assert sorted(p.name for p in folder.iterdir()) == ["contexts.json", "trial000.csv"]
     assert _cli(*again, "--trials", "3").exit_code == 0
     result = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "4", "--json")
@@ -384,10 +402,16 @@ def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
     empty, strings = tmp_path / "e.npy", tmp_path / "s.npy"
     empty.write_bytes(b"")
     np.save(strings, np.array([["a", "b"], ["c", "d"]]))
+    # a complex array lost its imaginary part with numpy's warning; a 0 x 0 one failed on -k
+    complex_, nothing = tmp_path / "z.npy", tmp_path / "0.npy"
+    np.save(complex_, np.eye(3) * (1 + 2j))
+    np.save(nothing, np.zeros((0, 0)))
     for path, message in [
         (undecodable, "not UTF-8 text"),
         (empty, "not a numeric .npy array (EOFError"),
-        (strings, "not a numeric .npy array (ValueError"),
+        (strings, "not a numeric .npy array (TypeError: its values are <U1, not real numbers"),
+        (complex_, "not a numeric .npy array (TypeError: its values are complex128"),
+        (nothing, "the matrix is empty (shape (0, 0))"),
     ]:
         result = _cli("select", "--matrix", str(path), *args)
         assert result.exit_code == 2 and f"{path}: {message}" in result.stderr, result.output
@@ -395,9 +419,16 @@ def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
     no_features.write_text(json.dumps({"features": [], "contexts": [{}, {}, {}]}))
     undecodable_contexts = tmp_path / "c.csv"
     undecodable_contexts.write_bytes(b"\xff\xfe")
+    # no header: its first value was taken for a feature's name ("3 contexts, but the matrix
+    # has 4 rows"); a bad cell's message named neither its row nor its column
+    headerless, bad_cell = tmp_path / "h.csv", tmp_path / "b.csv"
+    headerless.write_text("0.5\n1.0\n1.5\n")
+    bad_cell.write_text("length\n0.5\nlong\n1.5\n")
     for contexts, message in [
         (no_features, "no features or no contexts"),
         (undecodable_contexts, "not UTF-8 text"),
+        (headerless, "its first row (0.5) is numbers; a contexts CSV starts with a header"),
+        (bad_cell, "row 3, column 'length': 'long' is not a number"),
     ]:
         result = _cli("select", "--matrix", str(good), "--contexts", str(contexts), *args)
         assert (

@@ -167,6 +167,11 @@ def test_bad_input_is_named_and_leaves_no_sumo_behind(tmp_path: Path) -> None:
         ({"num_seconds": 60.5}, r"num_seconds must be a whole number .*\(got 60.5\)"),
         ({"max_green": 30}, r"max_green=30 would do nothing: sumo-rl ignores max_green"),
         ({"sumo_args": ["--tripinfo-output", "a b/trips.xml"]}, r"contain whitespace"),
+        # sumo-rl held a yellow of 0 s a whole step; SUMO takes a teleport time of 0 as never
+        ({"yellow_time": 0}, r"yellow_time must be a whole number of simulated seconds >= 1"),
+        ({"time_to_teleport": 0}, r"time_to_teleport must be .* >= 1, or -1 for never"),
+        ({"sumo_args": "--no-warnings"}, r"sumo_args must be a list .*\['--no-warnings'\]"),
+        ({"metrics": "no"}, r"metrics must be true or false \(got 'no'\)"),
     ],
 )
 def test_bad_env_options_are_named_before_sumo_starts(options: dict, message: str) -> None:
@@ -218,6 +223,56 @@ def test_a_failed_reading_run_leaves_no_sumo_and_the_next_env_runs(tmp_path: Pat
         assert done.returncode == 0, (extra, done.stderr)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result == {"failed": "the light could not be read", "sumo": ""}, extra
+
+
+_DROPPED_ENV = """
+import gc, json
+import sumo  # noqa: F401  (sets SUMO_HOME before sumo_rl is imported)
+from ctxrl.plugins import get_host
+
+spec = get_host().registry.env("TrafficSignal")
+env = spec.make(num_seconds=60)
+env.reset(seed=0)
+env.step(0)
+del env  # dropped without close(): nothing can close it now
+again = spec.make(num_seconds=60)
+again.reset(seed=0)
+steps = 0
+done = False
+while not done:
+    _, _, terminated, truncated, _ = again.step(steps % 2)
+    done, steps = terminated or truncated, steps + 1
+again.close()
+print(json.dumps({"steps": steps}))
+"""
+
+
+def test_under_libsumo_an_env_nobody_can_reach_gives_its_slot_up(tmp_path: Path) -> None:
+    """libsumo runs one simulation per process: an env dropped without ``close()`` held the
+    process's slot for good (every later env was refused until a restart)."""
+    env = {k: v for k, v in os.environ.items() if k != "LIBSUMO_AS_TRACI"}
+    env.update(LIBSUMO_AS_TRACI="1", OMP_NUM_THREADS="1", CTXRL_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, "-c", _DROPPED_ENV], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"steps": 6}
+
+
+def test_actions_are_green_phases_and_numpy_whole_numbers_are_options() -> None:
+    """A bad action was ignored while the minimum green held, then failed inside sumo-rl with
+    ``KeyError: (0, 5)``; 1.7 was taken as 1; numpy's whole numbers were refused as options."""
+    spec = get_host().registry.env("TrafficSignal")
+    env = spec.make(num_seconds=np.int64(60), delta_time=np.int32(10))
+    env.reset(seed=0)
+    for bad in (5, -1, 1.7, float("nan"), "1", [0, 1]):
+        with pytest.raises(
+            CtxrlError, match=r"is not a green phase: give a whole number in 0\.\.1"
+        ):
+            env.step(bad)
+    for good in (np.int64(1), np.array(0), 1.0, np.array([1])):
+        env.step(good)
+    env.close()
 
 
 def test_a_step_needs_a_running_episode() -> None:

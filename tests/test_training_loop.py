@@ -148,6 +148,16 @@ def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
     assert (run_dir / "figures" / "learning_curves.png").is_file()
     assert (run_dir / "exports" / "curves.csv").is_file()
     assert (run_dir / "exports" / "diagnostics.csv").is_file()
+    # with a transfer that trains, the curves are the sources' training: the summary says so
+    tuned = _sweep(
+        tmp_path / "fine-tune",
+        features={"length": {"values": [0.5, 1.0]}},
+        seeds=[0],
+        curves={"every": 1024, "episodes": 1},
+        transfer={"name": "fine-tune", "options": {"steps": 512}},
+    )
+    summary = " ".join((tuned / "summary.md").read_text().split())
+    assert "Learning curves (2 runs, the sources' training before fine-tune, own" in summary
 
 
 def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path) -> None:
@@ -578,6 +588,25 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None
         options: dict[str, Any] = {"total_steps": 512, **changes}
         with pytest.raises(CheckpointError, match="written for another training"):
             ppo().train_many(env, [{}], [0], checkpoint=checkpoint, **options)
+    # curves asked for on resume were recorded from there on (no step-0 point), on two grids
+    # when ``every`` changed, and a changed ``episodes`` failed in numpy while saving
+    curves = CurveOptions(every=128, episodes=2)
+    with pytest.raises(
+        CheckpointError,
+        match="written for no learning curves, and this training asks for learning curves "
+        "every 128 env steps, 2 episodes on their own contexts",
+    ):
+        ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=checkpoint, curves=curves)
+    recorded = tmp_path / "curves"
+    first = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=curves)
+    again = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=curves)
+    assert again.log.curve_steps == first.log.curve_steps == [0, 128, 256, 384, 512]
+    for other in (CurveOptions(every=256, episodes=2), CurveOptions(every=128, episodes=3), None):
+        with pytest.raises(CheckpointError, match="learning curves every 128 env steps, 2"):
+            ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=other)
+    for bad in ({"every": 0}, {"every": -5}, {"every": 1.5}, {"every": 10, "episodes": 0}):
+        with pytest.raises(CtxrlError, match=r"curves\.(every|episodes) must be a whole number"):
+            CurveOptions(**bad)
 
 
 def test_a_time_limit_a_batched_sweep_in_one_process_cannot_apply_is_said(

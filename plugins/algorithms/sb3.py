@@ -418,8 +418,10 @@ class SB3Algorithm:
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         check_device(self.device)  # SB3 itself would train on the CPU when CUDA is missing
         model = self._build(env, task, seed)
-        model.learn(total_timesteps=total_steps)
-        model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected
+        try:
+            model.learn(total_timesteps=total_steps)
+        finally:  # simulators (SUMO) stop now, not when the model is collected
+            model.get_env().close()
         model._ctxrl_task = task  # remembered for save()
         return model
 
@@ -448,26 +450,34 @@ class SB3Algorithm:
         for j, task in enumerate(tasks):
             for first in range(0, episodes, lockstep):
                 played = range(first, min(first + lockstep, episodes))
-                envs = [env.make(task.context.as_dict()) for _ in played]
-                obs = np.stack(
-                    [
-                        e.reset(seed=seed * 100_003 + 1009 * j + k)[0]
-                        for k, e in zip(played, envs, strict=True)
-                    ]
-                )
-                done = np.zeros(len(envs), dtype=bool)
-                while not done.all():
-                    actions, _ = policy.predict(obs, deterministic=deterministic)
-                    for i, (k, e) in enumerate(zip(played, envs, strict=True)):
-                        if done[i]:
-                            continue
-                        o, r, terminated, truncated, _ = e.step(actions[i])
-                        out[j, k] += float(r)
-                        obs[i] = o
-                        done[i] = terminated or truncated
-                for e in envs:
-                    e.close()
+                envs: list[Any] = []
+                try:  # closed whatever happens: a simulator (SUMO) stops with its env
+                    for _ in played:
+                        envs.append(env.make(task.context.as_dict()))
+                    out[j, played.start : played.stop] = self._play(
+                        policy, envs, [seed * 100_003 + 1009 * j + k for k in played], deterministic
+                    )
+                finally:
+                    for e in envs:
+                        e.close()
         return out
+
+    @staticmethod
+    def _play(policy: Any, envs: list[Any], seeds: list[int], deterministic: bool) -> np.ndarray:
+        """One episode in each of ``envs`` (reset with ``seeds``) in lockstep; their returns."""
+        returns = np.zeros(len(envs))
+        obs = np.stack([e.reset(seed=s)[0] for e, s in zip(envs, seeds, strict=True)])
+        done = np.zeros(len(envs), dtype=bool)
+        while not done.all():
+            actions, _ = policy.predict(obs, deterministic=deterministic)
+            for i, e in enumerate(envs):
+                if done[i]:
+                    continue
+                o, r, terminated, truncated, _ = e.step(actions[i])
+                returns[i] += float(r)
+                obs[i] = o
+                done[i] = terminated or truncated
+        return returns
 
     # ---------------------------------------------------------------------- artifacts
     def save(self, policy: Any, path: Path) -> None:

@@ -262,7 +262,7 @@ class MBTLStrategy:
     ) -> None:
         if noise_std is None:  # reference's GP learns its noise; ctxrl's measures it on the rows
             noise_std = "learned" if gp == "reference" else "rows"
-        if beta not in BETA_SCHEDULES:
+        if not isinstance(beta, str) or beta not in BETA_SCHEDULES:
             raise CtxrlError(
                 f"strategy 'mbtl-gp': beta {beta!r} is not one of {sorted(BETA_SCHEDULES)}"
             )
@@ -309,7 +309,7 @@ class MBTLStrategy:
             )
         if spread not in ("latent", "predictive"):
             raise CtxrlError(f"strategy 'mbtl-gp': spread {spread!r} is not latent or predictive")
-        if start not in START_RULES:
+        if not isinstance(start, str) or start not in START_RULES:
             raise CtxrlError(f"strategy 'mbtl-gp': start {start!r} is not middle or reference")
         if residual not in ("none", "gp"):
             raise CtxrlError(f"strategy 'mbtl-gp': residual {residual!r} is not none or gp")

@@ -291,6 +291,11 @@ class SDMBTLStrategy:
 
 
 def _m_mbtl(**options: Any) -> SDMBTLStrategy:
+    if "structure" in options:
+        raise CtxrlError(
+            f"strategy 'm-mbtl': structure {options['structure']!r}: m-mbtl is sd-mbtl with "
+            "structure 'mountain' always; for another structure use sd-mbtl"
+        )
     return SDMBTLStrategy(structure="mountain", **options)
 
 

@@ -155,7 +155,7 @@ class StackedMLP:
         in_dim: int,
         heads: dict[str, tuple[int, float]],
     ) -> None:
-        if spec.activation not in ACTIVATIONS:
+        if not isinstance(spec.activation, str) or spec.activation not in ACTIVATIONS:
             raise ValueError(f"{role}: unknown activation {spec.activation!r}")
         if spec.norm not in ("none", "layernorm"):
             raise ValueError(f"{role}: unknown normalisation {spec.norm!r}")

@@ -107,6 +107,18 @@ def _training_identity(
     return digest.hexdigest()[:20]
 
 
+def _curves_said(curves: Any) -> str:
+    """Learning-curve settings as a checkpoint records them (:meth:`CurveOptions.describe`,
+    or ``"none"``), in words."""
+    if not isinstance(curves, dict):
+        return "no learning curves"
+    where = "their own contexts" if curves.get("contexts") is None else "given contexts"
+    return (
+        f"learning curves every {curves.get('every')} env steps, {curves.get('episodes')} "
+        f"episodes on {where}"
+    )
+
+
 # -------------------------------------------------------------------------- the trainer
 class BatchedTrainer(TrainerInterface[StateT]):
     """Base of the batched algorithms: the training loop (:meth:`train_many`), single-task
@@ -229,6 +241,7 @@ class BatchedTrainer(TrainerInterface[StateT]):
         frozen = matching(freeze, layers, params, "freeze")
         # what a checkpoint must have been written for: a caller that trains twice into one
         # path (another warm start, other frozen layers) would resume the first training
+        self._curves = None if curves is None else curves.describe()
         self._identity = (
             None
             if checkpoint is None
@@ -410,6 +423,8 @@ class BatchedTrainer(TrainerInterface[StateT]):
                 # random streams and rounding are the device's: resumed on its kind only
                 "device": self.device.type,
                 "training": getattr(self, "_identity", None),
+                # the curves it records: a resume asking for others would mix two grids
+                "curves": getattr(self, "_curves", None) or "none",
                 "train_s": self.earlier_train_s + time.monotonic() - self._train_started,
             },
         )
@@ -452,6 +467,13 @@ class BatchedTrainer(TrainerInterface[StateT]):
             raise CheckpointError(
                 f"checkpoint {path} was written for another training (other contexts, seeds, "
                 "budget, hyperparameters, warm start or frozen layers)"
+            )
+        curves = getattr(self, "_curves", None) or "none"
+        if meta.get("curves") not in (None, curves):  # None: an earlier ctxrl's
+            raise CheckpointError(
+                f"checkpoint {path} was written for {_curves_said(meta['curves'])}, and this "
+                f"training asks for {_curves_said(curves)}: resume it with the same curves, "
+                "or remove the checkpoint to train from the start"
             )
         run.optimizer.load_state_tensors(_unprefixed("adam", tensors), path)
         run.twin.load_state_dict(_unprefixed("env", tensors))
