@@ -75,7 +75,10 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     if not pending:
         return
     shards = _continue_other_partitions(plan, session.console, agents, shards)
-    if len(shards) == 1:
+    # in this process only where asked (shards: 1): a group's one pending shard (the rest
+    # finished, or fewer agents than shards) runs as the executor's job, under its time limit,
+    # resources and log, as it would beside other shards
+    if len(shards) == 1 and config.executor.shards == 1:
         try:
             group = train_group(plan, session.store, shards[0], session.console, config.device)
         except Exception as exc:

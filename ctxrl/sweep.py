@@ -361,6 +361,8 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             log_dir=plan.run_dir / "logs",
             **config.executor.options,
         )
+    except ConfigError:  # the executor named the option itself
+        raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"executor.options: {config.executor.name!r}: {exc}") from None
     except Exception as exc:  # the executor plugin's own failure, before anything is written

@@ -22,6 +22,10 @@ requires_sumo = pytest.mark.skipif(not HAS_SUMO, reason="needs the sumo extra")
 HAS_RAY = importlib.util.find_spec("ray") is not None
 requires_ray = pytest.mark.skipif(not HAS_RAY, reason="needs the ray extra")
 requires_sb3 = pytest.mark.skipif(not HAS_SB3, reason="needs the sb3 extra: pip install ctxrl[sb3]")
+HAS_PYGAME = importlib.util.find_spec("pygame") is not None
+requires_pygame = pytest.mark.skipif(
+    not HAS_PYGAME, reason="renders frames: needs pygame (the box2d and all extras bring it)"
+)
 
 
 def write_distribution(

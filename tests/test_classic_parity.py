@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import requires_pygame
 from gymnasium.envs import classic_control as gcc
 
 from ctxrl import ContextError
@@ -192,6 +193,7 @@ def test_gymnasium_make_with_context() -> None:
     assert env.spec is not None and env.spec.max_episode_steps == 500
 
 
+@requires_pygame
 def test_gymnasium_ids_serialise_and_collect_frames() -> None:
     """Every ``ctxrl/`` id is registered by import path: its spec serialises (``to_json``, as
     dataset recorders store it) and makes the same env back, and gymnasium's
@@ -217,6 +219,7 @@ def test_gymnasium_ids_serialise_and_collect_frames() -> None:
         assert len(frames) == 2 and frames[0].ndim == 3, gym_id
 
 
+@requires_pygame
 def test_an_entry_registered_without_a_path_still_makes_its_env() -> None:
     """``register_with_gymnasium()`` without an import path (as plugins called it before it
     took one) registers the entry object itself: the env and its render modes work."""

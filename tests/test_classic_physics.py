@@ -265,7 +265,9 @@ def test_batched_twin_applies_a_context_per_env() -> None:
     twin.step(torch.ones(3, dtype=torch.long))
     expected = 4 * 10.0 / (4 * masses + 0.1) * 0.02
     torch.testing.assert_close(twin.state[:, 1], expected)
-    with pytest.raises(ContextError, match=r"'masscart' = 20.0 is outside .*\[0.1, 10.0\]"):
+    with pytest.raises(
+        ContextError, match=r"'masscart' = 20.0 \(env 1\) is outside .*\[0.1, 10.0\]"
+    ):
         twin.set_context({"masscart": torch.tensor([1.0, 20.0, 1.0])})
     with pytest.raises(ContextError, match=r"needs shape \(3,\)"):
         twin.set_context({"masscart": torch.tensor([1.0, 2.0])})

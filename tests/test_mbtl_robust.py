@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires_sumo
 
 from ctxrl import CtxrlError
 from ctxrl.gp import RESIDUAL_LENGTHSCALES, GapModel, RowResidualGP, rbf_kernel
@@ -258,7 +259,9 @@ def kept_matrix(folder: str, env: str, seeds: tuple[int, ...]) -> tuple[np.ndarr
     ("folder", "env", "seeds", "budget"),
     [
         ("cartpole-length-100k", "CartPole", (0, 1, 2), 15),  # policies for short poles generalise
-        ("traffic-inflow-10", "TrafficSignal", (0,), 5),  # training failed at most inflows
+        pytest.param(  # training failed at most inflows
+            "traffic-inflow-10", "TrafficSignal", (0,), 5, marks=requires_sumo
+        ),
     ],
 )
 def test_the_residual_gp_and_expected_gain_are_at_least_greedy_and_random_where_mbtl_is_not(

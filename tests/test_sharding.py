@@ -188,6 +188,51 @@ def test_ray_shards_store_what_one_program_stores(
     assert _stored(outcome.run_dir) == one_program
 
 
+def test_a_group_s_one_pending_shard_runs_as_an_executor_job(tmp_path: Path) -> None:
+    """With ``shards`` >= 2, a group whose pending agents made one shard (the others finished,
+    or fewer agents than shards) trained in the sweep's own process: without the executor's
+    time limit, job log or (Ray) cluster."""
+    data = {
+        **BASE,
+        "features": {"masscart": {"values": [1.0]}},
+        "seeds": [0],
+        "output_dir": str(tmp_path / "runs"),
+        "executor": {"workers": 2, "shards": 4, "timeout_s": 0.5},
+    }
+    plan = resolve_plan(validate_config(data), get_host().registry)
+    printed = io.StringIO()
+    outcome = run_sweep(plan, console=Console(file=printed, width=300))
+    assert len(outcome.failed) == 1 and outcome.trained == 0, printed.getvalue()
+    assert "limit and was killed" in printed.getvalue()
+    assert [p.name for p in (outcome.run_dir / "logs").iterdir()] == ["job-00000-shard0of1.log"]
+
+
+@requires_ray
+def test_a_ray_cluster_that_cannot_be_reached_or_bad_gpus_are_named_before_any_work(
+    tmp_path: Path,
+) -> None:
+    """An address nothing listens at hung the sweep silently (Ray retries for minutes, and
+    SIGTERM did not stop it) after its run directory was made; ``num_gpus: -1`` or ``abc``
+    failed with a traceback once a local cluster had started."""
+    from ctxrl.errors import ConfigError
+
+    for options, message in [
+        ({"address": "127.0.0.1:1"}, r"address: nothing accepts connections at '127\.0\.0\.1:1'"),
+        ({"address": "ray://127.0.0.1:1"}, r"nothing accepts connections at 'ray://127"),
+        ({"num_gpus": -1}, r"executor\.options\.num_gpus must be a finite number >= 0, got -1"),
+        ({"num_gpus": "abc"}, r"executor\.options\.num_gpus must be a number >= 0, got 'abc'"),
+        ({"address": ""}, r"executor\.options\.address must be 'auto', 'local', HOST:PORT"),
+    ]:
+        plan = _plan(tmp_path / "runs", name="ray", shards=2, options=options)
+        with pytest.raises(ConfigError, match=message):
+            run_sweep(plan)
+        assert not any((tmp_path / "runs").glob("*/plan.yaml")), options
+    from ctxrl_plugins.executors.ray_cluster import RayExecutor
+
+    local = RayExecutor(workers=3, address="local")  # a new cluster here, as without one
+    assert local.local and local.in_flight == 3
+
+
 def test_failed_shards_store_every_run_as_failed_with_the_error(tmp_path: Path) -> None:
     """A shard whose program cannot start: its runs are stored failed, with the worker's
     error, and the sweep still writes its exports. (Half a second is less than a worker takes

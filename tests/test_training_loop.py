@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import requires_sb3
 
 from ctxrl.config import resolve_plan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
@@ -225,6 +226,7 @@ def _config(**changes: Any) -> dict[str, Any]:
     return data
 
 
+@requires_sb3
 def test_interventions_on_an_algorithm_that_cannot_host_them_are_refused() -> None:
     config = validate_config(
         _config(algorithm={"name": "sb3-ppo", "interventions": [{"name": "l2"}]})
@@ -242,9 +244,13 @@ def test_unknown_interventions_transfer_methods_and_curves_are_named() -> None:
         resolve_plan(validate_config(_config(transfer={"name": "distil"})), registry)
     with pytest.raises(ConfigError, match=r"transfer\.options: 'zero-shot'"):
         resolve_plan(validate_config(_config(transfer={"options": {"x": 1}})), registry)
+
+
+@requires_sb3
+def test_curves_from_an_algorithm_that_cannot_record_them_are_refused() -> None:
     sb3 = _config(algorithm={"name": "sb3-ppo"}, curves={"every": 100})
     with pytest.raises(ConfigError, match="curves: 'sb3-ppo'"):
-        resolve_plan(validate_config(sb3), registry)
+        resolve_plan(validate_config(sb3), get_host().registry)
 
 
 def test_a_twin_that_cannot_be_built_is_named_when_interventions_are_checked() -> None:

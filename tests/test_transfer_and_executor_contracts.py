@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from conftest import requires_ray
+from conftest import requires_ray, requires_sb3
 
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
@@ -87,7 +87,9 @@ def test_every_registered_plugin_of_the_kind_is_under_contract(
     assert set(get_host().registry.names(kind)) <= tested  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("algorithm_name", ["batched-ppo", "sb3-ppo"])
+@pytest.mark.parametrize(
+    "algorithm_name", ["batched-ppo", pytest.param("sb3-ppo", marks=requires_sb3)]
+)
 def test_each_policy_is_evaluated_on_its_own_context(
     algorithm_name: str,
 ) -> None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, JobFailed, PluginUnavailable
+from ctxrl.options import number_option
 from ctxrl.registry import ExecutorSpec
 
 Job = dict[str, Any]
@@ -49,6 +51,31 @@ def _job_failure(exc: BaseException) -> JobFailed:
     return JobFailed(f"{name}: {lines[-1] if lines else exc!r}", details)
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long a cluster's ``HOST:PORT`` may take to accept a connection (Ray itself retries for
+minutes, silently, before it gives up)."""
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` or ``ray://HOST:PORT`` address that accepts no connection within
+    :data:`CONNECT_TIMEOUT_S` is refused, naming it, before the sweep starts; ``auto`` (Ray
+    looks for a cluster on this machine, and says at once when there is none) is left to Ray."""
+    where = address.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if address == "auto" or not colon or not port.isdigit():
+        return
+    try:
+        with socket.create_connection(
+            (host.strip("[]") or "localhost", int(port)), CONNECT_TIMEOUT_S
+        ):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"executor.options.address: nothing accepts connections at {address!r} "
+            f"({type(exc).__name__}: {exc}); start the Ray cluster first, or check the address"
+        ) from None
+
+
 def _ready() -> None:
     """A task that does nothing: run once per worker, it starts the worker's process."""
 
@@ -71,8 +98,10 @@ class RayExecutor:
         timeout_s: wall-clock limit per job (the task is cancelled), counted from its
             submission: on the local cluster a job is submitted when a worker is free, on an
             existing cluster every job at once (its time in the cluster's queue counts).
-        address: an existing cluster (``"auto"`` or ``ray://...``); None starts a new local one.
-        num_gpus: GPUs per task.
+        address: an existing cluster (``"auto"``, ``HOST:PORT`` or ``ray://HOST:PORT``, the
+            latter two checked to accept connections when the executor is built); None or
+            ``"local"`` starts a new local one.
+        num_gpus: GPUs per task, a number >= 0.
     """
 
     def __init__(
@@ -87,13 +116,21 @@ class RayExecutor:
 
         del log_dir  # Ray keeps each task's output in its own logs
         self.ray = ray
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ConfigError(
+                f"executor.options.address must be 'auto', 'local', HOST:PORT or "
+                f"ray://HOST:PORT, got {address!r}"
+            )
+        self.local = address in (None, "local")  # a new cluster of `workers` CPUs, here
+        if not self.local:
+            _check_reachable(cast(str, address))
         # the local cluster runs `workers` tasks at a time: submit no more, so that a task's
         # time limit runs from about when it starts; a cluster schedules every task itself
-        self.in_flight: int | None = max(1, int(workers)) if address is None else None
+        self.in_flight: int | None = max(1, int(workers)) if self.local else None
         self.workers = workers
         self.address = address
         self.timeout_s = timeout_s
-        self.num_gpus = num_gpus
+        self.num_gpus = number_option(num_gpus, "executor.options.num_gpus", positive=False)
         self._started_here = False
 
     def _start(self) -> None:
@@ -105,8 +142,8 @@ class RayExecutor:
         variables = {k: v for k, v in os.environ.items() if FORWARDED_VARIABLES.match(k)}
         try:
             ray.init(
-                address=self.address or "local",
-                num_cpus=None if self.address else self.workers,
+                address="local" if self.local else self.address,
+                num_cpus=self.workers if self.local else None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
@@ -118,7 +155,7 @@ class RayExecutor:
                 f"{self.address or 'a new local cluster'!r}: {type(exc).__name__}: {exc}"
             ) from None
         self._started_here = True
-        if self.address is None:
+        if self.local:
             # start the local cluster's worker processes now (a second or more each on a
             # busy machine), so that no job's time limit counts a worker's start-up
             ready = ray.remote(num_cpus=1)(_ready)
