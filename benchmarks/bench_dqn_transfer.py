@@ -85,8 +85,14 @@ def study_config(args: argparse.Namespace, variant: str) -> StudyConfig:
     )
 
 
-def _interval(cell: list[float]) -> str:
-    return f"{cell[0]:+.3f} [{cell[1]:+.3f}, {cell[2]:+.3f}]"
+def _interval(cell: list[float | None]) -> str:
+    """``[mean, low, high]`` as text; one seed has no interval (``low``, ``high`` None)."""
+    mean, low, high = cell
+    if mean is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{mean:+.3f} [n/a: one seed]"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def tables(metrics: dict[str, Any], names: list[str]) -> str:

@@ -17,6 +17,7 @@ drawn before timing. Prints a markdown table; ratios are against gymnasium's vec
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import time
@@ -144,6 +145,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
     parser.add_argument("--gymnax", action="store_true", help="also time gymnax's CartPole (JAX)")
     args = parser.parse_args()
+    missing = [m for m in ("jax", "gymnax") if importlib.util.find_spec(m) is None]
+    if args.gymnax and missing:  # before anything trains: the peer would fail at the end
+        parser.error(
+            f"--gymnax needs {', '.join(missing)} installed beside ctxrl (see the docstring)"
+        )
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     device_name = (
         torch.cuda.get_device_name(0)

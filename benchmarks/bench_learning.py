@@ -36,9 +36,19 @@ def run(
     )
 
 
+RUN_NAMES = [
+    "ppo-cartpole",
+    "ppo-pendulum",
+    "dqn-cartpole",
+    "double-dqn-cartpole",
+    "dueling-dqn-cartpole",
+]
+"""The learning checks ``--only`` chooses from."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--only", nargs="*", default=None, choices=RUN_NAMES)
     args = parser.parse_args()
     presets = get_host().registry.algorithm("batched-ppo").presets
     runs = {
@@ -55,6 +65,7 @@ def main() -> None:
         "double-dqn-cartpole": ("batched-dqn", "CartPole", {"double": True}, 4, 500_000, 475.0),
         "dueling-dqn-cartpole": ("batched-dqn", "CartPole", {"dueling": True}, 4, 500_000, 475.0),
     }
+    assert list(runs) == RUN_NAMES
     for name, spec in runs.items():
         if args.only is None or name in args.only:
             run(name, *spec)

@@ -93,10 +93,15 @@ def failures(n: int, seed: int, sigma: float = 0.05) -> np.ndarray:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, object]]:
-    name, _, spec = text.partition("=")
+    """``NAME=key:value,key:value`` as the variant's name and its ``mbtl-gp`` options."""
+    name, equals, spec = text.partition("=")
+    if not equals or not name or not spec:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=key:value,...")
     options: dict[str, object] = {}
     for item in filter(None, spec.split(",")):
-        key, _, value = item.partition(":")
+        key, colon, value = item.partition(":")
+        if not colon or not key:
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {item!r} is not key:value")
         try:
             options[key] = float(value) if "." in value or value.isdigit() else value
         except ValueError:
@@ -165,12 +170,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.05, 0.1])
     parser.add_argument("--budget", type=int, default=15)
-    parser.add_argument("--variant", nargs="*", default=[], help="NAME=key:value,key:value")
-    parser.add_argument("--families", nargs="*", default=["mountain", "test-mountain", "failures"])
+    parser.add_argument(
+        "--variant", nargs="*", default=[], type=parse_variant, help="NAME=key:value,key:value"
+    )
+    parser.add_argument(
+        "--families",
+        nargs="*",
+        default=["mountain", "test-mountain", "failures"],
+        choices=["mountain", "test-mountain", "failures"],
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--real", nargs="*", default=[], help="FOLDER=ENV: a sweep's matrices")
     parser.add_argument("--mirror", action="store_true", help="--real: add mirrored matrices")
     args = parser.parse_args()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     matrices: dict[str, list[np.ndarray]] = {}
     coordinates: dict[str, np.ndarray] = {}
     if "mountain" in args.families:
@@ -190,9 +204,7 @@ def main() -> None:
             parser.error(f"--real {spec!r}: give FOLDER=ENV")
         family = Path(folder).name + (" (+ mirrored)" if args.mirror else "")
         matrices[family], coordinates[family] = real_family(Path(folder), env, args.mirror)
-    variants: list[tuple[str, dict[str, object]]] = [("mbtl-gp", {})] + [
-        parse_variant(v) for v in args.variant
-    ]
+    variants: list[tuple[str, dict[str, object]]] = [("mbtl-gp", {}), *args.variant]
     if len({label for label, _ in variants}) != len(variants):
         parser.error("variant names must differ from each other and from mbtl-gp")
     columns = [v[0] for v in variants] + ["greedy", "equidistant", "random", "seq-oracle"]

@@ -20,6 +20,7 @@ return (20 deterministic episodes per context) of each side.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import time
 
@@ -213,6 +214,11 @@ def main() -> None:
         "batched-ppo is not run (the peers alone)",
     )
     args = parser.parse_args()
+    missing = [m for m in ("jax", "rejax", "gymnax") if importlib.util.find_spec(m) is None]
+    if args.rejax and missing:  # before anything trains: the peer would fail at the end
+        parser.error(
+            f"--rejax needs {', '.join(missing)} installed beside ctxrl (see the docstring)"
+        )
     lengths = np.geomspace(0.25, 2.0, args.contexts)
     card = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
     print(

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=25)
     parser.add_argument("--strategies", nargs="+", default=["mbtl-gp", "sd-mbtl"])
     args = parser.parse_args()
+    if not 1 <= args.trials <= 100:
+        parser.error(f"--trials must be in 1..100 (the synthetic benchmark's), got {args.trials}")
     torch.set_num_threads(1)
     setting = next(s for s in SETTINGS if s.name == "f=linear,g=linear,h=l1")
     raw = synthetic_trials(setting, 5.0, 100)

@@ -1,7 +1,7 @@
 """SD-MBTL's synthetic benchmark: every strategy's G_50 next to the published tables.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_synthetic.py [--noise 5] [--gp-trials 100]
-        [--out benchmarks/results/synthetic.json]
+        [--out synthetic.json] [--fresh]
 
 Matrices: :mod:`ctxrl.synthetic` (8 settings, 512 contexts, trials 0..99, the reference's noise
 draws), normalised with one min-max over the 100 trials of a setting as the reference does.
@@ -14,7 +14,9 @@ it the reference's GP-MBTL, see ``VARIANTS``) on the first ``--gp-trials`` trial
 fitted in one batched program). Values: mean G_50 over trials with the Student-t 95 %
 half-width; the aggregated row is SD-MBTL's: per setting (v - mean Random) / (mean Oracle -
 mean Random), pooled over the settings' trials.
-Results are saved after every cell; a rerun skips the (cell, strategy) pairs already in ``--out``.
+Results are saved after every cell; a rerun reuses the (cell, strategy) pairs already in
+``--out`` (each one said; a GP column of another ``--gp-trials`` is computed again), so an
+interrupted run continues, and ``--fresh`` computes everything.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
+ALL_TRIALS = {"random", "myopic-oracle", "m-mbtl"}
+"""Columns scored on all 100 trials; every other column on the first ``--gp-trials``."""
+
+
 def run_cell(
     setting: SyntheticSetting, noise: float, gp_trials: int, strategies: list[str]
 ) -> dict[str, list[float]]:
@@ -236,18 +242,35 @@ def main() -> None:
     parser.add_argument("--gp-trials", type=int, default=TRIALS)
     parser.add_argument("--strategies", nargs="+", default=["m-mbtl", "sd-mbtl", "mbtl-gp"])
     parser.add_argument("--settings", nargs="+", default=None, help="f=..,g=..,h=.. names")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthetic.json"))
+    parser.add_argument("--out", type=Path, default=Path("synthetic.json"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="compute every cell, reusing nothing in --out"
+    )
     args = parser.parse_args()
+    if not 1 <= args.gp_trials <= TRIALS:
+        parser.error(f"--gp-trials must be in 1..{TRIALS}, got {args.gp_trials}")
     settings = [SyntheticSetting.parse(s) for s in args.settings] if args.settings else SETTINGS
     results: dict[str, dict[str, dict[str, list[float]]]] = (
-        json.loads(args.out.read_text()) if args.out.exists() else {}
+        json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for noise in args.noise:
         cells = results.setdefault(f"{noise:g}", {})
         for setting in settings:
-            done = cells.get(setting.name, {})
+            # a stored GP column of another trial count is computed again, not reused
+            done = {
+                name: values
+                for name, values in cells.get(setting.name, {}).items()
+                if name in ALL_TRIALS or len(values) == args.gp_trials
+            }
             missing = [name for name in args.strategies if name not in done]
+            reused = [name for name in args.strategies if name in done]
+            if reused:
+                print(
+                    f"noise {noise:g} {setting.name}: {', '.join(reused)} reused from "
+                    f"{args.out} (--fresh computes them again)",
+                    flush=True,
+                )
             if done and not missing:
                 continue
             start = time.perf_counter()

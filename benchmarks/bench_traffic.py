@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue as queue_module
 import time
 
 
@@ -46,7 +47,18 @@ def run(backend: str, workers: int, seconds: int, episodes: int) -> tuple[float,
     ]
     for p in processes:
         p.start()
-    results = [queue.get(timeout=1200) for _ in processes]
+    results: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 1200
+    while len(results) < workers:  # a worker that dies (its error on stderr) ends the run
+        try:
+            results.append(queue.get(timeout=1.0))
+        except queue_module.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in processes:
+                    p.kill()
+                why = f"exit code {dead[0].exitcode}" if dead else "no result in 1200 s"
+                raise SystemExit(f"a {backend} worker failed ({why}); its error is above") from None
     for p in processes:
         p.join()
     per_worker = sum(steps / elapsed for steps, elapsed in results) / workers
@@ -59,6 +71,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=1800)
     parser.add_argument("--episodes", type=int, default=2)
     args = parser.parse_args()
+    if args.seconds < 10 or args.episodes < 1:
+        parser.error("--seconds needs at least 10 (one agent step) and --episodes at least 1")
     print("| backend | workers | agent steps/s per worker | aggregate steps/s |")
     print("|---|---|---|---|")
     for backend in ("traci", "libsumo"):

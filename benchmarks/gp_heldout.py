@@ -21,13 +21,13 @@ index) with the calibrated band.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ctxrl.gp import GapModel, band_coverage, spread_observations
-from ctxrl.offline import coords_from_grid, parse_grid
+from ctxrl.offline import coords_from_grid, load_trials, normalised_trials, parse_grid
+from ctxrl.plugins import get_host
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -42,14 +42,21 @@ def load(spec: str, grid: str | None) -> tuple[np.ndarray, np.ndarray, str]:
         return (raw - raw.min()) / (raw.max() - raw.min()), grid_points() / 7.0, spec
     path = Path(spec)
     if path.is_dir():
-        # a run directory's exports, or a folder of kept matrices (benchmarks/results/...)
+        # a run directory's exports, or a folder of kept matrices (benchmarks/results/...):
+        # seed 0's matrix, placed by its contexts.json's features as `ctxrl select` places it
+        # (or by --grid)
         exports = path / "exports" if (path / "exports").is_dir() else path
-        info = json.loads((exports / "contexts.json").read_text())
-        lower, upper = info["return_bounds"]
-        raw = np.loadtxt(exports / "matrix_seed0.csv", delimiter=",")
-        matrix = np.clip((raw - lower) / (upper - lower), 0, 1)
-    else:
-        matrix = np.load(path, allow_pickle=False)
+        _, raw, located, bounds = load_trials(
+            [exports / "matrix_seed0.csv"],
+            contexts=None,
+            grid=grid,
+            env_name=None,
+            bounds=None,
+            negate=False,
+            registry=get_host().registry,
+        )
+        return normalised_trials(raw, bounds)[0], located.coords, str(path)
+    matrix = np.load(path, allow_pickle=False)
     n = matrix.shape[0]
     coords = coords_from_grid(parse_grid(grid)) if grid else np.linspace(0, 1, n)[:, None]
     return matrix, coords, str(path)

@@ -44,8 +44,12 @@ step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under 40 s of the budget 
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check.sh: torch ($py) sees no CUDA GPU here; every step would fail" >&2
+    exit 1
+fi
 "$py" -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'| jax', jax.__version__, jax.devices())"
+'| jax', jax.__version__, jax.devices())" || echo "(without jax, the rejax and gymnax steps fail)"
 
 ppo=(benchmarks/bench_ppo.py --device cuda --skip-sb3 --steps 524288 --episodes 10)
 step rejax-1024 150 "$py" "${ppo[@]}" --contexts 1024 --rejax --compile
@@ -59,5 +63,5 @@ step segments 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" \
     --iterations 20 --repeats 1
 step ppo-64 200 "$py" "${ppo[@]}" --contexts 64 --compile on --rejax
 step sweep 400 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
-    --compile auto --output-dir /tmp/ctxrl-gpu-sweeps
+    --compile auto --output-dir "$out/sweeps"
 echo "== done after $((SECONDS - began)) s"
