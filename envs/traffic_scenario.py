@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 from ctxrl.context import Context, ContextFeature, ContextSpace, Task
@@ -57,8 +58,17 @@ VEHICLE_TYPE = '<vType id="car" accel="2.6" decel="4.5" sigma="0.5" length="5" m
 SCENARIO_VERSION = hashlib.sha256(
     repr((1, RIGHT_TURN_RATIO, LANES, sorted(APPROACHES.items()), VEHICLE_TYPE)).encode()
 ).hexdigest()[:8]
-"""Part of every cache entry's name: a change to how scenarios are written builds them anew
-(the number counts changes to :func:`scenario` itself)."""
+"""Part of every cache entry's name, with the installed SUMO's version: a change to how
+scenarios are written, or another netconvert, builds them anew (the number counts changes to
+:func:`scenario` itself)."""
+
+
+def _sumo_version() -> str:
+    """The installed SUMO's version (``eclipse-sumo``'s), or ``unknown``."""
+    try:
+        return metadata.version("eclipse-sumo")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def sumo_home() -> Path:
@@ -84,7 +94,9 @@ def scenario(context: Context, horizon_s: int, directory: Path | None = None) ->
     Files are written to a temporary directory and moved into place, so concurrent workers
     asking for the same context never read half-written files."""
     task = Task(NAME, context)
-    target = (directory or cache_dir()) / f"{task.id}-{horizon_s}s-{SCENARIO_VERSION}"
+    # netconvert's version too: a network built by another SUMO is built again
+    version = hashlib.sha256(f"{SCENARIO_VERSION}-{_sumo_version()}".encode()).hexdigest()[:8]
+    target = (directory or cache_dir()) / f"{task.id}-{horizon_s}s-{version}"
     net, routes = target / "net.xml", target / "routes.xml"
     if net.is_file() and routes.is_file():
         return net, routes

@@ -316,6 +316,21 @@ def test_a_damaged_cache_entry_is_rebuilt_and_threads_build_side_by_side(
     assert [p.name for p in (private_cache / "traffic").iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_scenario_built_by_another_sumo_is_built_again(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache entry's name held ctxrl's scenario version only: after a SUMO upgrade the
+    networks an older netconvert built were reused."""
+    import ctxrl_envs.traffic_scenario as traffic_scenario
+
+    context = traffic_scenario.TRAFFIC.validate({"inflow": 600.0})
+    net, _ = traffic_scenario.scenario(context, 60)
+    assert traffic_scenario.scenario(context, 60)[0] == net  # reused
+    monkeypatch.setattr(traffic_scenario, "_sumo_version", lambda: "0.0.1")
+    rebuilt, _ = traffic_scenario.scenario(context, 60)
+    assert rebuilt != net and rebuilt.is_file() and net.is_file()
+
+
 def test_missing_sumo_is_reported_with_what_to_install(run_ctxrl: Run, plugin_site: Path) -> None:
     blocked = plugin_site / "sumo"
     blocked.mkdir(parents=True)
