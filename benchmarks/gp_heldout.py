@@ -9,13 +9,11 @@ A MATRIX is a run directory (its exports) or a folder of kept matrices (``contex
 entries, on its 8 x 8 x 8 grid). For every way of choosing ``--observed`` source rows spread
 over the contexts (equally spaced starting offsets), the model predicts the other rows;
 reported: RMSE on the held-out rows and the share of held-out entries inside the central band
-at nominal levels 50, 80, 90, 95 and 99 %, for the GP set point with estimated gap slopes (a)
-with the band
-calibrated by the gap model's error on the observed rows (ctxrl's default; the rows' own fit,
-not left out: leaving each row out was tried and not kept, ``ctxrl.gp.GapResidual``) and (b)
-with the GP's
-set-point uncertainty alone (before), and (c) the reference's hand-set slope (0.005 per grid
-index) with the calibrated band.
+at nominal levels 50, 80, 90, 95 and 99 %, for the GP set point with estimated gap slopes
+(a) with the calibrated band (ctxrl's default: the gap model's error on the observed rows,
+``ctxrl.matrix_prediction.GapResidual``, widened by what the observed rows fail to predict of
+each other, ``jackknife_scale``), (b) with the GP's set-point uncertainty alone (before), and
+(c) the reference's hand-set slope (0.005 per grid index) with the calibrated band.
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxrl.gp import GapModel, band_coverage, spread_observations
+from ctxrl.gp import GapModel
+from ctxrl.matrix_prediction import band_coverage, spread_observations
 from ctxrl.offline import coords_from_grid, load_trials, normalised_trials, parse_grid
 from ctxrl.plugins import get_host
 

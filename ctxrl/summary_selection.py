@@ -111,12 +111,12 @@ CALIBRATION_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 def model_calibration(
     normalised: np.ndarray, coords: np.ndarray, observed: int = 3, sets: int = 4
 ) -> dict[str, Any] | None:
-    """How well the generalization model (GP + gap, :func:`ctxrl.gp.predict_matrix`) predicts
-    rows it has not seen: ``observed`` rows spread over the grid (``sets`` shifts) predict the
-    others; RMSE and the share of held-out entries inside the central band per nominal level
-    (a calibrated model covers about the level). None for fewer than ``2 * observed``
-    contexts."""
-    from ctxrl.gp import band_coverage, spread_observations
+    """How well the generalization model (GP + gap,
+    :func:`ctxrl.matrix_prediction.predict_matrix`) predicts rows it has not seen:
+    ``observed`` rows spread over the grid (``sets`` shifts) predict the others; RMSE and the
+    share of held-out entries inside the central band per nominal level (a calibrated model
+    covers about the level). None for fewer than ``2 * observed`` contexts."""
+    from ctxrl.matrix_prediction import band_coverage, spread_observations
 
     if len(normalised) < 2 * observed:
         return None
