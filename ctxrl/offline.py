@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from ctxrl.errors import CtxrlError, UnknownNameError
-from ctxrl.options import check_options
+from ctxrl.options import check_options, is_number
 from ctxrl.registry import Registry, StrategySpec
 from ctxrl.selection import myopic_oracle, replay_many
 from ctxrl.yaml12 import parse_yaml
@@ -118,7 +118,7 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
     if len(rows) < 2:
         raise CtxrlError(f"{path}: expected a header of feature names and one row per context")
     features = [name.strip() for name in rows[0]]
-    if all(_is_number(name) for name in features):
+    if all(is_number(name) for name in features):
         raise CtxrlError(
             f"{path}: its first row ({', '.join(features)}) is numbers; a contexts CSV starts "
             "with a header of feature names"
@@ -129,7 +129,7 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
                 f"{path}: row {line} has {len(row)} column(s), the header {len(features)}"
             )
         for column, cell in enumerate(row):
-            if not _is_number(cell):
+            if not is_number(cell):
                 raise CtxrlError(
                     f"{path}: row {line}, column {features[column]!r}: {cell!r} is not a number"
                 )
@@ -137,14 +137,6 @@ def read_contexts(path: Path) -> tuple[np.ndarray, list[str], tuple[float, float
     if values.shape[1:] != (len(features),):
         raise CtxrlError(f"{path}: rows do not all have {len(features)} columns")
     return _checked_contexts(path, values, features), features, None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _checked_contexts(path: Path, values: np.ndarray, features: Sequence[str]) -> np.ndarray:

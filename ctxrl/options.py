@@ -72,6 +72,16 @@ def number_option(value: Any, option: str, *, positive: bool = True) -> float:
     return number
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (``float(text)`` succeeds: ``1e-3``, ``nan``, ``inf``
+    included)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def flag_option(value: Any, option: str) -> bool:
     """``value`` as a boolean: only ``true`` or ``false`` (``bool("false")`` is True)."""
     if not isinstance(value, bool):

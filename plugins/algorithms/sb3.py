@@ -30,6 +30,7 @@ from ctxrl.options import (
     check_device_name,
     count_option,
     flag_option,
+    is_number,
     number_option,
 )
 from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
@@ -88,14 +89,6 @@ NON_NEGATIVE_KEYS = ("vf_coef", "target_policy_noise", "target_noise_clip")
 EVERY_STEP_KEYS = ("gradient_steps",)
 """Counts where SB3 reads -1 as "as many as env steps"; 0 would mean never (no gradient
 step: sources in the matrix that never learned)."""
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_net_arch(value: Any, where: str) -> None:
@@ -270,7 +263,7 @@ class SB3Algorithm:
         if value is not None:
             if isinstance(value, str) and self.algo == "sac":
                 initial = value.removeprefix("auto_")
-                if value != "auto" and (not value.startswith("auto_") or not _is_number(initial)):
+                if value != "auto" and (not value.startswith("auto_") or not is_number(initial)):
                     raise ConfigError(
                         f"{where}: ent_coef must be a number >= 0, auto or auto_<initial>, "
                         f"got {value!r}"
