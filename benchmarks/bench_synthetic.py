@@ -257,11 +257,14 @@ def main() -> None:
     for noise in args.noise:
         cells = results.setdefault(f"{noise:g}", {})
         for setting in settings:
-            # a stored GP column of another trial count is computed again, not reused
+            # a stored column asked for again with another trial count is computed again (the
+            # columns not asked for stay as stored)
             done = {
                 name: values
                 for name, values in cells.get(setting.name, {}).items()
-                if name in ALL_TRIALS or len(values) == args.gp_trials
+                if name not in args.strategies
+                or name in ALL_TRIALS
+                or len(values) == args.gp_trials
             }
             missing = [name for name in args.strategies if name not in done]
             reused = [name for name in args.strategies if name in done]

@@ -358,7 +358,9 @@ def _run_shards(
     started = time.monotonic()
     with progress_display(console) as progress:
         bar = progress.add_task(
-            f"training {agents} {plan.env.name} agents in {len(shards)} shards", total=len(jobs)
+            f"training {_count(agents, f'{plan.env.name} agent')} in "
+            f"{_count(len(shards), 'shard')}",
+            total=len(jobs),
         )
         reported: set[str] = set()
         for job, error in executor.map(execute_shard, jobs):
@@ -389,9 +391,14 @@ def _run_shards(
     wall_s = time.monotonic() - started
     outcome.train_s += wall_s
     console.print(
-        f"trained and evaluated {agents} agents in {len(shards)} shards "
+        f"trained and evaluated {_count(agents, 'agent')} in {_count(len(shards), 'shard')} "
         f"({parallel} at a time) in {wall_s:.1f} s"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> RunRecord:

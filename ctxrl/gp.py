@@ -444,3 +444,32 @@ class RowResidualGP:
         target_part = (self._target_kernel @ self._v) ** 2  # (N, N)
         variance = signal - signal**2 * projected @ self._weights @ target_part.T
         return mean, np.sqrt(np.clip(variance, 0.0, None))
+
+
+_MOVED_TO_MATRIX_PREDICTION = frozenset(
+    {
+        "GapResidual",
+        "MatrixPrediction",
+        "band_coverage",
+        "held_out_error",
+        "jackknife_scale",
+        "predict_matrix",
+        "spread_observations",
+    }
+)
+"""Names that lived here until the matrix prediction moved to :mod:`ctxrl.matrix_prediction`."""
+
+
+def __getattr__(name: str) -> Any:
+    """``ctxrl.gp.predict_matrix`` and its neighbours, from :mod:`ctxrl.matrix_prediction`
+    (where they are now), with a :class:`DeprecationWarning`."""
+    if name not in _MOVED_TO_MATRIX_PREDICTION:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from ctxrl import matrix_prediction
+
+    warnings.warn(
+        f"ctxrl.gp.{name} is now ctxrl.matrix_prediction.{name}", DeprecationWarning, stacklevel=2
+    )
+    return getattr(matrix_prediction, name)

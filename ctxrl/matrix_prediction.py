@@ -121,15 +121,15 @@ def jackknife_scale(
     level: float = 0.95,
 ) -> float:
     """How much wider the calibrated band must be to have covered the observed rows: each
-    observed row predicted from the others in turn (set point and gap model refitted), its
+    observed row predicted from the others in turn (the set point refitted, and the gap model
+    unless ``gap`` is given), its
     entries' errors in units of their predicted standard deviation pooled, and the factor
     (at least 1) that puts their ``level`` quantile at the Gaussian's (1.96 for 95 %).
 
     Three rows cannot show a training lottery or a heavy tail by their spread alone (three
     sources that trained alike give a confident set-point GP); what the rows do not predict of
-    each other shows it. Measured on the kept real and synthetic matrices
-    (``benchmarks/gp_heldout.py``, RESULTS.md): the 95 % band's coverage of held-out rows
-    from 0.78-0.91 to 0.88-0.99."""
+    each other shows it. Measured on the kept real matrices (``benchmarks/gp_heldout.py``,
+    RESULTS.md): the 95 % band's coverage of held-out rows from 0.78-0.89 to 0.88-0.97."""
     from scipy.stats import norm
 
     observed = sorted(rows)

@@ -177,8 +177,12 @@ class CurveOptions:
     def describe(self) -> dict[str, Any]:
         """The settings as JSON data (what a checkpoint records, to resume only a training
         that asks for the same curves)."""
-        contexts = None if self.contexts is None else [dict(c) for c in self.contexts]
-        return {"every": self.every, "episodes": self.episodes, "contexts": contexts}
+        contexts = (
+            None
+            if self.contexts is None
+            else [{str(k): float(v) for k, v in c.items()} for c in self.contexts]
+        )
+        return {"every": int(self.every), "episodes": int(self.episodes), "contexts": contexts}
 
 
 @runtime_checkable

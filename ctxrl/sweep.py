@@ -409,7 +409,7 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
             ),
             highlight=False,
         )
-    retraining = {}
+    retraining: dict[str, float] = {}
     for rid, problem in damaged_artifacts(store).items():
         console.print(f"[yellow]{problem}:[/] run {rid} will be trained again", highlight=False)
         finished.discard(rid)

@@ -145,9 +145,10 @@ def write_trials(
     ``.csv``, the reference matrix format) in ``out/<setting>/noise<sigma>/``, with the
     ``contexts.json`` that ``ctxrl select`` reads: the grid (features ``c0, c1, c2``) and the
     reference normalisation bounds over these trials. Every file is written under a temporary
-    name first and moved into place once all are written, so a failure leaves the folder as it
-    was; then trial files an earlier run left there (other trial counts or formats) are
-    removed, so the folder holds these trials only. Returns the folder, the bounds and the
+    name first and moved into place once all are written (a write that fails, a full disk,
+    leaves the folder as it was; what is not a file where one goes is refused before anything
+    is written); then trial files an earlier run left there (other trial counts or formats)
+    are removed, so the folder holds these trials only. Returns the folder, the bounds and the
     names of the earlier files removed."""
     if fmt not in ("npy", "csv"):
         raise CtxrlError(f"synthetic format {fmt!r} is not npy or csv")

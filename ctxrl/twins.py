@@ -343,7 +343,8 @@ class BatchedEnv:
                     f"{type(value).__name__}"
                 )
             tensor = torch.as_tensor(value, dtype=self.dtype, device=self.device)
-            if tensor.ndim == 0:
+            one_value = tensor.ndim == 0  # for every env: no env of its own to name
+            if one_value:
                 tensor = tensor.expand(count)
             if tensor.shape != (count,):
                 raise ContextError(
@@ -354,9 +355,10 @@ class BatchedEnv:
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])
                 env = i if env_ids is None else int(env_ids[i])
+                which = "" if one_value else f" (env {env})"
                 raise ContextError(
-                    f"{self.name}: context feature {name!r} = {float(tensor[i])} (env {env}) "
-                    f"is outside the allowed range [{feature.lower}, {feature.upper}]"
+                    f"{self.name}: context feature {name!r} = {float(tensor[i])}{which} is "
+                    f"outside the allowed range [{feature.lower}, {feature.upper}]"
                 )
             checked[str(name)] = tensor.clone()
         merged = {k: (v if env_ids is None else v[env_ids]) for k, v in self.context.items()}

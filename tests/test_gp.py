@@ -100,6 +100,16 @@ def test_the_jackknife_widens_the_band_to_cover_a_real_matrix_s_held_out_rows() 
     assert np.mean(plain) < 0.9 <= np.mean([c for _, (c,) in scaled]) <= 0.98
 
 
+def test_the_matrix_prediction_s_old_names_in_ctxrl_gp_still_work_with_a_warning() -> None:
+    import ctxrl.gp
+    import ctxrl.matrix_prediction
+
+    with pytest.warns(DeprecationWarning, match="ctxrl.matrix_prediction.predict_matrix"):
+        assert ctxrl.gp.predict_matrix is ctxrl.matrix_prediction.predict_matrix
+    with pytest.raises(AttributeError, match="no attribute 'predict_matrx'"):
+        ctxrl.gp.predict_matrx  # noqa: B018
+
+
 def test_gap_model_recovers_asymmetric_slopes() -> None:
     matrix = mountain(np.full(N, 0.9), left=0.4, right=1.2)
     rows = {i: matrix[i] for i in (12, 20)}

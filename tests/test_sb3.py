@@ -190,6 +190,34 @@ def test_policy_artifact_is_not_a_pickle(tmp_path: Path) -> None:
     )
 
 
+def test_a_failed_training_closes_its_envs_and_keeps_its_own_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failing ``learn`` left its envs (a SUMO each) open until the model was collected;
+    closed in a ``finally``, a close that failed too (a simulator already gone) replaced the
+    training's own error."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    closed: list[object] = []
+
+    def learn(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the simulator died")
+
+    def close(self: object) -> None:
+        closed.append(self)
+        raise ConnectionError("connection closed by peer")
+
+    monkeypatch.setattr(PPO, "learn", learn)
+    monkeypatch.setattr(DummyVecEnv, "close", close)
+    registry = get_host().registry
+    env = registry.env("CartPole")
+    algorithm = registry.algorithm("sb3-ppo").factory(SMALL["sb3-ppo"], device="cpu", env=env)
+    with pytest.raises(RuntimeError, match="the simulator died"):
+        algorithm.train(env, env.task({}), seed=0, total_steps=64)
+    assert len(closed) == 1
+
+
 def test_a_policy_with_diverged_weights_gets_nan_returns() -> None:
     """A DQN whose weights went NaN acts by argmax of NaN (always action 0) and played
     plausible episodes, stored as a finished run; now its returns are NaN, as on the batched

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,6 +197,21 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
         "contexts.json",
         *(f"trial00{t}.npy" for t in range(3)),
     ]
+    saved = np.save
+    calls = []
+
+    def save_twice_then_fail(*args: Any, **kwargs: Any) -> None:  # a disk that fills up
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        saved(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(np, "save", save_twice_then_fail)
+        assert _cli(*again, "--trials", "2").exit_code != 0
+    before = sorted(p.name for p in folder.iterdir())
+    assert before == ["contexts.json", *(f"trial00{t}.npy" for t in range(3))]
+    assert json.loads((folder / "contexts.json").read_text())["synthetic"]["trials"] == 3
     fewer = _cli(*again, "--trials", "1", "--format", "csv")
     assert fewer.exit_code == 0 and "removed 3 earlier trial files" in fewer.output
     assert sorted(p.name for p in folder.iterdir()) == ["contexts.json", "trial000.csv"]

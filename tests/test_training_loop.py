@@ -607,6 +607,9 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path: Path) -> None
     first = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=curves)
     again = ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=curves)
     assert again.log.curve_steps == first.log.curve_steps == [0, 128, 256, 384, 512]
+    # numpy's whole numbers are the same settings (they were written to the checkpoint as text)
+    same = CurveOptions(every=np.int64(128), episodes=np.int32(2))
+    ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=same)
     for other in (CurveOptions(every=256, episodes=2), CurveOptions(every=128, episodes=3), None):
         with pytest.raises(CheckpointError, match="learning curves every 128 env steps, 2"):
             ppo().train_many(env, [{}], [0], total_steps=512, checkpoint=recorded, curves=other)

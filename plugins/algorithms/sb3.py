@@ -13,9 +13,10 @@ SAC: ``normal`` or ``ornstein-uhlenbeck``). Schedules are written ``lin_<initial
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,22 @@ POSITIVE_KEYS = ("clip_range", "clip_range_vf", "max_grad_norm", "target_kl", "r
 """Hyperparameters that are finite numbers > 0 (or None where SB3's default is None)."""
 NON_NEGATIVE_KEYS = ("vf_coef", "target_policy_noise", "target_noise_clip")
 """Hyperparameters that are finite numbers >= 0."""
+
+
+@contextlib.contextmanager
+def _closed_on_failure(envs: list[Any]) -> Iterator[None]:
+    """Close ``envs`` (gymnasium or SB3 vector envs; the list as it is when the block fails)
+    if the block raises, keeping the block's own error: a close that fails then (a simulator
+    already gone) is not what went wrong."""
+    try:
+        yield
+    except BaseException:
+        for env in envs:
+            with contextlib.suppress(Exception):
+                env.close()
+        raise
+
+
 EVERY_STEP_KEYS = ("gradient_steps",)
 """Counts where SB3 reads -1 as "as many as env steps"; 0 would mean never (no gradient
 step: sources in the matrix that never learned)."""
@@ -399,22 +416,22 @@ class SB3Algorithm:
         )
         shape = vec.action_space.shape
         action_dim = int(shape[0]) if shape else 1
-        return self.cls(
-            self.params.get("policy", "MlpPolicy"),
-            vec,
-            seed=seed,
-            device=self.device,
-            verbose=0,
-            **self._model_kwargs(action_dim),
-        )
+        with _closed_on_failure([vec]):
+            return self.cls(
+                self.params.get("policy", "MlpPolicy"),
+                vec,
+                seed=seed,
+                device=self.device,
+                verbose=0,
+                **self._model_kwargs(action_dim),
+            )
 
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any:
         check_device(self.device)  # SB3 itself would train on the CPU when CUDA is missing
         model = self._build(env, task, seed)
-        try:
+        with _closed_on_failure([model.get_env()]):
             model.learn(total_timesteps=total_steps)
-        finally:  # simulators (SUMO) stop now, not when the model is collected
-            model.get_env().close()
+        model.get_env().close()  # simulators (SUMO) stop now, not when the model is collected
         model._ctxrl_task = task  # remembered for save()
         return model
 
@@ -444,15 +461,14 @@ class SB3Algorithm:
             for first in range(0, episodes, lockstep):
                 played = range(first, min(first + lockstep, episodes))
                 envs: list[Any] = []
-                try:  # closed whatever happens: a simulator (SUMO) stops with its env
+                with _closed_on_failure(envs):  # a simulator (SUMO) stops with its env
                     for _ in played:
                         envs.append(env.make(task.context.as_dict()))
                     out[j, played.start : played.stop] = self._play(
                         policy, envs, [seed * 100_003 + 1009 * j + k for k in played], deterministic
                     )
-                finally:
-                    for e in envs:
-                        e.close()
+                for e in envs:
+                    e.close()
         return out
 
     @staticmethod
