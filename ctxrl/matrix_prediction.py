@@ -122,9 +122,9 @@ def jackknife_scale(
 ) -> float:
     """How much wider the calibrated band must be to have covered the observed rows: each
     observed row predicted from the others in turn (the set point refitted, and the gap model
-    unless ``gap`` is given), its
-    entries' errors in units of their predicted standard deviation pooled, and the factor
-    (at least 1) that puts their ``level`` quantile at the Gaussian's (1.96 for 95 %).
+    unless ``gap`` is given), its entries' errors in units of their predicted standard
+    deviation pooled, and the factor (at least 1) that puts their ``level`` quantile at the
+    Gaussian's (1.96 for 95 %).
 
     Three rows cannot show a training lottery or a heavy tail by their spread alone (three
     sources that trained alike give a confident set-point GP); what the rows do not predict of

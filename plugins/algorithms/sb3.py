@@ -89,6 +89,11 @@ NON_NEGATIVE_KEYS = ("vf_coef", "target_policy_noise", "target_noise_clip")
 """Hyperparameters that are finite numbers >= 0."""
 
 
+EVERY_STEP_KEYS = ("gradient_steps",)
+"""Counts where SB3 reads -1 as "as many as env steps"; 0 would mean never (no gradient
+step: sources in the matrix that never learned)."""
+
+
 @contextlib.contextmanager
 def _closed_on_failure(envs: list[Any]) -> Iterator[None]:
     """Close ``envs`` (gymnasium or SB3 vector envs; the list as it is when the block fails)
@@ -101,11 +106,6 @@ def _closed_on_failure(envs: list[Any]) -> Iterator[None]:
             with contextlib.suppress(Exception):
                 env.close()
         raise
-
-
-EVERY_STEP_KEYS = ("gradient_steps",)
-"""Counts where SB3 reads -1 as "as many as env steps"; 0 would mean never (no gradient
-step: sources in the matrix that never learned)."""
 
 
 def _check_net_arch(value: Any, where: str) -> None:
