@@ -342,6 +342,9 @@ def test_an_out_of_range_context_names_its_env_or_pool_entry() -> None:
     twin = spec.make_batched(4)
     with pytest.raises(ContextError, match=r"'length' = -1\.0 \(env 3\) is outside"):
         twin.set_context({"length": torch.tensor([0.5, -1.0])}, env_ids=[1, 3])
+    # one value for every env: no env of its own to name
+    with pytest.raises(ContextError, match=r"'length' = 50\.0 is outside"):
+        twin.set_context({"length": 50.0})
     with pytest.raises(
         ContextError,
         match=r"^CartPole: context 1 of the pool: context feature 'length' = 50\.0 is outside",
