@@ -87,7 +87,8 @@ def sweep(
     a small CartPole sweep on CPU.
 
     Rerunning the same config continues where a killed run stopped (same plan hash) and
-    skips every finished run.
+    skips every finished run. Exits 1 when a run failed or a damaged policy could not be
+    trained again (the rest of the sweep is kept; a rerun tries those again).
     """
     from ctxrl.sweep import run_sweep
 
@@ -132,7 +133,7 @@ def sweep(
     )
     click.echo((outcome.run_dir / "summary.md").read_text())
     click.echo(f"results: {outcome.run_dir}")
-    if outcome.failed:
+    if outcome.failed or outcome.kept:  # a kept run's damaged policy is still damaged
         sys.exit(1)
 
 

@@ -637,6 +637,20 @@ def test_a_failed_retrain_of_a_damaged_policy_keeps_the_stored_results(
         assert store.returns(weights.stem) == before and before
 
 
+def test_a_sweep_whose_retrain_failed_exits_1(finished: Path, tmp_path: Path) -> None:
+    """The kept run's policy file is still damaged: a scheduler must not read the sweep as
+    whole (it exited 0 with only a yellow line saying so)."""
+    run_dir = _copy(finished, tmp_path)
+    weights = _truncate_artifact(run_dir)
+    (weights.parent / f".{weights.name}.partial").mkdir()  # the new file cannot be written
+    config = _config_file(_plan(tmp_path), tmp_path, run_dir.parent)
+    result = _cli("sweep", str(config))
+    assert result.exit_code == 1, result.output
+    printed = " ".join(result.stderr.split())
+    assert "kept 1 whose retrain failed (their earlier results stand)" in printed
+    assert f"results: {run_dir}" in result.stdout  # the summary is still printed
+
+
 def test_a_failed_retrain_of_the_multitask_policy_keeps_its_stored_results(
     tmp_path: Path,
 ) -> None:
