@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------------- sweep
 def _exit_cleanly_on_sigterm() -> None:
-    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit, so that executors stop their
-    workers and the store closes as on Ctrl-C; finished runs are kept either way."""
+    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit (:class:`Terminated`), so
+    that executors stop their workers and the store closes as on Ctrl-C; finished runs are
+    kept either way."""
     import signal
 
+    from ctxrl.errors import Terminated
+
     def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
 

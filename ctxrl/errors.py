@@ -45,6 +45,11 @@ class MatrixError(CtxrlError, ValueError):
     """A transfer matrix file or operation with inconsistent shapes or contents."""
 
 
+class Terminated(SystemExit):
+    """A termination signal (SIGTERM) turned into an exit: it ends the command even where a
+    plugin's own ``sys.exit`` is caught and reported as that plugin's failure."""
+
+
 class JobFailed(RuntimeError):
     """What an executor reports for a job that raised, crashed or timed out: ``summary`` says
     what happened in one line (the job's own exception, the signal that killed its worker, the

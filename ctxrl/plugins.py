@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import pluggy
 
 from ctxrl import hookspecs
-from ctxrl.errors import CtxrlError, PluginUnavailable
+from ctxrl.errors import CtxrlError, PluginUnavailable, Terminated
 from ctxrl.registry import Kind, Registry
 
 if TYPE_CHECKING:
@@ -334,7 +334,9 @@ class Host:
                     self._fail(name, str(exc), status="unavailable")
                     self.registry.unavailable.append((name, str(exc)))
                     break
-                except Exception as exc:
+                except Terminated:
+                    raise
+                except (Exception, SystemExit) as exc:  # sys.exit("pip install foo") too
                     self._fail(name, f"{hook_name}: {_describe(exc)}")
                     break
 
@@ -368,7 +370,9 @@ class Host:
                     for command in group.commands.values():
                         if command not in before.get(group, {}).values():
                             setattr(command, _COMMAND_OWNER, name)
-            except Exception as exc:
+            except Terminated:
+                raise
+            except (Exception, SystemExit) as exc:
                 for group, commands in before.items():
                     group.commands.clear()
                     group.commands.update(commands)
@@ -406,7 +410,9 @@ class Host:
         for name in self._implementers(hook_name):
             try:
                 self._call_plugin(hook_name, name, **kwargs)
-            except Exception as exc:
+            except Terminated:  # the command was told to stop, not the plugin
+                raise
+            except (Exception, SystemExit) as exc:
                 message = f"plugin {name!r} failed in {hook_name}: {_describe(exc)}"
                 print(f"warning: {message}", file=sys.stderr)
                 errors.append(message)

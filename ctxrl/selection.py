@@ -27,7 +27,7 @@ class SelectionState:
             targets are the same contexts.
         budget: ``K``, the number of sources that will be trained in total.
         rng: the only source of randomness a strategy may use.
-        selected: indices chosen so far, in order (may repeat for strategies that allow it).
+        selected: indices chosen so far, in order (never repeated: ``replay`` refuses a repeat).
         rows: normalised performance of each trained source on all ``N`` targets, ``(N,)``.
         full_matrix: the whole normalised matrix ``(N, N)``; only given to oracles.
         batch_size: how many sources to propose at once (``q``).

@@ -13,6 +13,13 @@ from ctxrl.testing import EnvContract
 
 
 class TestEveryRegisteredEnv(EnvContract):
+    # the track's ends and the goal's speed: random steps stay near the valley's bottom
+    features_acting_later = tuple(
+        f"{env}.{feature}"
+        for env in ("MountainCar", "MountainCarContinuous")
+        for feature in ("min_position", "max_position", "goal_velocity")
+    )
+
     @pytest.fixture(params=get_host().registry.names("env"))
     def env_spec(self, request: pytest.FixtureRequest) -> EnvSpec:
         return get_host().registry.env(request.param)
@@ -57,12 +64,27 @@ def test_the_env_contract_catches_envs_and_twins_that_ignore_what_they_are_given
         contract.test_twin_agrees_with_the_gymnasium_env_on_its_spaces(
             _broken(spec, make_batched=twin_observing_its_context)
         )
+
+    def make_dropping_length(context: Any = None, **kwargs: Any) -> Any:
+        kept = {k: v for k, v in (context or {}).items() if k != "length"}  # a misspelt key
+        return real_make(kept, **kwargs)
+
+    dropped = _broken(spec, make=make_dropping_length)
+    contract.test_contexts_change_what_the_env_does(dropped)  # masspole still acts: passes
+    with pytest.raises(
+        AssertionError, match=r"change nothing .*\['length \(tried 0\.05, 5, 0\.275,"
+    ):
+        contract.test_every_feature_changes_what_the_env_does(dropped)
+    excused = EnvContract()
+    excused.features_acting_later = ("CartPole.length",)
+    excused.test_every_feature_changes_what_the_env_does(dropped)
     lenient = EnvContract()  # an env whose contexts act later says so, and is not failed
     lenient.context_effect_steps = None
     with pytest.raises(pytest.skip.Exception):
         lenient.test_contexts_change_what_the_env_does(_broken(spec, make=make_ignoring_context))
     for test in (  # the real CartPole passes them all
         contract.test_contexts_change_what_the_env_does,
+        contract.test_every_feature_changes_what_the_env_does,
         contract.test_twin_contexts_change_what_it_does,
         contract.test_twin_env_depends_on_its_own_seed_only,
         contract.test_twin_agrees_with_the_gymnasium_env_on_its_spaces,

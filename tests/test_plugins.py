@@ -461,6 +461,68 @@ def test_every_hook_call_is_traced(
     assert host.plugins["raising"].status == "loaded"  # lifecycle errors are never fatal
 
 
+class _ExitsInRegistration:
+    @hookimpl
+    def ctxrl_register_envs(self, register):
+        sys.exit("optional dependency foo missing: pip install foo")
+
+
+class _ExitsInCommandsAndLifecycle:
+    @hookimpl
+    def ctxrl_register_commands(self, cli):
+        sys.exit("no commands today")
+
+    @hookimpl
+    def ctxrl_sweep_start(self, plan, run_dir):
+        sys.exit(3)
+
+
+class _Terminated:
+    @hookimpl
+    def ctxrl_sweep_start(self, plan, run_dir):
+        from ctxrl.errors import Terminated
+
+        raise Terminated(143)  # SIGTERM arrived while the hook ran
+
+
+def test_a_plugin_calling_sys_exit_in_a_hook_fails_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``sys.exit`` in a hook (an author's habit for a missing dependency) stopped the host
+    (``ctxrl plugins`` printed nothing and exited 1); it is the plugin's failure, as at import.
+    SIGTERM, turned into :class:`~ctxrl.errors.Terminated` by ``ctxrl sweep``, still ends
+    the command."""
+    from ctxrl.errors import Terminated
+
+    logger = _Logger()
+    host = load_host(
+        extra=[
+            ("exits", _ExitsInRegistration()),
+            ("exits-later", _ExitsInCommandsAndLifecycle()),
+            ("logger", logger),
+        ]
+    )
+    assert host.plugins["exits"].status == "failed"
+    assert "SystemExit: optional dependency foo missing" in host.plugins["exits"].error
+    assert "CartPole" in host.registry.names("env")  # the rest still loaded
+    group = click.Group()
+    host.register_commands(group)
+    assert "ctxrl_register_commands: SystemExit: no commands today" in (
+        host.plugins["exits-later"].error
+    )
+    assert "logs" in group.commands and host.plugins["logger"].status == "loaded"
+    errors = host.notify("ctxrl_sweep_start", plan={}, run_dir=Path("run"))
+    assert errors == [] and logger.started == [Path("run")]  # failed plugins are not called
+    kept = load_host(extra=[("exits-later", _ExitsInCommandsAndLifecycle()), ("logger", logger)])
+    errors = kept.notify("ctxrl_sweep_start", plan={}, run_dir=Path("again"))
+    assert len(errors) == 1 and "SystemExit: 3" in errors[0]
+    assert logger.started[-1] == Path("again")
+    capsys.readouterr()
+    stopping = load_host(extra=[("terminated", _Terminated())])
+    with pytest.raises(Terminated):
+        stopping.notify("ctxrl_sweep_start", plan={}, run_dir=Path("run"))
+
+
 @requires_sb3
 def test_a_sweep_finds_the_plugins_of_the_host_it_is_given(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path

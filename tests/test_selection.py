@@ -180,6 +180,25 @@ class TestEveryRegisteredStrategy(StrategyContract):
         return get_host().registry.strategy(name)
 
 
+class _Stride:
+    """Every second context, then the last one again: fine for the first half of a budget."""
+
+    def propose(self, state: SelectionState) -> list[int]:
+        return [min(2 * state.k, state.n - 1)]
+
+
+def test_the_strategy_contract_runs_a_strategy_to_every_context() -> None:
+    """A strategy that runs out of candidates only late passed the contract, which stopped at
+    seven of twelve sources."""
+    from ctxrl import StrategySpec
+
+    contract = StrategyContract()
+    with pytest.raises(CtxrlError, match=r"'stride' proposed index 11 at step \d+, which is"):
+        contract.test_proposes_a_budget_of_distinct_valid_indices(
+            StrategySpec("stride", _Stride, one_dimensional=True), "1-d", 1
+        )
+
+
 def _noisy_mountains(trials: int, n: int = 20) -> np.ndarray:
     """``(trials, n, n)`` 1-D mountains of different heights with noise."""
     rng = np.random.default_rng(3)

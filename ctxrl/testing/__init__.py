@@ -2,7 +2,13 @@
 
 Subclass a contract in your plugin's tests and name what you provide::
 
-    from ctxrl.testing import EnvContract, StrategyContract
+    from ctxrl.testing import (
+        EnvContract,
+        ExecutorContract,
+        InterventionContract,
+        StrategyContract,
+        TransferMethodContract,
+    )
 
     class TestMyEnv(EnvContract):
         env_name = "MyEnv"

@@ -54,13 +54,15 @@ class StrategyContract:
     def test_proposes_a_budget_of_distinct_valid_indices(
         self, strategy_spec: StrategySpec, grid: str, batch_size: int
     ) -> None:
-        """On a 1-D and a 2-D grid, one source a step and batches of three: every proposal
-        is a list of whole indices in range, none chosen before (``replay`` refuses anything
-        else with an error naming the strategy, as a sweep does)."""
+        """On a 1-D and a 2-D grid, one source a step and batches of three, to a budget of
+        every context (the last steps, with few candidates left, are where a strategy runs
+        out): every proposal is a list of whole indices in range, none chosen before
+        (``replay`` refuses anything else with an error naming the strategy, as a sweep
+        does)."""
         if grid == "2-d" and strategy_spec.one_dimensional:
             pytest.skip("a one-dimensional strategy (sweeps over several features refuse it)")
         matrix, coords = self._matrix() if grid == "1-d" else self._grid_2d()
-        budget = min(7, len(coords))
+        budget = len(coords)
         result = replay(
             strategy_spec.factory(**self.options),
             matrix,

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
+from ctxrl.context import ContextFeature
 from ctxrl.errors import ContextError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec
@@ -35,6 +36,16 @@ def _gym_rollout(spec: EnvSpec, context: Mapping[str, float], steps: int) -> lis
             obs, _ = env.reset()
     env.close()
     return trace
+
+
+def _values_away_from_default(feature: ContextFeature) -> list[float]:
+    """The ends of ``feature``'s range, then the points 1/2, 1/4 and 1/10 of the way to them
+    from its default (for ends that break a constraint with other features' defaults)."""
+    values: list[float] = [feature.lower, feature.upper]
+    for fraction in (0.5, 0.25, 0.1):
+        for end in (feature.lower, feature.upper):
+            values.append(feature.default + fraction * (end - feature.default))
+    return [v for i, v in enumerate(values) if v != feature.default and v not in values[:i]]
 
 
 class EnvContract(TwinChecks):
@@ -186,6 +197,47 @@ class EnvContract(TwinChecks):
             f"episode's first {steps} random steps: does the family's apply set them? (If "
             "they act only later, e.g. a goal random actions never reach, set "
             "context_effect_steps on the contract: more steps, or None)"
+        )
+
+    def test_every_feature_changes_what_the_env_does(self, env_spec: EnvSpec) -> None:
+        """Each feature on its own, at a value the env accepts away from its default (an end
+        of its range, else a point between: 1/2, 1/4 or 1/10 of the way there, where the ends
+        break a constraint with the other features' defaults), changes the same seeded
+        episode within :attr:`context_effect_steps` random steps. A family whose ``apply``
+        drops one feature (a misspelt attribute) passes the test above and sweeps that
+        feature into a matrix of identical rows. Features that act only later (a position
+        bound random steps never reach) are named in :attr:`features_acting_later`."""
+        steps = self.context_effect_steps
+        if steps is None:
+            pytest.skip(f"{env_spec.name}: context_effect_steps is None (contexts act later)")
+        reference = _gym_rollout(env_spec, {}, steps)
+        inert: list[str] = []
+        refused: list[str] = []
+        for feature in env_spec.context_space.features:
+            if {feature.name, f"{env_spec.name}.{feature.name}"} & set(self.features_acting_later):
+                continue
+            tried: list[float] = []
+            for value in _values_away_from_default(feature):
+                try:
+                    env_spec.make({feature.name: value}).close()
+                except ContextError:
+                    continue
+                tried.append(value)
+                if _gym_rollout(env_spec, {feature.name: value}, steps) != reference:
+                    break
+            else:  # no value tried changed the episode
+                if tried:
+                    inert.append(f"{feature.name} (tried {', '.join(f'{v:.4g}' for v in tried)})")
+                else:
+                    refused.append(feature.name)
+        assert not refused, (
+            f"{env_spec.name}: no value of {refused} other than the default is accepted with "
+            "the other features at their defaults"
+        )
+        assert not inert, (
+            f"{env_spec.name}: these features change nothing in a seeded episode's first "
+            f"{steps} random steps: {inert}. Does the family's apply set them? (If they act "
+            "only later, name them in features_acting_later on the contract)"
         )
 
     # ---------------------------------------------------------------------- torch twin

@@ -7,7 +7,7 @@ checkpoint. Every check skips an env without a twin.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -57,6 +57,10 @@ class TwinChecks:
     """random steps within which some context at an end of its range must change a seeded
     episode (gymnasium env and twin); None skips the check, for contexts that act only later
     (a goal random actions never reach)"""
+    features_acting_later: ClassVar[Collection[str]] = ()
+    """features exempt from the per-feature effect check (``"feature"``, or ``"Env.feature"``
+    in a contract parametrised over several envs): ones whose effect random steps within
+    ``context_effect_steps`` do not reach, such as a position bound or a goal's speed"""
     twin_return_steps: ClassVar[int] = 100
     """random-action steps (or fewer, to the episode's end) whose return the twin and the
     gymnasium env must agree on, per context"""
