@@ -142,6 +142,16 @@ def sweep(
 
 # -------------------------------------------------------------------------------- report
 REPORT_MARK = ".ctxrl-report.json"
+
+
+def _take_back(out: Path, existed: bool) -> None:
+    """Remove the copy a study's report made in ``out``: ``out`` as it was (empty, or not
+    there)."""
+    shutil.rmtree(out, ignore_errors=True)
+    if existed:
+        out.mkdir(exist_ok=True)
+
+
 """In a directory given to ``ctxrl report --out``: the run directory reported there."""
 
 
@@ -180,14 +190,15 @@ def _check_report_target(out: Path, run_dir: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Write the exports, figures and summary.md here instead of RUN_DIR (for a run "
-    "directory you cannot write); a transfer study's run directory is copied here and "
-    "reported in the copy.",
+    "directory you cannot write): a new or empty folder, or an earlier report of the same "
+    "run; a transfer study's run directory is copied here and reported in the copy.",
 )
 @click.pass_context
 def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
-    """Rewrite RUN_DIR's exports (matrices, tables, selection curves) and summary.md from its
-    store. The store is only read; a run directory without one is refused, never reported
-    as empty."""
+    """Rewrite RUN_DIR's exports (matrices, tables, selection curves), figures and summary.md
+    from its store (a sweep's) or its programs' results (a transfer study's). Nothing stored
+    is changed; a sweep's run directory without a store is refused, never reported as
+    empty."""
     from ctxrl.results import open_store
     from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
     from ctxrl.summary import sweep_matrix, trained_order, write_exports
@@ -205,19 +216,27 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
             # a new or empty directory, or the copy an earlier report of it made)
             existed = out.exists()
             fresh = not existed or (out.is_dir() and not any(out.iterdir()))
-            _check_report_target(out, run_dir)
             # not the copy's own mark, if RUN_DIR is itself an --out copy: the mark says what
             # was copied here
             ignore = shutil.ignore_patterns(REPORT_MARK)
-            shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
+            try:
+                _check_report_target(out, run_dir)
+                shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
+            except OSError as exc:
+                raise CtxrlError(
+                    f"cannot write the report into {out} ({exc.strerror}: {exc.filename}); "
+                    "give another --out DIR"
+                ) from None
             err.print(f"copied {run_dir} to {out} for its report", highlight=False)
             try:
                 click.echo(spec.report(out))
+            except CtxrlError as exc:  # about the copy, which is taken back: name RUN_DIR
+                if fresh:
+                    _take_back(out, existed)
+                raise CtxrlError(str(exc).replace(str(out), str(run_dir))) from None
             except BaseException:
                 if fresh:  # the copy this report made is taken back: --out is as it was
-                    shutil.rmtree(out, ignore_errors=True)
-                    if existed:
-                        out.mkdir(exist_ok=True)
+                    _take_back(out, existed)
                 raise
             return
         click.echo(spec.report(run_dir))

@@ -106,12 +106,13 @@ def _figure(width: float = 6.0, height: float = 4.2) -> tuple[Any, Any]:
 def _save(fig: Any, stem: Path) -> list[Path]:
     import matplotlib
 
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    # SVG text stays text (selectable, editable in a paper's figure), not glyph outlines
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        for path in paths:
-            fig.savefig(path, dpi=150, bbox_inches="tight")
-    return paths
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    # SVG text stays text (selectable, editable in a paper's figure), not glyph outlines; no
+    # date and fixed element ids, so a report of unchanged results rewrites the same bytes
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ctxrl"}):
+        fig.savefig(png, dpi=150, bbox_inches="tight")
+        fig.savefig(svg, dpi=150, bbox_inches="tight", metadata={"Date": None})
+    return [png, svg]
 
 
 def bounds_label(bounds: tuple[float, float]) -> str:
@@ -233,7 +234,8 @@ def plot_generalization(
     top = fig.add_subplot(grid[0, :])
     diagonal = np.diag(matrix)
     posterior = PerformanceGP(coords[sources], diagonal[sources]).posterior(coords)
-    top.plot(x, diagonal, "k.", label="training performance (all contexts)")
+    trained = "all contexts" if np.isfinite(diagonal).all() else "trained contexts"
+    top.plot(x, diagonal, "k.", label=f"training performance ({trained})")
     # MBTL's plain model (a GP of the chosen sources' training performance, a linear gap):
     # mbtl-gp's defaults add floored slopes and a residual GP to it
     top.plot(x, posterior.mean, color="0.35", label="MBTL's GP mean (chosen sources)")

@@ -212,6 +212,7 @@ def _write_staged(
         # source adds nothing, not a row of 0)
         trained = [i for i in order if observed[i]]
         summary["curve_left_out"] = sorted({i for i in order if not observed[i]})
+        summary["select_budget"] = min(len(plan.grid), plan.config.strategy.budget or 0)
         if trained:
             summary["curve"] = generalized_performance(normalised, trained).tolist()
     complete = not np.isnan(normalised).any()
@@ -325,10 +326,12 @@ def _write_staged(
             }
     elif plan.config.mode == "full":
         missing = len(plan.grid) - summary["observed_rows"]
+        gaps = int(np.isnan(normalised[np.isfinite(normalised).any(axis=1)]).sum())
         summary["withheld"] = (
-            f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained "
-            "yet); the strategies are replayed only on a complete matrix"
-        )
+            f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained yet)"
+            if missing
+            else f"{gaps} entries of the observed rows are missing (no evaluation stored)"
+        ) + "; the strategies are replayed only on a complete matrix"
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
     transfer = plan.config.transfer.name

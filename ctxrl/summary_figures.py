@@ -95,14 +95,28 @@ def write_figures(
                 f"{title}: MBTL's GP + linear-gap model",
                 directory / "calibration",
             )
-        if axis is not None and (summary["curves"] or "curve" in summary):
-            if "curve" in summary:  # a select sweep: what its strategy trained
-                chooser = plan.config.strategy.name
-                left_out = set(summary.get("curve_left_out") or [])
-                sources = [i for i in dict.fromkeys(summary["order"]) if i not in left_out]
-            else:
-                chooser = next(iter(summary["curves"]))
-                sources = list(dict.fromkeys(summary["curves"][chooser]["order"]))
+    elif "curve" in summary:  # a select sweep of fewer sources than contexts (or stopped)
+        curve = summary["curve"]
+        written += plot_selection(
+            {
+                f"{plan.config.strategy.name} (as trained)": {
+                    "mean": curve,
+                    "std": [0.0] * len(curve),
+                }
+            },
+            {},  # no reference line: the untrained contexts' own performance is unknown
+            title,
+            directory / "selection",
+        )
+    if axis is not None and (summary.get("curves") or "curve" in summary):
+        if "curve" in summary:  # a select sweep: what its strategy trained
+            chooser = plan.config.strategy.name
+            left_out = set(summary.get("curve_left_out") or [])
+            sources = [i for i in dict.fromkeys(summary["order"]) if i not in left_out]
+        else:
+            chooser = next(iter(summary["curves"]))
+            sources = list(dict.fromkeys(summary["curves"][chooser]["order"]))
+        if sources:
             written += plot_generalization(
                 plan.grid.grid_coords(),
                 normalised,

@@ -35,7 +35,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['env']}: {', '.join(summary['features'])}",
         "",
-        f"{summary['n_contexts']} contexts, seeds {summary['seeds']}, "
+        f"{summary['n_contexts']} context{'s' if summary['n_contexts'] != 1 else ''}, "
+        f"seeds {summary['seeds']}, "
         f"{summary['observed_rows']} source rows observed.",
         "",
     ]
@@ -61,9 +62,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     failed = summary.get("failed", [])
     if failed:
         lines += [
-            f"**{len(failed)} of {summary['runs']} runs failed** (no row in the matrix; rerun "
-            "`ctxrl sweep` to retry them, after changing the settings of a run that diverged: "
-            "with the same ones it diverges again):",
+            f"**{len(failed)} of {summary['runs']} runs failed** (left out of the matrix: a "
+            "source whose every seed failed has no row; rerun `ctxrl sweep` to retry them, "
+            "after changing the settings of a run that diverged: with the same ones it "
+            "diverges again):",
             "",
         ]
         lines += [f"- `{f['run_id']}` ({f['source']}): {f['error']}" for f in failed]
@@ -255,6 +257,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             )
             + (f" (failed sources left out: {sources_text(summary, left_out)})" if left_out else "")
         )
+        chosen, budget = len(dict.fromkeys(summary["order"])), summary.get("select_budget")
+        if budget and chosen < budget:
+            lines.append(
+                f"The sweep stopped at {chosen} of its K = {budget} sources (killed, or its "
+                "strategy failed): rerun `ctxrl sweep` with the same config to go on."
+            )
     if "learning_curves" in summary:
         curves = summary["learning_curves"]
         transfer = curves.get("transfer", "zero-shot")

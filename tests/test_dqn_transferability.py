@@ -299,6 +299,9 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
     for target in (tmp_path / "new", empty):
         failed = run_ctxrl("report", str(outputs_only), "--out", str(target))
         assert failed.returncode != 0 and "has not finished" in failed.stderr, failed.stderr
+        # named as the run directory given, not as the copy just taken back
+        error = failed.stderr.split("error: ", 1)[1]
+        assert error.startswith(f"{outputs_only}: arm") and str(target) not in error
     assert not (tmp_path / "new").exists() and not any(empty.iterdir())
 
 

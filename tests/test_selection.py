@@ -48,6 +48,19 @@ def test_sample_efficiency_by_hand() -> None:
     assert ceiling["against"] == ["independent"]
 
 
+def test_a_figure_drawn_twice_is_the_same_file(tmp_path) -> None:
+    """A report of unchanged results rewrites its figures byte for byte (the SVGs carried
+    the time of writing and random element ids: every report changed every figure)."""
+    from ctxrl.report import plot_selection
+
+    curves = {"greedy": {"mean": [0.5, 0.8, 0.9], "std": [0.0, 0.1, 0.0]}}
+    for name in ("first", "second"):
+        plot_selection(curves, {"independent": 0.8}, "CartPole: length", tmp_path / name)
+    for suffix in (".svg", ".png"):
+        first = (tmp_path / "first").with_suffix(suffix).read_bytes()
+        assert first == (tmp_path / "second").with_suffix(suffix).read_bytes(), suffix
+
+
 def test_sequential_oracle_by_hand() -> None:
     # Row means: 0.36, 0.5, 0.6, 0.48, 0.4 -> row 2 first.
     # Then with U = row 2: adding row 0 -> (0.9,.7,1,.7,.3)=0.72; row 1 -> (0.7,.9,1,.7,.3)=0.72;

@@ -237,10 +237,20 @@ def test_report_of_a_select_run_follows_the_stored_selection(
     assert later["picks"][0]["acquisition"][order[0]] is None  # tried: never proposed again
     assert all(s["proposed_at"] <= s["trained_at"] for s in steps)
     assert (run_dir / "exports" / "selection.csv").is_file()
+    # K < N: no complete matrix, so no replayed curves; the trained order's G_k and what the
+    # strategy chose are drawn (only the heatmap was)
+    assert {"figures/selection.png", "figures/generalization.png"} <= set(summary["figures"])
+    assert "The sweep stopped" not in report.stdout
     again = run_ctxrl("sweep", str(config), check=True)
     assert "trained 0, already finished 3, failed 0" in again.stderr
     with sqlite3.connect(run_dir / "store.sqlite") as db:
         assert db.execute("SELECT * FROM selection ORDER BY step").fetchall() == stored
+        # what a kill after the second step leaves: two steps stored, and their runs
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("DELETE FROM selection WHERE step = 3")
+        db.execute("DELETE FROM runs WHERE finished_at = (SELECT max(finished_at) FROM runs)")
+    stopped = run_ctxrl("report", str(run_dir), check=True)
+    assert "The sweep stopped at 2 of its K = 3 sources" in " ".join(stopped.stdout.split())
 
 
 def test_a_select_run_that_trains_every_context_reports_its_own_selection(
