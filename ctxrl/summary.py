@@ -330,7 +330,8 @@ def _write_staged(
         summary["withheld"] = (
             f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained yet)"
             if missing
-            else f"{gaps} entries of the observed rows are missing (no evaluation stored)"
+            else f"{gaps} {'entry' if gaps == 1 else 'entries'} of the observed rows "
+            f"{'is' if gaps == 1 else 'are'} missing (no evaluation stored)"
         ) + "; the strategies are replayed only on a complete matrix"
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")

@@ -637,6 +637,20 @@ def test_a_failed_retrain_of_a_damaged_policy_keeps_the_stored_results(
         assert store.returns(weights.stem) == before and before
 
 
+def test_a_missing_entry_is_reported_as_one(finished: Path, tmp_path: Path) -> None:
+    """One evaluation missing from a row that is there: the summary said "0 of 2 source
+    rows are missing" as its reason to replay no strategy."""
+    run_dir = _copy(finished, tmp_path)
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        run, target = db.execute("SELECT run_id, target_task FROM evaluations LIMIT 1").fetchone()
+        db.execute("DELETE FROM evaluations WHERE run_id = ? AND target_task = ?", (run, target))
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "1 entry of the observed rows is missing (no evaluation stored)" in text
+    assert "0 of 2 source rows" not in text
+
+
 def test_a_sweep_whose_retrain_failed_exits_1(finished: Path, tmp_path: Path) -> None:
     """The kept run's policy file is still damaged: a scheduler must not read the sweep as
     whole (it exited 0 with only a yellow line saying so)."""
