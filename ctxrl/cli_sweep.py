@@ -142,6 +142,7 @@ def sweep(
 
 # -------------------------------------------------------------------------------- report
 REPORT_MARK = ".ctxrl-report.json"
+"""In a directory given to ``ctxrl report --out``: the run directory reported there."""
 
 
 def _take_back(out: Path, existed: bool) -> None:
@@ -150,9 +151,6 @@ def _take_back(out: Path, existed: bool) -> None:
     shutil.rmtree(out, ignore_errors=True)
     if existed:
         out.mkdir(exist_ok=True)
-
-
-"""In a directory given to ``ctxrl report --out``: the run directory reported there."""
 
 
 def _check_report_target(out: Path, run_dir: Path) -> None:
