@@ -458,6 +458,10 @@ def transfer_records(run_dir: Path) -> list[dict[str, Any]]:
                 "target_env_steps": data.get("target_env_steps", 0),
                 "summary": details.get("summary", "") if isinstance(details, dict) else "",
                 "students": details.get("students") if isinstance(details, dict) else None,
+                # a count that takes episodes at their time limit (distill's teachers)
+                "steps_at_most": bool(
+                    isinstance(details, dict) and details.get("target_env_steps_at_most")
+                ),
             }
         )
     return out

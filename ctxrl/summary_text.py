@@ -104,7 +104,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"- `{record['file']}`: {record['method']} from {record['sources']} source "
                 "policies, "
-                f"{record['target_env_steps']:,} target-env steps {per}"
+                + ("at most " if record.get("steps_at_most") else "")
+                + f"{record['target_env_steps']:,} target-env steps {per}"
                 + (f"; {record['summary']}" if record["summary"] else "")
             )
         lines.append("")

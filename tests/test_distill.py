@@ -404,8 +404,12 @@ def test_a_sweep_with_the_distill_method_fills_every_row_with_the_student(
     assert stored["method"] == "distill" and len(stored["sources"]) == 2
     assert stored["target_env_steps"] >= 1024
     assert len(stored["details"]["student_mean"]) == 2
+    # the students' whole iterations; the teachers' episodes counted at their time limit
+    assert stored["details"]["steps_per_student"] % 512 == 0
+    assert stored["details"]["target_env_steps_at_most"] is True
     summary = (run_dir / "summary.md").read_text()
     assert "Transfer method" in summary and "kickstart students' mean return" in summary
+    assert f"at most {stored['target_env_steps']:,} target-env steps" in " ".join(summary.split())
     # every row the same: no strategy table of flat G_k, no N / k*, and why
     assert "per target (for all sources together)" in summary
     # the multi-task policy is no student: said beside its number, which G_k is compared with

@@ -266,6 +266,9 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
         area = metrics["variants"]["dqn"][arm]["matrices"]["area_ratio"]
         assert area[0][1] == area[1][0] == [None, None, None]  # not run: null
         assert area[0][0][0] is not None and area[1][1][0] is not None
+    # one seed: no interval, said as such (it read "+nan [+nan, +nan]")
+    table = (run_dir / "summary.md").read_text()
+    assert "nan" not in table and "(no interval)" in table
     assert "The hybrid arm starts from the fine-tune and only-head arms' final weights" in " ".join(
         (run_dir / "summary.md").read_text().split()
     )

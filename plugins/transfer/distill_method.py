@@ -266,6 +266,8 @@ class Distill:
         trained = self._students_trainer(problem.algorithm).trained_steps(self.steps)
         zero_shot_steps = details["zero_shot_target_env_steps"]
         used = trained + (zero_shot_steps if self.weights == "transfer" else 0)
+        if self.weights == "transfer":
+            details["target_env_steps_at_most"] = True
         return TransferResult(returns, target_env_steps=used, details=details)
 
     def _distill_seed(
@@ -385,7 +387,10 @@ class Distill:
             "rows": "every row holds the same student per target (one student from all sources)",
             "students": 1 if self.mode == "conditioned" else q,
             "proxy_source_env_steps": self.proxy_steps if self.mode == "proxy" else 0,
-            "steps_per_student": self.steps,
+            # what each student trained: whole iterations, at least one (not `steps` as given)
+            "steps_per_student": self._students_trainer(problem.algorithm).trained_steps(
+                self.steps
+            ),
             "student_mean": own.mean(axis=1).tolist(),
             "zero_shot_mean": zero_shot.mean(axis=2).tolist(),
             "best_of_k_zero_shot": zero_shot.mean(axis=2).max(axis=0).tolist(),

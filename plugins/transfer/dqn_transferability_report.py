@@ -421,8 +421,7 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
                 if data["verdicts"][s][t]:
                     lines.append(
                         f"| {arm} | {plan.names[s]} -> {plan.names[t]} | "
-                        f"{r[s, t, 0]:+.3f} [{r[s, t, 1]:+.3f}, {r[s, t, 2]:+.3f}] | "
-                        f"{jump[s, t, 0]:+.3f} [{jump[s, t, 1]:+.3f}, {jump[s, t, 2]:+.3f}] | "
+                        f"{_with_interval(r[s, t])} | {_with_interval(jump[s, t])} | "
                         f"{data['verdicts'][s][t]} |"
                     )
                 elif (plan.names[s], plan.names[t]) in no_estimate:
@@ -433,3 +432,12 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
         lines.append("")
     lines.append("Figures: " + ", ".join(f"[{p}]({p})" for p in figures if p.suffix == ".png"))
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(estimate: np.ndarray) -> str:
+    """``(3,)`` mean, interval low and high as ``+0.123 [+0.010, +0.250]``; the interval is
+    said to be missing where it is not finite (one seed, or every resample alike)."""
+    mean, low, high = (float(v) for v in estimate)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:+.3f} (no interval)"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"

@@ -309,10 +309,13 @@ def _check_segment_points(config: StudyConfig, schedule: ContextSchedule, seed: 
     switches = schedule.switch_steps(0, config.total_steps - 1)
     bounds = [*switches, config.total_steps]
     for start, end in itertools.pairwise(bounds):
-        if end - start > config.curve_every:
+        # a segment's points: one within curve_every of its switch, and either one before the
+        # next switch or, for the last segment, the point the trainer takes when it ends
+        last = end == config.total_steps
+        if end - start > config.curve_every or (last and end - start == config.curve_every):
             continue
         fix = (
-            f"end total_steps more than {config.curve_every} env steps after the last switch"
+            f"end total_steps at least {config.curve_every} env steps after the last switch"
             if end == config.total_steps
             else f"make curve_every smaller than {end - start} or the schedule's segments longer"
         )
