@@ -127,7 +127,8 @@ def ctxrl_register_commands(cli: Any) -> None:
     @click.option(
         "--dry-run",
         is_flag=True,
-        help="Validate the study and print it as YAML with every default filled in; train nothing.",
+        help="Validate the study and print it as YAML with every field's default filled in (an "
+        "intervention's options and the algorithm's hyperparameters as written); train nothing.",
     )
     def plasticity(study: Path, dry_run: bool) -> None:
         """Run (or resume) the plasticity STUDY (a YAML file): interventions x seeds on a

@@ -168,7 +168,8 @@ def _kind_hint(data: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def study_yaml(config: BaseModel) -> str:
-    """A validated study as YAML, every default filled in: what ``--dry-run`` prints on
+    """A validated study as YAML, every field's default filled in (an intervention's options
+    and the algorithm's hyperparameters as written): what ``--dry-run`` prints on
     standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line going to
     standard error."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
