@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -221,17 +222,25 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
                 _check_report_target(out, run_dir)
                 shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=ignore)
             except OSError as exc:
+                if fresh:  # what was copied is taken back: --out is as it was
+                    _take_back(out, existed)
+                if isinstance(exc, shutil.Error):  # files of RUN_DIR that could not be read
+                    source, _, why = exc.args[0][0]
+                    raise CtxrlError(f"cannot copy {source} into --out {out}: {why}") from None
                 raise CtxrlError(
                     f"cannot write the report into {out} ({exc.strerror}: {exc.filename}); "
                     "give another --out DIR"
                 ) from None
             err.print(f"copied {run_dir} to {out} for its report", highlight=False)
+            copy = out.resolve()  # absolute: its name in an error is told apart from words
             try:
-                click.echo(spec.report(out))
+                click.echo(spec.report(copy))
             except CtxrlError as exc:  # about the copy, which is taken back: name RUN_DIR
                 if fresh:
                     _take_back(out, existed)
-                raise CtxrlError(str(exc).replace(str(out), str(run_dir))) from None
+                pattern = rf"{re.escape(str(copy))}(?![\w.-])"
+                exc.args = (re.sub(pattern, lambda _: str(run_dir), str(exc)),)
+                raise
             except BaseException:
                 if fresh:  # the copy this report made is taken back: --out is as it was
                     _take_back(out, existed)

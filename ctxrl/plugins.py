@@ -222,6 +222,8 @@ class Host:
             except PluginUnavailable as exc:  # an optional dependency missing at import
                 info.status, info.error = "unavailable", str(exc)
                 self.registry.unavailable.append((ep.name, info.error))
+            except Terminated:
+                raise
             except (Exception, SystemExit) as exc:  # a broken plugin must not break the host
                 info.status, info.error = "failed", _describe(exc)
                 self.registry.failed.append((ep.name, info.error))
@@ -239,6 +241,8 @@ class Host:
             return info
         try:
             self._register(plugin, name)
+        except Terminated:
+            raise
         except (Exception, SystemExit) as exc:
             info.status, info.error = "failed", _describe(exc)
             self.registry.failed.append((name, info.error))

@@ -103,15 +103,16 @@ def _figure(width: float = 6.0, height: float = 4.2) -> tuple[Any, Any]:
     return plt, plt.subplots(figsize=(width, height))
 
 
-def _save(fig: Any, stem: Path) -> list[Path]:
+def save_figure(fig: Any, stem: Path, *, dpi: int = 150) -> list[Path]:
+    """``fig`` as ``stem.png`` and ``stem.svg``; returns both paths."""
     import matplotlib
 
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     # SVG text stays text (selectable, editable in a paper's figure), not glyph outlines; no
     # date and fixed element ids, so a report of unchanged results rewrites the same bytes
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ctxrl"}):
-        fig.savefig(png, dpi=150, bbox_inches="tight")
-        fig.savefig(svg, dpi=150, bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(png, dpi=dpi, bbox_inches="tight")
+        fig.savefig(svg, dpi=dpi, bbox_inches="tight", metadata={"Date": None})
     return [png, svg]
 
 
@@ -156,7 +157,7 @@ def plot_matrix(
     label = bounds_label(bounds) if bounds is not None else "normalised return"
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title)
-    paths = _save(fig, stem)
+    paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
@@ -194,7 +195,7 @@ def plot_selection(
     ax.set_title(title + (f"\nshaded: {band}" if band else ""), fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    paths = _save(fig, stem)
+    paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
@@ -290,7 +291,7 @@ def plot_generalization(
         "MBTL's linear-gap model, dashed; mbtl-gp's defaults add a residual GP to it)",
         fontsize=8,
     )
-    paths = _save(fig, stem)
+    paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
@@ -339,7 +340,7 @@ def plot_learning_curves(
         )
         ticks = np.linspace(0, len(ranked) - 1, min(len(ranked), 6)).round().astype(int)
         bar.set_ticks(ticks, labels=[ranked[t][0] for t in ticks])
-    paths = _save(fig, stem)
+    paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
@@ -358,6 +359,6 @@ def plot_calibration(calibration: Mapping[str, Any], title: str, stem: Path) -> 
     ax.set_ylim(0.0, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    paths = _save(fig, stem)
+    paths = save_figure(fig, stem)
     plt.close(fig)
     return paths

@@ -207,12 +207,13 @@ def _write_staged(
         per_seed = per_seed[np.isfinite(per_seed)]  # the seeds whose policy is stored
         summary["multitask"], summary["multitask_ci95"] = mean_ci(per_seed)
         summary["multitask_seeds"] = int(per_seed.size)
+    if plan.config.mode == "select":  # K sources, or fewer where the sweep stopped short
+        summary["select_budget"] = min(len(plan.grid), plan.config.strategy.budget or 0)
     if plan.config.mode == "select" and order:
         # the sweep's own selection, as trained: G_k over the sources that finished (a failed
         # source adds nothing, not a row of 0)
         trained = [i for i in order if observed[i]]
         summary["curve_left_out"] = sorted({i for i in order if not observed[i]})
-        summary["select_budget"] = min(len(plan.grid), plan.config.strategy.budget or 0)
         if trained:
             summary["curve"] = generalized_performance(normalised, trained).tolist()
     complete = not np.isnan(normalised).any()
@@ -326,7 +327,7 @@ def _write_staged(
             }
     elif plan.config.mode == "full":
         missing = len(plan.grid) - summary["observed_rows"]
-        gaps = int(np.isnan(normalised[np.isfinite(normalised).any(axis=1)]).sum())
+        gaps = int(np.isnan(normalised[observed]).sum())
         summary["withheld"] = (
             f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained yet)"
             if missing

@@ -116,6 +116,8 @@ def write_figures(
         else:
             chooser = next(iter(summary["curves"]))
             sources = list(dict.fromkeys(summary["curves"][chooser]["order"]))
+        # a source without its own-context evaluation has no training performance to fit
+        sources = [i for i in sources if np.isfinite(normalised[i, i])]
         if sources:
             written += plot_generalization(
                 plan.grid.grid_coords(),

@@ -258,12 +258,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             )
             + (f" (failed sources left out: {sources_text(summary, left_out)})" if left_out else "")
         )
-        chosen, budget = len(dict.fromkeys(summary["order"])), summary.get("select_budget")
-        if budget and chosen < budget:
-            lines.append(
-                f"The sweep stopped at {chosen} of its K = {budget} sources (killed, or its "
-                "strategy failed): rerun `ctxrl sweep` with the same config to go on."
-            )
+    chosen = len(dict.fromkeys(summary.get("order") or []))
+    budget = summary.get("select_budget")
+    if budget and chosen < budget:
+        lines += [
+            "",
+            f"The sweep has trained {chosen} of its K = {budget} sources (it is still running, "
+            "was killed, or its strategy failed): rerun `ctxrl sweep` with the same config to "
+            "go on.",
+        ]
     if "learning_curves" in summary:
         curves = summary["learning_curves"]
         transfer = curves.get("transfer", "zero-shot")

@@ -305,6 +305,11 @@ def test_self_pairs_one_seed_and_arms_in_any_order_give_a_report(
         # named as the run directory given, not as the copy just taken back
         error = failed.stderr.split("error: ", 1)[1]
         assert error.startswith(f"{outputs_only}: arm") and str(target) not in error
+    # a file of the run directory that cannot be read: said, and the partial copy taken back
+    (outputs_only / "notes.txt").symlink_to(tmp_path / "gone")
+    failed = run_ctxrl("report", str(outputs_only), "--out", str(tmp_path / "new"))
+    assert failed.returncode == 2 and f"cannot copy {outputs_only / 'notes.txt'}" in failed.stderr
+    assert not (tmp_path / "new").exists()
     assert not (tmp_path / "new").exists() and not any(empty.iterdir())
 
 

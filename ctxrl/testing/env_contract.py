@@ -22,10 +22,13 @@ from ctxrl.registry import EnvSpec
 from ctxrl.testing.twin_contract import TwinChecks, _changed_feature, _extreme_contexts
 
 
-def _gym_rollout(spec: EnvSpec, context: Mapping[str, float], steps: int) -> list[Any]:
+def _gym_rollout(
+    spec: EnvSpec, context: Mapping[str, float], steps: int, env: Any = None
+) -> list[Any]:
     """A seeded episode's observations, rewards and endings at ``context`` (actions drawn from
-    the env's action space seeded alike), resetting at an episode's end."""
-    env = spec.make(context)
+    the env's action space seeded alike), resetting at an episode's end; in ``env`` (made at
+    ``context``) when given, else in one made here. The env is closed."""
+    env = spec.make(context) if env is None else env
     env.action_space.seed(0)
     obs, _ = env.reset(seed=0)
     trace: list[Any] = [np.asarray(obs).tolist()]
@@ -216,14 +219,16 @@ class EnvContract(TwinChecks):
         for feature in env_spec.context_space.features:
             if {feature.name, f"{env_spec.name}.{feature.name}"} & set(self.features_acting_later):
                 continue
+            if feature.lower == feature.upper:  # one value: nothing to vary
+                continue
             tried: list[float] = []
             for value in _values_away_from_default(feature):
                 try:
-                    env_spec.make({feature.name: value}).close()
+                    env = env_spec.make({feature.name: value})
                 except ContextError:
                     continue
                 tried.append(value)
-                if _gym_rollout(env_spec, {feature.name: value}, steps) != reference:
+                if _gym_rollout(env_spec, {feature.name: value}, steps, env) != reference:
                     break
             else:  # no value tried changed the episode
                 if tried:

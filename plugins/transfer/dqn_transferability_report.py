@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxrl.report import save_figure
 from ctxrl.selection import json_safe
 from ctxrl.transfer_metrics import curve_band, finite_seeds
 from ctxrl_plugins.transfer.dqn_transferability_plan import ARMS, Pair, StudyPlan
@@ -303,10 +304,7 @@ def _plot_study(
         "95% CI)",
         fontsize=9,
     )
-    for suffix in (".png", ".svg"):
-        path = directory / f"area_ratio_{variant}{suffix}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        written.append(path)
+    written += save_figure(fig, directory / f"area_ratio_{variant}")
     plt.close(fig)
     # learning curves per target: scratch and every arm, mean over seeds and pairs of the
     # panel with the Student-t 95 % band of the mean over seeds shaded
@@ -342,10 +340,7 @@ def _plot_study(
         axes[0, 0].legend(list(handles.values()), list(handles), fontsize=6)
     fig.supxlabel("target env steps")
     fig.supylabel("normalised return")
-    for suffix in (".png", ".svg"):
-        path = directory / f"curves_{variant}{suffix}"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        written.append(path)
+    written += save_figure(fig, directory / f"curves_{variant}", dpi=120)
     plt.close(fig)
     return written
 

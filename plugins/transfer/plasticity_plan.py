@@ -293,12 +293,14 @@ def _check_segments(config: StudyConfig, schedule: ContextSchedule, seed: int) -
             f"{seed}); a plasticity study compares the segments between switches: make "
             "schedule.every smaller or total_steps larger"
         )
-    lengths = sorted(b - a for a, b in itertools.pairwise([0, *switches, config.total_steps]))
-    if config.curve_every >= lengths[-2]:
+    # the last segment always holds two points (its switch, a curve point: curve_every divides
+    # schedule.every, and the trainer's final one); an earlier one when longer than curve_every
+    longest = max(b - a for a, b in itertools.pairwise([0, *switches]))
+    if config.curve_every >= longest:
         raise ConfigError(
             f"curve_every: {config.curve_every} env steps leaves fewer than two segments "
-            f"between switches (seed {seed}; the longest {lengths[-1]} and {lengths[-2]} steps) "
-            f"with two curve points each; make it smaller than {lengths[-2]}"
+            f"between switches (seed {seed}; the longest before the last switch {longest} "
+            f"steps) with two curve points each; make it smaller than {longest}"
         )
 
 
@@ -309,10 +311,9 @@ def _check_segment_points(config: StudyConfig, schedule: ContextSchedule, seed: 
     switches = schedule.switch_steps(0, config.total_steps - 1)
     bounds = [*switches, config.total_steps]
     for start, end in itertools.pairwise(bounds):
-        # a segment's points: one within curve_every of its switch, and either one before the
-        # next switch or, for the last segment, the point the trainer takes when it ends
-        last = end == config.total_steps
-        if end - start > config.curve_every or (last and end - start == config.curve_every):
+        # a segment's points: its switch (a curve point: curve_every divides schedule.every)
+        # and another before the next switch or, for the last segment, the trainer's final one
+        if end - start > config.curve_every or end == config.total_steps:
             continue
         fix = (
             f"end total_steps at least {config.curve_every} env steps after the last switch"
