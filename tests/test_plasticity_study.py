@@ -439,6 +439,10 @@ def test_a_short_last_segment_holds_two_points(tmp_path: Path) -> None:
             _write(tmp_path, total_steps=total, curve_every=512, seeds=[0], arms=["redo"])
         )
         assert resolve_study(config, get_host().registry).config.total_steps == total
+    # 3100 trains 3072 steps (24 iterations of 128): the switch at 3072 is its last point
+    short = load_study_config(_write(tmp_path, total_steps=3100, curve_every=512))
+    with pytest.raises(ConfigError, match=r"switch at step 3072 \(seed 0\) ends at 3072, 0 env"):
+        resolve_study(short, get_host().registry)
 
 
 def test_a_study_an_earlier_ctxrl_trained_off_the_grid_is_still_reported(tmp_path: Path) -> None:
@@ -665,6 +669,21 @@ def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path)
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     assert "redo trained exactly as none: every record is equal" in summary
     assert "l2 trained exactly" not in summary and "l2, " not in summary
+
+
+def test_the_summary_gives_the_steps_trained(tmp_path: Path) -> None:
+    """total_steps 1000 trains 7 iterations of 128 env steps: the summary said 1000."""
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=[{"name": "l2"}],
+            seeds=[0],
+            total_steps=1000,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    summary = (run_study(config, get_host().registry) / "summary.md").read_text()
+    assert "896 env steps per agent (total_steps 1000 in whole iterations)" in summary
 
 
 def test_a_one_seed_study_says_it_has_no_intervals(tmp_path: Path) -> None:

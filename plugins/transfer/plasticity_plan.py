@@ -229,7 +229,8 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
         _check_segments(config, schedule, seed)
         if training:
             _check_grid(config, schedule.every, trainer.steps_per_iteration())
-            _check_segment_points(config, schedule, seed)  # on the grid: short ones are real
+            # on the grid: short segments are real
+            _check_segment_points(config, schedule, seed, trainer.trained_steps(config.total_steps))
             where = f"schedule (seed {seed})"
             schedule.check_contexts(env.check_context, config.total_steps, where)
     labels, programs = plan_programs(config, registry)
@@ -304,20 +305,26 @@ def _check_segments(config: StudyConfig, schedule: ContextSchedule, seed: int) -
         )
 
 
-def _check_segment_points(config: StudyConfig, schedule: ContextSchedule, seed: int) -> None:
+def _check_segment_points(
+    config: StudyConfig, schedule: ContextSchedule, seed: int, trained: int
+) -> None:
     """Every switch's segment must hold two curve points: the report skips shorter ones, and
     their switches dropped out of its measures without a word (a sequence repeating a
-    context, whose merged segments passed the two-segment check above)."""
+    context, whose merged segments passed the two-segment check above). ``trained``: the env
+    steps the trainer takes for ``total_steps`` (whole iterations), where it takes its last
+    curve point."""
     switches = schedule.switch_steps(0, config.total_steps - 1)
-    bounds = [*switches, config.total_steps]
+    bounds = [*switches, max(trained, switches[-1])]
     for start, end in itertools.pairwise(bounds):
         # a segment's points: its switch (a curve point: curve_every divides schedule.every)
         # and another before the next switch or, for the last segment, the trainer's final one
-        if end - start > config.curve_every or end == config.total_steps:
+        last = end == bounds[-1]
+        if end - start > config.curve_every or (last and end > start):
             continue
         fix = (
-            f"end total_steps at least {config.curve_every} env steps after the last switch"
-            if end == config.total_steps
+            f"end total_steps past the last switch (it trains {trained} env steps: whole "
+            "iterations)"
+            if last
             else f"make curve_every smaller than {end - start} or the schedule's segments longer"
         )
         raise ConfigError(

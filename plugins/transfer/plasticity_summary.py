@@ -124,11 +124,17 @@ def _diverged_lines(tables: StudyTables) -> list[str]:
 def summary_markdown(plan: StudyPlan, tables: StudyTables, figures: Sequence[str]) -> str:
     config = plan.config
     labels = list(tables.arms)
+    trained = int(tables.steps[-1]) if len(tables.steps) else config.total_steps  # the last point
+    steps = (
+        f"{trained} env steps per agent"
+        if trained == config.total_steps
+        else f"{trained} env steps per agent (total_steps {config.total_steps} in whole iterations)"
+    )
     lines = [
         f"# Plasticity study: {plan.env.name}, {config.algorithm}",
         "",
-        f"{len(plan.labels)} arms x {len(config.seeds)} seeds, {config.total_steps} env steps "
-        f"per agent, {len(tables.switches)} context switches (at "
+        f"{len(plan.labels)} arms x {len(config.seeds)} seeds, {steps}, "
+        f"{len(tables.switches)} context switches (at "
         f"{', '.join(str(s) for s in tables.switches[:12])}"
         f"{', ...' if len(tables.switches) > 12 else ''}); schedule "
         f"`{json.dumps(config.schedule, sort_keys=True)}`. Returns normalised to [0, 1] by the "
