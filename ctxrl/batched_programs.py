@@ -170,19 +170,31 @@ def store_trained(
     stored finished without its log). An agent that cannot be stored (non-finite returns
     from a diverged training, a failed save) is stored as failed with the reason, alone,
     unless the store holds it finished already (a retrain of its damaged policy that failed):
-    then its stored results are kept and the failure is said. Returns, per agent, whether the
+    then its stored results are kept and the failure is said. An agent whose transfer alone
+    diverged on some targets (its source's weights finite) is stored with the other targets'
+    evaluations, the diverged entries left out and said. Returns, per agent, whether the
     store holds it finished."""
     log = getattr(policies, "log", None)
     prepared: list[tuple[RunRecord, list[Evaluation], Any]] = []
     for index, record in enumerate(records):
         try:
-            if not np.all(np.isfinite(returns[index])):
-                raise CtxrlError(_divergence(plan, policies, index, returns[index]))
+            finite = np.isfinite(returns[index]).all(axis=-1)  # (targets,)
+            if not finite.all():
+                reason, transfer_alone = _divergence(plan, policies, index, returns[index])
+                if not (transfer_alone and finite.any()):
+                    raise CtxrlError(reason)
+                # the source trained: its entries where the transfer held are kept, the
+                # others left out of the matrix (missing, as the report says)
+                console.print(
+                    f"[yellow]run {record.run_id}: {escape(reason)}; its other "
+                    f"{int(finite.sum())} entries are kept[/]"
+                )
             artifact = Path("artifacts") / record.run_id
             algorithm.save(policies.select([index]), plan.run_dir / artifact)
             evaluations = [
                 Evaluation(Task(plan.env.name, c).id, c, returns[index][j].tolist())
                 for j, c in enumerate(plan.grid.contexts)
+                if finite[j]
             ]
             agent_log = None if log is None else log.select([index])
             prepared.append((replace(record, artifact=str(artifact)), evaluations, agent_log))
@@ -223,16 +235,19 @@ def store_trained(
     return [record.status == "finished" or record.run_id in kept for record, _, _ in prepared]
 
 
-def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray) -> str:
+def _divergence(
+    plan: SweepPlan, policies: Any, index: int, returns: np.ndarray
+) -> tuple[str, bool]:
     """Why agent ``index``'s returns ``(targets, episodes)`` are not finite: its training
     diverged (zero-shot), or, after a transfer method, on which targets, and whether the
-    source's own weights are finite (then the transfer diverged there, not the source)."""
+    source's own weights are finite (then the transfer diverged there, not the source).
+    Returns the reason and whether the transfer alone diverged."""
     method = plan.config.transfer.name
     if method == "zero-shot":
         return (
             "its evaluation returns are not finite (NaN or inf): the training diverged "
             "(check the learning rate and the reward scale)"
-        )
+        ), False
     bad = [j for j in range(len(returns)) if not np.all(np.isfinite(returns[j]))]
     features = plan.grid.features
     targets = "; ".join(
@@ -251,4 +266,4 @@ def _divergence(plan: SweepPlan, policies: Any, index: int, returns: np.ndarray)
     return (
         f"its returns after transfer method {method!r} are not finite (NaN or inf) on "
         f"{len(bad)} of {len(returns)} targets ({targets}): {cause}"
-    )
+    ), source_finite

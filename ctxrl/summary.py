@@ -42,7 +42,7 @@ from ctxrl.summary_selection import model_calibration as model_calibration
 from ctxrl.summary_selection import over_seeds
 from ctxrl.summary_selection import selection_curves as selection_curves
 from ctxrl.summary_selection import selection_trace as selection_trace
-from ctxrl.summary_text import summary_markdown
+from ctxrl.summary_text import sources_text, summary_markdown
 
 STORE_FILE = "store.sqlite"
 
@@ -327,12 +327,17 @@ def _write_staged(
             }
     elif plan.config.mode == "full":
         missing = len(plan.grid) - summary["observed_rows"]
-        gaps = int(np.isnan(normalised[observed]).sum())
+        gaps = np.argwhere(np.isnan(normalised) & observed[:, None])  # (G, 2) source, target
+        listed = "; ".join(
+            f"{sources_text(summary, [int(i)])} -> {sources_text(summary, [int(j)])}"
+            for i, j in gaps[:5]
+        ) + ("; ..." if len(gaps) > 5 else "")
         summary["withheld"] = (
             f"{missing} of {len(plan.grid)} source rows are missing (failed or not trained yet)"
             if missing
-            else f"{gaps} {'entry' if gaps == 1 else 'entries'} of the observed rows "
-            f"{'is' if gaps == 1 else 'are'} missing (no evaluation stored)"
+            else f"{len(gaps)} {'entry' if len(gaps) == 1 else 'entries'} of the observed rows "
+            f"{'is' if len(gaps) == 1 else 'are'} missing (a transfer that diverged there, or "
+            f"an evaluation not stored: {listed})"
         ) + "; the strategies are replayed only on a complete matrix"
     summary.update(training_log_summary(plan, store))
     summary["figures"] = write_figures(plan, normalised, summary, run_dir / "figures")
