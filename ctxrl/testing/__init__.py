@@ -32,7 +32,12 @@ any user would load it. Fixtures: ``ctxrl_host`` (the loaded plugin host) and
 one until the test ends, so a contract whose ``*_spec`` fixture adds a plugin finds it).
 """
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # ctxrl installed without its testing extra
+    raise ImportError(
+        "ctxrl.testing (the contract suites) runs under pytest: pip install 'ctxrl[testing]'"
+    ) from exc
 
 # a failing contract shows the values it compared (pytest rewrites these modules' asserts
 # even when they are imported from an editable install)
