@@ -17,7 +17,7 @@ import yaml
 
 from ctxrl.cli_common import _host, _warn_failed, err
 from ctxrl.config import load_config, resolve_plan
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.run_dirs import check_output_dir, locate_run_dir
 
 if TYPE_CHECKING:
@@ -62,6 +62,39 @@ def _resolved_as_comments(plan: SweepPlan) -> str:
     return "\n".join(f"# {line}" for line in lines)
 
 
+def _study_hint(ctx: click.Context, config: Path | None) -> str:
+    """For a file that is not a sweep config at all (no ``features``, as a study of a
+    transfer plugin's own command has none): the commands that take a STUDY file, found
+    among the loaded commands (plugins add theirs), so the user learns where it goes."""
+    if config is None:
+        return ""
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    if not isinstance(data, dict) or "features" in data:
+        return ""
+    root = ctx.find_root()
+    found: list[str] = []
+
+    def walk(group: click.Group, path: list[str]) -> None:
+        for name in group.list_commands(root):
+            command = group.get_command(root, name)
+            if isinstance(command, click.Group):
+                walk(command, [*path, name])
+            elif command is not None and any(
+                isinstance(p, click.Argument) and p.name == "study" for p in command.params
+            ):
+                found.append(" ".join(["ctxrl", *path, name, str(config)]))
+
+    if isinstance(root.command, click.Group):
+        walk(root.command, [])
+    if not found:
+        return ""
+    lines = "".join(f"\n    {line}" for line in found)
+    return f"  it has no `features`; if it is a study, run it with its own command:{lines}"
+
+
 @click.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -98,7 +131,11 @@ def sweep(
 
     host = _host(ctx)
     _warn_failed(host)
-    cfg = load_config(config, overrides)
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        hint = _study_hint(ctx, config)
+        raise ConfigError(f"{exc}\n{hint}" if hint else str(exc)) from None
     plan = locate_run_dir(resolve_plan(cfg, host.registry))
     check_output_dir(cfg.output_dir)
     steps = f"{cfg.train_steps} steps per model"

@@ -354,6 +354,24 @@ def test_dry_run_catches_what_only_training_would_find(run_ctxrl: Run) -> None:
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_study_given_to_sweep_is_sent_to_its_own_command() -> None:
+    """A plasticity study is not a sweep config: the error lists its fields and the
+    commands (a plugin's, found among the loaded ones) that take a STUDY file."""
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+
+    study = Path(__file__).parents[1] / "benchmarks" / "studies" / "plasticity-cartpole.yaml"
+    result = CliRunner().invoke(cli, ["sweep", str(study), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "arms: no such field" in result.stderr
+    assert f"ctxrl plasticity {study}" in result.stderr
+    assert f"ctxrl transfer dqn {study}" in result.stderr
+    # a sweep config with a misspelt field gets no such hint
+    result = CliRunner().invoke(cli, ["sweep", "--dry-run", "--set", "seedz=1"])
+    assert "seedz: no such field" in result.stderr and "its own command" not in result.stderr
+
+
 def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:
     plan = _plan("env_options.visible=[length]")
     assert plan.env.make({"length": 2.0}).observation_space.shape == (5,)

@@ -36,3 +36,12 @@ def test_every_package_ships_its_type_marker_and_data() -> None:
         assert (REPO / folder / "py.typed").is_file()
     assert (REPO / "ctxrl" / "defaults" / "quickstart.yaml").is_file()
     assert config["package-data"]["ctxrl.defaults"] == ["*.yaml"]
+
+
+def test_the_version_is_written_once() -> None:
+    """The distribution's version is read from ``ctxrl.__version__`` (what ``ctxrl
+    --version`` prints), so the two cannot disagree."""
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ctxrl.__version__"}
