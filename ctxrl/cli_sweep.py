@@ -22,6 +22,7 @@ from ctxrl.run_dirs import check_output_dir, locate_run_dir
 
 if TYPE_CHECKING:
     from ctxrl.config import SweepPlan
+    from ctxrl.registry import Kind, Registry
 
 
 # --------------------------------------------------------------------------------- sweep
@@ -39,11 +40,14 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _resolved_as_comments(plan: SweepPlan) -> str:
+def _resolved_as_comments(plan: SweepPlan, registry: Registry) -> str:
     """What ``--dry-run``'s config resolves to, as YAML comments below it (the output stays a
-    config ``ctxrl sweep`` reads): each feature's grid values and every hyperparameter the
-    algorithm trains with (its defaults, the preset, then ``params``)."""
+    config ``ctxrl sweep`` reads): each feature's grid values, every hyperparameter the
+    algorithm trains with (its defaults, the preset, then ``params``) and the options of each
+    intervention, the transfer method and (``mode: select``) the strategy, their factories'
+    defaults with the config's own on top."""
     from ctxrl.config import algorithm_params
+    from ctxrl.options import option_defaults
 
     resolved: dict[str, Any] = {
         "grid": {
@@ -57,6 +61,23 @@ def _resolved_as_comments(plan: SweepPlan) -> str:
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         params = dataclasses.asdict(settings)
     resolved["hyperparameters"] = json.loads(json.dumps(params, default=str))
+    config = plan.config
+    used: list[tuple[str, Kind, str, dict[str, Any]]] = [
+        ("interventions", "intervention", entry.name, entry.options)
+        for entry in config.algorithm.interventions
+    ]
+    if config.transfer.name != "zero-shot":
+        used.append(("transfer", "transfer_method", config.transfer.name, config.transfer.options))
+    if plan.strategy is not None and config.mode == "select":
+        used.append(("strategy", "strategy", config.strategy.name, config.strategy.options))
+    for field, kind, name, given in used:
+        factory = registry.get(kind, name).factory
+        options = {**option_defaults(factory), **given}
+        entry = json.loads(json.dumps({name: options}, default=str))
+        if field == "interventions":
+            resolved.setdefault("interventions", []).append(entry)
+        else:
+            resolved[f"{field} options"] = entry
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=96)
     lines = ["what it resolves to (comments: not part of the config)", *text.splitlines()]
     return "\n".join(f"# {line}" for line in lines)
@@ -158,7 +179,7 @@ def sweep(
     if dry_run:
         # the plan as it will run: a grid of several features may have changed the strategy
         click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
-        click.echo(_resolved_as_comments(plan))
+        click.echo(_resolved_as_comments(plan, host.registry))
         return
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)

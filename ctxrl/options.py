@@ -176,6 +176,25 @@ def option_names(factory: Callable[..., Any]) -> set[str]:
     return names | option_names(forwarded) if callable(forwarded) else names
 
 
+def option_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword options ``factory`` names with their default values (those of the factory
+    it forwards the rest to included, its own first); an option without a default is left
+    out, and so is everything behind a bare ``**options``."""
+    forwarded = getattr(factory, "forwards_options_to", None)
+    defaults = option_defaults(forwarded) if callable(forwarded) else {}
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return defaults
+    for p in params:
+        if p.default is not inspect.Parameter.empty and p.kind in (
+            inspect.Parameter.KEYWORD_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            defaults[p.name] = p.default
+    return defaults
+
+
 def _takes_nothing(factory: Callable[..., Any]) -> bool:
     """Whether ``factory``'s signature is known and has no parameters at all (not even
     ``**options``)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import requires_box2d, requires_ray, requires_sb3
 
 from ctxrl import ConfigError, Context, TransferMatrix
@@ -370,6 +371,33 @@ def test_a_study_given_to_sweep_is_sent_to_its_own_command() -> None:
     # a sweep config with a misspelt field gets no such hint
     result = CliRunner().invoke(cli, ["sweep", "--dry-run", "--set", "seedz=1"])
     assert "seedz: no such field" in result.stderr and "its own command" not in result.stderr
+
+
+def test_dry_run_lists_every_plugin_option_with_its_default() -> None:
+    """The options each intervention, the transfer method and the strategy will run with:
+    their factories' defaults, the config's own values over them."""
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+
+    overrides = [
+        "mode=select",
+        "strategy.name=mbtl-gp",
+        "strategy.options.beta=log",
+        "algorithm.interventions=[redo, {name: l2, options: {coef: 0.001}}]",
+        "transfer={name: fine-tune, options: {steps: 1000}}",
+    ]
+    args = ["sweep", "--dry-run", *[f"--set={item}" for item in overrides]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    comments = result.stdout.split("# what it resolves to")[1]
+    resolved = yaml.safe_load("\n".join(line[2:] for line in comments.splitlines()[1:]))
+    assert resolved["interventions"][0]["redo"]["every"] == 1000  # a default
+    assert resolved["interventions"][1] == {"l2": {"coef": 0.001, "include": "weights"}}
+    assert resolved["transfer options"]["fine-tune"]["steps"] == 1000
+    assert resolved["transfer options"]["fine-tune"]["reinit"] == []
+    assert resolved["strategy options"]["mbtl-gp"]["beta"] == "log"
+    assert resolved["strategy options"]["mbtl-gp"]["c"] == 1.0
 
 
 def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:
