@@ -140,6 +140,12 @@ def batched(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
+    # printed before the evaluation: a run cut short there (a time limit) keeps its training time
+    print(
+        f"batched-ppo trained {len(contexts)} x {steps} steps in {elapsed:.1f} s "
+        f"(compiling {algorithm.compile_s:.1f} s of it); evaluating",
+        flush=True,
+    )
     # each agent on its own context only (the diagonal: P lists of one context, not P x P)
     own = evaluate_policies(
         policies,

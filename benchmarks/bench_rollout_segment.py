@@ -92,7 +92,11 @@ def main() -> None:
         f"{torch.get_num_threads()}, device {args.device}{card}; {args.agents} agents, "
         f"{args.iterations} iterations per timed training\n"
     )
-    cold = {k: cold_compile_s(k, args.agents, args.device) for k in args.segments}
+    # each number printed as soon as it is known: a run cut short by a time limit keeps them
+    cold: dict[int, float] = {}
+    for k in args.segments:
+        cold[k] = cold_compile_s(k, args.agents, args.device)
+        print(f"rollout_segment {k}: {cold[k]:.1f} s compiling cold", flush=True)
     times: dict[int, list[float]] = {k: [] for k in args.segments}
     trained: dict[int, Any] = {}
     for k in args.segments:  # compile in this process
@@ -101,6 +105,8 @@ def main() -> None:
         for k in args.segments:
             seconds, _, trained[k] = train(k, args.agents, args.iterations, args.device)
             times[k].append(seconds)
+            per = 1000 * seconds / args.iterations
+            print(f"rollout_segment {k}: {per:.1f} ms an iteration", flush=True)
     first = args.segments[0]
     base = statistics.median(times[first])
     print(

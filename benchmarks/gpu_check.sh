@@ -3,21 +3,25 @@
 # most important first; a step that would overrun the budget is cut (SIGINT) or skipped, and the
 # others still run. Sized from the first run on an H200 (benchmarks/RESULTS.md, "On a GPU"):
 #   1. rejax (JAX) PPO alone at 1024 CartPole contexts x 524,288 steps (~70 s with its compile)
-#   2. batched PPO compiled (torch.compile's default mode) on the same contexts (~170 s)
-#   3. env stepping, eager and compiled twins, against gymnax at B = 1024 and 65,536 (~50 s)
-#   4. batched PPO with CUDA graphs (torch.compile's reduce-overhead mode) on a quarter of the
+#   2. batched PPO compiled (torch.compile's default mode) on the same contexts (~170 s of
+#      training, printed before its evaluation, so a cut there keeps it)
+#   3. batched PPO with CUDA graphs (torch.compile's reduce-overhead mode) on a quarter of the
 #      steps, twice in one process (the second without compiling)
-#   5. rollout segments (steps per compiled call) 1, 4 and 16 at 1024 agents, with CUDA graphs
-#      (bench_rollout_segment.py: iteration time, cold compile time, the same numbers)
+#   4. env stepping, eager and compiled twins, against gymnax at B = 1024 and 65,536 (~50 s)
+#   5. rollout segments (steps per compiled call) 1 and 4 at 1024 agents, with CUDA graphs
+#      (bench_rollout_segment.py, each number printed when known)
 #   6. 64 contexts: batched PPO (default mode) and rejax in one run
-#   7. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps, compile: auto
+#   7. the 100-context CartPole cart-mass matrix, 3 seeds x 500k steps, compile: auto (its run
+#      directory under /tmp: thousands of files; its summary.json appended to the step's file)
+# A 540 s budget reaches about step 4 on one card; the rest run when time is left.
 # Usage, from the repository root on a machine with a GPU, torch with CUDA, and jax, gymnax
 # 0.0.x and rejax installed beside ctxrl (gymnax and rejax are never ctxrl dependencies; for a
-# machine without network, benchmarks/gpu_wheels.sh fetches them and says how to install):
+# machine without network, benchmarks/gpu_wheels.sh fetches them, builds ctxrl's own wheel and
+# says how to install):
 #   [PYTHON=python3] [BUDGET_S=540] bash benchmarks/gpu_check.sh [OUT_DIR]
-# Each step's output goes to OUT_DIR/<step>.txt (default OUT_DIR: gpu-results/; 7 files) and its
-# tail, after the card and the versions, to the terminal. Record the numbers, with the card's name, in
-# benchmarks/RESULTS.md.
+# OUT_DIR (default gpu-results/) gets env.txt (the card, its driver and every version) and one
+# <step>.txt per step: 8 files. Each step's tail also goes to the terminal. Record the numbers,
+# with the card's name, in benchmarks/RESULTS.md.
 set -u
 out="${1:-gpu-results}"
 budget_s="${BUDGET_S:-540}"
@@ -26,11 +30,12 @@ export PYTHONUNBUFFERED=1
 py="${PYTHON:-python}"
 began=$SECONDS
 
-step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under 40 s of the budget are left
+step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under half its limit (or 40 s) is left
     local name=$1 limit=$2
     shift 2
     local left=$((budget_s - (SECONDS - began)))
-    if [ "$left" -lt 40 ]; then
+    local least=$((limit / 2 > 40 ? limit / 2 : 40))
+    if [ "$left" -lt "$least" ]; then
         echo "== $name: skipped, $left s of the budget left" | tee "$out/$name.txt"
         return
     fi
@@ -43,25 +48,34 @@ step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under 40 s of the budget 
     tail -n 30 "$out/$name.txt" | grep -v "^== $name"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    "$py" -V
+    "$py" -m pip list 2>/dev/null | grep -iE "^(torch|jax|jaxlib|jax-cuda|gymnax|rejax|ctxrl|setuptools) "
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
 if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh: torch ($py) sees no CUDA GPU here; every step would fail" >&2
     exit 1
 fi
-"$py" -c "import torch, jax; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'| jax', jax.__version__, jax.devices())" || echo "(without jax, the rejax and gymnax steps fail)"
+"$py" -c "import ctxrl, torch, jax; print('ctxrl', ctxrl.__version__, '| torch', \
+torch.__version__, 'cuda', torch.version.cuda, '| jax', jax.__version__, jax.devices())" \
+    2>&1 | tee -a "$out/env.txt" || echo "(without jax, the rejax and gymnax steps fail)"
 
 ppo=(benchmarks/bench_ppo.py --device cuda --skip-sb3 --steps 524288 --episodes 10)
 step rejax-1024 150 "$py" "${ppo[@]}" --contexts 1024 --rejax --compile
-step ppo-1024 220 "$py" "${ppo[@]}" --contexts 1024 --compile on --constant-lr
+step ppo-1024 250 "$py" "${ppo[@]}" --contexts 1024 --compile on --constant-lr
+step ppo-1024-graphs 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" "${ppo[@]}" \
+    --contexts 1024 --steps 131072 --episodes 2 --compile on on --constant-lr
 step envs 90 "$py" benchmarks/bench_envs.py --device cuda --gymnax --compile --max-sync 0 \
     --batches 1024 65536 --budget-s 1
-step ppo-1024-graphs 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" "${ppo[@]}" \
-    --contexts 1024 --steps 131072 --compile on on --constant-lr
-step segments 150 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" \
-    benchmarks/bench_rollout_segment.py --device cuda --agents 1024 --segments 1 4 16 \
+step segments 200 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" \
+    benchmarks/bench_rollout_segment.py --device cuda --agents 1024 --segments 1 4 \
     --iterations 20 --repeats 1
 step ppo-64 200 "$py" "${ppo[@]}" --contexts 64 --compile on --rejax
+sweeps=/tmp/ctxrl-gpu-sweeps
 step sweep 400 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
-    --compile auto --output-dir "$out/sweeps"
+    --compile auto --output-dir "$sweeps"
+find "$sweeps" -path "*/exports/summary.json" -exec sh -c 'echo "== $1"; cat "$1"' _ {} \; \
+    >>"$out/sweep.txt" 2>/dev/null
 echo "== done after $((SECONDS - began)) s"
