@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,15 +67,31 @@ def save_artifact(
         _DIGEST_KEY: "0" * 64,  # a placeholder of the digest's length, filled in below
     }
     partial_meta = meta_path.with_name(f".{meta_path.name}.partial")
-    partial_meta.write_text(meta_text)
     partial = weights.with_name(f".{weights.name}.partial")
-    partial.write_bytes(_serialize(contiguous, header))
-    # safetensors creates its file owner-only (0600) whatever the umask: give it the mode the
-    # umask gave the JSON file, so that a run directory shared by a group stays readable
-    os.chmod(partial, stat.S_IMODE(partial_meta.stat().st_mode))
-    os.replace(partial, weights)
-    os.replace(partial_meta, meta_path)
+    with _partials_removed_on_failure(weights, partial_meta, partial):
+        partial_meta.write_text(meta_text)
+        partial.write_bytes(_serialize(contiguous, header))
+        # safetensors creates its file owner-only (0600) whatever the umask: give it the mode
+        # the umask gave the JSON file, so that a run directory shared by a group stays readable
+        os.chmod(partial, stat.S_IMODE(partial_meta.stat().st_mode))
+        os.replace(partial, weights)
+        os.replace(partial_meta, meta_path)
     return weights
+
+
+@contextmanager
+def _partials_removed_on_failure(target: Path, *partials: Path) -> Iterator[None]:
+    """A write that fails (a full disk, a file-size limit) leaves no half-written
+    ``partials`` taking space, and its error names ``target`` (a failed ``write`` names no
+    file)."""
+    try:
+        yield
+    except BaseException as exc:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
 
 
 def _serialize(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -116,8 +133,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     killed meanwhile leaves the old file or the new one, never a truncated one."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    with _partials_removed_on_failure(path, partial):
+        partial.write_text(text)
+        os.replace(partial, path)
 
 
 def remove_artifact(stem: str | Path, *, derived: bool = False) -> None:

@@ -19,6 +19,7 @@ registers the built-in commands, which live in :mod:`ctxrl.cli_listing` (``plugi
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from typing import Any
 
@@ -92,6 +93,15 @@ class _Root(click.Group):
                 highlight=False,
             )
             sys.exit(130)
+        except sqlite3.Error as exc:  # the results store could not be written (or read)
+            err.print(
+                f"[red]error:[/] the results store (store.sqlite in the run directory): "
+                f"{escape(str(exc))}. A full disk or a file-size limit is the usual cause; "
+                "what was stored before is kept, and rerunning the same command continues",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
         except OSError as exc:  # a folder that cannot be made, a full disk: named, no traceback
             where = f"{exc.filename}: " if exc.filename else ""
             message = f"{where}{exc.strerror or exc}"

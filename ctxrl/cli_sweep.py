@@ -4,6 +4,7 @@ run directory's exports and summary from its store, or a transfer study's report
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -259,7 +260,7 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     from ctxrl.results import open_store
     from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
     from ctxrl.summary import sweep_matrix, trained_order, write_exports
-    from ctxrl.sweep import sweep_holding
+    from ctxrl.sweep import exports_lock, sweep_holding
 
     host = _host(ctx)
     stored = read_plan_file(run_dir)
@@ -327,19 +328,22 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
                 "report shows the runs stored so far; the sweep writes its own when it ends",
                 highlight=False,
             )
-        matrix = sweep_matrix(plan, store)
-        order = trained_order(plan, store)
-        if cfg.mode == "select" and not order:
-            err.print(
-                f"[yellow]warning:[/] {run_dir} stores no trained selection step (a sweep "
-                "stopped in its first step, or from a ctxrl before selection steps were "
-                "stored): no G_k along the trained order"
-            )
+        elsewhere = out is not None and out.resolve() != run_dir.resolve()
         try:
-            if out is not None and out.resolve() != run_dir.resolve():
+            if out is not None and elsewhere:
                 _check_report_target(out, run_dir)
             target.mkdir(parents=True, exist_ok=True)
-            exports = write_exports(plan, store, matrix, target, order=order)
+            # in RUN_DIR: read and written in turn with a running sweep's final exports
+            with contextlib.nullcontext() if elsewhere else exports_lock(run_dir):
+                matrix = sweep_matrix(plan, store)
+                order = trained_order(plan, store)
+                if cfg.mode == "select" and not order:
+                    err.print(
+                        f"[yellow]warning:[/] {run_dir} stores no trained selection step (a "
+                        "sweep stopped in its first step, or from a ctxrl before selection "
+                        "steps were stored): no G_k along the trained order"
+                    )
+                exports = write_exports(plan, store, matrix, target, order=order)
         except OSError as exc:
             raise CtxrlError(
                 f"cannot write the report into {target} ({exc.strerror}: {exc.filename}); "

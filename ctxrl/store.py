@@ -10,6 +10,7 @@ sources its strategy proposed, in order, and what the strategy reported about th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -219,6 +220,11 @@ class Store:
         }
         if not {"runs", "evaluations"} <= self._tables:
             self.close()
+            if not self._tables:  # a file emptied (a copy cut short, a truncation)
+                raise CtxrlError(
+                    f"{self.path} is empty (no tables): a results store emptied or cut short; "
+                    "move it aside and rerun the sweep"
+                )
             raise CtxrlError(f"{self.path} is not a ctxrl results store (it has no runs table)")
         if not readonly:
             version = self.get_meta("schema_version")
@@ -303,14 +309,28 @@ class Store:
             yield self._db
         except BaseException:
             self._depth -= 1
+            self._undo(savepoint)
+            raise
+        self._depth -= 1
+        try:
+            self._db.execute("COMMIT" if self._depth == 0 else f"RELEASE {savepoint}")
+        except BaseException:  # a full disk at the commit: nothing of it stays pending
+            self._undo(savepoint)
+            raise
+
+    def _undo(self, savepoint: str) -> None:
+        """Roll back the transaction (or, nested, its savepoint) a failure left. SQLite rolls
+        a whole transaction back itself on some errors (a full disk or database, an I/O
+        error): nothing is left to undo, and a ROLLBACK then would raise an error of its own
+        ("no transaction is active") in place of the one that says what happened."""
+        if not self._db.in_transaction:
+            return
+        with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
             if self._depth == 0:
                 self._db.execute("ROLLBACK")
             else:
                 self._db.execute(f"ROLLBACK TO {savepoint}")
                 self._db.execute(f"RELEASE {savepoint}")
-            raise
-        self._depth -= 1
-        self._db.execute("COMMIT" if self._depth == 0 else f"RELEASE {savepoint}")
 
     @contextmanager
     def atomic(self) -> Iterator[None]:

@@ -307,6 +307,21 @@ def run_dir_lock(
         handle.close()  # releases the lock
 
 
+EXPORTS_LOCK_FILE = "exports.lock"
+
+
+@contextmanager
+def exports_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s exports lock (``flock`` on ``exports.lock``, waiting for it) while
+    reading the store and writing the exports from it: a sweep's final exports and a report
+    run beside it take turns, so whichever writes last has read the store after the other
+    wrote, and a report that began before the sweep ended cannot replace its final exports
+    with the runs it saw."""
+    with (run_dir / EXPORTS_LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def sweep_holding(run_dir: Path) -> str | None:
     """Who holds ``run_dir``'s lock (``pid 123 on host, since ...``): a sweep running there
     now; None when none does. Takes no lock and creates nothing."""
@@ -521,9 +536,10 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         # checkpoint (or a save it cut short) is of no use to any rerun
         remove_checkpoints(run_dir / "checkpoints")
 
-    matrix = sweep_matrix(plan, store)
-    outcome.matrix = matrix
-    write_exports(plan, store, matrix, run_dir, order=outcome.order)
+    with exports_lock(run_dir):
+        matrix = sweep_matrix(plan, store)
+        outcome.matrix = matrix
+        write_exports(plan, store, matrix, run_dir, order=outcome.order)
     store.close()
     if failed_strategy is not None:
         raise failed_strategy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -398,6 +399,28 @@ def test_dry_run_lists_every_plugin_option_with_its_default() -> None:
     assert resolved["transfer options"]["fine-tune"]["reinit"] == []
     assert resolved["strategy options"]["mbtl-gp"]["beta"] == "log"
     assert resolved["strategy options"]["mbtl-gp"]["c"] == 1.0
+
+
+def test_a_results_store_the_disk_refuses_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's errors (a full disk under the store) reach the user as a line naming the
+    store and what to do, not a traceback (the sweep's own failure stands in here)."""
+    from click.testing import CliRunner
+
+    import ctxrl.sweep
+    from ctxrl.cli import cli
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ctxrl.sweep, "run_sweep", full)
+    result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
+    assert result.exit_code == 1, result.output
+    assert "the results store (store.sqlite in the run directory): database or disk is full" in (
+        " ".join(result.stderr.split())
+    )
+    assert "Traceback" not in result.output
 
 
 def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:

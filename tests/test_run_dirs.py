@@ -241,6 +241,10 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     moved = _cli("report", str(run_dir))
     assert moved.exit_code == 2
     assert "though its artifacts/ holds 2 saved policies" in " ".join(moved.stderr.split())
+    (run_dir / "store.sqlite").write_bytes(b"")  # a store emptied: said so, not "not a store"
+    emptied = _cli("report", str(run_dir))
+    assert emptied.exit_code == 2
+    assert "store.sqlite is empty (no tables)" in " ".join(emptied.stderr.split())
 
 
 def test_report_on_the_output_dir_names_the_run_directories_in_it(finished: Path) -> None:
@@ -1553,3 +1557,39 @@ def test_a_runs_stored_returns_come_back_from_its_policy_and_the_evaluation_seed
             policy, plan.env, targets, episodes=2, seed=EVALUATION_SEED
         )
         np.testing.assert_array_equal(returns[0].mean(axis=-1), stored[row])
+
+
+EXPORTS_HOLDER = """
+import sys, time
+from pathlib import Path
+from ctxrl.sweep import exports_lock
+
+run_dir = Path(sys.argv[1])
+with exports_lock(run_dir):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    (run_dir / "summary.md").write_text("written by the holder\\n")
+"""
+
+
+def test_a_report_beside_a_sweep_never_replaces_its_final_exports(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A report and a sweep's final exports take turns (``exports.lock``): a report that
+    starts while the other holds it writes after it, from the store as it is then; without
+    the turn, the one that finished first (here the holder, standing in for a sweep ending)
+    would be replaced by what the other read earlier, or the reverse."""
+    plan = _plan(tmp_path)
+    run_dir = plan.run_dir
+    shutil.copytree(finished, run_dir)
+    for write in (lambda: _cli("report", str(run_dir)), lambda: run_sweep(plan)):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", EXPORTS_HOLDER, str(run_dir), "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        write()  # waits for the holder, then writes
+        assert holder.wait() == 0
+        assert "written by the holder" not in (run_dir / "summary.md").read_text()

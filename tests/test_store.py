@@ -120,6 +120,29 @@ def test_atomic_stores_all_or_nothing_and_a_failed_write_inside_alone(tmp_path: 
     store.close()
 
 
+def test_a_full_database_says_so_and_the_store_still_works(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself when the database or disk is full; the error
+    that reaches the user is that one (a second ROLLBACK said "no transaction is active"
+    instead), and the store takes writes again once there is room."""
+    store = Store(tmp_path / "s.sqlite")
+    store.record_run(_run(1), _evaluations(0.0))
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    many = [Evaluation(Task("CartPole", c).id, c, [1.0] * 20_000) for c in TARGETS]
+    for nested in (False, True):
+        with pytest.raises(sqlite3.Error, match="full"):
+            if nested:  # a savepoint inside the sweep's transaction
+                with store.atomic():
+                    store.record_run(_run(2), many)
+            else:
+                store.record_run(_run(2), many)
+        assert not store._db.in_transaction
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store.record_run(_run(2), many)
+    assert {r.run_id for r in store.runs()} == {_run(1).run_id, _run(2).run_id}
+    store.close()
+
+
 def test_selection_steps_are_stored_idempotently(tmp_path: Path) -> None:
     """A resumed sweep re-proposes its steps: the same step is kept (times included); a step
     that differs replaces it and drops the later ones; only trained steps make the order."""
@@ -330,6 +353,38 @@ def test_an_artifact_killed_mid_write_is_old_or_new_never_torn(tmp_path: Path) -
         writer.wait()
         tensors, meta = load_artifact(stem)
         assert float(tensors["x"][0]) == float(tensors["x"][-1]) == meta["iteration"]
+
+
+LIMITED_WRITER = """
+import resource, sys, torch
+from ctxrl.artifacts import save_artifact, write_text_atomic
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # Python ignores SIGXFSZ
+for write in (
+    lambda: save_artifact(sys.argv[1], {"x": torch.zeros(100_000)}, {"iteration": 1}),
+    lambda: write_text_atomic(sys.argv[1] + ".txt", "x" * 200_000),
+):
+    try:
+        write()
+    except OSError as exc:
+        print(exc, flush=True)
+"""
+
+
+def test_a_write_the_disk_refuses_names_its_file_and_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """A full disk or a file-size limit: the error names the file being written (a failed
+    ``write`` names none) and the half-written temporary file is removed, not left taking
+    space."""
+    stem = tmp_path / "checkpoint"
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_WRITER, str(stem)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert "File too large" in first and f"{stem}.safetensors" in first
+    assert "File too large" in second and f"{stem}.txt" in second
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_plan_files_are_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
