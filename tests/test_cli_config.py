@@ -56,6 +56,9 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     # one visible feature named alone or as a list of one trains the same runs
     one = _plan("env_options.visible=length").plan_hash
     assert one == _plan("env_options.visible=[length]").plan_hash != base.plan_hash
+    # the seeds are a set of runs: listed in another order, the same run directory
+    assert _plan("seeds=[1, 0]").plan_hash == _plan("seeds=[0, 1]").plan_hash
+    assert _plan("seeds=[0, 2]").plan_hash != _plan("seeds=[0, 1]").plan_hash
 
 
 @pytest.mark.parametrize(
