@@ -98,7 +98,7 @@ def main() -> None:
 
             # with several seeds every number is the summary's: on each seed's matrix, then
             # averaged (before 2026-12-05: on the seed-mean matrix, as the tables below were)
-            per_seed = "independent_seeds" in summary
+            per_seed = summary.get("independent_seeds") is not None
             curve_key = "seed_mean" if per_seed else "mean"
             independent = (
                 summary["independent_seeds"]["mean"] if per_seed else summary["independent"]

@@ -140,8 +140,8 @@ def cli(ctx: click.Context, block: tuple[str, ...], no_autoload: bool) -> None:
 @click.group()
 def transfer() -> None:
     """Transfer studies run outside a sweep, each a sub-command a transfer plugin adds
-    (``dqn``: DQN transferability, fine-tuning arms against scratch). Plasticity studies are
-    ``ctxrl plasticity``; fine-tuning and distillation are a sweep's ``transfer`` methods."""
+    (dqn: DQN transferability, fine-tuning arms against scratch). Plasticity studies are
+    `ctxrl plasticity`; fine-tuning and distillation are a sweep's `transfer` methods."""
 
 
 # the built-in commands; plugins add theirs when the root group loads the plugin host

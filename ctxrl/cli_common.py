@@ -8,11 +8,13 @@ from __future__ import annotations
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 from ctxrl.plugins import Host
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a line is one line in a log: paths unbroken
 
 
 def _host(ctx: click.Context) -> Host:
@@ -35,3 +37,15 @@ def _warn_failed(host: Host) -> None:
 def _warn_unmatched_controls(host: Host) -> None:
     for message in host.unmatched_controls():
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _print_tables(tables: list[Table]) -> None:
+    """Print ``tables`` to stdout: fitted to a terminal, or, piped, one line per row at
+    whatever width that takes (for grep, and nothing is cut short at 80 columns). A table
+    that cannot fit the terminal without dropping columns is printed at its full width too,
+    for the terminal to wrap."""
+    wide = Console(width=100_000, highlight=False, force_terminal=out.is_terminal)
+    for table in tables:
+        unbounded = out.options.update(max_width=100_000)
+        fits = Measurement.get(out, unbounded, table).minimum <= out.width
+        (out if out.is_terminal and fits else wide).print(table)

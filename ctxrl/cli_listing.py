@@ -8,12 +8,10 @@ import json
 import math
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
-from ctxrl.cli_common import _host, _warn_failed, _warn_unmatched_controls, out
+from ctxrl.cli_common import _host, _print_tables, _warn_failed, _warn_unmatched_controls
 from ctxrl.plugins import Host
 
 
@@ -52,18 +50,6 @@ def plugins_table(host: Host) -> Table:
         # escaped: a plugin's text is not rich markup ("pip install 'ctxrl[box2d]'")
         table.add_row(*map(escape, cells), hooks)
     return table
-
-
-def _print_tables(tables: list[Table]) -> None:
-    """Print ``tables`` to stdout: fitted to a terminal, or, piped, one line per row at
-    whatever width that takes (for grep, and nothing is cut short at 80 columns). A table
-    that cannot fit the terminal without dropping columns is printed at its full width too,
-    for the terminal to wrap."""
-    wide = Console(width=100_000, highlight=False, force_terminal=out.is_terminal)
-    for table in tables:
-        unbounded = out.options.update(max_width=100_000)
-        fits = Measurement.get(out, unbounded, table).minimum <= out.width
-        (out if out.is_terminal and fits else wide).print(table)
 
 
 # ---------------------------------------------------------------------------------- envs

@@ -13,7 +13,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from ctxrl.cli_common import _host, err, out
+from ctxrl.cli_common import _host, _print_tables, err, out
 from ctxrl.errors import CtxrlError, UnknownNameError
 
 
@@ -225,7 +225,7 @@ def select(
             for line in result["strategies"].values()
         ],
     )
-    out.print(table)
+    _print_tables([table])  # piped: one line per row, no cell wrapped or cut
     if result["paired"]:
         compared = ", ".join(
             f"{name} {d['mean']:+.4f} ± {d['ci95']:.4f} "

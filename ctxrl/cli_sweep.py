@@ -134,6 +134,15 @@ def _study_hint(ctx: click.Context, config: Path | None) -> str:
     help="If another sweep is running in the same run directory, wait for it to finish "
     "(default: stop with an error naming it).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print, instead of summary.md and the results line, one JSON object: run_dir, the "
+    "counts (trained, resumed, skipped), the failed and kept run ids, and summary (the "
+    "run directory's exports/summary.json, every key present, null where it does not "
+    "apply). Progress stays on stderr.",
+)
 @click.pass_context
 def sweep(
     ctx: click.Context,
@@ -141,13 +150,17 @@ def sweep(
     overrides: tuple[str, ...],
     dry_run: bool,
     wait: bool,
+    as_json: bool,
 ) -> None:
     """Run or resume the sweep in CONFIG (YAML). Without CONFIG: the embedded quickstart,
     a small CartPole sweep on CPU.
 
     Rerunning the same config continues where a killed run stopped (same plan hash) and
-    skips every finished run. Exits 1 when a run failed or a damaged policy could not be
-    trained again (the rest of the sweep is kept; a rerun tries those again).
+    skips every finished run. The run directory (printed) holds store.sqlite, the policies,
+    exports/ (matrices per seed, runs and evaluations as CSV, summary.json) and summary.md,
+    which stdout shows at the end (or --json). Exits 2 on bad input, before any work; 1
+    when a run failed or a damaged policy could not be trained again (the rest of the sweep
+    is kept; a rerun tries those again).
     """
     from ctxrl.sweep import run_sweep
 
@@ -194,8 +207,21 @@ def sweep(
         f"trained {outcome.trained}{resumed}, {kept}already finished {outcome.skipped}, "
         f"failed {len(outcome.failed)}"
     )
-    click.echo((outcome.run_dir / "summary.md").read_text())
-    click.echo(f"results: {outcome.run_dir}")
+    if as_json:
+        summary = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+        result = {
+            "run_dir": str(outcome.run_dir.resolve()),
+            "trained": outcome.trained,
+            "resumed": outcome.resumed,
+            "skipped": outcome.skipped,
+            "failed": list(outcome.failed),
+            "kept": list(outcome.kept),
+            "summary": summary,
+        }
+        click.echo(json.dumps(result, indent=2, allow_nan=False))
+    else:
+        click.echo((outcome.run_dir / "summary.md").read_text())
+        click.echo(f"results: {outcome.run_dir}")
     if outcome.failed or outcome.kept:  # a kept run's damaged policy is still damaged
         sys.exit(1)
 
@@ -251,8 +277,15 @@ def _check_report_target(out: Path, run_dir: Path) -> None:
     "directory you cannot write): a new or empty folder, or an earlier report of the same "
     "run; a transfer study's run directory is copied here and reported in the copy.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="A sweep's run directory: print, instead of summary.md and the exports line, one "
+    "JSON object: run_dir, exports (the folder written) and summary (its summary.json).",
+)
 @click.pass_context
-def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
+def report(ctx: click.Context, run_dir: Path, out: Path | None, as_json: bool) -> None:
     """Rewrite RUN_DIR's exports (matrices, tables, selection curves), figures and summary.md
     from its store (a sweep's) or its programs' results (a transfer study's). Nothing stored
     is changed; a sweep's run directory without a store is refused, never reported as
@@ -266,6 +299,11 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
     stored = read_plan_file(run_dir)
     if "study" in stored:
         # a transfer study's run directory: its transfer method writes the report
+        if as_json:
+            raise CtxrlError(
+                f"--json: {run_dir} is a transfer study's run directory ({stored['study']}), "
+                "whose report is its summary.md; --json is for a sweep's run directory"
+            )
         spec = host.registry.transfer_method(str(stored["study"]))
         if spec.report is None:
             raise CtxrlError(f"transfer method {spec.name!r} writes no report ({run_dir})")
@@ -353,7 +391,8 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
                     else "pass --out DIR to write it elsewhere"
                 )
             ) from None
-    damaged = json.loads((exports / "summary.json").read_text()).get("damaged", [])
+    summary = json.loads((exports / "summary.json").read_text())
+    damaged = summary.get("damaged") or []
     if damaged:
         one = len(damaged) == 1
         count = f"{len(damaged)} saved {'policy is' if one else 'policies are'}"
@@ -364,5 +403,13 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if as_json:
+        result = {
+            "run_dir": str(run_dir.resolve()),
+            "exports": str(exports.resolve()),
+            "summary": summary,
+        }
+        click.echo(json.dumps(result, indent=2, allow_nan=False))
+        return
     click.echo((target / "summary.md").read_text())
     click.echo(f"exports: {exports}")

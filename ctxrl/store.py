@@ -621,18 +621,36 @@ class Store:
                 writer.writerow(header)
                 writer.writerows(rows)
             written.append(path)
-            written.extend(_maybe_parquet(directory / f"{table}.parquet", header, rows))
+            declared = {
+                name: kind for _, name, kind, *_ in self._db.execute(f"PRAGMA table_info({table})")
+            }
+            types = [declared.get(name, "TEXT") for name in header]
+            parquet = directory / f"{table}.parquet"
+            written.extend(_maybe_parquet(parquet, header, types, rows))
         return written
 
 
-def _maybe_parquet(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> list[Path]:
+def _maybe_parquet(
+    path: Path, header: list[str], types: list[str], rows: list[tuple[Any, ...]]
+) -> list[Path]:
+    """``rows`` as a parquet file (when pyarrow is installed) with the schema the store's
+    columns declare (``types``: SQLite's ``TEXT``, ``INTEGER``, ``REAL``), not one guessed from
+    the values: a column that is empty, or all null, in one sweep has the type it has in
+    every other, so the files of several sweeps concatenate."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return []
+    arrow_types = {"INTEGER": pa.int64(), "REAL": pa.float64()}
+    schema = pa.schema(
+        [
+            (name, arrow_types.get(kind.upper(), pa.string()))
+            for name, kind in zip(header, types, strict=True)
+        ]
+    )
     columns: Mapping[str, list[Any]] = {name: [r[i] for r in rows] for i, name in enumerate(header)}
-    pq.write_table(pa.table(dict(columns)), path)
+    pq.write_table(pa.table(dict(columns), schema=schema), path)
     return [path]
 
 

@@ -355,8 +355,32 @@ def _write_staged(
     remove_stale_figures(run_dir, summary["figures"])
     # strict JSON: a diagnostic that was never finite (PPO's explained variance of constant
     # returns) is null, not a bare NaN other parsers refuse
-    (exports / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    written = json_safe(_with_every_key(summary))
+    (exports / "summary.json").write_text(json.dumps(written, indent=2, allow_nan=False))
     return summary
+
+
+SUMMARY_KEYS: tuple[str, ...] = (
+    # always computed
+    "env", "features", "n_contexts", "seeds", "order", "context_values", "observed_rows",
+    "clipped", "missing_seeds", "runs", "damaged", "failed", "figures",
+    # null where they do not apply: a transfer method's records, the multi-task policy, a
+    # select sweep's budget and its own trained curve, the reference lines and the replayed
+    # strategies (on a complete matrix), why they were withheld (an incomplete one), the
+    # training logs' summaries
+    "transfer", "multitask", "multitask_ci95", "multitask_seeds", "select_budget",
+    "curve_left_out", "curve", "joint_transfer", "independent", "oracle_transfer",
+    "independent_seeds", "oracle_transfer_seeds", "budget", "batch_sizes", "curves",
+    "strategy_failures", "calibration", "sample_efficiency", "withheld", "diagnostics",
+    "learning_curves",
+)  # fmt: skip
+"""Every top-level key of ``exports/summary.json``, each present in every sweep's file (null
+where it does not apply), so a script reads ``summary["independent"]`` without a KeyError."""
+
+
+def _with_every_key(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with :data:`SUMMARY_KEYS` it lacks as null (appended, its own order kept)."""
+    return {**summary, **{key: None for key in SUMMARY_KEYS if key not in summary}}
 
 
 def damaged_artifacts(store: Store) -> dict[str, str]:

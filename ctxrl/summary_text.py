@@ -32,6 +32,9 @@ def _batch(summary: Mapping[str, Any], name: str) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md`` of a sweep's summary: the dict the exports gather, or the
+    ``summary.json`` read back (where a key that does not apply is null, as if absent)."""
+    summary = {key: value for key, value in summary.items() if value is not None}
     lines = [
         f"# {summary['env']}: {', '.join(summary['features'])}",
         "",

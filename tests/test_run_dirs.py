@@ -247,6 +247,23 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     assert "store.sqlite is empty (no tables)" in " ".join(emptied.stderr.split())
 
 
+def test_report_json_prints_the_summary_alone_on_stdout(finished: Path, tmp_path: Path) -> None:
+    """``ctxrl report --json``: one JSON object on stdout (the run directory, the exports
+    written and their summary.json), for a script; ``--out`` names its own exports."""
+    run_dir = _copy(finished, tmp_path)
+    result = _cli("report", str(run_dir), "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["run_dir"] == str(run_dir.resolve())
+    assert printed["exports"] == str((run_dir / "exports").resolve())
+    assert printed["summary"] == json.loads((run_dir / "exports" / "summary.json").read_text())
+    elsewhere = _cli("report", str(run_dir), "--json", "--out", str(tmp_path / "elsewhere"))
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert json.loads(elsewhere.stdout)["exports"] == str(
+        (tmp_path / "elsewhere" / "exports").resolve()
+    )
+
+
 def test_report_on_the_output_dir_names_the_run_directories_in_it(finished: Path) -> None:
     """``ctxrl report runs`` (the output_dir, not a run directory in it) says which run
     directories it holds."""
@@ -413,6 +430,13 @@ def test_failed_runs_are_shown_as_failed_and_curves_withheld(
     assert data["failed"] == [
         {"run_id": run_id, "source": "length=1", "error": "RuntimeError: diverged at length=1.0"}
     ]
+    # the same keys as a complete sweep's file: what does not apply is null, not missing
+    from ctxrl.summary import SUMMARY_KEYS
+
+    complete = json.loads((finished / "exports" / "summary.json").read_text())
+    assert set(data) == set(complete) == set(SUMMARY_KEYS)
+    assert data["independent"] is None and isinstance(complete["independent"], float)
+    assert data["withheld"] is not None and complete["withheld"] is None
 
 
 def test_a_select_sweep_with_a_failed_source_draws_g_k_over_what_finished(

@@ -77,6 +77,33 @@ def test_runs_evaluations_and_matrix(tmp_path: Path) -> None:
         assert len((tmp_path / "exports" / "evaluations.csv").read_text().splitlines()) == 1 + 12
 
 
+def test_parquet_exports_have_the_store_s_schema_whatever_the_rows(tmp_path: Path) -> None:
+    """A sweep whose runs all failed (no evaluations, every artifact null) exports parquet
+    files with the same column types as one whose runs finished, so they concatenate."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    tables = {}
+    for name, runs in (
+        ("finished", [(_run(1), _evaluations(0.0))]),
+        ("failed", [(_run(2, "failed"), [])]),
+    ):
+        with Store(tmp_path / name / "store.sqlite") as store:
+            for run, evaluations in runs:
+                store.record_run(run, evaluations)
+            store.export(tmp_path / name / "exports")
+        tables[name] = {
+            table: pq.read_table(tmp_path / name / "exports" / f"{table}.parquet")
+            for table in ("runs", "evaluations")
+        }
+    for table in ("runs", "evaluations"):
+        finished, failed = tables["finished"][table], tables["failed"][table]
+        assert finished.schema == failed.schema
+        assert pa.concat_tables([finished, failed]).num_rows == finished.num_rows + failed.num_rows
+    schema = tables["failed"]["runs"].schema
+    assert schema.field("error").type == pa.string() and schema.field("seed").type == pa.int64()
+    assert tables["failed"]["evaluations"].schema.field("episode_return").type == pa.float64()
+
+
 def test_a_matrix_of_contexts_or_seeds_the_store_cannot_hold_is_refused(tmp_path: Path) -> None:
     """Contexts are matched whole: a partial one (``{length: 0.25}`` for a full CartPole
     context) or seeds the store does not hold gave a matrix of NaN without a word."""

@@ -177,9 +177,13 @@ def test_full_sweep_writes_matrix_exports_and_summary(
     assert set(curves) >= {"random", "equidistant", "greedy", "sequential-oracle"}
     assert curves["sequential-oracle"]["mean"][-1] == pytest.approx(summary["oracle_transfer"])
     assert _count(run_dir, "evaluations") == 4 * 4 * 2
-    again = run_ctxrl("sweep", str(_config(tmp_path)), check=True)
+    again = run_ctxrl("sweep", str(_config(tmp_path)), "--json", check=True)
     assert "trained 0, already finished 4, failed 0" in again.stderr
     assert _count(run_dir, "runs") == 4 and _count(run_dir, "evaluations") == 32
+    printed = json.loads(again.stdout)  # stdout holds the JSON object alone
+    assert printed["run_dir"] == str(run_dir.resolve()) and printed["skipped"] == 4
+    assert printed["trained"] == 0 and printed["failed"] == [] and printed["kept"] == []
+    assert printed["summary"] == json.loads((run_dir / "exports" / "summary.json").read_text())
     report = run_ctxrl("report", str(run_dir), check=True)
     assert "sequential-oracle" in report.stdout
     replayed = json.loads(
