@@ -263,6 +263,7 @@ def train_group(
             eval_seed=EVALUATION_SEED,
             training_options=_training_options(plan, curves=False),
             checkpoint=transfer_checkpoint(checkpoint),
+            curves=_curve_options(plan),  # the method's own training's, if it records them
         )
         record = plan.run_dir / TRANSFER_DIR / f"{checkpoint.name}.json"
         # with the training time of the processes before a kill (saved with the checkpoint)
@@ -420,6 +421,15 @@ def _agents(n: int, kind: str = "") -> str:
     return f"{n} {kind + ' ' if kind else ''}agent{'s' if n != 1 else ''}"
 
 
+def _curve_options(plan: SweepPlan) -> CurveOptions | None:
+    """The sweep's ``curves`` as ``train_many`` takes them (None: it records none, or its
+    algorithm hosts no learning curves)."""
+    curves = plan.config.curves
+    if curves is None or not plan.algorithm.interventions:
+        return None
+    return CurveOptions(curves.every, curves.episodes)
+
+
 def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]:
     """``train_many``'s keyword arguments for the config's interventions and learning curves
     (only for algorithms that host them)."""
@@ -431,7 +441,7 @@ def _training_options(plan: SweepPlan, *, curves: bool = True) -> dict[str, Any]
     if entries:
         options["interventions"] = build_interventions(entries, get_host().registry)
     if curves and config.curves is not None:
-        options["curves"] = CurveOptions(config.curves.every, config.curves.episodes)
+        options["curves"] = _curve_options(plan)
     return options
 
 

@@ -244,7 +244,9 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         raise ConfigError(
             f"strategy.budget: K = {budget} must be set and at most N = {len(grid)} contexts"
             if config.mode == "select"
-            else f"strategy.budget: K = {budget} is more sources than the N = {len(grid)} contexts"
+            else f"strategy.budget: K = {budget} is more sources than the N = {len(grid)} "
+            f"contexts (the report's G_1..K); give one of at most N, e.g. --set "
+            f"strategy.budget={len(grid)}"
         )
     for name in config.compare:
         try:

@@ -302,6 +302,8 @@ def plot_learning_curves(
     bounds: tuple[float, float],
     title: str,
     stem: Path,
+    *,
+    ylabel: str = "normalised return (own context)",
 ) -> list[Path]:
     """Learning curves: mean deterministic return (normalised to [0, 1] by ``bounds``) against
     env steps. ``groups`` maps a run id to ``(order, label)``: one line per label (the mean over
@@ -326,7 +328,7 @@ def plot_learning_curves(
         if len(runs) > 1:
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
     ax.set_xlabel("environment steps per agent")
-    ax.set_ylabel("normalised return (own context)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     if len(ranked) <= 10:

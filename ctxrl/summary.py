@@ -352,6 +352,17 @@ def _write_staged(
             run_dir / "figures" / "learning_curves",
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
+    tuning, groups = transfer_curves(plan, run_dir)
+    if tuning:
+        figure = plot_learning_curves(
+            tuning,
+            groups,
+            plan.env.return_bounds,
+            f"{plan.env.name}: {transfer} from each source, mean over its targets",
+            run_dir / "figures" / "transfer_curves",
+            ylabel="normalised return (on the targets)",
+        )
+        summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
     remove_stale_figures(run_dir, summary["figures"])
     # strict JSON: a diagnostic that was never finite (PPO's explained variance of constant
     # returns) is null, not a bare NaN other parsers refuse
@@ -466,6 +477,35 @@ def joint_transfer(plan: SweepPlan) -> bool:
         return get_host().registry.transfer_method(plan.config.transfer.name).joint
     except UnknownNameError:
         return False
+
+
+def transfer_curves(
+    plan: SweepPlan, run_dir: Path
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, tuple[float, str]]]:
+    """The learning curves a transfer method recorded of its own training (``fine-tune``:
+    ``details["curves"]`` of ``transfer/*.json``, ``env_steps`` ``(points,)`` and
+    ``mean_return`` ``(P, Q, points)``): per source of each record, ``(env steps, mean return
+    over its targets)``, and the source's place and label (its seeds share the label), as
+    :func:`~ctxrl.report.plot_learning_curves` takes them. Records without curves, or that
+    cannot be read (listed by :func:`transfer_records`), add nothing."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    groups: dict[str, tuple[float, str]] = {}
+    for path in sorted((run_dir / "transfer").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            recorded = data["details"]["curves"]
+            steps = [int(step) for step in recorded["env_steps"]]
+            returns = np.asarray(recorded["mean_return"], dtype=np.float64)  # (P, Q, points)
+            sources = data["sources"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if returns.ndim != 3 or returns.shape[0] != len(sources) or returns.shape[2] != len(steps):
+            continue
+        for p, context in enumerate(sources):
+            key = f"{path.stem}:{p}"
+            curves[key] = list(zip(steps, returns[p].mean(axis=0).tolist(), strict=True))
+            groups[key] = _source_label(plan, json.dumps(context))
+    return curves, groups
 
 
 def transfer_records(run_dir: Path) -> list[dict[str, Any]]:

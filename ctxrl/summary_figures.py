@@ -20,7 +20,14 @@ from ctxrl.report import (
 )
 from ctxrl.summary_selection import STOCHASTIC_REPEATS
 
-FIGURES = ("matrix", "selection", "generalization", "learning_curves", "calibration")
+FIGURES = (
+    "matrix",
+    "selection",
+    "generalization",
+    "learning_curves",
+    "transfer_curves",
+    "calibration",
+)
 """The figures a report may draw (``figures/<name>.png`` and ``.svg``)."""
 
 

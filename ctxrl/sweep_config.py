@@ -198,7 +198,8 @@ class SweepConfig(_Strict):
         default=None,
         description="learning curves: each source evaluated on its own context at step 0, "
         "at the first training iteration past each multiple of `every` env steps, and at the "
-        "end (batched algorithms; a transfer method's own training is not recorded)",
+        "end (batched algorithms); `fine-tune` records its own training's curves too, each pair "
+        "on its target (in its transfer record)",
     )
     compare: list[str] = Field(
         default_factory=lambda: ["random", "equidistant", "greedy", "sequential-oracle"],

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
-    from ctxrl.registry import EnvSpec
+    from ctxrl.registry import CurveOptions, EnvSpec
 
 
 @dataclass
@@ -51,6 +51,9 @@ class TransferProblem:
             stored.
         progress: ``progress(done, total)`` for a method that trains, as ``train_many``
             takes it (iterations done of the total): the sweep's progress bar; None: none.
+        curves: the sweep's ``curves`` (``train_many(curves=...)``) for a method that trains
+            and can record its own training's learning curves, in its details (``fine-tune``:
+            ``details["curves"]``); None: the sweep records none.
     """
 
     env: EnvSpec
@@ -64,6 +67,7 @@ class TransferProblem:
     training_options: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     progress: Callable[[int, int], None] | None = None
+    curves: CurveOptions | None = None
 
 
 @dataclass

@@ -159,6 +159,18 @@ def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
     )
     summary = " ".join((tuned / "summary.md").read_text().split())
     assert "Learning curves (2 runs, the sources' training before fine-tune, own" in summary
+    # and the fine-tuning's own curves, each (source, target) pair's on its target
+    (record,) = (tuned / "transfer").glob("*.json")
+    recorded = json.loads(record.read_text())["details"]["curves"]
+    assert recorded["env_steps"] == [0, 512]
+    returns = np.asarray(recorded["mean_return"])  # (P, Q, points)
+    assert returns.shape == (2, 2, 2) and np.all(returns >= 8)  # CartPole lasts 8+ steps
+    assert "while fine-tuning, mean return over the pairs" in summary
+    assert (tuned / "figures" / "transfer_curves.png").is_file()
+    assert (
+        "figures/transfer_curves.png"
+        in json.loads((tuned / "exports" / "summary.json").read_text())["figures"]
+    )
 
 
 def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path) -> None:

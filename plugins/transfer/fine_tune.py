@@ -5,6 +5,9 @@ For P sources and Q targets, P x Q agents start from their source's weights (lay
 their target in one batched program, and are evaluated there: entry ``(p, q)`` of the sweep's
 matrix is source ``p`` fine-tuned on target ``q``. ``steps`` target-env steps are spent per
 pair; source training is not counted. Needs a batched algorithm (``train_many(init=...)``).
+A sweep with ``curves`` gets each pair's learning curve on its target (``details["curves"]``:
+``env_steps`` ``(points,)`` and ``mean_return`` ``(P, Q, points)``, raw returns), drawn in
+``figures/transfer_curves``.
 """
 
 from __future__ import annotations
@@ -108,13 +111,27 @@ class FineTune:
             checkpoint=problem.checkpoint,  # a sweep killed while fine-tuning continues there
             progress=problem.progress,
             **problem.training_options,  # the sources' interventions: the same networks
+            **({} if problem.curves is None else {"curves": problem.curves}),
         )
         returns = evaluate_on_own_contexts(problem, tuned, contexts)  # (P * Q, E)
+        details: dict[str, Any] = {"reinit": self.reinit, "freeze": self.freeze}
+        log = getattr(tuned, "log", None)
+        if problem.curves is not None and log is not None and log.curve_steps:
+            curve = log.curve()  # (points, P * Q): mean return on its target
+            details["curves"] = {
+                "env_steps": [int(step) for step in log.curve_steps],
+                "mean_return": curve.T.reshape(p, q, -1).tolist(),  # (P, Q, points)
+            }
+            details["summary"] = (
+                f"while fine-tuning, mean return over the pairs {curve[0].mean():.1f} at step 0 "
+                f"-> {curve[-1].mean():.1f} at {log.curve_steps[-1]:,} steps (drawn in "
+                "figures/transfer_curves)"
+            )
         return TransferResult(
             returns.reshape(p, q, problem.episodes),
             # the steps trained: whole iterations of the algorithm
             target_env_steps=problem.algorithm.trained_steps(self.steps),
-            details={"reinit": self.reinit, "freeze": self.freeze},
+            details=details,
         )
 
 
