@@ -291,9 +291,8 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None, as_json: bool) -
     is changed; a sweep's run directory without a store is refused, never reported as
     empty."""
     from ctxrl.results import open_store
-    from ctxrl.run_dirs import PLAN_FILE, read_plan_file, stored_config
+    from ctxrl.run_dirs import PLAN_FILE, exports_lock, read_plan_file, stored_config, sweep_holding
     from ctxrl.summary import sweep_matrix, trained_order, write_exports
-    from ctxrl.sweep import exports_lock, sweep_holding
 
     host = _host(ctx)
     stored = read_plan_file(run_dir)

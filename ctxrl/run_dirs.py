@@ -1,21 +1,29 @@
 """Run directories: where a sweep's results lie (its output directory, the directory of a
-plan, one an earlier ctxrl named differently) and what a run directory's ``plan.yaml`` records.
-Used by ``ctxrl sweep`` to continue a run, and by ``report``, ``select`` and ``export`` to read
-one back."""
+plan, one an earlier ctxrl named differently), what a run directory's ``plan.yaml`` records,
+and its locks (one sweep or study trains there at a time; a report and a sweep's final exports
+take turns). Used by ``ctxrl sweep`` to continue a run, and by ``report``, ``select`` and
+``export`` to read one back."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
-from collections.abc import Mapping
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ctxrl.config import SweepConfig, SweepPlan, validate_config
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.yaml12 import parse_yaml
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -95,3 +103,95 @@ def locate_run_dir(plan: SweepPlan) -> SweepPlan:
         if isinstance(stored, dict) and stored_plan_hash(stored) == plan.plan_hash:
             return dataclasses.replace(plan, location=plan_file.parent)
     return plan
+
+
+# ------------------------------------------------------------------------- locks
+LOCK_FILE = "sweep.lock"
+
+
+def _flock_now(handle: Any) -> None:
+    """Take the lock without waiting on a sweep, but through a report's momentary look
+    (:func:`sweep_holding` holds a shared lock for microseconds): three tries 50 ms apart
+    before ``BlockingIOError``."""
+    for attempt in range(3):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
+
+
+@contextmanager
+def run_dir_lock(
+    run_dir: Path,
+    *,
+    wait: bool = False,
+    console: Console | None = None,
+    what: str = "ctxrl sweep",
+    can_wait: bool = True,
+) -> Iterator[None]:
+    """Hold ``run_dir``'s lock: one sweep (or transfer study) at a time trains into a run
+    directory.
+
+    An OS file lock (``flock`` on ``sweep.lock``), so the kernel releases it when the holding
+    process ends, however it ends. Taken by another process: raise a :class:`CtxrlError`
+    naming it (``what`` says what runs there; ``can_wait``: the command has ``--wait``), or
+    with ``wait`` block until it is released."""
+    handle = (run_dir / LOCK_FILE).open("a+")
+    try:
+        try:
+            _flock_now(handle)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said which"
+            if not wait:
+                raise CtxrlError(
+                    f"{run_dir} is in use by another {what} ({holder}); wait for it to finish"
+                    + (", or pass --wait to start when it does" if can_wait else "")
+                ) from None
+            if console is not None:
+                console.print(f"waiting for {holder} to release {run_dir}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+EXPORTS_LOCK_FILE = "exports.lock"
+
+
+@contextmanager
+def exports_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s exports lock (``flock`` on ``exports.lock``, waiting for it) while
+    reading the store and writing the exports from it: a sweep's final exports and a report
+    run beside it take turns, so whichever writes last has read the store after the other
+    wrote, and a report that began before the sweep ended cannot replace its final exports
+    with the runs it saw."""
+    with (run_dir / EXPORTS_LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def sweep_holding(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (``pid 123 on host, since ...``): a sweep running there
+    now; None when none does. Takes no lock and creates nothing."""
+    try:
+        handle = (run_dir / LOCK_FILE).open("r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "a process that has not said which"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None

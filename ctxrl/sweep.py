@@ -8,16 +8,13 @@ every finished run, so a killed sweep resumes where it stopped.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
 import shlex
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -37,8 +34,10 @@ from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
 from ctxrl.run_dirs import (
     PLAN_FILE,
+    exports_lock,
     locate_run_dir,
     read_plan_file,
+    run_dir_lock,
     stored_config,
     stored_plan_hash,
 )
@@ -247,97 +246,6 @@ def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
 
     old, new = flatten(stored.get("config", {})), flatten(config)
     return ", ".join(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
-
-
-LOCK_FILE = "sweep.lock"
-
-
-def _flock_now(handle: Any) -> None:
-    """Take the lock without waiting on a sweep, but through a report's momentary look
-    (:func:`sweep_holding` holds a shared lock for microseconds): three tries 50 ms apart
-    before ``BlockingIOError``."""
-    for attempt in range(3):
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if attempt == 2:
-                raise
-            time.sleep(0.05)
-
-
-@contextmanager
-def run_dir_lock(
-    run_dir: Path,
-    *,
-    wait: bool = False,
-    console: Console | None = None,
-    what: str = "ctxrl sweep",
-    can_wait: bool = True,
-) -> Iterator[None]:
-    """Hold ``run_dir``'s lock: one sweep (or transfer study) at a time trains into a run
-    directory.
-
-    An OS file lock (``flock`` on ``sweep.lock``), so the kernel releases it when the holding
-    process ends, however it ends. Taken by another process: raise a :class:`CtxrlError`
-    naming it (``what`` says what runs there; ``can_wait``: the command has ``--wait``), or
-    with ``wait`` block until it is released."""
-    handle = (run_dir / LOCK_FILE).open("a+")
-    try:
-        try:
-            _flock_now(handle)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not said which"
-            if not wait:
-                raise CtxrlError(
-                    f"{run_dir} is in use by another {what} ({holder}); wait for it to finish"
-                    + (", or pass --wait to start when it does" if can_wait else "")
-                ) from None
-            if console is not None:
-                console.print(f"waiting for {holder} to release {run_dir}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {platform.node()}, since {started}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()  # releases the lock
-
-
-EXPORTS_LOCK_FILE = "exports.lock"
-
-
-@contextmanager
-def exports_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s exports lock (``flock`` on ``exports.lock``, waiting for it) while
-    reading the store and writing the exports from it: a sweep's final exports and a report
-    run beside it take turns, so whichever writes last has read the store after the other
-    wrote, and a report that began before the sweep ended cannot replace its final exports
-    with the runs it saw."""
-    with (run_dir / EXPORTS_LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def sweep_holding(run_dir: Path) -> str | None:
-    """Who holds ``run_dir``'s lock (``pid 123 on host, since ...``): a sweep running there
-    now; None when none does. Takes no lock and creates nothing."""
-    try:
-        handle = (run_dir / LOCK_FILE).open("r")
-    except OSError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "a process that has not said which"
-        except OSError:
-            return None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
 
 
 # -------------------------------------------------------------------------------- sweep

@@ -475,7 +475,7 @@ def _source_id(outcome: SweepOutcome, index: int) -> str:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from ctxrl.sweep import run_dir_lock
+from ctxrl.run_dirs import run_dir_lock
 
 with run_dir_lock(Path(sys.argv[1])):
     print("locked", flush=True)
@@ -1586,7 +1586,7 @@ def test_a_runs_stored_returns_come_back_from_its_policy_and_the_evaluation_seed
 EXPORTS_HOLDER = """
 import sys, time
 from pathlib import Path
-from ctxrl.sweep import exports_lock
+from ctxrl.run_dirs import exports_lock
 
 run_dir = Path(sys.argv[1])
 with exports_lock(run_dir):

@@ -1,6 +1,6 @@
 """One process at a time trains a transfer study: ``ctxrl plasticity`` (env and
 shifting-target studies) and ``ctxrl transfer dqn`` hold their run directory's lock (the lock
-``ctxrl sweep`` holds, :func:`ctxrl.sweep.run_dir_lock`) while they train and write. A second
+``ctxrl sweep`` holds, :func:`ctxrl.run_dirs.run_dir_lock`) while they train and write. A second
 run of the same study stops with an error naming the directory and the process holding it,
 before it trains or writes anything; once the holder is gone (killed here: the OS releases an
 ``flock``) the study runs, and a rerun resumes from what is stored."""
@@ -24,7 +24,7 @@ from ctxrl_plugins.transfer.studies import open_run_dir
 HOLDER = """
 import sys, time
 from pathlib import Path
-from ctxrl.sweep import run_dir_lock
+from ctxrl.run_dirs import run_dir_lock
 
 with run_dir_lock(Path(sys.argv[1])):
     print("locked", flush=True)

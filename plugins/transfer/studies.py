@@ -178,11 +178,11 @@ def study_yaml(config: BaseModel) -> str:
 @contextmanager
 def locked_run_dir(run_dir: Path, command: str) -> Iterator[None]:
     """Create (or reopen) a study's ``run_dir`` and hold its lock (the lock a sweep holds on
-    its run directory: :func:`ctxrl.sweep.run_dir_lock`) while the study trains and writes
+    its run directory: :func:`ctxrl.run_dirs.run_dir_lock`) while the study trains and writes
     there: a second ``command`` on the same study meanwhile stops with a :class:`CtxrlError`
     naming the directory and the process holding it, before it trains or writes anything.
     An OS file lock, released however the process ends; ``ctxrl report`` takes none."""
-    from ctxrl.sweep import run_dir_lock
+    from ctxrl.run_dirs import run_dir_lock
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def unfinished(run_dir: Path, what: str, command: str) -> str:
     """Why a study's ``what`` (``program 'shared'``) has no stored result yet, for
     ``ctxrl report``: the study is running there (the process holding its lock), or it
     stopped and ``command`` on the study file completes it."""
-    from ctxrl.sweep import sweep_holding
+    from ctxrl.run_dirs import sweep_holding
 
     running = sweep_holding(run_dir)
     return f"{run_dir}: {what} has not finished; " + (
