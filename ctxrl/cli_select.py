@@ -64,7 +64,9 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
     multiple=True,
     help="Strategy name (see `ctxrl plugins`); repeatable.",
 )
-@click.option("--budget", "-k", type=int, required=True, help="K, the number of sources.")
+@click.option(
+    "--budget", "-k", type=click.IntRange(min=1), required=True, help="K, the number of sources."
+)
 @click.option(
     "--contexts",
     "contexts_path",
@@ -195,14 +197,23 @@ def select(
         click.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # strict JSON
         return
     several = len(trials) > 1
-    band = "± 95 % CI over trials" if several else "± 1 std over stochastic replays"
+    spread = any(
+        round(h, 4) > 0
+        for line in result["strategies"].values()
+        for h in line["ci95"] or line["std"]
+    )
+    band = (
+        ("± 95 % CI over trials" if several else "± 1 std over stochastic replays")
+        if spread
+        else ""
+    )
     # the heading as a line of its own: as the title of a narrow table it wraps a word a line
     out.print(
         f"G_k on {matrix_paths[0]}"
         + (f" and {len(matrix_paths) - 1} more" if len(matrix_paths) > 1 else "")
         + " "
         f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "
-        f"oracle {result['oracle_transfer']:.4f}) {band}",
+        f"oracle {result['oracle_transfer']:.4f})" + (f" {band}" if band else ""),
         highlight=False,
         soft_wrap=True,
     )
@@ -221,7 +232,8 @@ def select(
     table.add_row(
         "mean",
         *[
-            f"{line['mean_g']:.4f}" + (f" ± {line['mean_g_ci95']:.4f}" if several else "")
+            f"{line['mean_g']:.4f}"
+            + (f" ± {line['mean_g_ci95']:.4f}" if several and line["mean_g_ci95"] else "")
             for line in result["strategies"].values()
         ],
     )

@@ -227,48 +227,69 @@ def matrix_files(path: Path) -> list[Path]:
     if per_seed:
         return [per_seed[seed] for seed in sorted(per_seed)]
     files = sorted(
-        p for p in path.iterdir() if p.suffix in MATRIX_SUFFIXES and p.stem != "contexts"
+        (p for p in path.iterdir() if p.suffix in MATRIX_SUFFIXES and p.stem != "contexts"),
+        key=_in_number_order,
     )
     if not files:
         raise CtxrlError(f"{path}: no matrix files (*.csv, *.npy) in this folder")
     return files
 
 
-def _check_folders_agree(files: Sequence[Path], *, coordinates_given: bool) -> None:
+def _in_number_order(path: Path) -> tuple[tuple[int, str], ...]:
+    """A file name's key in number order: ``trial999`` before ``trial1000`` (text order put
+    it between ``trial100`` and ``trial101``)."""
+    parts = re.split(r"(\d+)", path.name)
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in parts)
+
+
+def _check_folders_agree(
+    files: Sequence[Path], *, coordinates_given: bool, bounds_given: bool
+) -> None:
     """Trials from several folders: the first folder's ``contexts.json`` gives the contexts
-    (unless ``--contexts`` or ``--grid`` do) and the bounds for all, so the folders must agree:
-    every one has the same file, or none has one (with ``coordinates_given``, the files
-    present must agree on their return bounds)."""
+    (unless ``--contexts`` or ``--grid`` do) and the bounds for all (unless ``--bounds`` or
+    ``--env`` do), so the folders must agree on what they give: every one has the same file,
+    or none has one. With ``coordinates_given`` only the return bounds must agree (every
+    folder has them, the same), with ``bounds_given`` only the contexts; with both, nothing
+    is taken from the files."""
     folders = {f.parent / CONTEXTS_FILE: f.parent for f in files}
-    if len(folders) < 2:
+    if len(folders) < 2 or (coordinates_given and bounds_given):
         return
     present = {path: read_contexts(path) for path in sorted(folders) if path.is_file()}
     if not present:
         return
+    absent = [str(path) for path in sorted(folders) if path not in present]
     if coordinates_given:
         bounds = {str(data[2]) for data in present.values()}
-        if len(bounds) > 1:
+        if absent or len(bounds) > 1:
+            found = ", ".join(f"{p}: {d[2]}" for p, d in present.items())
             raise CtxrlError(
-                f"--matrix: the trials' folders disagree on their return bounds "
-                f"({', '.join(f'{p}: {d[2]}' for p, d in present.items())})"
+                "--matrix: the trials' folders disagree on their return bounds ("
+                + (f"{absent[0]} is absent; " if absent else "")
+                + f"{found}); give --bounds LOWER UPPER or --env NAME for all of them"
             )
         return
-    absent = [str(path) for path in sorted(folders) if path not in present]
     first, *others = present
-    differing = [str(p) for p in others if not _same_contexts(present[p], present[first])]
+    differing = [
+        str(p)
+        for p in others
+        if not _same_contexts(present[p], present[first], bounds=not bounds_given)
+    ]
     if absent or differing:
         what = f"{absent[0]} is absent" if absent else f"{differing[0]} is not {first}"
         raise CtxrlError(
             f"--matrix: the trials' folders disagree on their contexts: {what}; replay trials "
-            "of one set of contexts together, or give --contexts / --grid"
+            "of one set of contexts together, or give --contexts / --grid (and --bounds or "
+            "--env where their return bounds differ)"
         )
 
 
 def _same_contexts(
-    a: tuple[np.ndarray, list[str], Any], b: tuple[np.ndarray, list[str], Any]
+    a: tuple[np.ndarray, list[str], Any], b: tuple[np.ndarray, list[str], Any], *, bounds: bool
 ) -> bool:
-    """Whether two read contexts files hold the same contexts, features and bounds."""
-    return a[0].shape == b[0].shape and bool(np.array_equal(a[0], b[0])) and a[1:] == b[1:]
+    """Whether two read contexts files hold the same contexts and features (and, with
+    ``bounds``, the same return bounds)."""
+    same = a[0].shape == b[0].shape and bool(np.array_equal(a[0], b[0])) and a[1] == b[1]
+    return same and (not bounds or a[2] == b[2])
 
 
 def resolve_coordinates(
@@ -401,11 +422,18 @@ def load_trials(
         if first is not file:
             raise CtxrlError(f"--matrix: {file} is given twice (also as {first})")
     layers = [read_matrix_file(f) for f in files]
-    shapes = {layer.shape for layer in layers}
+    shapes: dict[tuple[int, ...], Path] = {}
+    for file, layer in zip(files, layers, strict=True):
+        shapes.setdefault(layer.shape, file)
     if len(shapes) > 1:
-        raise CtxrlError(f"--matrix: the trial matrices differ in shape: {sorted(shapes)}")
+        each = ", ".join(f"{shape} ({file} ...)" for shape, file in sorted(shapes.items()))
+        raise CtxrlError(f"--matrix: the trial matrices differ in shape: {each}")
     raw = np.stack(layers) * (-1.0 if negate else 1.0)
-    _check_folders_agree(files, coordinates_given=contexts is not None or grid is not None)
+    _check_folders_agree(
+        files,
+        coordinates_given=contexts is not None or grid is not None,
+        bounds_given=bounds is not None or env_name is not None,
+    )
     located, file_bounds = resolve_coordinates(
         raw.shape[1], contexts=contexts, grid=grid, beside=files[0].parent
     )

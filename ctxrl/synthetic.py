@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,11 +194,11 @@ def write_trials(
             partial.unlink(missing_ok=True)
     written = {path.name for _, path in staged}
     removed = []
-    for suffix in ("npy", "csv"):
-        for stale in sorted(folder.glob(f"trial[0-9][0-9][0-9].{suffix}")):
-            if stale.name not in written:  # an earlier run's trials: select would read them too
-                stale.unlink()
-                removed.append(stale.name)
+    for stale in sorted(folder.iterdir()):
+        # an earlier run's trials (trial000 ... trial1000 and on): select would read them too
+        if re.fullmatch(r"trial\d{3,}\.(npy|csv)", stale.name) and stale.name not in written:
+            stale.unlink()
+            removed.append(stale.name)
     return folder, bounds, removed
 
 

@@ -212,8 +212,9 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
     before = sorted(p.name for p in folder.iterdir())
     assert before == ["contexts.json", *(f"trial00{t}.npy" for t in range(3))]
     assert json.loads((folder / "contexts.json").read_text())["synthetic"]["trials"] == 3
+    np.save(folder / "trial1000.npy", np.zeros((2, 2)))  # from a run of 1001 trials
     fewer = _cli(*again, "--trials", "1", "--format", "csv")
-    assert fewer.exit_code == 0 and "removed 3 earlier trial files" in fewer.output
+    assert fewer.exit_code == 0 and "removed 4 earlier trial files" in fewer.output
     assert sorted(p.name for p in folder.iterdir()) == ["contexts.json", "trial000.csv"]
     assert _cli(*again, "--trials", "3").exit_code == 0
     result = _cli("select", "--matrix", str(folder), "--strategy", "m-mbtl", "-k", "4", "--json")
@@ -399,10 +400,26 @@ def test_trials_from_folders_with_other_contexts_are_refused(
     # coordinates given: the files' contexts are not read, only their bounds must agree
     gridded = _cli("select", "--matrix", same[1], "--matrix", same[0], "--grid", "2x2x2", *args)
     assert _json(gridded)["trials"] == 2
+    # return bounds that differ: refused with the grid alone, replayed on --bounds given
+    info = json.loads((second / "contexts.json").read_text())
+    info["return_bounds"] = [0.0, 1000.0]
+    (second / "contexts.json").write_text(json.dumps(info))
+    grid = ["--grid", "2x2x2"]
+    refused = _cli("select", "--matrix", same[0], "--matrix", same[1], *grid, *args)
+    assert "disagree on their return bounds" in " ".join(refused.stderr.split())
+    bounds = ["--bounds", "0", "500"]
+    bounded = _cli("select", "--matrix", same[0], "--matrix", same[1], *grid, *bounds, *args)
+    assert bounded.exit_code == 0 and _json(bounded)["trials"] == 2, bounded.output
     (second / "contexts.json").unlink()  # one folder with, one without
     for order in (same, same[::-1]):
         refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *args)
         assert "disagree on their contexts" in " ".join(refused.stderr.split())
+        # coordinates given, bounds not: the folder without them is not normalised by the
+        # other's bounds in one order and refused in the other
+        refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *grid, *args)
+        message = " ".join(refused.stderr.split())
+        assert refused.exit_code == 2 and "disagree on their return bounds" in message
+        assert "is absent" in message
 
 
 def test_damaged_files_and_conflicting_flags_are_named(tmp_path: Path) -> None:
@@ -583,6 +600,25 @@ def test_a_broken_contexts_file_beside_the_matrix_does_not_block_given_coordinat
         "select", "--matrix", str(exports), "--bounds", "0", "1", "--strategy", "random", "-k", "1"
     )
     assert both.exit_code == 2 and "are both seed 0's matrix; keep one" in both.stderr
+
+
+def test_a_folder_s_trials_are_read_in_number_order_and_sizes_named(tmp_path: Path) -> None:
+    """``trial999`` before ``trial1000`` (text order put 1000 between 100 and 101, and so
+    gave the trials other seeds); matrices of several sizes name a file of each."""
+    from ctxrl.offline import matrix_files
+
+    for t in (1000, 999, 100, 101, 2):
+        np.save(tmp_path / f"trial{t:03d}.npy", np.eye(3))
+    names = [p.name for p in matrix_files(tmp_path)]
+    assert names == [f"trial{t:03d}.npy" for t in (2, 100, 101, 999, 1000)]
+    np.save(tmp_path / "trial1001.npy", np.eye(4))
+    args = ["--strategy", "random", "-k", "2", "--bounds", "0", "1"]
+    mixed = _cli("select", "--matrix", str(tmp_path), *args)
+    message = " ".join(mixed.stderr.split())
+    assert mixed.exit_code == 2 and "differ in shape: (3, 3) (" in message
+    assert f"(4, 4) ({tmp_path / 'trial1001.npy'} ...)" in message
+    no_budget = _cli("select", "--matrix", str(tmp_path), "--strategy", "random", "-k", "0")
+    assert no_budget.exit_code == 2 and "0 is not in the range x>=1" in no_budget.stderr
 
 
 def test_synth_refuses_what_it_would_write_twice_or_into_no_folder(tmp_path: Path) -> None:

@@ -187,7 +187,8 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
             "sequential-oracle",
             _no_options(SequentialOracleStrategy),
             requires_full_matrix=True,
-            description="greedy on the true matrix (offline upper reference)",
+            description="greedy on the true matrix (offline reference; greedy, so not a bound "
+            "on every k)",
         )
     )
     register(
