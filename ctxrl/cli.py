@@ -36,7 +36,7 @@ from ctxrl.cli_listing import plugins_table as plugins_table
 from ctxrl.cli_select import select, synth
 from ctxrl.cli_sweep import REPORT_MARK as REPORT_MARK
 from ctxrl.cli_sweep import report, sweep
-from ctxrl.errors import CtxrlError
+from ctxrl.errors import CtxrlError, Terminated
 from ctxrl.plugins import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, Host, load_host, set_host
 
 
@@ -93,6 +93,13 @@ class _Root(click.Group):
                 highlight=False,
             )
             sys.exit(130)
+        except Terminated:  # SIGTERM: as Ctrl-C, what was stored is kept; exits 128 + 15
+            err.print(
+                "[yellow]terminated:[/] what was stored so far is kept (a batched program's "
+                "last checkpoint too); rerun the same command to continue",
+                highlight=False,
+            )
+            raise
         except sqlite3.Error as exc:  # the results store could not be written (or read)
             err.print(
                 f"[red]error:[/] the results store (store.sqlite in the run directory): "

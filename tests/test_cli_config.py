@@ -418,12 +418,34 @@ def test_a_results_store_the_disk_refuses_is_one_clear_line(
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(ctxrl.sweep, "run_sweep", full)
+    monkeypatch.setattr("ctxrl.cli_sweep._exit_cleanly_on_sigterm", lambda: None)  # this process
     result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
     assert result.exit_code == 1, result.output
     assert "the results store (store.sqlite in the run directory): database or disk is full" in (
         " ".join(result.stderr.split())
     )
     assert "Traceback" not in result.output
+
+
+def test_a_terminated_command_says_what_is_kept_and_exits_143(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (turned into ``Terminated`` by ``ctxrl sweep``) ends the command as Ctrl-C does:
+    a line that what was stored is kept and how to continue, and status 128 + 15."""
+    from click.testing import CliRunner
+
+    import ctxrl.sweep
+    from ctxrl.cli import cli
+    from ctxrl.errors import Terminated
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        raise Terminated(143)
+
+    monkeypatch.setattr(ctxrl.sweep, "run_sweep", terminated)
+    monkeypatch.setattr("ctxrl.cli_sweep._exit_cleanly_on_sigterm", lambda: None)  # this process
+    result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
+    assert result.exit_code == 143
+    assert "terminated: what was stored so far is kept" in result.stderr
 
 
 def test_env_options_reach_the_gymnasium_env_and_the_torch_twin() -> None:

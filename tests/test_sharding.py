@@ -222,6 +222,7 @@ def test_a_ray_cluster_that_cannot_be_reached_or_bad_gpus_are_named_before_any_w
         ({"num_gpus": -1}, r"executor\.options\.num_gpus must be a finite number >= 0, got -1"),
         ({"num_gpus": "abc"}, r"executor\.options\.num_gpus must be a number >= 0, got 'abc'"),
         ({"address": ""}, r"executor\.options\.address must be 'auto', 'local', HOST:PORT"),
+        ({"address": "notanaddress"}, r"'notanaddress' is not 'auto', 'local', HOST:PORT"),
     ]:
         plan = _plan(tmp_path / "runs", name="ray", shards=2, options=options)
         with pytest.raises(ConfigError, match=message):
@@ -231,6 +232,27 @@ def test_a_ray_cluster_that_cannot_be_reached_or_bad_gpus_are_named_before_any_w
 
     local = RayExecutor(workers=3, address="local")  # a new cluster here, as without one
     assert local.local and local.in_flight == 3
+
+
+@requires_ray
+def test_ray_leaves_the_sweep_s_sigterm_handler_in_place() -> None:
+    """``ray.init`` installs its own SIGTERM handler (exit status 1, a failed run's); the
+    sweep's, which stops the jobs and exits 143, is put back."""
+    import signal
+
+    from ctxrl_plugins.executors.ray_cluster import RayExecutor
+
+    def sweep_handler(signum: int, frame: object) -> None:
+        raise AssertionError("not called here")
+
+    before = signal.signal(signal.SIGTERM, sweep_handler)
+    executor = RayExecutor(workers=1, address="local")
+    try:
+        executor._start()
+        assert signal.getsignal(signal.SIGTERM) is sweep_handler
+    finally:
+        executor.close()
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_failed_shards_store_every_run_as_failed_with_the_error(tmp_path: Path) -> None:
@@ -244,6 +266,7 @@ def test_failed_shards_store_every_run_as_failed_with_the_error(tmp_path: Path) 
         run_id(Task(plan.env.name, c), seed) for c in plan.grid.contexts for seed in (0, 1)
     )
     assert printed.getvalue().count("limit and was killed") == 2
+    assert "trained and evaluated 0 agents, 6 in failed shards in 2 shards" in printed.getvalue()
     with sqlite3.connect(outcome.run_dir / "store.sqlite") as db:
         errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
     assert len(errors) == 6 and all("0.5 s limit" in e for e in errors)

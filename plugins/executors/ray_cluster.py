@@ -15,7 +15,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -62,8 +64,13 @@ def _check_reachable(address: str) -> None:
     looks for a cluster on this machine, and says at once when there is none) is left to Ray."""
     where = address.removeprefix("ray://")
     host, colon, port = where.rpartition(":")
-    if address == "auto" or not colon or not port.isdigit():
-        return
+    if address == "auto" or (address.startswith("ray://") and not colon):
+        return  # Ray's own: a cluster on this machine, a client's default port
+    if not colon or not port.isdigit() or not host:
+        raise ConfigError(
+            f"executor.options.address: {address!r} is not 'auto', 'local', HOST:PORT or "
+            "ray://HOST:PORT"
+        )
     try:
         with socket.create_connection(
             (host.strip("[]") or "localhost", int(port)), CONNECT_TIMEOUT_S
@@ -140,6 +147,10 @@ class RayExecutor:
         if ray.is_initialized():
             return
         variables = {k: v for k, v in os.environ.items() if FORWARDED_VARIABLES.match(k)}
+        # Ray installs its own SIGTERM handler (an exit with status 1, as a failed run's): the
+        # sweep's is put back, so a terminated sweep stops its jobs and says so as without Ray
+        main_thread = threading.current_thread() is threading.main_thread()
+        terminate = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             ray.init(
                 address="local" if self.local else self.address,
@@ -154,6 +165,9 @@ class RayExecutor:
                 f"executor.options.address: Ray could not start or reach "
                 f"{self.address or 'a new local cluster'!r}: {type(exc).__name__}: {exc}"
             ) from None
+        finally:
+            if terminate is not None:
+                signal.signal(signal.SIGTERM, terminate)
         self._started_here = True
         if self.local:
             # start the local cluster's worker processes now (a second or more each on a
