@@ -78,7 +78,8 @@ def main() -> None:
     started = time.perf_counter()
     outcome = run_sweep(plan)
     sweep_s = time.perf_counter() - started
-    summary = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+    exported = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+    summary = {k: v for k, v in exported.items() if v is not None}  # what applies
     order = [int(i) for i in summary["curves"]["mbtl-gp"]["order"]]
     env = plan.env
     contexts = [c.as_dict() for c in plan.grid.contexts]

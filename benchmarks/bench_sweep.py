@@ -92,13 +92,14 @@ def main() -> None:
             started = time.perf_counter()
             outcome = run_sweep(plan)
             total = time.perf_counter() - started
-            summary = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+            exported = json.loads((outcome.run_dir / "exports" / "summary.json").read_text())
+            summary = {k: v for k, v in exported.items() if v is not None}  # what applies
             curves = summary["curves"]
             efficiency = summary["sample_efficiency"]
 
             # with several seeds every number is the summary's: on each seed's matrix, then
             # averaged (before 2026-12-05: on the seed-mean matrix, as the tables below were)
-            per_seed = summary.get("independent_seeds") is not None
+            per_seed = "independent_seeds" in summary
             curve_key = "seed_mean" if per_seed else "mean"
             independent = (
                 summary["independent_seeds"]["mean"] if per_seed else summary["independent"]

@@ -27,7 +27,8 @@ out="${1:-gpu-results}"
 budget_s="${BUDGET_S:-540}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-py="${PYTHON:-python}"
+py=$(command -v "${PYTHON:-python}" || echo "${PYTHON:-python}")
+case $py in /*) ;; *) py="$PWD/$py" ;; esac # absolute (not resolved): some lines run from /tmp
 began=$SECONDS
 
 step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under half its limit (or 40 s) is left
@@ -51,16 +52,18 @@ step() { # NAME LIMIT_S COMMAND...: run COMMAND unless under half its limit (or 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     "$py" -V
-    "$py" -m pip list 2>/dev/null | grep -iE "^(torch|jax|jaxlib|jax-cuda|gymnax|rejax|ctxrl|setuptools) "
+    "$py" -m pip list 2>/dev/null | grep -iE "^(torch|jax|jaxlib|jax-cuda[0-9a-z-]*|gymnax|rejax|ctxrl|setuptools) "
+    # from /tmp: the ctxrl the benchmarks import (the installed one), not the checkout's ctxrl/
+    (cd /tmp && "$py" -c "import ctxrl, torch; print('ctxrl', ctxrl.__version__, ctxrl.__file__, \
+'| torch', torch.__version__, 'cuda', torch.version.cuda)")
+    (cd /tmp && "$py" -c "import jax; print('jax', jax.__version__, jax.devices())") ||
+        echo "(without jax, the rejax and gymnax steps fail)"
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh: torch ($py) sees no CUDA GPU here; every step would fail" >&2
     exit 1
 fi
-"$py" -c "import ctxrl, torch, jax; print('ctxrl', ctxrl.__version__, '| torch', \
-torch.__version__, 'cuda', torch.version.cuda, '| jax', jax.__version__, jax.devices())" \
-    2>&1 | tee -a "$out/env.txt" || echo "(without jax, the rejax and gymnax steps fail)"
 
 ppo=(benchmarks/bench_ppo.py --device cuda --skip-sb3 --steps 524288 --episodes 10)
 step rejax-1024 150 "$py" "${ppo[@]}" --contexts 1024 --rejax --compile
@@ -73,7 +76,7 @@ step segments 200 env CTXRL_TORCH_COMPILE_MODE=reduce-overhead "$py" \
     benchmarks/bench_rollout_segment.py --device cuda --agents 1024 --segments 1 4 \
     --iterations 20 --repeats 1
 step ppo-64 200 "$py" "${ppo[@]}" --contexts 64 --compile on --rejax
-sweeps=/tmp/ctxrl-gpu-sweeps
+sweeps=$(mktemp -d /tmp/ctxrl-gpu-sweeps.XXXXXX) # new each run: a second run trains again
 step sweep 400 "$py" benchmarks/bench_sweep.py --device cuda --only cartpole-masscart-100 \
     --compile auto --output-dir "$sweeps"
 find "$sweeps" -path "*/exports/summary.json" -exec sh -c 'echo "== $1"; cat "$1"' _ {} \; \

@@ -74,12 +74,6 @@ def run_batched(session: SweepSession, sources: list[int], executor: Executor) -
     outcome.skipped += len(agents) - pending
     if not pending:
         return
-    if config.executor.shards > len(agents):
-        session.console.print(
-            f"executor.shards: {config.executor.shards} asked for a group of "
-            f"{_count(len(agents), 'agent')}: {len(agents)} shards of one agent each",
-            highlight=False,
-        )
     shards = _continue_other_partitions(plan, session.console, agents, shards)
     # in this process only where asked (shards: 1): a group's one pending shard (the rest
     # finished, or fewer agents than shards) runs as the executor's job, under its time limit,
@@ -370,7 +364,7 @@ def _run_shards(
             total=len(jobs),
         )
         reported: set[str] = set()
-        failed_agents = 0
+        trained_before, failed_before = outcome.trained, len(outcome.failed)
         for job, error in executor.map(execute_shard, jobs):
             if job["shard"] in reported:  # an executor's second report of a job
                 console.print(
@@ -384,7 +378,6 @@ def _run_shards(
                 agent = (int(source), int(seed))
                 _settle(session, agent, error, resumed=resumed[index], report=True)
             if error is not None:
-                failed_agents += len(job["agents"])
                 console.print(
                     f"[red]shard {job['shard']} failed:[/] {escape(error_summary(error))}"
                 )
@@ -393,18 +386,18 @@ def _run_shards(
         if job["shard"] not in reported:
             dropped = f"executor {config.executor.name!r} never reported this job"
             console.print(f"[red]shard {job['shard']} failed:[/] {dropped}")
-            failed_agents += len(cast(list[list[int]], job["agents"]))
             for source, seed in cast(list[list[int]], job["agents"]):
                 _settle(
                     session, (int(source), int(seed)), dropped, resumed=resumed[index], report=True
                 )
     wall_s = time.monotonic() - started
     outcome.train_s += wall_s
-    done = agents - failed_agents  # a failed shard's agents are stored as failed runs
-    failed = f", {failed_agents} in failed shards" if failed_agents else ""
+    # as stored: a failed shard's agents are failed runs (unless an earlier result is kept)
+    done, failed = outcome.trained - trained_before, len(outcome.failed) - failed_before
     console.print(
-        f"trained and evaluated {_count(done, 'agent')}{failed} in "
-        f"{_count(len(shards), 'shard')} ({parallel} at a time) in {wall_s:.1f} s"
+        f"trained and evaluated {_count(done, 'agent')}"
+        + (f" ({failed} failed)" if failed else "")
+        + f" in {_count(len(shards), 'shard')} ({parallel} at a time) in {wall_s:.1f} s"
     )
 
 

@@ -101,10 +101,16 @@ class _Root(click.Group):
             )
             raise
         except sqlite3.Error as exc:  # the results store could not be written (or read)
+            name = str(getattr(exc, "sqlite_errorname", ""))
+            why = (
+                ". A full disk or a file-size limit is the usual cause; what was stored before "
+                "is kept, and rerunning the same command continues"
+                if name.startswith(("SQLITE_FULL", "SQLITE_IOERR"))
+                else ""
+            )
             err.print(
-                f"[red]error:[/] the results store (store.sqlite in the run directory): "
-                f"{escape(str(exc))}. A full disk or a file-size limit is the usual cause; "
-                "what was stored before is kept, and rerunning the same command continues",
+                "[red]error:[/] the results store (store.sqlite in the run directory): "
+                f"{escape(str(exc))}{why}",
                 highlight=False,
                 soft_wrap=True,
             )

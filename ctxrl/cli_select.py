@@ -233,7 +233,14 @@ def select(
         "mean",
         *[
             f"{line['mean_g']:.4f}"
-            + (f" ± {line['mean_g_ci95']:.4f}" if several and line["mean_g_ci95"] else "")
+            + (
+                f" ± {line['mean_g_ci95']:.4f}"
+                if several
+                and band
+                and math.isfinite(line["mean_g_ci95"] or 0.0)
+                and round(line["mean_g_ci95"] or 0.0, 4) > 0
+                else ""
+            )
             for line in result["strategies"].values()
         ],
     )

@@ -158,9 +158,10 @@ def sweep(
     Rerunning the same config continues where a killed run stopped (same plan hash) and
     skips every finished run. The run directory (printed) holds store.sqlite, the policies,
     exports/ (matrices per seed, runs and evaluations as CSV, summary.json) and summary.md,
-    which stdout shows at the end (or --json). Exits 2 on bad input, before any work; 1
-    when a run failed or a damaged policy could not be trained again (the rest of the sweep
-    is kept; a rerun tries those again).
+    which stdout shows at the end (or --json). Exits 2 on an error ctxrl names (bad input is
+    found before any work); 1 when a run failed or a damaged policy could not be trained
+    again (the rest of the sweep is kept; a rerun tries those again); 130 / 143 when
+    interrupted or terminated.
     """
     from ctxrl.sweep import run_sweep
 

@@ -177,9 +177,9 @@ def option_names(factory: Callable[..., Any]) -> set[str]:
 
 
 def option_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword options ``factory`` names with their default values (those of the factory
-    it forwards the rest to included, its own first); an option without a default is left
-    out, and so is everything behind a bare ``**options``."""
+    """The keyword options ``factory`` names with their default values, those of the factory
+    it forwards the rest to included (where both name an option, ``factory``'s default); an
+    option without a default is left out, and so is everything behind a bare ``**options``."""
     forwarded = getattr(factory, "forwards_options_to", None)
     defaults = option_defaults(forwarded) if callable(forwarded) else {}
     try:

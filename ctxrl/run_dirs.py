@@ -168,14 +168,19 @@ EXPORTS_LOCK_FILE = "exports.lock"
 
 
 @contextmanager
-def exports_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s exports lock (``flock`` on ``exports.lock``, waiting for it) while
-    reading the store and writing the exports from it: a sweep's final exports and a report
-    run beside it take turns, so whichever writes last has read the store after the other
-    wrote, and a report that began before the sweep ended cannot replace its final exports
-    with the runs it saw."""
+def exports_lock(run_dir: Path, console: Console | None = None) -> Iterator[None]:
+    """Hold ``run_dir``'s exports lock (``flock`` on ``exports.lock``, waiting for it, said on
+    ``console``) while reading the store and writing the exports from it: a sweep's final
+    exports and a report run beside it take turns, so whichever writes last has read the
+    store after the other wrote, and a report that began before the sweep ended cannot
+    replace its final exports with the runs it saw."""
     with (run_dir / EXPORTS_LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if console is not None:
+                console.print(f"waiting for a report writing {run_dir}'s exports to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
 
 

@@ -352,7 +352,7 @@ def _write_staged(
             run_dir / "figures" / "learning_curves",
         )
         summary["figures"] += [str(p.relative_to(run_dir)) for p in figure]
-    tuning, groups = transfer_curves(plan, run_dir)
+    tuning, groups = transfer_curves(plan, store.path.parent)  # the run directory, also with --out
     if tuning:
         figure = plot_learning_curves(
             tuning,

@@ -32,6 +32,7 @@ from ctxrl.errors import ConfigError, CtxrlError, JobFailed, PluginError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
+from ctxrl.run_dirs import LOCK_FILE as LOCK_FILE  # re-exported: the locks were here
 from ctxrl.run_dirs import (
     PLAN_FILE,
     exports_lock,
@@ -41,6 +42,7 @@ from ctxrl.run_dirs import (
     stored_config,
     stored_plan_hash,
 )
+from ctxrl.run_dirs import sweep_holding as sweep_holding
 from ctxrl.runs import (
     EVALUATION_SEED,
     TRANSFER_DIR,
@@ -444,7 +446,7 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
         # checkpoint (or a save it cut short) is of no use to any rerun
         remove_checkpoints(run_dir / "checkpoints")
 
-    with exports_lock(run_dir):
+    with exports_lock(run_dir, console):
         matrix = sweep_matrix(plan, store)
         outcome.matrix = matrix
         write_exports(plan, store, matrix, run_dir, order=outcome.order)

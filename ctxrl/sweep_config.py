@@ -271,7 +271,6 @@ class SweepConfig(_Strict):
             del data["transfer"]
         if data["curves"] is None:
             del data["curves"]
-        data["seeds"] = sorted(data["seeds"])  # a set of runs: [1, 0] trains what [0, 1] does
         visible = data["env_options"].get("visible")
         if isinstance(visible, str):  # one name, as the envs read it: a list of one
             data["env_options"] = {**data["env_options"], "visible": [visible]}

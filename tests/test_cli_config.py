@@ -56,9 +56,9 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
     # one visible feature named alone or as a list of one trains the same runs
     one = _plan("env_options.visible=length").plan_hash
     assert one == _plan("env_options.visible=[length]").plan_hash != base.plan_hash
-    # the seeds are a set of runs: listed in another order, the same run directory
-    assert _plan("seeds=[1, 0]").plan_hash == _plan("seeds=[0, 1]").plan_hash
-    assert _plan("seeds=[0, 2]").plan_hash != _plan("seeds=[0, 1]").plan_hash
+    # the seeds in another order are another plan: a select sweep's strategy is seeded by
+    # the first, and group checkpoints are named in seed order
+    assert _plan("seeds=[1, 0]").plan_hash != _plan("seeds=[0, 1]").plan_hash
 
 
 @pytest.mark.parametrize(
@@ -415,16 +415,28 @@ def test_a_results_store_the_disk_refuses_is_one_clear_line(
     from ctxrl.cli import cli
 
     def full(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorname = "SQLITE_FULL"  # as SQLite's own carries it
+        raise error
 
     monkeypatch.setattr(ctxrl.sweep, "run_sweep", full)
     monkeypatch.setattr("ctxrl.cli_sweep._exit_cleanly_on_sigterm", lambda: None)  # this process
     result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
     assert result.exit_code == 1, result.output
+    printed = " ".join(result.stderr.split())
     assert "the results store (store.sqlite in the run directory): database or disk is full" in (
-        " ".join(result.stderr.split())
+        printed
     )
+    assert "A full disk or a file-size limit is the usual cause" in printed
     assert "Traceback" not in result.output
+
+    def locked(*args: object, **kwargs: object) -> None:  # not a full disk: no such hint
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ctxrl.sweep, "run_sweep", locked)
+    result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
+    assert result.exit_code == 1 and "database is locked" in result.stderr
+    assert "full disk" not in result.stderr
 
 
 def test_a_terminated_command_says_what_is_kept_and_exits_143(

@@ -1593,6 +1593,7 @@ with exports_lock(run_dir):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
     (run_dir / "summary.md").write_text("written by the holder\\n")
+    print(time.time(), flush=True)  # when it wrote, just before it lets go
 """
 
 
@@ -1614,6 +1615,9 @@ def test_a_report_beside_a_sweep_never_replaces_its_final_exports(
             env=dict(os.environ, OMP_NUM_THREADS="1"),
         )
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        write()  # waits for the holder, then writes
+        write()  # waits for the holder, then reads the store and writes
+        released = float(holder.stdout.readline())
         assert holder.wait() == 0
         assert "written by the holder" not in (run_dir / "summary.md").read_text()
+        # written after the holder let go (not merely written slowly enough to come last)
+        assert (run_dir / "exports" / "summary.json").stat().st_mtime >= released

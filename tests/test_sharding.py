@@ -236,8 +236,9 @@ def test_a_ray_cluster_that_cannot_be_reached_or_bad_gpus_are_named_before_any_w
 
 @requires_ray
 def test_ray_leaves_the_sweep_s_sigterm_handler_in_place() -> None:
-    """``ray.init`` installs its own SIGTERM handler (exit status 1, a failed run's); the
-    sweep's, which stops the jobs and exits 143, is put back."""
+    """``ray.init`` installs its own SIGTERM handler (a terminated sweep under Ray exited 1,
+    a failed run's status, without a word); the sweep's, which stops the jobs, says what is
+    kept and exits 143, is put back."""
     import signal
 
     from ctxrl_plugins.executors.ray_cluster import RayExecutor
@@ -266,7 +267,7 @@ def test_failed_shards_store_every_run_as_failed_with_the_error(tmp_path: Path) 
         run_id(Task(plan.env.name, c), seed) for c in plan.grid.contexts for seed in (0, 1)
     )
     assert printed.getvalue().count("limit and was killed") == 2
-    assert "trained and evaluated 0 agents, 6 in failed shards in 2 shards" in printed.getvalue()
+    assert "trained and evaluated 0 agents (6 failed) in 2 shards" in printed.getvalue()
     with sqlite3.connect(outcome.run_dir / "store.sqlite") as db:
         errors = [e for (e,) in db.execute("SELECT error FROM runs WHERE status = 'failed'")]
     assert len(errors) == 6 and all("0.5 s limit" in e for e in errors)

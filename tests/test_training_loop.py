@@ -171,6 +171,15 @@ def test_a_sweep_stores_learning_curves_and_diagnostics_and_reports_them(
         "figures/transfer_curves.png"
         in json.loads((tuned / "exports" / "summary.json").read_text())["figures"]
     )
+    # a report elsewhere (--out) draws them from the run directory's records too
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+
+    copy = tmp_path / "report-copy"
+    reported = CliRunner().invoke(cli, ["report", str(tuned), "--out", str(copy)])
+    assert reported.exit_code == 0, reported.output
+    assert (copy / "figures" / "transfer_curves.png").is_file()
 
 
 def test_diagnostics_that_start_late_keep_step_with_their_records(tmp_path: Path) -> None:

@@ -64,9 +64,9 @@ def _check_reachable(address: str) -> None:
     looks for a cluster on this machine, and says at once when there is none) is left to Ray."""
     where = address.removeprefix("ray://")
     host, colon, port = where.rpartition(":")
-    if address == "auto" or (address.startswith("ray://") and not colon):
-        return  # Ray's own: a cluster on this machine, a client's default port
-    if not colon or not port.isdigit() or not host:
+    if address == "auto" or (address.startswith("ray://") and not port.isdigit()):
+        return  # Ray's own: a cluster on this machine, a client's default port ([::1] too)
+    if not colon or not port.isdigit():  # HOST:PORT, or :PORT on this machine
         raise ConfigError(
             f"executor.options.address: {address!r} is not 'auto', 'local', HOST:PORT or "
             "ray://HOST:PORT"
@@ -147,8 +147,8 @@ class RayExecutor:
         if ray.is_initialized():
             return
         variables = {k: v for k, v in os.environ.items() if FORWARDED_VARIABLES.match(k)}
-        # Ray installs its own SIGTERM handler (an exit with status 1, as a failed run's): the
-        # sweep's is put back, so a terminated sweep stops its jobs and says so as without Ray
+        # Ray installs its own SIGTERM handler (its own exit, without the sweep's message and
+        # status): the sweep's is put back, so a terminated sweep says so as without Ray
         main_thread = threading.current_thread() is threading.main_thread()
         terminate = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
