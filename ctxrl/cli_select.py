@@ -47,6 +47,13 @@ def _check_bounds(path: Path, values: np.ndarray, lower: float, upper: float, st
     return outside
 
 
+def _with_band(value: float, half: float | None) -> str:
+    """A table cell: ``value`` and, where it is a finite width that shows at 4 decimals,
+    ``± half``."""
+    shown = half is not None and math.isfinite(half) and round(half, 4) > 0
+    return f"{value:.4f}" + (f" ± {half:.4f}" if shown else "")
+
+
 @click.command()
 @click.option(
     "--matrix",
@@ -197,23 +204,21 @@ def select(
         click.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # strict JSON
         return
     several = len(trials) > 1
-    spread = any(
-        round(h, 4) > 0
+    cells = [
+        [_with_band(line["mean"][k], (line["ci95"] or line["std"])[k]) for k in range(budget)]
+        + [_with_band(line["mean_g"], line["mean_g_ci95"] if several else None)]
         for line in result["strategies"].values()
-        for h in line["ci95"] or line["std"]
-    )
-    band = (
-        ("± 95 % CI over trials" if several else "± 1 std over stochastic replays")
-        if spread
-        else ""
-    )
+    ]  # per strategy: G_1..G_K, then the mean
+    band = ""
+    if any("±" in cell for column in cells for cell in column):
+        band = " ± 95 % CI over trials" if several else " ± 1 std over stochastic replays"
     # the heading as a line of its own: as the title of a narrow table it wraps a word a line
     out.print(
         f"G_k on {matrix_paths[0]}"
         + (f" and {len(matrix_paths) - 1} more" if len(matrix_paths) > 1 else "")
         + " "
         f"(N = {n}, {len(trials)} trial(s); independent {result['independent']:.4f}, "
-        f"oracle {result['oracle_transfer']:.4f})" + (f" {band}" if band else ""),
+        f"oracle {result['oracle_transfer']:.4f}){band}",
         highlight=False,
         soft_wrap=True,
     )
@@ -221,29 +226,8 @@ def select(
     table.add_column("k")
     for name in lines:
         table.add_column(name)
-    for k in range(budget):
-        cells = []
-        for line in result["strategies"].values():
-            half = (line["ci95"] or line["std"])[k]
-            cells.append(
-                f"{line['mean'][k]:.4f}" + (f" ± {half:.4f}" if round(half, 4) > 0 else "")
-            )
-        table.add_row(str(k + 1), *cells)
-    table.add_row(
-        "mean",
-        *[
-            f"{line['mean_g']:.4f}"
-            + (
-                f" ± {line['mean_g_ci95']:.4f}"
-                if several
-                and band
-                and math.isfinite(line["mean_g_ci95"] or 0.0)
-                and round(line["mean_g_ci95"] or 0.0, 4) > 0
-                else ""
-            )
-            for line in result["strategies"].values()
-        ],
-    )
+    for row, label in enumerate([*(str(k + 1) for k in range(budget)), "mean"]):
+        table.add_row(label, *[column[row] for column in cells])
     _print_tables([table])  # piped: one line per row, no cell wrapped or cut
     if result["paired"]:
         compared = ", ".join(
