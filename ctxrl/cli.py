@@ -27,7 +27,7 @@ import click
 from rich.markup import escape
 
 from ctxrl import __version__
-from ctxrl.cli_common import err
+from ctxrl.cli_common import JSON_REQUESTED, echo_json_failure, err
 from ctxrl.cli_common import out as out
 from ctxrl.cli_listing import bound_text as bound_text
 from ctxrl.cli_listing import envs, plugins
@@ -79,12 +79,16 @@ class _Root(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # the command's own words (after its name); read before they are parsed, so that an
+        # unknown option is answered in JSON too
+        ctx.meta[JSON_REQUESTED] = "--json" in ctx.args
         try:
             return super().invoke(ctx)
         except CtxrlError as exc:
             # soft wrap: no line breaks inside paths and names a user copies
             # escaped: a message's own brackets ("[lower, upper]") are text, not rich markup
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            echo_json_failure(ctx, str(exc), 2)
             sys.exit(2)
         except KeyboardInterrupt:  # Ctrl-C: what a sweep or study stored is kept
             err.print(
@@ -92,13 +96,15 @@ class _Root(click.Group):
                 "last checkpoint too); rerun the same command to continue",
                 highlight=False,
             )
+            echo_json_failure(ctx, "interrupted", 130)
             sys.exit(130)
-        except Terminated:  # SIGTERM: as Ctrl-C, what was stored is kept; exits 128 + 15
+        except Terminated as exc:  # SIGTERM: as Ctrl-C, what was stored is kept; exits 128 + 15
             err.print(
                 "[yellow]terminated:[/] what was stored so far is kept (a batched program's "
                 "last checkpoint too); rerun the same command to continue",
                 highlight=False,
             )
+            echo_json_failure(ctx, "terminated", int(exc.code or 143))
             raise
         except sqlite3.Error as exc:  # the results store could not be written (or read)
             name = str(getattr(exc, "sqlite_errorname", ""))
@@ -108,18 +114,22 @@ class _Root(click.Group):
                 if name.startswith(("SQLITE_FULL", "SQLITE_IOERR"))
                 else ""
             )
-            err.print(
-                "[red]error:[/] the results store (store.sqlite in the run directory): "
-                f"{escape(str(exc))}{why}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            message = f"the results store (store.sqlite in the run directory): {exc}{why}"
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            echo_json_failure(ctx, message, 1)
             sys.exit(1)
         except OSError as exc:  # a folder that cannot be made, a full disk: named, no traceback
             where = f"{exc.filename}: " if exc.filename else ""
             message = f"{where}{exc.strerror or exc}"
             err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            echo_json_failure(ctx, message, 1)
             sys.exit(1)
+        except click.ClickException as exc:  # a usage error: click prints it, we add the JSON
+            echo_json_failure(ctx, exc.format_message(), exc.exit_code)
+            raise
+        except Exception as exc:  # a bug: the traceback follows on stderr
+            echo_json_failure(ctx, f"{type(exc).__name__}: {exc}", 1)
+            raise
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +19,27 @@ from ctxrl.plugins import Host
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # a line is one line in a log: paths unbroken
+
+JSON_REQUESTED = "ctxrl.json"
+"""Key in the root context's ``meta``: the command line holds ``--json`` (set by the root
+group before the command's options are read, so that a usage error is answered in JSON too)."""
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def json_option(help: str) -> Callable[[_Command], _Command]:
+    """A command's ``--json`` flag (``as_json``): the command prints one JSON document on
+    stdout. Whatever fails, a script reading stdout still gets one: the root group prints
+    ``{"error": MESSAGE, "exit_code": CODE}`` there (:func:`echo_json_failure`), the message
+    going to stderr as always."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def echo_json_failure(ctx: click.Context, message: str, exit_code: int) -> None:
+    """Print ``{"error": message, "exit_code": exit_code}`` on stdout when the command line
+    asked for JSON (:data:`JSON_REQUESTED`); nothing otherwise."""
+    if ctx.find_root().meta.get(JSON_REQUESTED):
+        click.echo(json.dumps({"error": message, "exit_code": exit_code}))
 
 
 def _host(ctx: click.Context) -> Host:

@@ -11,13 +11,19 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ctxrl.cli_common import _host, _print_tables, _warn_failed, _warn_unmatched_controls
+from ctxrl.cli_common import (
+    _host,
+    _print_tables,
+    _warn_failed,
+    _warn_unmatched_controls,
+    json_option,
+)
 from ctxrl.plugins import Host
 
 
 # ------------------------------------------------------------------------------- plugins
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option("Print JSON instead of a table.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List plugins: version, status, hooks implemented and what each provides."""
@@ -54,7 +60,7 @@ def plugins_table(host: Host) -> Table:
 
 # ---------------------------------------------------------------------------------- envs
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@json_option("Print JSON instead of tables.")
 @click.pass_context
 def envs(ctx: click.Context, as_json: bool) -> None:
     """List environments with their context features (default, bounds, scale, unit,

@@ -13,7 +13,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from ctxrl.cli_common import _host, _print_tables, err, out
+from ctxrl.cli_common import _host, _print_tables, err, json_option, out
 from ctxrl.errors import CtxrlError, UnknownNameError
 
 
@@ -104,7 +104,7 @@ def _with_band(value: float, half: float | None) -> str:
     help="Refuse a matrix with entries outside the normalisation bounds (default: clip them "
     "to the bounds and say how many).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 @click.pass_context
 def select(
     ctx: click.Context,

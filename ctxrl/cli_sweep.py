@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
-from ctxrl.cli_common import _host, _warn_failed, err
+from ctxrl.cli_common import _host, _warn_failed, err, json_option
 from ctxrl.config import load_config, resolve_plan
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.run_dirs import check_output_dir, locate_run_dir
@@ -41,12 +41,11 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _resolved_as_comments(plan: SweepPlan, registry: Registry) -> str:
-    """What ``--dry-run``'s config resolves to, as YAML comments below it (the output stays a
-    config ``ctxrl sweep`` reads): each feature's grid values, every hyperparameter the
-    algorithm trains with (its defaults, the preset, then ``params``) and the options of each
-    intervention, the transfer method and (``mode: select``) the strategy, their factories'
-    defaults with the config's own on top."""
+def _resolved(plan: SweepPlan, registry: Registry) -> dict[str, Any]:
+    """What ``--dry-run``'s config resolves to: each feature's grid values, every
+    hyperparameter the algorithm trains with (its defaults, the preset, then ``params``) and
+    the options of each intervention, the transfer method and (``mode: select``) the strategy,
+    their factories' defaults with the config's own on top; plain JSON values."""
     from ctxrl.config import algorithm_params
     from ctxrl.options import option_defaults
 
@@ -79,6 +78,12 @@ def _resolved_as_comments(plan: SweepPlan, registry: Registry) -> str:
             resolved.setdefault("interventions", []).append(entry)
         else:
             resolved[f"{field} options"] = entry
+    return resolved
+
+
+def _resolved_as_comments(resolved: dict[str, Any]) -> str:
+    """:func:`_resolved` as YAML comments below the config (the output stays a config
+    ``ctxrl sweep`` reads)."""
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=96)
     lines = ["what it resolves to (comments: not part of the config)", *text.splitlines()]
     return "\n".join(f"# {line}" for line in lines)
@@ -134,14 +139,13 @@ def _study_hint(ctx: click.Context, config: Path | None) -> str:
     help="If another sweep is running in the same run directory, wait for it to finish "
     "(default: stop with an error naming it).",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print, instead of summary.md and the results line, one JSON object: run_dir, the "
+@json_option(
+    "Print, instead of summary.md and the results line, one JSON object: run_dir, the "
     "counts (trained, resumed, skipped), the failed and kept run ids, and summary (the "
     "run directory's exports/summary.json, every key present, null where it does not "
-    "apply). Progress stays on stderr.",
+    "apply). With --dry-run: run_dir, plan_hash, config (the plan as it will run) and "
+    'resolved (what --dry-run lists as comments). On a failure: {"error": MESSAGE, '
+    '"exit_code": CODE}. Progress stays on stderr.',
 )
 @click.pass_context
 def sweep(
@@ -193,8 +197,18 @@ def sweep(
         )
     if dry_run:
         # the plan as it will run: a grid of several features may have changed the strategy
-        click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
-        click.echo(_resolved_as_comments(plan, host.registry))
+        config_json, resolved = plan.config.model_dump(mode="json"), _resolved(plan, host.registry)
+        if as_json:
+            result: dict[str, Any] = {
+                "run_dir": str(plan.run_dir.resolve()),
+                "plan_hash": plan.plan_hash,
+                "config": config_json,
+                "resolved": resolved,
+            }
+            click.echo(json.dumps(result, indent=2, allow_nan=False))
+        else:
+            click.echo(yaml.safe_dump(config_json, sort_keys=False))
+            click.echo(_resolved_as_comments(resolved))
         return
     _exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
@@ -278,11 +292,8 @@ def _check_report_target(out: Path, run_dir: Path) -> None:
     "directory you cannot write): a new or empty folder, or an earlier report of the same "
     "run; a transfer study's run directory is copied here and reported in the copy.",
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="A sweep's run directory: print, instead of summary.md and the exports line, one "
+@json_option(
+    "A sweep's run directory: print, instead of summary.md and the exports line, one "
     "JSON object: run_dir, exports (the folder written) and summary (its summary.json).",
 )
 @click.pass_context

@@ -402,6 +402,42 @@ def test_dry_run_lists_every_plugin_option_with_its_default() -> None:
     assert resolved["transfer options"]["fine-tune"]["reinit"] == []
     assert resolved["strategy options"]["mbtl-gp"]["beta"] == "log"
     assert resolved["strategy options"]["mbtl-gp"]["c"] == 1.0
+    # --json: the same plan and the same resolved options as one JSON object
+    as_json = CliRunner().invoke(cli, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    planned = json.loads(as_json.stdout)
+    assert planned["resolved"] == resolved
+    assert planned["config"]["strategy"]["options"] == {"beta": "log"}
+    assert planned["plan_hash"].startswith(planned["run_dir"].rsplit("-", 1)[1])
+
+
+def test_json_commands_answer_a_failure_in_json(tmp_path: Path) -> None:
+    """Given --json, a command that fails still prints one JSON object on stdout, the error
+    and the exit code, whatever failed: a config ctxrl refuses (2), a usage error click
+    refuses (2) (and a store SQLite refuses, 1: the test below); the message stays on stderr.
+    Without --json, stdout stays empty."""
+    from click.testing import CliRunner
+
+    from ctxrl.cli import cli
+
+    def failure(*args: str) -> tuple[dict[str, object], str]:
+        result = CliRunner().invoke(cli, list(args))
+        answer = json.loads(result.stdout)
+        assert answer["exit_code"] == result.exit_code, result.output
+        return answer, result.stderr
+
+    answer, stderr = failure("sweep", "--dry-run", "--set", "seedz=1", "--json")
+    assert answer["exit_code"] == 2 and "seedz: no such field" in str(answer["error"])
+    assert "seedz: no such field" in stderr
+    answer, stderr = failure("select", "--json", "--bogus")  # before the options are read
+    assert answer["exit_code"] == 2 and "No such option '--bogus'" in str(answer["error"])
+    missing = tmp_path / "missing.csv"
+    answer, _ = failure("select", "--matrix", str(missing), "--json")
+    assert answer["exit_code"] == 2 and "does not exist" in str(answer["error"])
+    answer, _ = failure("report", str(tmp_path), "--json")
+    assert answer["exit_code"] == 2 and "not a run directory" in str(answer["error"])
+    plain = CliRunner().invoke(cli, ["sweep", "--dry-run", "--set", "seedz=1"])
+    assert plain.exit_code == 2 and plain.stdout == ""
 
 
 def test_a_results_store_the_disk_refuses_is_one_clear_line(
@@ -428,7 +464,11 @@ def test_a_results_store_the_disk_refuses_is_one_clear_line(
         printed
     )
     assert "A full disk or a file-size limit is the usual cause" in printed
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    as_json = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}", "--json"])
+    answer = json.loads(as_json.stdout)  # the failure as a script reading stdout sees it
+    assert as_json.exit_code == answer["exit_code"] == 1
+    assert "database or disk is full" in answer["error"]
 
     def locked(*args: object, **kwargs: object) -> None:  # not a full disk: no such hint
         raise sqlite3.OperationalError("database is locked")
