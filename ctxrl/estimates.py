@@ -25,24 +25,29 @@ from scipy.stats import DegenerateDataWarning, bootstrap
 FloatArray = npt.NDArray[np.float64]
 
 Verdict = Literal["positive", "negative", "absent", "undetermined"]
-BootstrapMethod = Literal["percentile", "basic", "BCa"]
+BootstrapMethod = Literal["expanded", "percentile", "basic", "BCa"]
 
 
 @dataclass(frozen=True)
 class BootstrapOptions:
     """How confidence intervals are computed (``scipy.stats.bootstrap``).
 
-    ``method`` defaults to the percentile bootstrap: with the 5-10 seeds of a typical study
-    the jackknife acceleration that BCa adds is itself estimated from a handful of values, and
-    the percentile interval is what rliable (Agarwal et al. 2021) reports for RL curves. Like
-    every bootstrap interval it is nominal: with few seeds it covers less than its level (a
-    mean of normal values, 300 repetitions: 73 % at 3 seeds, 85 % at 5, 94 % at 10; a
-    Student-t interval 92-96 %), so verdicts want about 10 seeds. ``random_state`` is fixed
-    so that the same curves always give the same interval."""
+    ``method`` defaults to ``expanded``: Hesterberg's expanded percentile interval (Hesterberg
+    2015, "What teachers should know about the bootstrap", The American Statistician 69(4)),
+    the percentile interval taken at a wider level (:func:`expanded_confidence_level`) that
+    undoes its two small-sample biases, a plug-in spread that is too small by ``sqrt((n - 1) /
+    n)`` and a normal tail where Student's t belongs. The plain percentile interval (what rliable,
+    Agarwal et al. 2021, reports) is nominal only: with the 5 seeds a study defaults to, 95 %
+    percentile intervals of a difference of two arms' means cover the truth 87-88 % of the
+    time, so about 12 % of "no effect" pairs get a verdict; expanded, 94-95 % (normal and skewed
+    seeds, 800 simulated studies each; 93-96 % at 10 seeds; 90 % at 3 seeds, where resampling
+    three values cannot reach further). BCa adds a jackknife acceleration estimated from a
+    handful of values and is not better there. ``random_state`` is fixed so that the same curves
+    always give the same interval."""
 
     confidence_level: float = 0.95
     n_resamples: int = 9999
-    method: BootstrapMethod = "percentile"
+    method: BootstrapMethod = "expanded"
     random_state: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +58,24 @@ class BootstrapOptions:
 
 
 DEFAULT_BOOTSTRAP = BootstrapOptions()
+
+
+def expanded_confidence_level(confidence_level: float, sizes: Sequence[int]) -> float:
+    """The level at which a percentile interval is taken so that it covers about
+    ``confidence_level`` (the ``expanded`` method of :class:`BootstrapOptions`): the two-sided
+    level of the normal deviate ``sqrt(m / (m - 1)) * t_{(1 + level) / 2, df}``, ``m`` the
+    smallest sample (at least 2), ``df = sum(n_i - 1)`` (Hesterberg's one-sample rule, and its
+    pooled degrees of freedom for two independent arms). At 95 %: 0.9981 for 5 seeds, 0.9829
+    for 10; two arms of 5 seeds, 0.9901."""
+    from scipy.stats import norm
+    from scipy.stats import t as student
+
+    smallest = min(sizes)
+    if smallest < 2:
+        raise ValueError(f"an interval needs at least two values per sample, got sizes {sizes}")
+    df = sum(n - 1 for n in sizes)
+    deviate = math.sqrt(smallest / (smallest - 1)) * student.ppf((1 + confidence_level) / 2, df)
+    return float(1.0 - 2.0 * norm.sf(deviate))
 
 
 @dataclass(frozen=True)
@@ -154,14 +177,19 @@ def bootstrap_estimate(
         # finite, which is "no interval" below, so their warnings only clutter the output
         warnings.filterwarnings("ignore", category=DegenerateDataWarning)
         warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        expanded = options.method == "expanded"
         result = bootstrap(
             tuple(arrays),
             statistic,
             n_resamples=options.n_resamples,
             vectorized=True,
             paired=False,
-            confidence_level=options.confidence_level,
-            method=options.method,
+            confidence_level=(
+                expanded_confidence_level(options.confidence_level, sizes)
+                if expanded
+                else options.confidence_level
+            ),
+            method="percentile" if expanded else options.method,
             random_state=options.random_state,
         )
     low = float(result.confidence_interval.low)

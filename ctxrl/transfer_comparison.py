@@ -46,6 +46,7 @@ from ctxrl.transfer_curves import (
 )
 
 VerdictMetric = Literal["area_ratio", "jumpstart"]
+VerdictBasis = Literal["area_ratio", "jumpstart", "auc_difference"]
 FloorOrigin = Literal["caller", "zero", "pooled_minimum"]
 
 
@@ -93,7 +94,10 @@ class TransferComparison:
             with the source counted, the transfer arm's steps include ``source_steps``.
         verdict: ``positive`` / ``negative`` when the interval of ``verdict_metric`` lies
             entirely above ``absent_band`` / below ``-absent_band``, ``absent`` otherwise,
-            ``undetermined`` without an interval (one seed per arm).
+            ``undetermined`` without an interval (one seed per arm). ``verdict_basis`` says
+            which interval decided: ``verdict_metric``'s, or ``auc_difference`` (the AUC
+            advantage, band 0) where ``r`` has no interval because scratch's area is 0 on the
+            seeds or on some resamples (a sparse task that scratch never solves).
         source_time_counted: whether the transfer curve was shifted right by ``source_steps``.
         return_floor: the value subtracted from every return before the ratios, and
             ``return_floor_origin`` where it came from: ``caller``, ``zero`` (no shift
@@ -128,6 +132,7 @@ class TransferComparison:
     bootstrap: BootstrapOptions
     n_transfer_diverged: int = 0
     n_scratch_diverged: int = 0
+    verdict_basis: VerdictBasis = "area_ratio"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats become None, tuples become lists)."""
@@ -236,7 +241,16 @@ def compare_transfer(
         )
         time_comparison = _compare_times(threshold_transfer, threshold_scratch, options, budgets)
 
-    deciding = area_ratio if verdict_metric == "area_ratio" else jumpstart.advantage
+    deciding, band = area_ratio, absent_band
+    basis: VerdictBasis = verdict_metric
+    if verdict_metric == "jumpstart":
+        deciding = jumpstart.advantage
+    elif math.isnan(area_ratio.low) and not math.isnan(auc.advantage.low):
+        # r is undefined where scratch's area is 0 (a sparse task scratch never solves, as
+        # Sabatelli & Geurts's Catch-v4), on every seed or on some resamples; the difference
+        # of the areas has r's sign wherever r exists, so it decides (absent_band is in r's
+        # units, so no band)
+        deciding, band, basis = auc.advantage, 0.0, "auc_difference"
     return TransferComparison(
         jumpstart=jumpstart,
         asymptote=asymptote,
@@ -245,8 +259,9 @@ def compare_transfer(
         area_ratio=area_ratio,
         time_to_threshold=time_comparison,
         threshold=None if threshold is None else float(threshold),
-        verdict=verdict(deciding, absent_band=absent_band),
+        verdict=verdict(deciding, absent_band=band),
         verdict_metric=verdict_metric,
+        verdict_basis=basis,
         absent_band=float(absent_band),
         source_time_counted=count_source_time,
         source_steps=int(source_steps),

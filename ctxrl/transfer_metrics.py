@@ -64,6 +64,7 @@ from ctxrl.transfer_comparison import FloorOrigin as FloorOrigin
 from ctxrl.transfer_comparison import (
     MetricComparison,
     TransferComparison,
+    VerdictBasis,
     VerdictMetric,
     _total_steps_window,
     compare_transfer,
@@ -292,6 +293,7 @@ __all__ = [
     "MetricEstimate",
     "TransferComparison",
     "Verdict",
+    "VerdictBasis",
     "VerdictMetric",
     "as_returns",
     "as_step_grid",

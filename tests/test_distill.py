@@ -339,6 +339,9 @@ def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -
     assert (np.diff(coef[:, 0]) <= 0).all() and coef[0, 0] > coef[-1, 0]
     assert comparison.n_transfer_seeds == 2 and comparison.n_points == 5
     assert np.isfinite(comparison.auc.transfer.estimate)
+    # compared on returns normalised by the env's bounds, as the DQN study compares them
+    for estimate in (comparison.asymptote.transfer, comparison.asymptote.scratch):
+        assert 0.0 <= estimate.estimate <= 1.0
 
 
 def test_kickstarting_reaches_a_threshold_in_fewer_target_steps_than_scratch(

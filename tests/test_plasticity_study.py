@@ -30,7 +30,7 @@ from ctxrl_plugins.transfer.plasticity_study import (
     resolve_study,
     run_study,
 )
-from ctxrl_plugins.transfer.plasticity_study_report import gather, write_outputs
+from ctxrl_plugins.transfer.plasticity_study_report import direction_verdict, gather, write_outputs
 from ctxrl_plugins.transfer.studies import open_run_dir
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -610,7 +610,9 @@ def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: P
     steps = np.arange(0, 2049, 256)
     agents = [(label, seed) for label in ("none", "half", "gone") for seed in (0, 1)]
     curves = np.tile(np.linspace(100.0, 200.0, len(steps)), (6, 1))
-    curves[2, 5:] = np.nan  # half, seed 0: diverged mid-training
+    # half, seed 0: diverged mid-training, to an infinite return (normalising clips to
+    # [0, 1], which read it as a perfect score)
+    curves[2, 5:] = np.inf
     curves[4:] = np.nan  # gone: both seeds from the start
     dormant = np.full((6, len(steps)), 0.25)
     dormant[[2, 4, 5]] = np.nan
@@ -658,6 +660,50 @@ def test_diverged_seeds_are_left_out_named_and_never_read_as_results(tmp_path: P
     assert "**gone diverged**: seed(s) 0, 1 (2 of 2)" in summary and "no finite seed" in summary
     gone_rows = [line for line in summary.splitlines() if line.startswith("| gone |")]
     assert len(gone_rows) == 2 and all(set(row.split("|")[2:-1]) == {" n/a "} for row in gone_rows)
+
+
+def test_arms_are_compared_with_none_seed_by_seed(tmp_path: Path) -> None:
+    """Seed s of every arm follows the same schedule (and, with the same network, starts from
+    the same weights), so arm - none is taken seed by seed: a small effect shared by every seed
+    is found however far apart the seeds' own levels lie (an unpaired difference of means
+    buried it under the seeds' spread), and a seed missing from one side drops its pair."""
+    arms = [{"label": "lift", "interventions": [{"name": "shrink-perturb"}]}]
+    config = load_study_config(
+        _write(
+            tmp_path,
+            arms=arms,
+            seeds=[0, 1, 2],
+            total_steps=2048,
+            schedule={**STUDY["schedule"], "every": 512},
+        )
+    )
+    plan = resolve_study(config, get_host().registry)
+    steps = np.arange(0, 2049, 256)
+    levels = np.array([100.0, 250.0, 400.0])  # the seeds' own luck, shared by both arms
+    lifted = levels + np.array([5.0, 6.0, 7.0])  # the arm: 5-7 higher on every seed
+    agents = [(label, seed) for label in ("none", "lift") for seed in (0, 1, 2)]
+    curves = np.repeat(np.concatenate([levels, lifted])[:, None], len(steps), axis=1)
+    result = ProgramResult(
+        agents=agents,
+        curve_steps=steps,
+        curves=curves,
+        plasticity_steps=steps,
+        plasticity={"dormant.actor.0": np.full((6, len(steps)), 0.25)},
+        diagnostic_steps=np.array([], dtype=np.int64),
+        diagnostics={},
+        switches=[512, 1024, 1536],
+    )
+    tables = gather(plan, {"shared": result})
+    versus = tables.versus["lift"]["post_switch_auc"]
+    span = plan.env.return_bounds[1] - plan.env.return_bounds[0]
+    assert versus.estimate == pytest.approx(6.0 / span)
+    assert versus.low > 0 and versus.per_seed == pytest.approx([5 / span, 6 / span, 7 / span])
+    assert direction_verdict(versus, +1) == "better"
+    # seed 2 of the arm diverged: the pair of seed 2 is left out, and counted
+    curves[5, 3:] = np.nan
+    tables = gather(plan, {"shared": result})
+    versus = tables.versus["lift"]["post_switch_auc"]
+    assert versus.n_excluded == 1 and versus.estimate == pytest.approx(5.5 / span)
 
 
 def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path) -> None:

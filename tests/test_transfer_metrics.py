@@ -157,6 +157,29 @@ def test_unequal_grids_are_an_error_naming_them() -> None:
         compare_transfer(flat([1.0]), shifted)
 
 
+def test_a_sparse_task_scratch_never_solves_gets_its_verdict_from_the_auc_difference() -> None:
+    """Sabatelli & Geurts's Catch-v4: scratch never scores, a pretrained agent does. r is then
+    undefined (scratch's area is 0), and the verdict was "undetermined" although every
+    transfer seed scored; it is read from the AUC difference instead, and says so. A scratch
+    arm that scores on some seeds keeps r's verdict."""
+    solved = flat([0.6, 0.8, 0.7, 0.9, 0.5])
+    never = flat([0.0] * 5)
+    result = compare_transfer(solved, never, return_floor=0.0)
+    assert math.isnan(result.area_ratio.estimate) and math.isnan(result.area_ratio.low)
+    assert result.auc.advantage.low > 0
+    assert (result.verdict, result.verdict_basis) == ("positive", "auc_difference")
+    assert result.to_json()["verdict_basis"] == "auc_difference"
+    same = compare_transfer(never, never, return_floor=0.0)  # nothing to tell apart
+    assert same.verdict == "absent" and same.verdict_basis == "auc_difference"
+    sometimes = flat([0.0, 0.0, 0.2, 0.0, 0.1])  # r exists on the seeds, not on some resamples
+    partly = compare_transfer(solved, sometimes, return_floor=0.0)
+    assert partly.verdict == "positive" and partly.verdict_basis == "auc_difference"
+    usual = compare_transfer(solved, flat([0.3, 0.2, 0.4, 0.3, 0.2]), return_floor=0.0)
+    assert usual.verdict == "positive" and usual.verdict_basis == "area_ratio"
+    one_seed = compare_transfer(flat([0.6]), flat([0.0]), return_floor=0.0)
+    assert one_seed.verdict == "undetermined"
+
+
 def test_an_interval_straddling_zero_is_absent() -> None:
     result = compare_transfer(flat([1.5, 2.5, 3.5, 0.5, 4.5]), flat([1.0, 2.0, 3.0, 4.0, 5.0]))
     assert result.area_ratio.estimate == pytest.approx(-1.0 / 6.0)
@@ -312,6 +335,34 @@ def test_bootstrap_is_reproducible_and_resamples_arms_independently() -> None:
     assert other.estimate == first.estimate and (other.low, other.high) != (first.low, first.high)
 
 
+def test_the_expanded_interval_covers_its_level_with_five_seeds() -> None:
+    """With 5 seeds per arm and no true difference, 95 % percentile intervals of the difference
+    of means excluded 0 in about 12 % of studies (their verdicts wrong); the default expanded
+    interval (Hesterberg's expanded percentile) in about 5 %. 400 simulated studies of two
+    normal arms, the same draws for both methods."""
+    from ctxrl.estimates import expanded_confidence_level
+
+    assert expanded_confidence_level(0.95, [5]) == pytest.approx(0.99809, abs=1e-5)
+    assert expanded_confidence_level(0.95, [5, 5]) == pytest.approx(0.99007, abs=1e-5)
+    assert expanded_confidence_level(0.95, [1000]) == pytest.approx(0.95, abs=1e-3)
+    with pytest.raises(ValueError, match="at least two values"):
+        expanded_confidence_level(0.95, [1, 5])
+    rng = np.random.default_rng(0)
+    studies = [(rng.normal(size=5), rng.normal(size=5)) for _ in range(400)]
+    excluded = {}
+    for method in ("percentile", "expanded"):
+        options = BootstrapOptions(method=method, n_resamples=2000)  # type: ignore[arg-type]
+        excluded[method] = np.mean(
+            [
+                bootstrap_estimate(arms, difference_of_means, options=options).excludes_zero()
+                for arms in studies
+            ]
+        )
+    assert excluded["percentile"] > 0.09
+    assert 0.02 <= excluded["expanded"] <= 0.08
+    assert BootstrapOptions().method == "expanded"
+
+
 def test_degenerate_estimates_do_not_raise() -> None:
     equal = mean_estimate([3.0, 3.0, 3.0], options=BootstrapOptions(method="BCa"))
     assert (equal.estimate, equal.low, equal.high) == (3.0, 3.0, 3.0)
@@ -335,7 +386,7 @@ def test_an_interval_undefined_on_some_resamples_is_no_interval() -> None:
     assert verdict(ratio) == "undetermined" and not ratio.excludes_zero()
 
 
-@pytest.mark.parametrize("method", ["percentile", "BCa"])
+@pytest.mark.parametrize("method", ["expanded", "percentile", "BCa"])
 def test_degenerate_bootstraps_do_not_warn(method: BootstrapMethod) -> None:
     """``ctxrl transfer dqn`` and ``ctxrl report`` printed scipy's ``DegenerateDataWarning: The
     BCa confidence interval cannot be calculated`` and numpy's ``invalid value encountered in

@@ -208,14 +208,19 @@ def kickstart_study(
 ) -> tuple[Any, Any]:
     """Kickstarting against scratch PPO on one target, both arms in one batched program with
     the same seeds (the scratch students are kickstarting students with coefficient 0), and
-    their learning curves compared by :func:`ctxrl.transfer_metrics.compare_transfer`
+    their learning curves compared by :func:`ctxrl.transfer_metrics.compare_transfer_finite`
     (jumpstart, AUC, area ratio, asymptote, time to ``threshold``; bootstrap CIs over seeds).
+    The curves are compared as the DQN transferability study compares them: returns normalised
+    to [0, 1] by the env's return bounds (``env.normalise``), so the area ratio is on the same
+    scale for every env and seed set, and jumpstart and asymptote are normalised returns;
+    ``threshold`` is a raw return, normalised the same way. A student whose returns are not
+    finite (a diverged training) is left out and counted (``n_transfer_diverged``, ...).
 
     Returns ``(comparison, students)``: the :class:`~ctxrl.transfer_metrics.TransferComparison`
     and the policies object of the ``2 * len(seeds)`` students (kickstarted first).
     ``options`` go to :func:`distill_students` (``temperature``, ``weights``, ``decay``, ...)."""
     from ctxrl.registry import CurveOptions
-    from ctxrl.transfer_metrics import LearningCurves, compare_transfer
+    from ctxrl.transfer_metrics import compare_transfer_finite
 
     s = len(seeds)
     if s == 0:
@@ -232,11 +237,19 @@ def kickstart_study(
         curves=CurveOptions(every=curve_every, episodes=episodes),
         **options,
     )
-    curve = students.log.curve()  # (points, 2 S)
+    raw = np.asarray(students.log.curve(), dtype=np.float64).T  # (2 S, points)
+    # normalising clips to [0, 1]: a non-finite return (a diverged student) stays non-finite
+    curves = np.where(np.isfinite(raw), env.normalise(raw), np.nan)
     grid = np.asarray(students.log.curve_steps)
-    kicked = LearningCurves(grid, curve[:, :s].T)
-    scratch = LearningCurves(grid, curve[:, s:].T)
-    return compare_transfer(kicked, scratch, threshold=threshold), students
+    comparison = compare_transfer_finite(
+        grid,
+        curves[:s],
+        grid,
+        curves[s:],
+        threshold=None if threshold is None else float(env.normalise(threshold)),
+        return_floor=0.0,
+    )
+    return comparison, students
 
 
 def distill_conditioned(

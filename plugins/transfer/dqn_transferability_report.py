@@ -412,12 +412,22 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
             no_estimate = {
                 (pair["source"], pair["target"]) for pair in data["pairs"] if "no_estimate" in pair
             }
+            by_auc = {  # r undefined (scratch's area 0): the AUC difference decided
+                (pair["source"], pair["target"])
+                for pair in data["pairs"]
+                if pair.get("verdict_basis") == "auc_difference"
+            }
             for s, t in np.ndindex(r.shape[:2]):
                 if data["verdicts"][s][t]:
+                    basis = (
+                        " (from the AUC difference: r is undefined, scratch's area is 0)"
+                        if (plan.names[s], plan.names[t]) in by_auc
+                        else ""
+                    )
                     lines.append(
                         f"| {arm} | {plan.names[s]} -> {plan.names[t]} | "
                         f"{_with_interval(r[s, t])} | {_with_interval(jump[s, t])} | "
-                        f"{data['verdicts'][s][t]} |"
+                        f"{data['verdicts'][s][t]}{basis} |"
                     )
                 elif (plan.names[s], plan.names[t]) in no_estimate:
                     lines.append(

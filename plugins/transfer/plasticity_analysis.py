@@ -25,9 +25,10 @@ of the previous one). Per agent:
   record just before the first switch and at the last record.
 
 Each arm's per-seed values get a bootstrap 95 % interval (:mod:`ctxrl.transfer_metrics`), and
-each is compared with the baseline ``none`` as a difference of means over seeds with its own
-interval; the verdict is better / worse when the interval excludes 0, no difference when it
-holds 0, and no interval with one seed.
+each is compared with the baseline ``none`` seed by seed: the mean over seeds of arm - none for
+the same seed (seed ``s`` of every arm follows the same schedule and, where the network is the
+same, starts from the same weights), with its own interval; the verdict is better / worse when
+the interval excludes 0, no difference when it holds 0, and no interval with one seed.
 
 A seed whose curve is not finite somewhere (its training *diverged*: NaN or infinite
 parameters) is left out of every metric, interval, comparison and figure, and named (arm, seed)
@@ -51,7 +52,7 @@ import numpy as np
 from scipy.integrate import trapezoid
 
 from ctxrl.errors import CtxrlError
-from ctxrl.transfer_metrics import MetricEstimate, bootstrap_estimate, difference_of_means, mean_of
+from ctxrl.transfer_metrics import MetricEstimate, bootstrap_estimate, mean_of
 from ctxrl_plugins.transfer.plasticity_plan import BASELINE, StudyPlan
 from ctxrl_plugins.transfer.plasticity_runner import ProgramFailure, ProgramResult
 
@@ -134,9 +135,13 @@ def gather(
             raise CtxrlError(f"program {name!r} recorded on another step grid than the others")
         for label in dict.fromkeys(label for label, _ in result.agents):
             rows = [i for i, (arm, _) in enumerate(result.agents) if arm == label]
+            raw = result.curves[rows]
+            # normalising clips to [0, 1], which would turn an infinite return (a diverged
+            # seed) into a perfect or a zero score: it stays non-finite
+            curves = np.where(np.isfinite(raw), plan.env.normalise(raw), np.nan)
             arms[label] = ArmData(
                 [result.agents[i][1] for i in rows],
-                plan.env.normalise(result.curves[rows]),
+                curves,
                 {k: v[rows] for k, v in result.plasticity.items()},
             )
     assert steps is not None and plasticity_steps is not None and switches is not None
@@ -157,17 +162,42 @@ def gather(
         tables.no_comparison = "every baseline seed diverged"
         return tables
     base = tables.per_seed[BASELINE]
+    base_rows = {seed: row for row, seed in enumerate(ordered[BASELINE].seeds)}
     for label in list(ordered)[1:]:
+        # seed s of every arm starts from the same weights (where the network is the same) and
+        # follows the same schedule: each arm - none difference is taken seed by seed
+        pairs = [
+            (row, base_rows[seed])
+            for row, seed in enumerate(ordered[label].seeds)
+            if seed in base_rows
+        ]
         note = _diverged_note(ordered[label])
         tables.versus[label] = {
-            k: bootstrap_estimate(
-                [v[~np.isnan(v)], base[k][~np.isnan(base[k])]],
-                difference_of_means,
-                note=note,
-            )
+            k: _paired_difference(v, base[k], pairs, note)
             for k, v in tables.per_seed[label].items()
         }
     return tables
+
+
+def _paired_difference(
+    values: np.ndarray, base: np.ndarray, pairs: Sequence[tuple[int, int]], note: str
+) -> MetricEstimate:
+    """Mean over seeds of ``values[i] - base[j]`` for the seed pairs ``pairs`` (rows of the
+    same seed in the arm and the baseline) with its bootstrap interval: a paired difference,
+    so what a seed's luck gives both arms cancels. A pair NaN on either side (a diverged seed,
+    an undefined value) is left out and counted in ``n_excluded``."""
+    differences = np.array([values[i] - base[j] for i, j in pairs], dtype=np.float64)
+    kept = differences[~np.isnan(differences)]
+    excluded = int(differences.size - kept.size)
+    if excluded and not note:
+        note = f"{excluded} of {differences.size} seed pairs left out (NaN on either side)"
+    return bootstrap_estimate(
+        [kept],
+        mean_of,
+        per_seed=[float(v) for v in differences],
+        n_excluded=excluded,
+        note=note,
+    )
 
 
 def _diverged_note(data: ArmData) -> str:
@@ -293,8 +323,13 @@ def _finite_measures(
     )
 
 
+WEIGHT_METRICS = ("weight_magnitude", "distance_from_init")
+"""Plasticity metrics recorded for every layer, heads too (the others: hidden layers only)."""
+
+
 def layer_mean(plasticity: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
-    """``metric`` averaged over the hidden layers that have it: ``(S, P)`` (empty if none)."""
+    """``metric`` averaged over the layers that have it: ``(S, P)`` (empty if none): the
+    hidden layers, and for the weight metrics (:data:`WEIGHT_METRICS`) the output layers too."""
     values = [v for k, v in plasticity.items() if k.split(".", 1)[0] == metric]
     if not values:
         return np.zeros((0, 0))

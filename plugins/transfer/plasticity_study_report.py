@@ -18,10 +18,10 @@ import numpy as np
 
 from ctxrl.transfer_metrics import curve_band
 from ctxrl_plugins.transfer.plasticity_analysis import MEASURES as MEASURES
+from ctxrl_plugins.transfer.plasticity_analysis import WEIGHT_METRICS, layer_mean
 from ctxrl_plugins.transfer.plasticity_analysis import ArmData as ArmData
 from ctxrl_plugins.transfer.plasticity_analysis import StudyTables as StudyTables
 from ctxrl_plugins.transfer.plasticity_analysis import gather as gather
-from ctxrl_plugins.transfer.plasticity_analysis import layer_mean
 from ctxrl_plugins.transfer.plasticity_plan import StudyPlan
 from ctxrl_plugins.transfer.plasticity_runner import ProgramFailure, ProgramResult
 from ctxrl_plugins.transfer.plasticity_summary import direction_verdict as direction_verdict
@@ -30,7 +30,7 @@ from ctxrl_plugins.transfer.plasticity_summary import format_estimate as format_
 from ctxrl_plugins.transfer.plasticity_summary import summary_markdown
 from ctxrl_plugins.transfer.plasticity_summary import untouched_lines as untouched_lines
 
-# the metrics drawn across switches (means over the hidden layers)
+# the metrics drawn across switches (means over the layers recording them)
 FIGURE_METRICS = (
     "dormant",
     "effective_rank",
@@ -183,7 +183,9 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12
                 )
             mark_switches(ax)
-            ax.set_title(f"{metric} (mean over hidden layers)", fontsize=9)
+            # the weight metrics are recorded for the output layers too
+            layers = "every layer" if metric in WEIGHT_METRICS else "hidden layers"
+            ax.set_title(f"{metric} (mean over {layers})", fontsize=9)
             ax.set_xlabel("env steps per agent", fontsize=8)
         for ax in list(axes.flat)[len(metrics) :]:
             ax.set_visible(False)

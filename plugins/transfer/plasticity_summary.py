@@ -180,7 +180,7 @@ def summary_markdown(plan: StudyPlan, tables: StudyTables, figures: Sequence[str
     if others:
         lines += [
             "",
-            "## Each intervention against no intervention (difference of means, arm - none)",
+            "## Each intervention against no intervention (arm - none, paired by seed)",
             "",
         ]
     if others and tables.no_comparison:
