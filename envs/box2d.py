@@ -7,6 +7,15 @@ randomness, frame rate) from module globals. Writing those globals would change 
 process, which is the defect ctxrl avoids: instead each env instance runs gymnasium's own methods
 against a private copy of the module's globals that holds its context. The physics code is
 gymnasium's, unchanged; only the constants it reads differ per instance.
+
+The features are those constants (as CARL exposes them), with gymnasium's meaning. Two of them
+change more than their name says, and their descriptions say how: ``fps`` (gymnasium applies
+each engine burst as one impulse per physics step and the initial push as one step's force, so
+the engines grow stronger per simulated second and the push weaker as it rises) and LunarLander's
+``scale`` (the lander's mass falls as 1 / scale^2 and its engines' impulse as 1 / scale, while
+gravity, wind and the push keep their units). The time limits count steps, not seconds.
+BipedalWalker has no ``terrain_height``: gymnasium draws the terrain relative to it and starts
+the walker above it, so it only lifts the whole world (nothing observed changes).
 """
 
 from __future__ import annotations
@@ -33,15 +42,28 @@ LUNAR_LANDER = ContextSpace(
         F("side_engine_power", 0.6, 0.0, 50.0, description="side engine impulse scale"),
         F("initial_random", 1000.0, 0.0, 2000.0, description="random initial force on the lander"),
         F("leg_spring_torque", 40.0, 1.0, 200.0, description="torque of the leg springs"),
-        F("fps", 50.0, 10.0, 200.0, unit="1/s", description="physics steps per second"),
+        F(
+            "fps",
+            50.0,
+            10.0,
+            200.0,
+            unit="1/s",
+            description="physics steps per second; each engine burst is one impulse per step, "
+            "so thrust per second grows with it (below about 29 the main engine cannot lift "
+            "the lander against gravity 10) and the initial push shrinks; the 1000-step limit "
+            "lasts 1000 / fps s",
+        ),
         F(
             "scale",
             30.0,
             15.0,
             60.0,
             unit="px/m",
-            description="pixels per metre: larger is a "
-            "smaller world and lander in metres, observed positions normalised by the screen",
+            description="pixels per metre: larger is a smaller world and lander in metres, "
+            "observed positions normalised by the screen; the lander's mass falls as 1 / "
+            "scale^2 and its engine impulse as 1 / scale while gravity, wind and the initial "
+            "push keep their units, so thrust-to-weight rises with it (below about 17 the "
+            "lander cannot hover)",
         ),
         F("leg_away", 20.0, 5.0, 40.0, unit="px", description="horizontal offset of each leg"),
         F("leg_down", 18.0, 5.0, 40.0, unit="px", description="how far the legs hang down"),
@@ -100,7 +122,15 @@ BIPEDAL_WALKER = ContextSpace(
         F("initial_random", 5.0, 0.0, 20.0, description="random initial push of the hull"),
         F("lidar_range", 160 / 30.0, 0.5, 20.0, unit="m", description="range of the lidar"),
         F("gravity_x", 0.0, -10.0, 10.0, unit="m/s^2", description="horizontal gravity"),
-        F("fps", 50.0, 20.0, 200.0, unit="1/s", description="physics steps per second"),
+        F(
+            "fps",
+            50.0,
+            20.0,
+            200.0,
+            unit="1/s",
+            description="physics steps per second; the initial push is one step's force, so "
+            "it shrinks as 1 / fps; the 1600-step limit lasts 1600 / fps s",
+        ),
         F(
             "leg_down",
             -8 / 30.0,
@@ -119,14 +149,7 @@ BIPEDAL_WALKER = ContextSpace(
             400.0,
             unit="segments",
             description="terrain length, rounded to whole segments; the finish is near its end",
-        ),
-        F(
-            "terrain_height",
-            400 / 30.0 / 4,
-            1.0,
-            6.0,
-            unit="m",
-            description="mean ground height, the height of the start pad",
+            integer=True,
         ),
         F(
             "terrain_grass",
@@ -134,7 +157,10 @@ BIPEDAL_WALKER = ContextSpace(
             2.0,
             30.0,
             unit="segments",
-            description="rounded; the finish line lies this many segments before the end",
+            description="rounded; the finish line lies this many segments before the end; on "
+            "the hardcore course also the longest grass stretch between obstacles (each drawn "
+            "from [grass / 2, grass)), so fewer obstacles as it grows",
+            integer=True,
         ),
         F(
             "terrain_startpad",
@@ -143,6 +169,7 @@ BIPEDAL_WALKER = ContextSpace(
             50.0,
             unit="segments",
             description="rounded; length of the flat start pad",
+            integer=True,
         ),
     ],
     owner="BipedalWalker",
@@ -280,10 +307,10 @@ def _apply_bipedal_walker(env: Any, c: Context) -> None:
     private["FPS"] = c["fps"]
     # human rendering plays at the simulated rate (gymnasium's class metadata says 50)
     env.metadata = {**env.metadata, "render_fps": c["fps"]}
-    for name in ("leg_down", "leg_w", "leg_h", "terrain_step", "terrain_height"):
+    for name in ("leg_down", "leg_w", "leg_h", "terrain_step"):
         private[name.upper()] = c[name]
-    for name in ("terrain_length", "terrain_grass", "terrain_startpad"):
-        private[name.upper()] = round(c[name])
+    for name in ("terrain_length", "terrain_grass", "terrain_startpad"):  # integer features
+        private[name.upper()] = int(BIPEDAL_WALKER.feature(name).env_value(c[name]))
     # The leg fixtures are built from LEG_W / LEG_H when the module is imported: rebuild them.
     for fixture_name, width in (("LEG_FD", c["leg_w"]), ("LOWER_FD", 0.8 * c["leg_w"])):
         template = vars(_bipedal_module())[fixture_name]

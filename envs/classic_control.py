@@ -168,6 +168,8 @@ def _check_mountain_car(owner: str, c: Context) -> None:
     require_order(
         c, owner, "min_position", "start_position_low", "start_position_high", "max_position"
     )
+    # a start at or past the goal ends every episode at its first step
+    require_order(c, owner, "start_position_high", "goal_position", strict=True)
     require_order(c, owner, "min_position", "goal_position", strict=True)
     require_order(c, owner, "goal_position", "max_position")
 
@@ -222,7 +224,15 @@ MOUNTAIN_CAR_CONTINUOUS_FAMILY = ContextFamily(
 # tests/test_classic_physics.py steps every corner of these bounds.
 ACROBOT = ContextSpace(
     [
-        F("link_length_1", 1.0, 0.1, 10.0, unit="m", description="length of the first link"),
+        F(
+            "link_length_1",
+            1.0,
+            0.1,
+            10.0,
+            unit="m",
+            description="length of the first link (the dynamics; gymnasium's goal test "
+            "-cos(t1) - cos(t1 + t2) > 1 assumes links of 1 m and stays as it is)",
+        ),
         F("link_mass_1", 1.0, 0.5, 5.0, unit="kg", description="mass of the first link"),
         F("link_mass_2", 1.0, 0.5, 5.0, unit="kg", description="mass of the second link"),
         F("link_com_pos_1", 0.5, 0.0, 1.0, unit="m", description="centre of mass of link 1"),

@@ -142,6 +142,10 @@ class _MountainCarBase(BatchedEnv):
         for low, high in pairs:
             require_batched_order(context, self.name, low, high)
         require_batched_order(context, self.name, "min_position", "goal_position", strict=True)
+        # a start at or past the goal ends every episode at its first step
+        require_batched_order(
+            context, self.name, "start_position_high", "goal_position", strict=True
+        )
 
     def _initial_state(self, env_ids: Tensor | None) -> Tensor:
         low = self._ctx("start_position_low", env_ids)

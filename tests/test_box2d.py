@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import requires_box2d
 
+from ctxrl.errors import ContextError
 from ctxrl.plugins import get_host
 
 pytestmark = requires_box2d
@@ -303,8 +304,10 @@ def test_bipedal_walker_terrain() -> None:
     assert np.diff(fine.terrain_x).mean() == pytest.approx(0.3)
     assert len(_walker(terrain_length=120.0).terrain_x) == 120
     assert len(_walker(terrain_length=300.0).terrain_x) == 300
-    low, high = _walker(terrain_height=2.0), _walker(terrain_height=5.0)
-    assert low.terrain_y[0] == pytest.approx(2.0) and high.terrain_y[0] == pytest.approx(5.0)
+    # the rounded features are integer features: rounded halves up, as every other is
+    assert len(_walker(terrain_length=120.5).terrain_x) == 121
+    with pytest.raises(ContextError, match="terrain_height"):  # it only lifted the world
+        _walker(terrain_height=2.0)
     for pad in (5, 40):
         flat = np.flatnonzero(np.abs(np.diff(_walker(terrain_startpad=pad).terrain_y)) > 1e-9)
         assert flat[0] >= pad  # the ground stays flat over the start pad

@@ -164,6 +164,15 @@ def test_mountain_car_start_range() -> None:
     )
     starts = [float(env.reset(seed=s)[0][0]) for s in range(50)]
     assert min(starts) >= 0.1 and max(starts) <= 0.2
+    # a start range reaching the goal ended every episode at its first step: refused, by the
+    # env and by its twin
+    past = {"max_position": 1.8, "start_position_low": 1.0, "start_position_high": 1.2}
+    for name in ("MountainCar", "MountainCarContinuous"):
+        spec = get_host().registry.env(name)
+        with pytest.raises(ContextError, match="start_position_high < goal_position"):
+            spec.make(past)
+        with pytest.raises(ContextError, match="start_position_high < goal_position"):
+            spec.make_batched(1, contexts=past)
 
 
 def test_mountain_car_continuous_power() -> None:
