@@ -127,6 +127,8 @@ class _Root(click.Group):
         except click.ClickException as exc:  # a usage error: click prints it, we add the JSON
             echo_json_failure(ctx, exc.format_message(), exc.exit_code)
             raise
+        except (click.exceptions.Exit, click.exceptions.Abort):  # --help, ctx.exit(): no failure
+            raise
         except Exception as exc:  # a bug: the traceback follows on stderr
             echo_json_failure(ctx, f"{type(exc).__name__}: {exc}", 1)
             raise

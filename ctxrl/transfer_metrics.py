@@ -206,6 +206,7 @@ def _undefined_comparison(
         threshold=None if threshold is None else float(threshold),
         verdict=verdict(undefined, absent_band=absent_band),
         verdict_metric=verdict_metric,
+        verdict_basis=verdict_metric,
         absent_band=float(absent_band),
         source_time_counted=count_source_time,
         source_steps=int(source_steps),

@@ -129,7 +129,8 @@ BIPEDAL_WALKER = ContextSpace(
             200.0,
             unit="1/s",
             description="physics steps per second; the initial push is one step's force, so "
-            "it shrinks as 1 / fps; the 1600-step limit lasts 1600 / fps s",
+            "it shrinks as 1 / fps; the time limit, in steps (1600, hardcore 2000), lasts "
+            "limit / fps s",
         ),
         F(
             "leg_down",

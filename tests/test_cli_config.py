@@ -438,6 +438,8 @@ def test_json_commands_answer_a_failure_in_json(tmp_path: Path) -> None:
     assert answer["exit_code"] == 2 and "not a run directory" in str(answer["error"])
     plain = CliRunner().invoke(cli, ["sweep", "--dry-run", "--set", "seedz=1"])
     assert plain.exit_code == 2 and plain.stdout == ""
+    helped = CliRunner().invoke(cli, ["sweep", "--json", "--help"])  # not a failure
+    assert helped.exit_code == 0 and not helped.stdout.strip().splitlines()[-1].startswith("{")
 
 
 def test_a_results_store_the_disk_refuses_is_one_clear_line(

@@ -342,6 +342,11 @@ def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -
     # compared on returns normalised by the env's bounds, as the DQN study compares them
     for estimate in (comparison.asymptote.transfer, comparison.asymptote.scratch):
         assert 0.0 <= estimate.estimate <= 1.0
+    # a threshold beyond the returns would be clipped to a bound: refused, before training
+    with pytest.raises(ConfigError, match=r"threshold 600.0 lies outside CartPole's return"):
+        kickstart_study(
+            _cartpole(), teachers, TARGET, [0], steps=64, curve_every=32, threshold=600.0
+        )
 
 
 def test_kickstarting_reaches_a_threshold_in_fewer_target_steps_than_scratch(

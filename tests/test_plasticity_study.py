@@ -704,6 +704,12 @@ def test_arms_are_compared_with_none_seed_by_seed(tmp_path: Path) -> None:
     tables = gather(plan, {"shared": result})
     versus = tables.versus["lift"]["post_switch_auc"]
     assert versus.n_excluded == 1 and versus.estimate == pytest.approx(5.5 / span)
+    # seeds only one side has (a study's arms share its seeds; a caller's own tables need
+    # not): no pair, counted
+    from ctxrl_plugins.transfer.plasticity_analysis import _paired_difference
+
+    lone = _paired_difference(lifted, levels, [(0, 0), (1, 1)], "", unmatched=2)
+    assert lone.n_excluded == 2 and lone.estimate == pytest.approx(5.5)
 
 
 def test_an_arm_that_never_acted_is_said_to_have_trained_as_none(tmp_path: Path) -> None:

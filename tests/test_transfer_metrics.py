@@ -342,11 +342,17 @@ def test_the_expanded_interval_covers_its_level_with_five_seeds() -> None:
     normal arms, the same draws for both methods."""
     from ctxrl.estimates import expanded_confidence_level
 
-    assert expanded_confidence_level(0.95, [5]) == pytest.approx(0.99809, abs=1e-5)
-    assert expanded_confidence_level(0.95, [5, 5]) == pytest.approx(0.99007, abs=1e-5)
-    assert expanded_confidence_level(0.95, [1000]) == pytest.approx(0.95, abs=1e-3)
+    five = np.array([0.3, 1.2, -0.4, 2.0, 0.9])
+    assert expanded_confidence_level(0.95, [five]) == pytest.approx(0.99809, abs=1e-5)
+    # two arms of equal spread: the pooled degrees of freedom, 2 (n - 1)
+    assert expanded_confidence_level(0.95, [five, five + 3.0]) == pytest.approx(0.99007, abs=1e-5)
+    many = np.random.default_rng(1).normal(size=1000)
+    assert expanded_confidence_level(0.95, [many]) == pytest.approx(0.95, abs=1e-3)
+    # an arm of 2 seeds whose spread dominates: its one degree of freedom decides
+    wide, narrow = np.array([-3.0, 3.0]), np.linspace(-0.1, 0.1, 10)
+    assert expanded_confidence_level(0.95, [wide, narrow]) > 0.9999
     with pytest.raises(ValueError, match="at least two values"):
-        expanded_confidence_level(0.95, [1, 5])
+        expanded_confidence_level(0.95, [five[:1], five])
     rng = np.random.default_rng(0)
     studies = [(rng.normal(size=5), rng.normal(size=5)) for _ in range(400)]
     excluded = {}

@@ -225,6 +225,13 @@ def kickstart_study(
     s = len(seeds)
     if s == 0:
         raise ConfigError("kickstart_study: give at least one seed")
+    lower, upper = env.return_bounds
+    if threshold is not None and not lower <= threshold <= upper:
+        # normalising would clip it to a bound every curve reaches or none can miss
+        raise ConfigError(
+            f"kickstart_study: threshold {threshold} lies outside {env.name}'s return bounds "
+            f"[{lower}, {upper}]"
+        )
     coef = float(options.pop("coef", 1.0))
     students = distill_students(
         env,

@@ -420,7 +420,8 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
             for s, t in np.ndindex(r.shape[:2]):
                 if data["verdicts"][s][t]:
                     basis = (
-                        " (from the AUC difference: r is undefined, scratch's area is 0)"
+                        " (from the AUC difference: r has no interval, scratch's area being 0 "
+                        "on its seeds or on some resamples of them)"
                         if (plan.names[s], plan.names[t]) in by_auc
                         else ""
                     )

@@ -166,36 +166,42 @@ def gather(
     for label in list(ordered)[1:]:
         # seed s of every arm starts from the same weights (where the network is the same) and
         # follows the same schedule: each arm - none difference is taken seed by seed
-        pairs = [
-            (row, base_rows[seed])
-            for row, seed in enumerate(ordered[label].seeds)
-            if seed in base_rows
-        ]
+        seeds = ordered[label].seeds
+        pairs = [(row, base_rows[seed]) for row, seed in enumerate(seeds) if seed in base_rows]
+        unmatched = sorted(set(seeds) ^ set(base_rows))  # in one arm only: no pair
         note = _diverged_note(ordered[label])
+        if unmatched:
+            listed = ", ".join(str(seed) for seed in unmatched)
+            note = "; ".join(filter(None, [note, f"seed(s) {listed} not in both arms: no pair"]))
         tables.versus[label] = {
-            k: _paired_difference(v, base[k], pairs, note)
+            k: _paired_difference(v, base[k], pairs, note, len(unmatched))
             for k, v in tables.per_seed[label].items()
         }
     return tables
 
 
 def _paired_difference(
-    values: np.ndarray, base: np.ndarray, pairs: Sequence[tuple[int, int]], note: str
+    values: np.ndarray,
+    base: np.ndarray,
+    pairs: Sequence[tuple[int, int]],
+    note: str,
+    unmatched: int = 0,
 ) -> MetricEstimate:
     """Mean over seeds of ``values[i] - base[j]`` for the seed pairs ``pairs`` (rows of the
     same seed in the arm and the baseline) with its bootstrap interval: a paired difference,
     so what a seed's luck gives both arms cancels. A pair NaN on either side (a diverged seed,
-    an undefined value) is left out and counted in ``n_excluded``."""
+    an undefined value) is left out and counted in ``n_excluded``, as are the ``unmatched``
+    seeds that only one of the two arms has."""
     differences = np.array([values[i] - base[j] for i, j in pairs], dtype=np.float64)
     kept = differences[~np.isnan(differences)]
-    excluded = int(differences.size - kept.size)
-    if excluded and not note:
-        note = f"{excluded} of {differences.size} seed pairs left out (NaN on either side)"
+    undefined = int(differences.size - kept.size)
+    if undefined and not note:
+        note = f"{undefined} of {differences.size} seed pairs left out (NaN on either side)"
     return bootstrap_estimate(
         [kept],
         mean_of,
         per_seed=[float(v) for v in differences],
-        n_excluded=excluded,
+        n_excluded=undefined + unmatched,
         note=note,
     )
 
