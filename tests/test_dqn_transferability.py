@@ -120,6 +120,20 @@ def test_a_study_writes_matrices_curves_figures_and_resumes(run_ctxrl: Run, tmp_
     assert "scratch:" not in rethresholded.stderr
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
     assert json.loads((run_dir / "exports" / "metrics.json").read_text())["threshold"] == 0.5
+    # so is the absent band (Sabatelli & Geurts's |r| <= 0.05): a pair is positive or
+    # negative only with its whole interval beyond the band
+    banded = run_ctxrl("transfer", "dqn", str(_write(tmp_path, absent_band=1.0)), check=True)
+    assert "scratch:" not in banded.stderr
+    metrics = json.loads((run_dir / "exports" / "metrics.json").read_text())
+    pairs = [pair for arm in metrics["variants"]["dqn"].values() for pair in arm["pairs"]]
+    for pair in pairs:
+        r = pair["area_ratio"]
+        if pair["verdict"] in ("positive", "negative"):
+            assert r["low"] > 1.0 or r["high"] < -1.0, pair
+        elif pair["verdict"] == "absent" and pair["verdict_basis"] == "area_ratio":
+            assert r["low"] <= 1.0 and r["high"] >= -1.0, pair
+    assert any(pair["verdict"] == "absent" for pair in pairs)
+    assert "lies entirely above 1 / below -1 (absent_band)" in (run_dir / "summary.md").read_text()
     assert json.loads((run_dir / "timing.json").read_text()) == timing
 
 

@@ -53,7 +53,8 @@ class ContextEntry(StrictModel):
 class StudyConfig(StudyModel):
     """A DQN transferability study, as written in YAML."""
 
-    analysis_fields: ClassVar[Mapping[str, Any]] = {"threshold": True}  # read by the report only
+    # read by the report only
+    analysis_fields: ClassVar[Mapping[str, Any]] = {"threshold": True, "absent_band": True}
 
     env: str = Field(description="environment registry name")
     contexts: list[ContextEntry] = Field(min_length=1, description="sources = targets")
@@ -77,6 +78,14 @@ class StudyConfig(StudyModel):
         ge=0.0,
         le=1.0,
         description="normalised return in [0, 1] for time to threshold (default 0.9)",
+    )
+    absent_band: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="a pair is positive / negative only when r's whole interval lies above "
+        "this / below minus this, absent otherwise; 0 (default): the interval excludes 0; "
+        "Sabatelli & Geurts call |r| <= 0.05 absent",
     )
     sources_from: Path | None = Field(
         default=None,

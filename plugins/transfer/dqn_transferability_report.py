@@ -154,6 +154,7 @@ def analyse(plan: StudyPlan, results: Mapping[str, Mapping[str, ArmResult]]) -> 
                     steps,
                     normalised["scratch"][scratch_rows[t]],
                     threshold=threshold,
+                    absent_band=config.absent_band,
                     return_floor=0.0,
                     source_steps=config.train_steps,
                 )
@@ -361,8 +362,13 @@ def _summary_markdown(plan: StudyPlan, analysis: Mapping[str, Any], figures: lis
             if "hybrid" in config.arms
             else ""
         )
-        + " Verdicts: positive / negative only when the bootstrap 95 % interval of r "
-        "excludes 0."
+        + (
+            " Verdicts: positive / negative only when the bootstrap 95 % interval of r excludes 0."
+            if config.absent_band == 0.0
+            else f" Verdicts: positive / negative only when the bootstrap 95 % interval of r "
+            f"lies entirely above {config.absent_band:g} / below -{config.absent_band:g} "
+            "(absent_band), absent otherwise."
+        )
         + (
             f" Source agents: the sweep in {config.sources_from} (matched by context and "
             "seed), not the scratch arm."
