@@ -53,7 +53,14 @@ CARTPOLE = ContextSpace(
         F("masspole", 0.1, 0.01, 1.0, unit="kg", description="mass of the pole"),
         F("length", 0.5, 0.05, 5.0, unit="m", description="half the pole's length"),
         F("force_mag", 10.0, 1.0, 100.0, unit="N", description="force of one push"),
-        F("tau", 0.02, 0.002, 0.2, unit="s", description="integration time step"),
+        F(
+            "tau",
+            0.02,
+            0.002,
+            0.2,
+            unit="s",
+            description="integration time step; the 500-step limit lasts 500 tau s",
+        ),
         F(
             "initial_state_bound",
             0.05,
@@ -95,7 +102,14 @@ PENDULUM = ContextSpace(
         F("g", 10.0, 0.1, 100.0, unit="m/s^2", description="gravitational acceleration"),
         F("m", 1.0, 0.01, 100.0, unit="kg", description="mass of the pendulum"),
         F("l", 1.0, 0.01, 100.0, unit="m", description="length of the pendulum"),
-        F("dt", 0.05, 0.001, 1.0, unit="s", description="integration time step"),
+        F(
+            "dt",
+            0.05,
+            0.001,
+            1.0,
+            unit="s",
+            description="integration time step; the 200-step limit lasts 200 dt s",
+        ),
         F("max_speed", 8.0, 0.1, 100.0, unit="rad/s", description="angular speed limit"),
         F("max_torque", 2.0, 0.01, 100.0, unit="N m", description="torque limit (action bound)"),
         F(
@@ -255,7 +269,14 @@ ACROBOT = ContextSpace(
             description="angular speed limit of joint 2",
         ),
         F("torque_noise_max", 0.0, 0.0, 1.0, unit="N m", description="uniform torque noise"),
-        F("dt", 0.2, 0.01, 0.5, unit="s", description="integration time step"),
+        F(
+            "dt",
+            0.2,
+            0.01,
+            0.5,
+            unit="s",
+            description="integration time step; the 500-step limit lasts 500 dt s",
+        ),
         F(
             "initial_state_bound",
             0.1,
