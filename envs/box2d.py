@@ -236,6 +236,11 @@ def _apply_lunar_lander(env: Any, c: Context) -> None:
     # (no draw at reset, the episodes of before) where both powers are 0
     env.wind_power, env.turbulence_power = c["wind_power"], c["turbulence_power"]
     env.enable_wind = c["wind_power"] > 0 or c["turbulence_power"] > 0
+    if env.enable_wind and not hasattr(env, "wind_idx"):
+        # wind switched on in the middle of an episode (set_context without a reset):
+        # gymnasium draws the wind's phases at reset only, and its step needs them
+        env.wind_idx = env.np_random.integers(-9999, 9999)
+        env.torque_idx = env.np_random.integers(-9999, 9999)
     # human rendering plays at the simulated rate (gymnasium's class metadata says 50)
     env.metadata = {**env.metadata, "render_fps": c["fps"]}
     private["SCALE"] = c["scale"]

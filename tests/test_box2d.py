@@ -201,6 +201,12 @@ def test_lunar_lander_wind_and_continuous_engines_are_gymnasium_s(continuous: bo
     calm = _run(name, actions[:40], seed=3)
     windy = _run(name, actions[:40], seed=3, wind_power=20.0)
     assert not np.allclose(calm[-1], windy[-1])
+    # wind switched on in the middle of an episode (set_context without a reset) steps on;
+    # gymnasium's step raised AttributeError: 'LunarLander' object has no attribute 'wind_idx'
+    env = get_host().registry.env(name).make({})
+    env.reset(seed=0)
+    env.get_wrapper_attr("set_context")({"wind_power": 10.0})
+    env.step(actions[0])
 
 
 def test_bipedal_walker_hardcore_is_gymnasium_s_hardcore_terrain() -> None:
