@@ -130,6 +130,14 @@ class EnvSpec:
         lower, upper = self.return_bounds
         return np.clip((np.asarray(returns, dtype=np.float64) - lower) / (upper - lower), 0.0, 1.0)
 
+    def normalise_curves(self, returns: np.ndarray) -> np.ndarray:
+        """:meth:`normalise` for learning curves, where a return that is not finite marks a
+        diverged training: it is NaN, not clipped to a bound (``+inf`` would read as a
+        perfect score)."""
+        values = np.asarray(returns, dtype=np.float64)
+        finite = np.isfinite(values)
+        return np.where(finite, self.normalise(np.where(finite, values, 0.0)), np.nan)
+
 
 @runtime_checkable
 class Algorithm(Protocol):

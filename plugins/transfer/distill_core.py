@@ -244,9 +244,7 @@ def kickstart_study(
         curves=CurveOptions(every=curve_every, episodes=episodes),
         **options,
     )
-    raw = np.asarray(students.log.curve(), dtype=np.float64).T  # (2 S, points)
-    # normalising clips to [0, 1]: a non-finite return (a diverged student) stays non-finite
-    curves = np.where(np.isfinite(raw), env.normalise(raw), np.nan)
+    curves = env.normalise_curves(np.asarray(students.log.curve()).T)  # (2 S, points)
     grid = np.asarray(students.log.curve_steps)
     comparison = compare_transfer_finite(
         grid,

@@ -60,9 +60,7 @@ def normalise(plan: StudyPlan, result: ArmResult) -> np.ndarray:
     out = np.empty_like(result.curves)
     for i, (key, _) in enumerate(result.keys):
         target = key if isinstance(key, int) else key.target
-        curve = result.curves[i]
-        finite = np.isfinite(curve)
-        out[i] = np.where(finite, plan.envs[target].normalise(np.where(finite, curve, 0.0)), np.nan)
+        out[i] = plan.envs[target].normalise_curves(result.curves[i])
     return out
 
 

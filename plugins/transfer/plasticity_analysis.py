@@ -135,13 +135,9 @@ def gather(
             raise CtxrlError(f"program {name!r} recorded on another step grid than the others")
         for label in dict.fromkeys(label for label, _ in result.agents):
             rows = [i for i, (arm, _) in enumerate(result.agents) if arm == label]
-            raw = result.curves[rows]
-            # normalising clips to [0, 1], which would turn an infinite return (a diverged
-            # seed) into a perfect or a zero score: it stays non-finite
-            curves = np.where(np.isfinite(raw), plan.env.normalise(raw), np.nan)
             arms[label] = ArmData(
                 [result.agents[i][1] for i in rows],
-                curves,
+                plan.env.normalise_curves(result.curves[rows]),  # a diverged seed stays NaN
                 {k: v[rows] for k, v in result.plasticity.items()},
             )
     assert steps is not None and plasticity_steps is not None and switches is not None
