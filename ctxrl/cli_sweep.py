@@ -5,7 +5,6 @@ run directory's exports and summary from its store, or a transfer study's report
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import shutil
@@ -46,7 +45,7 @@ def _resolved(plan: SweepPlan, registry: Registry) -> dict[str, Any]:
     hyperparameter the algorithm trains with (its defaults, the preset, then ``params``) and
     the options of each intervention, the transfer method and (``mode: select``) the strategy,
     their factories' defaults with the config's own on top; plain JSON values."""
-    from ctxrl.config import algorithm_params
+    from ctxrl.config import algorithm_params, resolved_hyperparameters
     from ctxrl.options import option_defaults
 
     resolved: dict[str, Any] = {
@@ -55,12 +54,12 @@ def _resolved(plan: SweepPlan, registry: Registry) -> dict[str, Any]:
             for feature, values in zip(plan.grid.features, plan.grid.axis_values, strict=True)
         }
     }
-    params = algorithm_params(plan.config, plan.algorithm)
-    built = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
-    settings = getattr(built, "config", None)
-    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
-        params = dataclasses.asdict(settings)
-    resolved["hyperparameters"] = json.loads(json.dumps(params, default=str))
+    hyperparameters = plan.hyperparameters
+    if hyperparameters is None:  # a plan resolved without building its algorithm
+        params = algorithm_params(plan.config, plan.algorithm)
+        built = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
+        hyperparameters = resolved_hyperparameters(built, params)
+    resolved["hyperparameters"] = hyperparameters
     config = plan.config
     used: list[tuple[str, Kind, str, dict[str, Any]]] = [
         ("interventions", "intervention", entry.name, entry.options)

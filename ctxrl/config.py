@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -114,7 +115,9 @@ class SweepPlan:
     named by the plan hash of an earlier ctxrl, see :func:`ctxrl.run_dirs.locate_run_dir`);
     None means the directory named by ``plan_hash``. ``trained_steps`` is what a model of
     ``train_steps`` trains, as the algorithm counts (whole iterations or rollouts; None where
-    it does not say, or for a plan resolved to read a run directory)."""
+    it does not say, or for a plan resolved to read a run directory). ``hyperparameters``
+    is every hyperparameter a model trains with (:func:`resolved_hyperparameters`; None for a
+    plan resolved to read a run directory)."""
 
     config: SweepConfig
     env: EnvSpec
@@ -124,6 +127,7 @@ class SweepPlan:
     plan_hash: str
     location: Path | None = None
     trained_steps: int | None = None
+    hyperparameters: dict[str, Any] | None = None
 
     @property
     def run_name(self) -> str:
@@ -264,18 +268,40 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if config.return_bounds is not None:  # every normalisation of the run reads the env's
         env = replace(env, return_bounds=config.return_bounds)
-    trained_steps = None
+    trained_steps = hyperparameters = None
     if training:
         built = _check_hyperparameters(config, algorithm, env)
         _check_interventions_fit(config, registry, built, env)
         _check_transfer_fits(config, registry, built, env, grid)
         counted = getattr(built, "trained_steps", None)
         trained_steps = int(counted(config.train_steps)) if callable(counted) else None
+        hyperparameters = resolved_hyperparameters(built, algorithm_params(config, algorithm))
     if config.mode != "select":
         strategy = None
     return SweepPlan(
-        config, env, algorithm, strategy, grid, config.plan_hash(), trained_steps=trained_steps
+        config,
+        env,
+        algorithm,
+        strategy,
+        grid,
+        config.plan_hash(),
+        trained_steps=trained_steps,
+        hyperparameters=hyperparameters,
     )
+
+
+def resolved_hyperparameters(algorithm: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter ``algorithm`` (a factory's object) trains with, as plain JSON
+    values: its ``hyperparameters()`` where it has that method (the built-in algorithms:
+    their defaults with ``params`` on top), else ``params`` as given (preset and config).
+
+    The plan hash covers the config as written; this covers what the installed plugins make
+    of it, so that a run directory resumed by a ctxrl whose defaults changed is refused
+    rather than mixed (:func:`ctxrl.sweep.prepare_run_dir`)."""
+    method = getattr(algorithm, "hyperparameters", None)
+    values = method() if callable(method) else dict(params)
+    resolved: dict[str, Any] = json.loads(json.dumps(values, default=str))
+    return resolved
 
 
 def merge_params(preset: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:

@@ -145,6 +145,10 @@ class Algorithm(Protocol):
 
     ``train`` returns a policy object that only the same algorithm needs to understand;
     ``evaluate`` returns episode returns of shape ``(len(tasks), episodes)``.
+
+    Optionally ``hyperparameters() -> dict``: every hyperparameter it trains with, its defaults
+    included (a run directory's plan.yaml records it, and a resume that resolves the same
+    config to other values is refused; without it, the params as given are recorded).
     """
 
     def train(self, env: EnvSpec, task: Task, *, seed: int, total_steps: int) -> Any: ...

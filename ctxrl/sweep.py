@@ -184,6 +184,7 @@ def prepare_run_dir(
                 f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
                 "refusing to mix results: change output_dir or move the directory away"
             )
+        _check_hyperparameters_unchanged(stored, plan, plan_file)
         changed = _differences(stored, config)
         if changed and console is not None:
             one = "," not in changed
@@ -193,18 +194,60 @@ def prepare_run_dir(
                 f"records the new {'value' if one else 'values'}",
                 highlight=False,
             )
+    record: dict[str, Any] = {
+        "plan_hash": plan.plan_hash,
+        "plan": plan.config.plan_data(),
+        "config": config,
+    }
+    if plan.hyperparameters is not None:
+        record[HYPERPARAMETERS_KEY] = plan.hyperparameters
     write_text_atomic(  # rewritten at every resume: never left cut short by a kill
-        plan_file,
-        yaml.safe_dump(
-            {"plan_hash": plan.plan_hash, "plan": plan.config.plan_data(), "config": config},
-            sort_keys=False,
-        ),
+        plan_file, yaml.safe_dump(record, sort_keys=False)
     )
     command = " ".join(shlex.quote(a) for a in argv)
     with (run_dir / "command.txt").open("a") as handle:  # from Python: the script that ran it
         handle.write((command or f"run_sweep() from Python: {_python_command()}") + "\n")
     _record_environment(run_dir / "environment.json", environment_record(host, plan.config.device))
     return run_dir
+
+
+HYPERPARAMETERS_KEY = "hyperparameters"
+"""plan.yaml's record of every hyperparameter the runs train with, defaults included (what the
+installed algorithm plugin resolves the config to; the plan hash covers the config as
+written)."""
+
+
+def _check_hyperparameters_unchanged(
+    stored: dict[str, Any], plan: SweepPlan, plan_file: Path
+) -> None:
+    """Refuse to resume a run directory whose runs trained with other hyperparameters than
+    this ctxrl resolves the same config to (an algorithm's default changed between versions,
+    or a preset's contents), naming each one with both values. A hyperparameter on one side
+    only (added or removed since) is not compared: an added one keeps the old behaviour by
+    default. A plan.yaml from before this record, or a plan resolved without training, has
+    nothing to compare."""
+    recorded = stored.get(HYPERPARAMETERS_KEY)
+    if not isinstance(recorded, dict) or plan.hyperparameters is None:
+        return
+    # compared as plan.yaml holds them: YAML's round trip of the current values
+    current = yaml.safe_load(yaml.safe_dump(plan.hyperparameters))
+
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    differing = [
+        f"{name}: {text(recorded[name])} there, {text(current[name])} now"
+        for name in sorted(recorded.keys() & current.keys())
+        if text(recorded[name]) != text(current[name])
+    ]
+    if differing:
+        raise CtxrlError(
+            f"{plan_file}: the runs there trained {plan.algorithm.name} with other "
+            f"hyperparameters than this installation resolves the same config to "
+            f"({'; '.join(differing)}): a default or preset changed since. Refusing to mix "
+            "results: resume with the versions that trained them (environment.json lists "
+            "them), or change output_dir to train the plan anew"
+        )
 
 
 def _python_command() -> str:

@@ -190,6 +190,40 @@ def test_a_different_plan_in_the_same_directory_is_refused_naming_the_fields(
         _sweep(tmp_path)
 
 
+def test_runs_trained_with_other_defaults_are_not_resumed(tmp_path: Path) -> None:
+    """The plan hash covers the config as written; plan.yaml also records every hyperparameter
+    it resolved to. Runs trained when a default (or a preset's value) was another are
+    refused, naming it with both values; a hyperparameter on one side only, or a plan.yaml
+    from before the record, resumes (and gains the record)."""
+    from ctxrl.errors import CtxrlError
+
+    first = _sweep(tmp_path)
+    plan_file = first.run_dir / "plan.yaml"
+    stored = yaml.safe_load(plan_file.read_text())
+    resolved = stored["hyperparameters"]
+    assert resolved["ent_coef"] == 0.01 and resolved["num_minibatches"] == 4  # defaults
+    assert resolved["learning_rate"] == _plan(tmp_path).hyperparameters["learning_rate"]
+
+    # an earlier version: one hyperparameter it did not have, one it had and this one drops
+    stored["hyperparameters"] = {**resolved, "retired_option": 3}
+    del stored["hyperparameters"]["rollout_segment"]
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    again = _sweep(tmp_path)
+    assert again.trained == 0 and again.skipped == 2
+    assert yaml.safe_load(plan_file.read_text())["hyperparameters"] == resolved
+
+    stored = yaml.safe_load(plan_file.read_text())
+    stored["hyperparameters"]["ent_coef"] = 0.0
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(CtxrlError, match=r"ent_coef: 0\.0 there, 0\.01 now"):
+        _sweep(tmp_path)
+
+    del stored["hyperparameters"]  # written before the record: resumes, records it
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert _sweep(tmp_path).trained == 0
+    assert yaml.safe_load(plan_file.read_text())["hyperparameters"] == resolved
+
+
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy" / run_dir.name
     shutil.copytree(run_dir, copy)

@@ -8,11 +8,13 @@ the ``*_spec`` fixture to parametrise over several.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
+from ctxrl.config import resolved_hyperparameters
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
@@ -136,6 +138,22 @@ class AlgorithmContract:
     ) -> None:
         with pytest.raises(CtxrlError, match="no_such_hyperparameter"):
             algorithm_spec.factory({"no_such_hyperparameter": 1}, device="cpu", env=env_spec)
+
+    def test_hyperparameters_resolve_to_json_with_the_given_values(
+        self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec
+    ) -> None:
+        """What a run directory records of the algorithm (:func:`~ctxrl.config.
+        resolved_hyperparameters`): plain JSON, the same for the same params, and where the
+        algorithm has ``hyperparameters()``, every given value in it."""
+        first = algorithm_spec.factory(dict(self.params), device="cpu", env=env_spec)
+        second = algorithm_spec.factory(dict(self.params), device="cpu", env=env_spec)
+        resolved = resolved_hyperparameters(first, self.params)
+        assert isinstance(resolved, dict)
+        assert json.loads(json.dumps(resolved, allow_nan=True)) == resolved
+        assert resolved == resolved_hyperparameters(second, self.params)
+        if callable(getattr(first, "hyperparameters", None)):
+            for name in self.params:
+                assert name in resolved, f"hyperparameters() leaves out the given {name!r}"
 
 
 __all__ = ["AlgorithmContract", "StrategyContract"]

@@ -38,6 +38,7 @@ from ctxrl.registry import ActionSpaceKind, AlgorithmSpec, EnvSpec
 from ctxrl_plugins.algorithms.sb3_presets import PRESETS as PRESETS
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
+SET_BY_CTXRL = {"seed", "device", "verbose", "_init_setup_model"}
 
 ACTION_SPACES: dict[str, frozenset[ActionSpaceKind]] = {
     "ppo": frozenset({"discrete", "continuous"}),
@@ -166,12 +167,26 @@ class SB3Algorithm:
                 f"{', '.join(map(repr, unknown))}; "
                 f"known: {', '.join(sorted(allowed - {'policy_base', '_init_setup_model'}))}"
             )
-        reserved = sorted(set(params) & {"seed", "device", "verbose", "_init_setup_model"})
+        reserved = sorted(set(params) & SET_BY_CTXRL)
         if reserved:
             raise ConfigError(f"algorithm.params: {reserved} are set by ctxrl (seeds, device)")
         self._check_values(params, allowed)
         self.params = dict(params)
         self.device = check_device_name(device)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every hyperparameter a run trains with: SB3's defaults for the installed version,
+        then ``params`` (the extra keys with their defaults too); what ctxrl sets itself
+        (seed, device, verbosity) is left out."""
+        resolved: dict[str, Any] = {
+            name: parameter.default
+            for name, parameter in inspect.signature(self.cls.__init__).parameters.items()
+            if name not in {"self", "env", "policy", *SET_BY_CTXRL}
+            and parameter.default is not inspect.Parameter.empty
+        }
+        resolved.update({"n_envs": 1, "policy": "MlpPolicy", "noise_type": None})
+        resolved.update(self.params)
+        return resolved
 
     def _check_values(self, params: Mapping[str, Any], allowed: set[str]) -> None:
         """The values SB3 would only refuse when a run builds its model (every run failing

@@ -10,6 +10,7 @@ The loop that calls them is :meth:`~ctxrl_plugins.training.trainer.BatchedTraine
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -77,6 +78,11 @@ class TrainerInterface(Generic[StateT]):
         """Raise a :class:`~ctxrl.errors.ConfigError` naming the hyperparameter when an agent
         cannot learn in ``total_steps`` env steps (a sweep checks ``train_steps`` with it
         before anything trains)."""
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every hyperparameter an agent trains with, defaults included (the config
+        dataclass's fields)."""
+        return dataclasses.asdict(self.config)
 
     @property
     def num_envs(self) -> int:
