@@ -337,6 +337,9 @@ def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -
     coef = np.stack(students.log.diagnostics["distill_coef"])  # (records, 4)
     assert (coef[:, 2:] == 0).all()  # the scratch arm never distils
     assert (np.diff(coef[:, 0]) <= 0).all() and coef[0, 0] > coef[-1, 0]
+    # held out: each iteration's first minibatch, before its gradient step, for every agent
+    agreement = np.stack(students.log.diagnostics["heldout_agreement"])  # (records, 4)
+    assert agreement.shape == coef.shape and ((agreement >= 0) & (agreement <= 1)).all()
     assert comparison.n_transfer_seeds == 2 and comparison.n_points == 5
     assert np.isfinite(comparison.auc.transfer.estimate)
     # compared on returns normalised by the env's bounds, as the DQN study compares them

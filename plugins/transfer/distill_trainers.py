@@ -14,6 +14,7 @@ Shapes: ``N`` students, ``K`` teachers, ``M`` states per student, ``A`` action l
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -209,15 +210,29 @@ class KickstartStudent(_TeachingMixin, BatchedPPO):
 
     decay: Decay = "linear"
     half_life: float = 0.1
+    _measured: tuple[weakref.ref[TrainingRun], int] | None = None
+    """the training and iteration whose held-out measure is recorded"""
 
     def auxiliary_loss(
         self, run: TrainingRun, obs: Tensor, out: Tensor, iteration: int, iterations: int
     ) -> Tensor | None:
+        """The kickstarting term on the minibatch. The first minibatch of an iteration comes
+        before its first gradient step, so the student has not trained on its states: the
+        KL and action agreement there are recorded as ``heldout_kl`` / ``heldout_agreement``
+        (on a ``1 / num_minibatches`` share of the rollout; DAgger's are on all of it), after
+        the term has faded too."""
         teaching = self._teaching(run)
         factor = decay_schedule(self.decay, iteration / iterations, self.half_life)
+        log_std = None if run.discrete else run.params["actor.log_std"]
+        measured = self._measured
+        if measured is None or measured[0]() is not run or measured[1] != iteration:
+            self._measured = (weakref.ref(run), iteration)
+            with torch.no_grad():
+                heldout = teaching.loss(obs, out, log_std)
+            run.record("heldout_kl", heldout.loss)
+            run.record("heldout_agreement", heldout.agreement)
         if factor == 0.0:
             return None
-        log_std = None if run.discrete else run.params["actor.log_std"]
         result = teaching.loss(obs, out, log_std)
         coef = torch.ones(run.num_agents, device=out.device)
         if teaching.coef is not None:
