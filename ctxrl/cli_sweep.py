@@ -10,7 +10,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import yaml
@@ -19,10 +19,6 @@ from ctxrl.cli_common import _host, _warn_failed, err, json_option
 from ctxrl.config import load_config, resolve_plan
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.run_dirs import check_output_dir, locate_run_dir
-
-if TYPE_CHECKING:
-    from ctxrl.config import SweepPlan
-    from ctxrl.registry import Kind, Registry
 
 
 # --------------------------------------------------------------------------------- sweep
@@ -40,49 +36,9 @@ def _exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _resolved(plan: SweepPlan, registry: Registry) -> dict[str, Any]:
-    """What ``--dry-run``'s config resolves to: each feature's grid values, every
-    hyperparameter the algorithm trains with (its defaults, the preset, then ``params``) and
-    the options of each intervention, the transfer method and (``mode: select``) the strategy,
-    their factories' defaults with the config's own on top; plain JSON values."""
-    from ctxrl.config import algorithm_params, resolved_hyperparameters
-    from ctxrl.options import option_defaults
-
-    resolved: dict[str, Any] = {
-        "grid": {
-            feature: [float(f"{v:.6g}") for v in values]
-            for feature, values in zip(plan.grid.features, plan.grid.axis_values, strict=True)
-        }
-    }
-    hyperparameters = plan.hyperparameters
-    if hyperparameters is None:  # a plan resolved without building its algorithm
-        params = algorithm_params(plan.config, plan.algorithm)
-        built = plan.algorithm.factory(params, device=plan.config.device, env=plan.env)
-        hyperparameters = resolved_hyperparameters(built, params)
-    resolved["hyperparameters"] = hyperparameters
-    config = plan.config
-    used: list[tuple[str, Kind, str, dict[str, Any]]] = [
-        ("interventions", "intervention", entry.name, entry.options)
-        for entry in config.algorithm.interventions
-    ]
-    if config.transfer.name != "zero-shot":
-        used.append(("transfer", "transfer_method", config.transfer.name, config.transfer.options))
-    if plan.strategy is not None and config.mode == "select":
-        used.append(("strategy", "strategy", config.strategy.name, config.strategy.options))
-    for field, kind, name, given in used:
-        factory = registry.get(kind, name).factory
-        options = {**option_defaults(factory), **given}
-        entry = json.loads(json.dumps({name: options}, default=str))
-        if field == "interventions":
-            resolved.setdefault("interventions", []).append(entry)
-        else:
-            resolved[f"{field} options"] = entry
-    return resolved
-
-
 def _resolved_as_comments(resolved: dict[str, Any]) -> str:
-    """:func:`_resolved` as YAML comments below the config (the output stays a config
-    ``ctxrl sweep`` reads)."""
+    """What a plan resolves to (:func:`ctxrl.config.resolved_values`) as YAML comments below
+    the config (the output stays a config ``ctxrl sweep`` reads)."""
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=96)
     lines = ["what it resolves to (comments: not part of the config)", *text.splitlines()]
     return "\n".join(f"# {line}" for line in lines)
@@ -196,7 +152,7 @@ def sweep(
         )
     if dry_run:
         # the plan as it will run: a grid of several features may have changed the strategy
-        config_json, resolved = plan.config.model_dump(mode="json"), _resolved(plan, host.registry)
+        config_json, resolved = plan.config.model_dump(mode="json"), plan.resolved or {}
         if as_json:
             result: dict[str, Any] = {
                 "run_dir": str(plan.run_dir.resolve()),

@@ -31,10 +31,11 @@ from ctxrl.options import (
     UNEXPECTED_KEYWORD,
     check_device,
     check_options,
+    option_defaults,
     option_names,
     resolved_device,
 )
-from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
+from ctxrl.registry import AlgorithmSpec, EnvSpec, Kind, Registry, StrategySpec
 from ctxrl.sweep_config import (
     MAX_CONTEXTS,
     AlgorithmConfig,
@@ -115,9 +116,9 @@ class SweepPlan:
     named by the plan hash of an earlier ctxrl, see :func:`ctxrl.run_dirs.locate_run_dir`);
     None means the directory named by ``plan_hash``. ``trained_steps`` is what a model of
     ``train_steps`` trains, as the algorithm counts (whole iterations or rollouts; None where
-    it does not say, or for a plan resolved to read a run directory). ``hyperparameters``
-    is every hyperparameter a model trains with (:func:`resolved_hyperparameters`; None for a
-    plan resolved to read a run directory)."""
+    it does not say, or for a plan resolved to read a run directory). ``resolved`` is what
+    the installed plugins make of the config (:func:`resolved_values`; None for a plan
+    resolved to read a run directory)."""
 
     config: SweepConfig
     env: EnvSpec
@@ -127,7 +128,7 @@ class SweepPlan:
     plan_hash: str
     location: Path | None = None
     trained_steps: int | None = None
-    hyperparameters: dict[str, Any] | None = None
+    resolved: dict[str, Any] | None = None
 
     @property
     def run_name(self) -> str:
@@ -268,16 +269,16 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         env = _with_options(env, config.env_options, grid, algorithm.batched)
     if config.return_bounds is not None:  # every normalisation of the run reads the env's
         env = replace(env, return_bounds=config.return_bounds)
-    trained_steps = hyperparameters = None
+    trained_steps = resolved = None
+    if config.mode != "select":
+        strategy = None
     if training:
         built = _check_hyperparameters(config, algorithm, env)
         _check_interventions_fit(config, registry, built, env)
         _check_transfer_fits(config, registry, built, env, grid)
         counted = getattr(built, "trained_steps", None)
         trained_steps = int(counted(config.train_steps)) if callable(counted) else None
-        hyperparameters = resolved_hyperparameters(built, algorithm_params(config, algorithm))
-    if config.mode != "select":
-        strategy = None
+        resolved = resolved_values(config, registry, grid, built, algorithm)
     return SweepPlan(
         config,
         env,
@@ -286,21 +287,59 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         grid,
         config.plan_hash(),
         trained_steps=trained_steps,
-        hyperparameters=hyperparameters,
+        resolved=resolved,
     )
 
 
 def resolved_hyperparameters(algorithm: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     """Every hyperparameter ``algorithm`` (a factory's object) trains with, as plain JSON
     values: its ``hyperparameters()`` where it has that method (the built-in algorithms:
-    their defaults with ``params`` on top), else ``params`` as given (preset and config).
-
-    The plan hash covers the config as written; this covers what the installed plugins make
-    of it, so that a run directory resumed by a ctxrl whose defaults changed is refused
-    rather than mixed (:func:`ctxrl.sweep.prepare_run_dir`)."""
+    their defaults with ``params`` on top), else ``params`` as given (preset and config)."""
     method = getattr(algorithm, "hyperparameters", None)
     values = method() if callable(method) else dict(params)
     resolved: dict[str, Any] = json.loads(json.dumps(values, default=str))
+    return resolved
+
+
+def resolved_values(
+    config: SweepConfig,
+    registry: Registry,
+    grid: ContextGrid,
+    built: Any,
+    algorithm: AlgorithmSpec,
+) -> dict[str, Any]:
+    """What ``config`` resolves to with the installed plugins, as plain JSON values: each
+    feature's grid values (6 significant digits), every hyperparameter the algorithm object
+    ``built`` trains with (:func:`resolved_hyperparameters`), and the options of each
+    intervention, the transfer method and (``mode: select``) the strategy, their factories'
+    defaults with the config's own on top.
+
+    ``--dry-run`` prints it; a run directory's plan.yaml records it. The plan hash covers the
+    config as written; this covers what the plugins make of it, so that a run directory
+    resumed by a ctxrl whose defaults changed is refused rather than mixed
+    (:func:`ctxrl.sweep.prepare_run_dir`)."""
+    resolved: dict[str, Any] = {
+        "grid": {
+            feature: [float(f"{v:.6g}") for v in values]
+            for feature, values in zip(grid.features, grid.axis_values, strict=True)
+        },
+        "hyperparameters": resolved_hyperparameters(built, algorithm_params(config, algorithm)),
+    }
+    used: list[tuple[str, Kind, str, dict[str, Any]]] = [
+        ("interventions", "intervention", entry.name, entry.options)
+        for entry in config.algorithm.interventions
+    ]
+    if config.transfer.name != "zero-shot":
+        used.append(("transfer", "transfer_method", config.transfer.name, config.transfer.options))
+    if config.mode == "select":
+        used.append(("strategy", "strategy", config.strategy.name, config.strategy.options))
+    for field, kind, name, given in used:
+        options = {**option_defaults(registry.get(kind, name).factory), **given}
+        entry = json.loads(json.dumps({name: options}, default=str))
+        if field == "interventions":
+            resolved.setdefault("interventions", []).append(entry)
+        else:
+            resolved[f"{field} options"] = entry
     return resolved
 
 

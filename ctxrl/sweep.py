@@ -184,7 +184,7 @@ def prepare_run_dir(
                 f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
                 "refusing to mix results: change output_dir or move the directory away"
             )
-        _check_hyperparameters_unchanged(stored, plan, plan_file)
+        _check_resolved_unchanged(stored, plan, plan_file)
         changed = _differences(stored, config)
         if changed and console is not None:
             one = "," not in changed
@@ -199,8 +199,8 @@ def prepare_run_dir(
         "plan": plan.config.plan_data(),
         "config": config,
     }
-    if plan.hyperparameters is not None:
-        record[HYPERPARAMETERS_KEY] = plan.hyperparameters
+    if plan.resolved is not None:
+        record[RESOLVED_KEY] = plan.resolved
     write_text_atomic(  # rewritten at every resume: never left cut short by a kill
         plan_file, yaml.safe_dump(record, sort_keys=False)
     )
@@ -211,43 +211,57 @@ def prepare_run_dir(
     return run_dir
 
 
-HYPERPARAMETERS_KEY = "hyperparameters"
-"""plan.yaml's record of every hyperparameter the runs train with, defaults included (what the
-installed algorithm plugin resolves the config to; the plan hash covers the config as
-written)."""
+RESOLVED_KEY = "resolved"
+"""plan.yaml's record of what the config resolved to when the runs trained: the grid, every
+hyperparameter and plugin option with its default (:func:`ctxrl.config.resolved_values`; the
+plan hash covers the config as written)."""
 
 
-def _check_hyperparameters_unchanged(
-    stored: dict[str, Any], plan: SweepPlan, plan_file: Path
-) -> None:
-    """Refuse to resume a run directory whose runs trained with other hyperparameters than
-    this ctxrl resolves the same config to (an algorithm's default changed between versions,
-    or a preset's contents), naming each one with both values. A hyperparameter on one side
-    only (added or removed since) is not compared: an added one keeps the old behaviour by
-    default. A plan.yaml from before this record, or a plan resolved without training, has
-    nothing to compare."""
-    recorded = stored.get(HYPERPARAMETERS_KEY)
-    if not isinstance(recorded, dict) or plan.hyperparameters is None:
+def _check_resolved_unchanged(stored: dict[str, Any], plan: SweepPlan, plan_file: Path) -> None:
+    """Refuse to resume a run directory whose runs trained with other values than this
+    installation resolves the same config to (an algorithm's, intervention's or transfer
+    method's default changed between versions, a preset's contents, how a grid is built),
+    naming each one with both values. A value on one side only (an option added or removed
+    since) is not compared: an added option keeps the old behaviour by default. A plan.yaml
+    from before this record, or a plan resolved without training, has nothing to compare."""
+    recorded = stored.get(RESOLVED_KEY)
+    if not isinstance(recorded, dict) or plan.resolved is None:
         return
     # compared as plan.yaml holds them: YAML's round trip of the current values
-    current = yaml.safe_load(yaml.safe_dump(plan.hyperparameters))
+    then = _flatten(recorded)
+    now = _flatten(yaml.safe_load(yaml.safe_dump(plan.resolved)))
 
     def text(value: Any) -> str:
         return json.dumps(value, sort_keys=True, default=str)
 
     differing = [
-        f"{name}: {text(recorded[name])} there, {text(current[name])} now"
-        for name in sorted(recorded.keys() & current.keys())
-        if text(recorded[name]) != text(current[name])
+        f"{name}: {text(then[name])} there, {text(now[name])} now"
+        for name in sorted(then.keys() & now.keys())
+        if text(then[name]) != text(now[name])
     ]
     if differing:
         raise CtxrlError(
-            f"{plan_file}: the runs there trained {plan.algorithm.name} with other "
-            f"hyperparameters than this installation resolves the same config to "
-            f"({'; '.join(differing)}): a default or preset changed since. Refusing to mix "
-            "results: resume with the versions that trained them (environment.json lists "
-            "them), or change output_dir to train the plan anew"
+            f"{plan_file}: the runs there trained with other values than this installation "
+            f"resolves the same config to ({'; '.join(differing)}): a default or preset "
+            "changed since. Refusing to mix results: resume with the versions that trained "
+            "them (environment.json lists them), or change output_dir to train the plan anew"
         )
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``data``'s leaves by dotted path (list items by index: ``interventions.0.redo.tau``);
+    an empty mapping or list is a leaf."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(data, dict):
+        items = list(data.items())
+    elif isinstance(data, list) and prefix.startswith("interventions"):
+        items = list(enumerate(data))
+    if not items:
+        return {prefix[:-1]: data}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
 
 
 def _python_command() -> str:

@@ -191,37 +191,60 @@ def test_a_different_plan_in_the_same_directory_is_refused_naming_the_fields(
 
 
 def test_runs_trained_with_other_defaults_are_not_resumed(tmp_path: Path) -> None:
-    """The plan hash covers the config as written; plan.yaml also records every hyperparameter
-    it resolved to. Runs trained when a default (or a preset's value) was another are
-    refused, naming it with both values; a hyperparameter on one side only, or a plan.yaml
-    from before the record, resumes (and gains the record)."""
+    """The plan hash covers the config as written; plan.yaml also records what it resolved
+    to (the grid, every hyperparameter, each plugin's options with their defaults: what
+    --dry-run prints). Runs trained when a default (or a preset's value) was another are
+    refused, naming it with both values; a value on one side only, or a plan.yaml from
+    before the record, resumes (and gains the record)."""
     from ctxrl.errors import CtxrlError
 
     first = _sweep(tmp_path)
     plan_file = first.run_dir / "plan.yaml"
     stored = yaml.safe_load(plan_file.read_text())
-    resolved = stored["hyperparameters"]
-    assert resolved["ent_coef"] == 0.01 and resolved["num_minibatches"] == 4  # defaults
-    assert resolved["learning_rate"] == _plan(tmp_path).hyperparameters["learning_rate"]
+    resolved = yaml.safe_load(plan_file.read_text())["resolved"]  # a copy, kept unchanged
+    hyper = resolved["hyperparameters"]
+    assert hyper["ent_coef"] == 0.01 and hyper["num_minibatches"] == 4  # defaults
+    assert resolved["grid"] == {"length": [0.5, 1.0]}
+    assert resolved == _plan(tmp_path).resolved
 
     # an earlier version: one hyperparameter it did not have, one it had and this one drops
-    stored["hyperparameters"] = {**resolved, "retired_option": 3}
-    del stored["hyperparameters"]["rollout_segment"]
+    stored["resolved"]["hyperparameters"] = {**hyper, "retired_option": 3}
+    del stored["resolved"]["hyperparameters"]["rollout_segment"]
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
     again = _sweep(tmp_path)
     assert again.trained == 0 and again.skipped == 2
-    assert yaml.safe_load(plan_file.read_text())["hyperparameters"] == resolved
+    assert yaml.safe_load(plan_file.read_text())["resolved"] == resolved
 
     stored = yaml.safe_load(plan_file.read_text())
-    stored["hyperparameters"]["ent_coef"] = 0.0
+    stored["resolved"]["hyperparameters"]["ent_coef"] = 0.0
+    stored["resolved"]["grid"]["length"] = [0.5, 1.01]
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
-    with pytest.raises(CtxrlError, match=r"ent_coef: 0\.0 there, 0\.01 now"):
+    with pytest.raises(
+        CtxrlError,
+        match=r"\(grid\.length: \[0\.5, 1\.01\] there, \[0\.5, 1\.0\] now; "
+        r"hyperparameters\.ent_coef: 0\.0 there, 0\.01 now\)",
+    ):
         _sweep(tmp_path)
 
-    del stored["hyperparameters"]  # written before the record: resumes, records it
+    del stored["resolved"]  # written before the record: resumes, records it
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
     assert _sweep(tmp_path).trained == 0
-    assert yaml.safe_load(plan_file.read_text())["hyperparameters"] == resolved
+    assert yaml.safe_load(plan_file.read_text())["resolved"] == resolved
+
+
+def test_an_intervention_whose_default_changed_is_named(tmp_path: Path) -> None:
+    from ctxrl.errors import CtxrlError
+
+    changes = {"algorithm": {**BASE["algorithm"], "interventions": ["redo"]}}
+    first = _sweep(tmp_path, **changes)
+    plan_file = first.run_dir / "plan.yaml"
+    stored = yaml.safe_load(plan_file.read_text())
+    (entry,) = stored["resolved"]["interventions"]
+    option = next(name for name, value in entry["redo"].items() if isinstance(value, float))
+    entry["redo"][option] += 1.0
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(CtxrlError, match=rf"interventions\.0\.redo\.{option}: "):
+        _sweep(tmp_path, **changes)
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
