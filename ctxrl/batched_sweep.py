@@ -22,7 +22,13 @@ from rich.markup import escape
 from ctxrl import batched_programs
 from ctxrl.artifacts import artifact_file
 from ctxrl.batched_programs import train_resumably, transfer_checkpoint, transfer_with_progress
-from ctxrl.config import SweepPlan, resolve_plan, validate_config
+from ctxrl.config import (
+    RESOLVED_KEY,
+    SweepPlan,
+    check_job_resolution,
+    resolve_plan,
+    validate_config,
+)
 from ctxrl.context import Context, Task
 from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
@@ -323,6 +329,7 @@ def execute_shard(job: dict[str, Any]) -> None:
         torch.set_num_threads(int(job["threads"]))
     config = validate_config(job["config"])
     plan = replace(resolve_plan(config, get_host().registry), location=Path(job["run_dir"]))
+    check_job_resolution(job, plan)
     agents = [(int(source), int(seed)) for source, seed in job["agents"]]
     store = Store(plan.run_dir / STORE_FILE)
     try:
@@ -348,6 +355,7 @@ def _run_shards(
             "shard": f"{index}of{len(shards)}",
             "device": config.device,
             "threads": threads,
+            RESOLVED_KEY: plan.resolved,  # each worker checks it resolves the config alike
         }
         for index, shard in enumerate(shards)
     ]

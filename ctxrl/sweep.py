@@ -26,7 +26,16 @@ from rich.markup import escape
 
 from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
-from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
+from ctxrl.config import (
+    RESOLVED_KEY,
+    SweepPlan,
+    algorithm_params,
+    check_job_resolution,
+    merge_resolved,
+    resolve_plan,
+    resolved_differences,
+    validate_config,
+)
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError, JobFailed, PluginError
 from ctxrl.matrix import TransferMatrix
@@ -77,6 +86,7 @@ def execute_job(job: dict[str, Any]) -> None:
     run_dir = Path(job["run_dir"])
     config = validate_config(job["config"])
     plan = resolve_plan(config, get_host().registry)
+    check_job_resolution(job, plan)
     seed = int(job["seed"])
     source = plan.grid.contexts[int(job["source"])]
     task = Task(plan.env.name, source)
@@ -176,9 +186,11 @@ def prepare_run_dir(
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = run_dir / PLAN_FILE
     config = plan.config.model_dump(mode="json")
+    recorded = None  # what the config resolved to when the runs here trained
     if plan_file.exists():
         stored = read_plan_file(run_dir)
         stored_config(stored, plan_file)  # a damaged plan.yaml is named, not overwritten
+        recorded = stored.get(RESOLVED_KEY)
         if stored_plan_hash(stored) != plan.plan_hash:
             raise CtxrlError(
                 f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
@@ -199,8 +211,10 @@ def prepare_run_dir(
         "plan": plan.config.plan_data(),
         "config": config,
     }
-    if plan.resolved is not None:
-        record[RESOLVED_KEY] = plan.resolved
+    if plan.resolved is not None:  # with the values of the old record this one has not
+        record[RESOLVED_KEY] = (
+            merge_resolved(recorded, plan.resolved) if isinstance(recorded, dict) else plan.resolved
+        )
     write_text_atomic(  # rewritten at every resume: never left cut short by a kill
         plan_file, yaml.safe_dump(record, sort_keys=False)
     )
@@ -211,34 +225,17 @@ def prepare_run_dir(
     return run_dir
 
 
-RESOLVED_KEY = "resolved"
-"""plan.yaml's record of what the config resolved to when the runs trained: the grid, every
-hyperparameter and plugin option with its default (:func:`ctxrl.config.resolved_values`; the
-plan hash covers the config as written)."""
-
-
 def _check_resolved_unchanged(stored: dict[str, Any], plan: SweepPlan, plan_file: Path) -> None:
     """Refuse to resume a run directory whose runs trained with other values than this
     installation resolves the same config to (an algorithm's, intervention's or transfer
     method's default changed between versions, a preset's contents, how a grid is built),
-    naming each one with both values. A value on one side only (an option added or removed
-    since) is not compared: an added option keeps the old behaviour by default. A plan.yaml
+    naming each one with both values (:func:`ctxrl.config.resolved_differences`). A plan.yaml
     from before this record, or a plan resolved without training, has nothing to compare."""
     recorded = stored.get(RESOLVED_KEY)
     if not isinstance(recorded, dict) or plan.resolved is None:
         return
     # compared as plan.yaml holds them: YAML's round trip of the current values
-    then = _flatten(recorded)
-    now = _flatten(yaml.safe_load(yaml.safe_dump(plan.resolved)))
-
-    def text(value: Any) -> str:
-        return json.dumps(value, sort_keys=True, default=str)
-
-    differing = [
-        f"{name}: {text(then[name])} there, {text(now[name])} now"
-        for name in sorted(then.keys() & now.keys())
-        if text(then[name]) != text(now[name])
-    ]
+    differing = resolved_differences(recorded, yaml.safe_load(yaml.safe_dump(plan.resolved)))
     if differing:
         raise CtxrlError(
             f"{plan_file}: the runs there trained with other values than this installation "
@@ -246,22 +243,6 @@ def _check_resolved_unchanged(stored: dict[str, Any], plan: SweepPlan, plan_file
             "changed since. Refusing to mix results: resume with the versions that trained "
             "them (environment.json lists them), or change output_dir to train the plan anew"
         )
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``data``'s leaves by dotted path (list items by index: ``interventions.0.redo.tau``);
-    an empty mapping or list is a leaf."""
-    items: list[tuple[Any, Any]] = []
-    if isinstance(data, dict):
-        items = list(data.items())
-    elif isinstance(data, list) and prefix.startswith("interventions"):
-        items = list(enumerate(data))
-    if not items:
-        return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def _python_command() -> str:
@@ -405,6 +386,7 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
 
     def job_for(source: int, seed: int) -> dict[str, Any]:
         job = {"run_dir": str(run_dir), "config": plan_json, "source": source, "seed": seed}
+        job[RESOLVED_KEY] = plan.resolved  # each worker checks it resolves the config alike
         if config.executor.name == "local":
             job["threads"] = threads
         return job

@@ -352,6 +352,42 @@ def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -
         )
 
 
+def test_kickstarting_measures_held_out_before_each_iteration_s_first_step(
+    teachers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``heldout_kl`` / ``heldout_agreement`` once per iteration, on its first minibatch,
+    before any gradient step of that iteration (PPO's 4 epochs x 4 minibatches after it),
+    and after the term has faded (exponential decay: 0 in the last 10 % of iterations)."""
+    from ctxrl_plugins.training.run import TrainingRun
+
+    events: list[str] = []
+    record, optimize = TrainingRun.record, TrainingRun.optimize
+
+    def spy_record(self: Any, name: str, value: Any) -> None:
+        events.append(name)
+        record(self, name, value)
+
+    def spy_optimize(self: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("step")
+        return optimize(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingRun, "record", spy_record)
+    monkeypatch.setattr(TrainingRun, "optimize", spy_optimize)
+    kickstart_study(
+        _cartpole(), teachers, TARGET, [0], steps=5120, curve_every=5120, episodes=1,
+        temperature=0.3, decay="exponential", half_life=0.2,
+    )  # fmt: skip
+    iterations = [i for i, name in enumerate(events) if name == "heldout_kl"]
+    assert len(iterations) == 10  # 5120 steps of 512 per iteration
+    assert "step" not in events[: iterations[0]]  # so each iteration's, by the counts below
+    for begin, end in zip(iterations, [*iterations[1:], len(events)], strict=True):
+        within = events[begin:end]
+        assert within.count("step") == 16 and within.count("heldout_agreement") == 1
+        assert within.index("heldout_agreement") < within.index("step")
+    distilled = events[iterations[-1] :]  # the last iteration: the term has faded
+    assert "distill_kl" not in distilled
+
+
 def test_kickstarting_reaches_a_threshold_in_fewer_target_steps_than_scratch(
     teachers: Any,
 ) -> None:

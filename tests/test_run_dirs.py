@@ -195,7 +195,8 @@ def test_runs_trained_with_other_defaults_are_not_resumed(tmp_path: Path) -> Non
     to (the grid, every hyperparameter, each plugin's options with their defaults: what
     --dry-run prints). Runs trained when a default (or a preset's value) was another are
     refused, naming it with both values; a value on one side only, or a plan.yaml from
-    before the record, resumes (and gains the record)."""
+    before the record, resumes (and gains the record, keeping what the new version
+    dropped)."""
     from ctxrl.errors import CtxrlError
 
     first = _sweep(tmp_path)
@@ -213,7 +214,9 @@ def test_runs_trained_with_other_defaults_are_not_resumed(tmp_path: Path) -> Non
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
     again = _sweep(tmp_path)
     assert again.trained == 0 and again.skipped == 2
-    assert yaml.safe_load(plan_file.read_text())["resolved"] == resolved
+    kept = yaml.safe_load(plan_file.read_text())["resolved"]  # the dropped option stays
+    assert kept["hyperparameters"] == {**hyper, "retired_option": 3}
+    assert {**kept, "hyperparameters": hyper} == resolved
 
     stored = yaml.safe_load(plan_file.read_text())
     stored["resolved"]["hyperparameters"]["ent_coef"] = 0.0
@@ -245,6 +248,56 @@ def test_an_intervention_whose_default_changed_is_named(tmp_path: Path) -> None:
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
     with pytest.raises(CtxrlError, match=rf"interventions\.0\.redo\.{option}: "):
         _sweep(tmp_path, **changes)
+
+
+def test_resolved_values_compare_by_value_and_keep_what_a_version_dropped() -> None:
+    from ctxrl.config import merge_resolved, resolved_differences
+
+    then = {
+        "hyperparameters": {"max_grad_norm": 10, "hidden": [64, 64], "gone": 1.0},
+        "interventions": [{"injection": {"at_steps": [], "roles": None, "rate": float("nan")}}],
+    }
+    same = {
+        "hyperparameters": {"max_grad_norm": 10.0, "hidden": [64.0, 64], "added": 2},
+        "interventions": [{"injection": {"at_steps": [], "roles": None, "rate": float("nan")}}],
+    }
+    assert resolved_differences(then, same) == []  # 10 and 10.0 are one value; NaN is NaN
+    changed = {
+        "hyperparameters": {"max_grad_norm": 10, "hidden": [64, 64, 64], "gone": {"a": 1}},
+        "interventions": [
+            {"injection": {"at_steps": [5000], "roles": ["actor"], "rate": float("nan")}}
+        ],
+    }
+    assert resolved_differences(then, changed) == [
+        'hyperparameters.gone: 1.0 there, {"a": 1} now',  # a value, then a group of values
+        "hyperparameters.hidden: [64, 64] there, [64, 64, 64] now",
+        "interventions.0.injection.at_steps: [] there, [5000] now",  # a list is one value
+        'interventions.0.injection.roles: null there, ["actor"] now',
+    ]
+    # a value the new version does not have stays in the record, for the next to compare
+    merged = merge_resolved(then, same)
+    assert merged["hyperparameters"] == {
+        "max_grad_norm": 10.0,
+        "hidden": [64.0, 64],
+        "added": 2,
+        "gone": 1.0,
+    }
+    assert resolved_differences(merged, {"hyperparameters": {"gone": 3.0}}) == [
+        "hyperparameters.gone: 1.0 there, 3.0 now"
+    ]
+
+
+def test_a_worker_that_resolves_the_config_otherwise_refuses_its_job(tmp_path: Path) -> None:
+    from ctxrl.config import check_job_resolution
+    from ctxrl.errors import CtxrlError
+
+    plan = _plan(tmp_path)
+    assert plan.resolved is not None
+    job = {"resolved": json.loads(json.dumps(plan.resolved))}
+    check_job_resolution(job, plan)  # the same install: nothing to say
+    job["resolved"]["hyperparameters"]["gamma"] = 0.95
+    with pytest.raises(CtxrlError, match=r"hyperparameters\.gamma: 0\.95 there, 0\.99 now"):
+        check_job_resolution(job, plan)
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:

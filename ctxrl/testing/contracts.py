@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import yaml
 
-from ctxrl.config import resolved_hyperparameters
+from ctxrl.config import resolved_differences, resolved_hyperparameters
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
@@ -143,17 +144,19 @@ class AlgorithmContract:
         self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec
     ) -> None:
         """What a run directory records of the algorithm (:func:`~ctxrl.config.
-        resolved_hyperparameters`): plain JSON, the same for the same params, and where the
-        algorithm has ``hyperparameters()``, every given value in it."""
+        resolved_hyperparameters`): the same values for the same params, through plan.yaml's
+        YAML as a resume compares them, and where the algorithm has ``hyperparameters()``,
+        each given value as given."""
         first = algorithm_spec.factory(dict(self.params), device="cpu", env=env_spec)
         second = algorithm_spec.factory(dict(self.params), device="cpu", env=env_spec)
         resolved = resolved_hyperparameters(first, self.params)
-        assert isinstance(resolved, dict)
-        assert json.loads(json.dumps(resolved, allow_nan=True)) == resolved
-        assert resolved == resolved_hyperparameters(second, self.params)
+        stored = yaml.safe_load(yaml.safe_dump(resolved))
+        assert resolved_differences(stored, resolved_hyperparameters(second, self.params)) == []
         if callable(getattr(first, "hyperparameters", None)):
-            for name in self.params:
+            for name, value in self.params.items():
+                given = {name: json.loads(json.dumps(value, default=str))}
                 assert name in resolved, f"hyperparameters() leaves out the given {name!r}"
+                assert resolved_differences(given, {name: resolved[name]}) == []
 
 
 __all__ = ["AlgorithmContract", "StrategyContract"]

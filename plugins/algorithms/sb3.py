@@ -39,6 +39,9 @@ from ctxrl_plugins.algorithms.sb3_presets import PRESETS as PRESETS
 
 EXTRA_KEYS = {"n_envs", "policy", "noise_type", "noise_std"}
 SET_BY_CTXRL = {"seed", "device", "verbose", "_init_setup_model"}
+NOISE_STD = 0.1
+"""the action noise's standard deviation (per unit of action) where ``noise_type`` is given
+without ``noise_std``"""
 
 ACTION_SPACES: dict[str, frozenset[ActionSpaceKind]] = {
     "ppo": frozenset({"discrete", "continuous"}),
@@ -176,16 +179,25 @@ class SB3Algorithm:
 
     def hyperparameters(self) -> dict[str, Any]:
         """Every hyperparameter a run trains with: SB3's defaults for the installed version,
-        then ``params`` (the extra keys with their defaults too); what ctxrl sets itself
-        (seed, device, verbosity) is left out."""
-        resolved: dict[str, Any] = {
-            name: parameter.default
-            for name, parameter in inspect.signature(self.cls.__init__).parameters.items()
-            if name not in {"self", "env", "policy", *SET_BY_CTXRL}
-            and parameter.default is not inspect.Parameter.empty
-        }
+        then ``params`` (the extra keys with their defaults too), and under
+        ``policy_defaults`` the defaults of the policy class (``activation_fn``, ...; its
+        ``net_arch`` default is None there, chosen inside SB3); what ctxrl sets itself (seed,
+        device, verbosity) is left out."""
+
+        def defaults(function: Callable[..., Any], leave_out: set[str]) -> dict[str, Any]:
+            return {
+                name: parameter.default
+                for name, parameter in inspect.signature(function).parameters.items()
+                if name not in leave_out and parameter.default is not inspect.Parameter.empty
+            }
+
+        resolved = defaults(self.cls.__init__, {"self", "env", "policy", *SET_BY_CTXRL})
         resolved.update({"n_envs": 1, "policy": "MlpPolicy", "noise_type": None})
+        resolved["noise_std"] = NOISE_STD
         resolved.update(self.params)
+        policy = self.cls.policy_aliases.get(str(resolved["policy"]))
+        if policy is not None:
+            resolved["policy_defaults"] = defaults(policy.__init__, {"self"})
         return resolved
 
     def _check_values(self, params: Mapping[str, Any], allowed: set[str]) -> None:
@@ -412,7 +424,7 @@ class SB3Algorithm:
                 OrnsteinUhlenbeckActionNoise,
             )
 
-            std = float(self.params.get("noise_std", 0.1)) * np.ones(action_dim)
+            std = float(self.params.get("noise_std", NOISE_STD)) * np.ones(action_dim)
             noise_cls = {
                 "normal": NormalActionNoise,
                 "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise,
