@@ -22,17 +22,12 @@ from rich.markup import escape
 from ctxrl import batched_programs
 from ctxrl.artifacts import artifact_file
 from ctxrl.batched_programs import train_resumably, transfer_checkpoint, transfer_with_progress
-from ctxrl.config import (
-    RESOLVED_KEY,
-    SweepPlan,
-    check_job_resolution,
-    resolve_plan,
-    validate_config,
-)
+from ctxrl.config import SweepPlan, resolve_plan, validate_config
 from ctxrl.context import Context, Task
 from ctxrl.interventions import build_interventions
 from ctxrl.plugins import get_host
 from ctxrl.registry import CurveOptions, Executor
+from ctxrl.resolution import RESOLVED_KEY, check_job_resolution
 from ctxrl.runs import (
     EVALUATION_SEED,
     TRANSFER_DIR,

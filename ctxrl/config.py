@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 import math
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -32,11 +30,11 @@ from ctxrl.options import (
     UNEXPECTED_KEYWORD,
     check_device,
     check_options,
-    option_defaults,
     option_names,
     resolved_device,
 )
-from ctxrl.registry import AlgorithmSpec, EnvSpec, Kind, Registry, StrategySpec
+from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
+from ctxrl.resolution import resolved_values
 from ctxrl.sweep_config import (
     MAX_CONTEXTS,
     AlgorithmConfig,
@@ -279,7 +277,9 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         _check_transfer_fits(config, registry, built, env, grid)
         counted = getattr(built, "trained_steps", None)
         trained_steps = int(counted(config.train_steps)) if callable(counted) else None
-        resolved = resolved_values(config, registry, grid, built, algorithm)
+        resolved = resolved_values(
+            config, registry, grid, built, algorithm_params(config, algorithm)
+        )
     return SweepPlan(
         config,
         env,
@@ -290,159 +290,6 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         trained_steps=trained_steps,
         resolved=resolved,
     )
-
-
-def resolved_hyperparameters(algorithm: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyperparameter ``algorithm`` (a factory's object) trains with, as plain JSON
-    values: its ``hyperparameters()`` where it has that method (the built-in algorithms:
-    their defaults with ``params`` on top), else ``params`` as given (preset and config)."""
-    method = getattr(algorithm, "hyperparameters", None)
-    values = method() if callable(method) else dict(params)
-    resolved: dict[str, Any] = json.loads(json.dumps(values, default=str))
-    return resolved
-
-
-def resolved_values(
-    config: SweepConfig,
-    registry: Registry,
-    grid: ContextGrid,
-    built: Any,
-    algorithm: AlgorithmSpec,
-) -> dict[str, Any]:
-    """What ``config`` resolves to with the installed plugins, as plain JSON values: each
-    feature's grid values (6 significant digits), every hyperparameter the algorithm object
-    ``built`` trains with (:func:`resolved_hyperparameters`), and the options of each
-    intervention, the transfer method and (``mode: select``) the strategy, their factories'
-    defaults with the config's own on top.
-
-    ``--dry-run`` prints it; a run directory's plan.yaml records it. The plan hash covers the
-    config as written; this covers what the plugins make of it, so that a run directory
-    resumed by a ctxrl whose defaults changed is refused rather than mixed
-    (:func:`ctxrl.sweep.prepare_run_dir`)."""
-    resolved: dict[str, Any] = {
-        "grid": {
-            feature: [float(f"{v:.6g}") for v in values]
-            for feature, values in zip(grid.features, grid.axis_values, strict=True)
-        },
-        "hyperparameters": resolved_hyperparameters(built, algorithm_params(config, algorithm)),
-    }
-    used: list[tuple[str, Kind, str, dict[str, Any]]] = [
-        ("interventions", "intervention", entry.name, entry.options)
-        for entry in config.algorithm.interventions
-    ]
-    if config.transfer.name != "zero-shot":
-        used.append(("transfer", "transfer_method", config.transfer.name, config.transfer.options))
-    if config.mode == "select":
-        used.append(("strategy", "strategy", config.strategy.name, config.strategy.options))
-    for field, kind, name, given in used:
-        options = {**option_defaults(registry.get(kind, name).factory), **given}
-        entry = json.loads(json.dumps({name: options}, default=str))
-        if field == "interventions":
-            resolved.setdefault("interventions", []).append(entry)
-        else:
-            resolved[f"{field} options"] = entry
-    return resolved
-
-
-RESOLVED_KEY = "resolved"
-"""plan.yaml's record of what the config resolved to when the runs trained: the grid, every
-hyperparameter and plugin option with its default (:func:`resolved_values`; the plan hash
-covers the config as written). Jobs carry it too, so that a worker checks it resolves alike."""
-
-
-def check_job_resolution(job: dict[str, Any], plan: SweepPlan) -> None:
-    """Refuse a job (a run, a shard) whose worker resolves the sweep's config otherwise than
-    the sweep did (another installation on a Ray node or in a worker's environment), naming
-    the values, before it trains."""
-    expected = job.get(RESOLVED_KEY)
-    if not isinstance(expected, dict) or plan.resolved is None:
-        return
-    differing = resolved_differences(expected, json.loads(json.dumps(plan.resolved)))
-    if differing:
-        raise CtxrlError(
-            f"this worker ({socket.gethostname()}) resolves the sweep's config otherwise than the "
-            f"sweep did ({'; '.join(differing)}): install the same versions on every worker"
-        )
-
-
-def resolved_differences(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """Where two records of :func:`resolved_values` differ, as ``"path: THEN there, NOW
-    now"`` lines (dotted paths, the interventions by position: ``interventions.0.redo.tau``).
-    Values compare as values (``10`` equals ``10.0``, NaN equals NaN; a list or mapping whole
-    inside an option); a value on one side only (an option added or removed since) is not
-    compared, unless the other side holds a group of values under its name."""
-    old, new = _leaves(then), _leaves(now)
-    differing = {
-        name for name in old.keys() & new.keys() if _comparable(old[name]) != _comparable(new[name])
-    }
-    for mine, other in ((old, new), (new, old)):  # a value here, a group of values there
-        differing |= {name for name in mine.keys() - other.keys() if _holds_group(other, name)}
-
-    def shown(leaves: dict[str, Any], name: str) -> str:
-        if name in leaves:
-            return json.dumps(leaves[name], sort_keys=True, default=str)
-        return json.dumps(
-            {k[len(name) + 1 :]: v for k, v in leaves.items() if k.startswith(f"{name}.")},
-            sort_keys=True,
-            default=str,
-        )
-
-    return [f"{n}: {shown(old, n)} there, {shown(new, n)} now" for n in sorted(differing)]
-
-
-def merge_resolved(then: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
-    """``now``, with the values ``then`` has and ``now`` does not (an option this version
-    dropped): kept in the record, so that a later version bringing it back with another
-    default is still compared with what trained the runs."""
-    merged = dict(now)
-    for key, value in then.items():
-        if key not in now:
-            merged[key] = value
-        elif isinstance(value, Mapping) and isinstance(now[key], Mapping):
-            merged[key] = merge_resolved(value, now[key])
-        elif key == "interventions" and isinstance(value, list) and isinstance(now[key], list):
-            merged[key] = [
-                merge_resolved(a, b) if isinstance(a, Mapping) and isinstance(b, Mapping) else b
-                for a, b in zip(value, now[key], strict=False)
-            ] + list(now[key][len(value) :])
-    return merged
-
-
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``data``'s values by dotted path: mappings are opened, and the top-level
-    ``interventions`` list by position; any other list is one value."""
-    if isinstance(data, Mapping) and data:
-        items: list[tuple[Any, Any]] = list(data.items())
-    elif prefix == "interventions." and isinstance(data, list) and data:
-        items = list(enumerate(data))
-    else:
-        return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(_leaves(value, f"{prefix}{key}."))
-    return out
-
-
-def _holds_group(leaves: Mapping[str, Any], name: str) -> bool:
-    return any(key.startswith(f"{name}.") for key in leaves)
-
-
-def _comparable(value: Any) -> str:
-    """``value`` as text that is equal for equal values: numbers as floats (not booleans),
-    NaN as one text, mappings with sorted keys."""
-
-    def canonical(v: Any) -> Any:
-        if isinstance(v, bool) or v is None or isinstance(v, str):
-            return v
-        if isinstance(v, int | float):
-            return "nan" if math.isnan(v) else float(v)
-        if isinstance(v, Mapping):
-            return {str(k): canonical(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [canonical(x) for x in v]
-        return str(v)
-
-    return json.dumps(canonical(value), sort_keys=True)
 
 
 def merge_params(preset: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:

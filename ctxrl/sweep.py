@@ -26,21 +26,18 @@ from rich.markup import escape
 
 from ctxrl.artifacts import write_text_atomic
 from ctxrl.batched_sweep import run_batched, run_multitask
-from ctxrl.config import (
-    RESOLVED_KEY,
-    SweepPlan,
-    algorithm_params,
-    check_job_resolution,
-    merge_resolved,
-    resolve_plan,
-    resolved_differences,
-    validate_config,
-)
+from ctxrl.config import SweepPlan, algorithm_params, resolve_plan, validate_config
 from ctxrl.context import Task
 from ctxrl.errors import ConfigError, CtxrlError, JobFailed, PluginError
 from ctxrl.matrix import TransferMatrix
 from ctxrl.plugins import Host, get_host, using_host
 from ctxrl.registry import Executor
+from ctxrl.resolution import (
+    RESOLVED_KEY,
+    check_job_resolution,
+    merge_resolved,
+    resolved_differences,
+)
 from ctxrl.run_dirs import LOCK_FILE as LOCK_FILE  # re-exported: the locks were here
 from ctxrl.run_dirs import (
     PLAN_FILE,

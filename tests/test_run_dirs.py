@@ -251,7 +251,7 @@ def test_an_intervention_whose_default_changed_is_named(tmp_path: Path) -> None:
 
 
 def test_resolved_values_compare_by_value_and_keep_what_a_version_dropped() -> None:
-    from ctxrl.config import merge_resolved, resolved_differences
+    from ctxrl.resolution import merge_resolved, resolved_differences
 
     then = {
         "hyperparameters": {"max_grad_norm": 10, "hidden": [64, 64], "gone": 1.0},
@@ -288,8 +288,8 @@ def test_resolved_values_compare_by_value_and_keep_what_a_version_dropped() -> N
 
 
 def test_a_worker_that_resolves_the_config_otherwise_refuses_its_job(tmp_path: Path) -> None:
-    from ctxrl.config import check_job_resolution
     from ctxrl.errors import CtxrlError
+    from ctxrl.resolution import check_job_resolution
 
     plan = _plan(tmp_path)
     assert plan.resolved is not None

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from ctxrl.config import resolved_differences, resolved_hyperparameters
 from ctxrl.context import Context, Task
 from ctxrl.errors import CtxrlError
 from ctxrl.plugins import get_host
 from ctxrl.registry import AlgorithmSpec, EnvSpec, StrategySpec
+from ctxrl.resolution import resolved_differences, resolved_hyperparameters
 from ctxrl.selection import replay
 
 
