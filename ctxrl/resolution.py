@@ -82,19 +82,29 @@ hyperparameter and plugin option with its default (:func:`resolved_values`; the 
 covers the config as written). Jobs carry it too, so that a worker checks it resolves alike."""
 
 
+def check_resolved_alike(recorded: Any, plan: SweepPlan, what: str, remedy: str) -> None:
+    """Refuse ``plan`` when it resolves otherwise than ``recorded`` (a record of
+    :func:`resolved_values`, read from plan.yaml or a job), naming each value that differs
+    with both: a :class:`CtxrlError` saying ``what`` differs and the ``remedy``. Nothing to
+    compare (no record: a plan.yaml from before it; a plan resolved without training) passes."""
+    if not isinstance(recorded, dict) or plan.resolved is None:
+        return
+    differing = resolved_differences(recorded, plan.resolved)
+    if differing:
+        raise CtxrlError(f"{what} ({'; '.join(differing)}): {remedy}")
+
+
 def check_job_resolution(job: dict[str, Any], plan: SweepPlan) -> None:
     """Refuse a job (a run, a shard) whose worker resolves the sweep's config otherwise than
     the sweep did (another installation on a Ray node or in a worker's environment), naming
     the values, before it trains."""
-    expected = job.get(RESOLVED_KEY)
-    if not isinstance(expected, dict) or plan.resolved is None:
-        return
-    differing = resolved_differences(expected, json.loads(json.dumps(plan.resolved)))
-    if differing:
-        raise CtxrlError(
-            f"this worker ({socket.gethostname()}) resolves the sweep's config otherwise than the "
-            f"sweep did ({'; '.join(differing)}): install the same versions on every worker"
-        )
+    check_resolved_alike(
+        job.get(RESOLVED_KEY),
+        plan,
+        f"this worker ({socket.gethostname()}) resolves the sweep's config otherwise than the "
+        "sweep did",
+        "install the same versions on every worker",
+    )
 
 
 def resolved_differences(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

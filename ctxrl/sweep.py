@@ -35,8 +35,8 @@ from ctxrl.registry import Executor
 from ctxrl.resolution import (
     RESOLVED_KEY,
     check_job_resolution,
+    check_resolved_alike,
     merge_resolved,
-    resolved_differences,
 )
 from ctxrl.run_dirs import LOCK_FILE as LOCK_FILE  # re-exported: the locks were here
 from ctxrl.run_dirs import (
@@ -226,20 +226,18 @@ def _check_resolved_unchanged(stored: dict[str, Any], plan: SweepPlan, plan_file
     """Refuse to resume a run directory whose runs trained with other values than this
     installation resolves the same config to (an algorithm's, intervention's or transfer
     method's default changed between versions, a preset's contents, how a grid is built),
-    naming each one with both values (:func:`ctxrl.config.resolved_differences`). A plan.yaml
-    from before this record, or a plan resolved without training, has nothing to compare."""
-    recorded = stored.get(RESOLVED_KEY)
-    if not isinstance(recorded, dict) or plan.resolved is None:
-        return
-    # compared as plan.yaml holds them: YAML's round trip of the current values
-    differing = resolved_differences(recorded, yaml.safe_load(yaml.safe_dump(plan.resolved)))
-    if differing:
-        raise CtxrlError(
-            f"{plan_file}: the runs there trained with other values than this installation "
-            f"resolves the same config to ({'; '.join(differing)}): a default or preset "
-            "changed since. Refusing to mix results: resume with the versions that trained "
-            "them (environment.json lists them), or change output_dir to train the plan anew"
-        )
+    naming each one with both values (:func:`ctxrl.resolution.resolved_differences`). A
+    plan.yaml from before this record, or a plan resolved without training, has nothing to
+    compare."""
+    check_resolved_alike(
+        stored.get(RESOLVED_KEY),
+        plan,
+        f"{plan_file}: the runs there trained with other values than this installation "
+        "resolves the same config to",
+        "a default or preset changed since. Refusing to mix results: resume with the "
+        "versions that trained them (environment.json lists them), or change output_dir to "
+        "train the plan anew",
+    )
 
 
 def _python_command() -> str:
