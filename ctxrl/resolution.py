@@ -113,7 +113,7 @@ def resolved_differences(then: Mapping[str, Any], now: Mapping[str, Any]) -> lis
     Values compare as values (``10`` equals ``10.0``, NaN equals NaN; a list or mapping whole
     inside an option); a value on one side only (an option added or removed since) is not
     compared, unless the other side holds a group of values under its name."""
-    old, new = _leaves(then), _leaves(now)
+    old, new = dotted_leaves(then), dotted_leaves(now)
     differing = {
         name for name in old.keys() & new.keys() if _comparable(old[name]) != _comparable(new[name])
     }
@@ -150,9 +150,10 @@ def merge_resolved(then: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``data``'s values by dotted path: mappings are opened, and the top-level
-    ``interventions`` list by position; any other list is one value."""
+def dotted_leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``data``'s values by dotted path (``algorithm.params.gamma``): mappings are opened (an
+    empty one is a value), and the top-level ``interventions`` list of a record of
+    :func:`resolved_values` by position; any other list is one value."""
     if isinstance(data, Mapping) and data:
         items: list[tuple[Any, Any]] = list(data.items())
     elif prefix == "interventions." and isinstance(data, list) and data:
@@ -161,7 +162,7 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix[:-1]: data}
     out: dict[str, Any] = {}
     for key, value in items:
-        out.update(_leaves(value, f"{prefix}{key}."))
+        out.update(dotted_leaves(value, f"{prefix}{key}."))
     return out
 
 

@@ -36,6 +36,7 @@ from ctxrl.resolution import (
     RESOLVED_KEY,
     check_job_resolution,
     check_resolved_alike,
+    dotted_leaves,
     merge_resolved,
 )
 from ctxrl.run_dirs import LOCK_FILE as LOCK_FILE  # re-exported: the locks were here
@@ -176,9 +177,10 @@ def prepare_run_dir(
     """Create (or reopen) the run directory and record plan, command and environment.
 
     A run directory holds one plan: a stored plan with another hash is refused, naming the
-    fields that differ. Fields the hash leaves out (the strategy of a full sweep, ``compare``,
-    the executor) may change between reruns: plan.yaml then records the new values, and the
-    change is printed."""
+    fields that differ, and so is one whose record of what the config resolved to
+    (:mod:`ctxrl.resolution`) differs from this installation's, naming the values. Fields the
+    hash leaves out (the strategy of a full sweep, ``compare``, the executor) may change
+    between reruns: plan.yaml then records the new values, and the change is printed."""
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = run_dir / PLAN_FILE
@@ -193,7 +195,17 @@ def prepare_run_dir(
                 f"{plan_file} holds a different plan ({_differences(stored, config)} differ); "
                 "refusing to mix results: change output_dir or move the directory away"
             )
-        _check_resolved_unchanged(stored, plan, plan_file)
+        # runs trained with values this installation resolves the same config otherwise to
+        # (a default, a preset, how a grid is built: changed since) are not mixed with new ones
+        check_resolved_alike(
+            recorded,
+            plan,
+            f"{plan_file}: the runs there trained with other values than this installation "
+            "resolves the same config to",
+            "a default or preset changed since. Refusing to mix results: resume with the "
+            "versions that trained them (environment.json lists them), or change output_dir "
+            "to train the plan anew",
+        )
         changed = _differences(stored, config)
         if changed and console is not None:
             one = "," not in changed
@@ -220,24 +232,6 @@ def prepare_run_dir(
         handle.write((command or f"run_sweep() from Python: {_python_command()}") + "\n")
     _record_environment(run_dir / "environment.json", environment_record(host, plan.config.device))
     return run_dir
-
-
-def _check_resolved_unchanged(stored: dict[str, Any], plan: SweepPlan, plan_file: Path) -> None:
-    """Refuse to resume a run directory whose runs trained with other values than this
-    installation resolves the same config to (an algorithm's, intervention's or transfer
-    method's default changed between versions, a preset's contents, how a grid is built),
-    naming each one with both values (:func:`ctxrl.resolution.resolved_differences`). A
-    plan.yaml from before this record, or a plan resolved without training, has nothing to
-    compare."""
-    check_resolved_alike(
-        stored.get(RESOLVED_KEY),
-        plan,
-        f"{plan_file}: the runs there trained with other values than this installation "
-        "resolves the same config to",
-        "a default or preset changed since. Refusing to mix results: resume with the "
-        "versions that trained them (environment.json lists them), or change output_dir to "
-        "train the plan anew",
-    )
 
 
 def _python_command() -> str:
@@ -270,16 +264,7 @@ def _record_environment(path: Path, record: dict[str, Any]) -> None:
 def _differences(stored: dict[str, Any], config: dict[str, Any]) -> str:
     """The config fields (dotted paths) whose values differ between a stored plan.yaml and
     ``config``, as a comma-separated list."""
-
-    def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(data, dict) and data:
-            out: dict[str, Any] = {}
-            for key, value in data.items():
-                out.update(flatten(value, f"{prefix}{key}."))
-            return out
-        return {prefix[:-1]: data}
-
-    old, new = flatten(stored.get("config", {})), flatten(config)
+    old, new = dotted_leaves(stored.get("config", {})), dotted_leaves(config)
     return ", ".join(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
 
 
