@@ -89,7 +89,13 @@ def test_batched_dqn_variants_solve_cartpole(options: dict) -> None:
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("options", [{}, {"double": True, "dueling": True, "huber": True}])
+@pytest.mark.parametrize(
+    "options",
+    [  # the default run compiles the variant with every option; the plain one is slow-marked
+        pytest.param({}, marks=pytest.mark.slow),
+        {"double": True, "dueling": True, "huber": True},
+    ],
+)
 def test_the_compiled_step_and_loss_train_as_the_eager_ones(options: dict) -> None:
     """``compile: on`` runs each env step (greedy action, exploration, the twin's branch-free
     step) and the TD loss as compiled graphs. Fused kernels may round differently from eager
