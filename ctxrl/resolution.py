@@ -3,7 +3,8 @@ values, every hyperparameter with its defaults, each plugin option with its defa
 (:func:`resolved_values`). ``--dry-run`` prints it, a run directory's plan.yaml records it and
 every job carries it; a resume or a worker that resolves the same config otherwise is refused,
 naming the values (:func:`resolved_differences`), since the plan hash covers the config only as
-written."""
+written. The transfer studies keep the same kind of record of their algorithm and interventions
+(:func:`ctxrl_plugins.transfer.studies.open_run_dir`)."""
 
 from __future__ import annotations
 
@@ -67,12 +68,21 @@ def resolved_values(
     if config.mode == "select":
         used.append(("strategy", "strategy", config.strategy.name, config.strategy.options))
     for field, kind, name, given in used:
-        options = {**option_defaults(registry.get(kind, name).factory), **given}
-        entry = json.loads(json.dumps({name: options}, default=str))
+        entry = resolved_options(registry, kind, name, given)
         if field == "interventions":
             resolved.setdefault("interventions", []).append(entry)
         else:
             resolved[f"{field} options"] = entry
+    return resolved
+
+
+def resolved_options(
+    registry: Registry, kind: Kind, name: str, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``{name: options}``: the options plugin ``name`` of ``kind`` runs with, its factory's
+    defaults with the ``given`` ones on top, as plain JSON values."""
+    options = {**option_defaults(registry.get(kind, name).factory), **given}
+    resolved: dict[str, Any] = json.loads(json.dumps({name: options}, default=str))
     return resolved
 
 
@@ -82,14 +92,17 @@ hyperparameter and plugin option with its default (:func:`resolved_values`; the 
 covers the config as written). Jobs carry it too, so that a worker checks it resolves alike."""
 
 
-def check_resolved_alike(recorded: Any, plan: SweepPlan, what: str, remedy: str) -> None:
-    """Refuse ``plan`` when it resolves otherwise than ``recorded`` (a record of
-    :func:`resolved_values`, read from plan.yaml or a job), naming each value that differs
-    with both: a :class:`CtxrlError` saying ``what`` differs and the ``remedy``. Nothing to
-    compare (no record: a plan.yaml from before it; a plan resolved without training) passes."""
-    if not isinstance(recorded, dict) or plan.resolved is None:
+def check_resolved_alike(
+    recorded: Any, resolved: Mapping[str, Any] | None, what: str, remedy: str
+) -> None:
+    """Refuse a plan that resolves to ``resolved`` when ``recorded`` (a record of
+    :func:`resolved_values`, or a study's, read from plan.yaml or a job) differs, naming each
+    value that differs with both: a :class:`CtxrlError` saying ``what`` differs and the
+    ``remedy``. Nothing to compare (no record: a plan.yaml from before it; a plan resolved
+    without training) passes."""
+    if not isinstance(recorded, dict) or resolved is None:
         return
-    differing = resolved_differences(recorded, plan.resolved)
+    differing = resolved_differences(recorded, resolved)
     if differing:
         raise CtxrlError(f"{what} ({'; '.join(differing)}): {remedy}")
 
@@ -100,7 +113,7 @@ def check_job_resolution(job: dict[str, Any], plan: SweepPlan) -> None:
     the values, before it trains."""
     check_resolved_alike(
         job.get(RESOLVED_KEY),
-        plan,
+        plan.resolved,
         f"this worker ({socket.gethostname()}) resolves the sweep's config otherwise than the "
         "sweep did",
         "install the same versions on every worker",

@@ -199,7 +199,7 @@ def prepare_run_dir(
         # (a default, a preset, how a grid is built: changed since) are not mixed with new ones
         check_resolved_alike(
             recorded,
-            plan,
+            plan.resolved,
             f"{plan_file}: the runs there trained with other values than this installation "
             "resolves the same config to",
             "a default or preset changed since. Refusing to mix results: resume with the "

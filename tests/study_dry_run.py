@@ -15,12 +15,14 @@ def assert_dry_run_prints_the_study(
     load: Callable[[Path], Any],
 ) -> None:
     """``ctxrl COMMAND STUDY --dry-run`` prints the validated study, defaults filled in, as YAML
-    on standard output (as ``ctxrl sweep --dry-run`` prints its plan) and its summary line on
-    standard error, and writes no run directory (the study's ``output_dir`` is ``runs`` beside
-    the study file)."""
+    on standard output (as ``ctxrl sweep --dry-run`` prints its plan), then what it resolves to
+    with the installed plugins as YAML comments, and its summary line on standard error; it
+    writes no run directory (the study's ``output_dir`` is ``runs`` beside the study file)."""
     result = run_ctxrl(*command, str(study), "--dry-run", check=True)
     printed = study.parent / "printed.yaml"
     printed.write_text(result.stdout)
     assert load(printed) == load(study)
+    # then, as comments, what it resolves to with the installed plugins (plan.yaml's record)
+    assert "\n# resolved:\n" in result.stdout
     assert "->" in result.stderr
     assert not (study.parent / "runs").exists()

@@ -631,3 +631,36 @@ def test_a_dry_run_prints_the_study_on_stdout_and_trains_nothing(
     """``--dry-run`` of a DQN transferability study: the study as YAML, nothing trained."""
     study = _write(tmp_path)
     assert_dry_run_prints_the_study(run_ctxrl, ["transfer", "dqn"], study, load_study_config)
+
+
+def test_a_study_trained_with_other_defaults_is_not_resumed(tmp_path: Path) -> None:
+    """The plan hash covers the study file as written; plan.yaml also records what it resolves
+    to: each context in full (the features it leaves out at their defaults) and each
+    variant's hyperparameters with their defaults. A run directory whose record holds
+    another value (what an earlier version's default trained) is refused before anything
+    trains, naming the value; one from before the record resumes and gains it."""
+    config = StudyConfig.model_validate(
+        {**STUDY, "variants": ["dqn", "double"], "output_dir": str(tmp_path)}
+    )
+    registry = get_host().registry
+    StudyRunner(resolve_study(config, registry), registry).prepare()
+    (run_dir,) = tmp_path.iterdir()
+    plan_file = run_dir / "plan.yaml"
+    stored = yaml.safe_load(plan_file.read_text())
+    resolved = yaml.safe_load(plan_file.read_text())["resolved"]  # a copy, kept unchanged
+    assert resolved["contexts"]["short"]["length"] == 0.3
+    assert resolved["contexts"]["short"]["masscart"] == 1.0  # left out: the default
+    hyper = resolved["hyperparameters"]
+    assert hyper["dqn"]["hidden"] == [32, 32] and hyper["dqn"]["gamma"] == 0.99
+    assert hyper["dqn"]["double"] is False and hyper["double"]["double"] is True
+
+    stored["resolved"]["hyperparameters"]["double"]["gamma"] = 0.98
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(CtxrlError, match=r"hyperparameters\.double\.gamma: 0\.98 there, 0\.99 now"):
+        StudyRunner(resolve_study(config, registry), registry).run()
+    assert not (run_dir / "arms").exists(), "refused before training"
+
+    del stored["resolved"]  # written before the record: resumes, and records it
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    StudyRunner(resolve_study(config, registry), registry).prepare()
+    assert yaml.safe_load(plan_file.read_text())["resolved"] == resolved

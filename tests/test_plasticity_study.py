@@ -412,6 +412,50 @@ def test_the_run_directory_is_named_by_what_trains_not_by_the_threshold(tmp_path
         open_run_dir(base.run_dir, "plasticity", longer.config)
 
 
+def test_a_study_trained_with_other_defaults_is_not_resumed(tmp_path: Path) -> None:
+    """The plan hash covers the study file as written; plan.yaml also records what it resolves
+    to: the hyperparameters and every arm's intervention options, defaults included. A run
+    directory whose record holds another value (what an earlier version's default trained)
+    is refused, naming it by arm, position and option; an option on one side only (added
+    or dropped since) resumes and stays recorded; a plan.yaml from before the record gains
+    it."""
+    registry = get_host().registry
+    plan = resolve_study(load_study_config(_write(tmp_path)), registry)
+    StudyRunner(plan, registry).prepare()
+    plan_file = plan.run_dir / "plan.yaml"
+    stored = yaml.safe_load(plan_file.read_text())
+    resolved = yaml.safe_load(plan_file.read_text())["resolved"]  # a copy, kept unchanged
+    hyper = resolved["hyperparameters"]
+    assert hyper["hidden"] == 8 and hyper["ent_coef"] == 0.01  # given, and a default
+    assert resolved["arms"]["redo"] == {
+        "0": {"redo": {"every": 4, "tau": 0.5, "optimizer_reset": "moments_and_step"}}
+    }
+    injection = resolved["arms"]["inject"]["0"]["plasticity-injection"]
+    assert injection["layers"] == 2 and injection["at_switch"] is True  # its defaults
+
+    stored["resolved"]["arms"]["inject"]["0"]["plasticity-injection"]["retired_option"] = 1
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    StudyRunner(resolve_study(plan.config, registry), registry).prepare()
+    kept = yaml.safe_load(plan_file.read_text())["resolved"]
+    assert kept["arms"]["inject"]["0"]["plasticity-injection"]["retired_option"] == 1
+
+    stored["resolved"]["arms"]["inject"]["0"]["plasticity-injection"]["layers"] = 1
+    stored["resolved"]["hyperparameters"]["ent_coef"] = 0.0
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(
+        CtxrlError,
+        match=r"\(arms\.inject\.0\.plasticity-injection\.layers: 1 there, 2 now; "
+        r"hyperparameters\.ent_coef: 0\.0 there, 0\.01 now\)",
+    ):
+        StudyRunner(resolve_study(plan.config, registry), registry).run()
+    assert not (plan.run_dir / "programs").exists(), "refused before training"
+
+    del stored["resolved"]
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    StudyRunner(resolve_study(plan.config, registry), registry).prepare()
+    assert yaml.safe_load(plan_file.read_text())["resolved"] == resolved
+
+
 def test_a_switch_whose_segment_holds_one_curve_point_is_refused(tmp_path: Path) -> None:
     """A sequence repeating a context merged two segments, so two segments held two curve
     points and the study ran; the switch whose segment held one was left out of the

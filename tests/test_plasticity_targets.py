@@ -118,6 +118,22 @@ def test_a_study_writes_its_outputs_resumes_and_is_reported(run_ctxrl: Run, tmp_
     again = run_ctxrl("plasticity", str(study), check=True)
     assert "shared:" not in again.stderr, "finished programs are not trained again"
     assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    # plan.yaml records each arm's options with their defaults: a study file leaves them
+    # out, so its hash cannot tell when a default changed, and a resume then is refused
+    plan_file = run_dir / "plan.yaml"
+    recorded = yaml.safe_load(plan_file.read_text())
+    assert recorded["resolved"]["arms"]["redo"] == {
+        "0": {"redo": {"every": 20, "tau": 0.5, "optimizer_reset": "moments_and_step"}}
+    }
+    edited = yaml.safe_load(plan_file.read_text())
+    edited["resolved"]["arms"]["redo"]["0"]["redo"]["optimizer_reset"] = "moments"
+    plan_file.write_text(yaml.safe_dump(edited, sort_keys=False))
+    refused = run_ctxrl("plasticity", str(study))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode != 0, said
+    assert 'arms.redo.0.redo.optimizer_reset: "moments" there, "moments_and_step" now' in said
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    plan_file.write_text(yaml.safe_dump(recorded, sort_keys=False))
     (run_dir / "summary.md").unlink()
     report = run_ctxrl("report", str(run_dir), check=True)
     assert "# Plasticity study: shifting targets" in report.stdout

@@ -169,7 +169,7 @@ def ctxrl_register_commands(cli: Any) -> None:
             f"transfer arm -> {plan.run_dir}"
         )
         if dry_run:
-            click.echo(study_yaml(config), nl=False)
+            click.echo(study_yaml(config, plan.resolved), nl=False)
             return
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())

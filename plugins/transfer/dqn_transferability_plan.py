@@ -18,6 +18,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import build_interventions
 from ctxrl.options import SEED_LIMIT
 from ctxrl.registry import EnvSpec, Registry
+from ctxrl.resolution import resolved_hyperparameters
 from ctxrl.results import load_policies
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
@@ -154,6 +155,12 @@ class StudyPlan:
     """each context's env family (the study's env unless an entry names another)"""
     sources: SourceAgents | None = None
     """the source agents when ``sources_from`` is given (else the scratch arm's)"""
+    resolved: dict[str, Any] | None = None
+    """what the study file resolves to with the installed plugins: each context in full
+    (``contexts``, by name: the features it leaves out at their defaults) and each variant's
+    hyperparameters with their defaults (``hyperparameters``, by variant), recorded in
+    plan.yaml so that a resume after a default changed is refused
+    (:func:`~ctxrl_plugins.transfer.studies.open_run_dir`)"""
 
     @property
     def run_dir(self) -> Path:
@@ -193,14 +200,21 @@ def resolve_study(
         seen[key] = index
     algorithm = registry.algorithm("batched-dqn")
     params = preset_params(algorithm, config.preset, config.algorithm)
+    hyperparameters: dict[str, Any] = {}
     for variant in config.variants:
+        variant_params = {**params, **VARIANT_PARAMS[variant]}
         try:
-            built = algorithm.factory({**params, **VARIANT_PARAMS[variant]}, device=config.device)
+            built = algorithm.factory(variant_params, device=config.device)
             cast(Any, built).check_budget(config.train_steps)  # every arm trains train_steps
         except CtxrlError as exc:  # the study's field is `algorithm`, its parameters
             message = str(exc).removeprefix("algorithm.params: ").replace("algorithm.params.", "")
             raise ConfigError(f"algorithm: {message}") from None
         _check_grid(config, cast(Any, built).steps_per_iteration())
+        hyperparameters[variant] = resolved_hyperparameters(built, variant_params)
+    resolved = {
+        "contexts": dict(zip(names, contexts, strict=True)),
+        "hyperparameters": hyperparameters,
+    }
     n = len(contexts)
     pairs = [
         Pair(s, t)
@@ -216,7 +230,7 @@ def resolve_study(
         if load_sources
         else None
     )
-    return StudyPlan(config, env, contexts, names, pairs, params, envs, sources)
+    return StudyPlan(config, env, contexts, names, pairs, params, envs, sources, resolved)
 
 
 def _check_grid(config: StudyConfig, per_iteration: int) -> None:

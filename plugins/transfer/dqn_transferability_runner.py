@@ -117,8 +117,7 @@ class StudyRunner:
     # -------------------------------------------------------------------- run directory
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
-        config = self.plan.config
-        open_run_dir(self.run_dir, STUDY, config)
+        open_run_dir(self.run_dir, STUDY, self.plan.config, self.plan.resolved)
 
     def _arm_file(self, variant: str, arm: str) -> Path:
         return self.run_dir / "arms" / variant / f"{arm}.safetensors"

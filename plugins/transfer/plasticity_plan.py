@@ -27,6 +27,7 @@ from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.interventions import Intervention, build_interventions
 from ctxrl.options import SEED_LIMIT
 from ctxrl.registry import EnvSpec, Registry
+from ctxrl.resolution import resolved_hyperparameters, resolved_options
 from ctxrl.schedules import ContextSchedule, schedule_from_dict
 from ctxrl_plugins.transfer.studies import (
     StrictModel,
@@ -188,6 +189,11 @@ class StudyPlan:
     schedules: dict[int, ContextSchedule]
     labels: list[str]
     programs: list[Program] = field(default_factory=list)
+    resolved: dict[str, Any] | None = None
+    """what the study file resolves to with the installed plugins: the hyperparameters with
+    their defaults and every arm's intervention options with theirs (:func:`resolved_arms`),
+    recorded in plan.yaml so that a resume after a default changed is refused
+    (:func:`~ctxrl_plugins.transfer.studies.open_run_dir`)"""
 
     @property
     def run_dir(self) -> Path:
@@ -236,7 +242,24 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
     labels, programs = plan_programs(config, registry)
     if training:
         check_arm_networks(config, registry, trainer, env)
-    return StudyPlan(config, env, params, schedules, labels, programs)
+    resolved = {
+        "hyperparameters": resolved_hyperparameters(trainer, params),
+        "arms": resolved_arms(config, registry),
+    }
+    return StudyPlan(config, env, params, schedules, labels, programs, resolved)
+
+
+def resolved_arms(config: ArmsConfig, registry: Registry) -> dict[str, dict[str, Any]]:
+    """Every arm's interventions with their options, defaults included, by arm label and then
+    position: ``{label: {"0": {name: options}, ...}}`` (a study's record of what it resolves
+    to; an option one version adds or drops is then compared alone, not as the whole arm)."""
+    return {
+        arm.label: {
+            str(index): resolved_options(registry, "intervention", entry.name, entry.options)
+            for index, entry in enumerate(arm.interventions)
+        }
+        for arm in config.arm_entries()
+    }
 
 
 def check_arm_networks(config: ArmsConfig, registry: Registry, trainer: Any, env: EnvSpec) -> None:

@@ -308,8 +308,7 @@ class StudyRunner:
 
     def prepare(self) -> None:
         """Create (or reopen) the run directory; refuse one that holds another study."""
-        config = self.plan.config
-        open_run_dir(self.run_dir, STUDY, config)
+        open_run_dir(self.run_dir, STUDY, self.plan.config, self.plan.resolved)
 
     def _file(self, program: Program) -> Path:
         return self.run_dir / "programs" / program.name

@@ -156,7 +156,7 @@ def ctxrl_register_commands(cli: Any) -> None:
             f"{config.total_steps} steps, {len(programs)} batched program(s) -> {plan.run_dir}"
         )
         if dry_run:
-            click.echo(study_yaml(config), nl=False)
+            click.echo(study_yaml(config, plan.resolved), nl=False)
             return
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())
@@ -198,7 +198,7 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
         f"{len(isolate_arms(programs, isolated_arms(run_dir)))} batched program(s) -> {run_dir}"
     )
     if dry_run:
-        click.echo(study_yaml(config), nl=False)
+        click.echo(study_yaml(config, targets.resolved_study(config, registry)), nl=False)
         return
 
     def failed(failure: ProgramFailure) -> None:

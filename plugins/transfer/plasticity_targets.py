@@ -68,6 +68,7 @@ from ctxrl_plugins.transfer.plasticity_plan import (
     build_arm_interventions,
     isolate_arms,
     plan_programs,
+    resolved_arms,
 )
 from ctxrl_plugins.transfer.plasticity_runner import (
     ProgramFailed,
@@ -453,6 +454,13 @@ def run_dir_of(config: TargetsStudyConfig) -> Path:
     return study_run_dir(config, config.output_dir, "plasticity-targets-")
 
 
+def resolved_study(config: TargetsStudyConfig, registry: Registry) -> dict[str, Any]:
+    """What the study resolves to beyond its file: every arm's intervention options with
+    their defaults (:func:`resolved_arms`; the task's own fields are in the file, defaults
+    filled in). plan.yaml records it and ``--dry-run`` prints it."""
+    return {"arms": resolved_arms(config, registry)}
+
+
 def run_targets_study(
     config: TargetsStudyConfig,
     registry: Registry,
@@ -508,7 +516,7 @@ def run_targets_study(
         return attempt()
 
     with locked_run_dir(run_dir, "ctxrl plasticity"):  # one process at a time trains here
-        open_run_dir(run_dir, STUDY, config)
+        open_run_dir(run_dir, STUDY, config, resolved_study(config, registry))
         programs, results, failures = run_programs(
             planned,
             run_dir,

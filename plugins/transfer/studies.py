@@ -24,6 +24,7 @@ from ctxrl.config import merge_params
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.field_errors import validation_problems
 from ctxrl.registry import AlgorithmSpec
+from ctxrl.resolution import RESOLVED_KEY, check_resolved_alike, merge_resolved
 from ctxrl.yaml12 import parse_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -167,12 +168,23 @@ def _kind_hint(data: dict[str, Any], model: type[BaseModel]) -> str:
     return f" (this file looks like {what}: run it with `{command}`)"
 
 
-def study_yaml(config: BaseModel) -> str:
+def study_yaml(config: BaseModel, resolved: Mapping[str, Any] | None = None) -> str:
     """A validated study as YAML, every field's default filled in (an intervention's options
     and the algorithm's hyperparameters as written): what ``--dry-run`` prints on
     standard output (as ``ctxrl sweep --dry-run`` prints its plan), the summary line going to
-    standard error."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    standard error. What the study ``resolved`` to with the installed plugins (the record
+    :func:`open_run_dir` keeps: hyperparameters and options with their defaults) follows as
+    YAML comments, so that the output still reads back as the study."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    if resolved is None:
+        return text
+    record = yaml.safe_dump({RESOLVED_KEY: dict(resolved)}, sort_keys=False)
+    lines = [
+        "# what the study resolves to with the installed plugins (plan.yaml records it; a",
+        "# resume that resolves it otherwise is refused):",
+        *(f"# {line}" for line in record.splitlines()),
+    ]
+    return text + "\n".join(lines) + "\n"
 
 
 @contextmanager
@@ -250,25 +262,52 @@ def set_aside(damaged: DamagedResult, say: Callable[[str], None] | None = None) 
         Console(stderr=True).print(f"[yellow]{escape(message)}[/]")
 
 
-def open_run_dir(run_dir: Path, study: str, config: StudyModel) -> None:
+def open_run_dir(
+    run_dir: Path, study: str, config: StudyModel, resolved: Mapping[str, Any] | None = None
+) -> None:
     """Create (or reopen) a study's run directory with its ``plan.yaml`` (``study``,
     ``plan_hash``, ``config``: what ``ctxrl report`` reads); refuse one that holds another
     study. Reopened with other analysis options (or by a study an earlier ctxrl hashed
-    otherwise), plan.yaml records this run's, which its report reads from then on."""
+    otherwise), plan.yaml records this run's, which its report reads from then on.
+
+    ``resolved`` is what the study file resolves to with the installed plugins beyond what it
+    says (every hyperparameter with its defaults, each intervention's options with theirs:
+    the study plan's ``resolved``), recorded under ``resolved``: the plan hash covers the file
+    as written, so a run directory whose results trained when a default was another is
+    refused, naming the values (:func:`ctxrl.resolution.check_resolved_alike`), rather than
+    mixed with new ones. A plan.yaml from before the record gains it; the values of the old
+    record this version no longer has are kept (:func:`ctxrl.resolution.merge_resolved`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = run_dir / "plan.yaml"
-    data = {
+    data: dict[str, Any] = {
         "study": study,
         "plan_hash": config.plan_hash(),
         "config": config.model_dump(mode="json"),
     }
+    stored: Any = None
+    recorded: Any = None
     if plan_file.exists():
         stored = yaml.safe_load(plan_file.read_text()) or {}
         same = stored.get("plan_hash") == data["plan_hash"]
         if not (same or _stored_plan_hash(plan_file, type(config)) == data["plan_hash"]):
             raise CtxrlError(f"{plan_file} holds a different study; refusing to mix results")
-        if stored == data:
-            return
+        recorded = stored.get(RESOLVED_KEY)
+        check_resolved_alike(
+            recorded,
+            resolved,
+            f"{plan_file}: its results trained with other values than this installation "
+            "resolves the same study to",
+            "a default or preset changed since. Refusing to mix results: resume with the "
+            "versions that trained them, or give another output_dir to train the study anew",
+        )
+    if resolved is not None:
+        data[RESOLVED_KEY] = (
+            merge_resolved(recorded, resolved) if isinstance(recorded, dict) else dict(resolved)
+        )
+    elif isinstance(recorded, dict):  # opened without resolving (a report): the record stays
+        data[RESOLVED_KEY] = recorded
+    if stored == data:
+        return
     write_text_atomic(plan_file, yaml.safe_dump(data, sort_keys=False))
 
 
