@@ -259,7 +259,7 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None, as_json: bool) -
     empty."""
     from ctxrl.results import open_store
     from ctxrl.run_dirs import PLAN_FILE, exports_lock, read_plan_file, stored_config, sweep_holding
-    from ctxrl.summary import sweep_matrix, trained_order, write_exports
+    from ctxrl.summary import STORE_FILE, sweep_matrix, trained_order, write_exports
 
     host = _host(ctx)
     stored = read_plan_file(run_dir)
@@ -317,6 +317,16 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None, as_json: bool) -
     running = sweep_holding(run_dir)
     with open_store(run_dir) as store:
         if not store.runs():
+            policies = len(list((run_dir / "artifacts").glob("*.safetensors")))
+            if policies and not running:  # stored, then lost: not a sweep that stopped early
+                raise CtxrlError(
+                    f"{run_dir}: its store holds no run, though its artifacts/ holds {policies} "
+                    f"saved polic{'y' if policies == 1 else 'ies'}: the store was emptied or "
+                    f"replaced (or copied without its {STORE_FILE}-wal, where "
+                    "SQLite keeps what it has not yet written into the file); restore it from a "
+                    "copy, or rerun `ctxrl sweep` on its config to train the runs again. "
+                    "Nothing was written"
+                )
             stopped = (
                 f"a sweep is running there ({running})"
                 if running

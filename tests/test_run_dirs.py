@@ -355,6 +355,16 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     emptied = _cli("report", str(run_dir))
     assert emptied.exit_code == 2
     assert "store.sqlite is empty (no tables)" in " ".join(emptied.stderr.split())
+    # a store of no run beside saved policies (copied without its -wal file, which held the
+    # runs): not "the sweep stopped before any run finished"
+    (run_dir / "store.sqlite").unlink()
+    Store(run_dir / "store.sqlite").close()
+    summary = (run_dir / "summary.md").read_text()
+    lost = _cli("report", str(run_dir))
+    said = " ".join(lost.stderr.split())
+    assert lost.exit_code == 2 and "stopped before" not in said
+    assert "its store holds no run, though its artifacts/ holds 2 saved policies" in said
+    assert "store.sqlite-wal" in said and (run_dir / "summary.md").read_text() == summary
 
 
 def test_report_json_prints_the_summary_alone_on_stdout(finished: Path, tmp_path: Path) -> None:
