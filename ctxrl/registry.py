@@ -287,6 +287,13 @@ class StrategySpec:
         description: one line for ``ctxrl plugins``.
         one_dimensional: True for strategies defined on one varied feature only (a sweep
             over several refuses them before training).
+
+    A strategy, transfer method or intervention may report the options it runs with through
+    an optional ``resolved_options() -> dict`` method of the object its factory returns
+    (those its signature cannot say: a default of ``None`` that another option decides, the
+    defaults a wrapper gives what it forwards). A run directory's record of what its config
+    resolved to (:mod:`ctxrl.resolution`) holds those values, so a resume after one changed
+    is refused.
     """
 
     name: str

@@ -79,9 +79,17 @@ def resolved_values(
 def resolved_options(
     registry: Registry, kind: Kind, name: str, given: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """``{name: options}``: the options plugin ``name`` of ``kind`` runs with, its factory's
-    defaults with the ``given`` ones on top, as plain JSON values."""
-    options = {**option_defaults(registry.get(kind, name).factory), **given}
+    """``{name: options}``: the options plugin ``name`` of ``kind`` runs with, as plain JSON
+    values: its factory's defaults with the ``given`` ones on top, then what the built object
+    reports through its optional ``resolved_options()`` method (a value another option
+    decides, where the signature's default is ``None``: shrink-perturb's ``shrink`` by its
+    ``when``; a default a wrapper sets for what it forwards: sd-mbtl's GP branch). An option
+    nothing decides stays ``None`` (``null`` in the record)."""
+    factory = registry.get(kind, name).factory
+    options = {**option_defaults(factory), **given}
+    method = getattr(factory(**given), "resolved_options", None)
+    if callable(method):
+        options.update({key: value for key, value in method().items() if key in options})
     resolved: dict[str, Any] = json.loads(json.dumps({name: options}, default=str))
     return resolved
 

@@ -250,6 +250,48 @@ def test_an_intervention_whose_default_changed_is_named(tmp_path: Path) -> None:
         _sweep(tmp_path, **changes)
 
 
+def test_options_another_option_decides_are_recorded_as_they_run() -> None:
+    """A default of ``None`` that another option decides, and the defaults a wrapper gives
+    what it forwards, are recorded as the plugin runs with them (its ``resolved_options()``),
+    not as its signature's ``None`` or the wrapped plugin's own defaults."""
+    from ctxrl.plugins import get_host
+    from ctxrl.resolution import resolved_options
+
+    registry = get_host().registry
+    switch = resolved_options(registry, "intervention", "shrink-perturb", {"when": "switch"})
+    assert (switch["shrink-perturb"]["shrink"], switch["shrink-perturb"]["perturb"]) == (0.5, 0.5)
+    step = resolved_options(registry, "intervention", "shrink-perturb", {"perturb": 0.1})
+    assert step["shrink-perturb"]["shrink"] == 1 - 1e-6 and step["shrink-perturb"]["perturb"] == 0.1
+    # sd-mbtl's GP branch runs with signed slopes and a fixed noise, not mbtl-gp's defaults
+    sd = resolved_options(registry, "strategy", "sd-mbtl", {})["sd-mbtl"]
+    assert (sd["slopes"], sd["noise_std"], sd["best"], sd["structure"]) == (
+        "signed",
+        0.1,
+        "observed",
+        "auto",
+    )
+    assert resolved_options(registry, "strategy", "m-mbtl", {})["m-mbtl"]["structure"] == "mountain"
+    gp = resolved_options(registry, "strategy", "mbtl-gp", {})["mbtl-gp"]
+    assert gp["noise_std"] == "rows" and gp["theta_per_index"] is None  # None: theta is used
+    reference = resolved_options(registry, "strategy", "mbtl-gp", {"gp": "reference"})
+    assert reference["mbtl-gp"]["noise_std"] == "learned"
+    # distill: what its mode uses, at the value it runs with; the rest stays null
+    kickstart = resolved_options(
+        registry, "transfer_method", "distill", {"steps": 1000, "mode": "kickstart"}
+    )["distill"]
+    assert (kickstart["coef"], kickstart["decay"], kickstart["half_life"]) == (1.0, "linear", None)
+    assert (kickstart["weights"], kickstart["scale"], kickstart["proxy_steps"]) == (
+        "distance",
+        0.1,
+        None,
+    )
+    proxy = resolved_options(
+        registry, "transfer_method", "distill", {"steps": 1000, "mode": "proxy"}
+    )
+    assert proxy["distill"]["proxy_steps"] == 1000 and proxy["distill"]["weights"] is None
+    assert proxy["distill"]["temperature"] is None  # left to the teachers
+
+
 def test_resolved_values_compare_by_value_and_keep_what_a_version_dropped() -> None:
     from ctxrl.resolution import merge_resolved, resolved_differences
 

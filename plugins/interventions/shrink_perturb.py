@@ -39,7 +39,7 @@ moments_and_step`` does for the switched agents (``moments`` keeps Adam's step c
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -109,6 +109,11 @@ class ShrinkPerturb(Intervention):
         self.shrink, self.perturb = float(shrink), float(perturb)
         self.names: list[str] = []
         self.sizes: list[int] = []
+
+    def resolved_options(self) -> dict[str, Any]:
+        """``shrink`` and ``perturb`` as ``when`` decided them where they were not given (what a
+        run directory records, :mod:`ctxrl.resolution`)."""
+        return {"shrink": self.shrink, "perturb": self.perturb}
 
     def inert_without_switches(self, total_steps: int) -> str | None:
         del total_steps

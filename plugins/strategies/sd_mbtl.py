@@ -229,6 +229,18 @@ class SDMBTLStrategy:
         self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
 
+    def resolved_options(self) -> dict[str, Any]:
+        """Its own options and its GP branch's as they run (that branch's defaults are not
+        ``mbtl-gp``'s): what a run directory records (:mod:`ctxrl.resolution`)."""
+        return {
+            **self.gp.resolved_options(),
+            "structure": self.structure,
+            "detection": self.detection,
+            "clustering": self.clustering,
+            "min_rows": self.min_rows,
+            "mountain_threshold": self.mountain_threshold,
+        }
+
     def _decide(self, state: SelectionState) -> tuple[bool, dict[str, Any]]:
         """Whether the next source comes from M-MBTL, and why (for the trace)."""
         if self.structure != "auto":

@@ -95,6 +95,7 @@ class Distill:
             unused.add("proxy_steps")
         if weights == "uniform":
             unused.add("scale")
+        self._without_effect = frozenset(unused)  # for resolved_options()
         named = [name for name in given if name in unused and given[name] is not None]
         # refused by check() and transfer(), not here: a run directory written before this
         # check is still read (ctxrl report builds the method, never transfers)
@@ -148,6 +149,21 @@ class Distill:
         self.seed_offset = count_option(
             seed_offset, "distill: seed_offset", minimum=0, maximum=SEED_LIMIT
         )
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The options whose default the mode decides, as this method runs with them; one its
+        mode (or ``weights``, ``decay``) leaves without effect stays ``None``, and so does
+        ``temperature`` left to the teachers (what a run directory records,
+        :mod:`ctxrl.resolution`)."""
+        decided = {
+            "weights": self.weights,
+            "scale": self.scale,
+            "coef": self.coef,
+            "decay": self.decay,
+            "half_life": self.half_life,
+            "proxy_steps": self.proxy_steps,
+        }
+        return {k: None if k in self._without_effect else v for k, v in decided.items()}
 
     def check(self, algorithm: Any, env: Any) -> None:
         """``start: best-teacher`` copies a source into the student: the sources must be
