@@ -318,6 +318,15 @@ def report(ctx: click.Context, run_dir: Path, out: Path | None, as_json: bool) -
     with open_store(run_dir) as store:
         if not store.runs():
             policies = len(list((run_dir / "artifacts").glob("*.safetensors")))
+            # policies saved and no run committed: a sweep killed while storing its first
+            # group (its checkpoint kept: a rerun resumes it), or a store lost since
+            if policies and not running and any((run_dir / "checkpoints").glob("*.safetensors")):
+                raise CtxrlError(
+                    f"{run_dir}: its store holds no run yet (the sweep was stopped while "
+                    f"storing its first group: artifacts/ holds {policies} saved "
+                    f"polic{'y' if policies == 1 else 'ies'}, checkpoints/ what resumes them): "
+                    "rerun `ctxrl sweep` on its config to resume it. Nothing was written"
+                )
             if policies and not running:  # stored, then lost: not a sweep that stopped early
                 raise CtxrlError(
                     f"{run_dir}: its store holds no run, though its artifacts/ holds {policies} "

@@ -278,7 +278,12 @@ def resolve_plan(config: SweepConfig, registry: Registry, *, training: bool = Tr
         counted = getattr(built, "trained_steps", None)
         trained_steps = int(counted(config.train_steps)) if callable(counted) else None
         resolved = resolved_values(
-            config, registry, grid, built, algorithm_params(config, algorithm)
+            config,
+            registry,
+            grid,
+            built,
+            algorithm_params(config, algorithm),
+            env.context_space.default().as_dict(),
         )
     return SweepPlan(
         config,

@@ -288,12 +288,8 @@ class StrategySpec:
         one_dimensional: True for strategies defined on one varied feature only (a sweep
             over several refuses them before training).
 
-    A strategy, transfer method or intervention may report the options it runs with through
-    an optional ``resolved_options() -> dict`` method of the object its factory returns
-    (those its signature cannot say: a default of ``None`` that another option decides, the
-    defaults a wrapper gives what it forwards). A run directory's record of what its config
-    resolved to (:mod:`ctxrl.resolution`) holds those values, so a resume after one changed
-    is refused.
+    The strategy may report options through ``resolved_options()``, as
+    :class:`InterventionSpec` says.
     """
 
     name: str
@@ -328,6 +324,9 @@ class TransferMethodSpec:
             STUDY.yaml``): a sweep's ``transfer.name`` refuses the method before anything
             trains and names the command.
         description: one line for ``ctxrl plugins``.
+
+    The method may report options through ``resolved_options()``, as
+    :class:`InterventionSpec` says.
     """
 
     name: str
@@ -358,6 +357,13 @@ class InterventionSpec:
         factory: ``factory(**options) -> Intervention`` (see :mod:`ctxrl.interventions`);
             unknown options raise an error naming them.
         description: one line for ``ctxrl plugins``.
+
+    An intervention, strategy or transfer method may report the options it runs with through
+    an optional ``resolved_options() -> dict`` method of the object its factory returns:
+    those its signature cannot say (a default of ``None`` that another option decides; the
+    defaults a wrapper gives what it forwards), ``None`` for one without effect. A run
+    directory's record of what its config resolved to (:mod:`ctxrl.resolution`) holds those
+    values, so a resume after one changed is refused.
     """
 
     name: str

@@ -40,9 +40,12 @@ def resolved_values(
     grid: ContextGrid,
     built: Any,
     params: Mapping[str, Any],
+    context_defaults: Mapping[str, float],
 ) -> dict[str, Any]:
     """What ``config`` resolves to with the installed plugins, as plain JSON values: each
-    feature's grid values (6 significant digits), every hyperparameter the algorithm object
+    feature's grid values (6 significant digits), the env's defaults of every context
+    feature (``context_defaults``: what the features the grid leaves out train at; 6
+    significant digits), every hyperparameter the algorithm object
     ``built`` trains with (:func:`resolved_hyperparameters`; ``params``: the preset and the
     config's ``algorithm.params``, :func:`ctxrl.config.algorithm_params`), and the options of each
     intervention, the transfer method and (``mode: select``) the strategy, their factories'
@@ -53,10 +56,12 @@ def resolved_values(
     resumed by a ctxrl whose defaults changed is refused rather than mixed
     (:func:`ctxrl.sweep.prepare_run_dir`)."""
     resolved: dict[str, Any] = {
+        FORMAT_KEY: RESOLVED_FORMAT,
         "grid": {
             feature: [float(f"{v:.6g}") for v in values]
             for feature, values in zip(grid.features, grid.axis_values, strict=True)
         },
+        "context_defaults": {name: float(f"{v:.6g}") for name, v in context_defaults.items()},
         "hyperparameters": resolved_hyperparameters(built, params),
     }
     used: list[tuple[str, Kind, str, dict[str, Any]]] = [
@@ -99,6 +104,12 @@ RESOLVED_KEY = "resolved"
 hyperparameter and plugin option with its default (:func:`resolved_values`; the plan hash
 covers the config as written). Jobs carry it too, so that a worker checks it resolves alike."""
 
+FORMAT_KEY, RESOLVED_FORMAT = "format", 2
+"""A record's format. Records without it (format 1, the first sweeps that kept one) held
+``null`` for an option another option decides and ``mbtl-gp``'s defaults for ``sd-mbtl``'s
+GP branch, since plugins did not yet report the options they run with: they are compared
+without those (:func:`check_resolved_alike`)."""
+
 
 def check_resolved_alike(
     recorded: Any, resolved: Mapping[str, Any] | None, what: str, remedy: str
@@ -110,6 +121,12 @@ def check_resolved_alike(
     without training) passes."""
     if not isinstance(recorded, dict) or resolved is None:
         return
+    if FORMAT_KEY not in recorded:  # format 1: what it could not know is not compared
+        recorded = {
+            key: _without_nulls(value)
+            for key, value in recorded.items()
+            if key != "strategy options"
+        }
     differing = resolved_differences(recorded, resolved)
     if differing:
         raise CtxrlError(f"{what} ({'; '.join(differing)}): {remedy}")
@@ -185,6 +202,16 @@ def dotted_leaves(data: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in items:
         out.update(dotted_leaves(value, f"{prefix}{key}."))
     return out
+
+
+def _without_nulls(data: Any) -> Any:
+    """``data`` without its ``None`` values, in mappings and in lists of mappings (the
+    interventions), for comparing a record of format 1."""
+    if isinstance(data, Mapping):
+        return {k: _without_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_without_nulls(v) if isinstance(v, Mapping) else v for v in data]
+    return data
 
 
 def _holds_group(leaves: Mapping[str, Any], name: str) -> bool:

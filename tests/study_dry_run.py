@@ -23,6 +23,7 @@ def assert_dry_run_prints_the_study(
     printed.write_text(result.stdout)
     assert load(printed) == load(study)
     # then, as comments, what it resolves to with the installed plugins (plan.yaml's record)
-    assert "\n# resolved:\n" in result.stdout
+    record = result.stdout.split("\n# resolved:\n")[1]
+    assert record.startswith("#   ") and all(line.startswith("# ") for line in record.splitlines())
     assert "->" in result.stderr
     assert not (study.parent / "runs").exists()

@@ -355,13 +355,15 @@ def test_kickstarting_runs_next_to_scratch_with_a_decaying_term(teachers: Any) -
 def test_kickstarting_measures_held_out_before_each_iteration_s_first_step(
     teachers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``heldout_kl`` / ``heldout_agreement`` once per iteration, on its first minibatch,
-    before any gradient step of that iteration (PPO's 4 epochs x 4 minibatches after it),
-    and after the term has faded (exponential decay: 0 in the last 10 % of iterations)."""
+    """``heldout_kl`` / ``heldout_agreement`` once per iteration, on all of its rollout (4
+    envs x 128 steps: 512 states per student), before any gradient step of that iteration
+    (PPO's 4 epochs x 4 minibatches after it), and after the term has faded (exponential
+    decay: 0 in the last 10 % of iterations)."""
     from ctxrl_plugins.training.run import TrainingRun
+    from ctxrl_plugins.transfer.distill_trainers import Teaching
 
     events: list[str] = []
-    record, optimize = TrainingRun.record, TrainingRun.optimize
+    record, optimize, loss = TrainingRun.record, TrainingRun.optimize, Teaching.loss
 
     def spy_record(self: Any, name: str, value: Any) -> None:
         events.append(name)
@@ -371,8 +373,13 @@ def test_kickstarting_measures_held_out_before_each_iteration_s_first_step(
         events.append("step")
         return optimize(self, *args, **kwargs)
 
+    def spy_loss(self: Any, obs: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(f"loss on {obs.shape[1]} states")
+        return loss(self, obs, *args, **kwargs)
+
     monkeypatch.setattr(TrainingRun, "record", spy_record)
     monkeypatch.setattr(TrainingRun, "optimize", spy_optimize)
+    monkeypatch.setattr(Teaching, "loss", spy_loss)
     kickstart_study(
         _cartpole(), teachers, TARGET, [0], steps=5120, curve_every=5120, episodes=1,
         temperature=0.3, decay="exponential", half_life=0.2,
@@ -384,6 +391,7 @@ def test_kickstarting_measures_held_out_before_each_iteration_s_first_step(
         within = events[begin:end]
         assert within.count("step") == 16 and within.count("heldout_agreement") == 1
         assert within.index("heldout_agreement") < within.index("step")
+    assert all(events[i - 1] == "loss on 512 states" for i in iterations)  # the whole rollout
     distilled = events[iterations[-1] :]  # the last iteration: the term has faded
     assert "distill_kl" not in distilled
 

@@ -270,7 +270,8 @@ def test_options_another_option_decides_are_recorded_as_they_run() -> None:
         "observed",
         "auto",
     )
-    assert resolved_options(registry, "strategy", "m-mbtl", {})["m-mbtl"]["structure"] == "mountain"
+    m_mbtl = resolved_options(registry, "strategy", "m-mbtl", {})["m-mbtl"]
+    assert m_mbtl["structure"] == "mountain" and m_mbtl["slopes"] is None  # no GP branch runs
     gp = resolved_options(registry, "strategy", "mbtl-gp", {})["mbtl-gp"]
     assert gp["noise_std"] == "rows" and gp["theta_per_index"] is None  # None: theta is used
     reference = resolved_options(registry, "strategy", "mbtl-gp", {"gp": "reference"})
@@ -290,6 +291,39 @@ def test_options_another_option_decides_are_recorded_as_they_run() -> None:
     )
     assert proxy["distill"]["proxy_steps"] == 1000 and proxy["distill"]["weights"] is None
     assert proxy["distill"]["temperature"] is None  # left to the teachers
+
+
+def test_a_record_of_the_first_format_is_compared_without_what_it_could_not_know(
+    tmp_path: Path,
+) -> None:
+    """The first sweeps that kept a record wrote ``null`` for an option another option
+    decides and ``mbtl-gp``'s defaults for ``sd-mbtl``'s GP branch (no format key): such a
+    run directory resumes unchanged, and is still refused for a value it did record."""
+    from ctxrl.errors import CtxrlError
+
+    changes = {
+        "algorithm": {**BASE["algorithm"], "interventions": ["shrink-perturb"]},
+        "mode": "select",
+        "strategy": {"name": "sd-mbtl", "budget": 2},
+    }
+    first = _sweep(tmp_path, **changes)
+    plan_file = first.run_dir / "plan.yaml"
+    stored = yaml.safe_load(plan_file.read_text())
+    record = stored["resolved"]
+    assert record["format"] == 2 and record["context_defaults"]["masscart"] == 1.0
+    assert record["interventions"][0]["shrink-perturb"]["shrink"] == 1 - 1e-6
+    assert record["strategy options"]["sd-mbtl"]["slopes"] == "signed"
+    # as the first format wrote it
+    del record["format"], record["context_defaults"]
+    record["interventions"][0]["shrink-perturb"].update(shrink=None, perturb=None)
+    record["strategy options"]["sd-mbtl"].update(slopes="floored", noise_std=None)
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert _sweep(tmp_path, **changes).trained == 0  # resumed
+    assert yaml.safe_load(plan_file.read_text())["resolved"]["format"] == 2  # and rewritten
+    record["hyperparameters"]["gamma"] = 0.9  # what it did record is still compared
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(CtxrlError, match=r"hyperparameters\.gamma: 0\.9 there, 0\.99 now"):
+        _sweep(tmp_path, **changes)
 
 
 def test_resolved_values_compare_by_value_and_keep_what_a_version_dropped() -> None:
@@ -407,6 +441,15 @@ def test_report_refuses_a_directory_without_a_store(finished: Path, tmp_path: Pa
     assert lost.exit_code == 2 and "stopped before" not in said
     assert "its store holds no run, though its artifacts/ holds 2 saved policies" in said
     assert "store.sqlite-wal" in said and (run_dir / "summary.md").read_text() == summary
+    # the same beside a checkpoint: a sweep killed while storing its first group, which a
+    # rerun resumes (the policies are saved before the runs are committed)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "batch-0.safetensors").write_bytes(b"checkpoint")
+    killed = _cli("report", str(run_dir))
+    said = " ".join(killed.stderr.split())
+    assert killed.exit_code == 2 and "stopped while storing its first group" in said
+    assert "rerun `ctxrl sweep` on its config to resume it" in said
+    assert "emptied or replaced" not in said
 
 
 def test_report_json_prints_the_summary_alone_on_stdout(finished: Path, tmp_path: Path) -> None:

@@ -553,7 +553,7 @@ def test_a_crashed_or_stuck_sumo_fails_its_run_and_the_sweep_goes_on(
                     "name": "sb3-dqn",
                     "params": {"learning_starts": 30, "buffer_size": 1000, "batch_size": 16},
                 },
-                "train_steps": 300,  # the healthy run takes ~15 s here, well inside the limit
+                "train_steps": 300,  # the healthy run takes ~10 s here alone, well inside the limit
                 "eval_episodes": 1,
                 "executor": {"name": "local", "workers": 2, "timeout_s": 40},
                 "output_dir": str(tmp_path / "runs"),

@@ -500,6 +500,7 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             flat(buf.values),
         )
         b_ret, b_val = flattened[4], flattened[5]
+        self.before_update(run, flattened[0], iteration, iterations)
         minibatch_loss = (
             self._compiled_loss
             if self._compiled_loss is not None and not run.record_activations
@@ -536,6 +537,13 @@ class BatchedPPO(BatchedTrainer[_Rollout]):
             variance = b_ret.var(dim=1)
             explained = 1 - (b_ret - b_val).var(dim=1) / variance
             run.record("explained_variance", torch.where(variance == 0, torch.nan, explained))
+
+    def before_update(self, run: TrainingRun, obs: Tensor, iteration: int, iterations: int) -> None:
+        """Called once an iteration, after its rollout and before its first gradient step,
+        with the rollout's observations ``obs`` ``(N, num_envs * num_steps, obs)``: states the
+        agents have not trained on (kickstarting measures its held-out agreement on them).
+        Does nothing by default."""
+        del run, obs, iteration, iterations
 
     def auxiliary_loss(
         self, run: TrainingRun, obs: Tensor, out: Tensor, iteration: int, iterations: int

@@ -345,27 +345,9 @@ class MBTLStrategy:
         self._trace: dict[str, Any] = {}
 
     def resolved_options(self) -> dict[str, Any]:
-        """Every option as this strategy runs with it (``noise_std`` decided by ``gp`` where
-        it is not given): what a run directory records (:mod:`ctxrl.resolution`)."""
-        return {
-            "beta": self.beta,
-            "c": self.c,
-            "theta": self.theta,
-            "theta_per_index": self.theta_per_index,
-            "min_theta_per_index": self.min_theta_per_index,
-            "noise_std": self.noise_std,
-            "min_noise_std": self.min_noise_std,
-            "restarts": self.restarts,
-            "slopes": self.slopes,
-            "set_point": self.set_point,
-            "gap": self.gap_kind,
-            "best": self.best_kind,
-            "spread": self.spread,
-            "start": self.start,
-            "gp": self.gp_kind,
-            "residual": self.residual,
-            "acquisition": self.acquisition,
-        }
+        """``noise_std`` as ``gp`` decided it where it was not given: what a run directory
+        records (:mod:`ctxrl.resolution`)."""
+        return {"noise_std": self.noise_std}
 
     @staticmethod
     def _steps(state: SelectionState) -> np.ndarray:

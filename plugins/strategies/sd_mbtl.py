@@ -25,7 +25,7 @@ import numpy as np
 
 from ctxrl import hookimpl
 from ctxrl.errors import ConfigError, CtxrlError
-from ctxrl.options import count_option
+from ctxrl.options import count_option, option_defaults
 from ctxrl.registry import StrategySpec
 from ctxrl.selection import SelectionState
 from ctxrl_plugins.strategies.m_mbtl import SequentialClustering, k_median_step
@@ -226,14 +226,20 @@ class SDMBTLStrategy:
             "residual": "none",
             "acquisition": "optimistic",
         }
-        self.gp = MBTLStrategy(**{**defaults, **gp_options})  # type: ignore[arg-type]
+        self._gp_options = {**defaults, **gp_options}
+        self.gp = MBTLStrategy(**self._gp_options)  # type: ignore[arg-type]
         self._trace: dict[str, Any] = {}
 
     def resolved_options(self) -> dict[str, Any]:
         """Its own options and its GP branch's as they run (that branch's defaults are not
-        ``mbtl-gp``'s): what a run directory records (:mod:`ctxrl.resolution`)."""
+        ``mbtl-gp``'s); with ``structure: mountain`` (``m-mbtl``) the GP branch never runs,
+        and its options are ``None``. What a run directory records
+        (:mod:`ctxrl.resolution`)."""
+        branch = {**self._gp_options, **self.gp.resolved_options()}
+        if self.structure == "mountain":
+            branch = dict.fromkeys(option_defaults(MBTLStrategy))
         return {
-            **self.gp.resolved_options(),
+            **branch,
             "structure": self.structure,
             "detection": self.detection,
             "clustering": self.clustering,

@@ -14,7 +14,6 @@ Shapes: ``N`` students, ``K`` teachers, ``M`` states per student, ``A`` action l
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -210,27 +209,27 @@ class KickstartStudent(_TeachingMixin, BatchedPPO):
 
     decay: Decay = "linear"
     half_life: float = 0.1
-    _measured: tuple[weakref.ref[TrainingRun], int] | None = None
-    """the training and iteration whose held-out measure is recorded"""
+
+    def before_update(self, run: TrainingRun, obs: Tensor, iteration: int, iterations: int) -> None:
+        """The student has not trained on this iteration's rollout yet: the KL and action
+        agreement with its teachers on all of it are recorded as ``heldout_kl`` /
+        ``heldout_agreement``, as DAgger's students record theirs (after the term has faded
+        too)."""
+        del iteration, iterations
+        log_std = None if run.discrete else run.params["actor.log_std"]
+        with torch.no_grad():
+            out = run.networks["actor"](run.params, obs)
+            heldout = self._teaching(run).loss(obs, out, log_std)
+        run.record("heldout_kl", heldout.loss)
+        run.record("heldout_agreement", heldout.agreement)
 
     def auxiliary_loss(
         self, run: TrainingRun, obs: Tensor, out: Tensor, iteration: int, iterations: int
     ) -> Tensor | None:
-        """The kickstarting term on the minibatch. The first minibatch of an iteration comes
-        before its first gradient step, so the student has not trained on its states: the
-        KL and action agreement there are recorded as ``heldout_kl`` / ``heldout_agreement``
-        (on a ``1 / num_minibatches`` share of the rollout; DAgger's are on all of it), after
-        the term has faded too."""
+        """The kickstarting term on the minibatch."""
         teaching = self._teaching(run)
         factor = decay_schedule(self.decay, iteration / iterations, self.half_life)
         log_std = None if run.discrete else run.params["actor.log_std"]
-        measured = self._measured
-        if measured is None or measured[0]() is not run or measured[1] != iteration:
-            self._measured = (weakref.ref(run), iteration)
-            with torch.no_grad():
-                heldout = teaching.loss(obs, out, log_std)
-            run.record("heldout_kl", heldout.loss)
-            run.record("heldout_agreement", heldout.agreement)
         if factor == 0.0:
             return None
         result = teaching.loss(obs, out, log_std)

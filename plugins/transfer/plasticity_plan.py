@@ -190,8 +190,9 @@ class StudyPlan:
     labels: list[str]
     programs: list[Program] = field(default_factory=list)
     resolved: dict[str, Any] | None = None
-    """what the study file resolves to with the installed plugins: the hyperparameters with
-    their defaults and every arm's intervention options with theirs (:func:`resolved_arms`),
+    """what the study file resolves to with the installed plugins: the env's default context
+    (what the schedule's contexts leave out), the hyperparameters with their defaults and
+    every arm's intervention options with theirs (:func:`resolved_arms`),
     recorded in plan.yaml so that a resume after a default changed is refused
     (:func:`~ctxrl_plugins.transfer.studies.open_run_dir`)"""
 
@@ -242,7 +243,8 @@ def resolve_study(config: StudyConfig, registry: Registry, *, training: bool = T
     labels, programs = plan_programs(config, registry)
     if training:
         check_arm_networks(config, registry, trainer, env)
-    resolved = {
+    resolved = {  # the schedule's contexts take the env's defaults for what they leave out
+        "context_defaults": env.context_space.default().as_dict(),
         "hyperparameters": resolved_hyperparameters(trainer, params),
         "arms": resolved_arms(config, registry),
     }

@@ -24,7 +24,13 @@ from ctxrl.config import merge_params
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.field_errors import validation_problems
 from ctxrl.registry import AlgorithmSpec
-from ctxrl.resolution import RESOLVED_KEY, check_resolved_alike, merge_resolved
+from ctxrl.resolution import (
+    FORMAT_KEY,
+    RESOLVED_FORMAT,
+    RESOLVED_KEY,
+    check_resolved_alike,
+    merge_resolved,
+)
 from ctxrl.yaml12 import parse_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -286,6 +292,7 @@ def open_run_dir(
     }
     stored: Any = None
     recorded: Any = None
+    current = None if resolved is None else {FORMAT_KEY: RESOLVED_FORMAT, **resolved}
     if plan_file.exists():
         stored = yaml.safe_load(plan_file.read_text()) or {}
         same = stored.get("plan_hash") == data["plan_hash"]
@@ -294,17 +301,17 @@ def open_run_dir(
         recorded = stored.get(RESOLVED_KEY)
         check_resolved_alike(
             recorded,
-            resolved,
+            current,
             f"{plan_file}: its results trained with other values than this installation "
             "resolves the same study to",
             "a default or preset changed since. Refusing to mix results: resume with the "
             "versions that trained them, or give another output_dir to train the study anew",
         )
-    if resolved is not None:
+    if current is not None:
         data[RESOLVED_KEY] = (
-            merge_resolved(recorded, resolved) if isinstance(recorded, dict) else dict(resolved)
+            merge_resolved(recorded, current) if isinstance(recorded, dict) else current
         )
-    elif isinstance(recorded, dict):  # opened without resolving (a report): the record stays
+    elif isinstance(recorded, dict):  # a caller that resolves nothing leaves the record
         data[RESOLVED_KEY] = recorded
     if stored == data:
         return
