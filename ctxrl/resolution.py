@@ -206,9 +206,11 @@ def dotted_leaves(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _without_nulls(data: Any) -> Any:
     """``data`` without its ``None`` values, in mappings and in lists of mappings (the
-    interventions), for comparing a record of format 1."""
+    interventions), and without the mappings that leaves empty, for comparing a record of
+    format 1."""
     if isinstance(data, Mapping):
-        return {k: _without_nulls(v) for k, v in data.items() if v is not None}
+        kept = {k: _without_nulls(v) for k, v in data.items() if v is not None}
+        return {k: v for k, v in kept.items() if v != {} or data[k] == {}}
     if isinstance(data, list):
         return [_without_nulls(v) if isinstance(v, Mapping) else v for v in data]
     return data
