@@ -32,6 +32,7 @@ from ctxrl.options import (
     check_options,
     option_names,
     resolved_device,
+    without_repeated_label,
 )
 from ctxrl.registry import AlgorithmSpec, EnvSpec, Registry, StrategySpec
 from ctxrl.resolution import resolved_values
@@ -362,7 +363,7 @@ def _check_interventions_fit(
             raise ConfigError(
                 f"algorithm.interventions[{index}] ({intervention.name}): {why}, and a sweep's "
                 "contexts never switch: it would train exactly as without it (use a plasticity "
-                "study for context switches, or give it steps)"
+                "study for context switches, or the option that makes it act during training)"
             )
 
 
@@ -386,7 +387,7 @@ def _check_transfer_fits(
         if check_contexts is not None:  # a sweep's sources and targets are its grid's contexts
             check_contexts(contexts, contexts)
     except CtxrlError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {without_repeated_label(str(exc), where)}") from None
 
 
 MULTI_DIMENSIONAL_STRATEGY = "mbtl-gp"

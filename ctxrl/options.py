@@ -139,7 +139,7 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], where
             listed = "; it takes no options"
         raise ConfigError(f"{where}: no option {match.group(1)!r}{meant}{listed}") from None
     except (ValueError, CtxrlError) as exc:
-        raise ConfigError(f"{where}: {_without_repeated_label(str(exc), where)}") from None
+        raise ConfigError(f"{where}: {without_repeated_label(str(exc), where)}") from None
     except Exception as exc:  # the plugin's own bug (a KeyError, a RuntimeError): where it is
         raise ConfigError(
             f"{where}: the plugin's factory failed with {type(exc).__name__}: {exc}"
@@ -150,13 +150,16 @@ _PLUGIN_LABEL = re.compile(r"(?:[a-z][\w ]* )?('[^']+'): ")
 """A plugin's label at the start of its own message: ``strategy 'mbtl-gp': ``."""
 
 
-def _without_repeated_label(message: str, where: str) -> str:
+def without_repeated_label(message: str, where: str) -> str:
     """``message`` without its leading plugin label where ``where`` already names the plugin
-    (``strategy 'mbtl-gp': ...`` under ``--option: strategy 'mbtl-gp'`` or
-    ``strategy.options: 'mbtl-gp'``)."""
+    (``strategy 'mbtl-gp': ...`` or ``distill: ...`` under ``--option: strategy 'mbtl-gp'``,
+    ``strategy.options: 'mbtl-gp'`` or ``transfer.options: 'distill'``)."""
     label = _PLUGIN_LABEL.match(message)
     if label is not None and where.endswith(label.group(1)):
         return message[label.end() :]
+    named = re.search(r"'([^']+)'$", where)
+    if named is not None and message.startswith(f"{named.group(1)}: "):
+        return message[len(named.group(1)) + 2 :]
     return message
 
 

@@ -26,4 +26,5 @@ def assert_dry_run_prints_the_study(
     record = result.stdout.split("\n# resolved:\n")[1]
     assert record.startswith("#   ") and all(line.startswith("# ") for line in record.splitlines())
     assert "->" in result.stderr
+    assert str(study.parent / "runs") in result.stderr  # on one line, not folded mid-path
     assert not (study.parent / "runs").exists()

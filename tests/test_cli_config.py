@@ -171,19 +171,19 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
                 "transfer.options.steps=100",
                 "transfer.options.temperature=x",
             ],
-            "transfer.options: 'distill': distill: temperature must be a number > 0, got 'x'",
+            "transfer.options: 'distill': temperature must be a number > 0, got 'x'",
         ),
         (
             ["transfer={name: distill, options: {steps: 100, temperature: .nan}}"],
-            "distill: temperature must be a finite number > 0, got nan",
+            "'distill': temperature must be a finite number > 0, got nan",
         ),
         (
             ["transfer={name: distill, options: {steps: 100, mode: kickstart, half_life: 0}}"],
-            "distill: half_life must be a finite number > 0, got 0",
+            "'distill': half_life must be a finite number > 0, got 0",
         ),
         (
             ["transfer={name: distill, options: {steps: 100, student: {learning_rat: 0.1}}}"],
-            "transfer.options: 'distill': distill: student: batched-ppo has no hyperparameter "
+            "transfer.options: 'distill': student: batched-ppo has no hyperparameter "
             "'learning_rat'",
         ),
         (
@@ -230,7 +230,7 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         ),
         (
             ["transfer={name: fine-tune, options: {steps: true}}"],
-            "fine-tune: steps must be a whole number of env steps, got True",
+            "'fine-tune': steps must be a whole number of env steps, got True",
         ),
         (
             ["executor.options.start_methd=fork"],

@@ -50,7 +50,13 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import (
     resolve_study,
 )
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult, StudyRunner
-from ctxrl_plugins.transfer.studies import StudyOnly, locked_run_dir, study_yaml, unfinished
+from ctxrl_plugins.transfer.studies import (
+    StudyOnly,
+    counted,
+    locked_run_dir,
+    study_yaml,
+    unfinished,
+)
 
 __all__ = [
     "ARMS",
@@ -163,10 +169,12 @@ def ctxrl_register_commands(cli: Any) -> None:
         check_device(config.device)
         plan = resolve_study(config, registry)
         agents = len(plan.pairs) * len(config.seeds)
-        console.print(
-            f"{plan.env.name}: {len(plan.contexts)} contexts, {len(plan.pairs)} pairs, "
-            f"{len(config.variants)} variants x {len(config.arms)} arms, {agents} agents per "
-            f"transfer arm -> {plan.run_dir}"
+        console.print(  # one line: the run directory's path stays whole in a log
+            f"{plan.env.name}: {len(plan.contexts)} contexts, {counted(len(plan.pairs), 'pair')}, "
+            f"{counted(len(config.variants), 'variant')} x {counted(len(config.arms), 'arm')}, "
+            f"{counted(agents, 'agent')} per transfer arm -> {plan.run_dir}",
+            soft_wrap=True,
+            highlight=False,
         )
         if dry_run:
             click.echo(study_yaml(config, plan.resolved), nl=False)

@@ -78,7 +78,7 @@ from ctxrl_plugins.transfer.plasticity_runner import (
     load_results,
     run_study,
 )
-from ctxrl_plugins.transfer.studies import StudyOnly, study_yaml
+from ctxrl_plugins.transfer.studies import StudyOnly, counted, study_yaml
 
 
 def report_study(run_dir: Path) -> str:
@@ -150,10 +150,13 @@ def ctxrl_register_commands(cli: Any) -> None:
         switches = len(_switch_steps(plan))
         # as a rerun will run them: with the arms that raised in programs of their own
         programs = isolate_arms(plan.programs, isolated_arms(plan.run_dir))
-        console.print(
+        console.print(  # one line: the run directory's path stays whole in a log
             f"{plan.env.name} ({config.algorithm}): {len(plan.labels)} arms "
-            f"({', '.join(plan.labels)}) x {len(config.seeds)} seeds, {switches} switches in "
-            f"{config.total_steps} steps, {len(programs)} batched program(s) -> {plan.run_dir}"
+            f"({', '.join(plan.labels)}) x {counted(len(config.seeds), 'seed')}, "
+            f"{switches} switch{'' if switches == 1 else 'es'} in {config.total_steps} steps, "
+            f"{counted(len(programs), 'batched program')} -> {plan.run_dir}",
+            soft_wrap=True,
+            highlight=False,
         )
         if dry_run:
             click.echo(study_yaml(config, plan.resolved), nl=False)
@@ -192,10 +195,13 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
     labels, programs = plan_programs(config, registry)
     task = config.shifting_targets
     run_dir = targets.run_dir_of(config)
-    console.print(
-        f"shifting targets: {len(labels)} arms ({', '.join(labels)}) x {len(config.seeds)} "
-        f"seeds, {task.tasks} target sets x {task.steps_per_task} steps, "
-        f"{len(isolate_arms(programs, isolated_arms(run_dir)))} batched program(s) -> {run_dir}"
+    programs = isolate_arms(programs, isolated_arms(run_dir))
+    console.print(  # one line: the run directory's path stays whole in a log
+        f"shifting targets: {len(labels)} arms ({', '.join(labels)}) x "
+        f"{counted(len(config.seeds), 'seed')}, {task.tasks} target sets x "
+        f"{task.steps_per_task} steps, {counted(len(programs), 'batched program')} -> {run_dir}",
+        soft_wrap=True,
+        highlight=False,
     )
     if dry_run:
         click.echo(study_yaml(config, targets.resolved_study(config, registry)), nl=False)

@@ -174,6 +174,11 @@ def _kind_hint(data: dict[str, Any], model: type[BaseModel]) -> str:
     return f" (this file looks like {what}: run it with `{command}`)"
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 seed``, ``2 seeds``: a count with its noun (plural by an ``s``)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def study_yaml(config: BaseModel, resolved: Mapping[str, Any] | None = None) -> str:
     """A validated study as YAML, every field's default filled in (an intervention's options
     and the algorithm's hyperparameters as written): what ``--dry-run`` prints on
