@@ -52,6 +52,7 @@ from ctxrl_plugins.transfer.dqn_transferability_plan import (
 from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult, StudyRunner
 from ctxrl_plugins.transfer.studies import (
     StudyOnly,
+    announce,
     counted,
     locked_run_dir,
     study_yaml,
@@ -169,12 +170,12 @@ def ctxrl_register_commands(cli: Any) -> None:
         check_device(config.device)
         plan = resolve_study(config, registry)
         agents = len(plan.pairs) * len(config.seeds)
-        console.print(  # one line: the run directory's path stays whole in a log
+        announce(
+            console,
             f"{plan.env.name}: {len(plan.contexts)} contexts, {counted(len(plan.pairs), 'pair')}, "
             f"{counted(len(config.variants), 'variant')} x {counted(len(config.arms), 'arm')}, "
-            f"{counted(agents, 'agent')} per transfer arm -> {plan.run_dir}",
-            soft_wrap=True,
-            highlight=False,
+            f"{counted(agents, 'agent')} per transfer arm",
+            plan.run_dir,
         )
         if dry_run:
             click.echo(study_yaml(config, plan.resolved), nl=False)

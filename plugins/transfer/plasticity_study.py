@@ -78,7 +78,7 @@ from ctxrl_plugins.transfer.plasticity_runner import (
     load_results,
     run_study,
 )
-from ctxrl_plugins.transfer.studies import StudyOnly, counted, study_yaml
+from ctxrl_plugins.transfer.studies import StudyOnly, announce, counted, study_yaml
 
 
 def report_study(run_dir: Path) -> str:
@@ -150,13 +150,13 @@ def ctxrl_register_commands(cli: Any) -> None:
         switches = len(_switch_steps(plan))
         # as a rerun will run them: with the arms that raised in programs of their own
         programs = isolate_arms(plan.programs, isolated_arms(plan.run_dir))
-        console.print(  # one line: the run directory's path stays whole in a log
+        announce(
+            console,
             f"{plan.env.name} ({config.algorithm}): {len(plan.labels)} arms "
             f"({', '.join(plan.labels)}) x {counted(len(config.seeds), 'seed')}, "
             f"{switches} switch{'' if switches == 1 else 'es'} in {config.total_steps} steps, "
-            f"{counted(len(programs), 'batched program')} -> {plan.run_dir}",
-            soft_wrap=True,
-            highlight=False,
+            f"{counted(len(programs), 'batched program')}",
+            plan.run_dir,
         )
         if dry_run:
             click.echo(study_yaml(config, plan.resolved), nl=False)
@@ -196,12 +196,12 @@ def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: A
     task = config.shifting_targets
     run_dir = targets.run_dir_of(config)
     programs = isolate_arms(programs, isolated_arms(run_dir))
-    console.print(  # one line: the run directory's path stays whole in a log
+    announce(
+        console,
         f"shifting targets: {len(labels)} arms ({', '.join(labels)}) x "
         f"{counted(len(config.seeds), 'seed')}, {task.tasks} target sets x "
-        f"{task.steps_per_task} steps, {counted(len(programs), 'batched program')} -> {run_dir}",
-        soft_wrap=True,
-        highlight=False,
+        f"{task.steps_per_task} steps, {counted(len(programs), 'batched program')}",
+        run_dir,
     )
     if dry_run:
         click.echo(study_yaml(config, targets.resolved_study(config, registry)), nl=False)

@@ -174,6 +174,12 @@ def _kind_hint(data: dict[str, Any], model: type[BaseModel]) -> str:
     return f" (this file looks like {what}: run it with `{command}`)"
 
 
+def announce(console: Any, plan: str, run_dir: Path) -> None:
+    """A study's plan in one line on ``console`` (standard error): ``plan -> run_dir``, never
+    folded, so that the run directory's path stays whole in a log."""
+    console.print(f"{plan} -> {run_dir}", soft_wrap=True, highlight=False)
+
+
 def counted(number: int, noun: str) -> str:
     """``1 seed``, ``2 seeds``: a count with its noun (plural by an ``s``)."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
