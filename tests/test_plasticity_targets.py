@@ -292,6 +292,16 @@ def test_bad_task_settings_name_the_file_and_field(
     assert "study.yaml" in str(error.value)
 
 
+def test_a_file_mixing_the_two_kinds_of_study_is_named_so(tmp_path: Path) -> None:
+    """``shifting_targets`` beside an env study's fields was refused field by field (``env: no
+    such field``), which did not say why; it is named as mixing the two kinds."""
+    path = _write(tmp_path, env="CartPole", schedule={"kind": "sequence", "every": 512})
+    with pytest.raises(ConfigError, match=r"study\.yaml: shifting_targets makes this") as error:
+        load_targets_config(path)
+    assert "takes no env, schedule" in str(error.value)
+    assert "one kind or the other" in str(error.value)
+
+
 def test_a_failing_arm_is_reported_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,6 @@ import yaml
 from ctxrl import hookimpl
 from ctxrl.options import check_device
 from ctxrl.registry import Registry, TransferMethodSpec
-from ctxrl.yaml12 import parse_yaml
 from ctxrl_plugins.transfer.plasticity_plan import (
     BASELINE,
     SHARED_PROGRAM,
@@ -78,7 +77,13 @@ from ctxrl_plugins.transfer.plasticity_runner import (
     load_results,
     run_study,
 )
-from ctxrl_plugins.transfer.studies import StudyOnly, announce, counted, study_yaml
+from ctxrl_plugins.transfer.studies import (
+    StudyOnly,
+    announce,
+    counted,
+    study_mapping,
+    study_yaml,
+)
 
 
 def report_study(run_dir: Path) -> str:
@@ -141,7 +146,7 @@ def ctxrl_register_commands(cli: Any) -> None:
 
         console = Console(stderr=True)
         registry = get_host().registry
-        if targets.is_targets_study(_mapping(study)):
+        if targets.is_targets_study(study_mapping(study)):
             _run_targets_study(study, dry_run, registry, console)
             return
         config = load_study_config(study)
@@ -172,15 +177,6 @@ def ctxrl_register_commands(cli: Any) -> None:
                 f"({', '.join(failed)}); rerun the study to retry them[/]"
             )
             sys.exit(1)
-
-
-def _mapping(path: Path) -> dict[str, Any]:
-    """A study file's top-level mapping, or an empty one (the loaders report what is wrong)."""
-    try:
-        data = parse_yaml(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _run_targets_study(path: Path, dry_run: bool, registry: Registry, console: Any) -> None:

@@ -65,6 +65,7 @@ from ctxrl.registry import Registry
 from ctxrl_plugins.transfer.plasticity_plan import (
     ArmsConfig,
     Program,
+    StudyConfig,
     build_arm_interventions,
     isolate_arms,
     plan_programs,
@@ -90,6 +91,7 @@ from ctxrl_plugins.transfer.studies import (
     locked_run_dir,
     open_run_dir,
     read_study_file,
+    study_mapping,
     study_run_dir,
 )
 
@@ -134,8 +136,21 @@ def is_targets_study(data: Mapping[str, Any]) -> bool:
 
 
 def load_targets_config(path: str | Path) -> TargetsStudyConfig:
-    """Read and validate a study file; errors name the field and the file."""
-    config = read_study_file(path, TargetsStudyConfig)
+    """Read and validate a study file; errors name the field and the file, and a file that
+    mixes in the fields of a study on an env's schedule is named as mixing the two kinds."""
+    try:
+        config = read_study_file(path, TargetsStudyConfig)
+    except ConfigError:
+        data = study_mapping(Path(path))
+        mixed = sorted(set(StudyConfig.model_fields) - set(TargetsStudyConfig.model_fields))
+        found = [name for name in mixed if name in data]
+        if not found:
+            raise
+        raise ConfigError(
+            f"{path}: shifting_targets makes this a study on shifting regression targets, which "
+            f"takes no {', '.join(found)} (fields of a study on an env's context schedule): a "
+            "plasticity study is one kind or the other; remove shifting_targets or those fields"
+        ) from None
     task = config.shifting_targets
     if 2 * task.window > task.tasks:
         raise ConfigError(

@@ -140,6 +140,16 @@ def read_study_file(path: str | Path, model: type[ModelT]) -> ModelT:
         raise ConfigError(f"{path}: {problems}{_kind_hint(data, model)}") from None
 
 
+def study_mapping(path: Path) -> dict[str, Any]:
+    """A study file's top-level mapping, or an empty one where it is none (a missing file,
+    invalid YAML: :func:`read_study_file` reports what is wrong)."""
+    try:
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 FILE_KINDS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("a plasticity study", "ctxrl plasticity", frozenset({"schedule", "shifting_targets"})),
     (
