@@ -40,6 +40,7 @@ from ctxrl.runs import (
 )
 from ctxrl.store import RunRecord, Store, now
 from ctxrl.summary import STORE_FILE
+from ctxrl.summary_text import counted
 from ctxrl.transfer import TransferProblem
 
 
@@ -362,8 +363,8 @@ def _run_shards(
     started = time.monotonic()
     with progress_display(console) as progress:
         bar = progress.add_task(
-            f"training {_count(agents, f'{plan.env.name} agent')} in "
-            f"{_count(len(shards), 'shard')}",
+            f"training {counted(agents, f'{plan.env.name} agent')} in "
+            f"{counted(len(shards), 'shard')}",
             total=len(jobs),
         )
         reported: set[str] = set()
@@ -398,15 +399,10 @@ def _run_shards(
     # as stored: a failed shard's agents are failed runs (unless an earlier result is kept)
     done, failed = outcome.trained - trained_before, len(outcome.failed) - failed_before
     console.print(
-        f"trained and evaluated {_count(done, 'agent')}"
+        f"trained and evaluated {counted(done, 'agent')}"
         + (f" ({failed} failed)" if failed else "")
-        + f" in {_count(len(shards), 'shard')} ({parallel} at a time) in {wall_s:.1f} s"
+        + f" in {counted(len(shards), 'shard')} ({parallel} at a time) in {wall_s:.1f} s"
     )
-
-
-def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _group_record(record: RunRecord, group: str, group_s: float, size: int) -> RunRecord:

@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 agent``, ``2 agents``: a count with its noun, plural (by an ``s``) unless 1."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def sources_text(summary: Mapping[str, Any], indices: Sequence[int]) -> str:
     """Grid indices as the contexts they stand for: ``length = 0.5, 1, 2`` (one varied
     feature) or ``(masscart=1, length=0.5), ...``; the indices themselves for a summary that

@@ -38,6 +38,7 @@ from ctxrl import hookimpl
 from ctxrl.errors import CtxrlError
 from ctxrl.options import check_device
 from ctxrl.registry import Registry, TransferMethodSpec
+from ctxrl.summary_text import counted
 from ctxrl_plugins.transfer.dqn_transferability_plan import (
     ARMS,
     STUDY,
@@ -53,7 +54,6 @@ from ctxrl_plugins.transfer.dqn_transferability_runner import ArmResult, StudyRu
 from ctxrl_plugins.transfer.studies import (
     StudyOnly,
     announce,
-    counted,
     locked_run_dir,
     study_yaml,
     unfinished,

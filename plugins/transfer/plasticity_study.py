@@ -49,6 +49,7 @@ import yaml
 from ctxrl import hookimpl
 from ctxrl.options import check_device
 from ctxrl.registry import Registry, TransferMethodSpec
+from ctxrl.summary_text import counted
 from ctxrl_plugins.transfer.plasticity_plan import (
     BASELINE,
     SHARED_PROGRAM,
@@ -80,7 +81,6 @@ from ctxrl_plugins.transfer.plasticity_runner import (
 from ctxrl_plugins.transfer.studies import (
     StudyOnly,
     announce,
-    counted,
     study_mapping,
     study_yaml,
 )

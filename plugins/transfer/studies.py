@@ -190,11 +190,6 @@ def announce(console: Any, plan: str, run_dir: Path) -> None:
     console.print(f"{plan} -> {run_dir}", soft_wrap=True, highlight=False)
 
 
-def counted(number: int, noun: str) -> str:
-    """``1 seed``, ``2 seeds``: a count with its noun (plural by an ``s``)."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def study_yaml(config: BaseModel, resolved: Mapping[str, Any] | None = None) -> str:
     """A validated study as YAML, every field's default filled in (an intervention's options
     and the algorithm's hyperparameters as written): what ``--dry-run`` prints on
