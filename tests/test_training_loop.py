@@ -705,3 +705,33 @@ def test_a_resumed_training_counts_the_time_trained_before_the_kill(tmp_path: Pa
     fresh = algorithm()
     fresh.train_many(spec, [{}], [0], total_steps=64)
     assert fresh.earlier_train_s == 0.0
+
+
+def test_a_training_killed_at_its_last_progress_line_is_not_trained_again(
+    tmp_path: Path,
+) -> None:
+    """The final checkpoint is saved before the last progress line: a caller killed once it
+    has said "done" resumes with nothing left to train, to the same weights."""
+    spec = get_host().registry.env("CartPole")
+    params = {"num_envs": 2, "num_steps": 16, "update_epochs": 1, "hidden": 8}
+
+    def train(**options: Any) -> Any:
+        algorithm = get_host().registry.algorithm("batched-ppo").factory(params, device="cpu")
+        return algorithm.train_many(spec, [{}], [0], total_steps=320, **options)
+
+    class Killed(Exception):
+        pass
+
+    def kill_when_done(done: int, total: int) -> None:
+        if done == total:
+            raise Killed
+
+    checkpoint = tmp_path / "checkpoint"
+    with pytest.raises(Killed):
+        train(checkpoint=checkpoint, checkpoint_every=10_000, progress=kill_when_done)
+    lines: list[tuple[int, int]] = []
+    resumed = train(checkpoint=checkpoint, progress=lambda done, total: lines.append((done, total)))
+    assert lines == []  # no iteration left to train
+    whole = train()
+    for name, value in whole.params.items():
+        torch.testing.assert_close(resumed.params[name], value, rtol=0, atol=0)

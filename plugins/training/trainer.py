@@ -373,12 +373,13 @@ class BatchedTrainer(TrainerInterface[StateT]):
             ):
                 evaluate_curve()
                 next_curve = (run.env_steps // curves.every + 1) * curves.every
-            if progress is not None and (done % report_every == 0 or done == iterations):
-                progress(done, iterations)
             # the last iteration too: a caller killed while it evaluates or transfers the
-            # trained agents continues from their final state, not from the last periodic save
+            # trained agents continues from their final state, not from the last periodic save;
+            # saved before the progress line, so a kill after a line never repeats its work
             if checkpoint is not None and (done % every == 0 or done == iterations):
                 self._save(checkpoint, done, run, state, interventions, log)
+            if progress is not None and (done % report_every == 0 or done == iterations):
+                progress(done, iterations)
         self.compile_s = sum(f.compile_s for f in self._compiled_functions) + optimizer.compile_s
         optimizer.finish()
         policies.params = dict(params)
