@@ -19,13 +19,22 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[st
     given (not for a missing field)."""
     problems = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        where = field_path(error["loc"]) or "(top level)"
         got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = no_such_field(model, error["loc"])
         problems.append(f"{where}: {message}{got}")
     return problems
+
+
+def field_path(location: Sequence[int | str]) -> str:
+    """A pydantic error's location as the project's messages write a field:
+    ``("contexts", 1, "env")`` -> ``contexts[1].env``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
 def no_such_field(model: type[BaseModel], location: Sequence[int | str]) -> str:
@@ -85,4 +94,4 @@ def _section(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-__all__ = ["no_such_field", "validation_problems"]
+__all__ = ["field_path", "no_such_field", "validation_problems"]

@@ -142,7 +142,7 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
         (["features.length.nmu=3"], "features.length.nmu: no such field; did you mean 'num'?"),
         (
             ["algorithm.interventions=[{nmae: l2}]"],
-            "algorithm.interventions.0.nmae: no such field; did you mean 'name'?",
+            "algorithm.interventions[0].nmae: no such field; did you mean 'name'?",
         ),
         (["curves={evry: 10, episodes: 2}"], "curves.evry: no such field; did you mean 'every'?"),
         (["env_options.foo=1"], "env_options: CartPole takes no option 'foo'"),
@@ -240,8 +240,8 @@ def test_plan_hash_ignores_where_and_how_jobs_run() -> None:
             ["algorithm.params.learning_rate=abc"],
             "algorithm.params: batched-ppo: learning_rate: Input should be a valid number",
         ),
-        (["seeds=[-1]"], "seeds.0: Input should be greater than or equal to 0 (got -1)"),
-        (["seeds=[true]"], "seeds.0: Input should be a valid integer (got True)"),
+        (["seeds=[-1]"], "seeds[0]: Input should be greater than or equal to 0 (got -1)"),
+        (["seeds=[true]"], "seeds[0]: Input should be a valid integer (got True)"),
         (["train_steps=true"], "train_steps: a boolean is not a number (got True)"),
         (["eval_episodes=true"], "eval_episodes: a boolean is not a number (got True)"),
         (
@@ -698,7 +698,7 @@ def test_values_a_user_writes_are_read_as_meant(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="seeds"):
         load_config(None, ["seeds=[1:30]"])  # text where a seed goes: named, not ninety
     # past int64 (with the offsets added to it) a seed failed after training had started
-    with pytest.raises(ConfigError, match=r"seeds.0: Input should be less than 2305843009213"):
+    with pytest.raises(ConfigError, match=r"seeds\[0\]: Input should be less than 2305843009213"):
         load_config(None, ["seeds=[9223372036854775808]"])
     for method in ("fine-tune", "distill"):
         with pytest.raises(ConfigError, match=f"{method}: seed_offset must be < 2305843009213"):

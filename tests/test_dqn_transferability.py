@@ -200,7 +200,7 @@ def test_checkpointing_less_often_gives_the_same_study(tmp_path: Path) -> None:
     [
         ({"env": "Pendulum"}, "env: DQN needs discrete actions; 'Pendulum'"),
         ({"arms": ["fine-tune", "hybrid"]}, "hybrid arm needs the fine-tune and only-head"),
-        ({"arms": ["warm"]}, "arms.0"),
+        ({"arms": ["warm"]}, r"arms\[0\]"),
         ({"contexts": [{"name": "a", "context": {"length": 99.0}}]}, r"contexts\[0\].context"),
         ({"contexts": [{"name": "a"}, {"name": "a"}]}, "repeat a name"),
         (  # paddle widths 2.6 and 3 are one Catch: the env rounds the width to whole cells

@@ -182,21 +182,21 @@ def test_arms_of_one_program_match_the_same_agents_trained_apart(tmp_path: Path)
         ({"seeds": [1, 1]}, "repeat a seed"),
         # YAML's true ran as seed 1; a seed past int64 failed after the study started
         ({"seeds": [True]}, r"seeds: a number is expected, got \[True\]"),
-        ({"seeds": [2**63]}, "seeds.0: Input should be less than"),
+        ({"seeds": [2**63]}, r"seeds\[0\]: Input should be less than"),
         ({"dormant_tau": float("inf")}, "dormant_tau: Input should be a finite number"),
         ({"preset": "nope"}, "preset: batched-ppo has no preset 'nope'"),
         ({"curve_evry": 512}, "curve_evry: no such field; did you mean 'curve_every'"),
         (  # a nameless row in every table
             {"arms": [{"label": "", "interventions": [{"name": "l2"}]}]},
-            "arms.0.ArmEntry.label: String should have at least 1 character",
+            r"arms\[0\].ArmEntry.label: String should have at least 1 character",
         ),
         (
             {"arms": [{"name": "redo", "optons": {}}]},
-            "arms.0.InterventionEntry.optons: no such field; did you mean 'options'",
+            r"arms\[0\].InterventionEntry.optons: no such field; did you mean 'options'",
         ),
         (  # only the form the arm is written in is reported, not every member of the union
             {"arms": [{"labl": "y", "interventions": [{"name": "l2"}]}]},
-            r": arms.0.ArmEntry.label: Field required; arms.0.ArmEntry.labl: no such field; "
+            r": arms\[0\].ArmEntry.label: Field required; arms\[0\].ArmEntry.labl: no such field; "
             r"did you mean 'label'\? \(got 'y'\)$",
         ),
         ({"threshold": 195}, "threshold: Input should be less than or equal to 1"),
@@ -252,7 +252,7 @@ def test_a_study_file_is_read_as_sweep_configs_are(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe" + text.encode())
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_study_config(path)
-    with pytest.raises(ConfigError, match=r"arms.0.ArmEntry.bogus: no such field"):
+    with pytest.raises(ConfigError, match=r"arms\[0\].ArmEntry.bogus: no such field"):
         load_study_config(_write(tmp_path, arms=[{"label": "x", "bogus": 1}]))
     from pydantic import ValidationError
 

@@ -279,8 +279,8 @@ def test_bad_studies_are_refused_before_training(
         ({"learning_rate": float("inf")}, r"shifting_targets.learning_rate: Input should be a"),
         ({"activation": "gelu"}, r"shifting_targets.activation"),
         # a width of 0 or below failed after the first task with a reshape error
-        ({"hidden": [0]}, r"shifting_targets.hidden.0: Input should be greater than or equal"),
-        ({"hidden": [8, -2]}, r"shifting_targets.hidden.1: Input should be greater than or"),
+        ({"hidden": [0]}, r"shifting_targets.hidden\[0\]: Input should be greater than or equal"),
+        ({"hidden": [8, -2]}, r"shifting_targets.hidden\[1\]: Input should be greater than or"),
     ],
 )
 def test_bad_task_settings_name_the_file_and_field(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ctxrl.errors import ConfigError
+from ctxrl.field_errors import field_path
 from ctxrl.options import refuse_bool
 
 ConfigT = TypeVar("ConfigT")
@@ -72,6 +73,6 @@ def hyperparameters(
         return TypeAdapter(config_class).validate_python(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
+            f"{field_path(e['loc'])}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
         )
         raise ConfigError(f"algorithm.params: {algorithm}: {problems}") from None
