@@ -82,6 +82,11 @@ class ContextFeature:
                 f"context feature {self.name!r}: bounds must be finite, got "
                 f"[{self.lower}, {self.upper}]"
             )
+        if self.lower > self.upper:
+            raise ContextError(
+                f"context feature {self.name!r}: lower bound {self.lower} is above upper bound "
+                f"{self.upper}"
+            )
         if not self.lower <= self.default <= self.upper:
             raise ContextError(
                 f"context feature {self.name!r}: default {self.default} is outside "

@@ -282,6 +282,11 @@ def build_interventions(
                 f"{where}: intervention {entry.name!r} built a {type(intervention).__name__}, "
                 "not a ctxrl.interventions.Intervention"
             )
+        if intervention.name != entry.name:  # it prefixes the diagnostics and the records
+            raise ConfigError(
+                f"{where}: intervention {entry.name!r} built an intervention named "
+                f"{intervention.name!r}: its class attribute name must be its registry name"
+            )
         built.append(intervention)
     return built
 

@@ -7,6 +7,7 @@ and the plugin that provided it; registering a name twice raises a
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -431,22 +432,33 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[Kind, dict[str, Registered]] = {kind: {} for kind in KINDS}
         self.unavailable: list[tuple[str, str]] = []
+        """(plugin, reason) of plugins that are missing an optional dependency."""
         self.failed: list[tuple[str, str]] = []
         """plugins that failed to load or register, and why (named when a lookup fails)"""
-        """(plugin, reason) of plugins that are missing an optional dependency."""
+        self.clashes: list[tuple[Kind, str, str, str]] = []
+        """(kind, name, plugin that has it, plugin refused) of each name two plugins
+        registered: the second plugin fails, so a contract test of its ``name`` would test
+        the first plugin's (:mod:`ctxrl.testing` says so)."""
 
     def add(self, kind: Kind, spec: Any, provider: str) -> None:
         expected = SPEC_TYPES[kind]
         if not isinstance(spec, expected):
+            article = "an" if kind[0] in "aeiou" else "a"
             raise PluginError(
-                f"plugin {provider!r} registered a {type(spec).__name__} as a {kind}; "
-                f"expected {expected.__name__}"
+                f"plugin {provider!r} registered a {type(spec).__name__} as {article} "
+                f"{kind.replace('_', ' ')}; expected {expected.__name__}"
             )
         name = getattr(spec, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {provider!r} registered a {kind} without a name")
+        if isinstance(spec, EnvSpec) and len(spec.context_space) == 0:
+            raise PluginError(
+                f"plugin {provider!r} registered the env {name!r} without context features "
+                "(its context_space is empty)"
+            )
         existing = self._entries[kind].get(name)
         if existing is not None:
+            self.clashes.append((kind, name, existing.provider, provider))
             raise DuplicateNameError(
                 f"{kind} {name!r} is registered by both plugin {existing.provider!r} "
                 f"and plugin {provider!r}; block one of them (--block NAME)"
@@ -467,7 +479,16 @@ class Registry:
             return self._entries[kind][name].spec
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
-            hint = "".join(f"; plugin {p!r} is unavailable: {why}" for p, why in self.unavailable)
+            close = difflib.get_close_matches(
+                name.lower(), {n.lower(): n for n in self.names(kind)}, n=1, cutoff=0.75
+            )
+            if close:  # a misspelling: plugins missing a dependency are beside the point
+                spelled = {n.lower(): n for n in self.names(kind)}[close[0]]
+                hint = f"; did you mean {spelled!r}?"
+            else:
+                hint = "".join(
+                    f"; plugin {p!r} is unavailable: {why}" for p, why in self.unavailable
+                )
             hint += "".join(f"; plugin {p!r} failed: {why}" for p, why in self.failed)
             raise UnknownNameError(
                 f"no plugin provides the {kind.replace('_', ' ')} {name!r}; available: {known}"

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,47 @@ def test_duplicate_names_are_an_error_naming_both_providers() -> None:
         registry.add("strategy", StrategySpec("s", dict), "b")
 
 
+def test_a_contract_of_a_name_two_plugins_register_fails_naming_both() -> None:
+    """The refused plugin may be the one under test: its contract must not pass on the other
+    plugin's env."""
+    from ctxrl.plugins import using_host
+    from ctxrl.testing.plugin import unclashed
+
+    with using_host(load_host(extra=[("my-cartpole", _DuplicateCartPole())])):
+        with pytest.raises(pytest.fail.Exception, match="both plugin 'classic_control' and "):
+            unclashed("env", "CartPole")  # what every contract's spec fixture asks first
+        assert unclashed("env", "Pendulum") == "Pendulum"
+
+
+def test_every_contract_module_shows_the_values_its_asserts_compared(tmp_path: Path) -> None:
+    """pytest rewrites the asserts of the modules ctxrl.testing registers (an editable install
+    lists no module files for pytest to find): a contract module left out failed with a bare
+    AssertionError. Checked in a plugin author's pytest run, outside this repository's config."""
+    (tmp_path / "test_rewritten.py").write_text(
+        textwrap.dedent(
+            """
+            import importlib, pathlib, pkgutil
+            import ctxrl.testing
+
+            def test_contract_modules_are_rewritten():
+                for module in pkgutil.iter_modules(ctxrl.testing.__path__):
+                    path = pathlib.Path(ctxrl.testing.__path__[0], module.name + ".py")
+                    if "    assert " in path.read_text():
+                        loaded = importlib.import_module("ctxrl.testing." + module.name)
+                        assert "@py_builtins" in vars(loaded), module.name
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_rewritten.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
 class _HalfBroken:
     """Registers a strategy, then fails in another hook: everything it registered is undone."""
 
@@ -291,9 +333,27 @@ def test_register_checks_the_type_and_unknown_names_list_alternatives() -> None:
             register(StrategySpec("oops", dict))
 
     host = load_host(extra=[("wrong", WrongType())])
-    assert "registered a StrategySpec as a env" in host.plugins["wrong"].error
+    assert "registered a StrategySpec as an env" in host.plugins["wrong"].error
     with pytest.raises(UnknownNameError, match=r"no plugin provides the strategy 'nope'.*random"):
         host.registry.strategy("nope")
+    # a misspelling is answered with the name meant and the plugins that failed, without
+    # those missing an optional dependency
+    with pytest.raises(UnknownNameError, match=r"did you mean 'CartPole'\?; plugin 'wrong' fail"):
+        host.registry.env("Cartpole")
+    host.registry.unavailable.append(("box9000", "pip install box9000"))
+    with pytest.raises(UnknownNameError) as unknown:
+        host.registry.env("Cartpole")
+    assert "box9000" not in str(unknown.value)
+    with pytest.raises(UnknownNameError, match="box9000"):
+        host.registry.env("SomethingElse")
+
+    class NoContext:
+        @hookimpl
+        def ctxrl_register_envs(self, register):
+            register(EnvSpec("Bare", ContextSpace([]), dict, (0.0, 1.0), "discrete"))
+
+    host = load_host(extra=[("bare", NoContext())])
+    assert "registered the env 'Bare' without context features" in host.plugins["bare"].error
 
 
 def test_hookimpl_with_unknown_argument_is_rejected() -> None:

@@ -47,6 +47,7 @@ pytest.register_assert_rewrite(
     "ctxrl.testing.executor_contract",
     "ctxrl.testing.interventions",
     "ctxrl.testing.transfer_contract",
+    "ctxrl.testing.twin_contract",
 )
 
 from ctxrl.testing.contracts import AlgorithmContract, StrategyContract  # noqa: E402

@@ -21,6 +21,7 @@ from ctxrl.plugins import get_host
 from ctxrl.registry import AlgorithmSpec, EnvSpec, StrategySpec
 from ctxrl.resolution import resolved_differences, resolved_hyperparameters
 from ctxrl.selection import replay
+from ctxrl.testing.plugin import unclashed
 
 
 class StrategyContract:
@@ -32,7 +33,7 @@ class StrategyContract:
 
     @pytest.fixture
     def strategy_spec(self) -> StrategySpec:
-        return get_host().registry.strategy(self.strategy_name)
+        return get_host().registry.strategy(unclashed("strategy", self.strategy_name))
 
     def _matrix(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -96,6 +97,10 @@ class StrategyContract:
     def test_unknown_option_is_an_error(self, strategy_spec: StrategySpec) -> None:
         with pytest.raises((CtxrlError, TypeError), match="no_such_option"):
             strategy_spec.factory(**self.options, no_such_option=1)
+            pytest.fail(
+                f"{self.strategy_name}'s factory took an option it does not have "
+                "(no_such_option=1) without an error naming it"
+            )
 
 
 class AlgorithmContract:
@@ -108,11 +113,11 @@ class AlgorithmContract:
 
     @pytest.fixture
     def algorithm_spec(self) -> AlgorithmSpec:
-        return get_host().registry.algorithm(self.algorithm_name)
+        return get_host().registry.algorithm(unclashed("algorithm", self.algorithm_name))
 
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
-        return get_host().registry.env(self.env_name)
+        return get_host().registry.env(unclashed("env", self.env_name))
 
     def test_train_evaluate_save_load(
         self, algorithm_spec: AlgorithmSpec, env_spec: EnvSpec, tmp_path: Any

@@ -19,6 +19,7 @@ from ctxrl.context import ContextFeature
 from ctxrl.errors import ContextError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec
+from ctxrl.testing.plugin import unclashed
 from ctxrl.testing.twin_contract import TwinChecks, _changed_feature, _extreme_contexts
 
 
@@ -60,7 +61,7 @@ class EnvContract(TwinChecks):
 
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
-        return get_host().registry.env(self.env_name)
+        return get_host().registry.env(unclashed("env", self.env_name))
 
     def test_spec_is_consistent(self, env_spec: EnvSpec) -> None:
         import gymnasium as gym
@@ -74,7 +75,8 @@ class EnvContract(TwinChecks):
         env = env_spec.make()
         discrete = isinstance(env.action_space, gym.spaces.Discrete)
         assert discrete == (env_spec.action_space == "discrete"), (
-            f"the spec says {env_spec.action_space!r} actions, the env has {env.action_space}"
+            f"{env_spec.name}: the spec says {env_spec.action_space!r} actions, the env has "
+            f"{env.action_space}"
         )
         limits = []
         wrapper = env
@@ -85,8 +87,8 @@ class EnvContract(TwinChecks):
         env.close()
         if env_spec.max_episode_steps is not None:
             assert limits == [env_spec.max_episode_steps], (
-                f"max_episode_steps is {env_spec.max_episode_steps} but make() applies the time "
-                f"limits {limits}"
+                f"{env_spec.name}: max_episode_steps is {env_spec.max_episode_steps} but make() "
+                f"applies the time limits {limits}"
             )
 
     def test_observations_stay_in_the_observation_space(self, env_spec: EnvSpec) -> None:

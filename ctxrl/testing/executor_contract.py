@@ -24,6 +24,7 @@ import pytest
 
 from ctxrl.plugins import get_host
 from ctxrl.registry import ExecutorSpec
+from ctxrl.testing.plugin import unclashed
 
 FAILURE_TEXT = "failed on purpose"
 """What a failing contract job's error says (an executor must pass it on to the sweep)."""
@@ -64,7 +65,7 @@ class ExecutorContract:
 
     @pytest.fixture
     def executor_spec(self) -> ExecutorSpec:
-        return get_host().registry.executor(self.executor_name)
+        return get_host().registry.executor(unclashed("executor", self.executor_name))
 
     def build(self, spec: ExecutorSpec, tmp_path: Path, timeout_s: float | None = None) -> Any:
         """The executor as a sweep builds it: ``workers``, ``timeout_s``, ``log_dir``, then
@@ -94,6 +95,10 @@ class ExecutorContract:
         with pytest.raises((TypeError, ValueError), match="no_such_option"):
             executor_spec.factory(
                 workers=1, timeout_s=None, log_dir=tmp_path, **self.options, no_such_option=1
+            )
+            pytest.fail(
+                f"{self.executor_name}'s factory took an option it does not have "
+                "(no_such_option=1) without an error naming it"
             )
 
     def test_every_job_once_with_its_own_error(

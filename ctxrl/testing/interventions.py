@@ -26,6 +26,7 @@ from ctxrl.errors import ConfigError
 from ctxrl.interventions import Intervention, TrainingView
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, InterventionSpec
+from ctxrl.testing.plugin import unclashed
 
 if TYPE_CHECKING:
     import torch
@@ -156,11 +157,11 @@ class InterventionContract:
     # ------------------------------------------------------------------------ helpers
     @pytest.fixture
     def intervention_spec(self) -> InterventionSpec:
-        return get_host().registry.intervention(self.intervention_name)
+        return get_host().registry.intervention(unclashed("intervention", self.intervention_name))
 
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
-        return get_host().registry.env(self.env_name)
+        return get_host().registry.env(unclashed("env", self.env_name))
 
     def build(self, spec: InterventionSpec) -> Intervention:
         """A fresh intervention from the registry's factory with ``options``."""
@@ -230,11 +231,13 @@ class InterventionContract:
         registry = get_host().registry
         assert registry.intervention(self.intervention_name) is intervention_spec
         assert intervention_spec.name == self.intervention_name
-        assert intervention_spec.description, "give the registry a one-line description"
         intervention = self.build(intervention_spec)
         assert isinstance(intervention, Intervention)
         assert intervention.name == self.intervention_name, (
             "the class attribute name is the registry name (it prefixes the diagnostics)"
+        )
+        assert intervention_spec.description, (
+            "give the InterventionSpec a one-line description (ctxrl plugins lists it)"
         )
 
     def test_unknown_option_is_an_error_naming_it(
@@ -242,6 +245,10 @@ class InterventionContract:
     ) -> None:
         with pytest.raises((TypeError, ConfigError), match="no_such_option"):
             intervention_spec.factory(**self.options, no_such_option=1)
+            pytest.fail(
+                f"{self.intervention_name}'s factory took an option it does not have "
+                "(no_such_option=1) without an error naming it"
+            )
 
     def test_agents_stay_independent(
         self, algorithm_name: str, intervention_spec: InterventionSpec, env_spec: EnvSpec

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ctxrl.plugins import Host, get_host, load_host, using_host
+from ctxrl.registry import Kind
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,18 @@ def ctxrl_inline_plugin() -> Iterator[Callable[[object, str], Host]]:
             return hosts.enter_context(using_host(load_host(extra=[(name, plugin)])))
 
         yield add
+
+
+def unclashed(kind: Kind, name: str) -> str:
+    """``name``, the name of the ``kind`` of plugin a contract tests, when no two plugins
+    registered it: otherwise a contract failure naming both (the second plugin, refused at
+    load, may be the plugin under test, and the checks would pass on the other's)."""
+    for clash_kind, clashed, kept, refused in get_host().registry.clashes:
+        if (clash_kind, clashed) == (kind, name):
+            pytest.fail(
+                f"the {kind.replace('_', ' ')} {name!r} is registered by both plugin {kept!r} "
+                f"and plugin {refused!r}, and {refused!r} failed to load: this contract would "
+                f"test {kept!r}'s; block one of them (CTXRL_BLOCK_PLUGINS) or rename yours",
+                pytrace=False,
+            )
+    return name

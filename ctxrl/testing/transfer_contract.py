@@ -24,6 +24,7 @@ import pytest
 from ctxrl.errors import CtxrlError, UnknownNameError
 from ctxrl.plugins import get_host
 from ctxrl.registry import EnvSpec, TransferMethodSpec
+from ctxrl.testing.plugin import unclashed
 from ctxrl.transfer import TransferMethod, TransferProblem, TransferResult
 
 
@@ -74,11 +75,13 @@ class TransferMethodContract:
     # ------------------------------------------------------------------------ helpers
     @pytest.fixture
     def transfer_method_spec(self) -> TransferMethodSpec:
-        return get_host().registry.transfer_method(self.transfer_method_name)
+        return get_host().registry.transfer_method(
+            unclashed("transfer_method", self.transfer_method_name)
+        )
 
     @pytest.fixture
     def env_spec(self) -> EnvSpec:
-        return get_host().registry.env(self.env_name)
+        return get_host().registry.env(unclashed("env", self.env_name))
 
     def build(self, spec: TransferMethodSpec) -> TransferMethod:
         """A fresh method from the registry's factory with ``options``."""
@@ -159,6 +162,10 @@ class TransferMethodContract:
     ) -> None:
         with pytest.raises((CtxrlError, TypeError), match="no_such_option"):
             transfer_method_spec.factory(**self.options, no_such_option=1)
+            pytest.fail(
+                f"{self.transfer_method_name}'s factory took an option it does not have "
+                "(no_such_option=1) without an error naming it"
+            )
 
     def test_a_study_refuses_a_sweep_and_names_its_command(
         self, transfer_method_spec: TransferMethodSpec, env_spec: EnvSpec
@@ -280,7 +287,11 @@ class TransferMethodContract:
 
         self._skip_studies(transfer_method_spec)
         factory = transfer_method_spec.factory
-        registered = get_host().registry.transfer_method(self.transfer_method_name).factory
+        registered = (
+            get_host()
+            .registry.transfer_method(unclashed("transfer_method", self.transfer_method_name))
+            .factory
+        )
         if factory is not registered and "<locals>" in getattr(factory, "__qualname__", "<locals>"):
             pytest.skip("the factory is not importable by name, so no other process can build it")
         recipe = {

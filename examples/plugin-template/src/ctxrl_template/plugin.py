@@ -27,8 +27,9 @@ from ctxrl import (
 
 if TYPE_CHECKING:  # ctxrl.twins and the intervention import torch: only when they are built
     from ctxrl.twins import TorchTwin
-    from ctxrl_template.scratch import Scratch
-    from ctxrl_template.weight_clip import WeightClip
+
+    from .scratch import Scratch
+    from .weight_clip import WeightClip
 
 SPRING = ContextSpace(
     [
@@ -48,7 +49,8 @@ def make_spring(
 ) -> Any:
     """The Spring env with a context, using ctxrl's contextual wrapper."""
     from ctxrl.contextual import ContextFamily, make_contextual
-    from ctxrl_template.spring import SpringEnv
+
+    from .spring import SpringEnv
 
     def apply(env: Any, context: Mapping[str, float]) -> None:
         env.stiffness, env.mass, env.damping = (
@@ -65,7 +67,7 @@ def make_spring_twin(num_envs: int, **kwargs: Any) -> TorchTwin:
     """The Spring env's torch twin (a :class:`ctxrl.twins.TorchTwin`) of ``num_envs`` springs;
     ``kwargs`` are those of :class:`ctxrl.twins.BatchedEnv` (``contexts``, ``device``,
     ``env_seeds``, ``visible``, ...)."""
-    from ctxrl_template.twin import BatchedSpring
+    from .twin import BatchedSpring
 
     return BatchedSpring(num_envs, **kwargs)
 
@@ -120,7 +122,7 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
 
 
 def _weight_clip(**options: Any) -> WeightClip:
-    from ctxrl_template.weight_clip import WeightClip
+    from .weight_clip import WeightClip
 
     return WeightClip(**options)  # an unknown option is a TypeError naming it
 
@@ -137,7 +139,7 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
 
 
 def _scratch(**options: Any) -> Scratch:
-    from ctxrl_template.scratch import Scratch
+    from .scratch import Scratch
 
     return Scratch(**options)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ctxrl.twins import BatchedEnv
-from ctxrl_template.plugin import SPRING
+
+from .plugin import SPRING
 
 Tensor = torch.Tensor
 
