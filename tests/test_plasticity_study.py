@@ -130,7 +130,7 @@ def test_a_study_trains_its_programs_writes_its_outputs_and_resumes(
     assert len(curves) == 1 + 3 * 2 * 17  # arms x seeds x points (0, 256, ..., 4096)
     plasticity = (run_dir / "plasticity.csv").read_text()
     assert "none,0," in plasticity and ",dormant,actor.0," in plasticity
-    for figure in ("returns.png", "plasticity.png"):
+    for figure in ("returns.png", "plasticity.png", "returns.svg", "plasticity.svg"):
         assert (run_dir / "figures" / figure).stat().st_size > 1000
     summary = (run_dir / "summary.md").read_text()
     assert "| inject |" in summary and "Does the baseline lose plasticity?" in summary

@@ -114,6 +114,7 @@ def test_a_study_writes_its_outputs_resumes_and_is_reported(run_ctxrl: Run, tmp_
         assert np.all(np.asarray(arm["final_error"]) >= 0)
     assert set(data["redo"]["versus_none"]) == set(data["none"]["estimates"])
     assert (run_dir / "figures" / "targets.png").stat().st_size > 1000
+    assert (run_dir / "figures" / "targets.svg").stat().st_size > 1000
 
     again = run_ctxrl("plasticity", str(study), check=True)
     assert "shared:" not in again.stderr, "finished programs are not trained again"

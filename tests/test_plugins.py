@@ -388,9 +388,16 @@ def test_plugin_listing_does_not_import_heavy_libraries() -> None:
 
 
 def test_plugin_template_installed_with_pip_is_discovered(
-    run_ctxrl: Run, plugin_site: Path
+    run_ctxrl: Run, plugin_site: Path, tmp_path: Path
 ) -> None:
-    """The template distribution, built and installed by pip, appears; removed, it is gone."""
+    """The template distribution, built and installed by pip, appears; removed, it is gone.
+    Built from a copy, as an author makes one (setuptools builds in the source folder)."""
+    template = tmp_path / "plugin-template"
+    shutil.copytree(
+        REPO / "examples" / "plugin-template",
+        template,
+        ignore=shutil.ignore_patterns("build", "*.egg-info"),
+    )
     install = subprocess.run(
         [
             sys.executable,
@@ -401,7 +408,7 @@ def test_plugin_template_installed_with_pip_is_discovered(
             "--no-deps",
             "--target",
             str(plugin_site),
-            str(REPO / "examples" / "plugin-template"),
+            str(template),
         ],
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ctxrl.report import save_figure
 from ctxrl.transfer_metrics import curve_band
 from ctxrl_plugins.transfer.plasticity_analysis import MEASURES as MEASURES
 from ctxrl_plugins.transfer.plasticity_analysis import WEIGHT_METRICS, layer_mean
@@ -63,7 +64,7 @@ def write_outputs(
     if not results:  # every program failed: the summary and metrics.json say why
         for stale in [run_dir / "curves.csv", run_dir / "plasticity.csv"]:
             stale.unlink(missing_ok=True)
-        for stale in (run_dir / "figures").glob("*.png"):
+        for stale in [*(run_dir / "figures").glob("*.png"), *(run_dir / "figures").glob("*.svg")]:
             stale.unlink()
         data = {"switches": [], "arms": {}, "diverged": [], "failed": _failed_json(failures)}
         (run_dir / "metrics.json").write_text(json.dumps(data, indent=1, allow_nan=False))
@@ -137,7 +138,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
 
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
-    for stale in figures_dir.glob("*.png"):
+    for stale in [*figures_dir.glob("*.png"), *figures_dir.glob("*.svg")]:
         stale.unlink()
     written = []
 
@@ -161,7 +162,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
     if drawn:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(figures_dir / "returns.png", dpi=110)
+    save_figure(fig, figures_dir / "returns", dpi=110)
     plt.close(fig)
     written.append("figures/returns.png")
 
@@ -178,6 +179,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
                 if not values.size:
                     continue
                 mean, low, high = _band(values)
+                low = np.maximum(low, 0.0)  # fractions, ranks and norms: none is negative
                 (line,) = ax.plot(tables.plasticity_steps, mean, label=label, linewidth=1.0)
                 ax.fill_between(
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12
@@ -191,7 +193,7 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
             ax.set_visible(False)
         axes.flat[0].legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(figures_dir / "plasticity.png", dpi=110)
+        save_figure(fig, figures_dir / "plasticity", dpi=110)
         plt.close(fig)
         written.append("figures/plasticity.png")
     return written

@@ -2,7 +2,7 @@
 (:mod:`ctxrl_plugins.transfer.plasticity_targets`): per arm and seed each task's final error,
 AUC and dormant fraction, the loss of plasticity and the other measures of :data:`MEASURES`
 with bootstrap intervals and paired differences to ``none``, and ``metrics.json``,
-``figures/targets.png`` and ``summary.md``."""
+``figures/targets.png`` (and ``.svg``) and ``summary.md``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ctxrl.errors import CtxrlError
+from ctxrl.report import save_figure
 from ctxrl.transfer_metrics import MetricEstimate, curve_band, mean_estimate
 from ctxrl_plugins.transfer.plasticity_plan import BASELINE
 from ctxrl_plugins.transfer.plasticity_runner import ProgramFailure
@@ -180,6 +181,7 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
         tasks = np.arange(1, arm.final_error.shape[1] + 1)
         for ax, values in zip(axes, (arm.final_error[kept], arm.dormant[kept]), strict=True):
             mean, low, high = curve_band(values)
+            low = np.maximum(low, 0.0)  # an error and a fraction: neither is negative
             (line,) = ax.plot(tasks, mean, label=label, linewidth=1.2)
             ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel("fit error at the task's end (MSE / target variance)")
@@ -190,7 +192,7 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
     axes[1].set_title("dormant units at each task's end", fontsize=9)
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(run_dir / "figures" / "targets.png", dpi=110)
+    save_figure(fig, run_dir / "figures" / "targets", dpi=110)
     plt.close(fig)
     return "figures/targets.png"
 
