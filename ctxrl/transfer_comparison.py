@@ -2,8 +2,9 @@
 types, :class:`TransferComparison` with one :class:`MetricComparison` per metric.
 
 The arms are :class:`~ctxrl.transfer_curves.LearningCurves` (finite returns); every metric is
-computed per seed (:mod:`ctxrl.transfer_curves`), aggregated with bootstrap confidence
-intervals (:mod:`ctxrl.estimates`) and read for a verdict. :mod:`ctxrl.transfer_metrics`
+computed per seed (:mod:`ctxrl.transfer_curves`), aggregated with confidence intervals
+(:mod:`ctxrl.estimates`: Student's t and Welch's for means and their differences, bootstrap
+for ratios) and read for a verdict. :mod:`ctxrl.transfer_metrics`
 describes the metrics, compares curves that hold diverged seeds and exports every name.
 
 Shapes and units: ``steps`` is ``(T,)`` env steps (strictly increasing integers, T >= 2);
@@ -191,8 +192,9 @@ def compare_transfer(
         bootstrap_options: confidence level, resamples, method, random state.
 
     Intervals: per-arm values are means over seeds; the advantages and ratios are two-sample
-    statistics of the per-seed values (difference / ratio of means) bootstrapped with each arm
-    resampled independently, since transfer and scratch seeds are independent runs."""
+    statistics of the per-seed values (a difference of means with Welch's interval, a ratio of
+    means bootstrapped with each arm resampled on its own), since transfer and scratch seeds
+    are independent runs."""
     check_same_grid(transfer, scratch)
     if source_steps < 0:
         raise ValueError(f"source_steps must be >= 0, got {source_steps}")

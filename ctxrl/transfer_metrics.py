@@ -1,4 +1,4 @@
-"""Transfer metrics over learning curves, with bootstrap confidence intervals over seeds.
+"""Transfer metrics over learning curves, with confidence intervals over seeds.
 
 The metrics of Taylor & Stone (2009) and the area ratio of Sabatelli & Geurts (2021, "On the
 transferability of deep-Q networks"), computed from learning curves recorded on a grid of
@@ -22,11 +22,11 @@ Shapes and units: ``steps`` is ``(T,)`` env steps (strictly increasing integers,
 AUCs are in return x env steps, times to threshold in env steps.
 
 Statistics (:mod:`ctxrl.estimates`, whose names this module also exports): a metric is computed
-per seed, then aggregated over seeds as a mean with a bootstrap confidence interval
-(``scipy.stats.bootstrap``). Scratch and transfer runs are independent (seed ``i`` of one arm
-has nothing to do with seed ``i`` of the other), so every transfer-versus-scratch statistic is
-a two-sample statistic of the per-seed values (difference of means, ratio of means) and the
-bootstrap resamples each arm on its own (``paired=False``).
+per seed, then aggregated over seeds as a mean with a confidence interval (Student's t).
+Scratch and transfer runs are independent (seed ``i`` of one arm has nothing to do with seed
+``i`` of the other), so every transfer-versus-scratch statistic is a two-sample statistic of the
+per-seed values: a difference of means gets Welch's interval, a ratio of means a bootstrap one
+(``scipy.stats.bootstrap``) that resamples each arm on its own (``paired=False``).
 
 Where things are: one arm's curves, their checks and per-seed metrics in
 :mod:`ctxrl.transfer_curves`; :func:`compare_transfer` and its result types in

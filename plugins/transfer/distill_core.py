@@ -209,7 +209,7 @@ def kickstart_study(
     """Kickstarting against scratch PPO on one target, both arms in one batched program with
     the same seeds (the scratch students are kickstarting students with coefficient 0), and
     their learning curves compared by :func:`ctxrl.transfer_metrics.compare_transfer_finite`
-    (jumpstart, AUC, area ratio, asymptote, time to ``threshold``; bootstrap CIs over seeds).
+    (jumpstart, AUC, area ratio, asymptote, time to ``threshold``; 95 % CIs over seeds).
     The curves are compared as the DQN transferability study compares them: returns normalised
     to [0, 1] by the env's return bounds (``env.normalise``), so the area ratio is on the same
     scale for every env and seed set, and jumpstart and asymptote are normalised returns;

@@ -24,7 +24,7 @@ of the previous one). Per agent:
 - **dormant fraction**: ReDo's tau-dormant fraction averaged over the hidden layers, at the
   record just before the first switch and at the last record.
 
-Each arm's per-seed values get a bootstrap 95 % interval (:mod:`ctxrl.transfer_metrics`), and
+Each arm's per-seed values get a 95 % interval (Student's t: :mod:`ctxrl.estimates`), and
 each is compared with the baseline ``none`` seed by seed: the mean over seeds of arm - none for
 the same seed (seed ``s`` of every arm follows the same schedule and, where the network is the
 same, starts from the same weights), with its own interval; the verdict is better / worse when
@@ -184,7 +184,7 @@ def _paired_difference(
     unmatched: int = 0,
 ) -> MetricEstimate:
     """Mean over seeds of ``values[i] - base[j]`` for the seed pairs ``pairs`` (rows of the
-    same seed in the arm and the baseline) with its bootstrap interval: a paired difference,
+    same seed in the arm and the baseline) with its interval: a paired difference,
     so what a seed's luck gives both arms cancels. A pair NaN on either side (a diverged seed,
     an undefined value) is left out and counted in ``n_excluded``, as are the ``unmatched``
     seeds that only one of the two arms has."""
@@ -214,7 +214,7 @@ def _diverged_note(data: ArmData) -> str:
 
 def _arm_estimate(values: np.ndarray, note: str) -> MetricEstimate:
     """Mean over seeds of one arm's ``(S,)`` per-seed values (NaN for a diverged seed or an
-    undefined value, left out and counted) with its bootstrap interval; ``note`` says which
+    undefined value, left out and counted) with its interval; ``note`` says which
     seeds diverged."""
     kept = values[~np.isnan(values)]
     excluded = int(values.size - kept.size)

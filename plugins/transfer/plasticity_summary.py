@@ -138,7 +138,7 @@ def summary_markdown(plan: StudyPlan, tables: StudyTables, figures: Sequence[str
         f"{', '.join(str(s) for s in tables.switches[:12])}"
         f"{', ...' if len(tables.switches) > 12 else ''}); schedule "
         f"`{json.dumps(config.schedule, sort_keys=True)}`. Returns normalised to [0, 1] by the "
-        f"env's return bounds; 95 % bootstrap intervals over seeds; time to threshold at "
+        f"env's return bounds; 95 % intervals over seeds (Student's t); time to threshold at "
         f"{config.threshold}.",
         "",
         *failure_lines(len(plan.programs), tables.failures, labels),

@@ -23,7 +23,7 @@ fit), every ``eval_every`` gradient steps; from it the task's **final error** an
 post-switch AUC), and the plasticity metrics of every layer at the task's end
 (:func:`~ctxrl_plugins.training.plasticity.layer_metrics`: dormant fraction, ranks, norms).
 
-Per arm, with bootstrap 95 % intervals over seeds (:mod:`ctxrl.transfer_metrics`):
+Per arm, with 95 % intervals over seeds (Student's t: :mod:`ctxrl.estimates`):
 
 - **plasticity lost**: mean final error of the last ``window`` tasks minus that of the first
   ``window`` tasks (positive: later targets are fitted worse);

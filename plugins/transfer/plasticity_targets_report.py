@@ -1,7 +1,7 @@
 """The analysis and outputs of a shifting-target plasticity study
 (:mod:`ctxrl_plugins.transfer.plasticity_targets`): per arm and seed each task's final error,
 AUC and dormant fraction, the loss of plasticity and the other measures of :data:`MEASURES`
-with bootstrap intervals and paired differences to ``none``, and ``metrics.json``,
+with 95 % intervals (Student's t) and paired differences to ``none``, and ``metrics.json``,
 ``figures/targets.png`` (and ``.svg``) and ``summary.md``."""
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def _summary(
         f"({task.input_dim} features, targets N(0, {task.target_scale}^2)); network "
         f"{task.activation} {'x'.join(map(str, task.hidden))}; {len(arms)} arms x {seeds} seeds. "
         f"Error: MSE / target variance at a task's end; first/last = mean over the first/last "
-        f"{task.window} tasks. Mean [bootstrap 95 % CI] over seeds; differences to none are "
+        f"{task.window} tasks. Mean [95 % CI, Student's t] over seeds; differences to none are "
         "paired by seed (same data and initial weights).",
         "",
         "| arm | error, first tasks | error, last tasks | plasticity lost | dormant, first "
