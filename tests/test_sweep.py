@@ -596,6 +596,40 @@ def test_ray_time_limits_run_from_a_jobs_start_not_its_queueing() -> None:
     assert all(error is None for _, error in outcomes), outcomes
 
 
+@pytest.mark.slow
+@requires_ray
+def test_a_ray_node_that_dies_fails_its_jobs_and_the_sweep_goes_on() -> None:
+    """The local cluster's raylet killed under a running job: every job is reported (the
+    running one finishes or fails, the next one fails naming the raylet), and ``map`` ends
+    rather than waiting for jobs no node will run."""
+    import threading
+
+    import ray
+
+    from ctxrl_plugins.executors.ray_cluster import RayExecutor
+
+    def sleepy(job: dict[str, Any]) -> None:
+        time.sleep(job["sleep"])
+
+    def kill_the_raylet() -> None:
+        while not ray.is_initialized():
+            time.sleep(0.2)
+        time.sleep(3.0)  # the first job running
+        ray._private.worker._global_node.kill_raylet()
+
+    executor = RayExecutor(workers=1)
+    killer = threading.Thread(target=kill_the_raylet, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    try:
+        outcomes = list(executor.map(sleepy, [{"i": 0, "sleep": 20}, {"i": 1, "sleep": 0.1}]))
+    finally:
+        executor.close()
+    assert time.monotonic() - started < 90
+    assert [job["i"] for job, _ in outcomes] == [0, 1]
+    assert outcomes[1][1] is not None and "raylet" in str(outcomes[1][1]).lower()
+
+
 @pytest.mark.long
 @requires_ray
 def test_ray_starts_once_per_sweep_and_reports_a_task_s_own_error(
