@@ -276,7 +276,15 @@ def select(
     show_default=True,
     help="Noise standard deviation sigma (the tables: 0, 5, 30); repeatable.",
 )
-@click.option("--trials", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Trials 0..N-1 of each setting and noise level, normalised by the bounds of the "
+    "published tables' 100 trials (of all N when N > 100), so a trial scores the same however "
+    "many are written.",
+)
 @click.option(
     "--format",
     "fmt",

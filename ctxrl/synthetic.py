@@ -12,13 +12,16 @@ with ``h = -sum_i [wl_i min(d_i, 0) + wr_i max(d_i, 0)]``, ``wr = (3, 3, 3)`` an
 (``linear``) or 0 (``none``). ``Z_t`` are ``N x N`` standard normals drawn from numpy's legacy
 ``RandomState(t)``, the same draws for every setting and noise level, so trial ``t`` here is
 trial ``t`` of the reference. The reference normalises every trial matrix of a setting with
-one min-max over all its trials (:func:`reference_bounds`).
+one min-max over all its 100 trials (:func:`reference_bounds`); written trials keep those
+bounds however few of them are written (:func:`setting_bounds`), so a trial scores the same
+in a run of 20 trials as in the published tables.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -30,6 +33,8 @@ import numpy as np
 from ctxrl.errors import CtxrlError
 
 GRID_SHAPE = (8, 8, 8)
+REFERENCE_TRIALS = 100
+"""The trials of each setting and noise level in the published tables (and their bounds)."""
 NOISE_LEVELS = (0.0, 5.0, 30.0)
 F_CHOICES = ("constant", "linear")
 G_CHOICES = ("none", "linear")
@@ -133,6 +138,18 @@ def reference_bounds(matrices: np.ndarray) -> tuple[float, float]:
     return float(np.min(matrices)), float(np.max(matrices))
 
 
+def setting_bounds(setting: SyntheticSetting, noise: float, trials: int) -> tuple[float, float]:
+    """The normalisation bounds of trials ``0..trials-1`` of ``setting`` at ``noise``: the
+    min-max over the reference's :data:`REFERENCE_TRIALS` trials (over all ``trials`` when
+    more are written), computed a trial at a time, so that fewer trials are normalised as in
+    the published tables rather than by their own extremes."""
+    lower, upper = math.inf, -math.inf
+    for trial in range(max(trials, REFERENCE_TRIALS)):
+        matrix = synthetic_matrix(setting, noise, trial)
+        lower, upper = min(lower, float(matrix.min())), max(upper, float(matrix.max()))
+    return lower, upper
+
+
 def noise_folder(noise: float) -> str:
     """The folder of one noise level's trials: ``noise5``, ``noise0.5`` (six significant
     digits)."""
@@ -145,7 +162,7 @@ def write_trials(
     """Write trials ``0..trials-1`` of ``setting`` at ``noise`` as ``trialNNN.npy`` (or
     ``.csv``, the reference matrix format) in ``out/<setting>/noise<sigma>/``, with the
     ``contexts.json`` that ``ctxrl select`` reads: the grid (features ``c0, c1, c2``) and the
-    reference normalisation bounds over these trials. Every file is written under a temporary
+    reference normalisation bounds (:func:`setting_bounds`). Every file is written under a temporary
     name first and moved into place once all are written (a write that fails, a full disk,
     leaves the folder as it was; what is not a file where one goes is refused before anything
     is written); then trial files an earlier run left there (other trial counts or formats)
@@ -156,7 +173,7 @@ def write_trials(
     matrices = synthetic_trials(setting, noise, trials)
     folder = out / setting.name.replace("=", "-").replace(",", "_") / noise_folder(noise)
     folder.mkdir(parents=True, exist_ok=True)
-    bounds = reference_bounds(matrices)
+    bounds = setting_bounds(setting, noise, trials)
     features = [f"c{i}" for i in range(len(GRID_SHAPE))]
     contexts = [dict(zip(features, map(float, p), strict=True)) for p in grid_points()]
     info = {

@@ -151,7 +151,12 @@ def test_strategy_options_are_passed_and_checked(tmp_path: Path) -> None:
     assert listed.exit_code == 2 and "beta [1, 2] is not one of" in listed.stderr
     fixed = _cli(*base, "--strategy", "m-mbtl", "--option", "structure=gp")
     assert fixed.exit_code == 2
-    assert "m-mbtl is sd-mbtl with structure 'mountain' always" in fixed.stderr
+    assert "it is sd-mbtl with structure 'mountain' always" in fixed.stderr
+    # nor does it take the options of the GP branch it never runs (they were ignored)
+    ignored = _cli(*base, "--strategy", "m-mbtl", "--option", "residual=none")
+    assert ignored.exit_code == 2 and "takes only the option clustering, not residual" in (
+        ignored.stderr
+    )
 
 
 def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
@@ -169,6 +174,14 @@ def test_synth_trials_replay_with_confidence_intervals(tmp_path: Path) -> None:
         "trial002.npy",
     ]
     assert "(Mountain), noise 5" in written.stdout
+    # normalised as the published tables are, by the bounds of the reference's 100 trials: a
+    # trial scores the same whether 3 or 100 are written (the 3 trials' own extremes differ)
+    from ctxrl.synthetic import SyntheticSetting, reference_bounds, setting_bounds
+
+    setting = SyntheticSetting("constant", "none", "l1")
+    bounds = json.loads((folder / "contexts.json").read_text())["return_bounds"]
+    assert bounds == list(setting_bounds(setting, 5.0, 100))
+    assert bounds != list(reference_bounds(np.stack([np.load(p) for p in folder.glob("*.npy")])))
     # two levels that would share one folder: refused before anything is written
     clash = _cli(
         "synth",

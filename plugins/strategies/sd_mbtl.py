@@ -227,7 +227,11 @@ class SDMBTLStrategy:
             "acquisition": "optimistic",
         }
         self._gp_options = {**defaults, **gp_options}
-        self.gp = MBTLStrategy(**self._gp_options)  # type: ignore[arg-type]
+        try:
+            self.gp = MBTLStrategy(**self._gp_options)  # type: ignore[arg-type]
+        except CtxrlError as exc:  # said as sd-mbtl's, which the user named
+            said = str(exc).removeprefix("strategy 'mbtl-gp': ")
+            raise type(exc)(f"strategy 'sd-mbtl': its GP branch's {said}") from None
         self._trace: dict[str, Any] = {}
 
     def resolved_options(self) -> dict[str, Any]:
@@ -308,16 +312,22 @@ class SDMBTLStrategy:
         return trace
 
 
-def _m_mbtl(**options: Any) -> SDMBTLStrategy:
-    if "structure" in options:
+def _m_mbtl(clustering: str = "reference", **others: Any) -> SDMBTLStrategy:
+    """M-MBTL: :class:`SDMBTLStrategy` with ``structure: mountain``, whose clustering branch
+    is all it runs, so ``clustering`` is its one option; sd-mbtl's structure detection and GP
+    branch options would do nothing here, and are refused by name."""
+    if others:
         raise CtxrlError(
-            f"strategy 'm-mbtl': structure {options['structure']!r}: m-mbtl is sd-mbtl with "
-            "structure 'mountain' always; for another structure use sd-mbtl"
+            f"strategy 'm-mbtl': it takes only the option clustering, not "
+            f"{', '.join(sorted(others))}: it is sd-mbtl with structure 'mountain' always, "
+            "which never runs the structure tests or the GP branch those options are for; use "
+            "sd-mbtl for them"
         )
-    return SDMBTLStrategy(structure="mountain", **options)
-
-
-_m_mbtl.forwards_options_to = SDMBTLStrategy  # type: ignore[attr-defined]
+    if clustering not in CLUSTERINGS:
+        raise CtxrlError(
+            f"strategy 'm-mbtl': clustering {clustering!r} is not one of {list(CLUSTERINGS)}"
+        )
+    return SDMBTLStrategy(structure="mountain", clustering=clustering)
 
 
 @hookimpl
