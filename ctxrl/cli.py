@@ -2,6 +2,7 @@
 
     ctxrl plugins [--json]          what is installed, what each plugin provides
     ctxrl envs [--json]             every environment and its context features
+    ctxrl options KIND NAME         a plugin's options with their defaults
     ctxrl sweep [CONFIG] [--set k=v]  run (or resume) a sweep; no CONFIG = the quickstart
     ctxrl select --matrix FILE ...  replay a strategy offline on a stored matrix
     ctxrl synth --out DIR           write SD-MBTL's synthetic benchmark matrices
@@ -30,7 +31,7 @@ from ctxrl import __version__
 from ctxrl.cli_common import JSON_REQUESTED, echo_json_failure, err
 from ctxrl.cli_common import out as out
 from ctxrl.cli_listing import bound_text as bound_text
-from ctxrl.cli_listing import envs, plugins
+from ctxrl.cli_listing import envs, options, plugins
 from ctxrl.cli_listing import envs_tables as envs_tables
 from ctxrl.cli_listing import plugins_table as plugins_table
 from ctxrl.cli_select import select, synth
@@ -172,6 +173,7 @@ def transfer() -> None:
 # the built-in commands; plugins add theirs when the root group loads the plugin host
 cli.add_command(plugins)
 cli.add_command(envs)
+cli.add_command(options)
 cli.add_command(sweep)
 cli.add_command(select)
 cli.add_command(synth)

@@ -1,11 +1,13 @@
-"""The listing commands: ``ctxrl plugins`` (what is installed and what each plugin provides)
-and ``ctxrl envs`` (every environment and its context features), as rich tables or JSON.
+"""The listing commands: ``ctxrl plugins`` (what is installed and what each plugin provides),
+``ctxrl envs`` (every environment and its context features) and ``ctxrl options`` (a plugin's
+options with their defaults), as rich tables or JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -18,7 +20,9 @@ from ctxrl.cli_common import (
     _warn_unmatched_controls,
     json_option,
 )
+from ctxrl.errors import CtxrlError
 from ctxrl.plugins import Host
+from ctxrl.registry import Kind
 
 
 # ------------------------------------------------------------------------------- plugins
@@ -137,3 +141,100 @@ def bound_text(value: float, *, upper: bool) -> str:
         step = Decimal(1).scaleb(exact.adjusted() - 5)
         text = f"{float(exact.quantize(step, rounding=ROUND_FLOOR if upper else ROUND_CEILING)):g}"
     return text
+
+
+# ------------------------------------------------------------------------------- options
+OPTION_KINDS: dict[str, Kind] = {
+    "strategy": "strategy",
+    "intervention": "intervention",
+    "transfer": "transfer_method",
+    "algorithm": "algorithm",
+}
+"""``ctxrl options KIND``: the kinds of plugin whose options a config or study sets."""
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(list(OPTION_KINDS)))
+@click.argument("name")
+@click.option(
+    "--preset", help="An algorithm's preset (its hyperparameters as a config naming it gets them)."
+)
+@click.option(
+    "--set",
+    "given",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option's value (YAML), e.g. what a required option or a mode is: the others are "
+    "listed as they resolve beside it.",
+)
+@json_option("Print JSON instead of a table.")
+@click.pass_context
+def options(
+    ctx: click.Context,
+    kind: str,
+    name: str,
+    preset: str | None,
+    given: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """List the options of plugin NAME of KIND with the values they run with when a config
+    does not give them (an algorithm's: every hyperparameter), as a sweep's plan.yaml and
+    --dry-run record them; `null`: nothing decides it (an option another option makes
+    unused, or one left to the algorithm), or, beside a "(required)" option, what the value of
+    another option decides."""
+    from ctxrl.config import merge_params
+    from ctxrl.options import check_options, option_defaults, option_names
+    from ctxrl.resolution import resolved_hyperparameters, resolved_options
+    from ctxrl.yaml12 import parse_yaml
+
+    registry = _host(ctx).registry
+    registered = OPTION_KINDS[kind]
+    spec = registry.get(registered, name)  # an unknown name: the registry's error
+    if preset is not None and registered != "algorithm":
+        raise CtxrlError(f"--preset: a {kind} has no presets; presets are an algorithm's")
+    settings: dict[str, Any] = {}
+    for item in given:
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise CtxrlError(f"--set: {item!r} is not KEY=VALUE")
+        settings[key.strip()] = parse_yaml(text, f"--set {key.strip()}")
+    if registered == "algorithm":
+        presets = spec.presets
+        if preset is not None and preset not in presets:
+            known = ", ".join(sorted(presets)) or "none"
+            raise CtxrlError(f"--preset: {name} has no preset {preset!r}; its presets: {known}")
+        params = merge_params(dict(presets[preset]) if preset is not None else {}, settings)
+        values = resolved_hyperparameters(spec.factory(params, device="cpu"), params)
+    else:
+        factory = spec.factory
+        named = option_names(factory)
+        required = sorted(named - set(option_defaults(factory)) - set(settings))
+        unknown = sorted(set(settings) - named)
+        if required and unknown:
+            raise CtxrlError(
+                f"--set: {kind} {name!r} has no option {unknown[0]!r}; it takes "
+                f"{', '.join(sorted(named))}"
+            )
+        if required:  # nothing to build the plugin with: its signature's defaults
+            values = {
+                **dict.fromkeys(required, "(required)"),
+                **json.loads(json.dumps({**option_defaults(factory), **settings}, default=str)),
+            }
+        else:  # built, so that what another option decides is said as it runs
+            check_options(factory, settings, f"{kind} {name!r}")  # an error names the option
+            values = resolved_options(registry, registered, name, settings)[name]
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    table = Table(
+        title=f"{kind} {name}" + (f", preset {preset}" if preset else ""),
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("option", no_wrap=True, min_width=max(map(len, values), default=6))
+    table.add_column("default", overflow="fold")
+    for option, value in values.items():
+        table.add_row(escape(option), escape(json.dumps(value)))
+    _print_tables([table])

@@ -175,7 +175,8 @@ def select(
                 f"target) {first}; replay needs all"
             )
     err.print(f"contexts: {located.describe()}", highlight=False, soft_wrap=True)
-    err.print(f"trials: {len(trials)} matrix(es), bounds [{lower}, {upper}]", highlight=False)
+    matrices = "1 matrix" if len(trials) == 1 else f"{len(trials)} matrices"
+    err.print(f"trials: {matrices}, bounds [{lower}, {upper}]", highlight=False)
     if n > 1 and bool((trials == trials[:, :1, :]).all()):
         err.print(
             "every row of the matrix is the same (one policy per target, made from all the "

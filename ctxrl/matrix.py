@@ -183,7 +183,8 @@ def _read_numeric_csv(path: Path) -> np.ndarray:
                 try:
                     rows.append([float(cell) for cell in row])
                 except ValueError as exc:
-                    raise MatrixError(f"{path}:{line_no}: not a number ({exc})") from None
+                    header = " (a matrix CSV has no header row)" if line_no == 1 else ""
+                    raise MatrixError(f"{path}:{line_no}: not a number ({exc}){header}") from None
     except UnicodeDecodeError as exc:
         raise MatrixError(f"{path}: not UTF-8 text ({exc})") from None
     if not rows:

@@ -251,20 +251,26 @@ def _check_folders_agree(
     or none has one. With ``coordinates_given`` only the return bounds must agree (every
     folder has them, the same), with ``bounds_given`` only the contexts; with both, nothing
     is taken from the files."""
-    folders = {f.parent / CONTEXTS_FILE: f.parent for f in files}
+    folders: dict[Path, Path] = {}  # each folder's contexts file -> its first matrix
+    for file in files:
+        folders.setdefault(file.parent / CONTEXTS_FILE, file)
     if len(folders) < 2 or (coordinates_given and bounds_given):
         return
     present = {path: read_contexts(path) for path in sorted(folders) if path.is_file()}
     if not present:
         return
-    absent = [str(path) for path in sorted(folders) if path not in present]
+    absent = [
+        f"{path} is absent (beside {folders[path]})"
+        for path in sorted(folders)
+        if path not in present
+    ]
     if coordinates_given:
         bounds = {str(data[2]) for data in present.values()}
         if absent or len(bounds) > 1:
             found = ", ".join(f"{p}: {d[2]}" for p, d in present.items())
             raise CtxrlError(
                 "--matrix: the trials' folders disagree on their return bounds ("
-                + (f"{absent[0]} is absent; " if absent else "")
+                + (f"{absent[0]}; " if absent else "")
                 + f"{found}); give --bounds LOWER UPPER or --env NAME for all of them"
             )
         return
@@ -275,7 +281,7 @@ def _check_folders_agree(
         if not _same_contexts(present[p], present[first], bounds=not bounds_given)
     ]
     if absent or differing:
-        what = f"{absent[0]} is absent" if absent else f"{differing[0]} is not {first}"
+        what = absent[0] if absent else f"{differing[0]} is not {first}"
         raise CtxrlError(
             f"--matrix: the trials' folders disagree on their contexts: {what}; replay trials "
             "of one set of contexts together, or give --contexts / --grid (and --bounds or "

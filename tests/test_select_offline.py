@@ -716,3 +716,34 @@ def test_random_draws_its_own_orders_on_every_trial() -> None:
     assert len({tuple(np.round(c, 12)) for c in curves}) == 4
     alone = replay(spec.factory(), matrix, coords, 5, seed=0)
     assert np.array_equal(curves[0], alone.curve)
+
+
+def test_options_lists_what_each_option_runs_with() -> None:
+    """`ctxrl options`: the values a plugin's options take when a config leaves them out, as
+    a run directory records them; an option another decides once that one is set."""
+    from ctxrl.plugins import get_host
+
+    assert _json(_cli("options", "strategy", "m-mbtl", "--json")) == {"clustering": "reference"}
+    assert _json(_cli("options", "strategy", "mbtl-gp", "--json"))["noise_std"] == "rows"
+    reference = _cli("options", "strategy", "mbtl-gp", "--set", "gp=reference", "--json")
+    assert _json(reference)["noise_std"] == "learned"
+    # distill needs its steps to be built: listed as required, what its mode decides null
+    bare = _json(_cli("options", "transfer", "distill", "--json"))
+    assert bare["steps"] == "(required)" and bare["coef"] is None
+    kickstart = ["--set", "steps=1000", "--set", "mode=kickstart", "--json"]
+    resolved = _json(_cli("options", "transfer", "distill", *kickstart))
+    assert (resolved["steps"], resolved["coef"], resolved["decay"]) == (1000, 1.0, "linear")
+    preset = _json(_cli("options", "algorithm", "batched-ppo", "--preset", "CartPole", "--json"))
+    for key, value in get_host().registry.algorithm("batched-ppo").presets["CartPole"].items():
+        assert preset[key] == value
+    table = _cli("options", "intervention", "shrink-perturb")
+    assert table.exit_code == 0 and "optimizer_reset" in table.stdout
+    for args, said in [
+        (["strategy", "mbtl-gps"], "did you mean 'mbtl-gp'?"),
+        (["transfer", "distill", "--set", "stepz=1"], "has no option 'stepz'"),
+        (["intervention", "redo", "--set", "tau=-1"], "tau must be a finite number"),
+        (["strategy", "random", "--preset", "CartPole"], "presets are an algorithm's"),
+        (["algorithm", "batched-ppo", "--preset", "Nope"], "no preset 'Nope'"),
+    ]:
+        failed = _cli("options", *args)
+        assert failed.exit_code == 2 and said in failed.stderr, (args, failed.stderr)
