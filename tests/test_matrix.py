@@ -47,7 +47,8 @@ def test_csv_without_contexts_uses_indices(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("1,2\n3\n", "different lengths"),
-        ("1,x\n3,4\n", "not a number"),
+        ("1,x\n3,4\n", r"bad.csv:1: not a number .*\(a matrix CSV has no header row\)"),
+        ("1,2\n3,x\n", r"bad.csv:2: not a number \([^)]*\)$"),
         ("", "empty"),
         ("1,2,3\n4,5,6\n", "square"),
     ],

@@ -426,7 +426,10 @@ def test_trials_from_folders_with_other_contexts_are_refused(
     (second / "contexts.json").unlink()  # one folder with, one without
     for order in (same, same[::-1]):
         refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *args)
-        assert "disagree on their contexts" in " ".join(refused.stderr.split())
+        message = " ".join(refused.stderr.split())
+        assert "disagree on their contexts" in message
+        # the folder without one named by its matrix, not as a bare "contexts.json"
+        assert f"is absent (beside {second / 'matrix_seed0.csv'})" in message
         # coordinates given, bounds not: the folder without them is not normalised by the
         # other's bounds in one order and refused in the other
         refused = _cli("select", "--matrix", order[0], "--matrix", order[1], *grid, *args)
