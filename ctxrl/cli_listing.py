@@ -198,6 +198,7 @@ def options(
         if not equals or not key.strip():
             raise CtxrlError(f"--set: {item!r} is not KEY=VALUE")
         settings[key.strip()] = parse_yaml(text, f"--set {key.strip()}")
+    required: list[str] = []  # options without a default, not given
     if registered == "algorithm":
         presets = spec.presets
         if preset is not None and preset not in presets:
@@ -217,14 +218,15 @@ def options(
             )
         if required:  # nothing to build the plugin with: its signature's defaults
             values = {
-                **dict.fromkeys(required, "(required)"),
+                **dict.fromkeys(required),
                 **json.loads(json.dumps({**option_defaults(factory), **settings}, default=str)),
             }
         else:  # built, so that what another option decides is said as it runs
             check_options(factory, settings, f"{kind} {name!r}")  # an error names the option
             values = resolved_options(registry, registered, name, settings)[name]
     if as_json:
-        click.echo(json.dumps(values, indent=2))
+        listing = {"kind": kind, "name": name, "options": values, "required": required}
+        click.echo(json.dumps(listing, indent=2))
         return
     table = Table(
         title=f"{kind} {name}" + (f", preset {preset}" if preset else ""),
@@ -234,7 +236,8 @@ def options(
         collapse_padding=True,
     )
     table.add_column("option", no_wrap=True, min_width=max(map(len, values), default=6))
-    table.add_column("default", overflow="fold")
+    table.add_column("value", overflow="fold")
     for option, value in values.items():
-        table.add_row(escape(option), escape(json.dumps(value)))
+        shown = "(required)" if option in required else json.dumps(value)
+        table.add_row(escape(option), escape(shown))
     _print_tables([table])

@@ -1,9 +1,10 @@
-"""Per-seed estimates with bootstrap confidence intervals, and the verdict they support.
+"""Per-seed estimates with confidence intervals, and the verdict they support.
 
 A study computes a metric once per seed (an area under a learning curve, a jumpstart, a time to
-threshold) and reports its mean over seeds with a bootstrap interval
-(``scipy.stats.bootstrap``), or a statistic between two independent arms (a difference or a
-ratio of means, each arm resampled on its own). :mod:`ctxrl.transfer_metrics` builds the
+threshold) and reports its mean over seeds with Student's t interval, or a statistic between
+two independent arms: a difference of means with Welch's interval, a ratio of means with a
+bootstrap interval (``scipy.stats.bootstrap``, each arm resampled on its own;
+:class:`BootstrapOptions`). :mod:`ctxrl.transfer_metrics` builds the
 transfer metrics on these; the plasticity and distillation studies use them directly.
 
 Everything here is pure numpy / scipy; nothing imports torch or a plugin.
@@ -121,17 +122,22 @@ def student_interval(
     from scipy.stats import t as student
 
     arrays = [np.asarray(sample, dtype=np.float64).reshape(-1) for sample in samples]
-    variances = [float(np.var(a, ddof=1)) / a.size for a in arrays]  # of each mean
+    with np.errstate(over="ignore", invalid="ignore"):  # past float range: said below
+        variances = [float(np.var(a, ddof=1)) / a.size for a in arrays]  # of each mean
     if len(arrays) == 1:
         centre, df = float(np.mean(arrays[0])), arrays[0].size - 1.0
     elif len(arrays) == 2:
         centre = float(np.mean(arrays[0]) - np.mean(arrays[1]))
-        df = sum(variances) ** 2 / sum(
-            v**2 / (a.size - 1) for v, a in zip(variances, arrays, strict=True) if v > 0
-        )
+        shares = sum(v**2 / (a.size - 1) for v, a in zip(variances, arrays, strict=True) if v > 0)
+        df = sum(variances) ** 2 / shares if shares > 0 else 1.0  # no spread: said below
     else:
         raise ValueError(f"a t interval takes one or two samples, got {len(arrays)}")
-    half = float(student.ppf((1 + confidence_level) / 2, df)) * math.sqrt(sum(variances))
+    spread = sum(variances)
+    if not math.isfinite(spread) or not math.isfinite(centre):  # values past float range
+        return math.nan, math.nan
+    if spread == 0.0:  # spreads below float resolution: nothing to widen the point by
+        return centre, centre
+    half = float(student.ppf((1 + confidence_level) / 2, df)) * math.sqrt(spread)
     return centre - half, centre + half
 
 
@@ -156,7 +162,7 @@ def _jackknife_variance(
 
 @dataclass(frozen=True)
 class MetricEstimate:
-    """A point estimate with its bootstrap confidence interval ``[low, high]``.
+    """A point estimate with its confidence interval ``[low, high]``.
 
     ``per_seed`` holds the per-seed values of a one-arm metric (NaN for a seed left out, e.g.
     one that never reached the threshold); it is empty for a statistic between two arms, whose
@@ -224,7 +230,9 @@ def bootstrap_estimate(
             for a transfer-versus-scratch statistic); the arms are independent, so scipy's
             ``bootstrap`` runs with ``paired=False``.
         statistic: vectorised ``statistic(*samples, axis=-1) -> array``, e.g.
-            :func:`mean_of` or :func:`difference_of_means`.
+            :func:`mean_of` or :func:`difference_of_means` (these two functions themselves,
+            not a wrapper of them, get Student's and Welch's intervals under the default
+            method; anything else is bootstrapped).
         per_seed, n_excluded, note: stored in the result as given (``note`` is extended with
             the reason for a degenerate interval).
 
@@ -254,6 +262,8 @@ def bootstrap_estimate(
         or (statistic is difference_of_means and len(arrays) == 2)
     ):
         low, high = student_interval(arrays, options.confidence_level)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            reasons.append("the seeds' spread is past float range: no interval")
         return _estimate(point, low, high, per_seed, n_excluded, reasons)
     with warnings.catch_warnings():
         # a statistic undefined on some resamples (inf / NaN: a ratio over a zero mean) or a
@@ -289,7 +299,8 @@ def bootstrap_estimate(
 def mean_estimate(
     values: npt.ArrayLike, *, options: BootstrapOptions = DEFAULT_BOOTSTRAP
 ) -> MetricEstimate:
-    """Mean over seeds of one arm's ``(S,)`` per-seed values with its bootstrap interval.
+    """Mean over seeds of one arm's ``(S,)`` per-seed values with its interval (Student's t
+    under the default method).
     NaN values (e.g. never reached the threshold) are left out and counted in
     ``n_excluded``."""
     per_seed = np.asarray(values, dtype=np.float64).reshape(-1)

@@ -457,6 +457,8 @@ class Registry:
                 "(its context_space is empty)"
             )
         existing = self._entries[kind].get(name)
+        if existing is not None and existing.provider == provider:
+            raise DuplicateNameError(f"plugin {provider!r} registers the {kind} {name!r} twice")
         if existing is not None:
             self.clashes.append((kind, name, existing.provider, provider))
             raise DuplicateNameError(

@@ -75,15 +75,31 @@ def stored_config(stored: Mapping[str, Any], plan_file: Path) -> SweepConfig:
             f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
             "restore it, or write the sweep's config under a `config:` key"
         )
-    return validate_config(config, str(plan_file))
+    return validate_config(as_configured_now(config), str(plan_file))
+
+
+def as_configured_now(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A plan.yaml's config as this version takes it: ``m-mbtl`` accepted the options of
+    sd-mbtl's detection and GP branch and ignored them (it runs neither) until it took
+    ``clustering`` only, so a stored config keeps its ``clustering`` alone. Its runs are read
+    and reported, and the same config without those options resumes the run directory
+    (:func:`locate_run_dir`: the hash of the config as configured now)."""
+    strategy = config.get("strategy")
+    if not isinstance(strategy, Mapping) or strategy.get("name") != "m-mbtl":
+        return dict(config)
+    options = strategy.get("options")
+    if not isinstance(options, Mapping) or set(options) <= {"clustering"}:
+        return dict(config)
+    kept = {key: value for key, value in options.items() if key == "clustering"}
+    return {**config, "strategy": {**strategy, "options": kept}}
 
 
 def stored_plan_hash(stored: Mapping[str, Any]) -> str | None:
     """The plan hash, as this version defines it, of a run directory's plan.yaml contents
     (None when its config no longer validates)."""
     try:
-        return validate_config(stored["config"]).plan_hash()
-    except (CtxrlError, KeyError, TypeError):
+        return validate_config(as_configured_now(stored["config"])).plan_hash()
+    except (CtxrlError, KeyError, TypeError, AttributeError):
         return None
 
 

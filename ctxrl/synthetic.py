@@ -138,13 +138,18 @@ def reference_bounds(matrices: np.ndarray) -> tuple[float, float]:
     return float(np.min(matrices)), float(np.max(matrices))
 
 
-def setting_bounds(setting: SyntheticSetting, noise: float, trials: int) -> tuple[float, float]:
+def setting_bounds(
+    setting: SyntheticSetting, noise: float, trials: int, first: np.ndarray | None = None
+) -> tuple[float, float]:
     """The normalisation bounds of trials ``0..trials-1`` of ``setting`` at ``noise``: the
     min-max over the reference's :data:`REFERENCE_TRIALS` trials (over all ``trials`` when
-    more are written), computed a trial at a time, so that fewer trials are normalised as in
-    the published tables rather than by their own extremes."""
+    more are written), so that fewer trials are normalised as in the published tables rather
+    than by their own extremes. ``first``: trials ``0..len(first)-1`` already made, ``(T, N,
+    N)``; the others are made a trial at a time."""
     lower, upper = math.inf, -math.inf
-    for trial in range(max(trials, REFERENCE_TRIALS)):
+    if first is not None and len(first):
+        lower, upper = float(np.min(first)), float(np.max(first))
+    for trial in range(0 if first is None else len(first), max(trials, REFERENCE_TRIALS)):
         matrix = synthetic_matrix(setting, noise, trial)
         lower, upper = min(lower, float(matrix.min())), max(upper, float(matrix.max()))
     return lower, upper
@@ -173,7 +178,7 @@ def write_trials(
     matrices = synthetic_trials(setting, noise, trials)
     folder = out / setting.name.replace("=", "-").replace(",", "_") / noise_folder(noise)
     folder.mkdir(parents=True, exist_ok=True)
-    bounds = setting_bounds(setting, noise, trials)
+    bounds = setting_bounds(setting, noise, trials, first=matrices)
     features = [f"c{i}" for i in range(len(GRID_SHAPE))]
     contexts = [dict(zip(features, map(float, p), strict=True)) for p in grid_points()]
     info = {

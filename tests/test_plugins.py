@@ -207,6 +207,15 @@ def test_a_contract_of_a_name_two_plugins_register_fails_naming_both() -> None:
     from ctxrl.plugins import using_host
     from ctxrl.testing.plugin import unclashed
 
+    class Twice:
+        @hookimpl
+        def ctxrl_register_strategies(self, register):
+            register(StrategySpec("twice", dict))
+            register(StrategySpec("twice", dict))
+
+    host = load_host(extra=[("twice", Twice())])
+    assert "plugin 'twice' registers the strategy 'twice' twice" in host.plugins["twice"].error
+    assert host.registry.clashes == []  # no other plugin's strategy to test instead
     with using_host(load_host(extra=[("my-cartpole", _DuplicateCartPole())])):
         with pytest.raises(pytest.fail.Exception, match="both plugin 'classic_control' and "):
             unclashed("env", "CartPole")  # what every contract's spec fixture asks first

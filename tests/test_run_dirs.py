@@ -176,6 +176,35 @@ def test_a_run_directory_named_by_an_earlier_hash_is_continued(tmp_path: Path) -
     )
 
 
+def test_an_m_mbtl_sweep_given_options_it_ignored_is_still_read_and_resumed(
+    tmp_path: Path,
+) -> None:
+    """m-mbtl took (and ignored) sd-mbtl's detection and GP options until it took
+    ``clustering`` only: a select sweep's run directory written with them is reported, and
+    the config without them resumes it rather than training a new one."""
+    from ctxrl.errors import ConfigError
+    from ctxrl.results import load_plan
+
+    select = {"mode": "select", "strategy": {"name": "m-mbtl", "budget": 1}, "seeds": [0]}
+    plan = _plan(tmp_path, **select)
+    first = run_sweep(plan)
+    stored = yaml.safe_load((first.run_dir / "plan.yaml").read_text())
+    stored["config"]["strategy"]["options"] = {"residual": "none", "noise_std": 0.1}
+    legacy = validate_config(stored["config"]).plan_hash()  # the hash it was named by then
+    legacy_dir = first.run_dir.with_name(f"CartPole-length-{legacy[:10]}")
+    first.run_dir.rename(legacy_dir)
+    stored["plan_hash"] = legacy
+    (legacy_dir / "plan.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert load_plan(legacy_dir).config.strategy.options == {}
+    again = run_sweep(_plan(tmp_path, **select))
+    assert again.run_dir == legacy_dir and again.trained == 0
+    with pytest.raises(ConfigError, match="takes only the option clustering, not residual"):
+        _plan(
+            tmp_path,
+            **{**select, "strategy": {**select["strategy"], "options": {"residual": "none"}}},
+        )
+
+
 def test_a_different_plan_in_the_same_directory_is_refused_naming_the_fields(
     tmp_path: Path,
 ) -> None:

@@ -726,17 +726,25 @@ def test_options_lists_what_each_option_runs_with() -> None:
     a run directory records them; an option another decides once that one is set."""
     from ctxrl.plugins import get_host
 
-    assert _json(_cli("options", "strategy", "m-mbtl", "--json")) == {"clustering": "reference"}
-    assert _json(_cli("options", "strategy", "mbtl-gp", "--json"))["noise_std"] == "rows"
+    m_mbtl = _json(_cli("options", "strategy", "m-mbtl", "--json"))
+    assert m_mbtl == {
+        "kind": "strategy",
+        "name": "m-mbtl",
+        "options": {"clustering": "reference"},
+        "required": [],
+    }
+    assert _json(_cli("options", "strategy", "mbtl-gp", "--json"))["options"]["noise_std"] == "rows"
     reference = _cli("options", "strategy", "mbtl-gp", "--set", "gp=reference", "--json")
-    assert _json(reference)["noise_std"] == "learned"
+    assert _json(reference)["options"]["noise_std"] == "learned"
     # distill needs its steps to be built: listed as required, what its mode decides null
     bare = _json(_cli("options", "transfer", "distill", "--json"))
-    assert bare["steps"] == "(required)" and bare["coef"] is None
+    assert bare["required"] == ["steps"] and bare["options"]["coef"] is None
+    assert "(required)" in _cli("options", "transfer", "distill").stdout
     kickstart = ["--set", "steps=1000", "--set", "mode=kickstart", "--json"]
-    resolved = _json(_cli("options", "transfer", "distill", *kickstart))
+    resolved = _json(_cli("options", "transfer", "distill", *kickstart))["options"]
     assert (resolved["steps"], resolved["coef"], resolved["decay"]) == (1000, 1.0, "linear")
-    preset = _json(_cli("options", "algorithm", "batched-ppo", "--preset", "CartPole", "--json"))
+    preset_args = ["algorithm", "batched-ppo", "--preset", "CartPole", "--json"]
+    preset = _json(_cli("options", *preset_args))["options"]
     for key, value in get_host().registry.algorithm("batched-ppo").presets["CartPole"].items():
         assert preset[key] == value
     table = _cli("options", "intervention", "shrink-perturb")

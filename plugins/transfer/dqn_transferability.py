@@ -17,7 +17,8 @@ Every arm of a variant (plain, Double, Dueling DQN) is one batched program over 
 seed) agents, on one step grid; each program checkpoints itself, and finished arms are stored,
 so a killed study resumes. Metrics (:mod:`ctxrl.transfer_metrics`): jumpstart, asymptote, AUC,
 transfer ratio, the paper's area ratio on returns normalised to [0, 1] by the env's return
-bounds, time to threshold, with bootstrap 95 % intervals over seeds and a verdict per pair.
+bounds, time to threshold, with 95 % intervals over seeds (Student's t and Welch's for means and
+their differences, a bootstrap for the ratios) and a verdict per pair.
 Source training time is not counted (as in the paper): a transfer curve starts at the target's
 step 0. An agent that diverged (a NaN or inf return on its curve) is left out of the metrics and
 named in the summary and ``metrics.json``; the rest is reported. ``sources_from`` takes the

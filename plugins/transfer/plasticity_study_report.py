@@ -180,6 +180,8 @@ def _write_figures(plan: StudyPlan, tables: StudyTables, run_dir: Path) -> list[
                     continue
                 mean, low, high = _band(values)
                 low = np.maximum(low, 0.0)  # fractions, ranks and norms: none is negative
+                if metric == "dormant":  # a fraction of the units
+                    high = np.minimum(high, 1.0)
                 (line,) = ax.plot(tables.plasticity_steps, mean, label=label, linewidth=1.0)
                 ax.fill_between(
                     tables.plasticity_steps, low, high, color=line.get_color(), alpha=0.12

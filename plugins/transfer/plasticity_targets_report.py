@@ -179,9 +179,12 @@ def _write_figure(arms: Mapping[str, ArmRecords], run_dir: Path) -> str:
         if not kept.any():
             continue
         tasks = np.arange(1, arm.final_error.shape[1] + 1)
-        for ax, values in zip(axes, (arm.final_error[kept], arm.dormant[kept]), strict=True):
+        for ax, values, ceiling in zip(
+            axes, (arm.final_error[kept], arm.dormant[kept]), (np.inf, 1.0), strict=True
+        ):
             mean, low, high = curve_band(values)
-            low = np.maximum(low, 0.0)  # an error and a fraction: neither is negative
+            # an error and a fraction: neither is negative, and a fraction is at most 1
+            low, high = np.maximum(low, 0.0), np.minimum(high, ceiling)
             (line,) = ax.plot(tasks, mean, label=label, linewidth=1.2)
             ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel("fit error at the task's end (MSE / target variance)")

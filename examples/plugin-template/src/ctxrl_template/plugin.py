@@ -121,10 +121,14 @@ def ctxrl_register_strategies(register: Callable[[StrategySpec], None]) -> None:
     )
 
 
-def _weight_clip(**options: Any) -> WeightClip:
+def _weight_clip(kappa: float = 2.0) -> WeightClip:
+    """The factory's signature is what ctxrl reads as the options and their defaults
+    (`ctxrl options intervention weight-clip`, `--dry-run`, a run directory's record); the
+    class is imported here, when an intervention is built, so that listing plugins imports
+    no torch. An unknown option is a TypeError naming it."""
     from .weight_clip import WeightClip
 
-    return WeightClip(**options)  # an unknown option is a TypeError naming it
+    return WeightClip(kappa=kappa)
 
 
 @hookimpl
@@ -138,10 +142,11 @@ def ctxrl_register_interventions(register: Callable[[InterventionSpec], None]) -
     )
 
 
-def _scratch(**options: Any) -> Scratch:
+def _scratch(steps: int) -> Scratch:
+    """``steps`` has no default: ``ctxrl options transfer scratch`` lists it as required."""
     from .scratch import Scratch
 
-    return Scratch(**options)
+    return Scratch(steps=steps)
 
 
 @hookimpl
