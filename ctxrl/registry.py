@@ -481,12 +481,10 @@ class Registry:
             return self._entries[kind][name].spec
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
-            close = difflib.get_close_matches(
-                name.lower(), {n.lower(): n for n in self.names(kind)}, n=1, cutoff=0.75
-            )
+            spellings = {n.lower(): n for n in self.names(kind)}
+            close = difflib.get_close_matches(name.lower(), spellings, n=2, cutoff=0.7)
             if close:  # a misspelling: plugins missing a dependency are beside the point
-                spelled = {n.lower(): n for n in self.names(kind)}[close[0]]
-                hint = f"; did you mean {spelled!r}?"
+                hint = f"; did you mean {' or '.join(repr(spellings[c]) for c in close)}?"
             else:
                 hint = "".join(
                     f"; plugin {p!r} is unavailable: {why}" for p, why in self.unavailable
