@@ -149,8 +149,13 @@ OPTION_KINDS: dict[str, Kind] = {
     "intervention": "intervention",
     "transfer": "transfer_method",
     "algorithm": "algorithm",
+    "executor": "executor",
 }
 """``ctxrl options KIND``: the kinds of plugin whose options a config or study sets."""
+
+EXECUTOR_FIELDS = ("workers", "timeout_s", "log_dir")
+"""An executor factory's arguments that a config sets outside its ``options`` (``workers``,
+``timeout_s``) or the sweep does (``log_dir``): not listed as options."""
 
 
 @click.command()
@@ -206,6 +211,19 @@ def options(
             raise CtxrlError(f"--preset: {name} has no preset {preset!r}; its presets: {known}")
         params = merge_params(dict(presets[preset]) if preset is not None else {}, settings)
         values = resolved_hyperparameters(spec.factory(params, device="cpu"), params)
+    elif registered == "executor":  # built only by a sweep: its signature's defaults
+        fields = sorted(set(settings) & set(EXECUTOR_FIELDS))
+        if fields:
+            raise CtxrlError(
+                f"--set: {fields[0]} is a field of a config's executor (executor.{fields[0]}), "
+                "not one of its options"
+            )
+        unknown = sorted(set(settings) - option_names(spec.factory))
+        if unknown:
+            raise CtxrlError(f"--set: executor {name!r} has no option {unknown[0]!r}")
+        defaults = {**option_defaults(spec.factory), **settings}
+        values = {k: v for k, v in defaults.items() if k not in EXECUTOR_FIELDS}
+        values = json.loads(json.dumps(values, default=str))
     else:
         factory = spec.factory
         named = option_names(factory)

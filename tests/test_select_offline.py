@@ -747,6 +747,8 @@ def test_options_lists_what_each_option_runs_with() -> None:
     preset = _json(_cli("options", *preset_args))["options"]
     for key, value in get_host().registry.algorithm("batched-ppo").presets["CartPole"].items():
         assert preset[key] == value
+    local = _json(_cli("options", "executor", "local", "--json"))["options"]
+    assert local["start_method"] == "spawn" and "workers" not in local  # a field of its own
     table = _cli("options", "intervention", "shrink-perturb")
     assert table.exit_code == 0 and "optimizer_reset" in table.stdout
     for args, said in [
@@ -755,6 +757,8 @@ def test_options_lists_what_each_option_runs_with() -> None:
         (["intervention", "redo", "--set", "tau=-1"], "tau must be a finite number"),
         (["strategy", "random", "--preset", "CartPole"], "presets are an algorithm's"),
         (["algorithm", "batched-ppo", "--preset", "Nope"], "no preset 'Nope'"),
+        (["executor", "local", "--set", "workers=3"], "a field of a config's executor"),
+        (["executor", "ray", "--set", "adress=auto"], "has no option 'adress'"),
     ]:
         failed = _cli("options", *args)
         assert failed.exit_code == 2 and said in failed.stderr, (args, failed.stderr)
