@@ -74,3 +74,18 @@ def _print_tables(tables: list[Table]) -> None:
         unbounded = out.options.update(max_width=100_000)
         fits = Measurement.get(out, unbounded, table).minimum <= out.width
         (out if out.is_terminal and fits else wide).print(table)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit (:class:`Terminated`), so
+    that a sweep's or study's executors stop their workers and the store closes as on
+    Ctrl-C, and the command exits 143 saying so; finished runs are kept either way. Called by
+    the commands that train (``sweep`` and the studies a plugin adds), once they start to."""
+    import signal
+
+    from ctxrl.errors import Terminated
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

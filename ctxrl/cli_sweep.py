@@ -15,27 +15,13 @@ from typing import Any
 import click
 import yaml
 
-from ctxrl.cli_common import _host, _warn_failed, err, json_option
+from ctxrl.cli_common import _host, _warn_failed, err, exit_cleanly_on_sigterm, json_option
 from ctxrl.config import load_config, resolve_plan
 from ctxrl.errors import ConfigError, CtxrlError
 from ctxrl.run_dirs import check_output_dir, locate_run_dir
 
 
 # --------------------------------------------------------------------------------- sweep
-def _exit_cleanly_on_sigterm() -> None:
-    """Turn SIGTERM (a scheduler's or ``kill``'s) into SystemExit (:class:`Terminated`), so
-    that executors stop their workers and the store closes as on Ctrl-C; finished runs are
-    kept either way."""
-    import signal
-
-    from ctxrl.errors import Terminated
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def _resolved_as_comments(resolved: dict[str, Any]) -> str:
     """What a plan resolves to (:func:`ctxrl.config.resolved_values`) as YAML comments below
     the config (the output stays a config ``ctxrl sweep`` reads)."""
@@ -165,7 +151,7 @@ def sweep(
             click.echo(yaml.safe_dump(config_json, sort_keys=False))
             click.echo(_resolved_as_comments(resolved))
         return
-    _exit_cleanly_on_sigterm()
+    exit_cleanly_on_sigterm()
     outcome = run_sweep(plan, host=host, argv=["ctxrl", *sys.argv[1:]], console=err, wait=wait)
     resumed = f" ({outcome.resumed} resumed from a checkpoint)" if outcome.resumed else ""
     kept = (

@@ -75,7 +75,38 @@ def stored_config(stored: Mapping[str, Any], plan_file: Path) -> SweepConfig:
             f"{plan_file} has no `config` mapping (not written by ctxrl sweep, or damaged); "
             "restore it, or write the sweep's config under a `config:` key"
         )
-    return validate_config(as_configured_now(config), str(plan_file))
+    checked = validate_config(as_configured_now(config), str(plan_file))
+    edited = fields_unlike_the_plan(stored, checked)
+    if edited:
+        raise CtxrlError(
+            f"{plan_file}: its config no longer says what its runs trained on ("
+            f"{', '.join(edited)} differ from the plan recorded beside it: edited by hand?); "
+            "restore the file (its `plan` section holds what trained), or run the changed "
+            "config as a sweep of its own (another output_dir)"
+        )
+    return checked
+
+
+def fields_unlike_the_plan(stored: Mapping[str, Any], config: SweepConfig) -> list[str]:
+    """The fields (dotted paths) where a plan.yaml's ``config`` (validated: ``config``) and
+    the ``plan`` recorded with it disagree on what trained the runs: a config edited by hand
+    after the sweep wrote both. Both are read through this version's plan (fields only one of
+    them has, as an earlier ctxrl hashed them, are not compared); none for a plan.yaml
+    without a ``plan`` section, or one this version cannot read."""
+    from ctxrl.resolution import dotted_leaves
+
+    written = stored.get("plan")
+    if not isinstance(written, Mapping):
+        return []
+    try:
+        recorded = validate_config(as_configured_now(written)).plan_data()
+    except CtxrlError:
+        return []
+    now = config.plan_data()
+    shared = recorded.keys() & now.keys()
+    old = dotted_leaves({key: recorded[key] for key in shared})
+    new = dotted_leaves({key: now[key] for key in shared})
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def as_configured_now(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,9 +129,10 @@ def stored_plan_hash(stored: Mapping[str, Any]) -> str | None:
     """The plan hash, as this version defines it, of a run directory's plan.yaml contents
     (None when its config no longer validates)."""
     try:
-        return validate_config(as_configured_now(stored["config"])).plan_hash()
+        config = validate_config(as_configured_now(stored["config"]))
     except (CtxrlError, KeyError, TypeError, AttributeError):
         return None
+    return None if fields_unlike_the_plan(stored, config) else config.plan_hash()
 
 
 def locate_run_dir(plan: SweepPlan) -> SweepPlan:

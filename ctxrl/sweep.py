@@ -340,6 +340,16 @@ def _run_sweep(plan: SweepPlan, host: Host, argv: Iterable[str], console: Consol
     resumable = any((run_dir / "checkpoints").glob("*.safetensors"))
     if saved and not store.runs():
         policies = f"{len(saved)} saved polic{'y' if len(saved) == 1 else 'ies'}"
+        if not resumable and any((run_dir / "exports").glob("matrix*.csv")):
+            # a sweep that finished once (its exports are there): the store, not the runs,
+            # is what went missing; training them all again would replace the saved policies
+            raise CtxrlError(
+                f"{run_dir / STORE_FILE} holds no run, but artifacts/ holds {policies} and "
+                "exports/ a finished sweep's matrices: the store was lost, emptied or replaced "
+                f"(copied without its {STORE_FILE}-wal?). Restore it from a copy; to train "
+                "every run again instead, remove artifacts/ and exports/ (or give another "
+                "output_dir). Nothing was trained or changed"
+            )
         console.print(
             f"[yellow]warning:[/] {run_dir / STORE_FILE} holds no run, but artifacts/ holds "
             + (

@@ -458,7 +458,7 @@ def test_a_results_store_the_disk_refuses_is_one_clear_line(
         raise error
 
     monkeypatch.setattr(ctxrl.sweep, "run_sweep", full)
-    monkeypatch.setattr("ctxrl.cli_sweep._exit_cleanly_on_sigterm", lambda: None)  # this process
+    monkeypatch.setattr("ctxrl.cli_sweep.exit_cleanly_on_sigterm", lambda: None)  # this process
     result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
     assert result.exit_code == 1, result.output
     printed = " ".join(result.stderr.split())
@@ -496,7 +496,7 @@ def test_a_terminated_command_says_what_is_kept_and_exits_143(
         raise Terminated(143)
 
     monkeypatch.setattr(ctxrl.sweep, "run_sweep", terminated)
-    monkeypatch.setattr("ctxrl.cli_sweep._exit_cleanly_on_sigterm", lambda: None)  # this process
+    monkeypatch.setattr("ctxrl.cli_sweep.exit_cleanly_on_sigterm", lambda: None)  # this process
     result = CliRunner().invoke(cli, ["sweep", "--set", f"output_dir={tmp_path}"])
     assert result.exit_code == 143
     assert "terminated: what was stored so far is kept" in result.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import warnings
 from collections.abc import Callable
@@ -843,3 +844,33 @@ def test_time_to_threshold_never_reached_by_either_arm_is_said_so(tmp_path: Path
     summary = (run_study(config, get_host().registry) / "summary.md").read_text()
     _, versus_none = [line for line in summary.splitlines() if line.startswith("| l2 |")]
     assert "n/a (neither reached the threshold)" in versus_none
+
+
+def test_a_terminated_study_exits_143_saying_what_is_kept(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's) ended a study by the signal itself (status -15, no word of
+    what was kept), where a sweep says so and exits 143; now a study does as a sweep."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study = tmp_path / "study.yaml"
+    long = {**STUDY, "total_steps": 400_000, "output_dir": str(tmp_path / "runs")}
+    study.write_text(yaml.safe_dump(long))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxrl", "plasticity", str(study)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert process.stderr is not None
+    started = time.monotonic()
+    for line in process.stderr:  # the plan line: the study is under way
+        if "batched program" in line or time.monotonic() - started > 60:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    said = process.stderr.read()
+    assert process.wait(timeout=60) == 143, said
+    assert "terminated: what was stored so far is kept" in said

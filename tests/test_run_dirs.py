@@ -208,15 +208,28 @@ def test_an_m_mbtl_sweep_given_options_it_ignored_is_still_read_and_resumed(
 def test_a_different_plan_in_the_same_directory_is_refused_naming_the_fields(
     tmp_path: Path,
 ) -> None:
+    from ctxrl.errors import CtxrlError
+    from ctxrl.results import load_plan
+
     first = _sweep(tmp_path)
     plan_file = first.run_dir / "plan.yaml"
-    stored = yaml.safe_load(plan_file.read_text())
-    stored["config"]["train_steps"] = 1024
+    original = plan_file.read_text()
+    stored = yaml.safe_load(original)
+    stored["config"]["train_steps"] = stored["plan"]["train_steps"] = 1024
     plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
-    from ctxrl.errors import CtxrlError
-
     with pytest.raises(CtxrlError, match=r"plan\.yaml holds a different plan \(train_steps"):
         _sweep(tmp_path)
+    # the config alone edited (the plan beside it says what trained): the report refuses it
+    # (it read a 2-context matrix as a 1-context one), and a sweep of the edited config
+    # trains in a directory of its own rather than resuming this one
+    stored = yaml.safe_load(original)
+    stored["config"]["features"]["length"]["values"] = [0.5]
+    plan_file.write_text(yaml.safe_dump(stored, sort_keys=False))
+    edited = r"its config no longer says what its runs trained on \(features\.length\.values"
+    with pytest.raises(CtxrlError, match=edited):
+        load_plan(first.run_dir)
+    own = _sweep(tmp_path, features={"length": {"values": [0.5]}})
+    assert own.run_dir != first.run_dir and own.trained == 1
 
 
 def test_runs_trained_with_other_defaults_are_not_resumed(tmp_path: Path) -> None:
@@ -1380,13 +1393,27 @@ def test_an_executor_option_value_it_refuses_is_named_before_anything_is_written
 
 
 def test_an_emptied_store_beside_saved_policies_is_said(tmp_path: Path) -> None:
-    """A store emptied or replaced while the policies stay: every run trains again (nothing
-    says which are finished), and the sweep says so instead of retraining silently."""
+    """A store lost beside the saved policies of a sweep that finished once (its exports are
+    there): refused before anything trains, as retraining would replace the policies. Without
+    exports (killed before it finished: nothing says which runs are) every run trains again,
+    and the sweep says so instead of retraining silently."""
+    from ctxrl.errors import CtxrlError
+
     plan = _plan(tmp_path)
     first = run_sweep(plan, console=Console(file=io.StringIO()))
-    (first.run_dir / "store.sqlite").unlink()
-    for leftover in first.run_dir.glob("store.sqlite-*"):
-        leftover.unlink()
+
+    def lose_the_store() -> None:
+        (first.run_dir / "store.sqlite").unlink()
+        for leftover in first.run_dir.glob("store.sqlite-*"):
+            leftover.unlink()
+
+    lose_the_store()
+    policies = {p: p.read_bytes() for p in (first.run_dir / "artifacts").iterdir()}
+    with pytest.raises(CtxrlError, match="the store was lost, emptied or replaced"):
+        run_sweep(plan, console=Console(file=io.StringIO()))
+    assert {p: p.read_bytes() for p in (first.run_dir / "artifacts").iterdir()} == policies
+    shutil.rmtree(first.run_dir / "exports")
+    lose_the_store()
     printed = io.StringIO()
     again = run_sweep(plan, console=Console(file=printed, width=300))
     assert again.trained == 2

@@ -181,6 +181,9 @@ def ctxrl_register_commands(cli: Any) -> None:
         if dry_run:
             click.echo(study_yaml(config, plan.resolved), nl=False)
             return
+        from ctxrl.cli_common import exit_cleanly_on_sigterm
+
+        exit_cleanly_on_sigterm()
         run_dir = run_study(config, registry, console=console)
         click.echo((run_dir / "summary.md").read_text())
         click.echo(f"results: {run_dir}")
