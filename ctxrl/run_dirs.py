@@ -44,6 +44,12 @@ def check_output_dir(output_dir: Path) -> None:
 PLAN_FILE = "plan.yaml"
 
 
+def _store_file() -> str:
+    from ctxrl.summary import STORE_FILE  # the results' module, imported when a plan is lost
+
+    return STORE_FILE
+
+
 def read_plan_file(run_dir: Path) -> dict[str, Any]:
     """The contents of ``run_dir``'s plan.yaml (a mapping), or a :class:`CtxrlError` saying
     what is missing or damaged."""
@@ -55,6 +61,11 @@ def read_plan_file(run_dir: Path) -> dict[str, Any]:
             held.sort()
             listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
             hint = f"; it holds the run directories {listed}"
+        elif run_dir.is_dir() and (run_dir / _store_file()).is_file():
+            hint = (
+                f"; it holds a results store, so its {PLAN_FILE} was lost: rerun `ctxrl sweep` "
+                "with the config that made it (it writes the file again and resumes)"
+            )
         raise CtxrlError(f"{run_dir} is not a run directory (no {PLAN_FILE}){hint}")
     try:
         stored = yaml.safe_load(plan_file.read_text(encoding="utf-8"))

@@ -522,6 +522,17 @@ def test_report_on_the_output_dir_names_the_run_directories_in_it(finished: Path
     assert finished.name in result.stderr
 
 
+def test_report_on_a_run_directory_that_lost_its_plan_says_how_to_restore_it(
+    finished: Path, tmp_path: Path
+) -> None:
+    run_dir = _copy(finished, tmp_path)
+    (run_dir / "plan.yaml").unlink()
+    result = _cli("report", str(run_dir))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "it holds a results store, so its plan.yaml was lost: rerun `ctxrl sweep`" in message
+
+
 def test_report_removes_figures_it_no_longer_draws(finished: Path, tmp_path: Path) -> None:
     """Once a run is missing, the selection curves cannot be drawn: their old figures go too,
     rather than stay beside a summary that no longer shows them."""
