@@ -758,7 +758,7 @@ def test_options_lists_what_each_option_runs_with() -> None:
         (["strategy", "random", "--preset", "CartPole"], "presets are an algorithm's"),
         (["algorithm", "batched-ppo", "--preset", "Nope"], "no preset 'Nope'"),
         (["executor", "local", "--set", "workers=3"], "a field of a config's executor"),
-        (["executor", "ray", "--set", "adress=auto"], "has no option 'adress'"),
+        (["executor", "local", "--set", "pol_s=1"], "has no option 'pol_s'"),
     ]:
         failed = _cli("options", *args)
         assert failed.exit_code == 2 and said in failed.stderr, (args, failed.stderr)
