@@ -187,22 +187,16 @@ def options(
     --dry-run record them; `null`: nothing decides it (an option another option makes
     unused, or one left to the algorithm), or, beside a "(required)" option, what the value of
     another option decides."""
-    from ctxrl.config import merge_params
-    from ctxrl.options import check_options, option_defaults, option_names
+    from ctxrl.config import apply_overrides, merge_params
+    from ctxrl.options import option_defaults, option_names
     from ctxrl.resolution import resolved_hyperparameters, resolved_options
-    from ctxrl.yaml12 import parse_yaml
 
     registry = _host(ctx).registry
     registered = OPTION_KINDS[kind]
     spec = registry.get(registered, name)  # an unknown name: the registry's error
     if preset is not None and registered != "algorithm":
         raise CtxrlError(f"--preset: a {kind} has no presets; presets are an algorithm's")
-    settings: dict[str, Any] = {}
-    for item in given:
-        key, equals, text = item.partition("=")
-        if not equals or not key.strip():
-            raise CtxrlError(f"--set: {item!r} is not KEY=VALUE")
-        settings[key.strip()] = parse_yaml(text, f"--set {key.strip()}")
+    settings: dict[str, Any] = apply_overrides({}, given)  # as `ctxrl sweep --set` reads them
     required: list[str] = []  # options without a default, not given
     if registered == "algorithm":
         presets = spec.presets
@@ -240,7 +234,6 @@ def options(
                 **json.loads(json.dumps({**option_defaults(factory), **settings}, default=str)),
             }
         else:  # built, so that what another option decides is said as it runs
-            check_options(factory, settings, f"{kind} {name!r}")  # an error names the option
             values = resolved_options(registry, registered, name, settings)[name]
     if as_json:
         listing = {"kind": kind, "name": name, "options": values, "required": required}

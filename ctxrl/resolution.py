@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ctxrl.errors import CtxrlError
-from ctxrl.options import option_defaults
+from ctxrl.options import check_options, option_defaults
 
 if TYPE_CHECKING:
     from ctxrl.config import SweepPlan
@@ -92,7 +92,8 @@ def resolved_options(
     nothing decides stays ``None`` (``null`` in the record)."""
     factory = registry.get(kind, name).factory
     options = {**option_defaults(factory), **given}
-    method = getattr(factory(**given), "resolved_options", None)
+    built = check_options(factory, given, f"{kind.replace('_', ' ')} {name!r}")
+    method = getattr(built, "resolved_options", None)
     if callable(method):
         options.update({key: value for key, value in method().items() if key in options})
     resolved: dict[str, Any] = json.loads(json.dumps({name: options}, default=str))
